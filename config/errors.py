@@ -1,0 +1,99 @@
+"""One error shape for the whole API, in one place.
+
+Novu's clients parse `{statusCode, timestamp, path, message, error}`; a 400 under
+/v1/events also carries `type` and `errors: [{field, message}]`, and a 500 an
+`errorId`. Domain code raises ApiError; DRF's own exceptions are mapped here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from django.http import Http404
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request norm refuses, with an HTTP status and a machine-readable code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+        self.headers = headers or {}
+
+
+def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "timestamp": timezone.now().isoformat().replace("+00:00", "Z"),
+        "path": path,
+        "message": message,
+        "error": HTTPStatus(status).phrase,
+        **extra,
+    }
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    if isinstance(detail, dict):
+        out: list[dict[str, str]] = []
+        for key, value in detail.items():
+            field = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(_flatten(value, "" if key == "non_field_errors" else field))
+        return out
+    if isinstance(detail, list):
+        return [e for item in detail for e in _flatten(item, prefix)]
+    return [{"field": prefix, "message": str(detail)}]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    request = context.get("request")
+    path = request.get_full_path() if request is not None else ""
+    if isinstance(exc, Http404):
+        exc = ApiError(404, "not_found", "Not found")
+    if isinstance(exc, ApiError):
+        status, code, message, errors = exc.status, exc.code, exc.message, exc.errors
+        headers = exc.headers
+    elif isinstance(exc, exceptions.ValidationError):
+        status, code, headers = 400, "invalid_request", {}
+        errors = _flatten(exc.detail)
+        message = "; ".join(
+            f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors
+        )
+    elif isinstance(exc, exceptions.APIException):
+        status, code, headers = exc.status_code, exc.default_code, {}
+        message, errors = str(exc.detail), []
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            status = 401
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            headers = {"Retry-After": str(int(exc.wait) + 1)}
+    else:
+        error_id = str(uuid.uuid4())
+        logger.exception("unhandled API error %s on %s", error_id, path)
+        return Response(
+            error_body(500, path, "Internal server error", errorId=error_id), status=500
+        )
+
+    extra: dict[str, Any] = {"code": code}
+    if status == 400:
+        extra["type"] = code
+        extra["errors"] = errors
+    elif status == 422:
+        extra["errors"] = {e["field"]: {"messages": [e["message"]]} for e in errors}
+    return Response(error_body(status, path, message, **extra), status=status, headers=headers)

@@ -1,0 +1,54 @@
+"""The pipeline in one place: its stages, their Celery task names and queues.
+
+HTTP trigger -> workflow worker -> subscriber worker -> echo worker <-> message worker
+
+Stages hand off by task *name*, so the apps never import each other's tasks, and
+every hand-off waits for the transaction that wrote its row to commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+
+@dataclass(frozen=True)
+class Stage:
+    task: str
+    queue: str
+
+
+WORKFLOW = Stage("norm.workflow.run", "workflows")
+SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
+ECHO = Stage("norm.echo.run", "echo")
+MESSAGE = Stage("norm.message.send", "messages")
+
+QUEUES = ("workflows", "subscribers", "echo", "messages")
+
+
+def workflow_queue(workflow_id: str) -> str:
+    """The routing table: a critical workflow can get its own queue and workers."""
+    return settings.NORM_WORKFLOW_QUEUES.get(workflow_id, WORKFLOW.queue)
+
+
+def send_now(
+    stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
+) -> None:
+    from config.celery import app
+
+    app.send_task(
+        stage.task,
+        args=list(args),
+        queue=queue or stage.queue,
+        countdown=countdown if countdown and countdown > 0 else None,
+    )
+
+
+def enqueue_on_commit(
+    stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
+) -> None:
+    """Enqueue `stage` once the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: send_now(stage, *args, countdown=countdown, queue=queue))

@@ -1,0 +1,242 @@
+"""norm settings: one module, driven by the environment.
+
+With no environment at all, norm runs on the embedded default: SQLite and Celery's
+filesystem transport under ./var, the console email backend. Production sets
+DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, NORM_ENCRYPTION_KEY and the EMAIL_* values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("NORM_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean, got {raw!r}")
+
+
+def env_json(name: str, default: Any) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
+
+
+DEBUG = env_bool("DEBUG", False)
+# The embedded default is for a laptop; production must set its own SECRET_KEY.
+SECRET_KEY = env_str("SECRET_KEY", "norm-insecure-development-key-change-me")
+ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "*").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "notify",
+    "workflows",
+    "subscribers",
+    "messaging",
+]
+
+MIDDLEWARE = [
+    "config.middleware.collapse_slashes",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+# Routes have no trailing slash; a redirect would turn a client's POST into a GET.
+APPEND_SLASH = False
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'norm.sqlite3'}"),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat write one SQLite file: WAL lets readers run beside the
+    # writer, IMMEDIATE takes the write lock up front instead of failing mid-transaction.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# The trigger API refuses bodies over 512 KB with a JSON 413 (notify.apis); Django's
+# own limit sits just above so that the API's check is the one that answers.
+NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES + 1024
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["notify.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["notify.auth.IsClient"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "config.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Celery -------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
+        "control_folder": str(VAR_DIR / "broker-control"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A task not acknowledged within this many seconds is delivered again. It must
+        # exceed the longest countdown norm gives the broker (NORM_BROKER_MAX_COUNTDOWN)
+        # or delayed steps would be redelivered while still waiting; longer delays
+        # live in the database and are enqueued by the reconciler.
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    }
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+# Acknowledge after the task ran, and requeue when the worker process dies, so a
+# killed worker loses nothing; every task claims its row, so a rerun is harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: with acks_late a prefetched message would wait
+# behind a slow bridge call instead of going to an idle worker.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
+CELERY_TASK_DEFAULT_QUEUE = "workflows"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "norm.reconcile",
+        "schedule": NORM_RECONCILE_INTERVAL,
+        "options": {"queue": "workflows", "expires": NORM_RECONCILE_INTERVAL},
+    },
+}
+
+# --- norm ---------------------------------------------------------------------------
+# Key for the encrypted copies of secret keys (a Fernet key, urlsafe base64 of 32
+# bytes). Without one, a key is derived from SECRET_KEY: fine on a laptop, but then
+# rotating SECRET_KEY makes stored secrets unreadable.
+NORM_ENCRYPTION_KEY = env_str("NORM_ENCRYPTION_KEY", "")
+# workflow name -> Celery queue for the workflow worker, for dedicated workers.
+NORM_WORKFLOW_QUEUES: dict[str, str] = env_json("NORM_WORKFLOW_QUEUES", {})
+# Delays up to this long ride on the broker's countdown; longer ones wait in the
+# database for the reconciler, which survives a broker restart.
+NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
+# A due step the broker should have delivered this many seconds ago is re-enqueued.
+NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60)
+# A step claimed longer ago than this is taken to belong to a dead worker.
+NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
+NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0)
+NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
+NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)
+NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5)
+NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
+# Seconds between two discover calls prompted by an unknown workflow name.
+NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
+# channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
+# provider, and its steps fail with that reason.
+NORM_PROVIDERS: dict[str, str] = env_json(
+    "NORM_PROVIDERS", {"email": "django-email", "in_app": "inbox"}
+)
+# The demo bridge at /bridge verifies signatures with this secret (strict mode) when set.
+NORM_DEMO_BRIDGE_SECRET = env_str("NORM_DEMO_BRIDGE_SECRET", "")
+
+# --- email --------------------------------------------------------------------------
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 15)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "norm@localhost")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Message(models.Model):
+    """What one channel step delivered (or tried to), and for in-app, its feed state."""
+
+    class Status(models.TextChoices):
+        SENDING = "sending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    step = models.OneToOneField("workflows.Step", on_delete=models.CASCADE, related_name="message")
+    client = models.ForeignKey("notify.Client", on_delete=models.CASCADE, related_name="messages")
+    subscriber = models.ForeignKey(
+        "subscribers.Subscriber", on_delete=models.CASCADE, related_name="messages"
+    )
+    channel = models.CharField(max_length=32)
+    provider = models.CharField(max_length=64)
+    recipient = models.CharField(max_length=254, blank=True)
+    content = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SENDING)
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    seen_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["subscriber", "channel", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.channel} to {self.recipient or self.subscriber_id}"

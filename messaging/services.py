@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from messaging.models import Message
+from messaging.providers import SendError, provider_for
+from workflows import services as workflow_services
+from workflows.selectors import CHANNEL_TYPES
+
+logger = logging.getLogger(__name__)
+
+
+def message_send(*, step_id: int) -> None:
+    """Stage 5: carry out one step, then hand the notification back to the echo worker.
+
+    Safe to run twice: the step is claimed (scheduled -> processing) by one run only.
+    A worker that dies between the provider call and the commit leaves the step
+    claimed; the reconciler releases it, and that one send may repeat.
+    """
+    step = workflow_services.step_claim(step_id=step_id)
+    if step is None:
+        return
+    if step.type == "delay":
+        waited = timezone.now() - step.created_at
+        workflow_services.step_complete(
+            step=step, result={"duration": int(waited.total_seconds() * 1000)}
+        )
+        return
+    if step.type not in CHANNEL_TYPES:  # custom: its outputs are its result
+        workflow_services.step_complete(step=step, result=step.outputs)
+        return
+
+    provider = provider_for(step.type)
+    if provider is None:
+        workflow_services.step_fail(
+            step=step,
+            code="NoProvider",
+            message=f"no provider is configured for the {step.type} channel",
+        )
+        return
+    subscriber = step.notification.subscriber
+    with transaction.atomic():
+        message, _ = Message.objects.get_or_create(
+            step=step,
+            defaults={
+                "client_id": step.notification.client_id,
+                "subscriber": subscriber,
+                "channel": step.type,
+                "provider": provider.name,
+                "content": step.outputs,
+            },
+        )
+    if message.status == Message.Status.SENT:
+        workflow_services.step_complete(step=step, result={})
+        return
+    message.subscriber = subscriber
+    message.recipient = provider.recipient(message)
+    try:
+        provider_message_id = provider.send(message)
+    except SendError as exc:
+        attempts = message.attempts + 1
+        Message.objects.filter(pk=message.pk).update(
+            attempts=attempts, error=str(exc), recipient=message.recipient
+        )
+        if exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS:
+            backoff = settings.NORM_SEND_RETRY_BACKOFF * 2 ** (attempts - 1)
+            workflow_services.step_retry_later(step=step, message=str(exc), backoff=backoff)
+        else:
+            Message.objects.filter(pk=message.pk).update(status=Message.Status.FAILED)
+            workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
+        return
+    Message.objects.filter(pk=message.pk).update(
+        status=Message.Status.SENT,
+        recipient=message.recipient,
+        provider_message_id=provider_message_id,
+        attempts=message.attempts + 1,
+        sent_at=timezone.now(),
+        error="",
+    )
+    # An in-app result is read from the message when the state is built.
+    workflow_services.step_complete(step=step, result={})
+
+
+def message_mark(
+    *, message: Message, seen: bool | None = None, read: bool | None = None
+) -> Message:
+    """Mark an in-app message seen/read (or not); a later step's state reflects it."""
+    now = timezone.now()
+    if read is True:
+        seen = True if seen is None else seen
+    fields: dict[str, object] = {}
+    if seen is not None:
+        fields["seen_at"] = (message.seen_at or now) if seen else None
+    if read is not None:
+        fields["read_at"] = (message.read_at or now) if read else None
+    if fields:
+        Message.objects.filter(pk=message.pk).update(**fields)
+        message.refresh_from_db()
+    return message

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from config.errors import ApiError
+from notify import selectors
+from notify.models import Client
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`Authorization: ApiKey <secret key>`, as Novu's clients send it."""
+
+    def authenticate(self, request: Request) -> tuple[Client, str] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            raise NotAuthenticated("Unauthorized: API key missing")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "apikey" or not key.strip():
+            raise AuthenticationFailed("Unauthorized: use 'Authorization: ApiKey <key>'")
+        client = selectors.client_by_api_key(key=key.strip())
+        if client is None:
+            raise AuthenticationFailed("Unauthorized: API key unknown or revoked")
+        if not client.is_active:
+            raise ApiError(403, "client_inactive", "This client is inactive")
+        return client, key.strip()
+
+    def authenticate_header(self, request: Request) -> str:
+        return "ApiKey"
+
+
+class IsClient(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.user, Client)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from notify import services
+from notify.models import Client
+
+
+class Command(BaseCommand):
+    help = "Create a client and print its secret key (the last line of output)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--bridge-url", required=True, help="The client's bridge endpoint.")
+        parser.add_argument(
+            "--allowed-bridge-url",
+            action="append",
+            default=[],
+            help="Another bridge URL (repeatable).",
+        )
+        parser.add_argument(
+            "--secret-key",
+            help="Use this secret key instead of generating one (e.g. to match a bridge's NOVU_SECRET_KEY).",
+        )
+        parser.add_argument(
+            "--if-missing",
+            action="store_true",
+            help="Do nothing but print the name when the client exists (with --secret-key: also "
+            "add that key if the client lacks it).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name: str = options["name"]
+        existing = Client.objects.filter(name=name).first()
+        if existing is not None:
+            if not options["if_missing"]:
+                raise CommandError(f"a client named {name!r} exists already")
+            key = options["secret_key"]
+            from notify.selectors import client_by_api_key
+
+            if key and client_by_api_key(key=key) != existing:
+                services.secret_key_create(client=existing, key=key)
+            self.stdout.write(f"Client {name!r} exists already.")
+            if key:
+                self.stdout.write(key)
+            return
+        with transaction.atomic():
+            client = services.client_create(
+                name=name,
+                bridge_url=options["bridge_url"],
+                allowed_bridge_urls=options["allowed_bridge_url"],
+            )
+            _, key = services.secret_key_create(client=client, key=options["secret_key"])
+        self.stdout.write(f"Created client {name!r} (id {client.pk}), bridge {client.bridge_url}.")
+        self.stdout.write("Its secret key follows; it is shown only now:")
+        self.stdout.write(key)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Client(models.Model):
+    """A tenant of norm: its bridge, its keys, what it may trigger."""
+
+    name = models.CharField(max_length=200, unique=True)
+    is_active = models.BooleanField(default=True)
+    bridge_url = models.URLField(max_length=500, help_text="The default resource.")
+    allowed_bridge_urls = models.JSONField(
+        default=list, blank=True, help_text="Other bridge URLs a trigger may name as resource."
+    )
+    workflow_allowlist = models.JSONField(
+        default=list, blank=True, help_text="Workflow ids this client may trigger; empty = all."
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_authenticated(self) -> bool:
+        # DRF treats request.user as the caller; for the API that is the client.
+        return True
+
+    def bridge_urls(self) -> list[str]:
+        return [self.bridge_url, *self.allowed_bridge_urls]
+
+
+class SecretKey(models.Model):
+    """One of a client's secret keys: authenticates API calls and signs bridge calls.
+
+    Stored as a SHA-256 hash (lookup) and a Fernet-encrypted copy (signing), never in
+    plain text; `prefix` is the visible start that identifies it in the admin.
+    """
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="secret_keys")
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True)
+    encrypted = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}…"
+
+
+class BridgeWorkflow(models.Model):
+    """A workflow the client's bridge declared in its last discover."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_workflows")
+    bridge_url = models.URLField(max_length=500)
+    workflow_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, blank=True)
+    payload_schema = models.JSONField(default=dict, blank=True)
+    steps = models.JSONField(default=list, blank=True)
+    discovered_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "bridge_url", "workflow_id"], name="uniq_bridge_workflow"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.workflow_id
+
+
+class BridgeSync(models.Model):
+    """When a bridge was last discovered, to rate-limit refreshes on unknown names."""
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_syncs")
+    bridge_url = models.URLField(max_length=500)
+    synced_at = models.DateTimeField()
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "bridge_url"], name="uniq_bridge_sync")
+        ]
+
+
+class TriggerEvent(models.Model):
+    class Mode(models.TextChoices):
+        MULTICAST = "multicast"
+        BROADCAST = "broadcast"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received"
+        PROCESSING = "processing"
+        PROCESSED = "processed"
+        FAILED = "failed"
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="trigger_events")
+    workflow_id = models.CharField(max_length=200)
+    transaction_id = models.CharField(max_length=255)
+    mode = models.CharField(max_length=16, choices=Mode.choices)
+    to = models.JSONField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    resource = models.URLField(max_length=500)
+    actor = models.JSONField(null=True, blank=True)
+    overrides = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    recipients = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "transaction_id"], name="uniq_transaction")
+        ]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.transaction_id}"

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import jsonschema
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from config import pipeline
+from config.errors import ApiError
+from notify import crypto, selectors
+from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
+from subscribers.recipients import parse_recipients
+from workflows import bridge
+
+logger = logging.getLogger(__name__)
+
+
+def client_create(
+    *, name: str, bridge_url: str, allowed_bridge_urls: list[str] | None = None
+) -> Client:
+    return Client.objects.create(
+        name=name, bridge_url=bridge_url, allowed_bridge_urls=allowed_bridge_urls or []
+    )
+
+
+def secret_key_create(*, client: Client, key: str | None = None) -> tuple[SecretKey, str]:
+    """Create a secret key; the plain key is returned once and never stored."""
+    key = key or crypto.generate_key()
+    secret = SecretKey.objects.create(
+        client=client,
+        prefix=key[:10],
+        key_hash=crypto.hash_key(key),
+        encrypted=crypto.encrypt(key),
+    )
+    return secret, key
+
+
+def secret_key_revoke(*, secret_key: SecretKey) -> SecretKey:
+    SecretKey.objects.filter(pk=secret_key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    secret_key.refresh_from_db()
+    return secret_key
+
+
+def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
+    """Ask the bridge which workflows it defines and store them as the registry."""
+    now = timezone.now()
+    try:
+        found = bridge.discover(bridge_url, secret=selectors.signing_secret(client_id=client.pk))
+    except bridge.BridgeError as exc:
+        BridgeSync.objects.update_or_create(
+            client=client, bridge_url=bridge_url, defaults={"synced_at": now, "error": str(exc)}
+        )
+        raise
+    workflows = [
+        w for w in found.get("workflows", []) if isinstance(w, dict) and w.get("workflowId")
+    ]
+    with transaction.atomic():
+        BridgeSync.objects.update_or_create(
+            client=client, bridge_url=bridge_url, defaults={"synced_at": now, "error": ""}
+        )
+        BridgeWorkflow.objects.filter(client=client, bridge_url=bridge_url).exclude(
+            workflow_id__in=[w["workflowId"] for w in workflows]
+        ).delete()
+        rows = [
+            BridgeWorkflow.objects.update_or_create(
+                client=client,
+                bridge_url=bridge_url,
+                workflow_id=w["workflowId"],
+                defaults={
+                    "name": w.get("name") or w["workflowId"],
+                    "payload_schema": (w.get("payload") or {}).get("schema") or {},
+                    "steps": [
+                        {"stepId": s.get("stepId"), "type": s.get("type")}
+                        for s in w.get("steps", [])
+                    ],
+                    "discovered_at": now,
+                },
+            )[0]
+            for w in workflows
+        ]
+    return rows
+
+
+def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> BridgeWorkflow:
+    """The registry entry for a workflow, refreshed from the bridge when it is unknown."""
+    found = selectors.bridge_workflow_get(
+        client=client, bridge_url=bridge_url, workflow_id=workflow_id
+    )
+    if found is not None:
+        return found
+    last = BridgeSync.objects.filter(client=client, bridge_url=bridge_url).first()
+    interval = timedelta(seconds=settings.NORM_DISCOVER_MIN_INTERVAL)
+    if last is None or last.synced_at < timezone.now() - interval:
+        try:
+            bridge_sync(client=client, bridge_url=bridge_url)
+        except bridge.BridgeError as exc:
+            raise ApiError(
+                502,
+                "bridge_unavailable",
+                f"Could not discover the workflows of {bridge_url}: {exc}",
+            ) from exc
+        found = selectors.bridge_workflow_get(
+            client=client, bridge_url=bridge_url, workflow_id=workflow_id
+        )
+    if found is None:
+        raise ApiError(
+            404,
+            "workflow_not_found",
+            f"Workflow '{workflow_id}' is not defined by the bridge {bridge_url}",
+        )
+    return found
+
+
+def _validate_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
+    if not schema:
+        return
+    validator_cls = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_cls(schema).iter_errors(payload), key=lambda e: list(e.absolute_path))
+    if errors:
+        details = [
+            {"field": "payload/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}
+            for e in errors
+        ]
+        message = "Payload does not match the workflow's schema: " + "; ".join(
+            f"{d['field']}: {d['message']}" for d in details
+        )
+        raise ApiError(400, "invalid_payload", message, details)
+
+
+def trigger_event_create(
+    *,
+    client: Client,
+    workflow_id: str,
+    mode: str,
+    to: Any,
+    payload: dict[str, Any],
+    transaction_id: str,
+    resource: str | None = None,
+    actor: Any = None,
+    overrides: dict[str, Any] | None = None,
+) -> TriggerEvent:
+    """Accept a trigger: check and store it, then hand it to the workflow worker.
+
+    Idempotent on (client, transaction_id): a repeat returns the first event and
+    starts nothing new. No per-recipient work happens here.
+    """
+    existing = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
+    if existing is not None:
+        return existing
+    if client.workflow_allowlist and workflow_id not in client.workflow_allowlist:
+        raise ApiError(403, "workflow_forbidden", f"This client may not trigger '{workflow_id}'")
+    resource = resource or client.bridge_url
+    if resource not in client.bridge_urls():
+        raise ApiError(
+            400,
+            "invalid_resource",
+            "resource is not one of this client's bridge URLs",
+            [{"field": "resource", "message": "not an allowed bridge URL"}],
+        )
+    if mode == TriggerEvent.Mode.MULTICAST:
+        parse_recipients(to)
+    registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
+    _validate_payload(registered.payload_schema, payload)
+
+    try:
+        with transaction.atomic():
+            event = TriggerEvent.objects.create(
+                client=client,
+                workflow_id=workflow_id,
+                transaction_id=transaction_id,
+                mode=mode,
+                to=to if mode == TriggerEvent.Mode.MULTICAST else None,
+                payload=payload,
+                resource=resource,
+                actor=actor,
+                overrides=overrides or {},
+            )
+            pipeline.enqueue_on_commit(
+                pipeline.WORKFLOW, event.pk, queue=pipeline.workflow_queue(workflow_id)
+            )
+    except IntegrityError:
+        # The same transactionId raced in from a concurrent request: answer with its event.
+        return TriggerEvent.objects.get(client=client, transaction_id=transaction_id)
+    return event

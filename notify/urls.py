@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from notify import apis
+
+urlpatterns = [
+    path("v1/events/trigger", apis.TriggerApi.as_view(), name="trigger"),
+    path("v1/events/trigger/broadcast", apis.BroadcastApi.as_view(), name="trigger-broadcast"),
+]

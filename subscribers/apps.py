@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class SubscribersConfig(AppConfig):
+    name = "subscribers"

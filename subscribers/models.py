@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Subscriber(models.Model):
+    client = models.ForeignKey(
+        "notify.Client", on_delete=models.CASCADE, related_name="subscribers"
+    )
+    subscriber_id = models.CharField(max_length=255)
+    email = models.CharField(max_length=254, blank=True)
+    phone = models.CharField(max_length=64, blank=True)
+    first_name = models.CharField(max_length=200, blank=True)
+    last_name = models.CharField(max_length=200, blank=True)
+    avatar = models.CharField(max_length=500, blank=True)
+    locale = models.CharField(max_length=32, blank=True)
+    timezone = models.CharField(max_length=64, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "subscriber_id"], name="uniq_subscriber")
+        ]
+
+    def __str__(self) -> str:
+        return self.subscriber_id
+
+
+class Topic(models.Model):
+    client = models.ForeignKey("notify.Client", on_delete=models.CASCADE, related_name="topics")
+    key = models.CharField(max_length=255)
+    name = models.CharField(max_length=255, blank=True)
+    subscribers = models.ManyToManyField(
+        Subscriber, through="TopicSubscription", related_name="topics"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["client", "key"], name="uniq_topic")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class TopicSubscription(models.Model):
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE)
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "subscriber"], name="uniq_topic_subscription")
+        ]

@@ -1,0 +1,56 @@
+"""The `to` of a trigger: a subscriberId, a subscriber object, or a list of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.errors import ApiError
+
+MAX_RECIPIENTS = 1000
+# Trigger field -> Subscriber model field for attributes given inline.
+INLINE_FIELDS = {
+    "email": "email",
+    "phone": "phone",
+    "firstName": "first_name",
+    "lastName": "last_name",
+    "avatar": "avatar",
+    "locale": "locale",
+    "timezone": "timezone",
+    "data": "data",
+}
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_recipients", message, [{"field": "to", "message": message}])
+
+
+def parse_recipients(to: Any) -> list[dict[str, Any]]:
+    """Normalise `to` into subscriber dicts, one per subscriberId (first one wins)."""
+    items = to if isinstance(to, list) else [to]
+    if not items or to in ("", None):
+        raise _invalid("`to` must name at least one subscriber")
+    if len(items) > MAX_RECIPIENTS:
+        raise _invalid(f"`to` lists more than {MAX_RECIPIENTS} recipients; use a broadcast")
+    recipients: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if isinstance(item, str | int) and not isinstance(item, bool) and str(item).strip():
+            recipient: dict[str, Any] = {"subscriberId": str(item).strip()}
+        elif (
+            isinstance(item, dict)
+            and item.get("type") == "Topic"
+            or (isinstance(item, dict) and "topicKey" in item)
+        ):
+            raise _invalid("topics in `to` are not supported yet")
+        elif isinstance(item, dict) and isinstance(item.get("subscriberId"), str | int):
+            recipient = {"subscriberId": str(item["subscriberId"]).strip()}
+            for key in INLINE_FIELDS:
+                if key in item and item[key] is not None:
+                    recipient[key] = item[key]
+            if "data" in recipient and not isinstance(recipient["data"], dict):
+                raise _invalid("a subscriber's `data` must be an object")
+        else:
+            raise _invalid("each recipient must be a subscriberId or an object with subscriberId")
+        if not recipient["subscriberId"]:
+            raise _invalid("subscriberId must not be empty")
+        recipients.setdefault(recipient["subscriberId"], recipient)
+    return list(recipients.values())

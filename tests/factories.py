@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+
+import factory
+from django.utils import timezone
+
+from messaging.models import Message
+from notify import services as notify_services
+from notify.models import BridgeWorkflow, Client, TriggerEvent
+from subscribers.models import Subscriber
+from workflows.models import Notification, Step
+
+BRIDGE_URL = "http://bridge.test/bridge"
+
+
+class ClientFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Client
+
+    name = factory.Sequence(lambda n: f"client-{n}")
+    bridge_url = BRIDGE_URL
+
+
+def client_with_key(**kwargs: object) -> tuple[Client, str]:
+    """A client and its plain secret key (stored only hashed and encrypted)."""
+    client = ClientFactory(**kwargs)
+    _, key = notify_services.secret_key_create(client=client)
+    return client, key
+
+
+class BridgeWorkflowFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BridgeWorkflow
+
+    client = factory.SubFactory(ClientFactory)
+    bridge_url = factory.LazyAttribute(lambda o: o.client.bridge_url)
+    workflow_id = "welcome"
+    discovered_at = factory.LazyFunction(timezone.now)
+
+
+class SubscriberFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Subscriber
+
+    client = factory.SubFactory(ClientFactory)
+    subscriber_id = factory.Sequence(lambda n: f"user-{n}")
+
+
+class TriggerEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TriggerEvent
+
+    client = factory.SubFactory(ClientFactory)
+    workflow_id = "welcome"
+    transaction_id = factory.LazyFunction(lambda: str(uuid.uuid4()))
+    mode = TriggerEvent.Mode.MULTICAST
+    to = factory.LazyFunction(lambda: ["user-a"])
+    resource = factory.LazyAttribute(lambda o: o.client.bridge_url)
+
+
+class NotificationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Notification
+
+    trigger_event = factory.SubFactory(TriggerEventFactory)
+    client = factory.LazyAttribute(lambda o: o.trigger_event.client)
+    subscriber = factory.SubFactory(SubscriberFactory, client=factory.SelfAttribute("..client"))
+    workflow_id = factory.LazyAttribute(lambda o: o.trigger_event.workflow_id)
+    resource = factory.LazyAttribute(lambda o: o.trigger_event.resource)
+    payload = factory.LazyFunction(lambda: {"name": "Ann"})
+
+
+class StepFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Step
+
+    notification = factory.SubFactory(NotificationFactory, status=Notification.Status.RUNNING)
+    step_id = factory.Sequence(lambda n: f"step-{n}")
+    type = "email"
+    position = factory.Sequence(lambda n: n)
+    outputs = factory.LazyFunction(lambda: {"subject": "Hi", "body": "Hello"})
+    due_at = factory.LazyFunction(timezone.now)
+
+
+class MessageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Message
+
+    step = factory.SubFactory(StepFactory, type="in_app")
+    client = factory.LazyAttribute(lambda o: o.step.notification.client)
+    subscriber = factory.LazyAttribute(lambda o: o.step.notification.subscriber)
+    channel = factory.LazyAttribute(lambda o: o.step.type)
+    provider = "inbox"
+    status = Message.Status.SENT

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Any
+
+from workflows.sdk import Workflow
+
+UNREAD = {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None}
+READ = {
+    "seen": True,
+    "read": True,
+    "lastSeenDate": "2025-01-01T10:00:00.000Z",
+    "lastReadDate": "2025-01-01T10:01:00.000Z",
+}
+DEFAULT_RESULTS: dict[str, dict[str, Any]] = {"in_app": UNREAD, "delay": {"duration": 1000}}
+
+
+def entry(step_id: str, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"stepId": step_id, "outputs": outputs or {}, "state": {"status": "completed"}}
+
+
+def execute_body(payload: dict[str, Any], state: list[dict[str, Any]], **extra: Any) -> dict:
+    return {"payload": payload, "state": state, "controls": {}, "subscriber": {}} | extra
+
+
+def drive(
+    wf: Workflow, payload: dict[str, Any], results: dict[str, dict[str, Any]] | None = None
+) -> list[str]:
+    """Run a workflow to the end as norm's server does; the steps it ran ("id" or "id:skipped")."""
+    state: list[dict[str, Any]] = []
+    ran: list[str] = []
+    for _ in range(20):
+        response = wf.execute(execute_body(payload, state))
+        if response["done"]:
+            return ran
+        step_id, skipped = response["stepId"], response["options"]["skip"]
+        ran.append(f"{step_id}:skipped" if skipped else step_id)
+        result = (results or {}).get(step_id, DEFAULT_RESULTS.get(response["type"], {}))
+        state.append(entry(step_id, result))
+    raise AssertionError("the workflow never finished")

@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from workflows.sdk import Bridge, Context, canonical_json, signature_header, workflow
+
+from .helpers import UNREAD, entry, execute_body
+
+SECRET = "sk_test_bridge"
+
+
+@workflow(
+    "welcome",
+    name="Welcome",
+    description="Say hello",
+    tags=["onboarding"],
+    payload_schema={"type": "object", "properties": {"name": {"type": "string", "default": "x"}}},
+)
+def welcome(ctx: Context) -> None:
+    inbox = ctx.step.in_app("inbox", lambda: {"body": f"Hi {ctx.payload['name']}"})
+    ctx.step.delay("wait", lambda: {"amount": 1, "unit": "minutes"})
+    ctx.step.email("reminder", lambda: {"subject": "s", "body": "b"}, skip=lambda: inbox["read"])
+
+
+@workflow("branchy")
+def branchy(ctx: Context) -> None:
+    score = ctx.step.custom("score", lambda: {"score": 1})
+    if score["score"]:
+        ctx.step.sms("never-discovered", lambda: {"body": "b"})
+    ctx.step.chat("chat", lambda: {"body": "b"})
+    ctx.step.push("push", lambda: {"subject": ctx.payload["needed"], "body": "b"})
+    if ctx.payload["needed"]:  # KeyError with the empty discovery payload
+        ctx.step.sms("after-error", lambda: {"body": "b"})
+
+
+@workflow("crash")
+def crash(ctx: Context) -> None:
+    raise RuntimeError("bug in the workflow body")
+
+
+def call(
+    bridge: Bridge,
+    method: str,
+    query: dict[str, str],
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    raw = canonical_json(body).encode() if body is not None else None
+    return bridge.handle(method=method, query=query, body=raw, headers=headers or {})
+
+
+def signed(body: dict[str, Any] | None, secret: str = SECRET) -> dict[str, str]:
+    return {"Novu-Signature": signature_header(secret, canonical_json(body or {}))}
+
+
+@pytest.fixture
+def bridge() -> Bridge:
+    return Bridge(workflows=[welcome, branchy, crash])
+
+
+def test_health_check(bridge: Bridge) -> None:
+    status, body, headers = call(bridge, "GET", {"action": "health-check"})
+    assert status == 200
+    assert body == {
+        "status": "ok",
+        "sdkVersion": "0.1.0",
+        "frameworkVersion": "2024-06-26",
+        "discovered": {"workflows": 3, "steps": 6},
+    }
+    assert headers["novu-framework-version"] == "2024-06-26"
+    assert headers["novu-framework-sdk"] == "0.1.0"
+    assert call(bridge, "GET", {})[1] == body
+
+
+def test_discover_lists_workflows_and_steps_in_code_order(bridge: Bridge) -> None:
+    status, body, _ = call(bridge, "GET", {"action": "discover"})
+    assert status == 200
+    assert [w["workflowId"] for w in body["workflows"]] == ["welcome", "branchy", "crash"]
+    first = body["workflows"][0]
+    assert {k: first[k] for k in ("name", "description", "tags", "severity", "preferences")} == {
+        "name": "Welcome",
+        "description": "Say hello",
+        "tags": ["onboarding"],
+        "severity": "none",
+        "preferences": {},
+    }
+    assert first["payload"]["schema"]["properties"]["name"]["type"] == "string"
+    assert first["controls"]["schema"]["type"] == "object"
+    assert [(s["stepId"], s["type"]) for s in first["steps"]] == [
+        ("inbox", "in_app"),
+        ("wait", "delay"),
+        ("reminder", "email"),
+    ]
+    inbox = first["steps"][0]
+    assert set(inbox) == {"stepId", "type", "controls", "outputs", "results", "options", "providers"}
+    assert inbox["results"]["schema"]["required"] == ["seen", "read", "lastSeenDate", "lastReadDate"]
+    assert inbox["outputs"]["schema"]["properties"]["body"]["minLength"] == 1
+    assert first["steps"][2]["outputs"]["schema"]["required"] == ["subject", "body"]
+    json.dumps(body)  # serializable as is
+
+
+def test_discover_survives_payload_dependent_code(bridge: Bridge) -> None:
+    workflows = call(bridge, "GET", {"action": "discover"})[1]["workflows"]
+    steps = {w["workflowId"]: [s["stepId"] for s in w["steps"]] for w in workflows}
+    # The custom result is a placeholder (unknown keys read None), so the branch is not taken.
+    assert steps["branchy"] == ["score", "chat", "push"]
+    assert steps["crash"] == []
+
+
+def test_execute_through_the_bridge(bridge: Bridge) -> None:
+    query = {"action": "execute", "workflowId": "welcome"}
+    status, body, _ = call(bridge, "POST", query, execute_body({"name": "Ada"}, []))
+    assert (status, body["stepId"], body["outputs"]) == (200, "inbox", {"body": "Hi Ada"})
+
+    query["stepId"] = "wait"
+    status, body, _ = call(bridge, "POST", query, execute_body({}, [entry("inbox", UNREAD)]))
+    assert (status, body["stepId"]) == (200, "wait")
+
+
+def test_framework_errors_become_error_bodies(bridge: Bridge) -> None:
+    query = {"action": "execute", "workflowId": "welcome"}
+    status, body, _ = call(bridge, "POST", query, execute_body({}, [entry("wait")]))
+    assert status == 400
+    assert body == {
+        "message": body["message"],
+        "code": "ExecutionStateOrderError",
+        "data": {"expected": ["inbox"], "received": ["wait"]},
+    }
+
+
+def test_unknown_workflow(bridge: Bridge) -> None:
+    status, body, _ = call(bridge, "POST", {"action": "execute", "workflowId": "nope"}, {})
+    assert (status, body["code"]) == (404, "WorkflowNotFoundError")
+
+
+def test_unexpected_exception_is_a_bridge_error(bridge: Bridge) -> None:
+    query = {"action": "execute", "workflowId": "crash"}
+    status, body, _ = call(bridge, "POST", query, execute_body({}, []))
+    assert (status, body["code"]) == (500, "BridgeError")
+    assert "bug in the workflow body" in body["message"]
+
+
+def test_resolver_exception_is_502(bridge: Bridge) -> None:
+    query = {"action": "execute", "workflowId": "branchy"}
+    state = [entry("score", {"score": 0}), entry("chat")]
+    status, body, _ = call(bridge, "POST", query, execute_body({}, state))
+    assert (status, body["code"]) == (502, "StepExecutionFailedError")
+    assert body["message"] == "Failed to execute Step with id: `push`: 'needed'"
+
+
+def test_body_that_is_not_a_json_object(bridge: Bridge) -> None:
+    query = {"action": "execute", "workflowId": "welcome"}
+    status, body, _ = bridge.handle(method="POST", query=query, body=b"[1", headers={})
+    assert (status, body["code"]) == (400, "ExecutionEventPayloadInvalidError")
+
+
+@pytest.mark.parametrize(
+    ("method", "action"),
+    [("POST", "health-check"), ("POST", "discover"), ("GET", "execute"), ("GET", "nope")],
+)
+def test_wrong_method_or_unknown_action(bridge: Bridge, method: str, action: str) -> None:
+    status, body, _ = call(bridge, method, {"action": action})
+    assert (status, body["code"]) == (400, "InvalidActionError")
+
+
+def test_post_without_action_is_invalid(bridge: Bridge) -> None:
+    status, body, _ = call(bridge, "POST", {})
+    assert (status, body["code"]) == (400, "InvalidActionError")
+    assert "`execute`" in body["message"]
+
+
+def test_other_methods_are_not_allowed(bridge: Bridge) -> None:
+    status, body, _ = call(bridge, "PUT", {"action": "discover"})
+    assert (status, body["code"]) == (405, "MethodNotAllowedError")
+    assert call(bridge, "OPTIONS", {"action": "discover"})[:2] == (200, {})
+
+
+def test_strict_bridge_requires_signatures() -> None:
+    strict = Bridge(workflows=[welcome], secret_key=SECRET)
+    query = {"action": "execute", "workflowId": "welcome"}
+    body = execute_body({"name": "Zoë 😀"}, [])
+
+    assert call(strict, "POST", query, body)[1]["code"] == "SignatureNotFoundError"
+    assert call(strict, "POST", query, body, signed(body, "sk_forged"))[0] == 401
+    status, answer, _ = call(strict, "POST", query, body, signed(body))
+    assert (status, answer["outputs"]) == (200, {"body": "Hi Zoë 😀"})
+    legacy = {"x-novu-signature": signed(body)["Novu-Signature"]}
+    assert call(strict, "POST", query, body, legacy)[0] == 200
+
+    assert call(strict, "GET", {"action": "discover"})[0] == 401
+    assert call(strict, "GET", {"action": "discover"}, None, signed(None))[0] == 200
+    assert call(strict, "OPTIONS", {"action": "discover"})[0] == 401
+    assert call(strict, "GET", {"action": "health-check"})[0] == 200
+
+
+def test_non_strict_bridge_accepts_unsigned_requests() -> None:
+    relaxed = Bridge(workflows=[welcome], secret_key=SECRET, strict=False)
+    assert call(relaxed, "GET", {"action": "discover"})[0] == 200
+    assert call(Bridge(workflows=[welcome]), "GET", {"action": "discover"})[0] == 200
+
+
+def test_strict_bridge_without_a_secret_refuses_everything() -> None:
+    keyless = Bridge(workflows=[welcome], strict=True)
+    status, body, _ = call(keyless, "GET", {"action": "discover"}, None, signed(None))
+    assert (status, body["code"]) == (401, "SigningKeyNotFoundError")
+
+
+def test_secret_key_is_read_lazily() -> None:
+    secrets: list[str | None] = [None]
+    lazy = Bridge(workflows=[welcome], secret_key=lambda: secrets[0])
+    assert call(lazy, "GET", {"action": "discover"})[0] == 200
+    secrets[0] = SECRET
+    assert call(lazy, "GET", {"action": "discover"})[0] == 401
+    assert call(lazy, "GET", {"action": "discover"}, None, signed(None))[0] == 200
+
+
+def test_duplicate_workflow_ids_are_rejected() -> None:
+    with pytest.raises(ValueError, match="welcome"):
+        Bridge(workflows=[welcome, welcome])

@@ -1,0 +1,372 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+
+from workflows.sdk import (
+    Context,
+    ExecutionEventPayloadInvalidError,
+    ExecutionStateControlInvalidError,
+    ExecutionStateCorruptError,
+    ExecutionStateOrderError,
+    ExecutionStateOutputInvalidError,
+    ExecutionStateResultInvalidError,
+    StepAlreadyExistsError,
+    StepExecutionFailedError,
+    Workflow,
+    workflow,
+)
+
+from .helpers import READ, UNREAD, drive, entry, execute_body
+
+PAYLOAD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "delaySeconds": {"type": "integer", "default": 60},
+    },
+    "required": ["name"],
+}
+
+
+def make_welcome(calls: list[str]) -> Workflow:
+    """inbox -> wait -> reminder (skipped once the in-app message was read)."""
+
+    @workflow("welcome", payload_schema=PAYLOAD_SCHEMA)
+    def welcome(ctx: Context) -> None:
+        def inbox_content() -> dict[str, Any]:
+            calls.append("inbox")
+            return {"body": f"Hi {ctx.payload['name']}"}
+
+        def wait_for() -> dict[str, Any]:
+            calls.append("wait")
+            return {"amount": ctx.payload["delaySeconds"], "unit": "seconds"}
+
+        def reminder_content() -> dict[str, Any]:
+            calls.append("reminder")
+            return {"subject": "You have a message", "body": "..."}
+
+        inbox = ctx.step.in_app("inbox", inbox_content)
+        ctx.step.delay("wait", wait_for)
+        ctx.step.email("reminder", reminder_content, skip=lambda controls: inbox["read"])
+
+    return welcome
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def welcome(calls: list[str]) -> Workflow:
+    return make_welcome(calls)
+
+
+def test_first_step_is_executed_and_returned(welcome: Workflow, calls: list[str]) -> None:
+    response = welcome.execute(execute_body({"name": "Ada"}, []))
+    assert set(response) == {
+        "outputs",
+        "providers",
+        "options",
+        "metadata",
+        "stepId",
+        "type",
+        "done",
+    }
+    assert response["stepId"] == "inbox"
+    assert response["type"] == "in_app"
+    assert response["done"] is False
+    assert response["outputs"] == {"body": "Hi Ada"}
+    assert response["options"] == {"skip": False}
+    assert response["metadata"]["status"] == "success"
+    assert response["metadata"]["error"] is False
+    assert response["metadata"]["duration"] >= 0
+    assert calls == ["inbox"]
+
+
+def test_replayed_step_does_not_run_its_resolver(welcome: Workflow, calls: list[str]) -> None:
+    response = welcome.execute(execute_body({"name": "Ada"}, [entry("inbox", UNREAD)]))
+    assert response["stepId"] == "wait"
+    assert response["outputs"] == {"amount": 60, "unit": "seconds"}  # payload default applied
+    assert calls == ["wait"]
+
+
+def test_skipped_step_has_no_outputs_and_is_replayed(welcome: Workflow, calls: list[str]) -> None:
+    state = [entry("inbox", READ), entry("wait", {"duration": 60_000})]
+    response = welcome.execute(execute_body({"name": "Ada"}, state))
+    assert response["stepId"] == "reminder"
+    assert response["options"] == {"skip": True}
+    assert response["outputs"] == {}
+    assert response["done"] is False
+    assert calls == []
+
+    done = welcome.execute(execute_body({"name": "Ada"}, [*state, entry("reminder")]))
+    assert done["done"] is True
+
+
+def test_unread_message_sends_the_reminder(welcome: Workflow) -> None:
+    state = [entry("inbox", UNREAD), entry("wait", {"duration": 60_000})]
+    response = welcome.execute(execute_body({"name": "Ada"}, state))
+    assert response["options"] == {"skip": False}
+    assert response["outputs"] == {"subject": "You have a message", "body": "..."}
+
+
+def test_done_when_every_reached_step_is_in_state(welcome: Workflow, calls: list[str]) -> None:
+    state = [entry("inbox", UNREAD), entry("wait", {"duration": 1}), entry("reminder")]
+    response = welcome.execute(execute_body({"name": "Ada"}, state))
+    expected = {
+        "done": True,
+        "stepId": None,
+        "type": None,
+        "outputs": {},
+        "providers": {},
+        "options": {"skip": False},
+    }
+    assert {key: response[key] for key in expected} == expected
+    assert calls == []
+
+
+def test_branching_follows_the_payload() -> None:
+    @workflow("vip", payload_schema={"type": "object", "properties": {"vip": {"type": "boolean"}}})
+    def vip(ctx: Context) -> None:
+        ctx.step.in_app("hello", lambda: {"body": "hello"})
+        if ctx.payload.get("vip"):
+            ctx.step.email("vip-email", lambda: {"subject": "VIP", "body": "..."})
+        else:
+            ctx.step.sms("sms", lambda: {"body": "hi"})
+            ctx.step.push("push", lambda: {"subject": "hi", "body": "there"})
+
+    assert drive(vip, {"vip": True}) == ["hello", "vip-email"]
+    assert drive(vip, {"vip": False}) == ["hello", "sms", "push"]
+
+
+def test_state_in_another_order_is_an_order_error(welcome: Workflow) -> None:
+    state = [entry("wait", {"duration": 1}), entry("inbox", UNREAD)]
+    with pytest.raises(ExecutionStateOrderError) as exc:
+        welcome.execute(execute_body({"name": "Ada"}, state))
+    assert exc.value.status == 400
+    assert exc.value.data == {"expected": ["inbox"], "received": ["wait", "inbox"]}
+
+
+def test_renamed_step_is_an_order_error(welcome: Workflow) -> None:
+    state = [entry("inbox", UNREAD), entry("pause", {"duration": 1})]
+    with pytest.raises(ExecutionStateOrderError) as exc:
+        welcome.execute(execute_body({"name": "Ada"}, state))
+    assert exc.value.data == {"expected": ["inbox", "wait"], "received": ["inbox", "pause"]}
+
+
+def test_state_longer_than_the_code_is_an_order_error(welcome: Workflow) -> None:
+    state = [
+        entry("inbox", UNREAD),
+        entry("wait", {"duration": 1}),
+        entry("reminder"),
+        entry("removed"),
+    ]
+    with pytest.raises(ExecutionStateOrderError) as exc:
+        welcome.execute(execute_body({"name": "Ada"}, state))
+    assert exc.value.data == {
+        "expected": ["inbox", "wait", "reminder"],
+        "received": ["inbox", "wait", "reminder", "removed"],
+    }
+
+
+def test_with_step_id_missing_prior_state_is_corrupt(welcome: Workflow, calls: list[str]) -> None:
+    body = execute_body({"name": "Ada"}, [entry("inbox", UNREAD)])
+    with pytest.raises(ExecutionStateCorruptError) as exc:
+        welcome.execute(body, step_id="reminder")
+    assert exc.value.status == 400
+    assert exc.value.data == {"workflowId": "welcome", "stepId": "wait"}
+    assert calls == []
+
+
+def test_with_step_id_state_is_looked_up_by_id(welcome: Workflow, calls: list[str]) -> None:
+    # Novu sends the newest first, may add a `trigger` pseudo-step; the first match wins.
+    state = [
+        entry("wait", {"duration": 1}),
+        entry("inbox", READ),
+        entry("inbox", UNREAD),
+        entry("trigger", {"name": "Ada"}),
+    ]
+    response = welcome.execute(execute_body({"name": "Ada"}, state), step_id="reminder")
+    assert response["stepId"] == "reminder"
+    assert response["options"] == {"skip": True}
+    assert calls == []
+
+
+def test_with_step_id_an_earlier_step_can_be_re_executed(welcome: Workflow) -> None:
+    state = [entry("wait", {"duration": 1}), entry("inbox", UNREAD)]
+    response = welcome.execute(execute_body({"name": "Ada"}, state), step_id="inbox")
+    assert (response["stepId"], response["outputs"]) == ("inbox", {"body": "Hi Ada"})
+
+
+def test_with_an_unreached_step_id_behaves_like_novu(welcome: Workflow) -> None:
+    complete = [entry("inbox", UNREAD), entry("wait", {"duration": 1}), entry("reminder")]
+    response = welcome.execute(execute_body({"name": "Ada"}, complete), step_id="nope")
+    assert response["outputs"] == {} and response["done"] is True
+
+    with pytest.raises(ExecutionStateCorruptError) as exc:
+        welcome.execute(execute_body({"name": "Ada"}, complete[:1]), step_id="nope")
+    assert exc.value.data["stepId"] == "wait"
+
+
+def test_in_app_result_needs_all_four_keys(welcome: Workflow) -> None:
+    state = [entry("inbox", {"seen": True, "read": True})]
+    with pytest.raises(ExecutionStateResultInvalidError) as exc:
+        welcome.execute(execute_body({"name": "Ada"}, state))
+    assert exc.value.status == 400
+    assert "lastSeenDate" in str(exc.value.data)
+
+
+def test_delay_result_needs_a_duration(welcome: Workflow) -> None:
+    state = [entry("inbox", UNREAD), entry("wait", {})]
+    with pytest.raises(ExecutionStateResultInvalidError):
+        welcome.execute(execute_body({"name": "Ada"}, state))
+
+
+def test_results_are_validated_and_extra_keys_stripped() -> None:
+    seen: list[dict[str, Any]] = []
+
+    @workflow("results")
+    def results(ctx: Context) -> None:
+        seen.append(ctx.step.email("mail", lambda: {"subject": "s", "body": "b"}))
+        seen.append(ctx.step.in_app("inbox", lambda: {"body": "b"}))
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    state = [entry("mail", {"messageId": "x"}), entry("inbox", UNREAD | {"extra": 1})]
+    results.execute(execute_body({}, state))
+    assert seen == [{}, UNREAD]
+
+
+def test_payload_is_validated(welcome: Workflow) -> None:
+    with pytest.raises(ExecutionEventPayloadInvalidError) as exc:
+        welcome.execute(execute_body({"name": 5, "delaySeconds": "soon"}, []))
+    assert exc.value.status == 400
+    assert {problem["path"] for problem in exc.value.data} == {"/name", "/delaySeconds"}
+
+    with pytest.raises(ExecutionEventPayloadInvalidError) as exc:
+        welcome.execute(execute_body({}, []))
+    assert "'name' is a required property" in exc.value.data[0]["message"]
+
+
+def test_payload_is_required(welcome: Workflow) -> None:
+    with pytest.raises(ExecutionEventPayloadInvalidError):
+        welcome.execute({"state": [], "controls": {}})
+
+
+def test_state_must_be_a_list_of_entries(welcome: Workflow) -> None:
+    with pytest.raises(ExecutionStateCorruptError):
+        welcome.execute({"payload": {"name": "Ada"}, "state": [{"outputs": {}}], "controls": {}})
+
+
+def test_empty_email_subject_is_an_output_error() -> None:
+    @workflow("bad-email")
+    def bad_email(ctx: Context) -> None:
+        ctx.step.email("mail", lambda: {"subject": "", "body": "b"})
+
+    with pytest.raises(ExecutionStateOutputInvalidError) as exc:
+        bad_email.execute(execute_body({}, []))
+    assert exc.value.status == 400
+    assert exc.value.data[0]["path"] == "/subject"
+
+
+def test_outputs_drop_unknown_keys() -> None:
+    @workflow("extra")
+    def extra(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b", "unknown": 1})
+
+    assert extra.execute(execute_body({}, []))["outputs"] == {"body": "b"}
+
+
+def test_resolver_exception_is_a_step_execution_failure() -> None:
+    @workflow("boom")
+    def boom(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": str(1 / 0)})
+
+    with pytest.raises(StepExecutionFailedError) as exc:
+        boom.execute(execute_body({}, []))
+    assert exc.value.status == 502
+    assert exc.value.message == "Failed to execute Step with id: `inbox`: division by zero"
+
+
+def test_user_code_cannot_swallow_framework_errors() -> None:
+    @workflow("swallow")
+    def swallow(ctx: Context) -> None:
+        try:
+            ctx.step.in_app("inbox", lambda: {"body": "b"})
+        except Exception:
+            pass
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    with pytest.raises(ExecutionStateResultInvalidError):
+        swallow.execute(execute_body({}, [entry("inbox", {})]))
+
+
+def test_duplicate_step_ids_are_rejected() -> None:
+    @workflow("twice")
+    def twice(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"})
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    with pytest.raises(StepAlreadyExistsError):
+        twice.execute(execute_body({}, [entry("sms")]))
+
+
+def test_controls_get_defaults_and_reach_resolver_and_skip() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"greeting": {"type": "string", "default": "Hello"}, "mute": {"type": "boolean"}},
+        "additionalProperties": False,
+    }
+
+    @workflow("controlled")
+    def controlled(ctx: Context) -> None:
+        ctx.step.in_app(
+            "inbox",
+            lambda controls: {"body": controls["greeting"]},
+            skip=lambda controls: controls.get("mute", False),
+            control_schema=schema,
+        )
+
+    response = controlled.execute(execute_body({}, [], controls={"stray": 1}))
+    assert response["outputs"] == {"body": "Hello"}
+    muted = controlled.execute(execute_body({}, [], controls={"mute": True}))
+    assert muted["options"] == {"skip": True}
+    with pytest.raises(ExecutionStateControlInvalidError):
+        controlled.execute(execute_body({}, [], controls={"greeting": 5}))
+
+
+class OrderPayload(pydantic.BaseModel):
+    order_id: str
+    quantity: int = 1
+
+
+def test_pydantic_model_as_payload_schema() -> None:
+    @workflow("pydantic", payload_schema=OrderPayload)
+    def order(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": f"{ctx.payload['quantity']} x {ctx.payload['order_id']}"})
+
+    response = order.execute(execute_body({"order_id": "A1"}, []))
+    assert response["outputs"] == {"body": "1 x A1"}
+    with pytest.raises(ExecutionEventPayloadInvalidError) as exc:
+        order.execute(execute_body({"quantity": "many"}, []))
+    assert {problem["path"] for problem in exc.value.data} == {"/order_id", "/quantity"}
+    assert order.describe()["payload"]["schema"]["required"] == ["order_id"]
+
+
+def test_custom_step_output_schema_and_result() -> None:
+    seen: list[dict[str, Any]] = []
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+
+    @workflow("custom")
+    def custom(ctx: Context) -> None:
+        seen.append(ctx.step.custom("score", lambda: {"score": 3}, output_schema=schema))
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    assert custom.execute(execute_body({}, []))["outputs"] == {"score": 3}
+    custom.execute(execute_body({}, [entry("score", {"score": 7})]))
+    assert seen == [{"score": 7}]
+    with pytest.raises(ExecutionStateResultInvalidError):
+        custom.execute(execute_body({}, [entry("score", {})]))

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workflows.sdk import (
+    SignatureExpiredError,
+    SignatureInvalidError,
+    SignatureMismatchError,
+    SignatureNotFoundError,
+    SigningKeyNotFoundError,
+    canonical_json,
+    signature_header,
+    verify_signature,
+)
+
+SECRET = "sk_test_demo"
+NOW = 1_795_818_578_677
+
+
+def test_matches_the_vector_captured_from_novu_framework() -> None:
+    body = (
+        '{"payload":{"userName":"Ada","body":"Thanks for signing up.","sendSms":false},'
+        '"subscriber":{"subscriberId":"sub-123","email":"ada@example.com","firstName":"Ada",'
+        '"phone":"+15555550100"},"controls":{},"state":[]}'
+    )
+    header = signature_header(SECRET, body, timestamp_ms=NOW)
+    assert header == (
+        "t=1795818578677,v1=a7bd5247f73e367379a9225e9204c08b786ce5d2dddd663e40df8c851caa974f"
+    )
+    assert canonical_json(json.loads(body)) == body
+
+
+def test_valid_signature_passes() -> None:
+    body = canonical_json({"payload": {"name": "Ada"}, "state": []})
+    verify_signature(SECRET, signature_header(SECRET, body, NOW), body.encode(), now_ms=NOW)
+
+
+def test_header_puts_t_first() -> None:
+    assert signature_header(SECRET, "{}", NOW).startswith(f"t={NOW},v1=")
+
+
+def test_current_time_is_used_by_default() -> None:
+    verify_signature(SECRET, signature_header(SECRET, "{}"), "{}")
+
+
+def test_pair_order_does_not_matter() -> None:
+    t_part, v1_part = signature_header(SECRET, "{}", NOW).split(",")
+    verify_signature(SECRET, f"{v1_part},{t_part}", b"", now_ms=NOW)
+
+
+def test_missing_signature() -> None:
+    with pytest.raises(SignatureNotFoundError) as exc:
+        verify_signature(SECRET, None, b"{}", now_ms=NOW)
+    assert (exc.value.status, exc.value.code) == (401, "SignatureNotFoundError")
+
+
+def test_missing_secret() -> None:
+    with pytest.raises(SigningKeyNotFoundError):
+        verify_signature(None, signature_header(SECRET, "{}", NOW), b"{}", now_ms=NOW)
+
+
+@pytest.mark.parametrize("header", ["garbage", "t=abc,v1=00", "v1=00", f"t={NOW}"])
+def test_malformed_header(header: str) -> None:
+    with pytest.raises(SignatureInvalidError):
+        verify_signature(SECRET, header, b"{}", now_ms=NOW)
+
+
+def test_forged_signature() -> None:
+    header = signature_header("sk_wrong", "{}", NOW)
+    with pytest.raises(SignatureMismatchError) as exc:
+        verify_signature(SECRET, header, b"{}", now_ms=NOW)
+    assert exc.value.status == 401
+
+
+def test_tampered_body() -> None:
+    header = signature_header(SECRET, '{"a":1}', NOW)
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, header, b'{"a":2}', now_ms=NOW)
+
+
+@pytest.mark.parametrize("skew_ms", [300_001, -300_001])
+def test_expired_in_both_directions(skew_ms: int) -> None:
+    header = signature_header(SECRET, "{}", NOW + skew_ms)
+    with pytest.raises(SignatureExpiredError):
+        verify_signature(SECRET, header, b"{}", now_ms=NOW)
+
+
+@pytest.mark.parametrize("skew_ms", [299_000, -299_000])
+def test_within_five_minutes_passes(skew_ms: int) -> None:
+    verify_signature(SECRET, signature_header(SECRET, "{}", NOW + skew_ms), b"{}", now_ms=NOW)
+
+
+def test_timestamp_in_seconds_is_expired() -> None:
+    header = signature_header(SECRET, "{}", NOW // 1000)
+    with pytest.raises(SignatureExpiredError):
+        verify_signature(SECRET, header, b"{}", now_ms=NOW)
+
+
+def test_non_ascii_nested_body_is_signed_canonically() -> None:
+    body = {"payload": {"name": "Zoë 😀", "lines": ["\u2028", {"deep": ["é", 1]}]}, "state": []}
+    signed = canonical_json(body)
+    assert "Zoë 😀" in signed and "\\u" not in signed
+    header = signature_header(SECRET, signed, NOW)
+    verify_signature(SECRET, header, signed.encode("utf-8"), now_ms=NOW)
+    # A sender that escapes non-ASCII signed something JS would never re-serialize to.
+    escaped = json.dumps(body, separators=(",", ":"))
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, signature_header(SECRET, escaped, NOW), signed, now_ms=NOW)
+
+
+def test_pretty_printed_body_verifies_against_its_compact_form() -> None:
+    body = {"payload": {"name": "Zoë"}, "state": []}
+    header = signature_header(SECRET, canonical_json(body), NOW)
+    verify_signature(SECRET, header, json.dumps(body, indent=2, ensure_ascii=False), now_ms=NOW)
+
+
+def test_raw_body_signature_is_also_accepted() -> None:
+    # 1.0 re-serializes differently from the bytes sent; the raw bytes still match.
+    raw = '{"payload":{"ratio":1.0}}'
+    verify_signature(SECRET, signature_header(SECRET, raw, NOW), raw.encode(), now_ms=NOW)
+
+
+def test_get_requests_sign_an_empty_object() -> None:
+    verify_signature(SECRET, signature_header(SECRET, "{}", NOW), None, now_ms=NOW)
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, signature_header(SECRET, "", NOW), None, now_ms=NOW)

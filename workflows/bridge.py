@@ -1,0 +1,115 @@
+"""norm's HTTP client for a customer's bridge (BRIDGE.md).
+
+Every call is signed with the client's secret over the exact bytes sent, has a
+timeout, and never follows a redirect: norm calls only URLs the client registered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+from django.conf import settings
+
+from workflows.sdk.signing import canonical_json, signature_header
+
+# Novu's framework answers these for user-code and schema problems: retrying cannot
+# help, whatever the status code (StepExecutionFailedError comes with a 502).
+PERMANENT_CODES = {"StepExecutionFailedError", "ProviderExecutionFailedError"}
+TRANSIENT_STATUSES = {408, 425, 429}
+
+_session = requests.Session()
+
+
+class BridgeError(Exception):
+    """The bridge refused: deterministic, retrying will not help."""
+
+    def __init__(
+        self, code: str, message: str, data: Any = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class BridgeUnavailable(BridgeError):
+    """Timeout, connection error, 5xx or 429: worth another try later."""
+
+
+def call(
+    url: str,
+    *,
+    secret: str | None,
+    action: str,
+    params: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    method = "GET" if body is None else "POST"
+    text = canonical_json(body) if body is not None else None
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    if secret:
+        # The signature covers `{}` for a GET, as Novu's framework expects.
+        signature = signature_header(
+            secret, text if text is not None else "{}", int(time.time() * 1000)
+        )
+        headers["novu-signature"] = signature
+        headers["x-novu-signature"] = signature
+    try:
+        response = _session.request(
+            method,
+            url,
+            params={"action": action, **(params or {})},
+            data=text.encode() if text is not None else None,
+            headers=headers,
+            timeout=settings.NORM_BRIDGE_TIMEOUT,
+            allow_redirects=False,
+        )
+    except requests.Timeout as exc:
+        raise BridgeUnavailable(
+            "BridgeTimeout", f"the bridge did not answer in time: {exc}"
+        ) from exc
+    except requests.RequestException as exc:
+        raise BridgeUnavailable("BridgeUnreachable", f"the bridge is unreachable: {exc}") from exc
+
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    status = response.status_code
+    if 300 <= status < 400:
+        raise BridgeError(
+            "BridgeRedirect", f"the bridge answered a redirect ({status}); norm follows none"
+        )
+    if status >= 400:
+        code = data.get("code") if isinstance(data, dict) else None
+        message = data.get("message") if isinstance(data, dict) else None
+        message = str(message or response.text[:500] or response.reason)
+        error_data = data.get("data") if isinstance(data, dict) else None
+        if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
+            raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
+        raise BridgeError(code or f"HTTP{status}", message, error_data, status)
+    if not isinstance(data, dict):
+        raise BridgeError(
+            "BridgeInvalidResponse", f"the bridge answered {status} without a JSON object"
+        )
+    return data
+
+
+def discover(url: str, *, secret: str | None) -> dict[str, Any]:
+    return call(url, secret=secret, action="discover")
+
+
+def health_check(url: str) -> dict[str, Any]:
+    return call(url, secret=None, action="health-check")
+
+
+def execute(
+    url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    return call(url, secret=secret, action="execute", params={"workflowId": workflow_id}, body=body)

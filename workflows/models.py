@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Notification(models.Model):
+    """One workflow run for one subscriber of one trigger."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    FINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(
+        "notify.Client", on_delete=models.CASCADE, related_name="notifications"
+    )
+    trigger_event = models.ForeignKey(
+        "notify.TriggerEvent", on_delete=models.CASCADE, related_name="notifications"
+    )
+    subscriber = models.ForeignKey(
+        "subscribers.Subscriber", on_delete=models.CASCADE, related_name="notifications"
+    )
+    workflow_id = models.CharField(max_length=200)
+    resource = models.URLField(max_length=500)
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    bridge_attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trigger_event", "subscriber"], name="uniq_notification_per_subscriber"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["client", "created_at"]),
+            models.Index(fields=["status", "updated_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} → {self.subscriber_id}"
+
+
+class Step(models.Model):
+    """One step of a notification, as the bridge returned it.
+
+    `outputs` is what the bridge generated (what to send, or an instruction such as a
+    delay); `result` is what goes back to the bridge as state on later calls.
+    """
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled"
+        PROCESSING = "processing"
+        COMPLETED = "completed"
+        SKIPPED = "skipped"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    DONE = (Status.COMPLETED, Status.SKIPPED)
+
+    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=200)
+    type = models.CharField(max_length=32)
+    position = models.PositiveIntegerField()
+    outputs = models.JSONField(default=dict, blank=True)
+    providers = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    due_at = models.DateTimeField()
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["notification", "step_id"], name="uniq_step_id"),
+            models.UniqueConstraint(fields=["notification", "position"], name="uniq_step_position"),
+        ]
+        indexes = [models.Index(fields=["status", "due_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} ({self.type})"

@@ -1,0 +1,64 @@
+"""norm's Python workflow SDK: declare workflows as code and serve them on a bridge.
+
+The core needs only `jsonschema` (and `pydantic` if models are used as schemas); the
+Django adapter lives in `workflows.sdk.django`.
+"""
+
+from __future__ import annotations
+
+from .bridge import FRAMEWORK_VERSION, SDK_VERSION, Bridge
+from .errors import (
+    BridgeError,
+    ExecutionEventPayloadInvalidError,
+    ExecutionStateControlInvalidError,
+    ExecutionStateCorruptError,
+    ExecutionStateOrderError,
+    ExecutionStateOutputInvalidError,
+    ExecutionStateResultInvalidError,
+    FrameworkError,
+    InvalidActionError,
+    MethodNotAllowedError,
+    SignatureExpiredError,
+    SignatureInvalidError,
+    SignatureMismatchError,
+    SignatureNotFoundError,
+    SigningKeyNotFoundError,
+    StepAlreadyExistsError,
+    StepExecutionFailedError,
+    StepNotFoundError,
+    WorkflowNotFoundError,
+)
+from .signing import canonical_json, signature_header, verify_signature
+from .workflow import Context, StepApi, Workflow, workflow
+
+__all__ = [
+    "FRAMEWORK_VERSION",
+    "SDK_VERSION",
+    "Bridge",
+    "BridgeError",
+    "Context",
+    "ExecutionEventPayloadInvalidError",
+    "ExecutionStateControlInvalidError",
+    "ExecutionStateCorruptError",
+    "ExecutionStateOrderError",
+    "ExecutionStateOutputInvalidError",
+    "ExecutionStateResultInvalidError",
+    "FrameworkError",
+    "InvalidActionError",
+    "MethodNotAllowedError",
+    "SignatureExpiredError",
+    "SignatureInvalidError",
+    "SignatureMismatchError",
+    "SignatureNotFoundError",
+    "SigningKeyNotFoundError",
+    "StepAlreadyExistsError",
+    "StepApi",
+    "StepExecutionFailedError",
+    "StepNotFoundError",
+    "Workflow",
+    "WorkflowNotFoundError",
+    "canonical_json",
+    "signature_header",
+    "verify_signature",
+    "workflow",
+]

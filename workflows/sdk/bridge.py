@@ -1,0 +1,147 @@
+"""The bridge endpoint's protocol, independent of any web framework."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .errors import (
+    BridgeError,
+    ExecutionEventPayloadInvalidError,
+    FrameworkError,
+    InvalidActionError,
+    MethodNotAllowedError,
+    WorkflowNotFoundError,
+)
+from .signing import verify_signature
+from .workflow import Workflow
+
+logger = logging.getLogger(__name__)
+
+SDK_VERSION = "0.1.0"
+FRAMEWORK_VERSION = "2024-06-26"
+HEALTH_CHECK = "health-check"
+ACTIONS = {"GET": ("discover", HEALTH_CHECK), "POST": ("execute",)}
+
+Response = tuple[int, dict[str, Any], dict[str, str]]
+SecretKey = str | Callable[[], str | None] | None
+
+RESPONSE_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-private-network": "true",
+    "access-control-allow-methods": "GET, POST",
+    "access-control-allow-headers": "*",
+    "access-control-max-age": "604800",
+    "novu-framework-version": FRAMEWORK_VERSION,
+    "novu-framework-sdk": SDK_VERSION,
+    "user-agent": f"norm-sdk-python:v{SDK_VERSION}",
+}
+
+
+class Bridge:
+    """Serves workflows. Strict (signed requests only) by default iff a secret is configured."""
+
+    def __init__(
+        self,
+        workflows: Iterable[Workflow],
+        secret_key: SecretKey = None,
+        strict: bool | None = None,
+    ) -> None:
+        self.workflows: dict[str, Workflow] = {}
+        for workflow in workflows:
+            if workflow.workflow_id in self.workflows:
+                raise ValueError(f"Duplicate workflow id: {workflow.workflow_id!r}")
+            self.workflows[workflow.workflow_id] = workflow
+        self._secret_key = secret_key
+        self.strict = strict
+
+    def handle(
+        self,
+        *,
+        method: str,
+        query: Mapping[str, str],
+        body: bytes | str | None,
+        headers: Mapping[str, str],
+    ) -> Response:
+        """Answer one request: (HTTP status, JSON body, response headers)."""
+        lowered = {key.lower(): value for key, value in headers.items()}
+        try:
+            status, answer = self._dispatch(method.upper(), query, body, lowered)
+        except FrameworkError as exc:
+            status, answer = exc.status, exc.to_dict()
+        except Exception as exc:
+            logger.exception("Bridge request failed")
+            error = BridgeError(f"Unknown BridgeError: {exc}")
+            status, answer = error.status, error.to_dict()
+        return status, answer, dict(RESPONSE_HEADERS)
+
+    def secret_key(self) -> str | None:
+        key = self._secret_key() if callable(self._secret_key) else self._secret_key
+        return key or None
+
+    def _dispatch(
+        self,
+        method: str,
+        query: Mapping[str, str],
+        body: bytes | str | None,
+        headers: dict[str, str],
+    ) -> tuple[int, dict[str, Any]]:
+        action = query.get("action") or HEALTH_CHECK
+        if method not in ("GET", "POST", "OPTIONS"):
+            raise MethodNotAllowedError(f"Method `{method}` is not allowed. Use GET or POST.")
+        # As in Novu's SDK, the signature is checked before the method is dispatched.
+        if action != HEALTH_CHECK:
+            self._authenticate(body if method == "POST" else None, headers)
+        if method == "OPTIONS":
+            return 200, {}
+        if action not in ACTIONS[method]:
+            allowed = ", ".join(f"`{a}`" for a in ACTIONS[method])
+            raise InvalidActionError(
+                f"Invalid query string parameter: `action`=`{action}`. Please use one of {allowed}"
+            )
+        if action == HEALTH_CHECK:
+            return 200, self.health_check()
+        if action == "discover":
+            return 200, self.discover()
+        workflow = self._workflow(query.get("workflowId", ""))
+        return 200, workflow.execute(_json_object(body), step_id=query.get("stepId") or None)
+
+    def _authenticate(self, body: bytes | str | None, headers: Mapping[str, str]) -> None:
+        secret = self.secret_key()
+        strict = self.strict if self.strict is not None else secret is not None
+        if strict:
+            header = headers.get("novu-signature") or headers.get("x-novu-signature")
+            verify_signature(secret, header, body)
+
+    def _workflow(self, workflow_id: str) -> Workflow:
+        try:
+            return self.workflows[workflow_id]
+        except KeyError:
+            raise WorkflowNotFoundError(
+                f"Workflow with id: `{workflow_id}` does not exist",
+                data={"workflowId": workflow_id},
+            ) from None
+
+    def health_check(self) -> dict[str, Any]:
+        steps = sum(len(workflow.steps) for workflow in self.workflows.values())
+        return {
+            "status": "ok",
+            "sdkVersion": SDK_VERSION,
+            "frameworkVersion": FRAMEWORK_VERSION,
+            "discovered": {"workflows": len(self.workflows), "steps": steps},
+        }
+
+    def discover(self) -> dict[str, Any]:
+        return {"workflows": [workflow.describe() for workflow in self.workflows.values()]}
+
+
+def _json_object(body: bytes | str | None) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body or "{}")
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ExecutionEventPayloadInvalidError("The request body must be a JSON object")
+    return parsed

@@ -1,0 +1,200 @@
+"""JSON Schemas (or pydantic models) and the per-step-type output and result schemas."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError, validators
+
+JsonSchema = dict[str, Any]
+SchemaSource = Mapping[str, Any] | type  # a JSON Schema, or a pydantic BaseModel subclass
+Problem = dict[str, str]  # {"path": "/field", "message": ...}
+
+ANY_OBJECT: JsonSchema = {"type": "object"}
+EMPTY_OBJECT: JsonSchema = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+class SchemaInvalid(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _is_model(source: object) -> bool:
+    # Duck-typed so that the SDK never imports pydantic unless a model is given.
+    return isinstance(source, type) and hasattr(source, "model_json_schema")
+
+
+def _pointer(path: Any) -> str:
+    return "".join(f"/{part}" for part in path)
+
+
+def _fill(schema: Mapping[str, Any], value: Any) -> Any:
+    """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does."""
+    if not isinstance(value, dict) or not isinstance(schema.get("properties"), Mapping):
+        return value
+    properties: Mapping[str, Any] = schema["properties"]
+    for key, sub in properties.items():
+        if key in value:
+            value[key] = _fill(sub, value[key])
+        elif isinstance(sub, Mapping) and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+    if schema.get("additionalProperties") is False:
+        for key in [k for k in value if k not in properties]:
+            del value[key]
+    return value
+
+
+@dataclass
+class Schema:
+    """Validates data and returns it cleaned: defaults applied, forbidden extra keys removed."""
+
+    json_schema: JsonSchema
+    model: type | None = None
+    _validator: Any = field(init=False, repr=False)
+
+    @classmethod
+    def of(cls, source: SchemaSource | None, default: JsonSchema = ANY_OBJECT) -> Schema:
+        if source is None:
+            return cls(copy.deepcopy(default))
+        if _is_model(source):
+            return cls(source.model_json_schema(), model=source)  # type: ignore[union-attr]
+        return cls(copy.deepcopy(dict(source)))
+
+    def __post_init__(self) -> None:
+        validator_class = validators.validator_for(self.json_schema, default=Draft202012Validator)
+        validator_class.check_schema(self.json_schema)
+        self._validator = validator_class(self.json_schema)
+
+    def defaults(self, value: Any) -> Any:
+        return _fill(self.json_schema, copy.deepcopy(value))
+
+    def validate(self, value: Any) -> Any:
+        if self.model is not None:
+            return self._validate_model(value)
+        value = self.defaults(value)
+        errors: list[ValidationError] = list(self._validator.iter_errors(value))
+        if errors:
+            raise SchemaInvalid(
+                [{"path": _pointer(e.absolute_path), "message": e.message} for e in errors]
+            )
+        return value
+
+    def _validate_model(self, value: Any) -> Any:
+        import pydantic
+
+        try:
+            instance = self.model.model_validate(value)  # type: ignore[union-attr]
+        except pydantic.ValidationError as exc:
+            problems = [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+            raise SchemaInvalid(problems) from exc
+        return instance.model_dump(mode="json")
+
+
+def _object(properties: JsonSchema, *required: str, **extra: Any) -> JsonSchema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+_STRING: JsonSchema = {"type": "string"}
+_TEXT: JsonSchema = {"type": "string", "minLength": 1}
+_BOOL: JsonSchema = {"type": "boolean"}
+_DATE_OR_NULL: JsonSchema = {"type": ["string", "null"], "format": "date-time"}
+_UNITS = ["seconds", "minutes", "hours", "days", "weeks", "months"]
+_TARGETS = ["_self", "_blank", "_parent", "_top", "_unfencedTop"]
+
+_REDIRECT = _object(
+    {"url": {"type": "string", "pattern": r"^(https?://|/)"}, "target": {"enum": _TARGETS}}, "url"
+)
+_ACTION = _object({"label": _STRING, "redirect": _REDIRECT}, "label")
+
+EMAIL_OUTPUT = _object(
+    {
+        "subject": _TEXT,
+        "body": _STRING,
+        "from": _object({"email": _STRING, "name": _STRING}),
+        "replyTo": _STRING,
+        "preheader": _STRING,
+        "useProviderDefaults": _BOOL,
+    },
+    "subject",
+    "body",
+)
+IN_APP_OUTPUT = _object(
+    {
+        "subject": _TEXT,
+        "body": _TEXT,
+        "avatar": {"type": "string", "format": "uri"},
+        "primaryAction": _ACTION,
+        "secondaryAction": _ACTION,
+        "redirect": _REDIRECT,
+        "data": {"type": "object", "additionalProperties": True},
+    },
+    anyOf=[{"required": ["subject"]}, {"required": ["body"]}],
+)
+IN_APP_RESULT = _object(
+    {"seen": _BOOL, "read": _BOOL, "lastSeenDate": _DATE_OR_NULL, "lastReadDate": _DATE_OR_NULL},
+    "seen",
+    "read",
+    "lastSeenDate",
+    "lastReadDate",
+)
+_EXTEND = {"extendToSchedule": _BOOL}
+DELAY_OUTPUT: JsonSchema = {
+    "type": "object",
+    "oneOf": [
+        _object(
+            {"type": {"const": "regular"}, "amount": {"type": "number"}, "unit": {"enum": _UNITS}}
+            | _EXTEND,
+            "amount",
+            "unit",
+        ),
+        _object({"type": {"const": "timed"}, "cron": _STRING} | _EXTEND, "cron"),
+        _object({"type": {"const": "dynamic"}, "dynamicKey": _STRING} | _EXTEND, "dynamicKey"),
+    ],
+}
+DELAY_RESULT = _object({"duration": {"type": "number"}}, "duration")
+
+
+@dataclass(frozen=True)
+class StepType:
+    name: str
+    output: JsonSchema
+    result: JsonSchema | None  # None: the result is the output (custom steps)
+    placeholder: JsonSchema = field(default_factory=dict)  # the result discovery pretends to have
+
+
+STEP_TYPES: dict[str, StepType] = {
+    t.name: t
+    for t in (
+        StepType("email", EMAIL_OUTPUT, EMPTY_OBJECT),
+        StepType("sms", _object({"body": _STRING}, "body"), EMPTY_OBJECT),
+        StepType(
+            "push", _object({"subject": _STRING, "body": _STRING}, "subject", "body"), EMPTY_OBJECT
+        ),
+        StepType(
+            "chat",
+            _object(
+                {"body": _STRING, "card": {"type": "object"}},
+                anyOf=[{"required": ["body"]}, {"required": ["card"]}],
+            ),
+            EMPTY_OBJECT,
+        ),
+        StepType(
+            "in_app",
+            IN_APP_OUTPUT,
+            IN_APP_RESULT,
+            {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None},
+        ),
+        StepType("delay", DELAY_OUTPUT, DELAY_RESULT, {"duration": 0}),
+        StepType("custom", ANY_OBJECT, None),
+    )
+}

@@ -1,0 +1,458 @@
+"""Declaring workflows, and running them: discovery, replay and execution of one step."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .errors import (
+    ExecutionEventPayloadInvalidError,
+    ExecutionStateControlInvalidError,
+    ExecutionStateCorruptError,
+    ExecutionStateOrderError,
+    ExecutionStateOutputInvalidError,
+    ExecutionStateResultInvalidError,
+    FrameworkError,
+    StepAlreadyExistsError,
+    StepExecutionFailedError,
+)
+from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, StepType
+
+logger = logging.getLogger(__name__)
+
+Resolver = Callable[..., Mapping[str, Any]]
+Skip = bool | Callable[..., bool] | None
+ProviderOverride = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+
+@dataclass
+class StepDefinition:
+    step_id: str
+    type: StepType
+    controls: Schema
+    outputs: Schema
+    results: Schema
+    providers: Mapping[str, ProviderOverride]
+
+    @classmethod
+    def build(
+        cls,
+        type_name: str,
+        step_id: str,
+        control_schema: SchemaSource | None,
+        output_schema: SchemaSource | None,
+        providers: Mapping[str, ProviderOverride] | None,
+    ) -> StepDefinition:
+        step_type = STEP_TYPES[type_name]
+        outputs = Schema.of(output_schema, default=step_type.output)
+        results = Schema.of(step_type.result) if step_type.result is not None else outputs
+        return cls(step_id, step_type, Schema.of(control_schema), outputs, results, providers or {})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stepId": self.step_id,
+            "type": self.type.name,
+            "controls": {"schema": self.controls.json_schema},
+            "outputs": {"schema": self.outputs.json_schema},
+            "results": {"schema": self.results.json_schema},
+            "options": {},
+            "providers": [
+                {"type": provider_id, "outputs": {"schema": {"type": "object"}}}
+                for provider_id in self.providers
+            ],
+        }
+
+
+class _Placeholder(dict[str, Any]):
+    """A discovery-time result: unknown keys read as None so the workflow body keeps going."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+class _Unwind(BaseException):
+    """Stops the workflow function once its target step ran; BaseException so that a user's
+    `except Exception` around a step call cannot swallow it."""
+
+
+@dataclass
+class _Outcome:
+    step: StepDefinition
+    outputs: dict[str, Any]
+    providers: dict[str, Any]
+    skipped: bool
+
+
+def _accepts_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    return any(p.kind in positional for p in parameters)
+
+
+def _call(fn: Callable[..., Any], controls: dict[str, Any]) -> Any:
+    return fn(controls) if _accepts_argument(fn) else fn()
+
+
+def _should_skip(skip: Skip, controls: dict[str, Any]) -> bool:
+    return bool(_call(skip, controls)) if callable(skip) else bool(skip)
+
+
+@dataclass
+class _Run:
+    """One pass through a workflow function, in discovery or execute mode."""
+
+    workflow_id: str
+    discovering: bool = False
+    state: list[dict[str, Any]] = field(default_factory=list)
+    target: str | None = None  # None: norm's mode, the first step beyond the state is the target
+    controls: dict[str, Any] = field(default_factory=dict)
+    reached: list[StepDefinition] = field(default_factory=list)
+    outcome: _Outcome | None = None
+    error: FrameworkError | None = None
+
+    def step(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> dict[str, Any]:
+        if self.outcome is not None:
+            raise _Unwind
+        if self.error is not None:
+            raise self.error
+        try:
+            return self._step(definition, resolver, skip)
+        except FrameworkError as exc:
+            # Kept so that a user's `except Exception` cannot turn it into a success.
+            self.error = exc
+            raise
+
+    def _step(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> dict[str, Any]:
+        step_id = definition.step_id
+        if any(seen.step_id == step_id for seen in self.reached):
+            raise StepAlreadyExistsError(
+                f"Workflow with id: `{self.workflow_id}` has a duplicate step id: `{step_id}`",
+                data={"workflowId": self.workflow_id, "stepId": step_id},
+            )
+        index = len(self.reached)
+        self.reached.append(definition)
+        if self.discovering:
+            return _Placeholder(definition.type.placeholder)
+        if self.target is None:
+            if index == len(self.state):
+                self._execute(definition, resolver, skip)
+            entry = self.state[index]
+            if entry["stepId"] != step_id:
+                raise self.order_error()
+        else:
+            if step_id == self.target:
+                self._execute(definition, resolver, skip)
+            entry = next((e for e in self.state if e["stepId"] == step_id), None)
+            if entry is None:
+                raise ExecutionStateCorruptError(
+                    f"Workflow with id: `{self.workflow_id}` has a corrupt state. Step with id: "
+                    f"`{step_id}` does not exist. Please provide the missing state.",
+                    data={"workflowId": self.workflow_id, "stepId": step_id},
+                )
+        return self._validated(definition, definition.results, entry.get("outputs", {}), "result")
+
+    def order_error(self) -> ExecutionStateOrderError:
+        expected = [d.step_id for d in self.reached]
+        received = [e["stepId"] for e in self.state]
+        return ExecutionStateOrderError(
+            f"Workflow with id: `{self.workflow_id}` reaches its steps in an order that does not "
+            f"match the state: expected {expected}, received {received}.",
+            data={"expected": expected, "received": received},
+        )
+
+    def _execute(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> None:
+        controls = self._validated(definition, definition.controls, self.controls, "controls")
+        if self._user_code(definition, lambda: _should_skip(skip, controls)):
+            self.outcome = _Outcome(definition, {}, {}, skipped=True)
+            raise _Unwind
+        raw = self._user_code(definition, lambda: _call(resolver, controls))
+        outputs = self._validated(definition, definition.outputs, raw, "output")
+        providers = {
+            provider_id: dict(self._user_code(definition, lambda fn=fn: fn(outputs)))
+            for provider_id, fn in definition.providers.items()
+        }
+        self.outcome = _Outcome(definition, outputs, providers, skipped=False)
+        raise _Unwind
+
+    def _user_code(self, definition: StepDefinition, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            logger.exception("Step %s of workflow %s failed", definition.step_id, self.workflow_id)
+            raise StepExecutionFailedError(
+                f"Failed to execute Step with id: `{definition.step_id}`: {exc}",
+                data={"workflowId": self.workflow_id, "stepId": definition.step_id},
+            ) from exc
+
+    def _validated(self, definition: StepDefinition, schema: Schema, value: Any, what: str) -> Any:
+        error_class = {
+            "controls": ExecutionStateControlInvalidError,
+            "output": ExecutionStateOutputInvalidError,
+            "result": ExecutionStateResultInvalidError,
+        }[what]
+        try:
+            return schema.validate(value)
+        except SchemaInvalid as exc:
+            raise error_class(
+                f"Workflow with id: `{self.workflow_id}`: Step with id: `{definition.step_id}` "
+                f"has invalid {what}. Please provide the correct step {what}.",
+                data=exc.problems,
+            ) from exc
+
+
+def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
+    def method(
+        self: StepApi,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        return self._step(type_name, step_id, resolver, skip, control_schema, None, providers)
+
+    method.__name__ = type_name
+    method.__doc__ = f"Declare a `{type_name}` step; returns its result once it has run."
+    return method
+
+
+class StepApi:
+    """`ctx.step`: each method declares one step and returns its result (from the state)."""
+
+    email = _step_method("email")
+    sms = _step_method("sms")
+    push = _step_method("push")
+    chat = _step_method("chat")
+    in_app = _step_method("in_app")
+    delay = _step_method("delay")
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    def custom(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        output_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        return self._step(
+            "custom", step_id, resolver, skip, control_schema, output_schema, providers
+        )
+
+    def _step(
+        self,
+        type_name: str,
+        step_id: str,
+        resolver: Resolver,
+        skip: Skip,
+        control_schema: SchemaSource | None,
+        output_schema: SchemaSource | None,
+        providers: Mapping[str, ProviderOverride] | None,
+    ) -> dict[str, Any]:
+        definition = StepDefinition.build(
+            type_name, step_id, control_schema, output_schema, providers
+        )
+        return self._run.step(definition, resolver, skip)
+
+
+@dataclass
+class Context:
+    """What a workflow function receives."""
+
+    workflow_id: str
+    payload: dict[str, Any]
+    subscriber: dict[str, Any]
+    controls: dict[str, Any]
+    step: StepApi
+    actor: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def _response(outcome: _Outcome | None, started: float) -> dict[str, Any]:
+    return {
+        "outputs": outcome.outputs if outcome else {},
+        "providers": outcome.providers if outcome else {},
+        "options": {"skip": outcome.skipped if outcome else False},
+        "metadata": {
+            "status": "success",
+            "error": False,
+            "duration": (time.perf_counter() - started) * 1000,
+        },
+        "stepId": outcome.step.step_id if outcome else None,
+        "type": outcome.step.type.name if outcome else None,
+        "done": outcome is None,
+    }
+
+
+def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+class Workflow:
+    def __init__(
+        self,
+        workflow_id: str,
+        fn: Callable[[Context], Any],
+        *,
+        payload_schema: SchemaSource | None = None,
+        control_schema: SchemaSource | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        severity: str = "none",
+        preferences: dict[str, Any] | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.fn = fn
+        self.payload_schema = Schema.of(payload_schema)
+        self.control_schema = Schema.of(control_schema)
+        self.name = name or workflow_id
+        self.description = description
+        self.tags = list(tags or [])
+        self.severity = severity
+        self.preferences = dict(preferences or {})
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.workflow_id}>"
+
+    @cached_property
+    def steps(self) -> list[StepDefinition]:
+        """The steps the function reaches with an empty payload, in code order."""
+        run = _Run(self.workflow_id, discovering=True)
+        payload = self.payload_schema.defaults({})
+        try:
+            self.fn(self._context(run, payload, {}))
+        except Exception:
+            # A body that needs real payload values stops here; keep what was found so far.
+            logger.warning(
+                "Discovery of workflow %s stopped early", self.workflow_id, exc_info=True
+            )
+        return run.reached
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"workflowId": self.workflow_id, "name": self.name}
+        if self.description:
+            described["description"] = self.description
+        return described | {
+            "tags": self.tags,
+            "severity": self.severity,
+            "payload": {"schema": self.payload_schema.json_schema},
+            "controls": {"schema": self.control_schema.json_schema},
+            "preferences": self.preferences,
+            "steps": [step.describe() for step in self.steps],
+        }
+
+    def execute(self, body: Mapping[str, Any], step_id: str | None = None) -> dict[str, Any]:
+        """Answer one execute request; `step_id=None` is norm's ordered mode."""
+        started = time.perf_counter()
+        payload = self._payload(body.get("payload"))
+        run = _Run(
+            self.workflow_id,
+            state=self._state(body.get("state")),
+            target=step_id or None,
+            controls=self._controls(body),
+        )
+        try:
+            self.fn(self._context(run, payload, body))
+        except _Unwind:
+            pass
+        except Exception:
+            if run.error is not None:
+                raise run.error from None
+            raise
+        if run.error is not None:
+            raise run.error
+        if run.outcome is None and run.target is None and len(run.reached) < len(run.state):
+            raise run.order_error()
+        return _response(run.outcome, started)
+
+    def _context(self, run: _Run, payload: dict[str, Any], body: Mapping[str, Any]) -> Context:
+        return Context(
+            workflow_id=self.workflow_id,
+            payload=payload,
+            subscriber=_object_field(body, "subscriber"),
+            controls=self.control_schema.defaults({}),
+            step=StepApi(run),
+            actor=_object_field(body, "actor"),
+            context=_object_field(body, "context"),
+        )
+
+    def _payload(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise ExecutionEventPayloadInvalidError("Event `payload` is required")
+        try:
+            return self.payload_schema.validate(payload)
+        except SchemaInvalid as exc:
+            raise ExecutionEventPayloadInvalidError(
+                f"Workflow with id: `{self.workflow_id}` has invalid `payload`. "
+                "Please provide the correct event payload.",
+                data=exc.problems,
+            ) from exc
+
+    def _state(self, state: Any) -> list[dict[str, Any]]:
+        valid = isinstance(state, list) and all(
+            isinstance(e, dict) and isinstance(e.get("stepId"), str) for e in state
+        )
+        if not valid:
+            raise ExecutionStateCorruptError(
+                f"Workflow with id: `{self.workflow_id}` has a corrupt state. `state` must be "
+                "an array of objects with a `stepId`.",
+                data={"workflowId": self.workflow_id, "stepId": None},
+            )
+        return state
+
+    def _controls(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        controls = body.get("controls", {})
+        if not isinstance(controls, dict):
+            raise ExecutionStateControlInvalidError(
+                f"Workflow with id: `{self.workflow_id}` has invalid `controls`: must be an object",
+                data=[{"path": "", "message": "must be object"}],
+            )
+        return controls
+
+
+def workflow(
+    workflow_id: str,
+    *,
+    payload_schema: SchemaSource | None = None,
+    control_schema: SchemaSource | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    tags: list[str] | None = None,
+    severity: str = "none",
+    preferences: dict[str, Any] | None = None,
+) -> Callable[[Callable[[Context], Any]], Workflow]:
+    """Decorator: turn `fn(ctx)` into a Workflow served by a Bridge."""
+
+    def decorate(fn: Callable[[Context], Any]) -> Workflow:
+        return Workflow(
+            workflow_id,
+            fn,
+            payload_schema=payload_schema,
+            control_schema=control_schema,
+            name=name,
+            description=description,
+            tags=tags,
+            severity=severity,
+            preferences=preferences,
+        )
+
+    return decorate

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from messaging.models import Message
+from workflows.models import Notification, Step
+
+CHANNEL_TYPES = {"email", "sms", "push", "chat", "in_app"}
+ACTION_TYPES = {"delay", "custom"}
+STEP_TYPES = CHANNEL_TYPES | ACTION_TYPES
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def in_app_result(message: Message | None) -> dict[str, Any]:
+    # All four keys, always: Novu's framework rejects an in_app result missing one.
+    return {
+        "seen": bool(message and message.seen_at),
+        "read": bool(message and message.read_at),
+        "lastSeenDate": _iso(message.seen_at) if message else None,
+        "lastReadDate": _iso(message.read_at) if message else None,
+    }
+
+
+def step_result(step: Step) -> dict[str, Any]:
+    """What goes back to the bridge as this step's state.
+
+    An in-app result is read from its message each time, so a resolver that runs
+    after a delay sees whether the subscriber has read it by then.
+    """
+    if step.type == "in_app":
+        return in_app_result(getattr(step, "message", None))
+    return step.result
+
+
+def bridge_state(*, notification: Notification) -> list[dict[str, Any]]:
+    steps = (
+        Step.objects.filter(notification=notification, status__in=Step.DONE)
+        .select_related("message")
+        .order_by("position")
+    )
+    return [
+        {"stepId": s.step_id, "outputs": step_result(s), "state": {"status": s.status}}
+        for s in steps
+    ]
+
+
+def notification_list(*, client_id: int, filters: dict[str, str]) -> QuerySet[Notification]:
+    qs = Notification.objects.filter(client_id=client_id).select_related(
+        "subscriber", "trigger_event"
+    )
+    if filters.get("transactionId"):
+        qs = qs.filter(trigger_event__transaction_id=filters["transactionId"])
+    if filters.get("subscriberId"):
+        qs = qs.filter(subscriber__subscriber_id=filters["subscriberId"])
+    if filters.get("workflow"):
+        qs = qs.filter(workflow_id=filters["workflow"])
+    if filters.get("status"):
+        qs = qs.filter(status=filters["status"])
+    return qs.prefetch_related("steps__message").order_by("-created_at", "-id")

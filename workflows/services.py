@@ -1,0 +1,397 @@
+"""Workflow worker, echo worker, step bookkeeping and the reconciler."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from config import pipeline
+from notify.models import TriggerEvent
+from notify.selectors import signing_secret
+from subscribers.models import Subscriber
+from subscribers.recipients import parse_recipients
+from workflows import bridge, selectors
+from workflows.delays import UnsupportedDelay, delay_of
+from workflows.models import Notification, Step
+
+logger = logging.getLogger(__name__)
+
+BROADCAST_CHUNK = 500
+OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
+
+
+# --- stage 2: the workflow worker ------------------------------------------------------
+
+
+def trigger_event_run(*, trigger_event_id: int) -> None:
+    """Fan a trigger event out into one subscriber command per recipient.
+
+    Safe to run twice: the claim lets one run at a time, and a rerun after a crash
+    re-sends commands the subscriber worker deduplicates on (event, subscriber).
+    """
+    now = timezone.now()
+    claimed = TriggerEvent.objects.filter(
+        pk=trigger_event_id, status=TriggerEvent.Status.RECEIVED
+    ).update(status=TriggerEvent.Status.PROCESSING, claimed_at=now)
+    if not claimed:
+        return
+    event = TriggerEvent.objects.get(pk=trigger_event_id)
+    if event.mode == TriggerEvent.Mode.BROADCAST:
+        count = 0
+        for subscriber_ids in _broadcast_audience(client_id=event.client_id):
+            for subscriber_id in subscriber_ids:
+                pipeline.send_now(pipeline.SUBSCRIBER, event.pk, {"subscriberId": subscriber_id})
+            count += len(subscriber_ids)
+    else:
+        recipients = parse_recipients(event.to)
+        for recipient in recipients:
+            pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
+        count = len(recipients)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        status=TriggerEvent.Status.PROCESSED, recipients=count, processed_at=timezone.now()
+    )
+
+
+def _broadcast_audience(*, client_id: int):
+    """Every subscriber of a client, in keyset-paginated chunks: flat memory at any size."""
+    last_pk = 0
+    while True:
+        chunk = list(
+            Subscriber.objects.filter(client_id=client_id, pk__gt=last_pk)
+            .order_by("pk")
+            .values_list("pk", "subscriber_id")[:BROADCAST_CHUNK]
+        )
+        if not chunk:
+            return
+        last_pk = chunk[-1][0]
+        yield [subscriber_id for _, subscriber_id in chunk]
+
+
+# --- stage 3 (called by the subscriber worker) -------------------------------------------
+
+
+def notification_create(*, trigger_event: TriggerEvent, subscriber: Subscriber) -> Notification:
+    """One notification per (trigger event, subscriber); enqueue its first echo."""
+    with transaction.atomic():
+        notification, created = Notification.objects.get_or_create(
+            trigger_event=trigger_event,
+            subscriber=subscriber,
+            defaults={
+                "client_id": trigger_event.client_id,
+                "workflow_id": trigger_event.workflow_id,
+                "resource": trigger_event.resource,
+                "payload": trigger_event.payload,
+            },
+        )
+        # A rerun finds the row; only a notification that has not started is re-sent.
+        if created or notification.status == Notification.Status.PENDING:
+            pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+    return notification
+
+
+# --- stage 4: the echo worker --------------------------------------------------------------
+
+
+def _subscriber_body(subscriber: Subscriber) -> dict[str, Any]:
+    body = {
+        "subscriberId": subscriber.subscriber_id,
+        "email": subscriber.email,
+        "phone": subscriber.phone,
+        "firstName": subscriber.first_name,
+        "lastName": subscriber.last_name,
+        "avatar": subscriber.avatar,
+        "locale": subscriber.locale,
+        "timezone": subscriber.timezone,
+        "data": subscriber.data,
+    }
+    return {k: v for k, v in body.items() if v not in ("", None)}
+
+
+def _actor_body(actor: Any) -> dict[str, Any]:
+    if isinstance(actor, str):
+        return {"subscriberId": actor}
+    return actor if isinstance(actor, dict) else {}
+
+
+def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
+    """Ask the bridge for the notification's next step and record it.
+
+    Safe to run twice: it does nothing while a step is open or once the notification
+    is final, and two runs racing on the same state insert the same (notification,
+    position) row, which the unique constraint lets through once.
+    Raises BridgeUnavailable for the task to retry unless `final_attempt`.
+    """
+    notification = (
+        Notification.objects.select_related("subscriber", "trigger_event")
+        .filter(pk=notification_id)
+        .first()
+    )
+    if notification is None:
+        logger.warning("echo: notification %s is gone", notification_id)
+        return
+    if notification.status in Notification.FINAL:
+        return
+    if notification.steps.filter(status__in=OPEN_STEP).exists():
+        return  # the message worker owns the notification until its step is done
+    Notification.objects.filter(pk=notification.pk, status=Notification.Status.PENDING).update(
+        status=Notification.Status.RUNNING, updated_at=timezone.now()
+    )
+    state = selectors.bridge_state(notification=notification)
+    body = {
+        "payload": notification.payload,
+        "subscriber": _subscriber_body(notification.subscriber),
+        "state": state,
+        "controls": {},
+        "actor": _actor_body(notification.trigger_event.actor),
+        "context": {},
+    }
+    try:
+        answer = bridge.execute(
+            notification.resource,
+            secret=signing_secret(client_id=notification.client_id),
+            workflow_id=notification.workflow_id,
+            body=body,
+        )
+    except bridge.BridgeUnavailable as exc:
+        Notification.objects.filter(pk=notification.pk).update(
+            bridge_attempts=notification.bridge_attempts + 1,
+            error=str(exc),
+            updated_at=timezone.now(),
+        )
+        if not final_attempt:
+            raise
+        notification_fail(notification_id=notification.pk, code=exc.code, message=exc.message)
+        return
+    except bridge.BridgeError as exc:
+        notification_fail(notification_id=notification.pk, code=exc.code, message=exc.message)
+        return
+    _record_answer(notification=notification, state=state, answer=answer)
+
+
+def _record_answer(
+    *, notification: Notification, state: list[dict[str, Any]], answer: dict[str, Any]
+) -> None:
+    if answer.get("done") is True:
+        Notification.objects.filter(pk=notification.pk, status=Notification.Status.RUNNING).update(
+            status=Notification.Status.COMPLETED,
+            completed_at=timezone.now(),
+            error="",
+            error_code="",
+        )
+        return
+    step_id, step_type = answer.get("stepId"), answer.get("type")
+    outputs = answer.get("outputs") if isinstance(answer.get("outputs"), dict) else {}
+    if not isinstance(step_id, str) or not step_id or step_type not in selectors.STEP_TYPES:
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeInvalidResponse",
+            message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
+        )
+        return
+    if any(entry["stepId"] == step_id for entry in state):
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeInvalidResponse",
+            message=f"the bridge returned step '{step_id}' again, which already ran",
+        )
+        return
+    skipped = bool((answer.get("options") or {}).get("skip"))
+    now = timezone.now()
+    due_at, countdown = now, 0.0
+    if step_type == "delay" and not skipped:
+        try:
+            wait = delay_of(outputs)
+        except UnsupportedDelay as exc:
+            notification_fail(
+                notification_id=notification.pk, code="UnsupportedDelay", message=str(exc)
+            )
+            return
+        due_at, countdown = now + wait, wait.total_seconds()
+    on_broker = countdown <= settings.NORM_BROKER_MAX_COUNTDOWN
+    try:
+        with transaction.atomic():
+            still_running = Notification.objects.filter(
+                pk=notification.pk, status=Notification.Status.RUNNING
+            ).update(updated_at=now)
+            if not still_running:
+                return  # canceled or failed while the bridge was answering
+            step = Step.objects.create(
+                notification=notification,
+                step_id=step_id,
+                type=step_type,
+                position=len(state),
+                outputs=outputs,
+                providers=answer.get("providers") or {},
+                status=Step.Status.SKIPPED if skipped else Step.Status.SCHEDULED,
+                result=_skipped_result(step_type) if skipped else {},
+                due_at=due_at,
+                enqueued_at=now if on_broker and not skipped else None,
+                completed_at=now if skipped else None,
+            )
+            if skipped:
+                pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+            elif on_broker:
+                pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=countdown)
+            # A longer delay waits in the database; the reconciler enqueues it when due.
+    except IntegrityError:
+        logger.info(
+            "echo: step %s of %s was recorded by a concurrent run", step_id, notification.pk
+        )
+
+
+def _skipped_result(step_type: str) -> dict[str, Any]:
+    if step_type == "in_app":
+        return selectors.in_app_result(None)
+    if step_type == "delay":
+        return {"duration": 0}
+    return {}
+
+
+def notification_fail(*, notification_id: Any, code: str, message: str) -> None:
+    Notification.objects.filter(pk=notification_id).exclude(status__in=Notification.FINAL).update(
+        status=Notification.Status.FAILED,
+        error=message,
+        error_code=code,
+        completed_at=timezone.now(),
+    )
+
+
+# --- stage 5 bookkeeping (called by the message worker) -------------------------------------
+
+
+def step_claim(*, step_id: int) -> Step | None:
+    """Take a due, scheduled step of a running notification; None if another run has it."""
+    now = timezone.now()
+    claimed = Step.objects.filter(
+        pk=step_id,
+        status=Step.Status.SCHEDULED,
+        due_at__lte=now,
+        notification__status=Notification.Status.RUNNING,
+    ).update(status=Step.Status.PROCESSING, claimed_at=now, attempts=F("attempts") + 1)
+    if not claimed:
+        return None
+    return Step.objects.select_related("notification__subscriber").get(pk=step_id)
+
+
+def step_complete(*, step: Step, result: dict[str, Any]) -> None:
+    with transaction.atomic():
+        done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+            status=Step.Status.COMPLETED, result=result, completed_at=timezone.now(), error=""
+        )
+        if done:
+            pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
+
+
+def step_fail(*, step: Step, code: str, message: str) -> None:
+    with transaction.atomic():
+        Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+            status=Step.Status.FAILED, error=message, completed_at=timezone.now()
+        )
+        notification_fail(
+            notification_id=step.notification_id,
+            code=code,
+            message=f"step '{step.step_id}': {message}",
+        )
+
+
+def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
+    """Put a step that failed transiently back on the schedule, `backoff` seconds out."""
+    due_at = timezone.now() + timedelta(seconds=backoff)
+    with transaction.atomic():
+        released = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+            status=Step.Status.SCHEDULED, due_at=due_at, enqueued_at=timezone.now(), error=message
+        )
+        if released:
+            pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
+
+
+# --- operations: retry, cancel, reconcile ------------------------------------------------
+
+
+def notification_retry(*, notification: Notification) -> bool:
+    """Run a failed notification again from its failed step (or its failed bridge call)."""
+    with transaction.atomic():
+        reopened = Notification.objects.filter(
+            pk=notification.pk, status=Notification.Status.FAILED
+        ).update(status=Notification.Status.RUNNING, error="", error_code="", completed_at=None)
+        if not reopened:
+            return False
+        failed = notification.steps.filter(status=Step.Status.FAILED).first()
+        if failed is not None:
+            Step.objects.filter(pk=failed.pk).update(
+                status=Step.Status.SCHEDULED,
+                due_at=timezone.now(),
+                attempts=0,
+                error="",
+                enqueued_at=timezone.now(),
+                completed_at=None,
+            )
+            pipeline.enqueue_on_commit(pipeline.MESSAGE, failed.pk)
+        else:
+            Notification.objects.filter(pk=notification.pk).update(bridge_attempts=0)
+            pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+    return True
+
+
+def notification_cancel(*, notification: Notification) -> bool:
+    """Stop a notification that has not finished; a step already sending finishes."""
+    with transaction.atomic():
+        canceled = (
+            Notification.objects.filter(pk=notification.pk)
+            .exclude(status__in=Notification.FINAL)
+            .update(status=Notification.Status.CANCELED, completed_at=timezone.now())
+        )
+        if canceled:
+            Step.objects.filter(notification=notification, status=Step.Status.SCHEDULED).update(
+                status=Step.Status.CANCELED, completed_at=timezone.now()
+            )
+    return bool(canceled)
+
+
+def reconcile() -> dict[str, int]:
+    """Re-enqueue work that stalled: lost broker messages, dead workers, long delays.
+
+    Works from the database alone, so it recovers even from an emptied broker; every
+    stage claims its row, so enqueueing something twice is harmless.
+    """
+    now = timezone.now()
+    grace = timedelta(seconds=settings.NORM_RECONCILE_GRACE)
+    stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)
+    counts = {"events": 0, "notifications": 0, "steps": 0}
+
+    TriggerEvent.objects.filter(
+        status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
+    ).update(status=TriggerEvent.Status.RECEIVED)
+    for pk, workflow_id in TriggerEvent.objects.filter(
+        status=TriggerEvent.Status.RECEIVED, created_at__lt=now - grace
+    ).values_list("pk", "workflow_id")[:1000]:
+        pipeline.send_now(pipeline.WORKFLOW, pk, queue=pipeline.workflow_queue(workflow_id))
+        counts["events"] += 1
+
+    Step.objects.filter(status=Step.Status.PROCESSING, claimed_at__lt=now - stale).update(
+        status=Step.Status.SCHEDULED, enqueued_at=None
+    )
+    due = Step.objects.filter(status=Step.Status.SCHEDULED, due_at__lte=now).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - grace, due_at__lt=now - grace)
+    )
+    for step_pk in list(due.values_list("pk", flat=True)[:1000]):
+        Step.objects.filter(pk=step_pk).update(enqueued_at=now)
+        pipeline.send_now(pipeline.MESSAGE, step_pk)
+        counts["steps"] += 1
+
+    open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
+    idle = Notification.objects.filter(
+        status__in=(Notification.Status.PENDING, Notification.Status.RUNNING),
+        updated_at__lt=now - grace,
+    ).exclude(Exists(open_step))
+    for notification_pk in list(idle.values_list("pk", flat=True)[:1000]):
+        Notification.objects.filter(pk=notification_pk).update(updated_at=now)
+        pipeline.send_now(pipeline.ECHO, str(notification_pk))
+        counts["notifications"] += 1
+    return counts

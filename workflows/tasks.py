@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from celery import Task, shared_task
+from django.conf import settings
+
+from workflows import bridge, services
+
+
+@shared_task(name="norm.workflow.run", ignore_result=True)
+def workflow_run(trigger_event_id: int) -> None:
+    """Stage 2: fan a trigger event out to its recipients. Claims the event first."""
+    services.trigger_event_run(trigger_event_id=trigger_event_id)
+
+
+@shared_task(name="norm.echo.run", bind=True, ignore_result=True, max_retries=None)
+def echo_run(self: Task, notification_id: str) -> None:
+    """Stage 4: ask the bridge for the next step. Transient bridge errors retry with
+    backoff; does nothing while a step is open, so a duplicate run is harmless."""
+    retries = self.request.retries
+    try:
+        services.echo_run(
+            notification_id=notification_id,
+            final_attempt=retries >= settings.NORM_BRIDGE_MAX_RETRIES,
+        )
+    except bridge.BridgeUnavailable as exc:
+        raise self.retry(
+            countdown=settings.NORM_BRIDGE_RETRY_BACKOFF * 2**retries, exc=exc
+        ) from exc
+
+
+@shared_task(name="norm.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Beat: re-enqueue stalled work from the database. Everything it enqueues is claimed."""
+    return services.reconcile()
