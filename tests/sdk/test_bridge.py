@@ -95,8 +95,21 @@ def test_discover_lists_workflows_and_steps_in_code_order(bridge: Bridge) -> Non
         ("reminder", "email"),
     ]
     inbox = first["steps"][0]
-    assert set(inbox) == {"stepId", "type", "controls", "outputs", "results", "options", "providers"}
-    assert inbox["results"]["schema"]["required"] == ["seen", "read", "lastSeenDate", "lastReadDate"]
+    assert set(inbox) == {
+        "stepId",
+        "type",
+        "controls",
+        "outputs",
+        "results",
+        "options",
+        "providers",
+    }
+    assert inbox["results"]["schema"]["required"] == [
+        "seen",
+        "read",
+        "lastSeenDate",
+        "lastReadDate",
+    ]
     assert inbox["outputs"]["schema"]["properties"]["body"]["minLength"] == 1
     assert first["steps"][2]["outputs"]["schema"]["required"] == ["subject", "body"]
     json.dumps(body)  # serializable as is

@@ -117,8 +117,8 @@ def test_pretty_printed_body_verifies_against_its_compact_form() -> None:
 
 
 def test_raw_body_signature_is_also_accepted() -> None:
-    # 1.0 re-serializes differently from the bytes sent; the raw bytes still match.
-    raw = '{"payload":{"ratio":1.0}}'
+    # A sender that signed its own (non-canonical) bytes still matches on the raw body.
+    raw = '{"payload": {"ratio": 1.0, "name": "\\u00e9"}}'
     verify_signature(SECRET, signature_header(SECRET, raw, NOW), raw.encode(), now_ms=NOW)
 
 

@@ -6,6 +6,7 @@ those bytes; the bridge verifies with `verify_signature`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -57,10 +58,8 @@ def _signed_candidates(body: str | bytes | None) -> list[str]:
     if not raw.strip():
         return ["{}"]
     candidates = [raw]
-    try:
+    with contextlib.suppress(ValueError):
         candidates.insert(0, canonical_json(json.loads(raw)))
-    except ValueError:
-        pass
     return candidates
 
 
