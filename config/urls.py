@@ -10,6 +10,7 @@ urlpatterns = [
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).
     path("bridge", bridge_view, name="demo-bridge"),
     path("", include("notify.urls")),
+    path("", include("subscribers.urls")),
     path("", include("workflows.urls")),
     path("", include("messaging.urls")),
 ]

@@ -83,6 +83,9 @@ class BridgeSync(models.Model):
             models.UniqueConstraint(fields=["client", "bridge_url"], name="uniq_bridge_sync")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.bridge_url} at {self.synced_at:%Y-%m-%d %H:%M:%S}"
+
 
 class TriggerEvent(models.Model):
     class Mode(models.TextChoices):
@@ -110,6 +113,7 @@ class TriggerEvent(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -13,8 +13,10 @@ from config import pipeline
 from config.errors import ApiError
 from notify import crypto, selectors
 from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
+from subscribers.models import Topic
 from subscribers.recipients import parse_recipients
 from workflows import bridge
+from workflows.services import notifications_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +166,12 @@ def trigger_event_create(
             [{"field": "resource", "message": "not an allowed bridge URL"}],
         )
     if mode == TriggerEvent.Mode.MULTICAST:
-        parse_recipients(to)
+        _, topics = parse_recipients(to)
+        keys = {t["topicKey"] for t in topics}
+        known = set(Topic.objects.filter(client=client, key__in=keys).values_list("key", flat=True))
+        if keys - known:
+            missing = ", ".join(sorted(keys - known))
+            raise ApiError(404, "topic_not_found", f"Topic not found: {missing}")
     registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
     _validate_payload(registered.payload_schema, payload)
 
@@ -188,3 +195,25 @@ def trigger_event_create(
         # The same transactionId raced in from a concurrent request: answer with its event.
         return TriggerEvent.objects.get(client=client, transaction_id=transaction_id)
     return event
+
+
+def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
+    """Stop every unfinished notification of a trigger; True if anything was canceled.
+
+    Safe to repeat. `canceled_at` also stops recipients the fan-out has not reached
+    yet (the subscriber and echo workers check it). A step already sending finishes
+    (it is not half-canceled); the echo worker then finds its notification canceled.
+    """
+    event = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
+    if event is None:
+        return False
+    with transaction.atomic():
+        first_cancel = TriggerEvent.objects.filter(pk=event.pk, canceled_at__isnull=True).update(
+            canceled_at=timezone.now()
+        )
+        canceled = notifications_cancel(trigger_event_id=event.pk)
+    unstarted = first_cancel and (
+        event.status != TriggerEvent.Status.PROCESSED
+        or event.notifications.count() < event.recipients
+    )
+    return bool(canceled or unstarted)

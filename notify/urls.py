@@ -7,4 +7,6 @@ from notify import apis
 urlpatterns = [
     path("v1/events/trigger", apis.TriggerApi.as_view(), name="trigger"),
     path("v1/events/trigger/broadcast", apis.BroadcastApi.as_view(), name="trigger-broadcast"),
+    path("v1/events/trigger/bulk", apis.BulkTriggerApi.as_view(), name="trigger-bulk"),
+    path("v1/events/trigger/<str:transaction_id>", apis.CancelApi.as_view(), name="trigger-cancel"),
 ]

@@ -53,3 +53,6 @@ class TopicSubscription(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["topic", "subscriber"], name="uniq_topic_subscription")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber_id} in {self.topic_id}"

@@ -24,33 +24,52 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_recipients", message, [{"field": "to", "message": message}])
 
 
-def parse_recipients(to: Any) -> list[dict[str, Any]]:
-    """Normalise `to` into subscriber dicts, one per subscriberId (first one wins)."""
+def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Normalise `to` into (subscribers, topics).
+
+    Subscribers come one per subscriberId (the first mention wins); topics as
+    `{"topicKey", "exclude": [subscriberId, ...]}`.
+    """
     items = to if isinstance(to, list) else [to]
     if not items or to in ("", None):
-        raise _invalid("`to` must name at least one subscriber")
+        raise _invalid("`to` must name at least one subscriber or topic")
     if len(items) > MAX_RECIPIENTS:
-        raise _invalid(f"`to` lists more than {MAX_RECIPIENTS} recipients; use a broadcast")
+        raise _invalid(
+            f"`to` lists more than {MAX_RECIPIENTS} recipients; use a topic or a broadcast"
+        )
     recipients: dict[str, dict[str, Any]] = {}
+    topics: dict[str, dict[str, Any]] = {}
     for item in items:
-        if isinstance(item, str | int) and not isinstance(item, bool) and str(item).strip():
-            recipient: dict[str, Any] = {"subscriberId": str(item).strip()}
-        elif (
-            isinstance(item, dict)
-            and item.get("type") == "Topic"
-            or (isinstance(item, dict) and "topicKey" in item)
-        ):
-            raise _invalid("topics in `to` are not supported yet")
-        elif isinstance(item, dict) and isinstance(item.get("subscriberId"), str | int):
-            recipient = {"subscriberId": str(item["subscriberId"]).strip()}
-            for key in INLINE_FIELDS:
-                if key in item and item[key] is not None:
-                    recipient[key] = item[key]
-            if "data" in recipient and not isinstance(recipient["data"], dict):
-                raise _invalid("a subscriber's `data` must be an object")
-        else:
-            raise _invalid("each recipient must be a subscriberId or an object with subscriberId")
-        if not recipient["subscriberId"]:
-            raise _invalid("subscriberId must not be empty")
+        if isinstance(item, dict) and (item.get("type") == "Topic" or "topicKey" in item):
+            topic = _topic(item)
+            topics.setdefault(topic["topicKey"], topic)
+            continue
+        recipient = _subscriber(item)
         recipients.setdefault(recipient["subscriberId"], recipient)
-    return list(recipients.values())
+    return list(recipients.values()), list(topics.values())
+
+
+def _topic(item: dict[str, Any]) -> dict[str, Any]:
+    key, exclude = item.get("topicKey"), item.get("exclude") or []
+    if not isinstance(key, str) or not key:
+        raise _invalid("a topic needs a non-empty topicKey")
+    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+        raise _invalid("a topic's exclude must be a list of subscriberIds")
+    return {"topicKey": key, "exclude": exclude}
+
+
+def _subscriber(item: Any) -> dict[str, Any]:
+    if isinstance(item, str | int) and not isinstance(item, bool):
+        recipient: dict[str, Any] = {"subscriberId": str(item).strip()}
+    elif isinstance(item, dict) and isinstance(item.get("subscriberId"), str | int):
+        recipient = {"subscriberId": str(item["subscriberId"]).strip()}
+        for key in INLINE_FIELDS:
+            if key in item and item[key] is not None:
+                recipient[key] = item[key]
+        if "data" in recipient and not isinstance(recipient["data"], dict):
+            raise _invalid("a subscriber's `data` must be an object")
+    else:
+        raise _invalid("each recipient must be a subscriberId, a subscriber object or a topic")
+    if not recipient["subscriberId"]:
+        raise _invalid("subscriberId must not be empty")
+    return recipient

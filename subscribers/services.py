@@ -4,8 +4,9 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from config.errors import ApiError
 from notify.models import Client, TriggerEvent
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
 from workflows.services import notification_create
 
@@ -40,3 +41,83 @@ def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> N
         return
     subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
     notification_create(trigger_event=event, subscriber=subscriber)
+
+
+# --- the subscriber and topic API ----------------------------------------------------------
+
+
+def subscriber_create(
+    *, client: Client, subscriber_id: str, values: dict[str, Any], fail_if_exists: bool = False
+) -> tuple[Subscriber, bool]:
+    """Create a subscriber, or update the existing one unless `fail_if_exists`."""
+    existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
+    if existing is not None:
+        if fail_if_exists:
+            raise ApiError(409, "subscriber_exists", f"Subscriber '{subscriber_id}' already exists")
+        return subscriber_update(subscriber=existing, values=values), False
+    try:
+        with transaction.atomic():
+            return Subscriber.objects.create(
+                client=client, subscriber_id=subscriber_id, **values
+            ), True
+    except IntegrityError:  # created concurrently
+        existing = Subscriber.objects.get(client=client, subscriber_id=subscriber_id)
+        return subscriber_update(subscriber=existing, values=values), False
+
+
+def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subscriber:
+    """Set the given model fields; a value of None clears a field."""
+    for key, value in values.items():
+        setattr(subscriber, key, ({} if key == "data" else "") if value is None else value)
+    if values:
+        subscriber.save(update_fields=[*values, "updated_at"])
+    return subscriber
+
+
+def subscriber_delete(*, subscriber: Subscriber) -> None:
+    subscriber.delete()
+
+
+def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:
+    try:
+        with transaction.atomic():
+            topic, created = Topic.objects.get_or_create(
+                client=client, key=key, defaults={"name": name or ""}
+            )
+    except IntegrityError:
+        topic, created = Topic.objects.get(client=client, key=key), False
+    if not created and name is not None and topic.name != name:
+        topic.name = name
+        topic.save(update_fields=["name"])
+    return topic, created
+
+
+def topic_subscribe(
+    *, topic: Topic, subscriber_ids: list[str]
+) -> tuple[list[Subscriber], list[str]]:
+    """Add the named subscribers to a topic; return (members added or present, ids not found)."""
+    found = {
+        s.subscriber_id: s
+        for s in Subscriber.objects.filter(
+            client_id=topic.client_id, subscriber_id__in=subscriber_ids
+        )
+    }
+    TopicSubscription.objects.bulk_create(
+        [TopicSubscription(topic=topic, subscriber=s) for s in found.values()],
+        ignore_conflicts=True,
+    )
+    missing = [sid for sid in dict.fromkeys(subscriber_ids) if sid not in found]
+    return [found[sid] for sid in dict.fromkeys(subscriber_ids) if sid in found], missing
+
+
+def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[str]:
+    """Remove the named subscribers from a topic; return the ids that were members."""
+    removed = list(
+        TopicSubscription.objects.filter(
+            topic=topic, subscriber__subscriber_id__in=subscriber_ids
+        ).values_list("subscriber__subscriber_id", flat=True)
+    )
+    TopicSubscription.objects.filter(
+        topic=topic, subscriber__subscriber_id__in=subscriber_ids
+    ).delete()
+    return removed

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config import pipeline
@@ -37,7 +38,7 @@ def trigger_event_run(*, trigger_event_id: int) -> None:
     """
     now = timezone.now()
     claimed = TriggerEvent.objects.filter(
-        pk=trigger_event_id, status=TriggerEvent.Status.RECEIVED
+        pk=trigger_event_id, status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True
     ).update(status=TriggerEvent.Status.PROCESSING, claimed_at=now)
     if not claimed:
         return
@@ -49,21 +50,46 @@ def trigger_event_run(*, trigger_event_id: int) -> None:
                 pipeline.send_now(pipeline.SUBSCRIBER, event.pk, {"subscriberId": subscriber_id})
             count += len(subscriber_ids)
     else:
-        recipients = parse_recipients(event.to)
+        recipients, topics = parse_recipients(event.to)
         for recipient in recipients:
             pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
         count = len(recipients)
+        direct = [r["subscriberId"] for r in recipients]
+        for topic in topics:
+            for subscriber_ids in _topic_audience(
+                client_id=event.client_id,
+                key=topic["topicKey"],
+                exclude=[*direct, *topic["exclude"]],
+            ):
+                for subscriber_id in subscriber_ids:
+                    pipeline.send_now(
+                        pipeline.SUBSCRIBER, event.pk, {"subscriberId": subscriber_id}
+                    )
+                count += len(subscriber_ids)
     TriggerEvent.objects.filter(pk=event.pk).update(
         status=TriggerEvent.Status.PROCESSED, recipients=count, processed_at=timezone.now()
     )
 
 
-def _broadcast_audience(*, client_id: int):
+def _broadcast_audience(*, client_id: int) -> Iterator[list[str]]:
     """Every subscriber of a client, in keyset-paginated chunks: flat memory at any size."""
+    return _keyset_chunks(Subscriber.objects.filter(client_id=client_id))
+
+
+def _topic_audience(*, client_id: int, key: str, exclude: list[str]) -> Iterator[list[str]]:
+    """A topic's members, less `exclude`, in chunks. A subscriber reached through two
+    topics gets two commands; the (event, subscriber) constraint keeps one."""
+    members = Subscriber.objects.filter(
+        client_id=client_id, topics__client_id=client_id, topics__key=key
+    ).exclude(subscriber_id__in=exclude)
+    return _keyset_chunks(members)
+
+
+def _keyset_chunks(subscribers: QuerySet[Subscriber]) -> Iterator[list[str]]:
     last_pk = 0
     while True:
         chunk = list(
-            Subscriber.objects.filter(client_id=client_id, pk__gt=last_pk)
+            subscribers.filter(pk__gt=last_pk)
             .order_by("pk")
             .values_list("pk", "subscriber_id")[:BROADCAST_CHUNK]
         )
@@ -76,8 +102,12 @@ def _broadcast_audience(*, client_id: int):
 # --- stage 3 (called by the subscriber worker) -------------------------------------------
 
 
-def notification_create(*, trigger_event: TriggerEvent, subscriber: Subscriber) -> Notification:
+def notification_create(
+    *, trigger_event: TriggerEvent, subscriber: Subscriber
+) -> Notification | None:
     """One notification per (trigger event, subscriber); enqueue its first echo."""
+    if trigger_event.canceled_at is not None:
+        return None
     with transaction.atomic():
         notification, created = Notification.objects.get_or_create(
             trigger_event=trigger_event,
@@ -136,6 +166,10 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         logger.warning("echo: notification %s is gone", notification_id)
         return
     if notification.status in Notification.FINAL:
+        return
+    if notification.trigger_event.canceled_at is not None:
+        # Created in a race with the cancel of its trigger.
+        notification_cancel(notification=notification)
         return
     if notification.steps.filter(status__in=OPEN_STEP).exists():
         return  # the message worker owns the notification until its step is done
@@ -341,17 +375,31 @@ def notification_retry(*, notification: Notification) -> bool:
 
 def notification_cancel(*, notification: Notification) -> bool:
     """Stop a notification that has not finished; a step already sending finishes."""
+    return notifications_cancel(notification_ids=[notification.pk]) > 0
+
+
+def notifications_cancel(
+    *, notification_ids: list[Any] | None = None, trigger_event_id: int | None = None
+) -> int:
+    """Cancel unfinished notifications and their waiting steps; return how many."""
+    now = timezone.now()
+    unfinished = Notification.objects.exclude(status__in=Notification.FINAL)
+    if notification_ids is not None:
+        unfinished = unfinished.filter(pk__in=notification_ids)
+    if trigger_event_id is not None:
+        unfinished = unfinished.filter(trigger_event_id=trigger_event_id)
     with transaction.atomic():
+        ids = list(unfinished.values_list("pk", flat=True))
         canceled = (
-            Notification.objects.filter(pk=notification.pk)
+            Notification.objects.filter(pk__in=ids)
             .exclude(status__in=Notification.FINAL)
-            .update(status=Notification.Status.CANCELED, completed_at=timezone.now())
+            .update(status=Notification.Status.CANCELED, completed_at=now)
         )
-        if canceled:
-            Step.objects.filter(notification=notification, status=Step.Status.SCHEDULED).update(
-                status=Step.Status.CANCELED, completed_at=timezone.now()
-            )
-    return bool(canceled)
+        # Only scheduled steps: one a worker is sending (processing) is left to finish.
+        Step.objects.filter(notification_id__in=ids, status=Step.Status.SCHEDULED).update(
+            status=Step.Status.CANCELED, completed_at=now
+        )
+    return canceled
 
 
 def reconcile() -> dict[str, int]:

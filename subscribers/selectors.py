@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from config.errors import ApiError
+from subscribers.models import Subscriber, Topic
+
+
+def subscriber_get(*, client_id: int, subscriber_id: str) -> Subscriber:
+    subscriber = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id).first()
+    if subscriber is None:
+        raise ApiError(404, "subscriber_not_found", f"Subscriber '{subscriber_id}' was not found")
+    return subscriber
+
+
+def subscriber_search(*, client_id: int, filters: dict[str, str]) -> QuerySet[Subscriber]:
+    qs = Subscriber.objects.filter(client_id=client_id)
+    if filters.get("subscriberId"):
+        qs = qs.filter(subscriber_id=filters["subscriberId"])
+    if filters.get("email"):
+        qs = qs.filter(email__iexact=filters["email"])
+    if filters.get("phone"):
+        qs = qs.filter(phone=filters["phone"])
+    if filters.get("name"):
+        name = filters["name"]
+        qs = qs.filter(Q(first_name__icontains=name) | Q(last_name__icontains=name))
+    return qs
+
+
+def topic_get(*, client_id: int, key: str) -> Topic:
+    topic = Topic.objects.filter(client_id=client_id, key=key).first()
+    if topic is None:
+        raise ApiError(404, "topic_not_found", f"Topic '{key}' was not found")
+    return topic

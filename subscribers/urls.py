@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from subscribers import apis
+
+# Ids go in as `str` (not `path`): a subscriberId never contains a slash.
+urlpatterns = [
+    path("v2/subscribers", apis.SubscriberListApi.as_view()),
+    path("v1/subscribers", apis.SubscriberListV1Api.as_view()),
+    path("v1/subscribers/bulk", apis.SubscriberBulkApi.as_view()),
+    path("v2/subscribers/<str:subscriber_id>", apis.SubscriberDetailApi.as_view()),
+    path("v1/subscribers/<str:subscriber_id>", apis.SubscriberDetailApi.as_view()),
+    path("v2/topics", apis.TopicListApi.as_view()),
+    path("v1/topics", apis.TopicListV1Api.as_view()),
+    path("v2/topics/<str:key>", apis.TopicDetailApi.as_view()),
+    path("v1/topics/<str:key>", apis.TopicDetailApi.as_view()),
+    path("v2/topics/<str:key>/subscriptions", apis.TopicSubscriptionsApi.as_view()),
+    path("v1/topics/<str:key>/subscribers", apis.TopicSubscribersV1Api.as_view()),
+    path("v1/topics/<str:key>/subscribers/removal", apis.TopicSubscribersRemovalV1Api.as_view()),
+    path(
+        "v1/topics/<str:key>/subscribers/<str:subscriber_id>",
+        apis.TopicSubscriberCheckApi.as_view(),
+    ),
+]
