@@ -214,6 +214,8 @@ NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5)
 NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
 # Seconds between two discover calls prompted by an unknown workflow name.
 NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
+# A discovered workflow (its payload schema) is re-discovered when older than this.
+NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
 # provider, and its steps fail with that reason.
 NORM_PROVIDERS: dict[str, str] = env_json(

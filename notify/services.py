@@ -90,33 +90,44 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
 
 
 def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> BridgeWorkflow:
-    """The registry entry for a workflow, refreshed from the bridge when it is unknown."""
+    """The registry entry for a workflow, refreshed from the bridge when it is unknown
+    or older than NORM_REGISTRY_TTL, at most once per NORM_DISCOVER_MIN_INTERVAL.
+
+    A stale entry is used when the bridge cannot be reached: a trigger is never
+    refused because the bridge is briefly down, only when norm cannot know the workflow.
+    """
     found = selectors.bridge_workflow_get(
         client=client, bridge_url=bridge_url, workflow_id=workflow_id
     )
-    if found is not None:
+    now = timezone.now()
+    if found is not None and found.discovered_at > now - timedelta(
+        seconds=settings.NORM_REGISTRY_TTL
+    ):
         return found
     last = BridgeSync.objects.filter(client=client, bridge_url=bridge_url).first()
-    interval = timedelta(seconds=settings.NORM_DISCOVER_MIN_INTERVAL)
-    if last is None or last.synced_at < timezone.now() - interval:
+    error = last.error if last else ""
+    if last is None or last.synced_at < now - timedelta(
+        seconds=settings.NORM_DISCOVER_MIN_INTERVAL
+    ):
         try:
             bridge_sync(client=client, bridge_url=bridge_url)
+            error = ""
         except bridge.BridgeError as exc:
-            raise ApiError(
-                502,
-                "bridge_unavailable",
-                f"Could not discover the workflows of {bridge_url}: {exc}",
-            ) from exc
+            error = str(exc)
         found = selectors.bridge_workflow_get(
             client=client, bridge_url=bridge_url, workflow_id=workflow_id
         )
-    if found is None:
+    if found is not None:
+        return found
+    if error:
         raise ApiError(
-            404,
-            "workflow_not_found",
-            f"Workflow '{workflow_id}' is not defined by the bridge {bridge_url}",
+            502, "bridge_unavailable", f"Could not discover the workflows of {bridge_url}: {error}"
         )
-    return found
+    raise ApiError(
+        404,
+        "workflow_not_found",
+        f"Workflow '{workflow_id}' is not defined by the bridge {bridge_url}",
+    )
 
 
 def _validate_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:

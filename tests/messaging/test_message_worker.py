@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.core import mail
+from django.utils import timezone
+
+from config import pipeline
+from messaging import tasks
+from messaging.models import Message
+from tests.conftest import Enqueued
+from tests.factories import NotificationFactory, StepFactory
+from workflows import services as workflow_services
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
+SMTP = "django.core.mail.backends.smtp.EmailBackend"
+
+
+@pytest.fixture
+def send(django_capture_on_commit_callbacks: Capture) -> Callable[[Step], Step]:
+    """Run the message worker on a step; return the step as stored afterwards."""
+
+    def do(step: Step) -> Step:
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.message_send(step.pk)
+        step.refresh_from_db()
+        return step
+
+    return do
+
+
+def email_step(**kwargs: Any) -> Step:
+    kwargs.setdefault("notification__subscriber__email", "ann@example.com")
+    kwargs.setdefault("outputs", {"subject": "Your order", "body": "<p>It <b>shipped</b></p>"})
+    return StepFactory(type="email", **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_delay_step_completes_with_the_time_it_waited(
+    send: Callable[[Step], Step], enqueued: Enqueued
+) -> None:
+    step = StepFactory(type="delay", outputs={"amount": 5, "unit": "seconds"})
+    Step.objects.filter(pk=step.pk).update(created_at=timezone.now() - timedelta(seconds=5))
+
+    step = send(step)
+
+    assert step.status == Step.Status.COMPLETED and step.completed_at is not None
+    assert 5000 <= step.result["duration"] < 60000
+    assert not Message.objects.exists()
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_a_custom_step_completes_with_its_outputs_as_result(
+    send: Callable[[Step], Step], enqueued: Enqueued
+) -> None:
+    step = send(StepFactory(type="custom", outputs={"score": 7}))
+    assert step.status == Step.Status.COMPLETED and step.result == {"score": 7}
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_in_app_stores_the_message_in_the_inbox(
+    send: Callable[[Step], Step], enqueued: Enqueued
+) -> None:
+    step = send(StepFactory(type="in_app", outputs={"subject": "Welcome!", "body": "Hi Ann"}))
+
+    message = Message.objects.get()
+    assert message.step == step and message.channel == "in_app"
+    assert (message.provider, message.status) == ("inbox", Message.Status.SENT)
+    assert message.content == {"subject": "Welcome!", "body": "Hi Ann"}
+    assert message.subscriber == step.notification.subscriber
+    assert message.client == step.notification.client
+    assert message.sent_at is not None and message.seen_at is None
+    assert step.status == Step.Status.COMPLETED
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_email_through_django_mail(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    step = send(email_step())
+
+    assert len(mail.outbox) == 1
+    sent = mail.outbox[0]
+    assert sent.subject == "Your order" and sent.to == ["ann@example.com"]
+    assert sent.body == "It shipped"
+    assert sent.alternatives[0][0] == "<p>It <b>shipped</b></p>"
+    message = Message.objects.get()
+    assert (message.status, message.recipient, message.provider) == (
+        Message.Status.SENT,
+        "ann@example.com",
+        "django-email",
+    )
+    assert message.provider_message_id == str(message.pk) and message.attempts == 1
+    assert step.status == Step.Status.COMPLETED
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(settings: Any) -> Iterator[Inbox]:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+def test_email_through_a_real_smtp_server(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, settings: Any
+) -> None:
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    step = send(email_step(outputs={"subject": "Over the wire", "body": "Hello"}))
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = smtp_server.envelopes
+    assert envelope.rcpt_tos == ["ann@example.com"]
+    assert envelope.mail_from == "norm@example.com"
+    text = envelope.content.decode()
+    assert "Subject: Over the wire" in text
+    assert f"X-Norm-Message-Id: {Message.objects.get().pk}" in text
+    assert Message.objects.get().status == Message.Status.SENT
+
+
+def test_a_channel_without_provider_fails_step_and_notification(
+    send: Callable[[Step], Step], enqueued: Enqueued
+) -> None:
+    step = send(StepFactory(type="sms", outputs={"body": "hi"}))
+
+    assert step.status == Step.Status.FAILED
+    assert "no provider is configured for the sms channel" in step.error
+    notification = step.notification
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "NoProvider"
+    assert (
+        notification.error
+        == f"step '{step.step_id}': no provider is configured for the sms channel"
+    )
+    assert enqueued.calls == []
+
+
+def test_a_subscriber_without_email_fails_permanently(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    step = send(email_step(notification__subscriber__email=""))
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert Message.objects.get().status == Message.Status.FAILED
+    assert mail.outbox == [] and enqueued.calls == []
+
+
+def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    settings.NORM_SEND_MAX_ATTEMPTS = 3
+    settings.NORM_SEND_RETRY_BACKOFF = 10.0
+    step = email_step()
+
+    for attempt, backoff in ((1, 10.0), (2, 20.0)):
+        before = timezone.now()
+        step = send(step)
+        assert step.status == Step.Status.SCHEDULED
+        assert step.attempts == attempt and "SMTP connection failed" in step.error
+        assert before + timedelta(seconds=backoff) <= step.due_at
+        assert step.due_at <= timezone.now() + timedelta(seconds=backoff)
+        assert Message.objects.get().attempts == attempt
+        assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+        assert enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] == backoff
+        enqueued.clear()
+        # Not due yet: a redelivery now is not claimed.
+        step = send(step)
+        assert step.status == Step.Status.SCHEDULED and step.attempts == attempt
+        Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+
+    step = send(step)
+
+    assert step.status == Step.Status.FAILED and step.attempts == 3
+    message = Message.objects.get()
+    assert message.status == Message.Status.FAILED and message.attempts == 3
+    notification = step.notification
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "SendFailed"
+    assert enqueued.calls == []
+
+
+def test_a_step_not_yet_due_is_not_claimed(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    step = send(email_step(due_at=timezone.now() + timedelta(minutes=5)))
+    assert step.status == Step.Status.SCHEDULED and step.attempts == 0
+    assert step.claimed_at is None
+    assert mail.outbox == [] and enqueued.calls == []
+
+
+def test_running_twice_sends_once(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    step = email_step()
+    send(step)
+    step = send(step)
+    assert len(mail.outbox) == 1
+    assert Message.objects.count() == 1
+    assert step.status == Step.Status.COMPLETED and step.attempts == 1
+    assert len(enqueued.of(pipeline.ECHO)) == 1
+
+
+def test_a_message_already_sent_is_not_sent_again(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    # A worker died after sending, before completing the step; the reconciler re-enqueued it.
+    settings.EMAIL_BACKEND = LOCMEM
+    step = email_step()
+    Message.objects.create(
+        step=step,
+        client=step.notification.client,
+        subscriber=step.notification.subscriber,
+        channel="email",
+        provider="django-email",
+        status=Message.Status.SENT,
+    )
+    step = send(step)
+    assert mail.outbox == []
+    assert step.status == Step.Status.COMPLETED
+
+
+def test_a_canceled_notification_is_not_sent(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    step = email_step()
+    assert workflow_services.notification_cancel(notification=step.notification)
+    step = send(step)
+    assert step.status == Step.Status.CANCELED
+    assert mail.outbox == [] and not Message.objects.exists() and enqueued.calls == []
+
+
+@pytest.mark.parametrize("status", [Notification.Status.CANCELED, Notification.Status.FAILED])
+def test_a_scheduled_step_of_a_final_notification_is_not_claimed(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, status: str
+) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    notification = NotificationFactory(status=status)
+    step = send(email_step(notification=notification))
+    assert step.status == Step.Status.SCHEDULED and step.attempts == 0
+    assert mail.outbox == [] and enqueued.calls == []
+
+
+def test_a_missing_step_is_ignored(enqueued: Enqueued, settings: Any) -> None:
+    settings.EMAIL_BACKEND = LOCMEM
+    tasks.message_send(987654321)
+    assert mail.outbox == [] and enqueued.calls == []

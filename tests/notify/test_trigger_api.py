@@ -1,0 +1,411 @@
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+import pytest
+from django.http import HttpResponse
+from rest_framework.test import APIClient
+
+from config import pipeline
+from notify import services as notify_services
+from notify.models import Client, TriggerEvent
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued
+from tests.factories import BRIDGE_URL, client_with_key
+from workflows import bridge
+from workflows.demo import demo_bridge
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+TRIGGER = "/v1/events/trigger"
+BROADCAST = "/v1/events/trigger/broadcast"
+OTHER_BRIDGE = "http://other-bridge.test/bridge"
+
+
+@dataclass
+class FakeDiscover:
+    """The bridge's `discover`, answered by the demo bridge without a network hop."""
+
+    calls: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def __call__(self, url: str, *, secret: str | None) -> dict[str, Any]:
+        self.calls.append((url, secret))
+        return demo_bridge.discover()
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for url, _ in self.calls]
+
+
+@pytest.fixture
+def discover(monkeypatch: pytest.MonkeyPatch) -> FakeDiscover:
+    fake = FakeDiscover()
+    monkeypatch.setattr(bridge, "discover", fake)
+    return fake
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    return client_with_key(allowed_bridge_urls=[OTHER_BRIDGE])
+
+
+Post = Callable[..., HttpResponse]
+
+
+@pytest.fixture
+def post(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Callable[..., Any]) -> Post:
+    """POST as the keyed client; hand-offs registered on commit are run (into `enqueued`)."""
+
+    def do(path: str, body: Any, *, key: str | None = None, raw: bool = False) -> HttpResponse:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key or keyed[1]}")
+        data = body if raw else json.dumps(body)
+        with django_capture_on_commit_callbacks(execute=True):
+            return api.post(path, data=data, content_type="application/json")
+
+    return do
+
+
+def assert_error(response: HttpResponse, status: int, code: str, path: str = TRIGGER) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["statusCode"] == status
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["path"] == path
+    return body
+
+
+def assert_nothing_stored(enqueued: Enqueued) -> None:
+    assert TriggerEvent.objects.count() == 0
+    assert enqueued.calls == []
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+def test_malformed_json_is_400(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
+    assert_error(post(TRIGGER, '{"name": "welcome", "to": ', raw=True), 400, "parse_error")
+    assert_nothing_stored(enqueued)
+
+
+@pytest.mark.parametrize("body", [["welcome"], "welcome", 42])
+def test_non_object_body_is_400(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, body: Any
+) -> None:
+    assert_error(post(TRIGGER, body), 400, "invalid_request")
+    assert_nothing_stored(enqueued)
+
+
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        ({"name": "welcome", "to": "ann", "payload": "hello"}, "payload"),
+        ({"name": "welcome", "to": "ann", "payload": [1]}, "payload"),
+        ({"to": "ann"}, "name"),
+        ({"name": "welcome"}, "to"),
+    ],
+)
+def test_invalid_fields_are_400_with_errors(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, body: dict, field_name: str
+) -> None:
+    error = assert_error(post(TRIGGER, body), 400, "invalid_request")
+    assert [e["field"] for e in error["errors"]] == [field_name]
+    assert_nothing_stored(enqueued)
+
+
+@pytest.mark.parametrize("to", [[], ""])
+def test_empty_to_is_400(post: Post, discover: FakeDiscover, enqueued: Enqueued, to: Any) -> None:
+    error = assert_error(post(TRIGGER, {"name": "welcome", "to": to}), 400, "invalid_recipients")
+    assert error["errors"][0]["field"] == "to"
+    assert_nothing_stored(enqueued)
+
+
+def test_unknown_topic_in_to_is_404(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
+    body = {"name": "welcome", "to": ["ann", {"type": "Topic", "topicKey": "news"}]}
+    error = assert_error(post(TRIGGER, body), 404, "topic_not_found")
+    assert "news" in error["message"]
+    assert_nothing_stored(enqueued)
+    assert Subscriber.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "topic", [{"type": "Topic", "topicKey": ""}, {"topicKey": "news", "exclude": "ann"}]
+)
+def test_malformed_topic_in_to_is_400(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, topic: dict[str, Any]
+) -> None:
+    assert_error(post(TRIGGER, {"name": "welcome", "to": [topic]}), 400, "invalid_recipients")
+    assert_nothing_stored(enqueued)
+
+
+def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
+    body = {"name": "welcome", "to": "ann", "payload": {"blob": "x" * (600 * 1024)}}
+    assert_error(post(TRIGGER, body), 413, "payload_too_large")
+    assert_nothing_stored(enqueued)
+    assert discover.calls == []
+
+
+@pytest.mark.parametrize("field_name", ["resource", "bridgeUrl"])
+def test_resource_not_among_bridge_urls_is_400_and_never_called(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, field_name: str
+) -> None:
+    evil = "http://169.254.169.254/latest"
+    body = {"name": "welcome", "to": "ann", field_name: evil}
+    error = assert_error(post(TRIGGER, body), 400, "invalid_resource")
+    assert error["errors"] == [{"field": "resource", "message": "not an allowed bridge URL"}]
+    assert evil not in discover.urls
+    assert_nothing_stored(enqueued)
+
+
+def test_workflow_the_bridge_does_not_define_is_404(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    error = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    assert "nope" in error["message"]
+    assert discover.urls == [BRIDGE_URL]
+    assert_nothing_stored(enqueued)
+
+
+def test_payload_failing_the_schema_is_400_with_errors(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    body = {"name": "welcome", "to": "ann", "payload": {"delaySeconds": "soon"}}
+    error = assert_error(post(TRIGGER, body), 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/delaySeconds"]
+    assert_nothing_stored(enqueued)
+
+
+def test_bridge_unreachable_on_discover_is_502(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    def down(url: str, *, secret: str | None) -> dict[str, Any]:
+        raise bridge.BridgeUnavailable("BridgeUnreachable", "connection refused")
+
+    monkeypatch.setattr(bridge, "discover", down)
+    assert_error(post(TRIGGER, {"name": "welcome", "to": "ann"}), 502, "bridge_unavailable")
+    assert_nothing_stored(enqueued)
+
+
+# --- access ----------------------------------------------------------------------------
+
+
+def test_missing_header_is_401(discover: FakeDiscover, enqueued: Enqueued) -> None:
+    response = APIClient().post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+    assert_error(response, 401, "not_authenticated")
+    assert_nothing_stored(enqueued)
+
+
+def test_unknown_key_is_401(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
+    response = post(TRIGGER, {"name": "welcome", "to": "ann"}, key="nk_not-a-key")
+    assert_error(response, 401, "authentication_failed")
+    assert_nothing_stored(enqueued)
+
+
+def test_revoked_key_is_401_at_once(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    notify_services.secret_key_revoke(secret_key=keyed[0].secret_keys.get())
+    enqueued.clear()
+    response = post(TRIGGER, {"name": "welcome", "to": "bob"})
+    assert_error(response, 401, "authentication_failed")
+    assert TriggerEvent.objects.count() == 1
+    assert enqueued.calls == []
+
+
+def test_inactive_client_is_403(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    Client.objects.filter(pk=keyed[0].pk).update(is_active=False)
+    assert_error(post(TRIGGER, {"name": "welcome", "to": "ann"}), 403, "client_inactive")
+    assert_nothing_stored(enqueued)
+
+
+def test_workflow_outside_allowlist_is_403(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    Client.objects.filter(pk=keyed[0].pk).update(workflow_allowlist=["order-update"])
+    assert_error(post(TRIGGER, {"name": "welcome", "to": "ann"}), 403, "workflow_forbidden")
+    assert_nothing_stored(enqueued)
+    assert discover.calls == []
+
+
+# --- success ---------------------------------------------------------------------------
+
+
+def test_trigger_stores_the_event_and_enqueues_one_run_on_the_routed_queue(
+    post: Post,
+    keyed: tuple[Client, str],
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    settings: Any,
+) -> None:
+    settings.NORM_WORKFLOW_QUEUES = {"welcome": "critical"}
+    body = {
+        "name": "welcome",
+        "to": ["ann", {"subscriberId": "bob", "email": "bob@example.com"}],
+        "payload": {"name": "Ann", "delaySeconds": 5},
+        "actor": "boss",
+    }
+    response = post(TRIGGER, body)
+
+    assert response.status_code == 201, response.content
+    data = response.json()["data"]
+    assert data["acknowledged"] is True and data["status"] == "processed"
+    event = TriggerEvent.objects.get()
+    assert data["transactionId"] == event.transaction_id
+    assert (event.client, event.workflow_id, event.mode) == (keyed[0], "welcome", "multicast")
+    assert (event.to, event.payload, event.actor) == (body["to"], body["payload"], "boss")
+    assert event.resource == BRIDGE_URL and event.status == TriggerEvent.Status.RECEIVED
+    assert enqueued.calls == [
+        (pipeline.WORKFLOW.task, (event.pk,), {"countdown": None, "queue": "critical"})
+    ]
+    # The request does no per-recipient work: that is the workers' job.
+    assert Subscriber.objects.count() == 0 and Notification.objects.count() == 0
+    # The registry was filled from the bridge, signed with the client's key.
+    assert discover.calls == [(BRIDGE_URL, keyed[1])]
+
+
+def test_unrouted_workflow_goes_to_the_default_queue(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_WORKFLOW_QUEUES = {"welcome": "critical"}
+    body = {"name": "order-update", "to": "ann", "payload": {"orderId": "1", "status": "shipped"}}
+    assert post(TRIGGER, body).status_code == 201
+    assert enqueued.options_of(pipeline.WORKFLOW) == [{"countdown": None, "queue": "workflows"}]
+
+
+def test_same_transaction_id_twice_is_one_event_and_one_enqueue(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    body = {"name": "welcome", "to": "ann", "transactionId": "tx-1"}
+    first, second = post(TRIGGER, body), post(TRIGGER, body)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert first.json()["data"]["transactionId"] == "tx-1"
+    assert TriggerEvent.objects.count() == 1
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
+def test_bridge_url_is_a_synonym_of_resource(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    response = post(TRIGGER, {"name": "welcome", "to": "ann", "bridgeUrl": OTHER_BRIDGE})
+    assert response.status_code == 201, response.content
+    assert TriggerEvent.objects.get().resource == OTHER_BRIDGE
+    assert discover.urls == [OTHER_BRIDGE]
+
+
+def test_registry_refresh_is_rate_limited(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    for _ in range(2):
+        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    assert discover.urls == [BRIDGE_URL]
+    # A known workflow is served from the registry without another discover.
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert discover.urls == [BRIDGE_URL]
+
+
+def test_registry_refreshes_again_after_the_interval(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_DISCOVER_MIN_INTERVAL = 0
+    for _ in range(2):
+        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    assert discover.urls == [BRIDGE_URL, BRIDGE_URL]
+
+
+def test_broadcast_stores_a_broadcast_event(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    response = post(BROADCAST, {"name": "welcome", "payload": {"name": "all"}})
+    assert response.status_code == 201, response.content
+    event = TriggerEvent.objects.get()
+    assert response.json()["data"]["transactionId"] == event.transaction_id
+    assert (event.mode, event.to, event.payload) == ("broadcast", None, {"name": "all"})
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+    assert Subscriber.objects.count() == 0
+
+
+def test_broadcast_rejects_bad_payload(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    body = {"name": "welcome", "payload": {"delaySeconds": -1}}
+    assert_error(post(BROADCAST, body), 400, "invalid_payload", path=BROADCAST)
+    assert_nothing_stored(enqueued)
+
+
+# --- against a real bridge over HTTP ---------------------------------------------------
+
+
+@pytest.fixture
+def live_bridge() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The demo bridge on a loopback HTTP server; yields its URL and the requests it saw."""
+    seen: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else None
+            query = dict(parse_qsl(urlparse(self.path).query))
+            seen.append({"method": self.command, "query": query})
+            status, answer, headers = demo_bridge.handle(
+                method=self.command, query=query, body=body, headers=dict(self.headers)
+            )
+            raw = json.dumps(answer).encode()
+            self.send_response(status)
+            for name, value in {**headers, "content-type": "application/json"}.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/bridge", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_trigger_discovers_a_real_bridge_with_a_signed_request(
+    live_bridge: tuple[str, list[dict[str, Any]]],
+    enqueued: Enqueued,
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    url, seen = live_bridge
+    client, key = client_with_key(bridge_url=url)
+    # Strict mode: the bridge answers only requests signed with this key.
+    settings.NORM_DEMO_BRIDGE_SECRET = key
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = api.post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+        bad = api.post(
+            TRIGGER,
+            {"name": "welcome", "to": "ann", "payload": {"delaySeconds": "x"}},
+            format="json",
+        )
+    assert ok.status_code == 201, ok.content
+    assert_error(bad, 400, "invalid_payload")
+    assert seen == [{"method": "GET", "query": {"action": "discover"}}]
+    assert TriggerEvent.objects.get().client == client
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from config import pipeline
+from subscribers import tasks
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued
+from tests.factories import SubscriberFactory, TriggerEventFactory
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+
+RECIPIENT = {
+    "subscriberId": "ann",
+    "email": "ann@example.com",
+    "phone": "+15550100",
+    "firstName": "Ann",
+    "lastName": "Lee",
+    "locale": "fr-FR",
+    "timezone": "Europe/Paris",
+    "data": {"plan": "pro"},
+}
+
+
+def test_creates_the_subscriber_and_its_notification(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    event = TriggerEventFactory(payload={"name": "Ann"}, resource="http://bridge.test/other")
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(event.pk, RECIPIENT)
+
+    subscriber = Subscriber.objects.get()
+    assert (subscriber.client, subscriber.subscriber_id) == (event.client, "ann")
+    assert (subscriber.email, subscriber.phone) == ("ann@example.com", "+15550100")
+    assert (subscriber.first_name, subscriber.last_name) == ("Ann", "Lee")
+    assert (subscriber.locale, subscriber.timezone) == ("fr-FR", "Europe/Paris")
+    assert subscriber.data == {"plan": "pro"}
+
+    notification = Notification.objects.get()
+    assert notification.trigger_event == event and notification.subscriber == subscriber
+    assert notification.client == event.client
+    assert notification.workflow_id == event.workflow_id == "welcome"
+    assert notification.payload == {"name": "Ann"}
+    assert notification.resource == "http://bridge.test/other"
+    assert notification.status == Notification.Status.PENDING
+    assert enqueued.calls == [
+        (pipeline.ECHO.task, (str(notification.pk),), {"countdown": None, "queue": "echo"})
+    ]
+
+
+def test_updates_an_existing_subscriber_from_the_trigger(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    event = TriggerEventFactory()
+    existing = SubscriberFactory(
+        client=event.client, subscriber_id="ann", email="old@example.com", first_name="Ann"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(
+            event.pk, {"subscriberId": "ann", "email": "new@example.com", "data": {"a": 1}}
+        )
+
+    existing.refresh_from_db()
+    assert Subscriber.objects.count() == 1
+    assert existing.email == "new@example.com" and existing.data == {"a": 1}
+    assert existing.first_name == "Ann"  # not given inline: kept
+    assert Notification.objects.get().subscriber == existing
+
+
+def test_same_subscriber_id_of_another_client_is_another_subscriber(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    other = SubscriberFactory(subscriber_id="ann", email="other@example.com")
+    event = TriggerEventFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(event.pk, {"subscriberId": "ann", "email": "ann@example.com"})
+    other.refresh_from_db()
+    assert other.email == "other@example.com"
+    assert Notification.objects.get().subscriber.client == event.client
+
+
+def test_running_twice_adds_nothing(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    event = TriggerEventFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(event.pk, RECIPIENT)
+    notification = Notification.objects.get()
+    assert len(enqueued.of(pipeline.ECHO)) == 1
+    # The echo worker has started it: a redelivered command must not start it again.
+    Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
+    enqueued.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(event.pk, RECIPIENT)
+
+    assert Subscriber.objects.count() == 1
+    assert Notification.objects.count() == 1
+    assert enqueued.calls == []
+
+
+def test_rerun_before_the_echo_started_resends_the_echo(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    # A crash after the commit but before the enqueue must not strand the notification.
+    event = TriggerEventFactory()
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.subscriber_process(event.pk, {"subscriberId": "ann"})
+    notification = Notification.objects.get()
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)] * 2
+
+
+def test_a_missing_event_is_ignored(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(987654321, {"subscriberId": "ann"})
+    assert Subscriber.objects.count() == 0 and enqueued.calls == []

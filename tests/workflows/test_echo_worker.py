@@ -1,0 +1,459 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from config import pipeline
+from notify import services as notify_services
+from tests.conftest import Enqueued
+from tests.factories import (
+    MessageFactory,
+    NotificationFactory,
+    StepFactory,
+    SubscriberFactory,
+)
+from workflows import bridge, services, tasks
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+EMAIL = {"stepId": "reminder", "type": "email", "outputs": {"subject": "Hi", "body": "Hello"}}
+
+
+@dataclass
+class FakeExecute:
+    """The bridge's `execute` at the network edge: scripted answers, recorded calls."""
+
+    answers: list[dict[str, Any] | Exception] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(
+        self, url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append({"url": url, "secret": secret, "workflow_id": workflow_id, "body": body})
+        answer = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def execute(monkeypatch: pytest.MonkeyPatch) -> FakeExecute:
+    fake = FakeExecute()
+    monkeypatch.setattr(bridge, "execute", fake)
+    return fake
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
+    def do(notification: Notification, **kwargs: Any) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.echo_run(notification_id=str(notification.pk), **kwargs)
+
+    return do
+
+
+def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    subscriber = SubscriberFactory(subscriber_id="ann", email="ann@example.com", first_name="Ann")
+    notification = NotificationFactory(
+        subscriber=subscriber,
+        trigger_event__client=subscriber.client,
+        trigger_event__actor="boss",
+        status=Notification.Status.RUNNING,
+        payload={"name": "Ann"},
+    )
+    _, key = notify_services.secret_key_create(client=notification.client)
+    # Created out of order: the state follows positions, not insertion.
+    StepFactory(
+        notification=notification,
+        step_id="wait",
+        type="delay",
+        position=1,
+        status=Step.Status.COMPLETED,
+        result={"duration": 5000},
+    )
+    skipped = StepFactory(
+        notification=notification,
+        step_id="nudge",
+        type="email",
+        position=2,
+        status=Step.Status.SKIPPED,
+        result={},
+    )
+    inbox = StepFactory(
+        notification=notification,
+        step_id="inbox",
+        type="in_app",
+        position=0,
+        status=Step.Status.COMPLETED,
+        result={"stale": True},
+    )
+    message = MessageFactory(step=inbox)
+    read_at = timezone.now()
+    type(message).objects.filter(pk=message.pk).update(seen_at=read_at, read_at=read_at)
+    execute.answers = [{"done": True}]
+
+    run(notification)
+
+    call = execute.calls[0]
+    assert (call["url"], call["secret"], call["workflow_id"]) == (
+        notification.resource,
+        key,
+        "welcome",
+    )
+    body = call["body"]
+    assert body["payload"] == {"name": "Ann"}
+    assert body["subscriber"] == {
+        "subscriberId": "ann",
+        "email": "ann@example.com",
+        "firstName": "Ann",
+        "data": {},
+    }
+    assert body["actor"] == {"subscriberId": "boss"}
+    iso = read_at.isoformat().replace("+00:00", "Z")
+    assert body["state"] == [
+        {
+            "stepId": "inbox",
+            # Read live from the message, not from the stored result.
+            "outputs": {"seen": True, "read": True, "lastSeenDate": iso, "lastReadDate": iso},
+            "state": {"status": "completed"},
+        },
+        {"stepId": "wait", "outputs": {"duration": 5000}, "state": {"status": "completed"}},
+        {"stepId": skipped.step_id, "outputs": {}, "state": {"status": "skipped"}},
+    ]
+
+
+def test_a_channel_step_is_scheduled_and_the_message_worker_enqueued(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    done = StepFactory(
+        notification=notification, step_id="inbox", position=0, status=Step.Status.COMPLETED
+    )
+    execute.answers = [{**EMAIL, "providers": {"smtp": {"x": 1}}, "options": {"skip": False}}]
+    before = timezone.now()
+
+    run(notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING
+    step = notification.steps.exclude(pk=done.pk).get()
+    assert (step.step_id, step.type, step.position) == ("reminder", "email", 1)
+    assert step.outputs == {"subject": "Hi", "body": "Hello"}
+    assert step.providers == {"smtp": {"x": 1}}
+    assert step.status == Step.Status.SCHEDULED and step.result == {}
+    assert before <= step.due_at <= timezone.now()
+    assert step.enqueued_at is not None
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    assert not enqueued.options_of(pipeline.MESSAGE)[0]["countdown"]
+
+
+def test_a_delay_step_is_due_after_the_delay_with_a_countdown(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [
+        {"stepId": "wait", "type": "delay", "outputs": {"amount": 2, "unit": "minutes"}}
+    ]
+    before = timezone.now()
+
+    run(notification)
+
+    step = Step.objects.get()
+    assert before + timedelta(minutes=2) <= step.due_at <= timezone.now() + timedelta(minutes=2)
+    assert step.status == Step.Status.SCHEDULED and step.enqueued_at is not None
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    assert enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] == 120
+
+
+def test_a_delay_longer_than_the_broker_holds_waits_in_the_database(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], settings: Any
+) -> None:
+    settings.NORM_BROKER_MAX_COUNTDOWN = 300
+    notification = NotificationFactory()
+    execute.answers = [
+        {"stepId": "wait", "type": "delay", "outputs": {"amount": 2, "unit": "hours"}}
+    ]
+
+    run(notification)
+
+    step = Step.objects.get()
+    assert step.status == Step.Status.SCHEDULED
+    assert step.due_at >= timezone.now() + timedelta(hours=2) - timedelta(minutes=1)
+    assert step.enqueued_at is None  # the reconciler's to pick up when due
+    assert enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    "outputs", [{"type": "timed", "cron": "* * * * *"}, {"amount": 1, "unit": "fortnights"}]
+)
+def test_an_unsupported_delay_fails_the_notification(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], outputs: dict[str, Any]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [{"stepId": "wait", "type": "delay", "outputs": outputs}]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "UnsupportedDelay"
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    ("step_type", "result"),
+    [
+        ("email", {}),
+        ("delay", {"duration": 0}),
+        ("in_app", {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None}),
+    ],
+)
+def test_a_skipped_step_is_recorded_with_its_default_result_and_echo_re_enqueued(
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    step_type: str,
+    result: dict[str, Any],
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [
+        {
+            "stepId": "s",
+            "type": step_type,
+            "outputs": {"amount": 9, "unit": "days"},
+            "options": {"skip": True},
+        }
+    ]
+
+    run(notification)
+
+    step = Step.objects.get()
+    assert step.status == Step.Status.SKIPPED and step.completed_at is not None
+    assert step.result == result
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_done_completes_the_notification(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [{"done": True, "outputs": {}}]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert notification.completed_at is not None
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
+def test_a_bridge_error_fails_the_notification_with_its_code(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [
+        bridge.BridgeError(
+            "ExecutionStateOrderError", "step 'inbox' was expected before 'wait'", status=400
+        )
+    ]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "ExecutionStateOrderError"
+    assert notification.error == "step 'inbox' was expected before 'wait'"
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
+def test_bridge_unavailable_is_raised_for_retry_unless_final(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("HTTP503", "down for maintenance", status=503)]
+
+    with pytest.raises(bridge.BridgeUnavailable):
+        run(notification, final_attempt=False)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING
+    assert notification.bridge_attempts == 1 and "down for maintenance" in notification.error
+
+    run(notification, final_attempt=True)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.bridge_attempts == 2
+    assert (notification.error_code, notification.error) == ("HTTP503", "down for maintenance")
+    assert enqueued.calls == []
+
+
+def test_an_answer_repeating_a_step_in_the_state_fails(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    StepFactory(
+        notification=notification, step_id="reminder", position=0, status=Step.Status.COMPLETED
+    )
+    execute.answers = [EMAIL]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "BridgeInvalidResponse"
+    assert "already ran" in notification.error
+    assert Step.objects.count() == 1 and enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    "answer", [{"stepId": "", "type": "email"}, {"stepId": "x", "type": "fax"}, {"outputs": {}}]
+)
+def test_an_answer_without_a_valid_step_fails(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], answer: dict[str, Any]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [answer]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "BridgeInvalidResponse"
+    assert Step.objects.count() == 0
+
+
+@pytest.mark.parametrize("status", [Step.Status.SCHEDULED, Step.Status.PROCESSING])
+def test_an_open_step_means_the_echo_does_nothing(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], status: str
+) -> None:
+    step = StepFactory(status=status)
+    execute.answers = [{"done": True}]
+    run(step.notification)
+    assert execute.calls == [] and enqueued.calls == []
+    step.notification.refresh_from_db()
+    assert step.notification.status == Notification.Status.RUNNING
+
+
+@pytest.mark.parametrize("status", Notification.FINAL)
+def test_a_final_notification_is_left_alone(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], status: str
+) -> None:
+    notification = NotificationFactory(status=status)
+    execute.answers = [EMAIL]
+    run(notification)
+    assert execute.calls == [] and enqueued.calls == []
+    notification.refresh_from_db()
+    assert notification.status == status
+
+
+def test_a_missing_notification_is_ignored(execute: FakeExecute, run: Callable[..., None]) -> None:
+    notification = NotificationFactory.build()
+    run(notification)
+    assert execute.calls == []
+
+
+def test_canceled_while_the_bridge_answered_records_no_step(
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notification = NotificationFactory()
+
+    def cancel_then_answer(url: str, **kwargs: Any) -> dict[str, Any]:
+        services.notification_cancel(notification=notification)
+        return EMAIL
+
+    monkeypatch.setattr(bridge, "execute", cancel_then_answer)
+    run(notification)
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
+def test_running_twice_records_one_step(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [EMAIL]
+    run(notification)
+    run(notification)
+    assert Step.objects.filter(notification=notification).count() == 1
+    assert len(execute.calls) == 1
+    assert len(enqueued.of(pipeline.MESSAGE)) == 1
+
+
+def test_two_runs_racing_on_the_same_state_insert_one_step(
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notification = NotificationFactory()
+
+    def answer_after_a_concurrent_run(url: str, **kwargs: Any) -> dict[str, Any]:
+        # The other run recorded the same step while this one waited for the bridge.
+        if not Step.objects.exists():
+            StepFactory(notification=notification, step_id="reminder", position=0)
+        return EMAIL
+
+    monkeypatch.setattr(bridge, "execute", answer_after_a_concurrent_run)
+    run(notification)
+    assert Step.objects.count() == 1
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING
+    assert enqueued.calls == []
+
+
+# --- the Celery task wrapper -------------------------------------------------------------
+
+
+def test_task_retries_transient_errors_then_fails_on_the_last_attempt(
+    execute: FakeExecute, enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_BRIDGE_MAX_RETRIES = 2
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("BridgeTimeout", "no answer")]
+
+    # apply() runs the retries eagerly, in-process.
+    tasks.echo_run.apply(args=[str(notification.pk)])
+
+    assert len(execute.calls) == 3
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert (notification.error_code, notification.bridge_attempts) == ("BridgeTimeout", 3)
+
+
+def test_task_retry_succeeds_once_the_bridge_is_back(
+    execute: FakeExecute, enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_BRIDGE_MAX_RETRIES = 5
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("HTTP502", "bad gateway"), {"done": True}]
+
+    tasks.echo_run.apply(args=[str(notification.pk)])
+
+    assert len(execute.calls) == 2
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert notification.bridge_attempts == 1
+
+
+def test_task_backs_off_exponentially(
+    execute: FakeExecute, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.NORM_BRIDGE_MAX_RETRIES = 5
+    settings.NORM_BRIDGE_RETRY_BACKOFF = 3.0
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("BridgeTimeout", "no answer")]
+    countdowns: list[float] = []
+
+    class Retried(Exception):
+        pass
+
+    def fake_retry(*, countdown: float, exc: Exception) -> Exception:
+        countdowns.append(countdown)
+        return Retried()
+
+    monkeypatch.setattr(tasks.echo_run, "retry", fake_retry)
+    for retries in (0, 1, 2):
+        with pytest.raises(Retried):
+            tasks.echo_run.apply(args=[str(notification.pk)], retries=retries, throw=True)
+    assert countdowns == [3.0, 6.0, 12.0]

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from config import pipeline
+from notify.models import TriggerEvent
+from tests.conftest import Enqueued
+from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
+from workflows import tasks
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+GRACE = 60
+STALE = 600
+
+
+@pytest.fixture(autouse=True)
+def _timing(settings: Any) -> None:
+    settings.NORM_RECONCILE_GRACE = GRACE
+    settings.NORM_STALE_CLAIM_SECONDS = STALE
+
+
+def ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+def step_at(*, due: float, enqueued: float | None, **kwargs: Any) -> Step:
+    """A scheduled step due `due` seconds ago, enqueued `enqueued` seconds ago (or never)."""
+    step = StepFactory(**kwargs)
+    Step.objects.filter(pk=step.pk).update(
+        due_at=ago(due), enqueued_at=None if enqueued is None else ago(enqueued)
+    )
+    return step
+
+
+def test_a_due_step_never_enqueued_is_enqueued_once(enqueued: Enqueued) -> None:
+    due = step_at(due=5, enqueued=None)
+    step_at(due=-3600, enqueued=None)  # a long delay, not due yet
+
+    assert tasks.reconcile()["steps"] == 1
+    assert enqueued.of(pipeline.MESSAGE) == [(due.pk,)]
+    due.refresh_from_db()
+    assert due.enqueued_at is not None
+
+    enqueued.clear()
+    assert tasks.reconcile()["steps"] == 0
+    assert enqueued.calls == []
+
+
+def test_a_step_enqueued_recently_is_left_to_the_broker(enqueued: Enqueued) -> None:
+    step_at(due=5, enqueued=5)
+    step_at(due=GRACE * 2, enqueued=5)  # a retry the message worker just rescheduled
+    assert tasks.reconcile()["steps"] == 0
+    assert enqueued.calls == []
+
+
+def test_a_step_whose_broker_message_was_lost_is_enqueued_again(enqueued: Enqueued) -> None:
+    lost = step_at(due=GRACE + 30, enqueued=GRACE + 30)
+    assert tasks.reconcile()["steps"] == 1
+    assert enqueued.of(pipeline.MESSAGE) == [(lost.pk,)]
+
+
+def test_steps_of_any_other_status_are_not_enqueued(enqueued: Enqueued) -> None:
+    for status in (
+        Step.Status.COMPLETED,
+        Step.Status.SKIPPED,
+        Step.Status.FAILED,
+        Step.Status.CANCELED,
+    ):
+        step_at(due=GRACE * 2, enqueued=None, status=status)
+    assert tasks.reconcile()["steps"] == 0
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_a_stale_processing_claim_is_released_and_enqueued(enqueued: Enqueued) -> None:
+    stale = StepFactory(status=Step.Status.PROCESSING)
+    fresh = StepFactory(status=Step.Status.PROCESSING)
+    Step.objects.filter(pk=stale.pk).update(claimed_at=ago(STALE + 1), due_at=ago(STALE + 1))
+    Step.objects.filter(pk=fresh.pk).update(claimed_at=ago(5), due_at=ago(5))
+
+    assert tasks.reconcile()["steps"] == 1
+
+    assert enqueued.of(pipeline.MESSAGE) == [(stale.pk,)]
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.status == Step.Status.SCHEDULED and stale.enqueued_at is not None
+    assert fresh.status == Step.Status.PROCESSING
+
+
+def test_idle_notifications_without_an_open_step_get_an_echo(enqueued: Enqueued) -> None:
+    pending = NotificationFactory(status=Notification.Status.PENDING)
+    running = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(notification=running, status=Step.Status.COMPLETED)
+    waiting = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(
+        notification=waiting,
+        status=Step.Status.SCHEDULED,
+        due_at=timezone.now() + timedelta(days=1),
+    )
+    sending = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(notification=sending, status=Step.Status.PROCESSING, claimed_at=timezone.now())
+    recent = NotificationFactory(status=Notification.Status.PENDING)
+    finished = [NotificationFactory(status=s) for s in Notification.FINAL]
+    idle_ids = [n.pk for n in (pending, running, waiting, sending, *finished)]
+    Notification.objects.filter(pk__in=idle_ids).update(updated_at=ago(GRACE + 1))
+
+    assert tasks.reconcile()["notifications"] == 2
+
+    assert sorted(enqueued.of(pipeline.ECHO)) == sorted([(str(pending.pk),), (str(running.pk),)])
+    assert recent.pk not in {n for (n,) in enqueued.of(pipeline.ECHO)}
+    # Touched, so the next pass within the grace period leaves them be.
+    enqueued.clear()
+    assert tasks.reconcile()["notifications"] == 0
+
+
+def test_received_trigger_events_older_than_grace_are_enqueued_again(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    settings.NORM_WORKFLOW_QUEUES = {"welcome": "critical"}
+    old = TriggerEventFactory()
+    new = TriggerEventFactory()
+    done = TriggerEventFactory(status=TriggerEvent.Status.PROCESSED)
+    TriggerEvent.objects.filter(pk__in=[old.pk, done.pk]).update(created_at=ago(GRACE + 1))
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.calls == [
+        (pipeline.WORKFLOW.task, (old.pk,), {"countdown": None, "queue": "critical"})
+    ]
+    assert new.pk not in [pk for (pk,) in enqueued.of(pipeline.WORKFLOW)]
+
+
+def test_a_trigger_event_stuck_in_processing_is_released_and_enqueued(enqueued: Enqueued) -> None:
+    stuck = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
+    busy = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
+    TriggerEvent.objects.filter(pk=stuck.pk).update(
+        claimed_at=ago(STALE + 1), created_at=ago(STALE + 1)
+    )
+    TriggerEvent.objects.filter(pk=busy.pk).update(claimed_at=ago(5), created_at=ago(STALE + 1))
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(stuck.pk,)]
+    stuck.refresh_from_db()
+    busy.refresh_from_db()
+    assert stuck.status == TriggerEvent.Status.RECEIVED
+    assert busy.status == TriggerEvent.Status.PROCESSING
+
+
+def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
+    TriggerEventFactory()
+    NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(due_at=timezone.now() + timedelta(minutes=5))
+    assert tasks.reconcile() == {"events": 0, "notifications": 0, "steps": 0}
+    assert enqueued.calls == []

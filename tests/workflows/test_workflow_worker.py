@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from config import pipeline
+from notify.models import TriggerEvent
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued
+from tests.factories import ClientFactory, SubscriberFactory, TriggerEventFactory
+from workflows import services, tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def test_multicast_enqueues_one_command_per_distinct_recipient(enqueued: Enqueued) -> None:
+    event = TriggerEventFactory(
+        to=[
+            "ann",
+            {"subscriberId": "bob", "email": "bob@example.com", "data": {"plan": "pro"}},
+            {"subscriberId": "ann", "email": "ignored@example.com"},
+            "bob",
+        ]
+    )
+    tasks.workflow_run(event.pk)
+
+    commands = enqueued.of(pipeline.SUBSCRIBER)
+    assert commands == [
+        (event.pk, {"subscriberId": "ann"}),
+        (event.pk, {"subscriberId": "bob", "email": "bob@example.com", "data": {"plan": "pro"}}),
+    ]
+    # Task arguments travel as JSON.
+    assert json.loads(json.dumps(commands)) == [list(c) for c in commands]
+    event.refresh_from_db()
+    assert event.status == TriggerEvent.Status.PROCESSED
+    assert event.recipients == 2 and event.processed_at is not None
+    # The workflow worker only hands out commands; subscribers are the next stage's job.
+    assert Subscriber.objects.count() == 0
+
+
+def test_single_subscriber_id_as_to(enqueued: Enqueued) -> None:
+    event = TriggerEventFactory(to="ann")
+    tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+
+
+def test_broadcast_streams_every_subscriber_of_the_client_in_chunks(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "BROADCAST_CHUNK", 3)
+    client, other = ClientFactory(), ClientFactory()
+    mine = [SubscriberFactory(client=client).subscriber_id for _ in range(7)]
+    SubscriberFactory.create_batch(4, client=other)
+    event = TriggerEventFactory(client=client, mode=TriggerEvent.Mode.BROADCAST, to=None)
+
+    with CaptureQueriesContext(connection) as queries:
+        tasks.workflow_run(event.pk)
+
+    commands = enqueued.of(pipeline.SUBSCRIBER)
+    assert sorted(r["subscriberId"] for _, r in commands) == sorted(mine)
+    assert all(pk == event.pk for pk, _ in commands)
+    # 7 subscribers in chunks of 3: three full-or-partial pages and one empty page.
+    pages = [q for q in queries if 'FROM "subscribers_subscriber"' in q["sql"]]
+    assert len(pages) == 4
+    assert all("LIMIT 3" in q["sql"] for q in pages)
+    event.refresh_from_db()
+    assert event.status == TriggerEvent.Status.PROCESSED and event.recipients == 7
+
+
+def test_broadcast_to_a_client_without_subscribers_enqueues_nothing(enqueued: Enqueued) -> None:
+    SubscriberFactory()  # someone else's
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
+    tasks.workflow_run(event.pk)
+    assert enqueued.calls == []
+    event.refresh_from_db()
+    assert event.status == TriggerEvent.Status.PROCESSED and event.recipients == 0
+
+
+@pytest.mark.parametrize("mode", [TriggerEvent.Mode.MULTICAST, TriggerEvent.Mode.BROADCAST])
+def test_running_twice_enqueues_nothing_the_second_time(enqueued: Enqueued, mode: str) -> None:
+    event = TriggerEventFactory(mode=mode, to=["ann", "bob"])
+    SubscriberFactory.create_batch(2, client=event.client)
+    tasks.workflow_run(event.pk)
+    assert len(enqueued.of(pipeline.SUBSCRIBER)) == 2
+    enqueued.clear()
+    tasks.workflow_run(event.pk)
+    assert enqueued.calls == []
+
+
+def test_an_event_being_processed_elsewhere_is_left_alone(enqueued: Enqueued) -> None:
+    event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
+    tasks.workflow_run(event.pk)
+    assert enqueued.calls == []
+
+
+def test_a_missing_event_is_ignored(enqueued: Enqueued) -> None:
+    tasks.workflow_run(987654321)
+    assert enqueued.calls == []
