@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from workflows.demo import bridge_view
 
@@ -9,6 +10,18 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).
     path("bridge", bridge_view, name="demo-bridge"),
+    path(
+        "v1/openapi.json",
+        SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        name="openapi",
+    ),
+    path(
+        "docs",
+        SpectacularSwaggerView.as_view(
+            url_name="openapi", authentication_classes=[], permission_classes=[]
+        ),
+        name="docs",
+    ),
     path("", include("notify.urls")),
     path("", include("subscribers.urls")),
     path("", include("workflows.urls")),
