@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from config.errors import ApiError
 from notify import services
 from notify.models import TriggerEvent
+from notify.throttling import ClientTriggerRate
 
 
 class JSONObjectField(serializers.JSONField):
@@ -76,12 +77,15 @@ def _trigger(client: Any, body: Any) -> TriggerEvent:
 
 
 class TriggerApi(APIView):
+    throttle_classes = [ClientTriggerRate]
+
     def post(self, request: Request) -> Response:
         _check_body_size(request)
         return _trigger_response(_trigger(request.user, request.data))
 
 
 class BulkTriggerApi(APIView):
+    throttle_classes = [ClientTriggerRate]
     MAX_EVENTS = 100
 
     def post(self, request: Request) -> Response:
@@ -124,6 +128,8 @@ class CancelApi(APIView):
 
 
 class BroadcastApi(APIView):
+    throttle_classes = [ClientTriggerRate]
+
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         payload = JSONObjectField(required=False, default=dict)

@@ -1,0 +1,34 @@
+"""Per-client trigger rate limit: a fixed one-minute window counted in the cache."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.cache import cache
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from notify.models import Client
+
+
+class ClientTriggerRate(BaseThrottle):
+    """At most `Client.rate_limit_per_minute` triggers per minute (none set: no limit)."""
+
+    WINDOW = 60
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        client = request.user
+        if not isinstance(client, Client) or not client.rate_limit_per_minute:
+            return True
+        now = time.time()
+        window = int(now // self.WINDOW)
+        key = f"norm:trigger-rate:{client.pk}:{window}"
+        # add() is a no-op when the key exists, so concurrent first requests share one counter.
+        cache.add(key, 0, timeout=self.WINDOW * 2)
+        count = cache.incr(key)
+        self._wait = (window + 1) * self.WINDOW - now
+        return count <= client.rate_limit_per_minute
+
+    def wait(self) -> float | None:
+        return getattr(self, "_wait", None)

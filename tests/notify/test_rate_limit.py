@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from notify.models import TriggerEvent
+from tests.factories import BridgeWorkflowFactory, client_with_key
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    cache.clear()
+
+
+def _api(key: str) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    return api
+
+
+@pytest.mark.django_db
+def test_triggers_over_the_clients_rate_get_429_with_retry_after(enqueued) -> None:
+    client, key = client_with_key(rate_limit_per_minute=3)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = _api(key)
+    statuses = [
+        api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json").status_code
+        for _ in range(5)
+    ]
+    assert statuses == [201, 201, 201, 429, 429]
+    refused = api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")
+    assert refused.json()["statusCode"] == 429
+    assert 1 <= int(refused["Retry-After"]) <= 61
+    assert TriggerEvent.objects.filter(client=client).count() == 3
+
+
+@pytest.mark.django_db
+def test_rate_is_counted_per_client(enqueued) -> None:
+    limited, limited_key = client_with_key(rate_limit_per_minute=1)
+    other, other_key = client_with_key()
+    for c in (limited, other):
+        BridgeWorkflowFactory(client=c, workflow_id="welcome")
+    body = {"name": "welcome", "to": "ann"}
+    assert _api(limited_key).post("/v1/events/trigger", body, format="json").status_code == 201
+    assert _api(limited_key).post("/v1/events/trigger", body, format="json").status_code == 429
+    for _ in range(3):
+        assert _api(other_key).post("/v1/events/trigger", body, format="json").status_code == 201
