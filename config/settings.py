@@ -149,7 +149,8 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Only an image that runs collectstatic needs a STATIC_ROOT (the Dockerfile sets it).
+STATIC_ROOT = os.environ.get("STATIC_ROOT") or None
 # Serve static files straight from the apps, so the admin and /docs work without a
 # collectstatic step on a laptop; production images run collectstatic.
 WHITENOISE_USE_FINDERS = True

@@ -50,7 +50,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.workflow_id} → {self.subscriber_id}"
+        return f"{self.workflow_id} → {self.subscriber.subscriber_id}"
 
 
 class Step(models.Model):

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.db.models import QuerySet
 
 from messaging.models import Message
+from subscribers.models import Subscriber
 from workflows.models import Notification, Step
 
 CHANNEL_TYPES = {"email", "sms", "push", "chat", "in_app"}
@@ -62,3 +64,24 @@ def notification_list(*, client_id: int, filters: dict[str, str]) -> QuerySet[No
     if filters.get("status"):
         qs = qs.filter(status=filters["status"])
     return qs.prefetch_related("steps__message").order_by("-created_at", "-id")
+
+
+def notification_get(*, client_id: int, notification_id: str) -> Notification | None:
+    """One of the client's notifications, or None (also for an id that is not a UUID)."""
+    try:
+        pk = uuid.UUID(str(notification_id))
+    except ValueError:
+        return None
+    return notification_list(client_id=client_id, filters={}).filter(pk=pk).first()
+
+
+def in_app_feed(*, client_id: int, subscriber_id: str) -> QuerySet[Message] | None:
+    """A subscriber's delivered in-app messages, newest first; None for an unknown subscriber."""
+    subscriber = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id).first()
+    if subscriber is None:
+        return None
+    return (
+        Message.objects.filter(subscriber=subscriber, channel="in_app", status=Message.Status.SENT)
+        .select_related("step__notification__trigger_event")
+        .order_by("-created_at", "-id")
+    )

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils.safestring import SafeString
+
+from messaging.models import Message
+from workflows.admin import ReadOnlyAdmin, pretty_json
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "channel",
+        "provider",
+        "status",
+        "recipient",
+        "subscriber",
+        "client",
+        "created_at",
+        "sent_at",
+    ]
+    list_filter = ["channel", "status", "provider"]
+    list_select_related = ["subscriber", "client"]
+    search_fields = ["=recipient", "=subscriber__subscriber_id", "=provider_message_id"]
+    exclude = ["content"]
+    readonly_fields = ["content_json"]
+
+    @admin.display(description="content")
+    def content_json(self, message: Message) -> SafeString:
+        return pretty_json(message.content)

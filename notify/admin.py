@@ -1,0 +1,150 @@
+"""The operations console for clients, their keys, workflows and trigger events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from notify import services
+from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
+from workflows.admin import ReadOnlyAdmin, pretty_json
+
+# A key is shown as its prefix only: the plain key exists once, when it is created.
+KEY_FIELDS = ["prefix", "client", "created_at", "revoked_at"]
+
+
+class SecretKeyInline(admin.TabularInline):
+    model = SecretKey
+    fields = ["prefix", "created_at", "revoked_at"]
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class BridgeWorkflowInline(admin.TabularInline):
+    model = BridgeWorkflow
+    fields = ["workflow_id", "name", "bridge_url", "discovered_at"]
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Client)
+class ClientAdmin(admin.ModelAdmin):
+    list_display = ["name", "is_active", "bridge_url", "rate_limit_per_minute", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name"]
+    readonly_fields = ["created_at"]
+    inlines = [SecretKeyInline, BridgeWorkflowInline]
+    actions = ["create_key"]
+
+    @admin.action(description="Create a new secret key", permissions=["change"])
+    def create_key(self, request: HttpRequest, queryset: QuerySet[Client]) -> HttpResponse:
+        # Answered directly, never through the messages framework: that would keep the
+        # plain key in a cookie or the session.
+        created = [(c.name, services.secret_key_create(client=c)[1]) for c in queryset]
+        rows = format_html_join("", "<tr><td>{}</td><td><code>{}</code></td></tr>", created)
+        # The admin marks its views never_cache, so the key stays out of caches too.
+        return HttpResponse(
+            format_html(
+                "<!doctype html><title>New secret keys</title>"
+                "<h1>New secret keys</h1><p>Copy them now: they are not shown again.</p>"
+                "<table><tr><th>client</th><th>key</th></tr>{}</table>"
+                '<p><a href="{}">Back to clients</a></p>',
+                rows,
+                request.get_full_path(),
+            )
+        )
+
+
+@admin.register(SecretKey)
+class SecretKeyAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "client", "created_at", "revoked_at"]
+    list_filter = ["client", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["client"]
+    search_fields = ["prefix"]
+    fields = KEY_FIELDS
+    readonly_fields = KEY_FIELDS
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a key is created from its client (action "Create a new secret key")
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[SecretKey]) -> None:
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        for key in keys:
+            services.secret_key_revoke(secret_key=key)
+        self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
+
+
+@admin.register(BridgeWorkflow)
+class BridgeWorkflowAdmin(ReadOnlyAdmin):
+    list_display = ["workflow_id", "name", "client", "bridge_url", "discovered_at"]
+    list_filter = ["client"]
+    list_select_related = ["client"]
+    search_fields = ["workflow_id", "name"]
+    exclude = ["payload_schema", "steps"]
+    readonly_fields = ["payload_schema_json", "steps_json"]
+
+    @admin.display(description="payload schema")
+    def payload_schema_json(self, workflow: BridgeWorkflow) -> SafeString:
+        return pretty_json(workflow.payload_schema)
+
+    @admin.display(description="steps")
+    def steps_json(self, workflow: BridgeWorkflow) -> SafeString:
+        return pretty_json(workflow.steps)
+
+
+@admin.register(BridgeSync)
+class BridgeSyncAdmin(ReadOnlyAdmin):
+    list_display = ["client", "bridge_url", "synced_at", "error"]
+    list_filter = ["client"]
+    list_select_related = ["client"]
+
+
+@admin.register(TriggerEvent)
+class TriggerEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "workflow_id",
+        "transaction_id",
+        "client",
+        "mode",
+        "status",
+        "recipients",
+        "created_at",
+    ]
+    list_filter = ["status", "mode", "client"]
+    list_select_related = ["client"]
+    search_fields = ["=transaction_id"]
+    exclude = ["payload", "to", "actor", "overrides"]
+    readonly_fields = ["payload_json", "to_json", "actor_json", "overrides_json"]
+
+    @admin.display(description="payload")
+    def payload_json(self, event: TriggerEvent) -> SafeString:
+        return pretty_json(event.payload)
+
+    @admin.display(description="to")
+    def to_json(self, event: TriggerEvent) -> SafeString:
+        return pretty_json(event.to)
+
+    @admin.display(description="actor")
+    def actor_json(self, event: TriggerEvent) -> SafeString:
+        return pretty_json(event.actor)
+
+    @admin.display(description="overrides")
+    def overrides_json(self, event: TriggerEvent) -> SafeString:
+        return pretty_json(event.overrides)

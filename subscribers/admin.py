@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from subscribers.models import Subscriber, Topic, TopicSubscription
+
+
+@admin.register(Subscriber)
+class SubscriberAdmin(admin.ModelAdmin):
+    list_display = ["subscriber_id", "email", "first_name", "last_name", "client", "created_at"]
+    list_filter = ["client"]
+    list_select_related = ["client"]
+    search_fields = ["subscriber_id", "email"]
+    readonly_fields = ["created_at", "updated_at"]
+
+
+class TopicSubscriptionInline(admin.TabularInline):
+    model = TopicSubscription
+    autocomplete_fields = ["subscriber"]
+    extra = 0
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):
+    list_display = ["key", "name", "client", "member_count", "created_at"]
+    list_filter = ["client"]
+    list_select_related = ["client"]
+    search_fields = ["key", "name"]
+    inlines = [TopicSubscriptionInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
+        return super().get_queryset(request).annotate(member_count=Count("subscribers"))
+
+    @admin.display(description="members", ordering="member_count")
+    def member_count(self, topic: Topic) -> int:
+        return topic.member_count  # type: ignore[attr-defined]

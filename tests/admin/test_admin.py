@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from config import pipeline
+from notify.models import BridgeSync, SecretKey
+from notify.selectors import client_by_api_key
+from subscribers.models import Topic, TopicSubscription
+from tests.factories import (
+    BridgeWorkflowFactory,
+    ClientFactory,
+    MessageFactory,
+    NotificationFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    client_with_key,
+)
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+
+def _url(obj: models.Model, view: str) -> str:
+    meta = obj._meta
+    args = [obj.pk] if view == "change" else []
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_{view}", args=args)
+
+
+def _topic() -> Topic:
+    subscriber = SubscriberFactory(subscriber_id="topic-member")
+    topic = Topic.objects.create(client=subscriber.client, key="news-topic")
+    TopicSubscription.objects.create(topic=topic, subscriber=subscriber)
+    return topic
+
+
+def _message() -> Any:
+    return MessageFactory(recipient="ann@example.test", provider="inbox-provider")
+
+
+# Each builder returns (the object, a text its pages must show).
+OBJECTS: dict[str, Callable[[], tuple[models.Model, str]]] = {
+    "notify_client": lambda: (ClientFactory(name="acme-corp"), "acme-corp"),
+    "notify_secretkey": lambda: (client_with_key()[0].secret_keys.get(), "nk_"),
+    "notify_bridgeworkflow": lambda: (BridgeWorkflowFactory(workflow_id="wf-signup"), "wf-signup"),
+    "notify_bridgesync": lambda: (
+        BridgeSync.objects.create(
+            client=ClientFactory(), bridge_url="http://b.test/x", synced_at=timezone.now()
+        ),
+        "http://b.test/x",
+    ),
+    "notify_triggerevent": lambda: (TriggerEventFactory(transaction_id="tx-42"), "tx-42"),
+    "subscribers_subscriber": lambda: (SubscriberFactory(subscriber_id="sub-7"), "sub-7"),
+    "subscribers_topic": lambda: (_topic(), "news-topic"),
+    "workflows_notification": lambda: (NotificationFactory(workflow_id="wf-admin"), "wf-admin"),
+    "workflows_step": lambda: (StepFactory(step_id="step-admin"), "step-admin"),
+    "messaging_message": lambda: (_message(), "inbox-provider"),
+}
+
+
+@pytest.mark.parametrize("name", OBJECTS)
+def test_changelist_and_change_page_render(admin_client, name: str) -> None:
+    obj, text = OBJECTS[name]()
+
+    changelist = admin_client.get(_url(obj, "changelist"))
+    change = admin_client.get(_url(obj, "change"))
+
+    assert changelist.status_code == 200
+    assert text in changelist.content.decode()
+    assert change.status_code == 200
+    assert text in change.content.decode()
+
+
+def test_changelists_have_no_query_per_row(admin_client, django_assert_max_num_queries) -> None:
+    for i in range(10):
+        client, _ = client_with_key(name=f"tenant-{i}")
+        subscriber = SubscriberFactory(client=client)
+        topic = Topic.objects.create(client=client, key=f"topic-{i}")
+        TopicSubscription.objects.create(topic=topic, subscriber=subscriber)
+        BridgeWorkflowFactory(client=client)
+        BridgeSync.objects.create(
+            client=client, bridge_url=client.bridge_url, synced_at=timezone.now()
+        )
+        notification = NotificationFactory(
+            trigger_event=TriggerEventFactory(client=client), subscriber=subscriber
+        )
+        MessageFactory(step=StepFactory(notification=notification, type="in_app"))
+
+    for name in OBJECTS:
+        # session, user, counts and filter choices: constant in the number of rows
+        with django_assert_max_num_queries(8, info=name):
+            response = admin_client.get(reverse(f"admin:{name}_changelist"))
+        assert response.status_code == 200
+        assert len(response.context["cl"].result_list) == 10, name
+
+
+def test_notification_page_shows_steps_in_order_and_messages(admin_client) -> None:
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(notification=notification, step_id="later-step", position=1)
+    inbox = StepFactory(
+        notification=notification,
+        step_id="inbox-step",
+        type="in_app",
+        position=0,
+        status=Step.Status.COMPLETED,
+    )
+    MessageFactory(step=inbox, recipient="ann-inbox", read_at=timezone.now())
+
+    html = admin_client.get(_url(notification, "change")).content.decode()
+
+    assert html.index("inbox-step") < html.index("later-step")
+    assert "ann-inbox" in html  # the messages table
+    assert "&quot;read&quot;: true" in html  # the live in-app result
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("tx-find-me", "transaction"), ("sub-find-me", "subscriber")]
+)
+def test_notification_search(admin_client, query: str, field: str) -> None:
+    wanted = NotificationFactory(
+        trigger_event=TriggerEventFactory(transaction_id="tx-find-me"),
+        subscriber__subscriber_id="sub-find-me",
+    )
+    other = NotificationFactory()
+    url = reverse("admin:workflows_notification_changelist")
+
+    response = admin_client.get(url, {"q": query})
+
+    results = list(response.context["cl"].result_list)
+    assert results == [wanted], field
+    assert other not in results
+
+
+def _act(admin_client, action: str, *notifications: Notification):
+    return admin_client.post(
+        reverse("admin:workflows_notification_changelist"),
+        {"action": action, "_selected_action": [str(n.pk) for n in notifications]},
+        follow=True,
+    )
+
+
+def test_retry_action_reopens_the_failed_step(
+    admin_client, enqueued, django_capture_on_commit_callbacks
+) -> None:
+    notification = NotificationFactory(status=Notification.Status.FAILED, error="boom")
+    step = StepFactory(notification=notification, status=Step.Status.FAILED, attempts=3)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _act(admin_client, "retry", notification)
+
+    assert "Retried 1 notification(s)" in response.content.decode()
+    notification.refresh_from_db()
+    step.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING and notification.error == ""
+    assert step.status == Step.Status.SCHEDULED and step.attempts == 0
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    assert enqueued.of(pipeline.ECHO) == []
+
+
+def test_retry_action_after_a_bridge_failure_asks_the_bridge_again(
+    admin_client, enqueued, django_capture_on_commit_callbacks
+) -> None:
+    notification = NotificationFactory(status=Notification.Status.FAILED, error_code="BridgeDown")
+    StepFactory(notification=notification, status=Step.Status.COMPLETED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _act(admin_client, "retry", notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_retry_action_skips_notifications_that_did_not_fail(
+    admin_client, enqueued, django_capture_on_commit_callbacks
+) -> None:
+    done = NotificationFactory(status=Notification.Status.COMPLETED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _act(admin_client, "retry", done)
+
+    assert "Retried 0 notification(s); 1 skipped" in response.content.decode()
+    done.refresh_from_db()
+    assert done.status == Notification.Status.COMPLETED
+    assert enqueued.calls == []
+
+
+def test_cancel_action(admin_client) -> None:
+    running = NotificationFactory(status=Notification.Status.RUNNING)
+    done_step = StepFactory(notification=running, status=Step.Status.COMPLETED, position=0)
+    scheduled = StepFactory(notification=running, status=Step.Status.SCHEDULED, position=1)
+    completed = NotificationFactory(status=Notification.Status.COMPLETED)
+
+    response = _act(admin_client, "cancel", running, completed)
+
+    assert "Canceled 1 notification(s); 1 skipped" in response.content.decode()
+    running.refresh_from_db()
+    completed.refresh_from_db()
+    assert running.status == Notification.Status.CANCELED
+    assert completed.status == Notification.Status.COMPLETED
+    assert Step.objects.get(pk=scheduled.pk).status == Step.Status.CANCELED
+    assert Step.objects.get(pk=done_step.pk).status == Step.Status.COMPLETED
+
+
+def test_client_page_never_shows_the_secret_key(admin_client) -> None:
+    client, key = client_with_key()
+    secret = client.secret_keys.get()
+
+    html = admin_client.get(_url(client, "change")).content.decode()
+
+    assert secret.prefix in html
+    assert key not in html
+    assert key[len(secret.prefix) :] not in html
+    assert secret.key_hash not in html
+    assert secret.encrypted not in html
+
+
+def test_revoke_keys_action(admin_client) -> None:
+    client, key = client_with_key()
+    _, other_key = client_with_key()
+
+    response = admin_client.post(
+        reverse("admin:notify_secretkey_changelist"),
+        {"action": "revoke", "_selected_action": [str(client.secret_keys.get().pk)]},
+        follow=True,
+    )
+
+    assert "Revoked 1 key(s)" in response.content.decode()
+    assert client_by_api_key(key=key) is None
+    assert client_by_api_key(key=other_key) is not None
+
+
+def test_create_key_action_shows_a_working_key_once(admin_client) -> None:
+    client = ClientFactory()
+
+    response = admin_client.post(
+        reverse("admin:notify_client_changelist"),
+        {"action": "create_key", "_selected_action": [str(client.pk)]},
+    )
+
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    secret = SecretKey.objects.get(client=client)
+    html = response.content.decode()
+    key = html.split("<code>")[1].split("</code>")[0]
+    assert key.startswith(secret.prefix)
+    assert client_by_api_key(key=key) == client

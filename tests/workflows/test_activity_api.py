@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from messaging.models import Message
+from tests.factories import (
+    ClientFactory,
+    MessageFactory,
+    NotificationFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    client_with_key,
+)
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tenant() -> tuple[Any, APIClient]:
+    client, key = client_with_key()
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    return client, api
+
+
+def _notification_with_steps(client: Any, **kwargs: Any) -> Notification:
+    """A notification whose in-app step was read, then a delay, then a scheduled email."""
+    notification = NotificationFactory(
+        trigger_event=TriggerEventFactory(client=client), status="running", **kwargs
+    )
+    # Created out of order: the API must sort by position.
+    StepFactory(notification=notification, step_id="reminder", type="email", position=2)
+    StepFactory(
+        notification=notification,
+        step_id="wait",
+        type="delay",
+        position=1,
+        status=Step.Status.COMPLETED,
+        result={"duration": 1000},
+    )
+    inbox = StepFactory(
+        notification=notification,
+        step_id="inbox",
+        type="in_app",
+        position=0,
+        status=Step.Status.COMPLETED,
+        outputs={"subject": "Welcome!", "body": "Hi"},
+    )
+    MessageFactory(
+        step=inbox,
+        content=inbox.outputs,
+        sent_at=timezone.now(),
+        seen_at=timezone.now(),
+        read_at=timezone.now(),
+    )
+    return notification
+
+
+def test_list_shows_steps_in_order_with_live_result_and_messages(tenant) -> None:
+    client, api = tenant
+    notification = _notification_with_steps(client, payload={"name": "Ann"})
+
+    response = api.get("/v1/notifications")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["totalCount"] == 1 and body["page"] == 0 and body["hasMore"] is False
+    [item] = body["data"]
+    assert item["id"] == str(notification.pk)
+    assert item["transactionId"] == notification.trigger_event.transaction_id
+    assert item["subscriberId"] == notification.subscriber.subscriber_id
+    assert item["workflow"] == "welcome"
+    assert item["status"] == "running"
+    assert item["payload"] == {"name": "Ann"}
+    assert [s["stepId"] for s in item["steps"]] == ["inbox", "wait", "reminder"]
+    inbox, wait, reminder = item["steps"]
+    # The in-app result is read live from its message, as the bridge receives it.
+    assert inbox["result"]["read"] is True and inbox["result"]["seen"] is True
+    assert wait["result"] == {"duration": 1000}
+    assert reminder["status"] == "scheduled" and reminder["attempts"] == 0
+    [message] = item["messages"]
+    assert message["stepId"] == "inbox"
+    assert message["channel"] == "in_app"
+    assert message["content"] == {"subject": "Welcome!", "body": "Hi"}
+    assert message["readAt"] is not None
+
+
+def test_list_filters(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    first = NotificationFactory(
+        trigger_event=TriggerEventFactory(client=client, transaction_id="tx-1"), subscriber=ann
+    )
+    second = NotificationFactory(
+        trigger_event=TriggerEventFactory(client=client, workflow_id="order-update"),
+        status=Notification.Status.FAILED,
+    )
+
+    def ids(query: str) -> list[str]:
+        response = api.get(f"/v1/notifications?{query}")
+        assert response.status_code == 200, response.content
+        return [n["id"] for n in response.json()["data"]]
+
+    assert ids("transactionId=tx-1") == [str(first.pk)]
+    assert ids("subscriberId=ann") == [str(first.pk)]
+    assert ids("workflow=order-update") == [str(second.pk)]
+    assert ids("status=failed") == [str(second.pk)]
+    assert ids("transactionId=nope") == []
+    assert set(ids("")) == {str(first.pk), str(second.pk)}
+
+
+def test_list_pagination_accepts_float_numbers_and_caps_the_limit(tenant) -> None:
+    client, api = tenant
+    event = TriggerEventFactory(client=client)
+    created = [NotificationFactory(trigger_event=event) for _ in range(5)]
+    newest_first = [str(n.pk) for n in reversed(created)]
+
+    first = api.get("/v1/notifications?page=0.0&limit=2.0").json()
+    last = api.get("/v1/notifications?page=2&limit=2").json()
+    capped = api.get("/v1/notifications?limit=1000").json()
+
+    assert [n["id"] for n in first["data"]] == newest_first[:2]
+    assert (first["page"], first["pageSize"], first["totalCount"], first["hasMore"]) == (
+        0,
+        2,
+        5,
+        True,
+    )
+    assert [n["id"] for n in last["data"]] == newest_first[4:]
+    assert last["hasMore"] is False
+    assert capped["pageSize"] == 100 and len(capped["data"]) == 5
+
+
+@pytest.mark.parametrize("query", ["limit=abc", "limit=0", "page=-1", "limit=2.5", "status=bogus"])
+def test_list_rejects_bad_query(tenant, query: str) -> None:
+    _, api = tenant
+    response = api.get(f"/v1/notifications?{query}")
+    assert response.status_code == 400
+    assert response.json()["statusCode"] == 400
+
+
+def test_list_shows_only_the_callers_notifications(tenant) -> None:
+    client, api = tenant
+    mine = NotificationFactory(trigger_event=TriggerEventFactory(client=client))
+    NotificationFactory(trigger_event=TriggerEventFactory(client=ClientFactory()))
+
+    body = api.get("/v1/notifications").json()
+
+    assert [n["id"] for n in body["data"]] == [str(mine.pk)]
+    assert body["totalCount"] == 1
+
+
+def test_list_has_no_query_per_notification(tenant, django_assert_max_num_queries) -> None:
+    client, api = tenant
+    for _ in range(10):
+        _notification_with_steps(client)
+
+    # auth + count + notifications + steps + messages, whatever the page size
+    with django_assert_max_num_queries(5):
+        response = api.get("/v1/notifications")
+
+    assert response.status_code == 200
+    assert len(response.json()["data"]) == 10
+    assert all(len(n["steps"]) == 3 and len(n["messages"]) == 1 for n in response.json()["data"])
+
+
+def test_detail(tenant) -> None:
+    client, api = tenant
+    notification = _notification_with_steps(client)
+    Step.objects.filter(notification=notification, step_id="reminder").update(
+        status=Step.Status.FAILED, error="smtp said no"
+    )
+    Notification.objects.filter(pk=notification.pk).update(
+        status=Notification.Status.FAILED,
+        error="step 'reminder': smtp said no",
+        error_code="SendFailed",
+    )
+
+    response = api.get(f"/v1/notifications/{notification.pk}")
+
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert data["id"] == str(notification.pk)
+    assert data["status"] == "failed"
+    assert data["errorCode"] == "SendFailed"
+    assert data["steps"][2]["error"] == "smtp said no"
+    assert [m["channel"] for m in data["messages"]] == ["in_app"]
+
+
+def test_in_app_result_follows_the_message(tenant) -> None:
+    client, api = tenant
+    notification = _notification_with_steps(client)
+    Message.objects.filter(step__notification=notification).update(read_at=None, seen_at=None)
+
+    data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+
+    assert data["steps"][0]["result"]["read"] is False
+    assert data["steps"][0]["result"]["seen"] is False
+
+
+@pytest.mark.parametrize("notification_id", ["not-a-uuid", "123", str(uuid.uuid4())])
+def test_detail_unknown_or_malformed_id_is_404(tenant, notification_id: str) -> None:
+    _, api = tenant
+    response = api.get(f"/v1/notifications/{notification_id}")
+    assert response.status_code == 404
+    assert response.json()["statusCode"] == 404
+
+
+def test_detail_of_another_clients_notification_is_404(tenant) -> None:
+    _, api = tenant
+    theirs = NotificationFactory(trigger_event=TriggerEventFactory(client=ClientFactory()))
+
+    response = api.get(f"/v1/notifications/{theirs.pk}")
+
+    assert response.status_code == 404
+
+
+def test_requires_an_api_key() -> None:
+    assert APIClient().get("/v1/notifications").status_code == 401

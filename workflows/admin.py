@@ -1,0 +1,167 @@
+"""The operations console for notifications and steps: inspect, retry, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from workflows import selectors, services
+from workflows.models import Notification, Step
+
+
+def pretty_json(value: Any) -> SafeString:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the pipeline: shown, never hand-edited (that would bypass the claims)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class StepInline(admin.TabularInline):
+    model = Step
+    ordering = ["position"]
+    fields = [
+        "position",
+        "step_id",
+        "type",
+        "status",
+        "due_at",
+        "attempts",
+        "error",
+        "outputs_json",
+        "live_result",
+    ]
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        return super().get_queryset(request).select_related("message")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="outputs")
+    def outputs_json(self, step: Step) -> SafeString:
+        return pretty_json(step.outputs)
+
+    @admin.display(description="result (as the bridge sees it)")
+    def live_result(self, step: Step) -> SafeString:
+        return pretty_json(selectors.step_result(step))
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdmin):
+    list_display = ["id", "workflow_id", "subscriber", "client", "status", "created_at"]
+    list_filter = ["status", "workflow_id", "client"]
+    list_select_related = ["subscriber", "client"]
+    search_fields = ["=trigger_event__transaction_id", "=subscriber__subscriber_id"]
+    inlines = [StepInline]
+    actions = ["retry", "cancel"]
+    fields = [
+        "id",
+        "client",
+        "trigger_event",
+        "subscriber",
+        "workflow_id",
+        "resource",
+        "status",
+        "error_code",
+        "error",
+        "bridge_attempts",
+        "payload_json",
+        "messages_table",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    ]
+    readonly_fields = fields
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("workflows.change_notification")
+
+    @admin.display(description="payload")
+    def payload_json(self, notification: Notification) -> SafeString:
+        return pretty_json(notification.payload)
+
+    @admin.display(description="messages")
+    def messages_table(self, notification: Notification) -> SafeString:
+        # Message belongs to the step, not the notification, so no inline can list them.
+        steps = notification.steps.select_related("message").order_by("position")
+        rows = [(s.step_id, s.message) for s in steps if getattr(s, "message", None)]
+        if not rows:
+            return format_html("<p>{}</p>", "No messages.")
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    step_id,
+                    m.channel,
+                    m.provider,
+                    m.status,
+                    m.recipient,
+                    m.sent_at or "",
+                    m.seen_at or "",
+                    m.read_at or "",
+                    m.error,
+                )
+                for step_id, m in rows
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>step</th><th>channel</th><th>provider</th><th>status</th>"
+            "<th>recipient</th><th>sent</th><th>seen</th><th>read</th><th>error</th></tr>"
+            "</thead><tbody>{}</tbody></table>",
+            body,
+        )
+
+    @admin.action(description="Retry from the failed step", permissions=["operate"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
+        retried = sum(services.notification_retry(notification=n) for n in queryset)
+        skipped = queryset.count() - retried
+        self.message_user(
+            request,
+            f"Retried {retried} notification(s); {skipped} skipped (not failed).",
+            messages.SUCCESS if retried else messages.WARNING,
+        )
+
+    @admin.action(description="Cancel", permissions=["operate"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
+        canceled = sum(services.notification_cancel(notification=n) for n in queryset)
+        skipped = queryset.count() - canceled
+        self.message_user(
+            request,
+            f"Canceled {canceled} notification(s); {skipped} skipped (already finished).",
+            messages.SUCCESS if canceled else messages.WARNING,
+        )
+
+
+@admin.register(Step)
+class StepAdmin(ReadOnlyAdmin):
+    list_display = ["step_id", "type", "status", "notification", "position", "due_at", "attempts"]
+    list_filter = ["status", "type"]
+    list_select_related = ["notification__subscriber"]
+    search_fields = ["=step_id", "=notification__subscriber__subscriber_id"]
+    readonly_fields = ["live_result"]
+
+    @admin.display(description="result (as the bridge sees it)")
+    def live_result(self, step: Step) -> SafeString:
+        return pretty_json(selectors.step_result(step))

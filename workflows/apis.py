@@ -1,0 +1,134 @@
+"""The Activity API: what happened to each notification, step by step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import ApiError
+from workflows import selectors
+from workflows.models import Notification, Step
+
+MAX_LIMIT = 100
+MAX_QUERY_INT = 10**9
+
+
+def _query_int(request: Request, name: str, default: int, minimum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        # novu-py sends numbers in query strings as floats ("10.0").
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (minimum <= value <= MAX_QUERY_INT) or value != int(value):
+        message = f"must be an integer >= {minimum}"
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{name} {message}",
+            errors=[{"field": name, "message": message}],
+        )
+    return int(value)
+
+
+def paginate(
+    request: Request, queryset: QuerySet[Any], default_limit: int = 10
+) -> tuple[list[Any], dict[str, Any]]:
+    """Novu's page/limit pagination: one page of rows and `{page, pageSize, totalCount, hasMore}`."""
+    page = _query_int(request, "page", 0, 0)
+    limit = min(_query_int(request, "limit", default_limit, 1), MAX_LIMIT)
+    total = queryset.count()
+    rows = list(queryset[page * limit : (page + 1) * limit])
+    meta = {
+        "page": page,
+        "pageSize": limit,
+        "totalCount": total,
+        "hasMore": (page + 1) * limit < total,
+    }
+    return rows, meta
+
+
+class NotificationListApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        class StepSerializer(serializers.Serializer):
+            stepId = serializers.CharField(source="step_id")
+            type = serializers.CharField()
+            status = serializers.CharField()
+            position = serializers.IntegerField()
+            outputs = serializers.JSONField()
+            result = serializers.SerializerMethodField()
+            dueAt = serializers.DateTimeField(source="due_at")
+            attempts = serializers.IntegerField()
+            error = serializers.CharField()
+            completedAt = serializers.DateTimeField(source="completed_at")
+
+            def get_result(self, step: Step) -> dict[str, Any]:
+                return selectors.step_result(step)
+
+        class MessageSerializer(serializers.Serializer):
+            id = serializers.IntegerField()
+            stepId = serializers.CharField(source="step.step_id")
+            channel = serializers.CharField()
+            provider = serializers.CharField()
+            status = serializers.CharField()
+            recipient = serializers.CharField()
+            content = serializers.JSONField()
+            error = serializers.CharField()
+            sentAt = serializers.DateTimeField(source="sent_at")
+            seenAt = serializers.DateTimeField(source="seen_at")
+            readAt = serializers.DateTimeField(source="read_at")
+
+        id = serializers.UUIDField()
+        transactionId = serializers.CharField(source="trigger_event.transaction_id")
+        workflow = serializers.CharField(source="workflow_id")
+        subscriberId = serializers.CharField(source="subscriber.subscriber_id")
+        status = serializers.CharField()
+        error = serializers.CharField()
+        errorCode = serializers.CharField(source="error_code")
+        payload = serializers.JSONField()
+        createdAt = serializers.DateTimeField(source="created_at")
+        completedAt = serializers.DateTimeField(source="completed_at")
+        steps = serializers.SerializerMethodField()
+        messages = serializers.SerializerMethodField()
+
+        # Both read the prefetched steps and their messages: no query per notification.
+        def get_steps(self, notification: Notification) -> list[dict[str, Any]]:
+            return self.StepSerializer(notification.steps.all(), many=True).data
+
+        def get_messages(self, notification: Notification) -> list[dict[str, Any]]:
+            steps = notification.steps.all()
+            messages = [m for s in steps if (m := getattr(s, "message", None))]
+            return self.MessageSerializer(messages, many=True).data
+
+    class FilterSerializer(serializers.Serializer):
+        transactionId = serializers.CharField(required=False)
+        subscriberId = serializers.CharField(required=False)
+        workflow = serializers.CharField(required=False)
+        status = serializers.ChoiceField(choices=Notification.Status.choices, required=False)
+
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        notifications = selectors.notification_list(
+            client_id=request.user.pk, filters=filters.validated_data
+        )
+        rows, meta = paginate(request, notifications)
+        return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
+
+
+class NotificationDetailApi(APIView):
+    def get(self, request: Request, notification_id: str) -> Response:
+        notification = selectors.notification_get(
+            client_id=request.user.pk, notification_id=notification_id
+        )
+        if notification is None:
+            raise ApiError(404, "notification_not_found", "Notification not found")
+        return Response({"data": NotificationListApi.OutputSerializer(notification).data})
