@@ -1,0 +1,41 @@
+# norm: `make run` starts the demo on the embedded default (SQLite + filesystem broker),
+# `make test` runs ruff and the whole suite against PostgreSQL and Redis.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Reinstall only when pyproject.toml changed since the last install.
+STAMP := $(VENV)/.installed-pyproject
+
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/norm
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install run test lint format services clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	@mkdir -p var/broker var/broker-control
+	$(PY) manage.py rundemo
+
+services: $(STAMP)
+	PY=$(PY) scripts/ensure-services.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) services lint
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,197 @@
+"""`manage.py rundemo`: norm on one machine, with its demo workflows as the bridge.
+
+Migrates, creates the `demo` client (bridge: this server's /bridge), then runs the web
+server, a worker and beat until Ctrl-C, their output interleaved with a prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, TextIO
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from config.pipeline import QUEUES
+from notify import crypto
+
+STOP_TIMEOUT = 15.0
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Stop
+
+
+def _demo_key(path: Path) -> str:
+    """The demo client's secret key: generated once, kept so restarts reuse it."""
+    if path.exists():
+        return path.read_text().strip()
+    key = crypto.generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def _pump(name: str, stream: TextIO, lock: threading.Lock) -> None:
+    for line in stream:
+        with lock:
+            sys.stdout.write(f"{name:<6}| {line}")
+            sys.stdout.flush()
+
+
+class Command(BaseCommand):
+    help = "Run norm's web server, a worker and beat together, with the demo client."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port to serve on.")
+        parser.add_argument("--concurrency", type=int, default=2, help="Worker threads.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        addr: str = options["addr"]
+        var = Path(settings.VAR_DIR)
+        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+            for folder in ("broker", "broker-control"):
+                (var / folder).mkdir(parents=True, exist_ok=True)
+        call_command("migrate", interactive=False, verbosity=0)
+        key = _demo_key(var / "demo-secret-key")
+        bridge_url = f"http://{addr}/bridge"
+        call_command(
+            "createclient",
+            "demo",
+            bridge_url=bridge_url,
+            secret_key=key,
+            if_missing=True,
+            stdout=io.StringIO(),
+        )
+
+        python = sys.executable
+        commands = {
+            "web": [python, "manage.py", "runserver", addr, "--noreload"],
+            # Threads, not prefork: one process keeps a single consumer on the
+            # filesystem broker and a single SQLite writer per thread.
+            "worker": [
+                *(python, "-m", "celery", "-A", "config", "worker", "-l", "INFO"),
+                *("-Q", ",".join(QUEUES), "--pool", "threads", "-c", str(options["concurrency"])),
+            ],
+            "beat": [
+                *(python, "-m", "celery", "-A", "config", "beat", "-l", "INFO"),
+                *("-s", str(var / "celerybeat-schedule")),
+            ],
+        }
+        env = {**os.environ, "NORM_DEMO_BRIDGE_SECRET": key, "PYTHONUNBUFFERED": "1"}
+        lock = threading.Lock()
+        processes: dict[str, subprocess.Popen[str]] = {}
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for name, command in commands.items():
+                # Own session: Ctrl-C reaches only this supervisor, which stops the
+                # children in order and waits for the worker's warm shutdown.
+                process = subprocess.Popen(
+                    command,
+                    cwd=settings.BASE_DIR,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    start_new_session=True,
+                )
+                processes[name] = process
+                assert process.stdout is not None
+                threading.Thread(
+                    target=_pump, args=(name, process.stdout, lock), daemon=True
+                ).start()
+            self._wait_for_web(addr, processes["web"])
+            with lock:
+                self.stdout.write(self._banner(addr, bridge_url, key))
+            while True:
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        raise CommandError(f"{name} exited with status {process.returncode}")
+                time.sleep(0.5)
+        except Stop:
+            with lock:
+                self.stdout.write("Stopping web, worker and beat...")
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _terminate(processes)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _wait_for_web(self, addr: str, web: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if web.poll() is not None:
+                raise CommandError(f"the web server exited with status {web.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{addr}/bridge", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise CommandError(f"the web server did not answer on {addr} within 60 s")
+
+    def _banner(self, addr: str, bridge_url: str, key: str) -> str:
+        python = os.path.relpath(sys.executable, settings.BASE_DIR)
+        body = {
+            "name": "welcome",
+            "to": {"subscriberId": "ada", "email": "ada@example.com"},
+            "payload": {"name": "Ada", "delaySeconds": 5},
+        }
+        curl = (
+            f"curl -sS -X POST http://{addr}/v1/events/trigger \\\n"
+            f"    -H 'Authorization: ApiKey {key}' -H 'Content-Type: application/json' \\\n"
+            f"    -d {shlex.quote(json.dumps(body))}"
+        )
+        return (
+            "\n"
+            f"norm is running on http://{addr} (web, worker, beat; Ctrl-C stops all three).\n"
+            f"  demo client 'demo', bridge {bridge_url}\n"
+            f"  API key: {key}\n"
+            f"  admin:   http://{addr}/admin (first: {python} manage.py createsuperuser)\n"
+            "Trigger the 'welcome' workflow (an in-app message now, an email 5 s later):\n"
+            f"  {curl}\n"
+            "The email is printed by the worker below (console email backend).\n"
+        )
+
+
+def _terminate(processes: dict[str, subprocess.Popen[str]]) -> None:
+    """Stop beat and the worker, then the web server, which serves the worker's bridge."""
+    _stop_group([process for name, process in processes.items() if name != "web"])
+    _stop_group([process for name, process in processes.items() if name == "web"])
+
+
+def _stop_group(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM each child's process group, then SIGKILL what is left after a timeout."""
+    for process in processes:
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
