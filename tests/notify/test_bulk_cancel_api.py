@@ -1,0 +1,328 @@
+"""Bulk trigger (`POST /v1/events/trigger/bulk`) and cancel (`DELETE /v1/events/trigger/{id}`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.http import HttpResponse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from config import pipeline
+from messaging import providers
+from messaging import tasks as messaging_tasks
+from messaging.models import Message
+from notify.models import Client, TriggerEvent
+from subscribers import tasks as subscriber_tasks
+from tests.conftest import Enqueued
+from tests.factories import StepFactory, SubscriberFactory, client_with_key
+from workflows import bridge
+from workflows import tasks as workflow_tasks
+from workflows.demo import demo_bridge
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+BULK = "/v1/events/trigger/bulk"
+TASKS: dict[str, Callable[..., None]] = {
+    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
+    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
+    pipeline.ECHO.task: workflow_tasks.echo_run,
+    pipeline.MESSAGE.task: messaging_tasks.message_send,
+}
+
+
+class Api:
+    """The API as one client; hand-offs registered on commit go to `enqueued`."""
+
+    def __init__(self, key: str, capture: Capture) -> None:
+        self.key, self.capture = key, capture
+
+    def __call__(self, method: str, path: str, body: Any = None) -> HttpResponse:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {self.key}")
+        data = json.dumps(body) if body is not None else None
+        with self.capture(execute=True):
+            return getattr(api, method)(path, data=data, content_type="application/json")
+
+    def cancel(self, transaction_id: str) -> Any:
+        response = self("delete", f"/v1/events/trigger/{transaction_id}")
+        assert response.status_code == 200, response.content
+        assert response["Content-Type"].startswith("application/json")
+        return response.json()
+
+
+@pytest.fixture
+def execute_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bridge at the network edge: the demo workflows, answered in process."""
+    calls: list[str] = []
+
+    def execute(
+        url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        calls.append(workflow_id)
+        answer = demo_bridge.workflows[workflow_id].execute(json.loads(json.dumps(body)))
+        return json.loads(json.dumps(answer))
+
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secret: demo_bridge.discover())
+    monkeypatch.setattr(bridge, "execute", execute)
+    return calls
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    return client_with_key()
+
+
+@pytest.fixture
+def api(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture) -> Api:
+    return Api(keyed[1], django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def pump(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[[], None]:
+    """Run every captured hand-off in order, as the workers would, except delayed ones."""
+    done = 0
+
+    def run() -> None:
+        nonlocal done
+        while done < len(enqueued.calls):
+            task, args, options = enqueued.calls[done]
+            done += 1
+            if options["countdown"]:
+                continue  # still waiting on the broker
+            with django_capture_on_commit_callbacks(execute=True):
+                TASKS[task](*json.loads(json.dumps(args)))
+
+    return run
+
+
+def welcome(subscriber_id: str, **extra: Any) -> dict[str, Any]:
+    to = {"subscriberId": subscriber_id, "email": f"{subscriber_id}@example.com"}
+    return {"name": "welcome", "to": to, "payload": {"delaySeconds": 60}, **extra}
+
+
+# --- bulk ----------------------------------------------------------------------------------
+
+
+def test_bulk_answers_each_event_on_its_own(
+    api: Api, keyed: tuple[Client, str], execute_calls: list[str], enqueued: Enqueued
+) -> None:
+    events = [
+        welcome("ann"),
+        {"name": "nope", "to": "bob", "transactionId": "tx-bad"},
+        {"name": "welcome", "to": []},
+        "not an event",
+        welcome("cid", transactionId="tx-cid"),
+    ]
+    response = api("post", BULK, {"events": events})
+    assert response.status_code == 201, response.content
+    results = response.json()["data"]
+
+    assert [r["status"] for r in results] == ["processed", "error", "error", "error", "processed"]
+    assert all(r["acknowledged"] is True for r in results)
+    assert "nope" in results[1]["error"][0] and results[1]["transactionId"] == "tx-bad"
+    assert results[2]["error"][0] and results[3]["error"][0]
+    assert results[4]["transactionId"] == "tx-cid"
+    stored = TriggerEvent.objects.filter(client=keyed[0])
+    assert sorted(stored.values_list("transaction_id", flat=True)) == sorted(
+        [results[0]["transactionId"], "tx-cid"]
+    )
+    assert sorted(args[0] for args in enqueued.of(pipeline.WORKFLOW)) == sorted(
+        stored.values_list("pk", flat=True)
+    )
+
+
+def test_bulk_repeats_of_a_transaction_id_store_one_event(
+    api: Api, execute_calls: list[str]
+) -> None:
+    events = [welcome("ann", transactionId="tx-1"), welcome("ann", transactionId="tx-1")]
+    results = api("post", BULK, {"events": events}).json()["data"]
+    assert [(r["status"], r["transactionId"]) for r in results] == [("processed", "tx-1")] * 2
+    assert TriggerEvent.objects.count() == 1
+
+
+def test_bulk_takes_100_events(api: Api, execute_calls: list[str], enqueued: Enqueued) -> None:
+    events = [welcome(f"user-{i}") for i in range(100)]
+    response = api("post", BULK, {"events": events})
+    assert response.status_code == 201, response.content
+    assert {r["status"] for r in response.json()["data"]} == {"processed"}
+    assert len(response.json()["data"]) == 100
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 100
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"events": [{"name": "welcome", "to": f"user-{i}"} for i in range(101)]},
+        {"events": []},
+        {"events": {"name": "welcome", "to": "ann"}},
+        {},
+    ],
+)
+def test_bulk_over_100_events_or_no_list_is_400(
+    api: Api, execute_calls: list[str], enqueued: Enqueued, body: Any
+) -> None:
+    response = api("post", BULK, body)
+    assert response.status_code == 400, response.content
+    error = response.json()
+    # novu-py raises its typed PayloadValidationExceptionDto only with these keys.
+    assert (error["statusCode"], error["path"]) == (400, BULK)
+    assert error["type"] and error["errors"][0]["field"] == "events"
+    assert not TriggerEvent.objects.exists()
+    assert enqueued.calls == []
+
+
+# --- cancel -------------------------------------------------------------------------------
+
+
+def test_cancel_stops_a_notification_waiting_on_its_delay(
+    api: Api, execute_calls: list[str], pump: Callable[[], None], enqueued: Enqueued
+) -> None:
+    api("post", "/v1/events/trigger", welcome("ann", transactionId="tx-1"))
+    pump()
+    notification = Notification.objects.get()
+    wait = notification.steps.get(step_id="wait")
+    assert (notification.status, wait.status) == ("running", "scheduled")
+    assert wait.due_at > timezone.now() + timedelta(seconds=50)
+
+    assert api.cancel("tx-1") == {"data": True}
+    assert api.cancel("tx-1") == {"data": False}
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.CANCELED
+    assert {s.step_id: s.status for s in notification.steps.all()} == {
+        "inbox": "completed",
+        "wait": "canceled",
+    }
+    # A minute later the broker delivers the delayed hand-off; the reconciler could too.
+    Step.objects.filter(pk=wait.pk).update(due_at=timezone.now() - timedelta(seconds=1))
+    enqueued.clear()
+    bridge_calls = len(execute_calls)
+    with api.capture(execute=True):
+        messaging_tasks.message_send(wait.pk)
+        workflow_tasks.echo_run(str(notification.pk))
+
+    assert Step.objects.get(pk=wait.pk).status == Step.Status.CANCELED
+    assert enqueued.calls == []
+    assert len(execute_calls) == bridge_calls
+    assert list(Message.objects.values_list("step__step_id", flat=True)) == ["inbox"]
+    assert not notification.steps.filter(step_id="reminder").exists()
+
+
+def test_cancel_stops_a_scheduled_message_before_it_is_sent(
+    api: Api, keyed: tuple[Client, str]
+) -> None:
+    subscriber = SubscriberFactory(client=keyed[0], email="ann@example.com")
+    step = StepFactory(
+        notification__trigger_event__client=keyed[0],
+        notification__subscriber=subscriber,
+        notification__trigger_event__transaction_id="tx-1",
+        type="email",
+    )
+    assert api.cancel("tx-1") == {"data": True}
+    messaging_tasks.message_send(step.pk)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert Notification.objects.get().status == Notification.Status.CANCELED
+    assert not Message.objects.exists()
+    assert mail.outbox == []
+
+
+def test_a_step_being_sent_is_left_to_finish(
+    api: Api, keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """Cancel arrives while the provider is sending: the send is not half-canceled."""
+    subscriber = SubscriberFactory(client=keyed[0], email="ann@example.com")
+    step = StepFactory(
+        notification__trigger_event__client=keyed[0],
+        notification__subscriber=subscriber,
+        notification__trigger_event__transaction_id="tx-1",
+        type="email",
+    )
+    answers, send = [], providers.DjangoEmailProvider.send
+
+    def send_while_canceled(provider: providers.Provider, message: Message) -> str:
+        answers.append(api.cancel("tx-1"))
+        answers.append(Step.objects.get(pk=step.pk).status)
+        return send(provider, message)
+
+    monkeypatch.setattr(providers.DjangoEmailProvider, "send", send_while_canceled)
+    with api.capture(execute=True):
+        messaging_tasks.message_send(step.pk)
+
+    assert answers == [{"data": True}, Step.Status.PROCESSING]
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    assert Message.objects.get(step=step).status == Message.Status.SENT
+    assert [m.to for m in mail.outbox] == [["ann@example.com"]]
+    assert Notification.objects.get().status == Notification.Status.CANCELED
+    # The echo the finished step hands back finds its notification canceled and stops.
+    [(notification_id,)] = enqueued.of(pipeline.ECHO)
+    workflow_tasks.echo_run(notification_id)
+    assert Notification.objects.get().status == Notification.Status.CANCELED
+    assert Step.objects.count() == 1
+
+
+def test_a_trigger_canceled_before_its_fan_out_notifies_nobody(
+    api: Api, execute_calls: list[str], pump: Callable[[], None], enqueued: Enqueued
+) -> None:
+    api("post", "/v1/events/trigger", welcome("ann", transactionId="tx-1"))
+    assert api.cancel("tx-1") == {"data": True}
+    pump()
+
+    assert enqueued.of(pipeline.SUBSCRIBER) == []
+    assert not Notification.objects.exists()
+    assert execute_calls == []
+    assert api.cancel("tx-1") == {"data": False}
+
+
+def test_a_trigger_canceled_between_fan_out_and_subscriber_notifies_nobody(
+    api: Api, execute_calls: list[str], enqueued: Enqueued
+) -> None:
+    api("post", "/v1/events/trigger", {"name": "welcome", "to": ["ann", "bob"]})
+    [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+    workflow_tasks.workflow_run(event_id)
+    commands = enqueued.of(pipeline.SUBSCRIBER)
+    assert len(commands) == 2
+
+    event = TriggerEvent.objects.get()
+    assert api.cancel(event.transaction_id) == {"data": True}
+    for args in commands:
+        with api.capture(execute=True):
+            subscriber_tasks.subscriber_process(*args)
+    assert not Notification.objects.exists()
+    assert enqueued.of(pipeline.ECHO) == []
+
+
+def test_cancel_of_an_unknown_or_foreign_transaction_is_false(
+    api: Api,
+    execute_calls: list[str],
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    assert api.cancel("never-triggered") == {"data": False}
+
+    api("post", "/v1/events/trigger", welcome("ann", transactionId="tx-1"))
+    other = Api(client_with_key()[1], django_capture_on_commit_callbacks)
+    assert other.cancel("tx-1") == {"data": False}
+    assert TriggerEvent.objects.get().canceled_at is None
+
+
+def test_cancel_of_a_finished_trigger_is_false(
+    api: Api, execute_calls: list[str], pump: Callable[[], None]
+) -> None:
+    order = {"name": "order-update", "to": "ann", "payload": {"status": "delayed", "orderId": "7"}}
+    api("post", "/v1/events/trigger", order | {"transactionId": "tx-1"})
+    pump()
+    assert Notification.objects.get().status == Notification.Status.COMPLETED
+
+    assert api.cancel("tx-1") == {"data": False}
+    assert Notification.objects.get().status == Notification.Status.COMPLETED

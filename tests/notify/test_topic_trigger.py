@@ -1,0 +1,208 @@
+"""Triggers to topics: the API checks the topics, the workflow worker fans them out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.http import HttpResponse
+from rest_framework.test import APIClient
+
+from config import pipeline
+from notify.models import Client, TriggerEvent
+from subscribers import tasks as subscriber_tasks
+from subscribers.models import Subscriber, Topic
+from tests.conftest import Enqueued
+from tests.factories import BridgeWorkflowFactory, SubscriberFactory, client_with_key
+from workflows import services as workflow_services
+from workflows import tasks as workflow_tasks
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+Trigger = Callable[..., HttpResponse]
+MEMBERS = ["ann", "bob", "cid", "dan"]
+
+
+def topic_with(client: Client, key: str, subscriber_ids: list[str]) -> Topic:
+    topic = Topic.objects.create(client=client, key=key)
+    for subscriber_id in subscriber_ids:
+        subscriber, _ = Subscriber.objects.get_or_create(client=client, subscriber_id=subscriber_id)
+        topic.subscribers.add(subscriber)
+    return topic
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    client, key = client_with_key()
+    # Registered already, so the trigger asks no bridge what "welcome" is.
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    topic_with(client, "news", MEMBERS)
+    return client, key
+
+
+@pytest.fixture
+def trigger(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture) -> Trigger:
+    def do(to: Any, *, key: str | None = None) -> HttpResponse:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key or keyed[1]}")
+        body = json.dumps({"name": "welcome", "to": to, "payload": {}})
+        with django_capture_on_commit_callbacks(execute=True):
+            return api.post("/v1/events/trigger", data=body, content_type="application/json")
+
+    return do
+
+
+@pytest.fixture
+def fan_out(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[[], None]:
+    """Run the workflow worker on what the trigger enqueued, then every subscriber command."""
+
+    def run() -> None:
+        [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+        workflow_tasks.workflow_run(event_id)
+        # Through JSON, as the broker carries them.
+        commands = json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER)))
+        for args in commands:
+            with django_capture_on_commit_callbacks(execute=True):
+                subscriber_tasks.subscriber_process(*args)
+
+    return run
+
+
+def notified(client: Client) -> list[str]:
+    """One entry per notification: a subscriber notified twice appears twice."""
+    return sorted(
+        Notification.objects.filter(client=client).values_list(
+            "subscriber__subscriber_id", flat=True
+        )
+    )
+
+
+def test_a_topic_reaches_each_member_once(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None], enqueued: Enqueued
+) -> None:
+    client, _ = keyed
+    response = trigger({"type": "Topic", "topicKey": "news"})
+    assert response.status_code == 201, response.content
+    fan_out()
+
+    assert notified(client) == MEMBERS
+    assert len(enqueued.of(pipeline.ECHO)) == 4
+    event = TriggerEvent.objects.get(client=client)
+    assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 4)
+
+
+def test_a_mixed_list_with_exclude_reaches_each_recipient_once(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    to = [
+        {"type": "Topic", "topicKey": "news", "exclude": ["dan"]},
+        {"subscriberId": "ann", "firstName": "Ann"},
+        "eve",
+    ]
+    assert trigger(to).status_code == 201
+    fan_out()
+
+    assert notified(client) == ["ann", "bob", "cid", "eve"]
+    ann = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert ann.first_name == "Ann"
+    assert Subscriber.objects.filter(client=client, subscriber_id="eve").exists()
+
+
+def test_overlapping_topics_notify_a_shared_member_once(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    topic_with(client, "deals", ["bob", "fay"])
+    to = [{"type": "Topic", "topicKey": "news"}, {"type": "Topic", "topicKey": "deals"}]
+    assert trigger(to).status_code == 201
+    fan_out()
+
+    assert notified(client) == ["ann", "bob", "cid", "dan", "fay"]
+
+
+def test_novu_114s_topic_list_form_is_accepted(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    assert trigger([{"topicKey": "news", "type": "Topic"}]).status_code == 201
+    fan_out()
+    assert notified(client) == MEMBERS
+
+
+def test_an_empty_topic_triggers_nobody(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    Topic.objects.create(client=client, key="empty")
+    assert trigger({"type": "Topic", "topicKey": "empty"}).status_code == 201
+    fan_out()
+
+    assert notified(client) == []
+    assert TriggerEvent.objects.get(client=client).status == TriggerEvent.Status.PROCESSED
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        {"type": "Topic", "topicKey": "missing"},
+        [{"type": "Topic", "topicKey": "news"}, {"type": "Topic", "topicKey": "missing"}, "ann"],
+    ],
+)
+def test_a_topic_that_does_not_exist_is_404_at_trigger_time(
+    trigger: Trigger, enqueued: Enqueued, to: Any
+) -> None:
+    response = trigger(to)
+    assert response.status_code == 404, response.content
+    body = response.json()
+    assert (body["statusCode"], body["code"]) == (404, "topic_not_found")
+    assert "missing" in body["message"]
+    assert not TriggerEvent.objects.exists()
+    assert enqueued.calls == []
+
+
+def test_another_clients_topic_is_not_found_and_not_reached(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    other, other_key = client_with_key()
+    BridgeWorkflowFactory(client=other, workflow_id="welcome")
+    topic_with(other, "secret", ["zed"])
+    assert trigger({"type": "Topic", "topicKey": "secret"}).status_code == 404
+
+    # The other client's own "news" topic has other members: each reaches only its own.
+    topic_with(other, "news", ["zed"])
+    assert trigger({"type": "Topic", "topicKey": "news"}, key=other_key).status_code == 201
+    fan_out()
+    assert notified(other) == ["zed"]
+    assert notified(client) == []
+
+
+def test_topic_fan_out_is_chunked_and_reaches_everyone(
+    keyed: tuple[Client, str],
+    trigger: Trigger,
+    fan_out: Callable[[], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, _ = keyed
+    monkeypatch.setattr(workflow_services, "BROADCAST_CHUNK", 2)
+    names = [f"user-{i}" for i in range(7)]
+    topic = topic_with(client, "big", names)
+    # A non-member and a later member interleave with the topic by primary key.
+    SubscriberFactory(client=client, subscriber_id="outsider")
+    topic.subscribers.add(SubscriberFactory(client=client, subscriber_id="late"))
+
+    expected = sorted([n for n in names if n != "user-3"] + ["late"])
+    chunks = list(
+        workflow_services._topic_audience(client_id=client.pk, key="big", exclude=["user-3"])
+    )
+    assert [len(c) for c in chunks] == [2, 2, 2, 1]
+    assert sorted(s for c in chunks for s in c) == expected
+
+    assert trigger({"type": "Topic", "topicKey": "big", "exclude": ["user-3"]}).status_code == 201
+    fan_out()
+    assert notified(client) == expected

@@ -1,0 +1,366 @@
+"""The subscriber API on Novu's paths: v2 for novu-py, v1 for novu 1.14 (NOVU_API.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import pytest
+from django.http import HttpResponse
+from rest_framework.test import APIClient
+
+from notify.models import Client
+from subscribers.models import Subscriber
+from tests.factories import SubscriberFactory, client_with_key
+
+pytestmark = pytest.mark.django_db
+
+FULL = {
+    "subscriberId": "ann",
+    "email": "ann@example.com",
+    "firstName": "Ann",
+    "lastName": "Lee",
+    "phone": "+15550100",
+    "avatar": "https://example.com/ann.png",
+    "locale": "fr-FR",
+    "timezone": "Europe/Paris",
+    "data": {"plan": "pro"},
+}
+
+
+def call(key: str, method: str, path: str, body: Any = None, **extra: Any) -> HttpResponse:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    data = json.dumps(body) if body is not None else None
+    return getattr(api, method)(path, data=data, content_type="application/json", **extra)
+
+
+def ok(response: HttpResponse, status: int = 200) -> Any:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    return response.json()
+
+
+def assert_error(response: HttpResponse, status: int, path: str) -> dict[str, Any]:
+    """Novu's ErrorDto: what novu-py needs to raise its typed error."""
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["statusCode"] == status
+    assert body["path"] == path
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["error"], str) and body["error"]
+    datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    return body
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    return client_with_key()
+
+
+@pytest.fixture
+def key(keyed: tuple[Client, str]) -> str:
+    return keyed[1]
+
+
+@pytest.fixture
+def other_key() -> str:
+    return client_with_key()[1]
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+def test_v2_create_answers_201_with_the_fields_novu_py_requires(
+    keyed: tuple[Client, str],
+) -> None:
+    client, key = keyed
+    body = ok(call(key, "post", "/v2/subscribers", FULL), 201)["data"]
+
+    assert {"subscriberId", "_organizationId", "_environmentId", "createdAt", "updatedAt"} <= set(
+        body
+    )
+    assert body["deleted"] is False
+    assert {k: body[k] for k in FULL} == FULL
+    subscriber = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (subscriber.email, subscriber.first_name, subscriber.timezone) == (
+        "ann@example.com",
+        "Ann",
+        "Europe/Paris",
+    )
+    assert subscriber.data == {"plan": "pro"}
+
+
+def test_v1_create_takes_novu_114s_body_with_nulls_for_unset_fields(key: str) -> None:
+    body = {k: None for k in ("email", "firstName", "lastName", "phone", "avatar", "locale")}
+    body |= {"subscriberId": "bob", "email": "bob@example.com", "channels": None, "data": None}
+    data = ok(call(key, "post", "/v1/subscribers", body), 201)["data"]
+
+    assert (data["subscriberId"], data["email"], data["firstName"]) == (
+        "bob",
+        "bob@example.com",
+        None,
+    )
+    assert Subscriber.objects.get(subscriber_id="bob").data == {}
+
+
+def test_create_of_an_existing_subscriber_updates_it(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", email="old@example.com", first_name="A")
+    ok(
+        call(key, "post", "/v2/subscribers", {"subscriberId": "ann", "email": "new@example.com"}),
+        201,
+    )
+
+    subscriber = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (subscriber.email, subscriber.first_name) == ("new@example.com", "A")
+
+
+def test_fail_if_exists_answers_409_and_changes_nothing(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", email="old@example.com")
+    path = "/v2/subscribers?failIfExists=true"
+    response = call(key, "post", path, {"subscriberId": "ann", "email": "new@example.com"})
+
+    assert_error(response, 409, path)
+    assert Subscriber.objects.get(client=client, subscriber_id="ann").email == "old@example.com"
+    ok(call(key, "post", path, {"subscriberId": "bob"}), 201)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"subscriberId": ""}, {"subscriberId": "ann", "data": "x"}, ["ann"]]
+)
+def test_invalid_create_is_400(key: str, body: Any) -> None:
+    assert_error(call(key, "post", "/v2/subscribers", body), 400, "/v2/subscribers")
+    assert not Subscriber.objects.exists()
+
+
+def test_bulk_create_reports_created_updated_and_failed(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="bob")
+    items = [
+        {"subscriberId": "ann", "email": "ann@example.com"},
+        {"subscriberId": "bob"},
+        {"email": "x"},
+    ]
+    data = ok(call(key, "post", "/v1/subscribers/bulk", {"subscribers": items}), 201)["data"]
+
+    assert data["created"] == [{"subscriberId": "ann"}]
+    assert data["updated"] == [{"subscriberId": "bob"}]
+    assert len(data["failed"]) == 1 and data["failed"][0]["message"]
+    assert sorted(
+        Subscriber.objects.filter(client=client).values_list("subscriber_id", flat=True)
+    ) == [
+        "ann",
+        "bob",
+    ]
+
+
+def test_bulk_create_needs_a_list(key: str) -> None:
+    assert_error(
+        call(key, "post", "/v1/subscribers/bulk", {"subscribers": "ann"}),
+        400,
+        "/v1/subscribers/bulk",
+    )
+
+
+# --- get, update, delete ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_get_returns_the_subscriber(keyed: tuple[Client, str], version: str) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", email="ann@example.com")
+    data = ok(call(key, "get", f"/{version}/subscribers/ann"))["data"]
+    assert (data["subscriberId"], data["email"]) == ("ann", "ann@example.com")
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "put", "delete"])
+def test_unknown_subscriber_is_404_error_dto(key: str, method: str) -> None:
+    path = "/v2/subscribers/nobody"
+    body = assert_error(
+        call(key, method, path, {} if method in ("patch", "put") else None), 404, path
+    )
+    assert body["error"] == "Not Found"
+
+
+def test_v2_patch_leaves_absent_fields_and_clears_null_ones(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    call(key, "post", "/v2/subscribers", FULL)
+    data = ok(
+        call(
+            key, "patch", "/v2/subscribers/ann", {"firstName": None, "data": None, "email": "a@b.c"}
+        )
+    )["data"]
+
+    assert (data["firstName"], data["data"], data["email"], data["lastName"]) == (
+        None,
+        None,
+        "a@b.c",
+        "Lee",
+    )
+    subscriber = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (subscriber.first_name, subscriber.data, subscriber.email) == ("", {}, "a@b.c")
+    assert (subscriber.last_name, subscriber.phone, subscriber.locale) == (
+        "Lee",
+        "+15550100",
+        "fr-FR",
+    )
+
+
+def test_v1_put_treats_null_as_not_provided(keyed: tuple[Client, str]) -> None:
+    """novu 1.14 sends all nine keys, null for each one the caller did not set."""
+    client, key = keyed
+    call(key, "post", "/v2/subscribers", FULL)
+    body = {k: None for k in FULL} | {
+        "subscriberId": "ann",
+        "email": "new@example.com",
+        "channels": None,
+    }
+    data = ok(call(key, "put", "/v1/subscribers/ann", body))["data"]
+
+    assert (data["email"], data["firstName"], data["data"]) == (
+        "new@example.com",
+        "Ann",
+        {"plan": "pro"},
+    )
+    subscriber = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (subscriber.email, subscriber.first_name, subscriber.phone) == (
+        "new@example.com",
+        "Ann",
+        "+15550100",
+    )
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_delete_answers_200_with_a_body_then_404(keyed: tuple[Client, str], version: str) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    path = f"/{version}/subscribers/ann"
+    assert ok(call(key, "delete", path)) == {"data": {"acknowledged": True, "status": "deleted"}}
+
+    assert not Subscriber.objects.filter(client=client).exists()
+    assert_error(call(key, "get", path), 404, path)
+    assert_error(call(key, "delete", path), 404, path)
+
+
+# --- lists ---------------------------------------------------------------------------------
+
+
+def _walk(key: str, base: str, direction: str, cursor: str | None = None) -> list[dict[str, Any]]:
+    """Follow `next` (or `previous`) until it runs out; every page's body."""
+    param = "after" if direction == "next" else "before"
+    pages: list[dict[str, Any]] = []
+    while True:
+        body = ok(call(key, "get", base if cursor is None else f"{base}&{param}={cursor}"))
+        assert set(body) >= {"data", "next", "previous", "totalCount", "totalCountCapped"}
+        assert body["totalCount"] == 25
+        pages.append(body)
+        cursor = body[direction]
+        if cursor is None:
+            return pages
+        assert len(pages) < 10, "the cursor never ends"
+
+
+def _ids(pages: list[dict[str, Any]]) -> list[list[str]]:
+    return [[s["subscriberId"] for s in page["data"]] for page in pages]
+
+
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_v2_list_cursor_walks_every_item_once_both_ways(
+    keyed: tuple[Client, str], other_key: str, order: str
+) -> None:
+    client, key = keyed
+    names = [f"user-{i:02}" for i in range(25)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    call(other_key, "post", "/v2/subscribers", {"subscriberId": "stranger"})
+    expected = names if order == "ASC" else names[::-1]
+    base = f"/v2/subscribers?limit=10.0&orderDirection={order}"
+
+    forward = _walk(key, base, "next")
+    assert _ids(forward) == [expected[:10], expected[10:20], expected[20:]]
+    assert forward[0]["previous"] is None
+
+    backward = _walk(key, base, "previous", cursor=forward[-1]["previous"])
+    assert _ids(backward) == [expected[10:20], expected[:10]]
+    assert backward[-1]["next"] is not None
+
+
+def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", email="ann@example.com")
+    SubscriberFactory(client=client, subscriber_id="bob", email="bob@example.com")
+    body = ok(call(key, "get", "/v2/subscribers?limit=10.0&email=ann%40example.com"))
+    assert [s["subscriberId"] for s in body["data"]] == ["ann"]
+
+
+def test_v2_list_rejects_a_limit_that_is_not_a_number(key: str) -> None:
+    assert_error(call(key, "get", "/v2/subscribers?limit=ten"), 400, "/v2/subscribers?limit=ten")
+
+
+def test_v1_list_pages_by_page_and_limit(keyed: tuple[Client, str], other_key: str) -> None:
+    client, key = keyed
+    names = [f"user-{i:02}" for i in range(25)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    call(other_key, "post", "/v2/subscribers", {"subscriberId": "stranger"})
+
+    seen = []
+    for page in range(3):
+        body = ok(call(key, "get", f"/v1/subscribers?page={page}&limit=10"))
+        assert (body["page"], body["pageSize"], body["totalCount"]) == (page, 10, 25)
+        assert body["hasMore"] is (page < 2)
+        seen += [s["subscriberId"] for s in body["data"]]
+    assert seen == names
+
+
+# --- isolation and routing ------------------------------------------------------------------
+
+
+def test_another_clients_key_never_sees_or_changes_the_subscriber(
+    keyed: tuple[Client, str], other_key: str
+) -> None:
+    client, key = keyed
+    call(key, "post", "/v2/subscribers", FULL)
+    path = "/v2/subscribers/ann"
+
+    assert_error(call(other_key, "get", path), 404, path)
+    assert_error(call(other_key, "patch", path, {"email": "evil@example.com"}), 404, path)
+    assert_error(
+        call(other_key, "put", "/v1/subscribers/ann", {"email": "e@x.y"}),
+        404,
+        "/v1/subscribers/ann",
+    )
+    assert_error(call(other_key, "delete", path), 404, path)
+    assert ok(call(other_key, "get", "/v2/subscribers"))["data"] == []
+    # The same subscriberId is a different subscriber under another client.
+    ok(call(other_key, "post", "/v2/subscribers?failIfExists=true", {"subscriberId": "ann"}), 201)
+
+    mine = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert mine.email == "ann@example.com"
+    assert Subscriber.objects.filter(subscriber_id="ann").count() == 2
+
+
+def test_no_key_or_a_wrong_key_is_401(key: str) -> None:
+    assert_error(APIClient().get("/v2/subscribers"), 401, "/v2/subscribers")
+    assert_error(call("nk_wrong", "get", "/v2/subscribers"), 401, "/v2/subscribers")
+
+
+def test_a_double_slash_path_from_novu_114_is_served(key: str) -> None:
+    """novu 1.14 keeps the base URL's trailing slash: `http://host/` + `/v1/...`."""
+    response = call(
+        key, "post", "/v1/subscribers", {"subscriberId": "ann"}, PATH_INFO="//v1/subscribers"
+    )
+    ok(response, 201)
+    assert Subscriber.objects.filter(subscriber_id="ann").exists()
+
+
+@pytest.mark.parametrize("path", ["/v2/subscribers/", "/v1/subscribers/"])
+def test_a_trailing_slash_is_never_redirected(key: str, path: str) -> None:
+    """A redirect would turn the client's POST into a GET."""
+    response = call(key, "post", path, {"subscriberId": "ann"})
+    assert response.status_code == 404
+    assert not response.has_header("Location")
+    assert not Subscriber.objects.exists()

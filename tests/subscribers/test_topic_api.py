@@ -1,0 +1,246 @@
+"""The topic API: v2 for novu-py (`subscriberIds`), v1 for novu 1.14 (`subscribers`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from notify.models import Client
+from subscribers.models import Subscriber, Topic, TopicSubscription
+from tests.factories import SubscriberFactory, client_with_key
+from tests.subscribers.test_subscriber_api import assert_error, call, ok
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    client, key = client_with_key()
+    for name in ("ann", "bob", "cid"):
+        SubscriberFactory(client=client, subscriber_id=name)
+    return client, key
+
+
+@pytest.fixture
+def key(keyed: tuple[Client, str]) -> str:
+    return keyed[1]
+
+
+@pytest.fixture
+def other() -> tuple[Client, str]:
+    return client_with_key()
+
+
+def members(client: Client, key: str) -> list[str]:
+    topic = Topic.objects.get(client=client, key=key)
+    return sorted(topic.subscribers.values_list("subscriber_id", flat=True))
+
+
+# --- create, get, list, delete ------------------------------------------------------------
+
+
+def test_v2_create_is_201_when_new_and_200_when_it_exists(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    created = ok(call(key, "post", "/v2/topics", {"key": "news", "name": "News"}), 201)["data"]
+    assert (created["key"], created["name"]) == ("news", "News") and created["_id"]
+
+    again = ok(call(key, "post", "/v2/topics", {"key": "news", "name": "Daily news"}), 200)["data"]
+    assert again["_id"] == created["_id"]
+    assert Topic.objects.get(client=client, key="news").name == "Daily news"
+
+
+def test_v1_create_is_201(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    assert ok(call(key, "post", "/v1/topics", {"key": "news", "name": "News"}), 201)["data"]["key"]
+    assert Topic.objects.filter(client=client, key="news").exists()
+
+
+def test_fail_if_exists_is_409(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    Topic.objects.create(client=client, key="news", name="News")
+    path = "/v2/topics?failIfExists=true"
+    assert_error(call(key, "post", path, {"key": "news", "name": "Other"}), 409, path)
+    assert Topic.objects.get(client=client, key="news").name == "News"
+
+
+@pytest.mark.parametrize("body", [{}, {"key": ""}, {"name": "News"}, "news"])
+def test_invalid_create_is_400(key: str, body: Any) -> None:
+    assert_error(call(key, "post", "/v2/topics", body), 400, "/v2/topics")
+    assert not Topic.objects.exists()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_get_returns_the_topic_and_its_members(keyed: tuple[Client, str], version: str) -> None:
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
+    data = ok(call(key, "get", f"/{version}/topics/news"))["data"]
+    assert (data["key"], sorted(data["subscribers"])) == ("news", ["ann", "bob"])
+
+
+def test_unknown_topic_is_404(key: str) -> None:
+    for method, path in [
+        ("get", "/v2/topics/nope"),
+        ("delete", "/v2/topics/nope"),
+        ("get", "/v1/topics/nope/subscribers/ann"),
+    ]:
+        assert_error(call(key, method, path), 404, path)
+    path = "/v1/topics/nope/subscribers"
+    assert_error(call(key, "post", path, {"subscribers": ["ann"]}), 404, path)
+
+
+def test_v2_list_cursor_and_v1_pages_reach_every_topic_once(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    client, key = keyed
+    keys = [f"topic-{i:02}" for i in range(12)]
+    for k in keys:
+        Topic.objects.create(client=client, key=k)
+    Topic.objects.create(client=other[0], key="foreign")
+
+    seen, cursor = [], None
+    for _ in range(5):
+        body = ok(call(key, "get", "/v2/topics?limit=5.0" + (f"&after={cursor}" if cursor else "")))
+        assert body["totalCount"] == 12
+        seen += [t["key"] for t in body["data"]]
+        if (cursor := body["next"]) is None:
+            break
+    assert seen == keys
+
+    pages = [ok(call(key, "get", f"/v1/topics?page={p}&pageSize=5"))["data"] for p in range(3)]
+    assert [t["key"] for page in pages for t in page] == keys
+    assert ok(call(key, "get", "/v1/topics?key=topic-03"))["data"][0]["key"] == "topic-03"
+
+
+def test_delete_removes_the_topic_but_not_its_members(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    assert ok(call(key, "delete", "/v2/topics/news")) == {"data": {"acknowledged": True}}
+
+    assert not Topic.objects.filter(client=client).exists()
+    assert not TopicSubscription.objects.exists()
+    assert Subscriber.objects.filter(client=client, subscriber_id="ann").exists()
+    assert_error(call(key, "get", "/v2/topics/news"), 404, "/v2/topics/news")
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def test_v2_add_members_is_201_with_counts_and_an_error_per_unknown_id(
+    keyed: tuple[Client, str],
+) -> None:
+    client, key = keyed
+    Topic.objects.create(client=client, key="news")
+    body = {"subscriberIds": ["ann", "nobody", "bob"]}
+    answer = ok(call(key, "post", "/v2/topics/news/subscriptions", body), 201)
+
+    assert answer["meta"] == {"totalCount": 3, "successful": 2, "failed": 1}
+    assert [e["subscriberId"] for e in answer["errors"]] == ["nobody"]
+    assert answer["errors"][0]["code"] and answer["errors"][0]["message"]
+    item = answer["data"][0]
+    assert {"_id", "topic", "subscriber", "createdAt", "updatedAt"} <= set(item)
+    assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["ann", "bob"]
+    assert item["topic"]["key"] == "news"
+    assert members(client, "news") == ["ann", "bob"]
+
+    again = ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]}), 201)
+    assert again["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
+    assert TopicSubscription.objects.count() == 2
+
+
+def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["cid"]}), 201)
+    assert members(client, "news") == ["cid"]
+
+
+@pytest.mark.parametrize("body", [{}, {"subscriberIds": "ann"}, {"subscriberIds": [1]}, []])
+def test_v2_add_members_needs_a_list_of_ids(key: str, body: Any) -> None:
+    path = "/v2/topics/news/subscriptions"
+    assert_error(call(key, "post", path, body), 400, path)
+    assert not TopicSubscription.objects.exists()
+
+
+def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob", "cid"]})
+    body = {"subscriberIds": ["ann", "cid", "nobody"]}
+    answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", body))
+
+    assert answer["meta"] == {"totalCount": 3, "successful": 2, "failed": 1}
+    assert members(client, "news") == ["bob"]
+
+
+def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
+    _, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob", "cid"]})
+    first = ok(call(key, "get", "/v2/topics/news/subscriptions?limit=2.0"))
+    rest = ok(call(key, "get", f"/v2/topics/news/subscriptions?limit=2.0&after={first['next']}"))
+
+    items = first["data"] + rest["data"]
+    assert [i["subscriber"]["subscriberId"] for i in items] == ["ann", "bob", "cid"]
+    assert (first["totalCount"], rest["next"]) == (3, None)
+    # Required by novu-py's TopicSubscriptionResponseDto.
+    assert all(i["_id"] and i["identifier"] and i["topic"]["key"] == "news" for i in items)
+
+
+def test_v1_add_and_remove_members(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    call(key, "post", "/v1/topics", {"key": "news", "name": "News"})
+    body = {"subscribers": ["ann", "nobody", "bob"]}
+    answer = ok(call(key, "post", "/v1/topics/news/subscribers", body))
+    assert answer["data"] == {"succeeded": ["ann", "bob"], "failed": {"notFound": ["nobody"]}}
+
+    answer = ok(call(key, "post", "/v1/topics/news/subscribers", {"subscribers": ["cid"]}))
+    assert answer["data"] == {"succeeded": ["cid"], "failed": {}}
+    assert members(client, "news") == ["ann", "bob", "cid"]
+
+    removal = {"subscribers": ["ann", "cid"]}
+    ok(call(key, "post", "/v1/topics/news/subscribers/removal", removal))
+    assert members(client, "news") == ["bob"]
+
+
+def test_membership_check_is_200_for_a_member_and_404_otherwise(
+    keyed: tuple[Client, str],
+) -> None:
+    _, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    data = ok(call(key, "get", "/v1/topics/news/subscribers/ann"))["data"]
+    # novu-py parses Novu's TopicSubscriberDto: all six keys are required.
+    assert (data["topicKey"], data["externalSubscriberId"]) == ("news", "ann")
+    assert all(data[k] for k in ("_organizationId", "_environmentId", "_subscriberId", "_topicId"))
+    for name in ("bob", "nobody"):
+        path = f"/v1/topics/news/subscribers/{name}"
+        assert_error(call(key, "get", path), 404, path)
+
+
+# --- isolation -------------------------------------------------------------------------------
+
+
+def test_another_client_never_sees_or_changes_the_topic(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    client, key = keyed
+    other_client, other_key = other
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+
+    for method, path in [
+        ("get", "/v2/topics/news"),
+        ("get", "/v1/topics/news/subscribers/ann"),
+        ("delete", "/v2/topics/news"),
+    ]:
+        assert_error(call(other_key, method, path), 404, path)
+    path = "/v1/topics/news/subscribers"
+    assert_error(call(other_key, "post", path, {"subscribers": ["bob"]}), 404, path)
+    path = "/v1/topics/news/subscribers/removal"
+    assert_error(call(other_key, "post", path, {"subscribers": ["ann"]}), 404, path)
+    path = "/v2/topics/news/subscriptions"
+    assert_error(call(other_key, "delete", path, {"subscriberIds": ["ann"]}), 404, path)
+    assert ok(call(other_key, "get", "/v2/topics"))["data"] == []
+    assert members(client, "news") == ["ann"]
+
+    # Its own topic of the same key cannot take in this client's subscribers.
+    answer = ok(call(other_key, "post", path, {"subscriberIds": ["ann", "bob"]}), 201)
+    assert answer["meta"] == {"totalCount": 2, "successful": 0, "failed": 2}
+    assert members(other_client, "news") == []
+    assert members(client, "news") == ["ann"]
