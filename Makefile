@@ -34,7 +34,13 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP) services lint
+# The @novu/framework app the e2e tests drive; reinstalled when its lockfile changes.
+NOVU_BRIDGE := tests/e2e/novu_bridge
+$(NOVU_BRIDGE)/node_modules: $(NOVU_BRIDGE)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the Novu framework e2e tests will skip"; exit 0; }; \
+	cd $(NOVU_BRIDGE) && npm ci --no-audit --no-fund && touch node_modules
+
+test: $(STAMP) services lint $(NOVU_BRIDGE)/node_modules
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest
 
 clean:

@@ -12,9 +12,11 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
+from django.db import DataError
 from django.http import Http404
 from django.utils import timezone
-from rest_framework import exceptions
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -62,20 +64,31 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"field": prefix, "message": str(detail)}]
 
 
+def validation_message(exc: exceptions.ValidationError) -> str:
+    """A serializer's errors as one readable line: `to: This field is required.`"""
+    return "; ".join(
+        f"{e['field']}: {e['message']}" if e["field"] else e["message"]
+        for e in _flatten(exc.detail)
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     path = request.get_full_path() if request is not None else ""
     if isinstance(exc, Http404):
         exc = ApiError(404, "not_found", "Not found")
+    if isinstance(exc, DataError):
+        # PostgreSQL refuses a value the request carried (a NUL character in a path,
+        # query or JSON string; an id beyond bigint): the request is at fault.
+        logger.warning("unstorable value on %s: %s", path, exc)
+        exc = ApiError(400, "invalid_value", "A value in the request cannot be stored or searched")
     if isinstance(exc, ApiError):
         status, code, message, errors = exc.status, exc.code, exc.message, exc.errors
         headers = exc.headers
     elif isinstance(exc, exceptions.ValidationError):
         status, code, headers = 400, "invalid_request", {}
         errors = _flatten(exc.detail)
-        message = "; ".join(
-            f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors
-        )
+        message = validation_message(exc)
     elif isinstance(exc, exceptions.APIException):
         status, code, headers = exc.status_code, exc.default_code, {}
         message, errors = str(exc.detail), []
@@ -97,3 +110,30 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif status == 422:
         extra["errors"] = {e["field"]: {"messages": [e["message"]]} for e in errors}
     return Response(error_body(status, path, message, **extra), status=status, headers=headers)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error body, for the OpenAPI schema only (the handler above builds it)."""
+
+    class FieldErrorSerializer(serializers.Serializer):
+        field = serializers.CharField(allow_blank=True)
+        message = serializers.CharField()
+
+    statusCode = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    path = serializers.CharField()
+    message = serializers.CharField()
+    error = serializers.CharField()
+    code = serializers.CharField(required=False, help_text="Machine-readable reason")
+    type = serializers.CharField(required=False, help_text="On a 400: the code again")
+    errors = FieldErrorSerializer(many=True, required=False, help_text="On a 400: each field")
+    errorId = serializers.CharField(required=False, help_text="On a 500: look it up in the logs")
+
+
+def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
+    """`@extend_schema(responses=...)` entries for the errors an operation answers, with
+    the 401/403 of the API key check on every operation."""
+    return {
+        status: OpenApiResponse(ErrorSerializer, description=HTTPStatus(status).phrase)
+        for status in sorted({401, 403, *statuses})
+    }

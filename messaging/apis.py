@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ApiError
+from config.errors import ApiError, error_responses
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
-from workflows.apis import paginate
+from workflows.apis import PAGE_PARAMETERS, page_of, paginate
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:
@@ -23,7 +24,21 @@ def _feed(request: Request, subscriber_id: str) -> Any:
     return feed
 
 
+@extend_schema_field(
+    {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "integer"},
+            {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        ]
+    }
+)
+class MessageIdsField(serializers.JSONField):
+    """One message id or a list of them, checked by MarkAsApi."""
+
+
 class FeedApi(APIView):
+    @extend_schema_serializer(component_name="FeedMessage")
     class OutputSerializer(serializers.Serializer):
         _id = serializers.CharField(source="pk")
         transactionId = serializers.CharField(
@@ -37,8 +52,8 @@ class FeedApi(APIView):
         data = serializers.SerializerMethodField()
         seen = serializers.SerializerMethodField()
         read = serializers.SerializerMethodField()
-        lastSeenDate = serializers.DateTimeField(source="seen_at")
-        lastReadDate = serializers.DateTimeField(source="read_at")
+        lastSeenDate = serializers.DateTimeField(source="seen_at", allow_null=True)
+        lastReadDate = serializers.DateTimeField(source="read_at", allow_null=True)
         createdAt = serializers.DateTimeField(source="created_at")
 
         def get_subject(self, message: Message) -> str:
@@ -61,12 +76,23 @@ class FeedApi(APIView):
         def get_read(self, message: Message) -> bool:
             return message.read_at is not None
 
+    @extend_schema(
+        operation_id="v1_subscribers_notifications_feed",
+        tags=["Inbox"],
+        summary="A subscriber's in-app messages, newest first",
+        parameters=PAGE_PARAMETERS,
+        responses={
+            200: page_of("FeedPage", OutputSerializer(many=True)),
+            **error_responses(400, 404),
+        },
+    )
     def get(self, request: Request, subscriber_id: str) -> Response:
         rows, meta = paginate(request, _feed(request, subscriber_id))
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
 
 
 class MarkAsApi(APIView):
+    @extend_schema_serializer(component_name="MarkAsInput")
     class InputSerializer(serializers.Serializer):
         class MarkSerializer(serializers.Serializer):
             seen = serializers.BooleanField(required=False, allow_null=True, default=None)
@@ -77,7 +103,7 @@ class MarkAsApi(APIView):
                     raise serializers.ValidationError("set seen or read")
                 return attrs
 
-        messageId = serializers.JSONField()
+        messageId = MessageIdsField()
         mark = MarkSerializer()
 
         def validate_messageId(self, value: Any) -> list[str]:
@@ -88,6 +114,19 @@ class MarkAsApi(APIView):
                 raise serializers.ValidationError("must be a message id or a list of them")
             return [str(i) for i in ids]
 
+    @extend_schema_serializer(component_name="MarkAsResponse")
+    class ResponseSerializer(serializers.Serializer):
+        data = FeedApi.OutputSerializer(many=True)
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Mark in-app messages seen or read (or not)",
+        request=InputSerializer,
+        responses={
+            201: ResponseSerializer,
+            **error_responses(400, 404),
+        },
+    )
     def post(self, request: Request, subscriber_id: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -51,7 +51,10 @@ def message_send(*, step_id: int) -> None:
                 "subscriber": subscriber,
                 "channel": step.type,
                 "provider": provider.name,
-                "content": step.outputs,
+                # Provider overrides ride along under their own key, as the bridge sent them.
+                "content": {**step.outputs, "providers": step.providers}
+                if step.providers
+                else step.outputs,
             },
         )
     if message.status == Message.Status.SENT:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -91,28 +93,66 @@ class SecretKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {len(keys)} key(s).", messages.SUCCESS)
 
 
+class BridgeWorkflowForm(forms.ModelForm):
+    class Meta:
+        model = BridgeWorkflow
+        fields = ["controls"]
+
+    def clean_controls(self) -> dict[str, Any]:
+        """An object keyed by declared step ids, each value valid for that step's schema."""
+        controls = self.cleaned_data["controls"] or {}
+        if not isinstance(controls, dict):
+            raise forms.ValidationError('Use an object: {"<stepId>": {<control>: <value>}}.')
+        schemas = {s.get("stepId"): s.get("controlSchema") or {} for s in self.instance.steps}
+        for step_id, values in controls.items():
+            if step_id not in schemas:
+                raise forms.ValidationError(f"'{step_id}' is not a step of this workflow.")
+            if not isinstance(values, dict):
+                raise forms.ValidationError(f"The controls of '{step_id}' must be an object.")
+            validator = jsonschema.validators.validator_for(schemas[step_id])(schemas[step_id])
+            problems = [e.message for e in validator.iter_errors(values)]
+            if problems:
+                raise forms.ValidationError(f"'{step_id}': " + "; ".join(problems))
+        return controls
+
+
 @admin.register(BridgeWorkflow)
-class BridgeWorkflowAdmin(ReadOnlyAdmin):
+class BridgeWorkflowAdmin(admin.ModelAdmin):
+    """Written by discover; only the step controls are edited here."""
+
+    form = BridgeWorkflowForm
     list_display = ["workflow_id", "name", "client", "bridge_url", "discovered_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["workflow_id", "name"]
-    exclude = ["payload_schema", "steps"]
-    readonly_fields = ["payload_schema_json", "steps_json"]
+    fields = [
+        "client",
+        "bridge_url",
+        "workflow_id",
+        "name",
+        "discovered_at",
+        "payload_schema_json",
+        "steps_json",
+        "controls",
+    ]
+    readonly_fields = [f for f in fields if f != "controls"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
     @admin.display(description="payload schema")
     def payload_schema_json(self, workflow: BridgeWorkflow) -> SafeString:
         return pretty_json(workflow.payload_schema)
 
-    @admin.display(description="steps")
+    @admin.display(description="steps (with each one's control schema)")
     def steps_json(self, workflow: BridgeWorkflow) -> SafeString:
         return pretty_json(workflow.steps)
 
 
 @admin.register(BridgeSync)
 class BridgeSyncAdmin(ReadOnlyAdmin):
-    list_display = ["client", "bridge_url", "synced_at", "error"]
-    list_filter = ["client"]
+    list_display = ["client", "bridge_url", "flavour", "synced_at", "error"]
+    list_filter = ["flavour", "client"]
     list_select_related = ["client"]
 
 

@@ -4,22 +4,69 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import (
+    OpenApiExample,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ApiError
+from config.errors import ApiError, error_responses, validation_message
 from notify import services
 from notify.models import TriggerEvent
 from notify.throttling import ClientTriggerRate
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True})
 class JSONObjectField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
             raise serializers.ValidationError("must be a JSON object")
         return data
+
+
+_RECIPIENT: list[dict[str, Any]] = [
+    {"type": "string", "description": "a subscriberId"},
+    {
+        "type": "object",
+        "description": "a subscriber, created or updated with these attributes",
+        "properties": {
+            "subscriberId": {"type": "string"},
+            **{
+                k: {"type": "string"}
+                for k in ("email", "phone", "firstName", "lastName", "avatar", "locale", "timezone")
+            },
+            "data": {"type": "object", "additionalProperties": True},
+        },
+        "required": ["subscriberId"],
+    },
+    {
+        "type": "object",
+        "description": "a topic's subscribers, less those excluded",
+        "properties": {
+            "type": {"type": "string", "enum": ["Topic"]},
+            "topicKey": {"type": "string"},
+            "exclude": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["topicKey"],
+    },
+]
+
+
+@extend_schema_field(
+    {
+        "anyOf": [
+            *_RECIPIENT,
+            {"type": "array", "items": {"anyOf": _RECIPIENT}, "minItems": 1, "maxItems": 1000},
+        ]
+    }
+)
+class RecipientsField(serializers.JSONField):
+    """`to`: validated by subscribers.recipients when the trigger is created."""
 
 
 def _check_body_size(request: Request) -> None:
@@ -48,13 +95,49 @@ def _trigger_response(event: TriggerEvent) -> Response:
 
 class TriggerInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    to = serializers.JSONField()
+    to = RecipientsField()
     payload = JSONObjectField(required=False, default=dict)
     transactionId = serializers.CharField(max_length=255, required=False)
     resource = serializers.URLField(max_length=500, required=False)
     bridgeUrl = serializers.URLField(max_length=500, required=False)
     actor = serializers.JSONField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, default=dict)
+
+
+class TriggerResponse(serializers.Serializer):
+    class TriggerAck(serializers.Serializer):
+        acknowledged = serializers.BooleanField()
+        status = serializers.CharField()
+        transactionId = serializers.CharField()
+
+    data = TriggerAck()
+
+
+class BulkTriggerRequest(serializers.Serializer):
+    events = serializers.ListField(child=TriggerInput(), min_length=1, max_length=100)
+
+
+class BulkTriggerResponse(serializers.Serializer):
+    class BulkTriggerResult(serializers.Serializer):
+        acknowledged = serializers.BooleanField()
+        status = serializers.ChoiceField(choices=["processed", "error"])
+        error = serializers.ListField(child=serializers.CharField(), required=False)
+        transactionId = serializers.CharField(allow_blank=True)
+
+    data = BulkTriggerResult(many=True)
+
+
+class CancelResponse(serializers.Serializer):
+    data = serializers.BooleanField(help_text="True if anything was canceled")
+
+
+_TRIGGER_EXAMPLE = OpenApiExample(
+    "welcome",
+    value={"name": "welcome", "to": "subscriber-1", "payload": {"delaySeconds": 60}},
+    request_only=True,
+)
+# 502: the bridge could not be asked which workflows it defines.
+_TRIGGER_ERRORS = error_responses(400, 404, 413, 429, 502)
 
 
 def _trigger(client: Any, body: Any) -> TriggerEvent:
@@ -79,6 +162,14 @@ def _trigger(client: Any, body: Any) -> TriggerEvent:
 class TriggerApi(APIView):
     throttle_classes = [ClientTriggerRate]
 
+    @extend_schema(
+        operation_id="v1_events_trigger",
+        tags=["Events"],
+        summary="Trigger a workflow for subscribers and topics",
+        request=TriggerInput,
+        responses={201: TriggerResponse, **_TRIGGER_ERRORS},
+        examples=[_TRIGGER_EXAMPLE],
+    )
     def post(self, request: Request) -> Response:
         _check_body_size(request)
         return _trigger_response(_trigger(request.user, request.data))
@@ -88,6 +179,13 @@ class BulkTriggerApi(APIView):
     throttle_classes = [ClientTriggerRate]
     MAX_EVENTS = 100
 
+    @extend_schema(
+        operation_id="v1_events_trigger_bulk",
+        tags=["Events"],
+        summary="Trigger up to 100 events; each succeeds or fails on its own",
+        request=BulkTriggerRequest,
+        responses={201: BulkTriggerResponse, **error_responses(400, 413, 429)},
+    )
     def post(self, request: Request) -> Response:
         """Each event succeeds or fails on its own; one bad event sinks no other."""
         _check_body_size(request)
@@ -101,11 +199,12 @@ class BulkTriggerApi(APIView):
             )
         results = []
         for body in events:
-            transaction_id = body.get("transactionId") if isinstance(body, dict) else None
+            given = body.get("transactionId") if isinstance(body, dict) else None
+            transaction_id = given if isinstance(given, str) else None
             try:
                 event = _trigger(request.user, body)
             except (ApiError, serializers.ValidationError) as exc:
-                message = exc.message if isinstance(exc, ApiError) else str(exc.detail)
+                message = exc.message if isinstance(exc, ApiError) else validation_message(exc)
                 results.append(
                     {
                         "acknowledged": True,
@@ -122,6 +221,12 @@ class BulkTriggerApi(APIView):
 
 
 class CancelApi(APIView):
+    @extend_schema(
+        operation_id="v1_events_trigger_cancel",
+        tags=["Events"],
+        summary="Cancel the unfinished notifications of a trigger",
+        responses={200: CancelResponse, **error_responses()},
+    )
     def delete(self, request: Request, transaction_id: str) -> Response:
         canceled = services.trigger_event_cancel(client=request.user, transaction_id=transaction_id)
         return Response({"data": canceled})
@@ -130,6 +235,7 @@ class CancelApi(APIView):
 class BroadcastApi(APIView):
     throttle_classes = [ClientTriggerRate]
 
+    @extend_schema_serializer(component_name="BroadcastInput")
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         payload = JSONObjectField(required=False, default=dict)
@@ -137,6 +243,13 @@ class BroadcastApi(APIView):
         actor = serializers.JSONField(required=False, allow_null=True)
         overrides = JSONObjectField(required=False, default=dict)
 
+    @extend_schema(
+        operation_id="v1_events_trigger_broadcast",
+        tags=["Events"],
+        summary="Trigger a workflow for every subscriber of the client",
+        request=InputSerializer,
+        responses={201: TriggerResponse, **_TRIGGER_ERRORS},
+    )
     def post(self, request: Request) -> Response:
         _check_body_size(request)
         if not isinstance(request.data, dict):

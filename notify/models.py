@@ -56,7 +56,14 @@ class BridgeWorkflow(models.Model):
     workflow_id = models.CharField(max_length=200)
     name = models.CharField(max_length=200, blank=True)
     payload_schema = models.JSONField(default=dict, blank=True)
-    steps = models.JSONField(default=list, blank=True)
+    steps = models.JSONField(
+        default=list, blank=True, help_text="[{stepId, type, controlSchema}] in code order."
+    )
+    controls = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Control values per step id, sent to the bridge when it runs that step.",
+    )
     discovered_at = models.DateTimeField()
 
     class Meta:
@@ -71,12 +78,19 @@ class BridgeWorkflow(models.Model):
 
 
 class BridgeSync(models.Model):
-    """When a bridge was last discovered, to rate-limit refreshes on unknown names."""
+    """When a bridge was last discovered (to rate-limit refreshes on unknown names), and
+    which protocol flavour it speaks."""
+
+    class Flavour(models.TextChoices):
+        NORM = "norm", "norm (next step chosen by the code)"
+        NOVU = "novu", "Novu @novu/framework (step by step id)"
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_syncs")
     bridge_url = models.URLField(max_length=500)
     synced_at = models.DateTimeField()
     error = models.TextField(blank=True)
+    # Blank until a health-check has told: norm then drives the bridge as a norm one.
+    flavour = models.CharField(max_length=8, choices=Flavour.choices, blank=True)
 
     class Meta:
         constraints = [

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ApiError
+from config.errors import ApiError, error_responses
 from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS
@@ -23,6 +31,9 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+MAX_QUERY_INT = 10**9
+
+
 def query_int(request: Request, name: str, default: int, *, maximum: int | None = None) -> int:
     """novu-py sends numbers as `10.0`; anything unparsable is a 400."""
     raw = request.query_params.get(name)
@@ -30,8 +41,11 @@ def query_int(request: Request, name: str, default: int, *, maximum: int | None 
         return default
     try:
         value = int(float(raw))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ApiError(400, "invalid_query", f"'{name}' must be a number") from exc
+    # Beyond this, page * limit overflows PostgreSQL's OFFSET.
+    if value > MAX_QUERY_INT:
+        raise ApiError(400, "invalid_query", f"'{name}' must be at most {MAX_QUERY_INT}")
     value = max(value, 0)
     return min(value, maximum) if maximum is not None else value
 
@@ -99,6 +113,212 @@ class SubscriberCreateInput(SubscriberFields):
     subscriberId = serializers.CharField(max_length=255)
 
 
+# Response shapes and parameters, for the OpenAPI schema only: the views answer with dicts.
+
+
+class SubscriberOutput(serializers.Serializer):
+    _id = serializers.CharField()
+    subscriberId = serializers.CharField()
+    firstName = serializers.CharField(allow_null=True)
+    lastName = serializers.CharField(allow_null=True)
+    email = serializers.CharField(allow_null=True)
+    phone = serializers.CharField(allow_null=True)
+    avatar = serializers.CharField(allow_null=True)
+    locale = serializers.CharField(allow_null=True)
+    timezone = serializers.CharField(allow_null=True)
+    data = serializers.DictField(allow_null=True)
+    channels = serializers.ListField(child=serializers.DictField())
+    _organizationId = serializers.CharField()
+    _environmentId = serializers.CharField()
+    deleted = serializers.BooleanField()
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+
+
+class TopicOutput(serializers.Serializer):
+    _id = serializers.CharField()
+    key = serializers.CharField()
+    name = serializers.CharField(allow_null=True)
+    _organizationId = serializers.CharField()
+    _environmentId = serializers.CharField()
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+
+
+class TopicDetailOutput(TopicOutput):
+    subscribers = serializers.ListField(
+        child=serializers.CharField(), help_text="subscriberIds of the first 1000 members"
+    )
+
+
+class SubscriptionOutput(serializers.Serializer):
+    class TopicRef(serializers.Serializer):
+        _id = serializers.CharField()
+        key = serializers.CharField()
+        name = serializers.CharField(allow_null=True)
+
+    class SubscriberRef(serializers.Serializer):
+        _id = serializers.CharField()
+        subscriberId = serializers.CharField()
+        firstName = serializers.CharField(allow_null=True)
+        lastName = serializers.CharField(allow_null=True)
+        email = serializers.CharField(allow_null=True)
+        avatar = serializers.CharField(allow_null=True)
+
+    _id = serializers.CharField()
+    topic = TopicRef()
+    subscriber = SubscriberRef()
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+
+
+def _wrapped(name: str, output: serializers.BaseSerializer) -> type[serializers.Serializer]:
+    return type(name, (serializers.Serializer,), {"data": output})
+
+
+def _cursor_page(name: str, item: type[serializers.Serializer]) -> type[serializers.Serializer]:
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "data": item(many=True),
+            "next": serializers.CharField(allow_null=True),
+            "previous": serializers.CharField(allow_null=True),
+            "totalCount": serializers.IntegerField(),
+            "totalCountCapped": serializers.BooleanField(),
+        },
+    )
+
+
+class SubscriberPageV1(serializers.Serializer):
+    page = serializers.IntegerField()
+    totalCount = serializers.IntegerField()
+    pageSize = serializers.IntegerField()
+    hasMore = serializers.BooleanField()
+    data = SubscriberOutput(many=True)
+
+
+class TopicPageV1(serializers.Serializer):
+    page = serializers.IntegerField()
+    totalCount = serializers.IntegerField()
+    pageSize = serializers.IntegerField()
+    data = TopicOutput(many=True)
+
+
+class SubscriberBulkRequest(serializers.Serializer):
+    subscribers = serializers.ListField(child=SubscriberCreateInput(), max_length=500)
+
+
+class SubscriberBulkResult(serializers.Serializer):
+    class BulkSubscriberRef(serializers.Serializer):
+        subscriberId = serializers.CharField()
+
+    class BulkSubscriberFailure(serializers.Serializer):
+        subscriberId = serializers.CharField(allow_null=True)
+        message = serializers.CharField()
+
+    created = BulkSubscriberRef(many=True)
+    updated = BulkSubscriberRef(many=True)
+    failed = BulkSubscriberFailure(many=True)
+
+
+class DeletedResult(serializers.Serializer):
+    acknowledged = serializers.BooleanField()
+    status = serializers.CharField()
+
+
+class AckResult(serializers.Serializer):
+    acknowledged = serializers.BooleanField()
+
+
+# Inline: as a serializer, drf-spectacular would make `name` optional on PATCH.
+_TOPIC_RENAME = {
+    "application/json": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+    }
+}
+
+
+class DeleteWithBodySchema(AutoSchema):
+    """Documents the JSON body of a DELETE (novu-py sends one to unsubscribe), which
+    drf-spectacular only does for POST, PUT and PATCH."""
+
+    def _get_request_body(self, direction: str = "request") -> dict[str, Any] | None:
+        if self.method != "DELETE":
+            return super()._get_request_body(direction)
+        self.method = "POST"
+        try:
+            return super()._get_request_body(direction)
+        finally:
+            self.method = "DELETE"
+
+
+class SubscriberIdsRequest(serializers.Serializer):
+    subscriberIds = serializers.ListField(child=serializers.CharField(), max_length=1000)
+
+
+class SubscribersV1Request(serializers.Serializer):
+    subscribers = serializers.ListField(child=serializers.CharField(), max_length=1000)
+
+
+class SubscriptionsMeta(serializers.Serializer):
+    totalCount = serializers.IntegerField()
+    successful = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class SubscriptionsCreated(serializers.Serializer):
+    class SubscriptionFailure(serializers.Serializer):
+        subscriberId = serializers.CharField()
+        code = serializers.CharField()
+        message = serializers.CharField()
+
+    data = SubscriptionOutput(many=True)
+    meta = SubscriptionsMeta()
+    errors = SubscriptionFailure(many=True)
+
+
+class SubscriptionsRemoved(serializers.Serializer):
+    data = SubscriptionOutput(many=True, help_text="always empty")
+    meta = SubscriptionsMeta()
+
+
+class TopicSubscribersV1Result(serializers.Serializer):
+    class TopicSubscribersV1Failed(serializers.Serializer):
+        notFound = serializers.ListField(child=serializers.CharField(), required=False)
+
+    succeeded = serializers.ListField(child=serializers.CharField())
+    failed = TopicSubscribersV1Failed()
+
+
+SubscriberResponse = _wrapped("SubscriberResponse", SubscriberOutput())
+TopicResponse = _wrapped("TopicResponse", TopicOutput())
+SubscriptionResponse = _wrapped("SubscriptionResponse", SubscriptionOutput())
+
+_NUMBER = {"type": OpenApiTypes.INT, "location": OpenApiParameter.QUERY}
+_FAIL_IF_EXISTS = OpenApiParameter(
+    "failIfExists", OpenApiTypes.BOOL, description="409 instead of updating an existing one"
+)
+_CURSOR = [
+    OpenApiParameter("limit", **_NUMBER, description="1 to 100 (default 10)"),
+    OpenApiParameter("after", description="the `next` cursor of the previous page"),
+    OpenApiParameter("before", description="the `previous` cursor of the next page"),
+    OpenApiParameter("orderDirection", enum=["ASC", "DESC"]),
+]
+_PAGE = [
+    OpenApiParameter("page", **_NUMBER, description="0-based"),
+    OpenApiParameter("limit", **_NUMBER, description="1 to 100 (default 10)"),
+]
+_SUBSCRIBER_FILTERS = [
+    OpenApiParameter("subscriberId", description="exact match"),
+    OpenApiParameter("email", description="exact match, case-insensitive"),
+    OpenApiParameter("phone", description="exact match"),
+    OpenApiParameter("name", description="part of the first or last name"),
+]
+
+
 def _valid(serializer_cls: type[serializers.Serializer], data: Any) -> serializers.Serializer:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object")
@@ -107,11 +327,19 @@ def _valid(serializer_cls: type[serializers.Serializer], data: Any) -> serialize
     return serializer
 
 
+@extend_schema(tags=["Subscribers"])
 class SubscriberListApi(APIView):
     """POST creates (or updates); GET lists: v2 by cursor, v1 by page."""
 
     version = 2
 
+    @extend_schema(
+        operation_id="v2_subscribers_create",
+        summary="Create a subscriber (or update the existing one)",
+        parameters=[_FAIL_IF_EXISTS],
+        request=SubscriberCreateInput,
+        responses={201: SubscriberResponse, **error_responses(400, 409)},
+    )
     def post(self, request: Request) -> Response:
         body = _valid(SubscriberCreateInput, request.data)
         fail = request.query_params.get("failIfExists", "").lower() == "true"
@@ -123,6 +351,15 @@ class SubscriberListApi(APIView):
         )
         return Response({"data": subscriber_dto(subscriber)}, status=201)
 
+    @extend_schema(
+        operation_id="v2_subscribers_list",
+        summary="List subscribers by cursor",
+        parameters=[*_CURSOR, *_SUBSCRIBER_FILTERS],
+        responses={
+            200: _cursor_page("SubscriberCursorPage", SubscriberOutput),
+            **error_responses(400),
+        },
+    )
     def get(self, request: Request) -> Response:
         qs = selectors.subscriber_search(client_id=request.user.pk, filters=request.query_params)
         if self.version == 1:
@@ -171,17 +408,35 @@ def cursor_page(request: Request, qs: Any, dto: Any) -> dict[str, Any]:
     }
 
 
+@extend_schema_view(
+    post=extend_schema(operation_id="v1_subscribers_create"),
+    get=extend_schema(
+        operation_id="v1_subscribers_list",
+        summary="List subscribers by page",
+        parameters=[*_PAGE, *_SUBSCRIBER_FILTERS],
+        responses={200: SubscriberPageV1, **error_responses(400)},
+    ),
+)
 class SubscriberListV1Api(SubscriberListApi):
     version = 1
 
 
+@extend_schema(tags=["Subscribers"])
 class SubscriberDetailApi(APIView):
+    @extend_schema(
+        summary="Get a subscriber", responses={200: SubscriberResponse, **error_responses(404)}
+    )
     def get(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
         )
         return Response({"data": subscriber_dto(subscriber)})
 
+    @extend_schema(
+        summary="Update a subscriber; null clears a field",
+        request=SubscriberFields,
+        responses={200: SubscriberResponse, **error_responses(400, 404)},
+    )
     def patch(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
@@ -192,6 +447,11 @@ class SubscriberDetailApi(APIView):
         )
         return Response({"data": subscriber_dto(subscriber)})
 
+    @extend_schema(
+        summary="Update a subscriber; null leaves a field as it is",
+        request=SubscriberFields,
+        responses={200: SubscriberResponse, **error_responses(400, 404)},
+    )
     def put(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
@@ -202,6 +462,10 @@ class SubscriberDetailApi(APIView):
         )
         return Response({"data": subscriber_dto(subscriber)})
 
+    @extend_schema(
+        summary="Delete a subscriber",
+        responses={200: _wrapped("SubscriberDeleted", DeletedResult()), **error_responses(404)},
+    )
     def delete(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
@@ -211,6 +475,16 @@ class SubscriberDetailApi(APIView):
 
 
 class SubscriberBulkApi(APIView):
+    @extend_schema(
+        operation_id="v1_subscribers_bulk",
+        tags=["Subscribers"],
+        summary="Create or update up to 500 subscribers; each succeeds or fails on its own",
+        request=SubscriberBulkRequest,
+        responses={
+            201: _wrapped("SubscriberBulkResponse", SubscriberBulkResult()),
+            **error_responses(400),
+        },
+    )
     def post(self, request: Request) -> Response:
         items = request.data.get("subscribers") if isinstance(request.data, dict) else None
         if not isinstance(items, list) or len(items) > 500:
@@ -219,11 +493,10 @@ class SubscriberBulkApi(APIView):
         for item in items:
             serializer = SubscriberCreateInput(data=item if isinstance(item, dict) else {})
             if not serializer.is_valid():
+                given = item.get("subscriberId") if isinstance(item, dict) else None
                 failed.append(
                     {
-                        "subscriberId": (item or {}).get("subscriberId")
-                        if isinstance(item, dict)
-                        else None,
+                        "subscriberId": given if isinstance(given, str) else None,
                         "message": str(serializer.errors),
                     }
                 )
@@ -244,9 +517,21 @@ class TopicInput(serializers.Serializer):
     name = serializers.CharField(max_length=255, required=False, allow_blank=True, allow_null=True)
 
 
+@extend_schema(tags=["Topics"])
 class TopicListApi(APIView):
     version = 2
 
+    @extend_schema(
+        operation_id="v2_topics_create",
+        summary="Create a topic (or rename the existing one)",
+        parameters=[_FAIL_IF_EXISTS],
+        request=TopicInput,
+        responses={
+            201: OpenApiResponse(TopicResponse, description="created"),
+            200: OpenApiResponse(TopicResponse, description="it existed; updated"),
+            **error_responses(400, 409),
+        },
+    )
     def post(self, request: Request) -> Response:
         body = _valid(TopicInput, request.data).validated_data
         fail = request.query_params.get("failIfExists", "").lower() == "true"
@@ -259,6 +544,12 @@ class TopicListApi(APIView):
             {"data": topic_dto(topic)}, status=201 if created or self.version == 1 else 200
         )
 
+    @extend_schema(
+        operation_id="v2_topics_list",
+        summary="List topics by cursor",
+        parameters=[*_CURSOR, OpenApiParameter("key", description="exact match")],
+        responses={200: _cursor_page("TopicCursorPage", TopicOutput), **error_responses(400)},
+    )
     def get(self, request: Request) -> Response:
         qs = Topic.objects.filter(client=request.user)
         if request.query_params.get("key"):
@@ -284,17 +575,46 @@ class TopicListApi(APIView):
         return Response(cursor_page(request, qs, topic_dto))
 
 
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="v1_topics_create",
+        responses={201: TopicResponse, **error_responses(400, 409)},
+    ),
+    get=extend_schema(
+        operation_id="v1_topics_list",
+        summary="List topics by page",
+        parameters=[
+            *_PAGE,
+            OpenApiParameter("pageSize", **_NUMBER, description="overrides limit"),
+            OpenApiParameter("key", description="exact match"),
+        ],
+        responses={200: TopicPageV1, **error_responses(400)},
+    ),
+)
 class TopicListV1Api(TopicListApi):
     version = 1
 
 
+@extend_schema(tags=["Topics"])
 class TopicDetailApi(APIView):
+    @extend_schema(
+        summary="Get a topic and its first 1000 members",
+        responses={
+            200: _wrapped("TopicDetailResponse", TopicDetailOutput()),
+            **error_responses(404),
+        },
+    )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         dto = topic_dto(topic)
         dto["subscribers"] = list(topic.subscribers.values_list("subscriber_id", flat=True)[:1000])
         return Response({"data": dto})
 
+    @extend_schema(
+        summary="Rename a topic",
+        request=_TOPIC_RENAME,
+        responses={200: TopicResponse, **error_responses(400, 404)},
+    )
     def patch(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         name = request.data.get("name") if isinstance(request.data, dict) else None
@@ -303,6 +623,10 @@ class TopicDetailApi(APIView):
         topic, _ = services.topic_upsert(client=request.user, key=topic.key, name=name)
         return Response({"data": topic_dto(topic)})
 
+    @extend_schema(
+        summary="Delete a topic",
+        responses={200: _wrapped("TopicDeleted", AckResult()), **error_responses(404)},
+    )
     def delete(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         topic.delete()
@@ -325,6 +649,7 @@ def _ids(request: Request, field: str) -> list[str]:
 def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
+        "identifier": f"{topic.key}:{subscriber.subscriber_id}",
         "topic": {"_id": str(topic.pk), "key": topic.key, "name": topic.name or None},
         "subscriber": {
             "_id": str(subscriber.pk),
@@ -339,9 +664,17 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
     }
 
 
+@extend_schema(tags=["Topics"])
 class TopicSubscriptionsApi(APIView):
     """v2: `{subscriberIds}`; the topic is created when it does not exist yet."""
 
+    schema = DeleteWithBodySchema()
+
+    @extend_schema(
+        summary="Subscribe subscribers to a topic, creating the topic if needed",
+        request=SubscriberIdsRequest,
+        responses={201: SubscriptionsCreated, **error_responses(400)},
+    )
     def post(self, request: Request, key: str) -> Response:
         ids = _ids(request, "subscriberIds")
         topic, _ = services.topic_upsert(client=request.user, key=key)
@@ -366,6 +699,11 @@ class TopicSubscriptionsApi(APIView):
             status=201,
         )
 
+    @extend_schema(
+        summary="Unsubscribe subscribers from a topic",
+        request=SubscriberIdsRequest,
+        responses={200: SubscriptionsRemoved, **error_responses(400, 404)},
+    )
     def delete(self, request: Request, key: str) -> Response:
         ids = _ids(request, "subscriberIds")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
@@ -381,6 +719,15 @@ class TopicSubscriptionsApi(APIView):
             }
         )
 
+    @extend_schema(
+        operation_id="v2_topics_subscriptions_list",
+        summary="List a topic's subscriptions by cursor",
+        parameters=_CURSOR,
+        responses={
+            200: _cursor_page("SubscriptionCursorPage", SubscriptionOutput),
+            **error_responses(400, 404),
+        },
+    )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         page = cursor_page(request, topic.subscribers.all(), lambda s: _subscription_dto(topic, s))
@@ -390,6 +737,15 @@ class TopicSubscriptionsApi(APIView):
 class TopicSubscribersV1Api(APIView):
     """v1: `{subscribers}` answered with `{succeeded, failed: {notFound}}`."""
 
+    @extend_schema(
+        tags=["Topics"],
+        summary="Subscribe subscribers to an existing topic",
+        request=SubscribersV1Request,
+        responses={
+            200: _wrapped("TopicSubscribersV1Response", TopicSubscribersV1Result()),
+            **error_responses(400, 404),
+        },
+    )
     def post(self, request: Request, key: str) -> Response:
         ids = _ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
@@ -401,6 +757,15 @@ class TopicSubscribersV1Api(APIView):
 
 
 class TopicSubscribersRemovalV1Api(APIView):
+    @extend_schema(
+        tags=["Topics"],
+        summary="Unsubscribe subscribers from a topic",
+        request=SubscribersV1Request,
+        responses={
+            200: _wrapped("TopicSubscribersRemoved", AckResult()),
+            **error_responses(400, 404),
+        },
+    )
     def post(self, request: Request, key: str) -> Response:
         ids = _ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
@@ -409,9 +774,23 @@ class TopicSubscribersRemovalV1Api(APIView):
 
 
 class TopicSubscriberCheckApi(APIView):
+    @extend_schema(
+        tags=["Topics"],
+        summary="Check that a subscriber is a member of a topic",
+        responses={200: SubscriptionResponse, **error_responses(404)},
+    )
     def get(self, request: Request, key: str, subscriber_id: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         subscriber = topic.subscribers.filter(subscriber_id=subscriber_id).first()
         if subscriber is None:
             raise ApiError(404, "not_subscribed", f"'{subscriber_id}' is not a member of '{key}'")
-        return Response({"data": _subscription_dto(topic, subscriber)})
+        # novu-py reads Novu's TopicSubscriberDto here; novu 1.14 only checks the status.
+        check = {
+            "_organizationId": str(topic.client_id),
+            "_environmentId": str(topic.client_id),
+            "_subscriberId": str(subscriber.pk),
+            "_topicId": str(topic.pk),
+            "topicKey": topic.key,
+            "externalSubscriberId": subscriber.subscriber_id,
+        }
+        return Response({"data": {**_subscription_dto(topic, subscriber), **check}})

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from config import pipeline
 
@@ -38,3 +40,20 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
 
     monkeypatch.setattr(pipeline, "send_now", fake_send_now)
     return captured
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(autouse=True)
+def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to servers they start on loopback, never to anything else: a call to
+    another host (a factory's made-up bridge URL, say) fails at once like a dead host."""
+    real_request = requests.Session.request
+
+    def guarded(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if urlsplit(url).hostname not in LOOPBACK:
+            raise requests.ConnectionError(f"tests reach no host but loopback: {url}")
+        return real_request(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", guarded)

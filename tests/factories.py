@@ -93,3 +93,13 @@ class MessageFactory(factory.django.DjangoModelFactory):
     channel = factory.LazyAttribute(lambda o: o.step.type)
     provider = "inbox"
     status = Message.Status.SENT
+
+
+class BridgeSyncFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "notify.BridgeSync"
+
+    client = factory.SubFactory(ClientFactory)
+    bridge_url = factory.LazyAttribute(lambda o: o.client.bridge_url)
+    synced_at = factory.LazyFunction(timezone.now)
+    flavour = "novu"

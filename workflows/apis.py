@@ -6,12 +6,18 @@ import math
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ApiError
+from config.errors import ApiError, error_responses
 from workflows import selectors
 from workflows.models import Notification, Step
 
@@ -56,8 +62,28 @@ def paginate(
     return rows, meta
 
 
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="0-based"),
+    OpenApiParameter("limit", int, description=f"1 to {MAX_LIMIT} (default 10)"),
+]
+
+
+def page_of(name: str, item: serializers.BaseSerializer) -> type[serializers.Serializer]:
+    """The OpenAPI shape of a `paginate` answer: `{data: [item], page, pageSize, ...}`."""
+    fields = {
+        "data": item,
+        "page": serializers.IntegerField(),
+        "pageSize": serializers.IntegerField(),
+        "totalCount": serializers.IntegerField(),
+        "hasMore": serializers.BooleanField(),
+    }
+    return type(name, (serializers.Serializer,), fields)
+
+
 class NotificationListApi(APIView):
+    @extend_schema_serializer(component_name="Notification")
     class OutputSerializer(serializers.Serializer):
+        @extend_schema_serializer(component_name="NotificationStep")
         class StepSerializer(serializers.Serializer):
             stepId = serializers.CharField(source="step_id")
             type = serializers.CharField()
@@ -68,11 +94,12 @@ class NotificationListApi(APIView):
             dueAt = serializers.DateTimeField(source="due_at")
             attempts = serializers.IntegerField()
             error = serializers.CharField()
-            completedAt = serializers.DateTimeField(source="completed_at")
+            completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
 
             def get_result(self, step: Step) -> dict[str, Any]:
                 return selectors.step_result(step)
 
+        @extend_schema_serializer(component_name="NotificationMessage")
         class MessageSerializer(serializers.Serializer):
             id = serializers.IntegerField()
             stepId = serializers.CharField(source="step.step_id")
@@ -82,9 +109,9 @@ class NotificationListApi(APIView):
             recipient = serializers.CharField()
             content = serializers.JSONField()
             error = serializers.CharField()
-            sentAt = serializers.DateTimeField(source="sent_at")
-            seenAt = serializers.DateTimeField(source="seen_at")
-            readAt = serializers.DateTimeField(source="read_at")
+            sentAt = serializers.DateTimeField(source="sent_at", allow_null=True)
+            seenAt = serializers.DateTimeField(source="seen_at", allow_null=True)
+            readAt = serializers.DateTimeField(source="read_at", allow_null=True)
 
         id = serializers.UUIDField()
         transactionId = serializers.CharField(source="trigger_event.transaction_id")
@@ -95,14 +122,16 @@ class NotificationListApi(APIView):
         errorCode = serializers.CharField(source="error_code")
         payload = serializers.JSONField()
         createdAt = serializers.DateTimeField(source="created_at")
-        completedAt = serializers.DateTimeField(source="completed_at")
+        completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
         steps = serializers.SerializerMethodField()
         messages = serializers.SerializerMethodField()
 
         # Both read the prefetched steps and their messages: no query per notification.
+        @extend_schema_field(StepSerializer(many=True))
         def get_steps(self, notification: Notification) -> list[dict[str, Any]]:
             return self.StepSerializer(notification.steps.all(), many=True).data
 
+        @extend_schema_field(MessageSerializer(many=True))
         def get_messages(self, notification: Notification) -> list[dict[str, Any]]:
             steps = notification.steps.all()
             messages = [m for s in steps if (m := getattr(s, "message", None))]
@@ -114,6 +143,16 @@ class NotificationListApi(APIView):
         workflow = serializers.CharField(required=False)
         status = serializers.ChoiceField(choices=Notification.Status.choices, required=False)
 
+    @extend_schema(
+        operation_id="v1_notifications_list",
+        tags=["Notifications"],
+        summary="List notifications, newest first, with their steps and messages",
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={
+            200: page_of("NotificationPage", OutputSerializer(many=True)),
+            **error_responses(400),
+        },
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -125,6 +164,16 @@ class NotificationListApi(APIView):
 
 
 class NotificationDetailApi(APIView):
+    @extend_schema_serializer(component_name="NotificationResponse")
+    class ResponseSerializer(serializers.Serializer):
+        data = NotificationListApi.OutputSerializer()
+
+    @extend_schema(
+        operation_id="v1_notifications_retrieve",
+        tags=["Notifications"],
+        summary="Get a notification with its steps and messages",
+        responses={200: ResponseSerializer, **error_responses(404)},
+    )
     def get(self, request: Request, notification_id: str) -> Response:
         notification = selectors.notification_get(
             client_id=request.user.pk, notification_id=notification_id

@@ -109,7 +109,19 @@ def health_check(url: str) -> dict[str, Any]:
     return call(url, secret=None, action="health-check")
 
 
+def flavour_of(health: dict[str, Any]) -> str:
+    """`norm` for a bridge served by one of norm's SDKs, `novu` for any other that answers
+    a health-check (Novu's `@novu/framework`)."""
+    return "norm" if str(health.get("sdk") or "").startswith("norm") else "novu"
+
+
 def execute(
-    url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+    url: str,
+    *,
+    secret: str | None,
+    workflow_id: str,
+    body: dict[str, Any],
+    step_id: str | None = None,
 ) -> dict[str, Any]:
-    return call(url, secret=secret, action="execute", params={"workflowId": workflow_id}, body=body)
+    params = {"workflowId": workflow_id} | ({"stepId": step_id} if step_id else {})
+    return call(url, secret=secret, action="execute", params=params, body=body)

@@ -17,7 +17,7 @@ from notify.models import TriggerEvent
 from notify.selectors import signing_secret
 from subscribers.models import Subscriber
 from subscribers.recipients import parse_recipients
-from workflows import bridge, selectors
+from workflows import bridge, flavours, selectors
 from workflows.delays import UnsupportedDelay, delay_of
 from workflows.models import Notification, Step
 
@@ -186,11 +186,10 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         "context": {},
     }
     try:
-        answer = bridge.execute(
-            notification.resource,
-            secret=signing_secret(client_id=notification.client_id),
-            workflow_id=notification.workflow_id,
+        answer = flavours.next_step(
+            notification=notification,
             body=body,
+            secret=signing_secret(client_id=notification.client_id),
         )
     except bridge.BridgeUnavailable as exc:
         Notification.objects.filter(pk=notification.pk).update(

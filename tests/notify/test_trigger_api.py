@@ -406,6 +406,9 @@ def test_trigger_discovers_a_real_bridge_with_a_signed_request(
         )
     assert ok.status_code == 201, ok.content
     assert_error(bad, 400, "invalid_payload")
-    assert seen == [{"method": "GET", "query": {"action": "discover"}}]
+    assert seen == [
+        {"method": "GET", "query": {"action": "health-check"}},  # the flavour (norm's SDK)
+        {"method": "GET", "query": {"action": "discover"}},
+    ]
     assert TriggerEvent.objects.get().client == client
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1

@@ -68,6 +68,7 @@ def test_health_check(bridge: Bridge) -> None:
         "status": "ok",
         "sdkVersion": "0.1.0",
         "frameworkVersion": "2024-06-26",
+        "sdk": "norm-python",
         "discovered": {"workflows": 3, "steps": 6},
     }
     assert headers["novu-framework-version"] == "2024-06-26"

@@ -20,6 +20,7 @@ from .workflow import Workflow
 
 logger = logging.getLogger(__name__)
 
+SDK_NAME = "norm-python"
 SDK_VERSION = "0.1.0"
 FRAMEWORK_VERSION = "2024-06-26"
 HEALTH_CHECK = "health-check"
@@ -90,7 +91,9 @@ class Bridge:
     ) -> tuple[int, dict[str, Any]]:
         action = query.get("action") or HEALTH_CHECK
         if method not in ("GET", "POST", "OPTIONS"):
-            raise MethodNotAllowedError(f"Method `{method}` is not allowed. Use GET or POST.")
+            raise MethodNotAllowedError(
+                "Method not allowed. Please use one of `POST`, `GET`, `OPTIONS`"
+            )
         # As in Novu's SDK, the signature is checked before the method is dispatched.
         if action != HEALTH_CHECK:
             self._authenticate(body if method == "POST" else None, headers)
@@ -99,7 +102,7 @@ class Bridge:
         if action not in ACTIONS[method]:
             allowed = ", ".join(f"`{a}`" for a in ACTIONS[method])
             raise InvalidActionError(
-                f"Invalid query string parameter: `action`=`{action}`. Please use one of {allowed}"
+                f"Invalid query string: `action`=`{action}`. Please use one of {allowed}"
             )
         if action == HEALTH_CHECK:
             return 200, self.health_check()
@@ -120,8 +123,7 @@ class Bridge:
             return self.workflows[workflow_id]
         except KeyError:
             raise WorkflowNotFoundError(
-                f"Workflow with id: `{workflow_id}` does not exist",
-                data={"workflowId": workflow_id},
+                f"Workflow with id: `{workflow_id}` does not exist. Please provide a valid id."
             ) from None
 
     def health_check(self) -> dict[str, Any]:
@@ -130,6 +132,8 @@ class Bridge:
             "status": "ok",
             "sdkVersion": SDK_VERSION,
             "frameworkVersion": FRAMEWORK_VERSION,
+            # How norm tells its own SDKs (which choose the next step) from Novu's.
+            "sdk": SDK_NAME,
             "discovered": {"workflows": len(self.workflows), "steps": steps},
         }
 

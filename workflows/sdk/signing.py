@@ -48,7 +48,9 @@ def _parse_header(header: str) -> tuple[int, str]:
     parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
     t, v1 = parts.get("t", ""), parts.get("v1", "")
     if not t.isdigit() or not v1:
-        raise SignatureInvalidError("Signature is invalid")
+        raise SignatureInvalidError(
+            "Signature is invalid. Please provide a valid signature in the `novu-signature` header"
+        )
     return int(t), v1
 
 
@@ -72,15 +74,26 @@ def verify_signature(
 ) -> None:
     """Raise a 401 framework error unless `header` signs `body` (raw request body; empty = `{}`)."""
     if not header:
-        raise SignatureNotFoundError("Signature not found")
+        raise SignatureNotFoundError(
+            "Signature not found. Please provide a signature in the `novu-signature` header"
+        )
     if not secret:
-        raise SigningKeyNotFoundError("Signature key not found")
+        raise SigningKeyNotFoundError(
+            "Signature key not found. Please provide a valid key in the Client constructor "
+            "`config.secretKey`"
+        )
     timestamp, v1 = _parse_header(header)
     current = _now_ms() if now_ms is None else now_ms
     if abs(current - timestamp) > tolerance_ms:
-        raise SignatureExpiredError("Signature expired")
+        raise SignatureExpiredError(
+            "Signature expired. Please provide a signature with a timestamp no older than "
+            f"{tolerance_ms // 60_000} minutes in the `novu-signature` header"
+        )
     matches = [
         hmac.compare_digest(_digest(secret, timestamp, c), v1) for c in _signed_candidates(body)
     ]
     if not any(matches):
-        raise SignatureMismatchError("Signature does not match the expected signature")
+        raise SignatureMismatchError(
+            "Signature does not match the expected signature. Please ensure the signature "
+            "provided in the `novu-signature` header is correct and try again."
+        )

@@ -118,6 +118,9 @@ class _Run:
     state: list[dict[str, Any]] = field(default_factory=list)
     target: str | None = None  # None: norm's mode, the first step beyond the state is the target
     controls: dict[str, Any] = field(default_factory=dict)
+    # norm's extension: per-step control values, for when the caller does not know which
+    # step will run (norm's mode); an entry wins over `controls` for its step.
+    step_controls: dict[str, Any] = field(default_factory=dict)
     reached: list[StepDefinition] = field(default_factory=list)
     outcome: _Outcome | None = None
     error: FrameworkError | None = None
@@ -173,7 +176,8 @@ class _Run:
         )
 
     def _execute(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> None:
-        controls = self._validated(definition, definition.controls, self.controls, "controls")
+        values = self.step_controls.get(definition.step_id, self.controls)
+        controls = self._validated(definition, definition.controls, values, "controls")
         if self._user_code(definition, lambda: _should_skip(skip, controls)):
             self.outcome = _Outcome(definition, {}, {}, skipped=True)
             raise _Unwind
@@ -197,17 +201,18 @@ class _Run:
             ) from exc
 
     def _validated(self, definition: StepDefinition, schema: Schema, value: Any, what: str) -> Any:
-        error_class = {
-            "controls": ExecutionStateControlInvalidError,
-            "output": ExecutionStateOutputInvalidError,
-            "result": ExecutionStateResultInvalidError,
+        error_class, name = {
+            "controls": (ExecutionStateControlInvalidError, "`controls`"),
+            "output": (ExecutionStateOutputInvalidError, "output"),
+            "result": (ExecutionStateResultInvalidError, "result"),
         }[what]
         try:
             return schema.validate(value)
         except SchemaInvalid as exc:
             raise error_class(
-                f"Workflow with id: `{self.workflow_id}`: Step with id: `{definition.step_id}` "
-                f"has invalid {what}. Please provide the correct step {what}.",
+                f"Workflow with id: `{self.workflow_id}` has an invalid state. Step with id: "
+                f"`{definition.step_id}` has invalid {name}. Please provide the correct step "
+                f"{what}.",
                 data=exc.problems,
             ) from exc
 
@@ -369,6 +374,7 @@ class Workflow:
             state=self._state(body.get("state")),
             target=step_id or None,
             controls=self._controls(body),
+            step_controls=self._step_controls(body),
         )
         try:
             self.fn(self._context(run, payload, body))
@@ -397,7 +403,11 @@ class Workflow:
 
     def _payload(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
-            raise ExecutionEventPayloadInvalidError("Event `payload` is required")
+            raise ExecutionEventPayloadInvalidError(
+                f"Workflow with id: `{self.workflow_id}` has invalid `payload`. "
+                "Please provide the correct event payload.",
+                data={"message": "Event `payload` is required"},
+            )
         try:
             return self.payload_schema.validate(payload)
         except SchemaInvalid as exc:
@@ -427,6 +437,19 @@ class Workflow:
                 data=[{"path": "", "message": "must be object"}],
             )
         return controls
+
+    def _step_controls(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        step_controls = body.get("stepControls", {})
+        valid = isinstance(step_controls, dict) and all(
+            isinstance(v, dict) for v in step_controls.values()
+        )
+        if not valid:
+            raise ExecutionStateControlInvalidError(
+                f"Workflow with id: `{self.workflow_id}` has invalid `stepControls`: must be an "
+                "object of objects keyed by step id",
+                data=[{"path": "/stepControls", "message": "must be object of objects"}],
+            )
+        return step_controls
 
 
 def workflow(

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+
+def _has_nul(data: Any) -> bool:
+    stack = [data]  # iterative: the body may nest as deep as the JSON decoder allows
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, Mapping):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
+    in any string or key (text and jsonb cannot hold one). Refused here, before a
+    service has written half of its rows; nesting too deep to decode is a 400 too."""
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - nested too deeply") from exc
+        if _has_nul(data):
+            raise ParseError("JSON parse error - strings must not contain NUL (\\u0000)")
+        return data

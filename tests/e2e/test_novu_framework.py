@@ -1,0 +1,239 @@
+"""norm driving workflows written with Novu's `@novu/framework` 2.x, served by Express.
+
+The app is tests/e2e/novu_bridge/app.js (installed by `make test`, or `npm ci` there).
+Its payloads carry non-ASCII text, emoji and nested objects, so every signed request
+exercises the canonical-JSON signature the JS SDK recomputes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.utils import timezone
+from pytest_django.live_server_helper import LiveServer
+
+from messaging.models import Message
+from notify import services as notify_services
+from notify.models import BridgeSync, BridgeWorkflow, Client
+from tests.e2e.harness import REPO_ROOT, CeleryProcess, SmtpRecorder, free_port, wait_for
+from tests.factories import ClientFactory
+from workflows.models import Notification
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+APP_DIR = REPO_ROOT / "tests" / "e2e" / "novu_bridge"
+APP_KEY = "sk_test_novu_framework_e2e"
+ZOE = {"subscriberId": "zoë-1", "email": "zoe@example.com", "firstName": "Zoë"}
+
+
+@dataclass
+class NovuApp:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def novu_app(tmp_path: Path) -> Iterator[NovuApp]:
+    """The Express app on a free loopback port, strict: it checks every signature."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the @novu/framework bridge cannot run")
+    assert (APP_DIR / "node_modules" / "@novu" / "framework").is_dir(), (
+        f"run `npm ci` in {APP_DIR} (make test does)"
+    )
+    port = free_port()
+    log = tmp_path / "novu-app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [node, "app.js"],
+            cwd=APP_DIR,
+            env={**os.environ, "PORT": str(port), "NOVU_SECRET_KEY": APP_KEY},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    app = NovuApp(f"http://127.0.0.1:{port}/api/novu", process, log)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the Novu app exited:\n{log.read_text()}")
+        try:
+            return requests.get(app.url, params={"action": "health-check"}, timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=30, what="the Novu app's health-check")
+        yield app
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def novu_client(app: NovuApp) -> tuple[Client, str]:
+    """A client whose secret is the app's NOVU_SECRET_KEY, as with Novu Cloud."""
+    client = ClientFactory(bridge_url=app.url)
+    notify_services.secret_key_create(client=client, key=APP_KEY)
+    return client, APP_KEY
+
+
+def trigger(
+    live_server: LiveServer, key: str, name: str, payload: dict[str, Any], to: Any = ZOE
+) -> requests.Response:
+    return requests.post(
+        f"{live_server.url}/v1/events/trigger",
+        json={"name": name, "to": to, "payload": payload},
+        headers={"Authorization": f"ApiKey {key}"},
+        timeout=30,
+    )
+
+
+def finished(client: Client, count: int = 1, timeout: float = 60) -> list[Notification]:
+    def done() -> list[Notification]:
+        found = list(Notification.objects.filter(client=client).order_by("created_at"))
+        final = [n for n in found if n.status in Notification.FINAL]
+        return final if len(final) == count else []
+
+    return wait_for(done, timeout=timeout, what=f"{count} finished notification(s)")
+
+
+def steps_of(notification: Notification) -> list[tuple[str, str, str]]:
+    return [(s.step_id, s.type, s.status) for s in notification.steps.order_by("position")]
+
+
+def test_in_app_delay_email_and_a_skipped_sms_run_in_order(
+    live_server: LiveServer,
+    worker: CeleryProcess,
+    smtp: tuple[int, SmtpRecorder],
+    novu_app: NovuApp,
+) -> None:
+    client, key = novu_client(novu_app)
+    notify_services.bridge_sync(client=client, bridge_url=novu_app.url)
+    registered = BridgeWorkflow.objects.get(client=client, workflow_id="welcome-flow")
+    assert BridgeSync.objects.get(client=client).flavour == "novu"
+    mail = next(s for s in registered.steps if s["stepId"] == "mail")
+    assert mail["controlSchema"]["properties"]["greeting"]["default"] == "Hallo"
+    # Liquid in a control value: rendered by the SDK against the subscriber and payload.
+    registered.controls = {"mail": {"greeting": "Servus {{subscriber.firstName}} ✨"}}
+    registered.save(update_fields=["controls"])
+    payload = {
+        "userName": "Zoë 👋",
+        "delaySeconds": 2,
+        "sendSms": True,  # the in-app read before the sms decides: skipped
+        "order": {
+            "id": "Nº-42",
+            "items": ["Crème brûlée", "🍰", "日本茶"],
+            "meta": {"gift": {"to": "Åsa", "note": "ﬁne \u2028 line"}, "qty": 2},
+        },
+    }
+
+    response = trigger(live_server, key, "welcome-flow", payload)
+    assert response.status_code == 201, response.text
+    inbox = wait_for(
+        lambda: Message.objects.filter(channel="in_app", status=Message.Status.SENT).first(),
+        what="the in-app message",
+    )
+    Message.objects.filter(pk=inbox.pk).update(seen_at=timezone.now(), read_at=timezone.now())
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    assert steps_of(notification) == [
+        ("inbox", "in_app", "completed"),
+        ("wait", "delay", "completed"),
+        ("mail", "email", "completed"),
+        ("text", "sms", "skipped"),
+    ]
+    assert inbox.content["subject"] == "Bienvenue Zoë 👋 🎉"
+    assert inbox.content["data"]["order"]["meta"]["gift"]["to"] == "Åsa"
+    assert notification.steps.get(step_id="wait").result["duration"] >= 2000
+    email = Message.objects.get(channel="email")
+    assert email.content["body"].startswith("Servus Zoë ✨ Zoë. Seen in-app: true.")
+    assert email.content["body"].endswith("— l'équipe ✉️")  # a control default
+    [received] = wait_for(lambda: smtp[1].to("zoe@example.com"), timeout=10, what="the email")
+    assert str(make_header(decode_header(received.subject))) == "Grüße, Zoë 👋 — Crème brûlée"
+
+
+def test_the_branch_the_payload_takes_runs_its_steps(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    shipped = trigger(live_server, key, "order-flow", {"status": "shipped", "item": "Käse 🧀"})
+    pending = trigger(
+        live_server, key, "order-flow", {"status": "pending", "item": "Thé"}, to="bob"
+    )
+    assert (shipped.status_code, pending.status_code) == (201, 201), shipped.text
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    assert [n.status for n in by_subscriber.values()] == ["completed"] * 2
+    assert steps_of(by_subscriber["zoë-1"]) == [
+        ("shipped-email", "email", "completed"),
+        ("status-note", "in_app", "completed"),
+    ]
+    assert steps_of(by_subscriber["bob"]) == [("status-note", "in_app", "completed")]
+    note = Message.objects.get(step__notification=by_subscriber["bob"])
+    assert note.content["body"] == "pending: Thé ⏳"
+
+
+def test_a_step_that_throws_fails_the_notification_once(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    response = trigger(live_server, key, "broken-flow", {"reason": "Überlauf 💥"})
+    assert response.status_code == 201, response.text
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "StepExecutionFailedError"
+    assert (
+        notification.error == "Failed to execute Step with id: `boom`: boom from boom: Überlauf 💥"
+    )
+    assert notification.bridge_attempts == 0  # a 502 from user code is not retried
+    assert steps_of(notification) == [("ok-note", "in_app", "completed")]
+
+
+def test_a_key_the_app_does_not_know_fails_with_its_signature_error(
+    live_server: LiveServer,
+    worker: CeleryProcess,
+    novu_app: NovuApp,
+    make_client: Callable[..., tuple[Client, str]],
+) -> None:
+    client, key = make_client(bridge_url=novu_app.url)  # a fresh key, not the app's
+
+    # Without a registry entry the trigger needs discover, which the app refuses.
+    refused = trigger(live_server, key, "order-flow", {"status": "shipped"})
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["code"] == "bridge_unavailable"
+    assert "SignatureMismatchError" in refused.json()["message"]
+
+    # Registered by hand (as from an earlier key): the trigger is accepted, the run is not.
+    BridgeSync.objects.filter(client=client).delete()
+    BridgeWorkflow.objects.create(
+        client=client,
+        bridge_url=novu_app.url,
+        workflow_id="order-flow",
+        steps=[{"stepId": "shipped-email", "type": "email"}],
+        discovered_at=timezone.now(),
+    )
+    accepted = trigger(live_server, key, "order-flow", {"status": "shipped"})
+    assert accepted.status_code == 201, accepted.text
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "SignatureMismatchError"
+    assert notification.bridge_attempts == 0
+    assert not notification.steps.exists()
+    # The unsigned health-check still told norm which flavour the app speaks.
+    assert BridgeSync.objects.get(client=client).flavour == "novu"

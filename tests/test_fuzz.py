@@ -1,0 +1,134 @@
+"""Property-based fuzz of the whole API from its own OpenAPI schema (schemathesis).
+
+Each operation gets bounded, derandomized cases (the schema's examples, boundary values,
+random valid and invalid inputs, probes of undocumented methods) sent in-process to the
+WSGI app, authenticated as a client created for the test. No request may produce a 5xx,
+and every documented answer must match its schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from subscribers import services as subscriber_services
+from tests.factories import (
+    BridgeWorkflowFactory,
+    MessageFactory,
+    NotificationFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    client_with_key,
+)
+from workflows import bridge
+
+schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
+
+# Rows the fixture creates, so that path parameters can name something that exists.
+EXISTING = {
+    "subscriber_id": "subscriber-1",
+    "key": "news",
+    "transaction_id": "txn-1",
+    "notification_id": "0b6c9f5e-3c1d-4f0a-9a57-2f4d1c8e7b21",
+}
+
+
+@schema.hook
+def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
+    # Random ids almost always miss (404); half the cases name the fixture's rows instead,
+    # so the bodies and queries of updates, deletes and lists are fuzzed past the lookup.
+    existing = {k: EXISTING.get(k, v) for k, v in (path_parameters or {}).items()}
+    return st.sampled_from([path_parameters, existing])
+
+
+def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    # Discovery is faked to fail, so a trigger of an unknown workflow answers the
+    # documented 502 "bridge unavailable", by design. Any other 5xx is a bug.
+    if response.status_code == 502 and response.json().get("code") == "bridge_unavailable":
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch, enqueued: Any) -> Iterator[str]:
+    def unreachable(url: str, *, secret: str | None) -> dict[str, Any]:
+        raise bridge.BridgeUnavailable("unreachable", f"{url} is not reachable in tests")
+
+    monkeypatch.setattr(bridge, "discover", unreachable)
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    subscriber = SubscriberFactory(client=client, subscriber_id=EXISTING["subscriber_id"])
+    topic, _ = subscriber_services.topic_upsert(client=client, key=EXISTING["key"])
+    subscriber_services.topic_subscribe(topic=topic, subscriber_ids=[subscriber.subscriber_id])
+    event = TriggerEventFactory(client=client, transaction_id=EXISTING["transaction_id"])
+    notification = NotificationFactory(
+        id=uuid.UUID(EXISTING["notification_id"]), trigger_event=event, subscriber=subscriber
+    )
+    MessageFactory(step__notification=notification, content={"body": "Hi"})
+    # The app is called as WSGI, not through Django's test client: keep its request
+    # signals from closing the connection that holds the test's transaction.
+    for signal in (signals.request_started, signals.request_finished):
+        signal.disconnect(close_old_connections)
+    yield key
+    for signal in (signals.request_started, signals.request_finished):
+        signal.connect(close_old_connections)
+
+
+@pytest.mark.django_db
+@schema.parametrize()
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_api_fuzz(case: Any, api_key: str) -> None:
+    case.call_and_validate(
+        headers={"Authorization": f"ApiKey {api_key}"},
+        checks=[no_server_error, response_schema_conformance],
+    )
+
+
+# Inputs the fuzz found answered with a 500 (or a body off its schema), pinned down.
+FOUND = [
+    ("get", "/v1/topics?page=9371254040978554617856", None, "invalid_query"),
+    ("get", "/v1/topics?page=inf", None, "invalid_query"),
+    ("get", "/v2/subscribers?subscriberId=%00", None, "invalid_value"),
+    ("get", "/v2/subscribers/%00", None, "invalid_value"),
+    ("post", "/v2/subscribers", {"subscriberId": "a", "data": {"\u0000": 1}}, "parse_error"),
+    ("post", "/v2/subscribers", "[" * 100_000 + "]" * 100_000, "parse_error"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("method", "url", "body", "code"), FOUND)
+def test_found_inputs_are_refused(
+    client: Any, api_key: str, method: str, url: str, body: Any, code: str
+) -> None:
+    response = getattr(client, method)(
+        url, data=body, content_type="application/json", HTTP_AUTHORIZATION=f"ApiKey {api_key}"
+    )
+    assert (response.status_code, response.json()["code"]) == (400, code)
+
+
+@pytest.mark.django_db
+def test_bulk_answers_echo_only_string_ids(client: Any, api_key: str) -> None:
+    auth = {"HTTP_AUTHORIZATION": f"ApiKey {api_key}", "content_type": "application/json"}
+    events = {"events": [{"name": "", "to": "a", "transactionId": [None]}]}
+    response = client.post("/v1/events/trigger/bulk", events, **auth)
+    assert response.json()["data"][0]["transactionId"] == ""
+    subscribers = {"subscribers": [{"subscriberId": {}}]}
+    response = client.post("/v1/subscribers/bulk", subscribers, **auth)
+    assert response.json()["data"]["failed"][0]["subscriberId"] is None

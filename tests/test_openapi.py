@@ -1,0 +1,107 @@
+"""The OpenAPI schema at /v1/openapi.json describes every route of the API."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+# Operations whose view reads a body besides POST, PUT and PATCH (novu-py's unsubscribe).
+DELETE_WITH_BODY = {"/v2/topics/{key}/subscriptions"}
+
+
+def api_routes() -> dict[str, set[str]]:
+    """`{"/v1/topics/{key}": {"get", "patch", "delete"}}` for every /v1 and /v2 URL pattern."""
+    routes: dict[str, set[str]] = {}
+
+    def walk(patterns: list[Any], prefix: str) -> None:
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route)
+            elif isinstance(pattern, URLPattern) and re.match(r"v[12]/", route):
+                view = getattr(pattern.callback, "cls", None)
+                if view is None or route == "v1/openapi.json":
+                    continue
+                path = "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+                routes[path] = {m for m in HTTP_METHODS if hasattr(view, m)}
+
+    walk(get_resolver().url_patterns, "")
+    return routes
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    from django.test import Client
+
+    response = Client().get("/v1/openapi.json")  # no API key: the schema is public
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_every_route_and_method_is_described(openapi: dict[str, Any]) -> None:
+    routes = api_routes()
+    assert len(routes) > 20  # the walk found the API, not just a few stray routes
+    described = {path: set(ops) for path, ops in openapi["paths"].items()}
+    assert described == routes
+
+
+def test_operations_have_ids_tags_bodies_and_documented_answers(openapi: dict[str, Any]) -> None:
+    ids = []
+    for path, operations in openapi["paths"].items():
+        for method, op in operations.items():
+            where = f"{method.upper()} {path}"
+            ids.append(op["operationId"])
+            assert op.get("tags") and op.get("summary"), where
+            reads_body = method in ("post", "put", "patch") or (
+                method == "delete" and path in DELETE_WITH_BODY
+            )
+            assert ("requestBody" in op) == reads_body, where
+            if reads_body:
+                assert op["requestBody"]["content"]["application/json"]["schema"], where
+            success = [code for code in op["responses"] if code.startswith("2")]
+            assert success, where
+            for code in success:
+                assert op["responses"][code]["content"]["application/json"]["schema"], where
+            for code in ("401", "403"):
+                error = op["responses"][code]["content"]["application/json"]["schema"]
+                assert error == {"$ref": "#/components/schemas/Error"}, where
+            assert op["security"] == [{"ApiKey": []}], where
+    assert len(ids) == len(set(ids))
+
+
+def test_documented_status_codes_match_the_views(openapi: dict[str, Any]) -> None:
+    def codes(path: str, method: str) -> set[str]:
+        return set(openapi["paths"][path][method]["responses"])
+
+    assert {"201", "400", "413", "429"} <= codes("/v1/events/trigger", "post")
+    assert "200" in codes("/v1/events/trigger/{transaction_id}", "delete")
+    assert {"201", "409"} <= codes("/v2/subscribers", "post")
+    assert {"200", "201", "409"} <= codes("/v2/topics", "post")
+    assert "200" in codes("/v2/subscribers/{subscriber_id}", "delete")
+    cancel = openapi["paths"]["/v1/events/trigger/{transaction_id}"]["delete"]
+    ref = cancel["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    body = openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert body["properties"]["data"]["type"] == "boolean"
+
+
+def test_query_parameters_are_described(openapi: dict[str, Any]) -> None:
+    def query(path: str) -> set[str]:
+        params = openapi["paths"][path]["get"]["parameters"]
+        return {p["name"] for p in params if p["in"] == "query"}
+
+    assert {"limit", "after", "before", "email", "name"} <= query("/v2/subscribers")
+    assert {"page", "limit", "subscriberId"} <= query("/v1/subscribers")
+    assert {"page", "limit", "transactionId", "status"} <= query("/v1/notifications")
+    assert {"page", "limit"} <= query("/v1/subscribers/{subscriber_id}/notifications/feed")
+
+
+@pytest.mark.django_db
+def test_error_schema_matches_a_real_error(openapi: dict[str, Any], client: Any) -> None:
+    error = openapi["components"]["schemas"]["Error"]
+    body = client.post("/v1/events/trigger", {}, content_type="application/json").json()
+    assert body["statusCode"] == 401
+    assert set(error["required"]) <= set(body) <= set(error["properties"])

@@ -1,0 +1,449 @@
+"""The echo worker driving a bridge per its flavour: Novu's probe-then-execute, norm's
+controls, and how the flavour is detected. The bridge is faked at the network edge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from django.urls import reverse
+from django.utils import timezone
+
+from config import pipeline
+from messaging.models import Message
+from messaging.services import message_send
+from notify import services as notify_services
+from notify.models import BridgeSync, BridgeWorkflow
+from tests.conftest import Enqueued
+from tests.factories import (
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    MessageFactory,
+    NotificationFactory,
+    StepFactory,
+)
+from workflows import bridge, services
+from workflows.models import Notification, Step
+from workflows.sdk import Bridge, workflow
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+STEPS = [
+    {"stepId": "inbox", "type": "in_app"},
+    {"stepId": "wait", "type": "delay"},
+    {"stepId": "mail", "type": "email"},
+    {"stepId": "text", "type": "sms"},
+]
+NOVU_HEALTH = {"status": "ok", "sdkVersion": "2.13.2", "frameworkVersion": "2024-06-26"}
+
+
+def corrupt(step_id: str) -> bridge.BridgeError:
+    """Novu's answer to a probe: the first step the code reaches without state."""
+    return bridge.BridgeError(
+        "ExecutionStateCorruptError",
+        f"Workflow with id: `welcome-flow` has a corrupt state. Step with id: `{step_id}` "
+        "does not exist. Please provide the missing state.",
+        data={"workflowId": "welcome-flow", "stepId": step_id},
+        status=400,
+    )
+
+
+@dataclass
+class FakeExecute:
+    answers: list[dict[str, Any] | Exception] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        secret: str | None,
+        workflow_id: str,
+        body: dict[str, Any],
+        step_id: str | None = None,
+    ) -> dict[str, Any]:
+        self.calls.append({"workflow_id": workflow_id, "step_id": step_id, "body": body})
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def execute(monkeypatch: pytest.MonkeyPatch) -> FakeExecute:
+    fake = FakeExecute()
+    monkeypatch.setattr(bridge, "execute", fake)
+    return fake
+
+
+@dataclass
+class FakeDiscover:
+    """health-check (Novu's answer) and discover: each discover answers the next steps."""
+
+    answers: list[list[dict[str, Any]]] = field(default_factory=list)
+    calls: int = 0
+
+    def __call__(self, url: str, *, secret: str | None) -> dict[str, Any]:
+        self.calls += 1
+        return {"workflows": [{"workflowId": "welcome-flow", "steps": self.answers.pop(0)}]}
+
+
+@pytest.fixture
+def discover(monkeypatch: pytest.MonkeyPatch) -> FakeDiscover:
+    fake = FakeDiscover()
+    monkeypatch.setattr(bridge, "health_check", lambda url: NOVU_HEALTH)
+    monkeypatch.setattr(bridge, "discover", fake)
+    return fake
+
+
+@pytest.fixture
+def run(django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
+    def do(notification: Notification, **kwargs: Any) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.echo_run(notification_id=str(notification.pk), **kwargs)
+
+    return do
+
+
+@pytest.fixture
+def novu() -> Notification:
+    """A notification of a Novu bridge whose registry knows welcome-flow."""
+    notification = NotificationFactory(
+        trigger_event__workflow_id="welcome-flow",
+        status=Notification.Status.RUNNING,
+        payload={"userName": "Zoë"},
+    )
+    BridgeSyncFactory(client=notification.client, flavour="novu")
+    BridgeWorkflowFactory(
+        client=notification.client,
+        workflow_id="welcome-flow",
+        steps=STEPS,
+        controls={"mail": {"footer": "Tschüss"}},
+    )
+    return notification
+
+
+def test_the_probe_names_the_next_step_which_is_then_executed_by_id(
+    novu: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    inbox = StepFactory(
+        notification=novu, step_id="inbox", type="in_app", position=0, status="completed"
+    )
+    MessageFactory(step=inbox)
+    StepFactory(
+        notification=novu,
+        step_id="wait",
+        type="delay",
+        position=1,
+        status=Step.Status.COMPLETED,
+        result={"duration": 2004},
+    )
+    outputs = {"subject": "Grüße", "body": "Hallo"}
+    providers = {"sendgrid": {"ipPoolName": "vip"}}
+    execute.answers = [
+        corrupt("mail"),
+        {"outputs": outputs, "providers": providers, "options": {"skip": False}},
+    ]
+
+    run(novu)
+
+    probe, target = execute.calls
+    assert (probe["step_id"], target["step_id"]) == (None, "mail")
+    unread = {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None}
+    newest_first = [
+        {"stepId": "wait", "outputs": {"duration": 2004}, "state": {"status": "completed"}},
+        {"stepId": "inbox", "outputs": unread, "state": {"status": "completed"}},
+    ]
+    assert probe["body"]["state"] == target["body"]["state"] == newest_first
+    assert probe["body"]["controls"] == {}
+    assert target["body"]["controls"] == {"footer": "Tschüss"}
+    assert target["body"]["payload"] == {"userName": "Zoë"}
+    assert "stepControls" not in target["body"]  # norm's extension, not Novu's
+    step = novu.steps.get(step_id="mail")
+    assert (step.type, step.position, step.status) == ("email", 2, Step.Status.SCHEDULED)
+    assert (step.outputs, step.providers) == (outputs, providers)
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
+def test_a_200_to_the_probe_means_every_step_ran(
+    novu: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    execute.answers = [{"outputs": {}, "providers": {}, "options": {"skip": False}}]
+    run(novu)
+    novu.refresh_from_db()
+    assert novu.status == Notification.Status.COMPLETED
+    assert len(execute.calls) == 1 and not novu.steps.exists()
+
+
+def test_a_skipped_step_is_recorded_and_the_echo_runs_again(
+    novu: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    execute.answers = [corrupt("text"), {"outputs": {}, "options": {"skip": True}}]
+    run(novu)
+    step = novu.steps.get()
+    assert (step.step_id, step.type, step.status, step.result) == ("text", "sms", "skipped", {})
+    assert enqueued.of(pipeline.ECHO) == [(str(novu.pk),)]
+
+
+def test_a_step_the_registry_does_not_know_is_discovered_once_more(
+    novu: Notification,
+    execute: FakeExecute,
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+) -> None:
+    discover.answers.append([*STEPS, {"stepId": "vip", "type": "in_app"}])
+    execute.answers = [corrupt("vip"), {"outputs": {"body": "VIP ✨"}}]
+
+    run(novu)
+
+    assert novu.steps.get().type == "in_app"
+    assert discover.calls == 1
+    registry = BridgeWorkflow.objects.get(workflow_id="welcome-flow")
+    assert [s["stepId"] for s in registry.steps][-1] == "vip"
+    assert registry.controls == {"mail": {"footer": "Tschüss"}}  # a sync keeps the controls
+
+
+def test_a_step_unknown_even_after_discover_fails_the_notification(
+    novu: Notification,
+    execute: FakeExecute,
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+) -> None:
+    discover.answers.append(STEPS)
+    execute.answers = [corrupt("vip")]
+    run(novu)
+    novu.refresh_from_db()
+    assert novu.status == Notification.Status.FAILED
+    assert novu.error_code == "StepNotDiscovered"
+    assert "'vip'" in novu.error
+    assert discover.calls == 1
+    assert len(execute.calls) == 1 and not novu.steps.exists()
+
+
+class FakeSession:
+    """requests' session at the socket: answers every request with one status and body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status, self.body = status, body
+        self.requests: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        self.requests.append({"method": method, "params": kwargs["params"]})
+        response = requests.Response()
+        response.status_code = self.status
+        response._content = json.dumps(self.body).encode()
+        return response
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (401, "SignatureMismatchError"),
+        (401, "SignatureExpiredError"),
+        (502, "StepExecutionFailedError"),
+        (404, "StepNotFoundError"),
+    ],
+)
+def test_a_framework_error_fails_the_notification_without_a_retry(
+    novu: Notification,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    status: int,
+    code: str,
+) -> None:
+    session = FakeSession(status, {"message": f"{code} happened", "code": code})
+    monkeypatch.setattr(bridge, "_session", session)
+
+    run(novu, final_attempt=False)  # raising here would mean a retry
+
+    novu.refresh_from_db()
+    assert (novu.status, novu.error_code, novu.error) == ("failed", code, f"{code} happened")
+    assert novu.bridge_attempts == 0
+    assert [r["params"] for r in session.requests] == [
+        {"action": "execute", "workflowId": "welcome-flow"}
+    ]
+
+
+def test_a_5xx_from_the_probe_is_retried(
+    novu: Notification, monkeypatch: pytest.MonkeyPatch, run: Callable[..., None]
+) -> None:
+    monkeypatch.setattr(
+        bridge, "_session", FakeSession(500, {"message": "x", "code": "BridgeError"})
+    )
+    with pytest.raises(bridge.BridgeUnavailable):
+        run(novu, final_attempt=False)
+    novu.refresh_from_db()
+    assert (novu.status, novu.bridge_attempts) == ("running", 1)
+
+
+# --- flavour detection -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("health", "flavour"),
+    [(NOVU_HEALTH, "novu"), (Bridge(workflows=[]).health_check(), "norm")],
+)
+def test_a_sync_records_the_flavour_and_each_steps_control_schema(
+    monkeypatch: pytest.MonkeyPatch, health: dict[str, Any], flavour: str
+) -> None:
+    schema = {"type": "object", "properties": {"footer": {"type": "string"}}}
+    monkeypatch.setattr(bridge, "health_check", lambda url: health)
+    monkeypatch.setattr(
+        bridge,
+        "discover",
+        lambda url, secret: {
+            "workflows": [
+                {
+                    "workflowId": "w",
+                    "steps": [{"stepId": "mail", "type": "email", "controls": {"schema": schema}}],
+                }
+            ]
+        },
+    )
+    client = BridgeSyncFactory(flavour="").client
+
+    [registry] = notify_services.bridge_sync(client=client, bridge_url=client.bridge_url)
+
+    assert BridgeSync.objects.get().flavour == flavour
+    assert registry.steps == [{"stepId": "mail", "type": "email", "controlSchema": schema}]
+
+
+def test_a_failed_health_check_keeps_the_known_flavour(monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(url: str) -> dict[str, Any]:
+        raise bridge.BridgeUnavailable("BridgeTimeout", "slow")
+
+    monkeypatch.setattr(bridge, "health_check", down)
+    monkeypatch.setattr(bridge, "discover", lambda url, secret: {"workflows": []})
+    client = BridgeSyncFactory(flavour="novu").client
+    notify_services.bridge_sync(client=client, bridge_url=client.bridge_url)
+    assert BridgeSync.objects.get().flavour == "novu"
+
+
+def test_the_echo_detects_the_flavour_of_a_bridge_it_has_not_synced(
+    execute: FakeExecute,
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+) -> None:
+    notification = NotificationFactory(trigger_event__workflow_id="welcome-flow")
+    discover.answers.append(STEPS)
+    execute.answers = [corrupt("inbox"), {"outputs": {"body": "Hi"}}]
+
+    run(notification)
+
+    assert BridgeSync.objects.get().flavour == "novu"
+    assert [c["step_id"] for c in execute.calls] == [None, "inbox"]
+    assert notification.steps.get().step_id == "inbox"
+
+
+def test_a_bridge_whose_flavour_cannot_be_told_is_driven_as_norm(
+    monkeypatch: pytest.MonkeyPatch, execute: FakeExecute, run: Callable[..., None]
+) -> None:
+    def down(url: str, **kwargs: Any) -> dict[str, Any]:
+        raise bridge.BridgeUnavailable("BridgeUnreachable", "refused")
+
+    monkeypatch.setattr(bridge, "health_check", down)
+    monkeypatch.setattr(bridge, "discover", down)
+    notification = NotificationFactory()
+    execute.answers = [{"done": True}]
+
+    run(notification)
+
+    assert execute.calls[0]["step_id"] is None and len(execute.calls) == 1
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert BridgeSync.objects.get().flavour == ""
+
+
+# --- controls with norm's SDK, and provider overrides on the message ---------------------
+
+
+@workflow(
+    "controlled",
+    payload_schema={"type": "object", "properties": {"name": {"type": "string"}}},
+)
+def controlled(ctx: Any) -> None:
+    ctx.step.in_app("note", lambda: {"body": f"Hi {ctx.payload['name']}"})
+    ctx.step.email(
+        "mail",
+        lambda controls: {"subject": controls["subject"], "body": controls["footer"]},
+        control_schema={
+            "type": "object",
+            "properties": {
+                "subject": {"type": "string", "default": "Default subject"},
+                "footer": {"type": "string", "default": "Default footer"},
+            },
+        },
+    )
+
+
+def test_norm_sends_each_steps_controls_and_its_sdk_applies_those_of_the_step_it_runs(
+    monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    sdk = Bridge(workflows=[controlled], strict=False)
+    bodies: list[dict[str, Any]] = []
+
+    def execute_on_the_sdk(
+        url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        bodies.append(body)
+        query = {"action": "execute", "workflowId": workflow_id}
+        status, answer, _ = sdk.handle(
+            method="POST", query=query, body=json.dumps(body), headers={}
+        )
+        assert status == 200, answer
+        return answer
+
+    monkeypatch.setattr(bridge, "execute", execute_on_the_sdk)
+    notification = NotificationFactory(trigger_event__workflow_id="controlled")
+    BridgeSyncFactory(client=notification.client, flavour="norm")
+    BridgeWorkflowFactory(
+        client=notification.client, workflow_id="controlled", controls={"mail": {"footer": "Ciao"}}
+    )
+    StepFactory(notification=notification, step_id="note", type="in_app", position=0)
+    Step.objects.update(status=Step.Status.COMPLETED)
+
+    run(notification)
+
+    assert bodies[0]["stepControls"] == {"mail": {"footer": "Ciao"}}
+    assert bodies[0]["controls"] == {}
+    mail = notification.steps.get(step_id="mail")
+    assert mail.outputs == {"subject": "Default subject", "body": "Ciao"}
+
+
+def test_provider_overrides_are_kept_on_the_message(enqueued: Enqueued) -> None:
+    step = StepFactory(
+        type="in_app",
+        outputs={"body": "Hi"},
+        providers={"inbox": {"badge": 3}},
+        due_at=timezone.now(),
+    )
+    message_send(step_id=step.pk)
+    message = Message.objects.get(step=step)
+    assert message.content == {"body": "Hi", "providers": {"inbox": {"badge": 3}}}
+    assert message.status == Message.Status.SENT
+
+
+def test_step_controls_are_edited_in_the_admin_against_each_steps_schema(admin_client: Any) -> None:
+    schema = {"type": "object", "properties": {"footer": {"type": "string"}}}
+    registry = BridgeWorkflowFactory(
+        steps=[{"stepId": "mail", "type": "email", "controlSchema": schema}]
+    )
+    url = reverse("admin:notify_bridgeworkflow_change", args=[registry.pk])
+    assert "controlSchema" in admin_client.get(url).content.decode()
+
+    for bad in ({"nope": {}}, {"mail": {"footer": 5}}, {"mail": "x"}):
+        response = admin_client.post(url, {"controls": json.dumps(bad)})
+        assert response.status_code == 200 and response.context["adminform"].form.errors, bad
+    response = admin_client.post(url, {"controls": json.dumps({"mail": {"footer": "Ciao"}})})
+    assert response.status_code == 302
+    registry.refresh_from_db()
+    assert registry.controls == {"mail": {"footer": "Ciao"}}

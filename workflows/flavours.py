@@ -1,0 +1,112 @@
+"""Asking a bridge for a notification's next step, in the flavour it speaks (BRIDGE.md).
+
+Both flavours answer the same shape, what norm's SDK returns on execute:
+`{"done": bool, "stepId", "type", "outputs", "providers", "options": {"skip"}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from notify.models import BridgeSync, BridgeWorkflow
+from workflows import bridge
+from workflows.models import Notification
+
+NextStep = Callable[..., dict[str, Any]]
+
+
+def _registry(notification: Notification) -> BridgeWorkflow | None:
+    return BridgeWorkflow.objects.filter(
+        client_id=notification.client_id,
+        bridge_url=notification.resource,
+        workflow_id=notification.workflow_id,
+    ).first()
+
+
+def next_step_norm(
+    *, notification: Notification, body: dict[str, Any], secret: str | None
+) -> dict[str, Any]:
+    """norm's SDK runs the code up to the first step beyond the state and says which it is.
+
+    norm cannot know that step before the call, so it sends every step's stored controls
+    under `stepControls` (norm's extension; the SDK applies the entry of the step it runs).
+    """
+    registered = _registry(notification)
+    if registered is not None and registered.controls:
+        body = {**body, "stepControls": registered.controls}
+    return bridge.execute(
+        notification.resource, secret=secret, workflow_id=notification.workflow_id, body=body
+    )
+
+
+def next_step_novu(
+    *, notification: Notification, body: dict[str, Any], secret: str | None
+) -> dict[str, Any]:
+    """Novu's SDK runs one named step and never says "done", so norm probes first.
+
+    Executed without a stepId, it replays every step it reaches and names the first one
+    without state (ExecutionStateCorruptError), or answers 200 when each has state: done.
+    Probing each time, rather than walking the discovered order, keeps branches right.
+    """
+    url, workflow_id = notification.resource, notification.workflow_id
+    # Newest first, as Novu's worker sends it; the SDK looks entries up by id only.
+    body = {**body, "state": body["state"][::-1]}
+    try:
+        bridge.execute(url, secret=secret, workflow_id=workflow_id, body=body)
+    except bridge.BridgeError as exc:
+        data = exc.data if isinstance(exc.data, dict) else {}
+        step_id = data.get("stepId") if exc.code == "ExecutionStateCorruptError" else None
+        if not isinstance(step_id, str) or not step_id:
+            raise
+    else:
+        return {"done": True, "outputs": {}, "options": {"skip": False}}
+    step_type, controls = _discovered_step(notification, step_id)
+    answer = bridge.execute(
+        url,
+        secret=secret,
+        workflow_id=workflow_id,
+        body={**body, "controls": controls},
+        step_id=step_id,
+    )
+    return {**answer, "stepId": step_id, "type": step_type, "done": False}
+
+
+def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dict[str, Any]]:
+    """The step's type from the registry, and its stored controls; discovers once more
+    for a step the registry does not know (the code may have changed since)."""
+    # notify.services imports workflows.services, which imports this module.
+    from notify.models import Client
+    from notify.services import bridge_sync
+
+    for attempt in range(2):
+        registered = _registry(notification)
+        steps, controls = (registered.steps, registered.controls) if registered else ([], {})
+        found = next((s for s in steps if isinstance(s, dict) and s.get("stepId") == step_id), None)
+        if found is not None:
+            return str(found.get("type")), dict(controls.get(step_id) or {})
+        if attempt == 0:
+            client = Client.objects.get(pk=notification.client_id)
+            bridge_sync(client=client, bridge_url=notification.resource)
+    raise bridge.BridgeError(
+        "StepNotDiscovered",
+        f"the bridge {notification.resource} names step '{step_id}' of workflow "
+        f"'{notification.workflow_id}', which its discover does not declare, so norm cannot "
+        "tell its type",
+        data={"workflowId": notification.workflow_id, "stepId": step_id},
+    )
+
+
+NEXT_STEP: dict[str, NextStep] = {
+    BridgeSync.Flavour.NORM: next_step_norm,
+    BridgeSync.Flavour.NOVU: next_step_novu,
+}
+
+
+def next_step(
+    *, notification: Notification, body: dict[str, Any], secret: str | None
+) -> dict[str, Any]:
+    from notify.services import bridge_flavour  # see _discovered_step
+
+    flavour = bridge_flavour(client_id=notification.client_id, bridge_url=notification.resource)
+    return NEXT_STEP[flavour](notification=notification, body=body, secret=secret)
