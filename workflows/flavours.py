@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from notify.models import BridgeSync, BridgeWorkflow
+from notify.models import BridgeSync, BridgeWorkflow, Client
 from workflows import bridge
 from workflows.models import Notification
+from workflows.registry import bridge_flavour, bridge_sync
 
 NextStep = Callable[..., dict[str, Any]]
 
@@ -75,10 +76,6 @@ def next_step_novu(
 def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dict[str, Any]]:
     """The step's type from the registry, and its stored controls; discovers once more
     for a step the registry does not know (the code may have changed since)."""
-    # notify.services imports workflows.services, which imports this module.
-    from notify.models import Client
-    from notify.services import bridge_sync
-
     for attempt in range(2):
         registered = _registry(notification)
         steps, controls = (registered.steps, registered.controls) if registered else ([], {})
@@ -106,7 +103,6 @@ NEXT_STEP: dict[str, NextStep] = {
 def next_step(
     *, notification: Notification, body: dict[str, Any], secret: str | None
 ) -> dict[str, Any]:
-    from notify.services import bridge_flavour  # see _discovered_step
 
     flavour = bridge_flavour(client_id=notification.client_id, bridge_url=notification.resource)
     return NEXT_STEP[flavour](notification=notification, body=body, secret=secret)

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config import pipeline
@@ -24,6 +24,8 @@ from workflows.models import Notification, Step
 logger = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 500
+# How long after a trigger the reconciler still checks that its fan-out reached everyone.
+FANOUT_RECHECK = timedelta(hours=1)
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
 
 
@@ -33,8 +35,10 @@ OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
 def trigger_event_run(*, trigger_event_id: int) -> None:
     """Fan a trigger event out into one subscriber command per recipient.
 
-    Safe to run twice: the claim lets one run at a time, and a rerun after a crash
-    re-sends commands the subscriber worker deduplicates on (event, subscriber).
+    Safe to run twice: the claim lets one run at a time, and a rerun (after a crash,
+    or when the reconciler finds commands lost with the broker) sends commands only
+    to recipients without a notification; the subscriber worker deduplicates the rest
+    on (event, subscriber).
     """
     now = timezone.now()
     claimed = TriggerEvent.objects.filter(
@@ -43,49 +47,68 @@ def trigger_event_run(*, trigger_event_id: int) -> None:
     if not claimed:
         return
     event = TriggerEvent.objects.get(pk=trigger_event_id)
+    reached_before = event.notifications.count()
+    rerun = event.pk if reached_before else None
     if event.mode == TriggerEvent.Mode.BROADCAST:
         count = 0
-        for subscriber_ids in _broadcast_audience(client_id=event.client_id):
+        for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):
             for subscriber_id in subscriber_ids:
                 pipeline.send_now(pipeline.SUBSCRIBER, event.pk, {"subscriberId": subscriber_id})
             count += len(subscriber_ids)
     else:
         recipients, topics = parse_recipients(event.to)
+        direct = [r["subscriberId"] for r in recipients]
+        if rerun:
+            reached = set(
+                event.notifications.filter(subscriber__subscriber_id__in=direct).values_list(
+                    "subscriber__subscriber_id", flat=True
+                )
+            )
+            recipients = [r for r in recipients if r["subscriberId"] not in reached]
         for recipient in recipients:
             pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
         count = len(recipients)
-        direct = [r["subscriberId"] for r in recipients]
         for topic in topics:
             for subscriber_ids in _topic_audience(
                 client_id=event.client_id,
                 key=topic["topicKey"],
                 exclude=[*direct, *topic["exclude"]],
+                rerun=rerun,
             ):
                 for subscriber_id in subscriber_ids:
                     pipeline.send_now(
                         pipeline.SUBSCRIBER, event.pk, {"subscriberId": subscriber_id}
                     )
                 count += len(subscriber_ids)
+    # A rerun counts the distinct audience: a first count that reached someone twice
+    # (through two topics) would have the reconciler recheck the event in vain.
+    count += reached_before
     TriggerEvent.objects.filter(pk=event.pk).update(
         status=TriggerEvent.Status.PROCESSED, recipients=count, processed_at=timezone.now()
     )
 
 
-def _broadcast_audience(*, client_id: int) -> Iterator[list[str]]:
+def _broadcast_audience(*, client_id: int, rerun: int | None = None) -> Iterator[list[str]]:
     """Every subscriber of a client, in keyset-paginated chunks: flat memory at any size."""
-    return _keyset_chunks(Subscriber.objects.filter(client_id=client_id))
+    return _keyset_chunks(Subscriber.objects.filter(client_id=client_id), rerun=rerun)
 
 
-def _topic_audience(*, client_id: int, key: str, exclude: list[str]) -> Iterator[list[str]]:
+def _topic_audience(
+    *, client_id: int, key: str, exclude: list[str], rerun: int | None = None
+) -> Iterator[list[str]]:
     """A topic's members, less `exclude`, in chunks. A subscriber reached through two
     topics gets two commands; the (event, subscriber) constraint keeps one."""
     members = Subscriber.objects.filter(
         client_id=client_id, topics__client_id=client_id, topics__key=key
     ).exclude(subscriber_id__in=exclude)
-    return _keyset_chunks(members)
+    return _keyset_chunks(members, rerun=rerun)
 
 
-def _keyset_chunks(subscribers: QuerySet[Subscriber]) -> Iterator[list[str]]:
+def _keyset_chunks(subscribers: QuerySet[Subscriber], *, rerun: int | None) -> Iterator[list[str]]:
+    """`rerun`: the id of an event being fanned out again; its reached subscribers are left out."""
+    if rerun is not None:
+        reached = Notification.objects.filter(trigger_event_id=rerun, subscriber=OuterRef("pk"))
+        subscribers = subscribers.exclude(Exists(reached))
     last_pk = 0
     while True:
         chunk = list(
@@ -415,8 +438,25 @@ def reconcile() -> dict[str, int]:
     TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=TriggerEvent.Status.RECEIVED)
+    # Subscriber commands lost with the broker leave a processed event with fewer
+    # notifications than recipients: fan it out again (it skips those reached).
+    short = (
+        TriggerEvent.objects.filter(
+            status=TriggerEvent.Status.PROCESSED,
+            canceled_at__isnull=True,
+            created_at__gt=now - FANOUT_RECHECK,
+            claimed_at__lt=now - grace,
+        )
+        .annotate(reached=Count("notifications"))
+        .filter(reached__lt=F("recipients"))
+    )
+    TriggerEvent.objects.filter(
+        pk__in=list(short.values_list("pk", flat=True)[:1000]),
+        status=TriggerEvent.Status.PROCESSED,
+        canceled_at__isnull=True,
+    ).update(status=TriggerEvent.Status.RECEIVED)
     for pk, workflow_id in TriggerEvent.objects.filter(
-        status=TriggerEvent.Status.RECEIVED, created_at__lt=now - grace
+        status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True, created_at__lt=now - grace
     ).values_list("pk", "workflow_id")[:1000]:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=pipeline.workflow_queue(workflow_id))
         counts["events"] += 1

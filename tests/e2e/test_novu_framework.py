@@ -26,6 +26,7 @@ from notify import services as notify_services
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from tests.e2e.harness import REPO_ROOT, CeleryProcess, SmtpRecorder, free_port, wait_for
 from tests.factories import ClientFactory
+from workflows import registry
 from workflows.models import Notification
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -121,7 +122,7 @@ def test_in_app_delay_email_and_a_skipped_sms_run_in_order(
     novu_app: NovuApp,
 ) -> None:
     client, key = novu_client(novu_app)
-    notify_services.bridge_sync(client=client, bridge_url=novu_app.url)
+    registry.bridge_sync(client=client, bridge_url=novu_app.url)
     registered = BridgeWorkflow.objects.get(client=client, workflow_id="welcome-flow")
     assert BridgeSync.objects.get(client=client).flavour == "novu"
     mail = next(s for s in registered.steps if s["stepId"] == "mail")

@@ -16,7 +16,6 @@ from django.utils import timezone
 from config import pipeline
 from messaging.models import Message
 from messaging.services import message_send
-from notify import services as notify_services
 from notify.models import BridgeSync, BridgeWorkflow
 from tests.conftest import Enqueued
 from tests.factories import (
@@ -26,7 +25,7 @@ from tests.factories import (
     NotificationFactory,
     StepFactory,
 )
-from workflows import bridge, services
+from workflows import bridge, registry, services
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge, workflow
 
@@ -310,10 +309,10 @@ def test_a_sync_records_the_flavour_and_each_steps_control_schema(
     )
     client = BridgeSyncFactory(flavour="").client
 
-    [registry] = notify_services.bridge_sync(client=client, bridge_url=client.bridge_url)
+    [entry] = registry.bridge_sync(client=client, bridge_url=client.bridge_url)
 
     assert BridgeSync.objects.get().flavour == flavour
-    assert registry.steps == [{"stepId": "mail", "type": "email", "controlSchema": schema}]
+    assert entry.steps == [{"stepId": "mail", "type": "email", "controlSchema": schema}]
 
 
 def test_a_failed_health_check_keeps_the_known_flavour(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,7 +322,7 @@ def test_a_failed_health_check_keeps_the_known_flavour(monkeypatch: pytest.Monke
     monkeypatch.setattr(bridge, "health_check", down)
     monkeypatch.setattr(bridge, "discover", lambda url, secret: {"workflows": []})
     client = BridgeSyncFactory(flavour="novu").client
-    notify_services.bridge_sync(client=client, bridge_url=client.bridge_url)
+    registry.bridge_sync(client=client, bridge_url=client.bridge_url)
     assert BridgeSync.objects.get().flavour == "novu"
 
 

@@ -1,0 +1,88 @@
+"""The registry of a client's bridges: which flavour each speaks, which workflows it defines.
+
+Filled from the bridge's health-check and discover; read by the trigger API (is the
+workflow known, what is its payload schema) and by the echo worker (how to drive it).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from notify.models import BridgeSync, BridgeWorkflow, Client
+from notify.selectors import signing_secret
+from workflows import bridge
+
+logger = logging.getLogger(__name__)
+
+
+def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
+    """Ask the bridge which flavour it speaks and which workflows it defines; store them."""
+    now = timezone.now()
+    try:
+        flavour = {"flavour": bridge.flavour_of(bridge.health_check(bridge_url))}
+    except bridge.BridgeError:
+        flavour = {}  # keep what an earlier health-check told
+    try:
+        found = bridge.discover(bridge_url, secret=signing_secret(client_id=client.pk))
+    except bridge.BridgeError as exc:
+        BridgeSync.objects.update_or_create(
+            client=client,
+            bridge_url=bridge_url,
+            defaults={"synced_at": now, "error": str(exc), **flavour},
+        )
+        raise
+    workflows = [
+        w for w in found.get("workflows", []) if isinstance(w, dict) and w.get("workflowId")
+    ]
+    with transaction.atomic():
+        BridgeSync.objects.update_or_create(
+            client=client,
+            bridge_url=bridge_url,
+            defaults={"synced_at": now, "error": "", **flavour},
+        )
+        BridgeWorkflow.objects.filter(client=client, bridge_url=bridge_url).exclude(
+            workflow_id__in=[w["workflowId"] for w in workflows]
+        ).delete()
+        rows = [
+            BridgeWorkflow.objects.update_or_create(
+                client=client,
+                bridge_url=bridge_url,
+                workflow_id=w["workflowId"],
+                defaults={
+                    "name": w.get("name") or w["workflowId"],
+                    "payload_schema": (w.get("payload") or {}).get("schema") or {},
+                    "steps": [
+                        {
+                            "stepId": s.get("stepId"),
+                            "type": s.get("type"),
+                            "controlSchema": (s.get("controls") or {}).get("schema") or {},
+                        }
+                        for s in w.get("steps", [])
+                        if isinstance(s, dict)
+                    ],
+                    "discovered_at": now,
+                },
+            )[0]
+            for w in workflows
+        ]
+    return rows
+
+
+def bridge_flavour(*, client_id: int, bridge_url: str) -> str:
+    """The flavour a bridge speaks, detected by a sync when it is not known yet (at most
+    once per NORM_DISCOVER_MIN_INTERVAL); `norm` while it cannot be told."""
+    last = BridgeSync.objects.filter(client_id=client_id, bridge_url=bridge_url).first()
+    stale = timezone.now() - timedelta(seconds=settings.NORM_DISCOVER_MIN_INTERVAL)
+    if last is None or (not last.flavour and last.synced_at < stale):
+        try:
+            bridge_sync(client=Client.objects.get(pk=client_id), bridge_url=bridge_url)
+        except bridge.BridgeError as exc:
+            # The health-check may have answered even if discover did not (a wrong key).
+            logger.info("sync of %s for its flavour failed: %s", bridge_url, exc)
+        last = BridgeSync.objects.filter(client_id=client_id, bridge_url=bridge_url).first()
+    return (last.flavour if last else "") or BridgeSync.Flavour.NORM
