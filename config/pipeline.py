@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,23 @@ class Stage:
 
 WORKFLOW = Stage("norm.workflow.run", "workflows")
 SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
+# Broadcasts and topics: existing subscribers, a chunk of subscriberIds per command.
+SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
 
 QUEUES = ("workflows", "subscribers", "echo", "messages")
+
+# Options for every stage's task. A task that loses the database (a restart, a
+# failover) would otherwise fail and be acknowledged, leaving its work to the
+# reconciler's grace period; it retries with jittered backoff instead. Every task
+# claims its row, so a retry of one that got halfway is harmless.
+DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_kwargs": {"max_retries": 10},
+}
 
 
 def workflow_queue(workflow_id: str) -> str:

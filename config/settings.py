@@ -255,6 +255,8 @@ NORM_PROVIDERS: dict[str, str] = env_json(
 )
 # The demo bridge at /bridge verifies signatures with this secret (strict mode) when set.
 NORM_DEMO_BRIDGE_SECRET = env_str("NORM_DEMO_BRIDGE_SECRET", "")
+# Mounts the bench's endpoints (bench/urls.py); only `manage.py bench` sets it.
+NORM_BENCH_ENDPOINTS = env_bool("NORM_BENCH_ENDPOINTS", False)
 
 # --- email --------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
@@ -27,3 +28,8 @@ urlpatterns = [
     path("", include("workflows.urls")),
     path("", include("messaging.urls")),
 ]
+
+if settings.NORM_BENCH_ENDPOINTS:
+    from bench.urls import urlpatterns as bench_urlpatterns
+
+    urlpatterns += bench_urlpatterns

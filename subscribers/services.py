@@ -8,7 +8,7 @@ from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
-from workflows.services import notification_create
+from workflows.services import notification_create, notifications_create
 
 
 def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Subscriber:
@@ -41,6 +41,18 @@ def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> N
         return
     subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
     notification_create(trigger_event=event, subscriber=subscriber)
+
+
+def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
+    """Stage 3 for a chunk of a broadcast's or a topic's audience: the subscribers exist
+    (one deleted since the fan-out is skipped), so only their notifications are created."""
+    event = TriggerEvent.objects.filter(pk=trigger_event_id).first()
+    if event is None:
+        return
+    subscribers = Subscriber.objects.filter(
+        client_id=event.client_id, subscriber_id__in=subscriber_ids
+    )
+    notifications_create(trigger_event=event, subscribers=list(subscribers))
 
 
 # --- the subscriber and topic API ----------------------------------------------------------

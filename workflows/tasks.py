@@ -3,16 +3,19 @@ from __future__ import annotations
 from celery import Task, shared_task
 from django.conf import settings
 
+from config import pipeline
 from workflows import bridge, services
 
 
-@shared_task(name="norm.workflow.run", ignore_result=True)
+@shared_task(name="norm.workflow.run", ignore_result=True, **pipeline.DB_RETRY)
 def workflow_run(trigger_event_id: int) -> None:
     """Stage 2: fan a trigger event out to its recipients. Claims the event first."""
     services.trigger_event_run(trigger_event_id=trigger_event_id)
 
 
-@shared_task(name="norm.echo.run", bind=True, ignore_result=True, max_retries=None)
+@shared_task(
+    name="norm.echo.run", bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
+)
 def echo_run(self: Task, notification_id: str) -> None:
     """Stage 4: ask the bridge for the next step. Transient bridge errors retry with
     backoff; does nothing while a step is open, so a duplicate run is harmless."""

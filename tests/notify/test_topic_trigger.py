@@ -68,6 +68,10 @@ def fan_out(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> 
         for args in commands:
             with django_capture_on_commit_callbacks(execute=True):
                 subscriber_tasks.subscriber_process(*args)
+        # A topic's members come in chunks, one batch command each.
+        for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER_BATCH))):
+            with django_capture_on_commit_callbacks(execute=True):
+                subscriber_tasks.subscribers_process(*args)
 
     return run
 

@@ -59,8 +59,11 @@ def test_broadcast_streams_every_subscriber_of_the_client_in_chunks(
     with CaptureQueriesContext(connection) as queries:
         tasks.workflow_run(event.pk)
 
-    commands = enqueued.of(pipeline.SUBSCRIBER)
-    assert sorted(r["subscriberId"] for _, r in commands) == sorted(mine)
+    # One batch command per chunk, in subscriber order: not one command per subscriber.
+    assert enqueued.of(pipeline.SUBSCRIBER) == []
+    commands = enqueued.of(pipeline.SUBSCRIBER_BATCH)
+    assert [len(ids) for _, ids in commands] == [3, 3, 1]
+    assert sorted(i for _, ids in commands for i in ids) == sorted(mine)
     assert all(pk == event.pk for pk, _ in commands)
     # 7 subscribers in chunks of 3: three full-or-partial pages and one empty page.
     pages = [q for q in queries if 'FROM "subscribers_subscriber"' in q["sql"]]
@@ -84,7 +87,8 @@ def test_running_twice_enqueues_nothing_the_second_time(enqueued: Enqueued, mode
     event = TriggerEventFactory(mode=mode, to=["ann", "bob"])
     SubscriberFactory.create_batch(2, client=event.client)
     tasks.workflow_run(event.pk)
-    assert len(enqueued.of(pipeline.SUBSCRIBER)) == 2
+    singles, batches = enqueued.of(pipeline.SUBSCRIBER), enqueued.of(pipeline.SUBSCRIBER_BATCH)
+    assert len(singles) + sum(len(ids) for _, ids in batches) == 2
     enqueued.clear()
     tasks.workflow_run(event.pk)
     assert enqueued.calls == []

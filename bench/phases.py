@@ -1,0 +1,385 @@
+"""The four measurements, each beside its baseline from the same run.
+
+trigger   POST /v1/events/trigger vs a bare authenticated view, same gunicorn, no workers
+latency   trigger -> first message sent vs a chain of as many plain Celery hops
+pipeline  notifications/s of a two-step workflow vs plain Celery chains of as many hops
+fanout    a broadcast until every notification exists vs a bulk insert of as many rows;
+          and the workflow worker's memory vs its idle size
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from django.db import connection
+from django.db.models import Max
+from django.utils import timezone
+
+from bench import load
+from bench.infra import (
+    PRODUCT_QUEUES,
+    Infra,
+    children_of,
+    proc_status,
+    survive_restart,
+    wait_for,
+)
+from bench.tasks import DONE_KEY, LAST_KEY, QUEUE
+from config.celery import app
+from messaging.models import Message
+from notify.models import Client, TriggerEvent
+from subscribers.models import Subscriber
+from workflows.models import Notification
+
+# Task executions per notification of the two-step workflow: subscriber, then
+# echo -> message (in_app) -> echo -> message (email) -> echo (done). The workflow task
+# that fans out to a batch runs once per batch, in both the product and the baseline.
+PIPELINE_HOPS = 6
+# Tasks from the trigger to the first message: workflow, subscriber, echo, message.
+FIRST_MESSAGE_HOPS = 4
+BATCH = 100
+
+
+@dataclass
+class Row:
+    figure: str
+    value: float
+    baseline: float
+    baseline_name: str
+    unit: str
+    higher_is_better: bool
+    goal: str = ""
+    min_ratio: float | None = None
+    max_value: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        if not self.value or not self.baseline:
+            return 0.0
+        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+
+    @property
+    def passed(self) -> bool | None:
+        if self.min_ratio is not None:
+            return self.ratio >= self.min_ratio
+        if self.max_value is not None:
+            return self.value <= self.max_value
+        return None
+
+
+@dataclass
+class Bench:
+    infra: Infra
+    client: Client
+    key: str
+    quick: bool
+    log: Any  # a callable taking one line
+
+    @property
+    def bridge_url(self) -> str:
+        return f"{self.infra.web_url}/bench/bridge"
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.infra.web_url}{path}",
+            json=body,
+            headers={"Authorization": f"ApiKey {self.key}"},
+            timeout=30,
+        )
+        if response.status_code >= 300:
+            raise RuntimeError(f"POST {path} answered {response.status_code}: {response.text}")
+        return response.json()
+
+    def reset(self) -> None:
+        """Between phases: nothing queued, no counters, no rows of an earlier phase."""
+        self.infra.flush_redis()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "TRUNCATE messaging_message, workflows_step, workflows_notification, "
+                "notify_triggerevent CASCADE"
+            )
+
+
+# --- trigger API ----------------------------------------------------------------------------
+
+
+def trigger(bench: Bench) -> list[Row]:
+    """Closed loop of 32 clients on loopback; the best of `rounds` for each endpoint."""
+    seconds, rounds = (4, 1) if bench.quick else (8, 2)
+    run = uuid.uuid4().hex[:8]
+    web = bench.infra.web_url
+    results: dict[str, list[load.LoadResult]] = {"bare": [], "trigger": []}
+    for number in range(rounds + 1):  # round 0 warms both up and is not counted
+        for name, path in (("bare", "/v1/bench/auth-only"), ("trigger", "/v1/events/trigger")):
+            prefix = f"{run}-{number}-{name}"
+            result = _load(bench, f"{web}{path}", prefix, seconds=2 if number == 0 else seconds)
+            if result.failed:
+                raise RuntimeError(f"{name}: {result.failed} of {result.requests} requests failed")
+            if number:
+                results[name].append(result)
+            bench.log(
+                f"  {name:<7} round {number}: {result.rps:7.0f} req/s  p50 {result.p50_ms:.1f} ms"
+                f"  p99 {result.p99_ms:.1f} ms ({result.tool})"
+            )
+    time.sleep(1)  # requests still in flight when the load stopped
+    created = TriggerEvent.objects.count()
+    bench.log(
+        f"  {created} trigger events stored, {bench.infra.queue_lengths()['workflows']} queued"
+    )
+    bench.reset()
+    bare = max(results["bare"], key=lambda r: r.rps)
+    trig = max(results["trigger"], key=lambda r: r.rps)
+    return [
+        Row("trigger API, req/s (32 clients)", trig.rps, bare.rps, "bare auth view", "req/s",
+            True, "≥ 70% of bare", min_ratio=0.7),
+        Row("trigger API, p50 latency", trig.p50_ms, bare.p50_ms, "bare auth view", "ms", False),
+        Row("trigger API, p99 latency", trig.p99_ms, bare.p99_ms, "bare auth view", "ms", False),
+    ]  # fmt: skip
+
+
+def _load(bench: Bench, url: str, prefix: str, *, seconds: float) -> load.LoadResult:
+    # The same body to both endpoints; the bare view never reads it.
+    if load.has_wrk():
+        body = (
+            'string.format(\'{"name": "bench-one-step", "to": "t-%d", '
+            f'"payload": {{"n": %d}}, "transactionId": "{prefix}-%d"}}\', n % 1000, n, n)'
+        )
+        return load.wrk(
+            url, key=bench.key, method="POST", body_lua=body, clients=32, seconds=seconds,
+            workdir=bench.infra.dir,
+        )  # fmt: skip
+    return load.python_load(
+        url,
+        key=bench.key,
+        method="POST",
+        body=lambda n: {
+            "name": "bench-one-step",
+            "to": f"t-{n % 1000}",
+            "payload": {"n": n},
+            "transactionId": f"{prefix}-{n}",
+        },
+        clients=32,
+        seconds=seconds,
+    )
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+
+def latency(bench: Bench) -> list[Row]:
+    """Sequential triggers on an otherwise idle system: POST -> Message.sent_at."""
+    count = 20 if bench.quick else 50
+    worker = bench.infra.start_worker("all", queues=f"{PRODUCT_QUEUES},{QUEUE}", concurrency=2)
+    try:
+        for n in range(3):  # warm the worker processes' connections and imports
+            _first_message_latency(bench, f"warm-{n}")
+        product = [_first_message_latency(bench, f"lat-{n}") for n in range(count)]
+        baseline = [_hop_latency(bench) for _ in range(count)]
+    finally:
+        bench.infra.stop(worker)
+    bench.reset()
+    p = _percentiles
+    bench.log(f"  product p50 {p(product)[0]:.1f} ms, baseline p50 {p(baseline)[0]:.1f} ms")
+    return [
+        Row("trigger → first message, p50", p(product)[0], p(baseline)[0],
+            f"{FIRST_MESSAGE_HOPS} plain hops", "ms", False),
+        Row("trigger → first message, p99", p(product)[1], p(baseline)[1],
+            f"{FIRST_MESSAGE_HOPS} plain hops", "ms", False),
+    ]  # fmt: skip
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+def _first_message_latency(bench: Bench, transaction_id: str) -> float:
+    started = time.time()
+    bench.post(
+        "/v1/events/trigger",
+        {"name": "bench-one-step", "to": "lat-sub", "transactionId": transaction_id},
+    )
+    sent = Message.objects.filter(
+        step__notification__trigger_event__transaction_id=transaction_id, sent_at__isnull=False
+    )
+    sent_at = wait_for(
+        lambda: sent.values_list("sent_at", flat=True).first(),
+        timeout=15,
+        interval=0.005,
+        what=f"the first message of {transaction_id}",
+    )
+    return (sent_at.timestamp() - started) * 1000
+
+
+def _hop_latency(bench: Bench) -> float:
+    redis = bench.infra.redis
+    before = int(redis.get(DONE_KEY) or 0)
+    started = time.time()
+    app.send_task("bench.hop", args=[FIRST_MESSAGE_HOPS], queue=QUEUE)
+    wait_for(lambda: int(redis.get(DONE_KEY) or 0) > before, timeout=15, interval=0.002, what="hop")
+    return (float(redis.get(LAST_KEY)) - started) * 1000
+
+
+# --- pipeline throughput -------------------------------------------------------------------------
+
+
+def pipeline(bench: Bench) -> list[Row]:
+    total = 200 if bench.quick else 600
+    worker = bench.infra.start_worker("all", queues=f"{PRODUCT_QUEUES},{QUEUE}", concurrency=2)
+    try:
+        baseline = _hop_throughput(bench, total)
+        bench.log(f"  baseline: {baseline:.0f} chains/s of {PIPELINE_HOPS} hops")
+        product = _pipeline_throughput(bench, total)
+        bench.log(f"  norm: {product:.1f} notifications/s, {bench.infra.smtp.received} emails")
+    finally:
+        bench.infra.stop(worker)
+    bench.reset()
+    return [
+        Row(f"pipeline, two-step notifications/s ({total})", product, baseline,
+            f"{PIPELINE_HOPS}-hop Celery chains", "/s", True, "≥ 50% of baseline",
+            min_ratio=0.5),
+    ]  # fmt: skip
+
+
+def _hop_throughput(bench: Bench, total: int) -> float:
+    redis = bench.infra.redis
+    redis.delete(DONE_KEY, LAST_KEY)
+    started = time.time()
+    for _ in range(total // BATCH):
+        app.send_task("bench.fan", args=[BATCH, PIPELINE_HOPS], queue=QUEUE)
+    wait_for(lambda: int(redis.get(DONE_KEY) or 0) >= total, timeout=300, what="baseline chains")
+    return total / (float(redis.get(LAST_KEY)) - started)
+
+
+def _pipeline_throughput(bench: Bench, total: int) -> float:
+    sent_before = bench.infra.smtp.received
+    run = uuid.uuid4().hex[:8]
+    started = timezone.now()
+    for batch in range(total // BATCH):
+        ids = range(batch * BATCH, (batch + 1) * BATCH)
+        bench.post(
+            "/v1/events/trigger",
+            {
+                "name": "bench-two-step",
+                "to": [{"subscriberId": f"p-{i}", "email": f"p-{i}@example.com"} for i in ids],
+                "payload": {"n": batch},
+                "transactionId": f"{run}-{batch}",
+            },
+        )
+    mine = Notification.objects.filter(trigger_event__transaction_id__startswith=run)
+
+    def finished() -> bool:
+        failed = mine.filter(status=Notification.Status.FAILED).first()
+        if failed is not None:
+            raise RuntimeError(f"a notification failed: {failed.error_code} {failed.error}")
+        return mine.filter(status=Notification.Status.COMPLETED).count() >= total
+
+    wait_for(finished, timeout=240, interval=0.25, what="the pipeline's notifications")
+    if bench.infra.smtp.received - sent_before < total:
+        raise RuntimeError("the SMTP sink received fewer emails than notifications completed")
+    ended = mine.aggregate(last=Max("completed_at"))["last"]
+    return total / (ended - started).total_seconds()
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+
+
+def fanout(bench: Bench) -> list[Row]:
+    total = 10_000 if bench.quick else 100_000
+    _subscribers_ensure(bench.client, total)
+    bulk_seconds = _bulk_insert_seconds(bench.client, total)
+    bench.log(f"  bulk insert of {total} notification rows: {bulk_seconds:.1f} s")
+    infra = bench.infra
+    # A worker of its own for the workflow task, so its only child is the one measured.
+    flow = infra.start_worker("flow", queues="workflows", concurrency=1)
+    subs = infra.start_worker("subs", queues="subscribers", concurrency=2)
+    try:
+        (child,) = children_of(flow.popen.pid)
+        idle_kb = proc_status(child).get("VmRSS", 0)
+        started = timezone.now()
+        bench.post("/v1/events/trigger/broadcast", {"name": "bench-one-step"})
+        event = TriggerEvent.objects.get(client=bench.client, mode=TriggerEvent.Mode.BROADCAST)
+        mine = Notification.objects.filter(trigger_event=event)
+        peak_kb, done = 0, 0
+        deadline = time.monotonic() + (150 if bench.quick else 420)
+        while done < total and time.monotonic() < deadline:
+            for _ in range(5):  # memory every 0.1 s, the row count every 0.5 s
+                peak_kb = max(peak_kb, proc_status(child).get("VmRSS", 0))
+                time.sleep(0.1)
+            done = survive_restart(mine.count) or done
+        hwm_kb = proc_status(child).get("VmHWM", 0)
+        ended = mine.aggregate(last=Max("created_at"))["last"]
+        event.refresh_from_db()
+    finally:
+        infra.stop(subs)
+        infra.stop(flow)
+    # Past the time limit: the time all would have taken at the rate reached.
+    seconds = (ended - started).total_seconds() * total / max(done, 1)
+    if done < total:
+        bench.log(f"  fan-out stopped at the time limit: {done} of {total} notifications")
+    enqueue = (event.processed_at - event.claimed_at).total_seconds() if event.processed_at else 0
+    bench.log(
+        f"  fan-out: {seconds:.1f} s ({total / seconds:.0f} notifications/s), workflow task "
+        f"{enqueue:.1f} s; workflow child RSS {idle_kb / 1024:.0f} MB idle, "
+        f"peak {max(peak_kb, hwm_kb) / 1024:.0f} MB"
+    )
+    bench.reset()
+    return [
+        Row(f"fan-out: broadcast to {total:,}" + ("" if done == total else " (projected)"), seconds, bulk_seconds, "bulk insert", "s",
+            False),
+        Row("fan-out: workflow worker peak RSS", max(peak_kb, hwm_kb) / 1024, idle_kb / 1024,
+            "same process idle", "MB", False, "< 150 MB", max_value=150),
+    ]  # fmt: skip
+
+
+def _subscribers_ensure(client: Client, total: int) -> None:
+    """Exactly `total` subscribers: the broadcast's audience is every one of the client's."""
+    Subscriber.objects.filter(client=client).exclude(subscriber_id__startswith="f-").delete()
+    have = Subscriber.objects.filter(client=client, subscriber_id__startswith="f-").count()
+    Subscriber.objects.bulk_create(
+        (
+            Subscriber(client=client, subscriber_id=f"f-{i}", email=f"f-{i}@example.com")
+            for i in range(have, total)
+        ),
+        batch_size=5000,
+    )
+
+
+def _bulk_insert_seconds(client: Client, total: int) -> float:
+    """`total` Notification rows in one transaction of bulk INSERTs, like an import would."""
+    event = TriggerEvent.objects.create(
+        client=client, workflow_id="bench-bulk", transaction_id=f"bulk-{uuid.uuid4().hex}",
+        mode=TriggerEvent.Mode.BROADCAST, payload={}, resource=client.bridge_url,
+    )  # fmt: skip
+    subscriber_ids = list(
+        Subscriber.objects.filter(client=client, subscriber_id__startswith="f-")
+        .order_by("pk")
+        .values_list("pk", flat=True)[:total]
+    )
+    started = time.perf_counter()
+    Notification.objects.bulk_create(
+        (
+            Notification(
+                client=client,
+                trigger_event=event,
+                subscriber_id=pk,
+                workflow_id="bench-bulk",
+                resource=client.bridge_url,
+                payload={},
+            )  # fmt: skip
+            for pk in subscriber_ids
+        ),
+        batch_size=2000,
+    )
+    seconds = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE workflows_notification, notify_triggerevent CASCADE")
+    return seconds
+
+
+PHASES = {"trigger": trigger, "latency": latency, "pipeline": pipeline, "fanout": fanout}

@@ -1,0 +1,429 @@
+"""Faults injected into a running pipeline: nothing is lost, nothing is sent twice.
+
+Each test runs a workload through real Celery processes, breaks something, lets the
+system recover and checks that every notification reached a final state, that every
+email arrived once (counted by `X-Norm-Message-Id` at the SMTP server) and every
+in-app message exists once. The one repeat allowed is a send interrupted between the
+provider call and its commit: such repeats are printed and bounded by the number of
+sends that were in flight when the fault hit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from django.db import connection
+from django.utils import timezone
+from pytest_django.live_server_helper import LiveServer
+
+from messaging.models import Message
+from notify.models import Client, TriggerEvent
+from tests.e2e.conftest import StartCelery, demo_bridge_url
+from tests.e2e.harness import BridgeProxy, CeleryProcess, free_port, wait_for
+from tests.faults.conftest import CountingSmtp, smtp_serve
+from workflows.models import Notification, Step
+from workflows.services import OPEN_STEP
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+# Recovery within seconds instead of minutes: Redis hands a dead worker's unacknowledged
+# messages out again after the visibility timeout (it must exceed every countdown given
+# to the broker), the reconciler runs every second and takes a claim older than 5 s for
+# a dead worker's.
+RECOVERY = {
+    "CELERY_VISIBILITY_TIMEOUT": "10",
+    "NORM_BROKER_MAX_COUNTDOWN": "8",
+    "NORM_STALE_CLAIM_SECONDS": "5",
+    "NORM_RECONCILE_GRACE": "10",
+    "NORM_RECONCILE_INTERVAL": "1",
+    "NORM_SEND_RETRY_BACKOFF": "0.3",
+}
+WELCOME = ("inbox", "wait", "reminder")
+ORDER = "order-update"
+SHIPPED = ("shipped-email", "shipped-inbox")
+# The channel steps of the workloads' workflows (workflows/demo.py) and their channel.
+CHANNEL_OF = {
+    "inbox": "in_app",
+    "reminder": "email",
+    "shipped-email": "email",
+    "shipped-inbox": "in_app",
+    "delayed-inbox": "in_app",
+}
+
+
+def trigger(
+    live_server: LiveServer, key: str, to: Any, payload: dict[str, Any], name: str = "welcome"
+) -> None:
+    response = requests.post(
+        f"{live_server.url}/v1/events/trigger",
+        json={"name": name, "to": to, "payload": payload},
+        headers={"Authorization": f"ApiKey {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+
+
+def people(prefix: str, count: int) -> list[dict[str, str]]:
+    return [
+        {"subscriberId": f"{prefix}{i}", "email": f"{prefix}{i}@example.com"} for i in range(count)
+    ]
+
+
+def statuses(client: Client) -> dict[str, int]:
+    return dict(
+        Counter(Notification.objects.filter(client=client).values_list("status", flat=True))
+    )
+
+
+def wait_final(client: Client, count: int, timeout: float) -> None:
+    def done() -> bool:
+        final = Notification.objects.filter(client=client, status__in=Notification.FINAL)
+        return final.count() == count
+
+    try:
+        wait_for(done, timeout=timeout, interval=0.5, what=f"{count} final notifications")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; notifications by status: {statuses(client)}") from None
+
+
+def emails_in_flight(client: Client) -> set[int]:
+    """The email messages being sent right now: claimed steps that have not committed."""
+    return set(
+        Message.objects.filter(
+            client=client, channel="email", step__status=Step.Status.PROCESSING
+        ).values_list("pk", flat=True)
+    )
+
+
+def held(client: Client, smtp: CountingSmtp) -> set[int]:
+    """Emails the SMTP server has kept whose senders have not committed the send yet."""
+    return {pk for pk in emails_in_flight(client) if str(pk) in smtp.deliveries}
+
+
+def kill(proc: CeleryProcess) -> None:
+    """SIGKILL the worker and its pool: no warm shutdown, nothing acknowledged."""
+    os.killpg(proc.process.pid, signal.SIGKILL)
+    proc.process.wait()
+
+
+def assert_delivered_once(
+    client: Client,
+    smtp: CountingSmtp,
+    *,
+    notifications: int,
+    steps: Collection[str],
+    in_flight: Collection[int] = (),
+) -> None:
+    """Every notification completed each of its steps once; every email arrived once and
+    every in-app message exists once, except repeats of sends in flight at the fault."""
+    assert statuses(client) == {Notification.Status.COMPLETED: notifications}
+    all_steps = Step.objects.filter(notification__client=client)
+    assert not all_steps.exclude(status=Step.Status.COMPLETED).exists()
+    assert Counter(all_steps.values_list("step_id", flat=True)) == dict.fromkeys(
+        steps, notifications
+    )
+    messages = Message.objects.filter(client=client)
+    assert not messages.exclude(status=Message.Status.SENT).exists()
+    expected = Counter(CHANNEL_OF[step] for step in steps if step in CHANNEL_OF)
+    assert Counter(messages.values_list("channel", flat=True)) == {
+        channel: n * notifications for channel, n in expected.items()
+    }
+    emails = {str(pk) for pk in messages.filter(channel="email").values_list("pk", flat=True)}
+    # Each email arrived, and no other.
+    wait_for(lambda: set(smtp.deliveries) == emails, timeout=10, what="every email at SMTP")
+    repeats = smtp.repeats()
+    print(
+        f"\n[faults] {notifications} notifications, {len(emails)} emails, "
+        f"{len(in_flight)} sends in flight at the fault, repeated deliveries: {repeats or 'none'}"
+    )
+    assert set(repeats) <= {str(pk) for pk in in_flight}, "a send not in flight was repeated"
+    assert sum(repeats.values()) <= len(in_flight)
+
+
+# --- 1. workers killed mid-run ------------------------------------------------------------------
+
+
+def test_workers_killed_mid_run_lose_nothing(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    recorder = smtp[1]
+    # A dead worker's tasks come back through Redis and its claims through the reconciler;
+    # a long grace keeps the reconciler from re-enqueueing work that is merely queued.
+    env = {**RECOVERY, "NORM_RECONCILE_GRACE": "30"}
+    workers = [start_celery("worker", **env) for _ in range(2)]
+    client, key = make_client()
+    for delay in (2, 3, 4, 5):
+        trigger(live_server, key, people(f"d{delay}-", 125), {"delaySeconds": delay})
+
+    wait_for(lambda: recorder.delivered() >= 25, timeout=120, what="emails before the kill")
+    recorder.hold = 10  # to kill the workers while sends they made wait for their answer
+    wait_for(lambda: held(client, recorder), timeout=30, what="a send waiting for its answer")
+    for worker in workers:
+        kill(worker)
+    recorder.hold = 0
+    in_flight = emails_in_flight(client)
+    print(f"\n[faults] killed the workers at {statuses(client)}, {recorder.delivered()} emails")
+    for kind in ("worker", "worker", "beat"):
+        start_celery(kind, **env)
+
+    wait_final(client, 500, timeout=240)
+    assert_delivered_once(client, recorder, notifications=500, steps=WELCOME, in_flight=in_flight)
+
+
+# --- 2. the broker emptied -------------------------------------------------------------------
+
+
+def test_an_emptied_broker_is_refilled_from_the_database(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    broker: str,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    recorder = smtp[1]
+    processes = [start_celery(kind, **RECOVERY) for kind in ("worker", "worker", "beat")]
+    client, key = make_client()
+    for delay in (2, 3, 4, 5):
+        trigger(live_server, key, people(f"d{delay}-", 50), {"delaySeconds": delay})
+
+    wait_for(
+        lambda: Notification.objects.filter(client=client).count() >= 60,
+        timeout=60,
+        what="part of the fan-out",
+    )
+    # A Redis restart without persistence: every queued, delayed and unacknowledged task
+    # is gone. FLUSHDB on this test's database only, never FLUSHALL: other sessions on
+    # this machine use other databases of the same Redis server, which must not be
+    # restarted either; the processes are killed first so none keeps a task in memory.
+    for proc in processes:
+        kill(proc)
+    redis.Redis.from_url(broker).flushdb()
+    in_flight = emails_in_flight(client)
+    created = Notification.objects.filter(client=client).count()
+    print(f"\n[faults] emptied the broker at {statuses(client)}, {recorder.delivered()} emails")
+    assert created < 200, "the fault must hit the fan-out while it is under way"
+    for kind in ("worker", "worker", "beat"):
+        start_celery(kind, **RECOVERY)
+
+    wait_final(client, 200, timeout=150)
+    assert_delivered_once(client, recorder, notifications=200, steps=WELCOME, in_flight=in_flight)
+
+
+# --- 3. the bridge unreachable ----------------------------------------------------------------
+
+
+def test_a_bridge_down_for_a_while_resumes_every_notification(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    down_until = [0.0]
+
+    def outage(number: int) -> tuple[int, dict[str, Any]] | None:
+        if time.monotonic() < down_until[0]:
+            return 503, {"message": "the bridge is restarting"}
+        return None
+
+    # Backoff 0.2 s doubling: 7 retries span 25 s, well over the 8 s outage.
+    start_celery("worker", NORM_BRIDGE_MAX_RETRIES="7")
+    with BridgeProxy(demo_bridge_url(live_server), outage) as proxy:
+        client, key = make_client(bridge_url=proxy.url)
+        trigger(live_server, key, people("p", 20), {"delaySeconds": 2})
+        # Down once every inbox message is out, while the notifications wait out the delay.
+        wait_for(
+            lambda: Message.objects.filter(client=client, channel="in_app").count() == 20,
+            timeout=60,
+            what="the in-app messages",
+        )
+        down_until[0] = time.monotonic() + 8
+        wait_final(client, 20, timeout=90)
+
+    refused = Notification.objects.filter(client=client, bridge_attempts__gt=0).count()
+    print(f"\n[faults] {refused} notifications met the outage, {proxy.execute_calls} execute calls")
+    assert refused > 0, "the outage must hit the notifications"
+    assert_delivered_once(client, smtp[1], notifications=20, steps=WELCOME)
+
+
+def test_a_bridge_that_never_comes_back_fails_notifications_with_the_reason(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    start_celery("worker", NORM_BRIDGE_MAX_RETRIES="3")
+    with BridgeProxy(demo_bridge_url(live_server), lambda number: None) as proxy:
+        client, key = make_client(bridge_url=proxy.url)
+        trigger(live_server, key, people("p", 10), {"delaySeconds": 1})
+    # The proxy is closed: from here on, every call to the bridge is refused.
+    started = time.monotonic()
+
+    wait_final(client, 10, timeout=60)
+    elapsed = time.monotonic() - started
+    notifications = list(Notification.objects.filter(client=client))
+    assert {n.status for n in notifications} == {Notification.Status.FAILED}
+    assert {n.error_code for n in notifications} == {"BridgeUnreachable"}
+    assert all("the bridge is unreachable" in n.error for n in notifications)
+    # One call and three retries each, 0.2 + 0.4 + 0.8 s apart.
+    assert {n.bridge_attempts for n in notifications} == {4}
+    assert not Step.objects.filter(notification__client=client, status__in=OPEN_STEP).exists()
+    print(f"\n[faults] 10 notifications failed {elapsed:.1f}s after the bridge went away")
+
+
+# --- 4. the email provider failing for a while -------------------------------------------------
+
+
+def test_an_smtp_server_answering_4xx_gets_each_email_once(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    recorder = smtp[1]
+    recorder.refuse_first = 2
+    start_celery("worker", **RECOVERY)
+    client, key = make_client()
+    trigger(live_server, key, people("s", 30), {"status": "shipped", "orderId": "9"}, ORDER)
+
+    wait_final(client, 30, timeout=90)
+    assert_delivered_once(client, recorder, notifications=30, steps=SHIPPED)
+    assert set(recorder.attempts.values()) == {3}  # two 451s, then the delivery
+    emails = Message.objects.filter(client=client, channel="email")
+    assert set(emails.values_list("attempts", flat=True)) == {3}
+
+
+def test_an_smtp_server_that_starts_late_gets_each_email_once(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+) -> None:
+    recorder, port = CountingSmtp(), free_port()
+    start_celery("worker", **RECOVERY, EMAIL_PORT=str(port), NORM_SEND_MAX_ATTEMPTS="10")
+    client, key = make_client()
+    trigger(live_server, key, people("s", 30), {"status": "shipped", "orderId": "9"}, ORDER)
+
+    emails = Message.objects.filter(client=client, channel="email")
+    wait_for(
+        lambda: emails.filter(attempts__gte=2).count() == 30,
+        timeout=60,
+        what="two refused attempts for every email",
+    )
+    assert all("SMTP connection failed" in e for e in emails.values_list("error", flat=True))
+    controller = smtp_serve(recorder, port)
+    try:
+        wait_final(client, 30, timeout=60)
+        assert_delivered_once(client, recorder, notifications=30, steps=SHIPPED)
+    finally:
+        controller.stop()
+
+
+# --- 6. one transactionId triggered concurrently -------------------------------------------------
+
+
+def test_one_transaction_id_sent_twenty_times_at_once_runs_once(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    worker = start_celery("worker")
+    client, key = make_client()
+    body = {
+        "name": ORDER,
+        "to": people("c", 10),
+        "payload": {"status": "delayed", "orderId": "5"},
+        "transactionId": "tx-concurrent-1",
+    }
+    gate = threading.Barrier(20)
+
+    def send(_: int) -> requests.Response:
+        gate.wait()
+        return requests.post(
+            f"{live_server.url}/v1/events/trigger",
+            json=body,
+            headers={"Authorization": f"ApiKey {key}"},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(send, range(20)))
+
+    assert [a.status_code for a in answers] == [201] * 20, [a.text for a in answers]
+    assert {a.json()["data"]["transactionId"] for a in answers} == {"tx-concurrent-1"}
+    wait_final(client, 10, timeout=60)
+    assert TriggerEvent.objects.filter(client=client).count() == 1
+    assert_delivered_once(client, smtp[1], notifications=10, steps=["delayed-inbox"])
+    log = worker.log.read_text()
+    assert log.count("Task norm.workflow.run[") == 2  # received, succeeded: one fan-out
+    assert log.count("Task norm.subscriber.process[") == 2 * 10
+
+
+# --- 5. PostgreSQL restarted (last: it disturbs every session on this machine) -------------------
+
+
+def postmaster_started() -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        return cursor.fetchone()[0]
+
+
+def test_workers_reconnect_after_postgresql_restarts(
+    live_server: LiveServer,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    clusters = Path("/etc/postgresql")
+    versions = sorted(p.name for p in clusters.iterdir()) if clusters.is_dir() else []
+    if os.geteuid() != 0 or not shutil.which("pg_ctlcluster") or len(versions) != 1:
+        pytest.skip("restarting PostgreSQL needs root, pg_ctlcluster and one local cluster")
+    started_at = postmaster_started()
+    recorder = smtp[1]
+    # Tasks that lose the database must retry, not wait for the reconciler: its grace
+    # outlasts the test. Only claims cut off mid-send are its to release.
+    env = {**RECOVERY, "NORM_RECONCILE_GRACE": "300"}
+    for kind in ("worker", "worker", "beat"):
+        start_celery(kind, **env)
+    client, key = make_client()
+    for delay in (2, 3):
+        trigger(live_server, key, people(f"d{delay}-", 50), {"delaySeconds": delay})
+
+    wait_for(lambda: recorder.delivered() >= 10, timeout=90, what="emails before the restart")
+    recorder.hold = 3  # sends answered only after the restart, when their commit fails
+    wait_for(lambda: held(client, recorder), timeout=30, what="a send waiting for its answer")
+    in_flight = emails_in_flight(client)
+    restart = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "restart"]
+    subprocess.run(restart, check=True, capture_output=True, timeout=60)
+    restarted = timezone.now()
+    recorder.hold = 0
+    connection.close()  # this process's connection died with the server
+    assert postmaster_started() != started_at, "the restarted cluster is not the test database's"
+    # Sends cut off by the restart keep their claims until the reconciler releases them.
+    in_flight |= set(
+        Message.objects.filter(
+            client=client,
+            channel="email",
+            step__status=Step.Status.PROCESSING,
+            step__claimed_at__lt=restarted,
+        ).values_list("pk", flat=True)
+    )
+    print(f"\n[faults] restarted PostgreSQL at {statuses(client)}, {recorder.delivered()} emails")
+
+    wait_final(client, 100, timeout=90)
+    assert_delivered_once(client, recorder, notifications=100, steps=WELCOME, in_flight=in_flight)
