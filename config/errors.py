@@ -86,7 +86,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status, code, message, errors = exc.status, exc.code, exc.message, exc.errors
         headers = exc.headers
     elif isinstance(exc, exceptions.ValidationError):
-        status, code, headers = 400, "invalid_request", {}
+        # As in Novu: a body that fails its schema is a 422 (novu-py's typed
+        # ValidationErrorDto), except under /v1/events, whose clients expect a 400.
+        # A bad query string stays a 400.
+        as_422 = (
+            request is not None
+            and request.method != "GET"
+            and not request.path.startswith("/v1/events")
+        )
+        status, code, headers = (422 if as_422 else 400), "invalid_request", {}
         errors = _flatten(exc.detail)
         message = validation_message(exc)
     elif isinstance(exc, exceptions.APIException):
@@ -130,10 +138,28 @@ class ErrorSerializer(serializers.Serializer):
     errorId = serializers.CharField(required=False, help_text="On a 500: look it up in the logs")
 
 
+class ValidationErrorSerializer(serializers.Serializer):
+    """The 422 body, for the OpenAPI schema only: `errors` keyed by field, as in Novu."""
+
+    class FieldMessagesSerializer(serializers.Serializer):
+        messages = serializers.ListField(child=serializers.CharField())
+
+    statusCode = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    path = serializers.CharField()
+    message = serializers.CharField()
+    error = serializers.CharField()
+    code = serializers.CharField(required=False)
+    errors = serializers.DictField(child=FieldMessagesSerializer())
+
+
 def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
     """`@extend_schema(responses=...)` entries for the errors an operation answers, with
     the 401/403 of the API key check on every operation."""
     return {
-        status: OpenApiResponse(ErrorSerializer, description=HTTPStatus(status).phrase)
+        status: OpenApiResponse(
+            ValidationErrorSerializer if status == 422 else ErrorSerializer,
+            description=HTTPStatus(status).phrase,
+        )
         for status in sorted({401, 403, *statuses})
     }

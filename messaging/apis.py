@@ -124,7 +124,7 @@ class MarkAsApi(APIView):
         request=InputSerializer,
         responses={
             201: ResponseSerializer,
-            **error_responses(400, 404),
+            **error_responses(400, 404, 422),
         },
     )
     def post(self, request: Request, subscriber_id: str) -> Response:

@@ -338,7 +338,7 @@ class SubscriberListApi(APIView):
         summary="Create a subscriber (or update the existing one)",
         parameters=[_FAIL_IF_EXISTS],
         request=SubscriberCreateInput,
-        responses={201: SubscriberResponse, **error_responses(400, 409)},
+        responses={201: SubscriberResponse, **error_responses(400, 422, 409)},
     )
     def post(self, request: Request) -> Response:
         body = _valid(SubscriberCreateInput, request.data)
@@ -435,7 +435,7 @@ class SubscriberDetailApi(APIView):
     @extend_schema(
         summary="Update a subscriber; null clears a field",
         request=SubscriberFields,
-        responses={200: SubscriberResponse, **error_responses(400, 404)},
+        responses={200: SubscriberResponse, **error_responses(400, 422, 404)},
     )
     def patch(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
@@ -450,7 +450,7 @@ class SubscriberDetailApi(APIView):
     @extend_schema(
         summary="Update a subscriber; null leaves a field as it is",
         request=SubscriberFields,
-        responses={200: SubscriberResponse, **error_responses(400, 404)},
+        responses={200: SubscriberResponse, **error_responses(400, 422, 404)},
     )
     def put(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(
@@ -529,7 +529,7 @@ class TopicListApi(APIView):
         responses={
             201: OpenApiResponse(TopicResponse, description="created"),
             200: OpenApiResponse(TopicResponse, description="it existed; updated"),
-            **error_responses(400, 409),
+            **error_responses(400, 422, 409),
         },
     )
     def post(self, request: Request) -> Response:
@@ -578,7 +578,7 @@ class TopicListApi(APIView):
 @extend_schema_view(
     post=extend_schema(
         operation_id="v1_topics_create",
-        responses={201: TopicResponse, **error_responses(400, 409)},
+        responses={201: TopicResponse, **error_responses(400, 422, 409)},
     ),
     get=extend_schema(
         operation_id="v1_topics_list",

@@ -228,6 +228,10 @@ def test_novu_py_raises_its_typed_errors(live_server: LiveServer, make_client: M
             }
         )
     assert no_topic.value.data.status_code == 404
+    with pytest.raises(novu_py.models.ValidationErrorDto) as unprocessable:
+        novu.subscribers.create(create_subscriber_request_dto={"subscriber_id": ""})
+    assert unprocessable.value.data.status_code == 422
+    assert list(unprocessable.value.data.errors) == ["subscriberId"]
     # The API answers 409 only when asked to; without retries it fails at once.
     with pytest.raises(novu_py.models.NovuError) as exists:
         novu.subscribers.create(

@@ -129,10 +129,16 @@ def test_fail_if_exists_answers_409_and_changes_nothing(keyed: tuple[Client, str
 
 
 @pytest.mark.parametrize(
-    "body", [{}, {"subscriberId": ""}, {"subscriberId": "ann", "data": "x"}, ["ann"]]
+    ("body", "status"),
+    [
+        ({}, 422),
+        ({"subscriberId": ""}, 422),
+        ({"subscriberId": "ann", "data": "x"}, 422),
+        (["ann"], 400),
+    ],
 )
-def test_invalid_create_is_400(key: str, body: Any) -> None:
-    assert_error(call(key, "post", "/v2/subscribers", body), 400, "/v2/subscribers")
+def test_invalid_create_is_422_or_400_when_not_an_object(key: str, body: Any, status: int) -> None:
+    assert_error(call(key, "post", "/v2/subscribers", body), status, "/v2/subscribers")
     assert not Subscriber.objects.exists()
 
 

@@ -64,9 +64,11 @@ def test_fail_if_exists_is_409(keyed: tuple[Client, str]) -> None:
     assert Topic.objects.get(client=client, key="news").name == "News"
 
 
-@pytest.mark.parametrize("body", [{}, {"key": ""}, {"name": "News"}, "news"])
-def test_invalid_create_is_400(key: str, body: Any) -> None:
-    assert_error(call(key, "post", "/v2/topics", body), 400, "/v2/topics")
+@pytest.mark.parametrize(
+    ("body", "status"), [({}, 422), ({"key": ""}, 422), ({"name": "News"}, 422), ("news", 400)]
+)
+def test_invalid_create_is_422_or_400_when_not_an_object(key: str, body: Any, status: int) -> None:
+    assert_error(call(key, "post", "/v2/topics", body), status, "/v2/topics")
     assert not Topic.objects.exists()
 
 
