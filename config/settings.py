@@ -248,6 +248,8 @@ NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
 NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
 # A discovered workflow (its payload schema) is re-discovered when older than this.
 NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
+# The trigger API reads a registry entry from process memory when it is this fresh.
+NORM_REGISTRY_CACHE_SECONDS = env_float("NORM_REGISTRY_CACHE_SECONDS", 5.0)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
 # provider, and its steps fail with that reason.
 NORM_PROVIDERS: dict[str, str] = env_json(

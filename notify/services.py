@@ -58,7 +58,7 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
     refused because the bridge is briefly down, only when norm cannot know the workflow.
     """
     found = selectors.bridge_workflow_get(
-        client=client, bridge_url=bridge_url, workflow_id=workflow_id
+        client=client, bridge_url=bridge_url, workflow_id=workflow_id, cached=True
     )
     now = timezone.now()
     if found is not None and found.discovered_at > now - timedelta(
@@ -122,11 +122,9 @@ def trigger_event_create(
     """Accept a trigger: check and store it, then hand it to the workflow worker.
 
     Idempotent on (client, transaction_id): a repeat returns the first event and
-    starts nothing new. No per-recipient work happens here.
+    starts nothing new. No per-recipient work happens here. The unique constraint,
+    not a lookup first, finds a repeat: the common case costs one INSERT.
     """
-    existing = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
-    if existing is not None:
-        return existing
     if client.workflow_allowlist and workflow_id not in client.workflow_allowlist:
         raise ApiError(403, "workflow_forbidden", f"This client may not trigger '{workflow_id}'")
     resource = resource or client.bridge_url
@@ -147,25 +145,42 @@ def trigger_event_create(
     registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
     _validate_payload(registered.payload_schema, payload)
 
-    try:
-        with transaction.atomic():
-            event = TriggerEvent.objects.create(
-                client=client,
-                workflow_id=workflow_id,
-                transaction_id=transaction_id,
-                mode=mode,
-                to=to if mode == TriggerEvent.Mode.MULTICAST else None,
-                payload=payload,
-                resource=resource,
-                actor=actor,
-                overrides=overrides or {},
-            )
-            pipeline.enqueue_on_commit(
-                pipeline.WORKFLOW, event.pk, queue=pipeline.workflow_queue(workflow_id)
-            )
-    except IntegrityError:
-        # The same transactionId raced in from a concurrent request: answer with its event.
+    event = _insert_once(
+        TriggerEvent(
+            client=client,
+            workflow_id=workflow_id,
+            transaction_id=transaction_id,
+            mode=mode,
+            to=to if mode == TriggerEvent.Mode.MULTICAST else None,
+            payload=payload,
+            resource=resource,
+            actor=actor,
+            overrides=overrides or {},
+        )
+    )
+    if event is None:  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(client=client, transaction_id=transaction_id)
+    pipeline.enqueue_on_commit(
+        pipeline.WORKFLOW, event.pk, queue=pipeline.workflow_queue(workflow_id)
+    )
+    return event
+
+
+def _insert_once(event: TriggerEvent) -> TriggerEvent | None:
+    """INSERT the event; None when its transactionId exists already.
+
+    In autocommit (a plain request) the INSERT is its own transaction: one round trip,
+    where atomic() would add BEGIN and COMMIT. Inside a transaction, a savepoint keeps
+    the outer one usable after a conflict.
+    """
+    try:
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():
+                event.save(force_insert=True)
+        else:
+            event.save(force_insert=True)
+    except IntegrityError:
+        return None
     return event
 
 

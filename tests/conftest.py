@@ -57,3 +57,11 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_request(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(requests.Session, "request", guarded)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry_cache() -> None:
+    """Each test sees the registry as its database holds it."""
+    from notify import selectors
+
+    selectors._registry_cache.clear()
