@@ -1,0 +1,116 @@
+"""Errors and secrets at the edges: the 500 body, redirects, and keys kept out of logs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from rest_framework.test import APIClient
+
+from notify import services as notify_services
+from tests.factories import BridgeWorkflowFactory, NotificationFactory, client_with_key
+from workflows import bridge
+from workflows import services as workflow_services
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_unexpected_error_is_a_500_in_novus_shape_with_an_error_id(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, key = client_with_key()
+
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(notify_services, "trigger_event_create", broken)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+
+    response = api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")
+
+    assert response.status_code == 500
+    body = response.json()
+    assert body["statusCode"] == 500 and body["path"] == "/v1/events/trigger"
+    assert body["message"] == "Internal server error"  # nothing of the cause leaks out
+    assert "disk on fire" not in response.content.decode()
+    # The id in the answer finds the traceback in the log.
+    assert any(body["errorId"] in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_POST(self) -> None:
+        type(self).hits.append(self.path)
+        if self.path.startswith("/target"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"done": true}')
+            return
+        self.send_response(302)
+        self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/target")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting_bridge() -> Iterator[str]:
+    _Redirecting.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/bridge"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_bridge_redirect_is_not_followed_and_fails_the_notification(
+    redirecting_bridge: str,
+) -> None:
+    client, _ = client_with_key(bridge_url=redirecting_bridge)
+    notification = NotificationFactory(
+        trigger_event__client=client, trigger_event__resource=redirecting_bridge
+    )
+
+    workflow_services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "BridgeRedirect"
+    assert [hit.split("?")[0] for hit in _Redirecting.hits] == ["/bridge"]  # never /target
+
+
+def test_secret_keys_appear_in_no_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, enqueued: object
+) -> None:
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    notification = NotificationFactory(trigger_event__client=client)
+    sent: list[dict[str, str]] = []
+
+    def fake_request(self: object, method: str, url: str, **kwargs: object) -> object:
+        sent.append(dict(kwargs["headers"]))  # type: ignore[arg-type]
+        raise bridge.requests.ConnectionError("down")
+
+    monkeypatch.setattr(bridge.requests.Session, "request", fake_request)
+    caplog.set_level(logging.DEBUG)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")
+    api.post(
+        "/v1/events/trigger",
+        {"name": "welcome", "to": "ann"},
+        format="json",
+        HTTP_AUTHORIZATION="ApiKey nk_wrong",
+    )
+    workflow_services.echo_run(notification_id=str(notification.pk))
+
+    assert any("novu-signature" in headers for headers in sent)  # the key signed a call
+    assert caplog.records
+    assert not [r for r in caplog.records if key in r.getMessage() or "nk_wrong" in r.getMessage()]
