@@ -76,6 +76,8 @@ class DjangoEmailProvider(Provider):
             ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc
+        except ValueError as exc:  # a newline in a header, an address Django refuses
+            raise SendError(f"the message cannot be sent: {exc}", transient=False) from exc
         return email.extra_headers["X-Norm-Message-Id"]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from messaging.models import Message
@@ -64,7 +64,13 @@ def message_send(*, step_id: int) -> None:
     message.recipient = provider.recipient(message)
     try:
         provider_message_id = provider.send(message)
-    except SendError as exc:
+    except (OperationalError, InterfaceError):
+        raise  # the database is away: the task retries
+    except Exception as exc:
+        if not isinstance(exc, SendError):
+            # A provider bug must not leave the step claimed, to be sent again forever.
+            logger.exception("provider %s failed on message %s", provider.name, message.pk)
+            exc = SendError(f"the provider failed: {exc!r}", transient=False)
         attempts = message.attempts + 1
         Message.objects.filter(pk=message.pk).update(
             attempts=attempts, error=str(exc), recipient=message.recipient

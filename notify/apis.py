@@ -177,6 +177,11 @@ class TriggerApi(APIView):
 
 class BulkTriggerApi(APIView):
     throttle_classes = [ClientTriggerRate]
+
+    def trigger_cost(self, request: Request) -> int:
+        events = request.data.get("events") if isinstance(request.data, dict) else None
+        return len(events) if isinstance(events, list) and events else 1
+
     MAX_EVENTS = 100
 
     @extend_schema(

@@ -26,7 +26,9 @@ class ClientTriggerRate(BaseThrottle):
         key = f"norm:trigger-rate:{client.pk}:{window}"
         # add() is a no-op when the key exists, so concurrent first requests share one counter.
         cache.add(key, 0, timeout=self.WINDOW * 2)
-        count = cache.incr(key)
+        # A bulk request costs one per event, so it cannot carry a client past its rate.
+        cost = view.trigger_cost(request) if hasattr(view, "trigger_cost") else 1
+        count = cache.incr(key, cost)
         self._wait = (window + 1) * self.WINDOW - now
         return count <= client.rate_limit_per_minute
 

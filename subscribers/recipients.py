@@ -19,6 +19,18 @@ INLINE_FIELDS = {
     "data": "data",
 }
 
+# The Subscriber model's column lengths, checked here so a trigger that the worker
+# could not store is refused at once, with nothing stored.
+MAX_LENGTHS = {
+    "email": 254,
+    "phone": 64,
+    "firstName": 200,
+    "lastName": 200,
+    "avatar": 500,
+    "locale": 32,
+    "timezone": 64,
+}
+
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_recipients", message, [{"field": "to", "message": message}])
@@ -68,8 +80,14 @@ def _subscriber(item: Any) -> dict[str, Any]:
                 recipient[key] = item[key]
         if "data" in recipient and not isinstance(recipient["data"], dict):
             raise _invalid("a subscriber's `data` must be an object")
+        for key, limit in MAX_LENGTHS.items():
+            value = recipient.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise _invalid(
+                    f"a subscriber's `{key}` must be a string of at most {limit} characters"
+                )
     else:
         raise _invalid("each recipient must be a subscriberId, a subscriber object or a topic")
-    if not recipient["subscriberId"]:
-        raise _invalid("subscriberId must not be empty")
+    if not recipient["subscriberId"] or len(recipient["subscriberId"]) > 255:
+        raise _invalid("subscriberId must be 1 to 255 characters")
     return recipient

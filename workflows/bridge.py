@@ -88,6 +88,7 @@ def call(
         )
     if status >= 400:
         code = data.get("code") if isinstance(data, dict) else None
+        code = code[:100] if isinstance(code, str) else None  # it is stored, and compared
         message = data.get("message") if isinstance(data, dict) else None
         message = str(message or response.text[:500] or response.reason)
         error_data = data.get("data") if isinstance(data, dict) else None

@@ -28,4 +28,7 @@ def delay_of(outputs: dict[str, Any]) -> timedelta:
         raise UnsupportedDelay(f"delay amount must be a non-negative number, got {amount!r}")
     if unit not in UNITS:
         raise UnsupportedDelay(f"delay unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    return timedelta(seconds=amount * UNITS[unit])
+    try:
+        return timedelta(seconds=amount * UNITS[unit])
+    except (OverflowError, ValueError) as exc:  # 1e10 days, or Infinity
+        raise UnsupportedDelay(f"delay of {amount} {unit} is too long") from exc

@@ -8,11 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config import pipeline
+from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secret
 from subscribers.models import Subscriber
@@ -246,7 +247,7 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         )
     except bridge.BridgeUnavailable as exc:
         Notification.objects.filter(pk=notification.pk).update(
-            bridge_attempts=notification.bridge_attempts + 1,
+            bridge_attempts=F("bridge_attempts") + 1,
             error=str(exc),
             updated_at=timezone.now(),
         )
@@ -257,7 +258,19 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     except bridge.BridgeError as exc:
         notification_fail(notification_id=notification.pk, code=exc.code, message=exc.message)
         return
-    _record_answer(notification=notification, state=state, answer=answer)
+    try:
+        _record_answer(notification=notification, state=state, answer=answer)
+    except (OperationalError, InterfaceError):
+        raise  # the database is away: the task retries
+    except Exception as exc:
+        # An answer norm cannot record (a delay too long to represent, say): failing
+        # the notification keeps the reconciler from asking the bridge again forever.
+        logger.exception("echo: cannot record the answer for %s", notification.pk)
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeInvalidResponse",
+            message=f"norm could not record the bridge's answer: {exc!r}"[:2000],
+        )
 
 
 def _record_answer(
@@ -287,7 +300,8 @@ def _record_answer(
             message=f"the bridge returned step '{step_id}' again, which already ran",
         )
         return
-    skipped = bool((answer.get("options") or {}).get("skip"))
+    options = answer.get("options")
+    skipped = isinstance(options, dict) and options.get("skip") is True
     now = timezone.now()
     due_at, countdown = now, 0.0
     if step_type == "delay" and not skipped:
@@ -343,7 +357,7 @@ def notification_fail(*, notification_id: Any, code: str, message: str) -> None:
     Notification.objects.filter(pk=notification_id).exclude(status__in=Notification.FINAL).update(
         status=Notification.Status.FAILED,
         error=message,
-        error_code=code,
+        error_code=code[:100],  # the column's length; bridges choose their codes
         completed_at=timezone.now(),
     )
 
@@ -390,11 +404,19 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
     """Put a step that failed transiently back on the schedule, `backoff` seconds out."""
     due_at = timezone.now() + timedelta(seconds=backoff)
     with transaction.atomic():
-        released = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+        released = Step.objects.filter(
+            pk=step.pk,
+            status=Step.Status.PROCESSING,
+            notification__status=Notification.Status.RUNNING,
+        ).update(
             status=Step.Status.SCHEDULED, due_at=due_at, enqueued_at=timezone.now(), error=message
         )
         if released:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
+        else:  # canceled (or failed) while it was sending: nothing more to try
+            Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+                status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
+            )
 
 
 # --- operations: retry, cancel, reconcile ------------------------------------------------
@@ -410,6 +432,10 @@ def notification_retry(*, notification: Notification) -> bool:
             return False
         failed = notification.steps.filter(status=Step.Status.FAILED).first()
         if failed is not None:
+            # A fresh budget of send attempts (the provider counts them on the message).
+            Message.objects.filter(step=failed).update(
+                status=Message.Status.SENDING, attempts=0, error=""
+            )
             Step.objects.filter(pk=failed.pk).update(
                 status=Step.Status.SCHEDULED,
                 due_at=timezone.now(),
@@ -491,12 +517,17 @@ def reconcile() -> dict[str, int]:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=pipeline.workflow_queue(workflow_id))
         counts["events"] += 1
 
-    Step.objects.filter(status=Step.Status.PROCESSING, claimed_at__lt=now - stale).update(
-        status=Step.Status.SCHEDULED, enqueued_at=None
-    )
-    due = Step.objects.filter(status=Step.Status.SCHEDULED, due_at__lte=now).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - grace, due_at__lt=now - grace)
-    )
+    # Only steps of running notifications: a canceled one's step is never sent.
+    Step.objects.filter(
+        status=Step.Status.PROCESSING,
+        claimed_at__lt=now - stale,
+        notification__status=Notification.Status.RUNNING,
+    ).update(status=Step.Status.SCHEDULED, enqueued_at=None)
+    due = Step.objects.filter(
+        status=Step.Status.SCHEDULED,
+        due_at__lte=now,
+        notification__status=Notification.Status.RUNNING,
+    ).filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - grace, due_at__lt=now - grace))
     for step_pk in list(due.values_list("pk", flat=True)[:1000]):
         Step.objects.filter(pk=step_pk).update(enqueued_at=now)
         pipeline.send_now(pipeline.MESSAGE, step_pk)

@@ -46,3 +46,15 @@ def test_rate_is_counted_per_client(enqueued) -> None:
     assert _api(limited_key).post("/v1/events/trigger", body, format="json").status_code == 429
     for _ in range(3):
         assert _api(other_key).post("/v1/events/trigger", body, format="json").status_code == 201
+
+
+@pytest.mark.django_db
+def test_a_bulk_request_costs_one_per_event(enqueued) -> None:
+    client, key = client_with_key(rate_limit_per_minute=5)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = _api(key)
+    events = [{"name": "welcome", "to": f"u{i}"} for i in range(4)]
+    assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 201
+    # 4 spent of 5: another bulk of 4 is over the rate, and stores nothing.
+    assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 429
+    assert TriggerEvent.objects.filter(client=client).count() == 4

@@ -1,0 +1,145 @@
+"""Rows that must never be left in a non-final state with nothing to move them on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from config import pipeline
+from messaging import services as messaging_services
+from messaging.models import Message
+from tests.factories import NotificationFactory, StepFactory, SubscriberFactory
+from workflows import bridge, services
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+
+def _answer(monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]) -> None:
+    monkeypatch.setattr(bridge, "execute", lambda *a, **kw: answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {
+            "done": False,
+            "stepId": "wait",
+            "type": "delay",
+            "outputs": {"amount": 1e10, "unit": "days"},
+        },
+        {
+            "done": False,
+            "stepId": "wait",
+            "type": "delay",
+            "outputs": {"amount": float("inf"), "unit": "seconds"},
+        },
+        {"done": False, "stepId": "mail", "type": "email", "outputs": {}, "options": "skip"},
+    ],
+    ids=["delay too long", "infinite delay", "options not an object"],
+)
+def test_an_answer_norm_cannot_record_fails_the_notification(
+    monkeypatch: pytest.MonkeyPatch, enqueued, answer: dict[str, Any]
+) -> None:
+    notification = NotificationFactory()
+    _answer(monkeypatch, answer)
+
+    services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    if answer.get("options") == "skip":  # not an object: no skip, the step is scheduled
+        assert notification.steps.get().status == Step.Status.SCHEDULED
+        return
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "UnsupportedDelay"
+    assert not notification.steps.exists()
+
+
+def test_a_bridge_error_code_that_is_not_a_short_string_is_stored_safely(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notification = NotificationFactory()
+
+    def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise bridge.BridgeError("X" * 300, "no")
+
+    monkeypatch.setattr(bridge, "execute", refuse)
+    services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "X" * 100
+
+
+def test_an_email_the_provider_refuses_fails_its_step_instead_of_staying_claimed(
+    settings, enqueued
+) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    notification = NotificationFactory(
+        status=Notification.Status.RUNNING,
+        subscriber=SubscriberFactory(email="ann@example.com"),
+    )
+    step = StepFactory(
+        notification=notification, type="email", outputs={"subject": "a\nBcc: x@y.z", "body": "b"}
+    )
+
+    messaging_services.message_send(step_id=step.pk)
+
+    step.refresh_from_db()
+    notification.refresh_from_db()
+    assert step.status == Step.Status.FAILED
+    assert notification.status == Notification.Status.FAILED
+    assert "cannot be sent" in step.error
+
+
+def test_a_transient_failure_after_a_cancel_does_not_reschedule_the_step(enqueued) -> None:
+    step = StepFactory(status=Step.Status.PROCESSING, claimed_at=timezone.now())
+    Notification.objects.filter(pk=step.notification_id).update(status=Notification.Status.CANCELED)
+
+    services.step_retry_later(step=step, message="421 try later", backoff=1)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_the_reconciler_leaves_steps_of_final_notifications_alone(settings, enqueued) -> None:
+    settings.NORM_RECONCILE_GRACE = 1
+    settings.NORM_STALE_CLAIM_SECONDS = 1
+    long_ago = timezone.now() - timedelta(minutes=5)
+    for status in (Notification.Status.CANCELED, Notification.Status.FAILED):
+        StepFactory(notification__status=status, status=Step.Status.SCHEDULED, due_at=long_ago)
+        StepFactory(notification__status=status, status=Step.Status.PROCESSING, claimed_at=long_ago)
+
+    services.reconcile()
+
+    assert enqueued.of(pipeline.MESSAGE) == []
+    assert Step.objects.filter(status=Step.Status.PROCESSING).count() == 2
+
+
+def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings, enqueued) -> None:
+    settings.NORM_SEND_MAX_ATTEMPTS = 2
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    notification = NotificationFactory(
+        status=Notification.Status.FAILED, subscriber=SubscriberFactory(email="ann@example.com")
+    )
+    step = StepFactory(notification=notification, status=Step.Status.FAILED)
+    Message.objects.create(
+        step=step,
+        client=notification.client,
+        subscriber=notification.subscriber,
+        channel="email",
+        provider="django-email",
+        status=Message.Status.FAILED,
+        attempts=2,
+    )
+
+    assert services.notification_retry(notification=notification)
+    messaging_services.message_send(step_id=step.pk)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    assert Message.objects.get(step=step).status == Message.Status.SENT
