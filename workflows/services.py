@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config import pipeline
@@ -503,8 +503,11 @@ def reconcile() -> dict[str, int]:
             created_at__gt=now - FANOUT_RECHECK,
             claimed_at__lt=now - grace,
         )
-        .annotate(reached=Count("notifications"))
+        .annotate(reached=Count("notifications"), last=Max("notifications__created_at"))
         .filter(reached__lt=F("recipients"))
+        # Only once its fan-out went quiet: a broadcast still being worked through (its
+        # commands queued behind others) is not lost.
+        .filter(Q(last__isnull=True) | Q(last__lt=now - grace))
     )
     TriggerEvent.objects.filter(
         pk__in=list(short.values_list("pk", flat=True)[:1000]),

@@ -14,6 +14,7 @@ from subscribers.models import Topic, TopicSubscription
 from tests.conftest import Enqueued
 from tests.factories import NotificationFactory, SubscriberFactory, TriggerEventFactory
 from workflows import tasks
+from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db
 
@@ -36,10 +37,23 @@ def fanned_out(event: TriggerEvent, *, seconds_ago: float = GRACE + 1) -> Trigge
     return event
 
 
-def reached(event: TriggerEvent, *subscriber_ids: str) -> None:
+def reached(event: TriggerEvent, *subscriber_ids: str, seconds_ago: float = GRACE + 1) -> None:
+    """Notifications made for these subscribers `seconds_ago` (the fan-out's last)."""
     for subscriber_id in subscriber_ids:
         subscriber = SubscriberFactory(client=event.client, subscriber_id=subscriber_id)
-        NotificationFactory(trigger_event=event, subscriber=subscriber)
+        notification = NotificationFactory(trigger_event=event, subscriber=subscriber)
+        Notification.objects.filter(pk=notification.pk).update(
+            created_at=timezone.now() - timedelta(seconds=seconds_ago)
+        )
+
+
+def test_a_fan_out_still_creating_notifications_is_not_sent_again(enqueued: Enqueued) -> None:
+    event = fanned_out(TriggerEventFactory(to=["ann", "bob"]))
+    reached(event, "ann", seconds_ago=1)  # bob's command may just be queued behind others
+    enqueued.clear()
+
+    assert tasks.reconcile()["events"] == 0
+    assert enqueued.of(pipeline.WORKFLOW) == []
 
 
 def test_lost_commands_are_sent_again_to_the_unreached_only(enqueued: Enqueued) -> None:
@@ -66,9 +80,12 @@ def test_a_broadcast_is_sent_again_to_the_unreached_only(enqueued: Enqueued) -> 
     for subscriber_id in ("ann", "bob"):
         SubscriberFactory(client=event.client, subscriber_id=subscriber_id)
     event = fanned_out(event)
+    old = timezone.now() - timedelta(seconds=GRACE + 1)
     NotificationFactory(
-        trigger_event=event, subscriber=event.client.subscribers.get(subscriber_id="ann")
+        trigger_event=event,
+        subscriber=event.client.subscribers.get(subscriber_id="ann"),
     )
+    Notification.objects.filter(trigger_event=event).update(created_at=old)
     enqueued.clear()
 
     tasks.reconcile()
@@ -101,6 +118,9 @@ def test_a_subscriber_reached_through_two_topics_is_counted_once_after_a_rerun(
     event = fanned_out(event)
     assert event.recipients == 2  # one command per topic
     NotificationFactory(trigger_event=event, subscriber=ann)
+    Notification.objects.filter(trigger_event=event).update(
+        created_at=timezone.now() - timedelta(seconds=GRACE + 1)
+    )
     enqueued.clear()
 
     assert tasks.reconcile()["events"] == 1
