@@ -438,14 +438,7 @@ class SubscriberDetailApi(APIView):
         responses={200: SubscriberResponse, **error_responses(400, 422, 404)},
     )
     def patch(self, request: Request, subscriber_id: str) -> Response:
-        subscriber = selectors.subscriber_get(
-            client_id=request.user.pk, subscriber_id=subscriber_id
-        )
-        body = _valid(SubscriberFields, request.data)
-        subscriber = services.subscriber_update(
-            subscriber=subscriber, values=body.model_values(nulls_clear=True)
-        )
-        return Response({"data": subscriber_dto(subscriber)})
+        return self._update(request, subscriber_id, nulls_clear=True)
 
     @extend_schema(
         summary="Update a subscriber; null leaves a field as it is",
@@ -453,12 +446,16 @@ class SubscriberDetailApi(APIView):
         responses={200: SubscriberResponse, **error_responses(400, 422, 404)},
     )
     def put(self, request: Request, subscriber_id: str) -> Response:
+        # novu 1.14 sends null for every field it was not given: null leaves it alone.
+        return self._update(request, subscriber_id, nulls_clear=False)
+
+    def _update(self, request: Request, subscriber_id: str, *, nulls_clear: bool) -> Response:
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
         )
         body = _valid(SubscriberFields, request.data)
         subscriber = services.subscriber_update(
-            subscriber=subscriber, values=body.model_values(nulls_clear=False)
+            subscriber=subscriber, values=body.model_values(nulls_clear=nulls_clear)
         )
         return Response({"data": subscriber_dto(subscriber)})
 
