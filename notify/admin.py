@@ -14,34 +14,22 @@ from django.utils.safestring import SafeString
 
 from notify import services
 from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
-from workflows.admin import ReadOnlyAdmin, pretty_json
+from workflows.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json
 
 # A key is shown as its prefix only: the plain key exists once, when it is created.
 KEY_FIELDS = ["prefix", "client", "created_at", "revoked_at"]
 
 
-class SecretKeyInline(admin.TabularInline):
+class SecretKeyInline(ReadOnlyInline):
     model = SecretKey
     fields = ["prefix", "created_at", "revoked_at"]
     readonly_fields = fields
-    can_delete = False
-    extra = 0
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
-class BridgeWorkflowInline(admin.TabularInline):
+class BridgeWorkflowInline(ReadOnlyInline):
     model = BridgeWorkflow
     fields = ["workflow_id", "name", "bridge_url", "discovered_at"]
     readonly_fields = fields
-    can_delete = False
-    extra = 0
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Client)

@@ -29,7 +29,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class StepInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """Related rows shown on their parent's page, linked, never added or edited here."""
+
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class StepInline(ReadOnlyInline):
     model = Step
     ordering = ["position"]
     fields = [
@@ -44,18 +58,9 @@ class StepInline(admin.TabularInline):
         "live_result",
     ]
     readonly_fields = fields
-    can_delete = False
-    extra = 0
-    show_change_link = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
         return super().get_queryset(request).select_related("message")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="outputs")
     def outputs_json(self, step: Step) -> SafeString:
