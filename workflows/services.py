@@ -531,18 +531,20 @@ def reconcile() -> dict[str, int]:
         due_at__lte=now,
         notification__status=Notification.Status.RUNNING,
     ).filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - grace, due_at__lt=now - grace))
-    for step_pk in list(due.values_list("pk", flat=True)[:1000]):
-        Step.objects.filter(pk=step_pk).update(enqueued_at=now)
+    step_pks = list(due.values_list("pk", flat=True)[:1000])
+    Step.objects.filter(pk__in=step_pks).update(enqueued_at=now)  # one UPDATE, not one each
+    for step_pk in step_pks:
         pipeline.send_now(pipeline.MESSAGE, step_pk)
-        counts["steps"] += 1
+    counts["steps"] = len(step_pks)
 
     open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
     idle = Notification.objects.filter(
         status__in=(Notification.Status.PENDING, Notification.Status.RUNNING),
         updated_at__lt=now - grace,
     ).exclude(Exists(open_step))
-    for notification_pk in list(idle.values_list("pk", flat=True)[:1000]):
-        Notification.objects.filter(pk=notification_pk).update(updated_at=now)
+    notification_pks = list(idle.values_list("pk", flat=True)[:1000])
+    Notification.objects.filter(pk__in=notification_pks).update(updated_at=now)
+    for notification_pk in notification_pks:
         pipeline.send_now(pipeline.ECHO, str(notification_pk))
-        counts["notifications"] += 1
+    counts["notifications"] = len(notification_pks)
     return counts
