@@ -1,11 +1,26 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("norm")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(sender: Task | None = None, **kwargs: Any) -> None:
+    """Drop a connection past CONN_MAX_AGE or one that failed (PostgreSQL restarted),
+    as Django does around each request; a healthy one is kept for the next task.
+    Not in eager mode: there the caller's connection (a test's transaction) is in use."""
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

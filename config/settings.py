@@ -213,6 +213,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # behind a slow bridge call instead of going to an idle worker.
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
 CELERY_TASK_DEFAULT_QUEUE = "workflows"
+# Celery's Django fixup closes the database connection after every task unless this
+# is set, and a new PostgreSQL connection cost more than the task's own queries. With
+# it, the fixup closes them every 1000 tasks, and config/celery.py applies
+# CONN_MAX_AGE and the health check around each task, as Django does per request.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -248,8 +253,10 @@ NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
 NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
 # A discovered workflow (its payload schema) is re-discovered when older than this.
 NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
-# The trigger API reads a registry entry from process memory when it is this fresh.
-NORM_REGISTRY_CACHE_SECONDS = env_float("NORM_REGISTRY_CACHE_SECONDS", 5.0)
+# How long a process reuses a registry entry, a bridge's flavour, step controls or a
+# signing key it read (config/memo.py): an admin edit or a key rotation reaches the
+# workers within this many seconds. 0 reads the database every time.
+NORM_PROCESS_CACHE_SECONDS = env_float("NORM_PROCESS_CACHE_SECONDS", 5.0)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
 # provider, and its steps fail with that reason.
 NORM_PROVIDERS: dict[str, str] = env_json(

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
+from config.db import insert_once
 from messaging.models import Message
 from messaging.providers import SendError, provider_for
 from workflows import services as workflow_services
@@ -43,20 +44,17 @@ def message_send(*, step_id: int) -> None:
         )
         return
     subscriber = step.notification.subscriber
-    with transaction.atomic():
-        message, _ = Message.objects.get_or_create(
-            step=step,
-            defaults={
-                "client_id": step.notification.client_id,
-                "subscriber": subscriber,
-                "channel": step.type,
-                "provider": provider.name,
-                # Provider overrides ride along under their own key, as the bridge sent them.
-                "content": {**step.outputs, "providers": step.providers}
-                if step.providers
-                else step.outputs,
-            },
-        )
+    message = Message(
+        step=step,
+        client_id=step.notification.client_id,
+        subscriber=subscriber,
+        channel=step.type,
+        provider=provider.name,
+        # Provider overrides ride along under their own key, as the bridge sent them.
+        content={**step.outputs, "providers": step.providers} if step.providers else step.outputs,
+    )
+    if not insert_once(message):  # a retry of this step, or a rerun after a crash
+        message = Message.objects.get(step=step)
     if message.status == Message.Status.SENT:
         workflow_services.step_complete(step=step, result={})
         return
@@ -82,16 +80,17 @@ def message_send(*, step_id: int) -> None:
             Message.objects.filter(pk=message.pk).update(status=Message.Status.FAILED)
             workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
         return
-    Message.objects.filter(pk=message.pk).update(
-        status=Message.Status.SENT,
-        recipient=message.recipient,
-        provider_message_id=provider_message_id,
-        attempts=message.attempts + 1,
-        sent_at=timezone.now(),
-        error="",
-    )
-    # An in-app result is read from the message when the state is built.
-    workflow_services.step_complete(step=step, result={})
+    with transaction.atomic():  # sent and done together: one commit
+        Message.objects.filter(pk=message.pk).update(
+            status=Message.Status.SENT,
+            recipient=message.recipient,
+            provider_message_id=provider_message_id,
+            attempts=message.attempts + 1,
+            sent_at=timezone.now(),
+            error="",
+        )
+        # An in-app result is read from the message when the state is built.
+        workflow_services.step_complete(step=step, result={})
 
 
 def message_mark(

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import hmac
-import time
 
-from django.conf import settings
-
+from config.memo import Memo
 from notify import crypto
 from notify.models import BridgeWorkflow, Client, SecretKey
 
@@ -22,37 +20,35 @@ def client_by_api_key(*, key: str) -> Client | None:
     return secret.client
 
 
-def signing_secret(*, client_id: int) -> str | None:
-    """The secret norm signs bridge calls with: the client's newest live key."""
-    secret = (
-        SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
-        .order_by("-created_at", "-id")
-        .first()
-    )
-    return crypto.decrypt(secret.encrypted) if secret else None
+_signing_secrets: Memo[str] = Memo()
+_registry: Memo[BridgeWorkflow] = Memo()
 
 
-# (client id, bridge URL, workflow id) -> (registry entry, when it was read)
-_registry_cache: dict[tuple[int, str, str], tuple[BridgeWorkflow, float]] = {}
+def signing_secret(*, client_id: int, cached: bool = False) -> str | None:
+    """The secret norm signs bridge calls with: the client's newest live key.
+    `cached`: as this process read it up to NORM_PROCESS_CACHE_SECONDS ago (the echo
+    worker signs every call; a rotation reaches it within those seconds)."""
+
+    def load() -> str | None:
+        secret = (
+            SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        return crypto.decrypt(secret.encrypted) if secret else None
+
+    return _signing_secrets.get(client_id, load, fresh=not cached)
 
 
 def bridge_workflow_get(
-    *, client: Client, bridge_url: str, workflow_id: str, cached: bool = False
+    *, client_id: int, bridge_url: str, workflow_id: str, cached: bool = False
 ) -> BridgeWorkflow | None:
-    """The registry entry. `cached`: may be up to NORM_REGISTRY_CACHE_SECONDS old, read
-    from this process's memory; the trigger API takes that, it saves a query per trigger."""
-    key = (client.pk, bridge_url, workflow_id)
-    if cached and key in _registry_cache:
-        entry, read_at = _registry_cache[key]
-        if time.monotonic() - read_at < settings.NORM_REGISTRY_CACHE_SECONDS:
-            return entry
-    entry = BridgeWorkflow.objects.filter(
-        client=client, bridge_url=bridge_url, workflow_id=workflow_id
-    ).first()
-    if entry is None:
-        _registry_cache.pop(key, None)
-    else:
-        if len(_registry_cache) > 10_000:  # bound the memory of a long-lived process
-            _registry_cache.clear()
-        _registry_cache[key] = (entry, time.monotonic())
-    return entry
+    """The registry entry. `cached`: as this process read it up to
+    NORM_PROCESS_CACHE_SECONDS ago; the trigger API and the echo worker take that."""
+    return _registry.get(
+        (client_id, bridge_url, workflow_id),
+        lambda: BridgeWorkflow.objects.filter(
+            client_id=client_id, bridge_url=bridge_url, workflow_id=workflow_id
+        ).first(),
+        fresh=not cached,
+    )

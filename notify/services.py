@@ -6,10 +6,11 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from config import pipeline
+from config.db import insert_once
 from config.errors import ApiError
 from notify import crypto, selectors
 from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
@@ -58,7 +59,7 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
     refused because the bridge is briefly down, only when norm cannot know the workflow.
     """
     found = selectors.bridge_workflow_get(
-        client=client, bridge_url=bridge_url, workflow_id=workflow_id, cached=True
+        client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id, cached=True
     )
     now = timezone.now()
     if found is not None and found.discovered_at > now - timedelta(
@@ -76,7 +77,7 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
         except bridge.BridgeError as exc:
             error = str(exc)
         found = selectors.bridge_workflow_get(
-            client=client, bridge_url=bridge_url, workflow_id=workflow_id
+            client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id
         )
     if found is not None:
         return found
@@ -145,42 +146,22 @@ def trigger_event_create(
     registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
     _validate_payload(registered.payload_schema, payload)
 
-    event = _insert_once(
-        TriggerEvent(
-            client=client,
-            workflow_id=workflow_id,
-            transaction_id=transaction_id,
-            mode=mode,
-            to=to if mode == TriggerEvent.Mode.MULTICAST else None,
-            payload=payload,
-            resource=resource,
-            actor=actor,
-            overrides=overrides or {},
-        )
+    event = TriggerEvent(
+        client=client,
+        workflow_id=workflow_id,
+        transaction_id=transaction_id,
+        mode=mode,
+        to=to if mode == TriggerEvent.Mode.MULTICAST else None,
+        payload=payload,
+        resource=resource,
+        actor=actor,
+        overrides=overrides or {},
     )
-    if event is None:  # a repeat, or the same transactionId raced in concurrently
+    if not insert_once(event):  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(client=client, transaction_id=transaction_id)
     pipeline.enqueue_on_commit(
         pipeline.WORKFLOW, event.pk, queue=pipeline.workflow_queue(workflow_id)
     )
-    return event
-
-
-def _insert_once(event: TriggerEvent) -> TriggerEvent | None:
-    """INSERT the event; None when its transactionId exists already.
-
-    In autocommit (a plain request) the INSERT is its own transaction: one round trip,
-    where atomic() would add BEGIN and COMMIT. Inside a transaction, a savepoint keeps
-    the outer one usable after a conflict.
-    """
-    try:
-        if transaction.get_connection().in_atomic_block:
-            with transaction.atomic():
-                event.save(force_insert=True)
-        else:
-            event.save(force_insert=True)
-    except IntegrityError:
-        return None
     return event
 
 

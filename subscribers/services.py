@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from config.db import insert_once
 from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
@@ -16,18 +17,15 @@ def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Sub
     client_id = client if isinstance(client, int) else client.pk
     values = {INLINE_FIELDS[k]: v for k, v in recipient.items() if k in INLINE_FIELDS}
     subscriber_id = str(recipient["subscriberId"])
-    try:
-        with transaction.atomic():
-            subscriber, created = Subscriber.objects.get_or_create(
-                client_id=client_id, subscriber_id=subscriber_id, defaults=values
-            )
-    except IntegrityError:  # created concurrently by another recipient's command
-        subscriber, created = (
-            Subscriber.objects.get(client_id=client_id, subscriber_id=subscriber_id),
-            False,
-        )
+    found = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id)
+    subscriber = found.first()
+    if subscriber is None:
+        subscriber = Subscriber(client_id=client_id, subscriber_id=subscriber_id, **values)
+        if insert_once(subscriber):
+            return subscriber
+        subscriber = found.get()  # created concurrently by another recipient's command
     changed = {k: v for k, v in values.items() if getattr(subscriber, k) != v}
-    if not created and changed:
+    if changed:
         for key, value in changed.items():
             setattr(subscriber, key, value)
         subscriber.save(update_fields=[*changed, "updated_at"])

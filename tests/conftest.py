@@ -61,7 +61,7 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_registry_cache() -> None:
-    """Each test sees the registry as its database holds it."""
-    from notify import selectors
+    """Each test sees the registry, flavours and keys as its database holds them."""
+    from config import memo
 
-    selectors._registry_cache.clear()
+    memo.clear_all()

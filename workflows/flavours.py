@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from notify.models import BridgeSync, BridgeWorkflow, Client
+from notify.selectors import bridge_workflow_get
 from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_flavour, bridge_sync
@@ -17,12 +18,14 @@ from workflows.registry import bridge_flavour, bridge_sync
 NextStep = Callable[..., dict[str, Any]]
 
 
-def _registry(notification: Notification) -> BridgeWorkflow | None:
-    return BridgeWorkflow.objects.filter(
+def _registry(notification: Notification, *, cached: bool = True) -> BridgeWorkflow | None:
+    """The workflow's registry entry: its steps and their controls, read every step."""
+    return bridge_workflow_get(
         client_id=notification.client_id,
         bridge_url=notification.resource,
         workflow_id=notification.workflow_id,
-    ).first()
+        cached=cached,
+    )
 
 
 def next_step_norm(
@@ -77,7 +80,7 @@ def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dic
     """The step's type from the registry, and its stored controls; discovers once more
     for a step the registry does not know (the code may have changed since)."""
     for attempt in range(2):
-        registered = _registry(notification)
+        registered = _registry(notification, cached=attempt == 0)  # fresh after the sync
         steps, controls = (registered.steps, registered.controls) if registered else ([], {})
         found = next((s for s in steps if isinstance(s, dict) and s.get("stepId") == step_id), None)
         if found is not None:
@@ -103,6 +106,8 @@ NEXT_STEP: dict[str, NextStep] = {
 def next_step(
     *, notification: Notification, body: dict[str, Any], secret: str | None
 ) -> dict[str, Any]:
-
-    flavour = bridge_flavour(client_id=notification.client_id, bridge_url=notification.resource)
+    """Ask the notification's bridge for its next step, in the flavour the bridge speaks."""
+    flavour = bridge_flavour(
+        client_id=notification.client_id, bridge_url=notification.resource, cached=True
+    )
     return NEXT_STEP[flavour](notification=notification, body=body, secret=secret)

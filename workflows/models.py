@@ -9,7 +9,7 @@ class Notification(models.Model):
     """One workflow run for one subscriber of one trigger."""
 
     class Status(models.TextChoices):
-        PENDING = "pending"
+        PENDING = "pending"  # until its first step is recorded
         RUNNING = "running"
         COMPLETED = "completed"
         FAILED = "failed"

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from config.memo import Memo
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from notify.selectors import signing_secret
 from workflows import bridge
@@ -73,9 +74,20 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
     return rows
 
 
-def bridge_flavour(*, client_id: int, bridge_url: str) -> str:
+_flavours: Memo[str] = Memo()
+
+
+def bridge_flavour(*, client_id: int, bridge_url: str, cached: bool = False) -> str:
     """The flavour a bridge speaks, detected by a sync when it is not known yet (at most
-    once per NORM_DISCOVER_MIN_INTERVAL); `norm` while it cannot be told."""
+    once per NORM_DISCOVER_MIN_INTERVAL); `norm` while it cannot be told.
+    `cached`: a known flavour as this process read it up to NORM_PROCESS_CACHE_SECONDS ago."""
+    known = _flavours.get(
+        (client_id, bridge_url), lambda: _known_flavour(client_id, bridge_url), fresh=not cached
+    )
+    return known or BridgeSync.Flavour.NORM
+
+
+def _known_flavour(client_id: int, bridge_url: str) -> str | None:
     last = BridgeSync.objects.filter(client_id=client_id, bridge_url=bridge_url).first()
     stale = timezone.now() - timedelta(seconds=settings.NORM_DISCOVER_MIN_INTERVAL)
     if last is None or (not last.flavour and last.synced_at < stale):
@@ -85,4 +97,4 @@ def bridge_flavour(*, client_id: int, bridge_url: str) -> str:
             # The health-check may have answered even if discover did not (a wrong key).
             logger.info("sync of %s for its flavour failed: %s", bridge_url, exc)
         last = BridgeSync.objects.filter(client_id=client_id, bridge_url=bridge_url).first()
-    return (last.flavour if last else "") or BridgeSync.Flavour.NORM
+    return (last.flavour if last else "") or None

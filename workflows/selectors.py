@@ -39,15 +39,26 @@ def step_result(step: Step) -> dict[str, Any]:
     return step.result
 
 
-def bridge_state(*, notification: Notification) -> list[dict[str, Any]]:
-    steps = (
-        Step.objects.filter(notification=notification, status__in=Step.DONE)
+def notification_steps(*, notification: Notification) -> list[Step]:
+    """Every step of a notification in order, each with its message (in-app results)."""
+    return list(
+        Step.objects.filter(notification=notification)
         .select_related("message")
         .order_by("position")
     )
+
+
+def bridge_state(
+    *, notification: Notification, steps: list[Step] | None = None
+) -> list[dict[str, Any]]:
+    """The state sent to the bridge: every finished step, in order. `steps`: the
+    notification's steps, when the caller has read them already."""
+    if steps is None:
+        steps = notification_steps(notification=notification)
     return [
         {"stepId": s.step_id, "outputs": step_result(s), "state": {"status": s.status}}
         for s in steps
+        if s.status in Step.DONE
     ]
 
 

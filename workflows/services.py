@@ -13,6 +13,7 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from config import pipeline
+from config.db import insert_once
 from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secret
@@ -28,6 +29,7 @@ BROADCAST_CHUNK = 500
 # How long after a trigger the reconciler still checks that its fan-out reached everyone.
 FANOUT_RECHECK = timedelta(hours=1)
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
+ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 
 
 # --- stage 2: the workflow worker ------------------------------------------------------
@@ -129,20 +131,20 @@ def notification_create(
     """One notification per (trigger event, subscriber); enqueue its first echo."""
     if trigger_event.canceled_at is not None:
         return None
-    with transaction.atomic():
-        notification, created = Notification.objects.get_or_create(
-            trigger_event=trigger_event,
-            subscriber=subscriber,
-            defaults={
-                "client_id": trigger_event.client_id,
-                "workflow_id": trigger_event.workflow_id,
-                "resource": trigger_event.resource,
-                "payload": trigger_event.payload,
-            },
-        )
+    notification = Notification(
+        trigger_event=trigger_event,
+        subscriber=subscriber,
+        client_id=trigger_event.client_id,
+        workflow_id=trigger_event.workflow_id,
+        resource=trigger_event.resource,
+        payload=trigger_event.payload,
+    )
+    if not insert_once(notification):
+        notification = Notification.objects.get(trigger_event=trigger_event, subscriber=subscriber)
         # A rerun finds the row; only a notification that has not started is re-sent.
-        if created or notification.status == Notification.Status.PENDING:
-            pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+        if notification.status != Notification.Status.PENDING:
+            return notification
+    pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
     return notification
 
 
@@ -225,12 +227,10 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         # Created in a race with the cancel of its trigger.
         notification_cancel(notification=notification)
         return
-    if notification.steps.filter(status__in=OPEN_STEP).exists():
+    steps = selectors.notification_steps(notification=notification)
+    if any(step.status in OPEN_STEP for step in steps):
         return  # the message worker owns the notification until its step is done
-    Notification.objects.filter(pk=notification.pk, status=Notification.Status.PENDING).update(
-        status=Notification.Status.RUNNING, updated_at=timezone.now()
-    )
-    state = selectors.bridge_state(notification=notification)
+    state = selectors.bridge_state(notification=notification, steps=steps)
     body = {
         "payload": notification.payload,
         "subscriber": _subscriber_body(notification.subscriber),
@@ -243,7 +243,7 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         answer = flavours.next_step(
             notification=notification,
             body=body,
-            secret=signing_secret(client_id=notification.client_id),
+            secret=signing_secret(client_id=notification.client_id, cached=True),
         )
     except bridge.BridgeUnavailable as exc:
         Notification.objects.filter(pk=notification.pk).update(
@@ -277,7 +277,7 @@ def _record_answer(
     *, notification: Notification, state: list[dict[str, Any]], answer: dict[str, Any]
 ) -> None:
     if answer.get("done") is True:
-        Notification.objects.filter(pk=notification.pk, status=Notification.Status.RUNNING).update(
+        Notification.objects.filter(pk=notification.pk, status__in=ACTIVE).update(
             status=Notification.Status.COMPLETED,
             completed_at=timezone.now(),
             error="",
@@ -316,10 +316,11 @@ def _record_answer(
     on_broker = countdown <= settings.NORM_BROKER_MAX_COUNTDOWN
     try:
         with transaction.atomic():
-            still_running = Notification.objects.filter(
-                pk=notification.pk, status=Notification.Status.RUNNING
-            ).update(updated_at=now)
-            if not still_running:
+            # A notification is pending until its first step is recorded.
+            still_active = Notification.objects.filter(
+                pk=notification.pk, status__in=ACTIVE
+            ).update(status=Notification.Status.RUNNING, updated_at=now)
+            if not still_active:
                 return  # canceled or failed while the bridge was answering
             step = Step.objects.create(
                 notification=notification,
@@ -380,7 +381,8 @@ def step_claim(*, step_id: int) -> Step | None:
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:
-    with transaction.atomic():
+    # No savepoint when the caller's transaction holds this (the message's update).
+    with transaction.atomic(savepoint=False):
         done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
             status=Step.Status.COMPLETED, result=result, completed_at=timezone.now(), error=""
         )
@@ -539,7 +541,7 @@ def reconcile() -> dict[str, int]:
 
     open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
     idle = Notification.objects.filter(
-        status__in=(Notification.Status.PENDING, Notification.Status.RUNNING),
+        status__in=ACTIVE,
         updated_at__lt=now - grace,
     ).exclude(Exists(open_step))
     notification_pks = list(idle.values_list("pk", flat=True)[:1000])

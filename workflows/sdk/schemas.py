@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
@@ -58,11 +60,15 @@ class Schema:
 
     @classmethod
     def of(cls, source: SchemaSource | None, default: JsonSchema = ANY_OBJECT) -> Schema:
-        if source is None:
-            return cls(copy.deepcopy(default))
+        """The compiled schema of `source`, shared: a workflow declares its steps again on
+        every execute, and checking a schema against its meta-schema costs milliseconds."""
         if _is_model(source):
-            return cls(source.model_json_schema(), model=source)  # type: ignore[union-attr]
-        return cls(copy.deepcopy(dict(source)))
+            return _model_schema(source)  # type: ignore[arg-type]
+        try:
+            text = json.dumps(default if source is None else source, sort_keys=True)
+        except (TypeError, ValueError):  # not JSON (a Python value in a `default`?)
+            return cls(copy.deepcopy(dict(default if source is None else source)))
+        return _json_schema(text)
 
     def __post_init__(self) -> None:
         validator_class = validators.validator_for(self.json_schema, default=Draft202012Validator)
@@ -92,6 +98,16 @@ class Schema:
             problems = [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors()]
             raise SchemaInvalid(problems) from exc
         return instance.model_dump(mode="json")
+
+
+@lru_cache(maxsize=512)
+def _json_schema(text: str) -> Schema:
+    return Schema(json.loads(text))
+
+
+@lru_cache(maxsize=512)
+def _model_schema(model: type) -> Schema:
+    return Schema(model.model_json_schema(), model=model)  # type: ignore[attr-defined]
 
 
 def _object(properties: JsonSchema, *required: str, **extra: Any) -> JsonSchema:
