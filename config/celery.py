@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -24,3 +24,14 @@ def _close_old_connections(sender: Task | None = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@worker_process_init.connect
+def _no_health_checks(**kwargs: Any) -> None:
+    """A worker skips the health check's round trip before each task: a task whose
+    connection broke fails with OperationalError and retries (pipeline.DB_RETRY), and
+    `_close_old_connections` then drops the broken connection."""
+    from django.db import connections
+
+    for connection in connections.all():
+        connection.settings_dict["CONN_HEALTH_CHECKS"] = False

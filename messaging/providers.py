@@ -6,11 +6,14 @@ worker retries only what can succeed.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
+import time
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
 from django.utils.html import strip_tags
 
 from messaging.models import Message
@@ -35,10 +38,18 @@ class Provider:
 
 
 class DjangoEmailProvider(Provider):
-    """Email through Django's email framework: console in development, SMTP in production."""
+    """Email through Django's email framework: console in development, SMTP in production.
+
+    A worker process keeps one connection open between emails: a new one costs a TCP
+    handshake, the greeting, EHLO (and TLS and AUTH) and QUIT for every email. One idle
+    for longer than KEEP_OPEN seconds is replaced rather than trusted.
+    """
 
     name = "django-email"
     channel = "email"
+    KEEP_OPEN = 5.0
+    # (the email settings it was opened with, the backend, when it last sent)
+    _open: ClassVar[tuple[tuple[Any, ...], BaseEmailBackend, float] | None] = None
 
     def recipient(self, message: Message) -> str:
         return message.subscriber.email
@@ -59,11 +70,10 @@ class DjangoEmailProvider(Provider):
             to=[message.recipient],
             reply_to=[content["replyTo"]] if content.get("replyTo") else None,
             headers={"X-Norm-Message-Id": str(message.pk)},
-            connection=get_connection(timeout=settings.EMAIL_TIMEOUT),
         )
         email.attach_alternative(body, "text/html")
         try:
-            email.send()
+            self._deliver(email)
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are the server's "try again later"; 5xx are final.
             raise SendError(
@@ -79,6 +89,50 @@ class DjangoEmailProvider(Provider):
         except ValueError as exc:  # a newline in a header, an address Django refuses
             raise SendError(f"the message cannot be sent: {exc}", transient=False) from exc
         return email.extra_headers["X-Norm-Message-Id"]
+
+    @classmethod
+    def _deliver(cls, email: EmailMultiAlternatives) -> None:
+        email.connection, reused = cls._connection()
+        try:
+            email.send()
+        except Exception as exc:
+            cls.close()  # in an unknown state after a failure
+            # A kept connection the server has since dropped (or drops with 421, "closing
+            # the channel") fails before the message was accepted: once more on a new one.
+            dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or (
+                isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
+            )
+            if not (reused and dropped):
+                raise
+            email.connection, _ = cls._connection()
+            email.send()
+        assert cls._open is not None
+        cls._open = (cls._open[0], cls._open[1], time.monotonic())
+
+    @classmethod
+    def _connection(cls) -> tuple[BaseEmailBackend, bool]:
+        """The open connection, and whether it served an email before."""
+        settings_key = tuple(
+            getattr(settings, name)
+            for name in ("EMAIL_BACKEND", "EMAIL_HOST", "EMAIL_PORT", "EMAIL_HOST_USER")
+            + ("EMAIL_USE_TLS", "EMAIL_USE_SSL", "EMAIL_TIMEOUT")
+        )
+        if cls._open is not None:
+            key, backend, used_at = cls._open
+            if key == settings_key and time.monotonic() - used_at < cls.KEEP_OPEN:
+                return backend, True
+            cls.close()
+        backend = get_connection(timeout=settings.EMAIL_TIMEOUT)
+        backend.open()
+        cls._open = (settings_key, backend, time.monotonic())
+        return backend, False
+
+    @classmethod
+    def close(cls) -> None:
+        if cls._open is not None:
+            backend, cls._open = cls._open[1], None
+            with contextlib.suppress(Exception):  # it may be broken already
+                backend.close()
 
 
 class InboxProvider(Provider):

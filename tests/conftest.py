@@ -60,8 +60,11 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry_cache() -> None:
-    """Each test sees the registry, flavours and keys as its database holds them."""
+def _fresh_process_state() -> None:
+    """Each test sees the registry, flavours and keys as its database holds them, and
+    opens its own SMTP connection."""
     from config import memo
+    from messaging.providers import DjangoEmailProvider
 
     memo.clear_all()
+    DjangoEmailProvider.close()

@@ -7,6 +7,7 @@ timeout, and never follows a redirect: norm calls only URLs the client registere
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any
 
 import requests
@@ -20,6 +21,15 @@ PERMANENT_CODES = {"StepExecutionFailedError", "ProviderExecutionFailedError"}
 TRANSIENT_STATUSES = {408, 425, 429}
 
 _session = requests.Session()
+# requests would read the proxy variables and ~/.netrc again on every call (a third of
+# a call's CPU); the proxies for a bridge are resolved once per URL instead.
+_session.trust_env = False
+
+
+@lru_cache(maxsize=1024)
+def _proxies(url: str) -> dict[str, str]:
+    """HTTP(S)_PROXY for `url` from the environment, unless NO_PROXY exempts it."""
+    return requests.utils.get_environ_proxies(url)
 
 
 class BridgeError(Exception):
@@ -67,6 +77,7 @@ def call(
             params={"action": action, **(params or {})},
             data=text.encode() if text is not None else None,
             headers=headers,
+            proxies=_proxies(url),
             timeout=settings.NORM_BRIDGE_TIMEOUT,
             allow_redirects=False,
         )

@@ -44,6 +44,7 @@ def notification_steps(*, notification: Notification) -> list[Step]:
     return list(
         Step.objects.filter(notification=notification)
         .select_related("message")
+        .defer("outputs", "message__content")  # what was sent: the state needs none of it
         .order_by("position")
     )
 

@@ -215,6 +215,8 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     """
     notification = (
         Notification.objects.select_related("subscriber", "trigger_event")
+        # The event's recipients can run to a thousand entries; the echo needs none of them.
+        .defer("trigger_event__to", "trigger_event__payload", "trigger_event__overrides")
         .filter(pk=notification_id)
         .first()
     )

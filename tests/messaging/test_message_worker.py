@@ -11,7 +11,7 @@ from django.core import mail
 from django.utils import timezone
 
 from config import pipeline
-from messaging import tasks
+from messaging import providers, tasks
 from messaging.models import Message
 from tests.conftest import Enqueued
 from tests.factories import NotificationFactory, StepFactory
@@ -113,9 +113,11 @@ def test_email_through_django_mail(
 class Inbox:
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
+        self.peers: list[Any] = []  # the client's address for each email: its connection
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.envelopes.append(envelope)
+        self.peers.append(session.peer)
         return "250 OK"
 
 
@@ -148,6 +150,41 @@ def test_email_through_a_real_smtp_server(
     assert "Subject: Over the wire" in text
     assert f"X-Norm-Message-Id: {Message.objects.get().pk}" in text
     assert Message.objects.get().status == Message.Status.SENT
+
+
+def test_consecutive_emails_share_one_smtp_connection(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    for _ in range(3):
+        assert send(email_step()).status == Step.Status.COMPLETED
+    assert len(smtp_server.envelopes) == 3
+    assert len(set(smtp_server.peers)) == 1
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_and_the_email_sent_once(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    send(email_step())
+    _, backend, _ = providers.DjangoEmailProvider._open  # type: ignore[misc]
+    backend.connection.sock.shutdown(socket.SHUT_RDWR)  # as a server's idle timeout would
+
+    step = send(email_step(notification__subscriber__email="bob@example.com"))
+
+    assert step.status == Step.Status.COMPLETED and step.attempts == 1
+    assert [e.rcpt_tos for e in smtp_server.envelopes] == [["ann@example.com"], ["bob@example.com"]]
+    assert smtp_server.peers[0] != smtp_server.peers[1]
+
+
+def test_a_connection_idle_too_long_is_not_trusted(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(providers.DjangoEmailProvider, "KEEP_OPEN", 0.0)
+    send(email_step())
+    send(email_step())
+    assert len(smtp_server.envelopes) == 2 and smtp_server.peers[0] != smtp_server.peers[1]
 
 
 def test_a_channel_without_provider_fails_step_and_notification(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -89,3 +90,23 @@ def test_generated_keys_are_distinct_and_prefixed() -> None:
     keys = {crypto.generate_key() for _ in range(50)}
     assert len(keys) == 50
     assert all(k.startswith(crypto.KEY_PREFIX) and len(k) > 40 for k in keys)
+
+
+def test_the_echo_workers_signing_key_is_remembered_for_the_process_cache_seconds(
+    settings: Any,
+) -> None:
+    """The echo worker signs every bridge call: it reads the key once per
+    NORM_PROCESS_CACHE_SECONDS; a fresh read (and 0 seconds) sees a rotation at once."""
+    client = ClientFactory()
+    _, first_key = notify_services.secret_key_create(client=client)
+    assert selectors.signing_secret(client_id=client.pk, cached=True) == first_key
+    _, second_key = notify_services.secret_key_create(client=client)
+
+    settings.NORM_PROCESS_CACHE_SECONDS = 60
+    assert selectors.signing_secret(client_id=client.pk, cached=True) == first_key
+    assert selectors.signing_secret(client_id=client.pk) == second_key  # fresh, and kept
+    assert selectors.signing_secret(client_id=client.pk, cached=True) == second_key
+
+    _, third_key = notify_services.secret_key_create(client=client)
+    settings.NORM_PROCESS_CACHE_SECONDS = 0
+    assert selectors.signing_secret(client_id=client.pk, cached=True) == third_key

@@ -1,0 +1,61 @@
+"""Compiled schemas are shared: a workflow declares its steps again on every execute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from workflows.sdk import Context, workflow
+from workflows.sdk.schemas import Schema
+
+from .helpers import execute_body
+
+CONTROLS = {"type": "object", "properties": {"subject": {"type": "string", "default": "Hi"}}}
+
+
+@pytest.fixture
+def meta_checks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every schema checked against its meta-schema (the costly part of compiling one)."""
+    checked: list[Any] = []
+    real = Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, schema: Any, *args: Any, **kwargs: Any) -> None:
+        checked.append(schema)
+        real(cls, schema, *args, **kwargs)
+
+    monkeypatch.setattr(Draft202012Validator, "check_schema", classmethod(spy))
+    return checked
+
+
+def test_a_second_execute_compiles_no_schema(meta_checks: list[Any]) -> None:
+    @workflow("schema-cache-test")
+    def wf(ctx: Context) -> None:
+        ctx.step.email(
+            "email",
+            lambda controls: {"subject": controls["subject"], "body": "b"},
+            control_schema={**CONTROLS, "title": "schema-cache-test"},
+        )
+
+    first = wf.execute(execute_body({}, []))
+    compiled = len(meta_checks)
+    second = wf.execute(execute_body({}, []))
+
+    assert first["outputs"] == second["outputs"] == {"subject": "Hi", "body": "b"}
+    assert compiled > 0 and len(meta_checks) == compiled
+
+
+def test_equal_schemas_share_one_compiled_schema_and_defaults_are_copies() -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "default": []}}}
+    first, second = Schema.of(schema), Schema.of({**schema})
+    assert first is second
+
+    filled = first.validate({})
+    filled["tags"].append("changed")
+    assert second.validate({}) == {"tags": []}  # the shared schema's default is untouched
+
+
+def test_a_schema_that_is_not_json_still_compiles() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 1}}, "x": {1, 2}}
+    assert Schema.of(schema).validate({}) == {"n": 1}

@@ -1,0 +1,60 @@
+"""The bridge client resolves proxies from the environment once per bridge URL."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from workflows import bridge
+
+UNREACHABLE = "http://127.0.0.1:9/bridge"  # the discard port: nothing listens there
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy that answers every request itself, and records its target."""
+
+    targets: list[str] = []
+
+    def do_GET(self) -> None:
+        _Proxy.targets.append(self.path)  # a proxied request names the absolute URL
+        body = json.dumps({"status": "ok", "sdk": "norm-python"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    _Proxy.targets = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", url)
+    bridge._proxies.cache_clear()
+    yield url
+    bridge._proxies.cache_clear()
+    server.shutdown()
+    server.server_close()
+
+
+def test_bridge_calls_go_through_the_environments_proxy(proxy: str) -> None:
+    assert bridge.health_check(UNREACHABLE)["status"] == "ok"
+    assert _Proxy.targets == [f"{UNREACHABLE}?action=health-check"]
+
+
+def test_no_proxy_exempts_a_bridge(proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(bridge.BridgeUnavailable):
+        bridge.health_check(UNREACHABLE)
+    assert _Proxy.targets == []
