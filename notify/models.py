@@ -128,6 +128,9 @@ class TriggerEvent(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     canceled_at = models.DateTimeField(null=True, blank=True)
+    # When the reconciler last re-sent it: once per grace period, not on every tick
+    # while the workflows queue is backed up.
+    reenqueued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

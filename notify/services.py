@@ -139,7 +139,11 @@ def trigger_event_create(
     if mode == TriggerEvent.Mode.MULTICAST:
         _, topics = parse_recipients(to)
         keys = {t["topicKey"] for t in topics}
-        known = set(Topic.objects.filter(client=client, key__in=keys).values_list("key", flat=True))
+        known = (
+            set(Topic.objects.filter(client=client, key__in=keys).values_list("key", flat=True))
+            if keys
+            else set()
+        )
         if keys - known:
             missing = ", ".join(sorted(keys - known))
             raise ApiError(404, "topic_not_found", f"Topic not found: {missing}")

@@ -497,7 +497,7 @@ def reconcile() -> dict[str, int]:
 
     TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
-    ).update(status=TriggerEvent.Status.RECEIVED)
+    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
     # Subscriber commands lost with the broker leave a processed event with fewer
     # notifications than recipients: fan it out again (it skips those reached).
     short = (
@@ -517,12 +517,17 @@ def reconcile() -> dict[str, int]:
         pk__in=list(short.values_list("pk", flat=True)[:1000]),
         status=TriggerEvent.Status.PROCESSED,
         canceled_at__isnull=True,
-    ).update(status=TriggerEvent.Status.RECEIVED)
-    for pk, workflow_id in TriggerEvent.objects.filter(
+    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+    # Received but not claimed: lost with the broker, or still queued behind others.
+    # The broker cannot be asked which, so each is re-sent once per grace period.
+    waiting = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True, created_at__lt=now - grace
-    ).values_list("pk", "workflow_id")[:1000]:
+    ).filter(Q(reenqueued_at__isnull=True) | Q(reenqueued_at__lt=now - grace))
+    events = list(waiting.values_list("pk", "workflow_id")[:1000])
+    TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]).update(reenqueued_at=now)
+    for pk, workflow_id in events:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=pipeline.workflow_queue(workflow_id))
-        counts["events"] += 1
+    counts["events"] = len(events)
 
     # Only steps of running notifications: a canceled one's step is never sent.
     Step.objects.filter(

@@ -135,6 +135,23 @@ def test_received_trigger_events_older_than_grace_are_enqueued_again(
     assert new.pk not in [pk for (pk,) in enqueued.of(pipeline.WORKFLOW)]
 
 
+def test_a_received_event_is_resent_once_per_grace_period_not_every_tick(
+    enqueued: Enqueued,
+) -> None:
+    """While the workflows queue is backed up, its events stay received: the reconciler
+    re-sends each once per grace period, rather than adding duplicates every tick."""
+    queued = TriggerEventFactory()
+    TriggerEvent.objects.filter(pk=queued.pk).update(created_at=ago(GRACE + 1))
+    assert tasks.reconcile()["events"] == 1
+
+    enqueued.clear()
+    assert tasks.reconcile()["events"] == 0 and enqueued.calls == []
+
+    TriggerEvent.objects.filter(pk=queued.pk).update(reenqueued_at=ago(GRACE + 1))
+    assert tasks.reconcile()["events"] == 1
+    assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
+
+
 def test_a_trigger_event_stuck_in_processing_is_released_and_enqueued(enqueued: Enqueued) -> None:
     stuck = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
     busy = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
