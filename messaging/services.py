@@ -15,14 +15,15 @@ from workflows.selectors import CHANNEL_TYPES
 logger = logging.getLogger(__name__)
 
 
-def message_send(*, step_id: int) -> None:
+def message_send(*, step_id: int, claim: str = "") -> None:
     """Stage 5: carry out one step, then hand the notification back to the echo worker.
 
-    Safe to run twice: the step is claimed (scheduled -> processing) by one run only.
-    A worker that dies between the provider call and the commit leaves the step
-    claimed; the reconciler releases it, and that one send may repeat.
+    Safe to run twice: the step is claimed (scheduled -> processing) by one run only,
+    or by that run's own retry (`claim`, see step_claim). A send cut off between the
+    provider call and the commit may repeat once, when the retry (or the reconciler,
+    for a claim left stale) sends it again.
     """
-    step = workflow_services.step_claim(step_id=step_id)
+    step = workflow_services.step_claim(step_id=step_id, claim=claim)
     if step is None:
         return
     if step.type == "delay":

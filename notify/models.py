@@ -126,6 +126,8 @@ class TriggerEvent(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The id of the task that claimed it: that task's own retry may take it back.
+    claimed_by = models.CharField(max_length=64, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     canceled_at = models.DateTimeField(null=True, blank=True)
     # When the reconciler last re-sent it: once per grace period, not on every tick

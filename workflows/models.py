@@ -81,6 +81,8 @@ class Step(models.Model):
     due_at = models.DateTimeField()
     enqueued_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The id of the task that claimed it: that task's own retry may take it back.
+    claimed_by = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

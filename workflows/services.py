@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -35,19 +36,25 @@ ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 # --- stage 2: the workflow worker ------------------------------------------------------
 
 
-def trigger_event_run(*, trigger_event_id: int) -> None:
+def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
     """Fan a trigger event out: one subscriber command per listed recipient, and one
     batch command per chunk of subscribers drawn from the database (broadcast, topics).
 
     Safe to run twice: the claim lets one run at a time, and a rerun (after a crash,
     or when the reconciler finds commands lost with the broker) sends commands only
     to recipients without a notification; the subscriber worker deduplicates the rest
-    on (event, subscriber).
+    on (event, subscriber). `claim`: the task's id; see `step_claim`.
     """
     now = timezone.now()
-    claimed = TriggerEvent.objects.filter(
-        pk=trigger_event_id, status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True
-    ).update(status=TriggerEvent.Status.PROCESSING, claimed_at=now)
+    claim = claim or uuid.uuid4().hex
+    claimed = (
+        TriggerEvent.objects.filter(pk=trigger_event_id, canceled_at__isnull=True)
+        .filter(
+            Q(status=TriggerEvent.Status.RECEIVED)
+            | Q(status=TriggerEvent.Status.PROCESSING, claimed_by=claim)
+        )
+        .update(status=TriggerEvent.Status.PROCESSING, claimed_at=now, claimed_by=claim)
+    )
     if not claimed:
         return
     event = TriggerEvent.objects.get(pk=trigger_event_id)
@@ -368,15 +375,30 @@ def notification_fail(*, notification_id: Any, code: str, message: str) -> None:
 # --- stage 5 bookkeeping (called by the message worker) -------------------------------------
 
 
-def step_claim(*, step_id: int) -> Step | None:
-    """Take a due, scheduled step of a running notification; None if another run has it."""
+def step_claim(*, step_id: int, claim: str = "") -> Step | None:
+    """Take a due, scheduled step of a running notification; None if another run has it.
+
+    `claim` is the task's id. A task that failed on a database error after claiming
+    (PostgreSQL restarted) is retried under the same id, and takes its claim back at
+    once instead of leaving the step to the reconciler's NORM_STALE_CLAIM_SECONDS. So
+    does a task redelivered after its worker died. Either may repeat a send cut off
+    between the provider and the commit: the one repeat allowed.
+    """
     now = timezone.now()
-    claimed = Step.objects.filter(
-        pk=step_id,
-        status=Step.Status.SCHEDULED,
-        due_at__lte=now,
-        notification__status=Notification.Status.RUNNING,
-    ).update(status=Step.Status.PROCESSING, claimed_at=now, attempts=F("attempts") + 1)
+    claim = claim or uuid.uuid4().hex
+    claimed = (
+        Step.objects.filter(pk=step_id, notification__status=Notification.Status.RUNNING)
+        .filter(
+            Q(status=Step.Status.SCHEDULED, due_at__lte=now)
+            | Q(status=Step.Status.PROCESSING, claimed_by=claim)
+        )
+        .update(
+            status=Step.Status.PROCESSING,
+            claimed_at=now,
+            claimed_by=claim,
+            attempts=F("attempts") + 1,
+        )
+    )
     if not claimed:
         return None
     return Step.objects.select_related("notification__subscriber").get(pk=step_id)

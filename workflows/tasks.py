@@ -7,10 +7,11 @@ from config import pipeline
 from workflows import bridge, services
 
 
-@shared_task(name="norm.workflow.run", ignore_result=True, **pipeline.DB_RETRY)
-def workflow_run(trigger_event_id: int) -> None:
-    """Stage 2: fan a trigger event out to its recipients. Claims the event first."""
-    services.trigger_event_run(trigger_event_id=trigger_event_id)
+@shared_task(name="norm.workflow.run", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+def workflow_run(self: Task, trigger_event_id: int) -> None:
+    """Stage 2: fan a trigger event out to its recipients. Claims the event first,
+    under the task's id, which its retries keep."""
+    services.trigger_event_run(trigger_event_id=trigger_event_id, claim=self.request.id or "")
 
 
 @shared_task(

@@ -414,7 +414,7 @@ def test_workers_reconnect_after_postgresql_restarts(
     recorder.hold = 0
     connection.close()  # this process's connection died with the server
     assert postmaster_started() != started_at, "the restarted cluster is not the test database's"
-    # Sends cut off by the restart keep their claims until the reconciler releases them.
+    # Sends cut off by the restart: their task's retry (or the reconciler) sends them again.
     in_flight |= set(
         Message.objects.filter(
             client=client,

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from django.core import mail
+from django.db import OperationalError
 from django.utils import timezone
 
 from config import pipeline
-from messaging import providers, tasks
+from messaging import providers, services, tasks
 from messaging.models import Message
 from tests.conftest import Enqueued
 from tests.factories import NotificationFactory, StepFactory
@@ -203,6 +204,35 @@ def test_a_channel_without_provider_fails_step_and_notification(
         == f"step '{step.step_id}': no provider is configured for the sms channel"
     )
     assert enqueued.calls == []
+
+
+def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL went away right after the claim: the task's retry (same task id) sends
+    at once, rather than after NORM_STALE_CLAIM_SECONDS; a duplicate task (another id)
+    leaves the step alone. The email goes out once."""
+    settings.EMAIL_BACKEND = LOCMEM
+    step = email_step()
+    insert, calls = services.insert_once, []
+
+    def database_away_once(row: Any) -> bool:
+        calls.append(row)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return insert(row)
+
+    monkeypatch.setattr(services, "insert_once", database_away_once)
+    with pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    services.message_send(step_id=step.pk, claim="task-2")
+    assert mail.outbox == [] and len(calls) == 1
+
+    services.message_send(step_id=step.pk, claim="task-1")
+    step.refresh_from_db()
+    assert (step.status, step.claimed_by, step.attempts) == (Step.Status.COMPLETED, "task-1", 2)
+    assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
 
 
 def test_a_subscriber_without_email_fails_permanently(

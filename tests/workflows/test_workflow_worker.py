@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from config import pipeline
@@ -103,3 +103,34 @@ def test_an_event_being_processed_elsewhere_is_left_alone(enqueued: Enqueued) ->
 def test_a_missing_event_is_ignored(enqueued: Enqueued) -> None:
     tasks.workflow_run(987654321)
     assert enqueued.calls == []
+
+
+def test_the_fanning_tasks_retry_takes_its_claim_back_and_no_other_task_does(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL went away after the claim: the task's retry (same task id) fans the
+    event out at once, rather than after NORM_STALE_CLAIM_SECONDS; a duplicate task
+    (another id) leaves it alone."""
+    event = TriggerEventFactory(to=["ann", "bob"])
+    parse, calls = services.parse_recipients, []
+
+    def database_away_once(to: object) -> object:
+        calls.append(to)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return parse(to)
+
+    monkeypatch.setattr(services, "parse_recipients", database_away_once)
+    with pytest.raises(OperationalError):
+        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    assert enqueued.calls == [] and len(calls) == 1
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    assert [recipient for _, recipient in enqueued.of(pipeline.SUBSCRIBER)] == [
+        {"subscriberId": "ann"},
+        {"subscriberId": "bob"},
+    ]
+    event.refresh_from_db()
+    assert (event.status, event.claimed_by) == (TriggerEvent.Status.PROCESSED, "task-1")
