@@ -10,6 +10,20 @@ import requests
 from config import pipeline
 
 
+class FailsOnce:
+    """Stands in for `fn`: its first call raises `error` (the database went away), the
+    calls after it go through."""
+
+    def __init__(self, fn: Any, error: Exception) -> None:
+        self.fn, self.error, self.calls = fn, error, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise self.error
+        return self.fn(*args, **kwargs)
+
+
 @dataclass
 class Enqueued:
     """What the pipeline handed to the broker, captured instead of sent."""

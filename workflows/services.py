@@ -132,13 +132,8 @@ def _keyset_chunks(subscribers: QuerySet[Subscriber], *, rerun: int | None) -> I
 # --- stage 3 (called by the subscriber worker) -------------------------------------------
 
 
-def notification_create(
-    *, trigger_event: TriggerEvent, subscriber: Subscriber
-) -> Notification | None:
-    """One notification per (trigger event, subscriber); enqueue its first echo."""
-    if trigger_event.canceled_at is not None:
-        return None
-    notification = Notification(
+def _new_notification(trigger_event: TriggerEvent, subscriber: Subscriber) -> Notification:
+    return Notification(
         trigger_event=trigger_event,
         subscriber=subscriber,
         client_id=trigger_event.client_id,
@@ -146,6 +141,15 @@ def notification_create(
         resource=trigger_event.resource,
         payload=trigger_event.payload,
     )
+
+
+def notification_create(
+    *, trigger_event: TriggerEvent, subscriber: Subscriber
+) -> Notification | None:
+    """One notification per (trigger event, subscriber); enqueue its first echo."""
+    if trigger_event.canceled_at is not None:
+        return None
+    notification = _new_notification(trigger_event, subscriber)
     if not insert_once(notification):
         notification = Notification.objects.get(trigger_event=trigger_event, subscriber=subscriber)
         # A rerun finds the row; only a notification that has not started is re-sent.
@@ -162,17 +166,7 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
         return 0
     with transaction.atomic():
         Notification.objects.bulk_create(
-            [
-                Notification(
-                    trigger_event=trigger_event,
-                    subscriber=subscriber,
-                    client_id=trigger_event.client_id,
-                    workflow_id=trigger_event.workflow_id,
-                    resource=trigger_event.resource,
-                    payload=trigger_event.payload,
-                )
-                for subscriber in subscribers
-            ],
+            [_new_notification(trigger_event, subscriber) for subscriber in subscribers],
             ignore_conflicts=True,  # those a rerun or a second topic reached already
         )
         # As in notification_create: a rerun re-sends only notifications not started.

@@ -14,7 +14,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, FailsOnce
 from tests.factories import NotificationFactory, StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
@@ -214,20 +214,13 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     leaves the step alone. The email goes out once."""
     settings.EMAIL_BACKEND = LOCMEM
     step = email_step()
-    insert, calls = services.insert_once, []
-
-    def database_away_once(row: Any) -> bool:
-        calls.append(row)
-        if len(calls) == 1:
-            raise OperationalError("server closed the connection unexpectedly")
-        return insert(row)
-
-    monkeypatch.setattr(services, "insert_once", database_away_once)
+    insert = FailsOnce(services.insert_once, OperationalError("the server closed"))
+    monkeypatch.setattr(services, "insert_once", insert)
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
 
     services.message_send(step_id=step.pk, claim="task-2")
-    assert mail.outbox == [] and len(calls) == 1
+    assert mail.outbox == [] and insert.calls == 1
 
     services.message_send(step_id=step.pk, claim="task-1")
     step.refresh_from_db()

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from config import pipeline
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, FailsOnce
 from tests.factories import ClientFactory, SubscriberFactory, TriggerEventFactory
 from workflows import services, tasks
 
@@ -112,20 +112,13 @@ def test_the_fanning_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     event out at once, rather than after NORM_STALE_CLAIM_SECONDS; a duplicate task
     (another id) leaves it alone."""
     event = TriggerEventFactory(to=["ann", "bob"])
-    parse, calls = services.parse_recipients, []
-
-    def database_away_once(to: object) -> object:
-        calls.append(to)
-        if len(calls) == 1:
-            raise OperationalError("server closed the connection unexpectedly")
-        return parse(to)
-
-    monkeypatch.setattr(services, "parse_recipients", database_away_once)
+    parse = FailsOnce(services.parse_recipients, OperationalError("the server closed"))
+    monkeypatch.setattr(services, "parse_recipients", parse)
     with pytest.raises(OperationalError):
         services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
 
     services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
-    assert enqueued.calls == [] and len(calls) == 1
+    assert enqueued.calls == [] and parse.calls == 1
 
     services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
     assert [recipient for _, recipient in enqueued.of(pipeline.SUBSCRIBER)] == [
