@@ -73,6 +73,15 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(requests.Session, "request", guarded)
 
 
+@pytest.fixture
+def tenant(db: None) -> tuple[Any, Any]:
+    """A client and an API client authenticated with its key."""
+    from tests.factories import api_for, client_with_key
+
+    client, key = client_with_key()
+    return client, api_for(key)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> None:
     """Each test sees the registry, flavours and keys as its database holds them, and

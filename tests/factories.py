@@ -4,6 +4,7 @@ import uuid
 
 import factory
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from messaging.models import Message
 from notify import services as notify_services
@@ -27,6 +28,13 @@ def client_with_key(**kwargs: object) -> tuple[Client, str]:
     client = ClientFactory(**kwargs)
     _, key = notify_services.secret_key_create(client=client)
     return client, key
+
+
+def api_for(key: str) -> APIClient:
+    """An API client that authenticates with `key`, as Novu's SDKs do."""
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    return api
 
 
 class BridgeWorkflowFactory(factory.django.DjangoModelFactory):

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from rest_framework.test import APIClient
 
 from notify import services as notify_services
-from tests.factories import BridgeWorkflowFactory, NotificationFactory, client_with_key
+from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge
 from workflows import services as workflow_services
 from workflows.models import Notification
@@ -28,8 +27,7 @@ def test_an_unexpected_error_is_a_500_in_novus_shape_with_an_error_id(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(notify_services, "trigger_event_create", broken)
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    api = api_for(key)
 
     response = api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")
 
@@ -100,8 +98,7 @@ def test_secret_keys_appear_in_no_log_line(
 
     monkeypatch.setattr(bridge.requests.Session, "request", fake_request)
     caplog.set_level(logging.DEBUG)
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    api = api_for(key)
     api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")
     api.post(
         "/v1/events/trigger",

@@ -5,7 +5,6 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from messaging.models import Message
 from tests.factories import (
@@ -15,20 +14,11 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
-    client_with_key,
 )
 from workflows.models import Step
 from workflows.selectors import bridge_state
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def tenant() -> tuple[Any, APIClient]:
-    client, key = client_with_key()
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
-    return client, api
 
 
 def _in_app(subscriber: Any, step_id: str = "inbox", **kwargs: Any) -> Message:

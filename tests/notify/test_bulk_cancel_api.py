@@ -11,7 +11,6 @@ import pytest
 from django.core import mail
 from django.http import HttpResponse
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from config import pipeline
 from messaging import providers
@@ -20,7 +19,7 @@ from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued
-from tests.factories import StepFactory, SubscriberFactory, client_with_key
+from tests.factories import StepFactory, SubscriberFactory, api_for, client_with_key
 from workflows import bridge
 from workflows import tasks as workflow_tasks
 from workflows.demo import demo_bridge
@@ -45,8 +44,7 @@ class Api:
         self.key, self.capture = key, capture
 
     def __call__(self, method: str, path: str, body: Any = None) -> HttpResponse:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {self.key}")
+        api = api_for(self.key)
         data = json.dumps(body) if body is not None else None
         with self.capture(execute=True):
             return getattr(api, method)(path, data=data, content_type="application/json")

@@ -5,12 +5,11 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from rest_framework.test import APIClient
 
 from notify import crypto, selectors
 from notify import services as notify_services
 from notify.models import SecretKey
-from tests.factories import ClientFactory, client_with_key
+from tests.factories import ClientFactory, api_for, client_with_key
 
 pytestmark = pytest.mark.django_db
 
@@ -69,8 +68,7 @@ def test_revoked_key_is_refused_by_the_api_and_the_other_still_authenticates() -
     notify_services.secret_key_revoke(secret_key=old)
 
     def status(key: str) -> int:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+        api = api_for(key)
         # An empty body gets past authentication and fails validation: 400, not 401.
         return api.post("/v1/events/trigger", {}, format="json").status_code
 

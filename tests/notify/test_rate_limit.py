@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
-from rest_framework.test import APIClient
 
 from notify.models import TriggerEvent
-from tests.factories import BridgeWorkflowFactory, client_with_key
+from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
 
 
 @pytest.fixture(autouse=True)
@@ -13,17 +12,11 @@ def _fresh_cache() -> None:
     cache.clear()
 
 
-def _api(key: str) -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
-    return api
-
-
 @pytest.mark.django_db
 def test_triggers_over_the_clients_rate_get_429_with_retry_after(enqueued) -> None:
     client, key = client_with_key(rate_limit_per_minute=3)
     BridgeWorkflowFactory(client=client, workflow_id="welcome")
-    api = _api(key)
+    api = api_for(key)
     statuses = [
         api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json").status_code
         for _ in range(5)
@@ -42,17 +35,17 @@ def test_rate_is_counted_per_client(enqueued) -> None:
     for c in (limited, other):
         BridgeWorkflowFactory(client=c, workflow_id="welcome")
     body = {"name": "welcome", "to": "ann"}
-    assert _api(limited_key).post("/v1/events/trigger", body, format="json").status_code == 201
-    assert _api(limited_key).post("/v1/events/trigger", body, format="json").status_code == 429
+    assert api_for(limited_key).post("/v1/events/trigger", body, format="json").status_code == 201
+    assert api_for(limited_key).post("/v1/events/trigger", body, format="json").status_code == 429
     for _ in range(3):
-        assert _api(other_key).post("/v1/events/trigger", body, format="json").status_code == 201
+        assert api_for(other_key).post("/v1/events/trigger", body, format="json").status_code == 201
 
 
 @pytest.mark.django_db
 def test_a_bulk_request_costs_one_per_event(enqueued) -> None:
     client, key = client_with_key(rate_limit_per_minute=5)
     BridgeWorkflowFactory(client=client, workflow_id="welcome")
-    api = _api(key)
+    api = api_for(key)
     events = [{"name": "welcome", "to": f"u{i}"} for i in range(4)]
     assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 201
     # 4 spent of 5: another bulk of 4 is over the rate, and stores nothing.

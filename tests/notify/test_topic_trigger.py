@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 from django.http import HttpResponse
-from rest_framework.test import APIClient
 
 from config import pipeline
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber, Topic
 from tests.conftest import Enqueued
-from tests.factories import BridgeWorkflowFactory, SubscriberFactory, client_with_key
+from tests.factories import BridgeWorkflowFactory, SubscriberFactory, api_for, client_with_key
 from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
@@ -47,8 +46,7 @@ def keyed() -> tuple[Client, str]:
 @pytest.fixture
 def trigger(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture) -> Trigger:
     def do(to: Any, *, key: str | None = None) -> HttpResponse:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key or keyed[1]}")
+        api = api_for(key or keyed[1])
         body = json.dumps({"name": "welcome", "to": to, "payload": {}})
         with django_capture_on_commit_callbacks(execute=True):
             return api.post("/v1/events/trigger", data=body, content_type="application/json")

@@ -17,7 +17,7 @@ from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
-from tests.factories import BRIDGE_URL, client_with_key
+from tests.factories import BRIDGE_URL, api_for, client_with_key
 from workflows import bridge
 from workflows.demo import demo_bridge
 from workflows.models import Notification
@@ -64,8 +64,7 @@ def post(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Callable
     """POST as the keyed client; hand-offs registered on commit are run (into `enqueued`)."""
 
     def do(path: str, body: Any, *, key: str | None = None, raw: bool = False) -> HttpResponse:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key or keyed[1]}")
+        api = api_for(key or keyed[1])
         data = body if raw else json.dumps(body)
         with django_capture_on_commit_callbacks(execute=True):
             return api.post(path, data=data, content_type="application/json")
@@ -395,8 +394,7 @@ def test_trigger_discovers_a_real_bridge_with_a_signed_request(
     client, key = client_with_key(bridge_url=url)
     # Strict mode: the bridge answers only requests signed with this key.
     settings.NORM_DEMO_BRIDGE_SECRET = key
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    api = api_for(key)
     with django_capture_on_commit_callbacks(execute=True):
         ok = api.post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
         bad = api.post(

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from notify.models import Client
 from subscribers.models import Subscriber
-from tests.factories import SubscriberFactory, client_with_key
+from tests.factories import SubscriberFactory, api_for, client_with_key
 
 pytestmark = pytest.mark.django_db
 
@@ -30,8 +30,7 @@ FULL = {
 
 
 def call(key: str, method: str, path: str, body: Any = None, **extra: Any) -> HttpResponse:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+    api = api_for(key)
     data = json.dumps(body) if body is not None else None
     return getattr(api, method)(path, data=data, content_type="application/json", **extra)
 

@@ -15,19 +15,10 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
-    client_with_key,
 )
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def tenant() -> tuple[Any, APIClient]:
-    client, key = client_with_key()
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
-    return client, api
 
 
 def _notification_with_steps(client: Any, **kwargs: Any) -> Notification:
