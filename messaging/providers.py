@@ -92,22 +92,24 @@ class DjangoEmailProvider(Provider):
 
     @classmethod
     def _deliver(cls, email: EmailMultiAlternatives) -> None:
-        email.connection, reused = cls._connection()
-        try:
-            email.send()
-        except Exception as exc:
-            cls.close()  # in an unknown state after a failure
-            # A kept connection the server has since dropped (or drops with 421, "closing
-            # the channel") fails before the message was accepted: once more on a new one.
-            dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or (
-                isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
-            )
-            if not (reused and dropped):
-                raise
-            email.connection, _ = cls._connection()
-            email.send()
-        assert cls._open is not None
-        cls._open = (cls._open[0], cls._open[1], time.monotonic())
+        for attempt in (1, 2):
+            email.connection, reused = cls._connection()
+            try:
+                email.send()
+            except Exception as exc:
+                cls.close()  # in an unknown state after a failure
+                # A kept connection the server has since dropped (or drops with 421,
+                # "closing the channel") fails before the message was accepted: once
+                # more, on a new connection.
+                dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or (
+                    isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
+                )
+                if attempt == 2 or not (reused and dropped):
+                    raise
+            else:
+                key, backend, _ = cls._open  # type: ignore[misc]
+                cls._open = (key, backend, time.monotonic())
+                return
 
     @classmethod
     def _connection(cls) -> tuple[BaseEmailBackend, bool]:
