@@ -19,6 +19,8 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
+from config.dates import iso_z
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ class ApiError(Exception):
 def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, Any]:
     return {
         "statusCode": status,
-        "timestamp": timezone.now().isoformat().replace("+00:00", "Z"),
+        "timestamp": iso_z(timezone.now()),
         "path": path,
         "message": message,
         "error": HTTPStatus(status).phrase,

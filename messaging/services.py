@@ -71,14 +71,17 @@ def message_send(*, step_id: int, claim: str = "") -> None:
             logger.exception("provider %s failed on message %s", provider.name, message.pk)
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
         attempts = message.attempts + 1
+        retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
         Message.objects.filter(pk=message.pk).update(
-            attempts=attempts, error=str(exc), recipient=message.recipient
+            attempts=attempts,
+            error=str(exc),
+            recipient=message.recipient,
+            **({} if retry else {"status": Message.Status.FAILED}),
         )
-        if exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS:
+        if retry:
             backoff = settings.NORM_SEND_RETRY_BACKOFF * 2 ** (attempts - 1)
             workflow_services.step_retry_later(step=step, message=str(exc), backoff=backoff)
         else:
-            Message.objects.filter(pk=message.pk).update(status=Message.Status.FAILED)
             workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
         return
     with transaction.atomic():  # sent and done together: one commit
@@ -108,5 +111,6 @@ def message_mark(
         fields["read_at"] = (message.read_at or now) if read else None
     if fields:
         Message.objects.filter(pk=message.pk).update(**fields)
-        message.refresh_from_db()
+        for name, value in fields.items():  # keeps the relations the caller loaded
+            setattr(message, name, value)
     return message

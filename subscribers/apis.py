@@ -21,15 +21,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.dates import iso_z
 from config.errors import ApiError, error_responses
 from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
 
 MAX_QUERY_INT = 10**9
 
@@ -66,8 +62,8 @@ def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
         "_organizationId": str(subscriber.client_id),
         "_environmentId": str(subscriber.client_id),
         "deleted": False,
-        "createdAt": _iso(subscriber.created_at),
-        "updatedAt": _iso(subscriber.updated_at),
+        "createdAt": iso_z(subscriber.created_at),
+        "updatedAt": iso_z(subscriber.updated_at),
     }
 
 
@@ -78,8 +74,8 @@ def topic_dto(topic: Topic) -> dict[str, Any]:
         "name": topic.name or None,
         "_organizationId": str(topic.client_id),
         "_environmentId": str(topic.client_id),
-        "createdAt": _iso(topic.created_at),
-        "updatedAt": _iso(topic.created_at),
+        "createdAt": iso_z(topic.created_at),
+        "updatedAt": iso_z(topic.created_at),
     }
 
 
@@ -617,8 +613,7 @@ class TopicDetailApi(APIView):
         name = request.data.get("name") if isinstance(request.data, dict) else None
         if not isinstance(name, str):
             raise ApiError(400, "invalid_request", "'name' must be a string")
-        topic, _ = services.topic_upsert(client=request.user, key=topic.key, name=name)
-        return Response({"data": topic_dto(topic)})
+        return Response({"data": topic_dto(services.topic_rename(topic=topic, name=name))})
 
     @extend_schema(
         summary="Delete a topic",
@@ -656,8 +651,8 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
             "email": subscriber.email or None,
             "avatar": subscriber.avatar or None,
         },
-        "createdAt": _iso(topic.created_at),
-        "updatedAt": _iso(topic.created_at),
+        "createdAt": iso_z(topic.created_at),
+        "updatedAt": iso_z(topic.created_at),
     }
 
 

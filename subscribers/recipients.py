@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from config.errors import ApiError
+from subscribers.models import Subscriber
 
 MAX_RECIPIENTS = 1000
 # Trigger field -> Subscriber model field for attributes given inline.
@@ -22,13 +23,9 @@ INLINE_FIELDS = {
 # The Subscriber model's column lengths, checked here so a trigger that the worker
 # could not store is refused at once, with nothing stored.
 MAX_LENGTHS = {
-    "email": 254,
-    "phone": 64,
-    "firstName": 200,
-    "lastName": 200,
-    "avatar": 500,
-    "locale": 32,
-    "timezone": 64,
+    key: Subscriber._meta.get_field(field).max_length
+    for key, field in INLINE_FIELDS.items()
+    if key != "data"
 }
 
 

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import IntegrityError, transaction
-
 from config.db import insert_once
 from config.errors import ApiError
 from notify.models import Client, TriggerEvent
@@ -65,14 +63,11 @@ def subscriber_create(
         if fail_if_exists:
             raise ApiError(409, "subscriber_exists", f"Subscriber '{subscriber_id}' already exists")
         return subscriber_update(subscriber=existing, values=values), False
-    try:
-        with transaction.atomic():
-            return Subscriber.objects.create(
-                client=client, subscriber_id=subscriber_id, **values
-            ), True
-    except IntegrityError:  # created concurrently
-        existing = Subscriber.objects.get(client=client, subscriber_id=subscriber_id)
-        return subscriber_update(subscriber=existing, values=values), False
+    subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
+    if insert_once(subscriber):
+        return subscriber, True
+    existing = Subscriber.objects.get(client=client, subscriber_id=subscriber_id)  # concurrently
+    return subscriber_update(subscriber=existing, values=values), False
 
 
 def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subscriber:
@@ -89,17 +84,20 @@ def subscriber_delete(*, subscriber: Subscriber) -> None:
 
 
 def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:
-    try:
-        with transaction.atomic():
-            topic, created = Topic.objects.get_or_create(
-                client=client, key=key, defaults={"name": name or ""}
-            )
-    except IntegrityError:
-        topic, created = Topic.objects.get(client=client, key=key), False
-    if not created and name is not None and topic.name != name:
+    # get_or_create takes a concurrent create in its stride (savepoint, then a read).
+    topic, created = Topic.objects.get_or_create(
+        client=client, key=key, defaults={"name": name or ""}
+    )
+    if not created and name is not None:
+        topic_rename(topic=topic, name=name)
+    return topic, created
+
+
+def topic_rename(*, topic: Topic, name: str) -> Topic:
+    if topic.name != name:
         topic.name = name
         topic.save(update_fields=["name"])
-    return topic, created
+    return topic
 
 
 def topic_subscribe(

@@ -150,7 +150,9 @@ class NotificationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        canceled = sum(services.notification_cancel(notification=n) for n in queryset)
+        canceled = services.notifications_cancel(
+            notification_ids=list(queryset.values_list("pk", flat=True))
+        )
         skipped = queryset.count() - canceled
         self.message_user(
             request,

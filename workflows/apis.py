@@ -45,12 +45,10 @@ def _query_int(request: Request, name: str, default: int, minimum: int) -> int:
     return int(value)
 
 
-def paginate(
-    request: Request, queryset: QuerySet[Any], default_limit: int = 10
-) -> tuple[list[Any], dict[str, Any]]:
+def paginate(request: Request, queryset: QuerySet[Any]) -> tuple[list[Any], dict[str, Any]]:
     """Novu's page/limit pagination: one page of rows and `{page, pageSize, totalCount, hasMore}`."""
     page = _query_int(request, "page", 0, 0)
-    limit = min(_query_int(request, "limit", default_limit, 1), MAX_LIMIT)
+    limit = min(_query_int(request, "limit", 10, 1), MAX_LIMIT)
     total = queryset.count()
     rows = list(queryset[page * limit : (page + 1) * limit])
     meta = {

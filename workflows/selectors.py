@@ -5,6 +5,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from config.dates import iso_z
 from messaging.models import Message
 from subscribers.models import Subscriber
 from workflows.models import Notification, Step
@@ -14,17 +15,13 @@ ACTION_TYPES = {"delay", "custom"}
 STEP_TYPES = CHANNEL_TYPES | ACTION_TYPES
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def in_app_result(message: Message | None) -> dict[str, Any]:
     # All four keys, always: Novu's framework rejects an in_app result missing one.
     return {
         "seen": bool(message and message.seen_at),
         "read": bool(message and message.read_at),
-        "lastSeenDate": _iso(message.seen_at) if message else None,
-        "lastReadDate": _iso(message.read_at) if message else None,
+        "lastSeenDate": iso_z(message.seen_at) if message else None,
+        "lastReadDate": iso_z(message.read_at) if message else None,
     }
 
 

@@ -19,7 +19,7 @@ from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secret
 from subscribers.models import Subscriber
-from subscribers.recipients import parse_recipients
+from subscribers.recipients import INLINE_FIELDS, parse_recipients
 from workflows import bridge, flavours, selectors
 from workflows.delays import UnsupportedDelay, delay_of
 from workflows.models import Notification, Step
@@ -188,14 +188,7 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
 def _subscriber_body(subscriber: Subscriber) -> dict[str, Any]:
     body = {
         "subscriberId": subscriber.subscriber_id,
-        "email": subscriber.email,
-        "phone": subscriber.phone,
-        "firstName": subscriber.first_name,
-        "lastName": subscriber.last_name,
-        "avatar": subscriber.avatar,
-        "locale": subscriber.locale,
-        "timezone": subscriber.timezone,
-        "data": subscriber.data,
+        **{key: getattr(subscriber, field) for key, field in INLINE_FIELDS.items()},
     }
     return {k: v for k, v in body.items() if v not in ("", None)}
 
@@ -480,6 +473,8 @@ def notifications_cancel(
     *, notification_ids: list[Any] | None = None, trigger_event_id: int | None = None
 ) -> int:
     """Cancel unfinished notifications and their waiting steps; return how many."""
+    if notification_ids is None and trigger_event_id is None:
+        raise ValueError("name the notifications or the trigger event to cancel")
     now = timezone.now()
     unfinished = Notification.objects.exclude(status__in=Notification.FINAL)
     if notification_ids is not None:
