@@ -29,8 +29,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from config import pipeline
+
 REPO_ROOT = Path(settings.BASE_DIR)
-PRODUCT_QUEUES = "workflows,subscribers,echo,messages"
+PRODUCT_QUEUES = ",".join(pipeline.QUEUES)
 T = TypeVar("T")
 
 
@@ -231,17 +233,3 @@ class Infra:
 
     def flush_redis(self) -> None:
         self.redis.flushdb()
-
-
-def sample_peak(pid: int, until: Callable[[], bool], *, interval: float = 0.1) -> dict[str, Any]:
-    """Sample a process's RSS until `until()`; the peak sampled and the kernel's high-water mark."""
-    peak = 0
-    first = proc_status(pid).get("VmRSS", 0)
-    last: dict[str, int] = {}
-    while not until():
-        status = proc_status(pid)
-        if status:
-            last = status
-            peak = max(peak, status.get("VmRSS", 0))
-        time.sleep(interval)
-    return {"rss_start_kb": first, "rss_peak_kb": peak, "hwm_kb": last.get("VmHWM", 0)}

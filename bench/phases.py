@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 from django.db import connection
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from bench import load
@@ -43,6 +43,9 @@ PIPELINE_HOPS = 6
 # Tasks from the trigger to the first message: workflow, subscriber, echo, message.
 FIRST_MESSAGE_HOPS = 4
 BATCH = 100
+# How often the latency phase looks for its end. Both sides read the time their worker
+# recorded, so polling only adds load: the same interval for both.
+POLL = 0.01
 
 
 @dataclass
@@ -79,10 +82,6 @@ class Bench:
     key: str
     quick: bool
     log: Any  # a callable taking one line
-
-    @property
-    def bridge_url(self) -> str:
-        return f"{self.infra.web_url}/bench/bridge"
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = requests.post(
@@ -176,8 +175,9 @@ def latency(bench: Bench) -> list[Row]:
     count = 20 if bench.quick else 50
     worker = bench.infra.start_worker("all", queues=f"{PRODUCT_QUEUES},{QUEUE}", concurrency=2)
     try:
-        for n in range(3):  # warm the worker processes' connections and imports
+        for n in range(3):  # warm the worker processes' connections and imports, both sides
             _first_message_latency(bench, f"warm-{n}")
+            _hop_latency(bench)
         product = [_first_message_latency(bench, f"lat-{n}") for n in range(count)]
         baseline = [_hop_latency(bench) for _ in range(count)]
     finally:
@@ -210,7 +210,7 @@ def _first_message_latency(bench: Bench, transaction_id: str) -> float:
     sent_at = wait_for(
         lambda: sent.values_list("sent_at", flat=True).first(),
         timeout=15,
-        interval=0.005,
+        interval=POLL,
         what=f"the first message of {transaction_id}",
     )
     return (sent_at.timestamp() - started) * 1000
@@ -221,7 +221,7 @@ def _hop_latency(bench: Bench) -> float:
     before = int(redis.get(DONE_KEY) or 0)
     started = time.time()
     app.send_task("bench.hop", args=[FIRST_MESSAGE_HOPS], queue=QUEUE)
-    wait_for(lambda: int(redis.get(DONE_KEY) or 0) > before, timeout=15, interval=0.002, what="hop")
+    wait_for(lambda: int(redis.get(DONE_KEY) or 0) > before, timeout=15, interval=POLL, what="hop")
     return (float(redis.get(LAST_KEY)) - started) * 1000
 
 
@@ -232,6 +232,8 @@ def pipeline(bench: Bench) -> list[Row]:
     total = 200 if bench.quick else 600
     worker = bench.infra.start_worker("all", queues=f"{PRODUCT_QUEUES},{QUEUE}", concurrency=2)
     try:
+        _hop_latency(bench)  # warm both sides' worker processes before either is measured
+        _first_message_latency(bench, "warm-pipeline")
         baseline = _hop_throughput(bench, total)
         bench.log(f"  baseline: {baseline:.0f} chains/s of {PIPELINE_HOPS} hops")
         product = _pipeline_throughput(bench, total)
@@ -313,7 +315,9 @@ def fanout(bench: Bench) -> list[Row]:
                 time.sleep(0.1)
             done = survive_restart(mine.count) or done
         hwm_kb = proc_status(child).get("VmHWM", 0)
-        ended = mine.aggregate(last=Max("created_at"))["last"]
+        # Counted with the last row's time: the projection below needs both at once.
+        reached = mine.aggregate(n=Count("pk"), last=Max("created_at"))
+        done, ended = reached["n"], reached["last"]
         event.refresh_from_db()
     finally:
         infra.stop(subs)

@@ -12,6 +12,8 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import Http404
 from django.utils import timezone
@@ -74,11 +76,18 @@ def validation_message(exc: exceptions.ValidationError) -> str:
     )
 
 
+def body_too_large() -> ApiError:
+    limit = settings.NORM_MAX_BODY_BYTES
+    return ApiError(413, "payload_too_large", f"The body exceeds {limit} bytes")
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     path = request.get_full_path() if request is not None else ""
     if isinstance(exc, Http404):
         exc = ApiError(404, "not_found", "Not found")
+    if isinstance(exc, RequestDataTooBig):  # a body read before the parser saw it
+        exc = body_too_large()
     if isinstance(exc, DataError):
         # PostgreSQL refuses a value the request carried (a NUL character in a path,
         # query or JSON string; an id beyond bigint): the request is at fault.

@@ -3,8 +3,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+
+from config.errors import body_too_large
 
 
 def _has_nul(data: Any) -> bool:
@@ -22,10 +25,20 @@ def _has_nul(data: Any) -> bool:
     return False
 
 
+def _check_size(content_length: str | None) -> None:
+    try:
+        length = int(content_length or 0)
+    except ValueError:
+        length = 0
+    if length > settings.NORM_MAX_BODY_BYTES:
+        raise body_too_large()
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
     in any string or key (text and jsonb cannot hold one). Refused here, before a
-    service has written half of its rows; nesting too deep to decode is a 400 too."""
+    service has written half of its rows; nesting too deep to decode is a 400 too.
+    A body over NORM_MAX_BODY_BYTES is a 413 before it is read."""
 
     def parse(
         self,
@@ -33,6 +46,9 @@ class JSONParser(parsers.JSONParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
+        request = (parser_context or {}).get("request")
+        if request is not None:
+            _check_size(request.META.get("CONTENT_LENGTH"))
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError as exc:

@@ -28,7 +28,9 @@ SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
 
-QUEUES = ("workflows", "subscribers", "echo", "messages")
+QUEUES = tuple(
+    dict.fromkeys(s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, ECHO, MESSAGE))
+)
 
 # Options for every stage's task. A task that loses the database (a restart, a
 # failover) would otherwise fail and be acknowledged, leaving its work to the

@@ -155,10 +155,10 @@ STATIC_ROOT = os.environ.get("STATIC_ROOT") or None
 # collectstatic step on a laptop; production images run collectstatic.
 WHITENOISE_USE_FINDERS = True
 
-# The trigger API refuses bodies over 512 KB with a JSON 413 (notify.apis); Django's
-# own limit sits just above so that the API's check is the one that answers.
+# The API refuses bodies over 512 KB with a JSON 413: its parser before reading one
+# (config/parsers.py), Django's own limit for one read already (config/errors.py).
 NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES + 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["notify.auth.ApiKeyAuthentication"],
@@ -216,7 +216,8 @@ CELERY_TASK_DEFAULT_QUEUE = "workflows"
 # Celery's Django fixup closes the database connection after every task unless this
 # is set, and a new PostgreSQL connection cost more than the task's own queries. With
 # it, the fixup closes them every 1000 tasks, and config/celery.py applies
-# CONN_MAX_AGE and the health check around each task, as Django does per request.
+# CONN_MAX_AGE around each task and drops a connection that failed, as Django does per
+# request (prefork children skip the health check's query: config/celery.py).
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.conf import settings
 from drf_spectacular.utils import (
     OpenApiExample,
     extend_schema,
@@ -67,17 +66,6 @@ _RECIPIENT: list[dict[str, Any]] = [
 )
 class RecipientsField(serializers.JSONField):
     """`to`: validated by subscribers.recipients when the trigger is created."""
-
-
-def _check_body_size(request: Request) -> None:
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > settings.NORM_MAX_BODY_BYTES:
-        raise ApiError(
-            413, "payload_too_large", f"The body exceeds {settings.NORM_MAX_BODY_BYTES} bytes"
-        )
 
 
 def _trigger_response(event: TriggerEvent) -> Response:
@@ -171,7 +159,6 @@ class TriggerApi(APIView):
         examples=[_TRIGGER_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
-        _check_body_size(request)
         return _trigger_response(_trigger(request.user, request.data))
 
 
@@ -193,7 +180,6 @@ class BulkTriggerApi(APIView):
     )
     def post(self, request: Request) -> Response:
         """Each event succeeds or fails on its own; one bad event sinks no other."""
-        _check_body_size(request)
         events = request.data.get("events") if isinstance(request.data, dict) else None
         if not isinstance(events, list) or not events or len(events) > self.MAX_EVENTS:
             raise ApiError(
@@ -256,7 +242,6 @@ class BroadcastApi(APIView):
         responses={201: TriggerResponse, **_TRIGGER_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        _check_body_size(request)
         if not isinstance(request.data, dict):
             raise ApiError(400, "invalid_request", "The body must be a JSON object")
         data = self.InputSerializer(data=request.data)

@@ -25,8 +25,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.utils import timezone
 
+from config import pipeline
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUEUES = "workflows,subscribers,echo,messages"
+QUEUES = ",".join(pipeline.QUEUES)
 
 T = TypeVar("T")
 

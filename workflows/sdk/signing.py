@@ -62,7 +62,7 @@ def _signed_candidates(body: str | bytes | None) -> list[str]:
     candidates = [raw]
     with contextlib.suppress(ValueError):
         candidates.insert(0, canonical_json(json.loads(raw)))
-    return candidates
+    return list(dict.fromkeys(candidates))  # norm's server sends the canonical form: one
 
 
 def verify_signature(

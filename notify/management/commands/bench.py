@@ -85,6 +85,7 @@ class Command(BaseCommand):
         from config.celery import app
         from notify import crypto, services
         from notify.models import BridgeSync
+        from workflows.registry import bridge_sync
 
         # This process reads and writes the bench database, and kicks off baseline tasks.
         connections.close_all()
@@ -115,7 +116,7 @@ class Command(BaseCommand):
         infra.start_web(workers=4, threads=8)
         client = services.client_create(name="bench", bridge_url=f"{infra.web_url}/bench/bridge")
         services.secret_key_create(client=client, key=key)
-        found = services.bridge_sync(client=client, bridge_url=client.bridge_url)
+        found = bridge_sync(client=client, bridge_url=client.bridge_url)
         sync = BridgeSync.objects.get(client=client)
         self._say(f"bridge {client.bridge_url}: {[w.workflow_id for w in found]} ({sync.flavour})")
 

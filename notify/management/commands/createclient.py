@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from notify import services
-from notify.models import Client
+from notify import crypto, services
+from notify.models import Client, SecretKey
 
 
 class Command(BaseCommand):
@@ -39,10 +39,12 @@ class Command(BaseCommand):
             if not options["if_missing"]:
                 raise CommandError(f"a client named {name!r} exists already")
             key = options["secret_key"]
-            from notify.selectors import client_by_api_key
-
-            if key and client_by_api_key(key=key) != existing:
+            found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).first() if key else None
+            if key and found is None:
                 services.secret_key_create(client=existing, key=key)
+            elif found is not None and (found.client_id != existing.pk or found.revoked_at):
+                # Its hash is taken: adding it again would break the unique constraint.
+                raise CommandError("that secret key is revoked, or belongs to another client")
             self.stdout.write(f"Client {name!r} exists already.")
             if key:
                 self.stdout.write(key)
