@@ -47,6 +47,20 @@ def wait_for(
         time.sleep(interval)
 
 
+def api_post(
+    base_url: str, key: str, path: str, body: dict[str, Any], *, timeout: float = 30.0
+) -> requests.Response:
+    """POST to norm's API with a client's key, as Novu's SDKs do."""
+    return requests.post(
+        f"{base_url}{path}", json=body, headers={"Authorization": f"ApiKey {key}"}, timeout=timeout
+    )
+
+
+def recipients(*names: str) -> list[dict[str, str]]:
+    """Trigger recipients with an email address each."""
+    return [{"subscriberId": n, "email": f"{n}@example.com"} for n in names]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

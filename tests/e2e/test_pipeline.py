@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import requests
 from pytest_django.live_server_helper import LiveServer
 
 from messaging.models import Message
@@ -15,7 +14,14 @@ from messaging.services import message_mark
 from notify.models import Client
 from subscribers.models import Subscriber
 from tests.e2e.conftest import StartCelery, demo_bridge_url
-from tests.e2e.harness import BridgeProxy, CeleryProcess, SmtpRecorder, wait_for
+from tests.e2e.harness import (
+    BridgeProxy,
+    CeleryProcess,
+    SmtpRecorder,
+    api_post,
+    recipients,
+    wait_for,
+)
 from workflows.models import Notification, Step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -25,21 +31,12 @@ PEOPLE = ["ann", "bob", "cid"]
 
 
 def post(live_server: LiveServer, key: str, path: str, body: dict[str, Any]) -> None:
-    response = requests.post(
-        f"{live_server.url}{path}",
-        json=body,
-        headers={"Authorization": f"ApiKey {key}"},
-        timeout=30,
-    )
+    response = api_post(live_server.url, key, path, body)
     assert response.status_code == 201, response.text
 
 
 def trigger(live_server: LiveServer, key: str, name: str, to: Any, payload: dict[str, Any]) -> None:
     post(live_server, key, "/v1/events/trigger", {"name": name, "to": to, "payload": payload})
-
-
-def recipients(*names: str) -> list[dict[str, str]]:
-    return [{"subscriberId": n, "email": f"{n}@example.com"} for n in names]
 
 
 def finished(client: Client, count: int, timeout: float = 60.0) -> list[Notification]:

@@ -32,12 +32,20 @@ from pytest_django.live_server_helper import LiveServer
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from tests.e2e.conftest import StartCelery, demo_bridge_url
-from tests.e2e.harness import BridgeProxy, CeleryProcess, free_port, wait_for
+from tests.e2e.harness import (
+    BridgeProxy,
+    CeleryProcess,
+    api_post,
+    free_port,
+    recipients,
+    wait_for,
+)
 from tests.faults.conftest import CountingSmtp, smtp_serve
 from workflows.models import Notification, Step
 from workflows.services import OPEN_STEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+FLEET = ("worker", "worker", "beat")  # what each fault test runs: two workers and beat
 
 # Recovery within seconds instead of minutes: Redis hands a dead worker's unacknowledged
 # messages out again after the visibility timeout (it must exceed every countdown given
@@ -67,19 +75,13 @@ CHANNEL_OF = {
 def trigger(
     live_server: LiveServer, key: str, to: Any, payload: dict[str, Any], name: str = "welcome"
 ) -> None:
-    response = requests.post(
-        f"{live_server.url}/v1/events/trigger",
-        json={"name": name, "to": to, "payload": payload},
-        headers={"Authorization": f"ApiKey {key}"},
-        timeout=30,
-    )
+    body = {"name": name, "to": to, "payload": payload}
+    response = api_post(live_server.url, key, "/v1/events/trigger", body)
     assert response.status_code == 201, response.text
 
 
 def people(prefix: str, count: int) -> list[dict[str, str]]:
-    return [
-        {"subscriberId": f"{prefix}{i}", "email": f"{prefix}{i}@example.com"} for i in range(count)
-    ]
+    return recipients(*(f"{prefix}{i}" for i in range(count)))
 
 
 def statuses(client: Client) -> dict[str, int]:
@@ -179,7 +181,7 @@ def test_workers_killed_mid_run_lose_nothing(
     recorder.hold = 0
     in_flight = emails_in_flight(client)
     print(f"\n[faults] killed the workers at {statuses(client)}, {recorder.delivered()} emails")
-    for kind in ("worker", "worker", "beat"):
+    for kind in FLEET:
         start_celery(kind, **env)
 
     wait_final(client, 500, timeout=240)
@@ -197,7 +199,7 @@ def test_an_emptied_broker_is_refilled_from_the_database(
     smtp: tuple[int, CountingSmtp],
 ) -> None:
     recorder = smtp[1]
-    processes = [start_celery(kind, **RECOVERY) for kind in ("worker", "worker", "beat")]
+    processes = [start_celery(kind, **RECOVERY) for kind in FLEET]
     client, key = make_client()
     for delay in (2, 3, 4, 5):
         trigger(live_server, key, people(f"d{delay}-", 50), {"delaySeconds": delay})
@@ -218,7 +220,7 @@ def test_an_emptied_broker_is_refilled_from_the_database(
     created = Notification.objects.filter(client=client).count()
     print(f"\n[faults] emptied the broker at {statuses(client)}, {recorder.delivered()} emails")
     assert created < 200, "the fault must hit the fan-out while it is under way"
-    for kind in ("worker", "worker", "beat"):
+    for kind in FLEET:
         start_celery(kind, **RECOVERY)
 
     wait_final(client, 200, timeout=150)
@@ -354,12 +356,7 @@ def test_one_transaction_id_sent_twenty_times_at_once_runs_once(
 
     def send(_: int) -> requests.Response:
         gate.wait()
-        return requests.post(
-            f"{live_server.url}/v1/events/trigger",
-            json=body,
-            headers={"Authorization": f"ApiKey {key}"},
-            timeout=60,
-        )
+        return api_post(live_server.url, key, "/v1/events/trigger", body, timeout=60)
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(send, range(20)))
@@ -398,7 +395,7 @@ def test_workers_reconnect_after_postgresql_restarts(
     # Tasks that lose the database must retry, not wait for the reconciler: its grace
     # outlasts the test. Only claims cut off mid-send are its to release.
     env = {**RECOVERY, "NORM_RECONCILE_GRACE": "300"}
-    for kind in ("worker", "worker", "beat"):
+    for kind in FLEET:
         start_celery(kind, **env)
     client, key = make_client()
     for delay in (2, 3):
