@@ -11,10 +11,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses
+from config.paging import PAGE_PARAMETERS, page_of, paginate
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
-from workflows.apis import PAGE_PARAMETERS, page_of, paginate
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:

@@ -23,27 +23,10 @@ from rest_framework.views import APIView
 
 from config.dates import iso_z
 from config.errors import ApiError, error_responses
+from config.paging import LIMIT_PARAMETER, PAGE_PARAMETERS, page_of, paginate, query_limit
 from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS
-
-MAX_QUERY_INT = 10**9
-
-
-def query_int(request: Request, name: str, default: int, *, maximum: int | None = None) -> int:
-    """novu-py sends numbers as `10.0`; anything unparsable is a 400."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(float(raw))
-    except (ValueError, OverflowError) as exc:
-        raise ApiError(400, "invalid_query", f"'{name}' must be a number") from exc
-    # Beyond this, page * limit overflows PostgreSQL's OFFSET.
-    if value > MAX_QUERY_INT:
-        raise ApiError(400, "invalid_query", f"'{name}' must be at most {MAX_QUERY_INT}")
-    value = max(value, 0)
-    return min(value, maximum) if maximum is not None else value
 
 
 def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
@@ -186,19 +169,8 @@ def _cursor_page(name: str, item: type[serializers.Serializer]) -> type[serializ
     )
 
 
-class SubscriberPageV1(serializers.Serializer):
-    page = serializers.IntegerField()
-    totalCount = serializers.IntegerField()
-    pageSize = serializers.IntegerField()
-    hasMore = serializers.BooleanField()
-    data = SubscriberOutput(many=True)
-
-
-class TopicPageV1(serializers.Serializer):
-    page = serializers.IntegerField()
-    totalCount = serializers.IntegerField()
-    pageSize = serializers.IntegerField()
-    data = TopicOutput(many=True)
+SubscriberPageV1 = page_of("SubscriberPageV1", SubscriberOutput(many=True))
+TopicPageV1 = page_of("TopicPageV1", TopicOutput(many=True))
 
 
 class SubscriberBulkRequest(serializers.Serializer):
@@ -293,19 +265,14 @@ SubscriberResponse = _wrapped("SubscriberResponse", SubscriberOutput())
 TopicResponse = _wrapped("TopicResponse", TopicOutput())
 SubscriptionResponse = _wrapped("SubscriptionResponse", SubscriptionOutput())
 
-_NUMBER = {"type": OpenApiTypes.INT, "location": OpenApiParameter.QUERY}
 _FAIL_IF_EXISTS = OpenApiParameter(
     "failIfExists", OpenApiTypes.BOOL, description="409 instead of updating an existing one"
 )
 _CURSOR = [
-    OpenApiParameter("limit", **_NUMBER, description="1 to 100 (default 10)"),
+    LIMIT_PARAMETER,
     OpenApiParameter("after", description="the `next` cursor of the previous page"),
     OpenApiParameter("before", description="the `previous` cursor of the next page"),
     OpenApiParameter("orderDirection", enum=["ASC", "DESC"]),
-]
-_PAGE = [
-    OpenApiParameter("page", **_NUMBER, description="0-based"),
-    OpenApiParameter("limit", **_NUMBER, description="1 to 100 (default 10)"),
 ]
 _SUBSCRIBER_FILTERS = [
     OpenApiParameter("subscriberId", description="exact match"),
@@ -359,25 +326,14 @@ class SubscriberListApi(APIView):
     def get(self, request: Request) -> Response:
         qs = selectors.subscriber_search(client_id=request.user.pk, filters=request.query_params)
         if self.version == 1:
-            page = query_int(request, "page", 0)
-            limit = query_int(request, "limit", 10, maximum=100) or 10
-            total = qs.count()
-            items = list(qs.order_by("pk")[page * limit : (page + 1) * limit])
-            return Response(
-                {
-                    "page": page,
-                    "totalCount": total,
-                    "pageSize": limit,
-                    "hasMore": (page + 1) * limit < total,
-                    "data": [subscriber_dto(s) for s in items],
-                }
-            )
+            items, meta = paginate(request, qs.order_by("pk"))
+            return Response({**meta, "data": [subscriber_dto(s) for s in items]})
         return Response(cursor_page(request, qs, subscriber_dto))
 
 
 def cursor_page(request: Request, qs: Any, dto: Any) -> dict[str, Any]:
     """Keyset pagination on the primary key: `after`/`before` are opaque ids."""
-    limit = query_int(request, "limit", 10, maximum=100) or 10
+    limit = query_limit(request)
     descending = request.query_params.get("orderDirection", "").upper() == "DESC"
     total = qs.count()
     after, before = request.query_params.get("after"), request.query_params.get("before")
@@ -409,7 +365,7 @@ def cursor_page(request: Request, qs: Any, dto: Any) -> dict[str, Any]:
     get=extend_schema(
         operation_id="v1_subscribers_list",
         summary="List subscribers by page",
-        parameters=[*_PAGE, *_SUBSCRIBER_FILTERS],
+        parameters=[*PAGE_PARAMETERS, *_SUBSCRIBER_FILTERS],
         responses={200: SubscriberPageV1, **error_responses(400)},
     ),
 )
@@ -548,23 +504,9 @@ class TopicListApi(APIView):
         if request.query_params.get("key"):
             qs = qs.filter(key=request.query_params["key"])
         if self.version == 1:
-            page = query_int(request, "page", 0)
-            limit = (
-                query_int(
-                    request, "pageSize", query_int(request, "limit", 10, maximum=100), maximum=100
-                )
-                or 10
-            )
-            total = qs.count()
-            items = list(qs.order_by("pk")[page * limit : (page + 1) * limit])
-            return Response(
-                {
-                    "page": page,
-                    "totalCount": total,
-                    "pageSize": limit,
-                    "data": [topic_dto(t) for t in items],
-                }
-            )
+            limit = query_limit(request, "pageSize", query_limit(request))
+            items, meta = paginate(request, qs.order_by("pk"), limit=limit)
+            return Response({**meta, "data": [topic_dto(t) for t in items]})
         return Response(cursor_page(request, qs, topic_dto))
 
 
@@ -577,8 +519,8 @@ class TopicListApi(APIView):
         operation_id="v1_topics_list",
         summary="List topics by page",
         parameters=[
-            *_PAGE,
-            OpenApiParameter("pageSize", **_NUMBER, description="overrides limit"),
+            *PAGE_PARAMETERS,
+            OpenApiParameter("pageSize", OpenApiTypes.INT, description="overrides limit"),
             OpenApiParameter("key", description="exact match"),
         ],
         responses={200: TopicPageV1, **error_responses(400)},

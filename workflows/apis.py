@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from django.db.models import QuerySet
 from drf_spectacular.utils import (
-    OpenApiParameter,
     extend_schema,
     extend_schema_field,
     extend_schema_serializer,
@@ -18,64 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses
+from config.paging import PAGE_PARAMETERS, page_of, paginate
 from workflows import selectors
 from workflows.models import Notification, Step
-
-MAX_LIMIT = 100
-MAX_QUERY_INT = 10**9
-
-
-def _query_int(request: Request, name: str, default: int, minimum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        # novu-py sends numbers in query strings as floats ("10.0").
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (minimum <= value <= MAX_QUERY_INT) or value != int(value):
-        message = f"must be an integer >= {minimum}"
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"{name} {message}",
-            errors=[{"field": name, "message": message}],
-        )
-    return int(value)
-
-
-def paginate(request: Request, queryset: QuerySet[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """Novu's page/limit pagination: one page of rows and `{page, pageSize, totalCount, hasMore}`."""
-    page = _query_int(request, "page", 0, 0)
-    limit = min(_query_int(request, "limit", 10, 1), MAX_LIMIT)
-    total = queryset.count()
-    rows = list(queryset[page * limit : (page + 1) * limit])
-    meta = {
-        "page": page,
-        "pageSize": limit,
-        "totalCount": total,
-        "hasMore": (page + 1) * limit < total,
-    }
-    return rows, meta
-
-
-PAGE_PARAMETERS = [
-    OpenApiParameter("page", int, description="0-based"),
-    OpenApiParameter("limit", int, description=f"1 to {MAX_LIMIT} (default 10)"),
-]
-
-
-def page_of(name: str, item: serializers.BaseSerializer) -> type[serializers.Serializer]:
-    """The OpenAPI shape of a `paginate` answer: `{data: [item], page, pageSize, ...}`."""
-    fields = {
-        "data": item,
-        "page": serializers.IntegerField(),
-        "pageSize": serializers.IntegerField(),
-        "totalCount": serializers.IntegerField(),
-        "hasMore": serializers.BooleanField(),
-    }
-    return type(name, (serializers.Serializer,), fields)
 
 
 class NotificationListApi(APIView):

@@ -1,0 +1,90 @@
+"""Novu's list parameters, read the same way by every list endpoint.
+
+Page lists (`page`, `limit`: activity, feed, v1 subscribers and topics) and cursor
+lists (`limit`, `after`, `before`: v2) share one reading of a number, one cap and one
+error for a bad one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
+from rest_framework.request import Request
+
+from config.errors import ApiError
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 10
+# Beyond this, page * limit overflows PostgreSQL's OFFSET.
+MAX_QUERY_INT = 10**9
+
+
+def query_int(
+    request: Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
+    """A whole number from the query string, at least `minimum`, capped at `maximum`.
+
+    novu-py sends numbers as floats (`limit=10.0`); anything else that is not a whole
+    number in range is a 400 that names the parameter.
+    """
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (minimum <= value <= MAX_QUERY_INT) or value != int(value):
+        message = f"must be a whole number from {minimum} to {MAX_QUERY_INT}"
+        raise ApiError(
+            400, "invalid_query", f"'{name}' {message}", [{"field": name, "message": message}]
+        )
+    return min(int(value), maximum) if maximum is not None else int(value)
+
+
+def query_limit(request: Request, name: str = "limit", default: int = DEFAULT_LIMIT) -> int:
+    """A page size: 1 or more, capped at MAX_LIMIT."""
+    return query_int(request, name, default, minimum=1, maximum=MAX_LIMIT)
+
+
+def paginate(
+    request: Request, queryset: QuerySet[Any], *, limit: int | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """Novu's page/limit pagination of an ordered queryset: one page of rows and
+    `{page, pageSize, totalCount, hasMore}`. `limit`: the page size, when the
+    endpoint reads it differently (v1 topics take `pageSize` too)."""
+    page = query_int(request, "page", 0)
+    limit = limit or query_limit(request)
+    total = queryset.count()
+    rows = list(queryset[page * limit : (page + 1) * limit])
+    meta = {
+        "page": page,
+        "pageSize": limit,
+        "totalCount": total,
+        "hasMore": (page + 1) * limit < total,
+    }
+    return rows, meta
+
+
+_INT = {"type": OpenApiTypes.INT, "location": OpenApiParameter.QUERY}
+LIMIT_PARAMETER = OpenApiParameter(
+    "limit", **_INT, description=f"1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
+)
+PAGE_PARAMETERS = [OpenApiParameter("page", **_INT, description="0-based"), LIMIT_PARAMETER]
+
+
+def page_of(name: str, item: serializers.BaseSerializer) -> type[serializers.Serializer]:
+    """The OpenAPI shape of a `paginate` answer: `{data: [item], page, pageSize, ...}`."""
+    fields = {
+        "data": item,
+        "page": serializers.IntegerField(),
+        "pageSize": serializers.IntegerField(),
+        "totalCount": serializers.IntegerField(),
+        "hasMore": serializers.BooleanField(),
+    }
+    return type(name, (serializers.Serializer,), fields)

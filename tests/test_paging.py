@@ -1,0 +1,82 @@
+"""Every list endpoint reads `page` and `limit` alike (config/paging.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from subscribers.models import Topic
+from tests.factories import MessageFactory, NotificationFactory, StepFactory, SubscriberFactory
+
+PAGE_LISTS = [
+    "/v1/notifications",
+    "/v1/subscribers",
+    "/v1/topics",
+    "/v1/subscribers/ann/notifications/feed",
+]
+CURSOR_LISTS = ["/v2/subscribers", "/v2/topics"]
+
+
+@pytest.fixture
+def rows(tenant: tuple[Any, Any]) -> Any:
+    """101 of everything the lists show, so that a limit over 100 has rows to cap."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    for i in range(101):
+        notification = NotificationFactory(trigger_event__client=client, subscriber=ann)
+        MessageFactory(step=StepFactory(notification=notification, type="in_app"))
+        Topic.objects.create(client=client, key=f"topic-{i}")
+    SubscriberFactory.create_batch(100, client=client)
+    return api
+
+
+@pytest.mark.parametrize("path", PAGE_LISTS)
+def test_page_lists_take_floats_and_cap_the_limit(rows: Any, path: str) -> None:
+    second = rows.get(f"{path}?page=1.0&limit=40.0").json()
+    capped = rows.get(f"{path}?limit=1000").json()
+
+    assert (second["page"], second["pageSize"], len(second["data"])) == (1, 40, 40)
+    assert second["hasMore"] is True
+    assert (capped["pageSize"], len(capped["data"]), capped["hasMore"]) == (100, 100, True)
+
+
+@pytest.mark.parametrize("path", CURSOR_LISTS)
+def test_cursor_lists_cap_the_limit(rows: Any, path: str) -> None:
+    body = rows.get(f"{path}?limit=1000.0").json()
+    assert len(body["data"]) == 100 and body["next"]
+
+
+@pytest.mark.parametrize("path", PAGE_LISTS + CURSOR_LISTS)
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=2.5", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=inf", "limit"),
+        ("page=-1", "page"),
+        ("page=9371254040978554617856", "page"),
+        ("page=nan", "page"),
+    ],
+)
+def test_every_list_refuses_a_bad_number_alike(
+    tenant: tuple[Any, Any], path: str, query: str, field: str
+) -> None:
+    client, api = tenant
+    SubscriberFactory(client=client, subscriber_id="ann")
+    response = api.get(f"{path}?{query}")
+    if path in CURSOR_LISTS and field == "page":
+        assert response.status_code == 200  # cursor lists have no page
+        return
+    body = response.json()
+    assert (response.status_code, body["code"]) == (400, "invalid_query")
+    assert body["errors"] == [
+        {"field": field, "message": "must be a whole number from "
+         f"{0 if field == 'page' else 1} to 1000000000"}
+    ]  # fmt: skip
+
+
+def test_v1_topics_take_page_size_over_limit(rows: Any) -> None:
+    body = rows.get("/v1/topics?limit=5&pageSize=7").json()
+    assert (body["pageSize"], len(body["data"])) == (7, 7)
