@@ -101,8 +101,20 @@ class TriggerResponse(serializers.Serializer):
     data = TriggerAck()
 
 
+@extend_schema_serializer(component_name="BroadcastInput")
+class BroadcastInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    payload = JSONObjectField(required=False, default=dict)
+    transactionId = serializers.CharField(max_length=255, required=False)
+    actor = serializers.JSONField(required=False, allow_null=True)
+    overrides = JSONObjectField(required=False, default=dict)
+
+
+MAX_BULK_EVENTS = 100
+
+
 class BulkTriggerRequest(serializers.Serializer):
-    events = serializers.ListField(child=TriggerInput(), min_length=1, max_length=100)
+    events = serializers.ListField(child=TriggerInput(), min_length=1, max_length=MAX_BULK_EVENTS)
 
 
 class BulkTriggerResponse(serializers.Serializer):
@@ -128,17 +140,18 @@ _TRIGGER_EXAMPLE = OpenApiExample(
 _TRIGGER_ERRORS = error_responses(400, 404, 413, 429, 502)
 
 
-def _trigger(client: Any, body: Any) -> TriggerEvent:
+def _trigger(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) -> TriggerEvent:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object")
-    data = TriggerInput(data=body)
+    broadcast = mode == TriggerEvent.Mode.BROADCAST
+    data = (BroadcastInput if broadcast else TriggerInput)(data=body)
     data.is_valid(raise_exception=True)
     values = data.validated_data
     return services.trigger_event_create(
         client=client,
         workflow_id=values["name"],
-        mode=TriggerEvent.Mode.MULTICAST,
-        to=values["to"],
+        mode=mode,
+        to=None if broadcast else values["to"],
         payload=values["payload"],
         transaction_id=values.get("transactionId") or str(uuid.uuid4()),
         resource=values.get("resource") or values.get("bridgeUrl"),
@@ -169,8 +182,6 @@ class BulkTriggerApi(APIView):
         events = request.data.get("events") if isinstance(request.data, dict) else None
         return len(events) if isinstance(events, list) and events else 1
 
-    MAX_EVENTS = 100
-
     @extend_schema(
         operation_id="v1_events_trigger_bulk",
         tags=["Events"],
@@ -181,12 +192,10 @@ class BulkTriggerApi(APIView):
     def post(self, request: Request) -> Response:
         """Each event succeeds or fails on its own; one bad event sinks no other."""
         events = request.data.get("events") if isinstance(request.data, dict) else None
-        if not isinstance(events, list) or not events or len(events) > self.MAX_EVENTS:
+        if not isinstance(events, list) or not events or len(events) > MAX_BULK_EVENTS:
+            message = f"'events' must be a list of 1 to {MAX_BULK_EVENTS} trigger bodies"
             raise ApiError(
-                400,
-                "invalid_request",
-                f"'events' must be a list of 1 to {self.MAX_EVENTS} trigger bodies",
-                [{"field": "events", "message": "expected a list of 1 to 100 events"}],
+                400, "invalid_request", message, [{"field": "events", "message": message}]
             )
         results = []
         for body in events:
@@ -226,35 +235,12 @@ class CancelApi(APIView):
 class BroadcastApi(APIView):
     throttle_classes = [ClientTriggerRate]
 
-    @extend_schema_serializer(component_name="BroadcastInput")
-    class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200)
-        payload = JSONObjectField(required=False, default=dict)
-        transactionId = serializers.CharField(max_length=255, required=False)
-        actor = serializers.JSONField(required=False, allow_null=True)
-        overrides = JSONObjectField(required=False, default=dict)
-
     @extend_schema(
         operation_id="v1_events_trigger_broadcast",
         tags=["Events"],
         summary="Trigger a workflow for every subscriber of the client",
-        request=InputSerializer,
+        request=BroadcastInput,
         responses={201: TriggerResponse, **_TRIGGER_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            raise ApiError(400, "invalid_request", "The body must be a JSON object")
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        event = services.trigger_event_create(
-            client=request.user,
-            workflow_id=values["name"],
-            mode=TriggerEvent.Mode.BROADCAST,
-            to=None,
-            payload=values["payload"],
-            transaction_id=values.get("transactionId") or str(uuid.uuid4()),
-            actor=values.get("actor"),
-            overrides=values["overrides"],
-        )
-        return _trigger_response(event)
+        return _trigger_response(_trigger(request.user, request.data, TriggerEvent.Mode.BROADCAST))
