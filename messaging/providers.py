@@ -17,6 +17,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.utils.html import strip_tags
 
 from messaging.models import Message
+from subscribers.models import Subscriber
 
 
 class SendError(Exception):
@@ -30,6 +31,10 @@ class Provider:
     channel: ClassVar[str]
 
     def recipient(self, message: Message) -> str:
+        return ""
+
+    def unreachable(self, subscriber: Subscriber) -> str:
+        """Why `subscriber` has no address on this channel; "" when they have one."""
         return ""
 
     def send(self, message: Message) -> str:
@@ -53,6 +58,9 @@ class DjangoEmailProvider(Provider):
 
     def recipient(self, message: Message) -> str:
         return message.subscriber.email
+
+    def unreachable(self, subscriber: Subscriber) -> str:
+        return "" if subscriber.email else "the subscriber has no email address"
 
     def send(self, message: Message) -> str:
         if not message.recipient:

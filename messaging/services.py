@@ -45,6 +45,12 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         )
         return
     subscriber = step.notification.subscriber
+    unreachable = provider.unreachable(subscriber)
+    if unreachable:
+        # As in Novu: a channel the subscriber has no address for is skipped, with the
+        # reason on the step, and the workflow goes on (an in-app step after it, say).
+        workflow_services.step_skip(step=step, reason=unreachable)
+        return
     message = Message(
         step=step,
         client_id=step.notification.client_id,

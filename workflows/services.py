@@ -392,10 +392,20 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:
+    _step_finish(step, status=Step.Status.COMPLETED, result=result, error="")
+
+
+def step_skip(*, step: Step, reason: str) -> None:
+    """Skip a claimed step that cannot reach its subscriber; the notification goes on."""
+    _step_finish(step, status=Step.Status.SKIPPED, result=_skipped_result(step.type), error=reason)
+
+
+def _step_finish(step: Step, **fields: Any) -> None:
+    """Close a claimed step and hand its notification back to the echo worker."""
     # No savepoint when the caller's transaction holds this (the message's update).
     with transaction.atomic(savepoint=False):
         done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
-            status=Step.Status.COMPLETED, result=result, completed_at=timezone.now(), error=""
+            completed_at=timezone.now(), **fields
         )
         if done:
             pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))

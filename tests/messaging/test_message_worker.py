@@ -228,14 +228,17 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
 
 
-def test_a_subscriber_without_email_fails_permanently(
+def test_an_email_to_a_subscriber_without_address_is_skipped_and_the_workflow_goes_on(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
     settings.EMAIL_BACKEND = LOCMEM
     step = send(email_step(notification__subscriber__email=""))
-    assert step.status == Step.Status.FAILED and step.attempts == 1
-    assert Message.objects.get().status == Message.Status.FAILED
-    assert mail.outbox == [] and enqueued.calls == []
+
+    assert (step.status, step.error) == (Step.Status.SKIPPED, "the subscriber has no email address")
+    assert step.result == {} and step.completed_at is not None
+    assert mail.outbox == [] and not Message.objects.exists()
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+    assert Notification.objects.get().status == Notification.Status.RUNNING
 
 
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
