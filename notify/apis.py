@@ -140,14 +140,15 @@ _TRIGGER_EXAMPLE = OpenApiExample(
 _TRIGGER_ERRORS = error_responses(400, 404, 413, 429, 502)
 
 
-def _trigger(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) -> TriggerEvent:
+def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) -> TriggerEvent:
+    """A trigger body validated and checked: its event, not stored yet."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object")
     broadcast = mode == TriggerEvent.Mode.BROADCAST
     data = (BroadcastInput if broadcast else TriggerInput)(data=body)
     data.is_valid(raise_exception=True)
     values = data.validated_data
-    return services.trigger_event_create(
+    return services.trigger_event_check(
         client=client,
         workflow_id=values["name"],
         mode=mode,
@@ -172,7 +173,8 @@ class TriggerApi(APIView):
         examples=[_TRIGGER_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
-        return _trigger_response(_trigger(request.user, request.data))
+        event = services.trigger_event_store(_checked(request.user, request.data))
+        return _trigger_response(event)
 
 
 class BulkTriggerApi(APIView):
@@ -197,26 +199,30 @@ class BulkTriggerApi(APIView):
             raise ApiError(
                 400, "invalid_request", message, [{"field": "events", "message": message}]
             )
-        results = []
+        # Checked one by one (a check may ask the bridge), then stored together.
+        checked: list[TriggerEvent | dict[str, Any]] = []
         for body in events:
-            given = body.get("transactionId") if isinstance(body, dict) else None
-            transaction_id = given if isinstance(given, str) else None
             try:
-                event = _trigger(request.user, body)
+                checked.append(_checked(request.user, body))
             except (ApiError, serializers.ValidationError) as exc:
+                given = body.get("transactionId") if isinstance(body, dict) else None
                 message = exc.message if isinstance(exc, ApiError) else validation_message(exc)
-                results.append(
+                checked.append(
                     {
                         "acknowledged": True,
                         "status": "error",
                         "error": [message],
-                        "transactionId": transaction_id or "",
+                        "transactionId": given if isinstance(given, str) else "",
                     }
                 )
-                continue
-            results.append(
-                {"acknowledged": True, "status": "processed", "transactionId": event.transaction_id}
-            )
+        services.trigger_events_store([e for e in checked if isinstance(e, TriggerEvent)])
+        # A repeated transactionId answers "processed" too: its first event stands.
+        results = [
+            item
+            if isinstance(item, dict)
+            else {"acknowledged": True, "status": "processed", "transactionId": item.transaction_id}
+            for item in checked
+        ]
         return Response({"data": results}, status=201)
 
 
@@ -243,4 +249,5 @@ class BroadcastApi(APIView):
         responses={201: TriggerResponse, **_TRIGGER_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        return _trigger_response(_trigger(request.user, request.data, TriggerEvent.Mode.BROADCAST))
+        checked = _checked(request.user, request.data, TriggerEvent.Mode.BROADCAST)
+        return _trigger_response(services.trigger_event_store(checked))

@@ -26,7 +26,7 @@ def test_an_unexpected_error_is_a_500_in_novus_shape_with_an_error_id(
     def broken(**kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(notify_services, "trigger_event_create", broken)
+    monkeypatch.setattr(notify_services, "trigger_event_check", broken)
     api = api_for(key)
 
     response = api.post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.db import OperationalError
 from django.http import HttpResponse
 from django.utils import timezone
 
@@ -16,6 +17,7 @@ from config import pipeline
 from messaging import providers
 from messaging import tasks as messaging_tasks
 from messaging.models import Message
+from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued
@@ -153,6 +155,29 @@ def test_bulk_takes_100_events(api: Api, execute_calls: list[str], enqueued: Enq
     assert {r["status"] for r in response.json()["data"]} == {"processed"}
     assert len(response.json()["data"]) == 100
     assert len(enqueued.of(pipeline.WORKFLOW)) == 100
+
+
+def test_bulk_stores_all_of_its_events_in_one_transaction_or_none(
+    api: Api, execute_calls: list[str], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_insert = notify_services.insert_once
+    inserts: list[TriggerEvent] = []
+
+    def insert_then_lose_the_database(row: TriggerEvent) -> bool:
+        inserts.append(row)
+        if len(inserts) == 3:
+            raise OperationalError("the database went away")
+        return real_insert(row)
+
+    monkeypatch.setattr(notify_services, "insert_once", insert_then_lose_the_database)
+    events = [welcome(f"user-{i}", transactionId=f"tx-{i}") for i in range(5)]
+
+    assert api("post", BULK, {"events": events}).status_code == 500
+    assert not TriggerEvent.objects.exists() and enqueued.calls == []
+
+    # novu-py retries a 5xx with the same body: every event is stored, once.
+    assert api("post", BULK, {"events": events}).status_code == 201
+    assert TriggerEvent.objects.count() == 5 and len(enqueued.of(pipeline.WORKFLOW)) == 5
 
 
 @pytest.mark.parametrize(
