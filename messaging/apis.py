@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
@@ -15,6 +16,8 @@ from config.paging import PAGE_PARAMETERS, page_of, paginate
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
+
+_MESSAGE_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:
@@ -131,7 +134,8 @@ class MarkAsApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         ids, mark = data.validated_data["messageId"], data.validated_data["mark"]
-        wanted = {int(i) for i in ids if i.isdigit()}
+        # An id that cannot be a message's (not ASCII digits, beyond bigint) is not found.
+        wanted = {int(i) for i in ids if _MESSAGE_ID.fullmatch(i)}
         messages = list(_feed(request, subscriber_id).filter(pk__in=wanted))
         if len(wanted) != len(set(ids)) or len(messages) != len(wanted):
             raise ApiError(404, "message_not_found", "One or more messages were not found")

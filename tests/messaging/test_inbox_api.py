@@ -138,7 +138,9 @@ def test_mark_refuses_messages_of_other_subscribers_or_clients(tenant) -> None:
     bobs = _in_app(SubscriberFactory(client=client, subscriber_id="bob"))
     theirs = _in_app(SubscriberFactory(client=ClientFactory(), subscriber_id="ann"))
 
-    for message_id in (bobs.pk, theirs.pk, [mine.pk, theirs.pk], "abc"):
+    # And ids no message has: not ASCII digits ("²" passes str.isdigit), beyond bigint.
+    odd = ("²", "٣", "1" * 5000, "9" * 19)
+    for message_id in (bobs.pk, theirs.pk, [mine.pk, theirs.pk], "abc", *odd):
         response = api.post(
             "/v1/subscribers/ann/messages/markAs",
             {"messageId": message_id, "mark": {"read": True}},

@@ -61,7 +61,9 @@ def test_missing_secret() -> None:
         verify_signature(None, signature_header(SECRET, "{}", NOW), b"{}", now_ms=NOW)
 
 
-@pytest.mark.parametrize("header", ["garbage", "t=abc,v1=00", "v1=00", f"t={NOW}"])
+@pytest.mark.parametrize(
+    "header", ["garbage", "t=abc,v1=00", "v1=00", f"t={NOW}", "t=²,v1=00", f"t={'1' * 5000},v1=00"]
+)
 def test_malformed_header(header: str) -> None:
     with pytest.raises(SignatureInvalidError):
         verify_signature(SECRET, header, b"{}", now_ms=NOW)
@@ -72,6 +74,11 @@ def test_forged_signature() -> None:
     with pytest.raises(SignatureMismatchError) as exc:
         verify_signature(SECRET, header, b"{}", now_ms=NOW)
     assert exc.value.status == 401
+
+
+def test_a_signature_with_non_ascii_characters_is_a_mismatch() -> None:
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, f"t={NOW},v1=éé", b"{}", now_ms=NOW)
 
 
 def test_tampered_body() -> None:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from .errors import (
 )
 
 TOLERANCE_MS = 300_000
+# Milliseconds since the epoch, up to the year 33658: int() never sees a giant number.
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
 def canonical_json(obj: Any) -> str:
@@ -47,7 +50,8 @@ def signature_header(secret: str, body: str, timestamp_ms: int | None = None) ->
 def _parse_header(header: str) -> tuple[int, str]:
     parts = dict(item.strip().partition("=")[::2] for item in header.split(","))
     t, v1 = parts.get("t", ""), parts.get("v1", "")
-    if not t.isdigit() or not v1:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not _TIMESTAMP.fullmatch(t) or not v1:
         raise SignatureInvalidError(
             "Signature is invalid. Please provide a valid signature in the `novu-signature` header"
         )
@@ -90,7 +94,9 @@ def verify_signature(
             f"{tolerance_ms // 60_000} minutes in the `novu-signature` header"
         )
     matches = [
-        hmac.compare_digest(_digest(secret, timestamp, c), v1) for c in _signed_candidates(body)
+        # As bytes: compare_digest refuses a str with non-ASCII characters.
+        hmac.compare_digest(_digest(secret, timestamp, c).encode(), v1.encode())
+        for c in _signed_candidates(body)
     ]
     if not any(matches):
         raise SignatureMismatchError(
