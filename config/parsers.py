@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,13 +10,17 @@ from rest_framework.exceptions import ParseError
 
 from config.errors import body_too_large
 
+# What text and jsonb cannot hold: NUL, and a lone UTF-16 surrogate ("\ud800"), which
+# JSON can escape and Python decodes, but which has no UTF-8 form.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-def _has_nul(data: Any) -> bool:
+
+def _unstorable(data: Any) -> bool:
     stack = [data]  # iterative: the body may nest as deep as the JSON decoder allows
     while stack:
         value = stack.pop()
         if isinstance(value, str):
-            if "\x00" in value:
+            if _UNSTORABLE.search(value):
                 return True
         elif isinstance(value, Mapping):
             stack.extend(value.keys())
@@ -36,9 +41,9 @@ def _check_size(content_length: str | None) -> None:
 
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
-    in any string or key (text and jsonb cannot hold one). Refused here, before a
-    service has written half of its rows; nesting too deep to decode is a 400 too.
-    A body over NORM_MAX_BODY_BYTES is a 413 before it is read."""
+    or a lone surrogate in any string or key. Refused here, before a service has
+    written half of its rows; nesting too deep to decode is a 400 too. A body over
+    NORM_MAX_BODY_BYTES is a 413 before it is read."""
 
     def parse(
         self,
@@ -53,6 +58,8 @@ class JSONParser(parsers.JSONParser):
             data = super().parse(stream, media_type, parser_context)
         except RecursionError as exc:
             raise ParseError("JSON parse error - nested too deeply") from exc
-        if _has_nul(data):
-            raise ParseError("JSON parse error - strings must not contain NUL (\\u0000)")
+        if _unstorable(data):
+            raise ParseError(
+                "JSON parse error - strings must not contain NUL (\\u0000) or a lone surrogate"
+            )
         return data

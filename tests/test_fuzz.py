@@ -109,6 +109,11 @@ FOUND = [
     ("get", "/v2/subscribers/%00", None, "invalid_value"),
     ("post", "/v2/subscribers", {"subscriberId": "a", "data": {"\u0000": 1}}, "parse_error"),
     ("post", "/v2/subscribers", "[" * 100_000 + "]" * 100_000, "parse_error"),
+    # A lone surrogate: JSON can escape it, UTF-8 (so PostgreSQL) cannot hold it.
+    ("patch", "/v2/topics/news", {"name": "\ud800"}, "parse_error"),
+    ("post", "/v2/topics/news/subscriptions", {"subscriberIds": ["\udfff"]}, "parse_error"),
+    ("post", "/v1/events/trigger", {"name": "w", "to": {"topicKey": "\ud800"}}, "parse_error"),
+    ("post", "/v2/subscribers", {"subscriberId": "a", "data": {"\ud800": 1}}, "parse_error"),
 ]
 
 
