@@ -362,6 +362,23 @@ def notification_fail(*, notification_id: Any, code: str, message: str) -> None:
 # --- stage 5 bookkeeping (called by the message worker) -------------------------------------
 
 
+def _of_running_notification() -> Exists:
+    """A step filter: its notification is running.
+
+    For an UPDATE that claims or releases steps, in place of `notification__status`:
+    Django writes a filter across a join as `WHERE id IN (SELECT ...)`, and when the
+    UPDATE waits for a row another transaction is changing, PostgreSQL re-checks only
+    the outer WHERE against the new row, so the step's own conditions (still
+    `scheduled`?) would not be checked again: two tasks could claim one step and send
+    it twice. With EXISTS the step's conditions stay in the outer WHERE.
+    """
+    return Exists(
+        Notification.objects.filter(
+            pk=OuterRef("notification_id"), status=Notification.Status.RUNNING
+        )
+    )
+
+
 def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     """Take a due, scheduled step of a running notification; None if another run has it.
 
@@ -374,7 +391,7 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     now = timezone.now()
     claim = claim or uuid.uuid4().hex
     claimed = (
-        Step.objects.filter(pk=step_id, notification__status=Notification.Status.RUNNING)
+        Step.objects.filter(_of_running_notification(), pk=step_id)
         .filter(
             Q(status=Step.Status.SCHEDULED, due_at__lte=now)
             | Q(status=Step.Status.PROCESSING, claimed_by=claim)
@@ -428,9 +445,7 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
     due_at = timezone.now() + timedelta(seconds=backoff)
     with transaction.atomic():
         released = Step.objects.filter(
-            pk=step.pk,
-            status=Step.Status.PROCESSING,
-            notification__status=Notification.Status.RUNNING,
+            _of_running_notification(), pk=step.pk, status=Step.Status.PROCESSING
         ).update(
             status=Step.Status.SCHEDULED, due_at=due_at, enqueued_at=timezone.now(), error=message
         )
@@ -552,9 +567,7 @@ def reconcile() -> dict[str, int]:
 
     # Only steps of running notifications: a canceled one's step is never sent.
     Step.objects.filter(
-        status=Step.Status.PROCESSING,
-        claimed_at__lt=now - stale,
-        notification__status=Notification.Status.RUNNING,
+        _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=Step.Status.SCHEDULED, enqueued_at=None)
     due = Step.objects.filter(
         status=Step.Status.SCHEDULED,
