@@ -65,5 +65,14 @@ def send_now(
 def enqueue_on_commit(
     stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
 ) -> None:
-    """Enqueue `stage` once the current transaction commits (at once outside one)."""
-    transaction.on_commit(lambda: send_now(stage, *args, countdown=countdown, queue=queue))
+    """Enqueue `stage` once the current transaction commits (at once outside one).
+
+    Robust: a broker that fails to take the message (down, a failover) is logged, not
+    raised. The row is committed by then, and raising would turn stored work into an
+    error: a 500 for a trigger already accepted (a client retrying without a
+    transactionId would trigger twice), a notification failed for a step it recorded.
+    The reconciler re-sends what waits in the database after NORM_RECONCILE_GRACE.
+    """
+    transaction.on_commit(
+        lambda: send_now(stage, *args, countdown=countdown, queue=queue), robust=True
+    )

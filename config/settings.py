@@ -138,7 +138,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 NORM_CACHE_URL = env_str("NORM_CACHE_URL", "")
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": NORM_CACHE_URL}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": NORM_CACHE_URL,
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
         if NORM_CACHE_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
@@ -200,6 +204,10 @@ else:
         # or delayed steps would be redelivered while still waiting; longer delays
         # live in the database and are enqueued by the reconciler.
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+        # A broker that accepts connections but never answers (a failover half done)
+        # would otherwise hang a publish, and with it a web request, a task or beat.
+        "socket_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10),
+        "socket_connect_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10),
     }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -4,21 +4,26 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+import kombu.exceptions
 import pytest
 from django.http import HttpResponse
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from config import pipeline
+from config.celery import app as celery_app
 from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import BRIDGE_URL, api_for, client_with_key
 from workflows import bridge
+from workflows import services as workflow_services
 from workflows.demo import demo_bridge
 from workflows.models import Notification
 
@@ -271,6 +276,28 @@ def test_trigger_stores_the_event_and_enqueues_one_run_on_the_routed_queue(
     assert Subscriber.objects.count() == 0 and Notification.objects.count() == 0
     # The registry was filled from the bridge, signed with the client's key.
     assert discover.calls == [(BRIDGE_URL, keyed[1])]
+
+
+def test_a_broker_failing_after_the_commit_still_accepts_and_the_reconciler_resends(
+    post: Post, discover: FakeDiscover, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(celery_app, "send_task", broker_down)
+    response = post(TRIGGER, {"name": "welcome", "to": "ann", "transactionId": "tx-1"})
+
+    # Stored, so accepted: a 500 would have a client without a transactionId resend it.
+    assert response.status_code == 201, response.content
+    event = TriggerEvent.objects.get()
+    assert event.status == TriggerEvent.Status.RECEIVED
+
+    sent: list[tuple[str, list[Any]]] = []
+    monkeypatch.setattr(celery_app, "send_task", lambda name, args, **_: sent.append((name, args)))
+    past_grace = timezone.now() - timedelta(seconds=settings.NORM_RECONCILE_GRACE + 1)
+    TriggerEvent.objects.update(created_at=past_grace)
+    workflow_services.reconcile()
+    assert sent == [(pipeline.WORKFLOW.task, [event.pk])]
 
 
 def test_unrouted_workflow_goes_to_the_default_queue(

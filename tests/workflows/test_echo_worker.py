@@ -5,10 +5,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import kombu.exceptions
 import pytest
 from django.utils import timezone
 
 from config import pipeline
+from config.celery import app as celery_app
 from notify import services as notify_services
 from tests.conftest import Enqueued
 from tests.factories import (
@@ -154,6 +156,32 @@ def test_a_channel_step_is_scheduled_and_the_message_worker_enqueued(
     assert step.enqueued_at is not None
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
     assert not enqueued.options_of(pipeline.MESSAGE)[0]["countdown"]
+
+
+def test_a_broker_failing_after_the_step_commits_leaves_it_to_the_reconciler(
+    execute: FakeExecute, run: Callable[..., None], monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(celery_app, "send_task", broker_down)
+    notification = NotificationFactory()
+    execute.answers = [EMAIL]
+
+    run(notification)
+
+    notification.refresh_from_db()
+    step = notification.steps.get()
+    # The step was recorded: the notification is not failed for the broker's fault ...
+    assert notification.status == Notification.Status.RUNNING and notification.error == ""
+    assert step.status == Step.Status.SCHEDULED
+    # ... and once the grace has passed, the reconciler sends it from the database.
+    sent: list[tuple[str, list[Any]]] = []
+    monkeypatch.setattr(celery_app, "send_task", lambda name, args, **_: sent.append((name, args)))
+    past_grace = timezone.now() - timedelta(seconds=settings.NORM_RECONCILE_GRACE + 1)
+    Step.objects.update(enqueued_at=past_grace, due_at=past_grace)
+    services.reconcile()
+    assert (pipeline.MESSAGE.task, [step.pk]) in sent
 
 
 def test_a_delay_step_is_due_after_the_delay_with_a_countdown(
