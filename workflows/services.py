@@ -27,7 +27,8 @@ from workflows.models import Notification, Step
 logger = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 500
-# How long after a trigger the reconciler still checks that its fan-out reached everyone.
+# How long after its fan-out the reconciler still checks that a trigger reached everyone
+# (from processed_at: a trigger that waited long in a backed-up queue is checked too).
 FANOUT_RECHECK = timedelta(hours=1)
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
 ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
@@ -540,7 +541,7 @@ def reconcile() -> dict[str, int]:
         TriggerEvent.objects.filter(
             status=TriggerEvent.Status.PROCESSED,
             canceled_at__isnull=True,
-            created_at__gt=now - FANOUT_RECHECK,
+            processed_at__gt=now - FANOUT_RECHECK,
             claimed_at__lt=now - grace,
         )
         .annotate(reached=Count("notifications"), last=Max("notifications__created_at"))

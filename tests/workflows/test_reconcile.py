@@ -169,6 +169,32 @@ def test_a_trigger_event_stuck_in_processing_is_released_and_enqueued(enqueued: 
     assert busy.status == TriggerEvent.Status.PROCESSING
 
 
+def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
+    enqueued: Enqueued,
+) -> None:
+    """Subscriber commands lost with the broker: the event was processed for three
+    recipients but one notification exists. The hour runs from the fan-out, so an
+    event that first waited two hours in a backed-up queue is checked too."""
+    fanned_out = {"status": TriggerEvent.Status.PROCESSED, "recipients": 3}
+    late = TriggerEventFactory(**fanned_out)
+    long_done = TriggerEventFactory(**fanned_out)
+    for event in (late, long_done):
+        NotificationFactory(trigger_event=event)
+    TriggerEvent.objects.filter(pk=late.pk).update(
+        created_at=ago(7200), claimed_at=ago(GRACE + 1), processed_at=ago(GRACE + 1)
+    )
+    TriggerEvent.objects.filter(pk=long_done.pk).update(
+        created_at=ago(7200), claimed_at=ago(3700), processed_at=ago(3700)
+    )
+    Notification.objects.update(created_at=ago(GRACE + 1))
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(late.pk,)]
+    late.refresh_from_db()
+    assert late.status == TriggerEvent.Status.RECEIVED
+
+
 def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
     TriggerEventFactory()
     NotificationFactory(status=Notification.Status.RUNNING)
