@@ -95,8 +95,19 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
 def _validate_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
     if not schema:
         return
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_cls(schema).iter_errors(payload), key=lambda e: list(e.absolute_path))
+    try:
+        validator_cls = jsonschema.validators.validator_for(schema)
+        found = list(validator_cls(schema).iter_errors(payload))
+    except Exception as exc:
+        # The schema came from the bridge's discover and is no JSON Schema ("type":
+        # "nope", a broken pattern): jsonschema fails on it in many ways, and none of
+        # them is the caller's fault.
+        raise ApiError(
+            502,
+            "bridge_invalid_schema",
+            f"The workflow's payload schema from the bridge cannot be applied: {exc!r}"[:500],
+        ) from exc
+    errors = sorted(found, key=lambda e: list(e.absolute_path))
     if errors:
         details = [
             {"field": "payload/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -38,7 +39,9 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
         )
         raise
     workflows = [
-        w for w in found.get("workflows", []) if isinstance(w, dict) and w.get("workflowId")
+        w
+        for w in _list(found.get("workflows"))
+        if isinstance(w, dict) and isinstance(w.get("workflowId"), str) and w["workflowId"]
     ]
     with transaction.atomic():
         BridgeSync.objects.update_or_create(
@@ -55,15 +58,15 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
                 bridge_url=bridge_url,
                 workflow_id=w["workflowId"],
                 defaults={
-                    "name": w.get("name") or w["workflowId"],
-                    "payload_schema": (w.get("payload") or {}).get("schema") or {},
+                    "name": str(w.get("name") or w["workflowId"])[:200],
+                    "payload_schema": _object(_object(w.get("payload")).get("schema")),
                     "steps": [
                         {
                             "stepId": s.get("stepId"),
                             "type": s.get("type"),
-                            "controlSchema": (s.get("controls") or {}).get("schema") or {},
+                            "controlSchema": _object(_object(s.get("controls")).get("schema")),
                         }
-                        for s in w.get("steps", [])
+                        for s in _list(w.get("steps"))
                         if isinstance(s, dict)
                     ],
                     "discovered_at": now,
@@ -72,6 +75,16 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
             for w in workflows
         ]
     return rows
+
+
+# A discover answer is the bridge's to get wrong: what is not of the expected shape
+# reads as absent, so a malformed entry cannot crash the sync (and every trigger).
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 _flavours: Memo[str] = Memo()

@@ -187,6 +187,43 @@ def test_payload_failing_the_schema_is_400_with_errors(
     assert_nothing_stored(enqueued)
 
 
+def _welcome(**entry: Any) -> dict[str, Any]:
+    return {"workflows": [{"workflowId": "welcome", **entry}]}
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code"),
+    [
+        ({"workflows": None}, 404, "workflow_not_found"),
+        ({"workflows": [{"workflowId": {"a": 1}}]}, 404, "workflow_not_found"),
+        (_welcome(payload="x"), 201, None),
+        (_welcome(payload={"schema": "x"}), 201, None),
+        (_welcome(steps=[{"stepId": "s", "type": "email", "controls": "x"}]), 201, None),
+        (_welcome(steps={"stepId": "s"}), 201, None),
+        (_welcome(payload={"schema": {"type": "nope"}}), 502, "bridge_invalid_schema"),
+        (
+            _welcome(payload={"schema": {"patternProperties": {"(": {}}}}),
+            502,
+            "bridge_invalid_schema",
+        ),
+    ],
+)
+def test_a_malformed_discover_answer_is_read_as_far_as_it_makes_sense(
+    post: Post,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: dict[str, Any],
+    status: int,
+    code: str | None,
+) -> None:
+    """The bridge's mistakes: what is not of the expected shape reads as absent, a
+    schema jsonschema cannot apply is a 502 naming it; never a 500."""
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secret: answer)
+    response = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"a": 1}})
+    assert response.status_code == status, response.content
+    if code:
+        assert response.json()["code"] == code
+
+
 def test_bridge_unreachable_on_discover_is_502(
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
