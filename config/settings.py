@@ -65,8 +65,10 @@ def env_json(name: str, default: Any) -> Any:
 
 
 DEBUG = env_bool("DEBUG", False)
-# The embedded default is for a laptop; production must set its own SECRET_KEY.
-SECRET_KEY = env_str("SECRET_KEY", "norm-insecure-development-key-change-me")
+# The embedded default is for a laptop; production must set its own SECRET_KEY
+# (`manage.py check --deploy` refuses the default unless NORM_ENCRYPTION_KEY is set).
+DEVELOPMENT_SECRET_KEY = "norm-insecure-development-key-change-me"
+SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "*").split(",")
 
 INSTALLED_APPS = [

@@ -6,8 +6,12 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from django.conf import settings as django_settings
+from django.core import checks
 
 from notify import services as notify_services
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
@@ -111,3 +115,20 @@ def test_secret_keys_appear_in_no_log_line(
     assert any("novu-signature" in headers for headers in sent)  # the key signed a call
     assert caplog.records
     assert not [r for r in caplog.records if key in r.getMessage() or "nk_wrong" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("secret_key", "encryption_key", "found"),
+    [
+        (django_settings.DEVELOPMENT_SECRET_KEY, "", ["norm.E001"]),
+        ("a-long-random-production-secret", "", ["norm.W001"]),
+        (django_settings.DEVELOPMENT_SECRET_KEY, Fernet.generate_key().decode(), []),
+    ],
+)
+def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
+    settings: Any, secret_key: str, encryption_key: str, found: list[str]
+) -> None:
+    settings.SECRET_KEY, settings.NORM_ENCRYPTION_KEY = secret_key, encryption_key
+    messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
