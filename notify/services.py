@@ -31,12 +31,18 @@ def client_create(
     )
 
 
+MIN_KEY_LENGTH = 16
+
+
 def secret_key_create(*, client: Client, key: str | None = None) -> tuple[SecretKey, str]:
-    """Create a secret key; the plain key is returned once and never stored."""
+    """Create a secret key; the plain key is returned once and never stored. Its first
+    characters name it in the admin: ten at most, and never more than a quarter of it."""
     key = key or crypto.generate_key()
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"a secret key has at least {MIN_KEY_LENGTH} characters")
     secret = SecretKey.objects.create(
         client=client,
-        prefix=key[:10],
+        prefix=key[: min(10, len(key) // 4)],
         key_hash=crypto.hash_key(key),
         encrypted=crypto.encrypt(key),
     )

@@ -33,12 +33,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        key = options["secret_key"]
+        if key is not None and len(key) < services.MIN_KEY_LENGTH:
+            raise CommandError(f"a secret key has at least {services.MIN_KEY_LENGTH} characters")
         name: str = options["name"]
         existing = Client.objects.filter(name=name).first()
         if existing is not None:
             if not options["if_missing"]:
                 raise CommandError(f"a client named {name!r} exists already")
-            key = options["secret_key"]
             found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).first() if key else None
             if key and found is None:
                 services.secret_key_create(client=existing, key=key)
@@ -55,7 +57,7 @@ class Command(BaseCommand):
                 bridge_url=options["bridge_url"],
                 allowed_bridge_urls=options["allowed_bridge_url"],
             )
-            _, key = services.secret_key_create(client=client, key=options["secret_key"])
+            _, key = services.secret_key_create(client=client, key=key)
         self.stdout.write(f"Created client {name!r} (id {client.pk}), bridge {client.bridge_url}.")
         self.stdout.write("Its secret key follows; it is shown only now:")
         self.stdout.write(key)

@@ -1,0 +1,75 @@
+"""`manage.py createclient`: a client and a key that authenticates, printed once."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from notify import crypto, selectors, services
+from notify.models import Client, SecretKey
+from tests.factories import client_with_key
+
+pytestmark = pytest.mark.django_db
+
+BRIDGE = "http://127.0.0.1:9000/api/novu"
+NOVU_KEY = "0123456789abcdef0123456789abcdef"  # a Novu secret key: 32 hex characters
+
+
+def createclient(*args: str) -> list[str]:
+    out = StringIO()
+    call_command("createclient", *args, stdout=out)
+    return out.getvalue().splitlines()
+
+
+def test_creates_a_client_whose_printed_key_authenticates() -> None:
+    lines = createclient("shop", "--bridge-url", BRIDGE, "--allowed-bridge-url", BRIDGE + "2")
+
+    client = Client.objects.get(name="shop")
+    assert (client.bridge_url, client.allowed_bridge_urls) == (BRIDGE, [BRIDGE + "2"])
+    key = lines[-1]
+    assert selectors.client_by_api_key(key=key) == client
+    stored = SecretKey.objects.get(client=client)
+    assert key not in (stored.key_hash, stored.encrypted)  # stored hashed and encrypted only
+    assert crypto.decrypt(stored.encrypted) == key and stored.prefix == key[:10]
+
+
+def test_a_given_key_is_used_and_shown_by_a_quarter_of_it_at_most() -> None:
+    lines = createclient("shop", "--bridge-url", BRIDGE, "--secret-key", NOVU_KEY)
+
+    assert lines[-1] == NOVU_KEY
+    assert selectors.client_by_api_key(key=NOVU_KEY).name == "shop"
+    assert SecretKey.objects.get().prefix == NOVU_KEY[:8]
+
+
+def test_a_short_key_is_refused_and_nothing_created() -> None:
+    with pytest.raises(CommandError, match="at least 16 characters"):
+        createclient("shop", "--bridge-url", BRIDGE, "--secret-key", "sk_short")
+    assert not Client.objects.exists() and not SecretKey.objects.exists()
+    with pytest.raises(ValueError):
+        services.secret_key_create(client=client_with_key()[0], key="sk_short")
+
+
+def test_an_existing_client_is_an_error_unless_if_missing() -> None:
+    createclient("shop", "--bridge-url", BRIDGE)
+    with pytest.raises(CommandError, match="exists already"):
+        createclient("shop", "--bridge-url", BRIDGE)
+
+    lines = createclient("shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", NOVU_KEY)
+    again = createclient("shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", NOVU_KEY)
+
+    assert Client.objects.count() == 1
+    assert lines[-1] == again[-1] == NOVU_KEY
+    assert SecretKey.objects.filter(client__name="shop").count() == 2  # its first key, and this
+
+
+def test_if_missing_refuses_a_key_revoked_or_of_another_client() -> None:
+    other, other_key = client_with_key()
+    createclient("shop", "--bridge-url", BRIDGE, "--secret-key", NOVU_KEY)
+    services.secret_key_revoke(secret_key=SecretKey.objects.get(client__name="shop"))
+
+    for key in (NOVU_KEY, other_key):
+        with pytest.raises(CommandError, match="revoked, or belongs to another client"):
+            createclient("shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", key)
+    assert selectors.client_by_api_key(key=other_key) == other
