@@ -31,6 +31,10 @@ BROADCAST_CHUNK = 500
 # (from processed_at: a trigger that waited long in a backed-up queue is checked too).
 FANOUT_RECHECK = timedelta(hours=1)
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
+# The echo worker sets a step's due time by its clock and the message worker compares
+# it with its own: a message worker a little behind would find a step due now not due
+# yet, and leave it to the reconciler (a minute or more). A second early is harmless.
+CLOCK_SKEW = timedelta(seconds=1)
 ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 
 
@@ -394,7 +398,7 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     claimed = (
         Step.objects.filter(_of_running_notification(), pk=step_id)
         .filter(
-            Q(status=Step.Status.SCHEDULED, due_at__lte=now)
+            Q(status=Step.Status.SCHEDULED, due_at__lte=now + CLOCK_SKEW)
             | Q(status=Step.Status.PROCESSING, claimed_by=claim)
         )
         .update(

@@ -288,6 +288,15 @@ def test_a_step_not_yet_due_is_not_claimed(
     assert mail.outbox == [] and enqueued.calls == []
 
 
+def test_a_step_due_within_a_second_is_claimed_whatever_the_clocks_say(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The echo worker's clock a little ahead of the message worker's."""
+    settings.EMAIL_BACKEND = LOCMEM
+    step = send(email_step(due_at=timezone.now() + timedelta(milliseconds=500)))
+    assert step.status == Step.Status.COMPLETED and len(mail.outbox) == 1
+
+
 def test_running_twice_sends_once(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
