@@ -137,7 +137,14 @@ def test_in_app_delay_email_and_a_skipped_sms_run_in_order(
         "order": {
             "id": "Nº-42",
             "items": ["Crème brûlée", "🍰", "日本茶"],
-            "meta": {"gift": {"to": "Åsa", "note": "ﬁne \u2028 line"}, "qty": 2},
+            # What JS writes back differently (2.0 as 2, 1.5e-07 as 1.5e-7, the key
+            # "2024" before "q1"): norm must sign it as JS will check it.
+            "meta": {
+                "gift": {"to": "Åsa", "note": "ﬁne \u2028 line"},
+                "qty": 2.0,
+                "rate": 1.5e-07,
+                "by": {"q1": 1, "2024": 2},
+            },
         },
     }
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,26 @@ def test_matches_the_vector_captured_from_novu_framework() -> None:
         "t=1795818578677,v1=a7bd5247f73e367379a9225e9204c08b786ce5d2dddd663e40df8c851caa974f"
     )
     assert canonical_json(json.loads(body)) == body
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [  # each `written` is what node's JSON.stringify(JSON.parse(written)) gives back
+        ({"b": 1, "10": 2, "2": 3, "007": 4}, '{"2":3,"10":2,"b":1,"007":4}'),
+        ({"amount": 10.0, "by": {"q1": 1, "2024": 2}}, '{"amount":10,"by":{"2024":2,"q1":1}}'),
+        ([1e-07, 1.5e-05, 0.1, 1e21, 1.5e22, -0.0], "[1e-7,0.000015,0.1,1e+21,1.5e+22,0]"),
+        (
+            [3.2099280116398797e19, 9.1e15, float("nan")],
+            "[32099280116398797000,9100000000000000,null]",
+        ),
+        (
+            {"t": 'é \u2028\n\x01"\\', "s": "\ud800"},
+            '{"t":"é \u2028\\n\\u0001\\"\\\\","s":"\\ud800"}',
+        ),
+    ],
+)
+def test_canonical_json_writes_what_js_writes_back(value: Any, written: str) -> None:
+    assert canonical_json(value) == written
 
 
 def test_valid_signature_passes() -> None:

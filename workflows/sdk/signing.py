@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
+from decimal import Decimal
 from typing import Any
 
 from .errors import (
@@ -28,8 +30,72 @@ _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
 def canonical_json(obj: Any) -> str:
-    """Compact JSON as JS `JSON.stringify` writes it (for strings, ints and nested objects)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON exactly as JS writes it back after parsing it: Novu's SDK checks the
+    signature against `JSON.stringify(JSON.parse(body))`, so anything JS would write
+    differently breaks it. Floats with no fraction are written as integers (`1.0` as
+    `1`), tiny ones in JS's notation (`1e-07` as `1e-7`, `1e-05` as `0.00001`), NaN and
+    infinities as `null`, lone surrogates escaped, and an object's integer-like keys
+    first in ascending order, where JS objects keep them. (An integer beyond 2**53
+    cannot be helped: JS has no such number.)"""
+    out: list[str] = []
+    _write(obj, out)
+    return "".join(out)
+
+
+# Keys JS treats as array indices: it puts them before all others, in numeric order.
+_INDEX_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(_string(value))
+    elif value is None or value is True or value is False:
+        out.append({None: "null", True: "true", False: "false"}[value])
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(_number(value))
+    elif isinstance(value, dict):
+        keys = [k if isinstance(k, str) else str(k) for k in value]
+        first = sorted((k for k in keys if _INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1), key=int)
+        ordered = first + [k for k in keys if k not in set(first)]
+        items = dict(zip(keys, value.values(), strict=True))
+        out.append("{")
+        for n, key in enumerate(ordered):
+            out.append(("," if n else "") + _string(key) + ":")
+            _write(items[key], out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for n, item in enumerate(value):
+            if n:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _string(text: str) -> str:
+    # Python and JS escape the same characters, but for lone surrogates: JS writes \udXXX.
+    written = json.dumps(text, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", written)
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return "null"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    text = repr(value)  # the shortest digits that round-trip, as JS writes too
+    mantissa, _, exponent = text.partition("e")
+    if not exponent:
+        return text.removesuffix(".0")
+    power = int(exponent)
+    if -7 < power < 21:  # JS writes these without an exponent
+        return format(Decimal(text), "f")
+    return f"{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
 
 
 def _now_ms() -> int:
