@@ -108,6 +108,27 @@ def test_skipped_step_has_no_outputs_and_is_replayed(welcome: Workflow, calls: l
     assert done["done"] is True
 
 
+def test_a_skipped_custom_step_with_an_output_schema_lets_the_next_step_run() -> None:
+    score_schema = {"type": "object", "properties": {"score": {"type": "number"}}}
+
+    @workflow("scored")
+    def scored(ctx: Context) -> None:
+        score = ctx.step.custom(
+            "score",
+            lambda: {"score": 7},
+            skip=lambda controls: True,
+            output_schema={**score_schema, "required": ["score"]},
+        )
+        ctx.step.email("mail", lambda: {"subject": "Hi", "body": f"{score.get('score', '-')}"})
+
+    first = scored.execute(execute_body({}, []))
+    assert (first["stepId"], first["options"]) == ("score", {"skip": True})
+
+    skipped = {"stepId": "score", "outputs": {}, "state": {"status": "skipped"}}
+    mail = scored.execute(execute_body({}, [skipped]))
+    assert (mail["stepId"], mail["outputs"]["body"]) == ("mail", "-")
+
+
 def test_unread_message_sends_the_reminder(welcome: Workflow) -> None:
     state = [entry("inbox", UNREAD), entry("wait", {"duration": 60_000})]
     response = welcome.execute(execute_body({"name": "Ada"}, state))
