@@ -113,7 +113,13 @@ def _validate_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
             "bridge_invalid_schema",
             f"The workflow's payload schema from the bridge cannot be applied: {exc!r}"[:500],
         ) from exc
-    errors = sorted(found, key=lambda e: list(e.absolute_path))
+    # A key the schema does not declare is no error: the bridge strips it (Novu's SDK
+    # does so even for a workflow without a schema, whose discover says
+    # `additionalProperties: false`).
+    errors = sorted(
+        (e for e in found if e.validator != "additionalProperties"),
+        key=lambda e: list(e.absolute_path),
+    )
     if errors:
         details = [
             {"field": "payload/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}

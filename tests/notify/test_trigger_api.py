@@ -191,6 +191,25 @@ def _welcome(**entry: Any) -> dict[str, Any]:
     return {"workflows": [{"workflowId": "welcome", **entry}]}
 
 
+def test_a_key_the_payload_schema_does_not_declare_is_left_to_the_bridge(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """Novu's SDK strips undeclared keys, and discovers a workflow without a payload
+    schema as `additionalProperties: false`: refusing them would refuse every payload."""
+    strict = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    strict["additionalProperties"] = False
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": strict})
+    )
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"n": 1, "utm": "x"}})
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"n": "one", "utm": "x"}})
+
+    assert accepted.status_code == 201, accepted.content
+    assert TriggerEvent.objects.get().payload == {"n": 1, "utm": "x"}
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/n"]
+
+
 @pytest.mark.parametrize(
     ("answer", "status", "code"),
     [
