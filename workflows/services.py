@@ -287,6 +287,13 @@ def _record_answer(
         return
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs = answer.get("outputs") if isinstance(answer.get("outputs"), dict) else {}
+    if step_type in selectors.UNSUPPORTED_STEP_TYPES:
+        notification_fail(
+            notification_id=notification.pk,
+            code="UnsupportedStepType",
+            message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
+        )
+        return
     if not isinstance(step_id, str) or not step_id or step_type not in selectors.STEP_TYPES:
         notification_fail(
             notification_id=notification.pk,

@@ -349,6 +349,20 @@ def test_an_answer_without_a_valid_step_fails(
     assert Step.objects.count() == 0
 
 
+@pytest.mark.parametrize("step_type", ["digest", "throttle"])
+def test_a_step_type_norm_does_not_run_yet_fails_with_that_reason(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], step_type: str
+) -> None:
+    notification = NotificationFactory()
+    execute.answers = [{"stepId": "batch", "type": step_type, "outputs": {}}]
+    run(notification)
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "UnsupportedStepType"
+    assert "'batch' is a " + step_type in notification.error
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
 @pytest.mark.parametrize("status", [Step.Status.SCHEDULED, Step.Status.PROCESSING])
 def test_an_open_step_means_the_echo_does_nothing(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], status: str
