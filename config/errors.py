@@ -15,8 +15,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -54,6 +55,15 @@ def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, 
         "error": HTTPStatus(status).phrase,
         **extra,
     }
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler404: a path no API view serves answers Novu's error body under /v1 and
+    /v2 (novu-py raises its typed ErrorDto only for JSON), Django's page elsewhere."""
+    if request.path.startswith(("/v1/", "/v2/")):
+        body = error_body(404, request.get_full_path(), "Not found", code="not_found")
+        return JsonResponse(body, status=404)
+    return defaults.page_not_found(request, exception)
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:

@@ -7,6 +7,8 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from workflows.demo import bridge_view
 
+handler404 = "config.errors.page_not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).

@@ -132,3 +132,16 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
     messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
+    _, key = client_with_key()
+    api = api_for(key)
+    for path in ("/v1/nope", "/v2/subscribers/ann/nope?x=1", "/v1/subscribers/"):
+        response = api.get(path)
+        assert response.status_code == 404 and response["Content-Type"] == "application/json"
+        body = response.json()
+        assert (body["statusCode"], body["path"], body["code"]) == (404, path, "not_found")
+        assert body["timestamp"] and body["message"] == "Not found"
+    page = api.get("/nope")  # outside the API: Django's page
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
