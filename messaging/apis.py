@@ -5,19 +5,40 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses
-from config.paging import PAGE_PARAMETERS, page_of, paginate
+from config.paging import PAGE_PARAMETERS, page_of, paginate, query_int
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
 
 _MESSAGE_ID = re.compile(r"[0-9]{1,18}")
+
+
+MARK_AS: dict[str, dict[str, bool | None]] = {
+    "read": {"seen": None, "read": True},
+    "seen": {"seen": True, "read": None},
+    "unread": {"seen": None, "read": False},
+    "unseen": {"seen": False, "read": None},
+}
+
+
+class UnseenCountResponse(serializers.Serializer):
+    class Count(serializers.Serializer):
+        count = serializers.IntegerField()
+
+    data = Count()
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:
@@ -58,6 +79,16 @@ class FeedApi(APIView):
         lastSeenDate = serializers.DateTimeField(source="seen_at", allow_null=True)
         lastReadDate = serializers.DateTimeField(source="read_at", allow_null=True)
         createdAt = serializers.DateTimeField(source="created_at")
+        # What novu-py's NotificationFeedItemDto and MessageResponseDto require.
+        _templateId = serializers.CharField(source="step.notification.workflow_id")
+        _environmentId = serializers.CharField(source="client_id")
+        _organizationId = serializers.CharField(source="client_id")
+        _notificationId = serializers.CharField(source="step.notification_id")
+        _subscriberId = serializers.CharField(source="subscriber_id")
+        _jobId = serializers.CharField(source="step_id")
+        archived = serializers.BooleanField(default=False, read_only=True)
+        cta = serializers.DictField(default=dict, read_only=True)
+        status = serializers.CharField(default="sent", read_only=True)
 
         def get_subject(self, message: Message) -> str:
             return str(message.content.get("subject") or "")
@@ -90,8 +121,35 @@ class FeedApi(APIView):
         },
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        rows, meta = paginate(request, _feed(request, subscriber_id))
+        rows, meta = paginate(request, _marked(request, _feed(request, subscriber_id)))
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
+
+
+def _marked(request: Request, feed: Any) -> Any:
+    """The feed narrowed by `seen` / `read` (`true` or `false`), as Novu's clients ask."""
+    for name, field in (("seen", "seen_at"), ("read", "read_at")):
+        value = request.query_params.get(name, "").lower()
+        if value in ("true", "false"):
+            feed = feed.filter(**{f"{field}__isnull": value == "false"})
+    return feed
+
+
+class UnseenCountApi(APIView):
+    @extend_schema(
+        operation_id="v1_subscribers_notifications_unseen",
+        tags=["Inbox"],
+        summary="How many in-app messages are unseen (or seen, with seen=true), up to limit",
+        parameters=[
+            OpenApiParameter("seen", OpenApiTypes.BOOL, description="default false"),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="count at most this many"),
+        ],
+        responses={200: UnseenCountResponse, **error_responses(400, 404)},
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        seen = request.query_params.get("seen", "false").lower() == "true"
+        feed = _feed(request, subscriber_id).filter(seen_at__isnull=not seen)
+        limit = query_int(request, "limit", 100, minimum=1)
+        return Response({"data": {"count": feed[:limit].count()}})
 
 
 class MarkAsApi(APIView):
@@ -107,7 +165,16 @@ class MarkAsApi(APIView):
                 return attrs
 
         messageId = MessageIdsField()
-        mark = MarkSerializer()
+        mark = MarkSerializer(required=False)
+        # novu-py's form: `"markAs": "read"` for `"mark": {"read": true}`.
+        markAs = serializers.ChoiceField(choices=list(MARK_AS), required=False)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if "markAs" in attrs:
+                attrs["mark"] = MARK_AS[attrs.pop("markAs")]
+            if "mark" not in attrs:
+                raise serializers.ValidationError({"mark": "set mark or markAs"})
+            return attrs
 
         def validate_messageId(self, value: Any) -> list[str]:
             ids = value if isinstance(value, list) else [value]
@@ -143,3 +210,27 @@ class MarkAsApi(APIView):
             services.message_mark(message=m, seen=mark["seen"], read=mark["read"]) for m in messages
         ]
         return Response({"data": FeedApi.OutputSerializer(marked, many=True).data}, status=201)
+
+
+class MarkAllApi(APIView):
+    @extend_schema_serializer(component_name="MarkAllInput")
+    class InputSerializer(serializers.Serializer):
+        markAs = serializers.ChoiceField(choices=list(MARK_AS))
+
+    class ResponseSerializer(serializers.Serializer):
+        data = serializers.IntegerField(help_text="how many messages changed")
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Mark all of a subscriber's in-app messages read, seen, unread or unseen",
+        request=InputSerializer,
+        responses={201: ResponseSerializer, **error_responses(400, 404, 422)},
+    )
+    def post(self, request: Request, subscriber_id: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        mark = MARK_AS[data.validated_data["markAs"]]
+        changed = services.messages_mark_all(
+            feed=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]
+        )
+        return Response({"data": changed}, status=201)

@@ -4,6 +4,7 @@ import logging
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from config.db import insert_once
@@ -120,3 +121,14 @@ def message_mark(
         for name, value in fields.items():  # keeps the relations the caller loaded
             setattr(message, name, value)
     return message
+
+
+def messages_mark_all(*, feed: QuerySet[Message], seen: bool | None, read: bool | None) -> int:
+    """`message_mark` for every message of a feed at once; how many changed."""
+    now = timezone.now()
+    if read is not None:
+        changed = feed.filter(read_at__isnull=read).update(read_at=now if read else None)
+        if read:  # read implies seen, as in message_mark
+            feed.filter(seen_at__isnull=True).update(seen_at=now)
+        return changed
+    return feed.filter(seen_at__isnull=bool(seen)).update(seen_at=now if seen else None)

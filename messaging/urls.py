@@ -17,4 +17,14 @@ urlpatterns = [
         name="subscriber-mark-as",
     ),
     path("v1/subscribers/<str:subscriber_id>/messages/mark-as", apis.MarkAsApi.as_view()),
+    path(
+        "v1/subscribers/<str:subscriber_id>/messages/mark-all",
+        apis.MarkAllApi.as_view(),
+        name="subscriber-mark-all",
+    ),
+    path(
+        "v1/subscribers/<str:subscriber_id>/notifications/unseen",
+        apis.UnseenCountApi.as_view(),
+        name="subscriber-unseen-count",
+    ),
 ]

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from novu_py.models import MessageResponseDto, NotificationFeedItemDto
 
 from messaging.models import Message
 from tests.factories import (
@@ -171,3 +172,80 @@ def test_mark_validates_the_body(tenant, body: dict[str, Any]) -> None:
     assert response.status_code == 422
     errors = response.json()["errors"]
     assert errors and all(e["messages"] for e in errors.values())
+
+
+# --- what novu-py's models and novu 1.14 need ---------------------------------------------
+
+
+def test_the_feed_validates_as_novu_pys_feed_items_and_filters_on_read(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    unread, read = (
+        _in_app(ann, "a"),
+        _in_app(ann, "b", seen_at=timezone.now(), read_at=timezone.now()),
+    )
+
+    body = api.get("/v1/subscribers/ann/notifications/feed?page=0.0&limit=10.0").json()
+    unread_only = api.get("/v1/subscribers/ann/notifications/feed?read=false").json()
+
+    items = [NotificationFeedItemDto.model_validate(item) for item in body["data"]]
+    assert [i.id for i in items] == [str(read.pk), str(unread.pk)]
+    assert items[1].notification_id == str(unread.step.notification_id)
+    assert (items[1].read, items[1].archived, items[1].status) == (False, False, "sent")
+    assert [i["_id"] for i in unread_only["data"]] == [str(unread.pk)]
+
+
+def test_the_unseen_count(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    for step_id in ("a", "b", "c"):
+        _in_app(ann, step_id)
+    _in_app(ann, "d", seen_at=timezone.now())
+    url = "/v1/subscribers/ann/notifications/unseen"
+
+    assert api.get(url).json() == {"data": {"count": 3}}
+    assert api.get(f"{url}?seen=false&limit=2.0").json() == {"data": {"count": 2}}
+    assert api.get(f"{url}?seen=true").json() == {"data": {"count": 1}}
+    assert api.get("/v1/subscribers/bob/notifications/unseen").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("mark_as", "seen", "read"),
+    [("read", True, True), ("seen", True, False), ("unread", True, False), ("unseen", False, True)],
+)
+def test_mark_as_takes_novu_pys_mark_as_and_answers_its_message_model(
+    tenant, mark_as: str, seen: bool, read: bool
+) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    # Seen and read before, for unread and unseen; neither before, for read and seen.
+    before = {"seen_at": timezone.now(), "read_at": timezone.now()} if "un" in mark_as else {}
+    message = _in_app(ann, **before)
+
+    response = api.post(
+        "/v1/subscribers/ann/messages/mark-as",
+        {"messageId": str(message.pk), "markAs": mark_as},
+        format="json",
+    )
+
+    assert response.status_code == 201, response.content
+    [dto] = [MessageResponseDto.model_validate(m) for m in response.json()["data"]]
+    message.refresh_from_db()
+    assert (message.seen_at is not None, message.read_at is not None) == (seen, read)
+    assert (dto.seen, dto.read) == (seen, read)
+
+
+def test_mark_all_marks_every_message_of_the_subscriber_only(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    mine = [_in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann, "c", read_at=timezone.now())]
+    bobs = _in_app(SubscriberFactory(client=client, subscriber_id="bob"))
+    url = "/v1/subscribers/ann/messages/mark-all"
+
+    response = api.post(url, {"markAs": "read"}, format="json")
+
+    assert (response.status_code, response.json()) == (201, {"data": 2})
+    assert all(m.read_at and m.seen_at for m in Message.objects.filter(pk__in=[m.pk for m in mine]))
+    assert Message.objects.get(pk=bobs.pk).read_at is None
+    assert api.post(url, {"markAs": "unread"}, format="json").json() == {"data": 3}
+    assert api.post(url, {"markAs": "never"}, format="json").status_code == 422
