@@ -37,6 +37,7 @@ class ApiError(Exception):
         message: str,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -44,6 +45,9 @@ class ApiError(Exception):
         self.message = message
         self.errors = errors or []
         self.headers = headers or {}
+        # More of the answer, beside the error's fields: novu-py reads a 409 to
+        # `failIfExists` as the object that exists.
+        self.body = body or {}
 
 
 def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, Any]:
@@ -103,9 +107,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         # query or JSON string; an id beyond bigint): the request is at fault.
         logger.warning("unstorable value on %s: %s", path, exc)
         exc = ApiError(400, "invalid_value", "A value in the request cannot be stored or searched")
+    body: dict[str, Any] = {}
     if isinstance(exc, ApiError):
         status, code, message, errors = exc.status, exc.code, exc.message, exc.errors
-        headers = exc.headers
+        headers, body = exc.headers, exc.body
     elif isinstance(exc, exceptions.ValidationError):
         # As in Novu: a body that fails its schema is a 422 (novu-py's typed
         # ValidationErrorDto), except under /v1/events, whose clients expect a 400.
@@ -132,7 +137,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             error_body(500, path, "Internal server error", errorId=error_id), status=500
         )
 
-    extra: dict[str, Any] = {"code": code}
+    extra: dict[str, Any] = {**body, "code": code}
     if status == 400:
         extra["type"] = code
         extra["errors"] = errors

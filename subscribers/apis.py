@@ -29,6 +29,12 @@ from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS
 
 
+def _fail_if_exists(request: Request) -> bool:
+    """`?failIfExists=true`: a 409 whose body is also the object that exists (novu-py
+    reads it as a SubscriberResponseDto or TopicResponseDto)."""
+    return request.query_params.get("failIfExists", "").lower() == "true"
+
+
 def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
     return {
         "_id": str(subscriber.pk),
@@ -305,12 +311,22 @@ class SubscriberListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         body = _valid(SubscriberCreateInput, request.data)
-        fail = request.query_params.get("failIfExists", "").lower() == "true"
+        subscriber_id = body.validated_data["subscriberId"]
+        if _fail_if_exists(request):
+            existing = Subscriber.objects.filter(
+                client=request.user, subscriber_id=subscriber_id
+            ).first()
+            if existing is not None:
+                raise ApiError(
+                    409,
+                    "subscriber_exists",
+                    f"Subscriber '{subscriber_id}' already exists",
+                    body=subscriber_dto(existing),
+                )
         subscriber, _ = services.subscriber_create(
             client=request.user,
-            subscriber_id=body.validated_data["subscriberId"],
+            subscriber_id=subscriber_id,
             values=body.model_values(nulls_clear=False),
-            fail_if_exists=fail,
         )
         return Response({"data": subscriber_dto(subscriber)}, status=201)
 
@@ -483,9 +499,18 @@ class TopicListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         body = _valid(TopicInput, request.data).validated_data
-        fail = request.query_params.get("failIfExists", "").lower() == "true"
-        if fail and Topic.objects.filter(client=request.user, key=body["key"]).exists():
-            raise ApiError(409, "topic_exists", f"Topic '{body['key']}' already exists")
+        existing = (
+            Topic.objects.filter(client=request.user, key=body["key"]).first()
+            if _fail_if_exists(request)
+            else None
+        )
+        if existing is not None:
+            raise ApiError(
+                409,
+                "topic_exists",
+                f"Topic '{body['key']}' already exists",
+                body=topic_dto(existing),
+            )
         topic, created = services.topic_upsert(
             client=request.user, key=body["key"], name=body.get("name")
         )

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from config.db import insert_once
-from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
@@ -55,13 +54,11 @@ def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> 
 
 
 def subscriber_create(
-    *, client: Client, subscriber_id: str, values: dict[str, Any], fail_if_exists: bool = False
+    *, client: Client, subscriber_id: str, values: dict[str, Any]
 ) -> tuple[Subscriber, bool]:
-    """Create a subscriber, or update the existing one unless `fail_if_exists`."""
+    """Create a subscriber, or update the existing one."""
     existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
     if existing is not None:
-        if fail_if_exists:
-            raise ApiError(409, "subscriber_exists", f"Subscriber '{subscriber_id}' already exists")
         return subscriber_update(subscriber=existing, values=values), False
     subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
     if insert_once(subscriber):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.http import HttpResponse
+from novu_py.models import SubscriberResponseDto
 from rest_framework.test import APIClient
 
 from notify.models import Client
@@ -122,8 +123,11 @@ def test_fail_if_exists_answers_409_and_changes_nothing(keyed: tuple[Client, str
     path = "/v2/subscribers?failIfExists=true"
     response = call(key, "post", path, {"subscriberId": "ann", "email": "new@example.com"})
 
-    assert_error(response, 409, path)
+    body = assert_error(response, 409, path)
     assert Subscriber.objects.get(client=client, subscriber_id="ann").email == "old@example.com"
+    # novu-py reads the 409's body as the subscriber that exists (SubscriberResponseDto).
+    existing = SubscriberResponseDto.model_validate(body)
+    assert (existing.subscriber_id, existing.email) == ("ann", "old@example.com")
     ok(call(key, "post", path, {"subscriberId": "bob"}), 201)
 
 
