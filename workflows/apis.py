@@ -54,6 +54,12 @@ class NotificationListApi(APIView):
             readAt = serializers.DateTimeField(source="read_at", allow_null=True)
 
         id = serializers.UUIDField()
+        # novu-py's ActivityNotificationResponseDto requires the underscored four.
+        _id = serializers.CharField(source="id")
+        _environmentId = serializers.CharField(source="client_id")
+        _organizationId = serializers.CharField(source="client_id")
+        _subscriberId = serializers.CharField(source="subscriber_id")
+        _templateId = serializers.CharField(source="workflow_id")
         transactionId = serializers.CharField(source="trigger_event.transaction_id")
         workflow = serializers.CharField(source="workflow_id")
         subscriberId = serializers.CharField(source="subscriber.subscriber_id")
@@ -82,6 +88,14 @@ class NotificationListApi(APIView):
         subscriberId = serializers.CharField(required=False)
         workflow = serializers.CharField(required=False)
         status = serializers.ChoiceField(choices=Notification.Status.choices, required=False)
+        # novu-py's names, each repeatable: any of the values.
+        subscriberIds = serializers.ListField(child=serializers.CharField(), required=False)
+        templates = serializers.ListField(
+            child=serializers.CharField(), required=False, help_text="workflow ids"
+        )
+        channels = serializers.ListField(
+            child=serializers.ChoiceField(choices=sorted(selectors.STEP_TYPES)), required=False
+        )
 
     @extend_schema(
         operation_id="v1_notifications_list",

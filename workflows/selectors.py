@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from config.dates import iso_z
 from messaging.models import Message
@@ -62,7 +62,7 @@ def bridge_state(
     ]
 
 
-def notification_list(*, client_id: int, filters: dict[str, str]) -> QuerySet[Notification]:
+def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Notification]:
     qs = Notification.objects.filter(client_id=client_id).select_related(
         "subscriber", "trigger_event"
     )
@@ -74,6 +74,13 @@ def notification_list(*, client_id: int, filters: dict[str, str]) -> QuerySet[No
         qs = qs.filter(workflow_id=filters["workflow"])
     if filters.get("status"):
         qs = qs.filter(status=filters["status"])
+    if filters.get("subscriberIds"):
+        qs = qs.filter(subscriber__subscriber_id__in=filters["subscriberIds"])
+    if filters.get("templates"):
+        qs = qs.filter(workflow_id__in=filters["templates"])
+    if filters.get("channels"):
+        of_type = Step.objects.filter(notification=OuterRef("pk"), type__in=filters["channels"])
+        qs = qs.filter(Exists(of_type))
     return qs.prefetch_related("steps__message").order_by("-created_at", "-id")
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from novu_py.models import ActivitiesResponseDto
 from rest_framework.test import APIClient
 
 from messaging.models import Message
@@ -215,3 +216,32 @@ def test_detail_of_another_clients_notification_is_404(tenant) -> None:
 
 def test_requires_an_api_key() -> None:
     assert APIClient().get("/v1/notifications").status_code == 401
+
+
+def test_the_list_is_novu_pys_activities_and_takes_its_filters(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    welcome = _notification_with_steps(client, subscriber=ann, workflow_id="welcome")
+    digest = NotificationFactory(
+        trigger_event=TriggerEventFactory(client=client), subscriber=bob, workflow_id="digest"
+    )
+    StepFactory(notification=digest, type="sms")
+
+    body = api.get("/v1/notifications?page=0.0&limit=10.0").json()
+    page = ActivitiesResponseDto.model_validate(body)
+
+    by_id = {n.id: n for n in page.data}
+    assert set(by_id) == {str(welcome.pk), str(digest.pk)}
+    assert by_id[str(welcome.pk)].subscriber_id == str(ann.pk)
+    assert by_id[str(welcome.pk)].template_id == "welcome"
+
+    def ids(query: str) -> set[str]:
+        return {n["_id"] for n in api.get(f"/v1/notifications?{query}").json()["data"]}
+
+    assert ids("subscriberIds=ann") == {str(welcome.pk)}
+    assert ids("subscriberIds=ann&subscriberIds=bob") == {str(welcome.pk), str(digest.pk)}
+    assert ids("subscriberIds=nobody") == set()
+    assert ids("templates=digest") == {str(digest.pk)}
+    assert ids("channels=in_app") == {str(welcome.pk)}
+    assert ids("channels=sms&channels=email") == {str(welcome.pk), str(digest.pk)}
