@@ -521,13 +521,19 @@ class TopicListApi(APIView):
     @extend_schema(
         operation_id="v2_topics_list",
         summary="List topics by cursor",
-        parameters=[*_CURSOR, OpenApiParameter("key", description="exact match")],
+        parameters=[
+            *_CURSOR,
+            OpenApiParameter("key", description="exact match"),
+            OpenApiParameter("name", description="part of the name, any case"),
+        ],
         responses={200: _cursor_page("TopicCursorPage", TopicOutput), **error_responses(400)},
     )
     def get(self, request: Request) -> Response:
         qs = Topic.objects.filter(client=request.user)
         if request.query_params.get("key"):
             qs = qs.filter(key=request.query_params["key"])
+        if request.query_params.get("name"):
+            qs = qs.filter(name__icontains=request.query_params["name"])
         if self.version == 1:
             limit = query_limit(request, "pageSize", query_limit(request))
             items, meta = paginate(request, qs.order_by("pk"), limit=limit)
@@ -669,7 +675,7 @@ class TopicSubscriptionsApi(APIView):
         removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         return Response(
             {
-                "data": [],
+                "data": [_subscription_dto(topic, s) for s in removed],
                 "meta": {
                     "totalCount": len(ids),
                     "successful": len(removed),
@@ -681,7 +687,7 @@ class TopicSubscriptionsApi(APIView):
     @extend_schema(
         operation_id="v2_topics_subscriptions_list",
         summary="List a topic's subscriptions by cursor",
-        parameters=_CURSOR,
+        parameters=[*_CURSOR, OpenApiParameter("subscriberId", description="exact match")],
         responses={
             200: _cursor_page("SubscriptionCursorPage", SubscriptionOutput),
             **error_responses(400, 404),
@@ -689,7 +695,10 @@ class TopicSubscriptionsApi(APIView):
     )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        page = cursor_page(request, topic.subscribers.all(), lambda s: _subscription_dto(topic, s))
+        members = topic.subscribers.all()
+        if request.query_params.get("subscriberId"):
+            members = members.filter(subscriber_id=request.query_params["subscriberId"])
+        page = cursor_page(request, members, lambda s: _subscription_dto(topic, s))
         return Response(page)
 
 

@@ -115,14 +115,8 @@ def topic_subscribe(
     return [found[sid] for sid in dict.fromkeys(subscriber_ids) if sid in found], missing
 
 
-def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[str]:
-    """Remove the named subscribers from a topic; return the ids that were members."""
-    removed = list(
-        TopicSubscription.objects.filter(
-            topic=topic, subscriber__subscriber_id__in=subscriber_ids
-        ).values_list("subscriber__subscriber_id", flat=True)
-    )
-    TopicSubscription.objects.filter(
-        topic=topic, subscriber__subscriber_id__in=subscriber_ids
-    ).delete()
+def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[Subscriber]:
+    """Remove the named subscribers from a topic; return those that were members."""
+    removed = list(topic.subscribers.filter(subscriber_id__in=subscriber_ids))
+    TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
     return removed

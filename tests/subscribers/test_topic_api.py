@@ -115,6 +115,8 @@ def test_v2_list_cursor_and_v1_pages_reach_every_topic_once(
     pages = [ok(call(key, "get", f"/v1/topics?page={p}&pageSize=5"))["data"] for p in range(3)]
     assert [t["key"] for page in pages for t in page] == keys
     assert ok(call(key, "get", "/v1/topics?key=topic-03"))["data"][0]["key"] == "topic-03"
+    Topic.objects.filter(key="topic-07").update(name="Weekly News")
+    assert [t["key"] for t in ok(call(key, "get", "/v2/topics?name=news"))["data"]] == ["topic-07"]
 
 
 def test_delete_removes_the_topic_but_not_its_members(keyed: tuple[Client, str]) -> None:
@@ -173,6 +175,7 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", body))
 
     assert answer["meta"] == {"totalCount": 3, "successful": 2, "failed": 1}
+    assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["ann", "cid"]
     assert members(client, "news") == ["bob"]
 
 
@@ -187,6 +190,8 @@ def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     assert (first["totalCount"], rest["next"]) == (3, None)
     # Required by novu-py's TopicSubscriptionResponseDto.
     assert all(i["_id"] and i["identifier"] and i["topic"]["key"] == "news" for i in items)
+    only_bob = ok(call(key, "get", "/v2/topics/news/subscriptions?subscriberId=bob"))
+    assert [i["subscriber"]["subscriberId"] for i in only_bob["data"]] == ["bob"]
 
 
 def test_v1_add_and_remove_members(keyed: tuple[Client, str]) -> None:
