@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import pytest
 from django.core.cache import cache
 
@@ -51,3 +53,28 @@ def test_a_bulk_request_costs_one_per_event(enqueued) -> None:
     # 4 spent of 5: another bulk of 4 is over the rate, and stores nothing.
     assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 4
+
+
+@pytest.mark.django_db
+def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
+    enqueued, settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1},
+        }
+    }
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    body = {"name": "welcome", "to": "ann"}
+
+    statuses = [api_for(key).post("/v1/events/trigger", body, format="json").status_code]
+    statuses.append(api_for(key).post("/v1/events/trigger", body, format="json").status_code)
+
+    assert statuses == [201, 201]
+    assert "not counted" in caplog.text
