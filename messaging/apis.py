@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -17,8 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.dates import iso_z
 from config.errors import ApiError, error_responses
-from config.paging import PAGE_PARAMETERS, page_of, paginate, query_int
+from config.paging import PAGE_PARAMETERS, page_of, paginate, query_int, query_limit
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
@@ -234,3 +236,199 @@ class MarkAllApi(APIView):
             feed=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]
         )
         return Response({"data": changed}, status=201)
+
+
+# --- v2: novu-py's subscribers.notifications (its current inbox calls) ---------------------
+
+
+class InboxNotificationOutput(serializers.Serializer):
+    """For the OpenAPI schema only: inbox_dto builds the answer."""
+
+    class To(serializers.Serializer):
+        id = serializers.CharField()
+        subscriberId = serializers.CharField()
+        firstName = serializers.CharField(allow_null=True)
+        lastName = serializers.CharField(allow_null=True)
+        avatar = serializers.CharField(allow_null=True)
+
+    id = serializers.CharField()
+    transactionId = serializers.CharField()
+    subject = serializers.CharField(allow_blank=True)
+    body = serializers.CharField(allow_blank=True)
+    to = To()
+    isRead = serializers.BooleanField()
+    isSeen = serializers.BooleanField()
+    isArchived = serializers.BooleanField()
+    isSnoozed = serializers.BooleanField()
+    readAt = serializers.DateTimeField(allow_null=True)
+    firstSeenAt = serializers.DateTimeField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    channelType = serializers.CharField()
+    severity = serializers.CharField()
+    data = serializers.DictField()
+
+
+class InboxPage(serializers.Serializer):
+    data = InboxNotificationOutput(many=True)
+    hasMore = serializers.BooleanField()
+    filter = serializers.DictField()
+
+
+class InboxNotificationResponse(serializers.Serializer):
+    data = InboxNotificationOutput()
+
+
+class InboxCount(serializers.Serializer):
+    count = serializers.IntegerField()
+    filter = serializers.DictField()
+
+
+class NotificationIdsInput(serializers.Serializer):
+    notificationIds = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+def inbox_dto(message: Message) -> dict[str, Any]:
+    """Novu's InboxNotificationDto for an in-app message."""
+    subscriber, content = message.subscriber, message.content
+    data = content.get("data")
+    return {
+        "id": str(message.pk),
+        "transactionId": message.step.notification.trigger_event.transaction_id,
+        "subject": str(content.get("subject") or ""),
+        "body": str(content.get("body") or ""),
+        "to": {
+            "id": str(subscriber.pk),
+            "subscriberId": subscriber.subscriber_id,
+            "firstName": subscriber.first_name or None,
+            "lastName": subscriber.last_name or None,
+            "avatar": subscriber.avatar or None,
+        },
+        "isRead": message.read_at is not None,
+        "isSeen": message.seen_at is not None,
+        "isArchived": False,  # norm neither archives nor snoozes
+        "isSnoozed": False,
+        "readAt": iso_z(message.read_at) if message.read_at else None,
+        "firstSeenAt": iso_z(message.seen_at) if message.seen_at else None,
+        "createdAt": iso_z(message.created_at),
+        "channelType": "in_app",
+        "severity": "none",
+        "data": data if isinstance(data, dict) else {},
+    }
+
+
+class InboxListApi(APIView):
+    @extend_schema(
+        operation_id="v2_subscribers_notifications_list",
+        tags=["Inbox"],
+        summary="A subscriber's in-app notifications, newest first (Novu's v2 inbox)",
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 10)"),
+            OpenApiParameter("after", description="the id of the last notification seen"),
+            OpenApiParameter("offset", OpenApiTypes.INT),
+            OpenApiParameter("read", OpenApiTypes.BOOL),
+            OpenApiParameter("seen", OpenApiTypes.BOOL),
+            OpenApiParameter("archived", OpenApiTypes.BOOL, description="none are"),
+            OpenApiParameter("snoozed", OpenApiTypes.BOOL, description="none are"),
+        ],
+        responses={200: InboxPage, **error_responses(400, 404)},
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        feed = _marked(request, _feed(request, subscriber_id))
+        limit = query_limit(request)
+        offset = query_int(request, "offset", 0)
+        after = request.query_params.get("after", "")
+        if after:
+            if not _MESSAGE_ID.fullmatch(after):
+                raise ApiError(400, "invalid_query", "'after' must be a notification id")
+            feed = feed.filter(pk__lt=int(after))
+        if _queried(request, "archived") or _queried(request, "snoozed"):
+            feed = feed.none()
+        rows = list(feed[offset : offset + limit + 1])
+        return Response(
+            {
+                "data": [inbox_dto(m) for m in rows[:limit]],
+                "hasMore": len(rows) > limit,
+                "filter": {
+                    k: _queried(request, k)
+                    for k in ("read", "seen", "archived", "snoozed")
+                    if k in request.query_params
+                },
+            }
+        )
+
+
+def _queried(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() == "true"
+
+
+class InboxCountApi(APIView):
+    @extend_schema(
+        operation_id="v2_subscribers_notifications_count",
+        tags=["Inbox"],
+        summary="Count a subscriber's in-app notifications, once per filter",
+        parameters=[
+            OpenApiParameter("filters", description='JSON list of filters, e.g. [{"read": false}]')
+        ],
+        responses={200: InboxCount(many=True), **error_responses(400, 404)},
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        feed = _feed(request, subscriber_id)
+        try:
+            filters = json.loads(request.query_params.get("filters") or "[{}]")
+        except ValueError:
+            filters = None
+        if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
+            raise ApiError(400, "invalid_query", "'filters' must be a JSON list of objects")
+        counts = []
+        for wanted in filters[:20]:
+            matching = feed
+            for name, field in (("seen", "seen_at"), ("read", "read_at")):
+                if isinstance(wanted.get(name), bool):
+                    matching = matching.filter(**{f"{field}__isnull": not wanted[name]})
+            if wanted.get("archived") is True or wanted.get("snoozed") is True:
+                matching = matching.none()
+            counts.append({"count": matching.count(), "filter": wanted})
+        return Response(counts)
+
+
+class InboxMarkOneApi(APIView):
+    """PATCH .../notifications/{id}/read or /unread: 200 with the notification."""
+
+    mark: dict[str, bool | None] = {}
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Mark an in-app notification read, or unread",
+        request=NotificationIdsInput,  # none is read; novu-py sends no body
+        responses={200: InboxNotificationResponse, **error_responses(404)},
+    )
+    def patch(self, request: Request, subscriber_id: str, notification_id: str) -> Response:
+        found = (
+            _feed(request, subscriber_id).filter(pk=int(notification_id)).first()
+            if _MESSAGE_ID.fullmatch(notification_id)
+            else None
+        )
+        if found is None:
+            raise ApiError(404, "notification_not_found", "Notification not found")
+        marked = services.message_mark(message=found, **self.mark)
+        return Response({"data": inbox_dto(marked)})
+
+
+class InboxMarkAllApi(APIView):
+    """POST .../notifications/read or /seen: every notification, or `notificationIds`; 204."""
+
+    mark: dict[str, bool | None] = {}
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Mark all (or the listed) in-app notifications read, or seen",
+        request=NotificationIdsInput,
+        responses={204: None, **error_responses(404)},
+    )
+    def post(self, request: Request, subscriber_id: str) -> Response:
+        feed = _feed(request, subscriber_id)
+        ids = request.data.get("notificationIds") if isinstance(request.data, dict) else None
+        if isinstance(ids, list):
+            feed = feed.filter(pk__in=[int(i) for i in ids if _MESSAGE_ID.fullmatch(str(i))])
+        services.messages_mark_all(feed=feed, **self.mark)
+        return Response(status=204)

@@ -27,4 +27,23 @@ urlpatterns = [
         apis.UnseenCountApi.as_view(),
         name="subscriber-unseen-count",
     ),
+    # v2: novu-py's subscribers.notifications.
+    path("v2/subscribers/<str:subscriber_id>/notifications", apis.InboxListApi.as_view()),
+    path("v2/subscribers/<str:subscriber_id>/notifications/count", apis.InboxCountApi.as_view()),
+    path(
+        "v2/subscribers/<str:subscriber_id>/notifications/read",
+        apis.InboxMarkAllApi.as_view(mark={"seen": None, "read": True}),
+    ),
+    path(
+        "v2/subscribers/<str:subscriber_id>/notifications/seen",
+        apis.InboxMarkAllApi.as_view(mark={"seen": True, "read": None}),
+    ),
+    path(
+        "v2/subscribers/<str:subscriber_id>/notifications/<str:notification_id>/read",
+        apis.InboxMarkOneApi.as_view(mark={"seen": None, "read": True}),
+    ),
+    path(
+        "v2/subscribers/<str:subscriber_id>/notifications/<str:notification_id>/unread",
+        apis.InboxMarkOneApi.as_view(mark={"seen": None, "read": False}),
+    ),
 ]

@@ -100,6 +100,6 @@ def in_app_feed(*, client_id: int, subscriber_id: str) -> QuerySet[Message] | No
         return None
     return (
         Message.objects.filter(subscriber=subscriber, channel="in_app", status=Message.Status.SENT)
-        .select_related("step__notification__trigger_event")
+        .select_related("subscriber", "step__notification__trigger_event")
         .order_by("-created_at", "-id")
     )

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.utils import timezone
-from novu_py.models import MessageResponseDto, NotificationFeedItemDto
+from novu_py.models import (
+    GetSubscriberNotificationsCountResponseDto,
+    InboxNotificationDto,
+    MessageResponseDto,
+    NotificationFeedItemDto,
+)
 
 from messaging.models import Message
 from tests.factories import (
@@ -249,3 +255,75 @@ def test_mark_all_marks_every_message_of_the_subscriber_only(tenant) -> None:
     assert Message.objects.get(pk=bobs.pk).read_at is None
     assert api.post(url, {"markAs": "unread"}, format="json").json() == {"data": 3}
     assert api.post(url, {"markAs": "never"}, format="json").status_code == 422
+
+
+# --- v2: novu-py's subscribers.notifications ------------------------------------------------
+
+
+def test_v2_list_is_novu_pys_inbox_newest_first_by_cursor_and_filter(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann", first_name="Ann")
+    oldest, middle = _in_app(ann, "a"), _in_app(ann, "b", read_at=timezone.now())
+    newest = _in_app(ann, "c", seen_at=timezone.now())
+    url = "/v2/subscribers/ann/notifications"
+
+    first = api.get(f"{url}?limit=2.0").json()
+    rest = api.get(f"{url}?limit=2.0&after={first['data'][-1]['id']}").json()
+
+    items = [InboxNotificationDto.model_validate(i) for i in first["data"] + rest["data"]]
+    assert [i.id for i in items] == [str(newest.pk), str(middle.pk), str(oldest.pk)]
+    assert (first["hasMore"], rest["hasMore"]) == (True, False)
+    assert (items[0].to.subscriber_id, items[0].to.first_name) == ("ann", "Ann")
+    assert (items[0].is_seen, items[0].is_read, items[1].is_read) == (True, False, True)
+    assert items[0].body == "Hi from c" and items[0].subject == "Welcome!"
+
+    unread = api.get(f"{url}?read=false&archived=false").json()
+    assert [i["id"] for i in unread["data"]] == [str(newest.pk), str(oldest.pk)]
+    assert unread["filter"] == {"read": False, "archived": False}
+    assert api.get(f"{url}?archived=true").json()["data"] == []  # norm archives nothing
+    assert api.get(f"{url}?after=x").status_code == 400
+    assert api.get("/v2/subscribers/bob/notifications").status_code == 404
+
+
+def test_v2_count_answers_once_per_filter(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    _in_app(ann, "a"), _in_app(ann, "b", seen_at=timezone.now(), read_at=timezone.now())
+    url = "/v2/subscribers/ann/notifications/count"
+
+    response = api.get(url, {"filters": json.dumps([{"read": False}, {"seen": True}, {}])})
+
+    counts = [GetSubscriberNotificationsCountResponseDto.model_validate(c) for c in response.json()]
+    assert [(c.count, c.filter_) for c in counts] == [
+        (1, {"read": False}),
+        (1, {"seen": True}),
+        (2, {}),
+    ]
+    assert api.get(url, {"filters": "{"}).status_code == 400
+
+
+def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    one, two, three = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann, "c")
+    bobs = _in_app(SubscriberFactory(client=client, subscriber_id="bob"))
+    url = "/v2/subscribers/ann/notifications"
+
+    read = api.patch(f"{url}/{one.pk}/read")
+    assert read.status_code == 200
+    assert InboxNotificationDto.model_validate(read.json()["data"]).is_read is True
+    assert api.patch(f"{url}/{one.pk}/unread").json()["data"]["isRead"] is False
+    assert api.patch(f"{url}/{bobs.pk}/read").status_code == 404
+
+    seen = api.post(f"{url}/seen", {"notificationIds": [str(two.pk)]}, format="json")
+    assert seen.status_code == 204
+    assert [
+        m.seen_at is not None for m in Message.objects.filter(subscriber=ann).order_by("pk")
+    ] == [
+        True,  # read, then unread: still seen
+        True,
+        False,
+    ]
+    assert api.post(f"{url}/read", {}, format="json").status_code == 204
+    assert all(m.read_at for m in Message.objects.filter(pk__in=[one.pk, two.pk, three.pk]))
+    assert Message.objects.get(pk=bobs.pk).read_at is None
