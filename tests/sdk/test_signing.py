@@ -102,6 +102,13 @@ def test_a_signature_with_non_ascii_characters_is_a_mismatch() -> None:
         verify_signature(SECRET, f"t={NOW},v1=éé", b"{}", now_ms=NOW)
 
 
+def test_a_body_with_an_escaped_lone_surrogate_is_checked_not_crashed_on() -> None:
+    text = '{"a":"\\ud800"}'  # as JS's JSON.stringify writes a lone surrogate
+    verify_signature(SECRET, signature_header(SECRET, text, NOW), text.encode(), now_ms=NOW)
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, signature_header("sk_other", text, NOW), text.encode(), now_ms=NOW)
+
+
 def test_tampered_body() -> None:
     header = signature_header(SECRET, '{"a":1}', NOW)
     with pytest.raises(SignatureMismatchError):
