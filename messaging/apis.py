@@ -375,7 +375,7 @@ class InboxCountApi(APIView):
         feed = _feed(request, subscriber_id)
         try:
             filters = json.loads(request.query_params.get("filters") or "[{}]")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
             filters = None
         if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
             raise ApiError(400, "invalid_query", "'filters' must be a JSON list of objects")
@@ -427,8 +427,18 @@ class InboxMarkAllApi(APIView):
     )
     def post(self, request: Request, subscriber_id: str) -> Response:
         feed = _feed(request, subscriber_id)
-        ids = request.data.get("notificationIds") if isinstance(request.data, dict) else None
-        if isinstance(ids, list):
+        body = request.data if isinstance(request.data, dict) else {}
+        # Novu narrows by tags, data or context too; norm keeps none of them, and
+        # marking everything instead would mark more than was asked.
+        unsupported = sorted({"tags", "data", "contextKeys"} & set(body))
+        if unsupported:
+            raise ApiError(
+                400, "invalid_request", f"norm cannot narrow by {', '.join(unsupported)}"
+            )
+        ids = body.get("notificationIds")
+        if ids is not None:
+            if not isinstance(ids, list):
+                raise ApiError(400, "invalid_request", "'notificationIds' must be a list")
             feed = feed.filter(pk__in=[int(i) for i in ids if _MESSAGE_ID.fullmatch(str(i))])
         services.messages_mark_all(feed=feed, **self.mark)
         return Response(status=204)

@@ -203,11 +203,14 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     return event
 
 
-def trigger_events_store(events: list[TriggerEvent]) -> list[TriggerEvent]:
+def trigger_events_store(events: list[TriggerEvent]) -> None:
     """`trigger_event_store` for a bulk trigger: one transaction, so one commit (one
-    WAL flush) for up to 100 events instead of one each."""
+    WAL flush) for up to 100 events instead of one each. In transactionId order: two
+    bulks naming the same ids in other orders would otherwise each hold one row the
+    other waits for (a deadlock)."""
     with transaction.atomic():
-        return [trigger_event_store(event) for event in events]
+        for event in sorted(events, key=lambda e: e.transaction_id):
+            trigger_event_store(event)
 
 
 def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:

@@ -300,6 +300,7 @@ def test_v2_count_answers_once_per_filter(tenant) -> None:
         (2, {}),
     ]
     assert api.get(url, {"filters": "{"}).status_code == 400
+    assert api.get(url, {"filters": "[" * 5000}).status_code == 400  # too deep to decode
 
 
 def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
@@ -327,3 +328,18 @@ def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
     assert api.post(f"{url}/read", {}, format="json").status_code == 204
     assert all(m.read_at for m in Message.objects.filter(pk__in=[one.pk, two.pk, three.pk]))
     assert Message.objects.get(pk=bobs.pk).read_at is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"notificationIds": "5"}, {"tags": ["billing"]}, {"data": "{}"}, {"contextKeys": ["a"]}],
+)
+def test_v2_mark_all_refuses_what_it_cannot_narrow_by_rather_than_mark_everything(
+    tenant, body: dict[str, Any]
+) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    _in_app(ann)
+    response = api.post("/v2/subscribers/ann/notifications/read", body, format="json")
+    assert response.status_code == 400
+    assert not Message.objects.filter(read_at__isnull=False).exists()

@@ -35,8 +35,9 @@ def canonical_json(obj: Any) -> str:
     differently breaks it. Floats with no fraction are written as integers (`1.0` as
     `1`), tiny ones in JS's notation (`1e-07` as `1e-7`, `1e-05` as `0.00001`), NaN and
     infinities as `null`, lone surrogates escaped, and an object's integer-like keys
-    first in ascending order, where JS objects keep them. (An integer beyond 2**53
-    cannot be helped: JS has no such number.)"""
+    first in ascending order, where JS objects keep them. An integer beyond 2**53 is
+    written whole: norm's SDK takes it so, but JS reads it rounded, and a Novu bridge
+    refuses the signature of a body that holds one."""
     out: list[str] = []
     _write(obj, out)
     return "".join(out)
@@ -59,7 +60,8 @@ def _write(value: Any, out: list[str]) -> None:
     elif isinstance(value, dict):
         keys = [k if isinstance(k, str) else str(k) for k in value]
         first = sorted((k for k in keys if _INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1), key=int)
-        ordered = first + [k for k in keys if k not in set(first)]
+        taken = set(first)
+        ordered = first + [k for k in keys if k not in taken]
         items = dict(zip(keys, value.values(), strict=True))
         out.append("{")
         for n, key in enumerate(ordered):
