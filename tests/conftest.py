@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from django.db import connection, transaction
 
 from config import pipeline
 
@@ -91,3 +95,48 @@ def _fresh_process_state() -> None:
 
     memo.clear_all()
     DjangoEmailProvider.close()
+
+
+def while_held(
+    hold: Callable[[], Any], then: Callable[[], Any], *, and_then: Callable[[], Any] | None = None
+) -> tuple[Any, Any]:
+    """Two transactions at once, on real connections (a `transaction=True` test).
+
+    Runs `hold` in a transaction kept open while `then` runs in another thread and
+    reaches the same rows (so waits for their locks); then `and_then` in the first
+    transaction, if given, and commits. Returns what `hold` and `then` returned; an
+    exception in either thread is raised here.
+    """
+    held, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def run(name: str, work: Callable[[], Any]) -> None:
+        try:
+            results[name] = work()
+        except Exception as exc:
+            results[name + "_error"] = exc
+        finally:
+            connection.close()
+
+    def first() -> Any:
+        with transaction.atomic():
+            value = hold()
+            held.set()
+            release.wait(10)
+            if and_then is not None:
+                and_then()
+        return value
+
+    one = threading.Thread(target=run, args=("first", first))
+    one.start()
+    assert held.wait(10)
+    two = threading.Thread(target=run, args=("second", then))
+    two.start()
+    time.sleep(0.5)  # the second is now waiting for a lock the first holds
+    release.set()
+    one.join(20)
+    two.join(20)
+    for name in ("first", "second"):
+        if name + "_error" in results:
+            raise results[name + "_error"]
+    return results["first"], results["second"]

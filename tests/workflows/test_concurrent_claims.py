@@ -7,55 +7,18 @@ re-checks it against the row the first committed.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from django.db import connection, transaction
 from django.utils import timezone
 
 from config import pipeline
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, while_held
 from tests.factories import StepFactory
 from workflows import services
 from workflows.models import Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def while_held(hold: Callable[[], Any], then: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run `hold` in a transaction kept open while `then` runs in another thread and
-    reaches the same row; commit; return both results."""
-    held, release, results = threading.Event(), threading.Event(), {}
-
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                results["first"] = hold()
-                held.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    def second() -> None:
-        try:
-            results["second"] = then()
-        finally:
-            connection.close()
-
-    one = threading.Thread(target=first)
-    one.start()
-    assert held.wait(10)
-    two = threading.Thread(target=second)
-    two.start()
-    time.sleep(0.5)  # the second UPDATE is now waiting for the first's row lock
-    release.set()
-    one.join(10)
-    two.join(10)
-    return results["first"], results["second"]
 
 
 def test_two_tasks_claiming_one_step_at_once_one_wins() -> None:
