@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
-from workflows.admin import ReadOnlyAdmin, pretty_json
+from workflows.admin import ReadOnlyAdmin, fixed_choices, pretty_json
+from workflows.selectors import CHANNEL_TYPES
 
 
 @admin.register(Message)
@@ -20,9 +21,15 @@ class MessageAdmin(ReadOnlyAdmin):
         "created_at",
         "sent_at",
     ]
-    list_filter = ["channel", "status", "provider"]
+    list_filter = [fixed_choices("channel", "channel", CHANNEL_TYPES), "status"]
+    show_full_result_count = False
     list_select_related = ["subscriber", "client"]
-    search_fields = ["=recipient", "=subscriber__subscriber_id", "=provider_message_id"]
+    search_fields = [
+        "=recipient",
+        "=subscriber__subscriber_id",
+        "=provider_message_id",
+        "=provider",
+    ]
     exclude = ["content"]
     readonly_fields = ["content_json"]
 

@@ -7,6 +7,7 @@ from typing import Any
 import jsonschema
 from django import forms
 from django.contrib import admin, messages
+from django.core.validators import URLValidator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
@@ -32,8 +33,40 @@ class BridgeWorkflowInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+class ClientForm(forms.ModelForm):
+    """The JSON fields are read as lists by every trigger: anything else would break them."""
+
+    class Meta:
+        model = Client
+        fields = [
+            "name",
+            "is_active",
+            "bridge_url",
+            "allowed_bridge_urls",
+            "workflow_allowlist",
+            "rate_limit_per_minute",
+        ]
+
+    def clean_allowed_bridge_urls(self) -> list[str]:
+        urls = self._strings("allowed_bridge_urls")
+        validate = URLValidator(schemes=["http", "https"])
+        for url in urls:
+            validate(url)
+        return urls
+
+    def clean_workflow_allowlist(self) -> list[str]:
+        return self._strings("workflow_allowlist")
+
+    def _strings(self, field: str) -> list[str]:
+        value = self.cleaned_data[field] or []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise forms.ValidationError('Use a list of strings: ["...", "..."].')
+        return value
+
+
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
+    form = ClientForm
     list_display = ["name", "is_active", "bridge_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name"]
@@ -97,8 +130,14 @@ class BridgeWorkflowForm(forms.ModelForm):
                 raise forms.ValidationError(f"'{step_id}' is not a step of this workflow.")
             if not isinstance(values, dict):
                 raise forms.ValidationError(f"The controls of '{step_id}' must be an object.")
-            validator = jsonschema.validators.validator_for(schemas[step_id])(schemas[step_id])
-            problems = [e.message for e in validator.iter_errors(values)]
+            try:
+                schema = schemas[step_id]
+                validator = jsonschema.validators.validator_for(schema)(schema)
+                problems = [e.message for e in validator.iter_errors(values)]
+            except Exception as exc:  # the bridge's schema is no JSON Schema
+                raise forms.ValidationError(
+                    f"'{step_id}': its control schema from the bridge cannot be applied: {exc!r}"
+                ) from exc
             if problems:
                 raise forms.ValidationError(f"'{step_id}': " + "; ".join(problems))
         return controls
@@ -158,6 +197,24 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     list_filter = ["status", "mode", "client"]
     list_select_related = ["client"]
     search_fields = ["=transaction_id"]
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[TriggerEvent]) -> None:
+        events = list(queryset.select_related("client"))
+        canceled = sum(
+            services.trigger_event_cancel(client=e.client, transaction_id=e.transaction_id)
+            for e in events
+        )
+        self.message_user(
+            request,
+            f"Canceled {canceled} trigger(s); {len(events) - canceled} had nothing left to stop.",
+            messages.SUCCESS if canceled else messages.WARNING,
+        )
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notify.change_triggerevent")
+
     exclude = ["payload", "to", "actor", "overrides"]
     readonly_fields = ["payload_json", "to_json", "actor_json", "overrides_json"]
 

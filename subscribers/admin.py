@@ -16,10 +16,15 @@ class SubscriberAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at", "updated_at"]
 
 
-class TopicSubscriptionInline(admin.TabularInline):
-    model = TopicSubscription
-    autocomplete_fields = ["subscriber"]
-    extra = 0
+@admin.register(TopicSubscription)
+class TopicSubscriptionAdmin(admin.ModelAdmin):
+    """A topic's members, a page at a time (a topic may have thousands: no inline)."""
+
+    list_display = ["topic", "subscriber", "created_at"]
+    list_select_related = ["topic", "subscriber"]
+    autocomplete_fields = ["topic", "subscriber"]
+    search_fields = ["=topic__key", "=subscriber__subscriber_id"]
+    show_full_result_count = False
 
 
 @admin.register(Topic)
@@ -28,7 +33,6 @@ class TopicAdmin(admin.ModelAdmin):
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["key", "name"]
-    inlines = [TopicSubscriptionInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
         return super().get_queryset(request).annotate(member_count=Count("subscribers"))

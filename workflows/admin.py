@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -27,6 +28,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A deleted step would be asked of the bridge again and sent twice.
+        return False
+
+
+def fixed_choices(field: str, title: str, values: Iterable[str]) -> type[admin.SimpleListFilter]:
+    """A list filter over known values. Django's own reads a field's values with a
+    SELECT DISTINCT over the whole table on every page load."""
+
+    class Filter(admin.SimpleListFilter):
+        parameter_name = field
+
+        def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+            return [(v, v) for v in sorted(values)]
+
+        def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+            return queryset.filter(**{field: self.value()}) if self.value() else queryset
+
+    Filter.title = title
+    return Filter
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -74,9 +96,15 @@ class StepInline(ReadOnlyInline):
 @admin.register(Notification)
 class NotificationAdmin(ReadOnlyAdmin):
     list_display = ["id", "workflow_id", "subscriber", "client", "status", "created_at"]
-    list_filter = ["status", "workflow_id", "client"]
+    list_filter = ["status", "client"]
     list_select_related = ["subscriber", "client"]
-    search_fields = ["=trigger_event__transaction_id", "=subscriber__subscriber_id"]
+    search_fields = [
+        "=trigger_event__transaction_id",
+        "=subscriber__subscriber_id",
+        "=workflow_id",
+    ]
+    ordering = ["-created_at"]
+    show_full_result_count = False  # no COUNT(*) of the whole table on every page
     inlines = [StepInline]
     actions = ["retry", "cancel"]
     fields = [
@@ -140,8 +168,9 @@ class NotificationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry from the failed step", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        retried = sum(services.notification_retry(notification=n) for n in queryset)
-        skipped = queryset.count() - retried
+        chosen = list(queryset)  # counted before acting: a status filter would recount
+        retried = sum(services.notification_retry(notification=n) for n in chosen)
+        skipped = len(chosen) - retried
         self.message_user(
             request,
             f"Retried {retried} notification(s); {skipped} skipped (not failed).",
@@ -150,10 +179,9 @@ class NotificationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        canceled = services.notifications_cancel(
-            notification_ids=list(queryset.values_list("pk", flat=True))
-        )
-        skipped = queryset.count() - canceled
+        chosen = list(queryset.values_list("pk", flat=True))
+        canceled = services.notifications_cancel(notification_ids=chosen)
+        skipped = len(chosen) - canceled
         self.message_user(
             request,
             f"Canceled {canceled} notification(s); {skipped} skipped (already finished).",
@@ -164,7 +192,8 @@ class NotificationAdmin(ReadOnlyAdmin):
 @admin.register(Step)
 class StepAdmin(ReadOnlyAdmin):
     list_display = ["step_id", "type", "status", "notification", "position", "due_at", "attempts"]
-    list_filter = ["status", "type"]
+    list_filter = ["status", fixed_choices("type", "type", selectors.STEP_TYPES)]
+    show_full_result_count = False
     list_select_related = ["notification__subscriber"]
     search_fields = ["=step_id", "=notification__subscriber__subscriber_id"]
     readonly_fields = ["live_result"]

@@ -473,7 +473,12 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
 
 
 def notification_retry(*, notification: Notification) -> bool:
-    """Run a failed notification again from its failed step (or its failed bridge call)."""
+    """Run a failed notification again from its failed step (or its failed bridge call);
+    not one whose trigger was canceled."""
+    if TriggerEvent.objects.filter(
+        pk=notification.trigger_event_id, canceled_at__isnull=False
+    ).exists():
+        return False
     with transaction.atomic():
         reopened = Notification.objects.filter(
             pk=notification.pk, status=Notification.Status.FAILED

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.django_db
 
 def _url(obj: models.Model, view: str) -> str:
     meta = obj._meta
-    args = [obj.pk] if view == "change" else []
+    args = [obj.pk] if view in ("change", "delete") else []
     return reverse(f"admin:{meta.app_label}_{meta.model_name}_{view}", args=args)
 
 
@@ -252,3 +252,109 @@ def test_create_key_action_shows_a_working_key_once(admin_client) -> None:
     key = html.split("<code>")[1].split("</code>")[0]
     assert key.startswith(secret.prefix)
     assert client_by_api_key(key=key) == client
+
+
+# --- what the admin review found ----------------------------------------------------------
+
+
+def test_retry_leaves_a_notification_of_a_canceled_trigger_alone(
+    admin_client, enqueued, django_capture_on_commit_callbacks
+) -> None:
+    notification = NotificationFactory(status=Notification.Status.FAILED)
+    StepFactory(notification=notification, status=Step.Status.FAILED)
+    notification.trigger_event.canceled_at = timezone.now()
+    notification.trigger_event.save()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _act(admin_client, "retry", notification)
+
+    assert "Retried 0 notification(s); 1 skipped" in response.content.decode()
+    assert enqueued.calls == []
+
+
+def test_pipeline_rows_cannot_be_deleted_by_hand(admin_client) -> None:
+    step = StepFactory(status=Step.Status.COMPLETED)
+    for obj in (step, step.notification, MessageFactory(), TriggerEventFactory()):
+        assert admin_client.get(_url(obj, "delete")).status_code == 403
+    assert Step.objects.filter(pk=step.pk).exists()
+
+
+def test_a_control_schema_the_bridge_got_wrong_is_a_form_error(admin_client) -> None:
+    workflow = BridgeWorkflowFactory(
+        steps=[{"stepId": "mail", "type": "email", "controlSchema": {"type": "nope"}}]
+    )
+    response = admin_client.post(_url(workflow, "change"), {"controls": '{"mail": {"a": 1}}'})
+    assert response.status_code == 200  # the form again, with the error
+    assert "cannot be applied" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("allowed_bridge_urls", "5"),
+        ("allowed_bridge_urls", '["not a url"]'),
+        ("workflow_allowlist", '"welcome"'),
+    ],
+)
+def test_a_client_list_field_must_be_a_list_of_strings(
+    admin_client, field: str, value: str
+) -> None:
+    client = ClientFactory()
+    body = {
+        "name": client.name,
+        "is_active": "on",
+        "bridge_url": client.bridge_url,
+        "allowed_bridge_urls": "[]",
+        "workflow_allowlist": "[]",
+        field: value,
+        # the inlines' management forms
+        "secret_keys-TOTAL_FORMS": "0",
+        "secret_keys-INITIAL_FORMS": "0",
+        "bridge_workflows-TOTAL_FORMS": "0",
+        "bridge_workflows-INITIAL_FORMS": "0",
+    }
+    response = admin_client.post(_url(client, "change"), body)
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    client.refresh_from_db()
+    assert client.allowed_bridge_urls == [] and client.workflow_allowlist == []
+
+
+def test_cancel_a_trigger_from_the_admin_stops_its_fan_out(admin_client) -> None:
+    event = TriggerEventFactory()
+    response = admin_client.post(
+        reverse("admin:notify_triggerevent_changelist"),
+        {"action": "cancel", "_selected_action": [str(event.pk)]},
+        follow=True,
+    )
+    assert "Canceled 1 trigger(s)" in response.content.decode()
+    event.refresh_from_db()
+    assert event.canceled_at is not None
+
+
+def test_list_filters_read_no_distinct_values_of_a_whole_table(
+    admin_client, django_assert_max_num_queries
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    MessageFactory()
+    for name in ("workflows_notification", "workflows_step", "messaging_message"):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(reverse(f"admin:{name}_changelist")).status_code == 200
+        assert not [q for q in queries if "DISTINCT" in q["sql"].upper()], name
+
+
+def test_a_topic_page_does_not_grow_with_its_members(admin_client) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for(members: int) -> int:
+        topic = Topic.objects.create(client=ClientFactory(), key=f"topic-{members}")
+        for subscriber in SubscriberFactory.create_batch(members, client=topic.client):
+            TopicSubscription.objects.create(topic=topic, subscriber=subscriber)
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(_url(topic, "change")).status_code == 200
+        return len(queries)
+
+    queries_for(1)  # the first page load of a test reads the user and content types
+    assert queries_for(30) == queries_for(3)
