@@ -36,8 +36,8 @@ def _invalid(message: str) -> ApiError:
 def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Normalise `to` into (subscribers, topics).
 
-    Subscribers come one per subscriberId (the first mention wins); topics as
-    `{"topicKey", "exclude": [subscriberId, ...]}`.
+    Subscribers come one per subscriberId, with the inline fields of all its mentions
+    (a later one's value wins); topics as `{"topicKey", "exclude": [subscriberId, ...]}`.
     """
     items = to if isinstance(to, list) else [to]
     if not items or to in ("", None):
@@ -54,7 +54,7 @@ def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             topics.setdefault(topic["topicKey"], topic)
             continue
         recipient = _subscriber(item)
-        recipients.setdefault(recipient["subscriberId"], recipient)
+        recipients.setdefault(recipient["subscriberId"], {}).update(recipient)
     return list(recipients.values()), list(topics.values())
 
 
@@ -62,15 +62,21 @@ def _topic(item: dict[str, Any]) -> dict[str, Any]:
     key, exclude = item.get("topicKey"), item.get("exclude") or []
     if not isinstance(key, str) or not key:
         raise _invalid("a topic needs a non-empty topicKey")
-    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+    if not isinstance(exclude, list) or not all(_is_id(e) for e in exclude):
         raise _invalid("a topic's exclude must be a list of subscriberIds")
-    return {"topicKey": key, "exclude": exclude}
+    # Read as subscriberIds are: " dan " and 7 exclude "dan" and "7".
+    return {"topicKey": key, "exclude": [str(e).strip() for e in exclude]}
+
+
+def _is_id(value: Any) -> bool:
+    """A subscriberId as Novu's clients send it: a string, or a number (not a bool)."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
 
 
 def _subscriber(item: Any) -> dict[str, Any]:
-    if isinstance(item, str | int) and not isinstance(item, bool):
+    if _is_id(item):
         recipient: dict[str, Any] = {"subscriberId": str(item).strip()}
-    elif isinstance(item, dict) and isinstance(item.get("subscriberId"), str | int):
+    elif isinstance(item, dict) and _is_id(item.get("subscriberId")):
         recipient = {"subscriberId": str(item["subscriberId"]).strip()}
         for key in INLINE_FIELDS:
             if key in item and item[key] is not None:

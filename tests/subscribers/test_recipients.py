@@ -1,0 +1,43 @@
+"""`to` as the trigger API and the workflow worker read it (subscribers/recipients.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config.errors import ApiError
+from subscribers.recipients import parse_recipients
+
+
+def test_a_subscriber_named_twice_keeps_the_inline_fields_of_every_mention() -> None:
+    recipients, _ = parse_recipients(
+        [
+            "bob",
+            {"subscriberId": "bob", "email": "bob@example.com"},
+            {"subscriberId": " bob ", "firstName": "Bob", "email": "robert@example.com"},
+        ]
+    )
+    assert recipients == [
+        {"subscriberId": "bob", "email": "robert@example.com", "firstName": "Bob"}
+    ]
+
+
+def test_exclude_entries_are_read_as_subscriber_ids_are() -> None:
+    _, topics = parse_recipients({"type": "Topic", "topicKey": "news", "exclude": [" dan ", 7]})
+    assert topics == [{"topicKey": "news", "exclude": ["dan", "7"]}]
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        True,
+        {"subscriberId": True},
+        {"type": "Topic", "topicKey": "news", "exclude": [True]},
+        {"type": "Topic", "topicKey": "news", "exclude": [{"subscriberId": "a"}]},
+    ],
+)
+def test_a_bool_or_an_object_is_no_subscriber_id(to: Any) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_recipients(to)
+    assert refused.value.status == 400
