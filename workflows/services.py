@@ -92,6 +92,16 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             ):
                 pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
                 count += len(subscriber_ids)
+        if len(topics) > 1:
+            # A member of two topics got two commands (the subscriber worker keeps one
+            # notification): counted twice, the fan-out would look short to the
+            # reconciler, which would run it again every grace period for an hour.
+            count = (
+                len(recipients)
+                + _topics_members(
+                    client_id=event.client_id, topics=topics, exclude=direct, rerun=rerun
+                ).count()
+            )
     # A rerun counts the distinct audience: a first count that reached someone twice
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
@@ -114,6 +124,28 @@ def _topic_audience(
         client_id=client_id, topics__client_id=client_id, topics__key=key
     ).exclude(subscriber_id__in=exclude)
     return _keyset_chunks(members, rerun=rerun)
+
+
+def _topics_members(
+    *, client_id: int, topics: list[dict[str, Any]], exclude: list[str], rerun: int | None
+) -> QuerySet[Subscriber]:
+    """The subscribers in any of `topics` (less each one's exclude, and `exclude`), once
+    each; on a rerun, less those its event reached."""
+    in_any = Q()
+    for topic in topics:
+        in_any |= Q(
+            topicsubscription__topic__client_id=client_id,
+            topicsubscription__topic__key=topic["topicKey"],
+        ) & ~Q(subscriber_id__in=topic["exclude"])
+    members = (
+        Subscriber.objects.filter(client_id=client_id)
+        .filter(in_any)
+        .exclude(subscriber_id__in=exclude)
+    )
+    if rerun is not None:
+        reached = Notification.objects.filter(trigger_event_id=rerun, subscriber=OuterRef("pk"))
+        members = members.exclude(Exists(reached))
+    return members.distinct()
 
 
 def _keyset_chunks(subscribers: QuerySet[Subscriber], *, rerun: int | None) -> Iterator[list[str]]:

@@ -21,7 +21,7 @@ def test_multicast_enqueues_one_command_per_distinct_recipient(enqueued: Enqueue
         to=[
             "ann",
             {"subscriberId": "bob", "email": "bob@example.com", "data": {"plan": "pro"}},
-            {"subscriberId": "ann", "email": "ignored@example.com"},
+            {"subscriberId": "ann", "email": "ann@example.com"},  # merged into the first
             "bob",
         ]
     )
@@ -29,7 +29,7 @@ def test_multicast_enqueues_one_command_per_distinct_recipient(enqueued: Enqueue
 
     commands = enqueued.of(pipeline.SUBSCRIBER)
     assert commands == [
-        (event.pk, {"subscriberId": "ann"}),
+        (event.pk, {"subscriberId": "ann", "email": "ann@example.com"}),
         (event.pk, {"subscriberId": "bob", "email": "bob@example.com", "data": {"plan": "pro"}}),
     ]
     # Task arguments travel as JSON.
