@@ -133,6 +133,9 @@ class TriggerEvent(models.Model):
     # When the reconciler last re-sent it: once per grace period, not on every tick
     # while the workflows queue is backed up.
     reenqueued_at = models.DateTimeField(null=True, blank=True)
+    # How often the reconciler ran its fan-out again: each time it waits twice as long
+    # before the next, as a backed-up queue may still hold the last run's commands.
+    refanned = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import operator
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +29,8 @@ from workflows.models import Notification, Step
 logger = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 500
+# After this many runs, the reconciler's wait before the next stops doubling.
+MAX_REFANS = 8
 # How long after its fan-out the reconciler still checks that a trigger reached everyone
 # (from processed_at: a trigger that waited long in a backed-up queue is checked too).
 FANOUT_RECHECK = timedelta(hours=1)
@@ -569,6 +573,16 @@ def notifications_cancel(
     return canceled
 
 
+def _quiet_for_twice_each_run(*, now: datetime, grace: timedelta) -> Q:
+    """Last fanned out a grace period ago, or twice that after one more run, and so on:
+    while a backed-up queue still holds a run's commands, running it every grace
+    period would queue them all again each time."""
+    waits = [Q(refanned=n, claimed_at__lt=now - grace * 2**n) for n in range(MAX_REFANS)]
+    return reduce(operator.or_, waits) | Q(
+        refanned__gte=MAX_REFANS, claimed_at__lt=now - grace * 2**MAX_REFANS
+    )
+
+
 def reconcile() -> dict[str, int]:
     """Re-enqueue work that stalled: lost broker messages, dead workers, long delays.
 
@@ -590,8 +604,8 @@ def reconcile() -> dict[str, int]:
             status=TriggerEvent.Status.PROCESSED,
             canceled_at__isnull=True,
             processed_at__gt=now - FANOUT_RECHECK,
-            claimed_at__lt=now - grace,
         )
+        .filter(_quiet_for_twice_each_run(now=now, grace=grace))
         .annotate(reached=Count("notifications"), last=Max("notifications__created_at"))
         .filter(reached__lt=F("recipients"))
         # Only once its fan-out went quiet: a broadcast still being worked through (its
@@ -602,7 +616,7 @@ def reconcile() -> dict[str, int]:
         pk__in=list(short.values_list("pk", flat=True)[:1000]),
         status=TriggerEvent.Status.PROCESSED,
         canceled_at__isnull=True,
-    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None, refanned=F("refanned") + 1)
     # Received but not claimed: lost with the broker, or still queued behind others.
     # The broker cannot be asked which, so each is re-sent once per grace period.
     waiting = TriggerEvent.objects.filter(

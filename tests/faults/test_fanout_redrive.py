@@ -75,6 +75,28 @@ def test_lost_commands_are_sent_again_to_the_unreached_only(enqueued: Enqueued) 
     assert event.status == TriggerEvent.Status.PROCESSED and event.recipients == 3
 
 
+def test_each_run_again_waits_twice_as_long_as_the_last(enqueued: Enqueued) -> None:
+    """While a backed-up queue holds a run's commands, running it every grace period
+    would queue them all again each time."""
+    event = fanned_out(TriggerEventFactory(to=["ann", "bob", "cid"]))
+    reached(event, "ann")
+    assert tasks.reconcile()["events"] == 1
+    tasks.workflow_run(event.pk)  # bob's and cid's commands queued again: still short
+    enqueued.clear()
+
+    def last_run(seconds_ago: float) -> None:
+        TriggerEvent.objects.filter(pk=event.pk).update(
+            claimed_at=timezone.now() - timedelta(seconds=seconds_ago)
+        )
+
+    last_run(GRACE + 1)
+    assert tasks.reconcile()["events"] == 0 and enqueued.calls == []
+    last_run(2 * GRACE + 1)
+    assert tasks.reconcile()["events"] == 1
+    event.refresh_from_db()
+    assert event.refanned == 2
+
+
 def test_a_broadcast_is_sent_again_to_the_unreached_only(enqueued: Enqueued) -> None:
     event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
     for subscriber_id in ("ann", "bob"):
