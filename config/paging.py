@@ -47,6 +47,11 @@ def query_int(
     return min(int(value), maximum) if maximum is not None else int(value)
 
 
+def query_bool(request: Request, name: str) -> bool | None:
+    """`true` or `false` (any case) from the query string; None when absent or other."""
+    return {"true": True, "false": False}.get(request.query_params.get(name, "").lower())
+
+
 def query_limit(request: Request, name: str = "limit", default: int = DEFAULT_LIMIT) -> int:
     """A page size: 1 or more, capped at MAX_LIMIT."""
     return query_int(request, name, default, minimum=1, maximum=MAX_LIMIT)

@@ -20,12 +20,25 @@ from rest_framework.views import APIView
 
 from config.dates import iso_z
 from config.errors import ApiError, error_responses
-from config.paging import PAGE_PARAMETERS, page_of, paginate, query_int, query_limit
+from config.paging import (
+    PAGE_PARAMETERS,
+    page_of,
+    paginate,
+    query_bool,
+    query_int,
+    query_limit,
+)
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
 
 _MESSAGE_ID = re.compile(r"[0-9]{1,18}")
+
+
+def _message_ids(values: list[Any]) -> set[int]:
+    """The ids among `values` that can be a message's: 1 to 18 ASCII digits (str.isdigit
+    takes "²", and more digits overflow bigint). The others find nothing."""
+    return {int(v) for v in values if _MESSAGE_ID.fullmatch(str(v))}
 
 
 MARK_AS: dict[str, dict[str, bool | None]] = {
@@ -41,6 +54,22 @@ class UnseenCountResponse(serializers.Serializer):
         count = serializers.IntegerField()
 
     data = Count()
+
+
+def _narrowed(
+    feed: Any,
+    *,
+    seen: bool | None = None,
+    read: bool | None = None,
+    archived: bool | None = None,
+    snoozed: bool | None = None,
+) -> Any:
+    """The feed's messages seen or not, read or not (None: either way). norm neither
+    archives nor snoozes, so asking for those finds nothing."""
+    for wanted, field in ((seen, "seen_at"), (read, "read_at")):
+        if wanted is not None:
+            feed = feed.filter(**{f"{field}__isnull": not wanted})
+    return feed.none() if archived or snoozed else feed
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:
@@ -123,17 +152,13 @@ class FeedApi(APIView):
         },
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        rows, meta = paginate(request, _marked(request, _feed(request, subscriber_id)))
+        feed = _narrowed(
+            _feed(request, subscriber_id),
+            seen=query_bool(request, "seen"),
+            read=query_bool(request, "read"),
+        )
+        rows, meta = paginate(request, feed)
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
-
-
-def _marked(request: Request, feed: Any) -> Any:
-    """The feed narrowed by `seen` / `read` (`true` or `false`), as Novu's clients ask."""
-    for name, field in (("seen", "seen_at"), ("read", "read_at")):
-        value = request.query_params.get(name, "").lower()
-        if value in ("true", "false"):
-            feed = feed.filter(**{f"{field}__isnull": value == "false"})
-    return feed
 
 
 class UnseenCountApi(APIView):
@@ -148,8 +173,7 @@ class UnseenCountApi(APIView):
         responses={200: UnseenCountResponse, **error_responses(400, 404)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        seen = request.query_params.get("seen", "false").lower() == "true"
-        feed = _feed(request, subscriber_id).filter(seen_at__isnull=not seen)
+        feed = _narrowed(_feed(request, subscriber_id), seen=query_bool(request, "seen") or False)
         limit = query_int(request, "limit", 100, minimum=1)
         return Response({"data": {"count": feed[:limit].count()}})
 
@@ -203,15 +227,13 @@ class MarkAsApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         ids, mark = data.validated_data["messageId"], data.validated_data["mark"]
-        # An id that cannot be a message's (not ASCII digits, beyond bigint) is not found.
-        wanted = {int(i) for i in ids if _MESSAGE_ID.fullmatch(i)}
-        messages = list(_feed(request, subscriber_id).filter(pk__in=wanted))
-        if len(wanted) != len(set(ids)) or len(messages) != len(wanted):
+        wanted = _message_ids(ids)
+        messages = _feed(request, subscriber_id).filter(pk__in=wanted)
+        if len(wanted) != len(set(ids)) or messages.count() != len(wanted):
             raise ApiError(404, "message_not_found", "One or more messages were not found")
-        marked = [
-            services.message_mark(message=m, seen=mark["seen"], read=mark["read"]) for m in messages
-        ]
-        return Response({"data": FeedApi.OutputSerializer(marked, many=True).data}, status=201)
+        services.messages_mark(messages=messages, seen=mark["seen"], read=mark["read"])
+        marked = FeedApi.OutputSerializer(messages, many=True).data  # as now stored
+        return Response({"data": marked}, status=201)
 
 
 class MarkAllApi(APIView):
@@ -232,8 +254,8 @@ class MarkAllApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         mark = MARK_AS[data.validated_data["markAs"]]
-        changed = services.messages_mark_all(
-            feed=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]
+        changed = services.messages_mark(
+            messages=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]
         )
         return Response({"data": changed}, status=201)
 
@@ -307,8 +329,8 @@ def inbox_dto(message: Message) -> dict[str, Any]:
         "isSeen": message.seen_at is not None,
         "isArchived": False,  # norm neither archives nor snoozes
         "isSnoozed": False,
-        "readAt": iso_z(message.read_at) if message.read_at else None,
-        "firstSeenAt": iso_z(message.seen_at) if message.seen_at else None,
+        "readAt": iso_z(message.read_at),
+        "firstSeenAt": iso_z(message.seen_at),
         "createdAt": iso_z(message.created_at),
         "channelType": "in_app",
         "severity": "none",
@@ -333,7 +355,8 @@ class InboxListApi(APIView):
         responses={200: InboxPage, **error_responses(400, 404)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        feed = _marked(request, _feed(request, subscriber_id))
+        asked = {k: query_bool(request, k) for k in ("seen", "read", "archived", "snoozed")}
+        feed = _narrowed(_feed(request, subscriber_id), **asked)
         limit = query_limit(request)
         offset = query_int(request, "offset", 0)
         after = request.query_params.get("after", "")
@@ -341,24 +364,14 @@ class InboxListApi(APIView):
             if not _MESSAGE_ID.fullmatch(after):
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
             feed = feed.filter(pk__lt=int(after))
-        if _queried(request, "archived") or _queried(request, "snoozed"):
-            feed = feed.none()
         rows = list(feed[offset : offset + limit + 1])
         return Response(
             {
                 "data": [inbox_dto(m) for m in rows[:limit]],
                 "hasMore": len(rows) > limit,
-                "filter": {
-                    k: _queried(request, k)
-                    for k in ("read", "seen", "archived", "snoozed")
-                    if k in request.query_params
-                },
+                "filter": {k: v for k, v in asked.items() if v is not None},
             }
         )
-
-
-def _queried(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "").lower() == "true"
 
 
 class InboxCountApi(APIView):
@@ -381,13 +394,12 @@ class InboxCountApi(APIView):
             raise ApiError(400, "invalid_query", "'filters' must be a JSON list of objects")
         counts = []
         for wanted in filters[:20]:
-            matching = feed
-            for name, field in (("seen", "seen_at"), ("read", "read_at")):
-                if isinstance(wanted.get(name), bool):
-                    matching = matching.filter(**{f"{field}__isnull": not wanted[name]})
-            if wanted.get("archived") is True or wanted.get("snoozed") is True:
-                matching = matching.none()
-            counts.append({"count": matching.count(), "filter": wanted})
+            asked = {
+                k: wanted[k]
+                for k in ("seen", "read", "archived", "snoozed")
+                if isinstance(wanted.get(k), bool)
+            }
+            counts.append({"count": _narrowed(feed, **asked).count(), "filter": wanted})
         return Response(counts)
 
 
@@ -403,11 +415,7 @@ class InboxMarkOneApi(APIView):
         responses={200: InboxNotificationResponse, **error_responses(404)},
     )
     def patch(self, request: Request, subscriber_id: str, notification_id: str) -> Response:
-        found = (
-            _feed(request, subscriber_id).filter(pk=int(notification_id)).first()
-            if _MESSAGE_ID.fullmatch(notification_id)
-            else None
-        )
+        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([notification_id])).first()
         if found is None:
             raise ApiError(404, "notification_not_found", "Notification not found")
         marked = services.message_mark(message=found, **self.mark)
@@ -439,6 +447,6 @@ class InboxMarkAllApi(APIView):
         if ids is not None:
             if not isinstance(ids, list):
                 raise ApiError(400, "invalid_request", "'notificationIds' must be a list")
-            feed = feed.filter(pk__in=[int(i) for i in ids if _MESSAGE_ID.fullmatch(str(i))])
-        services.messages_mark_all(feed=feed, **self.mark)
+            feed = feed.filter(pk__in=_message_ids(ids))
+        services.messages_mark(messages=feed, **self.mark)
         return Response(status=204)

@@ -104,31 +104,27 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         workflow_services.step_complete(step=step, result={})
 
 
+def messages_mark(
+    *, messages: QuerySet[Message], seen: bool | None = None, read: bool | None = None
+) -> int:
+    """Mark in-app messages seen/read (or not), keeping when each was first; read implies
+    seen unless `seen` says otherwise. A later step's state reflects it. Returns how
+    many changed their read mark (their seen mark, when only that is asked)."""
+    now = timezone.now()
+    if read is True and seen is None:
+        seen = True
+    changed = 0
+    if seen is not None:
+        changed = messages.filter(seen_at__isnull=seen).update(seen_at=now if seen else None)
+    if read is not None:
+        changed = messages.filter(read_at__isnull=read).update(read_at=now if read else None)
+    return changed
+
+
 def message_mark(
     *, message: Message, seen: bool | None = None, read: bool | None = None
 ) -> Message:
-    """Mark an in-app message seen/read (or not); a later step's state reflects it."""
-    now = timezone.now()
-    if read is True:
-        seen = True if seen is None else seen
-    fields: dict[str, object] = {}
-    if seen is not None:
-        fields["seen_at"] = (message.seen_at or now) if seen else None
-    if read is not None:
-        fields["read_at"] = (message.read_at or now) if read else None
-    if fields:
-        Message.objects.filter(pk=message.pk).update(**fields)
-        for name, value in fields.items():  # keeps the relations the caller loaded
-            setattr(message, name, value)
+    """`messages_mark` for one message; returns it with its marks as stored."""
+    messages_mark(messages=Message.objects.filter(pk=message.pk), seen=seen, read=read)
+    message.refresh_from_db(fields=["seen_at", "read_at"])  # keeps the loaded relations
     return message
-
-
-def messages_mark_all(*, feed: QuerySet[Message], seen: bool | None, read: bool | None) -> int:
-    """`message_mark` for every message of a feed at once; how many changed."""
-    now = timezone.now()
-    if read is not None:
-        changed = feed.filter(read_at__isnull=read).update(read_at=now if read else None)
-        if read:  # read implies seen, as in message_mark
-            feed.filter(seen_at__isnull=True).update(seen_at=now)
-        return changed
-    return feed.filter(seen_at__isnull=bool(seen)).update(seen_at=now if seen else None)

@@ -32,18 +32,18 @@ urlpatterns = [
     path("v2/subscribers/<str:subscriber_id>/notifications/count", apis.InboxCountApi.as_view()),
     path(
         "v2/subscribers/<str:subscriber_id>/notifications/read",
-        apis.InboxMarkAllApi.as_view(mark={"seen": None, "read": True}),
+        apis.InboxMarkAllApi.as_view(mark=apis.MARK_AS["read"]),
     ),
     path(
         "v2/subscribers/<str:subscriber_id>/notifications/seen",
-        apis.InboxMarkAllApi.as_view(mark={"seen": True, "read": None}),
+        apis.InboxMarkAllApi.as_view(mark=apis.MARK_AS["seen"]),
     ),
     path(
         "v2/subscribers/<str:subscriber_id>/notifications/<str:notification_id>/read",
-        apis.InboxMarkOneApi.as_view(mark={"seen": None, "read": True}),
+        apis.InboxMarkOneApi.as_view(mark=apis.MARK_AS["read"]),
     ),
     path(
         "v2/subscribers/<str:subscriber_id>/notifications/<str:notification_id>/unread",
-        apis.InboxMarkOneApi.as_view(mark={"seen": None, "read": False}),
+        apis.InboxMarkOneApi.as_view(mark=apis.MARK_AS["unread"]),
     ),
 ]

@@ -23,7 +23,14 @@ from rest_framework.views import APIView
 
 from config.dates import iso_z
 from config.errors import ApiError, error_responses
-from config.paging import LIMIT_PARAMETER, PAGE_PARAMETERS, page_of, paginate, query_limit
+from config.paging import (
+    LIMIT_PARAMETER,
+    PAGE_PARAMETERS,
+    page_of,
+    paginate,
+    query_bool,
+    query_limit,
+)
 from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS
@@ -32,7 +39,7 @@ from subscribers.recipients import INLINE_FIELDS
 def _fail_if_exists(request: Request) -> bool:
     """`?failIfExists=true`: a 409 whose body is also the object that exists (novu-py
     reads it as a SubscriberResponseDto or TopicResponseDto)."""
-    return request.query_params.get("failIfExists", "").lower() == "true"
+    return query_bool(request, "failIfExists") is True
 
 
 def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
