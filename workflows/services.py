@@ -86,7 +86,6 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             recipients = [r for r in recipients if r["subscriberId"] not in reached]
         for recipient in recipients:
             pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
-        count = len(recipients)
         for topic in topics:
             for subscriber_ids in _topic_audience(
                 client_id=event.client_id,
@@ -95,17 +94,14 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
                 rerun=rerun,
             ):
                 pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
-                count += len(subscriber_ids)
-        if len(topics) > 1:
-            # A member of two topics got two commands (the subscriber worker keeps one
-            # notification): counted twice, the fan-out would look short to the
-            # reconciler, which would run it again every grace period for an hour.
-            count = (
-                len(recipients)
-                + _topics_members(
-                    client_id=event.client_id, topics=topics, exclude=direct, rerun=rerun
-                ).count()
-            )
+        # A member of two topics got two commands (the subscriber worker keeps one
+        # notification), so the audience is counted apart, each member once: counted
+        # twice, the fan-out would look short to the reconciler, which would run it again.
+        count = len(recipients)
+        if topics:
+            count += _topics_members(
+                client_id=event.client_id, topics=topics, exclude=direct, rerun=rerun
+            ).count()
     # A rerun counts the distinct audience: a first count that reached someone twice
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
