@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
 from django import forms
 from django.contrib import admin, messages
 from django.core.validators import URLValidator
@@ -131,12 +130,10 @@ class BridgeWorkflowForm(forms.ModelForm):
             if not isinstance(values, dict):
                 raise forms.ValidationError(f"The controls of '{step_id}' must be an object.")
             try:
-                schema = schemas[step_id]
-                validator = jsonschema.validators.validator_for(schema)(schema)
-                problems = [e.message for e in validator.iter_errors(values)]
-            except Exception as exc:  # the bridge's schema is no JSON Schema
+                problems = [e.message for e in services.schema_errors(schemas[step_id], values)]
+            except services.UnusableSchema as exc:
                 raise forms.ValidationError(
-                    f"'{step_id}': its control schema from the bridge cannot be applied: {exc!r}"
+                    f"'{step_id}': its control schema from the bridge cannot be applied: {exc}"
                 ) from exc
             if problems:
                 raise forms.ValidationError(f"'{step_id}': " + "; ".join(problems))

@@ -98,20 +98,32 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
     )
 
 
+class UnusableSchema(ValueError):
+    """A schema from a bridge's discover that is no JSON Schema."""
+
+
+def schema_errors(schema: dict[str, Any], value: Any) -> list[jsonschema.ValidationError]:
+    """How `value` fails a schema that a bridge's discover declared (payload, controls).
+
+    Raises UnusableSchema for one that is no JSON Schema ("type": "nope", a broken
+    pattern): jsonschema fails on it in many ways, and none is the caller's fault.
+    """
+    try:
+        return list(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
+    except Exception as exc:
+        raise UnusableSchema(repr(exc)) from exc
+
+
 def _validate_payload(schema: dict[str, Any], payload: dict[str, Any]) -> None:
     if not schema:
         return
     try:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        found = list(validator_cls(schema).iter_errors(payload))
-    except Exception as exc:
-        # The schema came from the bridge's discover and is no JSON Schema ("type":
-        # "nope", a broken pattern): jsonschema fails on it in many ways, and none of
-        # them is the caller's fault.
+        found = schema_errors(schema, payload)
+    except UnusableSchema as exc:
         raise ApiError(
             502,
             "bridge_invalid_schema",
-            f"The workflow's payload schema from the bridge cannot be applied: {exc!r}"[:500],
+            f"The workflow's payload schema from the bridge cannot be applied: {exc}"[:500],
         ) from exc
     # A key the schema does not declare is no error: the bridge strips it (Novu's SDK
     # does so even for a workflow without a schema, whose discover says
