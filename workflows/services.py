@@ -198,12 +198,18 @@ def notification_create(
 
 def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subscriber]) -> int:
     """`notification_create` for a chunk of subscribers: one INSERT and one commit for all,
-    instead of a transaction each; returns how many first echoes it enqueued."""
+    instead of a transaction each; returns how many first echoes it enqueued.
+
+    Rows go in subscriber order: two chunks reaching the same subscribers at once (two
+    topics with shared members) would otherwise each hold a row the other waits for."""
     if trigger_event.canceled_at is not None or not subscribers:
         return 0
     with transaction.atomic():
         Notification.objects.bulk_create(
-            [_new_notification(trigger_event, subscriber) for subscriber in subscribers],
+            [
+                _new_notification(trigger_event, subscriber)
+                for subscriber in sorted(subscribers, key=lambda s: s.pk)
+            ],
             ignore_conflicts=True,  # those a rerun or a second topic reached already
         )
         # As in notification_create: a rerun re-sends only notifications not started.
