@@ -24,6 +24,9 @@ SDK_NAME = "norm-python"
 SDK_VERSION = "0.1.0"
 FRAMEWORK_VERSION = "2024-06-26"
 HEALTH_CHECK = "health-check"
+# The SDK copies and validates bodies recursively: deeper ones would exhaust Python's
+# stack wherever they reached it first (a 500, which norm would retry).
+MAX_DEPTH = 200
 ACTIONS = {"GET": ("discover", HEALTH_CHECK), "POST": ("execute",)}
 
 Response = tuple[int, dict[str, Any], dict[str, str]]
@@ -144,8 +147,25 @@ class Bridge:
 def _json_object(body: bytes | str | None) -> dict[str, Any]:
     try:
         parsed = json.loads(body or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         parsed = None
     if not isinstance(parsed, dict):
         raise ExecutionEventPayloadInvalidError("The request body must be a JSON object")
+    if _nested_deeper(parsed, MAX_DEPTH):
+        raise ExecutionEventPayloadInvalidError(
+            f"The request body must not be nested deeper than {MAX_DEPTH} levels"
+        )
     return parsed
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest beyond `limit`; counted without recursion."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False

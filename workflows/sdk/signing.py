@@ -132,7 +132,8 @@ def _signed_candidates(body: str | bytes | None) -> list[str]:
     if not raw.strip():
         return ["{}"]
     candidates = [raw]
-    with contextlib.suppress(ValueError):
+    # Too deep to decode or to write back: only the raw text can match.
+    with contextlib.suppress(ValueError, RecursionError):
         candidates.insert(0, canonical_json(json.loads(raw)))
     return list(dict.fromkeys(candidates))  # norm's server sends the canonical form: one
 

@@ -1,0 +1,50 @@
+"""The SDK as a product team serves it: through the Django adapter, over HTTP requests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.test import RequestFactory
+
+from workflows.sdk import Bridge, Context, signature_header, workflow
+from workflows.sdk.django import bridge_view
+
+SECRET = "sk_test_http"
+
+
+@workflow("hello")
+def hello(ctx: Context) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+
+
+def post(
+    bridge: Bridge, query: str, raw: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    request = RequestFactory().post(
+        f"/api/norm?{query}", data=raw.encode(), content_type="application/json", headers=headers
+    )
+    response = bridge_view(bridge)(request)
+    return response.status_code, json.loads(response.content)
+
+
+def nested(depth: int) -> str:
+    return '{"payload":{"deep":' + "[" * depth + "]" * depth + '},"state":[],"controls":{}}'
+
+
+def test_a_body_nested_too_deep_is_a_400() -> None:
+    open_bridge = Bridge(workflows=[hello])
+    for depth in (800, 100_000):  # one Python decodes, one it cannot
+        status, body = post(open_bridge, "action=execute&workflowId=hello", nested(depth))
+        assert (status, body["code"]) == (400, "ExecutionEventPayloadInvalidError")
+
+
+def test_a_signed_body_nested_too_deep_is_a_400_and_a_forged_one_a_401() -> None:
+    strict = Bridge(workflows=[hello], secret_key=SECRET)
+    raw = nested(800)
+    query = "action=execute&workflowId=hello"
+    status, body = post(strict, query, raw, {"novu-signature": signature_header(SECRET, raw)})
+    assert (status, body["code"]) == (400, "ExecutionEventPayloadInvalidError")
+    forged = {"novu-signature": signature_header("sk_forged", raw)}
+    status, body = post(strict, query, raw, forged)
+    assert (status, body["code"]) == (401, "SignatureMismatchError")
