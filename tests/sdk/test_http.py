@@ -48,3 +48,11 @@ def test_a_signed_body_nested_too_deep_is_a_400_and_a_forged_one_a_401() -> None
     forged = {"novu-signature": signature_header("sk_forged", raw)}
     status, body = post(strict, query, raw, forged)
     assert (status, body["code"]) == (401, "SignatureMismatchError")
+
+
+def test_a_state_entry_whose_state_is_not_an_object_is_replayed() -> None:
+    read = {"seen": True, "read": True, "lastSeenDate": None, "lastReadDate": None}
+    state = [{"stepId": "inbox", "outputs": read, "state": "completed"}]
+    raw = json.dumps({"payload": {"a": 1}, "state": state, "controls": {}})
+    status, body = post(Bridge(workflows=[hello]), "action=execute&workflowId=hello", raw)
+    assert (status, body.get("done")) == (200, True)

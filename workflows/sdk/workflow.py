@@ -165,7 +165,8 @@ class _Run:
                     data={"workflowId": self.workflow_id, "stepId": step_id},
                 )
         outputs = entry.get("outputs", {})
-        if (entry.get("state") or {}).get("status") == "skipped":
+        status = entry.get("state")  # informational, as for Novu's SDK: any value is read
+        if isinstance(status, dict) and status.get("status") == "skipped":
             # A skipped step has no result to hold to the schema (a custom step's is {}).
             return outputs if isinstance(outputs, dict) else {}
         return self._validated(definition, definition.results, outputs, "result")
