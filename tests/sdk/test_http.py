@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from django.test import RequestFactory
 
 from workflows.sdk import Bridge, Context, signature_header, workflow
@@ -56,3 +59,14 @@ def test_a_state_entry_whose_state_is_not_an_object_is_replayed() -> None:
     raw = json.dumps({"payload": {"a": 1}, "state": state, "controls": {}})
     status, body = post(Bridge(workflows=[hello]), "action=execute&workflowId=hello", raw)
     assert (status, body.get("done")) == (200, True)
+
+
+@pytest.mark.parametrize("value", [{1, 2}, datetime(2025, 1, 1, tzinfo=UTC), math.nan, math.inf])
+def test_outputs_json_cannot_write_are_an_output_error(value: Any) -> None:
+    @workflow("computed")
+    def computed(ctx: Context) -> None:
+        ctx.step.custom("compute", lambda: {"value": value})
+
+    raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
+    status, body = post(Bridge(workflows=[computed]), "action=execute&workflowId=computed", raw)
+    assert (status, body["code"]) == (400, "ExecutionStateOutputInvalidError")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -212,7 +213,10 @@ class _Run:
             "result": (ExecutionStateResultInvalidError, "result"),
         }[what]
         try:
-            return schema.validate(value)
+            value = schema.validate(value)
+            if what == "output":
+                _require_json(value)
+            return value
         except SchemaInvalid as exc:
             raise error_class(
                 f"Workflow with id: `{self.workflow_id}` has an invalid state. Step with id: "
@@ -220,6 +224,15 @@ class _Run:
                 f"{what}.",
                 data=exc.problems,
             ) from exc
+
+
+def _require_json(value: Any) -> None:
+    """Outputs go over the wire and into norm's database: a value JSON cannot write (a set, a
+    datetime) or writes invalidly (NaN, Infinity) would fail there, or crash the adapter."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SchemaInvalid([{"path": "", "message": str(exc)}]) from exc
 
 
 def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
