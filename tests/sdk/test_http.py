@@ -70,3 +70,17 @@ def test_outputs_json_cannot_write_are_an_output_error(value: Any) -> None:
     raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
     status, body = post(Bridge(workflows=[computed]), "action=execute&workflowId=computed", raw)
     assert (status, body["code"]) == (400, "ExecutionStateOutputInvalidError")
+
+
+@pytest.mark.parametrize("override", [None, ["headers"], {"retries": math.nan}])
+def test_a_provider_override_that_returns_no_json_object_is_a_provider_output_error(
+    override: Any,
+) -> None:
+    @workflow("overridden")
+    def overridden(ctx: Context) -> None:
+        body = {"subject": "s", "body": "b"}
+        ctx.step.email("email", lambda: body, providers={"ses": lambda outputs: override})
+
+    raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
+    status, body = post(Bridge(workflows=[overridden]), "action=execute&workflowId=overridden", raw)
+    assert (status, body["code"]) == (400, "ExecutionProviderOutputInvalidError")

@@ -10,6 +10,7 @@ from .bridge import FRAMEWORK_VERSION, SDK_VERSION, Bridge
 from .errors import (
     BridgeError,
     ExecutionEventPayloadInvalidError,
+    ExecutionProviderOutputInvalidError,
     ExecutionStateControlInvalidError,
     ExecutionStateCorruptError,
     ExecutionStateOrderError,
@@ -38,6 +39,7 @@ __all__ = [
     "BridgeError",
     "Context",
     "ExecutionEventPayloadInvalidError",
+    "ExecutionProviderOutputInvalidError",
     "ExecutionStateControlInvalidError",
     "ExecutionStateCorruptError",
     "ExecutionStateOrderError",

@@ -55,6 +55,10 @@ class ExecutionStateOutputInvalidError(FrameworkError):
     pass
 
 
+class ExecutionProviderOutputInvalidError(FrameworkError):
+    pass
+
+
 class SignatureNotFoundError(FrameworkError):
     status = 401
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import (
     ExecutionEventPayloadInvalidError,
+    ExecutionProviderOutputInvalidError,
     ExecutionStateControlInvalidError,
     ExecutionStateCorruptError,
     ExecutionStateOrderError,
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 Resolver = Callable[..., Mapping[str, Any]]
 Skip = bool | Callable[..., bool] | None
 ProviderOverride = Callable[[dict[str, Any]], Mapping[str, Any]]
+# What a provider override returns is open, as in Novu's SDK, but must be an object.
+PROVIDER_OUTPUT = Schema.of(None)
 
 
 @dataclass
@@ -190,11 +193,18 @@ class _Run:
         raw = self._user_code(definition, lambda: _call(resolver, controls))
         outputs = self._validated(definition, definition.outputs, raw, "output")
         providers = {
-            provider_id: dict(self._user_code(definition, lambda fn=fn: fn(outputs)))
+            provider_id: self._provider(definition, fn, outputs)
             for provider_id, fn in definition.providers.items()
         }
         self.outcome = _Outcome(definition, outputs, providers, skipped=False)
         raise _Unwind
+
+    def _provider(
+        self, definition: StepDefinition, fn: ProviderOverride, outputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        raw = self._user_code(definition, lambda: fn(outputs))
+        raw = dict(raw) if isinstance(raw, Mapping) else raw
+        return self._validated(definition, PROVIDER_OUTPUT, raw, "provider")
 
     def _user_code(self, definition: StepDefinition, fn: Callable[[], Any]) -> Any:
         try:
@@ -211,10 +221,11 @@ class _Run:
             "controls": (ExecutionStateControlInvalidError, "`controls`"),
             "output": (ExecutionStateOutputInvalidError, "output"),
             "result": (ExecutionStateResultInvalidError, "result"),
+            "provider": (ExecutionProviderOutputInvalidError, "provider output"),
         }[what]
         try:
             value = schema.validate(value)
-            if what == "output":
+            if what in ("output", "provider"):
                 _require_json(value)
             return value
         except SchemaInvalid as exc:
