@@ -84,3 +84,15 @@ def test_a_provider_override_that_returns_no_json_object_is_a_provider_output_er
     raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
     status, body = post(Bridge(workflows=[overridden]), "action=execute&workflowId=overridden", raw)
     assert (status, body["code"]) == (400, "ExecutionProviderOutputInvalidError")
+
+
+def test_a_payload_schema_with_a_boolean_subschema_validates() -> None:
+    schema = {"type": "object", "properties": {"meta": True}}
+
+    @workflow("tagged", payload_schema=schema)
+    def tagged(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": str(ctx.payload["meta"]["source"])})
+
+    raw = json.dumps({"payload": {"meta": {"source": "api"}}, "state": [], "controls": {}})
+    status, body = post(Bridge(workflows=[tagged]), "action=execute&workflowId=tagged", raw)
+    assert (status, body.get("outputs")) == (200, {"body": "api"})

@@ -36,6 +36,8 @@ def _pointer(path: Any) -> str:
 
 def _fill(schema: Mapping[str, Any], value: Any) -> Any:
     """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does."""
+    if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
+        return value
     if not isinstance(value, dict) or not isinstance(schema.get("properties"), Mapping):
         return value
     properties: Mapping[str, Any] = schema["properties"]
