@@ -96,3 +96,18 @@ def test_a_payload_schema_with_a_boolean_subschema_validates() -> None:
     raw = json.dumps({"payload": {"meta": {"source": "api"}}, "state": [], "controls": {}})
     status, body = post(Bridge(workflows=[tagged]), "action=execute&workflowId=tagged", raw)
     assert (status, body.get("outputs")) == (200, {"body": "api"})
+
+
+async def _async_workflow(ctx: Context) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+
+
+def _generator_workflow(ctx: Context) -> Any:
+    yield ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+
+
+@pytest.mark.parametrize("fn", [_async_workflow, _generator_workflow])
+def test_a_workflow_function_that_would_never_run_is_refused_when_declared(fn: Any) -> None:
+    # Served, it discovered no step and answered every execute "done": nothing was sent.
+    with pytest.raises(TypeError, match="plain `def`"):
+        workflow("never-runs")(fn)

@@ -354,6 +354,17 @@ class Workflow:
         severity: str = "none",
         preferences: dict[str, Any] | None = None,
     ) -> None:
+        if (
+            inspect.iscoroutinefunction(fn)
+            or inspect.isasyncgenfunction(fn)
+            or (inspect.isgeneratorfunction(fn))
+        ):
+            # Calling it would only create a coroutine or generator: no step would ever run,
+            # discover would list none and every execute would answer "done".
+            raise TypeError(
+                f"Workflow {workflow_id!r}: the workflow function must be a plain `def`, "
+                "not async or a generator"
+            )
         self.workflow_id = workflow_id
         self.fn = fn
         self.payload_schema = Schema.of(payload_schema)
