@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from django.test import RequestFactory
+from django.test import RequestFactory, override_settings
 
 from workflows.sdk import Bridge, Context, signature_header, workflow
 from workflows.sdk.django import bridge_view
@@ -111,3 +111,11 @@ def test_a_workflow_function_that_would_never_run_is_refused_when_declared(fn: A
     # Served, it discovered no step and answered every execute "done": nothing was sent.
     with pytest.raises(TypeError, match="plain `def`"):
         workflow("never-runs")(fn)
+
+
+def test_a_body_larger_than_django_reads_is_a_json_413() -> None:
+    raw = json.dumps({"payload": {"text": "x" * 2000}, "state": [], "controls": {}})
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        status, body = post(Bridge(workflows=[hello]), "action=execute&workflowId=hello", raw)
+    assert (status, body["code"]) == (413, "RequestBodyTooLargeError")
+    assert "1000 bytes" in body["message"]

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .bridge import Bridge
+from .bridge import RESPONSE_HEADERS, Bridge
+from .errors import RequestBodyTooLargeError
 
 
 def bridge_view(bridge: Bridge) -> Callable[[HttpRequest], HttpResponse]:
     @csrf_exempt
     def view(request: HttpRequest) -> HttpResponse:
-        status, body, headers = bridge.handle(
-            method=request.method or "GET",
-            query=request.GET.dict(),
-            body=request.body,
-            headers=dict(request.headers),
-        )
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            # Django would answer its HTML 400, which norm could only record as "HTTP400".
+            error = RequestBodyTooLargeError(
+                "The request body is larger than this bridge accepts "
+                f"(DATA_UPLOAD_MAX_MEMORY_SIZE: {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes)"
+            )
+            status, body, headers = error.status, error.to_dict(), dict(RESPONSE_HEADERS)
+        else:
+            status, body, headers = bridge.handle(
+                method=request.method or "GET",
+                query=request.GET.dict(),
+                body=raw,
+                headers=dict(request.headers),
+            )
         response = JsonResponse(body, status=status, json_dumps_params={"ensure_ascii": False})
         for name, value in headers.items():
             response[name] = value

@@ -91,6 +91,12 @@ class MethodNotAllowedError(FrameworkError):
     status = 405
 
 
+class RequestBodyTooLargeError(FrameworkError):
+    """norm's own: the web framework refused to read a body that large."""
+
+    status = 413
+
+
 class StepAlreadyExistsError(FrameworkError):
     status = 409
 
