@@ -357,7 +357,7 @@ class Workflow:
         if (
             inspect.iscoroutinefunction(fn)
             or inspect.isasyncgenfunction(fn)
-            or (inspect.isgeneratorfunction(fn))
+            or inspect.isgeneratorfunction(fn)
         ):
             # Calling it would only create a coroutine or generator: no step would ever run,
             # discover would list none and every execute would answer "done".
