@@ -26,6 +26,25 @@ class SendError(Exception):
         self.transient = transient
 
 
+def wrong_output(
+    content: dict[str, Any],
+    *,
+    required: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    within: str = "",
+) -> str:
+    """Why a step's output cannot be sent: a field that must be a string is not (a bridge
+    that is not norm's SDK may send null, a number or an object); "" when all are.
+    Sending str() of one would deliver "None" or a Python repr to the subscriber."""
+    for key in (*required, *optional):
+        value = content.get(key)
+        if value is None and key in optional:
+            continue
+        if not isinstance(value, str):
+            return f"the step's output has no {within}{key} string ({value!r:.100})"
+    return ""
+
+
 class Provider:
     name: ClassVar[str]
     channel: ClassVar[str]
@@ -67,12 +86,18 @@ class DjangoEmailProvider(Provider):
             raise SendError("the subscriber has no email address", transient=False)
         content: dict[str, Any] = message.content
         sender = content.get("from") or {}
+        wrong = wrong_output(content, required=("subject", "body"), optional=("replyTo",))
+        if not wrong and not isinstance(sender, dict):
+            wrong = f"the step's output has a from that is no object (from: {sender!r:.100})"
+        wrong = wrong or wrong_output(sender, optional=("email", "name"), within="from.")
+        if wrong or not content["subject"]:
+            raise SendError(wrong or "the step's output has an empty subject", transient=False)
         from_email = settings.DEFAULT_FROM_EMAIL
-        if isinstance(sender, dict) and sender.get("email"):
+        if sender.get("email"):
             from_email = f"{sender.get('name', '')} <{sender['email']}>".strip()
-        body = str(content.get("body", ""))
+        body = content["body"]
         email = EmailMultiAlternatives(
-            subject=str(content.get("subject", "")),
+            subject=content["subject"],
             body=strip_tags(body),
             from_email=from_email,
             to=[message.recipient],
@@ -152,6 +177,10 @@ class InboxProvider(Provider):
     channel = "in_app"
 
     def send(self, message: Message) -> str:
+        content = message.content
+        wrong = wrong_output(content, optional=("subject", "body"))
+        if wrong or not (content.get("subject") or content.get("body")):
+            raise SendError(wrong or "the step's output has no subject or body", transient=False)
         return ""
 
 

@@ -355,3 +355,51 @@ def test_a_missing_step_is_ignored(enqueued: Enqueued, settings: Any) -> None:
     settings.EMAIL_BACKEND = LOCMEM
     tasks.message_send(987654321)
     assert mail.outbox == [] and enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    ("outputs", "error"),
+    [
+        ({"subject": "Hi", "body": None}, "no body string (None)"),
+        ({"subject": "Hi"}, "no body string (None)"),
+        ({"subject": None, "body": "Hello"}, "no subject string (None)"),
+        ({"subject": ["Hi"], "body": {"html": "Hello"}}, "no subject string (['Hi'])"),
+        ({"subject": "", "body": "Hello"}, "an empty subject"),
+        ({"subject": "Hi", "body": "Hello", "replyTo": {"a": 1}}, "no replyTo string ({'a': 1})"),
+        ({"subject": "Hi", "body": "x", "from": "a@example.com"}, "a from that is no object"),
+        ({"subject": "Hi", "body": "x", "from": {"email": ["a@example.com"]}}, "no from.email"),
+    ],
+)
+def test_an_email_output_that_is_no_text_fails_the_step_instead_of_sending_its_repr(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    outputs: dict[str, Any],
+    error: str,
+) -> None:
+    """A bridge other than norm's SDK may answer null or an object where the email needs
+    text: the subscriber got "None" or a Python repr as the subject or body."""
+    step = send(email_step(outputs=outputs))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and error in step.error
+    message = Message.objects.get()
+    assert message.status == Message.Status.FAILED and error in message.error
+    notification = Notification.objects.get()
+    assert (notification.status, notification.error_code) == (
+        Notification.Status.FAILED,
+        "SendFailed",
+    )
+
+
+@pytest.mark.parametrize(
+    "outputs", [{"subject": "Hi", "body": {"text": "Hello"}}, {"body": None}, {"data": {"k": 1}}]
+)
+def test_an_in_app_output_without_text_fails_the_step_and_stays_out_of_the_feed(
+    send: Callable[[Step], Step], enqueued: Enqueued, outputs: dict[str, Any]
+) -> None:
+    step = send(StepFactory(type="in_app", outputs=outputs))
+
+    assert step.status == Step.Status.FAILED and "the step's output has no" in step.error
+    assert Message.objects.get().status == Message.Status.FAILED
+    assert Notification.objects.get().status == Notification.Status.FAILED

@@ -133,6 +133,7 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
         subscriber=notification.subscriber,
         channel="email",
         provider="django-email",
+        content=step.outputs,
         status=Message.Status.FAILED,
         attempts=2,
     )
