@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import time
+from email.utils import quote
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -94,7 +95,10 @@ class DjangoEmailProvider(Provider):
             raise SendError(wrong or "the step's output has an empty subject", transient=False)
         from_email = settings.DEFAULT_FROM_EMAIL
         if sender.get("email"):
-            from_email = f"{sender.get('name', '')} <{sender['email']}>".strip()
+            name = sender.get("name") or ""
+            # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
+            # encodes a non-ASCII name, and the address's domain as IDNA.)
+            from_email = f'"{quote(name)}" <{sender["email"]}>' if name else sender["email"]
         body = content["body"]
         email = EmailMultiAlternatives(
             subject=content["subject"],

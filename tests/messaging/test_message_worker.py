@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email import message_from_bytes, policy
 from typing import Any
 
 import pytest
@@ -403,3 +404,34 @@ def test_an_in_app_output_without_text_fails_the_step_and_stays_out_of_the_feed(
     assert step.status == Step.Status.FAILED and "the step's output has no" in step.error
     assert Message.objects.get().status == Message.Status.FAILED
     assert Notification.objects.get().status == Notification.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    ("name", "email", "sent"),
+    [
+        ("Acme, Inc.", "shop@acme.example", "shop@acme.example"),
+        ('Acme "Shop"', "shop@acme.example", "shop@acme.example"),
+        ("Support <support@bank.example>", "shop@acme.example", "shop@acme.example"),
+        (None, "shop@acme.example", "shop@acme.example"),
+        ("Zürich Café", "shop@zürich.example", "shop@xn--zrich-kva.example"),
+    ],
+)
+def test_the_from_name_is_sent_as_written_with_the_from_address(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    name: str | None,
+    email: str,
+    sent: str,
+) -> None:
+    """The name was written in front of the address as it was: a comma split the From
+    header into two addresses and the email failed; None was sent as "None"."""
+    sender = {"email": email, "name": name}
+    step = send(email_step(outputs={"subject": "Hi", "body": "Hello", "from": sender}))
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = smtp_server.envelopes
+    assert envelope.mail_from == sent
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    [address] = received["From"].addresses
+    assert (address.display_name, address.domain) == (name or "", sent.split("@")[1])
