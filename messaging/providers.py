@@ -7,6 +7,7 @@ worker retries only what can succeed.
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import time
 from email.utils import quote
@@ -19,6 +20,8 @@ from django.utils.html import strip_tags
 
 from messaging.models import Message
 from subscribers.models import Subscriber
+
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
 
 
 class SendError(Exception):
@@ -44,6 +47,13 @@ def wrong_output(
         if not isinstance(value, str):
             return f"the step's output has no {within}{key} string ({value!r:.100})"
     return ""
+
+
+def one_line(text: str) -> str:
+    """A header's text on one line, each line break read as a space, as nodemailer (so
+    Novu) sends it. A header cannot carry one (it would start a header of its own), and
+    Django refuses the whole email for it: a template's trailing newline lost the email."""
+    return _LINE_BREAKS.sub(" ", text).strip()
 
 
 class Provider:
@@ -91,17 +101,18 @@ class DjangoEmailProvider(Provider):
         if not wrong and not isinstance(sender, dict):
             wrong = f"the step's output has a from that is no object (from: {sender!r:.100})"
         wrong = wrong or wrong_output(sender, optional=("email", "name"), within="from.")
-        if wrong or not content["subject"]:
+        subject = "" if wrong else one_line(content["subject"])
+        if wrong or not subject:
             raise SendError(wrong or "the step's output has an empty subject", transient=False)
         from_email = settings.DEFAULT_FROM_EMAIL
         if sender.get("email"):
-            name = sender.get("name") or ""
+            name = one_line(sender.get("name") or "")
             # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
             # encodes a non-ASCII name, and the address's domain as IDNA.)
             from_email = f'"{quote(name)}" <{sender["email"]}>' if name else sender["email"]
         body = content["body"]
         email = EmailMultiAlternatives(
-            subject=content["subject"],
+            subject=subject,
             body=strip_tags(body),
             from_email=from_email,
             to=[message.recipient],

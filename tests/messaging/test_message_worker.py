@@ -435,3 +435,27 @@ def test_the_from_name_is_sent_as_written_with_the_from_address(
     received = message_from_bytes(envelope.content, policy=policy.default)
     [address] = received["From"].addresses
     assert (address.display_name, address.domain) == (name or "", sent.split("@")[1])
+
+
+@pytest.mark.parametrize(
+    ("subject", "sent"),
+    [
+        ("Your order\n", "Your order"),
+        ("Line one\r\nBcc: eve@x.example", "Line one Bcc: eve@x.example"),
+    ],
+)
+def test_a_line_break_in_the_subject_or_from_name_is_sent_as_a_space(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, subject: str, sent: str
+) -> None:
+    """Django refused the email for it (the notification failed); nodemailer, so Novu,
+    sends a space. Nothing becomes a header of its own."""
+    sender = {"email": "shop@acme.example", "name": "Acme\nBcc: eve@x.example"}
+    step = send(email_step(outputs={"subject": subject, "body": "Hello", "from": sender}))
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = smtp_server.envelopes
+    assert envelope.rcpt_tos == ["ann@example.com"]
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert received["Subject"] == sent and received["Bcc"] is None
+    [address] = received["From"].addresses
+    assert (address.display_name, address.addr_spec) == ("Acme Bcc: eve@x.example", sender["email"])

@@ -83,7 +83,9 @@ def test_an_email_the_provider_refuses_fails_its_step_instead_of_staying_claimed
         subscriber=SubscriberFactory(email="ann@example.com"),
     )
     step = StepFactory(
-        notification=notification, type="email", outputs={"subject": "a\nBcc: x@y.z", "body": "b"}
+        notification=notification,
+        type="email",
+        outputs={"subject": "a", "body": "b", "replyTo": "a@b.c\nBcc: x@y.z"},
     )
 
     messaging_services.message_send(step_id=step.pk)
