@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import smtplib
+import threading
 import time
 from email.utils import quote
 from typing import Any, ClassVar
@@ -72,19 +73,25 @@ class Provider:
         raise NotImplementedError
 
 
+class _KeptConnection(threading.local):
+    # (the email settings it was opened with, the backend, when it last sent)
+    open: tuple[tuple[Any, ...], BaseEmailBackend, float] | None = None
+
+
 class DjangoEmailProvider(Provider):
     """Email through Django's email framework: console in development, SMTP in production.
 
-    A worker process keeps one connection open between emails: a new one costs a TCP
-    handshake, the greeting, EHLO (and TLS and AUTH) and QUIT for every email. One idle
-    for longer than KEEP_OPEN seconds is replaced rather than trusted.
+    A worker process (each thread of one) keeps one connection open between emails: a
+    new one costs a TCP handshake, the greeting, EHLO (and TLS and AUTH) and QUIT for
+    every email. One idle for longer than KEEP_OPEN seconds is replaced rather than trusted.
     """
 
     name = "django-email"
     channel = "email"
     KEEP_OPEN = 5.0
-    # (the email settings it was opened with, the backend, when it last sent)
-    _open: ClassVar[tuple[tuple[Any, ...], BaseEmailBackend, float] | None] = None
+    # Each thread keeps its own: under Celery's threads pool, one thread's failure closed
+    # the connection under the email another thread was sending on it.
+    _kept: ClassVar[_KeptConnection] = _KeptConnection()
 
     def recipient(self, message: Message) -> str:
         return message.subscriber.email
@@ -155,8 +162,8 @@ class DjangoEmailProvider(Provider):
                 if attempt == 2 or not (reused and dropped):
                     raise
             else:
-                key, backend, _ = cls._open  # type: ignore[misc]
-                cls._open = (key, backend, time.monotonic())
+                key, backend, _ = cls._kept.open  # type: ignore[misc]
+                cls._kept.open = (key, backend, time.monotonic())
                 return
 
     @classmethod
@@ -167,20 +174,20 @@ class DjangoEmailProvider(Provider):
             for name in ("EMAIL_BACKEND", "EMAIL_HOST", "EMAIL_PORT", "EMAIL_HOST_USER")
             + ("EMAIL_USE_TLS", "EMAIL_USE_SSL", "EMAIL_TIMEOUT")
         )
-        if cls._open is not None:
-            key, backend, used_at = cls._open
+        if cls._kept.open is not None:
+            key, backend, used_at = cls._kept.open
             if key == settings_key and time.monotonic() - used_at < cls.KEEP_OPEN:
                 return backend, True
             cls.close()
         backend = get_connection(timeout=settings.EMAIL_TIMEOUT)
         backend.open()
-        cls._open = (settings_key, backend, time.monotonic())
+        cls._kept.open = (settings_key, backend, time.monotonic())
         return backend, False
 
     @classmethod
     def close(cls) -> None:
-        if cls._open is not None:
-            backend, cls._open = cls._open[1], None
+        if cls._kept.open is not None:
+            backend, cls._kept.open = cls._kept.open[1], None
             with contextlib.suppress(Exception):  # it may be broken already
                 backend.close()
 

@@ -167,7 +167,7 @@ def test_a_kept_connection_the_server_dropped_is_replaced_and_the_email_sent_onc
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
     send(email_step())
-    _, backend, _ = providers.DjangoEmailProvider._open  # type: ignore[misc]
+    _, backend, _ = providers.DjangoEmailProvider._kept.open  # type: ignore[misc]
     backend.connection.sock.shutdown(socket.SHUT_RDWR)  # as a server's idle timeout would
 
     step = send(email_step(notification__subscriber__email="bob@example.com"))
