@@ -7,6 +7,7 @@ worker retries only what can succeed.
 from __future__ import annotations
 
 import contextlib
+import html
 import re
 import smtplib
 import threading
@@ -23,6 +24,7 @@ from messaging.models import Message
 from subscribers.models import Subscriber
 
 _LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+_NOT_TEXT = re.compile(r"<(head|style|script)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
 class SendError(Exception):
@@ -55,6 +57,12 @@ def one_line(text: str) -> str:
     Novu) sends it. A header cannot carry one (it would start a header of its own), and
     Django refuses the whole email for it: a template's trailing newline lost the email."""
     return _LINE_BREAKS.sub(" ", text).strip()
+
+
+def text_of(body: str) -> str:
+    """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
+    alone kept a stylesheet or script as text, and entities (&amp;, &nbsp;) as written."""
+    return html.unescape(strip_tags(_NOT_TEXT.sub("", body)))
 
 
 class Provider:
@@ -120,7 +128,7 @@ class DjangoEmailProvider(Provider):
         body = content["body"]
         email = EmailMultiAlternatives(
             subject=subject,
-            body=strip_tags(body),
+            body=text_of(body),
             from_email=from_email,
             to=[message.recipient],
             reply_to=[content["replyTo"]] if content.get("replyTo") else None,

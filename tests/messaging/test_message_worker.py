@@ -459,3 +459,21 @@ def test_a_line_break_in_the_subject_or_from_name_is_sent_as_a_space(
     assert received["Subject"] == sent and received["Bcc"] is None
     [address] = received["From"].addresses
     assert (address.display_name, address.addr_spec) == ("Acme Bcc: eve@x.example", sender["email"])
+
+
+def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A text-only mail client showed the stylesheet and the entities as written."""
+    body = (
+        "<html><head><title>Order</title><style>p { color: red }</style></head>"
+        "<body><p>Tom &amp; Jerry say &lt;hi&gt; &mdash; caf&eacute;</p>"
+        "<script>track()</script></body></html>"
+    )
+    assert send(email_step(outputs={"subject": "Hi", "body": body})).status == Step.Status.COMPLETED
+
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    text, markup = (part.get_content() for part in received.iter_parts())
+    assert text.strip() == "Tom & Jerry say <hi> — café"
+    assert markup.strip() == body
