@@ -16,6 +16,7 @@ from email.utils import quote
 from typing import Any, ClassVar
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousOperation
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.utils.html import strip_tags
@@ -62,7 +63,11 @@ def one_line(text: str) -> str:
 def text_of(body: str) -> str:
     """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
     alone kept a stylesheet or script as text, and entities (&amp;, &nbsp;) as written."""
-    return html.unescape(strip_tags(_NOT_TEXT.sub("", body)))
+    try:
+        text = strip_tags(_NOT_TEXT.sub("", body))
+    except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
+        text = body
+    return html.unescape(text)
 
 
 class Provider:

@@ -477,3 +477,17 @@ def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     text, markup = (part.get_content() for part in received.iter_parts())
     assert text.strip() == "Tom & Jerry say <hi> — café"
     assert markup.strip() == body
+
+
+def test_a_body_with_many_unclosed_angle_brackets_is_sent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """strip_tags refuses such text (SuspiciousOperation): the notification failed, with
+    "the provider failed" and a traceback in the log."""
+    body = "Checks: " + ", ".join(f"a<b{n}" for n in range(200))
+    step = send(email_step(outputs={"subject": "Hi", "body": body}))
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert [part.get_content().strip() for part in received.iter_parts()] == [body, body]
