@@ -168,10 +168,12 @@ class DjangoEmailProvider(Provider):
                 cls.close()  # in an unknown state after a failure
                 # A kept connection the server has since dropped (or drops with 421,
                 # "closing the channel") fails before the message was accepted: once
-                # more, on a new connection.
-                dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or (
-                    isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
-                )
+                # more, on a new connection. Not a reply that timed out (smtplib reports
+                # it as a disconnect too): the server may have taken the email by then.
+                dropped = (
+                    isinstance(exc, smtplib.SMTPServerDisconnected)
+                    and not isinstance(exc.__context__, TimeoutError)
+                ) or (isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421)
                 if attempt == 2 or not (reused and dropped):
                     raise
             else:

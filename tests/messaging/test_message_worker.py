@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -116,10 +117,12 @@ class Inbox:
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
         self.peers: list[Any] = []  # the client's address for each email: its connection
+        self.answer_after = 0.0  # seconds the server takes to answer an email it accepted
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.envelopes.append(envelope)
         self.peers.append(session.peer)
+        await asyncio.sleep(self.answer_after)
         return "250 OK"
 
 
@@ -175,6 +178,22 @@ def test_a_kept_connection_the_server_dropped_is_replaced_and_the_email_sent_onc
     assert step.status == Step.Status.COMPLETED and step.attempts == 1
     assert [e.rcpt_tos for e in smtp_server.envelopes] == [["ann@example.com"], ["bob@example.com"]]
     assert smtp_server.peers[0] != smtp_server.peers[1]
+
+
+def test_a_reply_that_times_out_after_the_data_is_not_sent_again_at_once(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, settings: Any
+) -> None:
+    """The server may have taken the email it did not answer for in time: on a kept
+    connection, that is no connection dropped while idle, to send again on a new one."""
+    settings.EMAIL_TIMEOUT = 0.5
+    send(email_step())
+    smtp_server.answer_after = 1.5
+
+    step = send(email_step(notification__subscriber__email="bob@example.com"))
+
+    assert [e.rcpt_tos for e in smtp_server.envelopes] == [["ann@example.com"], ["bob@example.com"]]
+    assert step.status == Step.Status.SCHEDULED  # a transient failure: retried after a backoff
+    assert "timed out" in Message.objects.get(step=step).error
 
 
 def test_a_connection_idle_too_long_is_not_trusted(
