@@ -25,6 +25,7 @@ from messaging.models import Message
 from subscribers.models import Subscriber
 
 _LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _NOT_TEXT = re.compile(r"<(head|style|script)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
@@ -68,6 +69,20 @@ def text_of(body: str) -> str:
     except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
         text = body
     return html.unescape(text)
+
+
+def with_preheader(body: str, preheader: str | None) -> str:
+    """The HTML body with its preheader, the line a mail client shows beside the subject
+    in a list, first in the body and hidden when the email is opened."""
+    if not preheader:
+        return body
+    hidden = (
+        '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+        f"{html.escape(one_line(preheader))}</div>"
+    )
+    opening = _BODY_TAG.search(body)
+    at = opening.end() if opening else 0
+    return body[:at] + hidden + body[at:]
 
 
 class Provider:
@@ -117,7 +132,9 @@ class DjangoEmailProvider(Provider):
             raise SendError("the subscriber has no email address", transient=False)
         content: dict[str, Any] = message.content
         sender = content.get("from") or {}
-        wrong = wrong_output(content, required=("subject", "body"), optional=("replyTo",))
+        wrong = wrong_output(
+            content, required=("subject", "body"), optional=("replyTo", "preheader")
+        )
         if not wrong and not isinstance(sender, dict):
             wrong = f"the step's output has a from that is no object (from: {sender!r:.100})"
         wrong = wrong or wrong_output(sender, optional=("email", "name"), within="from.")
@@ -139,7 +156,7 @@ class DjangoEmailProvider(Provider):
             reply_to=[content["replyTo"]] if content.get("replyTo") else None,
             headers={"X-Norm-Message-Id": str(message.pk)},
         )
-        email.attach_alternative(body, "text/html")
+        email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
         try:
             self._deliver(email)
         except smtplib.SMTPResponseException as exc:

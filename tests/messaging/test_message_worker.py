@@ -510,3 +510,30 @@ def test_a_body_with_many_unclosed_angle_brackets_is_sent(
     [envelope] = smtp_server.envelopes
     received = message_from_bytes(envelope.content, policy=policy.default)
     assert [part.get_content().strip() for part in received.iter_parts()] == [body, body]
+
+
+@pytest.mark.parametrize(
+    ("body", "markup"),
+    [
+        ("<p>Hello</p>", "{hidden}<p>Hello</p>"),
+        (
+            '<html><body class="x"><p>Hello</p></body></html>',
+            '<html><body class="x">{hidden}<p>Hello</p></body></html>',
+        ),
+    ],
+)
+def test_the_preheader_opens_the_html_body_hidden_and_stays_out_of_the_text(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, body: str, markup: str
+) -> None:
+    outputs = {"subject": "Hi", "body": body, "preheader": "Your <order> is on its way"}
+    assert send(email_step(outputs=outputs)).status == Step.Status.COMPLETED
+
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    text, html_part = (part.get_content().strip() for part in received.iter_parts())
+    hidden = (
+        '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+        "Your &lt;order&gt; is on its way</div>"
+    )
+    assert html_part == markup.format(hidden=hidden)
+    assert text == "Hello"
