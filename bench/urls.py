@@ -39,7 +39,7 @@ class AuthOnlyApi(APIView):
     get = post
 
 
-bench_bridge = Bridge(workflows=[one_step, two_step], secret_key=_demo_secret)
+bench_bridge = Bridge(workflows=[one_step, two_step], secret_key=_demo_secret, strict=None)
 
 urlpatterns = [
     path("v1/bench/auth-only", AuthOnlyApi.as_view(), name="bench-auth-only"),

@@ -69,5 +69,5 @@ def _demo_secret() -> str | None:
     return getattr(settings, "NORM_DEMO_BRIDGE_SECRET", None) or None
 
 
-demo_bridge = Bridge(workflows=[welcome, order_update], secret_key=_demo_secret)
+demo_bridge = Bridge(workflows=[welcome, order_update], secret_key=_demo_secret, strict=None)
 bridge_view = django_bridge_view(demo_bridge)

@@ -58,7 +58,7 @@ def signed(body: dict[str, Any] | None, secret: str = SECRET) -> dict[str, str]:
 
 @pytest.fixture
 def bridge() -> Bridge:
-    return Bridge(workflows=[welcome, branchy, crash])
+    return Bridge(workflows=[welcome, branchy, crash], strict=False)
 
 
 def test_health_check(bridge: Bridge) -> None:
@@ -213,18 +213,25 @@ def test_strict_bridge_requires_signatures() -> None:
 def test_non_strict_bridge_accepts_unsigned_requests() -> None:
     relaxed = Bridge(workflows=[welcome], secret_key=SECRET, strict=False)
     assert call(relaxed, "GET", {"action": "discover"})[0] == 200
-    assert call(Bridge(workflows=[welcome]), "GET", {"action": "discover"})[0] == 200
+    assert call(Bridge(workflows=[welcome], strict=False), "GET", {"action": "discover"})[0] == 200
 
 
-def test_strict_bridge_without_a_secret_refuses_everything() -> None:
-    keyless = Bridge(workflows=[welcome], strict=True)
+@pytest.mark.parametrize("secret_key", [None, "", lambda: None, lambda: ""])
+def test_a_bridge_whose_secret_key_is_missing_refuses_everything_but_health_checks(
+    secret_key: object,
+) -> None:
+    """As an unset environment variable would leave it: closed, not open to anyone."""
+    keyless = Bridge(workflows=[welcome], secret_key=secret_key)  # type: ignore[arg-type]
+    status, body, _ = call(keyless, "GET", {"action": "discover"})
+    assert (status, body["code"]) == (401, "SignatureNotFoundError")
     status, body, _ = call(keyless, "GET", {"action": "discover"}, None, signed(None))
     assert (status, body["code"]) == (401, "SigningKeyNotFoundError")
+    assert call(keyless, "GET", {"action": "health-check"})[0] == 200
 
 
 def test_secret_key_is_read_lazily() -> None:
     secrets: list[str | None] = [None]
-    lazy = Bridge(workflows=[welcome], secret_key=lambda: secrets[0])
+    lazy = Bridge(workflows=[welcome], secret_key=lambda: secrets[0], strict=None)
     assert call(lazy, "GET", {"action": "discover"})[0] == 200
     secrets[0] = SECRET
     assert call(lazy, "GET", {"action": "discover"})[0] == 401

@@ -36,7 +36,7 @@ def nested(depth: int) -> str:
 
 
 def test_a_body_nested_too_deep_is_a_400() -> None:
-    open_bridge = Bridge(workflows=[hello])
+    open_bridge = Bridge(workflows=[hello], strict=False)
     for depth in (800, 100_000):  # one Python decodes, one it cannot
         status, body = post(open_bridge, "action=execute&workflowId=hello", nested(depth))
         assert (status, body["code"]) == (400, "ExecutionEventPayloadInvalidError")
@@ -57,7 +57,9 @@ def test_a_state_entry_whose_state_is_not_an_object_is_replayed() -> None:
     read = {"seen": True, "read": True, "lastSeenDate": None, "lastReadDate": None}
     state = [{"stepId": "inbox", "outputs": read, "state": "completed"}]
     raw = json.dumps({"payload": {"a": 1}, "state": state, "controls": {}})
-    status, body = post(Bridge(workflows=[hello]), "action=execute&workflowId=hello", raw)
+    status, body = post(
+        Bridge(workflows=[hello], strict=False), "action=execute&workflowId=hello", raw
+    )
     assert (status, body.get("done")) == (200, True)
 
 
@@ -68,7 +70,9 @@ def test_outputs_json_cannot_write_are_an_output_error(value: Any) -> None:
         ctx.step.custom("compute", lambda: {"value": value})
 
     raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
-    status, body = post(Bridge(workflows=[computed]), "action=execute&workflowId=computed", raw)
+    status, body = post(
+        Bridge(workflows=[computed], strict=False), "action=execute&workflowId=computed", raw
+    )
     assert (status, body["code"]) == (400, "ExecutionStateOutputInvalidError")
 
 
@@ -82,7 +86,9 @@ def test_a_provider_override_that_returns_no_json_object_is_a_provider_output_er
         ctx.step.email("email", lambda: body, providers={"ses": lambda outputs: override})
 
     raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
-    status, body = post(Bridge(workflows=[overridden]), "action=execute&workflowId=overridden", raw)
+    status, body = post(
+        Bridge(workflows=[overridden], strict=False), "action=execute&workflowId=overridden", raw
+    )
     assert (status, body["code"]) == (400, "ExecutionProviderOutputInvalidError")
 
 
@@ -94,7 +100,9 @@ def test_a_payload_schema_with_a_boolean_subschema_validates() -> None:
         ctx.step.in_app("inbox", lambda: {"body": str(ctx.payload["meta"]["source"])})
 
     raw = json.dumps({"payload": {"meta": {"source": "api"}}, "state": [], "controls": {}})
-    status, body = post(Bridge(workflows=[tagged]), "action=execute&workflowId=tagged", raw)
+    status, body = post(
+        Bridge(workflows=[tagged], strict=False), "action=execute&workflowId=tagged", raw
+    )
     assert (status, body.get("outputs")) == (200, {"body": "api"})
 
 
@@ -116,6 +124,8 @@ def test_a_workflow_function_that_would_never_run_is_refused_when_declared(fn: A
 def test_a_body_larger_than_django_reads_is_a_json_413() -> None:
     raw = json.dumps({"payload": {"text": "x" * 2000}, "state": [], "controls": {}})
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
-        status, body = post(Bridge(workflows=[hello]), "action=execute&workflowId=hello", raw)
+        status, body = post(
+            Bridge(workflows=[hello], strict=False), "action=execute&workflowId=hello", raw
+        )
     assert (status, body["code"]) == (413, "RequestBodyTooLargeError")
     assert "1000 bytes" in body["message"]

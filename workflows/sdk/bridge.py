@@ -45,13 +45,21 @@ RESPONSE_HEADERS = {
 
 
 class Bridge:
-    """Serves workflows. Strict (signed requests only) by default iff a secret is configured."""
+    """Serves workflows.
+
+    `strict` (the default): only requests signed with the secret key are answered, and
+    without a key (`None`, "", a callable returning neither, as an unset environment
+    variable would) none is, with 401 SigningKeyNotFoundError: a key missing from a
+    deployment must not open the bridge to anyone. `strict=False`: unsigned requests
+    are answered too (local development). `strict=None`: strict iff a key is set when a
+    request comes (norm's demo bridge, whose key is optional).
+    """
 
     def __init__(
         self,
         workflows: Iterable[Workflow],
         secret_key: SecretKey = None,
-        strict: bool | None = None,
+        strict: bool | None = True,
     ) -> None:
         self.workflows: dict[str, Workflow] = {}
         for workflow in workflows:
