@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from workflows.demo import bridge_view
@@ -11,6 +12,9 @@ handler404 = "config.errors.page_not_found"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # APPEND_SLASH is off for the API, so the admin's address as the README and
+    # rundemo print it, without the slash, is redirected by hand.
+    path("admin", RedirectView.as_view(url="/admin/")),
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).
     path("bridge", bridge_view, name="demo-bridge"),
     path(

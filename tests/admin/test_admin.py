@@ -358,3 +358,12 @@ def test_a_topic_page_does_not_grow_with_its_members(admin_client) -> None:
 
     queries_for(1)  # the first page load of a test reads the user and content types
     assert queries_for(30) == queries_for(3)
+
+
+def test_the_admin_answers_without_its_trailing_slash(client) -> None:
+    # README and `make run` print http://127.0.0.1:8000/admin; APPEND_SLASH is off.
+    response = client.get("/admin")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
+    assert client.get(response["Location"]).status_code == 302  # on to the login page
