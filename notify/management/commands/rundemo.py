@@ -29,6 +29,9 @@ from config.pipeline import QUEUES
 from notify import crypto
 
 STOP_TIMEOUT = 15.0
+# Ctrl-C, a service manager's stop, and the terminal closing: the children run in
+# sessions of their own, so a signal rundemo dies of would leave them running.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stop(Exception):
@@ -99,7 +102,7 @@ class Command(BaseCommand):
         env = {**os.environ, "NORM_DEMO_BRIDGE_SECRET": key, "PYTHONUNBUFFERED": "1"}
         lock = threading.Lock()
         processes: dict[str, subprocess.Popen[str]] = {}
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
         try:
             for name, command in commands.items():
                 # Own session: Ctrl-C reaches only this supervisor, which stops the
@@ -130,8 +133,8 @@ class Command(BaseCommand):
             with lock:
                 self.stdout.write("Stopping web, worker and beat...")
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
             _terminate(processes)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,95 @@
+"""`manage.py rundemo` (`make run`) as a user runs it: a real supervisor with its web
+server, worker and beat, on the test database and a filesystem broker in a temporary
+var/ (hence `transaction=True`: the processes must see what is committed)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.e2e.harness import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _start(addr: str, var: Path) -> subprocess.Popen[str]:
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "NORM_VAR_DIR": str(var),
+    }
+    env.pop("CELERY_BROKER_URL", None)  # the embedded default: the filesystem broker
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "rundemo", "--addr", addr],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60.0) -> str:
+    assert process.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        if select.select([process.stdout], [], [], 0.5)[0]:
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen += line
+    assert text in seen, seen[-3000:]
+    return seen
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
+    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    children: list[int] = []
+    try:
+        _read_until(demo, "norm is running")
+        children = _children(demo.pid)
+        assert len(children) == 3
+
+        demo.send_signal(signal.SIGHUP)  # what closing the terminal sends
+        demo.wait(timeout=30)
+
+        deadline = time.monotonic() + 10
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [pid for pid in children if _alive(pid)] == []
+    finally:
+        for pid in [demo.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        demo.wait()
