@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP := $(VENV)/.installed-pyproject
 
+# make run ADDR=127.0.0.1:8001 when 8000 is taken.
+ADDR ?= 127.0.0.1:8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/norm
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 run: $(STAMP)
 	@mkdir -p var/broker var/broker-control
-	$(PY) manage.py rundemo
+	$(PY) manage.py rundemo --addr $(ADDR)
 
 services: $(STAMP)
 	PY=$(PY) scripts/ensure-services.sh

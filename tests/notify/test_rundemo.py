@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,3 +94,15 @@ def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         demo.wait()
+
+
+def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):  # another server, or a second make run
+        demo = _start(f"127.0.0.1:{port}", tmp_path)
+        output, _ = demo.communicate(timeout=60)
+
+    assert demo.returncode != 0
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in output
+    assert "norm is running" not in output
+    assert "worker|" not in output and "beat  |" not in output  # nothing was started

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +54,25 @@ def _demo_key(path: Path) -> str:
     return key
 
 
+def _check_free(addr: str) -> None:
+    """Refuse an address already served before starting anything: the web server
+    would fail, but only after the worker and beat started, and a norm already
+    running there would answer the readiness check and be announced as this one."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        # SO_REUSEADDR, as the web server binds: a port left in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot serve on {addr}: {exc.strerror} (is `make run` running already?). "
+                "Stop it, or pick another address: make run ADDR=127.0.0.1:8001"
+            ) from exc
+
+
 def _pump(name: str, stream: TextIO, lock: threading.Lock) -> None:
     for line in stream:
         with lock:
@@ -69,6 +89,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         addr: str = options["addr"]
+        _check_free(addr)
         var = Path(settings.VAR_DIR)
         if settings.CELERY_BROKER_URL.startswith("filesystem://"):
             for folder in ("broker", "broker-control"):
