@@ -4,6 +4,7 @@ var/ (hence `transaction=True`: the processes must see what is committed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,33 @@ def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> No
     assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in output
     assert "norm is running" not in output
     assert "worker|" not in output and "beat  |" not in output  # nothing was started
+
+
+def _stop(demo: subprocess.Popen[str]) -> None:
+    demo.send_signal(signal.SIGINT)
+    demo.communicate(timeout=30)
+
+
+def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -> None:
+    first = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    _read_until(first, "norm is running")
+    _stop(first)
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path)  # the same var/: the demo client exists already
+    try:
+        _read_until(demo, "norm is running")
+        key = (tmp_path / "demo-secret-key").read_text().strip()
+        request = urllib.request.Request(
+            f"http://{addr}/v1/events/trigger",
+            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
+            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, body = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read().decode()
+
+        assert status == 201, body  # the bridge is discovered on this server
+    finally:
+        _stop(demo)

@@ -28,6 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.pipeline import QUEUES
 from notify import crypto
+from notify.models import Client
 
 STOP_TIMEOUT = 15.0
 # Ctrl-C, a service manager's stop, and the terminal closing: the children run in
@@ -105,6 +106,9 @@ class Command(BaseCommand):
             if_missing=True,
             stdout=io.StringIO(),
         )
+        # A var/ kept from a run on another --addr has the demo client already, with
+        # the bridge of that run: every trigger would answer 502.
+        Client.objects.filter(name="demo").update(bridge_url=bridge_url)
 
         python = sys.executable
         commands = {
