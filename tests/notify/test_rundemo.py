@@ -9,17 +9,24 @@ import os
 import select
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection
 
+from notify.management.commands import demoweb
 from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -139,3 +146,36 @@ def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -
         assert status == 201, body  # the bridge is discovered on this server
     finally:
         _stop(demo)
+
+
+def _ok(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def test_its_web_server_answers_a_burst_of_concurrent_connections() -> None:
+    # Served as runserver serves (django.core.servers.basehttp.run), by rundemo's class.
+    server_cls = type("Server", (socketserver.ThreadingMixIn, demoweb.Command.server_cls), {})
+    server = server_cls(("127.0.0.1", 0), WSGIRequestHandler)
+    server.daemon_threads = True
+    server.set_app(_ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    start = threading.Barrier(100)  # 100 triggers POSTed at once, as a script would
+
+    def get(_: int) -> str:
+        start.wait()
+        try:
+            with urllib.request.urlopen(url, data=b"{}", timeout=30) as response:
+                return response.read().decode()
+        except OSError as error:
+            return repr(error)
+
+    try:
+        with ThreadPoolExecutor(100) as pool:
+            answers = list(pool.map(get, range(100)))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [a for a in answers if a != "ok"] == []

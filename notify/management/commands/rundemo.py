@@ -112,7 +112,7 @@ class Command(BaseCommand):
 
         python = sys.executable
         commands = {
-            "web": [python, "manage.py", "runserver", addr, "--noreload"],
+            "web": [python, "manage.py", "demoweb", addr, "--noreload"],
             # Threads, not prefork: one process keeps a single consumer on the
             # filesystem broker and a single SQLite writer per thread.
             "worker": [
