@@ -343,3 +343,19 @@ def test_v2_mark_all_refuses_what_it_cannot_narrow_by_rather_than_mark_everythin
     response = api.post("/v2/subscribers/ann/notifications/read", body, format="json")
     assert response.status_code == 400
     assert not Message.objects.filter(read_at__isnull=False).exists()
+
+
+def test_v2_marks_by_id_only_the_subscribers_own_notifications(tenant) -> None:
+    client, api = tenant
+    mine = _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    bobs = _in_app(SubscriberFactory(client=client, subscriber_id="bob"))
+    theirs = _in_app(SubscriberFactory(client=ClientFactory(), subscriber_id="ann"))
+    ids = [str(m.pk) for m in (mine, bobs, theirs)]
+
+    for mark in ("read", "seen"):
+        url = f"/v2/subscribers/ann/notifications/{mark}"
+        assert api.post(url, {"notificationIds": ids}, format="json").status_code == 204
+
+    read = Message.objects.filter(read_at__isnull=False)
+    seen = Message.objects.filter(seen_at__isnull=False)
+    assert [m.pk for m in read] == [m.pk for m in seen] == [mine.pk]

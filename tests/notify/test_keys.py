@@ -108,3 +108,10 @@ def test_the_echo_workers_signing_key_is_remembered_for_the_process_cache_second
     _, third_key = notify_services.secret_key_create(client=client)
     settings.NORM_PROCESS_CACHE_SECONDS = 0
     assert selectors.signing_secret(client_id=client.pk, cached=True) == third_key
+
+
+def test_each_client_signs_with_its_own_key_not_the_newest_of_any_client() -> None:
+    client, key = client_with_key()
+    other, other_key = client_with_key()  # newer, of another client
+    assert selectors.signing_secret(client_id=client.pk) == key
+    assert selectors.signing_secret(client_id=other.pk) == other_key

@@ -178,8 +178,10 @@ def test_another_clients_topic_is_not_found_and_not_reached(
     topic_with(other, "secret", ["zed"])
     assert trigger({"type": "Topic", "topicKey": "secret"}).status_code == 404
 
-    # The other client's own "news" topic has other members: each reaches only its own.
+    # The other client's own "news" topic has other members: each reaches only its own,
+    # not a subscriber of its own whose id is a member of the same key elsewhere.
     topic_with(other, "news", ["zed"])
+    SubscriberFactory(client=other, subscriber_id="ann")
     assert trigger({"type": "Topic", "topicKey": "news"}, key=other_key).status_code == 201
     fan_out()
     assert notified(other) == ["zed"]

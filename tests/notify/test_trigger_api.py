@@ -21,7 +21,14 @@ from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
-from tests.factories import BRIDGE_URL, api_for, client_with_key
+from tests.factories import (
+    BRIDGE_URL,
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    ClientFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import bridge
 from workflows import services as workflow_services
 from workflows.demo import demo_bridge
@@ -493,3 +500,18 @@ def test_trigger_discovers_a_real_bridge_with_a_signed_request(
     ]
     assert TriggerEvent.objects.get().client == client
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
+def test_a_bridge_url_shared_with_another_client_is_discovered_for_this_one(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    """Two clients may name one bridge URL: each has its own registry, discovered with
+    its own key, and another client's recent discover does not stand in for it."""
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    other = ClientFactory()
+    BridgeWorkflowFactory(client=other, workflow_id="billing")
+    BridgeSyncFactory(client=other)
+
+    assert_error(post(TRIGGER, {"name": "billing", "to": "ann"}), 404, "workflow_not_found")
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert discover.calls == [(BRIDGE_URL, keyed[1])]

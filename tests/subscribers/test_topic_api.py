@@ -249,7 +249,13 @@ def test_another_client_never_sees_or_changes_the_topic(
     assert ok(call(other_key, "get", "/v2/topics"))["data"] == []
     assert members(client, "news") == ["ann"]
 
+    # failIfExists looks for its own topic of that key, of which there is none yet.
+    path = "/v2/topics?failIfExists=true"
+    created = ok(call(other_key, "post", path, {"key": "news"}), 201)["data"]
+    assert created["_organizationId"] == str(other_client.pk)
+
     # Its own topic of the same key cannot take in this client's subscribers.
+    path = "/v2/topics/news/subscriptions"
     answer = ok(call(other_key, "post", path, {"subscriberIds": ["ann", "bob"]}), 201)
     assert answer["meta"] == {"totalCount": 2, "successful": 0, "failed": 2}
     assert members(other_client, "news") == []
