@@ -47,8 +47,12 @@ def test_a_short_key_is_refused_and_nothing_created() -> None:
     with pytest.raises(CommandError, match="at least 16 characters"):
         createclient("shop", "--bridge-url", BRIDGE, "--secret-key", "sk_short")
     assert not Client.objects.exists() and not SecretKey.objects.exists()
+    client = client_with_key()[0]
     with pytest.raises(ValueError):
-        services.secret_key_create(client=client_with_key()[0], key="sk_short")
+        services.secret_key_create(client=client, key="sk_short")
+    with pytest.raises(ValueError):
+        services.secret_key_create(client=client, key="k" * 15)
+    assert services.secret_key_create(client=client, key="k" * 16)[1] == "k" * 16
 
 
 def test_an_existing_client_is_an_error_unless_if_missing() -> None:

@@ -33,7 +33,8 @@ def test_triggers_over_the_clients_rate_get_429_with_retry_after(enqueued) -> No
 @pytest.mark.django_db
 def test_rate_is_counted_per_client(enqueued) -> None:
     limited, limited_key = client_with_key(rate_limit_per_minute=1)
-    other, other_key = client_with_key()
+    # Limited too: were the counter shared, the limited client's two would count here.
+    other, other_key = client_with_key(rate_limit_per_minute=3)
     for c in (limited, other):
         BridgeWorkflowFactory(client=c, workflow_id="welcome")
     body = {"name": "welcome", "to": "ann"}

@@ -355,6 +355,9 @@ def test_another_clients_key_never_sees_or_changes_the_subscriber(
 def test_no_key_or_a_wrong_key_is_401(key: str) -> None:
     assert_error(APIClient().get("/v2/subscribers"), 401, "/v2/subscribers")
     assert_error(call("nk_wrong", "get", "/v2/subscribers"), 401, "/v2/subscribers")
+    bearer = APIClient()
+    bearer.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")  # a valid key, not Novu's scheme
+    assert_error(bearer.get("/v2/subscribers"), 401, "/v2/subscribers")
 
 
 def test_a_double_slash_path_from_novu_114_is_served(key: str) -> None:
