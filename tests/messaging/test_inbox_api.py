@@ -359,3 +359,19 @@ def test_v2_marks_by_id_only_the_subscribers_own_notifications(tenant) -> None:
     read = Message.objects.filter(read_at__isnull=False)
     seen = Message.objects.filter(seen_at__isnull=False)
     assert [m.pk for m in read] == [m.pk for m in seen] == [mine.pk]
+
+
+def test_marking_again_keeps_when_it_was_first_seen_and_read(tenant) -> None:
+    client, api = tenant
+    first = timezone.now() - timedelta(hours=1)
+    message = _in_app(SubscriberFactory(client=client, subscriber_id="ann"), seen_at=first)
+    url = "/v2/subscribers/ann/notifications"
+
+    assert api.post(f"{url}/seen", {}, format="json").status_code == 204
+    assert api.post(f"{url}/read", {}, format="json").status_code == 204
+    read_at = Message.objects.get(pk=message.pk).read_at
+    assert api.patch(f"{url}/{message.pk}/read").status_code == 200
+
+    message.refresh_from_db()
+    assert message.seen_at == first
+    assert message.read_at == read_at

@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 
 from config import pipeline
-from subscribers import tasks
+from subscribers import services, tasks
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, while_held
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from workflows.models import Notification
 
@@ -123,3 +123,18 @@ def test_a_missing_event_is_ignored(
     with django_capture_on_commit_callbacks(execute=True):
         tasks.subscriber_process(987654321, {"subscriberId": "ann"})
     assert Subscriber.objects.count() == 0 and enqueued.calls == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_subscriber_another_command_creates_meanwhile_is_the_one_updated() -> None:
+    """Two commands for one new subscriberId: the second finds no row, and its INSERT
+    waits for the first's; it then updates the subscriber the first created."""
+    event = TriggerEventFactory()
+    held, used = while_held(
+        lambda: SubscriberFactory(client=event.client, subscriber_id="ann"),
+        lambda: services.subscriber_upsert(
+            client=event.client_id, recipient={"subscriberId": "ann", "email": "ann@example.com"}
+        ),
+    )
+    assert used.pk == held.pk
+    assert Subscriber.objects.get().email == "ann@example.com"

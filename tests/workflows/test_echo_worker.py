@@ -12,6 +12,7 @@ from django.utils import timezone
 from config import pipeline
 from config.celery import app as celery_app
 from notify import services as notify_services
+from notify.models import TriggerEvent
 from tests.conftest import Enqueued
 from tests.factories import (
     MessageFactory,
@@ -501,3 +502,16 @@ def test_task_backs_off_exponentially(
         with pytest.raises(Retried):
             tasks.echo_run.apply(args=[str(notification.pk)], retries=retries, throw=True)
     assert countdowns == [3.0, 6.0, 12.0]
+
+
+def test_a_notification_created_as_its_trigger_was_canceled_is_canceled_unsent(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    notification = NotificationFactory()
+    TriggerEvent.objects.filter(pk=notification.trigger_event_id).update(canceled_at=timezone.now())
+    execute.answers = [EMAIL]
+    run(notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.CANCELED
+    assert execute.calls == [] and Step.objects.count() == 0 and enqueued.calls == []
