@@ -80,3 +80,12 @@ def test_every_list_refuses_a_bad_number_alike(
 def test_v1_topics_take_page_size_over_limit(rows: Any) -> None:
     body = rows.get("/v1/topics?limit=5&pageSize=7").json()
     assert (body["pageSize"], len(body["data"])) == (7, 7)
+
+
+@pytest.mark.parametrize("path", PAGE_LISTS)
+def test_the_last_page_has_no_more(rows: Any, path: str) -> None:
+    """101 rows: page 99 of one row has one more, page 100 is the last."""
+    before_last = rows.get(f"{path}?page=99&limit=1").json()
+    last = rows.get(f"{path}?page=100&limit=1").json()
+    assert (len(before_last["data"]), before_last["hasMore"]) == (1, True)
+    assert (len(last["data"]), last["hasMore"]) == (1, False)

@@ -166,12 +166,14 @@ def test_bulk_create_reports_created_updated_and_failed(keyed: tuple[Client, str
     ]
 
 
-def test_bulk_create_needs_a_list(key: str) -> None:
+@pytest.mark.parametrize("subscribers", ["ann", [{"subscriberId": f"u{i}"} for i in range(501)]])
+def test_bulk_create_needs_a_list_of_at_most_500(key: str, subscribers: Any) -> None:
     assert_error(
-        call(key, "post", "/v1/subscribers/bulk", {"subscribers": "ann"}),
+        call(key, "post", "/v1/subscribers/bulk", {"subscribers": subscribers}),
         400,
         "/v1/subscribers/bulk",
     )
+    assert not Subscriber.objects.exists()
 
 
 # --- get, update, delete ---------------------------------------------------------------------

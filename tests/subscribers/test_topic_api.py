@@ -161,7 +161,17 @@ def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) ->
     assert members(client, "news") == ["cid"]
 
 
-@pytest.mark.parametrize("body", [{}, {"subscriberIds": "ann"}, {"subscriberIds": [1]}, []])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"subscriberIds": "ann"},
+        {"subscriberIds": [1]},
+        [],
+        {"subscriberIds": ["ann", ""]},
+        {"subscriberIds": ["ann"] * 1001},
+    ],
+)
 def test_v2_add_members_needs_a_list_of_ids(key: str, body: Any) -> None:
     path = "/v2/topics/news/subscriptions"
     assert_error(call(key, "post", path, body), 400, path)
