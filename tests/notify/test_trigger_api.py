@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from config import pipeline
 from config.celery import app as celery_app
 from notify import services as notify_services
-from notify.models import Client, TriggerEvent
+from notify.models import BridgeWorkflow, Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import (
@@ -515,3 +515,17 @@ def test_a_bridge_url_shared_with_another_client_is_discovered_for_this_one(
     assert_error(post(TRIGGER, {"name": "billing", "to": "ann"}), 404, "workflow_not_found")
     assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
     assert discover.calls == [(BRIDGE_URL, keyed[1])]
+    # This client's discover left the other's registry of that URL as it was.
+    assert BridgeWorkflow.objects.filter(client=other, workflow_id="billing").exists()
+
+
+def test_a_registry_entry_older_than_the_ttl_is_discovered_again(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    settings.NORM_REGISTRY_TTL = 60
+    old = timezone.now() - timedelta(seconds=61)
+    BridgeWorkflowFactory(client=keyed[0], workflow_id="welcome", discovered_at=old)
+
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert discover.urls == [BRIDGE_URL]
+    assert BridgeWorkflow.objects.get(client=keyed[0], workflow_id="welcome").discovered_at > old

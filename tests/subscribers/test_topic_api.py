@@ -180,6 +180,7 @@ def test_v2_add_members_needs_a_list_of_ids(key: str, body: Any) -> None:
 
 def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     client, key = keyed
+    call(key, "post", "/v2/topics/deals/subscriptions", {"subscriberIds": ["ann"]})
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob", "cid"]})
     body = {"subscriberIds": ["ann", "cid", "nobody"]}
     answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", body))
@@ -187,6 +188,7 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     assert answer["meta"] == {"totalCount": 3, "successful": 2, "failed": 1}
     assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["ann", "cid"]
     assert members(client, "news") == ["bob"]
+    assert members(client, "deals") == ["ann"]  # only the topic named
 
 
 def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
