@@ -515,3 +515,27 @@ def test_a_notification_created_as_its_trigger_was_canceled_is_canceled_unsent(
     notification.refresh_from_db()
     assert notification.status == Notification.Status.CANCELED
     assert execute.calls == [] and Step.objects.count() == 0 and enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    "answer", [{"done": True}, bridge.BridgeError("StepFailed", "the bridge refused")]
+)
+def test_canceled_while_the_bridge_answered_stays_canceled_whatever_the_answer(
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    answer: dict[str, Any] | Exception,
+) -> None:
+    notification = NotificationFactory()
+
+    def cancel_then_answer(url: str, **kwargs: Any) -> dict[str, Any]:
+        services.notification_cancel(notification=notification)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(bridge, "execute", cancel_then_answer)
+    run(notification)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error) == (Notification.Status.CANCELED, "")

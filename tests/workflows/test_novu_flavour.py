@@ -271,11 +271,12 @@ def test_a_framework_error_fails_the_notification_without_a_retry(
     ]
 
 
-def test_a_5xx_from_the_probe_is_retried(
-    novu: Notification, monkeypatch: pytest.MonkeyPatch, run: Callable[..., None]
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+def test_a_5xx_429_or_408_from_the_probe_is_retried(
+    novu: Notification, monkeypatch: pytest.MonkeyPatch, run: Callable[..., None], status: int
 ) -> None:
     monkeypatch.setattr(
-        bridge, "_session", FakeSession(500, {"message": "x", "code": "BridgeError"})
+        bridge, "_session", FakeSession(status, {"message": "x", "code": "BridgeError"})
     )
     with pytest.raises(bridge.BridgeUnavailable):
         run(novu, final_attempt=False)
