@@ -273,6 +273,7 @@ def test_v2_list_is_novu_pys_inbox_newest_first_by_cursor_and_filter(tenant) -> 
     items = [InboxNotificationDto.model_validate(i) for i in first["data"] + rest["data"]]
     assert [i.id for i in items] == [str(newest.pk), str(middle.pk), str(oldest.pk)]
     assert (first["hasMore"], rest["hasMore"]) == (True, False)
+    assert api.get(f"{url}?limit=3").json()["hasMore"] is False  # exactly one page
     assert (items[0].to.subscriber_id, items[0].to.first_name) == ("ann", "Ann")
     assert (items[0].is_seen, items[0].is_read, items[1].is_read) == (True, False, True)
     assert items[0].body == "Hi from c" and items[0].subject == "Welcome!"

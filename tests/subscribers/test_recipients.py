@@ -41,3 +41,26 @@ def test_a_bool_or_an_object_is_no_subscriber_id(to: Any) -> None:
     with pytest.raises(ApiError) as refused:
         parse_recipients(to)
     assert refused.value.status == 400
+
+
+def test_a_subscriber_id_is_trimmed_and_a_number_read_as_a_string() -> None:
+    recipients, _ = parse_recipients([" ann ", 7])
+    assert recipients == [{"subscriberId": "ann"}, {"subscriberId": "7"}]
+
+
+@pytest.mark.parametrize(
+    ("to", "accepted"),
+    [
+        ([f"u{i}" for i in range(1000)], True),
+        ([f"u{i}" for i in range(1001)], False),
+        ("a" * 255, True),
+        ("a" * 256, False),  # longer than the column that stores it
+    ],
+)
+def test_at_most_1000_recipients_of_at_most_255_characters(to: Any, accepted: bool) -> None:
+    if accepted:
+        parse_recipients(to)
+        return
+    with pytest.raises(ApiError) as refused:
+        parse_recipients(to)
+    assert refused.value.status == 400
