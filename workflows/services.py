@@ -478,31 +478,48 @@ def _step_finish(step: Step, **fields: Any) -> None:
             pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
 
 
+def _held(step: Step) -> QuerySet[Step]:
+    """The step while the task that claimed it `step` still holds it. A send slower than
+    NORM_STALE_CLAIM_SECONDS loses its claim to the reconciler and a second task: the
+    first one's failure is no longer the step's (the second may deliver it, or already
+    did and the workflow went on), so only the holder fails or reschedules it. A
+    success counts from either: the message went out."""
+    return Step.objects.filter(
+        pk=step.pk, status=Step.Status.PROCESSING, claimed_by=step.claimed_by
+    )
+
+
 def step_fail(*, step: Step, code: str, message: str) -> None:
     with transaction.atomic():
-        Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+        failed = _held(step).update(
             status=Step.Status.FAILED, error=message, completed_at=timezone.now()
         )
-        notification_fail(
-            notification_id=step.notification_id,
-            code=code,
-            message=f"step '{step.step_id}': {message}",
-        )
+        if failed:
+            notification_fail(
+                notification_id=step.notification_id,
+                code=code,
+                message=f"step '{step.step_id}': {message}",
+            )
 
 
 def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
     """Put a step that failed transiently back on the schedule, `backoff` seconds out."""
     due_at = timezone.now() + timedelta(seconds=backoff)
     with transaction.atomic():
-        released = Step.objects.filter(
-            _of_running_notification(), pk=step.pk, status=Step.Status.PROCESSING
-        ).update(
-            status=Step.Status.SCHEDULED, due_at=due_at, enqueued_at=timezone.now(), error=message
+        released = (
+            _held(step)
+            .filter(_of_running_notification())
+            .update(
+                status=Step.Status.SCHEDULED,
+                due_at=due_at,
+                enqueued_at=timezone.now(),
+                error=message,
+            )
         )
         if released:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
         else:  # canceled (or failed) while it was sending: nothing more to try
-            Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+            _held(step).update(
                 status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
             )
 

@@ -78,3 +78,53 @@ def test_two_chunks_of_one_fanout_reaching_the_same_subscribers_do_not_deadlock(
     assert len(created) == 2
     # Both chunks found both pending and enqueued their echoes (a second is harmless).
     assert {args[0] for args in enqueued.of(pipeline.ECHO)} == created
+
+
+def _sending_twice(enqueued: Enqueued) -> tuple[Step, Step]:
+    """A send slower than NORM_STALE_CLAIM_SECONDS: the reconciler takes the step from
+    its first task, which is still sending, and a second task claims it. Returns the
+    step as each task holds it."""
+    step = StepFactory()
+    slow = services.step_claim(step_id=step.pk, claim="slow-task")
+    assert slow is not None
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    services.reconcile()
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    second = services.step_claim(step_id=step.pk, claim="second-task")
+    assert second is not None
+    enqueued.clear()
+    return slow, second
+
+
+def test_a_task_whose_claim_was_taken_cannot_fail_the_notification(enqueued: Enqueued) -> None:
+    """The first task's send fails after the second's went through and the workflow went
+    on: the notification stays running, its next step is sent."""
+    slow, second = _sending_twice(enqueued)
+    services.step_complete(step=second, result={})
+    following = StepFactory(notification=slow.notification)
+
+    services.step_fail(step=slow, code="SendFailed", message="550 mailbox unavailable")
+
+    slow.refresh_from_db()
+    assert slow.status == Step.Status.COMPLETED
+    assert Notification.objects.get(pk=slow.notification_id).status == Notification.Status.RUNNING
+    assert services.step_claim(step_id=following.pk, claim="next-task") is not None
+
+
+def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
+    enqueued: Enqueued,
+) -> None:
+    """The first task fails (for good, or for now) while the second is sending: the step
+    is the second's to finish, not failed, nor put back to be sent a third time."""
+    slow, second = _sending_twice(enqueued)
+
+    services.step_retry_later(step=slow, message="421 try later", backoff=1)
+    services.step_fail(step=slow, code="SendFailed", message="550 mailbox unavailable")
+
+    step = Step.objects.get(pk=slow.pk)
+    assert (step.status, step.claimed_by) == (Step.Status.PROCESSING, "second-task")
+    assert enqueued.of(pipeline.MESSAGE) == []
+    services.step_complete(step=second, result={})
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
