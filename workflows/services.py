@@ -503,22 +503,25 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
 
 
 def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
-    """Put a step that failed transiently back on the schedule, `backoff` seconds out."""
-    due_at = timezone.now() + timedelta(seconds=backoff)
+    """Put a step that failed transiently back on the schedule, `backoff` seconds out.
+    A backoff longer than NORM_BROKER_MAX_COUNTDOWN waits in the database, as a long
+    delay does: Redis would deliver it again after its visibility timeout."""
+    now = timezone.now()
+    on_broker = backoff <= settings.NORM_BROKER_MAX_COUNTDOWN
     with transaction.atomic():
         released = (
             _held(step)
             .filter(_of_running_notification())
             .update(
                 status=Step.Status.SCHEDULED,
-                due_at=due_at,
-                enqueued_at=timezone.now(),
+                due_at=now + timedelta(seconds=backoff),
+                enqueued_at=now if on_broker else None,
                 error=message,
             )
         )
-        if released:
+        if released and on_broker:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
-        else:  # canceled (or failed) while it was sending: nothing more to try
+        elif not released:  # canceled (or failed) while it was sending: nothing more to try
             _held(step).update(
                 status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
             )

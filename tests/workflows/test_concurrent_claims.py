@@ -128,3 +128,23 @@ def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
+
+
+def test_a_send_retried_later_than_the_broker_keeps_delays_waits_in_the_database(
+    enqueued: Enqueued, settings
+) -> None:
+    """A backoff longer than NORM_BROKER_MAX_COUNTDOWN (a greylisting server, a large
+    NORM_SEND_RETRY_BACKOFF) is parked like a long delay: on Redis it would outlive the
+    visibility timeout and be delivered twice, to two workers sending the step at once
+    under one task id (which each takes as its own claim)."""
+    settings.NORM_BROKER_MAX_COUNTDOWN = 300
+    step = services.step_claim(step_id=StepFactory().pk, claim="task")
+    assert step is not None
+
+    services.step_retry_later(step=step, message="450 greylisted", backoff=4800)
+
+    assert enqueued.of(pipeline.MESSAGE) == []
+    assert services.reconcile()["steps"] == 0  # not due yet
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    assert services.reconcile()["steps"] == 1
+    assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": None, "queue": "messages"}]
