@@ -35,6 +35,8 @@ class Notification(models.Model):
     error_code = models.CharField(max_length=100, blank=True)
     bridge_attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # While a step waits for its due time, that time: the reconciler takes a notification
+    # quiet for a grace period after it, with no open step, to have lost its echo.
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

@@ -362,10 +362,12 @@ def _record_answer(
     on_broker = countdown <= settings.NORM_BROKER_MAX_COUNTDOWN
     try:
         with transaction.atomic():
-            # A notification is pending until its first step is recorded.
+            # A notification is pending until its first step is recorded. One waiting
+            # for a delay is quiet until the step is due, not idle: its updated_at is
+            # the due time, so the reconciler's search for idle ones passes it by.
             still_active = Notification.objects.filter(
                 pk=notification.pk, status__in=ACTIVE
-            ).update(status=Notification.Status.RUNNING, updated_at=now)
+            ).update(status=Notification.Status.RUNNING, updated_at=due_at)
             if not still_active:
                 return  # canceled or failed while the bridge was answering
             step = Step.objects.create(
@@ -665,11 +667,15 @@ def reconcile() -> dict[str, int]:
         pipeline.send_now(pipeline.MESSAGE, step_pk)
     counts["steps"] = len(step_pks)
 
+    # In the order of the (status, updated_at) index, so PostgreSQL reads only the
+    # notifications quiet for a grace period, not every active one (a broadcast waiting
+    # out a day's delay), to check each for an open step.
     open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
-    idle = Notification.objects.filter(
-        status__in=ACTIVE,
-        updated_at__lt=now - grace,
-    ).exclude(Exists(open_step))
+    idle = (
+        Notification.objects.filter(status__in=ACTIVE, updated_at__lt=now - grace)
+        .exclude(Exists(open_step))
+        .order_by("status", "updated_at")
+    )
     notification_pks = list(idle.values_list("pk", flat=True)[:1000])
     Notification.objects.filter(pk__in=notification_pks).update(updated_at=now)
     for notification_pk in notification_pks:
