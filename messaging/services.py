@@ -79,7 +79,8 @@ def message_send(*, step_id: int, claim: str = "") -> None:
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
         attempts = message.attempts + 1
         retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
-        Message.objects.filter(pk=message.pk).update(
+        # Not a message another task delivered meanwhile (this one's claim went stale).
+        Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT).update(
             attempts=attempts,
             error=str(exc),
             recipient=message.recipient,

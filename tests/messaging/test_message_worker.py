@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from django.core import mail
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from config import pipeline
@@ -118,11 +120,17 @@ class Inbox:
         self.envelopes: list[Any] = []
         self.peers: list[Any] = []  # the client's address for each email: its connection
         self.answer_after = 0.0  # seconds the server takes to answer an email it accepted
+        # Answers to the next emails, in order: an event to wait for first, and the reply.
+        self.replies: list[tuple[threading.Event, str]] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.envelopes.append(envelope)
         self.peers.append(session.peer)
         await asyncio.sleep(self.answer_after)
+        if self.replies:
+            event, reply = self.replies.pop(0)
+            await asyncio.get_running_loop().run_in_executor(None, event.wait, 10)
+            return reply
         return "250 OK"
 
 
@@ -537,3 +545,37 @@ def test_the_preheader_opens_the_html_body_hidden_and_stays_out_of_the_text(
     )
     assert html_part == markup.format(hidden=hidden)
     assert text == "Hello"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A send slower than NORM_STALE_CLAIM_SECONDS: the reconciler gives the step to a
+    second task, which delivers it; then the first task's server refuses the email. The
+    message stays sent, as it was, and its step completed."""
+    step = email_step()
+    delivered = threading.Event()
+    smtp_server.replies = [(delivered, "550 mailbox unavailable")]
+
+    def slow_task() -> None:
+        try:
+            services.message_send(step_id=step.pk, claim="slow-task")
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=slow_task)
+    first.start()
+    for _ in range(100):
+        if smtp_server.envelopes:
+            break
+        time.sleep(0.05)
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    workflow_services.reconcile()
+    services.message_send(step_id=step.pk, claim="second-task")
+    delivered.set()
+    first.join(20)
+
+    assert len(smtp_server.envelopes) == 2
+    assert Message.objects.get(step=step).status == Message.Status.SENT
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
