@@ -1,4 +1,5 @@
-"""`manage.py check --deploy`: what a production deployment must set for its secret keys."""
+"""System checks: what a production deployment must set for its secret keys
+(`check --deploy`), and settings that would send steps twice (every command)."""
 
 from __future__ import annotations
 
@@ -35,5 +36,25 @@ def encryption_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             "from SECRET_KEY, and rotating SECRET_KEY makes them unreadable.",
             hint=_FERNET_HINT,
             id="norm.W001",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def broker_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Redis delivers a message again once it has waited unacknowledged for the visibility
+    timeout, and a countdown waits unacknowledged in a worker: a delay or send retry held
+    on the broker for longer would run twice, and its step be sent twice."""
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    if timeout is None or timeout > settings.NORM_BROKER_MAX_COUNTDOWN:
+        return []
+    return [
+        Error(
+            f"NORM_BROKER_MAX_COUNTDOWN ({settings.NORM_BROKER_MAX_COUNTDOWN} s) is not shorter "
+            f"than CELERY_VISIBILITY_TIMEOUT ({timeout} s): Redis would deliver a delayed "
+            "step again while it waits, and it would be sent twice.",
+            hint="Lower NORM_BROKER_MAX_COUNTDOWN (longer delays wait in the database, for "
+            "the reconciler) or raise CELERY_VISIBILITY_TIMEOUT.",
+            id="norm.E002",
         )
     ]

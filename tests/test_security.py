@@ -134,6 +134,15 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
 
 
+@pytest.mark.parametrize(("countdown", "found"), [(3599, []), (3600, ["norm.E002"])])
+def test_a_broker_countdown_redis_would_deliver_again_is_refused(
+    settings: Any, countdown: int, found: list[str]
+) -> None:
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    settings.NORM_BROKER_MAX_COUNTDOWN = countdown
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
 def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
     _, key = client_with_key()
     api = api_for(key)
