@@ -27,9 +27,15 @@ SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
 SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
+# Beat's reconciler has a queue of its own: behind a backlog of triggers it would wait
+# longer than its `expires` (one interval) and never run, leaving long delays and lost
+# commands until the backlog cleared, which is when they matter most.
+RECONCILE = Stage("norm.reconcile", "reconcile")
 
 QUEUES = tuple(
-    dict.fromkeys(s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, ECHO, MESSAGE))
+    dict.fromkeys(
+        s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, ECHO, MESSAGE, RECONCILE)
+    )
 )
 
 # Options for every stage's task. A task that loses the database (a restart, a

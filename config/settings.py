@@ -235,9 +235,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
-        "task": "norm.reconcile",
+        "task": "norm.reconcile",  # config.pipeline.RECONCILE
         "schedule": NORM_RECONCILE_INTERVAL,
-        "options": {"queue": "workflows", "expires": NORM_RECONCILE_INTERVAL},
+        "options": {"queue": "reconcile", "expires": NORM_RECONCILE_INTERVAL},
     },
 }
 

@@ -263,3 +263,16 @@ def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
     StepFactory(due_at=timezone.now() + timedelta(minutes=5))
     assert tasks.reconcile() == {"events": 0, "notifications": 0, "steps": 0}
     assert enqueued.calls == []
+
+
+def test_beat_sends_the_reconciler_to_a_queue_of_its_own_that_workers_serve(settings) -> None:
+    """On `workflows`, behind a backlog of triggers, each reconcile message outwaited its
+    `expires` (one interval) and none ran until the backlog cleared."""
+    entry = settings.CELERY_BEAT_SCHEDULE["reconcile"]
+    stages = (pipeline.WORKFLOW, pipeline.SUBSCRIBER, pipeline.SUBSCRIBER_BATCH)
+    stages += (pipeline.ECHO, pipeline.MESSAGE)
+    assert entry["task"] == pipeline.RECONCILE.task
+    assert entry["options"]["queue"] == pipeline.RECONCILE.queue
+    assert pipeline.RECONCILE.queue not in {stage.queue for stage in stages}
+    # The queues rundemo's, the bench's and the e2e tests' workers serve.
+    assert pipeline.RECONCILE.queue in pipeline.QUEUES
