@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -134,19 +135,26 @@ class Inbox:
         return "250 OK"
 
 
-@pytest.fixture
-def smtp_server(settings: Any) -> Iterator[Inbox]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+@contextlib.contextmanager
+def smtp_serving(settings: Any, handler: Any) -> Iterator[None]:
+    """A real SMTP server on loopback answering with `handler`, and norm's email on it."""
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     settings.EMAIL_BACKEND = SMTP
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
     settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
     try:
-        yield inbox
+        yield
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server(settings: Any) -> Iterator[Inbox]:
+    inbox = Inbox()
+    with smtp_serving(settings, inbox):
+        yield inbox
 
 
 def test_email_through_a_real_smtp_server(

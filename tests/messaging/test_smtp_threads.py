@@ -9,13 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from django.db import connection
 
 from messaging import services
 from messaging.models import Message
 from tests.conftest import Enqueued
-from tests.messaging.test_message_worker import SMTP, email_step, free_port
+from tests.messaging.test_message_worker import email_step, smtp_serving
 from workflows.models import Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,16 +58,8 @@ class RefusesAfterOthers:
 @pytest.fixture
 def refusing_server(settings: Any) -> Iterator[RefusesAfterOthers]:
     handler = RefusesAfterOthers()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
-    try:
+    with smtp_serving(settings, handler):
         yield handler
-    finally:
-        controller.stop()
 
 
 def test_one_threads_refused_email_leaves_another_threads_email_alone(
