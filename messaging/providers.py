@@ -24,9 +24,12 @@ from django.utils.html import strip_tags
 from messaging.models import Message
 from subscribers.models import Subscriber
 
-_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
-_NOT_TEXT = re.compile(r"<(head|style|script)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+# Elements whose content no reader sees as text; each found up to its own closing tag.
+_NOT_TEXT = re.compile(r"<(head|style|script)\b", re.IGNORECASE)
+_CLOSING = {
+    name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("head", "style", "script")
+}
 
 
 class SendError(Exception):
@@ -58,17 +61,32 @@ def one_line(text: str) -> str:
     """A header's text on one line, each line break read as a space, as nodemailer (so
     Novu) sends it. A header cannot carry one (it would start a header of its own), and
     Django refuses the whole email for it: a template's trailing newline lost the email."""
-    return _LINE_BREAKS.sub(" ", text).strip()
+    return " ".join(line.strip(" \t") for line in text.splitlines() if line.strip(" \t"))
 
 
 def text_of(body: str) -> str:
     """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
     alone kept a stylesheet or script as text, and entities (&amp;, &nbsp;) as written."""
     try:
-        text = strip_tags(_NOT_TEXT.sub("", body))
+        text = strip_tags(_without_hidden(body))
     except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
         text = body
     return html.unescape(text)
+
+
+def _without_hidden(body: str) -> str:
+    """`body` without its head, styles and scripts. In one pass: a pattern spanning an
+    element (`<style.*?</style>`) would scan to the end from every unclosed opening tag,
+    minutes of CPU for an email of a megabyte of them (from a payload, say)."""
+    kept, at = [], 0
+    while opening := _NOT_TEXT.search(body, at):
+        closing = _CLOSING[opening[1].lower()].search(body, opening.end())
+        if closing is None:
+            break  # unclosed: the rest is kept as it is
+        kept.append(body[at : opening.start()])
+        at = closing.end()
+    kept.append(body[at:])
+    return "".join(kept)
 
 
 def with_preheader(body: str, preheader: str | None) -> str:

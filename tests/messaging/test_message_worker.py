@@ -587,3 +587,25 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
     assert len(smtp_server.envelopes) == 2
     assert Message.objects.get(step=step).status == Message.Status.SENT
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
+def test_an_email_of_a_megabyte_of_unclosed_tags_is_sent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A pattern spanning an element (`<style.*?</style>`) scanned on to the end from
+    every opening tag: this email held a message worker for minutes."""
+    body = "<p>" + "<style " * 150_000 + "end"
+    step = send(email_step(outputs={"subject": "Hi", "body": body}))
+
+    assert step.status == Step.Status.COMPLETED, step.error
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert [part.get_content().strip() for part in received.iter_parts()] == [body, body]
+
+
+def test_a_header_of_a_long_run_of_spaces_is_kept_on_its_line() -> None:
+    """A pattern for the spaces around a line break tried again from every space: a
+    subject of a long run of them held a message worker for minutes."""
+    subject = "Hi" + " " * 1_000_000 + "there"
+    assert providers.one_line(subject) == subject
+    assert providers.one_line(" Hi \n\n\t there\r\n") == "Hi there"
