@@ -24,7 +24,7 @@ from django.utils.html import strip_tags
 from messaging.models import Message
 from subscribers.models import Subscriber
 
-_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+_BODY_TAG = re.compile(r"<body\b", re.IGNORECASE)
 # Elements whose content no reader sees as text; each found up to its own closing tag.
 _NOT_TEXT = re.compile(r"<(head|style|script)\b", re.IGNORECASE)
 _CLOSING = {
@@ -99,7 +99,7 @@ def with_preheader(body: str, preheader: str | None) -> str:
         f"{html.escape(one_line(preheader))}</div>"
     )
     opening = _BODY_TAG.search(body)
-    at = opening.end() if opening else 0
+    at = body.find(">", opening.end()) + 1 if opening else 0  # after the tag; 0 if unclosed
     return body[:at] + hidden + body[at:]
 
 

@@ -589,18 +589,21 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+@pytest.mark.parametrize("tag", ["<style ", "<body "])
 def test_an_email_of_a_megabyte_of_unclosed_tags_is_sent(
-    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, tag: str
 ) -> None:
-    """A pattern spanning an element (`<style.*?</style>`) scanned on to the end from
-    every opening tag: this email held a message worker for minutes."""
-    body = "<p>" + "<style " * 150_000 + "end"
-    step = send(email_step(outputs={"subject": "Hi", "body": body}))
+    """Patterns spanning an element (`<style.*?</style>`, `<body[^>]*>`) scanned on to
+    the end from every opening tag: this email held a message worker for minutes."""
+    body = "<p>" + tag * 150_000 + "end"
+    step = send(email_step(outputs={"subject": "Hi", "body": body, "preheader": "Hello"}))
 
     assert step.status == Step.Status.COMPLETED, step.error
     [envelope] = smtp_server.envelopes
     received = message_from_bytes(envelope.content, policy=policy.default)
-    assert [part.get_content().strip() for part in received.iter_parts()] == [body, body]
+    text, markup = (part.get_content().strip() for part in received.iter_parts())
+    assert text == body and markup == providers.with_preheader(body, "Hello")
+    assert markup.endswith(body) and "Hello" in markup[: -len(body)]
 
 
 def test_a_header_of_a_long_run_of_spaces_is_kept_on_its_line() -> None:
