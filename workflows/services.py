@@ -251,7 +251,7 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     Raises BridgeUnavailable for the task to retry unless `final_attempt`.
     """
     notification = (
-        Notification.objects.select_related("subscriber", "trigger_event")
+        Notification.objects.select_related("subscriber", "trigger_event", "client")
         # The event's recipients can run to a thousand entries; the echo needs none of them.
         .defer("trigger_event__to", "trigger_event__payload", "trigger_event__overrides")
         .filter(pk=notification_id)
@@ -265,6 +265,16 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     if notification.trigger_event.canceled_at is not None:
         # Created in a race with the cancel of its trigger.
         notification_cancel(notification=notification)
+        return
+    if notification.resource not in notification.client.bridge_urls():
+        # The client's bridge moved, or the URL left its allowed list, after the trigger:
+        # norm calls only URLs the client has now, so the old one is never asked again.
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeNotAllowed",
+            message=f"the bridge {notification.resource} is no longer one of the client's "
+            "bridge URLs",
+        )
         return
     steps = selectors.notification_steps(notification=notification)
     if any(step.status in OPEN_STEP for step in steps):
