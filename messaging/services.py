@@ -27,6 +27,11 @@ def message_send(*, step_id: int, claim: str = "") -> None:
     step = workflow_services.step_claim(step_id=step_id, claim=claim)
     if step is None:
         return
+    if not step.notification.client.is_active:
+        workflow_services.step_fail(
+            step=step, code="ClientInactive", message=workflow_services.CLIENT_INACTIVE
+        )
+        return
     if step.type == "delay":
         waited = timezone.now() - step.created_at
         workflow_services.step_complete(

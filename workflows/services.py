@@ -40,6 +40,10 @@ OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
 # yet, and leave it to the reconciler (a minute or more). A second early is harmless.
 CLOCK_SKEW = timedelta(seconds=1)
 ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
+# A client deactivated with work in flight: the API already refuses it, and the pipeline
+# stops too (nothing more is fanned out, asked of its bridge or sent). Failed, not
+# canceled, so its notifications can be retried once it is active again.
+CLIENT_INACTIVE = "the client is deactivated: norm runs none of its notifications"
 
 
 # --- stage 2: the workflow worker ------------------------------------------------------
@@ -66,7 +70,12 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
     )
     if not claimed:
         return
-    event = TriggerEvent.objects.get(pk=trigger_event_id)
+    event = TriggerEvent.objects.select_related("client").get(pk=trigger_event_id)
+    if not event.client.is_active:
+        TriggerEvent.objects.filter(pk=event.pk).update(
+            status=TriggerEvent.Status.FAILED, error=CLIENT_INACTIVE, processed_at=timezone.now()
+        )
+        return
     reached_before = event.notifications.count()
     rerun = event.pk if reached_before else None
     if event.mode == TriggerEvent.Mode.BROADCAST:
@@ -265,6 +274,11 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     if notification.trigger_event.canceled_at is not None:
         # Created in a race with the cancel of its trigger.
         notification_cancel(notification=notification)
+        return
+    if not notification.client.is_active:
+        notification_fail(
+            notification_id=notification.pk, code="ClientInactive", message=CLIENT_INACTIVE
+        )
         return
     if notification.resource not in notification.client.bridge_urls():
         # The client's bridge moved, or the URL left its allowed list, after the trigger:
@@ -467,7 +481,9 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     )
     if not claimed:
         return None
-    return Step.objects.select_related("notification__subscriber").get(pk=step_id)
+    return Step.objects.select_related("notification__subscriber", "notification__client").get(
+        pk=step_id
+    )
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from config import pipeline
 from messaging import tasks as messaging_tasks
-from notify.models import Client
+from messaging.models import Message
+from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
@@ -36,17 +37,18 @@ INBOX = {"stepId": "inbox", "type": "in_app", "outputs": {"body": "Hello"}}
 
 
 class FakeBridge:
-    """norm's SDK at the network edge: a delay, then an in-app step, then done; every
+    """norm's SDK at the network edge: `steps` (a delay, then an in-app step), then done; every
     call recorded with the URL and the secret it was signed with."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.steps = [WAIT, INBOX]
 
     def __call__(
         self, url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any], **_: Any
     ) -> dict[str, Any]:
         self.calls.append({"url": url, "secret": secret, "subscriber": body["subscriber"]})
-        steps = [WAIT, INBOX]
+        steps = self.steps
         if len(body["state"]) == len(steps):
             return {"done": True, "outputs": {}, "options": {"skip": False}}
         return {**steps[len(body["state"])], "done": False}
@@ -68,12 +70,13 @@ def keyed() -> tuple[Client, str]:
 
 
 @pytest.fixture
-def drain(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[[], None]:
+def drain(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
     """Run every task the pipeline enqueued, and those they enqueue, until none is left
     (a delayed step is not due yet, so its message task leaves it waiting)."""
 
-    def run() -> None:
-        while enqueued.calls:
+    def run(until: pipeline.Stage | None = None) -> None:
+        """`until`: stop when the next task is of that stage (left enqueued)."""
+        while enqueued.calls and not (until and enqueued.calls[0][0] == until.task):
             task, args, _ = enqueued.calls.pop(0)
             with django_capture_on_commit_callbacks(execute=True):
                 TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
@@ -109,7 +112,7 @@ def test_a_bridge_url_the_client_no_longer_has_is_never_called_again(
     change: str,
     keyed: tuple[Client, str],
     trigger: Callable[..., None],
-    drain: Callable[[], None],
+    drain: Callable[..., None],
     enqueued: Enqueued,
     fake_bridge: FakeBridge,
 ) -> None:
@@ -143,3 +146,84 @@ def test_a_bridge_url_the_client_no_longer_has_is_never_called_again(
     assert notification.error_code == "BridgeNotAllowed"
     assert old in notification.error
     assert notification.steps.get(step_id="wait").status == Step.Status.COMPLETED
+
+
+def deactivate(client: Client) -> None:
+    Client.objects.filter(pk=client.pk).update(is_active=False)
+
+
+def test_a_client_deactivated_during_a_delay_sends_nothing_more(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+) -> None:
+    """The API refused the client at once, but its notifications went on: asked its
+    bridge for the next step and sent it."""
+    trigger(["ann"])
+    drain()
+    deactivate(keyed[0])
+    delay_over(enqueued)
+    drain()
+
+    assert len(fake_bridge.calls) == 1
+    assert not Message.objects.exists()
+    notification = Notification.objects.get()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "ClientInactive"
+    assert not Step.objects.filter(status__in=[Step.Status.SCHEDULED, Step.Status.PROCESSING])
+
+
+def test_a_notification_whose_client_was_deactivated_before_its_echo_asks_no_bridge(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+) -> None:
+    trigger(["ann"])
+    drain(until=pipeline.ECHO)
+    deactivate(keyed[0])
+    drain()
+
+    assert fake_bridge.calls == []
+    notification = Notification.objects.get()
+    assert (notification.status, notification.error_code) == ("failed", "ClientInactive")
+
+
+def test_a_step_recorded_before_its_client_was_deactivated_is_not_sent(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+) -> None:
+    fake_bridge.steps = [INBOX]
+    trigger(["ann"])
+    drain(until=pipeline.MESSAGE)
+    assert Notification.objects.get().steps.get(step_id="inbox").status == Step.Status.SCHEDULED
+
+    deactivate(keyed[0])
+    drain()
+
+    assert not Message.objects.exists()
+    notification = Notification.objects.get()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "ClientInactive"
+    assert notification.steps.get(step_id="inbox").status == Step.Status.FAILED
+
+
+def test_a_trigger_of_a_client_deactivated_before_its_fan_out_reaches_no_one(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+) -> None:
+    trigger(["ann", "bob"])
+    deactivate(keyed[0])
+    drain()
+
+    assert fake_bridge.calls == []
+    assert not Notification.objects.exists()
+    event = TriggerEvent.objects.get()
+    assert event.status == TriggerEvent.Status.FAILED
+    assert "deactivated" in event.error
