@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
+from django.db.models import QuerySet
+
 from config.db import insert_once
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
-from workflows.services import notification_create, notifications_create
+from workflows.services import fan_outs_forget, notification_create, notifications_create
 
 
 def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Subscriber:
@@ -77,7 +80,16 @@ def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subs
 
 
 def subscriber_delete(*, subscriber: Subscriber) -> None:
-    subscriber.delete()
+    subscribers_delete(subscribers=Subscriber.objects.filter(pk=subscriber.pk))
+
+
+def subscribers_delete(*, subscribers: QuerySet[Subscriber]) -> None:
+    """Delete subscribers with their notifications and messages, and count
+    them out of the recent fan-outs that reached them, which would otherwise reach them
+    again."""
+    with transaction.atomic():
+        fan_outs_forget(subscribers=subscribers)
+        subscribers.delete()
 
 
 def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:

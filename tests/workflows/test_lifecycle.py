@@ -16,6 +16,7 @@ from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
+from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from workflows import bridge
@@ -227,3 +228,48 @@ def test_a_trigger_of_a_client_deactivated_before_its_fan_out_reaches_no_one(
     event = TriggerEvent.objects.get()
     assert event.status == TriggerEvent.Status.FAILED
     assert "deactivated" in event.error
+
+
+def reconcile_after_the_grace(settings: Any) -> None:
+    """The reconciler, a grace period after everything so far: it checks that each
+    recent fan-out reached every recipient it counted."""
+    settings.NORM_RECONCILE_GRACE = 60
+    before = timezone.now() - timedelta(seconds=120)
+    TriggerEvent.objects.update(created_at=before, claimed_at=before, processed_at=before)
+    Notification.objects.update(created_at=before)
+    workflow_tasks.reconcile()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_subscriber_deleted_after_a_trigger_is_not_created_and_notified_again(
+    version: str,
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+    settings: Any,
+) -> None:
+    """The subscriber's notification went with it, so its event looked short of a
+    recipient, as if the command had been lost with the broker: the reconciler fanned it
+    out again, which created the deleted subscriber anew (from the trigger's inline
+    attributes) and ran the workflow for it a second time."""
+    fake_bridge.steps = [INBOX]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}, "bob"])
+    drain()
+    assert sorted(c["subscriber"]["subscriberId"] for c in fake_bridge.calls) == [
+        "ann",
+        "ann",
+        "bob",
+        "bob",
+    ]
+
+    response = api_for(keyed[1]).delete(f"/{version}/subscribers/ann")
+    assert response.status_code == 200
+    reconcile_after_the_grace(settings)
+    drain()
+
+    assert not Subscriber.objects.filter(subscriber_id="ann").exists()
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls].count("ann") == 2
+    event = TriggerEvent.objects.get()
+    assert (event.status, event.recipients, event.refanned) == ("processed", 1, 0)
+    assert Notification.objects.get().status == Notification.Status.COMPLETED
