@@ -399,7 +399,9 @@ def _record_answer(
             wait = delay_of(outputs)
         except UnsupportedDelay as exc:
             notification_fail(
-                notification_id=notification.pk, code="UnsupportedDelay", message=str(exc)
+                notification_id=notification.pk,
+                code="UnsupportedDelay",
+                message=f"step '{step_id}': {exc}",
             )
             return
         due_at, countdown = now + wait, wait.total_seconds()

@@ -224,7 +224,7 @@ def test_a_delay_longer_than_the_broker_holds_waits_in_the_database(
 @pytest.mark.parametrize(
     "outputs", [{"type": "timed", "cron": "* * * * *"}, {"amount": 1, "unit": "fortnights"}]
 )
-def test_an_unsupported_delay_fails_the_notification(
+def test_an_unsupported_delay_fails_the_notification_naming_the_step(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], outputs: dict[str, Any]
 ) -> None:
     notification = NotificationFactory()
@@ -233,6 +233,8 @@ def test_an_unsupported_delay_fails_the_notification(
     notification.refresh_from_db()
     assert notification.status == Notification.Status.FAILED
     assert notification.error_code == "UnsupportedDelay"
+    # README: it names the step, as UnsupportedStepType does (a workflow may have several).
+    assert notification.error.startswith("step 'wait': ")
     assert Step.objects.count() == 0 and enqueued.calls == []
 
 
