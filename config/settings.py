@@ -161,7 +161,7 @@ STATIC_ROOT = os.environ.get("STATIC_ROOT") or None
 # collectstatic step on a laptop; production images run collectstatic.
 WHITENOISE_USE_FINDERS = True
 
-# The API refuses bodies over 512 KB with a JSON 413: its parser before reading one
+# The API refuses bodies over this size (512 KB by default) with a JSON 413: its parser before reading one
 # (config/parsers.py), Django's own limit for one read already (config/errors.py).
 NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES
@@ -248,10 +248,11 @@ CELERY_BEAT_SCHEDULE = {
 NORM_ENCRYPTION_KEY = env_str("NORM_ENCRYPTION_KEY", "")
 # workflow name -> Celery queue for the workflow worker, for dedicated workers.
 NORM_WORKFLOW_QUEUES: dict[str, str] = env_json("NORM_WORKFLOW_QUEUES", {})
-# Delays up to this long ride on the broker's countdown; longer ones wait in the
-# database for the reconciler, which survives a broker restart.
+# Delays and send retries up to this long ride on the broker's countdown; longer ones
+# wait in the database for the reconciler, which survives a broker restart.
 NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
-# A due step the broker should have delivered this many seconds ago is re-enqueued.
+# Work the broker should have delivered this many seconds ago is re-enqueued: a trigger
+# not yet fanned out or fanned out short, a due step, a notification left idle.
 NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60)
 # A step claimed longer ago than this is taken to belong to a dead worker.
 NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
@@ -260,7 +261,8 @@ NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
 NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)
 NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5)
 NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
-# Seconds between two discover calls prompted by an unknown workflow name.
+# Seconds between two discover calls prompted by triggers (an unknown workflow name,
+# or a registry entry older than NORM_REGISTRY_TTL).
 NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
 # A discovered workflow (its payload schema) is re-discovered when older than this.
 NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
