@@ -161,8 +161,9 @@ STATIC_ROOT = os.environ.get("STATIC_ROOT") or None
 # collectstatic step on a laptop; production images run collectstatic.
 WHITENOISE_USE_FINDERS = True
 
-# The API refuses bodies over this size (512 KB by default) with a JSON 413: its parser before reading one
-# (config/parsers.py), Django's own limit for one read already (config/errors.py).
+# The API refuses bodies over this size (512 KB by default) with a JSON 413: its parser
+# before reading one (config/parsers.py), Django's own limit for one read already
+# (config/errors.py).
 NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES
 
@@ -230,7 +231,6 @@ CELERY_TASK_DEFAULT_QUEUE = "workflows"
 # request (prefork children skip the health check's query: config/celery.py).
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:BeatScheduler"  # makes VAR_DIR if missing
 NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
