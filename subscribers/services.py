@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
 
 from config.db import insert_once
 from notify.models import Client, TriggerEvent
@@ -80,16 +79,11 @@ def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subs
 
 
 def subscriber_delete(*, subscriber: Subscriber) -> None:
-    subscribers_delete(subscribers=Subscriber.objects.filter(pk=subscriber.pk))
-
-
-def subscribers_delete(*, subscribers: QuerySet[Subscriber]) -> None:
-    """Delete subscribers with their notifications and messages, and count
-    them out of the recent fan-outs that reached them, which would otherwise reach them
-    again."""
+    """Delete a subscriber with its notifications and messages, counted out of the
+    recent fan-outs that reached it, which would otherwise reach it again."""
     with transaction.atomic():
-        fan_outs_forget(subscribers=subscribers)
-        subscribers.delete()
+        fan_outs_forget(subscriber=subscriber)
+        subscriber.delete()
 
 
 def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:

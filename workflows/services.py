@@ -234,24 +234,18 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
     return len(pending)
 
 
-def fan_outs_forget(*, subscribers: QuerySet[Subscriber]) -> None:
-    """Count subscribers about to be deleted (with their notifications) out of the
-    recipients of the events that reached them and that the reconciler still checks:
-    it would take their notifications' absence for commands lost with the broker and
-    fan out again, creating a deleted subscriber named in `to` anew and sending it the
-    workflow a second time. Call it in the transaction that deletes them."""
-    reached = (
-        Notification.objects.filter(
-            subscriber__in=subscribers,
-            trigger_event__processed_at__gt=timezone.now() - FANOUT_RECHECK,
-        )
-        .values("trigger_event_id")
-        .annotate(count=Count("pk"))
-    )
-    for row in reached:
-        TriggerEvent.objects.filter(
-            pk=row["trigger_event_id"], recipients__gte=row["count"]
-        ).update(recipients=F("recipients") - row["count"])
+def fan_outs_forget(*, subscriber: Subscriber) -> None:
+    """Count a subscriber about to be deleted (with its notifications) out of the
+    recipients of the events that reached it and that the reconciler still checks: it
+    would take the notification's absence for a command lost with the broker and fan out
+    again, creating a deleted subscriber named in `to` anew and sending it the workflow a
+    second time. One UPDATE (an event has one notification per subscriber); call it in
+    the transaction that deletes the subscriber."""
+    TriggerEvent.objects.filter(
+        pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
+        processed_at__gt=timezone.now() - FANOUT_RECHECK,
+        recipients__gte=1,
+    ).update(recipients=F("recipients") - 1)
 
 
 # --- stage 4: the echo worker --------------------------------------------------------------
