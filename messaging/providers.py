@@ -119,6 +119,19 @@ class Provider:
         raise NotImplementedError
 
 
+def _email_output_wrong(content: dict[str, Any]) -> str:
+    """Why an email step's output cannot be sent ("" when it can): see `wrong_output`."""
+    wrong = wrong_output(content, required=("subject", "body"), optional=("replyTo", "preheader"))
+    if wrong:
+        return wrong
+    sender = content.get("from") or {}
+    if not isinstance(sender, dict):
+        return f"the step's output has a from that is no object (from: {sender!r:.100})"
+    return wrong_output(sender, optional=("email", "name"), within="from.") or (
+        "" if one_line(content["subject"]) else "the step's output has an empty subject"
+    )
+
+
 class _KeptConnection(threading.local):
     # (the email settings it was opened with, the backend, when it last sent)
     open: tuple[tuple[Any, ...], BaseEmailBackend, float] | None = None
@@ -149,16 +162,10 @@ class DjangoEmailProvider(Provider):
         if not message.recipient:
             raise SendError("the subscriber has no email address", transient=False)
         content: dict[str, Any] = message.content
-        sender = content.get("from") or {}
-        wrong = wrong_output(
-            content, required=("subject", "body"), optional=("replyTo", "preheader")
-        )
-        if not wrong and not isinstance(sender, dict):
-            wrong = f"the step's output has a from that is no object (from: {sender!r:.100})"
-        wrong = wrong or wrong_output(sender, optional=("email", "name"), within="from.")
-        subject = "" if wrong else one_line(content["subject"])
-        if wrong or not subject:
-            raise SendError(wrong or "the step's output has an empty subject", transient=False)
+        wrong = _email_output_wrong(content)
+        if wrong:
+            raise SendError(wrong, transient=False)
+        subject, sender = one_line(content["subject"]), content.get("from") or {}
         from_email = settings.DEFAULT_FROM_EMAIL
         if sender.get("email"):
             name = one_line(sender.get("name") or "")
