@@ -1,7 +1,7 @@
 """Subscribers and topics, on Novu's v1 and v2 paths (NOVU_API.md).
 
-novu-py speaks v2 (cursor lists, PATCH, `{subscriberIds}`); novu 1.14 speaks v1
-(page lists, PUT with nulls for unset fields, `{subscribers}`).
+novu-py speaks v2 (cursor lists, PATCH, `{subscriptions}` or `{subscriberIds}`); novu
+1.14 speaks v1 (page lists, PUT with nulls for unset fields, `{subscribers}`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     extend_schema_view,
 )
 from rest_framework import serializers
@@ -236,8 +237,40 @@ class DeleteWithBodySchema(AutoSchema):
             self.method = "DELETE"
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "maxItems": 1000,
+        "items": {
+            "anyOf": [
+                {"type": "string", "description": "a subscriberId"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "subscriberId": {"type": "string"},
+                        "identifier": {"type": "string", "description": "not kept"},
+                    },
+                    "required": ["subscriberId"],
+                },
+            ]
+        },
+    }
+)
+class SubscriptionsField(serializers.JSONField):
+    """v2's members as novu-py 3.19 names them: read by `_subscription_ids`."""
+
+
 class SubscriberIdsRequest(serializers.Serializer):
-    subscriberIds = serializers.ListField(child=serializers.CharField(), max_length=1000)
+    subscriptions = SubscriptionsField(required=False)
+    subscriberIds = serializers.ListField(
+        child=serializers.CharField(),
+        max_length=1000,
+        required=False,
+        help_text="deprecated by novu-py for `subscriptions`",
+    )
+    name = serializers.CharField(
+        max_length=255, required=False, help_text="the topic's name (on subscribe)"
+    )
 
 
 class SubscribersV1Request(serializers.Serializer):
@@ -607,6 +640,23 @@ class TopicDetailApi(APIView):
 
 def _ids(request: Request, field: str) -> list[str]:
     ids = request.data.get(field) if isinstance(request.data, dict) else None
+    return _checked_ids(ids, field)
+
+
+def _subscription_ids(request: Request) -> list[str]:
+    """v2's members: `subscriptions` (subscriberIds, or objects naming one), the field
+    novu-py 3.19 sends, or `subscriberIds`, which it deprecates for it. norm keeps one
+    subscription per subscriber and topic, so an object's `identifier` is not kept."""
+    body = request.data if isinstance(request.data, dict) else {}
+    if "subscriptions" not in body:
+        return _ids(request, "subscriberIds")
+    items = body["subscriptions"]
+    if isinstance(items, list):
+        items = [i.get("subscriberId") if isinstance(i, dict) else i for i in items]
+    return _checked_ids(items, "subscriptions")
+
+
+def _checked_ids(ids: Any, field: str) -> list[str]:
     if (
         not isinstance(ids, list)
         or not all(isinstance(i, str) and i for i in ids)
@@ -638,7 +688,8 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
 
 @extend_schema(tags=["Topics"])
 class TopicSubscriptionsApi(APIView):
-    """v2: `{subscriberIds}`; the topic is created when it does not exist yet."""
+    """v2: `{subscriptions}` or `{subscriberIds}`; the topic is created when it does not
+    exist yet."""
 
     schema = DeleteWithBodySchema()
 
@@ -648,8 +699,11 @@ class TopicSubscriptionsApi(APIView):
         responses={201: SubscriptionsCreated, **error_responses(400)},
     )
     def post(self, request: Request, key: str) -> Response:
-        ids = _ids(request, "subscriberIds")
-        topic, _ = services.topic_upsert(client=request.user, key=key)
+        ids = _subscription_ids(request)
+        name = request.data.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > 255):
+            raise ApiError(400, "invalid_request", "'name' must be a string of at most 255")
+        topic, _ = services.topic_upsert(client=request.user, key=key, name=name)
         members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
         return Response(
             {
@@ -677,7 +731,7 @@ class TopicSubscriptionsApi(APIView):
         responses={200: SubscriptionsRemoved, **error_responses(400, 404)},
     )
     def delete(self, request: Request, key: str) -> Response:
-        ids = _ids(request, "subscriberIds")
+        ids = _subscription_ids(request)
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         return Response(

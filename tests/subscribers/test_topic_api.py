@@ -191,6 +191,39 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     assert members(client, "deals") == ["ann"]  # only the topic named
 
 
+@pytest.mark.parametrize(
+    "subscriptions",
+    [["ann", "bob"], [{"identifier": "news-ann", "subscriberId": "ann"}, {"subscriberId": "bob"}]],
+)
+def test_v2_members_are_also_named_as_novu_pys_current_subscriptions(
+    keyed: tuple[Client, str], subscriptions: list[Any]
+) -> None:
+    """novu-py 3.19 deprecates `subscriberIds` for `subscriptions`: ids, or objects that
+    name a subscriberId; `name` names the topic it creates."""
+    client, key = keyed
+    body = {"subscriptions": [*subscriptions, "nobody"], "name": "News"}
+    answer = ok(call(key, "post", "/v2/topics/news/subscriptions", body), 201)
+
+    assert answer["meta"] == {"totalCount": 3, "successful": 2, "failed": 1}
+    assert [e["subscriberId"] for e in answer["errors"]] == ["nobody"]
+    assert members(client, "news") == ["ann", "bob"]
+    assert Topic.objects.get(client=client, key="news").name == "News"
+
+    gone = ok(call(key, "delete", "/v2/topics/news/subscriptions", {"subscriptions": ["ann"]}))
+    assert gone["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
+    assert members(client, "news") == ["bob"]
+
+
+@pytest.mark.parametrize(
+    "subscriptions", ["ann", [{"identifier": "news-ann"}], [{"subscriberId": ""}], [["ann"]]]
+)
+def test_v2_subscriptions_must_name_subscriber_ids(key: str, subscriptions: Any) -> None:
+    path = "/v2/topics/news/subscriptions"
+    body = {"subscriptions": subscriptions}
+    assert_error(call(key, "post", path, body), 400, path)
+    assert not TopicSubscription.objects.exists()
+
+
 def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     _, key = keyed
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob", "cid"]})
