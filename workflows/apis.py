@@ -19,6 +19,8 @@ from config.paging import PAGE_PARAMETERS, page_of, paginate
 from workflows import selectors
 from workflows.models import Notification, Step
 
+UNSUPPORTED_FILTERS = {"search", "topicKey", "subscriptionId", "contextKeys"}
+
 
 class NotificationListApi(APIView):
     @extend_schema_serializer(component_name="Notification")
@@ -96,6 +98,26 @@ class NotificationListApi(APIView):
         channels = serializers.ListField(
             child=serializers.ChoiceField(choices=sorted(selectors.STEP_TYPES)), required=False
         )
+        emails = serializers.ListField(
+            child=serializers.CharField(), required=False, help_text="subscribers' emails"
+        )
+        after = serializers.DateTimeField(required=False, help_text="created at or after")
+        before = serializers.DateTimeField(required=False, help_text="created at or before")
+        severity = serializers.ListField(
+            child=serializers.ChoiceField(choices=["high", "medium", "low", "none"]),
+            required=False,
+            help_text="norm's notifications all have Novu's default, none",
+        )
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            # Novu's filters that norm has nothing to match with: ignored, they would
+            # answer every notification as if it matched.
+            unsupported = sorted(UNSUPPORTED_FILTERS & set(self.initial_data))
+            if unsupported:
+                raise serializers.ValidationError(
+                    {name: "norm cannot filter by this" for name in unsupported}
+                )
+            return attrs
 
     @extend_schema(
         operation_id="v1_notifications_list",

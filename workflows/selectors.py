@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from config.dates import iso_z
 from messaging.models import Message
@@ -78,6 +78,17 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
         qs = qs.filter(subscriber__subscriber_id__in=filters["subscriberIds"])
     if filters.get("templates"):
         qs = qs.filter(workflow_id__in=filters["templates"])
+    if filters.get("emails"):
+        emails = Q()
+        for email in filters["emails"]:
+            emails |= Q(subscriber__email__iexact=email)
+        qs = qs.filter(emails)
+    if filters.get("after"):
+        qs = qs.filter(created_at__gte=filters["after"])
+    if filters.get("before"):
+        qs = qs.filter(created_at__lte=filters["before"])
+    if filters.get("severity") and "none" not in filters["severity"]:
+        qs = qs.none()  # every notification has Novu's default severity, none
     if filters.get("channels"):
         of_type = Step.objects.filter(notification=OuterRef("pk"), type__in=filters["channels"])
         qs = qs.filter(Exists(of_type))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -245,3 +246,32 @@ def test_the_list_is_novu_pys_activities_and_takes_its_filters(tenant) -> None:
     assert ids("templates=digest") == {str(digest.pk)}
     assert ids("channels=in_app") == {str(welcome.pk)}
     assert ids("channels=sms&channels=email") == {str(welcome.pk), str(digest.pk)}
+
+
+def test_novu_pys_other_activity_filters_narrow_the_list_or_are_refused(tenant) -> None:
+    """A filter norm ignored answered every notification, as if nothing matched it less."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann", email="Ann@Example.com")
+    old = NotificationFactory(trigger_event=TriggerEventFactory(client=client), subscriber=ann)
+    Notification.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+    new = NotificationFactory(trigger_event=TriggerEventFactory(client=client))
+
+    def ids(query: str) -> set[str]:
+        response = api.get(f"/v1/notifications?{query}")
+        assert response.status_code == 200, response.content
+        return {n["_id"] for n in response.json()["data"]}
+
+    assert ids("emails=ann@example.com") == {str(old.pk)}
+    assert ids("emails=nobody@example.com&emails=ann@example.com") == {str(old.pk)}
+    day_ago = (timezone.now() - timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    assert ids(f"after={day_ago}") == {str(new.pk)}
+    assert ids(f"before={day_ago}") == {str(old.pk)}
+    # norm's notifications have Novu's default severity.
+    assert ids("severity=none") == {str(old.pk), str(new.pk)}
+    assert ids("severity=high&severity=low") == set()
+
+    for query in ("search=ann", "topicKey=news", "subscriptionId=s-1", "contextKeys=org:acme"):
+        response = api.get(f"/v1/notifications?{query}")
+        assert response.status_code == 400, query
+        assert query.split("=")[0] in response.json()["message"]
+    assert api.get("/v1/notifications?after=yesterday").status_code == 400
