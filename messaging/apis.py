@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -70,6 +71,37 @@ def _narrowed(
         if wanted is not None:
             feed = feed.filter(**{f"{field}__isnull": not wanted})
     return feed.none() if archived or snoozed else feed
+
+
+# Novu's inbox filters that norm has nothing to match with (it keeps no tags, data
+# filters or contexts): ignored, they would list or count every notification.
+_UNSUPPORTED_INBOX_FILTERS = ("tags", "data", "contextKeys")
+
+
+def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
+    """The feed narrowed by the v2 inbox's other filters: `severity` (a list; norm's
+    notifications all have Novu's default, none) and `createdGte`/`createdLte` (Unix
+    milliseconds). A 400 for a filter norm cannot apply."""
+    unsupported = [k for k in _UNSUPPORTED_INBOX_FILTERS if filters.get(k) not in (None, "", [])]
+    if unsupported:
+        raise ApiError(
+            400, "invalid_query", f"norm cannot filter notifications by {', '.join(unsupported)}"
+        )
+    severity = filters.get("severity")
+    if severity and "none" not in (severity if isinstance(severity, list) else [severity]):
+        feed = feed.none()
+    for name, lookup in (("createdGte", "gte"), ("createdLte", "lte")):
+        if filters.get(name) not in (None, ""):
+            feed = feed.filter(**{f"created_at__{lookup}": _from_ms(name, filters[name])})
+    return feed
+
+
+def _from_ms(name: str, value: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        message = f"'{name}' must be a Unix time in milliseconds"
+        raise ApiError(400, "invalid_query", message) from exc
 
 
 def _feed(request: Request, subscriber_id: str) -> Any:
@@ -351,12 +383,19 @@ class InboxListApi(APIView):
             OpenApiParameter("seen", OpenApiTypes.BOOL),
             OpenApiParameter("archived", OpenApiTypes.BOOL, description="none are"),
             OpenApiParameter("snoozed", OpenApiTypes.BOOL, description="none are"),
+            OpenApiParameter("severity", many=True, description="all are none"),
+            OpenApiParameter("createdGte", OpenApiTypes.NUMBER, description="Unix ms"),
+            OpenApiParameter("createdLte", OpenApiTypes.NUMBER, description="Unix ms"),
         ],
         responses={200: InboxPage, **error_responses(400, 404)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         asked = {k: query_bool(request, k) for k in ("seen", "read", "archived", "snoozed")}
         feed = _narrowed(_feed(request, subscriber_id), **asked)
+        params = request.query_params
+        others = {k: params.getlist(k) for k in ("severity", "contextKeys", "tags")}
+        others |= {k: params.get(k) for k in ("data", "createdGte", "createdLte")}
+        feed = _inbox_narrowed(feed, others)
         limit = query_limit(request)
         offset = query_int(request, "offset", 0)
         after = request.query_params.get("after", "")
@@ -399,7 +438,8 @@ class InboxCountApi(APIView):
                 for k in ("seen", "read", "archived", "snoozed")
                 if isinstance(wanted.get(k), bool)
             }
-            counts.append({"count": _narrowed(feed, **asked).count(), "filter": wanted})
+            narrowed = _inbox_narrowed(_narrowed(feed, **asked), wanted)
+            counts.append({"count": narrowed.count(), "filter": wanted})
         return Response(counts)
 
 

@@ -304,6 +304,35 @@ def test_v2_count_answers_once_per_filter(tenant) -> None:
     assert api.get(url, {"filters": "[" * 5000}).status_code == 400  # too deep to decode
 
 
+def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenant) -> None:
+    """A filter norm ignored listed and counted every notification, as if all matched."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    old, new = _in_app(ann, "old"), _in_app(ann, "new")
+    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+    day_ago_ms = (timezone.now() - timedelta(days=1)).timestamp() * 1000
+    url = "/v2/subscribers/ann/notifications"
+
+    def ids(query: str) -> list[str]:
+        response = api.get(f"{url}?{query}")
+        assert response.status_code == 200, response.content
+        return [i["id"] for i in response.json()["data"]]
+
+    assert ids(f"createdGte={day_ago_ms}") == [str(new.pk)]
+    assert ids(f"createdLte={day_ago_ms:.0f}") == [str(old.pk)]
+    assert ids("severity=none") == [str(new.pk), str(old.pk)]  # Novu's default, norm's only
+    assert ids("severity=high&severity=low") == []
+    for query in ("data=%7B%22k%22%3A1%7D", "contextKeys=org:acme", "createdGte=soon"):
+        assert api.get(f"{url}?{query}").status_code == 400, query
+
+    filters = [{"createdGte": day_ago_ms}, {"severity": ["high"]}, {"seen": False}]
+    counts = api.get(f"{url}/count", {"filters": json.dumps(filters)}).json()
+    assert [c["count"] for c in counts] == [1, 0, 2]
+    for wanted in ({"tags": ["billing"]}, {"data": {"k": 1}}):
+        refused = api.get(f"{url}/count", {"filters": json.dumps([wanted])})
+        assert refused.status_code == 400, wanted
+
+
 def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
