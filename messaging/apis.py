@@ -285,6 +285,11 @@ class MarkAllApi(APIView):
     def post(self, request: Request, subscriber_id: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        if request.data.get("feedIdentifier") not in (None, "", []):
+            # norm keeps no feeds: marking every message would mark more than asked.
+            raise ApiError(
+                400, "invalid_request", "norm has no feeds: it cannot mark by feedIdentifier"
+            )
         mark = MARK_AS[data.validated_data["markAs"]]
         changed = services.messages_mark(
             messages=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]

@@ -257,6 +257,20 @@ def test_mark_all_marks_every_message_of_the_subscriber_only(tenant) -> None:
     assert api.post(url, {"markAs": "never"}, format="json").status_code == 422
 
 
+@pytest.mark.parametrize("feed", ["billing", ["billing", "news"]])
+def test_mark_all_of_a_feed_is_refused_rather_than_marking_every_feed(tenant, feed: Any) -> None:
+    """norm keeps no feeds: marking all of them when one was named marks more than asked."""
+    client, api = tenant
+    _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    body = {"markAs": "read", "feedIdentifier": feed}
+
+    response = api.post("/v1/subscribers/ann/messages/mark-all", body, format="json")
+
+    assert response.status_code == 400
+    assert "feedIdentifier" in response.json()["message"]
+    assert not Message.objects.filter(read_at__isnull=False).exists()
+
+
 # --- v2: novu-py's subscribers.notifications ------------------------------------------------
 
 
