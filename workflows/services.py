@@ -95,11 +95,15 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             recipients = [r for r in recipients if r["subscriberId"] not in reached]
         for recipient in recipients:
             pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
+        # As in Novu, the actor is no topic's member here: who commented on a thread
+        # is not told of their own comment. Listed by subscriberId, it is notified.
+        actor = _actor_body(event.actor).get("subscriberId")
+        not_members = [*direct, *([str(actor).strip()] if actor not in (None, "") else [])]
         for topic in topics:
             for subscriber_ids in _topic_audience(
                 client_id=event.client_id,
                 key=topic["topicKey"],
-                exclude=[*direct, *topic["exclude"]],
+                exclude=[*not_members, *topic["exclude"]],
                 rerun=rerun,
             ):
                 pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
@@ -109,7 +113,7 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
         count = len(recipients)
         if topics:
             count += _topics_members(
-                client_id=event.client_id, topics=topics, exclude=direct, rerun=rerun
+                client_id=event.client_id, topics=topics, exclude=not_members, rerun=rerun
             ).count()
     # A rerun counts the distinct audience: a first count that reached someone twice
     # (through two topics) would have the reconciler recheck the event in vain.

@@ -45,9 +45,9 @@ def keyed() -> tuple[Client, str]:
 
 @pytest.fixture
 def trigger(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture) -> Trigger:
-    def do(to: Any, *, key: str | None = None) -> HttpResponse:
+    def do(to: Any, *, key: str | None = None, **fields: Any) -> HttpResponse:
         api = api_for(key or keyed[1])
-        body = json.dumps({"name": "welcome", "to": to, "payload": {}})
+        body = json.dumps({"name": "welcome", "to": to, "payload": {}, **fields})
         with django_capture_on_commit_callbacks(execute=True):
             return api.post("/v1/events/trigger", data=body, content_type="application/json")
 
@@ -118,6 +118,30 @@ def test_a_mixed_list_with_exclude_reaches_each_recipient_once(
     ann = Subscriber.objects.get(client=client, subscriber_id="ann")
     assert ann.first_name == "Ann"
     assert Subscriber.objects.filter(client=client, subscriber_id="eve").exists()
+
+
+@pytest.mark.parametrize("actor", ["ann", {"subscriberId": "ann", "firstName": "Ann"}])
+def test_the_actor_is_not_notified_as_a_topic_member(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None], actor: Any
+) -> None:
+    """As in Novu: who commented on a thread is not told of their own comment."""
+    client, _ = keyed
+    topic_with(client, "deals", ["ann", "fay"])
+    to = [{"type": "Topic", "topicKey": "news"}, {"type": "Topic", "topicKey": "deals"}]
+    assert trigger(to, actor=actor).status_code == 201
+    fan_out()
+
+    assert notified(client) == ["bob", "cid", "dan", "fay"]
+    assert TriggerEvent.objects.get(client=client).recipients == 4
+
+
+def test_an_actor_listed_by_subscriberid_is_notified(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    client, _ = keyed
+    assert trigger(["ann", {"type": "Topic", "topicKey": "news"}], actor="ann").status_code == 201
+    fan_out()
+    assert notified(client) == MEMBERS
 
 
 def test_overlapping_topics_notify_a_shared_member_once(
