@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.dates import iso_z
-from config.errors import ApiError, error_responses
+from config.errors import ApiError, error_responses, validation_message
 from config.paging import (
     LIMIT_PARAMETER,
     PAGE_PARAMETERS,
@@ -502,7 +502,9 @@ class SubscriberBulkApi(APIView):
                 failed.append(
                     {
                         "subscriberId": given if isinstance(given, str) else None,
-                        "message": str(serializer.errors),
+                        "message": validation_message(
+                            serializers.ValidationError(serializer.errors)
+                        ),
                     }
                 )
                 continue

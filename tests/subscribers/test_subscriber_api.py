@@ -157,7 +157,9 @@ def test_bulk_create_reports_created_updated_and_failed(keyed: tuple[Client, str
 
     assert data["created"] == [{"subscriberId": "ann"}]
     assert data["updated"] == [{"subscriberId": "bob"}]
-    assert len(data["failed"]) == 1 and data["failed"][0]["message"]
+    assert data["failed"] == [
+        {"subscriberId": None, "message": "subscriberId: This field is required."}
+    ]
     assert sorted(
         Subscriber.objects.filter(client=client).values_list("subscriber_id", flat=True)
     ) == [
