@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -241,3 +242,23 @@ def test_secret_key_is_read_lazily() -> None:
 def test_duplicate_workflow_ids_are_rejected() -> None:
     with pytest.raises(ValueError, match="welcome"):
         Bridge(workflows=[welcome, welcome])
+
+
+@workflow("twice")
+def twice(ctx: Context) -> None:
+    ctx.step.sms("sms", lambda: {"body": "first"})
+    # A workflow that swallows the error must not hide the duplicate from discover.
+    with contextlib.suppress(Exception):
+        ctx.step.sms("sms", lambda: {"body": "second"})
+
+
+def test_discover_refuses_a_workflow_with_a_duplicate_step_id() -> None:
+    """As Novu's SDK does (409 StepAlreadyExistsError): listing only the first of the two
+    would let norm sync a workflow whose every execute past that step fails."""
+    duplicated = Bridge(workflows=[welcome, twice], strict=False)
+    status, body, _ = call(duplicated, "GET", {"action": "discover"})
+    assert (status, body["code"]) == (409, "StepAlreadyExistsError")
+    assert body["data"] == {"workflowId": "twice", "stepId": "sms"}
+    assert "`sms`" in body["message"]
+    # Still alive for a health-check, which norm reads to tell the flavours apart.
+    assert call(duplicated, "GET", {"action": "health-check"})[0] == 200

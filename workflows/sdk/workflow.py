@@ -378,9 +378,14 @@ class Workflow:
     def __repr__(self) -> str:
         return f"<Workflow {self.workflow_id}>"
 
-    @cached_property
+    @property
     def steps(self) -> list[StepDefinition]:
         """The steps the function reaches with an empty payload, in code order."""
+        return self._discovered[0]
+
+    @cached_property
+    def _discovered(self) -> tuple[list[StepDefinition], StepAlreadyExistsError | None]:
+        """The steps discovery reached, and the duplicate step id it met, if any."""
         run = _Run(self.workflow_id, discovering=True)
         payload = self.payload_schema.defaults({})
         try:
@@ -390,9 +395,16 @@ class Workflow:
             logger.warning(
                 "Discovery of workflow %s stopped early", self.workflow_id, exc_info=True
             )
-        return run.reached
+        # Kept by the run even if the user's code swallowed it.
+        duplicate = run.error if isinstance(run.error, StepAlreadyExistsError) else None
+        return run.reached, duplicate
 
     def describe(self) -> dict[str, Any]:
+        duplicate = self._discovered[1]
+        if duplicate is not None:
+            # As Novu's SDK, which refuses to discover such a workflow (409): listing one
+            # of the two steps would hide that every execute reaching both fails.
+            raise duplicate.with_traceback(None)
         described: dict[str, Any] = {"workflowId": self.workflow_id, "name": self.name}
         if self.description:
             described["description"] = self.description
