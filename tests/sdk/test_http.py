@@ -129,3 +129,39 @@ def test_a_body_larger_than_django_reads_is_a_json_413() -> None:
         )
     assert (status, body["code"]) == (413, "RequestBodyTooLargeError")
     assert "1000 bytes" in body["message"]
+
+
+BROKEN_SCHEMAS = [
+    ("control", {"type": "object", "properties": {"n": {"type": "nope"}}}, "/properties/n/type"),
+    ("control", {"type": "object", "properties": {"n": {"pattern": "(["}}}, "/properties/n"),
+    ("output", {"type": "object", "properties": {"n": {"$ref": "#/$defs/gone"}}}, "/$defs/gone"),
+]
+
+
+@pytest.mark.parametrize(("kind", "schema", "where"), BROKEN_SCHEMAS)
+def test_a_step_whose_schema_cannot_be_applied_is_a_step_execution_failure(
+    kind: str, schema: dict[str, Any], where: str
+) -> None:
+    """It was a 500 BridgeError, which norm retries for minutes to no avail: it says now
+    what is wrong, with the 502 of a step's own code failing, which no server retries."""
+
+    @workflow("broken")
+    def broken(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+        ctx.step.custom("score", lambda: {"n": 1}, **{f"{kind}_schema": schema})
+
+    read = {"seen": True, "read": True, "lastSeenDate": None, "lastReadDate": None}
+    state = [{"stepId": "inbox", "outputs": read, "state": {"status": "completed"}}]
+    raw = json.dumps({"payload": {"a": 1}, "state": state, "controls": {}})
+    served = Bridge(workflows=[broken], strict=False)
+    for query in (
+        "action=execute&workflowId=broken",
+        "action=execute&workflowId=broken&stepId=score",
+    ):
+        status, body = post(served, query, raw)
+        assert (status, body["code"]) == (502, "StepExecutionFailedError")
+        assert body["data"] == {"workflowId": "broken", "stepId": "score"}
+        assert body["message"].startswith(
+            f"Failed to execute Step with id: `score`: its {kind} schema"
+        )
+        assert where in body["message"]

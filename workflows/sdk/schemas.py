@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, ValidationError, validators
+from jsonschema import Draft202012Validator, SchemaError, ValidationError, validators
+from referencing.exceptions import Unresolvable
 
 JsonSchema = dict[str, Any]
 SchemaSource = Mapping[str, Any] | type  # a JSON Schema, or a pydantic BaseModel subclass
@@ -23,6 +24,10 @@ class SchemaInvalid(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__(problems)
         self.problems = problems
+
+
+class SchemaUnusable(Exception):
+    """A declared schema that cannot be applied: no JSON Schema, or a `$ref` to nowhere."""
 
 
 def _is_model(source: object) -> bool:
@@ -74,7 +79,13 @@ class Schema:
 
     def __post_init__(self) -> None:
         validator_class = validators.validator_for(self.json_schema, default=Draft202012Validator)
-        validator_class.check_schema(self.json_schema)
+        try:
+            validator_class.check_schema(self.json_schema)
+        except SchemaError as exc:
+            at = _pointer(exc.absolute_path)
+            raise SchemaUnusable(
+                f"is not a valid JSON Schema: {exc.message}" + (f" (at {at})" if at else "")
+            ) from exc
         self._validator = validator_class(self.json_schema)
 
     def defaults(self, value: Any) -> Any:
@@ -84,7 +95,10 @@ class Schema:
         if self.model is not None:
             return self._validate_model(value)
         value = self.defaults(value)
-        errors: list[ValidationError] = list(self._validator.iter_errors(value))
+        try:
+            errors: list[ValidationError] = list(self._validator.iter_errors(value))
+        except Unresolvable as exc:
+            raise SchemaUnusable(f"cannot be applied: {exc}") from exc
         if errors:
             raise SchemaInvalid(
                 [{"path": _pointer(e.absolute_path), "message": e.message} for e in errors]

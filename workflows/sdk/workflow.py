@@ -23,7 +23,7 @@ from .errors import (
     StepAlreadyExistsError,
     StepExecutionFailedError,
 )
-from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, StepType
+from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, SchemaUnusable, StepType
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,16 @@ class StepDefinition:
         providers: Mapping[str, ProviderOverride] | None,
     ) -> StepDefinition:
         step_type = STEP_TYPES[type_name]
-        outputs = Schema.of(output_schema, default=step_type.output)
+        try:
+            controls = Schema.of(control_schema)
+        except SchemaUnusable as exc:
+            raise SchemaUnusable(f"its control schema {exc}") from exc
+        try:
+            outputs = Schema.of(output_schema, default=step_type.output)
+        except SchemaUnusable as exc:
+            raise SchemaUnusable(f"its output schema {exc}") from exc
         results = Schema.of(step_type.result) if step_type.result is not None else outputs
-        return cls(step_id, step_type, Schema.of(control_schema), outputs, results, providers or {})
+        return cls(step_id, step_type, controls, outputs, results, providers or {})
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -137,9 +144,22 @@ class _Run:
         try:
             return self._step(definition, resolver, skip)
         except FrameworkError as exc:
-            # Kept so that a user's `except Exception` cannot turn it into a success.
-            self.error = exc
+            self.failed(exc)
             raise
+
+    def failed(self, error: FrameworkError) -> FrameworkError:
+        """`error`, kept so that a user's `except Exception` cannot turn it into a success."""
+        self.error = error
+        return error
+
+    def unusable_schema(self, step_id: str, problem: str) -> StepExecutionFailedError:
+        # The bridge's own code is at fault, as when a resolver throws: answered as
+        # StepExecutionFailedError (502), which neither norm nor Novu retries, rather than
+        # as a 500 retried to no avail.
+        return StepExecutionFailedError(
+            f"Failed to execute Step with id: `{step_id}`: {problem}",
+            data={"workflowId": self.workflow_id, "stepId": step_id},
+        )
 
     def _step(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> dict[str, Any]:
         step_id = definition.step_id
@@ -228,6 +248,9 @@ class _Run:
             if what in ("output", "provider"):
                 _require_json(value)
             return value
+        except SchemaUnusable as exc:
+            kind = what.removesuffix("s")  # the custom step's result schema is its output one
+            raise self.unusable_schema(definition.step_id, f"its {kind} schema {exc}") from exc
         except SchemaInvalid as exc:
             raise error_class(
                 f"Workflow with id: `{self.workflow_id}` has an invalid state. Step with id: "
@@ -300,9 +323,12 @@ class StepApi:
         output_schema: SchemaSource | None,
         providers: Mapping[str, ProviderOverride] | None,
     ) -> dict[str, Any]:
-        definition = StepDefinition.build(
-            type_name, step_id, control_schema, output_schema, providers
-        )
+        try:
+            definition = StepDefinition.build(
+                type_name, step_id, control_schema, output_schema, providers
+            )
+        except SchemaUnusable as exc:
+            raise self._run.failed(self._run.unusable_schema(step_id, str(exc))) from exc
         return self._run.step(definition, resolver, skip)
 
 
@@ -367,8 +393,11 @@ class Workflow:
             )
         self.workflow_id = workflow_id
         self.fn = fn
-        self.payload_schema = Schema.of(payload_schema)
-        self.control_schema = Schema.of(control_schema)
+        try:
+            self.payload_schema = Schema.of(payload_schema)
+            self.control_schema = Schema.of(control_schema)
+        except SchemaUnusable as exc:
+            raise SchemaUnusable(f"Workflow {workflow_id!r}: a schema {exc}") from exc
         self.name = name or workflow_id
         self.description = description
         self.tags = list(tags or [])
