@@ -59,3 +59,32 @@ def test_equal_schemas_share_one_compiled_schema_and_defaults_are_copies() -> No
 def test_a_schema_that_is_not_json_still_compiles() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 1}}, "x": {1, 2}}
     assert Schema.of(schema).validate({}) == {"n": 1}
+
+
+def test_array_items_get_their_defaults_and_lose_forbidden_keys_as_with_ajv() -> None:
+    """Novu's SDK (ajv, useDefaults and removeAdditional) fills each item of an array, so
+    a workflow written for it reads `line["qty"]`; it raised KeyError here."""
+    line = {
+        "type": "object",
+        "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "default": 1}},
+        "additionalProperties": False,
+    }
+    schema = {
+        "type": "object",
+        "properties": {
+            "lines": {"type": "array", "items": line},
+            "pair": {"type": "array", "prefixItems": [line], "items": {"type": "string"}},
+        },
+    }
+
+    @workflow("order-lines", payload_schema=schema)
+    def order_lines(ctx: Context) -> None:
+        lines = ctx.payload["lines"]
+        ctx.step.sms("sms", lambda: {"body": ", ".join(f"{x['qty']} {x['sku']}" for x in lines)})
+
+    payload = {"lines": [{"sku": "A"}, {"sku": "B", "qty": 2, "note": "x"}]}
+    assert order_lines.execute(execute_body(payload, []))["outputs"] == {"body": "1 A, 2 B"}
+    assert Schema.of(schema).validate({"pair": [{"sku": "A", "x": 0}, "b"], "lines": []}) == {
+        "pair": [{"sku": "A", "qty": 1}, "b"],
+        "lines": [],
+    }

@@ -43,6 +43,17 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
     """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
+    if isinstance(value, list):
+        # ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`.
+        items = schema.get("items")
+        positional = schema.get("prefixItems", items if isinstance(items, list) else [])
+        positional = positional if isinstance(positional, list) else []
+        rest = items if isinstance(items, Mapping) else None
+        for n, item in enumerate(value):
+            sub = positional[n] if n < len(positional) else rest
+            if sub is not None:
+                value[n] = _fill(sub, item)
+        return value
     if not isinstance(value, dict) or not isinstance(schema.get("properties"), Mapping):
         return value
     properties: Mapping[str, Any] = schema["properties"]
