@@ -88,3 +88,27 @@ def test_array_items_get_their_defaults_and_lose_forbidden_keys_as_with_ajv() ->
         "pair": [{"sku": "A", "qty": 1}, "b"],
         "lines": [],
     }
+
+
+def test_additional_properties_false_strips_as_ajv_does_with_or_without_properties() -> None:
+    """ajv keeps the keys `patternProperties` matches (they were dropped silently) and
+    strips extra keys from an object whose schema lists no `properties` (refused here)."""
+    headers = {
+        "type": "object",
+        "properties": {"id": {"type": "string"}},
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    assert Schema.of(headers).validate({"id": "1", "x-trace": "t", "other": "o"}) == {
+        "id": "1",
+        "x-trace": "t",
+    }
+    closed = {"type": "object", "additionalProperties": False}
+    assert Schema.of(closed).validate({"stray": 1}) == {}
+
+    @workflow("closed-controls")
+    def closed_controls(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"}, control_schema=closed)
+
+    response = closed_controls.execute(execute_body({}, [], controls={"stray": 1}))
+    assert response["outputs"] == {"body": "b"}

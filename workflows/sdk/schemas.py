@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,17 +55,23 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
             if sub is not None:
                 value[n] = _fill(sub, item)
         return value
-    if not isinstance(value, dict) or not isinstance(schema.get("properties"), Mapping):
+    if not isinstance(value, dict):
         return value
-    properties: Mapping[str, Any] = schema["properties"]
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
         if key in value:
             value[key] = _fill(sub, value[key])
         elif isinstance(sub, Mapping) and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
     if schema.get("additionalProperties") is False:
+        # A key that `patternProperties` matches is no additional one (check_schema made
+        # sure each pattern compiles).
+        patterns = schema.get("patternProperties")
+        patterns = list(patterns) if isinstance(patterns, Mapping) else []
         for key in [k for k in value if k not in properties]:
-            del value[key]
+            if not any(re.search(pattern, key) for pattern in patterns):
+                del value[key]
     return value
 
 
