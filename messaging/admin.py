@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
-from workflows.admin import ReadOnlyAdmin, fixed_choices, pretty_json
+from workflows.admin import ReadOnlyAdmin, change_link, fixed_choices, pretty_json
 from workflows.selectors import CHANNEL_TYPES
 
 
@@ -31,7 +31,11 @@ class MessageAdmin(ReadOnlyAdmin):
         "=provider",
     ]
     exclude = ["content"]
-    readonly_fields = ["content_json"]
+    readonly_fields = ["content_json", "notification_link"]
+
+    @admin.display(description="notification")
+    def notification_link(self, message: Message) -> SafeString:
+        return change_link(message.step.notification)
 
     @admin.display(description="content")
     def content_json(self, message: Message) -> SafeString:

@@ -14,7 +14,8 @@ from django.utils.safestring import SafeString
 
 from notify import services
 from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
-from workflows.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json
+from workflows.admin import ReadOnlyAdmin, ReadOnlyInline, changelist_link, pretty_json
+from workflows.models import Notification
 
 # A key is shown as its prefix only: the plain key exists once, when it is created.
 KEY_FIELDS = ["prefix", "client", "created_at", "revoked_at"]
@@ -213,7 +214,20 @@ class TriggerEventAdmin(ReadOnlyAdmin):
         return request.user.has_perm("notify.change_triggerevent")
 
     exclude = ["payload", "to", "actor", "overrides"]
-    readonly_fields = ["payload_json", "to_json", "actor_json", "overrides_json"]
+    readonly_fields = [
+        "notifications_link",
+        "payload_json",
+        "to_json",
+        "actor_json",
+        "overrides_json",
+    ]
+
+    @admin.display(description="notifications")
+    def notifications_link(self, event: TriggerEvent) -> SafeString:
+        # A link, not an inline: a broadcast has one notification per subscriber.
+        return changelist_link(
+            Notification, "Notifications of this trigger", trigger_event__id__exact=event.pk
+        )
 
     @admin.display(description="payload")
     def payload_json(self, event: TriggerEvent) -> SafeString:

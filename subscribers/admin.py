@@ -3,8 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from messaging.models import Message
 from subscribers.models import Subscriber, Topic, TopicSubscription
+from workflows.admin import changelist_link
+from workflows.models import Notification
 
 
 @admin.register(Subscriber)
@@ -13,7 +18,17 @@ class SubscriberAdmin(admin.ModelAdmin):
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["subscriber_id", "email"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at", "activity"]
+
+    @admin.display(description="activity")
+    def activity(self, subscriber: Subscriber) -> SafeString | str:
+        if subscriber.pk is None:
+            return "-"
+        return format_html(
+            "{} · {}",
+            changelist_link(Notification, "Notifications", subscriber__id__exact=subscriber.pk),
+            changelist_link(Message, "Messages", subscriber__id__exact=subscriber.pk),
+        )
 
 
 @admin.register(TopicSubscription)

@@ -7,9 +7,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from workflows import selectors, services
@@ -18,6 +21,20 @@ from workflows.models import Notification, Step
 
 def pretty_json(value: Any) -> SafeString:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def change_link(obj: models.Model, text: Any = None) -> SafeString:
+    """A link to an object's admin page, so an operator can follow a notification."""
+    meta = obj._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, obj if text is None else text)
+
+
+def changelist_link(model: type[models.Model], text: str, **filters: Any) -> SafeString:
+    """A link to the rows of `model` matching `filters` (lookups the changelist accepts)."""
+    meta = model._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+    return format_html('<a href="{}?{}">{}</a>', url, urlencode(filters), text)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -142,10 +159,11 @@ class NotificationAdmin(ReadOnlyAdmin):
             return format_html("<p>{}</p>", "No messages.")
         body = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
             "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
+                    change_link(m, m.pk),
                     step_id,
                     m.channel,
                     m.provider,
@@ -160,7 +178,7 @@ class NotificationAdmin(ReadOnlyAdmin):
             ),
         )
         return format_html(
-            "<table><thead><tr><th>step</th><th>channel</th><th>provider</th><th>status</th>"
+            "<table><thead><tr><th>message</th><th>step</th><th>channel</th><th>provider</th><th>status</th>"
             "<th>recipient</th><th>sent</th><th>seen</th><th>read</th><th>error</th></tr>"
             "</thead><tbody>{}</tbody></table>",
             body,
@@ -196,7 +214,12 @@ class StepAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     list_select_related = ["notification__subscriber"]
     search_fields = ["=step_id", "=notification__subscriber__subscriber_id"]
-    readonly_fields = ["live_result"]
+    readonly_fields = ["live_result", "message_link"]
+
+    @admin.display(description="message")
+    def message_link(self, step: Step) -> SafeString | str:
+        message = getattr(step, "message", None)
+        return change_link(message) if message is not None else "-"
 
     @admin.display(description="result (as the bridge sees it)")
     def live_result(self, step: Step) -> SafeString:

@@ -367,3 +367,40 @@ def test_the_admin_answers_without_its_trailing_slash(client) -> None:
     assert response.status_code == 302
     assert response["Location"] == "/admin/"
     assert client.get(response["Location"]).status_code == 302  # on to the login page
+
+
+def _hrefs(response: Any) -> set[str]:
+    import html
+    import re
+
+    assert response.status_code == 200
+    return {html.unescape(h) for h in re.findall(r'href="([^"]+)"', response.content.decode())}
+
+
+def test_an_operator_follows_a_notification_by_its_links(admin_client) -> None:
+    """From a trigger to its notifications, a notification to its messages, a message
+    to its notification and subscriber, a subscriber to its notifications and messages."""
+    notification = NotificationFactory()
+    message = MessageFactory(step=StepFactory(notification=notification, type="in_app"))
+    subscriber = notification.subscriber
+    # The same trigger's other recipient, and another trigger: filtered out of the lists.
+    sibling = NotificationFactory(trigger_event=notification.trigger_event)
+    MessageFactory(step=StepFactory(notification=NotificationFactory(), type="in_app"))
+
+    trigger_page = _hrefs(admin_client.get(_url(notification.trigger_event, "change")))
+    to_list = [h for h in trigger_page if h.startswith(_url(notification, "changelist") + "?")]
+    assert len(to_list) == 1, trigger_page
+    listed = admin_client.get(to_list[0]).context["cl"].result_list
+    assert sorted(n.pk for n in listed) == sorted([notification.pk, sibling.pk])
+
+    assert _url(message, "change") in _hrefs(admin_client.get(_url(notification, "change")))
+    assert _url(message, "change") in _hrefs(admin_client.get(_url(message.step, "change")))
+    message_page = _hrefs(admin_client.get(_url(message, "change")))
+    assert {_url(notification, "change"), _url(subscriber, "change")} <= message_page
+
+    subscriber_page = _hrefs(admin_client.get(_url(subscriber, "change")))
+    for model_obj in (notification, message):
+        changelist = _url(model_obj, "changelist")
+        links = [h for h in subscriber_page if h.startswith(changelist + "?")]
+        assert len(links) == 1, (changelist, subscriber_page)
+        assert list(admin_client.get(links[0]).context["cl"].result_list) == [model_obj]
