@@ -214,7 +214,18 @@ class StepAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     list_select_related = ["notification__subscriber"]
     search_fields = ["=step_id", "=notification__subscriber__subscriber_id"]
-    readonly_fields = ["live_result", "message_link"]
+    # Shown indented, as everywhere else: Django prints a JSON field on one line, and an
+    # email's body in `outputs` is a page of markup.
+    exclude = ["outputs", "providers", "result"]
+    readonly_fields = ["outputs_json", "providers_json", "live_result", "message_link"]
+
+    @admin.display(description="outputs")
+    def outputs_json(self, step: Step) -> SafeString:
+        return pretty_json(step.outputs)
+
+    @admin.display(description="providers")
+    def providers_json(self, step: Step) -> SafeString:
+        return pretty_json(step.providers)
 
     @admin.display(description="message")
     def message_link(self, step: Step) -> SafeString | str:

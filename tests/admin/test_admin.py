@@ -404,3 +404,28 @@ def test_an_operator_follows_a_notification_by_its_links(admin_client) -> None:
         links = [h for h in subscriber_page if h.startswith(changelist + "?")]
         assert len(links) == 1, (changelist, subscriber_page)
         assert list(admin_client.get(links[0]).context["cl"].result_list) == [model_obj]
+
+
+def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
+    """An email's body is a page of markup: on one line, as Django prints a JSON field,
+    an operator could not read what was sent."""
+    import json
+
+    from django.utils.html import escape
+
+    body = {"body": "<p>Hello Ann</p>\n<p>Welcome</p>", "subject": "Hi"}
+    step = StepFactory(
+        outputs=body, providers={"smtp": {"from": "a@b.test"}}, result={"sent": True}
+    )
+    message = MessageFactory(step=StepFactory(type="in_app"), content=body)
+    pages = {
+        step: [step.outputs, step.providers, step.result],
+        message: [message.content],
+        step.notification: [step.notification.payload],
+        step.notification.trigger_event: [step.notification.trigger_event.payload],
+    }
+    for obj, values in pages.items():
+        html = admin_client.get(_url(obj, "change")).content.decode()
+        for value in values:
+            indented = escape(json.dumps(value, indent=2, sort_keys=True))
+            assert f"<pre>{indented}</pre>" in html, (obj._meta.model_name, value)
