@@ -29,6 +29,7 @@ class MessageAdmin(ReadOnlyAdmin):
         "=subscriber__subscriber_id",
         "=provider_message_id",
         "=provider",
+        "=step__notification__trigger_event__transaction_id",
     ]
     exclude = ["content"]
     readonly_fields = ["content_json", "notification_link"]

@@ -194,7 +194,7 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["status", "mode", "client"]
     list_select_related = ["client"]
-    search_fields = ["=transaction_id"]
+    search_fields = ["=transaction_id", "=workflow_id"]
     actions = ["cancel"]
 
     @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])

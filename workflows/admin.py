@@ -118,6 +118,7 @@ class NotificationAdmin(ReadOnlyAdmin):
     search_fields = [
         "=trigger_event__transaction_id",
         "=subscriber__subscriber_id",
+        "=subscriber__email",
         "=workflow_id",
     ]
     ordering = ["-created_at"]

@@ -429,3 +429,43 @@ def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
         for value in values:
             indented = escape(json.dumps(value, indent=2, sort_keys=True))
             assert f"<pre>{indented}</pre>" in html, (obj._meta.model_name, value)
+
+
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("workflows_notification", "ann@example.test"),
+        ("workflows_notification", "tx-wanted"),
+        ("workflows_notification", "wf-wanted"),
+        ("workflows_notification", "sub-wanted"),
+        ("notify_triggerevent", "tx-wanted"),
+        ("notify_triggerevent", "wf-wanted"),
+        ("messaging_message", "tx-wanted"),
+        ("messaging_message", "sub-wanted"),
+        ("messaging_message", "ann@example.test"),
+        ("subscribers_subscriber", "sub-wanted"),
+        ("subscribers_subscriber", "ann@example.test"),
+    ],
+)
+def test_search_by_what_an_operator_has(admin_client, changelist: str, query: str) -> None:
+    """The subscriber's id or email, the trigger's transactionId, the workflow's id."""
+    event = TriggerEventFactory(transaction_id="tx-wanted", workflow_id="wf-wanted")
+    notification = NotificationFactory(
+        trigger_event=event,
+        subscriber__subscriber_id="sub-wanted",
+        subscriber__email="ann@example.test",
+    )
+    message = MessageFactory(
+        step=StepFactory(notification=notification, type="email"), recipient="ann@example.test"
+    )
+    MessageFactory()  # another trigger's, to another subscriber
+    wanted = {
+        "workflows_notification": notification,
+        "notify_triggerevent": event,
+        "messaging_message": message,
+        "subscribers_subscriber": notification.subscriber,
+    }[changelist]
+
+    response = admin_client.get(reverse(f"admin:{changelist}_changelist"), {"q": query})
+
+    assert list(response.context["cl"].result_list) == [wanted]
