@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -14,11 +17,17 @@ from workflows.models import Notification
 
 @admin.register(Subscriber)
 class SubscriberAdmin(admin.ModelAdmin):
+    """A subscriber's client is fixed once created: moved, it would leave its
+    notifications, messages and topics with the old client."""
+
     list_display = ["subscriber_id", "email", "first_name", "last_name", "client", "created_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["subscriber_id", "email"]
     readonly_fields = ["created_at", "updated_at", "activity"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [*self.readonly_fields, "client"] if obj is not None else self.readonly_fields
 
     @admin.display(description="activity")
     def activity(self, subscriber: Subscriber) -> SafeString | str:
@@ -31,10 +40,29 @@ class SubscriberAdmin(admin.ModelAdmin):
         )
 
 
+class TopicSubscriptionForm(forms.ModelForm):
+    class Meta:
+        model = TopicSubscription
+        fields = ["topic", "subscriber"]
+
+    def clean(self) -> dict[str, Any]:
+        # Subscriber ids repeat across clients, and the choices show only the id. Another
+        # client's subscriber would be listed as a member by this client's topic API,
+        # and skipped by its triggers.
+        cleaned = super().clean()
+        topic, subscriber = cleaned.get("topic"), cleaned.get("subscriber")
+        if topic and subscriber and topic.client_id != subscriber.client_id:
+            raise forms.ValidationError(
+                f"'{subscriber}' is a subscriber of another client than the topic's."
+            )
+        return cleaned
+
+
 @admin.register(TopicSubscription)
 class TopicSubscriptionAdmin(admin.ModelAdmin):
     """A topic's members, a page at a time (a topic may have thousands: no inline)."""
 
+    form = TopicSubscriptionForm
     list_display = ["topic", "subscriber", "created_at"]
     list_select_related = ["topic", "subscriber"]
     autocomplete_fields = ["topic", "subscriber"]
@@ -44,10 +72,15 @@ class TopicSubscriptionAdmin(admin.ModelAdmin):
 
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
+    """A topic's client is fixed once created: its members are that client's subscribers."""
+
     list_display = ["key", "name", "client", "member_count", "created_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["key", "name"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["client"] if obj is not None else []
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
         return super().get_queryset(request).annotate(member_count=Count("subscribers"))

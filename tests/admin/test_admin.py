@@ -469,3 +469,39 @@ def test_search_by_what_an_operator_has(admin_client, changelist: str, query: st
     response = admin_client.get(reverse(f"admin:{changelist}_changelist"), {"q": query})
 
     assert list(response.context["cl"].result_list) == [wanted]
+
+
+def test_a_topic_member_must_be_a_subscriber_of_the_topics_client(admin_client) -> None:
+    """Subscriber ids repeat across clients and the admin shows only the id: another
+    client's subscriber put in a topic was listed by this client's topic API (a leak)
+    and never reached by its triggers."""
+    topic = Topic.objects.create(client=ClientFactory(), key="news")
+    own = SubscriberFactory(client=topic.client, subscriber_id="ann")
+    foreign = SubscriberFactory(subscriber_id="ann")
+    url = reverse("admin:subscribers_topicsubscription_add")
+
+    refused = admin_client.post(url, {"topic": topic.pk, "subscriber": foreign.pk})
+    accepted = admin_client.post(url, {"topic": topic.pk, "subscriber": own.pk})
+
+    assert refused.status_code == 200 and "another client" in refused.content.decode()
+    assert accepted.status_code == 302
+    assert list(topic.subscribers.all()) == [own]
+
+
+def test_a_subscriber_or_topic_keeps_its_client(admin_client) -> None:
+    """Moved to another client, a subscriber's notifications, messages and topics, or a
+    topic's members, would stay with the first."""
+    subscriber = SubscriberFactory(subscriber_id="ann")
+    topic = Topic.objects.create(client=subscriber.client, key="news")
+    first, other = subscriber.client_id, ClientFactory()
+
+    admin_client.post(
+        _url(subscriber, "change"),
+        {"client": other.pk, "subscriber_id": "ann", "email": "ann@example.test", "data": "{}"},
+    )
+    admin_client.post(_url(topic, "change"), {"client": other.pk, "key": "news", "name": "News"})
+
+    subscriber.refresh_from_db()
+    topic.refresh_from_db()
+    assert (subscriber.email, subscriber.client_id) == ("ann@example.test", first)
+    assert (topic.name, topic.client_id) == ("News", first)
