@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django import forms
@@ -73,6 +74,16 @@ class ClientAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at"]
     inlines = [SecretKeyInline, BridgeWorkflowInline]
     actions = ["create_key"]
+
+    def get_deleted_objects(
+        self, objs: Iterable[Client], request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        # Django lists every row a delete would take, at a query per notification: a
+        # client's rows are its whole history, which the admin never deletes (trigger
+        # events and the pipeline's rows have no delete permission). Say so unread.
+        if TriggerEvent.objects.filter(client__in=objs).exists():
+            return [str(c) for c in objs], {}, {str(TriggerEvent._meta.verbose_name)}, []
+        return super().get_deleted_objects(objs, request)
 
     @admin.action(description="Create a new secret key", permissions=["change"])
     def create_key(self, request: HttpRequest, queryset: QuerySet[Client]) -> HttpResponse:

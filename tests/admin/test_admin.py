@@ -505,3 +505,37 @@ def test_a_subscriber_or_topic_keeps_its_client(admin_client) -> None:
     topic.refresh_from_db()
     assert (subscriber.email, subscriber.client_id) == ("ann@example.test", first)
     assert (topic.name, topic.client_id) == ("News", first)
+
+
+def test_deleting_a_client_with_a_history_is_refused_without_reading_it(admin_client) -> None:
+    """Django's delete page listed every notification, step and message of the client,
+    at a query per notification (a client's whole history), only to refuse: the
+    pipeline's rows have no delete permission."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def delete_page(notifications: int) -> tuple[int, Any]:
+        client = ClientFactory()
+        event = TriggerEventFactory(client=client)
+        for _ in range(notifications):
+            NotificationFactory(trigger_event=event)
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(_url(client, "delete"))
+        return len(queries), (client, response)
+
+    delete_page(1)  # the first page load of a test reads the user and content types
+    few, _ = delete_page(2)
+    many, (client, response) = delete_page(30)
+
+    assert many == few
+    assert "Cannot delete client" in response.content.decode()
+    assert admin_client.post(_url(client, "delete"), {"post": "yes"}).status_code == 403
+    bulk = {"action": "delete_selected", "_selected_action": [client.pk]}
+    changelist = reverse("admin:notify_client_changelist")
+    assert "Cannot delete client" in admin_client.post(changelist, bulk).content.decode()
+    assert admin_client.post(changelist, {**bulk, "post": "yes"}).status_code == 403
+    assert Notification.objects.filter(client=client).count() == 30
+
+    unused = ClientFactory()  # no trigger yet: deleted as before
+    assert admin_client.post(_url(unused, "delete"), {"post": "yes"}).status_code == 302
+    assert not type(unused).objects.filter(pk=unused.pk).exists()
