@@ -235,11 +235,14 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
     event = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
     if event is None:
         return False
-    with transaction.atomic():
-        first_cancel = TriggerEvent.objects.filter(pk=event.pk, canceled_at__isnull=True).update(
-            canceled_at=timezone.now()
-        )
-        canceled = notifications_cancel(trigger_event_id=event.pk)
+    # Committed before the notifications are canceled, not with them: a notification
+    # created meanwhile is not among those canceled, and its echo must see the cancel.
+    # In one transaction (seconds long for a broadcast), an echo that read the event
+    # before its commit recorded a step after the cancel had answered, and sent it.
+    first_cancel = TriggerEvent.objects.filter(pk=event.pk, canceled_at__isnull=True).update(
+        canceled_at=timezone.now()
+    )
+    canceled = notifications_cancel(trigger_event_id=event.pk)
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED
         or event.notifications.count() < event.recipients

@@ -1,0 +1,92 @@
+"""A trigger's cancel racing its fan-out and sends, on real connections: once the cancel
+has answered, nothing of the trigger goes out that had not started before it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.db import connection
+
+from messaging import services as messaging_services
+from notify import services as notify_services
+from notify.models import TriggerEvent
+from tests.conftest import Enqueued
+from tests.factories import BridgeSyncFactory, SubscriberFactory, TriggerEventFactory
+from workflows import bridge, services
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MAIL = {
+    "done": False,
+    "stepId": "mail",
+    "type": "email",
+    "outputs": {"subject": "Hi", "body": "Yo"},
+}
+
+
+def test_a_notification_created_as_its_trigger_is_canceled_sends_nothing_after_the_cancel(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, enqueued: Enqueued
+) -> None:
+    """A subscriber command read the event before the cancel and creates its
+    notification while the cancel's transaction is open (so the cancel does not list
+    it); the notification's echo reads the event then too, and the bridge answers once
+    the cancel has committed. The echo found the trigger not canceled (the cancel had
+    not committed), recorded the step after the cancel had answered, and the email went
+    out: for a broadcast canceled mid fan-out, the cancel's transaction is seconds long."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
+    BridgeSyncFactory(client=event.client, flavour="norm")
+    ann = SubscriberFactory(client=event.client, email="ann@example.com")
+    as_the_command_read_it = TriggerEvent.objects.get(pk=event.pk)
+
+    held, release = threading.Event(), threading.Event()
+    real_cancel = notify_services.notifications_cancel
+
+    def cancel_then_hold(**kwargs: Any) -> int:
+        canceled = real_cancel(**kwargs)
+        held.set()
+        release.wait(10)  # the cancel's transaction stays open meanwhile (if it has one)
+        return canceled
+
+    monkeypatch.setattr(notify_services, "notifications_cancel", cancel_then_hold)
+    answered: dict[str, Any] = {}
+
+    def cancel() -> None:
+        try:
+            answered["canceled"] = notify_services.trigger_event_cancel(
+                client=event.client, transaction_id=event.transaction_id
+            )
+        finally:
+            connection.close()
+
+    canceling = threading.Thread(target=cancel)
+    canceling.start()
+    try:
+        assert held.wait(10)
+        notification = services.notification_create(
+            trigger_event=as_the_command_read_it, subscriber=ann
+        )
+        assert notification is not None
+
+        def answer_once_the_cancel_answered(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            release.set()
+            canceling.join(10)
+            return MAIL
+
+        monkeypatch.setattr(bridge, "execute", answer_once_the_cancel_answered)
+        services.echo_run(notification_id=str(notification.pk))
+    finally:
+        release.set()
+        canceling.join(10)
+    assert answered == {"canceled": True}
+
+    for step in Step.objects.filter(notification=notification):
+        messaging_services.message_send(step_id=step.pk)
+
+    assert mail.outbox == []
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.CANCELED
