@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import reduce
 from typing import Any
 
+import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
@@ -70,6 +71,21 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
     )
     if not claimed:
         return
+    try:
+        _fan_out(trigger_event_id=trigger_event_id)
+    except kombu.exceptions.OperationalError:
+        # The broker refused a command (down, a failover). Let go of the event, as the
+        # reconciler does a stale claim, for it to send again once the trigger is a grace
+        # period old (the rerun skips those reached): held under this task's claim, the
+        # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
+        TriggerEvent.objects.filter(
+            pk=trigger_event_id, status=TriggerEvent.Status.PROCESSING, claimed_by=claim
+        ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+        raise
+
+
+def _fan_out(*, trigger_event_id: int) -> None:
+    """`trigger_event_run` once it holds the event."""
     event = TriggerEvent.objects.select_related("client").get(pk=trigger_event_id)
     if not event.client.is_active:
         TriggerEvent.objects.filter(pk=event.pk).update(

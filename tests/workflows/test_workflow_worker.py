@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from typing import Any
 
+import kombu.exceptions
 import pytest
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from config import pipeline
+from config.celery import app as celery_app
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce
@@ -127,3 +132,38 @@ def test_the_fanning_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     ]
     event.refresh_from_db()
     assert (event.status, event.claimed_by) == (TriggerEvent.Status.PROCESSED, "task-1")
+
+
+def test_a_broker_failing_mid_fan_out_leaves_the_event_to_the_reconciler_after_a_grace_period(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """Redis refused the second command (down, a failover): the event stayed processing
+    under the dead task's claim, so the reconciler sent it again only once the claim went
+    stale (NORM_STALE_CLAIM_SECONDS, ten minutes), the other recipients waiting; failed
+    publishes elsewhere wait a grace period (NORM_RECONCILE_GRACE)."""
+    event = TriggerEventFactory(to=["ann", "bob"])
+    sent: list[tuple[str, list[Any]]] = []
+
+    def broker_fails_on_the_second(name: str, args: list[Any], **kwargs: Any) -> None:
+        if len(sent) == 1:
+            raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+        sent.append((name, args))
+
+    monkeypatch.setattr(celery_app, "send_task", broker_fails_on_the_second)
+    with pytest.raises(kombu.exceptions.OperationalError):
+        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    assert sent == [(pipeline.SUBSCRIBER.task, [event.pk, {"subscriberId": "ann"}])]
+
+    monkeypatch.setattr(celery_app, "send_task", lambda name, args, **_: sent.append((name, args)))
+    sent.clear()
+    past_grace = timezone.now() - timedelta(seconds=settings.NORM_RECONCILE_GRACE + 1)
+    assert settings.NORM_RECONCILE_GRACE + 1 < settings.NORM_STALE_CLAIM_SECONDS
+    TriggerEvent.objects.update(created_at=past_grace, claimed_at=past_grace)
+    services.reconcile()
+    assert sent == [(pipeline.WORKFLOW.task, [event.pk])]
+
+    sent.clear()
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    assert [args[1] for _, args in sent] == [{"subscriberId": "ann"}, {"subscriberId": "bob"}]
+    event.refresh_from_db()
+    assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 2)
