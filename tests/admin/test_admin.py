@@ -539,3 +539,40 @@ def test_deleting_a_client_with_a_history_is_refused_without_reading_it(admin_cl
     unused = ClientFactory()  # no trigger yet: deleted as before
     assert admin_client.post(_url(unused, "delete"), {"post": "yes"}).status_code == 302
     assert not type(unused).objects.filter(pk=unused.pk).exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["workflows_notification", "workflows_step", "messaging_message", "notify_triggerevent"],
+)
+def test_a_pipeline_changelist_pages_through_an_index_without_sorting_the_table(
+    admin_client, name: str
+) -> None:
+    # These tables hold every notification ever sent: a page of them must come from an
+    # index in order, not from sorting the whole table (PostgreSQL plans a Sort node only
+    # when no index gives the order, even with sorting disabled).
+    from django.db import connection
+
+    MessageFactory()
+    response = admin_client.get(reverse(f"admin:{name}_changelist"))
+    assert response.status_code == 200
+    page = response.context["cl"].queryset[:100]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
+    assert "Sort" not in page.explain(), name
+
+
+def test_a_filtered_trigger_list_counts_only_what_matches(admin_client) -> None:
+    # A second COUNT(*) of the whole table (Django's "of N total") on every filtered page.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    TriggerEventFactory()
+    url = reverse("admin:notify_triggerevent_changelist") + "?status__exact=received"
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(url).status_code == 200
+    counts = [
+        q["sql"] for q in queries if "COUNT(*)" in q["sql"] and "notify_triggerevent" in q["sql"]
+    ]
+    assert len(counts) == 1, counts
+    assert "WHERE" in counts[0]
