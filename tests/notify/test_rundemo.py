@@ -106,6 +106,31 @@ def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
         demo.wait()
 
 
+def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> None:
+    # SIGKILL (kill -9, the OOM killer) runs no handler: the children must notice.
+    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    children: list[int] = []
+    try:
+        _read_until(demo, "norm is running")
+        children = _children(demo.pid)
+        assert len(children) == 3
+
+        demo.kill()
+        demo.wait(timeout=30)
+
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Left running, they kept the port (the next `make run` was refused) and a
+        # worker consuming var/broker.
+        assert [pid for pid in children if _alive(pid)] == []
+    finally:
+        for pid in [demo.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        demo.wait()
+
+
 def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
     port = free_port()
     with socket.create_server(("127.0.0.1", port)):  # another server, or a second make run

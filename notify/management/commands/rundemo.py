@@ -110,17 +110,20 @@ class Command(BaseCommand):
         # the bridge of that run: every trigger would answer 502.
         Client.objects.filter(name="demo").update(bridge_url=bridge_url)
 
-        python = sys.executable
+        # Each child watches this pipe and stops once rundemo is gone, even killed
+        # by SIGKILL, which runs no handler (notify/management/demochild.py).
+        alive, alive_w = os.pipe()
+        launch = [sys.executable, "-m", "notify.management.demochild", str(alive)]
         commands = {
-            "web": [python, "manage.py", "demoweb", addr, "--noreload"],
+            "web": [*launch, "manage.py", "demoweb", addr, "--noreload"],
             # Threads, not prefork: one process keeps a single consumer on the
             # filesystem broker and a single SQLite writer per thread.
             "worker": [
-                *(python, "-m", "celery", "-A", "config", "worker", "-l", "INFO"),
+                *(*launch, "-m", "celery", "-A", "config", "worker", "-l", "INFO"),
                 *("-Q", ",".join(QUEUES), "--pool", "threads", "-c", str(options["concurrency"])),
             ],
             "beat": [
-                *(python, "-m", "celery", "-A", "config", "beat", "-l", "INFO"),
+                *(*launch, "-m", "celery", "-A", "config", "beat", "-l", "INFO"),
                 *("-s", str(var / "celerybeat-schedule")),
             ],
         }
@@ -140,6 +143,7 @@ class Command(BaseCommand):
                     stderr=subprocess.STDOUT,
                     text=True,
                     start_new_session=True,
+                    pass_fds=(alive,),
                 )
                 processes[name] = process
                 assert process.stdout is not None
@@ -161,6 +165,8 @@ class Command(BaseCommand):
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
             _terminate(processes)
+            os.close(alive)
+            os.close(alive_w)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
