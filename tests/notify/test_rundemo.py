@@ -143,6 +143,24 @@ def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> No
     assert "worker|" not in output and "beat  |" not in output  # nothing was started
 
 
+@pytest.mark.parametrize("addr", ["8001", "localhost", "127.0.0.1:http", "127.0.0.1:80010"])
+def test_an_address_that_is_no_host_and_port_is_refused_with_what_to_type(
+    tmp_path: Path, addr: str
+) -> None:
+    # runserver takes a bare port; rundemo also needs the host for the demo bridge's
+    # URL, and waited 60 s on http://8001/bridge before saying the server did not answer.
+    demo = _start(addr, tmp_path)
+    try:
+        output, _ = demo.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        _stop(demo)
+        raise
+
+    assert demo.returncode != 0
+    assert f"--addr {addr}: give host:port, e.g. 127.0.0.1:8001" in output, output[-3000:]
+    assert "Traceback" not in output
+
+
 def _stop(demo: subprocess.Popen[str]) -> None:
     demo.send_signal(signal.SIGINT)
     demo.communicate(timeout=30)

@@ -61,6 +61,9 @@ def _check_free(addr: str) -> None:
     running there would answer the readiness check and be announced as this one."""
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        # runserver would take a bare port, but the demo bridge's URL needs the host.
+        raise CommandError(f"--addr {addr}: give host:port, e.g. 127.0.0.1:8001")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
         # SO_REUSEADDR, as the web server binds: a port left in TIME_WAIT is free.
