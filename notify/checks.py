@@ -8,9 +8,10 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+# The standard library's form, as README's: the host's python3 need not have cryptography.
 _FERNET_HINT = (
-    "Set NORM_ENCRYPTION_KEY to a Fernet key: python3 -c 'from cryptography.fernet import "
-    "Fernet; print(Fernet.generate_key().decode())'"
+    "Set NORM_ENCRYPTION_KEY to a Fernet key (32 random bytes, urlsafe base64): python3 -c "
+    "'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
 )
 
 

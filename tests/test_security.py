@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,6 +134,19 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
     messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+def test_the_deploy_checks_hint_makes_a_key_with_only_the_standard_library(settings: Any) -> None:
+    settings.SECRET_KEY, settings.NORM_ENCRYPTION_KEY = django_settings.DEVELOPMENT_SECRET_KEY, ""
+    [error] = [m for m in checks.run_checks(include_deployment_checks=True) if m.id == "norm.E001"]
+    command = error.hint.split(": ", 1)[1]
+    # As an operator pastes it into a host shell, whose python3 has no cryptography.
+    made = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, check=True, timeout=30,
+        env={"PATH": os.environ["PATH"], "PYTHONNOUSERSITE": "1"},
+    )  # fmt: skip
+    assert "cryptography" not in command
+    Fernet(made.stdout.strip())  # a key norm accepts
 
 
 @pytest.mark.parametrize(("countdown", "found"), [(3599, []), (3600, ["norm.E002"])])
