@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection
 
 from notify.management.commands import demoweb
+from notify.management.commands.rundemo import _check_free
 from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -141,6 +143,17 @@ def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> No
     assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in output
     assert "norm is running" not in output
     assert "worker|" not in output and "beat  |" not in output  # nothing was started
+
+
+def test_an_address_that_cannot_be_served_is_not_blamed_on_a_running_norm() -> None:
+    addr = "192.0.2.1:8001"  # TEST-NET-1: documentation's, never this machine's
+    with pytest.raises(CommandError) as refused:
+        _check_free(addr)
+
+    message = str(refused.value)
+    assert message.startswith(f"cannot serve on {addr}: Cannot assign requested address")
+    assert "running already" not in message
+    assert "make run ADDR=127.0.0.1:8001" in message
 
 
 @pytest.mark.parametrize("addr", ["8001", "localhost", "127.0.0.1:http", "127.0.0.1:80010"])

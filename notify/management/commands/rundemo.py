@@ -7,6 +7,7 @@ server, a worker and beat until Ctrl-C, their output interleaved with a prefix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -71,9 +72,13 @@ def _check_free(addr: str) -> None:
         try:
             sock.bind((host, int(port)))
         except OSError as exc:
+            # Only a taken port suggests a norm already running; not an address this
+            # machine does not have, nor a host name that does not resolve.
+            taken = exc.errno == errno.EADDRINUSE
+            then = " (is `make run` running already?). Stop it, or pick" if taken else ". Pick"
             raise CommandError(
-                f"cannot serve on {addr}: {exc.strerror} (is `make run` running already?). "
-                "Stop it, or pick another address: make run ADDR=127.0.0.1:8001"
+                f"cannot serve on {addr}: {exc.strerror}{then} another address: "
+                "make run ADDR=127.0.0.1:8001"
             ) from exc
 
 
