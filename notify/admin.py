@@ -7,14 +7,20 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.validators import URLValidator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from notify import services
-from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
+from notify.models import (
+    BridgeSync,
+    BridgeURLValidator,
+    BridgeWorkflow,
+    Client,
+    SecretKey,
+    TriggerEvent,
+)
 from workflows.admin import ReadOnlyAdmin, ReadOnlyInline, changelist_link, pretty_json
 from workflows.models import Notification
 
@@ -50,7 +56,7 @@ class ClientForm(forms.ModelForm):
 
     def clean_allowed_bridge_urls(self) -> list[str]:
         urls = self._strings("allowed_bridge_urls")
-        validate = URLValidator(schemes=["http", "https"])
+        validate = BridgeURLValidator()
         for url in urls:
             validate(url)
         return urls

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses, validation_message
 from notify import services
-from notify.models import TriggerEvent
+from notify.models import BridgeURLValidator, TriggerEvent
 from notify.throttling import ClientTriggerRate
 
 
@@ -68,6 +68,15 @@ class RecipientsField(serializers.JSONField):
     """`to`: validated by subscribers.recipients when the trigger is created."""
 
 
+@extend_schema_field({"type": "string", "format": "uri"})
+class BridgeURLInput(serializers.CharField):
+    """A bridge URL, whose host may be a bare name (`http://bridge:4000/api/novu`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=500, **kwargs)
+        self.validators.append(BridgeURLValidator())
+
+
 def _trigger_response(event: TriggerEvent) -> Response:
     return Response(
         {
@@ -86,8 +95,8 @@ class TriggerInput(serializers.Serializer):
     to = RecipientsField()
     payload = JSONObjectField(required=False, default=dict)
     transactionId = serializers.CharField(max_length=255, required=False)
-    resource = serializers.URLField(max_length=500, required=False)
-    bridgeUrl = serializers.URLField(max_length=500, required=False)
+    resource = BridgeURLInput(required=False)
+    bridgeUrl = BridgeURLInput(required=False)
     actor = serializers.JSONField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, default=dict)
 

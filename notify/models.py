@@ -1,6 +1,46 @@
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from django import forms
+from django.core.validators import URLValidator
 from django.db import models
+from django.utils.regex_helper import _lazy_re_compile
+
+
+class BridgeURLValidator(URLValidator):
+    """An http(s) URL whose host may be a bare name.
+
+    Django's URLValidator wants a top-level domain (or localhost), which refuses the
+    hosts of a self-hosted setup: `http://bridge:4000/api/novu` in docker-compose.
+    Which URLs norm calls is not decided here but by the client's registered list.
+    """
+
+    host_re = "(" + URLValidator.hostname_re + URLValidator.domain_re + r"\.?)"
+    regex = _lazy_re_compile(
+        r"^(?:[a-z0-9.+-]*)://"  # the scheme is checked apart
+        r"(?:[^\s:@/]+(?::[^\s:@/]*)?@)?"  # user:pass
+        r"(?:" + URLValidator.ipv4_re + "|" + URLValidator.ipv6_re + "|" + host_re + ")"
+        r"(?::[0-9]{1,5})?"  # port
+        r"(?:[/?#][^\s]*)?"  # path
+        r"\Z",
+        re.IGNORECASE,
+    )
+    schemes = ["http", "https"]
+
+
+class BridgeURLFormField(forms.URLField):
+    default_validators = [BridgeURLValidator()]
+
+
+class BridgeURLField(models.URLField):
+    """A bridge's URL: http(s), any host name (BridgeURLValidator)."""
+
+    default_validators = [BridgeURLValidator()]
+
+    def formfield(self, **kwargs: Any) -> Any:
+        return super().formfield(**{"form_class": BridgeURLFormField, **kwargs})
 
 
 class Client(models.Model):
@@ -8,7 +48,7 @@ class Client(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     is_active = models.BooleanField(default=True)
-    bridge_url = models.URLField(max_length=500, help_text="The default resource.")
+    bridge_url = BridgeURLField(max_length=500, help_text="The default resource.")
     allowed_bridge_urls = models.JSONField(
         default=list, blank=True, help_text="Other bridge URLs a trigger may name as resource."
     )
@@ -52,7 +92,7 @@ class BridgeWorkflow(models.Model):
     """A workflow the client's bridge declared in its last discover."""
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_workflows")
-    bridge_url = models.URLField(max_length=500)
+    bridge_url = BridgeURLField(max_length=500)
     workflow_id = models.CharField(max_length=200)
     name = models.CharField(max_length=200, blank=True)
     payload_schema = models.JSONField(default=dict, blank=True)
@@ -86,7 +126,7 @@ class BridgeSync(models.Model):
         NOVU = "novu", "Novu @novu/framework (step by step id)"
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_syncs")
-    bridge_url = models.URLField(max_length=500)
+    bridge_url = BridgeURLField(max_length=500)
     synced_at = models.DateTimeField()
     error = models.TextField(blank=True)
     # Blank until a health-check has told: norm then drives the bridge as a norm one.
@@ -118,7 +158,7 @@ class TriggerEvent(models.Model):
     mode = models.CharField(max_length=16, choices=Mode.choices)
     to = models.JSONField(null=True, blank=True)
     payload = models.JSONField(default=dict, blank=True)
-    resource = models.URLField(max_length=500)
+    resource = BridgeURLField(max_length=500)
     actor = models.JSONField(null=True, blank=True)
     overrides = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)

@@ -6,6 +6,7 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,7 +14,14 @@ from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
 from notify import crypto, selectors
-from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
+from notify.models import (
+    BridgeSync,
+    BridgeURLValidator,
+    BridgeWorkflow,
+    Client,
+    SecretKey,
+    TriggerEvent,
+)
 from subscribers.models import Topic
 from subscribers.recipients import parse_recipients
 from workflows import bridge
@@ -26,6 +34,11 @@ logger = logging.getLogger(__name__)
 def client_create(
     *, name: str, bridge_url: str, allowed_bridge_urls: list[str] | None = None
 ) -> Client:
+    for url in [bridge_url, *(allowed_bridge_urls or [])]:
+        try:
+            BridgeURLValidator()(url)
+        except ValidationError as exc:
+            raise ValueError(f"not an http(s) URL: {url!r}") from exc
     return Client.objects.create(
         name=name, bridge_url=bridge_url, allowed_bridge_urls=allowed_bridge_urls or []
     )

@@ -319,6 +319,52 @@ def test_a_client_list_field_must_be_a_list_of_strings(
     assert client.allowed_bridge_urls == [] and client.workflow_allowlist == []
 
 
+def _client_form(client: Any, **fields: str) -> dict[str, str]:
+    return {
+        "name": client.name,
+        "is_active": "on",
+        "bridge_url": client.bridge_url,
+        "allowed_bridge_urls": "[]",
+        "workflow_allowlist": "[]",
+        "secret_keys-TOTAL_FORMS": "0",
+        "secret_keys-INITIAL_FORMS": "0",
+        "bridge_workflows-TOTAL_FORMS": "0",
+        "bridge_workflows-INITIAL_FORMS": "0",
+        **fields,
+    }
+
+
+def test_a_client_bridge_on_a_self_hosted_host_name_is_saved(admin_client) -> None:
+    """docker-compose's service names have no top-level domain, which URLField wants."""
+    client = ClientFactory()
+    body = _client_form(
+        client,
+        bridge_url="http://web:8000/api/novu",
+        allowed_bridge_urls='["http://bridge:4000/api/novu", "http://localhost:4000/x"]',
+    )
+    response = admin_client.post(_url(client, "change"), body)
+    assert response.status_code == 302, response.content.decode()
+    client.refresh_from_db()
+    assert client.bridge_url == "http://web:8000/api/novu"
+    assert client.allowed_bridge_urls == ["http://bridge:4000/api/novu", "http://localhost:4000/x"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bridge_url", "ftp://bridge.example.com/api"),
+        ("bridge_url", "http://bad host/api"),
+        ("allowed_bridge_urls", '["ftp://bridge:4000/api"]'),
+    ],
+)
+def test_a_client_bridge_url_must_be_http(admin_client, field: str, value: str) -> None:
+    client = ClientFactory()
+    response = admin_client.post(_url(client, "change"), _client_form(client, **{field: value}))
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    client.refresh_from_db()
+    assert client.bridge_url == "http://bridge.test/bridge" and client.allowed_bridge_urls == []
+
+
 def test_cancel_a_trigger_from_the_admin_stops_its_fan_out(admin_client) -> None:
     event = TriggerEventFactory()
     response = admin_client.post(

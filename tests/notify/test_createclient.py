@@ -77,3 +77,30 @@ def test_if_missing_refuses_a_key_revoked_or_of_another_client() -> None:
         with pytest.raises(CommandError, match="revoked, or belongs to another client"):
             createclient("shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", key)
     assert selectors.client_by_api_key(key=other_key) == other
+
+
+def test_a_bridge_on_a_self_hosted_host_name_is_taken() -> None:
+    createclient(
+        "shop",
+        "--bridge-url",
+        "http://web:8000/api/novu",
+        "--allowed-bridge-url",
+        "http://bridge:4000/api/novu",
+    )
+    client = Client.objects.get(name="shop")
+    assert client.bridge_urls() == ["http://web:8000/api/novu", "http://bridge:4000/api/novu"]
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        ["--bridge-url", "bridge:4000/api/novu"],
+        ["--bridge-url", "ftp://bridge:4000/api/novu"],
+        ["--bridge-url", BRIDGE, "--allowed-bridge-url", "not a url"],
+    ],
+)
+def test_a_bridge_url_that_is_no_http_url_is_refused(urls: list[str]) -> None:
+    """norm would fail every trigger of a client it cannot call."""
+    with pytest.raises(CommandError, match="not an http"):
+        createclient("shop", *urls)
+    assert not Client.objects.exists() and not SecretKey.objects.exists()

@@ -393,6 +393,43 @@ def test_bridge_url_is_a_synonym_of_resource(
     assert discover.urls == [OTHER_BRIDGE]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bridge:4000/api/novu",  # a docker-compose service
+        "http://web:8000/bridge",
+        "http://localhost:4000/api/novu",
+        "http://10.0.0.7:4000/api/novu",
+        "http://[::1]:4000/api/novu",
+    ],
+)
+def test_a_bridge_on_a_self_hosted_host_name_is_accepted(
+    discover: FakeDiscover, enqueued: Enqueued, url: str
+) -> None:
+    """A bare host name has no top-level domain, which Django's URLField wants."""
+    _, key = client_with_key(bridge_url=BRIDGE_URL, allowed_bridge_urls=[url])
+    for field_name in ("bridgeUrl", "resource"):
+        body = {"name": "welcome", "to": "ann", field_name: url}
+        response = api_for(key).post(TRIGGER, body, format="json")
+        assert response.status_code == 201, response.content
+    assert list(TriggerEvent.objects.values_list("resource", flat=True)) == [url, url]
+    assert discover.urls == [url]
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://bridge:4000/api/novu", "file:///etc/passwd", "bridge:4000/api", "http://"]
+)
+def test_a_bridge_url_that_is_no_http_url_is_400(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, url: str
+) -> None:
+    error = assert_error(
+        post(TRIGGER, {"name": "welcome", "to": "ann", "bridgeUrl": url}), 400, "invalid_request"
+    )
+    assert [e["field"] for e in error["errors"]] == ["bridgeUrl"]
+    assert discover.calls == []
+    assert_nothing_stored(enqueued)
+
+
 def test_registry_refresh_is_rate_limited(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
 ) -> None:

@@ -35,7 +35,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._create(options)
-        except ValueError as exc:  # a key secret_key_create refuses (too short)
+        except ValueError as exc:  # a bridge URL or a key (too short) the services refuse
             raise CommandError(str(exc)) from exc
 
     def _create(self, options: dict[str, Any]) -> None:
