@@ -90,15 +90,17 @@ def _trigger_response(event: TriggerEvent) -> Response:
     )
 
 
+# The optional fields take null as absent, as Novu does (class-validator's
+# @IsOptional): JavaScript callers send `transactionId: null` for "none".
 class TriggerInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     to = RecipientsField()
-    payload = JSONObjectField(required=False, default=dict)
-    transactionId = serializers.CharField(max_length=255, required=False)
-    resource = BridgeURLInput(required=False)
-    bridgeUrl = BridgeURLInput(required=False)
+    payload = JSONObjectField(required=False, allow_null=True)
+    transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
+    resource = BridgeURLInput(required=False, allow_null=True)
+    bridgeUrl = BridgeURLInput(required=False, allow_null=True)
     actor = serializers.JSONField(required=False, allow_null=True)
-    overrides = JSONObjectField(required=False, default=dict)
+    overrides = JSONObjectField(required=False, allow_null=True)
 
 
 class TriggerResponse(serializers.Serializer):
@@ -113,10 +115,10 @@ class TriggerResponse(serializers.Serializer):
 @extend_schema_serializer(component_name="BroadcastInput")
 class BroadcastInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    payload = JSONObjectField(required=False, default=dict)
-    transactionId = serializers.CharField(max_length=255, required=False)
+    payload = JSONObjectField(required=False, allow_null=True)
+    transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
     actor = serializers.JSONField(required=False, allow_null=True)
-    overrides = JSONObjectField(required=False, default=dict)
+    overrides = JSONObjectField(required=False, allow_null=True)
 
 
 MAX_BULK_EVENTS = 100
@@ -162,11 +164,11 @@ def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) ->
         workflow_id=values["name"],
         mode=mode,
         to=None if broadcast else values["to"],
-        payload=values["payload"],
+        payload=values.get("payload") or {},
         transaction_id=values.get("transactionId") or str(uuid.uuid4()),
         resource=values.get("resource") or values.get("bridgeUrl"),
         actor=values.get("actor"),
-        overrides=values["overrides"],
+        overrides=values.get("overrides") or {},
     )
 
 

@@ -430,6 +430,41 @@ def test_a_bridge_url_that_is_no_http_url_is_400(
     assert_nothing_stored(enqueued)
 
 
+_NULLS = {
+    "payload": None,
+    "overrides": None,
+    "transactionId": None,
+    "actor": None,
+    "tenant": None,
+    "context": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (TRIGGER, {"name": "welcome", "to": "ann", **_NULLS, "bridgeUrl": None, "resource": None}),
+        (BROADCAST, {"name": "welcome", **_NULLS}),
+        ("/v1/events/trigger/bulk", {"events": [{"name": "welcome", "to": "ann", **_NULLS}]}),
+    ],
+)
+def test_optional_fields_sent_as_null_are_absent(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, path: str, body: dict[str, Any]
+) -> None:
+    """As in Novu (@IsOptional takes null): JavaScript callers send null for "none"."""
+    response = post(path, body)
+
+    assert response.status_code == 201, response.content
+    data = response.json()["data"]
+    ack = data[0] if isinstance(data, list) else data
+    assert ack["status"] == "processed"
+    event = TriggerEvent.objects.get()
+    assert ack["transactionId"] == event.transaction_id and event.transaction_id  # generated
+    assert (event.payload, event.overrides, event.actor) == ({}, {}, None)
+    assert event.resource == BRIDGE_URL
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
 def test_registry_refresh_is_rate_limited(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
 ) -> None:
