@@ -63,8 +63,9 @@ def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler404: a path no API view serves answers Novu's error body under /v1 and
-    /v2 (novu-py raises its typed ErrorDto only for JSON), Django's page elsewhere."""
-    if request.path.startswith(("/v1/", "/v2/")):
+    /v2 (novu-py raises its typed ErrorDto only for JSON), Django's page elsewhere.
+    The route is path_info: `path` holds the prefix of a deployment under one (/novu)."""
+    if request.path_info.startswith(("/v1/", "/v2/")):
         body = error_body(404, request.get_full_path(), "Not found", code="not_found")
         return JsonResponse(body, status=404)
     return defaults.page_not_found(request, exception)
@@ -118,7 +119,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         as_422 = (
             request is not None
             and request.method != "GET"
-            and not request.path.startswith("/v1/events")
+            and not request.path_info.startswith("/v1/events")
         )
         status, code, headers = (422 if as_422 else 400), "invalid_request", {}
         errors = _flatten(exc.detail)

@@ -169,3 +169,21 @@ def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
         assert body["timestamp"] and body["message"] == "Not found"
     page = api.get("/nope")  # outside the API: Django's page
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_error_shapes_follow_the_route_under_a_path_prefix() -> None:
+    """Behind a proxy at /novu (SCRIPT_NAME), the route is what follows the prefix."""
+    _, key = client_with_key()
+    api = api_for(key)
+    prefix = {"SCRIPT_NAME": "/novu"}
+
+    missing = api.get("/v1/nope", **prefix)
+    assert missing.status_code == 404 and missing["Content-Type"] == "application/json"
+    assert (missing.json()["code"], missing.json()["path"]) == ("not_found", "/novu/v1/nope")
+    # A trigger's bad body is a 400 with `errors` listed (novu-py's
+    # PayloadValidationExceptionDto), any other a 422 with `errors` keyed by field.
+    trigger = api.post("/v1/events/trigger", {"to": "ann"}, format="json", **prefix)
+    assert trigger.status_code == 400 and trigger.json()["type"] == "invalid_request"
+    assert trigger.json()["errors"] == [{"field": "name", "message": "This field is required."}]
+    topic = api.post("/v2/topics", {"name": "News"}, format="json", **prefix)
+    assert topic.status_code == 422 and "key" in topic.json()["errors"]
