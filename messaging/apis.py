@@ -193,6 +193,50 @@ class FeedApi(APIView):
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
 
 
+class MessageListApi(APIView):
+    """GET /v1/messages: novu-py's messages.retrieve, novu 1.14's MessageApi.list."""
+
+    @extend_schema_serializer(component_name="Message")
+    class OutputSerializer(FeedApi.OutputSerializer):
+        status = serializers.SerializerMethodField()
+        errorText = serializers.CharField(source="error")
+        providerId = serializers.CharField(source="provider")
+
+        def get_status(self, message: Message) -> str:
+            # Novu's message statuses are sent, error and warning.
+            return "error" if message.status == Message.Status.FAILED else "sent"
+
+    class FilterSerializer(serializers.Serializer):
+        channel = serializers.ChoiceField(choices=sorted(selectors.CHANNEL_TYPES), required=False)
+        subscriberId = serializers.CharField(required=False)
+        transactionId = serializers.ListField(
+            child=serializers.CharField(), required=False, help_text="repeatable: any of them"
+        )
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            # norm keeps no contexts: ignoring the filter would answer every message.
+            if "contextKeys" in self.initial_data:
+                raise serializers.ValidationError({"contextKeys": "norm cannot filter by this"})
+            return attrs
+
+    @extend_schema(
+        operation_id="v1_messages_list",
+        tags=["Messages"],
+        summary="List the messages sent (or failed), newest first",
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={
+            200: page_of("MessagePage", OutputSerializer(many=True)),
+            **error_responses(400),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        messages = selectors.message_list(client_id=request.user.pk, filters=filters.validated_data)
+        rows, meta = paginate(request, messages)
+        return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
+
+
 class UnseenCountApi(APIView):
     @extend_schema(
         operation_id="v1_subscribers_notifications_unseen",

@@ -5,6 +5,7 @@ from django.urls import path
 from messaging import apis
 
 urlpatterns = [
+    path("v1/messages", apis.MessageListApi.as_view(), name="message-list"),
     path(
         "v1/subscribers/<str:subscriber_id>/notifications/feed",
         apis.FeedApi.as_view(),

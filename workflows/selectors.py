@@ -104,6 +104,23 @@ def notification_get(*, client_id: int, notification_id: str) -> Notification | 
     return notification_list(client_id=client_id, filters={}).filter(pk=pk).first()
 
 
+def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message]:
+    """The client's messages that were sent or failed, newest first (one still being
+    sent has no status in Novu's terms yet), narrowed as Novu's GET /v1/messages is."""
+    qs = Message.objects.filter(client_id=client_id).exclude(status=Message.Status.SENDING)
+    if filters.get("channel"):
+        qs = qs.filter(channel=filters["channel"])
+    if filters.get("subscriberId"):
+        qs = qs.filter(subscriber__subscriber_id=filters["subscriberId"])
+    if filters.get("transactionId"):
+        qs = qs.filter(
+            step__notification__trigger_event__transaction_id__in=filters["transactionId"]
+        )
+    return qs.select_related("subscriber", "step__notification__trigger_event").order_by(
+        "-created_at", "-id"
+    )
+
+
 def in_app_feed(*, client_id: int, subscriber_id: str) -> QuerySet[Message] | None:
     """A subscriber's delivered in-app messages, newest first; None for an unknown subscriber."""
     subscriber = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id).first()

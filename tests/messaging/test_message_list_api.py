@@ -1,0 +1,114 @@
+"""GET /v1/messages: novu-py's messages.retrieve and novu 1.14's MessageApi.list."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from novu.dto.message import PaginatedMessageDto
+from novu_py.models import MessagesResponseDto
+from rest_framework.test import APIClient
+
+from messaging.models import Message
+from tests.factories import ClientFactory, MessageFactory, StepFactory, SubscriberFactory
+
+pytestmark = pytest.mark.django_db
+
+URL = "/v1/messages"
+
+
+def _message(subscriber: Any, channel: str = "in_app", **kwargs: Any) -> Message:
+    step = StepFactory(
+        type=channel,
+        notification__subscriber=subscriber,
+        notification__client=subscriber.client,
+        notification__trigger_event__client=subscriber.client,
+    )
+    return MessageFactory(step=step, content=step.outputs, **kwargs)
+
+
+def _ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [m["_id"] for m in response.json()["data"]]
+
+
+def test_lists_the_clients_messages_newest_first_as_both_sdks_read_them(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    older = _message(ann, "email", recipient="ann@example.test", sent_at=timezone.now())
+    Message.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    failed = _message(ann, status=Message.Status.FAILED, error="provider down")
+    _message(ann, status=Message.Status.SENDING)  # no outcome yet
+    theirs = SubscriberFactory(client=ClientFactory(), subscriber_id="ann")
+    _message(theirs)
+
+    response = api.get(URL, {"page": "0.0", "limit": "10.0"})  # as novu-py sends them
+
+    assert _ids(response) == [str(failed.pk), str(older.pk)]
+    page = MessagesResponseDto.model_validate(response.json())
+    assert (page.page, page.page_size, page.total_count, page.has_more) == (0, 10, 2, False)
+    first, second = page.data
+    assert (first.status, first.error_text, first.channel) == ("error", "provider down", "in_app")
+    assert (second.status, second.channel, second.subject) == ("sent", "email", "Hi")
+    assert second.transaction_id == older.step.notification.trigger_event.transaction_id
+    old = PaginatedMessageDto.from_camel_case(response.json())
+    assert [m._id for m in old.data] == [str(failed.pk), str(older.pk)]
+
+
+def test_filters_by_channel_subscriber_and_transactions(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    ann_inbox, ann_mail = _message(ann), _message(ann, "email")
+    bob_inbox = _message(bob)
+    tx = [m.step.notification.trigger_event.transaction_id for m in (ann_mail, bob_inbox)]
+
+    assert set(_ids(api.get(URL, {"channel": "in_app"}))) == {str(ann_inbox.pk), str(bob_inbox.pk)}
+    assert set(_ids(api.get(URL, {"subscriberId": "ann"}))) == {str(ann_inbox.pk), str(ann_mail.pk)}
+    both = api.get(URL, {"transactionId": tx})  # repeated, as novu-py sends a list
+    assert set(_ids(both)) == {str(ann_mail.pk), str(bob_inbox.pk)}
+    one = api.get(URL, {"transactionId": tx[0], "channel": "in_app"})
+    assert _ids(one) == []
+    assert _ids(api.get(URL, {"subscriberId": "nobody"})) == []
+
+
+def test_another_clients_messages_never_appear(tenant) -> None:
+    client, api = tenant
+    mine = _message(SubscriberFactory(client=client, subscriber_id="ann"))
+    other = ClientFactory()
+    theirs = _message(SubscriberFactory(client=other, subscriber_id="ann"))
+    their_tx = theirs.step.notification.trigger_event.transaction_id
+
+    assert _ids(api.get(URL)) == [str(mine.pk)]
+    assert _ids(api.get(URL, {"subscriberId": "ann"})) == [str(mine.pk)]
+    assert _ids(api.get(URL, {"transactionId": their_tx})) == []
+
+
+def test_pages_through_the_messages(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    made = [_message(ann) for _ in range(3)]
+    newest_first = [str(m.pk) for m in reversed(made)]
+
+    first = api.get(URL, {"limit": 2})
+    second = api.get(URL, {"limit": 2, "page": 1})
+
+    assert _ids(first) == newest_first[:2] and first.json()["hasMore"] is True
+    assert _ids(second) == newest_first[2:] and second.json()["hasMore"] is False
+    assert second.json()["totalCount"] == 3
+
+
+@pytest.mark.parametrize(
+    "query", [{"channel": "fax"}, {"contextKeys": "tenant:acme"}, {"limit": "many"}]
+)
+def test_a_filter_norm_cannot_apply_is_400(tenant, query: dict[str, str]) -> None:
+    _, api = tenant
+    response = api.get(URL, query)
+    assert response.status_code == 400, response.content
+    assert response.json()["statusCode"] == 400
+
+
+def test_needs_an_api_key() -> None:
+    assert APIClient().get(URL).status_code == 401
