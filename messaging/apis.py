@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db.models import Q, Subquery
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -451,7 +452,13 @@ class InboxListApi(APIView):
         if after:
             if not _MESSAGE_ID.fullmatch(after):
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
-            feed = feed.filter(pk__lt=int(after))
+            # The page goes on below `after` in the list's order: by id alone it would
+            # skip a message whose id and creation time are out of step (two workers
+            # saving at once), and repeat one the other way.
+            at = _feed(request, subscriber_id).filter(pk=int(after)).values("created_at")
+            feed = feed.filter(
+                Q(created_at__lt=Subquery(at)) | Q(created_at=Subquery(at), pk__lt=int(after))
+            )
         rows = list(feed[offset : offset + limit + 1])
         return Response(
             {

@@ -300,6 +300,28 @@ def test_v2_list_is_novu_pys_inbox_newest_first_by_cursor_and_filter(tenant) -> 
     assert api.get("/v2/subscribers/bob/notifications").status_code == 404
 
 
+def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
+    """A message saved a moment later may get the lower id (two workers at once): the
+    cursor follows the list's order (newest first), so no page skips or repeats it."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    lower_id_newer, higher_id_older, oldest = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann)
+    now = timezone.now()
+    for message, age in ((lower_id_newer, 1), (higher_id_older, 2), (oldest, 3)):
+        Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(minutes=age))
+    url = "/v2/subscribers/ann/notifications?limit=1"
+
+    seen, after = [], ""
+    for _ in range(4):
+        page = api.get(f"{url}&after={after}").json()
+        seen += [item["id"] for item in page["data"]]
+        if not page["hasMore"]:
+            break
+        after = seen[-1]
+
+    assert seen == [str(m.pk) for m in (lower_id_newer, higher_id_older, oldest)]
+
+
 def test_v2_count_answers_once_per_filter(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
