@@ -13,8 +13,9 @@ handler404 = "config.errors.page_not_found"
 urlpatterns = [
     path("admin/", admin.site.urls),
     # APPEND_SLASH is off for the API, so the admin's address as the README and
-    # rundemo print it, without the slash, is redirected by hand.
-    path("admin", RedirectView.as_view(url="/admin/")),
+    # rundemo print it, without the slash, is redirected by hand (by name: under a
+    # path prefix, /novu/admin goes on to /novu/admin/).
+    path("admin", RedirectView.as_view(pattern_name="admin:index")),
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).
     path("bridge", bridge_view, name="demo-bridge"),
     path(

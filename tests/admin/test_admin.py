@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 from django.db import models
-from django.urls import reverse
+from django.urls import reverse, set_script_prefix
 from django.utils import timezone
 
 from config import pipeline
@@ -413,6 +413,14 @@ def test_the_admin_answers_without_its_trailing_slash(client) -> None:
     assert response.status_code == 302
     assert response["Location"] == "/admin/"
     assert client.get(response["Location"]).status_code == 302  # on to the login page
+    # Behind a proxy at /novu: Django's WSGI handler sets the prefix from SCRIPT_NAME
+    # (the test client does not).
+    set_script_prefix("/novu/")
+    try:
+        prefixed = client.get("/admin", SCRIPT_NAME="/novu")
+    finally:
+        set_script_prefix("/")
+    assert (prefixed.status_code, prefixed["Location"]) == (302, "/novu/admin/")
 
 
 def _hrefs(response: Any) -> set[str]:
