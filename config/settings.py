@@ -257,6 +257,13 @@ NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
 NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60)
 # A step claimed longer ago than this is taken to belong to a dead worker.
 NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
+# A step taken this many times by tasks that never reported back fails: its send kills
+# the worker each time (out of memory on a huge email, a segfault), and without a bound
+# Celery would redeliver it (acks_late, reject on worker lost) and the reconciler reopen
+# its stale claim forever. A send that returned (a 4xx retried later) is no such claim:
+# NORM_SEND_MAX_ATTEMPTS bounds those. A worker killed or a database restart costs one
+# or two claims; the default leaves room for several.
+NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10)
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0)
 NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
 NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)

@@ -13,7 +13,8 @@ from typing import Any
 import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config import pipeline
@@ -517,9 +518,22 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     )
     if not claimed:
         return None
-    return Step.objects.select_related("notification__subscriber", "notification__client").get(
-        pk=step_id
+    # Claims no send came back from (a send that returned counts on its message).
+    sends = Message.objects.filter(step=OuterRef("pk")).values("attempts")
+    step = (
+        Step.objects.select_related("notification__subscriber", "notification__client")
+        .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
+        .get(pk=step_id)
     )
+    if step.unanswered > settings.NORM_MAX_CLAIMS:
+        step_fail(
+            step=step,
+            code="TooManyClaims",
+            message=f"taken {step.unanswered - 1} times by workers that never finished it (a "
+            "send that kills its worker?); given up after NORM_MAX_CLAIMS",
+        )
+        return None
+    return step
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:

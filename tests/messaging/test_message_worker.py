@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.db import OperationalError, connection
 from django.utils import timezone
 
@@ -612,3 +613,68 @@ def test_a_header_of_a_long_run_of_spaces_is_kept_on_its_line() -> None:
     subject = "Hi" + " " * 1_000_000 + "there"
     assert providers.one_line(subject) == subject
     assert providers.one_line(" Hi \n\n\t there\r\n") == "Hi there"
+
+
+class WorkerKilled(BaseException):
+    """The worker process dies mid-send (out of memory, a segfault): nothing after runs."""
+
+
+class DyingBackend(BaseEmailBackend):
+    sends = 0
+
+    def send_messages(self, email_messages: Any) -> int:
+        DyingBackend.sends += 1
+        raise WorkerKilled
+
+
+@pytest.mark.parametrize("how", ["redelivered", "stale claim reopened"])
+def test_a_step_whose_send_kills_its_worker_fails_after_norm_max_claims(
+    enqueued: Enqueued, settings: Any, how: str
+) -> None:
+    """Celery redelivers a task whose worker died (reject on worker lost), and the
+    reconciler reopens a claim gone stale: a send that kills its worker each time was
+    tried forever, a worker killed each time. It is tried NORM_MAX_CLAIMS times."""
+    settings.EMAIL_BACKEND = f"{__name__}.DyingBackend"
+    settings.NORM_MAX_CLAIMS = 3
+    DyingBackend.sends = 0
+    step = email_step()
+
+    for attempt in range(3):
+        with pytest.raises(WorkerKilled):
+            services.message_send(
+                step_id=step.pk, claim="task-1" if how == "redelivered" else f"task-{attempt}"
+            )
+        if how == "stale claim reopened":
+            Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+            workflow_services.reconcile()
+    services.message_send(step_id=step.pk, claim="task-1" if how == "redelivered" else "task-9")
+
+    assert DyingBackend.sends == 3
+    step.refresh_from_db()
+    assert step.status == Step.Status.FAILED and "NORM_MAX_CLAIMS" in step.error
+    notification = Notification.objects.get()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "TooManyClaims"
+    assert notification.error.startswith(f"step '{step.step_id}': taken 3 times")
+
+
+def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """NORM_SEND_MAX_ATTEMPTS bounds the sends that came back with an error; the claim
+    bound is for those that never came back."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    settings.NORM_SEND_MAX_ATTEMPTS = 5
+    settings.NORM_MAX_CLAIMS = 1
+    step = email_step()
+
+    for _ in range(3):
+        step = send(step)
+        assert step.status == Step.Status.SCHEDULED
+        Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    settings.EMAIL_BACKEND = LOCMEM
+    step = send(step)
+
+    assert step.status == Step.Status.COMPLETED and step.attempts == 4
+    assert len(mail.outbox) == 1
