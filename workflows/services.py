@@ -310,6 +310,12 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         # Created in a race with the cancel of its trigger.
         notification_cancel(notification=notification)
         return
+    # Before the client's checks: a duplicate echo that failed the notification while its
+    # step was sending left that step to be canceled by a transient failure, and the
+    # message worker checks the client itself before it sends.
+    steps = selectors.notification_steps(notification=notification)
+    if any(step.status in OPEN_STEP for step in steps):
+        return  # the message worker owns the notification until its step is done
     if not notification.client.is_active:
         notification_fail(
             notification_id=notification.pk, code="ClientInactive", message=CLIENT_INACTIVE
@@ -325,9 +331,6 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
             "bridge URLs",
         )
         return
-    steps = selectors.notification_steps(notification=notification)
-    if any(step.status in OPEN_STEP for step in steps):
-        return  # the message worker owns the notification until its step is done
     state = selectors.bridge_state(notification=notification, steps=steps)
     body = {
         "payload": notification.payload,
@@ -621,7 +624,14 @@ def notification_retry(*, notification: Notification) -> bool:
         ).update(status=Notification.Status.RUNNING, error="", error_code="", completed_at=None)
         if not reopened:
             return False
-        failed = notification.steps.filter(status=Step.Status.FAILED).first()
+        # Or the step canceled (by step_retry_later) for a send that failed for now
+        # after the notification had failed: left out of the state, the bridge would
+        # name it again, and recording it again would break the unique constraint.
+        failed = (
+            notification.steps.filter(status__in=(Step.Status.FAILED, Step.Status.CANCELED))
+            .order_by("-position")
+            .first()
+        )
         if failed is not None:
             # A fresh budget of send attempts (the provider counts them on the message).
             Message.objects.filter(step=failed).update(

@@ -4,11 +4,14 @@ flight: each notification still ends with a reason, and nothing goes where it sh
 from __future__ import annotations
 
 import json
+import smtplib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.utils import timezone
 
 from config import pipeline
@@ -19,7 +22,7 @@ from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
-from workflows import bridge
+from workflows import bridge, services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 
@@ -273,3 +276,110 @@ def test_a_subscriber_deleted_after_a_trigger_is_not_created_and_notified_again(
     event = TriggerEvent.objects.get()
     assert (event.status, event.recipients, event.refanned) == ("processed", 1, 0)
     assert Notification.objects.get().status == Notification.Status.COMPLETED
+
+
+MAIL = {"stepId": "mail", "type": "email", "outputs": {"subject": "Hi", "body": "Hello"}}
+
+
+def run_next(enqueued: Enqueued, capture: Capture) -> None:
+    """Run the next task the pipeline enqueued, only that one."""
+    task, args, _ = enqueued.calls.pop(0)
+    with capture(execute=True):
+        TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+
+
+class InterruptedBackend(BaseEmailBackend):
+    """An SMTP server that answers 451 (try later), after `meanwhile` has run: what
+    happens elsewhere while the worker waits for the answer."""
+
+    meanwhile: Callable[[], None] = staticmethod(lambda: None)
+
+    def send_messages(self, email_messages: Any) -> int:
+        InterruptedBackend.meanwhile()
+        raise smtplib.SMTPResponseException(451, b"4.3.0 Try again later")
+
+
+def test_a_duplicate_echo_while_a_step_is_sending_leaves_it_to_the_message_worker(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    django_capture_on_commit_callbacks: Capture,
+    settings: Any,
+) -> None:
+    """The client is deactivated while its email is being sent, and a second echo of the
+    notification runs (the reconciler's, say): it failed the notification at once, so the
+    send's 451 canceled the step, and after the client was reactivated an admin retry
+    never ended (the bridge named the canceled step again, which could not be recorded
+    twice; the reconciler asked the bridge again every minute)."""
+    fake_bridge.steps = [MAIL]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+    drain(until=pipeline.MESSAGE)
+    notification = Notification.objects.get()
+
+    def deactivated_and_echoed() -> None:
+        deactivate(keyed[0])
+        with django_capture_on_commit_callbacks(execute=True):
+            workflow_tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+
+    settings.EMAIL_BACKEND = f"{__name__}.InterruptedBackend"
+    InterruptedBackend.meanwhile = staticmethod(deactivated_and_echoed)
+    run_next(enqueued, django_capture_on_commit_callbacks)
+
+    notification.refresh_from_db()
+    step = notification.steps.get()
+    assert notification.status == Notification.Status.RUNNING
+    assert step.status == Step.Status.SCHEDULED and "451" in step.error
+    # The retry finds the client deactivated: the message worker fails the step.
+    InterruptedBackend.meanwhile = staticmethod(lambda: None)
+    Step.objects.update(due_at=timezone.now())
+    run_next(enqueued, django_capture_on_commit_callbacks)
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "ClientInactive")
+
+    Client.objects.filter(pk=keyed[0].pk).update(is_active=True)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.notification_retry(notification=notification)
+    drain()
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert [m.to for m in mail.outbox] == [["ann@example.com"]]
+
+
+def test_a_retry_runs_again_the_step_canceled_when_the_notification_failed_under_it(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+    django_capture_on_commit_callbacks: Capture,
+    settings: Any,
+) -> None:
+    """The history such an echo left behind (or one racing the echo that recorded the
+    step, with a bridge error): a failed notification whose last step was canceled by a
+    send that failed for now. A retry sends that step and the notification ends."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    fake_bridge.steps = [MAIL]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+    drain(until=pipeline.MESSAGE)
+    notification = Notification.objects.get()
+    step = services.step_claim(step_id=notification.steps.get().pk, claim="task")
+    assert step is not None
+    services.notification_fail(notification_id=notification.pk, code="ClientInactive", message="x")
+    services.step_retry_later(step=step, message="451 try later", backoff=1)
+    assert Step.objects.get().status == Step.Status.CANCELED
+    drain()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.notification_retry(notification=notification)
+    drain()
+    settings.NORM_RECONCILE_GRACE = 0
+    workflow_tasks.reconcile()
+    drain()
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert Step.objects.get().status == Step.Status.COMPLETED
+    assert len(mail.outbox) == 1
