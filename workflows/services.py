@@ -634,7 +634,10 @@ def notification_retry(*, notification: Notification) -> bool:
         )
         if failed is not None:
             # A fresh budget of send attempts (the provider counts them on the message).
-            Message.objects.filter(step=failed).update(
+            # Not for a message delivered after all (by a task whose claim had gone stale,
+            # while the task holding it failed): the message worker finds it sent and
+            # completes the step instead of sending it again.
+            Message.objects.filter(step=failed).exclude(status=Message.Status.SENT).update(
                 status=Message.Status.SENDING, attempts=0, error=""
             )
             Step.objects.filter(pk=failed.pk).update(

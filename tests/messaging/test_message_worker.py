@@ -590,6 +590,51 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_sends_nothing(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """The other way round: the second task's server refuses the email for good, which
+    fails the step and the notification, then the first task's delivery goes through.
+    An admin retry of the notification sent the email again; it now finds it sent,
+    completes the step and goes on with the workflow."""
+    step = email_step()
+    refused, delivered = threading.Event(), threading.Event()
+    refused.set()
+    smtp_server.replies = [(delivered, "250 OK"), (refused, "550 mailbox unavailable")]
+
+    def slow_task() -> None:
+        try:
+            services.message_send(step_id=step.pk, claim="slow-task")
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=slow_task)
+    first.start()
+    for _ in range(100):
+        if smtp_server.envelopes:
+            break
+        time.sleep(0.05)
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    workflow_services.reconcile()
+    services.message_send(step_id=step.pk, claim="second-task")
+    assert Notification.objects.get().status == Notification.Status.FAILED
+    delivered.set()
+    first.join(20)
+    assert Message.objects.get(step=step).status == Message.Status.SENT
+    enqueued.clear()
+
+    assert workflow_services.notification_retry(notification=Notification.objects.get())
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    services.message_send(step_id=step.pk, claim="retry-task")
+
+    assert len(smtp_server.envelopes) == 2  # the delivery and the refusal, no third
+    assert Message.objects.get(step=step).status == Message.Status.SENT
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+    assert Notification.objects.get().status == Notification.Status.RUNNING
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
 @pytest.mark.parametrize("tag", ["<style ", "<body "])
 def test_an_email_of_a_megabyte_of_unclosed_tags_is_sent(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, tag: str
