@@ -151,6 +151,8 @@ class TriggerEvent(models.Model):
         PROCESSING = "processing"
         PROCESSED = "processed"
         FAILED = "failed"
+        # Canceled before its fan-out ran (or while a run that then died held it).
+        CANCELED = "canceled"
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="trigger_events")
     workflow_id = models.CharField(max_length=200)

@@ -255,6 +255,10 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
     first_cancel = TriggerEvent.objects.filter(pk=event.pk, canceled_at__isnull=True).update(
         canceled_at=timezone.now()
     )
+    # Not fanned out yet: no run may claim it now, so it would stay received for good.
+    TriggerEvent.objects.filter(pk=event.pk, status=TriggerEvent.Status.RECEIVED).update(
+        status=TriggerEvent.Status.CANCELED
+    )
     canceled = notifications_cancel(trigger_event_id=event.pk)
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED

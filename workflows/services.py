@@ -710,6 +710,11 @@ def reconcile() -> dict[str, int]:
     TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+    # A canceled event no run may claim: one released above (its run died after the
+    # cancel), or by a run the broker refused, ends here rather than received for good.
+    TriggerEvent.objects.filter(
+        status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=False
+    ).update(status=TriggerEvent.Status.CANCELED)
     # Subscriber commands lost with the broker leave a processed event with fewer
     # notifications than recipients: fan it out again (it skips those reached).
     short = (

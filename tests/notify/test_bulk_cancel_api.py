@@ -305,6 +305,8 @@ def test_a_trigger_canceled_before_its_fan_out_notifies_nobody(
     assert not Notification.objects.exists()
     assert execute_calls == []
     assert api.cancel("tx-1") == {"data": False}
+    # Final: it stayed received, and the admin showed it waiting for its fan-out forever.
+    assert TriggerEvent.objects.get().status == TriggerEvent.Status.CANCELED
 
 
 def test_a_trigger_canceled_between_fan_out_and_subscriber_notifies_nobody(

@@ -171,6 +171,22 @@ def test_a_trigger_event_stuck_in_processing_is_released_and_enqueued(enqueued: 
     assert busy.status == TriggerEvent.Status.PROCESSING
 
 
+def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueued) -> None:
+    """Canceled while a run held it, and the run died (or the broker refused its
+    commands): released, it stayed received for good, as no run claims a canceled event."""
+    died = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING)
+    refused = TriggerEventFactory()
+    TriggerEvent.objects.filter(pk=died.pk).update(claimed_at=ago(STALE + 1))
+    TriggerEvent.objects.update(canceled_at=ago(STALE), created_at=ago(STALE + 1))
+
+    assert tasks.reconcile()["events"] == 0
+
+    assert enqueued.calls == []
+    assert set(TriggerEvent.objects.values_list("status", flat=True)) == {"canceled"}
+    services.trigger_event_run(trigger_event_id=refused.pk)
+    assert TriggerEvent.objects.get(pk=refused.pk).status == TriggerEvent.Status.CANCELED
+
+
 def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
     enqueued: Enqueued,
 ) -> None:
