@@ -763,14 +763,18 @@ def reconcile() -> dict[str, int]:
 
     # In the order of the (status, updated_at) index, so PostgreSQL reads only the
     # notifications quiet for a grace period, not every active one (a broadcast waiting
-    # out a day's delay), to check each for an open step.
+    # out a day's delay), to check each for an open step. A batch per status, the
+    # quietest first: in one, a backlog of pending notifications (a broadcast's first
+    # echoes queued behind others) came before every running one, for as long as it lasted.
     open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
-    idle = (
-        Notification.objects.filter(status__in=ACTIVE, updated_at__lt=now - grace)
-        .exclude(Exists(open_step))
-        .order_by("status", "updated_at")
-    )
-    notification_pks = list(idle.values_list("pk", flat=True)[:1000])
+    notification_pks = []
+    for status in ACTIVE:
+        idle = (
+            Notification.objects.filter(status=status, updated_at__lt=now - grace)
+            .exclude(Exists(open_step))
+            .order_by("updated_at")
+        )
+        notification_pks += list(idle.values_list("pk", flat=True)[:1000])
     Notification.objects.filter(pk__in=notification_pks).update(updated_at=now)
     for notification_pk in notification_pks:
         pipeline.send_now(pipeline.ECHO, str(notification_pk))

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
+from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
 from workflows import bridge, services, tasks
@@ -118,6 +119,38 @@ def test_idle_notifications_without_an_open_step_get_an_echo(enqueued: Enqueued)
     # Touched, so the next pass within the grace period leaves them be.
     enqueued.clear()
     assert tasks.reconcile()["notifications"] == 0
+
+
+def test_a_backlog_of_pending_notifications_does_not_starve_the_running_ones(
+    enqueued: Enqueued,
+) -> None:
+    """A broadcast's first echoes queued behind others leave thousands of notifications
+    pending and quiet: the reconciler took its batch of idle ones in index order, every
+    pending one before any running one, so a running notification whose echo was lost
+    waited until the whole backlog had been re-sent (each tick re-sending the next
+    batch, for hours under a large broadcast)."""
+    event = TriggerEventFactory()
+    subscribers = Subscriber.objects.bulk_create(
+        Subscriber(client=event.client, subscriber_id=f"s{i}") for i in range(1001)
+    )
+    Notification.objects.bulk_create(
+        Notification(
+            trigger_event=event,
+            subscriber=subscriber,
+            client=event.client,
+            workflow_id=event.workflow_id,
+            resource=event.resource,
+        )
+        for subscriber in subscribers
+    )
+    running = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(notification=running, status=Step.Status.COMPLETED)
+    Notification.objects.update(updated_at=ago(GRACE + 1))
+    Notification.objects.filter(pk=running.pk).update(updated_at=ago(GRACE + 2))
+
+    tasks.reconcile()
+
+    assert (str(running.pk),) in enqueued.of(pipeline.ECHO)
 
 
 def test_received_trigger_events_older_than_grace_are_enqueued_again(
@@ -229,10 +262,14 @@ def _scans(sql: str, table: str, *, analyze: bool = False) -> list[dict[str, Any
     return found
 
 
-def _reconcile_sql(starts: str) -> str:
+def _reconcile_sqls(starts: str) -> list[str]:
     with CaptureQueriesContext(connection) as queries:
         tasks.reconcile()
-    (sql,) = [q["sql"] for q in queries if q["sql"].startswith(starts)]
+    return [q["sql"] for q in queries if q["sql"].startswith(starts)]
+
+
+def _reconcile_sql(starts: str) -> str:
+    (sql,) = _reconcile_sqls(starts)
     return sql
 
 
@@ -266,11 +303,13 @@ def test_a_run_reads_no_notification_waiting_for_a_delay(
     services.echo_run(notification_id=str(waiting.pk))
     assert waiting.steps.get().status == Step.Status.SCHEDULED
 
-    sql = _reconcile_sql('SELECT "workflows_notification"."id" AS "pk"')
+    sqls = _reconcile_sqls('SELECT "workflows_notification"."id" AS "pk"')
 
-    scans = _scans(sql, "workflows_notification", analyze=True)
-    assert scans
-    assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) == 0
+    assert len(sqls) == 2  # pending, then running
+    for sql in sqls:
+        scans = _scans(sql, "workflows_notification", analyze=True)
+        assert scans
+        assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) == 0
 
 
 def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
