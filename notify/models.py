@@ -178,6 +178,9 @@ class TriggerEvent(models.Model):
     # How often the reconciler ran its fan-out again: each time it waits twice as long
     # before the next, as a backed-up queue may still hold the last run's commands.
     refanned = models.PositiveSmallIntegerField(default=0)
+    # The subscriberIds of recipients deleted (with their notification) since its fan-out:
+    # a run of it again, for commands lost with the broker, leaves them out.
+    forgotten = models.JSONField(default=list, blank=True)
 
     class Meta:
         constraints = [

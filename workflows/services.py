@@ -103,13 +103,15 @@ def _fan_out(*, trigger_event_id: int) -> None:
     else:
         recipients, topics = parse_recipients(event.to)
         direct = [r["subscriberId"] for r in recipients]
+        # Deleted since an earlier run (with their notification): not created anew.
+        skipped = set(event.forgotten)
         if rerun:
-            reached = set(
+            skipped |= set(
                 event.notifications.filter(subscriber__subscriber_id__in=direct).values_list(
                     "subscriber__subscriber_id", flat=True
                 )
             )
-            recipients = [r for r in recipients if r["subscriberId"] not in reached]
+        recipients = [r for r in recipients if r["subscriberId"] not in skipped]
         for recipient in recipients:
             pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
         # As in Novu, the actor is no topic's member here: who commented on a thread
@@ -260,13 +262,25 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
     recipients of the events that reached it and that the reconciler still checks: it
     would take the notification's absence for a command lost with the broker and fan out
     again, creating a deleted subscriber named in `to` anew and sending it the workflow a
-    second time. One UPDATE (an event has one notification per subscriber); call it in
-    the transaction that deletes the subscriber."""
-    TriggerEvent.objects.filter(
-        pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
-        processed_at__gt=timezone.now() - FANOUT_RECHECK,
-        recipients__gte=1,
-    ).update(recipients=F("recipients") - 1)
+    second time. Each event also remembers it as forgotten: a command for another
+    recipient lost for real has the event fanned out again, which must pass it by too.
+    Call it in the transaction that deletes the subscriber."""
+    events = list(
+        # No key update: a chunk inserting this event's notifications (which locks it
+        # for key share) is not waited for. In id order: two deletes never cross.
+        TriggerEvent.objects.select_for_update(no_key=True)
+        .filter(
+            pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
+            processed_at__gt=timezone.now() - FANOUT_RECHECK,
+            recipients__gte=1,
+        )
+        .only("pk", "recipients", "forgotten")
+        .order_by("pk")
+    )
+    for event in events:
+        event.recipients -= 1
+        event.forgotten = [*event.forgotten, subscriber.subscriber_id]
+    TriggerEvent.objects.bulk_update(events, ["recipients", "forgotten"])
 
 
 # --- stage 4: the echo worker --------------------------------------------------------------

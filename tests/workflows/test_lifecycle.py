@@ -383,3 +383,36 @@ def test_a_retry_runs_again_the_step_canceled_when_the_notification_failed_under
     assert notification.status == Notification.Status.COMPLETED
     assert Step.objects.get().status == Step.Status.COMPLETED
     assert len(mail.outbox) == 1
+
+
+def test_a_subscriber_deleted_is_not_created_again_by_a_fan_out_rerun_for_a_lost_command(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    settings: Any,
+) -> None:
+    """The deleted subscriber is counted out of its trigger's recipients, but a command
+    for another recipient was really lost with the broker: the reconciler ran the
+    fan-out again, which sent a command to every listed recipient without a
+    notification, the deleted one too, created it anew from the trigger's inline
+    attributes and ran the workflow for it a second time."""
+    fake_bridge.steps = [INBOX]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}, "bob"])
+    drain(until=pipeline.SUBSCRIBER)
+    lost = [c for c in enqueued.calls if c[1][1] == {"subscriberId": "bob"}]
+    enqueued.calls.remove(lost[0])  # bob's command, lost with the broker
+    drain()
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["ann", "ann"]
+
+    response = api_for(keyed[1]).delete("/v2/subscribers/ann")
+    assert response.status_code == 200
+    reconcile_after_the_grace(settings)
+    drain()
+
+    assert not Subscriber.objects.filter(subscriber_id="ann").exists()
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["ann"] * 2 + ["bob"] * 2
+    event = TriggerEvent.objects.get()
+    assert (event.status, event.recipients, event.refanned) == ("processed", 1, 1)
+    assert Notification.objects.get().subscriber.subscriber_id == "bob"
