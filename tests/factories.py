@@ -18,14 +18,22 @@ BRIDGE_URL = "http://bridge.test/bridge"
 class ClientFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Client
+        skip_postgeneration_save = True
 
     name = factory.Sequence(lambda n: f"client-{n}")
     bridge_url = BRIDGE_URL
 
+    @factory.post_generation
+    def secret_key(client: Client, create: bool, extracted: object, **kwargs: object) -> None:
+        # A client has a key from its creation (createclient): norm signs every bridge
+        # call with it, and calls no bridge for one without. `secret_key=False`: none.
+        if create and extracted is not False:
+            notify_services.secret_key_create(client=client)
+
 
 def client_with_key(**kwargs: object) -> tuple[Client, str]:
     """A client and its plain secret key (stored only hashed and encrypted)."""
-    client = ClientFactory(**kwargs)
+    client = ClientFactory(secret_key=False, **kwargs)
     _, key = notify_services.secret_key_create(client=client)
     return client, key
 

@@ -17,7 +17,7 @@ from django.core import checks
 
 from notify import services as notify_services
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
-from workflows import bridge
+from workflows import bridge, registry
 from workflows import services as workflow_services
 from workflows.models import Notification
 
@@ -187,3 +187,70 @@ def test_error_shapes_follow_the_route_under_a_path_prefix() -> None:
     assert trigger.json()["errors"] == [{"field": "name", "message": "This field is required."}]
     topic = api.post("/v2/topics", {"name": "News"}, format="json", **prefix)
     assert topic.status_code == 422 and "key" in topic.json()["errors"]
+
+
+class _Recording(BaseHTTPRequestHandler):
+    """A bridge that records each request's action and signature, and answers done."""
+
+    hits: list[tuple[str, str | None]] = []
+
+    def _answer(self) -> None:
+        action = self.path.partition("action=")[2].partition("&")[0]
+        type(self).hits.append((action, self.headers.get("novu-signature")))
+        body = b'{"status": "ok"}' if action == "health-check" else b'{"done": true}'
+        if action == "discover":
+            body = b'{"workflows": [{"workflowId": "welcome", "steps": []}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_bridge() -> Iterator[str]:
+    _Recording.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/bridge"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_client_without_a_live_key_gets_no_unsigned_bridge_call(recording_bridge: str) -> None:
+    """Its keys all revoked, a client's notifications in flight fail with the reason,
+    and its bridge is asked nothing but the unsigned health-check: a bridge that
+    verifies nothing would otherwise answer anyone's unsigned call as norm's."""
+    client, _ = client_with_key(bridge_url=recording_bridge)
+    notification = NotificationFactory(trigger_event__client=client)
+    for secret in client.secret_keys.all():
+        notify_services.secret_key_revoke(secret_key=secret)
+
+    workflow_services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "SigningKeyMissing")
+    assert "no live secret key" in notification.error
+    assert [action for action, _ in _Recording.hits] == ["health-check"]
+    with pytest.raises(bridge.BridgeError) as refused:
+        registry.bridge_sync(client=client, bridge_url=recording_bridge)
+    assert refused.value.code == "SigningKeyMissing"
+    assert [action for action, _ in _Recording.hits] == ["health-check"] * 2
+
+
+def test_every_bridge_call_but_the_health_check_is_signed(recording_bridge: str) -> None:
+    client, _ = client_with_key(bridge_url=recording_bridge)
+    notification = NotificationFactory(trigger_event__client=client)
+
+    workflow_services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    actions = {action: signature for action, signature in _Recording.hits}
+    assert set(actions) == {"health-check", "discover", "execute"}
+    assert actions["health-check"] is None
+    assert actions["discover"] and actions["execute"]

@@ -1,7 +1,8 @@
 """norm's HTTP client for a customer's bridge (BRIDGE.md).
 
-Every call is signed with the client's secret over the exact bytes sent, has a
-timeout, and never follows a redirect: norm calls only URLs the client registered.
+Every call but the health-check is signed with the client's secret over the exact
+bytes sent (without a secret, it is not made), has a timeout, and never follows a
+redirect: norm calls only URLs the client registered.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class BridgeUnavailable(BridgeError):
     """Timeout, connection error, 5xx or 429: worth another try later."""
 
 
+HEALTH_CHECK = "health-check"  # the one action a bridge answers unsigned (BRIDGE.md)
+
+
 def call(
     url: str,
     *,
@@ -63,7 +67,15 @@ def call(
     method = "GET" if body is None else "POST"
     text = canonical_json(body) if body is not None else None
     headers = {"content-type": "application/json", "accept": "application/json"}
-    if secret:
+    if action != HEALTH_CHECK:
+        if not secret:
+            # A client whose keys are all revoked: an unsigned call would still be
+            # answered by a bridge that verifies nothing, so norm makes none.
+            raise BridgeError(
+                "SigningKeyMissing",
+                "the client has no live secret key to sign the bridge call with; "
+                "norm calls no bridge unsigned (create a key for the client)",
+            )
         # The signature covers `{}` for a GET, as Novu's framework expects.
         signature = signature_header(
             secret, text if text is not None else "{}", int(time.time() * 1000)
@@ -118,7 +130,7 @@ def discover(url: str, *, secret: str | None) -> dict[str, Any]:
 
 
 def health_check(url: str) -> dict[str, Any]:
-    return call(url, secret=None, action="health-check")
+    return call(url, secret=None, action=HEALTH_CHECK)
 
 
 def flavour_of(health: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ def test_encrypted_copy_decrypts_to_the_key() -> None:
 
 
 def test_several_keys_per_client_and_revoking_one_leaves_the_other() -> None:
-    client = ClientFactory()
+    client = ClientFactory(secret_key=False)
     first, first_key = notify_services.secret_key_create(client=client)
     second, second_key = notify_services.secret_key_create(client=client)
     assert first_key != second_key
