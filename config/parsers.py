@@ -15,19 +15,30 @@ from config.errors import body_too_large
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _unstorable(data: Any) -> bool:
-    stack = [data]  # iterative: the body may nest as deep as the JSON decoder allows
+# Every stage after the API walks a body recursively (storing it, signing it for the
+# bridge, norm's SDK, which refuses an execute body nested deeper than 200 levels), and
+# a bridge call wraps a payload or a subscriber's data a level or two deeper again: a
+# body the decoder could just take failed to be stored (a 500), and a deep one norm
+# stored failed at the bridge on every step. Half the SDK's limit leaves the margin.
+MAX_DEPTH = 100
+TOO_DEEP = f"objects and arrays must not nest deeper than {MAX_DEPTH} levels"
+
+
+def _unfit(data: Any) -> str:
+    """Why the parsed body cannot be taken ("" when it can): a string PostgreSQL cannot
+    hold, or objects and arrays nested deeper than MAX_DEPTH (the body is level 1)."""
+    stack = [(data, 1)]  # iterative: the body may nest as deep as the JSON decoder allows
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         if isinstance(value, str):
             if _UNSTORABLE.search(value):
-                return True
-        elif isinstance(value, Mapping):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
+                return "strings must not contain NUL (\\u0000) or a lone surrogate"
+        elif isinstance(value, Mapping | list):
+            if depth > MAX_DEPTH:
+                return TOO_DEEP
+            children = [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
+            stack.extend((child, depth + 1) for child in children)
+    return ""
 
 
 def _check_size(content_length: str | None) -> None:
@@ -42,8 +53,8 @@ def _check_size(content_length: str | None) -> None:
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
     or a lone surrogate in any string or key. Refused here, before a service has
-    written half of its rows; nesting too deep to decode is a 400 too. A body over
-    NORM_MAX_BODY_BYTES is a 413 before it is read."""
+    written half of its rows; nesting deeper than MAX_DEPTH (or too deep to decode) is
+    a 400 too. A body over NORM_MAX_BODY_BYTES is a 413 before it is read."""
 
     def parse(
         self,
@@ -57,9 +68,8 @@ class JSONParser(parsers.JSONParser):
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError as exc:
-            raise ParseError("JSON parse error - nested too deeply") from exc
-        if _unstorable(data):
-            raise ParseError(
-                "JSON parse error - strings must not contain NUL (\\u0000) or a lone surrogate"
-            )
+            raise ParseError(f"JSON parse error - {TOO_DEEP}") from exc
+        unfit = _unfit(data)
+        if unfit:
+            raise ParseError(f"JSON parse error - {unfit}")
         return data

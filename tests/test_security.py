@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -15,6 +16,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core import checks
 
+from config.parsers import MAX_DEPTH
 from notify import services as notify_services
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
@@ -254,3 +256,26 @@ def test_every_bridge_call_but_the_health_check_is_signed(recording_bridge: str)
     assert set(actions) == {"health-check", "discover", "execute"}
     assert actions["health-check"] is None
     assert actions["discover"] and actions["execute"]
+
+
+def test_a_body_nested_deeper_than_the_limit_is_a_400_however_deep(enqueued: object) -> None:
+    """norm's SDK refuses an execute body nested deeper than 200 levels, and storing one
+    the JSON decoder could just take overflowed Python's stack (a 500): the API refuses
+    what would nest too deep anywhere downstream, and takes what nests as deep as allowed."""
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+
+    def trigger(depth: int) -> Any:
+        # The body is level 1 and the payload level 2: `depth` levels in all.
+        payload = '{"a":' * (depth - 1) + "1" + "}" * (depth - 1)
+        body = f'{{"name":"welcome","to":"ann","payload":{payload}}}'
+        return api.generic("POST", "/v1/events/trigger", body, "application/json")
+
+    assert trigger(MAX_DEPTH).status_code == 201
+    for depth in (MAX_DEPTH + 1, 300, 900, 950, 990):
+        response = trigger(depth)
+        assert (response.status_code, response.json()["code"]) == (400, "parse_error"), depth
+        assert f"deeper than {MAX_DEPTH} levels" in response.json()["message"]
+    deep_data = {"subscriberId": "bo", "data": json.loads("[" * 120 + "]" * 120)}
+    assert api.post("/v2/subscribers", deep_data, format="json").status_code == 400
