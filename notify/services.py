@@ -26,6 +26,7 @@ from subscribers.models import Topic
 from subscribers.recipients import parse_recipients
 from workflows import bridge
 from workflows.registry import bridge_sync
+from workflows.sdk.schemas import FORMAT_CHECKER
 from workflows.services import notifications_cancel
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def schema_errors(schema: dict[str, Any], value: Any) -> list[jsonschema.Validat
     pattern): jsonschema fails on it in many ways, and none is the caller's fault.
     """
     try:
-        return list(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
+        validator = jsonschema.validators.validator_for(schema)
+        # The SDK's checker: a payload whose `format`s the bridge would refuse is refused here.
+        return list(validator(schema, format_checker=FORMAT_CHECKER).iter_errors(value))
     except Exception as exc:
         raise UnusableSchema(repr(exc)) from exc
 

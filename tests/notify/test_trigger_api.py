@@ -29,10 +29,12 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
+from tests.sdk.helpers import FORMATS
 from workflows import bridge
 from workflows import services as workflow_services
 from workflows.demo import demo_bridge
 from workflows.models import Notification
+from workflows.sdk.schemas import Schema, SchemaInvalid
 
 pytestmark = pytest.mark.django_db
 
@@ -215,6 +217,26 @@ def test_a_key_the_payload_schema_does_not_declare_is_left_to_the_bridge(
     assert TriggerEvent.objects.get().payload == {"n": 1, "utm": "x"}
     error = assert_error(refused, 400, "invalid_payload")
     assert [e["field"] for e in error["errors"]] == ["payload/n"]
+
+
+@pytest.mark.parametrize(("name", "good", "bad"), FORMATS)
+def test_a_payload_failing_a_format_is_refused_here_as_the_bridge_would_refuse_it(
+    post: Post, monkeypatch: pytest.MonkeyPatch, name: str, good: str, bad: str
+) -> None:
+    """The trigger was accepted (201) and every notification then failed at the bridge
+    with ExecutionEventPayloadInvalidError: both check formats with one checker now."""
+    schema = {"type": "object", "properties": {"v": {"type": "string", "format": name}}}
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": schema})
+    )
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"v": good}})
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"v": bad}})
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/v"]
+    with pytest.raises(SchemaInvalid):
+        Schema.of(schema).validate({"v": bad})  # what the SDK answers on execute
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,21 @@ READ = {
     "lastSeenDate": "2025-01-01T10:00:00.000Z",
     "lastReadDate": "2025-01-01T10:01:00.000Z",
 }
+
+# (format, a value ajv-formats takes, one it refuses): the formats Novu's SDK checks.
+FORMATS = [
+    ("email", "ada@example.com", "not-an-email"),
+    ("uri", "https://example.com/a?b=c", "not a uri"),
+    ("uri-reference", "/inbox#top", "a b"),
+    ("date-time", "2025-01-01T10:00:00.000Z", "2025-01-01"),
+    ("date", "2024-02-29", "2025-02-29"),
+    ("time", "09:30:00", "9h30"),
+    ("uuid", "0b4c8d0e-2f3a-4b5c-9d6e-7f8091a2b3c4", "0b4c8d0e"),
+    ("ipv4", "192.0.2.1", "192.0.2"),
+    ("ipv6", "2001:db8::1", "2001:db8::g"),
+    ("hostname", "mail.example.com", "-mail.example.com"),
+]
+
 DEFAULT_RESULTS: dict[str, dict[str, Any]] = {"in_app": UNREAD, "delay": {"duration": 1000}}
 
 

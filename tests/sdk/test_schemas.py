@@ -7,10 +7,16 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from workflows.sdk import Context, workflow
+from workflows.sdk import (
+    Context,
+    ExecutionEventPayloadInvalidError,
+    ExecutionStateControlInvalidError,
+    ExecutionStateOutputInvalidError,
+    workflow,
+)
 from workflows.sdk.schemas import Schema
 
-from .helpers import execute_body
+from .helpers import FORMATS, execute_body
 
 CONTROLS = {"type": "object", "properties": {"subject": {"type": "string", "default": "Hi"}}}
 
@@ -112,3 +118,49 @@ def test_additional_properties_false_strips_as_ajv_does_with_or_without_properti
 
     response = closed_controls.execute(execute_body({}, [], controls={"stray": 1}))
     assert response["outputs"] == {"body": "b"}
+
+
+@pytest.mark.parametrize(("name", "good", "bad"), FORMATS)
+def test_formats_are_checked_as_novus_sdk_checks_them(name: str, good: str, bad: str) -> None:
+    """Novu's SDK (ajv with ajv-formats) refuses `{email: "not-an-email"}` against
+    `format: email`; norm's SDK took any string, so a workflow written for Novu ran on it."""
+    schema = {"type": "object", "properties": {"v": {"type": "string", "format": name}}}
+
+    @workflow(f"format-{name}", payload_schema=schema)
+    def checked(ctx: Context) -> None:
+        ctx.step.custom(
+            "echo",
+            lambda controls: {"v": ctx.payload["v"], "c": controls["v"]},
+            control_schema=schema,
+            output_schema={
+                "type": "object",
+                "properties": {"v": schema["properties"]["v"], "c": {"type": "string"}},
+            },
+        )
+
+    body = execute_body({"v": good}, [], controls={"v": good})
+    assert checked.execute(body)["outputs"] == {"v": good, "c": good}
+    with pytest.raises(ExecutionEventPayloadInvalidError) as payload_error:
+        checked.execute(execute_body({"v": bad}, [], controls={"v": good}))
+    assert payload_error.value.data[0]["path"] == "/v"
+    with pytest.raises(ExecutionStateControlInvalidError):
+        checked.execute(execute_body({"v": good}, [], controls={"v": bad}))
+
+    @workflow(f"format-output-{name}")
+    def bad_output(ctx: Context) -> None:
+        ctx.step.custom("echo", lambda: {"v": bad}, output_schema=schema)
+
+    with pytest.raises(ExecutionStateOutputInvalidError):
+        bad_output.execute(execute_body({}, []))
+
+
+def test_an_in_app_avatar_that_is_no_uri_is_an_output_error_and_unknown_formats_pass() -> None:
+    @workflow("avatar")
+    def avatar(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": "b", "avatar": "not a uri"})
+
+    with pytest.raises(ExecutionStateOutputInvalidError) as exc:
+        avatar.execute(execute_body({}, []))
+    assert exc.value.data[0]["path"] == "/avatar"
+    phone = {"type": "object", "properties": {"v": {"type": "string", "format": "phone"}}}
+    assert Schema.of(phone).validate({"v": "anything"}) == {"v": "anything"}

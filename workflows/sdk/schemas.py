@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, SchemaError, ValidationError, validators
+from jsonschema import Draft202012Validator, FormatChecker, SchemaError, ValidationError, validators
 from referencing.exceptions import Unresolvable
 
 JsonSchema = dict[str, Any]
@@ -19,6 +19,42 @@ Problem = dict[str, str]  # {"path": "/field", "message": ...}
 
 ANY_OBJECT: JsonSchema = {"type": "object"}
 EMPTY_OBJECT: JsonSchema = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+# The `format`s Novu's SDK checks (ajv with ajv-formats 2) that jsonschema checks too with
+# norm's dependencies (rfc3339-validator, rfc3986-validator, fqdn). Any other format is no
+# check, as in jsonschema: ajv's others go unchecked (url, duration, byte, int32, ...; regex
+# too, whose JavaScript syntax Python's `re` would refuse in part), and ajv's refusal of a
+# schema naming a format it lacks is not copied (a pydantic model's names some: "path").
+CHECKED_FORMATS = frozenset(
+    {"date", "time", "date-time", "email", "hostname", "ipv4", "ipv6", "uri", "uri-reference"}
+    | {"uuid"}
+)
+_OFFSET = re.compile(r"(z|[+-]\d\d(:?\d\d)?)$", re.IGNORECASE)
+
+
+def _format_checker() -> FormatChecker:
+    # The 2020-12 checkers for every draft: ajv checks `uuid` in a draft-07 schema too.
+    known = Draft202012Validator.FORMAT_CHECKER.checkers
+    checker = FormatChecker(formats=())
+    checker.checkers = {name: known[name] for name in CHECKED_FORMATS if name in known}
+    rfc3339_time = checker.checkers.get("time")
+    if rfc3339_time is not None:
+        check, raises = rfc3339_time
+
+        def time(value: object) -> bool:
+            # ajv-formats 2 takes a time without an offset ("09:30:00"); RFC 3339 does not.
+            if isinstance(value, str) and not _OFFSET.search(value):
+                value += "Z"
+            return check(value)
+
+        checker.checkers["time"] = (time, raises)
+    return checker
+
+
+# Shared by the SDK and norm's trigger API, so that a payload the API accepts is one the
+# bridge accepts too.
+FORMAT_CHECKER = _format_checker()
 
 
 class SchemaInvalid(Exception):
@@ -104,7 +140,7 @@ class Schema:
             raise SchemaUnusable(
                 f"is not a valid JSON Schema: {exc.message}" + (f" (at {at})" if at else "")
             ) from exc
-        self._validator = validator_class(self.json_schema)
+        self._validator = validator_class(self.json_schema, format_checker=FORMAT_CHECKER)
 
     def defaults(self, value: Any) -> Any:
         return _fill(self.json_schema, copy.deepcopy(value))
