@@ -17,8 +17,13 @@ from django.conf import settings
 from workflows.sdk.signing import canonical_json, signature_header
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
-# help, whatever the status code (StepExecutionFailedError comes with a 502).
-PERMANENT_CODES = {"StepExecutionFailedError", "ProviderExecutionFailedError"}
+# help, whatever the status code (StepExecutionFailedError comes with a 502; norm's SDK
+# answers WorkflowExecutionFailedError for a payload schema it cannot apply).
+PERMANENT_CODES = {
+    "StepExecutionFailedError",
+    "ProviderExecutionFailedError",
+    "WorkflowExecutionFailedError",
+}
 TRANSIENT_STATUSES = {408, 425, 429}
 
 _session = requests.Session()

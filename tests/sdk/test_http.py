@@ -165,3 +165,24 @@ def test_a_step_whose_schema_cannot_be_applied_is_a_step_execution_failure(
             f"Failed to execute Step with id: `score`: its {kind} schema"
         )
         assert where in body["message"]
+
+
+def test_a_payload_schema_with_a_ref_to_nowhere_is_a_workflow_execution_failure() -> None:
+    """It was a 500 BridgeError, which norm retried to no avail (Novu's SDK answers one
+    too): the workflow's own code is at fault, as for a step's broken schema, and the
+    answer is Novu's WorkflowExecutionFailedError, a 502 norm does not retry."""
+    schema = {"type": "object", "properties": {"who": {"$ref": "#/$defs/person"}}}
+
+    @workflow("dangling", payload_schema=schema)
+    def dangling(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+
+    raw = json.dumps({"payload": {"who": "Ada"}, "state": [], "controls": {}})
+    status, body = post(
+        Bridge(workflows=[dangling], strict=False), "action=execute&workflowId=dangling", raw
+    )
+
+    assert (status, body["code"]) == (502, "WorkflowExecutionFailedError")
+    assert body["data"] == {"workflowId": "dangling"}
+    assert body["message"].startswith("Failed to execute Workflow with id: `dangling`: ")
+    assert "payload schema" in body["message"] and "#/$defs/person" in body["message"]

@@ -6,10 +6,12 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 import pytest
 
 from workflows import bridge
+from workflows.sdk import Bridge, workflow
 
 UNREACHABLE = "http://127.0.0.1:9/bridge"  # the discard port: nothing listens there
 
@@ -58,3 +60,54 @@ def test_no_proxy_exempts_a_bridge(proxy: str, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(bridge.BridgeUnavailable):
         bridge.health_check(UNREACHABLE)
     assert _Proxy.targets == []
+
+
+class _SdkBridge(BaseHTTPRequestHandler):
+    """norm's SDK served over HTTP, unsigned, with one workflow whose payload schema has a
+    `$ref` to nowhere."""
+
+    served = Bridge(
+        workflows=[
+            workflow(
+                "dangling",
+                payload_schema={"type": "object", "properties": {"n": {"$ref": "#/$defs/x"}}},
+            )(lambda ctx: ctx.step.sms("sms", lambda: {"body": "b"}))
+        ],
+        strict=False,
+    )
+
+    def do_POST(self) -> None:
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers["content-length"]))
+        status, answer, headers = self.served.handle(
+            method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
+        )
+        raw = json.dumps(answer).encode()
+        self.send_response(status)
+        for name, value in headers.items() | {"content-type": "application/json"}.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> None:
+    """Answered 500 and read as the bridge being down, it was retried for minutes."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SdkBridge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(bridge.BridgeError) as exc:
+            bridge.execute(
+                f"http://127.0.0.1:{server.server_port}/api/norm",
+                secret=None,
+                workflow_id="dangling",
+                body={"payload": {"n": 1}, "state": [], "controls": {}},
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not isinstance(exc.value, bridge.BridgeUnavailable)
+    assert (exc.value.status, exc.value.code) == (502, "WorkflowExecutionFailedError")

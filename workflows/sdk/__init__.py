@@ -30,6 +30,7 @@ from .errors import (
     StepAlreadyExistsError,
     StepExecutionFailedError,
     StepNotFoundError,
+    WorkflowExecutionFailedError,
     WorkflowNotFoundError,
 )
 from .signing import canonical_json, signature_header, verify_signature
@@ -62,6 +63,7 @@ __all__ = [
     "StepExecutionFailedError",
     "StepNotFoundError",
     "Workflow",
+    "WorkflowExecutionFailedError",
     "WorkflowNotFoundError",
     "canonical_json",
     "signature_header",

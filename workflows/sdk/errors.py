@@ -107,3 +107,7 @@ class BridgeError(FrameworkError):
 
 class StepExecutionFailedError(FrameworkError):
     status = 502
+
+
+class WorkflowExecutionFailedError(FrameworkError):
+    status = 502

@@ -22,6 +22,7 @@ from .errors import (
     FrameworkError,
     StepAlreadyExistsError,
     StepExecutionFailedError,
+    WorkflowExecutionFailedError,
 )
 from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, SchemaUnusable, StepType
 
@@ -491,6 +492,14 @@ class Workflow:
             )
         try:
             return self.payload_schema.validate(payload)
+        except SchemaUnusable as exc:
+            # The workflow's own code is at fault, as for a step's broken schema: a 502,
+            # which norm does not retry (Novu's SDK answers a 500 BridgeError, retried).
+            raise WorkflowExecutionFailedError(
+                f"Failed to execute Workflow with id: `{self.workflow_id}`: its payload "
+                f"schema {exc}",
+                data={"workflowId": self.workflow_id},
+            ) from exc
         except SchemaInvalid as exc:
             raise ExecutionEventPayloadInvalidError(
                 f"Workflow with id: `{self.workflow_id}` has invalid `payload`. "
