@@ -70,6 +70,8 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     real_request = requests.Session.request
 
     def guarded(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        # A URL requests refuses (no scheme, a host IDNA refuses) fails as it would.
+        requests.PreparedRequest().prepare_url(url, None)
         if urlsplit(url).hostname not in LOOPBACK:
             raise requests.ConnectionError(f"tests reach no host but loopback: {url}")
         return real_request(self, method, url, *args, **kwargs)

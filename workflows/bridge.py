@@ -26,6 +26,17 @@ PERMANENT_CODES = {
 }
 TRANSIENT_STATUSES = {408, 425, 429}
 
+# A URL requests cannot call (no scheme, another scheme, a port past 65535, a host IDNA
+# refuses; urllib3 and urlsplit raise a bare ValueError for some) fails every time: it is
+# no unreachable bridge, and retrying it only delays the failure.
+UNUSABLE_URL = (
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.URLRequired,
+    ValueError,
+)
+
 _session = requests.Session()
 # requests would read the proxy variables and ~/.netrc again on every call (a third of
 # a call's CPU); the proxies for a bridge are resolved once per URL instead.
@@ -101,6 +112,10 @@ def call(
     except requests.Timeout as exc:
         raise BridgeUnavailable(
             "BridgeTimeout", f"the bridge did not answer in time: {exc}"
+        ) from exc
+    except UNUSABLE_URL as exc:
+        raise BridgeError(
+            "BridgeInvalidURL", f"norm cannot call the bridge URL {url}: {exc}"
         ) from exc
     except requests.RequestException as exc:
         raise BridgeUnavailable("BridgeUnreachable", f"the bridge is unreachable: {exc}") from exc

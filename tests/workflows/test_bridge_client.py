@@ -111,3 +111,23 @@ def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> Non
         server.server_close()
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert (exc.value.status, exc.value.code) == (502, "WorkflowExecutionFailedError")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "localhost/api/norm",  # no scheme: requests' MissingSchema
+        "ftp://localhost/api/norm",  # InvalidSchema
+        "http://localhost:99999/api/norm",  # InvalidURL (Django's URLField takes it)
+        "http://\u2488.example.test/api/norm",  # a host IDNA refuses (URLField takes it)
+        "http://[::1/api/norm",  # a ValueError, no requests error
+    ],
+)
+def test_a_bridge_url_requests_cannot_use_is_a_final_error_not_unreachable(url: str) -> None:
+    """Each was read as the bridge being down (or escaped as a ValueError) and retried
+    for minutes, though no retry can succeed."""
+    with pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(url, secret=None, workflow_id="w", body={"payload": {}})
+    assert not isinstance(exc.value, bridge.BridgeUnavailable)
+    assert exc.value.code == "BridgeInvalidURL"
+    assert exc.value.message.startswith(f"norm cannot call the bridge URL {url}: ")

@@ -321,6 +321,22 @@ def test_bridge_unavailable_is_raised_for_retry_unless_final(
     assert enqueued.calls == []
 
 
+def test_a_bridge_url_requests_cannot_use_fails_the_notification_at_once(
+    enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """A port past 65535 passes Django's URLField; requests refuses it before any
+    connection, every time: it was retried for minutes as an unreachable bridge."""
+    url = "http://localhost:99999/api/norm"
+    notification = NotificationFactory(trigger_event__client__bridge_url=url)
+
+    run(notification, final_attempt=False)  # raising here would mean a retry
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidURL")
+    assert notification.error.startswith(f"norm cannot call the bridge URL {url}: ")
+    assert notification.bridge_attempts == 0 and enqueued.calls == []
+
+
 def test_an_answer_repeating_a_step_in_the_state_fails(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
