@@ -26,7 +26,7 @@ from subscribers.models import Topic
 from subscribers.recipients import parse_recipients
 from workflows import bridge
 from workflows.registry import bridge_sync
-from workflows.sdk.schemas import FORMAT_CHECKER
+from workflows.sdk.schemas import Schema
 from workflows.services import notifications_cancel
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,9 @@ def schema_errors(schema: dict[str, Any], value: Any) -> list[jsonschema.Validat
     pattern): jsonschema fails on it in many ways, and none is the caller's fault.
     """
     try:
-        validator = jsonschema.validators.validator_for(schema)
-        # The SDK's checker: a payload whose `format`s the bridge would refuse is refused here.
-        return list(validator(schema, format_checker=FORMAT_CHECKER).iter_errors(value))
+        # Checked as norm's SDK checks it, as Novu's does too: defaults applied first (a
+        # required key with a default may be left out), `format`s checked.
+        return Schema.of(schema).errors(value)
     except Exception as exc:
         raise UnusableSchema(repr(exc)) from exc
 

@@ -219,6 +219,34 @@ def test_a_key_the_payload_schema_does_not_declare_is_left_to_the_bridge(
     assert [e["field"] for e in error["errors"]] == ["payload/n"]
 
 
+def test_a_required_key_with_a_default_may_be_left_out_as_the_bridge_fills_it(
+    post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Novu's SDK (ajv, useDefaults) and norm's fill defaults before checking `required`:
+    the trigger API refused with a 400 a payload both bridges accept."""
+    line = {"type": "object", "properties": {"qty": {"type": "integer", "default": 1}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "locale": {"type": "string", "default": "en"},
+            "lines": {"type": "array", "items": line | {"required": ["qty"]}},
+        },
+        "required": ["locale"],
+    }
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": schema})
+    )
+    payload = {"lines": [{}]}
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": payload})
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"locale": 5}})
+
+    assert accepted.status_code == 201, accepted.content
+    assert TriggerEvent.objects.get().payload == payload  # stored as sent: the bridge fills it
+    assert Schema.of(schema).validate(payload) == {"locale": "en", "lines": [{"qty": 1}]}
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/locale"]
+
+
 @pytest.mark.parametrize(("name", "good", "bad"), FORMATS)
 def test_a_payload_failing_a_format_is_refused_here_as_the_bridge_would_refuse_it(
     post: Post, monkeypatch: pytest.MonkeyPatch, name: str, good: str, bad: str

@@ -52,8 +52,8 @@ def _format_checker() -> FormatChecker:
     return checker
 
 
-# Shared by the SDK and norm's trigger API, so that a payload the API accepts is one the
-# bridge accepts too.
+# Every Schema's; norm's trigger API checks payloads with a Schema too, so that a payload
+# the API accepts is one the bridge accepts.
 FORMAT_CHECKER = _format_checker()
 
 
@@ -145,14 +145,21 @@ class Schema:
     def defaults(self, value: Any) -> Any:
         return _fill(self.json_schema, copy.deepcopy(value))
 
+    def errors(self, value: Any) -> list[ValidationError]:
+        """How `value` fails the JSON Schema once its defaults are applied."""
+        return self._errors(self.defaults(value))
+
+    def _errors(self, filled: Any) -> list[ValidationError]:
+        try:
+            return list(self._validator.iter_errors(filled))
+        except Unresolvable as exc:
+            raise SchemaUnusable(f"cannot be applied: {exc}") from exc
+
     def validate(self, value: Any) -> Any:
         if self.model is not None:
             return self._validate_model(value)
         value = self.defaults(value)
-        try:
-            errors: list[ValidationError] = list(self._validator.iter_errors(value))
-        except Unresolvable as exc:
-            raise SchemaUnusable(f"cannot be applied: {exc}") from exc
+        errors = self._errors(value)
         if errors:
             raise SchemaInvalid(
                 [{"path": _pointer(e.absolute_path), "message": e.message} for e in errors]
