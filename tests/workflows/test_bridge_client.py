@@ -63,7 +63,7 @@ def test_no_proxy_exempts_a_bridge(proxy: str, monkeypatch: pytest.MonkeyPatch) 
 
 
 class _SdkBridge(BaseHTTPRequestHandler):
-    """norm's SDK served over HTTP, unsigned, with one workflow whose payload schema has a
+    """norm's SDK served over HTTP, checking no signature, with one workflow whose payload schema has a
     `$ref` to nowhere."""
 
     served = Bridge(
@@ -102,7 +102,7 @@ def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> Non
         with pytest.raises(bridge.BridgeError) as exc:
             bridge.execute(
                 f"http://127.0.0.1:{server.server_port}/api/norm",
-                secret=None,
+                secret="nk_test",  # the SDK bridge here checks none: strict=False
                 workflow_id="dangling",
                 body={"payload": {"n": 1}, "state": [], "controls": {}},
             )
@@ -127,7 +127,7 @@ def test_a_bridge_url_requests_cannot_use_is_a_final_error_not_unreachable(url: 
     """Each was read as the bridge being down (or escaped as a ValueError) and retried
     for minutes, though no retry can succeed."""
     with pytest.raises(bridge.BridgeError) as exc:
-        bridge.execute(url, secret=None, workflow_id="w", body={"payload": {}})
+        bridge.execute(url, secret="nk_test", workflow_id="w", body={"payload": {}})
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert exc.value.code == "BridgeInvalidURL"
     assert exc.value.message.startswith(f"norm cannot call the bridge URL {url}: ")
