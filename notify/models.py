@@ -17,7 +17,11 @@ class BridgeURLValidator(URLValidator):
     Which URLs norm calls is not decided here but by the client's registered list.
     """
 
-    host_re = "(" + URLValidator.hostname_re + URLValidator.domain_re + r"\.?)"
+    # Labels may hold underscores: compose service names do (`my_app`), Docker's DNS
+    # resolves them, and requests calls them; DNS names proper never need one.
+    hostname_re = URLValidator.hostname_re.replace("0-9]", "0-9_]").replace("0-9-]", "0-9_-]")
+    domain_re = URLValidator.domain_re.replace("0-9]", "0-9_]").replace("0-9-]", "0-9_-]")
+    host_re = "(" + hostname_re + domain_re + r"\.?)"
     regex = _lazy_re_compile(
         r"^(?:[a-z0-9.+-]*)://"  # the scheme is checked apart
         r"(?:[^\s:@/]+(?::[^\s:@/]*)?@)?"  # user:pass

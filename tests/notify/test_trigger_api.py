@@ -448,6 +448,7 @@ def test_bridge_url_is_a_synonym_of_resource(
     [
         "http://bridge:4000/api/novu",  # a docker-compose service
         "http://web:8000/bridge",
+        "http://my_app:3000/api/novu",  # a compose service named with an underscore
         "http://localhost:4000/api/novu",
         "http://10.0.0.7:4000/api/novu",
         "http://[::1]:4000/api/novu",
