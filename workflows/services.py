@@ -628,11 +628,20 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
 def notification_retry(*, notification: Notification) -> bool:
     """Run a failed notification again from its failed step (or its failed bridge call);
     not one whose trigger was canceled."""
-    if TriggerEvent.objects.filter(
-        pk=notification.trigger_event_id, canceled_at__isnull=False
-    ).exists():
-        return False
     with transaction.atomic():
+        # Checked under the trigger's row lock, which the cancel's UPDATE of canceled_at
+        # waits for: a cancel committed first is seen here; one committed after finds
+        # this notification running and cancels it. Checked before, a cancel between the
+        # check and the reopening found it failed (final), and the retry then sent.
+        # NO KEY: the fan-out's inserts of notifications are not held up.
+        canceled = (
+            TriggerEvent.objects.select_for_update(no_key=True)
+            .filter(pk=notification.trigger_event_id)
+            .values_list("canceled_at", flat=True)
+            .first()
+        )
+        if canceled is not None:
+            return False
         reopened = Notification.objects.filter(
             pk=notification.pk, status=Notification.Status.FAILED
         ).update(status=Notification.Status.RUNNING, error="", error_code="", completed_at=None)

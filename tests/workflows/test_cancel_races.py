@@ -14,7 +14,12 @@ from messaging import services as messaging_services
 from notify import services as notify_services
 from notify.models import TriggerEvent
 from tests.conftest import Enqueued
-from tests.factories import BridgeSyncFactory, SubscriberFactory, TriggerEventFactory
+from tests.factories import (
+    BridgeSyncFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+)
 from workflows import bridge, services
 from workflows.models import Notification, Step
 
@@ -90,3 +95,68 @@ def test_a_notification_created_as_its_trigger_is_canceled_sends_nothing_after_t
     assert mail.outbox == []
     notification.refresh_from_db()
     assert notification.status == Notification.Status.CANCELED
+
+
+def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered(
+    settings: Any, enqueued: Enqueued
+) -> None:
+    """An admin retry checked the trigger was not canceled, then reopened the failed
+    notification. A cancel committing in between found the notification failed (final,
+    so not its to cancel), and the retry then reopened it: the email went out after the
+    cancel had answered. Here a third connection holds the notification's row, so the
+    retry has checked and waits to reopen while the cancel runs."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    notification = StepFactory(
+        notification__status=Notification.Status.FAILED, status=Step.Status.FAILED
+    ).notification
+    step = notification.steps.get()
+    event = notification.trigger_event
+
+    locked, unlock = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                Notification.objects.select_for_update().get(pk=notification.pk)
+                locked.set()
+                unlock.wait(10)
+        finally:
+            connection.close()
+
+    answered: dict[str, Any] = {}
+
+    def run(name: str, work: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                answered[name] = work()
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+    retrying = run("retried", lambda: services.notification_retry(notification=notification))
+    retrying.join(0.5)  # the retry has checked the trigger and waits for the row (or the lock)
+    canceling = run(
+        "canceled",
+        lambda: notify_services.trigger_event_cancel(
+            client=event.client, transaction_id=event.transaction_id
+        ),
+    )
+    canceling.join(0.5)
+    unlock.set()
+    for thread in (holder, retrying, canceling):
+        thread.join(10)
+        assert not thread.is_alive()
+
+    assert answered["canceled"] is True
+    notification.refresh_from_db()
+    assert notification.status in Notification.FINAL
+    messaging_services.message_send(step_id=step.pk)  # what the retry may have enqueued
+    assert mail.outbox == []
