@@ -264,7 +264,10 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
 # NORM_SEND_MAX_ATTEMPTS bounds those. A worker killed or a database restart costs one
 # or two claims; the default leaves room for several.
 NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10)
+# Seconds a whole call to a bridge may take, connecting included (DNS aside).
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0)
+# A bridge's answer is read up to this size; a larger one fails the call.
+NORM_BRIDGE_MAX_RESPONSE_BYTES = env_int("NORM_BRIDGE_MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
 NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
 NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)
 NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5)

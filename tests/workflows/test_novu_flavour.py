@@ -3,6 +3,7 @@ controls, and how the flavour is detected. The bridge is faked at the network ed
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -237,7 +238,7 @@ class FakeSession:
         self.requests.append({"method": method, "params": kwargs["params"]})
         response = requests.Response()
         response.status_code = self.status
-        response._content = json.dumps(self.body).encode()
+        response.raw = io.BytesIO(json.dumps(self.body).encode())  # the client streams it
         return response
 
 

@@ -1,0 +1,307 @@
+"""A bridge call ends within NORM_BRIDGE_TIMEOUT, whatever the bridge sends and however slowly.
+
+requests' timeout bounds each socket read, not the call: a bridge that sends a byte
+every half second never trips it. These servers do exactly that, on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.queues
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from django.test import override_settings
+
+from workflows import bridge
+
+DEADLINE = 1.0
+DRIP = 0.2  # seconds between two bytes: well under the per-read timeout
+OK = json.dumps({"status": "ok", "sdk": "norm-python"}).encode()
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, respond: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.respond = respond
+        self.tls = tls
+        self.connections = 0
+        self.stop = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}/bridge"
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if self.server.tls:
+                self.request = self.server.tls.wrap_socket(self.request, server_side=True)
+            reader = self.request.makefile("rb")
+            while _read_request(reader):
+                self.server.respond(self.request)
+        except OSError:
+            pass  # the client gave up: what the tests want
+
+
+def _read_request(reader: socket.SocketIO) -> bool:
+    """Read one request (a GET, or a POST with its content-length body); False at EOF."""
+    length = 0
+    line = reader.readline()
+    if not line:
+        return False
+    while line not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        line = reader.readline()
+    reader.read(length)
+    return True
+
+
+def _drip(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
+    for byte in data:
+        if stop.wait(DRIP):
+            return
+        sock.sendall(bytes([byte]))
+
+
+def _answer(body: bytes = OK, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., _Server]]:
+    servers: list[_Server] = []
+
+    def start(
+        respond: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> _Server:
+        server = _Server(respond, tls)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    with override_settings(NORM_BRIDGE_TIMEOUT=DEADLINE):
+        yield start
+    for server in servers:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _timed(call: Callable[[], object]) -> tuple[Exception | None, float]:
+    started = time.monotonic()
+    try:
+        call()
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
+def _assert_timed_out(error: Exception | None, took: float) -> None:
+    assert took < 3 * DEADLINE, f"the call took {took:.1f} s"
+    assert isinstance(error, bridge.BridgeUnavailable), repr(error)  # retried, as a timeout is
+    assert error.code == "BridgeTimeout"
+    assert str(error).startswith("BridgeTimeout: the bridge did not answer in time")
+
+
+def test_headers_sent_a_byte_at_a_time_time_out_within_the_deadline(serve: Callable) -> None:
+    server = serve(lambda sock: _drip(sock, b"HTTP/1.1 200 OK\r\n" + b"x" * 50, server.stop))
+
+    _assert_timed_out(*_timed(lambda: bridge.health_check(server.url)))
+
+
+def test_a_body_sent_a_byte_at_a_time_times_out_within_the_deadline(serve: Callable) -> None:
+    def respond(sock: socket.socket) -> None:
+        body = json.dumps({"status": "ok", "padding": "x" * 40}).encode()
+        head, _, rest = _answer(body).partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        _drip(sock, rest, server.stop)
+
+    server = serve(respond)
+
+    body = {"payload": {}}
+    _assert_timed_out(
+        *_timed(lambda: bridge.execute(server.url, secret="s", workflow_id="w", body=body))
+    )
+
+
+def test_a_body_cut_short_by_the_deadline_is_a_timeout_not_an_answer(serve: Callable) -> None:
+    """Without a content-length the body ends when the connection does: the cut at the
+    deadline must not pass for the bridge's whole answer (an invalid one, here)."""
+
+    def respond(sock: socket.socket) -> None:
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+        )
+        _drip(sock, json.dumps({"status": "ok", "padding": "x" * 40}).encode(), server.stop)
+
+    server = serve(respond)
+
+    _assert_timed_out(*_timed(lambda: bridge.health_check(server.url)))
+
+
+@pytest.fixture
+def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context for 127.0.0.1, with a certificate the bridge client trusts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    monkeypatch.setattr(bridge._session, "verify", str(tmp_path / "cert.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+def test_over_tls_a_body_sent_a_byte_at_a_time_times_out_on_a_kept_alive_connection(
+    serve: Callable, tls: ssl.SSLContext
+) -> None:
+    slow = threading.Event()
+
+    def respond(sock: socket.socket) -> None:
+        head, _, body = _answer().partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        if slow.is_set():
+            _drip(sock, body, server.stop)
+        else:
+            sock.sendall(body)
+
+    server = serve(respond, tls)
+    assert bridge.health_check(server.url)["status"] == "ok"
+    slow.set()
+
+    _assert_timed_out(*_timed(lambda: bridge.health_check(server.url)))
+    assert server.connections == 1  # the same connection, kept alive, then cut
+
+
+def test_the_deadline_holds_off_the_main_thread_too(serve: Callable) -> None:
+    """Celery's threads pool and gunicorn's threads call the bridge from other threads."""
+    server = serve(lambda sock: _drip(sock, b"HTTP/1.1 200 OK\r\n" + b"x" * 50, server.stop))
+    outcome: list[tuple[Exception | None, float]] = []
+
+    thread = threading.Thread(
+        target=lambda: outcome.append(_timed(lambda: bridge.health_check(server.url)))
+    )
+    thread.start()
+    thread.join(10)
+
+    _assert_timed_out(*outcome[0])
+
+
+def _call_in_child(url: str, results: multiprocessing.queues.Queue) -> None:
+    error, took = _timed(lambda: bridge.health_check(url))
+    results.put((getattr(error, "code", repr(error)), took))
+
+
+def test_the_deadline_holds_in_a_forked_worker(serve: Callable) -> None:
+    """Celery's prefork pool forks its children from a process whose watchdog thread,
+    if it had one, is not in the child."""
+    fast = serve(lambda sock: sock.sendall(_answer()))
+    bridge.health_check(fast.url)  # the parent's watchdog is running
+    server = serve(lambda sock: _drip(sock, b"HTTP/1.1 200 OK\r\n" + b"x" * 50, server.stop))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_call_in_child, args=(server.url, results))
+    child.start()
+
+    code, took = results.get(timeout=30)
+    child.join(5)
+    assert (code, took < 3 * DEADLINE) == ("BridgeTimeout", True), took
+
+
+def test_a_timed_out_connection_is_not_reused_and_normal_calls_reuse_theirs(
+    serve: Callable,
+) -> None:
+    slow = threading.Event()
+
+    def respond(sock: socket.socket) -> None:
+        if slow.is_set():
+            sock.sendall(b"HTTP/1.1 200 OK\r\n")
+            _drip(sock, b"x" * 50, server.stop)
+        else:
+            sock.sendall(_answer())
+
+    server = serve(respond)
+
+    assert bridge.health_check(server.url)["status"] == "ok"
+    assert bridge.health_check(server.url)["status"] == "ok"
+    assert server.connections == 1  # keep-alive, as before
+    slow.set()
+    _assert_timed_out(*_timed(lambda: bridge.health_check(server.url)))
+    slow.clear()
+    assert bridge.health_check(server.url)["status"] == "ok"
+    assert server.connections == 2  # the dripping one was dropped, not handed out again
+
+
+@override_settings(NORM_BRIDGE_MAX_RESPONSE_BYTES=64 * 1024)
+def test_an_answer_larger_than_the_limit_is_refused(
+    serve: Callable,
+) -> None:
+    def respond(sock: socket.socket) -> None:
+        # Chunked: no content-length to refuse it by.
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        sock.sendall(b"transfer-encoding: chunked\r\n\r\n")
+        chunk = b" " * 16384
+        for _ in range(256):  # 4 MiB
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+
+    server = serve(respond)
+
+    error, took = _timed(lambda: bridge.health_check(server.url))
+    assert isinstance(error, bridge.BridgeError), repr(error)
+    assert not isinstance(error, bridge.BridgeUnavailable)  # asking again gets the same
+    assert error.code == "BridgeResponseTooLarge"
+    assert took < DEADLINE
