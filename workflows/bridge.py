@@ -315,7 +315,7 @@ def call(
 
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # `[[[[…`: the parser recurses per level
         data = None
     status = response.status_code
     if 300 <= status < 400:

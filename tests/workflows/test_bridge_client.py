@@ -94,6 +94,21 @@ class _SdkBridge(BaseHTTPRequestHandler):
         pass
 
 
+class _Nested(BaseHTTPRequestHandler):
+    """A bridge whose answer nests deeper than Python's JSON parser recurses."""
+
+    def do_GET(self) -> None:
+        body = b"[" * 100_000 + b"]" * 100_000
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> None:
     """Answered 500 and read as the bridge being down, it was retried for minutes."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SdkBridge)
@@ -131,3 +146,16 @@ def test_a_bridge_url_requests_cannot_use_is_a_final_error_not_unreachable(url: 
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert exc.value.code == "BridgeInvalidURL"
     assert exc.value.message.startswith(f"norm cannot call the bridge URL {url}: ")
+
+
+def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Nested)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(bridge.BridgeError) as caught:
+            bridge.health_check(f"http://127.0.0.1:{server.server_port}/bridge")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.code == "BridgeInvalidResponse"  # failed at once, not a crashed task
+    assert not isinstance(caught.value, bridge.BridgeUnavailable)
