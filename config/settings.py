@@ -64,12 +64,17 @@ def env_json(name: str, default: Any) -> Any:
         raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
 
 
+def env_list(name: str, default: str) -> list[str]:
+    """A comma-separated list, spaces around its items ignored ("a.example, b.example")."""
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
 DEBUG = env_bool("DEBUG", False)
 # The embedded default is for a laptop; production must set its own SECRET_KEY
 # (`manage.py check --deploy` refuses the default unless NORM_ENCRYPTION_KEY is set).
 DEVELOPMENT_SECRET_KEY = "norm-insecure-development-key-change-me"
 SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
-ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "*").split(",")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
