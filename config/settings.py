@@ -75,6 +75,19 @@ DEBUG = env_bool("DEBUG", False)
 DEVELOPMENT_SECRET_KEY = "norm-insecure-development-key-change-me"
 SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
+# Behind a proxy that ends TLS and calls norm over plain HTTP, Django sees an http
+# request whose browser sent `Origin: https://...`, and its CSRF check refuses every
+# admin form (the login first) unless that origin is trusted here, e.g.
+# CSRF_TRUSTED_ORIGINS=https://norm.example.com ...
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+# ... or unless norm trusts the header in which the proxy says the request came over
+# HTTPS (SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto: only when the proxy always sets it,
+# as a client could send it too). Then the session and CSRF cookies are sent only over
+# HTTPS as well.
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",

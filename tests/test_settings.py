@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +38,54 @@ def test_allowed_hosts_may_have_spaces_after_their_commas(client: Client, settin
     # Every host but the first was refused with a 400 (DisallowedHost).
     assert client.get("/admin/login/", HTTP_HOST="localhost").status_code == 200
     assert client.get("/admin/login/", HTTP_HOST="norm.example.com").status_code == 200
+
+
+PROXIED = {"HTTP_HOST": "norm.example.com", "HTTP_ORIGIN": "https://norm.example.com"}
+
+
+def _log_in_behind_a_tls_proxy(settings: Any, env: dict[str, str], **headers: str) -> Any:
+    """An operator logs in to the admin at https://norm.example.com/admin/, through a
+    proxy that ends TLS and calls norm (gunicorn) over plain HTTP, as compose's web
+    behind nginx or Traefik; the browser sends its Origin and CSRF cookie."""
+    for name, value in settings_from(
+        env, "CSRF_TRUSTED_ORIGINS", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE"
+    ).items():
+        if value is not None:
+            setattr(settings, name, tuple(value) if name == "SECURE_PROXY_SSL_HEADER" else value)
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    User.objects.create_superuser("ops", "ops@example.com", "pw-for-ops")
+    browser = Client(enforce_csrf_checks=True)
+    browser.get("/admin/login/", **PROXIED, **headers)
+    token = browser.cookies["csrftoken"].value
+    return browser.post(
+        "/admin/login/",
+        {
+            "username": "ops",
+            "password": "pw-for-ops",
+            "csrfmiddlewaretoken": token,
+            "next": "/admin/",
+        },
+        **PROXIED,
+        **headers,
+    )
+
+
+@pytest.mark.django_db
+def test_the_admin_login_works_behind_a_tls_proxy_with_its_origin_trusted(settings: Any) -> None:
+    response = _log_in_behind_a_tls_proxy(
+        settings, {"CSRF_TRUSTED_ORIGINS": "https://norm.example.com"}
+    )
+
+    # Refused with a 403 "Origin checking failed" before, whatever the operator set.
+    assert response.status_code == 302, response.content[:300]
+    assert response["Location"] == "/admin/"
+
+
+@pytest.mark.django_db
+def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(settings: Any) -> None:
+    response = _log_in_behind_a_tls_proxy(
+        settings, {"SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto"}, HTTP_X_FORWARDED_PROTO="https"
+    )
+
+    assert response.status_code == 302, response.content[:300]
+    assert response.cookies["sessionid"]["secure"]  # the browser sends it over HTTPS only
