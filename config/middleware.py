@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+logger = logging.getLogger(__name__)
 
 _SLASHES = re.compile(r"/{2,}")
+
+# Novu's path for its API's health check.
+HEALTH_CHECK_PATH = "/v1/health-check"
 
 
 def collapse_slashes(get_response: Callable[[HttpRequest], HttpResponse]):
@@ -18,3 +25,29 @@ def collapse_slashes(get_response: Callable[[HttpRequest], HttpResponse]):
         return get_response(request)
 
     return middleware
+
+
+def health_check(get_response: Callable[[HttpRequest], HttpResponse]):
+    """`GET /v1/health-check` for compose's healthcheck and Kubernetes' probes: 200 while
+    the database answers, 503 when it does not (a trigger could not be stored). Answered
+    before Django checks the Host header, as a probe calls the container's or pod's own
+    address, which ALLOWED_HOSTS does not list: a healthy norm would answer it 400."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        if request.path_info == HEALTH_CHECK_PATH and request.method in ("GET", "HEAD"):
+            return _health()
+        return get_response(request)
+
+    return middleware
+
+
+def _health() -> HttpResponse:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        logger.warning("health check: the database does not answer: %s", exc)
+        return JsonResponse(
+            {"data": {"status": "error", "error": {"db": {"status": "down"}}}}, status=503
+        )
+    return JsonResponse({"data": {"status": "ok", "info": {"db": {"status": "up"}}}})

@@ -1,0 +1,40 @@
+"""The health check that compose and Kubernetes probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connection
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_health_check_answers_a_probe_at_the_pods_own_address(
+    client: Client, settings: Any
+) -> None:
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+
+    # As a Kubernetes probe or compose's healthcheck calls it: no key, the pod's own IP.
+    response = client.get("/v1/health-check", HTTP_HOST="10.1.2.3:8000")
+
+    assert response.status_code == 200
+    assert response.json() == {"data": {"status": "ok", "info": {"db": {"status": "up"}}}}
+    assert client.head("/v1/health-check", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    # Only this path skips the Host check.
+    assert client.get("/v1/notifications", HTTP_HOST="10.1.2.3:8000").status_code == 400
+
+
+def test_the_health_check_is_a_503_while_the_database_does_not_answer(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> None:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed")
+
+    monkeypatch.setattr(connection, "cursor", refused)
+
+    response = client.get("/v1/health-check")
+
+    assert response.status_code == 503
+    assert response.json()["data"]["status"] == "error"
