@@ -16,8 +16,10 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 install: $(STAMP)
 
+# A venv that failed halfway (Debian without python3-venv: no ensurepip) leaves
+# $(PY) behind, and every later run would fail on its missing pip instead.
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
