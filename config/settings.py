@@ -239,6 +239,13 @@ CELERY_TASK_IGNORE_RESULT = True
 # killed worker loses nothing; every task claims its row, so a rerun is harmless.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A task running when the worker loses the broker finishes its work: Celery 5's default,
+# chosen here (Celery 6 cancels such tasks, and 5 warns so on each connection loss).
+# Cancelled, it could be cut between the provider's send and the commit, and its step
+# would stay claimed for NORM_STALE_CLAIM_SECONDS; finished, only its acknowledgement is
+# lost, and the message Redis delivers again after the visibility timeout finds its row
+# done (every task claims its row).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # One message at a time per process: with acks_late a prefetched message would wait
 # behind a slow bridge call instead of going to an idle worker.
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
