@@ -12,13 +12,18 @@ import re
 import smtplib
 import threading
 import time
-from email.utils import quote
+from email import policy
+from email.generator import BytesGenerator
+from email.utils import parseaddr, quote
+from io import BytesIO
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
+from django.core.mail.message import sanitize_address
 from django.utils.html import strip_tags
 
 from messaging.models import Message
@@ -132,6 +137,39 @@ def _email_output_wrong(content: dict[str, Any]) -> str:
     )
 
 
+def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
+    """The email's addresses whose local part is beyond ASCII (josé@example.com): only
+    SMTPUTF8 (RFC 6531) carries one. Django writes it as an RFC 2047 encoded word
+    (=?utf-8?b?am9zw6k=?=@example.com), which no server decodes: another mailbox."""
+    addresses = (email.from_email, *email.recipients(), *email.reply_to)
+    return [a for a in addresses if not parseaddr(a)[1].rpartition("@")[0].isascii()]
+
+
+def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: str) -> None:
+    """Send `email` with SMTPUTF8, its addresses as written in the envelope and the
+    headers (RFC 6532); a final SendError from a server that does not offer it."""
+    for address in (email.from_email, *email.recipients(), *email.reply_to):
+        sanitize_address(address, "utf-8")  # Django's checks: a ValueError, as for the others
+    message = email.message()
+    # Django's message has them as encoded words; replace_header, unlike message[...] =,
+    # keeps them as written.
+    for header, addresses in (("From", [email.from_email]), ("To", email.to)):
+        message.replace_header(header, ", ".join(addresses))
+    if email.reply_to:
+        message.replace_header("Reply-To", ", ".join(email.reply_to))
+    smtp = backend.connection
+    smtp.ehlo_or_helo_if_needed()
+    if not smtp.has_extn("smtputf8"):
+        raise SendError(
+            f"the SMTP server does not offer SMTPUTF8, which {needing} needs", transient=False
+        )
+    data = BytesIO()
+    generator = BytesGenerator(data, policy=policy.SMTPUTF8.clone(linesep="\r\n"))
+    generator.flatten(message)
+    sender = parseaddr(email.from_email)[1]
+    smtp.sendmail(sender, email.recipients(), data.getvalue(), mail_options=["SMTPUTF8"])
+
+
 class _KeptConnection(threading.local):
     # (the email settings it was opened with, the backend, when it last sent)
     open: tuple[tuple[Any, ...], BaseEmailBackend, float] | None = None
@@ -204,8 +242,12 @@ class DjangoEmailProvider(Provider):
     def _deliver(cls, email: EmailMultiAlternatives) -> None:
         for attempt in (1, 2):
             email.connection, reused = cls._connection()
+            needing = _beyond_ascii(email)
             try:
-                email.send()
+                if needing and isinstance(email.connection, SmtpBackend):
+                    _send_smtputf8(email.connection, email, ", ".join(needing))
+                else:
+                    email.send()
             except Exception as exc:
                 cls.close()  # in an unknown state after a failure
                 # A kept connection the server has since dropped (or drops with 421,

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 from typing import Any
 
 import pytest
@@ -137,9 +137,10 @@ class Inbox:
 
 
 @contextlib.contextmanager
-def smtp_serving(settings: Any, handler: Any) -> Iterator[None]:
-    """A real SMTP server on loopback answering with `handler`, and norm's email on it."""
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+def smtp_serving(settings: Any, handler: Any, **smtp_parameters: Any) -> Iterator[None]:
+    """A real SMTP server on loopback answering with `handler`, and norm's email on it.
+    `smtp_parameters`: aiosmtpd's (enable_SMTPUTF8=True, say)."""
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **smtp_parameters)
     controller.start()
     settings.EMAIL_BACKEND = SMTP
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
@@ -471,6 +472,69 @@ def test_the_from_name_is_sent_as_written_with_the_from_address(
     received = message_from_bytes(envelope.content, policy=policy.default)
     [address] = received["From"].addresses
     assert (address.display_name, address.domain) == (name or "", sent.split("@")[1])
+
+
+INTERNATIONAL = {
+    "recipient": {"to": "josé@bücher.example"},
+    "from": {"from": {"name": "Zoë", "email": "zoë@example.com"}},
+    "reply-to": {"replyTo": "rené@example.com"},
+}
+
+
+@pytest.mark.parametrize("which", list(INTERNATIONAL))
+def test_an_address_beyond_ascii_is_sent_as_written_with_smtputf8(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, which: str
+) -> None:
+    """Django wrote a local part beyond ASCII as an RFC 2047 encoded word, in the
+    envelope and the headers (=?utf-8?b?am9zw6k=?=@...), a mailbox no server decodes:
+    the email went to no one (or someone else) and norm called it sent."""
+    inbox = Inbox()
+    case = INTERNATIONAL[which]
+    outputs = {"subject": "Grüße", "body": "<p>Grüße</p>"} | {
+        k: v for k, v in case.items() if k != "to"
+    }
+    step = email_step(
+        notification__subscriber__email=case.get("to", "ann@example.com"), outputs=outputs
+    )
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=True):
+        step = send(step)
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = inbox.envelopes
+    assert "SMTPUTF8" in envelope.mail_options
+    sent = message_from_string(envelope.original_content.decode(), policy=policy.SMTPUTF8)
+    head = envelope.original_content.split(b"\r\n\r\n")[0].split(b"\r\n")
+    addresses = [line for line in head if line.startswith((b"From:", b"To:", b"Reply-To:"))]
+    assert len(addresses) == (3 if which == "reply-to" else 2)
+    assert not [line for line in addresses if b"=?" in line]  # as written, no encoded word
+    if which == "recipient":
+        assert envelope.rcpt_tos == ["josé@bücher.example"] and sent["To"] == "josé@bücher.example"
+    if which == "from":
+        assert envelope.mail_from == "zoë@example.com"
+        assert sent["From"].addresses[0].addr_spec == "zoë@example.com"
+        assert sent["From"].addresses[0].display_name == "Zoë"
+    if which == "reply-to":
+        assert sent["Reply-To"] == "rené@example.com"
+    assert sent["Subject"] == "Grüße"
+    body = message_from_bytes(envelope.original_content, policy=policy.default)
+    assert body.get_body(("html",)).get_content() == "<p>Grüße</p>"
+    assert body.get_body(("plain",)).get_content() == "Grüße"
+    assert Message.objects.get().status == Message.Status.SENT
+
+
+def test_an_address_beyond_ascii_fails_at_once_on_a_server_without_smtputf8(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """No other try can help: the server cannot carry the address, and an encoded word
+    in its place is another mailbox."""
+    inbox = Inbox()
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=False):
+        step = send(email_step(notification__subscriber__email="josé@example.com"))
+
+    assert inbox.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert "SMTPUTF8" in step.error and "josé@example.com" in step.error
+    assert Message.objects.get().status == Message.Status.FAILED
 
 
 @pytest.mark.parametrize(
