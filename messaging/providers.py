@@ -35,6 +35,14 @@ _NOT_TEXT = re.compile(r"<(head|style|script)\b", re.IGNORECASE)
 _CLOSING = {
     name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("head", "style", "script")
 }
+# Where a reader of the HTML sees a new line (at an opening tag only: "</li> <li>" is
+# one), or a blank one, or a space between table cells. ([^<>]* and not [^>]*: a
+# search from each unclosed "<br" stops at the next tag.)
+_LINE = re.compile(r"<(?:br|hr|div|li|tr)\b[^<>]*>", re.IGNORECASE)
+_PARAGRAPH = re.compile(r"</?(?:p|h[1-6]|ul|ol|table|blockquote|pre)\b[^<>]*>", re.IGNORECASE)
+_CELL = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_HTML_SPACE = re.compile(r"[ \t\r\n\f]+")  # not &nbsp;, which HTML keeps
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class SendError(Exception):
@@ -71,12 +79,23 @@ def one_line(text: str) -> str:
 
 def text_of(body: str) -> str:
     """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
-    alone kept a stylesheet or script as text, and entities (&amp;, &nbsp;) as written."""
+    alone kept a stylesheet or script as text, entities (&amp;, &nbsp;) as written, a
+    template's indentation, and ran paragraphs together ("Hi Ann,</p><p>Your order"
+    read "Hi Ann,Your order")."""
     try:
-        text = strip_tags(_without_hidden(body))
+        text = strip_tags(_as_laid_out(_without_hidden(body)))
     except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
-        text = body
-    return html.unescape(text)
+        return html.unescape(body)
+    lines = (line.strip(" ") for line in html.unescape(text).split("\n"))
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+
+
+def _as_laid_out(body: str) -> str:
+    """`body` with its white space as HTML reads it (any run of it one space) and a
+    line break where a tag makes one, for strip_tags to leave them."""
+    body = _HTML_SPACE.sub(" ", body)
+    body = _PARAGRAPH.sub("\n\n", _LINE.sub("\n", body))
+    return _CELL.sub(" ", body)
 
 
 def _without_hidden(body: str) -> str:

@@ -579,6 +579,33 @@ def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     assert markup.strip() == body
 
 
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (  # minified, as React Email renders it
+            '<p>Hi Ann,</p><p>Your order shipped.<br>Track it <a href="x">here</a>.</p>'
+            "<table><tr><td>Item</td><td>$5</td></tr></table>",
+            "Hi Ann,\n\nYour order shipped.\nTrack it here.\n\nItem $5",
+        ),
+        (  # indented, as a template is written
+            "<html>\n  <body>\n    <div>\n      Hello\n      there,\n    </div>\n"
+            "    <ul>\n      <li>one</li>\n      <li>two</li>\n    </ul>\n  </body>\n</html>\n",
+            "Hello there,\n\none\ntwo",
+        ),
+    ],
+)
+def test_the_text_alternative_breaks_lines_where_the_html_does(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, body: str, text: str
+) -> None:
+    """Only the tags were taken out: "Hi Ann,</p><p>Your order" was read as "Hi Ann,Your
+    order" by text-only clients and previews, and an indented template as its indentation."""
+    assert send(email_step(outputs={"subject": "Hi", "body": body})).status == Step.Status.COMPLETED
+
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert received.get_body(("plain",)).get_content().strip().splitlines() == text.splitlines()
+
+
 def test_a_body_with_many_unclosed_angle_brackets_is_sent(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
