@@ -51,6 +51,10 @@ MARK_AS: dict[str, dict[str, bool | None]] = {
 }
 
 
+# Novu's redirect targets: novu-py refuses the whole list for a notification with another.
+_TARGETS = {"_self", "_blank", "_parent", "_top", "_unfencedTop"}
+
+
 class UnseenCountResponse(serializers.Serializer):
     class Count(serializers.Serializer):
         count = serializers.IntegerField()
@@ -345,6 +349,17 @@ class MarkAllApi(APIView):
 # --- v2: novu-py's subscribers.notifications (its current inbox calls) ---------------------
 
 
+class InboxRedirect(serializers.Serializer):
+    url = serializers.CharField()
+    target = serializers.ChoiceField(choices=sorted(_TARGETS), required=False)
+
+
+class InboxAction(serializers.Serializer):
+    label = serializers.CharField()
+    isCompleted = serializers.BooleanField()
+    redirect = InboxRedirect(required=False)
+
+
 class InboxNotificationOutput(serializers.Serializer):
     """For the OpenAPI schema only: inbox_dto builds the answer."""
 
@@ -370,6 +385,10 @@ class InboxNotificationOutput(serializers.Serializer):
     channelType = serializers.CharField()
     severity = serializers.CharField()
     data = serializers.DictField()
+    avatar = serializers.CharField(required=False)
+    primaryAction = InboxAction(required=False)
+    secondaryAction = InboxAction(required=False)
+    redirect = InboxRedirect(required=False)
 
 
 class InboxPage(serializers.Serializer):
@@ -389,6 +408,38 @@ class InboxCount(serializers.Serializer):
 
 class NotificationIdsInput(serializers.Serializer):
     notificationIds = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+def _redirect(value: Any) -> dict[str, Any] | None:
+    """An in-app output's redirect as Novu's RedirectDto; None for none, or one not
+    shaped as Novu's (from a bridge other than the SDKs: the outputs are stored as sent)."""
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+        return None
+    target = value.get("target")
+    known = isinstance(target, str) and target in _TARGETS
+    return {"url": value["url"]} | ({"target": target} if known else {})
+
+
+def _action(value: Any) -> dict[str, Any] | None:
+    """An in-app output's primaryAction or secondaryAction as Novu's InboxActionDto
+    (norm keeps no completed actions); None as for `_redirect`."""
+    if not isinstance(value, dict) or not isinstance(value.get("label"), str):
+        return None
+    redirect = _redirect(value.get("redirect"))
+    return {"label": value["label"], "isCompleted": False} | (
+        {"redirect": redirect} if redirect else {}
+    )
+
+
+def _links(content: dict[str, Any]) -> dict[str, Any]:
+    """What an inbox draws around the text: avatar, action buttons, where a click goes."""
+    links = {
+        "avatar": content["avatar"] if isinstance(content.get("avatar"), str) else None,
+        "primaryAction": _action(content.get("primaryAction")),
+        "secondaryAction": _action(content.get("secondaryAction")),
+        "redirect": _redirect(content.get("redirect")),
+    }
+    return {key: value for key, value in links.items() if value is not None}
 
 
 def inbox_dto(message: Message) -> dict[str, Any]:
@@ -417,6 +468,7 @@ def inbox_dto(message: Message) -> dict[str, Any]:
         "channelType": "in_app",
         "severity": "none",
         "data": data if isinstance(data, dict) else {},
+        **_links(content),
     }
 
 

@@ -300,6 +300,49 @@ def test_v2_list_is_novu_pys_inbox_newest_first_by_cursor_and_filter(tenant) -> 
     assert api.get("/v2/subscribers/bob/notifications").status_code == 404
 
 
+def test_v2_list_has_the_in_app_steps_avatar_actions_and_redirect(tenant) -> None:
+    """They were stored and never listed: an inbox drawn from norm's API had no buttons
+    and no link. One not shaped as Novu's (a bridge other than the SDKs) is left out,
+    rather than fail novu-py's check of the whole list."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = _in_app(ann)
+    action = {"label": "Track", "redirect": {"url": "https://shop.example/t/1", "target": "_blank"}}
+    Message.objects.filter(pk=message.pk).update(
+        content={
+            "body": "Shipped",
+            "avatar": "https://shop.example/logo.png",
+            "primaryAction": action,
+            "secondaryAction": {"label": "Later"},
+            "redirect": {"url": "/orders/1"},
+        }
+    )
+    odd = _in_app(ann, "odd")
+    Message.objects.filter(pk=odd.pk).update(
+        content={
+            "body": "Odd",
+            "avatar": 7,
+            "primaryAction": {"redirect": {"url": "/x"}},
+            "secondaryAction": "Later",
+            "redirect": {"url": "/y", "target": ["_blank"]},
+        }
+    )
+
+    rows = api.get("/v2/subscribers/ann/notifications").json()["data"]
+
+    odd_item, item = (InboxNotificationDto.model_validate(row) for row in rows)
+    assert item.avatar == "https://shop.example/logo.png"
+    assert item.primary_action is not None and item.secondary_action is not None
+    assert (item.primary_action.label, item.primary_action.is_completed) == ("Track", False)
+    assert item.primary_action.redirect is not None
+    assert item.primary_action.redirect.url == "https://shop.example/t/1"
+    assert item.primary_action.redirect.target == "_blank"
+    assert (item.secondary_action.label, item.secondary_action.redirect) == ("Later", None)
+    assert item.redirect is not None and item.redirect.url == "/orders/1"
+    assert (odd_item.avatar, odd_item.primary_action, odd_item.secondary_action) == (None,) * 3
+    assert odd_item.redirect is not None and odd_item.redirect.target is None
+
+
 def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
     """A message saved a moment later may get the lower id (two workers at once): the
     cursor follows the list's order (newest first), so no page skips or repeats it."""
