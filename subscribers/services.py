@@ -16,18 +16,22 @@ def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Sub
     client_id = client if isinstance(client, int) else client.pk
     values = {INLINE_FIELDS[k]: v for k, v in recipient.items() if k in INLINE_FIELDS}
     subscriber_id = str(recipient["subscriberId"])
-    found = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id)
-    subscriber = found.first()
-    if subscriber is None:
-        subscriber = Subscriber(client_id=client_id, subscriber_id=subscriber_id, **values)
-        if insert_once(subscriber):
-            return subscriber
-        subscriber = found.get()  # created concurrently by another recipient's command
-    changed = {k: v for k, v in values.items() if getattr(subscriber, k) != v}
-    if changed:
-        for key, value in changed.items():
-            setattr(subscriber, key, value)
-        subscriber.save(update_fields=[*changed, "updated_at"])
+    # Locked (not its key) until the caller's transaction ends: see subscriber_process.
+    found = Subscriber.objects.filter(
+        client_id=client_id, subscriber_id=subscriber_id
+    ).select_for_update(no_key=True)
+    with transaction.atomic(savepoint=False):
+        subscriber = found.first()
+        if subscriber is None:
+            subscriber = Subscriber(client_id=client_id, subscriber_id=subscriber_id, **values)
+            if insert_once(subscriber):
+                return subscriber
+            subscriber = found.get()  # created concurrently by another recipient's command
+        changed = {k: v for k, v in values.items() if getattr(subscriber, k) != v}
+        if changed:
+            for key, value in changed.items():
+                setattr(subscriber, key, value)
+            subscriber.save(update_fields=[*changed, "updated_at"])
     return subscriber
 
 
@@ -36,8 +40,14 @@ def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> N
     event = TriggerEvent.objects.filter(pk=trigger_event_id).first()
     if event is None:
         return
-    subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
-    notification_create(trigger_event=event, subscriber=subscriber)
+    # The subscriber stays locked until its notification is in: a delete meanwhile (which
+    # locks it first) waits, then deletes the notification with it and counts it out of
+    # the event. It deleted the row under the command, which failed (an update of no
+    # row, a notification refused by its foreign key), and the reconciler's rerun then
+    # created the deleted subscriber anew and sent it the workflow.
+    with transaction.atomic():
+        subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
+        notification_create(trigger_event=event, subscriber=subscriber)
 
 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
@@ -82,6 +92,12 @@ def subscriber_delete(*, subscriber: Subscriber) -> None:
     """Delete a subscriber with its notifications and messages, counted out of the
     recent fan-outs that reached it, which would otherwise reach it again."""
     with transaction.atomic():
+        # Locked first: a notification being inserted for it meanwhile (by a fan-out's
+        # command or chunk) either commits before, and is counted out and deleted with
+        # it, or waits and is refused. Collected before such a notification committed,
+        # the delete was refused by its foreign key at commit, a 500.
+        if not Subscriber.objects.select_for_update().filter(pk=subscriber.pk).exists():
+            return  # deleted meanwhile
         fan_outs_forget(subscriber=subscriber)
         subscriber.delete()
 

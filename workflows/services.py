@@ -236,6 +236,20 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
     topics with shared members) would otherwise each hold a row the other waits for."""
     if trigger_event.canceled_at is not None or not subscribers:
         return 0
+    while True:
+        try:
+            return _notifications_insert(trigger_event, subscribers)
+        except IntegrityError:
+            # A subscriber deleted meanwhile (its delete locks it first, so this chunk's
+            # foreign keys, checked at commit, wait for it): its notification is refused,
+            # and with it the whole chunk, which goes in again without it.
+            present = list(Subscriber.objects.filter(pk__in=[s.pk for s in subscribers]))
+            if len(present) == len(subscribers):
+                raise
+            subscribers = present
+
+
+def _notifications_insert(trigger_event: TriggerEvent, subscribers: list[Subscriber]) -> int:
     with transaction.atomic():
         Notification.objects.bulk_create(
             [

@@ -1,0 +1,166 @@
+"""A subscriber deleted while a trigger's fan-out reaches it, on real connections (hence
+`transaction=True`): neither the delete nor the fan-out fails, and the subscriber stays
+deleted unless the fan-out's command for it comes after the delete."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models.signals import pre_delete
+from django.utils import timezone
+
+from config import pipeline
+from notify.models import TriggerEvent
+from subscribers import services
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued, while_held
+from tests.factories import SubscriberFactory, TriggerEventFactory, api_for, client_with_key
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Meanwhile:
+    """Runs `work` in another thread and gives it a second: long enough to finish,
+    unless it waits for a lock the caller holds. `join` waits for the rest."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.error: Exception | None = None
+
+        def run() -> None:
+            try:
+                work()
+            except Exception as exc:
+                self.error = exc
+            finally:
+                connection.close()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        self.thread.join(1)
+
+    def join(self) -> None:
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def keyed() -> Iterator[tuple[Any, str]]:
+    yield client_with_key()
+
+
+def test_a_chunk_inserted_while_one_of_its_subscribers_is_deleted_reaches_the_others(
+    enqueued: Enqueued,
+) -> None:
+    """The deleted subscriber's notification was refused by its foreign key, and with it
+    the whole chunk: up to 500 notifications waited for the reconciler."""
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
+    ann, bob, cid = (SubscriberFactory(client=event.client) for _ in range(3))
+
+    while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: services.subscribers_process(
+            trigger_event_id=event.pk,
+            subscriber_ids=[s.subscriber_id for s in (ann, bob, cid)],
+        ),
+    )
+
+    assert not Subscriber.objects.filter(pk=ann.pk).exists()
+    notifications = Notification.objects.filter(trigger_event=event)
+    assert sorted(notifications.values_list("subscriber_id", flat=True)) == [bob.pk, cid.pk]
+    assert sorted(enqueued.of(pipeline.ECHO)) == sorted((str(n.pk),) for n in notifications)
+
+
+def test_a_delete_while_a_chunk_inserts_the_subscribers_notification_succeeds(
+    keyed: tuple[Any, str], enqueued: Enqueued
+) -> None:
+    """The notification committed after the delete had collected the subscriber's
+    notifications: the delete was refused by the foreign key at commit, a 500."""
+    client, key = keyed
+    event = TriggerEventFactory(client=client, mode=TriggerEvent.Mode.BROADCAST, to=None)
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    chunks: list[Meanwhile] = []
+
+    def chunk_meanwhile(sender: Any, **_: Any) -> None:
+        if sender is Subscriber and not chunks:
+            chunks.append(
+                Meanwhile(
+                    lambda: services.subscribers_process(
+                        trigger_event_id=event.pk, subscriber_ids=["ann", "bob"]
+                    )
+                )
+            )
+
+    pre_delete.connect(chunk_meanwhile)
+    try:
+        response = api_for(key).delete("/v2/subscribers/ann")
+    finally:
+        pre_delete.disconnect(chunk_meanwhile)
+    chunks[0].join()
+
+    assert response.status_code == 200, response.content
+    assert not Subscriber.objects.filter(pk=ann.pk).exists()
+    assert list(Notification.objects.values_list("subscriber_id", flat=True)) == [bob.pk]
+
+
+def test_a_delete_while_the_subscribers_command_runs_waits_and_deletes_its_notification(
+    keyed: tuple[Any, str], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between the command's upsert and its notification, the subscriber's
+    notification was refused and the command failed; its event, short of a recipient,
+    was fanned out again, which created the deleted subscriber anew and sent it the
+    workflow. The delete now waits for the command, and counts the event out."""
+    client, key = keyed
+    event = TriggerEventFactory(
+        client=client,
+        to=[{"subscriberId": "ann", "email": "ann@example.com"}],
+        status=TriggerEvent.Status.PROCESSED,
+        recipients=1,
+        processed_at=timezone.now(),
+    )
+    SubscriberFactory(client=client, subscriber_id="ann", email="old@example.com")
+    deletes: list[Meanwhile] = []
+    real_create = services.notification_create
+
+    def deleted_meanwhile(**kwargs: Any) -> Any:
+        deletes.append(Meanwhile(lambda: api_for(key).delete("/v2/subscribers/ann")))
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(services, "notification_create", deleted_meanwhile)
+    services.subscriber_process(
+        trigger_event_id=event.pk, recipient={"subscriberId": "ann", "email": "ann@example.com"}
+    )
+    deletes[0].join()
+
+    assert not Subscriber.objects.exists()
+    assert not Notification.objects.exists()
+    event.refresh_from_db()
+    assert (event.recipients, event.forgotten) == (0, ["ann"])
+
+
+def test_a_command_run_while_its_subscriber_is_deleted_does_not_fail(enqueued: Enqueued) -> None:
+    """It read the subscriber before the delete committed, and its update of the inline
+    attributes found no row: the command failed. It now waits for the delete, and, run
+    after it, creates the subscriber as a trigger naming it would."""
+    event = TriggerEventFactory()
+    ann = SubscriberFactory(client=event.client, subscriber_id="ann", email="old@example.com")
+
+    while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: services.subscriber_process(
+            trigger_event_id=event.pk,
+            recipient={"subscriberId": "ann", "email": "ann@example.com"},
+        ),
+    )
+
+    subscriber = Subscriber.objects.get()
+    assert (subscriber.subscriber_id, subscriber.email) == ("ann", "ann@example.com")
+    assert subscriber.pk != ann.pk
+    assert Notification.objects.get().subscriber == subscriber
