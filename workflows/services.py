@@ -285,14 +285,18 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
         TriggerEvent.objects.select_for_update(no_key=True)
         .filter(
             pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
-            processed_at__gt=timezone.now() - FANOUT_RECHECK,
-            recipients__gte=1,
+        )
+        .filter(
+            Q(processed_at__gt=timezone.now() - FANOUT_RECHECK)
+            # Still being fanned out (its count, written when that ends, will hold this
+            # recipient) or waiting for a rerun: the run must pass it by.
+            | Q(status__in=(TriggerEvent.Status.RECEIVED, TriggerEvent.Status.PROCESSING))
         )
         .only("pk", "recipients", "forgotten")
         .order_by("pk")
     )
     for event in events:
-        event.recipients -= 1
+        event.recipients = max(event.recipients - 1, 0)
         event.forgotten = [*event.forgotten, subscriber.subscriber_id]
     TriggerEvent.objects.bulk_update(events, ["recipients", "forgotten"])
 

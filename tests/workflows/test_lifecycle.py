@@ -416,3 +416,39 @@ def test_a_subscriber_deleted_is_not_created_again_by_a_fan_out_rerun_for_a_lost
     event = TriggerEvent.objects.get()
     assert (event.status, event.recipients, event.refanned) == ("processed", 1, 1)
     assert Notification.objects.get().subscriber.subscriber_id == "bob"
+
+
+def test_a_subscriber_deleted_while_its_trigger_is_still_fanned_out_is_not_created_again(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    """A worker ran ann's command while the fan-out was still sending the others, and ann
+    was deleted meanwhile: the delete counted out only events already fanned out, so the
+    fan-out's count still held ann, the reconciler took the missing notification for a
+    command lost with the broker, created ann anew and sent it the workflow."""
+    fake_bridge.steps = [INBOX]
+    capture = pipeline.send_now
+
+    def ann_deleted_meanwhile(stage: pipeline.Stage, *args: Any, **options: Any) -> None:
+        capture(stage, *args, **options)
+        if stage == pipeline.SUBSCRIBER and args[1]["subscriberId"] == "bob":
+            ann = [c for c in enqueued.calls if c[1][1:] == ({"subscriberId": "ann"},)]
+            enqueued.calls.remove(ann[0])
+            subscriber_tasks.subscriber_process.apply(args=ann[0][1], throw=True)
+            assert api_for(keyed[1]).delete("/v2/subscribers/ann").status_code == 200
+
+    monkeypatch.setattr(pipeline, "send_now", ann_deleted_meanwhile)
+    trigger(["ann", "bob"])
+    drain()
+    reconcile_after_the_grace(settings)
+    drain()
+
+    assert not Subscriber.objects.filter(subscriber_id="ann").exists()
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["bob"] * 2
+    event = TriggerEvent.objects.get()
+    assert (event.status, event.recipients, event.forgotten) == ("processed", 1, ["ann"])
