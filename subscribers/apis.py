@@ -6,6 +6,8 @@ novu-py speaks v2 (cursor lists, PATCH, `{subscriptions}` or `{subscriberIds}`);
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
@@ -462,9 +464,10 @@ class SubscriberDetailApi(APIView):
             client_id=request.user.pk, subscriber_id=subscriber_id
         )
         body = _valid(SubscriberFields, request.data)
-        subscriber = services.subscriber_update(
-            subscriber=subscriber, values=body.model_values(nulls_clear=nulls_clear)
-        )
+        with _not_deleted_meanwhile(subscriber_id):
+            subscriber = services.subscriber_update(
+                subscriber=subscriber, values=body.model_values(nulls_clear=nulls_clear)
+            )
         return Response({"data": subscriber_dto(subscriber)})
 
     @extend_schema(
@@ -553,9 +556,10 @@ class TopicListApi(APIView):
                 f"Topic '{body['key']}' already exists",
                 body=topic_dto(existing),
             )
-        topic, created = services.topic_upsert(
-            client=request.user, key=body["key"], name=body.get("name")
-        )
+        with _not_deleted_meanwhile(body["key"]):
+            topic, created = services.topic_upsert(
+                client=request.user, key=body["key"], name=body.get("name")
+            )
         return Response(
             {"data": topic_dto(topic)}, status=201 if created or self.version == 1 else 200
         )
@@ -628,7 +632,9 @@ class TopicDetailApi(APIView):
         name = request.data.get("name") if isinstance(request.data, dict) else None
         if not isinstance(name, str):
             raise ApiError(400, "invalid_request", "'name' must be a string")
-        return Response({"data": topic_dto(services.topic_rename(topic=topic, name=name))})
+        with _not_deleted_meanwhile(key):
+            topic = services.topic_rename(topic=topic, name=name)
+        return Response({"data": topic_dto(topic)})
 
     @extend_schema(
         summary="Delete a topic",
@@ -636,8 +642,20 @@ class TopicDetailApi(APIView):
     )
     def delete(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        topic.delete()
+        services.topic_delete(topic=topic)
         return Response({"data": {"acknowledged": True}})
+
+
+@contextlib.contextmanager
+def _not_deleted_meanwhile(name: str) -> Iterator[None]:
+    """A subscriber or topic that another request deleted while this one changed it:
+    the 404 this request would have had a moment later, not a 500."""
+    try:
+        yield
+    except Subscriber.DoesNotExist:
+        raise ApiError(404, "subscriber_not_found", f"Subscriber '{name}' was not found") from None
+    except Topic.DoesNotExist:
+        raise ApiError(404, "topic_not_found", f"Topic '{name}' was not found") from None
 
 
 def _ids(request: Request, field: str) -> list[str]:
@@ -705,8 +723,9 @@ class TopicSubscriptionsApi(APIView):
         name = request.data.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise ApiError(400, "invalid_request", "'name' must be a string of at most 255")
-        topic, _ = services.topic_upsert(client=request.user, key=key, name=name)
-        members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
+        with _not_deleted_meanwhile(key):
+            topic, _ = services.topic_upsert(client=request.user, key=key, name=name)
+            members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in members],
@@ -780,7 +799,8 @@ class TopicSubscribersV1Api(APIView):
     def post(self, request: Request, key: str) -> Response:
         ids = _ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
+        with _not_deleted_meanwhile(key):
+            members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
         failed = {"notFound": missing} if missing else {}
         return Response(
             {"data": {"succeeded": [s.subscriber_id for s in members], "failed": failed}}

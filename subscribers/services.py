@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.db import transaction
@@ -71,7 +72,8 @@ def subscriber_create(
     """Create a subscriber, or update the existing one."""
     existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
     if existing is not None:
-        return subscriber_update(subscriber=existing, values=values), False
+        with contextlib.suppress(Subscriber.DoesNotExist):  # deleted meanwhile: created anew
+            return subscriber_update(subscriber=existing, values=values), False
     subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
     if insert_once(subscriber):
         return subscriber, True
@@ -80,12 +82,24 @@ def subscriber_create(
 
 
 def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subscriber:
-    """Set the given model fields; a value of None clears a field."""
+    """Set the given model fields; a value of None clears a field. Subscriber.DoesNotExist
+    if it was deleted meanwhile."""
     for key, value in values.items():
         setattr(subscriber, key, ({} if key == "data" else "") if value is None else value)
     if values:
-        subscriber.save(update_fields=[*values, "updated_at"])
+        with transaction.atomic():
+            # Locked as subscriber_delete locks it: a delete first is seen here, one after
+            # waits. Saved under a delete, the update hit no row: Django's DatabaseError, a 500.
+            _lock_or_gone(Subscriber.objects.filter(pk=subscriber.pk))
+            subscriber.save(update_fields=[*values, "updated_at"])
     return subscriber
+
+
+def _lock_or_gone(rows: Any) -> None:
+    """Lock a row that a delete (subscriber_delete, topic_delete) locks first; its model's
+    DoesNotExist if such a delete removed it. NO KEY: inserts referring to it go on."""
+    if not rows.select_for_update(no_key=True).exists():
+        raise rows.model.DoesNotExist
 
 
 def subscriber_delete(*, subscriber: Subscriber) -> None:
@@ -113,26 +127,48 @@ def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[
 
 
 def topic_rename(*, topic: Topic, name: str) -> Topic:
+    """Topic.DoesNotExist if the topic was deleted meanwhile."""
     if topic.name != name:
         topic.name = name
-        topic.save(update_fields=["name"])
+        with transaction.atomic():
+            _lock_or_gone(Topic.objects.filter(pk=topic.pk))  # as in subscriber_update
+            topic.save(update_fields=["name"])
     return topic
+
+
+def topic_delete(*, topic: Topic) -> None:
+    with transaction.atomic():
+        # Locked first, as subscriber_delete locks its row: a subscription being added
+        # meanwhile commits before (and is deleted with the topic) or finds it gone.
+        # Collected before it committed, the delete was refused by its foreign key, a 500.
+        if Topic.objects.select_for_update().filter(pk=topic.pk).exists():
+            topic.delete()
 
 
 def topic_subscribe(
     *, topic: Topic, subscriber_ids: list[str]
 ) -> tuple[list[Subscriber], list[str]]:
-    """Add the named subscribers to a topic; return (members added or present, ids not found)."""
-    found = {
-        s.subscriber_id: s
-        for s in Subscriber.objects.filter(
-            client_id=topic.client_id, subscriber_id__in=subscriber_ids
+    """Add the named subscribers to a topic; return (members added or present, ids not
+    found). Topic.DoesNotExist if the topic was deleted meanwhile."""
+    with transaction.atomic():
+        # The topic and the subscribers locked as their deletes lock them: one deleted
+        # first is gone here (a subscriber then counts as not found); one deleted after
+        # waits, and takes the subscription with it. Without, the subscription was
+        # refused by its foreign key at commit, a 500. In pk order: no deadlock between
+        # two subscribes of the same subscribers.
+        _lock_or_gone(Topic.objects.filter(pk=topic.pk))
+        found = {
+            s.subscriber_id: s
+            for s in Subscriber.objects.filter(
+                client_id=topic.client_id, subscriber_id__in=subscriber_ids
+            )
+            .order_by("pk")
+            .select_for_update(no_key=True)
+        }
+        TopicSubscription.objects.bulk_create(
+            [TopicSubscription(topic=topic, subscriber=s) for s in found.values()],
+            ignore_conflicts=True,
         )
-    }
-    TopicSubscription.objects.bulk_create(
-        [TopicSubscription(topic=topic, subscriber=s) for s in found.values()],
-        ignore_conflicts=True,
-    )
     missing = [sid for sid in dict.fromkeys(subscriber_ids) if sid not in found]
     return [found[sid] for sid in dict.fromkeys(subscriber_ids) if sid in found], missing
 

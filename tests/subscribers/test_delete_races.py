@@ -16,7 +16,7 @@ from django.utils import timezone
 from config import pipeline
 from notify.models import TriggerEvent
 from subscribers import services
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued, while_held
 from tests.factories import SubscriberFactory, TriggerEventFactory, api_for, client_with_key
 from workflows.models import Notification
@@ -164,3 +164,121 @@ def test_a_command_run_while_its_subscriber_is_deleted_does_not_fail(enqueued: E
     assert (subscriber.subscriber_id, subscriber.email) == ("ann", "ann@example.com")
     assert subscriber.pk != ann.pk
     assert Notification.objects.get().subscriber == subscriber
+
+
+# --- the API's other writes, racing a delete of what they change ----------------------------
+
+
+@pytest.mark.parametrize("method", ["patch", "put"])
+def test_an_update_while_the_subscriber_is_deleted_is_a_404(
+    keyed: tuple[Any, str], method: str
+) -> None:
+    """It read the subscriber before the delete committed, and its save then found no
+    row: Django's DatabaseError, a 500."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: getattr(api_for(key), method)(
+            "/v2/subscribers/ann", {"firstName": "Ann"}, format="json"
+        ),
+    )
+
+    assert response.status_code == 404, response.content
+    assert response.json()["message"] == "Subscriber 'ann' was not found"
+    assert not Subscriber.objects.exists()
+
+
+def test_a_create_while_the_subscriber_is_deleted_creates_it_anew(keyed: tuple[Any, str]) -> None:
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann", email="old@example.com")
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: api_for(key).post(
+            "/v1/subscribers", {"subscriberId": "ann", "email": "ann@example.com"}, format="json"
+        ),
+    )
+
+    assert response.status_code < 300, response.content
+    assert Subscriber.objects.get().email == "ann@example.com"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "not_found"),
+    [
+        (
+            "/v2/topics/news/subscriptions",
+            {"subscriptions": ["ann", "bob"]},
+            lambda answer: [e["subscriberId"] for e in answer["errors"]],
+        ),
+        (
+            "/v1/topics/news/subscribers",
+            {"subscribers": ["ann", "bob"]},
+            lambda answer: answer["data"]["failed"]["notFound"],
+        ),
+    ],
+)
+def test_subscribing_a_subscriber_being_deleted_counts_it_not_found(
+    keyed: tuple[Any, str], path: str, body: dict[str, Any], not_found: Callable[..., Any]
+) -> None:
+    """The subscription was refused by its foreign key at commit, a 500, and bob's with it."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    topic = Topic.objects.create(client=client, key="news")
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: api_for(key).post(path, body, format="json"),
+    )
+
+    assert response.status_code < 300, response.content
+    assert not_found(response.json()) == ["ann"]
+    assert list(TopicSubscription.objects.values_list("topic", "subscriber")) == [
+        (topic.pk, bob.pk)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/topics/news/subscribers", {"subscribers": ["ann"]}),
+        ("patch", "/v2/topics/news", {"name": "News"}),
+    ],
+)
+def test_changing_a_topic_being_deleted_is_a_404(
+    keyed: tuple[Any, str], method: str, path: str, body: dict[str, Any]
+) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news", name="old")
+
+    _, response = while_held(
+        lambda: services.topic_delete(topic=topic),
+        lambda: getattr(api_for(key), method)(path, body, format="json"),
+    )
+
+    assert response.status_code == 404, response.content
+    assert response.json()["message"] == "Topic 'news' was not found"
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
+
+
+def test_a_topic_deleted_while_a_subscription_is_added_goes_with_it(
+    keyed: tuple[Any, str],
+) -> None:
+    """The delete collected the topic's subscriptions before the new one committed, which
+    its foreign key then refused: a 500 for the subscribe, after the delete had answered."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+
+    subscribed, response = while_held(
+        lambda: services.topic_subscribe(topic=topic, subscriber_ids=[ann.subscriber_id]),
+        lambda: api_for(key).delete("/v2/topics/news"),
+    )
+
+    assert subscribed == ([ann], [])
+    assert response.status_code == 200, response.content
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
