@@ -137,7 +137,8 @@ def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
 def test_a_channel_step_is_scheduled_and_the_message_worker_enqueued(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
-    notification = NotificationFactory()
+    # Running: a notification turns running with its first step.
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
     done = StepFactory(
         notification=notification, step_id="inbox", position=0, status=Step.Status.COMPLETED
     )
@@ -340,7 +341,8 @@ def test_a_bridge_url_requests_cannot_use_fails_the_notification_at_once(
 def test_an_answer_repeating_a_step_in_the_state_fails(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
-    notification = NotificationFactory()
+    # Running: a notification turns running with its first step.
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
     StepFactory(
         notification=notification, step_id="reminder", position=0, status=Step.Status.COMPLETED
     )

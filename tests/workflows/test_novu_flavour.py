@@ -404,7 +404,9 @@ def test_norm_sends_each_steps_controls_and_its_sdk_applies_those_of_the_step_it
         return answer
 
     monkeypatch.setattr(bridge, "execute", execute_on_the_sdk)
-    notification = NotificationFactory(trigger_event__workflow_id="controlled")
+    notification = NotificationFactory(
+        trigger_event__workflow_id="controlled", status=Notification.Status.RUNNING
+    )
     BridgeSyncFactory(client=notification.client, flavour="norm")
     BridgeWorkflowFactory(
         client=notification.client, workflow_id="controlled", controls={"mail": {"footer": "Ciao"}}

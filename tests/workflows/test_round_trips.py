@@ -1,0 +1,176 @@
+"""What each task of a notification costs in database round trips, pinned: a statement
+that comes back to a hot path fails here (docs/BENCHMARKS.md: each costs 0.5-1.5 ms of
+CPU, and a notification runs through six tasks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from bench.urls import two_step
+from config import pipeline
+from messaging import tasks as messaging_tasks
+from messaging.models import Message
+from subscribers import tasks as subscriber_tasks
+from tests.conftest import Enqueued
+from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
+from workflows import tasks as workflow_tasks
+from workflows.models import Notification
+from workflows.sdk import Bridge
+
+# Real transactions: BEGIN and COMMIT are counted as production runs them.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TASKS = {
+    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
+    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
+    pipeline.ECHO.task: workflow_tasks.echo_run,
+    pipeline.MESSAGE.task: messaging_tasks.message_send,
+}
+
+
+def _statement(sql: str) -> str:
+    """`SELECT workflows_step`: the verb and the table it reads or writes."""
+    verb = sql.split(None, 1)[0].upper()
+    # A SELECT's first column names its table (a subquery's FROM may come before its own).
+    first_column = re.search(r'^SELECT .*?"(\w+)"\.', sql)
+    table = first_column or re.search(r'(?:FROM|INTO|UPDATE) "(\w+)"', sql)
+    return f"{verb} {table.group(1)}" if table else verb
+
+
+class _SdkBridge(BaseHTTPRequestHandler):
+    """The bench's two-step workflow (in_app, then email) served by norm's SDK."""
+
+    served: Bridge
+
+    def do_POST(self) -> None:
+        _, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers["content-length"]))
+        status, answer, headers = self.served.handle(
+            method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
+        )
+        raw = json.dumps(answer).encode()
+        self.send_response(status)
+        for name, value in headers.items() | {"content-type": "application/json"}.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def bridge_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SdkBridge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/bench/bridge"
+    server.shutdown()
+    server.server_close()
+
+
+def _run_one(api: Any, enqueued: Enqueued, subscriber_id: str) -> list[tuple[str, list[str]]]:
+    """Trigger the two-step workflow for one subscriber; run every task it leads to, in
+    order, and return each task's statements."""
+    body = {
+        "name": "bench-two-step",
+        "to": [{"subscriberId": subscriber_id, "email": f"{subscriber_id}@example.com"}],
+        "payload": {"n": 1},
+    }
+    response = api.post(
+        "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    ran = []
+    while enqueued.calls:
+        task, args, _ = enqueued.calls.pop(0)
+        with CaptureQueriesContext(connection) as queries:
+            TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+        ran.append((task, [_statement(q["sql"]) for q in queries.captured_queries]))
+    return ran
+
+
+def test_a_two_step_notification_costs_these_statements_per_task(
+    bridge_url: str, enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    client, key = client_with_key(bridge_url=bridge_url)
+    monkeypatch.setattr(
+        _SdkBridge, "served", Bridge(workflows=[two_step], secret_key=key), raising=False
+    )
+    BridgeWorkflowFactory(client=client, workflow_id="bench-two-step")
+    BridgeSyncFactory(client=client, flavour="norm")
+    api = api_for(key)
+    _run_one(api, enqueued, "warm")  # the signing key and the registry, read once a process
+
+    ran = _run_one(api, enqueued, "ann")
+
+    assert Notification.objects.get(subscriber__subscriber_id="ann").status == "completed"
+    assert Message.objects.filter(subscriber__subscriber_id="ann", status="sent").count() == 2
+    claim = "UPDATE workflows_step"
+    record = ["BEGIN", "UPDATE workflows_notification", "INSERT workflows_step", "COMMIT"]
+    assert ran == [
+        (
+            pipeline.WORKFLOW.task,  # once per trigger, whatever its recipients
+            [
+                "UPDATE notify_triggerevent",  # claimed
+                "SELECT notify_triggerevent",
+                "SELECT workflows_notification",  # reached before (a rerun)?
+                "UPDATE notify_triggerevent",  # processed
+            ],
+        ),
+        (
+            pipeline.SUBSCRIBER.task,
+            [
+                "SELECT notify_triggerevent",
+                "SELECT subscribers_subscriber",
+                "INSERT subscribers_subscriber",  # a new subscriber
+                "INSERT workflows_notification",
+            ],
+        ),
+        # The first echo: a pending notification has no steps to read.
+        (pipeline.ECHO.task, ["SELECT workflows_notification", *record]),
+        (
+            pipeline.MESSAGE.task,  # in_app
+            [
+                claim,
+                "SELECT workflows_step",
+                "INSERT messaging_message",
+                "BEGIN",
+                "UPDATE messaging_message",
+                "UPDATE workflows_step",
+                "COMMIT",
+            ],
+        ),
+        (pipeline.ECHO.task, ["SELECT workflows_notification", "SELECT workflows_step", *record]),
+        (
+            pipeline.MESSAGE.task,  # email
+            [
+                claim,
+                "SELECT workflows_step",
+                "INSERT messaging_message",  # before the send: its id goes in the email
+                "BEGIN",
+                "UPDATE messaging_message",  # sent and the step done, in one commit
+                "UPDATE workflows_step",
+                "COMMIT",
+            ],
+        ),
+        (
+            pipeline.ECHO.task,  # done
+            [
+                "SELECT workflows_notification",
+                "SELECT workflows_step",
+                "UPDATE workflows_notification",
+            ],
+        ),
+    ]
