@@ -586,14 +586,16 @@ def step_skip(*, step: Step, reason: str) -> None:
 
 
 def _step_finish(step: Step, **fields: Any) -> None:
-    """Close a claimed step and hand its notification back to the echo worker."""
-    # No savepoint when the caller's transaction holds this (the message's update).
-    with transaction.atomic(savepoint=False):
-        done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
-            completed_at=timezone.now(), **fields
-        )
-        if done:
-            pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
+    """Close a claimed step and hand its notification back to the echo worker.
+
+    One UPDATE: in a caller's transaction (the message's update), the echo is enqueued
+    when that commits; outside one, the UPDATE has committed when it is enqueued, and a
+    transaction of its own would only add BEGIN and COMMIT."""
+    done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
+        completed_at=timezone.now(), **fields
+    )
+    if done:
+        pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
 
 
 def _held(step: Step) -> QuerySet[Step]:

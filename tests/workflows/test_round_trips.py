@@ -22,9 +22,15 @@ from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued
-from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    StepFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import tasks as workflow_tasks
-from workflows.models import Notification
+from workflows.models import Notification, Step
 from workflows.sdk import Bridge
 
 # Real transactions: BEGIN and COMMIT are counted as production runs them.
@@ -173,4 +179,22 @@ def test_a_two_step_notification_costs_these_statements_per_task(
                 "UPDATE workflows_notification",
             ],
         ),
+    ]
+
+
+def test_a_step_finished_outside_a_send_costs_one_update(enqueued: Enqueued) -> None:
+    """Skipped (no address), a delay or a custom step: its UPDATE commits on its own,
+    then the echo is enqueued; a transaction around it added BEGIN and COMMIT."""
+    step = StepFactory(type="email", notification__subscriber__email="")
+
+    with CaptureQueriesContext(connection) as queries:
+        messaging_tasks.message_send.apply(args=[step.pk], throw=True)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.SKIPPED
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+    assert [_statement(q["sql"]) for q in queries.captured_queries] == [
+        "UPDATE workflows_step",  # claimed
+        "SELECT workflows_step",
+        "UPDATE workflows_step",  # skipped
     ]
