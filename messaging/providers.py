@@ -130,6 +130,9 @@ def with_preheader(body: str, preheader: str | None) -> str:
 class Provider:
     name: ClassVar[str]
     channel: ClassVar[str]
+    # Its delivery is the stored message (in-app): send() only checks the message and
+    # calls nothing, so the message worker stores one that passes as sent at once.
+    stores_only: ClassVar[bool] = False
 
     def recipient(self, message: Message) -> str:
         return ""
@@ -315,6 +318,7 @@ class InboxProvider(Provider):
 
     name = "inbox"
     channel = "in_app"
+    stores_only = True
 
     def send(self, message: Message) -> str:
         content = message.content

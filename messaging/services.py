@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from config.db import insert_once
 from messaging.models import Message
-from messaging.providers import SendError, provider_for
+from messaging.providers import Provider, SendError, provider_for
 from workflows import services as workflow_services
 from workflows.selectors import CHANNEL_TYPES
 
@@ -66,9 +66,13 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         # Provider overrides ride along under their own key, as the bridge sent them.
         content={**step.outputs, "providers": step.providers} if step.providers else step.outputs,
     )
+    if provider.stores_only and _passes(provider, message):
+        # In-app: INSERTed as sent, not inserted and then updated with its step in a
+        # transaction. A crash before the step completes leaves a rerun to find it sent.
+        message.status, message.attempts, message.sent_at = Message.Status.SENT, 1, timezone.now()
     if not insert_once(message):  # a retry of this step, or a rerun after a crash
         message = Message.objects.get(step=step)
-    if message.status == Message.Status.SENT:
+    if message.status == Message.Status.SENT:  # just stored as sent, or found sent
         workflow_services.step_complete(step=step, result={})
         return
     message.subscriber = subscriber
@@ -108,6 +112,16 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         )
         # An in-app result is read from the message when the state is built.
         workflow_services.step_complete(step=step, result={})
+
+
+def _passes(provider: Provider, message: Message) -> bool:
+    """Whether a provider that only stores (in-app) takes the message: its send() is its
+    checks. One it refuses, or fails on, goes the way of every send, to be recorded."""
+    try:
+        provider.send(message)
+    except Exception:
+        return False
+    return True
 
 
 def messages_mark(

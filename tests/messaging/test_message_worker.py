@@ -95,6 +95,36 @@ def test_in_app_stores_the_message_in_the_inbox(
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
 
 
+def test_an_in_app_message_stored_as_sent_before_a_crash_is_kept_and_its_step_completed(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-app is stored as sent in its INSERT, and its step completed after: the database
+    lost in between, the task's retry finds the message sent and completes the step,
+    neither storing it twice nor touching it."""
+    step = StepFactory(type="in_app", outputs={"body": "Hi Ann"})
+    complete = FailsOnce(workflow_services.step_complete, OperationalError("the server closed"))
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    with pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+    stored = Message.objects.get()
+    assert (stored.status, stored.attempts) == (Message.Status.SENT, 1)
+    step.refresh_from_db()
+    assert step.status == Step.Status.PROCESSING and enqueued.calls == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED and complete.calls == 2
+    assert Message.objects.get() == stored
+    assert Message.objects.values_list("status", "attempts", "sent_at").get() == (
+        Message.Status.SENT,
+        1,
+        stored.sent_at,
+    )
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
 def test_email_through_django_mail(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:

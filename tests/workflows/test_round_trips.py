@@ -147,16 +147,8 @@ def test_a_two_step_notification_costs_these_statements_per_task(
         # The first echo: a pending notification has no steps to read.
         (pipeline.ECHO.task, ["SELECT workflows_notification", *record]),
         (
-            pipeline.MESSAGE.task,  # in_app
-            [
-                claim,
-                "SELECT workflows_step",
-                "INSERT messaging_message",
-                "BEGIN",
-                "UPDATE messaging_message",
-                "UPDATE workflows_step",
-                "COMMIT",
-            ],
+            pipeline.MESSAGE.task,  # in_app: stored as sent, then its step completed
+            [claim, "SELECT workflows_step", "INSERT messaging_message", "UPDATE workflows_step"],
         ),
         (pipeline.ECHO.task, ["SELECT workflows_notification", "SELECT workflows_step", *record]),
         (
