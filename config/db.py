@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
+from django.db import connections, router
 from django.db.models import Model
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
 
 
 def insert_once(row: Model) -> bool:
     """INSERT `row`; False when a unique constraint says it exists already.
 
-    In autocommit (a request, a task) the INSERT is its own transaction: one round
-    trip, where atomic() would add BEGIN and COMMIT. Inside a transaction, a savepoint
-    keeps the outer one usable after a conflict.
+    One statement in or out of a transaction: `INSERT ... ON CONFLICT DO NOTHING`
+    (SQLite: INSERT OR IGNORE), returning the new id when the database makes it.
+    Catching the IntegrityError of a plain INSERT needs a savepoint inside a transaction
+    (SAVEPOINT and RELEASE, two more round trips) to keep the transaction usable, and
+    the subscriber worker inserts twice in one.
+
+    The INSERT is the one `save(force_insert=True)` makes (Django's `Model._save_table`),
+    with the conflict ignored; no save signals are sent: norm has no receivers.
     """
-    try:
-        if transaction.get_connection().in_atomic_block:
-            with transaction.atomic():
-                row.save(force_insert=True)
-        else:
-            row.save(force_insert=True)
-    except IntegrityError:
-        return False
+    meta = row._meta
+    fields = [f for f in meta.local_concrete_fields if not f.generated]
+    if row.pk is None:
+        fields = [f for f in fields if f is not meta.auto_field]
+    using = router.db_for_write(type(row), instance=row)
+    query = InsertQuery(type(row), on_conflict=OnConflict.IGNORE)
+    query.insert_values(fields, [row])
+    compiler = query.get_compiler(using=using)
+    # Only what the database makes (an auto id): a pk set here (a UUID) comes back as
+    # it went, and a row of no row back through Django's converters fails on SQLite.
+    compiler.returning_fields = meta.db_returning_fields if row.pk is None else []
+    with connections[using].cursor() as cursor:
+        for sql, params in compiler.as_sql():
+            cursor.execute(sql, params)
+        if compiler.returning_fields:
+            returned = cursor.fetchone()  # no row: it exists already
+            if returned is None:
+                return False
+            for value, field in zip(returned, compiler.returning_fields, strict=True):
+                setattr(row, field.attname, value)
+        elif cursor.rowcount != 1:
+            return False
+    row._state.adding, row._state.db = False, using
     return True

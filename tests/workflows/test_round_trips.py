@@ -139,9 +139,14 @@ def test_a_two_step_notification_costs_these_statements_per_task(
             pipeline.SUBSCRIBER.task,
             [
                 "SELECT notify_triggerevent",
+                # One transaction: the subscriber stays locked until its notification is
+                # in, so a delete meanwhile waits (subscriber_process). Its inserts need
+                # no savepoints (insert_once).
+                "BEGIN",
                 "SELECT subscribers_subscriber",
                 "INSERT subscribers_subscriber",  # a new subscriber
                 "INSERT workflows_notification",
+                "COMMIT",
             ],
         ),
         # The first echo: a pending notification has no steps to read.

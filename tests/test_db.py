@@ -1,0 +1,57 @@
+"""config.db.insert_once: one statement, in or out of a transaction, whatever happens."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from config.db import insert_once
+from subscribers.models import Subscriber
+from tests.factories import ClientFactory, NotificationFactory, SubscriberFactory
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_conflict_is_false_and_leaves_the_transaction_usable_without_a_savepoint() -> None:
+    client = ClientFactory()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        first = Subscriber(client=client, subscriber_id="ann")
+        assert insert_once(first) is True
+        assert first.pk is not None and not first._state.adding
+        assert insert_once(Subscriber(client=client, subscriber_id="ann")) is False
+        assert Subscriber.objects.get(subscriber_id="ann").pk == first.pk  # still usable
+    statements = [q["sql"].split(None, 1)[0].upper() for q in queries]
+    assert "SAVEPOINT" not in statements
+    assert statements.count("INSERT") == 2
+
+
+def test_a_row_whose_pk_is_set_here_is_told_apart_from_a_conflict() -> None:
+    # A UUID pk is no column the database returns by itself: a RETURNING of nothing
+    # would read as a conflict.
+    existing = NotificationFactory()
+    again = Notification(
+        trigger_event=existing.trigger_event,
+        client=existing.client,
+        subscriber=existing.subscriber,
+        workflow_id=existing.workflow_id,
+        resource=existing.resource,
+    )
+    fresh = Notification(
+        trigger_event=existing.trigger_event,
+        client=existing.client,
+        subscriber=SubscriberFactory(client=existing.client),
+        workflow_id=existing.workflow_id,
+        resource=existing.resource,
+    )
+
+    assert insert_once(fresh) is True
+    assert insert_once(again) is False
+    assert Notification.objects.count() == 2
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's OR IGNORE takes NOT NULL")
+def test_a_row_that_breaks_no_unique_constraint_but_another_still_raises() -> None:
+    with pytest.raises(IntegrityError):
+        insert_once(Subscriber(client=ClientFactory(), subscriber_id=None))
