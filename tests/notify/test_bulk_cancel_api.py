@@ -259,6 +259,40 @@ def test_cancel_stops_a_scheduled_message_before_it_is_sent(
     assert mail.outbox == []
 
 
+def test_cancel_stops_only_the_named_triggers_notifications(
+    api: Api, keyed: tuple[Client, str]
+) -> None:
+    """Another trigger of the client, and another client's trigger of the same
+    transactionId, go on."""
+    other_client, _ = client_with_key()
+    steps = {
+        (client, transaction_id): StepFactory(
+            notification__trigger_event__client=client,
+            notification__trigger_event__transaction_id=transaction_id,
+        )
+        for client, transaction_id in [
+            (keyed[0], "tx-1"),
+            (keyed[0], "tx-2"),
+            (other_client, "tx-1"),
+        ]
+    }
+
+    assert api.cancel("tx-1") == {"data": True}
+
+    statuses = {
+        key: (
+            Notification.objects.get(pk=step.notification_id).status,
+            Step.objects.get(pk=step.pk).status,
+        )
+        for key, step in steps.items()
+    }
+    assert statuses == {
+        (keyed[0], "tx-1"): (Notification.Status.CANCELED, Step.Status.CANCELED),
+        (keyed[0], "tx-2"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
+        (other_client, "tx-1"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
+    }
+
+
 def test_a_step_being_sent_is_left_to_finish(
     api: Api, keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:

@@ -434,6 +434,22 @@ def test_same_transaction_id_twice_is_one_event_and_one_enqueue(
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+def test_a_repeat_finds_the_callers_event_when_another_client_used_the_transaction_id(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str]
+) -> None:
+    other, other_key = client_with_key()
+    body = {"name": "welcome", "to": "ann", "transactionId": "tx-1"}
+    assert post(TRIGGER, body, key=other_key).status_code == 201
+    first, repeat = post(TRIGGER, body), post(TRIGGER, body)
+
+    assert first.status_code == repeat.status_code == 201, repeat.content
+    assert first.json() == repeat.json()
+    # One event each: the repeat is the caller's, neither a new one nor the other's.
+    assert TriggerEvent.objects.filter(client=keyed[0], transaction_id="tx-1").count() == 1
+    assert TriggerEvent.objects.filter(client=other, transaction_id="tx-1").count() == 1
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 2
+
+
 def test_bridge_url_is_a_synonym_of_resource(
     post: Post, discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
