@@ -246,6 +246,83 @@ def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
     assert late.status == TriggerEvent.Status.RECEIVED
 
 
+def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) -> TriggerEvent:
+    """A processed event for three recipients that reached one, fanned out (or again,
+    `refanned` times) `claimed` seconds ago, its notification created `last_created` ago."""
+    event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSED, recipients=3)
+    notification = NotificationFactory(trigger_event=event)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        created_at=ago(claimed + 5),
+        claimed_at=ago(claimed),
+        processed_at=ago(claimed),
+        refanned=refanned,
+    )
+    Notification.objects.filter(pk=notification.pk).update(created_at=ago(last_created))
+    return event
+
+
+def test_a_fan_out_whose_notifications_are_still_being_created_is_not_run_again(
+    enqueued: Enqueued,
+) -> None:
+    """Its subscriber commands are queued behind others, not lost: the last of its
+    notifications was created within the grace period."""
+    busy = _short_fan_out(claimed=GRACE * 10, last_created=5)
+    quiet = _short_fan_out(claimed=GRACE * 10, last_created=GRACE + 1)
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(quiet.pk,)]
+    busy.refresh_from_db()
+    assert busy.status == TriggerEvent.Status.PROCESSED and busy.refanned == 0
+
+
+def test_a_fan_out_cut_short_by_its_cancel_is_not_run_again(enqueued: Enqueued) -> None:
+    """Its other recipients got no notification because the trigger was canceled."""
+    canceled = _short_fan_out(claimed=GRACE * 10, last_created=GRACE * 10)
+    TriggerEvent.objects.filter(pk=canceled.pk).update(canceled_at=ago(GRACE * 9))
+
+    for _ in range(2):
+        assert tasks.reconcile()["events"] == 0
+
+    assert enqueued.calls == []
+    canceled.refresh_from_db()
+    assert (canceled.status, canceled.refanned) == (TriggerEvent.Status.PROCESSED, 0)
+
+
+def test_a_fan_out_run_again_waits_twice_as_long_before_the_next_run(
+    enqueued: Enqueued,
+) -> None:
+    """While a backed-up queue still holds a rerun's commands, rerunning it every grace
+    period would queue them all again each time."""
+    once_recently = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10, refanned=1)
+    once_long_ago = _short_fan_out(claimed=GRACE * 2 + 10, last_created=GRACE * 10, refanned=1)
+    thrice = _short_fan_out(claimed=GRACE * 7, last_created=GRACE * 10, refanned=3)
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(once_long_ago.pk,)]
+    for waiting in (once_recently, thrice):  # 2 and 8 grace periods after their last run
+        waiting.refresh_from_db()
+        assert waiting.status == TriggerEvent.Status.PROCESSED
+    once_long_ago.refresh_from_db()
+    assert once_long_ago.refanned == 2
+
+
+def test_a_step_the_broker_holds_until_it_is_due_is_left_to_the_broker_a_grace_period(
+    enqueued: Enqueued,
+) -> None:
+    """A delay (or a send's backoff) enqueued with a countdown: its task arrives when the
+    step is due, not a grace period after it was enqueued."""
+    arriving = step_at(due=5, enqueued=GRACE * 30)
+    lost = step_at(due=GRACE + 5, enqueued=GRACE * 30)
+
+    assert tasks.reconcile()["steps"] == 1
+
+    assert enqueued.of(pipeline.MESSAGE) == [(lost.pk,)]
+    arriving.refresh_from_db()
+    assert arriving.enqueued_at < ago(GRACE)
+
+
 def _scans(sql: str, table: str, *, analyze: bool = False) -> list[dict[str, Any]]:
     """The nodes of `sql`'s plan that read `table` (with sequential scans off: the test
     tables are too small for the planner to choose an index on its own)."""

@@ -105,6 +105,26 @@ def test_an_event_being_processed_elsewhere_is_left_alone(enqueued: Enqueued) ->
     assert enqueued.calls == []
 
 
+def test_the_retry_of_a_run_whose_trigger_was_canceled_meanwhile_fans_out_nothing(
+    enqueued: Enqueued,
+) -> None:
+    """Its claim is its own, but the trigger was canceled after the claim (the run then
+    failed on a database error): its recipients are neither created nor sent commands."""
+    event = TriggerEventFactory(
+        to=["ann", "bob"],
+        status=TriggerEvent.Status.PROCESSING,
+        claimed_by="task-a",
+        claimed_at=timezone.now(),
+        canceled_at=timezone.now(),
+    )
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-a")
+
+    assert enqueued.calls == []
+    event.refresh_from_db()
+    assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSING, 0)
+
+
 def test_a_missing_event_is_ignored(enqueued: Enqueued) -> None:
     tasks.workflow_run(987654321)
     assert enqueued.calls == []
