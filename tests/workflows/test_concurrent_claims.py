@@ -148,3 +148,20 @@ def test_a_send_retried_later_than_the_broker_keeps_delays_waits_in_the_database
     Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
     assert services.reconcile()["steps"] == 1
     assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": None, "queue": "messages"}]
+
+
+def test_a_notification_completed_while_a_cancel_runs_stays_completed() -> None:
+    """The cancel reads the unfinished notifications, then cancels them: one the echo
+    worker completed in between went out in full, and must not be reported canceled."""
+    notification = StepFactory(status=Step.Status.COMPLETED).notification
+
+    _, canceled = while_held(
+        lambda: Notification.objects.filter(
+            pk=notification.pk, status=Notification.Status.RUNNING
+        ).update(status=Notification.Status.COMPLETED, completed_at=timezone.now()),
+        lambda: services.notifications_cancel(notification_ids=[notification.pk]),
+    )
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert canceled == 0
