@@ -77,9 +77,12 @@ def test_missing_signature() -> None:
     assert (exc.value.status, exc.value.code) == (401, "SignatureNotFoundError")
 
 
-def test_missing_secret() -> None:
+@pytest.mark.parametrize("secret", [None, ""])
+def test_missing_secret(secret: str | None) -> None:
+    # Even a header signed with that empty key: anyone can compute an HMAC under "".
+    header = signature_header(secret or "", "{}", NOW)
     with pytest.raises(SigningKeyNotFoundError):
-        verify_signature(None, signature_header(SECRET, "{}", NOW), b"{}", now_ms=NOW)
+        verify_signature(secret, header, b"{}", now_ms=NOW)
 
 
 @pytest.mark.parametrize(
