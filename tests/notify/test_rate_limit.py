@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import socket
+import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from django.core.cache import cache
 
+from notify import throttling
 from notify.models import TriggerEvent
 from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
 
@@ -79,3 +83,28 @@ def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
 
     assert statuses == [201, 201]
     assert "not counted" in caplog.text
+
+
+@pytest.mark.django_db
+def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
+    enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    minute = (int(time.time()) // 60 + 10) * 60  # a minute's start, ahead of any other test's
+    clock = [minute + 0.5]
+    monkeypatch.setattr(throttling, "time", SimpleNamespace(time=lambda: clock[0]))
+    body = {"name": "welcome", "to": "ann"}
+
+    def trigger() -> Any:
+        return api_for(key).post("/v1/events/trigger", body, format="json")
+
+    assert trigger().status_code == 201
+    # Seconds to the next minute, rounded up (and a second more, for the clocks' skew).
+    assert 60 <= int(trigger()["Retry-After"]) <= 61
+    clock[0] = minute + 59.5
+    assert 1 <= int(trigger()["Retry-After"]) <= 2
+    clock[0] = minute + 60.5  # the next minute: a fresh count
+    assert trigger().status_code == 201
+    assert trigger().status_code == 429
+    assert TriggerEvent.objects.filter(client=client).count() == 2
