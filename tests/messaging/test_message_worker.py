@@ -256,6 +256,45 @@ def test_a_connection_idle_too_long_is_not_trusted(
     assert len(smtp_server.envelopes) == 2 and smtp_server.peers[0] != smtp_server.peers[1]
 
 
+def _answered_at_once(reply: str) -> tuple[threading.Event, str]:
+    answered = threading.Event()
+    answered.set()
+    return answered, reply
+
+
+def test_a_kept_connection_answered_421_sends_the_email_once_more_on_a_new_one(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """421 is the server closing the channel (a kept connection it no longer wants): it
+    refused the email, which goes out on a new connection at once."""
+    send(email_step())
+    smtp_server.replies = [_answered_at_once("421 closing the channel")]
+
+    step = send(email_step(notification__subscriber__email="bob@example.com"))
+
+    assert step.status == Step.Status.COMPLETED and step.attempts == 1
+    assert [e.rcpt_tos for e in smtp_server.envelopes] == [
+        ["ann@example.com"],
+        ["bob@example.com"],  # refused with 421
+        ["bob@example.com"],
+    ]
+    assert smtp_server.peers[1] == smtp_server.peers[0] != smtp_server.peers[2]
+
+
+def test_a_new_connection_answered_421_is_retried_after_a_backoff_not_at_once(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """Only a kept connection may have gone stale: a server that refuses a new one is
+    busy, and is asked again after the backoff rather than hammered."""
+    smtp_server.replies = [_answered_at_once("421 too busy")]
+
+    step = send(email_step())
+
+    assert step.status == Step.Status.SCHEDULED and "421" in step.error
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get(step=step).status == Message.Status.SENDING
+
+
 def test_a_channel_without_provider_fails_step_and_notification(
     send: Callable[[Step], Step], enqueued: Enqueued
 ) -> None:
@@ -565,6 +604,20 @@ def test_an_address_beyond_ascii_fails_at_once_on_a_server_without_smtputf8(
     assert step.status == Step.Status.FAILED and step.attempts == 1
     assert "SMTPUTF8" in step.error and "josé@example.com" in step.error
     assert Message.objects.get().status == Message.Status.FAILED
+
+
+def test_the_reply_to_of_the_output_is_the_emails_reply_to(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    outputs = {"subject": "Hi", "body": "Hello", "replyTo": "support@shop.example"}
+    assert send(email_step(outputs=outputs)).status == Step.Status.COMPLETED
+    assert send(email_step()).status == Step.Status.COMPLETED  # none in the output
+
+    with_reply_to, without = (
+        message_from_bytes(e.content, policy=policy.default) for e in smtp_server.envelopes
+    )
+    assert [a.addr_spec for a in with_reply_to["Reply-To"].addresses] == ["support@shop.example"]
+    assert without["Reply-To"] is None
 
 
 @pytest.mark.parametrize(
