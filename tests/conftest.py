@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
 from django.db import connection, transaction
 
 from config import pipeline
+from workflows.sdk import Bridge
 
 
 class FailsOnce:
@@ -142,3 +146,35 @@ def while_held(
         if name + "_error" in results:
             raise results[name + "_error"]
     return results["first"], results["second"]
+
+
+@contextlib.contextmanager
+def sdk_serving(bridge: Bridge) -> Iterator[str]:
+    """norm's SDK `bridge` served over HTTP on 127.0.0.1 (POST, as norm calls execute):
+    yields the server's base URL, and stops it after."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            _, _, query = self.path.partition("?")
+            body = self.rfile.read(int(self.headers["content-length"]))
+            status, answer, headers = bridge.handle(
+                method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
+            )
+            raw = json.dumps(answer).encode()
+            self.send_response(status)
+            for name, value in headers.items() | {"content-type": "application/json"}.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -730,16 +730,12 @@ def test_the_preheader_opens_the_html_body_hidden_and_stays_out_of_the_text(
     assert text == "Hello"
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
-    enqueued: Enqueued, smtp_server: Inbox
-) -> None:
-    """A send slower than NORM_STALE_CLAIM_SECONDS: the reconciler gives the step to a
-    second task, which delivers it; then the first task's server refuses the email. The
-    message stays sent, as it was, and its step completed."""
-    step = email_step()
-    delivered = threading.Event()
-    smtp_server.replies = [(delivered, "550 mailbox unavailable")]
+def _a_second_task_sends_while_the_first_is_held(
+    step: Step, smtp_server: Inbox
+) -> threading.Thread:
+    """A first task sends `step` and is held by the server's reply; its claim goes stale,
+    the reconciler reopens the step and a second task sends it. Returns the first task's
+    thread, still held until the test lets its reply go."""
 
     def slow_task() -> None:
         try:
@@ -756,6 +752,21 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
     workflow_services.reconcile()
     services.message_send(step_id=step.pk, claim="second-task")
+    return first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A send slower than NORM_STALE_CLAIM_SECONDS: the reconciler gives the step to a
+    second task, which delivers it; then the first task's server refuses the email. The
+    message stays sent, as it was, and its step completed."""
+    step = email_step()
+    delivered = threading.Event()
+    smtp_server.replies = [(delivered, "550 mailbox unavailable")]
+
+    first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
     delivered.set()
     first.join(20)
 
@@ -777,21 +788,7 @@ def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_se
     refused.set()
     smtp_server.replies = [(delivered, "250 OK"), (refused, "550 mailbox unavailable")]
 
-    def slow_task() -> None:
-        try:
-            services.message_send(step_id=step.pk, claim="slow-task")
-        finally:
-            connection.close()
-
-    first = threading.Thread(target=slow_task)
-    first.start()
-    for _ in range(100):
-        if smtp_server.envelopes:
-            break
-        time.sleep(0.05)
-    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    workflow_services.reconcile()
-    services.message_send(step_id=step.pk, claim="second-task")
+    first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
     assert Notification.objects.get().status == Notification.Status.FAILED
     delivered.set()
     first.join(20)

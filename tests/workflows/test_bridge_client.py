@@ -6,10 +6,10 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl
 
 import pytest
 
+from tests.conftest import sdk_serving
 from workflows import bridge
 from workflows.sdk import Bridge, workflow
 
@@ -62,36 +62,17 @@ def test_no_proxy_exempts_a_bridge(proxy: str, monkeypatch: pytest.MonkeyPatch) 
     assert _Proxy.targets == []
 
 
-class _SdkBridge(BaseHTTPRequestHandler):
-    """norm's SDK served over HTTP, checking no signature, with one workflow whose payload schema has a
-    `$ref` to nowhere."""
-
-    served = Bridge(
-        workflows=[
-            workflow(
-                "dangling",
-                payload_schema={"type": "object", "properties": {"n": {"$ref": "#/$defs/x"}}},
-            )(lambda ctx: ctx.step.sms("sms", lambda: {"body": "b"}))
-        ],
-        strict=False,
-    )
-
-    def do_POST(self) -> None:
-        path, _, query = self.path.partition("?")
-        body = self.rfile.read(int(self.headers["content-length"]))
-        status, answer, headers = self.served.handle(
-            method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
-        )
-        raw = json.dumps(answer).encode()
-        self.send_response(status)
-        for name, value in headers.items() | {"content-type": "application/json"}.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args: object) -> None:
-        pass
+# norm's SDK with one workflow whose payload schema has a `$ref` to nowhere, checking no
+# signature.
+DANGLING = Bridge(
+    workflows=[
+        workflow(
+            "dangling",
+            payload_schema={"type": "object", "properties": {"n": {"$ref": "#/$defs/x"}}},
+        )(lambda ctx: ctx.step.sms("sms", lambda: {"body": "b"}))
+    ],
+    strict=False,
+)
 
 
 class _Nested(BaseHTTPRequestHandler):
@@ -111,19 +92,13 @@ class _Nested(BaseHTTPRequestHandler):
 
 def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> None:
     """Answered 500 and read as the bridge being down, it was retried for minutes."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SdkBridge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(bridge.BridgeError) as exc:
-            bridge.execute(
-                f"http://127.0.0.1:{server.server_port}/api/norm",
-                secret="nk_test",  # the SDK bridge here checks none: strict=False
-                workflow_id="dangling",
-                body={"payload": {"n": 1}, "state": [], "controls": {}},
-            )
-    finally:
-        server.shutdown()
-        server.server_close()
+    with sdk_serving(DANGLING) as url, pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(
+            f"{url}/api/norm",
+            secret="nk_test",  # the SDK bridge here checks none: strict=False
+            workflow_id="dangling",
+            body={"payload": {"n": 1}, "state": [], "controls": {}},
+        )
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert (exc.value.status, exc.value.code) == (502, "WorkflowExecutionFailedError")
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
 
 import pytest
 from django.db import connection
@@ -21,7 +17,7 @@ from config import pipeline
 from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, sdk_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -53,38 +49,6 @@ def _statement(sql: str) -> str:
     return f"{verb} {table.group(1)}" if table else verb
 
 
-class _SdkBridge(BaseHTTPRequestHandler):
-    """The bench's two-step workflow (in_app, then email) served by norm's SDK."""
-
-    served: Bridge
-
-    def do_POST(self) -> None:
-        _, _, query = self.path.partition("?")
-        body = self.rfile.read(int(self.headers["content-length"]))
-        status, answer, headers = self.served.handle(
-            method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
-        )
-        raw = json.dumps(answer).encode()
-        self.send_response(status)
-        for name, value in headers.items() | {"content-type": "application/json"}.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def bridge_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SdkBridge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/bench/bridge"
-    server.shutdown()
-    server.server_close()
-
-
 def _run_one(api: Any, enqueued: Enqueued, subscriber_id: str) -> list[tuple[str, list[str]]]:
     """Trigger the two-step workflow for one subscriber; run every task it leads to, in
     order, and return each task's statements."""
@@ -107,19 +71,20 @@ def _run_one(api: Any, enqueued: Enqueued, subscriber_id: str) -> list[tuple[str
 
 
 def test_a_two_step_notification_costs_these_statements_per_task(
-    bridge_url: str, enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+    enqueued: Enqueued, settings: Any
 ) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    client, key = client_with_key(bridge_url=bridge_url)
-    monkeypatch.setattr(
-        _SdkBridge, "served", Bridge(workflows=[two_step], secret_key=key), raising=False
-    )
-    BridgeWorkflowFactory(client=client, workflow_id="bench-two-step")
-    BridgeSyncFactory(client=client, flavour="norm")
-    api = api_for(key)
-    _run_one(api, enqueued, "warm")  # the signing key and the registry, read once a process
+    client, key = client_with_key()
+    # The bench's two-step workflow (in_app, then email), served by norm's SDK.
+    with sdk_serving(Bridge(workflows=[two_step], secret_key=key)) as url:
+        client.bridge_url = f"{url}/bench/bridge"
+        client.save(update_fields=["bridge_url"])
+        BridgeWorkflowFactory(client=client, workflow_id="bench-two-step")
+        BridgeSyncFactory(client=client, flavour="norm")
+        api = api_for(key)
+        _run_one(api, enqueued, "warm")  # the signing key and the registry, read once a process
 
-    ran = _run_one(api, enqueued, "ann")
+        ran = _run_one(api, enqueued, "ann")
 
     assert Notification.objects.get(subscriber__subscriber_id="ann").status == "completed"
     assert Message.objects.filter(subscriber__subscriber_id="ann", status="sent").count() == 2
@@ -153,9 +118,17 @@ def test_a_two_step_notification_costs_these_statements_per_task(
         (pipeline.ECHO.task, ["SELECT workflows_notification", *record]),
         (
             pipeline.MESSAGE.task,  # in_app: stored as sent, then its step completed
-            [claim, "SELECT workflows_step", "INSERT messaging_message", "UPDATE workflows_step"],
+            [
+                claim,
+                "SELECT workflows_step",
+                "INSERT messaging_message",
+                "UPDATE workflows_step",
+            ],
         ),
-        (pipeline.ECHO.task, ["SELECT workflows_notification", "SELECT workflows_step", *record]),
+        (
+            pipeline.ECHO.task,
+            ["SELECT workflows_notification", "SELECT workflows_step", *record],
+        ),
         (
             pipeline.MESSAGE.task,  # email
             [
