@@ -40,7 +40,7 @@ class Command(BaseCommand):
             default=",".join(PHASE_NAMES),
             help=f"Comma-separated phases to run, of {', '.join(PHASE_NAMES)}.",
         )
-        parser.add_argument("--quick", action="store_true", help="Smaller runs (~2 minutes).")
+        parser.add_argument("--quick", action="store_true", help="Smaller runs (~40 s quiet).")
         parser.add_argument("--redis-db", type=int, default=13, help="Redis db to use (flushed).")
         parser.add_argument("--database", default="norm_bench", help="Database to create and drop.")
 
