@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 
 from config.db import insert_once
+from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
@@ -126,7 +130,34 @@ def subscriber_delete(*, subscriber: Subscriber) -> None:
         subscriber.delete()
 
 
+# Novu's topic keys: letters, digits, `-`, `_` and `:`, or an email address.
+_TOPIC_KEY = re.compile(r"[A-Za-z0-9_:-]+")
+
+
+def _topic_key_valid(key: str) -> bool:
+    if _TOPIC_KEY.fullmatch(key):
+        return True
+    # An email may hold `/`, which no `<str:key>` route can reach even escaped (%2F is
+    # decoded first), and `?` or `#`, which novu-py puts in its URLs unescaped.
+    if any(c in key for c in "/?#"):
+        return False
+    try:
+        validate_email(key)
+    except ValidationError:
+        return False
+    return True
+
+
 def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:
+    """ApiError 400 for a new topic whose key Novu refuses; a topic that already has
+    one (made before norm checked) stays reachable by its upsert, as in Novu."""
+    if not _topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
+        raise ApiError(
+            400,
+            "invalid_topic_key",
+            f"Invalid topic key '{key}': a topic key holds only letters, digits, hyphens (-),"
+            " underscores (_) and colons (:), or is an email address",
+        )
     # get_or_create takes a concurrent create in its stride (savepoint, then a read).
     topic, created = Topic.objects.get_or_create(
         client=client, key=key, defaults={"name": name or ""}

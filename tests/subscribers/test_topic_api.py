@@ -76,6 +76,35 @@ def test_invalid_create_is_422_or_400_when_not_an_object(key: str, body: Any, st
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("topic_key", ["team/news", "news?daily", "news#1", "news daily"])
+def test_create_refuses_a_key_novu_refuses_and_no_route_could_reach(
+    keyed: tuple[Client, str], version: str, topic_key: str
+) -> None:
+    client, key = keyed
+    path = f"/{version}/topics"
+    body = assert_error(call(key, "post", path, {"key": topic_key, "name": "News"}), 400, path)
+    assert "topic key" in body["message"]
+    assert not Topic.objects.exists()
+
+
+@pytest.mark.parametrize("topic_key", ["task:12345", "team_news-2", "ann+news@example.com"])
+def test_a_key_novu_takes_is_created_and_reached_by_its_url(
+    keyed: tuple[Client, str], topic_key: str
+) -> None:
+    client, key = keyed
+    ok(call(key, "post", "/v2/topics", {"key": topic_key, "name": "News"}), 201)
+    assert ok(call(key, "get", f"/v2/topics/{topic_key}"))["data"]["key"] == topic_key
+
+
+def test_a_topic_made_with_a_key_now_refused_stays_reachable(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    Topic.objects.create(client=client, key="news.daily")
+    ok(call(key, "post", "/v2/topics", {"key": "news.daily", "name": "Daily"}), 200)
+    ok(call(key, "post", "/v2/topics/news.daily/subscriptions", {"subscriberIds": ["ann"]}), 201)
+    assert members(client, "news.daily") == ["ann"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
 def test_get_returns_the_topic_and_its_members(keyed: tuple[Client, str], version: str) -> None:
     client, key = keyed
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
