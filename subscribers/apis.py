@@ -609,17 +609,19 @@ class TopicListV1Api(TopicListApi):
 
 @extend_schema(tags=["Topics"])
 class TopicDetailApi(APIView):
+    version = 2
+
     @extend_schema(
-        summary="Get a topic and its first 1000 members",
-        responses={
-            200: _wrapped("TopicDetailResponse", TopicDetailOutput()),
-            **error_responses(404),
-        },
+        summary="Get a topic (its members: GET /v2/topics/{key}/subscriptions)",
+        responses={200: TopicResponse, **error_responses(404)},
     )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         dto = topic_dto(topic)
-        dto["subscribers"] = list(topic.subscribers.values_list("subscriber_id", flat=True)[:1000])
+        if self.version == 1:
+            # novu 1.14 reads Novu v1's member list; v2's topic has none (novu-py pages
+            # them). In subscriber order, which the (topic, subscriber) index serves.
+            dto["subscribers"] = selectors.topic_member_ids(topic=topic, limit=1000)
         return Response({"data": dto})
 
     @extend_schema(
@@ -644,6 +646,19 @@ class TopicDetailApi(APIView):
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         services.topic_delete(topic=topic)
         return Response({"data": {"acknowledged": True}})
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="Get a topic and its first 1000 members, oldest subscriber first",
+        responses={
+            200: _wrapped("TopicDetailResponse", TopicDetailOutput()),
+            **error_responses(404),
+        },
+    )
+)
+class TopicDetailV1Api(TopicDetailApi):
+    version = 1
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 
 from config.errors import ApiError
-from subscribers.models import Subscriber, Topic
+from subscribers.models import Subscriber, Topic, TopicSubscription
 
 
 def subscriber_get(*, client_id: int, subscriber_id: str) -> Subscriber:
@@ -32,3 +32,9 @@ def topic_get(*, client_id: int, key: str) -> Topic:
     if topic is None:
         raise ApiError(404, "topic_not_found", f"Topic '{key}' was not found")
     return topic
+
+
+def topic_member_ids(*, topic: Topic, limit: int) -> list[str]:
+    """The subscriberIds of a topic's first `limit` members, oldest subscriber first."""
+    rows = TopicSubscription.objects.filter(topic=topic).order_by("subscriber_id")
+    return list(rows.values_list("subscriber__subscriber_id", flat=True)[:limit])

@@ -14,7 +14,7 @@ urlpatterns = [
     path("v2/topics", apis.TopicListApi.as_view()),
     path("v1/topics", apis.TopicListV1Api.as_view()),
     path("v2/topics/<str:key>", apis.TopicDetailApi.as_view()),
-    path("v1/topics/<str:key>", apis.TopicDetailApi.as_view()),
+    path("v1/topics/<str:key>", apis.TopicDetailV1Api.as_view()),
     path("v2/topics/<str:key>/subscriptions", apis.TopicSubscriptionsApi.as_view()),
     path("v1/topics/<str:key>/subscribers", apis.TopicSubscribersV1Api.as_view()),
     path("v1/topics/<str:key>/subscribers/removal", apis.TopicSubscribersRemovalV1Api.as_view()),
