@@ -386,13 +386,18 @@ class SubscriberListApi(APIView):
         if self.version == 1:
             items, meta = paginate(request, qs.order_by("pk"))
             return Response({**meta, "data": [subscriber_dto(s) for s in items]})
-        return Response(cursor_page(request, qs, subscriber_dto))
+        # Novu lists subscribers newest first unless asked for ASC.
+        return Response(cursor_page(request, qs, subscriber_dto, default_descending=True))
 
 
-def cursor_page(request: Request, qs: Any, dto: Any) -> dict[str, Any]:
-    """Keyset pagination on the primary key: `after`/`before` are opaque ids."""
+def cursor_page(
+    request: Request, qs: Any, dto: Any, *, default_descending: bool = False
+) -> dict[str, Any]:
+    """Keyset pagination on the primary key: `after`/`before` are opaque ids.
+    `default_descending`: the order when the request names no `orderDirection`."""
     limit = query_limit(request)
-    descending = request.query_params.get("orderDirection", "").upper() == "DESC"
+    direction = request.query_params.get("orderDirection", "").upper()
+    descending = direction == "DESC" or (default_descending and direction != "ASC")
     total = qs.count()
     after, before = request.query_params.get("after"), request.query_params.get("before")
     try:

@@ -301,6 +301,20 @@ def test_v2_list_cursor_walks_every_item_once_both_ways(
     assert backward[-1]["next"] is not None
 
 
+def test_v2_list_is_newest_first_without_an_order_direction(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    names = [f"user-{i:02}" for i in range(25)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    base = "/v2/subscribers?limit=10.0"
+
+    forward = _walk(key, base, "next")
+    newest_first = names[::-1]
+    assert _ids(forward) == [newest_first[:10], newest_first[10:20], newest_first[20:]]
+    backward = _walk(key, base, "previous", cursor=forward[-1]["previous"])
+    assert _ids(backward) == [newest_first[10:20], newest_first[:10]]
+
+
 def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     SubscriberFactory(client=client, subscriber_id="ann", email="ann@example.com")
