@@ -19,6 +19,9 @@ from rest_framework.request import Request
 from config.errors import ApiError
 
 MAX_LIMIT = 100
+# A cursor list counts at most this many rows and says `totalCountCapped` beyond, as
+# Novu does, so each page of a large client's list does not count the whole table.
+TOTAL_COUNT_CAP = 50_000
 DEFAULT_LIMIT = 10
 # Beyond this, page * limit overflows PostgreSQL's OFFSET.
 MAX_QUERY_INT = 10**9
@@ -55,6 +58,13 @@ def query_bool(request: Request, name: str) -> bool | None:
 def query_limit(request: Request, name: str = "limit", default: int = DEFAULT_LIMIT) -> int:
     """A page size: 1 or more, capped at MAX_LIMIT."""
     return query_int(request, name, default, minimum=1, maximum=MAX_LIMIT)
+
+
+def capped_count(queryset: QuerySet[Any]) -> tuple[int, bool]:
+    """`(totalCount, totalCountCapped)`: the rows counted, at most TOTAL_COUNT_CAP.
+    The slice makes it `SELECT COUNT(*) FROM (... LIMIT cap + 1)`."""
+    total = queryset.order_by()[: TOTAL_COUNT_CAP + 1].count()
+    return min(total, TOTAL_COUNT_CAP), total > TOTAL_COUNT_CAP
 
 
 def paginate(

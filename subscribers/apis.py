@@ -29,6 +29,7 @@ from config.errors import ApiError, error_responses, validation_message
 from config.paging import (
     LIMIT_PARAMETER,
     PAGE_PARAMETERS,
+    capped_count,
     page_of,
     paginate,
     query_bool,
@@ -398,7 +399,7 @@ def cursor_page(
     limit = query_limit(request)
     direction = request.query_params.get("orderDirection", "").upper()
     descending = direction == "DESC" or (default_descending and direction != "ASC")
-    total = qs.count()
+    total, capped = capped_count(qs)
     after, before = request.query_params.get("after"), request.query_params.get("before")
     try:
         if after:
@@ -419,7 +420,7 @@ def cursor_page(
         "next": str(items[-1].pk) if items and (has_more or backwards) else None,
         "previous": str(items[0].pk) if items and (after or (backwards and has_more)) else None,
         "totalCount": total,
-        "totalCountCapped": False,
+        "totalCountCapped": capped,
     }
 
 

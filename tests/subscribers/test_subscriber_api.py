@@ -7,12 +7,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.http import HttpResponse
+from django.test.utils import CaptureQueriesContext
 from novu_py.models import SubscriberResponseDto
 from rest_framework.test import APIClient
 
+from config import paging
 from notify.models import Client
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, Topic
 from tests.factories import SubscriberFactory, api_for, client_with_key
 
 pytestmark = pytest.mark.django_db
@@ -313,6 +316,31 @@ def test_v2_list_is_newest_first_without_an_order_direction(keyed: tuple[Client,
     assert _ids(forward) == [newest_first[:10], newest_first[10:20], newest_first[20:]]
     backward = _walk(key, base, "previous", cursor=forward[-1]["previous"])
     assert _ids(backward) == [newest_first[10:20], newest_first[:10]]
+
+
+@pytest.mark.parametrize("path", ["/v2/subscribers", "/v2/topics", "/v2/topics/news/subscriptions"])
+def test_v2_lists_count_at_most_the_cap_and_say_so(
+    keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    client, key = keyed
+    names = [f"user-{i}" for i in range(5)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+        Topic.objects.create(client=client, key=f"topic-{name}")
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": names})
+    total = 6 if path == "/v2/topics" else 5
+
+    page = ok(call(key, "get", f"{path}?limit=2.0"))
+    assert (page["totalCount"], page["totalCountCapped"]) == (total, False)
+
+    monkeypatch.setattr(paging, "TOTAL_COUNT_CAP", 3, raising=False)
+    with CaptureQueriesContext(connection) as queries:
+        page = ok(call(key, "get", f"{path}?limit=2.0"))
+    assert (page["totalCount"], page["totalCountCapped"]) == (3, True)
+    assert len(page["data"]) == 2 and page["next"] is not None
+    # The count reads no more than the cap (and one row to know it is over).
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and "LIMIT 4" in counts[0]
 
 
 def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
