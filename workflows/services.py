@@ -46,6 +46,10 @@ ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 # stops too (nothing more is fanned out, asked of its bridge or sent). Failed, not
 # canceled, so its notifications can be retried once it is active again.
 CLIENT_INACTIVE = "the client is deactivated: norm runs none of its notifications"
+LOST_WITH_ITS_TASK = (
+    "the notification had ended when the task sending this step was lost with its worker: "
+    "not sent again"
+)
 
 
 # --- stage 2: the workflow worker ------------------------------------------------------
@@ -798,6 +802,17 @@ def reconcile() -> dict[str, int]:
     Step.objects.filter(
         _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=Step.Status.SCHEDULED, enqueued_at=None)
+    # A notification that ended (canceled, failed) while its step was sending leaves the
+    # step to its task; a task lost with its worker left the step processing for good,
+    # and its message sending. Once the claim is stale, both end, never sent again. The
+    # message first, as the task updates them: a late success still marks it sent.
+    lost = Step.objects.filter(
+        ~_of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
+    )
+    Message.objects.filter(step__in=lost.values("pk"), status=Message.Status.SENDING).update(
+        status=Message.Status.FAILED, error=LOST_WITH_ITS_TASK
+    )
+    lost.update(status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now)
     due = Step.objects.filter(
         status=Step.Status.SCHEDULED,
         due_at__lte=now,

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core import mail
 from django.utils import timezone
 
 from config import pipeline
@@ -108,7 +109,7 @@ def test_a_transient_failure_after_a_cancel_does_not_reschedule_the_step(enqueue
     assert enqueued.of(pipeline.MESSAGE) == []
 
 
-def test_the_reconciler_leaves_steps_of_final_notifications_alone(settings, enqueued) -> None:
+def test_the_reconciler_sends_no_step_of_a_final_notification(settings, enqueued) -> None:
     settings.NORM_RECONCILE_GRACE = 1
     settings.NORM_STALE_CLAIM_SECONDS = 1
     long_ago = timezone.now() - timedelta(minutes=5)
@@ -119,7 +120,53 @@ def test_the_reconciler_leaves_steps_of_final_notifications_alone(settings, enqu
     services.reconcile()
 
     assert enqueued.of(pipeline.MESSAGE) == []
-    assert Step.objects.filter(status=Step.Status.PROCESSING).count() == 2
+    assert Step.objects.filter(status=Step.Status.SCHEDULED).count() == 2
+    assert Step.objects.filter(status=Step.Status.PROCESSING).count() == 0  # see below
+
+
+@pytest.mark.parametrize(
+    "ended",
+    [Notification.Status.CANCELED, Notification.Status.FAILED, Notification.Status.COMPLETED],
+)
+def test_a_step_whose_task_was_lost_after_its_notification_ended_ends_once_its_claim_is_stale(
+    settings, enqueued, ended: str
+) -> None:
+    """A cancel leaves a step being sent to its task; a worker that died with the task
+    left the step processing and its message sending for good: the reconciler reopened
+    stale claims of running notifications only. Once stale, both end, never sent; a
+    claim not stale yet (its task may still be sending) is left alone."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.NORM_STALE_CLAIM_SECONDS = 600
+    notification = NotificationFactory(
+        status=Notification.Status.RUNNING, subscriber=SubscriberFactory(email="ann@example.com")
+    )
+    lost = StepFactory(notification=notification, type="email")
+    assert services.step_claim(step_id=lost.pk, claim="died") is not None
+    Message.objects.create(
+        step=lost,
+        client=notification.client,
+        subscriber=notification.subscriber,
+        channel="email",
+        provider="django-email",
+        content=lost.outputs,
+    )
+    sending = StepFactory(notification__status=ended, status=Step.Status.PROCESSING)
+    Notification.objects.filter(pk=notification.pk).update(status=ended)
+    Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
+    Step.objects.filter(pk=sending.pk).update(claimed_at=timezone.now() - timedelta(seconds=599))
+
+    services.reconcile()
+    messaging_services.message_send(step_id=lost.pk)  # a duplicate of the lost task
+
+    lost.refresh_from_db()
+    sending.refresh_from_db()
+    message = Message.objects.get(step=lost)
+    assert lost.status == Step.Status.CANCELED and lost.completed_at is not None
+    assert "lost" in lost.error
+    assert message.status == Message.Status.FAILED and "lost" in message.error
+    assert sending.status == Step.Status.PROCESSING  # its task may still be sending
+    assert enqueued.of(pipeline.MESSAGE) == []
+    assert mail.outbox == []
 
 
 def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings, enqueued) -> None:
