@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -11,6 +11,7 @@ from config.db import insert_once
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
 from workflows import services as workflow_services
+from workflows.models import Step
 from workflows.selectors import CHANNEL_TYPES
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,15 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         # In-app: INSERTed as sent, not inserted and then updated with its step in a
         # transaction. A crash before the step completes leaves a rerun to find it sent.
         message.status, message.attempts, message.sent_at = Message.Status.SENT, 1, timezone.now()
-    if not insert_once(message):  # a retry of this step, or a rerun after a crash
+    try:
+        inserted = insert_once(message)
+    except IntegrityError:
+        # Refused by a foreign key: the subscriber was deleted since the claim, with its
+        # notification and this step. Nothing to send, and no one to send it to.
+        if not Step.objects.filter(pk=step.pk).exists():
+            return
+        raise
+    if not inserted:  # a retry of this step, or a rerun after a crash
         message = Message.objects.get(step=step)
     if message.status == Message.Status.SENT:  # just stored as sent, or found sent
         workflow_services.step_complete(step=step, result={})

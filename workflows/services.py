@@ -564,11 +564,14 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
         return None
     # Claims no send came back from (a send that returned counts on its message).
     sends = Message.objects.filter(step=OuterRef("pk")).values("attempts")
-    step = (
-        Step.objects.select_related("notification__subscriber", "notification__client")
-        .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
-        .get(pk=step_id)
-    )
+    try:
+        step = (
+            Step.objects.select_related("notification__subscriber", "notification__client")
+            .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
+            .get(pk=step_id)
+        )
+    except Step.DoesNotExist:  # its subscriber was deleted since, with it: nothing to send
+        return None
     if step.unanswered > settings.NORM_MAX_CLAIMS:
         step_fail(
             step=step,

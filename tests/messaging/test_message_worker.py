@@ -894,3 +894,42 @@ def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims
 
     assert step.status == Step.Status.COMPLETED and step.attempts == 4
     assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "after",
+    ['UPDATE "workflows_step"', 'SELECT "workflows_step"'],
+    ids=["its claim", "its read of the step"],
+)
+@pytest.mark.parametrize("channel", ["email", "in_app"])
+def test_a_step_whose_subscriber_is_deleted_under_its_send_ends_quietly_unsent(
+    settings: Any, enqueued: Enqueued, after: str, channel: str
+) -> None:
+    """A subscriber deleted (with its notifications, steps and messages) just after the
+    message task claimed its step: the task's read of the step found none
+    (Step.DoesNotExist), or its message was refused by the step's foreign key
+    (IntegrityError), and the task failed with an error in the worker's log. The step
+    is gone, so there is nothing to send: it ends quietly."""
+    from subscribers import services as subscriber_services
+
+    settings.EMAIL_BACKEND = LOCMEM
+    step = StepFactory(type=channel, notification__subscriber__email="ann@example.com")
+    subscriber = step.notification.subscriber
+    deleted = []
+
+    def delete_the_subscriber_after(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if not deleted and sql.startswith(after):  # autocommit: the statement committed
+            deleted.append(True)
+            subscriber_services.subscriber_delete(subscriber=subscriber)
+        return result
+
+    with connection.execute_wrapper(delete_the_subscriber_after):
+        tasks.message_send(step.pk)  # raises nothing
+
+    assert deleted
+    assert not Step.objects.filter(pk=step.pk).exists()
+    assert not Message.objects.exists()
+    assert mail.outbox == []
+    assert enqueued.calls == []
