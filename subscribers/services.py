@@ -13,6 +13,7 @@ from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS
+from workflows.models import Notification
 from workflows.services import fan_outs_forget, notification_create, notifications_create
 
 
@@ -127,6 +128,16 @@ def subscriber_delete(*, subscriber: Subscriber) -> None:
         if not Subscriber.objects.select_for_update().filter(pk=subscriber.pk).exists():
             return  # deleted meanwhile
         fan_outs_forget(subscriber=subscriber)
+        # Its notifications locked too: an echo recording a step of one (its UPDATE holds
+        # the row) commits first, and its step is deleted with it; one after finds the
+        # notification gone. Read before that step committed, the delete was refused by
+        # the step's foreign key at commit, a 500. After the events, as a cancel takes them.
+        list(
+            Notification.objects.select_for_update()
+            .filter(subscriber=subscriber)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
         subscriber.delete()
 
 

@@ -18,8 +18,16 @@ from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued, while_held
-from tests.factories import SubscriberFactory, TriggerEventFactory, api_for, client_with_key
-from workflows.models import Notification
+from tests.factories import (
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    api_for,
+    client_with_key,
+)
+from workflows import bridge
+from workflows import services as workflow_services
+from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -282,3 +290,28 @@ def test_a_topic_deleted_while_a_subscription_is_added_goes_with_it(
     assert subscribed == ([ann], [])
     assert response.status_code == 200, response.content
     assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
+
+
+def test_a_subscriber_deleted_while_an_echo_records_a_step_of_its_notification_is_deleted(
+    monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """The echo worker records a notification's next step while the subscriber is being
+    deleted: the delete read the notification's steps before that step committed, then
+    deleted the notification under it, and was refused by the step's foreign key at
+    commit, a 500 with the subscriber still there."""
+    first = StepFactory(status=Step.Status.COMPLETED, step_id="first", position=0)
+    notification = first.notification
+    monkeypatch.setattr(
+        bridge,
+        "execute",
+        lambda *a, **kw: {"done": False, "stepId": "mail", "type": "email", "outputs": {}},
+    )
+
+    while_held(
+        lambda: workflow_services.echo_run(notification_id=str(notification.pk)),
+        lambda: services.subscriber_delete(subscriber=notification.subscriber),
+    )
+
+    assert not Subscriber.objects.filter(pk=notification.subscriber_id).exists()
+    assert not Notification.objects.exists()
+    assert not Step.objects.exists()
