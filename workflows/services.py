@@ -622,6 +622,7 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
             status=Step.Status.FAILED, error=message, completed_at=timezone.now()
         )
         if failed:
+            _message_give_up(step, message)
             notification_fail(
                 notification_id=step.notification_id,
                 code=code,
@@ -648,10 +649,19 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
         )
         if released and on_broker:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
-        elif not released:  # canceled (or failed) while it was sending: nothing more to try
-            _held(step).update(
-                status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
-            )
+        elif not released and _held(step).update(
+            status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
+        ):  # canceled (or failed) while it was sending: nothing more to try
+            _message_give_up(step, message)
+
+
+def _message_give_up(step: Step, error: str) -> None:
+    """The message of a step that will not be sent again: failed, unless delivered after
+    all. Left `sending` (a send that killed its worker until NORM_MAX_CLAIMS, one that
+    failed for now under a cancel), it read as still on its way, for good."""
+    Message.objects.filter(step_id=step.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.FAILED, error=error
+    )
 
 
 # --- operations: retry, cancel, reconcile ------------------------------------------------

@@ -872,6 +872,32 @@ def test_a_step_whose_send_kills_its_worker_fails_after_norm_max_claims(
     assert notification.status == Notification.Status.FAILED
     assert notification.error_code == "TooManyClaims"
     assert notification.error.startswith(f"step '{step.step_id}': taken 3 times")
+    # Its message, inserted before the first send, does not read as still on its way.
+    message = Message.objects.get(step=step)
+    assert message.status == Message.Status.FAILED and "NORM_MAX_CLAIMS" in message.error
+
+
+def test_a_send_failing_for_now_under_a_cancel_fails_its_message_with_the_step(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """The cancel left the step being sent to its task, whose send then failed for now
+    (451): the step was canceled, but its message stayed sending for good."""
+    step = email_step()
+    claimed = workflow_services.step_claim(step_id=step.pk, claim="task")
+    assert claimed is not None
+    Message.objects.create(
+        step=step, client_id=step.notification.client_id,
+        subscriber=step.notification.subscriber, channel="email", provider="smtp",
+    )  # fmt: skip
+    assert workflow_services.notification_cancel(notification=step.notification)
+
+    workflow_services.step_retry_later(step=claimed, message="451 try later", backoff=10)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    message = Message.objects.get(step=step)
+    assert (message.status, message.error) == (Message.Status.FAILED, "451 try later")
+    assert enqueued.of(pipeline.MESSAGE) == []
 
 
 def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims(
