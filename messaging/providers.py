@@ -154,9 +154,25 @@ def _email_output_wrong(content: dict[str, Any]) -> str:
     sender = content.get("from") or {}
     if not isinstance(sender, dict):
         return f"the step's output has a from that is no object (from: {sender!r:.100})"
-    return wrong_output(sender, optional=("email", "name"), within="from.") or (
-        "" if one_line(content["subject"]) else "the step's output has an empty subject"
-    )
+    wrong = wrong_output(sender, optional=("email", "name"), within="from.")
+    if wrong:
+        return wrong
+    for field, address in (
+        ("replyTo", content.get("replyTo")),
+        ("from.email", sender.get("email")),
+    ):
+        # One address has no line break: unlike a name's, one is no space to read it as
+        # but two addresses, or a header of its own (Bcc:) after it.
+        if len(_address(address).splitlines()) > 1:
+            return f"the step's output has a {field} with a line break ({address!r:.100})"
+    return "" if one_line(content["subject"]) else "the step's output has an empty subject"
+
+
+def _address(value: str | None) -> str:
+    """An address of the step's output without the white space around it: a template's
+    trailing newline failed the email for good (Django refuses it in a header), where the
+    subject's and the from name's are sent as a space."""
+    return (value or "").strip()
 
 
 def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
@@ -226,19 +242,23 @@ class DjangoEmailProvider(Provider):
         if wrong:
             raise SendError(wrong, transient=False)
         subject, sender = one_line(content["subject"]), content.get("from") or {}
-        from_email = settings.DEFAULT_FROM_EMAIL
-        if sender.get("email"):
+        from_email, address, reply_to = (
+            settings.DEFAULT_FROM_EMAIL,
+            _address(sender.get("email")),
+            _address(content.get("replyTo")),
+        )
+        if address:
             name = one_line(sender.get("name") or "")
             # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
             # encodes a non-ASCII name, and the address's domain as IDNA.)
-            from_email = f'"{quote(name)}" <{sender["email"]}>' if name else sender["email"]
+            from_email = f'"{quote(name)}" <{address}>' if name else address
         body = content["body"]
         email = EmailMultiAlternatives(
             subject=subject,
             body=text_of(body),
             from_email=from_email,
             to=[message.recipient],
-            reply_to=[content["replyTo"]] if content.get("replyTo") else None,
+            reply_to=[reply_to] if reply_to else None,
             headers={"X-Norm-Message-Id": str(message.pk)},
         )
         email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")

@@ -644,6 +644,62 @@ def test_a_line_break_in_the_subject_or_from_name_is_sent_as_a_space(
     assert (address.display_name, address.addr_spec) == ("Acme Bcc: eve@x.example", sender["email"])
 
 
+@pytest.mark.parametrize(
+    ("outputs", "header", "sent"),
+    [
+        ({"replyTo": "support@shop.example\n"}, "Reply-To", "support@shop.example"),
+        ({"replyTo": "  support@shop.example \r\n"}, "Reply-To", "support@shop.example"),
+        ({"from": {"email": "shop@acme.example\n"}}, "From", "shop@acme.example"),
+        ({"from": {"email": " shop@acme.example\n", "name": "Acme"}}, "From", "shop@acme.example"),
+    ],
+)
+def test_white_space_around_an_address_of_the_output_is_left_out(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    outputs: dict[str, Any],
+    header: str,
+    sent: str,
+) -> None:
+    """A template's trailing newline after the replyTo or from address failed the email
+    for good (Django refuses a header with a line break), where the subject's and the
+    from name's were sent as a space."""
+    step = send(email_step(outputs={"subject": "Hi", "body": "Hello"} | outputs))
+
+    assert step.status == Step.Status.COMPLETED
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert [a.addr_spec for a in received[header].addresses] == [sent]
+    if header == "From":
+        assert envelope.mail_from == sent
+
+
+@pytest.mark.parametrize(
+    ("outputs", "field"),
+    [
+        ({"replyTo": "support@shop.example\nBcc: eve@x.example"}, "replyTo"),
+        ({"replyTo": "a@shop.example\r\nb@shop.example"}, "replyTo"),
+        ({"from": {"email": "shop@acme.example\nBcc: eve@x.example"}}, "from.email"),
+    ],
+)
+def test_an_address_of_the_output_with_a_line_break_inside_fails_naming_the_field(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    outputs: dict[str, Any],
+    field: str,
+) -> None:
+    """No one address: nothing is sent (no header of its own), and the error says which
+    field of the step's output to fix, where it was Django's words on a header."""
+    step = send(email_step(outputs={"subject": "Hi", "body": "Hello"} | outputs))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert f"the step's output has a {field} with a line break" in step.error
+    assert Message.objects.get().status == Message.Status.FAILED
+    assert Notification.objects.get().error_code == "SendFailed"
+
+
 def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:

@@ -95,7 +95,7 @@ def test_an_email_the_provider_refuses_fails_its_step_instead_of_staying_claimed
     notification.refresh_from_db()
     assert step.status == Step.Status.FAILED
     assert notification.status == Notification.Status.FAILED
-    assert "cannot be sent" in step.error
+    assert "replyTo with a line break" in step.error
 
 
 def test_a_transient_failure_after_a_cancel_does_not_reschedule_the_step(enqueued) -> None:
