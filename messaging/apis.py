@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from datetime import UTC, datetime
@@ -101,6 +103,37 @@ def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
     return feed
 
 
+def _payload_narrowed(feed: Any, value: str) -> Any:
+    """The v1 feed narrowed by its `payload` filter: the base64 of a JSON object, "the
+    partial payload", each of whose values the notification's payload has (Novu matches
+    each path of it: {"shop": {"id": 7}} takes a shop with more keys). A 400 for a list
+    in it (Novu matches a list item by item, by position; PostgreSQL's containment finds
+    the items anywhere) and for no object: ignored, it listed the whole feed."""
+    try:
+        wanted = json.loads(
+            base64.b64decode(value.translate(_URL_SAFE) + "=" * (-len(value) % 4), validate=True)
+        )
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise ApiError(
+            400, "invalid_query", "'payload' must be the base64 of a JSON object"
+        ) from exc
+    if not isinstance(wanted, dict):
+        raise ApiError(400, "invalid_query", "'payload' must be the base64 of a JSON object")
+    if _has_list(wanted):
+        raise ApiError(400, "invalid_query", "norm cannot filter by a list in the 'payload'")
+    return feed.filter(step__notification__payload__contains=wanted) if wanted else feed
+
+
+# Novu decodes base64 as Node's Buffer does: the URL-safe alphabet and padding left out.
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def _has_list(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_list(v) for v in value.values())
+    return isinstance(value, list)
+
+
 def _from_ms(name: str, value: Any) -> datetime:
     try:
         return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
@@ -182,7 +215,14 @@ class FeedApi(APIView):
         operation_id="v1_subscribers_notifications_feed",
         tags=["Inbox"],
         summary="A subscriber's in-app messages, newest first",
-        parameters=PAGE_PARAMETERS,
+        parameters=[
+            *PAGE_PARAMETERS,
+            OpenApiParameter(
+                "payload",
+                description="base64 of a JSON object: only the notifications whose payload has"
+                " each of its values (no lists)",
+            ),
+        ],
         responses={
             200: page_of("FeedPage", OutputSerializer(many=True)),
             **error_responses(400, 404),
@@ -194,6 +234,8 @@ class FeedApi(APIView):
             seen=query_bool(request, "seen"),
             read=query_bool(request, "read"),
         )
+        if request.query_params.get("payload"):
+            feed = _payload_narrowed(feed, request.query_params["payload"])
         rows, meta = paginate(request, feed)
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})
 

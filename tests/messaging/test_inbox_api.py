@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from tests.factories import (
     SubscriberFactory,
     TriggerEventFactory,
 )
-from workflows.models import Step
+from workflows.models import Notification, Step
 from workflows.selectors import bridge_state
 
 pytestmark = pytest.mark.django_db
@@ -81,6 +82,66 @@ def test_feed_paginates(tenant) -> None:
 
     assert len(body["data"]) == 1
     assert (body["page"], body["pageSize"], body["totalCount"], body["hasMore"]) == (1, 2, 3, False)
+
+
+def _feed_payload(value: Any) -> str:
+    """novu-py's `payload` of the v1 feed: the base64 of a JSON object."""
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def test_the_feed_lists_only_the_messages_whose_payload_matches_the_payload_filter(
+    tenant,
+) -> None:
+    """The filter was ignored: every message came back as if it matched."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    order, other, nested, none = (_in_app(ann, f"s{i}") for i in range(4))
+    payloads = {
+        order: {"orderId": "A-1", "total": 5, "shop": {"id": 7, "name": "Acme"}},
+        other: {"orderId": "A-2", "total": 5},
+        nested: {"orderId": 1, "shop": {"id": 8}},
+        none: {},
+    }
+    for message, payload in payloads.items():
+        Notification.objects.filter(pk=message.step.notification_id).update(payload=payload)
+    url = "/v1/subscribers/ann/notifications/feed?payload="
+
+    def ids(value: Any) -> list[str]:
+        response = api.get(url + _feed_payload(value))
+        assert response.status_code == 200, response.content
+        return sorted(m["_id"] for m in response.json()["data"])
+
+    assert ids({"orderId": "A-1"}) == [str(order.pk)]
+    assert ids({"total": 5}) == sorted([str(order.pk), str(other.pk)])
+    assert ids({"orderId": "A-1", "total": 6}) == []
+    assert ids({"orderId": "1"}) == []  # a string is no number
+    assert ids({"shop": {"id": 7}}) == [str(order.pk)]  # a part of an object, as Novu's
+    assert ids({}) == sorted(str(m.pk) for m in payloads)
+    unpadded = _feed_payload({"shop": {"name": "Acme"}})  # as Node's Buffer takes it
+    assert unpadded.endswith("=")
+    unpadded = unpadded.rstrip("=")
+    assert [m["_id"] for m in api.get(url + unpadded).json()["data"]] == [str(order.pk)]
+    body = api.get(url + _feed_payload({"total": 5}) + "&limit=1").json()
+    assert (body["totalCount"], body["hasMore"]) == (2, True)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not base64!",
+        base64.b64encode(b"{not json").decode(),
+        _feed_payload(["a"]),
+        _feed_payload({"tags": ["a"]}),
+    ],
+)
+def test_a_payload_filter_norm_cannot_match_is_a_400(tenant, payload: str) -> None:
+    client, api = tenant
+    _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+
+    response = api.get("/v1/subscribers/ann/notifications/feed", {"payload": payload})
+
+    assert response.status_code == 400
+    assert "payload" in response.json()["message"]
 
 
 def test_feed_of_unknown_or_foreign_subscriber_is_404(tenant) -> None:
