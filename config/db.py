@@ -18,7 +18,9 @@ def insert_once(row: Model) -> bool:
     the subscriber worker inserts twice in one.
 
     The INSERT is the one `save(force_insert=True)` makes (Django's `Model._save_table`),
-    with the conflict ignored; no save signals are sent: norm has no receivers.
+    with the conflict ignored; no save signals are sent: norm has no receivers. On
+    PostgreSQL only a unique constraint is ignored; SQLite's OR IGNORE also passes over
+    a NOT NULL or CHECK violation, which then reads as a row that exists.
     """
     meta = row._meta
     fields = [f for f in meta.local_concrete_fields if not f.generated]
