@@ -590,7 +590,8 @@ class TopicListApi(APIView):
             limit = query_limit(request, "pageSize", query_limit(request))
             items, meta = paginate(request, qs.order_by("pk"), limit=limit)
             return Response({**meta, "data": [topic_dto(t) for t in items]})
-        return Response(cursor_page(request, qs, topic_dto))
+        # Novu lists topics newest first unless asked for ASC.
+        return Response(cursor_page(request, qs, topic_dto, default_descending=True))
 
 
 @extend_schema_view(
@@ -801,7 +802,10 @@ class TopicSubscriptionsApi(APIView):
         members = topic.subscribers.all()
         if request.query_params.get("subscriberId"):
             members = members.filter(subscriber_id=request.query_params["subscriberId"])
-        page = cursor_page(request, members, lambda s: _subscription_dto(topic, s))
+        # Newest first unless asked for ASC, as Novu lists them.
+        page = cursor_page(
+            request, members, lambda s: _subscription_dto(topic, s), default_descending=True
+        )
         return Response(page)
 
 

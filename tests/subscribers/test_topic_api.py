@@ -147,7 +147,8 @@ def test_v2_list_cursor_and_v1_pages_reach_every_topic_once(
 
     seen, cursor = [], None
     for _ in range(5):
-        body = ok(call(key, "get", "/v2/topics?limit=5.0" + (f"&after={cursor}" if cursor else "")))
+        path = "/v2/topics?limit=5.0&orderDirection=ASC" + (f"&after={cursor}" if cursor else "")
+        body = ok(call(key, "get", path))
         assert body["totalCount"] == 12
         seen += [t["key"] for t in body["data"]]
         if (cursor := body["next"]) is None:
@@ -159,6 +160,38 @@ def test_v2_list_cursor_and_v1_pages_reach_every_topic_once(
     assert ok(call(key, "get", "/v1/topics?key=topic-03"))["data"][0]["key"] == "topic-03"
     Topic.objects.filter(key="topic-07").update(name="Weekly News")
     assert [t["key"] for t in ok(call(key, "get", "/v2/topics?name=news"))["data"]] == ["topic-07"]
+
+
+def _walk(key: str, base: str, direction: str, cursor: str | None = None) -> list[dict[str, Any]]:
+    """Follow `next` (or `previous`) until it runs out; every page's body."""
+    param = "after" if direction == "next" else "before"
+    pages: list[dict[str, Any]] = []
+    while True:
+        pages.append(ok(call(key, "get", base if cursor is None else f"{base}&{param}={cursor}")))
+        if (cursor := pages[-1][direction]) is None:
+            return pages
+        assert len(pages) < 10, "the cursor never ends"
+
+
+@pytest.mark.parametrize("order", ["", "&orderDirection=DESC", "&orderDirection=ASC"])
+def test_v2_topics_are_newest_first_unless_asked_for_asc_both_cursor_ways(
+    keyed: tuple[Client, str], order: str
+) -> None:
+    client, key = keyed
+    keys = [f"topic-{i:02}" for i in range(12)]
+    for k in keys:
+        Topic.objects.create(client=client, key=k)
+    expected = keys if order.endswith("ASC") else keys[::-1]
+    base = f"/v2/topics?limit=5.0{order}"
+
+    forward = _walk(key, base, "next")
+    assert [[t["key"] for t in p["data"]] for p in forward] == [
+        expected[:5],
+        expected[5:10],
+        expected[10:],
+    ]
+    backward = _walk(key, base, "previous", cursor=forward[-1]["previous"])
+    assert [[t["key"] for t in p["data"]] for p in backward] == [expected[5:10], expected[:5]]
 
 
 def test_delete_removes_the_topic_but_not_its_members(keyed: tuple[Client, str]) -> None:
@@ -269,8 +302,9 @@ def test_v2_subscriptions_must_name_subscriber_ids(key: str, subscriptions: Any)
 def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     _, key = keyed
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob", "cid"]})
-    first = ok(call(key, "get", "/v2/topics/news/subscriptions?limit=2.0"))
-    rest = ok(call(key, "get", f"/v2/topics/news/subscriptions?limit=2.0&after={first['next']}"))
+    base = "/v2/topics/news/subscriptions?limit=2.0&orderDirection=ASC"
+    first = ok(call(key, "get", base))
+    rest = ok(call(key, "get", f"{base}&after={first['next']}"))
 
     items = first["data"] + rest["data"]
     assert [i["subscriber"]["subscriberId"] for i in items] == ["ann", "bob", "cid"]
@@ -279,6 +313,27 @@ def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     assert all(i["_id"] and i["identifier"] and i["topic"]["key"] == "news" for i in items)
     only_bob = ok(call(key, "get", "/v2/topics/news/subscriptions?subscriberId=bob"))
     assert [i["subscriber"]["subscriberId"] for i in only_bob["data"]] == ["bob"]
+
+
+@pytest.mark.parametrize("order", ["", "&orderDirection=DESC", "&orderDirection=ASC"])
+def test_v2_subscriptions_are_newest_first_unless_asked_for_asc_both_cursor_ways(
+    keyed: tuple[Client, str], order: str
+) -> None:
+    client, key = keyed
+    names = [f"user-{i:02}" for i in range(12)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": names}), 201)
+    expected = names if order.endswith("ASC") else names[::-1]
+    base = f"/v2/topics/news/subscriptions?limit=5.0{order}"
+
+    def ids(pages: list[dict[str, Any]]) -> list[list[str]]:
+        return [[i["subscriber"]["subscriberId"] for i in p["data"]] for p in pages]
+
+    forward = _walk(key, base, "next")
+    assert ids(forward) == [expected[:5], expected[5:10], expected[10:]]
+    backward = _walk(key, base, "previous", cursor=forward[-1]["previous"])
+    assert ids(backward) == [expected[5:10], expected[:5]]
 
 
 def test_v1_add_and_remove_members(keyed: tuple[Client, str]) -> None:
