@@ -23,7 +23,7 @@ from notify.models import (
     TriggerEvent,
 )
 from subscribers.models import Topic
-from subscribers.recipients import parse_recipients
+from subscribers.recipients import parse_recipients, refuse_new_unroutable
 from workflows import bridge
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
@@ -188,7 +188,8 @@ def trigger_event_check(
             [{"field": "resource", "message": "not an allowed bridge URL"}],
         )
     if mode == TriggerEvent.Mode.MULTICAST:
-        _, topics = parse_recipients(to)
+        recipients, topics = parse_recipients(to)
+        refuse_new_unroutable(client_id=client.pk, recipients=recipients)
         keys = {t["topicKey"] for t in topics}
         known = (
             set(Topic.objects.filter(client=client, key__in=keys).values_list("key", flat=True))

@@ -517,11 +517,16 @@ class SubscriberBulkApi(APIView):
                     }
                 )
                 continue
-            subscriber, was_created = services.subscriber_create(
-                client=request.user,
-                subscriber_id=serializer.validated_data["subscriberId"],
-                values=serializer.model_values(nulls_clear=False),
-            )
+            subscriber_id = serializer.validated_data["subscriberId"]
+            try:
+                subscriber, was_created = services.subscriber_create(
+                    client=request.user,
+                    subscriber_id=subscriber_id,
+                    values=serializer.model_values(nulls_clear=False),
+                )
+            except ApiError as exc:
+                failed.append({"subscriberId": subscriber_id, "message": exc.message})
+                continue
             (created if was_created else updated).append({"subscriberId": subscriber.subscriber_id})
         return Response(
             {"data": {"created": created, "updated": updated, "failed": failed}}, status=201

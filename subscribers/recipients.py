@@ -33,6 +33,41 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_recipients", message, [{"field": "to", "message": message}])
 
 
+# A subscriberId is a segment of the URLs that reach its subscriber (/v2/subscribers/{id},
+# the feed's): no route takes a `/` (%2F too is decoded before routing), and `?` or `#`
+# ends the path of a URL novu-py builds, as it does not escape them.
+_UNROUTABLE = "/?#"
+
+
+def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:
+    """The subscriberIds no URL could reach, of subscribers not created yet. One made
+    with such an id before norm refused them stays reachable by triggers and upserts."""
+    odd = [sid for sid in subscriber_ids if any(c in sid for c in _UNROUTABLE)]
+    if not odd:
+        return []
+    known = set(
+        Subscriber.objects.filter(client_id=client_id, subscriber_id__in=odd).values_list(
+            "subscriber_id", flat=True
+        )
+    )
+    return [sid for sid in odd if sid not in known]
+
+
+def unroutable_message(subscriber_id: str) -> str:
+    return (
+        f"Invalid subscriberId '{subscriber_id}': a subscriberId may not hold /, ? or #,"
+        " which no /v2/subscribers/{subscriberId} URL can carry"
+    )
+
+
+def refuse_new_unroutable(*, client_id: int, recipients: list[dict[str, Any]]) -> None:
+    """ApiError 400 (invalid_recipients) for a trigger that would create a subscriber
+    whose subscriberId no URL could reach (`new_unroutable`)."""
+    ids = [r["subscriberId"] for r in recipients]
+    if bad := new_unroutable(client_id=client_id, subscriber_ids=ids):
+        raise _invalid(unroutable_message(bad[0]))
+
+
 def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Normalise `to` into (subscribers, topics).
 

@@ -12,7 +12,7 @@ from config.db import insert_once
 from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from subscribers.recipients import INLINE_FIELDS
+from subscribers.recipients import INLINE_FIELDS, new_unroutable, unroutable_message
 from workflows.models import Notification
 from workflows.services import fan_outs_forget, notification_create, notifications_create
 
@@ -84,7 +84,10 @@ def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> 
 def subscriber_create(
     *, client: Client, subscriber_id: str, values: dict[str, Any]
 ) -> tuple[Subscriber, bool]:
-    """Create a subscriber, or update the existing one."""
+    """Create a subscriber, or update the existing one. ApiError 400 for a new one whose
+    subscriberId no URL could reach (`new_unroutable`)."""
+    if new_unroutable(client_id=client.pk, subscriber_ids=[subscriber_id]):
+        raise ApiError(400, "invalid_subscriber_id", unroutable_message(subscriber_id))
     existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
     if existing is not None:
         with contextlib.suppress(Subscriber.DoesNotExist):  # deleted meanwhile: created anew

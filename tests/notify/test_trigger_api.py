@@ -159,6 +159,24 @@ def test_malformed_topic_in_to_is_400(
     assert_nothing_stored(enqueued)
 
 
+@pytest.mark.parametrize("to", ["team/ann", ["bob", {"subscriberId": "ann?x"}], "ann#1"])
+def test_a_new_subscriber_no_url_could_reach_is_refused_in_to(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, to: Any
+) -> None:
+    error = assert_error(post(TRIGGER, {"name": "welcome", "to": to}), 400, "invalid_recipients")
+    assert "subscriberId" in error["message"] and error["errors"][0]["field"] == "to"
+    assert_nothing_stored(enqueued)
+
+
+def test_an_existing_subscriber_with_such_an_id_is_still_triggered(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    Subscriber.objects.create(client=keyed[0], subscriber_id="team/ann")
+    accepted = post(TRIGGER, {"name": "welcome", "to": ["team/ann", "bob"]})
+    assert accepted.status_code == 201, accepted.content
+    assert TriggerEvent.objects.get().to == ["team/ann", "bob"]
+
+
 def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
     body = {"name": "welcome", "to": "ann", "payload": {"blob": "x" * (600 * 1024)}}
     assert_error(post(TRIGGER, body), 413, "payload_too_large")

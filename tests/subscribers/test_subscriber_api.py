@@ -171,6 +171,50 @@ def test_bulk_create_reports_created_updated_and_failed(keyed: tuple[Client, str
     ]
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("subscriber_id", ["team/ann", "ann?x", "ann#1"])
+def test_create_refuses_a_subscriber_id_no_url_could_reach(
+    key: str, version: str, subscriber_id: str
+) -> None:
+    path = f"/{version}/subscribers"
+    body = assert_error(call(key, "post", path, {"subscriberId": subscriber_id}), 400, path)
+    assert "subscriberId" in body["message"]
+    assert not Subscriber.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "subscriber_id", ["ann.lee", "ann+news@example.com", "user:42", "ann lee", "ann%20lee"]
+)
+def test_a_subscriber_id_with_other_characters_is_created_and_reached(
+    key: str, subscriber_id: str
+) -> None:
+    ok(call(key, "post", "/v2/subscribers", {"subscriberId": subscriber_id}), 201)
+    escaped = subscriber_id.replace("%", "%25").replace(" ", "%20")
+    got = ok(call(key, "get", f"/v2/subscribers/{escaped}"))["data"]
+    assert got["subscriberId"] == subscriber_id
+
+
+def test_a_subscriber_made_with_such_an_id_stays_upsertable(keyed: tuple[Client, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="team/ann")
+    body = {"subscriberId": "team/ann", "email": "ann@example.com"}
+    ok(call(key, "post", "/v1/subscribers", body), 201)
+    assert Subscriber.objects.get(subscriber_id="team/ann").email == "ann@example.com"
+
+
+def test_bulk_create_fails_only_the_subscriber_id_no_url_could_reach(
+    keyed: tuple[Client, str],
+) -> None:
+    client, key = keyed
+    items = [{"subscriberId": "team/ann"}, {"subscriberId": "bob"}]
+    data = ok(call(key, "post", "/v1/subscribers/bulk", {"subscribers": items}), 201)["data"]
+
+    assert data["created"] == [{"subscriberId": "bob"}]
+    assert [f["subscriberId"] for f in data["failed"]] == ["team/ann"]
+    assert "subscriberId" in data["failed"][0]["message"]
+    assert list(Subscriber.objects.values_list("subscriber_id", flat=True)) == ["bob"]
+
+
 @pytest.mark.parametrize("subscribers", ["ann", [{"subscriberId": f"u{i}"} for i in range(501)]])
 def test_bulk_create_needs_a_list_of_at_most_500(key: str, subscribers: Any) -> None:
     assert_error(
