@@ -188,7 +188,7 @@ class FeedApi(APIView):
         _subscriberId = serializers.CharField(source="subscriber_id")
         _jobId = serializers.CharField(source="step_id")
         archived = serializers.BooleanField(default=False, read_only=True)
-        cta = serializers.DictField(default=dict, read_only=True)
+        cta = serializers.SerializerMethodField()
         status = serializers.CharField(default="sent", read_only=True)
 
         def get_subject(self, message: Message) -> str:
@@ -204,6 +204,9 @@ class FeedApi(APIView):
         def get_data(self, message: Message) -> dict[str, Any]:
             data = message.content.get("data")
             return data if isinstance(data, dict) else {}
+
+        def get_cta(self, message: Message) -> dict[str, Any]:
+            return _cta(message.content) if message.channel == "in_app" else {}
 
         def get_seen(self, message: Message) -> bool:
             return message.seen_at is not None
@@ -471,6 +474,22 @@ def _action(value: Any) -> dict[str, Any] | None:
     return {"label": value["label"], "isCompleted": False} | (
         {"redirect": redirect} if redirect else {}
     )
+
+
+def _cta(content: dict[str, Any]) -> dict[str, Any]:
+    """An in-app output's redirect and actions as the v1 message's `cta`, as Novu maps a
+    framework step's outputs (@novu/shared's inAppMessageFromBridgeOutputs): the redirect
+    is where a click on the message goes, each action a button."""
+    buttons = []
+    for kind in ("primary", "secondary"):
+        if action := _action(content.get(f"{kind}Action")):
+            link = action.get("redirect", {})
+            buttons.append({"type": kind, "content": action["label"], **link})
+    return {
+        "type": "redirect",
+        "data": _redirect(content.get("redirect")) or {},
+        "action": {"result": {}, "buttons": buttons},
+    }
 
 
 def _links(content: dict[str, Any]) -> dict[str, Any]:

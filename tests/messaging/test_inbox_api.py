@@ -262,6 +262,42 @@ def test_the_feed_validates_as_novu_pys_feed_items_and_filters_on_read(tenant) -
     assert [i["_id"] for i in unread_only["data"]] == [str(unread.pk)]
 
 
+def test_the_feed_gives_an_in_app_outputs_redirect_and_actions_as_novus_cta(tenant) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    plain = _in_app(ann, "plain")
+    linked = _in_app(ann, "linked")
+    linked.content |= {
+        "redirect": {"url": "/orders/7", "target": "_self"},
+        "primaryAction": {"label": "Track", "redirect": {"url": "/track/7"}},
+        "secondaryAction": {"label": "Later"},
+    }
+    linked.save(update_fields=["content"])
+
+    body = api.get("/v1/subscribers/ann/notifications/feed").json()
+
+    by_id = {item["_id"]: item["cta"] for item in body["data"]}
+    assert by_id[str(linked.pk)] == {
+        "type": "redirect",
+        "data": {"url": "/orders/7", "target": "_self"},
+        "action": {
+            "result": {},
+            "buttons": [
+                {"type": "primary", "content": "Track", "url": "/track/7"},
+                {"type": "secondary", "content": "Later"},
+            ],
+        },
+    }
+    no_links = {"type": "redirect", "data": {}, "action": {"result": {}, "buttons": []}}
+    assert by_id[str(plain.pk)] == no_links
+    [item] = [i for i in body["data"] if i["_id"] == str(linked.pk)]
+    cta = NotificationFeedItemDto.model_validate(item).cta
+    assert cta.data.url == "/orders/7" and [b.content for b in cta.action.buttons] == [
+        "Track",
+        "Later",
+    ]
+
+
 def test_the_unseen_count(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
