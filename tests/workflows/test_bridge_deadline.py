@@ -305,3 +305,30 @@ def test_an_answer_larger_than_the_limit_is_refused(
     assert not isinstance(error, bridge.BridgeUnavailable)  # asking again gets the same
     assert error.code == "BridgeResponseTooLarge"
     assert took < DEADLINE
+
+
+@override_settings(NORM_BRIDGE_MAX_RESPONSE_BYTES=1024 * 1024)
+def test_a_compressed_answer_is_refused_before_it_is_decompressed_whole(serve: Callable) -> None:
+    """gzip packs a thousand bytes into one: decompressed a 64 KiB read at a time, an
+    answer of a few hundred KB over the wire would hold some 64 MB in the worker before
+    the limit was checked. urllib3 since 2.6 (pyproject.toml asks for it) decompresses
+    a stream a bounded piece at a time."""
+    import gzip
+    import tracemalloc
+
+    bomb = gzip.compress(b" " * (200 * 1024 * 1024), compresslevel=9)  # 200 MiB of spaces
+
+    def respond(sock: socket.socket) -> None:
+        sock.sendall(_answer(bomb, b"content-encoding: gzip\r\n"))
+
+    server = serve(respond)
+    tracemalloc.start()
+    try:
+        error, _ = _timed(lambda: bridge.health_check(server.url))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert isinstance(error, bridge.BridgeError) and error.code == "BridgeResponseTooLarge"
+    # The limit's 1 MiB, and a chunk's worth on top: not the whole bomb, nor 64 MB.
+    assert peak < 16 * 1024 * 1024, f"{peak / 1e6:.0f} MB"
