@@ -152,8 +152,9 @@ def _topic_key_valid(key: str) -> bool:
     if _TOPIC_KEY.fullmatch(key):
         return True
     # An email may hold `/`, which no `<str:key>` route can reach even escaped (%2F is
-    # decoded first), and `?` or `#`, which novu-py puts in its URLs unescaped.
-    if any(c in key for c in "/?#"):
+    # decoded first), and `?`, `#` or `%`, which novu-py puts in its URLs unescaped
+    # (`a%2Fb@x.com` arrives as `a/b@x.com`).
+    if any(c in key for c in "/?#%"):
         return False
     try:
         validate_email(key)

@@ -76,7 +76,9 @@ def test_invalid_create_is_422_or_400_when_not_an_object(key: str, body: Any, st
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("topic_key", ["team/news", "news?daily", "news#1", "news daily"])
+@pytest.mark.parametrize(
+    "topic_key", ["team/news", "news?daily", "news#1", "news daily", "news%2Fdaily@example.com"]
+)
 def test_create_refuses_a_key_novu_refuses_and_no_route_could_reach(
     keyed: tuple[Client, str], version: str, topic_key: str
 ) -> None:
