@@ -86,7 +86,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # HTTPS as well.
 _PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER", "").strip()
 if _PROXY_SSL_HEADER:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+    # Named as the header (X-Forwarded-Proto) or as Django's own setting names it
+    # (HTTP_X_FORWARDED_PROTO): the latter became HTTP_HTTP_..., matching nothing.
+    _meta_name = _PROXY_SSL_HEADER.upper().replace("-", "_").removeprefix("HTTP_")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _meta_name, "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [

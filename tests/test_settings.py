@@ -82,9 +82,13 @@ def test_the_admin_login_works_behind_a_tls_proxy_with_its_origin_trusted(settin
 
 
 @pytest.mark.django_db
-def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(settings: Any) -> None:
+# As a header is named, and as Django names it in request.META (its own setting's form).
+@pytest.mark.parametrize("header", ["X-Forwarded-Proto", "HTTP_X_FORWARDED_PROTO"])
+def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(
+    settings: Any, header: str
+) -> None:
     response = _log_in_behind_a_tls_proxy(
-        settings, {"SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto"}, HTTP_X_FORWARDED_PROTO="https"
+        settings, {"SECURE_PROXY_SSL_HEADER": header}, HTTP_X_FORWARDED_PROTO="https"
     )
 
     assert response.status_code == 302, response.content[:300]
