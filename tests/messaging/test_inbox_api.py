@@ -98,7 +98,7 @@ def test_the_feed_lists_only_the_messages_whose_payload_matches_the_payload_filt
     order, other, nested, none = (_in_app(ann, f"s{i}") for i in range(4))
     payloads = {
         order: {"orderId": "A-1", "total": 5, "shop": {"id": 7, "name": "Acme"}},
-        other: {"orderId": "A-2", "total": 5},
+        other: {"orderId": "A-2", "total": 5, "a__b": True},
         nested: {"orderId": 1, "shop": {"id": 8}},
         none: {},
     }
@@ -117,6 +117,8 @@ def test_the_feed_lists_only_the_messages_whose_payload_matches_the_payload_filt
     assert ids({"orderId": "1"}) == []  # a string is no number
     assert ids({"shop": {"id": 7}}) == [str(order.pk)]  # a part of an object, as Novu's
     assert ids({}) == sorted(str(m.pk) for m in payloads)
+    assert ids({"shop": {}}) == sorted(str(m.pk) for m in payloads)  # no path: Novu's flattening
+    assert ids({"a__b": True}) == [str(other.pk)]  # a key is a key, not a lookup
     unpadded = _feed_payload({"shop": {"name": "Acme"}})  # as Node's Buffer takes it
     assert unpadded.endswith("=")
     unpadded = unpadded.rstrip("=")
