@@ -35,8 +35,9 @@ def _invalid(message: str) -> ApiError:
 
 # A subscriberId is a segment of the URLs that reach its subscriber (/v2/subscribers/{id},
 # the feed's): no route takes a `/` (%2F too is decoded before routing), and `?` or `#`
-# ends the path of a URL novu-py builds, as it does not escape them.
-_UNROUTABLE = "/?#"
+# ends the path of a URL novu-py builds, as it does not escape them; nor `%`, which the
+# server then decodes (ann%2Fb reads as ann/b, ann%41 as annA): as for topic keys.
+_UNROUTABLE = "/?#%"
 
 
 def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:

@@ -172,7 +172,7 @@ def test_bulk_create_reports_created_updated_and_failed(keyed: tuple[Client, str
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("subscriber_id", ["team/ann", "ann?x", "ann#1"])
+@pytest.mark.parametrize("subscriber_id", ["team/ann", "ann?x", "ann#1", "team%2Fann"])
 def test_create_refuses_a_subscriber_id_no_url_could_reach(
     key: str, version: str, subscriber_id: str
 ) -> None:
@@ -182,14 +182,12 @@ def test_create_refuses_a_subscriber_id_no_url_could_reach(
     assert not Subscriber.objects.exists()
 
 
-@pytest.mark.parametrize(
-    "subscriber_id", ["ann.lee", "ann+news@example.com", "user:42", "ann lee", "ann%20lee"]
-)
+@pytest.mark.parametrize("subscriber_id", ["ann.lee", "ann+news@example.com", "user:42", "ann lee"])
 def test_a_subscriber_id_with_other_characters_is_created_and_reached(
     key: str, subscriber_id: str
 ) -> None:
     ok(call(key, "post", "/v2/subscribers", {"subscriberId": subscriber_id}), 201)
-    escaped = subscriber_id.replace("%", "%25").replace(" ", "%20")
+    escaped = subscriber_id.replace(" ", "%20")
     got = ok(call(key, "get", f"/v2/subscribers/{escaped}"))["data"]
     assert got["subscriberId"] == subscriber_id
 
