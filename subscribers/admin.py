@@ -10,15 +10,27 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
+from subscribers import recipients, services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from workflows.admin import changelist_link
 from workflows.models import Notification
+
+
+class SubscriberForm(forms.ModelForm):
+    def clean_subscriber_id(self) -> str:
+        # The API's rule, for a new id (an old one made before it stays as it is).
+        subscriber_id = self.cleaned_data["subscriber_id"]
+        if "subscriber_id" in self.changed_data and not recipients.routable(subscriber_id):
+            raise forms.ValidationError(recipients.unroutable_message(subscriber_id))
+        return subscriber_id
 
 
 @admin.register(Subscriber)
 class SubscriberAdmin(admin.ModelAdmin):
     """A subscriber's client is fixed once created: moved, it would leave its
     notifications, messages and topics with the old client."""
+
+    form = SubscriberForm
 
     list_display = ["subscriber_id", "email", "first_name", "last_name", "client", "created_at"]
     list_filter = ["client"]
@@ -70,9 +82,19 @@ class TopicSubscriptionAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
 
+class TopicForm(forms.ModelForm):
+    def clean_key(self) -> str:
+        key = self.cleaned_data["key"]
+        if "key" in self.changed_data and not services.topic_key_valid(key):
+            raise forms.ValidationError(services.topic_key_message(key))
+        return key
+
+
 @admin.register(Topic)
 class TopicAdmin(admin.ModelAdmin):
     """A topic's client is fixed once created: its members are that client's subscribers."""
+
+    form = TopicForm
 
     list_display = ["key", "name", "client", "member_count", "created_at"]
     list_filter = ["client"]

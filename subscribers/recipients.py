@@ -40,10 +40,14 @@ def _invalid(message: str) -> ApiError:
 _UNROUTABLE = "/?#%"
 
 
+def routable(subscriber_id: str) -> bool:
+    return not any(c in subscriber_id for c in _UNROUTABLE)
+
+
 def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:
     """The subscriberIds no URL could reach, of subscribers not created yet. One made
     with such an id before norm refused them stays reachable by triggers and upserts."""
-    odd = [sid for sid in subscriber_ids if any(c in sid for c in _UNROUTABLE)]
+    odd = [sid for sid in subscriber_ids if not routable(sid)]
     if not odd:
         return []
     known = set(
@@ -56,7 +60,7 @@ def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:
 
 def unroutable_message(subscriber_id: str) -> str:
     return (
-        f"Invalid subscriberId '{subscriber_id}': a subscriberId may not hold /, ? or #,"
+        f"Invalid subscriberId '{subscriber_id}': a subscriberId may not hold /, ?, # or %,"
         " which no /v2/subscribers/{subscriberId} URL can carry"
     )
 

@@ -148,7 +148,7 @@ def subscriber_delete(*, subscriber: Subscriber) -> None:
 _TOPIC_KEY = re.compile(r"[A-Za-z0-9_:-]+")
 
 
-def _topic_key_valid(key: str) -> bool:
+def topic_key_valid(key: str) -> bool:
     if _TOPIC_KEY.fullmatch(key):
         return True
     # An email may hold `/`, which no `<str:key>` route can reach even escaped (%2F is
@@ -163,16 +163,18 @@ def _topic_key_valid(key: str) -> bool:
     return True
 
 
+def topic_key_message(key: str) -> str:
+    return (
+        f"Invalid topic key '{key}': a topic key holds only letters, digits, hyphens (-),"
+        " underscores (_) and colons (:), or is an email address without /, ?, # or %"
+    )
+
+
 def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:
     """ApiError 400 for a new topic whose key Novu refuses; a topic that already has
     one (made before norm checked) stays reachable by its upsert, as in Novu."""
-    if not _topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
-        raise ApiError(
-            400,
-            "invalid_topic_key",
-            f"Invalid topic key '{key}': a topic key holds only letters, digits, hyphens (-),"
-            " underscores (_) and colons (:), or is an email address",
-        )
+    if not topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
+        raise ApiError(400, "invalid_topic_key", topic_key_message(key))
     # get_or_create takes a concurrent create in its stride (savepoint, then a read).
     topic, created = Topic.objects.get_or_create(
         client=client, key=key, defaults={"name": name or ""}

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config import pipeline
 from notify.models import BridgeSync, SecretKey
 from notify.selectors import client_by_api_key
-from subscribers.models import Topic, TopicSubscription
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.factories import (
     BridgeWorkflowFactory,
     ClientFactory,
@@ -630,3 +630,41 @@ def test_a_filtered_trigger_list_counts_only_what_matches(admin_client) -> None:
     ]
     assert len(counts) == 1, counts
     assert "WHERE" in counts[0]
+
+
+def test_a_subscriber_or_topic_added_in_the_admin_follows_the_apis_rules(admin_client) -> None:
+    """The API refuses a new subscriberId or topic key that no URL could reach; the
+    admin took any, and the API could then never reach what it made."""
+    client = ClientFactory()
+    add_subscriber = reverse("admin:subscribers_subscriber_add")
+    add_topic = reverse("admin:subscribers_topic_add")
+
+    refused = [
+        admin_client.post(add_subscriber, {"client": client.pk, "subscriber_id": "team/ann", "data": "{}"}),
+        admin_client.post(add_topic, {"client": client.pk, "key": "news/daily", "name": ""}),
+    ]  # fmt: skip
+    taken = [
+        admin_client.post(add_subscriber, {"client": client.pk, "subscriber_id": "ann", "data": "{}"}),
+        admin_client.post(add_topic, {"client": client.pk, "key": "news:daily", "name": ""}),
+    ]  # fmt: skip
+
+    # The form again, with the API's reason.
+    reasons = ["which no /v2/subscribers/", "a topic key holds only letters"]
+    for response, reason in zip(refused, reasons, strict=True):
+        assert response.status_code == 200 and reason in response.content.decode()
+    assert [r.status_code for r in taken] == [302, 302]
+    assert list(Subscriber.objects.values_list("subscriber_id", flat=True)) == ["ann"]
+    assert list(Topic.objects.values_list("key", flat=True)) == ["news:daily"]
+
+
+def test_an_old_subscriber_id_the_rules_refuse_can_still_be_edited(admin_client) -> None:
+    subscriber = SubscriberFactory(subscriber_id="team/ann")  # made before norm refused it
+
+    response = admin_client.post(
+        _url(subscriber, "change"),
+        {"subscriber_id": "team/ann", "email": "ann@example.test", "data": "{}"},
+    )
+
+    assert response.status_code == 302
+    subscriber.refresh_from_db()
+    assert subscriber.email == "ann@example.test"
