@@ -680,9 +680,9 @@ def _not_deleted_meanwhile(name: str) -> Iterator[None]:
     try:
         yield
     except Subscriber.DoesNotExist:
-        raise ApiError(404, "subscriber_not_found", f"Subscriber '{name}' was not found") from None
+        raise selectors.subscriber_not_found(name) from None
     except Topic.DoesNotExist:
-        raise ApiError(404, "topic_not_found", f"Topic '{name}' was not found") from None
+        raise selectors.topic_not_found(name) from None
 
 
 def _ids(request: Request, field: str) -> list[str]:

@@ -33,15 +33,16 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_recipients", message, [{"field": "to", "message": message}])
 
 
-# A subscriberId is a segment of the URLs that reach its subscriber (/v2/subscribers/{id},
-# the feed's): no route takes a `/` (%2F too is decoded before routing), and `?` or `#`
-# ends the path of a URL novu-py builds, as it does not escape them; nor `%`, which the
-# server then decodes (ann%2Fb reads as ann/b, ann%41 as annA): as for topic keys.
+# A subscriberId (or a topic key) is a segment of the URLs that reach it
+# (/v2/subscribers/{id}, /v2/topics/{key}): no route takes a `/` (%2F too is decoded
+# before routing), and `?` or `#` ends the path of a URL novu-py builds, as it does not
+# escape them; nor `%`, which the server then decodes (ann%2Fb reads as ann/b).
 _UNROUTABLE = "/?#%"
 
 
-def routable(subscriber_id: str) -> bool:
-    return not any(c in subscriber_id for c in _UNROUTABLE)
+def routable(segment: str) -> bool:
+    """Whether a subscriberId or topic key can stand in the URLs that reach it."""
+    return not any(c in segment for c in _UNROUTABLE)
 
 
 def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:

@@ -6,10 +6,18 @@ from config.errors import ApiError
 from subscribers.models import Subscriber, Topic, TopicSubscription
 
 
+def subscriber_not_found(subscriber_id: str) -> ApiError:
+    return ApiError(404, "subscriber_not_found", f"Subscriber '{subscriber_id}' was not found")
+
+
+def topic_not_found(key: str) -> ApiError:
+    return ApiError(404, "topic_not_found", f"Topic '{key}' was not found")
+
+
 def subscriber_get(*, client_id: int, subscriber_id: str) -> Subscriber:
     subscriber = Subscriber.objects.filter(client_id=client_id, subscriber_id=subscriber_id).first()
     if subscriber is None:
-        raise ApiError(404, "subscriber_not_found", f"Subscriber '{subscriber_id}' was not found")
+        raise subscriber_not_found(subscriber_id)
     return subscriber
 
 
@@ -30,7 +38,7 @@ def subscriber_search(*, client_id: int, filters: dict[str, str]) -> QuerySet[Su
 def topic_get(*, client_id: int, key: str) -> Topic:
     topic = Topic.objects.filter(client_id=client_id, key=key).first()
     if topic is None:
-        raise ApiError(404, "topic_not_found", f"Topic '{key}' was not found")
+        raise topic_not_found(key)
     return topic
 
 

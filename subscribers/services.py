@@ -12,7 +12,7 @@ from config.db import insert_once
 from config.errors import ApiError
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from subscribers.recipients import INLINE_FIELDS, new_unroutable, unroutable_message
+from subscribers.recipients import INLINE_FIELDS, new_unroutable, routable, unroutable_message
 from workflows.models import Notification
 from workflows.services import fan_outs_forget, notification_create, notifications_create
 
@@ -151,10 +151,8 @@ _TOPIC_KEY = re.compile(r"[A-Za-z0-9_:-]+")
 def topic_key_valid(key: str) -> bool:
     if _TOPIC_KEY.fullmatch(key):
         return True
-    # An email may hold `/`, which no `<str:key>` route can reach even escaped (%2F is
-    # decoded first), and `?`, `#` or `%`, which novu-py puts in its URLs unescaped
-    # (`a%2Fb@x.com` arrives as `a/b@x.com`).
-    if any(c in key for c in "/?#%"):
+    # An email may hold what no URL of its topic could carry, as no subscriberId may.
+    if not routable(key):
         return False
     try:
         validate_email(key)
