@@ -622,7 +622,7 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
             status=Step.Status.FAILED, error=message, completed_at=timezone.now()
         )
         if failed:
-            _message_give_up(step, message)
+            _messages_give_up([step.pk], message)
             notification_fail(
                 notification_id=step.notification_id,
                 code=code,
@@ -652,14 +652,15 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
         elif not released and _held(step).update(
             status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
         ):  # canceled (or failed) while it was sending: nothing more to try
-            _message_give_up(step, message)
+            _messages_give_up([step.pk], message)
 
 
-def _message_give_up(step: Step, error: str) -> None:
-    """The message of a step that will not be sent again: failed, unless delivered after
+def _messages_give_up(step_ids: Any, error: str) -> None:
+    """The messages of steps that will not be sent again: failed, unless delivered after
     all. Left `sending` (a send that killed its worker until NORM_MAX_CLAIMS, one that
-    failed for now under a cancel), it read as still on its way, for good."""
-    Message.objects.filter(step_id=step.pk, status=Message.Status.SENDING).update(
+    failed for now under a cancel, one lost with its task), they read as still on their
+    way, for good. `step_ids`: ids, or a query of them."""
+    Message.objects.filter(step_id__in=step_ids, status=Message.Status.SENDING).update(
         status=Message.Status.FAILED, error=error
     )
 
@@ -822,9 +823,7 @@ def reconcile() -> dict[str, int]:
     lost = Step.objects.filter(
         ~_of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
     )
-    Message.objects.filter(step__in=lost.values("pk"), status=Message.Status.SENDING).update(
-        status=Message.Status.FAILED, error=LOST_WITH_ITS_TASK
-    )
+    _messages_give_up(lost.values("pk"), LOST_WITH_ITS_TASK)
     lost.update(status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now)
     due = Step.objects.filter(
         status=Step.Status.SCHEDULED,
