@@ -20,24 +20,26 @@ def client_by_api_key(*, key: str) -> Client | None:
     return secret.client
 
 
-_signing_secrets: Memo[str] = Memo()
+_signing_secrets: Memo[tuple[str, ...]] = Memo()
 _registry: Memo[BridgeWorkflow] = Memo()
 
+# A rotation has two live keys, rarely more; a refused signature costs one more call.
+MAX_SIGNING_KEYS = 3
 
-def signing_secret(*, client_id: int, cached: bool = False) -> str | None:
-    """The secret norm signs bridge calls with: the client's newest live key.
-    `cached`: as this process read it up to NORM_PROCESS_CACHE_SECONDS ago (the echo
-    worker signs every call; a rotation reaches it within those seconds)."""
 
-    def load() -> str | None:
-        secret = (
-            SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
-            .order_by("-created_at", "-id")
-            .first()
-        )
-        return crypto.decrypt(secret.encrypted) if secret else None
+def signing_secrets(*, client_id: int, cached: bool = False) -> tuple[str, ...]:
+    """The secrets norm signs bridge calls with: the client's live keys, newest first
+    (at most MAX_SIGNING_KEYS). The newest signs; during a rotation the bridge may still
+    hold an older one, which bridge.call tries next when the newest is refused.
+    `cached`: as this process read them up to NORM_PROCESS_CACHE_SECONDS ago (the echo
+    worker signs every call; a new key or a revocation reaches it within those seconds)."""
 
-    return _signing_secrets.get(client_id, load, fresh=not cached)
+    def load() -> tuple[str, ...] | None:
+        live = SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
+        newest = live.order_by("-created_at", "-id")[:MAX_SIGNING_KEYS]
+        return tuple(crypto.decrypt(secret.encrypted) for secret in newest) or None
+
+    return _signing_secrets.get(client_id, load, fresh=not cached) or ()
 
 
 def bridge_workflow_get(

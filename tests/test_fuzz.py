@@ -9,7 +9,7 @@ and every documented answer must match its schema.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -62,7 +62,7 @@ def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
 
 @pytest.fixture
 def api_key(monkeypatch: pytest.MonkeyPatch, enqueued: Any) -> Iterator[str]:
-    def unreachable(url: str, *, secret: str | None) -> dict[str, Any]:
+    def unreachable(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
         raise bridge.BridgeUnavailable("unreachable", f"{url} is not reachable in tests")
 
     monkeypatch.setattr(bridge, "discover", unreachable)

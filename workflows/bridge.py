@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
@@ -246,28 +247,56 @@ class BridgeUnavailable(BridgeError):
 
 
 HEALTH_CHECK = "health-check"  # the one action a bridge answers unsigned (BRIDGE.md)
+# What Novu's framework and norm's SDK answer (401) to a signature made with another key.
+WRONG_KEY = "SignatureMismatchError"
 
 
 def call(
     url: str,
     *,
-    secret: str | None,
+    secrets: Sequence[str],
     action: str,
     params: dict[str, str] | None = None,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Call the bridge, signed with the first of `secrets` (the client's live keys,
+    newest first) that it accepts.
+
+    A bridge holds one key. While a client rotates, norm already has the new key and the
+    bridge still the old one until it is redeployed: a call refused with the newest key
+    is signed again with the next, rather than fail the notification for good.
+    """
+    if action == HEALTH_CHECK:
+        return _call_once(url, secret=None, action=action, params=params, body=body)
+    if not secrets:
+        # A client whose keys are all revoked: an unsigned call would still be answered
+        # by a bridge that verifies nothing, so norm makes none.
+        raise BridgeError(
+            "SigningKeyMissing",
+            "the client has no live secret key to sign the bridge call with; "
+            "norm calls no bridge unsigned (create a key for the client)",
+        )
+    for secret in secrets[:-1]:
+        try:
+            return _call_once(url, secret=secret, action=action, params=params, body=body)
+        except BridgeError as exc:
+            if exc.status != 401 or exc.code != WRONG_KEY:
+                raise
+    return _call_once(url, secret=secrets[-1], action=action, params=params, body=body)
+
+
+def _call_once(
+    url: str,
+    *,
+    secret: str | None,
+    action: str,
+    params: dict[str, str] | None,
+    body: dict[str, Any] | None,
+) -> dict[str, Any]:
     method = "GET" if body is None else "POST"
     text = canonical_json(body) if body is not None else None
     headers = {"content-type": "application/json", "accept": "application/json"}
-    if action != HEALTH_CHECK:
-        if not secret:
-            # A client whose keys are all revoked: an unsigned call would still be
-            # answered by a bridge that verifies nothing, so norm makes none.
-            raise BridgeError(
-                "SigningKeyMissing",
-                "the client has no live secret key to sign the bridge call with; "
-                "norm calls no bridge unsigned (create a key for the client)",
-            )
+    if secret is not None:
         # The signature covers `{}` for a GET, as Novu's framework expects.
         signature = signature_header(
             secret, text if text is not None else "{}", int(time.time() * 1000)
@@ -361,12 +390,12 @@ def _timed_out(timeout: float) -> BridgeUnavailable:
     )
 
 
-def discover(url: str, *, secret: str | None) -> dict[str, Any]:
-    return call(url, secret=secret, action="discover")
+def discover(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
+    return call(url, secrets=secrets, action="discover")
 
 
 def health_check(url: str) -> dict[str, Any]:
-    return call(url, secret=None, action=HEALTH_CHECK)
+    return call(url, secrets=(), action=HEALTH_CHECK)
 
 
 def flavour_of(health: dict[str, Any]) -> str:
@@ -378,10 +407,10 @@ def flavour_of(health: dict[str, Any]) -> str:
 def execute(
     url: str,
     *,
-    secret: str | None,
+    secrets: Sequence[str],
     workflow_id: str,
     body: dict[str, Any],
     step_id: str | None = None,
 ) -> dict[str, Any]:
     params = {"workflowId": workflow_id} | ({"stepId": step_id} if step_id else {})
-    return call(url, secret=secret, action="execute", params=params, body=body)
+    return call(url, secrets=secrets, action="execute", params=params, body=body)

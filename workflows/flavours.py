@@ -6,7 +6,7 @@ Both flavours answer the same shape, what norm's SDK returns on execute:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from notify.models import BridgeSync, BridgeWorkflow, Client
@@ -29,7 +29,7 @@ def _registry(notification: Notification, *, cached: bool = True) -> BridgeWorkf
 
 
 def next_step_norm(
-    *, notification: Notification, body: dict[str, Any], secret: str | None
+    *, notification: Notification, body: dict[str, Any], secrets: Sequence[str]
 ) -> dict[str, Any]:
     """norm's SDK runs the code up to the first step beyond the state and says which it is.
 
@@ -40,12 +40,12 @@ def next_step_norm(
     if registered is not None and registered.controls:
         body = {**body, "stepControls": registered.controls}
     return bridge.execute(
-        notification.resource, secret=secret, workflow_id=notification.workflow_id, body=body
+        notification.resource, secrets=secrets, workflow_id=notification.workflow_id, body=body
     )
 
 
 def next_step_novu(
-    *, notification: Notification, body: dict[str, Any], secret: str | None
+    *, notification: Notification, body: dict[str, Any], secrets: Sequence[str]
 ) -> dict[str, Any]:
     """Novu's SDK runs one named step and never says "done", so norm probes first.
 
@@ -57,7 +57,7 @@ def next_step_novu(
     # Newest first, as Novu's worker sends it; the SDK looks entries up by id only.
     body = {**body, "state": body["state"][::-1]}
     try:
-        bridge.execute(url, secret=secret, workflow_id=workflow_id, body=body)
+        bridge.execute(url, secrets=secrets, workflow_id=workflow_id, body=body)
     except bridge.BridgeError as exc:
         data = exc.data if isinstance(exc.data, dict) else {}
         step_id = data.get("stepId") if exc.code == "ExecutionStateCorruptError" else None
@@ -68,7 +68,7 @@ def next_step_novu(
     step_type, controls = _discovered_step(notification, step_id)
     answer = bridge.execute(
         url,
-        secret=secret,
+        secrets=secrets,
         workflow_id=workflow_id,
         body={**body, "controls": controls},
         step_id=step_id,
@@ -104,10 +104,10 @@ NEXT_STEP: dict[str, NextStep] = {
 
 
 def next_step(
-    *, notification: Notification, body: dict[str, Any], secret: str | None
+    *, notification: Notification, body: dict[str, Any], secrets: Sequence[str]
 ) -> dict[str, Any]:
     """Ask the notification's bridge for its next step, in the flavour the bridge speaks."""
     flavour = bridge_flavour(
         client_id=notification.client_id, bridge_url=notification.resource, cached=True
     )
-    return NEXT_STEP[flavour](notification=notification, body=body, secret=secret)
+    return NEXT_STEP[flavour](notification=notification, body=body, secrets=secrets)

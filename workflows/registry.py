@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from config.memo import Memo
 from notify.models import BridgeSync, BridgeWorkflow, Client
-from notify.selectors import signing_secret
+from notify.selectors import signing_secrets
 from workflows import bridge
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
     except bridge.BridgeError:
         flavour = {}  # keep what an earlier health-check told
     try:
-        found = bridge.discover(bridge_url, secret=signing_secret(client_id=client.pk))
+        found = bridge.discover(bridge_url, secrets=signing_secrets(client_id=client.pk))
     except bridge.BridgeError as exc:
         BridgeSync.objects.update_or_create(
             client=client,

@@ -21,7 +21,7 @@ from config import pipeline
 from config.db import insert_once
 from messaging.models import Message
 from notify.models import TriggerEvent
-from notify.selectors import signing_secret
+from notify.selectors import signing_secrets
 from subscribers.models import Subscriber
 from subscribers.recipients import INLINE_FIELDS, parse_recipients
 from workflows import bridge, flavours, selectors
@@ -385,7 +385,7 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         answer = flavours.next_step(
             notification=notification,
             body=body,
-            secret=signing_secret(client_id=notification.client_id, cached=True),
+            secrets=signing_secrets(client_id=notification.client_id, cached=True),
         )
     except bridge.BridgeUnavailable as exc:
         Notification.objects.filter(pk=notification.pk).update(

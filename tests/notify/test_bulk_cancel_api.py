@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -64,13 +64,13 @@ def execute_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
     def execute(
-        url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+        url: str, *, secrets: Sequence[str], workflow_id: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         calls.append(workflow_id)
         answer = demo_bridge.workflows[workflow_id].execute(json.loads(json.dumps(body)))
         return json.loads(json.dumps(answer))
 
-    monkeypatch.setattr(bridge, "discover", lambda url, *, secret: demo_bridge.discover())
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: demo_bridge.discover())
     monkeypatch.setattr(bridge, "execute", execute)
     return calls
 

@@ -39,7 +39,7 @@ def test_encrypted_copy_decrypts_to_the_key() -> None:
     secret = SecretKey.objects.get(client=client)
     assert secret.encrypted != key
     assert crypto.decrypt(secret.encrypted) == key
-    assert selectors.signing_secret(client_id=client.pk) == key
+    assert selectors.signing_secrets(client_id=client.pk) == (key,)
 
 
 def test_several_keys_per_client_and_revoking_one_leaves_the_other() -> None:
@@ -49,16 +49,16 @@ def test_several_keys_per_client_and_revoking_one_leaves_the_other() -> None:
     assert first_key != second_key
     assert selectors.client_by_api_key(key=first_key) == client
     assert selectors.client_by_api_key(key=second_key) == client
-    # Bridge calls are signed with the newest live key.
-    assert selectors.signing_secret(client_id=client.pk) == second_key
+    # Bridge calls are signed with the newest live key, then the next (bridge.call).
+    assert selectors.signing_secrets(client_id=client.pk) == (second_key, first_key)
 
     notify_services.secret_key_revoke(secret_key=second)
 
     assert selectors.client_by_api_key(key=second_key) is None
     assert selectors.client_by_api_key(key=first_key) == client
-    assert selectors.signing_secret(client_id=client.pk) == first_key
+    assert selectors.signing_secrets(client_id=client.pk) == (first_key,)
     notify_services.secret_key_revoke(secret_key=first)
-    assert selectors.signing_secret(client_id=client.pk) is None
+    assert selectors.signing_secrets(client_id=client.pk) == ()
 
 
 def test_revoked_key_is_refused_by_the_api_and_the_other_still_authenticates() -> None:
@@ -95,23 +95,32 @@ def test_the_echo_workers_signing_key_is_remembered_for_the_process_cache_second
 ) -> None:
     """The echo worker signs every bridge call: it reads the key once per
     NORM_PROCESS_CACHE_SECONDS; a fresh read (and 0 seconds) sees a rotation at once."""
-    client = ClientFactory()
+    client = ClientFactory(secret_key=False)
     _, first_key = notify_services.secret_key_create(client=client)
-    assert selectors.signing_secret(client_id=client.pk, cached=True) == first_key
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == (first_key,)
     _, second_key = notify_services.secret_key_create(client=client)
 
     settings.NORM_PROCESS_CACHE_SECONDS = 60
-    assert selectors.signing_secret(client_id=client.pk, cached=True) == first_key
-    assert selectors.signing_secret(client_id=client.pk) == second_key  # fresh, and kept
-    assert selectors.signing_secret(client_id=client.pk, cached=True) == second_key
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == (first_key,)
+    both = (second_key, first_key)
+    assert selectors.signing_secrets(client_id=client.pk) == both  # fresh, and kept
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == both
 
     _, third_key = notify_services.secret_key_create(client=client)
     settings.NORM_PROCESS_CACHE_SECONDS = 0
-    assert selectors.signing_secret(client_id=client.pk, cached=True) == third_key
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == (third_key, *both)
 
 
 def test_each_client_signs_with_its_own_key_not_the_newest_of_any_client() -> None:
     client, key = client_with_key()
     other, other_key = client_with_key()  # newer, of another client
-    assert selectors.signing_secret(client_id=client.pk) == key
-    assert selectors.signing_secret(client_id=other.pk) == other_key
+    assert selectors.signing_secrets(client_id=client.pk) == (key,)
+    assert selectors.signing_secrets(client_id=other.pk) == (other_key,)
+
+
+def test_at_most_the_three_newest_live_keys_sign() -> None:
+    """A refused signature costs one more bridge call per key: a client with many live
+    keys is tried with its newest few only."""
+    client = ClientFactory(secret_key=False)
+    keys = [notify_services.secret_key_create(client=client)[1] for _ in range(4)]
+    assert selectors.signing_secrets(client_id=client.pk) == tuple(reversed(keys))[:3]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,8 +49,8 @@ class FakeDiscover:
 
     calls: list[tuple[str, str | None]] = field(default_factory=list)
 
-    def __call__(self, url: str, *, secret: str | None) -> dict[str, Any]:
-        self.calls.append((url, secret))
+    def __call__(self, url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
+        self.calls.append((url, secrets[0] if secrets else None))
         return demo_bridge.discover()
 
     @property
@@ -226,7 +226,7 @@ def test_a_key_the_payload_schema_does_not_declare_is_left_to_the_bridge(
     strict = {"type": "object", "properties": {"n": {"type": "integer"}}}
     strict["additionalProperties"] = False
     monkeypatch.setattr(
-        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": strict})
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": strict})
     )
     accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"n": 1, "utm": "x"}})
     refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"n": "one", "utm": "x"}})
@@ -252,7 +252,7 @@ def test_a_required_key_with_a_default_may_be_left_out_as_the_bridge_fills_it(
         "required": ["locale"],
     }
     monkeypatch.setattr(
-        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": schema})
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": schema})
     )
     payload = {"lines": [{}]}
     accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": payload})
@@ -273,7 +273,7 @@ def test_a_payload_failing_a_format_is_refused_here_as_the_bridge_would_refuse_i
     with ExecutionEventPayloadInvalidError: both check formats with one checker now."""
     schema = {"type": "object", "properties": {"v": {"type": "string", "format": name}}}
     monkeypatch.setattr(
-        bridge, "discover", lambda url, *, secret: _welcome(payload={"schema": schema})
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": schema})
     )
     accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"v": good}})
     refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"v": bad}})
@@ -311,7 +311,7 @@ def test_a_malformed_discover_answer_is_read_as_far_as_it_makes_sense(
 ) -> None:
     """The bridge's mistakes: what is not of the expected shape reads as absent, a
     schema jsonschema cannot apply is a 502 naming it; never a 500."""
-    monkeypatch.setattr(bridge, "discover", lambda url, *, secret: answer)
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: answer)
     response = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"a": 1}})
     assert response.status_code == status, response.content
     if code:
@@ -321,7 +321,7 @@ def test_a_malformed_discover_answer_is_read_as_far_as_it_makes_sense(
 def test_bridge_unreachable_on_discover_is_502(
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
-    def down(url: str, *, secret: str | None) -> dict[str, Any]:
+    def down(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
         raise bridge.BridgeUnavailable("BridgeUnreachable", "connection refused")
 
     monkeypatch.setattr(bridge, "discover", down)

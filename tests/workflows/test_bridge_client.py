@@ -95,7 +95,7 @@ def test_a_workflow_the_sdk_cannot_execute_is_a_final_error_not_retried() -> Non
     with sdk_serving(DANGLING) as url, pytest.raises(bridge.BridgeError) as exc:
         bridge.execute(
             f"{url}/api/norm",
-            secret="nk_test",  # the SDK bridge here checks none: strict=False
+            secrets=("nk_test",),  # the SDK bridge here checks none: strict=False
             workflow_id="dangling",
             body={"payload": {"n": 1}, "state": [], "controls": {}},
         )
@@ -117,7 +117,7 @@ def test_a_bridge_url_requests_cannot_use_is_a_final_error_not_unreachable(url: 
     """Each was read as the bridge being down (or escaped as a ValueError) and retried
     for minutes, though no retry can succeed."""
     with pytest.raises(bridge.BridgeError) as exc:
-        bridge.execute(url, secret="nk_test", workflow_id="w", body={"payload": {}})
+        bridge.execute(url, secrets=("nk_test",), workflow_id="w", body={"payload": {}})
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert exc.value.code == "BridgeInvalidURL"
     assert exc.value.message.startswith(f"norm cannot call the bridge URL {url}: ")

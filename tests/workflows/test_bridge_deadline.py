@@ -153,7 +153,7 @@ def test_a_body_sent_a_byte_at_a_time_times_out_within_the_deadline(serve: Calla
 
     body = {"payload": {}}
     _assert_timed_out(
-        *_timed(lambda: bridge.execute(server.url, secret="s", workflow_id="w", body=body))
+        *_timed(lambda: bridge.execute(server.url, secrets=("s",), workflow_id="w", body=body))
     )
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -37,9 +37,11 @@ class FakeExecute:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(
-        self, url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+        self, url: str, *, secrets: Sequence[str], workflow_id: str, body: dict[str, Any]
     ) -> dict[str, Any]:
-        self.calls.append({"url": url, "secret": secret, "workflow_id": workflow_id, "body": body})
+        self.calls.append(
+            {"url": url, "secrets": secrets, "workflow_id": workflow_id, "body": body}
+        )
         answer = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -107,9 +109,9 @@ def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
     run(notification)
 
     call = execute.calls[0]
-    assert (call["url"], call["secret"], call["workflow_id"]) == (
+    assert (call["url"], call["secrets"][0], call["workflow_id"]) == (
         notification.resource,
-        key,
+        key,  # the newest live key signs first
         "welcome",
     )
     body = call["body"]

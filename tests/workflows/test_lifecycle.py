@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import smtplib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -42,16 +42,22 @@ INBOX = {"stepId": "inbox", "type": "in_app", "outputs": {"body": "Hello"}}
 
 class FakeBridge:
     """norm's SDK at the network edge: `steps` (a delay, then an in-app step), then done; every
-    call recorded with the URL and the secret it was signed with."""
+    call recorded with the URL and the secrets it was to be signed with."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
         self.steps = [WAIT, INBOX]
 
     def __call__(
-        self, url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any], **_: Any
+        self,
+        url: str,
+        *,
+        secrets: Sequence[str],
+        workflow_id: str,
+        body: dict[str, Any],
+        **_: Any,
     ) -> dict[str, Any]:
-        self.calls.append({"url": url, "secret": secret, "subscriber": body["subscriber"]})
+        self.calls.append({"url": url, "secrets": secrets, "subscriber": body["subscriber"]})
         steps = self.steps
         if len(body["state"]) == len(steps):
             return {"done": True, "outputs": {}, "options": {"skip": False}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +62,7 @@ class FakeExecute:
         self,
         url: str,
         *,
-        secret: str | None,
+        secrets: Sequence[str],
         workflow_id: str,
         body: dict[str, Any],
         step_id: str | None = None,
@@ -88,7 +88,7 @@ class FakeDiscover:
     answers: list[list[dict[str, Any]]] = field(default_factory=list)
     calls: int = 0
 
-    def __call__(self, url: str, *, secret: str | None) -> dict[str, Any]:
+    def __call__(self, url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
         self.calls += 1
         return {"workflows": [{"workflowId": "welcome-flow", "steps": self.answers.pop(0)}]}
 
@@ -300,7 +300,7 @@ def test_a_sync_records_the_flavour_and_each_steps_control_schema(
     monkeypatch.setattr(
         bridge,
         "discover",
-        lambda url, secret: {
+        lambda url, secrets: {
             "workflows": [
                 {
                     "workflowId": "w",
@@ -322,7 +322,7 @@ def test_a_failed_health_check_keeps_the_known_flavour(monkeypatch: pytest.Monke
         raise bridge.BridgeUnavailable("BridgeTimeout", "slow")
 
     monkeypatch.setattr(bridge, "health_check", down)
-    monkeypatch.setattr(bridge, "discover", lambda url, secret: {"workflows": []})
+    monkeypatch.setattr(bridge, "discover", lambda url, secrets: {"workflows": []})
     client = BridgeSyncFactory(flavour="novu").client
     registry.bridge_sync(client=client, bridge_url=client.bridge_url)
     assert BridgeSync.objects.get().flavour == "novu"
@@ -393,7 +393,7 @@ def test_norm_sends_each_steps_controls_and_its_sdk_applies_those_of_the_step_it
     bodies: list[dict[str, Any]] = []
 
     def execute_on_the_sdk(
-        url: str, *, secret: str | None, workflow_id: str, body: dict[str, Any]
+        url: str, *, secrets: Sequence[str], workflow_id: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         bodies.append(body)
         query = {"action": "execute", "workflowId": workflow_id}
