@@ -292,3 +292,54 @@ def test_a_body_nested_deeper_than_the_limit_is_a_400_however_deep(enqueued: obj
         assert f"deeper than {MAX_DEPTH} levels" in response.json()["message"]
     deep_data = {"subscriberId": "bo", "data": json.loads("[" * 120 + "]" * 120)}
     assert api.post("/v2/subscribers", deep_data, format="json").status_code == 400
+
+
+class _CookieSetting(BaseHTTPRequestHandler):
+    """Two clients' bridges on one host: the first sets a cookie, as a load balancer's
+    stickiness or a bot check does; each request's Cookie header is recorded."""
+
+    cookies: list[tuple[str, str | None]] = []
+
+    def _answer(self) -> None:
+        path = self.path.partition("?")[0]
+        type(self).cookies.append((path, self.headers.get("Cookie")))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        action = self.path.partition("action=")[2].partition("&")[0]
+        body = b'{"status": "ok"}' if action == "health-check" else b'{"workflows": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if path == "/first":
+            self.send_header("Set-Cookie", "session=of-the-first-client; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_cookie_one_clients_bridge_sets_goes_with_no_call(enqueued: object) -> None:
+    """norm's HTTP session is the process's, shared by every client: a cookie kept from
+    one client's bridge went with the calls to another's on the same host (and to its
+    own bridge again, as state norm never meant to keep)."""
+    _CookieSetting.cookies = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_port}"
+        first, _ = client_with_key(bridge_url=f"{host}/first")
+        second, _ = client_with_key(bridge_url=f"{host}/second")
+
+        registry.bridge_sync(client=first, bridge_url=first.bridge_url)
+        registry.bridge_sync(client=second, bridge_url=second.bridge_url)
+        registry.bridge_sync(client=first, bridge_url=first.bridge_url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [path for path, _ in _CookieSetting.cookies] == ["/first"] * 2 + ["/second"] * 2 + [
+        "/first"
+    ] * 2
+    assert [cookie for _, cookie in _CookieSetting.cookies] == [None] * 6

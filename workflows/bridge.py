@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import http.cookiejar
 import itertools
 import json
 import os
@@ -216,6 +217,10 @@ _session = requests.Session()
 # requests would read the proxy variables and ~/.netrc again on every call (a third of
 # a call's CPU); the proxies for a bridge are resolved once per URL instead.
 _session.trust_env = False
+# Nor does it keep cookies: the session is the process's, shared by every client, and a
+# cookie one client's bridge set (a load balancer's stickiness, a bot check) went with
+# the calls to any other bridge on that host or domain. No domain is allowed one.
+_session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 _session.mount("http://", _Adapter())
 _session.mount("https://", _Adapter())
 
