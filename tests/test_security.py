@@ -51,6 +51,7 @@ def test_an_unexpected_error_is_a_500_in_novus_shape_with_an_error_id(
 
 class _Redirecting(BaseHTTPRequestHandler):
     hits: list[str] = []
+    status = 302
 
     def do_POST(self) -> None:
         type(self).hits.append(self.path)
@@ -59,7 +60,8 @@ class _Redirecting(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"done": true}')
             return
-        self.send_response(302)
+        # The same host, another path: 307 and 308 would repeat the POST, body and all.
+        self.send_response(type(self).status)
         self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/target")
         self.end_headers()
 
@@ -77,9 +79,11 @@ def redirecting_bridge() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_bridge_redirect_is_not_followed_and_fails_the_notification(
-    redirecting_bridge: str,
+    redirecting_bridge: str, status: int
 ) -> None:
+    _Redirecting.status = status
     client, _ = client_with_key(bridge_url=redirecting_bridge)
     notification = NotificationFactory(
         trigger_event__client=client, trigger_event__resource=redirecting_bridge
