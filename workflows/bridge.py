@@ -231,6 +231,12 @@ def _proxies(url: str) -> dict[str, str]:
     return requests.utils.get_environ_proxies(url)
 
 
+def _ca_bundle() -> str | None:
+    """The CA bundle requests' variables name (a bridge whose certificate an internal CA
+    signed), read as requests reads them; None for the session's own (certifi's CAs)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 class BridgeError(Exception):
     """The bridge refused: deterministic, retrying will not help."""
 
@@ -320,6 +326,7 @@ def _call_once(
             data=text.encode() if text is not None else None,
             headers=headers,
             proxies=_proxies(url),
+            verify=_ca_bundle(),
             timeout=timeout,
             allow_redirects=False,
             stream=True,  # read under the size limit, and the deadline, below

@@ -1,13 +1,22 @@
-"""The bridge client resolves proxies from the environment once per bridge URL."""
+"""The bridge client resolves proxies from the environment once per bridge URL, and
+trusts the CA bundle the environment names."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import sdk_serving
 from workflows import bridge
@@ -134,3 +143,63 @@ def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
         server.server_close()
     assert caught.value.code == "BridgeInvalidResponse"  # failed at once, not a crashed task
     assert not isinstance(caught.value, bridge.BridgeUnavailable)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from an internal CA (itself): no public CA signed it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def internal_tls_bridge(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A bridge over HTTPS with a certificate of an internal CA: its URL, and the CA's PEM."""
+    cert_path, key_path = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)  # answers every GET with ok
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_port}/bridge", cert_path
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_bridge_behind_an_internal_ca_is_trusted_through_the_environments_ca_bundle(
+    internal_tls_bridge: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """requests' variables for a CA bundle were ignored (the session reads no environment),
+    so no setting let norm call a bridge whose certificate an internal CA signed."""
+    url, ca = internal_tls_bridge
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(bridge.BridgeUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        bridge.health_check(url)  # certifi's CAs alone: refused
+
+    monkeypatch.setenv(variable, str(ca))
+    assert bridge.health_check(url)["status"] == "ok"
