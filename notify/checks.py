@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from notify import crypto
 
 # The standard library's form, as README's: the host's python3 need not have cryptography.
 _FERNET_HINT = (
@@ -39,6 +42,25 @@ def encryption_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             id="norm.W001",
         )
     ]
+
+
+@register(Tags.security)
+def encryption_key_format_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """A NORM_ENCRYPTION_KEY that is no Fernet key fails only when a secret key is first
+    created or signs a bridge call; every command (migrate first) says so at once."""
+    for key in crypto.encryption_keys():
+        try:
+            Fernet(key)
+        except ValueError:
+            return [
+                Error(
+                    "NORM_ENCRYPTION_KEY holds a value that is no Fernet key (32 random "
+                    "bytes, urlsafe base64; several are separated by commas).",
+                    hint=_FERNET_HINT,
+                    id="norm.E003",
+                )
+            ]
+    return []
 
 
 @register(Tags.compatibility)

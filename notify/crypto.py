@@ -6,7 +6,7 @@ import base64
 import hashlib
 import secrets
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 
 KEY_PREFIX = "nk_"
@@ -21,13 +21,19 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _fernet() -> Fernet:
-    key = settings.NORM_ENCRYPTION_KEY
-    if not key:
-        key = base64.urlsafe_b64encode(
-            hashlib.sha256(settings.SECRET_KEY.encode()).digest()
-        ).decode()
-    return Fernet(key)
+def encryption_keys() -> list[str]:
+    """NORM_ENCRYPTION_KEY's keys, the one that encrypts first. Comma-separated, so the
+    key can be rotated: a new key in front encrypts, the old ones still decrypt."""
+    keys = [key.strip() for key in settings.NORM_ENCRYPTION_KEY.split(",") if key.strip()]
+    if keys:
+        return keys
+    return [
+        base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
+    ]
+
+
+def _fernet() -> MultiFernet:
+    return MultiFernet([Fernet(key) for key in encryption_keys()])
 
 
 def encrypt(value: str) -> str:
@@ -36,3 +42,8 @@ def encrypt(value: str) -> str:
 
 def decrypt(token: str) -> str:
     return _fernet().decrypt(token.encode()).decode()
+
+
+def reencrypt(token: str) -> str:
+    """`token` encrypted again with the first of NORM_ENCRYPTION_KEY's keys."""
+    return _fernet().rotate(token.encode()).decode()

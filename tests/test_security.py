@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -15,8 +16,10 @@ import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core import checks
+from django.core.management import call_command
 
 from config.parsers import MAX_DEPTH
+from notify import selectors as notify_selectors
 from notify import services as notify_services
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
@@ -154,6 +157,38 @@ def test_the_deploy_checks_hint_makes_a_key_with_only_the_standard_library(setti
     )  # fmt: skip
     assert "cryptography" not in command
     Fernet(made.stdout.strip())  # a key norm accepts
+
+
+@pytest.mark.parametrize(
+    ("encryption_key", "found"),
+    [
+        ("not-a-fernet-key", ["norm.E003"]),
+        (f"{Fernet.generate_key().decode()},short", ["norm.E003"]),
+        (f"{Fernet.generate_key().decode()}, {Fernet.generate_key().decode()}", []),
+    ],
+)
+def test_an_encryption_key_that_is_no_fernet_key_is_refused_by_every_command(
+    settings: Any, encryption_key: str, found: list[str]
+) -> None:
+    """It failed only when a client's key was first created or signed a bridge call."""
+    settings.NORM_ENCRYPTION_KEY = encryption_key
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+def test_the_encryption_key_rotates_without_losing_a_stored_secret_key(settings: Any) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.NORM_ENCRYPTION_KEY = old
+    client, key = client_with_key()
+    stored = client.secret_keys.get().encrypted
+
+    settings.NORM_ENCRYPTION_KEY = f"{new},{old}"  # the new key encrypts, both decrypt
+    assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
+    call_command("reencryptkeys", stdout=io.StringIO())
+
+    settings.NORM_ENCRYPTION_KEY = new  # the old key dropped
+    assert client.secret_keys.get().encrypted != stored
+    assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
+    assert notify_selectors.client_by_api_key(key=key) == client  # the hash is untouched
 
 
 @pytest.mark.parametrize(("countdown", "found"), [(3599, []), (3600, ["norm.E002"])])
