@@ -45,10 +45,13 @@ def message_send(*, step_id: int, claim: str = "") -> None:
 
     provider = provider_for(step.type)
     if provider is None:
-        workflow_services.step_fail(
+        # As in Novu, whose worker marks a step without an active integration and goes
+        # on: an sms step (norm has no provider for it yet) does not keep the email after
+        # it from being sent. Failed, every notification of such a workflow would stop
+        # there, and a retry stop there again.
+        workflow_services.step_skip(
             step=step,
-            code="NoProvider",
-            message=f"no provider is configured for the {step.type} channel",
+            reason=f"no provider is configured for the {step.type} channel (NORM_PROVIDERS)",
         )
         return
     subscriber = step.notification.subscriber

@@ -295,22 +295,18 @@ def test_a_new_connection_answered_421_is_retried_after_a_backoff_not_at_once(
     assert Message.objects.get(step=step).status == Message.Status.SENDING
 
 
-def test_a_channel_without_provider_fails_step_and_notification(
+def test_a_channel_without_provider_skips_its_step_and_the_workflow_goes_on(
     send: Callable[[Step], Step], enqueued: Enqueued
 ) -> None:
     step = send(StepFactory(type="sms", outputs={"body": "hi"}))
 
-    assert step.status == Step.Status.FAILED
-    assert "no provider is configured for the sms channel" in step.error
+    assert step.status == Step.Status.SKIPPED
+    assert step.error == "no provider is configured for the sms channel (NORM_PROVIDERS)"
+    assert not Message.objects.exists()
     notification = step.notification
     notification.refresh_from_db()
-    assert notification.status == Notification.Status.FAILED
-    assert notification.error_code == "NoProvider"
-    assert (
-        notification.error
-        == f"step '{step.step_id}': no provider is configured for the sms channel"
-    )
-    assert enqueued.calls == []
+    assert notification.status == Notification.Status.RUNNING
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
 
 
 def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
