@@ -419,7 +419,17 @@ def _record_answer(
     *, notification: Notification, state: list[dict[str, Any]], answer: dict[str, Any]
 ) -> None:
     if answer.get("done") is True:
-        Notification.objects.filter(pk=notification.pk, status__in=ACTIVE).update(
+        # Only if no step was recorded since this run read the notification: recording
+        # one always moves its updated_at (to the step's due time). A duplicate echo that
+        # read the state before another run recorded a step can be answered done where
+        # that run was answered the step (the code branches on an in-app message read
+        # in between), and must not complete the notification under the step, which
+        # then was never sent. Compared on the row itself, not by looking for the step:
+        # an UPDATE that waited for the recording to commit re-checks the row's own
+        # columns, but would still not see the step (PostgreSQL's READ COMMITTED).
+        Notification.objects.filter(
+            pk=notification.pk, status__in=ACTIVE, updated_at=notification.updated_at
+        ).update(
             status=Notification.Status.COMPLETED,
             completed_at=timezone.now(),
             error="",

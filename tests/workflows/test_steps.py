@@ -5,20 +5,24 @@ duplicate task does."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from config import pipeline
+from messaging import services as messaging_services
 from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued, sdk_serving
+from tests.conftest import Enqueued, sdk_serving, while_held
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from tests.messaging.test_message_worker import Inbox, smtp_serving
+from workflows import selectors, services
 from workflows import tasks as workflow_tasks
-from workflows.models import Notification
+from workflows.models import Notification, Step
 from workflows.sdk import Bridge, Context, workflow
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +41,22 @@ def steps(ctx: Context) -> None:
     """The steps the payload lists, in order: `[type, stepId, outputs]` each."""
     for step_type, step_id, outputs in ctx.payload.get("steps", []):
         getattr(ctx.step, step_type)(step_id, (lambda o: lambda: o)(outputs))
+
+
+# What the next calls of `reminder` do once they have read the in-app step's result:
+# each call takes the first (to interleave two echo runs at the bridge).
+HOOKS: list[Callable[[dict[str, Any]], None]] = []
+
+
+@workflow("reminder")
+def reminder(ctx: Context) -> None:
+    """An in-app message, then a reminder an hour later if it is still unread."""
+    inbox = ctx.step.in_app("inbox", lambda: {"body": "Your order shipped"})
+    if HOOKS:
+        HOOKS.pop(0)(inbox)
+    if not inbox["read"]:
+        ctx.step.delay("wait", lambda: {"amount": 1, "unit": "hours"})
+        ctx.step.email("nudge", lambda: {"subject": "Unread", "body": "Your order shipped"})
 
 
 class Pipeline:
@@ -60,10 +80,11 @@ class Pipeline:
         self.drain()
         return Notification.objects.get()
 
-    def drain(self) -> None:
-        """Every task enqueued, and those they enqueue, until none is left; a step not
-        due yet is left waiting by its message task, as a broker's countdown would."""
-        while self.enqueued.calls:
+    def drain(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Every task enqueued, and those they enqueue, until none is left (or `until`
+        holds); a step not due yet is left waiting by its message task, as a broker's
+        countdown would."""
+        while self.enqueued.calls and not until():
             task, args, _ = self.enqueued.calls.pop(0)
             with self.capture(execute=True):
                 TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
@@ -84,12 +105,14 @@ def smtp(settings: Any) -> Iterator[Inbox]:
 @pytest.fixture
 def norm(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Iterator[Pipeline]:
     client, key = client_with_key()
-    with sdk_serving(Bridge(workflows=[steps], secret_key=key)) as url:
+    with sdk_serving(Bridge(workflows=[steps, reminder], secret_key=key)) as url:
         client.bridge_url = url
         client.save(update_fields=["bridge_url"])
         BridgeWorkflowFactory(client=client, workflow_id="steps")
+        BridgeWorkflowFactory(client=client, workflow_id="reminder")
         BridgeSyncFactory(client=client, flavour="norm")
         yield Pipeline(key, enqueued, django_capture_on_commit_callbacks)
+    HOOKS.clear()
 
 
 def states(notification: Notification) -> list[tuple[str, str, str]]:
@@ -129,3 +152,87 @@ def test_steps_of_channels_without_a_provider_are_skipped_and_the_workflow_goes_
         ("email", "sent"),
         ("in_app", "sent"),
     ]
+
+
+def read_inbox() -> None:
+    messaging_services.messages_mark(messages=Message.objects.filter(channel="in_app"), read=True)
+
+
+def at_the_echo_after_the_inbox(norm: Pipeline) -> Notification:
+    """`reminder` triggered, its in-app message sent; its next echo is the one due."""
+    body = {"name": "reminder", "to": "ann", "payload": {}}
+    response = norm.api.post(
+        "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    norm.drain(until=lambda: Step.objects.filter(status=Step.Status.COMPLETED).exists())
+    assert norm.enqueued.of(pipeline.ECHO) and len(norm.enqueued.calls) == 1
+    norm.enqueued.clear()
+    return Notification.objects.get()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_recorded_meanwhile(
+    norm: Pipeline,
+) -> None:
+    """Two echo runs of one notification (one re-sent by the reconciler, say) read the
+    state on either side of the subscriber reading the in-app message: the first is
+    answered the delay, the second done. The second completed the notification under
+    the delay, whose email then never went out."""
+    notification = at_the_echo_after_the_inbox(norm)
+    second_at_bridge, first_recorded = threading.Event(), threading.Event()
+    second = threading.Thread(
+        target=lambda: (
+            services.echo_run(notification_id=str(notification.pk)),
+            connection.close(),
+        )
+    )
+
+    def first_at_bridge(inbox: dict[str, Any]) -> None:
+        assert not inbox["read"]
+        read_inbox()  # the subscriber reads it; the second run's state says so
+        connection.close()
+        second.start()
+        assert second_at_bridge.wait(10)
+
+    def then_second(inbox: dict[str, Any]) -> None:
+        assert inbox["read"]
+        second_at_bridge.set()
+        assert first_recorded.wait(10)  # answers done once the first run recorded its step
+
+    HOOKS[:] = [first_at_bridge, then_second]
+    services.echo_run(notification_id=str(notification.pk))
+    first_recorded.set()
+    second.join(10)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.completed_at) == ("running", None)
+    assert list(notification.steps.values_list("step_id", "status")) == [
+        ("inbox", "completed"),
+        ("wait", "scheduled"),
+    ]
+    assert not HOOKS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_done_answer_waiting_for_a_step_being_recorded_does_not_complete_under_it(
+    norm: Pipeline,
+) -> None:
+    """The same, with the second run's UPDATE waiting for the first run's transaction:
+    PostgreSQL re-checks the row it waited for, but would not see the new step."""
+    notification = at_the_echo_after_the_inbox(norm)
+    state = selectors.bridge_state(notification=notification)
+    wait = {"stepId": "wait", "type": "delay", "outputs": {"amount": 1, "unit": "hours"}}
+
+    def record_the_delay() -> None:
+        services._record_answer(notification=notification, state=state, answer=wait)
+
+    def answered_done() -> None:
+        services.echo_run(notification_id=str(notification.pk))
+
+    read_inbox()  # the second run reads it read: done
+    while_held(record_the_delay, answered_done)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.completed_at) == ("running", None)
+    assert notification.steps.get(step_id="wait").status == Step.Status.SCHEDULED
