@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 UNITS = {
@@ -32,3 +32,14 @@ def delay_of(outputs: dict[str, Any]) -> timedelta:
         return timedelta(seconds=amount * UNITS[unit])
     except (OverflowError, ValueError) as exc:  # 1e10 days, or Infinity
         raise UnsupportedDelay(f"delay of {amount} {unit} is too long") from exc
+
+
+def delay_until(outputs: dict[str, Any], *, now: datetime) -> datetime:
+    """When a delay step waited out from `now` is due (see `delay_of`)."""
+    wait = delay_of(outputs)
+    try:
+        return now + wait
+    except OverflowError as exc:  # 3,000,000 days: past the year 9999, which no date holds
+        raise UnsupportedDelay(
+            f"delay of {outputs['amount']} {outputs['unit']} is too long"
+        ) from exc

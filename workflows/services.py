@@ -25,7 +25,7 @@ from notify.selectors import signing_secrets
 from subscribers.models import Subscriber
 from subscribers.recipients import INLINE_FIELDS, parse_recipients
 from workflows import bridge, flavours, selectors
-from workflows.delays import UnsupportedDelay, delay_of
+from workflows.delays import UnsupportedDelay, delay_until
 from workflows.models import Notification, Step
 
 logger = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ def _record_answer(
     due_at, countdown = now, 0.0
     if step_type == "delay" and not skipped:
         try:
-            wait = delay_of(outputs)
+            due_at = delay_until(outputs, now=now)
         except UnsupportedDelay as exc:
             notification_fail(
                 notification_id=notification.pk,
@@ -473,7 +473,7 @@ def _record_answer(
                 message=f"step '{step_id}': {exc}",
             )
             return
-        due_at, countdown = now + wait, wait.total_seconds()
+        countdown = (due_at - now).total_seconds()
     on_broker = countdown <= settings.NORM_BROKER_MAX_COUNTDOWN
     try:
         with transaction.atomic():

@@ -236,3 +236,21 @@ def test_a_done_answer_waiting_for_a_step_being_recorded_does_not_complete_under
     notification.refresh_from_db()
     assert (notification.status, notification.completed_at) == ("running", None)
     assert notification.steps.get(step_id="wait").status == Step.Status.SCHEDULED
+
+
+def test_a_delay_ending_past_the_year_9999_fails_as_an_unsupported_delay(norm: Pipeline) -> None:
+    """3,000,000 days is a valid delay to Novu's schema and fits a timedelta, but no
+    date holds its end: norm failed the notification as BridgeInvalidResponse ("norm
+    could not record the bridge's answer: OverflowError"), blaming the bridge, with an
+    error's traceback in the worker's log; 1e10 days was an UnsupportedDelay."""
+    notification = norm.trigger(
+        "steps", {"steps": [["delay", "wait", {"amount": 3_000_000, "unit": "days"}]]}
+    )
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code, notification.error) == (
+        "failed",
+        "UnsupportedDelay",
+        "step 'wait': delay of 3000000 days is too long",
+    )
+    assert not notification.steps.exists()
