@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
 from config import pipeline
 from messaging import services as messaging_services
@@ -59,6 +61,16 @@ def reminder(ctx: Context) -> None:
         ctx.step.email("nudge", lambda: {"subject": "Unread", "body": "Your order shipped"})
 
 
+@workflow("skipping")
+def skipping(ctx: Context) -> None:
+    """One step of each kind, each skipped when the payload's `skip` lists it."""
+    skip = ctx.payload.get("skip", [])
+    ctx.step.in_app("inbox", lambda: {"body": "Hello"}, skip=lambda: "inbox" in skip)
+    ctx.step.delay("wait", lambda: {"amount": 0, "unit": "seconds"}, skip=lambda: "wait" in skip)
+    ctx.step.email("mail", lambda: {"subject": "Hi", "body": "Hello"}, skip=lambda: "mail" in skip)
+    ctx.step.custom("calc", lambda: {"total": 3}, skip=lambda: "calc" in skip)
+
+
 class Pipeline:
     """norm's stages run one task at a time, as the broker would hand them out."""
 
@@ -94,6 +106,17 @@ class Pipeline:
             workflow_tasks.reconcile()
         self.drain()
 
+    @staticmethod
+    def time_passes(seconds: float) -> None:
+        """Every time the pipeline wrote is `seconds` further in the past."""
+        back = timedelta(seconds=seconds)
+        Step.objects.update(
+            created_at=F("created_at") - back,
+            due_at=F("due_at") - back,
+            enqueued_at=F("enqueued_at") - back,
+        )
+        Notification.objects.update(updated_at=F("updated_at") - back)
+
 
 @pytest.fixture
 def smtp(settings: Any) -> Iterator[Inbox]:
@@ -105,11 +128,12 @@ def smtp(settings: Any) -> Iterator[Inbox]:
 @pytest.fixture
 def norm(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Iterator[Pipeline]:
     client, key = client_with_key()
-    with sdk_serving(Bridge(workflows=[steps, reminder], secret_key=key)) as url:
+    with sdk_serving(Bridge(workflows=[steps, reminder, skipping], secret_key=key)) as url:
         client.bridge_url = url
         client.save(update_fields=["bridge_url"])
         BridgeWorkflowFactory(client=client, workflow_id="steps")
         BridgeWorkflowFactory(client=client, workflow_id="reminder")
+        BridgeWorkflowFactory(client=client, workflow_id="skipping")
         BridgeSyncFactory(client=client, flavour="norm")
         yield Pipeline(key, enqueued, django_capture_on_commit_callbacks)
     HOOKS.clear()
@@ -254,3 +278,100 @@ def test_a_delay_ending_past_the_year_9999_fails_as_an_unsupported_delay(norm: P
         "step 'wait': delay of 3000000 days is too long",
     )
     assert not notification.steps.exists()
+
+
+@pytest.mark.parametrize(
+    ("unit", "seconds"),
+    [
+        ("seconds", 1),
+        ("minutes", 60),
+        ("hours", 3600),
+        ("days", 86400),
+        ("weeks", 7 * 86400),
+        ("months", 30 * 86400),  # as Novu counts one
+    ],
+)
+def test_a_delay_waits_its_amount_in_every_unit_novus_framework_allows(
+    norm: Pipeline, unit: str, seconds: int, settings: Any
+) -> None:
+    notification = norm.trigger(
+        "steps", {"steps": [["delay", "wait", {"amount": 2.5, "unit": unit}]]}
+    )
+
+    wait = notification.steps.get()
+    assert wait.status == Step.Status.SCHEDULED
+    assert wait.due_at - wait.created_at == pytest.approx(
+        timedelta(seconds=2.5 * seconds), abs=timedelta(seconds=1)
+    )
+    on_broker = 2.5 * seconds <= settings.NORM_BROKER_MAX_COUNTDOWN
+    assert (wait.enqueued_at is not None) == on_broker
+
+
+@pytest.mark.parametrize("amount", [0, 0.0])
+def test_a_zero_delay_goes_on_at_once(norm: Pipeline, smtp: Inbox, amount: float) -> None:
+    notification = norm.trigger(
+        "steps",
+        {
+            "steps": [
+                ["delay", "wait", {"amount": amount, "unit": "seconds"}],
+                ["email", "mail", {"subject": "Hi", "body": "Hello"}],
+            ]
+        },
+    )
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert states(notification) == [("wait", "completed", ""), ("mail", "completed", "")]
+    assert len(smtp.envelopes) == 1
+
+
+def test_delays_in_a_row_and_last_are_driven_from_the_database_alone(
+    norm: Pipeline, smtp: Inbox, settings: Any
+) -> None:
+    """Workers and broker down while the delays come due (the broker emptied): the
+    reconciler finds each due step in the database and the workflow runs to its end,
+    each step once."""
+    notification = norm.trigger(
+        "steps",
+        {
+            "steps": [
+                ["delay", "short", {"amount": 2, "unit": "minutes"}],  # kept by the broker
+                ["email", "mail", {"subject": "Hi", "body": "Hello"}],
+                ["delay", "long", {"amount": 2, "unit": "days"}],  # waits in the database
+                ["delay", "last", {"amount": 1, "unit": "minutes"}],
+            ]
+        },
+    )
+    assert states(notification) == [("short", "scheduled", "")]
+
+    for recorded in (["short", "mail", "long"], ["short", "mail", "long", "last"], None):
+        norm.time_passes(2 * 86400 + 2 * settings.NORM_RECONCILE_GRACE)
+        norm.reconcile()
+        if recorded:
+            assert [step_id for step_id, *_ in states(notification)] == recorded
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert {s for _, s, _ in states(notification)} == {"completed"}
+    waited = dict(notification.steps.filter(type="delay").values_list("step_id", "result"))
+    assert waited["short"]["duration"] >= 120_000 and waited["last"]["duration"] >= 60_000
+    assert waited["long"]["duration"] >= 2 * 86400_000
+    assert len(smtp.envelopes) == 1
+    norm.reconcile()  # nothing left to drive
+    assert norm.enqueued.calls == []
+
+
+@pytest.mark.parametrize("skipped", [["inbox"], ["inbox", "wait", "mail", "calc"]])
+def test_a_workflow_whose_steps_skip_from_the_first_completes(
+    norm: Pipeline, smtp: Inbox, skipped: list[str]
+) -> None:
+    notification = norm.trigger("skipping", {"skip": skipped})
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert notification.completed_at is not None
+    assert {step_id: status for step_id, status, _ in states(notification)} == {
+        step_id: "skipped" if step_id in skipped else "completed"
+        for step_id in ("inbox", "wait", "mail", "calc")
+    }
+    assert len(smtp.envelopes) == (0 if "mail" in skipped else 1)
