@@ -13,8 +13,9 @@ from workflows.models import Notification, Step
 CHANNEL_TYPES = {"email", "sms", "push", "chat", "in_app"}
 ACTION_TYPES = {"delay", "custom"}
 STEP_TYPES = CHANNEL_TYPES | ACTION_TYPES
-# Novu's, not norm's yet: a workflow that reaches one fails with that reason.
-UNSUPPORTED_STEP_TYPES = {"digest", "throttle"}
+# Novu's, not norm's yet: a workflow that reaches one fails with that reason. `tool` and
+# `http_request` are @novu/framework 2.13's (a bridge of it names them in discover).
+UNSUPPORTED_STEP_TYPES = {"digest", "throttle", "tool", "http_request"}
 
 
 def in_app_result(message: Message | None) -> dict[str, Any]:

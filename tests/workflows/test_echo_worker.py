@@ -372,7 +372,7 @@ def test_an_answer_without_a_valid_step_fails(
     assert Step.objects.count() == 0
 
 
-@pytest.mark.parametrize("step_type", ["digest", "throttle"])
+@pytest.mark.parametrize("step_type", ["digest", "throttle", "tool", "http_request"])
 def test_a_step_type_norm_does_not_run_yet_fails_with_that_reason(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], step_type: str
 ) -> None:
