@@ -362,6 +362,37 @@ def test_controls_get_defaults_and_reach_resolver_and_skip() -> None:
         controlled.execute(execute_body({}, [], controls={"greeting": 5}))
 
 
+def test_a_resolver_binding_a_loop_variable_by_default_keeps_its_value() -> None:
+    """`lambda name=name: ...` is how Python binds a loop variable (ruff's B023 asks for
+    it): the SDK passed the controls in its place, so each email went out as "Hi {}" and
+    a skip condition written so never skipped. Only a parameter without a default gets
+    the controls."""
+
+    @workflow("per-name")
+    def per_name(ctx: Context) -> None:
+        for n, name in enumerate(ctx.payload.get("names", [])):
+            ctx.step.email(
+                f"mail-{n}",
+                lambda name=name: {"subject": f"Hi {name}", "body": "b"},
+                skip=lambda name=name: name == "Bob",
+            )
+
+    payload = {"names": ["Ada", "Bob"]}
+    first = per_name.execute(execute_body(payload, []))
+    assert (first["stepId"], first["outputs"]["subject"]) == ("mail-0", "Hi Ada")
+    assert drive(per_name, payload) == ["mail-0", "mail-1:skipped"]
+
+    @workflow("controlled")
+    def controlled(ctx: Context) -> None:
+        def content(controls: dict[str, Any], suffix: str = "!") -> dict[str, Any]:
+            return {"subject": controls["greeting"] + suffix, "body": "b"}
+
+        ctx.step.email("mail", content)
+
+    answer = controlled.execute(execute_body({}, [], controls={"greeting": "Hello"}))
+    assert answer["outputs"]["subject"] == "Hello!"
+
+
 class OrderPayload(pydantic.BaseModel):
     order_id: str
     quantity: int = 1

@@ -101,16 +101,23 @@ class _Outcome:
 
 
 def _accepts_argument(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` wants the step's controls: it has a positional parameter that needs a
+    value (or `*args`). One with a default is the caller's own: `lambda name=name: ...`
+    binds a loop variable, as ruff's B023 asks, and the controls would overwrite it."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return True
-    positional = (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.VAR_POSITIONAL,
-    )
-    return any(p.kind in positional for p in parameters)
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            # Only the first counts: the controls would be passed as it.
+            return parameter.default is inspect.Parameter.empty
+    return False
 
 
 def _call(fn: Callable[..., Any], controls: dict[str, Any]) -> Any:
