@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -186,3 +187,52 @@ def test_a_payload_schema_with_a_ref_to_nowhere_is_a_workflow_execution_failure(
     assert body["data"] == {"workflowId": "dangling"}
     assert body["message"].startswith("Failed to execute Workflow with id: `dangling`: ")
     assert "payload schema" in body["message"] and "#/$defs/person" in body["message"]
+
+
+async def _never() -> bool:
+    return False
+
+
+async def _content() -> dict[str, Any]:
+    return {"subject": "s", "body": "b"}
+
+
+async def _override(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {"headers": {"X-Subject": outputs["subject"]}}
+
+
+@pytest.mark.parametrize(
+    ("declared", "what"),
+    [
+        ({"resolver": lambda: {"subject": "s", "body": "b"}, "skip": _never}, "skip condition"),
+        ({"resolver": _content}, "resolver"),
+        (
+            {"resolver": lambda: {"subject": "s", "body": "b"}, "providers": {"ses": _override}},
+            "provider override `ses`",
+        ),
+    ],
+)
+def test_an_async_resolver_skip_or_provider_is_a_step_execution_failure(
+    declared: dict[str, Any], what: str
+) -> None:
+    """An async skip condition returned a coroutine, which is truthy: every email was
+    skipped, silently. An async resolver or provider override was a 500 BridgeError
+    ("cannot pickle 'coroutine' object"), retried to no avail. The SDK awaits nothing:
+    each is now the 502 of a step's own code failing, saying why."""
+
+    @workflow("async-parts")
+    def async_parts(ctx: Context) -> None:
+        ctx.step.email("email", **declared)
+
+    raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" either
+        status, body = post(
+            Bridge(workflows=[async_parts], strict=False),
+            "action=execute&workflowId=async-parts",
+            raw,
+        )
+    assert (status, body["code"]) == (502, "StepExecutionFailedError")
+    assert body["message"].startswith(
+        f"Failed to execute Step with id: `email`: its {what} returned a coroutine"
+    )

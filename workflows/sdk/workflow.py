@@ -120,12 +120,26 @@ def _accepts_argument(fn: Callable[..., Any]) -> bool:
     return False
 
 
-def _call(fn: Callable[..., Any], controls: dict[str, Any]) -> Any:
-    return fn(controls) if _accepts_argument(fn) else fn()
+def _not_awaitable(value: Any, what: str) -> Any:
+    """`value`, unless an async function returned it: the SDK awaits nothing, and a
+    coroutine is truthy (an async skip condition skipped every message) and no output."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # no "never awaited" warning on top of the error
+        raise TypeError(
+            f"its {what} returned a {type(value).__name__} (is it async?), which the SDK "
+            "does not await: resolvers, skip conditions and provider overrides must be "
+            "plain functions"
+        )
+    return value
+
+
+def _call(fn: Callable[..., Any], controls: dict[str, Any], what: str) -> Any:
+    return _not_awaitable(fn(controls) if _accepts_argument(fn) else fn(), what)
 
 
 def _should_skip(skip: Skip, controls: dict[str, Any]) -> bool:
-    return bool(_call(skip, controls)) if callable(skip) else bool(skip)
+    return bool(_call(skip, controls, "skip condition")) if callable(skip) else bool(skip)
 
 
 @dataclass
@@ -218,19 +232,24 @@ class _Run:
         if self._user_code(definition, lambda: _should_skip(skip, controls)):
             self.outcome = _Outcome(definition, {}, {}, skipped=True)
             raise _Unwind
-        raw = self._user_code(definition, lambda: _call(resolver, controls))
+        raw = self._user_code(definition, lambda: _call(resolver, controls, "resolver"))
         outputs = self._validated(definition, definition.outputs, raw, "output")
         providers = {
-            provider_id: self._provider(definition, fn, outputs)
+            provider_id: self._provider(definition, provider_id, fn, outputs)
             for provider_id, fn in definition.providers.items()
         }
         self.outcome = _Outcome(definition, outputs, providers, skipped=False)
         raise _Unwind
 
     def _provider(
-        self, definition: StepDefinition, fn: ProviderOverride, outputs: dict[str, Any]
+        self,
+        definition: StepDefinition,
+        provider_id: str,
+        fn: ProviderOverride,
+        outputs: dict[str, Any],
     ) -> dict[str, Any]:
-        raw = self._user_code(definition, lambda: fn(outputs))
+        what = f"provider override `{provider_id}`"
+        raw = self._user_code(definition, lambda: _not_awaitable(fn(outputs), what))
         raw = dict(raw) if isinstance(raw, Mapping) else raw
         return self._validated(definition, PROVIDER_OUTPUT, raw, "provider")
 
