@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import warnings
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +65,18 @@ def test_a_state_entry_whose_state_is_not_an_object_is_replayed() -> None:
     assert (status, body.get("done")) == (200, True)
 
 
-@pytest.mark.parametrize("value", [{1, 2}, datetime(2025, 1, 1, tzinfo=UTC), math.nan, math.inf])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1, 2},
+        datetime(2025, 1, 1, tzinfo=UTC),
+        math.nan,
+        math.inf,
+        # Not even copied (a 500 BridgeError, which norm retried to no avail).
+        (line for line in ["- a", "- b"]),
+        threading.Lock(),
+    ],
+)
 def test_outputs_json_cannot_write_are_an_output_error(value: Any) -> None:
     @workflow("computed")
     def computed(ctx: Context) -> None:
@@ -77,7 +89,9 @@ def test_outputs_json_cannot_write_are_an_output_error(value: Any) -> None:
     assert (status, body["code"]) == (400, "ExecutionStateOutputInvalidError")
 
 
-@pytest.mark.parametrize("override", [None, ["headers"], {"retries": math.nan}])
+@pytest.mark.parametrize(
+    "override", [None, ["headers"], {"retries": math.nan}, {"lock": threading.Lock()}]
+)
 def test_a_provider_override_that_returns_no_json_object_is_a_provider_output_error(
     override: Any,
 ) -> None:

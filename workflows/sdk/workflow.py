@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -271,10 +272,9 @@ class _Run:
             "provider": (ExecutionProviderOutputInvalidError, "provider output"),
         }[what]
         try:
-            value = schema.validate(value)
             if what in ("output", "provider"):
-                _require_json(value)
-            return value
+                return _user_value(schema, value)
+            return schema.validate(value)
         except SchemaUnusable as exc:
             kind = what.removesuffix("s")  # the custom step's result schema is its output one
             raise self.unusable_schema(definition.step_id, f"its {kind} schema {exc}") from exc
@@ -287,13 +287,17 @@ class _Run:
             ) from exc
 
 
-def _require_json(value: Any) -> None:
-    """Outputs go over the wire and into norm's database: a value JSON cannot write (a set, a
-    datetime) or writes invalidly (NaN, Infinity) would fail there, or crash the adapter."""
+def _user_value(schema: Schema, value: Any) -> Any:
+    """What user code returned (outputs, a provider's), validated and cleaned. It goes over
+    the wire and into norm's database: a value JSON cannot write (a set, a datetime) or
+    writes invalidly (NaN, Infinity) would fail there, or crash the adapter."""
     try:
+        # Validation copies the value first: a generator or a lock fails already there.
+        value = schema.validate(value)
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, copy.Error) as exc:
         raise SchemaInvalid([{"path": "", "message": str(exc)}]) from exc
+    return value
 
 
 def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
