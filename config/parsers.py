@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,13 +27,17 @@ TOO_DEEP = f"objects and arrays must not nest deeper than {MAX_DEPTH} levels"
 
 def _unfit(data: Any) -> str:
     """Why the parsed body cannot be taken ("" when it can): a string PostgreSQL cannot
-    hold, or objects and arrays nested deeper than MAX_DEPTH (the body is level 1)."""
+    hold, a number beyond a double (1e400, which Python reads as inf and PostgreSQL's
+    json refuses), or objects and arrays nested deeper than MAX_DEPTH (the body is level 1)."""
     stack = [(data, 1)]  # iterative: the body may nest as deep as the JSON decoder allows
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
             if _UNSTORABLE.search(value):
                 return "strings must not contain NUL (\\u0000) or a lone surrogate"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "numbers must be within a double's range (1e400 is not)"
         elif isinstance(value, Mapping | list):
             if depth > MAX_DEPTH:
                 return TOO_DEEP
@@ -52,9 +57,10 @@ def _check_size(content_length: str | None) -> None:
 
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
-    or a lone surrogate in any string or key. Refused here, before a service has
-    written half of its rows; nesting deeper than MAX_DEPTH (or too deep to decode) is
-    a 400 too. A body over NORM_MAX_BODY_BYTES is a 413 before it is read."""
+    or a lone surrogate in any string or key, a number beyond a double. Refused here,
+    before a service has written half of its rows (a bulk's first subscribers, then a
+    400); nesting deeper than MAX_DEPTH (or too deep to decode) is a 400 too. A body
+    over NORM_MAX_BODY_BYTES is a 413 before it is read."""
 
     def parse(
         self,

@@ -21,6 +21,8 @@ from django.core.management import call_command
 from config.parsers import MAX_DEPTH
 from notify import selectors as notify_selectors
 from notify import services as notify_services
+from notify.models import TriggerEvent
+from subscribers.models import Subscriber
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
 from workflows import services as workflow_services
@@ -382,3 +384,23 @@ def test_a_cookie_one_clients_bridge_sets_goes_with_no_call(enqueued: object) ->
         "/first"
     ] * 2
     assert [cookie for _, cookie in _CookieSetting.cookies] == [None] * 6
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" * 400 + ".0"])
+def test_a_number_beyond_a_double_is_a_400_before_anything_is_stored(
+    number: str, enqueued: object
+) -> None:
+    """Python reads 1e400 as inf, which PostgreSQL's json refuses: a bulk stored the
+    subscribers before it and then answered 400, as if none were."""
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    bulk = f'{{"subscribers": [{{"subscriberId": "ann"}}, {{"subscriberId": "bo", "data": {{"n": {number}}}}}]}}'
+    trigger = f'{{"name": "welcome", "to": "ann", "payload": {{"n": {number}}}}}'
+
+    for path, body in (("/v1/subscribers/bulk", bulk), ("/v1/events/trigger", trigger)):
+        response = api.generic("POST", path, body, "application/json")
+        assert (response.status_code, response.json()["code"]) == (400, "parse_error"), path
+        assert "double" in response.json()["message"]
+    assert not Subscriber.objects.filter(client=client).exists()
+    assert not TriggerEvent.objects.filter(client=client).exists()
