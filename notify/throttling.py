@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -30,6 +31,7 @@ class ClientTriggerRate(BaseThrottle):
         key = f"norm:trigger-rate:{client.pk}:{window}"
         # A bulk request costs one per event, so it cannot carry a client past its rate.
         cost = view.trigger_cost(request) if hasattr(view, "trigger_cost") else 1
+        limit = client.rate_limit_per_minute
         try:
             # add() is a no-op when the key exists: concurrent first requests share one counter.
             cache.add(key, 0, timeout=self.WINDOW * 2)
@@ -39,7 +41,13 @@ class ClientTriggerRate(BaseThrottle):
             logger.warning("trigger rate of client %s not counted: %s", client.pk, exc)
             return True
         self._wait = (window + 1) * self.WINDOW - now
-        return count <= client.rate_limit_per_minute
+        if count <= limit:
+            return True
+        # A refused request spends none of the rate: a bulk refused for its 4 events, with
+        # 1 left, would otherwise have refused every trigger until the next minute.
+        with contextlib.suppress(RedisError, OSError, ValueError):
+            cache.decr(key, cost)
+        return False
 
     def wait(self) -> float | None:
         return getattr(self, "_wait", None)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -108,3 +109,33 @@ def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
     assert trigger().status_code == 201
     assert trigger().status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 2
+
+
+@pytest.fixture(params=["local memory", "redis"])
+def counters(request: pytest.FixtureRequest, settings: Any) -> None:
+    """The counters' store: local memory (no NORM_CACHE_URL) or Redis, the production one."""
+    if request.param == "redis":
+        if not settings.CELERY_BROKER_URL.startswith("redis://"):
+            pytest.skip("no Redis: CELERY_BROKER_URL is not redis://")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.CELERY_BROKER_URL,
+                "KEY_PREFIX": f"test-{uuid.uuid4()}",  # no other run's counters
+            }
+        }
+
+
+@pytest.mark.django_db
+def test_a_refused_request_spends_none_of_the_rate(enqueued, counters: None) -> None:
+    client, key = client_with_key(rate_limit_per_minute=5)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    events = [{"name": "welcome", "to": f"u{i}"} for i in range(4)]
+    assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 201
+    assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 429
+    # The refused bulk took none of the 1 left: it is there for a trigger, and then gone.
+    body = {"name": "welcome", "to": "ann"}
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 201
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 429
+    assert TriggerEvent.objects.filter(client=client).count() == 5
