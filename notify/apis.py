@@ -193,7 +193,9 @@ class BulkTriggerApi(APIView):
 
     def trigger_cost(self, request: Request) -> int:
         events = request.data.get("events") if isinstance(request.data, dict) else None
-        return len(events) if isinstance(events, list) and events else 1
+        if not isinstance(events, list) or not 0 < len(events) <= MAX_BULK_EVENTS:
+            return 1  # the view refuses it, and says why
+        return len(events)
 
     @extend_schema(
         operation_id="v1_events_trigger_bulk",

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from config.errors import ApiError
 from notify.models import Client
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ class ClientTriggerRate(BaseThrottle):
         # A bulk request costs one per event, so it cannot carry a client past its rate.
         cost = view.trigger_cost(request) if hasattr(view, "trigger_cost") else 1
         limit = client.rate_limit_per_minute
+        if cost > limit:
+            # No minute would ever take it: a 429 would have novu-py retry it for an hour.
+            message = (
+                f"The bulk's {cost} events exceed this client's rate of {limit} triggers"
+                f" per minute: send at most {limit} per request"
+            )
+            raise ApiError(
+                400, "bulk_over_rate", message, [{"field": "events", "message": message}]
+            )
         try:
             # add() is a no-op when the key exists: concurrent first requests share one counter.
             cache.add(key, 0, timeout=self.WINDOW * 2)

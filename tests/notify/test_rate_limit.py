@@ -139,3 +139,32 @@ def test_a_refused_request_spends_none_of_the_rate(enqueued, counters: None) -> 
     assert api.post("/v1/events/trigger", body, format="json").status_code == 201
     assert api.post("/v1/events/trigger", body, format="json").status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 5
+
+
+@pytest.mark.django_db
+def test_a_bulk_beyond_the_whole_rate_is_a_400_not_a_429_to_retry(enqueued) -> None:
+    """No minute would take 4 events from a client of 3 a minute: a 429 had novu-py
+    retry it for an hour (and honour Retry-After each time), to fail in the end."""
+    client, key = client_with_key(rate_limit_per_minute=3)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    events = [{"name": "welcome", "to": f"u{i}"} for i in range(4)]
+
+    refused = api.post("/v1/events/trigger/bulk", {"events": events}, format="json")
+
+    assert (refused.status_code, refused.json()["code"]) == (400, "bulk_over_rate")
+    assert "at most 3 per request" in refused.json()["message"]
+    assert "Retry-After" not in refused
+    assert not TriggerEvent.objects.filter(client=client).exists()
+    # One beyond the bulk's own limit hears of that limit, not of the rate.
+    client.rate_limit_per_minute = 100
+    client.save(update_fields=["rate_limit_per_minute"])
+    many = {"events": [{"name": "welcome", "to": f"u{i}"} for i in range(101)]}
+    too_many = api.post("/v1/events/trigger/bulk", many, format="json")
+    assert (too_many.status_code, too_many.json()["code"]) == (400, "invalid_request")
+    assert "1 to 100" in too_many.json()["message"]
+    # It spent nothing: a bulk within the rate goes through.
+    assert (
+        api.post("/v1/events/trigger/bulk", {"events": events[:3]}, format="json").status_code
+        == 201
+    )
