@@ -46,8 +46,10 @@ class ClientTriggerRate(BaseThrottle):
             # add() is a no-op when the key exists: concurrent first requests share one counter.
             cache.add(key, 0, timeout=self.WINDOW * 2)
             count = cache.incr(key, cost)
-        except (RedisError, OSError) as exc:
-            # The counters' Redis is down: triggers go on uncounted rather than fail.
+        except (RedisError, OSError, ValueError) as exc:
+            # The counters' Redis is down, or evicted the counter between add() and incr()
+            # (incr's ValueError: Redis under maxmemory, local memory culling past its 300
+            # keys): triggers go on uncounted rather than fail.
             logger.warning("trigger rate of client %s not counted: %s", client.pk, exc)
             return True
         self._wait = (window + 1) * self.WINDOW - now

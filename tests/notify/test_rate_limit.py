@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.core.cache import cache
+from django.core.cache import cache, caches
 
 from notify import throttling
 from notify.models import TriggerEvent
@@ -168,3 +168,26 @@ def test_a_bulk_beyond_the_whole_rate_is_a_400_not_a_429_to_retry(enqueued) -> N
         api.post("/v1/events/trigger/bulk", {"events": events[:3]}, format="json").status_code
         == 201
     )
+
+
+@pytest.mark.django_db
+def test_a_counter_evicted_between_its_add_and_its_increment_is_no_500(
+    enqueued, counters: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis under maxmemory (or local memory past its 300 keys) may drop the counter
+    that add() just made; Django's incr() of a missing key raises ValueError."""
+    client, key = client_with_key(rate_limit_per_minute=5)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    store = caches["default"]
+    real_add = store.add
+
+    def add_then_evicted(name: str, *args: Any, **kwargs: Any) -> bool:
+        added = real_add(name, *args, **kwargs)
+        store.delete(name)  # as the store's eviction would
+        return added
+
+    monkeypatch.setattr(store, "add", add_then_evicted)
+    body = {"name": "welcome", "to": "ann"}
+
+    assert api_for(key).post("/v1/events/trigger", body, format="json").status_code == 201
+    assert "not counted" in caplog.text
