@@ -238,6 +238,8 @@ class FeedApi(APIView):
         summary="A subscriber's in-app messages, newest first",
         parameters=[
             *PAGE_PARAMETERS,
+            OpenApiParameter("seen", OpenApiTypes.BOOL),
+            OpenApiParameter("read", OpenApiTypes.BOOL),
             OpenApiParameter(
                 "payload",
                 description="base64 of a JSON object: only the notifications whose payload has"

@@ -96,7 +96,8 @@ def test_query_parameters_are_described(openapi: dict[str, Any]) -> None:
     assert {"limit", "after", "before", "email", "name"} <= query("/v2/subscribers")
     assert {"page", "limit", "subscriberId"} <= query("/v1/subscribers")
     assert {"page", "limit", "transactionId", "status"} <= query("/v1/notifications")
-    assert {"page", "limit"} <= query("/v1/subscribers/{subscriber_id}/notifications/feed")
+    feed = query("/v1/subscribers/{subscriber_id}/notifications/feed")
+    assert {"page", "limit", "seen", "read", "payload"} <= feed
 
 
 @pytest.mark.django_db
