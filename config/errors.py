@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -103,6 +103,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = ApiError(404, "not_found", "Not found")
     if isinstance(exc, RequestDataTooBig):  # a body read before the parser saw it
         exc = body_too_large()
+    elif isinstance(exc, TooManyFieldsSent):
+        # Django's 400 for a query of over DATA_UPLOAD_MAX_NUMBER_FIELDS parameters (novu-py
+        # repeats a list's name per item), raised where a view first reads the query.
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        exc = ApiError(400, "invalid_query", f"The query has more than {limit} parameters")
     if isinstance(exc, DataError):
         # PostgreSQL refuses a value the request carried (a NUL character in a path,
         # query or JSON string; an id beyond bigint): the request is at fault.

@@ -404,3 +404,18 @@ def test_a_number_beyond_a_double_is_a_400_before_anything_is_stored(
         assert "double" in response.json()["message"]
     assert not Subscriber.objects.filter(client=client).exists()
     assert not TriggerEvent.objects.filter(client=client).exists()
+
+
+def test_a_query_of_more_parameters_than_django_reads_is_a_400() -> None:
+    """novu-py repeats a list's name per item: the activity of 1,001 subscribers is a
+    query of 1,001 parameters, past DATA_UPLOAD_MAX_NUMBER_FIELDS. Django refuses it
+    where a view first reads the query, which the API's handler answered as a 500."""
+    _, key = client_with_key()
+    api = api_for(key)
+    many = "&".join(f"subscriberIds=s{i}" for i in range(1001))
+
+    for path in ("/v1/notifications", "/v2/subscribers", "/v1/topics"):
+        response = api.get(f"{path}?{many}")
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_query"), path
+        assert "more than 1000 parameters" in response.json()["message"]
+    assert api.get("/v1/notifications?" + many.rsplit("&", 1)[0]).status_code == 200
