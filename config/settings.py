@@ -8,6 +8,7 @@ DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, NORM_ENCRYPTION_KEY and the EMAIL_*
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ def env_json(name: str, default: Any) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
+
+
+def env_log_level(name: str, default: str) -> str:
+    """A logging level's name in any case: `info`, as Celery's `-l` takes it, was handed to
+    logging as it came, which knows only `INFO`, and every command (web server and workers
+    too) died at start with "Unable to configure root logger"."""
+    raw = env_str(name, default).strip().upper() or default
+    if raw not in logging.getLevelNamesMapping():
+        raise ImproperlyConfigured(
+            f"{name} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {raw!r}"
+        )
+    return raw
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -336,5 +349,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
 }

@@ -93,3 +93,32 @@ def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(
 
     assert response.status_code == 302, response.content[:300]
     assert response.cookies["sessionid"]["secure"]  # the browser sends it over HTTPS only
+
+
+def _check_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`manage.py check` in a fresh process whose environment adds `env`."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("level", ["info", "Debug", " WARNING "])
+def test_log_level_is_taken_in_any_case(level: str) -> None:
+    done = _check_with({"LOG_LEVEL": level})
+
+    # `info` (as Celery's -l takes it) made every command die with "Unable to configure
+    # root logger", the web server and the workers with it.
+    assert done.returncode == 0, done.stderr[-500:]
+    assert settings_from({"LOG_LEVEL": level}, "LOGGING")["LOGGING"]["root"]["level"] == (
+        level.strip().upper()
+    )
+
+
+def test_a_log_level_that_is_no_level_is_refused_by_name() -> None:
+    done = _check_with({"LOG_LEVEL": "loud"})
+
+    assert done.returncode != 0
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'" in (
+        done.stderr
+    )
