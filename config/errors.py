@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
-from django.db import DataError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views import defaults
@@ -113,6 +113,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         # query or JSON string; an id beyond bigint): the request is at fault.
         logger.warning("unstorable value on %s: %s", path, exc)
         exc = ApiError(400, "invalid_value", "A value in the request cannot be stored or searched")
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is away (restarting, failing over): nothing was accepted, and the
+        # same request will do once it is back, so a 503 that clients retry, not a 500.
+        logger.warning("database unavailable on %s: %s", path, exc)
+        exc = ApiError(
+            503,
+            "service_unavailable",
+            "The database is unavailable; nothing was stored. Try again shortly",
+            headers={"Retry-After": "5"},
+        )
     body: dict[str, Any] = {}
     if isinstance(exc, ApiError):
         status, code, message, errors = exc.status, exc.code, exc.message, exc.errors

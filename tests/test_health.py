@@ -38,3 +38,23 @@ def test_the_health_check_is_a_503_while_the_database_does_not_answer(
 
     assert response.status_code == 503
     assert response.json()["data"]["status"] == "error"
+
+
+@pytest.mark.django_db(transaction=True)  # the test's own connection is closed and reopened
+def test_an_api_request_while_the_database_is_away_is_a_503_to_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was a 500 with an error id, read by clients as a bug rather than a retry."""
+    api = Client(HTTP_AUTHORIZATION="ApiKey nk_any")
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "PORT", "9")  # nothing listens there
+    try:
+        response = api.post("/v1/events/trigger", {"name": "w", "to": "ann"}, "application/json")
+    finally:
+        connection.close()
+        monkeypatch.undo()
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "service_unavailable"
+    assert "nothing was stored" in response.json()["message"]
