@@ -55,6 +55,12 @@ def workflow_queue(workflow_id: str) -> str:
     return settings.NORM_WORKFLOW_QUEUES.get(workflow_id, WORKFLOW.queue)
 
 
+def all_queues() -> tuple[str, ...]:
+    """Every queue norm sends to, the routing table's too: what one worker serving
+    everything (`make run`) must consume, or a routed workflow would never run."""
+    return tuple(dict.fromkeys((*QUEUES, *settings.NORM_WORKFLOW_QUEUES.values())))
+
+
 def send_now(
     stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
 ) -> None:

@@ -29,15 +29,18 @@ from django.db import connection
 
 from notify.management.commands import demoweb
 from notify.management.commands.rundemo import _check_free
+from notify.models import TriggerEvent
 from tests.e2e.harness import free_port
+from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _start(addr: str, var: Path) -> subprocess.Popen[str]:
+def _start(addr: str, var: Path, **extra_env: str) -> subprocess.Popen[str]:
     db = connection.settings_dict
     env = {
         **os.environ,
+        **extra_env,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "NORM_VAR_DIR": str(var),
     }
@@ -200,6 +203,30 @@ def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -
             status, body = error.code, error.read().decode()
 
         assert status == 201, body  # the bridge is discovered on this server
+    finally:
+        _stop(demo)
+
+
+def test_a_workflow_routed_to_its_own_queue_runs_under_make_run(tmp_path: Path) -> None:
+    """rundemo's one worker consumed the standard queues only: a workflow that
+    NORM_WORKFLOW_QUEUES sends to its own queue stayed received, and never ran."""
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path, NORM_WORKFLOW_QUEUES=json.dumps({"welcome": "critical"}))
+    try:
+        _read_until(demo, "norm is running")
+        key = (tmp_path / "demo-secret-key").read_text().strip()
+        request = urllib.request.Request(
+            f"http://{addr}/v1/events/trigger",
+            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
+            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 201
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not Notification.objects.exists():
+            time.sleep(0.5)
+        assert TriggerEvent.objects.get().status == TriggerEvent.Status.PROCESSED
+        assert Notification.objects.get().subscriber.subscriber_id == "ada"
     finally:
         _stop(demo)
 

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from config.pipeline import QUEUES
+from config.pipeline import all_queues
 from notify import crypto
 from notify.models import Client
 
@@ -128,7 +128,14 @@ class Command(BaseCommand):
             # filesystem broker and a single SQLite writer per thread.
             "worker": [
                 *(*launch, "-m", "celery", "-A", "config", "worker", "-l", "INFO"),
-                *("-Q", ",".join(QUEUES), "--pool", "threads", "-c", str(options["concurrency"])),
+                *(
+                    "-Q",
+                    ",".join(all_queues()),
+                    "--pool",
+                    "threads",
+                    "-c",
+                    str(options["concurrency"]),
+                ),
             ],
             "beat": [
                 *(*launch, "-m", "celery", "-A", "config", "beat", "-l", "INFO"),
