@@ -55,14 +55,21 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean, got {raw!r}")
 
 
-def env_json(name: str, default: Any) -> Any:
+def env_json_map(name: str, default: dict[str, str]) -> dict[str, str]:
+    """A JSON object of names to names (a routing table, providers by channel): any other
+    JSON (a list, a string, an object of numbers) failed only once a trigger used it."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ImproperlyConfigured(
+            f'{name} must be a JSON object of names to names, e.g. {{"a": "b"}}, got {raw!r}'
+        )
+    return value
 
 
 def env_log_level(name: str, default: str) -> str:
@@ -290,7 +297,7 @@ CELERY_BEAT_SCHEDULE = {
 # rotating SECRET_KEY makes stored secrets unreadable.
 NORM_ENCRYPTION_KEY = env_str("NORM_ENCRYPTION_KEY", "")
 # workflow name -> Celery queue for the workflow worker, for dedicated workers.
-NORM_WORKFLOW_QUEUES: dict[str, str] = env_json("NORM_WORKFLOW_QUEUES", {})
+NORM_WORKFLOW_QUEUES: dict[str, str] = env_json_map("NORM_WORKFLOW_QUEUES", {})
 # Delays and send retries up to this long ride on the broker's countdown; longer ones
 # wait in the database for the reconciler, which survives a broker restart.
 NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
@@ -325,7 +332,7 @@ NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
 NORM_PROCESS_CACHE_SECONDS = env_float("NORM_PROCESS_CACHE_SECONDS", 5.0)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
 # provider, and its steps fail with that reason.
-NORM_PROVIDERS: dict[str, str] = env_json(
+NORM_PROVIDERS: dict[str, str] = env_json_map(
     "NORM_PROVIDERS", {"email": "django-email", "in_app": "inbox"}
 )
 # The demo bridge at /bridge verifies signatures with this secret (strict mode) when set.

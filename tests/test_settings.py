@@ -122,3 +122,15 @@ def test_a_log_level_that_is_no_level_is_refused_by_name() -> None:
     assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize("name", ["NORM_WORKFLOW_QUEUES", "NORM_PROVIDERS"])
+@pytest.mark.parametrize("value", ['["critical"]', '"critical"', '{"welcome": 1}'])
+def test_a_routing_or_provider_table_that_is_no_object_of_names_is_refused(
+    name: str, value: str
+) -> None:
+    """Each was taken, and failed only once a trigger used it (in the API or a worker)."""
+    done = _check_with({name: value})
+
+    assert done.returncode != 0
+    assert f"{name} must be a JSON object of names to names" in done.stderr
