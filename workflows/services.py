@@ -22,7 +22,7 @@ from config.db import insert_once
 from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secrets
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import INLINE_FIELDS, parse_recipients
 from workflows import bridge, flavours, selectors
 from workflows.delays import UnsupportedDelay, delay_until
@@ -156,10 +156,16 @@ def _topic_audience(
 ) -> Iterator[list[str]]:
     """A topic's members, less `exclude`, in chunks. A subscriber reached through two
     topics gets two commands; the (event, subscriber) constraint keeps one."""
-    members = Subscriber.objects.filter(
-        client_id=client_id, topics__client_id=client_id, topics__key=key
-    ).exclude(subscriber_id__in=exclude)
-    return _keyset_chunks(members, rerun=rerun)
+    # Each chunk is a range of the (topic, subscriber) index, read in its order: paged by
+    # the subscriber's pk and the topic joined by key, each chunk read and sorted every
+    # member of the topic (20,000 took 1.4 s in 40 chunks; it grows as its square).
+    topic_id = Topic.objects.filter(client_id=client_id, key=key).values_list("pk", flat=True)
+    members = TopicSubscription.objects.filter(
+        topic_id=topic_id.first(), subscriber__client_id=client_id
+    ).exclude(subscriber__subscriber_id__in=exclude)
+    return _keyset_chunks(
+        members, rerun=rerun, key="subscriber_id", name="subscriber__subscriber_id"
+    )
 
 
 def _topics_members(
@@ -184,17 +190,21 @@ def _topics_members(
     return members.distinct()
 
 
-def _keyset_chunks(subscribers: QuerySet[Subscriber], *, rerun: int | None) -> Iterator[list[str]]:
-    """`rerun`: the id of an event being fanned out again; its reached subscribers are left out."""
+def _keyset_chunks(
+    rows: QuerySet[Any], *, rerun: int | None, key: str = "pk", name: str = "subscriber_id"
+) -> Iterator[list[str]]:
+    """The subscriberIds (`name`) of `rows` in chunks, in the order of `key`, the
+    subscriber's pk (a column of the table read, so an index range serves each chunk).
+    `rerun`: the id of an event being fanned out again; its reached subscribers are left out."""
     if rerun is not None:
-        reached = Notification.objects.filter(trigger_event_id=rerun, subscriber=OuterRef("pk"))
-        subscribers = subscribers.exclude(Exists(reached))
+        reached = Notification.objects.filter(trigger_event_id=rerun, subscriber=OuterRef(key))
+        rows = rows.exclude(Exists(reached))
     last_pk = 0
     while True:
         chunk = list(
-            subscribers.filter(pk__gt=last_pk)
-            .order_by("pk")
-            .values_list("pk", "subscriber_id")[:BROADCAST_CHUNK]
+            rows.filter(**{f"{key}__gt": last_pk})
+            .order_by(key)
+            .values_list(key, name)[:BROADCAST_CHUNK]
         )
         if not chunk:
             return
