@@ -31,7 +31,11 @@ class Message(models.Model):
     archived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["subscriber", "channel", "created_at"])]
+        indexes = [
+            models.Index(fields=["subscriber", "channel", "created_at"]),
+            # GET /v1/messages, newest first: a page, not a sort of all the client's messages.
+            models.Index(fields=["client", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel} to {self.recipient or self.subscriber_id}"

@@ -6,6 +6,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from novu.dto.message import PaginatedMessageDto
 from novu_py.models import MessagesResponseDto
@@ -112,3 +114,29 @@ def test_a_filter_norm_cannot_apply_is_400(tenant, query: dict[str, str]) -> Non
 
 def test_needs_an_api_key() -> None:
     assert APIClient().get(URL).status_code == 401
+
+
+def test_a_page_of_messages_is_read_from_the_clients_index_not_sorted_from_all(tenant) -> None:
+    """Every page sorted all the client's messages by creation time (360,000 of them:
+    465 ms and a 50 MB sort on disk, for 10 rows); the (client, created_at) index hands
+    them over newest first (4 ms)."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    for _ in range(3):
+        _message(ann)
+    with CaptureQueriesContext(connection) as queries:
+        assert len(_ids(api.get(URL, {"limit": 2}))) == 2
+    (page,) = [q["sql"] for q in queries if q["sql"].startswith('SELECT "messaging_message"."id"')]
+
+    with connection.cursor() as cursor:
+        # The test table is too small for the planner to choose an index on its own.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {page}")
+        (plan,) = cursor.fetchone()
+    found, nodes = [], [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        found.append(node)
+    index = Message._meta.indexes[1].name
+    assert [n for n in found if n.get("Index Name") == index]
