@@ -178,3 +178,18 @@ def sdk_serving(bridge: Bridge) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def plan_nodes(sql: str) -> list[dict[str, Any]]:
+    """Every node of PostgreSQL's plan for `sql`, sequential scans disabled: a test table
+    is too small for the planner to choose an index on its own."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}")
+        (plan,) = cursor.fetchone()
+    found, nodes = [], [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        found.append(node)
+    return found

@@ -69,14 +69,20 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
     )
     if filters.get("transactionId"):
         qs = qs.filter(trigger_event__transaction_id=filters["transactionId"])
+    # Each filter across a join names the client too, so that the join's own unique
+    # (client, …) index serves it, rather than a scan of every client's rows.
     if filters.get("subscriberId"):
-        qs = qs.filter(subscriber__subscriber_id=filters["subscriberId"])
+        qs = qs.filter(
+            subscriber__client_id=client_id, subscriber__subscriber_id=filters["subscriberId"]
+        )
     if filters.get("workflow"):
         qs = qs.filter(workflow_id=filters["workflow"])
     if filters.get("status"):
         qs = qs.filter(status=filters["status"])
     if filters.get("subscriberIds"):
-        qs = qs.filter(subscriber__subscriber_id__in=filters["subscriberIds"])
+        qs = qs.filter(
+            subscriber__client_id=client_id, subscriber__subscriber_id__in=filters["subscriberIds"]
+        )
     if filters.get("templates"):
         qs = qs.filter(workflow_id__in=filters["templates"])
     if filters.get("emails"):
@@ -112,7 +118,10 @@ def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message
     if filters.get("channel"):
         qs = qs.filter(channel=filters["channel"])
     if filters.get("subscriberId"):
-        qs = qs.filter(subscriber__subscriber_id=filters["subscriberId"])
+        # The client named on the join too, as in notification_list.
+        qs = qs.filter(
+            subscriber__client_id=client_id, subscriber__subscriber_id=filters["subscriberId"]
+        )
     if filters.get("transactionId"):
         qs = qs.filter(
             step__notification__trigger_event__transaction_id__in=filters["transactionId"]
