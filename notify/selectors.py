@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import hmac
 
+from cryptography.fernet import InvalidToken
+
 from config.memo import Memo
 from notify import crypto
 from notify.models import BridgeWorkflow, Client, SecretKey
+from workflows.bridge import BridgeError
 
 
 def client_by_api_key(*, key: str) -> Client | None:
@@ -37,9 +40,28 @@ def signing_secrets(*, client_id: int, cached: bool = False) -> tuple[str, ...]:
     def load() -> tuple[str, ...] | None:
         live = SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
         newest = live.order_by("-created_at", "-id")[:MAX_SIGNING_KEYS]
-        return tuple(crypto.decrypt(secret.encrypted) for secret in newest) or None
+        return tuple(_decrypted(secret) for secret in newest) or None
 
     return _signing_secrets.get(client_id, load, fresh=not cached) or ()
+
+
+def _decrypted(secret: SecretKey) -> str:
+    """A secret key as stored; a BridgeError (SigningKeyUnreadable) for one that
+    NORM_ENCRYPTION_KEY does not decrypt. Raised as the error of the bridge call it was
+    to sign, it fails the notification with this reason (and a discover answers 502):
+    InvalidToken went to the worker's log only, and left the notification pending for
+    good, the reconciler asking for it again every grace period."""
+    try:
+        return crypto.decrypt(secret.encrypted)
+    except InvalidToken:
+        raise BridgeError(
+            "SigningKeyUnreadable",
+            f"norm cannot decrypt the client's secret key {secret.prefix}… to sign the bridge "
+            "call: NORM_ENCRYPTION_KEY is not the key it was stored with (set otherwise in "
+            "this process, replaced rather than rotated, or derived from a SECRET_KEY that "
+            "changed). Put that key back in NORM_ENCRYPTION_KEY (after the new one, to "
+            "rotate), or revoke this secret key and create another",
+        ) from None
 
 
 def bridge_workflow_get(
