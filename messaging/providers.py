@@ -127,6 +127,13 @@ def with_preheader(body: str, preheader: str | None) -> str:
     return body[:at] + hidden + body[at:]
 
 
+def smtp_reply(reply: bytes | str) -> str:
+    """An SMTP server's reply text as it wrote it, its lines run together: smtplib keeps
+    it as bytes, which the message's error showed as Python writes them (b'5.1.1 ...')."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class Provider:
     name: ClassVar[str]
     channel: ClassVar[str]
@@ -267,12 +274,17 @@ class DjangoEmailProvider(Provider):
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are the server's "try again later"; 5xx are final.
             raise SendError(
-                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", transient=exc.smtp_code < 500
+                f"SMTP {exc.smtp_code}: {smtp_reply(exc.smtp_error)}",
+                transient=exc.smtp_code < 500,
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
+            refused = "; ".join(
+                f"{address}: {code} {smtp_reply(reply)}"
+                for address, (code, reply) in exc.recipients.items()
+            )
             raise SendError(
-                f"recipient refused: {exc.recipients}", transient=all(c < 500 for c in codes)
+                f"the SMTP server refused {refused}", transient=all(c < 500 for c in codes)
             ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc

@@ -1011,3 +1011,55 @@ def test_a_step_whose_subscriber_is_deleted_under_its_send_ends_quietly_unsent(
     assert not Message.objects.exists()
     assert mail.outbox == []
     assert enqueued.calls == []
+
+
+class _Refusing:
+    """An SMTP server that refuses each recipient, or each email's data, with `reply`."""
+
+    def __init__(self, at: str, reply: str) -> None:
+        self.at, self.reply = at, reply
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.at == "RCPT":
+            return self.reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return self.reply
+
+
+@pytest.mark.parametrize(
+    ("at", "reply", "error"),
+    [
+        (
+            "RCPT",
+            "550 5.1.1 <ann@example.com>: Recipient address rejected: User unknown",
+            "the SMTP server refused ann@example.com: "
+            "550 5.1.1 <ann@example.com>: Recipient address rejected: User unknown",
+        ),
+        (
+            "DATA",
+            "554-5.7.1 Message rejected as spam\r\n554 5.7.1 See https://example.com/why",
+            "SMTP 554: 5.7.1 Message rejected as spam 5.7.1 See https://example.com/why",
+        ),
+    ],
+)
+def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wrote_it(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, at: str, reply: str, error: str
+) -> None:
+    """The most common reason an email fails, a bounced address, read as Python wrote its
+    bytes and dicts: "SMTP 550: b'5.1.1 ...'" and "recipient refused: {'ann@example.com':
+    (550, b'5.1.1 ...')}", on the message, its step and its notification."""
+    with smtp_serving(settings, _Refusing(at, reply)):
+        step = send(email_step())
+
+    assert (step.status, step.error) == (Step.Status.FAILED, error)
+    assert Message.objects.values_list("status", "error").get() == (Message.Status.FAILED, error)
+    notification = Notification.objects.get()
+    assert (notification.error_code, notification.error) == (
+        "SendFailed",
+        f"step '{step.step_id}': {error}",
+    )
