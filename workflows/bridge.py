@@ -366,9 +366,9 @@ def _call_once(
     if status >= 400:
         code = data.get("code") if isinstance(data, dict) else None
         code = code[:100] if isinstance(code, str) else None  # it is stored, and compared
-        message = data.get("message") if isinstance(data, dict) else None
+        message = _text(data.get("message")) if isinstance(data, dict) else ""
         text = content[:2000].decode(errors="replace")[:500]  # an error page, say
-        message = str(message or text or response.reason)
+        message = _bounded(message or text or response.reason)
         error_data = data.get("data") if isinstance(data, dict) else None
         if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
             raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
@@ -378,6 +378,25 @@ def _call_once(
             "BridgeInvalidResponse", f"the bridge answered {status} without a JSON object"
         )
     return data
+
+
+# A bridge's error message is the notification's reason, shown in the admin and in every
+# page of the activity API that lists it: kept to this many characters.
+MAX_MESSAGE = 1000
+
+
+def _text(message: Any) -> str:
+    """A bridge's error message as text: a list of problems (NestJS's validation errors)
+    one after another, anything else but a string as JSON, not as Python writes it."""
+    if message is None or isinstance(message, str):
+        return message or ""
+    if isinstance(message, list) and all(isinstance(m, str) for m in message):
+        return "; ".join(message)
+    return json.dumps(message, ensure_ascii=False)
+
+
+def _bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 def _read(response: requests.Response) -> bytes:

@@ -4,7 +4,11 @@ loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,7 +20,13 @@ from messaging import tasks as messaging_tasks
 from notify.models import Client
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued, sdk_serving
-from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    NotificationFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
@@ -88,3 +98,77 @@ def test_a_secret_key_the_worker_cannot_decrypt_fails_the_notification_saying_so
         _drain(enqueued)
         shown = _activity(key, "tx-1")
         assert (shown["status"], shown["errorCode"], shown["error"]) == ("completed", "", "")
+
+
+@contextlib.contextmanager
+def answering(status: int, answer: Any) -> Iterator[str]:
+    """A bridge on loopback that answers every call with `status` and `answer` (JSON)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            raw = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/bridge"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _echoed(url: str, enqueued: Enqueued) -> tuple[Notification, str]:
+    """A notification of a client whose bridge is `url`, after one run of its echo task."""
+    client, key = client_with_key(bridge_url=url)
+    BridgeSyncFactory(client=client, flavour="norm")
+    notification = NotificationFactory(trigger_event__client=client)
+    workflow_tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+    notification.refresh_from_db()
+    return notification, key
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        # NestJS, class-validator: a list of problems.
+        (["payload.n must be a number", "payload.to is required"], None),
+        ({"field": "n", "problem": "not a number"}, '{"field": "n", "problem": "not a number"}'),
+    ],
+)
+def test_a_bridge_error_whose_message_is_no_text_is_shown_as_the_bridge_wrote_it(
+    enqueued: Enqueued, message: Any, shown: str | None
+) -> None:
+    """It was shown as Python writes a list or a dict: "['payload.n must be ...']"."""
+    with answering(400, {"code": "BadRequest", "message": message}) as url:
+        notification, key = _echoed(url, enqueued)
+
+    expected = shown or "payload.n must be a number; payload.to is required"
+    assert (notification.status, notification.error_code) == ("failed", "BadRequest")
+    assert notification.error == expected
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == expected
+
+
+def test_a_bridge_error_with_a_long_message_is_kept_to_a_readable_length(
+    enqueued: Enqueued,
+) -> None:
+    """A bridge's message (an exception with a payload in it, say) was stored whole, up
+    to NORM_BRIDGE_MAX_RESPONSE_BYTES (10 MB), on the notification, and answered in every
+    page of the activity API that listed it."""
+    with answering(400, {"code": "StepExecutionFailedError", "message": "x" * 100_000}) as url:
+        notification, key = _echoed(url, enqueued)
+
+    assert (notification.status, notification.error_code) == (
+        "failed",
+        "StepExecutionFailedError",
+    )
+    assert len(notification.error) == 1000 and notification.error.endswith("x…")
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
