@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -343,10 +344,10 @@ def _call_once(
         if deadline.expired:
             raise _timed_out(timeout) from exc
         if isinstance(exc, requests.Timeout):
-            raise BridgeUnavailable(
-                "BridgeTimeout", f"the bridge did not answer in time: {exc}"
-            ) from exc
-        raise BridgeUnavailable("BridgeUnreachable", f"the bridge is unreachable: {exc}") from exc
+            raise _timed_out(timeout) from exc
+        raise BridgeUnavailable(
+            "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
+        ) from exc
     finally:
         deadline.end()
         _current.reset(token)
@@ -411,6 +412,33 @@ def _read(response: requests.Response) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a call did not reach the bridge, as the system said it (Connection refused,
+    Name or service not known, a certificate that failed verification). requests' own
+    text is urllib3's repr of its pool and connection objects, with the URL's query (a
+    token, say): "_Pool(host=..., port=9): Max retries exceeded with url: ... (Caused by
+    NewConnectionError(...))". Found at the end of the chain of causes."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError
+        wrapped = [a for a in exc.args if isinstance(a, BaseException)]  # requests', ProtocolError
+        cause = next(
+            (e for e in (reason, *wrapped, exc.__cause__, exc.__context__) if e is not None), None
+        )
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    return str(strerror or exc)
+
+
+def _origin(url: str) -> str:
+    """The scheme, host and port of a URL: not its credentials, path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _timed_out(timeout: float) -> BridgeUnavailable:

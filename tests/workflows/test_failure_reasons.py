@@ -172,3 +172,22 @@ def test_a_bridge_error_with_a_long_message_is_kept_to_a_readable_length(
     )
     assert len(notification.error) == 1000 and notification.error.endswith("x…")
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
+def test_a_bridge_that_cannot_be_reached_fails_saying_why_and_where(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """The reason was requests' text, urllib3's repr of norm's own pool and connection
+    classes with the URL's query (a deployment's bypass token, say): "_Pool(host=
+    '127.0.0.1', port=9): Max retries exceeded with url: /bridge?x-vercel-protection-
+    bypass=... (Caused by NewConnectionError("_WatchedConnection(host=...): Failed to
+    establish a new connection: [Errno 111] Connection refused"))"."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 0
+    url = "http://127.0.0.1:9/api/novu?x-vercel-protection-bypass=s3cret"  # nothing listens
+
+    notification, key = _echoed(url, enqueued)
+
+    reason = "the bridge is unreachable: Connection refused (http://127.0.0.1:9)"
+    assert (notification.status, notification.error_code) == ("failed", "BridgeUnreachable")
+    assert notification.error == reason
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == reason
