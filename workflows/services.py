@@ -37,6 +37,7 @@ MAX_REFANS = 8
 # (from processed_at: a trigger that waited long in a backed-up queue is checked too).
 FANOUT_RECHECK = timedelta(hours=1)
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
+STEP_ID_LENGTH = Step._meta.get_field("step_id").max_length or 0
 # The echo worker sets a step's due time by its clock and the message worker compares
 # it with its own: a message worker a little behind would find a step due now not due
 # yet, and leave it to the reconciler (a minute or more). A second early is harmless.
@@ -421,8 +422,20 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         notification_fail(
             notification_id=notification.pk,
             code="BridgeInvalidResponse",
-            message=f"norm could not record the bridge's answer: {exc!r}"[:2000],
+            message=f"norm could not record the bridge's answer: {_reason(exc)}"[:2000],
         )
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as a reason to read: PostgreSQL's message and detail, not the failed
+    statement it quotes (the outputs in it); otherwise its type and its message's first
+    line. Not its repr, which the admin and the API showed as DataError('...\\nLINE 1: ...')."""
+    diag = getattr(exc.__cause__, "diag", None)
+    if diag is not None and diag.message_primary:
+        detail = f" ({diag.message_detail})" if diag.message_detail else ""
+        return diag.message_primary + detail
+    line = next(iter(str(exc).splitlines()), "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _record_answer(
@@ -460,6 +473,14 @@ def _record_answer(
             notification_id=notification.pk,
             code="BridgeInvalidResponse",
             message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
+        )
+        return
+    if len(step_id) > STEP_ID_LENGTH:
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeInvalidResponse",
+            message=f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
+            f"at most {STEP_ID_LENGTH}",
         )
         return
     if any(entry["stepId"] == step_id for entry in state):

@@ -191,3 +191,32 @@ def test_a_bridge_that_cannot_be_reached_fails_saying_why_and_where(
     assert (notification.status, notification.error_code) == ("failed", "BridgeUnreachable")
     assert notification.error == reason
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == reason
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            {"stepId": "s" * 201, "type": "email", "outputs": {"subject": "Hi", "body": "Hi"}},
+            "the bridge answered a stepId of 201 characters; norm takes at most 200",
+        ),
+        (
+            {"stepId": "inbox", "type": "in_app", "outputs": {"body": "token 4711\u0000"}},
+            "norm could not record the bridge's answer: unsupported Unicode escape sequence "
+            "(\\u0000 cannot be converted to text.)",
+        ),
+    ],
+)
+def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_read(
+    enqueued: Enqueued, answer: dict[str, Any], reason: str
+) -> None:
+    """The reason was the database error's repr: "DataError('value too long for type
+    character varying(200)')", or for a NUL in the outputs (which PostgreSQL cannot store
+    in JSON) the failed statement quoted with the outputs in it: "DataError('unsupported
+    Unicode escape sequence\\nLINE 1: ...'email', 0, E'{\\"subjec...\\n ^\\nDETAIL: ...')"."""
+    with answering(200, {"done": False, **answer}) as url:
+        notification, key = _echoed(url, enqueued)
+
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert notification.error == reason
+    assert not notification.steps.exists()
