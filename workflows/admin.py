@@ -68,6 +68,30 @@ def fixed_choices(field: str, title: str, values: Iterable[str]) -> type[admin.S
     return Filter
 
 
+class ErrorCodeFilter(admin.SimpleListFilter):
+    """Notifications by error code: after an outage, those it failed are told apart from
+    those a bug in the workflow failed, to retry only them. Offers the codes of the newest
+    1,000 failed notifications, read through the (status, updated_at) index: a DISTINCT
+    over the table would read every notification on every page load. Any other code is
+    reached with ?error_code=... in the URL."""
+
+    title = "error code"
+    parameter_name = "error_code"
+    RECENT = 1000
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        recent = (
+            Notification.objects.filter(status=Notification.Status.FAILED)
+            .order_by("-updated_at")
+            .values_list("error_code", flat=True)[: self.RECENT]
+        )
+        codes = {code for code in recent if code} | ({self.value()} if self.value() else set())
+        return [(code, code) for code in sorted(codes)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(error_code=self.value()) if self.value() else queryset
+
+
 class ReadOnlyInline(admin.TabularInline):
     """Related rows shown on their parent's page, linked, never added or edited here."""
 
@@ -112,8 +136,16 @@ class StepInline(ReadOnlyInline):
 
 @admin.register(Notification)
 class NotificationAdmin(ReadOnlyAdmin):
-    list_display = ["id", "workflow_id", "subscriber", "client", "status", "created_at"]
-    list_filter = ["status", "client"]
+    list_display = [
+        "id",
+        "workflow_id",
+        "subscriber",
+        "client",
+        "status",
+        "error_code",
+        "created_at",
+    ]
+    list_filter = ["status", ErrorCodeFilter, "client"]
     list_select_related = ["subscriber", "client"]
     search_fields = [
         "=trigger_event__transaction_id",

@@ -178,6 +178,42 @@ def test_retry_action_after_a_bridge_failure_asks_the_bridge_again(
     assert enqueued.of(pipeline.MESSAGE) == []
 
 
+def test_failed_notifications_are_listed_with_their_error_code_and_filtered_by_it_to_retry(
+    admin_client, enqueued, django_capture_on_commit_callbacks
+) -> None:
+    """After a bridge outage an operator retries the notifications it failed, not those
+    failed by a bug in the workflow's code (which would fail again): the list showed no
+    error code and filtered by none, so telling them apart meant opening each one."""
+    outage = [
+        NotificationFactory(status=Notification.Status.FAILED, error_code="BridgeUnreachable")
+        for _ in range(2)
+    ]
+    bug = NotificationFactory(
+        status=Notification.Status.FAILED, error_code="StepExecutionFailedError"
+    )
+    url = reverse("admin:workflows_notification_changelist")
+
+    listed = admin_client.get(url, {"status__exact": "failed"})
+    assert "BridgeUnreachable" in listed.content.decode()  # a column of the list
+    [codes] = [f for f in listed.context["cl"].filter_specs if f.title == "error code"]
+    assert [value for value, _ in codes.lookup_choices] == [
+        "BridgeUnreachable",
+        "StepExecutionFailedError",
+    ]
+    narrowed = admin_client.get(url, {"status__exact": "failed", "error_code": "BridgeUnreachable"})
+    assert set(narrowed.context["cl"].result_list) == set(outage)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _act(admin_client, "retry", *narrowed.context["cl"].result_list)
+
+    assert "Retried 2 notification(s)" in response.content.decode()
+    assert {n.status for n in Notification.objects.filter(pk__in=[n.pk for n in outage])} == {
+        Notification.Status.RUNNING
+    }
+    bug.refresh_from_db()
+    assert bug.status == Notification.Status.FAILED
+
+
 def test_retry_action_skips_notifications_that_did_not_fail(
     admin_client, enqueued, django_capture_on_commit_callbacks
 ) -> None:
