@@ -46,3 +46,15 @@ def insert_once(row: Model) -> bool:
             return False
     row._state.adding, row._state.db = False, using
     return True
+
+
+def error_text(exc: Exception) -> str:
+    """An exception as a reason to read: PostgreSQL's message and detail, not the failed
+    statement it quotes (the values in it); otherwise its type and its message's first
+    line. Not its repr, which the admin and the API showed as DataError('...\\nLINE 1: ...')."""
+    diag = getattr(exc.__cause__, "diag", None)
+    if diag is not None and diag.message_primary:
+        detail = f" ({diag.message_detail})" if diag.message_detail else ""
+        return diag.message_primary + detail
+    line = next(iter(str(exc).splitlines()), "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

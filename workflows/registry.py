@@ -7,19 +7,24 @@ workflow known, what is its payload schema) and by the echo worker (how to drive
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DataError, transaction
 from django.utils import timezone
 
+from config.db import error_text
 from config.memo import Memo
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from notify.selectors import signing_secrets
 from workflows import bridge
 
 logger = logging.getLogger(__name__)
+
+# A workflow whose id is longer than norm keeps is left out of the registry, as any
+# other malformed entry is: stored, it failed the whole sync.
+WORKFLOW_ID_LENGTH = BridgeWorkflow._meta.get_field("workflow_id").max_length or 0
 
 
 def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
@@ -41,8 +46,38 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
     workflows = [
         w
         for w in _list(found.get("workflows"))
-        if isinstance(w, dict) and isinstance(w.get("workflowId"), str) and w["workflowId"]
+        if isinstance(w, dict)
+        and isinstance(w.get("workflowId"), str)
+        and 0 < len(w["workflowId"]) <= WORKFLOW_ID_LENGTH
     ]
+    try:
+        return _store(client, bridge_url, workflows=workflows, flavour=flavour, now=now)
+    except DataError as exc:
+        # A value PostgreSQL cannot hold (a NUL character, which its JSON refuses, in a
+        # schema's pattern): the bridge's answer, not the trigger's, and no reason to
+        # fail the echo that synced for the flavour. Raised as a DataError, it was a
+        # trigger's 400 and an echo task's crash, its notification left pending.
+        error = bridge.BridgeError(
+            "BridgeInvalidResponse",
+            f"norm cannot store the workflows the bridge declared: {error_text(exc)}",
+        )
+        BridgeSync.objects.update_or_create(
+            client=client,
+            bridge_url=bridge_url,
+            defaults={"synced_at": now, "error": str(error), **flavour},
+        )
+        raise error from exc
+
+
+def _store(
+    client: Client,
+    bridge_url: str,
+    *,
+    workflows: list[dict[str, Any]],
+    flavour: dict[str, str],
+    now: datetime,
+) -> list[BridgeWorkflow]:
+    """The sync's answer, stored in one transaction."""
     with transaction.atomic():
         BridgeSync.objects.update_or_create(
             client=client,

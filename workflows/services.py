@@ -18,7 +18,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config import pipeline
-from config.db import insert_once
+from config.db import error_text, insert_once
 from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secrets
@@ -422,20 +422,8 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
         notification_fail(
             notification_id=notification.pk,
             code="BridgeInvalidResponse",
-            message=f"norm could not record the bridge's answer: {_reason(exc)}"[:2000],
+            message=f"norm could not record the bridge's answer: {error_text(exc)}"[:2000],
         )
-
-
-def _reason(exc: Exception) -> str:
-    """An exception as a reason to read: PostgreSQL's message and detail, not the failed
-    statement it quotes (the outputs in it); otherwise its type and its message's first
-    line. Not its repr, which the admin and the API showed as DataError('...\\nLINE 1: ...')."""
-    diag = getattr(exc.__cause__, "diag", None)
-    if diag is not None and diag.message_primary:
-        detail = f" ({diag.message_detail})" if diag.message_detail else ""
-        return diag.message_primary + detail
-    line = next(iter(str(exc).splitlines()), "")
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _record_answer(

@@ -220,3 +220,90 @@ def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_rea
     assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
     assert notification.error == reason
     assert not notification.steps.exists()
+
+
+LONG_ID = {"workflowId": "w" * 201, "steps": []}
+# PostgreSQL's JSON holds no NUL character: a zod regex such as /^[^\0]*$/ has one.
+NUL_SCHEMA = {
+    "workflowId": "welcome",
+    "payload": {"schema": {"type": "object", "properties": {"s": {"pattern": "^[^\u0000]*$"}}}},
+    "steps": [],
+}
+
+
+@contextlib.contextmanager
+def discovering(workflows: list[dict[str, Any]]) -> Iterator[str]:
+    """A norm bridge on loopback whose discover declares `workflows`, and whose every
+    workflow is done at once."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if "action=discover" in self.path:
+                self._answer({"workflows": workflows})
+            else:
+                self._answer({"status": "ok", "sdk": "norm-python"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self._answer({"done": True, "outputs": {}, "options": {"skip": False}})
+
+        def _answer(self, answer: Any) -> None:
+            raw = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/bridge"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("declared", [LONG_ID, NUL_SCHEMA], ids=["long-id", "nul"])
+def test_a_discover_norm_cannot_store_leaves_the_echo_to_run_the_notification(
+    enqueued: Enqueued, declared: dict[str, Any]
+) -> None:
+    """The echo's first call to a bridge syncs it (its flavour), and the sync's DataError
+    escaped the task: the notification stayed pending with no reason, asked again by the
+    reconciler every grace period, each time with a traceback in the worker's log."""
+    with discovering([declared, {"workflowId": "welcome", "steps": []}]) as url:
+        client, _ = client_with_key(bridge_url=url)
+        notification = NotificationFactory(trigger_event__client=client)
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+
+
+def test_a_trigger_whose_discover_norm_cannot_store_says_why() -> None:
+    """The trigger's discover raised DataError, answered as the request's fault: 400 "A
+    value in the request cannot be stored or searched", for every workflow of the bridge
+    when one declared an id longer than norm keeps; now such a workflow is left out, and
+    a discover with a value PostgreSQL cannot store is the bridge's 502, saying which."""
+    with discovering([LONG_ID, {"workflowId": "welcome", "steps": []}]) as url:
+        _, key = client_with_key(bridge_url=url)
+        body = {"name": "welcome", "to": "ann", "payload": {}}
+        response = api_for(key).post(
+            "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 201, response.content
+
+    with discovering([NUL_SCHEMA]) as url:
+        _, key = client_with_key(bridge_url=url)
+        response = api_for(key).post(
+            "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 502, response.content
+    assert response.json()["message"] == (
+        f"Could not discover the workflows of {url}: BridgeInvalidResponse: norm cannot store "
+        "the workflows the bridge declared: unsupported Unicode escape sequence "
+        "(\\u0000 cannot be converted to text.)"
+    )
