@@ -369,8 +369,11 @@ def _call_once(
         code = code[:100] if isinstance(code, str) else None  # it is stored, and compared
         message = _text(data.get("message")) if isinstance(data, dict) else ""
         text = content[:2000].decode(errors="replace")[:500]  # an error page, say
-        message = _bounded(message or text or response.reason)
         error_data = data.get("data") if isinstance(data, dict) else None
+        message = message or text or response.reason
+        if problems := _problems(error_data):
+            message = f"{message} ({problems})"
+        message = _bounded(message)
         if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
             raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
         raise BridgeError(code or f"HTTP{status}", message, error_data, status)
@@ -394,6 +397,19 @@ def _text(message: Any) -> str:
     if isinstance(message, list) and all(isinstance(m, str) for m in message):
         return "; ".join(message)
     return json.dumps(message, ensure_ascii=False)
+
+
+def _problems(data: Any) -> str:
+    """What an SDK found wrong with a payload, controls or outputs: the data of its error,
+    [{path, message}] (Novu's framework and norm's SDK alike), whose message says only
+    that something is ("Step with id: `mail` has invalid output.")."""
+    if not isinstance(data, list):
+        return ""
+    return "; ".join(
+        f"{p.get('path') or '/'}: {p['message']}"
+        for p in data
+        if isinstance(p, dict) and isinstance(p.get("message"), str)
+    )
 
 
 def _bounded(message: str) -> str:

@@ -30,7 +30,7 @@ from tests.factories import (
 from workflows import services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
-from workflows.sdk import Bridge
+from workflows.sdk import Bridge, Context, workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the pipeline enqueues on commit
 
@@ -307,3 +307,36 @@ def test_a_trigger_whose_discover_norm_cannot_store_says_why() -> None:
         "the workflows the bridge declared: unsupported Unicode escape sequence "
         "(\\u0000 cannot be converted to text.)"
     )
+
+
+@workflow("typo")
+def typo(ctx: Context) -> None:
+    ctx.step.email("mail", lambda: {"subject": 5, "bodyy": "Hello"})
+
+
+def test_an_output_the_bridge_refuses_fails_saying_what_is_wrong_with_it(
+    enqueued: Enqueued,
+) -> None:
+    """The SDK (norm's, as Novu's) says which fields of the payload, controls or outputs
+    are wrong in its error's data, [{path, message}], and only that something is in its
+    message: the notification read "Step with id: `mail` has invalid output. Please
+    provide the correct step output.", leaving the developer to guess which."""
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[typo], secret_key=key)) as url:
+        client.bridge_url = f"{url}/bridge"
+        client.save()
+        BridgeSyncFactory(client=client, bridge_url=client.bridge_url, flavour="norm")
+        notification = NotificationFactory(
+            trigger_event__client=client, trigger_event__workflow_id="typo"
+        )
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+
+    notification.refresh_from_db()
+    assert notification.error_code == "ExecutionStateOutputInvalidError"
+    assert notification.error == (
+        "Workflow with id: `typo` has an invalid state. Step with id: `mail` has invalid "
+        "output. Please provide the correct step output. (/subject: 5 is not of type "
+        "'string'; /: 'body' is a required property)"
+    )
+    shown = _activity(key, notification.trigger_event.transaction_id)
+    assert (shown["status"], shown["error"]) == ("failed", notification.error)
