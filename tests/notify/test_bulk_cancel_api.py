@@ -172,7 +172,7 @@ def test_bulk_stores_all_of_its_events_in_one_transaction_or_none(
     monkeypatch.setattr(notify_services, "insert_once", insert_then_lose_the_database)
     events = [welcome(f"user-{i}", transactionId=f"tx-{i}") for i in range(5)]
 
-    assert api("post", BULK, {"events": events}).status_code == 500
+    assert api("post", BULK, {"events": events}).status_code == 503  # nothing stored
     assert not TriggerEvent.objects.exists() and enqueued.calls == []
 
     # novu-py retries a 5xx with the same body: every event is stored, once.
