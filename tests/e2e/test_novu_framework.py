@@ -43,22 +43,20 @@ class NovuApp:
     log: Path
 
 
-@pytest.fixture
-def novu_app(tmp_path: Path) -> Iterator[NovuApp]:
-    """The Express app on a free loopback port, strict: it checks every signature."""
+def novu_app_start(log: Path, port: int | None = None, **env: str) -> NovuApp:
+    """The Express app on a free loopback port (or `port`), strict: it checks every signature."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the @novu/framework bridge cannot run")
     assert (APP_DIR / "node_modules" / "@novu" / "framework").is_dir(), (
         f"run `npm ci` in {APP_DIR} (make test does)"
     )
-    port = free_port()
-    log = tmp_path / "novu-app.log"
-    with log.open("wb") as out:
+    port = port or free_port()
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [node, "app.js"],
             cwd=APP_DIR,
-            env={**os.environ, "PORT": str(port), "NOVU_SECRET_KEY": APP_KEY},
+            env={**os.environ, "PORT": str(port), "NOVU_SECRET_KEY": APP_KEY, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -74,14 +72,28 @@ def novu_app(tmp_path: Path) -> Iterator[NovuApp]:
 
     try:
         wait_for(healthy, timeout=30, what="the Novu app's health-check")
+    except BaseException:
+        novu_app_stop(app)
+        raise
+    return app
+
+
+def novu_app_stop(app: NovuApp) -> None:
+    app.process.terminate()
+    try:
+        app.process.wait(10)
+    except subprocess.TimeoutExpired:
+        app.process.kill()
+        app.process.wait()
+
+
+@pytest.fixture
+def novu_app(tmp_path: Path) -> Iterator[NovuApp]:
+    app = novu_app_start(tmp_path / "novu-app.log")
+    try:
         yield app
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        novu_app_stop(app)
 
 
 def novu_client(app: NovuApp) -> tuple[Client, str]:
@@ -245,3 +257,121 @@ def test_a_key_the_app_does_not_know_fails_with_its_signature_error(
     assert not notification.steps.exists()
     # The unsigned health-check still told norm which flavour the app speaks.
     assert BridgeSync.objects.get(client=client).flavour == "novu"
+
+
+def test_skips_from_the_payload_and_from_a_custom_steps_result_and_controls_with_defaults(
+    live_server: LiveServer,
+    worker: CeleryProcess,
+    smtp: tuple[int, SmtpRecorder],
+    novu_app: NovuApp,
+) -> None:
+    client, key = novu_client(novu_app)
+    registry.bridge_sync(client=client, bridge_url=novu_app.url)
+    BridgeWorkflow.objects.filter(client=client, workflow_id="rich-flow").update(
+        controls={"summary": {"greeting": "Servus {{payload.name}}, {{steps.bonus.code}}:"}}
+    )
+    gold = trigger(live_server, key, "rich-flow", {"name": "Zoë", "points": 6, "waitSeconds": 1})
+    # `waitSeconds` left out: the framework applies the schema's default (0: skipped).
+    quiet = trigger(live_server, key, "rich-flow", {"name": "Bob", "quiet": True}, to="bob")
+    assert (gold.status_code, quiet.status_code) == (201, 201), gold.text
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    zoe, bob = by_subscriber["zoë-1"], by_subscriber["bob"]
+    assert (zoe.status, bob.status) == ("completed", "completed"), (zoe.error, bob.error)
+    assert steps_of(zoe) == [
+        ("score", "custom", "completed"),
+        ("card", "in_app", "completed"),
+        ("pause", "delay", "completed"),
+        ("bonus", "custom", "completed"),
+        ("summary", "email", "completed"),
+    ]
+    assert steps_of(bob) == [
+        ("score", "custom", "completed"),
+        ("card", "in_app", "skipped"),
+        ("pause", "delay", "skipped"),
+        ("bonus", "custom", "skipped"),
+        ("summary", "email", "skipped"),  # its skip read the custom step's result
+    ]
+    assert zoe.steps.get(step_id="score").result == {"points": 12, "tier": "gold"}
+    pause = zoe.steps.get(step_id="pause")
+    assert pause.outputs == {"amount": 1, "unit": "seconds"}
+    assert pause.result["duration"] >= 1000
+    card = Message.objects.get(step__notification=zoe, channel="in_app")
+    assert card.content["subject"] == "Niveau gold ✨"
+    feed = requests.get(
+        f"{live_server.url}/v1/subscribers/zoë-1/notifications/feed",
+        headers={"Authorization": f"ApiKey {key}"},
+        timeout=10,
+    )
+    assert feed.status_code == 200, feed.text
+    [shown] = feed.json()["data"]
+    assert shown["cta"]["data"] == {"url": "/rewards", "target": "_self"}
+    assert [b["content"] for b in shown["cta"]["action"]["buttons"]] == ["Einlösen", "Später"]
+    inbox = requests.get(
+        f"{live_server.url}/v2/subscribers/zoë-1/notifications",
+        headers={"Authorization": f"ApiKey {key}"},
+        timeout=10,
+    )
+    assert inbox.status_code == 200, inbox.text
+    [drawn] = inbox.json()["data"]
+    assert drawn["avatar"] == "https://example.com/avatar.png"
+    assert drawn["primaryAction"] == {
+        "label": "Einlösen",
+        "isCompleted": False,
+        "redirect": {"url": "https://example.com/redeem", "target": "_blank"},
+    }
+    assert drawn["data"] == {"tier": "gold"}
+    summary = Message.objects.get(step__notification=zoe, channel="email")
+    assert summary.content == {
+        "subject": "[Punkte] gold",  # the control's default
+        "body": "<p>Servus Zoë, B-12: Zoë: 12, bonus B-12</p>",
+    }
+    [received] = wait_for(lambda: smtp[1].to("zoe@example.com"), timeout=10, what="the email")
+    assert received.subject == "[Punkte] gold"
+
+
+def test_the_order_the_payload_gives_the_steps_is_the_order_they_run(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    mail_first = trigger(live_server, key, "swap-flow", {"first": "mail"})
+    note_first = trigger(live_server, key, "swap-flow", {}, to="bob")
+    assert (mail_first.status_code, note_first.status_code) == (201, 201), mail_first.text
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    assert steps_of(by_subscriber["zoë-1"]) == [
+        ("swap-mail", "email", "completed"),
+        ("swap-note", "in_app", "completed"),
+    ]
+    assert steps_of(by_subscriber["bob"])[0] == ("swap-note", "in_app", "completed")
+    assert [s[0] for s in steps_of(by_subscriber["bob"])] == ["swap-note", "swap-mail"]
+    note = Message.objects.get(step__notification=by_subscriber["zoë-1"], channel="in_app")
+    assert note.content["body"] == "note after mail"
+
+
+def test_a_step_added_by_a_deployment_after_the_discover_is_discovered_and_run(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp, tmp_path: Path
+) -> None:
+    client, key = novu_client(novu_app)
+    registry.bridge_sync(client=client, bridge_url=novu_app.url)
+    registered = BridgeWorkflow.objects.get(client=client, workflow_id="changing-flow")
+    assert [s["stepId"] for s in registered.steps] == ["first", "last"]
+    # The app is deployed again, with a step more, while the registry is fresh.
+    novu_app_stop(novu_app)
+    port = int(novu_app.url.split(":")[2].split("/")[0])
+    v2 = novu_app_start(tmp_path / "novu-app-v2.log", port=port, NOVU_APP_VARIANT="v2")
+    try:
+        response = trigger(live_server, key, "changing-flow", {"x": 1})
+        assert response.status_code == 201, response.text
+        [notification] = finished(client)
+    finally:
+        novu_app_stop(v2)
+
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    assert steps_of(notification) == [
+        ("first", "in_app", "completed"),
+        ("added", "in_app", "completed"),
+        ("last", "in_app", "completed"),
+    ]
+    registered.refresh_from_db()
+    assert [s["stepId"] for s in registered.steps] == ["first", "added", "last"]

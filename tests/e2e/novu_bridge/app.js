@@ -111,6 +111,117 @@ const broken = workflow(
   },
 );
 
+// (d) A custom step whose result later steps read, in their resolvers and skip conditions;
+// an in-app message with an avatar, a redirect and actions, skipped when the payload says
+// so; a delay from the payload; an email without `from` whose controls have defaults; and
+// a custom step skipped by a previous step's result, whose result a step after it reads.
+const rich = workflow(
+  "rich-flow",
+  async ({ step, payload }) => {
+    const score = await step.custom(
+      "score",
+      async () => ({ points: payload.points * 2, tier: payload.points > 5 ? "gold" : "tin" }),
+      {
+        outputSchema: {
+          type: "object",
+          properties: { points: { type: "number" }, tier: { type: "string" } },
+          required: ["points", "tier"],
+          additionalProperties: false,
+        },
+      },
+    );
+    await step.inApp(
+      "card",
+      async () => ({
+        subject: `Niveau ${score.tier} ✨`,
+        body: `${score.points} Punkte für ${payload.name}`,
+        avatar: "https://example.com/avatar.png",
+        redirect: { url: "/rewards", target: "_self" },
+        primaryAction: { label: "Einlösen", redirect: { url: "https://example.com/redeem" } },
+        secondaryAction: { label: "Später" },
+        data: { tier: score.tier },
+      }),
+      { skip: () => payload.quiet },
+    );
+    await step.delay("pause", async () => ({ amount: payload.waitSeconds, unit: "seconds" }), {
+      skip: () => payload.waitSeconds === 0,
+    });
+    const bonus = await step.custom("bonus", async () => ({ code: `B-${score.points}` }), {
+      outputSchema: {
+        type: "object",
+        // Not required: a skipped step's result is `{}`, which a required key would fail
+        // (ExecutionStateResultInvalidError on the next call, with Novu's server too).
+        properties: { code: { type: "string" } },
+        additionalProperties: false,
+      },
+      skip: () => score.tier !== "gold",
+    });
+    await step.email(
+      "summary",
+      async (controls) => ({
+        subject: `${controls.prefix} ${score.tier}`,
+        body: `<p>${controls.greeting} ${payload.name}: ${score.points}, bonus ${bonus.code || "none"}</p>`,
+      }),
+      {
+        controlSchema: {
+          type: "object",
+          properties: {
+            prefix: { type: "string", default: "[Punkte]" },
+            greeting: { type: "string", default: "Hallo" },
+          },
+          additionalProperties: false,
+        },
+        skip: (controls) => score.points < 4 || controls.prefix === "off",
+      },
+    );
+  },
+  {
+    payloadSchema: {
+      type: "object",
+      properties: {
+        name: { type: "string", default: "Gast" },
+        points: { type: "number", default: 1 },
+        quiet: { type: "boolean", default: false },
+        waitSeconds: { type: "number", default: 0 },
+      },
+      additionalProperties: false,
+    },
+  },
+);
+
+// (e) Step order from the payload: both steps are discovered (an empty payload takes the
+// else), and a `first: "mail"` payload runs them the other way round.
+const swap = workflow(
+  "swap-flow",
+  async ({ step, payload }) => {
+    const mail = () => step.email("swap-mail", async () => ({ subject: "Swap ✉️", body: "mail" }));
+    const note = () => step.inApp("swap-note", async () => ({ body: `note after ${payload.first}` }));
+    if (payload.first === "mail") {
+      await mail();
+      await note();
+    } else {
+      await note();
+      await mail();
+    }
+  },
+  {
+    payloadSchema: {
+      type: "object",
+      properties: { first: { type: "string", default: "note" } },
+      additionalProperties: false,
+    },
+  },
+);
+
+// (f) Changed between two deployments: NOVU_APP_VARIANT=v2 adds a step after the first.
+const changing = workflow("changing-flow", async ({ step }) => {
+  await step.inApp("first", async () => ({ body: "first" }));
+  if (process.env.NOVU_APP_VARIANT === "v2") {
+    await step.inApp("added", async () => ({ body: "added in v2 🆕" }));
+  }
+  await step.inApp("last", async () => ({ body: "last" }));
+});
+
 const app = express();
 app.use(express.json());
 app.use(
@@ -119,7 +230,7 @@ app.use(
     // Strict even outside production: the framework only defaults to it when NODE_ENV is
     // neither unset nor development.
     client: new Client({ secretKey, strictAuthentication: true }),
-    workflows: [welcome, order, broken],
+    workflows: [welcome, order, broken, rich, swap, changing],
   }),
 );
 app.listen(port, "127.0.0.1", () => console.log(`novu bridge listening on 127.0.0.1:${port}`));
