@@ -375,3 +375,38 @@ def test_a_step_added_by_a_deployment_after_the_discover_is_discovered_and_run(
     ]
     registered.refresh_from_db()
     assert [s["stepId"] for s in registered.steps] == ["first", "added", "last"]
+
+
+def test_what_the_framework_refuses_fails_the_notification_with_its_reason_and_no_retry(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    registry.bridge_sync(client=client, bridge_url=novu_app.url)
+    # As discovered from an earlier deployment: a workflow the app no longer defines, and
+    # a payload schema that did not yet ask for a number.
+    BridgeWorkflow.objects.create(
+        client=client,
+        bridge_url=novu_app.url,
+        workflow_id="gone-flow",
+        steps=[{"stepId": "note", "type": "in_app"}],
+        discovered_at=timezone.now(),
+    )
+    BridgeWorkflow.objects.filter(client=client, workflow_id="rich-flow").update(payload_schema={})
+    gone = trigger(live_server, key, "gone-flow", {"x": 1})
+    invalid = trigger(live_server, key, "rich-flow", {"points": "many"}, to="bob")
+    assert (gone.status_code, invalid.status_code) == (201, 201), gone.text
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    gone_run, invalid_run = by_subscriber["zoë-1"], by_subscriber["bob"]
+    assert (gone_run.status, gone_run.error_code) == ("failed", "WorkflowNotFoundError")
+    assert gone_run.error == (
+        "Workflow with id: `gone-flow` does not exist. Please provide a valid id."
+    )
+    assert (invalid_run.status, invalid_run.error_code) == (
+        "failed",
+        "ExecutionEventPayloadInvalidError",
+    )
+    # The framework says which field, in its data: the reason must not be lost.
+    assert "/points: must be number" in invalid_run.error, invalid_run.error
+    assert (gone_run.bridge_attempts, invalid_run.bridge_attempts) == (0, 0)
+    assert not gone_run.steps.exists() and not invalid_run.steps.exists()

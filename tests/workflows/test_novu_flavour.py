@@ -272,6 +272,40 @@ def test_a_framework_error_fails_the_notification_without_a_retry(
     ]
 
 
+@pytest.mark.parametrize(
+    ("code", "data", "reason"),
+    [
+        (
+            "ExecutionEventPayloadInvalidError",
+            [{"path": "/points", "message": "must be number"}, {"path": "/n", "message": "x"}],
+            " (/points: must be number; /n: x)",
+        ),
+        (
+            "ExecutionStateResultInvalidError",
+            [{"path": "", "message": "must have required property 'code'"}],
+            " (/: must have required property 'code')",
+        ),
+        ("StepExecutionFailedError", {"stack": "Error: boom\n    at app.js:1"}, ""),
+    ],
+)
+def test_a_framework_errors_field_by_field_reasons_are_kept_on_the_notification(
+    novu: Notification,
+    monkeypatch: pytest.MonkeyPatch,
+    run: Callable[..., None],
+    code: str,
+    data: Any,
+    reason: str,
+) -> None:
+    message = f"Workflow with id: `welcome-flow` fails ({code})."
+    session = FakeSession(400, {"message": message, "code": code, "data": data})
+    monkeypatch.setattr(bridge, "_session", session)
+
+    run(novu, final_attempt=False)
+
+    novu.refresh_from_db()
+    assert (novu.status, novu.error_code, novu.error) == ("failed", code, message + reason)
+
+
 @pytest.mark.parametrize("status", [500, 503, 429, 408])
 def test_a_5xx_429_or_408_from_the_probe_is_retried(
     novu: Notification, monkeypatch: pytest.MonkeyPatch, run: Callable[..., None], status: int
