@@ -270,16 +270,18 @@ def call(
     action: str,
     params: dict[str, str] | None = None,
     body: dict[str, Any] | None = None,
+    js_integers: bool = False,
 ) -> dict[str, Any]:
     """Call the bridge, signed with the first of `secrets` (the client's live keys,
-    newest first) that it accepts.
+    newest first) that it accepts. `js_integers`: see `canonical_json` (a Novu bridge).
 
     A bridge holds one key. While a client rotates, norm already has the new key and the
     bridge still the old one until it is redeployed: a call refused with the newest key
     is signed again with the next, rather than fail the notification for good.
     """
+    once = {"action": action, "params": params, "body": body, "js_integers": js_integers}
     if action == HEALTH_CHECK:
-        return _call_once(url, secret=None, action=action, params=params, body=body)
+        return _call_once(url, secret=None, **once)
     if not secrets:
         # A client whose keys are all revoked: an unsigned call would still be answered
         # by a bridge that verifies nothing, so norm makes none.
@@ -290,11 +292,11 @@ def call(
         )
     for secret in secrets[:-1]:
         try:
-            return _call_once(url, secret=secret, action=action, params=params, body=body)
+            return _call_once(url, secret=secret, **once)
         except BridgeError as exc:
             if exc.status != 401 or exc.code != WRONG_KEY:
                 raise
-    return _call_once(url, secret=secrets[-1], action=action, params=params, body=body)
+    return _call_once(url, secret=secrets[-1], **once)
 
 
 def _call_once(
@@ -304,9 +306,10 @@ def _call_once(
     action: str,
     params: dict[str, str] | None,
     body: dict[str, Any] | None,
+    js_integers: bool,
 ) -> dict[str, Any]:
     method = "GET" if body is None else "POST"
-    text = canonical_json(body) if body is not None else None
+    text = canonical_json(body, js_integers=js_integers) if body is not None else None
     headers = {"content-type": "application/json", "accept": "application/json"}
     if secret is not None:
         # The signature covers `{}` for a GET, as Novu's framework expects.
@@ -486,6 +489,14 @@ def execute(
     workflow_id: str,
     body: dict[str, Any],
     step_id: str | None = None,
+    js_integers: bool = False,
 ) -> dict[str, Any]:
     params = {"workflowId": workflow_id} | ({"stepId": step_id} if step_id else {})
-    return call(url, secrets=secrets, action="execute", params=params, body=body)
+    return call(
+        url,
+        secrets=secrets,
+        action="execute",
+        params=params,
+        body=body,
+        js_integers=js_integers,
+    )

@@ -57,7 +57,8 @@ def next_step_novu(
     # Newest first, as Novu's worker sends it; the SDK looks entries up by id only.
     body = {**body, "state": body["state"][::-1]}
     try:
-        bridge.execute(url, secrets=secrets, workflow_id=workflow_id, body=body)
+        # Its numbers as JS reads them, or it refuses the signature (canonical_json).
+        bridge.execute(url, secrets=secrets, workflow_id=workflow_id, body=body, js_integers=True)
     except bridge.BridgeError as exc:
         data = exc.data if isinstance(exc.data, dict) else {}
         step_id = data.get("stepId") if exc.code == "ExecutionStateCorruptError" else None
@@ -72,6 +73,7 @@ def next_step_novu(
         workflow_id=workflow_id,
         body={**body, "controls": controls},
         step_id=step_id,
+        js_integers=True,
     )
     return {**answer, "stepId": step_id, "type": step_type, "done": False}
 

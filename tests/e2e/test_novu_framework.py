@@ -410,3 +410,18 @@ def test_what_the_framework_refuses_fails_the_notification_with_its_reason_and_n
     assert "/points: must be number" in invalid_run.error, invalid_run.error
     assert (gone_run.bridge_attempts, invalid_run.bridge_attempts) == (0, 0)
     assert not gone_run.steps.exists() and not invalid_run.steps.exists()
+
+
+def test_numbers_postgresql_stores_as_integers_beyond_2_53_are_signed_as_js_reads_them(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    # 1e21 is stored by PostgreSQL (jsonb) as 1000000000000000000000, which JS reads
+    # back as 1e21 and writes as 1e+21; an id past 2**53 is read by JS rounded.
+    payload = {"status": "shipped", "item": "Käse", "ref": 1e21, "id": 12345678901234567890}
+    response = trigger(live_server, key, "order-flow", payload)
+    assert response.status_code == 201, response.text
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    assert [s[0] for s in steps_of(notification)] == ["shipped-email", "status-note"]

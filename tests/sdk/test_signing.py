@@ -53,6 +53,19 @@ def test_canonical_json_writes_what_js_writes_back(value: Any, written: str) -> 
     assert canonical_json(value) == written
 
 
+def test_integers_beyond_2_53_are_written_as_js_writes_them_back_when_asked() -> None:
+    # As PostgreSQL gives back 1e21 and 1.5e24 stored in jsonb: integers. `written` is
+    # node's JSON.stringify(JSON.parse(...)) of the integers written whole.
+    value = [10**21, 12345678901234567890, 2**53 + 1, -(2**53 + 1), 2**53, 10**400]
+    value.append({"a": [15 * 10**23]})
+    written = (
+        "[1e+21,12345678901234567000,9007199254740992,-9007199254740992,9007199254740992,"
+        'null,{"a":[1.5e+24]}]'
+    )
+    assert canonical_json(value, js_integers=True) == written
+    assert canonical_json(value).startswith("[1000000000000000000000,12345678901234567890,")
+
+
 def test_valid_signature_passes() -> None:
     body = canonical_json({"payload": {"name": "Ada"}, "state": []})
     verify_signature(SECRET, signature_header(SECRET, body, NOW), body.encode(), now_ms=NOW)

@@ -66,8 +66,11 @@ class FakeExecute:
         workflow_id: str,
         body: dict[str, Any],
         step_id: str | None = None,
+        js_integers: bool = False,
     ) -> dict[str, Any]:
-        self.calls.append({"workflow_id": workflow_id, "step_id": step_id, "body": body})
+        self.calls.append(
+            {"workflow_id": workflow_id, "step_id": step_id, "body": body, "js": js_integers}
+        )
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -154,6 +157,7 @@ def test_the_probe_names_the_next_step_which_is_then_executed_by_id(
 
     probe, target = execute.calls
     assert (probe["step_id"], target["step_id"]) == (None, "mail")
+    assert probe["js"] and target["js"]  # its numbers written as JS reads them
     unread = {"seen": False, "read": False, "lastSeenDate": None, "lastReadDate": None}
     newest_first = [
         {"stepId": "wait", "outputs": {"duration": 2004}, "state": {"status": "completed"}},

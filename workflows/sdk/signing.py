@@ -29,7 +29,7 @@ TOLERANCE_MS = 300_000
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
-def canonical_json(obj: Any) -> str:
+def canonical_json(obj: Any, *, js_integers: bool = False) -> str:
     """Compact JSON exactly as JS writes it back after parsing it: Novu's SDK checks the
     signature against `JSON.stringify(JSON.parse(body))`, so anything JS would write
     differently breaks it. Floats with no fraction are written as integers (`1.0` as
@@ -37,9 +37,11 @@ def canonical_json(obj: Any) -> str:
     infinities as `null`, lone surrogates escaped, and an object's integer-like keys
     first in ascending order, where JS objects keep them. An integer beyond 2**53 is
     written whole: norm's SDK takes it so, but JS reads it rounded, and a Novu bridge
-    refuses the signature of a body that holds one."""
+    refuses the signature of a body that holds one. `js_integers`: one is written as JS
+    writes it back (`1e+21`, `12345678901234567000`), for a bridge that parses with JS.
+    PostgreSQL gives back a stored 1e21 as such an integer (jsonb has no floats)."""
     out: list[str] = []
-    _write(obj, out)
+    _write(obj, out, js_integers)
     return "".join(out)
 
 
@@ -48,13 +50,19 @@ _INDEX_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _write(value: Any, out: list[str]) -> None:
+def _write(value: Any, out: list[str], js_integers: bool) -> None:
     if isinstance(value, str):
         out.append(_string(value))
     elif value is None or value is True or value is False:
         out.append({None: "null", True: "true", False: "false"}[value])
     elif isinstance(value, int):
-        out.append(str(value))
+        if js_integers and abs(value) > 2**53:
+            try:
+                out.append(_number(float(value)))  # rounded as JS rounds it
+            except OverflowError:  # past a double's range: JS reads Infinity, writes null
+                out.append("null")
+        else:
+            out.append(str(value))
     elif isinstance(value, float):
         out.append(_number(value))
     elif isinstance(value, dict):
@@ -66,14 +74,14 @@ def _write(value: Any, out: list[str]) -> None:
         out.append("{")
         for n, key in enumerate(ordered):
             out.append(("," if n else "") + _string(key) + ":")
-            _write(items[key], out)
+            _write(items[key], out, js_integers)
         out.append("}")
     elif isinstance(value, list | tuple):
         out.append("[")
         for n, item in enumerate(value):
             if n:
                 out.append(",")
-            _write(item, out)
+            _write(item, out, js_integers)
         out.append("]")
     else:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
