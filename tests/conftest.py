@@ -4,7 +4,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -148,25 +148,28 @@ def while_held(
     return results["first"], results["second"]
 
 
+# (method, path with its query, body, headers) -> (status, JSON answer, headers)
+Respond = Callable[[str, str, bytes, dict[str, str]], tuple[int, Any, Mapping[str, str]]]
+
+
 @contextlib.contextmanager
-def sdk_serving(bridge: Bridge) -> Iterator[str]:
-    """norm's SDK `bridge` served over HTTP on 127.0.0.1 (POST, as norm calls execute):
-    yields the server's base URL, and stops it after."""
+def json_serving(respond: Respond) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every GET and POST with what `respond`
+    returns, as JSON: yields its base URL, and stops it after."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            _, _, query = self.path.partition("?")
-            body = self.rfile.read(int(self.headers["content-length"]))
-            status, answer, headers = bridge.handle(
-                method="POST", query=dict(parse_qsl(query)), body=body, headers=dict(self.headers)
-            )
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            status, answer, headers = respond(self.command, self.path, body, dict(self.headers))
             raw = json.dumps(answer).encode()
             self.send_response(status)
-            for name, value in headers.items() | {"content-type": "application/json"}.items():
+            for name, value in {"content-type": "application/json", **headers}.items():
                 self.send_header(name, value)
             self.send_header("content-length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
+
+        do_GET = do_POST = _handle
 
         def log_message(self, *args: object) -> None:
             pass
@@ -178,6 +181,20 @@ def sdk_serving(bridge: Bridge) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def sdk_serving(bridge: Bridge) -> contextlib.AbstractContextManager[str]:
+    """norm's SDK `bridge` served over HTTP on 127.0.0.1: yields the server's base URL."""
+
+    def respond(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        _, _, query = path.partition("?")
+        return bridge.handle(
+            method=method, query=dict(parse_qsl(query)), body=body, headers=headers
+        )
+
+    return json_serving(respond)
 
 
 def plan_nodes(sql: str) -> list[dict[str, Any]]:

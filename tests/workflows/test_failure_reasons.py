@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from config import pipeline
 from messaging import tasks as messaging_tasks
 from notify.models import Client
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued, sdk_serving
+from tests.conftest import Enqueued, json_serving, sdk_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -103,27 +101,8 @@ def test_a_secret_key_the_worker_cannot_decrypt_fails_the_notification_saying_so
 @contextlib.contextmanager
 def answering(status: int, answer: Any) -> Iterator[str]:
     """A bridge on loopback that answers every call with `status` and `answer` (JSON)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            raw = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/bridge"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_serving(lambda *_: (status, answer, {})) as url:
+        yield f"{url}/bridge"
 
 
 def _echoed(url: str, enqueued: Enqueued) -> tuple[Notification, str]:
@@ -236,35 +215,15 @@ def discovering(workflows: list[dict[str, Any]]) -> Iterator[str]:
     """A norm bridge on loopback whose discover declares `workflows`, and whose every
     workflow is done at once."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if "action=discover" in self.path:
-                self._answer({"workflows": workflows})
-            else:
-                self._answer({"status": "ok", "sdk": "norm-python"})
+    def respond(method: str, path: str, *_: Any) -> tuple[int, Any, dict[str, str]]:
+        if method == "POST":
+            return 200, {"done": True, "outputs": {}, "options": {"skip": False}}, {}
+        if "action=discover" in path:
+            return 200, {"workflows": workflows}, {}
+        return 200, {"status": "ok", "sdk": "norm-python"}, {}
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            self._answer({"done": True, "outputs": {}, "options": {"skip": False}})
-
-        def _answer(self, answer: Any) -> None:
-            raw = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/bridge"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_serving(respond) as url:
+        yield f"{url}/bridge"
 
 
 @pytest.mark.parametrize("declared", [LONG_ID, NUL_SCHEMA], ids=["long-id", "nul"])
