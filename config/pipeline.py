@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import billiard.exceptions
+import celery.exceptions
+import kombu.exceptions
+import redis.exceptions
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
@@ -48,6 +52,31 @@ DB_RETRY: dict[str, Any] = {
     "retry_backoff_max": 60,
     "retry_kwargs": {"max_retries": 10},
 }
+
+
+# The broker refusing a hand-off (down, a failover, out of memory): the row is in the
+# database, and the reconciler sends its work again. kombu raises most as its own
+# OperationalError or ChannelError; some of redis-py's reach the caller as they are.
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    kombu.exceptions.OperationalError,
+    kombu.exceptions.ChannelError,
+    redis.exceptions.RedisError,
+)
+
+# What may end a stage's task without being a bug in its work: the database away
+# (DB_RETRY retries it), the broker (above), Celery's own control flow (Retry, Ignore,
+# Reject) and a worker shutting down or over its time limit (billiard's; SystemExit and
+# KeyboardInterrupt are no Exception). A stage records anything else that escapes on
+# its row, as a bug, and gives up after a bounded number of runs.
+NOT_A_BUG: tuple[type[Exception], ...] = (
+    *DB_RETRY["autoretry_for"],
+    *BROKER_ERRORS,
+    celery.exceptions.TaskPredicate,
+    billiard.exceptions.SoftTimeLimitExceeded,
+    billiard.exceptions.TimeLimitExceeded,
+    billiard.exceptions.Terminated,
+    billiard.exceptions.WorkerLostError,
+)
 
 
 def workflow_queue(workflow_id: str) -> str:

@@ -185,6 +185,8 @@ class TriggerEvent(models.Model):
     # The subscriberIds of recipients deleted (with their notification) since its fan-out:
     # a run of it again, for commands lost with the broker, leaves them out.
     forgotten = models.JSONField(default=list, blank=True)
+    # Fan-outs an unexpected error (a bug) ended: failed at NORM_MAX_CLAIMS.
+    internal_errors = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [

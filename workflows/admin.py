@@ -170,6 +170,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         "error_code",
         "error",
         "bridge_attempts",
+        "internal_errors",
         "payload_json",
         "messages_table",
         "created_at",

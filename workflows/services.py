@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from functools import reduce
 from typing import Any
 
-import kombu.exceptions
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery
@@ -47,6 +46,11 @@ ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 # stops too (nothing more is fanned out, asked of its bridge or sent). Failed, not
 # canceled, so its notifications can be retried once it is active again.
 CLIENT_INACTIVE = "the client is deactivated: norm runs none of its notifications"
+# How a row a bug failed NORM_MAX_CLAIMS times ends its reason.
+GIVEN_UP = (
+    "an internal error in norm; given up after NORM_MAX_CLAIMS runs ended on one, the "
+    "traceback is in the worker's log"
+)
 LOST_WITH_ITS_TASK = (
     "the notification had ended when the task sending this step was lost with its worker: "
     "not sent again"
@@ -77,17 +81,42 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
     )
     if not claimed:
         return
+    held = TriggerEvent.objects.filter(
+        pk=trigger_event_id, status=TriggerEvent.Status.PROCESSING, claimed_by=claim
+    )
     try:
         _fan_out(trigger_event_id=trigger_event_id)
-    except kombu.exceptions.OperationalError:
+    except pipeline.BROKER_ERRORS:
         # The broker refused a command (down, a failover). Let go of the event, as the
         # reconciler does a stale claim, for it to send again once the trigger is a grace
         # period old (the rerun skips those reached): held under this task's claim, the
         # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
-        TriggerEvent.objects.filter(
-            pk=trigger_event_id, status=TriggerEvent.Status.PROCESSING, claimed_by=claim
-        ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+        held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
         raise
+    except pipeline.NOT_A_BUG:
+        raise
+    except Exception as exc:
+        # A bug (a `to` norm's own code trips on, say). Raised, the event stayed claimed
+        # with no reason, and the reconciler ran it again every NORM_STALE_CLAIM_SECONDS,
+        # for good. Let go for the reconciler to run again a grace period from now (the
+        # rerun skips those reached), with the reason, and failed at NORM_MAX_CLAIMS.
+        logger.exception("workflow: the fan-out of trigger event %s failed", trigger_event_id)
+        reason = internal_error_text(exc)
+        held.update(
+            status=TriggerEvent.Status.RECEIVED,
+            reenqueued_at=timezone.now(),
+            internal_errors=F("internal_errors") + 1,
+            error=reason,
+        )
+        TriggerEvent.objects.filter(
+            pk=trigger_event_id,
+            status=TriggerEvent.Status.RECEIVED,
+            internal_errors__gte=settings.NORM_MAX_CLAIMS,
+        ).update(
+            status=TriggerEvent.Status.FAILED,
+            error=f"{reason} ({GIVEN_UP})",
+            processed_at=timezone.now(),
+        )
 
 
 def _fan_out(*, trigger_event_id: int) -> None:
@@ -143,7 +172,10 @@ def _fan_out(*, trigger_event_id: int) -> None:
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
     TriggerEvent.objects.filter(pk=event.pk).update(
-        status=TriggerEvent.Status.PROCESSED, recipients=count, processed_at=timezone.now()
+        status=TriggerEvent.Status.PROCESSED,
+        recipients=count,
+        processed_at=timezone.now(),
+        error="",  # an earlier run's internal error
     )
 
 
@@ -341,6 +373,40 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     position) row, which the unique constraint lets through once.
     Raises BridgeUnavailable for the task to retry unless `final_attempt`.
     """
+    try:
+        _echo(notification_id=notification_id, final_attempt=final_attempt)
+    except (bridge.BridgeUnavailable, *pipeline.NOT_A_BUG):
+        raise
+    except Exception as exc:
+        # A bug (in norm, or an answer it did not foresee). Raised, the task was
+        # acknowledged, the notification kept no reason, and the reconciler asked the
+        # bridge again every grace period, for good. Recorded, and failed at NORM_MAX_CLAIMS.
+        logger.exception("echo: notification %s failed", notification_id)
+        _echo_internal_error(notification_id=notification_id, exc=exc)
+
+
+def _echo_internal_error(*, notification_id: str, exc: Exception) -> None:
+    reason = internal_error_text(exc)
+    active = Notification.objects.filter(pk=notification_id, status__in=ACTIVE)
+    # As a transient bridge failure: the reason shown, the reconciler's grace from now.
+    active.update(internal_errors=F("internal_errors") + 1, error=reason, updated_at=timezone.now())
+    if active.filter(internal_errors__gte=settings.NORM_MAX_CLAIMS).exists():
+        notification_fail(
+            notification_id=notification_id,
+            code="InternalError",
+            message=f"{reason} ({GIVEN_UP})",
+        )
+
+
+def internal_error_text(exc: Exception) -> str:
+    """A bug's reason for its row: one line, its type and message, bounded (the admin and
+    every page of the API that lists the row show it). The traceback is for the log."""
+    text = error_text(exc)
+    return text if len(text) <= 500 else text[:499] + "…"
+
+
+def _echo(*, notification_id: str, final_attempt: bool) -> None:
+    """`echo_run`, its unexpected errors aside."""
     notification = (
         Notification.objects.select_related("subscriber", "trigger_event", "client")
         # The event's recipients can run to a thousand entries; the echo needs none of them.
@@ -716,7 +782,13 @@ def notification_retry(*, notification: Notification) -> bool:
             return False
         reopened = Notification.objects.filter(
             pk=notification.pk, status=Notification.Status.FAILED
-        ).update(status=Notification.Status.RUNNING, error="", error_code="", completed_at=None)
+        ).update(
+            status=Notification.Status.RUNNING,
+            error="",
+            error_code="",
+            completed_at=None,
+            internal_errors=0,
+        )
         if not reopened:
             return False
         # Or the step canceled (by step_retry_later) for a send that failed for now

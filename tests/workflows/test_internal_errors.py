@@ -1,0 +1,180 @@
+"""A bug in norm's own code (an exception none of the pipeline's handlers expects) that
+ends an echo or a fan-out: recorded on the row, tried a bounded number of times, then
+failed with that reason, rather than acknowledged and sent again by the reconciler forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import kombu.exceptions
+import pytest
+from django.db import OperationalError
+from django.utils import timezone
+
+from config import pipeline
+from notify.models import TriggerEvent
+from tests.conftest import Enqueued
+from tests.factories import NotificationFactory, TriggerEventFactory
+from workflows import selectors, services, tasks
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+GRACE = 60
+STALE = 600
+MAX_CLAIMS = 3
+
+
+@pytest.fixture(autouse=True)
+def _timing(settings: Any) -> None:
+    settings.NORM_RECONCILE_GRACE = GRACE
+    settings.NORM_STALE_CLAIM_SECONDS = STALE
+    settings.NORM_MAX_CLAIMS = MAX_CLAIMS
+
+
+def ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+def a_bug(*args: Any, **kwargs: Any) -> Any:
+    """A bug in norm: what a lookup of a key the data lacks raises."""
+    return {}["stepId"]
+
+
+def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(selectors, "bridge_state", a_bug)
+    notification = NotificationFactory()
+    resent = 0
+    for attempt in range(1, 10):  # noqa: B007 (counted after the loop)
+        with caplog.at_level(logging.ERROR, logger="workflows.services"):
+            tasks.echo_run.apply(args=[str(notification.pk)])
+        notification.refresh_from_db()
+        if notification.status == Notification.Status.FAILED:
+            break
+        # Still trying: the reason is on the row, for the admin and the API to show.
+        assert notification.error.startswith("KeyError: 'stepId'"), notification.error
+        # The reconciler, a grace period later, asks again.
+        Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+        enqueued.clear()
+        services.reconcile()
+        assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
+        resent += 1
+    assert notification.status == Notification.Status.FAILED, "sent again for good"
+    assert (attempt, resent) == (MAX_CLAIMS, MAX_CLAIMS - 1)
+    assert notification.error_code == "InternalError"
+    assert notification.error.startswith("KeyError: 'stepId'")
+    assert "Traceback" not in notification.error and "\n" not in notification.error
+    assert notification.completed_at is not None
+    # The traceback went to the log, once per attempt.
+    assert sum(r.exc_info is not None for r in caplog.records) == MAX_CLAIMS
+    # Failed is final: the reconciler leaves it alone.
+    Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+    enqueued.clear()
+    services.reconcile()
+    assert enqueued.of(pipeline.ECHO) == []
+
+
+def test_a_retried_notification_gets_its_attempts_back(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selectors, "bridge_state", a_bug)
+    notification = NotificationFactory()
+    for _ in range(MAX_CLAIMS):
+        tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.FAILED
+
+    assert services.notification_retry(notification=notification)
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    # One attempt of a fresh budget, not the last of the old one.
+    assert notification.status == Notification.Status.RUNNING
+    assert notification.error.startswith("KeyError")
+
+
+def test_a_database_error_in_the_echo_is_no_bug_and_is_retried_by_celery(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def database_away(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(selectors, "bridge_state", database_away)
+    notification = NotificationFactory()
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    assert len(calls) == 11  # DB_RETRY: the first run and its 10 retries
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.PENDING
+    assert (notification.error, notification.error_code) == ("", "")
+
+
+def test_a_long_error_message_is_one_bounded_line(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def long_bug(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("x" * 5000 + "\nsecond line")
+
+    monkeypatch.setattr(selectors, "bridge_state", long_bug)
+    notification = NotificationFactory()
+    for _ in range(MAX_CLAIMS):
+        tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert notification.error_code == "InternalError"
+    assert notification.error.startswith("TypeError: xxx")
+    assert len(notification.error) <= 1000 and "second line" not in notification.error
+
+
+def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(services, "parse_recipients", a_bug)
+    event = TriggerEventFactory()
+    resent = 0
+    for attempt in range(1, 10):  # noqa: B007 (counted after the loop)
+        with caplog.at_level(logging.ERROR, logger="workflows.services"):
+            tasks.workflow_run.apply(args=[event.pk])
+        event.refresh_from_db()
+        if event.status == TriggerEvent.Status.FAILED:
+            break
+        assert event.error.startswith("KeyError: 'stepId'"), event.error
+        # The reconciler sends it again once its claim is stale (before the fix) or a
+        # grace period after the failed run (with it): both have passed here.
+        TriggerEvent.objects.filter(pk=event.pk).update(
+            created_at=ago(STALE + 1), claimed_at=ago(STALE + 1), reenqueued_at=ago(GRACE + 1)
+        )
+        enqueued.clear()
+        services.reconcile()
+        assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+        resent += 1
+    assert event.status == TriggerEvent.Status.FAILED, "sent again for good"
+    assert (attempt, resent) == (MAX_CLAIMS, MAX_CLAIMS - 1)
+    assert event.error.startswith("KeyError: 'stepId'") and "\n" not in event.error
+    assert event.processed_at is not None
+    assert sum(r.exc_info is not None for r in caplog.records) == MAX_CLAIMS
+    TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(STALE + 1))
+    enqueued.clear()
+    services.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == []
+
+
+def test_a_broker_refusing_the_fan_out_is_no_bug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(pipeline, "send_now", broker_down)
+    event = TriggerEventFactory()
+    for _ in range(MAX_CLAIMS + 1):
+        tasks.workflow_run.apply(args=[event.pk])
+    event.refresh_from_db()
+    # Let go for the reconciler to send again, however often: never failed for it.
+    assert event.status == TriggerEvent.Status.RECEIVED
+    assert event.error == ""
