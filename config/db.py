@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django.db import connections, router
-from django.db.models import Model
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+from django.db.models import CharField, Model, TextField, lookups
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
+from django.dispatch import receiver
 
 
 def insert_once(row: Model) -> bool:
@@ -58,3 +63,57 @@ def error_text(exc: Exception) -> str:
         return diag.message_primary + detail
     line = next(iter(str(exc).splitlines()), "")
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+# Case-insensitive lookups on SQLite. Django's iexact, icontains, istartswith and
+# iendswith are LIKE there, which folds ASCII letters only: "MÜLLER" finds "Müller" on
+# PostgreSQL (UPPER() on both sides) and nothing on SQLite, the `make run` default.
+# On SQLite both sides go through NORM_UPPER, Python's upper case of each character
+# (one for one, as PostgreSQL's UPPER: "ß" stays "ß"); PostgreSQL's SQL is unchanged.
+
+
+def _upper(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    upper = value.upper()
+    if len(upper) == len(value):
+        return upper
+    return "".join(c if len(c.upper()) != 1 else c.upper() for c in value)
+
+
+@receiver(connection_created)
+def _register_upper(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("NORM_UPPER", 1, _upper, deterministic=True)
+
+
+class _UnicodeCaseOnSQLite:
+    def as_sqlite(self, compiler: Any, connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+        lookup = cast(lookups.BuiltinLookup, self)
+        if not lookup.rhs_is_direct_value():
+            return lookup.as_sql(compiler, connection)
+        lhs_sql, params = lookup.process_lhs(compiler, connection)
+        rhs_sql, rhs_params = lookup.process_rhs(compiler, connection)
+        rhs_sql = lookup.get_rhs_op(connection, f"NORM_UPPER({rhs_sql})")
+        return f"NORM_UPPER({lhs_sql}) {rhs_sql}", [*params, *rhs_params]
+
+
+class UnicodeIExact(_UnicodeCaseOnSQLite, lookups.IExact):
+    pass
+
+
+class UnicodeIContains(_UnicodeCaseOnSQLite, lookups.IContains):
+    pass
+
+
+class UnicodeIStartsWith(_UnicodeCaseOnSQLite, lookups.IStartsWith):
+    pass
+
+
+class UnicodeIEndsWith(_UnicodeCaseOnSQLite, lookups.IEndsWith):
+    pass
+
+
+for _field in (CharField, TextField):
+    for _lookup in (UnicodeIExact, UnicodeIContains, UnicodeIStartsWith, UnicodeIEndsWith):
+        _field.register_lookup(_lookup)

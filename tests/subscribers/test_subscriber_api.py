@@ -393,6 +393,26 @@ def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
     assert [s["subscriberId"] for s in body["data"]] == ["ann"]
 
 
+def test_v2_list_filters_by_email_and_name_in_any_case_beyond_ascii(
+    keyed: tuple[Client, str],
+) -> None:
+    """SQLite's LIKE folds ASCII letters only: under `make run` "ÅSA@…" found no
+    "åsa@…" and "MÜLLER" no "Müller", where PostgreSQL found them."""
+    client, key = keyed
+    SubscriberFactory(
+        client=client, subscriber_id="asa", email="åsa@exämple.com", last_name="Müller"
+    )
+    SubscriberFactory(client=client, subscriber_id="bob", email="bob@example.com", last_name="Mull")
+
+    def found(query: str) -> list[str]:
+        body = ok(call(key, "get", f"/v2/subscribers?limit=10.0&{query}"))
+        return [s["subscriberId"] for s in body["data"]]
+
+    assert found("email=%C3%85SA%40EX%C3%84MPLE.COM") == ["asa"]  # ÅSA@EXÄMPLE.COM
+    assert found("name=M%C3%9CLLER") == ["asa"]  # MÜLLER
+    assert found("name=m%C3%BCl") == ["asa"]  # mül
+
+
 def test_v2_list_rejects_a_limit_that_is_not_a_number(key: str) -> None:
     assert_error(call(key, "get", "/v2/subscribers?limit=ten"), 400, "/v2/subscribers?limit=ten")
 

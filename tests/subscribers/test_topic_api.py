@@ -162,6 +162,10 @@ def test_v2_list_cursor_and_v1_pages_reach_every_topic_once(
     assert ok(call(key, "get", "/v1/topics?key=topic-03"))["data"][0]["key"] == "topic-03"
     Topic.objects.filter(key="topic-07").update(name="Weekly News")
     assert [t["key"] for t in ok(call(key, "get", "/v2/topics?name=news"))["data"]] == ["topic-07"]
+    # In any case beyond ASCII too, on SQLite as on PostgreSQL: "ÉVÉNEMENTS".
+    Topic.objects.filter(key="topic-09").update(name="Événements")
+    found = ok(call(key, "get", "/v2/topics?name=%C3%89V%C3%89NEMENTS"))["data"]
+    assert [t["key"] for t in found] == ["topic-09"]
 
 
 def _walk(key: str, base: str, direction: str, cursor: str | None = None) -> list[dict[str, Any]]:
