@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from config import pipeline
 from config.db import insert_once
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
@@ -25,6 +27,22 @@ def message_send(*, step_id: int, claim: str = "") -> None:
     provider call and the commit may repeat once, when the retry (or the reconciler,
     for a claim left stale) sends it again.
     """
+    claim = claim or uuid.uuid4().hex  # the one the step is taken under, for the handler
+    try:
+        _send(step_id=step_id, claim=claim)
+    except pipeline.NOT_A_BUG:
+        raise
+    except Exception as exc:
+        # A bug (in norm, or a step it did not foresee). Raised, the task was acknowledged,
+        # the step stayed claimed with no reason until NORM_STALE_CLAIM_SECONDS, and failed
+        # at NORM_MAX_CLAIMS as taken by workers that never finished it. Recorded, and run
+        # again a grace period later; failed at NORM_MAX_CLAIMS with the error as reason.
+        logger.exception("message: step %s failed", step_id)
+        workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc)
+
+
+def _send(*, step_id: int, claim: str) -> None:
+    """`message_send`, its unexpected errors aside."""
     step = workflow_services.step_claim(step_id=step_id, claim=claim)
     if step is None:
         return
@@ -113,17 +131,32 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         else:
             workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
         return
-    with transaction.atomic():  # sent and done together: one commit
+    try:
+        with transaction.atomic():  # sent and done together: one commit
+            Message.objects.filter(pk=message.pk).update(
+                status=Message.Status.SENT,
+                recipient=message.recipient,
+                provider_message_id=provider_message_id,
+                attempts=message.attempts + 1,
+                sent_at=timezone.now(),
+                error="",
+            )
+            # An in-app result is read from the message when the state is built.
+            workflow_services.step_complete(step=step, result={})
+    except pipeline.NOT_A_BUG:
+        raise  # the database is away: the task's retry may send it once more, as documented
+    except Exception:
+        # A bug after the provider took the message. Rolled back with the rest, the
+        # message read as unsent, and each run of the step sent it again: recorded sent
+        # on its own, the next run completes the step without sending.
         Message.objects.filter(pk=message.pk).update(
             status=Message.Status.SENT,
             recipient=message.recipient,
-            provider_message_id=provider_message_id,
             attempts=message.attempts + 1,
             sent_at=timezone.now(),
             error="",
         )
-        # An in-app result is read from the message when the state is built.
-        workflow_services.step_complete(step=step, result={})
+        raise
 
 
 def _passes(provider: Provider, message: Message) -> bool:

@@ -750,6 +750,31 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
             _messages_give_up([step.pk], message)
 
 
+def step_internal_error(*, step_id: int, claim: str, exc: Exception) -> None:
+    """A bug ended the message task holding the step under `claim` (its traceback
+    logged): the reason on the step, its message (not one already sent) and its
+    notification, and the step back on the schedule a grace period from now. After
+    NORM_MAX_CLAIMS runs that never finished it (a send that returned does not count, as
+    for step_claim's bound), it fails with code InternalError."""
+    reason = internal_error_text(exc)
+    sends = Message.objects.filter(step=OuterRef("pk")).values("attempts")
+    step = (
+        Step.objects.filter(pk=step_id, status=Step.Status.PROCESSING, claimed_by=claim)
+        .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
+        .first()
+    )
+    if step is None:
+        return  # not claimed by this run (the bug came first), or another task's by now
+    if step.unanswered >= settings.NORM_MAX_CLAIMS:
+        step_fail(step=step, code="InternalError", message=f"{reason} ({GIVEN_UP})")
+        return
+    Message.objects.filter(step_id=step.pk, status=Message.Status.SENDING).update(error=reason)
+    Notification.objects.filter(pk=step.notification_id, status=Notification.Status.RUNNING).update(
+        error=f"step '{step.step_id}': {reason}"
+    )
+    step_retry_later(step=step, message=reason, backoff=settings.NORM_RECONCILE_GRACE)
+
+
 def _messages_give_up(step_ids: Any, error: str) -> None:
     """The messages of steps that will not be sent again: failed, unless delivered after
     all. Left `sending` (a send that killed its worker until NORM_MAX_CLAIMS, one that

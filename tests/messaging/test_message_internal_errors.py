@@ -1,0 +1,168 @@
+"""A bug in norm's own code (an exception none of the message worker's handlers expects)
+that ends a step's task: its reason on the step, its message and its notification, the
+step run again a bounded number of times, then failed with that reason; and a message the
+provider had taken before the bug is not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.db import OperationalError
+from django.utils import timezone
+
+from config import pipeline
+from messaging import providers, services, tasks
+from messaging.models import Message
+from tests.conftest import Enqueued
+from tests.factories import StepFactory
+from workflows import services as workflow_services
+from workflows.models import Notification, Step
+
+pytestmark = pytest.mark.django_db
+
+GRACE = 60
+STALE = 600
+MAX_CLAIMS = 3
+
+
+@pytest.fixture(autouse=True)
+def _timing(settings: Any) -> None:
+    settings.NORM_RECONCILE_GRACE = GRACE
+    settings.NORM_STALE_CLAIM_SECONDS = STALE
+    settings.NORM_MAX_CLAIMS = MAX_CLAIMS
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def ago(seconds: float) -> Any:
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+def a_bug(*args: Any, **kwargs: Any) -> Any:
+    """A bug in norm: what a lookup of a key the data lacks raises."""
+    return {}["stepId"]
+
+
+def email_step() -> Step:
+    return StepFactory(
+        type="email",
+        notification__subscriber__email="ann@example.com",
+        outputs={"subject": "Your order", "body": "<p>It shipped</p>"},
+    )
+
+
+def run_until_final(step: Step, enqueued: Enqueued, check: Any) -> int:
+    """Run the step's task, then the reconciler once the step is due again (its claim
+    stale too, for a run that left it claimed), until the step ends; its runs."""
+    for attempt in range(1, 10):
+        tasks.message_send.apply(args=[step.pk])
+        step.refresh_from_db()
+        if step.status == Step.Status.FAILED:
+            return attempt
+        check(step)
+        Step.objects.filter(pk=step.pk).update(
+            due_at=ago(GRACE + 1), enqueued_at=ago(GRACE + 1), claimed_at=ago(STALE + 1)
+        )
+        enqueued.clear()
+        workflow_services.reconcile()
+        assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    raise AssertionError("run again for good")
+
+
+def test_a_step_a_bug_ends_before_its_send_is_retried_a_bounded_number_of_times_then_fails(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(providers.DjangoEmailProvider, "recipient", a_bug)
+    step = email_step()
+
+    def still_trying(step: Step) -> None:
+        # The reason on the step, its message and its notification, for the admin and
+        # the API to show, while the step waits for its next run.
+        assert step.status == Step.Status.SCHEDULED, step.status
+        assert step.error.startswith("KeyError: 'stepId'"), step.error
+        assert Message.objects.get(step=step).error.startswith("KeyError: 'stepId'")
+        notification = Notification.objects.get(pk=step.notification_id)
+        assert notification.status == Notification.Status.RUNNING
+        assert notification.error.startswith(f"step '{step.step_id}': KeyError: 'stepId'")
+
+    with caplog.at_level(logging.ERROR, logger="messaging.services"):
+        runs = run_until_final(step, enqueued, still_trying)
+
+    assert runs == MAX_CLAIMS and step.attempts == MAX_CLAIMS
+    assert step.error.startswith("KeyError: 'stepId'") and "NORM_MAX_CLAIMS" in step.error
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "InternalError"
+    assert notification.error.startswith(f"step '{step.step_id}': KeyError: 'stepId'")
+    assert "Traceback" not in notification.error and "\n" not in notification.error
+    message = Message.objects.get(step=step)
+    assert message.status == Message.Status.FAILED and message.error.startswith("KeyError")
+    assert mail.outbox == []
+    # The traceback went to the log, once per run.
+    assert sum(r.exc_info is not None for r in caplog.records) == MAX_CLAIMS
+
+
+def test_a_bug_after_the_provider_took_the_message_does_not_send_it_again(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The email went out, then the bookkeeping failed: the message was rolled back to
+    unsent with the rest, and each run of the step sent the email again, up to
+    NORM_MAX_CLAIMS times. It is recorded sent; the step's runs send nothing more."""
+    monkeypatch.setattr(workflow_services, "step_complete", a_bug)
+    step = email_step()
+
+    def still_trying(step: Step) -> None:
+        assert len(mail.outbox) == 1, "sent again"
+
+    runs = run_until_final(step, enqueued, still_trying)
+
+    assert len(mail.outbox) == 1
+    # The send that returned does not count against the bound; the runs after it do.
+    assert runs == MAX_CLAIMS + 1
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "InternalError"
+    assert step.error.startswith("KeyError: 'stepId'") and "NORM_MAX_CLAIMS" in step.error
+    message = Message.objects.get(step=step)
+    assert (message.status, message.attempts) == (Message.Status.SENT, 1)
+
+
+def test_a_step_whose_bug_goes_away_completes_and_its_message_is_sent_once(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Any
+) -> None:
+    bug = pytest.MonkeyPatch()
+    bug.setattr(workflow_services, "step_complete", a_bug)
+    step = email_step()
+    tasks.message_send.apply(args=[step.pk])
+    bug.undo()
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(args=[step.pk])
+
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.COMPLETED, "")
+    assert len(mail.outbox) == 1
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_the_database_away_is_no_bug_the_step_stays_its_tasks_for_its_retry(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def database_away(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(providers.DjangoEmailProvider, "recipient", database_away)
+    step = email_step()
+
+    with pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    step.refresh_from_db()
+    assert (step.status, step.claimed_by, step.error) == (Step.Status.PROCESSING, "task-1", "")
+    assert Notification.objects.get(pk=step.notification_id).error == ""
+    assert enqueued.of(pipeline.MESSAGE) == []
