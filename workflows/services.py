@@ -77,7 +77,15 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             Q(status=TriggerEvent.Status.RECEIVED)
             | Q(status=TriggerEvent.Status.PROCESSING, claimed_by=claim)
         )
-        .update(status=TriggerEvent.Status.PROCESSING, claimed_at=now, claimed_by=claim)
+        .update(
+            status=TriggerEvent.Status.PROCESSING,
+            claimed_at=now,
+            claimed_by=claim,
+            # An earlier run's internal error, or one of its subscriber commands': this
+            # run records its own. Cleared when the run ends, it also cleared the reason
+            # of a command that had already failed (the first chunks of a broadcast).
+            error="",
+        )
     )
     if not claimed:
         return
@@ -175,7 +183,6 @@ def _fan_out(*, trigger_event_id: int) -> None:
         status=TriggerEvent.Status.PROCESSED,
         recipients=count,
         processed_at=timezone.now(),
-        error="",  # an earlier run's internal error
     )
 
 
@@ -246,6 +253,23 @@ def _keyset_chunks(
 
 
 # --- stage 3 (called by the subscriber worker) -------------------------------------------
+
+
+def fan_out_short(*, trigger_event_id: int, subscriber_ids: list[str], exc: Exception) -> None:
+    """A bug ended a subscriber command of the event (its traceback logged), and its
+    recipients have no notification: the reason on the event, where the fan-out's own
+    goes, rather than nowhere. The reconciler fans a short event out again (bounded by
+    FANOUT_RECHECK); that run clears the reason when it claims the event, and its
+    command records it again if the bug is still there. Not over a failed event's reason."""
+    first = subscriber_ids[0][:100] if subscriber_ids else ""
+    who = (
+        f"subscriber '{first}'"
+        if len(subscriber_ids) == 1
+        else f"{len(subscriber_ids)} subscribers ('{first}', …)"
+    )
+    TriggerEvent.objects.filter(pk=trigger_event_id).exclude(
+        status=TriggerEvent.Status.FAILED
+    ).update(error=f"no notification was created for {who}: {internal_error_text(exc)}")
 
 
 def _new_notification(trigger_event: TriggerEvent, subscriber: Subscriber) -> Notification:
