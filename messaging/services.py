@@ -131,16 +131,18 @@ def _send(*, step_id: int, claim: str) -> None:
         else:
             workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
         return
+    sent = Message.objects.filter(pk=message.pk)
+    as_sent = {
+        "status": Message.Status.SENT,
+        "recipient": message.recipient,
+        "provider_message_id": provider_message_id,
+        "attempts": message.attempts + 1,
+        "sent_at": timezone.now(),
+        "error": "",
+    }
     try:
         with transaction.atomic():  # sent and done together: one commit
-            Message.objects.filter(pk=message.pk).update(
-                status=Message.Status.SENT,
-                recipient=message.recipient,
-                provider_message_id=provider_message_id,
-                attempts=message.attempts + 1,
-                sent_at=timezone.now(),
-                error="",
-            )
+            sent.update(**as_sent)
             # An in-app result is read from the message when the state is built.
             workflow_services.step_complete(step=step, result={})
     except pipeline.NOT_A_BUG:
@@ -149,13 +151,7 @@ def _send(*, step_id: int, claim: str) -> None:
         # A bug after the provider took the message. Rolled back with the rest, the
         # message read as unsent, and each run of the step sent it again: recorded sent
         # on its own, the next run completes the step without sending.
-        Message.objects.filter(pk=message.pk).update(
-            status=Message.Status.SENT,
-            recipient=message.recipient,
-            attempts=message.attempts + 1,
-            sent_at=timezone.now(),
-            error="",
-        )
+        sent.update(**as_sent)
         raise
 
 
