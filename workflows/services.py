@@ -30,7 +30,8 @@ from workflows.models import Notification, Step
 logger = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 500
-# After this many runs, the reconciler's wait before the next stops doubling.
+# A fan-out left short is run again at most this many times, each wait twice the last.
+# (The FANOUT_RECHECK window alone is no bound: each run starts it again.)
 MAX_REFANS = 8
 # How long after its fan-out the reconciler still checks that a trigger reached everyone
 # (from processed_at: a trigger that waited long in a backed-up queue is checked too).
@@ -903,13 +904,11 @@ def notifications_cancel(
 
 
 def _quiet_for_twice_each_run(*, now: datetime, grace: timedelta) -> Q:
-    """Last fanned out a grace period ago, or twice that after one more run, and so on:
-    while a backed-up queue still holds a run's commands, running it every grace
-    period would queue them all again each time."""
+    """Last fanned out a grace period ago, or twice that after one more run, and so on,
+    MAX_REFANS runs at most: while a backed-up queue still holds a run's commands,
+    running it every grace period would queue them all again each time."""
     waits = [Q(refanned=n, claimed_at__lt=now - grace * 2**n) for n in range(MAX_REFANS)]
-    return reduce(operator.or_, waits) | Q(
-        refanned__gte=MAX_REFANS, claimed_at__lt=now - grace * 2**MAX_REFANS
-    )
+    return reduce(operator.or_, waits)  # and no run after the last: refanned=MAX_REFANS
 
 
 def reconcile() -> dict[str, int]:

@@ -308,6 +308,23 @@ def test_a_fan_out_run_again_waits_twice_as_long_before_the_next_run(
     assert once_long_ago.refanned == 2
 
 
+def test_a_fan_out_that_stays_short_is_run_again_a_bounded_number_of_times(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """Each run starts the FANOUT_RECHECK window again: with a short grace period the
+    reconciler ran a fan-out that never reaches everyone (a subscriber command that
+    fails every time) once every 256 grace periods, for good."""
+    settings.NORM_RECONCILE_GRACE = 10
+    last = _short_fan_out(claimed=10 * 2**8 + 5, last_created=10 * 2**8, refanned=7)
+    after_it = _short_fan_out(claimed=10 * 2**8 + 5, last_created=10 * 2**8, refanned=8)
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(last.pk,)]
+    after_it.refresh_from_db()
+    assert (after_it.status, after_it.refanned) == (TriggerEvent.Status.PROCESSED, 8)
+
+
 def test_a_step_the_broker_holds_until_it_is_due_is_left_to_the_broker_a_grace_period(
     enqueued: Enqueued,
 ) -> None:
