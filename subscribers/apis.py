@@ -37,7 +37,7 @@ from config.paging import (
 )
 from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic
-from subscribers.recipients import INLINE_FIELDS
+from subscribers.recipients import INLINE_FIELDS, SubscriberEmailValidator
 
 
 def _fail_if_exists(request: Request) -> bool:
@@ -86,7 +86,13 @@ class SubscriberFields(serializers.Serializer):
     lastName = serializers.CharField(
         max_length=200, required=False, allow_null=True, allow_blank=True
     )
-    email = serializers.CharField(max_length=254, required=False, allow_null=True, allow_blank=True)
+    email = serializers.CharField(
+        max_length=254,
+        required=False,
+        allow_null=True,
+        allow_blank=True,  # "" clears it
+        validators=[SubscriberEmailValidator()],
+    )
     phone = serializers.CharField(max_length=64, required=False, allow_null=True, allow_blank=True)
     avatar = serializers.CharField(
         max_length=500, required=False, allow_null=True, allow_blank=True

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import factory
+import httpx
+from django.test.client import ClientHandler
 from django.utils import timezone
+from novu_py import Novu
+from novu_py.utils import BackoffStrategy, RetryConfig
 from rest_framework.test import APIClient
 
 from messaging.models import Message
@@ -43,6 +48,25 @@ def api_for(key: str) -> APIClient:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
     return api
+
+
+def _in_process(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """norm as a WSGI app in this thread, in the test's transaction (Django's test
+    client's handler, which leaves the connection open between requests)."""
+    response = ClientHandler()(environ)
+    start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+    return [response.content]
+
+
+def novu_py_for(key: str) -> Novu:
+    """novu-py itself, authenticating with `key`, talking to norm in process; it does
+    not retry (it retries a 409 or a 5xx for up to an hour by default)."""
+    return Novu(
+        secret_key=key,
+        server_url="http://testserver",
+        client=httpx.Client(transport=httpx.WSGITransport(app=_in_process)),
+        retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1, 1), False),
+    )
 
 
 class BridgeWorkflowFactory(factory.django.DjangoModelFactory):
