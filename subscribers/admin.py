@@ -24,6 +24,22 @@ class SubscriberForm(forms.ModelForm):
             raise forms.ValidationError(recipients.unroutable_message(subscriber_id))
         return subscriber_id
 
+    def clean_email(self) -> str:
+        # The API's rule, for a changed address, as for the id.
+        email = self.cleaned_data["email"]
+        if email and "email" in self.changed_data:
+            recipients.SubscriberEmailValidator()(email)
+        return email
+
+    def clean_data(self) -> Any:
+        # An object, as the API takes it: a list, a string or a number was stored, and
+        # novu-py then refused every answer holding the subscriber (a retrieve, a whole
+        # page of its list) with ResponseValidationError; null was a 500 (NOT NULL).
+        data = self.cleaned_data["data"]
+        if not isinstance(data, dict):
+            raise forms.ValidationError("Enter a JSON object ({} for none).")
+        return data
+
 
 @admin.register(Subscriber)
 class SubscriberAdmin(admin.ModelAdmin):

@@ -21,6 +21,7 @@ from tests.factories import (
     SubscriberFactory,
     TriggerEventFactory,
     client_with_key,
+    novu_py_for,
 )
 from workflows.models import Notification, Step
 
@@ -704,3 +705,36 @@ def test_an_old_subscriber_id_the_rules_refuse_can_still_be_edited(admin_client)
     assert response.status_code == 302
     subscriber.refresh_from_db()
     assert subscriber.email == "ann@example.test"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("data", '["vip"]'), ("data", '"vip"'), ("data", "5"), ("data", "null"), ("email", "ann@")],
+)
+def test_a_subscribers_data_and_email_edited_in_the_admin_follow_the_apis_rules(
+    admin_client, field: str, value: str
+) -> None:
+    """The admin took any JSON as data and any email: novu-py then failed to read the
+    subscriber (and any list page holding it), and null was a 500."""
+    client, key = client_with_key()
+    subscriber = SubscriberFactory(client=client, subscriber_id="ann", email="ann@example.com")
+    form = {"subscriber_id": "ann", "email": "ann@example.com", "data": '{"plan": "pro"}'}
+
+    response = admin_client.post(_url(subscriber, "change"), {**form, field: value})
+
+    assert response.status_code == 200 and response.context["adminform"].form.errors[field]
+    got = novu_py_for(key).subscribers.retrieve(subscriber_id="ann").result
+    assert (got.email, got.data) == ("ann@example.com", None)
+    response = admin_client.post(_url(subscriber, "change"), form)
+    assert response.status_code == 302
+    got = novu_py_for(key).subscribers.retrieve(subscriber_id="ann").result
+    assert (got.email, got.data) == ("ann@example.com", {"plan": "pro"})
+
+
+def test_a_subscriber_with_an_old_email_the_rules_refuse_can_still_be_edited(admin_client) -> None:
+    subscriber = SubscriberFactory(subscriber_id="ann", email="ann@")  # made before the check
+    form = {"subscriber_id": "ann", "email": "ann@", "first_name": "Ann", "data": "{}"}
+
+    assert admin_client.post(_url(subscriber, "change"), form).status_code == 302
+    subscriber.refresh_from_db()
+    assert (subscriber.email, subscriber.first_name) == ("ann@", "Ann")
