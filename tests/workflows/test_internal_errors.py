@@ -164,6 +164,26 @@ def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_wi
     assert enqueued.of(pipeline.WORKFLOW) == []
 
 
+def test_a_fan_out_a_bug_ended_waits_a_grace_period_before_the_reconciler_runs_it_again(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace runs from the failed run, not from the trigger: an old trigger whose
+    fan-out a bug ends is not run again at every pass of the reconciler."""
+    monkeypatch.setattr(services, "parse_recipients", a_bug)
+    event = TriggerEventFactory()
+    TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(STALE + 1))
+    tasks.workflow_run.apply(args=[event.pk])
+    event.refresh_from_db()
+    assert (event.status, event.internal_errors) == (TriggerEvent.Status.RECEIVED, 1)
+
+    services.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == []
+
+    TriggerEvent.objects.filter(pk=event.pk).update(reenqueued_at=ago(GRACE + 1))
+    services.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+
+
 def test_a_broker_refusing_the_fan_out_is_no_bug(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

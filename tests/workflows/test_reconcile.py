@@ -261,6 +261,18 @@ def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) ->
     return event
 
 
+def test_a_fan_out_that_reached_every_recipient_is_not_run_again(enqueued: Enqueued) -> None:
+    """As many notifications as recipients: nothing was lost, nothing to run again."""
+    event = _short_fan_out(claimed=GRACE * 10, last_created=GRACE * 10)
+    TriggerEvent.objects.filter(pk=event.pk).update(recipients=1)
+
+    assert tasks.reconcile()["events"] == 0
+
+    assert enqueued.calls == []
+    event.refresh_from_db()
+    assert (event.status, event.refanned) == (TriggerEvent.Status.PROCESSED, 0)
+
+
 def test_a_fan_out_whose_notifications_are_still_being_created_is_not_run_again(
     enqueued: Enqueued,
 ) -> None:
