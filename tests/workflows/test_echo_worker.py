@@ -225,7 +225,12 @@ def test_a_delay_longer_than_the_broker_holds_waits_in_the_database(
 
 
 @pytest.mark.parametrize(
-    "outputs", [{"type": "timed", "cron": "* * * * *"}, {"amount": 1, "unit": "fortnights"}]
+    "outputs",
+    [
+        {"type": "timed", "cron": "* * * * *"},
+        {"amount": 1, "unit": "fortnights"},
+        {"amount": True, "unit": "days"},  # no number, though Python counts it as 1
+    ],
 )
 def test_an_unsupported_delay_fails_the_notification_naming_the_step(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], outputs: dict[str, Any]
@@ -275,6 +280,22 @@ def test_a_skipped_step_is_recorded_with_its_default_result_and_echo_re_enqueued
     assert enqueued.of(pipeline.MESSAGE) == []
 
 
+@pytest.mark.parametrize("skip", ["true", "false", 1, None])
+def test_only_a_skip_of_true_skips_the_step(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], skip: Any
+) -> None:
+    """The SDKs answer `skip` as a boolean; anything else a bridge writes there (a
+    string, a number) leaves the step to be sent, not silently dropped."""
+    notification = NotificationFactory()
+    execute.answers = [{**EMAIL, "options": {"skip": skip}}]
+
+    run(notification)
+
+    step = Step.objects.get()
+    assert step.status == Step.Status.SCHEDULED
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
 def test_done_completes_the_notification(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
@@ -322,6 +343,10 @@ def test_bridge_unavailable_is_raised_for_retry_unless_final(
     assert notification.bridge_attempts == 2
     assert (notification.error_code, notification.error) == ("HTTP503", "down for maintenance")
     assert enqueued.calls == []
+    # Retried from the admin: the bridge calls it shows count from the retry.
+    assert services.notification_retry(notification=notification)
+    notification.refresh_from_db()
+    assert notification.bridge_attempts == 0
 
 
 def test_a_bridge_url_requests_cannot_use_fails_the_notification_at_once(
@@ -501,6 +526,8 @@ def test_task_retry_succeeds_once_the_bridge_is_back(
     notification.refresh_from_db()
     assert notification.status == Notification.Status.COMPLETED
     assert notification.bridge_attempts == 1
+    # The failed attempt's reason was shown while it retried; completed, it shows none.
+    assert (notification.error, notification.error_code) == ("", "")
 
 
 def test_task_backs_off_exponentially(
