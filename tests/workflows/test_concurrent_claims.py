@@ -130,6 +130,20 @@ def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
 
 
+def test_a_step_both_tasks_delivered_hands_its_notification_to_the_echo_once(
+    enqueued: Enqueued,
+) -> None:
+    """The slow task's send went out too, after the second task's: the step is done
+    already, so its completion enqueues no second echo (which would ask the bridge for
+    the next step again, for the same state)."""
+    slow, second = _sending_twice(enqueued)
+
+    services.step_complete(step=second, result={})
+    services.step_complete(step=slow, result={})
+
+    assert enqueued.of(pipeline.ECHO) == [(str(slow.notification_id),)]
+
+
 def test_a_send_retried_later_than_the_broker_keeps_delays_waits_in_the_database(
     enqueued: Enqueued, settings
 ) -> None:

@@ -169,6 +169,35 @@ def test_a_step_whose_task_was_lost_after_its_notification_ended_ends_once_its_c
     assert mail.outbox == []
 
 
+def test_a_message_sent_before_its_task_was_lost_stays_sent_when_the_step_ends(
+    settings, enqueued
+) -> None:
+    """The send went out and was recorded; the worker died before it closed the step.
+    Ending the step lost with its task fails only messages still on their way: this one
+    reached the subscriber, and the activity feed must say so."""
+    settings.NORM_STALE_CLAIM_SECONDS = 600
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
+    lost = StepFactory(notification=notification, type="email")
+    assert services.step_claim(step_id=lost.pk, claim="died") is not None
+    Message.objects.create(
+        step=lost,
+        client=notification.client,
+        subscriber=notification.subscriber,
+        channel="email",
+        provider="django-email",
+        content=lost.outputs,
+        status=Message.Status.SENT,
+    )
+    Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.CANCELED)
+    Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
+
+    services.reconcile()
+
+    assert Step.objects.get(pk=lost.pk).status == Step.Status.CANCELED
+    message = Message.objects.get(step=lost)
+    assert (message.status, message.error) == (Message.Status.SENT, "")
+
+
 def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings, enqueued) -> None:
     settings.NORM_SEND_MAX_ATTEMPTS = 2
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
