@@ -131,6 +131,27 @@ def novu() -> Notification:
     return notification
 
 
+def test_a_probe_refused_for_another_reason_fails_even_when_its_data_names_a_step(
+    novu: Notification, execute: FakeExecute, run: Callable[..., None]
+) -> None:
+    """Only ExecutionStateCorruptError names the next step: a step that throws says which
+    one in its data too, and must fail the notification, not be executed as the next."""
+    failed = bridge.BridgeError(
+        "StepExecutionFailedError",
+        "Failed to execute workflow: `welcome-flow`, step: `mail`",
+        data={"workflowId": "welcome-flow", "stepId": "mail"},
+        status=502,
+    )
+    execute.answers = [failed]
+
+    run(novu)
+
+    assert len(execute.calls) == 1  # the probe only
+    novu.refresh_from_db()
+    assert (novu.status, novu.error_code) == ("failed", "StepExecutionFailedError")
+    assert not novu.steps.exists()
+
+
 def test_the_probe_names_the_next_step_which_is_then_executed_by_id(
     novu: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
