@@ -8,6 +8,9 @@ every hand-off waits for the transaction that wrote its row to commit.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +80,28 @@ NOT_A_BUG: tuple[type[Exception], ...] = (
     billiard.exceptions.Terminated,
     billiard.exceptions.WorkerLostError,
 )
+
+
+@contextlib.contextmanager
+def bugs_recorded(
+    record: Callable[[Exception], None],
+    what: str,
+    log: logging.Logger,
+    *,
+    passes: tuple[type[Exception], ...] = (),
+) -> Iterator[None]:
+    """Around a stage's work: what is NOT_A_BUG (or `passes`) goes on to Celery; anything
+    else is a bug, logged to the stage's `log` with its traceback ("`what` failed") and
+    handed to `record`, which puts its reason on the row and bounds the reruns. Raised,
+    the task was acknowledged and the row kept no reason, the reconciler running it
+    again for good."""
+    try:
+        yield
+    except (*NOT_A_BUG, *passes):
+        raise
+    except Exception as exc:
+        log.exception("%s failed", what)
+        record(exc)
 
 
 def workflow_queue(workflow_id: str) -> str:

@@ -28,17 +28,15 @@ def message_send(*, step_id: int, claim: str = "") -> None:
     for a claim left stale) sends it again.
     """
     claim = claim or uuid.uuid4().hex  # the one the step is taken under, for the handler
-    try:
+    # A bug (in norm, or a step it did not foresee): raised, the step stayed claimed with
+    # no reason until NORM_STALE_CLAIM_SECONDS and failed at NORM_MAX_CLAIMS as taken by
+    # workers that never finished it. Recorded, and run again a grace period later.
+    with pipeline.bugs_recorded(
+        lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
+        f"the send of step {step_id}",
+        logger,
+    ):
         _send(step_id=step_id, claim=claim)
-    except pipeline.NOT_A_BUG:
-        raise
-    except Exception as exc:
-        # A bug (in norm, or a step it did not foresee). Raised, the task was acknowledged,
-        # the step stayed claimed with no reason until NORM_STALE_CLAIM_SECONDS, and failed
-        # at NORM_MAX_CLAIMS as taken by workers that never finished it. Recorded, and run
-        # again a grace period later; failed at NORM_MAX_CLAIMS with the error as reason.
-        logger.exception("message: step %s failed", step_id)
-        workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc)
 
 
 def _send(*, step_id: int, claim: str) -> None:

@@ -62,19 +62,17 @@ def _event(trigger_event_id: int) -> TriggerEvent | None:
 
 def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
     """Stage 3: the subscriber, then its notification (unique per event and subscriber)."""
-    try:
-        _subscriber_process(trigger_event_id=trigger_event_id, recipient=recipient)
-    except pipeline.NOT_A_BUG:
-        raise
-    except Exception as exc:
-        # A bug. Raised, the task was acknowledged and the event was short of this
-        # recipient's notification with no reason anywhere; the reconciler's reruns of
-        # the fan-out (bounded) met the bug again, as silently.
-        logger.exception("subscriber: a recipient of trigger event %s failed", trigger_event_id)
-        subscriber_id = recipient.get("subscriberId") if isinstance(recipient, dict) else None
-        fan_out_short(
+    # A bug: the event was short of this recipient's notification with no reason
+    # anywhere, and the reconciler's reruns of the fan-out (bounded) met it as silently.
+    subscriber_id = recipient.get("subscriberId") if isinstance(recipient, dict) else None
+    with pipeline.bugs_recorded(
+        lambda exc: fan_out_short(
             trigger_event_id=trigger_event_id, subscriber_ids=[str(subscriber_id)], exc=exc
-        )
+        ),
+        f"a recipient of trigger event {trigger_event_id}",
+        logger,
+    ):
+        _subscriber_process(trigger_event_id=trigger_event_id, recipient=recipient)
 
 
 def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
@@ -94,13 +92,14 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
     """Stage 3 for a chunk of a broadcast's or a topic's audience: the subscribers exist
     (one deleted since the fan-out is skipped), so only their notifications are created."""
-    try:
+    with pipeline.bugs_recorded(  # a bug: as in subscriber_process
+        lambda exc: fan_out_short(
+            trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids, exc=exc
+        ),
+        f"a chunk of trigger event {trigger_event_id}",
+        logger,
+    ):
         _subscribers_process(trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids)
-    except pipeline.NOT_A_BUG:
-        raise
-    except Exception as exc:  # a bug: as in subscriber_process
-        logger.exception("subscriber: a chunk of trigger event %s failed", trigger_event_id)
-        fan_out_short(trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids, exc=exc)
 
 
 def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:

@@ -93,23 +93,11 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
     held = TriggerEvent.objects.filter(
         pk=trigger_event_id, status=TriggerEvent.Status.PROCESSING, claimed_by=claim
     )
-    try:
-        _fan_out(trigger_event_id=trigger_event_id)
-    except pipeline.BROKER_ERRORS:
-        # The broker refused a command (down, a failover). Let go of the event, as the
-        # reconciler does a stale claim, for it to send again once the trigger is a grace
-        # period old (the rerun skips those reached): held under this task's claim, the
-        # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
-        held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
-        raise
-    except pipeline.NOT_A_BUG:
-        raise
-    except Exception as exc:
-        # A bug (a `to` norm's own code trips on, say). Raised, the event stayed claimed
-        # with no reason, and the reconciler ran it again every NORM_STALE_CLAIM_SECONDS,
-        # for good. Let go for the reconciler to run again a grace period from now (the
-        # rerun skips those reached), with the reason, and failed at NORM_MAX_CLAIMS.
-        logger.exception("workflow: the fan-out of trigger event %s failed", trigger_event_id)
+
+    def record(exc: Exception) -> None:
+        # A bug (a `to` norm's own code trips on, say). Let go for the reconciler to run
+        # again a grace period from now (the rerun skips those reached), with the reason,
+        # and failed at NORM_MAX_CLAIMS.
         reason = internal_error_text(exc)
         held.update(
             status=TriggerEvent.Status.RECEIVED,
@@ -126,6 +114,19 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             error=f"{reason} ({GIVEN_UP})",
             processed_at=timezone.now(),
         )
+
+    try:
+        with pipeline.bugs_recorded(
+            record, f"the fan-out of trigger event {trigger_event_id}", logger
+        ):
+            _fan_out(trigger_event_id=trigger_event_id)
+    except pipeline.BROKER_ERRORS:
+        # The broker refused a command (down, a failover). Let go of the event, as the
+        # reconciler does a stale claim, for it to send again once the trigger is a grace
+        # period old (the rerun skips those reached): held under this task's claim, the
+        # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
+        held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+        raise
 
 
 def _fan_out(*, trigger_event_id: int) -> None:
@@ -398,16 +399,14 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     position) row, which the unique constraint lets through once.
     Raises BridgeUnavailable for the task to retry unless `final_attempt`.
     """
-    try:
+    # A bug (in norm, or an answer it did not foresee): recorded, failed at NORM_MAX_CLAIMS.
+    with pipeline.bugs_recorded(
+        lambda exc: _echo_internal_error(notification_id=notification_id, exc=exc),
+        f"the echo of notification {notification_id}",
+        logger,
+        passes=(bridge.BridgeUnavailable,),  # the task's own retries
+    ):
         _echo(notification_id=notification_id, final_attempt=final_attempt)
-    except (bridge.BridgeUnavailable, *pipeline.NOT_A_BUG):
-        raise
-    except Exception as exc:
-        # A bug (in norm, or an answer it did not foresee). Raised, the task was
-        # acknowledged, the notification kept no reason, and the reconciler asked the
-        # bridge again every grace period, for good. Recorded, and failed at NORM_MAX_CLAIMS.
-        logger.exception("echo: notification %s failed", notification_id)
-        _echo_internal_error(notification_id=notification_id, exc=exc)
 
 
 def _echo_internal_error(*, notification_id: str, exc: Exception) -> None:
