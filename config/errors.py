@@ -75,8 +75,13 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     if isinstance(detail, dict):
         out: list[dict[str, str]] = []
         for key, value in detail.items():
-            field = f"{prefix}.{key}" if prefix else str(key)
-            out.extend(_flatten(value, "" if key == "non_field_errors" else field))
+            # An object's error as a whole (non_field_errors) belongs to the object itself:
+            # markAs's `mark` without `seen` or `read` is keyed `mark`, not "".
+            if key == "non_field_errors":
+                field = prefix
+            else:
+                field = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(_flatten(value, field))
         return out
     if isinstance(detail, list):
         return [e for item in detail for e in _flatten(item, prefix)]

@@ -243,6 +243,20 @@ def test_mark_validates_the_body(tenant, body: dict[str, Any]) -> None:
     assert errors and all(e["messages"] for e in errors.values())
 
 
+def test_an_error_of_a_nested_object_as_a_whole_is_keyed_by_that_object(tenant) -> None:
+    """`mark` with neither seen nor read is wrong as a whole: the 422 names `mark`, not ""."""
+    client, api = tenant
+    SubscriberFactory(client=client, subscriber_id="ann")
+
+    response = api.post(
+        "/v1/subscribers/ann/messages/markAs", {"messageId": "1", "mark": {}}, format="json"
+    )
+
+    assert response.status_code == 422
+    assert list(response.json()["errors"]) == ["mark"]
+    assert response.json()["message"].startswith("mark: ")
+
+
 # --- what novu-py's models and novu 1.14 need ---------------------------------------------
 
 
