@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from config import pipeline
 from workflows.sdk import Bridge
@@ -37,6 +37,23 @@ class FailsOnce:
         if self.calls == 1:
             raise self.error
         return self.fn(*args, **kwargs)
+
+
+def a_bug(*args: Any, **kwargs: Any) -> Any:
+    """A bug in norm: what a lookup of a key the data lacks raises."""
+    return {}["stepId"]
+
+
+class DatabaseAway:
+    """Stands in for a query whose server went away, every time: no bug, so each stage
+    leaves it to its retries. `calls` counts the tries."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise OperationalError("server closed the connection unexpectedly")
 
 
 @dataclass

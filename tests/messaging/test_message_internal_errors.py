@@ -18,7 +18,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
-from tests.conftest import Enqueued
+from tests.conftest import DatabaseAway, Enqueued, a_bug
 from tests.factories import StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
@@ -40,11 +40,6 @@ def _timing(settings: Any) -> None:
 
 def ago(seconds: float) -> Any:
     return timezone.now() - timedelta(seconds=seconds)
-
-
-def a_bug(*args: Any, **kwargs: Any) -> Any:
-    """A bug in norm: what a lookup of a key the data lacks raises."""
-    return {}["stepId"]
 
 
 def email_step() -> Step:
@@ -153,10 +148,7 @@ def test_a_step_whose_bug_goes_away_completes_and_its_message_is_sent_once(
 def test_the_database_away_is_no_bug_the_step_stays_its_tasks_for_its_retry(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def database_away(*args: Any, **kwargs: Any) -> Any:
-        raise OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr(providers.DjangoEmailProvider, "recipient", database_away)
+    monkeypatch.setattr(providers.DjangoEmailProvider, "recipient", DatabaseAway())
     step = email_step()
 
     with pytest.raises(OperationalError):

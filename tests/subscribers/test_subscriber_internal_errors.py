@@ -10,14 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import OperationalError
 from django.db.models import F
 
 from config import pipeline
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued
+from tests.conftest import DatabaseAway, Enqueued, a_bug
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
@@ -32,11 +31,6 @@ BUG = "KeyError: 'stepId'"
 @pytest.fixture(autouse=True)
 def _timing(settings: Any) -> None:
     settings.NORM_RECONCILE_GRACE = GRACE
-
-
-def a_bug(*args: Any, **kwargs: Any) -> Any:
-    """A bug in norm: what a lookup of a key the data lacks raises."""
-    return {}["stepId"]
 
 
 def fan_out(event: TriggerEvent, enqueued: Enqueued) -> None:
@@ -143,16 +137,11 @@ def test_the_rerun_once_the_bug_is_gone_reaches_the_recipient_and_clears_the_rea
 def test_the_database_away_is_no_bug_and_is_retried_by_celery(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-
-    def database_away(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        raise OperationalError("server closed the connection unexpectedly")
-
+    database_away = DatabaseAway()
     monkeypatch.setattr(services, "notification_create", database_away)
     event = TriggerEventFactory(to=["ann"])
 
     fan_out(event, enqueued)
 
-    assert len(calls) == 11  # DB_RETRY: the first run and its 10 retries
+    assert database_away.calls == 11  # DB_RETRY: the first run and its 10 retries
     assert event.error == ""

@@ -11,12 +11,11 @@ from typing import Any
 
 import kombu.exceptions
 import pytest
-from django.db import OperationalError
 from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
-from tests.conftest import Enqueued
+from tests.conftest import DatabaseAway, Enqueued, a_bug
 from tests.factories import NotificationFactory, TriggerEventFactory
 from workflows import selectors, services, tasks
 from workflows.models import Notification
@@ -37,11 +36,6 @@ def _timing(settings: Any) -> None:
 
 def ago(seconds: float) -> Any:
     return timezone.now() - timedelta(seconds=seconds)
-
-
-def a_bug(*args: Any, **kwargs: Any) -> Any:
-    """A bug in norm: what a lookup of a key the data lacks raises."""
-    return {}["stepId"]
 
 
 def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(
@@ -100,16 +94,11 @@ def test_a_retried_notification_gets_its_attempts_back(
 def test_a_database_error_in_the_echo_is_no_bug_and_is_retried_by_celery(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-
-    def database_away(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        raise OperationalError("server closed the connection unexpectedly")
-
+    database_away = DatabaseAway()
     monkeypatch.setattr(selectors, "bridge_state", database_away)
     notification = NotificationFactory()
     tasks.echo_run.apply(args=[str(notification.pk)])
-    assert len(calls) == 11  # DB_RETRY: the first run and its 10 retries
+    assert database_away.calls == 11  # DB_RETRY: the first run and its 10 retries
     notification.refresh_from_db()
     assert notification.status == Notification.Status.PENDING
     assert (notification.error, notification.error_code) == ("", "")
