@@ -31,7 +31,7 @@ from notify.management.commands import demoweb
 from notify.management.commands.rundemo import _check_free
 from notify.models import TriggerEvent
 from tests.e2e.harness import free_port
-from workflows.models import Notification
+from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,6 +203,36 @@ def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -
             status, body = error.code, error.read().decode()
 
         assert status == 201, body  # the bridge is discovered on this server
+    finally:
+        _stop(demo)
+
+
+def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
+    tmp_path: Path,
+) -> None:
+    """With http_proxy set (an office machine), rundemo's readiness check and the web
+    server's and worker's calls to the demo bridge on this machine went to the proxy:
+    here one that refuses every connection, so nothing ran."""
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
+    proxied = {"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "NO_PROXY": "", "no_proxy": ""}
+    demo = _start(addr, tmp_path, **proxied)
+    try:
+        _read_until(demo, "norm is running")
+        key = (tmp_path / "demo-secret-key").read_text().strip()
+        request = urllib.request.Request(
+            f"http://{addr}/v1/events/trigger",
+            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
+            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
+        )
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(request, timeout=30) as response:
+            assert response.status == 201  # the web server discovered the bridge
+        deadline = time.monotonic() + 60
+        # The worker called the bridge: the notification recorded its first step.
+        while time.monotonic() < deadline and not Step.objects.exists():
+            time.sleep(0.5)
+        assert Step.objects.filter(notification__subscriber__subscriber_id="ada").exists()
     finally:
         _stop(demo)
 

@@ -56,6 +56,20 @@ def _demo_key(path: Path) -> str:
     return key
 
 
+# The readiness check goes to this machine's own server, never through http_proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _loopback_unproxied(addr: str) -> dict[str, str]:
+    """NO_PROXY for the children, with the demo's host added: a proxy set for the outside
+    world (http_proxy, as on many office machines) would otherwise carry the worker's and
+    the web server's calls to the demo bridge on this machine, and fail them."""
+    host = addr.rpartition(":")[0].strip("[]")
+    current = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    no_proxy = ",".join(part for part in (current, host, "localhost") if part)
+    return {"NO_PROXY": no_proxy, "no_proxy": no_proxy}
+
+
 def _check_free(addr: str) -> None:
     """Refuse an address already served before starting anything: the web server
     would fail, but only after the worker and beat started, and a norm already
@@ -142,7 +156,12 @@ class Command(BaseCommand):
                 *("-s", str(var / "celerybeat-schedule")),
             ],
         }
-        env = {**os.environ, "NORM_DEMO_BRIDGE_SECRET": key, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "NORM_DEMO_BRIDGE_SECRET": key,
+            "PYTHONUNBUFFERED": "1",
+            **_loopback_unproxied(addr),
+        }
         lock = threading.Lock()
         processes: dict[str, subprocess.Popen[str]] = {}
         previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
@@ -191,7 +210,7 @@ class Command(BaseCommand):
             if web.poll() is not None:
                 raise CommandError(f"the web server exited with status {web.returncode}")
             try:
-                with urllib.request.urlopen(f"http://{addr}/bridge", timeout=2):
+                with _DIRECT.open(f"http://{addr}/bridge", timeout=2):
                     return
             except OSError:
                 time.sleep(0.3)
