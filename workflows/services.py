@@ -488,18 +488,31 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
             body=body,
             secrets=signing_secrets(client_id=notification.client_id, cached=True),
         )
+    # An error is the bridge's answer to the state this run read. A duplicate echo (the
+    # reconciler's, a redelivery) may have read it before another run recorded the next
+    # step: an error for that older state must not fail the notification under the step,
+    # whose message would then never go out. So it counts only while the row has not
+    # moved since this run read it (recording a step always moves it); if it moved, the
+    # next echo asks again with the current state.
     except bridge.BridgeUnavailable as exc:
-        Notification.objects.filter(pk=notification.pk).update(
-            bridge_attempts=F("bridge_attempts") + 1,
-            error=str(exc),
-            updated_at=timezone.now(),
-        )
+        now = timezone.now()
+        counted = Notification.objects.filter(
+            pk=notification.pk, updated_at=notification.updated_at
+        ).update(bridge_attempts=F("bridge_attempts") + 1, error=str(exc), updated_at=now)
         if not final_attempt:
             raise
-        notification_fail(notification_id=notification.pk, code=exc.code, message=exc.message)
+        if counted:
+            notification_fail(
+                notification_id=notification.pk, code=exc.code, message=exc.message, read_at=now
+            )
         return
     except bridge.BridgeError as exc:
-        notification_fail(notification_id=notification.pk, code=exc.code, message=exc.message)
+        notification_fail(
+            notification_id=notification.pk,
+            code=exc.code,
+            message=exc.message,
+            read_at=notification.updated_at,
+        )
         return
     try:
         _record_answer(notification=notification, state=state, answer=answer)
@@ -511,6 +524,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         logger.exception("echo: cannot record the answer for %s", notification.pk)
         notification_fail(
             notification_id=notification.pk,
+            read_at=notification.updated_at,
             code="BridgeInvalidResponse",
             message=f"norm could not record the bridge's answer: {error_text(exc)}"[:2000],
         )
@@ -542,6 +556,7 @@ def _record_answer(
     if step_type in selectors.UNSUPPORTED_STEP_TYPES:
         notification_fail(
             notification_id=notification.pk,
+            read_at=notification.updated_at,
             code="UnsupportedStepType",
             message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
         )
@@ -549,6 +564,7 @@ def _record_answer(
     if not isinstance(step_id, str) or not step_id or step_type not in selectors.STEP_TYPES:
         notification_fail(
             notification_id=notification.pk,
+            read_at=notification.updated_at,
             code="BridgeInvalidResponse",
             message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
         )
@@ -556,6 +572,7 @@ def _record_answer(
     if len(step_id) > STEP_ID_LENGTH:
         notification_fail(
             notification_id=notification.pk,
+            read_at=notification.updated_at,
             code="BridgeInvalidResponse",
             message=f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
             f"at most {STEP_ID_LENGTH}",
@@ -564,6 +581,7 @@ def _record_answer(
     if any(entry["stepId"] == step_id for entry in state):
         notification_fail(
             notification_id=notification.pk,
+            read_at=notification.updated_at,
             code="BridgeInvalidResponse",
             message=f"the bridge returned step '{step_id}' again, which already ran",
         )
@@ -578,6 +596,7 @@ def _record_answer(
         except UnsupportedDelay as exc:
             notification_fail(
                 notification_id=notification.pk,
+                read_at=notification.updated_at,
                 code="UnsupportedDelay",
                 message=f"step '{step_id}': {exc}",
             )
@@ -626,8 +645,16 @@ def _skipped_result(step_type: str) -> dict[str, Any]:
     return {}
 
 
-def notification_fail(*, notification_id: Any, code: str, message: str) -> None:
-    Notification.objects.filter(pk=notification_id).exclude(status__in=Notification.FINAL).update(
+def notification_fail(
+    *, notification_id: Any, code: str, message: str, read_at: datetime | None = None
+) -> None:
+    """Fail the notification unless it has ended. `read_at`: the `updated_at` a run read
+    before asking the bridge, for a failure that is the bridge's answer to that state:
+    only if the row has not moved since (see `_echo`)."""
+    rows = Notification.objects.filter(pk=notification_id)
+    if read_at is not None:
+        rows = rows.filter(updated_at=read_at)
+    rows.exclude(status__in=Notification.FINAL).update(
         status=Notification.Status.FAILED,
         error=message,
         error_code=code[:100],  # the column's length; bridges choose their codes

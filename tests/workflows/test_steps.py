@@ -25,7 +25,7 @@ from tests.messaging.test_message_worker import Inbox, smtp_serving
 from workflows import selectors, services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
-from workflows.sdk import Bridge, Context, workflow
+from workflows.sdk import Bridge, Context, WorkflowExecutionFailedError, workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -236,6 +236,60 @@ def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_record
         ("wait", "scheduled"),
     ]
     assert not HOOKS
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        # An error the bridge does not type: a 500, retried, here at the task's last try.
+        (RuntimeError("the shop's API is down"), "BridgeError"),
+        (WorkflowExecutionFailedError("the shop's API is down"), "WorkflowExecutionFailedError"),
+    ],
+)
+def test_a_duplicate_echo_refused_on_an_older_state_does_not_fail_under_the_step_recorded_meanwhile(
+    norm: Pipeline, error: Exception, code: str
+) -> None:
+    """As above, but the workflow's code throws for the second run's older state: that
+    failed the notification under the delay the first run had recorded, whose email then
+    never went out."""
+    notification = at_the_echo_after_the_inbox(norm)
+    second_at_bridge, first_recorded = threading.Event(), threading.Event()
+    second = threading.Thread(
+        target=lambda: (
+            services.echo_run(notification_id=str(notification.pk)),
+            connection.close(),
+        )
+    )
+
+    def first_at_bridge(inbox: dict[str, Any]) -> None:
+        second.start()
+        assert second_at_bridge.wait(10)
+
+    def then_second_throws(inbox: dict[str, Any]) -> None:
+        second_at_bridge.set()
+        assert first_recorded.wait(10)  # refused once the first run recorded its step
+        raise error
+
+    HOOKS[:] = [first_at_bridge, then_second_throws]
+    services.echo_run(notification_id=str(notification.pk))
+    first_recorded.set()
+    second.join(10)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("running", ""), notification.error
+    assert list(notification.steps.values_list("step_id", "status")) == [
+        ("inbox", "completed"),
+        ("wait", "scheduled"),
+    ]
+    assert not HOOKS
+    # The next echo asks with the current state: the same refusal then stands.
+    HOOKS[:] = [then_second_throws]
+    Step.objects.filter(step_id="wait").update(status=Step.Status.COMPLETED)
+    services.echo_run(notification_id=str(notification.pk))
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", code)
+    assert "the shop's API is down" in notification.error
 
 
 @pytest.mark.django_db(transaction=True)
