@@ -607,10 +607,11 @@ def _record_answer(
         with transaction.atomic():
             # A notification is pending until its first step is recorded. One waiting
             # for a delay is quiet until the step is due, not idle: its updated_at is
-            # the due time, so the reconciler's search for idle ones passes it by.
+            # the due time, so the reconciler's search for idle ones passes it by. It has
+            # moved on: an earlier attempt's reason (a bridge down, a bug) is no longer its.
             still_active = Notification.objects.filter(
                 pk=notification.pk, status__in=ACTIVE
-            ).update(status=Notification.Status.RUNNING, updated_at=due_at)
+            ).update(status=Notification.Status.RUNNING, updated_at=due_at, error="")
             if not still_active:
                 return  # canceled or failed while the bridge was answering
             step = Step.objects.create(

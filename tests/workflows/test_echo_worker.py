@@ -530,6 +530,28 @@ def test_task_retry_succeeds_once_the_bridge_is_back(
     assert (notification.error, notification.error_code) == ("", "")
 
 
+@pytest.mark.parametrize(
+    "reason", ["HTTP502: bad gateway", "step 'inbox': KeyError: 'stepId'", "KeyError: 'stepId'"]
+)
+def test_a_step_recorded_clears_the_reason_an_earlier_attempt_left(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], reason: str
+) -> None:
+    """A bridge that failed once, or a bug in a step or in an echo that went away, left
+    its reason on the notification while it went on and sent its steps: shown as failing
+    in the admin and the API until it completed."""
+    notification = NotificationFactory(status=Notification.Status.RUNNING, error=reason)
+    StepFactory(
+        notification=notification, step_id="inbox", position=0, status=Step.Status.COMPLETED
+    )
+    execute.answers = [EMAIL]
+
+    run(notification)
+
+    notification.refresh_from_db()
+    assert notification.steps.filter(step_id="reminder").exists()
+    assert (notification.status, notification.error) == ("running", "")
+
+
 def test_task_backs_off_exponentially(
     execute: FakeExecute, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
