@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Upper
 
 
 class Subscriber(models.Model):
@@ -22,6 +23,15 @@ class Subscriber(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["client", "subscriber_id"], name="uniq_subscriber")
+        ]
+        indexes = [
+            # `email__iexact` (GET /v1/notifications?emails=, the subscriber search by
+            # email) is UPPER(email) = UPPER(%s) on PostgreSQL, which no plain index serves:
+            # without it each call scanned every subscriber, or walked all the client's
+            # notifications newest first looking for the subscriber's. The email first: the
+            # notification list's join reaches it by email with or without the client.
+            # (SQLite compares with NORM_UPPER, config/db.py, which this does not serve.)
+            models.Index(Upper("email"), "client", name="subscriber_upper_email"),
         ]
 
     def __str__(self) -> str:

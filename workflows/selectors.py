@@ -86,10 +86,11 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
     if filters.get("templates"):
         qs = qs.filter(workflow_id__in=filters["templates"])
     if filters.get("emails"):
+        # Case-insensitive, as Novu: each served by the subscribers' UPPER(email) index.
         emails = Q()
         for email in filters["emails"]:
             emails |= Q(subscriber__email__iexact=email)
-        qs = qs.filter(emails)
+        qs = qs.filter(emails, subscriber__client_id=client_id)
     if filters.get("after"):
         qs = qs.filter(created_at__gte=filters["after"])
     if filters.get("before"):
