@@ -95,7 +95,10 @@ class SecretKey(models.Model):
 class BridgeWorkflow(models.Model):
     """A workflow the client's bridge declared in its last discover."""
 
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_workflows")
+    # Indexed by the unique (client, bridge_url, workflow_id), which starts with it.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="bridge_workflows", db_index=False
+    )
     bridge_url = BridgeURLField(max_length=500)
     workflow_id = models.CharField(max_length=200)
     name = models.CharField(max_length=200, blank=True)
@@ -129,7 +132,10 @@ class BridgeSync(models.Model):
         NORM = "norm", "norm (next step chosen by the code)"
         NOVU = "novu", "Novu @novu/framework (step by step id)"
 
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="bridge_syncs")
+    # Indexed by the unique (client, bridge_url), which starts with it.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="bridge_syncs", db_index=False
+    )
     bridge_url = BridgeURLField(max_length=500)
     synced_at = models.DateTimeField()
     error = models.TextField(blank=True)
@@ -158,7 +164,11 @@ class TriggerEvent(models.Model):
         # Canceled before its fan-out ran (or while a run that then died held it).
         CANCELED = "canceled"
 
-    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="trigger_events")
+    # Indexed by the unique (client, transaction_id), which starts with it: an index of
+    # its own was one more write for every trigger the API stores.
+    client = models.ForeignKey(
+        Client, on_delete=models.CASCADE, related_name="trigger_events", db_index=False
+    )
     workflow_id = models.CharField(max_length=200)
     transaction_id = models.CharField(max_length=255)
     mode = models.CharField(max_length=16, choices=Mode.choices)

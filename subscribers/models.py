@@ -5,8 +5,9 @@ from django.db.models.functions import Upper
 
 
 class Subscriber(models.Model):
+    # Indexed by the unique (client, subscriber_id), which starts with it.
     client = models.ForeignKey(
-        "notify.Client", on_delete=models.CASCADE, related_name="subscribers"
+        "notify.Client", on_delete=models.CASCADE, related_name="subscribers", db_index=False
     )
     subscriber_id = models.CharField(max_length=255)
     email = models.CharField(max_length=254, blank=True)
@@ -39,7 +40,10 @@ class Subscriber(models.Model):
 
 
 class Topic(models.Model):
-    client = models.ForeignKey("notify.Client", on_delete=models.CASCADE, related_name="topics")
+    # Indexed by the unique (client, key), which starts with it.
+    client = models.ForeignKey(
+        "notify.Client", on_delete=models.CASCADE, related_name="topics", db_index=False
+    )
     key = models.CharField(max_length=255)
     name = models.CharField(max_length=255, blank=True)
     subscribers = models.ManyToManyField(
@@ -55,7 +59,8 @@ class Topic(models.Model):
 
 
 class TopicSubscription(models.Model):
-    topic = models.ForeignKey(Topic, on_delete=models.CASCADE)
+    # Indexed by the unique (topic, subscriber), which starts with it.
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, db_index=False)
     subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -18,11 +18,18 @@ class Notification(models.Model):
     FINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of their own (db_index=False): (client, created_at) and the unique
+    # (trigger_event, subscriber) start with them and serve their lookups and the
+    # foreign key's checks, and each index is one more write for every row a fan-out
+    # inserts (tests/test_query_plans.py).
     client = models.ForeignKey(
-        "notify.Client", on_delete=models.CASCADE, related_name="notifications"
+        "notify.Client", on_delete=models.CASCADE, related_name="notifications", db_index=False
     )
     trigger_event = models.ForeignKey(
-        "notify.TriggerEvent", on_delete=models.CASCADE, related_name="notifications"
+        "notify.TriggerEvent",
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        db_index=False,
     )
     subscriber = models.ForeignKey(
         "subscribers.Subscriber", on_delete=models.CASCADE, related_name="notifications"
@@ -74,7 +81,10 @@ class Step(models.Model):
 
     DONE = (Status.COMPLETED, Status.SKIPPED)
 
-    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: both unique constraints start with it.
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     step_id = models.CharField(max_length=200)
     type = models.CharField(max_length=32)
     position = models.PositiveIntegerField()
