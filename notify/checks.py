@@ -1,8 +1,10 @@
 """System checks: what a production deployment must set for its secret keys
-(`check --deploy`), and settings that would send steps twice (every command)."""
+(`check --deploy`), settings that would send steps twice, and a host without a time
+zone database (every command)."""
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -79,5 +81,22 @@ def broker_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage
             hint="Lower NORM_BROKER_MAX_COUNTDOWN (longer delays wait in the database, for "
             "the reconciler) or raise CELERY_VISIBILITY_TIMEOUT.",
             id="norm.E002",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def time_zone_database_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """A subscriber's timezone is checked against the host's IANA database (as Novu's
+    IsTimeZone checks it); a host without one (a slim image without tzdata) cannot tell
+    a zone from a typo, and takes any."""
+    if zoneinfo.available_timezones():
+        return []
+    return [
+        Warning(
+            "No IANA time zone database was found: a subscriber's timezone is stored unchecked.",
+            hint="Install the system's tzdata package (or set PYTHONTZPATH to a zoneinfo "
+            "directory).",
+            id="norm.W002",
         )
     ]

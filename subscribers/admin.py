@@ -31,6 +31,22 @@ class SubscriberForm(forms.ModelForm):
             recipients.SubscriberEmailValidator()(email)
         return email
 
+    def clean_locale(self) -> str:
+        # The API's rule (Novu's IsLocale), for a changed value, as for the email.
+        locale = self.cleaned_data["locale"]
+        if locale and "locale" in self.changed_data and not recipients.locale_valid(locale):
+            raise forms.ValidationError(recipients.LOCALE_MESSAGE)
+        return locale
+
+    def clean_timezone(self) -> str:
+        zone = self.cleaned_data["timezone"]
+        if not zone or "timezone" not in self.changed_data:
+            return zone
+        name = recipients.timezone_name(zone)
+        if name is None:
+            raise forms.ValidationError(recipients.TIMEZONE_MESSAGE)
+        return name
+
     def clean_data(self) -> Any:
         # An object, as the API takes it: a list, a string or a number was stored, and
         # novu-py then refused every answer holding the subscriber (a retrieve, a whole

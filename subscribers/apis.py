@@ -35,7 +35,7 @@ from config.paging import (
     query_bool,
     query_limit,
 )
-from subscribers import selectors, services
+from subscribers import recipients, selectors, services
 from subscribers.models import Subscriber, Topic
 from subscribers.recipients import INLINE_FIELDS, SubscriberEmailValidator
 
@@ -102,6 +102,20 @@ class SubscriberFields(serializers.Serializer):
         max_length=64, required=False, allow_null=True, allow_blank=True
     )
     data = serializers.DictField(required=False, allow_null=True)
+
+    # As Novu's DTOs check them (IsLocale, IsTimeZone), with its 422; "" clears either.
+    def validate_locale(self, value: str | None) -> str | None:
+        if value and not recipients.locale_valid(value):
+            raise serializers.ValidationError(recipients.LOCALE_MESSAGE)
+        return value
+
+    def validate_timezone(self, value: str | None) -> str | None:
+        if not value:
+            return value
+        name = recipients.timezone_name(value)
+        if name is None:
+            raise serializers.ValidationError(recipients.TIMEZONE_MESSAGE)
+        return name
 
     def model_values(self, *, nulls_clear: bool) -> dict[str, Any]:
         """Model fields from the validated body. Absent stays untouched; null clears a

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from typing import Any
 
 from django.core.validators import EmailValidator
@@ -45,6 +47,70 @@ class SubscriberEmailValidator(EmailValidator):
         r'*"\Z)',
         re.IGNORECASE,
     )
+
+
+# A subscriber's locale as Novu checks it (class-validator's IsLocale, which is
+# validator.js's isLocale): a BCP 47 language tag, its subtags joined by `-` or `_`.
+# Its quirks are kept: a variant's last three characters may hold a `-`, and a language
+# of five to eight letters ("english") passes.
+_LANGUAGE = r"([a-zA-Z]{2,3}(-[A-Za-z]{3}(-[A-Za-z]{3}){0,2})?|[a-zA-Z]{5,8})"
+_VARIANT = r"([A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9-]{3})"
+_EXTENSION = r"[0-9A-WYZa-wyz](-[A-Za-z0-9]{2,8})+"
+_PRIVATE_USE = r"x(-[A-Za-z0-9]{1,8})+"
+_GRANDFATHERED = (
+    "en-GB-oed|i-ami|i-bnn|i-default|i-enochian|i-hak|i-klingon|i-lux|i-mingo|i-navajo|"
+    "i-pwn|i-tao|i-tay|i-tsu|sgn-BE-FR|sgn-BE-NL|sgn-CH-DE|art-lojban|cel-gaulish|no-bok|"
+    "no-nyn|zh-guoyu|zh-hakka|zh-min|zh-min-nan|zh-xiang"
+)
+_LOCALE = re.compile(
+    rf"{_PRIVATE_USE}|{_GRANDFATHERED}"
+    rf"|{_LANGUAGE}([-_][A-Za-z]{{4}})?([-_]([A-Za-z]{{2}}|[0-9]{{3}}))?"
+    rf"([-_]{_VARIANT})*([-_]{_EXTENSION})*([-_]{_PRIVATE_USE})?"
+)
+# class-validator's messages, which Novu answers with.
+LOCALE_MESSAGE = "locale must be locale"
+TIMEZONE_MESSAGE = "timezone must be a valid IANA time-zone"
+
+
+def locale_valid(value: str) -> bool:
+    return _LOCALE.fullmatch(value) is not None
+
+
+@functools.cache
+def _time_zones() -> dict[str, str]:
+    return {name.lower(): name for name in zoneinfo.available_timezones()}
+
+
+def timezone_name(value: str) -> str | None:
+    """The IANA name of a time zone, spelt as the database spells it ("europe/paris" is
+    "Europe/Paris", as JavaScript's Intl, which Novu's IsTimeZone asks, matches any
+    case); None for no such zone. A host without a time zone database (checked at
+    start, norm.W002) cannot tell: there the value is taken as it is."""
+    zones = _time_zones()
+    if not zones:
+        return value
+    return zones.get(value.lower())
+
+
+def checked_attributes(recipient: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A trigger's inline subscriber less a `locale` or `timezone` Novu would refuse
+    (with the reasons): the subscriber is upserted and notified without it, its stored
+    value kept. Novu refuses the whole recipient there (its worker's
+    CreateOrUpdateSubscriberCommand fails, and that subscriber gets nothing); norm
+    does not lose a notification over a locale."""
+    checked, refused = dict(recipient), []
+    locale, zone = checked.get("locale"), checked.get("timezone")
+    if isinstance(locale, str) and locale and not locale_valid(locale):
+        del checked["locale"]
+        refused.append(f"{LOCALE_MESSAGE} ({locale[:40]!r} was not stored)")
+    if isinstance(zone, str) and zone:
+        name = timezone_name(zone)
+        if name is None:
+            del checked["timezone"]
+            refused.append(f"{TIMEZONE_MESSAGE} ({zone[:40]!r} was not stored)")
+        else:
+            checked["timezone"] = name
+    return checked, refused
 
 
 def _invalid(message: str) -> ApiError:

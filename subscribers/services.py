@@ -15,7 +15,13 @@ from config.errors import ApiError
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from subscribers.recipients import INLINE_FIELDS, new_unroutable, routable, unroutable_message
+from subscribers.recipients import (
+    INLINE_FIELDS,
+    checked_attributes,
+    new_unroutable,
+    routable,
+    unroutable_message,
+)
 from workflows.models import Notification, Step
 from workflows.services import (
     fan_out_short,
@@ -85,9 +91,22 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
     # the event. It deleted the row under the command, which failed (an update of no
     # row, a notification refused by its foreign key), and the reconciler's rerun then
     # created the deleted subscriber anew and sent it the workflow.
+    recipient, refused = checked_attributes(recipient)
     with transaction.atomic():
         subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
         notification_create(trigger_event=event, subscriber=subscriber)
+    if refused:
+        attributes_refused(event=event, subscriber_id=recipient["subscriberId"], refused=refused)
+
+
+def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list[str]) -> None:
+    """Say on the event (in the admin) which of a recipient's attributes were not stored,
+    unless it already holds a reason: a bug's, which matters more, or another's."""
+    reason = f"subscriber '{subscriber_id[:100]}': " + "; ".join(refused)
+    logger.warning("trigger event %s: %s", event.pk, reason)
+    TriggerEvent.objects.filter(pk=event.pk, error="").exclude(
+        status=TriggerEvent.Status.FAILED
+    ).update(error=reason)
 
 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:

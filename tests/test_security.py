@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import threading
+import zoneinfo
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,7 @@ from config.parsers import MAX_DEPTH
 from notify import selectors as notify_selectors
 from notify import services as notify_services
 from notify.models import TriggerEvent
+from subscribers import recipients
 from subscribers.models import Subscriber
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
@@ -200,6 +202,21 @@ def test_a_broker_countdown_redis_would_deliver_again_is_refused(
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     settings.NORM_BROKER_MAX_COUNTDOWN = countdown
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+def test_a_host_without_a_time_zone_database_is_warned_of_and_takes_any_timezone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checked against an empty database, every timezone would be refused."""
+    assert "norm.W002" not in [m.id for m in checks.run_checks()]
+    assert recipients.timezone_name("Mars/Olympus") is None
+    monkeypatch.setattr(zoneinfo, "available_timezones", set)
+    recipients._time_zones.cache_clear()
+    try:
+        assert "norm.W002" in [m.id for m in checks.run_checks()]
+        assert recipients.timezone_name("Mars/Olympus") == "Mars/Olympus"
+    finally:
+        recipients._time_zones.cache_clear()
 
 
 def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:

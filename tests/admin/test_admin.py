@@ -709,7 +709,15 @@ def test_an_old_subscriber_id_the_rules_refuse_can_still_be_edited(admin_client)
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("data", '["vip"]'), ("data", '"vip"'), ("data", "5"), ("data", "null"), ("email", "ann@")],
+    [
+        ("data", '["vip"]'),
+        ("data", '"vip"'),
+        ("data", "5"),
+        ("data", "null"),
+        ("email", "ann@"),
+        ("locale", "fr FR"),
+        ("timezone", "Mars/Olympus"),
+    ],
 )
 def test_a_subscribers_data_and_email_edited_in_the_admin_follow_the_apis_rules(
     admin_client, field: str, value: str

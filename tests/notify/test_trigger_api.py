@@ -177,6 +177,17 @@ def test_an_existing_subscriber_with_such_an_id_is_still_triggered(
     assert TriggerEvent.objects.get().to == ["team/ann", "bob"]
 
 
+def test_an_invalid_locale_or_timezone_in_to_does_not_refuse_the_trigger(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """Novu takes the trigger too (its `to` is checked for shape only); the subscriber
+    worker leaves the value out (tests/subscribers/test_subscriber_worker.py)."""
+    to = [{"subscriberId": "ann", "locale": "fr FR", "timezone": "Mars/Olympus"}, "bob"]
+    response = post(TRIGGER, {"name": "welcome", "to": to})
+    assert response.status_code == 201, response.content
+    assert TriggerEvent.objects.get().to == to
+
+
 def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
     body = {"name": "welcome", "to": "ann", "payload": {"blob": "x" * (600 * 1024)}}
     assert_error(post(TRIGGER, body), 413, "payload_too_large")

@@ -295,6 +295,86 @@ def test_bulk_create_needs_a_list_of_at_most_500(key: str, subscribers: Any) -> 
     assert not Subscriber.objects.exists()
 
 
+# What Novu's IsLocale (validator.js's isLocale) and IsTimeZone (Intl) refuse.
+INVALID_LOCALES = ["e", "en-", "en US", "fr_FR.UTF-8", "toolonglocale", "123"]
+INVALID_TIME_ZONES = ["Mars/Olympus", "Europe/Pariss", "GMT+2", "CET/Paris"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [*(("locale", v) for v in INVALID_LOCALES), *(("timezone", v) for v in INVALID_TIME_ZONES)],
+)
+def test_an_invalid_locale_or_timezone_is_refused_with_novus_422(
+    keyed: tuple[Client, str], field: str, value: str
+) -> None:
+    """Stored as they came, where Novu refuses them: a bridge reading the subscriber's
+    timezone or locale then failed on it, one notification at a time."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    with pytest.raises(novu_py.models.ValidationErrorDto) as refused:
+        novu.subscribers.create(
+            create_subscriber_request_dto={"subscriber_id": "ann", field: value}
+        )
+    message = {
+        "locale": "locale must be locale",
+        "timezone": "timezone must be a valid IANA time-zone",
+    }
+    assert refused.value.data.errors[field].messages == [message[field]]
+    assert not Subscriber.objects.exists()
+
+    SubscriberFactory(client=client, subscriber_id="ann", locale="fr-FR", timezone="Europe/Paris")
+    with pytest.raises(novu_py.models.ValidationErrorDto):
+        novu.subscribers.patch(subscriber_id="ann", patch_subscriber_request_dto={field: value})
+    body = {"subscriberId": "ann", field: value, "firstName": None}  # as novu 1.14 sends
+    assert_error(call(key, "post", "/v1/subscribers", body), 422, "/v1/subscribers")
+    assert_error(call(key, "put", "/v1/subscribers/ann", body), 422, "/v1/subscribers/ann")
+    result = novu.subscribers.create_bulk(
+        bulk_subscriber_create_dto={
+            "subscribers": [{"subscriber_id": "bob"}, {"subscriber_id": "ann", field: value}]
+        }
+    ).result
+    assert [c.subscriber_id for c in result.created] == ["bob"]
+    assert [(f.subscriber_id, message[field] in f.message) for f in result.failed] == [
+        ("ann", True)
+    ]
+    ann = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (ann.locale, ann.timezone) == ("fr-FR", "Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("locale", "timezone", "stored"),
+    [
+        ("en", "UTC", "UTC"),
+        ("en_US", "America/Argentina/Buenos_Aires", "America/Argentina/Buenos_Aires"),
+        ("zh-Hant-TW", "Asia/Taipei", "Asia/Taipei"),
+        ("es-419", "Etc/GMT+5", "Etc/GMT+5"),
+        ("english", "US/Eastern", "US/Eastern"),  # both pass Novu's checks too
+        ("fr-FR", "europe/paris", "Europe/Paris"),  # Intl matches a zone in any case
+    ],
+)
+def test_a_valid_locale_and_timezone_are_kept_and_empty_clears_them(
+    keyed: tuple[Client, str], locale: str, timezone: str, stored: str
+) -> None:
+    client, key = keyed
+    novu = novu_py_for(key)
+    created = novu.subscribers.create(
+        create_subscriber_request_dto={
+            "subscriber_id": "ann",
+            "locale": locale,
+            "timezone": timezone,
+        }
+    ).result
+    assert (created.locale, created.timezone) == (locale, stored)
+    ok(call(key, "put", "/v1/subscribers/ann", {"locale": locale, "timezone": timezone}))
+
+    patched = novu.subscribers.patch(
+        subscriber_id="ann", patch_subscriber_request_dto={"locale": "", "timezone": ""}
+    ).result
+    assert (patched.locale, patched.timezone) == (None, None)
+    ann = Subscriber.objects.get(client=client)
+    assert (ann.locale, ann.timezone) == ("", "")
+
+
 # --- get, update, delete ---------------------------------------------------------------------
 
 

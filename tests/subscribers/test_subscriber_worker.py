@@ -93,6 +93,32 @@ def test_updates_an_existing_subscriber_from_the_trigger(
     assert Notification.objects.get().subscriber == existing
 
 
+def test_a_recipients_invalid_locale_or_timezone_is_not_stored_and_it_is_still_notified(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """A trigger's inline subscriber is checked as the subscriber API checks it (Novu's
+    IsLocale, IsTimeZone): the invalid value is not stored, the stored one is kept, and
+    the recipient is still notified (Novu's worker drops the whole recipient). The event
+    says what was not stored."""
+    event = TriggerEventFactory()
+    SubscriberFactory(client=event.client, subscriber_id="ann", locale="fr-FR", timezone="")
+    recipients = [
+        {"subscriberId": "ann", "locale": "fr FR", "timezone": "europe/paris", "firstName": "A"},
+        {"subscriberId": "bob", "locale": "en-GB", "timezone": "Mars/Olympus"},
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        for recipient in recipients:
+            tasks.subscriber_process(event.pk, recipient)
+
+    stored = {
+        s.subscriber_id: (s.locale, s.timezone, s.first_name) for s in Subscriber.objects.all()
+    }
+    assert stored == {"ann": ("fr-FR", "Europe/Paris", "A"), "bob": ("en-GB", "", "")}
+    assert Notification.objects.count() == 2 and len(enqueued.of(pipeline.ECHO)) == 2
+    event.refresh_from_db()
+    assert event.error == "subscriber 'ann': locale must be locale ('fr FR' was not stored)"
+
+
 def test_same_subscriber_id_of_another_client_is_another_subscriber(
     enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
 ) -> None:
