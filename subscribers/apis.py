@@ -79,28 +79,30 @@ def topic_dto(topic: Topic) -> dict[str, Any]:
     }
 
 
+class StringField(serializers.CharField):
+    """A string as Novu's IsString takes it: a number (`"firstName": 5`) is refused with
+    its message, where DRF's CharField would store it as the text "5"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"{self.field_name} must be a string")
+        return super().to_internal_value(data)
+
+
 class SubscriberFields(serializers.Serializer):
-    firstName = serializers.CharField(
-        max_length=200, required=False, allow_null=True, allow_blank=True
-    )
-    lastName = serializers.CharField(
-        max_length=200, required=False, allow_null=True, allow_blank=True
-    )
-    email = serializers.CharField(
+    firstName = StringField(max_length=200, required=False, allow_null=True, allow_blank=True)
+    lastName = StringField(max_length=200, required=False, allow_null=True, allow_blank=True)
+    email = StringField(
         max_length=254,
         required=False,
         allow_null=True,
         allow_blank=True,  # "" clears it
         validators=[SubscriberEmailValidator()],
     )
-    phone = serializers.CharField(max_length=64, required=False, allow_null=True, allow_blank=True)
-    avatar = serializers.CharField(
-        max_length=500, required=False, allow_null=True, allow_blank=True
-    )
-    locale = serializers.CharField(max_length=32, required=False, allow_null=True, allow_blank=True)
-    timezone = serializers.CharField(
-        max_length=64, required=False, allow_null=True, allow_blank=True
-    )
+    phone = StringField(max_length=64, required=False, allow_null=True, allow_blank=True)
+    avatar = StringField(max_length=500, required=False, allow_null=True, allow_blank=True)
+    locale = StringField(max_length=32, required=False, allow_null=True, allow_blank=True)
+    timezone = StringField(max_length=64, required=False, allow_null=True, allow_blank=True)
     data = serializers.DictField(required=False, allow_null=True)
 
     # As Novu's DTOs check them (IsLocale, IsTimeZone), with its 422; "" clears either.
@@ -126,7 +128,7 @@ class SubscriberFields(serializers.Serializer):
 
 
 class SubscriberCreateInput(SubscriberFields):
-    subscriberId = serializers.CharField(max_length=255)
+    subscriberId = StringField(max_length=255)
 
 
 # Response shapes and parameters, for the OpenAPI schema only: the views answer with dicts.

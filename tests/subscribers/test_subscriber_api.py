@@ -375,6 +375,42 @@ def test_a_valid_locale_and_timezone_are_kept_and_empty_clears_them(
     assert (ann.locale, ann.timezone) == ("", "")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("firstName", 5), ("lastName", 1.5), ("phone", 15550100), ("avatar", True), ("locale", 7)],
+)
+def test_a_number_for_a_string_field_is_refused_as_novus_is_string_refuses_it(
+    keyed: tuple[Client, str], field: str, value: Any
+) -> None:
+    """Stored as the text "5" before, where Novu answers 422 "firstName must be a string"."""
+    client, key = keyed
+    for method, path, body in [
+        ("post", "/v2/subscribers", {"subscriberId": "ann", field: value}),
+        ("post", "/v1/subscribers", {"subscriberId": "ann", field: value}),
+    ]:
+        refused = assert_error(call(key, method, path, body), 422, path)
+        assert refused["errors"] == {field: {"messages": [f"{field} must be a string"]}}
+    assert not Subscriber.objects.exists()
+
+    SubscriberFactory(client=client, subscriber_id="ann", first_name="Ann", phone="+1555")
+    for method, version in [("patch", "v2"), ("put", "v1")]:
+        path = f"/{version}/subscribers/ann"
+        assert_error(call(key, method, path, {field: value}), 422, path)
+    bulk = {"subscribers": [{"subscriberId": "bob", field: value}]}
+    failed = ok(call(key, "post", "/v1/subscribers/bulk", bulk), 201)["data"]["failed"]
+    assert failed == [{"subscriberId": "bob", "message": f"{field}: {field} must be a string"}]
+    ann = Subscriber.objects.get(client=client)
+    assert (ann.first_name, ann.phone) == ("Ann", "+1555")
+
+
+def test_a_number_for_the_subscriber_id_is_refused(key: str) -> None:
+    refused = assert_error(
+        call(key, "post", "/v2/subscribers", {"subscriberId": 7}), 422, "/v2/subscribers"
+    )
+    assert refused["errors"] == {"subscriberId": {"messages": ["subscriberId must be a string"]}}
+    assert not Subscriber.objects.exists()
+
+
 # --- get, update, delete ---------------------------------------------------------------------
 
 
