@@ -345,6 +345,11 @@ _CURSOR = [
     OpenApiParameter("before", description="the `previous` cursor of the next page"),
     OpenApiParameter("orderDirection", enum=["ASC", "DESC"]),
 ]
+# v1 lists page by `page`, as Novu's do, and read none of v2's cursor parameters:
+# the v1 views inherit the v2 methods' schema, so those are taken out of theirs.
+_NOT_ON_V1 = [
+    OpenApiParameter(name, exclude=True) for name in ("after", "before", "orderDirection")
+]
 _SUBSCRIBER_FILTERS = [
     OpenApiParameter("subscriberId", description="exact match"),
     OpenApiParameter("email", description="exact match, case-insensitive"),
@@ -451,7 +456,7 @@ def cursor_page(
     get=extend_schema(
         operation_id="v1_subscribers_list",
         summary="List subscribers by page",
-        parameters=[*PAGE_PARAMETERS, *_SUBSCRIBER_FILTERS],
+        parameters=[*PAGE_PARAMETERS, *_SUBSCRIBER_FILTERS, *_NOT_ON_V1],
         responses={200: SubscriberPageV1, **error_responses(400)},
     ),
 )
@@ -633,6 +638,7 @@ class TopicListApi(APIView):
             *PAGE_PARAMETERS,
             OpenApiParameter("pageSize", OpenApiTypes.INT, description="overrides limit"),
             OpenApiParameter("key", description="exact match"),
+            *_NOT_ON_V1,
         ],
         responses={200: TopicPageV1, **error_responses(400)},
     ),

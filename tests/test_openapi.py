@@ -95,6 +95,10 @@ def test_query_parameters_are_described(openapi: dict[str, Any]) -> None:
 
     assert {"limit", "after", "before", "email", "name"} <= query("/v2/subscribers")
     assert {"page", "limit", "subscriberId"} <= query("/v1/subscribers")
+    # v1 lists page by page (as Novu's): v2's cursor was advertised there and ignored.
+    v1_subscribers = {"page", "limit", "subscriberId", "email", "phone", "name"}
+    assert query("/v1/subscribers") == v1_subscribers
+    assert query("/v1/topics") == {"page", "limit", "pageSize", "key", "name"}
     assert {"page", "limit", "transactionId", "status"} <= query("/v1/notifications")
     feed = query("/v1/subscribers/{subscriber_id}/notifications/feed")
     assert {"page", "limit", "seen", "read", "payload"} <= feed
