@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -30,10 +29,12 @@ MAX_QUERY_INT = 10**9
 def query_int(
     request: Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
 ) -> int:
-    """A whole number from the query string, at least `minimum`, capped at `maximum`.
+    """A whole number from the query string, at least `minimum`: up to MAX_QUERY_INT,
+    or any beyond `maximum` read as `maximum` (a page size: Novu's clients may ask for
+    more than a page holds).
 
     novu-py sends numbers as floats (`limit=10.0`); anything else that is not a whole
-    number in range is a 400 that names the parameter.
+    number in range is a 400 that names the parameter, and says the range it takes.
     """
     raw = request.query_params.get(name)
     if raw in (None, ""):
@@ -42,8 +43,14 @@ def query_int(
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (minimum <= value <= MAX_QUERY_INT) or value != int(value):
-        message = f"must be a whole number from {minimum} to {MAX_QUERY_INT}"
+    upper = math.inf if maximum is not None else MAX_QUERY_INT
+    if not (math.isfinite(value) and minimum <= value <= upper) or value != int(value):
+        message = (
+            f"must be a whole number from {minimum} to {MAX_QUERY_INT}"
+            if maximum is None
+            else f"must be a whole number of at least {minimum} (above {maximum} reads as "
+            f"{maximum})"
+        )
         raise ApiError(
             400, "invalid_query", f"'{name}' {message}", [{"field": name, "message": message}]
         )
@@ -86,11 +93,22 @@ def paginate(
     return rows, meta
 
 
-_INT = {"type": OpenApiTypes.INT, "location": OpenApiParameter.QUERY}
+# As query_int reads them: a limit beyond MAX_LIMIT is no error, it is read as MAX_LIMIT.
 LIMIT_PARAMETER = OpenApiParameter(
-    "limit", **_INT, description=f"1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
+    "limit",
+    {"type": "integer", "minimum": 1},
+    OpenApiParameter.QUERY,
+    description=f"the page size (default {DEFAULT_LIMIT}); above {MAX_LIMIT} reads as {MAX_LIMIT}",
 )
-PAGE_PARAMETERS = [OpenApiParameter("page", **_INT, description="0-based"), LIMIT_PARAMETER]
+PAGE_PARAMETERS = [
+    OpenApiParameter(
+        "page",
+        {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
+        OpenApiParameter.QUERY,
+        description="0-based",
+    ),
+    LIMIT_PARAMETER,
+]
 
 
 def page_of(name: str, item: serializers.BaseSerializer) -> type[serializers.Serializer]:

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from config.dates import iso_z
 from config.errors import ApiError, error_responses
 from config.paging import (
+    LIMIT_PARAMETER,
     PAGE_PARAMETERS,
     page_of,
     paginate,
@@ -559,7 +560,7 @@ class InboxListApi(APIView):
         tags=["Inbox"],
         summary="A subscriber's in-app notifications, newest first (Novu's v2 inbox)",
         parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 10)"),
+            LIMIT_PARAMETER,
             OpenApiParameter("after", description="the id of the last notification seen"),
             OpenApiParameter("offset", OpenApiTypes.INT),
             OpenApiParameter("read", OpenApiTypes.BOOL),

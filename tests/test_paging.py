@@ -71,10 +71,32 @@ def test_every_list_refuses_a_bad_number_alike(
         return
     body = response.json()
     assert (response.status_code, body["code"]) == (400, "invalid_query")
-    assert body["errors"] == [
-        {"field": field, "message": "must be a whole number from "
-         f"{0 if field == 'page' else 1} to 1000000000"}
-    ]  # fmt: skip
+    # What each takes: a page up to 10**9 (OFFSET's bound); a limit of any size, as
+    # one above 100 is read as 100 (it said "from 1 to 1000000000", and 1000 is 100).
+    message = {
+        "page": "must be a whole number from 0 to 1000000000",
+        "limit": "must be a whole number of at least 1 (above 100 reads as 100)",
+    }[field]
+    assert body["errors"] == [{"field": field, "message": message}]
+    assert body["message"] == f"'{field}' {message}"
+
+
+@pytest.mark.parametrize("path", PAGE_LISTS + CURSOR_LISTS)
+def test_a_limit_beyond_a_billion_is_read_as_100_as_any_above_100(rows: Any, path: str) -> None:
+    body = rows.get(f"{path}?limit=9371254040978554617856").json()
+    assert len(body["data"]) == 100
+
+
+def test_the_schema_says_how_limit_and_page_are_read(client: Any) -> None:
+    spec = client.get("/v1/openapi.json").json()
+    for path in PAGE_LISTS + CURSOR_LISTS + ["/v2/subscribers/{subscriber_id}/notifications"]:
+        path = path.replace("/ann/", "/{subscriber_id}/")
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        limit = params["limit"]
+        assert limit["schema"] == {"type": "integer", "minimum": 1}
+        assert "above 100 reads as 100" in limit["description"]
+        if path in PAGE_LISTS:
+            assert params["page"]["schema"]["maximum"] == 1000000000
 
 
 def test_v1_topics_take_page_size_over_limit(rows: Any) -> None:
