@@ -68,6 +68,12 @@ class RecipientsField(serializers.JSONField):
     """`to`: validated by subscribers.recipients when the trigger is created."""
 
 
+@extend_schema_field({"anyOf": _RECIPIENT[:2]})
+class ActorField(serializers.JSONField):
+    """`actor`: a subscriberId or a subscriber object, created or updated as a recipient
+    is (checked by subscribers.recipients when the trigger is created)."""
+
+
 @extend_schema_field({"type": "string", "format": "uri"})
 class BridgeURLInput(serializers.CharField):
     """A bridge URL, whose host may be a bare name (`http://bridge:4000/api/novu`)."""
@@ -99,7 +105,7 @@ class TriggerInput(serializers.Serializer):
     transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
     resource = BridgeURLInput(required=False, allow_null=True)
     bridgeUrl = BridgeURLInput(required=False, allow_null=True)
-    actor = serializers.JSONField(required=False, allow_null=True)
+    actor = ActorField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, allow_null=True)
 
 
@@ -117,7 +123,7 @@ class BroadcastInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     payload = JSONObjectField(required=False, allow_null=True)
     transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
-    actor = serializers.JSONField(required=False, allow_null=True)
+    actor = ActorField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, allow_null=True)
 
 

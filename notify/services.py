@@ -23,7 +23,13 @@ from notify.models import (
     TriggerEvent,
 )
 from subscribers.models import Topic
-from subscribers.recipients import parse_recipients, refuse_new_unroutable
+from subscribers.recipients import (
+    new_unroutable,
+    parse_actor,
+    parse_recipients,
+    refuse_new_unroutable,
+    unroutable_message,
+)
 from workflows import bridge
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
@@ -187,6 +193,12 @@ def trigger_event_check(
             "resource is not one of this client's bridge URLs",
             [{"field": "resource", "message": "not an allowed bridge URL"}],
         )
+    actor_body = parse_actor(actor)
+    if actor_body and new_unroutable(
+        client_id=client.pk, subscriber_ids=[actor_body["subscriberId"]]
+    ):
+        message = unroutable_message(actor_body["subscriberId"])
+        raise ApiError(400, "invalid_actor", message, [{"field": "actor", "message": message}])
     if mode == TriggerEvent.Mode.MULTICAST:
         recipients, topics = parse_recipients(to)
         refuse_new_unroutable(client_id=client.pk, recipients=recipients)

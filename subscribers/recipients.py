@@ -158,6 +158,22 @@ def refuse_new_unroutable(*, client_id: int, recipients: list[dict[str, Any]]) -
         raise _invalid(unroutable_message(bad[0]))
 
 
+def parse_actor(actor: Any) -> dict[str, Any] | None:
+    """A trigger's `actor`, read as a recipient is (a subscriberId, or a subscriber object
+    whose attributes create or update it); None for none. ApiError 400 (invalid_actor)
+    for another value, as Novu checks an actor object against its subscriber DTO."""
+    if actor is None or actor == "":
+        return None
+    if not (_is_id(actor) or (isinstance(actor, dict) and _is_id(actor.get("subscriberId")))):
+        message = "`actor` must be a subscriberId or a subscriber object with a subscriberId"
+    else:
+        try:
+            return _subscriber(actor)
+        except ApiError as exc:
+            message = exc.message
+    raise ApiError(400, "invalid_actor", message, [{"field": "actor", "message": message}])
+
+
 def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Normalise `to` into (subscribers, topics).
 

@@ -19,6 +19,7 @@ from subscribers.recipients import (
     INLINE_FIELDS,
     checked_attributes,
     new_unroutable,
+    parse_actor,
     routable,
     unroutable_message,
 )
@@ -26,6 +27,7 @@ from workflows.models import Notification, Step
 from workflows.services import (
     fan_out_short,
     fan_outs_forget,
+    internal_error_text,
     notification_create,
     notifications_create,
 )
@@ -104,9 +106,43 @@ def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list
     unless it already holds a reason: a bug's, which matters more, or another's."""
     reason = f"subscriber '{subscriber_id[:100]}': " + "; ".join(refused)
     logger.warning("trigger event %s: %s", event.pk, reason)
+    _reason_on_event(event=event, reason=reason)
+
+
+def _reason_on_event(*, event: TriggerEvent, reason: str) -> None:
     TriggerEvent.objects.filter(pk=event.pk, error="").exclude(
         status=TriggerEvent.Status.FAILED
     ).update(error=reason)
+
+
+def actor_process(*, trigger_event_id: int) -> None:
+    """Stage 3 for a trigger's actor: created or updated with its inline attributes, as a
+    recipient is (Novu does so before its fan-out), with no notification of its own."""
+    event = (
+        TriggerEvent.objects.only("pk", "client_id", "actor").filter(pk=trigger_event_id).first()
+    )
+    if event is None:
+        return
+    try:
+        actor = parse_actor(event.actor)
+    except ApiError:  # stored before norm checked it at the trigger: nothing to upsert
+        return
+    if actor is None:
+        return
+    with pipeline.bugs_recorded(
+        lambda exc: _reason_on_event(
+            event=event,
+            reason=f"actor '{actor['subscriberId'][:100]}' was not stored: "
+            f"{internal_error_text(exc)}",
+        ),
+        f"the actor of trigger event {trigger_event_id}",
+        logger,
+    ):
+        actor, refused = checked_attributes(actor)
+        with transaction.atomic():
+            subscriber_upsert(client=event.client_id, recipient=actor)
+        if refused:
+            attributes_refused(event=event, subscriber_id=actor["subscriberId"], refused=refused)
 
 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:

@@ -20,3 +20,10 @@ def subscribers_process(trigger_event_id: int, subscriber_ids: list[str]) -> Non
     """Stage 3 for a chunk of a broadcast's or topic's audience: their notifications in one
     transaction. A rerun adds nothing (unique per event/subscriber)."""
     services.subscribers_process(trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids)
+
+
+@shared_task(name="norm.subscriber.actor", ignore_result=True, **pipeline.DB_RETRY)
+def actor_process(trigger_event_id: int) -> None:
+    """Stage 3 for a trigger's actor: create or update its subscriber (no notification).
+    A rerun updates the row to the same values."""
+    services.actor_process(trigger_event_id=trigger_event_id)

@@ -139,6 +139,10 @@ def _fan_out(*, trigger_event_id: int) -> None:
         return
     reached_before = event.notifications.count()
     rerun = event.pk if reached_before else None
+    if event.actor not in (None, "") and rerun is None:
+        # Created or updated with its attributes, as Novu does with an actor. Not on a
+        # rerun (for lost recipients' commands): an actor deleted since is not made anew.
+        pipeline.send_now(pipeline.SUBSCRIBER_ACTOR, event.pk)
     if event.mode == TriggerEvent.Mode.BROADCAST:
         count = 0
         for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):

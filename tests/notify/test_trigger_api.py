@@ -188,6 +188,40 @@ def test_an_invalid_locale_or_timezone_in_to_does_not_refuse_the_trigger(
     assert TriggerEvent.objects.get().to == to
 
 
+@pytest.mark.parametrize(
+    ("actor", "reason"),
+    [
+        (["carl"], "`actor` must be a subscriberId or a subscriber object"),
+        ({"firstName": "Carl"}, "`actor` must be a subscriberId or a subscriber object"),
+        ({"subscriberId": "carl", "firstName": 5}, "`firstName` must be a string"),
+        ({"subscriberId": "carl", "data": "vip"}, "`data` must be an object"),
+        ({"subscriberId": "team/carl"}, "may not hold /"),
+        ("x" * 256, "subscriberId must be 1 to 255 characters"),
+    ],
+)
+@pytest.mark.parametrize("path", [TRIGGER, BROADCAST])
+def test_an_actor_the_subscriber_worker_could_not_store_is_400(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, actor: Any, reason: str, path: str
+) -> None:
+    """Novu checks an actor object against its subscriber DTO (a 400 on /v1/events);
+    taken as it came, it failed in the subscriber worker, which creates or updates it."""
+    body = {"name": "welcome", "to": "ann", "payload": {}, "actor": actor}
+    error = assert_error(post(path, body), 400, "invalid_actor", path)
+    assert error["errors"][0]["field"] == "actor" and reason in error["message"]
+    assert_nothing_stored(enqueued)
+
+
+@pytest.mark.parametrize(
+    "actor", ["carl", 7, {"subscriberId": "carl", "firstName": "Carl", "locale": "en-GB"}]
+)
+def test_an_actor_id_or_object_is_taken(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, actor: Any
+) -> None:
+    response = post(TRIGGER, {"name": "welcome", "to": "ann", "actor": actor})
+    assert response.status_code == 201, response.content
+    assert TriggerEvent.objects.get().actor == actor
+
+
 def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
     body = {"name": "welcome", "to": "ann", "payload": {"blob": "x" * (600 * 1024)}}
     assert_error(post(TRIGGER, body), 413, "payload_too_large")

@@ -119,6 +119,40 @@ def test_a_recipients_invalid_locale_or_timezone_is_not_stored_and_it_is_still_n
     assert event.error == "subscriber 'ann': locale must be locale ('fr FR' was not stored)"
 
 
+def test_an_actor_object_is_created_or_updated_with_no_notification(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """As Novu's trigger does with an actor (string or object): created or updated with
+    its attributes, an invalid locale left out as for a recipient; safe to run twice."""
+    actor = {"subscriberId": " carl ", "firstName": "Carl", "avatar": "https://x.test/c.png"}
+    event = TriggerEventFactory(actor=actor | {"locale": "xx yy"})
+    SubscriberFactory(client=event.client, subscriber_id="carl", first_name="C", locale="de")
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(2):
+            tasks.actor_process(event.pk)
+
+    carl = Subscriber.objects.get()
+    assert (carl.subscriber_id, carl.client) == ("carl", event.client)
+    assert (carl.first_name, carl.avatar, carl.locale) == ("Carl", "https://x.test/c.png", "de")
+    assert not Notification.objects.exists() and enqueued.calls == []
+    event.refresh_from_db()
+    assert event.error.startswith("subscriber 'carl': locale must be locale")
+
+    named = TriggerEventFactory(actor="dora")  # a subscriberId alone: created, as in Novu
+    tasks.actor_process(named.pk)
+    assert Subscriber.objects.get(client=named.client).subscriber_id == "dora"
+
+
+@pytest.mark.parametrize("actor", [None, "", ["carl"], {"firstName": "no id"}])
+def test_no_actor_or_one_stored_before_norm_checked_it_creates_nothing(actor: Any) -> None:
+    event = TriggerEventFactory(actor=actor)
+    tasks.actor_process(event.pk)
+    tasks.actor_process(987654321)  # a missing event
+    assert not Subscriber.objects.exists()
+    event.refresh_from_db()
+    assert event.error == ""
+
+
 def test_same_subscriber_id_of_another_client_is_another_subscriber(
     enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
 ) -> None:

@@ -15,7 +15,12 @@ from config.celery import app as celery_app
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce
-from tests.factories import ClientFactory, SubscriberFactory, TriggerEventFactory
+from tests.factories import (
+    ClientFactory,
+    NotificationFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+)
 from workflows import services, tasks
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +49,30 @@ def test_multicast_enqueues_one_command_per_distinct_recipient(enqueued: Enqueue
     assert event.recipients == 2 and event.processed_at is not None
     # The workflow worker only hands out commands; subscribers are the next stage's job.
     assert Subscriber.objects.count() == 0
+
+
+@pytest.mark.parametrize("mode", [TriggerEvent.Mode.MULTICAST, TriggerEvent.Mode.BROADCAST])
+def test_an_actor_is_handed_to_the_subscriber_worker_once_not_on_a_rerun(
+    enqueued: Enqueued, mode: str
+) -> None:
+    """Novu creates or updates a trigger's actor as it does a recipient; norm's subscriber
+    worker does it (one command, by event id). A rerun for lost recipients' commands
+    sends none: an actor deleted since would be made anew."""
+    actor = {"subscriberId": "carl", "firstName": "Carl"}
+    event = TriggerEventFactory(mode=mode, to=["ann"], actor=actor)
+    tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == [(event.pk,)]
+    assert enqueued.options_of(pipeline.SUBSCRIBER_ACTOR)[0]["queue"] == "subscribers"
+
+    enqueued.clear()
+    NotificationFactory(trigger_event=event)  # one reached: the reconciler's rerun
+    TriggerEvent.objects.filter(pk=event.pk).update(status=TriggerEvent.Status.RECEIVED)
+    tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == []
+
+    enqueued.clear()
+    tasks.workflow_run(TriggerEventFactory(mode=mode, to=["ann"], actor=None).pk)
+    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == []
 
 
 def test_single_subscriber_id_as_to(enqueued: Enqueued) -> None:
