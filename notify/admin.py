@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from config.redact import has_masked_password, masked_url
 from notify import services
 from notify.models import (
     BridgeSync,
@@ -21,7 +22,13 @@ from notify.models import (
     SecretKey,
     TriggerEvent,
 )
-from workflows.admin import ReadOnlyAdmin, ReadOnlyInline, changelist_link, pretty_json
+from workflows.admin import (
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    changelist_link,
+    masked_url_field,
+    pretty_json,
+)
 from workflows.models import Notification
 
 # A key is shown as its prefix only: the plain key exists once, when it is created.
@@ -36,8 +43,9 @@ class SecretKeyInline(ReadOnlyInline):
 
 class BridgeWorkflowInline(ReadOnlyInline):
     model = BridgeWorkflow
-    fields = ["workflow_id", "name", "bridge_url", "discovered_at"]
+    fields = ["workflow_id", "name", "bridge", "discovered_at"]
     readonly_fields = fields
+    bridge = masked_url_field("bridge_url", "bridge URL")
 
 
 class ClientForm(forms.ModelForm):
@@ -54,12 +62,38 @@ class ClientForm(forms.ModelForm):
             "rate_limit_per_minute",
         ]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The page shows the URLs with their passwords masked; a URL sent back as shown
+        # is the stored one (_unmasked), so saving the page keeps the real password.
+        self.initial["bridge_url"] = masked_url(self.initial.get("bridge_url") or "")
+        allowed = self.initial.get("allowed_bridge_urls")
+        if isinstance(allowed, list):
+            self.initial["allowed_bridge_urls"] = [
+                masked_url(u) if isinstance(u, str) else u for u in allowed
+            ]
+
+    def clean_bridge_url(self) -> str:
+        return self._unmasked(self.cleaned_data["bridge_url"])
+
     def clean_allowed_bridge_urls(self) -> list[str]:
-        urls = self._strings("allowed_bridge_urls")
+        urls = [self._unmasked(url) for url in self._strings("allowed_bridge_urls")]
         validate = BridgeURLValidator()
         for url in urls:
             validate(url)
         return urls
+
+    def _unmasked(self, url: str) -> str:
+        stored = self.instance.bridge_urls() if self.instance.pk else []
+        for known in stored:
+            if url in (known, masked_url(known)):
+                return known
+        if has_masked_password(url):
+            raise forms.ValidationError(
+                f"{url}: type its password again; the page shows passwords as ***, and "
+                "this URL is not one stored with a password."
+            )
+        return url
 
     def clean_workflow_allowlist(self) -> list[str]:
         return self._strings("workflow_allowlist")
@@ -74,12 +108,32 @@ class ClientForm(forms.ModelForm):
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
     form = ClientForm
-    list_display = ["name", "is_active", "bridge_url", "rate_limit_per_minute", "created_at"]
+    list_display = ["name", "is_active", "bridge", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name"]
     readonly_fields = ["created_at"]
     inlines = [SecretKeyInline, BridgeWorkflowInline]
     actions = ["create_key"]
+    bridge = masked_url_field("bridge_url", "bridge URL")
+
+    @admin.display(description="allowed bridge URLs")
+    def allowed_bridges(self, client: Client) -> str:
+        return ", ".join(masked_url(u) for u in client.allowed_bridge_urls)
+
+    def get_fields(self, request: HttpRequest, obj: Client | None = None) -> list[Any]:
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # A user who may only view sees every field read-only, and Django shows a
+            # read-only field's value in full: show the masked displays instead.
+            shown = {"bridge_url": "bridge", "allowed_bridge_urls": "allowed_bridges"}
+            fields = [shown.get(f, f) for f in fields]
+        return fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Client | None = None) -> list[Any]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fields += ["bridge", "allowed_bridges"]
+        return fields
 
     def get_deleted_objects(
         self, objs: Iterable[Client], request: HttpRequest
@@ -163,13 +217,14 @@ class BridgeWorkflowAdmin(admin.ModelAdmin):
     """Written by discover; only the step controls are edited here."""
 
     form = BridgeWorkflowForm
-    list_display = ["workflow_id", "name", "client", "bridge_url", "discovered_at"]
+    list_display = ["workflow_id", "name", "client", "bridge", "discovered_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["workflow_id", "name"]
+    bridge = masked_url_field("bridge_url", "bridge URL")
     fields = [
         "client",
-        "bridge_url",
+        "bridge",
         "workflow_id",
         "name",
         "discovered_at",
@@ -193,9 +248,12 @@ class BridgeWorkflowAdmin(admin.ModelAdmin):
 
 @admin.register(BridgeSync)
 class BridgeSyncAdmin(ReadOnlyAdmin):
-    list_display = ["client", "bridge_url", "flavour", "synced_at", "error"]
+    list_display = ["client", "bridge", "flavour", "synced_at", "error"]
     list_filter = ["flavour", "client"]
     list_select_related = ["client"]
+    bridge = masked_url_field("bridge_url", "bridge URL")
+    fields = ["client", "bridge", "synced_at", "error", "flavour"]
+    readonly_fields = fields
 
 
 @admin.register(TriggerEvent)
@@ -231,8 +289,10 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("notify.change_triggerevent")
 
-    exclude = ["payload", "to", "actor", "overrides"]
+    exclude = ["payload", "to", "actor", "overrides", "resource"]
+    bridge = masked_url_field("resource", "resource")
     readonly_fields = [
+        "bridge",
         "notifications_link",
         "payload_json",
         "to_json",

@@ -8,6 +8,8 @@ from django.core.validators import URLValidator
 from django.db import models
 from django.utils.regex_helper import _lazy_re_compile
 
+from config.redact import masked_url
+
 
 class BridgeURLValidator(URLValidator):
     """An http(s) URL whose host may be a bare name.
@@ -148,7 +150,7 @@ class BridgeSync(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.bridge_url} at {self.synced_at:%Y-%m-%d %H:%M:%S}"
+        return f"{masked_url(self.bridge_url)} at {self.synced_at:%Y-%m-%d %H:%M:%S}"
 
 
 class TriggerEvent(models.Model):

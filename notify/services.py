@@ -13,6 +13,7 @@ from django.utils import timezone
 from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
+from config.redact import masked_url
 from notify import crypto, selectors
 from notify.models import (
     BridgeSync,
@@ -109,12 +110,14 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
         return found
     if error:
         raise ApiError(
-            502, "bridge_unavailable", f"Could not discover the workflows of {bridge_url}: {error}"
+            502,
+            "bridge_unavailable",
+            f"Could not discover the workflows of {masked_url(bridge_url)}: {error}",
         )
     raise ApiError(
         404,
         "workflow_not_found",
-        f"Workflow '{workflow_id}' is not defined by the bridge {bridge_url}",
+        f"Workflow '{workflow_id}' is not defined by the bridge {masked_url(bridge_url)}",
     )
 
 

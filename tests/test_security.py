@@ -133,6 +133,43 @@ def test_secret_keys_appear_in_no_log_line(
     assert not [r for r in caplog.records if key in r.getMessage() or "nk_wrong" in r.getMessage()]
 
 
+def test_a_bridge_urls_password_appears_in_no_log_line_or_error(
+    caplog: pytest.LogCaptureFixture, enqueued: object
+) -> None:
+    """A client's bridge behind basic auth (the discard port: nothing answers): the
+    password went into the flavour sync's log line and the trigger's 502."""
+    url = "http://ops-user:s3cret-pass@127.0.0.1:9/api/novu"
+    client, key = client_with_key(bridge_url=url)
+    caplog.set_level(logging.DEBUG)
+
+    assert registry.bridge_flavour(client_id=client.pk, bridge_url=url) == "norm"
+    answer = api_for(key).post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, "json")
+
+    assert answer.status_code == 502
+    assert "ops-user:***@127.0.0.1:9/api/novu" in answer.json()["message"]
+    [logged] = [
+        r.getMessage() for r in caplog.records if "for its flavour failed" in r.getMessage()
+    ]
+    assert "ops-user:***@127.0.0.1:9/api/novu" in logged
+    assert not [r for r in caplog.records if "s3cret-pass" in r.getMessage()]
+    assert "s3cret-pass" not in answer.content.decode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ops-user:s3cret-pass@localhost:99999/api/norm",
+        "ftp://ops-user:s3cret-pass@localhost/x",
+    ],
+)
+def test_a_bridge_url_norm_cannot_call_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(url, secrets=("nk_test",), workflow_id="w", body={"payload": {}})
+
+    assert exc.value.code == "BridgeInvalidURL"
+    assert "ops-user:***@" in exc.value.message and "s3cret-pass" not in exc.value.message
+
+
 @pytest.mark.parametrize(
     ("secret_key", "encryption_key", "found"),
     [

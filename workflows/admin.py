@@ -15,12 +15,24 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
+from config.redact import masked_url
 from workflows import selectors, services
 from workflows.models import Notification, Step
 
 
 def pretty_json(value: Any) -> SafeString:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def masked_url_field(field: str, description: str) -> Any:
+    """A display of the URL in `field` with its password masked (config.redact): Django
+    would show the whole URL, in a list or on a read-only page, as a link."""
+
+    @admin.display(description=description, ordering=field)
+    def show(self: Any, obj: Any) -> str:
+        return masked_url(getattr(obj, field))
+
+    return show
 
 
 def change_link(obj: models.Model, text: Any = None) -> SafeString:
@@ -165,7 +177,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         "trigger_event",
         "subscriber",
         "workflow_id",
-        "resource",
+        "bridge",
         "status",
         "error_code",
         "error",
@@ -178,6 +190,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         "completed_at",
     ]
     readonly_fields = fields
+    bridge = masked_url_field("resource", "resource")
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("workflows.change_notification")

@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from config.redact import masked_text, masked_url
 from workflows.sdk.signing import canonical_json, signature_header
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
@@ -341,7 +342,8 @@ def _call_once(
         if deadline.expired:
             raise _timed_out(timeout) from exc
         raise BridgeError(
-            "BridgeInvalidURL", f"norm cannot call the bridge URL {url}: {exc}"
+            "BridgeInvalidURL",
+            masked_text(f"norm cannot call the bridge URL {masked_url(url)}: {exc}", url),
         ) from exc
     except requests.RequestException as exc:
         if deadline.expired:

@@ -746,3 +746,90 @@ def test_a_subscriber_with_an_old_email_the_rules_refuse_can_still_be_edited(adm
     assert admin_client.post(_url(subscriber, "change"), form).status_code == 302
     subscriber.refresh_from_db()
     assert (subscriber.email, subscriber.first_name) == ("ann@", "Ann")
+
+
+SECRET_BRIDGE = "https://ops-user:s3cret-pass@bridge.test/api/novu"
+MASKED_BRIDGE = "https://ops-user:***@bridge.test/api/novu"
+SECRET_ALLOWED = "https://other:hunter22@alt.test/api/novu"
+VIEWS = ("changelist", "change")
+
+
+def _client_with_a_password_in_its_bridge() -> Any:
+    client = ClientFactory(bridge_url=SECRET_BRIDGE, allowed_bridge_urls=[SECRET_ALLOWED])
+    event = TriggerEventFactory(client=client)
+    NotificationFactory(client=client, trigger_event=event)
+    BridgeWorkflowFactory(client=client)
+    BridgeSync.objects.create(client=client, bridge_url=SECRET_BRIDGE, synced_at=timezone.now())
+    return client
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "notify_client",
+        "notify_bridgeworkflow",
+        "notify_bridgesync",
+        "notify_triggerevent",
+        "workflows_notification",
+    ],
+)
+def test_a_bridge_urls_password_is_masked_on_every_page(admin_client, model: str) -> None:
+    client = _client_with_a_password_in_its_bridge()
+    obj = {
+        "notify_client": client,
+        "notify_bridgeworkflow": client.bridge_workflows.get(),
+        "notify_bridgesync": client.bridge_syncs.get(),
+        "notify_triggerevent": client.trigger_events.get(),
+        "workflows_notification": Notification.objects.get(client=client),
+    }[model]
+
+    pages = {view: admin_client.get(_url(obj, view)).content.decode() for view in VIEWS}
+
+    for view, html in pages.items():
+        assert "s3cret-pass" not in html and "hunter22" not in html, view
+    assert "ops-user:***@bridge.test" in pages["change"]
+
+
+def test_a_client_saved_as_shown_keeps_the_passwords_of_its_bridge_urls(admin_client) -> None:
+    client = _client_with_a_password_in_its_bridge()
+    page = admin_client.get(_url(client, "change")).content.decode()
+    assert f'value="{MASKED_BRIDGE}"' in page and "other:***@alt.test" in page
+
+    # The form sent back as the page shows it, with the rate limit changed.
+    body = _client_form(
+        client,
+        bridge_url=MASKED_BRIDGE,
+        allowed_bridge_urls='["https://other:***@alt.test/api/novu"]',
+        rate_limit_per_minute="60",
+    )
+    response = admin_client.post(_url(client, "change"), body)
+
+    assert response.status_code == 302, response.content.decode()
+    client.refresh_from_db()
+    assert (client.bridge_url, client.allowed_bridge_urls) == (SECRET_BRIDGE, [SECRET_ALLOWED])
+    assert client.rate_limit_per_minute == 60
+
+
+def test_a_masked_password_on_a_new_bridge_url_must_be_typed_again(admin_client) -> None:
+    client = _client_with_a_password_in_its_bridge()
+    body = _client_form(client, bridge_url="https://ops-user:***@bridge.test/api/v2")
+
+    response = admin_client.post(_url(client, "change"), body)
+
+    assert response.status_code == 200 and "type its password again" in response.content.decode()
+    client.refresh_from_db()
+    assert client.bridge_url == SECRET_BRIDGE
+
+
+def test_a_user_who_may_only_view_clients_sees_the_bridge_masked(client, django_user_model) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_client"))
+    client.force_login(viewer)
+    tenant = _client_with_a_password_in_its_bridge()
+
+    html = client.get(_url(tenant, "change")).content.decode()
+
+    assert "s3cret-pass" not in html and "hunter22" not in html
+    assert MASKED_BRIDGE in html and "other:***@alt.test" in html

@@ -35,6 +35,15 @@ def test_creates_a_client_whose_printed_key_authenticates() -> None:
     assert crypto.decrypt(stored.encrypted) == key and stored.prefix == key[:10]
 
 
+def test_a_bridge_urls_password_is_stored_but_not_printed() -> None:
+    url = "https://ops-user:s3cret-pass@bridge.test/api/novu"
+    lines = createclient("shop", "--bridge-url", url)
+
+    assert Client.objects.get(name="shop").bridge_url == url
+    assert "bridge https://ops-user:***@bridge.test/api/novu." in lines[0]
+    assert not [line for line in lines if "s3cret-pass" in line]
+
+
 def test_a_given_key_is_used_and_shown_by_a_quarter_of_it_at_most() -> None:
     lines = createclient("shop", "--bridge-url", BRIDGE, "--secret-key", NOVU_KEY)
 

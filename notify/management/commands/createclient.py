@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from config.redact import masked_url
 from notify import crypto, services
 from notify.models import Client, SecretKey
 
@@ -62,6 +63,8 @@ class Command(BaseCommand):
                 allowed_bridge_urls=options["allowed_bridge_url"],
             )
             _, key = services.secret_key_create(client=client, key=key)
-        self.stdout.write(f"Created client {name!r} (id {client.pk}), bridge {client.bridge_url}.")
+        self.stdout.write(
+            f"Created client {name!r} (id {client.pk}), bridge {masked_url(client.bridge_url)}."
+        )
         self.stdout.write("Its secret key follows; it is shown only now:")
         self.stdout.write(key)
