@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -350,6 +351,8 @@ def _call_once(
             raise _timed_out(timeout) from exc
         if isinstance(exc, requests.Timeout):
             raise _timed_out(timeout) from exc
+        if isinstance(root := _root_cause(exc), ssl.SSLCertVerificationError):
+            raise _untrusted(root, url) from exc
         raise BridgeUnavailable(
             "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
         ) from exc
@@ -437,10 +440,16 @@ def _read(response: requests.Response) -> bytes:
 
 def _cause(exc: BaseException) -> str:
     """Why a call did not reach the bridge, as the system said it (Connection refused,
-    Name or service not known, a certificate that failed verification). requests' own
-    text is urllib3's repr of its pool and connection objects, with the URL's query (a
-    token, say): "_Pool(host=..., port=9): Max retries exceeded with url: ... (Caused by
-    NewConnectionError(...))". Found at the end of the chain of causes."""
+    Name or service not known). requests' own text is urllib3's repr of its pool and
+    connection objects, with the URL's query (a token, say): "_Pool(host=..., port=9):
+    Max retries exceeded with url: ... (Caused by NewConnectionError(...))"."""
+    root = _root_cause(exc)
+    strerror = root.strerror if isinstance(root, OSError) else None
+    return str(strerror or root)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The end of the chain of causes of a requests error: the system's own error."""
     seen = set()
     while id(exc) not in seen:
         seen.add(id(exc))
@@ -452,8 +461,23 @@ def _cause(exc: BaseException) -> str:
         if not isinstance(cause, BaseException):
             break
         exc = cause
-    strerror = exc.strerror if isinstance(exc, OSError) else None
-    return str(strerror or exc)
+    return exc
+
+
+def _untrusted(error: ssl.SSLCertVerificationError, url: str) -> BridgeUnavailable:
+    """A bridge whose HTTPS certificate norm does not trust. Retried as an unreachable
+    bridge is (BRIDGE.md: connection errors are transient): an expired certificate
+    renewed, or one bad node behind a balancer, passes on a later try, and one that
+    stays wrong fails after NORM_BRIDGE_MAX_RETRIES like a bridge that stays down. What
+    the failure must show is that the fix is the certificate or the CAs norm trusts, not
+    the bridge's uptime: OpenSSL's own text ("[SSL: CERTIFICATE_VERIFY_FAILED] ...
+    (_ssl.c:1006)") reads like any other connection error."""
+    why = error.verify_message or error.reason or str(error)
+    return BridgeUnavailable(
+        "BridgeCertificateInvalid",
+        f"the bridge's HTTPS certificate failed verification: {why} ({_origin(url)}); "
+        "norm trusts certifi's public CAs, or the CAs of the PEM file REQUESTS_CA_BUNDLE names",
+    )
 
 
 def _origin(url: str) -> str:

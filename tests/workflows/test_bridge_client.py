@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sdk_serving, self_signed
-from workflows import bridge
+from tests.conftest import Enqueued, sdk_serving, self_signed
+from tests.factories import NotificationFactory
+from workflows import bridge, services
 from workflows.sdk import Bridge, workflow
 
 UNREACHABLE = "http://127.0.0.1:9/bridge"  # the discard port: nothing listens there
@@ -162,8 +163,50 @@ def test_a_bridge_behind_an_internal_ca_is_trusted_through_the_environments_ca_b
     url, ca = internal_tls_bridge
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(bridge.BridgeUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(bridge.BridgeUnavailable, match="certificate failed verification"):
         bridge.health_check(url)  # certifi's CAs alone: refused
 
     monkeypatch.setenv(variable, str(ca))
     assert bridge.health_check(url)["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_a_bridge_certificate_norm_does_not_trust_is_retried_then_fails_saying_so(
+    internal_tls_bridge: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """It was retried and failed as `BridgeUnreachable`, "the bridge is unreachable:
+    [SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)": read as the bridge being down,
+    when what needs fixing is its certificate or the CAs norm trusts."""
+    url, _ = internal_tls_bridge
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    notification = NotificationFactory(trigger_event__client__bridge_url=url)
+
+    # Retried as a bridge that is down is (a certificate being renewed passes later)...
+    with pytest.raises(bridge.BridgeUnavailable):
+        services.echo_run(notification_id=str(notification.pk), final_attempt=False)
+    services.echo_run(notification_id=str(notification.pk), final_attempt=True)
+
+    # ...and the final failure names the certificate, and where norm's trusted CAs come from.
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeCertificateInvalid")
+    assert notification.error == (
+        "the bridge's HTTPS certificate failed verification: self-signed certificate "
+        f"({url.removesuffix('/bridge')}); norm trusts certifi's public CAs, or the CAs "
+        "of the PEM file REQUESTS_CA_BUNDLE names"
+    )
+    assert notification.bridge_attempts == 2 and enqueued.calls == []
+
+
+def test_a_certificate_for_another_host_is_named_as_such(
+    internal_tls_bridge: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = internal_tls_bridge
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))  # the CA trusted: only the name is wrong
+    other_host = url.replace("127.0.0.1", "localhost")  # the certificate names 127.0.0.1 only
+
+    with pytest.raises(bridge.BridgeUnavailable) as exc:
+        bridge.health_check(other_host)
+
+    assert exc.value.code == "BridgeCertificateInvalid"
+    assert "Hostname mismatch, certificate is not valid for 'localhost'" in exc.value.message
