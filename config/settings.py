@@ -283,6 +283,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:BeatScheduler"  # makes VAR_DIR if missing
 NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
+# Beat run with --enable-remote-control (docker-compose's healthcheck) stops answering
+# pings once its scheduler has not ticked for this long. It ticks at each reconcile;
+# Celery's default, twice its 5-minute loop, would call a hung beat healthy for 10 minutes.
+CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE = max(60.0, 6 * NORM_RECONCILE_INTERVAL)
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "norm.reconcile",  # config.pipeline.RECONCILE

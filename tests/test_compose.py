@@ -1,0 +1,129 @@
+"""docker-compose.yml: every long-running service has a healthcheck that tests liveness.
+
+The worker and beat had none: a worker that lost the broker for good, or a beat whose
+scheduler hung (and with it the reconciler), looked as healthy as a running one.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = [sys.executable, "-m", "celery"]
+
+
+def _services() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+
+def _healthcheck(service: str) -> str:
+    """The service's healthcheck as the container's shell runs it: compose reads `$$` as `$`."""
+    test = _services()[service]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL", test
+    return test[1].replace("$$", "$")
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    services = _services()
+    running = {name for name, s in services.items() if s.get("restart") != "no"}
+
+    assert running == {"postgres", "redis", "web", "worker", "beat"}
+    assert not [name for name in running if "healthcheck" not in services[name]]
+
+
+@pytest.mark.parametrize(("service", "node"), [("worker", "celery"), ("beat", "celerybeat")])
+def test_the_celery_healthchecks_ping_the_node_the_command_starts(service: str, node: str) -> None:
+    command = _services()[service]["command"]
+
+    # No -n/--hostname: the node is Celery's default, <node>@<the container's hostname>.
+    assert not {"-n", "--hostname"} & set(command)
+    assert not [arg for arg in command if arg.startswith("--hostname=")]
+    assert shlex.split(_healthcheck(service))[:6] == [
+        "celery", "-A", "config", "inspect", "ping", "-d"
+    ]  # fmt: skip
+    assert f"{node}@$HOSTNAME" in _healthcheck(service)
+    if service == "beat":
+        assert "--enable-remote-control" in command  # else beat answers no ping
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CELERY, "-A", "config", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def celery_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NORM_VAR_DIR": str(tmp_path),  # beat's schedule file
+        # Beat sends nothing while the test runs: a reconcile on the shared test broker
+        # would reach another run's workers.
+        "NORM_RECONCILE_INTERVAL": "3600",
+        # As Docker sets it in a container: the host name Celery names its nodes after.
+        "HOSTNAME": socket.gethostname(),
+    }
+
+
+@pytest.fixture
+def worker_and_beat(celery_env: dict[str, str]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    # The worker consumes a queue nothing sends to: it runs no task of another test.
+    processes = {
+        "worker": _start(["worker", "-Q", "compose-healthcheck", "-c", "1", "-P", "solo"], celery_env),
+        "beat": _start(_services()["beat"]["command"][3:], celery_env),
+    }  # fmt: skip
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def _check(service: str, env: dict[str, str]) -> int:
+    """Runs the service's healthcheck in a shell, as Docker does: its exit status."""
+    command = _healthcheck(service).replace("celery ", f"{shlex.join(CELERY)} ", 1)
+    return subprocess.run(
+        ["sh", "-c", command], cwd=ROOT, env=env, capture_output=True, timeout=60
+    ).returncode
+
+
+@pytest.mark.e2e
+def test_the_worker_and_beat_are_healthy_while_they_run_and_unhealthy_once_hung(
+    worker_and_beat: dict[str, subprocess.Popen[bytes]], celery_env: dict[str, str]
+) -> None:
+    for service in ("worker", "beat"):
+        deadline = time.monotonic() + 60
+        while _check(service, celery_env) != 0:  # both start within seconds
+            assert worker_and_beat[service].poll() is None, f"{service} exited"
+            assert time.monotonic() < deadline, f"{service} never answered its healthcheck"
+
+    for service, process in worker_and_beat.items():
+        os.killpg(process.pid, signal.SIGSTOP)  # hung, its process still there
+        assert _check(service, celery_env) != 0, service
+        os.killpg(process.pid, signal.SIGCONT)
+        assert _check(service, celery_env) == 0, service
