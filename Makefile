@@ -29,8 +29,9 @@ run: $(STAMP)
 	@mkdir -p var/broker var/broker-control
 	$(PY) manage.py rundemo --addr $(ADDR)
 
+# Where the tests will look for them, so TEST_DATABASE_URL=... is checked and started too.
 services: $(STAMP)
-	PY=$(PY) scripts/ensure-services.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) PY=$(PY) scripts/ensure-services.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Make PostgreSQL (127.0.0.1:5432, user postgres, no password) and Redis (127.0.0.1:6379)
-# reachable for the tests: use them where they run, start them where installed but
-# stopped, install them (root on Debian) where missing; otherwise say what is missing.
+# Make PostgreSQL and Redis reachable where the tests look for them (DATABASE_URL and
+# CELERY_BROKER_URL, as `make test` passes them; by default postgres@127.0.0.1:5432
+# without a password and 127.0.0.1:6379): use them where they run, start them where
+# installed but stopped, install them (root on Debian) where missing; otherwise, or
+# when they do not come up within ENSURE_SERVICES_WAIT seconds (30), say what is
+# missing and how to start it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,36 +12,56 @@ PY=${PY:-.venv/bin/python}
 [[ -x $PY ]] || PY=python3
 export DEBIAN_FRONTEND=noninteractive
 apt_updated=0
+export PG_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/norm}
+export REDIS_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
+WAIT=${ENSURE_SERVICES_WAIT:-30}
+
+# host port user of a URL, as the tests' clients read it.
+url_parts() {
+    "$PY" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "localhost", p.port or sys.argv[2], p.username or "-")' "$@"
+}
+read -r PG_HOST PG_PORT PG_USER < <(url_parts "$PG_URL" 5432)
+read -r REDIS_HOST REDIS_PORT _ < <(url_parts "$REDIS_URL" 6379)
+
+# Only a service on this machine is started or installed here.
+is_local() { [[ $1 == 127.* || $1 == localhost || $1 == ::1 ]]; }
 
 pg_ready() {
     "$PY" - <<'PYEOF'
-import sys
+import os, sys
 try:
     import psycopg
-    psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2").close()
+    # The server's own database: the tests' may not exist yet.
+    psycopg.connect(os.environ["PG_URL"], dbname="postgres", connect_timeout=2).close()
 except Exception as exc:
-    sys.exit(f"  PostgreSQL: {exc}".strip())
+    sys.exit(" ".join(str(exc).split()))
 PYEOF
 }
 
 redis_ready() {
     "$PY" - <<'PYEOF'
-import sys
+import os, sys
 try:
     import redis
-    redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping()
+    redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2).ping()
 except Exception as exc:
-    sys.exit(f"  Redis: {exc}")
+    sys.exit(" ".join(str(exc).split()))
 PYEOF
 }
 
-wait_for() {  # wait_for CHECK NAME
-    for _ in $(seq 60); do
-        if "$1" 2>/dev/null; then return 0; fi
+wait_for() {  # wait_for CHECK NAME WHERE HINT...: 0 once CHECK passes, else says why
+    local check=$1 name=$2 where=$3 error started=$SECONDS
+    shift 3
+    echo "ensure-services: waiting up to $WAIT s for $name on $where"
+    while ! error=$("$check" 2>&1); do
+        if (( SECONDS - started >= WAIT )); then
+            echo "ensure-services: $name is still not reachable on $where after $WAIT s: $error" >&2
+            printf '  %s\n' "$@" >&2
+            return 1
+        fi
         sleep 0.5
     done
-    echo "ensure-services: $2 did not become reachable within 30 s:" >&2
-    "$1"
+    echo "ensure-services: $name is up on $where"
 }
 
 can_apt() { [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; }
@@ -60,9 +83,24 @@ pg_start() {
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
 }
 
+pg_hints() {
+    local version
+    version=$(pg_clusters | tail -n 1)
+    if is_local "$PG_HOST" && [[ -n $version ]]; then
+        echo "Start it: pg_ctlcluster $version main start (see pg_lsclusters for its port, and"
+        echo "why it stopped in /var/log/postgresql/postgresql-$version-main.log)."
+    else
+        echo "Start it on $PG_HOST, or set DATABASE_URL (make: TEST_DATABASE_URL) to one that runs."
+    fi
+    echo "If it runs but refuses them: the tests connect as $PG_USER over TCP, without a password"
+    echo "unless DATABASE_URL has one (pg_hba.conf: host all $PG_USER 127.0.0.1/32 trust)."
+}
+
 ensure_postgres() {
     pg_ready 2>/dev/null && return 0
-    if [[ -n $(pg_clusters) ]] && command -v pg_ctlcluster >/dev/null; then
+    if ! is_local "$PG_HOST"; then
+        echo "ensure-services: PostgreSQL on $PG_HOST:$PG_PORT is not on this machine: not started here"
+    elif [[ -n $(pg_clusters) ]] && command -v pg_ctlcluster >/dev/null; then
         pg_start
     elif can_apt; then
         echo "ensure-services: installing PostgreSQL (apt-get install postgresql)"
@@ -74,33 +112,44 @@ ensure_postgres() {
         pg_start
         pg_ctlcluster --skip-systemctl-redirect "$(pg_clusters | tail -n 1)" main reload || true
     else
-        echo "ensure-services: PostgreSQL is not reachable on 127.0.0.1:5432 and not installed." >&2
+        echo "ensure-services: PostgreSQL is not reachable on $PG_HOST:$PG_PORT and not installed." >&2
         echo "  Install and start it (Debian: apt-get install postgresql), with user postgres" >&2
         echo "  allowed without a password on 127.0.0.1 (pg_hba.conf: host all postgres 127.0.0.1/32 trust)." >&2
         return 1
     fi
-    wait_for pg_ready "PostgreSQL (postgres@127.0.0.1:5432)"
+    local hints
+    mapfile -t hints < <(pg_hints)
+    wait_for pg_ready PostgreSQL "$PG_HOST:$PG_PORT" "${hints[@]}"
 }
 
+REDIS_START=(redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no)
+
 redis_start() {
-    echo "ensure-services: starting redis-server on 127.0.0.1:6379"
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    echo "ensure-services: starting redis-server on 127.0.0.1:$REDIS_PORT"
+    "${REDIS_START[@]}" >/dev/null || true  # what went wrong, wait_for says
 }
 
 ensure_redis() {
     redis_ready 2>/dev/null && return 0
-    if command -v redis-server >/dev/null; then
+    if ! is_local "$REDIS_HOST"; then
+        echo "ensure-services: Redis on $REDIS_HOST:$REDIS_PORT is not on this machine: not started here"
+    elif command -v redis-server >/dev/null; then
         redis_start
     elif can_apt; then
         echo "ensure-services: installing Redis (apt-get install redis-server)"
         apt_install redis-server
         redis_ready 2>/dev/null || redis_start
     else
-        echo "ensure-services: Redis is not reachable on 127.0.0.1:6379 and redis-server is not installed." >&2
+        echo "ensure-services: Redis is not reachable on $REDIS_HOST:$REDIS_PORT and redis-server is not installed." >&2
         echo "  Install and start it (Debian: apt-get install redis-server)." >&2
         return 1
     fi
-    wait_for redis_ready "Redis (127.0.0.1:6379)"
+    local hint="Start it on $REDIS_HOST, or set CELERY_BROKER_URL (make: TEST_BROKER_URL) to one that runs."
+    if is_local "$REDIS_HOST"; then
+        printf -v hint '%q ' "${REDIS_START[@]}"
+        hint="Start it: ${hint% } (its output says why it cannot)."
+    fi
+    wait_for redis_ready Redis "$REDIS_HOST:$REDIS_PORT" "$hint"
 }
 
 status=0

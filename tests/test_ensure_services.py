@@ -1,0 +1,82 @@
+"""scripts/ensure-services.sh says what it waits for and, when that never comes, what is
+missing and how to start it. It waited up to 30 s in silence, then printed the bare
+connection error."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "ensure-services.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={**os.environ, "PY": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_services_that_run_are_used_as_they_are() -> None:
+    # The test run's own PostgreSQL and Redis: checked, nothing started.
+    done = _run({})
+    assert done.returncode == 0, done.stderr
+    assert "starting" not in done.stdout and "waiting" not in done.stdout
+
+
+@pytest.mark.skipif(
+    not list(Path("/etc/postgresql").glob("*/main")), reason="no PostgreSQL cluster installed"
+)
+def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path: Path) -> None:
+    # Ports nothing listens on, and start commands that start nothing: the script must
+    # not reach the machine's real services, nor start or install anything.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for command in ("pg_ctlcluster", "redis-server", "apt-get"):
+        stub = bin_dir / command
+        stub.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\n')
+        stub.chmod(0o755)
+    pg_port, redis_port = _free_port(), _free_port()
+    version = sorted(p.parent.name for p in Path("/etc/postgresql").glob("*/main"))[-1]
+
+    done = _run(
+        {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg_port}/norm",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "ENSURE_SERVICES_WAIT": "1",
+        }
+    )
+
+    assert done.returncode == 1
+    assert f"waiting up to 1 s for PostgreSQL on 127.0.0.1:{pg_port}" in done.stdout
+    assert f"waiting up to 1 s for Redis on 127.0.0.1:{redis_port}" in done.stdout
+    errors = done.stderr
+    assert f"PostgreSQL is still not reachable on 127.0.0.1:{pg_port} after 1 s: " in errors
+    assert "Connection refused" in errors  # the client's own reason
+    assert f"Start it: pg_ctlcluster {version} main start" in errors
+    assert f"/var/log/postgresql/postgresql-{version}-main.log" in errors
+    assert f"Redis is still not reachable on 127.0.0.1:{redis_port} after 1 s: " in errors
+    assert (
+        f"Start it: redis-server --daemonize yes --bind 127.0.0.1 --port {redis_port} "
+        "--save '' --appendonly no"
+    ) in errors
+    assert calls.read_text().splitlines() == [
+        f"pg_ctlcluster --skip-systemctl-redirect {version} main start",
+        f"redis-server --daemonize yes --bind 127.0.0.1 --port {redis_port} --save  --appendonly no",
+    ]
