@@ -90,8 +90,8 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-# The embedded default is for a laptop; production must set its own SECRET_KEY
-# (`manage.py check --deploy` refuses the default unless NORM_ENCRYPTION_KEY is set).
+# The embedded default is for a laptop (`make run`); production must set its own
+# SECRET_KEY: `manage.py check --deploy` refuses the default (norm.E004).
 DEVELOPMENT_SECRET_KEY = "norm-insecure-development-key-change-me"
 SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")

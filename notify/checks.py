@@ -46,6 +46,26 @@ def encryption_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     ]
 
 
+@register(Tags.security, deploy=True)
+def secret_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """SECRET_KEY left at norm's development default, which this repository publishes:
+    anyone can forge what Django signs with it (password reset links, signed cookies,
+    the hash that keeps an admin's session valid). Django's own check (security.W009)
+    only warns, so `check --deploy --fail-level ERROR` (docker-compose's migrate job,
+    which web, worker and beat wait for) let it through. A deploy check, not one of
+    every command: `make run`'s demo runs on the default, DEBUG off, by design."""
+    if settings.SECRET_KEY != settings.DEVELOPMENT_SECRET_KEY:
+        return []
+    return [
+        Error(
+            "SECRET_KEY is norm's public development default.",
+            hint="Set SECRET_KEY to a long random string: python3 -c "
+            "'import secrets; print(secrets.token_urlsafe(50))'",
+            id="norm.E004",
+        )
+    ]
+
+
 @register(Tags.security)
 def encryption_key_format_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """A NORM_ENCRYPTION_KEY that is no Fernet key fails only when a secret key is first

@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 
 from config.parsers import MAX_DEPTH
 from notify import selectors as notify_selectors
@@ -173,9 +174,9 @@ def test_a_bridge_url_norm_cannot_call_is_named_without_its_password(url: str) -
 @pytest.mark.parametrize(
     ("secret_key", "encryption_key", "found"),
     [
-        (django_settings.DEVELOPMENT_SECRET_KEY, "", ["norm.E001"]),
+        (django_settings.DEVELOPMENT_SECRET_KEY, "", ["norm.E001", "norm.E004"]),
         ("a-long-random-production-secret", "", ["norm.W001"]),
-        (django_settings.DEVELOPMENT_SECRET_KEY, Fernet.generate_key().decode(), []),
+        (django_settings.DEVELOPMENT_SECRET_KEY, Fernet.generate_key().decode(), ["norm.E004"]),
     ],
 )
 def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
@@ -183,8 +184,35 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
 ) -> None:
     settings.SECRET_KEY, settings.NORM_ENCRYPTION_KEY = secret_key, encryption_key
     messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert sorted(m.id for m in messages if m.id.startswith("norm.")) == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_deploy_check_refuses_the_development_secret_key_before_production_starts(
+    settings: Any, debug: bool
+) -> None:
+    """Django's W009 only warned, so docker-compose's migrate job (`check --deploy
+    --fail-level ERROR`, which web, worker and beat wait for) passed with it as long as
+    NORM_ENCRYPTION_KEY was set. Every other command (`make run`'s demo: DEBUG off, the
+    default key) still runs."""
+    settings.DEBUG = debug
+    settings.SECRET_KEY = django_settings.DEVELOPMENT_SECRET_KEY
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+    with pytest.raises(SystemCheckError, match="norm.E004"):
+        call_command("check", "--deploy", "--fail-level", "ERROR", stdout=io.StringIO())
+    call_command("check", stdout=io.StringIO())  # not a deployment: passes
+
+    [error] = [m for m in checks.run_checks(include_deployment_checks=True) if m.id == "norm.E004"]
+    made = subprocess.run(
+        ["sh", "-c", error.hint.split(": ", 1)[1]], capture_output=True, text=True, check=True,
+        timeout=30, env={"PATH": os.environ["PATH"], "PYTHONNOUSERSITE": "1"},
+    )  # fmt: skip
+    settings.SECRET_KEY = made.stdout.strip()  # the key the hint makes passes, W009 too
+    found = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "norm.E004" not in found and "security.W009" not in found
+    call_command("check", "--deploy", "--fail-level", "ERROR", stdout=io.StringIO())
 
 
 def test_the_deploy_checks_hint_makes_a_key_with_only_the_standard_library(settings: Any) -> None:
