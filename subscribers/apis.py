@@ -293,9 +293,7 @@ class SubscriberIdsRequest(serializers.Serializer):
         required=False,
         help_text="deprecated by novu-py for `subscriptions`",
     )
-    name = serializers.CharField(
-        max_length=255, required=False, help_text="the topic's name (on subscribe)"
-    )
+    name = StringField(max_length=255, required=False, help_text="the topic's name (on subscribe)")
 
 
 class SubscribersV1Request(serializers.Serializer):
@@ -561,8 +559,8 @@ class SubscriberBulkApi(APIView):
 
 
 class TopicInput(serializers.Serializer):
-    key = serializers.CharField(max_length=255)
-    name = serializers.CharField(max_length=255, required=False, allow_blank=True, allow_null=True)
+    key = StringField(max_length=255)
+    name = StringField(max_length=255, required=False, allow_blank=True, allow_null=True)
 
 
 @extend_schema(tags=["Topics"])

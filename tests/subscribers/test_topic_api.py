@@ -77,6 +77,21 @@ def test_invalid_create_is_422_or_400_when_not_an_object(key: str, body: Any, st
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(
+    ("body", "field"), [({"key": 7}, "key"), ({"key": "news", "name": 7}, "name")]
+)
+def test_a_number_for_a_topics_key_or_name_is_refused_not_stored_as_text(
+    keyed: tuple[Client, str], version: str, body: dict[str, Any], field: str
+) -> None:
+    """As Novu's IsString refuses it (and a subscriber's fields now are): DRF's CharField
+    stored the number 7 as the topic key "7"."""
+    path = f"/{version}/topics"
+    error = assert_error(call(keyed[1], "post", path, body), 422, path)
+    assert error["errors"][field]["messages"] == [f"{field} must be a string"]
+    assert not Topic.objects.exists()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
     "topic_key", ["team/news", "news?daily", "news#1", "news daily", "news%2Fdaily@example.com"]
 )
 def test_create_refuses_a_key_novu_refuses_and_no_route_could_reach(
