@@ -69,6 +69,23 @@ def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60.0
     return seen
 
 
+def _trigger_welcome(addr: str, var: Path) -> tuple[int, str]:
+    """POST the demo's `welcome` to ada with the demo key, straight to the server (never
+    through a proxy the environment names): the status and the body."""
+    key = (var / "demo-secret-key").read_text().strip()
+    request = urllib.request.Request(
+        f"http://{addr}/v1/events/trigger",
+        data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
+        headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
+    )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -190,18 +207,7 @@ def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -
     demo = _start(addr, tmp_path)  # the same var/: the demo client exists already
     try:
         _read_until(demo, "norm is running")
-        key = (tmp_path / "demo-secret-key").read_text().strip()
-        request = urllib.request.Request(
-            f"http://{addr}/v1/events/trigger",
-            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
-            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, body = response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            status, body = error.code, error.read().decode()
-
+        status, body = _trigger_welcome(addr, tmp_path)
         assert status == 201, body  # the bridge is discovered on this server
     finally:
         _stop(demo)
@@ -219,15 +225,8 @@ def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
     demo = _start(addr, tmp_path, **proxied)
     try:
         _read_until(demo, "norm is running")
-        key = (tmp_path / "demo-secret-key").read_text().strip()
-        request = urllib.request.Request(
-            f"http://{addr}/v1/events/trigger",
-            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
-            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
-        )
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with direct.open(request, timeout=30) as response:
-            assert response.status == 201  # the web server discovered the bridge
+        status, body = _trigger_welcome(addr, tmp_path)
+        assert status == 201, body  # the web server discovered the bridge
         deadline = time.monotonic() + 60
         # The worker called the bridge: the notification recorded its first step.
         while time.monotonic() < deadline and not Step.objects.exists():
@@ -244,14 +243,8 @@ def test_a_workflow_routed_to_its_own_queue_runs_under_make_run(tmp_path: Path) 
     demo = _start(addr, tmp_path, NORM_WORKFLOW_QUEUES=json.dumps({"welcome": "critical"}))
     try:
         _read_until(demo, "norm is running")
-        key = (tmp_path / "demo-secret-key").read_text().strip()
-        request = urllib.request.Request(
-            f"http://{addr}/v1/events/trigger",
-            data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
-            headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 201
+        status, body = _trigger_welcome(addr, tmp_path)
+        assert status == 201, body
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not Notification.objects.exists():
             time.sleep(0.5)
