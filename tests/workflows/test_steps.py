@@ -195,16 +195,16 @@ def at_the_echo_after_the_inbox(norm: Pipeline) -> Notification:
     return Notification.objects.get()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_recorded_meanwhile(
-    norm: Pipeline,
+def interleaved_echoes(
+    notification: Notification,
+    first_at_bridge: Callable[[dict[str, Any]], None],
+    second_at_bridge: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Two echo runs of one notification (one re-sent by the reconciler, say) read the
-    state on either side of the subscriber reading the in-app message: the first is
-    answered the delay, the second done. The second completed the notification under
-    the delay, whose email then never went out."""
-    notification = at_the_echo_after_the_inbox(norm)
-    second_at_bridge, first_recorded = threading.Event(), threading.Event()
+    """Two echo runs of `notification` (one re-sent by the reconciler, say). The first, at
+    the bridge, runs `first_at_bridge` and starts the second; the second's call to the
+    bridge runs `second_at_bridge` once the first run has recorded its answer (it may
+    raise, as the workflow's code would)."""
+    second_called, first_recorded = threading.Event(), threading.Event()
     second = threading.Thread(
         target=lambda: (
             services.echo_run(notification_id=str(notification.pk)),
@@ -212,22 +212,41 @@ def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_record
         )
     )
 
-    def first_at_bridge(inbox: dict[str, Any]) -> None:
-        assert not inbox["read"]
-        read_inbox()  # the subscriber reads it; the second run's state says so
-        connection.close()
+    def first(inbox: dict[str, Any]) -> None:
+        first_at_bridge(inbox)
         second.start()
-        assert second_at_bridge.wait(10)
+        assert second_called.wait(10)
 
     def then_second(inbox: dict[str, Any]) -> None:
-        assert inbox["read"]
-        second_at_bridge.set()
-        assert first_recorded.wait(10)  # answers done once the first run recorded its step
+        second_called.set()
+        assert first_recorded.wait(10)
+        second_at_bridge(inbox)
 
-    HOOKS[:] = [first_at_bridge, then_second]
+    HOOKS[:] = [first, then_second]
     services.echo_run(notification_id=str(notification.pk))
     first_recorded.set()
     second.join(10)
+    assert not HOOKS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_recorded_meanwhile(
+    norm: Pipeline,
+) -> None:
+    """Two echo runs of one notification read the state on either side of the subscriber
+    reading the in-app message: the first is answered the delay, the second done. The
+    second completed the notification under the delay, whose email then never went out."""
+    notification = at_the_echo_after_the_inbox(norm)
+
+    def reads_it(inbox: dict[str, Any]) -> None:
+        assert not inbox["read"]
+        read_inbox()  # the subscriber reads it; the second run's state says so
+        connection.close()
+
+    def sees_it_read(inbox: dict[str, Any]) -> None:
+        assert inbox["read"]  # and so is answered done
+
+    interleaved_echoes(notification, reads_it, sees_it_read)
 
     notification.refresh_from_db()
     assert (notification.status, notification.completed_at) == ("running", None)
@@ -235,7 +254,6 @@ def test_a_duplicate_echo_answered_done_on_an_older_state_leaves_the_step_record
         ("inbox", "completed"),
         ("wait", "scheduled"),
     ]
-    assert not HOOKS
 
 
 @pytest.mark.django_db(transaction=True)
@@ -254,27 +272,11 @@ def test_a_duplicate_echo_refused_on_an_older_state_does_not_fail_under_the_step
     failed the notification under the delay the first run had recorded, whose email then
     never went out."""
     notification = at_the_echo_after_the_inbox(norm)
-    second_at_bridge, first_recorded = threading.Event(), threading.Event()
-    second = threading.Thread(
-        target=lambda: (
-            services.echo_run(notification_id=str(notification.pk)),
-            connection.close(),
-        )
-    )
 
-    def first_at_bridge(inbox: dict[str, Any]) -> None:
-        second.start()
-        assert second_at_bridge.wait(10)
-
-    def then_second_throws(inbox: dict[str, Any]) -> None:
-        second_at_bridge.set()
-        assert first_recorded.wait(10)  # refused once the first run recorded its step
+    def throws(inbox: dict[str, Any]) -> None:
         raise error
 
-    HOOKS[:] = [first_at_bridge, then_second_throws]
-    services.echo_run(notification_id=str(notification.pk))
-    first_recorded.set()
-    second.join(10)
+    interleaved_echoes(notification, lambda inbox: None, throws)
 
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("running", ""), notification.error
@@ -282,9 +284,8 @@ def test_a_duplicate_echo_refused_on_an_older_state_does_not_fail_under_the_step
         ("inbox", "completed"),
         ("wait", "scheduled"),
     ]
-    assert not HOOKS
     # The next echo asks with the current state: the same refusal then stands.
-    HOOKS[:] = [then_second_throws]
+    HOOKS[:] = [throws]
     Step.objects.filter(step_id="wait").update(status=Step.Status.COMPLETED)
     services.echo_run(notification_id=str(notification.pk))
     notification.refresh_from_db()
