@@ -201,6 +201,26 @@ def test_mark_several_seen_then_unread(tenant) -> None:
     assert b.seen_at is not None and b.read_at is None
 
 
+def test_marking_unread_a_message_never_seen_leaves_it_unseen(tenant) -> None:
+    """Only read implies seen: an unread mark (v1's, or v2's /unread) is no sign the
+    subscriber saw the message, which stays in the unseen count."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    a, b = _in_app(ann, "a"), _in_app(ann, "b")
+
+    unread = api.post(
+        "/v1/subscribers/ann/messages/markAs",
+        {"messageId": [str(a.pk)], "mark": {"read": False}},
+        format="json",
+    )
+    assert unread.status_code == 201
+    assert api.patch(f"/v2/subscribers/ann/notifications/{b.pk}/unread").status_code == 200
+
+    assert list(Message.objects.values_list("seen_at", "read_at")) == [(None, None)] * 2
+    count = api.get("/v1/subscribers/ann/notifications/unseen")
+    assert count.json()["data"]["count"] == 2
+
+
 def test_mark_refuses_messages_of_other_subscribers_or_clients(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")

@@ -468,6 +468,7 @@ def test_a_missing_step_is_ignored(enqueued: Enqueued, settings: Any) -> None:
         ({"subject": None, "body": "Hello"}, "no subject string (None)"),
         ({"subject": ["Hi"], "body": {"html": "Hello"}}, "no subject string (['Hi'])"),
         ({"subject": "", "body": "Hello"}, "an empty subject"),
+        ({"subject": " \n", "body": "Hello"}, "an empty subject"),  # sent on one line: none
         ({"subject": "Hi", "body": "Hello", "replyTo": {"a": 1}}, "no replyTo string ({'a': 1})"),
         ({"subject": "Hi", "body": "x", "from": "a@example.com"}, "a from that is no object"),
         ({"subject": "Hi", "body": "x", "from": {"email": ["a@example.com"]}}, "no from.email"),
@@ -1045,6 +1046,7 @@ class _Refusing:
             "554-5.7.1 Message rejected as spam\r\n554 5.7.1 See https://example.com/why",
             "SMTP 554: 5.7.1 Message rejected as spam 5.7.1 See https://example.com/why",
         ),
+        ("DATA", "500 5.5.2 Syntax error", "SMTP 500: 5.5.2 Syntax error"),  # 5xx from 500
     ],
 )
 def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wrote_it(
@@ -1063,3 +1065,101 @@ def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wro
         "SendFailed",
         f"step '{step.step_id}': {error}",
     )
+
+
+def test_an_email_refused_for_now_keeps_its_recipient_and_once_sent_no_error(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """The message says to whom it went, and when: a refusal for now records the address
+    it was refused for, and the retry that delivers it its time, no longer the error of
+    the try before (the feed and GET /v1/messages show both)."""
+    answered = threading.Event()
+    answered.set()
+    smtp_server.replies = [(answered, "451 4.3.0 Try again later")]
+    step = send(email_step())
+
+    assert step.status == Step.Status.SCHEDULED
+    message = Message.objects.get()
+    assert (message.status, message.recipient, message.attempts, message.sent_at) == (
+        Message.Status.SENDING,
+        "ann@example.com",
+        1,
+        None,
+    )
+    assert message.error == "SMTP 451: 4.3.0 Try again later"
+
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    step = send(step)
+
+    assert step.status == Step.Status.COMPLETED and len(smtp_server.envelopes) == 2
+    message.refresh_from_db()
+    assert (message.status, message.recipient, message.attempts, message.error) == (
+        Message.Status.SENT,
+        "ann@example.com",
+        2,
+        "",
+    )
+    assert message.sent_at is not None
+
+
+def test_an_email_sent_at_once_records_when(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    before = timezone.now()
+    send(email_step())
+    message = Message.objects.get()
+    assert message.status == Message.Status.SENT
+    assert message.sent_at is not None and before <= message.sent_at <= timezone.now()
+
+
+def test_a_from_address_django_refuses_fails_the_step_at_once_unsent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """An address no retry can make valid: failed for good, not retried
+    NORM_SEND_MAX_ATTEMPTS times over the backoff."""
+    step = send(email_step(outputs={"subject": "Hi", "body": "x", "from": {"email": "shop@"}}))
+
+    assert smtp_server.envelopes == [] and enqueued.of(pipeline.MESSAGE) == []
+    assert (step.status, step.attempts) == (Step.Status.FAILED, 1)
+    assert step.error == 'the message cannot be sent: Invalid address "shop@"'
+    assert Message.objects.values_list("status", "attempts").get() == (Message.Status.FAILED, 1)
+
+
+def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
+    send: Callable[[Step], Step], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a provider (any error but SendError) would fail the same way on every
+    try: the step fails now, with the error named, instead of being sent again."""
+
+    def broken(self: providers.Provider, message: Message) -> str:
+        raise KeyError("subject")
+
+    monkeypatch.setattr(providers.DjangoEmailProvider, "send", broken)
+    step = send(email_step())
+
+    assert (step.status, step.attempts) == (Step.Status.FAILED, 1)
+    assert step.error == "the provider failed: KeyError('subject')"
+    assert enqueued.of(pipeline.MESSAGE) == []
+    message = Message.objects.get()
+    assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
+    assert Notification.objects.get().error_code == "SendFailed"
+
+
+def test_a_provider_named_for_another_channel_sends_nothing_and_skips_the_step(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """NORM_PROVIDERS mapping sms to the email provider is a mistake in the setting: an
+    sms step's text is not sent as an email, its step skipped as with no provider."""
+    settings.EMAIL_BACKEND = LOCMEM
+    settings.NORM_PROVIDERS = {"email": "django-email", "sms": "django-email"}
+    step = send(
+        StepFactory(
+            type="sms",
+            outputs={"subject": "Hi", "body": "Your code is 1234"},
+            notification__subscriber__email="ann@example.com",
+        )
+    )
+
+    assert mail.outbox == [] and not Message.objects.exists()
+    assert step.status == Step.Status.SKIPPED
+    assert step.error == "no provider is configured for the sms channel (NORM_PROVIDERS)"
