@@ -584,6 +584,27 @@ def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
     assert [s["subscriberId"] for s in body["data"]] == ["ann"]
 
 
+def test_v2_and_v1_lists_filter_by_subscriber_id_phone_and_first_or_last_name(
+    keyed: tuple[Client, str],
+) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", phone="+15550100", first_name="Ann")
+    SubscriberFactory(client=client, subscriber_id="bob", phone="+15550111", last_name="Annan")
+    SubscriberFactory(client=client, subscriber_id="cid", phone="+15550100", first_name="Cid")
+
+    def found(query: str) -> list[str]:
+        v2 = ok(call(key, "get", f"/v2/subscribers?limit=10&orderDirection=ASC&{query}"))
+        v1 = ok(call(key, "get", f"/v1/subscribers?limit=10&{query}"))
+        assert [s["subscriberId"] for s in v1["data"]] == [s["subscriberId"] for s in v2["data"]]
+        return [s["subscriberId"] for s in v2["data"]]
+
+    assert found("subscriberId=bob") == ["bob"]
+    assert found("phone=%2B15550100") == ["ann", "cid"]
+    assert found("name=ann") == ["ann", "bob"]  # Ann's first name, Annan's last
+    assert found("name=ci") == ["cid"]
+    assert found("subscriberId=ann&phone=%2B15550111") == []
+
+
 def test_v2_list_filters_by_email_and_name_in_any_case_beyond_ascii(
     keyed: tuple[Client, str],
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from novu_py.models import TopicResponseDto
 
 from notify.models import Client
+from subscribers import selectors
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.factories import SubscriberFactory, client_with_key
 from tests.subscribers.test_subscriber_api import assert_error, call, ok
@@ -49,6 +50,12 @@ def test_v2_create_is_201_when_new_and_200_when_it_exists(keyed: tuple[Client, s
     again = ok(call(key, "post", "/v2/topics", {"key": "news", "name": "Daily news"}), 200)["data"]
     assert again["_id"] == created["_id"]
     assert Topic.objects.get(client=client, key="news").name == "Daily news"
+
+    # A name left out keeps the topic's; an empty one is a name too.
+    ok(call(key, "post", "/v2/topics", {"key": "news"}), 200)
+    assert Topic.objects.get(client=client, key="news").name == "Daily news"
+    ok(call(key, "post", "/v2/topics", {"key": "news", "name": ""}), 200)
+    assert Topic.objects.get(client=client, key="news").name == ""
 
 
 def test_v1_create_is_201(keyed: tuple[Client, str]) -> None:
@@ -131,6 +138,20 @@ def test_v1_get_returns_the_topic_and_its_members_oldest_subscriber_first(
         call(key, "patch", f"/v2/subscribers/{name}", {"firstName": name.title()})
     data = ok(call(key, "get", "/v1/topics/news"))["data"]
     assert (data["key"], data["subscribers"]) == ("news", ["ann", "bob", "cid"])
+
+
+def test_v1_get_lists_at_most_the_limit_of_members_oldest_subscriber_first(
+    keyed: tuple[Client, str],
+) -> None:
+    """topic_member_ids, which v1's topic reads with a limit of 1,000: the first members
+    by when the subscriber was made, not by when it was subscribed or its id."""
+    client, key = keyed
+    for name in ("cid", "bob", "ann"):  # subscribed last to first
+        call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": [name]})
+    topic = Topic.objects.get(client=client, key="news")
+
+    assert selectors.topic_member_ids(topic=topic, limit=2) == ["ann", "bob"]
+    assert selectors.topic_member_ids(topic=topic, limit=3) == ["ann", "bob", "cid"]
 
 
 def test_v2_get_returns_the_topic_as_novu_does_without_members(keyed: tuple[Client, str]) -> None:
@@ -249,6 +270,11 @@ def test_v2_add_members_is_201_with_counts_and_an_error_per_unknown_id(
     again = ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]}), 201)
     assert again["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
     assert TopicSubscription.objects.count() == 2
+
+    # Each member once, in the order asked (not the order the subscribers were made).
+    body = {"subscriberIds": ["cid", "bob", "cid", "ann"]}
+    answer = ok(call(key, "post", "/v2/topics/news/subscriptions", body), 201)
+    assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["cid", "bob", "ann"]
 
 
 def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) -> None:
