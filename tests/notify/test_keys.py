@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from notify import crypto, selectors
 from notify import services as notify_services
@@ -74,6 +75,32 @@ def test_revoked_key_is_refused_by_the_api_and_the_other_still_authenticates() -
 
     assert status(old_key) == 401
     assert status(new_key) == 400
+
+
+def test_the_authorization_header_is_read_as_novus_clients_write_it() -> None:
+    """`ApiKey <key>`: the scheme in any case and white space around the key taken; a
+    header missing, another scheme, no key or an unknown one refused with a 401 that
+    says which (novu-py shows the message)."""
+    _, key = client_with_key()
+
+    def answer(header: str | None) -> tuple[int, str, str]:
+        api = APIClient()
+        if header is not None:
+            api.credentials(HTTP_AUTHORIZATION=header)
+        # An empty body gets past authentication and fails validation: 400, not 401.
+        body = api.post("/v1/events/trigger", {}, format="json").json()
+        return body["statusCode"], body["code"], body["message"]
+
+    assert answer(f"ApiKey {key}")[0] == 400
+    assert answer(f"apikey {key}")[0] == 400
+    assert answer(f"APIKEY  {key} ")[0] == 400
+    assert answer(None) == (401, "not_authenticated", "Unauthorized: API key missing")
+    wrong_form = (401, "authentication_failed", "Unauthorized: use 'Authorization: ApiKey <key>'")
+    assert answer(f"Bearer {key}") == wrong_form
+    assert answer(key) == wrong_form
+    assert answer("ApiKey   ") == wrong_form
+    unknown = (401, "authentication_failed", "Unauthorized: API key unknown or revoked")
+    assert answer(f"ApiKey {key}x") == unknown
 
 
 def test_revoking_twice_keeps_the_first_revocation_time() -> None:
