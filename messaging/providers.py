@@ -270,6 +270,10 @@ class DjangoEmailProvider(Provider):
         )
         email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
         try:
+            # Django checks the envelope's addresses as it sends (From, To), not Reply-To,
+            # which it sent as written: "ann@" reached the subscriber, whose reply bounced.
+            for address in email.reply_to:
+                sanitize_address(address, email.encoding or settings.DEFAULT_CHARSET)
             self._deliver(email)
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are the server's "try again later"; 5xx are final.

@@ -1125,6 +1125,18 @@ def test_a_from_address_django_refuses_fails_the_step_at_once_unsent(
     assert Message.objects.values_list("status", "attempts").get() == (Message.Status.FAILED, 1)
 
 
+def test_a_reply_to_address_django_refuses_fails_the_step_at_once_unsent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """Django checks From and To as it sends, not Reply-To: "ann@" went out as the
+    email's Reply-To, and the subscriber's reply bounced."""
+    step = send(email_step(outputs={"subject": "Hi", "body": "x", "replyTo": "ann@"}))
+
+    assert smtp_server.envelopes == [] and enqueued.of(pipeline.MESSAGE) == []
+    assert (step.status, step.attempts) == (Step.Status.FAILED, 1)
+    assert step.error == 'the message cannot be sent: Invalid address "ann@"'
+
+
 def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
     send: Callable[[Step], Step], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
