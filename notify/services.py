@@ -103,9 +103,13 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
             error = ""
         except bridge.BridgeError as exc:
             error = str(exc)
-        found = selectors.bridge_workflow_get(
-            client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id
-        )
+    # Read again, whether this request synced or not: a concurrent request's sync may
+    # have committed between the two reads above (no entry, then a recent sync), and a
+    # trigger then answered 404 for a workflow the registry held. A failed sync leaves
+    # the stale entry, which is used.
+    found = selectors.bridge_workflow_get(
+        client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id
+    )
     if found is not None:
         return found
     if error:

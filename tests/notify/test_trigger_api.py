@@ -616,6 +616,35 @@ def test_registry_refreshes_again_after_the_interval(
     assert discover.urls == [BRIDGE_URL, BRIDGE_URL]
 
 
+def test_a_workflow_a_concurrent_trigger_discovered_meanwhile_is_found_not_404(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty triggers at once for a workflow not yet in the registry: one read no entry,
+    then, before it read the last sync, another request's discover committed both. Seeing
+    a sync that recent, it did not discover again, and answered 404 workflow_not_found
+    for a workflow the registry now held (tests/faults, one answer in twenty)."""
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    client = ClientFactory()
+    real_get = notify_services.selectors.bridge_workflow_get
+
+    def then_another_request_syncs(**kwargs: Any) -> BridgeWorkflow | None:
+        found = real_get(**kwargs)
+        if found is None and not BridgeWorkflow.objects.exists():
+            BridgeSyncFactory(client=client)
+            BridgeWorkflowFactory(client=client, workflow_id="welcome")
+        return found
+
+    monkeypatch.setattr(
+        notify_services.selectors, "bridge_workflow_get", then_another_request_syncs
+    )
+
+    found = notify_services._bridge_workflow(
+        client=client, bridge_url=client.bridge_url, workflow_id="welcome"
+    )
+
+    assert found == BridgeWorkflow.objects.get()
+
+
 def test_broadcast_stores_a_broadcast_event(
     post: Post, discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
