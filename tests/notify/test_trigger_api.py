@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from config import pipeline
 from config.celery import app as celery_app
 from notify import services as notify_services
-from notify.models import BridgeWorkflow, Client, TriggerEvent
+from notify.models import BridgeSync, BridgeWorkflow, Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import (
@@ -282,6 +282,26 @@ def test_a_key_the_payload_schema_does_not_declare_is_left_to_the_bridge(
     assert [e["field"] for e in error["errors"]] == ["payload/n"]
 
 
+def test_an_undeclared_key_is_left_to_the_bridge_behind_a_ref_too(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """A schema whose object sits behind a `$ref` (zod-to-json-schema's `$defs`): the
+    defaults pass does not strip the key there, jsonschema reports it, and it is still
+    no reason to refuse the trigger."""
+    strict = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    strict["additionalProperties"] = False
+    schema = {"$ref": "#/$defs/payload", "$defs": {"payload": strict}}
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": schema})
+    )
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"n": 1, "utm": "x"}})
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"n": "one"}})
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/n"]
+
+
 def test_a_required_key_with_a_default_may_be_left_out_as_the_bridge_fills_it(
     post: Post, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,6 +515,19 @@ def test_same_transaction_id_twice_is_one_event_and_one_enqueue(
     assert first.json()["data"]["transactionId"] == "tx-1"
     assert TriggerEvent.objects.count() == 1
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
+def test_a_transaction_id_longer_than_norm_keeps_is_400_naming_the_field(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """norm keeps 255 characters, and says so of a longer one rather than fail the
+    INSERT (a 500) or cut the id (a repeat would no longer find its event)."""
+    ok = post(TRIGGER, {"name": "welcome", "to": "ann", "transactionId": "t" * 255})
+    assert ok.status_code == 201, ok.content
+    body = {"name": "welcome", "to": "ann", "transactionId": "t" * 256}
+    error = assert_error(post(TRIGGER, body), 400, "invalid_request")
+    assert [e["field"] for e in error["errors"]] == ["transactionId"]
+    assert TriggerEvent.objects.get().transaction_id == "t" * 255
 
 
 def test_a_repeat_finds_the_callers_event_when_another_client_used_the_transaction_id(
@@ -760,3 +793,94 @@ def test_a_registry_entry_older_than_the_ttl_is_discovered_again(
     assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
     assert discover.urls == [BRIDGE_URL]
     assert BridgeWorkflow.objects.get(client=keyed[0], workflow_id="welcome").discovered_at > old
+
+
+def test_a_registry_entry_within_the_ttl_is_served_without_asking_the_bridge(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    """No sync on record (the interval would allow one): the entry's own age decides."""
+    settings.NORM_REGISTRY_TTL, settings.NORM_DISCOVER_MIN_INTERVAL = 60, 0
+    recent = timezone.now() - timedelta(seconds=50)
+    BridgeWorkflowFactory(client=keyed[0], workflow_id="welcome", discovered_at=recent)
+
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert discover.calls == []
+
+
+def _bridge_down(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
+    raise bridge.BridgeUnavailable("BridgeUnreachable", "connection refused")
+
+
+def test_a_stale_registry_entry_is_used_while_the_bridge_is_down(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, keyed: tuple[Client, str]
+) -> None:
+    """A trigger is never refused because the bridge is briefly down: the workflow and
+    its payload schema are still known from the last discover."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    old = timezone.now() - timedelta(days=1)
+    BridgeWorkflowFactory(
+        client=keyed[0], workflow_id="welcome", discovered_at=old, payload_schema=schema
+    )
+    monkeypatch.setattr(bridge, "discover", _bridge_down)
+
+    assert post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"n": 1}}).status_code == 201
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"n": "one"}})
+    assert_error(refused, 400, "invalid_payload")
+    assert TriggerEvent.objects.count() == 1
+    assert BridgeSync.objects.get(client=keyed[0]).error  # the failed sync is on record
+
+
+def test_an_unknown_workflow_is_a_502_until_the_next_discover_after_a_failed_one(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, settings: Any
+) -> None:
+    """Within NORM_DISCOVER_MIN_INTERVAL of a failed discover the bridge is not asked
+    again, and norm still cannot know the workflow: not a 404 that says it is undefined."""
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    monkeypatch.setattr(bridge, "discover", _bridge_down)
+    for _ in range(2):
+        body = assert_error(
+            post(TRIGGER, {"name": "welcome", "to": "ann"}), 502, "bridge_unavailable"
+        )
+        assert "connection refused" in body["message"]
+    assert_nothing_stored(enqueued)
+
+
+def test_a_workflow_the_bridge_does_not_define_is_a_404_once_the_bridge_is_back(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    BridgeSyncFactory(
+        client=keyed[0],
+        synced_at=timezone.now() - timedelta(seconds=61),
+        error="BridgeUnreachable: connection refused",
+    )
+
+    assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    assert discover.urls == [BRIDGE_URL]
+    assert BridgeSync.objects.get(client=keyed[0]).error == ""
+
+
+def test_a_workflow_the_bridge_no_longer_defines_is_a_404_once_discovered_again(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    """Its stale entry is dropped by the discover, not served as if still defined."""
+    settings.NORM_REGISTRY_TTL = 60
+    old = timezone.now() - timedelta(seconds=61)
+    BridgeWorkflowFactory(client=keyed[0], workflow_id="retired", discovered_at=old)
+
+    assert_error(post(TRIGGER, {"name": "retired", "to": "ann"}), 404, "workflow_not_found")
+    assert not BridgeWorkflow.objects.filter(client=keyed[0], workflow_id="retired").exists()
+    assert_nothing_stored(enqueued)
+
+
+def test_a_workflow_id_of_the_longest_length_norm_keeps_is_triggered(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """200 characters, the trigger's `name` limit too; a longer id is left out of the
+    registry rather than fail the whole discover."""
+    longest, longer = "w" * 200, "x" * 201
+    answer = {"workflows": [{"workflowId": longest}, {"workflowId": longer}]}
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: answer)
+
+    assert post(TRIGGER, {"name": longest, "to": "ann"}).status_code == 201
+    assert list(BridgeWorkflow.objects.values_list("workflow_id", flat=True)) == [longest]
