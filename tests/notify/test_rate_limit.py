@@ -191,3 +191,32 @@ def test_a_counter_evicted_between_its_add_and_its_increment_is_no_500(
 
     assert api_for(key).post("/v1/events/trigger", body, format="json").status_code == 201
     assert "not counted" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_bulk_of_the_most_events_a_request_takes_costs_each_of_them(enqueued) -> None:
+    """100 events, the bulk's limit, are 100 triggers of the rate, not one."""
+    client, key = client_with_key(rate_limit_per_minute=100)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    events = [{"name": "welcome", "to": f"u{i}"} for i in range(100)]
+    assert api.post("/v1/events/trigger/bulk", {"events": events}, format="json").status_code == 201
+    body = {"name": "welcome", "to": "ann"}
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 429
+    assert TriggerEvent.objects.filter(client=client).count() == 100
+
+
+@pytest.mark.django_db
+def test_a_broadcast_counts_against_the_rate_as_a_trigger_does(enqueued) -> None:
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    assert (
+        api.post("/v1/events/trigger/broadcast", {"name": "welcome"}, format="json").status_code
+        == 201
+    )
+    refused = api.post("/v1/events/trigger/broadcast", {"name": "welcome"}, format="json")
+    assert refused.status_code == 429 and "Retry-After" in refused
+    body = {"name": "welcome", "to": "ann"}
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 429
+    assert TriggerEvent.objects.filter(client=client).count() == 1
