@@ -4,6 +4,7 @@ import hashlib
 from typing import Any
 
 import pytest
+from cryptography.fernet import InvalidToken
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -41,6 +42,22 @@ def test_encrypted_copy_decrypts_to_the_key() -> None:
     assert secret.encrypted != key
     assert crypto.decrypt(secret.encrypted) == key
     assert selectors.signing_secrets(client_id=client.pk) == (key,)
+
+
+def test_without_an_encryption_key_the_copy_is_encrypted_under_the_secret_key(
+    settings: Any,
+) -> None:
+    """The key derived from SECRET_KEY, not a constant: another deployment's SECRET_KEY
+    (or the development default) cannot read it, and rotating SECRET_KEY makes it
+    unreadable, as norm.W001 warns."""
+    settings.NORM_ENCRYPTION_KEY, settings.SECRET_KEY = "", "one-long-random-production-secret"
+    client, key = client_with_key()
+    encrypted = SecretKey.objects.get(client=client).encrypted
+    assert crypto.decrypt(encrypted) == key
+
+    settings.SECRET_KEY = "another-long-random-production-secret"
+    with pytest.raises(InvalidToken):
+        crypto.decrypt(encrypted)
 
 
 def test_several_keys_per_client_and_revoking_one_leaves_the_other() -> None:
