@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Enqueued, sdk_serving, self_signed
+from tests.conftest import Enqueued, json_serving, sdk_serving, self_signed
 from tests.factories import NotificationFactory
 from workflows import bridge, services
 from workflows.sdk import Bridge, workflow
@@ -210,3 +210,72 @@ def test_a_certificate_for_another_host_is_named_as_such(
 
     assert exc.value.code == "BridgeCertificateInvalid"
     assert "Hostname mismatch, certificate is not valid for 'localhost'" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "transient"),
+    [
+        (500, {"code": "HTTP500"}, True),
+        (503, {}, True),
+        (408, {}, True),
+        (425, {}, True),  # Too Early: a retry is what it asks for
+        (429, {}, True),
+        (400, {"code": "BadRequest"}, False),
+        (404, {}, False),
+        # The SDKs' errors for user code and schemas: permanent whatever the status.
+        (502, {"code": "StepExecutionFailedError"}, False),
+        (500, {"code": "ProviderExecutionFailedError"}, False),
+        (502, {"code": "WorkflowExecutionFailedError"}, False),
+    ],
+)
+def test_which_bridge_errors_are_retried(status: int, answer: dict, transient: bool) -> None:
+    """BridgeUnavailable is retried (NORM_BRIDGE_MAX_RETRIES); any other BridgeError
+    fails the notification at once."""
+    with (
+        json_serving(lambda *_: (status, answer, {})) as url,
+        pytest.raises(bridge.BridgeError) as exc,
+    ):
+        bridge.execute(f"{url}/bridge", secrets=("nk_test",), workflow_id="w", body={})
+    assert isinstance(exc.value, bridge.BridgeUnavailable) is transient
+    assert (exc.value.status, exc.value.code) == (status, answer.get("code") or f"HTTP{status}")
+
+
+def test_a_bridge_errors_code_is_kept_to_what_a_notification_stores() -> None:
+    """Notification.error_code holds 100 characters: a longer code failed the save."""
+    answer = {"code": "E" * 300, "message": "no"}
+    with (
+        json_serving(lambda *_: (400, answer, {})) as url,
+        pytest.raises(bridge.BridgeError) as exc,
+    ):
+        bridge.execute(f"{url}/bridge", secrets=("nk_test",), workflow_id="w", body={})
+    assert exc.value.code == "E" * 100
+
+
+class _ErrorPage(BaseHTTPRequestHandler):
+    """A bridge route that is not there: Express's own page, no JSON."""
+
+    def do_POST(self) -> None:
+        body = b"Cannot POST /api/novu"
+        self.send_response(404)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_error_page_that_is_no_json_is_the_errors_message() -> None:
+    """It says more than the status's reason phrase ("Not Found")."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ErrorPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/novu"
+    try:
+        with pytest.raises(bridge.BridgeError) as exc:
+            bridge.execute(url, secrets=("nk_test",), workflow_id="w", body={})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not isinstance(exc.value, bridge.BridgeUnavailable)
+    assert (exc.value.code, exc.value.message) == ("HTTP404", "Cannot POST /api/novu")

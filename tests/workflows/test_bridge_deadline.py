@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -277,6 +278,36 @@ def test_an_answer_larger_than_the_limit_is_refused(
     assert not isinstance(error, bridge.BridgeUnavailable)  # asking again gets the same
     assert error.code == "BridgeResponseTooLarge"
     assert took < DEADLINE
+
+
+def test_a_bridge_that_never_accepts_the_connection_times_out(serve: Callable) -> None:
+    """The deadline watches a socket only once it is connected: the connect itself is
+    bounded by requests' timeout. A listener whose backlog is full drops the SYN, as a
+    host that has gone away does, and the kernel would retry it for two minutes."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # the backlog's one place
+            url = f"http://127.0.0.1:{port}/bridge"
+            outcome: list[tuple[Exception | None, float]] = []
+            caller = threading.Thread(
+                target=lambda: outcome.append(_timed(lambda: bridge.health_check(url))),
+                daemon=True,
+            )
+            caller.start()
+            caller.join(5 * DEADLINE)
+    assert outcome, "the call still waits to connect"
+    _assert_timed_out(*outcome[0])
+
+
+def test_an_answer_of_exactly_the_limit_is_read(serve: Callable, settings: Any) -> None:
+    server = serve(lambda sock: sock.sendall(_answer()))
+    settings.NORM_BRIDGE_MAX_RESPONSE_BYTES = len(OK)
+    assert bridge.health_check(server.url)["status"] == "ok"
+    settings.NORM_BRIDGE_MAX_RESPONSE_BYTES = len(OK) - 1
+    with pytest.raises(bridge.BridgeError, match="BridgeResponseTooLarge"):
+        bridge.health_check(server.url)
 
 
 @override_settings(NORM_BRIDGE_MAX_RESPONSE_BYTES=1024 * 1024)
