@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -421,6 +422,33 @@ def test_a_bridge_whose_flavour_cannot_be_told_is_driven_as_norm(
     notification.refresh_from_db()
     assert notification.status == Notification.Status.COMPLETED
     assert BridgeSync.objects.get().flavour == ""
+
+
+def test_a_flavour_not_told_yet_is_detected_again_after_the_discover_interval(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The first sync met the bridge down: once it is back, the echo learns it speaks
+    Novu's flavour, rather than drive it as norm's for good."""
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    health_checks: list[str] = []
+
+    def health(url: str) -> dict[str, Any]:
+        health_checks.append(url)
+        return NOVU_HEALTH
+
+    monkeypatch.setattr(bridge, "health_check", health)
+    monkeypatch.setattr(bridge, "discover", lambda url, secrets: {"workflows": []})
+    sync = BridgeSyncFactory(flavour="", error="BridgeUnreachable: refused")
+    client_id, url = sync.client_id, sync.bridge_url
+
+    # Within the interval the bridge is not asked again.
+    assert registry.bridge_flavour(client_id=client_id, bridge_url=url) == "norm"
+    assert health_checks == []
+
+    BridgeSync.objects.update(synced_at=timezone.now() - timedelta(seconds=61))
+    assert registry.bridge_flavour(client_id=client_id, bridge_url=url) == "novu"
+    assert health_checks == [url]
+    assert BridgeSync.objects.get().flavour == "novu"
 
 
 # --- controls with norm's SDK, and provider overrides on the message ---------------------
