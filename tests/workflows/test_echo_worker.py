@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from config import pipeline
 from config.celery import app as celery_app
+from config.dates import iso_z
 from notify import services as notify_services
 from notify.models import TriggerEvent
 from tests.conftest import Enqueued
@@ -20,7 +21,7 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
 )
-from workflows import bridge, services, tasks
+from workflows import bridge, selectors, services, tasks
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
@@ -610,3 +611,26 @@ def test_canceled_while_the_bridge_answered_stays_canceled_whatever_the_answer(
 
     notification.refresh_from_db()
     assert (notification.status, notification.error) == (Notification.Status.CANCELED, "")
+
+
+def test_an_in_app_steps_state_says_when_it_was_seen_and_when_read() -> None:
+    """What the bridge gets as an in-app step's result (all four keys, as Novu's
+    framework requires): whether and when the subscriber saw it, and read it."""
+    seen = timezone.now() - timedelta(hours=2)
+    read = seen + timedelta(hours=1)
+    message = MessageFactory(step__status=Step.Status.COMPLETED, seen_at=seen, read_at=read)
+
+    [state] = selectors.bridge_state(notification=message.step.notification)
+
+    assert state["outputs"] == {
+        "seen": True,
+        "read": True,
+        "lastSeenDate": iso_z(seen),
+        "lastReadDate": iso_z(read),
+    }
+    assert selectors.in_app_result(None) == {
+        "seen": False,
+        "read": False,
+        "lastSeenDate": None,
+        "lastReadDate": None,
+    }
