@@ -409,6 +409,17 @@ def test_unknown_key_is_401(post: Post, discover: FakeDiscover, enqueued: Enqueu
     assert_nothing_stored(enqueued)
 
 
+@pytest.mark.parametrize("scheme", ["apikey", "APIKEY", "ApiKey"])
+def test_the_auth_scheme_is_read_case_insensitively(
+    keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued, scheme: str
+) -> None:
+    """As HTTP's auth schemes are (RFC 9110): a hand-written `apikey` header works."""
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"{scheme} {keyed[1]}")
+    response = api.post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+    assert response.status_code == 201, response.content
+
+
 def test_revoked_key_is_401_at_once(
     post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
