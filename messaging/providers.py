@@ -14,7 +14,7 @@ import threading
 import time
 from email import policy
 from email.generator import BytesGenerator
-from email.utils import parseaddr, quote
+from email.utils import getaddresses, parseaddr, quote
 from io import BytesIO
 from typing import Any, ClassVar
 
@@ -172,7 +172,23 @@ def _email_output_wrong(content: dict[str, Any]) -> str:
         # but two addresses, or a header of its own (Bcc:) after it.
         if len(_address(address).splitlines()) > 1:
             return f"the step's output has a {field} with a line break ({address!r:.100})"
+    reply_to = _address(content.get("replyTo"))
+    if reply_to and not _address_list_valid(reply_to):
+        # Django checks From and To as it sends, not Reply-To, which went out as written:
+        # "ann@" reached the subscriber, whose reply then bounced.
+        return f"the step's output has a replyTo that is no email address ({reply_to!r:.100})"
     return "" if one_line(content["subject"]) else "the step's output has an empty subject"
+
+
+def _address_list_valid(value: str) -> bool:
+    """Whether each address of `value` ("a@x.example, Support <s@x.example>") passes the
+    check Django makes of From and To as it sends them."""
+    try:
+        for address in getaddresses([value]):
+            sanitize_address(address, "utf-8")
+    except ValueError:
+        return False
+    return True
 
 
 def _address(value: str | None) -> str:
@@ -270,10 +286,6 @@ class DjangoEmailProvider(Provider):
         )
         email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
         try:
-            # Django checks the envelope's addresses as it sends (From, To), not Reply-To,
-            # which it sent as written: "ann@" reached the subscriber, whose reply bounced.
-            for address in email.reply_to:
-                sanitize_address(address, email.encoding or settings.DEFAULT_CHARSET)
             self._deliver(email)
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are the server's "try again later"; 5xx are final.

@@ -1125,16 +1125,31 @@ def test_a_from_address_django_refuses_fails_the_step_at_once_unsent(
     assert Message.objects.values_list("status", "attempts").get() == (Message.Status.FAILED, 1)
 
 
+@pytest.mark.parametrize("reply_to", ["ann@", "support@shop.example, ann@", "not an address"])
 def test_a_reply_to_address_django_refuses_fails_the_step_at_once_unsent(
-    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, reply_to: str
 ) -> None:
     """Django checks From and To as it sends, not Reply-To: "ann@" went out as the
     email's Reply-To, and the subscriber's reply bounced."""
-    step = send(email_step(outputs={"subject": "Hi", "body": "x", "replyTo": "ann@"}))
+    step = send(email_step(outputs={"subject": "Hi", "body": "x", "replyTo": reply_to}))
 
     assert smtp_server.envelopes == [] and enqueued.of(pipeline.MESSAGE) == []
     assert (step.status, step.attempts) == (Step.Status.FAILED, 1)
-    assert step.error == 'the message cannot be sent: Invalid address "ann@"'
+    assert step.error == f"the step's output has a replyTo that is no email address ({reply_to!r})"
+
+
+def test_a_reply_to_of_several_addresses_is_sent_with_each(
+    send: Callable[[Step], Step], smtp_server: Inbox
+) -> None:
+    reply_to = 'support@shop.example, "Acme, Inc." <sales@shop.example>'
+    step = send(email_step(outputs={"subject": "Hi", "body": "x", "replyTo": reply_to}))
+
+    assert step.status == Step.Status.COMPLETED
+    (sent,) = (message_from_bytes(e.content, policy=policy.default) for e in smtp_server.envelopes)
+    assert [a.addr_spec for a in sent["Reply-To"].addresses] == [
+        "support@shop.example",
+        "sales@shop.example",
+    ]
 
 
 def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
