@@ -3,6 +3,10 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# Only the foreign key's own index is dropped (the name Django gave it). As an
+# AlterField, Django also dropped each foreign key constraint and added it again:
+# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+
 
 class Migration(migrations.Migration):
 
@@ -13,14 +17,34 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='message',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='message',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "messaging_message_client_id_fb92923d"',
+                    reverse_sql='CREATE INDEX "messaging_message_client_id_fb92923d" ON "messaging_message" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='message',
-            name='subscriber',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='subscribers.subscriber'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='message',
+                    name='subscriber',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='subscribers.subscriber'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "messaging_message_subscriber_id_02ed61a5"',
+                    reverse_sql='CREATE INDEX "messaging_message_subscriber_id_02ed61a5" ON "messaging_message" ("subscriber_id")',
+                ),
+            ],
         ),
     ]

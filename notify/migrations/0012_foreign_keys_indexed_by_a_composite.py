@@ -3,6 +3,10 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# Only the foreign key's own index is dropped (the name Django gave it). As an
+# AlterField, Django also dropped each foreign key constraint and added it again:
+# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+
 
 class Migration(migrations.Migration):
 
@@ -11,19 +15,49 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='bridgesync',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_syncs', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='bridgesync',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_syncs', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "notify_bridgesync_client_id_f28e1db5"',
+                    reverse_sql='CREATE INDEX "notify_bridgesync_client_id_f28e1db5" ON "notify_bridgesync" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='bridgeworkflow',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_workflows', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='bridgeworkflow',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_workflows', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "notify_bridgeworkflow_client_id_e13c7cd4"',
+                    reverse_sql='CREATE INDEX "notify_bridgeworkflow_client_id_e13c7cd4" ON "notify_bridgeworkflow" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='triggerevent',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='trigger_events', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='triggerevent',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='trigger_events', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "notify_triggerevent_client_id_23995b23"',
+                    reverse_sql='CREATE INDEX "notify_triggerevent_client_id_23995b23" ON "notify_triggerevent" ("client_id")',
+                ),
+            ],
         ),
     ]

@@ -3,6 +3,10 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# Only the foreign key's own index is dropped (the name Django gave it). As an
+# AlterField, Django also dropped each foreign key constraint and added it again:
+# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+
 
 class Migration(migrations.Migration):
 
@@ -12,19 +16,49 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='subscriber',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='subscribers', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='subscriber',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='subscribers', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "subscribers_subscriber_client_id_12a8f295"',
+                    reverse_sql='CREATE INDEX "subscribers_subscriber_client_id_12a8f295" ON "subscribers_subscriber" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='topic',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='topics', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='topic',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='topics', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "subscribers_topic_client_id_a906c4a3"',
+                    reverse_sql='CREATE INDEX "subscribers_topic_client_id_a906c4a3" ON "subscribers_topic" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='topicsubscription',
-            name='topic',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, to='subscribers.topic'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='topicsubscription',
+                    name='topic',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, to='subscribers.topic'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "subscribers_topicsubscription_topic_id_412898be"',
+                    reverse_sql='CREATE INDEX "subscribers_topicsubscription_topic_id_412898be" ON "subscribers_topicsubscription" ("topic_id")',
+                ),
+            ],
         ),
     ]

@@ -3,6 +3,10 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# Only the foreign key's own index is dropped (the name Django gave it). As an
+# AlterField, Django also dropped each foreign key constraint and added it again:
+# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+
 
 class Migration(migrations.Migration):
 
@@ -12,19 +16,49 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name='notification',
-            name='client',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.client'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='notification',
+                    name='client',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.client'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "workflows_notification_client_id_5e5806e0"',
+                    reverse_sql='CREATE INDEX "workflows_notification_client_id_5e5806e0" ON "workflows_notification" ("client_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='notification',
-            name='trigger_event',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.triggerevent'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='notification',
+                    name='trigger_event',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.triggerevent'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "workflows_notification_trigger_event_id_a053b112"',
+                    reverse_sql='CREATE INDEX "workflows_notification_trigger_event_id_a053b112" ON "workflows_notification" ("trigger_event_id")',
+                ),
+            ],
         ),
-        migrations.AlterField(
-            model_name='step',
-            name='notification',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='workflows.notification'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='step',
+                    name='notification',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='workflows.notification'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "workflows_step_notification_id_35952b62"',
+                    reverse_sql='CREATE INDEX "workflows_step_notification_id_35952b62" ON "workflows_step" ("notification_id")',
+                ),
+            ],
         ),
     ]
