@@ -769,6 +769,12 @@ def _held(step: Step) -> QuerySet[Step]:
 
 def step_fail(*, step: Step, code: str, message: str) -> None:
     with transaction.atomic():
+        # The notification first, as a subscriber's delete, a cancel and the echo take
+        # it before its steps and messages. Taken last (by notification_fail), a delete
+        # holding it waited for this step's message while this waited for it: a
+        # deadlock, which PostgreSQL ended by failing one of them (the delete, a 500).
+        # NO KEY: a notification's steps inserted meanwhile are not held up.
+        Notification.objects.select_for_update(no_key=True).filter(pk=step.notification_id).exists()
         failed = _held(step).update(
             status=Step.Status.FAILED, error=message, completed_at=timezone.now()
         )

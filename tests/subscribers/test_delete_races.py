@@ -5,6 +5,7 @@ deleted unless the fan-out's command for it comes after the delete."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,11 +15,13 @@ from django.db.models.signals import pre_delete
 from django.utils import timezone
 
 from config import pipeline
+from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued, while_held
 from tests.factories import (
+    MessageFactory,
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
@@ -315,3 +318,49 @@ def test_a_subscriber_deleted_while_an_echo_records_a_step_of_its_notification_i
     assert not Subscriber.objects.filter(pk=notification.subscriber_id).exists()
     assert not Notification.objects.exists()
     assert not Step.objects.exists()
+
+
+def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message worker fails a step (its send refused for good) while the subscriber
+    is being deleted. step_fail took the step and its message, then the notification; the
+    delete takes the notification, then the message and the step: each waited for the
+    other, and PostgreSQL ended the delete (a 500, the subscriber still there)."""
+    message = MessageFactory(
+        step__status=Step.Status.PROCESSING,
+        step__claimed_by="task",
+        status=Message.Status.SENDING,
+    )
+    step, subscriber = message.step, message.subscriber
+    given_up = threading.Event()
+    give_up = workflow_services._messages_give_up
+
+    def give_up_then_pause(step_ids: Any, error: str) -> None:
+        give_up(step_ids, error)
+        given_up.set()
+        time.sleep(0.5)  # the delete now waits for a row step_fail holds
+
+    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_then_pause)
+    errors: list[Exception] = []
+
+    def fail() -> None:
+        try:
+            workflow_services.step_fail(step=step, code="SendFailed", message="refused")
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    failing = threading.Thread(target=fail)
+    failing.start()
+    assert given_up.wait(10)
+
+    services.subscriber_delete(subscriber=subscriber)
+    failing.join(20)
+
+    assert not errors
+
+    assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
+    assert not Notification.objects.exists()
+    assert not Step.objects.exists() and not Message.objects.exists()
