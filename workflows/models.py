@@ -41,7 +41,8 @@ class Notification(models.Model):
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=100, blank=True)
     bridge_attempts = models.PositiveIntegerField(default=0)
-    # Echo runs an unexpected error (a bug) ended: failed at NORM_MAX_CLAIMS.
+    # Echo runs an unexpected error (a bug) ended since its last step was recorded:
+    # failed at NORM_MAX_CLAIMS.
     internal_errors = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # While a step waits for its due time, that time: the reconciler takes a notification

@@ -612,10 +612,14 @@ def _record_answer(
             # A notification is pending until its first step is recorded. One waiting
             # for a delay is quiet until the step is due, not idle: its updated_at is
             # the due time, so the reconciler's search for idle ones passes it by. It has
-            # moved on: an earlier attempt's reason (a bridge down, a bug) is no longer its.
+            # moved on: an earlier attempt's reason (a bridge down, a bug) is no longer its,
+            # and NORM_MAX_CLAIMS bounds the runs a bug ends at one point of the workflow,
+            # not all those of its life (three passing bugs failed a long one).
             still_active = Notification.objects.filter(
                 pk=notification.pk, status__in=ACTIVE
-            ).update(status=Notification.Status.RUNNING, updated_at=due_at, error="")
+            ).update(
+                status=Notification.Status.RUNNING, updated_at=due_at, error="", internal_errors=0
+            )
             if not still_active:
                 return  # canceled or failed while the bridge was answering
             step = Step.objects.create(

@@ -17,8 +17,8 @@ from config import pipeline
 from notify.models import TriggerEvent
 from tests.conftest import DatabaseAway, Enqueued, a_bug
 from tests.factories import NotificationFactory, TriggerEventFactory
-from workflows import selectors, services, tasks
-from workflows.models import Notification
+from workflows import bridge, selectors, services, tasks
+from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
 
@@ -89,6 +89,36 @@ def test_a_retried_notification_gets_its_attempts_back(
     # One attempt of a fresh budget, not the last of the old one.
     assert notification.status == Notification.Status.RUNNING
     assert notification.error.startswith("KeyError")
+
+
+def test_bugs_that_went_away_count_only_until_the_next_step(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NORM_MAX_CLAIMS bounds the runs a bug ends at one point of a workflow. Counted over
+    the notification's whole life, three bugs that each went away failed a long workflow
+    that was moving on."""
+    real_state = selectors.bridge_state
+    notification = NotificationFactory()
+    monkeypatch.setattr(selectors, "bridge_state", a_bug)
+    for _ in range(MAX_CLAIMS - 1):
+        tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert (notification.status, notification.internal_errors) == ("pending", MAX_CLAIMS - 1)
+
+    # The bug goes away: the bridge answers the next step, which is recorded.
+    monkeypatch.setattr(selectors, "bridge_state", real_state)
+    email = {"stepId": "mail", "type": "email", "outputs": {"subject": "Hi", "body": "Hello"}}
+    monkeypatch.setattr(bridge, "execute", lambda *args, **kwargs: email)
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert (notification.status, notification.internal_errors) == ("running", 0)
+
+    # A bug after it is the first at this point of the workflow, not the last of all.
+    Step.objects.filter(notification=notification).update(status=Step.Status.COMPLETED)
+    monkeypatch.setattr(selectors, "bridge_state", a_bug)
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert (notification.status, notification.internal_errors) == ("running", 1)
 
 
 def test_a_database_error_in_the_echo_is_no_bug_and_is_retried_by_celery(
