@@ -74,20 +74,39 @@ class ClientForm(forms.ModelForm):
             ]
 
     def clean_bridge_url(self) -> str:
-        return self._unmasked(self.cleaned_data["bridge_url"])
+        url = self.cleaned_data["bridge_url"]
+        if self.instance.pk and url == masked_url(self.instance.bridge_url):
+            return self.instance.bridge_url  # as shown: the stored one, whatever its twins
+        return self._unmasked(url)
 
     def clean_allowed_bridge_urls(self) -> list[str]:
-        urls = [self._unmasked(url) for url in self._strings("allowed_bridge_urls")]
+        urls = self._strings("allowed_bridge_urls")
+        stored = list(self.instance.allowed_bridge_urls) if self.instance.pk else []
+        if stored and urls == [masked_url(u) for u in stored]:
+            urls = stored  # the list as shown: the stored one, each URL its own password
+        else:
+            urls = [self._unmasked(url) for url in urls]
         validate = BridgeURLValidator()
         for url in urls:
             validate(url)
         return urls
 
     def _unmasked(self, url: str) -> str:
+        """A URL as typed, or the stored one it is the masked copy of. Two stored URLs
+        may differ by their password alone (one being rotated: the bridge URL has the
+        new password, an allowed URL the old) and read the same masked: which one an
+        edited field means cannot be told, so it is asked for rather than guessed."""
         stored = self.instance.bridge_urls() if self.instance.pk else []
-        for known in stored:
-            if url in (known, masked_url(known)):
-                return known
+        if url in stored:
+            return url
+        matches = {known for known in stored if masked_url(known) == url}
+        if len(matches) == 1:
+            return matches.pop()
+        if matches:
+            raise forms.ValidationError(
+                f"{url}: type its password again; the page shows passwords as ***, and "
+                "more than one stored URL reads as this one."
+            )
         if has_masked_password(url):
             raise forms.ValidationError(
                 f"{url}: type its password again; the page shows passwords as ***, and "

@@ -811,6 +811,52 @@ def test_a_client_saved_as_shown_keeps_the_passwords_of_its_bridge_urls(admin_cl
     assert client.rate_limit_per_minute == 60
 
 
+ROTATED_BRIDGE = "https://ops-user:new-pass@bridge.test/api/novu"
+
+
+def test_a_client_saved_as_shown_keeps_both_passwords_of_a_bridge_being_rotated(
+    admin_client,
+) -> None:
+    """A basic-auth password being rotated: the bridge URL has the new one, the allowed
+    list still the old (triggers that name it as resource). Both read as MASKED_BRIDGE
+    on the page; saving it as shown took the bridge URL's password for the allowed one."""
+    client = ClientFactory(bridge_url=ROTATED_BRIDGE, allowed_bridge_urls=[SECRET_BRIDGE])
+    page = admin_client.get(_url(client, "change")).content.decode()
+    assert "new-pass" not in page and "s3cret-pass" not in page
+
+    body = _client_form(
+        client,
+        bridge_url=MASKED_BRIDGE,
+        allowed_bridge_urls=f'["{MASKED_BRIDGE}"]',
+        rate_limit_per_minute="60",
+    )
+    response = admin_client.post(_url(client, "change"), body)
+
+    assert response.status_code == 302, response.content.decode()
+    client.refresh_from_db()
+    assert (client.bridge_url, client.allowed_bridge_urls) == (ROTATED_BRIDGE, [SECRET_BRIDGE])
+    assert client.rate_limit_per_minute == 60
+
+
+def test_a_masked_url_that_could_be_either_of_two_stored_ones_must_be_typed_again(
+    admin_client,
+) -> None:
+    """The allowed list edited (a URL added): which stored password a masked entry had
+    cannot be told, so it is asked for rather than guessed."""
+    client = ClientFactory(bridge_url=ROTATED_BRIDGE, allowed_bridge_urls=[SECRET_BRIDGE])
+
+    body = _client_form(
+        client,
+        bridge_url=MASKED_BRIDGE,
+        allowed_bridge_urls=f'["{MASKED_BRIDGE}", "https://alt.test/api/novu"]',
+    )
+    response = admin_client.post(_url(client, "change"), body)
+
+    assert response.status_code == 200 and "type its password again" in response.content.decode()
+    client.refresh_from_db()
+    assert (client.bridge_url, client.allowed_bridge_urls) == (ROTATED_BRIDGE, [SECRET_BRIDGE])
+
+
 def test_a_masked_password_on_a_new_bridge_url_must_be_typed_again(admin_client) -> None:
     client = _client_with_a_password_in_its_bridge()
     body = _client_form(client, bridge_url="https://ops-user:***@bridge.test/api/v2")
