@@ -14,6 +14,7 @@ import http.cookiejar
 import itertools
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -240,6 +241,45 @@ def _ca_bundle() -> str | None:
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
+def _usable_ca_bundle(url: str) -> str | None:
+    """`_ca_bundle()`, checked for an HTTPS bridge (a plain HTTP one does not use it).
+    requests raises a bare OSError for a path that does not exist (no BridgeError: a 500
+    on a trigger, a bug in the echo worker), and OpenSSL's error for a file without a PEM
+    certificate reads as an unreachable bridge; either is norm's setting, not the bridge."""
+    path = _ca_bundle()
+    if path is None or not url.lower().startswith("https:"):
+        return path
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        problem: str | None = exc.strerror or str(exc)
+    else:
+        problem = _ca_bundle_problem(path, stat.st_mtime_ns, stat.st_size)
+    if problem is None:
+        return path
+    variable = "REQUESTS_CA_BUNDLE" if os.environ.get("REQUESTS_CA_BUNDLE") else "CURL_CA_BUNDLE"
+    raise BridgeUnavailable(  # retried, as a certificate is: the file may be fixed meanwhile
+        "BridgeCertificateInvalid",
+        f"norm cannot check the bridge's HTTPS certificate: the CA bundle {path} "
+        f"({variable}) cannot be used: {problem}",
+    )
+
+
+@lru_cache(maxsize=8)
+def _ca_bundle_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why OpenSSL cannot load the CA file at `path`; None if it can. Read once per
+    version of the file (its mtime and size), not on every call."""
+    if os.path.isdir(path):
+        return None  # a directory of hashed certificates, which OpenSSL reads as it needs
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        # "[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)"
+        text = exc.strerror if isinstance(exc.strerror, str) else str(exc)
+        return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
+    return None
+
+
 class BridgeError(Exception):
     """The bridge refused: deterministic, retrying will not help."""
 
@@ -332,7 +372,7 @@ def _call_once(
             data=text.encode() if text is not None else None,
             headers=headers,
             proxies=_proxies(url),
-            verify=_ca_bundle(),
+            verify=_usable_ca_bundle(url),
             timeout=timeout,
             allow_redirects=False,
             stream=True,  # read under the size limit, and the deadline, below

@@ -198,6 +198,40 @@ def test_a_bridge_certificate_norm_does_not_trust_is_retried_then_fails_saying_s
     assert notification.bridge_attempts == 2 and enqueued.calls == []
 
 
+@pytest.mark.parametrize("bundle", ["missing.pem", "no-certificate.pem"])
+def test_a_ca_bundle_norm_cannot_use_fails_the_call_as_a_certificate_problem(
+    internal_tls_bridge: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    bundle: str,
+) -> None:
+    """The CA bundle REQUESTS_CA_BUNDLE names (as BridgeCertificateInvalid's message
+    advises) missing, mistyped, or holding no PEM certificate: requests raised a bare
+    OSError for the first, no BridgeError (a 500 on a trigger, a bug in the echo worker),
+    and the second read as "the bridge is unreachable: [X509: NO_CERTIFICATE_OR_CRL_FOUND]"."""
+    url, _ = internal_tls_bridge
+    (tmp_path / "no-certificate.pem").write_text("not a certificate\n")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / bundle))
+
+    with pytest.raises(bridge.BridgeUnavailable) as exc:  # retried: the file may be fixed
+        bridge.health_check(url)
+
+    assert exc.value.code == "BridgeCertificateInvalid"
+    assert exc.value.message.startswith(
+        f"norm cannot check the bridge's HTTPS certificate: the CA bundle {tmp_path / bundle} "
+        "(REQUESTS_CA_BUNDLE) "
+    )
+
+
+def test_a_ca_bundle_norm_cannot_use_does_not_stop_a_bridge_on_plain_http(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    with json_serving(lambda *_: (200, {"status": "ok"}, {})) as url:
+        assert bridge.health_check(url)["status"] == "ok"
+
+
 def test_a_certificate_for_another_host_is_named_as_such(
     internal_tls_bridge: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
