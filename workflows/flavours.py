@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from config.redact import masked_url
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from notify.selectors import bridge_workflow_get
 from workflows import bridge
@@ -92,7 +93,7 @@ def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dic
             bridge_sync(client=client, bridge_url=notification.resource)
     raise bridge.BridgeError(
         "StepNotDiscovered",
-        f"the bridge {notification.resource} names step '{step_id}' of workflow "
+        f"the bridge {masked_url(notification.resource)} names step '{step_id}' of workflow "
         f"'{notification.workflow_id}', which its discover does not declare, so norm cannot "
         "tell its type",
         data={"workflowId": notification.workflow_id, "stepId": step_id},

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from config import pipeline
 from config.db import error_text, insert_once
+from config.redact import masked_url
 from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secrets
@@ -473,7 +474,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         notification_fail(
             notification_id=notification.pk,
             code="BridgeNotAllowed",
-            message=f"the bridge {notification.resource} is no longer one of the client's "
+            message=f"the bridge {masked_url(notification.resource)} is no longer one of the client's "
             "bridge URLs",
         )
         return

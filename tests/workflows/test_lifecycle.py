@@ -21,7 +21,13 @@ from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
-from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    NotificationFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import bridge, services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
@@ -156,6 +162,27 @@ def test_a_bridge_url_the_client_no_longer_has_is_never_called_again(
     assert notification.error_code == "BridgeNotAllowed"
     assert old in notification.error
     assert notification.steps.get(step_id="wait").status == Step.Status.COMPLETED
+
+
+@pytest.mark.django_db
+def test_a_bridge_no_longer_allowed_is_named_without_its_password() -> None:
+    """Its basic-auth password being rotated, the old URL left the client's: the error,
+    shown in the admin and the activity feed, held the old password in full."""
+    old = "https://ops-user:old-pass@bridge.test/api/novu"
+    notification = NotificationFactory(
+        trigger_event__resource=old,
+        trigger_event__client__bridge_url="https://ops-user:new-pass@bridge.test/api/novu",
+        status=Notification.Status.RUNNING,
+    )
+
+    services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeNotAllowed")
+    assert notification.error == (
+        "the bridge https://ops-user:***@bridge.test/api/novu is no longer one of the "
+        "client's bridge URLs"
+    )
 
 
 def deactivate(client: Client) -> None:

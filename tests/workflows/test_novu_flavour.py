@@ -18,7 +18,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging.models import Message
 from messaging.services import message_send
-from notify.models import BridgeSync, BridgeWorkflow
+from notify.models import BridgeSync, BridgeWorkflow, Client
 from tests.conftest import Enqueued
 from tests.factories import (
     BridgeSyncFactory,
@@ -251,6 +251,30 @@ def test_a_step_unknown_even_after_discover_fails_the_notification(
     assert "'vip'" in novu.error
     assert discover.calls == 1
     assert len(execute.calls) == 1 and not novu.steps.exists()
+
+
+def test_a_step_unknown_names_the_bridge_without_its_password(
+    novu: Notification,
+    execute: FakeExecute,
+    discover: FakeDiscover,
+    run: Callable[..., None],
+) -> None:
+    """The error is shown in the admin and the activity feed, where a bridge URL's
+    basic-auth password is masked everywhere else."""
+    secret = "https://ops-user:s3cret-pass@bridge.test/api/novu"
+    Client.objects.filter(pk=novu.client_id).update(bridge_url=secret)
+    BridgeSync.objects.filter(client_id=novu.client_id).update(bridge_url=secret)
+    BridgeWorkflow.objects.filter(client_id=novu.client_id).update(bridge_url=secret)
+    Notification.objects.filter(pk=novu.pk).update(resource=secret)
+    discover.answers.append(STEPS)
+    execute.answers = [corrupt("vip")]
+
+    run(novu)
+
+    novu.refresh_from_db()
+    assert novu.error_code == "StepNotDiscovered"
+    assert "s3cret-pass" not in novu.error
+    assert "the bridge https://ops-user:***@bridge.test/api/novu names step 'vip'" in novu.error
 
 
 class FakeSession:
