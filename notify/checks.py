@@ -4,7 +4,6 @@ zone database (every command)."""
 
 from __future__ import annotations
 
-import zoneinfo
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -101,22 +100,5 @@ def broker_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage
             hint="Lower NORM_BROKER_MAX_COUNTDOWN (longer delays wait in the database, for "
             "the reconciler) or raise CELERY_VISIBILITY_TIMEOUT.",
             id="norm.E002",
-        )
-    ]
-
-
-@register(Tags.compatibility)
-def time_zone_database_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
-    """A subscriber's timezone is checked against the host's IANA database (as Novu's
-    IsTimeZone checks it); a host without one (a slim image without tzdata) cannot tell
-    a zone from a typo, and takes any."""
-    if zoneinfo.available_timezones():
-        return []
-    return [
-        Warning(
-            "No IANA time zone database was found: a subscriber's timezone is stored unchecked.",
-            hint="Install the system's tzdata package (or set PYTHONTZPATH to a zoneinfo "
-            "directory).",
-            id="norm.W002",
         )
     ]

@@ -78,18 +78,17 @@ def locale_valid(value: str) -> bool:
 
 @functools.cache
 def _time_zones() -> dict[str, str]:
+    # The host's database and the tzdata package's (a dependency): the same names on
+    # every host, the old ones (US/Eastern, Asia/Calcutta) included, which Node's Intl
+    # takes and Debian 13 moved to a package of their own, tzdata-legacy.
     return {name.lower(): name for name in zoneinfo.available_timezones()}
 
 
 def timezone_name(value: str) -> str | None:
     """The IANA name of a time zone, spelt as the database spells it ("europe/paris" is
     "Europe/Paris", as JavaScript's Intl, which Novu's IsTimeZone asks, matches any
-    case); None for no such zone. A host without a time zone database (checked at
-    start, norm.W002) cannot tell: there the value is taken as it is."""
-    zones = _time_zones()
-    if not zones:
-        return value
-    return zones.get(value.lower())
+    case); None for no such zone."""
+    return _time_zones().get(value.lower())
 
 
 def checked_attributes(recipient: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
