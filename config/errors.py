@@ -91,7 +91,11 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
 def validation_message(exc: exceptions.ValidationError) -> str:
     """A serializer's errors as one readable line: `to: This field is required.`"""
     return "; ".join(
-        f"{e['field']}: {e['message']}" if e["field"] else e["message"]
+        # Not again before a message that names its field already, as class-validator's
+        # (Novu's) do: "firstName must be a string", not "firstName: firstName must...".
+        f"{e['field']}: {e['message']}"
+        if e["field"] and not e["message"].startswith(f"{e['field']} ")
+        else e["message"]
         for e in _flatten(exc.detail)
     )
 
