@@ -2,7 +2,8 @@
 
 A client may register a bridge behind basic auth (`https://user:pass@host/api/novu`):
 norm calls that URL as it is, but an operator's console, a log line or an error message
-shows it with the password as `***`.
+shows it with the password as `***` (a token standing alone as the user, `https://TOKEN@host`,
+likewise).
 """
 
 from __future__ import annotations
@@ -16,37 +17,40 @@ MASK = "***"
 _AUTHORITY = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/?#]*)", re.IGNORECASE)
 
 
-def _credentials(url: str) -> tuple[str, str] | None:
-    """The user and password of a URL; None when it has no password."""
+def _userinfo(url: str) -> str:
+    """What stands before the authority's last @ ("user:pass", a token alone); "" for none."""
     match = _AUTHORITY.match(url)
     if match is None:
-        return None
+        return ""
     userinfo, at, _host = match.group(2).rpartition("@")
-    user, _, password = userinfo.partition(":")
-    return (user, password) if at and password else None
+    return userinfo if at else ""
+
+
+def _masked(userinfo: str) -> str:
+    """The password masked (the user name stays: it tells the operator which account the
+    bridge expects); a user alone (`https://TOKEN@host`, a token sent as basic auth's
+    user) masked whole. A user with an empty password has nothing to mask."""
+    user, colon, password = userinfo.partition(":")
+    if colon:
+        return f"{user}:{MASK}" if password else userinfo
+    return MASK if user else userinfo
 
 
 def masked_url(url: str) -> str:
-    """`url` with its password, if any, replaced by *** (the user name stays: it tells
-    the operator which account the bridge expects)."""
-    credentials = _credentials(url)
-    if credentials is None:
-        return url
-    user, password = credentials
-    return url.replace(f"{user}:{password}@", f"{user}:{MASK}@", 1)
+    """`url` with its password, or a token standing as its user, replaced by ***."""
+    userinfo = _userinfo(url)
+    return url.replace(f"{userinfo}@", f"{_masked(userinfo)}@", 1) if userinfo else url
 
 
 def masked_text(text: str, url: str) -> str:
-    """`text` (an error message about `url`) with every copy of `url`'s password masked:
+    """`text` (an error message about `url`) with every copy of `url`'s secret masked:
     requests and urllib3 quote the URL, or its authority, in some of theirs."""
-    credentials = _credentials(url)
-    if credentials is None:
-        return text
-    user, password = credentials
-    return text.replace(f"{user}:{password}@", f"{user}:{MASK}@")
+    userinfo = _userinfo(url)
+    return text.replace(f"{userinfo}@", f"{_masked(userinfo)}@") if userinfo else text
 
 
 def has_masked_password(url: str) -> bool:
-    """Whether `url` is a masked one (its password ***), as the admin's form shows it."""
-    credentials = _credentials(url)
-    return credentials is not None and credentials[1] == MASK
+    """Whether `url` is a masked one (its password or token ***), as the admin's form
+    shows it."""
+    userinfo = _userinfo(url)
+    return userinfo == MASK or userinfo.endswith(f":{MASK}")

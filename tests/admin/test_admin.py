@@ -811,6 +811,23 @@ def test_a_client_saved_as_shown_keeps_the_passwords_of_its_bridge_urls(admin_cl
     assert client.rate_limit_per_minute == 60
 
 
+def test_a_token_standing_as_the_bridge_urls_user_is_masked_and_kept(admin_client) -> None:
+    """`https://TOKEN@host` sends the token as basic auth's user, with no password: it was
+    shown and logged in full, where a user:password pair had its password masked."""
+    token_url = "https://tok-9f8e7d6c5b@bridge.test/api/novu"
+    client = ClientFactory(bridge_url=token_url)
+
+    page = admin_client.get(_url(client, "change")).content.decode()
+    listing = admin_client.get(_url(client, "changelist")).content.decode()
+
+    assert "tok-9f8e7d6c5b" not in page and "tok-9f8e7d6c5b" not in listing
+    assert 'value="https://***@bridge.test/api/novu"' in page
+    body = _client_form(client, bridge_url="https://***@bridge.test/api/novu")
+    assert admin_client.post(_url(client, "change"), body).status_code == 302
+    client.refresh_from_db()
+    assert client.bridge_url == token_url
+
+
 ROTATED_BRIDGE = "https://ops-user:new-pass@bridge.test/api/novu"
 
 
