@@ -384,7 +384,9 @@ def _call_once(
             raise _timed_out(timeout) from exc
         raise BridgeError(
             "BridgeInvalidURL",
-            masked_text(f"norm cannot call the bridge URL {masked_url(url)}: {exc}", url),
+            _without_query(
+                masked_text(f"norm cannot call the bridge URL {masked_url(url)}: {exc}", url), url
+            ),
         ) from exc
     except requests.RequestException as exc:
         if deadline.expired:
@@ -458,6 +460,13 @@ def _problems(data: Any) -> str:
         for p in data
         if isinstance(p, dict) and isinstance(p.get("message"), str)
     )
+
+
+def _without_query(text: str, url: str) -> str:
+    """`text` with `url`'s query (a token, say) and fragment left out wherever it quotes
+    the URL, as requests' errors do."""
+    tail = url[len(url.split("?", 1)[0].split("#", 1)[0]) :]
+    return text.replace(tail, "") if tail else text
 
 
 def _bounded(message: str) -> str:

@@ -127,6 +127,25 @@ def test_a_bridge_url_requests_cannot_use_is_a_final_error_not_unreachable(url: 
     assert exc.value.message.startswith(f"norm cannot call the bridge URL {url}: ")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:99999/api/norm?token=tk-41f2",  # requests quotes the URL in its error
+        "ftp://localhost/api/norm?token=tk-41f2",
+        "https:///api/norm?token=tk-41f2#x",
+    ],
+)
+def test_a_bridge_url_norm_cannot_call_is_named_without_its_query(url: str) -> None:
+    """The query may carry a token, as the unreachable bridge's message already knows:
+    the notification's error showed it, in norm's words and in requests'."""
+    with pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(url, secrets=("nk_test",), workflow_id="w", body={"payload": {}})
+    assert exc.value.code == "BridgeInvalidURL"
+    assert "tk-41f2" not in exc.value.message
+    shown = url.split("?")[0]
+    assert exc.value.message.startswith(f"norm cannot call the bridge URL {shown}: ")
+
+
 def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Nested)
     threading.Thread(target=server.serve_forever, daemon=True).start()
