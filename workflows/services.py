@@ -512,12 +512,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
             )
         return
     except bridge.BridgeError as exc:
-        notification_fail(
-            notification_id=notification.pk,
-            code=exc.code,
-            message=exc.message,
-            read_at=notification.updated_at,
-        )
+        _refuse_answer(notification, code=exc.code, message=exc.message)
         return
     try:
         _record_answer(notification=notification, state=state, answer=answer)
@@ -527,9 +522,8 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         # An answer norm cannot record (a delay too long to represent, say): failing
         # the notification keeps the reconciler from asking the bridge again forever.
         logger.exception("echo: cannot record the answer for %s", notification.pk)
-        notification_fail(
-            notification_id=notification.pk,
-            read_at=notification.updated_at,
+        _refuse_answer(
+            notification,
             code="BridgeInvalidResponse",
             message=f"norm could not record the bridge's answer: {error_text(exc)}"[:2000],
         )
@@ -559,34 +553,30 @@ def _record_answer(
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs = answer.get("outputs") if isinstance(answer.get("outputs"), dict) else {}
     if step_type in selectors.UNSUPPORTED_STEP_TYPES:
-        notification_fail(
-            notification_id=notification.pk,
-            read_at=notification.updated_at,
+        _refuse_answer(
+            notification,
             code="UnsupportedStepType",
             message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
         )
         return
     if not isinstance(step_id, str) or not step_id or step_type not in selectors.STEP_TYPES:
-        notification_fail(
-            notification_id=notification.pk,
-            read_at=notification.updated_at,
+        _refuse_answer(
+            notification,
             code="BridgeInvalidResponse",
             message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
         )
         return
     if len(step_id) > STEP_ID_LENGTH:
-        notification_fail(
-            notification_id=notification.pk,
-            read_at=notification.updated_at,
+        _refuse_answer(
+            notification,
             code="BridgeInvalidResponse",
             message=f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
             f"at most {STEP_ID_LENGTH}",
         )
         return
     if any(entry["stepId"] == step_id for entry in state):
-        notification_fail(
-            notification_id=notification.pk,
-            read_at=notification.updated_at,
+        _refuse_answer(
+            notification,
             code="BridgeInvalidResponse",
             message=f"the bridge returned step '{step_id}' again, which already ran",
         )
@@ -599,9 +589,8 @@ def _record_answer(
         try:
             due_at = delay_until(outputs, now=now)
         except UnsupportedDelay as exc:
-            notification_fail(
-                notification_id=notification.pk,
-                read_at=notification.updated_at,
+            _refuse_answer(
+                notification,
                 code="UnsupportedDelay",
                 message=f"step '{step_id}': {exc}",
             )
@@ -653,6 +642,17 @@ def _skipped_result(step_type: str) -> dict[str, Any]:
     if step_type == "delay":
         return {"duration": 0}
     return {}
+
+
+def _refuse_answer(notification: Notification, *, code: str, message: str) -> None:
+    """Fail the notification for the bridge's answer (or refusal) to the state this run
+    read: only while the row has not moved since (see `_echo`)."""
+    notification_fail(
+        notification_id=notification.pk,
+        code=code,
+        message=message,
+        read_at=notification.updated_at,
+    )
 
 
 def notification_fail(
