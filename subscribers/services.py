@@ -93,10 +93,18 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
     # the event. It deleted the row under the command, which failed (an update of no
     # row, a notification refused by its foreign key), and the reconciler's rerun then
     # created the deleted subscriber anew and sent it the workflow.
+    _upsert_checked(event=event, recipient=recipient, notify=True)
+
+
+def _upsert_checked(*, event: TriggerEvent, recipient: dict[str, Any], notify: bool) -> None:
+    """A trigger's inline subscriber (a recipient, or its actor) created or updated less
+    the attributes Novu would refuse, which the event then names; with its notification
+    in the same transaction when `notify`."""
     recipient, refused = checked_attributes(recipient)
     with transaction.atomic():
         subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
-        notification_create(trigger_event=event, subscriber=subscriber)
+        if notify:
+            notification_create(trigger_event=event, subscriber=subscriber)
     if refused:
         attributes_refused(event=event, subscriber_id=recipient["subscriberId"], refused=refused)
 
@@ -138,11 +146,7 @@ def actor_process(*, trigger_event_id: int) -> None:
         f"the actor of trigger event {trigger_event_id}",
         logger,
     ):
-        actor, refused = checked_attributes(actor)
-        with transaction.atomic():
-            subscriber_upsert(client=event.client_id, recipient=actor)
-        if refused:
-            attributes_refused(event=event, subscriber_id=actor["subscriberId"], refused=refused)
+        _upsert_checked(event=event, recipient=actor, notify=False)
 
 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
