@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.db import OperationalError, connection, transaction
+from django.utils import timezone as django_timezone
 
 from config import pipeline
 from workflows.sdk import Bridge
@@ -37,6 +38,11 @@ class FailsOnce:
         if self.calls == 1:
             raise self.error
         return self.fn(*args, **kwargs)
+
+
+def ago(seconds: float) -> datetime:
+    """That many seconds before now, as the pipeline's timestamps are compared."""
+    return django_timezone.now() - timedelta(seconds=seconds)
 
 
 def a_bug(*args: Any, **kwargs: Any) -> Any:

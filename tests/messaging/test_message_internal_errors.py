@@ -7,7 +7,6 @@ provider had taken before the bug is not sent again.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
-from tests.conftest import DatabaseAway, Enqueued, a_bug
+from tests.conftest import DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
@@ -36,10 +35,6 @@ def _timing(settings: Any) -> None:
     settings.NORM_STALE_CLAIM_SECONDS = STALE
     settings.NORM_MAX_CLAIMS = MAX_CLAIMS
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-
-
-def ago(seconds: float) -> Any:
-    return timezone.now() - timedelta(seconds=seconds)
 
 
 def email_step() -> Step:

@@ -6,16 +6,14 @@ failed with that reason, rather than acknowledged and sent again by the reconcil
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import kombu.exceptions
 import pytest
-from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
-from tests.conftest import DatabaseAway, Enqueued, a_bug
+from tests.conftest import DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import NotificationFactory, TriggerEventFactory
 from workflows import bridge, selectors, services, tasks
 from workflows.models import Notification, Step
@@ -32,10 +30,6 @@ def _timing(settings: Any) -> None:
     settings.NORM_RECONCILE_GRACE = GRACE
     settings.NORM_STALE_CLAIM_SECONDS = STALE
     settings.NORM_MAX_CLAIMS = MAX_CLAIMS
-
-
-def ago(seconds: float) -> Any:
-    return timezone.now() - timedelta(seconds=seconds)
 
 
 def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config import pipeline
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, ago
 from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
 from workflows import bridge, services, tasks
 from workflows.models import Notification, Step
@@ -26,10 +26,6 @@ STALE = 600
 def _timing(settings: Any) -> None:
     settings.NORM_RECONCILE_GRACE = GRACE
     settings.NORM_STALE_CLAIM_SECONDS = STALE
-
-
-def ago(seconds: float) -> Any:
-    return timezone.now() - timedelta(seconds=seconds)
 
 
 def step_at(*, due: float, enqueued: float | None, **kwargs: Any) -> Step:

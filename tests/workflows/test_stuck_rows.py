@@ -124,6 +124,23 @@ def test_the_reconciler_sends_no_step_of_a_final_notification(settings, enqueued
     assert Step.objects.filter(status=Step.Status.PROCESSING).count() == 0  # see below
 
 
+def _claimed_with_its_message(notification: Notification, **message: Any) -> Step:
+    """An email step of `notification` claimed by a task that then died, with the message
+    that task had begun (its fields overridden by `message`)."""
+    step = StepFactory(notification=notification, type="email")
+    assert services.step_claim(step_id=step.pk, claim="died") is not None
+    Message.objects.create(
+        step=step,
+        client=notification.client,
+        subscriber=notification.subscriber,
+        channel="email",
+        provider="django-email",
+        content=step.outputs,
+        **message,
+    )
+    return step
+
+
 @pytest.mark.parametrize(
     "ended",
     [Notification.Status.CANCELED, Notification.Status.FAILED, Notification.Status.COMPLETED],
@@ -140,16 +157,7 @@ def test_a_step_whose_task_was_lost_after_its_notification_ended_ends_once_its_c
     notification = NotificationFactory(
         status=Notification.Status.RUNNING, subscriber=SubscriberFactory(email="ann@example.com")
     )
-    lost = StepFactory(notification=notification, type="email")
-    assert services.step_claim(step_id=lost.pk, claim="died") is not None
-    Message.objects.create(
-        step=lost,
-        client=notification.client,
-        subscriber=notification.subscriber,
-        channel="email",
-        provider="django-email",
-        content=lost.outputs,
-    )
+    lost = _claimed_with_its_message(notification)
     sending = StepFactory(notification__status=ended, status=Step.Status.PROCESSING)
     Notification.objects.filter(pk=notification.pk).update(status=ended)
     Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
@@ -177,17 +185,7 @@ def test_a_message_sent_before_its_task_was_lost_stays_sent_when_the_step_ends(
     reached the subscriber, and the activity feed must say so."""
     settings.NORM_STALE_CLAIM_SECONDS = 600
     notification = NotificationFactory(status=Notification.Status.RUNNING)
-    lost = StepFactory(notification=notification, type="email")
-    assert services.step_claim(step_id=lost.pk, claim="died") is not None
-    Message.objects.create(
-        step=lost,
-        client=notification.client,
-        subscriber=notification.subscriber,
-        channel="email",
-        provider="django-email",
-        content=lost.outputs,
-        status=Message.Status.SENT,
-    )
+    lost = _claimed_with_its_message(notification, status=Message.Status.SENT)
     Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.CANCELED)
     Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
 
