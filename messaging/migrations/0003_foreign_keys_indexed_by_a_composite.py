@@ -8,6 +8,21 @@ from django.db import migrations, models
 # ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
 
 
+def _own_index_dropped(model_name, name, field, index):
+    """The foreign key `name` of `model_name` loses its own index (`index`, the name
+    Django gave it); its constraint stays."""
+    table, column = f"messaging_{model_name}", f"{name}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
+        database_operations=[
+            migrations.RunSQL(
+                f'DROP INDEX IF EXISTS "{index}"',
+                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
+            )
+        ],
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -17,34 +32,16 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='message',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "messaging_message_client_id_fb92923d"',
-                    reverse_sql='CREATE INDEX "messaging_message_client_id_fb92923d" ON "messaging_message" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'message',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='notify.client'),
+            'messaging_message_client_id_fb92923d',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='message',
-                    name='subscriber',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='subscribers.subscriber'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "messaging_message_subscriber_id_02ed61a5"',
-                    reverse_sql='CREATE INDEX "messaging_message_subscriber_id_02ed61a5" ON "messaging_message" ("subscriber_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'message',
+            'subscriber',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='subscribers.subscriber'),
+            'messaging_message_subscriber_id_02ed61a5',
         ),
     ]

@@ -8,6 +8,21 @@ from django.db import migrations, models
 # ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
 
 
+def _own_index_dropped(model_name, name, field, index):
+    """The foreign key `name` of `model_name` loses its own index (`index`, the name
+    Django gave it); its constraint stays."""
+    table, column = f"notify_{model_name}", f"{name}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
+        database_operations=[
+            migrations.RunSQL(
+                f'DROP INDEX IF EXISTS "{index}"',
+                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
+            )
+        ],
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -15,49 +30,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='bridgesync',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_syncs', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "notify_bridgesync_client_id_f28e1db5"',
-                    reverse_sql='CREATE INDEX "notify_bridgesync_client_id_f28e1db5" ON "notify_bridgesync" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'bridgesync',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_syncs', to='notify.client'),
+            'notify_bridgesync_client_id_f28e1db5',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='bridgeworkflow',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_workflows', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "notify_bridgeworkflow_client_id_e13c7cd4"',
-                    reverse_sql='CREATE INDEX "notify_bridgeworkflow_client_id_e13c7cd4" ON "notify_bridgeworkflow" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'bridgeworkflow',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_workflows', to='notify.client'),
+            'notify_bridgeworkflow_client_id_e13c7cd4',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='triggerevent',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='trigger_events', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "notify_triggerevent_client_id_23995b23"',
-                    reverse_sql='CREATE INDEX "notify_triggerevent_client_id_23995b23" ON "notify_triggerevent" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'triggerevent',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='trigger_events', to='notify.client'),
+            'notify_triggerevent_client_id_23995b23',
         ),
     ]

@@ -8,6 +8,21 @@ from django.db import migrations, models
 # ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
 
 
+def _own_index_dropped(model_name, name, field, index):
+    """The foreign key `name` of `model_name` loses its own index (`index`, the name
+    Django gave it); its constraint stays."""
+    table, column = f"subscribers_{model_name}", f"{name}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
+        database_operations=[
+            migrations.RunSQL(
+                f'DROP INDEX IF EXISTS "{index}"',
+                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
+            )
+        ],
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -16,49 +31,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='subscriber',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='subscribers', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "subscribers_subscriber_client_id_12a8f295"',
-                    reverse_sql='CREATE INDEX "subscribers_subscriber_client_id_12a8f295" ON "subscribers_subscriber" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'subscriber',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='subscribers', to='notify.client'),
+            'subscribers_subscriber_client_id_12a8f295',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='topic',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='topics', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "subscribers_topic_client_id_a906c4a3"',
-                    reverse_sql='CREATE INDEX "subscribers_topic_client_id_a906c4a3" ON "subscribers_topic" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'topic',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='topics', to='notify.client'),
+            'subscribers_topic_client_id_a906c4a3',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='topicsubscription',
-                    name='topic',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, to='subscribers.topic'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "subscribers_topicsubscription_topic_id_412898be"',
-                    reverse_sql='CREATE INDEX "subscribers_topicsubscription_topic_id_412898be" ON "subscribers_topicsubscription" ("topic_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'topicsubscription',
+            'topic',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, to='subscribers.topic'),
+            'subscribers_topicsubscription_topic_id_412898be',
         ),
     ]

@@ -8,6 +8,21 @@ from django.db import migrations, models
 # ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
 
 
+def _own_index_dropped(model_name, name, field, index):
+    """The foreign key `name` of `model_name` loses its own index (`index`, the name
+    Django gave it); its constraint stays."""
+    table, column = f"workflows_{model_name}", f"{name}_id"
+    return migrations.SeparateDatabaseAndState(
+        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
+        database_operations=[
+            migrations.RunSQL(
+                f'DROP INDEX IF EXISTS "{index}"',
+                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
+            )
+        ],
+    )
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -16,49 +31,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='notification',
-                    name='client',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.client'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "workflows_notification_client_id_5e5806e0"',
-                    reverse_sql='CREATE INDEX "workflows_notification_client_id_5e5806e0" ON "workflows_notification" ("client_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'notification',
+            'client',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.client'),
+            'workflows_notification_client_id_5e5806e0',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='notification',
-                    name='trigger_event',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.triggerevent'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "workflows_notification_trigger_event_id_a053b112"',
-                    reverse_sql='CREATE INDEX "workflows_notification_trigger_event_id_a053b112" ON "workflows_notification" ("trigger_event_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'notification',
+            'trigger_event',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to='notify.triggerevent'),
+            'workflows_notification_trigger_event_id_a053b112',
         ),
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.AlterField(
-                    model_name='step',
-                    name='notification',
-                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='workflows.notification'),
-                ),
-            ],
-            database_operations=[
-                migrations.RunSQL(
-                    'DROP INDEX IF EXISTS "workflows_step_notification_id_35952b62"',
-                    reverse_sql='CREATE INDEX "workflows_step_notification_id_35952b62" ON "workflows_step" ("notification_id")',
-                ),
-            ],
+        _own_index_dropped(
+            'step',
+            'notification',
+            models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='workflows.notification'),
+            'workflows_step_notification_id_35952b62',
         ),
     ]
