@@ -43,10 +43,14 @@ def masked_url(url: str) -> str:
 
 
 def masked_text(text: str, url: str) -> str:
-    """`text` (an error message about `url`) with every copy of `url`'s secret masked:
-    requests and urllib3 quote the URL, or its authority, in some of theirs."""
+    """`text` (an error message about `url`) with every copy of `url`'s secret masked and
+    of its query (a token, say) and fragment left out: requests and urllib3 quote the URL,
+    or its authority, in some of theirs."""
     userinfo = _userinfo(url)
-    return text.replace(f"{userinfo}@", f"{_masked(userinfo)}@") if userinfo else text
+    if userinfo:
+        text = text.replace(f"{userinfo}@", f"{_masked(userinfo)}@")
+    tail = url[len(url.split("?", 1)[0].split("#", 1)[0]) :]
+    return text.replace(tail, "") if tail else text
 
 
 def has_masked_password(url: str) -> bool:

@@ -31,7 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from config.redact import masked_text, masked_url
+from config.redact import masked_text
 from workflows.sdk.signing import canonical_json, signature_header
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
@@ -384,9 +384,7 @@ def _call_once(
             raise _timed_out(timeout) from exc
         raise BridgeError(
             "BridgeInvalidURL",
-            _without_query(
-                masked_text(f"norm cannot call the bridge URL {masked_url(url)}: {exc}", url), url
-            ),
+            masked_text(f"norm cannot call the bridge URL {url}: {exc}", url),
         ) from exc
     except requests.RequestException as exc:
         if deadline.expired:
@@ -460,13 +458,6 @@ def _problems(data: Any) -> str:
         for p in data
         if isinstance(p, dict) and isinstance(p.get("message"), str)
     )
-
-
-def _without_query(text: str, url: str) -> str:
-    """`text` with `url`'s query (a token, say) and fragment left out wherever it quotes
-    the URL, as requests' errors do."""
-    tail = url[len(url.split("?", 1)[0].split("#", 1)[0]) :]
-    return text.replace(tail, "") if tail else text
 
 
 def _bounded(message: str) -> str:
