@@ -3,24 +3,9 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# Only the foreign key's own index is dropped (the name Django gave it). As an
-# AlterField, Django also dropped each foreign key constraint and added it again:
-# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+from config.schema_ops import own_index_dropped
 
-
-def _own_index_dropped(model_name, name, field, index):
-    """The foreign key `name` of `model_name` loses its own index (`index`, the name
-    Django gave it); its constraint stays."""
-    table, column = f"notify_{model_name}", f"{name}_id"
-    return migrations.SeparateDatabaseAndState(
-        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
-        database_operations=[
-            migrations.RunSQL(
-                f'DROP INDEX IF EXISTS "{index}"',
-                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
-            )
-        ],
-    )
+# Only each foreign key's own index is dropped: see config.schema_ops.
 
 
 class Migration(migrations.Migration):
@@ -30,19 +15,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        _own_index_dropped(
+        own_index_dropped(
+            'notify',
             'bridgesync',
             'client',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_syncs', to='notify.client'),
             'notify_bridgesync_client_id_f28e1db5',
         ),
-        _own_index_dropped(
+        own_index_dropped(
+            'notify',
             'bridgeworkflow',
             'client',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='bridge_workflows', to='notify.client'),
             'notify_bridgeworkflow_client_id_e13c7cd4',
         ),
-        _own_index_dropped(
+        own_index_dropped(
+            'notify',
             'triggerevent',
             'client',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='trigger_events', to='notify.client'),

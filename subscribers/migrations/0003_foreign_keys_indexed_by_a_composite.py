@@ -3,24 +3,9 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# Only the foreign key's own index is dropped (the name Django gave it). As an
-# AlterField, Django also dropped each foreign key constraint and added it again:
-# ACCESS EXCLUSIVE on the table (reads too) while PostgreSQL checked every row.
+from config.schema_ops import own_index_dropped
 
-
-def _own_index_dropped(model_name, name, field, index):
-    """The foreign key `name` of `model_name` loses its own index (`index`, the name
-    Django gave it); its constraint stays."""
-    table, column = f"subscribers_{model_name}", f"{name}_id"
-    return migrations.SeparateDatabaseAndState(
-        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
-        database_operations=[
-            migrations.RunSQL(
-                f'DROP INDEX IF EXISTS "{index}"',
-                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
-            )
-        ],
-    )
+# Only each foreign key's own index is dropped: see config.schema_ops.
 
 
 class Migration(migrations.Migration):
@@ -31,19 +16,22 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        _own_index_dropped(
+        own_index_dropped(
+            'subscribers',
             'subscriber',
             'client',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='subscribers', to='notify.client'),
             'subscribers_subscriber_client_id_12a8f295',
         ),
-        _own_index_dropped(
+        own_index_dropped(
+            'subscribers',
             'topic',
             'client',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='topics', to='notify.client'),
             'subscribers_topic_client_id_a906c4a3',
         ),
-        _own_index_dropped(
+        own_index_dropped(
+            'subscribers',
             'topicsubscription',
             'topic',
             models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, to='subscribers.topic'),
