@@ -50,6 +50,21 @@ def a_bug(*args: Any, **kwargs: Any) -> Any:
     return {}["stepId"]
 
 
+# The bounds the internal-error suites of the echo and message workers run under.
+GRACE = 60
+STALE = 600
+MAX_CLAIMS = 3
+
+
+@pytest.fixture
+def bug_bounds(settings: Any) -> None:
+    """A stalled row is re-driven after GRACE, a claim goes stale after STALE, and a
+    bug at one point of a workflow is tried MAX_CLAIMS times."""
+    settings.NORM_RECONCILE_GRACE = GRACE
+    settings.NORM_STALE_CLAIM_SECONDS = STALE
+    settings.NORM_MAX_CLAIMS = MAX_CLAIMS
+
+
 class DatabaseAway:
     """Stands in for a query whose server went away, every time: no bug, so each stage
     leaves it to its retries. `calls` counts the tries."""

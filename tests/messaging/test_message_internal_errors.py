@@ -17,23 +17,16 @@ from django.utils import timezone
 from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
-from tests.conftest import DatabaseAway, Enqueued, a_bug, ago
+from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
 
-pytestmark = pytest.mark.django_db
-
-GRACE = 60
-STALE = 600
-MAX_CLAIMS = 3
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
 
 @pytest.fixture(autouse=True)
-def _timing(settings: Any) -> None:
-    settings.NORM_RECONCILE_GRACE = GRACE
-    settings.NORM_STALE_CLAIM_SECONDS = STALE
-    settings.NORM_MAX_CLAIMS = MAX_CLAIMS
+def _locmem_email(settings: Any) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 

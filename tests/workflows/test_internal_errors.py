@@ -13,23 +13,12 @@ import pytest
 
 from config import pipeline
 from notify.models import TriggerEvent
-from tests.conftest import DatabaseAway, Enqueued, a_bug, ago
+from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import NotificationFactory, TriggerEventFactory
 from workflows import bridge, selectors, services, tasks
 from workflows.models import Notification, Step
 
-pytestmark = pytest.mark.django_db
-
-GRACE = 60
-STALE = 600
-MAX_CLAIMS = 3
-
-
-@pytest.fixture(autouse=True)
-def _timing(settings: Any) -> None:
-    settings.NORM_RECONCILE_GRACE = GRACE
-    settings.NORM_STALE_CLAIM_SECONDS = STALE
-    settings.NORM_MAX_CLAIMS = MAX_CLAIMS
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
 
 def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(
