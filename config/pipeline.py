@@ -32,8 +32,6 @@ WORKFLOW = Stage("norm.workflow.run", "workflows")
 SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
 # Broadcasts and topics: existing subscribers, a chunk of subscriberIds per command.
 SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
-# A trigger's actor, created or updated as a recipient is (and notified only if listed).
-SUBSCRIBER_ACTOR = Stage("norm.subscriber.actor", "subscribers")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
 # Beat's reconciler has a queue of its own: behind a backlog of triggers it would wait
@@ -43,16 +41,7 @@ RECONCILE = Stage("norm.reconcile", "reconcile")
 
 QUEUES = tuple(
     dict.fromkeys(
-        s.queue
-        for s in (
-            WORKFLOW,
-            SUBSCRIBER,
-            SUBSCRIBER_BATCH,
-            SUBSCRIBER_ACTOR,
-            ECHO,
-            MESSAGE,
-            RECONCILE,
-        )
+        s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, ECHO, MESSAGE, RECONCILE)
     )
 )
 

@@ -20,6 +20,7 @@ from subscribers.recipients import (
     checked_attributes,
     new_unroutable,
     parse_actor,
+    parse_recipients,
     routable,
     unroutable_message,
 )
@@ -93,18 +94,10 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
     # the event. It deleted the row under the command, which failed (an update of no
     # row, a notification refused by its foreign key), and the reconciler's rerun then
     # created the deleted subscriber anew and sent it the workflow.
-    _upsert_checked(event=event, recipient=recipient, notify=True)
-
-
-def _upsert_checked(*, event: TriggerEvent, recipient: dict[str, Any], notify: bool) -> None:
-    """A trigger's inline subscriber (a recipient, or its actor) created or updated less
-    the attributes Novu would refuse, which the event then names; with its notification
-    in the same transaction when `notify`."""
     recipient, refused = checked_attributes(recipient)
     with transaction.atomic():
         subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
-        if notify:
-            notification_create(trigger_event=event, subscriber=subscriber)
+        notification_create(trigger_event=event, subscriber=subscriber)
     if refused:
         attributes_refused(event=event, subscriber_id=recipient["subscriberId"], refused=refused)
 
@@ -123,14 +116,13 @@ def _reason_on_event(*, event: TriggerEvent, reason: str) -> None:
     ).update(error=reason)
 
 
-def actor_process(*, trigger_event_id: int) -> None:
-    """Stage 3 for a trigger's actor: created or updated with its inline attributes, as a
-    recipient is (Novu does so before its fan-out), with no notification of its own."""
-    event = (
-        TriggerEvent.objects.only("pk", "client_id", "actor").filter(pk=trigger_event_id).first()
-    )
-    if event is None:
-        return
+def actor_upsert(*, event: TriggerEvent, recipients: list[dict[str, Any]]) -> None:
+    """A trigger's actor created or updated with its inline attributes, with no
+    notification of its own; the fan-out's first write (see `_fan_out`). Its entry in
+    `to` (among `recipients`) wins over them, as that recipient's upsert follows the
+    actor's in Novu: written here too, every step reads the actor as it ends, and that
+    recipient's command, which writes them again, changes nothing whenever it runs.
+    Safe to run twice: the same values again."""
     try:
         actor = parse_actor(event.actor)
     except ApiError:  # stored before norm checked it at the trigger: nothing to upsert
@@ -143,10 +135,32 @@ def actor_process(*, trigger_event_id: int) -> None:
             reason=f"actor '{actor['subscriberId'][:100]}' was not stored: "
             f"{internal_error_text(exc)}",
         ),
-        f"the actor of trigger event {trigger_event_id}",
+        f"the actor of trigger event {event.pk}",
         logger,
     ):
-        _upsert_checked(event=event, recipient=actor, notify=False)
+        actor, refused = checked_attributes(actor)
+        for listed in recipients:
+            if listed["subscriberId"] == actor["subscriberId"]:
+                # Checked apart: a value it has Novu would refuse keeps the actor's.
+                # Its command names what it refuses.
+                actor |= checked_attributes(listed)[0]
+        with transaction.atomic():
+            subscriber_upsert(client=event.client_id, recipient=actor)
+        if refused:
+            attributes_refused(event=event, subscriber_id=actor["subscriberId"], refused=refused)
+
+
+def actor_process(*, trigger_event_id: int) -> None:
+    """`actor_upsert` for an actor command a fan-out sent before the fan-out upserted the
+    actor itself, still in the broker when norm was upgraded."""
+    event = TriggerEvent.objects.filter(pk=trigger_event_id).first()
+    if event is None:
+        return
+    try:
+        recipients = parse_recipients(event.to)[0] if event.to not in (None, "") else []
+    except ApiError:
+        recipients = []
+    actor_upsert(event=event, recipients=recipients)
 
 
 def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:

@@ -24,6 +24,7 @@ def subscribers_process(trigger_event_id: int, subscriber_ids: list[str]) -> Non
 
 @shared_task(name="norm.subscriber.actor", ignore_result=True, **pipeline.DB_RETRY)
 def actor_process(trigger_event_id: int) -> None:
-    """Stage 3 for a trigger's actor: create or update its subscriber (no notification).
-    A rerun updates the row to the same values."""
+    """A trigger's actor, as fan-outs before norm's upgrade sent it: the fan-out now
+    upserts the actor itself, first. Kept for such commands still in the broker. A rerun
+    updates the row to the same values."""
     services.actor_process(trigger_event_id=trigger_event_id)

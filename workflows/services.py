@@ -140,17 +140,23 @@ def _fan_out(*, trigger_event_id: int) -> None:
         return
     reached_before = event.notifications.count()
     rerun = event.pk if reached_before else None
+    broadcast = event.mode == TriggerEvent.Mode.BROADCAST
+    recipients, topics = ([], []) if broadcast else parse_recipients(event.to)
     if event.actor not in (None, "") and rerun is None:
-        # Created or updated with its attributes, as Novu does with an actor. Not on a
-        # rerun (for lost recipients' commands): an actor deleted since is not made anew.
-        pipeline.send_now(pipeline.SUBSCRIBER_ACTOR, event.pk)
-    if event.mode == TriggerEvent.Mode.BROADCAST:
+        # Before anyone is reached, as Novu's trigger does: a command sent alongside ran
+        # before or after the actor's own recipient command, whose attributes then won or
+        # lost by chance; each step saw the actor as it happened to be; and a broadcast
+        # reached a new actor or not. Not on a rerun (for lost recipients' commands): an
+        # actor deleted since is not made anew. (subscribers.services imports this module.)
+        from subscribers.services import actor_upsert
+
+        actor_upsert(event=event, recipients=recipients)
+    if broadcast:
         count = 0
         for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):
             pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
             count += len(subscriber_ids)
     else:
-        recipients, topics = parse_recipients(event.to)
         direct = [r["subscriberId"] for r in recipients]
         # Deleted since an earlier run (with their notification): not created anew.
         skipped = set(event.forgotten)

@@ -52,27 +52,30 @@ def test_multicast_enqueues_one_command_per_distinct_recipient(enqueued: Enqueue
 
 
 @pytest.mark.parametrize("mode", [TriggerEvent.Mode.MULTICAST, TriggerEvent.Mode.BROADCAST])
-def test_an_actor_is_handed_to_the_subscriber_worker_once_not_on_a_rerun(
+def test_an_actor_is_upserted_by_the_fan_out_before_anyone_is_reached_not_on_a_rerun(
     enqueued: Enqueued, mode: str
 ) -> None:
-    """Novu creates or updates a trigger's actor as it does a recipient; norm's subscriber
-    worker does it (one command, by event id). A rerun for lost recipients' commands
-    sends none: an actor deleted since would be made anew."""
+    """Novu creates or updates a trigger's actor as it does a recipient, before its
+    fan-out; so does norm's, with no command of its own, so a broadcast reaches a new
+    actor too. A rerun for lost recipients' commands leaves it: an actor deleted since
+    would be made anew."""
     actor = {"subscriberId": "carl", "firstName": "Carl"}
     event = TriggerEventFactory(mode=mode, to=["ann"], actor=actor)
     tasks.workflow_run(event.pk)
-    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == [(event.pk,)]
-    assert enqueued.options_of(pipeline.SUBSCRIBER_ACTOR)[0]["queue"] == "subscribers"
+    carl = Subscriber.objects.get(client=event.client)
+    assert (carl.subscriber_id, carl.first_name) == ("carl", "Carl")
+    if mode == TriggerEvent.Mode.BROADCAST:  # created before the audience is drawn
+        assert enqueued.of(pipeline.SUBSCRIBER_BATCH) == [(event.pk, ["carl"])]
 
-    enqueued.clear()
+    carl.delete()
     NotificationFactory(trigger_event=event)  # one reached: the reconciler's rerun
     TriggerEvent.objects.filter(pk=event.pk).update(status=TriggerEvent.Status.RECEIVED)
     tasks.workflow_run(event.pk)
-    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == []
+    assert not Subscriber.objects.filter(client=event.client, subscriber_id="carl").exists()
 
-    enqueued.clear()
-    tasks.workflow_run(TriggerEventFactory(mode=mode, to=["ann"], actor=None).pk)
-    assert enqueued.of(pipeline.SUBSCRIBER_ACTOR) == []
+    none = TriggerEventFactory(mode=mode, to=["ann"], actor=None)
+    tasks.workflow_run(none.pk)
+    assert not Subscriber.objects.filter(client=none.client).exists()
 
 
 def test_single_subscriber_id_as_to(enqueued: Enqueued) -> None:
