@@ -402,6 +402,25 @@ def _actor_body(actor: Any) -> dict[str, Any]:
     return actor if isinstance(actor, dict) else {}
 
 
+def _actor_stored(notification: Notification) -> dict[str, Any]:
+    """The trigger's actor for the bridge, read as stored, as the step's subscriber is.
+    As the trigger gave it, it could contradict the store: an actor that `to` lists with
+    attributes of its own has those, and its `{{actor.firstName}}` was not its own
+    `{{subscriber.firstName}}`; an attribute Novu refuses was never stored. The fan-out
+    stores it before reaching anyone, so each recipient's steps see the same actor. As
+    the trigger gave it once it is gone."""
+    given = _actor_body(notification.trigger_event.actor)
+    actor_id = str(given.get("subscriberId", "")).strip() if given else ""
+    if not actor_id:
+        return given
+    actor: Subscriber | None = notification.subscriber
+    if actor_id != notification.subscriber.subscriber_id:
+        actor = Subscriber.objects.filter(
+            client_id=notification.client_id, subscriber_id=actor_id
+        ).first()
+    return given if actor is None else _subscriber_body(actor)
+
+
 def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     """Ask the bridge for the notification's next step and record it.
 
@@ -490,7 +509,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         "subscriber": _subscriber_body(notification.subscriber),
         "state": state,
         "controls": {},
-        "actor": _actor_body(notification.trigger_event.actor),
+        "actor": _actor_stored(notification),
         "context": {},
     }
     try:

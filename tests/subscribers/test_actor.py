@@ -14,6 +14,8 @@ from subscribers import tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import SubscriberFactory, TriggerEventFactory
+from workflows import bridge
+from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 
@@ -83,3 +85,37 @@ def test_an_actor_listed_in_to_by_its_id_alone_keeps_the_actors_attributes(
 
     assert stored(event, "ann").first_name == "A"
     assert Notification.objects.filter(trigger_event=event).count() == 2
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_step_gets_the_actor_as_stored_the_same_as_its_subscriber(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, reverse: bool
+) -> None:
+    """The bridge got the actor as the trigger gave it: the stored subscriber's
+    `{{subscriber.firstName}}` was B where `{{actor.firstName}}` was A for the same
+    person, with a locale norm did not store. It now gets the actor as stored, the same
+    for every recipient; an actor gone since, as the trigger gave it."""
+    bodies: dict[str, dict[str, Any]] = {}
+
+    def execute(url: str, *, workflow_id: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        bodies[body["subscriber"]["subscriberId"]] = body
+        return {"done": True}
+
+    monkeypatch.setattr(bridge, "execute", execute)
+    event = TriggerEventFactory(
+        actor={"subscriberId": "ann", "firstName": "A", "locale": "xx yy"},
+        to=[{"subscriberId": "ann", "firstName": "B", "email": "ann@x.io"}, "bob"],
+    )
+    fanned_out(event, enqueued, reverse=reverse)
+    for notification in Notification.objects.filter(trigger_event=event):
+        workflow_services.echo_run(notification_id=str(notification.pk))
+
+    ann = {"subscriberId": "ann", "firstName": "B", "email": "ann@x.io", "data": {}}
+    assert bodies["ann"]["subscriber"] == ann
+    assert bodies["ann"]["actor"] == bodies["bob"]["actor"] == ann
+
+    stored(event, "ann").delete()
+    notification = Notification.objects.get(trigger_event=event)  # bob's
+    Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
+    workflow_services.echo_run(notification_id=str(notification.pk))
+    assert bodies["bob"]["actor"] == event.actor
