@@ -18,12 +18,13 @@ from django.utils import timezone
 
 from config import pipeline
 from config.db import error_text, insert_once
+from config.errors import ApiError
 from config.redact import masked_url
 from messaging.models import Message
 from notify.models import TriggerEvent
 from notify.selectors import signing_secrets
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from subscribers.recipients import INLINE_FIELDS, parse_recipients
+from subscribers.recipients import INLINE_FIELDS, parse_actor, parse_recipients
 from workflows import bridge, flavours, selectors
 from workflows.delays import UnsupportedDelay, delay_until
 from workflows.models import Notification, Step
@@ -172,7 +173,7 @@ def _fan_out(*, trigger_event_id: int) -> None:
         # As in Novu, the actor is no topic's member here: who commented on a thread
         # is not told of their own comment. Listed by subscriberId, it is notified.
         actor = _actor_body(event.actor).get("subscriberId")
-        not_members = [*direct, *([str(actor).strip()] if actor not in (None, "") else [])]
+        not_members = [*direct, *([actor] if actor else [])]
         for topic in topics:
             for subscriber_ids in _topic_audience(
                 client_id=event.client_id,
@@ -397,9 +398,12 @@ def _subscriber_body(subscriber: Subscriber) -> dict[str, Any]:
 
 
 def _actor_body(actor: Any) -> dict[str, Any]:
-    if isinstance(actor, str):
-        return {"subscriberId": actor}
-    return actor if isinstance(actor, dict) else {}
+    """A trigger's actor read as the fan-out stores it: a number is a subscriberId too,
+    which this read as no actor at all. {} for none, or one stored before norm checked it."""
+    try:
+        return parse_actor(actor) or {}
+    except ApiError:
+        return {}
 
 
 def _actor_stored(notification: Notification) -> dict[str, Any]:
@@ -410,7 +414,7 @@ def _actor_stored(notification: Notification) -> dict[str, Any]:
     stores it before reaching anyone, so each recipient's steps see the same actor. As
     the trigger gave it once it is gone."""
     given = _actor_body(notification.trigger_event.actor)
-    actor_id = str(given.get("subscriberId", "")).strip() if given else ""
+    actor_id = given.get("subscriberId")
     if not actor_id:
         return given
     actor: Subscriber | None = notification.subscriber

@@ -137,6 +137,18 @@ def test_the_actor_is_not_notified_as_a_topic_member(
     assert TriggerEvent.objects.get(client=client).recipients == 4
 
 
+def test_an_actor_given_as_a_number_is_not_notified_as_a_topic_member(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    """A number is a subscriberId (7 is "7"), as in `to` and as the actor is stored; the
+    fan-out read only a string or an object, and notified actor 7 as a member."""
+    client, _ = keyed
+    topic_with(client, "deals", ["7", "fay"])
+    assert trigger({"type": "Topic", "topicKey": "deals"}, actor=7).status_code == 201
+    fan_out()
+    assert notified(client) == ["fay"]
+
+
 def test_an_actor_listed_by_subscriberid_is_notified(
     keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
 ) -> None:

@@ -137,6 +137,18 @@ def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
     ]
 
 
+@pytest.mark.parametrize("actor", [7, " 7 ", {"subscriberId": 7, "firstName": "Sev"}])
+def test_an_actor_given_as_a_number_reaches_the_bridge_as_its_subscriberid(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], actor: Any
+) -> None:
+    """The trigger takes a number as a subscriberId; the bridge got `actor: {}` for it (an
+    actor no longer stored is sent as the trigger gave it, read as a recipient is)."""
+    notification = NotificationFactory(trigger_event__actor=actor)
+    execute.answers = [{"done": True}]
+    run(notification)
+    assert execute.calls[0]["body"]["actor"]["subscriberId"] == "7"
+
+
 def test_a_channel_step_is_scheduled_and_the_message_worker_enqueued(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
