@@ -17,6 +17,11 @@ class Message(models.Model):
     client = models.ForeignKey(
         "notify.Client", on_delete=models.CASCADE, related_name="messages", db_index=False
     )
+    # Checked when the message's INSERT ends, not at commit as the others are (migration
+    # 0004; Django does not model it): the subscriber is locked before the step, as a
+    # subscriber's delete locks them. Step first, the worker storing a message held its
+    # step and waited for the subscriber while the delete held that and waited for the
+    # step: a deadlock, which PostgreSQL ended by failing one of them (the delete, a 503).
     subscriber = models.ForeignKey(
         "subscribers.Subscriber",
         on_delete=models.CASCADE,

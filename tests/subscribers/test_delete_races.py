@@ -15,6 +15,7 @@ from django.db.models.signals import pre_delete
 from django.utils import timezone
 
 from config import pipeline
+from messaging import services as messaging_services
 from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
@@ -364,3 +365,59 @@ def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
     assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
     assert not Notification.objects.exists()
     assert not Step.objects.exists() and not Message.objects.exists()
+
+
+def _another_waits_for_a_lock() -> None:
+    """Return once another connection to the test database waits for a lock."""
+    deadline = time.monotonic() + 10
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no connection waited for a lock")
+
+
+@pytest.mark.parametrize("victim", ["the delete", "the message"])
+def test_a_subscriber_deleted_while_the_message_of_its_step_is_stored_is_deleted(
+    keyed: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, victim: str
+) -> None:
+    """The message worker stores a step's message while its subscriber is being deleted.
+    The message's foreign keys were checked at commit, its step's first: the INSERT held
+    the step (key share) and waited for the subscriber, which the delete held, while the
+    delete waited for the step. PostgreSQL ended whichever waited its deadlock_timeout
+    first: the delete (a 503 from the API, a 500 from the admin, the subscriber still
+    there), or the message task, retried a second later."""
+    client, key = keyed
+    step = StepFactory(
+        type="in_app", notification__client=client, notification__subscriber__client=client
+    )
+    subscriber = step.notification.subscriber
+    sends: list[Meanwhile] = []
+
+    def send() -> None:
+        if victim == "the delete":  # it waits longer: the delete's check finds the cycle
+            with connection.cursor() as cursor:
+                cursor.execute("SET deadlock_timeout = '10s'")
+        messaging_services.message_send(step_id=step.pk)
+
+    forget = services.fan_outs_forget
+
+    def stored_meanwhile(**kwargs: Any) -> None:
+        # The subscriber is locked: the message's INSERT now waits for it.
+        sends.append(Meanwhile(send))
+        _another_waits_for_a_lock()
+        forget(**kwargs)
+
+    monkeypatch.setattr(services, "fan_outs_forget", stored_meanwhile)
+    response = api_for(key).delete(f"/v2/subscribers/{subscriber.subscriber_id}")
+    sends[0].join()
+
+    assert response.status_code == 200, response.content
+    assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
+    assert not Step.objects.exists() and not Message.objects.exists()
+    assert not enqueued.of(pipeline.ECHO)  # nothing stored as sent, nothing more to do
