@@ -801,14 +801,19 @@ def _held(step: Step) -> QuerySet[Step]:
     )
 
 
+def _notification_locked(step: Step) -> None:
+    """Lock the step's notification first in a transaction that changes the step and then
+    its message, as a subscriber's delete, a cancel and the echo take it before its steps
+    and messages. Taken last (by notification_fail) or not at all, a delete that held it
+    and the message waited for the step this held, while this waited for the message: a
+    deadlock, which PostgreSQL ended by failing one of them (the delete, a 503 from the
+    API). NO KEY: a notification's steps inserted meanwhile are not held up."""
+    Notification.objects.select_for_update(no_key=True).filter(pk=step.notification_id).exists()
+
+
 def step_fail(*, step: Step, code: str, message: str) -> None:
     with transaction.atomic():
-        # The notification first, as a subscriber's delete, a cancel and the echo take
-        # it before its steps and messages. Taken last (by notification_fail), a delete
-        # holding it waited for this step's message while this waited for it: a
-        # deadlock, which PostgreSQL ended by failing one of them (the delete, a 500).
-        # NO KEY: a notification's steps inserted meanwhile are not held up.
-        Notification.objects.select_for_update(no_key=True).filter(pk=step.notification_id).exists()
+        _notification_locked(step)
         failed = _held(step).update(
             status=Step.Status.FAILED, error=message, completed_at=timezone.now()
         )
@@ -828,6 +833,9 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
     now = timezone.now()
     on_broker = backoff <= settings.NORM_BROKER_MAX_COUNTDOWN
     with transaction.atomic():
+        # First: a step whose notification ended while it was sending is canceled here,
+        # and then its message given up. One query more, for a send that failed for now.
+        _notification_locked(step)
         released = (
             _held(step)
             .filter(_of_running_notification())

@@ -421,3 +421,38 @@ def test_a_subscriber_deleted_while_the_message_of_its_step_is_stored_is_deleted
     assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
     assert not Step.objects.exists() and not Message.objects.exists()
     assert not enqueued.of(pipeline.ECHO)  # nothing stored as sent, nothing more to do
+
+
+def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_for_now_is_deleted(
+    keyed: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send fails for now (a timeout) after its notification was canceled, while the
+    subscriber is being deleted. step_retry_later cancels the step, then gives its message
+    up; the delete takes the notification, then the message and the step: each waited
+    for the other, and PostgreSQL ended the delete (a 503, the subscriber still there)."""
+    client, key = keyed
+    message = MessageFactory(
+        step__notification__client=client,
+        step__notification__subscriber__client=client,
+        step__notification__status=Notification.Status.CANCELED,
+        step__status=Step.Status.PROCESSING,
+        step__claimed_by="task",
+        status=Message.Status.SENDING,
+    )
+    step, subscriber = message.step, message.subscriber
+    give_up = workflow_services._messages_give_up
+
+    def give_up_once_the_delete_waits(step_ids: Any, error: str) -> None:
+        _another_waits_for_a_lock()
+        give_up(step_ids, error)
+
+    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_once_the_delete_waits)
+    retrying = Meanwhile(
+        lambda: workflow_services.step_retry_later(step=step, message="timed out", backoff=5)
+    )
+    response = api_for(key).delete(f"/v2/subscribers/{subscriber.subscriber_id}")
+    retrying.join()
+
+    assert response.status_code == 200, response.content
+    assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
+    assert not Step.objects.exists() and not Message.objects.exists()
