@@ -27,11 +27,13 @@ from tests.factories import (
     BridgeWorkflowFactory,
     MessageFactory,
     NotificationFactory,
+    StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
     client_with_key,
 )
 from workflows import bridge
+from workflows.models import Step
 
 schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", get_wsgi_application())
 
@@ -86,6 +88,8 @@ def api_key(monkeypatch: pytest.MonkeyPatch, enqueued: Any) -> Iterator[str]:
         id=uuid.UUID(EXISTING["notification_id"]), trigger_event=event, subscriber=subscriber
     )
     MessageFactory(id=INBOX_MESSAGE_ID, step__notification=notification, content={"body": "Hi"})
+    # A failed step too: the Activity API's jobs then hold a failure's execution detail.
+    StepFactory(notification=notification, status=Step.Status.FAILED, error="refused")
     # The app is called as WSGI, not through Django's test client: keep its request
     # signals from closing the connection that holds the test's transaction.
     for signal in (signals.request_started, signals.request_finished):

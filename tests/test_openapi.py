@@ -110,3 +110,36 @@ def test_error_schema_matches_a_real_error(openapi: dict[str, Any], client: Any)
     body = client.post("/v1/events/trigger", {}, content_type="application/json").json()
     assert body["statusCode"] == 401
     assert set(error["required"]) <= set(body) <= set(error["properties"])
+
+
+def test_notifications_document_their_jobs_as_novu_py_reads_them(openapi: dict[str, Any]) -> None:
+    """Each notification's `jobs`: the fields novu-py requires, and only values of the
+    enums it checks (a providerId off Novu's list fails its whole response)."""
+    from novu_py.models import (
+        ActivityNotificationJobResponseDtoType,
+        ExecutionDetailsSourceEnum,
+        ExecutionDetailsStatusEnum,
+        ProvidersIDEnum,
+    )
+
+    schemas = openapi["components"]["schemas"]
+    jobs = schemas["Notification"]["properties"]["jobs"]
+    assert jobs["items"]["$ref"] == "#/components/schemas/NotificationJob"
+    job, detail = schemas["NotificationJob"], schemas["NotificationJobExecutionDetail"]
+    required = {"_id", "type", "status", "providerId", "step", "executionDetails"}
+    assert required <= set(job["required"])
+    assert {"_id", "active", "filters", "_templateId"} <= set(
+        schemas["NotificationJobStep"]["required"]
+    )
+    assert {"_id", "status", "detail", "isRetry", "isTest", "source"} <= set(detail["required"])
+
+    def enum(schema: dict[str, Any], name: str) -> set[str]:
+        field = schema["properties"][name]
+        ref = field.get("$ref") or field["allOf"][0]["$ref"]  # allOf: read-only
+        return set(schemas[ref.rsplit("/", 1)[1]]["enum"])
+
+    assert enum(job, "type") <= {t.value for t in ActivityNotificationJobResponseDtoType}
+    assert enum(job, "providerId") <= {p.value for p in ProvidersIDEnum}
+    assert enum(detail, "status") <= {s.value for s in ExecutionDetailsStatusEnum}
+    assert enum(detail, "source") <= {s.value for s in ExecutionDetailsSourceEnum}
+    assert {"queued", "running", "completed", "failed", "delayed"} <= enum(job, "status")

@@ -55,6 +55,63 @@ class NotificationListApi(APIView):
             seenAt = serializers.DateTimeField(source="seen_at", allow_null=True)
             readAt = serializers.DateTimeField(source="read_at", allow_null=True)
 
+        @extend_schema_serializer(component_name="NotificationJob")
+        class JobSerializer(serializers.Serializer):
+            """A step in the shape of Novu's job (novu-py's ActivityNotificationJobResponseDto)."""
+
+            @extend_schema_serializer(component_name="NotificationJobExecutionDetail")
+            class ExecutionDetailSerializer(serializers.Serializer):
+                _id = serializers.CharField()
+                status = serializers.ChoiceField(
+                    choices=["Success", "Warning", "Failed", "Pending"]
+                )
+                detail = serializers.CharField(help_text="what happened; a failure's reason")
+                source = serializers.ChoiceField(choices=["Internal"])
+                isRetry = serializers.BooleanField()
+                isTest = serializers.BooleanField()
+                createdAt = serializers.DateTimeField(allow_null=True)
+
+            @extend_schema_serializer(component_name="NotificationJobStep")
+            class JobStepSerializer(serializers.Serializer):
+                # Novu's workflow step; norm's steps are named by the bridge, not stored apart.
+                _id = serializers.CharField(source="step_id")
+                _templateId = serializers.CharField(source="step_id")
+                stepId = serializers.CharField(source="step_id")
+                name = serializers.CharField(source="step_id")
+                active = serializers.BooleanField(default=True, read_only=True)
+                filters = serializers.ListField(default=list, read_only=True)
+
+            _id = serializers.CharField(source="pk")
+            type = serializers.ChoiceField(choices=sorted(selectors.STEP_TYPES))
+            status = serializers.SerializerMethodField()
+            providerId = serializers.SerializerMethodField()
+            step = JobStepSerializer(source="*")
+            executionDetails = serializers.SerializerMethodField()
+            createdAt = serializers.DateTimeField(source="created_at")
+            updatedAt = serializers.SerializerMethodField()
+
+            @extend_schema_field(
+                serializers.ChoiceField(choices=sorted({*selectors.JOB_STATUS.values(), "delayed"}))
+            )
+            def get_status(self, step: Step) -> str:
+                return selectors.job_status(step)
+
+            @extend_schema_field(
+                serializers.ChoiceField(choices=sorted({*selectors.NOVU_PROVIDER_IDS.values()}))
+            )
+            def get_providerId(self, step: Step) -> str:
+                return selectors.job_provider_id(step)
+
+            @extend_schema_field(ExecutionDetailSerializer(many=True))
+            def get_executionDetails(self, step: Step) -> list[dict[str, Any]]:
+                details = selectors.job_execution_details(step)
+                return self.ExecutionDetailSerializer(details, many=True).data
+
+            @extend_schema_field(serializers.DateTimeField())
+            def get_updatedAt(self, step: Step) -> str:
+                moments = [m for m in (step.created_at, step.claimed_at, step.completed_at) if m]
+                return serializers.DateTimeField().to_representation(max(moments))
+
         id = serializers.UUIDField()
         # novu-py's ActivityNotificationResponseDto requires the underscored four.
         _id = serializers.CharField(source="id")
@@ -73,6 +130,7 @@ class NotificationListApi(APIView):
         completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
         steps = serializers.SerializerMethodField()
         messages = serializers.SerializerMethodField()
+        jobs = serializers.SerializerMethodField()
 
         # Both read the prefetched steps and their messages: no query per notification.
         @extend_schema_field(StepSerializer(many=True))
@@ -84,6 +142,10 @@ class NotificationListApi(APIView):
             steps = notification.steps.all()
             messages = [m for s in steps if (m := getattr(s, "message", None))]
             return self.MessageSerializer(messages, many=True).data
+
+        @extend_schema_field(JobSerializer(many=True))
+        def get_jobs(self, notification: Notification) -> list[dict[str, Any]]:
+            return self.JobSerializer(notification.steps.all(), many=True).data
 
     class FilterSerializer(serializers.Serializer):
         transactionId = serializers.CharField(required=False)

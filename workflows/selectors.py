@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from config.dates import iso_z
@@ -61,6 +63,80 @@ def bridge_state(
         for s in steps
         if s.status in Step.DONE
     ]
+
+
+# norm's step status → Novu's job status (Novu's JobStatusEnum), for the Activity API's
+# `jobs`: what novu-py shows of each step. A step is recorded when the bridge names it,
+# so Novu's `pending` (a job created ahead of its turn) has no counterpart; a scheduled
+# delay step is waiting out its time, as Novu's `delayed` job is; any other scheduled
+# step waits for a worker (`queued`), also when it is to be tried again after a
+# transient error (that error is its last execution detail, a Warning).
+JOB_STATUS = {
+    Step.Status.SCHEDULED: "queued",
+    Step.Status.PROCESSING: "running",
+    Step.Status.COMPLETED: "completed",
+    Step.Status.SKIPPED: "skipped",
+    Step.Status.FAILED: "failed",
+    Step.Status.CANCELED: "canceled",
+}
+# norm's providers as the nearest of Novu's ProvidersIdEnum: novu-py requires a job's
+# providerId and refuses a value not on Novu's list. Novu's own ("novu", its in-app
+# provider) stands for the work norm does itself: delays, custom steps, a channel with
+# no provider configured.
+NOVU_PROVIDER_IDS = {"inbox": "novu", "django-email": "nodemailer"}
+
+
+def job_status(step: Step) -> str:
+    if step.type == "delay" and step.status == Step.Status.SCHEDULED:
+        return "delayed"
+    return JOB_STATUS[step.status]
+
+
+def job_provider_id(step: Step) -> str:
+    """The provider the step's message went through, or the one its channel would use."""
+    message: Message | None = getattr(step, "message", None)
+    name = message.provider if message else settings.NORM_PROVIDERS.get(step.type, "")
+    return NOVU_PROVIDER_IDS.get(name, "novu")
+
+
+def job_execution_details(step: Step) -> list[dict[str, Any]]:
+    """What happened to a step, as Novu's execution details: queued, its message stored,
+    and how it ended, with the reason of a failure, skip, cancel or pending retry in
+    `detail`. norm keeps each step's latest state rather than a log of every attempt."""
+    message: Message | None = getattr(step, "message", None)
+
+    def detail(
+        key: str, status: str, text: str, at: datetime | None, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "_id": f"{step.pk}-{key}",
+            "status": status,
+            "detail": text,
+            "source": "Internal",
+            "isRetry": False,
+            "isTest": False,
+            "createdAt": at,
+            **extra,
+        }
+
+    details = [detail("queued", "Pending", "Step queued", step.created_at)]
+    if message is not None:
+        details.append(detail("message", "Pending", "Message created", message.created_at))
+    retried = step.attempts > 1
+    if step.status == Step.Status.COMPLETED:
+        text = "Message sent" if message is not None else "Step completed"
+        at = (message.sent_at if message is not None else None) or step.completed_at
+        details.append(detail("done", "Success", text, at, isRetry=retried))
+    elif step.status == Step.Status.FAILED:
+        text = step.error or "Step failed"
+        details.append(detail("done", "Failed", text, step.completed_at, isRetry=retried))
+    elif step.status == Step.Status.SKIPPED:
+        details.append(detail("done", "Warning", step.error or "Step skipped", step.completed_at))
+    elif step.status == Step.Status.CANCELED:
+        details.append(detail("done", "Warning", step.error or "Step canceled", step.completed_at))
+    elif step.error:  # scheduled or running again after an attempt that failed for now
+        details.append(detail("retry", "Warning", step.error, step.claimed_at, isRetry=retried))
+    return details
 
 
 def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Notification]:
