@@ -57,7 +57,8 @@ class NotificationListApi(APIView):
 
         @extend_schema_serializer(component_name="NotificationJob")
         class JobSerializer(serializers.Serializer):
-            """A step in the shape of Novu's job (novu-py's ActivityNotificationJobResponseDto)."""
+            """A step in the shape of Novu's job (novu-py's ActivityNotificationJobResponseDto),
+            from selectors.notification_jobs."""
 
             @extend_schema_serializer(component_name="NotificationJobExecutionDetail")
             class ExecutionDetailSerializer(serializers.Serializer):
@@ -73,44 +74,26 @@ class NotificationListApi(APIView):
 
             @extend_schema_serializer(component_name="NotificationJobStep")
             class JobStepSerializer(serializers.Serializer):
-                # Novu's workflow step; norm's steps are named by the bridge, not stored apart.
-                _id = serializers.CharField(source="step_id")
-                _templateId = serializers.CharField(source="step_id")
-                stepId = serializers.CharField(source="step_id")
-                name = serializers.CharField(source="step_id")
-                active = serializers.BooleanField(default=True, read_only=True)
-                filters = serializers.ListField(default=list, read_only=True)
+                _id = serializers.CharField()
+                _templateId = serializers.CharField(help_text="the workflow id")
+                stepId = serializers.CharField()
+                name = serializers.CharField()
+                active = serializers.BooleanField()
+                filters = serializers.ListField(child=serializers.DictField())
 
-            _id = serializers.CharField(source="pk")
-            type = serializers.ChoiceField(choices=sorted(selectors.STEP_TYPES))
-            status = serializers.SerializerMethodField()
-            providerId = serializers.SerializerMethodField()
-            step = JobStepSerializer(source="*")
-            executionDetails = serializers.SerializerMethodField()
-            createdAt = serializers.DateTimeField(source="created_at")
-            updatedAt = serializers.SerializerMethodField()
-
-            @extend_schema_field(
-                serializers.ChoiceField(choices=sorted({*selectors.JOB_STATUS.values(), "delayed"}))
+            _id = serializers.CharField()
+            type = serializers.ChoiceField(
+                choices=sorted(selectors.STEP_TYPES | {"trigger"}),
+                help_text="trigger: the workflow's run, failed between steps",
             )
-            def get_status(self, step: Step) -> str:
-                return selectors.job_status(step)
-
-            @extend_schema_field(
-                serializers.ChoiceField(choices=sorted({*selectors.NOVU_PROVIDER_IDS.values()}))
+            status = serializers.ChoiceField(choices=selectors.JOB_STATUSES)
+            providerId = serializers.ChoiceField(
+                choices=sorted({*selectors.NOVU_PROVIDER_IDS.values(), selectors.NORM_ITSELF})
             )
-            def get_providerId(self, step: Step) -> str:
-                return selectors.job_provider_id(step)
-
-            @extend_schema_field(ExecutionDetailSerializer(many=True))
-            def get_executionDetails(self, step: Step) -> list[dict[str, Any]]:
-                details = selectors.job_execution_details(step)
-                return self.ExecutionDetailSerializer(details, many=True).data
-
-            @extend_schema_field(serializers.DateTimeField())
-            def get_updatedAt(self, step: Step) -> str:
-                moments = [m for m in (step.created_at, step.claimed_at, step.completed_at) if m]
-                return serializers.DateTimeField().to_representation(max(moments))
+            step = JobStepSerializer()
+            executionDetails = ExecutionDetailSerializer(many=True)
+            createdAt = serializers.DateTimeField()
+            updatedAt = serializers.DateTimeField()
 
         id = serializers.UUIDField()
         # novu-py's ActivityNotificationResponseDto requires the underscored four.
@@ -145,7 +128,8 @@ class NotificationListApi(APIView):
 
         @extend_schema_field(JobSerializer(many=True))
         def get_jobs(self, notification: Notification) -> list[dict[str, Any]]:
-            return self.JobSerializer(notification.steps.all(), many=True).data
+            jobs = selectors.notification_jobs(notification)
+            return self.JobSerializer(jobs, many=True).data
 
     class FilterSerializer(serializers.Serializer):
         transactionId = serializers.CharField(required=False)

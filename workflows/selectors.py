@@ -79,64 +79,129 @@ JOB_STATUS = {
     Step.Status.FAILED: "failed",
     Step.Status.CANCELED: "canceled",
 }
+JOB_STATUSES = sorted({*JOB_STATUS.values(), "delayed"})
 # norm's providers as the nearest of Novu's ProvidersIdEnum: novu-py requires a job's
 # providerId and refuses a value not on Novu's list. Novu's own ("novu", its in-app
 # provider) stands for the work norm does itself: delays, custom steps, a channel with
-# no provider configured.
+# no provider configured, the calls to the bridge.
 NOVU_PROVIDER_IDS = {"inbox": "novu", "django-email": "nodemailer"}
+NORM_ITSELF = "novu"
 
 
-def job_status(step: Step) -> str:
-    if step.type == "delay" and step.status == Step.Status.SCHEDULED:
-        return "delayed"
-    return JOB_STATUS[step.status]
+# How a notification ends that no step of it shows: its status as the run's job's, the
+# status of that job's execution detail, and the step status that would show it.
+RUN_ENDS = {
+    Notification.Status.FAILED: ("failed", "Failed", Step.Status.FAILED),
+    Notification.Status.CANCELED: ("canceled", "Warning", Step.Status.CANCELED),
+}
 
 
-def job_provider_id(step: Step) -> str:
-    """The provider the step's message went through, or the one its channel would use."""
+def notification_jobs(notification: Notification) -> list[dict[str, Any]]:
+    """The notification's steps as Novu's jobs (from its prefetched steps and messages).
+
+    A notification can also end between steps: failed on the bridge's answer
+    (unreachable, invalid, a step type norm does not run) or on norm's own error, or
+    canceled while it waited for the bridge. Novu has no job for that moment, and its
+    notifications have no status of their own, so that end is one more job, of type
+    `trigger` (Novu's job for a workflow's run), with the reason. Without it a novu-py
+    user saw every job completed.
+    """
+    steps = list(notification.steps.all())
+    jobs = [_step_job(step, notification) for step in steps]
+    end = RUN_ENDS.get(notification.status)
+    if end is not None and not any(s.status == end[2] for s in steps):
+        jobs.append(_run_end_job(notification, status=end[0], detail_status=end[1]))
+    return jobs
+
+
+def _job(notification: Notification, *, job_id: str, step_id: str, **fields: Any) -> dict[str, Any]:
+    # Novu's workflow step: norm's steps are named by the bridge, not stored apart.
+    step = {
+        "_id": step_id,
+        "_templateId": notification.workflow_id,
+        "stepId": step_id,
+        "name": step_id,
+        "active": True,
+        "filters": [],
+    }
+    return {"_id": job_id, "step": step, **fields}
+
+
+def _detail(
+    job_id: str, key: str, status: str, text: str, at: datetime | None, retry: bool = False
+) -> dict[str, Any]:
+    return {
+        "_id": f"{job_id}-{key}",
+        "status": status,
+        "detail": text,
+        "source": "Internal",
+        "isRetry": retry,
+        "isTest": False,
+        "createdAt": at,
+    }
+
+
+def _step_job(step: Step, notification: Notification) -> dict[str, Any]:
     message: Message | None = getattr(step, "message", None)
-    name = message.provider if message else settings.NORM_PROVIDERS.get(step.type, "")
-    return NOVU_PROVIDER_IDS.get(name, "novu")
+    status = JOB_STATUS[step.status]
+    if step.type == "delay" and step.status == Step.Status.SCHEDULED:
+        status = "delayed"
+    # The provider its message went through, or the one its channel would use.
+    provider = message.provider if message else settings.NORM_PROVIDERS.get(step.type, "")
+    moments = [m for m in (step.created_at, step.claimed_at, step.completed_at) if m]
+    return _job(
+        notification,
+        job_id=str(step.pk),
+        step_id=step.step_id,
+        type=step.type,
+        status=status,
+        providerId=NOVU_PROVIDER_IDS.get(provider, NORM_ITSELF),
+        executionDetails=_step_details(step, message),
+        createdAt=step.created_at,
+        updatedAt=max(moments),
+    )
 
 
-def job_execution_details(step: Step) -> list[dict[str, Any]]:
+def _step_details(step: Step, message: Message | None) -> list[dict[str, Any]]:
     """What happened to a step, as Novu's execution details: queued, its message stored,
     and how it ended, with the reason of a failure, skip, cancel or pending retry in
     `detail`. norm keeps each step's latest state rather than a log of every attempt."""
-    message: Message | None = getattr(step, "message", None)
-
-    def detail(
-        key: str, status: str, text: str, at: datetime | None, **extra: Any
-    ) -> dict[str, Any]:
-        return {
-            "_id": f"{step.pk}-{key}",
-            "status": status,
-            "detail": text,
-            "source": "Internal",
-            "isRetry": False,
-            "isTest": False,
-            "createdAt": at,
-            **extra,
-        }
-
-    details = [detail("queued", "Pending", "Step queued", step.created_at)]
+    job_id, retried = str(step.pk), step.attempts > 1
+    details = [_detail(job_id, "queued", "Pending", "Step queued", step.created_at)]
     if message is not None:
-        details.append(detail("message", "Pending", "Message created", message.created_at))
-    retried = step.attempts > 1
-    if step.status == Step.Status.COMPLETED:
-        text = "Message sent" if message is not None else "Step completed"
-        at = (message.sent_at if message is not None else None) or step.completed_at
-        details.append(detail("done", "Success", text, at, isRetry=retried))
-    elif step.status == Step.Status.FAILED:
-        text = step.error or "Step failed"
-        details.append(detail("done", "Failed", text, step.completed_at, isRetry=retried))
-    elif step.status == Step.Status.SKIPPED:
-        details.append(detail("done", "Warning", step.error or "Step skipped", step.completed_at))
-    elif step.status == Step.Status.CANCELED:
-        details.append(detail("done", "Warning", step.error or "Step canceled", step.completed_at))
+        details.append(_detail(job_id, "message", "Pending", "Message created", message.created_at))
+    end = {
+        Step.Status.COMPLETED: ("Success", "Message sent" if message else "Step completed"),
+        Step.Status.FAILED: ("Failed", step.error or "Step failed"),
+        Step.Status.SKIPPED: ("Warning", step.error or "Step skipped"),
+        Step.Status.CANCELED: ("Warning", step.error or "Step canceled"),
+    }.get(step.status)
+    if end is not None:
+        at = (message.sent_at if message else None) or step.completed_at
+        details.append(_detail(job_id, "done", *end, at, retry=retried))
     elif step.error:  # scheduled or running again after an attempt that failed for now
-        details.append(detail("retry", "Warning", step.error, step.claimed_at, isRetry=retried))
+        details.append(_detail(job_id, "retry", "Warning", step.error, step.claimed_at, retried))
     return details
+
+
+def _run_end_job(notification: Notification, *, status: str, detail_status: str) -> dict[str, Any]:
+    job_id = f"{notification.pk}-run"
+    if notification.status == Notification.Status.FAILED:
+        reason = notification.error or "Workflow failed"
+    else:  # an error still on it is an earlier attempt's, not why it was canceled
+        reason = "Notification canceled"
+    detail = _detail(job_id, "end", detail_status, reason, notification.completed_at)
+    return _job(
+        notification,
+        job_id=job_id,
+        step_id=notification.workflow_id,
+        type="trigger",
+        status=status,
+        providerId=NORM_ITSELF,
+        executionDetails=[detail],
+        createdAt=notification.created_at,
+        updatedAt=notification.completed_at or notification.created_at,
+    )
 
 
 def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Notification]:

@@ -23,6 +23,7 @@ from tests.factories import (
     StepFactory,
     TriggerEventFactory,
 )
+from workflows import services
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
@@ -187,6 +188,51 @@ def test_each_step_status_maps_to_novus_job_status(tenant: Any) -> None:
     assert last["sms"] == ("Warning", "no provider is configured for sms")
     assert last["late"] == ("Warning", "the trigger was canceled")
     assert last["mail"] == ("Pending", "Step queued")
+
+
+def test_a_failure_between_steps_is_one_more_job_after_them(tenant: Any) -> None:
+    """The bridge refused the state after a step that completed: no step failed, and a
+    novu-py user, who reads jobs and no notification status, saw nothing wrong."""
+    client, api = tenant
+    notification = _notification(client)
+    StepFactory(
+        notification=notification,
+        step_id="inbox",
+        position=0,
+        type="custom",
+        status=Step.Status.COMPLETED,
+        completed_at=timezone.now(),
+    )
+    services.notification_fail(
+        notification_id=notification.pk,
+        code="BridgeInvalidResponse",
+        message="the bridge returned step 'inbox' again, which already ran",
+    )
+
+    data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+    jobs = ActivityNotificationResponseDto.model_validate(data).jobs
+
+    assert jobs is not None
+    assert [(j.type, j.status) for j in jobs] == [("custom", "completed"), ("trigger", "failed")]
+    assert jobs[1].execution_details[-1].detail == (
+        "the bridge returned step 'inbox' again, which already ran"
+    )
+    assert jobs[1].updated_at is not None
+
+
+def test_a_notification_canceled_between_steps_shows_a_canceled_job(tenant: Any) -> None:
+    client, api = tenant
+    notification = _notification(client, error="the bridge is unreachable")  # an earlier try
+    StepFactory(notification=notification, type="custom", status=Step.Status.COMPLETED)
+    assert services.notification_cancel(notification=notification)
+
+    data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+    jobs = ActivityNotificationResponseDto.model_validate(data).jobs
+
+    assert jobs is not None
+    assert [(j.type, j.status) for j in jobs] == [("custom", "completed"), ("trigger", "canceled")]
+    end = jobs[1].execution_details[-1]
+    assert (end.status, end.detail) == ("Warning", "Notification canceled")
 
 
 def test_another_clients_failed_notification_stays_invisible(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from novu_py.models import ActivityNotificationResponseDto
 
 from bench.urls import two_step
 from config import pipeline
@@ -170,6 +171,25 @@ def test_a_bridge_that_cannot_be_reached_fails_saying_why_and_where(
     assert (notification.status, notification.error_code) == ("failed", "BridgeUnreachable")
     assert notification.error == reason
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == reason
+
+
+def test_a_bridge_that_cannot_be_reached_is_a_failed_job_to_novu_py(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """novu-py reads a notification's jobs, not norm's error: failed before any step, it
+    read as a notification with nothing wrong."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 0
+    notification, key = _echoed("http://127.0.0.1:9/bridge", enqueued)  # nothing listens
+
+    item = _activity(key, notification.trigger_event.transaction_id)
+    jobs = ActivityNotificationResponseDto.model_validate(item).jobs
+
+    assert jobs is not None
+    [job] = jobs
+    assert (job.type, job.status, job.step.id) == ("trigger", "failed", notification.workflow_id)
+    [failure] = job.execution_details
+    assert (failure.status, failure.detail) == ("Failed", notification.error)
+    assert "unreachable" in failure.detail
 
 
 @pytest.mark.parametrize(
