@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses, validation_message
-from notify import services
+from notify import selectors, services
 from notify.models import BridgeURLValidator, TriggerEvent
 from notify.throttling import ClientTriggerRate
 
@@ -245,7 +245,54 @@ class BulkTriggerApi(APIView):
         return Response({"data": results}, status=201)
 
 
-class CancelApi(APIView):
+@extend_schema_serializer(component_name="TriggerEventResponse")
+class TriggerEventResponse(serializers.Serializer):
+    class TriggerEventOutput(serializers.Serializer):
+        transactionId = serializers.CharField(source="transaction_id")
+        workflow = serializers.CharField(source="workflow_id")
+        mode = serializers.ChoiceField(choices=TriggerEvent.Mode.choices)
+        status = serializers.ChoiceField(
+            choices=TriggerEvent.Status.choices,
+            help_text="received (not fanned out yet), processing, processed (every recipient"
+            " was sent its notification's command), failed (see error) or canceled",
+        )
+        recipients = serializers.IntegerField(
+            help_text="the audience the fan-out found (0 until processed)"
+        )
+        notifications = serializers.DictField(
+            source="outcomes",
+            child=serializers.IntegerField(),
+            help_text="how many of its notifications are pending, running, completed, failed"
+            " or canceled",
+        )
+        error = serializers.CharField(
+            help_text="why the fan-out failed, or what it left out (a recipient's"
+            " attribute, an actor); empty when nothing went wrong"
+        )
+        createdAt = serializers.DateTimeField(source="created_at")
+        processedAt = serializers.DateTimeField(source="processed_at", allow_null=True)
+        canceledAt = serializers.DateTimeField(source="canceled_at", allow_null=True)
+
+    data = TriggerEventOutput()
+
+
+class TriggerEventApi(APIView):
+    @extend_schema(
+        operation_id="v1_events_trigger_retrieve",
+        tags=["Events"],
+        summary="How a trigger's fan-out went, and its notifications' outcomes (norm only)",
+        responses={200: TriggerEventResponse, **error_responses(404)},
+    )
+    def get(self, request: Request, transaction_id: str) -> Response:
+        # Novu has no such read: a trigger whose fan-out failed or reached nobody (an
+        # inactive client, a topic deleted since) shows no notification to list.
+        event = selectors.trigger_event_get(
+            client_id=request.user.pk, transaction_id=transaction_id
+        )
+        if event is None:
+            raise ApiError(404, "trigger_not_found", "No trigger with this transactionId")
+        return Response({"data": TriggerEventResponse.TriggerEventOutput(event).data})
+
     @extend_schema(
         operation_id="v1_events_trigger_cancel",
         tags=["Events"],

@@ -3,11 +3,13 @@ from __future__ import annotations
 import hmac
 
 from cryptography.fernet import InvalidToken
+from django.db.models import Count
 
 from config.memo import Memo
 from notify import crypto
-from notify.models import BridgeWorkflow, Client, SecretKey
+from notify.models import BridgeWorkflow, Client, SecretKey, TriggerEvent
 from workflows.bridge import BridgeError
+from workflows.models import Notification
 
 
 def client_by_api_key(*, key: str) -> Client | None:
@@ -76,3 +78,15 @@ def bridge_workflow_get(
         ).first(),
         fresh=not cached,
     )
+
+
+def trigger_event_get(*, client_id: int, transaction_id: str) -> TriggerEvent | None:
+    """A client's trigger, with `outcomes`: how many of its notifications are in each
+    status (every status present, 0 when none)."""
+    event = TriggerEvent.objects.filter(client_id=client_id, transaction_id=transaction_id).first()
+    if event is None:
+        return None
+    # By the unique (trigger event, subscriber) index: one pass over the trigger's own rows.
+    counted = dict(event.notifications.order_by().values_list("status").annotate(count=Count("pk")))
+    event.outcomes = {status: counted.get(status, 0) for status in Notification.Status.values}
+    return event

@@ -8,5 +8,9 @@ urlpatterns = [
     path("v1/events/trigger", apis.TriggerApi.as_view(), name="trigger"),
     path("v1/events/trigger/broadcast", apis.BroadcastApi.as_view(), name="trigger-broadcast"),
     path("v1/events/trigger/bulk", apis.BulkTriggerApi.as_view(), name="trigger-bulk"),
-    path("v1/events/trigger/<str:transaction_id>", apis.CancelApi.as_view(), name="trigger-cancel"),
+    path(
+        "v1/events/trigger/<str:transaction_id>",
+        apis.TriggerEventApi.as_view(),
+        name="trigger-event",
+    ),
 ]

@@ -79,6 +79,7 @@ def test_documented_status_codes_match_the_views(openapi: dict[str, Any]) -> Non
 
     assert {"201", "400", "413", "429"} <= codes("/v1/events/trigger", "post")
     assert "200" in codes("/v1/events/trigger/{transaction_id}", "delete")
+    assert {"200", "404"} <= codes("/v1/events/trigger/{transaction_id}", "get")
     assert {"201", "409"} <= codes("/v2/subscribers", "post")
     assert {"200", "201", "409"} <= codes("/v2/topics", "post")
     assert "200" in codes("/v2/subscribers/{subscriber_id}", "delete")

@@ -1,0 +1,143 @@
+"""GET /v1/events/trigger/{transactionId}: how a trigger's fan-out went, and how its
+notifications stand, where no notification would show it (a fan-out that reached
+nobody, or failed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from config import pipeline
+from notify.models import Client
+from subscribers import tasks as subscriber_tasks
+from subscribers.models import Subscriber, Topic
+from tests.conftest import Enqueued
+from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
+from workflows import tasks as workflow_tasks
+
+pytestmark = pytest.mark.django_db
+
+Capture = Callable[..., Any]
+NONE_YET = {"pending": 0, "running": 0, "completed": 0, "failed": 0, "canceled": 0}
+
+
+@pytest.fixture
+def keyed() -> tuple[Client, str]:
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")  # no bridge asked
+    topic = Topic.objects.create(client=client, key="news")
+    for subscriber_id in ("ann", "bob"):
+        topic.subscribers.add(Subscriber.objects.create(client=client, subscriber_id=subscriber_id))
+    return client, key
+
+
+@pytest.fixture
+def api(keyed: tuple[Client, str]) -> APIClient:
+    return api_for(keyed[1])
+
+
+def trigger(api: APIClient, to: Any, capture: Capture) -> None:
+    body = json.dumps({"name": "welcome", "to": to, "transactionId": "tx-1"})
+    with capture(execute=True):
+        response = api.post("/v1/events/trigger", data=body, content_type="application/json")
+    assert response.status_code == 201, response.content
+
+
+def fan_out(enqueued: Enqueued, capture: Capture) -> None:
+    """The workflow worker on the trigger, then every command it sent."""
+    [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+    workflow_tasks.workflow_run(event_id)
+    for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER))):
+        with capture(execute=True):
+            subscriber_tasks.subscriber_process(*args)
+    for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER_BATCH))):
+        with capture(execute=True):
+            subscriber_tasks.subscribers_process(*args)
+
+
+def read(api: APIClient, transaction_id: str = "tx-1") -> dict[str, Any]:
+    response = api.get(f"/v1/events/trigger/{transaction_id}")
+    assert response.status_code == 200, response.content
+    return response.json()["data"]
+
+
+def test_a_trigger_reads_received_then_processed_with_its_notifications_outcomes(
+    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    trigger(api, ["ann", {"type": "Topic", "topicKey": "news"}], django_capture_on_commit_callbacks)
+    received = read(api)
+    assert received | {"createdAt": None} == {
+        "transactionId": "tx-1",
+        "workflow": "welcome",
+        "mode": "multicast",
+        "status": "received",
+        "recipients": 0,
+        "notifications": NONE_YET,
+        "error": "",
+        "createdAt": None,
+        "processedAt": None,
+        "canceledAt": None,
+    }
+    assert received["createdAt"]
+
+    fan_out(enqueued, django_capture_on_commit_callbacks)
+    processed = read(api)
+    assert (processed["status"], processed["recipients"]) == ("processed", 2)  # ann once
+    assert processed["notifications"] == NONE_YET | {"pending": 2}
+    assert processed["processedAt"]
+
+    response = api.delete("/v1/events/trigger/tx-1")
+    assert response.json() == {"data": True}
+    canceled = read(api)
+    assert canceled["notifications"] == NONE_YET | {"canceled": 2}
+    assert canceled["canceledAt"]
+
+
+def test_a_fan_out_that_reached_nobody_says_so(
+    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """The topic deleted between the trigger and its fan-out: no notification to list."""
+    trigger(api, {"type": "Topic", "topicKey": "news"}, django_capture_on_commit_callbacks)
+    assert api.delete("/v2/topics/news").status_code == 200
+    fan_out(enqueued, django_capture_on_commit_callbacks)
+
+    assert api.get("/v1/notifications?transactionId=tx-1").json()["data"] == []
+    event = read(api)
+    assert (event["status"], event["recipients"], event["notifications"]) == (
+        "processed",
+        0,
+        NONE_YET,
+    )
+
+
+def test_what_the_fan_out_left_out_is_its_error(
+    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """A recipient's locale Novu would refuse: notified without it, and said so here."""
+    to = [{"subscriberId": "cat", "locale": "fr FR"}]
+    trigger(api, to, django_capture_on_commit_callbacks)
+    fan_out(enqueued, django_capture_on_commit_callbacks)
+
+    event = read(api)
+    assert (event["status"], event["notifications"]["pending"]) == ("processed", 1)
+    assert "cat" in event["error"] and "locale" in event["error"], event["error"]
+
+
+def test_an_unknown_transaction_id_is_404_and_reading_one_costs_two_queries(
+    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    response = api.get("/v1/events/trigger/tx-none")
+    assert (response.status_code, response.json()["code"]) == (404, "trigger_not_found")
+
+    trigger(api, ["ann", "bob"], django_capture_on_commit_callbacks)
+    fan_out(enqueued, django_capture_on_commit_callbacks)
+    with CaptureQueriesContext(connection) as queries:
+        read(api)
+    # The key's lookup, the event, its notifications counted by status in one GROUP BY.
+    assert len(queries) == 3, [q["sql"] for q in queries]
