@@ -8,8 +8,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The project's venv has the clients the checks use; a python3 without them could only
+# report each service as down, and have it started and waited for in vain.
 PY=${PY:-.venv/bin/python}
-[[ -x $PY ]] || PY=python3
+py_named=$PY
+if [[ ! -x $PY ]]; then
+    py_named="python3 (there is no $PY)"
+    PY=python3
+fi
+if ! missing=$("$PY" - 2>&1 <<'PYEOF'
+import importlib
+for name in ("psycopg", "redis"):
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        print(f"{name} ({' '.join(str(exc).split())})")
+PYEOF
+); then
+    echo "ensure-services: cannot run $py_named to check the services: $missing" >&2
+    echo "  Run make install (it makes .venv), or set PY to a Python with psycopg and redis." >&2
+    exit 1
+elif [[ -n $missing ]]; then
+    echo "ensure-services: $py_named cannot import what the checks use: ${missing//$'\n'/, }." >&2
+    echo "  Run make install (it makes .venv with them), or set PY to a Python that has them." >&2
+    exit 1
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt_updated=0
 export PG_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/norm}

@@ -5,6 +5,7 @@ connection error."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,14 +23,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(env: dict[str, str], script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(SCRIPT)],
+        ["bash", str(script)],
         env={**os.environ, "PY": sys.executable, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _stubs(bin_dir: Path, calls: Path, *commands: str) -> None:
+    """Commands that only note their arguments in `calls`: nothing is started or installed."""
+    bin_dir.mkdir(exist_ok=True)
+    for command in commands:
+        stub = bin_dir / command
+        stub.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\n')
+        stub.chmod(0o755)
+
+
+def _python(path: Path, *options: str) -> None:
+    """An executable at `path` that runs the test run's Python with `options`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec {sys.executable} {" ".join(options)} "$@"\n')
+    path.chmod(0o755)
+
+
+def _checkout(tmp_path: Path) -> Path:
+    """The script in a checkout of its own, without .venv; it runs from its checkout."""
+    (tmp_path / "checkout" / "scripts").mkdir(parents=True)
+    return Path(shutil.copy(SCRIPT, tmp_path / "checkout" / "scripts"))
 
 
 def test_services_that_run_are_used_as_they_are() -> None:
@@ -46,11 +69,7 @@ def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path:
     # Ports nothing listens on, and start commands that start nothing: the script must
     # not reach the machine's real services, nor start or install anything.
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
-    bin_dir.mkdir()
-    for command in ("pg_ctlcluster", "redis-server", "apt-get"):
-        stub = bin_dir / command
-        stub.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\n')
-        stub.chmod(0o755)
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
     pg_port, redis_port = _free_port(), _free_port()
     version = sorted(p.parent.name for p in Path("/etc/postgresql").glob("*/main"))[-1]
 
@@ -80,3 +99,40 @@ def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path:
         f"pg_ctlcluster --skip-systemctl-redirect {version} main start",
         f"redis-server --daemonize yes --bind 127.0.0.1 --port {redis_port} --save  --appendonly no",
     ]
+
+
+def test_the_checkouts_venv_checks_them_when_no_python_is_given(tmp_path: Path) -> None:
+    # python3 on PATH cannot import the clients (-S: no site-packages); .venv's can.
+    script, bin_dir, calls = _checkout(tmp_path), tmp_path / "bin", tmp_path / "calls"
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
+    _python(bin_dir / "python3", "-S")
+    _python(script.parent.parent / ".venv" / "bin" / "python")
+
+    done = _run({"PY": "", "PATH": f"{bin_dir}:{os.environ['PATH']}"}, script)
+
+    assert done.returncode == 0, done.stderr
+    assert not calls.exists()
+
+
+def test_a_python_without_the_clients_is_named_with_what_it_lacks_at_once(
+    tmp_path: Path,
+) -> None:
+    # No .venv, and a python3 that cannot import psycopg or redis: the checks could only
+    # fail, so nothing is started or waited for.
+    script, bin_dir, calls = _checkout(tmp_path), tmp_path / "bin", tmp_path / "calls"
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
+    _python(bin_dir / "python3", "-S")
+
+    done = _run(
+        {"PY": "", "PATH": f"{bin_dir}:{os.environ['PATH']}", "ENSURE_SERVICES_WAIT": "1"},
+        script,
+    )
+
+    assert done.returncode == 1
+    assert (
+        "ensure-services: python3 (there is no .venv/bin/python) cannot import what the "
+        "checks use: psycopg (No module named 'psycopg'), redis (No module named 'redis')."
+    ) in done.stderr
+    assert "Run make install" in done.stderr
+    assert "waiting" not in done.stdout
+    assert not calls.exists()
