@@ -49,42 +49,71 @@ read -r REDIS_HOST REDIS_PORT _ < <(url_parts "$REDIS_URL" 6379)
 # Only a service on this machine is started or installed here.
 is_local() { [[ $1 == 127.* || $1 == localhost || $1 == ::1 ]]; }
 
-pg_ready() {
-    "$PY" - <<'PYEOF'
-import os, sys
+# check pg|redis: 0 when it answers; 1, with the client's reason, when it is down or
+# still starting; 2 when it answers with a refusal that no waiting changes.
+check() {
+    "$PY" - "$1" <<'PYEOF'
+import os, re, sys
+
+# What a server says while it is down, starting or restarting. Anything else (a refused
+# login, a role or database it lacks, a URL it cannot use) stays so however long we wait.
+PASSING = re.compile(
+    r"connection refused|no such file or directory|timeout|timed out|connection reset"
+    r"|server closed the connection|the database system is|too many clients"
+    r"|loading the dataset",
+    re.IGNORECASE,
+)
 try:
-    import psycopg
-    # The server's own database: the tests' may not exist yet.
-    psycopg.connect(os.environ["PG_URL"], dbname="postgres", connect_timeout=2).close()
+    if sys.argv[1] == "pg":
+        import psycopg
+
+        # The server's own database: the tests' may not exist yet.
+        psycopg.connect(os.environ["PG_URL"], dbname="postgres", connect_timeout=2).close()
+    else:
+        import redis
+
+        redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2).ping()
 except Exception as exc:
-    sys.exit(" ".join(str(exc).split()))
+    reason = " ".join(str(exc).split())
+    print(reason, file=sys.stderr)
+    sys.exit(1 if PASSING.search(reason) else 2)
 PYEOF
 }
 
-redis_ready() {
-    "$PY" - <<'PYEOF'
-import os, sys
-try:
-    import redis
-    redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2).ping()
-except Exception as exc:
-    sys.exit(" ".join(str(exc).split()))
-PYEOF
+refused() {  # refused SERVICE NAME WHERE ERROR: says what it answered, and what to change
+    echo "ensure-services: the tests cannot use $2 on $3, and waiting would not change that: $4" >&2
+    "$1_refused_hints" | sed 's/^/  /' >&2
 }
 
-wait_for() {  # wait_for CHECK NAME WHERE HINT...: 0 once CHECK passes, else says why
-    local check=$1 name=$2 where=$3 error started=$SECONDS
-    shift 3
-    echo "ensure-services: waiting up to $WAIT s for $name on $where"
-    while ! error=$("$check" 2>&1); do
-        if (( SECONDS - started >= WAIT )); then
-            echo "ensure-services: $name is still not reachable on $where after $WAIT s: $error" >&2
-            printf '  %s\n' "$@" >&2
+# probe SERVICE NAME WHERE: 0 when it answers; 2 (said why) when it refuses for good; else 1.
+probe() {
+    local error rc=0
+    error=$(check "$1" 2>&1) || rc=$?
+    if (( rc == 2 )); then
+        refused "$@" "$error"
+    fi
+    return $rc
+}
+
+wait_for() {  # wait_for SERVICE NAME WHERE: 0 once it answers, else says why not
+    local error rc started=$SECONDS
+    echo "ensure-services: waiting up to $WAIT s for $2 on $3"
+    while true; do
+        rc=0
+        error=$(check "$1" 2>&1) || rc=$?
+        if (( rc == 0 )); then
+            break
+        elif (( rc == 2 )); then
+            refused "$@" "$error"
+            return 1
+        elif (( SECONDS - started >= WAIT )); then
+            echo "ensure-services: $2 is still not reachable on $3 after $WAIT s: $error" >&2
+            "$1_hints" | sed 's/^/  /' >&2
             return 1
         fi
         sleep 0.5
     done
-    echo "ensure-services: $name is up on $where"
+    echo "ensure-services: $2 is up on $3"
 }
 
 can_apt() { [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; }
@@ -115,12 +144,18 @@ pg_hints() {
     else
         echo "Start it on $PG_HOST, or set DATABASE_URL (make: TEST_DATABASE_URL) to one that runs."
     fi
-    echo "If it runs but refuses them: the tests connect as $PG_USER over TCP, without a password"
-    echo "unless DATABASE_URL has one (pg_hba.conf: host all $PG_USER 127.0.0.1/32 trust)."
+}
+
+pg_refused_hints() {
+    echo "The tests connect as $PG_USER over TCP, without a password unless DATABASE_URL has"
+    echo "one (pg_hba.conf: host all $PG_USER 127.0.0.1/32 trust); set DATABASE_URL (make:"
+    echo "TEST_DATABASE_URL) to one this server accepts, or let it accept them."
 }
 
 ensure_postgres() {
-    pg_ready 2>/dev/null && return 0
+    local rc=0
+    probe pg PostgreSQL "$PG_HOST:$PG_PORT" || rc=$?
+    (( rc == 1 )) || return $rc
     if ! is_local "$PG_HOST"; then
         echo "ensure-services: PostgreSQL on $PG_HOST:$PG_PORT is not on this machine: not started here"
     elif [[ -n $(pg_clusters) ]] && command -v pg_ctlcluster >/dev/null; then
@@ -140,9 +175,7 @@ ensure_postgres() {
         echo "  allowed without a password on 127.0.0.1 (pg_hba.conf: host all postgres 127.0.0.1/32 trust)." >&2
         return 1
     fi
-    local hints
-    mapfile -t hints < <(pg_hints)
-    wait_for pg_ready PostgreSQL "$PG_HOST:$PG_PORT" "${hints[@]}"
+    wait_for pg PostgreSQL "$PG_HOST:$PG_PORT"
 }
 
 REDIS_START=(redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no)
@@ -152,8 +185,25 @@ redis_start() {
     "${REDIS_START[@]}" >/dev/null || true  # what went wrong, wait_for says
 }
 
+redis_hints() {
+    local start
+    if is_local "$REDIS_HOST"; then
+        printf -v start '%q ' "${REDIS_START[@]}"
+        echo "Start it: ${start% } (its output says why it cannot)."
+    else
+        echo "Start it on $REDIS_HOST, or set CELERY_BROKER_URL (make: TEST_BROKER_URL) to one that runs."
+    fi
+}
+
+redis_refused_hints() {
+    echo "Set CELERY_BROKER_URL (make: TEST_BROKER_URL) to one this server accepts: its user and"
+    echo "password as redis://USER:PASSWORD@HOST:PORT/DB, and a DB below its databases setting."
+}
+
 ensure_redis() {
-    redis_ready 2>/dev/null && return 0
+    local rc=0
+    probe redis Redis "$REDIS_HOST:$REDIS_PORT" || rc=$?
+    (( rc == 1 )) || return $rc
     if ! is_local "$REDIS_HOST"; then
         echo "ensure-services: Redis on $REDIS_HOST:$REDIS_PORT is not on this machine: not started here"
     elif command -v redis-server >/dev/null; then
@@ -161,18 +211,13 @@ ensure_redis() {
     elif can_apt; then
         echo "ensure-services: installing Redis (apt-get install redis-server)"
         apt_install redis-server
-        redis_ready 2>/dev/null || redis_start
+        check redis 2>/dev/null || redis_start
     else
         echo "ensure-services: Redis is not reachable on $REDIS_HOST:$REDIS_PORT and redis-server is not installed." >&2
         echo "  Install and start it (Debian: apt-get install redis-server)." >&2
         return 1
     fi
-    local hint="Start it on $REDIS_HOST, or set CELERY_BROKER_URL (make: TEST_BROKER_URL) to one that runs."
-    if is_local "$REDIS_HOST"; then
-        printf -v hint '%q ' "${REDIS_START[@]}"
-        hint="Start it: ${hint% } (its output says why it cannot)."
-    fi
-    wait_for redis_ready Redis "$REDIS_HOST:$REDIS_PORT" "$hint"
+    wait_for redis Redis "$REDIS_HOST:$REDIS_PORT"
 }
 
 status=0

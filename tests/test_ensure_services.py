@@ -9,7 +9,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -135,4 +137,39 @@ def test_a_python_without_the_clients_is_named_with_what_it_lacks_at_once(
     ) in done.stderr
     assert "Run make install" in done.stderr
     assert "waiting" not in done.stdout
+    assert not calls.exists()
+
+
+def test_a_refusal_that_waiting_cannot_change_is_said_at_once(tmp_path: Path) -> None:
+    # The test run's own servers, asked as a role PostgreSQL does not have and a Redis user
+    # with a wrong password: nothing to start, and nothing to wait its 30 s for.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
+    pg = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/norm"))
+    broker = urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15"))
+    started = time.monotonic()
+    done = _run(
+        {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "DATABASE_URL": f"postgres://norm_no_such_role@{pg.hostname}:{pg.port or 5432}/norm",
+            "CELERY_BROKER_URL": f"redis://norm_nobody:wrong@{broker.hostname}:{broker.port or 6379}/0",
+            "ENSURE_SERVICES_WAIT": "30",
+        }
+    )
+
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1
+    assert "waiting" not in done.stdout
+    errors = done.stderr
+    assert (
+        f"the tests cannot use PostgreSQL on {pg.hostname}:{pg.port or 5432}, and waiting "
+        "would not change that: "
+    ) in errors
+    assert 'role "norm_no_such_role" does not exist' in errors  # the client's own reason
+    assert "host all norm_no_such_role 127.0.0.1/32 trust" in errors
+    assert (
+        f"the tests cannot use Redis on {broker.hostname}:{broker.port or 6379}, and waiting "
+        "would not change that: invalid username-password pair"
+    ) in errors
+    assert "redis://USER:PASSWORD@HOST:PORT/DB" in errors
     assert not calls.exists()
