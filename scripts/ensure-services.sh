@@ -126,21 +126,37 @@ apt_install() {
     apt-get install -y -qq "$@" >/dev/null
 }
 
-pg_clusters() { ls /etc/postgresql 2>/dev/null | sort -V; }
+# The cluster set to PG_PORT, as "version name status logfile" (pg_lsclusters); none, empty.
+pg_cluster() {
+    pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2, $4, $7; exit }'
+}
 
+pg_installed() {
+    command -v pg_lsclusters >/dev/null && command -v pg_ctlcluster >/dev/null \
+        && [[ -n $(pg_lsclusters -h 2>/dev/null) ]]
+}
+
+# Starts the cluster the tests' port names: another one, even the newest, would come up
+# where they do not look.
 pg_start() {
-    local version
-    version=$(pg_clusters | tail -n 1)
-    echo "ensure-services: starting PostgreSQL $version/main"
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    local version name clusters
+    read -r version name _ < <(pg_cluster) || true
+    if [[ -z $version ]]; then
+        clusters=$(pg_lsclusters -h 2>/dev/null | awk '{ printf "%s%s/%s on %s", (NR > 1 ? ", " : ""), $1, $2, $3 }')
+        echo "ensure-services: no PostgreSQL cluster here is set to port $PG_PORT (pg_lsclusters: ${clusters:-none})." >&2
+        echo "  Make one (pg_createcluster --port $PG_PORT --start VERSION NAME), or set DATABASE_URL" >&2
+        echo "  (make: TEST_DATABASE_URL) to the port of one that is." >&2
+        return 1
+    fi
+    echo "ensure-services: starting PostgreSQL $version/$name (port $PG_PORT)"
+    pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start || true
 }
 
 pg_hints() {
-    local version
-    version=$(pg_clusters | tail -n 1)
+    local version name log
+    read -r version name _ log < <(pg_cluster) || true
     if is_local "$PG_HOST" && [[ -n $version ]]; then
-        echo "Start it: pg_ctlcluster $version main start (see pg_lsclusters for its port, and"
-        echo "why it stopped in /var/log/postgresql/postgresql-$version-main.log)."
+        echo "Start it: pg_ctlcluster $version $name start (why it stopped: $log)."
     else
         echo "Start it on $PG_HOST, or set DATABASE_URL (make: TEST_DATABASE_URL) to one that runs."
     fi
@@ -158,17 +174,19 @@ ensure_postgres() {
     (( rc == 1 )) || return $rc
     if ! is_local "$PG_HOST"; then
         echo "ensure-services: PostgreSQL on $PG_HOST:$PG_PORT is not on this machine: not started here"
-    elif [[ -n $(pg_clusters) ]] && command -v pg_ctlcluster >/dev/null; then
-        pg_start
+    elif pg_installed; then
+        pg_start || return 1
     elif can_apt; then
         echo "ensure-services: installing PostgreSQL (apt-get install postgresql)"
         apt_install postgresql
-        local hba
-        hba=$(ls /etc/postgresql/*/main/pg_hba.conf | sort -V | tail -n 1)
-        # The tests connect as postgres over TCP without a password, as on a dev machine.
-        sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
-        pg_start
-        pg_ctlcluster --skip-systemctl-redirect "$(pg_clusters | tail -n 1)" main reload || true
+        local version name
+        read -r version name _ < <(pg_cluster) || true
+        if [[ -n $version ]]; then
+            # The tests connect as postgres over TCP without a password, as on a dev machine.
+            sed -i '1i host all postgres 127.0.0.1/32 trust' "/etc/postgresql/$version/$name/pg_hba.conf"
+        fi
+        pg_start || return 1
+        pg_ctlcluster --skip-systemctl-redirect "$version" "$name" reload || true
     else
         echo "ensure-services: PostgreSQL is not reachable on $PG_HOST:$PG_PORT and not installed." >&2
         echo "  Install and start it (Debian: apt-get install postgresql), with user postgres" >&2

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "ensure-services.sh"
 
@@ -44,6 +42,13 @@ def _stubs(bin_dir: Path, calls: Path, *commands: str) -> None:
         stub.chmod(0o755)
 
 
+def _clusters(bin_dir: Path, *lines: str) -> None:
+    """A pg_lsclusters that lists `lines` as the machine's PostgreSQL clusters."""
+    stub = bin_dir / "pg_lsclusters"
+    stub.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in lines))
+    stub.chmod(0o755)
+
+
 def _python(path: Path, *options: str) -> None:
     """An executable at `path` that runs the test run's Python with `options`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,16 +69,20 @@ def test_services_that_run_are_used_as_they_are() -> None:
     assert "starting" not in done.stdout and "waiting" not in done.stdout
 
 
-@pytest.mark.skipif(
-    not list(Path("/etc/postgresql").glob("*/main")), reason="no PostgreSQL cluster installed"
-)
 def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path: Path) -> None:
     # Ports nothing listens on, and start commands that start nothing: the script must
     # not reach the machine's real services, nor start or install anything.
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
     pg_port, redis_port = _free_port(), _free_port()
-    version = sorted(p.parent.name for p in Path("/etc/postgresql").glob("*/main"))[-1]
+    # The tests' port is an older cluster's: the newest would come up where they do not look.
+    _clusters(
+        bin_dir,
+        f"14 main {pg_port} down postgres /var/lib/postgresql/14/main "
+        "/var/log/postgresql/postgresql-14-main.log",
+        "16 main 5432 down postgres /var/lib/postgresql/16/main "
+        "/var/log/postgresql/postgresql-16-main.log",
+    )
 
     done = _run(
         {
@@ -90,15 +99,17 @@ def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path:
     errors = done.stderr
     assert f"PostgreSQL is still not reachable on 127.0.0.1:{pg_port} after 1 s: " in errors
     assert "Connection refused" in errors  # the client's own reason
-    assert f"Start it: pg_ctlcluster {version} main start" in errors
-    assert f"/var/log/postgresql/postgresql-{version}-main.log" in errors
+    assert (
+        "Start it: pg_ctlcluster 14 main start "
+        "(why it stopped: /var/log/postgresql/postgresql-14-main.log)."
+    ) in errors
     assert f"Redis is still not reachable on 127.0.0.1:{redis_port} after 1 s: " in errors
     assert (
         f"Start it: redis-server --daemonize yes --bind 127.0.0.1 --port {redis_port} "
         "--save '' --appendonly no"
     ) in errors
     assert calls.read_text().splitlines() == [
-        f"pg_ctlcluster --skip-systemctl-redirect {version} main start",
+        "pg_ctlcluster --skip-systemctl-redirect 14 main start",
         f"redis-server --daemonize yes --bind 127.0.0.1 --port {redis_port} --save  --appendonly no",
     ]
 
@@ -173,3 +184,31 @@ def test_a_refusal_that_waiting_cannot_change_is_said_at_once(tmp_path: Path) ->
     ) in errors
     assert "redis://USER:PASSWORD@HOST:PORT/DB" in errors
     assert not calls.exists()
+
+
+def test_no_cluster_on_the_tests_port_is_said_and_none_other_is_started(tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
+    pg_port = _free_port()
+    _clusters(
+        bin_dir,
+        "15 main 5432 down postgres /var/lib/postgresql/15/main /var/log/pg15.log",
+        "16 test 5433 online postgres /var/lib/postgresql/16/test /var/log/pg16.log",
+    )
+
+    done = _run(
+        {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg_port}/norm",
+            "ENSURE_SERVICES_WAIT": "1",
+        }
+    )
+
+    assert done.returncode == 1
+    assert "PostgreSQL" not in done.stdout  # neither started nor waited for
+    assert (
+        f"ensure-services: no PostgreSQL cluster here is set to port {pg_port} "
+        "(pg_lsclusters: 15/main on 5432, 16/test on 5433)."
+    ) in done.stderr
+    assert f"pg_createcluster --port {pg_port} --start VERSION NAME" in done.stderr
+    assert not calls.exists()  # the test run's Redis was up: nothing started
