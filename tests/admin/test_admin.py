@@ -12,7 +12,9 @@ from config import pipeline
 from messaging.models import Message
 from notify.models import BridgeSync, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
+from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
+from tests.conftest import while_held
 from tests.factories import (
     BridgeWorkflowFactory,
     ClientFactory,
@@ -943,3 +945,39 @@ def test_the_delete_action_deletes_each_subscriber_as_the_api_does(admin_client)
     assert not Subscriber.objects.exists() and not Notification.objects.exists()
     event.refresh_from_db()
     assert event.forgotten == ["ann"]
+
+
+def _delete_while_a_member_is_added(admin_client, *keys: str) -> tuple[Any, Any]:
+    """Deletes the topics `keys`, each with bob as a member, in the admin (one: its delete
+    page; more: the delete action) while a subscribe holding the first adds ann to it."""
+    client = ClientFactory()
+    SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    topics = [Topic.objects.create(client=client, key=key) for key in keys]
+    for topic in topics:
+        TopicSubscription.objects.create(topic=topic, subscriber=bob)
+    url, body = _url(topics[0], "delete"), {"post": "yes"}
+    if len(topics) > 1:
+        url = reverse("admin:subscribers_topic_changelist")
+        body |= {"action": "delete_selected", "_selected_action": [t.pk for t in topics]}
+    return while_held(
+        lambda: services.topic_subscribe(topic=topics[0], subscriber_ids=["ann"]),
+        lambda: admin_client.post(url, body),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("keys", [("news",), ("news", "sales")], ids=["page", "action"])
+def test_a_topic_deleted_in_the_admin_goes_as_the_apis_delete_takes_it(
+    admin_client, keys: tuple[str, ...]
+) -> None:
+    """The admin's delete was Django's, without topic_delete's lock: it removed the
+    topic's members, then waited for the topic a subscribe held and deleted it under
+    the member that subscribe added, and was refused by that member's foreign key at
+    commit, a 500 with the topic still there. It is now the API's: it waits for the
+    topic, and takes the new member with it."""
+    subscribed, response = _delete_while_a_member_is_added(admin_client, *keys)
+
+    assert subscribed[1] == []  # the member was added
+    assert response.status_code == 302
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
