@@ -173,6 +173,20 @@ class TopicAdmin(admin.ModelAdmin):
     def member_count(self, topic: Topic) -> int:
         return topic.member_count  # type: ignore[attr-defined]
 
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[str], dict[str, int], set[str], list[str]]:
+        """What the confirmation page lists: the topics, and how many memberships go with
+        them (Django's own listed every one: half a second and 0.5 MB for 5,000)."""
+        topics = list(objs)
+        counts = {
+            str(Topic._meta.verbose_name_plural): len(topics),
+            str(TopicSubscription._meta.verbose_name_plural): TopicSubscription.objects.filter(
+                topic__in=topics
+            ).count(),
+        }
+        return [str(t) for t in topics], counts, set(), []
+
     # Deleted as the API deletes one (services.topic_delete): locked first, so a member
     # being added meanwhile goes with it. Django's own delete removed the members it saw,
     # then the topic under the one added, whose foreign key refused it at commit, a 500.
