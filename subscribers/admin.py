@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -57,8 +57,37 @@ class SubscriberForm(forms.ModelForm):
         return data
 
 
+class SavedAsTheApiSavesIt(admin.ModelAdmin):
+    """A change saved through the model's update service, which locks the row as its
+    delete does. Django's save updated a row a delete held, found it gone, and inserted
+    it anew under its old id: the API's delete had answered, and the row was back
+    without its notifications or members. Deleted meanwhile, the change is rolled back
+    and the admin says so, as for a row deleted before its page was sent."""
+
+    def update(self, obj: Any, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+        else:
+            self.update(obj, {field: getattr(obj, field) for field in form.changed_data})
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except self.model.DoesNotExist:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+
+
 @admin.register(Subscriber)
-class SubscriberAdmin(admin.ModelAdmin):
+class SubscriberAdmin(SavedAsTheApiSavesIt):
     """A subscriber's client is fixed once created: moved, it would leave its
     notifications, messages and topics with the old client."""
 
@@ -95,6 +124,9 @@ class SubscriberAdmin(admin.ModelAdmin):
             ).count(),
         }
         return [str(s) for s in subscribers], counts, set(), []
+
+    def update(self, obj: Subscriber, values: dict[str, Any]) -> None:
+        services.subscriber_update(subscriber=obj, values=values)
 
     def delete_model(self, request: HttpRequest, obj: Subscriber) -> None:
         services.subscriber_delete(subscriber=obj)
@@ -153,7 +185,7 @@ class TopicForm(forms.ModelForm):
 
 
 @admin.register(Topic)
-class TopicAdmin(admin.ModelAdmin):
+class TopicAdmin(SavedAsTheApiSavesIt):
     """A topic's client is fixed once created: its members are that client's subscribers."""
 
     form = TopicForm
@@ -186,6 +218,9 @@ class TopicAdmin(admin.ModelAdmin):
             ).count(),
         }
         return [str(t) for t in topics], counts, set(), []
+
+    def update(self, obj: Topic, values: dict[str, Any]) -> None:
+        services.topic_update(topic=obj, values=values)
 
     # Deleted as the API deletes one (services.topic_delete): locked first, so a member
     # being added meanwhile goes with it. Django's own delete removed the members it saw,

@@ -319,10 +319,18 @@ def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[
 def topic_rename(*, topic: Topic, name: str) -> Topic:
     """Topic.DoesNotExist if the topic was deleted meanwhile."""
     if topic.name != name:
-        topic.name = name
+        topic_update(topic=topic, values={"name": name})
+    return topic
+
+
+def topic_update(*, topic: Topic, values: dict[str, Any]) -> Topic:
+    """Set the given model fields. Topic.DoesNotExist if it was deleted meanwhile."""
+    for key, value in values.items():
+        setattr(topic, key, value)
+    if values:
         with transaction.atomic():
             _lock_or_gone(Topic.objects.filter(pk=topic.pk))  # as in subscriber_update
-            topic.save(update_fields=["name"])
+            topic.save(update_fields=list(values))
     return topic
 
 

@@ -1005,3 +1005,32 @@ def test_a_topics_delete_page_counts_its_members_without_listing_them(admin_clie
     bulk = {"action": "delete_selected", "_selected_action": [topic.pk]}
     action = admin_client.post(reverse("admin:subscribers_topic_changelist"), bulk)
     assert "Topic subscriptions: 30" in action.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model", ["subscriber", "topic"])
+def test_a_subscriber_or_topic_edited_in_the_admin_while_it_is_deleted_stays_deleted(
+    admin_client, model: str
+) -> None:
+    """Django's save updated the row the delete held, found it gone, and inserted it
+    anew under its old id: the API's delete answered, and the subscriber (without its
+    notifications) or the topic (without its members) was back. The admin now says it
+    was deleted, as it does for one deleted before its page was sent."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    if model == "subscriber":
+        obj: Any = ann
+        delete = lambda: services.subscriber_delete(subscriber=ann)  # noqa: E731
+        body = {"subscriber_id": "ann", "email": "ann@example.test", "data": "{}"}
+    else:
+        obj = Topic.objects.create(client=ann.client, key="news")
+        TopicSubscription.objects.create(topic=obj, subscriber=ann)
+        delete = lambda: services.topic_delete(topic=obj)  # noqa: E731
+        body = {"key": "news", "name": "News"}
+
+    url = _url(obj, "change")  # now: the delete leaves obj without its pk
+    _, response = while_held(delete, lambda: admin_client.post(url, body))
+
+    assert response.status_code == 302
+    assert response.url == reverse("admin:index")
+    assert "Perhaps it was deleted?" in admin_client.get(response.url).content.decode()
+    assert not type(obj).objects.exists()
