@@ -23,6 +23,7 @@ from notify.models import (
     TriggerEvent,
 )
 from workflows.admin import (
+    DeletedMeanwhileAdmin,
     ReadOnlyAdmin,
     ReadOnlyInline,
     changelist_link,
@@ -232,7 +233,7 @@ class BridgeWorkflowForm(forms.ModelForm):
 
 
 @admin.register(BridgeWorkflow)
-class BridgeWorkflowAdmin(admin.ModelAdmin):
+class BridgeWorkflowAdmin(DeletedMeanwhileAdmin):
     """Written by discover; only the step controls are edited here."""
 
     form = BridgeWorkflowForm
@@ -255,6 +256,14 @@ class BridgeWorkflowAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def save_model(
+        self, request: HttpRequest, obj: BridgeWorkflow, form: Any, change: bool
+    ) -> None:
+        # Django's save wrote back every column as read before a discover stored the
+        # workflow anew (its steps went back to the old ones), and inserted anew one the
+        # discover deleted.
+        services.bridge_workflow_controls_set(workflow=obj, controls=obj.controls)
 
     @admin.display(description="payload schema")
     def payload_schema_json(self, workflow: BridgeWorkflow) -> SafeString:

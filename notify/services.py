@@ -78,6 +78,18 @@ def secret_key_revoke(*, secret_key: SecretKey) -> SecretKey:
     return secret_key
 
 
+def bridge_workflow_controls_set(
+    *, workflow: BridgeWorkflow, controls: dict[str, Any]
+) -> BridgeWorkflow:
+    """Store a workflow's step controls, and nothing else: the rest is a discover's,
+    which may have stored it anew meanwhile. BridgeWorkflow.DoesNotExist if a discover
+    removed it (the bridge no longer declares it)."""
+    if not BridgeWorkflow.objects.filter(pk=workflow.pk).update(controls=controls):
+        raise BridgeWorkflow.DoesNotExist
+    workflow.controls = controls
+    return workflow
+
+
 def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> BridgeWorkflow:
     """The registry entry for a workflow, refreshed from the bridge when it is unknown
     or older than NORM_REGISTRY_TTL, at most once per NORM_DISCOVER_MIN_INTERVAL.

@@ -5,14 +5,14 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
 from subscribers import recipients, services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from workflows.admin import changelist_link
+from workflows.admin import DeletedMeanwhileAdmin, changelist_link
 from workflows.models import Notification
 
 
@@ -57,12 +57,11 @@ class SubscriberForm(forms.ModelForm):
         return data
 
 
-class SavedAsTheApiSavesIt(admin.ModelAdmin):
+class SavedAsTheApiSavesIt(DeletedMeanwhileAdmin):
     """A change saved through the model's update service, which locks the row as its
     delete does. Django's save updated a row a delete held, found it gone, and inserted
     it anew under its old id: the API's delete had answered, and the row was back
-    without its notifications or members. Deleted meanwhile, the change is rolled back
-    and the admin says so, as for a row deleted before its page was sent."""
+    without its notifications or members."""
 
     def update(self, obj: Any, values: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -72,18 +71,6 @@ class SavedAsTheApiSavesIt(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
         else:
             self.update(obj, {field: getattr(obj, field) for field in form.changed_data})
-
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except self.model.DoesNotExist:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
 
 
 @admin.register(Subscriber)

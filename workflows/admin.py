@@ -9,7 +9,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -61,6 +61,24 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A deleted step would be asked of the bridge again and sent twice.
         return False
+
+
+class DeletedMeanwhileAdmin(admin.ModelAdmin):
+    """For a save that raises the model's DoesNotExist when the row was deleted meanwhile
+    (a service's update, which never inserts it anew as Django's save would): the change
+    is rolled back, and answered as Django answers one deleted before its page was sent."""
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except self.model.DoesNotExist:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
 
 
 def fixed_choices(field: str, title: str, values: Iterable[str]) -> type[admin.SimpleListFilter]:

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from config import pipeline
 from messaging.models import Message
-from notify.models import BridgeSync, SecretKey, TriggerEvent
+from notify.models import BridgeSync, BridgeWorkflow, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
@@ -26,6 +26,7 @@ from tests.factories import (
     client_with_key,
     novu_py_for,
 )
+from workflows import registry
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
@@ -1034,3 +1035,39 @@ def test_a_subscriber_or_topic_edited_in_the_admin_while_it_is_deleted_stays_del
     assert response.url == reverse("admin:index")
     assert "Perhaps it was deleted?" in admin_client.get(response.url).content.decode()
     assert not type(obj).objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("declared", [True, False], ids=["changed", "dropped"])
+def test_controls_saved_while_a_discover_stores_the_workflow_keep_what_it_stored(
+    admin_client, declared: bool
+) -> None:
+    """Django's save wrote back every column as read before a discover stored the
+    workflow anew: its steps, name and schema went back to the old ones; and one the
+    bridge no longer declared, which the discover deleted, was inserted anew. Only the
+    controls are saved now, and a workflow deleted meanwhile is said to be."""
+    mail = {"stepId": "mail", "type": "email", "controlSchema": {}}
+    workflow = BridgeWorkflowFactory(name="Old", steps=[mail])
+    sms = {"stepId": "sms", "type": "sms"}
+    found = [{"workflowId": workflow.workflow_id, "name": "New", "steps": [mail, sms]}]
+    url = _url(workflow, "change")
+
+    _, response = while_held(
+        lambda: registry._store(
+            workflow.client,
+            workflow.bridge_url,
+            workflows=found if declared else [],
+            flavour={},
+            now=timezone.now(),
+        ),
+        lambda: admin_client.post(url, {"controls": '{"mail": {"subject": "Hi"}}'}),
+    )
+
+    assert response.status_code == 302
+    if not declared:
+        assert response.url == reverse("admin:index")
+        assert not BridgeWorkflow.objects.exists()
+        return
+    workflow.refresh_from_db()
+    assert (workflow.name, [s["stepId"] for s in workflow.steps]) == ("New", ["mail", "sms"])
+    assert workflow.controls == {"mail": {"subject": "Hi"}}
