@@ -2,13 +2,14 @@
 
 Creates its own database (`norm_bench`) on the server of DATABASE_URL and uses its own
 Redis db (`--redis-db`, flushed), runs gunicorn and Celery workers on 127.0.0.1, and
-prints each figure beside a baseline measured in the same run. Needs gunicorn
-(`pip install -e '.[prod]'`); uses `wrk` as the load generator when installed.
+prints each figure beside a baseline measured in the same run. Needs gunicorn and
+aiosmtpd (`pip install -e '.[prod,test]'`); uses `wrk` as the load generator when installed.
 See docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import signal
@@ -25,6 +26,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 PHASE_NAMES = ("trigger", "latency", "pipeline", "fanout")
+# What the bench runs beyond norm: its web server (the `prod` extra) and the SMTP sink its
+# emails go to (the `test` extra).
+NEEDS = {"gunicorn": "its web server", "aiosmtpd": "its SMTP sink"}
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> NoReturn:
@@ -49,12 +53,11 @@ class Command(BaseCommand):
         unknown = set(phases) - set(PHASE_NAMES)
         if unknown:
             raise CommandError(f"unknown phase(s): {', '.join(sorted(unknown))}")
-        try:
-            import gunicorn  # noqa: F401
-        except ImportError:
+        missing = [f"{module} ({role})" for module, role in NEEDS.items() if not _has(module)]
+        if missing:
             raise CommandError(
-                "the bench serves norm with gunicorn: pip install -e '.[prod]'"
-            ) from None
+                f"the bench needs {', '.join(missing)}: pip install -e '.[prod,test]'"
+            )
         database_url, broker_url = _bench_urls(options["database"], options["redis_db"])
 
         from bench.infra import Infra, database_recreate, with_path
@@ -137,6 +140,14 @@ class Command(BaseCommand):
     def _say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
+
+
+def _has(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _bench_urls(database: str, redis_db: int) -> tuple[str, str]:
