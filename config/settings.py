@@ -338,7 +338,7 @@ NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
 # workers within this many seconds. 0 reads the database every time.
 NORM_PROCESS_CACHE_SECONDS = env_float("NORM_PROCESS_CACHE_SECONDS", 5.0)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
-# provider, and its steps fail with that reason.
+# provider, and its steps are skipped with that reason, the workflow going on.
 NORM_PROVIDERS: dict[str, str] = env_json_map(
     "NORM_PROVIDERS", {"email": "django-email", "in_app": "inbox"}
 )
