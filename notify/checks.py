@@ -1,6 +1,6 @@
 """System checks: what a production deployment must set for its secret keys
-(`check --deploy`), settings that would send steps twice, and a host without a time
-zone database (every command)."""
+(`check --deploy`), an encryption key that is no Fernet key, and settings that would
+send steps twice (every command)."""
 
 from __future__ import annotations
 
