@@ -1,6 +1,6 @@
 """System checks: what a production deployment must set for its secret keys
-(`check --deploy`), an encryption key that is no Fernet key, and settings that would
-send steps twice (every command)."""
+(`check --deploy`), an encryption key that is no Fernet key, settings that would
+send steps twice and providers norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -101,4 +101,23 @@ def broker_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage
             "the reconciler) or raise CELERY_VISIBILITY_TIMEOUT.",
             id="norm.E002",
         )
+    ]
+
+
+@register(Tags.compatibility)
+def providers_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """A provider name norm does not have (a typo, "smtp") or one of another channel was
+    taken as no provider at all: every step of that channel skipped, nothing failing."""
+    from messaging.providers import PROVIDERS
+
+    known = ", ".join(f"{p.name} ({p.channel})" for p in PROVIDERS.values())
+    return [
+        Error(
+            f"NORM_PROVIDERS gives the {channel} channel the provider {name!r}, which norm "
+            "does not have for that channel.",
+            hint=f"norm's providers: {known}. Leave a channel out to skip its steps.",
+            id="norm.E005",
+        )
+        for channel, name in settings.NORM_PROVIDERS.items()
+        if getattr(PROVIDERS.get(name), "channel", None) != channel
     ]

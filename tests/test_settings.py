@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core import checks
 from django.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +135,21 @@ def test_a_routing_or_provider_table_that_is_no_object_of_names_is_refused(
 
     assert done.returncode != 0
     assert f"{name} must be a JSON object of names to names" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("providers", "found"),
+    [
+        ({"email": "django-email", "in_app": "inbox"}, []),
+        ({"in_app": "inbox"}, []),  # a channel left out: its steps are skipped, as meant
+        ({"email": "smtp", "in_app": "inbox"}, ["norm.E005"]),  # no such provider
+        ({"email": "inbox"}, ["norm.E005"]),  # another channel's
+        ({"sms": "django-email"}, ["norm.E005"]),
+    ],
+)
+def test_a_provider_norm_does_not_have_for_its_channel_is_refused_by_every_command(
+    settings: Any, providers: dict[str, str], found: list[str]
+) -> None:
+    """It was taken as no provider: every step of that channel skipped, nothing failing."""
+    settings.NORM_PROVIDERS = providers
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
