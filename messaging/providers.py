@@ -27,6 +27,7 @@ from django.core.mail.message import sanitize_address
 from django.utils.html import strip_tags
 
 from messaging.models import Message
+from notify.senders import sender_refused
 from subscribers.models import Subscriber
 
 _BODY_TAG = re.compile(r"<body\b", re.IGNORECASE)
@@ -265,11 +266,16 @@ class DjangoEmailProvider(Provider):
         if wrong:
             raise SendError(wrong, transient=False)
         subject, sender = one_line(content["subject"]), content.get("from") or {}
+        # The message worker gives the message its client as read with the step.
+        client = message.client
         from_email, address, reply_to = (
-            settings.DEFAULT_FROM_EMAIL,
+            client.email_from or settings.DEFAULT_FROM_EMAIL,
             _address(sender.get("email")),
             _address(content.get("replyTo")),
         )
+        refused = sender_refused(address, client.email_from_domains) if address else ""
+        if refused:
+            raise SendError(refused, transient=False)
         if address:
             name = one_line(sender.get("name") or "")
             # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django

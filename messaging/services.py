@@ -79,7 +79,9 @@ def _send(*, step_id: int, claim: str) -> None:
         return
     message = Message(
         step=step,
-        client_id=step.notification.client_id,
+        # The client as step_claim read it with the step (its sender policy, for the
+        # provider): no query of its own, and an admin edit applies to the next email.
+        client=step.notification.client,
         subscriber=subscriber,
         channel=step.type,
         provider=provider.name,
@@ -103,7 +105,7 @@ def _send(*, step_id: int, claim: str) -> None:
     if message.status == Message.Status.SENT:  # just stored as sent, or found sent
         workflow_services.step_complete(step=step, result={})
         return
-    message.subscriber = subscriber
+    message.subscriber, message.client = subscriber, step.notification.client
     message.recipient = provider.recipient(message)
     try:
         provider_message_id = provider.send(message)

@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from config.redact import has_masked_password, masked_url
-from notify import services
+from notify import senders, services
 from notify.models import (
     BridgeSync,
     BridgeURLValidator,
@@ -61,6 +61,8 @@ class ClientForm(forms.ModelForm):
             "allowed_bridge_urls",
             "workflow_allowlist",
             "rate_limit_per_minute",
+            "email_from",
+            "email_from_domains",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -117,6 +119,25 @@ class ClientForm(forms.ModelForm):
 
     def clean_workflow_allowlist(self) -> list[str]:
         return self._strings("workflow_allowlist")
+
+    def clean_email_from(self) -> str:
+        return self.cleaned_data["email_from"].strip()
+
+    def clean_email_from_domains(self) -> list[str]:
+        domains = self.cleaned_data["email_from_domains"] or []
+        problem = senders.sender_domains_problem(domains)
+        if problem:
+            raise forms.ValidationError(problem)
+        return [domain.strip() for domain in domains]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        domains = cleaned.get("email_from_domains")
+        if "email_from" in cleaned and domains is not None:
+            problem = senders.email_from_problem(cleaned["email_from"], domains)
+            if problem:
+                self.add_error("email_from", problem)
+        return cleaned
 
     def _strings(self, field: str) -> list[str]:
         value = self.cleaned_data[field] or []

@@ -62,6 +62,19 @@ class Client(models.Model):
         default=list, blank=True, help_text="Workflow ids this client may trigger; empty = all."
     )
     rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    # The sender policy (notify/senders.py), read by the message worker with the step.
+    email_from = models.CharField(
+        max_length=320,
+        blank=True,
+        help_text="The From of the client's emails when a step sets none, as "
+        "`Acme <hello@acme.example>`; blank = the server's DEFAULT_FROM_EMAIL.",
+    )
+    email_from_domains = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Domains a step's from.email may use, each exactly (a subdomain is "
+        "listed on its own); empty = any.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

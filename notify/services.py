@@ -14,7 +14,7 @@ from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
 from config.redact import masked_url
-from notify import crypto, selectors
+from notify import crypto, selectors, senders
 from notify.models import (
     BridgeSync,
     BridgeURLValidator,
@@ -40,15 +40,31 @@ logger = logging.getLogger(__name__)
 
 
 def client_create(
-    *, name: str, bridge_url: str, allowed_bridge_urls: list[str] | None = None
+    *,
+    name: str,
+    bridge_url: str,
+    allowed_bridge_urls: list[str] | None = None,
+    email_from: str = "",
+    email_from_domains: list[str] | None = None,
 ) -> Client:
+    """A new client; a ValueError for a bridge URL or a sender policy it cannot have."""
     for url in [bridge_url, *(allowed_bridge_urls or [])]:
         try:
             BridgeURLValidator()(url)
         except ValidationError as exc:
             raise ValueError(f"not an http(s) URL: {url!r}") from exc
+    email_from, domains = email_from.strip(), [d.strip() for d in email_from_domains or []]
+    problem = senders.sender_domains_problem(domains) or senders.email_from_problem(
+        email_from, domains
+    )
+    if problem:
+        raise ValueError(problem)
     return Client.objects.create(
-        name=name, bridge_url=bridge_url, allowed_bridge_urls=allowed_bridge_urls or []
+        name=name,
+        bridge_url=bridge_url,
+        allowed_bridge_urls=allowed_bridge_urls or [],
+        email_from=email_from,
+        email_from_domains=domains,
     )
 
 

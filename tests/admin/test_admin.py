@@ -406,6 +406,52 @@ def test_a_client_bridge_url_must_be_http(admin_client, field: str, value: str) 
     assert client.bridge_url == "http://bridge.test/bridge" and client.allowed_bridge_urls == []
 
 
+def test_a_clients_sender_policy_is_saved_from_its_page(admin_client) -> None:
+    client = ClientFactory()
+    body = _client_form(
+        client,
+        email_from=" Acme Shop <hello@zürich.example> ",
+        email_from_domains='["acme.example", " xn--zrich-kva.example "]',
+    )
+    response = admin_client.post(_url(client, "change"), body)
+    assert response.status_code == 302, response.content.decode()
+    client.refresh_from_db()
+    assert client.email_from == "Acme Shop <hello@zürich.example>"
+    assert client.email_from_domains == ["acme.example", "xn--zrich-kva.example"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"email_from": "hello"}, "&#x27;hello&#x27; is no email address"),
+        ({"email_from": "a@acme.example, b@acme.example"}, "is no email address"),
+        ({"email_from": "Acme, Inc. <hello@acme.example>"}, "is no email address"),
+        (
+            {"email_from": "Acme <hello@globex.example>", "email_from_domains": '["acme.example"]'},
+            "hello@globex.example is not within the client&#x27;s sender domains (acme.example)",
+        ),
+        (
+            {"email_from": "hello@mail.acme.example", "email_from_domains": '["acme.example"]'},
+            "is not within the client&#x27;s sender domains",
+        ),
+        ({"email_from_domains": '"acme.example"'}, "Use a list of domain names"),
+        ({"email_from_domains": '["*.acme.example"]'}, "is no domain name"),
+        ({"email_from_domains": '["hello@acme.example"]'}, "is an address"),
+    ],
+)
+def test_a_clients_sender_policy_is_checked_before_it_is_saved(
+    admin_client, fields: dict[str, str], error: str
+) -> None:
+    """A From the SMTP server refuses failed every email of the client, one by one; a
+    default From outside the client's own domains went around them."""
+    client = ClientFactory()
+    response = admin_client.post(_url(client, "change"), _client_form(client, **fields))
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    assert error in response.content.decode()
+    client.refresh_from_db()
+    assert (client.email_from, client.email_from_domains) == ("", [])
+
+
 def test_cancel_a_trigger_from_the_admin_stops_its_fan_out(admin_client) -> None:
     event = TriggerEventFactory()
     response = admin_client.post(

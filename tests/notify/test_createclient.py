@@ -113,3 +113,42 @@ def test_a_bridge_url_that_is_no_http_url_is_refused(urls: list[str]) -> None:
     with pytest.raises(CommandError, match="not an http"):
         createclient("shop", *urls)
     assert not Client.objects.exists() and not SecretKey.objects.exists()
+
+
+def test_a_sender_policy_is_stored_with_the_client() -> None:
+    createclient(
+        "shop",
+        "--bridge-url",
+        BRIDGE,
+        "--email-from",
+        '"Acme, Inc." <hello@acme.example>',
+        "--email-from-domain",
+        "acme.example",
+        "--email-from-domain",
+        "mail.acme.example",
+    )
+
+    client = Client.objects.get(name="shop")
+    assert client.email_from == '"Acme, Inc." <hello@acme.example>'
+    assert client.email_from_domains == ["acme.example", "mail.acme.example"]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--email-from", "Acme, Inc. <hello@acme.example>"], "is no email address"),
+        (["--email-from", "hello"], "'hello' is no email address"),
+        (
+            ["--email-from", "hello@globex.example", "--email-from-domain", "acme.example"],
+            r"hello@globex.example is not within the client's sender domains \(acme.example\)",
+        ),
+        (["--email-from-domain", "*.acme.example"], "is no domain name"),
+        (["--email-from-domain", "hello@acme.example"], "is an address"),
+    ],
+)
+def test_a_sender_policy_the_client_cannot_have_is_refused_and_nothing_created(
+    args: list[str], error: str
+) -> None:
+    with pytest.raises(CommandError, match=error):
+        createclient("shop", "--bridge-url", BRIDGE, *args)
+    assert not Client.objects.exists() and not SecretKey.objects.exists()

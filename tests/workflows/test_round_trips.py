@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -78,7 +79,9 @@ def test_a_two_step_notification_costs_these_statements_per_task(
     # The bench's two-step workflow (in_app, then email), served by norm's SDK.
     with sdk_serving(Bridge(workflows=[two_step], secret_key=key)) as url:
         client.bridge_url = f"{url}/bench/bridge"
-        client.save(update_fields=["bridge_url"])
+        # Its sender policy is read with the step the message worker claims: no query more.
+        client.email_from, client.email_from_domains = "Acme <hi@acme.example>", ["acme.example"]
+        client.save(update_fields=["bridge_url", "email_from", "email_from_domains"])
         BridgeWorkflowFactory(client=client, workflow_id="bench-two-step")
         BridgeSyncFactory(client=client, flavour="norm")
         api = api_for(key)
@@ -88,6 +91,7 @@ def test_a_two_step_notification_costs_these_statements_per_task(
 
     assert Notification.objects.get(subscriber__subscriber_id="ann").status == "completed"
     assert Message.objects.filter(subscriber__subscriber_id="ann", status="sent").count() == 2
+    assert [m.from_email for m in mail.outbox] == ["Acme <hi@acme.example>"] * 2  # warm, ann
     claim = "UPDATE workflows_step"
     record = ["BEGIN", "UPDATE workflows_notification", "INSERT workflows_step", "COMMIT"]
     assert ran == [

@@ -23,6 +23,19 @@ class Command(BaseCommand):
             help="Another bridge URL (repeatable).",
         )
         parser.add_argument(
+            "--email-from",
+            default="",
+            help="The From of the client's emails when a step sets none, as "
+            "'Acme <hello@acme.example>' (default: DEFAULT_FROM_EMAIL).",
+        )
+        parser.add_argument(
+            "--email-from-domain",
+            action="append",
+            default=[],
+            help="A domain a step's from.email may use (repeatable; exact, a subdomain is "
+            "listed on its own). None: any domain.",
+        )
+        parser.add_argument(
             "--secret-key",
             help="Use this secret key instead of generating one (e.g. to match a bridge's NOVU_SECRET_KEY).",
         )
@@ -36,7 +49,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._create(options)
-        except ValueError as exc:  # a bridge URL or a key (too short) the services refuse
+        except ValueError as exc:  # a bridge URL, sender policy or short key refused
             raise CommandError(str(exc)) from exc
 
     def _create(self, options: dict[str, Any]) -> None:
@@ -61,6 +74,8 @@ class Command(BaseCommand):
                 name=name,
                 bridge_url=options["bridge_url"],
                 allowed_bridge_urls=options["allowed_bridge_url"],
+                email_from=options["email_from"],
+                email_from_domains=options["email_from_domain"],
             )
             _, key = services.secret_key_create(client=client, key=key)
         self.stdout.write(

@@ -1,0 +1,107 @@
+"""A client's sender policy: its default From, and the domains its bridge may send as.
+
+Every client's email goes out through the operator's one SMTP server, which the
+receiving servers trust for whatever domains it is set up for (SPF, DKIM): without a
+policy, one tenant's bridge could send as another tenant's domain, or the operator's.
+
+A domain matches itself only, not its subdomains: tenants are often given subdomains
+of one shared domain (acme.mail.example, globex.mail.example), and a tenant allowed
+that domain would then send as every other. Each subdomain is listed on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from email.utils import getaddresses
+from typing import Any
+
+from django.core.mail.message import sanitize_address
+
+# One label of a host name (RFC 1123) once encoded as IDNA.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def domain_key(domain: str) -> str:
+    """`domain` as it is compared: IDNA-encoded the way Django encodes it to send
+    (zürich.example and xn--zrich-kva.example are one), lower-case, without the
+    trailing dot of a fully qualified name. A ValueError for no host name."""
+    name = domain.strip().removesuffix(".")
+    try:
+        ascii_name = name.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise ValueError(f"{domain!r} is no domain name") from exc
+    if not all(_LABEL.match(label) for label in ascii_name.split(".")):
+        raise ValueError(f"{domain!r} is no domain name")
+    return ascii_name
+
+
+def _domain_keys(domains: Iterable[str]) -> set[str]:
+    keys = set()
+    for domain in domains:
+        try:
+            keys.add(domain_key(domain))
+        except ValueError:
+            continue  # refused on save; one stored otherwise allows nothing
+    return keys
+
+
+def sender_refused(address: str, domains: list[str]) -> str:
+    """Why a step's from.email may not be sent as ("" when it may): with `domains` (the
+    client's email_from_domains) set, it must be one plain address within them."""
+    if not domains:
+        return ""
+    allowed = ", ".join(domains)
+    # One plain address, no name, comment or list: only then is its domain the text
+    # after its last "@" ("shop@globex.example, x@acme.example" would read acme.example).
+    if "@" not in address or getaddresses([address]) != [("", address)]:
+        return (
+            f"the step's output has a from.email that is no single address ({address!r:.100}); "
+            f"the client may send from {allowed} only"
+        )
+    domain = address.rpartition("@")[2]
+    try:
+        allowed_here = domain_key(domain) in _domain_keys(domains)
+    except ValueError:
+        allowed_here = False
+    if allowed_here:
+        return ""
+    return (
+        f"the step's output has a from.email outside the client's sender domains "
+        f"({address:.100}); the client may send from {allowed} only"
+    )
+
+
+def sender_domains_problem(domains: Any) -> str:
+    """Why `domains` cannot be a client's email_from_domains ("" when it can)."""
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        return 'Use a list of domain names: ["acme.example", "mail.acme.example"].'
+    for domain in domains:
+        if "@" in domain:
+            return f"{domain!r} is an address: list its domain alone."
+        try:
+            domain_key(domain)
+        except ValueError as exc:
+            return f"{exc} (a subdomain is listed on its own; no wildcards)."
+    return ""
+
+
+def email_from_problem(email_from: str, domains: list[str]) -> str:
+    """Why `email_from` cannot be a client's default From ("" when it can): one address,
+    with a name or not (`Acme <hello@acme.example>`), within `domains` when they are set."""
+    if not email_from:
+        return ""
+    found = getaddresses([email_from])
+    if len(email_from.splitlines()) > 1 or len(found) != 1 or "@" not in found[0][1]:
+        return (
+            f"{email_from!r} is no email address: write one, as `Acme <hello@acme.example>` "
+            '(a name with a comma in quotes: `"Acme, Inc." <hello@acme.example>`).'
+        )
+    try:
+        sanitize_address(email_from, "utf-8")  # the check Django makes as it sends
+    except ValueError as exc:
+        return f"{email_from!r} is no email address Django can send from: {exc}"
+    address = found[0][1]
+    if sender_refused(address, domains):
+        return f"{address} is not within the client's sender domains ({', '.join(domains)})."
+    return ""
