@@ -143,7 +143,11 @@ def _fan_out(*, trigger_event_id: int) -> None:
     rerun = event.pk if reached_before else None
     broadcast = event.mode == TriggerEvent.Mode.BROADCAST
     recipients, topics = ([], []) if broadcast else parse_recipients(event.to)
-    if event.actor not in (None, "") and rerun is None:
+    # A rerun finds no one reached once those reached were deleted (their notifications
+    # with them): the reconciler's counts itself (refanned); after a broker error let the
+    # event go, an actor so deleted is among those the event forgot.
+    first_run = rerun is None and not event.refanned
+    if event.actor not in (None, "") and first_run and not _actor_forgotten(event):
         # Before anyone is reached, as Novu's trigger does: a command sent alongside ran
         # before or after the actor's own recipient command, whose attributes then won or
         # lost by chance; each step saw the actor as it happened to be; and a broadcast
@@ -198,6 +202,11 @@ def _fan_out(*, trigger_event_id: int) -> None:
         recipients=count,
         processed_at=timezone.now(),
     )
+
+
+def _actor_forgotten(event: TriggerEvent) -> bool:
+    """Whether the event's actor was deleted since the event reached it (as a recipient)."""
+    return _actor_body(event.actor).get("subscriberId") in event.forgotten
 
 
 def _broadcast_audience(*, client_id: int, rerun: int | None = None) -> Iterator[list[str]]:

@@ -7,6 +7,7 @@ from typing import Any
 import kombu.exceptions
 import pytest
 from django.db import OperationalError, connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -76,6 +77,51 @@ def test_an_actor_is_upserted_by_the_fan_out_before_anyone_is_reached_not_on_a_r
     none = TriggerEventFactory(mode=mode, to=["ann"], actor=None)
     tasks.workflow_run(none.pk)
     assert not Subscriber.objects.filter(client=none.client).exists()
+
+
+def _reached_then_deleted(event: TriggerEvent, enqueued: Enqueued, *deleted: str) -> None:
+    """The fan-out, the first recipient's command alone (the others' lost), then the
+    subscribers `deleted` deleted as the API does."""
+    from subscribers import services as subscriber_services
+    from subscribers import tasks as subscriber_tasks
+
+    tasks.workflow_run(event.pk)
+    subscriber_tasks.subscriber_process(*enqueued.of(pipeline.SUBSCRIBER)[0])
+    for subscriber_id in deleted:
+        subscriber = Subscriber.objects.get(client=event.client, subscriber_id=subscriber_id)
+        subscriber_services.subscriber_delete(subscriber=subscriber)
+    enqueued.clear()
+
+
+def test_an_actor_deleted_with_the_only_notification_reached_is_not_made_anew(
+    enqueued: Enqueued,
+) -> None:
+    """The actor is also a recipient, and its notification the only one reached when a
+    broker error let the event go (bob's command not sent). Deleted, the actor took that
+    notification with it, so the rerun found no one reached, took itself for the first
+    run and created the deleted actor anew (not notified: the event forgot it)."""
+    event = TriggerEventFactory(to=["carl", "bob"], actor={"subscriberId": "carl"})
+    _reached_then_deleted(event, enqueued, "carl")
+    TriggerEvent.objects.filter(pk=event.pk).update(status=TriggerEvent.Status.RECEIVED)
+    tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "bob"})]
+    assert not Subscriber.objects.filter(client=event.client, subscriber_id="carl").exists()
+
+
+def test_the_reconcilers_rerun_makes_no_deleted_actor_anew_when_no_one_reached_is_left(
+    enqueued: Enqueued,
+) -> None:
+    """The reconciler runs the event again for bob's lost command; ann, the one reached,
+    was deleted since, and so was the actor: the rerun found no one reached, took itself
+    for the first run and created the deleted actor anew."""
+    event = TriggerEventFactory(to=["ann", "bob"], actor={"subscriberId": "carl"})
+    _reached_then_deleted(event, enqueued, "ann", "carl")
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        status=TriggerEvent.Status.RECEIVED, refanned=F("refanned") + 1
+    )
+    tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "bob"})]
+    assert not Subscriber.objects.filter(client=event.client, subscriber_id="carl").exists()
 
 
 def test_single_subscriber_id_as_to(enqueued: Enqueued) -> None:
