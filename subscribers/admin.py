@@ -198,13 +198,20 @@ class TopicAdmin(SavedAsTheApiSavesIt):
         """What the confirmation page lists: the topics, and how many memberships go with
         them (Django's own listed every one: half a second and 0.5 MB for 5,000)."""
         topics = list(objs)
+        members = TopicSubscription.objects.filter(topic__in=topics).count()
         counts = {
             str(Topic._meta.verbose_name_plural): len(topics),
-            str(TopicSubscription._meta.verbose_name_plural): TopicSubscription.objects.filter(
-                topic__in=topics
-            ).count(),
+            str(TopicSubscription._meta.verbose_name_plural): members,
         }
-        return [str(t) for t in topics], counts, set(), []
+        # As Django's own: the memberships go too, so a user who may not delete them may
+        # not delete a topic that has some (Django then answers the POST with a 403).
+        subscriptions = self.admin_site.get_model_admin(TopicSubscription)
+        perms_needed = (
+            {str(TopicSubscription._meta.verbose_name)}
+            if members and not subscriptions.has_delete_permission(request)
+            else set()
+        )
+        return [str(t) for t in topics], counts, perms_needed, []
 
     def update(self, obj: Topic, values: dict[str, Any]) -> None:
         services.topic_update(topic=obj, values=values)
