@@ -62,11 +62,16 @@ def _checkout(tmp_path: Path) -> Path:
     return Path(shutil.copy(SCRIPT, tmp_path / "checkout" / "scripts"))
 
 
-def test_services_that_run_are_used_as_they_are() -> None:
-    # The test run's own PostgreSQL and Redis: checked, nothing started.
-    done = _run({})
+def test_services_that_run_are_used_as_they_are(tmp_path: Path) -> None:
+    # The test run's own PostgreSQL and Redis: checked, nothing started. Its start and
+    # install commands are stubs: were either service down, the machine's own would
+    # otherwise be started or installed by a test.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    _stubs(bin_dir, calls, "pg_ctlcluster", "redis-server", "apt-get")
+    done = _run({"PATH": f"{bin_dir}:{os.environ['PATH']}", "ENSURE_SERVICES_WAIT": "1"})
     assert done.returncode == 0, done.stderr
     assert "starting" not in done.stdout and "waiting" not in done.stdout
+    assert not calls.exists()
 
 
 def test_services_that_do_not_come_up_are_named_with_how_to_start_them(tmp_path: Path) -> None:
