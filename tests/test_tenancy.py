@@ -94,8 +94,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
          {"name": "welcome"}, 201),  # fanned out to its own subscribers: test_workflow_worker
         ("post", "v1/events/trigger/bulk", "/v1/events/trigger/bulk",
          {"events": [{"name": "welcome", "to": {"type": "Topic", "topicKey": "news"}}]}, 201),
-        ("get", "v1/events/trigger/<str:transaction_id>", "/v1/events/trigger/tx-1", None, 404),
-        ("delete", "v1/events/trigger/<str:transaction_id>", "/v1/events/trigger/tx-1", None, 200),
+        ("get", "v1/events/trigger/<path:transaction_id>", "/v1/events/trigger/tx-1", None, 404),
+        ("delete", "v1/events/trigger/<path:transaction_id>", "/v1/events/trigger/tx-1", None, 200),
         ("get", "v2/subscribers", "/v2/subscribers?subscriberId=ann", None, 200),
         ("get", "v2/subscribers", f"/v2/subscribers?after={ann.pk + 1}", None, 200),
         ("get", "v1/subscribers", "/v1/subscribers?subscriberId=ann", None, 200),

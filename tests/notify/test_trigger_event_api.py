@@ -141,3 +141,20 @@ def test_an_unknown_transaction_id_is_404_and_reading_one_costs_two_queries(
         read(api)
     # The key's lookup, the event, its notifications counted by status in one GROUP BY.
     assert len(queries) == 3, [q["sql"] for q in queries]
+
+
+@pytest.mark.parametrize("path", ["order%2F7", "order/7"], ids=["percent-encoded", "as-is"])
+def test_a_transaction_id_with_a_slash_is_read_and_canceled(
+    api: APIClient, django_capture_on_commit_callbacks: Capture, path: str
+) -> None:
+    """Django decodes %2F before it routes: a trigger taken with transactionId "order/7"
+    was a 404 to read or cancel, sent as a JavaScript SDK encodes it (order%2F7) or as
+    novu-py sends it (as is), where Novu cancels it."""
+    body = json.dumps({"name": "welcome", "to": "ann", "transactionId": "order/7"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/v1/events/trigger", data=body, content_type="application/json")
+    assert response.status_code == 201, response.content
+
+    assert read(api, path)["transactionId"] == "order/7"
+    assert api.delete(f"/v1/events/trigger/{path}").json() == {"data": True}
+    assert read(api, path)["canceledAt"]
