@@ -152,3 +152,16 @@ def test_a_sender_policy_the_client_cannot_have_is_refused_and_nothing_created(
     with pytest.raises(CommandError, match=error):
         createclient("shop", "--bridge-url", BRIDGE, *args)
     assert not Client.objects.exists() and not SecretKey.objects.exists()
+
+
+@pytest.mark.parametrize("if_missing", [[], ["--if-missing"]], ids=["plain", "if-missing"])
+def test_a_new_client_given_another_clients_key_is_refused_and_nothing_created(
+    if_missing: list[str],
+) -> None:
+    """Its hash is taken: the key's unique constraint refused it with an IntegrityError
+    traceback, where --if-missing on an existing client says why."""
+    other, other_key = client_with_key()
+    with pytest.raises(CommandError, match="revoked, or belongs to another client"):
+        createclient("shop", "--bridge-url", BRIDGE, "--secret-key", other_key, *if_missing)
+    assert not Client.objects.filter(name="shop").exists()
+    assert selectors.client_by_api_key(key=other_key) == other

@@ -56,15 +56,17 @@ class Command(BaseCommand):
         key = options["secret_key"]
         name: str = options["name"]
         existing = Client.objects.filter(name=name).first()
+        if existing is not None and not options["if_missing"]:
+            raise CommandError(f"a client named {name!r} exists already")
+        found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).first() if key else None
+        if found is not None and (
+            existing is None or found.client_id != existing.pk or found.revoked_at
+        ):
+            # Its hash is taken: adding it again would break the unique constraint.
+            raise CommandError("that secret key is revoked, or belongs to another client")
         if existing is not None:
-            if not options["if_missing"]:
-                raise CommandError(f"a client named {name!r} exists already")
-            found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).first() if key else None
             if key and found is None:
                 services.secret_key_create(client=existing, key=key)
-            elif found is not None and (found.client_id != existing.pk or found.revoked_at):
-                # Its hash is taken: adding it again would break the unique constraint.
-                raise CommandError("that secret key is revoked, or belongs to another client")
             self.stdout.write(f"Client {name!r} exists already.")
             if key:
                 self.stdout.write(key)
