@@ -16,12 +16,24 @@ from workflows.admin import DeletedMeanwhileAdmin, changelist_link
 from workflows.models import Notification
 
 
+def _taken_on_change(form: forms.ModelForm, field: str, noun: str) -> None:
+    """The unique (client, `field`) check Django's form skips on a change page, where the
+    client is read-only (a field not in the form): the save's IntegrityError was a 500."""
+    value, instance = form.cleaned_data[field], form.instance
+    if field not in form.changed_data or instance.pk is None:
+        return  # on the add page the client is in the form, and Django checks it
+    rows = type(instance).objects.filter(client_id=instance.client_id, **{field: value})
+    if rows.exclude(pk=instance.pk).exists():
+        raise forms.ValidationError(f"This client has a {noun} '{value}' already.")
+
+
 class SubscriberForm(forms.ModelForm):
     def clean_subscriber_id(self) -> str:
         # The API's rule, for a new id (an old one made before it stays as it is).
         subscriber_id = self.cleaned_data["subscriber_id"]
         if "subscriber_id" in self.changed_data and not recipients.routable(subscriber_id):
             raise forms.ValidationError(recipients.unroutable_message(subscriber_id))
+        _taken_on_change(self, "subscriber_id", "subscriber")
         return subscriber_id
 
     def clean_email(self) -> str:
@@ -168,6 +180,7 @@ class TopicForm(forms.ModelForm):
         key = self.cleaned_data["key"]
         if "key" in self.changed_data and not services.topic_key_valid(key):
             raise forms.ValidationError(services.topic_key_message(key))
+        _taken_on_change(self, "key", "topic")
         return key
 
 

@@ -1153,3 +1153,32 @@ def test_a_topic_with_members_is_deleted_only_by_who_may_delete_its_memberships(
     staff.user_permissions.add(Permission.objects.get(codename="delete_topicsubscription"))
     assert delete(member).status_code == 302
     assert not Topic.objects.filter(pk=member.pk).exists()
+
+
+@pytest.mark.parametrize("model", ["subscriber", "topic"])
+def test_an_id_or_key_the_client_has_already_is_a_form_error(admin_client, model: str) -> None:
+    """The client is read-only on the change page, so Django's form skipped the unique
+    (client, id) check, and the save's IntegrityError was a 500."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    if model == "subscriber":
+        SubscriberFactory(client=ann.client, subscriber_id="bob")
+        obj: Any = ann
+        body = {"subscriber_id": "bob", "email": "", "data": "{}"}
+        taken = "This client has a subscriber &#x27;bob&#x27; already."
+    else:
+        obj = Topic.objects.create(client=ann.client, key="news")
+        Topic.objects.create(client=ann.client, key="sales")
+        body = {"key": "sales", "name": ""}
+        taken = "This client has a topic &#x27;sales&#x27; already."
+    SubscriberFactory(subscriber_id="cat")  # another client's ids are no conflict
+    Topic.objects.create(client=ClientFactory(), key="deals")
+
+    response = admin_client.post(_url(obj, "change"), body)
+
+    assert response.status_code == 200 and taken in response.content.decode()
+    obj.refresh_from_db()
+    assert (obj.subscriber_id if model == "subscriber" else obj.key) in ("ann", "news")
+    other = {"subscriber_id": "cat"} if model == "subscriber" else {"key": "deals"}
+    assert admin_client.post(_url(obj, "change"), body | other).status_code == 302
+    obj.refresh_from_db()
+    assert (obj.subscriber_id if model == "subscriber" else obj.key) in ("cat", "deals")
