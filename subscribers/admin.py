@@ -69,6 +69,19 @@ class SubscriberForm(forms.ModelForm):
         return data
 
 
+def _memberships(
+    model_admin: admin.ModelAdmin, request: HttpRequest, **rows: Any
+) -> tuple[int, set[str]]:
+    """How many topic memberships a delete takes with `rows`, and, as Django's own delete
+    page, the permission the user lacks to take them (Django then answers the POST with a
+    403): a user who may not delete memberships may not delete a row that has some."""
+    members = TopicSubscription.objects.filter(**rows).count()
+    subscriptions = model_admin.admin_site.get_model_admin(TopicSubscription)
+    if members and not subscriptions.has_delete_permission(request):
+        return members, {str(TopicSubscription._meta.verbose_name)}
+    return members, set()
+
+
 class SavedAsTheApiSavesIt(DeletedMeanwhileAdmin):
     """A change saved through the model's update service, which locks the row as its
     delete does. Django's save updated a row a delete held, found it gone, and inserted
@@ -113,6 +126,7 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
         """What the confirmation page lists: the subscribers, and how many of their rows
         go with them (Django's own reads every one into Python, thousands for one)."""
         subscribers = list(objs)
+        members, perms_needed = _memberships(self, request, subscriber__in=subscribers)
         counts = {
             str(Subscriber._meta.verbose_name_plural): len(subscribers),
             str(Notification._meta.verbose_name_plural): Notification.objects.filter(
@@ -121,8 +135,9 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
             str(Message._meta.verbose_name_plural): Message.objects.filter(
                 subscriber__in=subscribers
             ).count(),
+            str(TopicSubscription._meta.verbose_name_plural): members,
         }
-        return [str(s) for s in subscribers], counts, set(), []
+        return [str(s) for s in subscribers], counts, perms_needed, []
 
     def update(self, obj: Subscriber, values: dict[str, Any]) -> None:
         services.subscriber_update(subscriber=obj, values=values)
@@ -211,19 +226,11 @@ class TopicAdmin(SavedAsTheApiSavesIt):
         """What the confirmation page lists: the topics, and how many memberships go with
         them (Django's own listed every one: half a second and 0.5 MB for 5,000)."""
         topics = list(objs)
-        members = TopicSubscription.objects.filter(topic__in=topics).count()
+        members, perms_needed = _memberships(self, request, topic__in=topics)
         counts = {
             str(Topic._meta.verbose_name_plural): len(topics),
             str(TopicSubscription._meta.verbose_name_plural): members,
         }
-        # As Django's own: the memberships go too, so a user who may not delete them may
-        # not delete a topic that has some (Django then answers the POST with a 403).
-        subscriptions = self.admin_site.get_model_admin(TopicSubscription)
-        perms_needed = (
-            {str(TopicSubscription._meta.verbose_name)}
-            if members and not subscriptions.has_delete_permission(request)
-            else set()
-        )
         return [str(t) for t in topics], counts, perms_needed, []
 
     def update(self, obj: Topic, values: dict[str, Any]) -> None:

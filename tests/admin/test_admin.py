@@ -1119,40 +1119,47 @@ def test_controls_saved_while_a_discover_stores_the_workflow_keep_what_it_stored
     assert workflow.controls == {"mail": {"subject": "Hi"}}
 
 
+@pytest.mark.parametrize("model", ["topic", "subscriber"])
 @pytest.mark.parametrize("via", ["page", "action"])
-def test_a_topic_with_members_is_deleted_only_by_who_may_delete_its_memberships(
-    client, django_user_model, via: str
+def test_a_row_with_memberships_is_deleted_only_by_who_may_delete_them(
+    client, django_user_model, via: str, model: str
 ) -> None:
-    """The memberships go with the topic: as Django's own delete page, the admin's
-    refuses a staff user who may delete topics but not topic subscriptions, and lets one
-    delete a topic with no member."""
+    """The memberships go with a topic or subscriber: as Django's own delete page, the
+    admin's refuses a staff user who may delete topics (subscribers) but not topic
+    subscriptions, and lets one delete a row with no membership."""
     from django.contrib.auth.models import Permission
 
     staff = django_user_model.objects.create_user("staff", password="x", is_staff=True)
     staff.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_topic", "delete_topic"])
+        *Permission.objects.filter(codename__in=[f"view_{model}", f"delete_{model}"])
     )
     client.force_login(staff)
-    member, empty = _topic(), Topic.objects.create(client=ClientFactory(), key="empty")
+    topic = _topic()
+    if model == "topic":
+        member: Any = topic
+        empty: Any = Topic.objects.create(client=ClientFactory(), key="empty")
+    else:
+        member, empty = topic.subscribers.get(), SubscriberFactory(subscriber_id="empty")
 
-    def delete(topic: Topic) -> Any:
+    def delete(row: Any) -> Any:
         if via == "page":
-            return client.post(_url(topic, "delete"), {"post": "yes"})
-        body = {"action": "delete_selected", "_selected_action": [topic.pk], "post": "yes"}
-        return client.post(reverse("admin:subscribers_topic_changelist"), body)
+            return client.post(_url(row, "delete"), {"post": "yes"})
+        body = {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}
+        return client.post(reverse(f"admin:subscribers_{model}_changelist"), body)
 
     page = client.get(_url(member, "delete")).content.decode()
     assert "would result in deleting related objects" in page
     assert delete(member).status_code == 403
-    assert Topic.objects.filter(pk=member.pk).exists()
-    assert TopicSubscription.objects.filter(topic=member).exists()
+    assert type(member).objects.filter(pk=member.pk).exists()
+    assert TopicSubscription.objects.filter(topic=topic).exists()
 
     assert delete(empty).status_code == 302
-    assert not Topic.objects.filter(pk=empty.pk).exists()
+    assert not type(empty).objects.filter(pk=empty.pk).exists()
 
     staff.user_permissions.add(Permission.objects.get(codename="delete_topicsubscription"))
     assert delete(member).status_code == 302
-    assert not Topic.objects.filter(pk=member.pk).exists()
+    assert not type(member).objects.filter(pk=member.pk).exists()
+    assert not TopicSubscription.objects.exists()
 
 
 @pytest.mark.parametrize("model", ["subscriber", "topic"])
