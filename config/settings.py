@@ -242,6 +242,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # includes every time the worker is busy: the default 1 s caps it near 2 tasks/s.
         "polling_interval": 0.1,
     }
+    # kombu's, with each message written whole before a worker can take it.
+    CELERY_BROKER_TRANSPORT = "config.fsbroker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A task not acknowledged within this many seconds is delivered again. It must
