@@ -238,8 +238,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir),
         "control_folder": str(VAR_DIR / "broker-control"),
         "store_processed": False,
-        # The transport sleeps this long whenever it finds nothing it may take, which
-        # includes every time the worker is busy: the default 1 s caps it near 2 tasks/s.
+        # How long an idle worker waits before it looks for new messages again (the
+        # default 1 s delays each step as much); a busy one is woken as soon as a
+        # thread frees up (config/fsbroker.py).
         "polling_interval": 0.1,
     }
     # kombu's, with each message written whole before a worker can take it.

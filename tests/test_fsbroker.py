@@ -3,15 +3,18 @@ it: one process publishes while another takes the messages."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection
+from kombu import Connection, Consumer, Producer, Queue
+from kombu.message import Message
 
 from tests.test_settings import ROOT, settings_from
 
@@ -29,13 +32,13 @@ with Connection("filesystem://", transport=transport, transport_options=options)
 """
 
 
-def _embedded_broker(var: Path) -> tuple[str, dict[str, Any]]:
+def _embedded_broker(var: Path, **overrides: Any) -> tuple[str, dict[str, Any]]:
     found = settings_from(
         {"CELERY_BROKER_URL": "filesystem://", "NORM_VAR_DIR": str(var)},
         "CELERY_BROKER_TRANSPORT",
         "CELERY_BROKER_TRANSPORT_OPTIONS",
     )
-    options = {**found["CELERY_BROKER_TRANSPORT_OPTIONS"], "polling_interval": 0}
+    options = {**found["CELERY_BROKER_TRANSPORT_OPTIONS"], **overrides}
     for folder in ("data_folder_in", "control_folder"):
         Path(options[folder]).mkdir(parents=True, exist_ok=True)
     return found["CELERY_BROKER_TRANSPORT"], options
@@ -45,7 +48,8 @@ def test_a_worker_never_takes_a_message_still_being_written(tmp_path: Path) -> N
     """kombu's channel wrote a message under its final name, and a worker polling the
     folder took some still empty: JSONDecodeError killed the worker (and `make run`)
     and lost the message, under a burst of 200 triggers."""
-    transport, options = _embedded_broker(tmp_path)
+    # Polling without a pause, the worker looks at the folder as often as it can.
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
     with Connection("filesystem://", transport=transport, transport_options=options) as conn:
         taken = conn.SimpleQueue("echo")
         publisher = subprocess.Popen(
@@ -71,3 +75,40 @@ def test_a_worker_never_takes_a_message_still_being_written(tmp_path: Path) -> N
 
     assert sorted(received) == list(range(MESSAGES))
     assert [p.name for p in Path(options["data_folder_in"]).iterdir()] == []  # no leftovers
+
+
+def test_a_busy_worker_takes_its_next_message_as_soon_as_a_thread_frees_up(
+    tmp_path: Path,
+) -> None:
+    """As Celery's worker consumes: one message at a time (prefetch 1), each handed to a
+    thread that acknowledges it when done. kombu slept polling_interval (0.1 s) once
+    every thread was taken, and a thread that freed up waited out the rest: tasks of
+    10 ms ran 10 a second, and `make run` took minutes over a burst of triggers."""
+    transport, options = _embedded_broker(tmp_path)
+    assert options["polling_interval"] == 0.1  # as configured
+    count, finished = 30, []
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        tasks = Queue("echo", routing_key="echo")
+        with conn.channel() as channel:
+            for i in range(count):
+                Producer(channel).publish({"i": i}, routing_key="echo", declare=[tasks])
+
+        def run(body: dict[str, Any], message: Message) -> None:
+            def task() -> None:
+                time.sleep(0.01)
+                message.ack()
+                finished.append(time.monotonic())
+
+            threading.Thread(target=task).start()
+
+        channel = conn.channel()
+        channel.basic_qos(prefetch_size=0, prefetch_count=1)
+        start = time.monotonic()
+        with Consumer(channel, [tasks], callbacks=[run]):
+            while len(finished) < count and time.monotonic() - start < 10:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.5)
+
+    assert len(finished) == count
+    # 30 tasks of 10 ms: about 0.35 s; kombu's polling took over 3 s.
+    assert max(finished) - start < 1.5
