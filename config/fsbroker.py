@@ -37,7 +37,10 @@ class Channel(filesystem.Channel):
         self.connection.freed.set()
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        # The channel takes a queue's files in the order of their names: an unpadded
+        # stamp put 1000000 (ms since boot) before 999999, newer messages first each
+        # time the clock gained a digit.
+        name = f"{round(monotonic() * 1000):015d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         # The channel takes only "<stamp>_<uuid>.<queue>.msg": a dot file is no queue's.
         partial = os.path.join(self.data_folder_out, f".{name}.part")

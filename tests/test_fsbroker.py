@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.message import Message
 
+from config import fsbroker
 from tests.test_settings import ROOT, settings_from
 
 MESSAGES = 100
@@ -88,10 +90,10 @@ def test_a_busy_worker_takes_its_next_message_as_soon_as_a_thread_frees_up(
     assert options["polling_interval"] == 0.1  # as configured
     count, finished = 30, []
     with Connection("filesystem://", transport=transport, transport_options=options) as conn:
-        tasks = Queue("echo", routing_key="echo")
+        tasks = Queue("workflows", routing_key="workflows")
         with conn.channel() as channel:
             for i in range(count):
-                Producer(channel).publish({"i": i}, routing_key="echo", declare=[tasks])
+                Producer(channel).publish({"i": i}, routing_key="workflows", declare=[tasks])
 
         def run(body: dict[str, Any], message: Message) -> None:
             def task() -> None:
@@ -112,3 +114,22 @@ def test_a_busy_worker_takes_its_next_message_as_soon_as_a_thread_frees_up(
     assert len(finished) == count
     # 30 tasks of 10 ms: about 0.35 s; kombu's polling took over 3 s.
     assert max(finished) - start < 1.5
+
+
+def test_messages_are_taken_in_the_order_they_were_sent_when_the_clock_gains_a_digit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message's file is named after the milliseconds since boot, and taken in the
+    order of the names: one sent at 999,999 ms came after one sent at 1,000,000 ms."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        # A queue of its own: kombu keeps bindings per process, not per folder, and
+        # would not bind "echo" again in this test's folder.
+        tasks = conn.SimpleQueue("messages")
+        for sent_at, body in ((999.999, "first"), (1000.0, "second")):
+            monkeypatch.setattr(fsbroker, "monotonic", lambda sent_at=sent_at: sent_at)
+            tasks.put({"body": body})
+        monkeypatch.undo()
+        taken = [tasks.get(timeout=5) for _ in range(2)]
+
+    assert [message.payload["body"] for message in taken] == ["first", "second"]
