@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -178,9 +178,19 @@ class TopicSubscriptionForm(forms.ModelForm):
         return cleaned
 
 
+class _GoneMeanwhile(Exception):
+    def __init__(self, row: Topic | Subscriber) -> None:
+        self.row = row
+
+
 @admin.register(TopicSubscription)
 class TopicSubscriptionAdmin(admin.ModelAdmin):
-    """A topic's members, a page at a time (a topic may have thousands: no inline)."""
+    """A topic's members, a page at a time (a topic may have thousands: no inline).
+
+    Added as the API adds one (services.topic_subscribe), which locks the topic and the
+    subscriber as their deletes lock them: Django's insert, unlocked, was refused at
+    commit by the foreign key of one the API deleted meanwhile, a 500. Never changed:
+    a membership is its pair, and a pair changed the same way would fail the same way."""
 
     form = TopicSubscriptionForm
     list_display = ["topic", "subscriber", "created_at"]
@@ -188,6 +198,37 @@ class TopicSubscriptionAdmin(admin.ModelAdmin):
     autocomplete_fields = ["topic", "subscriber"]
     search_fields = ["=topic__key", "=subscriber__subscriber_id"]
     show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(
+        self, request: HttpRequest, obj: TopicSubscription, form: Any, change: bool
+    ) -> None:
+        topic, subscriber = obj.topic, obj.subscriber
+        try:
+            _, missing = services.topic_subscribe(
+                topic=topic, subscriber_ids=[subscriber.subscriber_id]
+            )
+        except Topic.DoesNotExist:
+            raise _GoneMeanwhile(topic) from None
+        if missing:
+            raise _GoneMeanwhile(subscriber)
+        # Still locked: the page's answer links to it.
+        obj.pk = TopicSubscription.objects.get(topic=topic, subscriber=subscriber).pk
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except _GoneMeanwhile as gone:  # rolled back, and answered as DeletedMeanwhileAdmin's
+            row = gone.row
+            return self._get_obj_does_not_exist_redirect(request, row._meta, str(row.pk))
 
 
 class TopicForm(forms.ModelForm):

@@ -1030,6 +1030,51 @@ def test_a_topic_deleted_in_the_admin_goes_as_the_apis_delete_takes_it(
     assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("deleted", ["topic", "subscriber"])
+def test_a_member_added_in_the_admin_while_its_topic_or_subscriber_is_deleted(
+    admin_client, deleted: str
+) -> None:
+    """Django's insert of the membership took no lock: the API's delete, holding the
+    topic or the subscriber, removed it under the new row, whose foreign key refused it
+    at commit, a 500. The add is now topic_subscribe's: it waits for the delete, finds
+    the row gone, and the admin says it was deleted."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    topic = Topic.objects.create(client=ann.client, key="news")
+    gone: Any = topic if deleted == "topic" else ann
+    pk = gone.pk
+    if deleted == "topic":
+        delete = lambda: services.topic_delete(topic=topic)  # noqa: E731
+    else:
+        delete = lambda: services.subscriber_delete(subscriber=ann)  # noqa: E731
+    url = reverse("admin:subscribers_topicsubscription_add")
+    body = {"topic": topic.pk, "subscriber": ann.pk}  # now: the delete leaves it without its pk
+
+    _, response = while_held(delete, lambda: admin_client.post(url, body))
+
+    assert response.status_code == 302
+    assert response.url == reverse("admin:index")
+    page = admin_client.get(response.url).content.decode()
+    assert f"{deleted.title()} with ID “{pk}” doesn’t exist. Perhaps it was deleted?" in page
+    assert not type(gone).objects.exists() and not TopicSubscription.objects.exists()
+
+
+def test_a_member_added_in_the_admin_is_added_and_never_changed(admin_client) -> None:
+    ann = SubscriberFactory(subscriber_id="ann")
+    topic = Topic.objects.create(client=ann.client, key="news")
+
+    response = admin_client.post(
+        reverse("admin:subscribers_topicsubscription_add"),
+        {"topic": topic.pk, "subscriber": ann.pk, "_continue": "1"},
+    )
+
+    member = TopicSubscription.objects.get(topic=topic, subscriber=ann)
+    assert response.status_code == 302 and response.url == _url(member, "change")
+    other = SubscriberFactory(client=ann.client, subscriber_id="bob")
+    admin_client.post(_url(member, "change"), {"topic": topic.pk, "subscriber": other.pk})
+    assert list(topic.subscribers.all()) == [ann]
+
+
 def test_a_topics_delete_page_counts_its_members_without_listing_them(admin_client) -> None:
     """Django's page listed every membership the delete takes, each read and linked:
     0.5 MB for a topic of 5,000 members."""
