@@ -12,6 +12,7 @@ from config import pipeline
 from config.db import insert_once
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
+from subscribers.models import Subscriber
 from workflows import services as workflow_services
 from workflows.models import Step
 from workflows.selectors import CHANNEL_TYPES
@@ -175,10 +176,18 @@ def messages_mark(
     if read is True and seen is None:
         seen = True
     changed = 0
-    if seen is not None:
-        changed = messages.filter(seen_at__isnull=seen).update(seen_at=now if seen else None)
-    if read is not None:
-        changed = messages.filter(read_at__isnull=read).update(read_at=now if read else None)
+    with transaction.atomic():
+        # Their subscriber locked first, as subscriber_delete locks it before deleting its
+        # messages: a delete under way is waited for. Without, the delete (in the order of
+        # the messages' steps) and the marks (in the order of their index, by creation)
+        # each locked a message the other wanted next: a deadlock, the marks a 503.
+        # The messages of one subscriber, as every inbox call marks: its first is enough.
+        owner = messages.order_by().values("subscriber_id")[:1]
+        list(Subscriber.objects.select_for_update(no_key=True).filter(pk__in=owner).values("pk"))
+        if seen is not None:
+            changed = messages.filter(seen_at__isnull=seen).update(seen_at=now if seen else None)
+        if read is not None:
+            changed = messages.filter(read_at__isnull=read).update(read_at=now if read else None)
     return changed
 
 

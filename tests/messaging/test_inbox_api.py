@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 from novu_py.models import (
     GetSubscriberNotificationsCountResponseDto,
@@ -15,6 +19,7 @@ from novu_py.models import (
 )
 
 from messaging.models import Message
+from subscribers import services
 from tests.factories import (
     ClientFactory,
     MessageFactory,
@@ -617,3 +622,68 @@ def test_marking_again_keeps_when_it_was_first_seen_and_read(tenant) -> None:
     message.refresh_from_db()
     assert message.seen_at == first
     assert message.read_at == read_at
+
+
+def _in_threads(*steps: tuple[Callable[[], Any], float]) -> list[Any]:
+    """Each callable in a thread of its own (its own connection), started in turn, each
+    after the given seconds (for the one before to reach the lock it waits for).
+    Returns what each returned, or raised."""
+    results: list[Any] = [None] * len(steps)
+
+    def run(i: int, work: Callable[[], Any]) -> None:
+        try:
+            results[i] = work()
+        except Exception as exc:
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = []
+    for i, (work, pause) in enumerate(steps):
+        threads.append(threading.Thread(target=run, args=(i, work)))
+        threads[-1].start()
+        time.sleep(pause)
+    for thread in threads:
+        thread.join(20)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "url", ["/v1/subscribers/ann/messages/mark-all", "/v2/subscribers/ann/notifications/read"]
+)
+def test_mark_all_while_the_subscriber_is_deleted_waits_instead_of_deadlocking(
+    tenant, url: str
+) -> None:
+    """The delete deletes the messages in the order of their steps; the mark-all updated
+    them in the order of its index, by creation (a delayed step's message is created
+    after the messages of later notifications): each held a message the other wanted
+    next, and PostgreSQL failed the mark-all (a 503). The mark-all now locks the
+    subscriber first, as the delete does, and waits for the delete."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    delayed, prompt = _in_app(ann, "delayed"), _in_app(ann, "prompt")
+    later = timezone.now() + timedelta(minutes=5)
+    Message.objects.filter(pk=delayed.pk).update(created_at=later)
+    release = threading.Event()
+
+    def hold_the_prompt_one() -> None:
+        # Another reader of it, for as long as it takes the delete (which waits for it
+        # after deleting the delayed one) and the mark-all (which does not: its lock
+        # leaves it be) to reach it.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM messaging_message WHERE id = %s FOR KEY SHARE", [prompt.pk]
+            )
+            release.wait(10)
+
+    held, deleted, marked, _ = _in_threads(
+        (hold_the_prompt_one, 0.5),
+        (lambda: services.subscriber_delete(subscriber=ann), 0.5),
+        (lambda: api.post(url, {"markAs": "read"}, format="json"), 0.5),
+        (release.set, 0),
+    )
+
+    assert held is None and deleted is None
+    assert marked.status_code in (201, 204), marked.content
+    assert not Message.objects.exists()
