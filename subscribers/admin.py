@@ -5,14 +5,14 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
 from subscribers import recipients, services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from workflows.admin import DeletedMeanwhileAdmin, changelist_link
+from workflows.admin import DeletedMeanwhileAdmin, GoneMeanwhile, changelist_link
 from workflows.models import Notification
 
 
@@ -178,13 +178,8 @@ class TopicSubscriptionForm(forms.ModelForm):
         return cleaned
 
 
-class _GoneMeanwhile(Exception):
-    def __init__(self, row: Topic | Subscriber) -> None:
-        self.row = row
-
-
 @admin.register(TopicSubscription)
-class TopicSubscriptionAdmin(admin.ModelAdmin):
+class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
     """A topic's members, a page at a time (a topic may have thousands: no inline).
 
     Added as the API adds one (services.topic_subscribe), which locks the topic and the
@@ -211,24 +206,11 @@ class TopicSubscriptionAdmin(admin.ModelAdmin):
                 topic=topic, subscriber_ids=[subscriber.subscriber_id]
             )
         except Topic.DoesNotExist:
-            raise _GoneMeanwhile(topic) from None
+            raise GoneMeanwhile(topic) from None
         if missing:
-            raise _GoneMeanwhile(subscriber)
+            raise GoneMeanwhile(subscriber)
         # Still locked: the page's answer links to it.
         obj.pk = TopicSubscription.objects.get(topic=topic, subscriber=subscriber).pk
-
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except _GoneMeanwhile as gone:  # rolled back, and answered as DeletedMeanwhileAdmin's
-            row = gone.row
-            return self._get_obj_does_not_exist_redirect(request, row._meta, str(row.pk))
 
 
 class TopicForm(forms.ModelForm):

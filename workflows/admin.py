@@ -63,10 +63,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class GoneMeanwhile(Exception):
+    """A save found `row`, which the one saved refers to, deleted meanwhile."""
+
+    def __init__(self, row: models.Model) -> None:
+        self.row = row
+
+
 class DeletedMeanwhileAdmin(admin.ModelAdmin):
     """For a save that raises the model's DoesNotExist when the row was deleted meanwhile
-    (a service's update, which never inserts it anew as Django's save would): the change
-    is rolled back, and answered as Django answers one deleted before its page was sent."""
+    (a service's update, which never inserts it anew as Django's save would), or
+    GoneMeanwhile for a row it refers to: the change is rolled back, and answered as
+    Django answers one deleted before its page was sent."""
 
     def changeform_view(
         self,
@@ -79,6 +87,9 @@ class DeletedMeanwhileAdmin(admin.ModelAdmin):
             return super().changeform_view(request, object_id, form_url, extra_context)
         except self.model.DoesNotExist:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        except GoneMeanwhile as gone:
+            opts = gone.row._meta
+            return self._get_obj_does_not_exist_redirect(request, opts, str(gone.row.pk))
 
 
 def fixed_choices(field: str, title: str, values: Iterable[str]) -> type[admin.SimpleListFilter]:
