@@ -12,7 +12,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging import services as messaging_services
 from messaging.models import Message
-from tests.factories import NotificationFactory, StepFactory, SubscriberFactory
+from tests.factories import MessageFactory, NotificationFactory, StepFactory, SubscriberFactory
 from workflows import bridge, services
 from workflows.models import Notification, Step
 
@@ -124,20 +124,17 @@ def test_the_reconciler_sends_no_step_of_a_final_notification(settings, enqueued
     assert Step.objects.filter(status=Step.Status.PROCESSING).count() == 0  # see below
 
 
+def _email_message(step: Step, **fields: Any) -> Message:
+    """The message of an email `step`, with its content, as the message worker stores it."""
+    return MessageFactory(step=step, provider="django-email", content=step.outputs, **fields)
+
+
 def _claimed_with_its_message(notification: Notification, **message: Any) -> Step:
     """An email step of `notification` claimed by a task that then died, with the message
     that task had begun (its fields overridden by `message`)."""
     step = StepFactory(notification=notification, type="email")
     assert services.step_claim(step_id=step.pk, claim="died") is not None
-    Message.objects.create(
-        step=step,
-        client=notification.client,
-        subscriber=notification.subscriber,
-        channel="email",
-        provider="django-email",
-        content=step.outputs,
-        **message,
-    )
+    _email_message(step, **{"status": Message.Status.SENDING, **message})
     return step
 
 
@@ -203,16 +200,7 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
         status=Notification.Status.FAILED, subscriber=SubscriberFactory(email="ann@example.com")
     )
     step = StepFactory(notification=notification, status=Step.Status.FAILED)
-    Message.objects.create(
-        step=step,
-        client=notification.client,
-        subscriber=notification.subscriber,
-        channel="email",
-        provider="django-email",
-        content=step.outputs,
-        status=Message.Status.FAILED,
-        attempts=2,
-    )
+    _email_message(step, status=Message.Status.FAILED, attempts=2)
 
     assert services.notification_retry(notification=notification)
     messaging_services.message_send(step_id=step.pk)
