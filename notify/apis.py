@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import (
     OpenApiExample,
     extend_schema,
@@ -178,6 +179,19 @@ def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) ->
     )
 
 
+class _WordOrTransactionId(APIView):
+    """A trigger route named by a word (`bulk`, `broadcast`), which a transactionId may be
+    too (Novu takes any string): a POST is this view's, a GET or DELETE the trigger
+    event's of that transactionId, which answered 405 here."""
+
+    word: str
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method in ("GET", "HEAD", "DELETE"):
+            return _trigger_event_view(request, transaction_id=self.word)
+        return super().dispatch(request, *args, **kwargs)
+
+
 class TriggerApi(APIView):
     throttle_classes = [ClientTriggerRate]
 
@@ -194,7 +208,8 @@ class TriggerApi(APIView):
         return _trigger_response(event)
 
 
-class BulkTriggerApi(APIView):
+class BulkTriggerApi(_WordOrTransactionId):
+    word = "bulk"
     throttle_classes = [ClientTriggerRate]
 
     def trigger_cost(self, request: Request) -> int:
@@ -304,7 +319,11 @@ class TriggerEventApi(APIView):
         return Response({"data": canceled})
 
 
-class BroadcastApi(APIView):
+_trigger_event_view = TriggerEventApi.as_view()
+
+
+class BroadcastApi(_WordOrTransactionId):
+    word = "broadcast"
     throttle_classes = [ClientTriggerRate]
 
     @extend_schema(

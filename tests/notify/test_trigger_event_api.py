@@ -158,3 +158,41 @@ def test_a_transaction_id_with_a_slash_is_read_and_canceled(
     assert read(api, path)["transactionId"] == "order/7"
     assert api.delete(f"/v1/events/trigger/{path}").json() == {"data": True}
     assert read(api, path)["canceledAt"]
+
+
+@pytest.mark.parametrize("word", ["bulk", "broadcast"])
+def test_a_transaction_id_named_as_a_trigger_route_is_read_and_canceled(
+    api: APIClient, django_capture_on_commit_callbacks: Capture, word: str
+) -> None:
+    """/v1/events/trigger/bulk and /broadcast are the bulk and broadcast POSTs: a GET or
+    DELETE there, of a trigger taken with that transactionId (Novu takes any string),
+    answered 405."""
+    body = json.dumps({"name": "welcome", "to": "ann", "transactionId": word})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/v1/events/trigger", data=body, content_type="application/json")
+    assert response.status_code == 201, response.content
+
+    assert read(api, word)["transactionId"] == word
+    assert api.delete(f"/v1/events/trigger/{word}").json() == {"data": True}
+    assert read(api, word)["canceledAt"]
+    assert api.delete(f"/v1/events/trigger/{word}").json() == {"data": False}
+
+
+def test_a_post_to_the_bulk_and_broadcast_routes_still_triggers(
+    api: APIClient, django_capture_on_commit_callbacks: Capture
+) -> None:
+    one = {"name": "welcome", "to": "ann", "transactionId": "tx-1"}
+    with django_capture_on_commit_callbacks(execute=True):
+        bulk = api.post("/v1/events/trigger/bulk", {"events": [one]}, format="json")
+        broadcast = api.post("/v1/events/trigger/broadcast", {"name": "welcome"}, format="json")
+
+    assert bulk.status_code == 201, bulk.content
+    assert bulk.json()["data"] == [
+        {"acknowledged": True, "status": "processed", "transactionId": "tx-1"}
+    ]
+    assert broadcast.status_code == 201, broadcast.content
+    assert read(api, broadcast.json()["data"]["transactionId"])["mode"] == "broadcast"
+    # Neither word is a trigger's transactionId here.
+    for word in ("bulk", "broadcast"):
+        response = api.get(f"/v1/events/trigger/{word}")
+        assert (response.status_code, response.json()["code"]) == (404, "trigger_not_found")
