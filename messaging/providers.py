@@ -27,7 +27,7 @@ from django.core.mail.message import sanitize_address
 from django.utils.html import strip_tags
 
 from messaging.models import Message
-from notify.senders import sender_refused
+from notify.senders import sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
 
 _BODY_TAG = re.compile(r"<body\b", re.IGNORECASE)
@@ -268,6 +268,13 @@ class DjangoEmailProvider(Provider):
         subject, sender = one_line(content["subject"]), content.get("from") or {}
         # The message worker gives the message its client as read with the step.
         client = message.client
+        policy_problem = stored_policy_problem(client.email_from, client.email_from_domains)
+        if policy_problem:
+            raise SendError(
+                f"the client's sender policy cannot be applied: {policy_problem} Correct it"
+                " in the admin.",
+                transient=False,
+            )
         from_email, address, reply_to = (
             client.email_from or settings.DEFAULT_FROM_EMAIL,
             _address(sender.get("email")),

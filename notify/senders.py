@@ -105,3 +105,15 @@ def email_from_problem(email_from: str, domains: list[str]) -> str:
     if sender_refused(address, domains):
         return f"{address} is not within the client's sender domains ({', '.join(domains)})."
     return ""
+
+
+def stored_policy_problem(email_from: str, domains: Any) -> str:
+    """Why a client's sender policy, as the database holds it, cannot be applied ("" when
+    it can). The admin and createclient refuse such a policy, but one written otherwise
+    (an update in a shell, SQL) was applied as read: an email_from outside the domains
+    or of no address went out as the From, a string of domains allowed its letters."""
+    problem = sender_domains_problem(domains)
+    if problem:
+        return f"its email_from_domains ({domains!r:.100}) is refused: {problem}"
+    problem = email_from_problem(email_from, domains)
+    return f"its email_from is refused: {problem}" if problem else ""

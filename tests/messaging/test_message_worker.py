@@ -730,6 +730,46 @@ def test_a_changed_sender_policy_applies_to_the_next_email(
     assert len(smtp_server.envelopes) == 1
 
 
+@pytest.mark.parametrize(
+    ("email_from", "domains", "step_from", "refused"),
+    [
+        # A string of domains was read as its letters: "shop@a" went out.
+        ("", "acme.example", "shop@a", "email_from_domains ('acme.example') is refused"),
+        ("", {"acme.example": True}, "shop@acme.example", "email_from_domains ({'acme"),
+        ("", ["acme.example", 1], "shop@acme.example", "email_from_domains (['acme"),
+        ("", 7, "shop@acme.example", "email_from_domains (7) is refused"),
+        # The client's From went out as stored, whatever the domains said.
+        ("Bank <ceo@bank.example>", ["acme.example"], None, "email_from is refused"),
+        ("acme", [], None, "email_from is refused: 'acme' is no email address"),
+    ],
+)
+def test_a_sender_policy_stored_as_the_admin_would_refuse_it_fails_the_email_for_good(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    email_from: str,
+    domains: Any,
+    step_from: str | None,
+    refused: str,
+) -> None:
+    """Written to the database past the admin and createclient (a shell, SQL), a policy
+    was applied as read: a From outside it or of no address sent, a TypeError logged
+    as a provider bug for a domain that is no string."""
+    client = ClientFactory()
+    Client.objects.filter(pk=client.pk).update(email_from=email_from, email_from_domains=domains)
+    outputs: dict[str, Any] = {"subject": "Hi", "body": "Hello"}
+    if step_from:
+        outputs["from"] = {"email": step_from}
+
+    step = send(email_step(notification__trigger_event__client=client, outputs=outputs))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert step.error.startswith("the client's sender policy cannot be applied: its ")
+    assert refused in step.error and step.error.endswith("Correct it in the admin.")
+    assert Message.objects.get(step=step).status == Message.Status.FAILED
+
+
 def test_a_retried_email_goes_from_its_clients_email_from_without_reading_the_client_again(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
