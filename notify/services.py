@@ -7,7 +7,7 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config import pipeline
@@ -66,6 +66,38 @@ def client_create(
         email_from=email_from,
         email_from_domains=domains,
     )
+
+
+class ClientHasTriggers(Exception):
+    """A client with triggers is kept: they and the pipeline's rows under them are its
+    history, which is never deleted by hand."""
+
+
+def clients_delete(*, client_ids: list[int]) -> None:
+    """Delete clients without triggers, with their keys, registries, subscribers and
+    topics, all or none; ClientHasTriggers if one has a trigger.
+
+    Their rows are locked first, and triggers looked for under the lock: a trigger's
+    INSERT checks its client's row with a lock that waits for this one, then finds the
+    client gone (trigger_event_store answers it as a revoked key). Django's delete alone
+    took a trigger stored after the admin's check with its client, after its 201, and
+    one stored after the cascade read the rows to delete made it fail at commit (its
+    foreign key), a 500.
+    """
+    with transaction.atomic():
+        locked = Client.objects.select_for_update().filter(pk__in=client_ids).order_by("pk")
+        ids = list(locked.values_list("pk", flat=True))
+        if TriggerEvent.objects.filter(client_id__in=ids).exists():
+            raise ClientHasTriggers
+        Client.objects.filter(pk__in=ids).delete()
+
+
+def _refuse_if_client_deleted(event: TriggerEvent) -> None:
+    """After the event's INSERT was refused by a foreign key: the 401 of a revoked key
+    (what the key's check answers once the delete has committed) if its client was
+    deleted since its key was looked up (clients_delete)."""
+    if not Client.objects.filter(pk=event.client_id).exists():
+        raise ApiError(401, "authentication_failed", "Unauthorized: API key unknown or revoked")
 
 
 MIN_KEY_LENGTH = 16
@@ -269,7 +301,12 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     starts nothing new. The unique constraint, not a lookup first, finds a repeat:
     the common case costs one INSERT.
     """
-    if not insert_once(event):  # a repeat, or the same transactionId raced in concurrently
+    try:
+        inserted = insert_once(event)
+    except IntegrityError:
+        _refuse_if_client_deleted(event)
+        raise
+    if not inserted:  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(
             client_id=event.client_id, transaction_id=event.transaction_id
         )
@@ -284,9 +321,15 @@ def trigger_events_store(events: list[TriggerEvent]) -> None:
     WAL flush) for up to 100 events instead of one each. In transactionId order: two
     bulks naming the same ids in other orders would otherwise each hold one row the
     other waits for (a deadlock)."""
-    with transaction.atomic():
-        for event in sorted(events, key=lambda e: e.transaction_id):
-            trigger_event_store(event)
+    try:
+        with transaction.atomic():
+            for event in sorted(events, key=lambda e: e.transaction_id):
+                trigger_event_store(event)
+    except IntegrityError:
+        # Refused at commit, where PostgreSQL checks the foreign keys: none is stored.
+        if events:
+            _refuse_if_client_deleted(events[0])
+        raise
 
 
 def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:

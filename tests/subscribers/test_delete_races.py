@@ -20,7 +20,7 @@ from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Enqueued, while_held
+from tests.conftest import Enqueued, Meanwhile, while_held
 from tests.factories import (
     MessageFactory,
     StepFactory,
@@ -34,32 +34,6 @@ from workflows import services as workflow_services
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Meanwhile:
-    """Runs `work` in another thread and gives it a second: long enough to finish,
-    unless it waits for a lock the caller holds. `join` waits for the rest."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self.error: Exception | None = None
-
-        def run() -> None:
-            try:
-                work()
-            except Exception as exc:
-                self.error = exc
-            finally:
-                connection.close()
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-        self.thread.join(1)
-
-    def join(self) -> None:
-        self.thread.join(20)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture
