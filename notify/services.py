@@ -92,11 +92,11 @@ def clients_delete(*, client_ids: list[int]) -> None:
         Client.objects.filter(pk__in=ids).delete()
 
 
-def _refuse_if_client_deleted(event: TriggerEvent) -> None:
-    """After the event's INSERT was refused by a foreign key: the 401 of a revoked key
+def _refuse_if_client_deleted(client_id: int) -> None:
+    """After a trigger's write was refused by a foreign key: the 401 of a revoked key
     (what the key's check answers once the delete has committed) if its client was
     deleted since its key was looked up (clients_delete)."""
-    if not Client.objects.filter(pk=event.client_id).exists():
+    if not Client.objects.filter(pk=client_id).exists():
         raise ApiError(401, "authentication_failed", "Unauthorized: API key unknown or revoked")
 
 
@@ -163,6 +163,9 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
             error = ""
         except bridge.BridgeError as exc:
             error = str(exc)
+        except IntegrityError:  # the sync stored for a client deleted meanwhile
+            _refuse_if_client_deleted(client.pk)
+            raise
     # Read again, whether this request synced or not: a concurrent request's sync may
     # have committed between the two reads above (no entry, then a recent sync), and a
     # trigger then answered 404 for a workflow the registry held. A failed sync leaves
@@ -304,7 +307,7 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     try:
         inserted = insert_once(event)
     except IntegrityError:
-        _refuse_if_client_deleted(event)
+        _refuse_if_client_deleted(event.client_id)
         raise
     if not inserted:  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(
@@ -328,7 +331,7 @@ def trigger_events_store(events: list[TriggerEvent]) -> None:
     except IntegrityError:
         # Refused at commit, where PostgreSQL checks the foreign keys: none is stored.
         if events:
-            _refuse_if_client_deleted(events[0])
+            _refuse_if_client_deleted(events[0].client_id)
         raise
 
 

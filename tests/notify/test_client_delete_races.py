@@ -13,9 +13,11 @@ from django.db.models.signals import pre_delete
 from django.urls import reverse
 
 from notify.admin import ClientAdmin
-from notify.models import Client, TriggerEvent
+from notify.models import BridgeWorkflow, Client, TriggerEvent
 from tests.conftest import Enqueued, Meanwhile, while_held
 from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
+from workflows import bridge
+from workflows.demo import demo_bridge
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,6 +69,25 @@ def test_a_trigger_stored_as_its_client_is_deleted_is_refused_as_a_revoked_key(
     assert deleted.status_code == 302
     assert_refused_as_a_revoked_key(response)
     assert not Client.objects.exists() and not TriggerEvent.objects.exists()
+    assert enqueued.calls == []
+
+
+def test_a_trigger_discovering_its_workflow_as_its_client_is_deleted_is_refused_too(
+    admin_client: Any, enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workflow the registry does not hold yet is discovered, and stored for the
+    client, before the event: refused by their foreign keys, a 500."""
+    client, key = client_with_key()
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: demo_bridge.discover())
+
+    deleted, response = while_held(
+        lambda: admin_client.post(delete_page(client), {"post": "yes"}),
+        lambda: trigger(key),
+    )
+
+    assert deleted.status_code == 302
+    assert_refused_as_a_revoked_key(response)
+    assert not Client.objects.exists() and not BridgeWorkflow.objects.exists()
     assert enqueued.calls == []
 
 
