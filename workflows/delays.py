@@ -1,7 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 UNITS = {
     "seconds": 1,
@@ -18,11 +21,14 @@ class UnsupportedDelay(ValueError):
     pass
 
 
+def _kind(outputs: dict[str, Any]) -> Any:
+    """A delay's kind: its `type`, which Novu's schema leaves optional. Without one, a
+    `cron` makes it timed, as in Novu's worker (which looks for the cron alone)."""
+    return outputs.get("type") or ("timed" if outputs.get("cron") is not None else "regular")
+
+
 def delay_of(outputs: dict[str, Any]) -> timedelta:
-    """How long a delay step waits, from its outputs `{type?, amount, unit}`."""
-    kind = outputs.get("type") or "regular"
-    if kind != "regular":
-        raise UnsupportedDelay(f"delay type '{kind}' is not supported yet; use amount and unit")
+    """How long a regular delay step waits, from its outputs `{type?, amount, unit}`."""
     amount, unit = outputs.get("amount"), outputs.get("unit")
     if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
         raise UnsupportedDelay(f"delay amount must be a non-negative number, got {amount!r}")
@@ -34,8 +40,17 @@ def delay_of(outputs: dict[str, Any]) -> timedelta:
         raise UnsupportedDelay(f"delay of {amount} {unit} is too long") from exc
 
 
-def delay_until(outputs: dict[str, Any], *, now: datetime) -> datetime:
-    """When a delay step waited out from `now` is due (see `delay_of`)."""
+def delay_until(outputs: dict[str, Any], *, now: datetime, zone: str = "") -> datetime:
+    """When a delay step reached at `now` is due: `now` plus its amount (`delay_of`),
+    or, timed (`{type: "timed", cron}`), the cron's next fire after `now` in the
+    subscriber's time zone `zone` (an IANA name; UTC without one)."""
+    kind = _kind(outputs)
+    if kind == "timed":
+        return next_fire(outputs.get("cron"), now=now, zone=zone)
+    if kind != "regular":
+        raise UnsupportedDelay(
+            f"delay type '{kind}' is not supported yet; use amount and unit, or a cron"
+        )
     wait = delay_of(outputs)
     try:
         return now + wait
@@ -43,3 +58,41 @@ def delay_until(outputs: dict[str, Any], *, now: datetime) -> datetime:
         raise UnsupportedDelay(
             f"delay of {outputs['amount']} {outputs['unit']} is too long"
         ) from exc
+
+
+def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
+    """The first time after `now` (to the second: a cron firing at `now` fires next at
+    its following time) that `cron` fires on the clock of `zone`, in UTC.
+
+    Novu's worker reads the cron on the subscriber's clock (cron-parser's `tz`), so a
+    "0 9 * * *" reaches each subscriber at nine in the morning; without a zone, on the
+    server's, which Novu runs in UTC. As cron-parser, this takes the 5 fields or 6 with
+    seconds first."""
+    # Bounded: the reason is the notification's, which the admin and the API show.
+    shown = repr(cron)
+    shown = shown if len(shown) <= 100 else shown[:99] + "…"
+    if not isinstance(cron, str):
+        raise UnsupportedDelay(f"delay cron must be a cron expression string, got {shown}")
+    try:
+        fires = CronSim(cron, now.astimezone(_clock(zone)))
+        return next(fires).astimezone(UTC)
+    except CronSimError as exc:
+        reason = str(exc).lower()
+        if reason == "wrong number of fields":
+            reason += " (minute hour day-of-month month day-of-week, or seconds first)"
+        raise UnsupportedDelay(
+            f"delay cron {shown} is not a valid cron expression: {reason}"
+        ) from exc
+    except StopIteration as exc:  # "* * */20 * 1L": the 1st or 21st as the last Monday
+        raise UnsupportedDelay(f"delay cron {shown} never fires (not in 50 years)") from exc
+
+
+def _clock(zone: str) -> tzinfo:
+    # The API and the admin store only names the tz database knows; one it has dropped
+    # since falls back to UTC rather than failing the step.
+    if not zone:
+        return UTC
+    try:
+        return ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC

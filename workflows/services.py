@@ -625,7 +625,8 @@ def _record_answer(
     due_at, countdown = now, 0.0
     if step_type == "delay" and not skipped:
         try:
-            due_at = delay_until(outputs, now=now)
+            # On the subscriber's clock, as Novu reads a timed delay's cron.
+            due_at = delay_until(outputs, now=now, zone=notification.subscriber.timezone)
         except UnsupportedDelay as exc:
             _refuse_answer(
                 notification,

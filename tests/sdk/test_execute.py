@@ -248,6 +248,50 @@ def test_delay_result_needs_a_duration(welcome: Workflow) -> None:
         welcome.execute(execute_body({"name": "Ada"}, state))
 
 
+def weekly(outputs: Any) -> Workflow:
+    @workflow("weekly")
+    def weekly(ctx: Context) -> None:
+        ctx.step.delay("monday", lambda: outputs)
+        ctx.step.email("digest", lambda: {"subject": "Your week", "body": "..."})
+
+    return weekly
+
+
+@pytest.mark.parametrize(
+    "outputs", [{"type": "timed", "cron": "0 9 * * MON"}, {"cron": "0 9 * * MON"}]
+)
+def test_a_delay_resolver_returns_a_timed_delay_as_its_cron(outputs: dict[str, Any]) -> None:
+    """norm's server waits until the cron next fires; the SDK hands the outputs on as
+    Novu's does, and discover shows the timed kind in the delay's output schema."""
+    wf = weekly(outputs)
+
+    response = wf.execute(execute_body({}, []))
+    assert (response["stepId"], response["type"], response["outputs"]) == (
+        "monday",
+        "delay",
+        outputs,
+    )
+    # Its result, the time it waited, replays as a regular delay's does.
+    response = wf.execute(execute_body({}, [entry("monday", {"duration": 3_600_000})]))
+    assert response["stepId"] == "digest"
+    kinds = wf.describe()["steps"][0]["outputs"]["schema"]["oneOf"]
+    timed = next(kind for kind in kinds if "cron" in kind["properties"])
+    assert (timed["properties"]["type"], timed["properties"]["cron"], timed["required"]) == (
+        {"const": "timed"},
+        {"type": "string"},
+        ["cron"],
+    )
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [{"type": "timed", "cron": 900}, {"type": "timed"}, {"type": "timed", "amount": 1}],
+)
+def test_a_timed_delay_without_a_cron_string_is_an_output_error(outputs: dict[str, Any]) -> None:
+    with pytest.raises(ExecutionStateOutputInvalidError):
+        weekly(outputs).execute(execute_body({}, []))
+
+
 def test_results_are_validated_and_extra_keys_stripped() -> None:
     seen: list[dict[str, Any]] = []
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import kombu.exceptions
 import pytest
@@ -219,6 +220,49 @@ def test_a_delay_step_is_due_after_the_delay_with_a_countdown(
     assert enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] == 120
 
 
+def test_a_timed_delay_step_is_due_at_its_crons_next_fire_with_a_countdown(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """Scheduled as a regular delay is, for the time its cron fires next."""
+    notification = NotificationFactory()
+    execute.answers = [
+        {"stepId": "wait", "type": "delay", "outputs": {"type": "timed", "cron": "* * * * *"}}
+    ]
+    next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+    run(notification)
+
+    step = Step.objects.get()
+    # The next minute's start, or the one after if a minute began during the run.
+    assert step.due_at in (next_minute, next_minute + timedelta(minutes=1))
+    assert step.status == Step.Status.SCHEDULED and step.enqueued_at is not None
+    assert step.outputs == {"type": "timed", "cron": "* * * * *"}
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    countdown = enqueued.options_of(pipeline.MESSAGE)[0]["countdown"]
+    assert countdown == (step.due_at - step.enqueued_at).total_seconds()
+
+
+def test_a_timed_delay_fires_on_the_subscribers_clock_and_waits_in_the_database(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """New Year's midnight in Tokyo, as Novu reads the cron in the subscriber's zone: as
+    far off as that, the step waits in the database for the reconciler."""
+    notification = NotificationFactory(subscriber__timezone="Asia/Tokyo")
+    execute.answers = [
+        {"stepId": "wait", "type": "delay", "outputs": {"type": "timed", "cron": "0 0 1 1 *"}}
+    ]
+
+    run(notification)
+
+    step = Step.objects.get()
+    tokyo = ZoneInfo("Asia/Tokyo")
+    new_year = datetime(step.created_at.astimezone(tokyo).year + 1, 1, 1, tzinfo=tokyo)
+    assert step.due_at == new_year
+    assert (step.due_at.hour, step.due_at.minute) == (15, 0)  # UTC: 31 December, 15:00
+    assert step.status == Step.Status.SCHEDULED and step.enqueued_at is None
+    assert enqueued.calls == []
+
+
 def test_a_delay_longer_than_the_broker_holds_waits_in_the_database(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], settings: Any
 ) -> None:
@@ -240,7 +284,8 @@ def test_a_delay_longer_than_the_broker_holds_waits_in_the_database(
 @pytest.mark.parametrize(
     "outputs",
     [
-        {"type": "timed", "cron": "* * * * *"},
+        {"type": "timed", "cron": "* * * *"},
+        {"type": "dynamic", "dynamicKey": "payload.sendAt"},
         {"amount": 1, "unit": "fortnights"},
         {"amount": True, "unit": "days"},  # no number, though Python counts it as 1
     ],

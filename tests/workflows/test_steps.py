@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -77,10 +78,10 @@ class Pipeline:
     def __init__(self, key: str, enqueued: Enqueued, capture: Capture) -> None:
         self.api, self.enqueued, self.capture = api_for(key), enqueued, capture
 
-    def trigger(self, workflow_id: str, payload: dict[str, Any]) -> Notification:
+    def trigger(self, workflow_id: str, payload: dict[str, Any], **subscriber: Any) -> Notification:
         body = {
             "name": workflow_id,
-            "to": {"subscriberId": "ann", "email": "ann@example.com"},
+            "to": {"subscriberId": "ann", "email": "ann@example.com", **subscriber},
             "payload": payload,
             "transactionId": "tx-1",
         }
@@ -360,6 +361,78 @@ def test_a_delay_waits_its_amount_in_every_unit_novus_framework_allows(
     )
     on_broker = 2.5 * seconds <= settings.NORM_BROKER_MAX_COUNTDOWN
     assert (wait.enqueued_at is not None) == on_broker
+
+
+@pytest.mark.parametrize("timed", [{"type": "timed"}, {}], ids=["typed", "cron alone"])
+def test_a_timed_delay_waits_for_its_crons_next_fire_on_the_subscribers_clock(
+    norm: Pipeline, smtp: Inbox, settings: Any, timed: dict[str, str]
+) -> None:
+    """Nine in the morning in New York, on weekdays: the step is due then, waits as a
+    regular delay does (the reconciler drives it once due) and its result is the time it
+    actually waited. Without a `type`, a cron makes the delay timed, as in Novu."""
+    cron = "0 9 * * MON-FRI"
+    notification = norm.trigger(
+        "steps",
+        {
+            "steps": [
+                ["in_app", "inbox", {"body": "Hello"}],
+                ["delay", "wait", timed | {"cron": cron}],
+                ["email", "mail", {"subject": "Hi", "body": "Hello"}],
+            ]
+        },
+        timezone="America/New_York",
+    )
+
+    wait = notification.steps.get(step_id="wait")
+    assert wait.status == Step.Status.SCHEDULED and wait.outputs == timed | {"cron": cron}
+    due = wait.due_at.astimezone(ZoneInfo("America/New_York"))
+    assert (due.hour, due.minute, due.second, due.microsecond) == (9, 0, 0, 0)
+    assert due.isoweekday() <= 5
+    # The first such time after the step was reached: at most three days on (Friday's
+    # to Monday's), and no weekday nine o'clock in between.
+    assert wait.created_at < wait.due_at <= wait.created_at + timedelta(days=3, hours=1)
+    day = (wait.due_at - timedelta(days=1)).astimezone(ZoneInfo("America/New_York"))
+    assert day.isoweekday() > 5 or day < wait.created_at
+
+    norm.time_passes(
+        (wait.due_at - wait.created_at).total_seconds() + 2 * settings.NORM_RECONCILE_GRACE
+    )
+    norm.reconcile()
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert states(notification) == [
+        ("inbox", "completed", ""),
+        ("wait", "completed", ""),
+        ("mail", "completed", ""),
+    ]
+    wait.refresh_from_db()
+    assert wait.result["duration"] >= (wait.due_at - wait.created_at).total_seconds() * 1000
+    assert len(smtp.envelopes) == 1
+
+
+def test_a_timed_delay_with_an_invalid_cron_fails_naming_the_step_and_the_cron(
+    norm: Pipeline, smtp: Inbox
+) -> None:
+    notification = norm.trigger(
+        "steps",
+        {
+            "steps": [
+                ["email", "mail", {"subject": "Hi", "body": "Hello"}],
+                ["delay", "wait", {"type": "timed", "cron": "0 25 * * *"}],
+                ["email", "later", {"subject": "Hi", "body": "Again"}],
+            ]
+        },
+    )
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code, notification.error) == (
+        "failed",
+        "UnsupportedDelay",
+        "step 'wait': delay cron '0 25 * * *' is not a valid cron expression: bad hour",
+    )
+    assert states(notification) == [("mail", "completed", "")]  # the steps before it ran
+    assert len(smtp.envelopes) == 1
 
 
 @pytest.mark.parametrize("amount", [0, 0.0])
