@@ -44,6 +44,10 @@ _PARAGRAPH = re.compile(r"</?(?:p|h[1-6]|ul|ol|table|blockquote|pre)\b[^<>]*>", 
 _CELL = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _HTML_SPACE = re.compile(r"[ \t\r\n\f]+")  # not &nbsp;, which HTML keeps
 _BLANK_LINES = re.compile(r"\n{3,}")
+# No address holds one, and Python's email package writes some of them (a vertical tab,
+# a file separator) in a header as a line break. A trigger's inline subscriber stores
+# its email as sent.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class SendError(Exception):
@@ -261,6 +265,12 @@ class DjangoEmailProvider(Provider):
     def send(self, message: Message) -> str:
         if not message.recipient:
             raise SendError("the subscriber has no email address", transient=False)
+        if _CONTROL.search(message.recipient):
+            raise SendError(
+                "the subscriber's email address has a control character "
+                f"({message.recipient!r:.100})",
+                transient=False,
+            )
         content: dict[str, Any] = message.content
         wrong = _email_output_wrong(content)
         if wrong:

@@ -871,6 +871,29 @@ def test_an_address_of_the_output_with_a_line_break_inside_fails_naming_the_fiel
     assert Notification.objects.get().error_code == "SendFailed"
 
 
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ann@example.com\x0b\x0bevil",  # a trigger's inline subscriber: stored as sent
+        '"ann\x0bbob"@example.com',  # a quoted local part, which Novu's IsEmail takes
+        "ann@example.com\x1c\x1devil",
+        "ann\x1b@example.com",
+    ],
+)
+def test_a_control_character_in_the_subscribers_email_fails_the_step_naming_it(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, email: str
+) -> None:
+    """Python's email package writes a vertical tab or a file separator in a header as
+    a line break: the email went out to another mailbox than the subscriber's, its To
+    header broken in two (`To: ann@example.com`, then a line `evil`)."""
+    step = send(email_step(notification__subscriber__email=email))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert "the subscriber's email address has a control character" in step.error
+    assert Message.objects.get().status == Message.Status.FAILED
+
+
 def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
