@@ -10,6 +10,8 @@ from workflows.demo import bridge_view
 
 handler404 = "config.errors.page_not_found"
 
+_READ_ONLY = ["get", "head"]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     # APPEND_SLASH is off for the API, so the admin's address as the README and
@@ -18,15 +20,22 @@ urlpatterns = [
     path("admin", RedirectView.as_view(pattern_name="admin:index")),
     # The demo workflows, served by norm itself as a bridge (BRIDGE.md).
     path("bridge", bridge_view, name="demo-bridge"),
+    # GET (and HEAD) only: DRF answers an OPTIONS with a description of the view, which
+    # the docs page's HTML renderer has no template for (a 500 anyone could ask for).
     path(
         "v1/openapi.json",
-        SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        SpectacularJSONAPIView.as_view(
+            authentication_classes=[], permission_classes=[], http_method_names=_READ_ONLY
+        ),
         name="openapi",
     ),
     path(
         "docs",
         SpectacularSwaggerView.as_view(
-            url_name="openapi", authentication_classes=[], permission_classes=[]
+            url_name="openapi",
+            authentication_classes=[],
+            permission_classes=[],
+            http_method_names=_READ_ONLY,
         ),
         name="docs",
     ),

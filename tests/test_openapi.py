@@ -144,3 +144,15 @@ def test_notifications_document_their_jobs_as_novu_py_reads_them(openapi: dict[s
     assert enum(detail, "status") <= {s.value for s in ExecutionDetailsStatusEnum}
     assert enum(detail, "source") <= {s.value for s in ExecutionDetailsSourceEnum}
     assert {"queued", "running", "completed", "failed", "delayed"} <= enum(job, "status")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "TRACE"])
+@pytest.mark.parametrize("path", ["/docs", "/v1/openapi.json"])
+def test_the_public_docs_answer_any_method_without_a_500(path: str, method: str) -> None:
+    """An OPTIONS of /docs, which anyone may send, was a 500: DRF describes the view, and
+    the page's HTML renderer has no template for a description."""
+    from django.test import Client
+
+    response = Client(raise_request_exception=False).generic(method, path)
+
+    assert response.status_code == (200 if method in ("GET", "HEAD") else 405), response.content
