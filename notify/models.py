@@ -4,7 +4,7 @@ import re
 from typing import Any
 
 from django import forms
-from django.core.validators import URLValidator
+from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 from django.utils.regex_helper import _lazy_re_compile
 
@@ -61,7 +61,14 @@ class Client(models.Model):
     workflow_allowlist = models.JSONField(
         default=list, blank=True, help_text="Workflow ids this client may trigger; empty = all."
     )
-    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    # At least 1: the trigger API reads no rate (0 too) as no limit.
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Triggers per minute (a bulk counts each of its events); blank = no limit. "
+        "To stop a client's triggers, make it inactive.",
+    )
     # The sender policy (notify/senders.py), read by the message worker with the step.
     email_from = models.CharField(
         max_length=320,

@@ -375,6 +375,21 @@ def _client_form(client: Any, **fields: str) -> dict[str, str]:
     }
 
 
+def test_a_rate_limit_of_zero_is_refused_not_read_as_no_limit(admin_client) -> None:
+    """0 was saved, and the trigger API reads a rate it cannot count with as none: the
+    operator who set it to stop a client's triggers let through any number."""
+    client = ClientFactory(rate_limit_per_minute=10)
+
+    response = admin_client.post(
+        _url(client, "change"), _client_form(client, rate_limit_per_minute="0")
+    )
+
+    assert response.status_code == 200
+    assert "greater than or equal to 1" in response.content.decode()
+    client.refresh_from_db()
+    assert client.rate_limit_per_minute == 10
+
+
 def test_a_client_bridge_on_a_self_hosted_host_name_is_saved(admin_client) -> None:
     """docker-compose's service names have no top-level domain, which URLField wants."""
     client = ClientFactory()
