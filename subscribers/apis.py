@@ -67,11 +67,17 @@ def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
     }
 
 
+def _topic_name(topic: Topic) -> dict[str, str]:
+    """`name`, left out when the topic has none, as Novu does: its schema takes no null
+    there, and @novu/api refuses the whole answer for one."""
+    return {"name": topic.name} if topic.name else {}
+
+
 def topic_dto(topic: Topic) -> dict[str, Any]:
     return {
         "_id": str(topic.pk),
         "key": topic.key,
-        "name": topic.name or None,
+        **_topic_name(topic),
         "_organizationId": str(topic.client_id),
         "_environmentId": str(topic.client_id),
         "createdAt": iso_z(topic.created_at),
@@ -156,7 +162,7 @@ class SubscriberOutput(serializers.Serializer):
 class TopicOutput(serializers.Serializer):
     _id = serializers.CharField()
     key = serializers.CharField()
-    name = serializers.CharField(allow_null=True)
+    name = serializers.CharField(required=False, help_text="left out when it has none")
     _organizationId = serializers.CharField()
     _environmentId = serializers.CharField()
     createdAt = serializers.DateTimeField()
@@ -173,7 +179,7 @@ class SubscriptionOutput(serializers.Serializer):
     class TopicRef(serializers.Serializer):
         _id = serializers.CharField()
         key = serializers.CharField()
-        name = serializers.CharField(allow_null=True)
+        name = serializers.CharField(required=False, help_text="left out when it has none")
 
     class SubscriberRef(serializers.Serializer):
         _id = serializers.CharField()
@@ -745,7 +751,7 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
         "identifier": f"{topic.key}:{subscriber.subscriber_id}",
-        "topic": {"_id": str(topic.pk), "key": topic.key, "name": topic.name or None},
+        "topic": {"_id": str(topic.pk), "key": topic.key, **_topic_name(topic)},
         "subscriber": {
             "_id": str(subscriber.pk),
             "subscriberId": subscriber.subscriber_id,
