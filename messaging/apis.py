@@ -432,9 +432,9 @@ class InboxNotificationOutput(serializers.Serializer):
     class To(serializers.Serializer):
         id = serializers.CharField()
         subscriberId = serializers.CharField()
-        firstName = serializers.CharField(allow_null=True)
-        lastName = serializers.CharField(allow_null=True)
-        avatar = serializers.CharField(allow_null=True)
+        firstName = serializers.CharField(required=False, help_text="left out when empty")
+        lastName = serializers.CharField(required=False, help_text="left out when empty")
+        avatar = serializers.CharField(required=False, help_text="left out when empty")
 
     id = serializers.CharField()
     transactionId = serializers.CharField()
@@ -536,9 +536,17 @@ def inbox_dto(message: Message) -> dict[str, Any]:
         "to": {
             "id": str(subscriber.pk),
             "subscriberId": subscriber.subscriber_id,
-            "firstName": subscriber.first_name or None,
-            "lastName": subscriber.last_name or None,
-            "avatar": subscriber.avatar or None,
+            # Left out when empty, as Novu does: its schema takes no null for these,
+            # and @novu/api refuses the whole answer for one.
+            **{
+                key: value
+                for key, value in (
+                    ("firstName", subscriber.first_name),
+                    ("lastName", subscriber.last_name),
+                    ("avatar", subscriber.avatar),
+                )
+                if value
+            },
         },
         "isRead": message.read_at is not None,
         "isSeen": message.seen_at is not None,

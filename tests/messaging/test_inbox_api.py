@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from novu_py.models import (
     GetSubscriberNotificationsCountResponseDto,
+    GetSubscriberNotificationsResponseDto,
     InboxNotificationDto,
     MessageResponseDto,
     NotificationFeedItemDto,
@@ -28,6 +29,7 @@ from tests.factories import (
     SubscriberFactory,
     TriggerEventFactory,
 )
+from tests.novu_nulls import nulls_novu_refuses
 from workflows.models import Notification, Step
 from workflows.selectors import bridge_state
 
@@ -548,6 +550,22 @@ def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenan
     for wanted in ({"tags": ["billing"]}, {"data": {"k": 1}}):
         refused = api.get(f"{url}/count", {"filters": json.dumps([wanted])})
         assert refused.status_code == 400, wanted
+
+
+def test_v2_leaves_out_a_recipients_empty_names_and_avatar_rather_than_send_null(
+    tenant,
+) -> None:
+    # Novu's schema makes them optional, not nullable: @novu/api refuses a null there.
+    client, api = tenant
+    message = _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    url = "/v2/subscribers/ann/notifications"
+
+    listed = api.get(url).json()
+    marked = api.patch(f"{url}/{message.pk}/read").json()["data"]
+
+    assert nulls_novu_refuses(GetSubscriberNotificationsResponseDto, listed) == []
+    assert nulls_novu_refuses(InboxNotificationDto, marked) == []
+    assert marked["to"] == {"id": str(message.subscriber_id), "subscriberId": "ann"}
 
 
 def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
