@@ -196,8 +196,12 @@ class FeedApi(APIView):
         data = serializers.SerializerMethodField()
         seen = serializers.SerializerMethodField()
         read = serializers.SerializerMethodField()
-        lastSeenDate = serializers.DateTimeField(source="seen_at", allow_null=True)
-        lastReadDate = serializers.DateTimeField(source="read_at", allow_null=True)
+        lastSeenDate = serializers.DateTimeField(
+            source="seen_at", required=False, help_text="left out until it is seen"
+        )
+        lastReadDate = serializers.DateTimeField(
+            source="read_at", required=False, help_text="left out until it is read"
+        )
         createdAt = serializers.DateTimeField(source="created_at")
         # What novu-py's NotificationFeedItemDto and MessageResponseDto require.
         _templateId = serializers.CharField(source="step.notification.workflow_id")
@@ -209,6 +213,15 @@ class FeedApi(APIView):
         archived = serializers.BooleanField(default=False, read_only=True)
         cta = serializers.SerializerMethodField()
         status = serializers.CharField(default="sent", read_only=True)
+
+        def to_representation(self, message: Message) -> dict[str, Any]:
+            data = super().to_representation(message)
+            # Left out while unset, as Novu does: its schema takes no null for these,
+            # and @novu/api refuses the whole answer for one.
+            for key in ("lastSeenDate", "lastReadDate"):
+                if data[key] is None:
+                    del data[key]
+            return data
 
         def get_subject(self, message: Message) -> str:
             return str(message.content.get("subject") or "")

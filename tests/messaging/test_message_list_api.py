@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from messaging.models import Message
 from tests.conftest import plan_nodes
 from tests.factories import ClientFactory, MessageFactory, StepFactory, SubscriberFactory
+from tests.novu_nulls import nulls_novu_refuses
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +59,9 @@ def test_lists_the_clients_messages_newest_first_as_both_sdks_read_them(tenant) 
     assert second.transaction_id == older.step.notification.trigger_event.transaction_id
     old = PaginatedMessageDto.from_camel_case(response.json())
     assert [m._id for m in old.data] == [str(failed.pk), str(older.pk)]
+    # Neither was seen or read: no null for the dates, which @novu/api would refuse.
+    assert nulls_novu_refuses(MessagesResponseDto, response.json()) == []
+    assert "lastSeenDate" not in response.json()["data"][0]
 
 
 def test_filters_by_channel_subscriber_and_transactions(tenant) -> None:
