@@ -97,13 +97,19 @@ def _trigger_response(event: TriggerEvent) -> Response:
     )
 
 
+def _transaction_id_input() -> serializers.CharField:
+    # "" is absent too: Novu generates an id for any falsy one (`transactionId ||
+    # uuidv4()`), and novu-py sends the "" a caller gave it.
+    return serializers.CharField(max_length=255, required=False, allow_null=True, allow_blank=True)
+
+
 # The optional fields take null as absent, as Novu does (class-validator's
 # @IsOptional): JavaScript callers send `transactionId: null` for "none".
 class TriggerInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     to = RecipientsField()
     payload = JSONObjectField(required=False, allow_null=True)
-    transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
+    transactionId = _transaction_id_input()
     resource = BridgeURLInput(required=False, allow_null=True)
     bridgeUrl = BridgeURLInput(required=False, allow_null=True)
     actor = ActorField(required=False, allow_null=True)
@@ -123,7 +129,7 @@ class TriggerResponse(serializers.Serializer):
 class BroadcastInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     payload = JSONObjectField(required=False, allow_null=True)
-    transactionId = serializers.CharField(max_length=255, required=False, allow_null=True)
+    transactionId = _transaction_id_input()
     actor = ActorField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, allow_null=True)
 

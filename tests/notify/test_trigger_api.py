@@ -639,6 +639,36 @@ def test_optional_fields_sent_as_null_are_absent(
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (TRIGGER, {"name": "welcome", "to": "ann", "transactionId": ""}),
+        (BROADCAST, {"name": "welcome", "payload": {}, "transactionId": ""}),
+        (
+            "/v1/events/trigger/bulk",
+            {"events": [{"name": "welcome", "to": "ann", "transactionId": ""}]},
+        ),
+    ],
+)
+def test_an_empty_transaction_id_is_absent_and_each_trigger_gets_its_own(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, path: str, body: dict[str, Any]
+) -> None:
+    """As in Novu (`transactionId || uuidv4()`): novu-py sends the "" it was given."""
+    first, second = post(path, body), post(path, body)
+
+    acks = []
+    for response in (first, second):
+        assert response.status_code == 201, response.content
+        data = response.json()["data"]
+        acks.append(data[0] if isinstance(data, list) else data)
+    assert [a["status"] for a in acks] == ["processed", "processed"]
+    assert all(a["transactionId"] for a in acks) and acks[0] != acks[1]
+    assert sorted(TriggerEvent.objects.values_list("transaction_id", flat=True)) == sorted(
+        a["transactionId"] for a in acks
+    )
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 2
+
+
 def test_registry_refresh_is_rate_limited(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
 ) -> None:
