@@ -80,10 +80,15 @@ def bridge_workflow_get(
     )
 
 
+def trigger_event_find(*, client_id: int, transaction_id: str) -> TriggerEvent | None:
+    """A client's trigger by its transactionId, if it has one."""
+    return TriggerEvent.objects.filter(client_id=client_id, transaction_id=transaction_id).first()
+
+
 def trigger_event_get(*, client_id: int, transaction_id: str) -> TriggerEvent | None:
     """A client's trigger, with `outcomes`: how many of its notifications are in each
     status (every status present, 0 when none)."""
-    event = TriggerEvent.objects.filter(client_id=client_id, transaction_id=transaction_id).first()
+    event = trigger_event_find(client_id=client_id, transaction_id=transaction_id)
     if event is None:
         return None
     # By the unique (trigger event, subscriber) index: one pass over the trigger's own rows.

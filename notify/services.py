@@ -304,6 +304,8 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     starts nothing new. The unique constraint, not a lookup first, finds a repeat:
     the common case costs one INSERT.
     """
+    if not event._state.adding:  # stored already: a repeat the API found (its _checked)
+        return event
     try:
         inserted = insert_once(event)
     except IntegrityError:

@@ -19,7 +19,7 @@ from config import pipeline
 from config.celery import app as celery_app
 from notify import services as notify_services
 from notify.models import BridgeSync, BridgeWorkflow, Client, TriggerEvent
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, Topic
 from tests.conftest import Enqueued
 from tests.factories import (
     BRIDGE_URL,
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.django_db
 
 TRIGGER = "/v1/events/trigger"
 BROADCAST = "/v1/events/trigger/broadcast"
+BULK = "/v1/events/trigger/bulk"
 OTHER_BRIDGE = "http://other-bridge.test/bridge"
 
 
@@ -525,6 +526,52 @@ def test_same_transaction_id_twice_is_one_event_and_one_enqueue(
     assert first.json() == second.json()
     assert first.json()["data"]["transactionId"] == "tx-1"
     assert TriggerEvent.objects.count() == 1
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
+# A retry after a lost answer meets the checks as they are now; what changed since must
+# not refuse a trigger already taken. Each change here refuses a new trigger.
+_CHANGES_SINCE = {
+    "topic deleted": lambda client: Topic.objects.filter(client=client).delete(),
+    "workflow forbidden": lambda client: Client.objects.filter(pk=client.pk).update(
+        workflow_allowlist=["other"]
+    ),
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES_SINCE))
+@pytest.mark.parametrize("path", [TRIGGER, BULK])
+def test_a_repeat_the_checks_now_refuse_is_answered_as_the_trigger_taken(
+    post: Post,
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    keyed: tuple[Client, str],
+    change: str,
+    path: str,
+) -> None:
+    Topic.objects.create(client=keyed[0], key="news")
+    event = {
+        "name": "welcome",
+        "to": [{"type": "Topic", "topicKey": "news"}],
+        "transactionId": "tx-1",
+    }
+    body = {"events": [event]} if path == BULK else event
+    first = post(path, body)
+    assert first.status_code == 201, first.content
+    _CHANGES_SINCE[change](keyed[0])
+    fresh = dict(event, transactionId="tx-2")
+    refused = post(path, {"events": [fresh]} if path == BULK else fresh)
+
+    repeat = post(path, body)
+
+    assert repeat.status_code == 201, repeat.content
+    assert repeat.json() == first.json()
+    # The same change refuses a trigger not taken before.
+    if path == BULK:
+        assert refused.json()["data"][0]["status"] == "error"
+    else:
+        assert refused.status_code in (403, 404), refused.content
+    assert list(TriggerEvent.objects.values_list("transaction_id", flat=True)) == ["tx-1"]
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
