@@ -176,6 +176,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # libpq waits for ever by default: to connect to a server that took the connection
+    # and never answered (a failover half done), and for an answer from one that went
+    # away without a word (a host lost, a partition): the OS gives up on unacknowledged
+    # data after some 15 minutes and probes an idle connection after two hours. Until
+    # then the worker hung in the call, its task never failed to be retried (DB_RETRY),
+    # and each such worker was one fewer for every client. Options in DATABASE_URL's
+    # query string (?sslmode=require, say) win.
+    DATABASES["default"]["OPTIONS"] = {
+        "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 10),
+        # An idle connection (a query the server is still running) is probed after 30 s.
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        # Sent data unacknowledged for this long ends the connection (milliseconds).
+        "tcp_user_timeout": 60_000,
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
 
 # The cache holds rate-limit counters: shared Redis in production (NORM_CACHE_URL,
 # e.g. redis://host:6379/1) so every web process counts together; local memory otherwise.

@@ -1,4 +1,5 @@
-"""A worker keeps its PostgreSQL connection from task to task, and drops a broken one.
+"""A worker keeps its PostgreSQL connection from task to task, drops a broken one, and
+gives up on a server that does not answer.
 
 Celery's Django fixup closes the connection after every task unless
 CELERY_DB_REUSE_MAX is set; config/celery.py then applies CONN_MAX_AGE and drops a
@@ -8,11 +9,16 @@ worker runs around each task, on a real connection (hence `transaction=True`).
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from celery.fixups.django import DjangoWorkerFixup
 from django.db import OperationalError, connection
+from django.db.backends.postgresql.base import DatabaseWrapper
 
 from config.celery import _close_old_connections, app
+from tests.test_settings import settings_from
 from workflows.tasks import reconcile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,3 +59,35 @@ def test_a_connection_that_failed_is_replaced_after_the_task() -> None:
     _around_a_task(fixup)
 
     assert _backend_pid() != pid
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_fails_the_connect() -> None:
+    """A failover half done: the address takes the TCP connection, and nothing answers on
+    it. The connect fails (DB_CONNECT_TIMEOUT), an OperationalError the task retries
+    (pipeline.DB_RETRY); libpq's own default waited for ever, the worker hung with it."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; no one answers
+    databases = settings_from({"DB_CONNECT_TIMEOUT": "2"}, "DATABASES")["DATABASES"]
+    silent_db = {
+        **connection.settings_dict,
+        "HOST": "127.0.0.1",
+        "PORT": silent.getsockname()[1],
+        "OPTIONS": databases["default"].get("OPTIONS", {}),
+    }
+    raised: list[BaseException] = []
+
+    def connect() -> None:
+        wrapper = DatabaseWrapper(silent_db, alias="silent")
+        try:
+            wrapper.ensure_connection()
+        except BaseException as exc:
+            raised.append(exc)
+        finally:
+            wrapper.close()
+
+    with silent:
+        attempt = threading.Thread(target=connect, daemon=True)
+        attempt.start()
+        attempt.join(30)  # a bound for a hang, fifteen times the timeout: no timing asserted
+
+        assert not attempt.is_alive(), "the connect is still waiting for the server"
+    assert len(raised) == 1 and isinstance(raised[0], OperationalError)
