@@ -54,6 +54,9 @@ GIVEN_UP = (
     "an internal error in norm; given up after NORM_MAX_CLAIMS runs ended on one, the "
     "traceback is in the worker's log"
 )
+CANCELED_BEFORE_RETRY = (
+    "the notification was canceled while this message waited to be sent again: not sent again"
+)
 LOST_WITH_ITS_TASK = (
     "the notification had ended when the task sending this step was lost with its worker: "
     "not sent again"
@@ -988,6 +991,13 @@ def notifications_cancel(
         # Only scheduled steps: one a worker is sending (processing) is left to finish.
         Step.objects.filter(notification_id__in=ids, status=Step.Status.SCHEDULED).update(
             status=Step.Status.CANCELED, completed_at=now
+        )
+        # A step waiting to be sent again (after a send that failed for now, or an admin
+        # retry) has its message `sending`, which read as on its way for good. Not that of
+        # a step a worker took meanwhile: its task ends it.
+        _messages_give_up(
+            Step.objects.filter(notification_id__in=ids, status=Step.Status.CANCELED).values("pk"),
+            CANCELED_BEFORE_RETRY,
         )
     return canceled
 

@@ -23,7 +23,7 @@ from messaging import providers, services, tasks
 from messaging.models import Message
 from notify.models import Client
 from tests.conftest import Enqueued, FailsOnce
-from tests.factories import ClientFactory, NotificationFactory, StepFactory
+from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
 
@@ -1148,6 +1148,60 @@ def test_a_send_failing_for_now_under_a_cancel_fails_its_message_with_the_step(
     message = Message.objects.get(step=step)
     assert (message.status, message.error) == (Message.Status.FAILED, "451 try later")
     assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The other order: the send failed for now first, and its step waited to be tried
+    again when the notification was canceled. The step was canceled with it, and its
+    message stayed sending for good (GET /v1/messages leaves such a one out as still on
+    its way): nothing, not the reconciler either, moved it again."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    step = send(email_step())
+    assert step.status == Step.Status.SCHEDULED
+    assert Message.objects.get().status == Message.Status.SENDING
+
+    assert workflow_services.notification_cancel(notification=step.notification)
+    workflow_services.reconcile()
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    message = Message.objects.get()
+    assert message.status == Message.Status.FAILED
+    assert message.error == workflow_services.CANCELED_BEFORE_RETRY
+    assert mail.outbox == []
+
+
+def test_a_message_an_admin_retry_reopened_is_failed_by_a_cancel_before_its_send(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    settings.NORM_SEND_MAX_ATTEMPTS = 1
+    step = send(email_step())
+    assert step.status == Step.Status.FAILED
+    assert workflow_services.notification_retry(notification=step.notification)
+    assert Message.objects.get().status == Message.Status.SENDING
+
+    assert workflow_services.notification_cancel(notification=step.notification)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert Message.objects.get().status == Message.Status.FAILED
+
+
+def test_a_cancel_leaves_sent_a_message_delivered_after_all(enqueued: Enqueued) -> None:
+    """Its step back on the schedule (the claim of the task sending it went stale), the
+    message went out meanwhile: the cancel ends the step, and the message stays sent."""
+    sent = MessageFactory(step=email_step(attempts=1), channel="email", provider="smtp")
+
+    assert workflow_services.notification_cancel(notification=sent.step.notification)
+
+    sent.refresh_from_db()
+    assert (sent.status, sent.error) == (Message.Status.SENT, "")
+    assert Step.objects.get().status == Step.Status.CANCELED
 
 
 def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims(
