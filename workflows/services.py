@@ -760,12 +760,16 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     )
     if not claimed:
         return None
-    # Claims no send came back from (a send that returned counts on its message).
-    sends = Message.objects.filter(step=OuterRef("pk")).values("attempts")
+    # Claims no send came back from (a send that returned counts on its message), and
+    # the status of its message, if an earlier attempt stored one (see step_skip).
+    message = Message.objects.filter(step=OuterRef("pk"))
     try:
         step = (
             Step.objects.select_related("notification__subscriber", "notification__client")
-            .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
+            .annotate(
+                unanswered=F("attempts") - Coalesce(Subquery(message.values("attempts")), 0),
+                message_status=Subquery(message.values("status")),
+            )
             .get(pk=step_id)
         )
     except Step.DoesNotExist:  # its subscriber was deleted since, with it: nothing to send
@@ -788,6 +792,10 @@ def step_complete(*, step: Step, result: dict[str, Any]) -> None:
 def step_skip(*, step: Step, reason: str) -> None:
     """Skip a claimed step that cannot reach its subscriber; the notification goes on."""
     _step_finish(step, status=Step.Status.SKIPPED, result=_skipped_result(step.type), error=reason)
+    if getattr(step, "message_status", None) == Message.Status.SENDING:
+        # An earlier attempt's, on its way for good otherwise: a send that failed for now
+        # (or one an admin retry reopened), and the subscriber's address removed since.
+        _messages_give_up([step.pk], reason)
 
 
 def _step_finish(step: Step, **fields: Any) -> None:

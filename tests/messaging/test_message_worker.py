@@ -22,6 +22,7 @@ from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
 from notify.models import Client
+from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import services as workflow_services
@@ -344,6 +345,48 @@ def test_an_email_to_a_subscriber_without_address_is_skipped_and_the_workflow_go
     assert mail.outbox == [] and not Message.objects.exists()
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
     assert Notification.objects.get().status == Notification.Status.RUNNING
+
+
+def test_a_message_tried_before_its_subscribers_address_was_removed_fails_with_the_skip(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The first send failed for now; by the next, the subscriber has no email address.
+    The step was skipped, and its message stayed sending for good, moved by nothing."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    step = send(email_step())
+    assert step.status == Step.Status.SCHEDULED
+    assert Message.objects.get().status == Message.Status.SENDING
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
+
+    step = send(step)
+
+    assert (step.status, step.error) == (Step.Status.SKIPPED, "the subscriber has no email address")
+    message = Message.objects.get()
+    assert (message.status, message.error) == (
+        Message.Status.FAILED,
+        "the subscriber has no email address",
+    )
+    assert Notification.objects.get().status == Notification.Status.RUNNING
+
+
+def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is_gone(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The retry gives the step and its message a fresh start (no attempts yet)."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    settings.NORM_SEND_MAX_ATTEMPTS = 1
+    step = send(email_step())
+    assert step.status == Step.Status.FAILED
+    Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
+    assert workflow_services.notification_retry(notification=step.notification)
+
+    step = send(step)
+
+    assert step.status == Step.Status.SKIPPED
+    assert Message.objects.get().status == Message.Status.FAILED
 
 
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
