@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Enqueued, json_serving, sdk_serving, self_signed
-from tests.factories import NotificationFactory
+from tests.factories import BridgeSyncFactory, NotificationFactory
 from workflows import bridge, services
+from workflows.models import Notification, Step
 from workflows.sdk import Bridge, workflow
 
 UNREACHABLE = "http://127.0.0.1:9/bridge"  # the discard port: nothing listens there
@@ -332,3 +333,61 @@ def test_an_error_page_that_is_no_json_is_the_errors_message() -> None:
         server.server_close()
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert (exc.value.code, exc.value.message) == ("HTTP404", "Cannot POST /api/novu")
+
+
+class _PageOk(BaseHTTPRequestHandler):
+    """A 200 that is no JSON: a proxy's or a host's page in front of the bridge."""
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_POST(self) -> None:
+        body = b"<html><body>Welcome to nginx!</body></html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _garbage_bridge_echo(url: str) -> Notification:
+    """One echo, not its last attempt, against the bridge at `url`; the notification after."""
+    notification = NotificationFactory(trigger_event__client__bridge_url=f"{url}/bridge")
+    BridgeSyncFactory(client=notification.client, bridge_url=notification.resource, flavour="norm")
+    services.echo_run(notification_id=str(notification.pk), final_attempt=False)  # no retry
+    notification.refresh_from_db()
+    return notification
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer", [[{"stepId": "mail", "type": "email"}], "done", None, 7], ids=str
+)
+def test_a_200_whose_json_is_no_object_fails_the_notification_at_once(
+    answer: object, enqueued: Enqueued
+) -> None:
+    """Pinned: no retry of an answer that will not change, no step, no crash of the echo."""
+    with json_serving(lambda *_: (200, answer, {})) as url:
+        notification = _garbage_bridge_echo(url)
+
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert notification.error == "the bridge answered 200 without a JSON object"
+    assert notification.bridge_attempts == 0 and notification.internal_errors == 0
+    assert not Step.objects.exists() and enqueued.calls == []
+
+
+@pytest.mark.django_db
+def test_a_200_that_is_no_json_fails_the_notification_at_once(enqueued: Enqueued) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PageOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        notification = _garbage_bridge_echo(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert not Step.objects.exists() and enqueued.calls == []
