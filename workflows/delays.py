@@ -75,7 +75,14 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
         raise UnsupportedDelay(f"delay cron must be a cron expression string, got {shown}")
     try:
         fires = CronSim(cron, now.astimezone(_clock(zone)))
-        return next(fires).astimezone(UTC)
+        fire = next(fires)
+        # cronsim reads a cron of set times (not */n minutes) on the wall clock, where
+        # an hour the clock repeats (DST's end) fires once, the first time: from the
+        # second pass its next fire is that one, gone (2:30 from 2:10 again, an hour
+        # before `now`), and the delay would end at once instead of at tomorrow's 2:30.
+        while fire <= now:
+            fire = next(fires)
+        return fire.astimezone(UTC)
     except CronSimError as exc:
         reason = str(exc).lower()
         if reason == "wrong number of fields":

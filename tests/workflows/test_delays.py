@@ -85,6 +85,23 @@ def test_a_timed_delay_across_a_clock_change_fires_at_the_wall_clock_time() -> N
     assert due == at(29, 7)
 
 
+@pytest.mark.parametrize(
+    ("now", "due"),
+    [
+        (at(25, 0, 10, month=10), at(25, 0, 30, month=10)),  # 2:10 the first time: 2:30
+        (at(25, 1, 10, month=10), at(26, 1, 30, month=10)),  # 2:10 again: tomorrow's 2:30
+    ],
+)
+def test_a_timed_delay_in_the_hour_the_clock_repeats_fires_once_and_never_in_the_past(
+    now: datetime, due: datetime
+) -> None:
+    """Berlin's clock goes from 3:00 back to 2:00 on 25 October 2026 (1:00 UTC). A daily
+    2:30 fires the first time the clock reads it, as cron does; reached in the second
+    pass, it has fired already, and waits for tomorrow's (it was due in the past)."""
+    due_at = delay_until({"type": "timed", "cron": "30 2 * * *"}, now=now, zone="Europe/Berlin")
+    assert due_at == due
+
+
 FIELDS = "(minute hour day-of-month month day-of-week, or seconds first)"
 
 
