@@ -72,17 +72,19 @@ def test_a_trigger_stored_as_its_client_is_deleted_is_refused_as_a_revoked_key(
     assert enqueued.calls == []
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["trigger", "bulk"])
 def test_a_trigger_discovering_its_workflow_as_its_client_is_deleted_is_refused_too(
-    admin_client: Any, enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+    admin_client: Any, enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, bulk: bool
 ) -> None:
     """A workflow the registry does not hold yet is discovered, and stored for the
-    client, before the event: refused by their foreign keys, a 500."""
+    client, before the event: refused by their foreign keys, a 500. A bulk's events are
+    not refused one by one (a 201 of errors), as a revoked key is the request's."""
     client, key = client_with_key()
     monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: demo_bridge.discover())
 
     deleted, response = while_held(
         lambda: admin_client.post(delete_page(client), {"post": "yes"}),
-        lambda: trigger(key),
+        lambda: trigger(key, bulk),
     )
 
     assert deleted.status_code == 302
