@@ -175,9 +175,11 @@ def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) ->
         # whose first event stands (as a repeat that passes the checks is answered).
         # Looked up only here: the common case stays one INSERT.
         given = body.get("transactionId") if isinstance(body, dict) else None
+        # Trimmed, as the input's CharField trimmed the id it stored.
+        transaction_id = given.strip() if isinstance(given, str) else ""
         stored = (
-            selectors.trigger_event_find(client_id=client.pk, transaction_id=given)
-            if isinstance(given, str) and given
+            selectors.trigger_event_find(client_id=client.pk, transaction_id=transaction_id)
+            if transaction_id
             else None
         )
         if stored is None:

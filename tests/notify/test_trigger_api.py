@@ -575,6 +575,23 @@ def test_a_repeat_the_checks_now_refuse_is_answered_as_the_trigger_taken(
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+def test_a_repeat_the_checks_now_refuse_finds_a_transaction_id_given_with_spaces(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str]
+) -> None:
+    """Its event was stored under the id trimmed, as a repeat the checks pass finds it."""
+    Topic.objects.create(client=keyed[0], key="news")
+    body = {"name": "welcome", "to": {"topicKey": "news"}, "transactionId": " tx-1 "}
+    first = post(TRIGGER, body)
+    assert first.status_code == 201, first.content
+    Topic.objects.filter(client=keyed[0]).delete()
+
+    repeat = post(TRIGGER, body)
+
+    assert repeat.status_code == 201, repeat.content
+    assert repeat.json() == first.json()
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
 def test_a_transaction_id_longer_than_norm_keeps_is_400_naming_the_field(
     post: Post, discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
