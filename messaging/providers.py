@@ -45,8 +45,8 @@ _CELL = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _HTML_SPACE = re.compile(r"[ \t\r\n\f]+")  # not &nbsp;, which HTML keeps
 _BLANK_LINES = re.compile(r"\n{3,}")
 # No address holds one, and Python's email package writes some of them (a vertical tab,
-# a file separator) in a header as a line break. A trigger's inline subscriber stores
-# its email as sent.
+# a file separator) in a header as a line break. A trigger's inline subscriber stored
+# its email as sent before norm checked it.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 

@@ -7,6 +7,7 @@ import re
 import zoneinfo
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 
 from config.errors import ApiError
@@ -71,6 +72,7 @@ _LOCALE = re.compile(
 )
 # class-validator's messages, which Novu answers with.
 LOCALE_MESSAGE = "locale must be locale"
+EMAIL_MESSAGE = "email must be an email"
 TIMEZONE_MESSAGE = "timezone must be a valid IANA time-zone"
 
 
@@ -93,13 +95,25 @@ def timezone_name(value: str) -> str | None:
     return _time_zones().get(value.lower())
 
 
+def email_valid(value: str) -> bool:
+    try:
+        SubscriberEmailValidator()(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def checked_attributes(recipient: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A trigger's inline subscriber less a `locale` or `timezone` Novu would refuse
-    (with the reasons): the subscriber is upserted and notified without it, its stored
-    value kept. Novu refuses the whole recipient there (its worker's
+    """A trigger's inline subscriber less an `email`, `locale` or `timezone` Novu would
+    refuse (with the reasons): the subscriber is upserted and notified without it, its
+    stored value kept. Novu refuses the whole recipient there (its worker's
     CreateOrUpdateSubscriberCommand fails, and that subscriber gets nothing); norm
-    does not lose a notification over a locale."""
+    does not lose a notification over a locale, nor a stored address over a typo."""
     checked, refused = dict(recipient), []
+    email = checked.get("email")
+    if isinstance(email, str) and email and not email_valid(email):
+        del checked["email"]
+        refused.append(f"{EMAIL_MESSAGE} ({email[:40]!r} was not stored)")
     locale, zone = checked.get("locale"), checked.get("timezone")
     if isinstance(locale, str) and locale and not locale_valid(locale):
         del checked["locale"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -8,10 +9,18 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from config import pipeline
+from notify.models import TriggerEvent
 from subscribers import services, tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, while_held
-from tests.factories import SubscriberFactory, TriggerEventFactory
+from tests.factories import (
+    BridgeWorkflowFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    api_for,
+    client_with_key,
+)
+from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db
@@ -218,3 +227,49 @@ def test_a_subscriber_another_command_creates_meanwhile_is_the_one_updated() -> 
     )
     assert used.pk == held.pk
     assert Subscriber.objects.get().email == "ann@example.com"
+
+
+def test_an_invalid_inline_email_is_not_stored_and_the_stored_address_is_kept(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """A trigger's inline email is checked as the subscriber API checks it: "ann@" (or
+    two addresses, or a display name) overwrote a good stored address, and every email
+    step after it failed. Left out, as an invalid locale is, and the event says so."""
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    SubscriberFactory(client=client, subscriber_id="ann", email="ann@example.com")
+    SubscriberFactory(client=client, subscriber_id="carl", email="carl@example.com")
+    body = {
+        "name": "welcome",
+        "to": [
+            {"subscriberId": "ann", "email": "ann@", "firstName": "Ann"},
+            {"subscriberId": "bob", "email": "Bob <bob@example.com>"},
+            {"subscriberId": "dora", "email": "dora@example.com"},
+        ],
+        "actor": {"subscriberId": "carl", "email": "carl@example.com, x@example.com"},
+        "payload": {},
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_for(key).post("/v1/events/trigger", data=body, format="json")
+    assert response.status_code == 201, response.content
+
+    [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+    workflow_tasks.workflow_run(event_id)  # upserts the actor first
+    for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER))):
+        with django_capture_on_commit_callbacks(execute=True):
+            services.subscriber_process(trigger_event_id=args[0], recipient=args[1])
+
+    stored = {s.subscriber_id: (s.email, s.first_name) for s in Subscriber.objects.all()}
+    assert stored == {
+        "ann": ("ann@example.com", "Ann"),
+        "bob": ("", ""),
+        "carl": ("carl@example.com", ""),
+        "dora": ("dora@example.com", ""),
+    }
+    assert Notification.objects.count() == 3
+    event = TriggerEvent.objects.get(pk=event_id)
+    # The first reason stays: the others are in the log.
+    assert event.error == (
+        "subscriber 'carl': email must be an email "
+        "('carl@example.com, x@example.com' was not stored)"
+    )
