@@ -14,7 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
-from django.db import DataError, InterfaceError, OperationalError
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views import defaults
@@ -105,9 +106,28 @@ def body_too_large() -> ApiError:
     return ApiError(413, "payload_too_large", f"The body exceeds {limit} bytes")
 
 
+def revoked_key() -> ApiError:
+    return ApiError(401, "authentication_failed", "Unauthorized: API key unknown or revoked")
+
+
+def _client_deleted(request: Any) -> bool:
+    """Whether the request's client (its authenticated user) was deleted since its key
+    was looked up. A write for it was then refused by a foreign key, at its INSERT or
+    at commit, as the client's delete (notify.services.clients_delete) locks its row."""
+    client = getattr(request, "user", None)
+    db = transaction.get_connection()
+    if not isinstance(client, Model) or (db.in_atomic_block and db.needs_rollback):
+        return False  # no client, or a transaction that can read nothing more
+    return not type(client)._default_manager.filter(pk=client.pk).exists()
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     path = request.get_full_path() if request is not None else ""
+    if isinstance(exc, IntegrityError) and _client_deleted(request):
+        # The 401 its key's check answers once the delete has committed, not a 500 that
+        # clients retry (to the same 401).
+        exc = revoked_key()
     if isinstance(exc, Http404):
         exc = ApiError(404, "not_found", "Not found")
     if isinstance(exc, RequestDataTooBig):  # a body read before the parser saw it

@@ -7,7 +7,7 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from config import pipeline
@@ -78,11 +78,11 @@ def clients_delete(*, client_ids: list[int]) -> None:
     topics, all or none; ClientHasTriggers if one has a trigger.
 
     Their rows are locked first, and triggers looked for under the lock: a trigger's
-    INSERT checks its client's row with a lock that waits for this one, then finds the
-    client gone (trigger_event_store answers it as a revoked key). Django's delete alone
-    took a trigger stored after the admin's check with its client, after its 201, and
-    one stored after the cascade read the rows to delete made it fail at commit (its
-    foreign key), a 500.
+    INSERT (as any API write's) checks its client's row with a lock that waits for this
+    one, then finds the client gone, which the API's exception handler answers as a
+    revoked key. Django's delete alone took a trigger stored after the admin's check
+    with its client, after its 201, and one stored after the cascade read the rows to
+    delete made it fail at commit (its foreign key), a 500.
     """
     with transaction.atomic():
         locked = Client.objects.select_for_update().filter(pk__in=client_ids).order_by("pk")
@@ -90,14 +90,6 @@ def clients_delete(*, client_ids: list[int]) -> None:
         if TriggerEvent.objects.filter(client_id__in=ids).exists():
             raise ClientHasTriggers
         Client.objects.filter(pk__in=ids).delete()
-
-
-def _refuse_if_client_deleted(client_id: int) -> None:
-    """After a trigger's write was refused by a foreign key: the 401 of a revoked key
-    (what the key's check answers once the delete has committed) if its client was
-    deleted since its key was looked up (clients_delete)."""
-    if not Client.objects.filter(pk=client_id).exists():
-        raise ApiError(401, "authentication_failed", "Unauthorized: API key unknown or revoked")
 
 
 MIN_KEY_LENGTH = 16
@@ -163,9 +155,6 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
             error = ""
         except bridge.BridgeError as exc:
             error = str(exc)
-        except IntegrityError:  # the sync stored for a client deleted meanwhile
-            _refuse_if_client_deleted(client.pk)
-            raise
     # Read again, whether this request synced or not: a concurrent request's sync may
     # have committed between the two reads above (no entry, then a recent sync), and a
     # trigger then answered 404 for a workflow the registry held. A failed sync leaves
@@ -306,12 +295,7 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     """
     if not event._state.adding:  # stored already: a repeat the API found (its _checked)
         return event
-    try:
-        inserted = insert_once(event)
-    except IntegrityError:
-        _refuse_if_client_deleted(event.client_id)
-        raise
-    if not inserted:  # a repeat, or the same transactionId raced in concurrently
+    if not insert_once(event):  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(
             client_id=event.client_id, transaction_id=event.transaction_id
         )
@@ -326,15 +310,9 @@ def trigger_events_store(events: list[TriggerEvent]) -> None:
     WAL flush) for up to 100 events instead of one each. In transactionId order: two
     bulks naming the same ids in other orders would otherwise each hold one row the
     other waits for (a deadlock)."""
-    try:
-        with transaction.atomic():
-            for event in sorted(events, key=lambda e: e.transaction_id):
-                trigger_event_store(event)
-    except IntegrityError:
-        # Refused at commit, where PostgreSQL checks the foreign keys: none is stored.
-        if events:
-            _refuse_if_client_deleted(events[0].client_id)
-        raise
+    with transaction.atomic():
+        for event in sorted(events, key=lambda e: e.transaction_id):
+            trigger_event_store(event)
 
 
 def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:

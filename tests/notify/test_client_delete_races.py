@@ -149,3 +149,28 @@ def test_a_trigger_stored_as_the_delete_runs_does_not_fail_the_delete(
     assert_refused_as_a_revoked_key(response)
     assert not Client.objects.exists() and not TriggerEvent.objects.exists()
     assert enqueued.calls == []
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v2/subscribers", {"subscriberId": "ann", "email": "ann@example.com"}),
+        ("/v2/topics", {"key": "news", "name": "News"}),
+    ],
+    ids=["subscriber", "topic"],
+)
+def test_another_write_stored_as_its_client_is_deleted_is_refused_as_a_revoked_key(
+    keyed: tuple[Client, str], admin_client: Any, path: str, body: dict[str, Any]
+) -> None:
+    """As a trigger is: its key looked up before the delete committed, its INSERT then
+    refused by the client's foreign key, a 500 that novu-py retries."""
+    client, key = keyed
+
+    deleted, response = while_held(
+        lambda: admin_client.post(delete_page(client), {"post": "yes"}),
+        lambda: api_for(key).post(path, body, format="json"),
+    )
+
+    assert deleted.status_code == 302
+    assert_refused_as_a_revoked_key(response)
+    assert not Client.objects.exists()
