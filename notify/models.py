@@ -49,6 +49,16 @@ class BridgeURLField(models.URLField):
         return super().formfield(**{"form_class": BridgeURLFormField, **kwargs})
 
 
+def stored_strings(value: Any) -> list[str] | None:
+    """A client's list field as the database holds it, None unless a list of strings.
+    The admin refuses anything else, but one written otherwise (a shell, SQL) was read
+    as it was: `in` a JSON string is a substring test ("welcome-email" allowed
+    "welcome"), and `in` an object asks its keys."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
 class Client(models.Model):
     """A tenant of norm: its bridge, its keys, what it may trigger."""
 
@@ -93,7 +103,8 @@ class Client(models.Model):
         return True
 
     def bridge_urls(self) -> list[str]:
-        return [self.bridge_url, *self.allowed_bridge_urls]
+        """Its bridge, and the others it allows unless that list is unreadable."""
+        return [self.bridge_url, *(stored_strings(self.allowed_bridge_urls) or [])]
 
 
 class SecretKey(models.Model):

@@ -22,6 +22,7 @@ from notify.models import (
     Client,
     SecretKey,
     TriggerEvent,
+    stored_strings,
 )
 from subscribers.models import Topic
 from subscribers.recipients import (
@@ -242,14 +243,25 @@ def trigger_event_check(
     No per-recipient work happens here. An unknown or stale workflow is discovered
     from the bridge over HTTP: call this outside any transaction.
     """
-    if client.workflow_allowlist and workflow_id not in client.workflow_allowlist:
+    allowlist = stored_strings(client.workflow_allowlist)
+    if allowlist is None:  # fails closed: the operator meant to restrict the client
+        raise ApiError(
+            403,
+            "workflow_forbidden",
+            "This client's workflow allowlist is not a list of workflow ids; it may trigger"
+            " no workflow until it is corrected",
+        )
+    if allowlist and workflow_id not in allowlist:
         raise ApiError(403, "workflow_forbidden", f"This client may not trigger '{workflow_id}'")
     resource = resource or client.bridge_url
     if resource not in client.bridge_urls():
+        message = "resource is not one of this client's bridge URLs"
+        if stored_strings(client.allowed_bridge_urls) is None:
+            message += " (its allowed_bridge_urls is not a list of URLs: only its bridge_url is)"
         raise ApiError(
             400,
             "invalid_resource",
-            "resource is not one of this client's bridge URLs",
+            message,
             [{"field": "resource", "message": "not an allowed bridge URL"}],
         )
     actor_body = parse_actor(actor)

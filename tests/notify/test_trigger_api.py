@@ -989,3 +989,32 @@ def test_a_workflow_id_of_the_longest_length_norm_keeps_is_triggered(
 
     assert post(TRIGGER, {"name": longest, "to": "ann"}).status_code == 201
     assert list(BridgeWorkflow.objects.values_list("workflow_id", flat=True)) == [longest]
+
+
+@pytest.mark.parametrize("stored", ["welcome-email", {"welcome": True}, [["welcome"]]])
+def test_an_allowlist_stored_as_no_list_of_ids_refuses_every_workflow(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued, stored: Any
+) -> None:
+    """The admin stores only a list of ids; one written otherwise (a shell, SQL) was read
+    as it was: "welcome" is `in` the string "welcome-email", and `in` an object's keys.
+    It fails closed, naming the fault."""
+    Client.objects.filter(pk=keyed[0].pk).update(workflow_allowlist=stored)
+    error = assert_error(post(TRIGGER, {"name": "welcome", "to": "ann"}), 403, "workflow_forbidden")
+    assert "allowlist is not a list of workflow ids" in error["message"]
+    assert_nothing_stored(enqueued)
+    assert discover.calls == []
+
+
+@pytest.mark.parametrize("stored", [{OTHER_BRIDGE: True}, OTHER_BRIDGE, [[OTHER_BRIDGE]]])
+def test_allowed_bridge_urls_stored_as_no_list_of_urls_allow_only_the_bridge_url(
+    post: Post, keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued, stored: Any
+) -> None:
+    """As for the allowlist: an object's keys were allowed bridges, and norm called them."""
+    Client.objects.filter(pk=keyed[0].pk).update(allowed_bridge_urls=stored)
+    body = {"name": "welcome", "to": "ann", "resource": OTHER_BRIDGE}
+    error = assert_error(post(TRIGGER, body), 400, "invalid_resource")
+    assert "allowed_bridge_urls is not a list of URLs" in error["message"]
+    assert_nothing_stored(enqueued)
+    assert discover.calls == []
+    # Its own bridge still serves its triggers.
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
