@@ -17,6 +17,17 @@ UNITS = {
 }
 
 
+# cron-parser's (Novu's) nicknames, which cronsim does not take.
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
 class UnsupportedDelay(ValueError):
     pass
 
@@ -67,14 +78,14 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
     Novu's worker reads the cron on the subscriber's clock (cron-parser's `tz`), so a
     "0 9 * * *" reaches each subscriber at nine in the morning; without a zone, on the
     server's, which Novu runs in UTC. As cron-parser, this takes the 5 fields or 6 with
-    seconds first."""
+    seconds first, or a nickname (`CRON_ALIASES`)."""
     # Bounded: the reason is the notification's, which the admin and the API show.
     shown = repr(cron)
     shown = shown if len(shown) <= 100 else shown[:99] + "…"
     if not isinstance(cron, str):
         raise UnsupportedDelay(f"delay cron must be a cron expression string, got {shown}")
     try:
-        fires = CronSim(cron, now.astimezone(_clock(zone)))
+        fires = CronSim(CRON_ALIASES.get(cron.strip(), cron), now.astimezone(_clock(zone)))
         fire = next(fires)
         # cronsim reads a cron of set times (not */n minutes) on the wall clock, where
         # an hour the clock repeats (DST's end) fires once, the first time: from the

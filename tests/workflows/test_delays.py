@@ -32,6 +32,13 @@ def at(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 3) ->
         ("0 0 L * *", at(31, 0)),  # the month's last day
         ("30 0 12 * * *", at(4, 12, 0, 30)),  # six fields: seconds first, as Novu takes
         (" 0  12 * * * ", at(5, 12)),  # spaces around and between the fields
+        # cron-parser's nicknames, as Novu takes them
+        ("@yearly", datetime(2027, 1, 1, tzinfo=UTC)),
+        ("@annually", datetime(2027, 1, 1, tzinfo=UTC)),
+        ("@monthly", at(1, 0, month=4)),
+        ("@weekly", at(8, 0)),  # Sunday
+        (" @daily ", at(5, 0)),
+        ("@hourly", at(4, 13)),
     ],
 )
 def test_a_timed_delay_is_due_at_the_crons_next_fire_in_utc(cron: str, due: datetime) -> None:
@@ -146,8 +153,8 @@ FIELDS = "(minute hour day-of-month month day-of-week, or seconds first)"
             "delay cron '0 9 * * 8' is not a valid cron expression: bad day-of-week",
         ),
         (
-            {"type": "timed", "cron": "@daily"},
-            f"delay cron '@daily' is not a valid cron expression: wrong number of fields {FIELDS}",
+            {"type": "timed", "cron": "@reboot"},
+            f"delay cron '@reboot' is not a valid cron expression: wrong number of fields {FIELDS}",
         ),
         (
             # the 1st or the 21st, when it is the month's last Monday
