@@ -267,8 +267,6 @@ class BulkTriggerApi(_WordOrTransactionId):
             try:
                 checked.append(_checked(request.user, body))
             except (ApiError, serializers.ValidationError) as exc:
-                if isinstance(exc, ApiError) and exc.status == 401:
-                    raise  # the key's, not the event's: its client was deleted meanwhile
                 given = body.get("transactionId") if isinstance(body, dict) else None
                 message = exc.message if isinstance(exc, ApiError) else validation_message(exc)
                 checked.append(
