@@ -229,13 +229,14 @@ Respond = Callable[[str, str, bytes, dict[str, str]], tuple[int, Any, Mapping[st
 @contextlib.contextmanager
 def json_serving(respond: Respond) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 that answers every GET and POST with what `respond`
-    returns, as JSON: yields its base URL, and stops it after."""
+    returns, as JSON (bytes as they are: a page that is no JSON): yields its base URL,
+    and stops it after."""
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             status, answer, headers = respond(self.command, self.path, body, dict(self.headers))
-            raw = json.dumps(answer).encode()
+            raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
             self.send_response(status)
             for name, value in {"content-type": "application/json", **headers}.items():
                 self.send_header(name, value)

@@ -305,52 +305,18 @@ def test_a_bridge_errors_code_is_kept_to_what_a_notification_stores() -> None:
     assert exc.value.code == "E" * 100
 
 
-class _ErrorPage(BaseHTTPRequestHandler):
-    """A bridge route that is not there: Express's own page, no JSON."""
-
-    def do_POST(self) -> None:
-        body = b"Cannot POST /api/novu"
-        self.send_response(404)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+# Express's own page for a route that is not there, and a proxy's or a host's page in
+# front of the bridge: no JSON.
+_ERROR_PAGE = (404, b"Cannot POST /api/novu", {"content-type": "text/html"})
+_PAGE_OK = (200, b"<html><body>Welcome to nginx!</body></html>", {"content-type": "text/html"})
 
 
 def test_an_error_page_that_is_no_json_is_the_errors_message() -> None:
     """It says more than the status's reason phrase ("Not Found")."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ErrorPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/api/novu"
-    try:
-        with pytest.raises(bridge.BridgeError) as exc:
-            bridge.execute(url, secrets=("nk_test",), workflow_id="w", body={})
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_serving(lambda *_: _ERROR_PAGE) as url, pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(f"{url}/api/novu", secrets=("nk_test",), workflow_id="w", body={})
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
     assert (exc.value.code, exc.value.message) == ("HTTP404", "Cannot POST /api/novu")
-
-
-class _PageOk(BaseHTTPRequestHandler):
-    """A 200 that is no JSON: a proxy's or a host's page in front of the bridge."""
-
-    def do_GET(self) -> None:
-        self.do_POST()
-
-    def do_POST(self) -> None:
-        body = b"<html><body>Welcome to nginx!</body></html>"
-        self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _garbage_bridge_echo(url: str) -> Notification:
@@ -381,13 +347,8 @@ def test_a_200_whose_json_is_no_object_fails_the_notification_at_once(
 
 @pytest.mark.django_db
 def test_a_200_that_is_no_json_fails_the_notification_at_once(enqueued: Enqueued) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _PageOk)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        notification = _garbage_bridge_echo(f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with json_serving(lambda *_: _PAGE_OK) as url:
+        notification = _garbage_bridge_echo(url)
 
     assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
     assert not Step.objects.exists() and enqueued.calls == []
