@@ -53,6 +53,12 @@ def insert_once(row: Model) -> bool:
     return True
 
 
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, an ellipsis marking the cut: a reason stored on a
+    row, which the admin and every page of the API that lists the row show."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_text(exc: Exception) -> str:
     """An exception as a reason to read: PostgreSQL's message and detail, not the failed
     statement it quotes (the values in it); otherwise its type and its message's first

@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from config.db import bounded
 from config.redact import masked_text
 from workflows.sdk.signing import canonical_json, signature_header
 
@@ -421,7 +422,7 @@ def _call_once(
         message = message or text or response.reason
         if problems := _problems(error_data):
             message = f"{message} ({problems})"
-        message = _bounded(message)
+        message = bounded(message, MAX_MESSAGE)
         if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
             raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
         raise BridgeError(code or f"HTTP{status}", message, error_data, status)
@@ -458,10 +459,6 @@ def _problems(data: Any) -> str:
         for p in data
         if isinstance(p, dict) and isinstance(p.get("message"), str)
     )
-
-
-def _bounded(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 def _read(response: requests.Response) -> bytes:

@@ -6,6 +6,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from config.db import bounded
+
 UNITS = {
     "seconds": 1,
     "minutes": 60,
@@ -80,8 +82,7 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
     server's, which Novu runs in UTC. As cron-parser, this takes the 5 fields or 6 with
     seconds first, or a nickname (`CRON_ALIASES`)."""
     # Bounded: the reason is the notification's, which the admin and the API show.
-    shown = repr(cron)
-    shown = shown if len(shown) <= 100 else shown[:99] + "…"
+    shown = bounded(repr(cron), 100)
     if not isinstance(cron, str):
         raise UnsupportedDelay(f"delay cron must be a cron expression string, got {shown}")
     try:

@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config import pipeline
-from config.db import error_text, insert_once
+from config.db import bounded, error_text, insert_once
 from config.errors import ApiError
 from config.redact import masked_url
 from messaging.models import Message
@@ -471,8 +471,7 @@ def _echo_internal_error(*, notification_id: str, exc: Exception) -> None:
 def internal_error_text(exc: Exception) -> str:
     """A bug's reason for its row: one line, its type and message, bounded (the admin and
     every page of the API that lists the row show it). The traceback is for the log."""
-    text = error_text(exc)
-    return text if len(text) <= 500 else text[:499] + "…"
+    return bounded(error_text(exc), 500)
 
 
 def _echo(*, notification_id: str, final_attempt: bool) -> None:
