@@ -60,6 +60,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def smtp_unreachable(settings: Any) -> None:
+    """Emails go over SMTP to a port nothing listens on: each send fails for now."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+
+
 def test_a_delay_step_completes_with_the_time_it_waited(
     send: Callable[[Step], Step], enqueued: Enqueued
 ) -> None:
@@ -352,8 +358,7 @@ def test_a_message_tried_before_its_subscribers_address_was_removed_fails_with_t
 ) -> None:
     """The first send failed for now; by the next, the subscriber has no email address.
     The step was skipped, and its message stayed sending for good, moved by nothing."""
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     step = send(email_step())
     assert step.status == Step.Status.SCHEDULED
     assert Message.objects.get().status == Message.Status.SENDING
@@ -375,8 +380,7 @@ def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
     """The retry gives the step and its message a fresh start (no attempts yet)."""
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     step = send(email_step())
     assert step.status == Step.Status.FAILED
@@ -392,8 +396,7 @@ def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 3
     settings.NORM_SEND_RETRY_BACKOFF = 10.0
     step = email_step()
@@ -818,8 +821,7 @@ def test_a_retried_email_goes_from_its_clients_email_from_without_reading_the_cl
 ) -> None:
     """The retry finds its message stored by the first try: given the client read with
     the step, as a new one is, not loaded again for the provider."""
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     client = ClientFactory(email_from="Acme <hello@acme.example>")
     step = send(email_step(notification__trigger_event__client=client))
     assert step.status == Step.Status.SCHEDULED and Message.objects.get().attempts == 1
@@ -1200,8 +1202,7 @@ def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
     again when the notification was canceled. The step was canceled with it, and its
     message stayed sending for good (GET /v1/messages leaves such a one out as still on
     its way): nothing, not the reconciler either, moved it again."""
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     step = send(email_step())
     assert step.status == Step.Status.SCHEDULED
     assert Message.objects.get().status == Message.Status.SENDING
@@ -1220,8 +1221,7 @@ def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
 def test_a_message_an_admin_retry_reopened_is_failed_by_a_cancel_before_its_send(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     step = send(email_step())
     assert step.status == Step.Status.FAILED
@@ -1252,8 +1252,7 @@ def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims
 ) -> None:
     """NORM_SEND_MAX_ATTEMPTS bounds the sends that came back with an error; the claim
     bound is for those that never came back."""
-    settings.EMAIL_BACKEND = SMTP
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 5
     settings.NORM_MAX_CLAIMS = 1
     step = email_step()
