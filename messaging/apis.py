@@ -57,6 +57,10 @@ MARK_AS: dict[str, dict[str, bool | None]] = {
 
 # Novu's redirect targets: novu-py refuses the whole list for a notification with another.
 _TARGETS = {"_self", "_blank", "_parent", "_top", "_unfencedTop"}
+# Where a click may go: the framework's in-app output schema (and norm's SDK) take only
+# these. A bridge of another kind stores what it likes, and an inbox puts the URL in a
+# link's href, where `javascript:` would run in the subscriber's browser.
+_REDIRECT_URL = re.compile(r"(https?://|/)")
 
 
 class UnseenCountResponse(serializers.Serializer):
@@ -491,8 +495,11 @@ class NotificationIdsInput(serializers.Serializer):
 
 def _redirect(value: Any) -> dict[str, Any] | None:
     """An in-app output's redirect as Novu's RedirectDto; None for none, or one not
-    shaped as Novu's (from a bridge other than the SDKs: the outputs are stored as sent)."""
+    shaped as Novu's or to a URL it refuses (from a bridge other than the SDKs: the
+    outputs are stored as sent)."""
     if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+        return None
+    if not _REDIRECT_URL.match(value["url"]):
         return None
     target = value.get("target")
     known = isinstance(target, str) and target in _TARGETS

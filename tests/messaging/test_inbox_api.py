@@ -485,6 +485,47 @@ def test_v2_list_has_the_in_app_steps_avatar_actions_and_redirect(tenant) -> Non
     assert odd_item.redirect is not None and odd_item.redirect.target is None
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["javascript:alert(1)", "JavaScript:alert(1)", " javascript:alert(1)", "data:text/html,x"],
+)
+def test_a_redirect_to_a_url_novu_refuses_is_left_out_of_every_listing(tenant, url: str) -> None:
+    """A bridge other than the SDKs may store any URL: the inbox would put a
+    `javascript:` one in a link's href, to run in the subscriber's browser. Only
+    http(s) and paths are given, as the framework's in-app schema allows."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = _in_app(ann)
+    Message.objects.filter(pk=message.pk).update(
+        content={
+            "body": "Hi",
+            "redirect": {"url": url},
+            "primaryAction": {"label": "Open", "redirect": {"url": url, "target": "_self"}},
+            "secondaryAction": {"label": "Track", "redirect": {"url": "https://shop.example/t"}},
+        }
+    )
+
+    [feed] = api.get("/v1/subscribers/ann/notifications/feed").json()["data"]
+    [listed] = api.get("/v2/subscribers/ann/notifications").json()["data"]
+
+    assert feed["cta"] == {
+        "type": "redirect",
+        "data": {},
+        "action": {
+            "result": {},
+            "buttons": [
+                {"type": "primary", "content": "Open"},
+                {"type": "secondary", "content": "Track", "url": "https://shop.example/t"},
+            ],
+        },
+    }
+    item = InboxNotificationDto.model_validate(listed)
+    assert item.redirect is None
+    assert item.primary_action is not None and item.primary_action.redirect is None
+    assert item.secondary_action is not None and item.secondary_action.redirect is not None
+    assert item.secondary_action.redirect.url == "https://shop.example/t"
+
+
 def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
     """A message saved a moment later may get the lower id (two workers at once): the
     cursor follows the list's order (newest first), so no page skips or repeats it."""
