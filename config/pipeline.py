@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,15 @@ def bugs_recorded(
     except Exception as exc:
         log.exception("%s failed", what)
         record(exc)
+
+
+def backoff(base: float, attempt: int) -> float:
+    """Seconds before retry `attempt` (0 for the first): `base` doubled each time, and up
+    to half as much again at random. A bridge or SMTP server that was down failed every
+    notification sent to it at once; retried in step, they would all come back at the
+    same instants, each wave as large as the outage was long. Never less than the
+    doubling, so the retries still cover as long an outage as the settings say."""
+    return base * 2**attempt * random.uniform(1.0, 1.5)
 
 
 def workflow_queue(workflow_id: str) -> str:

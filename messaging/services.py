@@ -127,7 +127,7 @@ def _send(*, step_id: int, claim: str) -> None:
             **({} if retry else {"status": Message.Status.FAILED}),
         )
         if retry:
-            backoff = settings.NORM_SEND_RETRY_BACKOFF * 2 ** (attempts - 1)
+            backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
             workflow_services.step_retry_later(step=step, message=str(exc), backoff=backoff)
         else:
             workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))

@@ -27,9 +27,8 @@ def echo_run(self: Task, notification_id: str) -> None:
             final_attempt=retries >= settings.NORM_BRIDGE_MAX_RETRIES,
         )
     except bridge.BridgeUnavailable as exc:
-        raise self.retry(
-            countdown=settings.NORM_BRIDGE_RETRY_BACKOFF * 2**retries, exc=exc
-        ) from exc
+        countdown = pipeline.backoff(settings.NORM_BRIDGE_RETRY_BACKOFF, retries)
+        raise self.retry(countdown=countdown, exc=exc) from exc
 
 
 @shared_task(name="norm.reconcile", ignore_result=True)

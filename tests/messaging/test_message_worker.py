@@ -393,6 +393,22 @@ def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is
     assert Message.objects.get().status == Message.Status.FAILED
 
 
+def test_sends_that_failed_together_are_retried_at_different_times(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """An SMTP server down fails every email sent to it at once: retried in step, they
+    would all come back at the same instant, a flood as large as the outage was long."""
+    smtp_unreachable(settings)
+    settings.NORM_SEND_RETRY_BACKOFF = 10.0
+
+    first, second = send(email_step()), send(email_step())
+
+    assert first.status == second.status == Step.Status.SCHEDULED
+    assert first.due_at != second.due_at
+    countdowns = [options["countdown"] for options in enqueued.options_of(pipeline.MESSAGE)]
+    assert len(countdowns) == 2 and countdowns[0] != countdowns[1]
+
+
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
@@ -406,11 +422,12 @@ def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
         step = send(step)
         assert step.status == Step.Status.SCHEDULED
         assert step.attempts == attempt and "SMTP connection failed" in step.error
+        # Doubling, and up to half as much again at random (pipeline.backoff).
         assert before + timedelta(seconds=backoff) <= step.due_at
-        assert step.due_at <= timezone.now() + timedelta(seconds=backoff)
+        assert step.due_at <= timezone.now() + timedelta(seconds=backoff * 1.5)
         assert Message.objects.get().attempts == attempt
         assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
-        assert enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] == backoff
+        assert backoff <= enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] <= backoff * 1.5
         enqueued.clear()
         # Not due yet: a redelivery now is not claimed.
         step = send(step)

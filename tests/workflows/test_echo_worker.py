@@ -610,9 +610,11 @@ def test_a_step_recorded_clears_the_reason_an_earlier_attempt_left(
     assert (notification.status, notification.error) == ("running", "")
 
 
-def test_task_backs_off_exponentially(
+def test_task_backs_off_exponentially_with_jitter(
     execute: FakeExecute, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Doubling from the setting, and up to half as much again at random: notifications
+    that failed together (a bridge down) do not all come back at the same instant."""
     settings.NORM_BRIDGE_MAX_RETRIES = 5
     settings.NORM_BRIDGE_RETRY_BACKOFF = 3.0
     notification = NotificationFactory()
@@ -627,10 +629,13 @@ def test_task_backs_off_exponentially(
         return Retried()
 
     monkeypatch.setattr(tasks.echo_run, "retry", fake_retry)
-    for retries in (0, 1, 2):
+    for retries in (0, 1, 2, 2):
         with pytest.raises(Retried):
             tasks.echo_run.apply(args=[str(notification.pk)], retries=retries, throw=True)
-    assert countdowns == [3.0, 6.0, 12.0]
+    first, second, third, third_again = countdowns
+    assert 3.0 <= first <= 4.5 and 6.0 <= second <= 9.0
+    assert 12.0 <= third <= 18.0 and 12.0 <= third_again <= 18.0
+    assert third != third_again
 
 
 def test_a_notification_created_as_its_trigger_was_canceled_is_canceled_unsent(
