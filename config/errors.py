@@ -106,8 +106,13 @@ def body_too_large() -> ApiError:
     return ApiError(413, "payload_too_large", f"The body exceeds {limit} bytes")
 
 
+# The authentication's refusal of a key, and the answer to a write whose client was
+# deleted while it ran: to the caller, the same revoked key.
+REVOKED_KEY = "Unauthorized: API key unknown or revoked"
+
+
 def revoked_key() -> ApiError:
-    return ApiError(401, "authentication_failed", "Unauthorized: API key unknown or revoked")
+    return ApiError(401, "authentication_failed", REVOKED_KEY)
 
 
 def _client_deleted(request: Any) -> bool:

@@ -8,7 +8,7 @@ from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from config.errors import ApiError
+from config.errors import REVOKED_KEY, ApiError
 from notify import selectors
 from notify.models import Client
 
@@ -25,7 +25,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise AuthenticationFailed("Unauthorized: use 'Authorization: ApiKey <key>'")
         client = selectors.client_by_api_key(key=key.strip())
         if client is None:
-            raise AuthenticationFailed("Unauthorized: API key unknown or revoked")
+            raise AuthenticationFailed(REVOKED_KEY)
         if not client.is_active:
             raise ApiError(403, "client_inactive", "This client is inactive")
         return client, key.strip()
