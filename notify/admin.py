@@ -23,6 +23,7 @@ from notify.models import (
     Client,
     SecretKey,
     TriggerEvent,
+    stored_strings,
 )
 from workflows.admin import (
     DeletedMeanwhileAdmin,
@@ -86,7 +87,8 @@ class ClientForm(forms.ModelForm):
 
     def clean_allowed_bridge_urls(self) -> list[str]:
         urls = self._strings("allowed_bridge_urls")
-        stored = list(self.instance.allowed_bridge_urls) if self.instance.pk else []
+        # Not a list of strings (written past the admin): nothing shown to keep.
+        stored = stored_strings(self.instance.allowed_bridge_urls) or [] if self.instance.pk else []
         if stored and urls == [masked_url(u) for u in stored]:
             urls = stored  # the list as shown: the stored one, each URL its own password
         else:
@@ -161,7 +163,8 @@ class ClientAdmin(admin.ModelAdmin):
 
     @admin.display(description="allowed bridge URLs")
     def allowed_bridges(self, client: Client) -> str:
-        return ", ".join(masked_url(u) for u in client.allowed_bridge_urls)
+        urls = stored_strings(client.allowed_bridge_urls)
+        return "not a list of URLs" if urls is None else ", ".join(masked_url(u) for u in urls)
 
     def get_fields(self, request: HttpRequest, obj: Client | None = None) -> list[Any]:
         fields = list(super().get_fields(request, obj))

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from config import pipeline
 from messaging.models import Message
-from notify.models import BridgeSync, BridgeWorkflow, SecretKey, TriggerEvent
+from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
@@ -1249,3 +1249,32 @@ def test_an_id_or_key_the_client_has_already_is_a_form_error(admin_client, model
     assert admin_client.post(_url(obj, "change"), body | other).status_code == 302
     obj.refresh_from_db()
     assert (obj.subscriber_id if model == "subscriber" else obj.key) in ("cat", "deals")
+
+
+@pytest.mark.parametrize("stored", [5, "http://bridge.test/x", {"http://bridge.test/x": 1}])
+def test_a_client_whose_allowed_bridge_urls_were_stored_past_the_admin_is_shown_and_fixed(
+    admin_client, client, django_user_model, stored: Any
+) -> None:
+    """Written by a shell or SQL: the trigger API refuses such a client with the fault
+    named (notify.models.stored_strings); its pages show it as no list and save a new
+    one, where a number was a 500 and a string was shown letter by letter."""
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_client"))
+    client.force_login(viewer)
+    tenant = ClientFactory()
+    Client.objects.filter(pk=tenant.pk).update(allowed_bridge_urls=stored)
+
+    viewed = client.get(_url(tenant, "change"))
+    page = admin_client.get(_url(tenant, "change"))
+    response = admin_client.post(
+        _url(tenant, "change"),
+        _client_form(tenant, allowed_bridge_urls='["http://bridge.test/other"]'),
+    )
+
+    assert viewed.status_code == 200 and page.status_code == 200
+    assert "not a list of URLs" in viewed.content.decode()
+    assert response.status_code == 302, response.content.decode()
+    tenant.refresh_from_db()
+    assert tenant.allowed_bridge_urls == ["http://bridge.test/other"]
