@@ -8,19 +8,14 @@ follows a redirect: norm calls only URLs the client registered.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import http.cookiejar
-import itertools
 import json
 import os
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +26,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from config import deadlines
 from config.db import bounded
 from config.redact import masked_text
 from workflows.sdk.signing import canonical_json, signature_header
@@ -56,117 +52,20 @@ UNUSABLE_URL = (
     ValueError,
 )
 
-# A whole-call deadline. requests' timeout bounds each socket operation, not the call:
-# a bridge that sends a byte every half second (headers or body) holds the caller for
-# as long as it likes, and each echo worker it holds is one fewer for every client.
-# What bounds it, and why this way:
-# - signal.alarm works only in the main thread, and norm calls bridges from Celery's
-#   threads pool (`make run`), prefork children and gunicorn's threads;
-# - reading with stream=True and checking the time between chunks misses the headers
-#   (read before requests returns) and a read that trickles in one byte at a time;
-# - running the call in another thread and waiting for it frees the caller but leaves
-#   that thread, and the bridge's connection, held;
-# so a watchdog shuts the call's socket down at the deadline, which wakes the blocked
-# read (plain or TLS, headers, body or handshake) with an end of file. One watchdog
-# thread per process rather than a threading.Timer per call: starting a thread costs
-# about 0.3 ms, half of a whole call to a bridge on loopback. The socket is found by the
-# connection class below, the one place urllib3 shows it before the answer arrives, and
-# shut down through a descriptor of the call's own (a dup): the watchdog can never hit a
-# descriptor that urllib3 closed meanwhile and the process reused for something else.
-_current: ContextVar[_Deadline | None] = ContextVar("bridge_deadline", default=None)
-
-
-class _Deadline:
-    """One call's deadline: past it, the call's socket is shut down and the call is a timeout."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.expired = False
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self._over = False
-
-    def watch(self, sock: Any) -> None:
-        """The call's socket, as soon as it exists (a reused connection's, or a new one's
-        before TLS or a proxy tunnel reads from it)."""
-        with self._lock:
-            if self._over or self._socket is not None:
-                return
-            self._socket = socket.socket(fileno=os.dup(sock.fileno()))
-            if self.expired:  # it passed while connecting
-                self._shut()
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._over:
-                return
-            self.expired = True
-            self._shut()
-
-    def end(self) -> None:
-        """The answer is read (the connection goes back to the pool) or the call is over:
-        the watchdog must leave the socket alone from now on."""
-        with self._lock:
-            self._over = True
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
-
-    def _shut(self) -> None:
-        if self._socket is not None:
-            with contextlib.suppress(OSError):  # the peer closed it already
-                self._socket.shutdown(socket.SHUT_RDWR)
-
-
-class _Watchdog:
-    """Expires the deadlines of the process's bridge calls, from one thread."""
-
-    def __init__(self) -> None:
-        self._reset()
-        # A forked child (a Celery prefork worker) has no watchdog thread, and perhaps a
-        # lock held by a thread of the parent: it starts afresh.
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._wake = threading.Condition()
-        self._due: list[tuple[float, int, _Deadline]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: _Deadline) -> None:
-        with self._wake:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="bridge-deadlines", daemon=True
-                )
-                self._thread.start()
-            # Ended calls stay queued until their time, then expire() does nothing.
-            heapq.heappush(self._due, (deadline.at, next(self._order), deadline))
-            if self._due[0][2] is deadline:
-                self._wake.notify()
-
-    def _run(self) -> None:
-        wake, due = self._wake, self._due
-        with wake:
-            while True:
-                now = time.monotonic()
-                while due and due[0][0] <= now:
-                    heapq.heappop(due)[2].expire()
-                wake.wait(due[0][0] - now if due else None)
-
-
-_watchdog = _Watchdog()
+# Each call ends within NORM_BRIDGE_TIMEOUT (config/deadlines.py: requests' timeout bounds
+# each socket operation, not the call). Its socket is found by the connection class
+# below, the one place urllib3 shows it before the answer arrives.
 
 
 class _WatchedConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        if (deadline := _current.get()) is not None:
+        if (deadline := deadlines.current()) is not None:
             deadline.watch(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        if self.sock is not None and (deadline := _current.get()) is not None:
+        if self.sock is not None and (deadline := deadlines.current()) is not None:
             deadline.watch(self.sock)  # a kept-alive connection: no _new_conn
         super().request(*args, **kwargs)
 
@@ -178,7 +77,7 @@ class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
 def _release(conn: Any) -> None:
     """A connection goes back to the pool: its call's deadline no longer touches it, and
     one the deadline cut is closed, never handed to another call."""
-    if (deadline := _current.get()) is not None:
+    if (deadline := deadlines.current()) is not None:
         deadline.end()
         if deadline.expired and conn is not None:
             conn.close()
@@ -362,44 +261,39 @@ def _call_once(
         headers["novu-signature"] = signature
         headers["x-novu-signature"] = signature
     timeout = settings.NORM_BRIDGE_TIMEOUT
-    deadline = _Deadline(timeout)
-    _watchdog.add(deadline)
-    token = _current.set(deadline)
-    try:
-        response = _session.request(
-            method,
-            url,
-            params={"action": action, **(params or {})},
-            data=text.encode() if text is not None else None,
-            headers=headers,
-            proxies=_proxies(url),
-            verify=_usable_ca_bundle(url),
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,  # read under the size limit, and the deadline, below
-        )
-        with response:  # closes the connection, rather than reuse it, unless read to its end
-            content = _read(response)
-    except UNUSABLE_URL as exc:
-        if deadline.expired:
-            raise _timed_out(timeout) from exc
-        raise BridgeError(
-            "BridgeInvalidURL",
-            masked_text(f"norm cannot call the bridge URL {url}: {exc}", url),
-        ) from exc
-    except requests.RequestException as exc:
-        if deadline.expired:
-            raise _timed_out(timeout) from exc
-        if isinstance(exc, requests.Timeout):
-            raise _timed_out(timeout) from exc
-        if isinstance(root := _root_cause(exc), ssl.SSLCertVerificationError):
-            raise _untrusted(root, url) from exc
-        raise BridgeUnavailable(
-            "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
-        ) from exc
-    finally:
-        deadline.end()
-        _current.reset(token)
+    with deadlines.within(timeout) as deadline:
+        try:
+            response = _session.request(
+                method,
+                url,
+                params={"action": action, **(params or {})},
+                data=text.encode() if text is not None else None,
+                headers=headers,
+                proxies=_proxies(url),
+                verify=_usable_ca_bundle(url),
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,  # read under the size limit, and the deadline, below
+            )
+            with response:  # closes the connection, rather than reuse it, unless read to its end
+                content = _read(response)
+        except UNUSABLE_URL as exc:
+            if deadline.expired:
+                raise _timed_out(timeout) from exc
+            raise BridgeError(
+                "BridgeInvalidURL",
+                masked_text(f"norm cannot call the bridge URL {url}: {exc}", url),
+            ) from exc
+        except requests.RequestException as exc:
+            if deadline.expired:
+                raise _timed_out(timeout) from exc
+            if isinstance(exc, requests.Timeout):
+                raise _timed_out(timeout) from exc
+            if isinstance(root := _root_cause(exc), ssl.SSLCertVerificationError):
+                raise _untrusted(root, url) from exc
+            raise BridgeUnavailable(
+                "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
+            ) from exc
     if deadline.expired:
         # Without a content-length, a body ends when its connection does, shut down here.
         raise _timed_out(timeout)

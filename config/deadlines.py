@@ -1,0 +1,136 @@
+"""Whole-call deadlines for outbound calls: a bridge call (workflows/bridge.py), an email
+send (messaging/providers.py).
+
+Their libraries' timeouts (requests', smtplib's) bound each socket operation, not the
+call: a peer that sends a byte every half second (an HTTP answer's headers or body, an
+SMTP greeting or reply, a TLS handshake) holds the caller for as long as it likes, and
+each worker it holds is one fewer for every client. What bounds it, and why this way:
+- signal.alarm works only in the main thread, and norm makes these calls from Celery's
+  threads pool (`make run`), prefork children and gunicorn's threads;
+- checking the time between reads misses a read that trickles in one byte at a time,
+  and the reads a library makes before it returns (HTTP headers, the SMTP greeting);
+- running the call in another thread and waiting for it frees the caller but leaves
+  that thread, and the peer's connection, held;
+so a watchdog shuts the call's socket down at the deadline, which wakes the blocked
+read (plain or TLS, in a handshake or not) with an end of file. One watchdog thread per
+process rather than a threading.Timer per call: starting a thread costs about 0.3 ms,
+half of a whole call to a bridge on loopback. The caller's connection class hands the
+socket over (`watch`) as soon as it is connected, before anything is read from it, and
+the watchdog shuts it down through a descriptor of the call's own (a dup): it can never
+hit a descriptor that the library closed meanwhile and the process reused for something
+else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+_current: ContextVar[Deadline | None] = ContextVar("deadline", default=None)
+
+
+class Deadline:
+    """One call's deadline: past it, the call's socket is shut down and the call is a timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._over = False
+
+    def watch(self, sock: Any) -> None:
+        """The call's socket, as soon as it exists (a reused connection's, or a new one's
+        before TLS, a proxy tunnel or a greeting reads from it)."""
+        with self._lock:
+            if self._over or self._socket is not None:
+                return
+            self._socket = socket.socket(fileno=os.dup(sock.fileno()))
+            if self.expired:  # it passed while connecting
+                self._shut()
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.expired = True
+            self._shut()
+
+    def end(self) -> None:
+        """The answer is read (the connection goes back to a pool, or is kept) or the call
+        is over: the watchdog must leave the socket alone from now on."""
+        with self._lock:
+            self._over = True
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # the peer closed it already
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """Expires the deadlines of the process's calls, from one thread."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked child (a Celery prefork worker) has no watchdog thread, and perhaps a
+        # lock held by a thread of the parent: it starts afresh.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: Deadline) -> None:
+        with self._wake:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            # Ended calls stay queued until their time, then expire() does nothing.
+            heapq.heappush(self._due, (deadline.at, next(self._order), deadline))
+            if self._due[0][2] is deadline:
+                self._wake.notify()
+
+    def _run(self) -> None:
+        wake, due = self._wake, self._due
+        with wake:
+            while True:
+                now = time.monotonic()
+                while due and due[0][0] <= now:
+                    heapq.heappop(due)[2].expire()
+                wake.wait(due[0][0] - now if due else None)
+
+
+_watchdog = _Watchdog()
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[Deadline]:
+    """A deadline `seconds` from now for the call made inside, ended when it returns.
+    The call's connection class hands its socket to `current()` to be watched."""
+    deadline = Deadline(seconds)
+    _watchdog.add(deadline)
+    token = _current.set(deadline)
+    try:
+        yield deadline
+    finally:
+        deadline.end()
+        _current.reset(token)
+
+
+def current() -> Deadline | None:
+    """The deadline of the call this code runs in, if any."""
+    return _current.get()
