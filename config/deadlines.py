@@ -57,6 +57,14 @@ class Deadline:
             if self.expired:  # it passed while connecting
                 self._shut()
 
+    def unwatch(self) -> None:
+        """The watched connection is closed, and the call may go on over another: that one
+        is watched next. (The dup also keeps the connection itself open until closed.)"""
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
     def expire(self) -> None:
         with self._lock:
             if self._over:

@@ -376,7 +376,13 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+# smtplib's timeout bounds each socket operation (a connect, one read), not a send.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 15)
+# Seconds a whole email send may take, however slowly the SMTP server answers: greeting,
+# STARTTLS or TLS and login on a new connection, and the whole transaction (DNS aside,
+# and a connect the server never answers, which EMAIL_TIMEOUT ends). Past it the send
+# fails as a timeout, retried later.
+EMAIL_SEND_DEADLINE = env_float("EMAIL_SEND_DEADLINE", 60.0)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "norm@localhost")
 
 LOGGING = {

@@ -10,6 +10,7 @@ import contextlib
 import html
 import re
 import smtplib
+import socket
 import threading
 import time
 from email import policy
@@ -20,12 +21,14 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.core.mail.message import sanitize_address
 from django.utils.html import strip_tags
+from django.utils.module_loading import import_string
 
+from config import deadlines
 from messaging.models import Message
 from notify.senders import sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
@@ -236,6 +239,44 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
     smtp.sendmail(sender, email.recipients(), data.getvalue(), mail_options=["SMTPUTF8"])
 
 
+# smtplib's timeout (EMAIL_TIMEOUT) bounds each socket operation, not a send: a server,
+# or a middlebox, that answers a byte at a time (its greeting, EHLO, STARTTLS or a reply
+# to MAIL, RCPT or DATA) held the message worker for good. Each send has a deadline
+# (EMAIL_SEND_DEADLINE, config/deadlines.py) that shuts its socket down. smtplib reads
+# the greeting, and SMTP_SSL shakes hands, inside connect(), before Django's backend
+# holds the connection: these classes hand the socket over as soon as it is connected.
+class _WatchedSMTP(smtplib.SMTP):
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = super()._get_socket(host, port, timeout)
+        if (deadline := deadlines.current()) is not None:
+            deadline.watch(sock)
+        return sock
+
+
+class _WatchedSMTPSSL(smtplib.SMTP_SSL, _WatchedSMTP):
+    """SMTP_SSL wraps the socket _WatchedSMTP returns (its super()), watched before TLS."""
+
+
+class _WatchedSmtpBackend(SmtpBackend):
+    """Django's SMTP backend, whose new connections the send's deadline watches."""
+
+    @property
+    def connection_class(self) -> type[smtplib.SMTP]:
+        return _WatchedSMTPSSL if self.use_ssl else _WatchedSMTP
+
+
+def _socket_of(backend: BaseEmailBackend) -> socket.socket | None:
+    """The socket of an SMTP backend's open connection; None for any other backend."""
+    return getattr(getattr(backend, "connection", None), "sock", None)
+
+
+def _timed_out(seconds: float) -> str:
+    return (
+        f"SMTP send timed out after {seconds:g} s (EMAIL_SEND_DEADLINE): "
+        "the server answered too slowly"
+    )
+
+
 class _KeptConnection(threading.local):
     # (the email settings it was opened with, the backend, when it last sent)
     open: tuple[tuple[Any, ...], BaseEmailBackend, float] | None = None
@@ -247,6 +288,7 @@ class DjangoEmailProvider(Provider):
     A worker process (each thread of one) keeps one connection open between emails: a
     new one costs a TCP handshake, the greeting, EHLO (and TLS and AUTH) and QUIT for
     every email. One idle for longer than KEEP_OPEN seconds is replaced rather than trusted.
+    Each send, whatever connection it is on, ends within EMAIL_SEND_DEADLINE seconds.
     """
 
     name = "django-email"
@@ -309,7 +351,8 @@ class DjangoEmailProvider(Provider):
         )
         email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
         try:
-            self._deliver(email)
+            with deadlines.within(settings.EMAIL_SEND_DEADLINE) as deadline:
+                self._deliver(email, deadline)
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are the server's "try again later"; 5xx are final.
             raise SendError(
@@ -332,17 +375,26 @@ class DjangoEmailProvider(Provider):
         return email.extra_headers["X-Norm-Message-Id"]
 
     @classmethod
-    def _deliver(cls, email: EmailMultiAlternatives) -> None:
+    def _deliver(cls, email: EmailMultiAlternatives, deadline: deadlines.Deadline) -> None:
         for attempt in (1, 2):
-            email.connection, reused = cls._connection()
-            needing = _beyond_ascii(email)
+            reused = False
             try:
+                email.connection, reused = cls._connection()
+                if reused and (sock := _socket_of(email.connection)) is not None:
+                    deadline.watch(sock)  # a new one's is watched as it connects
+                needing = _beyond_ascii(email)
                 if needing and isinstance(email.connection, SmtpBackend):
                     _send_smtputf8(email.connection, email, ", ".join(needing))
                 else:
                     email.send()
             except Exception as exc:
                 cls.close()  # in an unknown state after a failure
+                if deadline.expired:
+                    # Whatever the cut looked like (a reply ended early, a disconnect): not
+                    # sent again at once, as the server may have taken the email.
+                    raise SendError(
+                        _timed_out(settings.EMAIL_SEND_DEADLINE), transient=True
+                    ) from exc
                 # A kept connection the server has since dropped (or drops with 421,
                 # "closing the channel") fails before the message was accepted: once
                 # more, on a new connection. Not a reply that timed out (smtplib reports
@@ -354,6 +406,10 @@ class DjangoEmailProvider(Provider):
                 if attempt == 2 or not (reused and dropped):
                     raise
             else:
+                deadline.end()  # from now on, the watchdog leaves the kept connection alone
+                if deadline.expired:  # cut just after the server's whole reply: sent, but
+                    cls.close()  # the connection is of no more use
+                    return
                 key, backend, _ = cls._kept.open  # type: ignore[misc]
                 cls._kept.open = (key, backend, time.monotonic())
                 return
@@ -371,7 +427,12 @@ class DjangoEmailProvider(Provider):
             if key == settings_key and time.monotonic() - used_at < cls.KEEP_OPEN:
                 return backend, True
             cls.close()
-        backend = get_connection(timeout=settings.EMAIL_TIMEOUT)
+        backend_class = import_string(settings.EMAIL_BACKEND)
+        if backend_class is SmtpBackend:
+            # Another class (a subclass of it) opens connections of its own, bounded by
+            # EMAIL_TIMEOUT per operation until kept; a kept one is watched all the same.
+            backend_class = _WatchedSmtpBackend
+        backend = backend_class(timeout=settings.EMAIL_TIMEOUT)
         backend.open()
         cls._kept.open = (settings_key, backend, time.monotonic())
         return backend, False
@@ -380,8 +441,14 @@ class DjangoEmailProvider(Provider):
     def close(cls) -> None:
         if cls._kept.open is not None:
             backend, cls._kept.open = cls._kept.open[1], None
+            # Under a send's deadline, QUIT's reply is waited for within it too.
+            deadline = deadlines.current()
+            if deadline is not None and (sock := _socket_of(backend)) is not None:
+                deadline.watch(sock)
             with contextlib.suppress(Exception):  # it may be broken already
                 backend.close()
+            if deadline is not None:
+                deadline.unwatch()  # the send may go on over a new connection
 
 
 class InboxProvider(Provider):
