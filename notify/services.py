@@ -341,6 +341,7 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
     # created meanwhile is not among those canceled, and its echo must see the cancel.
     # In one transaction (seconds long for a broadcast), an echo that read the event
     # before its commit recorded a step after the cancel had answered, and sent it.
+    # It is also what lets the notifications be canceled a chunk to a transaction.
     first_cancel = TriggerEvent.objects.filter(pk=event.pk, canceled_at__isnull=True).update(
         canceled_at=timezone.now()
     )

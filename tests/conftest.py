@@ -193,6 +193,21 @@ def while_held(
     return results["first"], results["second"]
 
 
+def another_waits_for_a_lock() -> None:
+    """Return once another connection to the test database waits for a lock."""
+    deadline = time.monotonic() + 10
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no connection waited for a lock")
+
+
 class Meanwhile:
     """Runs `work` in another thread and gives it a second: long enough to finish,
     unless it waits for a lock the caller holds. `join` waits for the rest, and returns

@@ -21,8 +21,16 @@ from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued
-from tests.factories import StepFactory, SubscriberFactory, api_for, client_with_key
+from tests.factories import (
+    MessageFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import bridge
+from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.demo import demo_bridge
 from workflows.models import Notification, Step
@@ -290,6 +298,58 @@ def test_cancel_stops_only_the_named_triggers_notifications(
         (keyed[0], "tx-1"): (Notification.Status.CANCELED, Step.Status.CANCELED),
         (keyed[0], "tx-2"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
         (other_client, "tx-1"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
+    }
+
+
+def test_cancel_of_a_trigger_larger_than_a_chunk_ends_every_chunk(
+    api: Api, keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast's cancel goes CANCEL_CHUNK notifications to a transaction: those of
+    every chunk end with their waiting steps, and a message waiting to be sent again is
+    given up; a notification that had ended, and a step being sent, are left as they are."""
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    event = TriggerEventFactory(
+        client=keyed[0], transaction_id="tx-1", status=TriggerEvent.Status.PROCESSED
+    )
+
+    def step(
+        status: str = Step.Status.SCHEDULED,
+        notification: str = Notification.Status.RUNNING,
+        message: str | None = None,
+    ) -> Step:
+        made = StepFactory(
+            notification__trigger_event=event, notification__status=notification, status=status
+        )
+        if message is not None:
+            MessageFactory(step=made, status=message)
+        return made
+
+    # Made in subscriber order, the order of the chunks: three, the ended one between two.
+    steps = {
+        "waiting": step(),
+        "retrying": step(message=Message.Status.SENDING),
+        "ended": step(Step.Status.COMPLETED, Notification.Status.COMPLETED, Message.Status.SENT),
+        "sending": step(Step.Status.PROCESSING, message=Message.Status.SENDING),
+        "retrying too": step(message=Message.Status.SENDING),
+        "waiting too": step(),
+    }
+
+    assert api.cancel("tx-1") == {"data": True}
+
+    def now(step: Step) -> tuple[str, str, tuple[str, str] | None]:
+        step.refresh_from_db()
+        message = Message.objects.filter(step=step).values_list("status", "error").first()
+        return step.notification.status, step.status, message
+
+    ended = (Notification.Status.CANCELED, Step.Status.CANCELED)
+    given_up = (Message.Status.FAILED, workflow_services.CANCELED_BEFORE_RETRY)
+    assert {name: now(s) for name, s in steps.items()} == {
+        "waiting": (*ended, None),
+        "retrying": (*ended, given_up),
+        "ended": (Notification.Status.COMPLETED, Step.Status.COMPLETED, ("sent", "")),
+        "sending": (Notification.Status.CANCELED, Step.Status.PROCESSING, ("sending", "")),
+        "retrying too": (*ended, given_up),
+        "waiting too": (*ended, None),
     }
 
 

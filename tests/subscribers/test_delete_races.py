@@ -20,7 +20,7 @@ from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Enqueued, Meanwhile, while_held
+from tests.conftest import Enqueued, Meanwhile, another_waits_for_a_lock, while_held
 from tests.factories import (
     MessageFactory,
     StepFactory,
@@ -341,21 +341,6 @@ def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
     assert not Step.objects.exists() and not Message.objects.exists()
 
 
-def _another_waits_for_a_lock() -> None:
-    """Return once another connection to the test database waits for a lock."""
-    deadline = time.monotonic() + 10
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0]:
-                return
-            time.sleep(0.02)
-    raise AssertionError("no connection waited for a lock")
-
-
 @pytest.mark.parametrize("victim", ["the delete", "the message"])
 def test_a_subscriber_deleted_while_the_message_of_its_step_is_stored_is_deleted(
     keyed: tuple[Any, str], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, victim: str
@@ -384,7 +369,7 @@ def test_a_subscriber_deleted_while_the_message_of_its_step_is_stored_is_deleted
     def stored_meanwhile(**kwargs: Any) -> None:
         # The subscriber is locked: the message's INSERT now waits for it.
         sends.append(Meanwhile(send))
-        _another_waits_for_a_lock()
+        another_waits_for_a_lock()
         forget(**kwargs)
 
     monkeypatch.setattr(services, "fan_outs_forget", stored_meanwhile)
@@ -417,7 +402,7 @@ def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_fo
     give_up = workflow_services._messages_give_up
 
     def give_up_once_the_delete_waits(step_ids: Any, error: str) -> None:
-        _another_waits_for_a_lock()
+        another_waits_for_a_lock()
         give_up(step_ids, error)
 
     monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_once_the_delete_waits)

@@ -13,7 +13,7 @@ from django.db import connection
 from messaging import services as messaging_services
 from notify import services as notify_services
 from notify.models import TriggerEvent
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, another_waits_for_a_lock
 from tests.factories import (
     BridgeSyncFactory,
     StepFactory,
@@ -160,3 +160,67 @@ def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered
     assert notification.status in Notification.FINAL
     messaging_services.message_send(step_id=step.pk)  # what the retry may have enqueued
     assert mail.outbox == []
+
+
+def test_a_large_triggers_cancel_commits_each_chunk_before_it_reaches_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broadcast's cancel was one transaction: 200,000 notifications stayed locked
+    for the 15-20 s it took (their echoes and sends waiting on them), none of them seen
+    canceled before the last was. Now CANCEL_CHUNK go to a transaction: with the last
+    notification's row held by another connection, the chunks before it are canceled,
+    with their steps, while the cancel waits for that row."""
+    monkeypatch.setattr(services, "CANCEL_CHUNK", 2)
+    event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSED)
+    # In subscriber order, the order of the chunks: the last one is a chunk of its own.
+    steps = [StepFactory(notification__trigger_event=event) for _ in range(5)]
+    last = steps[-1].notification_id
+
+    locked, unlock = threading.Event(), threading.Event()
+
+    def hold_the_last() -> None:
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                Notification.objects.select_for_update().get(pk=last)
+                locked.set()
+                unlock.wait(10)
+        finally:
+            connection.close()
+
+    answered: dict[str, Any] = {}
+
+    def cancel() -> None:
+        try:
+            answered["canceled"] = services.notifications_cancel(trigger_event_id=event.pk)
+        finally:
+            connection.close()
+
+    def seen() -> dict[Any, tuple[str, str]]:
+        return {
+            step.notification_id: (step.notification.status, step.status)
+            for step in Step.objects.select_related("notification")
+        }
+
+    canceled = (Notification.Status.CANCELED, Step.Status.CANCELED)
+    holder, canceling = threading.Thread(target=hold_the_last), threading.Thread(target=cancel)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        canceling.start()
+        another_waits_for_a_lock()  # the cancel, at the last chunk
+        assert seen() == {
+            step.notification_id: canceled
+            if step.notification_id != last
+            else (Notification.Status.RUNNING, Step.Status.SCHEDULED)
+            for step in steps
+        }
+    finally:
+        unlock.set()
+        holder.join(10)
+        if canceling.ident is not None:
+            canceling.join(10)
+    assert not holder.is_alive() and not canceling.is_alive()
+    assert answered == {"canceled": 5}
+    assert seen() == {step.notification_id: canceled for step in steps}
