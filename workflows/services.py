@@ -1003,10 +1003,10 @@ def _trigger_notifications_cancel(*, trigger_event_id: int, now: datetime) -> in
     In one, a broadcast's 200,000 took 15-22 s, every row locked until the end (its
     echoes waiting on them) and none seen canceled before the last was (its steps still
     claimed and sent meanwhile). Chunks are safe: the trigger's `canceled_at` committed
-    first, so an echo that reads it stops its notification itself, and each
-    notification still ends with its steps, in one transaction. In the order of the unique (trigger_event,
-    subscriber) index, so each chunk is a range of it, not a read of all the trigger's
-    notifications (by id) or of the whole table (by the primary key)."""
+    first, so an echo that reads it stops its notification itself, and each notification
+    still ends with its steps, in one transaction. In the order of the unique
+    (trigger_event, subscriber) index, so each chunk is a range of it, not a read of all
+    the trigger's notifications (by id) or of the whole table (by the primary key)."""
     of_trigger = (
         Notification.objects.filter(trigger_event_id=trigger_event_id)
         .exclude(status__in=Notification.FINAL)
