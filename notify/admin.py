@@ -52,6 +52,19 @@ class BridgeWorkflowInline(ReadOnlyInline):
     bridge = masked_url_field("bridge_url", "bridge URL")
 
 
+def _masked_strings(value: Any) -> Any:
+    """A JSON value with every string in it (a key too) as masked_url shows it. A list of
+    URLs stored past the admin may be one URL (the brackets forgotten) or hold one
+    deeper: shown as stored, its password was on the page."""
+    if isinstance(value, str):
+        return masked_url(value)
+    if isinstance(value, list):
+        return [_masked_strings(item) for item in value]
+    if isinstance(value, dict):
+        return {_masked_strings(key): _masked_strings(item) for key, item in value.items()}
+    return value
+
+
 class ClientForm(forms.ModelForm):
     """The JSON fields are read as lists by every trigger: anything else would break them."""
 
@@ -74,10 +87,8 @@ class ClientForm(forms.ModelForm):
         # is the stored one (_unmasked), so saving the page keeps the real password.
         self.initial["bridge_url"] = masked_url(self.initial.get("bridge_url") or "")
         allowed = self.initial.get("allowed_bridge_urls")
-        if isinstance(allowed, list):
-            self.initial["allowed_bridge_urls"] = [
-                masked_url(u) if isinstance(u, str) else u for u in allowed
-            ]
+        if allowed is not None:
+            self.initial["allowed_bridge_urls"] = _masked_strings(allowed)
 
     def clean_bridge_url(self) -> str:
         url = self.cleaned_data["bridge_url"]

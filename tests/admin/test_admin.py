@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from html import unescape
 from typing import Any
 
 import pytest
@@ -1278,3 +1279,29 @@ def test_a_client_whose_allowed_bridge_urls_were_stored_past_the_admin_is_shown_
     assert response.status_code == 302, response.content.decode()
     tenant.refresh_from_db()
     assert tenant.allowed_bridge_urls == ["http://bridge.test/other"]
+
+
+@pytest.mark.parametrize(
+    "stored", [SECRET_ALLOWED, [[SECRET_ALLOWED]], {"url": SECRET_ALLOWED}, {SECRET_ALLOWED: 1}]
+)
+def test_allowed_bridge_urls_stored_past_the_admin_show_their_passwords_masked(
+    admin_client, stored: Any
+) -> None:
+    """A string where a list belongs (the brackets forgotten in a shell), or a URL nested
+    deeper: the change page showed the value as stored, the password with it, where
+    every page masks a bridge URL's. Saved as shown, it is still refused as no list."""
+    tenant = ClientFactory()
+    Client.objects.filter(pk=tenant.pk).update(allowed_bridge_urls=stored)
+
+    page = admin_client.get(_url(tenant, "change")).content.decode()
+    shown = page.split('name="allowed_bridge_urls"', 1)[1].split("</textarea>", 1)[0]
+    response = admin_client.post(
+        _url(tenant, "change"),
+        _client_form(tenant, allowed_bridge_urls=unescape(shown.split(">", 1)[1])),
+    )
+
+    assert "hunter22" not in page
+    assert "other:***@alt.test" in shown
+    assert response.status_code == 200 and "Use a list of strings" in response.content.decode()
+    tenant.refresh_from_db()
+    assert tenant.allowed_bridge_urls == stored
