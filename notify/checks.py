@@ -1,6 +1,7 @@
 """System checks: what a production deployment must set for its secret keys
 (`check --deploy`), an encryption key that is no Fernet key, settings that would
-send steps twice and providers norm does not have (every command)."""
+send steps twice (a broker countdown or a send outlasting its claim) and providers
+norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -120,4 +121,23 @@ def providers_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
         )
         for channel, name in settings.NORM_PROVIDERS.items()
         if getattr(PROVIDERS.get(name), "channel", None) != channel
+    ]
+
+
+@register(Tags.compatibility)
+def send_deadline_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """A step whose send runs longer than NORM_STALE_CLAIM_SECONDS is taken for one of a
+    dead worker: the reconciler reopens it while its email is still being sent, and
+    another worker sends it again."""
+    deadline, stale = settings.EMAIL_SEND_DEADLINE, settings.NORM_STALE_CLAIM_SECONDS
+    if deadline < stale:
+        return []
+    return [
+        Error(
+            f"EMAIL_SEND_DEADLINE ({deadline:g} s) is not shorter than "
+            f"NORM_STALE_CLAIM_SECONDS ({stale} s): an email still being sent would be "
+            "taken for one a dead worker left, and sent again.",
+            hint="Lower EMAIL_SEND_DEADLINE, or raise NORM_STALE_CLAIM_SECONDS.",
+            id="norm.E006",
+        )
     ]

@@ -153,3 +153,12 @@ def test_a_provider_norm_does_not_have_for_its_channel_is_refused_by_every_comma
     """It was taken as no provider: every step of that channel skipped, nothing failing."""
     settings.NORM_PROVIDERS = providers
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize(("deadline", "found"), [(60.0, []), (600.0, ["norm.E006"])])
+def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
+    settings: Any, deadline: float, found: list[str]
+) -> None:
+    """The reconciler would reopen a step whose email is still being sent: sent twice."""
+    settings.EMAIL_SEND_DEADLINE, settings.NORM_STALE_CLAIM_SECONDS = deadline, 600
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
