@@ -35,19 +35,6 @@ LOCMEM = "django.core.mail.backends.locmem.EmailBackend"
 SMTP = "django.core.mail.backends.smtp.EmailBackend"
 
 
-@pytest.fixture
-def send(django_capture_on_commit_callbacks: Capture) -> Callable[[Step], Step]:
-    """Run the message worker on a step; return the step as stored afterwards."""
-
-    def do(step: Step) -> Step:
-        with django_capture_on_commit_callbacks(execute=True):
-            tasks.message_send(step.pk)
-        step.refresh_from_db()
-        return step
-
-    return do
-
-
 def email_step(**kwargs: Any) -> Step:
     kwargs.setdefault("notification__subscriber__email", "ann@example.com")
     kwargs.setdefault("outputs", {"subject": "Your order", "body": "<p>It <b>shipped</b></p>"})

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from messaging import providers, tasks
+from messaging import providers
 from messaging.models import Message
-from tests.conftest import Enqueued, self_signed
+from tests.conftest import self_signed
 from tests.messaging.test_message_worker import SMTP, Inbox, email_step, smtp_serving
 from workflows.models import Step
 
@@ -31,17 +31,6 @@ DEADLINE = 2
 DRIP = 0.2  # seconds between two bytes: well under EMAIL_TIMEOUT
 BYTES = 60  # how many the servers trickle before giving up (12 s)
 TIMED_OUT = f"SMTP send timed out after {DEADLINE} s (EMAIL_SEND_DEADLINE)"
-
-
-@pytest.fixture
-def send(django_capture_on_commit_callbacks: Any, enqueued: Enqueued) -> Callable[[Step], Step]:
-    def do(step: Step) -> Step:
-        with django_capture_on_commit_callbacks(execute=True):
-            tasks.message_send(step.pk)
-        step.refresh_from_db()
-        return step
-
-    return do
 
 
 @pytest.fixture(autouse=True)
