@@ -33,6 +33,7 @@ from subscribers.recipients import (
     unroutable_message,
 )
 from workflows import bridge
+from workflows.models import Notification
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
 from workflows.services import notifications_cancel
@@ -67,6 +68,28 @@ def client_create(
         email_from=email_from,
         email_from_domains=domains,
     )
+
+
+def client_bridge_move(*, client: Client, bridge_url: str) -> Client:
+    """Point the client's bridge at `bridge_url`, with the work still headed for the old
+    one: for a bridge that moved and serves the same workflows (`make run`'s demo bridge,
+    this server's own, run on another address). Otherwise each notification in flight,
+    and each a trigger still fanning out creates, failed with BridgeNotAllowed."""
+    with transaction.atomic():
+        client = Client.objects.select_for_update().get(pk=client.pk)
+        old = client.bridge_url
+        if old == bridge_url:
+            return client
+        client.bridge_url = bridge_url
+        client.save(update_fields=["bridge_url"])
+        # A processed trigger may still have subscriber chunks to run, which read it.
+        TriggerEvent.objects.filter(client=client, resource=old).exclude(
+            status__in=[TriggerEvent.Status.FAILED, TriggerEvent.Status.CANCELED]
+        ).update(resource=bridge_url)
+        Notification.objects.filter(client=client, resource=old).exclude(
+            status__in=Notification.FINAL
+        ).update(resource=bridge_url)
+    return client
 
 
 class ClientHasTriggers(Exception):

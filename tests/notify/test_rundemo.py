@@ -69,13 +69,15 @@ def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60.0
     return seen
 
 
-def _trigger_welcome(addr: str, var: Path) -> tuple[int, str]:
+def _trigger_welcome(
+    addr: str, var: Path, payload: dict[str, Any] | None = None
+) -> tuple[int, str]:
     """POST the demo's `welcome` to ada with the demo key, straight to the server (never
     through a proxy the environment names): the status and the body."""
     key = (var / "demo-secret-key").read_text().strip()
     request = urllib.request.Request(
         f"http://{addr}/v1/events/trigger",
-        data=json.dumps({"name": "welcome", "to": "ada"}).encode(),
+        data=json.dumps({"name": "welcome", "to": "ada", "payload": payload or {}}).encode(),
         headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
     )
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -209,6 +211,47 @@ def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -
         _read_until(demo, "norm is running")
         status, body = _trigger_welcome(addr, tmp_path)
         assert status == 201, body  # the bridge is discovered on this server
+    finally:
+        _stop(demo)
+
+
+def test_a_notification_in_flight_is_finished_by_a_run_on_another_address(
+    tmp_path: Path,
+) -> None:
+    """`make run ADDR=...` after a run elsewhere (the way out of a taken port): the welcome
+    the first run left waiting out its delay failed with BridgeNotAllowed, as sent to a
+    bridge the demo client no longer had, where the new run's own serves it."""
+    first_addr = f"127.0.0.1:{free_port()}"
+    first = _start(first_addr, tmp_path)
+    try:
+        _read_until(first, "norm is running")
+        status, body = _trigger_welcome(first_addr, tmp_path, {"delaySeconds": 20})
+        assert status == 201, body
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not Step.objects.filter(step_id="wait").exists():
+            time.sleep(0.2)
+    finally:
+        _stop(first)
+    notification = Notification.objects.get()
+    # Stopped while the delay still ran: else this run finished it, and nothing is shown.
+    assert notification.status == Notification.Status.RUNNING, notification.status
+    assert not Step.objects.filter(step_id="reminder").exists()
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path)
+    try:
+        _read_until(demo, "norm is running")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            notification.refresh_from_db()
+            if notification.status in Notification.FINAL:
+                break
+            time.sleep(0.5)
+        assert (notification.status, notification.error_code) == (
+            Notification.Status.COMPLETED,
+            "",
+        ), notification.error
+        # Skipped, ada having no email: the new run's bridge was asked for it.
+        assert Step.objects.get(step_id="reminder").status in Step.DONE
     finally:
         _stop(demo)
 

@@ -30,6 +30,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from config.pipeline import all_queues
 from notify import crypto
 from notify.models import Client
+from notify.services import client_bridge_move
 
 STOP_TIMEOUT = 15.0
 # Ctrl-C, a service manager's stop, and the terminal closing: the children run in
@@ -129,8 +130,9 @@ class Command(BaseCommand):
             stdout=io.StringIO(),
         )
         # A var/ kept from a run on another --addr has the demo client already, with
-        # the bridge of that run: every trigger would answer 502.
-        Client.objects.filter(name="demo").update(bridge_url=bridge_url)
+        # the bridge of that run: every trigger would answer 502, and every notification
+        # still in flight would fail as sent to a bridge the client no longer has.
+        client_bridge_move(client=Client.objects.get(name="demo"), bridge_url=bridge_url)
 
         # Each child watches this pipe and stops once rundemo is gone, even killed
         # by SIGKILL, which runs no handler (notify/management/demochild.py).
