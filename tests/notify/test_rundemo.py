@@ -201,26 +201,13 @@ def _stop(demo: subprocess.Popen[str]) -> None:
     demo.communicate(timeout=30)
 
 
-def test_a_run_on_another_address_points_the_demo_bridge_there(tmp_path: Path) -> None:
-    first = _start(f"127.0.0.1:{free_port()}", tmp_path)
-    _read_until(first, "norm is running")
-    _stop(first)
-    addr = f"127.0.0.1:{free_port()}"
-    demo = _start(addr, tmp_path)  # the same var/: the demo client exists already
-    try:
-        _read_until(demo, "norm is running")
-        status, body = _trigger_welcome(addr, tmp_path)
-        assert status == 201, body  # the bridge is discovered on this server
-    finally:
-        _stop(demo)
-
-
-def test_a_notification_in_flight_is_finished_by_a_run_on_another_address(
+def test_a_run_on_another_address_points_the_demo_bridge_there_and_finishes_what_was_in_flight(
     tmp_path: Path,
 ) -> None:
-    """`make run ADDR=...` after a run elsewhere (the way out of a taken port): the welcome
-    the first run left waiting out its delay failed with BridgeNotAllowed, as sent to a
-    bridge the demo client no longer had, where the new run's own serves it."""
+    """`make run ADDR=...` after a run elsewhere (the way out of a taken port), on the same
+    var/: its triggers are discovered on this server, and the welcome the first run left
+    waiting out its delay is finished by this run's bridge. It failed with
+    BridgeNotAllowed, as sent to a bridge the demo client no longer had."""
     first_addr = f"127.0.0.1:{free_port()}"
     first = _start(first_addr, tmp_path)
     try:
@@ -232,26 +219,28 @@ def test_a_notification_in_flight_is_finished_by_a_run_on_another_address(
             time.sleep(0.2)
     finally:
         _stop(first)
-    notification = Notification.objects.get()
+    waiting = Notification.objects.get()
     # Stopped while the delay still ran: else this run finished it, and nothing is shown.
-    assert notification.status == Notification.Status.RUNNING, notification.status
+    assert waiting.status == Notification.Status.RUNNING, waiting.status
     assert not Step.objects.filter(step_id="reminder").exists()
     addr = f"127.0.0.1:{free_port()}"
-    demo = _start(addr, tmp_path)
+    demo = _start(addr, tmp_path)  # the same var/: the demo client exists already
     try:
         _read_until(demo, "norm is running")
+        status, body = _trigger_welcome(addr, tmp_path)
+        assert status == 201, body  # the bridge is discovered on this server
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            notification.refresh_from_db()
-            if notification.status in Notification.FINAL:
+            waiting.refresh_from_db()
+            if waiting.status in Notification.FINAL:
                 break
             time.sleep(0.5)
-        assert (notification.status, notification.error_code) == (
+        assert (waiting.status, waiting.error_code) == (
             Notification.Status.COMPLETED,
             "",
-        ), notification.error
+        ), waiting.error
         # Skipped, ada having no email: the new run's bridge was asked for it.
-        assert Step.objects.get(step_id="reminder").status in Step.DONE
+        assert waiting.steps.get(step_id="reminder").status in Step.DONE
     finally:
         _stop(demo)
 
