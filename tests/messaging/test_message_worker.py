@@ -363,14 +363,20 @@ def test_a_message_tried_before_its_subscribers_address_was_removed_fails_with_t
     assert Notification.objects.get().status == Notification.Status.RUNNING
 
 
-def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is_gone(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
-) -> None:
-    """The retry gives the step and its message a fresh start (no attempts yet)."""
+def failed_for_good(send: Callable[[Step], Step], settings: Any) -> Step:
+    """An email step whose only attempt failed (SMTP unreachable): the admin may retry it."""
     smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     step = send(email_step())
     assert step.status == Step.Status.FAILED
+    return step
+
+
+def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is_gone(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The retry gives the step and its message a fresh start (no attempts yet)."""
+    step = failed_for_good(send, settings)
     Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
     assert workflow_services.notification_retry(notification=step.notification)
 
@@ -1225,10 +1231,7 @@ def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
 def test_a_message_an_admin_retry_reopened_is_failed_by_a_cancel_before_its_send(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
-    smtp_unreachable(settings)
-    settings.NORM_SEND_MAX_ATTEMPTS = 1
-    step = send(email_step())
-    assert step.status == Step.Status.FAILED
+    step = failed_for_good(send, settings)
     assert workflow_services.notification_retry(notification=step.notification)
     assert Message.objects.get().status == Message.Status.SENDING
 
