@@ -142,3 +142,10 @@ def within(seconds: float) -> Iterator[Deadline]:
 def current() -> Deadline | None:
     """The deadline of the call this code runs in, if any."""
     return _current.get()
+
+
+def watch(sock: Any) -> None:
+    """Hand a connection's socket to the deadline of the call this code runs in, if any:
+    what each caller's connection class does as soon as the socket exists."""
+    if (deadline := _current.get()) is not None:
+        deadline.watch(sock)

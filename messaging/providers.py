@@ -248,8 +248,7 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
 class _WatchedSMTP(smtplib.SMTP):
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = super()._get_socket(host, port, timeout)
-        if (deadline := deadlines.current()) is not None:
-            deadline.watch(sock)
+        deadlines.watch(sock)
         return sock
 
 

@@ -60,13 +60,12 @@ UNUSABLE_URL = (
 class _WatchedConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        if (deadline := deadlines.current()) is not None:
-            deadline.watch(sock)
+        deadlines.watch(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        if self.sock is not None and (deadline := deadlines.current()) is not None:
-            deadline.watch(self.sock)  # a kept-alive connection: no _new_conn
+        if self.sock is not None:
+            deadlines.watch(self.sock)  # a kept-alive connection: no _new_conn
         super().request(*args, **kwargs)
 
 
