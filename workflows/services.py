@@ -719,8 +719,8 @@ def notification_fail(
 # --- stage 5 bookkeeping (called by the message worker) -------------------------------------
 
 
-def _of_running_notification() -> Exists:
-    """A step filter: its notification is running.
+def _of_running_notification(*, of_live_trigger: bool = False) -> Exists:
+    """A step filter: its notification is running (and its trigger not canceled).
 
     For an UPDATE that claims or releases steps, in place of `notification__status`:
     Django writes a filter across a join as `WHERE id IN (SELECT ...)`, and when the
@@ -729,11 +729,12 @@ def _of_running_notification() -> Exists:
     `scheduled`?) would not be checked again: two tasks could claim one step and send
     it twice. With EXISTS the step's conditions stay in the outer WHERE.
     """
-    return Exists(
-        Notification.objects.filter(
-            pk=OuterRef("notification_id"), status=Notification.Status.RUNNING
-        )
+    running = Notification.objects.filter(
+        pk=OuterRef("notification_id"), status=Notification.Status.RUNNING
     )
+    if of_live_trigger:
+        running = running.filter(trigger_event__canceled_at__isnull=True)
+    return Exists(running)
 
 
 def step_claim(*, step_id: int, claim: str = "") -> Step | None:
@@ -748,7 +749,10 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     now = timezone.now()
     claim = claim or uuid.uuid4().hex
     claimed = (
-        Step.objects.filter(_of_running_notification(), pk=step_id)
+        # Not of a canceled trigger: its cancel ends the notifications a chunk at a time,
+        # the last ones after it has answered (or, cut off, never), and their steps
+        # would be sent meanwhile.
+        Step.objects.filter(_of_running_notification(of_live_trigger=True), pk=step_id)
         .filter(
             Q(status=Step.Status.SCHEDULED, due_at__lte=now + CLOCK_SKEW)
             | Q(status=Step.Status.PROCESSING, claimed_by=claim)
@@ -761,6 +765,15 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
         )
     )
     if not claimed:
+        # Stopped as the echo stops it: left running, the reconciler would send its due
+        # step here again each grace period, for good.
+        of_canceled = Notification.objects.filter(
+            steps__pk=step_id,
+            status=Notification.Status.RUNNING,
+            trigger_event__canceled_at__isnull=False,
+        ).first()
+        if of_canceled is not None:
+            notification_cancel(notification=of_canceled)
         return None
     # Claims no send came back from (a send that returned counts on its message), and
     # the status of its message, if an earlier attempt stored one (see step_skip).

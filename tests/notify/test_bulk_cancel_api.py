@@ -445,3 +445,29 @@ def test_cancel_of_a_finished_trigger_is_false(
 
     assert api.cancel("tx-1") == {"data": False}
     assert Notification.objects.get().status == Notification.Status.COMPLETED
+
+
+def test_a_due_step_of_a_canceled_trigger_the_cancel_has_not_reached_is_not_sent(
+    keyed: tuple[Client, str], enqueued: Enqueued
+) -> None:
+    """A broadcast's cancel commits `canceled_at`, then ends its notifications a chunk at
+    a time, the last of them seconds later (or, its request cut off, never). A step of one
+    it had not reached yet was claimed and sent by the message worker meanwhile; now the
+    message worker stops that notification, as the echo does."""
+    subscriber = SubscriberFactory(client=keyed[0], email="ann@example.com")
+    step = StepFactory(
+        notification__trigger_event__client=keyed[0],
+        notification__trigger_event__canceled_at=timezone.now(),
+        notification__subscriber=subscriber,
+        type="email",
+    )
+
+    messaging_tasks.message_send(step.pk)
+    messaging_tasks.message_send(step.pk)  # a duplicate delivery, or the reconciler's
+
+    assert mail.outbox == []
+    assert not Message.objects.exists()
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert Notification.objects.get().status == Notification.Status.CANCELED
+    assert enqueued.calls == []
