@@ -33,6 +33,9 @@ WORKFLOW = Stage("norm.workflow.run", "workflows")
 SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
 # Broadcasts and topics: existing subscribers, a chunk of subscriberIds per command.
 SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
+# The rest of a large trigger's cancel, past what its request had time for. On the
+# workflows queue, as the trigger's fan-out: one task a cancel, not one a notification.
+CANCEL = Stage("norm.trigger.cancel", "workflows")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
 # Beat's reconciler has a queue of its own: behind a backlog of triggers it would wait
@@ -42,7 +45,7 @@ RECONCILE = Stage("norm.reconcile", "reconcile")
 
 QUEUES = tuple(
     dict.fromkeys(
-        s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, ECHO, MESSAGE, RECONCILE)
+        s.queue for s in (WORKFLOW, SUBSCRIBER, SUBSCRIBER_BATCH, CANCEL, ECHO, MESSAGE, RECONCILE)
     )
 )
 

@@ -359,13 +359,17 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[TriggerEvent]) -> None:
         events = list(queryset.select_related("client"))
-        canceled = sum(
+        results = [
             services.trigger_event_cancel(client=e.client, transaction_id=e.transaction_id)
             for e in events
-        )
+        ]
+        canceled = sum(r.stopped for r in results)
+        continuing = sum(r.continues for r in results)
+        rest = f" ({continuing} still being canceled in the background)" if continuing else ""
         self.message_user(
             request,
-            f"Canceled {canceled} trigger(s); {len(events) - canceled} had nothing left to stop.",
+            f"Canceled {canceled} trigger(s){rest}; {len(events) - canceled} had nothing left "
+            "to stop.",
             messages.SUCCESS if canceled else messages.WARNING,
         )
 

@@ -344,7 +344,7 @@ class TriggerEventApi(APIView):
     )
     def delete(self, request: Request, transaction_id: str) -> Response:
         canceled = services.trigger_event_cancel(client=request.user, transaction_id=transaction_id)
-        return Response({"data": canceled})
+        return Response({"data": canceled.stopped})
 
 
 _trigger_event_view = TriggerEventApi.as_view()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
-from workflows.services import notifications_cancel
+from workflows.services import trigger_notifications_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -350,16 +351,27 @@ def trigger_events_store(events: list[TriggerEvent]) -> None:
             trigger_event_store(event)
 
 
-def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
-    """Stop every unfinished notification of a trigger; True if anything was canceled.
+@dataclass(frozen=True)
+class TriggerCancel:
+    """What a trigger's cancel did: `stopped` anything (or will), and whether the cancel
+    task `continues` with notifications its request had no time for."""
+
+    stopped: bool
+    continues: bool = False
+
+
+def trigger_event_cancel(*, client: Client, transaction_id: str) -> TriggerCancel:
+    """Stop every unfinished notification of a trigger.
 
     Safe to repeat. `canceled_at` also stops recipients the fan-out has not reached
     yet (the subscriber and echo workers check it). A step already sending finishes
     (it is not half-canceled); the echo worker then finds its notification canceled.
+    The notifications are canceled for NORM_CANCEL_BUDGET_SECONDS at most, the rest by
+    a task; those not reached yet send nothing meanwhile (`canceled_at` stops them).
     """
     event = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
     if event is None:
-        return False
+        return TriggerCancel(stopped=False)
     # Committed before the notifications are canceled, not with them: a notification
     # created meanwhile is not among those canceled, and its echo must see the cancel.
     # In one transaction (seconds long for a broadcast), an echo that read the event
@@ -372,9 +384,11 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> bool:
     TriggerEvent.objects.filter(pk=event.pk, status=TriggerEvent.Status.RECEIVED).update(
         status=TriggerEvent.Status.CANCELED
     )
-    canceled = notifications_cancel(trigger_event_id=event.pk)
+    canceled, continues = trigger_notifications_cancel(
+        trigger_event_id=event.pk, budget=settings.NORM_CANCEL_BUDGET_SECONDS
+    )
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED
         or event.notifications.count() < event.recipients
     )
-    return bool(canceled or unstarted)
+    return TriggerCancel(stopped=bool(canceled or continues or unstarted), continues=continues)

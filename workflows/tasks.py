@@ -14,6 +14,13 @@ def workflow_run(self: Task, trigger_event_id: int) -> None:
     services.trigger_event_run(trigger_event_id=trigger_event_id, claim=self.request.id or "")
 
 
+@shared_task(name="norm.trigger.cancel", ignore_result=True, **pipeline.DB_RETRY)
+def trigger_cancel_finish(trigger_event_id: int) -> None:
+    """Beside stage 2: cancel the notifications a trigger's cancel had no time for in its
+    request. Each chunk ends only unfinished ones, so a second run ends none."""
+    services.trigger_cancel_finish(trigger_event_id=trigger_event_id)
+
+
 @shared_task(
     name="norm.echo.run", bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
 )

@@ -20,9 +20,10 @@ from messaging.models import Message
 from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, ago
 from tests.factories import (
     MessageFactory,
+    NotificationFactory,
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
@@ -44,6 +45,7 @@ TASKS: dict[str, Callable[..., None]] = {
     pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
     pipeline.ECHO.task: workflow_tasks.echo_run,
     pipeline.MESSAGE.task: messaging_tasks.message_send,
+    pipeline.CANCEL.task: workflow_tasks.trigger_cancel_finish,
 }
 
 
@@ -302,7 +304,7 @@ def test_cancel_stops_only_the_named_triggers_notifications(
 
 
 def test_cancel_of_a_trigger_larger_than_a_chunk_ends_every_chunk(
-    api: Api, keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch
+    api: Api, keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
     """A broadcast's cancel goes CANCEL_CHUNK notifications to a transaction: those of
     every chunk end with their waiting steps, and a message waiting to be sent again is
@@ -351,6 +353,7 @@ def test_cancel_of_a_trigger_larger_than_a_chunk_ends_every_chunk(
         "retrying too": (*ended, given_up),
         "waiting too": (*ended, None),
     }
+    assert enqueued.of(pipeline.CANCEL) == []  # all of it within the request's budget
 
 
 def test_a_step_being_sent_is_left_to_finish(
@@ -471,3 +474,174 @@ def test_a_due_step_of_a_canceled_trigger_the_cancel_has_not_reached_is_not_sent
     assert step.status == Step.Status.CANCELED
     assert Notification.objects.get().status == Notification.Status.CANCELED
     assert enqueued.calls == []
+
+
+def _broadcast(client: Client, size: int) -> tuple[TriggerEvent, list[Step]]:
+    """A processed trigger of `size` notifications, each running with an email step due
+    now; made in subscriber order, the order of the cancel's chunks."""
+    event = TriggerEventFactory(
+        client=client, transaction_id="tx-1", status=TriggerEvent.Status.PROCESSED, recipients=size
+    )
+    steps = [
+        StepFactory(
+            notification__trigger_event=event,
+            notification__subscriber=SubscriberFactory(client=client, email=f"s{i}@example.com"),
+        )
+        for i in range(size)
+    ]
+    return event, steps
+
+
+def _statuses() -> set[tuple[str, str]]:
+    return set(Step.objects.values_list("notification__status", "status"))
+
+
+def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
+    api: Api,
+    keyed: tuple[Client, str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    enqueued: Enqueued,
+    pump: Callable[[], None],
+) -> None:
+    """A broadcast's cancel took 80 s for 1,000,000 notifications, in its request: gunicorn
+    killed it at 30 s (a 502), the rest left running. Now the request cancels for
+    NORM_CANCEL_BUDGET_SECONDS (a chunk at least) and hands the rest to a task, once
+    `canceled_at` has committed; the task, run twice, cancels the rest once."""
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    settings.NORM_CANCEL_BUDGET_SECONDS = 0  # spent by the first chunk
+    event, steps = _broadcast(keyed[0], 5)
+
+    assert api.cancel("tx-1") == {"data": True}
+
+    canceled = (Notification.Status.CANCELED, Step.Status.CANCELED)
+    assert [s.notification.status for s in Step.objects.order_by("pk")] == [
+        Notification.Status.CANCELED
+    ] * 2 + [Notification.Status.RUNNING] * 3
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    assert enqueued.options_of(pipeline.CANCEL) == [{"countdown": None, "queue": "workflows"}]
+    assert pipeline.CANCEL.queue in pipeline.all_queues()
+
+    pump()  # the workflow worker runs the task
+
+    assert _statuses() == {canceled}
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]  # it hands nothing on
+    # Run again (a redelivery, a second cancel's task): nothing left to cancel.
+    assert workflow_services.trigger_cancel_finish(trigger_event_id=event.pk) == 0
+    workflow_tasks.trigger_cancel_finish(event.pk)
+    assert _statuses() == {canceled}
+    for step in steps:
+        messaging_tasks.message_send(step.pk)
+    assert mail.outbox == [] and not Message.objects.exists()
+    assert api.cancel("tx-1") == {"data": False}  # nothing left, nothing handed on
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+
+
+def test_the_cancel_task_cancels_nothing_of_a_trigger_not_canceled(
+    keyed: tuple[Client, str],
+) -> None:
+    event, _ = _broadcast(keyed[0], 2)
+    workflow_tasks.trigger_cancel_finish(event.pk)
+    assert _statuses() == {(Notification.Status.RUNNING, Step.Status.SCHEDULED)}
+
+
+def test_the_admin_says_a_large_triggers_cancel_goes_on_in_the_background(
+    admin_client: Any,
+    keyed: tuple[Client, str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    settings.NORM_CANCEL_BUDGET_SECONDS = 0
+    event, _ = _broadcast(keyed[0], 3)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/notify/triggerevent/",
+            {"action": "cancel", "_selected_action": [str(event.pk)]},
+            follow=True,
+        )
+    assert "Canceled 1 trigger(s) (1 still being canceled in the background)" in (
+        response.content.decode()
+    )
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+
+
+def test_a_cancel_whose_task_was_lost_still_ends_every_notification(
+    api: Api,
+    keyed: tuple[Client, str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    enqueued: Enqueued,
+    pump: Callable[[], None],
+    execute_calls: list[str],
+) -> None:
+    """The broker lost the cancel's task (Redis flushed): what the request left ends
+    canceled through the reconciler, the echo and the message worker, none of it sent.
+    A notification pending (its echo lost too), one running between steps, one with a
+    step due now, and ones whose delay or send retry is due an hour later."""
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    settings.NORM_CANCEL_BUDGET_SECONDS = 0
+    event = TriggerEventFactory(
+        client=keyed[0], transaction_id="tx-1", status=TriggerEvent.Status.PROCESSED
+    )
+
+    def notification(**fields: Any) -> Notification:
+        subscriber = SubscriberFactory(client=keyed[0], email="ann@example.com")
+        return NotificationFactory(trigger_event=event, subscriber=subscriber, **fields)
+
+    def step(type: str = "email", due: float = 0, **fields: Any) -> Step:
+        made = StepFactory(
+            notification=notification(status=Notification.Status.RUNNING), type=type, **fields
+        )
+        Step.objects.filter(pk=made.pk).update(due_at=ago(due), enqueued_at=ago(due))
+        return made
+
+    # The first chunk, the one the request has time for.
+    step(), step()
+    pending = notification()
+    between = notification(status=Notification.Status.RUNNING)
+    StepFactory(notification=between, status=Step.Status.COMPLETED, type="in_app")
+    due_now = step()
+    delayed = step("delay", due=-3600)
+    retrying = step(due=-3600)
+    MessageFactory(step=retrying, status=Message.Status.SENDING, channel="email")
+
+    assert api.cancel("tx-1") == {"data": True}
+    assert Notification.objects.filter(status=Notification.Status.CANCELED).count() == 2
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    enqueued.clear()  # lost with the broker
+
+    def a_while_later(seconds: float) -> None:
+        """Time passes: every timestamp moves `seconds` into the past."""
+        Notification.objects.update(updated_at=ago(seconds))
+        for s in Step.objects.all():
+            Step.objects.filter(pk=s.pk).update(
+                due_at=s.due_at - timedelta(seconds=seconds),
+                enqueued_at=s.enqueued_at - timedelta(seconds=seconds) if s.enqueued_at else None,
+            )
+
+    grace = settings.NORM_RECONCILE_GRACE
+    a_while_later(grace + 1)
+    workflow_tasks.reconcile()
+    pump()
+    unfinished = Notification.objects.exclude(status__in=Notification.FINAL)
+    assert set(unfinished.values_list("pk", flat=True)) == {
+        delayed.notification_id,
+        retrying.notification_id,
+    }
+    assert {pending.pk, between.pk, due_now.notification_id}.isdisjoint(
+        unfinished.values_list("pk", flat=True)
+    )
+
+    a_while_later(3600)  # the delay and the retry come due
+    workflow_tasks.reconcile()
+    pump()
+    assert not unfinished.exists()
+    assert set(Notification.objects.values_list("status", flat=True)) == {
+        Notification.Status.CANCELED
+    }
+    assert Step.objects.filter(status=Step.Status.SCHEDULED).count() == 0
+    assert Message.objects.get(step=retrying).status == Message.Status.FAILED
+    assert mail.outbox == [] and execute_calls == []

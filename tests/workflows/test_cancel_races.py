@@ -49,22 +49,22 @@ def test_a_notification_created_as_its_trigger_is_canceled_sends_nothing_after_t
     as_the_command_read_it = TriggerEvent.objects.get(pk=event.pk)
 
     held, release = threading.Event(), threading.Event()
-    real_cancel = notify_services.notifications_cancel
+    real_cancel = notify_services.trigger_notifications_cancel
 
-    def cancel_then_hold(**kwargs: Any) -> int:
+    def cancel_then_hold(**kwargs: Any) -> tuple[int, bool]:
         canceled = real_cancel(**kwargs)
         held.set()
         release.wait(10)  # the cancel's transaction stays open meanwhile (if it has one)
         return canceled
 
-    monkeypatch.setattr(notify_services, "notifications_cancel", cancel_then_hold)
+    monkeypatch.setattr(notify_services, "trigger_notifications_cancel", cancel_then_hold)
     answered: dict[str, Any] = {}
 
     def cancel() -> None:
         try:
             answered["canceled"] = notify_services.trigger_event_cancel(
                 client=event.client, transaction_id=event.transaction_id
-            )
+            ).stopped
         finally:
             connection.close()
 
@@ -145,8 +145,10 @@ def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered
     retrying.join(0.5)  # the retry has checked the trigger and waits for the row (or the lock)
     canceling = run(
         "canceled",
-        lambda: notify_services.trigger_event_cancel(
-            client=event.client, transaction_id=event.transaction_id
+        lambda: (
+            notify_services.trigger_event_cancel(
+                client=event.client, transaction_id=event.transaction_id
+            ).stopped
         ),
     )
     canceling.join(0.5)
