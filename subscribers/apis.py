@@ -358,7 +358,7 @@ _SUBSCRIBER_FILTERS = [
     OpenApiParameter("subscriberId", description="exact match"),
     OpenApiParameter("email", description="exact match, case-insensitive"),
     OpenApiParameter("phone", description="exact match"),
-    OpenApiParameter("name", description="part of the first or last name"),
+    OpenApiParameter("name", description="the full name ('first last') or a part of it, any case"),
 ]
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet, Value
+from django.db.models.functions import Concat, Trim
 
 from config.errors import ApiError
 from subscribers.models import Subscriber, Topic, TopicSubscription
@@ -30,8 +31,10 @@ def subscriber_search(*, client_id: int, filters: dict[str, str]) -> QuerySet[Su
     if filters.get("phone"):
         qs = qs.filter(phone=filters["phone"])
     if filters.get("name"):
-        name = filters["name"]
-        qs = qs.filter(Q(first_name__icontains=name) | Q(last_name__icontains=name))
+        # Novu matches `name` against the full name, "first last" (novu-py's "Ann Lee"
+        # found nobody when only each name was searched); norm also takes a part of it.
+        full_name = Trim(Concat("first_name", Value(" "), "last_name"))
+        qs = qs.alias(full_name=full_name).filter(full_name__icontains=filters["name"])
     return qs
 
 

@@ -608,6 +608,25 @@ def test_v2_and_v1_lists_filter_by_subscriber_id_phone_and_first_or_last_name(
     assert found("subscriberId=ann&phone=%2B15550111") == []
 
 
+def test_novu_pys_search_by_name_finds_the_full_name(keyed: tuple[Client, str]) -> None:
+    """Novu matches `name` against "firstName lastName": a search for the full name
+    found nobody when norm looked for it in each name on its own."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", first_name="Ann", last_name="Lee")
+    SubscriberFactory(client=client, subscriber_id="bob", first_name="Ann", last_name="Bell")
+    SubscriberFactory(client=client, subscriber_id="cid", last_name="Lee")
+    novu = novu_py_for(key)
+
+    def found(name: str) -> list[str]:
+        listed = novu.subscribers.search(request={"name": name, "order_direction": "ASC"})
+        return [s.subscriber_id for s in listed.result.data]
+
+    assert found("Ann Lee") == ["ann"]
+    assert found("ann lee") == ["ann"]
+    assert found("n Le") == ["ann"]
+    assert found("Lee") == ["ann", "cid"]  # a last name alone, with no first name
+
+
 def test_v2_list_filters_by_email_and_name_in_any_case_beyond_ascii(
     keyed: tuple[Client, str],
 ) -> None:
