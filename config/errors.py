@@ -192,7 +192,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         extra["type"] = code
         extra["errors"] = errors
     elif status == 422:
-        extra["errors"] = {e["field"]: {"messages": [e["message"]]} for e in errors}
+        # Every message of a field, as Novu lists them: a second one (an email both
+        # too long and malformed) replaced the first.
+        by_field: dict[str, dict[str, list[str]]] = {}
+        for e in errors:
+            by_field.setdefault(e["field"], {"messages": []})["messages"].append(e["message"])
+        extra["errors"] = by_field
     return Response(error_body(status, path, message, **extra), status=status, headers=headers)
 
 

@@ -202,6 +202,19 @@ def test_an_invalid_email_is_refused_with_a_422_by_novu_pys_create_and_patch(
     assert Subscriber.objects.get(client=client, subscriber_id="ann").email == "a@b.co"
 
 
+def test_a_422_lists_every_message_of_a_field(key: str) -> None:
+    """Novu's ValidationErrorDto holds a list of messages per field: an email both too
+    long and malformed answered only the last one."""
+    with pytest.raises(novu_py.models.ValidationErrorDto) as refused:
+        novu_py_for(key).subscribers.create(
+            create_subscriber_request_dto={"subscriber_id": "ann", "email": "a" * 300}
+        )
+    messages = refused.value.data.errors["email"].messages
+    assert len(messages) == 2, messages
+    assert any("254" in m for m in messages)
+    assert any("valid email" in m for m in messages)
+
+
 def test_an_invalid_email_is_refused_on_v1_and_fails_only_its_entry_in_the_bulk(
     keyed: tuple[Client, str],
 ) -> None:
