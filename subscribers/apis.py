@@ -348,11 +348,15 @@ _CURSOR = [
     OpenApiParameter("after", description="the `next` cursor of the previous page"),
     OpenApiParameter("before", description="the `previous` cursor of the next page"),
     OpenApiParameter("orderDirection", enum=["ASC", "DESC"]),
+    OpenApiParameter(
+        "includeCursor", OpenApiTypes.BOOL, description="the page holds the cursor's item too"
+    ),
 ]
 # v1 lists page by `page`, as Novu's do, and read none of v2's cursor parameters:
 # the v1 views inherit the v2 methods' schema, so those are taken out of theirs.
 _NOT_ON_V1 = [
-    OpenApiParameter(name, exclude=True) for name in ("after", "before", "orderDirection")
+    OpenApiParameter(name, exclude=True)
+    for name in ("after", "before", "orderDirection", "includeCursor")
 ]
 _SUBSCRIBER_FILTERS = [
     OpenApiParameter("subscriberId", description="exact match"),
@@ -426,17 +430,19 @@ def cursor_page(
     request: Request, qs: Any, dto: Any, *, default_descending: bool = False
 ) -> dict[str, Any]:
     """Keyset pagination on the primary key: `after`/`before` are opaque ids.
-    `default_descending`: the order when the request names no `orderDirection`."""
+    `default_descending`: the order when the request names no `orderDirection`.
+    `includeCursor=true`: the page holds the cursor's item too, as Novu's does."""
     limit = query_limit(request)
     direction = request.query_params.get("orderDirection", "").upper()
     descending = direction == "DESC" or (default_descending and direction != "ASC")
+    or_equal = "e" if query_bool(request, "includeCursor") else ""
     total, capped = capped_count(qs)
     after, before = request.query_params.get("after"), request.query_params.get("before")
     try:
         if after:
-            qs = qs.filter(pk__lt=int(after)) if descending else qs.filter(pk__gt=int(after))
+            qs = qs.filter(**{f"pk__{'lt' if descending else 'gt'}{or_equal}": int(after)})
         elif before:
-            qs = qs.filter(pk__gt=int(before)) if descending else qs.filter(pk__lt=int(before))
+            qs = qs.filter(**{f"pk__{'gt' if descending else 'lt'}{or_equal}": int(before)})
     except ValueError as exc:
         raise ApiError(400, "invalid_query", "invalid cursor") from exc
     backwards = bool(before) and not after

@@ -553,6 +553,29 @@ def test_v2_list_cursor_walks_every_item_once_both_ways(
     assert backward[-1]["next"] is not None
 
 
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_novu_pys_include_cursor_starts_the_page_at_the_cursors_item(
+    keyed: tuple[Client, str], order: str
+) -> None:
+    """`includeCursor=true`: Novu's page holds the cursor's item too (after it, or before
+    it going back); norm ignored it and began one item later."""
+    client, key = keyed
+    names = [f"user-{i:02}" for i in range(6)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    expected = names if order == "ASC" else names[::-1]
+    novu = novu_py_for(key)
+
+    def page(**cursor: Any) -> list[str]:
+        request = {"limit": 2, "order_direction": order, "include_cursor": True, **cursor}
+        return [s.subscriber_id for s in novu.subscribers.search(request=request).result.data]
+
+    first = novu.subscribers.search(request={"limit": 2, "order_direction": order}).result
+    assert page(after=first.next) == expected[1:3]
+    assert page(before=first.next) == expected[:2]
+    assert [s.subscriber_id for s in first.data] == expected[:2]
+
+
 def test_v2_list_is_newest_first_without_an_order_direction(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     names = [f"user-{i:02}" for i in range(25)]
