@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from django.db.models import Q
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -351,12 +352,13 @@ _CURSOR = [
     OpenApiParameter(
         "includeCursor", OpenApiTypes.BOOL, description="the page holds the cursor's item too"
     ),
+    OpenApiParameter("orderBy", enum=["_id", "createdAt", "updatedAt"]),
 ]
 # v1 lists page by `page`, as Novu's do, and read none of v2's cursor parameters:
 # the v1 views inherit the v2 methods' schema, so those are taken out of theirs.
 _NOT_ON_V1 = [
     OpenApiParameter(name, exclude=True)
-    for name in ("after", "before", "orderDirection", "includeCursor")
+    for name in ("after", "before", "orderDirection", "includeCursor", "orderBy")
 ]
 _SUBSCRIBER_FILTERS = [
     OpenApiParameter("subscriberId", description="exact match"),
@@ -423,31 +425,69 @@ class SubscriberListApi(APIView):
             items, meta = paginate(request, qs.order_by("pk"))
             return Response({**meta, "data": [subscriber_dto(s) for s in items]})
         # Novu lists subscribers newest first unless asked for ASC.
-        return Response(cursor_page(request, qs, subscriber_dto, default_descending=True))
+        page = cursor_page(
+            request,
+            qs,
+            subscriber_dto,
+            default_descending=True,
+            order_by={**ORDER_BY, "updatedAt": "updated_at"},
+        )
+        return Response(page)
+
+
+# Novu's `orderBy` of a cursor list, as the field norm orders by (then by id): ids grow
+# with creation, and a topic's or subscription's updatedAt is its createdAt.
+ORDER_BY = {"_id": "pk", "createdAt": "pk", "updatedAt": "pk"}
 
 
 def cursor_page(
-    request: Request, qs: Any, dto: Any, *, default_descending: bool = False
+    request: Request,
+    qs: Any,
+    dto: Any,
+    *,
+    default_descending: bool = False,
+    order_by: dict[str, str] = ORDER_BY,
 ) -> dict[str, Any]:
-    """Keyset pagination on the primary key: `after`/`before` are opaque ids.
-    `default_descending`: the order when the request names no `orderDirection`.
-    `includeCursor=true`: the page holds the cursor's item too, as Novu's does."""
+    """Keyset pagination by `orderBy` (`order_by` maps its names to fields), then by
+    primary key: `after`/`before` are opaque ids. `default_descending`: the order when
+    the request names no `orderDirection`. `includeCursor=true`: the page holds the
+    cursor's item too, as Novu's does."""
     limit = query_limit(request)
     direction = request.query_params.get("orderDirection", "").upper()
     descending = direction == "DESC" or (default_descending and direction != "ASC")
+    field = order_by.get(request.query_params.get("orderBy") or "_id")
+    if field is None:
+        message = f"must be one of {', '.join(order_by)}"
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"'orderBy' {message}",
+            [{"field": "orderBy", "message": message}],
+        )
     or_equal = "e" if query_bool(request, "includeCursor") else ""
     total, capped = capped_count(qs)
     after, before = request.query_params.get("after"), request.query_params.get("before")
-    try:
-        if after:
-            qs = qs.filter(**{f"pk__{'lt' if descending else 'gt'}{or_equal}": int(after)})
-        elif before:
-            qs = qs.filter(**{f"pk__{'gt' if descending else 'lt'}{or_equal}": int(before)})
-    except ValueError as exc:
-        raise ApiError(400, "invalid_query", "invalid cursor") from exc
+    if after or before:
+        try:
+            cursor = int(after or before)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", "invalid cursor") from exc
+        # Past the cursor in the list's order: below it after a descending cursor or
+        # before an ascending one.
+        op = "lt" if descending == bool(after) else "gt"
+        if field == "pk":
+            qs = qs.filter(**{f"pk__{op}{or_equal}": cursor})
+        else:
+            at = qs.filter(pk=cursor).values_list(field, flat=True).first()
+            if at is None:
+                raise ApiError(400, "invalid_query", "invalid cursor")
+            qs = qs.filter(
+                Q(**{f"{field}__{op}": at}) | Q(**{field: at, f"pk__{op}{or_equal}": cursor})
+            )
     backwards = bool(before) and not after
-    order = "pk" if descending == backwards else "-pk"
-    items = list(qs.order_by(order)[: limit + 1])
+    keys = ["pk"] if field == "pk" else [field, "pk"]
+    ascending = descending == backwards
+    items = list(qs.order_by(*(k if ascending else f"-{k}" for k in keys))[: limit + 1])
     has_more = len(items) > limit
     items = items[:limit]
     if backwards:

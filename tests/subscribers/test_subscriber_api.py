@@ -576,6 +576,47 @@ def test_novu_pys_include_cursor_starts_the_page_at_the_cursors_item(
     assert [s.subscriber_id for s in first.data] == expected[:2]
 
 
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_novu_pys_order_by_updated_at_walks_the_subscribers_by_their_last_change(
+    keyed: tuple[Client, str], order: str
+) -> None:
+    """`orderBy=updatedAt` (how a caller finds what changed since): norm ignored it and
+    listed by creation, so a subscriber changed last came where it was created."""
+    client, key = keyed
+    for name in ("ann", "bob", "cid", "dan", "eve"):
+        SubscriberFactory(client=client, subscriber_id=name)
+    novu = novu_py_for(key)
+    for name in ("bob", "ann"):
+        novu.subscribers.patch(subscriber_id=name, patch_subscriber_request_dto={"email": ""})
+    expected = ["cid", "dan", "eve", "bob", "ann"]
+    expected = expected if order == "ASC" else expected[::-1]
+
+    def page(**cursor: Any) -> Any:
+        request = {"limit": 2, "order_by": "updatedAt", "order_direction": order, **cursor}
+        return novu.subscribers.search(request=request).result
+
+    pages = [page()]
+    while pages[-1].next:
+        pages.append(page(after=pages[-1].next))
+    assert [[s.subscriber_id for s in p.data] for p in pages] == [
+        expected[:2],
+        expected[2:4],
+        expected[4:],
+    ]
+    back = page(before=pages[-1].previous)
+    assert [s.subscriber_id for s in back.data] == expected[2:4]
+    assert [s.subscriber_id for s in page(after=pages[0].next, include_cursor=True).data] == (
+        expected[1:3]
+    )
+
+
+def test_an_order_by_norm_cannot_sort_by_is_a_400(key: str) -> None:
+    with pytest.raises(novu_py.models.ErrorDto) as refused:
+        novu_py_for(key).subscribers.search(request={"order_by": "email"})
+    assert refused.value.data.status_code == 400
+    assert "orderBy" in refused.value.data.message
+
+
 def test_v2_list_is_newest_first_without_an_order_direction(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     names = [f"user-{i:02}" for i in range(25)]
