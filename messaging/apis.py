@@ -489,6 +489,10 @@ class InboxCount(serializers.Serializer):
     filter = serializers.DictField()
 
 
+class InboxCounts(serializers.Serializer):
+    data = InboxCount(many=True)
+
+
 class NotificationIdsInput(serializers.Serializer):
     notificationIds = serializers.ListField(child=serializers.CharField(), required=False)
 
@@ -639,7 +643,7 @@ class InboxCountApi(APIView):
         parameters=[
             OpenApiParameter("filters", description='JSON list of filters, e.g. [{"read": false}]')
         ],
-        responses={200: InboxCount(many=True), **error_responses(400, 404)},
+        responses={200: InboxCounts, **error_responses(400, 404)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         feed = _feed(request, subscriber_id)
@@ -658,7 +662,8 @@ class InboxCountApi(APIView):
             }
             narrowed = _inbox_narrowed(_narrowed(feed, **asked), wanted)
             counts.append({"count": narrowed.count(), "filter": wanted})
-        return Response(counts)
+        # In Novu's envelope, as its answer is (a list has no `data` of its own).
+        return Response({"data": counts})
 
 
 class InboxMarkOneApi(APIView):
