@@ -12,6 +12,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 from novu_py.models import (
+    ErrorDto,
     GetSubscriberNotificationsCountResponseDto,
     GetSubscriberNotificationsResponseDto,
     InboxNotificationDto,
@@ -576,6 +577,24 @@ def test_v2_count_answers_once_per_filter() -> None:
     assert [(c.count, c.filter_) for c in counted.result] == [(1, {"read": False})]
     assert api.get(url, {"filters": "{"}).status_code == 400
     assert api.get(url, {"filters": "[" * 5000}).status_code == 400  # too deep to decode
+
+
+def test_v2_count_answers_each_of_up_to_30_filters_and_refuses_more() -> None:
+    """Novu takes at most 30 filters; norm cut the list at 20 and left the others'
+    counts out, so a caller matching counts to its filters came up short."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    _in_app(ann)
+    novu = novu_py_for(key)
+    filters = [{"read": n % 2 == 0} for n in range(30)]
+
+    counted = novu.subscribers.notifications.count(
+        subscriber_id="ann", filters=json.dumps(filters)
+    ).result
+    assert [c.count for c in counted] == [0, 1] * 15
+    with pytest.raises(ErrorDto) as refused:
+        novu.subscribers.notifications.count(subscriber_id="ann", filters=json.dumps([{}] * 31))
+    assert refused.value.data.status_code == 400
 
 
 def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenant) -> None:
