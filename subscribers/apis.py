@@ -882,6 +882,9 @@ class TopicSubscriptionsApi(APIView):
     )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
+        if request.query_params.getlist("contextKeys"):
+            # norm keeps no contexts: ignored, the filter listed every subscription.
+            raise ApiError(400, "invalid_query", "norm cannot filter subscriptions by contextKeys")
         members = topic.subscribers.all()
         if request.query_params.get("subscriberId"):
             members = members.filter(subscriber_id=request.query_params["subscriberId"])

@@ -11,7 +11,7 @@ from novu_py.models import TopicResponseDto
 from notify.models import Client
 from subscribers import selectors
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.factories import SubscriberFactory, client_with_key
+from tests.factories import SubscriberFactory, client_with_key, novu_py_for
 from tests.novu_nulls import nulls_novu_refuses
 from tests.subscribers.test_subscriber_api import assert_error, call, ok
 
@@ -390,6 +390,21 @@ def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     assert all(i["_id"] and i["identifier"] and i["topic"]["key"] == "news" for i in items)
     only_bob = ok(call(key, "get", "/v2/topics/news/subscriptions?subscriberId=bob"))
     assert [i["subscriber"]["subscriberId"] for i in only_bob["data"]] == ["bob"]
+
+
+def test_v2_subscriptions_refuse_novu_pys_context_keys_rather_than_list_them_all(
+    key: str,
+) -> None:
+    """norm keeps no contexts: a list narrowed by contextKeys answered every subscription
+    of the topic, as if each matched."""
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    novu = novu_py_for(key)
+    with pytest.raises(models.ErrorDto) as refused:
+        novu.topics.subscriptions.list(request={"topic_key": "news", "context_keys": ["org:a"]})
+    assert refused.value.data.status_code == 400
+    assert "contextKeys" in refused.value.data.message
+    listed = novu.topics.subscriptions.list(request={"topic_key": "news"}).result
+    assert [s.subscriber.subscriber_id for s in listed.data] == ["ann"]
 
 
 @pytest.mark.parametrize("order", ["", "&orderDirection=DESC", "&orderDirection=ASC"])
