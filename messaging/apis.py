@@ -91,11 +91,15 @@ def _narrowed(
 _UNSUPPORTED_INBOX_FILTERS = ("tags", "data", "contextKeys")
 
 
+# A filter's value that asks for nothing.
+_NONE: tuple[Any, ...] = (None, "", [])
+
+
 def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
     """The feed narrowed by the v2 inbox's other filters: `severity` (a list; norm's
     notifications all have Novu's default, none) and `createdGte`/`createdLte` (Unix
     milliseconds). A 400 for a filter norm cannot apply."""
-    unsupported = [k for k in _UNSUPPORTED_INBOX_FILTERS if filters.get(k) not in (None, "", [])]
+    unsupported = [k for k in _UNSUPPORTED_INBOX_FILTERS if filters.get(k) not in _NONE]
     if unsupported:
         raise ApiError(
             400, "invalid_query", f"norm cannot filter notifications by {', '.join(unsupported)}"
@@ -713,7 +717,8 @@ class InboxMarkAllApi(APIView):
         body = request.data if isinstance(request.data, dict) else {}
         # Novu narrows by tags, data or context too; norm keeps none of them, and
         # marking everything instead would mark more than was asked.
-        unsupported = sorted({"tags", "data", "contextKeys"} & set(body))
+        # Null or empty narrows by nothing (Novu's @IsOptional), as on the list and count.
+        unsupported = sorted(k for k in _UNSUPPORTED_INBOX_FILTERS if body.get(k) not in _NONE)
         if unsupported:
             raise ApiError(
                 400, "invalid_request", f"norm cannot narrow by {', '.join(unsupported)}"

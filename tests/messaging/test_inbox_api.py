@@ -684,6 +684,19 @@ def test_v2_mark_all_refuses_what_it_cannot_narrow_by_rather_than_mark_everythin
     assert not Message.objects.filter(read_at__isnull=False).exists()
 
 
+def test_v2_mark_all_takes_null_or_empty_filters_as_none(tenant) -> None:
+    """`"tags": []` or `"data": null` narrows by nothing (Novu's optional fields, and
+    norm's own list and count): mark-all refused them as filters it cannot apply."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    one = _in_app(ann)
+    body = {"tags": [], "data": None, "contextKeys": []}
+    response = api.post("/v2/subscribers/ann/notifications/read", body, format="json")
+    assert response.status_code == 204, response.content
+    one.refresh_from_db()
+    assert one.read_at is not None
+
+
 def test_v2_marks_by_id_only_the_subscribers_own_notifications(tenant) -> None:
     client, api = tenant
     mine = _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
