@@ -91,6 +91,7 @@ def _narrowed(
 _UNSUPPORTED_INBOX_FILTERS = ("tags", "data", "contextKeys")
 
 
+_SEVERITIES = ("high", "medium", "low", "none")
 # A filter's value that asks for nothing.
 _NONE: tuple[Any, ...] = (None, "", [])
 
@@ -105,7 +106,12 @@ def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
             400, "invalid_query", f"norm cannot filter notifications by {', '.join(unsupported)}"
         )
     severity = filters.get("severity")
-    if severity and "none" not in (severity if isinstance(severity, list) else [severity]):
+    wanted = [] if severity in _NONE else severity if isinstance(severity, list) else [severity]
+    if not all(isinstance(s, str) and s in _SEVERITIES for s in wanted):
+        # Novu's enum, refused as Novu does: a misspelt one found nothing, as if none matched.
+        message = f"'severity' must be one of {', '.join(_SEVERITIES)}"
+        raise ApiError(400, "invalid_query", message)
+    if wanted and "none" not in wanted:
         feed = feed.none()
     for name, lookup in (("createdGte", "gte"), ("createdLte", "lte")):
         if filters.get(name) not in (None, ""):
@@ -603,7 +609,7 @@ class InboxListApi(APIView):
             OpenApiParameter("seen", OpenApiTypes.BOOL),
             OpenApiParameter("archived", OpenApiTypes.BOOL, description="none are"),
             OpenApiParameter("snoozed", OpenApiTypes.BOOL, description="none are"),
-            OpenApiParameter("severity", many=True, description="all are none"),
+            OpenApiParameter("severity", many=True, enum=_SEVERITIES, description="all are none"),
             OpenApiParameter("createdGte", OpenApiTypes.NUMBER, description="Unix ms"),
             OpenApiParameter("createdLte", OpenApiTypes.NUMBER, description="Unix ms"),
         ],
