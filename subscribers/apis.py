@@ -825,6 +825,13 @@ class TopicSubscriptionsApi(APIView):
     )
     def post(self, request: Request, key: str) -> Response:
         ids = _subscription_ids(request)
+        # Novu scopes a subscription to a context, or to some workflows; norm keeps
+        # neither, and a subscription to everything would reach more than was asked.
+        scoped = sorted(k for k in ("context", "preferences") if request.data.get(k))
+        if scoped:
+            raise ApiError(
+                400, "invalid_request", f"norm cannot scope a subscription by {', '.join(scoped)}"
+            )
         name = request.data.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise ApiError(400, "invalid_request", "'name' must be a string of at most 255")

@@ -392,6 +392,27 @@ def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     assert [i["subscriber"]["subscriberId"] for i in only_bob["data"]] == ["bob"]
 
 
+@pytest.mark.parametrize(
+    "scope",
+    [{"context": {"tenant": "acme"}}, {"preferences": ["welcome"]}],
+)
+def test_v2_subscribe_refuses_a_context_or_preferences_rather_than_subscribe_to_all(
+    key: str, scope: dict[str, Any]
+) -> None:
+    """novu-py's context and preferences narrow what a subscription receives; norm
+    dropped them and subscribed to every workflow of the topic."""
+    call(key, "post", "/v2/subscribers", {"subscriberId": "ann"})
+    with pytest.raises(models.ErrorDto) as refused:
+        novu_py_for(key).topics.subscriptions.create(
+            topic_key="news",
+            create_topic_subscriptions_request_dto={"subscriber_ids": ["ann"], **scope},
+        )
+    assert refused.value.data.status_code == 400
+    assert not TopicSubscription.objects.exists()
+    empty = {"subscriberIds": ["ann"], "context": {}, "preferences": []}
+    assert ok(call(key, "post", "/v2/topics/news/subscriptions", empty), 201)["data"]
+
+
 def test_v2_subscriptions_refuse_novu_pys_context_keys_rather_than_list_them_all(
     key: str,
 ) -> None:
