@@ -19,6 +19,10 @@ from workflows.registry import bridge_flavour, bridge_sync
 NextStep = Callable[..., dict[str, Any]]
 
 
+def _done() -> dict[str, Any]:
+    return {"done": True, "outputs": {}, "options": {"skip": False}}
+
+
 def _registry(notification: Notification, *, cached: bool = True) -> BridgeWorkflow | None:
     """The workflow's registry entry: its steps and their controls, read every step."""
     return bridge_workflow_get(
@@ -38,10 +42,28 @@ def next_step_norm(
     under `stepControls` (norm's extension; the SDK applies the entry of the step it runs).
     """
     registered = _registry(notification)
-    if registered is not None and registered.controls:
-        body = {**body, "stepControls": registered.controls}
-    return bridge.execute(
-        notification.resource, secrets=secrets, workflow_id=notification.workflow_id, body=body
+    sent = (
+        {**body, "stepControls": registered.controls}
+        if registered and registered.controls
+        else body
+    )
+    # A bridge of Novu's is driven so while its flavour could not be told (its health-check
+    # failed at the sync that found its workflows): this call is then Novu's probe, and is
+    # read as one, rather than fail the notification for good.
+    try:
+        answer = bridge.execute(
+            notification.resource, secrets=secrets, workflow_id=notification.workflow_id, body=sent
+        )
+    except bridge.BridgeError as exc:
+        step_id = _missing_step(exc)  # norm's SDK names no missing step in its own mode
+        if step_id is None:
+            raise
+    else:
+        if "done" not in answer and "metadata" in answer:  # Novu's: each step has state
+            return _done()
+        return answer
+    return _execute_step(
+        notification, body={**body, "state": body["state"][::-1]}, secrets=secrets, step_id=step_id
     )
 
 
@@ -61,17 +83,30 @@ def next_step_novu(
         # Its numbers as JS reads them, or it refuses the signature (canonical_json).
         bridge.execute(url, secrets=secrets, workflow_id=workflow_id, body=body, js_integers=True)
     except bridge.BridgeError as exc:
-        data = exc.data if isinstance(exc.data, dict) else {}
-        step_id = data.get("stepId") if exc.code == "ExecutionStateCorruptError" else None
-        if not isinstance(step_id, str) or not step_id:
+        step_id = _missing_step(exc)
+        if step_id is None:
             raise
     else:
-        return {"done": True, "outputs": {}, "options": {"skip": False}}
+        return _done()
+    return _execute_step(notification, body=body, secrets=secrets, step_id=step_id)
+
+
+def _missing_step(exc: bridge.BridgeError) -> str | None:
+    """The step Novu's SDK names as the first without state, if that is its refusal."""
+    data = exc.data if isinstance(exc.data, dict) else {}
+    step_id = data.get("stepId") if exc.code == "ExecutionStateCorruptError" else None
+    return step_id if isinstance(step_id, str) and step_id else None
+
+
+def _execute_step(
+    notification: Notification, *, body: dict[str, Any], secrets: Sequence[str], step_id: str
+) -> dict[str, Any]:
+    """Novu's SDK runs `step_id`, with its stored controls."""
     step_type, controls = _discovered_step(notification, step_id)
     answer = bridge.execute(
-        url,
+        notification.resource,
         secrets=secrets,
-        workflow_id=workflow_id,
+        workflow_id=notification.workflow_id,
         body={**body, "controls": controls},
         step_id=step_id,
         js_integers=True,

@@ -448,6 +448,52 @@ def test_a_bridge_whose_flavour_cannot_be_told_is_driven_as_norm(
     assert BridgeSync.objects.get().flavour == ""
 
 
+@pytest.fixture
+def untold(novu: Notification) -> Notification:
+    """The Novu bridge's notification, its flavour not told: the sync that found its
+    workflows met its health-check failing, a moment ago."""
+    BridgeSync.objects.update(flavour="")
+    return novu
+
+
+def test_a_novu_bridge_driven_as_norm_while_its_flavour_is_not_told_runs_the_step_it_names(
+    untold: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """norm's own mode is Novu's probe: Novu's SDK names the next step, which is run by
+    id, where the notification failed for good with ExecutionStateCorruptError."""
+    outputs = {"body": "Hallo Zoë"}
+    execute.answers = [corrupt("inbox"), {"outputs": outputs, "options": {"skip": False}}]
+
+    run(untold)
+
+    probe, target = execute.calls
+    assert (probe["step_id"], target["step_id"]) == (None, "inbox")
+    assert target["js"] and "stepControls" not in target["body"]
+    untold.refresh_from_db()
+    assert untold.status == Notification.Status.RUNNING, untold.error
+    step = untold.steps.get()
+    assert (step.step_id, step.type, step.outputs) == ("inbox", "in_app", outputs)
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
+def test_a_novu_bridge_driven_as_norm_completes_when_every_step_has_state(
+    untold: Notification, execute: FakeExecute, run: Callable[..., None]
+) -> None:
+    """Novu's 200 to the probe (no `done`, which norm's SDK always sends) is "done", where
+    it failed the notification as a BridgeInvalidResponse."""
+    StepFactory(notification=untold, step_id="text", type="sms", status=Step.Status.COMPLETED)
+    metadata = {"status": "success", "error": False, "duration": 0.5}
+    execute.answers = [
+        {"outputs": {}, "providers": {}, "options": {"skip": False}, "metadata": metadata}
+    ]
+
+    run(untold)
+
+    untold.refresh_from_db()
+    assert untold.status == Notification.Status.COMPLETED, untold.error
+    assert len(execute.calls) == 1
+
+
 def test_a_flavour_not_told_yet_is_detected_again_after_the_discover_interval(
     monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
