@@ -15,6 +15,7 @@ from notify.selectors import bridge_workflow_get
 from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_flavour, bridge_sync
+from workflows.sdk.errors import ExecutionStateOrderError
 
 NextStep = Callable[..., dict[str, Any]]
 
@@ -78,17 +79,28 @@ def next_step_novu(
     """
     url, workflow_id = notification.resource, notification.workflow_id
     # Newest first, as Novu's worker sends it; the SDK looks entries up by id only.
-    body = {**body, "state": body["state"][::-1]}
+    probe = {**body, "state": body["state"][::-1]}
+    # A bridge now served by norm's SDK is driven so until the next sync tells its flavour
+    # (within NORM_REGISTRY_TTL): the probe is then norm's own mode, which its SDK answers
+    # with the step it ran (the stored controls left out) or refuses for the reversed
+    # state. Read as Novu's 200, the notification completed with no step sent: norm's
+    # SDK is asked again in its own flavour.
     try:
         # Its numbers as JS reads them, or it refuses the signature (canonical_json).
-        bridge.execute(url, secrets=secrets, workflow_id=workflow_id, body=body, js_integers=True)
+        answer = bridge.execute(
+            url, secrets=secrets, workflow_id=workflow_id, body=probe, js_integers=True
+        )
     except bridge.BridgeError as exc:
+        if exc.code == ExecutionStateOrderError.__name__:
+            return next_step_norm(notification=notification, body=body, secrets=secrets)
         step_id = _missing_step(exc)
         if step_id is None:
             raise
     else:
+        if "done" in answer:  # Novu's SDK never says it
+            return next_step_norm(notification=notification, body=body, secrets=secrets)
         return _done()
-    return _execute_step(notification, body=body, secrets=secrets, step_id=step_id)
+    return _execute_step(notification, body=probe, secrets=secrets, step_id=step_id)
 
 
 def _missing_step(exc: bridge.BridgeError) -> str | None:

@@ -607,3 +607,84 @@ def test_step_controls_are_edited_in_the_admin_against_each_steps_schema(admin_c
     assert response.status_code == 302
     registry.refresh_from_db()
     assert registry.controls == {"mail": {"footer": "Ciao"}}
+
+
+@workflow("relaunched")
+def relaunched(ctx: Any) -> None:
+    ctx.step.custom("first", lambda: {"n": 1})
+    ctx.step.custom("second", lambda: {"n": 2})
+    ctx.step.email(
+        "mail",
+        lambda controls: {"subject": "Hi", "body": controls["footer"]},
+        control_schema={
+            "type": "object",
+            "properties": {"footer": {"type": "string", "default": "Default footer"}},
+        },
+    )
+
+
+@pytest.mark.parametrize("done", [[], ["first"], ["first", "second"]])
+def test_a_bridge_now_served_by_norms_sdk_is_driven_in_its_flavour_before_the_next_sync(
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    done: list[str],
+) -> None:
+    """The registry still says Novu's: norm's SDK answers the probe with the step it ran
+    (read as Novu's 200, the notification completed with nothing sent) or, for two steps
+    done, refuses the probe's reversed state (ExecutionStateOrderError, failed). It is
+    asked again in norm's flavour, with the step's stored controls."""
+    sdk = Bridge(workflows=[relaunched], strict=False)
+    steps: list[str | None] = []
+
+    def execute_on_the_sdk(
+        url: str,
+        *,
+        secrets: Sequence[str],
+        workflow_id: str,
+        body: dict[str, Any],
+        step_id: str | None = None,
+        js_integers: bool = False,
+    ) -> dict[str, Any]:
+        steps.append(step_id)
+        query = {"action": "execute", "workflowId": workflow_id}
+        query |= {"stepId": step_id} if step_id else {}
+        status, answer, _ = sdk.handle(
+            method="POST", query=query, body=json.dumps(body), headers={}
+        )
+        if status != 200:
+            raise bridge.BridgeError(answer["code"], answer["message"], answer.get("data"), status)
+        return answer
+
+    monkeypatch.setattr(bridge, "execute", execute_on_the_sdk)
+    notification = NotificationFactory(
+        trigger_event__workflow_id="relaunched", status=Notification.Status.RUNNING
+    )
+    BridgeSyncFactory(client=notification.client, flavour="novu")
+    BridgeWorkflowFactory(
+        client=notification.client,
+        workflow_id="relaunched",
+        steps=[{"stepId": s, "type": "custom"} for s in ("first", "second")]
+        + [{"stepId": "mail", "type": "email"}],
+        controls={"mail": {"footer": "Ciao"}},
+    )
+    for position, step_id in enumerate(done):
+        StepFactory(
+            notification=notification,
+            step_id=step_id,
+            type="custom",
+            position=position,
+            status=Step.Status.COMPLETED,
+            result={"n": position + 1},
+        )
+
+    run(notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING, notification.error
+    assert steps == [None, None]  # the probe, then norm's own call
+    step = notification.steps.get(position=len(done))
+    expected = ["first", "second", "mail"][len(done)]
+    assert (step.step_id, step.status) == (expected, Step.Status.SCHEDULED)
+    if expected == "mail":
+        assert step.outputs == {"subject": "Hi", "body": "Ciao"}
