@@ -164,3 +164,43 @@ def test_an_in_app_avatar_that_is_no_uri_is_an_output_error_and_unknown_formats_
     assert exc.value.data[0]["path"] == "/avatar"
     phone = {"type": "object", "properties": {"v": {"type": "string", "format": "phone"}}}
     assert Schema.of(phone).validate({"v": "anything"}) == {"v": "anything"}
+
+
+def test_if_then_else_defaults_are_filled_in_before_the_properties_ones_as_with_ajv() -> None:
+    """ajv (useDefaults) fills in the defaults of the branch the value takes, first; they
+    were left out (results observed from ajv 8, as @novu/framework 2.13.2 runs it)."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"default": 1}, "b": {}},
+        "if": {"properties": {"b": {"const": 1}}, "required": ["b"]},
+        "then": {"properties": {"a": {"default": 2}, "c": {"default": 3}}},
+        "else": {"properties": {"d": {"default": 4}}},
+    }
+    assert Schema.of(schema).validate({"b": 1}) == {"b": 1, "a": 2, "c": 3}
+    assert Schema.of(schema).validate({"b": 2}) == {"b": 2, "d": 4, "a": 1}
+    assert Schema.of(schema).validate({}) == {"d": 4, "a": 1}
+
+
+def test_an_in_app_redirect_gets_the_target_novus_sdk_gives_it() -> None:
+    """@novu/framework answers `_self` for a path and `_blank` for a URL, which the feed
+    passes on (an inbox opens a path in its own window); norm's SDK answered none."""
+
+    @workflow("redirects")
+    def redirects(ctx: Context) -> None:
+        ctx.step.in_app(
+            "inbox",
+            lambda: {
+                "body": "b",
+                "redirect": {"url": "/rewards"},
+                "primaryAction": {"label": "Go", "redirect": {"url": "https://example.com/a"}},
+                "secondaryAction": {"label": "Here", "redirect": {"url": "/b", "target": "_top"}},
+            },
+        )
+
+    outputs = redirects.execute(execute_body({}, []))["outputs"]
+    assert outputs["redirect"] == {"url": "/rewards", "target": "_self"}
+    assert outputs["primaryAction"]["redirect"] == {
+        "url": "https://example.com/a",
+        "target": "_blank",
+    }
+    assert outputs["secondaryAction"]["redirect"] == {"url": "/b", "target": "_top"}

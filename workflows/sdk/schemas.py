@@ -93,6 +93,11 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
         return value
     if not isinstance(value, dict):
         return value
+    if "if" in schema:
+        # ajv fills in the defaults of the `then` or `else` the value takes, and before those
+        # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
+        branch = schema.get("then") if _holds(schema["if"], value) else schema.get("else")
+        value = _fill(branch, value) if branch is not None else value
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
@@ -109,6 +114,23 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
             if not any(re.search(pattern, key) for pattern in patterns):
                 del value[key]
     return value
+
+
+def _holds(condition: Any, value: Any) -> bool:
+    """Whether `value` is valid against an `if`; false for one that cannot be applied on
+    its own (a `$ref` to the schema around it)."""
+    try:
+        return _condition(json.dumps(condition, sort_keys=True)).is_valid(value)
+    except (TypeError, ValueError, SchemaError, Unresolvable):
+        return False
+
+
+@lru_cache(maxsize=512)
+def _condition(text: str) -> Any:
+    condition = json.loads(text)
+    validator_class = validators.validator_for(condition, default=Draft202012Validator)
+    validator_class.check_schema(condition)
+    return validator_class(condition, format_checker=FORMAT_CHECKER)
 
 
 @dataclass
@@ -205,7 +227,17 @@ _UNITS = ["seconds", "minutes", "hours", "days", "weeks", "months"]
 _TARGETS = ["_self", "_blank", "_parent", "_top", "_unfencedTop"]
 
 _REDIRECT = _object(
-    {"url": {"type": "string", "pattern": r"^(https?://|/)"}, "target": {"enum": _TARGETS}}, "url"
+    {
+        "url": {"type": "string", "pattern": r"^(https?://|/)"},
+        "target": {"type": "string", "enum": _TARGETS, "default": "_blank"},
+    },
+    "url",
+    # As Novu's: a path opens in the same window, a URL in another (the feed's `target`).
+    **{
+        "if": {"properties": {"url": {"type": "string", "pattern": "^/"}}},
+        "then": {"properties": {"target": {"default": "_self"}}},
+        "else": {"properties": {"target": {"default": "_blank"}}},
+    },
 )
 _ACTION = _object({"label": _STRING, "redirect": _REDIRECT}, "label")
 
