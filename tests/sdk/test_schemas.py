@@ -204,3 +204,47 @@ def test_an_in_app_redirect_gets_the_target_novus_sdk_gives_it() -> None:
         "target": "_blank",
     }
     assert outputs["secondaryAction"]["redirect"] == {"url": "/b", "target": "_top"}
+
+
+def test_defaults_and_forbidden_keys_are_applied_through_refs_and_all_of_as_with_ajv() -> None:
+    """ajv follows a `$ref` and each `allOf` (their defaults first): zod-to-json-schema
+    writes a schema used twice as `{"$ref": "#/properties/billing"}` the second time, and
+    a key it forbids there was refused here (the payload invalid, so was the trigger of a
+    Novu bridge's workflow), where Novu's SDK strips it; a default behind one was missing.
+    Results observed from ajv 8, as @novu/framework 2.13.2 runs it."""
+    address = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string", "default": "DE"}},
+        "additionalProperties": False,
+    }
+    schema = {
+        "type": "object",
+        "$defs": {"line": {"type": "object", "properties": {"qty": {"default": 1}}}},
+        "properties": {
+            "billing": address,
+            "shipping": {"$ref": "#/properties/billing"},
+            "lines": {"type": "array", "items": {"$ref": "#/$defs/line"}},
+            "a": {"default": 1},
+        },
+        "allOf": [{"properties": {"a": {"default": 2}, "b": {"default": 3}}}],
+    }
+
+    @workflow("refs", payload_schema=schema)
+    def refs(ctx: Context) -> None:
+        shipping, lines = ctx.payload["shipping"], ctx.payload["lines"]
+        ctx.step.sms("sms", lambda: {"body": f"{shipping['country']} {lines[0]['qty']}"})
+
+    payload = {"billing": {"city": "Graz"}, "shipping": {"city": "Wien", "floor": 3}, "lines": [{}]}
+    assert refs.execute(execute_body(payload, []))["outputs"] == {"body": "DE 1"}
+    assert Schema.of(schema).validate(payload) == {
+        "billing": {"city": "Graz", "country": "DE"},
+        "shipping": {"city": "Wien", "country": "DE"},
+        "lines": [{"qty": 1}],
+        "a": 2,
+        "b": 3,
+    }
+    recursive = {"type": "object", "properties": {"child": {"$ref": "#"}, "v": {"default": 0}}}
+    assert Schema.of(recursive).validate({"child": {"child": {}}}) == {
+        "child": {"child": {"v": 0}, "v": 0},
+        "v": 0,
+    }

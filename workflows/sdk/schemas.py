@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError, ValidationError, validators
 from referencing.exceptions import Unresolvable
@@ -76,10 +77,26 @@ def _pointer(path: Any) -> str:
     return "".join(f"/{part}" for part in path)
 
 
-def _fill(schema: Mapping[str, Any], value: Any) -> Any:
-    """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does."""
+def _fill(
+    schema: Mapping[str, Any],
+    value: Any,
+    root: Mapping[str, Any] | None = None,
+    followed: frozenset[str] = frozenset(),
+) -> Any:
+    """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does:
+    also through a `$ref` within the schema (`root`) and each `allOf`, whose defaults come
+    first, as ajv's do. `followed`: the refs taken for this value (`{"$ref": "#"}` at the
+    top would loop)."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref not in followed:
+        target = _local_ref(root, ref)
+        value = _fill(target, value, root, followed | {ref}) if target is not None else value
+    every = schema.get("allOf")
+    for sub in every if isinstance(every, list) else []:
+        value = _fill(sub, value, root, followed)
     if isinstance(value, list):
         # ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`.
         items = schema.get("items")
@@ -89,7 +106,7 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
         for n, item in enumerate(value):
             sub = positional[n] if n < len(positional) else rest
             if sub is not None:
-                value[n] = _fill(sub, item)
+                value[n] = _fill(sub, item, root)
         return value
     if not isinstance(value, dict):
         return value
@@ -97,12 +114,12 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
         branch = schema.get("then") if _holds(schema["if"], value) else schema.get("else")
-        value = _fill(branch, value) if branch is not None else value
+        value = _fill(branch, value, root, followed) if branch is not None else value
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
         if key in value:
-            value[key] = _fill(sub, value[key])
+            value[key] = _fill(sub, value[key], root)
         elif isinstance(sub, Mapping) and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
     if schema.get("additionalProperties") is False:
@@ -114,6 +131,24 @@ def _fill(schema: Mapping[str, Any], value: Any) -> Any:
             if not any(re.search(pattern, key) for pattern in patterns):
                 del value[key]
     return value
+
+
+def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
+    """What a `$ref` within the schema points at (`#/$defs/address`, `#`, zod-to-json-
+    schema's `#/properties/billing`); None for another document's, or a pointer to
+    nowhere (which validation reports)."""
+    if not ref.startswith("#") or (ref[1:] and not ref.startswith("#/")):
+        return None  # another document, or an anchor
+    target: Any = root
+    for part in ref[2:].split("/") if ref[1:] else []:
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(target, Mapping) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return None
+    return target
 
 
 def _holds(condition: Any, value: Any) -> bool:
