@@ -248,3 +248,20 @@ def test_defaults_and_forbidden_keys_are_applied_through_refs_and_all_of_as_with
         "child": {"child": {"v": 0}, "v": 0},
         "v": 0,
     }
+
+
+def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_ajv() -> None:
+    """@novu/framework's ajv (removeAdditional "failing") drops an additional key whose
+    value fails the `additionalProperties` schema (zod's `z.record(z.string())`), where
+    the payload was invalid here. Results observed from ajv 8."""
+    labels = {"type": "object", "additionalProperties": {"type": "string"}}
+    schema = {"type": "object", "properties": {"labels": labels}}
+
+    @workflow("labels", payload_schema=schema)
+    def labelled(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": ",".join(sorted(ctx.payload["labels"]))})
+
+    payload = {"labels": {"team": "ops", "count": 2, "nested": {"x": "y"}}}
+    assert labelled.execute(execute_body(payload, []))["outputs"] == {"body": "team"}
+    open_ = {"type": "object", "properties": {"a": {}}, "additionalProperties": True}
+    assert Schema.of(open_).validate({"a": 1, "c": 2}) == {"a": 1, "c": 2}

@@ -113,7 +113,7 @@ def _fill(
     if "if" in schema:
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
-        branch = schema.get("then") if _holds(schema["if"], value) else schema.get("else")
+        branch = schema.get("then") if _holds(schema["if"], value, root) else schema.get("else")
         value = _fill(branch, value, root, followed) if branch is not None else value
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
@@ -122,13 +122,18 @@ def _fill(
             value[key] = _fill(sub, value[key], root)
         elif isinstance(sub, Mapping) and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
-    if schema.get("additionalProperties") is False:
-        # A key that `patternProperties` matches is no additional one (check_schema made
-        # sure each pattern compiles).
+    extra = schema.get("additionalProperties")
+    if extra is False or isinstance(extra, Mapping):
+        # ajv's removeAdditional "failing": an additional key goes when `false` forbids it,
+        # or its value fails the schema given (`z.record(z.string())`'s), rather than fail
+        # the whole. A key that `patternProperties` matches is no additional one
+        # (check_schema made sure each pattern compiles).
         patterns = schema.get("patternProperties")
         patterns = list(patterns) if isinstance(patterns, Mapping) else []
         for key in [k for k in value if k not in properties]:
-            if not any(re.search(pattern, key) for pattern in patterns):
+            if any(re.search(pattern, key) for pattern in patterns):
+                continue
+            if extra is False or not _holds(extra, value[key], root):
                 del value[key]
     return value
 
@@ -151,9 +156,12 @@ def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
     return target
 
 
-def _holds(condition: Any, value: Any) -> bool:
-    """Whether `value` is valid against an `if`; false for one that cannot be applied on
-    its own (a `$ref` to the schema around it)."""
+def _holds(condition: Any, value: Any, root: Mapping[str, Any]) -> bool:
+    """Whether `value` is valid against a part of the schema `root`; false for one that
+    cannot be applied on its own (a `$ref` within it to another part)."""
+    ref = condition.get("$ref") if isinstance(condition, Mapping) else None
+    if isinstance(ref, str) and len(condition) == 1:
+        condition = _local_ref(root, ref)
     try:
         return _condition(json.dumps(condition, sort_keys=True)).is_valid(value)
     except (TypeError, ValueError, SchemaError, Unresolvable):
