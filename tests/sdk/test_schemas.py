@@ -265,3 +265,43 @@ def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_
     assert labelled.execute(execute_body(payload, []))["outputs"] == {"body": "team"}
     open_ = {"type": "object", "properties": {"a": {}}, "additionalProperties": True}
     assert Schema.of(open_).validate({"a": 1, "c": 2}) == {"a": 1, "c": 2}
+
+
+def test_an_additional_key_or_an_if_is_checked_against_the_whole_schema() -> None:
+    """A valid additional key was stripped, and an `if` that held read as failing, when
+    its schema had a `$ref` in it (zod-to-json-schema's `#/properties/...` for a schema
+    used twice, inside a `z.record`), or was of the schema's own draft-07 (a tuple's
+    `items: [...]`): each was checked alone, as 2020-12, where a `$ref` has nothing to
+    point at. ajv checks it as part of the whole and keeps the key."""
+    billing = {"type": "object", "properties": {"city": {"type": "string"}}}
+    stops = {"type": "object", "properties": {"addr": {"$ref": "#/properties/billing"}}}
+    schema = {
+        "type": "object",
+        "$defs": {"tag": {"type": "string"}},
+        "properties": {
+            "billing": billing,
+            "stops": {"type": "object", "additionalProperties": stops},
+            "tags": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/$defs/tag", "description": "a tag"},
+            },
+            "kind": {},
+        },
+        "if": {"properties": {"kind": {"$ref": "#/$defs/tag"}}, "required": ["kind"]},
+        "then": {"properties": {"tagged": {"default": True}}},
+        "else": {"properties": {"tagged": {"default": False}}},
+    }
+    payload = {"stops": {"home": {"addr": {"city": "Oslo"}}, "bad": {"addr": {"city": 1}}}}
+    assert Schema.of(schema).validate({**payload, "tags": {"a": "x"}, "kind": "k"}) == {
+        "stops": {"home": {"addr": {"city": "Oslo"}}},
+        "tags": {"a": "x"},
+        "kind": "k",
+        "tagged": True,
+    }
+    tuples = {"type": "array", "items": [{"type": "string"}]}
+    draft7 = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "additionalProperties": tuples,
+    }
+    assert Schema.of(draft7).validate({"a": ["x"], "b": [1]}) == {"a": ["x"]}

@@ -80,23 +80,23 @@ def _pointer(path: Any) -> str:
 def _fill(
     schema: Mapping[str, Any],
     value: Any,
-    root: Mapping[str, Any] | None = None,
+    whole: Any,
     followed: frozenset[str] = frozenset(),
 ) -> Any:
     """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does:
-    also through a `$ref` within the schema (`root`) and each `allOf`, whose defaults come
-    first, as ajv's do. `followed`: the refs taken for this value (`{"$ref": "#"}` at the
-    top would loop)."""
+    also through a `$ref` within the schema (`whole`, the validator of the schema `schema`
+    is part of) and each `allOf`, whose defaults come first, as ajv's do. `followed`: the
+    refs taken for this value (`{"$ref": "#"}` at the top would loop)."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
-    root = schema if root is None else root
+    root = whole.schema
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in followed:
         target = _local_ref(root, ref)
-        value = _fill(target, value, root, followed | {ref}) if target is not None else value
+        value = _fill(target, value, whole, followed | {ref}) if target is not None else value
     every = schema.get("allOf")
     for sub in every if isinstance(every, list) else []:
-        value = _fill(sub, value, root, followed)
+        value = _fill(sub, value, whole, followed)
     if isinstance(value, list):
         # ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`.
         items = schema.get("items")
@@ -106,20 +106,20 @@ def _fill(
         for n, item in enumerate(value):
             sub = positional[n] if n < len(positional) else rest
             if sub is not None:
-                value[n] = _fill(sub, item, root)
+                value[n] = _fill(sub, item, whole)
         return value
     if not isinstance(value, dict):
         return value
     if "if" in schema:
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
-        branch = schema.get("then") if _holds(schema["if"], value, root) else schema.get("else")
-        value = _fill(branch, value, root, followed) if branch is not None else value
+        branch = schema.get("then") if _holds(schema["if"], value, whole) else schema.get("else")
+        value = _fill(branch, value, whole, followed) if branch is not None else value
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
         if key in value:
-            value[key] = _fill(sub, value[key], root)
+            value[key] = _fill(sub, value[key], whole)
         elif isinstance(sub, Mapping) and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
     extra = schema.get("additionalProperties")
@@ -133,7 +133,7 @@ def _fill(
         for key in [k for k in value if k not in properties]:
             if any(re.search(pattern, key) for pattern in patterns):
                 continue
-            if extra is False or not _holds(extra, value[key], root):
+            if extra is False or not _holds(extra, value[key], whole):
                 del value[key]
     return value
 
@@ -156,24 +156,15 @@ def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
     return target
 
 
-def _holds(condition: Any, value: Any, root: Mapping[str, Any]) -> bool:
-    """Whether `value` is valid against a part of the schema `root`; false for one that
-    cannot be applied on its own (a `$ref` within it to another part)."""
-    ref = condition.get("$ref") if isinstance(condition, Mapping) else None
-    if isinstance(ref, str) and len(condition) == 1:
-        condition = _local_ref(root, ref)
+def _holds(condition: Any, value: Any, whole: Any) -> bool:
+    """Whether `value` is valid against `condition`, a part of the schema `whole` checks:
+    as part of it, as ajv checks it, so that a `$ref` within it resolves and its draft is
+    the schema's (alone, each read as failing: a valid key stripped). False for a `$ref`
+    to nowhere, which validation reports."""
     try:
-        return _condition(json.dumps(condition, sort_keys=True)).is_valid(value)
-    except (TypeError, ValueError, SchemaError, Unresolvable):
+        return bool(whole.evolve(schema=condition).is_valid(value))
+    except Unresolvable:
         return False
-
-
-@lru_cache(maxsize=512)
-def _condition(text: str) -> Any:
-    condition = json.loads(text)
-    validator_class = validators.validator_for(condition, default=Draft202012Validator)
-    validator_class.check_schema(condition)
-    return validator_class(condition, format_checker=FORMAT_CHECKER)
 
 
 @dataclass
@@ -208,7 +199,7 @@ class Schema:
         self._validator = validator_class(self.json_schema, format_checker=FORMAT_CHECKER)
 
     def defaults(self, value: Any) -> Any:
-        return _fill(self.json_schema, copy.deepcopy(value))
+        return _fill(self.json_schema, copy.deepcopy(value), self._validator)
 
     def errors(self, value: Any) -> list[ValidationError]:
         """How `value` fails the JSON Schema once its defaults are applied."""
