@@ -329,8 +329,9 @@ NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
 # Work the broker should have delivered this many seconds ago is re-enqueued: a trigger
 # not yet fanned out or fanned out short, a due step, a notification left idle.
 NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60)
-# Seconds a trigger's cancel (the API's, the admin's) ends notifications before it
-# answers; a broadcast's rest is canceled by a task (gunicorn kills a request at 30 s).
+# Seconds a request's cancel (the API's, the admin's over every trigger it selects) ends
+# notifications before it answers; the rest is canceled by a task (gunicorn kills a
+# request at 30 s).
 NORM_CANCEL_BUDGET_SECONDS = env_float("NORM_CANCEL_BUDGET_SECONDS", 5.0)
 # A step claimed longer ago than this is taken to belong to a dead worker.
 NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)

@@ -34,6 +34,7 @@ from workflows.admin import (
     pretty_json,
 )
 from workflows.models import Notification
+from workflows.services import cancel_deadline
 
 # A key is shown as its prefix only: the plain key exists once, when it is created.
 KEY_FIELDS = ["prefix", "client", "created_at", "revoked_at"]
@@ -359,8 +360,13 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[TriggerEvent]) -> None:
         events = list(queryset.select_related("client"))
+        # One budget for them all: each its own, ten broadcasts took 50 s, and gunicorn
+        # killed the request at 30 s, the later ones not canceled at all.
+        until = cancel_deadline()
         results = [
-            services.trigger_event_cancel(client=e.client, transaction_id=e.transaction_id)
+            services.trigger_event_cancel(
+                client=e.client, transaction_id=e.transaction_id, until=until
+            )
             for e in events
         ]
         canceled = sum(r.stopped for r in results)

@@ -37,7 +37,7 @@ from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
-from workflows.services import trigger_notifications_cancel
+from workflows.services import cancel_deadline, trigger_notifications_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,9 @@ class TriggerCancel:
     continues: bool = False
 
 
-def trigger_event_cancel(*, client: Client, transaction_id: str) -> TriggerCancel:
+def trigger_event_cancel(
+    *, client: Client, transaction_id: str, until: float | None = None
+) -> TriggerCancel:
     """Stop every unfinished notification of a trigger.
 
     Safe to repeat. `canceled_at` also stops recipients the fan-out has not reached
@@ -368,6 +370,7 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> TriggerCance
     (it is not half-canceled); the echo worker then finds its notification canceled.
     The notifications are canceled for NORM_CANCEL_BUDGET_SECONDS at most, the rest by
     a task; those not reached yet send nothing meanwhile (`canceled_at` stops them).
+    `until`: the request's cancel_deadline, when it cancels several triggers.
     """
     event = TriggerEvent.objects.filter(client=client, transaction_id=transaction_id).first()
     if event is None:
@@ -385,7 +388,7 @@ def trigger_event_cancel(*, client: Client, transaction_id: str) -> TriggerCance
         status=TriggerEvent.Status.CANCELED
     )
     canceled, continues = trigger_notifications_cancel(
-        trigger_event_id=event.pk, budget=settings.NORM_CANCEL_BUDGET_SECONDS
+        trigger_event_id=event.pk, until=cancel_deadline() if until is None else until
     )
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED

@@ -1011,15 +1011,21 @@ def notifications_cancel(
         return _listed_notifications_cancel(list(unfinished.values_list("pk", flat=True)), now)
 
 
-def trigger_notifications_cancel(*, trigger_event_id: int, budget: float) -> tuple[int, bool]:
-    """A canceled trigger's unfinished notifications, for `budget` seconds (a chunk at
-    least); the rest, if any, handed to the cancel task. Return how many it canceled,
-    and whether it handed any on.
+def cancel_deadline() -> float:
+    """When a request's cancels stop, NORM_CANCEL_BUDGET_SECONDS from now (time.monotonic()):
+    one for the whole request, which may cancel several triggers (the admin's action)."""
+    return time.monotonic() + settings.NORM_CANCEL_BUDGET_SECONDS
+
+
+def trigger_notifications_cancel(*, trigger_event_id: int, until: float) -> tuple[int, bool]:
+    """A canceled trigger's unfinished notifications, until `until` (cancel_deadline; a
+    chunk at least); the rest, if any, handed to the cancel task. Return how many it
+    canceled, and whether it handed any on.
 
     For a request: a broadcast's 1,000,000 took 80 s, and gunicorn killed the worker at
     30 s, the client getting a 502 and the rest of the cancel left undone."""
     canceled, finished = _trigger_notifications_cancel(
-        trigger_event_id=trigger_event_id, now=timezone.now(), until=time.monotonic() + budget
+        trigger_event_id=trigger_event_id, now=timezone.now(), until=until
     )
     if not finished:
         pipeline.enqueue_on_commit(pipeline.CANCEL, trigger_event_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -645,3 +646,45 @@ def test_a_cancel_whose_task_was_lost_still_ends_every_notification(
     assert Step.objects.filter(status=Step.Status.SCHEDULED).count() == 0
     assert Message.objects.get(step=retrying).status == Message.Status.FAILED
     assert mail.outbox == [] and execute_calls == []
+
+
+def test_the_admins_cancel_of_several_triggers_keeps_to_one_budget(
+    admin_client: Any,
+    keyed: tuple[Client, str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """The admin's action cancels every trigger selected in one request: each had
+    NORM_CANCEL_BUDGET_SECONDS of its own, so ten broadcasts took 50 s and gunicorn cut
+    the request off at 30 s (a 502, the later triggers not canceled at all). They now
+    share one budget; past it, each trigger cancels a chunk and hands on the rest."""
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    settings.NORM_CANCEL_BUDGET_SECONDS = 3
+    # A second passes between one look at the clock and the next: three chunks' worth.
+    ticks = iter(range(1, 1000))
+    monkeypatch.setattr(workflow_services, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
+    events = []
+    for n in range(3):
+        event = TriggerEventFactory(
+            client=keyed[0], transaction_id=f"tx-{n}", status=TriggerEvent.Status.PROCESSED
+        )
+        for i in range(8):
+            subscriber = SubscriberFactory(client=keyed[0], subscriber_id=f"s{n}-{i}")
+            StepFactory(notification__trigger_event=event, notification__subscriber=subscriber)
+        events.append(event)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/notify/triggerevent/",
+            {"action": "cancel", "_selected_action": [str(e.pk) for e in events]},
+            follow=True,
+        )
+
+    assert "Canceled 3 trigger(s) (3 still being canceled in the background)" in (
+        response.content.decode()
+    )
+    canceled = Notification.objects.filter(status=Notification.Status.CANCELED)
+    assert canceled.count() == 3 * 2 + 2 + 2  # the budget's three chunks, then one each
+    assert sorted(enqueued.of(pipeline.CANCEL)) == sorted((e.pk,) for e in events)
