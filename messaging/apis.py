@@ -619,7 +619,11 @@ class InboxListApi(APIView):
         asked = {k: query_bool(request, k) for k in ("seen", "read", "archived", "snoozed")}
         feed = _narrowed(_feed(request, subscriber_id), **asked)
         params = request.query_params
-        others = {k: params.getlist(k) for k in ("severity", "contextKeys", "tags")}
+        # An empty value (`severity=`, as a form or a query builder sends an unset field)
+        # asks for nothing, as an absent one: kept, it was a value norm refused.
+        others = {
+            k: [v for v in params.getlist(k) if v] for k in ("severity", "contextKeys", "tags")
+        }
         others |= {k: params.get(k) for k in ("data", "createdGte", "createdLte")}
         feed = _inbox_narrowed(feed, others)
         limit = query_limit(request)
