@@ -477,6 +477,14 @@ def test_a_due_step_of_a_canceled_trigger_the_cancel_has_not_reached_is_not_sent
     assert enqueued.calls == []
 
 
+@pytest.fixture
+def past_the_budget(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    """A cancel's request ends a chunk of two notifications, its budget spent by it, and
+    hands the rest to its task."""
+    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    settings.NORM_CANCEL_BUDGET_SECONDS = 0
+
+
 def _broadcast(client: Client, size: int) -> tuple[TriggerEvent, list[Step]]:
     """A processed trigger of `size` notifications, each running with an email step due
     now; made in subscriber order, the order of the cancel's chunks."""
@@ -500,8 +508,7 @@ def _statuses() -> set[tuple[str, str]]:
 def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
     api: Api,
     keyed: tuple[Client, str],
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Any,
+    past_the_budget: None,
     enqueued: Enqueued,
     pump: Callable[[], None],
 ) -> None:
@@ -509,8 +516,6 @@ def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
     killed it at 30 s (a 502), the rest left running. Now the request cancels for
     NORM_CANCEL_BUDGET_SECONDS (a chunk at least) and hands the rest to a task, once
     `canceled_at` has committed; the task, run twice, cancels the rest once."""
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
-    settings.NORM_CANCEL_BUDGET_SECONDS = 0  # spent by the first chunk
     event, steps = _broadcast(keyed[0], 5)
 
     assert api.cancel("tx-1") == {"data": True}
@@ -549,13 +554,10 @@ def test_the_cancel_task_cancels_nothing_of_a_trigger_not_canceled(
 def test_the_admin_says_a_large_triggers_cancel_goes_on_in_the_background(
     admin_client: Any,
     keyed: tuple[Client, str],
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Any,
+    past_the_budget: None,
     enqueued: Enqueued,
     django_capture_on_commit_callbacks: Capture,
 ) -> None:
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
-    settings.NORM_CANCEL_BUDGET_SECONDS = 0
     event, _ = _broadcast(keyed[0], 3)
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
@@ -572,8 +574,8 @@ def test_the_admin_says_a_large_triggers_cancel_goes_on_in_the_background(
 def test_a_cancel_whose_task_was_lost_still_ends_every_notification(
     api: Api,
     keyed: tuple[Client, str],
-    monkeypatch: pytest.MonkeyPatch,
     settings: Any,
+    past_the_budget: None,
     enqueued: Enqueued,
     pump: Callable[[], None],
     execute_calls: list[str],
@@ -582,8 +584,6 @@ def test_a_cancel_whose_task_was_lost_still_ends_every_notification(
     canceled through the reconciler, the echo and the message worker, none of it sent.
     A notification pending (its echo lost too), one running between steps, one with a
     step due now, and ones whose delay or send retry is due an hour later."""
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
-    settings.NORM_CANCEL_BUDGET_SECONDS = 0
     event = TriggerEventFactory(
         client=keyed[0], transaction_id="tx-1", status=TriggerEvent.Status.PROCESSED
     )
