@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError, ValidationError, validators
+from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 JsonSchema = dict[str, Any]
 SchemaSource = Mapping[str, Any] | type  # a JSON Schema, or a pydantic BaseModel subclass
@@ -139,21 +140,14 @@ def _fill(
 
 
 def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
-    """What a `$ref` within the schema points at (`#/$defs/address`, `#`, zod-to-json-
-    schema's `#/properties/billing`); None for another document's, or a pointer to
-    nowhere (which validation reports)."""
-    if not ref.startswith("#") or (ref[1:] and not ref.startswith("#/")):
-        return None  # another document, or an anchor
-    target: Any = root
-    for part in ref[2:].split("/") if ref[1:] else []:
-        part = unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(target, Mapping) and part in target:
-            target = target[part]
-        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
-            target = target[int(part)]
-        else:
-            return None
-    return target
+    """What a `$ref` in the schema `root` points at, resolved as its validator resolves it
+    (`#/$defs/address`, `#`, zod-to-json-schema's `#/properties/billing`, an anchor); None
+    for one that does not resolve, which validation reports."""
+    resource = Resource.from_contents(root, default_specification=DRAFT202012)
+    try:
+        return Registry().resolver_with_root(resource).lookup(ref).contents
+    except Unresolvable:
+        return None
 
 
 def _holds(condition: Any, value: Any, whole: Any) -> bool:
