@@ -56,8 +56,11 @@ def corrupt(step_id: str) -> bridge.BridgeError:
 
 @dataclass
 class FakeExecute:
+    """bridge.execute, answering `answers` in turn, or, given `sdk`, as norm's SDK does."""
+
     answers: list[dict[str, Any] | Exception] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    sdk: Bridge | None = None
 
     def __call__(
         self,
@@ -72,6 +75,17 @@ class FakeExecute:
         self.calls.append(
             {"workflow_id": workflow_id, "step_id": step_id, "body": body, "js": js_integers}
         )
+        if self.sdk is not None:
+            query = {"action": "execute", "workflowId": workflow_id}
+            query |= {"stepId": step_id} if step_id else {}
+            status, answer, _ = self.sdk.handle(
+                method="POST", query=query, body=json.dumps(body), headers={}
+            )
+            if status != 200:
+                raise bridge.BridgeError(
+                    answer["code"], answer["message"], answer.get("data"), status
+                )
+            return answer
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -625,7 +639,7 @@ def relaunched(ctx: Any) -> None:
 
 @pytest.mark.parametrize("done", [[], ["first"], ["first", "second"]])
 def test_a_bridge_now_served_by_norms_sdk_is_driven_in_its_flavour_before_the_next_sync(
-    monkeypatch: pytest.MonkeyPatch,
+    execute: FakeExecute,
     enqueued: Enqueued,
     run: Callable[..., None],
     done: list[str],
@@ -634,29 +648,7 @@ def test_a_bridge_now_served_by_norms_sdk_is_driven_in_its_flavour_before_the_ne
     (read as Novu's 200, the notification completed with nothing sent) or, for two steps
     done, refuses the probe's reversed state (ExecutionStateOrderError, failed). It is
     asked again in norm's flavour, with the step's stored controls."""
-    sdk = Bridge(workflows=[relaunched], strict=False)
-    steps: list[str | None] = []
-
-    def execute_on_the_sdk(
-        url: str,
-        *,
-        secrets: Sequence[str],
-        workflow_id: str,
-        body: dict[str, Any],
-        step_id: str | None = None,
-        js_integers: bool = False,
-    ) -> dict[str, Any]:
-        steps.append(step_id)
-        query = {"action": "execute", "workflowId": workflow_id}
-        query |= {"stepId": step_id} if step_id else {}
-        status, answer, _ = sdk.handle(
-            method="POST", query=query, body=json.dumps(body), headers={}
-        )
-        if status != 200:
-            raise bridge.BridgeError(answer["code"], answer["message"], answer.get("data"), status)
-        return answer
-
-    monkeypatch.setattr(bridge, "execute", execute_on_the_sdk)
+    execute.sdk = Bridge(workflows=[relaunched], strict=False)
     notification = NotificationFactory(
         trigger_event__workflow_id="relaunched", status=Notification.Status.RUNNING
     )
@@ -682,6 +674,7 @@ def test_a_bridge_now_served_by_norms_sdk_is_driven_in_its_flavour_before_the_ne
 
     notification.refresh_from_db()
     assert notification.status == Notification.Status.RUNNING, notification.error
+    steps = [call["step_id"] for call in execute.calls]
     assert steps == [None, None]  # the probe, then norm's own call
     step = notification.steps.get(position=len(done))
     expected = ["first", "second", "mail"][len(done)]
