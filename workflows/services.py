@@ -996,17 +996,16 @@ def notification_cancel(*, notification: Notification) -> bool:
 def notifications_cancel(
     *, notification_ids: list[Any] | None = None, trigger_event_id: int | None = None
 ) -> int:
-    """Cancel unfinished notifications and their waiting steps; return how many."""
+    """Cancel unfinished notifications, those listed or all of a trigger's, and their
+    waiting steps; return how many."""
+    if (notification_ids is None) == (trigger_event_id is None):
+        raise ValueError("name the notifications or the trigger event to cancel")
     now = timezone.now()
-    if notification_ids is None:
-        if trigger_event_id is None:
-            raise ValueError("name the notifications or the trigger event to cancel")
+    if trigger_event_id is not None:
         return _trigger_notifications_cancel(trigger_event_id=trigger_event_id, now=now)[0]
     unfinished = Notification.objects.filter(pk__in=notification_ids).exclude(
         status__in=Notification.FINAL
     )
-    if trigger_event_id is not None:
-        unfinished = unfinished.filter(trigger_event_id=trigger_event_id)
     with transaction.atomic():
         return _listed_notifications_cancel(list(unfinished.values_list("pk", flat=True)), now)
 
