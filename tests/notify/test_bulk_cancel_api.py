@@ -512,8 +512,8 @@ def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
     enqueued: Enqueued,
     pump: Callable[[], None],
 ) -> None:
-    """A broadcast's cancel took 80 s for 1,000,000 notifications, in its request: gunicorn
-    killed it at 30 s (a 502), the rest left running. Now the request cancels for
+    """A broadcast's cancel would take 80 s for 1,000,000 notifications, in its request:
+    gunicorn kills it at 30 s (a 502), the rest left running. Now the request cancels for
     NORM_CANCEL_BUDGET_SECONDS (a chunk at least) and hands the rest to a task, once
     `canceled_at` has committed; the task, run twice, cancels the rest once."""
     event, steps = _broadcast(keyed[0], 5)
