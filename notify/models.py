@@ -230,6 +230,14 @@ class TriggerEvent(models.Model):
     forgotten = models.JSONField(default=list, blank=True)
     # Fan-outs an unexpected error (a bug) ended: failed at NORM_MAX_CLAIMS.
     internal_errors = models.PositiveSmallIntegerField(default=0)
+    # While its cancel has a task with notifications left to end: when that task was
+    # last handed on (by the request past its budget, or the reconciler) or last ended a
+    # chunk; null once a cancel got to the end (or before any cancel). The reconciler
+    # sends the task again when it is a grace period old: the broker may have lost it.
+    # A field of its own, not `reenqueued_at`: null, it takes the trigger out of the
+    # index the reconciler reads, which then holds only cancels under way, not every
+    # trigger ever canceled (and a finished cancel's notifications are never read).
+    cancel_task_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -240,6 +248,13 @@ class TriggerEvent(models.Model):
             # The reconciler's check for a short fan-out, every few seconds: events
             # processed in the last hour, out of all those ever processed.
             models.Index(fields=["status", "processed_at"]),
+            # The reconciler's check for a lost cancel task, every few seconds: partial,
+            # so it holds the few cancels under way, and a trigger inserted writes none.
+            models.Index(
+                fields=["cancel_task_at"],
+                name="trigger_cancel_under_way",
+                condition=models.Q(cancel_task_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

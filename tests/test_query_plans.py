@@ -8,8 +8,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from tests.conftest import plan_nodes
-from tests.factories import MessageFactory, NotificationFactory, StepFactory, SubscriberFactory
+from notify.models import TriggerEvent
+from tests.conftest import Enqueued, ago, plan_nodes
+from tests.factories import (
+    MessageFactory,
+    NotificationFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+)
 from workflows import services
 from workflows.models import Notification, Step
 
@@ -158,3 +165,26 @@ def test_a_triggers_cancel_reads_a_range_of_its_index_a_chunk_and_steps_by_notif
         used = {n.get("Index Name") for n in plan_nodes(sql)}
         assert not used & status_indexes, (sql, used)
         assert "Seq Scan" not in {n["Node Type"] for n in plan_nodes(sql)}, sql
+
+
+def test_the_reconcilers_check_for_lost_cancels_reads_only_the_cancels_under_way(
+    enqueued: Enqueued,
+) -> None:
+    """Every few seconds the reconciler looks for a cancel whose task was lost: it reads
+    the partial index of triggers with a cancel task due, not the notifications of any
+    (a broadcast's 200,000, all canceled), nor every trigger ever canceled."""
+    lost = TriggerEventFactory(canceled_at=ago(3600), cancel_task_at=ago(3600))
+    done = TriggerEventFactory(canceled_at=ago(3600))
+    for event in (lost, done):
+        NotificationFactory(trigger_event=event, status=Notification.Status.CANCELED)
+    with CaptureQueriesContext(connection) as queries:
+        services.reconcile()
+    assert TriggerEvent.objects.get(pk=lost.pk).cancel_task_at > ago(60)
+    (sql,) = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT "notify_triggerevent"."id"') and "cancel_task_at" in q["sql"]
+    ]
+    nodes = plan_nodes(sql)
+    assert {n.get("Relation Name") for n in nodes} - {None} == {"notify_triggerevent"}, nodes
+    assert "trigger_cancel_under_way" in {n.get("Index Name") for n in nodes}, nodes

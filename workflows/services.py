@@ -1028,6 +1028,8 @@ def trigger_notifications_cancel(*, trigger_event_id: int, until: float) -> tupl
         trigger_event_id=trigger_event_id, now=timezone.now(), until=until
     )
     if not finished:
+        # Marked before it is handed on, so that a task the broker loses is sent again.
+        TriggerEvent.objects.filter(pk=trigger_event_id).update(cancel_task_at=timezone.now())
         pipeline.enqueue_on_commit(pipeline.CANCEL, trigger_event_id)
     return canceled, not finished
 
@@ -1054,12 +1056,18 @@ def _trigger_notifications_cancel(
     (trigger_event, subscriber) index, so each chunk is a range of it, not a read of all
     the trigger's notifications (by id) or of the whole table (by the primary key).
     Stops after the chunk that reaches `until` (time.monotonic()); return how many it
-    canceled, and whether it got to the end."""
+    canceled, and whether it got to the end.
+
+    Keeps the trigger's `cancel_task_at` up to date for the reconciler: a cancel task
+    under way touches it after each chunk (a million notifications take longer than the
+    grace period, and are not lost), and a cancel that got to the end clears it, no
+    task left to send again."""
     of_trigger = (
         Notification.objects.filter(trigger_event_id=trigger_event_id)
         .exclude(status__in=Notification.FINAL)
         .order_by("subscriber_id")
     )
+    task_due = TriggerEvent.objects.filter(pk=trigger_event_id, cancel_task_at__isnull=False)
     canceled, after = 0, 0
     while True:
         chunk = list(
@@ -1070,7 +1078,9 @@ def _trigger_notifications_cancel(
         with transaction.atomic():
             canceled += _listed_notifications_cancel([pk for pk, _ in chunk], now)
         if len(chunk) < CANCEL_CHUNK:
+            task_due.update(cancel_task_at=None)
             return canceled, True
+        task_due.update(cancel_task_at=timezone.now())
         if until is not None and time.monotonic() >= until:
             return canceled, False
         after = chunk[-1][1]
@@ -1124,7 +1134,7 @@ def reconcile() -> dict[str, int]:
     now = timezone.now()
     grace = timedelta(seconds=settings.NORM_RECONCILE_GRACE)
     stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)
-    counts = {"events": 0, "notifications": 0, "steps": 0}
+    counts = {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
 
     TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
@@ -1170,6 +1180,23 @@ def reconcile() -> dict[str, int]:
     for pk, workflow_id in events:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=pipeline.workflow_queue(workflow_id))
     counts["events"] = len(events)
+    # A cancel whose task the broker lost (flushed, a worker killed) would leave the rest
+    # of its notifications to their echoes, one waiting out a day's delay shown running
+    # all day. Sent again once per grace period until a run gets to the end and clears
+    # `cancel_task_at`; read by its partial index, which holds only cancels under way,
+    # so no window (a day's, say) is needed to keep a tick cheap, and none gives up on a
+    # cancel whose broker was down longer than one. A duplicate ends nothing twice.
+    cancels = list(
+        TriggerEvent.objects.filter(cancel_task_at__lt=now - grace).values_list("pk", flat=True)[
+            :1000
+        ]
+    )
+    TriggerEvent.objects.filter(pk__in=cancels, cancel_task_at__isnull=False).update(
+        cancel_task_at=now
+    )
+    for pk in cancels:
+        pipeline.send_now(pipeline.CANCEL, pk)
+    counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.
     Step.objects.filter(

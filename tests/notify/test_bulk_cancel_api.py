@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.db import OperationalError
+from django.db.models import DateTimeField, F
 from django.http import HttpResponse
 from django.utils import timezone
 
@@ -688,3 +689,63 @@ def test_the_admins_cancel_of_several_triggers_keeps_to_one_budget(
     canceled = Notification.objects.filter(status=Notification.Status.CANCELED)
     assert canceled.count() == 3 * 2 + 2 + 2  # the budget's three chunks, then one each
     assert sorted(enqueued.of(pipeline.CANCEL)) == sorted((e.pk,) for e in events)
+
+
+def _time_passes(seconds: float) -> None:
+    """`seconds` pass: every timestamp of the pipeline's rows moves that far into the past."""
+    for model in (TriggerEvent, Notification, Step):
+        stamps = [f.name for f in model._meta.concrete_fields if isinstance(f, DateTimeField)]
+        model.objects.update(**{name: F(name) - timedelta(seconds=seconds) for name in stamps})
+
+
+def test_the_reconciler_sends_a_lost_cancel_task_again_once_a_grace_period_old(
+    api: Api,
+    keyed: tuple[Client, str],
+    settings: Any,
+    past_the_budget: None,
+    enqueued: Enqueued,
+    pump: Callable[[], None],
+) -> None:
+    """The broker lost the cancel's task (Redis flushed, a worker killed): past the first
+    chunk, a notification waiting out an hour's delay showed running for the hour, ended
+    only when the delay came due. The reconciler now sends the task again once it is a
+    grace period old, once a grace period (while the task may still be queued), and
+    never after a run of it got to the end."""
+    event, steps = _broadcast(keyed[0], 3)
+    waiting = steps[-1]  # past the request's chunk of two
+    in_an_hour = timezone.now() + timedelta(hours=1)
+    Step.objects.filter(pk=waiting.pk).update(type="delay", due_at=in_an_hour, enqueued_at=ago(0))
+
+    assert api.cancel("tx-1") == {"data": True}
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    enqueued.clear()  # lost with the broker
+    grace = settings.NORM_RECONCILE_GRACE
+
+    workflow_tasks.reconcile()
+    assert enqueued.of(pipeline.CANCEL) == []  # it may still be queued
+    _time_passes(grace + 1)
+    workflow_tasks.reconcile()
+    workflow_tasks.reconcile()  # the next tick: sent once a grace period, not every tick
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+
+    pump()  # the workflow worker runs it: the waiting notification ends now
+
+    waiting.refresh_from_db()
+    assert (waiting.notification.status, waiting.status) == ("canceled", "canceled")
+    assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}
+    _time_passes(grace + 1)
+    workflow_tasks.reconcile()
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    assert enqueued.of(pipeline.MESSAGE) == [] and mail.outbox == []
+
+
+def test_a_cancel_that_got_to_the_end_in_its_request_is_never_sent_again(
+    api: Api, keyed: tuple[Client, str], settings: Any, enqueued: Enqueued
+) -> None:
+    _broadcast(keyed[0], 3)
+    assert api.cancel("tx-1") == {"data": True}
+    assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}
+
+    _time_passes(settings.NORM_RECONCILE_GRACE + 1)
+    workflow_tasks.reconcile()
+    assert enqueued.calls == []

@@ -375,7 +375,10 @@ def _reconcile_sql(starts: str) -> str:
     return sql
 
 
-_SHORT_CHECK = 'SELECT "notify_triggerevent"."id" AS "pk" FROM "notify_triggerevent" '
+_SHORT_CHECK = (
+    'SELECT "notify_triggerevent"."id" AS "pk" FROM "notify_triggerevent" '
+    'WHERE ("notify_triggerevent"."canceled_at" IS NULL'
+)
 
 
 def test_the_check_for_short_fan_outs_reads_only_the_last_hour(enqueued: Enqueued) -> None:
@@ -435,7 +438,7 @@ def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
     TriggerEventFactory()
     NotificationFactory(status=Notification.Status.RUNNING)
     StepFactory(due_at=timezone.now() + timedelta(minutes=5))
-    assert tasks.reconcile() == {"events": 0, "notifications": 0, "steps": 0}
+    assert tasks.reconcile() == {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
     assert enqueued.calls == []
 
 
