@@ -33,8 +33,10 @@ WORKFLOW = Stage("norm.workflow.run", "workflows")
 SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
 # Broadcasts and topics: existing subscribers, a chunk of subscriberIds per command.
 SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
-# The rest of a large trigger's cancel, past what its request had time for. On the
-# workflows queue, as the trigger's fan-out: one task a cancel, not one a notification.
+# The rest of a large trigger's cancel, past what its request had time for. On its
+# workflow's queue (`workflow_queue`), as the trigger's fan-out: one task a cancel, not
+# one a notification. (On `workflows` alone, a deployment whose workers serve only a
+# routed workflow's queue never ran it.)
 CANCEL = Stage("norm.trigger.cancel", "workflows")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")

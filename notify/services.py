@@ -388,7 +388,7 @@ def trigger_event_cancel(
         status=TriggerEvent.Status.CANCELED
     )
     canceled, continues = trigger_notifications_cancel(
-        trigger_event_id=event.pk, until=cancel_deadline() if until is None else until
+        trigger_event=event, until=cancel_deadline() if until is None else until
     )
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED

@@ -1016,21 +1016,25 @@ def cancel_deadline() -> float:
     return time.monotonic() + settings.NORM_CANCEL_BUDGET_SECONDS
 
 
-def trigger_notifications_cancel(*, trigger_event_id: int, until: float) -> tuple[int, bool]:
+def trigger_notifications_cancel(*, trigger_event: TriggerEvent, until: float) -> tuple[int, bool]:
     """A canceled trigger's unfinished notifications, until `until` (cancel_deadline; a
-    chunk at least); the rest, if any, handed to the cancel task. Return how many it
-    canceled, and whether it handed any on.
+    chunk at least); the rest, if any, handed to the cancel task, on the queue its
+    workflow's fan-out goes to. Return how many it canceled, and whether it handed any on.
 
     For a request: at 200,000 in 15-18 s, a broadcast's 1,000,000 would take 80 s, and
     gunicorn kills the worker at 30 s, the client getting a 502 and the rest of the
     cancel left undone."""
     canceled, finished = _trigger_notifications_cancel(
-        trigger_event_id=trigger_event_id, now=timezone.now(), until=until
+        trigger_event_id=trigger_event.pk, now=timezone.now(), until=until
     )
     if not finished:
         # Marked before it is handed on, so that a task the broker loses is sent again.
-        TriggerEvent.objects.filter(pk=trigger_event_id).update(cancel_task_at=timezone.now())
-        pipeline.enqueue_on_commit(pipeline.CANCEL, trigger_event_id)
+        TriggerEvent.objects.filter(pk=trigger_event.pk).update(cancel_task_at=timezone.now())
+        pipeline.enqueue_on_commit(
+            pipeline.CANCEL,
+            trigger_event.pk,
+            queue=pipeline.workflow_queue(trigger_event.workflow_id),
+        )
     return canceled, not finished
 
 
@@ -1187,15 +1191,15 @@ def reconcile() -> dict[str, int]:
     # so no window (a day's, say) is needed to keep a tick cheap, and none gives up on a
     # cancel whose broker was down longer than one. A duplicate ends nothing twice.
     cancels = list(
-        TriggerEvent.objects.filter(cancel_task_at__lt=now - grace).values_list("pk", flat=True)[
-            :1000
-        ]
+        TriggerEvent.objects.filter(cancel_task_at__lt=now - grace).values_list(
+            "pk", "workflow_id"
+        )[:1000]
     )
-    TriggerEvent.objects.filter(pk__in=cancels, cancel_task_at__isnull=False).update(
-        cancel_task_at=now
-    )
-    for pk in cancels:
-        pipeline.send_now(pipeline.CANCEL, pk)
+    TriggerEvent.objects.filter(
+        pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False
+    ).update(cancel_task_at=now)
+    for pk, workflow_id in cancels:
+        pipeline.send_now(pipeline.CANCEL, pk, queue=pipeline.workflow_queue(workflow_id))
     counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.

@@ -749,3 +749,28 @@ def test_a_cancel_that_got_to_the_end_in_its_request_is_never_sent_again(
     _time_passes(settings.NORM_RECONCILE_GRACE + 1)
     workflow_tasks.reconcile()
     assert enqueued.calls == []
+
+
+def test_the_cancel_task_goes_to_the_queue_its_workflow_is_routed_to(
+    api: Api,
+    keyed: tuple[Client, str],
+    settings: Any,
+    past_the_budget: None,
+    enqueued: Enqueued,
+) -> None:
+    """A workflow routed to a queue of its own (NORM_WORKFLOW_QUEUES) had its cancel's task
+    sent to `workflows`, by the request and the reconciler alike: a deployment whose
+    workers serve only the routed queue never ran it. It goes where the fan-out goes."""
+    settings.NORM_WORKFLOW_QUEUES = {"welcome": "critical"}
+    event, _ = _broadcast(keyed[0], 3)
+
+    assert api.cancel("tx-1") == {"data": True}
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    assert enqueued.options_of(pipeline.CANCEL) == [{"countdown": None, "queue": "critical"}]
+    enqueued.clear()  # lost with the broker
+
+    _time_passes(settings.NORM_RECONCILE_GRACE + 1)
+    workflow_tasks.reconcile()
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    assert enqueued.options_of(pipeline.CANCEL) == [{"countdown": None, "queue": "critical"}]
+    assert "critical" in pipeline.all_queues()
