@@ -8,9 +8,11 @@ error for a bad one.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import QueryDict
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -60,6 +62,14 @@ def query_int(
 def query_bool(request: Request, name: str) -> bool | None:
     """`true` or `false` (any case) from the query string; None when absent or other."""
     return {"true": True, "false": False}.get(request.query_params.get(name, "").lower())
+
+
+def query_filters_given(params: QueryDict, names: Iterable[str]) -> list[str]:
+    """Those of `names` the query string gives a value: `contextKeys=` (what a form, a
+    query builder or novu-py given `[""]` sends for an unset field) asks for nothing, as
+    an absent parameter does, so a filter norm refuses is refused only when it would
+    narrow the list."""
+    return [name for name in names if any(params.getlist(name))]
 
 
 def query_limit(request: Request, name: str = "limit", default: int = DEFAULT_LIMIT) -> int:

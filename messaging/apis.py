@@ -31,6 +31,7 @@ from config.paging import (
     page_of,
     paginate,
     query_bool,
+    query_filters_given,
     query_int,
     query_limit,
 )
@@ -312,8 +313,9 @@ class MessageListApi(APIView):
         )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            # norm keeps no contexts: ignoring the filter would answer every message.
-            if "contextKeys" in self.initial_data:
+            # norm keeps no contexts: ignoring the filter would answer every message. An
+            # empty one asks for none, which every message of norm's matches.
+            if query_filters_given(self.initial_data, ["contextKeys"]):
                 raise serializers.ValidationError({"contextKeys": "norm cannot filter by this"})
             return attrs
 

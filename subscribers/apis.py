@@ -34,6 +34,7 @@ from config.paging import (
     page_of,
     paginate,
     query_bool,
+    query_filters_given,
     query_limit,
 )
 from subscribers import recipients, selectors, services
@@ -889,7 +890,7 @@ class TopicSubscriptionsApi(APIView):
     )
     def get(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        if request.query_params.getlist("contextKeys"):
+        if query_filters_given(request.query_params, ["contextKeys"]):
             # norm keeps no contexts: ignored, the filter listed every subscription.
             raise ApiError(400, "invalid_query", "norm cannot filter subscriptions by contextKeys")
         members = topic.subscribers.all()

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ApiError, error_responses
-from config.paging import PAGE_PARAMETERS, page_of, paginate
+from config.paging import PAGE_PARAMETERS, page_of, paginate, query_filters_given
 from workflows import selectors
 from workflows.models import Notification, Step
 
@@ -157,8 +157,8 @@ class NotificationListApi(APIView):
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             # Novu's filters that norm has nothing to match with: ignored, they would
-            # answer every notification as if it matched.
-            unsupported = sorted(UNSUPPORTED_FILTERS & set(self.initial_data))
+            # answer every notification as if it matched. An empty one narrows nothing.
+            unsupported = query_filters_given(self.initial_data, sorted(UNSUPPORTED_FILTERS))
             if unsupported:
                 raise serializers.ValidationError(
                     {name: "norm cannot filter by this" for name in unsupported}

@@ -10,12 +10,19 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from novu.dto.message import PaginatedMessageDto
-from novu_py.models import MessagesResponseDto
+from novu_py.models import ErrorDto, MessagesResponseDto
 from rest_framework.test import APIClient
 
 from messaging.models import Message
 from tests.conftest import plan_nodes
-from tests.factories import ClientFactory, MessageFactory, StepFactory, SubscriberFactory
+from tests.factories import (
+    ClientFactory,
+    MessageFactory,
+    StepFactory,
+    SubscriberFactory,
+    client_with_key,
+    novu_py_for,
+)
 from tests.novu_nulls import nulls_novu_refuses
 
 pytestmark = pytest.mark.django_db
@@ -115,6 +122,23 @@ def test_a_filter_norm_cannot_apply_is_400(tenant, query: dict[str, str]) -> Non
     response = api.get(URL, query)
     assert response.status_code == 400, response.content
     assert response.json()["statusCode"] == 400
+
+
+def test_an_empty_context_keys_is_no_filter_and_a_non_empty_one_a_400() -> None:
+    """novu-py sends `contextKeys=` for `context_keys=[""]` (as a form or a query builder
+    does for an unset field): norm refused it, though it narrows nothing. Novu reads an
+    empty contextKeys as "the messages with no context", which are all of norm's."""
+    client, key = client_with_key()
+    mine = _message(SubscriberFactory(client=client, subscriber_id="ann"))
+    novu = novu_py_for(key)
+
+    for asked in ({}, {"context_keys": []}, {"context_keys": [""]}):
+        listed = novu.messages.retrieve(request=asked).result
+        assert [m.id for m in listed.data] == [str(mine.pk)], asked
+    with pytest.raises(ErrorDto) as refused:
+        novu.messages.retrieve(request={"context_keys": ["tenant:acme", ""]})
+    assert refused.value.data.status_code == 400
+    assert "contextKeys" in refused.value.data.message
 
 
 def test_needs_an_api_key() -> None:

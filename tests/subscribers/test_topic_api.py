@@ -428,6 +428,18 @@ def test_v2_subscriptions_refuse_novu_pys_context_keys_rather_than_list_them_all
     assert [s.subscriber.subscriber_id for s in listed.data] == ["ann"]
 
 
+def test_v2_subscriptions_read_an_empty_context_keys_as_no_filter(key: str) -> None:
+    """novu-py sends `contextKeys=` for `context_keys=[""]` (as a form or a query builder
+    does for an unset field): norm refused it, though it narrows nothing."""
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    novu = novu_py_for(key)
+
+    for keys in ([], [""]):
+        asked = {"topic_key": "news", "context_keys": keys}
+        listed = novu.topics.subscriptions.list(request=asked).result
+        assert [s.subscriber.subscriber_id for s in listed.data] == ["ann"], keys
+
+
 @pytest.mark.parametrize("order", ["", "&orderDirection=DESC", "&orderDirection=ASC"])
 def test_v2_subscriptions_are_newest_first_unless_asked_for_asc_both_cursor_ways(
     keyed: tuple[Client, str], order: str

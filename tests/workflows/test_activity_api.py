@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from novu_py.models import ActivitiesResponseDto
+from novu_py.models import ActivitiesResponseDto, ErrorDto
 from rest_framework.test import APIClient
 
 from messaging.models import Message
@@ -17,6 +17,9 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
+    api_for,
+    client_with_key,
+    novu_py_for,
 )
 from workflows.models import Notification, Step
 
@@ -275,3 +278,22 @@ def test_novu_pys_other_activity_filters_narrow_the_list_or_are_refused(tenant) 
         assert response.status_code == 400, query
         assert query.split("=")[0] in response.json()["message"]
     assert api.get("/v1/notifications?after=yesterday").status_code == 400
+
+
+def test_an_empty_refused_filter_is_no_filter_as_novu_pys_empty_context_keys() -> None:
+    """novu-py sends `contextKeys=` for `context_keys=[""]` (as a form or a query builder
+    does for an unset field): norm refused it as a filter it cannot apply, though it
+    narrows nothing; so too an empty `search=`, `topicKey=` or `subscriptionId=`."""
+    client, key = client_with_key()
+    made = NotificationFactory(trigger_event=TriggerEventFactory(client=client))
+    novu = novu_py_for(key)
+
+    for asked in ({}, {"context_keys": []}, {"context_keys": [""]}):
+        listed = novu.notifications.list(request=asked).result
+        assert [n.id for n in listed.data] == [str(made.pk)], asked
+    empty = api_for(key).get("/v1/notifications?search=&topicKey=&subscriptionId=&contextKeys=")
+    assert [n["_id"] for n in empty.json()["data"]] == [str(made.pk)]
+    with pytest.raises(ErrorDto) as refused:
+        novu.notifications.list(request={"context_keys": ["", "org:acme"]})
+    assert refused.value.data.status_code == 400
+    assert "contextKeys" in refused.value.data.message
