@@ -482,8 +482,13 @@ def cursor_page(
             at = qs.filter(pk=cursor).values_list(field, flat=True).first()
             if at is None:
                 raise ApiError(400, "invalid_query", "invalid cursor")
+            # The first condition says nothing the second does not; it is what lets the
+            # (client, field, id) index start its scan at the cursor: without it a page
+            # read and dropped every row before the cursor (100,000, 38 ms, halfway
+            # through 200,000 subscribers).
             qs = qs.filter(
-                Q(**{f"{field}__{op}": at}) | Q(**{field: at, f"pk__{op}{or_equal}": cursor})
+                Q(**{f"{field}__{op}e": at}),
+                Q(**{f"{field}__{op}": at}) | Q(**{field: at, f"pk__{op}{or_equal}": cursor}),
             )
     backwards = bool(before) and not after
     keys = ["pk"] if field == "pk" else [field, "pk"]
