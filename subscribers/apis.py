@@ -7,7 +7,9 @@ novu-py speaks v2 (cursor lists, PATCH, `{subscriptions}` or `{subscriberIds}`);
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Q
@@ -450,9 +452,9 @@ def cursor_page(
     order_by: dict[str, str] = ORDER_BY,
 ) -> dict[str, Any]:
     """Keyset pagination by `orderBy` (`order_by` maps its names to fields), then by
-    primary key: `after`/`before` are opaque ids. `default_descending`: the order when
-    the request names no `orderDirection`. `includeCursor=true`: the page holds the
-    cursor's item too, as Novu's does."""
+    primary key: `after`/`before` are opaque (see _cursor_place). `default_descending`:
+    the order when the request names no `orderDirection`. `includeCursor=true`: the page
+    holds the cursor's item too, as Novu's does."""
     limit = query_limit(request)
     direction = request.query_params.get("orderDirection", "").upper()
     descending = direction == "DESC" or (default_descending and direction != "ASC")
@@ -469,19 +471,13 @@ def cursor_page(
     total, capped = capped_count(qs)
     after, before = request.query_params.get("after"), request.query_params.get("before")
     if after or before:
-        try:
-            cursor = int(after or before)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", "invalid cursor") from exc
+        cursor, at = _cursor_place(qs, after or before, field)
         # Past the cursor in the list's order: below it after a descending cursor or
         # before an ascending one.
         op = "lt" if descending == bool(after) else "gt"
         if field == "pk":
             qs = qs.filter(**{f"pk__{op}{or_equal}": cursor})
         else:
-            at = qs.filter(pk=cursor).values_list(field, flat=True).first()
-            if at is None:
-                raise ApiError(400, "invalid_query", "invalid cursor")
             # The first condition says nothing the second does not; it is what lets the
             # (client, field, id) index start its scan at the cursor: without it a page
             # read and dropped every row before the cursor (100,000, 38 ms, halfway
@@ -500,11 +496,49 @@ def cursor_page(
         items.reverse()
     return {
         "data": [dto(i) for i in items],
-        "next": str(items[-1].pk) if items and (has_more or backwards) else None,
-        "previous": str(items[0].pk) if items and (after or (backwards and has_more)) else None,
+        "next": _cursor(items[-1], field) if items and (has_more or backwards) else None,
+        "previous": (
+            _cursor(items[0], field) if items and (after or (backwards and has_more)) else None
+        ),
         "totalCount": total,
         "totalCountCapped": capped,
     }
+
+
+# A cursor: the item's id, as Novu's is; in an order by another field, a datetime, the
+# id and the item's value of it then, in Unix microseconds ("<id>_<microseconds>").
+_CURSOR_FORMAT = re.compile(r"(\d+)(?:_(-?\d+))?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _cursor(item: Any, field: str) -> str:
+    if field == "pk":
+        return str(item.pk)
+    return f"{item.pk}_{(getattr(item, field) - _EPOCH) // timedelta(microseconds=1)}"
+
+
+def _cursor_place(qs: Any, raw: str, field: str) -> tuple[int, datetime | None]:
+    """The id and the `field` value a cursor stands for. A page's `next` or `previous`
+    carries the value, so the next page goes on from the place the last one ended
+    even if that item was deleted since (it was a 400) or changed, moving in an order by
+    updatedAt (the walk began again, or ended early). A bare id (Novu's cursor, or
+    one a caller picked from a page) stands where its item is now."""
+    match = _CURSOR_FORMAT.fullmatch(raw)
+    if match is None:
+        raise ApiError(400, "invalid_query", "invalid cursor")
+    pk, micros = int(match[1]), match[2]
+    if field == "pk":
+        return pk, None
+    if micros is not None:
+        try:
+            return pk, _EPOCH + timedelta(microseconds=int(micros))
+        except OverflowError as exc:
+            raise ApiError(400, "invalid_query", "invalid cursor") from exc
+    at = qs.filter(pk=pk).values_list(field, flat=True).first()
+    if at is None:
+        # A bare id says no place: its item is gone (or not in this list).
+        raise ApiError(400, "invalid_query", "invalid cursor: no such item in the list")
+    return pk, at
 
 
 @extend_schema_view(

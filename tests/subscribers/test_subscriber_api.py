@@ -654,6 +654,52 @@ def test_pages_by_updated_at_are_read_from_the_cursor_by_an_index_ties_kept(
     assert scans and "updated_at" in scans[0]["Index Cond"], plan
 
 
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_a_walk_by_updated_at_goes_on_from_its_cursors_place_though_it_was_deleted_or_changed(
+    keyed: tuple[Client, str], order: str
+) -> None:
+    """The cursor's subscriber was looked up for its place: deleted between pages, the
+    next page was a 400; changed, it had moved to the newest end, and the walk began
+    again (newest first) or ended there (oldest first). A page's cursor carries its
+    place, as any keyset list's does; a bare id still stands where its subscriber is."""
+    client, key = keyed
+    names = [f"user-{i}" for i in range(6)]
+    for name in names:
+        SubscriberFactory(client=client, subscriber_id=name)
+    expected = names if order == "ASC" else names[::-1]
+    novu = novu_py_for(key)
+
+    def page(**cursor: Any) -> Any:
+        request = {"limit": 2, "order_by": "updatedAt", "order_direction": order, **cursor}
+        return novu.subscribers.search(request=request).result
+
+    def ids(listed: Any) -> list[str]:
+        return [s.subscriber_id for s in listed.data]
+
+    first = page()
+    deleted = first.data[1].id
+    novu.subscribers.delete(subscriber_id=expected[1])
+    second = page(after=first.next)
+    assert ids(second) == expected[2:4]
+    novu.subscribers.patch(
+        subscriber_id=expected[3], patch_subscriber_request_dto={"firstName": "Changed"}
+    )
+    third = page(after=second.next)
+    assert ids(third) == expected[4:6]
+    if order == "ASC":
+        # Changed last, it comes again at the end of a walk oldest first, as changed.
+        assert ids(page(after=third.next)) == [expected[3]]
+    else:
+        assert third.next is None
+    assert ids(page(before=third.previous)) == [expected[0], expected[2]]
+    # A bare id: where its subscriber is now; one deleted has no place to go on from.
+    at_now = Subscriber.objects.get(client=client, subscriber_id=expected[2]).pk
+    assert ids(page(after=str(at_now))) == expected[4:6]
+    with pytest.raises(novu_py.models.ErrorDto) as refused:
+        page(after=deleted)
+    assert refused.value.data.status_code == 400
+
+
 def test_an_order_by_norm_cannot_sort_by_is_a_400(key: str) -> None:
     with pytest.raises(novu_py.models.ErrorDto) as refused:
         novu_py_for(key).subscribers.search(request={"order_by": "email"})
