@@ -19,6 +19,8 @@ import billiard.exceptions
 import celery.exceptions
 import kombu.exceptions
 import redis.exceptions
+from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
@@ -108,6 +110,27 @@ def bugs_recorded(
     except Exception as exc:
         log.exception("%s failed", what)
         record(exc)
+
+
+def db_retry(task: Task, exc: BaseException | None, **kwargs: Any) -> celery.exceptions.Retry:
+    """Retry `task` after the database error `exc` as DB_RETRY would (its backoff, its
+    bound), with `kwargs` added to the task's own: what the run learned before the
+    error, which its retry must not do again. Returns the Retry to raise; past the
+    bound, raises `exc`."""
+    countdown = get_exponential_backoff_interval(
+        factor=DB_RETRY["retry_backoff"],
+        retries=task.request.retries,
+        maximum=DB_RETRY["retry_backoff_max"],
+        full_jitter=True,  # as autoretry's default retry_jitter
+    )
+    return task.retry(
+        args=task.request.args,
+        kwargs={**(task.request.kwargs or {}), **kwargs},
+        exc=exc,
+        countdown=countdown,
+        throw=False,
+        **DB_RETRY["retry_kwargs"],
+    )
 
 
 def backoff(base: float, attempt: int) -> float:

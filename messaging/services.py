@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -20,13 +22,25 @@ from workflows.selectors import CHANNEL_TYPES
 logger = logging.getLogger(__name__)
 
 
-def message_send(*, step_id: int, claim: str = "") -> None:
+class SentUnrecorded(Exception):
+    """The provider took the message, and the database failed before it was recorded
+    sent. `sent`: the record (JSON, for the task's retry to carry and write; see
+    message_send). Raised from the database's error."""
+
+    def __init__(self, sent: dict[str, Any]) -> None:
+        super().__init__("the message was sent, and the database failed to record it")
+        self.sent = sent
+
+
+def message_send(*, step_id: int, claim: str = "", sent: dict[str, Any] | None = None) -> None:
     """Stage 5: carry out one step, then hand the notification back to the echo worker.
 
     Safe to run twice: the step is claimed (scheduled -> processing) by one run only,
-    or by that run's own retry (`claim`, see step_claim). A send cut off between the
-    provider call and the commit may repeat once, when the retry (or the reconciler,
-    for a claim left stale) sends it again.
+    or by that run's own retry (`claim`, see step_claim). A send whose record the
+    database refused raises SentUnrecorded, and the retry records it from `sent`
+    without sending. A send cut off between the provider call and the commit otherwise
+    (its worker killed) may repeat once, when the reconciler, for a claim left stale,
+    sends it again.
     """
     claim = claim or uuid.uuid4().hex  # the one the step is taken under, for the handler
     # A bug (in norm, or a step it did not foresee): raised, the step stayed claimed with
@@ -36,8 +50,37 @@ def message_send(*, step_id: int, claim: str = "") -> None:
         lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
         f"the send of step {step_id}",
         logger,
+        passes=(SentUnrecorded,),
     ):
-        _send(step_id=step_id, claim=claim)
+        if sent is None:
+            _send(step_id=step_id, claim=claim)
+        else:
+            _sent_record(step_id=step_id, sent=sent)
+
+
+def _sent_record(*, step_id: int, sent: dict[str, Any]) -> None:
+    """Record the send a run made before the database failed (SentUnrecorded), as that
+    run would have: the message sent, its step completed.
+
+    Not through step_claim: it refuses a step whose trigger was canceled meanwhile, and
+    the message, left `sending`, was given up as failed by the reconciler once the
+    claim went stale, though it was delivered (and an admin's retry sent it again); not
+    canceled, the retry took its claim back and sent it a second time. Whoever holds
+    the step now, a success counts (as in _held): the message went out."""
+    step = Step.objects.filter(pk=step_id).only("pk", "notification_id").first()
+    if step is None:  # its subscriber was deleted since, with it and its message
+        return
+    with transaction.atomic():  # sent and done together, as _send records them
+        # Not a send recorded already (the commit that failed may have gone through).
+        Message.objects.filter(step_id=step_id).exclude(status=Message.Status.SENT).update(
+            status=Message.Status.SENT,
+            recipient=sent["recipient"],
+            provider_message_id=sent["provider_message_id"],
+            attempts=sent["attempts"],
+            sent_at=datetime.fromisoformat(sent["sent_at"]),
+            error="",
+        )
+        workflow_services.step_complete(step=step, result={})
 
 
 def _send(*, step_id: int, claim: str) -> None:
@@ -146,8 +189,20 @@ def _send(*, step_id: int, claim: str) -> None:
             sent.update(**as_sent)
             # An in-app result is read from the message when the state is built.
             workflow_services.step_complete(step=step, result={})
+    except (OperationalError, InterfaceError) as exc:
+        # The database away: its retry would find the message unsent, and send it again
+        # (or, its trigger canceled meanwhile, find its claim refused and leave the message
+        # to be given up as failed). It carries what the provider answered instead.
+        raise SentUnrecorded(
+            {
+                "recipient": message.recipient,
+                "provider_message_id": provider_message_id,
+                "attempts": as_sent["attempts"],
+                "sent_at": as_sent["sent_at"].isoformat(),
+            }
+        ) from exc
     except pipeline.NOT_A_BUG:
-        raise  # the database is away: the task's retry may send it once more, as documented
+        raise  # the worker stopping (a time limit): the reconciler may send it again, as documented
     except Exception:
         # A bug after the provider took the message. Rolled back with the rest, the
         # message read as unsent, and each run of the step sent it again: recorded sent

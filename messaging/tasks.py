@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Task, shared_task
 
 from config import pipeline
@@ -7,7 +9,13 @@ from messaging import services
 
 
 @shared_task(name="norm.message.send", bind=True, ignore_result=True, **pipeline.DB_RETRY)
-def message_send(self: Task, step_id: int) -> None:
+def message_send(self: Task, step_id: int, sent: dict[str, Any] | None = None) -> None:
     """Stage 5: send one step's message or record its action. Claims the step first,
-    under the task's id, which its retries keep."""
-    services.message_send(step_id=step_id, claim=self.request.id or "")
+    under the task's id, which its retries keep. `sent`: what the provider answered a
+    run whose record of it the database refused, for the retry to record, not send."""
+    try:
+        services.message_send(step_id=step_id, claim=self.request.id or "", sent=sent)
+    except services.SentUnrecorded as unrecorded:
+        # Retried as DB_RETRY retries the database's error, carrying the send with it:
+        # only the task's message outlives the run (the database being away).
+        raise pipeline.db_retry(self, unrecorded.__cause__, sent=unrecorded.sent) from unrecorded

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from celery.exceptions import Retry
 from django.core import mail
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import OperationalError, connection
@@ -21,7 +23,8 @@ from django.utils import timezone
 from config import pipeline
 from messaging import providers, services, tasks
 from messaging.models import Message
-from notify.models import Client
+from notify import services as notify_services
+from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
@@ -325,6 +328,61 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     step.refresh_from_db()
     assert (step.status, step.claimed_by, step.attempts) == (Step.Status.COMPLETED, "task-1", 2)
     assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
+
+
+@pytest.mark.parametrize("cancel", [None, "of the trigger", "reaching the notification"])
+def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_never_resent(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+    cancel: str | None,
+) -> None:
+    """The SMTP server took the email, and recording it hit a database error: the task is
+    retried. Its trigger canceled meanwhile (`canceled_at` set, its cancel at this
+    notification or not yet), the retry's claim was refused, the message stayed
+    `sending`, and the reconciler gave it up as failed once the claim went stale: an
+    email delivered, recorded failed. Not canceled, the retry sent it again. The retry
+    records what its first run was told: sent, once."""
+    settings.NORM_STALE_CLAIM_SECONDS = 600
+    step = email_step()
+    complete = FailsOnce(workflow_services.step_complete, OperationalError("the server closed"))
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    with pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get().status == Message.Status.SENDING  # rolled back
+
+    event = step.notification.trigger_event
+    if cancel == "of the trigger":  # its cancel has not reached this notification yet
+        TriggerEvent.objects.filter(pk=event.pk).update(canceled_at=timezone.now())
+    elif cancel == "reaching the notification":
+        notify_services.trigger_event_cancel(
+            client=event.client, transaction_id=event.transaction_id
+        )
+    # The retry as the broker carries it: through JSON, under the same task id.
+    retry = json.loads(
+        json.dumps({"args": retried.value.sig.args, "kwargs": retried.value.sig.kwargs})
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(**retry, task_id="task-1", retries=1, throw=True)
+    # And the reconciler, once the claim would have gone stale.
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
+    workflow_services.reconcile()
+
+    assert len(smtp_server.envelopes) == 1
+    message = Message.objects.get()
+    assert (message.status, message.attempts, message.error) == (Message.Status.SENT, 1, "")
+    assert message.provider_message_id == str(message.pk) and message.sent_at is not None
+    assert message.recipient == "ann@example.com"
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    # An admin's retry has nothing to send again.
+    step.notification.refresh_from_db()
+    workflow_services.notification_retry(notification=step.notification)
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get().status == Message.Status.SENT
 
 
 def test_an_email_to_a_subscriber_without_address_is_skipped_and_the_workflow_goes_on(
