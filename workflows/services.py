@@ -807,10 +807,18 @@ def step_complete(*, step: Step, result: dict[str, Any]) -> None:
 
 def step_skip(*, step: Step, reason: str) -> None:
     """Skip a claimed step that cannot reach its subscriber; the notification goes on."""
-    _step_finish(step, status=Step.Status.SKIPPED, result=_skipped_result(step.type), error=reason)
-    if getattr(step, "message_status", None) == Message.Status.SENDING:
-        # An earlier attempt's, on its way for good otherwise: a send that failed for now
-        # (or one an admin retry reopened), and the subscriber's address removed since.
+    skipped = {"status": Step.Status.SKIPPED, "result": _skipped_result(step.type), "error": reason}
+    if getattr(step, "message_status", None) != Message.Status.SENDING:
+        _step_finish(step, **skipped)
+        return
+    # An earlier attempt's message, on its way for good otherwise: a send that failed for
+    # now (or one an admin retry reopened), and the subscriber's address removed since.
+    # With the skip, in one transaction: the database lost between the two, the task's
+    # retry found the step skipped (no claim to take back) and the message stayed
+    # `sending` for good, which the reconciler (of processing steps) never moves.
+    with transaction.atomic():
+        _notification_locked(step)  # the step, then its message: see there
+        _step_finish(step, **skipped)
         _messages_give_up([step.pk], reason)
 
 

@@ -421,6 +421,41 @@ def test_a_message_tried_before_its_subscribers_address_was_removed_fails_with_t
     assert Notification.objects.get().status == Notification.Status.RUNNING
 
 
+def test_a_skip_the_database_cut_off_before_its_message_was_given_up_is_done_whole_by_the_retry(
+    enqueued: Enqueued,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """As above, and the database failed after the step was skipped, before its message
+    was given up: the task's retry found the step skipped, not to be claimed, and the
+    message stayed `sending` for good (the reconciler moves only processing steps')."""
+    smtp_unreachable(settings)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.message_send(step_id=email_step().pk, claim="task-0")
+    step = Step.objects.get()
+    assert step.status == Step.Status.SCHEDULED
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
+    give_up = FailsOnce(workflow_services._messages_give_up, OperationalError("the server closed"))
+    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up)
+    enqueued.clear()
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.SKIPPED, "the subscriber has no email address")
+    message = Message.objects.get()
+    assert (message.status, message.error) == (
+        Message.Status.FAILED,
+        "the subscriber has no email address",
+    )
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
 def failed_for_good(send: Callable[[Step], Step], settings: Any) -> Step:
     """An email step whose only attempt failed (SMTP unreachable): the admin may retry it."""
     smtp_unreachable(settings)
