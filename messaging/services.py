@@ -149,6 +149,13 @@ def _send(*, step_id: int, claim: str) -> None:
     if message.status == Message.Status.SENT:  # just stored as sent, or found sent
         workflow_services.step_complete(step=step, result={})
         return
+    if message.status == Message.Status.FAILED:
+        # Failed for good by a run the database cut off before its step was failed (an
+        # admin's retry reopens a message with its step): this run, its retry or the
+        # reconciler's, sent it again at once, past NORM_SEND_MAX_ATTEMPTS, and after a
+        # reply that timed out (the server may have taken it) as a second email.
+        workflow_services.step_fail(step=step, code="SendFailed", message=message.error)
+        return
     message.subscriber, message.client = subscriber, step.notification.client
     message.recipient = provider.recipient(message)
     try:

@@ -261,6 +261,43 @@ def _answered_at_once(reply: str) -> tuple[threading.Event, str]:
     return answered, reply
 
 
+def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """The last attempt's reply timed out (the server may have taken the email), and the
+    database failed after the message was recorded failed, before its step was: the
+    task's retry took its claim back and sent the email again at once, past
+    NORM_SEND_MAX_ATTEMPTS. It fails the step as its message says instead."""
+    settings.NORM_SEND_MAX_ATTEMPTS = 1
+    settings.EMAIL_TIMEOUT = 0.5
+    smtp_server.answer_after = 1.5
+    step = email_step()
+    fail = FailsOnce(workflow_services.step_fail, OperationalError("the server closed"))
+    monkeypatch.setattr(workflow_services, "step_fail", fail)
+    with pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+    assert Message.objects.get().status == Message.Status.FAILED
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    assert len(smtp_server.envelopes) == 1
+    message = Message.objects.get()
+    assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
+    step.refresh_from_db()
+    assert step.status == Step.Status.FAILED and step.error == message.error
+    notification = Notification.objects.get()
+    assert (notification.status, notification.error_code) == (
+        Notification.Status.FAILED,
+        "SendFailed",
+    )
+    assert enqueued.calls == []
+
+
 def test_a_kept_connection_answered_421_sends_the_email_once_more_on_a_new_one(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
