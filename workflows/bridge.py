@@ -15,7 +15,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,18 +211,19 @@ def call(
     action: str,
     params: dict[str, str] | None = None,
     body: dict[str, Any] | None = None,
-    js_integers: bool = False,
+    js_integers: bool | None = None,
 ) -> dict[str, Any]:
     """Call the bridge, signed with the first of `secrets` (the client's live keys,
-    newest first) that it accepts. `js_integers`: see `canonical_json` (a Novu bridge).
+    newest first) that it accepts. `js_integers`: see `canonical_json`; True for a bridge
+    that parses with JS (Novu's), False for one that parses with Python (norm's SDK), None
+    while not told which (`_writings`).
 
     A bridge holds one key. While a client rotates, norm already has the new key and the
     bridge still the old one until it is redeployed: a call refused with the newest key
     is signed again with the next, rather than fail the notification for good.
     """
-    once = {"action": action, "params": params, "body": body, "js_integers": js_integers}
     if action == HEALTH_CHECK:
-        return _call_once(url, secret=None, **once)
+        return _call_once(url, secret=None, action=action, params=params, text=None)
     if not secrets:
         # A client whose keys are all revoked: an unsigned call would still be answered
         # by a bridge that verifies nothing, so norm makes none.
@@ -231,13 +232,36 @@ def call(
             "the client has no live secret key to sign the bridge call with; "
             "norm calls no bridge unsigned (create a key for the client)",
         )
-    for secret in secrets[:-1]:
-        try:
-            return _call_once(url, secret=secret, **once)
-        except BridgeError as exc:
-            if exc.status != 401 or exc.code != WRONG_KEY:
-                raise
-    return _call_once(url, secret=secrets[-1], **once)
+    refused: BridgeError | None = None
+    for secret in secrets:
+        for text in _writings(body, js_integers):
+            try:
+                return _call_once(url, secret=secret, action=action, params=params, text=text)
+            except BridgeError as exc:
+                if exc.status != 401 or exc.code != WRONG_KEY:
+                    raise
+                refused = exc
+    # The last refusal: a bridge that holds none of the client's keys fails with it.
+    assert refused is not None  # secrets is not empty
+    raise refused
+
+
+def _writings(body: dict[str, Any] | None, js_integers: bool | None) -> Iterator[str | None]:
+    """The texts to send `body` as, signed with one key, until the bridge takes one.
+
+    Not told how the bridge parses (None): written whole, then, if JS would write it back
+    otherwise (an integer beyond 2**53), as JS does. Whole first, as norm's SDK takes it:
+    that SDK also checks the bytes it got, so it accepts them with its key and refuses
+    both writings with another, and never runs on an integer rounded as JS reads it; a
+    Novu bridge refuses the whole writing with its own key, and takes JS's.
+    """
+    if body is None:
+        yield None
+        return
+    text = canonical_json(body, js_integers=bool(js_integers))
+    yield text
+    if js_integers is None and (js_text := canonical_json(body, js_integers=True)) != text:
+        yield js_text
 
 
 def _call_once(
@@ -246,11 +270,9 @@ def _call_once(
     secret: str | None,
     action: str,
     params: dict[str, str] | None,
-    body: dict[str, Any] | None,
-    js_integers: bool,
+    text: str | None,
 ) -> dict[str, Any]:
-    method = "GET" if body is None else "POST"
-    text = canonical_json(body, js_integers=js_integers) if body is not None else None
+    method = "GET" if text is None else "POST"
     headers = {"content-type": "application/json", "accept": "application/json"}
     if secret is not None:
         # The signature covers `{}` for a GET, as Novu's framework expects.
@@ -445,7 +467,7 @@ def execute(
     workflow_id: str,
     body: dict[str, Any],
     step_id: str | None = None,
-    js_integers: bool = False,
+    js_integers: bool | None = None,
 ) -> dict[str, Any]:
     params = {"workflowId": workflow_id} | ({"stepId": step_id} if step_id else {})
     return call(

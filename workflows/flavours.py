@@ -50,7 +50,9 @@ def next_step_norm(
     )
     # A bridge of Novu's is driven so while its flavour could not be told (its health-check
     # failed at the sync that found its workflows): this call is then Novu's probe, and is
-    # read as one, rather than fail the notification for good.
+    # read as one, rather than fail the notification for good. Its signature too: the call
+    # is not told how the bridge parses numbers (`bridge.call`), so a body JS writes back
+    # otherwise (an integer beyond 2**53), refused whole, is sent again as JS writes it.
     try:
         answer = bridge.execute(
             notification.resource, secrets=secrets, workflow_id=notification.workflow_id, body=sent

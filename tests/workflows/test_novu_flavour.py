@@ -1,14 +1,19 @@
 """The echo worker driving a bridge per its flavour: Novu's probe-then-execute, norm's
-controls, and how the flavour is detected. The bridge is faked at the network edge."""
+controls, and how the flavour is detected. The bridge is faked at the network edge, or
+served on loopback (norm's SDK; signatures checked by node as Novu's framework does)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Callable, Sequence
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -19,13 +24,14 @@ from config import pipeline
 from messaging.models import Message
 from messaging.services import message_send
 from notify.models import BridgeSync, BridgeWorkflow, Client
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, json_serving, sdk_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
     MessageFactory,
     NotificationFactory,
     StepFactory,
+    client_with_key,
 )
 from workflows import bridge, registry, services
 from workflows.models import Notification, Step
@@ -70,7 +76,7 @@ class FakeExecute:
         workflow_id: str,
         body: dict[str, Any],
         step_id: str | None = None,
-        js_integers: bool = False,
+        js_integers: bool | None = None,
     ) -> dict[str, Any]:
         self.calls.append(
             {"workflow_id": workflow_id, "step_id": step_id, "body": body, "js": js_integers}
@@ -506,6 +512,137 @@ def test_a_novu_bridge_driven_as_norm_completes_when_every_step_has_state(
     untold.refresh_from_db()
     assert untold.status == Notification.Status.COMPLETED, untold.error
     assert len(execute.calls) == 1
+
+
+# What Novu's framework checks (validateHmac): the HMAC of "<t>.<body as JS writes it back>".
+JS_VERIFY = """
+const crypto = require("crypto");
+const [secret, header] = process.argv.slice(1);
+let body = "";
+process.stdin.on("data", (chunk) => (body += chunk)).on("end", () => {
+  const parts = Object.fromEntries(header.split(",").map((pair) => pair.split("=")));
+  const signed = `${parts.t}.${JSON.stringify(JSON.parse(body))}`;
+  const v1 = crypto.createHmac("sha256", secret).update(signed).digest("hex");
+  process.stdout.write(v1 === parts.v1 ? "ok" : "mismatch");
+});
+"""
+
+
+def js_verifies(secret: str, header: str, body: bytes) -> bool:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: no JS can check the signature")
+    checked = subprocess.run(
+        [node, "-e", JS_VERIFY, "--", secret, header],
+        input=body,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return checked.stdout == b"ok"
+
+
+@contextlib.contextmanager
+def js_bridge(secret: str) -> Iterator[tuple[str, list[str | None]]]:
+    """A bridge that checks signatures as Novu's framework does, in node, on 127.0.0.1,
+    and answers its probe (no stepId) by naming `inbox`: its URL, and the stepId of each
+    execute whose signature it accepted."""
+    accepted: list[str | None] = []
+
+    def respond(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        query = dict(parse_qsl(urlsplit(path).query))
+        header = {k.lower(): v for k, v in headers.items()}.get("novu-signature", "")
+        if not js_verifies(secret, header, body):
+            return 401, {"message": "Signature mismatch", "code": "SignatureMismatchError"}, {}
+        accepted.append(query.get("stepId"))
+        if "stepId" not in query:
+            error = corrupt("inbox")
+            return 400, {"message": error.message, "code": error.code, "data": error.data}, {}
+        payload = json.loads(body)["payload"]  # as JS reads it: the order's id rounded
+        return 200, {"outputs": {"body": f"n° {payload['order']}"}, "options": {}}, {}
+
+    with json_serving(respond) as url:
+        yield f"{url}/api/novu", accepted
+
+
+BIG = 12345678901234567890  # beyond 2**53: JS reads it as 12345678901234567000
+
+
+def test_a_novu_bridge_driven_as_norm_accepts_the_signature_of_a_payload_integer_beyond_2_53(
+    enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """A Novu bridge checks the body as JS writes it back, which norm's own mode did not
+    write for: a payload integer beyond 2**53 failed the notification for good with
+    SignatureMismatchError, where Novu's flavour signs the same payload so it is accepted."""
+    client, key = client_with_key()
+    with js_bridge(key) as (url, accepted):
+        Client.objects.filter(pk=client.pk).update(bridge_url=url)
+        client.refresh_from_db()
+        notification = NotificationFactory(
+            trigger_event__client=client,
+            trigger_event__workflow_id="welcome-flow",
+            status=Notification.Status.RUNNING,
+            payload={"userName": "Zoë", "order": BIG},
+        )
+        BridgeSyncFactory(client=client, flavour="")  # its health-check failed: not told
+        BridgeWorkflowFactory(client=client, workflow_id="welcome-flow", steps=STEPS)
+
+        run(notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING, notification.error
+    assert accepted == [None, "inbox"]  # the probe, then the step it named
+    step = notification.steps.get()
+    assert (step.step_id, step.outputs) == ("inbox", {"body": "n° 12345678901234567000"})
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
+def test_a_bridge_not_told_that_parses_with_js_is_signed_so_with_each_live_key() -> None:
+    """Mid-rotation (the bridge still on the older key), each key is tried in both
+    writings before the next: the whole one, refused, then JS's."""
+    body = {"payload": {"order": BIG}, "state": [], "controls": {}}
+    with js_bridge("sk_old") as (url, accepted):
+        answer = bridge.execute(
+            url,
+            secrets=("sk_new", "sk_old"),
+            workflow_id="welcome-flow",
+            body=body,
+            step_id="inbox",
+        )
+    assert answer["outputs"] == {"body": "n° 12345678901234567000"}
+    assert accepted == ["inbox"]
+
+
+@workflow("numbered")
+def numbered(ctx: Any) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": f"n° {ctx.payload['order']}"})
+
+
+@pytest.mark.parametrize("flavour", ["", "norm"])
+def test_norms_sdk_driven_as_norm_reads_a_payload_integer_beyond_2_53_whole(
+    enqueued: Enqueued, run: Callable[..., None], flavour: str
+) -> None:
+    """Whatever lets a Novu bridge check such a payload's signature, norm's SDK (which
+    parses with Python) is not handed that integer rounded as JS would read it."""
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[numbered], secret_key=key)) as base:
+        Client.objects.filter(pk=client.pk).update(bridge_url=f"{base}/bridge")
+        client.refresh_from_db()
+        notification = NotificationFactory(
+            trigger_event__client=client,
+            trigger_event__workflow_id="numbered",
+            status=Notification.Status.RUNNING,
+            payload={"order": BIG},
+        )
+        BridgeSyncFactory(client=client, flavour=flavour)
+        BridgeWorkflowFactory(client=client, workflow_id="numbered")
+
+        run(notification)
+
+    step = notification.steps.get()
+    assert (step.step_id, step.outputs) == ("inbox", {"body": f"n° {BIG}"})
 
 
 def test_a_flavour_not_told_yet_is_detected_again_after_the_discover_interval(
