@@ -352,6 +352,29 @@ def test_a_payload_failing_a_format_is_refused_here_as_the_bridge_would_refuse_i
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "status"),
+    [
+        ("date-time", "2025-01-01T10:00:00.123456", 201),  # datetime.isoformat(), naive
+        ("date-time", "2025-01-01 10:00:00+0100", 201),
+        ("email", "ann smith@example.com", 400),
+        ("email", "ann@localhost", 400),
+    ],
+)
+def test_a_payload_is_judged_by_its_formats_as_a_novu_bridge_judges_it(
+    post: Post, monkeypatch: pytest.MonkeyPatch, name: str, value: str, status: int
+) -> None:
+    """Each verdict is ajv-formats', which Novu's SDK checks payloads with: jsonschema's
+    checkers refused these date-times (a trigger the bridge would run) and took these
+    emails (each notification then failed at the bridge)."""
+    schema = {"type": "object", "properties": {"v": {"type": "string", "format": name}}}
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": schema})
+    )
+    response = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"v": value}})
+    assert response.status_code == status, response.content
+
+
+@pytest.mark.parametrize(
     ("answer", "status", "code"),
     [
         ({"workflows": None}, 404, "workflow_not_found"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from workflows.sdk import (
     ExecutionStateOutputInvalidError,
     workflow,
 )
-from workflows.sdk.schemas import Schema
+from workflows.sdk.schemas import CHECKED_FORMATS, Schema
 
 from .helpers import FORMATS, execute_body
 
@@ -152,6 +156,167 @@ def test_formats_are_checked_as_novus_sdk_checks_them(name: str, good: str, bad:
 
     with pytest.raises(ExecutionStateOutputInvalidError):
         bad_output.execute(execute_body({}, []))
+
+
+# (format, value, whether ajv-formats 2.1.1 takes it), each verdict ajv 8's with the
+# options @novu/framework 2.13.2 gives it (useDefaults, removeAdditional "failing"):
+# values jsonschema's checkers, which norm used, judged otherwise.
+AJV_VERDICTS = [
+    ("date-time", "2025-01-01T10:00:00Z", True),
+    ("date-time", "2025-01-01T10:00:00", True),  # no offset: ajv-formats requires none
+    ("date-time", "2025-01-01 10:00:00.5Z", True),
+    ("date-time", "2025-01-01\u00a010:00:00Z", True),  # JS's \s is Unicode's
+    ("date-time", "2025-01-01T10:00:00+0100", True),
+    ("date-time", "2025-01-01T10:00:00+01", True),
+    ("date-time", "2025-01-01T23:59:60Z", True),
+    ("date-time", "2025-01-01T10:00:00Z\n", False),
+    ("date-time", "2025-02-29T10:00:00Z", False),
+    ("date-time", "2025-01-01T10:00Z", False),
+    ("date-time", "\u0662\u0660\u0662\u0665-01-01T10:00:00Z", False),  # digits, not ASCII
+    ("time", "09:30:00+0100", True),
+    ("time", "23:59:60", True),
+    ("time", "24:00:00", False),
+    ("date", "0000-01-01", True),
+    ("date", "2024-02-29", True),
+    ("date", "2025-04-31", False),
+    ("email", "a@b", False),
+    ("email", "a b@c.de", False),
+    ("email", "a@b..de", False),
+    ("email", ".a@b.de", False),
+    ("email", "\u00e9@b.de", False),
+    ("email", "a@-b.de", False),
+    ("email", "A.B+c@Mail.Example.COM", True),
+    ("uuid", "urn:uuid:0b4c8d0e-2f3a-4b5c-9d6e-7f8091a2b3c4", True),
+    ("ipv4", "01.2.3.4", True),
+    ("ipv4", "256.1.1.1", False),
+    ("hostname", "a_b.com", False),
+    ("hostname", "\u212aelvin.de", False),  # the Kelvin sign folds to k in Unicode, not in JS
+    ("uri", "http://a b", False),
+    ("uri", "urn:isbn:1", True),
+    ("uri-reference", "a b", False),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "valid"), AJV_VERDICTS)
+def test_formats_take_and_refuse_what_novus_ajv_formats_does(
+    name: str, value: str, valid: bool
+) -> None:
+    """jsonschema's checkers took `a b@c.de` as an email, so a trigger was accepted whose
+    every notification Novu's bridge then refused, and refused a date-time without an
+    offset (Python's `datetime.isoformat()`), so a trigger the bridge would run was not."""
+    schema = {"type": "object", "properties": {"v": {"type": "string", "format": name}}}
+    assert (not Schema.of(schema).errors({"v": value})) == valid
+
+
+# More values, for the comparison with ajv-formats itself.
+MORE_VALUES = [
+    "",
+    "x",
+    "/",
+    "//x",
+    "#x",
+    "%zz",
+    "a:b",
+    "mailto:a@b.de",
+    "http://x.y/z?q=1#f",
+    "http://[::1]/",
+    "http://[v1.x]/",
+    "http://\u00e9.de",
+    "http://x/%41",
+    "HTTP://X.Y",
+    "::1",
+    "2001:db8::1",
+    "2001:db8::g",
+    "::ffff:1.2.3.4",
+    "1:2:3:4:5:6:7:8:9",
+    "fe80::1%eth0",
+    "192.0.2.1",
+    "192.0.2",
+    "1.2.3.4\n",
+    "localhost",
+    "a.b.",
+    "-a.de",
+    "a-.de",
+    "x" * 63 + ".de",
+    "x" * 64 + ".de",
+    ("x" * 63 + ".") * 4 + "de",
+    "0b4c8d0e-2f3a-4b5c-9d6e-7f8091a2b3c4",
+    "0B4C8D0E-2F3A-4B5C-9D6E-7F8091A2B3C4",
+    "0b4c8d0e2f3a4b5c9d6e7f8091a2b3c4",
+    "{0b4c8d0e-2f3a-4b5c-9d6e-7f8091a2b3c4}",
+    "a@b.c",
+    '"a b"@c.de',
+    "a@[1.2.3.4]",
+    "a.@b.de",
+    "a@b.c\n",
+    "a@b.c-",
+    "2025-01-01",
+    "2025-1-01",
+    "20250101",
+    "2025-13-01",
+    "2025-01-00",
+    "2024-02-30",
+    "09:30:00",
+    "09:30:00Z",
+    "09:30:00.5",
+    "09:30:00z",
+    "9:30:00",
+    "09:30",
+    "09:30:00 Z",
+    "09:30:00+25:00",
+    "22:59:60+01:00",
+    "23:59:59.999-12:00",
+    "09:30:00\n",
+    "2025-01-01t10:00:00z",
+    "2025-01-01T10:00:00+01:00",
+    "2025-01-01T10:00:00.Z",
+    "2025-01-01T10:00:00,5Z",
+    "2025-01-01\t10:00:00Z",
+    "2025-01-01T10:00:00+25:00",
+    "2025-01-01T10:00:00+01:60",
+    "2025-01-01T10:00:60Z",
+    "2025-01-01TT10:00:00Z",
+    "2025-01-01 T10:00:00Z",
+    "2025-01-01\ufeff10:00:00Z",
+    "2025-01-01\u200b10:00:00Z",
+    "2025-01-01\u180e10:00:00Z",
+    "2025-01-01\x1c10:00:00Z",
+    "2025-01-01\u202810:00:00Z",
+]
+
+
+def test_formats_agree_with_ajv_formats_run_by_node_where_novus_bridge_is_installed() -> None:
+    """The table above, and more, checked against ajv-formats itself (tests/e2e/novu_bridge's
+    node_modules, which `make test` installs)."""
+    node = shutil.which("node")
+    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
+    if node is None or not (modules / "ajv-formats").is_dir():
+        pytest.skip("node or the Novu bridge's node_modules (ajv-formats) is not installed")
+    values = sorted({v for _, v, _ in AJV_VERDICTS} | set(MORE_VALUES))
+    cases = [(name, value) for name in sorted(CHECKED_FORMATS) for value in values]
+    script = """
+    const Ajv = require("ajv"), addFormats = require("ajv-formats");
+    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
+    addFormats(ajv);
+    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const check = (f, v) => ajv.validate({ type: "string", format: f }, v);
+    process.stdout.write(JSON.stringify(cases.map(([f, v]) => check(f, v))));
+    """
+    ajv = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps(cases).encode(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+        cwd=modules.parent,
+    )
+    verdicts = dict(zip(cases, json.loads(ajv.stdout), strict=True))
+    schemas = {n: Schema.of({"type": "string", "format": n}) for n in CHECKED_FORMATS}
+    norm = {(n, v): not schemas[n].errors(v) for n, v in cases}
+    assert {c: norm[c] for c in cases if norm[c] != verdicts[c]} == {}
+    assert {(n, v): ok for n, v, ok in AJV_VERDICTS} == {
+        (n, v): verdicts[(n, v)] for n, v, _ in AJV_VERDICTS
+    }
 
 
 def test_an_in_app_avatar_that_is_no_uri_is_an_output_error_and_unknown_formats_pass() -> None:

@@ -1,9 +1,8 @@
 """norm's Python workflow SDK: declare workflows as code and serve them on a bridge.
 
-The core needs only `jsonschema`, with rfc3339-validator, rfc3986-validator and fqdn to
-check `format`s as Novu's SDK does (without them, date-time, time, uri and hostname go
-unchecked), and `pydantic` if models are used as schemas; the Django adapter lives in
-`workflows.sdk.django`.
+The core needs only `jsonschema` (its `format`s are checked by norm's own port of
+Novu's ajv-formats), and `pydantic` if models are used as schemas; the Django adapter
+lives in `workflows.sdk.django`.
 """
 
 from __future__ import annotations

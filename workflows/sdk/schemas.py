@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,34 +23,101 @@ ANY_OBJECT: JsonSchema = {"type": "object"}
 EMPTY_OBJECT: JsonSchema = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
-# The `format`s Novu's SDK checks (ajv with ajv-formats 2) that jsonschema checks too with
-# norm's dependencies (rfc3339-validator, rfc3986-validator, fqdn). Any other format is no
-# check, as in jsonschema: ajv's others go unchecked (url, duration, byte, int32, ...; regex
-# too, whose JavaScript syntax Python's `re` would refuse in part), and ajv's refusal of a
-# schema naming a format it lacks is not copied (a pydantic model's names some: "path").
-CHECKED_FORMATS = frozenset(
-    {"date", "time", "date-time", "email", "hostname", "ipv4", "ipv6", "uri", "uri-reference"}
-    | {"uuid"}
+# The `format`s Novu's SDK checks, as it checks them: ajv-formats 2.1.1's "full" formats
+# (ajv 8 under @novu/framework 2.13.2), ported from its dist/formats.js (MIT), rather than
+# jsonschema's RFC checkers, which judged otherwise both ways: they took `a b@c.de` as an
+# email (a trigger accepted whose every notification Novu's bridge then refused) and
+# refused a date-time without an offset, or with `+0100` (a trigger refused that the bridge
+# would run). The patterns end at `\Z`, where JS's `$` ends (Python's `$` also stands
+# before a final newline), and fold case in ASCII only, as JS's `/i` does for them.
+# Any other format is no check, as in jsonschema: ajv's others go unchecked (url,
+# duration, byte, int32, ...; regex too, whose JavaScript syntax Python's `re` would
+# refuse in part), and ajv's refusal of a schema naming a format it lacks is not copied
+# (a pydantic model's names some: "path").
+_AJV_FLAGS = re.IGNORECASE | re.ASCII
+_FORMAT_PATTERNS = {
+    "email": re.compile(
+        r"""^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z""",
+        _AJV_FLAGS,
+    ),
+    "hostname": re.compile(
+        r"""^(?=.{1,253}\.?\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-0-9a-z]{0,61}[0-9a-z])?)*\.?\Z""",
+        _AJV_FLAGS,
+    ),
+    "ipv4": re.compile(
+        r"^(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\Z", re.ASCII
+    ),
+    "ipv6": re.compile(
+        r"^((([0-9a-f]{1,4}:){7}([0-9a-f]{1,4}|:))|(([0-9a-f]{1,4}:){6}(:[0-9a-f]{1,4}|((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3})|:))|(([0-9a-f]{1,4}:){5}(((:[0-9a-f]{1,4}){1,2})|:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3})|:))|(([0-9a-f]{1,4}:){4}(((:[0-9a-f]{1,4}){1,3})|((:[0-9a-f]{1,4})?:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}))|:))|(([0-9a-f]{1,4}:){3}(((:[0-9a-f]{1,4}){1,4})|((:[0-9a-f]{1,4}){0,2}:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}))|:))|(([0-9a-f]{1,4}:){2}(((:[0-9a-f]{1,4}){1,5})|((:[0-9a-f]{1,4}){0,3}:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}))|:))|(([0-9a-f]{1,4}:){1}(((:[0-9a-f]{1,4}){1,6})|((:[0-9a-f]{1,4}){0,4}:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}))|:))|(:(((:[0-9a-f]{1,4}){1,7})|((:[0-9a-f]{1,4}){0,5}:((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}))|:)))\Z",
+        _AJV_FLAGS,
+    ),
+    "uuid": re.compile(r"^(?:urn:uuid:)?[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}\Z", _AJV_FLAGS),
+    "uri-reference": re.compile(
+        r"""^(?:[a-z][a-z0-9+\-.]*:)?(?:\/?\/(?:(?:[a-z0-9\-._~!$&'()*+,;=:]|%[0-9a-f]{2})*@)?(?:\[(?:(?:(?:(?:[0-9a-f]{1,4}:){6}|::(?:[0-9a-f]{1,4}:){5}|(?:[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){4}|(?:(?:[0-9a-f]{1,4}:){0,1}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){3}|(?:(?:[0-9a-f]{1,4}:){0,2}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){2}|(?:(?:[0-9a-f]{1,4}:){0,3}[0-9a-f]{1,4})?::[0-9a-f]{1,4}:|(?:(?:[0-9a-f]{1,4}:){0,4}[0-9a-f]{1,4})?::)(?:[0-9a-f]{1,4}:[0-9a-f]{1,4}|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?))|(?:(?:[0-9a-f]{1,4}:){0,5}[0-9a-f]{1,4})?::[0-9a-f]{1,4}|(?:(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4})?::)|[Vv][0-9a-f]+\.[a-z0-9\-._~!$&'()*+,;=:]+)\]|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?)|(?:[a-z0-9\-._~!$&'"()*+,;=]|%[0-9a-f]{2})*)(?::\d*)?(?:\/(?:[a-z0-9\-._~!$&'"()*+,;=:@]|%[0-9a-f]{2})*)*|\/(?:(?:[a-z0-9\-._~!$&'"()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'"()*+,;=:@]|%[0-9a-f]{2})*)*)?|(?:[a-z0-9\-._~!$&'"()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'"()*+,;=:@]|%[0-9a-f]{2})*)*)?(?:\?(?:[a-z0-9\-._~!$&'"()*+,;=:@/?]|%[0-9a-f]{2})*)?(?:#(?:[a-z0-9\-._~!$&'"()*+,;=:@/?]|%[0-9a-f]{2})*)?\Z""",
+        _AJV_FLAGS,
+    ),
+}
+# A uri: a scheme, and a `/` or a `:` somewhere (ajv-formats' NOT_URI_FRAGMENT).
+_URI = re.compile(
+    r"""^(?:[a-z][a-z0-9+\-.]*:)(?:\/?\/(?:(?:[a-z0-9\-._~!$&'()*+,;=:]|%[0-9a-f]{2})*@)?(?:\[(?:(?:(?:(?:[0-9a-f]{1,4}:){6}|::(?:[0-9a-f]{1,4}:){5}|(?:[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){4}|(?:(?:[0-9a-f]{1,4}:){0,1}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){3}|(?:(?:[0-9a-f]{1,4}:){0,2}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){2}|(?:(?:[0-9a-f]{1,4}:){0,3}[0-9a-f]{1,4})?::[0-9a-f]{1,4}:|(?:(?:[0-9a-f]{1,4}:){0,4}[0-9a-f]{1,4})?::)(?:[0-9a-f]{1,4}:[0-9a-f]{1,4}|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?))|(?:(?:[0-9a-f]{1,4}:){0,5}[0-9a-f]{1,4})?::[0-9a-f]{1,4}|(?:(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4})?::)|[Vv][0-9a-f]+\.[a-z0-9\-._~!$&'()*+,;=:]+)\]|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?)|(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*)(?::\d*)?(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*|\/(?:(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*)?|(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*)(?:\?(?:[a-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9a-f]{2})*)?(?:#(?:[a-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9a-f]{2})*)?\Z""",
+    _AJV_FLAGS,
 )
-_OFFSET = re.compile(r"(z|[+-]\d\d(:?\d\d)?)$", re.IGNORECASE)
+_DATE = re.compile(r"^(\d\d\d\d)-(\d\d)-(\d\d)\Z", re.ASCII)
+_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)(\.\d+)?(z|[+-]\d\d(?::?\d\d)?)?\Z", _AJV_FLAGS)
+# A date-time's date and time are apart by a `t`, or by what JS's `\s` matches.
+_DATE_TIME_SEPARATOR = re.compile(
+    "[tT\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+)
+
+
+def _date(value: str) -> bool:
+    match = _DATE.search(value)
+    if match is None:
+        return False
+    year, month, day = (int(part) for part in match.groups())
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return 1 <= month <= 12 and 1 <= day <= (29 if month == 2 and leap else _DAYS[month])
+
+
+def _time(value: str) -> bool:
+    # No offset is required, not even in a date-time: ajv-formats 2.1.1 means to require
+    # one there, but compares the missing one (undefined) with "".
+    match = _TIME.search(value)
+    if match is None:
+        return False
+    hour, minute, second = (int(part) for part in match.groups()[:3])
+    return (hour <= 23 and minute <= 59 and second <= 59) or (hour, minute, second) == (23, 59, 60)
+
+
+def _date_time(value: str) -> bool:
+    parts = _DATE_TIME_SEPARATOR.split(value)
+    return len(parts) == 2 and _date(parts[0]) and _time(parts[1])
+
+
+def _uri(value: str) -> bool:
+    return ("/" in value or ":" in value) and _URI.search(value) is not None
+
+
+_FORMATS: dict[str, Callable[[str], bool]] = {
+    "date": _date,
+    "time": _time,
+    "date-time": _date_time,
+    "uri": _uri,
+    **{
+        name: (lambda value, p=pattern: p.search(value) is not None)
+        for name, pattern in _FORMAT_PATTERNS.items()
+    },
+}
+CHECKED_FORMATS = frozenset(_FORMATS)
 
 
 def _format_checker() -> FormatChecker:
-    # The 2020-12 checkers for every draft: ajv checks `uuid` in a draft-07 schema too.
-    known = Draft202012Validator.FORMAT_CHECKER.checkers
+    # For every draft: ajv checks `uuid` in a draft-07 schema too.
     checker = FormatChecker(formats=())
-    checker.checkers = {name: known[name] for name in CHECKED_FORMATS if name in known}
-    rfc3339_time = checker.checkers.get("time")
-    if rfc3339_time is not None:
-        check, raises = rfc3339_time
-
-        def time(value: object) -> bool:
-            # ajv-formats 2 takes a time without an offset ("09:30:00"); RFC 3339 does not.
-            if isinstance(value, str) and not _OFFSET.search(value):
-                value += "Z"
-            return check(value)
-
-        checker.checkers["time"] = (time, raises)
+    for name, check in _FORMATS.items():
+        # A format says nothing of a value that is no string, in ajv as in jsonschema.
+        checker.checks(name)(lambda value, check=check: not isinstance(value, str) or check(value))
     return checker
 
 
