@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from workflows.sdk import (
     ExecutionStateOutputInvalidError,
     workflow,
 )
-from workflows.sdk.schemas import CHECKED_FORMATS, Schema
+from workflows.sdk.schemas import CHECKED_FORMATS, IN_APP_OUTPUT, Schema
 
 from .helpers import FORMATS, execute_body
 
@@ -369,6 +370,82 @@ def test_an_in_app_redirect_gets_the_target_novus_sdk_gives_it() -> None:
         "target": "_blank",
     }
     assert outputs["secondaryAction"]["redirect"] == {"url": "/b", "target": "_top"}
+
+
+# The pattern norm's SDK publishes (discover) and checks an in-app redirect's URL with.
+REDIRECT_URL = IN_APP_OUTPUT["properties"]["redirect"]["properties"]["url"]["pattern"]
+# (redirect URL, whether Novu's SDK takes it in an in-app step's outputs), each verdict
+# ajv's for @novu/framework 2.13.2's pattern.
+REDIRECT_VERDICTS = [
+    ("https://example.com/a", True),
+    ("http://ab", True),
+    ("https://a b", True),  # Novu's first branch is anchored at its start only
+    ("//cdn.example.com/x", True),  # a path, to Novu's pattern
+    ("/", True),
+    ("/a\x1c", True),  # no space to JS, which Python's \s calls one
+    ("https://", False),  # an f-string's host left empty
+    ("https://a", False),
+    ("https://.example.com", False),
+    ("http:///p", False),
+    ("https://a\u2028b", False),
+    ("/orders/42 details", False),
+    ("/a\n", False),
+    ("/a\ufeff", False),
+    ("mailto:ann@example.com", False),
+    ("rewards", False),
+]
+
+
+@pytest.mark.parametrize(("url", "valid"), REDIRECT_VERDICTS)
+def test_an_in_app_redirect_url_is_taken_or_refused_as_novus_sdk_does(
+    url: str, valid: bool
+) -> None:
+    """norm's SDK took any URL starting `http(s)://` or `/`: `https://` (a host left
+    empty) went out as a link Novu's SDK refuses (ExecutionStateOutputInvalidError)."""
+
+    @workflow("redirect-url")
+    def redirect(ctx: Context) -> None:
+        ctx.step.in_app("inbox", lambda: {"body": "b", "redirect": {"url": url}})
+
+    if valid:
+        assert redirect.execute(execute_body({}, []))["outputs"]["redirect"]["url"] == url
+    else:
+        with pytest.raises(ExecutionStateOutputInvalidError) as refused:
+            redirect.execute(execute_body({}, []))
+        assert refused.value.data[0]["path"] == "/redirect/url"
+
+
+def test_the_redirect_url_pattern_reads_alike_in_ajv_and_in_python() -> None:
+    """Novu's pattern and norm's, compiled by ajv as Novu's SDK compiles them, against
+    norm's as jsonschema reads it, on the table above and its URLs' neighbours."""
+    node = shutil.which("node")
+    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
+    if node is None or not (modules / "ajv").is_dir():
+        pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
+    novu = r"^(?!mailto:)(?:(https?):\/\/[^\s/$.?#].[^\s]*)|^(\/[^\s]*)$"
+    urls = [u for url, _ in REDIRECT_VERDICTS for u in (url, url + " x", " " + url, url + "\n")]
+    urls += [f"https://a{c}b" for c in " \t\r\v\u00a0\u1680\u180e\u2000\u200b\u3000\ufeff\x1c"]
+    script = """
+    const Ajv = require("ajv");
+    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
+    const { patterns, urls } = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const checks = patterns.map((p) => ajv.compile({ type: "string", pattern: p }));
+    process.stdout.write(JSON.stringify(checks.map((check) => urls.map((u) => check(u)))));
+    """
+    ajv = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps({"patterns": [novu, REDIRECT_URL], "urls": urls}).encode(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+        cwd=modules.parent,
+    )
+    by_novu, by_ajv = json.loads(ajv.stdout)
+    by_python = [bool(re.search(REDIRECT_URL, u)) for u in urls]
+    assert by_python == by_ajv == by_novu
+    assert [by_novu[urls.index(u)] for u, _ in REDIRECT_VERDICTS] == [
+        v for _, v in REDIRECT_VERDICTS
+    ]
 
 
 def test_defaults_and_forbidden_keys_are_applied_through_refs_and_all_of_as_with_ajv() -> None:

@@ -65,10 +65,12 @@ _URI = re.compile(
 _DATE = re.compile(r"^(\d\d\d\d)-(\d\d)-(\d\d)\Z", re.ASCII)
 _DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)(\.\d+)?(z|[+-]\d\d(?::?\d\d)?)?\Z", _AJV_FLAGS)
+# What JS's `\s` matches (Python's differs: no U+FEFF, but U+001C to U+001F), and the
+# line ends its `.` does not match (Python's `.` matches all but `\n`).
+_JS_SPACES = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_JS_LINE_ENDS = r"\n\r\u2028\u2029"
 # A date-time's date and time are apart by a `t`, or by what JS's `\s` matches.
-_DATE_TIME_SEPARATOR = re.compile(
-    "[tT\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
-)
+_DATE_TIME_SEPARATOR = re.compile(rf"[tT{_JS_SPACES}]")
 
 
 def _date(value: str) -> bool:
@@ -321,9 +323,19 @@ _DATE_OR_NULL: JsonSchema = {"type": ["string", "null"], "format": "date-time"}
 _UNITS = ["seconds", "minutes", "hours", "days", "weeks", "months"]
 _TARGETS = ["_self", "_blank", "_parent", "_top", "_unfencedTop"]
 
+# Novu's pattern for a redirect URL: `http(s)://` and two characters or more (the first no
+# space nor one of `/$.?#`), or a path without spaces. Its own text,
+#     ^(?!mailto:)(?:(https?):\/\/[^\s/$.?#].[^\s]*)|^(\/[^\s]*)$
+# is written so that Python's `re` (jsonschema's) reads it as JS does (ajv's, and whoever
+# reads norm's discover): `\s`, `.` and `$` spelled out, which the two read apart.
+_REDIRECT_URL = (
+    rf"^(?!mailto:)(?:(https?):\/\/[^{_JS_SPACES}/$.?#][^{_JS_LINE_ENDS}][^{_JS_SPACES}]*)"
+    rf"|^(\/[^{_JS_SPACES}]*)(?![\s\S])"
+)
+
 _REDIRECT = _object(
     {
-        "url": {"type": "string", "pattern": r"^(https?://|/)"},
+        "url": {"type": "string", "pattern": _REDIRECT_URL},
         "target": {"type": "string", "enum": _TARGETS, "default": "_blank"},
     },
     "url",
