@@ -88,6 +88,13 @@ def _send(*, step_id: int, claim: str) -> None:
     step = workflow_services.step_claim(step_id=step_id, claim=claim)
     if step is None:
         return
+    if step.message_status == Message.Status.SENT:
+        # Delivered by an earlier run whose step was not completed (the database lost,
+        # a bug, a claim gone stale): first, before the checks below, which judge a
+        # message still to send. After them, a client deactivated or an address removed
+        # since failed or skipped the step of a delivered message.
+        workflow_services.step_complete(step=step, result={})
+        return
     if not step.notification.client.is_active:
         workflow_services.step_fail(
             step=step, code="ClientInactive", message=workflow_services.CLIENT_INACTIVE

@@ -516,6 +516,74 @@ def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is
     assert Message.objects.get().status == Message.Status.FAILED
 
 
+@pytest.mark.parametrize(
+    ("how", "change"),
+    [
+        (how, change)
+        for how in ("in-app, its step cut off by the database", "email, its step cut off by a bug")
+        for change in ("client deactivated", "address removed", "no provider for the channel")
+        if not (how.startswith("in-app") and change == "address removed")  # it has none
+    ],
+)
+def test_a_message_found_sent_completes_its_step_whatever_changed_since(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+    how: str,
+    change: str,
+) -> None:
+    """The message was recorded sent and its step not completed: an in-app message stored
+    as sent before the database failed (the task's retry), an email recorded sent past
+    a bug (the step run again a grace period later). By the next run the client was
+    deactivated, the subscriber's address removed or the channel's provider taken out:
+    that run failed or skipped the step of a message delivered (the notification
+    failed, the bridge told it skipped), as it would one never sent."""
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    if how.startswith("in-app"):
+        step = StepFactory(type="in_app", outputs={"body": "Hi Ann"})
+        error: Exception = OperationalError("the server closed")
+    else:
+        step = email_step()
+        error = RuntimeError("a bug")
+    monkeypatch.setattr(
+        workflow_services, "step_complete", FailsOnce(workflow_services.step_complete, error)
+    )
+    with django_capture_on_commit_callbacks(execute=True), contextlib.suppress(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+    stored = Message.objects.get()
+    assert stored.status == Message.Status.SENT
+    step.refresh_from_db()
+    assert step.status != Step.Status.COMPLETED
+    subscriber = step.notification.subscriber
+    if change == "client deactivated":
+        Client.objects.filter(pk=step.notification.client_id).update(is_active=False)
+    elif change == "address removed":
+        Subscriber.objects.filter(pk=subscriber.pk).update(email="")
+    else:
+        settings.NORM_PROVIDERS = {}
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    enqueued.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        # The task's retry (its claim), or the run a grace period later.
+        services.message_send(
+            step_id=step.pk, claim="task-1" if how.startswith("in-app") else "task-2"
+        )
+
+    step.refresh_from_db()
+    assert (step.status, step.result, step.error) == (Step.Status.COMPLETED, {}, "")
+    assert Message.objects.values_list("status", "sent_at", "error").get() == (
+        Message.Status.SENT,
+        stored.sent_at,
+        "",
+    )
+    assert Notification.objects.get().status == Notification.Status.RUNNING
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+    assert len(smtp_server.envelopes) == (0 if how.startswith("in-app") else 1)
+
+
 def test_sends_that_failed_together_are_retried_at_different_times(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
