@@ -88,12 +88,14 @@ def _send(*, step_id: int, claim: str) -> None:
     step = workflow_services.step_claim(step_id=step_id, claim=claim)
     if step is None:
         return
-    if step.message_status == Message.Status.SENT:
-        # Delivered by an earlier run whose step was not completed (the database lost,
-        # a bug, a claim gone stale): first, before the checks below, which judge a
-        # message still to send. After them, a client deactivated or an address removed
-        # since failed or skipped the step of a delivered message.
-        workflow_services.step_complete(step=step, result={})
+    if step.message_status in (Message.Status.SENT, Message.Status.FAILED):
+        # Sent, or failed for good, by an earlier run whose step was not ended (the
+        # database lost, a bug, a claim gone stale): first, before the checks below,
+        # which judge a message still to send. After them, a client deactivated or an
+        # address removed since failed or skipped the step of a delivered message, or
+        # skipped one whose message had failed (the notification going on, no admin
+        # retry for it).
+        _outcome_record(step, Message.objects.get(step=step))
         return
     if not step.notification.client.is_active:
         workflow_services.step_fail(
@@ -153,15 +155,8 @@ def _send(*, step_id: int, claim: str) -> None:
         raise
     if not inserted:  # a retry of this step, or a rerun after a crash
         message = Message.objects.get(step=step)
-    if message.status == Message.Status.SENT:  # just stored as sent, or found sent
-        workflow_services.step_complete(step=step, result={})
-        return
-    if message.status == Message.Status.FAILED:
-        # Failed for good by a run the database cut off before its step was failed (an
-        # admin's retry reopens a message with its step): this run, its retry or the
-        # reconciler's, sent it again at once, past NORM_SEND_MAX_ATTEMPTS, and after a
-        # reply that timed out (the server may have taken it) as a second email.
-        workflow_services.step_fail(step=step, code="SendFailed", message=message.error)
+    if message.status != Message.Status.SENDING:  # just stored as sent, or ended since
+        _outcome_record(step, message)
         return
     message.subscriber, message.client = subscriber, step.notification.client
     message.recipient = provider.recipient(message)
@@ -223,6 +218,18 @@ def _send(*, step_id: int, claim: str) -> None:
         # on its own, the next run completes the step without sending.
         sent.update(**as_sent)
         raise
+
+
+def _outcome_record(step: Step, message: Message) -> None:
+    """End a claimed step as its message ended: sent, or failed for good."""
+    if message.status == Message.Status.SENT:
+        workflow_services.step_complete(step=step, result={})
+        return
+    # Failed for good by a run the database cut off before its step was failed (an
+    # admin's retry reopens a message with its step): this run, its retry or the
+    # reconciler's, sent it again at once, past NORM_SEND_MAX_ATTEMPTS, and after a
+    # reply that timed out (the server may have taken it) as a second email.
+    workflow_services.step_fail(step=step, code="SendFailed", message=message.error)
 
 
 def _passes(provider: Provider, message: Message) -> bool:

@@ -298,6 +298,49 @@ def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again
     assert enqueued.calls == []
 
 
+@pytest.mark.parametrize("change", ["address removed", "no provider for the channel"])
+def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed_since(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+    change: str,
+) -> None:
+    """As above, and by the task's retry the subscriber's address was removed (or the
+    channel's provider taken out): the retry skipped the step of a message failed for
+    good, and the notification went on as if the email had never been due, failed
+    neither nor open to an admin's retry."""
+    settings.NORM_SEND_MAX_ATTEMPTS = 1
+    smtp_server.replies.append(_answered_at_once("554 5.7.1 Rejected"))
+    step = email_step()
+    fail = FailsOnce(workflow_services.step_fail, OperationalError("the server closed"))
+    monkeypatch.setattr(workflow_services, "step_fail", fail)
+    with pytest.raises(OperationalError):
+        services.message_send(step_id=step.pk, claim="task-1")
+    assert Message.objects.get().status == Message.Status.FAILED
+    if change == "address removed":
+        Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
+    else:
+        settings.NORM_PROVIDERS = {}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.message_send(step_id=step.pk, claim="task-1")
+
+    assert len(smtp_server.envelopes) == 1
+    message = Message.objects.get()
+    assert (message.status, message.error) == (Message.Status.FAILED, "SMTP 554: 5.7.1 Rejected")
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.FAILED, message.error)
+    notification = Notification.objects.get()
+    assert (notification.status, notification.error_code) == (
+        Notification.Status.FAILED,
+        "SendFailed",
+    )
+    assert enqueued.calls == []
+    assert workflow_services.notification_retry(notification=notification)
+
+
 def test_a_kept_connection_answered_421_sends_the_email_once_more_on_a_new_one(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
