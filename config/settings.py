@@ -339,11 +339,11 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
 # the worker each time (out of memory on a huge email, a segfault), and without a bound
 # Celery would redeliver it (acks_late, reject on worker lost) and the reconciler reopen
 # its stale claim forever. A send that returned (a 4xx retried later) is no such claim:
-# NORM_SEND_MAX_ATTEMPTS bounds those. A worker killed or a database restart costs one
-# or two claims; the default leaves room for several. It bounds as well the runs of an
-# echo, a step's send or a fan-out that an unexpected error (a bug) ends: then the row
-# fails, its reason the error's (the notification's code InternalError), rather than run
-# again for good.
+# NORM_SEND_MAX_ATTEMPTS bounds those, and a task's retry after a database error takes
+# its claim back uncounted (see step_claim). A worker killed costs one or two claims; the
+# default leaves room for several. It bounds as well the runs of an echo, a step's send
+# or a fan-out that an unexpected error (a bug) ends: then the row fails, its reason the
+# error's (the notification's code InternalError), rather than run again for good.
 NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10)
 # Seconds a whole call to a bridge may take, connecting included (DNS aside).
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0)

@@ -22,6 +22,17 @@ from workflows.selectors import CHANNEL_TYPES
 logger = logging.getLogger(__name__)
 
 
+class ClaimInterrupted(OperationalError):
+    """The database failed while this run held the step's claim, taken at `claimed_at`:
+    for the task's retry to take the claim back without counting it again (see
+    step_claim). Raised from the database's error, as one (a caller that retries
+    those retries this)."""
+
+    def __init__(self, claimed_at: datetime) -> None:
+        super().__init__("the database failed while the step was claimed")
+        self.claimed_at = claimed_at
+
+
 class SentUnrecorded(Exception):
     """The provider took the message, and the database failed before it was recorded
     sent. `sent`: the record (JSON, for the task's retry to carry and write; see
@@ -32,15 +43,22 @@ class SentUnrecorded(Exception):
         self.sent = sent
 
 
-def message_send(*, step_id: int, claim: str = "", sent: dict[str, Any] | None = None) -> None:
+def message_send(
+    *,
+    step_id: int,
+    claim: str = "",
+    sent: dict[str, Any] | None = None,
+    resumed: datetime | None = None,
+) -> None:
     """Stage 5: carry out one step, then hand the notification back to the echo worker.
 
     Safe to run twice: the step is claimed (scheduled -> processing) by one run only,
-    or by that run's own retry (`claim`, see step_claim). A send whose record the
-    database refused raises SentUnrecorded, and the retry records it from `sent`
-    without sending. A send cut off between the provider call and the commit otherwise
-    (its worker killed) may repeat once, when the reconciler, for a claim left stale,
-    sends it again.
+    or by that run's own retry (`claim`, see step_claim). A database error while the
+    step is claimed raises ClaimInterrupted, and the retry takes the claim back from
+    `resumed` (when it was taken). A send whose record the database refused raises
+    SentUnrecorded, and the retry records it from `sent` without sending. A send cut
+    off between the provider call and the commit otherwise (its worker killed) may
+    repeat once, when the reconciler, for a claim left stale, sends it again.
     """
     claim = claim or uuid.uuid4().hex  # the one the step is taken under, for the handler
     # A bug (in norm, or a step it did not foresee): raised, the step stayed claimed with
@@ -50,10 +68,10 @@ def message_send(*, step_id: int, claim: str = "", sent: dict[str, Any] | None =
         lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
         f"the send of step {step_id}",
         logger,
-        passes=(SentUnrecorded,),
+        passes=(ClaimInterrupted, SentUnrecorded),
     ):
         if sent is None:
-            _send(step_id=step_id, claim=claim)
+            _send(step_id=step_id, claim=claim, resumed=resumed)
         else:
             _sent_record(step_id=step_id, sent=sent)
 
@@ -83,11 +101,22 @@ def _sent_record(*, step_id: int, sent: dict[str, Any]) -> None:
         workflow_services.step_complete(step=step, result={})
 
 
-def _send(*, step_id: int, claim: str) -> None:
+def _send(*, step_id: int, claim: str, resumed: datetime | None) -> None:
     """`message_send`, its unexpected errors aside."""
-    step = workflow_services.step_claim(step_id=step_id, claim=claim)
+    step = workflow_services.step_claim(step_id=step_id, claim=claim, resumed=resumed)
     if step is None:
         return
+    try:
+        _claimed_send(step)
+    except (OperationalError, InterfaceError) as exc:
+        # Retried as it is, the task counted a claim toward NORM_MAX_CLAIMS each time it
+        # took the step back: a run of database errors failed the notification as taken
+        # by workers that never finished it (TooManyClaims). Its retry resumes this one.
+        raise ClaimInterrupted(step.claimed_at) from exc
+
+
+def _claimed_send(step: Step) -> None:
+    """Send a step claimed by this run, or record its action."""
     if step.message_status in (Message.Status.SENT, Message.Status.FAILED):
         # Sent, or failed for good, by an earlier run whose step was not ended (the
         # database lost, a bug, a claim gone stale): first, before the checks below,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task
@@ -9,12 +10,27 @@ from messaging import services
 
 
 @shared_task(name="norm.message.send", bind=True, ignore_result=True, **pipeline.DB_RETRY)
-def message_send(self: Task, step_id: int, sent: dict[str, Any] | None = None) -> None:
+def message_send(
+    self: Task, step_id: int, sent: dict[str, Any] | None = None, resumed: str | None = None
+) -> None:
     """Stage 5: send one step's message or record its action. Claims the step first,
     under the task's id, which its retries keep. `sent`: what the provider answered a
-    run whose record of it the database refused, for the retry to record, not send."""
+    run whose record of it the database refused, for the retry to record, not send.
+    `resumed`: when the run the database cut off claimed the step (ISO 8601)."""
     try:
-        services.message_send(step_id=step_id, claim=self.request.id or "", sent=sent)
+        services.message_send(
+            step_id=step_id,
+            claim=self.request.id or "",
+            sent=sent,
+            resumed=datetime.fromisoformat(resumed) if resumed else None,
+        )
+    except services.ClaimInterrupted as interrupted:
+        # When the step was claimed rides with the retry, which takes the claim back
+        # uncounted; the retry redelivered (its worker died) carries the same time, which
+        # the retry's claim has moved on from, and counts (see step_claim).
+        raise pipeline.db_retry(
+            self, interrupted.__cause__, resumed=interrupted.claimed_at.isoformat()
+        ) from interrupted
     except services.SentUnrecorded as unrecorded:
         # Retried as DB_RETRY retries the database's error, carrying the send with it:
         # only the task's message outlives the run (the database being away).

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -738,7 +738,7 @@ def _of_running_notification(*, of_live_trigger: bool = False) -> Exists:
     return Exists(running)
 
 
-def step_claim(*, step_id: int, claim: str = "") -> Step | None:
+def step_claim(*, step_id: int, claim: str = "", resumed: datetime | None = None) -> Step | None:
     """Take a due, scheduled step of a running notification; None if another run has it.
 
     `claim` is the task's id. A task that failed on a database error after claiming
@@ -746,9 +746,25 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
     once instead of leaving the step to the reconciler's NORM_STALE_CLAIM_SECONDS. So
     does a task redelivered after its worker died. Either may repeat a send cut off
     between the provider and the commit: the one repeat allowed.
+
+    Each claim counts toward NORM_MAX_CLAIMS but a retry's that `resumed` the claim as
+    its run took it (at `claimed_at`): the database failed that run, not its worker. A
+    redelivery of the retry carries the same time, which the retry's claim has moved on
+    from, so a send that kills its worker is still counted each time.
     """
     now = timezone.now()
     claim = claim or uuid.uuid4().hex
+    counted: Any = F("attempts") + 1
+    if resumed is not None:
+        counted = Case(
+            When(
+                status=Step.Status.PROCESSING,
+                claimed_by=claim,
+                claimed_at=resumed,
+                then=F("attempts"),
+            ),
+            default=F("attempts") + 1,
+        )
     claimed = (
         # Not of a canceled trigger: its cancel ends the notifications a chunk at a time,
         # the last ones after it has answered (or, cut off, never), and their steps
@@ -762,7 +778,7 @@ def step_claim(*, step_id: int, claim: str = "") -> Step | None:
             status=Step.Status.PROCESSING,
             claimed_at=now,
             claimed_by=claim,
-            attempts=F("attempts") + 1,
+            attempts=counted,
         )
     )
     if not claimed:

@@ -410,6 +410,72 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
 
 
+def _task_retry(retried: Retry) -> dict[str, Any]:
+    """The retry of a task as the broker carries it: through JSON."""
+    return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
+
+
+def test_database_errors_while_the_step_is_claimed_do_not_count_against_norm_max_claims(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """The task's retries took the step back under its claim, each one counted as if a
+    worker had been lost with it: a run of database errors past the claim (a flapping
+    PostgreSQL) ended the notification TooManyClaims, though the email could be sent."""
+    settings.NORM_MAX_CLAIMS = 2
+    step = email_step()
+    insert: Any = services.insert_once
+    for _ in range(3):  # the first three runs' inserts fail
+        insert = FailsOnce(insert, OperationalError("the server closed"))
+    monkeypatch.setattr(services, "insert_once", insert)
+    retry: dict[str, Any] = {"args": [step.pk]}
+    for retries in range(3):
+        with pytest.raises(Retry) as retried:
+            tasks.message_send.apply(**retry, task_id="task-1", retries=retries, throw=True)
+        retry = _task_retry(retried.value)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(**retry, task_id="task-1", retries=3, throw=True)
+
+    step.refresh_from_db()
+    assert (step.status, step.attempts) == (Step.Status.COMPLETED, 1)
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get().status == Message.Status.SENT
+    assert Notification.objects.get().status == Notification.Status.RUNNING
+
+
+def test_a_retry_redelivered_after_its_worker_died_counts_its_claim(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry of a database error does not count its claim; redelivered (Celery's
+    reject on worker lost: the same message, the same task id) it counts, as any task
+    redelivered, so a send that kills its worker each time still ends at NORM_MAX_CLAIMS."""
+    settings.NORM_MAX_CLAIMS = 2
+    settings.EMAIL_BACKEND = f"{__name__}.DyingBackend"
+    DyingBackend.sends = 0
+    step = email_step()
+    insert = FailsOnce(services.insert_once, OperationalError("the server closed"))
+    monkeypatch.setattr(services, "insert_once", insert)
+    with pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+    retry = _task_retry(retried.value)
+
+    for _ in range(2):  # the retry, killed in its send, then its redelivery
+        with pytest.raises(WorkerKilled):
+            tasks.message_send.apply(**retry, task_id="task-1", retries=1, throw=True)
+    step.refresh_from_db()
+    assert step.attempts == 2
+    tasks.message_send.apply(**retry, task_id="task-1", retries=1, throw=True)
+
+    assert DyingBackend.sends == 2
+    step.refresh_from_db()
+    assert step.status == Step.Status.FAILED and "NORM_MAX_CLAIMS" in step.error
+    assert Notification.objects.get().error_code == "TooManyClaims"
+
+
 @pytest.mark.parametrize("cancel", [None, "of the trigger", "reaching the notification"])
 def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_never_resent(
     enqueued: Enqueued,
