@@ -526,14 +526,17 @@ def _cursor_place(qs: Any, raw: str, field: str) -> tuple[int, datetime | None]:
     match = _CURSOR_FORMAT.fullmatch(raw)
     if match is None:
         raise ApiError(400, "invalid_query", "invalid cursor")
-    pk, micros = int(match[1]), match[2]
+    try:
+        # int() refuses more than 4,300 digits (ValueError); timedelta and datetime, a
+        # place beyond their range (OverflowError).
+        pk = int(match[1])
+        at = None if match[2] is None else _EPOCH + timedelta(microseconds=int(match[2]))
+    except (ValueError, OverflowError) as exc:
+        raise ApiError(400, "invalid_query", "invalid cursor") from exc
     if field == "pk":
         return pk, None
-    if micros is not None:
-        try:
-            return pk, _EPOCH + timedelta(microseconds=int(micros))
-        except OverflowError as exc:
-            raise ApiError(400, "invalid_query", "invalid cursor") from exc
+    if at is not None:
+        return pk, at
     at = qs.filter(pk=pk).values_list(field, flat=True).first()
     if at is None:
         # A bare id says no place: its item is gone (or not in this list).

@@ -700,6 +700,23 @@ def test_a_walk_by_updated_at_goes_on_from_its_cursors_place_though_it_was_delet
     assert refused.value.data.status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("order_by", "cursor"),
+    [("_id", "1" * 5000), ("updatedAt", "1" * 5000), ("updatedAt", "1_" + "1" * 5000)],
+)
+def test_a_cursor_of_more_digits_than_python_reads_is_a_400(
+    keyed: tuple[Client, str], order_by: str, cursor: str
+) -> None:
+    """Python's int() refuses a string of more than 4,300 digits (ValueError): read whole,
+    such a cursor was a 500 where every other bad cursor is a 400."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    path = f"/v2/subscribers?orderBy={order_by}&after={cursor}"
+    response = call(key, "get", path)
+    assert_error(response, 400, path)
+    assert "invalid cursor" in response.json()["message"]
+
+
 def test_an_order_by_norm_cannot_sort_by_is_a_400(key: str) -> None:
     with pytest.raises(novu_py.models.ErrorDto) as refused:
         novu_py_for(key).subscribers.search(request={"order_by": "email"})
