@@ -216,7 +216,8 @@ def call(
     """Call the bridge, signed with the first of `secrets` (the client's live keys,
     newest first) that it accepts. `js_integers`: see `canonical_json`; True for a bridge
     that parses with JS (Novu's), False for one that parses with Python (norm's SDK), None
-    while not told which (`_writings`).
+    for one that may do either (`_writings`): norm's flavour, which drives a bridge whose
+    flavour is not told, and one told norm's that may run Novu's SDK since its last sync.
 
     A bridge holds one key. While a client rotates, norm already has the new key and the
     bridge still the old one until it is redeployed: a call refused with the newest key
