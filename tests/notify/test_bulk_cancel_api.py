@@ -774,3 +774,33 @@ def test_the_cancel_task_goes_to_the_queue_its_workflow_is_routed_to(
     assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
     assert enqueued.options_of(pipeline.CANCEL) == [{"countdown": None, "queue": "critical"}]
     assert "critical" in pipeline.all_queues()
+
+
+def test_a_cancel_task_longer_than_a_grace_period_is_not_sent_again_while_it_runs(
+    api: Api,
+    keyed: tuple[Client, str],
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    past_the_budget: None,
+    enqueued: Enqueued,
+) -> None:
+    """A million notifications take the cancel task longer than a grace period: each chunk
+    it ends tells the reconciler it is alive, or a second task is sent to race the first
+    over the same rows, and a third a grace period later, for as long as it runs."""
+    event, _ = _broadcast(keyed[0], 8)
+    grace = settings.NORM_RECONCILE_GRACE
+    assert api.cancel("tx-1") == {"data": True}  # the request's chunk, then the task
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    chunk = workflow_services._listed_notifications_cancel
+
+    def slow_chunk(ids: list[Any], now: Any) -> int:
+        # Each chunk takes most of a grace period: the task is soon older than one.
+        _time_passes(grace * 0.6)
+        workflow_tasks.reconcile()
+        return chunk(ids, now)
+
+    monkeypatch.setattr(workflow_services, "_listed_notifications_cancel", slow_chunk)
+    workflow_tasks.trigger_cancel_finish(event.pk)  # four chunks: 2.4 grace periods
+
+    assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]  # the request's, none since
