@@ -124,7 +124,9 @@ def _claimed_send(step: Step) -> None:
         # address removed since failed or skipped the step of a delivered message, or
         # skipped one whose message had failed (the notification going on, no admin
         # retry for it).
-        _outcome_record(step, Message.objects.get(step=step))
+        stored = Message.objects.filter(step=step).first()
+        if stored is not None:  # None: its subscriber was deleted since the claim, with it
+            _outcome_record(step, stored)
         return
     if not step.notification.client.is_active:
         workflow_services.step_fail(
@@ -183,7 +185,10 @@ def _claimed_send(step: Step) -> None:
             return
         raise
     if not inserted:  # a retry of this step, or a rerun after a crash
-        message = Message.objects.get(step=step)
+        stored = Message.objects.filter(step=step).first()
+        if stored is None:  # its subscriber was deleted since the insert, with it
+            return
+        message = stored
     if message.status != Message.Status.SENDING:  # just stored as sent, or ended since
         _outcome_record(step, message)
         return
