@@ -68,7 +68,7 @@ def message_send(
         lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
         f"the send of step {step_id}",
         logger,
-        passes=(ClaimInterrupted, SentUnrecorded),
+        passes=(SentUnrecorded,),  # ClaimInterrupted, a database error, passes as one
     ):
         if sent is None:
             _send(step_id=step_id, claim=claim, resumed=resumed)
