@@ -26,21 +26,21 @@ class ClaimInterrupted(OperationalError):
     """The database failed while this run held the step's claim, taken at `claimed_at`:
     for the task's retry to take the claim back without counting it again (see
     step_claim). Raised from the database's error, as one (a caller that retries
-    those retries this)."""
+    those retries this). `retry_kwargs`: what the retry carries (message_send's)."""
 
     def __init__(self, claimed_at: datetime) -> None:
         super().__init__("the database failed while the step was claimed")
-        self.claimed_at = claimed_at
+        self.retry_kwargs: dict[str, Any] = {"resumed": claimed_at.isoformat()}
 
 
 class SentUnrecorded(Exception):
     """The provider took the message, and the database failed before it was recorded
-    sent. `sent`: the record (JSON, for the task's retry to carry and write; see
+    sent. `retry_kwargs`: the record, for the task's retry to carry and write (JSON; see
     message_send). Raised from the database's error."""
 
     def __init__(self, sent: dict[str, Any]) -> None:
         super().__init__("the message was sent, and the database failed to record it")
-        self.sent = sent
+        self.retry_kwargs: dict[str, Any] = {"sent": sent}
 
 
 def message_send(

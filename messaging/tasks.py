@@ -24,14 +24,9 @@ def message_send(
             sent=sent,
             resumed=datetime.fromisoformat(resumed) if resumed else None,
         )
-    except services.ClaimInterrupted as interrupted:
-        # When the step was claimed rides with the retry, which takes the claim back
-        # uncounted; the retry redelivered (its worker died) carries the same time, which
-        # the retry's claim has moved on from, and counts (see step_claim).
-        raise pipeline.db_retry(
-            self, interrupted.__cause__, resumed=interrupted.claimed_at.isoformat()
-        ) from interrupted
-    except services.SentUnrecorded as unrecorded:
-        # Retried as DB_RETRY retries the database's error, carrying the send with it:
-        # only the task's message outlives the run (the database being away).
-        raise pipeline.db_retry(self, unrecorded.__cause__, sent=unrecorded.sent) from unrecorded
+    except (services.ClaimInterrupted, services.SentUnrecorded) as cut:
+        # Retried as DB_RETRY retries the database's error, carrying what the run learned
+        # before it: only the task's message outlives the run (the database being away).
+        # A retry that resumes a claim takes it back uncounted; redelivered (its worker
+        # died), it carries a time its own claim has moved on from, and counts (step_claim).
+        raise pipeline.db_retry(self, cut.__cause__, **cut.retry_kwargs) from cut
