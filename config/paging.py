@@ -64,12 +64,17 @@ def query_bool(request: Request, name: str) -> bool | None:
     return {"true": True, "false": False}.get(request.query_params.get(name, "").lower())
 
 
+def query_values(params: QueryDict, name: str) -> list[str]:
+    """The values the query string gives `name`, empty ones left out: `contextKeys=`
+    (what a form, a query builder or novu-py given `[""]` sends for an unset field) asks
+    for nothing, as an absent parameter does."""
+    return [value for value in params.getlist(name) if value]
+
+
 def query_filters_given(params: QueryDict, names: Iterable[str]) -> list[str]:
-    """Those of `names` the query string gives a value: `contextKeys=` (what a form, a
-    query builder or novu-py given `[""]` sends for an unset field) asks for nothing, as
-    an absent parameter does, so a filter norm refuses is refused only when it would
-    narrow the list."""
-    return [name for name in names if any(params.getlist(name))]
+    """Those of `names` the query string gives a value (query_values), so that a filter
+    norm refuses is refused only when it would narrow the list."""
+    return [name for name in names if query_values(params, name)]
 
 
 def query_limit(request: Request, name: str = "limit", default: int = DEFAULT_LIMIT) -> int:

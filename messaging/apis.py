@@ -34,6 +34,7 @@ from config.paging import (
     query_filters_given,
     query_int,
     query_limit,
+    query_values,
 )
 from messaging import services
 from messaging.models import Message
@@ -621,11 +622,8 @@ class InboxListApi(APIView):
         asked = {k: query_bool(request, k) for k in ("seen", "read", "archived", "snoozed")}
         feed = _narrowed(_feed(request, subscriber_id), **asked)
         params = request.query_params
-        # An empty value (`severity=`, as a form or a query builder sends an unset field)
-        # asks for nothing, as an absent one: kept, it was a value norm refused.
-        others = {
-            k: [v for v in params.getlist(k) if v] for k in ("severity", "contextKeys", "tags")
-        }
+        # An empty value (`severity=`) asks for nothing: kept, it was a value norm refused.
+        others = {k: query_values(params, k) for k in ("severity", "contextKeys", "tags")}
         others |= {k: params.get(k) for k in ("data", "createdGte", "createdLte")}
         feed = _inbox_narrowed(feed, others)
         limit = query_limit(request)
