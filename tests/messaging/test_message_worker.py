@@ -1583,6 +1583,26 @@ def test_sends_that_failed_and_were_retried_do_not_count_against_norm_max_claims
     assert len(mail.outbox) == 1
 
 
+@contextlib.contextmanager
+def _subscriber_deleted_after(subscriber: Any, sql_prefix: str) -> Iterator[list[bool]]:
+    """Delete `subscriber` (with its notifications, steps and messages) just after the
+    first statement starting `sql_prefix` has run (autocommit: it has committed); the
+    list it gives holds True once it has."""
+    from subscribers import services as subscriber_services
+
+    deleted: list[bool] = []
+
+    def delete_the_subscriber_after(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if not deleted and sql.startswith(sql_prefix):
+            deleted.append(True)
+            subscriber_services.subscriber_delete(subscriber=subscriber)
+        return result
+
+    with connection.execute_wrapper(delete_the_subscriber_after):
+        yield deleted
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "after",
@@ -1598,21 +1618,10 @@ def test_a_step_whose_subscriber_is_deleted_under_its_send_ends_quietly_unsent(
     (Step.DoesNotExist), or its message was refused by the step's foreign key
     (IntegrityError), and the task failed with an error in the worker's log. The step
     is gone, so there is nothing to send: it ends quietly."""
-    from subscribers import services as subscriber_services
-
     settings.EMAIL_BACKEND = LOCMEM
     step = StepFactory(type=channel, notification__subscriber__email="ann@example.com")
-    subscriber = step.notification.subscriber
-    deleted = []
 
-    def delete_the_subscriber_after(execute: Any, sql: str, *args: Any) -> Any:
-        result = execute(sql, *args)
-        if not deleted and sql.startswith(after):  # autocommit: the statement committed
-            deleted.append(True)
-            subscriber_services.subscriber_delete(subscriber=subscriber)
-        return result
-
-    with connection.execute_wrapper(delete_the_subscriber_after):
+    with _subscriber_deleted_after(step.notification.subscriber, after) as deleted:
         tasks.message_send(step.pk)  # raises nothing
 
     assert deleted
@@ -1643,22 +1652,11 @@ def test_a_step_whose_subscriber_is_deleted_under_a_rerun_ends_quietly(
     message found none (Message.DoesNotExist), and its worker logged the race as a bug
     in the send ("the send of step N failed", a traceback). Nothing to record: it ends
     quietly."""
-    from subscribers import services as subscriber_services
-
     settings.EMAIL_BACKEND = LOCMEM
     step = StepFactory(type="email", notification__subscriber__email="ann@example.com")
     MessageFactory(step=step, status=earlier, provider="email", attempts=1)
-    subscriber = step.notification.subscriber
-    deleted = []
 
-    def delete_the_subscriber_after(execute: Any, sql: str, *args: Any) -> Any:
-        result = execute(sql, *args)
-        if not deleted and sql.startswith(after):  # autocommit: the statement committed
-            deleted.append(True)
-            subscriber_services.subscriber_delete(subscriber=subscriber)
-        return result
-
-    with connection.execute_wrapper(delete_the_subscriber_after):
+    with _subscriber_deleted_after(step.notification.subscriber, after) as deleted:
         tasks.message_send(step.pk)
 
     assert deleted
