@@ -822,10 +822,16 @@ def step_complete(*, step: Step, result: dict[str, Any]) -> None:
 
 
 def step_skip(*, step: Step, reason: str) -> None:
-    """Skip a claimed step that cannot reach its subscriber; the notification goes on."""
+    """Skip a claimed step that cannot reach its subscriber; the notification goes on.
+
+    Only by the task holding the claim (_held): one that read the step unreachable and
+    stalled past NORM_STALE_CLAIM_SECONDS before skipping it (its worker paused) skipped
+    the step a second task, which found it reachable (the address added back, its
+    worker with a provider for the channel), was sending: recorded skipped, the bridge
+    told so, though the email went out; and an earlier attempt's message given up."""
     skipped = {"status": Step.Status.SKIPPED, "result": _skipped_result(step.type), "error": reason}
     if getattr(step, "message_status", None) != Message.Status.SENDING:
-        _step_finish(step, **skipped)
+        _step_finish(step, held=True, **skipped)
         return
     # An earlier attempt's message, on its way for good otherwise: a send that failed for
     # now (or one an admin retry reopened), and the subscriber's address removed since.
@@ -834,21 +840,22 @@ def step_skip(*, step: Step, reason: str) -> None:
     # `sending` for good, which the reconciler (of processing steps) never moves.
     with transaction.atomic():
         _notification_locked(step)  # the step, then its message: see there
-        _step_finish(step, **skipped)
-        _messages_give_up([step.pk], reason)
+        if _step_finish(step, held=True, **skipped):
+            _messages_give_up([step.pk], reason)
 
 
-def _step_finish(step: Step, **fields: Any) -> None:
-    """Close a claimed step and hand its notification back to the echo worker.
+def _step_finish(step: Step, *, held: bool = False, **fields: Any) -> bool:
+    """Close a claimed step (`held`: only while this task holds it, see _held) and hand
+    its notification back to the echo worker; return whether it closed it.
 
     One UPDATE: in a caller's transaction (the message's update), the echo is enqueued
     when that commits; outside one, the UPDATE has committed when it is enqueued, and a
     transaction of its own would only add BEGIN and COMMIT."""
-    done = Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
-        completed_at=timezone.now(), **fields
-    )
+    rows = _held(step) if held else Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING)
+    done = rows.update(completed_at=timezone.now(), **fields)
     if done:
         pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
+    return bool(done)
 
 
 def _held(step: Step) -> QuerySet[Step]:

@@ -13,8 +13,9 @@ import pytest
 from django.utils import timezone
 
 from config import pipeline
+from messaging.models import Message
 from tests.conftest import Enqueued, while_held
-from tests.factories import StepFactory, SubscriberFactory, TriggerEventFactory
+from tests.factories import MessageFactory, StepFactory, SubscriberFactory, TriggerEventFactory
 from workflows import services
 from workflows.models import Notification, Step
 
@@ -128,6 +129,45 @@ def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
+
+
+@pytest.mark.parametrize("tried_before", [False, True])
+def test_a_task_whose_claim_was_taken_does_not_skip_the_step_the_new_claim_sends(
+    enqueued: Enqueued, tried_before: bool
+) -> None:
+    """The first task read the step unreachable (no address then, or no provider for the
+    channel on its worker) and stalled past NORM_STALE_CLAIM_SECONDS before skipping it,
+    while the second task, which found it reachable, sends it: the step was recorded
+    skipped (the bridge told so) though its email went out, and the message an earlier
+    attempt left `sending` was given up as failed under the second task's send."""
+    slow, second = _sending_twice(enqueued)
+    if tried_before:  # a send that failed for now, as step_claim reports it
+        MessageFactory(step=slow, channel="email", status=Message.Status.SENDING, attempts=1)
+        slow.message_status = second.message_status = Message.Status.SENDING
+
+    services.step_skip(step=slow, reason="the subscriber has no email address")
+
+    step = Step.objects.get(pk=slow.pk)
+    assert (step.status, step.claimed_by, step.error) == (Step.Status.PROCESSING, "second-task", "")
+    assert enqueued.of(pipeline.ECHO) == []
+    assert not Message.objects.filter(status=Message.Status.FAILED).exists()
+    services.step_complete(step=second, result={})
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_the_holder_of_a_stale_claim_still_skips_its_step(enqueued: Enqueued) -> None:
+    """A claim gone stale that no other task took is still the task's to end."""
+    step = services.step_claim(step_id=StepFactory().pk, claim="slow-task")
+    assert step is not None
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+
+    services.step_skip(step=step, reason="the subscriber has no email address")
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.SKIPPED
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
 
 
 def test_a_step_both_tasks_delivered_hands_its_notification_to_the_echo_once(
