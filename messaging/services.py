@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -55,10 +57,11 @@ def message_send(
     Safe to run twice: the step is claimed (scheduled -> processing) by one run only,
     or by that run's own retry (`claim`, see step_claim). A database error while the
     step is claimed raises ClaimInterrupted, and the retry takes the claim back from
-    `resumed` (when it was taken). A send whose record the database refused raises
-    SentUnrecorded, and the retry records it from `sent` without sending. A send cut
-    off between the provider call and the commit otherwise (its worker killed) may
-    repeat once, when the reconciler, for a claim left stale, sends it again.
+    `resumed` (when it was taken). A send whose record the database refused for more
+    than a moment (_retried_briefly) raises SentUnrecorded, and the retry records it
+    from `sent` without sending. A send cut off between the provider call and the
+    commit otherwise (its worker killed) may repeat once, when the reconciler, for a
+    claim left stale, sends it again.
     """
     claim = claim or uuid.uuid4().hex  # the one the step is taken under, for the handler
     # A bug (in norm, or a step it did not foresee): raised, the step stayed claimed with
@@ -227,11 +230,15 @@ def _claimed_send(step: Step) -> None:
         "sent_at": timezone.now(),
         "error": "",
     }
-    try:
+
+    def record() -> None:
         with transaction.atomic():  # sent and done together: one commit
             sent.update(**as_sent)
             # An in-app result is read from the message when the state is built.
             workflow_services.step_complete(step=step, result={})
+
+    try:
+        _retried_briefly(record)
     except (OperationalError, InterfaceError) as exc:
         # The database away: its retry would find the message unsent, and send it again
         # (or, its trigger canceled meanwhile, find its claim refused and leave the message
@@ -252,6 +259,36 @@ def _claimed_send(step: Step) -> None:
         # on its own, the next run completes the step without sending.
         sent.update(**as_sent)
         raise
+
+
+# How long a send's record is tried again in-process before it is left to the task's
+# retry (SentUnrecorded): the pauses between tries, and when they stop (from the first).
+RECORD_RETRY_DELAYS = (0.1, 0.3, 0.6, 1.0)
+RECORD_RETRY_SECONDS = 2.5
+
+
+def _retried_briefly(record: Callable[[], None]) -> None:
+    """Run `record`, again on a database error for a moment (RECORD_RETRY_DELAYS).
+
+    A send's record left to the task's retry rides on the broker: lost with it (Redis
+    flushed or failed over in the same seconds), the claim went stale and the reconciler
+    sent the email again (the chaos soak saw 4 in 30,534). Most failures are over in a
+    moment (a connection killed, a deadlock's victim, a pooler reconnecting), the record
+    done here; a longer outage still goes to the retry. No try starts past
+    RECORD_RETRY_SECONDS, however long one takes to fail (DB_CONNECT_TIMEOUT)."""
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    for delay in (*RECORD_RETRY_DELAYS, None):
+        try:
+            record()
+            return
+        except (OperationalError, InterfaceError):
+            if delay is None or time.monotonic() + delay >= deadline:
+                raise
+        time.sleep(delay)
+        # A connection that broke is dropped, for the next try to open a new one. Not in
+        # a caller's transaction (a test's): closing it would end that.
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 def _outcome_record(step: Step, message: Message) -> None:

@@ -256,6 +256,14 @@ def test_a_connection_idle_too_long_is_not_trusted(
     assert len(smtp_server.envelopes) == 2 and smtp_server.peers[0] != smtp_server.peers[1]
 
 
+def _away_one_run(fn: Any) -> Any:
+    """`fn`, failing as the database away would for as many calls as one run makes of it
+    (the first and the run's tries again, _retried_briefly), and then going through."""
+    for _ in range(len(services.RECORD_RETRY_DELAYS) + 1):
+        fn = FailsOnce(fn, OperationalError("the server closed"))
+    return fn
+
+
 def _answered_at_once(reply: str) -> tuple[threading.Event, str]:
     answered = threading.Event()
     answered.set()
@@ -494,7 +502,7 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     records what its first run was told: sent, once."""
     settings.NORM_STALE_CLAIM_SECONDS = 600
     step = email_step()
-    complete = FailsOnce(workflow_services.step_complete, OperationalError("the server closed"))
+    complete = _away_one_run(workflow_services.step_complete)
     monkeypatch.setattr(workflow_services, "step_complete", complete)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
@@ -530,6 +538,68 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     workflow_services.notification_retry(notification=step.notification)
     assert len(smtp_server.envelopes) == 1
     assert Message.objects.get().status == Message.Status.SENT
+
+
+@contextlib.contextmanager
+def _connection_killed_at(sql_prefix: str, times: int) -> Iterator[list[str]]:
+    """PostgreSQL ends this connection (as a restart, a failover or pg_terminate_backend
+    would) as it is about to run a statement starting `sql_prefix`, the first `times`
+    times; the list it gives holds the statements so cut off."""
+    killed: list[str] = []
+
+    def kill(execute: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith(sql_prefix) and len(killed) < times:
+            killed.append(sql)
+            execute("SELECT pg_terminate_backend(pg_backend_pid())", None, False, args[-1])
+        return execute(sql, *args)
+
+    with connection.execute_wrapper(kill):
+        yield killed
+
+
+RECORD_SENT = 'UPDATE "messaging_message" SET "status"'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_whose_record_the_database_cut_off_for_a_moment_is_recorded_by_the_run(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """The SMTP server took the email, and PostgreSQL dropped the connection twice as the
+    run recorded it: the task's retry carried the record (SentUnrecorded), and a broker
+    that lost that retry left the claim to go stale and the reconciler to send the email
+    again. The run records it itself, on a new connection."""
+    step = email_step()
+
+    with _connection_killed_at(RECORD_SENT, times=2) as killed:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)  # no Retry
+
+    assert len(killed) == 2 and len(smtp_server.envelopes) == 1
+    message = Message.objects.get()
+    assert (message.status, message.attempts, message.error) == (Message.Status.SENT, 1, "")
+    step.refresh_from_db()
+    assert (step.status, step.attempts) == (Step.Status.COMPLETED, 1)
+    assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_whose_record_the_database_refuses_for_longer_is_left_to_the_tasks_retry(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """Tried again for a moment only: a longer outage goes to the task's retry, which
+    carries what the provider answered, as before, and the worker is not held up."""
+    step = email_step()
+    started = time.monotonic()
+
+    with _connection_killed_at(RECORD_SENT, times=100) as killed, pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+
+    assert time.monotonic() - started < services.RECORD_RETRY_SECONDS + 1
+    assert len(killed) == len(services.RECORD_RETRY_DELAYS) + 1
+    assert _task_retry(retried.value)["kwargs"]["sent"]["attempts"] == 1
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get().status == Message.Status.SENDING
+    assert enqueued.calls == []
 
 
 def test_an_email_to_a_subscriber_without_address_is_skipped_and_the_workflow_goes_on(
