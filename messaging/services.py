@@ -206,20 +206,27 @@ def _claimed_send(step: Step) -> None:
             # A provider bug must not leave the step claimed, to be sent again forever.
             logger.exception("provider %s failed on message %s", provider.name, message.pk)
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
-        attempts = message.attempts + 1
+        attempts, error = message.attempts + 1, str(exc)
         retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
-        # Not a message another task delivered meanwhile (this one's claim went stale).
-        Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT).update(
-            attempts=attempts,
-            error=str(exc),
-            recipient=message.recipient,
-            **({} if retry else {"status": Message.Status.FAILED}),
-        )
-        if retry:
-            backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
-            workflow_services.step_retry_later(step=step, message=str(exc), backoff=backoff)
-        else:
-            workflow_services.step_fail(step=step, code="SendFailed", message=str(exc))
+        backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
+
+        def failure_record() -> None:  # twice is as once: each write sets what it sets
+            # Not a message another task delivered meanwhile (this one's claim went stale).
+            Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT).update(
+                attempts=attempts,
+                error=error,
+                recipient=message.recipient,
+                **({} if retry else {"status": Message.Status.FAILED}),
+            )
+            if retry:
+                workflow_services.step_retry_later(step=step, message=error, backoff=backoff)
+            else:
+                workflow_services.step_fail(step=step, code="SendFailed", message=error)
+
+        # A reschedule the database cut off left the step claimed and its message
+        # `sending`: the task's retry (ClaimInterrupted) sent again a second later, not
+        # after the backoff, to a server that had just failed. Narrowed as a send's record.
+        _retried_briefly(failure_record)
         return
     sent = Message.objects.filter(pk=message.pk)
     as_sent = {
@@ -268,7 +275,8 @@ RECORD_RETRY_SECONDS = 2.5
 
 
 def _retried_briefly(record: Callable[[], None]) -> None:
-    """Run `record`, again on a database error for a moment (RECORD_RETRY_DELAYS).
+    """Run `record` (of what the provider answered), again on a database error for a
+    moment (RECORD_RETRY_DELAYS).
 
     A send's record left to the task's retry rides on the broker: lost with it (Redis
     flushed or failed over in the same seconds), the claim went stale and the reconciler

@@ -285,8 +285,7 @@ def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again
     settings.EMAIL_TIMEOUT = 0.5
     smtp_server.answer_after = 1.5
     step = email_step()
-    fail = FailsOnce(workflow_services.step_fail, OperationalError("the server closed"))
-    monkeypatch.setattr(workflow_services, "step_fail", fail)
+    monkeypatch.setattr(workflow_services, "step_fail", _away_one_run(workflow_services.step_fail))
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     assert Message.objects.get().status == Message.Status.FAILED
@@ -323,8 +322,7 @@ def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     smtp_server.replies.append(_answered_at_once("554 5.7.1 Rejected"))
     step = email_step()
-    fail = FailsOnce(workflow_services.step_fail, OperationalError("the server closed"))
-    monkeypatch.setattr(workflow_services, "step_fail", fail)
+    monkeypatch.setattr(workflow_services, "step_fail", _away_one_run(workflow_services.step_fail))
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     assert Message.objects.get().status == Message.Status.FAILED
@@ -600,6 +598,37 @@ def test_a_send_whose_record_the_database_refuses_for_longer_is_left_to_the_task
     assert len(smtp_server.envelopes) == 1
     assert Message.objects.get().status == Message.Status.SENDING
     assert enqueued.calls == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "at",
+    ['UPDATE "workflows_step" SET "status" = %s, "due_at"', 'UPDATE "messaging_message"'],
+    ids=["the step's reschedule", "the message's update, before it"],
+)
+def test_a_reschedule_the_database_cut_off_for_a_moment_is_done_by_the_run_after_the_backoff(
+    enqueued: Enqueued, settings: Any, at: str
+) -> None:
+    """The send failed for now, and PostgreSQL dropped the connection as the run put the
+    step back on the schedule: the task's retry took its claim back and sent again a
+    second later, not NORM_SEND_RETRY_BACKOFF later. The run reschedules it itself."""
+    smtp_unreachable(settings)
+    settings.NORM_SEND_RETRY_BACKOFF = 10.0
+    step = email_step()
+    before = timezone.now()
+
+    with _connection_killed_at(at, times=2) as killed:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)  # no Retry
+
+    assert len(killed) == 2
+    step.refresh_from_db()
+    assert (step.status, step.attempts) == (Step.Status.SCHEDULED, 1)
+    assert step.due_at >= before + timedelta(seconds=10)
+    message = Message.objects.get()
+    assert (message.status, message.attempts) == (Message.Status.SENDING, 1)
+    assert "SMTP connection failed" in message.error
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    assert enqueued.options_of(pipeline.MESSAGE)[0]["countdown"] >= 10
 
 
 def test_an_email_to_a_subscriber_without_address_is_skipped_and_the_workflow_goes_on(
