@@ -471,3 +471,52 @@ def test_custom_step_output_schema_and_result() -> None:
     assert seen == [{"score": 7}]
     with pytest.raises(ExecutionStateResultInvalidError):
         custom.execute(execute_body({}, [entry("score", {})]))
+
+
+def _email() -> dict[str, Any]:
+    return {"subject": "s", "body": "b"}
+
+
+@pytest.mark.parametrize(
+    ("declare", "problem"),
+    [
+        (
+            lambda ctx: ctx.step.email(5, _email),
+            "its id must be a non-empty string, not 5",
+        ),
+        (
+            lambda ctx: ctx.step.email("", _email),
+            "its id must be a non-empty string, not ''",
+        ),
+        (
+            lambda ctx: ctx.step.email("mail", _email()),
+            "its resolver must be a function returning the step's outputs, not a dict",
+        ),
+        (
+            lambda ctx: ctx.step.email("mail", _email, skip="no"),
+            "`skip` must be a bool or a function, not a str",
+        ),
+        (
+            lambda ctx: ctx.step.email("mail", _email, providers=["sendgrid"]),
+            "`providers` must map provider ids to functions, not be a list",
+        ),
+        (
+            lambda ctx: ctx.step.email("mail", _email, providers={"sendgrid": {"ip": "x"}}),
+            "`providers` must map provider ids to functions: 'sendgrid' maps to a dict",
+        ),
+    ],
+)
+def test_a_step_declared_with_arguments_of_the_wrong_kind_fails_saying_which(
+    declare: Any, problem: str
+) -> None:
+    # Each ran before, or failed far from the call: the id 5 was answered as step 5 (which
+    # norm never matches with the "5" it sends back), "no" skipped the step, a dict as the
+    # resolver was "'dict' object is not callable", a list of providers a retried 500.
+    @workflow("misdeclared")
+    def misdeclared(ctx: Context) -> None:
+        declare(ctx)
+
+    with pytest.raises(StepExecutionFailedError) as exc:
+        misdeclared.execute(execute_body({}, []))
+    assert exc.value.status == 502  # the author's code: neither norm nor Novu retries it
+    assert exc.value.message.endswith(f": {problem}")

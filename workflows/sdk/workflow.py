@@ -175,10 +175,11 @@ class _Run:
         self.error = error
         return error
 
-    def unusable_schema(self, step_id: str, problem: str) -> StepExecutionFailedError:
-        # The bridge's own code is at fault, as when a resolver throws: answered as
-        # StepExecutionFailedError (502), which neither norm nor Novu retries, rather than
-        # as a 500 retried to no avail.
+    def misdeclared_step(self, step_id: str, problem: str) -> StepExecutionFailedError:
+        # A step declared so that it cannot run (a schema that cannot be applied, an
+        # argument of the wrong kind). The bridge's own code is at fault, as when a
+        # resolver throws: answered as StepExecutionFailedError (502), which neither norm
+        # nor Novu retries, rather than as a 500 retried to no avail.
         return StepExecutionFailedError(
             f"Failed to execute Step with id: `{step_id}`: {problem}",
             data={"workflowId": self.workflow_id, "stepId": step_id},
@@ -277,7 +278,7 @@ class _Run:
             return schema.validate(value)
         except SchemaUnusable as exc:
             kind = what.removesuffix("s")  # the custom step's result schema is its output one
-            raise self.unusable_schema(definition.step_id, f"its {kind} schema {exc}") from exc
+            raise self.misdeclared_step(definition.step_id, f"its {kind} schema {exc}") from exc
         except SchemaInvalid as exc:
             raise error_class(
                 f"Workflow with id: `{self.workflow_id}` has an invalid state. Step with id: "
@@ -298,6 +299,36 @@ def _user_value(schema: Schema, value: Any) -> Any:
     except (TypeError, ValueError, copy.Error) as exc:
         raise SchemaInvalid([{"path": "", "message": str(exc)}]) from exc
     return value
+
+
+def _declaration_problem(step_id: Any, resolver: Any, skip: Any, providers: Any) -> str | None:
+    """What is wrong with a step's arguments, which Python checks no more than their
+    types say. Unchecked, each failed far from the call: an id that is no string
+    (discovered as `5`, never matched by the "5" norm sends back), a dict given as the
+    resolver ("'dict' object is not callable" once norm runs it), a value as `skip`
+    (any non-empty string skipped the step), a list of providers (a 500 norm retried)."""
+    if not isinstance(step_id, str) or not step_id:
+        return f"its id must be a non-empty string, not {step_id!r:.100}"
+    if not callable(resolver):
+        return (
+            "its resolver must be a function returning the step's outputs, "
+            f"not a {type(resolver).__name__}"
+        )
+    if not (skip is None or isinstance(skip, bool) or callable(skip)):
+        return f"`skip` must be a bool or a function, not a {type(skip).__name__}"
+    if providers is not None:
+        if not isinstance(providers, Mapping):
+            return (
+                "`providers` must map provider ids to functions, "
+                f"not be a {type(providers).__name__}"
+            )
+        for provider_id, fn in providers.items():
+            if not isinstance(provider_id, str) or not callable(fn):
+                return (
+                    "`providers` must map provider ids to functions: "
+                    f"{provider_id!r:.100} maps to a {type(fn).__name__}"
+                )
+    return None
 
 
 def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
@@ -354,12 +385,15 @@ class StepApi:
         output_schema: SchemaSource | None,
         providers: Mapping[str, ProviderOverride] | None,
     ) -> dict[str, Any]:
+        problem = _declaration_problem(step_id, resolver, skip, providers)
+        if problem:
+            raise self._run.failed(self._run.misdeclared_step(str(step_id), problem))
         try:
             definition = StepDefinition.build(
                 type_name, step_id, control_schema, output_schema, providers
             )
         except SchemaUnusable as exc:
-            raise self._run.failed(self._run.unusable_schema(step_id, str(exc))) from exc
+            raise self._run.failed(self._run.misdeclared_step(step_id, str(exc))) from exc
         return self._run.step(definition, resolver, skip)
 
 
