@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workflows.sdk import Bridge, Context, canonical_json, signature_header, workflow
+from workflows.sdk import Bridge, Context, Workflow, canonical_json, signature_header, workflow
 
 from .helpers import UNREAD, entry, execute_body
 
@@ -242,6 +242,31 @@ def test_secret_key_is_read_lazily() -> None:
 def test_duplicate_workflow_ids_are_rejected() -> None:
     with pytest.raises(ValueError, match="welcome"):
         Bridge(workflows=[welcome, welcome])
+
+
+def test_a_workflow_or_bridge_declared_wrongly_is_a_type_error_where_it_is_declared() -> None:
+    """Each was taken before, and failed later, far from the mistake: discovered with the
+    id 5 (never matched by the "5" norm sends), with the tags "b", "i", "l", ..., or an
+    AttributeError at the bridge for a function without its decorator."""
+
+    def body(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    with pytest.raises(TypeError, match=r'must be a non-empty string, not 5: .*@workflow\("'):
+        Workflow(5, body)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a non-empty string, not <function"):
+        workflow(body)  # type: ignore[arg-type]  # the decorator, written without its id
+    with pytest.raises(TypeError, match="must be a non-empty string, not ''"):
+        Workflow("", body)
+    with pytest.raises(TypeError, match="'w': the workflow function must be a function"):
+        Workflow("w", "body")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'w': `tags` must be a list of strings"):
+        Workflow("w", body, tags="billing")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'w': `tags` must be a list of strings"):
+        Workflow("w", body, tags=["billing", 7])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="serves Workflow objects .* not a function"):
+        Bridge(workflows=[body])  # type: ignore[list-item]
+    assert Workflow("w", body, tags=["billing"]).describe()["tags"] == ["billing"]
 
 
 @workflow("twice")

@@ -63,6 +63,12 @@ class Bridge:
     ) -> None:
         self.workflows: dict[str, Workflow] = {}
         for workflow in workflows:
+            if not isinstance(workflow, Workflow):
+                # A function without its @workflow(...), say: an AttributeError otherwise.
+                raise TypeError(
+                    f"A Bridge serves Workflow objects (from @workflow), not a "
+                    f"{type(workflow).__name__}: {workflow!r:.100}"
+                )
             if workflow.workflow_id in self.workflows:
                 raise ValueError(f"Duplicate workflow id: {workflow.workflow_id!r}")
             self.workflows[workflow.workflow_id] = workflow

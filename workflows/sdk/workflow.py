@@ -431,6 +431,15 @@ def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _check_workflow_id(workflow_id: Any) -> None:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        # `@workflow` without its id passes the function as the id.
+        raise TypeError(
+            f"The workflow id must be a non-empty string, not {workflow_id!r:.100}: "
+            'declare a workflow with @workflow("its-id")'
+        )
+
+
 class Workflow:
     def __init__(
         self,
@@ -445,6 +454,15 @@ class Workflow:
         severity: str = "none",
         preferences: dict[str, Any] | None = None,
     ) -> None:
+        _check_workflow_id(workflow_id)
+        if not callable(fn):
+            raise TypeError(
+                f"Workflow {workflow_id!r}: the workflow function must be a function, "
+                f"not a {type(fn).__name__}"
+            )
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags or []):
+            # list("billing") would have made it the tags "b", "i", "l", ...
+            raise TypeError(f"Workflow {workflow_id!r}: `tags` must be a list of strings")
         if (
             inspect.iscoroutinefunction(fn)
             or inspect.isasyncgenfunction(fn)
@@ -618,6 +636,7 @@ def workflow(
     preferences: dict[str, Any] | None = None,
 ) -> Callable[[Callable[[Context], Any]], Workflow]:
     """Decorator: turn `fn(ctx)` into a Workflow served by a Bridge."""
+    _check_workflow_id(workflow_id)
 
     def decorate(fn: Callable[[Context], Any]) -> Workflow:
         return Workflow(
