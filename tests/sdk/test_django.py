@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.test import RequestFactory, override_settings
 
 from workflows.demo import bridge_view
-from workflows.sdk import canonical_json, signature_header
+from workflows.sdk import Bridge, Context, canonical_json, signature_header, workflow
+from workflows.sdk.django import bridge_view as sdk_bridge_view
 
-from .helpers import execute_body
+from .helpers import entry, execute_body
 
 SECRET = "sk_test_demo_bridge"
 
@@ -62,3 +64,36 @@ def test_other_methods_get_a_json_405() -> None:
     response = bridge_view(RequestFactory().put("/bridge?action=discover"))
     assert response.status_code == 405
     assert json.loads(response.content)["code"] == "MethodNotAllowedError"
+
+
+def test_a_lone_surrogate_in_an_answer_is_written_escaped_not_a_crash() -> None:
+    """JSON may carry a lone surrogate ("\\ud800"), which Python reads into a str that UTF-8
+    cannot encode: the adapter raised, and Django answered its HTML 500 (which norm
+    retried as a bridge that is down). Escaped as JS writes it, as Novu's SDK answers."""
+
+    def fail(word: str) -> dict[str, Any]:
+        raise ValueError(f"no such word: {word}")
+
+    @workflow("w")
+    def w(ctx: Context) -> None:
+        ctx.step.custom("c", lambda: {"x": ctx.payload["word"]})
+        ctx.step.custom("d", lambda: fail(ctx.payload["word"]))
+
+    view = sdk_bridge_view(Bridge([w], strict=False))
+
+    def post(state: list[dict[str, Any]]) -> Any:
+        return view(
+            RequestFactory().post(
+                "/bridge?action=execute&workflowId=w",
+                data=json.dumps(execute_body({"word": "a\ud800b"}, state)),
+                content_type="application/json",
+            )
+        )
+
+    response = post([])
+    assert response.status_code == 200
+    assert b'"x":"a\\ud800b"' in response.content
+    assert json.loads(response.content)["outputs"] == {"x": "a\ud800b"}
+    failed = post([entry("c", {"x": "a"})])  # in an exception's message
+    assert failed.status_code == 502
+    assert json.loads(failed.content)["message"].endswith("no such word: a\ud800b")

@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .bridge import RESPONSE_HEADERS, Bridge
 from .errors import RequestBodyTooLargeError
+from .signing import canonical_json
 
 
 def bridge_view(bridge: Bridge) -> Callable[[HttpRequest], HttpResponse]:
@@ -32,7 +33,13 @@ def bridge_view(bridge: Bridge) -> Callable[[HttpRequest], HttpResponse]:
                 body=raw,
                 headers=dict(request.headers),
             )
-        response = JsonResponse(body, status=status, json_dumps_params={"ensure_ascii": False})
+        # Written as JS writes it, lone surrogates escaped: a str holding one (a payload's
+        # "\ud800", in outputs or in an error's message) cannot be encoded as UTF-8, and
+        # json.dumps(ensure_ascii=False) left the adapter to fail with Django's HTML 500,
+        # which norm retried as a bridge that is down.
+        response = HttpResponse(
+            canonical_json(body), status=status, content_type="application/json"
+        )
         for name, value in headers.items():
             response[name] = value
         response["novu-framework-server"] = "django"
