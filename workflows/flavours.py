@@ -101,8 +101,22 @@ def next_step_novu(
     else:
         if "done" in answer:  # Novu's SDK never says it
             return next_step_norm(notification=notification, body=body, secrets=secrets)
+        _check_execute_answer(notification, answer)
         return _done()
     return _execute_step(notification, body=probe, secrets=secrets, step_id=step_id)
+
+
+def _check_execute_answer(notification: Notification, answer: dict[str, Any]) -> None:
+    """Refuse a 200 that is no answer of Novu's SDK to execute (every version's has its
+    `outputs`): an endpoint answering any JSON, `{}` or `{"status": "maintenance"}`,
+    read as done, completed every notification with nothing sent."""
+    if not isinstance(answer.get("outputs"), dict):
+        raise bridge.BridgeError(
+            "BridgeInvalidResponse",
+            f"the bridge {masked_url(notification.resource)} answered execute with no "
+            "`outputs` object, as no version of Novu's framework does: is its URL the "
+            "bridge endpoint?",
+        )
 
 
 def _missing_step(exc: bridge.BridgeError) -> str | None:
@@ -125,6 +139,7 @@ def _execute_step(
         step_id=step_id,
         js_integers=True,
     )
+    _check_execute_answer(notification, answer)
     return {**answer, "stepId": step_id, "type": step_type, "done": False}
 
 

@@ -226,6 +226,28 @@ def test_a_200_to_the_probe_means_every_step_ran(
     assert len(execute.calls) == 1 and not novu.steps.exists()
 
 
+@pytest.mark.parametrize("probed", [True, False])
+@pytest.mark.parametrize("answer", [{}, {"status": "maintenance"}, {"outputs": "sent"}])
+def test_a_200_that_is_no_execute_answer_fails_the_notification_rather_than_complete_it(
+    novu: Notification,
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    answer: dict[str, Any],
+    probed: bool,
+) -> None:
+    """Every version of Novu's framework answers execute with its `outputs`. Any other
+    JSON (an endpoint in front of the bridge answering for it, a maintenance page) was
+    read, as the probe's answer, as every step having run: the notification completed
+    with nothing sent; as the step's, as that step with no outputs."""
+    execute.answers = [answer] if probed else [corrupt("mail"), answer]
+    run(novu)
+    novu.refresh_from_db()
+    assert (novu.status, novu.error_code) == ("failed", "BridgeInvalidResponse")
+    assert "answered execute with no `outputs` object" in novu.error
+    assert not novu.steps.exists() and enqueued.of(pipeline.MESSAGE) == []
+
+
 def test_a_skipped_step_is_recorded_and_the_echo_runs_again(
     novu: Notification, execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
