@@ -595,7 +595,7 @@ def _record_answer(
         )
         return
     step_id, step_type = answer.get("stepId"), answer.get("type")
-    outputs = answer.get("outputs") if isinstance(answer.get("outputs"), dict) else {}
+    outputs, providers = answer.get("outputs"), answer.get("providers") or {}
     if step_type in selectors.UNSUPPORTED_STEP_TYPES:
         _refuse_answer(
             notification,
@@ -616,6 +616,18 @@ def _record_answer(
             code="BridgeInvalidResponse",
             message=f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
             f"at most {STEP_ID_LENGTH}",
+        )
+        return
+    if not isinstance(outputs, dict) or not isinstance(providers, dict):
+        # Taken as {} (or stored as given), the step ran on nothing: a custom step's
+        # result, which later steps read, was {}; a channel's message failed for a
+        # missing subject, far from the bridge's mistake.
+        _refuse_answer(
+            notification,
+            code="BridgeInvalidResponse",
+            message=f"the bridge answered step '{step_id}' with outputs and providers that "
+            f"are not both objects (outputs: {type(outputs).__name__}, providers: "
+            f"{type(providers).__name__})",
         )
         return
     if any(entry["stepId"] == step_id for entry in state):
@@ -663,7 +675,7 @@ def _record_answer(
                 type=step_type,
                 position=len(state),
                 outputs=outputs,
-                providers=answer.get("providers") or {},
+                providers=providers,
                 status=Step.Status.SKIPPED if skipped else Step.Status.SCHEDULED,
                 result=_skipped_result(step_type) if skipped else {},
                 due_at=due_at,

@@ -455,6 +455,35 @@ def test_an_answer_without_a_valid_step_fails(
     assert Step.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("shape", "named"),
+    [
+        ({}, "outputs: NoneType, providers: dict"),
+        ({"outputs": ["hello"]}, "outputs: list, providers: dict"),
+        ({"outputs": "hello"}, "outputs: str, providers: dict"),
+        ({"outputs": {"n": 1}, "providers": ["sendgrid"]}, "outputs: dict, providers: list"),
+    ],
+)
+def test_an_answer_whose_outputs_or_providers_are_no_objects_fails(
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    shape: dict[str, Any],
+    named: str,
+) -> None:
+    """Outputs that were no object were taken as {}: a custom step's result, which the
+    steps after it read, was {}, and an email's message failed for a missing subject."""
+    notification = NotificationFactory()
+    execute.answers = [{"stepId": "score", "type": "custom", "done": False, **shape}]
+    run(notification)
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert f"step 'score' with outputs and providers that are not both objects ({named})" in (
+        notification.error
+    )
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
 @pytest.mark.parametrize("step_type", ["digest", "throttle", "tool", "http_request"])
 def test_a_step_type_norm_does_not_run_yet_fails_with_that_reason(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], step_type: str
