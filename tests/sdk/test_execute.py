@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections import ChainMap, UserDict
+from types import MappingProxyType
 from typing import Any
 
 import pydantic
@@ -520,3 +522,31 @@ def test_a_step_declared_with_arguments_of_the_wrong_kind_fails_saying_which(
         misdeclared.execute(execute_body({}, []))
     assert exc.value.status == 502  # the author's code: neither norm nor Novu retries it
     assert exc.value.message.endswith(f": {problem}")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda outputs: MappingProxyType(outputs),
+        lambda outputs: ChainMap(outputs),
+        lambda outputs: UserDict(outputs),
+    ],
+)
+def test_a_resolver_or_provider_override_may_return_any_mapping_as_its_type_says(
+    make: Any,
+) -> None:
+    """`Resolver` returns a Mapping: a read-only or layered one was refused as "{...} is not
+    of type 'object'" (JSON Schema's object is a dict), or could not be copied."""
+
+    @workflow("mappings")
+    def mappings(ctx: Context) -> None:
+        ctx.step.email(
+            "mail",
+            lambda: make({"subject": "s", "body": "b"}),
+            providers={"sendgrid": lambda outputs: make({"ipPoolName": "vip"})},
+        )
+
+    answer = mappings.execute(execute_body({}, []))
+    assert answer["outputs"] == {"subject": "s", "body": "b"}
+    assert answer["providers"] == {"sendgrid": {"ipPoolName": "vip"}}
+    assert type(answer["outputs"]) is dict

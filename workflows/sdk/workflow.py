@@ -252,7 +252,6 @@ class _Run:
     ) -> dict[str, Any]:
         what = f"provider override `{provider_id}`"
         raw = self._user_code(definition, lambda: _not_awaitable(fn(outputs), what))
-        raw = dict(raw) if isinstance(raw, Mapping) else raw
         return self._validated(definition, PROVIDER_OUTPUT, raw, "provider")
 
     def _user_code(self, definition: StepDefinition, fn: Callable[[], Any]) -> Any:
@@ -292,6 +291,11 @@ def _user_value(schema: Schema, value: Any) -> Any:
     """What user code returned (outputs, a provider's), validated and cleaned. It goes over
     the wire and into norm's database: a value JSON cannot write (a set, a datetime) or
     writes invalidly (NaN, Infinity) would fail there, or crash the adapter."""
+    if isinstance(value, Mapping):
+        # Any Mapping, as the resolver's type allows (a UserDict, a ChainMap, a read-only
+        # mappingproxy): JSON Schema's "object" is a dict, and each was refused as "{...}
+        # is not of type 'object'", or "cannot pickle 'mappingproxy' object".
+        value = dict(value)
     try:
         # Validation copies the value first: a generator or a lock fails already there.
         value = schema.validate(value)
