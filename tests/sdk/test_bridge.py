@@ -163,7 +163,7 @@ def test_resolver_exception_is_502(bridge: Bridge) -> None:
     state = [entry("score", {"score": 0}), entry("chat")]
     status, body, _ = call(bridge, "POST", query, execute_body({}, state))
     assert (status, body["code"]) == (502, "StepExecutionFailedError")
-    assert body["message"] == "Failed to execute Step with id: `push`: 'needed'"
+    assert body["message"] == "Failed to execute Step with id: `push`: KeyError: 'needed'"
 
 
 def test_body_that_is_not_a_json_object(bridge: Bridge) -> None:

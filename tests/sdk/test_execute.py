@@ -356,7 +356,33 @@ def test_resolver_exception_is_a_step_execution_failure() -> None:
     with pytest.raises(StepExecutionFailedError) as exc:
         boom.execute(execute_body({}, []))
     assert exc.value.status == 502
-    assert exc.value.message == "Failed to execute Step with id: `inbox`: division by zero"
+    assert exc.value.message == (
+        "Failed to execute Step with id: `inbox`: ZeroDivisionError: division by zero"
+    )
+
+
+def _check(order: dict[str, Any]) -> dict[str, Any]:
+    if not order.get("paid"):
+        raise ValueError
+    return {"body": "paid"}
+
+
+@pytest.mark.parametrize(
+    ("resolver", "reason"),
+    [
+        (lambda: _check({}), "ValueError"),  # its message was empty
+        (lambda: {"body": {}["orderId"]}, "KeyError: 'orderId'"),  # was only "'orderId'"
+        (lambda: _check(None), "AttributeError: 'NoneType' object has no attribute 'get'"),
+    ],
+)
+def test_a_resolver_exception_is_told_by_its_type_and_message(resolver: Any, reason: str) -> None:
+    @workflow("told")
+    def told(ctx: Context) -> None:
+        ctx.step.sms("sms", resolver)
+
+    with pytest.raises(StepExecutionFailedError) as exc:
+        told.execute(execute_body({}, []))
+    assert exc.value.message == f"Failed to execute Step with id: `sms`: {reason}"
 
 
 def test_user_code_cannot_swallow_framework_errors(calls: list[str]) -> None:

@@ -304,7 +304,7 @@ ERRORS: list[tuple[str, dict[str, Any], int, str, str]] = [
         },
         502,
         "StepExecutionFailedError",
-        "Failed to execute Step with id: `throws`: division by zero",
+        "Failed to execute Step with id: `throws`: ZeroDivisionError: division by zero",
     ),
     (
         "a duplicate step id",
@@ -326,7 +326,7 @@ ERRORS: list[tuple[str, dict[str, Any], int, str, str]] = [
         {"workflow": "crash", "body": {"payload": {}, "state": []}},
         500,
         "BridgeError",
-        "Unknown BridgeError: bug outside any step",
+        "Unknown BridgeError: RuntimeError: bug outside any step",
     ),
     (
         "no signature",

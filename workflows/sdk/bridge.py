@@ -14,6 +14,7 @@ from .errors import (
     InvalidActionError,
     MethodNotAllowedError,
     WorkflowNotFoundError,
+    exception_text,
 )
 from .signing import verify_signature
 from .workflow import Workflow
@@ -91,7 +92,7 @@ class Bridge:
             status, answer = exc.status, exc.to_dict()
         except Exception as exc:
             logger.exception("Bridge request failed")
-            error = BridgeError(f"Unknown BridgeError: {exc}")
+            error = BridgeError(f"Unknown BridgeError: {exception_text(exc)}")
             status, answer = error.status, error.to_dict()
         return status, answer, dict(RESPONSE_HEADERS)
 

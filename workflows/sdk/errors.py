@@ -27,6 +27,14 @@ class FrameworkError(Exception):
         return body
 
 
+def exception_text(exc: BaseException) -> str:
+    """An author's exception as Python's traceback writes it: its type, then its message.
+    The message alone read as nothing for an `assert` or a `raise ValueError()`, and as a
+    bare `'orderId'` for a KeyError."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class InvalidActionError(FrameworkError):
     pass
 

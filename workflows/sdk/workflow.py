@@ -24,6 +24,7 @@ from .errors import (
     StepAlreadyExistsError,
     StepExecutionFailedError,
     WorkflowExecutionFailedError,
+    exception_text,
 )
 from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, SchemaUnusable, StepType
 
@@ -121,13 +122,17 @@ def _accepts_argument(fn: Callable[..., Any]) -> bool:
     return False
 
 
+class _Misused(TypeError):
+    """The SDK's own account of a step misused: its message says it all."""
+
+
 def _not_awaitable(value: Any, what: str) -> Any:
     """`value`, unless an async function returned it: the SDK awaits nothing, and a
     coroutine is truthy (an async skip condition skipped every message) and no output."""
     if inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()  # no "never awaited" warning on top of the error
-        raise TypeError(
+        raise _Misused(
             f"its {what} returned a {type(value).__name__} (is it async?), which the SDK "
             "does not await: resolvers, skip conditions and provider overrides must be "
             "plain functions"
@@ -259,8 +264,9 @@ class _Run:
             return fn()
         except Exception as exc:
             logger.exception("Step %s of workflow %s failed", definition.step_id, self.workflow_id)
+            reason = str(exc) if isinstance(exc, _Misused) else exception_text(exc)
             raise StepExecutionFailedError(
-                f"Failed to execute Step with id: `{definition.step_id}`: {exc}",
+                f"Failed to execute Step with id: `{definition.step_id}`: {reason}",
                 data={"workflowId": self.workflow_id, "stepId": definition.step_id},
             ) from exc
 
