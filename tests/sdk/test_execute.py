@@ -21,6 +21,7 @@ from workflows.sdk import (
     Workflow,
     workflow,
 )
+from workflows.sdk.schemas import SchemaUnusable
 
 from .helpers import READ, UNREAD, drive, entry, execute_body
 
@@ -483,6 +484,25 @@ def test_pydantic_model_as_payload_schema() -> None:
         order.execute(execute_body({"quantity": "many"}, []))
     assert {problem["path"] for problem in exc.value.data} == {"/order_id", "/quantity"}
     assert order.describe()["payload"]["schema"]["required"] == ["order_id"]
+
+
+def test_a_pydantic_model_instance_given_for_its_class_is_no_schema() -> None:
+    """`OrderPayload(order_id="A1")` for `OrderPayload` was read as the dict of its
+    fields, {"order_id": "A1", "quantity": 1}: a schema that checks nothing."""
+    instance = OrderPayload(order_id="A1")
+    with pytest.raises(SchemaUnusable, match="a schema is a OrderPayload instance, not a JSON"):
+        Workflow("w", lambda ctx: None, payload_schema=instance)  # type: ignore[arg-type]
+
+    @workflow("instance")
+    def instance_controls(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"}, control_schema=instance)  # type: ignore[arg-type]
+
+    with pytest.raises(StepExecutionFailedError) as exc:
+        instance_controls.execute(execute_body({}, [], controls={"quantity": "many"}))
+    assert exc.value.message == (
+        "Failed to execute Step with id: `sms`: its control schema is a OrderPayload "
+        "instance, not a JSON Schema (a dict) or a pydantic model class"
+    )
 
 
 def test_custom_step_output_schema_and_result() -> None:

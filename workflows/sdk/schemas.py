@@ -244,6 +244,13 @@ class Schema:
         every execute, and checking a schema against its meta-schema costs milliseconds."""
         if _is_model(source):
             return _model_schema(source)  # type: ignore[arg-type]
+        if source is not None and not isinstance(source, Mapping | bool):
+            # A model's instance (`Controls()` for `Controls`) was read as the dict of its
+            # fields, a schema that checks nothing; a dataclass's, a 500.
+            raise SchemaUnusable(
+                f"is a {type(source).__name__} instance, not a JSON Schema (a dict) or a "
+                "pydantic model class"
+            )
         try:
             text = json.dumps(default if source is None else source, sort_keys=True)
         except (TypeError, ValueError):  # not JSON (a Python value in a `default`?)
