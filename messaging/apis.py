@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import F, Q, Subquery
+from django.db.models import Exists, F, Q, Subquery
 from django.db.models.fields.json import KeyTransform
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -599,6 +599,21 @@ def inbox_dto(message: Message) -> dict[str, Any]:
     }
 
 
+def _below(feed: Any, whole: Any, after: int) -> Any:
+    """The feed's messages listed below message `after` (newest first). In the list's
+    order, (created_at, id): by id alone it would skip a message whose id and creation
+    time are out of step (two workers saving at once), and repeat one the other way. A
+    message gone since its id was given (deleted, or purged) has no creation time left:
+    the page goes on below its id, as ids rise with time, rather than end the inbox
+    there (an empty page reads "no more" to @novu/js)."""
+    at = whole.filter(pk=after).values("created_at")
+    return feed.filter(
+        Q(created_at__lt=Subquery(at))
+        | Q(created_at=Subquery(at), pk__lt=after)
+        | Q(~Exists(at), pk__lt=after)
+    )
+
+
 class InboxListApi(APIView):
     @extend_schema(
         operation_id="v2_subscribers_notifications_list",
@@ -632,13 +647,7 @@ class InboxListApi(APIView):
         if after:
             if not _MESSAGE_ID.fullmatch(after):
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
-            # The page goes on below `after` in the list's order: by id alone it would
-            # skip a message whose id and creation time are out of step (two workers
-            # saving at once), and repeat one the other way.
-            at = _feed(request, subscriber_id).filter(pk=int(after)).values("created_at")
-            feed = feed.filter(
-                Q(created_at__lt=Subquery(at)) | Q(created_at=Subquery(at), pk__lt=int(after))
-            )
+            feed = _below(feed, _feed(request, subscriber_id), int(after))
         rows = list(feed[offset : offset + limit + 1])
         return Response(
             {

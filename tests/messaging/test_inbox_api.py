@@ -552,6 +552,31 @@ def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
     assert seen == [str(m.pk) for m in (lower_id_newer, higher_id_older, oldest)]
 
 
+def test_v2_list_goes_on_below_a_notification_deleted_since_its_id_was_given(tenant) -> None:
+    """The client pages with the last id it holds: deleted since (in the admin, or with
+    its notification), it has no creation time left to page below. The page was empty
+    and hasMore false, so the inbox stopped loading with older notifications unseen."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    oldest, older, gone, newest = (_in_app(ann, f"s{n}") for n in range(4))
+    bobs = _in_app(SubscriberFactory(client=client), "bob")  # a lower id, not ann's
+    Message.objects.filter(pk=bobs.pk).update(created_at=oldest.created_at)
+    url = "/v2/subscribers/ann/notifications?limit=1"
+    first = api.get(f"{url}&after={newest.pk}").json()
+    assert [i["id"] for i in first["data"]] == [str(gone.pk)]
+    Message.objects.filter(pk=gone.pk).delete()
+
+    page = api.get(f"{url}&after={gone.pk}").json()
+
+    assert ([i["id"] for i in page["data"]], page["hasMore"]) == ([str(older.pk)], True)
+    last = api.get(f"{url}&after={older.pk}").json()
+    assert ([i["id"] for i in last["data"]], last["hasMore"]) == ([str(oldest.pk)], False)
+    # Only ann's below it, read or not, and the other filters still apply.
+    Message.objects.filter(pk=older.pk).update(read_at=timezone.now())
+    unread = api.get(f"/v2/subscribers/ann/notifications?read=false&after={gone.pk}").json()
+    assert [i["id"] for i in unread["data"]] == [str(oldest.pk)]
+
+
 def test_v2_count_answers_once_per_filter() -> None:
     client, key = client_with_key()
     api = api_for(key)
