@@ -690,11 +690,12 @@ class InboxCountApi(APIView):
             )
         counts = []
         for wanted in filters:
-            asked = {
-                k: wanted[k]
-                for k in ("seen", "read", "archived", "snoozed")
-                if isinstance(wanted.get(k), bool)
-            }
+            asked = {k: wanted.get(k) for k in ("seen", "read", "archived", "snoozed")}
+            # Novu's @IsBoolean, refused as Novu does: ignored, `{"read": "false"}`
+            # counted every notification, read or not. Null narrows by nothing.
+            for name, value in asked.items():
+                if value is not None and not isinstance(value, bool):
+                    raise ApiError(400, "invalid_query", f"'{name}' must be a boolean")
             narrowed = _inbox_narrowed(_narrowed(feed, **asked), wanted)
             counts.append({"count": narrowed.count(), "filter": wanted})
         # In Novu's envelope, as its answer is (a list has no `data` of its own).

@@ -604,6 +604,24 @@ def test_v2_count_answers_once_per_filter() -> None:
     assert api.get(url, {"filters": "[" * 5000}).status_code == 400  # too deep to decode
 
 
+@pytest.mark.parametrize("value", ["false", 0, 1, [], {"eq": False}])
+def test_v2_count_refuses_a_state_filter_that_is_not_a_boolean(tenant, value: Any) -> None:
+    """Novu's count takes true or false (@IsBoolean) and refuses the rest. Ignored, a
+    filter `{"read": "false"}` (a value passed on as the query string gave it) counted
+    every notification, read or not: an unread badge that never went down."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    _in_app(ann, "a"), _in_app(ann, "b", read_at=timezone.now(), seen_at=timezone.now())
+    url = "/v2/subscribers/ann/notifications/count"
+
+    for name in ("read", "seen", "archived", "snoozed"):
+        refused = api.get(url, {"filters": json.dumps([{name: value}])})
+        assert refused.status_code == 400, name
+        assert refused.json()["message"] == f"'{name}' must be a boolean"
+    counted = api.get(url, {"filters": json.dumps([{"read": None, "seen": False}])})
+    assert [c["count"] for c in counted.json()["data"]] == [1]  # null narrows by nothing
+
+
 def test_v2_count_answers_each_of_up_to_30_filters_and_refuses_more() -> None:
     """Novu takes at most 30 filters; norm cut the list at 20 and left the others'
     counts out, so a caller matching counts to its filters came up short."""
