@@ -648,6 +648,9 @@ class InboxListApi(APIView):
             if not _MESSAGE_ID.fullmatch(after):
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
             feed = _below(feed, _feed(request, subscriber_id), int(after))
+            # The cursor says where the page starts, as in Novu's, which skips no
+            # `offset` past it: a client sending both had that many skipped twice.
+            offset = 0
         rows = list(feed[offset : offset + limit + 1])
         return Response(
             {

@@ -577,6 +577,24 @@ def test_v2_list_goes_on_below_a_notification_deleted_since_its_id_was_given(ten
     assert [i["id"] for i in unread["data"]] == [str(oldest.pk)]
 
 
+def test_v2_list_reads_no_offset_past_an_after_cursor(tenant) -> None:
+    """Novu's list skips `offset` only when no `after` is given: the cursor says where
+    the page starts. norm skipped both, so a client sending the two (the count loaded
+    and the last id) missed that many notifications on each page."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    oldest, older, newer, newest = (_in_app(ann, f"s{n}") for n in range(4))
+    url = "/v2/subscribers/ann/notifications?limit=2"
+
+    first = api.get(f"{url}&offset=1").json()
+    rest = api.get(f"{url}&offset=2.0&after={newer.pk}").json()
+
+    assert [i["id"] for i in first["data"]] == [str(newer.pk), str(older.pk)]
+    assert [i["id"] for i in rest["data"]] == [str(older.pk), str(oldest.pk)]
+    assert rest["hasMore"] is False
+    assert api.get(f"{url}&offset=-1&after={newer.pk}").status_code == 400
+
+
 def test_v2_count_answers_once_per_filter() -> None:
     client, key = client_with_key()
     api = api_for(key)
