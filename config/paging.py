@@ -60,8 +60,17 @@ def query_int(
 
 
 def query_bool(request: Request, name: str) -> bool | None:
-    """`true` or `false` (any case) from the query string; None when absent or other."""
-    return {"true": True, "false": False}.get(request.query_params.get(name, "").lower())
+    """`true` or `false` (any case) from the query string; None when absent or empty.
+    Anything else is a 400 that names the parameter: read as absent, `read=0` listed
+    the read notifications with the unread (Novu reads it as false, any value but
+    `true`; a caller meaning "no" by it gets that, meaning "yes" the opposite)."""
+    raw = request.query_params.get(name, "").lower()
+    if raw in ("", "true", "false"):
+        return None if raw == "" else raw == "true"
+    message = "must be true or false"
+    raise ApiError(
+        400, "invalid_query", f"'{name}' {message}", [{"field": name, "message": message}]
+    )
 
 
 def query_values(params: QueryDict, name: str) -> list[str]:

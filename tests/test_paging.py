@@ -111,3 +111,39 @@ def test_the_last_page_has_no_more(rows: Any, path: str) -> None:
     last = rows.get(f"{path}?page=100&limit=1").json()
     assert (len(before_last["data"]), before_last["hasMore"]) == (1, True)
     assert (len(last["data"]), last["hasMore"]) == (1, False)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/subscribers/ann/notifications?read=0",
+        "/v2/subscribers/ann/notifications?seen=yes",
+        "/v2/subscribers/ann/notifications?archived=1",
+        "/v1/subscribers/ann/notifications/feed?read=no",
+        "/v1/subscribers/ann/notifications/unseen?seen=1",
+        "/v2/subscribers?includeCursor=1",
+    ],
+)
+def test_a_boolean_in_the_query_other_than_true_or_false_is_refused(
+    tenant: tuple[Any, Any], path: str
+) -> None:
+    """Read as absent, `read=0` narrowed nothing: the read notifications were listed
+    with the unread, as if the filter had matched them."""
+    client, api = tenant
+    SubscriberFactory(client=client, subscriber_id="ann")
+
+    response = api.get(path)
+
+    assert response.status_code == 400
+    name = path.split("?")[1].split("=")[0]
+    assert response.json()["message"] == f"'{name}' must be true or false"
+
+
+def test_a_boolean_in_the_query_reads_true_false_in_any_case_and_empty_as_absent(
+    tenant: tuple[Any, Any],
+) -> None:
+    client, api = tenant
+    SubscriberFactory(client=client, subscriber_id="ann")
+
+    for value in ("true", "False", "TRUE", ""):
+        assert api.get(f"/v2/subscribers/ann/notifications?read={value}").status_code == 200
