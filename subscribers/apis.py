@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Q
+from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -837,6 +838,7 @@ def _checked_ids(ids: Any, field: str) -> list[str]:
 
 
 def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
+    """`subscriber` as selectors.topic_members gives it, with `subscribed_at`."""
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
         "identifier": f"{topic.key}:{subscriber.subscriber_id}",
@@ -849,9 +851,21 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
             "email": subscriber.email or None,
             "avatar": subscriber.avatar or None,
         },
-        "createdAt": iso_z(topic.created_at),
-        "updatedAt": iso_z(topic.created_at),
+        "createdAt": iso_z(subscriber.subscribed_at),
+        "updatedAt": iso_z(subscriber.subscribed_at),
     }
+
+
+def _with_subscribed_at(topic: Topic, members: list[Subscriber]) -> list[Subscriber]:
+    """`members` with the time each was subscribed: now for one unsubscribed since."""
+    at = dict(
+        selectors.topic_members(topic=topic)
+        .filter(pk__in=[m.pk for m in members])
+        .values_list("pk", "subscribed_at")
+    )
+    for member in members:
+        member.subscribed_at = at.get(member.pk) or timezone.now()
+    return members
 
 
 @extend_schema(tags=["Topics"])
@@ -883,7 +897,7 @@ class TopicSubscriptionsApi(APIView):
             members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
         return Response(
             {
-                "data": [_subscription_dto(topic, s) for s in members],
+                "data": [_subscription_dto(topic, s) for s in _with_subscribed_at(topic, members)],
                 "meta": {
                     "totalCount": len(ids),
                     "successful": len(members),
@@ -935,7 +949,7 @@ class TopicSubscriptionsApi(APIView):
         if query_filters_given(request.query_params, ["contextKeys"]):
             # norm keeps no contexts: ignored, the filter listed every subscription.
             raise ApiError(400, "invalid_query", "norm cannot filter subscriptions by contextKeys")
-        members = topic.subscribers.all()
+        members = selectors.topic_members(topic=topic)
         if request.query_params.get("subscriberId"):
             members = members.filter(subscriber_id=request.query_params["subscriberId"])
         # Newest first unless asked for ASC, as Novu lists them.
@@ -993,7 +1007,9 @@ class TopicSubscriberCheckApi(APIView):
     )
     def get(self, request: Request, key: str, subscriber_id: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        subscriber = topic.subscribers.filter(subscriber_id=subscriber_id).first()
+        subscriber = (
+            selectors.topic_members(topic=topic).filter(subscriber_id=subscriber_id).first()
+        )
         if subscriber is None:
             raise ApiError(404, "not_subscribed", f"'{subscriber_id}' is not a member of '{key}'")
         # novu-py reads Novu's TopicSubscriberDto here; novu 1.14 only checks the status.

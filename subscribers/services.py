@@ -14,6 +14,7 @@ from config.db import insert_once
 from config.errors import ApiError
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
+from subscribers import selectors
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from subscribers.recipients import (
     INLINE_FIELDS,
@@ -373,6 +374,6 @@ def topic_subscribe(
 
 def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[Subscriber]:
     """Remove the named subscribers from a topic; return those that were members."""
-    removed = list(topic.subscribers.filter(subscriber_id__in=subscriber_ids))
+    removed = list(selectors.topic_members(topic=topic).filter(subscriber_id__in=subscriber_ids))
     TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
     return removed

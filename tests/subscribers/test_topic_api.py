@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from novu_py import models
 from novu_py.models import TopicResponseDto
 
+from config.dates import iso_z
 from notify.models import Client
 from subscribers import selectors
 from subscribers.models import Subscriber, Topic, TopicSubscription
@@ -390,6 +392,35 @@ def test_v2_list_subscriptions_by_cursor(keyed: tuple[Client, str]) -> None:
     assert all(i["_id"] and i["identifier"] and i["topic"]["key"] == "news" for i in items)
     only_bob = ok(call(key, "get", "/v2/topics/news/subscriptions?subscriberId=bob"))
     assert [i["subscriber"]["subscriberId"] for i in only_bob["data"]] == ["bob"]
+
+
+def test_a_subscriptions_dates_are_when_it_was_made_not_when_its_topic_was(
+    keyed: tuple[Client, str],
+) -> None:
+    """Each answer gave the topic's creation as the subscription's createdAt: a member
+    added today read as subscribed since the topic began, all members alike."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    topic = Topic.objects.get(client=client, key="news")
+    Topic.objects.filter(pk=topic.pk).update(created_at=datetime(2020, 1, 1, tzinfo=UTC))
+    TopicSubscription.objects.update(created_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC))
+    url = "/v2/topics/news/subscriptions"
+
+    added = ok(call(key, "post", url, {"subscriberIds": ["ann", "bob"]}), 201)["data"]
+    listed = ok(call(key, "get", f"{url}?orderDirection=ASC"))["data"]
+    checked = ok(call(key, "get", "/v1/topics/news/subscribers/ann"))["data"]
+    removed = ok(call(key, "delete", url, {"subscriberIds": ["ann"]}))["data"]
+
+    ann_at = "2024-05-06T07:08:09Z"
+    bob_at = TopicSubscription.objects.get(subscriber__subscriber_id="bob").created_at
+    assert [(s["createdAt"], s["updatedAt"]) for s in added] == [
+        (ann_at, ann_at),
+        (iso_z(bob_at), iso_z(bob_at)),
+    ]
+    assert [s["createdAt"] for s in listed] == [ann_at, iso_z(bob_at)]
+    assert (checked["createdAt"], [s["createdAt"] for s in removed]) == (ann_at, [ann_at])
+    listed_by_novu_py = novu_py_for(key).topics.subscriptions.list(request={"topic_key": "news"})
+    assert [s.created_at for s in listed_by_novu_py.result.data] == [iso_z(bob_at)]
 
 
 @pytest.mark.parametrize(
