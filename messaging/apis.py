@@ -733,11 +733,14 @@ class InboxMarkAllApi(APIView):
         tags=["Inbox"],
         summary="Mark all (or the listed) in-app notifications read, or seen",
         request=NotificationIdsInput,
-        responses={204: None, **error_responses(404)},
+        responses={204: None, **error_responses(400, 404)},
     )
     def post(self, request: Request, subscriber_id: str) -> Response:
         feed = _feed(request, subscriber_id)
-        body = request.data if isinstance(request.data, dict) else {}
+        body = request.data
+        if not isinstance(body, dict):
+            # Read as no filter, a list or a string marked every notification.
+            raise ApiError(400, "invalid_request", "The body must be a JSON object")
         # Novu narrows by tags, data or context too; norm keeps none of them, and
         # marking everything instead would mark more than was asked.
         # Null or empty narrows by nothing (Novu's @IsOptional), as on the list and count.

@@ -595,6 +595,24 @@ def test_v2_list_reads_no_offset_past_an_after_cursor(tenant) -> None:
     assert api.get(f"{url}&offset=-1&after={newer.pk}").status_code == 400
 
 
+@pytest.mark.parametrize("body", [[], ["1"], "1", 1, True])
+@pytest.mark.parametrize("mark", ["read", "seen"])
+def test_v2_mark_all_refuses_a_body_that_is_not_an_object(tenant, mark: str, body: Any) -> None:
+    """Read as no filter, a list (the ids, not in `notificationIds`) marked every one of
+    the subscriber's notifications."""
+    client, api = tenant
+    message = _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+
+    response = api.post(f"/v2/subscribers/ann/notifications/{mark}", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["message"] == "The body must be a JSON object"
+    message.refresh_from_db()
+    assert (message.seen_at, message.read_at) == (None, None)
+    no_body = api.post(f"/v2/subscribers/ann/notifications/{mark}")  # as novu-py may send
+    assert no_body.status_code == 204
+
+
 def test_v2_count_answers_once_per_filter() -> None:
     client, key = client_with_key()
     api = api_for(key)
