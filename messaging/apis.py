@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Exists, F, Q, Subquery
+from django.db.models import F, Q
 from django.db.models.fields.json import KeyTransform
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -606,12 +606,10 @@ def _below(feed: Any, whole: Any, after: int) -> Any:
     message gone since its id was given (deleted, or purged) has no creation time left:
     the page goes on below its id, as ids rise with time, rather than end the inbox
     there (an empty page reads "no more" to @novu/js)."""
-    at = whole.filter(pk=after).values("created_at")
-    return feed.filter(
-        Q(created_at__lt=Subquery(at))
-        | Q(created_at=Subquery(at), pk__lt=after)
-        | Q(~Exists(at), pk__lt=after)
-    )
+    at = whole.filter(pk=after).values_list("created_at", flat=True).first()
+    if at is None:
+        return feed.filter(pk__lt=after)
+    return feed.filter(Q(created_at__lt=at) | Q(created_at=at, pk__lt=after))
 
 
 class InboxListApi(APIView):
