@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -25,8 +26,8 @@ MAX_DEPTH = 100
 TOO_DEEP = f"objects and arrays must not nest deeper than {MAX_DEPTH} levels"
 
 
-def _unfit(data: Any) -> str:
-    """Why the parsed body cannot be taken ("" when it can): a string PostgreSQL cannot
+def unfit(data: Any) -> str:
+    """Why parsed JSON (a body) cannot be taken ("" when it can): a string PostgreSQL cannot
     hold, a number beyond a double (1e400, which Python reads as inf and PostgreSQL's
     json refuses), or objects and arrays nested deeper than MAX_DEPTH (the body is level 1)."""
     stack = [(data, 1)]  # iterative: the body may nest as deep as the JSON decoder allows
@@ -44,6 +45,20 @@ def _unfit(data: Any) -> str:
             children = [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
             stack.extend((child, depth + 1) for child in children)
     return ""
+
+
+def query_json(text: str | bytes) -> Any:
+    """JSON a query parameter holds (a filter), taken as a body is (`unfit`); a ValueError
+    that says why not. Django's lookups recurse per level of a filter, past Python's limit
+    well before the decoder's."""
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise ValueError(TOO_DEEP) from exc
+    problem = unfit(data)
+    if problem:
+        raise ValueError(problem)
+    return data
 
 
 def _check_size(content_length: str | None) -> None:
@@ -75,7 +90,7 @@ class JSONParser(parsers.JSONParser):
             data = super().parse(stream, media_type, parser_context)
         except RecursionError as exc:
             raise ParseError(f"JSON parse error - {TOO_DEEP}") from exc
-        unfit = _unfit(data)
-        if unfit:
-            raise ParseError(f"JSON parse error - {unfit}")
+        problem = unfit(data)
+        if problem:
+            raise ParseError(f"JSON parse error - {problem}")
         return data

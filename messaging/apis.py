@@ -36,6 +36,7 @@ from config.paging import (
     query_limit,
     query_values,
 )
+from config.parsers import query_json
 from messaging import services
 from messaging.models import Message
 from workflows import selectors
@@ -128,12 +129,12 @@ def _payload_narrowed(feed: Any, value: str) -> Any:
     in it (Novu matches a list item by item, by position) and for no object: ignored,
     it listed the whole feed."""
     try:
-        wanted = json.loads(
+        wanted = query_json(
             base64.b64decode(value.translate(_URL_SAFE) + "=" * (-len(value) % 4), validate=True)
         )
-    except (binascii.Error, ValueError, RecursionError) as exc:
+    except (binascii.Error, ValueError) as exc:
         raise ApiError(
-            400, "invalid_query", "'payload' must be the base64 of a JSON object"
+            400, "invalid_query", f"'payload' must be the base64 of a JSON object: {exc}"
         ) from exc
     if not isinstance(wanted, dict):
         raise ApiError(400, "invalid_query", "'payload' must be the base64 of a JSON object")

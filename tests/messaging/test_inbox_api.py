@@ -20,6 +20,7 @@ from novu_py.models import (
     NotificationFeedItemDto,
 )
 
+from config.parsers import MAX_DEPTH
 from messaging.models import Message
 from subscribers import services
 from tests.factories import (
@@ -155,6 +156,29 @@ def test_a_payload_filter_norm_cannot_match_is_a_400(tenant, payload: str) -> No
 
     assert response.status_code == 400
     assert "payload" in response.json()["message"]
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """{"a": {"a": ... 1}}, `depth` objects deep."""
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_a_payload_filter_nested_deeper_than_a_body_may_be_is_a_400(tenant) -> None:
+    """The filter is a query parameter, so the body's bound on nesting did not hold for
+    it: one 150 objects deep hit Python's recursion limit (a 500) as Django built its
+    lookup. A payload no deeper than a body may be is matched as before."""
+    client, api = tenant
+    _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    url = "/v1/subscribers/ann/notifications/feed"
+
+    assert api.get(url, {"payload": _feed_payload(_nested(MAX_DEPTH))}).status_code == 200
+    for depth in (MAX_DEPTH + 1, 150, 900):
+        response = api.get(url, {"payload": _feed_payload(_nested(depth))})
+        assert response.status_code == 400, depth
+        assert "payload" in response.json()["message"]
 
 
 def test_feed_of_unknown_or_foreign_subscriber_is_404(tenant) -> None:
