@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -678,12 +677,14 @@ class InboxCountApi(APIView):
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         feed = _feed(request, subscriber_id)
+        wrong = "'filters' must be a JSON list of objects"
         try:
-            filters = json.loads(request.query_params.get("filters") or "[{}]")
-        except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
-            filters = None
+            # Each count answers its filter back: NaN or an infinity could not be written.
+            filters = query_json(request.query_params.get("filters") or "[{}]")
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", f"{wrong}: {exc}") from exc
         if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
-            raise ApiError(400, "invalid_query", "'filters' must be a JSON list of objects")
+            raise ApiError(400, "invalid_query", wrong)
         # Novu's bound, refused as Novu does: cut at 20, the counts of the others were
         # left out of the answer without a word.
         if len(filters) > MAX_COUNT_FILTERS:

@@ -682,6 +682,21 @@ def test_v2_count_refuses_a_state_filter_that_is_not_a_boolean(tenant, value: An
     assert [c["count"] for c in counted.json()["data"]] == [1]  # null narrows by nothing
 
 
+@pytest.mark.parametrize(
+    "filters", ['[{"read": NaN}]', '[{"seen": true, "x": Infinity}]', '[{"x": -1e400}]']
+)
+def test_v2_count_refuses_a_filter_it_could_not_answer_back(filters: str) -> None:
+    """Each count answers its filter back: one holding NaN or an infinity (which Python's
+    JSON reads) could not be written as JSON, a 500. Refused as a body holding one is."""
+    client, key = client_with_key()
+    _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+
+    response = api_for(key).get("/v2/subscribers/ann/notifications/count", {"filters": filters})
+
+    assert response.status_code == 400
+    assert "filters" in response.json()["message"]
+
+
 def test_v2_count_answers_each_of_up_to_30_filters_and_refuses_more() -> None:
     """Novu takes at most 30 filters; norm cut the list at 20 and left the others'
     counts out, so a caller matching counts to its filters came up short."""
