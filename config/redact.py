@@ -8,6 +8,7 @@ likewise).
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -58,3 +59,24 @@ def has_masked_password(url: str) -> bool:
     shows it."""
     userinfo = _userinfo(url)
     return userinfo == MASK or userinfo.endswith(f":{MASK}")
+
+
+# A query's parameters in a log line: up to the next &, #, space or quote.
+_PARAMETER = re.compile(r"([?&])([^=&#\s\"']*)=([^&#\s\"']*)")
+# The parameters norm adds to every bridge call (bridge.call); all others are the URL's.
+_NORMS_PARAMETERS = {"action", "workflowId", "stepId"}
+
+
+class BridgeQueryMasked(logging.Filter):
+    """urllib3 logs the path of each request with its query (at DEBUG, and in a warning
+    of an answer's broken headers): the values of a bridge URL's own parameters are
+    masked there as `***`, norm's kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _PARAMETER.sub(
+            lambda m: m[0] if m[2] in _NORMS_PARAMETERS else f"{m[1]}{m[2]}={MASK}", message
+        )
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True

@@ -397,6 +397,23 @@ def test_every_bridge_call_but_the_health_check_is_signed(recording_bridge: str)
             assert deprecated == signature
 
 
+def test_a_bridge_urls_query_appears_in_no_log_line_of_the_call(
+    recording_bridge: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """norm leaves a bridge URL's query (a token, say) out of its errors, but urllib3
+    logs each request's path with its query: at LOG_LEVEL=DEBUG (and in its warning of
+    an answer's broken headers) the token went into the log. norm's own parameters stay."""
+    caplog.set_level(logging.DEBUG)
+
+    bridge.execute(
+        f"{recording_bridge}?token=s3cret-token", secrets=("nk_test",), workflow_id="w", body={}
+    )
+
+    [logged] = [r.getMessage() for r in caplog.records if "/bridge?" in r.getMessage()]
+    assert "?token=***&action=execute&workflowId=w " in logged
+    assert not [r for r in caplog.records if "s3cret-token" in r.getMessage()]
+
+
 def test_a_body_nested_deeper_than_the_limit_is_a_400_however_deep(enqueued: object) -> None:
     """norm's SDK refuses an execute body nested deeper than 200 levels, and storing one
     the JSON decoder could just take overflowed Python's stack (a 500): the API refuses
