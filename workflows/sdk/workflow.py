@@ -341,9 +341,18 @@ def _declaration_problem(step_id: Any, resolver: Any, skip: Any, providers: Any)
     return None
 
 
-def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
-    def method(
-        self: StepApi,
+class StepApi:
+    """`ctx.step`: each method declares one step and returns its result (from the state).
+
+    Each is written out, not made by a factory, so that a type checker and an editor know
+    its parameters: a factory's method is a `Callable[..., dict]`, whose calls none checks
+    (`output_schema=` on an email, a typo in `control_schema=`, failed only when run)."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    def email(
+        self,
         step_id: str,
         resolver: Resolver,
         *,
@@ -351,25 +360,68 @@ def _step_method(type_name: str) -> Callable[..., dict[str, Any]]:
         control_schema: SchemaSource | None = None,
         providers: Mapping[str, ProviderOverride] | None = None,
     ) -> dict[str, Any]:
-        return self._step(type_name, step_id, resolver, skip, control_schema, None, providers)
+        """Declare an email step; returns its result once it has run."""
+        return self._step("email", step_id, resolver, skip, control_schema, None, providers)
 
-    method.__name__ = type_name
-    method.__doc__ = f"Declare a `{type_name}` step; returns its result once it has run."
-    return method
+    def sms(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        """Declare an SMS step; returns its result once it has run."""
+        return self._step("sms", step_id, resolver, skip, control_schema, None, providers)
 
+    def push(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        """Declare a push step; returns its result once it has run."""
+        return self._step("push", step_id, resolver, skip, control_schema, None, providers)
 
-class StepApi:
-    """`ctx.step`: each method declares one step and returns its result (from the state)."""
+    def chat(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        """Declare a chat step; returns its result once it has run."""
+        return self._step("chat", step_id, resolver, skip, control_schema, None, providers)
 
-    email = _step_method("email")
-    sms = _step_method("sms")
-    push = _step_method("push")
-    chat = _step_method("chat")
-    in_app = _step_method("in_app")
-    delay = _step_method("delay")
+    def in_app(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        """Declare an in-app step; returns its result once it has run."""
+        return self._step("in_app", step_id, resolver, skip, control_schema, None, providers)
 
-    def __init__(self, run: _Run) -> None:
-        self._run = run
+    def delay(
+        self,
+        step_id: str,
+        resolver: Resolver,
+        *,
+        skip: Skip = None,
+        control_schema: SchemaSource | None = None,
+        providers: Mapping[str, ProviderOverride] | None = None,
+    ) -> dict[str, Any]:
+        """Declare a delay step; returns its result once it has run."""
+        return self._step("delay", step_id, resolver, skip, control_schema, None, providers)
 
     def custom(
         self,
