@@ -435,6 +435,46 @@ def test_controls_get_defaults_and_reach_resolver_and_skip() -> None:
         controlled.execute(execute_body({}, [], controls={"greeting": 5}))
 
 
+def test_controls_no_schema_declares_reach_no_code_as_with_novu() -> None:
+    """Novu's SDK (2.13.2, run against the same requests) drops every control a step does
+    not declare, and gives the workflow function `controls: {}`, the workflow's defaults
+    not applied: a workflow written for norm must not read values there that it will
+    not get from Novu's."""
+    seen: dict[str, Any] = {}
+
+    @workflow(
+        "undeclared",
+        control_schema={"type": "object", "properties": {"tone": {"default": "warm"}}},
+    )
+    def undeclared(ctx: Context) -> None:
+        seen["workflow"] = ctx.controls
+
+        def content(controls: dict[str, Any]) -> dict[str, Any]:
+            seen["resolver"] = controls
+            return {"body": "b"}
+
+        def quiet(controls: dict[str, Any]) -> bool:
+            seen["skip"] = controls
+            return False
+
+        ctx.step.in_app("inbox", content, skip=quiet)
+
+    body = execute_body({}, [], controls={"stray": 1}, stepControls={"inbox": {"stray": 2}})
+    assert undeclared.execute(body)["outputs"] == {"body": "b"}
+    assert seen == {"workflow": {}, "resolver": {}, "skip": {}}
+    assert undeclared.execute(execute_body({}, [], controls={"stray": 1}))["outputs"]
+    assert seen["resolver"] == {}
+    described = undeclared.describe()
+    assert described["steps"][0]["controls"] == {
+        "schema": {
+            "type": "object",
+            "properties": {},
+            "required": [],
+            "additionalProperties": False,
+        }
+    }
+
+
 def test_a_resolver_binding_a_loop_variable_by_default_keeps_its_value() -> None:
     """`lambda name=name: ...` is how Python binds a loop variable (ruff's B023 asks for
     it): the SDK passed the controls in its place, so each email went out as "Hi {}" and
@@ -460,7 +500,8 @@ def test_a_resolver_binding_a_loop_variable_by_default_keeps_its_value() -> None
         def content(controls: dict[str, Any], suffix: str = "!") -> dict[str, Any]:
             return {"subject": controls["greeting"] + suffix, "body": "b"}
 
-        ctx.step.email("mail", content)
+        greeting = {"type": "object", "properties": {"greeting": {"type": "string"}}}
+        ctx.step.email("mail", content, control_schema=greeting)
 
     answer = controlled.execute(execute_body({}, [], controls={"greeting": "Hello"}))
     assert answer["outputs"]["subject"] == "Hello!"

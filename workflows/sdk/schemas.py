@@ -21,6 +21,14 @@ Problem = dict[str, str]  # {"path": "/field", "message": ...}
 
 ANY_OBJECT: JsonSchema = {"type": "object"}
 EMPTY_OBJECT: JsonSchema = {"type": "object", "properties": {}, "additionalProperties": False}
+# Controls a step or workflow does not declare: Novu's SDK's schema for them (its
+# `emptySchema`), under which every control sent is dropped, so none reaches a resolver.
+NO_CONTROLS: JsonSchema = {
+    "type": "object",
+    "properties": {},
+    "required": [],
+    "additionalProperties": False,
+}
 
 
 # The `format`s Novu's SDK checks, as it checks them: ajv-formats 2.1.1's "full" formats

@@ -26,7 +26,15 @@ from .errors import (
     WorkflowExecutionFailedError,
     exception_text,
 )
-from .schemas import STEP_TYPES, Schema, SchemaInvalid, SchemaSource, SchemaUnusable, StepType
+from .schemas import (
+    NO_CONTROLS,
+    STEP_TYPES,
+    Schema,
+    SchemaInvalid,
+    SchemaSource,
+    SchemaUnusable,
+    StepType,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,7 @@ class StepDefinition:
     ) -> StepDefinition:
         step_type = STEP_TYPES[type_name]
         try:
-            controls = Schema.of(control_schema)
+            controls = Schema.of(control_schema, default=NO_CONTROLS)
         except SchemaUnusable as exc:
             raise SchemaUnusable(f"its control schema {exc}") from exc
         try:
@@ -461,7 +469,8 @@ class StepApi:
 
 @dataclass
 class Context:
-    """What a workflow function receives."""
+    """What a workflow function receives. `controls` is `{}`, as Novu's SDK gives it: a
+    step's control values reach that step's resolver and skip condition only."""
 
     workflow_id: str
     payload: dict[str, Any]
@@ -540,7 +549,7 @@ class Workflow:
         self.fn = fn
         try:
             self.payload_schema = Schema.of(payload_schema)
-            self.control_schema = Schema.of(control_schema)
+            self.control_schema = Schema.of(control_schema, default=NO_CONTROLS)
         except SchemaUnusable as exc:
             raise SchemaUnusable(f"Workflow {workflow_id!r}: a schema {exc}") from exc
         self.name = name or workflow_id
@@ -621,7 +630,7 @@ class Workflow:
             workflow_id=self.workflow_id,
             payload=payload,
             subscriber=_object_field(body, "subscriber"),
-            controls=self.control_schema.defaults({}),
+            controls={},
             step=StepApi(run),
             actor=_object_field(body, "actor"),
             context=_object_field(body, "context"),
