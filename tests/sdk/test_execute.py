@@ -637,3 +637,38 @@ def test_a_resolver_or_provider_override_may_return_any_mapping_as_its_type_says
     assert answer["outputs"] == {"subject": "s", "body": "b"}
     assert answer["providers"] == {"sendgrid": {"ipPoolName": "vip"}}
     assert type(answer["outputs"]) is dict
+
+
+def test_a_provider_override_taking_two_arguments_gets_the_steps_controls_too() -> None:
+    """Novu's SDK calls an override with `{outputs, controls}`, the controls its resolver
+    got; norm's passed the outputs only, so an override could not read a control. Both
+    now go to one that takes two arguments, the outputs alone to one written for one."""
+    schema = {"type": "object", "properties": {"pool": {"type": "string", "default": "main"}}}
+
+    @workflow("overrides")
+    def overrides(ctx: Context) -> None:
+        def with_controls(outputs: dict[str, Any], controls: dict[str, Any]) -> dict[str, Any]:
+            return {"ipPoolName": controls["pool"], "subject": outputs["subject"]}
+
+        tag = "bound"
+        ctx.step.email(
+            "mail",
+            lambda controls: {"subject": "s", "body": "b"},
+            control_schema=schema,
+            providers={
+                "sendgrid": with_controls,
+                "ses": lambda outputs: {"subject": outputs["subject"]},
+                "mailgun": lambda outputs, tag=tag: {"tag": tag},
+                "postmark": lambda *given: {"given": list(given)},
+            },
+        )
+
+    answer = overrides.execute(execute_body({}, [], controls={"pool": "vip"}))
+    assert answer["providers"] == {
+        "sendgrid": {"ipPoolName": "vip", "subject": "s"},
+        "ses": {"subject": "s"},
+        "mailgun": {"tag": "bound"},
+        "postmark": {"given": [{"subject": "s", "body": "b"}, {"pool": "vip"}]},
+    }
+    defaults = overrides.execute(execute_body({}, []))
+    assert defaults["providers"]["sendgrid"]["ipPoolName"] == "main"

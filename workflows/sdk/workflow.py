@@ -6,6 +6,7 @@ import copy
 import inspect
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 Resolver = Callable[..., Mapping[str, Any]]
 Skip = bool | Callable[..., bool] | None
-ProviderOverride = Callable[[dict[str, Any]], Mapping[str, Any]]
+# Called with the step's outputs, and its controls too if it takes a second argument:
+# Novu's SDK passes it `{outputs, controls}`, and overrides written for norm's take one.
+ProviderOverride = Callable[..., Mapping[str, Any]]
 # What a provider override returns is open, as in Novu's SDK, but must be an object.
 PROVIDER_OUTPUT = Schema.of(None)
 
@@ -110,24 +113,27 @@ class _Outcome:
     skipped: bool
 
 
-def _accepts_argument(fn: Callable[..., Any]) -> bool:
-    """Whether `fn` wants the step's controls: it has a positional parameter that needs a
-    value (or `*args`). One with a default is the caller's own: `lambda name=name: ...`
-    binds a loop variable, as ruff's B023 asks, and the controls would overwrite it."""
+def _arguments_wanted(fn: Callable[..., Any]) -> int:
+    """How many positional arguments `fn` wants: its leading positional parameters that
+    need a value, or any number (`*args`). One with a default is the caller's own:
+    `lambda name=name: ...` binds a loop variable, as ruff's B023 asks, and an argument
+    would overwrite it. One whose signature cannot be read is taken to want one."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
-        return True
+        return 1
+    wanted = 0
     for parameter in parameters:
         if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            return True
-        if parameter.kind in (
+            return sys.maxsize
+        positional = parameter.kind in (
             inspect.Parameter.POSITIONAL_ONLY,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ):
-            # Only the first counts: the controls would be passed as it.
-            return parameter.default is inspect.Parameter.empty
-    return False
+        )
+        if not positional or parameter.default is not inspect.Parameter.empty:
+            break
+        wanted += 1
+    return wanted
 
 
 class _Misused(TypeError):
@@ -149,7 +155,7 @@ def _not_awaitable(value: Any, what: str) -> Any:
 
 
 def _call(fn: Callable[..., Any], controls: dict[str, Any], what: str) -> Any:
-    return _not_awaitable(fn(controls) if _accepts_argument(fn) else fn(), what)
+    return _not_awaitable(fn(controls) if _arguments_wanted(fn) else fn(), what)
 
 
 def _should_skip(skip: Skip, controls: dict[str, Any]) -> bool:
@@ -250,7 +256,7 @@ class _Run:
         raw = self._user_code(definition, lambda: _call(resolver, controls, "resolver"))
         outputs = self._validated(definition, definition.outputs, raw, "output")
         providers = {
-            provider_id: self._provider(definition, provider_id, fn, outputs)
+            provider_id: self._provider(definition, provider_id, fn, outputs, controls)
             for provider_id, fn in definition.providers.items()
         }
         self.outcome = _Outcome(definition, outputs, providers, skipped=False)
@@ -262,9 +268,11 @@ class _Run:
         provider_id: str,
         fn: ProviderOverride,
         outputs: dict[str, Any],
+        controls: dict[str, Any],
     ) -> dict[str, Any]:
         what = f"provider override `{provider_id}`"
-        raw = self._user_code(definition, lambda: _not_awaitable(fn(outputs), what))
+        arguments = (outputs, controls)[: max(1, _arguments_wanted(fn))]
+        raw = self._user_code(definition, lambda: _not_awaitable(fn(*arguments), what))
         return self._validated(definition, PROVIDER_OUTPUT, raw, "provider")
 
     def _user_code(self, definition: StepDefinition, fn: Callable[[], Any]) -> Any:
