@@ -440,8 +440,11 @@ class SubscriberListApi(APIView):
 
 
 # Novu's `orderBy` of a cursor list, as the field norm orders by (then by id): ids grow
-# with creation, and a topic's or subscription's updatedAt is its createdAt.
+# with creation, and a topic's updatedAt is its createdAt.
 ORDER_BY = {"_id": "pk", "createdAt": "pk", "updatedAt": "pk"}
+# A subscription's are when it was made (its id and both dates in Novu's), not its
+# subscriber's id: one created long ago and subscribed today came last of newest first.
+SUBSCRIPTION_ORDER_BY = dict.fromkeys(ORDER_BY, "subscribed_at")
 
 
 def cursor_page(
@@ -954,7 +957,11 @@ class TopicSubscriptionsApi(APIView):
             members = members.filter(subscriber_id=request.query_params["subscriberId"])
         # Newest first unless asked for ASC, as Novu lists them.
         page = cursor_page(
-            request, members, lambda s: _subscription_dto(topic, s), default_descending=True
+            request,
+            members,
+            lambda s: _subscription_dto(topic, s),
+            default_descending=True,
+            order_by=SUBSCRIPTION_ORDER_BY,
         )
         return Response(page)
 

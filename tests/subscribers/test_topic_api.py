@@ -558,3 +558,37 @@ def test_another_client_never_sees_or_changes_the_topic(
     assert answer["meta"] == {"totalCount": 2, "successful": 0, "failed": 2}
     assert members(other_client, "news") == []
     assert members(client, "news") == ["ann"]
+
+
+def test_subscriptions_are_listed_in_the_order_of_the_dates_they_answer(
+    keyed: tuple[Client, str],
+) -> None:
+    """The list was ordered by the subscriber's id, its createdAt the subscription's: a
+    member created long ago and subscribed today came last of "newest first", and a
+    page by orderBy=createdAt was not in the order of its createdAt. Novu orders them
+    by the subscription."""
+    client, key = keyed
+    url = "/v2/topics/news/subscriptions"
+    ok(call(key, "post", url, {"subscriberIds": ["cid", "ann", "bob"]}), 201)
+    for name, day in (("cid", 1), ("bob", 2), ("ann", 3)):  # ann subscribed last
+        TopicSubscription.objects.filter(subscriber__subscriber_id=name).update(
+            created_at=datetime(2024, 5, day, tzinfo=UTC)
+        )
+
+    def walk(query: str) -> list[tuple[str, str]]:
+        seen, page = [], ok(call(key, "get", f"{url}?limit=1&{query}"))
+        while True:
+            seen += [(s["subscriber"]["subscriberId"], s["createdAt"]) for s in page["data"]]
+            if page["next"] is None:
+                return seen
+            page = ok(call(key, "get", f"{url}?limit=1&{query}&after={page['next']}"))
+
+    newest_first = [
+        ("ann", "2024-05-03T00:00:00Z"),
+        ("bob", "2024-05-02T00:00:00Z"),
+        ("cid", "2024-05-01T00:00:00Z"),
+    ]
+    assert walk("") == newest_first
+    assert walk("orderBy=createdAt") == newest_first
+    assert walk("orderBy=updatedAt&orderDirection=ASC") == newest_first[::-1]
+    assert walk("orderBy=_id&orderDirection=ASC") == newest_first[::-1]
