@@ -633,7 +633,8 @@ class InboxListApi(APIView):
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         asked = {k: query_bool(request, k) for k in ("seen", "read", "archived", "snoozed")}
-        feed = _narrowed(_feed(request, subscriber_id), **asked)
+        whole = _feed(request, subscriber_id)
+        feed = _narrowed(whole, **asked)
         params = request.query_params
         # An empty value (`severity=`) asks for nothing: kept, it was a value norm refused.
         others = {k: query_values(params, k) for k in ("severity", "contextKeys", "tags")}
@@ -645,7 +646,7 @@ class InboxListApi(APIView):
         if after:
             if not _MESSAGE_ID.fullmatch(after):
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
-            feed = _below(feed, _feed(request, subscriber_id), int(after))
+            feed = _below(feed, whole, int(after))
             # The cursor says where the page starts, as in Novu's, which skips no
             # `offset` past it: a client sending both had that many skipped twice.
             offset = 0
