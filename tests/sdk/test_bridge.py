@@ -267,6 +267,8 @@ def test_a_workflow_or_bridge_declared_wrongly_is_a_type_error_where_it_is_decla
     with pytest.raises(TypeError, match="serves Workflow objects .* not a function"):
         Bridge(workflows=[body])  # type: ignore[list-item]
     assert Workflow("w", body, tags=["billing"]).describe()["tags"] == ["billing"]
+    # Any iterable of strings, read once: a generator the check used up was kept empty.
+    assert Workflow("w", body, tags=(t for t in ["a", "b"])).describe()["tags"] == ["a", "b"]  # type: ignore[arg-type]
 
 
 @workflow("twice")

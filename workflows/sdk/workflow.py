@@ -539,7 +539,9 @@ class Workflow:
                 f"Workflow {workflow_id!r}: the workflow function must be a function, "
                 f"not a {type(fn).__name__}"
             )
-        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags or []):
+        # Listed once: a generator read by the check below was empty when kept.
+        tag_list = [] if tags is None or isinstance(tags, str) else list(tags)
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tag_list):
             # list("billing") would have made it the tags "b", "i", "l", ...
             raise TypeError(f"Workflow {workflow_id!r}: `tags` must be a list of strings")
         if (
@@ -562,7 +564,7 @@ class Workflow:
             raise SchemaUnusable(f"Workflow {workflow_id!r}: a schema {exc}") from exc
         self.name = name or workflow_id
         self.description = description
-        self.tags = list(tags or [])
+        self.tags = tag_list
         self.severity = severity
         self.preferences = dict(preferences or {})
 
