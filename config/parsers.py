@@ -38,7 +38,8 @@ def unfit(data: Any) -> str:
                 return "strings must not contain NUL (\\u0000) or a lone surrogate"
         elif isinstance(value, float):
             if not math.isfinite(value):
-                return "numbers must be within a double's range (1e400 is not)"
+                # NaN and the infinities, which Python's JSON reads (1e400 as inf).
+                return "numbers must be finite and within a double's range (not NaN, 1e400)"
         elif isinstance(value, Mapping | list):
             if depth > MAX_DEPTH:
                 return TOO_DEEP
