@@ -70,14 +70,14 @@ def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60.0
 
 
 def _trigger_welcome(
-    addr: str, var: Path, payload: dict[str, Any] | None = None
+    addr: str, var: Path, payload: dict[str, Any] | None = None, to: Any = "ada"
 ) -> tuple[int, str]:
     """POST the demo's `welcome` to ada with the demo key, straight to the server (never
     through a proxy the environment names): the status and the body."""
     key = (var / "demo-secret-key").read_text().strip()
     request = urllib.request.Request(
         f"http://{addr}/v1/events/trigger",
-        data=json.dumps({"name": "welcome", "to": "ada", "payload": payload or {}}).encode(),
+        data=json.dumps({"name": "welcome", "to": to, "payload": payload or {}}).encode(),
         headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
     )
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -317,3 +317,30 @@ def test_its_web_server_answers_a_burst_of_concurrent_connections() -> None:
         server.server_close()
 
     assert [a for a in answers if a != "ok"] == []
+
+
+def _first_minute(var: Path) -> str:
+    """What `make run` prints while a user follows its banner: the start, then the
+    `welcome` trigger to ada with an email, through to the reminder the worker prints."""
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, var)
+    try:
+        seen = _read_until(demo, "norm is running")
+        to = {"subscriberId": "ada", "email": "ada@example.com"}
+        status, body = _trigger_welcome(addr, var, {"name": "Ada", "delaySeconds": 0}, to=to)
+        assert status == 201, body
+        seen += _read_until(demo, "Subject: Ada, you have an unread message")
+        seen += _read_until(demo, "norm.message.send")  # the task that printed it ends
+    finally:
+        demo.send_signal(signal.SIGINT)
+        seen += demo.communicate(timeout=30)[0]
+    return seen
+
+
+def test_the_first_minute_shows_no_warning_about_a_broker_host(tmp_path: Path) -> None:
+    # The embedded default's URL, "filesystem://", named no host, which that transport
+    # does not use: kombu warned "No hostname was supplied. Reverting to default
+    # 'localhost'" as the worker and beat started, and as the web server first published.
+    output = _first_minute(tmp_path)
+
+    assert "No hostname was supplied" not in output, output[-3000:]
