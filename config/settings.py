@@ -304,6 +304,10 @@ CELERY_TASK_DEFAULT_QUEUE = "workflows"
 # request (prefork children skip the health check's query: config/celery.py).
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# What a task prints is output, not a warning: the console email backend's emails (make
+# run's reminder) came as WARNING records. Python's warnings and norm's errors are logged
+# at their own levels, not printed.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:BeatScheduler"  # makes VAR_DIR if missing
 NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)

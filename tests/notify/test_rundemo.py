@@ -344,3 +344,13 @@ def test_the_first_minute_shows_no_warning_about_a_broker_host(tmp_path: Path) -
     output = _first_minute(tmp_path)
 
     assert "No hostname was supplied" not in output, output[-3000:]
+
+
+def test_the_email_the_worker_prints_is_no_warning(tmp_path: Path) -> None:
+    # Celery logs what a task prints at WARNING: the reminder the README promises, printed
+    # by the console email backend, came as two WARNING records (its text and the line
+    # under it).
+    output = _first_minute(tmp_path)
+
+    assert "INFO/MainProcess] Content-Type: multipart/alternative;" in output, output[-3000:]
+    assert "WARNING/MainProcess]" not in output, output[-3000:]
