@@ -71,6 +71,18 @@ def _loopback_unproxied(addr: str) -> dict[str, str]:
     return {"NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
 
+# Celery warns a worker run as root to drop to another user (--uid). Not for the one
+# rundemo starts: it shares var/ (the database, the broker) with the web server and beat,
+# which run as whoever ran `make run`, and so must it; and norm accepts JSON only, while
+# Celery refuses root for pickle alone. Its own filter last, so it wins over the user's.
+_ROOT_WARNING = "ignore:You're running the worker with superuser privileges"
+
+
+def _warnings_filter() -> dict[str, str]:
+    current = os.environ.get("PYTHONWARNINGS", "")
+    return {"PYTHONWARNINGS": ",".join(part for part in (current, _ROOT_WARNING) if part)}
+
+
 def _check_free(addr: str) -> None:
     """Refuse an address already served before starting anything: the web server
     would fail, but only after the worker and beat started, and a norm already
@@ -163,6 +175,7 @@ class Command(BaseCommand):
             "NORM_DEMO_BRIDGE_SECRET": key,
             "PYTHONUNBUFFERED": "1",
             **_loopback_unproxied(addr),
+            **_warnings_filter(),
         }
         lock = threading.Lock()
         processes: dict[str, subprocess.Popen[str]] = {}
