@@ -29,7 +29,7 @@ from django.db import connection
 
 from notify.management.commands import demoweb
 from notify.management.commands.rundemo import _check_free
-from notify.models import TriggerEvent
+from notify.models import Client, TriggerEvent
 from tests.e2e.harness import free_port
 from workflows.models import Notification, Step
 
@@ -365,3 +365,32 @@ def test_make_run_as_root_shows_no_warning_it_cannot_act_on(tmp_path: Path) -> N
 
     assert "superuser privileges" not in output, output[:3000]
     assert "SecurityWarning" not in output, output[:3000]
+
+
+def test_a_second_make_run_on_another_address_is_refused_while_one_runs(tmp_path: Path) -> None:
+    """The way out the taken port's message offers (another ADDR) started a second norm on
+    the same var/: two workers and two beats on one database and broker, and the demo
+    client's bridge moved to the second under the first's notifications."""
+    first_addr = f"127.0.0.1:{free_port()}"
+    first = _start(first_addr, tmp_path)
+    try:
+        _read_until(first, "norm is running")
+        second = _start(f"127.0.0.1:{free_port()}", tmp_path)
+        try:
+            output, _ = second.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            _stop(second)
+            raise
+
+        assert second.returncode != 0
+        assert f"norm is running already on {first_addr} with {tmp_path}" in output, output
+        assert "worker|" not in output and "beat  |" not in output  # nothing was started
+        assert Client.objects.get(name="demo").bridge_url == f"http://{first_addr}/bridge"
+    finally:
+        _stop(first)
+    # Once the first stopped, a run on another address starts as before.
+    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    try:
+        _read_until(demo, "norm is running")
+    finally:
+        _stop(demo)

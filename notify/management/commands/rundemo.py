@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -109,6 +110,27 @@ def _check_free(addr: str) -> None:
             ) from exc
 
 
+def _hold_var(var: Path, addr: str) -> int:
+    """Lock var/ for this run; refuse one that another rundemo holds. A second run on
+    another address (the way out of a taken port) shared the first's database and broker,
+    two workers and two beats, and moved the demo client's bridge under the first.
+    The kernel drops the lock with the process, however it ends (kill -9 too)."""
+    var.mkdir(parents=True, exist_ok=True)
+    fd = os.open(var / "rundemo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        running = os.read(fd, 200).decode(errors="replace").strip() or "another address"
+        os.close(fd)
+        raise CommandError(
+            f"norm is running already on {running} with {var}: stop it first (Ctrl-C "
+            "where it runs), or give this one a var/ of its own: NORM_VAR_DIR=... make run"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, addr.encode())
+    return fd
+
+
 def _pump(name: str, stream: TextIO, lock: threading.Lock) -> None:
     for line in stream:
         with lock:
@@ -125,8 +147,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         addr: str = options["addr"]
-        _check_free(addr)
         var = Path(settings.VAR_DIR)
+        held = _hold_var(var, addr)
+        try:
+            self._run(addr, var, options["concurrency"])
+        finally:
+            os.close(held)
+
+    def _run(self, addr: str, var: Path, concurrency: int) -> None:
+        _check_free(addr)
         if settings.CELERY_BROKER_URL.startswith("filesystem://"):
             for folder in ("broker", "broker-control"):
                 (var / folder).mkdir(parents=True, exist_ok=True)
@@ -162,7 +191,7 @@ class Command(BaseCommand):
                     "--pool",
                     "threads",
                     "-c",
-                    str(options["concurrency"]),
+                    str(concurrency),
                 ),
             ],
             "beat": [
