@@ -1183,7 +1183,7 @@ def reconcile() -> dict[str, int]:
     stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)
     counts = {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
 
-    TriggerEvent.objects.filter(
+    released_events = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
     # A canceled event no run may claim: one released above (its run died after the
@@ -1246,7 +1246,7 @@ def reconcile() -> dict[str, int]:
     counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.
-    Step.objects.filter(
+    released_steps = Step.objects.filter(
         _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
     ).update(status=Step.Status.SCHEDULED, enqueued_at=None)
     # A notification that ended (canceled, failed) while its step was sending leaves the
@@ -1257,7 +1257,9 @@ def reconcile() -> dict[str, int]:
         ~_of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
     )
     _messages_give_up(lost.values("pk"), LOST_WITH_ITS_TASK)
-    lost.update(status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now)
+    lost_steps = lost.update(
+        status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now
+    )
     due = Step.objects.filter(
         status=Step.Status.SCHEDULED,
         due_at__lte=now,
@@ -1287,4 +1289,27 @@ def reconcile() -> dict[str, int]:
     for notification_pk in notification_pks:
         pipeline.send_now(pipeline.ECHO, str(notification_pk))
     counts["notifications"] = len(notification_pks)
+    _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
     return counts
+
+
+def _reconcile_log(counts: dict[str, int], *, released: tuple[int, int], lost: int) -> None:
+    """One line when a tick re-drove something, none for an idle one (every 10 s). A
+    claim gone stale is a worker that died or hung mid-task: a warning, as it may recur."""
+    if any(released) or lost:
+        logger.warning(
+            "reconcile: claims older than NORM_STALE_CLAIM_SECONDS (a worker died or hung): "
+            "%d trigger event(s) and %d step(s) run again, %d step(s) of ended "
+            "notifications canceled unsent",
+            *released,
+            lost,
+        )
+    if any(counts.values()):
+        logger.info(
+            "reconcile: enqueued again %d trigger event(s), %d cancel(s), %d step(s) and "
+            "%d notification(s) that stalled",
+            counts["events"],
+            counts["cancels"],
+            counts["steps"],
+            counts["notifications"],
+        )

@@ -453,3 +453,35 @@ def test_beat_sends_the_reconciler_to_a_queue_of_its_own_that_workers_serve(sett
     assert pipeline.RECONCILE.queue not in {stage.queue for stage in stages}
     # The queues rundemo's, the bench's and the e2e tests' workers serve.
     assert pipeline.RECONCILE.queue in pipeline.QUEUES
+
+
+def test_a_tick_says_what_it_re_drove_and_why_and_an_idle_one_says_nothing(
+    enqueued: Enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its only trace was Celery's "succeeded" with counts, every tick alike, and claims
+    it took back from a dead worker were in no count at all."""
+    stale = StepFactory(status=Step.Status.PROCESSING)
+    Step.objects.filter(pk=stale.pk).update(claimed_at=ago(STALE + 1), due_at=ago(STALE + 1))
+    step_at(due=GRACE + 30, enqueued=GRACE + 30)  # its broker message lost
+
+    with caplog.at_level("INFO", logger="workflows.services"):
+        tasks.reconcile()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (
+            "WARNING",
+            "reconcile: claims older than NORM_STALE_CLAIM_SECONDS (a worker died or hung): "
+            "0 trigger event(s) and 1 step(s) run again, 0 step(s) of ended notifications "
+            "canceled unsent",
+        ),
+        (
+            "INFO",
+            "reconcile: enqueued again 0 trigger event(s), 0 cancel(s), 2 step(s) and "
+            "0 notification(s) that stalled",
+        ),
+    ]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="workflows.services"):
+        tasks.reconcile()
+    assert caplog.records == []
