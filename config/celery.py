@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,28 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("norm")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+RECONCILE_TASK = "norm.reconcile"  # config.pipeline.RECONCILE, which imports Django
+
+
+class _QuietReconcileTicks(logging.Filter):
+    """Drops the INFO records Celery writes for every reconcile tick: beat's "Sending due
+    task", the worker's "received" and "succeeded", three lines every 10 s, each tick
+    alike, that buried the rest (make run's email scrolled away). The reconciler logs
+    what it did itself (workflows.services.reconcile); a failed tick is an ERROR, kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        data = getattr(record, "data", None)  # the worker's records carry the task's name
+        if isinstance(data, dict):
+            return data.get("name") != RECONCILE_TASK
+        return not (isinstance(record.args, tuple) and RECONCILE_TASK in record.args)
+
+
+for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_QuietReconcileTicks())
 
 
 class BeatScheduler(PersistentScheduler):

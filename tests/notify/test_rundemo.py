@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shelve
 import signal
 import socket
 import socketserver
@@ -394,3 +395,21 @@ def test_a_second_make_run_on_another_address_is_refused_while_one_runs(tmp_path
         _read_until(demo, "norm is running")
     finally:
         _stop(demo)
+
+
+def test_reconcile_ticks_that_find_nothing_leave_no_trace_in_the_output(tmp_path: Path) -> None:
+    # Beat's "Sending due task reconcile" and the worker's "received" and "succeeded"
+    # for each tick: three lines every 10 s, every tick alike, burying the rest.
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path, NORM_RECONCILE_INTERVAL="0.5")
+    try:
+        seen = _read_until(demo, "norm is running")
+        time.sleep(4)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        seen += demo.communicate(timeout=30)[0]
+
+    with shelve.open(str(tmp_path / "celerybeat-schedule"), flag="r") as schedule:
+        assert schedule["entries"]["reconcile"].total_run_count >= 3  # it did tick
+    assert "Sending due task reconcile" not in seen, seen[-3000:]
+    assert "Task norm.reconcile[" not in seen, seen[-3000:]
