@@ -311,6 +311,12 @@ CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:BeatScheduler"  # makes VAR_DIR if missing
 NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
+if NORM_RECONCILE_INTERVAL <= 0:
+    # Read as "off", 0 had beat send reconcile without a pause, each message expiring at
+    # once (its `expires` below): the broker flooded, and nothing reconciled.
+    raise ImproperlyConfigured(
+        f"NORM_RECONCILE_INTERVAL must be more than 0 seconds, got {NORM_RECONCILE_INTERVAL:g}"
+    )
 # Beat run with --enable-remote-control (docker-compose's healthcheck) stops answering
 # pings once its scheduler has not ticked for this long. It ticks at each reconcile;
 # Celery's default, twice its 5-minute loop, would call a hung beat healthy for 10 minutes.

@@ -162,3 +162,13 @@ def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
     """The reconciler would reopen a step whose email is still being sent: sent twice."""
     settings.EMAIL_SEND_DEADLINE, settings.NORM_STALE_CLAIM_SECONDS = deadline, 600
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize("interval", ["0", "-10"])
+def test_a_reconcile_interval_of_no_time_is_refused(interval: str) -> None:
+    # Taken for "off", 0 made beat send reconcile in a loop without a pause, each message
+    # expiring at once (expires=interval): a flooded broker, and nothing reconciled.
+    done = _check_with({"NORM_RECONCILE_INTERVAL": interval})
+
+    assert done.returncode != 0
+    assert f"NORM_RECONCILE_INTERVAL must be more than 0 seconds, got {interval}" in done.stderr
