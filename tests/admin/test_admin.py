@@ -27,6 +27,7 @@ from tests.factories import (
     client_with_key,
     novu_py_for,
 )
+from workflows import admin as workflows_admin
 from workflows import registry
 from workflows.models import Notification, Step
 
@@ -232,6 +233,25 @@ def test_retry_action_skips_notifications_that_did_not_fail(
     done.refresh_from_db()
     assert done.status == Notification.Status.COMPLETED
     assert enqueued.calls == []
+
+
+def test_a_retry_of_more_than_a_request_has_time_for_stops_in_time_and_says_what_it_left(
+    admin_client, enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retried one at a time, the thousands an outage failed took minutes, and gunicorn
+    killed the request at 30 s: a 502, with no word of how many were retried."""
+    monkeypatch.setattr(workflows_admin, "RETRY_BUDGET_SECONDS", 0)
+    failed = [NotificationFactory(status=Notification.Status.FAILED) for _ in range(3)]
+
+    response = _act(admin_client, "retry", *failed)
+
+    said = unescape(response.content.decode())
+    assert "Retried 1 notification(s); 0 skipped (not failed); 2 not reached in time" in said
+    assert Notification.objects.filter(status=Notification.Status.FAILED).count() == 2
+    # Run again on the same selection, it takes up the rest.
+    again = unescape(_act(admin_client, "retry", *failed).content.decode())
+    assert "Retried 1 notification(s); 1 skipped (not failed); 1 not reached in time" in again
+    assert Notification.objects.filter(status=Notification.Status.FAILED).count() == 1
 
 
 def test_cancel_action(admin_client) -> None:
