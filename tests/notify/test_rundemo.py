@@ -413,3 +413,15 @@ def test_reconcile_ticks_that_find_nothing_leave_no_trace_in_the_output(tmp_path
         assert schedule["entries"]["reconcile"].total_run_count >= 3  # it did tick
     assert "Sending due task reconcile" not in seen, seen[-3000:]
     assert "Task norm.reconcile[" not in seen, seen[-3000:]
+
+
+def test_its_banner_is_out_at_once_when_its_output_is_piped(tmp_path: Path) -> None:
+    # Piped (`make run | tee`, a service manager's log), rundemo's own output is block
+    # buffered: the banner waited there for a child's next line to flush it, which since
+    # idle reconcile ticks print nothing could be never.
+    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    try:
+        _read_until(demo, "Quit the server with CONTROL-C.")  # the web server is up
+        _read_until(demo, "norm is running", timeout=15)
+    finally:
+        _stop(demo)

@@ -231,6 +231,10 @@ class Command(BaseCommand):
             self._wait_for_web(addr, processes["web"])
             with lock:
                 self.stdout.write(self._banner(addr, bridge_url, key))
+                # Piped (`make run | tee`, a service's log), this output is block buffered,
+                # and the banner waited for a child's next line to flush it: since idle
+                # reconcile ticks print nothing, for good.
+                self.stdout.flush()
             while True:
                 for name, process in processes.items():
                     if process.poll() is not None:
@@ -239,6 +243,7 @@ class Command(BaseCommand):
         except Stop:
             with lock:
                 self.stdout.write("Stopping web, worker and beat...")
+                self.stdout.flush()
         finally:
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
