@@ -325,6 +325,7 @@ def _first_minute(var: Path) -> str:
     `welcome` trigger to ada with an email, through to the reminder the worker prints."""
     addr = f"127.0.0.1:{free_port()}"
     demo = _start(addr, var)
+    seen = ""
     try:
         seen = _read_until(demo, "norm is running")
         to = {"subscriberId": "ada", "email": "ada@example.com"}
@@ -402,6 +403,7 @@ def test_reconcile_ticks_that_find_nothing_leave_no_trace_in_the_output(tmp_path
     # for each tick: three lines every 10 s, every tick alike, burying the rest.
     addr = f"127.0.0.1:{free_port()}"
     demo = _start(addr, tmp_path, NORM_RECONCILE_INTERVAL="0.5")
+    seen = ""
     try:
         seen = _read_until(demo, "norm is running")
         time.sleep(4)
