@@ -56,18 +56,28 @@ def _start(addr: str, var: Path, **extra_env: str) -> subprocess.Popen[str]:
     )
 
 
+# What a read took past the text it waited for, by process, for the next read.
+_unread: dict[int, str] = {}
+
+
 def _read_until(process: subprocess.Popen[str], text: str, timeout: float = 60.0) -> str:
+    """The output up to the end of the line with `text`. Read from the pipe itself: select()
+    on it missed lines a buffered readline() had taken already, and waited for output that,
+    with idle reconcile ticks printing nothing, might not come."""
     assert process.stdout is not None
-    seen = ""
+    fd = process.stdout.fileno()
+    seen = _unread.pop(process.pid, "")
     deadline = time.monotonic() + timeout
     while text not in seen and time.monotonic() < deadline:
-        if select.select([process.stdout], [], [], 0.5)[0]:
-            line = process.stdout.readline()
-            if not line:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen += line
+            seen += chunk.decode(errors="replace")
     assert text in seen, seen[-3000:]
-    return seen
+    end = seen.find("\n", seen.index(text)) + 1 or len(seen)
+    _unread[process.pid] = seen[end:]
+    return seen[:end]
 
 
 def _trigger_welcome(
@@ -335,7 +345,7 @@ def _first_minute(var: Path) -> str:
         seen += _read_until(demo, "norm.message.send")  # the task that printed it ends
     finally:
         demo.send_signal(signal.SIGINT)
-        seen += demo.communicate(timeout=30)[0]
+        seen += _unread.pop(demo.pid, "") + demo.communicate(timeout=30)[0]
     return seen
 
 
@@ -409,7 +419,7 @@ def test_reconcile_ticks_that_find_nothing_leave_no_trace_in_the_output(tmp_path
         time.sleep(4)
     finally:
         demo.send_signal(signal.SIGINT)
-        seen += demo.communicate(timeout=30)[0]
+        seen += _unread.pop(demo.pid, "") + demo.communicate(timeout=30)[0]
 
     with shelve.open(str(tmp_path / "celerybeat-schedule"), flag="r") as schedule:
         assert schedule["entries"]["reconcile"].total_run_count >= 3  # it did tick
