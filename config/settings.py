@@ -24,24 +24,37 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, positive: bool = False) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+    return _positive(name, value) if positive else value
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, *, positive: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+    return _positive(name, value) if positive else value
+
+
+def _positive(name: str, value: float) -> Any:
+    """`value`, refused unless more than 0 (or NaN): for an interval, a bound or a timeout
+    that 0 would not turn off but break. Read as "off", a reconcile interval of 0 had beat
+    send reconcile without a pause, a prefetch multiplier of 0 let a worker take the
+    whole queue, a connect timeout of 0 waited for good, a grace of 0 re-sent all work
+    in flight each tick."""
+    if not value > 0:
+        raise ImproperlyConfigured(f"{name} must be more than 0, got {value:g}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -186,7 +199,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # and each such worker was one fewer for every client. Options in DATABASE_URL's
     # query string (?sslmode=require, say) win.
     DATABASES["default"]["OPTIONS"] = {
-        "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 10),
+        "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 10, positive=True),
         # An idle connection (a query the server is still running) is probed after 30 s.
         "keepalives_idle": 30,
         "keepalives_interval": 10,
@@ -225,7 +238,7 @@ WHITENOISE_USE_FINDERS = True
 # The API refuses bodies over this size (512 KB by default) with a JSON 413: its parser
 # before reading one (config/parsers.py), Django's own limit for one read already
 # (config/errors.py).
-NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024)
+NORM_MAX_BODY_BYTES = env_int("NORM_MAX_BODY_BYTES", 512 * 1024, positive=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = NORM_MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
@@ -272,11 +285,11 @@ else:
         # exceed the longest countdown norm gives the broker (NORM_BROKER_MAX_COUNTDOWN)
         # or delayed steps would be redelivered while still waiting; longer delays
         # live in the database and are enqueued by the reconciler.
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, positive=True),
         # A broker that accepts connections but never answers (a failover half done)
         # would otherwise hang a publish, and with it a web request, a task or beat.
-        "socket_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10),
-        "socket_connect_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10),
+        "socket_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10, positive=True),
+        "socket_connect_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10, positive=True),
     }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -295,7 +308,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # One message at a time per process: with acks_late a prefetched message would wait
 # behind a slow bridge call instead of going to an idle worker.
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1)
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, positive=True)
 CELERY_TASK_DEFAULT_QUEUE = "workflows"
 # Celery's Django fixup closes the database connection after every task unless this
 # is set, and a new PostgreSQL connection cost more than the task's own queries. With
@@ -310,13 +323,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:BeatScheduler"  # makes VAR_DIR if missing
-NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0)
-if NORM_RECONCILE_INTERVAL <= 0:
-    # Read as "off", 0 had beat send reconcile without a pause, each message expiring at
-    # once (its `expires` below): the broker flooded, and nothing reconciled.
-    raise ImproperlyConfigured(
-        f"NORM_RECONCILE_INTERVAL must be more than 0 seconds, got {NORM_RECONCILE_INTERVAL:g}"
-    )
+NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0, positive=True)
 # Beat run with --enable-remote-control (docker-compose's healthcheck) stops answering
 # pings once its scheduler has not ticked for this long. It ticks at each reconcile;
 # Celery's default, twice its 5-minute loop, would call a hung beat healthy for 10 minutes.
@@ -341,13 +348,13 @@ NORM_WORKFLOW_QUEUES: dict[str, str] = env_json_map("NORM_WORKFLOW_QUEUES", {})
 NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
 # Work the broker should have delivered this many seconds ago is re-enqueued: a trigger
 # not yet fanned out or fanned out short, a due step, a notification left idle.
-NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60)
+NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60, positive=True)
 # Seconds a request's cancel (the API's, the admin's over every trigger it selects) ends
 # notifications before it answers; the rest is canceled by a task (gunicorn kills a
 # request at 30 s).
 NORM_CANCEL_BUDGET_SECONDS = env_float("NORM_CANCEL_BUDGET_SECONDS", 5.0)
 # A step claimed longer ago than this is taken to belong to a dead worker.
-NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
+NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=True)
 # A step taken this many times by tasks that never reported back fails: its send kills
 # the worker each time (out of memory on a huge email, a segfault), and without a bound
 # Celery would redeliver it (acks_late, reject on worker lost) and the reconciler reopen
@@ -357,14 +364,16 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600)
 # default leaves room for several. It bounds as well the runs of an echo, a step's send
 # or a fan-out that an unexpected error (a bug) ends: then the row fails, its reason the
 # error's (the notification's code InternalError), rather than run again for good.
-NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10)
+NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10, positive=True)
 # Seconds a whole call to a bridge may take, connecting included (DNS aside).
-NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0)
+NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0, positive=True)
 # A bridge's answer is read up to this size; a larger one fails the call.
-NORM_BRIDGE_MAX_RESPONSE_BYTES = env_int("NORM_BRIDGE_MAX_RESPONSE_BYTES", 10 * 1024 * 1024)
+NORM_BRIDGE_MAX_RESPONSE_BYTES = env_int(
+    "NORM_BRIDGE_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, positive=True
+)
 NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
 NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)
-NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5)
+NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5, positive=True)
 NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
 # Seconds between two discover calls prompted by triggers (an unknown workflow name,
 # or a registry entry older than NORM_REGISTRY_TTL).
@@ -394,12 +403,12 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 # smtplib's timeout bounds each socket operation (a connect, one read), not a send.
-EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 15)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 15, positive=True)
 # Seconds a whole email send may take, however slowly the SMTP server answers: greeting,
 # STARTTLS or TLS and login on a new connection, and the whole transaction (DNS aside,
 # and a connect the server never answers, which EMAIL_TIMEOUT ends). Past it the send
 # fails as a timeout, retried later.
-EMAIL_SEND_DEADLINE = env_float("EMAIL_SEND_DEADLINE", 60.0)
+EMAIL_SEND_DEADLINE = env_float("EMAIL_SEND_DEADLINE", 60.0, positive=True)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "norm@localhost")
 
 LOGGING = {

@@ -131,7 +131,8 @@ def test_a_routing_or_provider_table_that_is_no_object_of_names_is_refused(
     name: str, value: str
 ) -> None:
     """Each was taken, and failed only once a trigger used it (in the API or a worker)."""
-    done = _check_with({name: value})
+    # On PostgreSQL, whose options hold DB_CONNECT_TIMEOUT (the check connects to nothing).
+    done = _check_with({"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/norm", name: value})
 
     assert done.returncode != 0
     assert f"{name} must be a JSON object of names to names" in done.stderr
@@ -164,11 +165,29 @@ def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
 
 
-@pytest.mark.parametrize("interval", ["0", "-10"])
-def test_a_reconcile_interval_of_no_time_is_refused(interval: str) -> None:
-    # Taken for "off", 0 made beat send reconcile in a loop without a pause, each message
-    # expiring at once (expires=interval): a flooded broker, and nothing reconciled.
-    done = _check_with({"NORM_RECONCILE_INTERVAL": interval})
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # Taken for "off", 0 made beat send reconcile in a loop without a pause, each
+        # message expiring at once (expires=interval): a flooded broker, nothing reconciled.
+        ("NORM_RECONCILE_INTERVAL", "0"),
+        ("NORM_RECONCILE_INTERVAL", "-10"),
+        # Every piece of work in flight re-sent at each tick.
+        ("NORM_RECONCILE_GRACE", "0"),
+        # Celery's "no limit": a worker took the whole queue, acks_late holding it all.
+        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "0"),
+        # libpq's "wait for good".
+        ("DB_CONNECT_TIMEOUT", "0"),
+        ("NORM_STALE_CLAIM_SECONDS", "-1"),
+        ("NORM_MAX_CLAIMS", "0"),
+        ("NORM_SEND_MAX_ATTEMPTS", "0"),
+        ("EMAIL_SEND_DEADLINE", "0"),
+        ("NORM_BRIDGE_TIMEOUT", "nan"),
+    ],
+)
+def test_a_bound_interval_or_timeout_of_no_time_is_refused_by_name(name: str, value: str) -> None:
+    # On PostgreSQL, whose options hold DB_CONNECT_TIMEOUT (the check connects to nothing).
+    done = _check_with({"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/norm", name: value})
 
     assert done.returncode != 0
-    assert f"NORM_RECONCILE_INTERVAL must be more than 0 seconds, got {interval}" in done.stderr
+    assert f"{name} must be more than 0, got {value}" in done.stderr
