@@ -16,7 +16,9 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-RECONCILE_TASK = "norm.reconcile"  # config.pipeline.RECONCILE, which imports Django
+# Named here, where the filter below needs it before Django is set up; config.pipeline
+# takes its RECONCILE stage's name from it.
+RECONCILE_TASK = "norm.reconcile"
 
 
 class _QuietReconcileTicks(logging.Filter):

@@ -24,6 +24,8 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
+from config.celery import RECONCILE_TASK
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -45,7 +47,7 @@ MESSAGE = Stage("norm.message.send", "messages")
 # Beat's reconciler has a queue of its own: behind a backlog of triggers it would wait
 # longer than its `expires` (one interval) and never run, leaving long delays and lost
 # commands until the backlog cleared, which is when they matter most.
-RECONCILE = Stage("norm.reconcile", "reconcile")
+RECONCILE = Stage(RECONCILE_TASK, "reconcile")  # named where Celery is set up
 
 QUEUES = tuple(
     dict.fromkeys(
