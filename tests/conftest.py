@@ -109,6 +109,14 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
     return captured
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # Django's own hasher takes about 0.5 s a password here, on purpose, and every admin
+    # test makes its user: over a minute of the suite. Only the tests' passwords use it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
