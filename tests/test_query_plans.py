@@ -188,3 +188,33 @@ def test_the_reconcilers_check_for_lost_cancels_reads_only_the_cancels_under_way
     nodes = plan_nodes(sql)
     assert {n.get("Relation Name") for n in nodes} - {None} == {"notify_triggerevent"}, nodes
     assert "trigger_cancel_under_way" in {n.get("Index Name") for n in nodes}, nodes
+
+
+@pytest.mark.parametrize("direction", ["DESC", "ASC"])
+def test_a_topics_subscriptions_page_reads_its_index_from_the_cursor_on(
+    tenant: tuple[object, APIClient], direction: str
+) -> None:
+    """A topic's subscriptions are paged by (subscribed_at, subscriber), which only the
+    (topic, created_at, subscriber) index serves: with the unique (topic, subscriber)
+    alone each page sorted every member of the topic (35 to 60 ms a page at 50,000)."""
+    client, api = tenant
+    for sid in ("ann", "bob", "cid"):
+        SubscriberFactory(client=client, subscriber_id=sid)
+    url = "/v2/topics/news/subscriptions"
+    assert api.post(url, {"subscriberIds": ["ann", "bob", "cid"]}, format="json").status_code == 201
+    params = {"orderDirection": direction, "limit": 1}
+    first = api.get(url, params).json()
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(url, {**params, "after": first["next"]})
+    assert response.status_code == 200, response.content
+    assert len(response.json()["data"]) == 1
+    (page,) = [q["sql"] for q in queries if q["sql"].startswith('SELECT "subscribers_subscriber"')]
+
+    with connection.cursor() as cursor:
+        # Unless no plan can do without: the test's few rows sort for nothing.
+        cursor.execute("SET LOCAL enable_sort = off")  # this test's transaction only
+    nodes = plan_nodes(page)
+    assert "Sort" not in {n["Node Type"] for n in nodes}, nodes
+    (scan,) = [n for n in nodes if n.get("Index Name") == "topic_subscription_created"]
+    # The scan starts at the cursor, not at the topic's first member.
+    assert "created_at" in scan["Index Cond"], scan
