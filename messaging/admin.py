@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
+from notify.models import TriggerEvent
+from subscribers.models import Subscriber
 from workflows.admin import ReadOnlyAdmin, change_link, fixed_choices, pretty_json
+from workflows.models import Step
 from workflows.selectors import CHANNEL_TYPES
 
 
@@ -24,15 +29,38 @@ class MessageAdmin(ReadOnlyAdmin):
     list_filter = [fixed_choices("channel", "channel", CHANNEL_TYPES), "status"]
     show_full_result_count = False
     list_select_related = ["subscriber", "client"]
+    # What the search box matches (get_search_results), each exactly: in any case, each
+    # field's UPPER() doubled the time of a search, which reads every message.
     search_fields = [
-        "=recipient",
-        "=subscriber__subscriber_id",
-        "=provider_message_id",
-        "=provider",
-        "=step__notification__trigger_event__transaction_id",
+        "recipient__exact",
+        "subscriber__subscriber_id__exact",
+        "provider_message_id__exact",
+        "provider__exact",
+        "step__notification__trigger_event__transaction_id__exact",
     ]
     exclude = ["content"]
     readonly_fields = ["content_json", "notification_link"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Message], search_term: str
+    ) -> tuple[QuerySet[Message], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # The subscriber and the trigger looked up first, the messages then read by their
+        # keys: Django's search ORs the fields over a join of every message to its
+        # subscriber, step, notification and trigger (2 s a page over 200,000).
+        subscribers = Subscriber.objects.filter(subscriber_id=term).values_list("pk", flat=True)
+        events = TriggerEvent.objects.filter(transaction_id=term).values_list("pk", flat=True)
+        steps = Step.objects.filter(notification__trigger_event_id__in=list(events))
+        matches = (
+            Q(recipient=term)
+            | Q(subscriber_id__in=list(subscribers))
+            | Q(provider_message_id=term)
+            | Q(provider=term)
+            | Q(step_id__in=steps.values("pk"))
+        )
+        return queryset.filter(matches), False
 
     @admin.display(description="notification")
     def notification_link(self, message: Message) -> SafeString:

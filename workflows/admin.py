@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import models
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -17,6 +17,8 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from config.redact import masked_url
+from notify.models import TriggerEvent
+from subscribers.models import Subscriber
 from workflows import selectors, services
 from workflows.models import Notification, Step
 
@@ -196,11 +198,12 @@ class NotificationAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["status", ErrorCodeFilter, "client"]
     list_select_related = ["subscriber", "client"]
+    # What the search box matches (get_search_results): each exactly, the email in any case.
     search_fields = [
-        "=trigger_event__transaction_id",
-        "=subscriber__subscriber_id",
+        "trigger_event__transaction_id__exact",
+        "subscriber__subscriber_id__exact",
         "=subscriber__email",
-        "=workflow_id",
+        "workflow_id__exact",
     ]
     # Newest first by id, which the primary key's index gives in order: ordering by
     # created_at sorted the whole table (its only index leads with the client) on every page.
@@ -231,6 +234,24 @@ class NotificationAdmin(ReadOnlyAdmin):
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("workflows.change_notification")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Notification], search_term: str
+    ) -> tuple[QuerySet[Notification], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # The subscribers and the trigger looked up first, the notifications then read by
+        # their keys: Django's search ORs the fields over a join of every notification to
+        # its subscriber and trigger, which no index serves (0.9 s a page over 200,000).
+        subscribers = Subscriber.objects.filter(Q(subscriber_id=term) | Q(email__iexact=term))
+        events = TriggerEvent.objects.filter(transaction_id=term)
+        matches = (
+            Q(subscriber_id__in=list(subscribers.values_list("pk", flat=True)))
+            | Q(trigger_event_id__in=list(events.values_list("pk", flat=True)))
+            | Q(workflow_id=term)
+        )
+        return queryset.filter(matches), False
 
     @admin.display(description="payload")
     def payload_json(self, notification: Notification) -> SafeString:
