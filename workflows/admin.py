@@ -205,9 +205,8 @@ class NotificationAdmin(ReadOnlyAdmin):
         "=subscriber__email",
         "workflow_id__exact",
     ]
-    # Newest first by id, which the primary key's index gives in order: ordering by
-    # created_at sorted the whole table (its only index leads with the client) on every page.
-    ordering = ["-id"]
+    # Newest first, from the created_at index (the id, a uuid4, is in no order at all).
+    ordering = ["-created_at"]
     show_full_result_count = False  # no COUNT(*) of the whole table on every page
     inlines = [StepInline]
     actions = ["retry", "cancel"]

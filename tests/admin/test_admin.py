@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from html import unescape
 from typing import Any
@@ -15,7 +16,7 @@ from notify.models import BridgeSync, BridgeWorkflow, Client, SecretKey, Trigger
 from notify.selectors import client_by_api_key
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import while_held
+from tests.conftest import ago, while_held
 from tests.factories import (
     BridgeWorkflowFactory,
     ClientFactory,
@@ -105,6 +106,17 @@ def test_changelists_have_no_query_per_row(admin_client, django_assert_max_num_q
             response = admin_client.get(reverse(f"admin:{name}_changelist"))
         assert response.status_code == 200
         assert len(response.context["cl"].result_list) == 10, name
+
+
+def test_notifications_are_listed_newest_first(admin_client) -> None:
+    """The list was ordered by id, a uuid4: in no order at all."""
+    older = NotificationFactory(id=uuid.UUID(int=2))  # the ids in the other order
+    newer = NotificationFactory(id=uuid.UUID(int=1))
+    Notification.objects.filter(pk=older.pk).update(created_at=ago(60))
+
+    response = admin_client.get(reverse("admin:workflows_notification_changelist"))
+
+    assert list(response.context["cl"].result_list) == [newer, older]
 
 
 def test_notification_page_shows_steps_in_order_and_messages(admin_client) -> None:
