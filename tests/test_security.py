@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.management import call_command
-from django.core.management.base import SystemCheckError
+from django.core.management.base import CommandError, SystemCheckError
 
 from config.parsers import MAX_DEPTH
 from notify import selectors as notify_selectors
@@ -257,6 +257,36 @@ def test_the_encryption_key_rotates_without_losing_a_stored_secret_key(settings:
     assert client.secret_keys.get().encrypted != stored
     assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
     assert notify_selectors.client_by_api_key(key=key) == client  # the hash is untouched
+
+
+def test_reencryptkeys_names_a_live_key_it_cannot_decrypt_and_passes_a_revoked_one(
+    settings: Any,
+) -> None:
+    """Each failed with InvalidToken's bare traceback, and a key stored under a lost
+    encryption key stopped every rotation for good, though revoked (the way out that
+    SigningKeyUnreadable names)."""
+    lost, old, new = (Fernet.generate_key().decode() for _ in range(3))
+    settings.NORM_ENCRYPTION_KEY = lost
+    client, _ = client_with_key(name="acme")
+    unreadable = client.secret_keys.get()
+    settings.NORM_ENCRYPTION_KEY = old
+    _, key = notify_services.secret_key_create(client=client)
+    stored = dict(client.secret_keys.values_list("pk", "encrypted"))
+    settings.NORM_ENCRYPTION_KEY = f"{new},{old}"
+
+    with pytest.raises(CommandError, match=rf"{unreadable.prefix}… of client 'acme'"):
+        call_command("reencryptkeys", stdout=io.StringIO())
+    assert dict(client.secret_keys.values_list("pk", "encrypted")) == stored  # none written
+
+    notify_services.secret_key_revoke(secret_key=unreadable)
+    out = io.StringIO()
+    call_command("reencryptkeys", stdout=out)
+    assert "re-encrypted 1 secret keys" in out.getvalue()
+    assert "left 1 revoked secret key(s)" in out.getvalue()
+
+    settings.NORM_ENCRYPTION_KEY = new  # the old key dropped
+    assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
+    assert client.secret_keys.get(pk=unreadable.pk).encrypted == stored[unreadable.pk]
 
 
 @pytest.mark.parametrize(("countdown", "found"), [(3599, []), (3600, ["norm.E002"])])

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from cryptography.fernet import InvalidToken
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from notify import crypto
@@ -17,8 +18,35 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
-            secrets = list(SecretKey.objects.select_for_update().only("pk", "encrypted"))
+            secrets = list(
+                SecretKey.objects.select_for_update()
+                .select_related("client")
+                .only("pk", "prefix", "encrypted", "revoked_at", "client__name")
+            )
+            done, unreadable = [], []
             for secret in secrets:
-                secret.encrypted = crypto.reencrypt(secret.encrypted)
-            SecretKey.objects.bulk_update(secrets, ["encrypted"], batch_size=500)
-        self.stdout.write(f"re-encrypted {len(secrets)} secret keys")
+                try:
+                    secret.encrypted = crypto.reencrypt(secret.encrypted)
+                except InvalidToken:
+                    unreadable.append(secret)
+                else:
+                    done.append(secret)
+            # A live key signs bridge calls: without it, the client's notifications fail
+            # (SigningKeyUnreadable). A revoked one signs nothing and is left as it is:
+            # revoking is the way out that error names, after which every run stopped
+            # here for good, and the encryption key could no longer be rotated.
+            live = [s for s in unreadable if s.revoked_at is None]
+            if live:
+                names = ", ".join(f"{s.prefix}… of client '{s.client.name}'" for s in live)
+                raise CommandError(
+                    f"no key of NORM_ENCRYPTION_KEY decrypts the live secret key(s) {names}; "
+                    "nothing was changed. Put the key they were stored with back in "
+                    "NORM_ENCRYPTION_KEY (after the new one), or revoke them"
+                )
+            SecretKey.objects.bulk_update(done, ["encrypted"], batch_size=500)
+        self.stdout.write(f"re-encrypted {len(done)} secret keys")
+        if unreadable:
+            self.stdout.write(
+                f"left {len(unreadable)} revoked secret key(s) that no key of "
+                "NORM_ENCRYPTION_KEY decrypts as they were: they sign nothing"
+            )
