@@ -249,11 +249,13 @@ class AckResult(serializers.Serializer):
     acknowledged = serializers.BooleanField()
 
 
+# A topic's name as its column holds it (SQLite would store a longer one as it came).
+TOPIC_NAME_MAX = 255
 # Inline: as a serializer, drf-spectacular would make `name` optional on PATCH.
 _TOPIC_RENAME = {
     "application/json": {
         "type": "object",
-        "properties": {"name": {"type": "string"}},
+        "properties": {"name": {"type": "string", "maxLength": TOPIC_NAME_MAX}},
         "required": ["name"],
     }
 }
@@ -769,8 +771,12 @@ class TopicDetailApi(APIView):
     def patch(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         name = request.data.get("name") if isinstance(request.data, dict) else None
-        if not isinstance(name, str):
-            raise ApiError(400, "invalid_request", "'name' must be a string")
+        if not isinstance(name, str) or len(name) > TOPIC_NAME_MAX:
+            # Past the column's length, PostgreSQL refused it with a 400 that named no
+            # field (invalid_value), and make run's SQLite stored it whole.
+            raise ApiError(
+                400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
+            )
         with _not_deleted_meanwhile(key):
             topic = services.topic_rename(topic=topic, name=name)
         return Response({"data": topic_dto(topic)})
@@ -893,8 +899,10 @@ class TopicSubscriptionsApi(APIView):
                 400, "invalid_request", f"norm cannot scope a subscription by {', '.join(scoped)}"
             )
         name = request.data.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > 255):
-            raise ApiError(400, "invalid_request", "'name' must be a string of at most 255")
+        if name is not None and (not isinstance(name, str) or len(name) > TOPIC_NAME_MAX):
+            raise ApiError(
+                400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
+            )
         with _not_deleted_meanwhile(key):
             topic, _ = services.topic_upsert(client=request.user, key=key, name=name)
             members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)

@@ -130,6 +130,21 @@ def test_a_number_for_a_topics_key_or_name_is_refused_not_stored_as_text(
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_rename_longer_than_a_topics_name_is_refused_naming_it(
+    keyed: tuple[Client, str], version: str
+) -> None:
+    """As a type it is not: PostgreSQL refused it with a 400 that named no field
+    (invalid_value), and SQLite (make run) stored it whole."""
+    ok(call(keyed[1], "post", f"/{version}/topics", {"key": "news", "name": "News"}), 201)
+    path = f"/{version}/topics/news"
+
+    error = assert_error(call(keyed[1], "patch", path, {"name": "n" * 256}), 400, path)
+    assert error["message"] == "'name' must be a string of at most 255"
+    assert Topic.objects.get().name == "News"
+    assert ok(call(keyed[1], "patch", path, {"name": "n" * 255}))["data"]["name"] == "n" * 255
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(
     "topic_key", ["team/news", "news?daily", "news#1", "news daily", "news%2Fdaily@example.com"]
 )
