@@ -398,22 +398,22 @@ class SubscriberListApi(APIView):
     def post(self, request: Request) -> Response:
         body = _valid(SubscriberCreateInput, request.data)
         subscriber_id = body.validated_data["subscriberId"]
-        if _fail_if_exists(request):
-            existing = Subscriber.objects.filter(
-                client=request.user, subscriber_id=subscriber_id
-            ).first()
-            if existing is not None:
-                raise ApiError(
-                    409,
-                    "subscriber_exists",
-                    f"Subscriber '{subscriber_id}' already exists",
-                    body=subscriber_dto(existing),
-                )
-        subscriber, _ = services.subscriber_create(
+        # Told by the create itself, not a look first: two at once both looked before
+        # either created it, and the second overwrote the first's subscriber with a 201.
+        fail_if_exists = _fail_if_exists(request)
+        subscriber, created = services.subscriber_create(
             client=request.user,
             subscriber_id=subscriber_id,
             values=body.model_values(nulls_clear=False),
+            update=not fail_if_exists,
         )
+        if fail_if_exists and not created:
+            raise ApiError(
+                409,
+                "subscriber_exists",
+                f"Subscriber '{subscriber_id}' already exists",
+                body=subscriber_dto(subscriber),
+            )
         return Response({"data": subscriber_dto(subscriber)}, status=201)
 
     @extend_schema(
@@ -681,21 +681,17 @@ class TopicListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         body = _valid(TopicInput, request.data).validated_data
-        existing = (
-            Topic.objects.filter(client=request.user, key=body["key"]).first()
-            if _fail_if_exists(request)
-            else None
-        )
-        if existing is not None:
-            raise ApiError(
-                409,
-                "topic_exists",
-                f"Topic '{body['key']}' already exists",
-                body=topic_dto(existing),
-            )
+        fail_if_exists = _fail_if_exists(request)  # told by the upsert, as a subscriber's
         with _not_deleted_meanwhile(body["key"]):
             topic, created = services.topic_upsert(
-                client=request.user, key=body["key"], name=body.get("name")
+                client=request.user,
+                key=body["key"],
+                name=body.get("name"),
+                update=not fail_if_exists,
+            )
+        if fail_if_exists and not created:
+            raise ApiError(
+                409, "topic_exists", f"Topic '{body['key']}' already exists", body=topic_dto(topic)
             )
         return Response(
             {"data": topic_dto(topic)}, status=201 if created or self.version == 1 else 200

@@ -191,20 +191,25 @@ def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) ->
 
 
 def subscriber_create(
-    *, client: Client, subscriber_id: str, values: dict[str, Any]
+    *, client: Client, subscriber_id: str, values: dict[str, Any], update: bool = True
 ) -> tuple[Subscriber, bool]:
-    """Create a subscriber, or update the existing one. ApiError 400 for a new one whose
-    subscriberId no URL could reach (`new_unroutable`)."""
+    """Create a subscriber, or update the existing one (unless not `update`: it is then
+    returned as it is). ApiError 400 for a new one whose subscriberId no URL could reach
+    (`new_unroutable`)."""
     if new_unroutable(client_id=client.pk, subscriber_ids=[subscriber_id]):
         raise ApiError(400, "invalid_subscriber_id", unroutable_message(subscriber_id))
     existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
     if existing is not None:
+        if not update:
+            return existing, False
         with contextlib.suppress(Subscriber.DoesNotExist):  # deleted meanwhile: created anew
             return subscriber_update(subscriber=existing, values=values), False
     subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
     if insert_once(subscriber):
         return subscriber, True
     existing = Subscriber.objects.get(client=client, subscriber_id=subscriber_id)  # concurrently
+    if not update:
+        return existing, False
     return subscriber_update(subscriber=existing, values=values), False
 
 
@@ -303,16 +308,20 @@ def topic_key_message(key: str) -> str:
     )
 
 
-def topic_upsert(*, client: Client, key: str, name: str | None = None) -> tuple[Topic, bool]:
-    """ApiError 400 for a new topic whose key Novu refuses; a topic that already has
-    one (made before norm checked) stays reachable by its upsert, as in Novu."""
+def topic_upsert(
+    *, client: Client, key: str, name: str | None = None, update: bool = True
+) -> tuple[Topic, bool]:
+    """Create a topic, or rename the existing one (unless not `update`: it is then
+    returned as it is). ApiError 400 for a new topic whose key Novu refuses; a topic
+    that already has one (made before norm checked) stays reachable by its upsert, as
+    in Novu."""
     if not topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
         raise ApiError(400, "invalid_topic_key", topic_key_message(key))
     # get_or_create takes a concurrent create in its stride (savepoint, then a read).
     topic, created = Topic.objects.get_or_create(
         client=client, key=key, defaults={"name": name or ""}
     )
-    if not created and name is not None:
+    if not created and name is not None and update:
         topic_rename(topic=topic, name=name)
     return topic, created
 
