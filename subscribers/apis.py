@@ -682,13 +682,9 @@ class TopicListApi(APIView):
     def post(self, request: Request) -> Response:
         body = _valid(TopicInput, request.data).validated_data
         fail_if_exists = _fail_if_exists(request)  # told by the upsert, as a subscriber's
-        with _not_deleted_meanwhile(body["key"]):
-            topic, created = services.topic_upsert(
-                client=request.user,
-                key=body["key"],
-                name=body.get("name"),
-                update=not fail_if_exists,
-            )
+        topic, created = services.topic_upsert(
+            client=request.user, key=body["key"], name=body.get("name"), update=not fail_if_exists
+        )
         if fail_if_exists and not created:
             raise ApiError(
                 409, "topic_exists", f"Topic '{body['key']}' already exists", body=topic_dto(topic)
@@ -899,9 +895,9 @@ class TopicSubscriptionsApi(APIView):
             raise ApiError(
                 400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
             )
-        with _not_deleted_meanwhile(key):
-            topic, _ = services.topic_upsert(client=request.user, key=key, name=name)
-            members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
+        topic, members, missing = services.topic_upsert_subscribe(
+            client=request.user, key=key, name=name, subscriber_ids=ids
+        )
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in _with_subscribed_at(topic, members)],

@@ -322,8 +322,27 @@ def topic_upsert(
         client=client, key=key, defaults={"name": name or ""}
     )
     if not created and name is not None and update:
-        topic_rename(topic=topic, name=name)
+        try:
+            topic_rename(topic=topic, name=name)
+        except Topic.DoesNotExist:  # deleted meanwhile: created anew, as after the delete
+            return topic_upsert(client=client, key=key, name=name)
     return topic, created
+
+
+def topic_upsert_subscribe(
+    *, client: Client, key: str, name: str | None, subscriber_ids: list[str]
+) -> tuple[Topic, list[Subscriber], list[str]]:
+    """`topic_upsert`, then `topic_subscribe`. A topic deleted in between is created
+    anew, as a subscribe after the delete would create it: it was a 404, from a call
+    that answers none for a topic that does not exist."""
+    topic, _ = topic_upsert(client=client, key=key, name=name)
+    try:
+        members, missing = topic_subscribe(topic=topic, subscriber_ids=subscriber_ids)
+    except Topic.DoesNotExist:
+        return topic_upsert_subscribe(
+            client=client, key=key, name=name, subscriber_ids=subscriber_ids
+        )
+    return topic, members, missing
 
 
 def topic_rename(*, topic: Topic, name: str) -> Topic:

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from subscribers.models import Subscriber, Topic
+from subscribers import services
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import while_held
-from tests.factories import api_for, client_with_key
+from tests.factories import SubscriberFactory, api_for, client_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,3 +64,49 @@ def test_two_creates_failing_if_it_exists_at_once_make_one_and_refuse_the_other(
     assert second.status_code == 409, second.content
     assert second.json()["_id"] == first.json()["data"]["_id"]
     assert stored() == ""
+
+
+# --- a create-or-get of a topic while it is deleted -------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_topic_created_while_it_is_deleted_is_created_anew(
+    keyed: tuple[Any, str], version: str
+) -> None:
+    """It found the topic before the delete committed, and its rename then found it gone:
+    a 404, from a create."""
+    client, key = keyed
+    topic = Topic.objects.create(client=client, key="news", name="Old")
+
+    _, response = while_held(
+        lambda: services.topic_delete(topic=topic),
+        lambda: api_for(key).post(
+            f"/{version}/topics", {"key": "news", "name": "New"}, format="json"
+        ),
+    )
+
+    assert response.status_code < 300, response.content
+    assert Topic.objects.get().name == "New"
+    assert response.json()["data"]["_id"] == str(Topic.objects.get().pk)
+
+
+def test_a_subscribe_while_its_topic_is_deleted_creates_the_topic_anew(
+    keyed: tuple[Any, str],
+) -> None:
+    """v2's subscribe creates the topic it names: it found it before the delete committed,
+    then answered 404 as the subscription found it gone."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+
+    _, response = while_held(
+        lambda: services.topic_delete(topic=topic),
+        lambda: api_for(key).post(
+            "/v2/topics/news/subscriptions", {"subscriptions": ["ann"]}, format="json"
+        ),
+    )
+
+    assert response.status_code == 201, response.content
+    anew = Topic.objects.get()
+    assert response.json()["data"][0]["topic"]["_id"] == str(anew.pk)
+    assert list(TopicSubscription.objects.values_list("topic", "subscriber")) == [(anew.pk, ann.pk)]
