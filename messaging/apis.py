@@ -409,8 +409,10 @@ class MarkAsApi(APIView):
         if len(wanted) != len(set(ids)) or messages.count() != len(wanted):
             raise ApiError(404, "message_not_found", "One or more messages were not found")
         services.messages_mark(messages=messages, seen=mark["seen"], read=mark["read"])
-        marked = FeedApi.OutputSerializer(messages, many=True).data  # as now stored
-        return Response({"data": marked}, status=201)
+        marked = list(messages)  # as now stored
+        if len(marked) != len(wanted):  # deleted meanwhile, with their subscriber
+            raise ApiError(404, "message_not_found", "One or more messages were not found")
+        return Response({"data": FeedApi.OutputSerializer(marked, many=True).data}, status=201)
 
 
 class MarkAllApi(APIView):
@@ -721,7 +723,10 @@ class InboxMarkOneApi(APIView):
         found = _feed(request, subscriber_id).filter(pk__in=_message_ids([notification_id])).first()
         if found is None:
             raise ApiError(404, "notification_not_found", "Notification not found")
-        marked = services.message_mark(message=found, **self.mark)
+        try:
+            marked = services.message_mark(message=found, **self.mark)
+        except Message.DoesNotExist:  # deleted meanwhile, with its subscriber: a 500
+            raise ApiError(404, "notification_not_found", "Notification not found") from None
         return Response({"data": inbox_dto(marked)})
 
 

@@ -349,7 +349,8 @@ def messages_mark(
 def message_mark(
     *, message: Message, seen: bool | None = None, read: bool | None = None
 ) -> Message:
-    """`messages_mark` for one message; returns it with its marks as stored."""
+    """`messages_mark` for one message; returns it with its marks as stored.
+    Message.DoesNotExist if it was deleted meanwhile, with its subscriber."""
     messages_mark(messages=Message.objects.filter(pk=message.pk), seen=seen, read=read)
     message.refresh_from_db(fields=["seen_at", "read_at"])  # keeps the loaded relations
     return message
