@@ -207,10 +207,11 @@ def subscriber_create(
     subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
     if insert_once(subscriber):
         return subscriber, True
-    existing = Subscriber.objects.get(client=client, subscriber_id=subscriber_id)  # concurrently
-    if not update:
-        return existing, False
-    return subscriber_update(subscriber=existing, values=values), False
+    # Created concurrently, and perhaps deleted since (it was read with get(), a 500):
+    # as if this create came after those.
+    return subscriber_create(
+        client=client, subscriber_id=subscriber_id, values=values, update=update
+    )
 
 
 def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subscriber:
@@ -317,16 +318,20 @@ def topic_upsert(
     in Novu."""
     if not topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
         raise ApiError(400, "invalid_topic_key", topic_key_message(key))
-    # get_or_create takes a concurrent create in its stride (savepoint, then a read).
-    topic, created = Topic.objects.get_or_create(
-        client=client, key=key, defaults={"name": name or ""}
-    )
-    if not created and name is not None and update:
+    topic = Topic.objects.filter(client=client, key=key).first()
+    if topic is None:
+        topic = Topic(client=client, key=key, name=name or "")
+        if insert_once(topic):
+            return topic, True
+        # Created concurrently, and perhaps deleted since (get_or_create's read then
+        # found none, and raised its IntegrityError, a 500): as if this came after those.
+        return topic_upsert(client=client, key=key, name=name, update=update)
+    if name is not None and update:
         try:
             topic_rename(topic=topic, name=name)
         except Topic.DoesNotExist:  # deleted meanwhile: created anew, as after the delete
             return topic_upsert(client=client, key=key, name=name)
-    return topic, created
+    return topic, False
 
 
 def topic_upsert_subscribe(

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import while_held
+from tests.conftest import Meanwhile, while_held
 from tests.factories import SubscriberFactory, api_for, client_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,3 +111,55 @@ def test_a_subscribe_while_its_topic_is_deleted_creates_the_topic_anew(
     anew = Topic.objects.get()
     assert response.json()["data"][0]["topic"]["_id"] == str(anew.pk)
     assert list(TopicSubscription.objects.values_list("topic", "subscriber")) == [(anew.pk, ann.pk)]
+
+
+# --- a create whose INSERT meets another's row, which a third request deletes --------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "table", "stored"),
+    [
+        (
+            "/v2/subscribers",
+            {"subscriberId": "ann", "email": "ann@example.com"},
+            Subscriber,
+            ("email", "ann@example.com"),
+        ),
+        ("/v2/topics", {"key": "ann", "name": "Ann"}, Topic, ("name", "Ann")),
+    ],
+    ids=["subscriber", "topic"],
+)
+def test_a_create_meeting_one_created_and_deleted_meanwhile_creates_it(
+    keyed: tuple[Any, str],
+    path: str,
+    body: dict[str, Any],
+    table: type[Any],
+    stored: tuple[str, str],
+) -> None:
+    """Its INSERT met the row another request had created just before, which a third
+    deleted before the create read it: Subscriber.DoesNotExist (a topic's
+    IntegrityError), a 500."""
+    client, key = keyed
+    natural = {
+        "client": client,
+        **({"subscriber_id": "ann"} if table is Subscriber else {"key": "ann"}),
+    }
+    inserts: list[str] = []
+
+    def around_the_insert(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if inserts or not sql.startswith(f'INSERT INTO "{table._meta.db_table}"'):
+            return execute(sql, params, many, context)
+        inserts.append(sql)  # the first only
+        Meanwhile(lambda: table.objects.create(**natural)).join()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            Meanwhile(lambda: table.objects.filter(**natural).delete()).join()
+
+    with connection.execute_wrapper(around_the_insert):
+        response = api_for(key).post(path, body, format="json")
+
+    assert response.status_code == 201, response.content
+    created = table.objects.get()
+    assert response.json()["data"]["_id"] == str(created.pk)
+    assert getattr(created, stored[0]) == stored[1]
