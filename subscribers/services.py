@@ -52,7 +52,9 @@ def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Sub
             subscriber = Subscriber(client_id=client_id, subscriber_id=subscriber_id, **values)
             if insert_once(subscriber):
                 return subscriber
-            subscriber = found.get()  # created concurrently by another recipient's command
+            # Created concurrently by another recipient's command, and perhaps deleted
+            # since (read with get(), the command failed): as if this came after those.
+            return subscriber_upsert(client=client_id, recipient=recipient)
         changed = {k: v for k, v in values.items() if getattr(subscriber, k) != v}
         if changed:
             for key, value in changed.items():

@@ -3,6 +3,7 @@ neither answers a 500, nothing is duplicated, and nothing one of them wrote is l
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,8 +12,9 @@ from django.db import connection
 
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Meanwhile, while_held
-from tests.factories import SubscriberFactory, api_for, client_with_key
+from tests.conftest import Enqueued, Meanwhile, while_held
+from tests.factories import SubscriberFactory, TriggerEventFactory, api_for, client_with_key
+from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,6 +118,29 @@ def test_a_subscribe_while_its_topic_is_deleted_creates_the_topic_anew(
 # --- a create whose INSERT meets another's row, which a third request deletes --------------
 
 
+@contextlib.contextmanager
+def _created_and_deleted_around_the_insert(
+    table: type[Any], natural: dict[str, Any]
+) -> Iterator[None]:
+    """The first INSERT into `table` meets the row (of `natural` key) another connection
+    has just created, and which another deletes right after it."""
+    inserts: list[str] = []
+
+    def around_the_insert(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if inserts or not sql.startswith(f'INSERT INTO "{table._meta.db_table}"'):
+            return execute(sql, params, many, context)
+        inserts.append(sql)  # the first only
+        Meanwhile(lambda: table.objects.create(**natural)).join()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            Meanwhile(lambda: table.objects.filter(**natural).delete()).join()
+
+    with connection.execute_wrapper(around_the_insert):
+        yield
+    assert inserts
+
+
 @pytest.mark.parametrize(
     ("path", "body", "table", "stored"),
     [
@@ -144,22 +169,33 @@ def test_a_create_meeting_one_created_and_deleted_meanwhile_creates_it(
         "client": client,
         **({"subscriber_id": "ann"} if table is Subscriber else {"key": "ann"}),
     }
-    inserts: list[str] = []
-
-    def around_the_insert(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if inserts or not sql.startswith(f'INSERT INTO "{table._meta.db_table}"'):
-            return execute(sql, params, many, context)
-        inserts.append(sql)  # the first only
-        Meanwhile(lambda: table.objects.create(**natural)).join()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            Meanwhile(lambda: table.objects.filter(**natural).delete()).join()
-
-    with connection.execute_wrapper(around_the_insert):
+    with _created_and_deleted_around_the_insert(table, natural):
         response = api_for(key).post(path, body, format="json")
 
     assert response.status_code == 201, response.content
     created = table.objects.get()
     assert response.json()["data"]["_id"] == str(created.pk)
     assert getattr(created, stored[0]) == stored[1]
+
+
+def test_a_triggers_command_meeting_its_subscriber_created_and_deleted_meanwhile_creates_it(
+    enqueued: Enqueued,
+) -> None:
+    """Two triggers name a new subscriber, which a third request deletes as soon as the
+    first's command created it: the second's INSERT met it, and its read then found it
+    gone, Subscriber.DoesNotExist: the command failed as a bug, its recipient left to the
+    reconciler's rerun a grace period later."""
+    event = TriggerEventFactory()
+    natural = {"client": event.client, "subscriber_id": "ann"}
+
+    with _created_and_deleted_around_the_insert(Subscriber, natural):
+        services.subscriber_process(
+            trigger_event_id=event.pk,
+            recipient={"subscriberId": "ann", "email": "ann@example.com"},
+        )
+
+    subscriber = Subscriber.objects.get()
+    assert (subscriber.subscriber_id, subscriber.email) == ("ann", "ann@example.com")
+    assert Notification.objects.get().subscriber == subscriber
+    event.refresh_from_db()
+    assert event.error == ""
