@@ -217,16 +217,19 @@ def subscriber_create(
 
 
 def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subscriber:
-    """Set the given model fields; a value of None clears a field. Subscriber.DoesNotExist
-    if it was deleted meanwhile."""
-    for key, value in values.items():
-        setattr(subscriber, key, ({} if key == "data" else "") if value is None else value)
-    if values:
-        with transaction.atomic():
-            # Locked as subscriber_delete locks it: a delete first is seen here, one after
-            # waits. Saved under a delete, the update hit no row: Django's DatabaseError, a 500.
-            _lock_or_gone(Subscriber.objects.filter(pk=subscriber.pk))
-            subscriber.save(update_fields=[*values, "updated_at"])
+    """Set the given model fields; a value of None clears a field. Returns `subscriber`
+    as now stored. Subscriber.DoesNotExist if it was deleted meanwhile."""
+    if not values:
+        return subscriber
+    with transaction.atomic():
+        # Locked as subscriber_delete locks it: a delete first is seen here, one after
+        # waits. Saved under a delete, the update hit no row: Django's DatabaseError, a 500.
+        # Read again under the lock: a write committed meanwhile (which this one waited
+        # for) was answered undone, its fields as they were before it.
+        subscriber.refresh_from_db(from_queryset=Subscriber.objects.select_for_update(no_key=True))
+        for key, value in values.items():
+            setattr(subscriber, key, ({} if key == "data" else "") if value is None else value)
+        subscriber.save(update_fields=[*values, "updated_at"])
     return subscriber
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from config.dates import iso_z
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued, Meanwhile, while_held
@@ -67,6 +68,36 @@ def test_two_creates_failing_if_it_exists_at_once_make_one_and_refuse_the_other(
     assert second.status_code == 409, second.content
     assert second.json()["_id"] == first.json()["data"]["_id"]
     assert stored() == ""
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("patch", "/v2/subscribers/ann"),
+        ("put", "/v1/subscribers/ann"),
+        ("post", "/v2/subscribers"),
+    ],
+)
+def test_an_update_after_another_at_once_answers_the_subscriber_with_both(
+    keyed: tuple[Any, str], method: str, path: str
+) -> None:
+    """The second read the subscriber before the first committed, then waited for it and
+    stored its own field: its answer showed the first's field as it was before, undone."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann", first_name="Old", last_name="Old")
+    body = {"lastName": "Two"} | ({"subscriberId": "ann"} if method == "post" else {})
+
+    _, response = while_held(
+        lambda: api_for(key).patch("/v2/subscribers/ann", {"firstName": "One"}, format="json"),
+        lambda: getattr(api_for(key), method)(path, body, format="json"),
+    )
+
+    assert response.status_code < 300, response.content
+    answer = response.json()["data"]
+    assert (answer["firstName"], answer["lastName"]) == ("One", "Two")
+    ann = Subscriber.objects.get()
+    assert (ann.first_name, ann.last_name) == ("One", "Two")
+    assert answer["updatedAt"] == iso_z(ann.updated_at)
 
 
 # --- a create-or-get of a topic while it is deleted -------------------------------------------
