@@ -1,5 +1,6 @@
-"""Inbox marks sent while their subscriber is deleted, on real connections (hence
-`transaction=True`): the 404 a mark a moment later would have, not a 500."""
+"""Inbox marks sent twice at once, or while their subscriber is deleted, on real
+connections (hence `transaction=True`): no 500, no mark lost, and the 404 a mark a
+moment after the delete would have."""
 
 from __future__ import annotations
 
@@ -43,3 +44,39 @@ def test_a_mark_while_the_subscriber_is_deleted_is_a_404(
 
     assert response.status_code == 404, response.content
     assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/subscribers/ann/messages/mark-all", {"markAs": "read"}),
+        ("/v1/subscribers/ann/messages/mark-as", {"messageId": ["{b}", "{a}"], "markAs": "read"}),
+        ("/v2/subscribers/ann/notifications/read", {}),
+    ],
+    ids=["v1 mark-all", "v1 mark-as", "v2 read"],
+)
+def test_a_mark_while_the_same_mark_is_made_waits_and_keeps_its_time(
+    tenant: tuple[Any, Any], url: str, body: dict[str, Any]
+) -> None:
+    """Each mark waits for the other's lock on the subscriber: no deadlock, and the
+    messages keep the time the first read them (the second changes none)."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    a, b = _in_app(ann, "a"), _in_app(ann, "b")
+    if "messageId" in body:
+        body = {**body, "messageId": [i.format(a=a.pk, b=b.pk) for i in body["messageId"]]}
+    read_at: dict[int, Any] = {}
+
+    def read_all() -> Any:
+        answer = api.post("/v2/subscribers/ann/notifications/read", {}, format="json")
+        read_at.update(Message.objects.values_list("pk", "read_at"))
+        return answer
+
+    first, second = while_held(read_all, lambda: api.post(url, body, format="json"))
+
+    assert first.status_code == 204, first.content
+    assert second.status_code in (201, 204), second.content
+    if url.endswith("mark-all"):
+        assert second.json()["data"] == 0
+    assert dict(Message.objects.values_list("pk", "read_at")) == read_at
+    assert all(read_at.values())

@@ -33,6 +33,111 @@ def _twice(key: str, method: str, first: tuple[str, Any], second: tuple[str, Any
     )
 
 
+def test_two_creates_of_one_new_subscriber_at_once_make_one(keyed: tuple[Any, str]) -> None:
+    """Novu's create is an upsert: the second waits for the first's row, and updates it."""
+    client, key = keyed
+
+    first, second = _twice(
+        key,
+        "post",
+        (
+            "/v2/subscribers",
+            {"subscriberId": "ann", "email": "one@example.com", "firstName": "One"},
+        ),
+        ("/v2/subscribers", {"subscriberId": "ann", "email": "two@example.com"}),
+    )
+
+    assert first.status_code == second.status_code == 201, (first.content, second.content)
+    ann = Subscriber.objects.get()
+    assert (ann.email, ann.first_name) == ("two@example.com", "One")
+    assert second.json()["data"]["_id"] == first.json()["data"]["_id"] == str(ann.pk)
+
+
+def test_two_updates_of_the_same_fields_at_once_one_wins_whole(keyed: tuple[Any, str]) -> None:
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    path = "/v2/subscribers/ann"
+
+    first, second = _twice(
+        key,
+        "patch",
+        (path, {"firstName": "One", "lastName": "One", "data": {"one": 1}}),
+        (path, {"firstName": "Two", "lastName": "Two", "data": {"two": 2}}),
+    )
+
+    assert first.status_code == second.status_code == 200, (first.content, second.content)
+    ann = Subscriber.objects.get()
+    assert (ann.first_name, ann.last_name, ann.data) == ("Two", "Two", {"two": 2})
+
+
+def test_two_creates_of_one_new_topic_at_once_make_one(keyed: tuple[Any, str]) -> None:
+    client, key = keyed
+
+    first, second = _twice(
+        key, "post", ("/v2/topics", {"key": "news"}), ("/v2/topics", {"key": "news", "name": "N"})
+    )
+
+    assert (first.status_code, second.status_code) == (201, 200), (first.content, second.content)
+    assert Topic.objects.get().name == "N"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_two_subscribes_of_the_same_subscribers_in_other_orders_make_each_subscription_once(
+    keyed: tuple[Any, str], version: str
+) -> None:
+    """Each locks the subscribers in id order: no deadlock, and no duplicate."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    topic = Topic.objects.create(client=client, key="news")
+    path, field = {
+        "v1": ("/v1/topics/news/subscribers", "subscribers"),
+        "v2": ("/v2/topics/news/subscriptions", "subscriptions"),
+    }[version]
+
+    first, second = _twice(
+        key, "post", (path, {field: ["ann", "bob"]}), (path, {field: ["bob", "ann"]})
+    )
+
+    assert first.status_code < 300 and second.status_code < 300, (first.content, second.content)
+    assert sorted(TopicSubscription.objects.values_list("topic", "subscriber")) == [
+        (topic.pk, ann.pk),
+        (topic.pk, bob.pk),
+    ]
+
+
+def test_two_subscribes_to_one_new_topic_at_once_make_one_topic(keyed: tuple[Any, str]) -> None:
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    path = "/v2/topics/news/subscriptions"
+
+    first, second = _twice(
+        key, "post", (path, {"subscriptions": ["ann"]}), (path, {"subscriptions": ["bob"]})
+    )
+
+    assert first.status_code == second.status_code == 201, (first.content, second.content)
+    topic = Topic.objects.get()
+    assert sorted(TopicSubscription.objects.values_list("topic", "subscriber")) == [
+        (topic.pk, ann.pk),
+        (topic.pk, bob.pk),
+    ]
+
+
+@pytest.mark.parametrize("path", ["/v2/subscribers/ann", "/v2/topics/news"])
+def test_two_deletes_at_once_both_succeed(keyed: tuple[Any, str], path: str) -> None:
+    """The second waits for the first's lock, then finds it gone: done, not a 500."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+    services.topic_subscribe(topic=topic, subscriber_ids=["ann"])
+
+    first, second = while_held(lambda: api_for(key).delete(path), lambda: api_for(key).delete(path))
+
+    assert first.status_code == second.status_code == 200, (first.content, second.content)
+    assert not TopicSubscription.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("path", "body", "stored"),
     [
