@@ -37,6 +37,16 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
         flavour = {}  # keep what an earlier health-check told
     try:
         found = bridge.discover(bridge_url, secrets=signing_secrets(client_id=client.pk))
+        if not isinstance(found.get("workflows"), list):
+            # Every version of Novu's framework answers its list, empty or not. Any other
+            # JSON (a maintenance page's, an endpoint that is not the bridge) read as no
+            # workflows emptied the registry: every trigger a 404 until the next sync,
+            # rather than served from the entries, as while the bridge is down.
+            raise bridge.BridgeError(
+                "BridgeInvalidResponse",
+                f"the bridge {masked_url(bridge_url)} answered discover with no `workflows` "
+                "list, as no version of Novu's framework does: is its URL the bridge endpoint?",
+            )
     except bridge.BridgeError as exc:
         BridgeSync.objects.update_or_create(
             client=client,
@@ -46,7 +56,7 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
         raise
     workflows = [
         w
-        for w in _list(found.get("workflows"))
+        for w in found["workflows"]
         if isinstance(w, dict)
         and isinstance(w.get("workflowId"), str)
         and 0 < len(w["workflowId"]) <= WORKFLOW_ID_LENGTH

@@ -377,7 +377,7 @@ def test_a_payload_is_judged_by_its_formats_as_a_novu_bridge_judges_it(
 @pytest.mark.parametrize(
     ("answer", "status", "code"),
     [
-        ({"workflows": None}, 404, "workflow_not_found"),
+        ({"workflows": None}, 502, "bridge_unavailable"),  # no discover answer at all
         ({"workflows": [{"workflowId": {"a": 1}}]}, 404, "workflow_not_found"),
         (_welcome(payload="x"), 201, None),
         (_welcome(payload={"schema": "x"}), 201, None),

@@ -1,0 +1,73 @@
+"""The registry of a client's bridge, synced from a real bridge on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from django.utils import timezone
+
+from notify.models import BridgeSync, BridgeWorkflow, TriggerEvent
+from tests.conftest import Enqueued, json_serving
+from tests.factories import api_for, client_with_key
+from workflows import bridge, registry
+
+pytestmark = pytest.mark.django_db
+
+WELCOME = {"workflowId": "welcome", "steps": [{"stepId": "inbox", "type": "in_app"}]}
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A bridge on 127.0.0.1 whose discover answers `answers["discover"]`: its URL."""
+    answers: dict[str, Any] = {"discover": {"workflows": [WELCOME]}}
+
+    def respond(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        action = dict(parse_qsl(urlsplit(path).query)).get("action")
+        if action == "discover":
+            return 200, answers["discover"], {}
+        return 200, {"status": "ok", "sdk": "norm-python"}, {}
+
+    with json_serving(respond) as url:
+        yield f"{url}/bridge", answers
+
+
+@pytest.mark.parametrize(
+    "answer", [{}, {"status": "maintenance"}, {"workflows": None}, {"workflows": "welcome"}]
+)
+def test_a_discover_answer_without_a_workflows_list_keeps_the_registry(
+    served: tuple[str, dict[str, Any]], enqueued: Enqueued, settings: Any, answer: dict[str, Any]
+) -> None:
+    """A 200 that is no discover answer (a maintenance page's JSON, a URL that is not the
+    bridge endpoint's) is a failed sync, as a bridge that is down: read as a bridge that
+    declares no workflows, it emptied the registry, and every trigger of a workflow the
+    bridge still defines was a 404 (and a Novu bridge's running notifications failed with
+    StepNotDiscovered) until a later sync."""
+    url, answers = served
+    client, key = client_with_key(bridge_url=url)
+    registry.bridge_sync(client=client, bridge_url=url)
+    answers["discover"] = answer
+    settings.NORM_REGISTRY_TTL = settings.NORM_DISCOVER_MIN_INTERVAL = 60
+    stale = timezone.now() - timedelta(seconds=61)
+    BridgeWorkflow.objects.filter(client=client).update(discovered_at=stale)
+    BridgeSync.objects.filter(client=client).update(synced_at=stale)
+
+    # The trigger syncs the stale entry, and is served from it, as while the bridge is down.
+    response = api_for(key).post(
+        "/v1/events/trigger",
+        data=json.dumps({"name": "welcome", "to": "ann"}),
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    assert TriggerEvent.objects.filter(client=client).count() == 1
+    assert BridgeWorkflow.objects.filter(client=client, workflow_id="welcome").exists()
+    assert "no `workflows` list" in BridgeSync.objects.get(client=client).error
+    with pytest.raises(bridge.BridgeError) as raised:
+        registry.bridge_sync(client=client, bridge_url=url)
+    assert raised.value.code == "BridgeInvalidResponse"
