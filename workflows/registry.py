@@ -29,8 +29,13 @@ WORKFLOW_ID_LENGTH = BridgeWorkflow._meta.get_field("workflow_id").max_length or
 
 
 def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
-    """Ask the bridge which flavour it speaks and which workflows it defines; store them."""
-    now = timezone.now()
+    """Ask the bridge which flavour it speaks and which workflows it defines; store them.
+
+    Stamped when the bridge has answered (or failed to), not when it was first asked:
+    NORM_DISCOVER_MIN_INTERVAL counts from there. A sync of a bridge that hangs takes a
+    timeout for its health-check and one for its discover (20 s by default, twice the
+    interval): stamped with its start, it was due again as it ended, and every trigger
+    waited out both timeouts while the bridge was asked again and again."""
     try:
         flavour = {"flavour": bridge.flavour_of(bridge.health_check(bridge_url))}
     except bridge.BridgeError:
@@ -51,9 +56,10 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
         BridgeSync.objects.update_or_create(
             client=client,
             bridge_url=bridge_url,
-            defaults={"synced_at": now, "error": str(exc), **flavour},
+            defaults={"synced_at": timezone.now(), "error": str(exc), **flavour},
         )
         raise
+    now = timezone.now()
     workflows = [
         w
         for w in found["workflows"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from notify.models import BridgeSync, BridgeWorkflow, TriggerEvent
 from tests.conftest import Enqueued, json_serving
-from tests.factories import api_for, client_with_key
+from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
 from workflows import bridge, registry
 
 pytestmark = pytest.mark.django_db
@@ -71,3 +72,37 @@ def test_a_discover_answer_without_a_workflows_list_keeps_the_registry(
     with pytest.raises(bridge.BridgeError) as raised:
         registry.bridge_sync(client=client, bridge_url=url)
     assert raised.value.code == "BridgeInvalidResponse"
+
+
+def _trigger(key: str) -> int:
+    body = json.dumps({"name": "welcome", "to": "ann"})
+    api = api_for(key)
+    return api.post("/v1/events/trigger", data=body, content_type="application/json").status_code
+
+
+def test_a_sync_slower_than_the_interval_is_not_due_again_as_it_ends(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """NORM_DISCOVER_MIN_INTERVAL counts from the end of a sync. Stamped with its start, a
+    sync of a bridge that hangs (a timeout for its health-check, one for its discover:
+    20 s by default, twice the interval) was due again as it ended: every trigger waited
+    out both timeouts, the bridge was asked again at once."""
+    settings.NORM_BRIDGE_TIMEOUT, settings.NORM_DISCOVER_MIN_INTERVAL = 0.3, 0.5
+    asked: list[str] = []
+
+    def hang(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        asked.append(dict(parse_qsl(urlsplit(path).query)).get("action", ""))
+        time.sleep(0.5)
+        return 200, {}, {}
+
+    with json_serving(hang) as url:
+        client, key = client_with_key(bridge_url=f"{url}/bridge")
+        stale = timezone.now() - timedelta(days=1)
+        BridgeWorkflowFactory(client=client, bridge_url=f"{url}/bridge", discovered_at=stale)
+
+        assert [_trigger(key), _trigger(key)] == [201, 201]  # from the stale entry
+
+    assert asked == ["health-check", "discover"]  # one sync, not one per trigger
+    assert TriggerEvent.objects.filter(client=client).count() == 2
