@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -155,6 +155,16 @@ def bridge_workflow_controls_set(
     return workflow
 
 
+def _sync_claimed(last: BridgeSync, *, now: datetime) -> bool:
+    """Whether this request refreshes a stale entry, and no other that read the same last
+    sync: the triggers that came while one synced each saw its old stamp and synced too,
+    so while a bridge hung every trigger of its client waited out two timeouts (20 s by
+    default), and held a web worker as long. The others go on with the stale entry."""
+    return bool(
+        BridgeSync.objects.filter(pk=last.pk, synced_at=last.synced_at).update(synced_at=now)
+    )
+
+
 def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> BridgeWorkflow:
     """The registry entry for a workflow, refreshed from the bridge when it is unknown
     or older than NORM_REGISTRY_TTL, at most once per NORM_DISCOVER_MIN_INTERVAL.
@@ -172,9 +182,11 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
         return found
     last = BridgeSync.objects.filter(client=client, bridge_url=bridge_url).first()
     error = last.error if last else ""
-    if last is None or last.synced_at < now - timedelta(
-        seconds=settings.NORM_DISCOVER_MIN_INTERVAL
-    ):
+    interval = timedelta(seconds=settings.NORM_DISCOVER_MIN_INTERVAL)
+    due = last is None or last.synced_at < now - interval
+    # A stale entry is refreshed by one request (the others serve it); a workflow not
+    # known yet is looked for by each.
+    if due and (found is None or last is None or _sync_claimed(last, now=now)):
         try:
             bridge_sync(client=client, bridge_url=bridge_url)
             error = ""

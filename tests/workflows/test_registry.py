@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,11 +11,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from notify.models import BridgeSync, BridgeWorkflow, TriggerEvent
 from tests.conftest import Enqueued, json_serving
-from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeSyncFactory,
+    BridgeWorkflowFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import bridge, registry
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +113,44 @@ def test_a_sync_slower_than_the_interval_is_not_due_again_as_it_ends(
 
     assert asked == ["health-check", "discover"]  # one sync, not one per trigger
     assert TriggerEvent.objects.filter(client=client).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_triggers_of_a_stale_entry_sync_it_once(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """At most one sync per NORM_DISCOVER_MIN_INTERVAL, also for triggers that come while
+    one is under way: each saw the last sync's old stamp and synced too, so while a bridge
+    hung every trigger of its client waited out two timeouts (20 s by default), and held a
+    web worker as long."""
+    settings.NORM_BRIDGE_TIMEOUT, settings.NORM_DISCOVER_MIN_INTERVAL = 0.3, 60
+    asked: list[str] = []
+
+    def hang(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        asked.append(dict(parse_qsl(urlsplit(path).query)).get("action", ""))
+        time.sleep(0.5)
+        return 200, {}, {}
+
+    with json_serving(hang) as url:
+        client, key = client_with_key(bridge_url=f"{url}/bridge")
+        stale = timezone.now() - timedelta(days=1)
+        BridgeWorkflowFactory(client=client, bridge_url=f"{url}/bridge", discovered_at=stale)
+        BridgeSyncFactory(client=client, bridge_url=f"{url}/bridge", synced_at=stale)
+        statuses: list[int] = []
+
+        def trigger() -> None:
+            try:
+                statuses.append(_trigger(key))
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=trigger) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+
+    assert statuses == [201, 201, 201]  # from the stale entry
+    assert asked == ["health-check", "discover"]
