@@ -37,9 +37,13 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
     interval): stamped with its start, it was due again as it ended, and every trigger
     waited out both timeouts while the bridge was asked again and again."""
     try:
-        flavour = {"flavour": bridge.flavour_of(bridge.health_check(bridge_url))}
+        health = bridge.health_check(bridge_url)
     except bridge.BridgeError:
-        flavour = {}  # keep what an earlier health-check told
+        health = {}
+    # Every SDK answers {"status": "ok", ...}. Any other answer (a maintenance page's
+    # JSON) keeps what an earlier health-check told, as a failed one does: read as Novu's
+    # SDK, it made a bridge of norm's a Novu one, and each echo ran its step twice.
+    flavour = {"flavour": bridge.flavour_of(health)} if health.get("status") == "ok" else {}
     try:
         found = bridge.discover(bridge_url, secrets=signing_secrets(client_id=client.pk))
         if not isinstance(found.get("workflows"), list):

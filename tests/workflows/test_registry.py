@@ -14,15 +14,18 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from notify.models import BridgeSync, BridgeWorkflow, TriggerEvent
+from notify.models import BridgeSync, BridgeWorkflow, Client, TriggerEvent
 from tests.conftest import Enqueued, json_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
+    NotificationFactory,
     api_for,
     client_with_key,
 )
-from workflows import bridge, registry
+from workflows import bridge, registry, services
+from workflows.models import Notification
+from workflows.sdk import Bridge, workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -154,3 +157,51 @@ def test_concurrent_triggers_of_a_stale_entry_sync_it_once(
 
     assert statuses == [201, 201, 201]  # from the stale entry
     assert asked == ["health-check", "discover"]
+
+
+resolved: list[str] = []
+
+
+@workflow("counted")
+def counted(ctx: Any) -> None:
+    ctx.step.in_app("inbox", lambda: resolved.append("inbox") or {"body": "Hi"})
+
+
+def test_a_health_check_answer_that_is_no_health_check_keeps_the_known_flavour(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Every SDK answers its health-check `{"status": "ok", ...}`. Any other JSON (a
+    maintenance page's) read as Novu's SDK made a bridge of norm's a Novu one until a
+    later sync: each echo then ran its step twice, the probe of Novu's flavour first."""
+    resolved.clear()
+    client, key = client_with_key()
+    sdk = Bridge(workflows=[counted], secret_key=key)
+    health: dict[str, Any] = {}
+
+    def respond(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        query = dict(parse_qsl(urlsplit(path).query))
+        if query.get("action") == "health-check" and health:
+            return 200, health, {}
+        return sdk.handle(method=method, query=query, body=body, headers=headers)
+
+    with json_serving(respond) as base:
+        url = f"{base}/bridge"
+        Client.objects.filter(pk=client.pk).update(bridge_url=url)
+        client.refresh_from_db()
+        registry.bridge_sync(client=client, bridge_url=url)
+        health["status"] = "maintenance"
+        registry.bridge_sync(client=client, bridge_url=url)
+        assert BridgeSync.objects.get(client=client).flavour == "norm"
+
+        notification = NotificationFactory(
+            trigger_event__client=client,
+            trigger_event__workflow_id="counted",
+            status=Notification.Status.RUNNING,
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            services.echo_run(notification_id=str(notification.pk))
+
+    assert notification.steps.get().step_id == "inbox"
+    assert resolved == ["inbox"]
