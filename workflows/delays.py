@@ -80,13 +80,15 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
     Novu's worker reads the cron on the subscriber's clock (cron-parser's `tz`), so a
     "0 9 * * *" reaches each subscriber at nine in the morning; without a zone, on the
     server's, which Novu runs in UTC. As cron-parser, this takes the 5 fields or 6 with
-    seconds first, or a nickname (`CRON_ALIASES`)."""
+    seconds first (a day's `?` as `*`), or a nickname (`CRON_ALIASES`)."""
     # Bounded: the reason is the notification's, which the admin and the API show.
     shown = bounded(repr(cron), 100)
     if not isinstance(cron, str):
         raise UnsupportedDelay(f"delay cron must be a cron expression string, got {shown}")
     try:
-        fires = CronSim(CRON_ALIASES.get(cron.strip(), cron), now.astimezone(_clock(zone)))
+        fires = CronSim(
+            _any_day(CRON_ALIASES.get(cron.strip(), cron)), now.astimezone(_clock(zone))
+        )
         fire = next(fires)
         # cronsim reads a cron of set times (not */n minutes) on the wall clock, where
         # an hour the clock repeats (DST's end) fires once, the first time: from the
@@ -104,6 +106,18 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
         ) from exc
     except StopIteration as exc:  # "* * */20 * 1L": the 1st or 21st as the last Monday
         raise UnsupportedDelay(f"delay cron {shown} never fires (not in 50 years)") from exc
+
+
+def _any_day(cron: str) -> str:
+    """`cron` with cron-parser's `?` (Quartz's "any", which Novu takes: "0 9 ? * MON-FRI")
+    in its day-of-month and day-of-week fields written as cronsim's `*`, which is what
+    cron-parser reads it as. Elsewhere a `?` is left for cronsim to refuse, as cron-parser
+    refuses it."""
+    fields = cron.split()
+    if len(fields) not in (5, 6):
+        return cron
+    days = (len(fields) - 3, len(fields) - 1)  # the 3rd and 5th of five, 4th and 6th of six
+    return " ".join(f.replace("?", "*") if n in days else f for n, f in enumerate(fields))
 
 
 def _clock(zone: str) -> tzinfo:

@@ -45,6 +45,24 @@ def test_a_timed_delay_is_due_at_the_crons_next_fire_in_utc(cron: str, due: date
     assert delay_until({"type": "timed", "cron": cron}, now=NOW) == due
 
 
+@pytest.mark.parametrize(
+    ("cron", "due"),
+    [
+        ("0 9 ? * MON-FRI", at(5, 9)),
+        ("0 0 1 * ?", at(1, 0, month=4)),
+        ("0 30 9 ? * *", at(5, 9, 30)),  # six fields
+        ("0 9 ? * 1", at(9, 9)),  # not "the 1st or a Monday": ? is any day, as *
+    ],
+)
+def test_a_question_mark_for_the_day_is_any_day_as_cron_parser_takes_it(
+    cron: str, due: datetime
+) -> None:
+    """cron-parser, which Novu's worker reads a timed delay's cron with, takes Quartz's `?`
+    in the day-of-month and day-of-week fields as `*`: refused here ("bad day-of-month"),
+    a workflow whose delay Novu runs failed for good with UnsupportedDelay."""
+    assert delay_until({"type": "timed", "cron": cron}, now=NOW) == due
+
+
 @pytest.mark.parametrize("cron", ["0 12 * * *", "0 12 * * WED", "* * * * * *"])
 @pytest.mark.parametrize("microsecond", [0, 400_000])
 def test_a_timed_delay_reached_as_its_cron_fires_waits_for_the_next_fire(
