@@ -97,14 +97,14 @@ def test_a_sync_slower_than_the_interval_is_not_due_again_as_it_ends(
     sync of a bridge that hangs (a timeout for its health-check, one for its discover:
     20 s by default, twice the interval) was due again as it ended: every trigger waited
     out both timeouts, the bridge was asked again at once."""
-    settings.NORM_BRIDGE_TIMEOUT, settings.NORM_DISCOVER_MIN_INTERVAL = 0.3, 0.5
+    settings.NORM_BRIDGE_TIMEOUT, settings.NORM_DISCOVER_MIN_INTERVAL = 1.0, 1.5  # a sync: 2 s
     asked: list[str] = []
 
     def hang(
         method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, Any, dict[str, str]]:
         asked.append(dict(parse_qsl(urlsplit(path).query)).get("action", ""))
-        time.sleep(0.5)
+        time.sleep(1.2)
         return 200, {}, {}
 
     with json_serving(hang) as url:
