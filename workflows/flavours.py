@@ -13,7 +13,7 @@ from config.redact import masked_url
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from notify.selectors import bridge_workflow_get
 from workflows import bridge
-from workflows.models import Notification
+from workflows.models import Notification, Step
 from workflows.registry import bridge_flavour, bridge_sync
 from workflows.sdk.errors import ExecutionStateOrderError
 
@@ -58,6 +58,8 @@ def next_step_norm(
             notification.resource, secrets=secrets, workflow_id=notification.workflow_id, body=sent
         )
     except bridge.BridgeError as exc:
+        if _skipped_last(notification, body["state"], exc):
+            return _done()
         step_id = _missing_step(exc)  # norm's SDK names no missing step in its own mode
         if step_id is None:
             raise
@@ -95,6 +97,8 @@ def next_step_novu(
     except bridge.BridgeError as exc:
         if exc.code == ExecutionStateOrderError.__name__:
             return next_step_norm(notification=notification, body=body, secrets=secrets)
+        if _skipped_last(notification, body["state"], exc):
+            return _done()
         step_id = _missing_step(exc)
         if step_id is None:
             raise
@@ -117,6 +121,25 @@ def _check_execute_answer(notification: Notification, answer: dict[str, Any]) ->
             "`outputs` object, as no version of Novu's framework does: is its URL the "
             "bridge endpoint?",
         )
+
+
+def _skipped_last(
+    notification: Notification, state: list[dict[str, Any]], exc: bridge.BridgeError
+) -> bool:
+    """Whether Novu's SDK refused, replaying it, the result of the step norm recorded
+    last, skipped, and the last its discover declares: a custom step whose output schema
+    requires a key, for which a skip leaves `{}`. Novu's worker replays a step only to
+    run one after it, so it completes such a workflow; the probe that asks whether
+    anything comes after refused it, and failed every such notification, its messages
+    all sent. Skipped before another step, it fails as with Novu's worker."""
+    if exc.code != "ExecutionStateResultInvalidError" or not state:
+        return False
+    last = state[-1]  # the state in run order
+    if last["state"]["status"] != Step.Status.SKIPPED or f"`{last['stepId']}`" not in exc.message:
+        return False
+    registered = _registry(notification)
+    steps = registered.steps if registered else []
+    return bool(steps) and isinstance(steps[-1], dict) and steps[-1].get("stepId") == last["stepId"]
 
 
 def _missing_step(exc: bridge.BridgeError) -> str | None:

@@ -258,6 +258,61 @@ def test_a_skipped_step_is_recorded_and_the_echo_runs_again(
     assert enqueued.of(pipeline.ECHO) == [(str(novu.pk),)]
 
 
+def result_invalid(step_id: str) -> bridge.BridgeError:
+    """Novu's refusal of a state entry's result, as its SDK words it: here the `{}` norm
+    records for a skipped custom step whose output schema requires a key."""
+    return bridge.BridgeError(
+        "ExecutionStateResultInvalidError",
+        f"Workflow with id: `welcome-flow` has an invalid state. Step with id: `{step_id}` "
+        "has invalid result. Please provide the correct step result. "
+        "(/: must have required property 'points')",
+        data=[{"path": "", "message": "must have required property 'points'"}],
+        status=400,
+    )
+
+
+@pytest.mark.parametrize("flavour", ["novu", "norm"])
+@pytest.mark.parametrize(("last", "status"), [(True, "completed"), (False, "failed")])
+def test_a_custom_step_skipped_as_the_last_completes_as_with_novus_worker(
+    novu: Notification,
+    execute: FakeExecute,
+    run: Callable[..., None],
+    flavour: str,
+    last: bool,
+    status: str,
+) -> None:
+    """A custom step whose output schema requires a key, skipped: its result is `{}`,
+    which Novu's SDK refuses whenever it replays the step. Novu's worker replays it only
+    to run a step after it, and completes a workflow whose last step it is; norm asked
+    once more whether anything came after, and failed every such notification, its
+    messages all sent, as ExecutionStateResultInvalidError. Skipped before other steps,
+    it fails, as with Novu's worker (the next step's execute refuses it)."""
+    custom = {"stepId": "score", "type": "custom"}
+    BridgeWorkflow.objects.filter(client_id=novu.client_id).update(
+        steps=[*STEPS, custom] if last else [custom, *STEPS]
+    )
+    BridgeSync.objects.filter(client_id=novu.client_id).update(flavour=flavour)
+    StepFactory(
+        notification=novu,
+        step_id="score",
+        type="custom",
+        position=0,
+        status=Step.Status.SKIPPED,
+        result={},
+    )
+    execute.answers = [result_invalid("score")]
+
+    run(novu, final_attempt=False)
+
+    novu.refresh_from_db()
+    assert novu.status == status
+    if last:
+        assert (novu.error_code, novu.error) == ("", "")
+    else:
+        assert novu.error_code == "ExecutionStateResultInvalidError"
+    assert len(execute.calls) == 1 and novu.steps.count() == 1
+
+
 def test_a_step_the_registry_does_not_know_is_discovered_once_more(
     novu: Notification,
     execute: FakeExecute,
