@@ -569,7 +569,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         _refuse_answer(
             notification,
             code="BridgeInvalidResponse",
-            message=f"norm could not record the bridge's answer: {error_text(exc)}"[:2000],
+            message=f"norm could not record the bridge's answer: {error_text(exc)}",
         )
 
 
@@ -703,11 +703,13 @@ def _skipped_result(step_type: str) -> dict[str, Any]:
 
 def _refuse_answer(notification: Notification, *, code: str, message: str) -> None:
     """Fail the notification for the bridge's answer (or refusal) to the state this run
-    read: only while the row has not moved since (see `_echo`)."""
+    read: only while the row has not moved since (see `_echo`). The reason is bounded as a
+    bridge's own error message is: it may quote what the answer held (a stepId, a type, a
+    delay's unit), any length the bridge wrote."""
     notification_fail(
         notification_id=notification.pk,
         code=code,
-        message=message,
+        message=bounded(message, bridge.MAX_MESSAGE),
         read_at=notification.updated_at,
     )
 

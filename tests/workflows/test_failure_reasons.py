@@ -154,6 +154,31 @@ def test_a_bridge_error_with_a_long_message_is_kept_to_a_readable_length(
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
 
 
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        ({"stepId": "s" * 100_000, "type": "digest"}, "UnsupportedStepType"),
+        ({"stepId": None, "type": "t" * 100_000}, "BridgeInvalidResponse"),
+        (
+            {"stepId": "wait", "type": "delay", "outputs": {"amount": 1, "unit": "u" * 100_000}},
+            "UnsupportedDelay",
+        ),
+    ],
+)
+def test_an_answer_refused_for_a_long_value_is_kept_to_a_readable_length(
+    enqueued: Enqueued, answer: dict[str, Any], code: str
+) -> None:
+    """A refused answer's reason quotes what the bridge answered (its stepId, its type, a
+    delay's unit): each went whole into it, up to NORM_BRIDGE_MAX_RESPONSE_BYTES, where a
+    bridge's own error message is kept to 1,000 characters."""
+    with answering(200, {"done": False, "outputs": {}, "options": {"skip": False}} | answer) as url:
+        notification, key = _echoed(url, enqueued)
+
+    assert (notification.status, notification.error_code) == ("failed", code)
+    assert len(notification.error) == 1000 and notification.error.endswith("…")
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
 def test_a_bridge_that_cannot_be_reached_fails_saying_why_and_where(
     enqueued: Enqueued, settings: Any
 ) -> None:
