@@ -75,6 +75,25 @@ class ActorField(serializers.JSONField):
     is (checked by subscribers.recipients when the trigger is created)."""
 
 
+@extend_schema_field(
+    {
+        "anyOf": [{"type": "string", "maxLength": 0}, {"type": "object", "maxProperties": 0}],
+        "nullable": True,
+        "description": 'norm keeps no tenants: absent, null, "" or {} (another is a 400)',
+    }
+)
+class NoTenantField(serializers.JSONField):
+    """Novu's `tenant`, which picks the tenant's integrations and data there: refused,
+    as norm has none, rather than dropped and the trigger run as if it named none.
+    "" is none, as in Novu (`if (command.tenant)`), and novu-py sends the "" it is given;
+    so is {}, which names nothing to drop (@novu/api's generated examples send it)."""
+
+    def to_internal_value(self, data: Any) -> None:
+        if data not in ("", {}):
+            raise serializers.ValidationError("tenant is not supported: norm keeps no tenants")
+        return None
+
+
 @extend_schema_field({"type": "string", "format": "uri"})
 class BridgeURLInput(serializers.CharField):
     """A bridge URL, whose host may be a bare name (`http://bridge:4000/api/novu`)."""
@@ -114,6 +133,7 @@ class TriggerInput(serializers.Serializer):
     bridgeUrl = BridgeURLInput(required=False, allow_null=True)
     actor = ActorField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, allow_null=True)
+    tenant = NoTenantField(required=False, allow_null=True)
 
 
 class TriggerResponse(serializers.Serializer):
@@ -132,6 +152,7 @@ class BroadcastInput(serializers.Serializer):
     transactionId = _transaction_id_input()
     actor = ActorField(required=False, allow_null=True)
     overrides = JSONObjectField(required=False, allow_null=True)
+    tenant = NoTenantField(required=False, allow_null=True)
 
 
 MAX_BULK_EVENTS = 100

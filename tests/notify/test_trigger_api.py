@@ -13,6 +13,7 @@ import kombu.exceptions
 import pytest
 from django.http import HttpResponse
 from django.utils import timezone
+from novu_py import models
 from rest_framework.test import APIClient
 
 from config import pipeline
@@ -28,6 +29,7 @@ from tests.factories import (
     ClientFactory,
     api_for,
     client_with_key,
+    novu_py_for,
 )
 from tests.sdk.helpers import FORMATS
 from workflows import bridge
@@ -724,6 +726,33 @@ def test_optional_fields_sent_as_null_are_absent(
     assert (event.payload, event.overrides, event.actor) == ({}, {}, None)
     assert event.resource == BRIDGE_URL
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
+@pytest.mark.parametrize("tenant", ["acme", {"identifier": "acme", "name": "Acme"}])
+def test_a_tenant_is_refused_not_dropped(
+    keyed: tuple[Client, str], discover: FakeDiscover, tenant: Any
+) -> None:
+    """norm keeps no tenants: novu-py's `tenant` (which in Novu picks the tenant's
+    integrations and data) was answered 201 and the trigger run as if it named none."""
+    novu = novu_py_for(keyed[1])
+    trigger = {"workflow_id": "welcome", "to": "ann", "tenant": tenant}
+    with pytest.raises(models.PayloadValidationExceptionDto) as refused:
+        novu.trigger(trigger_event_request_dto=trigger)
+    assert refused.value.data.status_code == 400
+    assert [e.field for e in refused.value.data.errors] == ["tenant"]
+    broadcast = {"name": "welcome", "payload": {}, "tenant": tenant}
+    with pytest.raises(models.PayloadValidationExceptionDto) as refused:
+        novu.trigger_broadcast(trigger_event_to_all_request_dto=broadcast)
+    assert [e.field for e in refused.value.data.errors] == ["tenant"]
+    bulk = {"events": [trigger, {"workflow_id": "welcome", "to": "bob"}]}
+    acks = novu.trigger_bulk(bulk_trigger_event_dto=bulk).result
+    assert [a.status for a in acks] == ["error", "processed"]
+    assert acks[0].error and "tenant" in acks[0].error[0]
+    assert list(TriggerEvent.objects.values_list("to", flat=True)) == ["bob"]
+    # None, as null is: novu-py sends the "" it is given, @novu/api's examples {}.
+    for nothing in ("", {}):
+        none = {"workflow_id": "welcome", "to": "cid", "tenant": nothing}
+        assert novu.trigger(trigger_event_request_dto=none).result.status == "processed"
 
 
 @pytest.mark.parametrize(
