@@ -116,6 +116,12 @@ def _trigger_response(event: TriggerEvent) -> Response:
     )
 
 
+def _stored_transaction_id(given: str) -> str:
+    """A transactionId as its trigger was stored: the input's CharField trimmed it. The
+    id as the caller gave it, spaces and all, finds its trigger to read or cancel."""
+    return given.strip()
+
+
 def _transaction_id_input() -> serializers.CharField:
     # "" is absent too: Novu generates an id for any falsy one (`transactionId ||
     # uuidv4()`), and novu-py sends the "" a caller gave it.
@@ -196,8 +202,7 @@ def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) ->
         # whose first event stands (as a repeat that passes the checks is answered).
         # Looked up only here: the common case stays one INSERT.
         given = body.get("transactionId") if isinstance(body, dict) else None
-        # Trimmed, as the input's CharField trimmed the id it stored.
-        transaction_id = given.strip() if isinstance(given, str) else ""
+        transaction_id = _stored_transaction_id(given) if isinstance(given, str) else ""
         stored = (
             selectors.trigger_event_find(client_id=client.pk, transaction_id=transaction_id)
             if transaction_id
@@ -351,7 +356,7 @@ class TriggerEventApi(APIView):
         # Novu has no such read: a trigger whose fan-out failed or reached nobody (an
         # inactive client, a topic deleted since) shows no notification to list.
         event = selectors.trigger_event_get(
-            client_id=request.user.pk, transaction_id=transaction_id
+            client_id=request.user.pk, transaction_id=_stored_transaction_id(transaction_id)
         )
         if event is None:
             raise ApiError(404, "trigger_not_found", "No trigger with this transactionId")
@@ -364,7 +369,9 @@ class TriggerEventApi(APIView):
         responses={200: CancelResponse, **error_responses()},
     )
     def delete(self, request: Request, transaction_id: str) -> Response:
-        canceled = services.trigger_event_cancel(client=request.user, transaction_id=transaction_id)
+        canceled = services.trigger_event_cancel(
+            client=request.user, transaction_id=_stored_transaction_id(transaction_id)
+        )
         return Response({"data": canceled.stopped})
 
 

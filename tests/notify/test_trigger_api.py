@@ -617,6 +617,22 @@ def test_a_repeat_the_checks_now_refuse_finds_a_transaction_id_given_with_spaces
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+def test_a_transaction_id_given_with_spaces_cancels_and_reads_its_trigger(
+    keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """The trigger stored the id trimmed, and the cancel looked the id up as given:
+    novu-py's cancel with the id the trigger was sent answered false, canceling nothing."""
+    novu = novu_py_for(keyed[1])
+    trigger = {"workflow_id": "welcome", "to": "ann", "transaction_id": " tx-1 "}
+    assert novu.trigger(trigger_event_request_dto=trigger).result.transaction_id == "tx-1"
+
+    read = api_for(keyed[1]).get(f"{TRIGGER}/%20tx-1%20")
+    assert read.status_code == 200, read.content
+    assert read.json()["data"]["transactionId"] == "tx-1"
+    assert novu.cancel(transaction_id=" tx-1 ").result is True
+    assert TriggerEvent.objects.get().canceled_at is not None
+
+
 def test_a_transaction_id_longer_than_norm_keeps_is_400_naming_the_field(
     post: Post, discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
