@@ -206,18 +206,25 @@ def _address(value: str | None) -> str:
     return (value or "").strip()
 
 
+def _addresses(email: EmailMultiAlternatives) -> list[str | tuple[str, str]]:
+    """The email's addresses as Django checks them as it sends: the From and each To
+    whole (one address each), the Reply-To's one by one, as (name, address), for the
+    step's replyTo may list several ("support@x.example, Sales <sales@x.example>")."""
+    return [email.from_email, *email.recipients(), *getaddresses(email.reply_to)]
+
+
 def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
     """The email's addresses whose local part is beyond ASCII (josé@example.com): only
     SMTPUTF8 (RFC 6531) carries one. Django writes it as an RFC 2047 encoded word
     (=?utf-8?b?am9zw6k=?=@example.com), which no server decodes: another mailbox."""
-    addresses = (email.from_email, *email.recipients(), *email.reply_to)
-    return [a for a in addresses if not parseaddr(a)[1].rpartition("@")[0].isascii()]
+    found = (a if isinstance(a, tuple) else parseaddr(a) for a in _addresses(email))
+    return [address for _, address in found if not address.rpartition("@")[0].isascii()]
 
 
 def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: str) -> None:
     """Send `email` with SMTPUTF8, its addresses as written in the envelope and the
     headers (RFC 6532); a final SendError from a server that does not offer it."""
-    for address in (email.from_email, *email.recipients(), *email.reply_to):
+    for address in _addresses(email):
         sanitize_address(address, "utf-8")  # Django's checks: a ValueError, as for the others
     message = email.message()
     # Django's message has them as encoded words; replace_header, unlike message[...] =,

@@ -1903,6 +1903,40 @@ def test_a_reply_to_of_several_addresses_is_sent_with_each(
     ]
 
 
+@pytest.mark.parametrize(
+    ("recipient", "reply_to"),
+    [
+        ("ann@example.com", "support@shop.example, rené@shop.example"),
+        ("ann@example.com", "rené@shop.example, support@shop.example"),
+        ("josé@example.com", 'support@shop.example, "Acme, Inc." <rené@shop.example>'),
+    ],
+)
+def test_each_address_of_a_reply_to_list_is_sent_as_written_with_smtputf8(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, recipient: str, reply_to: str
+) -> None:
+    """A list was taken for one address: one beyond ASCII after the first went out as an
+    encoded word (=?utf-8?b?cmVuw6k=?=@shop.example), a mailbox the replies bounced
+    from, and a list with one first, or to a recipient beyond ASCII, failed for good
+    ("Invalid address")."""
+    inbox = Inbox()
+    outputs = {"subject": "Hi", "body": "x", "replyTo": reply_to}
+    step = email_step(notification__subscriber__email=recipient, outputs=outputs)
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=True):
+        step = send(step)
+
+    assert (step.status, step.error) == (Step.Status.COMPLETED, "")
+    [envelope] = inbox.envelopes
+    assert "SMTPUTF8" in envelope.mail_options
+    head = envelope.original_content.split(b"\r\n\r\n")[0].decode()
+    [header] = [line for line in head.split("\r\n") if line.startswith("Reply-To:")]
+    assert "=?" not in header  # as written, no encoded word
+    sent = message_from_string(envelope.original_content.decode(), policy=policy.SMTPUTF8)
+    assert sorted(a.addr_spec for a in sent["Reply-To"].addresses) == [
+        "rené@shop.example",
+        "support@shop.example",
+    ]
+
+
 def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
     send: Callable[[Step], Step], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
