@@ -221,6 +221,9 @@ def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
     return [address for _, address in found if not address.rpartition("@")[0].isascii()]
 
 
+_SMTPUTF8 = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
+
+
 def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: str) -> None:
     """Send `email` with SMTPUTF8, its addresses as written in the envelope and the
     headers (RFC 6532); a final SendError from a server that does not offer it."""
@@ -228,11 +231,18 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
         sanitize_address(address, "utf-8")  # Django's checks: a ValueError, as for the others
     message = email.message()
     # Django's message has them as encoded words; replace_header, unlike message[...] =,
-    # keeps them as written.
-    for header, addresses in (("From", [email.from_email]), ("To", email.to)):
-        message.replace_header(header, ", ".join(addresses))
-    if email.reply_to:
-        message.replace_header("Reply-To", ", ".join(email.reply_to))
+    # keeps them as written, parsed to be folded as addresses. The other headers Django
+    # has folded already: folded again (refold_source), a word too long for a line (a
+    # link in the subject) was cut into encoded words glued to its text, which no mail
+    # client may decode (RFC 2047, 5), or a space was taken into it.
+    for header, addresses in (
+        ("From", [email.from_email]),
+        ("To", email.to),
+        ("Reply-To", email.reply_to),
+    ):
+        if addresses:
+            value = _SMTPUTF8.header_factory(header, ", ".join(addresses))
+            message.replace_header(header, value)
     smtp = backend.connection
     smtp.ehlo_or_helo_if_needed()
     if not smtp.has_extn("smtputf8"):
@@ -240,7 +250,7 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
             f"the SMTP server does not offer SMTPUTF8, which {needing} needs", transient=False
         )
     data = BytesIO()
-    generator = BytesGenerator(data, policy=policy.SMTPUTF8.clone(linesep="\r\n"))
+    generator = BytesGenerator(data, policy=_SMTPUTF8)
     generator.flatten(message)
     sender = parseaddr(email.from_email)[1]
     smtp.sendmail(sender, email.recipients(), data.getvalue(), mail_options=["SMTPUTF8"])

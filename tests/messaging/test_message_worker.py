@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -1066,6 +1067,35 @@ def test_an_address_beyond_ascii_fails_at_once_on_a_server_without_smtputf8(
     assert step.status == Step.Status.FAILED and step.attempts == 1
     assert "SMTPUTF8" in step.error and "josé@example.com" in step.error
     assert Message.objects.get().status == Message.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Réinitialisez votre mot de passe : https://example.com/reset?token=" + "0a1b2c3d4e" * 5,
+        "Grüße aus München: https://shop.example/orders/" + "a1b2c3d4e5" * 8,
+    ],
+)
+def test_a_long_subject_to_an_address_beyond_ascii_is_sent_as_written(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, subject: str
+) -> None:
+    """Sent with SMTPUTF8, Django's encoded subject was folded again by Python's email
+    package, which cut a word too long for a line (a link) into encoded words glued to
+    its text ("https://example.com/=?utf-8?q?re?="), words RFC 2047 does not let a mail
+    client decode, or took a space into it: the subscriber read another subject."""
+    inbox = Inbox()
+    outputs = {"subject": subject, "body": "x"}
+    step = email_step(notification__subscriber__email="josé@example.com", outputs=outputs)
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=True):
+        assert send(step).status == Step.Status.COMPLETED
+
+    [envelope] = inbox.envelopes
+    sent = message_from_string(envelope.original_content.decode(), policy=policy.SMTPUTF8)
+    assert sent["Subject"] == subject
+    head = envelope.original_content.decode().split("\r\n\r\n")[0]
+    [header] = re.findall(r"^Subject:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", head, re.MULTILINE)
+    # An encoded word stands apart from the text around it (RFC 2047, 5).
+    assert not re.search(r"\S=\?|\?=\S", header.replace("\r\n", "")), header
 
 
 def test_the_reply_to_of_the_output_is_the_emails_reply_to(
