@@ -46,6 +46,14 @@ _LINE = re.compile(r"<(?:br|hr|div|li|tr)\b[^<>]*>", re.IGNORECASE)
 _PARAGRAPH = re.compile(r"</?(?:p|h[1-6]|ul|ol|table|blockquote|pre)\b[^<>]*>", re.IGNORECASE)
 _CELL = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 _HTML_SPACE = re.compile(r"[ \t\r\n\f]+")  # not &nbsp;, which HTML keeps
+# A link's opening tag, its address (quoted or not) and its closing tag: the address
+# looked for within the tag, as a pattern spanning it tried again from each "href".
+_LINK = re.compile(r"<a\s[^<>]*>", re.IGNORECASE)
+_HREF = re.compile(r"""(?<![\w-])href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.IGNORECASE)
+_LINK_END = re.compile(r"</a\s*>", re.IGNORECASE)
+_TAG = re.compile(r"<[^<>]*>")
+# The addresses a reader of the text can follow (not "#top", nor a relative one).
+_LINK_SCHEME = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 # No address holds one, and Python's email package writes some of them (a vertical tab,
 # a file separator) in a header as a line break. A trigger's inline subscriber stored
@@ -91,7 +99,7 @@ def text_of(body: str) -> str:
     template's indentation, and ran paragraphs together ("Hi Ann,</p><p>Your order"
     read "Hi Ann,Your order")."""
     try:
-        text = strip_tags(_as_laid_out(_without_hidden(body)))
+        text = strip_tags(_as_laid_out(_with_link_addresses(_without_hidden(body))))
     except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
         return html.unescape(body)
     lines = (line.strip(" ") for line in html.unescape(text).split("\n"))
@@ -117,6 +125,31 @@ def _without_hidden(body: str) -> str:
             break  # unclosed: the rest is kept as it is
         kept.append(body[at : opening.start()])
         at = closing.end()
+    kept.append(body[at:])
+    return "".join(kept)
+
+
+def _with_link_addresses(body: str) -> str:
+    """`body` with each link's address after its text ("Confirm (https://...)"): the
+    text alternative kept the text alone, and an email whose call to action is a link
+    ("Confirm your address") left a text-only reader nothing to do. Not when the text
+    is the address already. In one pass, as _without_hidden."""
+    kept, at = [], 0
+    while link := _LINK.search(body, at):
+        closing = _LINK_END.search(body, link.end())
+        if closing is None:
+            break  # unclosed: the rest is kept as it is
+        kept.append(body[at : closing.end()])
+        at = closing.end()
+        href = _HREF.search(link[0])
+        if href is None:
+            continue
+        address = html.unescape(next(g for g in href.groups() if g is not None)).strip()
+        text = _HTML_SPACE.sub(" ", html.unescape(_TAG.sub("", body[link.end() : closing.start()])))
+        scheme = _LINK_SCHEME.match(address)
+        if scheme and text.strip() not in (address, address[scheme.end() :]):
+            # A link of no text (an image's) is its address alone.
+            kept.append(f" ({html.escape(address)})" if text.strip() else html.escape(address))
     kept.append(body[at:])
     return "".join(kept)
 

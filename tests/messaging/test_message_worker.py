@@ -1431,6 +1431,35 @@ def test_the_text_alternative_breaks_lines_where_the_html_does(
     assert received.get_body(("plain",)).get_content().strip().splitlines() == text.splitlines()
 
 
+def test_the_text_alternative_gives_each_links_address_after_its_text(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A link's text was kept without where it goes: "Confirm your address: Confirm",
+    an email a text-only reader could do nothing with. A link whose text is its address
+    (with or without the scheme) is not given twice, nor a link within the page; one of
+    no text (an image) is its address alone."""
+    body = (
+        '<a href="https://shop.example/"><img src="logo.png" alt="Shop"></a>'
+        '<p>Confirm your address: <a class="btn" href="https://shop.example/c?t=1&amp;u=2">'
+        "<b>Confirm</b></a></p>"
+        "<p><a href='https://shop.example/'>shop.example/</a> or "
+        '<a href="mailto:help@shop.example">help@shop.example</a> or '
+        '<a href="mailto:help@shop.example">write to us</a> <a href="#top">top</a></p>'
+    )
+    assert send(email_step(outputs={"subject": "Hi", "body": body})).status == Step.Status.COMPLETED
+
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    assert received.get_body(("plain",)).get_content().strip().splitlines() == [
+        "https://shop.example/",
+        "",
+        "Confirm your address: Confirm (https://shop.example/c?t=1&u=2)",
+        "",
+        "shop.example/ or help@shop.example or write to us (mailto:help@shop.example) top",
+    ]
+    assert received.get_body(("html",)).get_content() == body
+
+
 def test_a_body_with_many_unclosed_angle_brackets_is_sent(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
