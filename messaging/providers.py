@@ -384,8 +384,11 @@ class DjangoEmailProvider(Provider):
         refused = sender_refused(address, client.email_from_domains) if address else ""
         if refused:
             raise SendError(refused, transient=False)
-        if address:
-            name = one_line(sender.get("name") or "")
+        name = one_line(sender.get("name") or "")
+        if address or name:
+            # A name alone goes with the address it would have gone from: the client's
+            # address is not the bridge's to know.
+            address = address or parseaddr(from_email)[1]
             # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
             # encodes a non-ASCII name, and the address's domain as IDNA.)
             from_email = f'"{quote(name)}" <{address}>' if name else address

@@ -1135,6 +1135,24 @@ def test_an_email_without_a_from_goes_from_its_clients_email_from_else_the_defau
     assert from_other == ("norm@operator.example", " <norm@operator.example>")
 
 
+def test_a_from_name_without_an_address_goes_with_the_clients_address_else_the_defaults(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, settings: Any
+) -> None:
+    """The output's from is {email?, name?}: a step naming its sender alone (the client's
+    address is not the bridge's to know) had its name dropped, the email going out under
+    the client's name, or none."""
+    settings.DEFAULT_FROM_EMAIL = "Operator <norm@operator.example>"
+    acme = ClientFactory(email_from='"Acme, Inc." <hello@acme.example>')
+    outputs = {"subject": "Hi", "body": "x", "from": {"name": "Acme Billing"}}
+    for client in (acme, ClientFactory()):  # the second without an email_from
+        step = email_step(notification__trigger_event__client=client, outputs=outputs)
+        assert send(step).status == Step.Status.COMPLETED
+
+    from_acme, from_other = (_sender_of(e) for e in smtp_server.envelopes)
+    assert from_acme == ("hello@acme.example", "Acme Billing <hello@acme.example>")
+    assert from_other == ("norm@operator.example", "Acme Billing <norm@operator.example>")
+
+
 def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_list(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
