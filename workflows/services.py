@@ -913,6 +913,7 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
     A backoff longer than NORM_BROKER_MAX_COUNTDOWN waits in the database, as a long
     delay does: Redis would deliver it again after its visibility timeout."""
     now = timezone.now()
+    due_at = now + timedelta(seconds=backoff)
     on_broker = backoff <= settings.NORM_BROKER_MAX_COUNTDOWN
     with transaction.atomic():
         # First: a step whose notification ended while it was sending is canceled here,
@@ -923,11 +924,16 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
             .filter(_of_running_notification())
             .update(
                 status=Step.Status.SCHEDULED,
-                due_at=now + timedelta(seconds=backoff),
+                due_at=due_at,
                 enqueued_at=now if on_broker else None,
                 error=message,
             )
         )
+        if released:
+            # Quiet until the step is due, as one waiting for a delay (see _record_answer):
+            # left at the step's recording, every reconcile read it for an open step while
+            # its provider was down (a broadcast's notifications, each run, for hours).
+            Notification.objects.filter(pk=step.notification_id).update(updated_at=due_at)
         if released and on_broker:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
         elif not released and _held(step).update(

@@ -434,6 +434,27 @@ def test_a_run_reads_no_notification_waiting_for_a_delay(
         assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) == 0
 
 
+def test_a_run_reads_no_notification_whose_step_waits_to_be_sent_again(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """A provider down fails the sends of a whole broadcast for now, each step back on the
+    schedule minutes or hours out. Its notification, quiet since the step was recorded,
+    was read by every run for an open step, as long as the outage lasted (as one waiting
+    for a delay was); one whose step waits to be sent again is not read until it is due."""
+    settings.NORM_RECONCILE_GRACE = 0  # the step's grace period is over at once
+    step = services.step_claim(step_id=StepFactory().pk)
+    assert step is not None
+    services.step_retry_later(step=step, message="421 try later", backoff=3600)
+
+    sqls = _reconcile_sqls('SELECT "workflows_notification"."id" AS "pk"')
+
+    assert len(sqls) == 2  # pending, then running
+    for sql in sqls:
+        scans = _scans(sql, "workflows_notification", analyze=True)
+        assert scans
+        assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) == 0
+
+
 def test_nothing_stalled_means_nothing_enqueued(enqueued: Enqueued) -> None:
     TriggerEventFactory()
     NotificationFactory(status=Notification.Status.RUNNING)
