@@ -95,6 +95,23 @@ class NotificationListApi(APIView):
             createdAt = serializers.DateTimeField()
             updatedAt = serializers.DateTimeField()
 
+        @extend_schema_serializer(component_name="NotificationSubscriber")
+        class SubscriberSerializer(serializers.Serializer):
+            """novu-py's ActivityNotificationSubscriberResponseDto: the only place it reads
+            whom a notification was for (`_subscriberId` is norm's own id)."""
+
+            _id = serializers.CharField(source="pk")
+            subscriberId = serializers.CharField(source="subscriber_id")
+            firstName = serializers.CharField(source="first_name", required=False)
+            lastName = serializers.CharField(source="last_name", required=False)
+            email = serializers.CharField(required=False)
+            phone = serializers.CharField(required=False)
+
+            def to_representation(self, instance: Any) -> dict[str, Any]:
+                # An attribute never set is left out, as Novu's, not sent as "".
+                data = super().to_representation(instance)
+                return {name: value for name, value in data.items() if value != ""}
+
         id = serializers.UUIDField()
         # novu-py's ActivityNotificationResponseDto requires the underscored four.
         _id = serializers.CharField(source="id")
@@ -105,6 +122,7 @@ class NotificationListApi(APIView):
         transactionId = serializers.CharField(source="trigger_event.transaction_id")
         workflow = serializers.CharField(source="workflow_id")
         subscriberId = serializers.CharField(source="subscriber.subscriber_id")
+        subscriber = SubscriberSerializer()
         status = serializers.CharField()
         error = serializers.CharField()
         errorCode = serializers.CharField(source="error_code")

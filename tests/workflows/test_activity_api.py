@@ -297,3 +297,26 @@ def test_an_empty_refused_filter_is_no_filter_as_novu_pys_empty_context_keys() -
         novu.notifications.list(request={"context_keys": ["", "org:acme"]})
     assert refused.value.data.status_code == 400
     assert "contextKeys" in refused.value.data.message
+
+
+def test_novu_py_reads_each_notifications_subscriber() -> None:
+    """novu-py drops norm's own `subscriberId`, and `_subscriberId` is norm's internal id:
+    a novu-py user could not tell whom a notification was for. Novu's activity has the
+    subscriber as an object, as it does here (an empty attribute left out, as Novu's)."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(
+        client=client, subscriber_id="ann", first_name="Ann", email="ann@example.com"
+    )
+    made = NotificationFactory(trigger_event=TriggerEventFactory(client=client), subscriber=ann)
+    novu = novu_py_for(key)
+
+    [listed] = novu.notifications.list(request={}).result.data
+    read = novu.notifications.retrieve(notification_id=str(made.pk)).result
+
+    for notification in (listed, read):
+        subscriber = notification.subscriber
+        assert subscriber is not None
+        assert subscriber.subscriber_id == "ann"
+        assert subscriber.id == notification.subscriber_id == str(ann.pk)
+        assert (subscriber.first_name, subscriber.email) == ("Ann", "ann@example.com")
+        assert subscriber.last_name is None and subscriber.phone is None
