@@ -104,13 +104,20 @@ def notification_jobs(notification: Notification) -> list[dict[str, Any]]:
     canceled while it waited for the bridge. Novu has no job for that moment, and its
     notifications have no status of their own, so that end is one more job, of type
     `trigger` (Novu's job for a workflow's run), with the reason. Without it a novu-py
-    user saw every job completed.
+    user saw every job completed. So too while it waits for the bridge to name its
+    first or next step: a `trigger` job, queued.
     """
     steps = list(notification.steps.all())
     jobs = [_step_job(step, notification) for step in steps]
     end = RUN_ENDS.get(notification.status)
     if end is not None and not any(s.status == end[2] for s in steps):
         jobs.append(_run_end_job(notification, status=end[0], detail_status=end[1]))
+    elif notification.status not in Notification.FINAL and all(
+        s.status in Step.DONE for s in steps
+    ):
+        # Waiting for the bridge to name its next step (or its first): without this job
+        # it had none at all, or every job done as if it had ended.
+        jobs.append(_run_waiting_job(notification))
     return jobs
 
 
@@ -201,6 +208,28 @@ def _run_end_job(notification: Notification, *, status: str, detail_status: str)
         executionDetails=[detail],
         createdAt=notification.created_at,
         updatedAt=notification.completed_at or notification.created_at,
+    )
+
+
+def _run_waiting_job(notification: Notification) -> dict[str, Any]:
+    job_id = f"{notification.pk}-run"
+    if notification.error:  # the last call to the bridge failed for now: retried
+        at = notification.updated_at
+        detail = _detail(job_id, "retry", "Warning", notification.error, at, retry=True)
+    else:
+        detail = _detail(
+            job_id, "queued", "Pending", "Waiting for the bridge", notification.updated_at
+        )
+    return _job(
+        notification,
+        job_id=job_id,
+        step_id=notification.workflow_id,
+        type="trigger",
+        status="queued",
+        providerId=NORM_ITSELF,
+        executionDetails=[detail],
+        createdAt=notification.created_at,
+        updatedAt=notification.updated_at,
     )
 
 

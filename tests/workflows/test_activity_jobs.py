@@ -127,6 +127,10 @@ def test_a_completed_workflow_shows_completed_jobs(
             outputs={"body": "Hi"},
         )
         assert send(step).status == Step.Status.COMPLETED
+    # The bridge's answer after the last step (no other step) ends it.
+    Notification.objects.filter(pk=notification.pk).update(
+        status=Notification.Status.COMPLETED, completed_at=timezone.now()
+    )
 
     data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
     jobs = ActivityNotificationResponseDto.model_validate(data).jobs
@@ -272,3 +276,38 @@ def test_the_list_reads_jobs_in_a_constant_number_of_queries(tenant: Any) -> Non
 
     one = queries(1)
     assert queries(9) == one  # ten notifications now, as many queries as for one
+
+
+def test_a_notification_waiting_for_the_bridge_shows_a_queued_job(tenant: Any) -> None:
+    """novu-py shows no notification status, only jobs: one waiting for the bridge's
+    first answer had none, and one between steps had every job completed, as if it had
+    ended. Either has one more job of type trigger, queued, with the reason of a call
+    to the bridge that failed for now."""
+    client, api = tenant
+    first = NotificationFactory(trigger_event=TriggerEventFactory(client=client))  # pending
+    between = _notification(client, error="the bridge is unreachable")
+    StepFactory(notification=between, type="custom", position=0, status=Step.Status.COMPLETED)
+    StepFactory(notification=between, type="sms", position=1, status=Step.Status.SKIPPED)
+    waiting = _notification(client)  # a step of it waits: that job says so, no other
+    StepFactory(notification=waiting, type="delay", status=Step.Status.SCHEDULED)
+
+    def jobs(notification: Notification) -> list[Any]:
+        data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+        return ActivityNotificationResponseDto.model_validate(data).jobs or []
+
+    assert [(j.type, j.status) for j in jobs(first)] == [("trigger", "queued")]
+    [detail] = jobs(first)[0].execution_details
+    assert (detail.status, detail.detail) == ("Pending", "Waiting for the bridge")
+    assert [(j.type, j.status) for j in jobs(between)] == [
+        ("custom", "completed"),
+        ("sms", "skipped"),
+        ("trigger", "queued"),
+    ]
+    [detail] = jobs(between)[-1].execution_details
+    assert (detail.status, detail.detail) == ("Warning", "the bridge is unreachable")
+    assert detail.is_retry is True
+    assert [(j.type, j.status) for j in jobs(waiting)] == [("delay", "delayed")]
+    # Its list is the same.
+    listed = ActivitiesResponseDto.model_validate(api.get("/v1/notifications").json())
+    by_id = {n.id: [j.type for j in n.jobs or []] for n in listed.data}
+    assert by_id[str(first.pk)] == ["trigger"]
