@@ -300,11 +300,15 @@ class MessageListApi(APIView):
     class OutputSerializer(FeedApi.OutputSerializer):
         status = serializers.SerializerMethodField()
         errorText = serializers.CharField(source="error")
-        providerId = serializers.CharField(source="provider")
+        providerId = serializers.SerializerMethodField(help_text="Novu's id for the provider")
 
         def get_status(self, message: Message) -> str:
             # Novu's message statuses are sent, error and warning.
             return "error" if message.status == Message.Status.FAILED else "sent"
+
+        def get_providerId(self, message: Message) -> str:
+            # As its job says it (the activity's jobs): Novu's ids, not norm's names.
+            return selectors.NOVU_PROVIDER_IDS.get(message.provider, selectors.NORM_ITSELF)
 
     class FilterSerializer(serializers.Serializer):
         channel = serializers.ChoiceField(choices=sorted(selectors.CHANNEL_TYPES), required=False)

@@ -157,3 +157,20 @@ def test_a_page_of_messages_is_read_from_the_clients_index_not_sorted_from_all(t
         assert len(_ids(api.get(URL, {"limit": 2}))) == 2
     (page,) = [q["sql"] for q in queries if q["sql"].startswith('SELECT "messaging_message"."id"')]
     assert Message._meta.indexes[1].name in {n.get("Index Name") for n in plan_nodes(page)}
+
+
+def test_a_messages_provider_is_novus_id_for_it_as_its_job_has() -> None:
+    """A message's providerId was norm's own name (django-email, inbox), where its job,
+    the same send, said Novu's (nodemailer, novu): a novu-py user matching the two, or
+    reading Novu's ids, found none of them."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    email = _message(ann, "email", provider="django-email", recipient="ann@example.test")
+    _message(ann, "in_app", provider="inbox")
+    novu = novu_py_for(key)
+
+    listed = novu.messages.retrieve(request={}).result.data
+    job = novu.notifications.retrieve(notification_id=str(email.step.notification_id)).result
+
+    assert {m.channel: m.provider_id for m in listed} == {"email": "nodemailer", "in_app": "novu"}
+    assert job.jobs is not None and job.jobs[0].provider_id == "nodemailer"
