@@ -112,6 +112,21 @@ class NotificationListApi(APIView):
                 data = super().to_representation(instance)
                 return {name: value for name, value in data.items() if value != ""}
 
+        @extend_schema_serializer(component_name="NotificationTemplate")
+        class TemplateSerializer(serializers.Serializer):
+            """novu-py's ActivityNotificationTemplateResponseDto: the workflow, named by
+            its id (the bridge's workflows have no other name), triggered by it."""
+
+            @extend_schema_serializer(component_name="NotificationTemplateTrigger")
+            class TriggerSerializer(serializers.Serializer):
+                type = serializers.ChoiceField(choices=["event"])
+                identifier = serializers.CharField()
+                variables = serializers.ListField(child=serializers.DictField())
+
+            _id = serializers.CharField()
+            name = serializers.CharField()
+            triggers = TriggerSerializer(many=True)
+
         id = serializers.UUIDField()
         # novu-py's ActivityNotificationResponseDto requires the underscored four.
         _id = serializers.CharField(source="id")
@@ -123,6 +138,8 @@ class NotificationListApi(APIView):
         workflow = serializers.CharField(source="workflow_id")
         subscriberId = serializers.CharField(source="subscriber.subscriber_id")
         subscriber = SubscriberSerializer()
+        template = serializers.SerializerMethodField()
+        channels = serializers.SerializerMethodField(help_text="its steps' types, each once")
         status = serializers.CharField()
         error = serializers.CharField()
         errorCode = serializers.CharField(source="error_code")
@@ -143,6 +160,17 @@ class NotificationListApi(APIView):
             steps = notification.steps.all()
             messages = [m for s in steps if (m := getattr(s, "message", None))]
             return self.MessageSerializer(messages, many=True).data
+
+        @extend_schema_field(TemplateSerializer)
+        def get_template(self, notification: Notification) -> dict[str, Any]:
+            workflow = notification.workflow_id
+            trigger = {"type": "event", "identifier": workflow, "variables": []}
+            return {"_id": workflow, "name": workflow, "triggers": [trigger]}
+
+        @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+        def get_channels(self, notification: Notification) -> list[str]:
+            # As Novu's: what the `channels` filter matches, in the steps' order.
+            return list(dict.fromkeys(step.type for step in notification.steps.all()))
 
         @extend_schema_field(JobSerializer(many=True))
         def get_jobs(self, notification: Notification) -> list[dict[str, Any]]:

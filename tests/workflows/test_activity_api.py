@@ -320,3 +320,23 @@ def test_novu_py_reads_each_notifications_subscriber() -> None:
         assert subscriber.id == notification.subscriber_id == str(ann.pk)
         assert (subscriber.first_name, subscriber.email) == ("Ann", "ann@example.com")
         assert subscriber.last_name is None and subscriber.phone is None
+
+
+def test_novu_py_reads_each_notifications_workflow_and_channels(tenant) -> None:
+    """Novu's activity names each notification's workflow (`template`) and its steps'
+    types (`channels`, what the `channels` filter matches): norm's had neither."""
+    client, api = tenant
+    notification = _notification_with_steps(client, workflow_id="order-shipped")
+    StepFactory(notification=notification, type="in_app", position=3)  # a type again
+
+    listed = ActivitiesResponseDto.model_validate(api.get("/v1/notifications").json())
+    [item] = listed.data
+
+    assert item.template is not None
+    assert (item.template.id, item.template.name) == ("order-shipped", "order-shipped")
+    [trigger] = item.template.triggers
+    assert (trigger.type, trigger.identifier, trigger.variables) == ("event", "order-shipped", [])
+    assert item.channels == ["in_app", "delay", "email"]
+    assert {n["_id"] for n in api.get("/v1/notifications?channels=email").json()["data"]} == {
+        item.id
+    }
