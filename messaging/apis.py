@@ -301,6 +301,16 @@ class MessageListApi(APIView):
         status = serializers.SerializerMethodField()
         errorText = serializers.CharField(source="error")
         providerId = serializers.SerializerMethodField(help_text="Novu's id for the provider")
+        email = serializers.CharField(
+            source="recipient", required=False, help_text="an email's address; left out else"
+        )
+
+        def to_representation(self, message: Message) -> dict[str, Any]:
+            data = super().to_representation(message)
+            # Novu's `email` is the address an email went to; no other message has one.
+            if message.channel != "email" or not message.recipient:
+                del data["email"]
+            return data
 
         def get_status(self, message: Message) -> str:
             # Novu's message statuses are sent, error and warning.

@@ -174,3 +174,16 @@ def test_a_messages_provider_is_novus_id_for_it_as_its_job_has() -> None:
 
     assert {m.channel: m.provider_id for m in listed} == {"email": "nodemailer", "in_app": "novu"}
     assert job.jobs is not None and job.jobs[0].provider_id == "nodemailer"
+
+
+def test_an_emails_address_is_its_email_as_novus() -> None:
+    """Novu's message has the address an email went to as `email`; norm's had none, and
+    a novu-py user could not tell where one went."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    _message(ann, "email", provider="django-email", recipient="ann@example.test")
+    _message(ann, "in_app", provider="inbox")
+
+    listed = novu_py_for(key).messages.retrieve(request={}).result.data
+
+    assert {m.channel: m.email for m in listed} == {"email": "ann@example.test", "in_app": None}
