@@ -26,6 +26,7 @@ from notify.models import (
     stored_strings,
 )
 from workflows.admin import (
+    STORABLE_JSON,
     DeletedMeanwhileAdmin,
     ReadOnlyAdmin,
     ReadOnlyInline,
@@ -165,6 +166,7 @@ class ClientForm(forms.ModelForm):
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
     form = ClientForm
+    formfield_overrides = STORABLE_JSON
     list_display = ["name", "is_active", "bridge", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name"]
@@ -293,6 +295,7 @@ class BridgeWorkflowAdmin(DeletedMeanwhileAdmin):
     """Written by discover; only the step controls are edited here."""
 
     form = BridgeWorkflowForm
+    formfield_overrides = STORABLE_JSON
     list_display = ["workflow_id", "name", "client", "bridge", "discovered_at"]
     list_filter = ["client"]
     list_select_related = ["client"]

@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 from messaging.models import Message
 from subscribers import recipients, services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from workflows.admin import DeletedMeanwhileAdmin, GoneMeanwhile, changelist_link
+from workflows.admin import STORABLE_JSON, DeletedMeanwhileAdmin, GoneMeanwhile, changelist_link
 from workflows.models import Notification
 
 
@@ -104,6 +104,7 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
     notifications, messages and topics with the old client."""
 
     form = SubscriberForm
+    formfield_overrides = STORABLE_JSON
 
     list_display = ["subscriber_id", "email", "first_name", "last_name", "client", "created_at"]
     list_filter = ["client"]

@@ -7,15 +7,18 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
+from config.parsers import unfit
 from config.redact import masked_url
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
@@ -25,6 +28,27 @@ from workflows.models import Notification, Step
 
 def pretty_json(value: Any) -> SafeString:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class StorableJSONField(forms.JSONField):
+    """JSON refused as the API refuses it (config.parsers.unfit): a NUL character, a lone
+    surrogate or a number beyond a double was saved, and PostgreSQL's refusal a 500."""
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        problem = unfit(value)
+        if problem:
+            raise forms.ValidationError(f"Enter JSON PostgreSQL can store: {problem}.")
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Shown again as typed: Django's form shows the value it read, and a lone
+        # surrogate in it cannot be written to the page (a 500 instead of the error).
+        value = super().bound_data(data, initial)
+        return InvalidJSONInput(data) if unfit(value) else value
+
+
+# For the admins that edit a JSON field (formfield_overrides).
+STORABLE_JSON: dict[Any, dict[str, Any]] = {models.JSONField: {"form_class": StorableJSONField}}
 
 
 def masked_url_field(field: str, description: str) -> Any:

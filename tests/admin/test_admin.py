@@ -1366,3 +1366,43 @@ def test_allowed_bridge_urls_stored_past_the_admin_show_their_passwords_masked(
     assert response.status_code == 200 and "Use a list of strings" in response.content.decode()
     tenant.refresh_from_db()
     assert tenant.allowed_bridge_urls == stored
+
+
+def _json_field_forms() -> list[tuple[models.Model, str, dict[str, str]]]:
+    """Each JSON field the admin edits: its row, the field and the rest of its form."""
+    client = ClientFactory()
+    workflow = BridgeWorkflowFactory(steps=[{"stepId": "mail", "type": "email"}])
+    subscriber = SubscriberFactory(subscriber_id="ann")
+    return [
+        (client, "allowed_bridge_urls", _client_form(client)),
+        (client, "workflow_allowlist", _client_form(client)),
+        (client, "email_from_domains", _client_form(client)),
+        (workflow, "controls", {}),
+        (subscriber, "data", {"subscriber_id": "ann"}),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize(
+    "value",
+    [
+        '["a\\u0000b"]',  # a NUL, which jsonb refuses, in a string
+        '{"mail": {"a\\u0000": 1}}',  # or in a key
+        '["\\ud800"]',  # a lone surrogate, which has no UTF-8
+        '{"mail": {"n": 1e400}}',  # a number beyond a double (read as inf)
+    ],
+)
+def test_a_json_field_refuses_what_postgresql_cannot_store(
+    admin_client, index: int, value: str
+) -> None:
+    """As the API refuses it (config.parsers.unfit): the admin saved it, and PostgreSQL's
+    refusal was a 500."""
+    obj, field, form = _json_field_forms()[index]
+    before = getattr(obj, field)
+
+    response = admin_client.post(_url(obj, "change"), {**form, field: value})
+
+    assert response.status_code == 200  # the form again, with the error
+    assert "must" in response.content.decode()
+    obj.refresh_from_db()
+    assert getattr(obj, field) == before
