@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.core.exceptions import TooManyFieldsSent
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,29 @@ def bracket_lists(get_response: Callable[[HttpRequest], HttpResponse]):
                 query.setlistdefault(key.partition("[")[0], []).extend(request.GET.getlist(key))
             query._mutable = False
             request.GET = query
+        return get_response(request)
+
+    return middleware
+
+
+# Where config.urls serves the admin (within the script prefix, as path_info is).
+ADMIN_PATH = "/admin/"
+
+
+def admin_nul_refused(get_response: Callable[[HttpRequest], HttpResponse]):
+    """A 400 for an admin page asked with a NUL character in its query (a list filter's
+    value, an autocomplete's term, edited into the URL): PostgreSQL cannot compare text
+    with it, and its refusal was a 500. The API answers that refusal with its own 400
+    (config.errors); Django's search box refuses one itself."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PATH):
+            try:
+                values = [v for _, vs in request.GET.lists() for v in vs]
+            except TooManyFieldsSent:
+                return get_response(request)  # Django's own 400, where the view reads it
+            if any("\x00" in v for v in values):
+                return HttpResponseBadRequest("A value in the query holds a NUL character.")
         return get_response(request)
 
     return middleware

@@ -145,6 +145,7 @@ MIDDLEWARE = [
     "config.middleware.collapse_slashes",
     "config.middleware.health_check",
     "config.middleware.bracket_lists",
+    "config.middleware.admin_nul_refused",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1406,3 +1406,33 @@ def test_a_json_field_refuses_what_postgresql_cannot_store(
     assert "must" in response.content.decode()
     obj.refresh_from_db()
     assert getattr(obj, field) == before
+
+
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("notify_triggerevent", "status=%00"),
+        ("notify_bridgesync", "flavour=%00"),
+        ("workflows_notification", "error_code=%00"),
+        ("workflows_step", "type=%00"),
+        ("messaging_message", "channel=%00"),
+    ],
+)
+def test_a_list_filter_value_with_a_nul_is_a_bad_request(
+    admin_client, changelist: str, query: str
+) -> None:
+    """PostgreSQL cannot compare text with a NUL character: its refusal was a 500."""
+    response = admin_client.get(f"{reverse(f'admin:{changelist}_changelist')}?{query}")
+    assert response.status_code == 400
+
+
+def test_an_autocomplete_term_with_a_nul_is_a_bad_request(admin_client) -> None:
+    SubscriberFactory(subscriber_id="ann")
+    query = "term=a%00&app_label=subscribers&model_name=topicsubscription&field_name=subscriber"
+
+    assert admin_client.get(f"{reverse('admin:autocomplete')}?{query}").status_code == 400
+    query = query.replace("%00", "")
+    assert (
+        "ann"
+        in admin_client.get(f"{reverse('admin:autocomplete')}?{query}").json()["results"][0]["text"]
+    )
