@@ -107,8 +107,14 @@ class ClientForm(forms.ModelForm):
         else:
             urls = [self._unmasked(url) for url in urls]
         validate = BridgeURLValidator()
+        # A trigger names its resource in at most as many characters as a bridge_url has.
+        longest = Client._meta.get_field("bridge_url").max_length
         for url in urls:
             validate(url)
+            if longest is not None and len(url) > longest:
+                raise forms.ValidationError(
+                    f"{masked_url(url)[:60]}…: a bridge URL has at most {longest} characters."
+                )
         return urls
 
     def _unmasked(self, url: str) -> str:

@@ -1436,3 +1436,19 @@ def test_an_autocomplete_term_with_a_nul_is_a_bad_request(admin_client) -> None:
         "ann"
         in admin_client.get(f"{reverse('admin:autocomplete')}?{query}").json()["results"][0]["text"]
     )
+
+
+def test_an_allowed_bridge_url_longer_than_a_trigger_may_name_is_refused(admin_client) -> None:
+    """A trigger's resource is at most 500 characters, as the client's bridge_url: a
+    longer allowed URL was saved, and no trigger could ever name it."""
+    client = ClientFactory()
+    long_url = "http://bridge.test/" + "a" * 482  # 501 characters
+
+    response = admin_client.post(
+        _url(client, "change"), _client_form(client, allowed_bridge_urls=f'["{long_url}"]')
+    )
+
+    assert response.status_code == 200  # the form again, with the error
+    assert "at most 500 characters" in response.content.decode()
+    client.refresh_from_db()
+    assert client.allowed_bridge_urls == []
