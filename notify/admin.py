@@ -230,10 +230,16 @@ class ClientAdmin(admin.ModelAdmin):
             return super().response_action(request, queryset)
 
     @admin.action(description="Create a new secret key", permissions=["change"])
-    def create_key(self, request: HttpRequest, queryset: QuerySet[Client]) -> HttpResponse:
+    def create_key(self, request: HttpRequest, queryset: QuerySet[Client]) -> HttpResponse | None:
         # Answered directly, never through the messages framework: that would keep the
         # plain key in a cookie or the session.
         created = [(c.name, services.secret_key_create(client=c)[1]) for c in queryset]
+        if not created:
+            # Not the page of new keys, with none on it to copy.
+            self.message_user(
+                request, "No key created: the selected clients were deleted.", messages.WARNING
+            )
+            return None
         rows = format_html_join("", "<tr><td>{}</td><td><code>{}</code></td></tr>", created)
         # The admin marks its views never_cache, so the key stays out of caches too.
         return HttpResponse(

@@ -1452,3 +1452,21 @@ def test_an_allowed_bridge_url_longer_than_a_trigger_may_name_is_refused(admin_c
     assert "at most 500 characters" in response.content.decode()
     client.refresh_from_db()
     assert client.allowed_bridge_urls == []
+
+
+def test_create_key_for_a_client_deleted_meanwhile_says_none_was_created(admin_client) -> None:
+    """It answered the page of new keys ("Copy them now") with none on it."""
+    client = ClientFactory(secret_key=False)
+    client_id = client.pk
+    client.delete()
+
+    response = admin_client.post(
+        reverse("admin:notify_client_changelist"),
+        {"action": "create_key", "_selected_action": [str(client_id)]},
+        follow=True,
+    )
+
+    html = response.content.decode()
+    assert "New secret keys" not in html
+    assert "No key created: the selected clients were deleted." in html
+    assert not SecretKey.objects.exists()
