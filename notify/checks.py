@@ -1,7 +1,7 @@
 """System checks: what a production deployment must set for its secret keys
 (`check --deploy`), an encryption key that is no Fernet key, settings that would
-send steps twice (a broker countdown or a send outlasting its claim) and providers
-norm does not have (every command)."""
+run work twice (a broker countdown or a bridge retry Redis delivers again, a send
+outlasting its claim) and providers norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -139,5 +139,33 @@ def send_deadline_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             "taken for one a dead worker left, and sent again.",
             hint="Lower EMAIL_SEND_DEADLINE, or raise NORM_STALE_CLAIM_SECONDS.",
             id="norm.E006",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def bridge_retry_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """An echo's retry after a bridge that is down waits on the broker however long its
+    backoff (NORM_BROKER_MAX_COUNTDOWN does not bound it), and Redis delivers a message
+    held unacknowledged past the visibility timeout again: the retry would run twice,
+    and each copy retry in turn."""
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    retries = settings.NORM_BRIDGE_MAX_RETRIES
+    if timeout is None or retries < 1:
+        return []
+    # pipeline.backoff's longest, for the last retry (the task's retries count from 0).
+    longest = settings.NORM_BRIDGE_RETRY_BACKOFF * 2 ** (retries - 1) * 1.5
+    if longest < timeout:
+        return []
+    return [
+        Error(
+            f"A bridge call's last retry may wait {longest:g} s on the broker "
+            f"(NORM_BRIDGE_MAX_RETRIES {retries}, NORM_BRIDGE_RETRY_BACKOFF "
+            f"{settings.NORM_BRIDGE_RETRY_BACKOFF:g} s, doubled each time and up to half as "
+            f"much again), not less than CELERY_VISIBILITY_TIMEOUT ({timeout} s): Redis "
+            "would deliver it again while it waits.",
+            hint="Lower NORM_BRIDGE_MAX_RETRIES or NORM_BRIDGE_RETRY_BACKOFF, or raise "
+            "CELERY_VISIBILITY_TIMEOUT.",
+            id="norm.E007",
         )
     ]

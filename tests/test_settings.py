@@ -191,3 +191,25 @@ def test_a_bound_interval_or_timeout_of_no_time_is_refused_by_name(name: str, va
 
     assert done.returncode != 0
     assert f"{name} must be more than 0, got {value}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("retries", "backoff", "found"),
+    [
+        (5, 2.0, []),  # the defaults: the last retry waits 32 to 48 s
+        (10, 2.0, []),  # 1024 to 1536 s
+        (12, 2.0, ["norm.E007"]),  # 4096 to 6144 s, past the 3600 s visibility timeout
+        (5, 150.0, ["norm.E007"]),  # 2400 to 3600 s: the longest may be redelivered
+        (0, 10_000.0, []),  # no retry at all
+    ],
+)
+def test_a_bridge_retry_redis_would_deliver_again_is_refused_by_every_command(
+    settings: Any, retries: int, backoff: float, found: list[str]
+) -> None:
+    """An echo's retry after a bridge that is down waits on the broker, however long its
+    backoff, and Redis delivers a message held unacknowledged past the visibility timeout
+    again: the retry ran twice, each copy retrying in turn. norm.E002 looked only at
+    NORM_BROKER_MAX_COUNTDOWN, which the bridge's retries do not heed."""
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    settings.NORM_BRIDGE_MAX_RETRIES, settings.NORM_BRIDGE_RETRY_BACKOFF = retries, backoff
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
