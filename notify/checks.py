@@ -1,7 +1,8 @@
 """System checks: what a production deployment must set for its secret keys
 (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
-outlasting its claim) and providers norm does not have (every command)."""
+outlasting its claim), SMTP settings the backend refuses and providers norm does not
+have (every command)."""
 
 from __future__ import annotations
 
@@ -167,5 +168,22 @@ def bridge_retry_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckM
             hint="Lower NORM_BRIDGE_MAX_RETRIES or NORM_BRIDGE_RETRY_BACKOFF, or raise "
             "CELERY_VISIBILITY_TIMEOUT.",
             id="norm.E007",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def email_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Django's SMTP backend refuses STARTTLS and implicit TLS at once, but only when it
+    is made, for the first send: every email failed for good with that reason."""
+    if not (settings.EMAIL_USE_TLS and settings.EMAIL_USE_SSL):
+        return []
+    return [
+        Error(
+            "EMAIL_USE_TLS and EMAIL_USE_SSL are both set: the SMTP backend refuses them "
+            "together, and every email would fail.",
+            hint="Set EMAIL_USE_SSL for implicit TLS (port 465, usually), or EMAIL_USE_TLS "
+            "for STARTTLS (port 587), not both.",
+            id="norm.E008",
         )
     ]

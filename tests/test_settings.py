@@ -213,3 +213,19 @@ def test_a_bridge_retry_redis_would_deliver_again_is_refused_by_every_command(
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     settings.NORM_BRIDGE_MAX_RETRIES, settings.NORM_BRIDGE_RETRY_BACKOFF = retries, backoff
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize(
+    ("tls", "ssl", "found"),
+    [("false", "false", []), ("true", "false", []), ("0", "yes", []), ("true", "1", ["norm.E008"])],
+)
+def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
+    settings: Any, tls: str, ssl: str, found: list[str]
+) -> None:
+    """Django's SMTP backend refuses both at once, but only when it is made, for the first
+    send: every email failed for good, each with that reason, while every command (compose's
+    migrate job's check first) passed."""
+    env = {"EMAIL_USE_TLS": tls, "EMAIL_USE_SSL": ssl}
+    for name, value in settings_from(env, "EMAIL_USE_TLS", "EMAIL_USE_SSL").items():
+        setattr(settings, name, value)
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
