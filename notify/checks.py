@@ -1,8 +1,8 @@
 """System checks: what a production deployment must set for its secret keys
 (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
-outlasting its claim), SMTP settings the backend refuses and providers norm does not
-have (every command)."""
+outlasting its claim), an email backend that is none or SMTP settings it refuses, and
+providers norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from notify import crypto
 
@@ -187,3 +188,22 @@ def email_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             id="norm.E008",
         )
     ]
+
+
+@register(Tags.compatibility)
+def email_backend_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """EMAIL_BACKEND is imported for the first send only: a name that is no class (a
+    typo, "smtp") failed every email's send as a bug in norm, run again until
+    NORM_MAX_CLAIMS, while every command passed."""
+    try:
+        import_string(settings.EMAIL_BACKEND)
+    except ImportError as exc:
+        return [
+            Error(
+                f"EMAIL_BACKEND {settings.EMAIL_BACKEND!r} cannot be imported: {exc}",
+                hint="Set EMAIL_BACKEND to a backend's dotted path, e.g. "
+                "django.core.mail.backends.smtp.EmailBackend.",
+                id="norm.E009",
+            )
+        ]
+    return []

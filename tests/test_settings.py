@@ -229,3 +229,23 @@ def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
     for name, value in settings_from(env, "EMAIL_USE_TLS", "EMAIL_USE_SSL").items():
         setattr(settings, name, value)
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize(
+    ("backend", "found"),
+    [
+        ("django.core.mail.backends.smtp.EmailBackend", []),
+        ("django.core.mail.backends.console.EmailBackend", []),
+        ("django.core.mail.backends.smtp.EmailBacken", ["norm.E009"]),  # a letter short
+        ("smtp", ["norm.E009"]),
+    ],
+)
+def test_an_email_backend_that_cannot_be_imported_is_refused_by_every_command(
+    settings: Any, backend: str, found: list[str]
+) -> None:
+    """It was imported only for the first send: every email's send failed as a bug in
+    norm, run again until NORM_MAX_CLAIMS, while every command passed."""
+    settings.EMAIL_BACKEND = settings_from({"EMAIL_BACKEND": backend}, "EMAIL_BACKEND")[
+        "EMAIL_BACKEND"
+    ]
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
