@@ -6,6 +6,7 @@ scheduler hung (and with it the reconciler), looked as healthy as a running one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -147,3 +148,55 @@ def test_every_email_setting_reaches_the_containers() -> None:
 
     assert "EMAIL_SEND_DEADLINE" in read
     assert sorted(read - set(environment)) == []
+
+
+def _interpolated(value: str, env: dict[str, str]) -> str:
+    """`value` as compose interpolates it from `env`: ${NAME:-default}, ${NAME:?error}."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert op == ":-", f"{name} must be set"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", one, value)
+
+
+# What `openssl rand -base64 24` or a password manager gives: / + = and the URL's own
+# delimiters (@ : ? # %) among them.
+STRONG_PASSWORD = "a/b+c=d@e:f?g#h%i j"
+
+
+def test_a_database_password_with_a_urls_delimiters_reaches_postgresql_as_it_is() -> None:
+    """Compose wrote POSTGRES_PASSWORD into DATABASE_URL as it came: a / ended the URL's
+    host part there, an @ or # moved it, and norm connected to no server, or to
+    another, while PostgreSQL's container took the password as typed."""
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-norm"]["environment"]
+    env = {"POSTGRES_PASSWORD": STRONG_PASSWORD, "SECRET_KEY": "k", "NORM_ENCRYPTION_KEY": "k"}
+    container = {name: _interpolated(str(value), env) for name, value in environment.items()}
+    script = (
+        "import json, psycopg; from django.db import connection; "
+        "p = connection.get_connection_params(); "
+        "print(json.dumps({k: p.get(k) for k in ('host', 'port', 'dbname', 'user')})); "
+        # The password libpq takes (from the URL, or else PGPASSWORD), on a real
+        # connection to the test's PostgreSQL (trust auth: any password is let in).
+        "c = psycopg.connect(**{**p, 'host': '127.0.0.1', 'user': 'postgres', "
+        "'dbname': 'postgres'}); print(json.dumps(c.info.password))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {script}"], cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "config.settings",
+             **container},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-800:]
+    params, password = done.stdout.splitlines()
+    assert json.loads(params) == {
+        "host": "postgres",
+        "port": 5432,
+        "dbname": "norm",
+        "user": "norm",
+    }
+    assert json.loads(password) == STRONG_PASSWORD
