@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,13 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # as a client could send it too). Then the session and CSRF cookies are sent only over
 # HTTPS as well.
 _PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER and not re.fullmatch(r"[A-Za-z0-9_-]+", _PROXY_SSL_HEADER):
+    # Its value too ("X-Forwarded-Proto: https", or Django's pair "HTTP_...,https") named
+    # a header no request has: every request taken for plain HTTP, the admin's login a 403.
+    raise ImproperlyConfigured(
+        "SECURE_PROXY_SSL_HEADER must be a header's name, e.g. X-Forwarded-Proto (its value "
+        f"is https), got {_PROXY_SSL_HEADER!r}"
+    )
 if _PROXY_SSL_HEADER:
     # Named as the header (X-Forwarded-Proto) or as Django's own setting names it
     # (HTTP_X_FORWARDED_PROTO): the latter became HTTP_HTTP_..., matching nothing.

@@ -249,3 +249,18 @@ def test_an_email_backend_that_cannot_be_imported_is_refused_by_every_command(
         "EMAIL_BACKEND"
     ]
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize(
+    "value", ["X-Forwarded-Proto: https", "HTTP_X_FORWARDED_PROTO,https", "X-Forwarded-Proto=https"]
+)
+def test_a_proxy_ssl_header_given_with_its_value_is_refused_by_name(value: str) -> None:
+    """Written as Django's setting is (the header and "https") or as the proxy sends it,
+    it named a header no request has: norm took every request behind the proxy for plain
+    HTTP, and the admin's login failed its CSRF check (a 403), the cause nowhere said."""
+    done = _check_with({"SECURE_PROXY_SSL_HEADER": value})
+
+    assert done.returncode != 0
+    assert "SECURE_PROXY_SSL_HEADER must be a header's name, e.g. X-Forwarded-Proto" in (
+        done.stderr
+    )
