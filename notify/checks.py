@@ -1,4 +1,4 @@
-"""System checks: what a production deployment must set for its secret keys
+"""System checks: what a production deployment must set for its secret keys and DEBUG
 (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
 outlasting its claim), an email backend that is none or SMTP settings it refuses, and
@@ -64,6 +64,23 @@ def secret_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             hint="Set SECRET_KEY to a long random string: python3 -c "
             "'import secrets; print(secrets.token_urlsafe(50))'",
             id="norm.E004",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def debug_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """DEBUG on shows any caller of a failing page the settings Django does not mask (the
+    broker's and the cache's URLs, their Redis password in them) and each frame's local
+    variables. Django's own check (security.W018) only warns, which `check --deploy
+    --fail-level ERROR` (docker-compose's migrate job) let through."""
+    if not settings.DEBUG:
+        return []
+    return [
+        Error(
+            "DEBUG is on: error pages would show settings and local variables to anyone.",
+            hint="Unset DEBUG (or set it to false) in production.",
+            id="norm.E010",
         )
     ]
 

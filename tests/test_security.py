@@ -211,6 +211,7 @@ def test_the_deploy_check_refuses_the_development_secret_key_before_production_s
     settings.SECRET_KEY = made.stdout.strip()  # the key the hint makes passes, W009 too
     found = [m.id for m in checks.run_checks(include_deployment_checks=True)]
     assert "norm.E004" not in found and "security.W009" not in found
+    settings.DEBUG = False  # on, refused as well (norm.E010)
     call_command("check", "--deploy", "--fail-level", "ERROR", stdout=io.StringIO())
 
 

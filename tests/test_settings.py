@@ -264,3 +264,19 @@ def test_a_proxy_ssl_header_given_with_its_value_is_refused_by_name(value: str) 
     assert "SECURE_PROXY_SSL_HEADER must be a header's name, e.g. X-Forwarded-Proto" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(("debug", "found"), [("false", []), ("true", ["norm.E010"])])
+def test_debug_on_is_refused_by_the_deploy_check(
+    settings: Any, debug: str, found: list[str]
+) -> None:
+    """Django's security.W018 only warned, so compose's migrate job (`check --deploy
+    --fail-level ERROR`) let DEBUG=true through: every error page then showed any caller
+    the settings Django does not mask, the broker's and the cache's URLs with their Redis
+    password, and each frame's local variables."""
+    settings.DEBUG = settings_from({"DEBUG": debug}, "DEBUG")["DEBUG"]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
