@@ -614,7 +614,20 @@ class SubscriberDetailApi(APIView):
         return Response({"data": {"acknowledged": True, "status": "deleted"}})
 
 
-class SubscriberBulkApi(APIView):
+_BULK_NAMED = 'the subscriber whose subscriberId is "bulk"'
+
+
+@extend_schema_view(
+    get=extend_schema(summary=f"Get {_BULK_NAMED}"),
+    put=extend_schema(summary=f"Update {_BULK_NAMED}; null leaves a field as it is"),
+    patch=extend_schema(summary=f"Update {_BULK_NAMED}; null clears a field"),
+    delete=extend_schema(summary=f"Delete {_BULK_NAMED}"),
+)
+class SubscriberBulkApi(SubscriberDetailApi):
+    """POST creates in bulk; the other methods are /v1/subscribers/{subscriber_id}'s for
+    the subscriber "bulk" (urls.py names it), as Novu routes by method: they were a 405,
+    and novu 1.14 could not get, update or delete a subscriber of that id."""
+
     @extend_schema(
         operation_id="v1_subscribers_bulk",
         tags=["Subscribers"],
@@ -625,7 +638,7 @@ class SubscriberBulkApi(APIView):
             **error_responses(400),
         },
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request, subscriber_id: str = "bulk") -> Response:
         items = request.data.get("subscribers") if isinstance(request.data, dict) else None
         if not isinstance(items, list) or len(items) > 500:
             raise ApiError(400, "invalid_request", "'subscribers' must be a list of at most 500")

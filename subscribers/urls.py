@@ -8,7 +8,8 @@ from subscribers import apis
 urlpatterns = [
     path("v2/subscribers", apis.SubscriberListApi.as_view()),
     path("v1/subscribers", apis.SubscriberListV1Api.as_view()),
-    path("v1/subscribers/bulk", apis.SubscriberBulkApi.as_view()),
+    # Also the subscriber "bulk", by any method but POST (SubscriberBulkApi).
+    path("v1/subscribers/bulk", apis.SubscriberBulkApi.as_view(), {"subscriber_id": "bulk"}),
     path("v2/subscribers/<str:subscriber_id>", apis.SubscriberDetailApi.as_view()),
     path("v1/subscribers/<str:subscriber_id>", apis.SubscriberDetailApi.as_view()),
     path("v2/topics", apis.TopicListApi.as_view()),

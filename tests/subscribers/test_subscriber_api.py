@@ -512,6 +512,30 @@ def test_delete_answers_200_with_a_body_then_404(keyed: tuple[Client, str], vers
     assert_error(call(key, "delete", path), 404, path)
 
 
+def test_novu_114_reaches_the_subscriber_named_bulk_by_its_v1_path(
+    keyed: tuple[Client, str],
+) -> None:
+    """/v1/subscribers/bulk is also /v1/subscribers/{subscriberId} for "bulk", a routable
+    id: Novu routes by method, POST to the bulk create and the others to the
+    subscriber. Its GET, PUT and DELETE were a 405, which novu 1.14 raises."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="bulk", first_name="Bo")
+    path = "/v1/subscribers/bulk"
+    assert ok(call(key, "get", path))["data"]["firstName"] == "Bo"
+
+    body = {"subscriberId": "bulk", "firstName": "Bea", "email": None}  # as novu 1.14 puts
+    assert ok(call(key, "put", path, body))["data"]["firstName"] == "Bea"
+    assert ok(call(key, "patch", path, {"lastName": "Ray"}))["data"]["lastName"] == "Ray"
+    assert Subscriber.objects.get(client=client, subscriber_id="bulk").first_name == "Bea"
+
+    assert ok(call(key, "delete", path))["data"]["acknowledged"] is True
+    assert not Subscriber.objects.filter(client=client).exists()
+    assert_error(call(key, "get", path), 404, path)
+    # POST there is still the bulk create.
+    created = ok(call(key, "post", path, {"subscribers": [{"subscriberId": "ann"}]}), 201)
+    assert created["data"]["created"] == [{"subscriberId": "ann"}]
+
+
 # --- lists ---------------------------------------------------------------------------------
 
 
