@@ -18,7 +18,12 @@ urlpatterns = [
     path("v1/topics/<str:key>", apis.TopicDetailV1Api.as_view()),
     path("v2/topics/<str:key>/subscriptions", apis.TopicSubscriptionsApi.as_view()),
     path("v1/topics/<str:key>/subscribers", apis.TopicSubscribersV1Api.as_view()),
-    path("v1/topics/<str:key>/subscribers/removal", apis.TopicSubscribersRemovalV1Api.as_view()),
+    # Also the check of the member "removal", by GET (TopicSubscribersRemovalV1Api).
+    path(
+        "v1/topics/<str:key>/subscribers/removal",
+        apis.TopicSubscribersRemovalV1Api.as_view(),
+        {"subscriber_id": "removal"},
+    ),
     path(
         "v1/topics/<str:key>/subscribers/<str:subscriber_id>",
         apis.TopicSubscriberCheckApi.as_view(),

@@ -537,6 +537,25 @@ def test_membership_check_is_200_for_a_member_and_404_otherwise(
         assert_error(call(key, "get", path), 404, path)
 
 
+def test_membership_check_of_the_subscriber_named_removal_is_answered(
+    keyed: tuple[Client, str],
+) -> None:
+    """/v1/topics/{key}/subscribers/removal is also the check of the member "removal":
+    Novu routes by method, POST to the removal. Its GET was a 405, which both SDKs
+    raise, for a member or not."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="removal")
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["removal"]})
+    novu = novu_py_for(key)
+    check = novu.topics.subscribers.retrieve(topic_key="news", external_subscriber_id="removal")
+    assert check.result.external_subscriber_id == "removal"
+
+    path = "/v1/topics/news/subscribers/removal"
+    ok(call(key, "post", path, {"subscribers": ["removal"]}))  # still the removal
+    assert members(client, "news") == []
+    assert_error(call(key, "get", path), 404, path)
+
+
 # --- isolation -------------------------------------------------------------------------------
 
 
