@@ -135,13 +135,22 @@ def db_retry(task: Task, exc: BaseException | None, **kwargs: Any) -> celery.exc
     )
 
 
+# `backoff`'s largest factor over the doubling.
+BACKOFF_JITTER = 1.5
+
+
 def backoff(base: float, attempt: int) -> float:
     """Seconds before retry `attempt` (0 for the first): `base` doubled each time, and up
     to half as much again at random. A bridge or SMTP server that was down failed every
     notification sent to it at once; retried in step, they would all come back at the
     same instants, each wave as large as the outage was long. Never less than the
     doubling, so the retries still cover as long an outage as the settings say."""
-    return base * 2**attempt * random.uniform(1.0, 1.5)
+    return base * 2**attempt * random.uniform(1.0, BACKOFF_JITTER)
+
+
+def longest_backoff(base: float, attempt: int) -> float:
+    """The most `backoff(base, attempt)` may be."""
+    return base * 2**attempt * BACKOFF_JITTER
 
 
 def workflow_queue(workflow_id: str) -> str:

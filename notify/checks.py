@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from config import pipeline
 from notify import crypto
 
 # The standard library's form, as README's: the host's python3 need not have cryptography.
@@ -172,8 +173,8 @@ def bridge_retry_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckM
     retries = settings.NORM_BRIDGE_MAX_RETRIES
     if timeout is None or retries < 1:
         return []
-    # pipeline.backoff's longest, for the last retry (the task's retries count from 0).
-    longest = settings.NORM_BRIDGE_RETRY_BACKOFF * 2 ** (retries - 1) * 1.5
+    # The last retry's (the task's retries count from 0).
+    longest = pipeline.longest_backoff(settings.NORM_BRIDGE_RETRY_BACKOFF, retries - 1)
     if longest < timeout:
         return []
     return [
