@@ -177,6 +177,20 @@ def send_now(
     )
 
 
+def backlog(queue: str) -> int:
+    """Messages waiting in `queue` for a worker, as the broker counts them: not those a
+    worker holds (prefetched, or waiting out a countdown). A queue the broker does not
+    know (Redis drops an empty one) holds none."""
+    from config.celery import app
+
+    with app.pool.acquire(block=True) as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except kombu.exceptions.ChannelError:
+            return 0
+        return int(declared.message_count)
+
+
 def enqueue_on_commit(
     stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
 ) -> None:

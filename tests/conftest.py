@@ -92,6 +92,11 @@ class Enqueued:
     def clear(self) -> None:
         self.calls.clear()
 
+    def backlog(self, queue: str) -> int:
+        """What `queue` holds: the calls captured for it and not yet taken, but those with
+        a countdown, which a worker holds until it is over."""
+        return sum(1 for _, _, o in self.calls if o["queue"] == queue and not o["countdown"])
+
 
 @pytest.fixture
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
@@ -106,6 +111,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
         )
 
     monkeypatch.setattr(pipeline, "send_now", fake_send_now)
+    monkeypatch.setattr(pipeline, "backlog", captured.backlog)
     return captured
 
 

@@ -149,6 +149,77 @@ def test_a_backlog_of_pending_notifications_does_not_starve_the_running_ones(
     assert (str(running.pk),) in enqueued.of(pipeline.ECHO)
 
 
+def _queue_holds(enqueued: Enqueued, stage: pipeline.Stage, count: int, queue: str = "") -> None:
+    """`count` messages in `stage`'s queue (or `queue`), others' work waiting for a worker."""
+    for _ in range(count):
+        pipeline.send_now(stage, "another's", queue=queue or None)
+
+
+def test_no_echo_is_re_sent_to_a_queue_that_holds_a_batch(enqueued: Enqueued) -> None:
+    """Behind a backlog longer than the grace period (a restart, a large broadcast),
+    every notification in it is quiet, and each run added a batch of duplicates behind
+    it: under `make run`, the echo queue grew from 1,700 messages to 8,700 in six
+    minutes, and the notifications it held completed ever more slowly."""
+    pending = NotificationFactory(status=Notification.Status.PENDING)
+    running = NotificationFactory(status=Notification.Status.RUNNING)
+    StepFactory(notification=running, status=Step.Status.COMPLETED)
+    Notification.objects.update(updated_at=ago(GRACE + 1))
+    _queue_holds(enqueued, pipeline.ECHO, services.REDRIVE_BATCH)
+    _queue_holds(enqueued, pipeline.ECHO, 5, queue="echo-held")  # another queue's
+    pipeline.send_now(pipeline.ECHO, "due later", countdown=30)  # a worker holds it
+
+    assert tasks.reconcile()["notifications"] == 0
+    assert len(enqueued.of(pipeline.ECHO)) == services.REDRIVE_BATCH + 6
+
+    # The queue down to one short of a batch: one more of each status, at most.
+    enqueued.calls.pop(0)
+    assert tasks.reconcile()["notifications"] == 2
+    assert enqueued.of(pipeline.ECHO)[-2:] == [(str(pending.pk),), (str(running.pk),)]
+    # And once it has room, every one of them that is quiet.
+    enqueued.clear()
+    Notification.objects.update(updated_at=ago(GRACE + 1))
+    assert tasks.reconcile()["notifications"] == 2
+
+
+def test_no_due_step_is_re_sent_to_a_queue_that_holds_a_batch(enqueued: Enqueued) -> None:
+    """A broadcast's emails queued behind an SMTP server slower than the grace period:
+    each run re-sent a batch of them."""
+    lost = [step_at(due=GRACE + 30, enqueued=GRACE + 30) for _ in range(3)]
+    _queue_holds(enqueued, pipeline.MESSAGE, services.REDRIVE_BATCH - 2)
+
+    assert tasks.reconcile()["steps"] == 2
+
+    assert enqueued.of(pipeline.MESSAGE)[-2:] == [(step.pk,) for step in lost[:2]]
+    enqueued.calls.clear()
+    assert tasks.reconcile()["steps"] == 1
+    assert enqueued.of(pipeline.MESSAGE) == [(lost[2].pk,)]
+
+
+def test_no_trigger_is_re_sent_to_a_queue_that_holds_a_batch(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """A flood of triggers queued longer than the grace period; a routed workflow's queue
+    has room of its own."""
+    settings.NORM_WORKFLOW_QUEUES = {"critical-one": "critical"}
+    queued = TriggerEventFactory()
+    routed = TriggerEventFactory(workflow_id="critical-one")
+    TriggerEvent.objects.update(created_at=ago(GRACE + 1))
+    _queue_holds(enqueued, pipeline.WORKFLOW, services.REDRIVE_BATCH)
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.calls[-1] == (
+        pipeline.WORKFLOW.task,
+        (routed.pk,),
+        {"countdown": None, "queue": "critical"},
+    )
+    queued.refresh_from_db()
+    assert queued.reenqueued_at is None  # not sent: re-sent as soon as there is room
+    enqueued.clear()
+    assert tasks.reconcile()["events"] == 1
+    assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
+
+
 def test_received_trigger_events_older_than_grace_are_enqueued_again(
     enqueued: Enqueued, settings: Any
 ) -> None:
