@@ -228,6 +228,8 @@ def _check(client: Any, body: Any, mode: str) -> TriggerEvent:
         payload=values.get("payload") or {},
         transaction_id=values.get("transactionId") or str(uuid.uuid4()),
         resource=values.get("resource") or values.get("bridgeUrl"),
+        # Named as the caller named it: novu-py sends `bridgeUrl`, Novu's own name for it.
+        resource_field="resource" if values.get("resource") else "bridgeUrl",
         actor=values.get("actor"),
         overrides=values.get("overrides") or {},
     )

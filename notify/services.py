@@ -270,6 +270,7 @@ def trigger_event_check(
     payload: dict[str, Any],
     transaction_id: str,
     resource: str | None = None,
+    resource_field: str = "resource",
     actor: Any = None,
     overrides: dict[str, Any] | None = None,
 ) -> TriggerEvent:
@@ -291,14 +292,14 @@ def trigger_event_check(
         raise ApiError(403, "workflow_forbidden", f"This client may not trigger '{workflow_id}'")
     resource = resource or client.bridge_url
     if resource not in client.bridge_urls():
-        message = "resource is not one of this client's bridge URLs"
+        message = f"{resource_field} is not one of this client's bridge URLs"
         if stored_strings(client.allowed_bridge_urls) is None:
             message += " (its allowed_bridge_urls is not a list of URLs: only its bridge_url is)"
         raise ApiError(
             400,
             "invalid_resource",
             message,
-            [{"field": "resource", "message": "not an allowed bridge URL"}],
+            [{"field": resource_field, "message": "not an allowed bridge URL"}],
         )
     actor_body = parse_actor(actor)
     if actor_body and new_unroutable(

@@ -239,7 +239,9 @@ def test_resource_not_among_bridge_urls_is_400_and_never_called(
     evil = "http://169.254.169.254/latest"
     body = {"name": "welcome", "to": "ann", field_name: evil}
     error = assert_error(post(TRIGGER, body), 400, "invalid_resource")
-    assert error["errors"] == [{"field": "resource", "message": "not an allowed bridge URL"}]
+    # The field as the caller named it: "resource" was no field of a bridgeUrl's request.
+    assert error["errors"] == [{"field": field_name, "message": "not an allowed bridge URL"}]
+    assert error["message"].startswith(f"{field_name} is not one of this client's bridge URLs")
     assert evil not in discover.urls
     assert_nothing_stored(enqueued)
 
