@@ -1223,8 +1223,12 @@ def reconcile() -> dict[str, int]:
         # commands queued behind others) is not lost.
         .exclude(Exists(of_event.filter(created_at__gte=now - grace)))
     )
+    # None while the subscribers queue holds a batch: the commands an event lacks may be
+    # queued there behind other events' (its own first ones too, with none of its
+    # notifications made yet), and each run would queue them again.
+    refans = REDRIVE_BATCH if _room(pipeline.SUBSCRIBER.queue) else 0
     TriggerEvent.objects.filter(
-        pk__in=list(short.values_list("pk", flat=True)[:1000]),
+        pk__in=list(short.values_list("pk", flat=True)[:refans]),
         status=TriggerEvent.Status.PROCESSED,
         canceled_at__isnull=True,
     ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None, refanned=F("refanned") + 1)

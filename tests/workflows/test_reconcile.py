@@ -220,6 +220,23 @@ def test_no_trigger_is_re_sent_to_a_queue_that_holds_a_batch(
     assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
 
 
+def test_no_fan_out_is_run_again_while_the_subscribers_queue_holds_a_batch(
+    enqueued: Enqueued,
+) -> None:
+    """A trigger's subscriber commands queued behind another's for longer than the grace
+    period: none of its notifications made yet, it looked lost, and was run again."""
+    short = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10)
+    _queue_holds(enqueued, pipeline.SUBSCRIBER, services.REDRIVE_BATCH)
+
+    assert tasks.reconcile()["events"] == 0
+    short.refresh_from_db()
+    assert (short.status, short.refanned) == (TriggerEvent.Status.PROCESSED, 0)
+
+    enqueued.calls.pop()
+    assert tasks.reconcile()["events"] == 1
+    assert enqueued.of(pipeline.WORKFLOW) == [(short.pk,)]
+
+
 def test_received_trigger_events_older_than_grace_are_enqueued_again(
     enqueued: Enqueued, settings: Any
 ) -> None:
