@@ -49,10 +49,14 @@ def _message_ids(values: list[Any]) -> set[int]:
     return {int(v) for v in values if _MESSAGE_ID.fullmatch(str(v))}
 
 
+# Novu's marks by name (v1's markAs, v2's /read and /unread): marked unread, a message
+# the subscriber opened to do so counts as seen, as read does (Novu's
+# getReadSeenUpdatePayload and updateMessagesStatus). v1's older `mark: {"read": false}`
+# sets only what it names.
 MARK_AS: dict[str, dict[str, bool | None]] = {
     "read": {"seen": None, "read": True},
     "seen": {"seen": True, "read": None},
-    "unread": {"seen": None, "read": False},
+    "unread": {"seen": True, "read": False},
     "unseen": {"seen": False, "read": None},
 }
 
@@ -452,9 +456,12 @@ class MarkAllApi(APIView):
                 400, "invalid_request", "norm has no feeds: it cannot mark by feedIdentifier"
             )
         mark = MARK_AS[data.validated_data["markAs"]]
-        changed = services.messages_mark(
-            messages=_feed(request, subscriber_id), seen=mark["seen"], read=mark["read"]
-        )
+        feed = _feed(request, subscriber_id)
+        if data.validated_data["markAs"] == "unread":
+            # Only those read, as Novu's markAllMessagesAs: the others were not opened
+            # to be marked, and stay unseen if they are.
+            feed = feed.filter(read_at__isnull=False)
+        changed = services.messages_mark(messages=feed, seen=mark["seen"], read=mark["read"])
         return Response({"data": changed}, status=201)
 
 

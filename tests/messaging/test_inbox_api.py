@@ -236,24 +236,51 @@ def test_mark_several_seen_then_unread(tenant) -> None:
     assert b.seen_at is not None and b.read_at is None
 
 
-def test_marking_unread_a_message_never_seen_leaves_it_unseen(tenant) -> None:
-    """Only read implies seen: an unread mark (v1's, or v2's /unread) is no sign the
-    subscriber saw the message, which stays in the unseen count."""
+def test_marking_unread_by_name_marks_seen_as_novu_does(tenant) -> None:
+    """Novu's `unread` (v1's markAs, v2's /unread) marks the message seen too: the
+    subscriber opened it to mark it. norm left it unseen, so the bell of a subscriber
+    who had marked a message unread still counted it as new."""
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
-    a, b = _in_app(ann, "a"), _in_app(ann, "b")
+    a, b, legacy = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann, "legacy")
 
     unread = api.post(
-        "/v1/subscribers/ann/messages/markAs",
-        {"messageId": [str(a.pk)], "mark": {"read": False}},
+        "/v1/subscribers/ann/messages/mark-as",
+        {"messageId": [str(a.pk)], "markAs": "unread"},
         format="json",
     )
     assert unread.status_code == 201
     assert api.patch(f"/v2/subscribers/ann/notifications/{b.pk}/unread").status_code == 200
+    # v1's older form sets only what it names, as Novu's changeStatus.
+    older = api.post(
+        "/v1/subscribers/ann/messages/markAs",
+        {"messageId": [str(legacy.pk)], "mark": {"read": False}},
+        format="json",
+    )
+    assert older.status_code == 201
 
-    assert list(Message.objects.values_list("seen_at", "read_at")) == [(None, None)] * 2
+    marks = {m.pk: (m.seen_at is not None, m.read_at is not None) for m in Message.objects.all()}
+    assert marks == {a.pk: (True, False), b.pk: (True, False), legacy.pk: (False, False)}
     count = api.get("/v1/subscribers/ann/notifications/unseen")
-    assert count.json()["data"]["count"] == 2
+    assert count.json()["data"]["count"] == 1
+
+
+def test_marking_all_unread_leaves_those_never_read_unseen(tenant) -> None:
+    """Novu's mark-all unread changes the read ones only (already seen, as read implies)."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    read = _in_app(ann, "read", seen_at=timezone.now(), read_at=timezone.now())
+    new = _in_app(ann, "new")
+
+    response = api.post(
+        "/v1/subscribers/ann/messages/mark-all", {"markAs": "unread"}, format="json"
+    )
+
+    assert (response.status_code, response.json()) == (201, {"data": 1})
+    read.refresh_from_db()
+    new.refresh_from_db()
+    assert (read.seen_at is not None, read.read_at) == (True, None)
+    assert (new.seen_at, new.read_at) == (None, None)
 
 
 def test_mark_refuses_messages_of_other_subscribers_or_clients(tenant) -> None:
