@@ -25,6 +25,8 @@ from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.core.mail.message import sanitize_address
+from django.core.mail.utils import DNS_NAME
+from django.utils.encoding import punycode
 from django.utils.html import strip_tags
 from django.utils.module_loading import import_string
 
@@ -59,6 +61,8 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 # a file separator) in a header as a line break. A trigger's inline subscriber stored
 # its email as sent before norm checked it.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A domain as DNS writes it: a dot-atom (RFC 5322) for a Message-ID's right-hand side.
+_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 class SendError(Exception):
@@ -219,6 +223,26 @@ def _email_output_wrong(content: dict[str, Any]) -> str:
         # "ann@" reached the subscriber, whose reply then bounced.
         return f"the step's output has a replyTo that is no email address ({reply_to!r:.100})"
     return "" if one_line(content["subject"]) else "the step's output has an empty subject"
+
+
+def _message_id(message: Message) -> str:
+    """The Message-ID of `message`'s email, the same on each of its attempts.
+
+    Django's (make_msgid: the time, a random number) was new on each: a send retried (a
+    4xx, a reply that timed out after the server took the email, a worker killed before
+    its commit and the step re-driven by the reconciler, an admin's retry) reached the
+    recipient as a new email, which their mail system could not tell from a repeat.
+    The message's id is unique in this install only (another install, or a staging copy
+    of this database, numbers its messages alike); its notification's is a uuid4 drawn
+    once and stored: together, unique anywhere, and the same on every attempt. The
+    domain is DEFAULT_FROM_EMAIL's, the install's own: Django's (the host's name)
+    differs between workers, and a retry runs on any."""
+    _, at, domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")
+    with contextlib.suppress(UnicodeError):  # an IDN, written as DNS reads it
+        domain = punycode(domain)
+    if not (at and _DOMAIN.fullmatch(domain)):  # none, a literal ([192.0.2.1]): Django's
+        domain = str(DNS_NAME)
+    return f"<{message.pk}.{message.step.notification_id}@{domain}>"
 
 
 def _address_list_valid(value: str) -> bool:
@@ -399,7 +423,8 @@ class DjangoEmailProvider(Provider):
             from_email=from_email,
             to=[message.recipient],
             reply_to=[reply_to] if reply_to else None,
-            headers={"X-Norm-Message-Id": str(message.pk)},
+            # The X-Norm-Message-Id (stored as provider_message_id) opens the Message-ID too.
+            headers={"X-Norm-Message-Id": str(message.pk), "Message-ID": _message_id(message)},
         )
         email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
         try:

@@ -195,7 +195,8 @@ def _claimed_send(step: Step) -> None:
     if message.status != Message.Status.SENDING:  # just stored as sent, or ended since
         _outcome_record(step, message)
         return
-    message.subscriber, message.client = subscriber, step.notification.client
+    # As read with the step: a stored message's (a retry's) without a query of their own.
+    message.step, message.subscriber, message.client = step, subscriber, step.notification.client
     message.recipient = provider.recipient(message)
     try:
         provider_message_id = provider.send(message)

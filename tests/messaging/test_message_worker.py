@@ -1930,6 +1930,47 @@ def test_an_email_refused_for_now_keeps_its_recipient_and_once_sent_no_error(
     assert message.sent_at is not None
 
 
+def test_each_attempt_of_a_steps_email_has_one_message_id_and_another_steps_another(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recipient's mail system tells a repeat from a new email by its Message-ID: each
+    attempt had a new one (Django's), so a send refused for now and retried, or re-driven
+    by the reconciler after its worker died before the commit, reached them as another
+    email. Each attempt carries the step's own, valid (RFC 5322) and of norm's domain."""
+    settings.DEFAULT_FROM_EMAIL = "Norm <norm@mail.example.com>"
+    smtp_server.replies = [_answered_at_once("451 4.3.0 Try again later")]
+    step = send(email_step())
+    assert step.status == Step.Status.SCHEDULED
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+
+    def killed_before_the_commit(**kwargs: Any) -> None:
+        raise WorkerKilled
+
+    complete = workflow_services.step_complete
+    monkeypatch.setattr(workflow_services, "step_complete", killed_before_the_commit)
+    with pytest.raises(WorkerKilled):
+        send(step)
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    workflow_services.reconcile()
+    assert send(step).status == Step.Status.COMPLETED
+    other = send(email_step())
+
+    refused, killed, sent, another = (
+        message_from_bytes(envelope.content, policy=policy.default)["Message-ID"]
+        for envelope in smtp_server.envelopes
+    )
+    message = Message.objects.get(step=step)
+    assert refused == killed == sent == f"<{message.pk}.{step.notification_id}@mail.example.com>"
+    assert not sent.defects and message.provider_message_id == str(message.pk)
+    other_message = Message.objects.get(step=other)
+    assert another == f"<{other_message.pk}.{other.notification_id}@mail.example.com>"
+
+
 def test_an_email_sent_at_once_records_when(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
