@@ -343,6 +343,19 @@ def _socket_of(backend: BaseEmailBackend) -> socket.socket | None:
     return getattr(getattr(backend, "connection", None), "sock", None)
 
 
+# The server refusing norm's login, or mail without one (RFC 4954): 530 authentication
+# required, 534 mechanism too weak, 535 credentials invalid, 538 encryption required.
+_LOGIN_REFUSED = frozenset({530, 534, 535, 538})
+
+
+def _for_now(code: int) -> bool:
+    """Whether an SMTP reply of `code` may go another way on another try. A 4xx is the
+    server's "try again later", a 5xx final, but for a login refused: that is the
+    server's configuration or norm's (a password being rotated), not the email's nor its
+    recipient's, and failed for good it lost every email of a broadcast sent meanwhile."""
+    return code < 500 or code in _LOGIN_REFUSED
+
+
 def _timed_out(seconds: float) -> str:
     return (
         f"SMTP send timed out after {seconds:g} s (EMAIL_SEND_DEADLINE): "
@@ -430,11 +443,19 @@ class DjangoEmailProvider(Provider):
         try:
             with deadlines.within(settings.EMAIL_SEND_DEADLINE) as deadline:
                 self._deliver(email, deadline)
+        except smtplib.SMTPAuthenticationError as exc:
+            # Refused the backend's login(), whatever the code: see _for_now. The settings
+            # named and the server's reply; neither the user nor the password, which the
+            # reason, shown to the client through the API, is no place for.
+            raise SendError(
+                "the SMTP login failed (EMAIL_HOST_USER, EMAIL_HOST_PASSWORD): "
+                f"{exc.smtp_code} {smtp_reply(exc.smtp_error)}",
+                transient=True,
+            ) from exc
         except smtplib.SMTPResponseException as exc:
-            # 4xx replies are the server's "try again later"; 5xx are final.
             raise SendError(
                 f"SMTP {exc.smtp_code}: {smtp_reply(exc.smtp_error)}",
-                transient=exc.smtp_code < 500,
+                transient=_for_now(exc.smtp_code),
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
@@ -443,7 +464,7 @@ class DjangoEmailProvider(Provider):
                 for address, (code, reply) in exc.recipients.items()
             )
             raise SendError(
-                f"the SMTP server refused {refused}", transient=all(c < 500 for c in codes)
+                f"the SMTP server refused {refused}", transient=all(_for_now(c) for c in codes)
             ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from celery.exceptions import Retry
 from django.core import mail
 from django.core.mail.backends.base import BaseEmailBackend
@@ -1979,6 +1980,85 @@ def test_an_email_sent_at_once_records_when(
     message = Message.objects.get()
     assert message.status == Message.Status.SENT
     assert message.sent_at is not None and before <= message.sent_at <= timezone.now()
+
+
+@contextlib.contextmanager
+def smtp_requiring_login(settings: Any, inbox: Inbox, password: str) -> Iterator[None]:
+    """As smtp_serving, a server that takes no email before a login as "norm" with
+    `password` (over plain SMTP, on loopback)."""
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        return AuthResult(success=data == LoginPassword(b"norm", password.encode()), handled=False)
+
+    with smtp_serving(
+        settings, inbox, auth_required=True, auth_require_tls=False, authenticator=authenticate
+    ):
+        yield
+
+
+@pytest.mark.parametrize(
+    ("user", "error"),
+    [
+        (
+            "norm",
+            "the SMTP login failed (EMAIL_HOST_USER, EMAIL_HOST_PASSWORD): "
+            "535 5.7.8 Authentication credentials invalid",
+        ),
+        ("", "SMTP 530: 5.7.0 Authentication required"),  # no login set, and one required
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_an_smtp_login_refused_is_retried_and_fails_after_norm_send_max_attempts(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, user: str, error: str
+) -> None:
+    """A login refused is the server's configuration or norm's (a password being rotated),
+    not the email's: failed for good at once, as a 5xx, every email of a broadcast sent
+    meanwhile was lost. Retried as a 4xx, and failed with the reason, no password in it."""
+    settings.NORM_SEND_MAX_ATTEMPTS = 2
+    inbox = Inbox()
+    with smtp_requiring_login(settings, inbox, "new-secret"):
+        settings.EMAIL_HOST_PASSWORD = "old-secret" if user else ""
+        settings.EMAIL_HOST_USER = user
+        step = send(email_step())
+        assert (step.status, step.error) == (Step.Status.SCHEDULED, error)
+        assert Message.objects.get().status == Message.Status.SENDING
+        Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+        step = send(step)
+
+    assert (step.status, step.error, step.attempts) == (Step.Status.FAILED, error, 2)
+    assert Message.objects.values_list("status", "error").get() == (Message.Status.FAILED, error)
+    assert inbox.envelopes == []
+
+
+def test_a_recipient_refused_for_want_of_a_login_is_retried_after_a_backoff(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """A server relaying for those logged in only may say so for each recipient."""
+    with smtp_serving(settings, _Refusing("RCPT", "530 5.7.1 Client was not authenticated")):
+        step = send(email_step())
+
+    assert step.status == Step.Status.SCHEDULED
+    assert step.error == (
+        "the SMTP server refused ann@example.com: 530 5.7.1 Client was not authenticated"
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_an_email_refused_a_login_is_sent_on_its_retry_once_the_password_is_rotated(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    inbox = Inbox()
+    with smtp_requiring_login(settings, inbox, "new-secret"):
+        settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = "norm", "old-secret"
+        step = send(email_step())
+        assert step.status == Step.Status.SCHEDULED and "SMTP login failed" in step.error
+        settings.EMAIL_HOST_PASSWORD = "new-secret"
+        Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+        step = send(step)
+
+    assert (step.status, step.attempts) == (Step.Status.COMPLETED, 2)
+    assert [envelope.rcpt_tos for envelope in inbox.envelopes] == [["ann@example.com"]]
+    assert Message.objects.values_list("status", "error").get() == (Message.Status.SENT, "")
 
 
 def test_a_from_address_django_refuses_fails_the_step_at_once_unsent(
