@@ -453,9 +453,13 @@ class DjangoEmailProvider(Provider):
                 transient=True,
             ) from exc
         except smtplib.SMTPResponseException as exc:
+            # Its greeting or its reply to HELO refuses norm's connection (a 554 to an
+            # address it does not serve, a name it does not take), before any email: the
+            # server's or norm's configuration, as a login refused.
+            refused_norm = isinstance(exc, (smtplib.SMTPConnectError, smtplib.SMTPHeloError))
             raise SendError(
                 f"SMTP {exc.smtp_code}: {smtp_reply(exc.smtp_error)}",
-                transient=_for_now(exc.smtp_code),
+                transient=refused_norm or _for_now(exc.smtp_code),
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]

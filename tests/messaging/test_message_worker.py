@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -2059,6 +2060,47 @@ def test_an_email_refused_a_login_is_sent_on_its_retry_once_the_password_is_rota
     assert (step.status, step.attempts) == (Step.Status.COMPLETED, 2)
     assert [envelope.rcpt_tos for envelope in inbox.envelopes] == [["ann@example.com"]]
     assert Message.objects.values_list("status", "error").get() == (Message.Status.SENT, "")
+
+
+class _RefusesItsName(Inbox):
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        return ["550 5.7.1 Not taking mail from this host"]
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        return "550 5.7.1 Not taking mail from this host"
+
+
+class _RefusesService(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(b"554 5.7.1 No SMTP service for this address\r\n")
+        with contextlib.suppress(OSError):
+            self.request.recv(1024)  # its QUIT
+
+
+@pytest.mark.parametrize("at", ["greeting", "HELO"])
+def test_a_server_refusing_norms_connection_is_tried_again_after_a_backoff(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, at: str
+) -> None:
+    """A 554 greeting (an address the server does not serve) or a HELO refused (a name it
+    does not take) is before any email: the server's or norm's configuration, not the
+    email's. Failed for good, as a 5xx to the email, every email sent meanwhile was lost."""
+    if at == "HELO":
+        with smtp_serving(settings, _RefusesItsName()):
+            step = send(email_step())
+        error = "SMTP 550: 5.7.1 Not taking mail from this host"
+    else:
+        with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RefusesService) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            smtp_unreachable(settings)
+            settings.EMAIL_PORT = server.server_address[1]
+            step = send(email_step())
+            server.shutdown()
+        error = "SMTP 554: 5.7.1 No SMTP service for this address"
+
+    assert (step.status, step.error) == (Step.Status.SCHEDULED, error)
+    assert Message.objects.values_list("status", "error").get() == (Message.Status.SENDING, error)
 
 
 def test_a_from_address_django_refuses_fails_the_step_at_once_unsent(
