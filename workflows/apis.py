@@ -83,7 +83,10 @@ class NotificationListApi(APIView):
 
             _id = serializers.CharField()
             type = serializers.ChoiceField(
-                choices=sorted(selectors.STEP_TYPES | {"trigger"}),
+                # A digest, throttle, tool or http_request step is recorded when skipped.
+                choices=sorted(
+                    selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES | {"trigger"}
+                ),
                 help_text="trigger: the workflow's run, failed between steps",
             )
             status = serializers.ChoiceField(choices=selectors.JOB_STATUSES)

@@ -18,6 +18,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config import pipeline
+from config.dates import iso_z
 from config.db import bounded, error_text, insert_once
 from config.errors import ApiError
 from config.redact import masked_url
@@ -599,14 +600,19 @@ def _record_answer(
         return
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs, providers = answer.get("outputs"), answer.get("providers") or {}
-    if step_type in selectors.UNSUPPORTED_STEP_TYPES:
+    options = answer.get("options")
+    skipped = isinstance(options, dict) and options.get("skip") is True
+    # Skipped, a step of a type norm does not run asks nothing of norm: it is recorded
+    # skipped and the workflow goes on, as in Novu (a digest only some triggers need).
+    if step_type in selectors.UNSUPPORTED_STEP_TYPES and not skipped:
         _refuse_answer(
             notification,
             code="UnsupportedStepType",
             message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
         )
         return
-    if not isinstance(step_id, str) or not step_id or step_type not in selectors.STEP_TYPES:
+    known = selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES
+    if not isinstance(step_id, str) or not step_id or step_type not in known:
         _refuse_answer(
             notification,
             code="BridgeInvalidResponse",
@@ -640,8 +646,6 @@ def _record_answer(
             message=f"the bridge returned step '{step_id}' again, which already ran",
         )
         return
-    options = answer.get("options")
-    skipped = isinstance(options, dict) and options.get("skip") is True
     now = timezone.now()
     due_at, countdown = now, 0.0
     if step_type == "delay" and not skipped:
@@ -680,7 +684,7 @@ def _record_answer(
                 outputs=outputs,
                 providers=providers,
                 status=Step.Status.SKIPPED if skipped else Step.Status.SCHEDULED,
-                result=_skipped_result(step_type) if skipped else {},
+                result=_skipped_result(step_type, notification) if skipped else {},
                 due_at=due_at,
                 enqueued_at=now if on_broker and not skipped else None,
                 completed_at=now if skipped else None,
@@ -696,12 +700,26 @@ def _record_answer(
         )
 
 
-def _skipped_result(step_type: str) -> dict[str, Any]:
+def _skipped_result(step_type: str, notification: Notification) -> dict[str, Any]:
+    """A skipped step's entry in the state: what Novu's worker sends for it, which Novu's
+    framework holds to the type's result schema when it replays the step (a `{}` for a
+    digest or a throttle is refused: `events`, `throttled` are required)."""
     if step_type == "in_app":
         return selectors.in_app_result(None)
     if step_type == "delay":
         return {"duration": 0}
-    return {}
+    if step_type == "digest":
+        # Novu's: the digest's events are the run's own and those merged into it; a
+        # skipped one merged none. Its code then renders the one event, not none.
+        own = {
+            "id": str(notification.pk),
+            "time": iso_z(notification.created_at),
+            "payload": notification.payload,
+        }
+        return {"events": [own], "eventCount": 1}
+    if step_type == "throttle":
+        return {"throttled": False}  # Novu's for a throttle that did not run
+    return {}  # channels and tool (`{}`), custom and http_request (no output stored)
 
 
 def _refuse_answer(notification: Notification, *, code: str, message: str) -> None:
@@ -846,7 +864,8 @@ def step_skip(*, step: Step, reason: str) -> None:
     the step a second task, which found it reachable (the address added back, its
     worker with a provider for the channel), was sending: recorded skipped, the bridge
     told so, though the email went out; and an earlier attempt's message given up."""
-    skipped = {"status": Step.Status.SKIPPED, "result": _skipped_result(step.type), "error": reason}
+    result = _skipped_result(step.type, step.notification)
+    skipped = {"status": Step.Status.SKIPPED, "result": result, "error": reason}
     if getattr(step, "message_status", None) != Message.Status.SENDING:
         _step_finish(step, held=True, **skipped)
         return

@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email import message_from_bytes, policy
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,11 +17,12 @@ from django.db import connection
 from django.db.models import F
 
 from config import pipeline
+from config.dates import iso_z
 from messaging import services as messaging_services
 from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued, sdk_serving, while_held
+from tests.conftest import Enqueued, Respond, json_serving, sdk_serving, while_held
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from tests.messaging.test_message_worker import Inbox, smtp_serving
 from workflows import selectors, services
@@ -503,3 +505,86 @@ def test_a_workflow_whose_steps_skip_from_the_first_completes(
         for step_id in ("inbox", "wait", "mail", "calc")
     }
     assert len(smtp.envelopes) == (0 if "mail" in skipped else 1)
+
+
+# A skipped step's result as Novu's worker sends it back, which Novu's framework holds to
+# the type's result schema when it replays the step, skipped or not.
+REQUIRED_IN_RESULT = {"digest": "events", "throttle": "throttled", "tool": "", "http_request": ""}
+
+
+def comments_bridge(step_type: str) -> Respond:
+    """A bridge in norm's mode (BRIDGE.md) whose workflow is Novu's digest example: a
+    `collect` step of `step_type`, skipped (one comment needs no digest), then an email
+    listing the digest's events. norm's SDK declares no digest, throttle, tool or
+    http_request step, so the bridge is this one, which replays `collect` as Novu's
+    framework does: its result refused without the key the type's schema requires."""
+
+    def answer(step_id: str, kind: str, outputs: dict[str, Any], *, skip: bool) -> Any:
+        return (
+            200,
+            {
+                "stepId": step_id,
+                "type": kind,
+                "done": False,
+                "outputs": outputs,
+                "providers": {},
+                "options": {"skip": skip},
+                "metadata": {"status": "success", "error": False, "duration": 0.5},
+            },
+            {},
+        )
+
+    def respond(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        if method != "POST":
+            return 200, {"status": "ok"}, {}
+        state = {e["stepId"]: e for e in json.loads(body)["state"]}
+        if "collect" not in state:
+            return answer("collect", step_type, {}, skip=True)
+        result, required = state["collect"]["outputs"], REQUIRED_IN_RESULT[step_type]
+        if required and required not in result:
+            message = f"must have required property '{required}' (step `collect`)"
+            return 400, {"code": "ExecutionStateResultInvalidError", "message": message}, {}
+        if "mail" in state:
+            return 200, {"done": True, "outputs": {}, "options": {"skip": False}}, {}
+        events = result.get("events", [{"payload": {"comment": "no digest"}}])
+        lines = "; ".join(event["payload"]["comment"] for event in events)
+        return answer("mail", "email", {"subject": f"{len(events)} new", "body": lines}, skip=False)
+
+    return respond
+
+
+@pytest.mark.parametrize("step_type", sorted(REQUIRED_IN_RESULT))
+def test_a_skipped_step_of_a_type_norm_does_not_run_is_recorded_and_the_workflow_goes_on(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture, smtp: Inbox, step_type: str
+) -> None:
+    """A digest (or throttle, tool, http_request) step norm does not run failed the
+    notification with UnsupportedStepType even when the bridge skipped it, though a skipped
+    step asks nothing of norm: the email after it was never sent. It is recorded skipped,
+    with Novu's result for the type (a digest's: the run's own event), and the workflow
+    goes on."""
+    client, key = client_with_key()
+    with json_serving(comments_bridge(step_type)) as url:
+        client.bridge_url = url
+        client.save(update_fields=["bridge_url"])
+        BridgeWorkflowFactory(client=client, workflow_id="comments")
+        BridgeSyncFactory(client=client, flavour="norm")
+        norm = Pipeline(key, enqueued, django_capture_on_commit_callbacks)
+        notification = norm.trigger("comments", {"comment": "First!"})
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("completed", "")
+    assert states(notification) == [("collect", "skipped", ""), ("mail", "completed", "")]
+    own_event = {
+        "id": str(notification.pk),
+        "time": iso_z(notification.created_at),
+        "payload": {"comment": "First!"},
+    }
+    assert notification.steps.get(step_id="collect").result == {
+        "digest": {"events": [own_event], "eventCount": 1},
+        "throttle": {"throttled": False},
+    }.get(step_type, {})
+    [envelope] = smtp.envelopes
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    assert sent["Subject"] == "1 new"
+    shown = "First!" if step_type == "digest" else "no digest"
+    assert shown in sent.get_body().get_content()
