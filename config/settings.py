@@ -372,7 +372,8 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=Tru
 # its claim back uncounted (see step_claim). A worker killed costs one or two claims; the
 # default leaves room for several. It bounds as well the runs of an echo, a step's send
 # or a fan-out that an unexpected error (a bug) ends: then the row fails, its reason the
-# error's (the notification's code InternalError), rather than run again for good.
+# error's (the notification's code InternalError), rather than run again for good. A
+# fan-out's runs whose claim went stale (a worker that died) count with those a bug ended.
 NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10, positive=True)
 # Seconds a whole call to a bridge may take, connecting included (DNS aside).
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0, positive=True)

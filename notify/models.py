@@ -228,7 +228,8 @@ class TriggerEvent(models.Model):
     # The subscriberIds of recipients deleted (with their notification) since its fan-out:
     # a run of it again, for commands lost with the broker, leaves them out.
     forgotten = models.JSONField(default=list, blank=True)
-    # Fan-outs an unexpected error (a bug) ended: failed at NORM_MAX_CLAIMS.
+    # Runs of its fan-out that ended unfinished: a bug ended them, or their claim went
+    # stale (the worker died or hung). Failed at NORM_MAX_CLAIMS.
     internal_errors = models.PositiveSmallIntegerField(default=0)
     # While its cancel has a task with notifications left to end: when that task was
     # last handed on (by the request past its budget, or the reconciler) or last ended a

@@ -1213,9 +1213,28 @@ def reconcile() -> dict[str, int]:
     stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)
     counts = {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
 
-    released_events = TriggerEvent.objects.filter(
+    # A run whose claim went stale never came back: its worker died (killed for memory,
+    # say) or hung. Counted with the runs a bug ended, it bounds a fan-out that kills its
+    # worker each time, which was run again every NORM_STALE_CLAIM_SECONDS for good; a
+    # run that was only slow still ends the event processed when it finishes.
+    stale_events = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
-    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+    )
+    given_up_events = stale_events.filter(
+        internal_errors__gte=settings.NORM_MAX_CLAIMS - 1, canceled_at__isnull=True
+    ).update(
+        status=TriggerEvent.Status.FAILED,
+        internal_errors=F("internal_errors") + 1,
+        error=f"its fan-out never finished in {settings.NORM_MAX_CLAIMS} runs, the last "
+        "one's claim gone stale (a fan-out that kills its worker?); given up after "
+        "NORM_MAX_CLAIMS",
+        processed_at=now,
+    )
+    released_events = stale_events.update(
+        status=TriggerEvent.Status.RECEIVED,
+        reenqueued_at=None,
+        internal_errors=F("internal_errors") + 1,
+    )
     # A canceled event no run may claim: one released above (its run died after the
     # cancel), or by a run the broker refused, ends here rather than received for good.
     TriggerEvent.objects.filter(
@@ -1334,6 +1353,12 @@ def reconcile() -> dict[str, int]:
         pipeline.send_now(pipeline.ECHO, str(notification_pk))
     counts["notifications"] = len(notification_pks)
     _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
+    if given_up_events:
+        logger.warning(
+            "reconcile: %d trigger event(s) failed, their fan-out never finished in "
+            "NORM_MAX_CLAIMS runs (a fan-out that kills its worker?)",
+            given_up_events,
+        )
     return counts
 
 

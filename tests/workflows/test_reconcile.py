@@ -288,6 +288,99 @@ def test_a_trigger_event_stuck_in_processing_is_released_and_enqueued(enqueued: 
     assert busy.status == TriggerEvent.Status.PROCESSING
 
 
+class WorkerKilled(BaseException):
+    """The worker process dies mid-fan-out (out of memory, SIGKILL): nothing after runs,
+    not even the recording of a bug, and the event stays claimed by the dead run."""
+
+
+def fan_out_dies(*, trigger_event_id: int) -> None:
+    raise WorkerKilled
+
+
+def run_dies_and_its_claim_goes_stale(event: TriggerEvent, claim: str) -> None:
+    with pytest.raises(WorkerKilled):
+        services.trigger_event_run(trigger_event_id=event.pk, claim=claim)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        claimed_at=ago(STALE + 1), created_at=ago(STALE + 1)
+    )
+
+
+def test_a_fan_out_that_kills_its_worker_each_time_fails_after_norm_max_claims(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run died, the reconciler released its stale claim and sent the event again,
+    and the next run claimed it and died: forever, as only a bug's runs were counted.
+    Now the runs a stale claim ended count too, and the event fails at NORM_MAX_CLAIMS."""
+    settings.NORM_MAX_CLAIMS = 3
+    monkeypatch.setattr(services, "_fan_out", fan_out_dies)
+    event = TriggerEventFactory()
+
+    for run in range(1, 4):
+        run_dies_and_its_claim_goes_stale(event, claim=f"task-{run}")
+        enqueued.clear()
+        tasks.reconcile()
+        event.refresh_from_db()
+        if run < 3:  # one crash, or two, and the event is run again
+            assert (event.status, event.internal_errors) == (TriggerEvent.Status.RECEIVED, run)
+            assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+
+    assert (event.status, event.internal_errors) == (TriggerEvent.Status.FAILED, 3)
+    assert event.error == (
+        "its fan-out never finished in 3 runs, the last one's claim gone stale (a fan-out "
+        "that kills its worker?); given up after NORM_MAX_CLAIMS"
+    )
+    assert event.processed_at is not None
+    assert enqueued.calls == []
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-4")  # a late redelivery
+    assert TriggerEvent.objects.get(pk=event.pk).status == TriggerEvent.Status.FAILED
+
+
+def test_a_fan_out_whose_worker_died_once_is_run_again_and_finishes(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.NORM_MAX_CLAIMS = 2
+    event = TriggerEventFactory(to=["ann"])
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "_fan_out", fan_out_dies)
+        run_dies_and_its_claim_goes_stale(event, claim="task-1")
+    tasks.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+
+    event.refresh_from_db()
+    assert (event.status, event.error, event.recipients) == ("processed", "", 1)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+
+
+def test_a_fan_out_slower_than_the_stale_claim_still_finishes_processed(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that outlasts NORM_STALE_CLAIM_SECONDS has its claim released (and counted)
+    while it works; it finishes the event processed, and the rerun sent meanwhile finds
+    nothing to do."""
+    settings.NORM_MAX_CLAIMS = 2
+    fan_out = services._fan_out
+
+    def slow_fan_out(*, trigger_event_id: int) -> None:
+        TriggerEvent.objects.filter(pk=trigger_event_id).update(
+            claimed_at=ago(STALE + 1), created_at=ago(STALE + 1)
+        )
+        tasks.reconcile()  # while this run still works
+        fan_out(trigger_event_id=trigger_event_id)
+
+    monkeypatch.setattr(services, "_fan_out", slow_fan_out)
+    event = TriggerEventFactory(to=["ann"])
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]  # the reconciler's rerun
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+
+    event.refresh_from_db()
+    assert (event.status, event.error, event.recipients) == ("processed", "", 1)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+
+
 def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueued) -> None:
     """Canceled while a run held it, and the run died (or the broker refused its
     commands): released, it stayed received for good, as no run claims a canceled event."""
