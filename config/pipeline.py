@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import billiard.exceptions
@@ -112,6 +113,18 @@ def bugs_recorded(
     except Exception as exc:
         log.exception("%s failed", what)
         record(exc)
+
+
+class ClaimInterrupted(OperationalError):
+    """The database failed while this run held its row's claim (a step's, a trigger
+    event's), taken at `claimed_at`: for the task's retry to take the claim back without
+    counting it again as a run that never came back (see step_claim). Raised from the
+    database's error, as one (a caller that retries those retries this). `retry_kwargs`:
+    what the retry carries, for `db_retry`."""
+
+    def __init__(self, claimed_at: datetime) -> None:
+        super().__init__("the database failed while the row was claimed")
+        self.retry_kwargs: dict[str, Any] = {"resumed": claimed_at.isoformat()}
 
 
 def db_retry(task: Task, exc: BaseException | None, **kwargs: Any) -> celery.exceptions.Retry:

@@ -24,17 +24,6 @@ from workflows.selectors import CHANNEL_TYPES
 logger = logging.getLogger(__name__)
 
 
-class ClaimInterrupted(OperationalError):
-    """The database failed while this run held the step's claim, taken at `claimed_at`:
-    for the task's retry to take the claim back without counting it again (see
-    step_claim). Raised from the database's error, as one (a caller that retries
-    those retries this). `retry_kwargs`: what the retry carries (message_send's)."""
-
-    def __init__(self, claimed_at: datetime) -> None:
-        super().__init__("the database failed while the step was claimed")
-        self.retry_kwargs: dict[str, Any] = {"resumed": claimed_at.isoformat()}
-
-
 class SentUnrecorded(Exception):
     """The provider took the message, and the database failed before it was recorded
     sent. `retry_kwargs`: the record, for the task's retry to carry and write (JSON; see
@@ -115,7 +104,7 @@ def _send(*, step_id: int, claim: str, resumed: datetime | None) -> None:
         # Retried as it is, the task counted a claim toward NORM_MAX_CLAIMS each time it
         # took the step back: a run of database errors failed the notification as taken
         # by workers that never finished it (TooManyClaims). Its retry resumes this one.
-        raise ClaimInterrupted(step.claimed_at) from exc
+        raise pipeline.ClaimInterrupted(step.claimed_at) from exc
 
 
 def _claimed_send(step: Step) -> None:

@@ -24,7 +24,7 @@ def message_send(
             sent=sent,
             resumed=datetime.fromisoformat(resumed) if resumed else None,
         )
-    except (services.ClaimInterrupted, services.SentUnrecorded) as cut:
+    except (pipeline.ClaimInterrupted, services.SentUnrecorded) as cut:
         # Retried as DB_RETRY retries the database's error, carrying what the run learned
         # before it: only the task's message outlives the run (the database being away).
         # A retry that resumes a claim takes it back uncounted; redelivered (its worker

@@ -13,7 +13,18 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    OuterRef,
+    PositiveSmallIntegerField,
+    Q,
+    QuerySet,
+    Subquery,
+    When,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -74,17 +85,27 @@ LOST_WITH_ITS_TASK = (
 # --- stage 2: the workflow worker ------------------------------------------------------
 
 
-def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
+def trigger_event_run(
+    *, trigger_event_id: int, claim: str = "", resumed: datetime | None = None
+) -> None:
     """Fan a trigger event out: one subscriber command per listed recipient, and one
     batch command per chunk of subscribers drawn from the database (broadcast, topics).
 
     Safe to run twice: the claim lets one run at a time, and a rerun (after a crash,
     or when the reconciler finds commands lost with the broker) sends commands only
     to recipients without a notification; the subscriber worker deduplicates the rest
-    on (event, subscriber). `claim`: the task's id; see `step_claim`.
+    on (event, subscriber). `claim`: the task's id; see `step_claim`, as for `resumed`
+    (a database error while the event is claimed raises ClaimInterrupted).
     """
     now = timezone.now()
     claim = claim or uuid.uuid4().hex
+    # Its own claim taken back, the run that took it never came back: its worker died
+    # and Celery delivered the task again (reject on worker lost), at once and for good
+    # if the fan-out kills its worker each time. Counted as a stale claim is (reconcile),
+    # unless this is that run's retry after a database error, which resumes the claim.
+    taken_back = Q(status=TriggerEvent.Status.PROCESSING, claimed_by=claim)
+    if resumed is not None:
+        taken_back &= ~Q(claimed_at=resumed)
     claimed = (
         TriggerEvent.objects.filter(pk=trigger_event_id, canceled_at__isnull=True)
         .filter(
@@ -99,6 +120,11 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
             # run records its own. Cleared when the run ends, it also cleared the reason
             # of a command that had already failed (the first chunks of a broadcast).
             error="",
+            internal_errors=Case(
+                When(taken_back, then=F("internal_errors") + 1),
+                default=F("internal_errors"),
+                output_field=PositiveSmallIntegerField(),
+            ),
         )
     )
     if not claimed:
@@ -140,11 +166,30 @@ def trigger_event_run(*, trigger_event_id: int, claim: str = "") -> None:
         # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
         held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
         raise
+    except (OperationalError, InterfaceError) as exc:
+        # Retried as it is, the task's retry took its claim back counted, as a run that
+        # never came back: a flapping PostgreSQL would fail the event.
+        raise pipeline.ClaimInterrupted(now) from exc
+
+
+def _never_finished() -> str:
+    """The reason of an event failed for the runs of its fan-out that never came back."""
+    return (
+        f"its fan-out never finished in {settings.NORM_MAX_CLAIMS} runs, the last one lost "
+        "with its worker (a fan-out that kills its worker?); given up after NORM_MAX_CLAIMS"
+    )
 
 
 def _fan_out(*, trigger_event_id: int) -> None:
     """`trigger_event_run` once it holds the event."""
     event = TriggerEvent.objects.select_related("client").get(pk=trigger_event_id)
+    # Read here, not by a query of its own at the claim, which counted the run that took
+    # the claim back from one that never came back (a worker killed each time).
+    if event.internal_errors >= settings.NORM_MAX_CLAIMS:
+        TriggerEvent.objects.filter(pk=event.pk).update(
+            status=TriggerEvent.Status.FAILED, error=_never_finished(), processed_at=timezone.now()
+        )
+        return
     if not event.client.is_active:
         TriggerEvent.objects.filter(pk=event.pk).update(
             status=TriggerEvent.Status.FAILED, error=CLIENT_INACTIVE, processed_at=timezone.now()
@@ -1225,9 +1270,7 @@ def reconcile() -> dict[str, int]:
     ).update(
         status=TriggerEvent.Status.FAILED,
         internal_errors=F("internal_errors") + 1,
-        error=f"its fan-out never finished in {settings.NORM_MAX_CLAIMS} runs, the last "
-        "one's claim gone stale (a fan-out that kills its worker?); given up after "
-        "NORM_MAX_CLAIMS",
+        error=_never_finished(),
         processed_at=now,
     )
     released_events = stale_events.update(

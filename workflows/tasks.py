@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from celery import Task, shared_task
 from django.conf import settings
 
@@ -8,10 +10,19 @@ from workflows import bridge, services
 
 
 @shared_task(name="norm.workflow.run", bind=True, ignore_result=True, **pipeline.DB_RETRY)
-def workflow_run(self: Task, trigger_event_id: int) -> None:
+def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) -> None:
     """Stage 2: fan a trigger event out to its recipients. Claims the event first,
-    under the task's id, which its retries keep."""
-    services.trigger_event_run(trigger_event_id=trigger_event_id, claim=self.request.id or "")
+    under the task's id, which its retries keep. `resumed`: when the run the database
+    cut off claimed the event (ISO 8601)."""
+    try:
+        services.trigger_event_run(
+            trigger_event_id=trigger_event_id,
+            claim=self.request.id or "",
+            resumed=datetime.fromisoformat(resumed) if resumed else None,
+        )
+    except pipeline.ClaimInterrupted as cut:
+        # As message_send's: the retry takes the claim back uncounted (trigger_event_run).
+        raise pipeline.db_retry(self, cut.__cause__, **cut.retry_kwargs) from cut
 
 
 @shared_task(name="norm.trigger.cancel", ignore_result=True, **pipeline.DB_RETRY)

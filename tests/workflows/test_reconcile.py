@@ -326,7 +326,7 @@ def test_a_fan_out_that_kills_its_worker_each_time_fails_after_norm_max_claims(
 
     assert (event.status, event.internal_errors) == (TriggerEvent.Status.FAILED, 3)
     assert event.error == (
-        "its fan-out never finished in 3 runs, the last one's claim gone stale (a fan-out "
+        "its fan-out never finished in 3 runs, the last one lost with its worker (a fan-out "
         "that kills its worker?); given up after NORM_MAX_CLAIMS"
     )
     assert event.processed_at is not None

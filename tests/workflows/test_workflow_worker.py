@@ -6,6 +6,7 @@ from typing import Any
 
 import kombu.exceptions
 import pytest
+from celery.exceptions import Retry
 from django.db import OperationalError, connection
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -230,6 +231,74 @@ def test_the_fanning_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     ]
     event.refresh_from_db()
     assert (event.status, event.claimed_by) == (TriggerEvent.Status.PROCESSED, "task-1")
+
+
+class WorkerKilled(BaseException):
+    """The worker process dies mid-fan-out (out of memory, SIGKILL): nothing after runs."""
+
+
+def test_a_fan_out_whose_task_kills_its_worker_each_time_fails_after_norm_max_claims(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery delivers the task of a worker that died again (reject on worker lost: the
+    same task id), and it took its own claim back uncounted: a fan-out that kills its
+    worker each time was run again at once, for good. It fails at NORM_MAX_CLAIMS."""
+    settings.NORM_MAX_CLAIMS = 3
+    runs = 0
+
+    def dies(*args: Any) -> None:
+        nonlocal runs
+        runs += 1
+        raise WorkerKilled
+
+    monkeypatch.setattr(services, "parse_recipients", dies)  # mid-fan-out
+    event = TriggerEventFactory()
+    for _ in range(3):
+        with pytest.raises(WorkerKilled):
+            services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+
+    assert runs == 3
+    event.refresh_from_db()
+    assert (event.status, event.internal_errors) == (TriggerEvent.Status.FAILED, 3)
+    assert event.error.startswith("its fan-out never finished in 3 runs, the last one lost")
+    assert event.processed_at is not None and enqueued.calls == []
+
+
+def _task_retry(retried: Retry) -> dict[str, Any]:
+    """The retry of a task as the broker carries it: through JSON."""
+    return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
+
+
+def test_database_errors_while_the_event_is_claimed_do_not_count_against_norm_max_claims(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's retries take the claim back resumed, not as runs that never came back:
+    a flapping PostgreSQL does not fail the event. Redelivered after its worker died, a
+    retry carries a time its own claim has moved on from, and counts."""
+    settings.NORM_MAX_CLAIMS = 2
+    event = TriggerEventFactory(to=["ann"])
+    parse: Any = services.parse_recipients
+    for _ in range(3):  # the first three runs fail on the database
+        parse = FailsOnce(parse, OperationalError("the server closed"))
+    monkeypatch.setattr(services, "parse_recipients", parse)
+    retry: dict[str, Any] = {"args": [event.pk]}
+    for retries in range(3):
+        with pytest.raises(Retry) as retried:
+            tasks.workflow_run.apply(**retry, task_id="task-1", retries=retries, throw=True)
+        retry = _task_retry(retried.value)
+        assert TriggerEvent.objects.get(pk=event.pk).internal_errors == 0
+
+    tasks.workflow_run.apply(**retry, task_id="task-1", retries=3, throw=True)
+
+    event.refresh_from_db()
+    assert (event.status, event.internal_errors) == (TriggerEvent.Status.PROCESSED, 0)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+    # The last retry delivered again (its worker died after it claimed): counted.
+    TriggerEvent.objects.filter(pk=event.pk).update(status=TriggerEvent.Status.PROCESSING)
+    tasks.workflow_run.apply(**retry, task_id="task-1", retries=3, throw=True)
+    assert TriggerEvent.objects.get(pk=event.pk).internal_errors == 1
 
 
 def test_a_broker_failing_mid_fan_out_leaves_the_event_to_the_reconciler_after_a_grace_period(
