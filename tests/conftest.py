@@ -82,6 +82,9 @@ class Enqueued:
     """What the pipeline handed to the broker, captured instead of sent."""
 
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    # How many of the first calls a worker has taken (a test that runs them in order and
+    # keeps them as a record): those are no longer in their queue.
+    taken: int = 0
 
     def of(self, stage: pipeline.Stage) -> list[tuple[Any, ...]]:
         return [args for task, args, _ in self.calls if task == stage.task]
@@ -91,11 +94,13 @@ class Enqueued:
 
     def clear(self) -> None:
         self.calls.clear()
+        self.taken = 0
 
     def backlog(self, queue: str) -> int:
         """What `queue` holds: the calls captured for it and not yet taken, but those with
         a countdown, which a worker holds until it is over."""
-        return sum(1 for _, _, o in self.calls if o["queue"] == queue and not o["countdown"])
+        waiting = self.calls[self.taken :]
+        return sum(1 for _, _, o in waiting if o["queue"] == queue and not o["countdown"])
 
 
 @pytest.fixture

@@ -100,13 +100,11 @@ def api(keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture) 
 @pytest.fixture
 def pump(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[[], None]:
     """Run every captured hand-off in order, as the workers would, except delayed ones."""
-    done = 0
 
     def run() -> None:
-        nonlocal done
-        while done < len(enqueued.calls):
-            task, args, options = enqueued.calls[done]
-            done += 1
+        while enqueued.taken < len(enqueued.calls):
+            task, args, options = enqueued.calls[enqueued.taken]
+            enqueued.taken += 1
             if options["countdown"]:
                 continue  # still waiting on the broker
             with django_capture_on_commit_callbacks(execute=True):
