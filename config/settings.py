@@ -25,7 +25,7 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int, *, positive: bool = False) -> int:
+def env_int(name: str, default: int, *, positive: bool = False, non_negative: bool = False) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -33,10 +33,12 @@ def env_int(name: str, default: int, *, positive: bool = False) -> int:
         value = int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
-    return _positive(name, value) if positive else value
+    return _bounded(name, value, positive=positive, non_negative=non_negative)
 
 
-def env_float(name: str, default: float, *, positive: bool = False) -> float:
+def env_float(
+    name: str, default: float, *, positive: bool = False, non_negative: bool = False
+) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -44,7 +46,13 @@ def env_float(name: str, default: float, *, positive: bool = False) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
-    return _positive(name, value) if positive else value
+    return _bounded(name, value, positive=positive, non_negative=non_negative)
+
+
+def _bounded(name: str, value: float, *, positive: bool, non_negative: bool) -> Any:
+    if positive:
+        return _positive(name, value)
+    return _non_negative(name, value) if non_negative else value
 
 
 def _positive(name: str, value: float) -> Any:
@@ -55,6 +63,16 @@ def _positive(name: str, value: float) -> Any:
     in flight each tick."""
     if not value > 0:
         raise ImproperlyConfigured(f"{name} must be more than 0, got {value:g}")
+    return value
+
+
+def _non_negative(name: str, value: float) -> Any:
+    """`value`, refused if less than 0 (or NaN): for a count, an age or an interval whose 0
+    means "none" or "every time". Less than 0 means nothing, and was taken as it came: a
+    count of retries, a cache's age, a broker countdown's bound below 0 each read as 0,
+    the operator's typo never named."""
+    if not value >= 0:
+        raise ImproperlyConfigured(f"{name} must be 0 or more, got {value:g}")
     return value
 
 
@@ -186,7 +204,7 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'norm.sqlite3'}"),
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, non_negative=True),
         conn_health_checks=True,
     )
 }
@@ -354,14 +372,14 @@ NORM_ENCRYPTION_KEY = env_str("NORM_ENCRYPTION_KEY", "")
 NORM_WORKFLOW_QUEUES: dict[str, str] = env_json_map("NORM_WORKFLOW_QUEUES", {})
 # Delays and send retries up to this long ride on the broker's countdown; longer ones
 # wait in the database for the reconciler, which survives a broker restart.
-NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300)
+NORM_BROKER_MAX_COUNTDOWN = env_int("NORM_BROKER_MAX_COUNTDOWN", 300, non_negative=True)
 # Work the broker should have delivered this many seconds ago is re-enqueued: a trigger
 # not yet fanned out or fanned out short, a due step, a notification left idle.
 NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60, positive=True)
 # Seconds a request's cancel (the API's, the admin's over every trigger it selects) ends
 # notifications before it answers; the rest is canceled by a task (gunicorn kills a
 # request at 30 s).
-NORM_CANCEL_BUDGET_SECONDS = env_float("NORM_CANCEL_BUDGET_SECONDS", 5.0)
+NORM_CANCEL_BUDGET_SECONDS = env_float("NORM_CANCEL_BUDGET_SECONDS", 5.0, non_negative=True)
 # A step claimed longer ago than this is taken to belong to a dead worker.
 NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=True)
 # A step taken this many times by tasks that never reported back fails: its send kills
@@ -381,19 +399,21 @@ NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0, positive=True)
 NORM_BRIDGE_MAX_RESPONSE_BYTES = env_int(
     "NORM_BRIDGE_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, positive=True
 )
-NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5)
-NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0)
+NORM_BRIDGE_MAX_RETRIES = env_int("NORM_BRIDGE_MAX_RETRIES", 5, non_negative=True)
+# A backoff of no time (or less: a countdown in the past) ran every retry at once, the
+# outage it was meant to wait out not over yet.
+NORM_BRIDGE_RETRY_BACKOFF = env_float("NORM_BRIDGE_RETRY_BACKOFF", 2.0, positive=True)
 NORM_SEND_MAX_ATTEMPTS = env_int("NORM_SEND_MAX_ATTEMPTS", 5, positive=True)
-NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0)
+NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0, positive=True)
 # Seconds between two discover calls prompted by triggers (an unknown workflow name,
 # or a registry entry older than NORM_REGISTRY_TTL).
-NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0)
+NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0, non_negative=True)
 # A discovered workflow (its payload schema) is re-discovered when older than this.
-NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0)
+NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0, non_negative=True)
 # How long a process reuses a registry entry, a bridge's flavour, step controls or a
 # signing key it read (config/memo.py): an admin edit or a key rotation reaches the
 # workers within this many seconds. 0 reads the database every time.
-NORM_PROCESS_CACHE_SECONDS = env_float("NORM_PROCESS_CACHE_SECONDS", 5.0)
+NORM_PROCESS_CACHE_SECONDS = env_float("NORM_PROCESS_CACHE_SECONDS", 5.0, non_negative=True)
 # channel -> provider name (messaging.providers.PROVIDERS); a channel left out has no
 # provider, and its steps are skipped with that reason, the workflow going on.
 NORM_PROVIDERS: dict[str, str] = env_json_map(

@@ -183,6 +183,11 @@ def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
         ("NORM_SEND_MAX_ATTEMPTS", "0"),
         ("EMAIL_SEND_DEADLINE", "0"),
         ("NORM_BRIDGE_TIMEOUT", "nan"),
+        # Every retry at once (a countdown in the past), the outage not waited out.
+        ("NORM_BRIDGE_RETRY_BACKOFF", "-2"),
+        ("NORM_BRIDGE_RETRY_BACKOFF", "0"),
+        ("NORM_SEND_RETRY_BACKOFF", "-10"),
+        ("NORM_SEND_RETRY_BACKOFF", "0"),
     ],
 )
 def test_a_bound_interval_or_timeout_of_no_time_is_refused_by_name(name: str, value: str) -> None:
@@ -191,6 +196,33 @@ def test_a_bound_interval_or_timeout_of_no_time_is_refused_by_name(name: str, va
 
     assert done.returncode != 0
     assert f"{name} must be more than 0, got {value}" in done.stderr
+
+
+ZERO_ALLOWED = [
+    "DB_CONN_MAX_AGE",  # 0: a connection per request
+    "NORM_BROKER_MAX_COUNTDOWN",  # 0: every delay waits in the database
+    "NORM_CANCEL_BUDGET_SECONDS",  # 0: a chunk, the rest in the background
+    "NORM_BRIDGE_MAX_RETRIES",  # 0: no retry
+    "NORM_DISCOVER_MIN_INTERVAL",
+    "NORM_REGISTRY_TTL",
+    "NORM_PROCESS_CACHE_SECONDS",  # 0: the database read every time
+]
+
+
+@pytest.mark.parametrize("name", ZERO_ALLOWED)
+def test_a_count_age_or_interval_below_0_is_refused_by_name(name: str) -> None:
+    """Each was taken as it came and read as 0 (or as nothing at all), the typo unnamed."""
+    done = _check_with({"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/norm", name: "-1"})
+
+    assert done.returncode != 0
+    assert f"{name} must be 0 or more, got -1" in done.stderr
+
+
+def test_a_count_age_or_interval_of_0_is_still_taken() -> None:
+    names = [n for n in ZERO_ALLOWED if n != "DB_CONN_MAX_AGE"]
+    found = settings_from(dict.fromkeys(ZERO_ALLOWED, "0"), *names, "DATABASES")
+    assert found.pop("DATABASES")["default"]["CONN_MAX_AGE"] == 0
+    assert found == dict.fromkeys(names, 0)
 
 
 @pytest.mark.parametrize(
