@@ -1,5 +1,5 @@
-"""System checks: what a production deployment must set for its secret keys and DEBUG
-(`check --deploy`), an encryption key that is no Fernet key, settings that would
+"""System checks: what a production deployment must set for its secret keys, DEBUG and
+ALLOWED_HOSTS (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
 outlasting its claim), an email backend that is none or SMTP settings it refuses, and
 providers norm does not have (every command)."""
@@ -82,6 +82,25 @@ def debug_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             "DEBUG is on: error pages would show settings and local variables to anyone.",
             hint="Unset DEBUG (or set it to false) in production.",
             id="norm.E010",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def allowed_hosts_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """ALLOWED_HOSTS defaults to `*` for `make run` (any address it is given): deployed
+    so, Django's defence against a forged Host is off (a DNS-rebinding page reaches norm
+    under its own name; whatever builds a URL from the Host takes the caller's). Django
+    checks only an empty list (security.W020), so compose's migrate job (`check --deploy
+    --fail-level ERROR`) let `*` through; compose itself sets a list by default."""
+    if "*" not in settings.ALLOWED_HOSTS:
+        return []
+    return [
+        Error(
+            "ALLOWED_HOSTS is '*': any Host header a caller sends would be taken for norm's own.",
+            hint="Set ALLOWED_HOSTS to the host names norm is reached by, comma-separated "
+            "(norm.example.com,localhost).",
+            id="norm.E011",
         )
     ]
 

@@ -182,6 +182,7 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
     settings: Any, secret_key: str, encryption_key: str, found: list[str]
 ) -> None:
     settings.SECRET_KEY, settings.NORM_ENCRYPTION_KEY = secret_key, encryption_key
+    settings.ALLOWED_HOSTS = ["norm.example.com"]  # not `*` (norm.E011)
     messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
     assert sorted(m.id for m in messages if m.id.startswith("norm.")) == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
@@ -196,6 +197,7 @@ def test_the_deploy_check_refuses_the_development_secret_key_before_production_s
     NORM_ENCRYPTION_KEY was set. Every other command (`make run`'s demo: DEBUG off, the
     default key) still runs."""
     settings.DEBUG = debug
+    settings.ALLOWED_HOSTS = ["norm.example.com"]  # not `*` (norm.E011)
     settings.SECRET_KEY = django_settings.DEVELOPMENT_SECRET_KEY
     settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
 

@@ -307,8 +307,44 @@ def test_debug_on_is_refused_by_the_deploy_check(
     the settings Django does not mask, the broker's and the cache's URLs with their Redis
     password, and each frame's local variables."""
     settings.DEBUG = settings_from({"DEBUG": debug}, "DEBUG")["DEBUG"]
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+@pytest.mark.parametrize(
+    ("hosts", "found"),
+    [
+        ("norm.example.com, localhost", []),
+        (".example.com", []),  # a domain and its subdomains: a list all the same
+        ("*", ["norm.E011"]),
+        ("norm.example.com,*", ["norm.E011"]),
+    ],
+)
+def test_any_host_allowed_is_refused_by_the_deploy_check(
+    settings: Any, hosts: str, found: list[str]
+) -> None:
+    """`*`, the default for `make run`, passed compose's migrate job (`check --deploy
+    --fail-level ERROR`) when an operator set it: any Host a caller sent was norm's own."""
+    settings.ALLOWED_HOSTS = settings_from({"ALLOWED_HOSTS": hosts}, "ALLOWED_HOSTS")[
+        "ALLOWED_HOSTS"
+    ]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+def test_make_run_still_takes_any_host_by_default() -> None:
+    """`make run` (rundemo, on whatever --addr) relies on the default; only a deployment's
+    check refuses it."""
+    unset = {k: v for k, v in os.environ.items() if k != "ALLOWED_HOSTS"}
+    run = {"cwd": ROOT, "env": unset, "capture_output": True, "text": True, "timeout": 60}
+    script = "import config.settings as s; print(s.ALLOWED_HOSTS)"
+    assert subprocess.run([sys.executable, "-c", script], **run).stdout == "['*']\n"
+    done = subprocess.run([sys.executable, "manage.py", "check"], **run)
+    assert done.returncode == 0, done.stderr[-500:]
