@@ -28,6 +28,7 @@ from notify.models import (
 from workflows.admin import (
     STORABLE_JSON,
     DeletedMeanwhileAdmin,
+    NormAdmin,
     ReadOnlyAdmin,
     ReadOnlyInline,
     changelist_link,
@@ -170,7 +171,7 @@ class ClientForm(forms.ModelForm):
 
 
 @admin.register(Client)
-class ClientAdmin(admin.ModelAdmin):
+class ClientAdmin(NormAdmin):
     form = ClientForm
     formfield_overrides = STORABLE_JSON
     list_display = ["name", "is_active", "bridge", "rate_limit_per_minute", "created_at"]
@@ -255,7 +256,7 @@ class ClientAdmin(admin.ModelAdmin):
 
 
 @admin.register(SecretKey)
-class SecretKeyAdmin(admin.ModelAdmin):
+class SecretKeyAdmin(NormAdmin):
     list_display = ["prefix", "client", "created_at", "revoked_at"]
     list_filter = ["client", ("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["client"]

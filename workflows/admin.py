@@ -9,6 +9,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import BadRequest, ValidationError
 from django.db import models
 from django.db.models import Q, QuerySet
 from django.forms.fields import InvalidJSONInput
@@ -76,7 +78,21 @@ def changelist_link(model: type[models.Model], text: str, **filters: Any) -> Saf
     return format_html('<a href="{}?{}">{}</a>', url, urlencode(filters), text)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class NormAdmin(admin.ModelAdmin):
+    """The base of norm's admins. An action's selection edited in the page or POSTed by
+    hand, an id that is no number or no uuid, is refused with a 400: Django filtered the
+    rows by it unchecked, and the primary key's refusal of it was a 500."""
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+            try:
+                self.opts.pk.to_python(value)
+            except ValidationError:
+                raise BadRequest(f"{value!r} is no id of a {self.opts.verbose_name}.") from None
+        return super().response_action(request, queryset)
+
+
+class ReadOnlyAdmin(NormAdmin):
     """Rows written by the pipeline: shown, never hand-edited (that would bypass the claims)."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -97,7 +113,7 @@ class GoneMeanwhile(Exception):
         self.row = row
 
 
-class DeletedMeanwhileAdmin(admin.ModelAdmin):
+class DeletedMeanwhileAdmin(NormAdmin):
     """For a save that raises the model's DoesNotExist when the row was deleted meanwhile
     (a service's update, which never inserts it anew as Django's save would), or
     GoneMeanwhile for a row it refers to: the change is rolled back, and answered as

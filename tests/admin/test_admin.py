@@ -6,6 +6,7 @@ from html import unescape
 from typing import Any
 
 import pytest
+from django.contrib import admin
 from django.db import models
 from django.urls import reverse, set_script_prefix
 from django.utils import timezone
@@ -1470,3 +1471,35 @@ def test_create_key_for_a_client_deleted_meanwhile_says_none_was_created(admin_c
     assert "New secret keys" not in html
     assert "No key created: the selected clients were deleted." in html
     assert not SecretKey.objects.exists()
+
+
+# Every action of norm's admins, Django's delete where rows may be deleted, by its model.
+ACTIONS = [
+    (model._meta.label_lower, action)
+    for model, model_admin in admin.site._registry.items()
+    if model._meta.app_label in {"notify", "workflows", "subscribers", "messaging"}
+    for action in [
+        *([] if isinstance(model_admin, workflows_admin.ReadOnlyAdmin) else ["delete_selected"]),
+        *(model_admin.actions or []),
+    ]
+]
+
+
+@pytest.mark.parametrize(("model", "action"), ACTIONS)
+@pytest.mark.parametrize("selected", ["abc", "", "1.5"])
+def test_an_action_on_a_selection_that_is_no_id_is_a_400(
+    admin_client, model: str, action: str, selected: str
+) -> None:
+    """A selection edited in the page or POSTed by hand: Django filtered the rows by it
+    as it came, and the primary key's refusal of what is no number or uuid was a 500."""
+    app_label, model_name = model.split(".")
+    admin_client.raise_request_exception = False
+    client = ClientFactory(name="kept")
+
+    response = admin_client.post(
+        reverse(f"admin:{app_label}_{model_name}_changelist"),
+        {"action": action, "_selected_action": [selected], "post": "yes"},
+    )
+
+    assert response.status_code == 400
+    assert Client.objects.get(pk=client.pk).secret_keys.count() == 1  # nothing done
