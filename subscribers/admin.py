@@ -4,6 +4,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -179,6 +181,22 @@ class TopicSubscriptionForm(forms.ModelForm):
         return cleaned
 
 
+class CheckedAutocomplete(AutocompleteSelect):
+    """Django's autocomplete, shown again with a value that is no id (a form POSTed by
+    hand): Django's own looks the value up to show it, unchecked, and the primary key's
+    refusal of it was a 500 in place of the form's "Select a valid choice"."""
+
+    def optgroups(self, name: str, value: list[str], attr: Any = None) -> Any:
+        return super().optgroups(name, [v for v in value if self._an_id(v)], attr)
+
+    def _an_id(self, value: str) -> bool:
+        try:
+            self.field.target_field.to_python(value)
+        except ValidationError:
+            return False
+        return True
+
+
 @admin.register(TopicSubscription)
 class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
     """A topic's members, a page at a time (a topic may have thousands: no inline).
@@ -197,6 +215,13 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in self.autocomplete_fields:
+            kwargs["widget"] = CheckedAutocomplete(
+                db_field, self.admin_site, using=kwargs.get("using")
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(
         self, request: HttpRequest, obj: TopicSubscription, form: Any, change: bool

@@ -707,6 +707,29 @@ def test_a_topic_member_must_be_a_subscriber_of_the_topics_client(admin_client) 
     assert list(topic.subscribers.all()) == [own]
 
 
+@pytest.mark.parametrize(("topic", "subscriber"), [("abc", "own"), ("own", "1.5"), ("", "x")])
+def test_a_topic_member_whose_topic_or_subscriber_is_no_id_is_the_forms_error(
+    admin_client, topic: str, subscriber: str
+) -> None:
+    """A form POSTed by hand: the page shown again looked each value up to show it in its
+    autocomplete, and the primary key's refusal of one that is no number was a 500."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    news = Topic.objects.create(client=ann.client, key="news")
+    body = {
+        "topic": str(news.pk) if topic == "own" else topic,
+        "subscriber": str(ann.pk) if subscriber == "own" else subscriber,
+    }
+
+    response = admin_client.post(reverse("admin:subscribers_topicsubscription_add"), body)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Select a valid choice" in html or "This field is required" in html
+    assert not TopicSubscription.objects.exists()
+    if topic == "own":  # the valid one is shown chosen, as before
+        assert f'<option value="{news.pk}" selected>news</option>' in html
+
+
 def test_a_subscriber_or_topic_keeps_its_client(admin_client) -> None:
     """Moved to another client, a subscriber's notifications, messages and topics, or a
     topic's members, would stay with the first."""
