@@ -1,8 +1,9 @@
 """Bridge URLs as they may be shown or logged.
 
-A client may register a bridge behind basic auth (`https://user:pass@host/api/novu`):
-norm calls that URL as it is, but an operator's console, a log line or an error message
-shows it with the password as `***` (a token standing alone as the user, `https://TOKEN@host`,
+A client may register a bridge behind basic auth (`https://user:pass@host/api/novu`) or
+with a token in its query (`https://host/api/novu?token=...`): norm calls that URL as it
+is, but an operator's console, a log line or an error message shows it with the password
+and each query value as `***` (a token standing alone as the user, `https://TOKEN@host`,
 likewise).
 """
 
@@ -37,10 +38,32 @@ def _masked(userinfo: str) -> str:
     return MASK if user else userinfo
 
 
+def _masked_query(url: str) -> str:
+    """`url` with the value of each parameter of its query as ***, the names kept (they
+    tell the operator which bridge it is): a deployment's bypass token or an API key in
+    the query is as secret as a password in the userinfo. A parameter with no `=` may be
+    the token itself, and is masked whole; the fragment, which no request sends, stays."""
+    rest, hash_, fragment = url.partition("#")
+    base, mark, query = rest.partition("?")
+    if not query:
+        return url
+    masked = "&".join(_masked_parameter(p) for p in query.split("&"))
+    return f"{base}{mark}{masked}{hash_}{fragment}"
+
+
+def _masked_parameter(parameter: str) -> str:
+    name, equals, value = parameter.partition("=")
+    if equals:
+        return f"{name}={MASK}" if value else parameter
+    return MASK if parameter else parameter
+
+
 def masked_url(url: str) -> str:
-    """`url` with its password, or a token standing as its user, replaced by ***."""
+    """`url` with its password, or a token standing as its user, and the values of its
+    query replaced by ***."""
     userinfo = _userinfo(url)
-    return url.replace(f"{userinfo}@", f"{_masked(userinfo)}@", 1) if userinfo else url
+    url = url.replace(f"{userinfo}@", f"{_masked(userinfo)}@", 1) if userinfo else url
+    return _masked_query(url)
 
 
 def masked_text(text: str, url: str) -> str:
@@ -54,11 +77,16 @@ def masked_text(text: str, url: str) -> str:
     return text.replace(tail, "") if tail else text
 
 
-def has_masked_password(url: str) -> bool:
-    """Whether `url` is a masked one (its password or token ***), as the admin's form
-    shows it."""
+def has_masked_secret(url: str) -> bool:
+    """Whether `url` is a masked one (its password, token or a value of its query ***),
+    as the admin's form shows it."""
     userinfo = _userinfo(url)
-    return userinfo == MASK or userinfo.endswith(f":{MASK}")
+    query = url.partition("#")[0].partition("?")[2]
+    return (
+        userinfo == MASK
+        or userinfo.endswith(f":{MASK}")
+        or any(p == MASK or p.endswith(f"={MASK}") for p in query.split("&"))
+    )
 
 
 # A query's parameters in a log line: up to the next &, #, space or quote.

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from config.redact import has_masked_password, masked_url
+from config.redact import has_masked_secret, masked_url
 from notify import senders, services
 from notify.models import (
     BridgeSync,
@@ -86,8 +86,8 @@ class ClientForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The page shows the URLs with their passwords masked; a URL sent back as shown
-        # is the stored one (_unmasked), so saving the page keeps the real password.
+        # The page shows the URLs with their secrets masked; a URL sent back as shown
+        # is the stored one (_unmasked), so saving the page keeps the real secrets.
         self.initial["bridge_url"] = masked_url(self.initial.get("bridge_url") or "")
         allowed = self.initial.get("allowed_bridge_urls")
         if allowed is not None:
@@ -131,13 +131,13 @@ class ClientForm(forms.ModelForm):
             return matches.pop()
         if matches:
             raise forms.ValidationError(
-                f"{url}: type its password again; the page shows passwords as ***, and "
-                "more than one stored URL reads as this one."
+                f"{url}: type its password again; the page shows passwords and query values "
+                "as ***, and more than one stored URL reads as this one."
             )
-        if has_masked_password(url):
+        if has_masked_secret(url):
             raise forms.ValidationError(
-                f"{url}: type its password again; the page shows passwords as ***, and "
-                "this URL is not one stored with a password."
+                f"{url}: type its password again; the page shows passwords and query values "
+                "as ***, and this URL is not one stored with them."
             )
         return url
 

@@ -155,6 +155,28 @@ def test_a_bridge_urls_password_appears_in_no_log_line_or_error(
     assert "s3cret-pass" not in answer.content.decode()
 
 
+def test_a_bridge_urls_query_token_appears_in_no_log_line_or_error(
+    caplog: pytest.LogCaptureFixture, enqueued: object
+) -> None:
+    """A token in the bridge URL's query (a deployment's bypass token) went whole into
+    the flavour sync's log line and the trigger's 502, where a password was masked."""
+    url = "http://127.0.0.1:9/api/novu?token=s3cret-tok&region=eu"
+    client, key = client_with_key(bridge_url=url)
+    caplog.set_level(logging.DEBUG)
+
+    assert registry.bridge_flavour(client_id=client.pk, bridge_url=url) == "norm"
+    answer = api_for(key).post("/v1/events/trigger", {"name": "welcome", "to": "ann"}, "json")
+
+    assert answer.status_code == 502
+    assert "127.0.0.1:9/api/novu?token=***&region=***" in answer.json()["message"]
+    [logged] = [
+        r.getMessage() for r in caplog.records if "for its flavour failed" in r.getMessage()
+    ]
+    assert "127.0.0.1:9/api/novu?token=***&region=***" in logged
+    assert not [r for r in caplog.records if "s3cret-tok" in r.getMessage()]
+    assert "s3cret-tok" not in answer.content.decode()
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.db import models
 from django.urls import reverse, set_script_prefix
 from django.utils import timezone
+from django.utils.html import escape
 
 from config import pipeline
 from messaging.models import Message
@@ -1003,6 +1004,61 @@ def test_a_client_saved_as_shown_keeps_both_passwords_of_a_bridge_being_rotated(
     client.refresh_from_db()
     assert (client.bridge_url, client.allowed_bridge_urls) == (ROTATED_BRIDGE, [SECRET_BRIDGE])
     assert client.rate_limit_per_minute == 60
+
+
+TOKEN_BRIDGE = "https://bridge.test/api/novu?token=s3cret-tok&region=eu"
+MASKED_TOKEN_BRIDGE = "https://bridge.test/api/novu?token=***&region=***"
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "notify_client",
+        "notify_bridgeworkflow",
+        "notify_bridgesync",
+        "notify_triggerevent",
+        "workflows_notification",
+    ],
+)
+def test_a_bridge_urls_query_token_is_masked_on_every_page(admin_client, model: str) -> None:
+    """A token in the query (`?token=...`, a deployment's bypass token) was shown whole,
+    where a password in the userinfo was masked."""
+    client = ClientFactory(bridge_url=TOKEN_BRIDGE, allowed_bridge_urls=[TOKEN_BRIDGE + "2"])
+    event = TriggerEventFactory(client=client, resource=TOKEN_BRIDGE)
+    NotificationFactory(client=client, trigger_event=event)
+    BridgeWorkflowFactory(client=client, bridge_url=TOKEN_BRIDGE)
+    BridgeSync.objects.create(client=client, bridge_url=TOKEN_BRIDGE, synced_at=timezone.now())
+    obj = {
+        "notify_client": client,
+        "notify_bridgeworkflow": client.bridge_workflows.get(),
+        "notify_bridgesync": client.bridge_syncs.get(),
+        "notify_triggerevent": event,
+        "workflows_notification": Notification.objects.get(client=client),
+    }[model]
+
+    pages = {view: admin_client.get(_url(obj, view)).content.decode() for view in VIEWS}
+
+    for view, html in pages.items():
+        assert "s3cret-tok" not in html, view
+    assert escape(MASKED_TOKEN_BRIDGE) in pages["change"]
+
+
+def test_a_client_saved_as_shown_keeps_its_bridge_urls_query_token(admin_client) -> None:
+    client = ClientFactory(bridge_url=TOKEN_BRIDGE)
+    page = admin_client.get(_url(client, "change")).content.decode()
+    assert f'value="{escape(MASKED_TOKEN_BRIDGE)}"' in page
+
+    body = _client_form(client, bridge_url=MASKED_TOKEN_BRIDGE, rate_limit_per_minute="60")
+    assert admin_client.post(_url(client, "change"), body).status_code == 302
+    client.refresh_from_db()
+    assert (client.bridge_url, client.rate_limit_per_minute) == (TOKEN_BRIDGE, 60)
+
+    # Edited, its masked token cannot be told: typed again rather than stored as ***.
+    body = _client_form(client, bridge_url=MASKED_TOKEN_BRIDGE.replace("/novu", "/v2"))
+    response = admin_client.post(_url(client, "change"), body)
+    assert response.status_code == 200 and "type its password again" in response.content.decode()
+    client.refresh_from_db()
+    assert client.bridge_url == TOKEN_BRIDGE
 
 
 def test_a_masked_url_that_could_be_either_of_two_stored_ones_must_be_typed_again(

@@ -185,6 +185,27 @@ def test_a_bridge_no_longer_allowed_is_named_without_its_password() -> None:
     )
 
 
+@pytest.mark.django_db
+def test_a_bridge_no_longer_allowed_is_named_without_its_query_token() -> None:
+    """The error, shown in the admin and the activity feed, held a token in the URL's
+    query in full."""
+    old = "https://bridge.test/api/novu?token=old-tok"
+    notification = NotificationFactory(
+        trigger_event__resource=old,
+        trigger_event__client__bridge_url="https://bridge.test/api/novu?token=new-tok",
+        status=Notification.Status.RUNNING,
+    )
+
+    services.echo_run(notification_id=str(notification.pk))
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeNotAllowed")
+    assert notification.error == (
+        "the bridge https://bridge.test/api/novu?token=*** is no longer one of the "
+        "client's bridge URLs"
+    )
+
+
 def deactivate(client: Client) -> None:
     Client.objects.filter(pk=client.pk).update(is_active=False)
 
