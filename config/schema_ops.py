@@ -4,7 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.postgres import operations as postgres
 from django.db import migrations
+
+
+class AddIndexConcurrently(postgres.AddIndexConcurrently):
+    """An AddIndex built with CREATE INDEX CONCURRENTLY on PostgreSQL (and dropped with
+    DROP INDEX CONCURRENTLY on reverse); a plain AddIndex elsewhere, where SQLite has no
+    such statement. A plain CREATE INDEX holds SHARE on the table for the whole build:
+    every trigger, send and claim (INSERT, UPDATE) waited for it, minutes on a table of
+    millions of rows, and the API's clients timed out and retried. Its migration needs
+    `atomic = False`, as PostgreSQL builds concurrently only outside a transaction; the
+    migration's state is that of an AddIndex."""
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_forwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_backwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+
+    def describe(self) -> str:
+        # Django's lists the index's fields, of which an expression index has none.
+        return f"{migrations.AddIndex.describe(self)}, concurrently on PostgreSQL"
 
 
 def own_index_dropped(

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, migrations, models
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState
+
+from config.schema_ops import AddIndexConcurrently
+from tests.factories import MessageFactory, StepFactory
+from tests.test_settings import ROOT
 
 # The migrations that only drop a foreign key's own index (a composite starts with it).
 INDEX_ONLY = [
@@ -27,3 +45,243 @@ def test_dropping_a_foreign_keys_index_leaves_its_constraint_alone(app: str, nam
         sql = "\n".join(executor.loader.collect_sql([(migration, backwards)]))
         assert "CONSTRAINT" not in sql.upper(), sql
         assert "INDEX" in sql.upper(), sql
+
+
+# The migrations that add an index to a table that was there before them, large in
+# production (trigger events, notifications, messages, subscribers).
+INDEX_ADDED = [
+    ("messaging", "0002_message_client_created_index"),
+    ("notify", "0007_trigger_event_processed_index"),
+    ("notify", "0015_trigger_event_cancel_task_at"),
+    ("subscribers", "0002_subscriber_upper_email_index"),
+    ("subscribers", "0004_subscriber_client_updated_index"),
+    ("subscribers", "0005_topic_subscription_created_index"),
+    ("workflows", "0005_notification_created_index"),
+]
+PROJECT_APPS = ["notify", "subscribers", "workflows", "messaging"]
+
+
+@pytest.mark.django_db(transaction=True)  # the operation refuses a transaction, even for SQL
+@pytest.mark.parametrize(("app", "name"), INDEX_ADDED)
+def test_an_index_added_to_a_table_is_built_and_dropped_concurrently(app: str, name: str) -> None:
+    """A plain CREATE INDEX holds SHARE on the table for the whole build: every INSERT
+    and UPDATE of it (a trigger, a send) waited minutes on a large table."""
+    executor = MigrationExecutor(connection)
+    migration = executor.loader.get_migration(app, name)
+    forwards = executor.loader.collect_sql([(migration, False)])
+    backwards = executor.loader.collect_sql([(migration, True)])
+
+    created = [sql for sql in forwards if re.match(r"CREATE (UNIQUE )?INDEX", sql)]
+    dropped = [sql for sql in backwards if sql.startswith("DROP INDEX")]
+    assert created, forwards
+    assert all(" INDEX CONCURRENTLY " in sql for sql in created), created
+    assert dropped, backwards
+    assert all(sql.startswith("DROP INDEX CONCURRENTLY ") for sql in dropped), dropped
+
+
+def _locking_index_builds(
+    app: str, migration: migrations.Migration, state: ProjectState
+) -> list[str]:
+    """The operations of `migration` (applied to `state`) that build an index on
+    PostgreSQL with a plain CREATE INDEX (or a unique constraint) on a table it did not
+    create, a table with rows; and an AddIndexConcurrently in an atomic migration, which
+    PostgreSQL refuses."""
+    created: set[str] = set()  # a table created in the same migration is empty
+    found = []
+    for operation in migration.operations:
+        database_operations = (
+            operation.database_operations
+            if isinstance(operation, migrations.SeparateDatabaseAndState)
+            else [operation]
+        )
+        for op in database_operations:
+            if isinstance(op, migrations.CreateModel):
+                created.add(op.name_lower)
+            elif isinstance(op, AddIndexConcurrently):
+                if migration.atomic:
+                    found.append(f"{op.describe()} in an atomic migration")
+            elif getattr(op, "model_name_lower", None) not in created and _locks(app, op, state):
+                found.append(op.describe())
+        operation.state_forwards(app, state)
+    return found
+
+
+def _locks(app: str, op: Operation, state: ProjectState) -> bool:
+    """Whether `op` builds an index (one of its own, or of a unique constraint or
+    field) with a plain CREATE INDEX."""
+    if isinstance(op, migrations.AddIndex):
+        return True
+    if isinstance(op, migrations.AddConstraint):
+        return isinstance(op.constraint, models.UniqueConstraint)
+    if isinstance(op, migrations.AddField):
+        return bool(op.field.db_index or op.field.unique)
+    if isinstance(op, migrations.AlterField):
+        old = state.models[app, op.model_name_lower].fields[op.name]
+        indexed = op.field.db_index or op.field.unique
+        return bool(indexed and not (old.db_index or old.unique))
+    if isinstance(op, (migrations.AlterUniqueTogether, migrations.AlterIndexTogether)):
+        return bool(op.option_value)
+    if isinstance(op, migrations.RunSQL):
+        return bool(re.search(r"CREATE\s+(UNIQUE\s+)?INDEX(?!\s+CONCURRENTLY)", str(op.sql), re.I))
+    return False
+
+
+def test_no_migration_builds_an_index_on_a_table_with_a_lock_on_its_writes() -> None:
+    """So that a new migration (makemigrations writes a plain AddIndex) cannot bring the
+    write lock back: its index is to be an AddIndexConcurrently of config.schema_ops."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+
+    def before(app: str, name: str) -> ProjectState:
+        return loader.project_state((app, name), at_end=False)
+
+    found = {
+        f"{app}.{name}": builds
+        for (app, name), migration in loader.disk_migrations.items()
+        if app in PROJECT_APPS
+        and (builds := _locking_index_builds(app, migration, before(app, name)))
+    }
+    assert found == {}
+
+
+def test_the_check_of_locking_index_builds_sees_them() -> None:
+    """The check above can fail: a plain AddIndex, an indexed foreign key added, a unique
+    constraint added to a table that has rows."""
+    migration = migrations.Migration("0099_locks", "messaging")
+    migration.operations = [
+        migrations.AddIndex("message", models.Index(fields=["channel"], name="m_channel")),
+        migrations.AddField(
+            "message",
+            "topic",
+            models.ForeignKey("subscribers.Topic", models.CASCADE, null=True),
+        ),
+        migrations.AddConstraint(
+            "message", models.UniqueConstraint(fields=["provider_message_id"], name="m_pmid")
+        ),
+    ]
+    state = MigrationLoader(None, ignore_no_migrations=True).project_state()
+    assert len(_locking_index_builds("messaging", migration, state)) == 3
+
+
+def _manage(database_url: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _project_tables(database_url: str) -> list[str]:
+    tables = _manage(database_url, "-c", TABLES).split()
+    return [table for table in tables if table.split("_")[0] in PROJECT_APPS]
+
+
+TABLES = """
+import django
+django.setup()
+from django.db import connection
+print(*connection.introspection.table_names())
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def throwaway_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: a file of SQLite (`make run`), or one of PostgreSQL
+    on the server of the tests' own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'norm.sqlite3'}"
+        return
+    server = connection.settings_dict
+    name = f"{server['NAME']}_migrations"
+    address = f"{quote(server['USER'])}:{quote(server['PASSWORD'] or '')}@{server['HOST']}:{server['PORT'] or 5432}"
+    with psycopg.connect(f"postgresql://{address}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgres://{address}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_migrations_apply_from_zero_and_unapply_back_to_it(throwaway_database: str) -> None:
+    """AddIndexConcurrently runs outside a transaction on PostgreSQL, and is a plain
+    AddIndex on SQLite, where CONCURRENTLY does not exist."""
+    _manage(throwaway_database, "manage.py", "migrate", "--noinput")
+    tables = _project_tables(throwaway_database)
+    assert "messaging_message" in tables
+
+    # The other apps' first migrations depend on notify's: they are unapplied first.
+    _manage(throwaway_database, "manage.py", "migrate", "notify", "zero", "--noinput")
+    assert _project_tables(throwaway_database) == []
+
+    # Nothing of the first run is left in the way of the second (an index, a column).
+    _manage(throwaway_database, "manage.py", "migrate", "--noinput")
+    assert _project_tables(throwaway_database) == tables
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
+    """A worker's transaction that wrote a message is still open: the build waits for it
+    to end. As a plain CREATE INDEX it queued for SHARE, and every INSERT behind it queued
+    too (the API and the workers stalled for the whole upgrade); concurrently, an INSERT
+    is not held up by it."""
+    app, name = INDEX_ADDED[0]
+    executor = MigrationExecutor(connection)
+    migration = executor.loader.get_migration(app, name)
+    (operation,) = migration.operations
+    before = executor.loader.project_state((app, name), at_end=False)
+    after = executor.loader.project_state((app, name), at_end=True)
+    written = MessageFactory()
+    step = StepFactory(notification=written.step.notification, type="in_app")
+    with connection.cursor() as cursor:  # the index the migration made for the tests
+        cursor.execute(f'DROP INDEX "{operation.index.name}"')
+
+    server = connection.settings_dict
+    writer = psycopg.connect(
+        dbname=server["NAME"], user=server["USER"], password=server["PASSWORD"] or None,
+        host=server["HOST"], port=server["PORT"] or 5432,
+    )  # fmt: skip
+    writer.execute("UPDATE messaging_message SET status = 'read' WHERE id = %s", [written.id])
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            with connection.schema_editor(atomic=migration.atomic) as editor:
+                operation.database_forwards(app, editor, before, after)
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            errors.append(error)
+        finally:
+            connection.close()
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    try:
+        with connection.cursor() as cursor:
+            for _ in range(100):  # the build waits for the writer's transaction
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                    " AND query LIKE 'CREATE INDEX%%'"
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the index build never waited for the open transaction")
+            cursor.execute("SET lock_timeout = '2s'")
+            try:
+                MessageFactory(step=step)
+            finally:
+                cursor.execute("RESET lock_timeout")
+    finally:
+        writer.rollback()
+        writer.close()
+        builder.join(60)
+    assert not builder.is_alive()
+    assert errors == []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+            [operation.index.name],
+        )
+        assert cursor.fetchone() == (True,)

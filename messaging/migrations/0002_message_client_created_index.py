@@ -2,15 +2,20 @@
 
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('messaging', '0001_initial'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='message',
             index=models.Index(fields=['client', 'created_at'], name='messaging_m_client__7eeb85_idx'),
         ),

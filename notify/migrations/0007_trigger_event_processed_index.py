@@ -2,15 +2,20 @@
 
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('notify', '0006_trigger_event_refanned'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='triggerevent',
             index=models.Index(fields=['status', 'processed_at'], name='notify_trig_status_9736ed_idx'),
         ),

@@ -2,8 +2,13 @@
 
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('notify', '0014_client_rate_limit_at_least_one'),
@@ -15,7 +20,7 @@ class Migration(migrations.Migration):
             name='cancel_task_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='triggerevent',
             index=models.Index(condition=models.Q(('cancel_task_at__isnull', False)), fields=['cancel_task_at'], name='trigger_cancel_under_way'),
         ),

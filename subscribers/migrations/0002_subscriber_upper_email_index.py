@@ -3,8 +3,13 @@
 import django.db.models.functions.text
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('notify', '0011_trigger_event_internal_errors'),
@@ -12,7 +17,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='subscriber',
             index=models.Index(django.db.models.functions.text.Upper('email'), models.F('client'), name='subscriber_upper_email'),
         ),

@@ -2,8 +2,13 @@
 
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('notify', '0014_client_rate_limit_at_least_one'),
@@ -11,7 +16,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='subscriber',
             index=models.Index(fields=['client', 'updated_at', 'id'], name='subscriber_client_updated'),
         ),

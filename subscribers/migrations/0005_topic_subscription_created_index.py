@@ -2,15 +2,20 @@
 
 from django.db import migrations, models
 
+from config.schema_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The index is built concurrently on PostgreSQL, which it can be only outside a
+    # transaction.
+    atomic = False
 
     dependencies = [
         ('subscribers', '0004_subscriber_client_updated_index'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='topicsubscription',
             index=models.Index(fields=['topic', 'created_at', 'subscriber'], name='topic_subscription_created'),
         ),
