@@ -21,6 +21,9 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         if schema_editor.connection.vendor == "postgresql":
+            self._failed_build_dropped(
+                schema_editor, to_state.apps.get_model(app_label, self.model_name)
+            )
             super().database_forwards(app_label, schema_editor, from_state, to_state)
         else:
             migrations.AddIndex.database_forwards(
@@ -36,6 +39,22 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
             migrations.AddIndex.database_backwards(
                 self, app_label, schema_editor, from_state, to_state
             )
+
+    def _failed_build_dropped(self, schema_editor: Any, model: Any) -> None:
+        """A concurrent build that failed (canceled by a statement_timeout, a deadlock)
+        leaves its index behind, INVALID, outside the transaction that would have undone
+        it: the next migrate's CREATE INDEX then failed on its name, for good. Dropped, it
+        is built again."""
+        if schema_editor.collect_sql:  # sqlmigrate: no database to look at
+            return
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                [schema_editor.quote_name(self.index.name)],
+            )
+            invalid = cursor.fetchone()
+        if invalid and invalid[0]:
+            schema_editor.remove_index(model, self.index, concurrently=True)
 
     def describe(self) -> str:
         # Django's lists the index's fields, of which an expression index has none.

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from django.db import connection, migrations, models
+from django.db import IntegrityError, connection, migrations, models
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation
@@ -285,3 +285,43 @@ def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
             [operation.index.name],
         )
         assert cursor.fetchone() == (True,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_whose_concurrent_build_failed_is_built_again() -> None:
+    """A failed CREATE INDEX CONCURRENTLY leaves its index INVALID, not rolled back: the
+    migration, run again, failed on its name (`relation ... already exists`)."""
+    app, name = INDEX_ADDED[0]
+    executor = MigrationExecutor(connection)
+    migration = executor.loader.get_migration(app, name)
+    (operation,) = migration.operations
+    before = executor.loader.project_state((app, name), at_end=False)
+    after = executor.loader.project_state((app, name), at_end=True)
+    first = MessageFactory()
+    MessageFactory(step=StepFactory(notification=first.step.notification, type="in_app"))
+    index = operation.index.name
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX "{index}"')
+        # A build that fails half-way: the two messages share a client.
+        with pytest.raises(IntegrityError):
+            cursor.execute(
+                f'CREATE UNIQUE INDEX CONCURRENTLY "{index}" ON messaging_message (client_id)'
+            )
+
+    try:
+        with connection.schema_editor(atomic=migration.atomic) as editor:
+            operation.database_forwards(app, editor, before, after)
+    except Exception:
+        with connection.cursor() as cursor:  # its uniqueness, in the other tests' way
+            cursor.execute(f'DROP INDEX "{index}"')
+        raise
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index"
+            " WHERE indexrelid = %s::regclass",
+            [index],
+        )
+        valid, definition = cursor.fetchone()
+    assert valid
+    assert definition.endswith("USING btree (client_id, created_at)"), definition
