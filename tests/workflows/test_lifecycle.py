@@ -165,13 +165,32 @@ def test_a_bridge_url_the_client_no_longer_has_is_never_called_again(
 
 
 @pytest.mark.django_db
-def test_a_bridge_no_longer_allowed_is_named_without_its_password() -> None:
-    """Its basic-auth password being rotated, the old URL left the client's: the error,
-    shown in the admin and the activity feed, held the old password in full."""
-    old = "https://ops-user:old-pass@bridge.test/api/novu"
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        # Its basic-auth password being rotated, the old URL left the client's.
+        (
+            "https://ops-user:old-pass@bridge.test/api/novu",
+            "https://ops-user:new-pass@bridge.test/api/novu",
+            "https://ops-user:***@bridge.test/api/novu",
+        ),
+        # The same with a token in the URL's query.
+        (
+            "https://bridge.test/api/novu?token=old-tok",
+            "https://bridge.test/api/novu?token=new-tok",
+            "https://bridge.test/api/novu?token=***",
+        ),
+    ],
+    ids=["password", "query token"],
+)
+def test_a_bridge_no_longer_allowed_is_named_without_its_secret(
+    old: str, new: str, named: str
+) -> None:
+    """The error, shown in the admin and the activity feed, held the old URL's secret
+    in full."""
     notification = NotificationFactory(
         trigger_event__resource=old,
-        trigger_event__client__bridge_url="https://ops-user:new-pass@bridge.test/api/novu",
+        trigger_event__client__bridge_url=new,
         status=Notification.Status.RUNNING,
     )
 
@@ -179,31 +198,7 @@ def test_a_bridge_no_longer_allowed_is_named_without_its_password() -> None:
 
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("failed", "BridgeNotAllowed")
-    assert notification.error == (
-        "the bridge https://ops-user:***@bridge.test/api/novu is no longer one of the "
-        "client's bridge URLs"
-    )
-
-
-@pytest.mark.django_db
-def test_a_bridge_no_longer_allowed_is_named_without_its_query_token() -> None:
-    """The error, shown in the admin and the activity feed, held a token in the URL's
-    query in full."""
-    old = "https://bridge.test/api/novu?token=old-tok"
-    notification = NotificationFactory(
-        trigger_event__resource=old,
-        trigger_event__client__bridge_url="https://bridge.test/api/novu?token=new-tok",
-        status=Notification.Status.RUNNING,
-    )
-
-    services.echo_run(notification_id=str(notification.pk))
-
-    notification.refresh_from_db()
-    assert (notification.status, notification.error_code) == ("failed", "BridgeNotAllowed")
-    assert notification.error == (
-        "the bridge https://bridge.test/api/novu?token=*** is no longer one of the "
-        "client's bridge URLs"
-    )
+    assert notification.error == f"the bridge {named} is no longer one of the client's bridge URLs"
 
 
 def deactivate(client: Client) -> None:
