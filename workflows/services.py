@@ -1365,8 +1365,19 @@ def reconcile() -> dict[str, int]:
         status=Step.Status.SCHEDULED,
         due_at__lte=now,
         notification__status=Notification.Status.RUNNING,
-    ).filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - grace, due_at__lt=now - grace))
-    step_pks = list(due.values_list("pk", flat=True)[: _room(pipeline.MESSAGE.queue)])
+    )
+    # Never sent: a delay or a send's retry longer than the broker's countdown, whose
+    # only sender is this (or a stale claim released, its message redelivered once at
+    # most). None of them is a duplicate of a message queued, so a busy queue is no
+    # reason to hold them: held, a day's delay waited out the end of every broadcast,
+    # and for good under a queue that never emptied.
+    step_pks = list(
+        due.filter(enqueued_at__isnull=True).values_list("pk", flat=True)[:REDRIVE_BATCH]
+    )
+    if len(step_pks) < REDRIVE_BATCH:  # sent a grace period ago: lost, or still queued
+        resent = due.filter(enqueued_at__lt=now - grace, due_at__lt=now - grace)
+        room = min(_room(pipeline.MESSAGE.queue), REDRIVE_BATCH - len(step_pks))
+        step_pks += list(resent.values_list("pk", flat=True)[:room])
     Step.objects.filter(pk__in=step_pks).update(enqueued_at=now)  # one UPDATE, not one each
     for step_pk in step_pks:
         pipeline.send_now(pipeline.MESSAGE, step_pk)

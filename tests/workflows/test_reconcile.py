@@ -189,6 +189,19 @@ def test_no_due_step_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) ->
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,) for step in lost]
 
 
+def test_a_due_step_never_sent_is_sent_though_its_queue_holds_others(enqueued: Enqueued) -> None:
+    """A delay longer than the broker's countdown waits in the database, the reconciler
+    its only sender: behind a queue that never emptied, it was never sent."""
+    waited = step_at(due=5, enqueued=None)
+    lost = step_at(due=GRACE + 30, enqueued=GRACE + 30)
+    _queue_holds(enqueued, pipeline.MESSAGE)
+
+    assert tasks.reconcile()["steps"] == 1
+    assert enqueued.of(pipeline.MESSAGE)[1:] == [(waited.pk,)]
+    lost.refresh_from_db()
+    assert lost.enqueued_at < ago(GRACE)  # not re-sent: maybe queued
+
+
 def test_no_trigger_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued, settings: Any) -> None:
     """A flood of triggers queued longer than the grace period; a routed workflow's queue
     is looked at on its own."""
