@@ -163,7 +163,12 @@ def trigger_event_run(
         # reconciler does a stale claim, for it to send again once the trigger is a grace
         # period old (the rerun skips those reached): held under this task's claim, the
         # other recipients waited NORM_STALE_CLAIM_SECONDS for the claim to go stale.
-        held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+        try:
+            held.update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None)
+        except (OperationalError, InterfaceError) as exc:
+            # The database away too (the worker's network): still claimed, the event is
+            # the task's retry's to resume, as below, not a run that never came back.
+            raise pipeline.ClaimInterrupted(now) from exc
         raise
     except (OperationalError, InterfaceError) as exc:
         # Retried as it is, the task's retry took its claim back counted, as a run that

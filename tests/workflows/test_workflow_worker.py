@@ -335,3 +335,35 @@ def test_a_broker_failing_mid_fan_out_leaves_the_event_to_the_reconciler_after_a
     assert [args[1] for _, args in sent] == [{"subscriberId": "ann"}, {"subscriberId": "bob"}]
     event.refresh_from_db()
     assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 2)
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as a worker runs: no test transaction
+def test_the_database_failing_as_the_fan_out_lets_go_after_a_broker_error_counts_no_run(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """Redis and PostgreSQL away together (the worker's network, a failover of both): the
+    release after the broker's error failed on the database, and the task's retry took
+    its own claim back as a run that never came back, though it did."""
+    event = TriggerEventFactory(to=["ann"])
+    broker_down, database_down = True, False
+
+    def send_task(name: str, args: list[Any], **kwargs: Any) -> None:
+        nonlocal database_down
+        if broker_down:
+            database_down = True  # from here on, until the broker is back
+            raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    def database(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if database_down and broker_down:
+            raise OperationalError("the server closed the connection")
+        return execute(sql, params, many, context)
+
+    monkeypatch.setattr(celery_app, "send_task", send_task)
+    with connection.execute_wrapper(database), pytest.raises(Retry) as retried:
+        tasks.workflow_run.apply(args=[event.pk], task_id="task-1", throw=True)
+    broker_down = False
+
+    tasks.workflow_run.apply(**_task_retry(retried.value), task_id="task-1", retries=1, throw=True)
+
+    event.refresh_from_db()
+    assert (event.status, event.internal_errors) == (TriggerEvent.Status.PROCESSED, 0)
