@@ -1322,13 +1322,7 @@ def reconcile() -> dict[str, int]:
         status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True, created_at__lt=now - grace
     ).filter(Q(reenqueued_at__isnull=True) | Q(reenqueued_at__lt=now - grace))
     rooms: dict[str, int] = {}  # by queue: a workflow may be routed to its own
-    events = []
-    for pk, workflow_id in waiting.values_list("pk", "workflow_id")[:REDRIVE_BATCH]:
-        queue = pipeline.workflow_queue(workflow_id)
-        if queue not in rooms:
-            rooms[queue] = _room(queue)
-        if rooms[queue]:
-            events.append((pk, queue))
+    events = _to_workflow_queues(waiting.values_list("pk", "workflow_id"), rooms)
     TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]).update(reenqueued_at=now)
     for pk, queue in events:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=queue)
@@ -1339,16 +1333,16 @@ def reconcile() -> dict[str, int]:
     # `cancel_task_at`; read by its partial index, which holds only cancels under way,
     # so no window (a day's, say) is needed to keep a tick cheap, and none gives up on a
     # cancel whose broker was down longer than one. A duplicate ends nothing twice.
-    cancels = list(
-        TriggerEvent.objects.filter(cancel_task_at__lt=now - grace).values_list(
-            "pk", "workflow_id"
-        )[:1000]
-    )
+    # Each re-send as the events': behind a backlog of its queue, a bulk cancel of
+    # thousands added a batch of duplicates every grace period. Meanwhile the echo and
+    # the message worker end its notifications as they reach them.
+    under_way = TriggerEvent.objects.filter(cancel_task_at__lt=now - grace)
+    cancels = _to_workflow_queues(under_way.values_list("pk", "workflow_id"), rooms)
     TriggerEvent.objects.filter(
         pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False
     ).update(cancel_task_at=now)
-    for pk, workflow_id in cancels:
-        pipeline.send_now(pipeline.CANCEL, pk, queue=pipeline.workflow_queue(workflow_id))
+    for pk, queue in cancels:
+        pipeline.send_now(pipeline.CANCEL, pk, queue=queue)
     counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.
@@ -1415,6 +1409,21 @@ def reconcile() -> dict[str, int]:
             given_up_events,
         )
     return counts
+
+
+def _to_workflow_queues(
+    rows: QuerySet[TriggerEvent, tuple[int, str]], rooms: dict[str, int]
+) -> list[tuple[int, str]]:
+    """Of a batch of `rows` (an event's pk and workflow), those whose workflow's queue
+    has room (_room, kept by queue in `rooms` for the run), each with that queue."""
+    sent = []
+    for pk, workflow_id in rows[:REDRIVE_BATCH]:
+        queue = pipeline.workflow_queue(workflow_id)
+        if queue not in rooms:
+            rooms[queue] = _room(queue)
+        if rooms[queue]:
+            sent.append((pk, queue))
+    return sent
 
 
 def _room(queue: str) -> int:

@@ -225,6 +225,19 @@ def test_no_trigger_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued, set
     assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
 
 
+def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> None:
+    """A bulk cancel of thousands behind a backlog of triggers: each run re-sent a batch
+    of its tasks behind the ones still queued."""
+    under_way = TriggerEventFactory(canceled_at=ago(GRACE + 1), cancel_task_at=ago(GRACE + 1))
+    _queue_holds(enqueued, pipeline.WORKFLOW)
+
+    assert tasks.reconcile()["cancels"] == 0
+
+    enqueued.clear()
+    assert tasks.reconcile()["cancels"] == 1
+    assert enqueued.of(pipeline.CANCEL) == [(under_way.pk,)]
+
+
 def test_no_fan_out_is_run_again_while_the_subscribers_queue_holds_any(
     enqueued: Enqueued,
 ) -> None:
