@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -219,22 +219,34 @@ def test_the_migrations_apply_from_zero_and_unapply_back_to_it(throwaway_databas
     assert _project_tables(throwaway_database) == tables
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
-    """A worker's transaction that wrote a message is still open: the build waits for it
-    to end. As a plain CREATE INDEX it queued for SHARE, and every INSERT behind it queued
-    too (the API and the workers stalled for the whole upgrade); concurrently, an INSERT
-    is not held up by it."""
+def _messages_index_migration() -> tuple[str, Callable[[], None]]:
+    """The first migration that adds an index to a table (messages'): its index's name,
+    and its operation run forwards as migrate runs it."""
     app, name = INDEX_ADDED[0]
     executor = MigrationExecutor(connection)
     migration = executor.loader.get_migration(app, name)
     (operation,) = migration.operations
     before = executor.loader.project_state((app, name), at_end=False)
     after = executor.loader.project_state((app, name), at_end=True)
+
+    def forwards() -> None:
+        with connection.schema_editor(atomic=migration.atomic) as editor:
+            operation.database_forwards(app, editor, before, after)
+
+    return operation.index.name, forwards
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
+    """A worker's transaction that wrote a message is still open: the build waits for it
+    to end. As a plain CREATE INDEX it queued for SHARE, and every INSERT behind it queued
+    too (the API and the workers stalled for the whole upgrade); concurrently, an INSERT
+    is not held up by it."""
+    index, forwards = _messages_index_migration()
     written = MessageFactory()
     step = StepFactory(notification=written.step.notification, type="in_app")
     with connection.cursor() as cursor:  # the index the migration made for the tests
-        cursor.execute(f'DROP INDEX "{operation.index.name}"')
+        cursor.execute(f'DROP INDEX "{index}"')
 
     server = connection.settings_dict
     writer = psycopg.connect(
@@ -246,8 +258,7 @@ def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
 
     def build() -> None:
         try:
-            with connection.schema_editor(atomic=migration.atomic) as editor:
-                operation.database_forwards(app, editor, before, after)
+            forwards()
         except BaseException as error:  # noqa: BLE001 - handed to the test's thread
             errors.append(error)
         finally:
@@ -282,7 +293,7 @@ def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
-            [operation.index.name],
+            [index],
         )
         assert cursor.fetchone() == (True,)
 
@@ -291,15 +302,9 @@ def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
 def test_an_index_whose_concurrent_build_failed_is_built_again() -> None:
     """A failed CREATE INDEX CONCURRENTLY leaves its index INVALID, not rolled back: the
     migration, run again, failed on its name (`relation ... already exists`)."""
-    app, name = INDEX_ADDED[0]
-    executor = MigrationExecutor(connection)
-    migration = executor.loader.get_migration(app, name)
-    (operation,) = migration.operations
-    before = executor.loader.project_state((app, name), at_end=False)
-    after = executor.loader.project_state((app, name), at_end=True)
+    index, forwards = _messages_index_migration()
     first = MessageFactory()
     MessageFactory(step=StepFactory(notification=first.step.notification, type="in_app"))
-    index = operation.index.name
     with connection.cursor() as cursor:
         cursor.execute(f'DROP INDEX "{index}"')
         # A build that fails half-way: the two messages share a client.
@@ -309,8 +314,7 @@ def test_an_index_whose_concurrent_build_failed_is_built_again() -> None:
             )
 
     try:
-        with connection.schema_editor(atomic=migration.atomic) as editor:
-            operation.database_forwards(app, editor, before, after)
+        forwards()
     except Exception:
         with connection.cursor() as cursor:  # its uniqueness, in the other tests' way
             cursor.execute(f'DROP INDEX "{index}"')
