@@ -1,8 +1,8 @@
 """System checks: what a production deployment must set for its secret keys, DEBUG and
 ALLOWED_HOSTS (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
-outlasting its claim), an email backend that is none or SMTP settings it refuses, and
-providers norm does not have (every command)."""
+outlasting its claim), an email backend that is none, SMTP settings it refuses or a
+DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from config import pipeline
-from notify import crypto
+from notify import crypto, senders
 
 # The standard library's form, as README's: the host's python3 need not have cryptography.
 _FERNET_HINT = (
@@ -244,3 +244,37 @@ def email_backend_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def default_from_email_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """DEFAULT_FROM_EMAIL is the From of every email whose client has no email_from, and
+    its address that of a step's from.name alone. One Django cannot send from (empty, two
+    addresses, "norm@", a line break a secret's file left at its end) failed each such
+    email for good as it was sent, once per notification; one of no domain ("not an
+    address") went out from no domain, with a from.name from "not". It must pass what the
+    admin takes as a client's email_from. Every command, as the other email settings'
+    checks, not only a deployment's (compose's migrate job alone runs those): nothing in
+    make run relies on a bad one, as on the development SECRET_KEY, for the default (make
+    run's, and compose's for one unset or empty) passes. Whatever passes gives the
+    Message-ID its domain, or the host's name (_message_id)."""
+    value = settings.DEFAULT_FROM_EMAIL
+    if not value.strip():
+        problem = "DEFAULT_FROM_EMAIL is empty."
+    elif len(f"{value}.".splitlines()) > 1:  # a line break at its end counts too
+        # Django refuses \r and \n in a header; Python's email package writes the others
+        # (a vertical tab, U+2028) in one as a line break.
+        problem = f"DEFAULT_FROM_EMAIL ({value!r:.100}) has a line break."
+    else:
+        problem = senders.email_from_problem(value, [])
+        problem = f"DEFAULT_FROM_EMAIL: {problem}" if problem else ""
+    if not problem:
+        return []
+    return [
+        Error(
+            f"{problem} The emails of clients without an email_from could not be sent.",
+            hint="Set DEFAULT_FROM_EMAIL to one address: norm@example.com, or with a name, "
+            "Norm <norm@example.com>.",
+            id="norm.E012",
+        )
+    ]

@@ -284,6 +284,34 @@ def test_an_email_backend_that_cannot_be_imported_is_refused_by_every_command(
 
 
 @pytest.mark.parametrize(
+    ("sender", "found"),
+    [
+        ("norm@localhost", []),  # the default
+        ("Norm <norm@mail.example.com>", []),
+        ('"Acme, Inc." <hello@acme.example>', []),
+        ("norm@zürich.example", []),
+        ("", ["norm.E012"]),
+        ("   ", ["norm.E012"]),
+        ("not an address", ["norm.E012"]),  # sent from "not an address", of no domain
+        ("norm@", ["norm.E012"]),
+        ("norm@example.com, ops@example.com", ["norm.E012"]),
+        ("norm@example..com", ["norm.E012"]),
+        ("norm@example.com\n", ["norm.E012"]),  # a secret's file, its line's end kept
+        ("norm@example.com\x0b", ["norm.E012"]),
+    ],
+)
+def test_a_default_from_email_no_email_can_go_from_is_refused_by_every_command(
+    settings: Any, sender: str, found: list[str]
+) -> None:
+    """It was taken as it came, and each email of a client without an email_from failed
+    for good as it was sent, once per notification, while every command passed."""
+    settings.DEFAULT_FROM_EMAIL = settings_from(
+        {"DEFAULT_FROM_EMAIL": sender}, "DEFAULT_FROM_EMAIL"
+    )["DEFAULT_FROM_EMAIL"]
+    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+
+
+@pytest.mark.parametrize(
     "value", ["X-Forwarded-Proto: https", "HTTP_X_FORWARDED_PROTO,https", "X-Forwarded-Proto=https"]
 )
 def test_a_proxy_ssl_header_given_with_its_value_is_refused_by_name(value: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from celery.exceptions import Retry
-from django.core import mail
+from django.core import checks, mail
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
@@ -1153,6 +1153,40 @@ def test_a_from_name_without_an_address_goes_with_the_clients_address_else_the_d
     from_acme, from_other = (_sender_of(e) for e in smtp_server.envelopes)
     assert from_acme == ("hello@acme.example", "Acme Billing <hello@acme.example>")
     assert from_other == ("norm@operator.example", "Acme Billing <norm@operator.example>")
+
+
+@pytest.mark.parametrize(
+    ("sender", "address"),
+    [
+        ("norm@localhost", "norm@localhost"),
+        ("Norm <norm@mail.example.com>", "norm@mail.example.com"),
+        ('"Acme, Inc." <hello@acme.example>', "hello@acme.example"),
+        ("Zoë <norm@example.com>", "norm@example.com"),
+        ("norm@zürich.example", "norm@xn--zrich-kva.example"),
+        (" norm@example.com ", "norm@example.com"),
+        ("norm@[192.0.2.1]", "norm@[192.0.2.1]"),  # the Message-ID has the host's name
+    ],
+)
+def test_each_default_from_the_check_takes_is_sent_from(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    settings: Any,
+    sender: str,
+    address: str,
+) -> None:
+    """norm.E012 refuses a DEFAULT_FROM_EMAIL no email can go from: what it takes goes,
+    as the From and as the address of a from.name alone, with a valid Message-ID."""
+    settings.DEFAULT_FROM_EMAIL = sender
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]
+    named = {"subject": "Hi", "body": "x", "from": {"name": "Billing"}}
+    for step in (email_step(), email_step(outputs=named)):
+        assert send(step).status == Step.Status.COMPLETED
+
+    assert [e.mail_from for e in smtp_server.envelopes] == [address] * 2
+    for envelope in smtp_server.envelopes:
+        received = message_from_bytes(envelope.content, policy=policy.default)
+        assert not received["From"].defects and not received["Message-ID"].defects
 
 
 def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_list(
