@@ -76,6 +76,17 @@ def _non_negative(name: str, value: float) -> Any:
     return value
 
 
+def env_port(name: str, default: int) -> int:
+    """A TCP port, 1 to 65535. Taken as it came, 0 was smtplib's "the default" (25), a
+    port past 65535 was taken modulo 65536 by the resolver (70000 reached 4464), and one
+    below 0 failed each connect as a lookup: each email sent to another port or retried
+    as a connection error until NORM_SEND_MAX_ATTEMPTS, the setting never named."""
+    value = env_int(name, default)
+    if not 0 < value <= 65535:
+        raise ImproperlyConfigured(f"{name} must be a port, 1 to 65535, got {value}")
+    return value
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -427,7 +438,7 @@ NORM_BENCH_ENDPOINTS = env_bool("NORM_BENCH_ENDPOINTS", False)
 # --- email --------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
-EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_PORT = env_port("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)

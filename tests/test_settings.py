@@ -198,6 +198,22 @@ def test_a_bound_interval_or_timeout_of_no_time_is_refused_by_name(name: str, va
     assert f"{name} must be more than 0, got {value}" in done.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "-25", "65536", "70000"])
+def test_an_smtp_port_that_is_no_port_is_refused_by_name(value: str) -> None:
+    """0 was smtplib's default port (25), 70000 reached port 4464 (the resolver takes it
+    modulo 65536), -25 failed each connect: every email went to another port or was
+    retried as a connection error, the setting never named."""
+    done = _check_with({"EMAIL_PORT": value})
+
+    assert done.returncode != 0
+    assert f"EMAIL_PORT must be a port, 1 to 65535, got {value}" in done.stderr
+
+
+def test_an_smtp_port_from_1_to_65535_is_taken() -> None:
+    assert settings_from({"EMAIL_PORT": "1"}, "EMAIL_PORT") == {"EMAIL_PORT": 1}
+    assert settings_from({"EMAIL_PORT": "65535"}, "EMAIL_PORT") == {"EMAIL_PORT": 65535}
+
+
 ZERO_ALLOWED = [
     "DB_CONN_MAX_AGE",  # 0: a connection per request
     "NORM_BROKER_MAX_COUNTDOWN",  # 0: every delay waits in the database
