@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -46,6 +47,11 @@ def env_float(
         value = float(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+    if math.isinf(value):
+        # Each is an interval, a timeout or a backoff, none endless, and inf passed "more
+        # than 0": a timedelta or a socket's timeout of it raises OverflowError, at each
+        # discover or bridge call, or as beat builds its schedule.
+        raise ImproperlyConfigured(f"{name} must be a finite number, got {raw!r}")
     return _bounded(name, value, positive=positive, non_negative=non_negative)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,22 @@ def test_an_smtp_port_that_is_no_port_is_refused_by_name(value: str) -> None:
 def test_an_smtp_port_from_1_to_65535_is_taken() -> None:
     assert settings_from({"EMAIL_PORT": "1"}, "EMAIL_PORT") == {"EMAIL_PORT": 1}
     assert settings_from({"EMAIL_PORT": "65535"}, "EMAIL_PORT") == {"EMAIL_PORT": 65535}
+
+
+# Every setting read as a number of seconds (config/settings.py's env_float).
+FLOATS = re.findall(r'env_float\(\s*"(\w+)"', (ROOT / "config" / "settings.py").read_text())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [*((name, "inf") for name in FLOATS), ("NORM_REGISTRY_TTL", "-Infinity")]
+)
+def test_an_interval_or_timeout_without_end_is_refused_by_name(name: str, value: str) -> None:
+    """inf passed "more than 0" and "0 or more": a timedelta or a socket's timeout of it
+    raised OverflowError at each discover or bridge call, or as beat built its schedule."""
+    done = _check_with({name: value})
+
+    assert done.returncode != 0
+    assert f"{name} must be a finite number, got {value!r}" in done.stderr
 
 
 ZERO_ALLOWED = [
