@@ -7,6 +7,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
@@ -431,3 +433,19 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     @admin.display(description="overrides")
     def overrides_json(self, event: TriggerEvent) -> SafeString:
         return pretty_json(event.overrides)
+
+
+# Django's own admins of the console's users and groups, with NormAdmin's refusal of an
+# action's selection that is no id: a 500 otherwise. (Importing auth_admin registered
+# them, whatever the order of INSTALLED_APPS.)
+admin.site.unregister([User, Group])
+
+
+@admin.register(User)
+class UserAdmin(NormAdmin, auth_admin.UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class GroupAdmin(NormAdmin, auth_admin.GroupAdmin):
+    pass

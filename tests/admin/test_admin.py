@@ -1552,11 +1552,12 @@ def test_create_key_for_a_client_deleted_meanwhile_says_none_was_created(admin_c
     assert not SecretKey.objects.exists()
 
 
-# Every action of norm's admins, Django's delete where rows may be deleted, by its model.
+# Every action of norm's admins, Django's delete where rows may be deleted, by its model;
+# and of Django's own for users and groups.
 ACTIONS = [
     (model._meta.label_lower, action)
     for model, model_admin in admin.site._registry.items()
-    if model._meta.app_label in {"notify", "workflows", "subscribers", "messaging"}
+    if model._meta.app_label in {"notify", "workflows", "subscribers", "messaging", "auth"}
     for action in [
         *([] if isinstance(model_admin, workflows_admin.ReadOnlyAdmin) else ["delete_selected"]),
         *(model_admin.actions or []),
