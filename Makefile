@@ -46,8 +46,17 @@ $(NOVU_BRIDGE)/node_modules: $(NOVU_BRIDGE)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: the Novu framework e2e tests will skip"; exit 0; }; \
 	cd $(NOVU_BRIDGE) && npm ci --no-audit --no-fund && touch node_modules
 
+# The suite runs in a process per core (pytest-xdist), each on its own database and
+# Redis db (tests/conftest.py); then the tests marked `alone`, which restart PostgreSQL
+# under every other test's feet, by themselves. TEST_PROCESSES=1 runs one process.
+# worksteal: an idle process takes tests queued for another, so no long test (a fault,
+# a demo run) is left to run last while the other process waits.
+TEST_PROCESSES ?= auto
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL)
+
 test: $(STAMP) services lint $(NOVU_BRIDGE)/node_modules
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_PROCESSES) --maxprocesses 8 --dist worksteal -m "not alone"
+	$(TEST_ENV) $(PY) -m pytest -m alone tests/faults
 
 clean:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -126,6 +127,41 @@ def pytest_configure(config: pytest.Config) -> None:
     # Django's own hasher takes about 0.5 s a password here, on purpose, and every admin
     # test makes its user: over a minute of the suite. Only the tests' passwords use it.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    _a_broker_db_of_its_own(settings)
+
+
+def _a_broker_db_of_its_own(settings: Any) -> None:
+    """Under pytest-xdist (`make test` runs the suite in a process per core) each process
+    takes its own Redis db, as pytest-django gives it its own database: an e2e test
+    flushes its broker's db and its Celery workers take every task in it, so on a shared
+    db they would run another process's tasks against the wrong database, or drop them.
+    Process gwN takes the configured db less N (15, then 14, ...)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = settings.CELERY_BROKER_URL
+    if not worker.startswith("gw") or not url.startswith(("redis://", "rediss://")):
+        return
+    parts = urlsplit(url)
+    db = (int(parts.path.strip("/") or 0) - int(worker.removeprefix("gw"))) % 16
+    url = urlunsplit(parts._replace(path=f"/{db}"))
+    # Celery reads the variable before any setting; the tests' workers inherit it.
+    settings.CELERY_BROKER_URL = os.environ["CELERY_BROKER_URL"] = url
+    from config.celery import app
+
+    if app.connection().as_uri(include_password=True) != url:
+        raise pytest.UsageError(f"Celery does not use this process's broker {url}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test's captured output as UTF-8 can carry it: pytest-xdist sends each report to
+    the main process as UTF-8, and a lone surrogate logged by a test (the SDK's, on
+    purpose) crashed the process that ran it. Escaped as the terminal shows it."""
+    report = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode())
+        for title, text in report.sections
+    ]
+    return report
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

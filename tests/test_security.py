@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -84,6 +85,12 @@ def redirecting_bridge() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_port}/bridge"
     server.shutdown()
     server.server_close()
+
+
+def _a_key(n: int) -> str:
+    """A Fernet key, the same in every process: pytest-xdist's processes must collect the
+    same test ids, and a parameter's id is its value."""
+    return base64.urlsafe_b64encode(bytes([n]) * 32).decode()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
@@ -192,7 +199,7 @@ def test_a_bridge_url_norm_cannot_call_is_named_without_its_password(url: str) -
     [
         (django_settings.DEVELOPMENT_SECRET_KEY, "", ["norm.E001", "norm.E004"]),
         ("a-long-random-production-secret", "", ["norm.W001"]),
-        (django_settings.DEVELOPMENT_SECRET_KEY, Fernet.generate_key().decode(), ["norm.E004"]),
+        (django_settings.DEVELOPMENT_SECRET_KEY, _a_key(1), ["norm.E004"]),
     ],
 )
 def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
@@ -251,8 +258,8 @@ def test_the_deploy_checks_hint_makes_a_key_with_only_the_standard_library(setti
     ("encryption_key", "found"),
     [
         ("not-a-fernet-key", ["norm.E003"]),
-        (f"{Fernet.generate_key().decode()},short", ["norm.E003"]),
-        (f"{Fernet.generate_key().decode()}, {Fernet.generate_key().decode()}", []),
+        (f"{_a_key(1)},short", ["norm.E003"]),
+        (f"{_a_key(1)}, {_a_key(2)}", []),
     ],
 )
 def test_an_encryption_key_that_is_no_fernet_key_is_refused_by_every_command(

@@ -380,6 +380,7 @@ def postmaster_started() -> Any:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.alone  # every other test would lose its database mid-run
 def test_workers_reconnect_after_postgresql_restarts(
     live_server: LiveServer,
     make_client: Any,

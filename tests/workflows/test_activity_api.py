@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -201,7 +200,9 @@ def test_in_app_result_follows_the_message(tenant) -> None:
     assert data["steps"][0]["result"]["seen"] is False
 
 
-@pytest.mark.parametrize("notification_id", ["not-a-uuid", "123", str(uuid.uuid4())])
+@pytest.mark.parametrize(
+    "notification_id", ["not-a-uuid", "123", "3f1c2b1e-8d4a-4c6e-9b1f-2a7d5e0c9f44"]
+)
 def test_detail_unknown_or_malformed_id_is_404(tenant, notification_id: str) -> None:
     _, api = tenant
     response = api.get(f"/v1/notifications/{notification_id}")
