@@ -58,6 +58,11 @@ def _in_process(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [response.content]
 
 
+# Novu makes an async client when given none, and each loads the system's certificates:
+# 0.05 s a test. The tests call norm synchronously only; this one is never used.
+_UNUSED_ASYNC_CLIENT = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: None))
+
+
 def novu_py_for(key: str) -> Novu:
     """novu-py itself, authenticating with `key`, talking to norm in process; it does
     not retry (it retries a 409 or a 5xx for up to an hour by default)."""
@@ -65,6 +70,7 @@ def novu_py_for(key: str) -> Novu:
         secret_key=key,
         server_url="http://testserver",
         client=httpx.Client(transport=httpx.WSGITransport(app=_in_process)),
+        async_client=_UNUSED_ASYNC_CLIENT,
         retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1, 1), False),
     )
 
