@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +25,7 @@ from notify import selectors as notify_selectors
 from notify import services as notify_services
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
+from tests.conftest import serve_in_background
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
 from workflows import services as workflow_services
@@ -81,7 +81,7 @@ class _Redirecting(BaseHTTPRequestHandler):
 def redirecting_bridge() -> Iterator[str]:
     _Redirecting.hits = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     yield f"http://127.0.0.1:{server.server_port}/bridge"
     server.shutdown()
     server.server_close()
@@ -405,7 +405,7 @@ class _Recording(BaseHTTPRequestHandler):
 def recording_bridge() -> Iterator[str]:
     _Recording.hits, _Recording.sent = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     yield f"http://127.0.0.1:{server.server_port}/bridge"
     server.shutdown()
     server.server_close()
@@ -526,7 +526,7 @@ def test_a_cookie_one_clients_bridge_sets_goes_with_no_call(enqueued: object) ->
     own bridge again, as state norm never meant to keep)."""
     _CookieSetting.cookies = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     try:
         host = f"http://127.0.0.1:{server.server_port}"
         first, _ = client_with_key(bridge_url=f"{host}/first")

@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.utils import timezone
 
 from config import pipeline
+from tests.conftest import serve_in_background
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ",".join(pipeline.QUEUES)
@@ -173,10 +174,9 @@ class BridgeProxy:
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/bridge"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> BridgeProxy:
-        self._thread.start()
+        serve_in_background(self.server)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -30,7 +30,7 @@ from messaging.models import Message
 from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, FailsOnce
+from tests.conftest import Enqueued, FailsOnce, serve_in_background
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
@@ -2126,7 +2126,7 @@ def test_a_server_refusing_norms_connection_is_tried_again_after_a_backoff(
         error = "SMTP 550: 5.7.1 Not taking mail from this host"
     else:
         with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RefusesService) as server:
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            serve_in_background(server)
             smtp_unreachable(settings)
             settings.EMAIL_PORT = server.server_address[1]
             step = send(email_step())

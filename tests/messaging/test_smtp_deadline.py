@@ -21,7 +21,7 @@ import pytest
 
 from messaging import providers
 from messaging.models import Message
-from tests.conftest import self_signed
+from tests.conftest import self_signed, serve_in_background
 from tests.messaging.test_message_worker import SMTP, Inbox, email_step, smtp_serving
 from workflows.models import Step
 
@@ -76,7 +76,7 @@ def trickling(settings: Any) -> Iterator[Callable[..., _Trickling]]:
 
     def start(data: bytes, tls: ssl.SSLContext | None = None, port: int = 0) -> _Trickling:
         server = _Trickling(data, tls, port)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve_in_background(server)
         servers.append(server)
         settings.EMAIL_BACKEND = SMTP
         settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.server_address[1]

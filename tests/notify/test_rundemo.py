@@ -31,6 +31,7 @@ from django.db import connection
 from notify.management.commands import demoweb
 from notify.management.commands.rundemo import _check_free
 from notify.models import Client, TriggerEvent
+from tests.conftest import serve_in_background
 from tests.e2e.harness import free_port
 from workflows.models import Notification, Step
 
@@ -308,7 +309,7 @@ def test_its_web_server_answers_a_burst_of_concurrent_connections() -> None:
     server = server_cls(("127.0.0.1", 0), WSGIRequestHandler)
     server.daemon_threads = True
     server.set_app(_ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     url = f"http://127.0.0.1:{server.server_port}/"
     start = threading.Barrier(100)  # 100 triggers POSTed at once, as a script would
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +20,7 @@ from config.celery import app as celery_app
 from notify import services as notify_services
 from notify.models import BridgeSync, BridgeWorkflow, Client, TriggerEvent
 from subscribers.models import Subscriber, Topic
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, serve_in_background
 from tests.factories import (
     BRIDGE_URL,
     BridgeSyncFactory,
@@ -905,8 +904,7 @@ def live_bridge() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_background(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/bridge", seen
     finally:

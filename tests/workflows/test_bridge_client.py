@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Enqueued, json_serving, sdk_serving, self_signed
+from tests.conftest import Enqueued, json_serving, sdk_serving, self_signed, serve_in_background
 from tests.factories import BridgeSyncFactory, NotificationFactory
 from workflows import bridge, services
 from workflows.models import Notification, Step
@@ -43,7 +42,7 @@ class _Proxy(BaseHTTPRequestHandler):
 def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     _Proxy.targets = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     url = f"http://127.0.0.1:{server.server_port}"
     for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -149,7 +148,7 @@ def test_a_bridge_url_norm_cannot_call_is_named_without_its_query(url: str) -> N
 
 def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Nested)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     try:
         with pytest.raises(bridge.BridgeError) as caught:
             bridge.health_check(f"http://127.0.0.1:{server.server_port}/bridge")
@@ -168,7 +167,7 @@ def internal_tls_bridge(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_background(server)
     yield f"https://127.0.0.1:{server.server_port}/bridge", cert_path
     server.shutdown()
     server.server_close()

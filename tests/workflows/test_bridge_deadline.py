@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from tests.conftest import self_signed
+from tests.conftest import self_signed, serve_in_background
 from workflows import bridge
 
 DEADLINE = 1.0
@@ -104,7 +104,7 @@ def serve() -> Iterator[Callable[..., _Server]]:
         respond: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None
     ) -> _Server:
         server = _Server(respond, tls)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve_in_background(server)
         servers.append(server)
         return server
 
