@@ -158,9 +158,9 @@ def _a_broker_db_of_its_own(settings: Any) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A test's captured output as UTF-8 can carry it: pytest-xdist sends each report to
-    the main process as UTF-8, and a lone surrogate logged by a test (the SDK's, on
-    purpose) crashed the process that ran it. Escaped as the terminal shows it."""
+    """A test's captured output, escaped as the terminal shows it where UTF-8 cannot carry
+    it: pytest-xdist sends each report to the main process as UTF-8, and a lone surrogate
+    a test logged (tests/sdk/test_django.py's, on purpose) crashed the process."""
     report = yield
     report.sections = [
         (title, text.encode("utf-8", "backslashreplace").decode())
@@ -301,13 +301,11 @@ class Meanwhile:
 Respond = Callable[[str, str, bytes, dict[str, str]], tuple[int, Any, Mapping[str, str]]]
 
 
-def serve_in_background(server: socketserver.BaseServer) -> threading.Thread:
-    """Serves `server` on a daemon thread, started. It looks for `shutdown()` every 0.01 s:
-    at socketserver's 0.5 s, stopping the tests' servers took a minute and a half of the
-    suite."""
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    return thread
+def serve_in_background(server: socketserver.BaseServer) -> None:
+    """Serves `server` on a daemon thread until its `shutdown()`, which it looks for every
+    0.01 s: at socketserver's 0.5 s, stopping the tests' servers took a minute and a half
+    of the suite."""
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
 
 
 @contextlib.contextmanager
