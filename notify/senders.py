@@ -92,7 +92,11 @@ def email_from_problem(email_from: str, domains: list[str]) -> str:
     if not email_from:
         return ""
     found = getaddresses([email_from])
-    if len(email_from.splitlines()) > 1 or len(found) != 1 or "@" not in found[0][1]:
+    # A line break at its end counts too (a secret's file leaves one): Django refuses \r
+    # and \n in a header, and Python's email package writes the others (a vertical tab,
+    # U+2028) in one as a line break.
+    broken = len(f"{email_from}.".splitlines()) > 1
+    if broken or len(found) != 1 or "@" not in found[0][1]:
         return (
             f"{email_from!r} is no email address: write one, as `Acme <hello@acme.example>` "
             '(a name with a comma in quotes: `"Acme, Inc." <hello@acme.example>`).'

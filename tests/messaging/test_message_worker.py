@@ -1288,6 +1288,8 @@ def test_a_changed_sender_policy_applies_to_the_next_email(
         # The client's From went out as stored, whatever the domains said.
         ("Bank <ceo@bank.example>", ["acme.example"], None, "email_from is refused"),
         ("acme", [], None, "email_from is refused: 'acme' is no email address"),
+        # The admin and createclient strip it; written past them, a header of it failed.
+        ("shop@acme.example\n", [], None, "'shop@acme.example\\n' is no email address"),
     ],
 )
 def test_a_sender_policy_stored_as_the_admin_would_refuse_it_fails_the_email_for_good(
