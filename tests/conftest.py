@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 import requests
+from celery.exceptions import Retry
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,6 +41,11 @@ class FailsOnce:
         if self.calls == 1:
             raise self.error
         return self.fn(*args, **kwargs)
+
+
+def task_retry(retried: Retry) -> dict[str, Any]:
+    """The retry of a task as the broker carries it: through JSON."""
+    return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
 
 
 def ago(seconds: float) -> datetime:

@@ -30,7 +30,7 @@ from messaging.models import Message
 from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, FailsOnce, serve_in_background
+from tests.conftest import Enqueued, FailsOnce, serve_in_background, task_retry
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
@@ -420,11 +420,6 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
 
 
-def _task_retry(retried: Retry) -> dict[str, Any]:
-    """The retry of a task as the broker carries it: through JSON."""
-    return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
-
-
 def test_database_errors_while_the_step_is_claimed_do_not_count_against_norm_max_claims(
     enqueued: Enqueued,
     smtp_server: Inbox,
@@ -445,7 +440,7 @@ def test_database_errors_while_the_step_is_claimed_do_not_count_against_norm_max
     for retries in range(3):
         with pytest.raises(Retry) as retried:
             tasks.message_send.apply(**retry, task_id="task-1", retries=retries, throw=True)
-        retry = _task_retry(retried.value)
+        retry = task_retry(retried.value)
 
     with django_capture_on_commit_callbacks(execute=True):
         tasks.message_send.apply(**retry, task_id="task-1", retries=3, throw=True)
@@ -471,7 +466,7 @@ def test_a_retry_redelivered_after_its_worker_died_counts_its_claim(
     monkeypatch.setattr(services, "insert_once", insert)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
-    retry = _task_retry(retried.value)
+    retry = task_retry(retried.value)
 
     for _ in range(2):  # the retry, killed in its send, then its redelivery
         with pytest.raises(WorkerKilled):
@@ -597,7 +592,7 @@ def test_a_send_whose_record_the_database_refuses_for_longer_is_left_to_the_task
 
     assert time.monotonic() - started < services.RECORD_RETRY_SECONDS + 1
     assert len(killed) == len(services.RECORD_RETRY_DELAYS) + 1
-    assert _task_retry(retried.value)["kwargs"]["sent"]["attempts"] == 1
+    assert task_retry(retried.value)["kwargs"]["sent"]["attempts"] == 1
     assert len(smtp_server.envelopes) == 1
     assert Message.objects.get().status == Message.Status.SENDING
     assert enqueued.calls == []

@@ -16,7 +16,7 @@ from config import pipeline
 from config.celery import app as celery_app
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, FailsOnce
+from tests.conftest import Enqueued, FailsOnce, task_retry
 from tests.factories import (
     ClientFactory,
     NotificationFactory,
@@ -266,11 +266,6 @@ def test_a_fan_out_whose_task_kills_its_worker_each_time_fails_after_norm_max_cl
     assert event.processed_at is not None and enqueued.calls == []
 
 
-def _task_retry(retried: Retry) -> dict[str, Any]:
-    """The retry of a task as the broker carries it: through JSON."""
-    return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
-
-
 def test_database_errors_while_the_event_is_claimed_do_not_count_against_norm_max_claims(
     enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,7 +282,7 @@ def test_database_errors_while_the_event_is_claimed_do_not_count_against_norm_ma
     for retries in range(3):
         with pytest.raises(Retry) as retried:
             tasks.workflow_run.apply(**retry, task_id="task-1", retries=retries, throw=True)
-        retry = _task_retry(retried.value)
+        retry = task_retry(retried.value)
         assert TriggerEvent.objects.get(pk=event.pk).internal_errors == 0
 
     tasks.workflow_run.apply(**retry, task_id="task-1", retries=3, throw=True)
@@ -363,7 +358,7 @@ def test_the_database_failing_as_the_fan_out_lets_go_after_a_broker_error_counts
         tasks.workflow_run.apply(args=[event.pk], task_id="task-1", throw=True)
     broker_down = False
 
-    tasks.workflow_run.apply(**_task_retry(retried.value), task_id="task-1", retries=1, throw=True)
+    tasks.workflow_run.apply(**task_retry(retried.value), task_id="task-1", retries=1, throw=True)
 
     event.refresh_from_db()
     assert (event.status, event.internal_errors) == (TriggerEvent.Status.PROCESSED, 0)
