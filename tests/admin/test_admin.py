@@ -906,6 +906,16 @@ SECRET_ALLOWED = "https://other:hunter22@alt.test/api/novu"
 VIEWS = ("changelist", "change")
 
 
+# Each admin whose pages show a client's bridge URL.
+BRIDGE_URL_PAGES = [
+    "notify_client",
+    "notify_bridgeworkflow",
+    "notify_bridgesync",
+    "notify_triggerevent",
+    "workflows_notification",
+]
+
+
 def _client_with_a_password_in_its_bridge() -> Any:
     client = ClientFactory(bridge_url=SECRET_BRIDGE, allowed_bridge_urls=[SECRET_ALLOWED])
     event = TriggerEventFactory(client=client)
@@ -915,16 +925,7 @@ def _client_with_a_password_in_its_bridge() -> Any:
     return client
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        "notify_client",
-        "notify_bridgeworkflow",
-        "notify_bridgesync",
-        "notify_triggerevent",
-        "workflows_notification",
-    ],
-)
+@pytest.mark.parametrize("model", BRIDGE_URL_PAGES)
 def test_a_bridge_urls_password_is_masked_on_every_page(admin_client, model: str) -> None:
     client = _client_with_a_password_in_its_bridge()
     obj = {
@@ -1010,16 +1011,7 @@ TOKEN_BRIDGE = "https://bridge.test/api/novu?token=s3cret-tok&region=eu"
 MASKED_TOKEN_BRIDGE = "https://bridge.test/api/novu?token=***&region=***"
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        "notify_client",
-        "notify_bridgeworkflow",
-        "notify_bridgesync",
-        "notify_triggerevent",
-        "workflows_notification",
-    ],
-)
+@pytest.mark.parametrize("model", BRIDGE_URL_PAGES)
 def test_a_bridge_urls_query_token_is_masked_on_every_page(admin_client, model: str) -> None:
     """A token in the query (`?token=...`, a deployment's bypass token) was shown whole,
     where a password in the userinfo was masked."""
