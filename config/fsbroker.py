@@ -36,6 +36,14 @@ class Channel(filesystem.Channel):
         super().basic_reject(delivery_tag, requeue)
         self.connection.freed.set()
 
+    def _restore(self, message: Any) -> None:
+        # A message put back (its worker died: Celery rejects it to be requeued) is marked
+        # redelivered where kombu's other transports mark it and Celery reads it, in its
+        # delivery info; kombu's own mark here (the payload's top level) reaches no task.
+        if message.delivery_info is not None:
+            message.delivery_info["redelivered"] = True
+        super()._restore(message)
+
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         # The channel takes a queue's files in the order of their names: an unpadded
         # stamp put 1000000 (ms since boot) before 999999, newer messages first each

@@ -148,6 +148,14 @@ def db_retry(task: Task, exc: BaseException | None, **kwargs: Any) -> celery.exc
     )
 
 
+def redelivered(task: Task) -> str:
+    """`task`'s id when the broker delivered its message again: its worker died running
+    it (Celery's reject on worker lost) or held it past the visibility timeout; "" for a
+    first delivery, a retry (a message of its own) or a task run in-process."""
+    delivery_info = task.request.delivery_info or {}
+    return (task.request.id or "") if delivery_info.get("redelivered") else ""
+
+
 # `backoff`'s largest factor over the doubling.
 BACKOFF_JITTER = 1.5
 

@@ -409,6 +409,8 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=Tru
 # or a fan-out that an unexpected error (a bug) ends: then the row fails, its reason the
 # error's (the notification's code InternalError), rather than run again for good. A
 # fan-out's runs whose claim went stale (a worker that died) count with those a bug ended.
+# A subscriber command delivered again after its worker died counts each such run on its
+# trigger event (by task id): at the bound its recipients' notifications fail.
 NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10, positive=True)
 # Seconds a whole call to a bridge may take, connecting included (DNS aside).
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0, positive=True)

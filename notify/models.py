@@ -231,6 +231,12 @@ class TriggerEvent(models.Model):
     # Runs of its fan-out that ended unfinished: a bug ended them, or their claim went
     # stale (the worker died or hung). Failed at NORM_MAX_CLAIMS.
     internal_errors = models.PositiveSmallIntegerField(default=0)
+    # Its subscriber commands that the broker delivered again after their worker died,
+    # by task id: how many times. A command has no row of its own to count its runs on,
+    # and one that ends its worker each time (a chunk that runs it out of memory) was
+    # delivered again at once and for good. At NORM_MAX_CLAIMS its recipients'
+    # notifications fail instead (workflows.services.command_redelivered).
+    redelivered = models.JSONField(default=dict, blank=True)
     # While its cancel has a task with notifications left to end: when that task was
     # last handed on (by the request past its budget, or the reconciler) or last ended a
     # chunk; null once a cancel got to the end (or before any cancel). The reconciler

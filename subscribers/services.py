@@ -5,6 +5,7 @@ import logging
 import re
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
@@ -30,6 +31,7 @@ from workflows.services import (
     fan_out_short,
     fan_outs_forget,
     internal_error_text,
+    named,
     notification_create,
     notifications_create,
 )
@@ -73,11 +75,22 @@ def _event(trigger_event_id: int) -> TriggerEvent | None:
     )
 
 
-def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
-    """Stage 3: the subscriber, then its notification (unique per event and subscriber)."""
+def subscriber_process(
+    *, trigger_event_id: int, recipient: dict[str, Any], redelivered: str = ""
+) -> None:
+    """Stage 3: the subscriber, then its notification (unique per event and subscriber).
+    `redelivered`: the command's task id, when the broker delivered it again after its
+    worker died (see `command_given_up`)."""
     # A bug: the event was short of this recipient's notification with no reason
     # anywhere, and the reconciler's reruns of the fan-out (bounded) met it as silently.
     subscriber_id = recipient.get("subscriberId") if isinstance(recipient, dict) else None
+    if redelivered and command_given_up(
+        trigger_event_id=trigger_event_id,
+        command=redelivered,
+        subscriber_ids=[str(subscriber_id)],
+        listed=True,
+    ):
+        return
     with pipeline.bugs_recorded(
         lambda exc: fan_out_short(
             trigger_event_id=trigger_event_id, subscriber_ids=[str(subscriber_id)], exc=exc
@@ -166,9 +179,19 @@ def actor_process(*, trigger_event_id: int) -> None:
     actor_upsert(event=event, recipients=recipients)
 
 
-def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
+def subscribers_process(
+    *, trigger_event_id: int, subscriber_ids: list[str], redelivered: str = ""
+) -> None:
     """Stage 3 for a chunk of a broadcast's or a topic's audience: the subscribers exist
-    (one deleted since the fan-out is skipped), so only their notifications are created."""
+    (one deleted since the fan-out is skipped), so only their notifications are created.
+    `redelivered`: as for `subscriber_process`."""
+    if redelivered and command_given_up(
+        trigger_event_id=trigger_event_id,
+        command=redelivered,
+        subscriber_ids=subscriber_ids,
+        listed=False,
+    ):
+        return
     with pipeline.bugs_recorded(  # a bug: as in subscriber_process
         lambda exc: fan_out_short(
             trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids, exc=exc
@@ -187,6 +210,52 @@ def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) ->
         client_id=event.client_id, subscriber_id__in=subscriber_ids
     )
     notifications_create(trigger_event=event, subscribers=list(subscribers))
+
+
+def command_given_up(
+    *, trigger_event_id: int, command: str, subscriber_ids: list[str], listed: bool
+) -> bool:
+    """For a subscriber command (task id `command`) that the broker delivered again after
+    its worker died: count the run lost on the event, and once NORM_MAX_CLAIMS runs were
+    lost so, fail its recipients' notifications with the reason and answer True, for the
+    command to end there. Celery delivers such a command again at once (reject on worker
+    lost), so one that ends its worker each time (out of memory, say) took a worker down
+    for good. Failed, not left out: the reconciler would take them for commands lost with
+    the broker and fan them out again. `listed`: the command's is a recipient `to` names,
+    which it would have created: created here by its id alone (its attributes may be what
+    ended the worker)."""
+    with transaction.atomic():
+        event = (
+            TriggerEvent.objects.select_for_update(no_key=True)
+            .defer("to", "overrides", "forgotten")
+            .filter(pk=trigger_event_id)
+            .first()
+        )
+        if event is None:
+            return True
+        runs = event.redelivered.get(command, 0) + 1
+        event.redelivered[command] = runs
+        event.save(update_fields=["redelivered"])
+    if runs < settings.NORM_MAX_CLAIMS:
+        return False
+    reason = (
+        f"its subscriber command never finished in {runs} runs, each lost with its worker "
+        "(a command that kills its worker?); given up after NORM_MAX_CLAIMS"
+    )
+    logger.warning("trigger event %s: %s: %s", event.pk, named(subscriber_ids), reason)
+    if listed:
+        with transaction.atomic():
+            subscribers = [
+                subscriber_upsert(client=event.client_id, recipient={"subscriberId": listed_id})
+                for listed_id in subscriber_ids
+            ]
+    else:  # a chunk's: those deleted since are not made anew
+        subscribers = list(
+            Subscriber.objects.filter(client_id=event.client_id, subscriber_id__in=subscriber_ids)
+        )
+    notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
+    _reason_on_event(event=event, reason=f"{named(subscriber_ids)}: {reason}")
+    return True
 
 
 # --- the subscriber and topic API ----------------------------------------------------------

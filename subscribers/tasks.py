@@ -2,24 +2,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from config import pipeline
 from subscribers import services
 
 
-@shared_task(name="norm.subscriber.process", ignore_result=True, **pipeline.DB_RETRY)
-def subscriber_process(trigger_event_id: int, recipient: dict[str, Any]) -> None:
+@shared_task(name="norm.subscriber.process", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+def subscriber_process(self: Task, trigger_event_id: int, recipient: dict[str, Any]) -> None:
     """Stage 3: upsert the subscriber and create its notification. A rerun finds both
-    rows (unique per client/subscriberId and per event/subscriber) and adds nothing."""
-    services.subscriber_process(trigger_event_id=trigger_event_id, recipient=recipient)
+    rows (unique per client/subscriberId and per event/subscriber) and adds nothing;
+    one delivered again after its worker died is counted (command_given_up)."""
+    services.subscriber_process(
+        trigger_event_id=trigger_event_id,
+        recipient=recipient,
+        redelivered=pipeline.redelivered(self),
+    )
 
 
-@shared_task(name="norm.subscriber.batch", ignore_result=True, **pipeline.DB_RETRY)
-def subscribers_process(trigger_event_id: int, subscriber_ids: list[str]) -> None:
+@shared_task(name="norm.subscriber.batch", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+def subscribers_process(self: Task, trigger_event_id: int, subscriber_ids: list[str]) -> None:
     """Stage 3 for a chunk of a broadcast's or topic's audience: their notifications in one
-    transaction. A rerun adds nothing (unique per event/subscriber)."""
-    services.subscribers_process(trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids)
+    transaction. A rerun adds nothing (unique per event/subscriber); counted as above."""
+    services.subscribers_process(
+        trigger_event_id=trigger_event_id,
+        subscriber_ids=subscriber_ids,
+        redelivered=pipeline.redelivered(self),
+    )
 
 
 @shared_task(name="norm.subscriber.actor", ignore_result=True, **pipeline.DB_RETRY)

@@ -134,3 +134,22 @@ def test_messages_are_taken_in_the_order_they_were_sent_when_the_clock_gains_a_d
         taken = [tasks.get(timeout=5) for _ in range(2)]
 
     assert [message.payload["body"] for message in taken] == ["first", "second"]
+
+
+def test_a_message_put_back_is_marked_redelivered_where_celery_reads_it(tmp_path: Path) -> None:
+    """Celery puts back the message of a worker that died (rejected, requeued), and a task
+    knows it was delivered again by its delivery info, where kombu's Redis transport marks
+    it: the filesystem channel marked the payload's top level, and no task could tell
+    (subscriber commands count such runs: subscribers.services.command_given_up)."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        tasks = conn.SimpleQueue("subscribers")  # a queue of its own, as above
+        tasks.put({"body": "command"})
+        first = tasks.get(timeout=5)
+        redelivered_first = first.delivery_info.get("redelivered")
+        first.requeue()
+        again = tasks.get(timeout=5)
+        again.ack()
+
+    assert again.payload == {"body": "command"}
+    assert (redelivered_first, again.delivery_info["redelivered"]) == (None, True)

@@ -344,19 +344,25 @@ def fan_out_short(*, trigger_event_id: int, subscriber_ids: list[str], exc: Exce
     goes, rather than nowhere. The reconciler fans a short event out again (bounded by
     FANOUT_RECHECK); that run clears the reason when it claims the event, and its
     command records it again if the bug is still there. Not over a failed event's reason."""
-    first = subscriber_ids[0][:100] if subscriber_ids else ""
-    who = (
-        f"subscriber '{first}'"
-        if len(subscriber_ids) == 1
-        else f"{len(subscriber_ids)} subscribers ('{first}', …)"
-    )
     TriggerEvent.objects.filter(pk=trigger_event_id).exclude(
         status=TriggerEvent.Status.FAILED
-    ).update(error=f"no notification was created for {who}: {internal_error_text(exc)}")
+    ).update(
+        error=f"no notification was created for {named(subscriber_ids)}: {internal_error_text(exc)}"
+    )
 
 
-def _new_notification(trigger_event: TriggerEvent, subscriber: Subscriber) -> Notification:
-    return Notification(
+def named(subscriber_ids: list[str]) -> str:
+    """Recipients named in an event's reason: the first, and how many in all."""
+    first = subscriber_ids[0][:100] if subscriber_ids else ""
+    if len(subscriber_ids) == 1:
+        return f"subscriber '{first}'"
+    return f"{len(subscriber_ids)} subscribers ('{first}', …)"
+
+
+def _new_notification(
+    trigger_event: TriggerEvent, subscriber: Subscriber, failed: str = ""
+) -> Notification:
+    notification = Notification(
         trigger_event=trigger_event,
         subscriber=subscriber,
         client_id=trigger_event.client_id,
@@ -364,6 +370,12 @@ def _new_notification(trigger_event: TriggerEvent, subscriber: Subscriber) -> No
         resource=trigger_event.resource,
         payload=trigger_event.payload,
     )
+    if failed:
+        # Without the payload: a chunk's copies of a large one may be what ended the
+        # worker each time. The event keeps it.
+        notification.payload, notification.status = {}, Notification.Status.FAILED
+        notification.error, notification.completed_at = failed, timezone.now()
+    return notification
 
 
 def notification_create(
@@ -382,9 +394,12 @@ def notification_create(
     return notification
 
 
-def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subscriber]) -> int:
+def notifications_create(
+    *, trigger_event: TriggerEvent, subscribers: list[Subscriber], failed: str = ""
+) -> int:
     """`notification_create` for a chunk of subscribers: one INSERT and one commit for all,
-    instead of a transaction each; returns how many first echoes it enqueued.
+    instead of a transaction each; returns how many first echoes it enqueued. `failed`:
+    the reason their notifications fail with, never run (those that exist are kept).
 
     Rows go in subscriber order: two chunks reaching the same subscribers at once (two
     topics with shared members) would otherwise each hold a row the other waits for."""
@@ -392,7 +407,7 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
         return 0
     while True:
         try:
-            return _notifications_insert(trigger_event, subscribers)
+            return _notifications_insert(trigger_event, subscribers, failed)
         except IntegrityError:
             # A subscriber deleted meanwhile (its delete locks it first, so this chunk's
             # foreign keys, checked at commit, wait for it): its notification is refused,
@@ -403,11 +418,13 @@ def notifications_create(*, trigger_event: TriggerEvent, subscribers: list[Subsc
             subscribers = present
 
 
-def _notifications_insert(trigger_event: TriggerEvent, subscribers: list[Subscriber]) -> int:
+def _notifications_insert(
+    trigger_event: TriggerEvent, subscribers: list[Subscriber], failed: str
+) -> int:
     with transaction.atomic():
         Notification.objects.bulk_create(
             [
-                _new_notification(trigger_event, subscriber)
+                _new_notification(trigger_event, subscriber, failed)
                 for subscriber in sorted(subscribers, key=lambda s: s.pk)
             ],
             ignore_conflicts=True,  # those a rerun or a second topic reached already

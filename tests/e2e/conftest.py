@@ -92,8 +92,8 @@ def start_celery(
         "LOG_LEVEL": "INFO",
     }
 
-    def start(kind: str = "worker", **env: str) -> CeleryProcess:
-        proc = celery_start(kind, env={**base_env, **env}, log_dir=tmp_path)
+    def start(kind: str = "worker", *, include: str = "", **env: str) -> CeleryProcess:
+        proc = celery_start(kind, env={**base_env, **env}, log_dir=tmp_path, include=include)
         started.append(proc)
         celery_wait_ready(proc, marker=" ready." if kind == "worker" else "beat: Starting")
         return proc

@@ -90,13 +90,17 @@ class CeleryProcess:
         self.process.wait()
 
 
-def celery_start(kind: str, *, env: dict[str, str], log_dir: Path) -> CeleryProcess:
+def celery_start(
+    kind: str, *, env: dict[str, str], log_dir: Path, include: str = ""
+) -> CeleryProcess:
+    """`include`: a module of the tests the worker imports too (-I): a fault to inject."""
     name = f"e2e-{kind}-{uuid.uuid4().hex[:8]}"
     log = log_dir / f"{name}.log"
     if kind == "worker":
         # No mingle/gossip/heartbeat: another worker on the same broker must not talk to this one.
         extra = ["-Q", QUEUES, "--pool", "prefork", "-c", "2", "-n", f"{name}@%h"]
         extra += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+        extra += ["-I", include] if include else []
     else:
         extra = ["-s", str(log_dir / f"{name}-schedule")]
     command = [sys.executable, "-m", "celery", "-A", "config", kind, "--loglevel", "INFO"]

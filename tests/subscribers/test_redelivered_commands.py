@@ -1,0 +1,125 @@
+"""A subscriber command the broker delivered again after its worker died: counted on its
+event by task id, and given up at NORM_MAX_CLAIMS runs lost, its recipients' notifications
+failed with the reason. (tests/faults/test_poison_command.py: the same on a real worker.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config import pipeline
+from notify.models import TriggerEvent
+from subscribers import services
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued
+from tests.factories import SubscriberFactory, TriggerEventFactory
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+GIVEN_UP = (
+    "its subscriber command never finished in 3 runs, each lost with its worker (a command "
+    "that kills its worker?); given up after NORM_MAX_CLAIMS"
+)
+
+
+class WorkerKilled(BaseException):
+    """The worker process dies mid-command (out of memory, SIGKILL): nothing after runs."""
+
+
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch, settings: Any) -> list[str]:
+    """Every command's work ends its worker; the ids of the subscribers it was for."""
+    settings.NORM_MAX_CLAIMS = 3
+    ran: list[str] = []
+
+    def one(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
+        ran.append(recipient["subscriberId"])
+        raise WorkerKilled
+
+    def chunk(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
+        ran.extend(subscriber_ids)
+        raise WorkerKilled
+
+    monkeypatch.setattr(services, "_subscriber_process", one)
+    monkeypatch.setattr(services, "_subscribers_process", chunk)
+    return ran
+
+
+def delivered(run: Any, times: int, **command: Any) -> None:
+    """`run` (a command's service) delivered `times`: first as sent, then again as the
+    broker delivers the message of a worker that died, each run killing its worker."""
+    for delivery in range(times):
+        with pytest.raises(WorkerKilled):
+            run(**command, redelivered="task-1" if delivery else "")
+
+
+def test_a_listed_recipients_command_fails_its_notification_once_norm_max_claims_runs_died(
+    kills: list[str], enqueued: Enqueued
+) -> None:
+    event = TriggerEventFactory(to=["ann"])
+    recipient = {"subscriberId": "ann", "firstName": "Ann"}
+    command = {"trigger_event_id": event.pk, "recipient": recipient}
+    delivered(services.subscriber_process, 3, **command)
+
+    services.subscriber_process(**command, redelivered="task-1")  # after 3 runs lost
+
+    assert kills == ["ann"] * 3  # not run a fourth time
+    notification = Notification.objects.select_related("subscriber").get(trigger_event=event)
+    assert (notification.status, notification.error) == (Notification.Status.FAILED, GIVEN_UP)
+    assert notification.completed_at is not None and notification.payload == {}
+    # Created by its id alone: its attributes may be what ended the worker.
+    assert (notification.subscriber.subscriber_id, notification.subscriber.first_name) == (
+        "ann",
+        "",
+    )
+    assert enqueued.of(pipeline.ECHO) == []
+    event.refresh_from_db()
+    assert event.redelivered == {"task-1": 3}
+    assert event.error == f"subscriber 'ann': {GIVEN_UP}"
+
+
+def test_a_chunks_command_fails_its_subscribers_notifications_keeping_those_it_reached(
+    kills: list[str], enqueued: Enqueued
+) -> None:
+    """Those reached already keep their notification; one deleted meanwhile is not made
+    anew."""
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST)
+    ann, bob, cy = (SubscriberFactory(client=event.client, subscriber_id=s) for s in "abc")
+    reached = Notification.objects.create(
+        trigger_event=event,
+        subscriber=ann,
+        client=event.client,
+        workflow_id=event.workflow_id,
+        resource=event.resource,
+        status=Notification.Status.COMPLETED,
+    )
+    command = {"trigger_event_id": event.pk, "subscriber_ids": ["a", "b", "c"]}
+    delivered(services.subscribers_process, 3, **command)
+    cy.delete()
+
+    services.subscribers_process(**command, redelivered="task-1")
+
+    assert len(kills) == 9
+    notifications = {n.subscriber_id: n for n in Notification.objects.filter(trigger_event=event)}
+    assert notifications[ann.pk].status == Notification.Status.COMPLETED
+    assert notifications[ann.pk].pk == reached.pk
+    assert (notifications[bob.pk].status, notifications[bob.pk].error) == ("failed", GIVEN_UP)
+    assert set(notifications) == {ann.pk, bob.pk}
+    assert not Subscriber.objects.filter(subscriber_id="c").exists()
+    assert TriggerEvent.objects.get(pk=event.pk).error == f"3 subscribers ('a', …): {GIVEN_UP}"
+
+
+def test_each_command_counts_its_own_runs(kills: list[str], enqueued: Enqueued) -> None:
+    """Two commands of one event, each delivered again twice: neither lost 3 runs."""
+    event = TriggerEventFactory(to=["ann", "bob"])
+    for task_id, subscriber_id in (("task-1", "ann"), ("task-2", "bob")):
+        command = {"trigger_event_id": event.pk, "recipient": {"subscriberId": subscriber_id}}
+        for _ in range(2):
+            with pytest.raises(WorkerKilled):
+                services.subscriber_process(**command, redelivered=task_id)
+
+    assert TriggerEvent.objects.get(pk=event.pk).redelivered == {"task-1": 2, "task-2": 2}
+    assert not Notification.objects.exists()
+    assert kills == ["ann", "ann", "bob", "bob"]
