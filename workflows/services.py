@@ -23,6 +23,8 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    TextField,
+    Value,
     When,
 )
 from django.db.models.functions import Coalesce
@@ -261,6 +263,13 @@ def _fan_out(*, trigger_event_id: int) -> None:
         status=TriggerEvent.Status.PROCESSED,
         recipients=count,
         processed_at=timezone.now(),
+        # Failed meanwhile, this run's claim gone stale at the bound (a run only slow, not
+        # dead), the event held that reason, which no longer is true: every command went.
+        error=Case(
+            When(status=TriggerEvent.Status.FAILED, then=Value("")),
+            default=F("error"),
+            output_field=TextField(),
+        ),
     )
 
 

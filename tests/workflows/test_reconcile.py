@@ -401,6 +401,31 @@ def test_a_fan_out_slower_than_the_stale_claim_still_finishes_processed(
     assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
 
 
+def test_a_fan_out_given_up_while_only_slow_ends_processed_without_the_reason(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the bound, the reconciler fails an event whose run's claim went stale, taking it
+    for a run that died. A run only slow then finishes, and every command went: it ended
+    processed still saying its fan-out never finished."""
+    settings.NORM_MAX_CLAIMS = 1
+    event = TriggerEventFactory(to=["ann"])
+    parse = services.parse_recipients
+
+    def slow_parse(to: Any) -> Any:  # mid-fan-out
+        TriggerEvent.objects.filter(pk=event.pk).update(claimed_at=ago(STALE + 1))
+        tasks.reconcile()  # while this run still works
+        assert TriggerEvent.objects.get(pk=event.pk).status == "failed"
+        return parse(to)
+
+    monkeypatch.setattr(services, "parse_recipients", slow_parse)
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+
+    event.refresh_from_db()
+    assert (event.status, event.error, event.recipients) == ("processed", "", 1)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+
+
 def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueued) -> None:
     """Canceled while a run held it, and the run died (or the broker refused its
     commands): released, it stayed received for good, as no run claims a canceled event."""
