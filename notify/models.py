@@ -218,6 +218,10 @@ class TriggerEvent(models.Model):
     # The id of the task that claimed it: that task's own retry may take it back.
     claimed_by = models.CharField(max_length=64, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Where the reconciler's check that its fan-out reached everyone (FANOUT_RECHECK)
+    # starts: set with processed_at, moved on while a backlog of subscriber commands
+    # (which may hold its own) keeps the check from running.
+    recheck_from = models.DateTimeField(null=True, blank=True)
     canceled_at = models.DateTimeField(null=True, blank=True)
     # When the reconciler last re-sent it: once per grace period, not on every tick
     # while the workflows queue is backed up.
@@ -253,8 +257,9 @@ class TriggerEvent(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"]),
             # The reconciler's check for a short fan-out, every few seconds: events
-            # processed in the last hour, out of all those ever processed.
-            models.Index(fields=["status", "processed_at"]),
+            # processed in the last hour (or kept since by a backlog), out of all those
+            # ever processed.
+            models.Index(fields=["status", "recheck_from"]),
             # The reconciler's check for a lost cancel task, every few seconds: partial,
             # so it holds the few cancels under way, and a trigger inserted writes none.
             models.Index(

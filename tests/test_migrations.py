@@ -53,6 +53,7 @@ INDEX_ADDED = [
     ("messaging", "0002_message_client_created_index"),
     ("notify", "0007_trigger_event_processed_index"),
     ("notify", "0015_trigger_event_cancel_task_at"),
+    ("notify", "0017_trigger_event_recheck_from"),
     ("subscribers", "0002_subscriber_upper_email_index"),
     ("subscribers", "0004_subscriber_client_updated_index"),
     ("subscribers", "0005_topic_subscription_created_index"),

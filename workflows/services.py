@@ -52,8 +52,18 @@ CANCEL_CHUNK = 2000
 # A fan-out left short is run again at most this many times, each wait twice the last.
 # (The FANOUT_RECHECK window alone is no bound: each run starts it again.)
 MAX_REFANS = 8
-# How long after its fan-out the reconciler still checks that a trigger reached everyone
-# (from processed_at: a trigger that waited long in a backed-up queue is checked too).
+# How long the reconciler checks that a trigger's fan-out reached everyone, from its
+# `recheck_from`: the fan-out's end (so a trigger that waited long in a backed-up
+# workflows queue is checked too). A window, so that each tick counts the notifications
+# of an hour's events, not of every event ever processed. The check runs only while the
+# subscribers queue is empty (_room), and a backlog of it may outlast the window: the
+# event's commands lost meanwhile (a flush, a restart), it was past its hour when the
+# queue emptied, never checked again. So while the queue holds commands, each tick moves
+# `recheck_from` on to now for the short events half-way through their window (each is
+# written once per half hour of backlog): one leaves the window only after half an hour
+# of ticks that found the queue empty, each of which checked it. A fan-out that reached
+# everyone is not kept (it can no longer come up short), nor one run again MAX_REFANS
+# times: the window still ends for both.
 FANOUT_RECHECK = timedelta(hours=1)
 # The most the reconciler re-sends of each kind in one run (to an empty queue: _room).
 REDRIVE_BATCH = 1000
@@ -259,10 +269,12 @@ def _fan_out(*, trigger_event_id: int) -> None:
     # A rerun counts the distinct audience: a first count that reached someone twice
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
+    now = timezone.now()
     TriggerEvent.objects.filter(pk=event.pk).update(
         status=TriggerEvent.Status.PROCESSED,
         recipients=count,
-        processed_at=timezone.now(),
+        processed_at=now,
+        recheck_from=now,
         # Failed meanwhile, this run's claim gone stale at the bound (a run only slow, not
         # dead), the event held that reason, which no longer is true: every command went.
         error=Case(
@@ -351,7 +363,7 @@ def fan_out_short(*, trigger_event_id: int, subscriber_ids: list[str], exc: Exce
     """A bug ended a subscriber command of the event (its traceback logged), and its
     recipients have no notification: the reason on the event, where the fan-out's own
     goes, rather than nowhere. The reconciler fans a short event out again (bounded by
-    FANOUT_RECHECK); that run clears the reason when it claims the event, and its
+    MAX_REFANS); that run clears the reason when it claims the event, and its
     command records it again if the bug is still there. Not over a failed event's reason."""
     TriggerEvent.objects.filter(pk=trigger_event_id).exclude(
         status=TriggerEvent.Status.FAILED
@@ -467,7 +479,7 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
             pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
         )
         .filter(
-            Q(processed_at__gt=timezone.now() - FANOUT_RECHECK)
+            Q(recheck_from__gt=timezone.now() - FANOUT_RECHECK)
             # Still being fanned out (its count, written when that ends, will hold this
             # recipient) or waiting for a rerun: the run must pass it by.
             | Q(status__in=(TriggerEvent.Status.RECEIVED, TriggerEvent.Status.PROCESSING))
@@ -1325,20 +1337,27 @@ def reconcile() -> dict[str, int]:
         TriggerEvent.objects.filter(
             status=TriggerEvent.Status.PROCESSED,
             canceled_at__isnull=True,
-            processed_at__gt=now - FANOUT_RECHECK,
+            recheck_from__gt=now - FANOUT_RECHECK,
         )
-        .filter(_quiet_for_twice_each_run(now=now, grace=grace))
         .alias(reached=Coalesce(Subquery(reached), 0))
         .filter(reached__lt=F("recipients"))
-        # Only once its fan-out went quiet: a broadcast still being worked through (its
-        # commands queued behind others) is not lost.
-        .exclude(Exists(of_event.filter(created_at__gte=now - grace)))
     )
     # None while the subscribers queue holds commands: those an event lacks may be
     # among them, behind other events' (its first ones too, none of its notifications
-    # made yet), and each run would queue them again.
+    # made yet), and each run would queue them again. Its window is kept meanwhile
+    # (FANOUT_RECHECK), or a backlog longer than it lost the event's check for good.
+    room = _room(pipeline.SUBSCRIBER.queue)
+    if not room:
+        short.filter(refanned__lt=MAX_REFANS, recheck_from__lt=now - FANOUT_RECHECK / 2).update(
+            recheck_from=now
+        )
+    quiet = short.filter(_quiet_for_twice_each_run(now=now, grace=grace)).exclude(
+        # Only once its fan-out went quiet: a broadcast still being worked through (its
+        # commands queued behind others) is not lost.
+        Exists(of_event.filter(created_at__gte=now - grace))
+    )
     TriggerEvent.objects.filter(
-        pk__in=list(short.values_list("pk", flat=True)[: _room(pipeline.SUBSCRIBER.queue)]),
+        pk__in=list(quiet.values_list("pk", flat=True)[:room]),
         status=TriggerEvent.Status.PROCESSED,
         canceled_at__isnull=True,
     ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None, refanned=F("refanned") + 1)

@@ -1104,6 +1104,7 @@ def _reached_ann() -> tuple[Subscriber, TriggerEvent]:
         trigger_event__status=TriggerEvent.Status.PROCESSED,
         trigger_event__recipients=1,
         trigger_event__processed_at=timezone.now(),
+        trigger_event__recheck_from=timezone.now(),
     )
     MessageFactory(step=StepFactory(notification=notification, status=Step.Status.COMPLETED))
     return notification.subscriber, notification.trigger_event

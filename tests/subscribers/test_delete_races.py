@@ -110,6 +110,7 @@ def test_a_delete_while_the_subscribers_command_runs_waits_and_deletes_its_notif
         status=TriggerEvent.Status.PROCESSED,
         recipients=1,
         processed_at=timezone.now(),
+        recheck_from=timezone.now(),
     )
     SubscriberFactory(client=client, subscriber_id="ann", email="old@example.com")
     deletes: list[Meanwhile] = []

@@ -51,6 +51,7 @@ def reconciled_again(event: TriggerEvent, enqueued: Enqueued) -> bool:
         created_at=F("created_at") - wait,
         claimed_at=F("claimed_at") - wait,
         processed_at=F("processed_at") - wait,
+        recheck_from=F("recheck_from") - wait,
     )
     enqueued.clear()
     workflow_services.reconcile()

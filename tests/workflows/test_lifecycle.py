@@ -287,7 +287,9 @@ def reconcile_after_the_grace(settings: Any) -> None:
     recent fan-out reached every recipient it counted."""
     settings.NORM_RECONCILE_GRACE = 60
     before = timezone.now() - timedelta(seconds=120)
-    TriggerEvent.objects.update(created_at=before, claimed_at=before, processed_at=before)
+    TriggerEvent.objects.update(
+        created_at=before, claimed_at=before, processed_at=before, recheck_from=before
+    )
     Notification.objects.update(created_at=before)
     workflow_tasks.reconcile()
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import DateTimeField, F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -257,6 +258,57 @@ def test_no_fan_out_is_run_again_while_the_subscribers_queue_holds_any(
     assert enqueued.of(pipeline.WORKFLOW) == [(short.pk,)]
 
 
+def _time_passes(seconds: float) -> None:
+    """Every timestamp of the events and notifications moves `seconds` into the past."""
+    for model in (TriggerEvent, Notification):
+        names = [f.name for f in model._meta.concrete_fields if isinstance(f, DateTimeField)]
+        model.objects.update(**{name: F(name) - timedelta(seconds=seconds) for name in names})
+
+
+def _a_backlog_outlasts_the_window(enqueued: Enqueued) -> None:
+    """The subscribers queue holds commands for twice FANOUT_RECHECK, the reconciler
+    running all along (every 10 minutes here: what matters is that it runs), then empties."""
+    _queue_holds(enqueued, pipeline.SUBSCRIBER)
+    for _ in range(int(services.FANOUT_RECHECK * 2 / timedelta(minutes=10))):
+        _time_passes(600)
+        assert tasks.reconcile()["events"] == 0
+    enqueued.clear()
+
+
+def test_a_fan_out_short_after_a_backlog_longer_than_the_window_is_run_again(
+    enqueued: Enqueued,
+) -> None:
+    """Its commands lost with the broker (flushed, restarted) while the subscribers
+    queue held a backlog: no fan-out is run again behind one, and by the time the queue
+    emptied, two hours on, the event was past the hour after its fan-out in which the
+    reconciler checks it. Its recipients never got their notification."""
+    short = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10)
+
+    _a_backlog_outlasts_the_window(enqueued)
+
+    assert tasks.reconcile()["events"] == 1
+    assert enqueued.of(pipeline.WORKFLOW) == [(short.pk,)]
+    short.refresh_from_db()
+    assert (short.status, short.refanned) == (TriggerEvent.Status.RECEIVED, 1)
+
+
+def test_a_backlog_keeps_no_fan_out_checked_that_is_run_again_no_more(enqueued: Enqueued) -> None:
+    """One that reached every recipient cannot come up short any more, and one run again
+    MAX_REFANS times is not run again: a backlog, however long, does not keep either in
+    the window, whose events each tick reads and counts the notifications of."""
+    reached = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10)
+    TriggerEvent.objects.filter(pk=reached.pk).update(recipients=1)
+    _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10, refanned=services.MAX_REFANS)
+
+    _a_backlog_outlasts_the_window(enqueued)
+
+    sql = _reconcile_sql(_SHORT_CHECK)
+    scans = _scans(sql, "notify_triggerevent", analyze=True)
+    assert scans
+    assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) == 0
+    assert enqueued.of(pipeline.WORKFLOW) == []
+
+
 def test_received_trigger_events_older_than_grace_are_enqueued_again(
     enqueued: Enqueued, settings: Any
 ) -> None:
@@ -454,10 +506,13 @@ def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
     for event in (late, long_done):
         NotificationFactory(trigger_event=event)
     TriggerEvent.objects.filter(pk=late.pk).update(
-        created_at=ago(7200), claimed_at=ago(GRACE + 1), processed_at=ago(GRACE + 1)
+        created_at=ago(7200),
+        claimed_at=ago(GRACE + 1),
+        processed_at=ago(GRACE + 1),
+        recheck_from=ago(GRACE + 1),
     )
     TriggerEvent.objects.filter(pk=long_done.pk).update(
-        created_at=ago(7200), claimed_at=ago(3700), processed_at=ago(3700)
+        created_at=ago(7200), claimed_at=ago(3700), processed_at=ago(3700), recheck_from=ago(3700)
     )
     Notification.objects.update(created_at=ago(GRACE + 1))
 
@@ -477,6 +532,7 @@ def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) ->
         created_at=ago(claimed + 5),
         claimed_at=ago(claimed),
         processed_at=ago(claimed),
+        recheck_from=ago(claimed),
         refanned=refanned,
     )
     Notification.objects.filter(pk=notification.pk).update(created_at=ago(last_created))
@@ -617,7 +673,7 @@ def test_the_check_for_short_fan_outs_reads_only_the_last_hour(enqueued: Enqueue
         node.get("Index Cond", "") + node.get("Recheck Cond", "")
         for node in _scans(sql, "notify_triggerevent")
     ]
-    assert any("processed_at" in condition for condition in conditions)
+    assert any("recheck_from" in condition for condition in conditions)
 
 
 def test_the_check_for_short_fan_outs_counts_each_events_notifications_on_their_own(
