@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 import time
@@ -47,6 +48,8 @@ from workflows.models import Notification, Step
 logger = logging.getLogger(__name__)
 
 BROADCAST_CHUNK = 500
+# The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
+INSERT_BYTES = 8 * 1024 * 1024
 # Notifications a trigger's cancel ends in one transaction (see notifications_cancel).
 CANCEL_CHUNK = 2000
 # A fan-out left short is run again at most this many times, each wait twice the last.
@@ -442,13 +445,15 @@ def notifications_create(
 def _notifications_insert(
     trigger_event: TriggerEvent, subscribers: list[Subscriber], failed: str
 ) -> int:
+    rows = [
+        _new_notification(trigger_event, subscriber, failed)
+        for subscriber in sorted(subscribers, key=lambda s: s.pk)
+    ]
     with transaction.atomic():
         Notification.objects.bulk_create(
-            [
-                _new_notification(trigger_event, subscriber, failed)
-                for subscriber in sorted(subscribers, key=lambda s: s.pk)
-            ],
+            rows,
             ignore_conflicts=True,  # those a rerun or a second topic reached already
+            batch_size=_rows_per_insert(rows[0].payload) if rows else None,
         )
         # As in notification_create: a rerun re-sends only notifications not started.
         pending = list(
@@ -461,6 +466,13 @@ def _notifications_insert(
         for notification_pk in pending:
             pipeline.enqueue_on_commit(pipeline.ECHO, str(notification_pk))
     return len(pending)
+
+
+def _rows_per_insert(payload: Any) -> int:
+    """How many notifications one INSERT may carry, each with its copy of `payload`: the
+    chunk's 500 in one statement took the worker past 1 GB for a payload near the API's
+    body limit (500 KB), and one that runs out of memory fails them all (command_given_up)."""
+    return max(1, INSERT_BYTES // max(len(json.dumps(payload)), 1))
 
 
 def fan_outs_forget(*, subscriber: Subscriber) -> None:

@@ -20,6 +20,7 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
+from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 
@@ -273,3 +274,32 @@ def test_an_invalid_inline_email_is_not_stored_and_the_stored_address_is_kept(
         "subscriber 'carl': email must be an email "
         "('carl@example.com, x@example.com' was not stored)"
     )
+
+
+def test_a_chunks_notifications_of_a_large_payload_go_in_inserts_of_bounded_size(
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each notification carries its copy of the payload: a broadcast's chunk of 500 in
+    one INSERT took the subscriber worker past 1 GB for a payload near the API's body
+    limit, enough for a container to kill it each time. Bounded here to 3 copies a
+    statement; all of the chunk's notifications are still made, in one transaction."""
+    monkeypatch.setattr(workflow_services, "INSERT_BYTES", 3 * 1000 + 100)
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, payload={"note": "x" * 990})
+    ids = [f"user-{n}" for n in range(10)]
+    for subscriber_id in ids:
+        SubscriberFactory(client=event.client, subscriber_id=subscriber_id)
+
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        tasks.subscribers_process(event.pk, ids)
+
+    inserts = [
+        q["sql"] for q in queries if q["sql"].startswith('INSERT INTO "workflows_notification"')
+    ]
+    assert len(inserts) == 4  # 3 + 3 + 3 + 1
+    assert Notification.objects.filter(trigger_event=event, payload=event.payload).count() == 10
+    assert len(enqueued.of(pipeline.ECHO)) == 10
