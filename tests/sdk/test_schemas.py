@@ -492,6 +492,49 @@ def test_defaults_and_forbidden_keys_are_applied_through_refs_and_all_of_as_with
     }
 
 
+def test_a_default_filled_in_gets_the_defaults_within_it_as_with_ajv() -> None:
+    """ajv goes on into a default it filled in: an `order` defaulted to `{}` gets its `id`
+    and `items` defaults, and a default's extra key is stripped. Here the default went in
+    as it was written, and the workflow failed on a KeyError (StepExecutionFailedError)
+    for a trigger Novu's SDK runs, or its payload was refused for a required key the
+    default's own default gives. Results observed from ajv 8, as @novu/framework 2.13.2
+    runs it (tests/e2e/novu_bridge's `welcome-flow`, executed with `{"userName": "Ada"}`)."""
+    order = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "default": "0"},
+            "items": {"type": "array", "items": {"type": "string"}, "default": ["-"]},
+            "lines": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"qty": {"default": 1}}},
+                "default": [{}],
+            },
+        },
+        "required": ["id"],
+        "additionalProperties": False,
+        "default": {"stale": True},
+    }
+    schema = {"type": "object", "properties": {"userName": {"type": "string"}, "order": order}}
+
+    @workflow("nested-defaults", payload_schema=schema)
+    def nested(ctx: Context) -> None:
+        order = ctx.payload["order"]
+        ctx.step.sms("sms", lambda: {"body": f"{order['id']}: {', '.join(order['items'])}"})
+
+    assert nested.execute(execute_body({"userName": "Ada"}, []))["outputs"] == {"body": "0: -"}
+    assert Schema.of(schema).validate({"userName": "Ada"})["order"] == {
+        "id": "0",
+        "items": ["-"],
+        "lines": [{"qty": 1}],
+    }
+    # A default within itself, which ajv fills until its stack overflows: filled once.
+    recursive = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#", "default": {}}, "v": {"default": 0}},
+    }
+    assert Schema.of(recursive).validate({}) == {"child": {"child": {}, "v": 0}, "v": 0}
+
+
 def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_ajv() -> None:
     """@novu/framework's ajv (removeAdditional "failing") drops an additional key whose
     value fails the `additionalProperties` schema (zod's `z.record(z.string())`), where

@@ -160,21 +160,25 @@ def _fill(
     value: Any,
     whole: Any,
     followed: frozenset[str] = frozenset(),
+    filling: frozenset[int] = frozenset(),
 ) -> Any:
     """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does:
     also through a `$ref` within the schema (`whole`, the validator of the schema `schema`
     is part of) and each `allOf`, whose defaults come first, as ajv's do. `followed`: the
-    refs taken for this value (`{"$ref": "#"}` at the top would loop)."""
+    refs taken for this value (`{"$ref": "#"}` at the top would loop). `filling`: the
+    (ids of the) subschemas whose default this value is within."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
     root = whole.schema
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in followed:
         target = _local_ref(root, ref)
-        value = _fill(target, value, whole, followed | {ref}) if target is not None else value
+        value = (
+            _fill(target, value, whole, followed | {ref}, filling) if target is not None else value
+        )
     every = schema.get("allOf")
     for sub in every if isinstance(every, list) else []:
-        value = _fill(sub, value, whole, followed)
+        value = _fill(sub, value, whole, followed, filling)
     if isinstance(value, list):
         # ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`.
         items = schema.get("items")
@@ -184,7 +188,7 @@ def _fill(
         for n, item in enumerate(value):
             sub = positional[n] if n < len(positional) else rest
             if sub is not None:
-                value[n] = _fill(sub, item, whole)
+                value[n] = _fill(sub, item, whole, filling=filling)
         return value
     if not isinstance(value, dict):
         return value
@@ -192,14 +196,21 @@ def _fill(
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
         branch = schema.get("then") if _holds(schema["if"], value, whole) else schema.get("else")
-        value = _fill(branch, value, whole, followed) if branch is not None else value
+        value = _fill(branch, value, whole, followed, filling) if branch is not None else value
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
         if key in value:
-            value[key] = _fill(sub, value[key], whole)
+            value[key] = _fill(sub, value[key], whole, filling=filling)
         elif isinstance(sub, Mapping) and "default" in sub:
-            value[key] = copy.deepcopy(sub["default"])
+            default = copy.deepcopy(sub["default"])
+            # ajv goes on into a default it filled in, as into a value given: an object
+            # defaulted to `{}` gets its own properties' defaults (Novu's SDK ran on them,
+            # norm's on a KeyError). A default within itself, through a `$ref`, ajv fills
+            # until its stack overflows (a 500): here, once.
+            if id(sub) not in filling:
+                default = _fill(sub, default, whole, filling=filling | {id(sub)})
+            value[key] = default
     extra = schema.get("additionalProperties")
     if extra is False or isinstance(extra, Mapping):
         # ajv's removeAdditional "failing": an additional key goes when `false` forbids it,
