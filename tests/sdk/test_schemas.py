@@ -19,7 +19,7 @@ from workflows.sdk import (
     ExecutionStateOutputInvalidError,
     workflow,
 )
-from workflows.sdk.schemas import CHECKED_FORMATS, IN_APP_OUTPUT, Schema
+from workflows.sdk.schemas import CHECKED_FORMATS, IN_APP_OUTPUT, Schema, SchemaUnusable
 
 from .helpers import FORMATS, execute_body
 
@@ -533,6 +533,74 @@ def test_a_default_filled_in_gets_the_defaults_within_it_as_with_ajv() -> None:
         "properties": {"child": {"$ref": "#", "default": {}}, "v": {"default": 0}},
     }
     assert Schema.of(recursive).validate({}) == {"child": {"child": {}, "v": 0}, "v": 0}
+
+
+# (pattern, value, whether ajv 8 takes it, as @novu/framework 2.13.2 compiles a pattern:
+# JavaScript, `u` flag). Python's `re` took the first four's values, and refused the
+# next patterns outright: the schema unusable, every trigger of the workflow refused.
+PATTERN_VERDICTS = [
+    (r"^\w+$", "José", False),
+    (r"^\d+$", "١٢", False),
+    (r"^[a-z]+$", "ada\n", False),
+    (r"^a.c$", "a\rc", False),
+    (r"^\w+$", "ada_1", True),
+    (r"^a\sc$", "a\ufeffc", True),
+    (r"^(?<area>\d{3})-\k<area>$", "123-123", True),
+    (r"^(?<area>\d{3})-\k<area>$", "123-124", False),
+    (r"^\u{1F600}$", "\U0001f600", True),
+    (r"(?<!a)b", "ab", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "value", "valid"), PATTERN_VERDICTS)
+def test_a_pattern_is_read_as_ajv_reads_it(pattern: str, value: str, valid: bool) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": pattern}}}
+
+    @workflow("patterned", payload_schema=schema)
+    def patterned(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": ctx.payload["name"]})
+
+    if valid:
+        assert patterned.execute(execute_body({"name": value}, []))["outputs"] == {"body": value}
+    else:
+        with pytest.raises(ExecutionEventPayloadInvalidError) as refused:
+            patterned.execute(execute_body({"name": value}, []))
+        assert refused.value.data[0]["path"] == "/name"
+
+
+def test_a_unicode_property_pattern_goes_unchecked_and_a_broken_one_is_refused() -> None:
+    """zod's `.emoji()` is `^(\\p{Extended_Pictographic}|\\p{Emoji_Component})+$`, which
+    Python's `re` cannot express: unchecked (the bridge checks it), not the whole schema
+    unusable. A pattern no regex still is."""
+    emoji = r"^(\p{Extended_Pictographic}|\p{Emoji_Component})+$"
+    assert Schema.of({"type": "string", "pattern": emoji}).validate("x") == "x"
+    with pytest.raises(SchemaUnusable, match=r"at /properties/a/pattern"):
+        Schema.of({"type": "object", "properties": {"a": {"pattern": "(?<a"}}})
+    with pytest.raises(SchemaUnusable, match=r"at /patternProperties"):
+        Schema.of({"type": "object", "patternProperties": {"(?<a>x)": {}}})
+
+
+def test_patterns_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> None:
+    node = shutil.which("node")
+    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
+    if node is None or not (modules / "ajv").is_dir():
+        pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
+    script = """
+    const Ajv = require("ajv");
+    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
+    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    process.stdout.write(JSON.stringify(cases.map(([p, v]) => ajv.validate({ pattern: p }, v))));
+    """
+    cases = [[pattern, value] for pattern, value, _ in PATTERN_VERDICTS]
+    ajv = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps(cases).encode(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+        cwd=modules.parent,
+    )
+    assert json.loads(ajv.stdout) == [valid for _, _, valid in PATTERN_VERDICTS]
 
 
 def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_ajv() -> None:

@@ -136,6 +136,101 @@ def _format_checker() -> FormatChecker:
 FORMAT_CHECKER = _format_checker()
 
 
+# A `pattern` as ajv reads it: a JavaScript regex with the `u` flag, whose `\d` and `\w`
+# are ASCII (as Python's under re.ASCII), `\s` JS's spaces, `.` no line end, `$` the
+# end only, and whose named groups Python spells otherwise. Read by Python's `re` as
+# written, a `^\w+$` took "José" and "abc\n", which Novu's SDK refuses, and a `(?<id>..)`
+# or zod's `.emoji()` (`\p{Extended_Pictographic}`) made the whole schema unusable: every
+# trigger of a Novu bridge's workflow refused (bridge_invalid_schema).
+_JS_ESCAPES = {"s": f"[{_JS_SPACES}]", "S": f"[^{_JS_SPACES}]"}
+
+
+@lru_cache(maxsize=512)
+def _js_regex(pattern: str) -> re.Pattern[str] | None:
+    """`pattern` compiled to match as ajv's does; None for one Python cannot express (a
+    Unicode property, `\\p{L}`), which goes unchecked, as an unknown format does. Raises
+    re.error for one that is no regex."""
+    try:
+        python = _python_spelling(pattern)
+        return None if python is None else re.compile(python, re.ASCII)
+    except (ValueError, OverflowError) as exc:  # `\\u{zz}`, `\\u{110000}`: no character
+        raise re.error(str(exc)) from exc
+
+
+def _python_spelling(pattern: str) -> str | None:
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        if c == "\\" and i < len(pattern):
+            e = pattern[i]
+            i += 1
+            if e in "pP":
+                return None
+            if e in _JS_ESCAPES:
+                # Inside a class, `\s` is JS's spaces spelled out; a `\S` there stays
+                # Python's (ASCII) one, which differs from JS's only on Unicode spaces.
+                out.append(
+                    _JS_SPACES
+                    if in_class and e == "s"
+                    else ("\\" + e if in_class else _JS_ESCAPES[e])
+                )
+            elif e == "k" and pattern.startswith("<", i) and ">" in pattern[i:]:
+                end = pattern.index(">", i)
+                out.append(f"(?P={pattern[i + 1 : end]})")
+                i = end + 1
+            elif e == "u" and pattern.startswith("{", i) and "}" in pattern[i:]:
+                end = pattern.index("}", i)
+                out.append(f"\\U{int(pattern[i + 1 : end], 16):08x}")
+                i = end + 1
+            else:
+                out.append(c + e)
+        elif in_class:
+            in_class = c != "]"
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            out.append(c)
+        elif c == ".":
+            out.append(f"[^{_JS_LINE_ENDS}]")
+        elif c == "$":
+            out.append("\\Z")
+        elif c == "(" and pattern.startswith("?<", i) and not pattern.startswith(("?<=", "?<!"), i):
+            out.append("(?P<")
+            i += 2
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """jsonschema's `pattern` keyword, the pattern read as ajv reads it (one the schema's
+    check let through: Python's `re` compiles it as written or as spelled for JS's)."""
+    compiled = _js_regex(pattern)
+    if validator.is_type(instance, "string") and compiled and not compiled.search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=8)
+def _as_ajv(validator_class: Any) -> Any:
+    return validators.extend(validator_class, {"pattern": _pattern})
+
+
+def _js_readable(error: ValidationError) -> bool:
+    """Whether a meta-schema error is a `pattern` Python's `re` refused that ajv reads."""
+    if error.validator != "format" or error.validator_value != "regex":
+        return False
+    if not error.absolute_path or error.absolute_path[-1] != "pattern":
+        return False  # a patternProperties key, which Python's `re` reads
+    try:
+        _js_regex(error.instance)
+    except re.error:
+        return False
+    return True
+
+
 class SchemaInvalid(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__(problems)
@@ -281,11 +376,18 @@ class Schema:
         try:
             validator_class.check_schema(self.json_schema)
         except SchemaError as exc:
-            at = _pointer(exc.absolute_path)
-            raise SchemaUnusable(
-                f"is not a valid JSON Schema: {exc.message}" + (f" (at {at})" if at else "")
-            ) from exc
-        self._validator = validator_class(self.json_schema, format_checker=FORMAT_CHECKER)
+            # Once more, as check_schema checks it, for an error other than such a pattern.
+            checks = validators.validator_for(validator_class.META_SCHEMA).FORMAT_CHECKER
+            meta = validator_class(validator_class.META_SCHEMA, format_checker=checks)
+            error = next(
+                (e for e in meta.iter_errors(self.json_schema) if not _js_readable(e)), None
+            )
+            if error is not None:
+                at = _pointer(error.absolute_path)
+                raise SchemaUnusable(
+                    f"is not a valid JSON Schema: {error.message}" + (f" (at {at})" if at else "")
+                ) from exc
+        self._validator = _as_ajv(validator_class)(self.json_schema, format_checker=FORMAT_CHECKER)
 
     def defaults(self, value: Any) -> Any:
         return _fill(self.json_schema, copy.deepcopy(value), self._validator)
