@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 
 from workflows.sdk import (
     Context,
@@ -30,13 +30,13 @@ CONTROLS = {"type": "object", "properties": {"subject": {"type": "string", "defa
 def meta_checks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every schema checked against its meta-schema (the costly part of compiling one)."""
     checked: list[Any] = []
-    real = Draft202012Validator.check_schema.__func__  # type: ignore[attr-defined]
+    real = Draft7Validator.check_schema.__func__  # type: ignore[attr-defined]
 
     def spy(cls: type, schema: Any, *args: Any, **kwargs: Any) -> None:
         checked.append(schema)
         real(cls, schema, *args, **kwargs)
 
-    monkeypatch.setattr(Draft202012Validator, "check_schema", classmethod(spy))
+    monkeypatch.setattr(Draft7Validator, "check_schema", classmethod(spy))
     return checked
 
 
@@ -81,6 +81,8 @@ def test_array_items_get_their_defaults_and_lose_forbidden_keys_as_with_ajv() ->
         "additionalProperties": False,
     }
     schema = {
+        # 2020-12's `prefixItems`, which a schema naming no draft (draft-07) does not know.
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
         "properties": {
             "lines": {"type": "array", "items": line},
@@ -601,6 +603,67 @@ def test_patterns_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -
         cwd=modules.parent,
     )
     assert json.loads(ajv.stdout) == [valid for _, _, valid in PATTERN_VERDICTS]
+
+
+# (schema naming no draft, value, whether ajv 8 takes it, as @novu/framework 2.13.2's
+# default Ajv class reads such a schema: draft-07). Read as 2020-12, the tuple's schema
+# was unusable (every trigger of the workflow refused), `dependencies` went unchecked,
+# and keywords ajv does not know refused what Novu's SDK takes.
+PAIR = {"type": "array", "items": [{"type": "string"}, {"type": "number"}]}
+DRAFT_VERDICTS = [
+    ({"properties": {"pair": PAIR}}, {"pair": ["a", 1]}, True),
+    ({"properties": {"pair": PAIR}}, {"pair": [1, "a"]}, False),
+    ({"properties": {"pair": PAIR | {"additionalItems": False}}}, {"pair": ["a", 1, 2]}, False),
+    ({"dependencies": {"card": ["cvc"]}}, {"card": "4242"}, False),
+    ({"dependentRequired": {"card": ["cvc"]}}, {"card": "4242"}, True),
+    ({"properties": {"tags": {"prefixItems": [{"type": "number"}]}}}, {"tags": ["a"]}, True),
+    ({"properties": {"a": {}}, "unevaluatedProperties": False}, {"a": 1, "b": 2}, True),
+    # ajv applies the keywords beside a `$ref`, which jsonschema's draft-07 ignores.
+    (
+        {"properties": {"code": {"$ref": "#/definitions/code", "maxLength": 2}}}
+        | {"definitions": {"code": {"type": "string"}}},
+        {"code": "abc"},
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("schema", "payload", "valid"), DRAFT_VERDICTS)
+def test_a_schema_naming_no_draft_is_read_as_draft_07_as_ajv_reads_it(
+    schema: dict[str, Any], payload: dict[str, Any], valid: bool
+) -> None:
+    @workflow("drafted", payload_schema={"type": "object"} | schema)
+    def drafted(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    if valid:
+        assert drafted.execute(execute_body(payload, []))["outputs"] == {"body": "b"}
+    else:
+        with pytest.raises(ExecutionEventPayloadInvalidError):
+            drafted.execute(execute_body(payload, []))
+
+
+def test_drafts_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> None:
+    node = shutil.which("node")
+    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
+    if node is None or not (modules / "ajv").is_dir():
+        pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
+    script = """
+    const Ajv = require("ajv");
+    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
+    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    process.stdout.write(JSON.stringify(cases.map(([s, v]) => ajv.validate(s, v))));
+    """
+    cases = [[{"type": "object"} | schema, payload] for schema, payload, _ in DRAFT_VERDICTS]
+    ajv = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps(cases).encode(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+        cwd=modules.parent,
+    )
+    assert json.loads(ajv.stdout) == [valid for _, _, valid in DRAFT_VERDICTS]
 
 
 def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_ajv() -> None:

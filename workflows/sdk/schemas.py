@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker, SchemaError, ValidationError, validators
+from jsonschema import Draft7Validator, FormatChecker, SchemaError, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
+from referencing.jsonschema import DRAFT7
 
 JsonSchema = dict[str, Any]
 SchemaSource = Mapping[str, Any] | type  # a JSON Schema, or a pydantic BaseModel subclass
@@ -215,7 +215,15 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
 
 @lru_cache(maxsize=8)
 def _as_ajv(validator_class: Any) -> Any:
-    return validators.extend(validator_class, {"pattern": _pattern})
+    """`validator_class` as ajv 8 validates: `pattern`s read as JS reads them, and the
+    keywords beside a `$ref` applied (jsonschema's drafts up to 7 ignore them)."""
+    return validators.create(
+        meta_schema=validator_class.META_SCHEMA,
+        validators={**validator_class.VALIDATORS, "pattern": _pattern},
+        type_checker=validator_class.TYPE_CHECKER,
+        format_checker=validator_class.FORMAT_CHECKER,
+        id_of=validator_class.ID_OF,
+    )
 
 
 def _js_readable(error: ValidationError) -> bool:
@@ -326,7 +334,7 @@ def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
     """What a `$ref` in the schema `root` points at, resolved as its validator resolves it
     (`#/$defs/address`, `#`, zod-to-json-schema's `#/properties/billing`, an anchor); None
     for one that does not resolve, which validation reports."""
-    resource = Resource.from_contents(root, default_specification=DRAFT202012)
+    resource = Resource.from_contents(root, default_specification=DRAFT7)
     try:
         return Registry().resolver_with_root(resource).lookup(ref).contents
     except Unresolvable:
@@ -372,7 +380,12 @@ class Schema:
         return _json_schema(text)
 
     def __post_init__(self) -> None:
-        validator_class = validators.validator_for(self.json_schema, default=Draft202012Validator)
+        # A schema that does not name its draft is draft-07, as ajv's default class (Novu's
+        # SDK's) reads it: read as 2020-12, a tuple's `items: [...]` made it unusable
+        # (every trigger of the workflow refused), `dependencies` went unchecked, and
+        # 2020-12's keywords (`prefixItems`, `dependentRequired`, ...), which ajv does
+        # not know, refused payloads Novu's SDK takes.
+        validator_class = validators.validator_for(self.json_schema, default=Draft7Validator)
         try:
             validator_class.check_schema(self.json_schema)
         except SchemaError as exc:
