@@ -6,14 +6,16 @@ import json
 import math
 import threading
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 from django.test import RequestFactory, override_settings
+from django.utils.translation import gettext_lazy
 
-from workflows.sdk import Bridge, Context, signature_header, workflow
+from workflows.sdk import Bridge, Context, Workflow, signature_header, workflow
 from workflows.sdk.django import bridge_view
+from workflows.sdk.schemas import SchemaUnusable
 
 SECRET = "sk_test_http"
 
@@ -250,3 +252,41 @@ def test_an_async_resolver_skip_or_provider_is_a_step_execution_failure(
     assert body["message"].startswith(
         f"Failed to execute Step with id: `email`: its {what} returned a coroutine"
     )
+
+
+def test_a_value_json_cannot_write_is_refused_where_it_is_declared_not_at_discover() -> None:
+    """A schema's `default` of a date, a lazy translation as a workflow's name: taken, each
+    made discover (which lists both) raise as the adapter wrote it, Django's HTML 500 for
+    every workflow of the bridge, which norm could not sync (retried as a bridge down)."""
+
+    def body(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"})
+
+    dated = {"type": "object", "properties": {"day": {"default": date(2025, 1, 1)}}}
+    with pytest.raises(SchemaUnusable, match="'w': a schema is not JSON: .* date is not JSON"):
+        Workflow("w", body, payload_schema=dated)
+    with pytest.raises(TypeError, match="'w': its name, description, .* must be JSON"):
+        Workflow("w", body, name=gettext_lazy("Welcome"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'w': its name, description, .* must be JSON"):
+        Workflow("w", body, preferences={"since": date(2025, 1, 1)})
+
+    @workflow("stamped")
+    def stamped(ctx: Context) -> None:
+        ctx.step.custom("stamp", lambda: {}, output_schema=dated)
+
+    bridge = Bridge(workflows=[hello, stamped], secret_key=SECRET)
+    request = RequestFactory().get(
+        "/api/norm?action=discover", headers={"novu-signature": signature_header(SECRET, "{}")}
+    )
+    response = bridge_view(bridge)(request)
+    assert response.status_code == 200
+    assert [w["workflowId"] for w in json.loads(response.content)["workflows"]] == [
+        "hello",
+        "stamped",
+    ]
+    # The step declared so fails, alone, with what is wrong with it.
+    raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
+    headers = {"novu-signature": signature_header(SECRET, raw)}
+    status, answer = post(bridge, "action=execute&workflowId=stamped", raw, headers)
+    assert (status, answer["code"]) == (502, "StepExecutionFailedError")
+    assert "its output schema is not JSON" in answer["message"]

@@ -375,8 +375,10 @@ class Schema:
             )
         try:
             text = json.dumps(default if source is None else source, sort_keys=True)
-        except (TypeError, ValueError):  # not JSON (a Python value in a `default`?)
-            return cls(copy.deepcopy(dict(default if source is None else source)))
+        except (TypeError, ValueError) as exc:
+            # A Python value in it (a `default` of date.today()): taken, it made discover,
+            # which lists the schema, a 500 for every workflow of the bridge.
+            raise SchemaUnusable(f"is not JSON: {exc}") from exc
         return _json_schema(text)
 
     def __post_init__(self) -> None:

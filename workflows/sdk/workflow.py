@@ -36,6 +36,7 @@ from .schemas import (
     SchemaUnusable,
     StepType,
 )
+from .signing import canonical_json
 
 logger = logging.getLogger(__name__)
 
@@ -567,6 +568,16 @@ class Workflow:
         self.tags = tag_list
         self.severity = severity
         self.preferences = dict(preferences or {})
+        try:
+            # What discover lists, written once here: a value JSON cannot write (a lazy
+            # translation as the name, a date in the preferences) made discover a 500 for
+            # every workflow of the bridge.
+            canonical_json([self.name, self.description, self.severity, self.preferences])
+        except (TypeError, RecursionError) as exc:
+            raise TypeError(
+                f"Workflow {workflow_id!r}: its name, description, severity and preferences "
+                f"must be JSON (str, int, float, bool, None, list, dict): {exc}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<Workflow {self.workflow_id}>"
