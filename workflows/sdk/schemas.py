@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import regress
 from jsonschema import Draft7Validator, FormatChecker, SchemaError, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
@@ -136,80 +137,22 @@ def _format_checker() -> FormatChecker:
 FORMAT_CHECKER = _format_checker()
 
 
-# A `pattern` as ajv reads it: a JavaScript regex with the `u` flag, whose `\d` and `\w`
-# are ASCII (as Python's under re.ASCII), `\s` JS's spaces, `.` no line end, `$` the
-# end only, and whose named groups Python spells otherwise. Read by Python's `re` as
-# written, a `^\w+$` took "José" and "abc\n", which Novu's SDK refuses, and a `(?<id>..)`
-# or zod's `.emoji()` (`\p{Extended_Pictographic}`) made the whole schema unusable: every
-# trigger of a Novu bridge's workflow refused (bridge_invalid_schema).
-_JS_ESCAPES = {"s": f"[{_JS_SPACES}]", "S": f"[^{_JS_SPACES}]"}
-
-
+# A `pattern` as ajv reads it: a JavaScript regex with the `u` flag, by regress (a Rust
+# ECMAScript engine). Read by Python's `re`, `^\w+$` took "José" and "abc\n", which
+# Novu's SDK refuses, and a `(?<id>..)` or zod's `.emoji()`
+# (`\p{Extended_Pictographic}`) made the whole schema unusable: every trigger of a Novu
+# bridge's workflow refused (bridge_invalid_schema).
 @lru_cache(maxsize=512)
-def _js_regex(pattern: str) -> re.Pattern[str] | None:
-    """`pattern` compiled to match as ajv's does; None for one Python cannot express (a
-    Unicode property, `\\p{L}`), which goes unchecked, as an unknown format does. Raises
-    re.error for one that is no regex."""
-    try:
-        python = _python_spelling(pattern)
-        return None if python is None else re.compile(python, re.ASCII)
-    except (ValueError, OverflowError) as exc:  # `\\u{zz}`, `\\u{110000}`: no character
-        raise re.error(str(exc)) from exc
-
-
-def _python_spelling(pattern: str) -> str | None:
-    out: list[str] = []
-    in_class = False
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        i += 1
-        if c == "\\" and i < len(pattern):
-            e = pattern[i]
-            i += 1
-            if e in "pP":
-                return None
-            if e in _JS_ESCAPES:
-                # Inside a class, `\s` is JS's spaces spelled out; a `\S` there stays
-                # Python's (ASCII) one, which differs from JS's only on Unicode spaces.
-                out.append(
-                    _JS_SPACES
-                    if in_class and e == "s"
-                    else ("\\" + e if in_class else _JS_ESCAPES[e])
-                )
-            elif e == "k" and pattern.startswith("<", i) and ">" in pattern[i:]:
-                end = pattern.index(">", i)
-                out.append(f"(?P={pattern[i + 1 : end]})")
-                i = end + 1
-            elif e == "u" and pattern.startswith("{", i) and "}" in pattern[i:]:
-                end = pattern.index("}", i)
-                out.append(f"\\U{int(pattern[i + 1 : end], 16):08x}")
-                i = end + 1
-            else:
-                out.append(c + e)
-        elif in_class:
-            in_class = c != "]"
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            out.append(c)
-        elif c == ".":
-            out.append(f"[^{_JS_LINE_ENDS}]")
-        elif c == "$":
-            out.append("\\Z")
-        elif c == "(" and pattern.startswith("?<", i) and not pattern.startswith(("?<=", "?<!"), i):
-            out.append("(?P<")
-            i += 2
-        else:
-            out.append(c)
-    return "".join(out)
+def _js_regex(pattern: str) -> regress.Regex:
+    """`pattern` compiled as ajv compiles it; regress.RegressError for one that is no
+    regex in JavaScript."""
+    return regress.Regex(pattern, "u")
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
     """jsonschema's `pattern` keyword, the pattern read as ajv reads it (one the schema's
-    check let through: Python's `re` compiles it as written or as spelled for JS's)."""
-    compiled = _js_regex(pattern)
-    if validator.is_type(instance, "string") and compiled and not compiled.search(instance):
+    check let through, which compiles)."""
+    if validator.is_type(instance, "string") and _js_regex(pattern).find(instance) is None:
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
@@ -234,7 +177,7 @@ def _js_readable(error: ValidationError) -> bool:
         return False  # a patternProperties key, which Python's `re` reads
     try:
         _js_regex(error.instance)
-    except re.error:
+    except regress.RegressError:
         return False
     return True
 
