@@ -16,12 +16,19 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
 install: $(STAMP)
 
+# pyproject.toml's requires-python. An older python3 (Ubuntu 22.04's 3.10) failed deep in
+# pip, on the first dependency that needs 3.11, and left a .venv every later run reused
+# whatever PYTHON it was given.
+PYTHON_OK := import sys; sys.exit(sys.version_info < (3, 11))
+
 # A venv that failed halfway (Debian without python3-venv: no ensurepip) leaves
 # $(PY) behind, and every later run would fail on its missing pip instead.
 $(PY):
+	@$(PYTHON) -c '$(PYTHON_OK)' 2>/dev/null || { echo "norm needs Python 3.11 or later, and $(PYTHON) is $$(command -v $(PYTHON) >/dev/null && $(PYTHON) --version 2>&1 || echo 'not found'): give another, e.g. make $(or $(firstword $(MAKECMDGOALS)),install) PYTHON=python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 $(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c '$(PYTHON_OK)' || { echo "$(VENV) was made with $$($(PY) --version 2>&1), and norm needs Python 3.11 or later: make clean, then make $(or $(firstword $(MAKECMDGOALS)),install) PYTHON=python3.11"; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
