@@ -226,6 +226,21 @@ class ClientAdmin(NormAdmin):
         except services.ClientHasTriggers:
             raise PermissionDenied from None
 
+    def response_add(
+        self, request: HttpRequest, obj: Client, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        response = super().response_add(request, obj, post_url_continue)
+        # createclient prints a key; a client added here has none, and its first API call
+        # was a 401 ("API key unknown or revoked") with no hint of where a key comes from.
+        if not obj.secret_keys.exists():
+            self.message_user(
+                request,
+                f"“{obj.name}” has no secret key yet (the API and its bridge need one): select "
+                "it in the list of clients and run the action “Create a new secret key”.",
+                messages.WARNING,
+            )
+        return response
+
     def response_action(self, request: HttpRequest, queryset: QuerySet[Client]) -> Any:
         # The delete action logs its deletes before it makes them, outside a transaction:
         # one refused would leave its entries in the log.

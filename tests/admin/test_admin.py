@@ -1576,3 +1576,21 @@ def test_an_action_on_a_selection_that_is_no_id_is_a_400(
 
     assert response.status_code == 400
     assert Client.objects.get(pk=client.pk).secret_keys.count() == 1  # nothing done
+
+
+def test_a_client_added_here_is_told_to_need_a_key_and_how_to_create_one(admin_client) -> None:
+    """createclient prints a key; the add page made a client without one and said only
+    that it was added, so its first API call was a 401 with no hint of where a key is."""
+    form = _client_form(ClientFactory.build(name="web-shop"))
+    response = admin_client.post(reverse("admin:notify_client_add"), form, follow=True)
+    html = unescape(response.content.decode())
+    assert "“web-shop” has no secret key yet (the API and its bridge need one)" in html
+    assert "run the action “Create a new secret key”" in html
+    # The action the message names is on the page it leads to, and makes the key.
+    client = Client.objects.get(name="web-shop")
+    response = admin_client.post(
+        reverse("admin:notify_client_changelist"),
+        {"action": "create_key", "_selected_action": [str(client.pk)]},
+    )
+    key = response.content.decode().split("<code>")[1].split("</code>")[0]
+    assert client_by_api_key(key=key) == client
