@@ -196,6 +196,10 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # X-Frame-Options: DENY. Without it another site could show the admin in a frame and
+    # have its user click an action (revoke a key, cancel a trigger); check --deploy
+    # warned of it (security.W002). norm has no page meant to be framed.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 # Routes have no trailing slash; a redirect would turn a client's POST into a GET.

@@ -241,6 +241,16 @@ def test_the_deploy_check_refuses_the_development_secret_key_before_production_s
     call_command("check", "--deploy", "--fail-level", "ERROR", stdout=io.StringIO())
 
 
+def test_the_admin_may_not_be_framed_by_another_site(admin_client: Any, client: Any) -> None:
+    """Nothing told a browser not to show the admin in another site's frame, where a click
+    its user thought elsewhere could run an action (revoke a key); `check --deploy`, which
+    the README has an operator run, warned of it (security.W002)."""
+    assert client.get("/admin/login/")["X-Frame-Options"] == "DENY"
+    assert admin_client.get("/admin/notify/secretkey/")["X-Frame-Options"] == "DENY"
+    found = [m.id for m in checks.run_checks(include_deployment_checks=True)]
+    assert "security.W002" not in found
+
+
 def test_the_deploy_checks_hint_makes_a_key_with_only_the_standard_library(settings: Any) -> None:
     settings.SECRET_KEY, settings.NORM_ENCRYPTION_KEY = django_settings.DEVELOPMENT_SECRET_KEY, ""
     [error] = [m for m in checks.run_checks(include_deployment_checks=True) if m.id == "norm.E001"]
