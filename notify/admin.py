@@ -450,6 +450,10 @@ class TriggerEventAdmin(ReadOnlyAdmin):
         return pretty_json(event.overrides)
 
 
+# Django's header links "View site" to /, where norm serves nothing (a 404): the API has
+# no home page, and the admin is the site.
+admin.site.site_url = None
+
 # Django's own admins of the console's users and groups, with NormAdmin's refusal of an
 # action's selection that is no id: a 500 otherwise. (Importing auth_admin registered
 # them, whatever the order of INSTALLED_APPS.)
