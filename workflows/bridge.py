@@ -202,6 +202,19 @@ class BridgeUnavailable(BridgeError):
 HEALTH_CHECK = "health-check"  # the one action a bridge answers unsigned (BRIDGE.md)
 # What Novu's framework and norm's SDK answer (401) to a signature made with another key.
 WRONG_KEY = "SignatureMismatchError"
+# What to change when a bridge refuses norm's signature for its key (401): its own words
+# ask for a correct `novu-signature` header, which norm writes, or name the JS Client's
+# `config.secretKey`, which norm's SDK has none of.
+KEY_HINTS = {
+    WRONG_KEY: (
+        " (norm signed with the client's secret key, and the bridge checks with another: "
+        "give it the client's key, as NOVU_SECRET_KEY or Bridge(secret_key=...))"
+    ),
+    "SigningKeyNotFoundError": (
+        " (the bridge has no secret key to check norm's signature with: give it the "
+        "client's key, as NOVU_SECRET_KEY or Bridge(secret_key=...))"
+    ),
+}
 
 
 def call(
@@ -239,12 +252,21 @@ def call(
             try:
                 return _call_once(url, secret=secret, action=action, params=params, text=text)
             except BridgeError as exc:
-                if exc.status != 401 or exc.code != WRONG_KEY:
+                if exc.status != 401 or exc.code not in KEY_HINTS:
                     raise
+                if exc.code != WRONG_KEY:
+                    raise _with_key_hint(exc) from exc
                 refused = exc
     # The last refusal: a bridge that holds none of the client's keys fails with it.
     assert refused is not None  # secrets is not empty
-    raise refused
+    raise _with_key_hint(refused) from refused
+
+
+def _with_key_hint(exc: BridgeError) -> BridgeError:
+    """The bridge's refusal of norm's signature over its key, with what to change."""
+    hint = KEY_HINTS[exc.code]
+    message = bounded(exc.message, MAX_MESSAGE - len(hint)) + hint
+    return BridgeError(exc.code, message, exc.data, exc.status)
 
 
 def _writings(body: dict[str, Any] | None, js_integers: bool | None) -> Iterator[str | None]:

@@ -100,3 +100,40 @@ def test_a_rotation_done_in_order_fails_no_notification(enqueued: Enqueued, sett
     failed = stage(old_key, "dee")
     assert (failed.status, failed.error_code) == ("failed", "SignatureMismatchError")
     assert not Message.objects.filter(subscriber__subscriber_id="dee").exists()
+
+
+@pytest.mark.parametrize(
+    ("bridge_key", "refusal", "hint"),
+    [
+        (
+            "nk_another_clients",
+            "SignatureMismatchError: Signature does not match the expected signature",
+            "(norm signed with the client's secret key, and the bridge checks with another: "
+            "give it the client's key, as NOVU_SECRET_KEY or Bridge(secret_key=...))",
+        ),
+        (
+            None,
+            "SigningKeyNotFoundError: Signature key not found",
+            "(the bridge has no secret key to check norm's signature with: give it the "
+            "client's key, as NOVU_SECRET_KEY or Bridge(secret_key=...))",
+        ),
+    ],
+)
+def test_a_bridge_refusing_norms_signature_over_its_key_says_what_to_change(
+    bridge_key: str | None, refusal: str, hint: str
+) -> None:
+    """A new bridge given another key than its client's (one copied wrong, the demo's) or
+    none (its variable unset): the trigger's 502 gave only the bridge's words, to ensure
+    the `novu-signature` header is correct, which norm writes and its user cannot change,
+    or to set `config.secretKey` in a Client constructor that norm's SDK does not have."""
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[two_step], secret_key=bridge_key)) as url:
+        Client.objects.filter(pk=client.pk).update(bridge_url=f"{url}/bridge")
+        response = api_for(key).post(
+            "/v1/events/trigger",
+            data=json.dumps({"name": "bench-two-step", "to": "ann", "payload": {"n": 1}}),
+            content_type="application/json",
+        )
+    assert response.status_code == 502
+    message = response.json()["message"]
+    assert refusal in message and message.endswith(hint)
