@@ -4,6 +4,7 @@ var/ (hence `transaction=True`: the processes must see what is committed)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -24,13 +25,16 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection
 
+from notify import services as notify_services
 from notify.management.commands import demoweb
 from notify.management.commands.rundemo import _check_free
-from notify.models import Client, TriggerEvent
+from notify.models import Client, SecretKey, TriggerEvent
+from notify.selectors import client_by_api_key
 from tests.conftest import serve_in_background
 from tests.e2e.harness import free_port
 from workflows.models import Notification, Step
@@ -253,6 +257,32 @@ def test_a_run_on_another_address_points_the_demo_bridge_there_and_finishes_what
         ), waiting.error
         # Skipped, ada having no email: the new run's bridge was asked for it.
         assert waiting.steps.get(step_id="reminder").status in Step.DONE
+    finally:
+        _stop(demo)
+
+
+def test_a_kept_demo_key_revoked_since_is_made_anew_rather_than_refuse_every_start(
+    tmp_path: Path,
+) -> None:
+    """The README's rotation ends with *Revoke selected keys*: done on the demo client's
+    key, every later `make run` stopped at "that secret key is revoked, or belongs to
+    another client", until var/demo-secret-key was found and removed by hand."""
+    old = "nk_" + "kept-and-revoked-0123456789"
+    call_command(
+        "createclient", "demo", bridge_url="http://127.0.0.1:1/bridge", secret_key=old,
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    notify_services.secret_key_revoke(secret_key=SecretKey.objects.get(client__name="demo"))
+    (tmp_path / "demo-secret-key").write_text(old + "\n")
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path)
+    try:
+        output = _read_until(demo, "API key:")
+        new = (tmp_path / "demo-secret-key").read_text().strip()
+        assert new != old and f"API key: {new}" in output
+        assert client_by_api_key(key=new) == Client.objects.get(name="demo")
+        status, body = _trigger_welcome(addr, tmp_path)  # the README's curl: the file's key
+        assert status == 201, body
     finally:
         _stop(demo)
 

@@ -30,7 +30,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.pipeline import all_queues
 from notify import crypto
-from notify.models import Client
+from notify.models import Client, SecretKey
 from notify.services import client_bridge_move
 
 STOP_TIMEOUT = 15.0
@@ -48,14 +48,24 @@ def _stop(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def _demo_key(path: Path) -> str:
-    """The demo client's secret key: generated once, kept so restarts reuse it."""
-    if path.exists():
-        return path.read_text().strip()
+    """The demo client's secret key: generated once, kept so restarts reuse it, and made
+    anew once it can no longer be the demo's."""
+    if path.exists() and _demo_can_use(key := path.read_text().strip()):
+        return key
     key = crypto.generate_key()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(key + "\n")
     return key
+
+
+def _demo_can_use(key: str) -> bool:
+    """False for a kept key revoked since (the admin's *Revoke selected keys*, the last
+    step of the README's rotation) or another client's: createclient refused it, and so
+    every later start, until var/demo-secret-key was found and removed by hand. A key the
+    database does not have (var/norm.sqlite3 removed, say) is added to the demo client."""
+    found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).select_related("client")
+    return all(k.client.name == "demo" and k.revoked_at is None for k in found)
 
 
 # The readiness check goes to this machine's own server, never through http_proxy.
