@@ -285,6 +285,18 @@ def _fan_out(*, trigger_event_id: int) -> None:
             default=F("error"),
             output_field=TextField(),
         ),
+        # And the run counted as one that never came back did: kept at the bound, the
+        # reconciler's rerun for a command lost later failed the event at once, saying
+        # its fan-out never finished, and those recipients never got their notification.
+        internal_errors=Case(
+            When(
+                status=TriggerEvent.Status.FAILED,
+                internal_errors__gt=0,
+                then=F("internal_errors") - 1,
+            ),
+            default=F("internal_errors"),
+            output_field=PositiveSmallIntegerField(),
+        ),
     )
 
 

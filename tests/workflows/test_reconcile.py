@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
+from subscribers import services as subscriber_services
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, ago
 from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
@@ -476,6 +477,41 @@ def test_a_fan_out_given_up_while_only_slow_ends_processed_without_the_reason(
     event.refresh_from_db()
     assert (event.status, event.error, event.recipients) == ("processed", "", 1)
     assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "ann"})]
+
+
+def test_a_fan_out_given_up_while_only_slow_is_run_again_for_a_command_lost_later(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run given up at the bound came back: counted still as one that never did, the
+    event stayed at NORM_MAX_CLAIMS, and the reconciler's rerun for a command the broker
+    lost afterwards failed it at once ("its fan-out never finished"); bob never got his
+    notification."""
+    settings.NORM_MAX_CLAIMS = 1
+    event = TriggerEventFactory(to=["ann", "bob"])
+    parse = services.parse_recipients
+
+    def slow_parse(to: Any) -> Any:  # mid-fan-out, the reconciler gives the event up
+        TriggerEvent.objects.filter(pk=event.pk).update(claimed_at=ago(STALE + 1))
+        tasks.reconcile()
+        return parse(to)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "parse_recipients", slow_parse)
+        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    # Ann's command runs; bob's is lost with the broker.
+    subscriber_services.subscriber_process(
+        trigger_event_id=event.pk, recipient={"subscriberId": "ann"}
+    )
+    _time_passes(GRACE * 2)
+    enqueued.clear()
+    tasks.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+
+    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+
+    event.refresh_from_db()
+    assert (event.status, event.error, event.recipients) == ("processed", "", 2)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "bob"})]
 
 
 def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueued) -> None:
