@@ -244,16 +244,20 @@ def command_given_up(
     )
     logger.warning("trigger event %s: %s: %s", event.pk, named(subscriber_ids), reason)
     if listed:
+        # Locked until its notification is in, as in _subscriber_process: a delete let in
+        # between found no notification to count the event out of, and the reconciler's
+        # rerun for the recipient it lacked made the deleted subscriber anew.
         with transaction.atomic():
             subscribers = [
                 subscriber_upsert(client=event.client_id, recipient={"subscriberId": listed_id})
                 for listed_id in subscriber_ids
             ]
+            notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
     else:  # a chunk's: those deleted since are not made anew
         subscribers = list(
             Subscriber.objects.filter(client_id=event.client_id, subscriber_id__in=subscriber_ids)
         )
-    notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
+        notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
     _reason_on_event(event=event, reason=f"{named(subscriber_ids)}: {reason}")
     return True
 

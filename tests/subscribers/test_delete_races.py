@@ -132,6 +132,44 @@ def test_a_delete_while_the_subscribers_command_runs_waits_and_deletes_its_notif
     assert (event.recipients, event.forgotten) == (0, ["ann"])
 
 
+def test_a_delete_while_a_given_up_command_fails_its_notification_waits_for_it(
+    keyed: tuple[Any, str], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """A recipient's command given up at NORM_MAX_CLAIMS (services.command_given_up) let
+    go of its subscriber before its failed notification went in: a delete meanwhile
+    found no notification to count the event out of, and the notification was refused.
+    The event was short of a recipient, and the reconciler's rerun created the deleted
+    subscriber anew and sent it the workflow. As for a command that runs (above)."""
+    settings.NORM_MAX_CLAIMS = 1
+    client, key = keyed
+    event = TriggerEventFactory(
+        client=client,
+        to=["ann"],
+        status=TriggerEvent.Status.PROCESSED,
+        recipients=1,
+        processed_at=timezone.now(),
+        recheck_from=timezone.now(),
+    )
+    SubscriberFactory(client=client, subscriber_id="ann")
+    deletes: list[Meanwhile] = []
+    real_create = services.notifications_create
+
+    def deleted_meanwhile(**kwargs: Any) -> Any:
+        deletes.append(Meanwhile(lambda: api_for(key).delete("/v2/subscribers/ann")))
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(services, "notifications_create", deleted_meanwhile)
+    services.subscriber_process(
+        trigger_event_id=event.pk, recipient={"subscriberId": "ann"}, redelivered="task-1"
+    )
+    assert deletes[0].join().status_code == 200
+
+    assert not Subscriber.objects.exists()
+    assert not Notification.objects.exists()
+    event.refresh_from_db()
+    assert (event.recipients, event.forgotten) == (0, ["ann"])
+
+
 def test_a_command_run_while_its_subscriber_is_deleted_does_not_fail(enqueued: Enqueued) -> None:
     """It read the subscriber before the delete committed, and its update of the inline
     attributes found no row: the command failed. It now waits for the delete, and, run
