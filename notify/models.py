@@ -239,8 +239,10 @@ class TriggerEvent(models.Model):
     # by task id: how many times. A command has no row of its own to count its runs on,
     # and one that ends its worker each time (a chunk that runs it out of memory) was
     # delivered again at once and for good. At NORM_MAX_CLAIMS its recipients'
-    # notifications fail instead (workflows.services.command_redelivered).
-    redelivered = models.JSONField(default=dict, blank=True)
+    # notifications fail instead (subscribers.services.command_given_up). Its default is
+    # the database's too: the release before it, still inserting events while an upgrade
+    # migrates, names no such column.
+    redelivered = models.JSONField(default=dict, db_default={}, blank=True)
     # While its cancel has a task with notifications left to end: when that task was
     # last handed on (by the request past its budget, or the reconciler) or last ended a
     # chunk; null once a cancel got to the end (or before any cancel). The reconciler

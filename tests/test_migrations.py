@@ -21,7 +21,8 @@ from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
 
 from config.schema_ops import AddIndexConcurrently
-from tests.factories import MessageFactory, StepFactory
+from notify.models import TriggerEvent
+from tests.factories import ClientFactory, MessageFactory, StepFactory
 from tests.test_settings import ROOT
 
 # The migrations that only drop a foreign key's own index (a composite starts with it).
@@ -161,6 +162,24 @@ def test_the_check_of_locking_index_builds_sees_them() -> None:
     ]
     state = MigrationLoader(None, ignore_no_migrations=True).project_state()
     assert len(_locking_index_builds("messaging", migration, state)) == 3
+
+
+@pytest.mark.django_db
+def test_a_trigger_the_code_before_an_upgrade_accepts_goes_in_once_migrated() -> None:
+    """An upgrade migrates while the web server and workers of the release before it
+    still write (README), and the migrations may take minutes (an index built
+    concurrently on a large table). A column added NOT NULL with no default in the
+    database (0016's redelivered) refused every trigger that code inserted meanwhile: a
+    500 for each, until the new release started."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    before = loader.project_state(("notify", "0015_trigger_event_cancel_task_at"))
+    old_model = before.apps.get_model("notify", "TriggerEvent")
+
+    old_model.objects.create(
+        client_id=ClientFactory().pk, workflow_id="welcome", transaction_id="t-1", to=["ann"]
+    )
+
+    assert TriggerEvent.objects.get(transaction_id="t-1").redelivered == {}
 
 
 ROUND_TRIP = """
