@@ -239,6 +239,58 @@ def test_the_migrations_apply_from_zero_and_unapply_back_to_it(throwaway_databas
     assert again == applied
 
 
+# The release before 0017 (which sets no recheck_from) fans an event out while 0017
+# builds its index, as an upgrade runs while the web server and workers write (README).
+FANNED_OUT_DURING_THE_BUILD = """
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+from django.utils import timezone
+
+from config import schema_ops
+
+def migrate(*args):
+    call_command("migrate", *args, interactive=False, verbosity=0)
+
+migrate("notify", "0016_trigger_event_redelivered")
+before = MigrationLoader(connection).project_state(("notify", "0016_trigger_event_redelivered"))
+build = schema_ops.AddIndexConcurrently.database_forwards
+
+def fanned_out_meanwhile(*args, **kwargs):
+    client = before.apps.get_model("notify", "Client").objects.create(name="c", bridge_url="b")
+    before.apps.get_model("notify", "TriggerEvent").objects.create(
+        client=client, workflow_id="w", transaction_id="t", to=["ann", "bob"],
+        status="processed", recipients=2, processed_at=timezone.now(),
+    )
+    build(*args, **kwargs)
+
+schema_ops.AddIndexConcurrently.database_forwards = fanned_out_meanwhile
+migrate("notify", "0017_trigger_event_recheck_from")
+with connection.cursor() as cursor:
+    cursor.execute("SELECT recheck_from = processed_at FROM notify_triggerevent")
+    print(bool(cursor.fetchone()[0]))  # NULL (None): no recheck_from
+"""
+
+
+def test_an_event_fanned_out_while_the_upgrade_builds_its_index_is_still_checked(
+    throwaway_database: str,
+) -> None:
+    """0017 gave the events of the last hour their recheck_from (where the reconciler's
+    check for a fan-out left short starts) before building its index, minutes on a large
+    table, while the release before still fanned events out without one: those the
+    reconciler never checked, and a recipient whose command the broker lost meanwhile
+    never got the notification."""
+    done = subprocess.run(
+        [sys.executable, "-c", FANNED_OUT_DURING_THE_BUILD], cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": throwaway_database},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+
+
 def _messages_index_migration() -> tuple[str, Callable[[], None]]:
     """The first migration that adds an index to a table (messages'): its index's name,
     and its operation run forwards as migrate runs it."""

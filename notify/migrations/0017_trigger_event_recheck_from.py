@@ -34,12 +34,15 @@ class Migration(migrations.Migration):
             name='recheck_from',
             field=models.DateTimeField(blank=True, null=True),
         ),
-        # Read through the (status, processed_at) index, dropped once its successor is built.
-        migrations.RunPython(recheck_from_processed_at, migrations.RunPython.noop),
         AddIndexConcurrently(
             model_name='triggerevent',
             index=models.Index(fields=['status', 'recheck_from'], name='notify_trig_status_9081da_idx'),
         ),
+        # Once the index is built (minutes on a large table), not before: the release
+        # before this one fans events out meanwhile, setting no recheck_from, and those
+        # the reconciler would never check. Read through the (status, processed_at)
+        # index, dropped next.
+        migrations.RunPython(recheck_from_processed_at, migrations.RunPython.noop),
         # A catalog change, as dropping a foreign key's own index was (0012).
         migrations.RemoveIndex(
             model_name='triggerevent',
