@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import OperationalError, connection
 from django.test import Client
+
+from tests.test_settings import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -58,3 +65,42 @@ def test_an_api_request_while_the_database_is_away_is_a_503_to_retry(
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "service_unavailable"
     assert "nothing was stored" in response.json()["message"]
+
+
+HEALTH = """
+import django, json
+django.setup()
+from django.test import Client
+response = Client().get("/v1/health-check")
+print(json.dumps([response.status_code, response.json()]))
+"""
+
+
+def test_the_health_check_is_a_503_until_every_migration_is_applied(tmp_path: Path) -> None:
+    """gunicorn started on a database without norm's tables (a fresh PostgreSQL, a new
+    release before its migrate) answered every trigger 500, and its health check ok."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+
+    def health() -> list[Any]:
+        done = subprocess.run(
+            [sys.executable, "-c", HEALTH], cwd=ROOT, env=env, capture_output=True, check=True
+        )
+        return json.loads(done.stdout.splitlines()[-1])
+
+    def migrate(*target: str) -> None:
+        manage = [sys.executable, "manage.py", "migrate", *target, "-v0"]
+        subprocess.run(manage, cwd=ROOT, env=env, check=True, timeout=120)
+
+    never = health()
+    migrate()
+    migrate("notify", "0015")  # back: the database of the release before this one
+    one_release_behind = health()
+    migrate()
+
+    assert never[0] == one_release_behind[0] == 503
+    assert never[1]["data"]["error"]["db"]["status"] == "up"
+    assert one_release_behind[1]["data"]["error"]["db"]["message"] == (
+        "2 migration(s) not applied: run manage.py migrate"
+    )
+    assert health() == [200, {"data": {"status": "ok", "info": {"db": {"status": "up"}}}}]
