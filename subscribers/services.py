@@ -238,6 +238,8 @@ def command_given_up(
         event.save(update_fields=["redelivered"])
     if runs < settings.NORM_MAX_CLAIMS:
         return False
+    if event.canceled_at is not None:
+        return True  # the command would make nothing: no notification to fail, no reason
     reason = (
         f"its subscriber command never finished in {runs} runs, each lost with its worker "
         "(a command that kills its worker?); given up after NORM_MAX_CLAIMS"

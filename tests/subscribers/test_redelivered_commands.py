@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
@@ -123,3 +124,22 @@ def test_each_command_counts_its_own_runs(kills: list[str], enqueued: Enqueued) 
     assert TriggerEvent.objects.get(pk=event.pk).redelivered == {"task-1": 2, "task-2": 2}
     assert not Notification.objects.exists()
     assert kills == ["ann", "ann", "bob", "bob"]
+
+
+def test_a_command_of_a_canceled_trigger_given_up_leaves_no_reason(
+    kills: list[str], enqueued: Enqueued
+) -> None:
+    """Canceled, the event's commands make nothing: given up, neither does this one, nor
+    does it say on the event that a recipient failed."""
+    event = TriggerEventFactory(to=["ann"])
+    command = {"trigger_event_id": event.pk, "recipient": {"subscriberId": "ann"}}
+    delivered(services.subscriber_process, 3, **command)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        canceled_at=timezone.now(), status=TriggerEvent.Status.CANCELED
+    )
+
+    services.subscriber_process(**command, redelivered="task-1")
+
+    assert len(kills) == 3
+    assert not Notification.objects.exists()
+    assert TriggerEvent.objects.get(pk=event.pk).error == ""
