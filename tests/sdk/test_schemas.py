@@ -419,32 +419,41 @@ def test_an_in_app_redirect_url_is_taken_or_refused_as_novus_sdk_does(
         assert refused.value.data[0]["path"] == "/redirect/url"
 
 
-def test_the_redirect_url_pattern_reads_alike_in_ajv_and_in_python() -> None:
-    """Novu's pattern and norm's, compiled by ajv as Novu's SDK compiles them, against
-    norm's as jsonschema reads it, on the table above and its URLs' neighbours."""
+def ajv_verdicts(cases: list[tuple[Any, Any]]) -> list[bool]:
+    """Whether ajv 8 takes each (schema, value), compiled as @novu/framework 2.13.2
+    compiles them, run by node from the Novu bridge's node_modules (skipped without)."""
     node = shutil.which("node")
     modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
     if node is None or not (modules / "ajv").is_dir():
         pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
-    novu = r"^(?!mailto:)(?:(https?):\/\/[^\s/$.?#].[^\s]*)|^(\/[^\s]*)$"
-    urls = [u for url, _ in REDIRECT_VERDICTS for u in (url, url + " x", " " + url, url + "\n")]
-    urls += [f"https://a{c}b" for c in " \t\r\v\u00a0\u1680\u180e\u2000\u200b\u3000\ufeff\x1c"]
     script = """
     const Ajv = require("ajv");
     const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
-    const { patterns, urls } = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    const checks = patterns.map((p) => ajv.compile({ type: "string", pattern: p }));
-    process.stdout.write(JSON.stringify(checks.map((check) => urls.map((u) => check(u)))));
+    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    process.stdout.write(JSON.stringify(cases.map(([s, v]) => ajv.validate(s, v))));
     """
     ajv = subprocess.run(
         [node, "-e", script],
-        input=json.dumps({"patterns": [novu, REDIRECT_URL], "urls": urls}).encode(),
+        input=json.dumps(cases).encode(),
         capture_output=True,
         check=True,
         timeout=60,
         cwd=modules.parent,
     )
-    by_novu, by_ajv = json.loads(ajv.stdout)
+    verdicts: list[bool] = json.loads(ajv.stdout)
+    return verdicts
+
+
+def test_the_redirect_url_pattern_reads_alike_in_ajv_and_in_python() -> None:
+    """Novu's pattern and norm's, compiled by ajv as Novu's SDK compiles them, against
+    norm's as jsonschema reads it, on the table above and its URLs' neighbours."""
+    novu = r"^(?!mailto:)(?:(https?):\/\/[^\s/$.?#].[^\s]*)|^(\/[^\s]*)$"
+    urls = [u for url, _ in REDIRECT_VERDICTS for u in (url, url + " x", " " + url, url + "\n")]
+    urls += [f"https://a{c}b" for c in " \t\r\v\u00a0\u1680\u180e\u2000\u200b\u3000\ufeff\x1c"]
+    by_novu, by_ajv = (
+        ajv_verdicts([({"type": "string", "pattern": pattern}, url) for url in urls])
+        for pattern in (novu, REDIRECT_URL)
+    )
     by_python = [bool(re.search(REDIRECT_URL, u)) for u in urls]
     assert by_python == by_ajv == by_novu
     assert [by_novu[urls.index(u)] for u, _ in REDIRECT_VERDICTS] == [
@@ -583,26 +592,8 @@ def test_a_pattern_no_regex_in_javascript_makes_the_schema_unusable() -> None:
 
 
 def test_patterns_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> None:
-    node = shutil.which("node")
-    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
-    if node is None or not (modules / "ajv").is_dir():
-        pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
-    script = """
-    const Ajv = require("ajv");
-    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
-    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    process.stdout.write(JSON.stringify(cases.map(([p, v]) => ajv.validate({ pattern: p }, v))));
-    """
-    cases = [[pattern, value] for pattern, value, _ in PATTERN_VERDICTS]
-    ajv = subprocess.run(
-        [node, "-e", script],
-        input=json.dumps(cases).encode(),
-        capture_output=True,
-        check=True,
-        timeout=60,
-        cwd=modules.parent,
-    )
-    assert json.loads(ajv.stdout) == [valid for _, _, valid in PATTERN_VERDICTS]
+    cases = [({"pattern": pattern}, value) for pattern, value, _ in PATTERN_VERDICTS]
+    assert ajv_verdicts(cases) == [valid for _, _, valid in PATTERN_VERDICTS]
 
 
 # (schema naming no draft, value, whether ajv 8 takes it, as @novu/framework 2.13.2's
@@ -644,26 +635,8 @@ def test_a_schema_naming_no_draft_is_read_as_draft_07_as_ajv_reads_it(
 
 
 def test_drafts_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> None:
-    node = shutil.which("node")
-    modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
-    if node is None or not (modules / "ajv").is_dir():
-        pytest.skip("node or the Novu bridge's node_modules (ajv) is not installed")
-    script = """
-    const Ajv = require("ajv");
-    const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
-    const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    process.stdout.write(JSON.stringify(cases.map(([s, v]) => ajv.validate(s, v))));
-    """
-    cases = [[{"type": "object"} | schema, payload] for schema, payload, _ in DRAFT_VERDICTS]
-    ajv = subprocess.run(
-        [node, "-e", script],
-        input=json.dumps(cases).encode(),
-        capture_output=True,
-        check=True,
-        timeout=60,
-        cwd=modules.parent,
-    )
-    assert json.loads(ajv.stdout) == [valid for _, _, valid in DRAFT_VERDICTS]
+    cases = [({"type": "object"} | schema, payload) for schema, payload, _ in DRAFT_VERDICTS]
+    assert ajv_verdicts(cases) == [valid for _, _, valid in DRAFT_VERDICTS]
 
 
 def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_ajv() -> None:
