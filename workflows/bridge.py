@@ -202,9 +202,9 @@ class BridgeUnavailable(BridgeError):
 HEALTH_CHECK = "health-check"  # the one action a bridge answers unsigned (BRIDGE.md)
 # What Novu's framework and norm's SDK answer (401) to a signature made with another key.
 WRONG_KEY = "SignatureMismatchError"
-# What to change when a bridge refuses norm's signature for its key (401): its own words
-# ask for a correct `novu-signature` header, which norm writes, or name the JS Client's
-# `config.secretKey`, which norm's SDK has none of.
+# What to change when a bridge refuses norm's signature for its key or its time (401):
+# its own words ask for a correct or newer `novu-signature` header, which norm writes as
+# it calls, or name the JS Client's `config.secretKey`, which norm's SDK has none of.
 KEY_HINTS = {
     WRONG_KEY: (
         " (norm signed with the client's secret key, and the bridge checks with another: "
@@ -213,6 +213,10 @@ KEY_HINTS = {
     "SigningKeyNotFoundError": (
         " (the bridge has no secret key to check norm's signature with: give it the "
         "client's key, as NOVU_SECRET_KEY or Bridge(secret_key=...))"
+    ),
+    "SignatureExpiredError": (
+        " (norm signs each call as it makes it: the clocks of norm's host and the bridge's "
+        "differ by more than the bridge allows; set both by NTP)"
     ),
 }
 

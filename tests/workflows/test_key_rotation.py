@@ -5,6 +5,7 @@ signed with whichever live key the bridge accepts, and none is sent twice."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -137,3 +138,32 @@ def test_a_bridge_refusing_norms_signature_over_its_key_says_what_to_change(
     assert response.status_code == 502
     message = response.json()["message"]
     assert refusal in message and message.endswith(hint)
+
+
+def test_a_bridge_refusing_norms_signature_as_expired_says_to_set_the_clocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """norm's host ten minutes behind the bridge's: the bridge takes each signature, made
+    as norm calls, for an old one, and its words ask for a newer `novu-signature` header,
+    which norm writes and its user cannot change. The clocks are what to change."""
+    signed = bridge.signature_header
+
+    def ten_minutes_behind(secret: str, body: str, timestamp_ms: int | None = None) -> str:
+        return signed(secret, body, int(time.time() * 1000) - 600_000)
+
+    monkeypatch.setattr(bridge, "signature_header", ten_minutes_behind)
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[two_step], secret_key=key)) as url:
+        Client.objects.filter(pk=client.pk).update(bridge_url=f"{url}/bridge")
+        response = api_for(key).post(
+            "/v1/events/trigger",
+            data=json.dumps({"name": "bench-two-step", "to": "ann", "payload": {"n": 1}}),
+            content_type="application/json",
+        )
+    assert response.status_code == 502
+    message = response.json()["message"]
+    assert "SignatureExpiredError: Signature expired" in message
+    assert message.endswith(
+        "(norm signs each call as it makes it: the clocks of norm's host and the bridge's "
+        "differ by more than the bridge allows; set both by NTP)"
+    )
