@@ -8,6 +8,7 @@ follows a redirect: norm calls only URLs the client registered.
 
 from __future__ import annotations
 
+import html
 import http.cookiejar
 import json
 import os
@@ -359,9 +360,12 @@ def _call_once(
         code = data.get("code") if isinstance(data, dict) else None
         code = code[:100] if isinstance(code, str) else None  # it is stored, and compared
         message = _text(data.get("message")) if isinstance(data, dict) else ""
-        text = content[:2000].decode(errors="replace")[:500]  # an error page, say
         error_data = data.get("data") if isinstance(data, dict) else None
-        message = message or text or response.reason
+        message = message or _page_text(content) or response.reason
+        if data is None and status in (404, 405):
+            # No JSON: no bridge answered, but a web server's own page for a path it does
+            # not serve (Express's "Cannot POST /api/novu", Django's 404).
+            message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
         if problems := _problems(error_data):
             message = f"{message} ({problems})"
         message = bounded(message, MAX_MESSAGE)
@@ -388,6 +392,19 @@ def _text(message: Any) -> str:
     if isinstance(message, list) and all(isinstance(m, str) for m in message):
         return "; ".join(message)
     return json.dumps(message, ensure_ascii=False)
+
+
+_MARKUP = re.compile(r"<(head|script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+
+
+def _page_text(content: bytes) -> str:
+    """An error answer that is no JSON (an error page, say), as a line of text: an HTML
+    page's words without its markup, which a 404 from Express or Django or a proxy's 502
+    otherwise filled the reason with, 500 characters of tags and styles."""
+    text = content[: 64 * 1024].decode(errors="replace")
+    if "<" in text:
+        text = html.unescape(_MARKUP.sub(" ", text))
+    return bounded(" ".join(text.split()), 300)
 
 
 def _problems(data: Any) -> str:

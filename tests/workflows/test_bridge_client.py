@@ -306,16 +306,39 @@ def test_a_bridge_errors_code_is_kept_to_what_a_notification_stores() -> None:
 
 # Express's own page for a route that is not there, and a proxy's or a host's page in
 # front of the bridge: no JSON.
-_ERROR_PAGE = (404, b"Cannot POST /api/novu", {"content-type": "text/html"})
+EXPRESS_404 = (
+    b'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>'
+    b"\n<style>body { color: red }</style>\n</head>\n<body>\n<pre>Cannot POST /api/novu</pre>"
+    b"\n</body>\n</html>\n"
+)
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad "
+    b"Gateway</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
+)
+_ERROR_PAGE = (404, EXPRESS_404, {"content-type": "text/html"})
 _PAGE_OK = (200, b"<html><body>Welcome to nginx!</body></html>", {"content-type": "text/html"})
+NOTHING_THERE = " (nothing serves a bridge at this URL: check the client's bridge URL)"
 
 
-def test_an_error_page_that_is_no_json_is_the_errors_message() -> None:
-    """It says more than the status's reason phrase ("Not Found")."""
-    with json_serving(lambda *_: _ERROR_PAGE) as url, pytest.raises(bridge.BridgeError) as exc:
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (_ERROR_PAGE, f"Cannot POST /api/novu{NOTHING_THERE}"),
+        ((404, b"Cannot POST /api/novu", {}), f"Cannot POST /api/novu{NOTHING_THERE}"),
+        ((405, b"", {}), f"Method Not Allowed{NOTHING_THERE}"),
+        ((502, NGINX_502, {"content-type": "text/html"}), "502 Bad Gateway nginx/1.25.3"),
+    ],
+)
+def test_an_error_page_that_is_no_json_is_the_errors_message_in_words(
+    answer: tuple[int, bytes, dict[str, str]], message: str
+) -> None:
+    """It says more than the status's reason phrase ("Not Found"): the page's words, not
+    its markup, which filled the reason with 500 characters of tags and styles; and for a
+    path nothing serves (a wrong bridge URL, its trailing slash), what to check."""
+    with json_serving(lambda *_: answer) as url, pytest.raises(bridge.BridgeError) as exc:
         bridge.execute(f"{url}/api/novu", secrets=("nk_test",), workflow_id="w", body={})
-    assert not isinstance(exc.value, bridge.BridgeUnavailable)
-    assert (exc.value.code, exc.value.message) == ("HTTP404", "Cannot POST /api/novu")
+    assert isinstance(exc.value, bridge.BridgeUnavailable) is (answer[0] == 502)
+    assert (exc.value.code, exc.value.message) == (f"HTTP{answer[0]}", message)
 
 
 def _garbage_bridge_echo(url: str) -> Notification:
