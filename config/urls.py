@@ -39,6 +39,8 @@ urlpatterns = [
         ),
         name="docs",
     ),
+    # The address rundemo's banner gives: a new user opening it got a bare 404.
+    path("", RedirectView.as_view(pattern_name="docs", http_method_names=_READ_ONLY)),
     path("", include("notify.urls")),
     path("", include("subscribers.urls")),
     path("", include("workflows.urls")),

@@ -156,3 +156,12 @@ def test_the_public_docs_answer_any_method_without_a_500(path: str, method: str)
     response = Client(raise_request_exception=False).generic(method, path)
 
     assert response.status_code == (200 if method in ("GET", "HEAD") else 405), response.content
+
+
+def test_the_servers_own_address_leads_to_the_docs(client: Any) -> None:
+    """The address make run's banner gives ("norm is running on http://127.0.0.1:8000"):
+    opened in a browser, it was a bare 404. A POST there is no redirect."""
+    response = client.get("/")
+    assert (response.status_code, response["Location"]) == (302, "/docs")
+    assert client.get(response["Location"]).status_code == 200
+    assert client.post("/").status_code == 405
