@@ -233,9 +233,20 @@ def _run_waiting_job(notification: Notification) -> dict[str, Any]:
     )
 
 
+def _trigger_unread(path: str) -> list[str]:
+    """The fields of the trigger at `path` that a page of notifications or messages does
+    not read (it reads its transactionId): its recipients (up to 1,000) and payload, read
+    and decoded for each row, took half of a page's time (100 rows of a trigger of 1,000
+    recipients: 404 ms, 218 ms without)."""
+    unread = ("to", "payload", "overrides", "actor", "forgotten", "redelivered")
+    return [f"{path}__{field}" for field in unread]
+
+
 def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Notification]:
-    qs = Notification.objects.filter(client_id=client_id).select_related(
-        "subscriber", "trigger_event"
+    qs = (
+        Notification.objects.filter(client_id=client_id)
+        .select_related("subscriber", "trigger_event")
+        .defer(*_trigger_unread("trigger_event"))
     )
     if filters.get("transactionId"):
         qs = qs.filter(trigger_event__transaction_id=filters["transactionId"])
@@ -282,6 +293,14 @@ def notification_get(*, client_id: int, notification_id: str) -> Notification | 
     return notification_list(client_id=client_id, filters={}).filter(pk=pk).first()
 
 
+# What a page of messages does not read of the notification above each: its payload (a
+# copy of the trigger's, each), and the trigger's own (_trigger_unread).
+MESSAGE_UNREAD = [
+    "step__notification__payload",
+    *_trigger_unread("step__notification__trigger_event"),
+]
+
+
 def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message]:
     """The client's messages that were sent or failed, newest first (one still being
     sent has no status in Novu's terms yet), narrowed as Novu's GET /v1/messages is."""
@@ -297,8 +316,10 @@ def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message
         qs = qs.filter(
             step__notification__trigger_event__transaction_id__in=filters["transactionId"]
         )
-    return qs.select_related("subscriber", "step__notification__trigger_event").order_by(
-        "-created_at", "-id"
+    return (
+        qs.select_related("subscriber", "step__notification__trigger_event")
+        .defer(*MESSAGE_UNREAD)
+        .order_by("-created_at", "-id")
     )
 
 
@@ -310,5 +331,6 @@ def in_app_feed(*, client_id: int, subscriber_id: str) -> QuerySet[Message] | No
     return (
         Message.objects.filter(subscriber=subscriber, channel="in_app", status=Message.Status.SENT)
         .select_related("subscriber", "step__notification__trigger_event")
+        .defer(*MESSAGE_UNREAD)
         .order_by("-created_at", "-id")
     )
