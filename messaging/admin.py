@@ -28,6 +28,7 @@ class MessageAdmin(ReadOnlyAdmin):
     ]
     list_filter = [fixed_choices("channel", "channel", CHANNEL_TYPES), "status"]
     show_full_result_count = False
+    list_defer = ("content", "error")
     list_select_related = ["subscriber", "client"]
     # What the search box matches (get_search_results), each exactly: in any case, each
     # field's UPPER() doubled the time of a search, which reads every message.

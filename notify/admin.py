@@ -387,6 +387,7 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     list_filter = ["status", "mode", "client"]
     list_select_related = ["client"]
     show_full_result_count = False  # as for notifications: no second COUNT(*) when filtered
+    list_defer = ("to", "payload", "actor", "overrides", "error", "forgotten", "redelivered")
     search_fields = ["=transaction_id", "=workflow_id"]
     actions = ["cancel"]
 

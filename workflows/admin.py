@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import BadRequest, ValidationError
 from django.db import models
 from django.db.models import Q, QuerySet
@@ -82,6 +83,23 @@ class NormAdmin(admin.ModelAdmin):
     """The base of norm's admins. An action's selection edited in the page or POSTed by
     hand, an id that is no number or no uuid, is refused with a 400: Django filtered the
     rows by it unchecked, and the primary key's refusal of it was a 500."""
+
+    # Columns the list of rows shows none of, and which may be large (a trigger's 1,000
+    # recipients, a payload, an email's body): not read and decoded for each row of a
+    # page, as they were. The row's own page reads them.
+    list_defer: tuple[str, ...] = ()
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        changelist: type[ChangeList] = super().get_changelist(request, **kwargs)
+        unread = self.list_defer
+        if not unread:
+            return changelist
+
+        class Deferring(changelist):
+            def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
+                return super().get_queryset(request, exclude_parameters).defer(*unread)
+
+        return Deferring
 
     def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
         for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
@@ -248,6 +266,7 @@ class NotificationAdmin(ReadOnlyAdmin):
     # Newest first, from the created_at index (the id, a uuid4, is in no order at all).
     ordering = ["-created_at"]
     show_full_result_count = False  # no COUNT(*) of the whole table on every page
+    list_defer = ("payload", "error")
     inlines = [StepInline]
     actions = ["retry", "cancel"]
     fields = [
