@@ -247,7 +247,12 @@ class ClientAdmin(NormAdmin):
         with transaction.atomic():
             return super().response_action(request, queryset)
 
-    @admin.action(description="Create a new secret key", permissions=["change"])
+    def has_add_key_permission(self, request: HttpRequest) -> bool:
+        # A new key is the client's whole API, its subscribers and messages: who may
+        # change a client (its rate, its sender policy) may not mint one for that alone.
+        return request.user.has_perm("notify.add_secretkey")
+
+    @admin.action(description="Create a new secret key", permissions=["add_key"])
     def create_key(self, request: HttpRequest, queryset: QuerySet[Client]) -> HttpResponse | None:
         # Answered directly, never through the messages framework: that would keep the
         # plain key in a cookie or the session.

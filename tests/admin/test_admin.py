@@ -359,6 +359,31 @@ def test_create_key_action_shows_a_working_key_once(admin_client) -> None:
     assert client_by_api_key(key=key) == client
 
 
+def test_creating_a_key_takes_the_permission_to_add_secret_keys(client, django_user_model) -> None:
+    """A key is a tenant's whole API: a user who may change clients (their rate, their
+    sender policy) but not add secret keys must not mint one from the clients' list."""
+    from django.contrib.auth.models import Permission
+
+    tenant = ClientFactory(secret_key=False)
+    editor = django_user_model.objects.create_user("editor", password="x", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_client", "change_client"])
+    )
+    client.force_login(editor)
+    create = {"action": "create_key", "_selected_action": [str(tenant.pk)]}
+    changelist = reverse("admin:notify_client_changelist")
+
+    assert "create_key" not in client.get(changelist).content.decode()
+    response = client.post(changelist, create)
+    assert "<code>" not in response.content.decode()
+    assert not SecretKey.objects.filter(client=tenant).exists()
+
+    editor.user_permissions.add(Permission.objects.get(codename="add_secretkey"))
+    response = client.post(changelist, create)
+    assert response.status_code == 200 and "<code>" in response.content.decode()
+    assert SecretKey.objects.filter(client=tenant).count() == 1
+
+
 # --- what the admin review found ----------------------------------------------------------
 
 
