@@ -220,3 +220,19 @@ def test_a_broadcast_counts_against_the_rate_as_a_trigger_does(enqueued) -> None
     body = {"name": "welcome", "to": "ann"}
     assert api.post("/v1/events/trigger", body, format="json").status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_request_that_triggers_nothing_spends_none_of_the_rate(enqueued) -> None:
+    """A GET or PUT of a trigger route (a 405) and an OPTIONS (DRF's description of the
+    view) store no trigger: each took one of the client's rate, its next trigger a 429."""
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    api = api_for(key)
+    for path in ("/v1/events/trigger", "/v1/events/trigger/bulk", "/v1/events/trigger/broadcast"):
+        assert api.get(path).status_code in (404, 405)  # bulk, broadcast: a transactionId's
+        assert api.put(path, {}, format="json").status_code == 405
+        assert api.options(path).status_code == 200
+    body = {"name": "welcome", "to": "ann"}
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 201
+    assert api.post("/v1/events/trigger", body, format="json").status_code == 429
