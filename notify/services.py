@@ -55,7 +55,8 @@ def client_create(
         try:
             BridgeURLValidator()(url)
         except ValidationError as exc:
-            raise ValueError(f"not an http(s) URL: {url!r}") from exc
+            # Masked: createclient prints it, into a deploy's log, say.
+            raise ValueError(f"not an http(s) URL: {masked_url(url)!r}") from exc
     email_from, domains = email_from.strip(), [d.strip() for d in email_from_domains or []]
     problem = senders.sender_domains_problem(domains) or senders.email_from_problem(
         email_from, domains

@@ -115,6 +115,15 @@ def test_a_bridge_url_that_is_no_http_url_is_refused(urls: list[str]) -> None:
     assert not Client.objects.exists() and not SecretKey.objects.exists()
 
 
+def test_a_bridge_url_refused_is_printed_without_its_password() -> None:
+    """The refusal quoted the URL whole, password and all, into a deploy's log, say,
+    where the admin and the stored client's line mask it."""
+    with pytest.raises(CommandError) as refused:
+        createclient("shop", "--bridge-url", "ftp://norm:s3cret@bridge:4000/api/novu")
+    assert "s3cret" not in str(refused.value)
+    assert "ftp://norm:***@bridge:4000/api/novu" in str(refused.value)
+
+
 def test_a_sender_policy_is_stored_with_the_client() -> None:
     createclient(
         "shop",
