@@ -86,7 +86,7 @@ def topic_dto(topic: Topic) -> dict[str, Any]:
         "_organizationId": str(topic.client_id),
         "_environmentId": str(topic.client_id),
         "createdAt": iso_z(topic.created_at),
-        "updatedAt": iso_z(topic.created_at),
+        "updatedAt": iso_z(topic.updated_at),
     }
 
 
@@ -442,7 +442,7 @@ class SubscriberListApi(APIView):
 
 
 # Novu's `orderBy` of a cursor list, as the field norm orders by (then by id): ids grow
-# with creation, and a topic's updatedAt is its createdAt.
+# with creation. A list of what changes (subscribers, topics) orders updatedAt its own way.
 ORDER_BY = {"_id": "pk", "createdAt": "pk", "updatedAt": "pk"}
 # A subscription's are when it was made (its id and both dates in Novu's), not its
 # subscriber's id: one created long ago and subscribed today came last of newest first.
@@ -727,7 +727,14 @@ class TopicListApi(APIView):
             items, meta = paginate(request, qs.order_by("pk"), limit=limit)
             return Response({**meta, "data": [topic_dto(t) for t in items]})
         # Novu lists topics newest first unless asked for ASC.
-        return Response(cursor_page(request, qs, topic_dto, default_descending=True))
+        page = cursor_page(
+            request,
+            qs,
+            topic_dto,
+            default_descending=True,
+            order_by={**ORDER_BY, "updatedAt": "updated_at"},
+        )
+        return Response(page)
 
 
 @extend_schema_view(

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
-from django.db.models.functions import Upper
+from django.db.models.functions import Now, Upper
 
 
 class Subscriber(models.Model):
@@ -54,6 +54,9 @@ class Topic(models.Model):
         Subscriber, through="TopicSubscription", related_name="topics"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Its default in the database too: the release before this column inserts topics
+    # without it while the upgrade migrates.
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["client", "key"], name="uniq_topic")]

@@ -444,7 +444,8 @@ def topic_update(*, topic: Topic, values: dict[str, Any]) -> Topic:
     if values:
         with transaction.atomic():
             _lock_or_gone(Topic.objects.filter(pk=topic.pk))  # as in subscriber_update
-            topic.save(update_fields=list(values))
+            # updated_at named too: a save of some fields sets an auto_now one only so.
+            topic.save(update_fields=[*values, "updated_at"])
     return topic
 
 

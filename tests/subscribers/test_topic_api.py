@@ -144,6 +144,34 @@ def test_a_rename_longer_than_a_topics_name_is_refused_naming_it(
     assert ok(call(keyed[1], "patch", path, {"name": "n" * 255}))["data"]["name"] == "n" * 255
 
 
+def test_a_renamed_topic_says_when_and_lists_last_by_updated_at(key: str) -> None:
+    """As Novu's topic (its timestamps): a rename, by update or upsert, moves updatedAt,
+    and orderBy=updatedAt lists by it. updatedAt stayed the topic's createdAt, and that
+    order was the creation's."""
+    novu = novu_py_for(key)
+    news = novu.topics.create(create_update_topic_request_dto={"key": "news"}).result
+    novu.topics.create(create_update_topic_request_dto={"key": "sport"})
+
+    renamed = novu.topics.update(topic_key="news", update_topic_request_dto={"name": "News"})
+    assert renamed.result.updated_at > news.updated_at
+    upserted = novu.topics.create(create_update_topic_request_dto={"key": "news", "name": "N"})
+    assert upserted.result.updated_at > renamed.result.updated_at
+    assert novu.topics.get(topic_key="news").result.updated_at == upserted.result.updated_at
+
+    def listed(**order: str) -> list[str]:
+        page = novu.topics.list(request={"order_by": "updatedAt", "limit": 1, **order}).result
+        keys = [t.key for t in page.data]
+        while page.next:
+            page = novu.topics.list(
+                request={"order_by": "updatedAt", "limit": 1, "after": page.next, **order}
+            ).result
+            keys += [t.key for t in page.data]
+        return keys
+
+    assert listed() == ["news", "sport"]
+    assert listed(order_direction="ASC") == ["sport", "news"]
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(
     "topic_key", ["team/news", "news?daily", "news#1", "news daily", "news%2Fdaily@example.com"]
