@@ -232,7 +232,9 @@ class SubscriberBulkResult(serializers.Serializer):
         subscriberId = serializers.CharField()
 
     class BulkSubscriberFailure(serializers.Serializer):
-        subscriberId = serializers.CharField(allow_null=True)
+        subscriberId = serializers.CharField(
+            required=False, help_text="left out when the entry names none"
+        )
         message = serializers.CharField()
 
     created = BulkSubscriberRef(many=True)
@@ -647,14 +649,11 @@ class SubscriberBulkApi(SubscriberDetailApi):
             serializer = SubscriberCreateInput(data=item if isinstance(item, dict) else {})
             if not serializer.is_valid():
                 given = item.get("subscriberId") if isinstance(item, dict) else None
-                failed.append(
-                    {
-                        "subscriberId": given if isinstance(given, str) else None,
-                        "message": validation_message(
-                            serializers.ValidationError(serializer.errors)
-                        ),
-                    }
-                )
+                message = validation_message(serializers.ValidationError(serializer.errors))
+                # None to name is left out, as Novu leaves it: its schema takes no null
+                # there, and @novu/api refuses the whole answer for one.
+                named = {"subscriberId": given} if isinstance(given, str) else {}
+                failed.append({**named, "message": message})
                 continue
             subscriber_id = serializer.validated_data["subscriberId"]
             try:
