@@ -287,10 +287,16 @@ class DeleteWithBodySchema(AutoSchema):
                 {
                     "type": "object",
                     "properties": {
-                        "subscriberId": {"type": "string"},
-                        "identifier": {"type": "string", "description": "not kept"},
+                        "subscriberId": {
+                            "type": "string",
+                            "description": "required, but by an unsubscribe's identifier",
+                        },
+                        "identifier": {
+                            "type": "string",
+                            "description": "not kept; an unsubscribe may name the"
+                            " subscription by the one listed (<topic key>:<subscriberId>)",
+                        },
                     },
-                    "required": ["subscriberId"],
                 },
             ]
         },
@@ -832,17 +838,28 @@ def _ids(request: Request, field: str) -> list[str]:
     return _checked_ids(ids, field)
 
 
-def _subscription_ids(request: Request) -> list[str]:
+def _subscription_ids(request: Request, key: str | None = None) -> list[str]:
     """v2's members: `subscriptions` (subscriberIds, or objects naming one), the field
     novu-py 3.19 sends, or `subscriberIds`, which it deprecates for it. norm keeps one
-    subscription per subscriber and topic, so an object's `identifier` is not kept."""
+    subscription per subscriber and topic, so an object's `identifier` is not kept.
+    Given the topic's `key` (an unsubscribe), an object may name its subscription by
+    the identifier norm lists it with (_subscription_dto) instead."""
     body = request.data if isinstance(request.data, dict) else {}
     if "subscriptions" not in body:
         return _ids(request, "subscriberIds")
     items = body["subscriptions"]
     if isinstance(items, list):
-        items = [i.get("subscriberId") if isinstance(i, dict) else i for i in items]
+        items = [_subscription_id(i, key) if isinstance(i, dict) else i for i in items]
     return _checked_ids(items, "subscriptions")
+
+
+def _subscription_id(item: dict[str, Any], key: str | None) -> Any:
+    """The subscriberId a `subscriptions` object names; None if none."""
+    identifier = item.get("identifier")
+    if "subscriberId" in item or key is None or not isinstance(identifier, str):
+        return item.get("subscriberId")
+    subscriber_id = identifier.removeprefix(f"{key}:")
+    return subscriber_id if subscriber_id != identifier else None
 
 
 def _checked_ids(ids: Any, field: str) -> list[str]:
@@ -861,6 +878,7 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
     """`subscriber` as selectors.topic_members gives it, with `subscribed_at`."""
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
+        # What an unsubscribe may name it by (_subscription_id).
         "identifier": f"{topic.key}:{subscriber.subscriber_id}",
         "topic": {"_id": str(topic.pk), "key": topic.key, **_topic_name(topic)},
         "subscriber": {
@@ -943,7 +961,7 @@ class TopicSubscriptionsApi(APIView):
         responses={200: SubscriptionsRemoved, **error_responses(400, 404)},
     )
     def delete(self, request: Request, key: str) -> Response:
-        ids = _subscription_ids(request)
+        ids = _subscription_ids(request, key)
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         return Response(

@@ -411,6 +411,36 @@ def test_v2_members_are_also_named_as_novu_pys_current_subscriptions(
     assert members(client, "news") == ["bob"]
 
 
+def test_v2_unsubscribes_by_the_identifier_a_subscription_is_listed_with(
+    keyed: tuple[Client, str],
+) -> None:
+    """novu-py deletes "only this specific subscription" by its `identifier`, as listed:
+    norm refused it (400, not a list of subscriber ids), its own identifiers too. One
+    that names no subscription of the topic is refused still: norm keeps no other."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    novu.topics.subscriptions.create(
+        topic_key="news",
+        create_topic_subscriptions_request_dto={"subscriptions": ["ann", "bob"]},
+    )
+    listed = novu.topics.subscriptions.list(request={"topic_key": "news", "subscriber_id": "ann"})
+    (ann,) = listed.result.data
+
+    gone = novu.topics.subscriptions.delete(
+        topic_key="news",
+        delete_topic_subscriptions_request_dto={"subscriptions": [{"identifier": ann.identifier}]},
+    ).result
+
+    assert [s.subscriber.subscriber_id for s in gone.data] == ["ann"]
+    assert (gone.meta.successful, gone.meta.failed) == (1, 0)
+    assert members(client, "news") == ["bob"]
+    path = "/v2/topics/news/subscriptions"
+    for identifier in ("news-bob", "deals:bob"):
+        body = {"subscriptions": [{"identifier": identifier}]}
+        assert_error(call(key, "delete", path, body), 400, path)
+    assert members(client, "news") == ["bob"]
+
+
 @pytest.mark.parametrize(
     "subscriptions", ["ann", [{"identifier": "news-ann"}], [{"subscriberId": ""}], [["ann"]]]
 )
