@@ -12,6 +12,7 @@ makes atomic: a worker sees no file, or the whole message.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import uuid
@@ -23,6 +24,8 @@ from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
+
+logger = logging.getLogger(__name__)
 
 
 class Channel(filesystem.Channel):
@@ -43,6 +46,22 @@ class Channel(filesystem.Channel):
         if message.delivery_info is not None:
             message.delivery_info["redelivered"] = True
         super()._restore(message)
+
+    def _get(self, queue: str) -> Any:
+        # A message's file that is no JSON object (emptied or cut short: a crash of the
+        # machine before the disk had it, a hand in var/broker) raised out of the worker's
+        # loop, "Unrecoverable error: JSONDecodeError": the worker, and with it `make run`,
+        # died, and each restart met the next such file. kombu has removed the file by
+        # then; its work is in the database, for the reconciler to enqueue again.
+        while True:
+            try:
+                payload = super()._get(queue)
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                logger.error("Dropped an unreadable message of queue %s: %s", queue, exc)
+                continue
+            if isinstance(payload, dict):
+                return payload
+            logger.error("Dropped a message of queue %s that is no JSON object", queue)
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         # The channel takes a queue's files in the order of their names: an unpadded

@@ -153,3 +153,30 @@ def test_a_message_put_back_is_marked_redelivered_where_celery_reads_it(tmp_path
 
     assert again.payload == {"body": "command"}
     assert (redelivered_first, again.delivery_info["redelivered"]) == (None, True)
+
+
+def test_a_message_file_that_is_no_json_object_is_dropped_not_raised_to_the_worker(
+    tmp_path: Path,
+) -> None:
+    """A message's file emptied or cut short (the machine crashed before the disk had it,
+    a hand in var/broker) raised JSONDecodeError out of the worker's loop: the worker
+    died ("Unrecoverable error"), `make run` with it, and each restart met the next such
+    file. It is dropped now (its work is in the database, for the reconciler), and the
+    worker takes the messages after it."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    folder = Path(options["data_folder_in"])
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        tasks = conn.SimpleQueue("reconcile")  # a queue of its own, as above
+        tasks.put({"body": "first"})
+        tasks.put({"body": "second"})
+        # Named as the channel names messages, and taken before them (the names' order).
+        for stamp, content in enumerate((b"", b'{"body": "cut sh', b"\xff\xfe", b"[1, 2]")):
+            (folder / f"{stamp:015d}_broken.reconcile.msg").write_bytes(content)
+        taken = []
+        for _ in range(2):
+            message = tasks.get(timeout=5)
+            message.ack()
+            taken.append(message.payload["body"])
+
+    assert sorted(taken) == ["first", "second"]  # sent in the same millisecond: either order
+    assert list(folder.iterdir()) == []  # the broken files gone, not taken again
