@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -127,8 +128,15 @@ def test_a_bridge_refusing_norms_signature_over_its_key_says_what_to_change(
     none (its variable unset): the trigger's 502 gave only the bridge's words, to ensure
     the `novu-signature` header is correct, which norm writes and its user cannot change,
     or to set `config.secretKey` in a Client constructor that norm's SDK does not have."""
+    message = _trigger_refused(lambda _: bridge_key)
+    assert refusal in message and message.endswith(hint)
+
+
+def _trigger_refused(key_of_bridge: Callable[[str], str | None]) -> str:
+    """The message of the 502 a trigger gets from a bridge given `key_of_bridge(the
+    client's key)`, as norm's SDK serves it."""
     client, key = client_with_key()
-    with sdk_serving(Bridge(workflows=[two_step], secret_key=bridge_key)) as url:
+    with sdk_serving(Bridge(workflows=[two_step], secret_key=key_of_bridge(key))) as url:
         Client.objects.filter(pk=client.pk).update(bridge_url=f"{url}/bridge")
         response = api_for(key).post(
             "/v1/events/trigger",
@@ -136,8 +144,8 @@ def test_a_bridge_refusing_norms_signature_over_its_key_says_what_to_change(
             content_type="application/json",
         )
     assert response.status_code == 502
-    message = response.json()["message"]
-    assert refusal in message and message.endswith(hint)
+    message: str = response.json()["message"]
+    return message
 
 
 def test_a_bridge_refusing_norms_signature_as_expired_says_to_set_the_clocks(
@@ -152,16 +160,7 @@ def test_a_bridge_refusing_norms_signature_as_expired_says_to_set_the_clocks(
         return signed(secret, body, int(time.time() * 1000) - 600_000)
 
     monkeypatch.setattr(bridge, "signature_header", ten_minutes_behind)
-    client, key = client_with_key()
-    with sdk_serving(Bridge(workflows=[two_step], secret_key=key)) as url:
-        Client.objects.filter(pk=client.pk).update(bridge_url=f"{url}/bridge")
-        response = api_for(key).post(
-            "/v1/events/trigger",
-            data=json.dumps({"name": "bench-two-step", "to": "ann", "payload": {"n": 1}}),
-            content_type="application/json",
-        )
-    assert response.status_code == 502
-    message = response.json()["message"]
+    message = _trigger_refused(lambda key: key)  # the right key, at the wrong time
     assert "SignatureExpiredError: Signature expired" in message
     assert message.endswith(
         "(norm signs each call as it makes it: the clocks of norm's host and the bridge's "
