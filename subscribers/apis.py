@@ -439,19 +439,12 @@ class SubscriberListApi(APIView):
             items, meta = paginate(request, qs.order_by("pk"))
             return Response({**meta, "data": [subscriber_dto(s) for s in items]})
         # Novu lists subscribers newest first unless asked for ASC.
-        page = cursor_page(
-            request,
-            qs,
-            subscriber_dto,
-            default_descending=True,
-            order_by={**ORDER_BY, "updatedAt": "updated_at"},
-        )
-        return Response(page)
+        return Response(cursor_page(request, qs, subscriber_dto, default_descending=True))
 
 
 # Novu's `orderBy` of a cursor list, as the field norm orders by (then by id): ids grow
-# with creation. A list of what changes (subscribers, topics) orders updatedAt its own way.
-ORDER_BY = {"_id": "pk", "createdAt": "pk", "updatedAt": "pk"}
+# with creation, and subscribers and topics keep when they last changed.
+ORDER_BY = {"_id": "pk", "createdAt": "pk", "updatedAt": "updated_at"}
 # A subscription's are when it was made (its id and both dates in Novu's), not its
 # subscriber's id: one created long ago and subscribed today came last of newest first.
 SUBSCRIPTION_ORDER_BY = dict.fromkeys(ORDER_BY, "subscribed_at")
@@ -732,14 +725,7 @@ class TopicListApi(APIView):
             items, meta = paginate(request, qs.order_by("pk"), limit=limit)
             return Response({**meta, "data": [topic_dto(t) for t in items]})
         # Novu lists topics newest first unless asked for ASC.
-        page = cursor_page(
-            request,
-            qs,
-            topic_dto,
-            default_descending=True,
-            order_by={**ORDER_BY, "updatedAt": "updated_at"},
-        )
-        return Response(page)
+        return Response(cursor_page(request, qs, topic_dto, default_descending=True))
 
 
 @extend_schema_view(
