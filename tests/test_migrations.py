@@ -225,13 +225,8 @@ def test_the_migrations_apply_from_zero_and_unapply_back_to_it(throwaway_databas
     """AddIndexConcurrently runs outside a transaction on PostgreSQL, and is a plain
     AddIndex on SQLite, where CONCURRENTLY does not exist. Each migrate is run as
     `manage.py migrate` runs it, in one process: three took ten seconds of the suite."""
-    done = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP], cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": throwaway_database},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    applied, unapplied, again = map(_project_tables, done.stdout.splitlines())
+    lines = _run_on(throwaway_database, ROUND_TRIP)
+    applied, unapplied, again = map(_project_tables, lines)
 
     assert "messaging_message" in applied
     assert unapplied == []
@@ -282,13 +277,19 @@ def test_an_event_fanned_out_while_the_upgrade_builds_its_index_is_still_checked
     table, while the release before still fanned events out without one: those the
     reconciler never checked, and a recipient whose command the broker lost meanwhile
     never got the notification."""
+    assert _run_on(throwaway_database, FANNED_OUT_DURING_THE_BUILD) == ["True"]
+
+
+def _run_on(database: str, script: str) -> list[str]:
+    """The lines `script` prints, run in a process of its own on `database`, as
+    `manage.py migrate` runs (a migration's state is the process's)."""
     done = subprocess.run(
-        [sys.executable, "-c", FANNED_OUT_DURING_THE_BUILD], cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": throwaway_database},
+        [sys.executable, "-c", script], cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True"]
+    return done.stdout.splitlines()
 
 
 def _messages_index_migration() -> tuple[str, Callable[[], None]]:
