@@ -273,27 +273,19 @@ def _fan_out(*, trigger_event_id: int) -> None:
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
     now = timezone.now()
+    # Failed meanwhile: this run's claim went stale at the bound (a run only slow, not
+    # dead). Every command went, so the event keeps neither the reason, which no longer
+    # is true, nor the count of a run that never came back: kept at the bound, the
+    # reconciler's rerun for a command lost later failed the event at once.
+    given_up = Q(status=TriggerEvent.Status.FAILED)
     TriggerEvent.objects.filter(pk=event.pk).update(
         status=TriggerEvent.Status.PROCESSED,
         recipients=count,
         processed_at=now,
         recheck_from=now,
-        # Failed meanwhile, this run's claim gone stale at the bound (a run only slow, not
-        # dead), the event held that reason, which no longer is true: every command went.
-        error=Case(
-            When(status=TriggerEvent.Status.FAILED, then=Value("")),
-            default=F("error"),
-            output_field=TextField(),
-        ),
-        # And the run counted as one that never came back did: kept at the bound, the
-        # reconciler's rerun for a command lost later failed the event at once, saying
-        # its fan-out never finished, and those recipients never got their notification.
+        error=Case(When(given_up, then=Value("")), default=F("error"), output_field=TextField()),
         internal_errors=Case(
-            When(
-                status=TriggerEvent.Status.FAILED,
-                internal_errors__gt=0,
-                then=F("internal_errors") - 1,
-            ),
+            When(given_up & Q(internal_errors__gt=0), then=F("internal_errors") - 1),
             default=F("internal_errors"),
             output_field=PositiveSmallIntegerField(),
         ),
@@ -457,15 +449,14 @@ def notifications_create(
 def _notifications_insert(
     trigger_event: TriggerEvent, subscribers: list[Subscriber], failed: str
 ) -> int:
-    rows = [
-        _new_notification(trigger_event, subscriber, failed)
-        for subscriber in sorted(subscribers, key=lambda s: s.pk)
-    ]
     with transaction.atomic():
         Notification.objects.bulk_create(
-            rows,
+            [
+                _new_notification(trigger_event, subscriber, failed)
+                for subscriber in sorted(subscribers, key=lambda s: s.pk)
+            ],
             ignore_conflicts=True,  # those a rerun or a second topic reached already
-            batch_size=_rows_per_insert(rows[0].payload) if rows else None,
+            batch_size=_rows_per_insert(trigger_event.payload),
         )
         # As in notification_create: a rerun re-sends only notifications not started.
         pending = list(
