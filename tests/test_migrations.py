@@ -280,6 +280,64 @@ def test_an_event_fanned_out_while_the_upgrade_builds_its_index_is_still_checked
     assert _run_on(throwaway_database, FANNED_OUT_DURING_THE_BUILD) == ["True"]
 
 
+# The release before 0017 stores events and fans them out while the upgrade migrates
+# past 0018, and after (until its processes are restarted): each it fanned out is still
+# checked, whenever it was stored.
+FANNED_OUT_BY_THE_RELEASE_BEFORE = """
+from datetime import timedelta
+
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+from django.utils import timezone
+
+def migrate(*args):
+    call_command("migrate", *args, interactive=False, verbosity=0)
+
+migrate("notify", "0016_trigger_event_redelivered")
+before = MigrationLoader(connection).project_state(("notify", "0016_trigger_event_redelivered"))
+Event = before.apps.get_model("notify", "TriggerEvent")
+client = before.apps.get_model("notify", "Client").objects.create(name="c", bridge_url="b")
+
+def stored(name):
+    return Event.objects.create(client=client, workflow_id="w", transaction_id=name, to=["ann"])
+
+def fanned_out(event):
+    Event.objects.filter(pk=event.pk).update(
+        status="processed", recipients=1, processed_at=timezone.now()
+    )
+
+migrate("notify", "0017_trigger_event_recheck_from")
+waiting = stored("stored before 0018, fanned out after")
+fanned_out(stored("fanned out between 0017 and 0018"))
+migrate("notify", "0018_trigger_event_recheck_from_on_receipt")
+fanned_out(waiting)
+fanned_out(stored("stored and fanned out after 0018"))
+after = MigrationLoader(connection).project_state(
+    ("notify", "0018_trigger_event_recheck_from_on_receipt")
+)
+checked = after.apps.get_model("notify", "TriggerEvent").objects.filter(
+    recheck_from__gt=timezone.now() - timedelta(hours=1)  # the reconciler's window
+)
+print(*checked.order_by("id").values_list("transaction_id", flat=True), sep="\\n")
+"""
+
+
+def test_an_event_the_release_before_fans_out_during_and_after_the_upgrade_is_still_checked(
+    throwaway_database: str,
+) -> None:
+    """The release before 0017 sets no recheck_from, and its workers fan events out until
+    they are restarted after the upgrade: the reconciler never checked those events, so a
+    recipient whose command the broker lost meanwhile never got the notification."""
+    assert _run_on(throwaway_database, FANNED_OUT_BY_THE_RELEASE_BEFORE) == [
+        "stored before 0018, fanned out after",
+        "fanned out between 0017 and 0018",
+        "stored and fanned out after 0018",
+    ]
+
+
 def _run_on(database: str, script: str) -> list[str]:
     """The lines `script` prints, run in a process of its own on `database`, as
     `manage.py migrate` runs (a migration's state is the process's)."""
