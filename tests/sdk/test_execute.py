@@ -672,3 +672,25 @@ def test_a_provider_override_taking_two_arguments_gets_the_steps_controls_too() 
     }
     defaults = overrides.execute(execute_body({}, []))
     assert defaults["providers"]["sendgrid"]["ipPoolName"] == "main"
+
+
+def test_a_provider_override_taking_no_argument_is_called_with_none() -> None:
+    """A resolver or skip condition may take no argument, or keep a default
+    (`lambda pool=pool: ...`, a loop's variable bound as ruff's B023 asks); a provider
+    override was always passed the outputs: one taking none failed every message
+    ("<lambda>() takes 0 positional arguments but 1 was given", a 502), and the outputs
+    overwrote a bound default. Each is called with as many arguments as it wants."""
+
+    @workflow("plain-overrides")
+    def plain_overrides(ctx: Context) -> None:
+        overrides = {"sendgrid": lambda: {"ipPoolName": "transactional"}}
+        for provider_id, pool in (("ses", "ses-pool"), ("mailgun", "mg-pool")):
+            overrides[provider_id] = lambda pool=pool: {"pool": pool}
+        ctx.step.email("mail", lambda: {"subject": "s", "body": "b"}, providers=overrides)
+
+    answer = plain_overrides.execute(execute_body({}, []))
+    assert answer["providers"] == {
+        "sendgrid": {"ipPoolName": "transactional"},
+        "ses": {"pool": "ses-pool"},
+        "mailgun": {"pool": "mg-pool"},
+    }

@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 Resolver = Callable[..., Mapping[str, Any]]
 Skip = bool | Callable[..., bool] | None
-# Called with the step's outputs, and its controls too if it takes a second argument:
-# Novu's SDK passes it `{outputs, controls}`, and overrides written for norm's take one.
+# Called with as many of the step's outputs and controls as it takes arguments (none,
+# the outputs, or both): Novu's SDK passes it `{outputs, controls}`, which a JS function
+# may ignore, and overrides written for norm's take one.
 ProviderOverride = Callable[..., Mapping[str, Any]]
 # What a provider override returns is open, as in Novu's SDK, but must be an object.
 PROVIDER_OUTPUT = Schema.of(None)
@@ -272,7 +273,7 @@ class _Run:
         controls: dict[str, Any],
     ) -> dict[str, Any]:
         what = f"provider override `{provider_id}`"
-        arguments = (outputs, controls)[: max(1, _arguments_wanted(fn))]
+        arguments = (outputs, controls)[: _arguments_wanted(fn)]
         raw = self._user_code(definition, lambda: _not_awaitable(fn(*arguments), what))
         return self._validated(definition, PROVIDER_OUTPUT, raw, "provider")
 
