@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -128,6 +129,10 @@ async def _async_workflow(ctx: Context) -> None:
 
 
 def _generator_workflow(ctx: Context) -> Any:
+    yield ctx.step.in_app("inbox", lambda: {"body": "Hello"})
+
+
+async def _async_generator_workflow(ctx: Context) -> Any:
     yield ctx.step.in_app("inbox", lambda: {"body": "Hello"})
 
 
@@ -290,3 +295,34 @@ def test_a_value_json_cannot_write_is_refused_where_it_is_declared_not_at_discov
     status, answer = post(bridge, "action=execute&workflowId=stamped", raw, headers)
     assert (status, answer["code"]) == (502, "StepExecutionFailedError")
     assert "its output schema is not JSON" in answer["message"]
+
+
+def _plainly_wrapped(fn: Any) -> Any:
+    """A decorator of the application's own (logging, tracing), as such wrappers go."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: Context) -> Any:
+        return fn(ctx)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("fn", [_async_workflow, _generator_workflow, _async_generator_workflow])
+def test_a_workflow_function_that_never_runs_behind_a_decorator_fails_its_execute(
+    fn: Any,
+) -> None:
+    """Behind a plain decorator an async or generator function passes for a `def`, which
+    `@workflow` takes: served, its body never ran, discover listed no step and every
+    execute answered "done" (200), so norm completed each notification with nothing
+    sent. Each execute is now the 502 of the workflow's own code failing, saying why."""
+    served = workflow("never-runs")(_plainly_wrapped(fn))
+    raw = json.dumps({"payload": {"a": 1}, "state": [], "controls": {}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" either
+        status, body = post(
+            Bridge(workflows=[served], strict=False), "action=execute&workflowId=never-runs", raw
+        )
+    assert (status, body["code"]) == (502, "WorkflowExecutionFailedError")
+    assert body["data"] == {"workflowId": "never-runs"}
+    assert body["message"].startswith("Failed to execute Workflow with id: `never-runs`: ")
+    assert "must be a plain `def`" in body["message"]

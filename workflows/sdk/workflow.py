@@ -594,7 +594,7 @@ class Workflow:
         run = _Run(self.workflow_id, discovering=True)
         payload = self.payload_schema.defaults({})
         try:
-            self.fn(self._context(run, payload, {}))
+            self._ran(self.fn(self._context(run, payload, {})))
         except Exception:
             # A body that needs real payload values stops here; keep what was found so far.
             logger.warning(
@@ -634,7 +634,7 @@ class Workflow:
             step_controls=self._step_controls(body),
         )
         try:
-            self.fn(self._context(run, payload, body))
+            self._ran(self.fn(self._context(run, payload, body)))
         except _Unwind:
             pass
         except Exception:
@@ -646,6 +646,26 @@ class Workflow:
         if run.outcome is None and run.target is None and len(run.reached) < len(run.state):
             raise run.order_error()
         return _response(run.outcome, started)
+
+    def _ran(self, returned: Any) -> None:
+        """Refuse what the workflow function returned if its body never ran: `Workflow`
+        refuses an async or generator function, but one behind a plain decorator (a
+        `functools.wraps` wrapper) passes for a `def`, and its coroutine reached no
+        step: discover listed none and every execute answered "done", nothing sent."""
+        if not (
+            inspect.isawaitable(returned)
+            or inspect.isgenerator(returned)
+            or inspect.isasyncgen(returned)
+        ):
+            return
+        if inspect.iscoroutine(returned) or inspect.isgenerator(returned):
+            returned.close()  # no "never awaited" warning on top of the error
+        raise WorkflowExecutionFailedError(
+            f"Failed to execute Workflow with id: `{self.workflow_id}`: its function returned "
+            f"a {type(returned).__name__}, which the SDK does not run: the workflow function "
+            "must be a plain `def`, not async or a generator",
+            data={"workflowId": self.workflow_id},
+        )
 
     def _context(self, run: _Run, payload: dict[str, Any], body: Mapping[str, Any]) -> Context:
         return Context(
