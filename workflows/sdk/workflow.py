@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import (
     ExecutionEventPayloadInvalidError,
@@ -218,21 +218,42 @@ class _Run:
         if self.discovering:
             return _Placeholder(definition.type.placeholder)
         if self.target is None:
-            if index == len(self.state):
-                self._execute(definition, resolver, skip)
-            entry = self.state[index]
-            if entry["stepId"] != step_id:
-                raise self.order_error()
+            entry = self._entry_in_order(index, definition, resolver, skip)
         else:
-            if step_id == self.target:
-                self._execute(definition, resolver, skip)
-            entry = next((e for e in self.state if e["stepId"] == step_id), None)
-            if entry is None:
-                raise ExecutionStateCorruptError(
-                    f"Workflow with id: `{self.workflow_id}` has a corrupt state. Step with id: "
-                    f"`{step_id}` does not exist. Please provide the missing state.",
-                    data={"workflowId": self.workflow_id, "stepId": step_id},
-                )
+            entry = self._entry_by_id(definition, resolver, skip)
+        return self._result(definition, entry)
+
+    def _entry_in_order(
+        self, index: int, definition: StepDefinition, resolver: Resolver, skip: Skip
+    ) -> dict[str, Any]:
+        """norm's mode: the `index`-th step the code reaches is the state's `index`-th
+        entry, and the first one beyond the state is executed."""
+        if index == len(self.state):
+            self._execute(definition, resolver, skip)
+        entry = self.state[index]
+        if entry["stepId"] != definition.step_id:
+            raise self.order_error()
+        return entry
+
+    def _entry_by_id(
+        self, definition: StepDefinition, resolver: Resolver, skip: Skip
+    ) -> dict[str, Any]:
+        """Novu's mode: the step the query names is executed; any other is looked up in
+        the state by id, in any order."""
+        step_id = definition.step_id
+        if step_id == self.target:
+            self._execute(definition, resolver, skip)
+        entry = next((e for e in self.state if e["stepId"] == step_id), None)
+        if entry is None:
+            raise ExecutionStateCorruptError(
+                f"Workflow with id: `{self.workflow_id}` has a corrupt state. Step with id: "
+                f"`{step_id}` does not exist. Please provide the missing state.",
+                data={"workflowId": self.workflow_id, "stepId": step_id},
+            )
+        return entry
+
+    def _result(self, definition: StepDefinition, entry: dict[str, Any]) -> dict[str, Any]:
+        """What a step that already ran returns to the code: its result from the state."""
         outputs = entry.get("outputs", {})
         status = entry.get("state")  # informational, as for Novu's SDK: any value is read
         if isinstance(status, dict) and status.get("status") == "skipped":
@@ -249,7 +270,8 @@ class _Run:
             data={"expected": expected, "received": received},
         )
 
-    def _execute(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> None:
+    def _execute(self, definition: StepDefinition, resolver: Resolver, skip: Skip) -> NoReturn:
+        """Run the step and keep its outcome, then unwind the workflow function."""
         values = self.step_controls.get(definition.step_id, self.controls)
         controls = self._validated(definition, definition.controls, values, "controls")
         if self._user_code(definition, lambda: _should_skip(skip, controls)):
