@@ -215,29 +215,43 @@ def _fill(
     (ids of the) subschemas whose default this value is within."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
-    root = whole.schema
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in followed:
-        target = _local_ref(root, ref)
-        value = (
-            _fill(target, value, whole, followed | {ref}, filling) if target is not None else value
-        )
+        target = _local_ref(whole.schema, ref)
+        if target is not None:
+            value = _fill(target, value, whole, followed | {ref}, filling)
     every = schema.get("allOf")
     for sub in every if isinstance(every, list) else []:
         value = _fill(sub, value, whole, followed, filling)
     if isinstance(value, list):
-        # ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`.
-        items = schema.get("items")
-        positional = schema.get("prefixItems", items if isinstance(items, list) else [])
-        positional = positional if isinstance(positional, list) else []
-        rest = items if isinstance(items, Mapping) else None
-        for n, item in enumerate(value):
-            sub = positional[n] if n < len(positional) else rest
-            if sub is not None:
-                value[n] = _fill(sub, item, whole, filling=filling)
-        return value
-    if not isinstance(value, dict):
-        return value
+        return _fill_items(schema, value, whole, filling)
+    if isinstance(value, dict):
+        return _fill_object(schema, value, whole, followed, filling)
+    return value
+
+
+def _fill_items(
+    schema: Mapping[str, Any], value: list[Any], whole: Any, filling: frozenset[int]
+) -> list[Any]:
+    """ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`."""
+    items = schema.get("items")
+    positional = schema.get("prefixItems", items if isinstance(items, list) else [])
+    positional = positional if isinstance(positional, list) else []
+    rest = items if isinstance(items, Mapping) else None
+    for n, item in enumerate(value):
+        sub = positional[n] if n < len(positional) else rest
+        if sub is not None:
+            value[n] = _fill(sub, item, whole, filling=filling)
+    return value
+
+
+def _fill_object(
+    schema: Mapping[str, Any],
+    value: dict[str, Any],
+    whole: Any,
+    followed: frozenset[str],
+    filling: frozenset[int],
+) -> dict[str, Any]:
     if "if" in schema:
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
@@ -257,20 +271,27 @@ def _fill(
             if id(sub) not in filling:
                 default = _fill(sub, default, whole, filling=filling | {id(sub)})
             value[key] = default
-    extra = schema.get("additionalProperties")
-    if extra is False or isinstance(extra, Mapping):
-        # ajv's removeAdditional "failing": an additional key goes when `false` forbids it,
-        # or its value fails the schema given (`z.record(z.string())`'s), rather than fail
-        # the whole. A key that `patternProperties` matches is no additional one
-        # (check_schema made sure each pattern compiles).
-        patterns = schema.get("patternProperties")
-        patterns = list(patterns) if isinstance(patterns, Mapping) else []
-        for key in [k for k in value if k not in properties]:
-            if any(re.search(pattern, key) for pattern in patterns):
-                continue
-            if extra is False or not _holds(extra, value[key], whole):
-                del value[key]
+    _drop_additional(schema, value, properties, whole)
     return value
+
+
+def _drop_additional(
+    schema: Mapping[str, Any], value: dict[str, Any], properties: Mapping[str, Any], whole: Any
+) -> None:
+    """ajv's removeAdditional "failing": an additional key goes when `false` forbids it, or
+    its value fails the schema given (`z.record(z.string())`'s), rather than fail the
+    whole. A key that `patternProperties` matches is no additional one (check_schema made
+    sure each pattern compiles)."""
+    extra = schema.get("additionalProperties")
+    if not (extra is False or isinstance(extra, Mapping)):
+        return
+    patterns = schema.get("patternProperties")
+    patterns = list(patterns) if isinstance(patterns, Mapping) else []
+    for key in [k for k in value if k not in properties]:
+        if any(re.search(pattern, key) for pattern in patterns):
+            continue
+        if extra is False or not _holds(extra, value[key], whole):
+            del value[key]
 
 
 def _local_ref(root: Mapping[str, Any], ref: str) -> Any:
