@@ -543,6 +543,34 @@ def _check_workflow_id(workflow_id: Any) -> None:
         )
 
 
+def _check_function(workflow_id: str, fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(
+            f"Workflow {workflow_id!r}: the workflow function must be a function, "
+            f"not a {type(fn).__name__}"
+        )
+    if (
+        inspect.iscoroutinefunction(fn)
+        or inspect.isasyncgenfunction(fn)
+        or inspect.isgeneratorfunction(fn)
+    ):
+        # Calling it would only create a coroutine or generator: no step would ever run,
+        # discover would list none and every execute would answer "done".
+        raise TypeError(
+            f"Workflow {workflow_id!r}: the workflow function must be a plain `def`, "
+            "not async or a generator"
+        )
+
+
+def _tag_list(workflow_id: str, tags: Any) -> list[str]:
+    # Listed once: a generator read by the check below was empty when kept.
+    tag_list = [] if tags is None or isinstance(tags, str) else list(tags)
+    if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tag_list):
+        # list("billing") would have made it the tags "b", "i", "l", ...
+        raise TypeError(f"Workflow {workflow_id!r}: `tags` must be a list of strings")
+    return tag_list
+
+
 class Workflow:
     def __init__(
         self,
@@ -558,27 +586,7 @@ class Workflow:
         preferences: dict[str, Any] | None = None,
     ) -> None:
         _check_workflow_id(workflow_id)
-        if not callable(fn):
-            raise TypeError(
-                f"Workflow {workflow_id!r}: the workflow function must be a function, "
-                f"not a {type(fn).__name__}"
-            )
-        # Listed once: a generator read by the check below was empty when kept.
-        tag_list = [] if tags is None or isinstance(tags, str) else list(tags)
-        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tag_list):
-            # list("billing") would have made it the tags "b", "i", "l", ...
-            raise TypeError(f"Workflow {workflow_id!r}: `tags` must be a list of strings")
-        if (
-            inspect.iscoroutinefunction(fn)
-            or inspect.isasyncgenfunction(fn)
-            or inspect.isgeneratorfunction(fn)
-        ):
-            # Calling it would only create a coroutine or generator: no step would ever run,
-            # discover would list none and every execute would answer "done".
-            raise TypeError(
-                f"Workflow {workflow_id!r}: the workflow function must be a plain `def`, "
-                "not async or a generator"
-            )
+        _check_function(workflow_id, fn)
         self.workflow_id = workflow_id
         self.fn = fn
         try:
@@ -588,7 +596,7 @@ class Workflow:
             raise SchemaUnusable(f"Workflow {workflow_id!r}: a schema {exc}") from exc
         self.name = name or workflow_id
         self.description = description
-        self.tags = tag_list
+        self.tags = _tag_list(workflow_id, tags)
         self.severity = severity
         self.preferences = dict(preferences or {})
         try:
