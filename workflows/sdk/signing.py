@@ -45,7 +45,7 @@ def canonical_json(obj: Any, *, js_integers: bool = False) -> str:
     return "".join(out)
 
 
-# Keys JS treats as array indices: it puts them before all others, in numeric order.
+# The form of a key JS treats as an array index (one below 2**32 - 1: _js_order).
 _INDEX_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -67,12 +67,9 @@ def _write(value: Any, out: list[str], js_integers: bool) -> None:
         out.append(_number(value))
     elif isinstance(value, dict):
         keys = [k if isinstance(k, str) else str(k) for k in value]
-        first = sorted((k for k in keys if _INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1), key=int)
-        taken = set(first)
-        ordered = first + [k for k in keys if k not in taken]
         items = dict(zip(keys, value.values(), strict=True))
         out.append("{")
-        for n, key in enumerate(ordered):
+        for n, key in enumerate(_js_order(keys)):
             out.append(("," if n else "") + _string(key) + ":")
             _write(items[key], out, js_integers)
         out.append("}")
@@ -85,6 +82,14 @@ def _write(value: Any, out: list[str], js_integers: bool) -> None:
         out.append("]")
     else:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _js_order(keys: list[str]) -> list[str]:
+    """`keys` in the order a JS object keeps them: those it takes for array indices first,
+    in numeric order, then the others as inserted."""
+    indices = sorted((k for k in keys if _INDEX_KEY.fullmatch(k) and int(k) < 2**32 - 1), key=int)
+    taken = set(indices)
+    return indices + [k for k in keys if k not in taken]
 
 
 def _string(text: str) -> str:
