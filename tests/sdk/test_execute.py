@@ -7,6 +7,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from pydantic.alias_generators import to_camel
 
 from workflows.sdk import (
     Context,
@@ -525,6 +526,44 @@ def test_pydantic_model_as_payload_schema() -> None:
         order.execute(execute_body({"quantity": "many"}, []))
     assert {problem["path"] for problem in exc.value.data} == {"/order_id", "/quantity"}
     assert order.describe()["payload"]["schema"]["required"] == ["order_id"]
+
+
+class CamelModel(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(alias_generator=to_camel)
+
+
+class CartPayload(CamelModel):
+    cart_id: str
+    first_name: str = "there"
+
+
+class CartTotal(CamelModel):
+    item_count: int
+
+
+def test_a_pydantic_model_with_aliases_gives_values_by_the_names_its_schema_lists() -> None:
+    """A model with aliases (`alias_generator=to_camel`, for a camelCase API) lists them in
+    discover, `cartId`, and takes them, but its values were given by field name: the
+    workflow read `ctx.payload["cart_id"]` where discovery gave `firstName`, and a custom
+    step answered `{"item_count": 3}`, which its replay then refused ("/itemCount: Field
+    required"): every notification failed at the step after it."""
+    seen: list[dict[str, Any]] = []
+
+    @workflow("cart", payload_schema=CartPayload)
+    def cart(ctx: Context) -> None:
+        seen.append(ctx.payload)
+        total = ctx.step.custom("total", lambda: {"itemCount": 3}, output_schema=CartTotal)
+        ctx.step.sms(
+            "sms", lambda: {"body": f"{total['itemCount']} items in {ctx.payload['cartId']}"}
+        )
+
+    assert set(cart.describe()["payload"]["schema"]["properties"]) == {"cartId", "firstName"}
+    first = cart.execute(execute_body({"cartId": "c1"}, []))
+    assert first["outputs"] == {"itemCount": 3}
+    # Discovery's payload, then the execute's: by the same names.
+    assert seen == [{"firstName": "there"}, {"cartId": "c1", "firstName": "there"}]
+    second = cart.execute(execute_body({"cartId": "c1"}, [entry("total", first["outputs"])]))
+    assert second["outputs"] == {"body": "3 items in c1"}
 
 
 def test_a_pydantic_model_instance_given_for_its_class_is_no_schema() -> None:

@@ -400,7 +400,9 @@ class Schema:
         except pydantic.ValidationError as exc:
             problems = [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors()]
             raise SchemaInvalid(problems) from exc
-        return instance.model_dump(mode="json")
+        # By alias, the names its JSON Schema lists (discover's) and validation takes: by
+        # field name a replayed custom step's own outputs failed its result schema.
+        return instance.model_dump(mode="json", by_alias=True)
 
 
 @lru_cache(maxsize=512)
