@@ -182,6 +182,19 @@ def _js_readable(error: ValidationError) -> bool:
     return True
 
 
+def _meta_schema_error(validator_class: Any, schema: Any) -> ValidationError | None:
+    """Why `schema` is no JSON Schema of its draft, as ajv would find it: the first error
+    check_schema meets but a `pattern` Python's `re` refuses and JavaScript reads."""
+    try:
+        validator_class.check_schema(schema)
+    except SchemaError:
+        # check_schema stops at its first error: its checks run again to pass such ones.
+        checks = validators.validator_for(validator_class.META_SCHEMA).FORMAT_CHECKER
+        meta = validator_class(validator_class.META_SCHEMA, format_checker=checks)
+        return next((e for e in meta.iter_errors(schema) if not _js_readable(e)), None)
+    return None
+
+
 class SchemaInvalid(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__(problems)
@@ -352,20 +365,12 @@ class Schema:
         # 2020-12's keywords (`prefixItems`, `dependentRequired`, ...), which ajv does
         # not know, refused payloads Novu's SDK takes.
         validator_class = validators.validator_for(self.json_schema, default=Draft7Validator)
-        try:
-            validator_class.check_schema(self.json_schema)
-        except SchemaError as exc:
-            # Once more, as check_schema checks it, for an error other than such a pattern.
-            checks = validators.validator_for(validator_class.META_SCHEMA).FORMAT_CHECKER
-            meta = validator_class(validator_class.META_SCHEMA, format_checker=checks)
-            error = next(
-                (e for e in meta.iter_errors(self.json_schema) if not _js_readable(e)), None
+        error = _meta_schema_error(validator_class, self.json_schema)
+        if error is not None:
+            at = _pointer(error.absolute_path)
+            raise SchemaUnusable(
+                f"is not a valid JSON Schema: {error.message}" + (f" (at {at})" if at else "")
             )
-            if error is not None:
-                at = _pointer(error.absolute_path)
-                raise SchemaUnusable(
-                    f"is not a valid JSON Schema: {error.message}" + (f" (at {at})" if at else "")
-                ) from exc
         self._validator = _as_ajv(validator_class)(self.json_schema, format_checker=FORMAT_CHECKER)
 
     def defaults(self, value: Any) -> Any:
