@@ -22,7 +22,7 @@ from workflows.sdk import (
     Workflow,
     workflow,
 )
-from workflows.sdk.schemas import SchemaUnusable
+from workflows.sdk.schemas import Schema, SchemaUnusable
 
 from .helpers import READ, UNREAD, drive, entry, execute_body
 
@@ -564,6 +564,36 @@ def test_a_pydantic_model_with_aliases_gives_values_by_the_names_its_schema_list
     assert seen == [{"firstName": "there"}, {"cartId": "c1", "firstName": "there"}]
     second = cart.execute(execute_body({"cartId": "c1"}, [entry("total", first["outputs"])]))
     assert second["outputs"] == {"body": "3 items in c1"}
+
+
+class StrictPayload(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    order_id: str
+
+
+class StrictScore(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    score: int
+
+
+def test_a_pydantic_model_forbidding_extra_keys_drops_them_as_its_schema_says() -> None:
+    """`extra="forbid"` lists `additionalProperties: false`, under which Novu's SDK drops a
+    key the schema does not declare, and norm's trigger API takes a payload with one for
+    that reason; the model refused it ("Extra inputs are not permitted"), so every
+    notification of such a trigger failed at the bridge, and a custom step whose resolver
+    gave one more key failed too. Such keys are dropped, as for a JSON Schema."""
+    seen: list[dict[str, Any]] = []
+
+    @workflow("strict", payload_schema=StrictPayload)
+    def strict(ctx: Context) -> None:
+        seen.append(ctx.payload)
+        ctx.step.custom("score", lambda: {"score": 1, "debug": "x"}, output_schema=StrictScore)
+
+    payload = {"order_id": "A1", "source": "checkout"}
+    assert Schema.of(strict.describe()["payload"]["schema"]).errors(payload) == []
+    answer = strict.execute(execute_body(payload, []))
+    assert answer["outputs"] == {"score": 1}
+    assert seen[-1] == {"order_id": "A1"}
 
 
 def test_a_pydantic_model_instance_given_for_its_class_is_no_schema() -> None:

@@ -387,9 +387,12 @@ class Schema:
             raise SchemaUnusable(f"cannot be applied: {exc}") from exc
 
     def validate(self, value: Any) -> Any:
-        if self.model is not None:
-            return self._validate_model(value)
         value = self.defaults(value)
+        if self.model is not None:
+            # After the defaults and removals its JSON Schema makes, as Novu's SDK makes
+            # them and norm's trigger API counts on: the model's `extra="forbid"` refused
+            # a key its `additionalProperties: false` drops.
+            return self._validate_model(value)
         errors = self._errors(value)
         if errors:
             raise SchemaInvalid(
