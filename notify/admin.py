@@ -343,6 +343,7 @@ class BridgeWorkflowAdmin(DeletedMeanwhileAdmin):
         "name",
         "discovered_at",
         "payload_schema_json",
+        "payload_schema_translated",
         "steps_json",
         "controls",
     ]

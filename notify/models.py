@@ -137,6 +137,14 @@ class BridgeWorkflow(models.Model):
     workflow_id = models.CharField(max_length=200)
     name = models.CharField(max_length=200, blank=True)
     payload_schema = models.JSONField(default=dict, blank=True)
+    payload_schema_translated = models.BooleanField(
+        # The database's too: the release before, still syncing while this one rolls out,
+        # inserts workflows without it.
+        default=False,
+        db_default=False,
+        help_text="The bridge's SDK checks payloads with the schema library they were written "
+        "with (zod), of which the payload schema is discover's JSON Schema translation.",
+    )
     steps = models.JSONField(
         default=list, blank=True, help_text="[{stepId, type, controlSchema}] in code order."
     )

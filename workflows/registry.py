@@ -116,6 +116,7 @@ def _store(
                 defaults={
                     "name": str(w.get("name") or w["workflowId"])[:200],
                     "payload_schema": _object(_object(w.get("payload")).get("schema")),
+                    "payload_schema_translated": _translated(_object(w.get("payload"))),
                     "steps": [
                         {
                             "stepId": s.get("stepId"),
@@ -131,6 +132,17 @@ def _store(
             for w in workflows
         ]
     return rows
+
+
+def _translated(declared: dict[str, Any]) -> bool:
+    """Whether a schema discover declares is a translation of the one the SDK checks with.
+
+    @novu/framework takes a JSON Schema, which its discover gives back as is beside the
+    original (`unknownSchema`), or a zod schema, which it checks with zod and shows as
+    zod-to-json-schema's translation, the zod object beside it as JSON ({"_def": ...}).
+    norm's own SDK declares no original."""
+    original = declared.get("unknownSchema")
+    return isinstance(original, dict) and original != _object(declared.get("schema"))
 
 
 # A discover answer is the bridge's to get wrong: what is not of the expected shape

@@ -425,3 +425,32 @@ def test_numbers_postgresql_stores_as_integers_beyond_2_53_are_signed_as_js_read
     [notification] = finished(client)
     assert notification.status == Notification.Status.COMPLETED, notification.error
     assert [s[0] for s in steps_of(notification)] == ["shipped-email", "status-note"]
+
+
+def test_a_zod_payload_is_judged_by_zod_not_by_its_json_schema_translation(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    client, key = novu_client(novu_app)
+    # What zod takes and the translation its discover shows refuses: the regex's `i` flag,
+    # a WHATWG URL with accents, 19.99 as a multiple of 0.01.
+    link = "https://shop.example/crème-brûlée"
+    taken = trigger(
+        live_server, key, "zod-receipt-flow", {"sku": "ABC-12", "total": 19.99, "link": link}
+    )
+    # And what zod refuses, left to it: the notification fails with zod's reason.
+    refused = trigger(
+        live_server,
+        key,
+        "zod-receipt-flow",
+        {"sku": "abc-1", "total": 5, "link": "no link"},
+        to="bob",
+    )
+    assert (taken.status_code, refused.status_code) == (201, 201), taken.text
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    zoe, bob = by_subscriber["zoë-1"], by_subscriber["bob"]
+    assert zoe.status == Notification.Status.COMPLETED, zoe.error
+    receipt = Message.objects.get(step__notification=zoe)
+    assert receipt.content["body"] == f"ABC-12 × 1: 19.99 € ({link})"
+    assert (bob.status, bob.error_code) == ("failed", "ExecutionEventPayloadInvalidError")
+    assert "/link: Invalid url" in bob.error, bob.error

@@ -377,6 +377,81 @@ def test_a_payload_is_judged_by_its_formats_as_a_novu_bridge_judges_it(
     assert response.status_code == status, response.content
 
 
+# The payload of zod-receipt-flow (tests/e2e/novu_bridge/app.js) as @novu/framework
+# 2.13.2 discovers it: zod-to-json-schema's translation of `z.object({sku:
+# z.string().regex(/^[a-z]+-\d+$/i), total: z.number().multipleOf(0.01), link:
+# z.string().url(), qty: z.number().int().default(1)})`, and the zod object as JSON.
+ZOD_PAYLOAD = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "sku": {"type": "string", "pattern": "^[a-z]+-\\d+$"},
+            "total": {"type": "number", "multipleOf": 0.01},
+            "link": {"type": "string", "format": "uri"},
+            "qty": {"type": "integer", "default": 1},
+        },
+        "required": ["sku", "total", "link"],
+        "additionalProperties": False,
+        "$schema": "http://json-schema.org/draft-07/schema#",
+    },
+    "unknownSchema": {
+        "_def": {
+            "unknownKeys": "strip",
+            "catchall": {
+                "_def": {"typeName": "ZodNever"},
+                "~standard": {"version": 1, "vendor": "zod"},
+            },
+            "typeName": "ZodObject",
+        },
+        "~standard": {"version": 1, "vendor": "zod"},
+        "_cached": None,
+    },
+}
+# What zod (and so the bridge) takes, and its translation refuses: the regex's `i` flag is
+# lost, `.url()` is a WHATWG URL to zod (an accent in the path), and 19.99 / 0.01 is no
+# whole number in floating point.
+ZOD_ACCEPTS = {"sku": "ABC-12", "total": 19.99, "link": "https://shop.example/crème-brûlée"}
+
+
+def test_a_zod_payload_schema_refuses_no_pattern_format_or_multiple_that_zod_takes(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """Novu's SDK checks a zod payload with zod: a trigger refused here for what its JSON
+    Schema translation got otherwise was a 400 for a payload the workflow runs."""
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=ZOD_PAYLOAD))
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": ZOD_ACCEPTS})
+    # What the translation says as zod does is still refused here: a key it requires, a
+    # value of another type.
+    wrong = {"sku": "ABC-12", "total": "19.99"}
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": wrong})
+
+    assert accepted.status_code == 201, accepted.content
+    assert BridgeWorkflow.objects.get().payload_schema_translated
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/", "payload/total"]
+
+
+def test_the_same_schema_in_json_schema_is_checked_whole_as_ajv_checks_it(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """Written as JSON Schema, the SDK checks it with ajv, which refuses all three too:
+    discover gives it back as is beside the original."""
+    schema = ZOD_PAYLOAD["schema"]
+    declared = {"schema": schema, "unknownSchema": schema}
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=declared))
+    error = assert_error(
+        post(TRIGGER, {"name": "welcome", "to": "ann", "payload": ZOD_ACCEPTS}),
+        400,
+        "invalid_payload",
+    )
+    assert [e["field"] for e in error["errors"]] == [
+        "payload/link",
+        "payload/sku",
+        "payload/total",
+    ]
+    assert not BridgeWorkflow.objects.get().payload_schema_translated
+
+
 @pytest.mark.parametrize(
     ("answer", "status", "code"),
     [

@@ -1,6 +1,7 @@
 // An Express app serving @novu/framework workflows at /api/novu, for norm's e2e tests
 // (tests/e2e/test_novu_framework.py). Payload and control schemas are plain JSON Schema,
-// so neither zod nor zod-to-json-schema is needed.
+// but for one workflow's payload, written with zod (checked by zod itself, and discovered
+// as zod-to-json-schema's translation).
 //
 //   PORT=4000 NOVU_SECRET_KEY=sk_test node app.js
 "use strict";
@@ -8,6 +9,7 @@
 const express = require("express");
 const { Client, workflow } = require("@novu/framework");
 const { serve } = require("@novu/framework/express");
+const { z } = require("zod");
 
 const secretKey = process.env.NOVU_SECRET_KEY;
 const port = Number(process.env.PORT || 4000);
@@ -222,6 +224,27 @@ const changing = workflow("changing-flow", async ({ step }) => {
   await step.inApp("last", async () => ({ body: "last" }));
 });
 
+// (g) A payload schema written with zod, as Novu's examples write them. The SDK checks a
+// payload with zod; its discover shows zod-to-json-schema's translation, which loses a
+// regex's flags, checks `.url()` as a JSON Schema `uri` (ASCII only; zod parses it as a
+// WHATWG URL) and `.multipleOf(0.01)` by float division (zod's is float-safe).
+const receipt = workflow(
+  "zod-receipt-flow",
+  async ({ step, payload }) => {
+    await step.inApp("receipt", async () => ({
+      body: `${payload.sku} × ${payload.qty}: ${payload.total} € (${payload.link})`,
+    }));
+  },
+  {
+    payloadSchema: z.object({
+      sku: z.string().regex(/^[a-z]+-\d+$/i),
+      total: z.number().multipleOf(0.01),
+      link: z.string().url(),
+      qty: z.number().int().default(1),
+    }),
+  },
+);
+
 const app = express();
 app.use(express.json());
 app.use(
@@ -230,7 +253,7 @@ app.use(
     // Strict even outside production: the framework only defaults to it when NODE_ENV is
     // neither unset nor development.
     client: new Client({ secretKey, strictAuthentication: true }),
-    workflows: [welcome, order, broken, rich, swap, changing],
+    workflows: [welcome, order, broken, rich, swap, changing, receipt],
   }),
 );
 app.listen(port, "127.0.0.1", () => console.log(`novu bridge listening on 127.0.0.1:${port}`));
