@@ -183,6 +183,7 @@ class ClientAdmin(NormAdmin):
     inlines = [SecretKeyInline, BridgeWorkflowInline]
     actions = ["create_key"]
     bridge = masked_url_field("bridge_url", "bridge URL")
+    unfilterable = ("bridge_url", "allowed_bridge_urls")
 
     @admin.display(description="allowed bridge URLs")
     def allowed_bridges(self, client: Client) -> str:
@@ -286,6 +287,7 @@ class SecretKeyAdmin(NormAdmin):
     fields = KEY_FIELDS
     readonly_fields = KEY_FIELDS
     actions = ["revoke"]
+    unfilterable = ("key_hash", "encrypted")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a key is created from its client (action "Create a new secret key")
@@ -336,6 +338,7 @@ class BridgeWorkflowAdmin(DeletedMeanwhileAdmin):
     list_select_related = ["client"]
     search_fields = ["workflow_id", "name"]
     bridge = masked_url_field("bridge_url", "bridge URL")
+    unfilterable = ("bridge_url",)
     fields = [
         "client",
         "bridge",
@@ -377,6 +380,7 @@ class BridgeSyncAdmin(ReadOnlyAdmin):
     bridge = masked_url_field("bridge_url", "bridge URL")
     fields = ["client", "bridge", "synced_at", "error", "flavour"]
     readonly_fields = fields
+    unfilterable = ("bridge_url",)
 
 
 @admin.register(TriggerEvent)
@@ -424,6 +428,7 @@ class TriggerEventAdmin(ReadOnlyAdmin):
 
     exclude = ["payload", "to", "actor", "overrides", "resource"]
     bridge = masked_url_field("resource", "resource")
+    unfilterable = ("resource",)
     readonly_fields = [
         "bridge",
         "notifications_link",

@@ -14,6 +14,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import BadRequest, ValidationError
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -88,6 +89,16 @@ class NormAdmin(admin.ModelAdmin):
     # recipients, a payload, an email's body): not read and decoded for each row of a
     # page, as they were. The row's own page reads them.
     list_defer: tuple[str, ...] = ()
+
+    # Fields whose value no page shows whole (a bridge URL's password or token, a key's
+    # hash or encrypted copy): no list takes a filter on them from its URL. Django takes
+    # a lookup on any field of the row (?bridge_url__regex=...), and whether a row was
+    # listed gave their value away to whoever may view the list, a character a request.
+    unfilterable: tuple[str, ...] = ()
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        field = lookup.split(LOOKUP_SEP, 1)[0]
+        return field not in self.unfilterable and super().lookup_allowed(lookup, value, request)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         changelist: type[ChangeList] = super().get_changelist(request, **kwargs)
@@ -289,6 +300,7 @@ class NotificationAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = fields
     bridge = masked_url_field("resource", "resource")
+    unfilterable = ("resource",)
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("workflows.change_notification")

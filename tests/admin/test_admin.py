@@ -1151,6 +1151,43 @@ def test_a_user_who_may_only_view_clients_sees_the_bridge_masked(client, django_
     assert MASKED_BRIDGE in html and "other:***@alt.test" in html
 
 
+@pytest.mark.parametrize(
+    ("model", "lookup"),
+    [
+        ("notify_client", "bridge_url__contains"),
+        ("notify_client", "allowed_bridge_urls__icontains"),
+        ("notify_bridgeworkflow", "bridge_url__regex"),
+        ("notify_bridgesync", "bridge_url__startswith"),
+        ("notify_triggerevent", "resource__contains"),
+        ("workflows_notification", "resource__contains"),
+        ("notify_secretkey", "encrypted__startswith"),
+        ("notify_secretkey", "key_hash__startswith"),
+        ("auth_user", "password__startswith"),  # Django's own refusal, kept
+    ],
+)
+def test_a_secret_no_page_shows_cannot_be_guessed_by_filtering_a_list_on_it(
+    client, django_user_model, model: str, lookup: str
+) -> None:
+    """Whether a row is listed under ?bridge_url__contains=<guess> told a user who may
+    only view the list the password its pages mask, a character a request."""
+    from django.contrib.auth.models import Permission
+
+    _client_with_a_password_in_its_bridge()
+    SecretKey.objects.create(
+        client=ClientFactory(), prefix="nk_x", key_hash="ab" * 32, encrypted="gAAAA-copy"
+    )
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
+    client.force_login(viewer)
+    changelist = reverse(f"admin:{model}_changelist")
+    # The first character of each: a list that answers it answers the next one too.
+    guess = {"encrypted": "g", "key_hash": "a", "password": "m"}.get(lookup.split("__")[0], "s")
+
+    assert client.get(changelist).status_code == 200
+    assert client.get(changelist, {lookup: guess}).status_code == 400
+    assert client.get(changelist, {lookup: "no-such-thing"}).status_code == 400
+
+
 def _reached_ann() -> tuple[Subscriber, TriggerEvent]:
     """ann, reached by a trigger fanned out a moment ago (the reconciler still checks it)."""
     notification = NotificationFactory(
