@@ -257,8 +257,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         **DATABASES["default"].get("OPTIONS", {}),
     }
 
-# The cache holds rate-limit counters: shared Redis in production (NORM_CACHE_URL,
-# e.g. redis://host:6379/1) so every web process counts together; local memory otherwise.
+# The cache holds the trigger rate's and the admin's failed logins' counters: shared Redis
+# in production (NORM_CACHE_URL, e.g. redis://host:6379/1) so every web process counts
+# together; local memory otherwise.
 NORM_CACHE_URL = env_str("NORM_CACHE_URL", "")
 CACHES = {
     "default": (

@@ -18,6 +18,7 @@ from django.utils.safestring import SafeString
 
 from config.redact import has_masked_secret, masked_url
 from notify import senders, services
+from notify.logins import ThrottledLoginForm
 from notify.models import (
     BridgeSync,
     BridgeURLValidator,
@@ -465,6 +466,9 @@ class TriggerEventAdmin(ReadOnlyAdmin):
 # Django's header links "View site" to /, where norm serves nothing (a 404): the API has
 # no home page, and the admin is the site.
 admin.site.site_url = None
+# Django's login takes any number of guesses; this one refuses a username's after a few
+# failures from one address (notify.logins).
+admin.site.login_form = ThrottledLoginForm
 
 # Django's own admins of the console's users and groups, with NormAdmin's refusal of an
 # action's selection that is no id: a 500 otherwise. (Importing auth_admin registered

@@ -1,0 +1,139 @@
+"""The admin's login, throttled per username and address (notify.logins)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.test import Client as Browser
+
+from notify import logins
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "/admin/login/"
+GUESSER = "203.0.113.7"
+ADMIN_AT = "198.51.100.4"
+REFUSED = "Too many failed logins"
+
+
+@pytest.fixture(params=["local memory", "redis"])
+def counters(request: pytest.FixtureRequest, settings: Any) -> None:
+    """The counters' store: local memory (`make run`, no NORM_CACHE_URL) or Redis, the
+    production one."""
+    if request.param == "redis":
+        if not settings.CELERY_BROKER_URL.startswith("redis://"):
+            pytest.skip("no Redis: CELERY_BROKER_URL is not redis://")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.CELERY_BROKER_URL,
+                "KEY_PREFIX": f"test-{uuid.uuid4()}",  # no other run's counters
+            }
+        }
+    else:
+        cache.clear()
+
+
+@pytest.fixture
+def staff(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(
+        "ops", password="right-password", is_staff=True, is_superuser=True
+    )
+
+
+def _login(username: str, password: str, address: str) -> tuple[Browser, str]:
+    browser = Browser()
+    response = browser.post(
+        LOGIN, {"username": username, "password": password}, REMOTE_ADDR=address
+    )
+    return browser, response.content.decode() if response.status_code == 200 else ""
+
+
+def _logged_in(browser: Browser) -> bool:
+    return "_auth_user_id" in browser.session
+
+
+def _guess(times: int, username: str = "ops", address: str = GUESSER) -> None:
+    for _ in range(times):
+        browser, page = _login(username, "a-guess", address)
+        assert not _logged_in(browser) and "Please enter the correct username" in page
+
+
+def test_guesses_of_a_username_from_one_address_are_refused_unchecked(
+    counters: None, staff: Any
+) -> None:
+    _guess(logins.LOGIN_FAILURES)
+
+    browser, page = _login("ops", "right-password", GUESSER)
+
+    # The right password too: whether a guess was right is not told while refused.
+    assert not _logged_in(browser)
+    assert REFUSED in page and "15 minutes" in page
+
+
+def test_the_refusal_holds_no_one_else_out(counters: None, staff: Any, django_user_model) -> None:
+    django_user_model.objects.create_user("dev", password="dev-password", is_staff=True)
+    _guess(logins.LOGIN_FAILURES)
+
+    # The admin from their own address, another user from the guesser's: both log in.
+    assert _logged_in(_login("ops", "right-password", ADMIN_AT)[0])
+    assert _logged_in(_login("dev", "dev-password", GUESSER)[0])
+    # However the username is spelled, it is the same one's guesses.
+    assert REFUSED in _login("OPS", "a-guess", GUESSER)[1]
+
+
+def test_guesses_from_the_addresses_of_one_ipv6_network_count_together(
+    counters: None, staff: Any
+) -> None:
+    # An IPv6 host picks from a /64 of its own: each address its own count, no bound.
+    for i in range(logins.LOGIN_FAILURES):
+        _guess(1, address=f"2001:db8:7:1::{i + 1:x}")
+
+    assert REFUSED in _login("ops", "right-password", "2001:db8:7:1:ffff::99")[1]
+    assert _logged_in(_login("ops", "right-password", "2001:db8:7:2::1")[0])
+
+
+def test_the_refusal_ends_on_its_own(
+    counters: None, staff: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logins, "LOGIN_LOCK_SECONDS", 1)
+    _guess(logins.LOGIN_FAILURES)
+    assert REFUSED in _login("ops", "right-password", GUESSER)[1]
+
+    time.sleep(1.5)
+
+    assert _logged_in(_login("ops", "right-password", GUESSER)[0])
+
+
+def test_a_login_clears_the_failures_before_it(counters: None, staff: Any) -> None:
+    _guess(logins.LOGIN_FAILURES - 1)
+    assert _logged_in(_login("ops", "right-password", GUESSER)[0])
+
+    _guess(logins.LOGIN_FAILURES - 1)
+
+    assert _logged_in(_login("ops", "right-password", GUESSER)[0])
+
+
+def test_logins_go_on_uncounted_while_the_counters_redis_is_down(
+    settings: Any, staff: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1},
+        }
+    }
+
+    _guess(1)
+
+    assert _logged_in(_login("ops", "right-password", GUESSER)[0])
+    assert "not counted" in caplog.text
