@@ -273,6 +273,19 @@ CACHES = {
     )
 }
 
+# The admin's passwords (createsuperuser, the admin's user and password pages) are checked
+# as Django's own project template checks them: without validators "admin" or "1" was
+# taken as it came, for a login that holds every client's keys.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
+]
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"

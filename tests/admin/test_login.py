@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.test import Client as Browser
+from django.urls import reverse
 
 from notify import logins
 
@@ -137,3 +138,33 @@ def test_logins_go_on_uncounted_while_the_counters_redis_is_down(
 
     assert _logged_in(_login("ops", "right-password", GUESSER)[0])
     assert "not counted" in caplog.text
+
+
+@pytest.mark.parametrize("password", ["admin", "1", "12345678", "password123"])
+def test_an_admin_password_is_checked_as_djangos_project_template_checks_it(
+    client: Any, staff: Any, password: str
+) -> None:
+    client.force_login(staff)
+
+    response = client.post(
+        reverse("admin:password_change"),
+        {"old_password": "right-password", "new_password1": password, "new_password2": password},
+    )
+
+    assert response.status_code == 200  # the form again, with its errors; not a redirect
+    staff.refresh_from_db()
+    assert staff.check_password("right-password")
+
+
+def test_a_strong_admin_password_is_taken(client: Any, staff: Any) -> None:
+    client.force_login(staff)
+    strong = "correct horse battery staple"
+
+    response = client.post(
+        reverse("admin:password_change"),
+        {"old_password": "right-password", "new_password1": strong, "new_password2": strong},
+    )
+
+    assert response.status_code == 302
+    staff.refresh_from_db()
+    assert staff.check_password(strong)
