@@ -167,6 +167,12 @@ if _PROXY_SSL_HEADER:
     _meta_name = _PROXY_SSL_HEADER.upper().replace("-", "_").removeprefix("HTTP_")
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + _meta_name, "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# The admin is then HTTPS-only (a browser keeps no cookie of it from plain HTTP), and a
+# browser told so (HSTS) goes to it over HTTPS when sent to http://, where a network
+# attacker could show it a login page of their own. Django sends it on HTTPS answers only.
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS", 365 * 24 * 3600 if _PROXY_SSL_HEADER else 0, non_negative=True
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -61,7 +61,11 @@ def _log_in_behind_a_tls_proxy(settings: Any, env: dict[str, str], **headers: st
     proxy that ends TLS and calls norm (gunicorn) over plain HTTP, as compose's web
     behind nginx or Traefik; the browser sends its Origin and CSRF cookie."""
     for name, value in settings_from(
-        env, "CSRF_TRUSTED_ORIGINS", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE"
+        env,
+        "CSRF_TRUSTED_ORIGINS",
+        "SECURE_PROXY_SSL_HEADER",
+        "SESSION_COOKIE_SECURE",
+        "SECURE_HSTS_SECONDS",
     ).items():
         if value is not None:
             setattr(settings, name, tuple(value) if name == "SECURE_PROXY_SSL_HEADER" else value)
@@ -106,6 +110,27 @@ def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(
 
     assert response.status_code == 302, response.content[:300]
     assert response.cookies["sessionid"]["secure"]  # the browser sends it over HTTPS only
+    # and goes to norm over HTTPS only, for a year, when sent to http://
+    assert response["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_a_tls_proxys_hsts_is_never_sent_over_plain_http_and_turned_off_by_zero(
+    settings: Any,
+) -> None:
+    header = {"SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto"}
+    read = settings_from(header, "SECURE_PROXY_SSL_HEADER", "SECURE_HSTS_SECONDS")
+    settings.SECURE_PROXY_SSL_HEADER = tuple(read["SECURE_PROXY_SSL_HEADER"])
+    settings.SECURE_HSTS_SECONDS = read["SECURE_HSTS_SECONDS"]
+
+    over = {
+        scheme: Client().get("/docs", HTTP_X_FORWARDED_PROTO=scheme) for scheme in ("https", "http")
+    }
+
+    assert over["https"]["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Strict-Transport-Security" not in over["http"]
+    off = settings_from({**header, "SECURE_HSTS_SECONDS": "0"}, "SECURE_HSTS_SECONDS")
+    assert off == {"SECURE_HSTS_SECONDS": 0}
+    assert "SECURE_HSTS_SECONDS" in refused_at_start({**header, "SECURE_HSTS_SECONDS": "-1"})
 
 
 def _check_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
