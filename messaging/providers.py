@@ -26,13 +26,12 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
-from django.utils.encoding import punycode
 from django.utils.html import strip_tags
 from django.utils.module_loading import import_string
 
 from config import deadlines
 from messaging.models import Message
-from notify.senders import sender_refused, stored_policy_problem
+from notify.senders import ascii_domain, sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
 
 _BODY_TAG = re.compile(r"<body\b", re.IGNORECASE)
@@ -239,7 +238,7 @@ def _message_id(message: Message) -> str:
     differs between workers, and a retry runs on any."""
     _, at, domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")
     with contextlib.suppress(UnicodeError):  # an IDN, written as DNS reads it
-        domain = punycode(domain)
+        domain = ascii_domain(domain)
     if not (at and _DOMAIN.fullmatch(domain)):  # none, a literal ([192.0.2.1]): Django's
         domain = str(DNS_NAME)
     return f"<{message.pk}.{message.step.notification_id}@{domain}>"
@@ -254,6 +253,27 @@ def _address_list_valid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _with_ascii_domains(value: str) -> str:
+    """`value` (an address or a list, with names or not) with each domain beyond ASCII
+    encoded as DNS looks it up (ascii_domain), for Django to send as it is: it encodes
+    one itself as IDNA 2003, which sent ann@straße.example to ann@strasse.example. An
+    address beyond ASCII before its "@" too is left as written, for SMTPUTF8 to carry
+    whole (_beyond_ascii)."""
+    found = getaddresses([value])
+    encoded = []
+    for name, address in found:
+        local, at, domain = address.rpartition("@")
+        if at and local.isascii() and not domain.isascii():
+            with contextlib.suppress(UnicodeError):  # no domain name: Django refuses it
+                address = f"{local}@{ascii_domain(domain)}"
+        encoded.append((name, address))
+    if encoded == found:
+        return value
+    return ", ".join(
+        f'"{quote(name)}" <{address}>' if name else address for name, address in encoded
+    )
 
 
 def _address(value: str | None) -> str:
@@ -433,9 +453,9 @@ class DjangoEmailProvider(Provider):
         email = EmailMultiAlternatives(
             subject=subject,
             body=text_of(body),
-            from_email=from_email,
-            to=[message.recipient],
-            reply_to=[reply_to] if reply_to else None,
+            from_email=_with_ascii_domains(from_email),
+            to=[_with_ascii_domains(message.recipient)],
+            reply_to=[_with_ascii_domains(reply_to)] if reply_to else None,
             # The X-Norm-Message-Id (stored as provider_message_id) opens the Message-ID too.
             headers={"X-Norm-Message-Id": str(message.pk), "Message-ID": _message_id(message)},
         )

@@ -16,19 +16,35 @@ from collections.abc import Iterable
 from email.utils import getaddresses
 from typing import Any
 
+import idna
 from django.core.mail.message import sanitize_address
 
 # One label of a host name (RFC 1123) once encoded as IDNA.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
+def ascii_domain(domain: str) -> str:
+    """`domain` as DNS looks it up: a name beyond ASCII as IDNA 2008 (UTS #46,
+    non-transitional) encodes it, as registries, browsers, nodemailer and mail servers
+    do. Python's codec, which Django sends with, is IDNA 2003, which spells ß as ss (and
+    ς as σ, and drops the joiners): straße.example became strasse.example, another
+    domain. A name IDNA 2008 refuses (a symbol, which IDNA 2003 took) keeps that codec's
+    encoding. A UnicodeError (a ValueError) for a name neither encodes."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        return domain.encode("idna").decode("ascii")
+
+
 def domain_key(domain: str) -> str:
-    """`domain` as it is compared: IDNA-encoded the way Django encodes it to send
+    """`domain` as it is compared: IDNA-encoded the way norm encodes it to send
     (zürich.example and xn--zrich-kva.example are one), lower-case, without the
     trailing dot of a fully qualified name. A ValueError for no host name."""
     name = domain.strip().removesuffix(".")
     try:
-        ascii_name = name.encode("idna").decode("ascii").lower()
+        ascii_name = ascii_domain(name).lower()
     except UnicodeError as exc:
         raise ValueError(f"{domain!r} is no domain name") from exc
     if not all(_LABEL.match(label) for label in ascii_name.split(".")):

@@ -1184,6 +1184,40 @@ def test_each_default_from_the_check_takes_is_sent_from(
         assert not received["From"].defects and not received["Message-ID"].defects
 
 
+def test_a_domain_with_a_sharp_s_is_sent_to_as_written_not_to_its_ss_spelling(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox, settings: Any
+) -> None:
+    """Django encodes a domain beyond ASCII with Python's codec, IDNA 2003, which spells ß
+    as ss (and ς as σ, and drops the joiners): ann@straße.example was sent to
+    ann@strasse.example, another domain, perhaps another owner's, with the subscriber's
+    email. Registries, browsers and mail servers (IDNA 2008) read xn--strae-oqa."""
+    settings.DEFAULT_FROM_EMAIL = "Norm <norm@straße.example>"
+    sender = {"name": "Shop", "email": "shop@fuß.example"}
+    outputs = {"subject": "Hi", "body": "x", "from": sender, "replyTo": "help@straße.example"}
+    acme = ClientFactory(email_from='"Acme, Inc." <hello@straße.example>')
+    for step in (
+        email_step(notification__subscriber__email="ann@straße.example", outputs=outputs),
+        email_step(notification__trigger_event__client=acme),
+        email_step(),
+    ):
+        assert send(step).status == Step.Status.COMPLETED, step.error
+
+    step_from, client_from, default_from = smtp_server.envelopes
+    assert step_from.rcpt_tos == ["ann@xn--strae-oqa.example"]
+    assert (step_from.mail_from, client_from.mail_from, default_from.mail_from) == (
+        "shop@xn--fu-hia.example",
+        "hello@xn--strae-oqa.example",
+        "norm@xn--strae-oqa.example",
+    )
+    received = message_from_bytes(step_from.content, policy=policy.default)
+    assert [a.addr_spec for a in received["To"].addresses] == ["ann@xn--strae-oqa.example"]
+    assert _sender_of(step_from)[1] == "Shop <shop@xn--fu-hia.example>"
+    assert [a.addr_spec for a in received["Reply-To"].addresses] == ["help@xn--strae-oqa.example"]
+    assert received["Message-ID"].endswith("@xn--strae-oqa.example>")
+    assert _sender_of(client_from)[1] == "Acme, Inc. <hello@xn--strae-oqa.example>"
+    assert _sender_of(default_from)[1] == "Norm <norm@xn--strae-oqa.example>"
+
+
 def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_list(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
@@ -1213,6 +1247,9 @@ def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_
         # As IDNA: both spellings of a domain beyond ASCII are one.
         (["zürich.example"], "shop@xn--zrich-kva.example", "shop@zurich.example"),
         (["xn--zrich-kva.example"], "shop@Zürich.example", "shop@zürich.example.evil.example"),
+        # As sent: straße.example is xn--strae-oqa.example, not strasse.example.
+        (["straße.example"], "shop@straße.example", "shop@strasse.example"),
+        (["strasse.example"], "shop@strasse.example", "shop@straße.example"),
         # One plain address: no name, comment or list to read another domain from.
         (["acme.example"], "shop@acme.example", "shop@acme.example (x@globex.example)"),
         (["acme.example"], "shop@acme.example", "Acme <shop@globex.example>"),
@@ -1238,7 +1275,9 @@ def test_a_from_outside_the_clients_domains_fails_for_good_and_nothing_is_sent(
 
     assert from_(allowed).status == Step.Status.COMPLETED
     [envelope] = smtp_server.envelopes
-    assert envelope.mail_from.lower() == allowed.lower().replace("zürich", "xn--zrich-kva")
+    assert envelope.mail_from.lower() == allowed.lower().replace("zürich", "xn--zrich-kva").replace(
+        "straße", "xn--strae-oqa"
+    )
 
     step = from_(refused)
 
