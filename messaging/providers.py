@@ -6,13 +6,16 @@ worker retries only what can succeed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
 import html
 import re
 import smtplib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from email import policy
 from email.generator import BytesGenerator
 from email.utils import getaddresses, parseaddr, quote
@@ -344,6 +347,51 @@ class _WatchedSMTP(smtplib.SMTP):
         sock = super()._get_socket(host, port, timeout)
         deadlines.watch(sock)
         return sock
+
+    # smtplib encodes a login as ASCII (CPython issue 73936): a password or user with "ä"
+    # or "€" raised a UnicodeEncodeError before AUTH went out, which failed every email
+    # for good, its reason naming a character of the password and its place. They go as
+    # UTF-8, as SASL PLAIN has them (RFC 4616) and servers take them for LOGIN and
+    # CRAM-MD5 (bytes the environment held undecoded, as they were).
+    def auth(
+        self,
+        mechanism: str,
+        authobject: Callable[..., str | None],
+        *,
+        initial_response_ok: bool = True,
+    ) -> tuple[int, bytes]:
+        """smtplib's, each response to the server encoded as UTF-8."""
+
+        def encoded(response: str) -> str:
+            return base64.b64encode(_utf8(response)).decode("ascii")
+
+        initial = authobject() if initial_response_ok else None
+        if initial is not None:
+            code, reply = self.docmd("AUTH", f"{mechanism.upper()} {encoded(initial)}")
+            self._auth_challenge_count = 1  # auth_login answers by it: the user, then the password
+        else:
+            code, reply = self.docmd("AUTH", mechanism.upper())
+            self._auth_challenge_count = 0
+        while code == 334:
+            self._auth_challenge_count += 1
+            if self._auth_challenge_count > 5:  # as smtplib: no mechanism asks this often
+                raise smtplib.SMTPException(
+                    f"the server's AUTH never ends: {code} {smtp_reply(reply)}"
+                )
+            response = authobject(base64.decodebytes(reply))
+            code, reply = self.docmd(encoded(response or ""))
+        if code in (235, 503):
+            return code, reply
+        raise smtplib.SMTPAuthenticationError(code, reply)
+
+    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:
+        if challenge is None:  # no initial response
+            return None
+        return f"{self.user} {hmac.HMAC(_utf8(self.password), challenge, 'md5').hexdigest()}"
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 class _WatchedSMTPSSL(smtplib.SMTP_SSL, _WatchedSMTP):

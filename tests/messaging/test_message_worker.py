@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import re
@@ -2130,6 +2131,51 @@ def test_an_email_refused_a_login_is_sent_on_its_retry_once_the_password_is_rota
     assert (step.status, step.attempts) == (Step.Status.COMPLETED, 2)
     assert [envelope.rcpt_tos for envelope in inbox.envelopes] == [["ann@example.com"]]
     assert Message.objects.values_list("status", "error").get() == (Message.Status.SENT, "")
+
+
+class _CramMd5(Inbox):
+    """Takes a CRAM-MD5 login (RFC 2195) of `user` with `password`, as UTF-8."""
+
+    def __init__(self, user: str, password: str) -> None:
+        super().__init__()
+        self.user, self.password = user, password
+
+    async def auth_CRAM__MD5(self, server: Any, args: list[str]) -> AuthResult:
+        challenge = b"<1.1@norm.test>"
+        user, _, digest = (await server.challenge_auth(challenge)).rpartition(b" ")
+        expected = hmac.HMAC(self.password.encode(), challenge, "md5").hexdigest().encode()
+        return AuthResult(success=(user, digest) == (self.user.encode(), expected), handled=False)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_an_smtp_login_beyond_ascii_is_sent_as_utf_8(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, mechanism: str
+) -> None:
+    """smtplib encodes a login as ASCII: a password (or user) with "ä" or "€" failed
+    every email for good before AUTH went out, its reason "'ascii' codec can't encode
+    character '\\xe4' in position 1" giving away a character of the password and its place
+    to each client reading its messages. It goes as UTF-8, as SASL PLAIN has it."""
+    user, password = "zoë", "pä55wörd€"
+    inbox = _CramMd5(user, password)
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        return AuthResult(success=data == LoginPassword(user.encode(), password.encode()))
+
+    others = [m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m != mechanism]
+    with smtp_serving(
+        settings,
+        inbox,
+        auth_required=True,
+        auth_require_tls=False,
+        authenticator=authenticate,
+        auth_exclude_mechanism=others,
+    ):
+        settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = user, password
+        step = send(email_step())
+
+    assert (step.status, step.error) == (Step.Status.COMPLETED, "")
+    assert [envelope.rcpt_tos for envelope in inbox.envelopes] == [["ann@example.com"]]
 
 
 class _RefusesItsName(Inbox):
