@@ -343,10 +343,22 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
 # the greeting, and SMTP_SSL shakes hands, inside connect(), before Django's backend
 # holds the connection: these classes hand the socket over as soon as it is connected.
 class _WatchedSMTP(smtplib.SMTP):
+    # Whether this email's DATA went out: a disconnect after it may follow the server's
+    # taking the email, and is no connection found dropped while it was kept idle.
+    data_begun = False
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = super()._get_socket(host, port, timeout)
         deadlines.watch(sock)
         return sock
+
+    def mail(self, sender: str, options: Any = ()) -> tuple[int, bytes]:
+        self.data_begun = False  # each email starts with MAIL
+        return super().mail(sender, options)
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self.data_begun = True
+        return super().data(msg)
 
     # smtplib encodes a login as ASCII (CPython issue 73936): a password or user with "ä"
     # or "€" raised a UnicodeEncodeError before AUTH went out, which failed every email
@@ -558,6 +570,8 @@ class DjangoEmailProvider(Provider):
                 else:
                     email.send()
             except Exception as exc:
+                smtp = getattr(email.connection, "connection", None)  # close() lets go of it
+                data_begun = getattr(smtp, "data_begun", False)
                 cls.close()  # in an unknown state after a failure
                 if deadline.expired:
                     # Whatever the cut looked like (a reply ended early, a disconnect): not
@@ -568,10 +582,12 @@ class DjangoEmailProvider(Provider):
                 # A kept connection the server has since dropped (or drops with 421,
                 # "closing the channel") fails before the message was accepted: once
                 # more, on a new connection. Not a reply that timed out (smtplib reports
-                # it as a disconnect too): the server may have taken the email by then.
+                # it as a disconnect too), nor a disconnect once the DATA went out: the
+                # server may have taken the email by then.
                 dropped = (
                     isinstance(exc, smtplib.SMTPServerDisconnected)
                     and not isinstance(exc.__context__, TimeoutError)
+                    and not data_begun
                 ) or (isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421)
                 if attempt == 2 or not (reused and dropped):
                     raise

@@ -248,6 +248,46 @@ def test_a_reply_that_times_out_after_the_data_is_not_sent_again_at_once(
     assert "timed out" in Message.objects.get(step=step).error
 
 
+class _DropsAfterTheData(Inbox):
+    """Takes the email to `drop_to`, and closes the connection without answering for it
+    (a relay restarted, a load balancer's cut): the email may well be on its way."""
+
+    drop_to = ""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if envelope.rcpt_tos != [self.drop_to]:
+            return await super().handle_DATA(server, session, envelope)
+        self.envelopes.append(envelope)
+        self.peers.append(session.peer)
+        server.transport.close()
+        return "250 OK, never read"
+
+
+def test_a_kept_connection_dropped_after_the_data_does_not_send_the_email_again_at_once(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """A disconnect was taken for a kept connection the server had dropped while idle,
+    and the email sent again at once on a new one, uncounted and unrecorded, though the
+    server had it whole: a second copy, two on each attempt. As for a reply that timed
+    out, it is retried after a backoff, the disconnect on the message."""
+    inbox = _DropsAfterTheData()
+    inbox.drop_to = "bob@example.com"
+    with smtp_serving(settings, inbox):
+        assert send(email_step()).status == Step.Status.COMPLETED
+        step = send(email_step(notification__subscriber__email="bob@example.com"))
+        after = send(email_step(notification__subscriber__email="carl@example.com"))
+
+    assert [e.rcpt_tos for e in inbox.envelopes] == [
+        ["ann@example.com"],
+        ["bob@example.com"],
+        ["carl@example.com"],
+    ]
+    assert (step.status, step.attempts) == (Step.Status.SCHEDULED, 1)
+    message = Message.objects.get(step=step)
+    assert message.error == "SMTP connection failed: Connection unexpectedly closed"
+    assert after.status == Step.Status.COMPLETED and inbox.peers[1] != inbox.peers[2]
+
+
 def test_a_connection_idle_too_long_is_not_trusted(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
