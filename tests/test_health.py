@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError, connection
+from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 
 from tests.test_settings import ROOT
@@ -100,7 +101,9 @@ def test_the_health_check_is_a_503_until_every_migration_is_applied(tmp_path: Pa
 
     assert never[0] == one_release_behind[0] == 503
     assert never[1]["data"]["error"]["db"]["status"] == "up"
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    behind = [name for app, name in loader.disk_migrations if app == "notify" and name[:4] > "0015"]
     assert one_release_behind[1]["data"]["error"]["db"]["message"] == (
-        "2 migration(s) not applied: run manage.py migrate"
+        f"{len(behind)} migration(s) not applied: run manage.py migrate"
     )
     assert health() == [200, {"data": {"status": "ok", "info": {"db": {"status": "up"}}}}]
