@@ -211,7 +211,7 @@ def _claimed_send(step: Step) -> None:
             if retry:
                 workflow_services.step_retry_later(step=step, message=error, backoff=backoff)
             else:
-                workflow_services.step_fail(step=step, code="SendFailed", message=error)
+                workflow_services.step_undelivered(step=step, reason=error)
 
         # A reschedule the database cut off left the step claimed and its message
         # `sending`: the task's retry (ClaimInterrupted) sent again a second later, not
@@ -298,7 +298,7 @@ def _outcome_record(step: Step, message: Message) -> None:
     # admin's retry reopens a message with its step): this run, its retry or the
     # reconciler's, sent it again at once, past NORM_SEND_MAX_ATTEMPTS, and after a
     # reply that timed out (the server may have taken it) as a second email.
-    workflow_services.step_fail(step=step, code="SendFailed", message=message.error)
+    workflow_services.step_undelivered(step=step, reason=message.error)
 
 
 def _passes(provider: Provider, message: Message) -> bool:

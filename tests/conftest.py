@@ -26,6 +26,8 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone as django_timezone
 
 from config import pipeline
+from workflows import services as workflow_services
+from workflows.models import Notification, Step
 from workflows.sdk import Bridge
 
 
@@ -403,3 +405,22 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+@pytest.fixture
+def ended(
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> Callable[[Step], Notification]:
+    """The notification of `step` once its workflow has ended: a step whose message failed
+    for good hands it back to the echo worker, the workflow going on (as in Novu), and
+    the echo run here finds the bridge answering that nothing comes after. The bridge is
+    faked at the network edge (`bridge.execute`), as the echo worker's tests fake it."""
+    monkeypatch.setattr("workflows.bridge.execute", lambda *args, **kwargs: {"done": True})
+
+    def do(step: Step) -> Notification:
+        with django_capture_on_commit_callbacks(execute=True):
+            workflow_services.echo_run(notification_id=str(step.notification_id))
+        return Notification.objects.get(pk=step.notification_id)
+
+    return do

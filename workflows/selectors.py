@@ -54,14 +54,14 @@ def notification_steps(*, notification: Notification) -> list[Step]:
 def bridge_state(
     *, notification: Notification, steps: list[Step] | None = None
 ) -> list[dict[str, Any]]:
-    """The state sent to the bridge: every finished step, in order. `steps`: the
-    notification's steps, when the caller has read them already."""
+    """The state sent to the bridge: every step the workflow went on from, in order.
+    `steps`: the notification's steps, when the caller has read them already."""
     if steps is None:
         steps = notification_steps(notification=notification)
     return [
         {"stepId": s.step_id, "outputs": step_result(s), "state": {"status": s.status}}
         for s in steps
-        if s.status in Step.DONE
+        if s.status in Step.PASSED
     ]
 
 
@@ -110,15 +110,27 @@ def notification_jobs(notification: Notification) -> list[dict[str, Any]]:
     steps = list(notification.steps.all())
     jobs = [_step_job(step, notification) for step in steps]
     end = RUN_ENDS.get(notification.status)
-    if end is not None and not any(s.status == end[2] for s in steps):
+    if end is not None and not any(_shows_end(s, notification, end[2]) for s in steps):
         jobs.append(_run_end_job(notification, status=end[0], detail_status=end[1]))
     elif notification.status not in Notification.FINAL and all(
-        s.status in Step.DONE for s in steps
+        s.status in Step.PASSED for s in steps
     ):
         # Waiting for the bridge to name its next step (or its first): without this job
         # it had none at all, or every job done as if it had ended.
         jobs.append(_run_waiting_job(notification))
     return jobs
+
+
+def _shows_end(step: Step, notification: Notification, status: str) -> bool:
+    """Whether the step's job shows how the notification ended: a step of that status,
+    and for a failure the step it names (a step's failure is the notification's, as
+    "step '<id>': <reason>"). A step whose message failed for good, which the workflow
+    went on past, does not show a failure of the bridge's after it."""
+    if step.status != status:
+        return False
+    return (
+        status != Step.Status.FAILED or notification.error == f"step '{step.step_id}': {step.error}"
+    )
 
 
 def _job(notification: Notification, *, job_id: str, step_id: str, **fields: Any) -> dict[str, Any]:

@@ -665,7 +665,10 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         _refuse_answer(notification, code=exc.code, message=exc.message)
         return
     try:
-        _record_answer(notification=notification, state=state, answer=answer)
+        undelivered = next((s for s in reversed(steps) if s.status == Step.Status.FAILED), None)
+        _record_answer(
+            notification=notification, state=state, answer=answer, undelivered=undelivered
+        )
     except (OperationalError, InterfaceError):
         raise  # the database is away: the task retries
     except Exception as exc:
@@ -680,8 +683,14 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
 
 
 def _record_answer(
-    *, notification: Notification, state: list[dict[str, Any]], answer: dict[str, Any]
+    *,
+    notification: Notification,
+    state: list[dict[str, Any]],
+    answer: dict[str, Any],
+    undelivered: Step | None = None,
 ) -> None:
+    """Record the step the bridge named, or end the notification if it said done: failed,
+    if the workflow went on past an `undelivered` step, completed otherwise."""
     if answer.get("done") is True:
         # Only if no step was recorded since this run read the notification: recording
         # one always moves its updated_at (to the step's due time). A duplicate echo that
@@ -691,14 +700,16 @@ def _record_answer(
         # then was never sent. Compared on the row itself, not by looking for the step:
         # an UPDATE that waited for the recording to commit re-checks the row's own
         # columns, but would still not see the step (PostgreSQL's READ COMMITTED).
+        ended = {"status": Notification.Status.COMPLETED, "error": "", "error_code": ""}
+        if undelivered is not None:  # gone on from (step_undelivered): the last of them
+            ended = {
+                "status": Notification.Status.FAILED,
+                "error": f"step '{undelivered.step_id}': {undelivered.error}",
+                "error_code": "SendFailed",
+            }
         Notification.objects.filter(
             pk=notification.pk, status__in=ACTIVE, updated_at=notification.updated_at
-        ).update(
-            status=Notification.Status.COMPLETED,
-            completed_at=timezone.now(),
-            error="",
-            error_code="",
-        )
+        ).update(completed_at=timezone.now(), **ended)
         return
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs, providers = answer.get("outputs"), answer.get("providers") or {}
@@ -1030,6 +1041,27 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
                 code=code,
                 message=f"step '{step.step_id}': {message}",
             )
+
+
+def step_undelivered(*, step: Step, reason: str) -> None:
+    """End a claimed channel step whose message failed for good, and go on with the
+    workflow, as Novu's worker does: only an action step (or one its author marked to
+    stop on failure) halts a Novu workflow, so an email refused for good does not keep
+    the in-app message after it from its subscriber. Failing the notification here
+    stopped every such workflow at its first undeliverable channel. It ends failed when
+    the workflow ends, naming this step (_record_answer): a failed delivery still shows
+    on it, and an admin's retry sends this step again.
+
+    In the state the bridge gets, the step's result is a skipped one's (Novu's worker
+    sends the in-app fallback for a step with no message to read). One UPDATE, as a
+    completed step's: its message was failed before it."""
+    _step_finish(
+        step,
+        held=True,
+        status=Step.Status.FAILED,
+        result=_skipped_result(step.type, step.notification),
+        error=reason,
+    )
 
 
 def step_retry_later(*, step: Step, message: str, backoff: float) -> None:

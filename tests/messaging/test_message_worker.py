@@ -33,6 +33,7 @@ from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce, serve_in_background, task_retry
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
+from workflows import bridge
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
 
@@ -316,6 +317,7 @@ def _answered_at_once(reply: str) -> tuple[threading.Event, str]:
 
 def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again(
     enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
     smtp_server: Inbox,
     settings: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -329,7 +331,9 @@ def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again
     settings.EMAIL_TIMEOUT = 0.5
     smtp_server.answer_after = 1.5
     step = email_step()
-    monkeypatch.setattr(workflow_services, "step_fail", _away_one_run(workflow_services.step_fail))
+    monkeypatch.setattr(
+        workflow_services, "step_undelivered", _away_one_run(workflow_services.step_undelivered)
+    )
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     assert Message.objects.get().status == Message.Status.FAILED
@@ -342,17 +346,19 @@ def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again
     assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
     step.refresh_from_db()
     assert step.status == Step.Status.FAILED and step.error == message.error
-    notification = Notification.objects.get()
+    # The workflow goes on (the echo), the email not sent again (no message task).
+    assert [task for task, _, _ in enqueued.calls] == [pipeline.ECHO.task]
+    notification = ended(step)
     assert (notification.status, notification.error_code) == (
         Notification.Status.FAILED,
         "SendFailed",
     )
-    assert enqueued.calls == []
 
 
 @pytest.mark.parametrize("change", ["address removed", "no provider for the channel"])
 def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed_since(
     enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
     smtp_server: Inbox,
     settings: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -366,7 +372,9 @@ def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     smtp_server.replies.append(_answered_at_once("554 5.7.1 Rejected"))
     step = email_step()
-    monkeypatch.setattr(workflow_services, "step_fail", _away_one_run(workflow_services.step_fail))
+    monkeypatch.setattr(
+        workflow_services, "step_undelivered", _away_one_run(workflow_services.step_undelivered)
+    )
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     assert Message.objects.get().status == Message.Status.FAILED
@@ -383,12 +391,13 @@ def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed
     assert (message.status, message.error) == (Message.Status.FAILED, "SMTP 554: 5.7.1 Rejected")
     step.refresh_from_db()
     assert (step.status, step.error) == (Step.Status.FAILED, message.error)
-    notification = Notification.objects.get()
+    # The workflow goes on (the echo), the email not sent again (no message task).
+    assert [task for task, _, _ in enqueued.calls] == [pipeline.ECHO.task]
+    notification = ended(step)
     assert (notification.status, notification.error_code) == (
         Notification.Status.FAILED,
         "SendFailed",
     )
-    assert enqueued.calls == []
     assert workflow_services.notification_retry(notification=notification)
 
 
@@ -741,20 +750,27 @@ def test_a_skip_the_database_cut_off_before_its_message_was_given_up_is_done_who
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
 
 
-def failed_for_good(send: Callable[[Step], Step], settings: Any) -> Step:
-    """An email step whose only attempt failed (SMTP unreachable): the admin may retry it."""
+def failed_for_good(
+    send: Callable[[Step], Step], settings: Any, ended: Callable[[Step], Notification]
+) -> Step:
+    """An email step whose only attempt failed (SMTP unreachable), in a notification that
+    ended failed with it: the admin may retry it."""
     smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 1
     step = send(email_step())
     assert step.status == Step.Status.FAILED
+    assert ended(step).status == Notification.Status.FAILED
     return step
 
 
 def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is_gone(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    ended: Callable[[Step], Notification],
 ) -> None:
     """The retry gives the step and its message a fresh start (no attempts yet)."""
-    step = failed_for_good(send, settings)
+    step = failed_for_good(send, settings, ended)
     Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
     assert workflow_services.notification_retry(notification=step.notification)
 
@@ -849,7 +865,10 @@ def test_sends_that_failed_together_are_retried_at_different_times(
 
 
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    ended: Callable[[Step], Notification],
 ) -> None:
     smtp_unreachable(settings)
     settings.NORM_SEND_MAX_ATTEMPTS = 3
@@ -878,11 +897,10 @@ def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
     assert step.status == Step.Status.FAILED and step.attempts == 3
     message = Message.objects.get()
     assert message.status == Message.Status.FAILED and message.attempts == 3
-    notification = step.notification
-    notification.refresh_from_db()
+    assert enqueued.of(pipeline.MESSAGE) == [] and enqueued.of(pipeline.ECHO) != []
+    notification = ended(step)
     assert notification.status == Notification.Status.FAILED
     assert notification.error_code == "SendFailed"
-    assert enqueued.calls == []
 
 
 def test_a_step_not_yet_due_is_not_claimed(
@@ -979,6 +997,7 @@ def test_a_missing_step_is_ignored(enqueued: Enqueued, settings: Any) -> None:
     ],
 )
 def test_an_email_output_that_is_no_text_fails_the_step_instead_of_sending_its_repr(
+    ended: Callable[[Step], Notification],
     send: Callable[[Step], Step],
     enqueued: Enqueued,
     smtp_server: Inbox,
@@ -993,7 +1012,7 @@ def test_an_email_output_that_is_no_text_fails_the_step_instead_of_sending_its_r
     assert step.status == Step.Status.FAILED and error in step.error
     message = Message.objects.get()
     assert message.status == Message.Status.FAILED and error in message.error
-    notification = Notification.objects.get()
+    notification = ended(step)
     assert (notification.status, notification.error_code) == (
         Notification.Status.FAILED,
         "SendFailed",
@@ -1004,13 +1023,16 @@ def test_an_email_output_that_is_no_text_fails_the_step_instead_of_sending_its_r
     "outputs", [{"subject": "Hi", "body": {"text": "Hello"}}, {"body": None}, {"data": {"k": 1}}]
 )
 def test_an_in_app_output_without_text_fails_the_step_and_stays_out_of_the_feed(
-    send: Callable[[Step], Step], enqueued: Enqueued, outputs: dict[str, Any]
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
+    outputs: dict[str, Any],
 ) -> None:
     step = send(StepFactory(type="in_app", outputs=outputs))
 
     assert step.status == Step.Status.FAILED and "the step's output has no" in step.error
     assert Message.objects.get().status == Message.Status.FAILED
-    assert Notification.objects.get().status == Notification.Status.FAILED
+    assert ended(step).status == Notification.Status.FAILED
 
 
 @pytest.mark.parametrize(
@@ -1301,6 +1323,7 @@ def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_
 def test_a_from_outside_the_clients_domains_fails_for_good_and_nothing_is_sent(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
     smtp_server: Inbox,
     domains: list[str],
     allowed: str,
@@ -1328,8 +1351,7 @@ def test_a_from_outside_the_clients_domains_fails_for_good_and_nothing_is_sent(
     assert f"the client may send from {', '.join(domains)} only" in step.error
     message = Message.objects.get(step=step)
     assert (message.status, message.error) == (Message.Status.FAILED, step.error)
-    notification = step.notification
-    notification.refresh_from_db()
+    notification = ended(step)
     assert (notification.status, notification.error_code) == ("failed", "SendFailed")
     assert step.error in notification.error
 
@@ -1477,6 +1499,7 @@ def test_white_space_around_an_address_of_the_output_is_left_out(
     ],
 )
 def test_an_address_of_the_output_with_a_line_break_inside_fails_naming_the_field(
+    ended: Callable[[Step], Notification],
     send: Callable[[Step], Step],
     enqueued: Enqueued,
     smtp_server: Inbox,
@@ -1491,7 +1514,7 @@ def test_an_address_of_the_output_with_a_line_break_inside_fails_naming_the_fiel
     assert step.status == Step.Status.FAILED and step.attempts == 1
     assert f"the step's output has a {field} with a line break" in step.error
     assert Message.objects.get().status == Message.Status.FAILED
-    assert Notification.objects.get().error_code == "SendFailed"
+    assert ended(step).error_code == "SendFailed"
 
 
 @pytest.mark.parametrize(
@@ -1679,7 +1702,7 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_sends_nothing(
-    enqueued: Enqueued, smtp_server: Inbox
+    enqueued: Enqueued, smtp_server: Inbox, ended: Callable[[Step], Notification]
 ) -> None:
     """The other way round: the second task's server refuses the email for good, which
     fails the step and the notification, then the first task's delivery goes through.
@@ -1691,7 +1714,7 @@ def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_se
     smtp_server.replies = [(delivered, "250 OK"), (refused, "550 mailbox unavailable")]
 
     first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
-    assert Notification.objects.get().status == Notification.Status.FAILED
+    assert ended(step).status == Notification.Status.FAILED
     delivered.set()
     first.join(20)
     assert Message.objects.get(step=step).status == Message.Status.SENT
@@ -1826,9 +1849,12 @@ def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
 
 
 def test_a_message_an_admin_retry_reopened_is_failed_by_a_cancel_before_its_send(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    ended: Callable[[Step], Notification],
 ) -> None:
-    step = failed_for_good(send, settings)
+    step = failed_for_good(send, settings, ended)
     assert workflow_services.notification_retry(notification=step.notification)
     assert Message.objects.get().status == Message.Status.SENDING
 
@@ -1955,6 +1981,53 @@ def test_a_step_whose_subscriber_is_deleted_under_a_rerun_ends_quietly(
     assert enqueued.calls == []
 
 
+def test_a_workflow_goes_on_past_an_email_refused_for_good_as_novus_worker_does(
+    send: Callable[[Step], Step],
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """Novu's worker halts a workflow only on a failed action step (or one its author
+    marked to stop on failure): an email refused for good does not keep the in-app
+    message after it from its subscriber. norm failed the notification at the email,
+    and the in-app message was never stored. The notification still ends failed, naming
+    the email, and the bridge is told the email failed (its result a channel's `{}`)."""
+    bodies: list[dict[str, Any]] = []
+    answers = [
+        {"stepId": "inbox", "type": "in_app", "outputs": {"body": "Your order shipped"}},
+        {"done": True},
+    ]
+
+    def execute(url: str, *, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        bodies.append(body)
+        return answers.pop(0)
+
+    def echo(step: Step) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            workflow_services.echo_run(notification_id=str(step.notification_id))
+
+    monkeypatch.setattr(bridge, "execute", execute)  # the bridge, at the network edge
+    with smtp_serving(settings, _Refusing("RCPT", "550 5.1.1 User unknown")):
+        email = send(email_step(step_id="receipt"))
+    assert email.status == Step.Status.FAILED
+
+    echo(email)
+    inbox = send(Step.objects.get(step_id="inbox"))
+    echo(inbox)
+
+    assert bodies[0]["state"] == [
+        {"stepId": "receipt", "outputs": {}, "state": {"status": "failed"}}
+    ]
+    assert inbox.status == Step.Status.COMPLETED
+    assert Message.objects.get(step=inbox).status == Message.Status.SENT
+    notification = Notification.objects.get()
+    assert (notification.status, notification.error_code) == (
+        Notification.Status.FAILED,
+        "SendFailed",
+    )
+    assert notification.error == f"step 'receipt': {email.error}"
+
+
 class _Refusing:
     """An SMTP server that refuses each recipient, or each email's data, with `reply`."""
 
@@ -1991,7 +2064,13 @@ class _Refusing:
     ],
 )
 def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wrote_it(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, at: str, reply: str, error: str
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
+    settings: Any,
+    at: str,
+    reply: str,
+    error: str,
 ) -> None:
     """The most common reason an email fails, a bounced address, read as Python wrote its
     bytes and dicts: "SMTP 550: b'5.1.1 ...'" and "recipient refused: {'ann@example.com':
@@ -2001,7 +2080,7 @@ def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wro
 
     assert (step.status, step.error) == (Step.Status.FAILED, error)
     assert Message.objects.values_list("status", "error").get() == (Message.Status.FAILED, error)
-    notification = Notification.objects.get()
+    notification = ended(step)
     assert (notification.error_code, notification.error) == (
         "SendFailed",
         f"step '{step.step_id}': {error}",
@@ -2334,7 +2413,10 @@ def test_each_address_of_a_reply_to_list_is_sent_as_written_with_smtputf8(
 
 
 def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
-    send: Callable[[Step], Step], enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bug in a provider (any error but SendError) would fail the same way on every
     try: the step fails now, with the error named, instead of being sent again."""
@@ -2350,7 +2432,7 @@ def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
     assert enqueued.of(pipeline.MESSAGE) == []
     message = Message.objects.get()
     assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
-    assert Notification.objects.get().error_code == "SendFailed"
+    assert ended(step).error_code == "SendFailed"
 
 
 def test_a_provider_named_for_another_channel_sends_nothing_and_skips_the_step(

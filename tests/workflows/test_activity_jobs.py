@@ -67,7 +67,9 @@ def _notification(client: Any, **kwargs: Any) -> Notification:
     )
 
 
-def _sent_in_app_then_failed_email(client: Any, send: Callable[[Step], Step]) -> Notification:
+def _sent_in_app_then_failed_email(
+    client: Any, send: Callable[[Step], Step], ended: Callable[[Step], Notification]
+) -> Notification:
     notification = _notification(client)
     inbox = StepFactory(
         notification=notification,
@@ -79,14 +81,18 @@ def _sent_in_app_then_failed_email(client: Any, send: Callable[[Step], Step]) ->
     assert send(inbox).status == Step.Status.COMPLETED
     email = StepFactory(notification=notification, step_id="mail", type="email", position=1)
     assert send(email).status == Step.Status.FAILED
-    return notification
+    return ended(email)  # the workflow went on past it, to its end
 
 
 def test_a_failed_step_shows_as_a_failed_job_with_its_reason_to_novu_py(
-    tenant: Any, send: Callable[[Step], Step], enqueued: Enqueued, smtp_refused: None
+    tenant: Any,
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_refused: None,
+    ended: Callable[[Step], Notification],
 ) -> None:
     client, api = tenant
-    notification = _sent_in_app_then_failed_email(client, send)
+    notification = _sent_in_app_then_failed_email(client, send, ended)
     reason = Step.objects.get(step_id="mail").error
     assert "SMTP connection failed" in reason
 
@@ -224,6 +230,51 @@ def test_a_failure_between_steps_is_one_more_job_after_them(tenant: Any) -> None
     assert jobs[1].updated_at is not None
 
 
+@pytest.mark.parametrize("after", ["at the bridge", "at the end"])
+def test_a_failure_after_an_undelivered_step_gone_on_from_is_shown_once(
+    tenant: Any, after: str
+) -> None:
+    """The workflow went on past an email refused for good (as Novu's worker does), and
+    then the bridge failed it: that failure is one more job, though a step failed
+    before it. Ended failed by the undelivered email itself, the email's job shows it."""
+    client, api = tenant
+    notification = _notification(client)
+    email = StepFactory(
+        notification=notification,
+        step_id="receipt",
+        position=0,
+        type="email",
+        status=Step.Status.FAILED,
+        error="the SMTP server refused ann@example.com: 550 User unknown",
+    )
+    StepFactory(
+        notification=notification,
+        step_id="inbox",
+        position=1,
+        type="in_app",
+        status=Step.Status.COMPLETED,
+    )
+    if after == "at the bridge":
+        services.notification_fail(
+            notification_id=notification.pk, code="BridgeTimeout", message="timed out"
+        )
+    else:
+        services.notification_fail(
+            notification_id=notification.pk,
+            code="SendFailed",
+            message=f"step 'receipt': {email.error}",
+        )
+
+    data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+    jobs = ActivityNotificationResponseDto.model_validate(data).jobs
+
+    assert jobs is not None
+    shown = [("email", "failed"), ("in_app", "completed")]
+    if after == "at the bridge":
+        shown.append(("trigger", "failed"))
+    assert [(j.type, j.status) for j in jobs] == shown
+
+
 def test_a_notification_canceled_between_steps_shows_a_canceled_job(tenant: Any) -> None:
     client, api = tenant
     notification = _notification(client, error="the bridge is unreachable")  # an earlier try
@@ -240,10 +291,14 @@ def test_a_notification_canceled_between_steps_shows_a_canceled_job(tenant: Any)
 
 
 def test_another_clients_failed_notification_stays_invisible(
-    tenant: Any, send: Callable[[Step], Step], enqueued: Enqueued, smtp_refused: None
+    tenant: Any,
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_refused: None,
+    ended: Callable[[Step], Notification],
 ) -> None:
     _, api = tenant
-    theirs = _sent_in_app_then_failed_email(ClientFactory(), send)
+    theirs = _sent_in_app_then_failed_email(ClientFactory(), send, ended)
 
     listed = api.get("/v1/notifications")
     detail = api.get(f"/v1/notifications/{theirs.pk}")

@@ -104,7 +104,7 @@ def test_a_task_whose_claim_was_taken_cannot_fail_the_notification(enqueued: Enq
     services.step_complete(step=second, result={})
     following = StepFactory(notification=slow.notification)
 
-    services.step_fail(step=slow, code="SendFailed", message="550 mailbox unavailable")
+    services.step_undelivered(step=slow, reason="550 mailbox unavailable")
 
     slow.refresh_from_db()
     assert slow.status == Step.Status.COMPLETED
@@ -120,7 +120,7 @@ def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     slow, second = _sending_twice(enqueued)
 
     services.step_retry_later(step=slow, message="421 try later", backoff=1)
-    services.step_fail(step=slow, code="SendFailed", message="550 mailbox unavailable")
+    services.step_undelivered(step=slow, reason="550 mailbox unavailable")
 
     step = Step.objects.get(pk=slow.pk)
     assert (step.status, step.claimed_by) == (Step.Status.PROCESSING, "second-task")
