@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import reduce
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -19,6 +19,7 @@ from django.db.models import (
     Count,
     Exists,
     F,
+    Model,
     OuterRef,
     PositiveSmallIntegerField,
     Q,
@@ -46,6 +47,7 @@ from workflows.delays import UnsupportedDelay, delay_until
 from workflows.models import Notification, Step
 
 logger = logging.getLogger(__name__)
+_Row = TypeVar("_Row", bound=Model)
 
 BROADCAST_CHUNK = 500
 # The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
@@ -1336,6 +1338,27 @@ def _quiet_for_twice_each_run(*, now: datetime, grace: timedelta) -> Q:
     return reduce(operator.or_, waits)  # and no run after the last: refanned=MAX_REFANS
 
 
+def _unheld(rows: QuerySet[_Row]) -> QuerySet[_Row]:
+    """`rows` less those another transaction holds, locked for an UPDATE of the
+    reconciler's in the transaction of `_update_unheld`. A row skipped is the next tick's.
+
+    An UPDATE of several rows locks each as it reads it, in the order of the table or of
+    an index, which no other writer shares: a tick held one event and waited for another
+    that a subscriber's delete held (it locks the events that reached the subscriber in
+    id order), while the delete waited for the one the tick held. PostgreSQL ended the
+    deadlock by failing one of them, the delete (a 503) or the tick. Skipping what it
+    would wait for, a tick waits for no one, and no other writer, nor a second tick (two
+    beats by mistake), waits in a cycle with it."""
+    locked = rows.order_by().select_for_update(no_key=True, skip_locked=True, of=("self",))
+    return rows.model._default_manager.filter(pk__in=locked.values("pk"))
+
+
+def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
+    """`rows.update(**fields)` but for the rows another transaction holds (`_unheld`)."""
+    with transaction.atomic():
+        return _unheld(rows).update(**fields)
+
+
 def reconcile() -> dict[str, int]:
     """Re-enqueue work that stalled: lost broker messages, dead workers, long delays.
 
@@ -1354,24 +1377,27 @@ def reconcile() -> dict[str, int]:
     stale_events = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
     )
-    given_up_events = stale_events.filter(
-        internal_errors__gte=settings.NORM_MAX_CLAIMS - 1, canceled_at__isnull=True
-    ).update(
+    given_up_events = _update_unheld(
+        stale_events.filter(
+            internal_errors__gte=settings.NORM_MAX_CLAIMS - 1, canceled_at__isnull=True
+        ),
         status=TriggerEvent.Status.FAILED,
         internal_errors=F("internal_errors") + 1,
         error=_never_finished(),
         processed_at=now,
     )
-    released_events = stale_events.update(
+    released_events = _update_unheld(
+        stale_events,
         status=TriggerEvent.Status.RECEIVED,
         reenqueued_at=None,
         internal_errors=F("internal_errors") + 1,
     )
     # A canceled event no run may claim: one released above (its run died after the
     # cancel), or by a run the broker refused, ends here rather than received for good.
-    TriggerEvent.objects.filter(
-        status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=False
-    ).update(status=TriggerEvent.Status.CANCELED)
+    _update_unheld(
+        TriggerEvent.objects.filter(status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=False),
+        status=TriggerEvent.Status.CANCELED,
+    )
     # Subscriber commands lost with the broker leave a processed event with fewer
     # notifications than recipients: fan it out again (it skips those reached).
     # Each event's notifications counted on their own (a subquery by trigger_event_id):
@@ -1395,19 +1421,25 @@ def reconcile() -> dict[str, int]:
     # (FANOUT_RECHECK), or a backlog longer than it lost the event's check for good.
     room = _room(pipeline.SUBSCRIBER.queue)
     if not room:
-        short.filter(refanned__lt=MAX_REFANS, recheck_from__lt=now - FANOUT_RECHECK / 2).update(
-            recheck_from=now
+        _update_unheld(
+            short.filter(refanned__lt=MAX_REFANS, recheck_from__lt=now - FANOUT_RECHECK / 2),
+            recheck_from=now,
         )
     quiet = short.filter(_quiet_for_twice_each_run(now=now, grace=grace)).exclude(
         # Only once its fan-out went quiet: a broadcast still being worked through (its
         # commands queued behind others) is not lost.
         Exists(of_event.filter(created_at__gte=now - grace))
     )
-    TriggerEvent.objects.filter(
-        pk__in=list(quiet.values_list("pk", flat=True)[:room]),
-        status=TriggerEvent.Status.PROCESSED,
-        canceled_at__isnull=True,
-    ).update(status=TriggerEvent.Status.RECEIVED, reenqueued_at=None, refanned=F("refanned") + 1)
+    _update_unheld(
+        TriggerEvent.objects.filter(
+            pk__in=list(quiet.values_list("pk", flat=True)[:room]),
+            status=TriggerEvent.Status.PROCESSED,
+            canceled_at__isnull=True,
+        ),
+        status=TriggerEvent.Status.RECEIVED,
+        reenqueued_at=None,
+        refanned=F("refanned") + 1,
+    )
     # Received but not claimed: lost with the broker, or still queued behind others.
     # The broker cannot be asked which, so each is re-sent once per grace period.
     waiting = TriggerEvent.objects.filter(
@@ -1415,7 +1447,7 @@ def reconcile() -> dict[str, int]:
     ).filter(Q(reenqueued_at__isnull=True) | Q(reenqueued_at__lt=now - grace))
     rooms: dict[str, int] = {}  # by queue: a workflow may be routed to its own
     events = _to_workflow_queues(waiting.values_list("pk", "workflow_id"), rooms)
-    TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]).update(reenqueued_at=now)
+    _update_unheld(TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]), reenqueued_at=now)
     for pk, queue in events:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=queue)
     counts["events"] = len(events)
@@ -1430,17 +1462,22 @@ def reconcile() -> dict[str, int]:
     # the message worker end its notifications as they reach them.
     under_way = TriggerEvent.objects.filter(cancel_task_at__lt=now - grace)
     cancels = _to_workflow_queues(under_way.values_list("pk", "workflow_id"), rooms)
-    TriggerEvent.objects.filter(
-        pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False
-    ).update(cancel_task_at=now)
+    _update_unheld(
+        TriggerEvent.objects.filter(pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False),
+        cancel_task_at=now,
+    )
     for pk, queue in cancels:
         pipeline.send_now(pipeline.CANCEL, pk, queue=queue)
     counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.
-    released_steps = Step.objects.filter(
-        _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
-    ).update(status=Step.Status.SCHEDULED, enqueued_at=None)
+    released_steps = _update_unheld(
+        Step.objects.filter(
+            _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
+        ),
+        status=Step.Status.SCHEDULED,
+        enqueued_at=None,
+    )
     # A notification that ended (canceled, failed) while its step was sending leaves the
     # step to its task; a task lost with its worker left the step processing for good,
     # and its message sending. Once the claim is stale, both end, never sent again. The
@@ -1469,7 +1506,9 @@ def reconcile() -> dict[str, int]:
         resent = due.filter(enqueued_at__lt=now - grace, due_at__lt=now - grace)
         room = min(_room(pipeline.MESSAGE.queue), REDRIVE_BATCH - len(step_pks))
         step_pks += list(resent.values_list("pk", flat=True)[:room])
-    Step.objects.filter(pk__in=step_pks).update(enqueued_at=now)  # one UPDATE, not one each
+    _update_unheld(
+        Step.objects.filter(pk__in=step_pks), enqueued_at=now
+    )  # one UPDATE, not one each
     for step_pk in step_pks:
         pipeline.send_now(pipeline.MESSAGE, step_pk)
     counts["steps"] = len(step_pks)
@@ -1489,7 +1528,7 @@ def reconcile() -> dict[str, int]:
             .order_by("updated_at")
         )
         notification_pks += list(idle.values_list("pk", flat=True)[:room])
-    Notification.objects.filter(pk__in=notification_pks).update(updated_at=now)
+    _update_unheld(Notification.objects.filter(pk__in=notification_pks), updated_at=now)
     for notification_pk in notification_pks:
         pipeline.send_now(pipeline.ECHO, str(notification_pk))
     counts["notifications"] = len(notification_pks)
