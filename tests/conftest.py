@@ -276,6 +276,65 @@ def another_waits_for_a_lock() -> None:
     raise AssertionError("no connection waited for a lock")
 
 
+class InThread:
+    """`work` on a thread and a connection of its own; `join` returns what it returned,
+    or raises what it raised."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: Exception | None = None
+
+        def run() -> None:
+            try:
+                self.result = work()
+            except Exception as exc:
+                self.error = exc
+            finally:
+                connection.close()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self) -> Any:
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def lock_waiters(count: int, *, within: float = 3) -> None:
+    """Return once `count` other connections wait for a row lock, or after `within`
+    seconds: a fixed run may not wait at all."""
+    deadline = time.monotonic() + within
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0] >= count:
+                return
+            time.sleep(0.02)
+
+
+def held(rows: Any, release: threading.Event) -> InThread:
+    """Another worker's transaction holding `rows` (a queryset), as its no-key locks do
+    (a subscriber command counting its run lost, a send recording its step), until
+    `release`."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            list(rows.select_for_update(no_key=True).values_list("pk", flat=True))
+            locked.set()
+            release.wait(10)
+
+    holder = InThread(hold)
+    assert locked.wait(10)
+    return holder
+
+
 class Meanwhile:
     """Runs `work` in another thread and gives it a second: long enough to finish,
     unless it waits for a lock the caller holds. `join` waits for the rest, and returns

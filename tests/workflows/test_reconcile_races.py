@@ -5,16 +5,13 @@ PostgreSQL ends by failing one of them), and two ticks at once do no harm."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
 
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, ago
+from tests.conftest import Enqueued, InThread, ago, held, lock_waiters
 from tests.factories import NotificationFactory, SubscriberFactory, api_for, client_with_key
 from workflows import services
 from workflows.models import Notification
@@ -29,64 +26,6 @@ STALE = 600
 def _timing(settings: Any) -> None:
     settings.NORM_RECONCILE_GRACE = GRACE
     settings.NORM_STALE_CLAIM_SECONDS = STALE
-
-
-class InThread:
-    """`work` on a thread and a connection of its own; `join` returns what it returned,
-    or raises what it raised."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: Exception | None = None
-
-        def run() -> None:
-            try:
-                self.result = work()
-            except Exception as exc:
-                self.error = exc
-            finally:
-                connection.close()
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-
-    def join(self) -> Any:
-        self.thread.join(20)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def lock_waiters(count: int, *, within: float = 3) -> None:
-    """Return once `count` other connections wait for a row lock, or after `within`
-    seconds: a fixed run may not wait at all."""
-    deadline = time.monotonic() + within
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0] >= count:
-                return
-            time.sleep(0.02)
-
-
-def held(event: TriggerEvent, release: threading.Event) -> InThread:
-    """Another worker's transaction holding `event` (a subscriber command counting its
-    run lost, say) until `release`."""
-    locked = threading.Event()
-
-    def hold() -> None:
-        with transaction.atomic():
-            TriggerEvent.objects.select_for_update(no_key=True).filter(pk=event.pk).exists()
-            locked.set()
-            release.wait(10)
-
-    holder = InThread(hold)
-    assert locked.wait(10)
-    return holder
 
 
 def test_a_subscriber_deleted_while_a_tick_releases_stale_fan_outs_is_deleted(
@@ -112,7 +51,7 @@ def test_a_subscriber_deleted_while_a_tick_releases_stale_fan_outs_is_deleted(
             created_at=ago(STALE + 30 - n),
         )
     release = threading.Event()
-    holder = held(other, release)
+    holder = held(TriggerEvent.objects.filter(pk=other.pk), release)
     tick = InThread(services.reconcile)  # holds `second`, waits for `other`
     lock_waiters(1)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
@@ -128,3 +67,36 @@ def test_a_subscriber_deleted_while_a_tick_releases_stale_fan_outs_is_deleted(
     for event in (first, second):  # released by the tick, and ann counted out of both
         event.refresh_from_db()
         assert (event.status, event.forgotten) == (TriggerEvent.Status.RECEIVED, ["ann"])
+
+
+def test_two_ticks_at_once_count_each_stalled_fan_out_once(enqueued: Enqueued) -> None:
+    """Two beats by mistake: the ticks' UPDATEs met on the same events, each one's
+    counts (a run that never came back, a rerun) taken once, and each tick ends."""
+    stale = [NotificationFactory().trigger_event for _ in range(20)]
+    TriggerEvent.objects.update(
+        status=TriggerEvent.Status.PROCESSING, claimed_at=ago(STALE + 10), created_at=ago(STALE)
+    )
+    short = [NotificationFactory().trigger_event for _ in range(20)]
+    TriggerEvent.objects.filter(pk__in=[e.pk for e in short]).update(
+        status=TriggerEvent.Status.PROCESSED,
+        recipients=2,
+        created_at=ago(STALE),
+        claimed_at=ago(GRACE + 10),
+        processed_at=ago(GRACE + 10),
+        recheck_from=ago(GRACE + 10),
+    )
+    Notification.objects.update(created_at=ago(GRACE + 10))
+    both = threading.Barrier(2)
+
+    def tick() -> dict[str, int]:
+        both.wait(10)
+        return services.reconcile()
+
+    ticks = [InThread(tick) for _ in range(2)]
+    for each in ticks:
+        each.join()
+
+    runs = TriggerEvent.objects.filter(pk__in=[e.pk for e in stale])
+    assert set(runs.values_list("status", "internal_errors")) == {(TriggerEvent.Status.RECEIVED, 1)}
+    reruns = TriggerEvent.objects.filter(pk__in=[e.pk for e in short])
+    assert set(reruns.values_list("status", "refanned")) == {(TriggerEvent.Status.RECEIVED, 1)}
