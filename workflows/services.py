@@ -1304,10 +1304,19 @@ def _listed_notifications_cancel(ids: list[Any], now: datetime) -> int:
     caller's transaction; return how many."""
     if not ids:
         return 0
-    canceled = (
+    # Locked in id order first, as a subscriber's delete locks its notifications. The
+    # UPDATE alone locked them as it read them, in the table's order (a bitmap scan of
+    # the primary key, for a chunk of a large table): it held one of a subscriber's and
+    # waited for another that the subscriber's delete held, waiting for the first, a
+    # deadlock that PostgreSQL ended by failing one of them (the delete, a 503).
+    unfinished = (
         Notification.objects.filter(pk__in=ids)
         .exclude(status__in=Notification.FINAL)
-        .update(status=Notification.Status.CANCELED, completed_at=now)
+        .order_by("pk")
+        .select_for_update(no_key=True)
+    )
+    canceled = Notification.objects.filter(pk__in=unfinished.values("pk")).update(
+        status=Notification.Status.CANCELED, completed_at=now
     )
     # Each status as "none of the others", which the (status, due_at) index cannot serve:
     # as `status = …`, PostgreSQL read it when its statistics (not yet counting the

@@ -13,12 +13,16 @@ from django.db import connection
 from messaging import services as messaging_services
 from notify import services as notify_services
 from notify.models import TriggerEvent
-from tests.conftest import Enqueued, another_waits_for_a_lock
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued, InThread, another_waits_for_a_lock, held, lock_waiters
 from tests.factories import (
     BridgeSyncFactory,
+    NotificationFactory,
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
+    api_for,
+    client_with_key,
 )
 from workflows import bridge, services
 from workflows.models import Notification, Step
@@ -226,3 +230,46 @@ def test_a_large_triggers_cancel_commits_each_chunk_before_it_reaches_the_next(
     assert not holder.is_alive() and not canceling.is_alive()
     assert answered == {"canceled": 5}
     assert seen() == {step.notification_id: canceled for step in steps}
+
+
+def test_a_subscriber_deleted_while_the_admin_cancels_its_notifications_is_deleted(
+    enqueued: Enqueued,
+) -> None:
+    """The admin's cancel of several notifications (and a trigger's, a chunk at a time)
+    locked them in the order its UPDATE read them, by the table's order over a large
+    one, and a subscriber's delete in id order: the cancel held a later notification of
+    the subscriber and waited for an earlier one the delete held, while the delete
+    waited for the later one. PostgreSQL ended the delete (a 503, the subscriber still
+    there) or the cancel (a 500 in the admin)."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    first, second = sorted(
+        (NotificationFactory(trigger_event__client=client, subscriber=ann) for _ in range(2)),
+        key=lambda n: n.pk,
+    )
+    other = NotificationFactory(trigger_event__client=client)
+    # Written last, `first` is the table's last row: the cancel reads `second`, `other`
+    # (which a send holds), then `first`.
+    for notification in (second, other, first):
+        Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
+    release = threading.Event()
+    holder = held(Notification.objects.filter(pk=other.pk), release)
+
+    def admin_cancel() -> int:
+        with connection.cursor() as cursor:  # the plan of a chunk in a large table
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_indexscan = off")
+        return services.notifications_cancel(notification_ids=[first.pk, second.pk, other.pk])
+
+    cancel = InThread(admin_cancel)  # holds `second`, waits for `other`
+    lock_waiters(1)
+    delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
+    lock_waiters(2)  # the delete holds `first`, waits for `second`
+    release.set()  # the cancel goes on to `first`
+    holder.join()
+    response = delete.join()
+    cancel.join()
+
+    assert response.status_code == 200, response.content
+    assert not Subscriber.objects.filter(pk=ann.pk).exists()
+    assert Notification.objects.get(pk=other.pk).status == Notification.Status.CANCELED
