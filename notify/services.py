@@ -115,6 +115,17 @@ def clients_delete(*, client_ids: list[int]) -> None:
         ids = list(locked.values_list("pk", flat=True))
         if TriggerEvent.objects.filter(client_id__in=ids).exists():
             raise ClientHasTriggers
+        # Their topics too, before the cascade reads what refers to them: a subscription
+        # (which names no client, so waits for no client's lock) added meanwhile locks its
+        # topic first, and is then waited for, and deleted with it. Read before it
+        # committed, the cascade deleted its topic and subscriber under it, refused by its
+        # foreign key at commit, a 500.
+        list(
+            Topic.objects.select_for_update()
+            .filter(client_id__in=ids)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
         Client.objects.filter(pk__in=ids).delete()
 
 

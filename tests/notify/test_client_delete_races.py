@@ -14,8 +14,10 @@ from django.urls import reverse
 
 from notify.admin import ClientAdmin
 from notify.models import BridgeWorkflow, Client, TriggerEvent
+from subscribers import services as subscriber_services
+from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued, Meanwhile, while_held
-from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import BridgeWorkflowFactory, SubscriberFactory, api_for, client_with_key
 from workflows import bridge
 from workflows.demo import demo_bridge
 
@@ -174,3 +176,25 @@ def test_another_write_stored_as_its_client_is_deleted_is_refused_as_a_revoked_k
     assert deleted.status_code == 302
     assert_refused_as_a_revoked_key(response)
     assert not Client.objects.exists()
+
+
+def test_a_topic_subscription_added_as_its_client_is_deleted_does_not_fail_the_delete(
+    keyed: tuple[Client, str], admin_client: Any
+) -> None:
+    """A subscription (which names no client) added while the delete ran: the delete
+    collected the client's topic subscriptions before it committed, waited for its topic
+    and subscriber, then deleted them under it, refused by its foreign key at commit: a
+    500, the client still there."""
+    client, _ = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+
+    (members, missing), deleted = while_held(
+        lambda: subscriber_services.topic_subscribe(topic=topic, subscriber_ids=["ann"]),
+        lambda: admin_client.post(delete_page(client), {"post": "yes"}),
+    )
+
+    assert ([m.subscriber_id for m in members], missing) == (["ann"], [])
+    assert deleted.status_code == 302
+    assert not Client.objects.exists()
+    assert not Subscriber.objects.exists() and not TopicSubscription.objects.exists()
