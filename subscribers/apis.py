@@ -949,7 +949,8 @@ class TopicSubscriptionsApi(APIView):
     def delete(self, request: Request, key: str) -> Response:
         ids = _subscription_ids(request, key)
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
+        with _not_deleted_meanwhile(key):
+            removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in removed],
@@ -1056,5 +1057,6 @@ class TopicSubscribersRemovalV1Api(TopicSubscriberCheckApi):
     def post(self, request: Request, key: str, subscriber_id: str = "removal") -> Response:
         ids = _ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
+        with _not_deleted_meanwhile(key):
+            services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         return Response({"data": {"acknowledged": True}})

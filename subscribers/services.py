@@ -487,7 +487,15 @@ def topic_subscribe(
 
 
 def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[Subscriber]:
-    """Remove the named subscribers from a topic; return those that were members."""
-    removed = list(selectors.topic_members(topic=topic).filter(subscriber_id__in=subscriber_ids))
-    TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
+    """Remove the named subscribers from a topic; return those that were members.
+    Topic.DoesNotExist if the topic was deleted meanwhile."""
+    with transaction.atomic():
+        # The topic locked first, as its delete and a subscribe lock it: the delete's
+        # DELETE of the topic's subscriptions and this one's each locked them as they read
+        # them (by the table, by the index), each holding one the other wanted next, a
+        # deadlock that PostgreSQL ended by failing one of them (a 503).
+        _lock_or_gone(Topic.objects.filter(pk=topic.pk))
+        members = selectors.topic_members(topic=topic).filter(subscriber_id__in=subscriber_ids)
+        removed = list(members)
+        TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
     return removed

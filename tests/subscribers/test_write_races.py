@@ -4,16 +4,18 @@ neither answers a 500, nothing is duplicated, and nothing one of them wrote is l
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
 from config.dates import iso_z
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Enqueued, Meanwhile, while_held
+from tests.conftest import Enqueued, InThread, Meanwhile, held, lock_waiters, while_held
 from tests.factories import SubscriberFactory, TriggerEventFactory, api_for, client_with_key
 from workflows.models import Notification
 
@@ -335,3 +337,50 @@ def test_a_triggers_command_meeting_its_subscriber_created_and_deleted_meanwhile
     assert Notification.objects.get().subscriber == subscriber
     event.refresh_from_db()
     assert event.error == ""
+
+
+def test_an_unsubscribe_while_its_topic_is_deleted_waits_for_the_delete(
+    keyed: tuple[Any, str],
+) -> None:
+    """The delete's DELETE of the topic's subscriptions locked them as it read them (the
+    table's order, for a large topic), the unsubscribe's in its index's order: each held
+    one the other wanted next, and PostgreSQL failed the unsubscribe (a 503). It now
+    waits for the topic, and finds it deleted: the 404 a moment later would answer."""
+    client, key = keyed
+    ann, bob, cid = (
+        SubscriberFactory(client=client, subscriber_id=n) for n in ("ann", "bob", "cid")
+    )
+    topic = Topic.objects.create(client=client, key="news")
+    services.topic_subscribe(topic=topic, subscriber_ids=["ann", "bob", "cid"])
+    rows = {s.pk: TopicSubscription.objects.filter(subscriber=s) for s in (ann, bob, cid)}
+    # Written last, ann's is the table's last row: the delete reads bob's, cid's (which
+    # another write holds), then ann's; the unsubscribe, by the index, ann's then bob's.
+    for subscriber in (bob, cid, ann):
+        rows[subscriber.pk].update(created_at=F("created_at"))
+    release = threading.Event()
+    holder = held(rows[cid.pk], release)
+
+    def delete() -> None:
+        with connection.cursor() as cursor:  # the plans of a large topic, and of two members
+            cursor.execute("SET enable_indexscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+        services.topic_delete(topic=topic)
+
+    def unsubscribe() -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+        body = {"subscriptions": ["ann", "bob"]}
+        return api_for(key).delete("/v2/topics/news/subscriptions", body, format="json")
+
+    deleting = InThread(delete)  # holds bob's, waits for cid's
+    lock_waiters(1)
+    unsubscribing = InThread(unsubscribe)
+    lock_waiters(2)  # the unsubscribe holds ann's, waits for bob's
+    release.set()  # the delete goes on to ann's
+    holder.join()
+    response = unsubscribing.join()
+    deleting.join()
+
+    assert response.status_code == 404, response.content
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
