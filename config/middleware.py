@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 
 from django.core.exceptions import TooManyFieldsSent
@@ -11,19 +10,23 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 
 logger = logging.getLogger(__name__)
 
-_SLASHES = re.compile(r"/{2,}")
 
 # Novu's path for its API's health check.
 HEALTH_CHECK_PATH = "/v1/health-check"
 
 
 def collapse_slashes(get_response: Callable[[HttpRequest], HttpResponse]):
-    """Serve `//v1/...` as `/v1/...`: novu 1.14 keeps the base URL's trailing slash."""
+    """Serve `//v1/...` as `/v1/...`: novu 1.14 keeps the base URL's trailing slash.
+    Only the leading slashes: the path is decoded, and further on a "//" is an id's
+    own (a transactionId that is a URL, sent as is or with %2F), which collapsed named
+    another trigger to read or cancel."""
 
     def middleware(request: HttpRequest) -> HttpResponse:
-        if "//" in request.path_info:
-            request.path_info = _SLASHES.sub("/", request.path_info)
-            request.path = _SLASHES.sub("/", request.path)
+        if request.path_info.startswith("//"):
+            collapsed = "/" + request.path_info.lstrip("/")
+            # `path` is the script prefix (a deployment under /novu) and then path_info.
+            request.path = request.path.removesuffix(request.path_info) + collapsed
+            request.path_info = collapsed
         return get_response(request)
 
     return middleware

@@ -160,6 +160,29 @@ def test_a_transaction_id_with_a_slash_is_read_and_canceled(
     assert read(api, path)["canceledAt"]
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["https%3A%2F%2Fshop.example%2Forders%2F7", "https://shop.example/orders/7"],
+    ids=["percent-encoded", "as-is"],
+)
+def test_a_transaction_id_with_a_double_slash_is_read_and_canceled_not_another(
+    api: APIClient, django_capture_on_commit_callbacks: Capture, path: str
+) -> None:
+    """A transactionId holding "//" (an order's URL) lost it to the collapse of novu
+    1.14's leading "//v1": its read and cancel named "https:/shop.example/orders/7", a
+    404, or canceled that other trigger where one was taken."""
+    for transaction_id in ("https://shop.example/orders/7", "https:/shop.example/orders/7"):
+        body = json.dumps({"name": "welcome", "to": "ann", "transactionId": transaction_id})
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post("/v1/events/trigger", data=body, content_type="application/json")
+        assert response.status_code == 201, response.content
+
+    assert read(api, path)["transactionId"] == "https://shop.example/orders/7"
+    assert api.delete(f"/v1/events/trigger/{path}").json() == {"data": True}
+    assert read(api, path)["canceledAt"]
+    assert read(api, "https:%2Fshop.example%2Forders%2F7")["canceledAt"] is None
+
+
 @pytest.mark.parametrize("word", ["bulk", "broadcast"])
 def test_a_transaction_id_named_as_a_trigger_route_is_read_and_canceled(
     api: APIClient, django_capture_on_commit_callbacks: Capture, word: str
