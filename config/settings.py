@@ -327,6 +327,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # The ApiKey security scheme comes from notify.auth.ApiKeySchemeExtension.
+    # notify.urls' converter of a transactionId: any string, as `path` is described.
+    "PATH_CONVERTER_OVERRIDES": {"text": str},
 }
 
 # --- Celery -------------------------------------------------------------------------

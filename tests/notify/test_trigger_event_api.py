@@ -183,6 +183,21 @@ def test_a_transaction_id_with_a_double_slash_is_read_and_canceled_not_another(
     assert read(api, "https:%2Fshop.example%2Forders%2F7")["canceledAt"] is None
 
 
+def test_a_transaction_id_with_a_line_break_is_read_and_canceled(
+    api: APIClient, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """A transactionId is any string (Novu's too), and one with a line break within was
+    taken, but its read and cancel were a 404: the route's pattern stopped at the break."""
+    body = json.dumps({"name": "welcome", "to": "ann", "transactionId": "order\n7"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/v1/events/trigger", data=body, content_type="application/json")
+    assert response.status_code == 201, response.content
+
+    assert read(api, "order%0A7")["transactionId"] == "order\n7"
+    assert api.delete("/v1/events/trigger/order%0A7").json() == {"data": True}
+    assert read(api, "order%0A7")["canceledAt"]
+
+
 @pytest.mark.parametrize("word", ["bulk", "broadcast"])
 def test_a_transaction_id_named_as_a_trigger_route_is_read_and_canceled(
     api: APIClient, django_capture_on_commit_callbacks: Capture, word: str
