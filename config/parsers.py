@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -71,6 +72,13 @@ def _check_size(content_length: str | None) -> None:
         raise body_too_large()
 
 
+def _is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL would refuse later: a NUL character
     or a lone surrogate in any string or key, a number beyond a double. Refused here,
@@ -84,11 +92,16 @@ class JSONParser(parsers.JSONParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
-        request = (parser_context or {}).get("request")
+        context = dict(parser_context or {})
+        request = context.get("request")
         if request is not None:
             _check_size(request.META.get("CONTENT_LENGTH"))
+        if _is_utf8(context.get("encoding") or settings.DEFAULT_CHARSET):
+            # A file a Windows editor saved opens with a byte order mark, which Novu's
+            # body parser (iconv-lite) drops and Python's JSON refuses.
+            context["encoding"] = "utf-8-sig"
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = super().parse(stream, media_type, context)
         except RecursionError as exc:
             raise ParseError(f"JSON parse error - {TOO_DEEP}") from exc
         problem = unfit(data)

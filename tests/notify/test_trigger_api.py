@@ -111,6 +111,18 @@ def test_malformed_json_is_400(post: Post, discover: FakeDiscover, enqueued: Enq
     assert_nothing_stored(enqueued)
 
 
+def test_a_body_opening_with_a_byte_order_mark_is_taken(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """A file saved by a Windows editor opens with a UTF-8 byte order mark, which Novu's
+    body parser (body-parser, iconv-lite) drops: `curl --data @trigger.json` was a 400
+    "Unexpected UTF-8 BOM" here."""
+    body = json.dumps({"name": "welcome", "to": "ann"}).encode()
+    response = post(TRIGGER, b"\xef\xbb\xbf" + body, raw=True)
+    assert response.status_code == 201, response.content
+    assert TriggerEvent.objects.get().to == "ann"
+
+
 @pytest.mark.parametrize("body", [["welcome"], "welcome", 42])
 def test_non_object_body_is_400(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, body: Any
