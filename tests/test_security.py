@@ -588,3 +588,71 @@ def test_a_query_of_more_parameters_than_django_reads_is_a_400() -> None:
         assert (response.status_code, response.json()["code"]) == (400, "invalid_query"), path
         assert "more than 1000 parameters" in response.json()["message"]
     assert api.get("/v1/notifications?" + many.rsplit("&", 1)[0]).status_code == 200
+
+
+@pytest.fixture
+def wsgi_in_test() -> Iterator[None]:
+    """norm's WSGI application called in the test's transaction: its request signals
+    would close the connection that holds it."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    for signal in (signals.request_started, signals.request_finished):
+        signal.disconnect(close_old_connections)
+    yield
+    for signal in (signals.request_started, signals.request_finished):
+        signal.connect(close_old_connections)
+
+
+def _chunked(key: str, body: bytes, *, decoded: bool) -> tuple[str, bytes]:
+    """POST `body` to the trigger as a server hands over a chunked one, with no
+    Content-Length: gunicorn decoded its chunks (`decoded`), runserver did not."""
+    from config.wsgi import application
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/events/trigger",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "HTTP_AUTHORIZATION": f"ApiKey {key}",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": decoded,
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    started: list[str] = []
+    answer = b"".join(application(environ, lambda status, headers: started.append(status)))
+    return started[0], answer
+
+
+def test_a_chunked_body_is_read_not_taken_for_none(enqueued: object, wsgi_in_test: None) -> None:
+    """Django reads a body up to its Content-Length, and a chunked one has none: under
+    gunicorn a trigger sent so (a client streaming its body) was a 400, its body unread,
+    "name: This field is required"; a mark of some notifications marked them all."""
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")  # no bridge asked
+    body = json.dumps({"name": "welcome", "to": "ann"}).encode()
+
+    status, answer = _chunked(key, body, decoded=True)
+    assert status.startswith("201"), answer
+    assert TriggerEvent.objects.get().to == "ann"
+
+    # Left undecoded by the server, the body cannot be read at all: a 411 says why.
+    status, answer = _chunked(key, body, decoded=False)
+    assert status.startswith("411"), answer
+    assert json.loads(answer)["code"] == "length_required"
+    assert TriggerEvent.objects.count() == 1
+
+    # Past the body limit, as one with a Content-Length is.
+    big = json.dumps({"name": "welcome", "to": "ann", "payload": {"x": "a" * 600_000}})
+    status, answer = _chunked(key, big.encode(), decoded=True)
+    assert status.startswith("413"), answer
