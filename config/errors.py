@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -24,6 +24,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
 from config.dates import iso_z
+from config.db import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,21 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
         body = error_body(404, request.get_full_path(), "Not found", code="not_found")
         return JsonResponse(body, status=404)
     return defaults.page_not_found(request, exception)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400: under /v1 and /v2, Novu's error body, as for a 404. A host left out of
+    ALLOWED_HOSTS (a proxy passing its own name on) answered every call with Django's
+    page, "Bad Request (400)", and the reason only in the server's log."""
+    if not request.path_info.startswith(("/v1/", "/v2/")):
+        return defaults.bad_request(request, exception)
+    message, code = "Bad request", "bad_request"
+    if isinstance(exception, DisallowedHost):
+        host = bounded(request.META.get("HTTP_HOST", ""), 255)  # get_host() raises again
+        message = f"This server does not serve the host {host}: add it to ALLOWED_HOSTS"
+        code = "host_not_allowed"
+    body = error_body(400, request.get_full_path(), message, code=code, type=code, errors=[])
+    return JsonResponse(body, status=400)
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from workflows.demo import bridge_view
 
+handler400 = "config.errors.bad_request"
 handler404 = "config.errors.page_not_found"
 
 _READ_ONLY = ["get", "head"]

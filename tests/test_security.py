@@ -367,6 +367,28 @@ def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
 
 
+def test_a_host_not_allowed_is_a_json_400_that_names_it_under_the_api(settings: Any) -> None:
+    """A public host name left out of ALLOWED_HOSTS (a proxy that passes its own on) made
+    every call an HTML page, "Bad Request (400)", saying nothing of why: novu-py raised
+    its untyped error with the page, and the reason was only in the server's log."""
+    settings.ALLOWED_HOSTS = ["norm.example"]
+    _, key = client_with_key()
+    api = api_for(key)
+    response = api.get("/v2/subscribers?limit=1", HTTP_HOST="notify.example.com")
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    body = response.json()
+    assert (body["statusCode"], body["path"], body["code"]) == (
+        400,
+        "/v2/subscribers?limit=1",
+        "host_not_allowed",
+    )
+    assert body["message"] == (
+        "This server does not serve the host notify.example.com: add it to ALLOWED_HOSTS"
+    )
+    page = api.get("/admin/", HTTP_HOST="notify.example.com")  # outside the API: Django's page
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
+
+
 def test_error_shapes_follow_the_route_under_a_path_prefix() -> None:
     """Behind a proxy at /novu (SCRIPT_NAME), the route is what follows the prefix."""
     _, key = client_with_key()
