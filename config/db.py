@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 from django.db import connections, router
@@ -51,6 +52,18 @@ def insert_once(row: Model) -> bool:
             return False
     row._state.adding, row._state.db = False, using
     return True
+
+
+# What PostgreSQL's text and jsonb cannot hold: NUL, and a lone UTF-16 surrogate
+# ("\ud800"), which JSON can escape and Python decodes, but which has no UTF-8 form.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` another system wrote (a bridge's error) with each character PostgreSQL
+    cannot hold as U+FFFD: a JavaScript bridge that cuts its message by UTF-16 units
+    leaves half an emoji, and the row's UPDATE failed with it."""
+    return UNSTORABLE.sub("\ufffd", text)
 
 
 def bounded(text: str, limit: int) -> str:

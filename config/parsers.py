@@ -3,7 +3,6 @@ from __future__ import annotations
 import codecs
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,12 +10,8 @@ from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
+from config.db import UNSTORABLE
 from config.errors import body_too_large
-
-# What text and jsonb cannot hold: NUL, and a lone UTF-16 surrogate ("\ud800"), which
-# JSON can escape and Python decodes, but which has no UTF-8 form.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
 
 # Every stage after the API walks a body recursively (storing it, signing it for the
 # bridge, norm's SDK, which refuses an execute body nested deeper than 200 levels), and
@@ -35,7 +30,7 @@ def unfit(data: Any) -> str:
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
-            if _UNSTORABLE.search(value):
+            if UNSTORABLE.search(value):
                 return "strings must not contain NUL (\\u0000) or a lone surrogate"
         elif isinstance(value, float):
             if not math.isfinite(value):

@@ -28,7 +28,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from config import deadlines
-from config.db import bounded
+from config.db import bounded, storable
 from config.redact import masked_text
 from workflows.sdk.signing import canonical_json, signature_header
 
@@ -358,7 +358,8 @@ def _call_once(
         )
     if status >= 400:
         code = data.get("code") if isinstance(data, dict) else None
-        code = code[:100] if isinstance(code, str) else None  # it is stored, and compared
+        # Stored, and compared; as the message, without what PostgreSQL cannot hold.
+        code = storable(code[:100]) if isinstance(code, str) else None
         message = _text(data.get("message")) if isinstance(data, dict) else ""
         error_data = data.get("data") if isinstance(data, dict) else None
         message = message or _page_text(content) or response.reason
@@ -368,7 +369,7 @@ def _call_once(
             message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
         if problems := _problems(error_data):
             message = f"{message} ({problems})"
-        message = bounded(message, MAX_MESSAGE)
+        message = bounded(storable(message), MAX_MESSAGE)
         if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
             raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
         raise BridgeError(code or f"HTTP{status}", message, error_data, status)

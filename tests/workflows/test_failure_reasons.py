@@ -155,6 +155,37 @@ def test_a_bridge_error_with_a_long_message_is_kept_to_a_readable_length(
 
 
 @pytest.mark.parametrize(
+    ("status", "answer", "code", "reason"),
+    [
+        # A JavaScript bridge that cut its message by UTF-16 units, within an emoji.
+        (
+            400,
+            {"code": "StepExecutionFailedError", "message": "Hi Ann \ud83d"},
+            None,
+            "Hi Ann \ufffd",
+        ),
+        (400, {"code": "Bad\u0000Request", "message": "a NUL: \u0000"}, "Bad\ufffdRequest", None),
+        (503, {"code": "Unavailable", "message": "down \ud800\u0000"}, None, "down \ufffd\ufffd"),
+    ],
+)
+def test_a_bridge_error_with_text_postgresql_cannot_hold_fails_the_notification_with_it(
+    enqueued: Enqueued, settings: Any, status: int, answer: dict[str, Any], code: Any, reason: Any
+) -> None:
+    """A lone surrogate or a NUL in a bridge's error could not be stored as the reason:
+    the echo failed as a bug, the notification stayed pending and was asked again by the
+    reconciler, to fail at NORM_MAX_CLAIMS as an InternalError ("UnicodeEncodeError:
+    'utf-8' codec can't encode character '\\ud83d'"), the bridge's own reason lost."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 0
+    with answering(status, answer) as url:
+        notification, key = _echoed(url, enqueued)
+
+    expected = (code or answer["code"], reason or answer["message"].replace("\u0000", "\ufffd"))
+    assert notification.status == "failed"
+    assert (notification.error_code, notification.error) == expected
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == expected[1]
+
+
+@pytest.mark.parametrize(
     ("answer", "code"),
     [
         ({"stepId": "s" * 100_000, "type": "digest"}, "UnsupportedStepType"),
