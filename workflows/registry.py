@@ -73,11 +73,12 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
     ]
     try:
         return _store(client, bridge_url, workflows=workflows, flavour=flavour, now=now)
-    except DataError as exc:
+    except (DataError, UnicodeEncodeError) as exc:
         # A value PostgreSQL cannot hold (a NUL character, which its JSON refuses, in a
-        # schema's pattern): the bridge's answer, not the trigger's, and no reason to
-        # fail the echo that synced for the flavour. Raised as a DataError, it was a
-        # trigger's 400 and an echo task's crash, its notification left pending.
+        # schema's pattern; a lone surrogate, which no UTF-8 holds, in a name): the
+        # bridge's answer, not the trigger's, and no reason to fail the echo that synced
+        # for the flavour. Raised as a DataError, it was a trigger's 400 and an echo
+        # task's crash, its notification left pending; as a UnicodeEncodeError, a 500.
         error = bridge.BridgeError(
             "BridgeInvalidResponse",
             f"norm cannot store the workflows the bridge declared: {error_text(exc)}",

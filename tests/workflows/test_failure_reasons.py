@@ -286,6 +286,10 @@ NUL_SCHEMA = {
 }
 
 
+# Nor can its text hold a lone surrogate: a JavaScript name cut within an emoji.
+SURROGATE_NAME = {"workflowId": "welcome", "name": "Welcome \ud83d", "steps": []}
+
+
 @contextlib.contextmanager
 def discovering(workflows: list[dict[str, Any]]) -> Iterator[str]:
     """A norm bridge on loopback whose discover declares `workflows`, and whose every
@@ -302,7 +306,9 @@ def discovering(workflows: list[dict[str, Any]]) -> Iterator[str]:
         yield f"{url}/bridge"
 
 
-@pytest.mark.parametrize("declared", [LONG_ID, NUL_SCHEMA], ids=["long-id", "nul"])
+@pytest.mark.parametrize(
+    "declared", [LONG_ID, NUL_SCHEMA, SURROGATE_NAME], ids=["long-id", "nul", "surrogate"]
+)
 def test_a_discover_norm_cannot_store_leaves_the_echo_to_run_the_notification(
     enqueued: Enqueued, declared: dict[str, Any]
 ) -> None:
@@ -341,6 +347,23 @@ def test_a_trigger_whose_discover_norm_cannot_store_says_why() -> None:
         f"Could not discover the workflows of {url}: BridgeInvalidResponse: norm cannot store "
         "the workflows the bridge declared: unsupported Unicode escape sequence "
         "(\\u0000 cannot be converted to text.)"
+    )
+
+
+def test_a_trigger_whose_discover_holds_a_lone_surrogate_is_a_502_saying_why() -> None:
+    """A DataError (a NUL) was the bridge's 502, but a lone surrogate in a workflow's name
+    fails before PostgreSQL sees it (UnicodeEncodeError): every trigger of the client
+    was a 500."""
+    with discovering([SURROGATE_NAME]) as url:
+        _, key = client_with_key(bridge_url=url)
+        body = {"name": "welcome", "to": "ann", "payload": {}}
+        response = api_for(key).post(
+            "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 502, response.content
+    assert response.json()["message"].startswith(
+        f"Could not discover the workflows of {url}: BridgeInvalidResponse: norm cannot store "
+        "the workflows the bridge declared: UnicodeEncodeError: "
     )
 
 
