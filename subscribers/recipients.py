@@ -249,7 +249,10 @@ def _subscriber(item: Any) -> dict[str, Any]:
         recipient = {"subscriberId": str(item["subscriberId"]).strip()}
         for key in INLINE_FIELDS:
             if key in item and item[key] is not None:
-                recipient[key] = item[key]
+                # Trimmed, as the subscriber API's fields trim them: " ann@example.com\n"
+                # (a line of a file) was no email here, and left out.
+                value = item[key]
+                recipient[key] = value.strip() if isinstance(value, str) else value
         if "data" in recipient and not isinstance(recipient["data"], dict):
             raise _invalid("a subscriber's `data` must be an object")
         for key, limit in MAX_LENGTHS.items():

@@ -276,6 +276,36 @@ def test_an_invalid_inline_email_is_not_stored_and_the_stored_address_is_kept(
     )
 
 
+def test_inline_attributes_are_trimmed_as_the_subscriber_api_trims_them(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """POST /v2/subscribers stores " ann@example.com\\n" (a line of a file, say) as
+    ann@example.com; a trigger naming the subscriber so left the address out as no email
+    ("email must be an email"), and every email step to a new subscriber was skipped."""
+    client, key = client_with_key()
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    to = {
+        "subscriberId": "ann",
+        "email": " ann@example.com\n",
+        "firstName": " Ann ",
+        "timezone": "Europe/Paris\n",
+    }
+    body = {"name": "welcome", "to": [to], "payload": {}}
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_for(key).post("/v1/events/trigger", data=body, format="json")
+    assert response.status_code == 201, response.content
+
+    [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+    workflow_tasks.workflow_run(event_id)
+    for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER))):
+        with django_capture_on_commit_callbacks(execute=True):
+            services.subscriber_process(trigger_event_id=args[0], recipient=args[1])
+
+    ann = Subscriber.objects.get()
+    assert (ann.email, ann.first_name, ann.timezone) == ("ann@example.com", "Ann", "Europe/Paris")
+    assert TriggerEvent.objects.get(pk=event_id).error == ""
+
+
 def test_a_chunks_notifications_of_a_large_payload_go_in_inserts_of_bounded_size(
     enqueued: Enqueued,
     django_capture_on_commit_callbacks: Capture,
