@@ -327,8 +327,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # The ApiKey security scheme comes from notify.auth.ApiKeySchemeExtension.
-    # notify.urls' converter of a transactionId: any string, as `path` is described.
-    "PATH_CONVERTER_OVERRIDES": {"text": str},
+    # The converters of notify.urls (a transactionId: any string) and config.converters
+    # (an id trimmed), described as `path` and `str` are.
+    "PATH_CONVERTER_OVERRIDES": {"text": str, "trimmed": str},
 }
 
 # --- Celery -------------------------------------------------------------------------

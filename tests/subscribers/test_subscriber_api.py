@@ -249,6 +249,27 @@ def test_an_invalid_email_is_refused_on_v1_and_fails_only_its_entry_in_the_bulk(
     assert Subscriber.objects.get(client=client, subscriber_id="bob").email == "bob@example.com"
 
 
+def test_a_subscriber_and_a_topic_created_with_spaces_are_found_by_the_ids_given(
+    key: str,
+) -> None:
+    """A subscriberId and a topic key are stored trimmed (" ann ", a cell of a file, is
+    "ann"), as a trigger's recipients and its transactionId are read, but each URL took
+    them as given: the caller's own id was a 404 to read, update, delete or open an
+    inbox with."""
+    ok(call(key, "post", "/v2/subscribers", {"subscriberId": " ann "}), 201)
+    ok(call(key, "post", "/v2/topics", {"key": " news ", "name": "News"}), 201)
+
+    assert ok(call(key, "get", "/v2/subscribers/%20ann%20"))["data"]["subscriberId"] == "ann"
+    ok(call(key, "patch", "/v1/subscribers/%20ann%20", {"firstName": "Ann"}))
+    ok(call(key, "get", "/v1/subscribers/%20ann%20/notifications/feed"))
+    ok(call(key, "get", "/v2/subscribers/%20ann%20/notifications/count"))
+    ok(call(key, "post", "/v2/topics/%20news%20/subscriptions", {"subscriberIds": ["ann"]}), 201)
+    assert ok(call(key, "get", "/v2/topics/%20news%20"))["data"]["key"] == "news"
+    ok(call(key, "get", "/v1/topics/%20news%20/subscribers/%20ann%20"))
+    ok(call(key, "delete", "/v2/subscribers/%20ann%20"))
+    assert not Subscriber.objects.exists()
+
+
 @pytest.mark.parametrize(
     "email", ["ann@example.com", "ann+news@mail.example.co.uk", "josé@exämple.com", "ann@localhost"]
 )
