@@ -851,13 +851,14 @@ def _subscription_id(item: dict[str, Any], key: str | None) -> Any:
 def _checked_ids(ids: Any, field: str) -> list[str]:
     if (
         not isinstance(ids, list)
-        or not all(isinstance(i, str) and i for i in ids)
+        or not all(isinstance(i, str) and i.strip() for i in ids)
         or len(ids) > 1000
     ):
         raise ApiError(
             400, "invalid_request", f"'{field}' must be a list of subscriber ids (at most 1000)"
         )
-    return ids
+    # As subscriberIds are stored: " ann " named no subscriber, "ann" created so.
+    return [i.strip() for i in ids]
 
 
 def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:

@@ -352,6 +352,27 @@ def test_v2_add_members_is_201_with_counts_and_an_error_per_unknown_id(
     assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["cid", "bob", "ann"]
 
 
+def test_members_named_with_spaces_are_the_subscribers_stored_trimmed(
+    keyed: tuple[Client, str],
+) -> None:
+    """A subscriber created as " ann " is "ann" (and a trigger to " ann " reaches it),
+    but a topic's add and remove took " ann " as given: "Subscriber ' ann ' was not
+    found", for each of v2's and v1's add and remove."""
+    client, key = keyed
+    spaced = {"subscriberIds": [" ann ", "bob\n"]}
+    answer = ok(call(key, "post", "/v2/topics/news/subscriptions", spaced), 201)
+    assert answer["meta"] == {"totalCount": 2, "successful": 2, "failed": 0}
+    assert members(client, "news") == ["ann", "bob"]
+    ok(call(key, "delete", "/v2/topics/news/subscriptions", {"subscriberIds": [" ann "]}))
+    assert members(client, "news") == ["bob"]
+
+    ok(call(key, "post", "/v1/topics", {"key": "deals", "name": "Deals"}), 201)
+    added = ok(call(key, "post", "/v1/topics/deals/subscribers", {"subscribers": [" cid "]}))
+    assert added["data"]["succeeded"] == ["cid"]
+    call(key, "post", "/v1/topics/deals/subscribers/removal", {"subscribers": [" cid "]})
+    assert members(client, "deals") == []
+
+
 def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["cid"]}), 201)
