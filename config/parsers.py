@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 
 from config.db import UNSTORABLE
 from config.errors import body_too_large
@@ -67,6 +67,11 @@ def _check_size(content_length: str | None) -> None:
         raise body_too_large()
 
 
+# Content-Encodings that compress. Others are left unread as before: clients that send
+# "Content-Encoding: utf-8" for a charset are not refused for it.
+_COMPRESSIONS = frozenset({"gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd"})
+
+
 def _is_utf8(encoding: str) -> bool:
     try:
         return codecs.lookup(encoding).name == "utf-8"
@@ -79,7 +84,7 @@ class JSONParser(parsers.JSONParser):
     or a lone surrogate in any string or key, a number beyond a double. Refused here,
     before a service has written half of its rows (a bulk's first subscribers, then a
     400); nesting deeper than MAX_DEPTH (or too deep to decode) is a 400 too. A body
-    over NORM_MAX_BODY_BYTES is a 413 before it is read."""
+    over NORM_MAX_BODY_BYTES is a 413 before it is read, a compressed one a 415."""
 
     def parse(
         self,
@@ -91,6 +96,13 @@ class JSONParser(parsers.JSONParser):
         request = context.get("request")
         if request is not None:
             _check_size(request.META.get("CONTENT_LENGTH"))
+            coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+            if coding in _COMPRESSIONS:
+                # Read as JSON text, a gzip body was a 400 about a byte 0x8b.
+                raise UnsupportedMediaType(
+                    media_type or "",
+                    f"Content-Encoding {coding} is not supported: send the body as it is",
+                )
         if _is_utf8(context.get("encoding") or settings.DEFAULT_CHARSET):
             # A file a Windows editor saved opens with a byte order mark, which Novu's
             # body parser (iconv-lite) drops and Python's JSON refuses.

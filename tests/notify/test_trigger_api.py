@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,18 @@ def test_a_body_opening_with_a_byte_order_mark_is_taken(
     response = post(TRIGGER, b"\xef\xbb\xbf" + body, raw=True)
     assert response.status_code == 201, response.content
     assert TriggerEvent.objects.get().to == "ann"
+
+
+def test_a_compressed_body_is_a_415_that_says_so(keyed: tuple[Client, str]) -> None:
+    """A gzip body (Content-Encoding: gzip) was read as JSON text: a 400 "JSON parse error
+    - 'utf-8' codec can't decode byte 0x8b", which said nothing of the compression."""
+    body = gzip.compress(json.dumps({"name": "welcome", "to": "ann"}).encode())
+    response = api_for(keyed[1]).generic(
+        "POST", TRIGGER, body, content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+    )
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert error["message"] == "Content-Encoding gzip is not supported: send the body as it is"
+    assert not TriggerEvent.objects.exists()
 
 
 @pytest.mark.parametrize("body", [["welcome"], "welcome", 42])
