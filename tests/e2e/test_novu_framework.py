@@ -27,6 +27,7 @@ from notify.models import BridgeSync, BridgeWorkflow, Client
 from tests.e2e.harness import REPO_ROOT, CeleryProcess, SmtpRecorder, free_port, wait_for
 from tests.factories import ClientFactory
 from workflows import registry
+from workflows import services as workflow_services
 from workflows.models import Notification
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -205,6 +206,71 @@ def test_the_branch_the_payload_takes_runs_its_steps(
     assert steps_of(by_subscriber["bob"]) == [("status-note", "in_app", "completed")]
     note = Message.objects.get(step__notification=by_subscriber["bob"])
     assert note.content["body"] == "pending: Thé ⏳"
+
+
+def test_an_email_the_server_refuses_for_good_does_not_keep_the_in_app_after_it(
+    live_server: LiveServer,
+    worker: CeleryProcess,
+    smtp: tuple[int, SmtpRecorder],
+    novu_app: NovuApp,
+) -> None:
+    """As Novu's worker goes on past a failed channel step: the framework replays the
+    email, failed, from its state entry and runs the in-app step after it; the
+    notification then ends failed, naming the email, the activity API showing it. So
+    does one whose failed email is its last step, which the probe replays to find none
+    after it."""
+    smtp[1].refused |= {"zoe@example.com", "bob@example.com"}
+    client, key = novu_client(novu_app)
+    response = trigger(live_server, key, "order-flow", {"status": "shipped", "item": "Käse 🧀"})
+    assert response.status_code == 201, response.text
+    bob = {"subscriberId": "bob", "email": "bob@example.com"}
+    assert trigger(live_server, key, "swap-flow", {}, to=bob).status_code == 201
+
+    by_subscriber = {n.subscriber.subscriber_id: n for n in finished(client, 2)}
+    mail_last = by_subscriber["bob"]
+    assert steps_of(mail_last) == [
+        ("swap-note", "in_app", "completed"),
+        ("swap-mail", "email", "failed"),
+    ]
+    assert (mail_last.status, mail_last.error_code) == ("failed", "SendFailed")
+    assert mail_last.error.startswith("step 'swap-mail': ")
+    notification = by_subscriber["zoë-1"]
+    assert steps_of(notification) == [
+        ("shipped-email", "email", "failed"),
+        ("status-note", "in_app", "completed"),
+    ]
+    email = Message.objects.get(channel="email", step__notification=notification)
+    assert email.status == Message.Status.FAILED
+    assert "550 5.1.1 <zoe@example.com>: mailbox unavailable" in email.error
+    assert (notification.status, notification.error_code) == ("failed", "SendFailed")
+    assert notification.error == f"step 'shipped-email': {email.error}"
+    assert smtp[1].messages == []
+    headers = {"Authorization": f"ApiKey {key}"}
+    feed = requests.get(
+        f"{live_server.url}/v1/subscribers/zoë-1/notifications/feed", headers=headers, timeout=10
+    )
+    assert feed.status_code == 200, feed.text
+    assert [m["content"] for m in feed.json()["data"]] == ["shipped: Käse 🧀 ⏳"]
+    activity = requests.get(
+        f"{live_server.url}/v1/notifications/{notification.pk}", headers=headers, timeout=10
+    )
+    assert activity.status_code == 200, activity.text
+    jobs = activity.json()["data"]["jobs"]
+    assert [(j["step"]["stepId"], j["type"], j["status"]) for j in jobs] == [
+        ("shipped-email", "email", "failed"),
+        ("status-note", "in_app", "completed"),
+    ]
+
+    # The mailbox made, an admin's retry sends the email, and the workflow, replayed
+    # whole by the framework, is done: the in-app message is not sent twice.
+    smtp[1].refused.clear()
+    assert workflow_services.notification_retry(notification=notification)
+    wait_for(
+        lambda: Notification.objects.filter(pk=notification.pk, status="completed").exists(),
+        what="the retried notification to complete",
+    )
+    assert len(wait_for(lambda: smtp[1].to("zoe@example.com"), what="the email")) == 1
+    assert Message.objects.filter(channel="in_app", step__notification=notification).count() == 1
 
 
 def test_a_step_that_throws_fails_the_notification_once(

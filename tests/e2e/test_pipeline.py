@@ -208,6 +208,31 @@ def test_order_update_follows_the_shipped_branch(
     ]
 
 
+def test_an_email_the_server_refuses_for_good_does_not_keep_the_in_app_after_it(
+    live_server: LiveServer,
+    make_client: MakeClient,
+    worker: CeleryProcess,
+    smtp: tuple[int, SmtpRecorder],
+) -> None:
+    """norm's own SDK, replaying the failed email from its state entry, names the in-app
+    step after it; the notification ends failed, naming the email."""
+    smtp[1].refused.add("ann@example.com")
+    client, key = make_client()
+    trigger(
+        live_server, key, "order-update", recipients("ann"), {"status": "shipped", "orderId": "B-3"}
+    )
+
+    [notification] = finished(client, 1)
+    assert steps_of(notification) == [("shipped-email", "failed"), ("shipped-inbox", "completed")]
+    assert (notification.status, notification.error_code) == ("failed", "SendFailed")
+    email = Message.objects.get(channel="email")
+    assert (email.status, notification.error) == ("failed", f"step 'shipped-email': {email.error}")
+    assert "550 5.1.1 <ann@example.com>" in email.error
+    inbox = Message.objects.get(channel="in_app")
+    assert (inbox.status, inbox.content["body"]) == ("sent", "Order B-3 has shipped.")
+    assert smtp[1].messages == []
+
+
 def test_long_delay_waits_in_the_database_for_the_reconciler(
     live_server: LiveServer,
     make_client: MakeClient,
