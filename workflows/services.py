@@ -1031,11 +1031,11 @@ def _notification_locked(step: Step) -> None:
 
 
 def step_fail(*, step: Step, code: str, message: str) -> None:
+    """Fail a claimed step and its notification: a failure that halts the workflow."""
     with transaction.atomic():
         _notification_locked(step)
-        failed = _held(step).update(
-            status=Step.Status.FAILED, error=message, completed_at=timezone.now()
-        )
+        now = timezone.now()
+        failed = _held(step).update(status=Step.Status.FAILED, error=message, completed_at=now)
         if failed:
             _messages_give_up([step.pk], message)
             notification_fail(
@@ -1043,6 +1043,23 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
                 code=code,
                 message=f"step '{step.step_id}': {message}",
             )
+            # Another step an admin's retry reopened with this one (it reopens every
+            # failed step), whose task had not taken it yet: its claim refused now, it
+            # stayed scheduled in the failed notification, its message `sending` for
+            # good. Canceled, as a cancel ends it; the next retry reopens it. Locked
+            # first: one a task claims meanwhile is its task's, its message too.
+            waiting = list(
+                Step.objects.select_for_update(no_key=True)
+                .filter(notification_id=step.notification_id, status=Step.Status.SCHEDULED)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            if waiting:
+                reason = f"not sent: step '{step.step_id}' failed the notification first"
+                Step.objects.filter(pk__in=waiting).update(
+                    status=Step.Status.CANCELED, error=reason, completed_at=now
+                )
+                _messages_give_up(waiting, reason)
 
 
 def step_undelivered(*, step: Step, reason: str) -> None:
@@ -1139,7 +1156,7 @@ def _messages_give_up(step_ids: Any, error: str) -> None:
 
 
 def notification_retry(*, notification: Notification) -> bool:
-    """Run a failed notification again from its failed step (or its failed bridge call);
+    """Run a failed notification again from its failed steps (or its failed bridge call);
     not one whose trigger was canceled."""
     with transaction.atomic():
         # Checked under the trigger's row lock, which the cancel's UPDATE of canceled_at
@@ -1166,23 +1183,27 @@ def notification_retry(*, notification: Notification) -> bool:
         )
         if not reopened:
             return False
-        # Or the step canceled (by step_retry_later) for a send that failed for now
+        # Every failed step: the workflow went on past each whose message failed for
+        # good (step_undelivered), and ended naming the last; reopening that one alone,
+        # the notification failed again naming the one before, sent by a second retry
+        # only. Or the step canceled (by step_retry_later) for a send that failed for now
         # after the notification had failed: left out of the state, the bridge would
         # name it again, and recording it again would break the unique constraint.
-        failed = (
-            notification.steps.filter(status__in=(Step.Status.FAILED, Step.Status.CANCELED))
-            .order_by("-position")
-            .first()
+        failed = list(
+            notification.steps.filter(
+                status__in=(Step.Status.FAILED, Step.Status.CANCELED)
+            ).values_list("pk", flat=True)
         )
-        if failed is not None:
+        if failed:
             # A fresh budget of send attempts (the provider counts them on the message).
             # Not for a message delivered after all (by a task whose claim had gone stale,
             # while the task holding it failed): the message worker finds it sent and
             # completes the step instead of sending it again.
-            Message.objects.filter(step=failed).exclude(status=Message.Status.SENT).update(
+            Message.objects.filter(step_id__in=failed).exclude(status=Message.Status.SENT).update(
                 status=Message.Status.SENDING, attempts=0, error=""
             )
-            Step.objects.filter(pk=failed.pk).update(
+            # The echo waits until none of them is open (OPEN_STEP), then asks the bridge.
+            Step.objects.filter(pk__in=failed).update(
                 status=Step.Status.SCHEDULED,
                 due_at=timezone.now(),
                 attempts=0,
@@ -1190,7 +1211,8 @@ def notification_retry(*, notification: Notification) -> bool:
                 enqueued_at=timezone.now(),
                 completed_at=None,
             )
-            pipeline.enqueue_on_commit(pipeline.MESSAGE, failed.pk)
+            for step_pk in failed:
+                pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk)
         else:
             Notification.objects.filter(pk=notification.pk).update(bridge_attempts=0)
             pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))

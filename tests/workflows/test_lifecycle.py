@@ -21,6 +21,7 @@ from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
+from tests.e2e.harness import smtp_start
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -503,3 +504,97 @@ def test_a_subscriber_deleted_while_its_trigger_is_still_fanned_out_is_not_creat
     assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["bob"] * 2
     event = TriggerEvent.objects.get()
     assert (event.status, event.recipients, event.forgotten) == ("processed", 1, ["ann"])
+
+
+REMINDER = {"stepId": "reminder", "type": "email", "outputs": {"subject": "Still", "body": "Hi"}}
+
+
+def test_a_retry_sends_again_every_email_the_workflow_went_on_past(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    fake_bridge: FakeBridge,
+    django_capture_on_commit_callbacks: Capture,
+    settings: Any,
+) -> None:
+    """Two emails refused for good (a mailbox not yet made), an in-app message between
+    them: the notification ends failed, naming the last. An admin's retry sent that one
+    alone again, and the notification ended failed once more, now naming the first,
+    which only a second retry sent (after the reminder that follows it)."""
+    controller, server = smtp_start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    server.refused.add("ann@example.com")
+    fake_bridge.steps = [MAIL, INBOX, REMINDER]
+    try:
+        trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+        drain()
+        notification = Notification.objects.get()
+        assert [(s.step_id, s.status) for s in notification.steps.order_by("position")] == [
+            ("mail", "failed"),
+            ("inbox", "completed"),
+            ("reminder", "failed"),
+        ]
+        assert notification.error.startswith("step 'reminder': ")
+
+        server.refused.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.notification_retry(notification=notification)
+        drain()
+    finally:
+        controller.stop()
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error) == (Notification.Status.COMPLETED, "")
+    assert sorted(m.subject for m in server.messages) == ["Hi", "Still"]
+    assert set(notification.steps.values_list("status", flat=True)) == {"completed"}
+
+
+def test_a_retried_step_left_waiting_when_another_failed_the_notification_is_canceled(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    django_capture_on_commit_callbacks: Capture,
+    settings: Any,
+) -> None:
+    """The retry reopens both refused emails; the client is deactivated before they are
+    sent, so the first one's task fails the notification (ClientInactive). The second,
+    its task refused by the failed notification, is canceled with its message given up,
+    not left scheduled with the message `sending` for good; the next retry sends both."""
+    controller, server = smtp_start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    server.refused.add("ann@example.com")
+    fake_bridge.steps = [MAIL, INBOX, REMINDER]
+    try:
+        trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+        drain()
+        notification = Notification.objects.get()
+        server.refused.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.notification_retry(notification=notification)
+        deactivate(keyed[0])
+        drain()
+
+        notification.refresh_from_db()
+        assert (notification.status, notification.error_code) == ("failed", "ClientInactive")
+        steps = notification.steps.order_by("position")
+        assert [s.status for s in steps] == ["failed", "completed", "canceled"]
+        assert Message.objects.filter(status=Message.Status.SENDING).count() == 0
+
+        Client.objects.filter(pk=keyed[0].pk).update(is_active=True)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.notification_retry(notification=notification)
+        drain()
+    finally:
+        controller.stop()
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.COMPLETED
+    assert sorted(m.subject for m in server.messages) == ["Hi", "Still"]
