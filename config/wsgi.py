@@ -4,7 +4,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from config.middleware import chunked_bodies
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from config.middleware import chunked_bodies  # noqa: E402 (its imports may read the settings)
+
 application = chunked_bodies(get_wsgi_application())
