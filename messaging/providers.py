@@ -19,17 +19,16 @@ from collections.abc import Callable
 from email import policy
 from email.generator import BytesGenerator
 from email.utils import getaddresses, parseaddr, quote
+from html.parser import HTMLParser
 from io import BytesIO
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.core.exceptions import SuspiciousOperation
 from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
-from django.utils.html import strip_tags
 from django.utils.module_loading import import_string
 
 from config import deadlines
@@ -59,6 +58,15 @@ _TAG = re.compile(r"<[^<>]*>")
 # The addresses a reader of the text can follow (not "#top", nor a relative one).
 _LINK_SCHEME = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{3,}")
+# An opening tag with no ">" for a thousand characters or more.
+_LONG_OPEN_TAG = re.compile(r"<[a-zA-Z][^>]{1000,}")
+# What the text part is made from: the body's first characters. Python's HTML parser
+# reads dense markup ("<>" over and over) at under a megabyte a second, and some (an
+# unclosed "<!--" after a ">") in time that grows with the square of its length before
+# CPython 3.11.13 (issue 135462): a bridge may answer 10 MB, and the text part of one
+# such email held a message worker, every client's, for seconds to hours. A reader sees
+# no more: Gmail shows the first 102 KB of an email's HTML, the rest behind a link.
+TEXT_SOURCE_CHARS = 100_000
 # No address holds one, and Python's email package writes some of them (a vertical tab,
 # a file separator) in a header as a line break. A trigger's inline subscriber stored
 # its email as sent before norm checked it.
@@ -103,18 +111,57 @@ def text_of(body: str) -> str:
     """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
     alone kept a stylesheet or script as text, entities (&amp;, &nbsp;) as written, a
     template's indentation, and ran paragraphs together ("Hi Ann,</p><p>Your order"
-    read "Hi Ann,Your order")."""
-    try:
-        text = strip_tags(_as_laid_out(_with_link_addresses(_without_hidden(body))))
-    except SuspiciousOperation:  # "<" after "<" with no ">": text, not markup to strip
-        return html.unescape(body)
-    lines = (line.strip(" ") for line in html.unescape(text).split("\n"))
+    read "Hi Ann,Your order"). Made from the body's first TEXT_SOURCE_CHARS characters."""
+    markup = _as_laid_out(_with_link_addresses(_without_hidden(body[:TEXT_SOURCE_CHARS])))
+    if _unclosed_tags(markup):  # "<" after "<" with no ">": text, not markup to strip
+        return html.unescape(body)  # whole, as unescaping costs a pass over it
+    lines = (line.strip(" ") for line in html.unescape(_without_tags(markup)).split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+
+
+def _unclosed_tags(markup: str) -> bool:
+    """Whether `markup` has an opening tag that runs on, unclosed, over many more: Python's
+    HTML parser takes time in the square of its length to read it (strip_tags' own check,
+    for which it raised SuspiciousOperation)."""
+    return any(tag[0].count("<") >= 50 for tag in _LONG_OPEN_TAG.finditer(markup))
+
+
+class _TextParser(HTMLParser):
+    """The data of HTML, its entities as written: strip_tags' parser (Django's MLStripper)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        self.parts.append(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.parts.append(f"&#{name};")
+
+
+def _without_tags(markup: str) -> str:
+    """`markup` without its tags and comments, read once. strip_tags reads its output again
+    until a reading takes nothing more out, up to 50 times ("<<b>b>" is "<b>" after one),
+    for HTML that is to be shown as HTML, where a text part is shown as it is: "<<<a>a>a>"
+    nested 49 deep, then "<>" over and over, was read 50 times (8 s for 100 KB)."""
+    if "<" not in markup or ">" not in markup:  # no tag: the parser would keep it all
+        return markup
+    parser = _TextParser()
+    parser.feed(markup)
+    parser.close()
+    text = "".join(parser.parts)
+    # As strip_tags: a reading that took out no tag nor comment leaves the markup as it
+    # was (the parser wrote "&copy2024" as "&copy2024;", which unescapes as "©2024;").
+    return text if text.count("<") != markup.count("<") else markup
 
 
 def _as_laid_out(body: str) -> str:
     """`body` with its white space as HTML reads it (any run of it one space) and a
-    line break where a tag makes one, for strip_tags to leave them."""
+    line break where a tag makes one, for _without_tags to leave them."""
     body = _HTML_SPACE.sub(" ", body)
     body = _PARAGRAPH.sub("\n\n", _LINE.sub("\n", body))
     return _CELL.sub(" ", body)

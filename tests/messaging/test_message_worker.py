@@ -1748,6 +1748,33 @@ def test_an_email_of_a_megabyte_of_unclosed_tags_is_sent(
     assert markup.endswith(body) and "Hello" in markup[: -len(body)]
 
 
+def test_the_text_alternative_of_a_body_of_megabytes_is_made_from_its_first_characters(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A bridge may answer 10 MB: the text part of a body of megabytes of markup ("<>"
+    over and over) held a message worker, every client's, for seconds a megabyte, and
+    of some markup for hours. It is made from the body's first TEXT_SOURCE_CHARS
+    characters; the HTML goes whole."""
+    body = "<p>Hello</p>" + "<>" * 2_000_000 + "<p>the end</p>"
+    step = send(email_step(outputs={"subject": "Hi", "body": body}))
+
+    assert step.status == Step.Status.COMPLETED, step.error
+    [envelope] = smtp_server.envelopes
+    received = message_from_bytes(envelope.content, policy=policy.default)
+    text, markup = (part.get_content().strip() for part in received.iter_parts())
+    assert text.splitlines()[:2] == ["Hello", ""] and "the end" not in text
+    assert len(text) < providers.TEXT_SOURCE_CHARS
+    assert markup == body
+
+
+def test_the_text_alternative_reads_the_html_once() -> None:
+    """strip_tags reads its output again until a reading takes nothing more out, up to
+    50 times, for HTML shown as HTML: a body of "<<<a>a>a>" nested 49 deep and "<>" was
+    read 50 times over (seconds for 100 KB). Read once, "<<b>b>" is "<b>", as a reader
+    of the HTML sees it."""
+    assert providers.text_of("<p>1 <<b>b> 2</p>") == "1 <b> 2"
+
+
 def test_a_header_of_a_long_run_of_spaces_is_kept_on_its_line() -> None:
     """A pattern for the spaces around a line break tried again from every space: a
     subject of a long run of them held a message worker for minutes."""
