@@ -67,6 +67,12 @@ _LONG_OPEN_TAG = re.compile(r"<[a-zA-Z][^>]{1000,}")
 # such email held a message worker, every client's, for seconds to hours. A reader sees
 # no more: Gmail shows the first 102 KB of an email's HTML, the rest behind a link.
 TEXT_SOURCE_CHARS = 100_000
+# The longest subject, from name or reply-to address list an email is sent with. Python's
+# email package encodes and folds a header at about a megabyte a second (a name beyond
+# ASCII at half that): one of megabytes (a body given as the subject by mistake) held a
+# message worker, every client's, for seconds each time, for a header no relay keeps
+# whole (Postfix keeps 100 KB of an email's headers).
+HEADER_CHARS = 10_000
 # No address holds one, and Python's email package writes some of them (a vertical tab,
 # a file separator) in a header as a line break. A trigger's inline subscriber stored
 # its email as sent before norm checked it.
@@ -258,6 +264,14 @@ def _email_output_wrong(content: dict[str, Any]) -> str:
     wrong = wrong_output(sender, optional=("email", "name"), within="from.")
     if wrong:
         return wrong
+    for field, text in (
+        ("subject", content["subject"]),
+        ("from.name", sender.get("name")),
+        ("from.email", sender.get("email")),
+        ("replyTo", content.get("replyTo")),
+    ):
+        if text and (length := len(text)) > HEADER_CHARS:
+            return f"the step's output has a {field} of {length} characters, over {HEADER_CHARS}"
     for field, address in (
         ("replyTo", content.get("replyTo")),
         ("from.email", sender.get("email")),

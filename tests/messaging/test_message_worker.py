@@ -1767,6 +1767,30 @@ def test_the_text_alternative_of_a_body_of_megabytes_is_made_from_its_first_char
     assert markup == body
 
 
+@pytest.mark.parametrize(
+    ("outputs", "error"),
+    [
+        ({"subject": "Hi " * 400_000}, "a subject of 1200000 characters, over 10000"),
+        ({"from": {"name": "Jürgen " * 200_000}}, "a from.name of 1400000 characters"),
+        ({"replyTo": ", ".join(["s@x.example"] * 1000)}, "a replyTo of 12998 characters"),
+    ],
+)
+def test_an_email_output_with_a_header_of_megabytes_fails_the_step(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    outputs: dict[str, Any],
+    error: str,
+) -> None:
+    """Python's email package encodes and folds a header at about a megabyte a second: a
+    subject or from name of megabytes (a bridge may answer 10 MB) held a message worker,
+    every client's, for seconds each time, for a header no relay keeps whole."""
+    step = send(email_step(outputs={"subject": "Hi", "body": "Hello", **outputs}))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and error in step.error
+
+
 def test_the_text_alternative_reads_the_html_once() -> None:
     """strip_tags reads its output again until a reading takes nothing more out, up to
     50 times, for HTML shown as HTML: a body of "<<<a>a>a>" nested 49 deep and "<>" was
