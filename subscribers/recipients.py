@@ -206,7 +206,8 @@ def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     """Normalise `to` into (subscribers, topics).
 
     Subscribers come one per subscriberId, with the inline fields of all its mentions
-    (a later one's value wins); topics as `{"topicKey", "exclude": [subscriberId, ...]}`.
+    (a later one's value wins); topics one per topicKey, as `{"topicKey", "exclude":
+    [subscriberId, ...]}` with the excludes of all its mentions.
     """
     items = to if isinstance(to, list) else [to]
     if not items or to in ("", None):
@@ -220,7 +221,10 @@ def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     for item in items:
         if isinstance(item, dict) and (item.get("type") == "Topic" or "topicKey" in item):
             topic = _topic(item)
-            topics.setdefault(topic["topicKey"], topic)
+            # A topic named twice excludes what either entry excludes, as Novu gathers
+            # every entry's exclude by topicKey: the first's alone notified the second's.
+            kept = topics.setdefault(topic["topicKey"], {**topic, "exclude": []})
+            kept["exclude"].extend(e for e in topic["exclude"] if e not in kept["exclude"])
             continue
         recipient = _subscriber(item)
         recipients.setdefault(recipient["subscriberId"], {}).update(recipient)

@@ -122,6 +122,22 @@ def test_a_mixed_list_with_exclude_reaches_each_recipient_once(
     assert Subscriber.objects.filter(client=client, subscriber_id="eve").exists()
 
 
+def test_a_topic_named_twice_leaves_out_what_either_mention_excludes(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    """As Novu gathers a topic's excludes from each of its entries in `to`."""
+    client, _ = keyed
+    to = [
+        {"type": "Topic", "topicKey": "news", "exclude": ["ann"]},
+        {"type": "Topic", "topicKey": "news", "exclude": ["bob"]},
+    ]
+    assert trigger(to).status_code == 201
+    fan_out()
+
+    assert notified(client) == ["cid", "dan"]
+    assert TriggerEvent.objects.get(client=client).recipients == 2
+
+
 @pytest.mark.parametrize("actor", ["ann", {"subscriberId": "ann", "firstName": "Ann"}])
 def test_the_actor_is_not_notified_as_a_topic_member(
     keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None], actor: Any

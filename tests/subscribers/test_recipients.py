@@ -28,6 +28,17 @@ def test_exclude_entries_are_read_as_subscriber_ids_are() -> None:
     assert topics == [{"topicKey": "news", "exclude": ["dan", "7"]}]
 
 
+def test_a_topic_named_twice_excludes_what_either_mention_excludes() -> None:
+    _, topics = parse_recipients(
+        [
+            {"type": "Topic", "topicKey": "news", "exclude": ["ann"]},
+            {"type": "Topic", "topicKey": "news"},
+            {"type": "Topic", "topicKey": "news", "exclude": ["bob", " ann "]},
+        ]
+    )
+    assert topics == [{"topicKey": "news", "exclude": ["ann", "bob"]}]
+
+
 @pytest.mark.parametrize(
     "to",
     [
