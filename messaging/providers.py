@@ -32,6 +32,7 @@ from django.core.mail.utils import DNS_NAME
 from django.utils.module_loading import import_string
 
 from config import deadlines
+from config.db import storable
 from messaging.models import Message
 from notify.senders import ascii_domain, sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
@@ -229,9 +230,10 @@ def with_preheader(body: str, preheader: str | None) -> str:
 
 def smtp_reply(reply: bytes | str) -> str:
     """An SMTP server's reply text as it wrote it, its lines run together: smtplib keeps
-    it as bytes, which the message's error showed as Python writes them (b'5.1.1 ...')."""
+    it as bytes, which the message's error showed as Python writes them (b'5.1.1 ...').
+    Storable: the server's NUL failed the store of the message's error, and its send."""
     text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return storable(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 class Provider:

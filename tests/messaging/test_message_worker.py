@@ -2112,6 +2112,13 @@ class _Refusing:
             "SMTP 554: 5.7.1 Message rejected as spam 5.7.1 See https://example.com/why",
         ),
         ("DATA", "500 5.5.2 Syntax error", "SMTP 500: 5.5.2 Syntax error"),  # 5xx from 500
+        # A NUL, which PostgreSQL's text refuses: the message's error could not be stored.
+        ("DATA", "554 5.7.1 Rejected\x00 by policy", "SMTP 554: 5.7.1 Rejected\ufffd by policy"),
+        (
+            "RCPT",
+            "550 5.1.1 Unknown\x00 user",
+            "the SMTP server refused ann@example.com: 550 5.1.1 Unknown\ufffd user",
+        ),
     ],
 )
 def test_an_email_the_smtp_server_refuses_fails_with_its_reply_as_the_server_wrote_it(
