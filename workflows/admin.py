@@ -10,9 +10,10 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import BadRequest, ValidationError
-from django.db import models
+from django.db import DataError, models, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.forms.fields import InvalidJSONInput
@@ -103,14 +104,26 @@ class NormAdmin(admin.ModelAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         changelist: type[ChangeList] = super().get_changelist(request, **kwargs)
         unread = self.list_defer
-        if not unread:
-            return changelist
 
-        class Deferring(changelist):
+        class Checked(changelist):
             def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
-                return super().get_queryset(request, exclude_parameters).defer(*unread)
+                rows = super().get_queryset(request, exclude_parameters)
+                return rows.defer(*unread) if unread else rows
 
-        return Deferring
+            def get_results(self, request: HttpRequest) -> None:
+                # Django refuses a lookup from the URL it cannot build ("?e=1"), but one
+                # that fails only once the query is written or run was a 500: a year no
+                # datetime holds (?created_at__year=99999, a ValueError), a pattern
+                # PostgreSQL refuses (?name__regex=(, a DataError). The count runs the
+                # filter first, in a savepoint, so a refusal leaves the request's
+                # transaction usable.
+                try:
+                    with transaction.atomic():
+                        super().get_results(request)
+                except (ValueError, DataError) as exc:
+                    raise IncorrectLookupParameters(exc) from exc
+
+        return Checked
 
     def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
         for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
