@@ -10,6 +10,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.models import CharField, Model, TextField, lookups
 from django.db.models.constants import OnConflict
+from django.db.models.expressions import DatabaseDefault
 from django.db.models.sql import InsertQuery
 from django.dispatch import receiver
 
@@ -36,9 +37,16 @@ def insert_once(row: Model) -> bool:
     query = InsertQuery(type(row), on_conflict=OnConflict.IGNORE)
     query.insert_values(fields, [row])
     compiler = query.get_compiler(using=using)
-    # Only what the database makes (an auto id): a pk set here (a UUID) comes back as
-    # it went, and a row of no row back through Django's converters fails on SQLite.
-    compiler.returning_fields = meta.db_returning_fields if row.pk is None else []
+    # Only what the database makes (an auto id, a default the row left to it): a pk set
+    # here (a UUID) comes back as it went, and a row of no row back through Django's
+    # converters fails on SQLite. Django would return every field with a database
+    # default, each one more column to read back and convert on every trigger.
+    made = [
+        field
+        for field in meta.db_returning_fields
+        if field is meta.auto_field or isinstance(getattr(row, field.attname), DatabaseDefault)
+    ]
+    compiler.returning_fields = made if row.pk is None else []
     with connections[using].cursor() as cursor:
         for sql, params in compiler.as_sql():
             cursor.execute(sql, params)

@@ -7,6 +7,7 @@ from django import forms
 from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
 from django.utils.regex_helper import _lazy_re_compile
 
 from config.redact import masked_url
@@ -229,11 +230,14 @@ class TriggerEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     # Where the reconciler's check that its fan-out reached everyone (FANOUT_RECHECK)
     # starts: set with processed_at, moved on while a backlog of subscriber commands
-    # (which may hold its own) keeps the check from running. Set by the database when
-    # the event is stored too: the release before it (still fanning events out while an
-    # upgrade migrates and restarts) sets none, and an event it fanned out with none the
-    # reconciler never checked; so it is checked from its receipt.
-    recheck_from = models.DateTimeField(null=True, blank=True, db_default=Now())
+    # (which may hold its own) keeps the check from running. Set when the event is
+    # stored too, by the database for the release before it (still fanning events out
+    # while an upgrade migrates and restarts), which sets none: an event it fanned out
+    # with none the reconciler never checked; so it is checked from its receipt. Set
+    # here by Python, not left to the database: an INSERT would read it back.
+    recheck_from = models.DateTimeField(
+        null=True, blank=True, default=timezone.now, db_default=Now()
+    )
     canceled_at = models.DateTimeField(null=True, blank=True)
     # When the reconciler last re-sent it: once per grace period, not on every tick
     # while the workflows queue is backed up.

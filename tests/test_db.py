@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.db.models.expressions import DatabaseDefault
 from django.test.utils import CaptureQueriesContext
 
 from config.db import insert_once
+from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.factories import ClientFactory, NotificationFactory, SubscriberFactory
 from workflows.models import Notification
@@ -55,3 +57,30 @@ def test_a_row_whose_pk_is_set_here_is_told_apart_from_a_conflict() -> None:
 def test_a_row_that_breaks_no_unique_constraint_but_another_still_raises() -> None:
     with pytest.raises(IntegrityError):
         insert_once(Subscriber(client=ClientFactory(), subscriber_id=None))
+
+
+def test_an_insert_reads_back_only_what_the_database_made() -> None:
+    """Django returns every field with a database default, whether the row set it or not:
+    each trigger's INSERT read back and converted its `redelivered` and `recheck_from`,
+    which the API set itself. Only the id comes back, and a default left to the database
+    (DatabaseDefault) when a row leaves one."""
+    client = ClientFactory()
+
+    def stored(**fields: object) -> tuple[TriggerEvent, str]:
+        event = TriggerEvent(
+            client=client, workflow_id="w", mode="multicast", resource="b", **fields
+        )
+        with CaptureQueriesContext(connection) as queries:
+            assert insert_once(event) is True
+        return event, queries[-1]["sql"]
+
+    event, sql = stored(transaction_id="set")
+    assert sql.endswith('RETURNING "notify_triggerevent"."id"'), sql
+    field = TriggerEvent._meta.get_field("recheck_from")
+    default = DatabaseDefault(field.db_default, output_field=field)  # as Django makes it
+    left, sql = stored(transaction_id="left", recheck_from=default)
+    assert sql.endswith(
+        'RETURNING "notify_triggerevent"."id", "notify_triggerevent"."recheck_from"'
+    )
+    stored_at = TriggerEvent.objects.values_list("recheck_from", flat=True).get(pk=left.pk)
+    assert left.recheck_from == stored_at is not None

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import django.db.models.functions.datetime
+import django.utils.timezone
 from django.db import migrations, models
 from django.db.models import F
 from django.utils import timezone
@@ -39,7 +40,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='triggerevent',
             name='recheck_from',
-            field=models.DateTimeField(blank=True, db_default=django.db.models.functions.datetime.Now(), null=True),
+            field=models.DateTimeField(blank=True, db_default=django.db.models.functions.datetime.Now(), default=django.utils.timezone.now, null=True),
         ),
         migrations.RunPython(recheck_from_where_none, migrations.RunPython.noop),
     ]
