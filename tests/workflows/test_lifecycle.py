@@ -509,6 +509,14 @@ def test_a_subscriber_deleted_while_its_trigger_is_still_fanned_out_is_not_creat
 REMINDER = {"stepId": "reminder", "type": "email", "outputs": {"subject": "Still", "body": "Hi"}}
 
 
+def _email_through(controller: Any, settings: Any) -> None:
+    """norm's email through the SMTP server `controller` runs: plain, no login."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+
+
 def test_a_retry_sends_again_every_email_the_workflow_went_on_past(
     keyed: tuple[Client, str],
     trigger: Callable[..., None],
@@ -522,10 +530,7 @@ def test_a_retry_sends_again_every_email_the_workflow_went_on_past(
     alone again, and the notification ended failed once more, now naming the first,
     which only a second retry sent (after the reminder that follows it)."""
     controller, server = smtp_start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    _email_through(controller, settings)
     server.refused.add("ann@example.com")
     fake_bridge.steps = [MAIL, INBOX, REMINDER]
     try:
@@ -566,10 +571,7 @@ def test_a_retried_step_left_waiting_when_another_failed_the_notification_is_can
     its task refused by the failed notification, is canceled with its message given up,
     not left scheduled with the message `sending` for good; the next retry sends both."""
     controller, server = smtp_start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    _email_through(controller, settings)
     server.refused.add("ann@example.com")
     fake_bridge.steps = [MAIL, INBOX, REMINDER]
     try:
