@@ -19,7 +19,6 @@ from collections.abc import Callable
 from email import policy
 from email.generator import BytesGenerator
 from email.utils import getaddresses, parseaddr, quote
-from html.parser import HTMLParser
 from io import BytesIO
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
+from django.utils.html import MAX_STRIP_TAGS_DEPTH, MLStripper, long_open_tag_without_closing_re
 from django.utils.module_loading import import_string
 
 from config import deadlines
@@ -59,8 +59,6 @@ _TAG = re.compile(r"<[^<>]*>")
 # The addresses a reader of the text can follow (not "#top", nor a relative one).
 _LINK_SCHEME = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{3,}")
-# An opening tag with no ">" for a thousand characters or more.
-_LONG_OPEN_TAG = re.compile(r"<[a-zA-Z][^>]{1000,}")
 # What the text part is made from: the body's first characters. Python's HTML parser
 # reads dense markup ("<>" over and over) at under a megabyte a second, and some (an
 # unclosed "<!--" after a ">") in time that grows with the square of its length before
@@ -130,24 +128,10 @@ def _unclosed_tags(markup: str) -> bool:
     """Whether `markup` has an opening tag that runs on, unclosed, over many more: Python's
     HTML parser takes time in the square of its length to read it (strip_tags' own check,
     for which it raised SuspiciousOperation)."""
-    return any(tag[0].count("<") >= 50 for tag in _LONG_OPEN_TAG.finditer(markup))
-
-
-class _TextParser(HTMLParser):
-    """The data of HTML, its entities as written: strip_tags' parser (Django's MLStripper)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=False)
-        self.parts: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-    def handle_entityref(self, name: str) -> None:
-        self.parts.append(f"&{name};")
-
-    def handle_charref(self, name: str) -> None:
-        self.parts.append(f"&#{name};")
+    return any(
+        tag[0].count("<") >= MAX_STRIP_TAGS_DEPTH
+        for tag in long_open_tag_without_closing_re.finditer(markup)
+    )
 
 
 def _without_tags(markup: str) -> str:
@@ -157,10 +141,10 @@ def _without_tags(markup: str) -> str:
     nested 49 deep, then "<>" over and over, was read 50 times (8 s for 100 KB)."""
     if "<" not in markup or ">" not in markup:  # no tag: the parser would keep it all
         return markup
-    parser = _TextParser()
+    parser = MLStripper()  # strip_tags' own: the data, its entities as written
     parser.feed(markup)
     parser.close()
-    text = "".join(parser.parts)
+    text = parser.get_data()
     # As strip_tags: a reading that took out no tag nor comment leaves the markup as it
     # was (the parser wrote "&copy2024" as "&copy2024;", which unescapes as "©2024;").
     return text if text.count("<") != markup.count("<") else markup
