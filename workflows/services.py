@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import reduce
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -19,7 +19,6 @@ from django.db.models import (
     Count,
     Exists,
     F,
-    Model,
     OuterRef,
     PositiveSmallIntegerField,
     Q,
@@ -47,7 +46,6 @@ from workflows.delays import UnsupportedDelay, delay_until
 from workflows.models import Notification, Step
 
 logger = logging.getLogger(__name__)
-_Row = TypeVar("_Row", bound=Model)
 
 BROADCAST_CHUNK = 500
 # The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
@@ -1369,9 +1367,9 @@ def _quiet_for_twice_each_run(*, now: datetime, grace: timedelta) -> Q:
     return reduce(operator.or_, waits)  # and no run after the last: refanned=MAX_REFANS
 
 
-def _unheld(rows: QuerySet[_Row]) -> QuerySet[_Row]:
-    """`rows` less those another transaction holds, locked for an UPDATE of the
-    reconciler's in the transaction of `_update_unheld`. A row skipped is the next tick's.
+def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
+    """`rows.update(**fields)` but for the rows another transaction holds, locked first
+    and skipped: a row skipped is the next tick's.
 
     An UPDATE of several rows locks each as it reads it, in the order of the table or of
     an index, which no other writer shares: a tick held one event and waited for another
@@ -1381,13 +1379,8 @@ def _unheld(rows: QuerySet[_Row]) -> QuerySet[_Row]:
     would wait for, a tick waits for no one, and no other writer, nor a second tick (two
     beats by mistake), waits in a cycle with it."""
     locked = rows.order_by().select_for_update(no_key=True, skip_locked=True, of=("self",))
-    return rows.model._default_manager.filter(pk__in=locked.values("pk"))
-
-
-def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
-    """`rows.update(**fields)` but for the rows another transaction holds (`_unheld`)."""
     with transaction.atomic():
-        return _unheld(rows).update(**fields)
+        return rows.model._default_manager.filter(pk__in=locked.values("pk")).update(**fields)
 
 
 def reconcile() -> dict[str, int]:
@@ -1537,9 +1530,8 @@ def reconcile() -> dict[str, int]:
         resent = due.filter(enqueued_at__lt=now - grace, due_at__lt=now - grace)
         room = min(_room(pipeline.MESSAGE.queue), REDRIVE_BATCH - len(step_pks))
         step_pks += list(resent.values_list("pk", flat=True)[:room])
-    _update_unheld(
-        Step.objects.filter(pk__in=step_pks), enqueued_at=now
-    )  # one UPDATE, not one each
+    # One UPDATE, not one each.
+    _update_unheld(Step.objects.filter(pk__in=step_pks), enqueued_at=now)
     for step_pk in step_pks:
         pipeline.send_now(pipeline.MESSAGE, step_pk)
     counts["steps"] = len(step_pks)
