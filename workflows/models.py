@@ -122,3 +122,9 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id} ({self.type})"
+
+    def notification_error(self, reason: str | None = None) -> str:
+        """Its notification's reason when this step's failure is the notification's:
+        "step '<id>': <reason>" (by default the step's own error), which the activity
+        API also reads to tell which step's job shows how the notification ended."""
+        return f"step '{self.step_id}': {self.error if reason is None else reason}"

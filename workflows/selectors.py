@@ -123,14 +123,12 @@ def notification_jobs(notification: Notification) -> list[dict[str, Any]]:
 
 def _shows_end(step: Step, notification: Notification, status: str) -> bool:
     """Whether the step's job shows how the notification ended: a step of that status,
-    and for a failure the step it names (a step's failure is the notification's, as
-    "step '<id>': <reason>"). A step whose message failed for good, which the workflow
-    went on past, does not show a failure of the bridge's after it."""
+    and for a failure the step it names (Step.notification_error). A step whose message
+    failed for good, which the workflow went on past, does not show a failure of the
+    bridge's after it."""
     if step.status != status:
         return False
-    return (
-        status != Step.Status.FAILED or notification.error == f"step '{step.step_id}': {step.error}"
-    )
+    return status != Step.Status.FAILED or notification.error == step.notification_error()
 
 
 def _job(notification: Notification, *, job_id: str, step_id: str, **fields: Any) -> dict[str, Any]:

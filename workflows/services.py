@@ -704,7 +704,7 @@ def _record_answer(
         if undelivered is not None:  # gone on from (step_undelivered): the last of them
             ended = {
                 "status": Notification.Status.FAILED,
-                "error": f"step '{undelivered.step_id}': {undelivered.error}",
+                "error": undelivered.notification_error(),
                 "error_code": "SendFailed",
             }
         Notification.objects.filter(
@@ -1039,7 +1039,7 @@ def step_fail(*, step: Step, code: str, message: str) -> None:
             notification_fail(
                 notification_id=step.notification_id,
                 code=code,
-                message=f"step '{step.step_id}': {message}",
+                message=step.notification_error(message),
             )
             # Another step an admin's retry reopened with this one (it reopens every
             # failed step), whose task had not taken it yet: its claim refused now, it
@@ -1135,7 +1135,7 @@ def step_internal_error(*, step_id: int, claim: str, exc: Exception) -> None:
         return
     Message.objects.filter(step_id=step.pk, status=Message.Status.SENDING).update(error=reason)
     Notification.objects.filter(pk=step.notification_id, status=Notification.Status.RUNNING).update(
-        error=f"step '{step.step_id}': {reason}"
+        error=step.notification_error(reason)
     )
     step_retry_later(step=step, message=reason, backoff=settings.NORM_RECONCILE_GRACE)
 
