@@ -9,9 +9,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
-from django.utils.encoding import punycode
 
 from config.errors import ApiError
+from notify.senders import ascii_domain
 from subscribers.models import Subscriber
 
 MAX_RECIPIENTS = 1000
@@ -54,12 +54,13 @@ class SubscriberEmailValidator(EmailValidator):
 
     def validate_domain_part(self, domain_part: str) -> bool:
         # Django's pattern takes any character from U+00A1 to U+FFFF in a label, but the
-        # send writes the domain as IDNA, which refuses some (U+FFFD, a private-use one)
-        # and a label longer than 63 characters once written so: each email failed.
+        # send writes the domain as IDNA (ascii_domain), which refuses some (U+FFFD, a
+        # private-use one) and a label longer than 63 characters once written so: each
+        # email failed.
         if not super().validate_domain_part(domain_part):
             return False
         try:
-            punycode(domain_part)
+            ascii_domain(domain_part)
         except UnicodeError:
             return False
         return True
