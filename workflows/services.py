@@ -1178,6 +1178,7 @@ def notification_retry(*, notification: Notification) -> bool:
             error_code="",
             completed_at=None,
             internal_errors=0,
+            bridge_attempts=0,
         )
         if not reopened:
             return False
@@ -1212,7 +1213,6 @@ def notification_retry(*, notification: Notification) -> bool:
             for step_pk in failed:
                 pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk)
         else:
-            Notification.objects.filter(pk=notification.pk).update(bridge_attempts=0)
             pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
     return True
 

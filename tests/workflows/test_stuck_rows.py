@@ -209,3 +209,20 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert Message.objects.get(step=step).status == Message.Status.SENT
+
+
+@pytest.mark.parametrize("failed_step", [False, True])
+def test_an_admin_retry_counts_the_bridges_failures_afresh(enqueued, failed_step: bool) -> None:
+    """A notification the bridge failed after the workflow went on past an undelivered
+    email: the retry reopens that step, and the bridge's failures of the run before are
+    not shown as this run's (the admin's "bridge attempts")."""
+    notification = NotificationFactory(
+        status=Notification.Status.FAILED, error_code="BridgeUnreachable", bridge_attempts=4
+    )
+    if failed_step:
+        StepFactory(notification=notification, status=Step.Status.FAILED)
+
+    assert services.notification_retry(notification=notification)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.bridge_attempts) == ("running", 0)
