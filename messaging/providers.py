@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from email import policy
 from email.generator import BytesGenerator
+from email.header import Header
 from email.utils import getaddresses, parseaddr, quote
 from io import BytesIO
 from typing import Any, ClassVar
@@ -110,6 +111,24 @@ def one_line(text: str) -> str:
     Novu) sends it. A header cannot carry one (it would start a header of its own), and
     Django refuses the whole email for it: a template's trailing newline lost the email."""
     return " ".join(line.strip(" \t") for line in text.splitlines() if line.strip(" \t"))
+
+
+# SMTP carries lines of 998 characters at most (RFC 5321, 4.5.3.1.6). A header is folded
+# between words only: one with a longer word (a link in the subject, in a from name) went
+# out on one line, which a server refuses (500, the email lost) or cuts, the rest read as
+# the body. Written as encoded words (RFC 2047), cut anywhere, it fits, and a mail client
+# reads it whole. Shorter words are left as written: a header of encoded words alone
+# scores as spam.
+_LONGEST_WORD = 900
+
+
+def on_lines(text: str, header: str) -> str:
+    """`header`'s `text`, as encoded words if a word of it is too long for a line: on one
+    line, as Django takes a header, each short enough to be folded onto a line of its own
+    (the first after the header's name). Not to be quoted."""
+    if all(len(word) <= _LONGEST_WORD for word in text.split()):
+        return text
+    return " ".join(Header(text, "utf-8", header_name=header).encode().split())
 
 
 def text_of(body: str) -> str:
@@ -351,30 +370,39 @@ def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
 _SMTPUTF8 = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
 
 
-def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: str) -> None:
-    """Send `email` with SMTPUTF8, its addresses as written in the envelope and the
-    headers (RFC 6532); a final SendError from a server that does not offer it."""
+def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: list[str]) -> None:
+    """Send `email` with SMTPUTF8, its addresses `needing` it (_beyond_ascii) as written
+    in the envelope and the headers (RFC 6532); a final SendError from a server that does
+    not offer it."""
     for address in _addresses(email):
         sanitize_address(address, "utf-8")  # Django's checks: a ValueError, as for the others
     message = email.message()
-    # Django's message has them as encoded words; replace_header, unlike message[...] =,
-    # keeps them as written, parsed to be folded as addresses. The other headers Django
-    # has folded already: folded again (refold_source), a word too long for a line (a
-    # link in the subject) was cut into encoded words glued to its text, which no mail
-    # client may decode (RFC 2047, 5), or a space was taken into it.
+    # Django's message has the addresses beyond ASCII as encoded words; replace_header,
+    # unlike message[...] =, keeps them as written, parsed to be folded as addresses. The
+    # other headers Django has folded already: folded again (refold_source), a word too
+    # long for a line (a link in the subject) was cut into encoded words glued to its
+    # text, which no mail client may decode (RFC 2047, 5), or a space was taken into it.
+    # An address header without one is folded here, between words, as Django's generator
+    # does: parsed too, a name written as encoded words (on_lines) was folded as its text,
+    # unquoted ("Orders https:" read as a group's name).
     for header, addresses in (
         ("From", [email.from_email]),
         ("To", email.to),
         ("Reply-To", email.reply_to),
     ):
-        if addresses:
+        if not addresses:
+            continue
+        if {address for _, address in getaddresses(addresses)} & set(needing):
             value = _SMTPUTF8.header_factory(header, ", ".join(addresses))
-            message.replace_header(header, value)
+        else:
+            value = Header(message[header], header_name=header).encode()
+        message.replace_header(header, value)
     smtp = backend.connection
     smtp.ehlo_or_helo_if_needed()
     if not smtp.has_extn("smtputf8"):
         raise SendError(
-            f"the SMTP server does not offer SMTPUTF8, which {needing} needs", transient=False
+            f"the SMTP server does not offer SMTPUTF8, which {', '.join(needing)} needs",
+            transient=False,
         )
     data = BytesIO()
     generator = BytesGenerator(data, policy=_SMTPUTF8)
@@ -530,7 +558,10 @@ class DjangoEmailProvider(Provider):
         wrong = _email_output_wrong(content)
         if wrong:
             raise SendError(wrong, transient=False)
-        subject, sender = one_line(content["subject"]), content.get("from") or {}
+        subject, sender = (
+            on_lines(one_line(content["subject"]), "Subject"),
+            content.get("from") or {},
+        )
         # The message worker gives the message its client as read with the step.
         client = message.client
         policy_problem = stored_policy_problem(client.email_from, client.email_from_domains)
@@ -553,9 +584,13 @@ class DjangoEmailProvider(Provider):
             # A name alone goes with the address it would have gone from: the client's
             # address is not the bridge's to know.
             address = address or parseaddr(from_email)[1]
-            # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
-            # encodes a non-ASCII name, and the address's domain as IDNA.)
-            from_email = f'"{quote(name)}" <{address}>' if name else address
+            # Quoted, as a display name: "Acme, Inc." is no list of two addresses; encoded
+            # words are not. (Django encodes a non-ASCII name, and the address's domain
+            # as IDNA.)
+            if name:
+                encoded = on_lines(name, "From")
+                name = encoded if encoded != name else f'"{quote(name)}"'
+            from_email = f"{name} <{address}>" if name else address
         body = content["body"]
         email = EmailMultiAlternatives(
             subject=subject,
@@ -613,7 +648,7 @@ class DjangoEmailProvider(Provider):
                     deadline.watch(sock)  # a new one's is watched as it connects
                 needing = _beyond_ascii(email)
                 if needing and isinstance(email.connection, SmtpBackend):
-                    _send_smtputf8(email.connection, email, ", ".join(needing))
+                    _send_smtputf8(email.connection, email, needing)
                 else:
                     email.send()
             except Exception as exc:

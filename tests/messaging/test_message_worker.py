@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email import message_from_bytes, message_from_string, policy
+from email.header import decode_header, make_header
+from email.utils import parseaddr
 from typing import Any
 
 import pytest
@@ -2511,3 +2513,40 @@ def test_a_provider_named_for_another_channel_sends_nothing_and_skips_the_step(
     assert mail.outbox == [] and not Message.objects.exists()
     assert step.status == Step.Status.SKIPPED
     assert step.error == "no provider is configured for the sms channel (NORM_PROVIDERS)"
+
+
+LINK = "https://shop.example/orders/track?token=" + "a1b2c3d4e5" * 120  # 1,240 characters
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+@pytest.mark.parametrize("field", ["subject", "from name"])
+def test_a_header_with_a_word_longer_than_a_line_is_sent_on_lines_smtp_carries(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, smtputf8: bool, field: str
+) -> None:
+    """SMTP carries lines of 998 characters at most (RFC 5321, 4.5.3.1.6): a subject or
+    a from name with a longer word (a link) went out on one line, which a server refuses
+    or cuts (Postfix breaks a line at 2,048), the rest of the header read as the body.
+    Sent as encoded words, the header's lines fit and a mail client reads it whole."""
+    outputs: dict[str, Any] = {"subject": f"Track it: {LINK}", "body": "x"}
+    if field == "from name":
+        outputs = {"subject": "Hi", "from": {"name": f"Orders {LINK}"}, "body": "x"}
+    recipient = "josé@example.com" if smtputf8 else "ann@example.com"
+    inbox = Inbox()
+    step = email_step(notification__subscriber__email=recipient, outputs=outputs)
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=smtputf8):
+        assert (send(step).status, step.error) == (Step.Status.COMPLETED, "")
+
+    [envelope] = inbox.envelopes
+    raw = envelope.original_content
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    sent = message_from_bytes(raw, policy=policy.SMTPUTF8)
+    if field == "subject":
+        assert sent["Subject"] == f"Track it: {LINK}"
+    else:
+        # Decoded as RFC 2047 has it (6.2): Python's parser of addresses keeps the space
+        # between two encoded words of a name, which mail clients drop.
+        name, address = parseaddr(str(message_from_bytes(raw)["From"]))
+        assert (str(make_header(decode_header(name))), address) == (
+            f"Orders {LINK}",
+            "norm@localhost",
+        )
