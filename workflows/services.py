@@ -75,7 +75,7 @@ _OTHER_THAN = {status: [s for s in Step.Status if s != status] for status in Ste
 STEP_ID_LENGTH = Step._meta.get_field("step_id").max_length or 0
 # The echo worker sets a step's due time by its clock and the message worker compares
 # it with its own: a message worker a little behind would find a step due now not due
-# yet, and leave it to the reconciler (a minute or more). A second early is harmless.
+# yet, and send it again for later (_send_when_due). A second early is harmless.
 CLOCK_SKEW = timedelta(seconds=1)
 ACTIVE = (Notification.Status.PENDING, Notification.Status.RUNNING)
 # A client deactivated with work in flight: the API already refuses it, and the pipeline
@@ -939,6 +939,8 @@ def step_claim(*, step_id: int, claim: str = "", resumed: datetime | None = None
         ).first()
         if of_canceled is not None:
             notification_cancel(notification=of_canceled)
+        else:
+            _send_when_due(step_id, now=now)
         return None
     # Claims no send came back from (a send that returned counts on its message), and
     # the status of its message, if an earlier attempt stored one (see step_skip).
@@ -963,6 +965,31 @@ def step_claim(*, step_id: int, claim: str = "", resumed: datetime | None = None
         )
         return None
     return step
+
+
+def _send_when_due(step_id: int, *, now: datetime) -> None:
+    """Send a step this worker's clock finds not due yet again, for when it is.
+
+    A step sent as due (no countdown: a channel step, a zero delay, the reconciler's
+    re-send) has its due time by the sender's clock: a message worker more than
+    CLOCK_SKEW behind dropped it, and it waited for the reconciler's re-send, a grace
+    period (a minute) for every email of a worker whose clock is a few seconds off.
+    Celery counts the countdown on this worker's clock, which the claim reads the due
+    time with. Once only (`enqueued_at` is then before the due time, as for a step sent
+    with a countdown), and not one due later than the broker keeps a countdown: that is
+    no clock's skew, and waits for the reconciler as a long delay does."""
+    due = Step.objects.filter(
+        _of_running_notification(of_live_trigger=True),
+        pk=step_id,
+        status=Step.Status.SCHEDULED,
+        due_at__gt=now + CLOCK_SKEW,
+        due_at__lte=now + timedelta(seconds=settings.NORM_BROKER_MAX_COUNTDOWN),
+        enqueued_at__gte=F("due_at"),
+    )
+    due_at = due.values_list("due_at", flat=True).first()
+    if due_at is not None and due.filter(due_at=due_at).update(enqueued_at=now):
+        countdown = (due_at - now).total_seconds()
+        pipeline.enqueue_on_commit(pipeline.MESSAGE, step_id, countdown=countdown)
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:

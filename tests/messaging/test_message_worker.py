@@ -915,6 +915,33 @@ def test_a_step_not_yet_due_is_not_claimed(
     assert mail.outbox == [] and enqueued.calls == []
 
 
+def test_a_step_due_by_the_echo_workers_clock_waits_out_the_message_workers(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The echo worker's clock 3 s ahead of the message worker's: a step it recorded due
+    now (an email after an in-app, sent with no countdown) is 3 s ahead of the message
+    worker's clock. Dropped, it waited for the reconciler (a grace period, 60 s); it is
+    sent again for when this worker's clock says it is due."""
+    settings.EMAIL_BACKEND = LOCMEM
+    ahead = timezone.now() + timedelta(seconds=3)  # the echo worker's "now"
+    step = send(email_step(due_at=ahead, enqueued_at=ahead))
+    assert step.status == Step.Status.SCHEDULED and step.attempts == 0
+    assert mail.outbox == []
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    [countdown] = [o["countdown"] for o in enqueued.options_of(pipeline.MESSAGE)]
+    assert 2 < countdown <= 3
+
+    # Sent again once: run before its countdown is over, it is left to the reconciler.
+    enqueued.clear()
+    step = send(step)
+    assert step.status == Step.Status.SCHEDULED and enqueued.calls == []
+
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())  # its countdown is over
+    step = send(step)
+    assert step.status == Step.Status.COMPLETED and len(mail.outbox) == 1
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
 def test_a_step_due_within_a_second_is_claimed_whatever_the_clocks_say(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
