@@ -23,7 +23,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
-from config.dates import iso_z
+from config.dates import TimestampField, iso_z
 from config.db import bounded
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class ErrorSerializer(serializers.Serializer):
         message = serializers.CharField()
 
     statusCode = serializers.IntegerField()
-    timestamp = serializers.DateTimeField()
+    timestamp = TimestampField()
     path = serializers.CharField()
     message = serializers.CharField()
     error = serializers.CharField()
@@ -242,7 +242,7 @@ class ValidationErrorSerializer(serializers.Serializer):
         messages = serializers.ListField(child=serializers.CharField())
 
     statusCode = serializers.IntegerField()
-    timestamp = serializers.DateTimeField()
+    timestamp = TimestampField()
     path = serializers.CharField()
     message = serializers.CharField()
     error = serializers.CharField()

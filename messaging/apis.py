@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.dates import iso_z
+from config.dates import TimestampField, iso_z
 from config.errors import ApiError, error_responses
 from config.paging import (
     LIMIT_PARAMETER,
@@ -216,13 +216,13 @@ class FeedApi(APIView):
         data = serializers.SerializerMethodField()
         seen = serializers.SerializerMethodField()
         read = serializers.SerializerMethodField()
-        lastSeenDate = serializers.DateTimeField(
+        lastSeenDate = TimestampField(
             source="seen_at", required=False, help_text="left out until it is seen"
         )
-        lastReadDate = serializers.DateTimeField(
+        lastReadDate = TimestampField(
             source="read_at", required=False, help_text="left out until it is read"
         )
-        createdAt = serializers.DateTimeField(source="created_at")
+        createdAt = TimestampField(source="created_at")
         # What novu-py's NotificationFeedItemDto and MessageResponseDto require.
         _templateId = serializers.CharField(source="step.notification.workflow_id")
         _environmentId = serializers.CharField(source="client_id")
@@ -498,9 +498,9 @@ class InboxNotificationOutput(serializers.Serializer):
     isSeen = serializers.BooleanField()
     isArchived = serializers.BooleanField()
     isSnoozed = serializers.BooleanField()
-    readAt = serializers.DateTimeField(allow_null=True)
-    firstSeenAt = serializers.DateTimeField(allow_null=True)
-    createdAt = serializers.DateTimeField()
+    readAt = TimestampField(allow_null=True)
+    firstSeenAt = TimestampField(allow_null=True)
+    createdAt = TimestampField()
     channelType = serializers.CharField()
     severity = serializers.CharField()
     data = serializers.DictField()

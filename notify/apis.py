@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.dates import TimestampField
 from config.errors import ApiError, error_responses, validation_message
 from notify import selectors, services
 from notify.models import BridgeURLValidator, TriggerEvent
@@ -340,9 +341,9 @@ class TriggerEventResponse(serializers.Serializer):
             help_text="why the fan-out failed, or what it left out (a recipient's"
             " attribute, an actor); empty when nothing went wrong"
         )
-        createdAt = serializers.DateTimeField(source="created_at")
-        processedAt = serializers.DateTimeField(source="processed_at", allow_null=True)
-        canceledAt = serializers.DateTimeField(source="canceled_at", allow_null=True)
+        createdAt = TimestampField(source="created_at")
+        processedAt = TimestampField(source="processed_at", allow_null=True)
+        canceledAt = TimestampField(source="canceled_at", allow_null=True)
 
     data = TriggerEventOutput()
 

@@ -28,7 +28,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.dates import iso_z
+from config.dates import TimestampField, iso_z
 from config.errors import ApiError, error_responses, validation_message
 from config.paging import (
     LIMIT_PARAMETER,
@@ -160,8 +160,8 @@ class SubscriberOutput(serializers.Serializer):
     _organizationId = serializers.CharField()
     _environmentId = serializers.CharField()
     deleted = serializers.BooleanField()
-    createdAt = serializers.DateTimeField()
-    updatedAt = serializers.DateTimeField()
+    createdAt = TimestampField()
+    updatedAt = TimestampField()
 
 
 class TopicOutput(serializers.Serializer):
@@ -170,8 +170,8 @@ class TopicOutput(serializers.Serializer):
     name = serializers.CharField(required=False, help_text="left out when it has none")
     _organizationId = serializers.CharField()
     _environmentId = serializers.CharField()
-    createdAt = serializers.DateTimeField()
-    updatedAt = serializers.DateTimeField()
+    createdAt = TimestampField()
+    updatedAt = TimestampField()
 
 
 class TopicDetailOutput(TopicOutput):
@@ -197,8 +197,8 @@ class SubscriptionOutput(serializers.Serializer):
     _id = serializers.CharField()
     topic = TopicRef()
     subscriber = SubscriberRef()
-    createdAt = serializers.DateTimeField()
-    updatedAt = serializers.DateTimeField()
+    createdAt = TimestampField()
+    updatedAt = TimestampField()
 
 
 def _wrapped(name: str, output: serializers.BaseSerializer) -> type[serializers.Serializer]:

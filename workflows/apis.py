@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.dates import TimestampField
 from config.errors import ApiError, error_responses
 from config.paging import PAGE_PARAMETERS, page_of, paginate, query_filters_given
 from workflows import selectors
@@ -33,10 +34,10 @@ class NotificationListApi(APIView):
             position = serializers.IntegerField()
             outputs = serializers.JSONField()
             result = serializers.SerializerMethodField()
-            dueAt = serializers.DateTimeField(source="due_at")
+            dueAt = TimestampField(source="due_at")
             attempts = serializers.IntegerField()
             error = serializers.CharField()
-            completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
+            completedAt = TimestampField(source="completed_at", allow_null=True)
 
             def get_result(self, step: Step) -> dict[str, Any]:
                 return selectors.step_result(step)
@@ -51,9 +52,9 @@ class NotificationListApi(APIView):
             recipient = serializers.CharField()
             content = serializers.JSONField()
             error = serializers.CharField()
-            sentAt = serializers.DateTimeField(source="sent_at", allow_null=True)
-            seenAt = serializers.DateTimeField(source="seen_at", allow_null=True)
-            readAt = serializers.DateTimeField(source="read_at", allow_null=True)
+            sentAt = TimestampField(source="sent_at", allow_null=True)
+            seenAt = TimestampField(source="seen_at", allow_null=True)
+            readAt = TimestampField(source="read_at", allow_null=True)
 
         @extend_schema_serializer(component_name="NotificationJob")
         class JobSerializer(serializers.Serializer):
@@ -70,7 +71,7 @@ class NotificationListApi(APIView):
                 source = serializers.ChoiceField(choices=["Internal"])
                 isRetry = serializers.BooleanField()
                 isTest = serializers.BooleanField()
-                createdAt = serializers.DateTimeField(allow_null=True)
+                createdAt = TimestampField(allow_null=True)
 
             @extend_schema_serializer(component_name="NotificationJobStep")
             class JobStepSerializer(serializers.Serializer):
@@ -95,8 +96,8 @@ class NotificationListApi(APIView):
             )
             step = JobStepSerializer()
             executionDetails = ExecutionDetailSerializer(many=True)
-            createdAt = serializers.DateTimeField()
-            updatedAt = serializers.DateTimeField()
+            createdAt = TimestampField()
+            updatedAt = TimestampField()
 
         @extend_schema_serializer(component_name="NotificationSubscriber")
         class SubscriberSerializer(serializers.Serializer):
@@ -147,8 +148,8 @@ class NotificationListApi(APIView):
         error = serializers.CharField()
         errorCode = serializers.CharField(source="error_code")
         payload = serializers.JSONField()
-        createdAt = serializers.DateTimeField(source="created_at")
-        completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
+        createdAt = TimestampField(source="created_at")
+        completedAt = TimestampField(source="completed_at", allow_null=True)
         steps = serializers.SerializerMethodField()
         messages = serializers.SerializerMethodField()
         jobs = serializers.SerializerMethodField()

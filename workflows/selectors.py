@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from config.dates import iso_z
+from config.dates import iso_z, through_millisecond
 from messaging.models import Message
 from subscribers.models import Subscriber
 from workflows.models import Notification, Step
@@ -285,7 +285,9 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
     if filters.get("after"):
         qs = qs.filter(created_at__gte=filters["after"])
     if filters.get("before"):
-        qs = qs.filter(created_at__lte=filters["before"])
+        # At or before it as the API writes times: a notification's own createdAt, given
+        # back, lists that notification, whose time has microseconds the API leaves out.
+        qs = qs.filter(created_at__lt=through_millisecond(filters["before"]))
     if filters.get("severity") and "none" not in filters["severity"]:
         qs = qs.none()  # every notification has Novu's default severity, none
     if filters.get("channels"):

@@ -505,7 +505,7 @@ def test_a_subscriptions_dates_are_when_it_was_made_not_when_its_topic_was(
     checked = ok(call(key, "get", "/v1/topics/news/subscribers/ann"))["data"]
     removed = ok(call(key, "delete", url, {"subscriberIds": ["ann"]}))["data"]
 
-    ann_at = "2024-05-06T07:08:09Z"
+    ann_at = "2024-05-06T07:08:09.000Z"
     bob_at = TopicSubscription.objects.get(subscriber__subscriber_id="bob").created_at
     assert [(s["createdAt"], s["updatedAt"]) for s in added] == [
         (ann_at, ann_at),
@@ -697,9 +697,9 @@ def test_subscriptions_are_listed_in_the_order_of_the_dates_they_answer(
             page = ok(call(key, "get", f"{url}?limit=1&{query}&after={page['next']}"))
 
     newest_first = [
-        ("ann", "2024-05-03T00:00:00Z"),
-        ("bob", "2024-05-02T00:00:00Z"),
-        ("cid", "2024-05-01T00:00:00Z"),
+        ("ann", "2024-05-03T00:00:00.000Z"),
+        ("bob", "2024-05-02T00:00:00.000Z"),
+        ("cid", "2024-05-01T00:00:00.000Z"),
     ]
     assert walk("") == newest_first
     assert walk("orderBy=createdAt") == newest_first

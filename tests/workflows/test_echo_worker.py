@@ -125,7 +125,7 @@ def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
         "data": {},
     }
     assert body["actor"] == {"subscriberId": "boss"}
-    iso = read_at.isoformat().replace("+00:00", "Z")
+    iso = iso_z(read_at)
     assert body["state"] == [
         {
             "stepId": "inbox",
