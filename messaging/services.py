@@ -4,7 +4,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -126,7 +126,9 @@ def _claimed_send(step: Step) -> None:
         )
         return
     if step.type == "delay":
-        waited = timezone.now() - step.created_at
+        # From when the echo worker recorded the step, by its clock: one a little ahead
+        # of this worker's (CLOCK_SKEW) would have a zero delay wait less than nothing.
+        waited = max(timezone.now() - step.created_at, timedelta(0))
         workflow_services.step_complete(
             step=step, result={"duration": int(waited.total_seconds() * 1000)}
         )

@@ -78,6 +78,21 @@ def test_a_delay_step_completes_with_the_time_it_waited(
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
 
 
+def test_a_zero_delay_recorded_by_a_clock_ahead_waited_no_less_than_nothing(
+    send: Callable[[Step], Step], enqueued: Enqueued
+) -> None:
+    """The echo worker's clock half a second ahead of the message worker's: a zero delay
+    it recorded is due (CLOCK_SKEW) and was completed with a duration of -500 ms, which
+    the bridge's code reads as the time the delay waited."""
+    ahead = timezone.now() + timedelta(milliseconds=500)
+    step = StepFactory(type="delay", outputs={"amount": 0, "unit": "seconds"}, due_at=ahead)
+    Step.objects.filter(pk=step.pk).update(created_at=ahead)
+
+    step = send(step)
+
+    assert step.status == Step.Status.COMPLETED and step.result == {"duration": 0}
+
+
 def test_a_custom_step_completes_with_its_outputs_as_result(
     send: Callable[[Step], Step], enqueued: Enqueued
 ) -> None:
