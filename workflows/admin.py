@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import display_for_value
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import BadRequest, ValidationError
 from django.db import DataError, models, transaction
@@ -359,9 +360,11 @@ class NotificationAdmin(ReadOnlyAdmin):
                     m.provider,
                     m.status,
                     m.recipient,
-                    m.sent_at or "",
-                    m.seen_at or "",
-                    m.read_at or "",
+                    # As the admin shows the page's own times, not str()'s
+                    # "2026-03-05 09:00:00.123456+00:00".
+                    display_for_value(m.sent_at, ""),
+                    display_for_value(m.seen_at, ""),
+                    display_for_value(m.read_at, ""),
                     m.error,
                 )
                 for step_id, m in rows

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from html import unescape
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.contrib import admin
 from django.db import connection, models
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse, set_script_prefix
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import escape
 
 from config import pipeline
@@ -167,6 +168,24 @@ def test_notification_page_shows_steps_in_order_and_messages(admin_client) -> No
     assert html.index("inbox-step") < html.index("later-step")
     assert "ann-inbox" in html  # the messages table
     assert "&quot;read&quot;: true" in html  # the live in-app result
+
+
+def test_notification_page_shows_its_messages_times_as_the_admin_shows_times(
+    admin_client,
+) -> None:
+    """The messages table wrote each time as Python's str() does, "2026-03-05
+    09:00:00.123456+00:00", beside the page's own times ("March 5, 2026, 9 a.m.")."""
+    sent = datetime(2026, 3, 5, 9, 0, 0, 123456, tzinfo=UTC)
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
+    inbox = StepFactory(notification=notification, type="in_app", status=Step.Status.COMPLETED)
+    MessageFactory(step=inbox, sent_at=sent, seen_at=sent)
+    Notification.objects.filter(pk=notification.pk).update(created_at=sent)
+
+    html = admin_client.get(_url(notification, "change")).content.decode()
+
+    shown = formats.localize(timezone.template_localtime(sent))
+    assert str(sent) not in html
+    assert html.count(shown) == 3  # sent, seen, and the notification's created at
 
 
 @pytest.mark.parametrize(
