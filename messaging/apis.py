@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.dates import TimestampField, iso_z
+from config.dates import TimestampField, iso_z, through_millisecond
 from config.errors import ApiError, error_responses
 from config.paging import (
     LIMIT_PARAMETER,
@@ -119,9 +119,13 @@ def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
         raise ApiError(400, "invalid_query", message)
     if wanted and "none" not in wanted:
         feed = feed.none()
-    for name, lookup in (("createdGte", "gte"), ("createdLte", "lte")):
-        if filters.get(name) not in (None, ""):
-            feed = feed.filter(**{f"created_at__{lookup}": _from_ms(name, filters[name])})
+    if filters.get("createdGte") not in (None, ""):
+        feed = feed.filter(created_at__gte=_from_ms("createdGte", filters["createdGte"]))
+    if filters.get("createdLte") not in (None, ""):
+        # To the end of its millisecond: a notification's own createdAt, as a JS Date
+        # holds it, lists it, though its time was stored with microseconds.
+        at = _from_ms("createdLte", filters["createdLte"])
+        feed = feed.filter(created_at__lt=through_millisecond(at))
     return feed
 
 

@@ -96,3 +96,30 @@ def test_a_notification_is_listed_before_its_own_created_at_as_the_api_wrote_it(
 
     assert response.status_code == 200, response.content
     assert [n["_id"] for n in response.json()["data"]] == ([str(made.pk)] if listed else [])
+
+
+@pytest.mark.parametrize(
+    ("created_lte", "listed"),
+    [
+        ("1772701200123", True),  # its createdAt, as the API wrote it and Date.parse reads it
+        ("1772701200123.456", True),  # to the microsecond: itself
+        ("1772701200123.455", False),
+        ("1772701200122", False),
+    ],
+)
+def test_an_inbox_notification_is_listed_to_its_own_created_at_in_milliseconds(
+    created_lte: str, listed: bool
+) -> None:
+    """Novu's Inbox sends `createdLte` as a JS time, milliseconds: a notification's own
+    createdAt given back so left it out, its time stored with microseconds."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = MessageFactory(
+        step__notification__subscriber=ann, step__notification__trigger_event__client=client
+    )
+    type(message).objects.filter(pk=message.pk).update(created_at=IN_A_MICROSECOND)
+
+    response = api_for(key).get("/v2/subscribers/ann/notifications", {"createdLte": created_lte})
+
+    assert response.status_code == 200, response.content
+    assert [n["id"] for n in response.json()["data"]] == ([str(message.pk)] if listed else [])
