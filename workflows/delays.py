@@ -43,7 +43,9 @@ def _kind(outputs: dict[str, Any]) -> Any:
 def delay_of(outputs: dict[str, Any]) -> timedelta:
     """How long a regular delay step waits, from its outputs `{type?, amount, unit}`."""
     amount, unit = outputs.get("amount"), outputs.get("unit")
-    if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+    # NaN, which a bridge's JSON may hold (Python's json reads it), compares false with
+    # anything: it passed as a number and failed as "too long".
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount >= 0:
         raise UnsupportedDelay(f"delay amount must be a non-negative number, got {amount!r}")
     if unit not in UNITS:
         raise UnsupportedDelay(f"delay unit must be one of {', '.join(UNITS)}, got {unit!r}")

@@ -179,6 +179,10 @@ FIELDS = "(minute hour day-of-month month day-of-week, or seconds first)"
             {"type": "timed", "cron": "* * */20 * 1L"},
             "delay cron '* * */20 * 1L' never fires (not in 50 years)",
         ),
+        (
+            {"amount": float("nan"), "unit": "seconds"},  # a bridge's JSON NaN
+            "delay amount must be a non-negative number, got nan",
+        ),
         ({"type": "timed", "cron": 900}, "delay cron must be a cron expression string, got 900"),
         (
             {"type": "timed", "cron": ["0 9 * * *"]},
