@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import math
+import time
 from typing import Any
 
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -46,6 +48,11 @@ def _key(username: str, address: str) -> str:
     return f"norm:admin-login:{hashlib.sha256(named).hexdigest()}"
 
 
+def _ends(key: str) -> str:
+    """The key of when the failures counted at `key` expire, for the refusal to say."""
+    return f"{key}:ends"
+
+
 class ThrottledLoginForm(AdminAuthenticationForm):
     """Refused before the password is checked once the username failed LOGIN_FAILURES
     times from this address: whether a guess was right is not told while refused."""
@@ -53,7 +60,7 @@ class ThrottledLoginForm(AdminAuthenticationForm):
     error_messages = {
         **AdminAuthenticationForm.error_messages,
         "throttled": "Too many failed logins for this username from your address: try "
-        "again in %(minutes)d minutes.",
+        "again in %(minutes)d %(unit)s.",
     }
 
     def clean(self) -> dict[str, Any]:
@@ -61,16 +68,21 @@ class ThrottledLoginForm(AdminAuthenticationForm):
         address = (self.request.META.get("REMOTE_ADDR") if self.request else None) or ""
         key = _key(username, address)
         try:
-            failures = cache.get(key, 0)
+            counted = cache.get_many([key, _ends(key)])
         except (RedisError, OSError) as exc:
             # The counters' Redis is down: logins go on uncounted rather than fail.
             logger.warning("admin login failures not counted: %s", exc)
             return super().clean()
-        if failures >= LOGIN_FAILURES:
+        if counted.get(key, 0) >= LOGIN_FAILURES:
+            # It ends LOGIN_LOCK_SECONDS after the first failure, not the last: guesses
+            # spread over 14 minutes are held off one minute more.
+            now = time.time()
+            left = counted.get(_ends(key), now + LOGIN_LOCK_SECONDS) - now
+            minutes = max(1, math.ceil(left / 60))
             raise ValidationError(
                 self.error_messages["throttled"],
                 code="throttled",
-                params={"minutes": LOGIN_LOCK_SECONDS // 60},
+                params={"minutes": minutes, "unit": "minute" if minutes == 1 else "minutes"},
             )
         try:
             cleaned = super().clean()
@@ -79,7 +91,7 @@ class ThrottledLoginForm(AdminAuthenticationForm):
             raise
         # Logged in: an admin's typos before are not held against the next login.
         try:
-            cache.delete(key)
+            cache.delete_many([key, _ends(key)])
         except (RedisError, OSError) as exc:
             logger.warning("admin login failures not cleared: %s", exc)
         return cleaned
@@ -87,6 +99,7 @@ class ThrottledLoginForm(AdminAuthenticationForm):
     def _failed(self, key: str) -> None:
         try:
             # add() is a no-op when the key exists: the lock runs from the first failure.
+            cache.add(_ends(key), time.time() + LOGIN_LOCK_SECONDS, timeout=LOGIN_LOCK_SECONDS)
             cache.add(key, 0, timeout=LOGIN_LOCK_SECONDS)
             cache.incr(key)
         except (RedisError, OSError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -109,6 +110,22 @@ def test_the_refusal_ends_on_its_own(
     time.sleep(1.5)
 
     assert _logged_in(_login("ops", "right-password", GUESSER)[0])
+
+
+def test_the_refusal_says_when_it_ends(
+    counters: None, staff: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal runs from the first failure: guesses spread over 14 minutes are held
+    off one minute more, which the page gave as 15."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(logins, "time", SimpleNamespace(time=lambda: clock[0]), raising=False)
+    _guess(1)
+    clock[0] += 14 * 60 + 10
+    _guess(logins.LOGIN_FAILURES - 1)
+
+    page = _login("ops", "right-password", GUESSER)[1]
+
+    assert REFUSED in page and "try again in 1 minute." in page
 
 
 def test_a_login_clears_the_failures_before_it(counters: None, staff: Any) -> None:
