@@ -46,7 +46,7 @@ CANCEL = Stage("norm.trigger.cancel", "workflows")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
 # Beat's reconciler has a queue of its own: behind a backlog of triggers it would wait
-# longer than its `expires` (one interval) and never run, leaving long delays and lost
+# longer than its `expires` (RECONCILE_EXPIRES) and never run, leaving long delays and lost
 # commands until the backlog cleared, which is when they matter most.
 RECONCILE = Stage(RECONCILE_TASK, "reconcile")  # named where Celery is set up
 

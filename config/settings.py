@@ -399,11 +399,17 @@ NORM_RECONCILE_INTERVAL = env_float("NORM_RECONCILE_INTERVAL", 10.0, positive=Tr
 # pings once its scheduler has not ticked for this long. It ticks at each reconcile;
 # Celery's default, twice its 5-minute loop, would call a hung beat healthy for 10 minutes.
 CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE = max(60.0, 6 * NORM_RECONCILE_INTERVAL)
+# A reconcile not run in time is dropped (`expires`), so that runs missed while no worker
+# served the queue do not all come at once. Celery writes that time on beat's clock and
+# the worker reads it on its own: at one interval, a worker that many seconds ahead of
+# beat (10, or 2 with an interval of 2) dropped every reconcile. A minute more takes in
+# clocks that far apart, and the few runs it lets pile up do nothing twice.
+RECONCILE_EXPIRES = NORM_RECONCILE_INTERVAL + 60
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "norm.reconcile",  # config.pipeline.RECONCILE
         "schedule": NORM_RECONCILE_INTERVAL,
-        "options": {"queue": "reconcile", "expires": NORM_RECONCILE_INTERVAL},
+        "options": {"queue": "reconcile", "expires": RECONCILE_EXPIRES},
     },
 }
 

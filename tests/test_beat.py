@@ -6,11 +6,17 @@ hold): without the directory, beat crashed on start and no reconciler ran.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from celery import beat
+import pytest
+from celery import beat, uuid
+from celery.contrib.testing.mocks import TaskMessage
+from celery.worker.request import Request
+from django.conf import settings
 
 from config.celery import app
+from workflows import tasks as workflow_tasks
 
 
 def test_beat_starts_without_its_var_directory(tmp_path: Path) -> None:
@@ -27,3 +33,24 @@ def test_beat_starts_without_its_var_directory(tmp_path: Path) -> None:
     finally:
         scheduler.close()
     assert schedule.parent.is_dir()
+
+
+@pytest.mark.parametrize("ahead", [0, 15, 45])
+def test_a_reconcile_beat_sends_runs_on_a_worker_whose_clock_is_ahead_of_beats(
+    ahead: int,
+) -> None:
+    """Celery writes a task's `expires` as a time on its sender's clock, beat's, and a
+    worker drops the task once its own clock has passed it. With one interval (10 s),
+    a worker 10 s ahead of beat dropped every reconcile, and long delays and lost work
+    were never sent again (with NORM_RECONCILE_INTERVAL=2, at 2 s of skew)."""
+    entry = settings.CELERY_BEAT_SCHEDULE["reconcile"]
+    task = entry["task"]
+    beats_now = app.now() - timedelta(seconds=ahead)
+    # As beat sends it (apply_async with the entry's options), at its clock's now.
+    sent = app.amqp.as_task_v2(uuid(), task, expires=entry["options"]["expires"], now=beats_now)
+
+    reconcile = workflow_tasks.reconcile
+    assert reconcile.name == task
+    taken = Request(TaskMessage(task, **sent.headers), app=app, task=reconcile)
+
+    assert not taken.maybe_expire()  # as the worker checks it when it takes it
