@@ -88,7 +88,8 @@ class NotificationListApi(APIView):
                 choices=sorted(
                     selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES | {"trigger"}
                 ),
-                help_text="trigger: the workflow's run, failed between steps",
+                help_text="trigger: the workflow's run, ended between steps (failed or "
+                "canceled) or waiting for the bridge",
             )
             status = serializers.ChoiceField(choices=selectors.JOB_STATUSES)
             providerId = serializers.ChoiceField(
