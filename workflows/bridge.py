@@ -197,7 +197,8 @@ class BridgeError(Exception):
 
 
 class BridgeUnavailable(BridgeError):
-    """Timeout, connection error, 5xx or 429: worth another try later."""
+    """Timeout, connection error, a certificate that fails verification, or a 5xx or
+    TRANSIENT_STATUSES answer whose code is none of PERMANENT_CODES: worth another try."""
 
 
 HEALTH_CHECK = "health-check"  # the one action a bridge answers unsigned (BRIDGE.md)
