@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 BROADCAST_CHUNK = 500
 # The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
 INSERT_BYTES = 8 * 1024 * 1024
-# Notifications a trigger's cancel ends in one transaction (see notifications_cancel).
+# Notifications a trigger's cancel ends in one transaction (see _trigger_notifications_cancel).
 CANCEL_CHUNK = 2000
 # A fan-out left short is run again at most this many times, each wait twice the last.
 # (The FANOUT_RECHECK window alone is no bound: each run starts it again.)
