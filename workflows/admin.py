@@ -415,7 +415,11 @@ class NotificationAdmin(ReadOnlyAdmin):
 @admin.register(Step)
 class StepAdmin(ReadOnlyAdmin):
     list_display = ["step_id", "type", "status", "notification", "position", "due_at", "attempts"]
-    list_filter = ["status", fixed_choices("type", "type", selectors.STEP_TYPES)]
+    list_filter = [
+        "status",
+        # With the types norm does not run: one the bridge skipped is recorded (as skipped).
+        fixed_choices("type", "type", selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES),
+    ]
     # Not the model's order (position, which only means something within a notification):
     # newest first, from the primary key's index, instead of sorting every step ever run.
     ordering = ["-id"]

@@ -188,6 +188,19 @@ def test_notification_page_shows_its_messages_times_as_the_admin_shows_times(
     assert html.count(shown) == 3  # sent, seen, and the notification's created at
 
 
+def test_the_step_list_offers_every_type_a_step_is_recorded_with(admin_client) -> None:
+    """A digest, throttle, tool or http_request step the bridge skipped is recorded (as
+    skipped), but the list's type filter offered only the types norm runs."""
+    StepFactory(type="digest", status=Step.Status.SKIPPED)
+    url = reverse("admin:workflows_step_changelist")
+
+    response = admin_client.get(url)
+
+    [by_type] = [f for f in response.context["cl"].filter_specs if f.title == "type"]
+    offered = {value for value, _ in by_type.lookup_choices}
+    assert {"digest", "throttle", "tool", "http_request", "email", "delay"} <= offered
+
+
 @pytest.mark.parametrize(
     ("query", "field"), [("tx-find-me", "transaction"), ("sub-find-me", "subscriber")]
 )
