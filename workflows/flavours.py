@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from config.redact import masked_url
-from notify.models import BridgeSync, BridgeWorkflow, Client
+from notify.models import BridgeSync, BridgeWorkflow
 from notify.selectors import bridge_workflow_get
 from workflows import bridge
 from workflows.models import Notification, Step
@@ -176,8 +176,7 @@ def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dic
         if found is not None:
             return str(found.get("type")), dict(controls.get(step_id) or {})
         if attempt == 0:
-            client = Client.objects.get(pk=notification.client_id)
-            bridge_sync(client=client, bridge_url=notification.resource)
+            bridge_sync(client=notification.client, bridge_url=notification.resource)
     raise bridge.BridgeError(
         "StepNotDiscovered",
         f"the bridge {masked_url(notification.resource)} names step '{step_id}' of workflow "
