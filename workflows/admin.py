@@ -391,9 +391,11 @@ class NotificationAdmin(ReadOnlyAdmin):
             tried += 1
             if time.monotonic() >= until:
                 break
-        skipped = len(chosen) - len(failed) + tried - retried
+        skipped = len(chosen) - len(failed)
+        refused = tried - retried  # of a canceled trigger, or retried meanwhile by another
         left = len(failed) - tried
-        rest = f"; {left} not reached in time: run the action again for them" if left else ""
+        rest = f"; {refused} not retried (its trigger canceled)" if refused else ""
+        rest += f"; {left} not reached in time: run the action again for them" if left else ""
         self.message_user(
             request,
             f"Retried {retried} notification(s); {skipped} skipped (not failed){rest}.",

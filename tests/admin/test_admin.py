@@ -430,8 +430,24 @@ def test_retry_leaves_a_notification_of_a_canceled_trigger_alone(
     with django_capture_on_commit_callbacks(execute=True):
         response = _act(admin_client, "retry", notification)
 
-    assert "Retried 0 notification(s); 1 skipped" in response.content.decode()
+    assert "Retried 0 notification(s)" in response.content.decode()
     assert enqueued.calls == []
+
+
+def test_a_retry_refused_for_a_canceled_trigger_is_not_said_to_be_of_one_that_did_not_fail(
+    admin_client, enqueued
+) -> None:
+    """The operator selected failed notifications and was told each was skipped as
+    "not failed", though it was failed and left so because its trigger was canceled."""
+    notification = NotificationFactory(
+        status=Notification.Status.FAILED, trigger_event__canceled_at=timezone.now()
+    )
+
+    response = _act(admin_client, "retry", notification)
+
+    said = unescape(response.content.decode())
+    assert "Retried 0 notification(s); 0 skipped (not failed); 1 not retried" in said
+    assert "(its trigger canceled)" in said
 
 
 def test_pipeline_rows_cannot_be_deleted_by_hand(admin_client) -> None:
