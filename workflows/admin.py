@@ -233,7 +233,20 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class StepInline(ReadOnlyInline):
+class StepJSON:
+    """A step's outputs, and its result as the bridge sees it, on its notification's page
+    and its own alike."""
+
+    @admin.display(description="outputs")
+    def outputs_json(self, step: Step) -> SafeString:
+        return pretty_json(step.outputs)
+
+    @admin.display(description="result (as the bridge sees it)")
+    def live_result(self, step: Step) -> SafeString:
+        return pretty_json(selectors.step_result(step))
+
+
+class StepInline(StepJSON, ReadOnlyInline):
     model = Step
     ordering = ["position"]
     fields = [
@@ -251,14 +264,6 @@ class StepInline(ReadOnlyInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
         return super().get_queryset(request).select_related("message")
-
-    @admin.display(description="outputs")
-    def outputs_json(self, step: Step) -> SafeString:
-        return pretty_json(step.outputs)
-
-    @admin.display(description="result (as the bridge sees it)")
-    def live_result(self, step: Step) -> SafeString:
-        return pretty_json(selectors.step_result(step))
 
 
 # The retry action takes the notifications one at a time, a transaction each (some 10 ms):
@@ -415,7 +420,7 @@ class NotificationAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Step)
-class StepAdmin(ReadOnlyAdmin):
+class StepAdmin(StepJSON, ReadOnlyAdmin):
     list_display = ["step_id", "type", "status", "notification", "position", "due_at", "attempts"]
     list_filter = [
         "status",
@@ -433,10 +438,6 @@ class StepAdmin(ReadOnlyAdmin):
     exclude = ["outputs", "providers", "result"]
     readonly_fields = ["outputs_json", "providers_json", "live_result", "message_link"]
 
-    @admin.display(description="outputs")
-    def outputs_json(self, step: Step) -> SafeString:
-        return pretty_json(step.outputs)
-
     @admin.display(description="providers")
     def providers_json(self, step: Step) -> SafeString:
         return pretty_json(step.providers)
@@ -445,7 +446,3 @@ class StepAdmin(ReadOnlyAdmin):
     def message_link(self, step: Step) -> SafeString | str:
         message = getattr(step, "message", None)
         return change_link(message) if message is not None else "-"
-
-    @admin.display(description="result (as the bridge sees it)")
-    def live_result(self, step: Step) -> SafeString:
-        return pretty_json(selectors.step_result(step))
