@@ -91,12 +91,8 @@ class _Pool(HTTPConnectionPool):
         super()._put_conn(conn)
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_Pool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        _release(conn)
-        super()._put_conn(conn)
 
 
 _POOLS = {"http": _Pool, "https": _HTTPSPool}
