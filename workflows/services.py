@@ -1595,16 +1595,21 @@ def reconcile() -> dict[str, int]:
 def _to_workflow_queues(
     rows: QuerySet[TriggerEvent, tuple[int, str]], rooms: dict[str, int]
 ) -> list[tuple[int, str]]:
-    """Of a batch of `rows` (an event's pk and workflow), those whose workflow's queue
-    has room (_room, kept by queue in `rooms` for the run), each with that queue."""
-    sent = []
-    for pk, workflow_id in rows[:REDRIVE_BATCH]:
-        queue = pipeline.workflow_queue(workflow_id)
+    """Of `rows` (an event's pk and workflow), a batch of those whose workflow's queue has
+    room (_room, kept by queue in `rooms` for the run), each with that queue.
+
+    Those of a queue without room are left out before the batch is taken: taken first, a
+    flood of more than a batch in the workflows queue filled every batch, and a routed
+    workflow's trigger lost with the broker waited, its own queue empty, for the flood."""
+    routed = settings.NORM_WORKFLOW_QUEUES
+    for queue in {pipeline.WORKFLOW.queue, *routed.values()}:
         if queue not in rooms:
             rooms[queue] = _room(queue)
-        if rooms[queue]:
-            sent.append((pk, queue))
-    return sent
+    if rooms[pipeline.WORKFLOW.queue]:
+        rows = rows.exclude(workflow_id__in=[w for w, q in routed.items() if not rooms[q]])
+    else:
+        rows = rows.filter(workflow_id__in=[w for w, q in routed.items() if rooms[q]])
+    return [(pk, pipeline.workflow_queue(workflow_id)) for pk, workflow_id in rows[:REDRIVE_BATCH]]
 
 
 def _room(queue: str) -> int:

@@ -227,6 +227,33 @@ def test_no_trigger_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued, set
     assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
 
 
+def test_a_routed_trigger_is_re_sent_behind_more_triggers_queued_than_a_batch(
+    enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A routed workflow has a queue of its own so that its triggers wait behind no flood
+    of others'. Each run took a batch of the triggers waiting, then left out those of a
+    queue that held any: a flood of more than a batch in the workflows queue filled every
+    batch, and the routed one lost with the broker, its own queue empty, was not re-sent
+    until the flood had passed."""
+    monkeypatch.setattr(services, "REDRIVE_BATCH", 2)
+    settings.NORM_WORKFLOW_QUEUES = {"critical-one": "critical"}
+    flood = [TriggerEventFactory() for _ in range(3)]
+    routed = TriggerEventFactory(workflow_id="critical-one")
+    TriggerEvent.objects.update(created_at=ago(GRACE + 1))
+    _queue_holds(enqueued, pipeline.WORKFLOW)
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.calls[-1] == (
+        pipeline.WORKFLOW.task,
+        (routed.pk,),
+        {"countdown": None, "queue": "critical"},
+    )
+    assert {e.reenqueued_at for e in TriggerEvent.objects.filter(pk__in=[e.pk for e in flood])} == {
+        None
+    }
+
+
 def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> None:
     """A bulk cancel of thousands behind a backlog of triggers: each run re-sent a batch
     of its tasks behind the ones still queued."""
