@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -339,6 +340,22 @@ def test_an_error_page_that_is_no_json_is_the_errors_message_in_words(
         bridge.execute(f"{url}/api/novu", secrets=("nk_test",), workflow_id="w", body={})
     assert isinstance(exc.value, bridge.BridgeUnavailable) is (answer[0] == 502)
     assert (exc.value.code, exc.value.message) == (f"HTTP{answer[0]}", message)
+
+
+def test_an_error_page_of_tags_never_closed_is_read_in_a_moment() -> None:
+    """Its words were found by a regex that looked, from each `<`, for the end of a style
+    (or of a tag): a page of `<style>` never closed (a hostile bridge's, or one the 64 KB
+    read cut), as its square, 9 s of the worker's time for each answer, after the answer
+    had arrived, which NORM_BRIDGE_TIMEOUT bounds."""
+    page = b"<style>" * 9000 + b"Bad Gateway"  # 63 KB
+    with (
+        json_serving(lambda *_: (502, page, {"content-type": "text/html"})) as url,
+        pytest.raises(bridge.BridgeUnavailable) as exc,
+    ):
+        started = time.monotonic()
+        bridge.execute(f"{url}/api/novu", secrets=("nk_test",), workflow_id="w", body={})
+    assert time.monotonic() - started < 1
+    assert exc.value.message == "Bad Gateway"
 
 
 def _garbage_bridge_echo(url: str) -> Notification:
