@@ -715,6 +715,16 @@ def _record_answer(
     outputs, providers = answer.get("outputs"), answer.get("providers") or {}
     options = answer.get("options")
     skipped = isinstance(options, dict) and options.get("skip") is True
+    known = selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES
+    # The type is checked to be a string first: a list or an object is no key of a set.
+    named = isinstance(step_id, str) and bool(step_id) and isinstance(step_type, str)
+    if not named or step_type not in known:
+        _refuse_answer(
+            notification,
+            code="BridgeInvalidResponse",
+            message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
+        )
+        return
     # Skipped, a step of a type norm does not run asks nothing of norm: it is recorded
     # skipped and the workflow goes on, as in Novu (a digest only some triggers need).
     if step_type in selectors.UNSUPPORTED_STEP_TYPES and not skipped:
@@ -722,14 +732,6 @@ def _record_answer(
             notification,
             code="UnsupportedStepType",
             message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
-        )
-        return
-    known = selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES
-    if not isinstance(step_id, str) or not step_id or step_type not in known:
-        _refuse_answer(
-            notification,
-            code="BridgeInvalidResponse",
-            message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
         )
         return
     if len(step_id) > STEP_ID_LENGTH:

@@ -455,6 +455,27 @@ def test_an_answer_without_a_valid_step_fails(
     assert Step.objects.count() == 0
 
 
+@pytest.mark.parametrize("step_type", [["email"], {"email": True}], ids=["list", "object"])
+def test_an_answer_whose_type_is_no_string_fails_as_no_valid_step(
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    step_type: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Looked up in the set of types norm does not run, it raised TypeError (unhashable),
+    logged with its traceback as a bug in norm's echo, and the reason was Python's words
+    for it, not what the bridge got wrong."""
+    notification = NotificationFactory()
+    execute.answers = [{"stepId": "mail", "type": step_type, "outputs": {}}]
+    run(notification)
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert notification.error.startswith("the bridge answered no valid next step (stepId='mail'")
+    assert not [r for r in caplog.records if r.exc_info]
+    assert Step.objects.count() == 0 and enqueued.calls == []
+
+
 @pytest.mark.parametrize(
     ("shape", "named"),
     [
