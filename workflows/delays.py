@@ -47,7 +47,7 @@ def delay_of(outputs: dict[str, Any]) -> timedelta:
     # anything: it passed as a number and failed as "too long".
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount >= 0:
         raise UnsupportedDelay(f"delay amount must be a non-negative number, got {amount!r}")
-    if unit not in UNITS:
+    if not isinstance(unit, str) or unit not in UNITS:  # a list is no key (unhashable)
         raise UnsupportedDelay(f"delay unit must be one of {', '.join(UNITS)}, got {unit!r}")
     try:
         return timedelta(seconds=amount * UNITS[unit])

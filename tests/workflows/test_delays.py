@@ -197,6 +197,11 @@ FIELDS = "(minute hour day-of-month month day-of-week, or seconds first)"
             {"type": "fixed", "amount": 1, "unit": "hours"},
             "delay type 'fixed' is not supported yet; use amount and unit, or a cron",
         ),
+        (
+            # no key of a set (unhashable): a TypeError, logged as a bug in norm's echo
+            {"amount": 1, "unit": ["hours"]},
+            "delay unit must be one of seconds, minutes, hours, days, weeks, months, got ['hours']",
+        ),
     ],
 )
 def test_a_delay_norm_cannot_wait_out_is_refused_with_its_reason(
