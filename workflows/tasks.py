@@ -35,18 +35,26 @@ def trigger_cancel_finish(trigger_event_id: int) -> None:
 @shared_task(
     name="norm.echo.run", bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
 )
-def echo_run(self: Task, notification_id: str) -> None:
+def echo_run(self: Task, notification_id: str, bridge_retries: int = 0) -> None:
     """Stage 4: ask the bridge for the next step. Transient bridge errors retry with
-    backoff; does nothing while a step is open, so a duplicate run is harmless."""
-    retries = self.request.retries
+    backoff; does nothing while a step is open, so a duplicate run is harmless.
+
+    `bridge_retries` counts the retries for the bridge alone: the request's `retries`
+    counts the database's too (DB_RETRY), and a failover's five made the next bridge
+    hiccup the last attempt, failing the notification with no retry left."""
     try:
         services.echo_run(
             notification_id=notification_id,
-            final_attempt=retries >= settings.NORM_BRIDGE_MAX_RETRIES,
+            final_attempt=bridge_retries >= settings.NORM_BRIDGE_MAX_RETRIES,
         )
     except bridge.BridgeUnavailable as exc:
-        countdown = pipeline.backoff(settings.NORM_BRIDGE_RETRY_BACKOFF, retries)
-        raise self.retry(countdown=countdown, exc=exc) from exc
+        countdown = pipeline.backoff(settings.NORM_BRIDGE_RETRY_BACKOFF, bridge_retries)
+        raise self.retry(
+            args=[notification_id],
+            kwargs={"bridge_retries": bridge_retries + 1},
+            countdown=countdown,
+            exc=exc,
+        ) from exc
 
 
 @shared_task(name="norm.reconcile", ignore_result=True)

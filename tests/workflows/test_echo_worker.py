@@ -621,6 +621,22 @@ def test_task_retries_transient_errors_then_fails_on_the_last_attempt(
     assert (notification.error_code, notification.bridge_attempts) == ("BridgeTimeout", 3)
 
 
+def test_retries_for_the_database_leave_the_bridge_its_own(
+    execute: FakeExecute, enqueued: Enqueued, settings: Any
+) -> None:
+    """A run retried five times for the database (a failover) whose bridge then fails
+    for now is retried: the request's retries count both, and made it the last attempt."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 2
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("BridgeTimeout", "no answer"), {"done": True}]
+
+    tasks.echo_run.apply(args=[str(notification.pk)], retries=5)
+
+    assert len(execute.calls) == 2
+    notification.refresh_from_db()
+    assert (notification.status, notification.bridge_attempts) == ("completed", 1)
+
+
 def test_task_retry_succeeds_once_the_bridge_is_back(
     execute: FakeExecute, enqueued: Enqueued, settings: Any
 ) -> None:
@@ -674,14 +690,14 @@ def test_task_backs_off_exponentially_with_jitter(
     class Retried(Exception):
         pass
 
-    def fake_retry(*, countdown: float, exc: Exception) -> Exception:
+    def fake_retry(*, countdown: float, exc: Exception, **kwargs: Any) -> Exception:
         countdowns.append(countdown)
         return Retried()
 
     monkeypatch.setattr(tasks.echo_run, "retry", fake_retry)
     for retries in (0, 1, 2, 2):
         with pytest.raises(Retried):
-            tasks.echo_run.apply(args=[str(notification.pk)], retries=retries, throw=True)
+            tasks.echo_run.apply(args=[str(notification.pk), retries], throw=True)
     first, second, third, third_again = countdowns
     assert 3.0 <= first <= 4.5 and 6.0 <= second <= 9.0
     assert 12.0 <= third <= 18.0 and 12.0 <= third_again <= 18.0
