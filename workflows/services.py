@@ -588,8 +588,15 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
     """`echo_run`, its unexpected errors aside."""
     notification = (
         Notification.objects.select_related("subscriber", "trigger_event", "client")
-        # The event's recipients can run to a thousand entries; the echo needs none of them.
-        .defer("trigger_event__to", "trigger_event__payload", "trigger_event__overrides")
+        # The event's recipients can run to a thousand entries, those forgotten and the
+        # redelivered commands to a broadcast's; the echo needs none of them.
+        .defer(
+            "trigger_event__to",
+            "trigger_event__payload",
+            "trigger_event__overrides",
+            "trigger_event__forgotten",
+            "trigger_event__redelivered",
+        )
         .filter(pk=notification_id)
         .first()
     )
