@@ -34,6 +34,7 @@ from tests.factories import (
 )
 from workflows import admin as workflows_admin
 from workflows import registry
+from workflows import services as workflows_services
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
@@ -315,7 +316,7 @@ def test_a_retry_of_more_than_a_request_has_time_for_stops_in_time_and_says_what
 ) -> None:
     """Retried one at a time, the thousands an outage failed took minutes, and gunicorn
     killed the request at 30 s: a 502, with no word of how many were retried."""
-    monkeypatch.setattr(workflows_admin, "RETRY_BUDGET_SECONDS", 0)
+    monkeypatch.setattr(workflows_admin, "ACTION_BUDGET_SECONDS", 0)
     failed = [NotificationFactory(status=Notification.Status.FAILED) for _ in range(3)]
 
     response = _act(admin_client, "retry", *failed)
@@ -344,6 +345,25 @@ def test_cancel_action(admin_client) -> None:
     assert completed.status == Notification.Status.COMPLETED
     assert Step.objects.get(pk=scheduled.pk).status == Step.Status.CANCELED
     assert Step.objects.get(pk=done_step.pk).status == Step.Status.COMPLETED
+
+
+def test_the_cancel_action_goes_a_chunk_at_a_time_and_stops_at_its_budget(
+    admin_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All of a broadcast's notifications selected were canceled in one transaction,
+    every row locked until the end, and past gunicorn's 30 s none at all (a 502)."""
+    monkeypatch.setattr(workflows_services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(workflows_admin, "ACTION_BUDGET_SECONDS", 0)
+    running = NotificationFactory.create_batch(3, status=Notification.Status.RUNNING)
+    completed = NotificationFactory(status=Notification.Status.COMPLETED)
+
+    first = unescape(_act(admin_client, "cancel", *running, completed).content.decode())
+    assert "Canceled 2 notification(s); 1 skipped (already finished); 1 not reached" in first
+    assert Notification.objects.filter(status=Notification.Status.RUNNING).count() == 1
+    # Run again on the same selection, it takes up the rest.
+    again = unescape(_act(admin_client, "cancel", *running, completed).content.decode())
+    assert "Canceled 1 notification(s); 3 skipped (already finished)." in again
+    assert not Notification.objects.filter(status=Notification.Status.RUNNING).exists()
 
 
 def test_client_page_never_shows_the_secret_key(admin_client) -> None:
