@@ -234,6 +234,8 @@ def parse_recipients(to: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 def _topic(item: dict[str, Any]) -> dict[str, Any]:
     key, exclude = item.get("topicKey"), item.get("exclude") or []
+    # Trimmed, as the topic API stores a key: " news " named no topic.
+    key = key.strip() if isinstance(key, str) else key
     if not isinstance(key, str) or not key:
         raise _invalid("a topic needs a non-empty topicKey")
     if not isinstance(exclude, list) or not all(_is_id(e) for e in exclude):

@@ -197,6 +197,18 @@ def test_novu_114s_topic_list_form_is_accepted(
     assert notified(client) == MEMBERS
 
 
+def test_a_topic_key_with_white_space_around_it_reaches_the_topic_stored_trimmed(
+    keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
+) -> None:
+    """The topic API stores " news " (a cell of a file) as "news", as a subscriberId; a
+    trigger's topicKey was taken as given, a 404 "Topic not found:  news " for it."""
+    client, _ = keyed
+    response = trigger([{"type": "Topic", "topicKey": " news\n"}])
+    assert response.status_code == 201, response.content
+    fan_out()
+    assert notified(client) == MEMBERS
+
+
 def test_an_empty_topic_triggers_nobody(
     keyed: tuple[Client, str], trigger: Trigger, fan_out: Callable[[], None]
 ) -> None:
