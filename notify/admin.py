@@ -463,8 +463,8 @@ class TriggerEventAdmin(ReadOnlyAdmin):
         return pretty_json(event.overrides)
 
 
-# Django's header links "View site" to /, where norm serves nothing (a 404): the API has
-# no home page, and the admin is the site.
+# Django's header links "View site" to /, which leads to the API's docs: no site of the
+# admin's (the API has no home page; the admin is the site).
 admin.site.site_url = None
 # Django's login takes any number of guesses; this one refuses a username's after a few
 # failures from one address (notify.logins).
