@@ -51,12 +51,18 @@ def client_create(
     email_from_domains: list[str] | None = None,
 ) -> Client:
     """A new client; a ValueError for a bridge URL or a sender policy it cannot have."""
+    # As the admin's form: the column's length, which a trigger's resource has too.
+    longest = Client._meta.get_field("bridge_url").max_length
     for url in [bridge_url, *(allowed_bridge_urls or [])]:
         try:
             BridgeURLValidator()(url)
         except ValidationError as exc:
             # Masked: createclient prints it, into a deploy's log, say.
             raise ValueError(f"not an http(s) URL: {masked_url(url)!r}") from exc
+        if longest is not None and len(url) > longest:
+            raise ValueError(
+                f"{masked_url(url)[:60]}…: a bridge URL has at most {longest} characters"
+            )
     email_from, domains = email_from.strip(), [d.strip() for d in email_from_domains or []]
     problem = senders.sender_domains_problem(domains) or senders.email_from_problem(
         email_from, domains

@@ -124,6 +124,24 @@ def test_a_bridge_url_refused_is_printed_without_its_password() -> None:
     assert "ftp://norm:***@bridge:4000/api/novu" in str(refused.value)
 
 
+@pytest.mark.parametrize("option", ["--bridge-url", "--allowed-bridge-url"])
+def test_a_bridge_url_longer_than_a_client_holds_is_refused_and_nothing_created(
+    option: str,
+) -> None:
+    """As the admin refuses it: a bridge_url past its column was PostgreSQL's DataError,
+    a traceback, and an allowed URL so long was stored, for no trigger to name it (a
+    resource is at most as long as a bridge_url)."""
+    long_url = f"{BRIDGE}?token={'t' * 500}"
+    urls = (
+        [option, long_url]
+        if option == "--bridge-url"
+        else ["--bridge-url", BRIDGE, option, long_url]
+    )
+    with pytest.raises(CommandError, match="at most 500 characters"):
+        createclient("shop", *urls)
+    assert not Client.objects.exists() and not SecretKey.objects.exists()
+
+
 def test_a_sender_policy_is_stored_with_the_client() -> None:
     createclient(
         "shop",
