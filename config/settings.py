@@ -430,7 +430,8 @@ NORM_RECONCILE_GRACE = env_int("NORM_RECONCILE_GRACE", 60, positive=True)
 # notifications before it answers; the rest is canceled by a task (gunicorn kills a
 # request at 30 s).
 NORM_CANCEL_BUDGET_SECONDS = env_float("NORM_CANCEL_BUDGET_SECONDS", 5.0, non_negative=True)
-# A step claimed longer ago than this is taken to belong to a dead worker.
+# A step, or a trigger event's fan-out, claimed longer ago than this is taken to belong
+# to a dead worker.
 NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=True)
 # A step taken this many times by tasks that never reported back fails: its send kills
 # the worker each time (out of memory on a huge email, a segfault), and without a bound
