@@ -39,9 +39,8 @@ from workflows.services import (
 logger = logging.getLogger(__name__)
 
 
-def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Subscriber:
+def subscriber_upsert(*, client_id: int, recipient: dict[str, Any]) -> Subscriber:
     """Find or create a subscriber; attributes given inline in a trigger update it."""
-    client_id = client if isinstance(client, int) else client.pk
     values = {INLINE_FIELDS[k]: v for k, v in recipient.items() if k in INLINE_FIELDS}
     subscriber_id = str(recipient["subscriberId"])
     # Locked (not its key) until the caller's transaction ends: see subscriber_process.
@@ -56,7 +55,7 @@ def subscriber_upsert(*, client: Client | int, recipient: dict[str, Any]) -> Sub
                 return subscriber
             # Created concurrently by another recipient's command, and perhaps deleted
             # since (read with get(), the command failed): as if this came after those.
-            return subscriber_upsert(client=client_id, recipient=recipient)
+            return subscriber_upsert(client_id=client_id, recipient=recipient)
         changed = {k: v for k, v in values.items() if getattr(subscriber, k) != v}
         if changed:
             for key, value in changed.items():
@@ -112,7 +111,7 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
     # created the deleted subscriber anew and sent it the workflow.
     recipient, refused = checked_attributes(recipient)
     with transaction.atomic():
-        subscriber = subscriber_upsert(client=event.client_id, recipient=recipient)
+        subscriber = subscriber_upsert(client_id=event.client_id, recipient=recipient)
         notification_create(trigger_event=event, subscriber=subscriber)
     if refused:
         attributes_refused(event=event, subscriber_id=recipient["subscriberId"], refused=refused)
@@ -161,7 +160,7 @@ def actor_upsert(*, event: TriggerEvent, recipients: list[dict[str, Any]]) -> No
                 # Its command names what it refuses.
                 actor |= checked_attributes(listed)[0]
         with transaction.atomic():
-            subscriber_upsert(client=event.client_id, recipient=actor)
+            subscriber_upsert(client_id=event.client_id, recipient=actor)
         if refused:
             attributes_refused(event=event, subscriber_id=actor["subscriberId"], refused=refused)
 
@@ -251,7 +250,7 @@ def command_given_up(
         # rerun for the recipient it lacked made the deleted subscriber anew.
         with transaction.atomic():
             subscribers = [
-                subscriber_upsert(client=event.client_id, recipient={"subscriberId": listed_id})
+                subscriber_upsert(client_id=event.client_id, recipient={"subscriberId": listed_id})
                 for listed_id in subscriber_ids
             ]
             notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)

@@ -223,7 +223,7 @@ def test_a_subscriber_another_command_creates_meanwhile_is_the_one_updated() -> 
     held, used = while_held(
         lambda: SubscriberFactory(client=event.client, subscriber_id="ann"),
         lambda: services.subscriber_upsert(
-            client=event.client_id, recipient={"subscriberId": "ann", "email": "ann@example.com"}
+            client_id=event.client_id, recipient={"subscriberId": "ann", "email": "ann@example.com"}
         ),
     )
     assert used.pk == held.pk
