@@ -339,7 +339,7 @@ class SubscriptionsCreated(serializers.Serializer):
 
 
 class SubscriptionsRemoved(serializers.Serializer):
-    data = SubscriptionOutput(many=True, help_text="always empty")
+    data = SubscriptionOutput(many=True, help_text="the subscriptions it removed")
     meta = SubscriptionsMeta()
 
 
