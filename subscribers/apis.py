@@ -958,7 +958,8 @@ class TopicSubscriptionsApi(APIView):
                 "meta": {
                     "totalCount": len(ids),
                     "successful": len(removed),
-                    "failed": len(ids) - len(removed),
+                    # Each id not removed once, as a subscribe counts those not found.
+                    "failed": len(dict.fromkeys(ids)) - len(removed),
                 },
             }
         )

@@ -409,6 +409,18 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     assert members(client, "deals") == ["ann"]  # only the topic named
 
 
+def test_v2_a_member_named_twice_is_removed_and_no_failure(keyed: tuple[Client, str]) -> None:
+    """As a subscribe counts it (and Novu, which fails only an id it could not remove):
+    the second mention of a member removed counted as a failure."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
+    body = {"subscriberIds": ["ann", "ann", "nobody"]}
+    answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", body))
+
+    assert answer["meta"] == {"totalCount": 3, "successful": 1, "failed": 1}
+    assert members(client, "news") == ["bob"]
+
+
 @pytest.mark.parametrize(
     "subscriptions",
     [["ann", "bob"], [{"identifier": "news-ann", "subscriberId": "ann"}, {"subscriberId": "bob"}]],
