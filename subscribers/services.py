@@ -308,8 +308,8 @@ def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subs
 
 
 def _lock_or_gone(rows: Any) -> None:
-    """Lock a row that a delete (subscriber_delete, topic_delete) locks first; its model's
-    DoesNotExist if such a delete removed it. NO KEY: inserts referring to it go on."""
+    """Lock a row that its delete (topic_delete) locks first; its model's DoesNotExist if
+    that delete removed it. NO KEY: inserts referring to it go on."""
     if not rows.select_for_update(no_key=True).exists():
         raise rows.model.DoesNotExist
 
