@@ -37,7 +37,7 @@ from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_sync
 from workflows.sdk.schemas import Schema
-from workflows.services import cancel_deadline, trigger_notifications_cancel
+from workflows.services import FANOUT_RECHECK, cancel_deadline, trigger_notifications_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -438,8 +438,15 @@ def trigger_event_cancel(
     canceled, continues = trigger_notifications_cancel(
         trigger_event=event, until=cancel_deadline() if until is None else until
     )
+    # Fanned out, it still has recipients to reach if it is short of its count while the
+    # reconciler checks its fan-out (FANOUT_RECHECK), which sends their commands again.
+    # Past that, what it lacks is a recipient deleted since (counted out only within it).
     unstarted = first_cancel and (
         event.status != TriggerEvent.Status.PROCESSED
-        or event.notifications.count() < event.recipients
+        or (
+            event.recheck_from is not None
+            and event.recheck_from > timezone.now() - FANOUT_RECHECK
+            and event.notifications.count() < event.recipients
+        )
     )
     return TriggerCancel(stopped=bool(canceled or continues or unstarted), continues=continues)

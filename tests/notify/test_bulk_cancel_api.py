@@ -450,6 +450,22 @@ def test_cancel_of_a_finished_trigger_is_false(
     assert Notification.objects.get().status == Notification.Status.COMPLETED
 
 
+def test_cancel_of_a_finished_trigger_short_of_a_recipient_deleted_since_is_false(
+    api: Api, execute_calls: list[str], pump: Callable[[], None]
+) -> None:
+    """A recipient deleted once the reconciler no longer checks the fan-out (its hour
+    over) is not counted out of the trigger, which stays a notification short for good:
+    taken for a fan-out still under way, its cancel answered true, with nothing to stop."""
+    order = {"name": "order-update", "payload": {"status": "delayed", "orderId": "7"}}
+    api("post", "/v1/events/trigger", order | {"to": ["ann", "bob"], "transactionId": "tx-1"})
+    pump()
+    assert set(Notification.objects.values_list("status", flat=True)) == {"completed"}
+    TriggerEvent.objects.update(recheck_from=ago(2 * 3600))
+    assert api("delete", "/v1/subscribers/bob").status_code == 200
+
+    assert api.cancel("tx-1") == {"data": False}
+
+
 def test_a_due_step_of_a_canceled_trigger_the_cancel_has_not_reached_is_not_sent(
     keyed: tuple[Client, str], enqueued: Enqueued
 ) -> None:
