@@ -1,8 +1,8 @@
 """Novu's list parameters, read the same way by every list endpoint.
 
-Page lists (`page`, `limit`: activity, feed, v1 subscribers and topics) and cursor
-lists (`limit`, `after`, `before`: v2) share one reading of a number, one cap and one
-error for a bad one.
+Page lists (`page`, `limit`: activity, messages, feed, v1 subscribers and topics) and
+cursor lists (`limit`, `after`, `before`: v2) share one reading of a number, one cap
+and one error for a bad one.
 """
 
 from __future__ import annotations
