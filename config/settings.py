@@ -2,7 +2,8 @@
 
 With no environment at all, norm runs on the embedded default: SQLite and Celery's
 filesystem transport under ./var, the console email backend. Production sets
-DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, NORM_ENCRYPTION_KEY and the EMAIL_* values.
+DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, NORM_ENCRYPTION_KEY, ALLOWED_HOSTS (check
+--deploy refuses its default, `*`) and the EMAIL_* values.
 """
 
 from __future__ import annotations
