@@ -1,4 +1,5 @@
-"""The in-app feed, Novu-shaped: a subscriber's in-app messages and their seen/read marks."""
+"""Messages, Novu-shaped: a subscriber's in-app feed and its seen/read marks, and the
+client's messages sent or failed (GET /v1/messages)."""
 
 from __future__ import annotations
 
