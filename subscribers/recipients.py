@@ -1,4 +1,5 @@
-"""The `to` of a trigger: a subscriberId, a subscriber object, or a list of them."""
+"""A trigger's `to` (a subscriberId, a subscriber object, a topic, or a list of them) and
+`actor`, and the checks of a subscriber's id and attributes the API and admin share."""
 
 from __future__ import annotations
 
