@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 from typing import Any
 
+import dj_database_url
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -24,3 +26,31 @@ def test_a_missing_smtp_sink_is_named_before_anything_starts(monkeypatch: Any) -
     monkeypatch.setattr(bench, "_bench_urls", went_on)
     with pytest.raises(CommandError, match=r"aiosmtpd.*pip install -e '\.\[prod,test\]'"):
         call_command("bench", "--only", "trigger")
+
+
+def test_the_bench_database_url_keeps_a_password_a_url_must_escape(monkeypatch: Any) -> None:
+    """The bench's DATABASE_URL was written from the settings' parts as they were: a
+    password with "/" or "%" (a generated one, base64) split the URL at it, and the bench
+    connected as nobody, to no such host."""
+    password = "p/ss%2Fw@rd?#"
+    monkeypatch.setattr(
+        bench,
+        "settings",
+        SimpleNamespace(
+            DATABASES={
+                "default": {
+                    "ENGINE": "django.db.backends.postgresql",
+                    "USER": "norm",
+                    "PASSWORD": password,
+                    "HOST": "127.0.0.1",
+                    "PORT": 5432,
+                }
+            },
+            CELERY_BROKER_URL="redis://127.0.0.1:6379/15",
+        ),
+    )
+    database_url, _ = bench._bench_urls("norm_bench", 13)
+
+    parsed = dj_database_url.parse(database_url)
+    assert (parsed["USER"], parsed["PASSWORD"]) == ("norm", password)
+    assert (parsed["HOST"], parsed["PORT"], parsed["NAME"]) == ("127.0.0.1", 5432, "norm_bench")

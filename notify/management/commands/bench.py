@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.management import call_command
@@ -164,8 +164,9 @@ def _bench_urls(database: str, redis_db: int) -> tuple[str, str]:
             f"the bench needs Redis (CELERY_BROKER_URL=redis://...), not {broker.split(':')[0]}://"
         )
     db = settings.DATABASES["default"]
-    user = db.get("USER") or ""
-    auth = user + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "") + ("@" if user else "")
+    # Escaped, as DATABASE_URL had them: a password's "/" or "%" would end or change it.
+    user, password = (quote(db.get(part) or "", safe="") for part in ("USER", "PASSWORD"))
+    auth = user + (f":{password}" if password else "") + ("@" if user else "")
     netloc = f"{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}"
     broker_parts = urlsplit(broker)
     broker_url = urlunsplit((broker_parts.scheme, broker_parts.netloc, f"/{redis_db}", "", ""))
