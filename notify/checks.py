@@ -27,8 +27,9 @@ _FERNET_HINT = (
 def encryption_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Clients' secret keys are stored encrypted (for signing bridge calls). Without
     NORM_ENCRYPTION_KEY the key is derived from SECRET_KEY: from the public development
-    default, anyone who reads the database can decrypt them."""
-    if settings.NORM_ENCRYPTION_KEY:
+    default, anyone who reads the database can decrypt them. Set blank (a space, commas),
+    it gives no key, and the derived one is used."""
+    if crypto.given_keys():
         return []
     if settings.SECRET_KEY == settings.DEVELOPMENT_SECRET_KEY:
         return [

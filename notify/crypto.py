@@ -21,13 +21,17 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def given_keys() -> list[str]:
+    """NORM_ENCRYPTION_KEY's keys, the one that encrypts first (none when it is blank).
+    Comma-separated, so the key can be rotated: a new key in front encrypts, the old ones
+    still decrypt."""
+    return [key.strip() for key in settings.NORM_ENCRYPTION_KEY.split(",") if key.strip()]
+
+
 def encryption_keys() -> list[str]:
-    """NORM_ENCRYPTION_KEY's keys, the one that encrypts first. Comma-separated, so the
-    key can be rotated: a new key in front encrypts, the old ones still decrypt."""
-    keys = [key.strip() for key in settings.NORM_ENCRYPTION_KEY.split(",") if key.strip()]
-    if keys:
-        return keys
-    return [
+    """The keys secret keys are encrypted with: NORM_ENCRYPTION_KEY's, else one derived
+    from SECRET_KEY."""
+    return given_keys() or [
         base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
     ]
 

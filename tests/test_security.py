@@ -200,6 +200,9 @@ def test_a_bridge_url_norm_cannot_call_is_named_without_its_password(url: str) -
         (django_settings.DEVELOPMENT_SECRET_KEY, "", ["norm.E001", "norm.E004"]),
         ("a-long-random-production-secret", "", ["norm.W001"]),
         (django_settings.DEVELOPMENT_SECRET_KEY, _a_key(1), ["norm.E004"]),
+        # Blank (a variable set to a space, a list of no key): no key, the secret's used.
+        (django_settings.DEVELOPMENT_SECRET_KEY, " ", ["norm.E001", "norm.E004"]),
+        ("a-long-random-production-secret", " , ", ["norm.W001"]),
     ],
 )
 def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
