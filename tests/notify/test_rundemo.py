@@ -31,7 +31,7 @@ from django.core.servers.basehttp import WSGIRequestHandler
 from django.db import connection
 
 from notify import services as notify_services
-from notify.management.commands import demoweb
+from notify.management.commands import demoweb, rundemo
 from notify.management.commands.rundemo import _check_free
 from notify.models import Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
@@ -285,6 +285,19 @@ def test_a_kept_demo_key_revoked_since_is_made_anew_rather_than_refuse_every_sta
         assert status == 201, body
     finally:
         _stop(demo)
+
+
+@pytest.mark.parametrize("kept", ["", "\n", "nk_cut-short"])
+def test_a_kept_demo_key_file_empty_or_cut_short_is_made_anew(tmp_path: Path, kept: str) -> None:
+    """A file left empty (rundemo stopped between creating it and writing the key, a disk
+    full) or holding less than a key: its "" was taken as the demo's key, so the client
+    got a key nobody was shown and the banner an empty one, or createclient refused the
+    short one, at every later start, until the file was found and removed by hand."""
+    path = tmp_path / "demo-secret-key"
+    path.write_text(kept)
+    key = rundemo._demo_key(path)
+    assert len(key) >= notify_services.MIN_KEY_LENGTH
+    assert path.read_text().strip() == key
 
 
 def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(

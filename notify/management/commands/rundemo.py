@@ -31,7 +31,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from config.pipeline import all_queues
 from notify import crypto
 from notify.models import Client, SecretKey
-from notify.services import client_bridge_move
+from notify.services import MIN_KEY_LENGTH, client_bridge_move
 
 STOP_TIMEOUT = 15.0
 # Ctrl-C, a service manager's stop, and the terminal closing: the children run in
@@ -62,8 +62,11 @@ def _demo_key(path: Path) -> str:
 def _demo_can_use(key: str) -> bool:
     """False for a kept key revoked since (the admin's *Revoke selected keys*, the last
     step of the README's rotation) or another client's: createclient refused it, and so
-    every later start, until var/demo-secret-key was found and removed by hand. A key the
+    every later start, until var/demo-secret-key was found and removed by hand. So too for
+    less than a key (the file left empty by a run stopped as it made it). A key the
     database does not have (var/norm.sqlite3 removed, say) is added to the demo client."""
+    if len(key) < MIN_KEY_LENGTH:
+        return False
     found = SecretKey.objects.filter(key_hash=crypto.hash_key(key)).select_related("client")
     return all(k.client.name == "demo" and k.revoked_at is None for k in found)
 
