@@ -168,9 +168,10 @@ class ClientForm(forms.ModelForm):
 
     def _strings(self, field: str) -> list[str]:
         value = self.cleaned_data[field] or []
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise forms.ValidationError('Use a list of strings: ["...", "..."].')
-        return value
+        # Trimmed, as the API reads a trigger's name and resource.
+        return [v.strip() for v in value]
 
 
 @admin.register(Client)

@@ -532,6 +532,25 @@ def _client_form(client: Any, **fields: str) -> dict[str, str]:
     }
 
 
+def test_a_client_allowlist_entry_typed_with_white_space_is_stored_trimmed(
+    admin_client,
+) -> None:
+    """A trigger's name is read trimmed: ` welcome` in the allowlist, stored as typed,
+    let no trigger of welcome through ("This client may not trigger 'welcome'"). An
+    entry of white space alone allows nothing, and is refused as an empty one is."""
+    client = ClientFactory()
+    body = _client_form(client, workflow_allowlist='[" welcome", "digest\\n"]')
+    response = admin_client.post(_url(client, "change"), body)
+    assert response.status_code == 302, response.content.decode()
+    client.refresh_from_db()
+    assert client.workflow_allowlist == ["welcome", "digest"]
+
+    response = admin_client.post(
+        _url(client, "change"), _client_form(client, workflow_allowlist='[" "]')
+    )
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+
+
 def test_a_rate_limit_of_zero_is_refused_not_read_as_no_limit(admin_client) -> None:
     """0 was saved, and the trigger API reads a rate it cannot count with as none: the
     operator who set it to stop a client's triggers let through any number."""
