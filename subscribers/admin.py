@@ -112,6 +112,9 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["subscriber_id", "email"]
+    # Newest first, as the list shows them unasked: in no order, the member picker's pages
+    # (autocomplete, 20 a page) could show a subscriber twice and leave another out.
+    ordering = ["-pk"]
     readonly_fields = ["created_at", "updated_at", "activity"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
@@ -258,6 +261,7 @@ class TopicAdmin(SavedAsTheApiSavesIt):
     list_filter = ["client"]
     list_select_related = ["client"]
     search_fields = ["key", "name"]
+    ordering = ["-pk"]  # as a subscriber's: the member picker pages topics too
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["client"] if obj is not None else []

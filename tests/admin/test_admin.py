@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from html import unescape
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.core.paginator import UnorderedObjectListWarning
 from django.db import connection, models
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse, set_script_prefix
@@ -1687,6 +1689,25 @@ def test_an_autocomplete_term_with_a_nul_is_a_bad_request(admin_client) -> None:
         "ann"
         in admin_client.get(f"{reverse('admin:autocomplete')}?{query}").json()["results"][0]["text"]
     )
+
+
+@pytest.mark.parametrize("field", ["subscriber", "topic"])
+def test_a_members_autocomplete_pages_through_every_choice_once(admin_client, field: str) -> None:
+    """The add-a-member page's pickers page their choices 20 at a time, over a query
+    with no order (Django warned so): PostgreSQL may return the rows of two pages in
+    other orders, and "load more" showed a choice twice and left another out."""
+    client = ClientFactory()
+    for n in range(45):
+        SubscriberFactory(client=client, subscriber_id=f"s{n:02}")
+        Topic.objects.create(client=client, key=f"t{n:02}")
+    query = f"app_label=subscribers&model_name=topicsubscription&field_name={field}&term="
+    seen: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedObjectListWarning)
+        for page in (1, 2, 3):
+            answer = admin_client.get(f"{reverse('admin:autocomplete')}?{query}&page={page}")
+            seen += [r["id"] for r in answer.json()["results"]]
+    assert len(seen) == len(set(seen)) == 45
 
 
 def test_an_allowed_bridge_url_longer_than_a_trigger_may_name_is_refused(admin_client) -> None:
