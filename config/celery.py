@@ -65,9 +65,10 @@ def _close_old_connections(sender: Task | None = None, **kwargs: Any) -> None:
 
 @worker_process_init.connect
 def _no_health_checks(**kwargs: Any) -> None:
-    """A worker skips the health check's round trip before each task: a task whose
-    connection broke fails with OperationalError and retries (pipeline.DB_RETRY), and
-    `_close_old_connections` then drops the broken connection."""
+    """A worker's process (prefork's children, a solo worker) skips the health check's
+    round trip before each task; the threads pool (`make run`'s) gets no such signal and
+    keeps it. A task whose connection broke fails with OperationalError and retries
+    (pipeline.DB_RETRY), and `_close_old_connections` then drops the broken connection."""
     from django.db import connections
 
     for connection in connections.all():
