@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 from cryptography.fernet import InvalidToken
 from django.db.models import Count
@@ -10,6 +11,8 @@ from notify import crypto
 from notify.models import BridgeWorkflow, Client, SecretKey, TriggerEvent
 from workflows.bridge import BridgeError
 from workflows.models import Notification
+
+logger = logging.getLogger(__name__)
 
 
 def client_by_api_key(*, key: str) -> Client | None:
@@ -41,10 +44,25 @@ def signing_secrets(*, client_id: int, cached: bool = False) -> tuple[str, ...]:
 
     def load() -> tuple[str, ...] | None:
         live = SecretKey.objects.filter(client_id=client_id, revoked_at__isnull=True)
-        newest = live.order_by("-created_at", "-id")[:MAX_SIGNING_KEYS]
-        return tuple(_decrypted(secret) for secret in newest) or None
+        newest = list(live.order_by("-created_at", "-id")[:MAX_SIGNING_KEYS])
+        if not newest:
+            return None
+        # The newest signs, and unreadable fails the call. An older one is tried only if
+        # the bridge refuses the newest: unreadable, it is left out, not made to fail every
+        # call the newest signs (a new key made before the unreadable one is revoked).
+        first, *older = newest
+        return (_decrypted(first), *filter(None, map(_readable, older)))
 
     return _signing_secrets.get(client_id, load, fresh=not cached) or ()
+
+
+def _readable(secret: SecretKey) -> str:
+    """A secret key as stored; "" (logged) for one NORM_ENCRYPTION_KEY does not decrypt."""
+    try:
+        return _decrypted(secret)
+    except BridgeError as exc:
+        logger.warning("an older signing key is left out: %s", exc.message)
+        return ""
 
 
 def _decrypted(secret: SecretKey) -> str:

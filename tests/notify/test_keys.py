@@ -4,7 +4,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from cryptography.fernet import InvalidToken
+from cryptography.fernet import Fernet, InvalidToken
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -12,6 +12,7 @@ from notify import crypto, selectors
 from notify import services as notify_services
 from notify.models import SecretKey
 from tests.factories import ClientFactory, api_for, client_with_key
+from workflows.bridge import BridgeError
 
 pytestmark = pytest.mark.django_db
 
@@ -168,3 +169,28 @@ def test_at_most_the_three_newest_live_keys_sign() -> None:
     client = ClientFactory(secret_key=False)
     keys = [notify_services.secret_key_create(client=client)[1] for _ in range(4)]
     assert selectors.signing_secrets(client_id=client.pk) == tuple(reversed(keys))[:3]
+
+
+def test_an_older_live_key_no_encryption_key_decrypts_leaves_the_newest_to_sign(
+    settings: Any,
+) -> None:
+    """An older key is tried only when the bridge refuses the newest. Stored under an
+    encryption key since lost, it failed every notification (SigningKeyUnreadable) that
+    the newest, readable, signs: from the moment the new key SigningKeyUnreadable advises
+    was created until the old one was revoked. The newest unreadable still fails them."""
+    client = ClientFactory(secret_key=False)
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()  # lost below
+    notify_services.secret_key_create(client=client)
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    _, new = notify_services.secret_key_create(client=client)
+
+    assert selectors.signing_secrets(client_id=client.pk) == (new,)
+
+    other = ClientFactory(secret_key=False)
+    notify_services.secret_key_create(client=other)  # older, readable
+    current = settings.NORM_ENCRYPTION_KEY
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    notify_services.secret_key_create(client=other)  # the newest, under a key lost
+    settings.NORM_ENCRYPTION_KEY = current
+    with pytest.raises(BridgeError, match="SigningKeyUnreadable"):
+        selectors.signing_secrets(client_id=other.pk)
