@@ -32,7 +32,7 @@ from django.db import connection
 
 from notify import services as notify_services
 from notify.management.commands import demoweb, rundemo
-from notify.management.commands.rundemo import _check_free
+from notify.management.commands.rundemo import Command, _check_free
 from notify.models import Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from tests.conftest import serve_in_background
@@ -210,6 +210,36 @@ def test_an_address_that_is_no_host_and_port_is_refused_with_what_to_type(
     assert demo.returncode != 0
     assert f"--addr {addr}: give host:port, e.g. 127.0.0.1:8001" in output, output[-3000:]
     assert "Traceback" not in output
+
+
+def _createsuperuser_hint(banner: str) -> str:
+    return banner.split("(first: ", 1)[1].split(")", 1)[0]
+
+
+def test_its_banners_createsuperuser_is_run_on_its_own_var_dir(
+    tmp_path: Path, settings: Any
+) -> None:
+    # The README's way to a second `make run` (NORM_VAR_DIR=... make run) printed the
+    # same createsuperuser as the first: pasted, it opened the checkout's
+    # var/norm.sqlite3, and failed with "no such table: auth_user" or made a login that
+    # this run's admin did not know.
+    settings.VAR_DIR = tmp_path / "my var"
+    python = os.path.relpath(sys.executable, settings.BASE_DIR)
+
+    hint = _createsuperuser_hint(Command()._banner("127.0.0.1:8001", "", "nk_x"))
+
+    assert hint == f"NORM_VAR_DIR='{tmp_path}/my var' {python} manage.py createsuperuser"
+
+
+def test_its_banners_createsuperuser_names_no_var_dir_for_the_checkouts_own(
+    settings: Any,
+) -> None:
+    settings.VAR_DIR = Path(settings.BASE_DIR) / "var"
+    python = os.path.relpath(sys.executable, settings.BASE_DIR)
+
+    hint = _createsuperuser_hint(Command()._banner("127.0.0.1:8001", "", "nk_x"))
+
+    assert hint == f"{python} manage.py createsuperuser"
 
 
 def _stop(demo: subprocess.Popen[str]) -> None:

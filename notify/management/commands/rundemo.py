@@ -280,6 +280,14 @@ class Command(BaseCommand):
 
     def _banner(self, addr: str, bridge_url: str, key: str) -> str:
         python = os.path.relpath(sys.executable, settings.BASE_DIR)
+        manage = f"{python} manage.py"
+        var = os.path.abspath(settings.VAR_DIR)
+        if var != os.path.abspath(Path(settings.BASE_DIR) / "var"):
+            # This run's database is in a var/ of its own (NORM_VAR_DIR, as a second
+            # `make run` needs): createsuperuser without it opened the checkout's
+            # var/norm.sqlite3, and failed on a missing table or made a login for
+            # another run's admin.
+            manage = f"NORM_VAR_DIR={shlex.quote(var)} {manage}"
         body = {
             "name": "welcome",
             "to": {"subscriberId": "ada", "email": "ada@example.com"},
@@ -295,7 +303,7 @@ class Command(BaseCommand):
             f"norm is running on http://{addr} (web, worker, beat; Ctrl-C stops all three).\n"
             f"  demo client 'demo', bridge {bridge_url}\n"
             f"  API key: {key}\n"
-            f"  admin:   http://{addr}/admin (first: {python} manage.py createsuperuser)\n"
+            f"  admin:   http://{addr}/admin (first: {manage} createsuperuser)\n"
             "Trigger the 'welcome' workflow (an in-app message now, an email 5 s later):\n"
             f"  {curl}\n"
             "The email is printed by the worker below (console email backend).\n"
