@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# rundemo makes its var/ (NORM_VAR_DIR, else var/ here) and the broker's folders in it.
 run: $(STAMP)
-	@mkdir -p var/broker var/broker-control
 	$(PY) manage.py rundemo --addr $(ADDR)
 
 # Where the tests will look for them, so TEST_DATABASE_URL=... is checked and started too.

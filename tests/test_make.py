@@ -73,3 +73,31 @@ def test_a_venv_made_with_an_older_python_says_to_make_clean(tmp_path: Path) -> 
     assert "ran" not in done.stdout, done.stdout
     assert "needs Python 3.11 or later: make clean, then make run" in done.stdout, done.stdout
     assert not (checkout / ".venv" / ".installed-pyproject").exists()
+
+
+def test_make_run_on_a_var_dir_of_its_own_leaves_no_var_in_the_checkout(tmp_path: Path) -> None:
+    # The Makefile made var/broker and var/broker-control in the checkout before rundemo,
+    # which makes them where NORM_VAR_DIR says: a second run given its own var/ left an
+    # empty var/ there, in which a createsuperuser without NORM_VAR_DIR then made an
+    # empty database ("no such table: auth_user").
+    checkout = _checkout(tmp_path)
+    venv = checkout / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" > {ran}\n')
+    python.chmod(0o755)
+    (venv / ".installed-pyproject").touch()  # installed already: no pip
+
+    done = subprocess.run(
+        ["make", "--no-print-directory", "run"],
+        cwd=checkout,
+        env={**os.environ, "MAKEFLAGS": "", "NORM_VAR_DIR": str(tmp_path / "own-var")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ran.read_text() == "manage.py rundemo --addr 127.0.0.1:8000\n"
+    assert not (checkout / "var").exists()
