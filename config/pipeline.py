@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
 from config.celery import RECONCILE_TASK
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -224,5 +226,39 @@ def enqueue_on_commit(
     The reconciler re-sends what waits in the database after NORM_RECONCILE_GRACE.
     """
     transaction.on_commit(
-        lambda: send_now(stage, *args, countdown=countdown, queue=queue), robust=True
+        lambda: _send_all(stage, [args], countdown=countdown, queue=queue), robust=True
     )
+
+
+def enqueue_each_on_commit(stage: Stage, ids: Sequence[Any]) -> None:
+    """`enqueue_on_commit(stage, id)` for each of `ids`, in one callback: once the broker
+    refuses one, the rest are left to the reconciler as that one is, and the refusal is
+    one line in the log, not one per id (500 for each chunk of a broadcast)."""
+    if ids:
+        transaction.on_commit(
+            lambda: _send_all(stage, [(i,) for i in ids], countdown=None, queue=None), robust=True
+        )
+
+
+def _send_all(
+    stage: Stage, calls: list[tuple[Any, ...]], *, countdown: float | None, queue: str | None
+) -> None:
+    for done, args in enumerate(calls):
+        try:
+            send_now(stage, *args, countdown=countdown, queue=queue)
+        except BROKER_ERRORS as exc:
+            # Expected while the broker is down or failing over, and mended without anyone:
+            # a warning naming the work, without the traceback Django's robust on_commit
+            # logs (an ERROR for each hand-off, naming a lambda rather than the task).
+            left = len(calls) - done
+            what = ", ".join(repr(a) for a in args)
+            if left > 1:
+                what = f"{what} and {left - 1} more"
+            logger.warning(
+                "the broker refused %s (%s), which the reconciler sends again once it has "
+                "waited NORM_RECONCILE_GRACE: %s",
+                stage.task,
+                what,
+                exc,
+            )
+            return

@@ -466,8 +466,7 @@ def _notifications_insert(
                 status=Notification.Status.PENDING,
             ).values_list("pk", flat=True)
         )
-        for notification_pk in pending:
-            pipeline.enqueue_on_commit(pipeline.ECHO, str(notification_pk))
+        pipeline.enqueue_each_on_commit(pipeline.ECHO, [str(pk) for pk in pending])
     return len(pending)
 
 

@@ -1,0 +1,71 @@
+"""What norm's logs tell an operator: each failure once, at its level, naming what it
+concerns; no line per row of a large set; no flood while a service is down."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kombu.exceptions
+import pytest
+
+from config import pipeline
+from config.celery import app as celery_app
+from tests.factories import SubscriberFactory, TriggerEventFactory
+from workflows import services as workflow_services
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+BROKER_DOWN = "Error 111 connecting to 127.0.0.1:6379. Connection refused."
+
+
+@pytest.fixture
+def broker_down(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every publish refused, as while Redis is down; the task names asked for."""
+    asked: list[str] = []
+
+    def refuse(name: str, *args: Any, **kwargs: Any) -> None:
+        asked.append(name)
+        raise kombu.exceptions.OperationalError(BROKER_DOWN)
+
+    monkeypatch.setattr(celery_app, "send_task", refuse)
+    return asked
+
+
+def test_a_broker_refusing_a_chunks_echoes_is_one_warning_naming_them_without_traceback(
+    broker_down: list[str],
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    event = TriggerEventFactory()
+    subscribers = SubscriberFactory.create_batch(30, client=event.client)
+    caplog.set_level(logging.INFO)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+
+    assert made == 30 and Notification.objects.filter(status="pending").count() == 30
+    # The broker is asked once: the rest wait in the database for the reconciler, as the
+    # first does, rather than each wait out the broker's refusal and log it.
+    assert broker_down == [pipeline.ECHO.task]
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    message = record.getMessage()
+    first = str(Notification.objects.order_by("subscriber_id").first().pk)  # type: ignore[union-attr]
+    assert f"{pipeline.ECHO.task} ('{first}' and 29 more)" in message
+    assert BROKER_DOWN in message and "reconciler" in message
+
+
+def test_a_broker_refusing_one_hand_off_is_a_warning_naming_it_without_traceback(
+    broker_down: list[str],
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        pipeline.enqueue_on_commit(pipeline.MESSAGE, 42, countdown=5)
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    message = record.getMessage()
+    assert f"{pipeline.MESSAGE.task} (42)" in message and BROKER_DOWN in message
