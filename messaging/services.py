@@ -13,10 +13,11 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from config import pipeline
-from config.db import insert_once
+from config.db import bounded, insert_once
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
 from subscribers.models import Subscriber
+from workflows import bridge
 from workflows import services as workflow_services
 from workflows.models import Step
 from workflows.selectors import CHANNEL_TYPES
@@ -198,7 +199,10 @@ def _claimed_send(step: Step) -> None:
             # A provider bug must not leave the step claimed, to be sent again forever.
             logger.exception("provider %s failed on message %s", provider.name, message.pk)
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
-        attempts, error = message.attempts + 1, str(exc)
+        # Any length the server wrote (smtplib reads every line of a reply), and shown
+        # on every page of the API and the admin that lists the message, step or
+        # notification: cut as a bridge's error message is.
+        attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
         retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
         backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
 

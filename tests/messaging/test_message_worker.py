@@ -2592,3 +2592,25 @@ def test_a_header_with_a_word_longer_than_a_line_is_sent_on_lines_smtp_carries(
             f"Orders {LINK}",
             "norm@localhost",
         )
+
+
+def test_a_servers_long_reply_is_stored_bounded_on_the_message_step_and_notification(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    ended: Callable[[Step], Notification],
+    smtp_server: Inbox,
+) -> None:
+    """The reason is shown in every page of the API and the admin that lists the row: a
+    server's reply of any length (smtplib reads as many lines as it sends) is cut."""
+    lines = [f"550-5.7.1 policy line {n}: " + "x" * 400 for n in range(250)]
+    smtp_server.replies = [_answered_at_once("\r\n".join([*lines, "550 5.7.1 refused"]))]
+
+    step = send(email_step())
+
+    message = Message.objects.get(step=step)
+    assert message.status == Message.Status.FAILED and step.status == Step.Status.FAILED
+    notification = ended(step)
+    for error in (message.error, step.error, notification.error):
+        assert error.startswith(("SMTP 550: 5.7.1 policy line 0: ", "step '"))
+        assert "SMTP 550: 5.7.1 policy line 0: " in error
+        assert len(error) <= 1200 and error.endswith("…")
