@@ -87,6 +87,35 @@ def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
 
 
 @pytest.mark.django_db
+def test_triggers_uncounted_while_the_counters_redis_is_down_log_one_line_a_minute(
+    enqueued, settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not one a trigger: a client's whole rate of lines, for as long as Redis is down."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"socket_connect_timeout": 1},
+        }
+    }
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    body = {"name": "welcome", "to": "ann"}
+
+    statuses = {api_for(key).post("/v1/events/trigger", body, format="json").status_code}
+    statuses |= {
+        api_for(key).post("/v1/events/trigger", body, format="json").status_code for _ in range(4)
+    }
+
+    assert statuses == {201}
+    [line] = [r.getMessage() for r in caplog.records if "not counted" in r.getMessage()]
+    assert line.startswith(f"trigger rate of client {client.pk} not counted: ")
+
+
+@pytest.mark.django_db
 def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
     enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
