@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Any
 
@@ -14,34 +13,15 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from config.errors import ApiError
+from config.logs import Quieted
 from notify.models import Client
 
 logger = logging.getLogger(__name__)
 
 
-class _OncePerPeriod:
-    """Whether a warning about `key` is due: once every `period` seconds in a process, the
-    others counted. A trigger the counters' Redis did not count logged a line each, a
-    client's whole rate of them (thousands a minute) for as long as Redis was down."""
-
-    def __init__(self, period: float) -> None:
-        self.period = period
-        self._lock = threading.Lock()
-        self._last: dict[Any, tuple[float, int]] = {}  # key: (when it was logged, held since)
-
-    def due(self, key: Any) -> int | None:
-        """How many were held since the last line, when one is due now; None otherwise."""
-        now = time.monotonic()
-        with self._lock:
-            logged_at, held = self._last.get(key, (now - self.period, 0))
-            if now - logged_at < self.period:
-                self._last[key] = (logged_at, held + 1)
-                return None
-            self._last[key] = (now, 0)
-            return held
-
-
-_uncounted = _OncePerPeriod(60.0)
+# A trigger the counters' Redis did not count logged a line each, a client's whole rate
+# of them (thousands a minute) for as long as Redis was down.
+_uncounted = Quieted()
 
 
 class ClientTriggerRate(BaseThrottle):

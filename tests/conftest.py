@@ -207,12 +207,13 @@ def tenant(db: None) -> tuple[Any, Any]:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> None:
-    """Each test sees the registry, flavours and keys as its database holds them, and
-    opens its own SMTP connection."""
-    from config import memo
+    """Each test sees the registry, flavours and keys as its database holds them, opens
+    its own SMTP connection, and logs its own warnings (none held back for an earlier's)."""
+    from config import logs, memo
     from messaging.providers import DjangoEmailProvider
 
     memo.clear_all()
+    logs.clear_all()
     DjangoEmailProvider.close()
 
 

@@ -35,6 +35,7 @@ from config import pipeline
 from config.dates import iso_z
 from config.db import bounded, error_text, insert_once
 from config.errors import ApiError
+from config.logs import Quieted
 from config.redact import masked_url
 from messaging.models import Message
 from notify.models import TriggerEvent
@@ -661,6 +662,7 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
             pk=notification.pk, updated_at=notification.updated_at
         ).update(bridge_attempts=F("bridge_attempts") + 1, error=str(exc), updated_at=now)
         if not final_attempt:
+            _bridge_down_log(notification, exc)
             raise
         if counted:
             notification_fail(
@@ -685,6 +687,29 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
             notification,
             code="BridgeInvalidResponse",
             message=f"norm could not record the bridge's answer: {error_text(exc)}",
+        )
+
+
+# A bridge down fails the echo of each of its notifications, each retried: one line a
+# minute per bridge, not one per notification of a broadcast per retry.
+_bridge_down = Quieted()
+
+
+def _bridge_down_log(notification: Notification, exc: bridge.BridgeUnavailable) -> None:
+    """Say that the bridge is down (a warning without traceback: retried, and the bridge's
+    to mend), naming the notification, its client and the bridge."""
+    held = _bridge_down.due((notification.client_id, notification.resource))
+    if held is not None:
+        logger.warning(
+            "echo of notification %s (client %s, workflow %s): the bridge %s is unavailable, "
+            "retried up to NORM_BRIDGE_MAX_RETRIES times: %s (%d more such echoes since the "
+            "last such line)",
+            notification.pk,
+            notification.client_id,
+            notification.workflow_id,
+            masked_url(notification.resource),
+            exc,
+            held,
         )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -381,6 +382,30 @@ def test_a_bridge_error_fails_the_notification_with_its_code(
     assert notification.error_code == "ExecutionStateOrderError"
     assert notification.error == "step 'inbox' was expected before 'wait'"
     assert Step.objects.count() == 0 and enqueued.calls == []
+
+
+def test_a_bridge_down_is_a_warning_naming_the_notification_once_a_minute_per_bridge(
+    execute: FakeExecute, run: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retried, so no traceback; but said, naming what it concerns: at Celery's default
+    level (WARNING) a bridge down was nowhere in the worker's log. Not once per
+    notification: a broadcast's would each say the same."""
+    url = "https://user:hunter2@acme.test/api/novu?token=s3cret"
+    first = NotificationFactory(trigger_event__client__bridge_url=url)
+    others = NotificationFactory.create_batch(3, trigger_event=first.trigger_event)
+    execute.answers = [bridge.BridgeUnavailable("HTTP503", "down for maintenance", status=503)]
+
+    for notification in (first, *others):
+        with pytest.raises(bridge.BridgeUnavailable):
+            run(notification, final_attempt=False)
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    line = record.getMessage()
+    assert f"notification {first.pk} (client {first.client_id}, workflow " in line
+    assert "HTTP503: down for maintenance" in line
+    assert "https://user:***@acme.test/api/novu?token=***" in line
+    assert "hunter2" not in line and "s3cret" not in line
 
 
 def test_bridge_unavailable_is_raised_for_retry_unless_final(
