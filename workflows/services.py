@@ -890,11 +890,43 @@ def notification_fail(
     rows = Notification.objects.filter(pk=notification_id)
     if read_at is not None:
         rows = rows.filter(updated_at=read_at)
-    rows.exclude(status__in=Notification.FINAL).update(
+    failed = rows.exclude(status__in=Notification.FINAL).update(
         status=Notification.Status.FAILED,
         error=message,
         error_code=code[:100],  # the column's length; bridges choose their codes
         completed_at=timezone.now(),
+    )
+    if failed:
+        _failure_log(notification_id, code=code, message=message)
+
+
+# A failure most often fails every notification of a client alike (a bridge refusing
+# norm's signature, a key norm cannot decrypt): one line a minute per reason's code.
+_failures = Quieted()
+
+
+def _failure_log(notification_id: Any, *, code: str, message: str) -> None:
+    """Say that a notification failed for good, naming it, its client and workflow: the
+    admin alone showed it. A warning: what failed it is no bug of norm's (a bug's
+    traceback is logged where it is caught)."""
+    held = _failures.due(code)
+    if held is None:
+        return
+    client_id, workflow_id = (
+        Notification.objects.filter(pk=notification_id)
+        .values_list("client_id", "workflow_id")
+        .first()
+    ) or (None, None)
+    logger.warning(
+        "notification %s (client %s, workflow %s) failed: %s: %s (%d more failed with %s "
+        "since the last such line)",
+        notification_id,
+        client_id,
+        workflow_id,
+        code,
+        message,
+        held,
+        code,
     )
 
 

@@ -408,6 +408,26 @@ def test_a_bridge_down_is_a_warning_naming_the_notification_once_a_minute_per_br
     assert "hunter2" not in line and "s3cret" not in line
 
 
+def test_a_failed_notification_is_a_warning_naming_it_once_a_minute_per_reason(
+    execute: FakeExecute, run: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridge refusing norm's signature fails every notification of its client: the
+    operator learned of it from the admin alone. One line, not one per notification."""
+    first = NotificationFactory()
+    others = NotificationFactory.create_batch(2, trigger_event=first.trigger_event)
+    execute.answers = [bridge.BridgeError("HTTP400", "no such workflow", status=400)]
+
+    for notification in (first, *others):
+        run(notification)
+
+    assert {n.status for n in Notification.objects.all()} == {Notification.Status.FAILED}
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    line = record.getMessage()
+    assert f"notification {first.pk} (client {first.client_id}, workflow welcome)" in line
+    assert "failed: HTTP400: no such workflow" in line
+
+
 def test_bridge_unavailable_is_raised_for_retry_unless_final(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
