@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from config import pipeline
 from config.db import bounded, insert_once
+from config.logs import Quieted
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
 from subscribers.models import Subscriber
@@ -195,7 +196,8 @@ def _claimed_send(step: Step) -> None:
     except (OperationalError, InterfaceError):
         raise  # the database is away: the task retries
     except Exception as exc:
-        if not isinstance(exc, SendError):
+        bug = not isinstance(exc, SendError)
+        if bug:
             # A provider bug must not leave the step claimed, to be sent again forever.
             logger.exception("provider %s failed on message %s", provider.name, message.pk)
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
@@ -205,6 +207,8 @@ def _claimed_send(step: Step) -> None:
         attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
         retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
         backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
+        if not bug:  # a bug was logged with its traceback, above
+            _failure_log(message, provider, error, backoff=backoff if retry else None)
 
         def failure_record() -> None:  # twice is as once: each write sets what it sets
             # Not a message another task delivered meanwhile (this one's claim went stale).
@@ -262,6 +266,35 @@ def _claimed_send(step: Step) -> None:
         # on its own, the next run completes the step without sending.
         sent.update(**as_sent)
         raise
+
+
+# An SMTP server down or refusing norm's login fails every email alike: one line a
+# minute per provider, and whether it retries, not one per email of a broadcast.
+_failures = Quieted()
+
+
+def _failure_log(
+    message: Message, provider: Provider, error: str, *, backoff: float | None
+) -> None:
+    """Say that a send failed, naming the message, its step, notification and client: a
+    warning without traceback (the provider's or the address's to mend; a provider's
+    bug is logged with its traceback where it is caught). `backoff`: None for good."""
+    held = _failures.due((provider.name, backoff is None))
+    if held is None:
+        return
+    step = message.step
+    logger.warning(
+        "message %s (step %s, notification %s, client %s) not sent by %s, %s: %s (%d more "
+        "such since the last such line)",
+        message.pk,
+        step.pk,
+        step.notification_id,
+        message.client_id,
+        provider.name,
+        "for good" if backoff is None else f"retried in {backoff:.0f} s",
+        error,
+        held,
+    )
 
 
 # How long a send's record is tried again in-process before it is left to the task's

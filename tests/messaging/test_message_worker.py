@@ -2614,3 +2614,25 @@ def test_a_servers_long_reply_is_stored_bounded_on_the_message_step_and_notifica
         assert error.startswith(("SMTP 550: 5.7.1 policy line 0: ", "step '"))
         assert "SMTP 550: 5.7.1 policy line 0: " in error
         assert len(error) <= 1200 and error.endswith("…")
+
+
+def test_an_smtp_server_down_is_a_warning_naming_the_message_once_a_minute(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retried, so no traceback; but said: the worker's log had no line of it, at any
+    level, while every email waited. Not once per email: a broadcast's would each say it."""
+    smtp_unreachable(settings)
+
+    steps = [send(email_step()) for _ in range(3)]
+
+    assert {s.status for s in steps} == {Step.Status.SCHEDULED}  # retried later
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    first, message = steps[0], Message.objects.get(step=steps[0])
+    line = record.getMessage()
+    assert f"message {message.pk} (step {first.pk}, notification {first.notification_id}, " in line
+    assert f"client {first.notification.client_id})" in line
+    assert "SMTP connection failed: " in line and "retried in " in line
