@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
+from config.logs import Quieted
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import selectors
@@ -121,8 +122,19 @@ def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list
     """Say on the event (in the admin) which of a recipient's attributes were not stored,
     unless it already holds a reason: a bug's, which matters more, or another's."""
     reason = f"subscriber '{subscriber_id[:100]}': " + "; ".join(refused)
-    logger.warning("trigger event %s: %s", event.pk, reason)
+    if (held := _refused.due(event.pk)) is not None:
+        logger.warning(
+            "trigger event %s: %s (%d more of its recipients' since the last such line)",
+            event.pk,
+            reason,
+            held,
+        )
     _reason_on_event(event=event, reason=reason)
+
+
+# Each recipient's command checks its own attributes: a `to` of a thousand, all with the
+# same typo of the client's code, logged a thousand lines.
+_refused = Quieted()
 
 
 def _reason_on_event(*, event: TriggerEvent, reason: str) -> None:

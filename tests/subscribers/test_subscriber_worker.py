@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,25 @@ def test_a_recipients_invalid_locale_or_timezone_is_not_stored_and_it_is_still_n
     assert Notification.objects.count() == 2 and len(enqueued.of(pipeline.ECHO)) == 2
     event.refresh_from_db()
     assert event.error == "subscriber 'ann': locale must be locale ('fr FR' was not stored)"
+
+
+def test_recipients_attributes_refused_are_one_warning_a_minute_per_event_not_one_each(
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A `to` of up to 1,000 recipients, each with the locale of the same typo in the
+    client's code: one line saying so, not a thousand."""
+    event = TriggerEventFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        for n in range(5):
+            tasks.subscriber_process(event.pk, {"subscriberId": f"s{n}", "locale": "fr FR"})
+
+    assert Notification.objects.count() == 5
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.getMessage().startswith(
+        f"trigger event {event.pk}: subscriber 's0': locale must be locale"
+    )
 
 
 def test_an_actor_object_is_created_or_updated_with_no_notification(
