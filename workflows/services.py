@@ -1475,12 +1475,34 @@ def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
         return rows.model._default_manager.filter(pk__in=locked.values("pk")).update(**fields)
 
 
+# A tick every NORM_RECONCILE_INTERVAL (10 s) while the database or the broker is away.
+_reconcile_failed = Quieted()
+
+
 def reconcile() -> dict[str, int]:
     """Re-enqueue work that stalled: lost broker messages, dead workers, long delays.
 
     Works from the database alone, so it recovers even from an emptied broker; every
-    stage claims its row, so enqueueing something twice is harmless.
+    stage claims its row, so enqueueing something twice is harmless. A tick the database
+    or the broker fails is a warning, one a minute, and not retried: the next tick is its
+    retry (raised, each tick was Celery's ERROR and traceback, six a minute for as long as
+    the database was away). What it did before the failure stands: each write is whole.
     """
+    try:
+        return _reconcile()
+    except (OperationalError, InterfaceError, *pipeline.BROKER_ERRORS) as exc:
+        if (held := _reconcile_failed.due(type(exc))) is not None:
+            logger.warning(
+                "reconcile: a tick failed, the next one tries again: %s (%d more such ticks "
+                "since the last such line)",
+                error_text(exc),
+                held,
+            )
+        return {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
+
+
+def _reconcile() -> dict[str, int]:
+    """`reconcile`, its database's and broker's failures aside."""
     now = timezone.now()
     grace = timedelta(seconds=settings.NORM_RECONCILE_GRACE)
     stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)

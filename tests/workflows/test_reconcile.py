@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from config import pipeline
 from notify.models import TriggerEvent
 from subscribers import services as subscriber_services
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, ago
+from tests.conftest import DatabaseAway, Enqueued, ago
 from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
 from workflows import bridge, services, tasks
 from workflows.models import Notification, Step
@@ -851,3 +852,22 @@ def test_a_tick_says_what_it_re_drove_and_why_and_an_idle_one_says_nothing(
     with caplog.at_level("INFO", logger="workflows.services"):
         tasks.reconcile()
     assert caplog.records == []
+
+
+def test_a_tick_the_database_fails_is_one_warning_a_minute_without_traceback(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beat sends a tick every NORM_RECONCILE_INTERVAL (10 s): each one the database
+    failed was an ERROR with its traceback (Celery's "raised unexpected"), six a minute
+    for as long as the database was away. The next tick is the retry."""
+    away = DatabaseAway()
+    monkeypatch.setattr(services, "_update_unheld", away)
+
+    for _ in range(3):
+        tasks.reconcile.apply()
+
+    assert away.calls == 3
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "reconcile" in record.getMessage()
+    assert "server closed the connection unexpectedly" in record.getMessage()
