@@ -40,6 +40,25 @@ for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
     logging.getLogger(_name).addFilter(_QuietReconcileTicks())
 
 
+class _DatabaseAwayNoBug(logging.Filter):
+    """A task that gave up on the database after its retries (pipeline.DB_RETRY: some five
+    minutes) is a WARNING, its error named, without the traceback Celery's ERROR carries:
+    the database away is no bug, and its row waits for the reconciler. Every task the
+    workers took while it was away logged one, some thirty lines each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from django.db import InterfaceError, OperationalError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and isinstance(error, OperationalError | InterfaceError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_DatabaseAwayNoBug())
+
+
 class BeatScheduler(PersistentScheduler):
     """Celery's own, with its schedule file's directory made first: the file is kept in
     NORM_VAR_DIR (var/ in the checkout, which git does not hold), and without it beat

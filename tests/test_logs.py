@@ -11,8 +11,10 @@ import pytest
 
 from config import pipeline
 from config.celery import app as celery_app
+from tests.conftest import DatabaseAway
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from workflows import services as workflow_services
+from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db
@@ -69,3 +71,19 @@ def test_a_broker_refusing_one_hand_off_is_a_warning_naming_it_without_traceback
     assert record.levelno == logging.WARNING and record.exc_info is None
     message = record.getMessage()
     assert f"{pipeline.MESSAGE.task} (42)" in message and BROKER_DOWN in message
+
+
+def test_a_task_that_gave_up_on_the_database_is_a_warning_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its last retry (DB_RETRY's tenth) failed too: the reconciler sends its row again
+    once the database is back. No bug, so no ERROR and traceback for each such task."""
+    monkeypatch.setattr(workflow_services, "echo_run", DatabaseAway())
+
+    result = workflow_tasks.echo_run.apply(args=["a-notification"], retries=10)
+
+    assert result.state == "FAILURE"
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    line = record.getMessage()
+    assert "norm.echo.run" in line and "server closed the connection unexpectedly" in line
