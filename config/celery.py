@@ -40,23 +40,25 @@ for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
     logging.getLogger(_name).addFilter(_QuietReconcileTicks())
 
 
-class _DatabaseAwayNoBug(logging.Filter):
+class _AwayIsNoBug(logging.Filter):
     """A task that gave up on the database after its retries (pipeline.DB_RETRY: some five
-    minutes) is a WARNING, its error named, without the traceback Celery's ERROR carries:
-    the database away is no bug, and its row waits for the reconciler. Every task the
-    workers took while it was away logged one, some thirty lines each."""
+    minutes), or whose hand-off the broker refused (a fan-out, let go for the reconciler),
+    is a WARNING, its error named, without the traceback Celery's ERROR carries: neither
+    is a bug, and the row waits for the reconciler. Every task the workers took while the
+    database or Redis was away logged one, some thirty lines each."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from django.db import InterfaceError, OperationalError
+        from config.pipeline import BROKER_ERRORS, DB_RETRY
 
         error = record.exc_info[1] if record.exc_info else None
-        if record.levelno >= logging.ERROR and isinstance(error, OperationalError | InterfaceError):
+        away = (*DB_RETRY["autoretry_for"], *BROKER_ERRORS)
+        if record.levelno >= logging.ERROR and isinstance(error, away):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
         return True
 
 
-logging.getLogger("celery.app.trace").addFilter(_DatabaseAwayNoBug())
+logging.getLogger("celery.app.trace").addFilter(_AwayIsNoBug())
 
 
 class BeatScheduler(PersistentScheduler):

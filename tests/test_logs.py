@@ -87,3 +87,23 @@ def test_a_task_that_gave_up_on_the_database_is_a_warning_without_traceback(
     assert record.levelno == logging.WARNING and record.exc_info is None
     line = record.getMessage()
     assert "norm.echo.run" in line and "server closed the connection unexpectedly" in line
+
+
+def test_a_fan_out_the_broker_refused_is_a_warning_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Let go for the reconciler to run again once the broker is back: no bug, so no
+    ERROR and traceback for each trigger fanned out while Redis was away."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise kombu.exceptions.OperationalError(BROKER_DOWN)
+
+    monkeypatch.setattr(pipeline, "send_now", refuse)
+    event = TriggerEventFactory()
+
+    result = workflow_tasks.workflow_run.apply(args=[event.pk])
+
+    assert result.state == "FAILURE"
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "norm.workflow.run" in record.getMessage() and BROKER_DOWN in record.getMessage()
