@@ -77,6 +77,22 @@ def masked_text(text: str, url: str) -> str:
     return text.replace(tail, "") if tail else text
 
 
+def quoted_masked(text: str, url: str) -> str:
+    """`text` (a bridge's own error message about a call to `url`) with `url`'s password
+    and the value of each parameter of its query as *** wherever it quotes them: NestJS
+    answers a path it does not route with "Cannot POST" and the URL it was called at,
+    query and all."""
+    userinfo = _userinfo(url)
+    if userinfo:
+        text = text.replace(f"{userinfo}@", f"{_masked(userinfo)}@")
+    query = url.partition("#")[0].partition("?")[2]
+    for parameter in filter(None, query.split("&")):
+        masked = _masked_parameter(parameter)
+        if masked != parameter:
+            text = text.replace(parameter, masked)
+    return text
+
+
 def has_masked_secret(url: str) -> bool:
     """Whether `url` is a masked one (its password, token or a value of its query ***),
     as the admin's form shows it."""

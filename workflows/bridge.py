@@ -29,7 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from config import deadlines
 from config.db import bounded, storable
-from config.redact import masked_text
+from config.redact import masked_text, quoted_masked
 from workflows.sdk.signing import canonical_json, signature_header
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
@@ -366,7 +366,7 @@ def _call_once(
             message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
         if problems := _problems(error_data):
             message = f"{message} ({problems})"
-        message = bounded(storable(message), MAX_MESSAGE)
+        message = bounded(storable(quoted_masked(message, url)), MAX_MESSAGE)
         if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
             raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
         raise BridgeError(code or f"HTTP{status}", message, error_data, status)

@@ -147,6 +147,25 @@ def test_a_bridge_url_norm_cannot_call_is_named_without_its_query(url: str) -> N
     assert exc.value.message.startswith(f"norm cannot call the bridge URL {shown}: ")
 
 
+def test_a_bridge_error_quoting_the_url_it_was_called_at_shows_no_token_of_its_query() -> None:
+    """NestJS answers a path it does not route (a wrong bridge URL) with "Cannot POST" and
+    the URL it was called at, query and all: the client's token in it went to the
+    notification's error (the API, the admin) and to the log."""
+
+    def nest_404(method: str, path: str, *_: object) -> tuple[int, dict[str, object], dict]:
+        return 404, {"statusCode": 404, "message": f"Cannot {method} {path}"}, {}
+
+    with json_serving(nest_404) as url, pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(
+            f"{url}/api/novu?token=s3cret-tk&region=eu",
+            secrets=("nk_test",),
+            workflow_id="w",
+            body={},
+        )
+    assert "s3cret-tk" not in exc.value.message and "eu" not in exc.value.message
+    assert exc.value.message.startswith("Cannot POST /api/novu?token=***&region=***&action=")
+
+
 def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Nested)
     serve_in_background(server)
