@@ -11,6 +11,8 @@ import pytest
 
 from config import pipeline
 from config.celery import app as celery_app
+from messaging import tasks as messaging_tasks
+from subscribers import tasks as subscriber_tasks
 from tests.conftest import DatabaseAway
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from workflows import services as workflow_services
@@ -107,3 +109,28 @@ def test_a_fan_out_the_broker_refused_is_a_warning_without_traceback(
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "norm.workflow.run" in record.getMessage() and BROKER_DOWN in record.getMessage()
+
+
+def test_the_tasks_run_once_per_notification_log_no_info_line_each(
+    enqueued: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's "received" and "succeeded" (and "retry") for each echo, send and chunk:
+    at compose's `-l INFO`, a 100,000-subscriber broadcast wrote some 600,000 lines. Kept
+    at DEBUG; a trigger's own task keeps its lines, as does each listed recipient's."""
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        workflow_tasks.echo_run.apply(args=["00000000-0000-0000-0000-000000000000"])
+        messaging_tasks.message_send.apply(args=[0])
+    subscriber_tasks.subscribers_process.apply(args=[0, ["ann"]])
+
+    assert [r.getMessage() for r in caplog.records if r.name == "celery.app.trace"] == []
+
+    workflow_tasks.workflow_run.apply(args=[0])
+    [line] = [r.getMessage() for r in caplog.records if r.name == "celery.app.trace"]
+    assert line.startswith("Task norm.workflow.run[")
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="celery.app.trace")
+    messaging_tasks.message_send.apply(args=[0])
+    [record] = [r for r in caplog.records if r.name == "celery.app.trace"]
+    assert record.levelno == logging.DEBUG and "norm.message.send" in record.getMessage()

@@ -416,7 +416,8 @@ def _first_minute(var: Path) -> str:
         status, body = _trigger_welcome(addr, var, {"name": "Ada", "delaySeconds": 0}, to=to)
         assert status == 201, body
         seen += _read_until(demo, "Subject: Ada, you have an unread message")
-        seen += _read_until(demo, "norm.message.send")  # the task that printed it ends
+        # The task that printed it ended: the echo after it asks the bridge what is next.
+        seen += _read_until(demo, '"POST /bridge?action=execute&workflowId=welcome HTTP/1.1"')
     finally:
         demo.send_signal(signal.SIGINT)
         seen += _unread.pop(demo.pid, "") + demo.communicate(timeout=30)[0]
