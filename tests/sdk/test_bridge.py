@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -289,3 +290,27 @@ def test_discover_refuses_a_workflow_with_a_duplicate_step_id() -> None:
     assert "`sms`" in body["message"]
     # Still alive for a health-check, which norm reads to tell the flavours apart.
     assert call(duplicated, "GET", {"action": "health-check"})[0] == 200
+
+
+def test_a_bug_outside_any_step_is_logged_naming_the_action_and_the_workflow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The application's log said "Bridge request failed" and a traceback: not which
+    workflow, nor which of norm's calls, failed."""
+
+    @workflow("crash")
+    def crash(ctx: Context) -> None:
+        raise RuntimeError("bug outside any step")
+
+    served = Bridge(workflows=[crash], strict=False)
+    status, _, _ = served.handle(
+        method="POST",
+        query={"action": "execute", "workflowId": "crash"},
+        body='{"payload": {}, "state": []}',
+        headers={},
+    )
+
+    assert status == 500
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None
+    assert record.getMessage() == "Bridge request failed: action execute, workflow crash"

@@ -91,7 +91,13 @@ class Bridge:
         except FrameworkError as exc:
             status, answer = exc.status, exc.to_dict()
         except Exception as exc:
-            logger.exception("Bridge request failed")
+            # Which of norm's calls, for which workflow: the traceback alone does not say.
+            logger.exception(
+                "Bridge request failed: action %s, workflow %s%s",
+                query.get("action") or HEALTH_CHECK,
+                query.get("workflowId") or "-",
+                f", step {query['stepId']}" if query.get("stepId") else "",
+            )
             error = BridgeError(f"Unknown BridgeError: {exception_text(exc)}")
             status, answer = error.status, error.to_dict()
         return status, answer, dict(RESPONSE_HEADERS)
