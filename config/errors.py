@@ -25,6 +25,7 @@ from rest_framework.response import Response
 
 from config.dates import TimestampField, iso_z
 from config.db import bounded
+from config.logs import Quieted
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,10 @@ def _client_deleted(request: Any) -> bool:
     return not type(client)._default_manager.filter(pk=client.pk).exists()
 
 
+# Every request while the database is away (each client's retries): a line a minute.
+_database_away = Quieted()
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     path = request.get_full_path() if request is not None else ""
@@ -166,7 +171,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is away (restarting, failing over): nothing was accepted, and the
         # same request will do once it is back, so a 503 that clients retry, not a 500.
-        logger.warning("database unavailable on %s: %s", path, exc)
+        if (held := _database_away.due("database")) is not None:
+            logger.warning(
+                "database unavailable on %s: %s (%d more requests answered 503 for it since "
+                "the last such line)",
+                path,
+                exc,
+                held,
+            )
         exc = ApiError(
             503,
             "service_unavailable",
@@ -214,7 +226,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         for e in errors:
             by_field.setdefault(e["field"], {"messages": []})["messages"].append(e["message"])
         extra["errors"] = by_field
-    return Response(error_body(status, path, message, **extra), status=status, headers=headers)
+    response = Response(error_body(status, path, message, **extra), status=status, headers=headers)
+    if isinstance(exc, ApiError) and exc.code == "service_unavailable":
+        # Said above, a line a minute: not Django's ERROR ("Service Unavailable") a request.
+        response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 class ErrorSerializer(serializers.Serializer):

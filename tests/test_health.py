@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -66,6 +67,30 @@ def test_an_api_request_while_the_database_is_away_is_a_503_to_retry(
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "service_unavailable"
     assert "nothing was stored" in response.json()["message"]
+
+
+@pytest.mark.django_db(transaction=True)  # the test's own connection is closed and reopened
+def test_api_requests_while_the_database_is_away_are_one_warning_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each was a WARNING of norm's and Django's ERROR for the 503 ("Service Unavailable"):
+    two lines a request, every client's retries, for as long as the database was away."""
+    api = Client(HTTP_AUTHORIZATION="ApiKey nk_any")
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "PORT", "9")  # nothing listens there
+    try:
+        statuses = [
+            api.post("/v1/events/trigger", {"name": "w", "to": "ann"}, "application/json")
+            for _ in range(3)
+        ]
+    finally:
+        connection.close()
+        monkeypatch.undo()
+
+    assert [r.status_code for r in statuses] == [503] * 3
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage().startswith("database unavailable on /v1/events/trigger: ")
 
 
 HEALTH = """
