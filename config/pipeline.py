@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
 from config.celery import RECONCILE_TASK
+from config.logs import Quieted
 
 logger = logging.getLogger(__name__)
 
@@ -250,15 +251,23 @@ def _send_all(
             # Expected while the broker is down or failing over, and mended without anyone:
             # a warning naming the work, without the traceback Django's robust on_commit
             # logs (an ERROR for each hand-off, naming a lambda rather than the task).
+            # One line a minute per task in a process: each trigger accepted meanwhile
+            # would say the same.
             left = len(calls) - done
+            if (held := _refused.due(stage.task)) is None:
+                return
             what = ", ".join(repr(a) for a in args)
             if left > 1:
                 what = f"{what} and {left - 1} more"
             logger.warning(
                 "the broker refused %s (%s), which the reconciler sends again once it has "
-                "waited NORM_RECONCILE_GRACE: %s",
+                "waited NORM_RECONCILE_GRACE: %s (%d more refused since the last such line)",
                 stage.task,
                 what,
                 exc,
+                held,
             )
             return
+
+
+_refused = Quieted()

@@ -134,3 +134,18 @@ def test_the_tasks_run_once_per_notification_log_no_info_line_each(
     messaging_tasks.message_send.apply(args=[0])
     [record] = [r for r in caplog.records if r.name == "celery.app.trace"]
     assert record.levelno == logging.DEBUG and "norm.message.send" in record.getMessage()
+
+
+def test_hand_offs_the_broker_refuses_one_after_another_are_one_warning_a_minute(
+    broker_down: list[str],
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Each trigger accepted while Redis is away: one line, not one a request."""
+    for step_pk in (41, 42, 43):
+        with django_capture_on_commit_callbacks(execute=True):
+            pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk)
+
+    assert len(broker_down) == 3  # each asked: the broker may be back
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"{pipeline.MESSAGE.task} (41)" in record.getMessage()
