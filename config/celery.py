@@ -36,7 +36,8 @@ class _QuietPerRowTasks(logging.Filter):
             return True
         data = getattr(record, "data", None)  # each of those records carries the task's name
         if not isinstance(data, dict) and isinstance(record.args, tuple):
-            data = {"name": next((a for a in record.args if a in _per_row()), None)}
+            names = (a for a in record.args if isinstance(a, str))  # not a list: unhashable
+            data = {"name": next((n for n in names if n in _per_row()), None)}
         if not isinstance(data, dict) or data.get("name") not in _per_row():
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"

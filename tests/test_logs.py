@@ -149,3 +149,14 @@ def test_hand_offs_the_broker_refuses_one_after_another_are_one_warning_a_minute
     assert len(broker_down) == 3  # each asked: the broker may be back
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert f"{pipeline.MESSAGE.task} (41)" in record.getMessage()
+
+
+def test_a_celery_line_whose_arguments_are_not_all_text_is_logged() -> None:
+    """The filter that keeps the per-notification tasks' lines at DEBUG looked each
+    argument up among their names: a list (unhashable) raised TypeError out of the log
+    call, in the middle of Celery's own code."""
+    logger = logging.getLogger("celery.app.trace")
+    record = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 1, "Task %s with %s", ("x", ["a"]), None
+    )
+    assert all(f.filter(record) for f in logger.filters)
