@@ -445,11 +445,26 @@ class StepAdmin(StepJSON, ReadOnlyAdmin):
     ordering = ["-id"]
     show_full_result_count = False
     list_select_related = ["notification__subscriber"]
-    search_fields = ["=step_id", "=notification__subscriber__subscriber_id"]
+    # What the search box matches (get_search_results), each exactly.
+    search_fields = ["step_id__exact", "notification__subscriber__subscriber_id__exact"]
     # Shown indented, as everywhere else: Django prints a JSON field on one line, and an
     # email's body in `outputs` is a page of markup.
     exclude = ["outputs", "providers", "result"]
     readonly_fields = ["outputs_json", "providers_json", "live_result", "message_link"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Step], search_term: str
+    ) -> tuple[QuerySet[Step], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # The subscriber looked up first, the steps then read by their notifications' keys,
+        # as the notifications' search does: Django's search ORs the fields over a join of
+        # every step to its notification and subscriber (1.2 s a page over 200,000).
+        subscribers = Subscriber.objects.filter(subscriber_id=term).values_list("pk", flat=True)
+        notifications = Notification.objects.filter(subscriber_id__in=list(subscribers))
+        matches = Q(step_id=term) | Q(notification_id__in=notifications.values("pk"))
+        return queryset.filter(matches), False
 
     @admin.display(description="providers")
     def providers_json(self, step: Step) -> SafeString:

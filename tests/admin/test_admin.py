@@ -778,6 +778,8 @@ def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
         ("messaging_message", "sub-wanted"),
         ("messaging_message", "ann@example.test"),
         ("messaging_message", "provider-wanted"),
+        ("workflows_step", "sub-wanted"),
+        ("workflows_step", "step-wanted"),
         ("subscribers_subscriber", "sub-wanted"),
         ("subscribers_subscriber", "ann@example.test"),
     ],
@@ -791,13 +793,14 @@ def test_search_by_what_an_operator_has(admin_client, changelist: str, query: st
         subscriber__email="ann@example.test",
     )
     message = MessageFactory(
-        step=StepFactory(notification=notification, type="email"),
+        step=StepFactory(notification=notification, type="email", step_id="step-wanted"),
         recipient="ann@example.test",
         provider_message_id="provider-wanted",
     )
     MessageFactory()  # another trigger's, to another subscriber
     wanted = {
         "workflows_notification": notification,
+        "workflows_step": message.step,
         "notify_triggerevent": event,
         "messaging_message": message,
         "subscribers_subscriber": notification.subscriber,
@@ -808,15 +811,23 @@ def test_search_by_what_an_operator_has(admin_client, changelist: str, query: st
     assert list(response.context["cl"].result_list) == [wanted]
 
 
-@pytest.mark.parametrize("changelist", ["workflows_notification", "messaging_message"])
-@pytest.mark.parametrize("query", ["sub-wanted", "tx-wanted"])
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("workflows_notification", "sub-wanted"),
+        ("workflows_notification", "tx-wanted"),
+        ("messaging_message", "sub-wanted"),
+        ("messaging_message", "tx-wanted"),
+        ("workflows_step", "sub-wanted"),
+    ],
+)
 def test_a_search_counts_its_rows_without_joining_every_row_to_its_subscriber_and_trigger(
     admin_client, changelist: str, query: str
 ) -> None:
     """Django's search ORs its fields over a join of every row to the related rows that
     hold them, which no index serves: over 200,000 rows, 0.9 s a page of notifications,
-    2 s of messages. The subscriber and the trigger are looked up first, and the rows
-    counted and read by their keys."""
+    2 s of messages, 1.2 s of steps. The subscriber and the trigger are looked up first,
+    and the rows counted and read by their keys."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -828,7 +839,11 @@ def test_a_search_counts_its_rows_without_joining_every_row_to_its_subscriber_an
     with CaptureQueriesContext(connection) as queries:
         response = admin_client.get(reverse(f"admin:{changelist}_changelist"), {"q": query})
 
-    wanted = {"workflows_notification": notification, "messaging_message": message}[changelist]
+    wanted = {
+        "workflows_notification": notification,
+        "messaging_message": message,
+        "workflows_step": message.step,
+    }[changelist]
     assert list(response.context["cl"].result_list) == [wanted]
     (count,) = [q["sql"] for q in queries if q["sql"].startswith('SELECT COUNT(*) AS "__count"')]
     assert f'FROM "{changelist}" WHERE' in count, count
