@@ -79,7 +79,7 @@ def _sent_record(*, step_id: int, sent: dict[str, Any]) -> None:
     claim went stale, though it was delivered (and an admin's retry sent it again); not
     canceled, the retry took its claim back and sent it a second time. Whoever holds
     the step now, a success counts (as in _held): the message went out."""
-    step = Step.objects.filter(pk=step_id).only("pk", "notification_id").first()
+    step = Step.objects.filter(pk=step_id).only("pk", "notification_id", "step_id", "error").first()
     if step is None:  # its subscriber was deleted since, with it and its message
         return
     with transaction.atomic():  # sent and done together, as _send records them

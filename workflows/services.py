@@ -1094,9 +1094,26 @@ def _step_finish(step: Step, *, held: bool = False, **fields: Any) -> bool:
     transaction of its own would only add BEGIN and COMMIT."""
     rows = _held(step) if held else Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING)
     done = rows.update(completed_at=timezone.now(), **fields)
+    if done and step.error:  # an earlier run's reason, which a bug's is its notification's too
+        # After the commit: in the caller's transaction, which holds the message and the
+        # step, locking the notification last would deadlock with a subscriber's delete
+        # (see _notification_locked).
+        transaction.on_commit(lambda: _bug_reason_cleared(step), robust=True)
     if done:
         pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
     return bool(done)
+
+
+def _bug_reason_cleared(step: Step) -> None:
+    """Take the reason a bug in the ended step's run left on its notification
+    (step_internal_error) off it: no longer the notification's, it showed in the activity
+    API, until the bridge named the next step, as a failed call to the bridge being
+    retried. Only this step's: another step an admin's retry reopened may wait on its own."""
+    Notification.objects.filter(
+        pk=step.notification_id,
+        status=Notification.Status.RUNNING,
+        error__startswith=step.notification_error(""),
+    ).update(error="")
 
 
 def _held(step: Step) -> QuerySet[Step]:

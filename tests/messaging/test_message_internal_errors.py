@@ -19,6 +19,7 @@ from messaging import providers, services, tasks
 from messaging.models import Message
 from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import StepFactory
+from workflows import selectors
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
 
@@ -131,6 +132,32 @@ def test_a_step_whose_bug_goes_away_completes_and_its_message_is_sent_once(
     assert (step.status, step.error) == (Step.Status.COMPLETED, "")
     assert len(mail.outbox) == 1
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
+
+
+def test_a_step_whose_bug_went_away_leaves_no_reason_on_its_notification(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The bug's reason is the notification's while its step waits to run again; once
+    the step completes it is no longer: left there until the bridge named the next step,
+    the activity API showed the notification waiting on a failed call to the bridge,
+    being retried."""
+    bug = pytest.MonkeyPatch()
+    bug.setattr(providers.DjangoEmailProvider, "recipient", a_bug)
+    step = email_step()
+    tasks.message_send.apply(args=[step.pk])
+    assert Notification.objects.get(pk=step.notification_id).error.startswith(
+        f"step '{step.step_id}'"
+    )
+    bug.undo()
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(args=[step.pk])
+
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert (notification.status, notification.error) == (Notification.Status.RUNNING, "")
+    (waiting,) = [j for j in selectors.notification_jobs(notification) if j["type"] == "trigger"]
+    assert [d["status"] for d in waiting["executionDetails"]] == ["Pending"], waiting
 
 
 def test_the_database_away_is_no_bug_the_step_stays_its_tasks_for_its_retry(
