@@ -400,7 +400,9 @@ class TriggerEventAdmin(ReadOnlyAdmin):
     list_select_related = ["client"]
     show_full_result_count = False  # as for notifications: no second COUNT(*) when filtered
     list_defer = ("to", "payload", "actor", "overrides", "error", "forgotten", "redelivered")
-    search_fields = ["=transaction_id", "=workflow_id"]
+    # Each exactly: in any case, each field's UPPER() quadrupled the time of a search, which
+    # reads every trigger (a transactionId is unique as given, case and all).
+    search_fields = ["transaction_id__exact", "workflow_id__exact"]
     actions = ["cancel"]
 
     @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])

@@ -849,6 +849,27 @@ def test_a_search_counts_its_rows_without_joining_every_row_to_its_subscriber_an
     assert f'FROM "{changelist}" WHERE' in count, count
 
 
+@pytest.mark.parametrize("query", ["tx-wanted", "wf-wanted"])
+def test_the_trigger_search_compares_its_fields_as_stored(admin_client, query: str) -> None:
+    """Matched in any case, each field's UPPER() was computed for every trigger ever
+    stored, twice a search (its count and its page): 220 ms each over 200,000 triggers,
+    50 ms compared as stored. A transactionId is unique as given, case and all."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    event = TriggerEventFactory(transaction_id="tx-wanted", workflow_id="wf-wanted")
+    TriggerEventFactory()
+    url = reverse("admin:notify_triggerevent_changelist")
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url, {"q": f" {query} "})
+
+    assert list(response.context["cl"].result_list) == [event]
+    searched = [
+        q["sql"] for q in queries if '"notify_triggerevent"' in q["sql"] and query in q["sql"]
+    ]
+    assert searched and not [sql for sql in searched if "UPPER(" in sql], searched
+
+
 def test_a_topic_member_must_be_a_subscriber_of_the_topics_client(admin_client) -> None:
     """Subscriber ids repeat across clients and the admin shows only the id: another
     client's subscriber put in a topic was listed by this client's topic API (a leak)
