@@ -50,7 +50,18 @@ def client_create(
     email_from: str = "",
     email_from_domains: list[str] | None = None,
 ) -> Client:
-    """A new client; a ValueError for a bridge URL or a sender policy it cannot have."""
+    """A new client; a ValueError for a name, bridge URL or sender policy it cannot have.
+    Each string is stored trimmed, as the admin's form stores it."""
+    name, email_from = name.strip(), email_from.strip()
+    bridge_url = bridge_url.strip()
+    allowed_bridge_urls = [url.strip() for url in allowed_bridge_urls or []]
+    if not name:
+        raise ValueError("a client's name may not be empty")
+    # Past their columns, PostgreSQL refused them with a DataError, a traceback.
+    for field, value in (("name", name), ("email_from", email_from)):
+        most = Client._meta.get_field(field).max_length
+        if most is not None and len(value) > most:
+            raise ValueError(f"{field}: a client's {field} has at most {most} characters")
     # As the admin's form: the column's length, which a trigger's resource has too.
     longest = Client._meta.get_field("bridge_url").max_length
     for url in [bridge_url, *(allowed_bridge_urls or [])]:
@@ -63,7 +74,7 @@ def client_create(
             raise ValueError(
                 f"{masked_url(url)[:60]}…: a bridge URL has at most {longest} characters"
             )
-    email_from, domains = email_from.strip(), [d.strip() for d in email_from_domains or []]
+    domains = [d.strip() for d in email_from_domains or []]
     problem = senders.sender_domains_problem(domains) or senders.email_from_problem(
         email_from, domains
     )
@@ -72,7 +83,7 @@ def client_create(
     return Client.objects.create(
         name=name,
         bridge_url=bridge_url,
-        allowed_bridge_urls=allowed_bridge_urls or [],
+        allowed_bridge_urls=allowed_bridge_urls,
         email_from=email_from,
         email_from_domains=domains,
     )

@@ -192,3 +192,37 @@ def test_a_new_client_given_another_clients_key_is_refused_and_nothing_created(
         createclient("shop", "--bridge-url", BRIDGE, "--secret-key", other_key, *if_missing)
     assert not Client.objects.filter(name="shop").exists()
     assert selectors.client_by_api_key(key=other_key) == other
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["x" * 201, "--bridge-url", BRIDGE], "name: a client's name has at most 200"),
+        (
+            ["shop", "--bridge-url", BRIDGE, "--email-from", f"{'h' * 310}@acme.example"],
+            "email_from: a client's email_from has at most 320",
+        ),
+        (["  ", "--bridge-url", BRIDGE], "name may not be empty"),
+    ],
+)
+def test_a_value_longer_than_its_column_or_an_empty_name_is_refused_naming_it(
+    args: list[str], error: str
+) -> None:
+    """As the admin refuses them: past its column, PostgreSQL refused the name or the
+    email_from with a DataError, a traceback; a name of white space was stored empty."""
+    with pytest.raises(CommandError, match=error):
+        createclient(*args)
+    assert not Client.objects.exists() and not SecretKey.objects.exists()
+
+
+def test_the_name_and_bridge_urls_are_stored_trimmed_as_the_admin_stores_them() -> None:
+    """The admin trims a client's name; createclient stored " shop " as typed, and
+    `createclient shop --if-missing` then found no "shop" and made a second client."""
+    createclient(" shop ", "--bridge-url", f" {BRIDGE} ", "--allowed-bridge-url", f"{BRIDGE}2 ")
+    lines = createclient("shop", "--bridge-url", BRIDGE, "--if-missing")
+
+    client = Client.objects.get()
+    assert client.name == "shop" and lines == ["Client 'shop' exists already."]
+    assert client.bridge_urls() == [BRIDGE, BRIDGE + "2"]
+    with pytest.raises(CommandError, match="exists already"):
+        createclient("shop ", "--bridge-url", BRIDGE)

@@ -49,12 +49,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._create(options)
-        except ValueError as exc:  # a bridge URL, sender policy or short key refused
+        except ValueError as exc:  # a name, bridge URL, sender policy or short key refused
             raise CommandError(str(exc)) from exc
 
     def _create(self, options: dict[str, Any]) -> None:
         key = options["secret_key"]
-        name: str = options["name"]
+        # Trimmed, as client_create stores it: " shop" found no "shop", whose name the
+        # new one then took (an IntegrityError, a traceback), or passed --if-missing.
+        name: str = options["name"].strip()
         existing = Client.objects.filter(name=name).first()
         if existing is not None and not options["if_missing"]:
             raise CommandError(f"a client named {name!r} exists already")
