@@ -773,13 +773,7 @@ class TopicDetailApi(APIView):
     )
     def patch(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        name = request.data.get("name") if isinstance(request.data, dict) else None
-        if not isinstance(name, str) or len(name) > TOPIC_NAME_MAX:
-            # Past the column's length, PostgreSQL refused it with a 400 that named no
-            # field (invalid_value), and make run's SQLite stored it whole.
-            raise ApiError(
-                400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
-            )
+        name = _topic_name_given(request, required=True)
         with _not_deleted_meanwhile(key):
             topic = services.topic_rename(topic=topic, name=name)
         return Response({"data": topic_dto(topic)})
@@ -817,6 +811,21 @@ def _not_deleted_meanwhile(name: str) -> Iterator[None]:
         raise selectors.subscriber_not_found(name) from None
     except Topic.DoesNotExist:
         raise selectors.topic_not_found(name) from None
+
+
+def _topic_name_given(request: Request, *, required: bool) -> str | None:
+    """The body's topic `name`, trimmed as POST /v2/topics (TopicInput) trims it: a
+    rename or a subscribe stored " Sales " as sent. None when absent and not required.
+    Past the column's length, PostgreSQL refused it with a 400 that named no field
+    (invalid_value), and make run's SQLite stored it whole."""
+    name = request.data.get("name") if isinstance(request.data, dict) else None
+    if name is None and not required:
+        return None
+    if not isinstance(name, str) or len(name.strip()) > TOPIC_NAME_MAX:
+        raise ApiError(
+            400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
+        )
+    return name.strip()
 
 
 def _ids(request: Request, field: str) -> list[str]:
@@ -914,11 +923,7 @@ class TopicSubscriptionsApi(APIView):
             raise ApiError(
                 400, "invalid_request", f"norm cannot scope a subscription by {', '.join(scoped)}"
             )
-        name = request.data.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > TOPIC_NAME_MAX):
-            raise ApiError(
-                400, "invalid_request", f"'name' must be a string of at most {TOPIC_NAME_MAX}"
-            )
+        name = _topic_name_given(request, required=False)
         topic, members, missing = services.topic_upsert_subscribe(
             client=request.user, key=key, name=name, subscriber_ids=ids
         )

@@ -144,6 +144,31 @@ def test_a_rename_longer_than_a_topics_name_is_refused_naming_it(
     assert ok(call(keyed[1], "patch", path, {"name": "n" * 255}))["data"]["name"] == "n" * 255
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_topics_name_is_stored_trimmed_by_a_rename_and_a_subscribe_as_by_a_create(
+    keyed: tuple[Client, str], version: str
+) -> None:
+    """POST /v2/topics trims the name (and then checks its length); a rename and a
+    subscribe stored " Sales " as sent, and refused 255 characters and a space."""
+    client, key = keyed
+    ok(call(key, "post", f"/{version}/topics", {"key": "news", "name": " News "}), 201)
+    assert Topic.objects.get(client=client, key="news").name == "News"
+    path = f"/{version}/topics/news"
+
+    assert ok(call(key, "patch", path, {"name": " Daily news\n"}))["data"]["name"] == "Daily news"
+    assert Topic.objects.get(client=client, key="news").name == "Daily news"
+    padded = f" {'n' * 255} "
+    assert ok(call(key, "patch", path, {"name": padded}))["data"]["name"] == "n" * 255
+
+    body = {"subscriberIds": ["ann"], "name": " Sales "}
+    answer = ok(call(key, "post", "/v2/topics/sales/subscriptions", body), 201)
+    assert answer["data"][0]["topic"]["name"] == "Sales"
+    assert Topic.objects.get(client=client, key="sales").name == "Sales"
+    body = {"subscriberIds": ["bob"], "name": f" {'s' * 255} "}
+    ok(call(key, "post", "/v2/topics/sales/subscriptions", body), 201)
+    assert Topic.objects.get(client=client, key="sales").name == "s" * 255
+
+
 def test_a_renamed_topic_says_when_and_lists_last_by_updated_at(key: str) -> None:
     """As Novu's topic (its timestamps): a rename, by update or upsert, moves updatedAt,
     and orderBy=updatedAt lists by it. updatedAt stayed the topic's createdAt, and that
