@@ -103,11 +103,24 @@ _SEVERITIES = ("high", "medium", "low", "none")
 _NONE: tuple[Any, ...] = (None, "", [])
 
 
+def _asks_nothing(value: Any) -> bool:
+    """A filter's value that narrows by nothing: none, empty, or (`data`, which Novu's
+    DTOs take as a JSON string and its clients send stringified) the JSON of an empty
+    object, which Novu matches with no condition. `data={}` was a 400 where `data=`
+    was no filter, though both ask for the same."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = query_json(value)
+        except ValueError:
+            return False  # no JSON: refused, as a filter norm cannot apply
+    return value in (*_NONE, {}) or (isinstance(value, str) and not value.strip())
+
+
 def _inbox_narrowed(feed: Any, filters: dict[str, Any]) -> Any:
     """The feed narrowed by the v2 inbox's other filters: `severity` (a list; norm's
     notifications all have Novu's default, none) and `createdGte`/`createdLte` (Unix
     milliseconds). A 400 for a filter norm cannot apply."""
-    unsupported = [k for k in _UNSUPPORTED_INBOX_FILTERS if filters.get(k) not in _NONE]
+    unsupported = [k for k in _UNSUPPORTED_INBOX_FILTERS if not _asks_nothing(filters.get(k))]
     if unsupported:
         raise ApiError(
             400, "invalid_query", f"norm cannot filter notifications by {', '.join(unsupported)}"
@@ -776,7 +789,9 @@ class InboxMarkAllApi(APIView):
         # Novu narrows by tags, data or context too; norm keeps none of them, and
         # marking everything instead would mark more than was asked.
         # Null or empty narrows by nothing (Novu's @IsOptional), as on the list and count.
-        unsupported = sorted(k for k in _UNSUPPORTED_INBOX_FILTERS if body.get(k) not in _NONE)
+        unsupported = sorted(
+            k for k in _UNSUPPORTED_INBOX_FILTERS if not _asks_nothing(body.get(k))
+        )
         if unsupported:
             raise ApiError(
                 400, "invalid_request", f"norm cannot narrow by {', '.join(unsupported)}"

@@ -825,7 +825,14 @@ def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"notificationIds": "5"}, {"tags": ["billing"]}, {"data": "{}"}, {"contextKeys": ["a"]}],
+    [
+        {"notificationIds": "5"},
+        {"tags": ["billing"]},
+        {"data": '{"plan": "pro"}'},
+        {"data": {"plan": "pro"}},
+        {"data": "{"},
+        {"contextKeys": ["a"]},
+    ],
 )
 def test_v2_mark_all_refuses_what_it_cannot_narrow_by_rather_than_mark_everything(
     tenant, body: dict[str, Any]
@@ -846,6 +853,28 @@ def test_v2_mark_all_takes_null_or_empty_filters_as_none(tenant) -> None:
     one = _in_app(ann)
     body = {"tags": [], "data": None, "contextKeys": []}
     response = api.post("/v2/subscribers/ann/notifications/read", body, format="json")
+    assert response.status_code == 204, response.content
+    one.refresh_from_db()
+    assert one.read_at is not None
+
+
+@pytest.mark.parametrize("data", ["{}", " { } ", {}, ""])
+def test_v2_an_empty_data_filter_is_none_on_the_list_count_and_mark_all(tenant, data: Any) -> None:
+    """Novu takes `data` as a JSON string (its clients stringify the object) and matches
+    an empty object with no condition, as README says of an empty filter: `{}` or "{}"
+    was a 400 on each of them, though `data=` was none."""
+    client, api = tenant
+    one = _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    url = "/v2/subscribers/ann/notifications"
+    as_text = data if isinstance(data, str) else json.dumps(data)
+
+    listed = api.get(url, {"data": as_text})
+    assert listed.status_code == 200, listed.content
+    assert [n["id"] for n in listed.json()["data"]] == [str(one.pk)]
+    counted = api.get(f"{url}/count", {"filters": json.dumps([{"data": data}])})
+    assert counted.status_code == 200, counted.content
+    assert counted.json()["data"][0]["count"] == 1
+    response = api.post(f"{url}/read", {"data": data}, format="json")
     assert response.status_code == 204, response.content
     one.refresh_from_db()
     assert one.read_at is not None
