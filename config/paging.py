@@ -74,10 +74,22 @@ def query_bool(request: Request, name: str) -> bool | None:
 
 
 def query_values(params: QueryDict, name: str) -> list[str]:
-    """The values the query string gives `name`, empty ones left out: `contextKeys=`
-    (what a form, a query builder or novu-py given `[""]` sends for an unset field) asks
-    for nothing, as an absent parameter does."""
-    return [value for value in params.getlist(name) if value]
+    """The values the query string gives `name`, empty ones (or white space, as the
+    filters read them trimmed) left out: `contextKeys=` (what a form, a query builder or
+    novu-py given `[""]` sends for an unset field) asks for nothing, as an absent
+    parameter does."""
+    return [value for value in params.getlist(name) if value.strip()]
+
+
+def query_given(params: QueryDict) -> QueryDict:
+    """The query string without its empty values (query_values), for a filter
+    serializer: DRF leaves out an empty `subscriberId=`, but refused an empty
+    `transactionId=` (a repeatable one) or `subscriberId=%20` as blank, a 400."""
+    given = QueryDict(mutable=True)
+    for name in params:
+        if values := query_values(params, name):
+            given.setlist(name, values)
+    return given
 
 
 def query_filters_given(params: QueryDict, names: Iterable[str]) -> list[str]:

@@ -32,6 +32,7 @@ from config.paging import (
     paginate,
     query_bool,
     query_filters_given,
+    query_given,
     query_int,
     query_limit,
     query_values,
@@ -367,7 +368,7 @@ class MessageListApi(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
+        filters = self.FilterSerializer(data=query_given(request.query_params))
         filters.is_valid(raise_exception=True)
         messages = selectors.message_list(client_id=request.user.pk, filters=filters.validated_data)
         rows, meta = paginate(request, messages)

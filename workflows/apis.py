@@ -16,7 +16,13 @@ from rest_framework.views import APIView
 
 from config.dates import TimestampField
 from config.errors import ApiError, error_responses
-from config.paging import PAGE_PARAMETERS, page_of, paginate, query_filters_given
+from config.paging import (
+    PAGE_PARAMETERS,
+    page_of,
+    paginate,
+    query_filters_given,
+    query_given,
+)
 from workflows import selectors
 from workflows.models import Notification, Step
 
@@ -227,7 +233,7 @@ class NotificationListApi(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
+        filters = self.FilterSerializer(data=query_given(request.query_params))
         filters.is_valid(raise_exception=True)
         notifications = selectors.notification_list(
             client_id=request.user.pk, filters=filters.validated_data

@@ -141,6 +141,25 @@ def test_an_empty_context_keys_is_no_filter_and_a_non_empty_one_a_400() -> None:
     assert "contextKeys" in refused.value.data.message
 
 
+def test_an_empty_filter_is_no_filter_whichever_it_is() -> None:
+    """An empty `subscriberId=` was ignored, but an empty `transactionId=` (what novu-py
+    sends for `transaction_id=[""]`, as a form does for an unset field) was a 400, and
+    so was `subscriberId=%20`: each now narrows nothing, as an absent filter; beside a
+    value, an empty one adds nothing to it."""
+    client, key = client_with_key()
+    mine = _message(SubscriberFactory(client=client, subscriber_id="ann"))
+    tx = mine.step.notification.trigger_event.transaction_id
+    novu, api = novu_py_for(key), APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"ApiKey {key}")
+
+    for asked in ({"transaction_id": [""]}, {"subscriber_id": ""}, {"transaction_id": ["", tx]}):
+        listed = novu.messages.retrieve(request=asked).result
+        assert [m.id for m in listed.data] == [str(mine.pk)], asked
+    query = "transactionId=&transactionId=%20&subscriberId=%20&channel="
+    assert _ids(api.get(f"{URL}?{query}")) == [str(mine.pk)]
+    assert _ids(api.get(f"{URL}?transactionId=&transactionId=other")) == []
+
+
 def test_needs_an_api_key() -> None:
     assert APIClient().get(URL).status_code == 401
 

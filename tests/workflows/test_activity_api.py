@@ -302,6 +302,32 @@ def test_an_empty_refused_filter_is_no_filter_as_novu_pys_empty_context_keys() -
     assert "contextKeys" in refused.value.data.message
 
 
+def test_an_empty_filter_is_no_filter_whichever_it_is() -> None:
+    """An empty `subscriberId=` or `workflow=` was ignored, but an empty repeatable one
+    (`subscriberIds=`, `templates=`, `emails=`, `severity=`: what novu-py sends for
+    `[""]`), or `transactionId=%20`, was a 400: each now narrows nothing, as an absent
+    filter; beside a value, an empty one adds nothing to it."""
+    client, key = client_with_key()
+    made = NotificationFactory(trigger_event=TriggerEventFactory(client=client))
+    novu, api = novu_py_for(key), api_for(key)
+
+    for asked in (
+        {"subscriber_ids": [""]},
+        {"templates": [""]},
+        {"emails": [""]},
+        {"transaction_id": ""},
+        {"subscriber_ids": ["", made.subscriber.subscriber_id]},
+    ):
+        listed = novu.notifications.list(request=asked).result
+        assert [n.id for n in listed.data] == [str(made.pk)], asked
+    query = "subscriberIds=&templates=&channels=&emails=&severity=&transactionId=%20&status="
+    response = api.get(f"/v1/notifications?{query}")
+    assert response.status_code == 200, response.content
+    assert [n["_id"] for n in response.json()["data"]] == [str(made.pk)]
+    narrowed = api.get("/v1/notifications?templates=&templates=no-such-workflow")
+    assert narrowed.status_code == 200 and narrowed.json()["data"] == []
+
+
 def test_novu_py_reads_each_notifications_subscriber() -> None:
     """novu-py drops norm's own `subscriberId`, and `_subscriberId` is norm's internal id:
     a novu-py user could not tell whom a notification was for. Novu's activity has the
