@@ -81,6 +81,13 @@ def query_values(params: QueryDict, name: str) -> list[str]:
     return [value for value in params.getlist(name) if value.strip()]
 
 
+def query_text(params: QueryDict, name: str) -> str:
+    """An exact-match filter's value (a subscriberId, a topic key, an email), trimmed as
+    the API stores such a value and as the filter serializers read one: `key=%20news`
+    found no "news". "" when absent or empty: no filter."""
+    return params.get(name, "").strip()
+
+
 def query_given(params: QueryDict) -> QueryDict:
     """The query string without its empty values (query_values), for a filter
     serializer: DRF leaves out an empty `subscriberId=`, but refused an empty

@@ -39,6 +39,7 @@ from config.paging import (
     query_bool,
     query_filters_given,
     query_limit,
+    query_text,
 )
 from subscribers import recipients, selectors, services
 from subscribers.models import Subscriber, Topic
@@ -716,8 +717,8 @@ class TopicListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         qs = Topic.objects.filter(client=request.user)
-        if request.query_params.get("key"):
-            qs = qs.filter(key=request.query_params["key"])
+        if key := query_text(request.query_params, "key"):
+            qs = qs.filter(key=key)
         if request.query_params.get("name"):
             qs = qs.filter(name__icontains=request.query_params["name"])
         if self.version == 1:
@@ -984,8 +985,8 @@ class TopicSubscriptionsApi(APIView):
             # norm keeps no contexts: ignored, the filter listed every subscription.
             raise ApiError(400, "invalid_query", "norm cannot filter subscriptions by contextKeys")
         members = selectors.topic_members(topic=topic)
-        if request.query_params.get("subscriberId"):
-            members = members.filter(subscriber_id=request.query_params["subscriberId"])
+        if subscriber_id := query_text(request.query_params, "subscriberId"):
+            members = members.filter(subscriber_id=subscriber_id)
         # Newest first unless asked for ASC, as Novu lists them.
         page = cursor_page(
             request,

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Concat, Trim
+from django.http import QueryDict
 
 from config.errors import ApiError
+from config.paging import query_text
 from subscribers.models import Subscriber, Topic, TopicSubscription
 
 
@@ -22,14 +24,14 @@ def subscriber_get(*, client_id: int, subscriber_id: str) -> Subscriber:
     return subscriber
 
 
-def subscriber_search(*, client_id: int, filters: dict[str, str]) -> QuerySet[Subscriber]:
+def subscriber_search(*, client_id: int, filters: QueryDict) -> QuerySet[Subscriber]:
     qs = Subscriber.objects.filter(client_id=client_id)
-    if filters.get("subscriberId"):
-        qs = qs.filter(subscriber_id=filters["subscriberId"])
-    if filters.get("email"):
-        qs = qs.filter(email__iexact=filters["email"])
-    if filters.get("phone"):
-        qs = qs.filter(phone=filters["phone"])
+    if subscriber_id := query_text(filters, "subscriberId"):
+        qs = qs.filter(subscriber_id=subscriber_id)
+    if email := query_text(filters, "email"):
+        qs = qs.filter(email__iexact=email)
+    if phone := query_text(filters, "phone"):
+        qs = qs.filter(phone=phone)
     if filters.get("name"):
         # Novu matches `name` against the full name, "first last" (novu-py's "Ann Lee"
         # found nobody when only each name was searched); norm also takes a part of it.

@@ -270,6 +270,34 @@ def test_a_subscriber_and_a_topic_created_with_spaces_are_found_by_the_ids_given
     assert not Subscriber.objects.exists()
 
 
+def test_the_lists_filter_by_ids_given_with_spaces_as_they_are_stored(key: str) -> None:
+    """The subscriber lists' subscriberId, email and phone, the topic lists' key and a
+    topic's subscriptions' subscriberId compared the value as given with one stored
+    trimmed, so " ann" found nobody, where each URL and the notification and message
+    lists' filters trim it."""
+    body = {"subscriberId": "ann", "email": "ann@example.com", "phone": "+15550100"}
+    ok(call(key, "post", "/v2/subscribers", body), 201)
+    ok(call(key, "post", "/v2/subscribers", {"subscriberId": "bob"}), 201)
+    ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]}), 201)
+    ok(call(key, "post", "/v2/topics", {"key": "sport"}), 201)
+
+    for version in ("v1", "v2"):
+        for query in (
+            "subscriberId=%20ann%20",
+            "email=ann%40example.com%20",
+            "phone=%2B15550100%0A",
+        ):
+            listed = ok(call(key, "get", f"/{version}/subscribers?{query}"))["data"]
+            assert [s["subscriberId"] for s in listed] == ["ann"], (version, query)
+        topics = ok(call(key, "get", f"/{version}/topics?key=%20news%20"))["data"]
+        assert [t["key"] for t in topics] == ["news"], version
+    path = "/v2/topics/news/subscriptions?subscriberId=%20bob%20"
+    subscriptions = ok(call(key, "get", path))["data"]
+    assert [s["subscriber"]["subscriberId"] for s in subscriptions] == ["bob"]
+    # White space alone is no filter, as an empty value.
+    assert len(ok(call(key, "get", "/v2/topics?key=%20"))["data"]) == 2
+
+
 @pytest.mark.parametrize(
     "email", ["ann@example.com", "ann+news@mail.example.co.uk", "josé@exämple.com", "ann@localhost"]
 )
