@@ -407,6 +407,14 @@ def topic_upsert(
     returned as it is). ApiError 400 for a new topic whose key Novu refuses; a topic
     that already has one (made before norm checked) stays reachable by its upsert, as
     in Novu."""
+    most = Topic._meta.get_field("key").max_length
+    if most is not None and len(key) > most:
+        # A subscribe names its topic in its URL, which no serializer reads: PostgreSQL
+        # refused a longer one with a 400 that named no field (invalid_value).
+        message = f"a topic key has at most {most} characters"
+        raise ApiError(
+            400, "invalid_topic_key", f"'key': {message}", [{"field": "key", "message": message}]
+        )
     if not topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
         raise ApiError(400, "invalid_topic_key", topic_key_message(key))
     topic = Topic.objects.filter(client=client, key=key).first()

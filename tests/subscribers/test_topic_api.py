@@ -398,6 +398,20 @@ def test_members_named_with_spaces_are_the_subscribers_stored_trimmed(
     assert members(client, "deals") == []
 
 
+def test_v2_a_subscribe_to_a_key_longer_than_a_topic_holds_is_refused_naming_it(
+    key: str,
+) -> None:
+    """The subscribe creates the topic its URL names, with no serializer to check the
+    key's length (the create's refuses it naming `key`): PostgreSQL refused it with a
+    400 that named no field (invalid_value), and SQLite (make run) stored it whole."""
+    path = f"/v2/topics/{'k' * 256}/subscriptions"
+    error = assert_error(call(key, "post", path, {"subscriberIds": ["ann"]}), 400, path)
+    assert error["code"] == "invalid_topic_key"
+    assert error["message"] == "'key': a topic key has at most 255 characters"
+    assert not Topic.objects.exists()
+    ok(call(key, "post", f"/v2/topics/{'k' * 255}/subscriptions", {"subscriberIds": ["ann"]}), 201)
+
+
 def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["cid"]}), 201)
