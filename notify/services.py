@@ -151,8 +151,10 @@ MIN_KEY_LENGTH = 16
 
 def secret_key_create(*, client: Client, key: str | None = None) -> tuple[SecretKey, str]:
     """Create a secret key; the plain key is returned once and never stored. Its first
-    characters name it in the admin: ten at most, and never more than a quarter of it."""
-    key = key or crypto.generate_key()
+    characters name it in the admin: ten at most, and never more than a quarter of it.
+    A given key is trimmed, as the API reads the key a call sends (notify.auth): stored
+    with the white space around it, it authenticated no call."""
+    key = (key or "").strip() or crypto.generate_key()
     if len(key) < MIN_KEY_LENGTH:
         raise ValueError(f"a secret key has at least {MIN_KEY_LENGTH} characters")
     secret = SecretKey.objects.create(

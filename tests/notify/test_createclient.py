@@ -226,3 +226,17 @@ def test_the_name_and_bridge_urls_are_stored_trimmed_as_the_admin_stores_them() 
     assert client.bridge_urls() == [BRIDGE, BRIDGE + "2"]
     with pytest.raises(CommandError, match="exists already"):
         createclient("shop ", "--bridge-url", BRIDGE)
+
+
+def test_a_given_key_is_stored_trimmed_as_the_api_reads_a_calls_key() -> None:
+    """The API trims the key a call sends (`ApiKey <key>`); createclient stored a key
+    given with white space around it (a line read from a file) as given, which then
+    authenticated no call, and --if-missing added it again beside the first."""
+    lines = createclient("shop", "--bridge-url", BRIDGE, "--secret-key", f" {NOVU_KEY}\n")
+    again = createclient("shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", NOVU_KEY)
+
+    assert lines[-1] == again[-1] == NOVU_KEY
+    assert selectors.client_by_api_key(key=NOVU_KEY).name == "shop"
+    assert SecretKey.objects.get().prefix == NOVU_KEY[:8]
+    client = client_with_key()[0]
+    assert services.secret_key_create(client=client, key=f"{'k' * 16}\t")[1] == "k" * 16

@@ -53,7 +53,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _create(self, options: dict[str, Any]) -> None:
-        key = options["secret_key"]
+        key = (options["secret_key"] or "").strip()  # as secret_key_create stores it
         # Trimmed, as client_create stores it: " shop" found no "shop", whose name the
         # new one then took (an IntegrityError, a traceback), or passed --if-missing.
         name: str = options["name"].strip()
