@@ -854,7 +854,8 @@ def _subscription_id(item: dict[str, Any], key: str | None) -> Any:
     identifier = item.get("identifier")
     if "subscriberId" in item or key is None or not isinstance(identifier, str):
         return item.get("subscriberId")
-    subscriber_id = identifier.removeprefix(f"{key}:")
+    # Trimmed, as a subscriberId given is: " news:ann" named no subscription of "news".
+    subscriber_id = identifier.strip().removeprefix(f"{key}:")
     return subscriber_id if subscriber_id != identifier else None
 
 

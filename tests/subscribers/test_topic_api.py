@@ -513,6 +513,21 @@ def test_v2_unsubscribes_by_the_identifier_a_subscription_is_listed_with(
     assert members(client, "news") == ["bob"]
 
 
+def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
+    keyed: tuple[Client, str],
+) -> None:
+    """A subscriberId given with white space around it is trimmed; an identifier so
+    given (" news:ann") was refused, a 400, and its subscription kept."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    ok(call(key, "post", path, {"subscriberIds": ["ann", "bob"]}), 201)
+
+    body = {"subscriptions": [{"identifier": " news:ann\n"}]}
+    gone = ok(call(key, "delete", path, body))
+    assert [s["subscriber"]["subscriberId"] for s in gone["data"]] == ["ann"]
+    assert members(client, "news") == ["bob"]
+
+
 @pytest.mark.parametrize(
     "subscriptions", ["ann", [{"identifier": "news-ann"}], [{"subscriberId": ""}], [["ann"]]]
 )
