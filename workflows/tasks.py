@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
@@ -32,16 +33,23 @@ def trigger_cancel_finish(trigger_event_id: int) -> None:
     services.trigger_cancel_finish(trigger_event_id=trigger_event_id)
 
 
+# The retries for the bridge alone, carried in the retry's message headers: the
+# request's `retries` counts the database's too (DB_RETRY), and a failover's five made
+# the next bridge hiccup the last attempt, failing the notification with no retry left.
+# Not an argument: in a rolling upgrade the retry goes to any echo worker, and the
+# release before's echo_run takes the notification's id alone (TypeError, the
+# notification left to the reconciler); a header it does not read, it ignores. A
+# database retry does not carry it on: the bridge then has more tries, never fewer.
+BRIDGE_RETRIES = "norm_bridge_retries"
+
+
 @shared_task(
     name="norm.echo.run", bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
 )
-def echo_run(self: Task, notification_id: str, bridge_retries: int = 0) -> None:
+def echo_run(self: Task, notification_id: str) -> None:
     """Stage 4: ask the bridge for the next step. Transient bridge errors retry with
-    backoff; does nothing while a step is open, so a duplicate run is harmless.
-
-    `bridge_retries` counts the retries for the bridge alone: the request's `retries`
-    counts the database's too (DB_RETRY), and a failover's five made the next bridge
-    hiccup the last attempt, failing the notification with no retry left."""
+    backoff; does nothing while a step is open, so a duplicate run is harmless."""
+    bridge_retries = _bridge_retries(self.request)
     try:
         services.echo_run(
             notification_id=notification_id,
@@ -50,11 +58,17 @@ def echo_run(self: Task, notification_id: str, bridge_retries: int = 0) -> None:
     except bridge.BridgeUnavailable as exc:
         countdown = pipeline.backoff(settings.NORM_BRIDGE_RETRY_BACKOFF, bridge_retries)
         raise self.retry(
-            args=[notification_id],
-            kwargs={"bridge_retries": bridge_retries + 1},
-            countdown=countdown,
-            exc=exc,
+            countdown=countdown, exc=exc, headers={BRIDGE_RETRIES: bridge_retries + 1}
         ) from exc
+
+
+def _bridge_retries(request: Any) -> int:
+    """BRIDGE_RETRIES of the task's message: a worker has its headers as the request's
+    own, apply() (in-process) under `headers`. 0 in a message without it."""
+    found = getattr(request, BRIDGE_RETRIES, None)
+    if found is None:
+        found = (request.headers or {}).get(BRIDGE_RETRIES)
+    return found if isinstance(found, int) else 0
 
 
 @shared_task(name="norm.reconcile", ignore_result=True)

@@ -8,7 +8,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import kombu.exceptions
+import kombu.message
+import kombu.serialization
 import pytest
+from celery.exceptions import Retry
+from celery.worker.request import Request
 from django.utils import timezone
 
 from config import pipeline
@@ -16,7 +20,7 @@ from config.celery import app as celery_app
 from config.dates import iso_z
 from notify import services as notify_services
 from notify.models import TriggerEvent
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, task_retry
 from tests.factories import (
     MessageFactory,
     NotificationFactory,
@@ -682,6 +686,45 @@ def test_retries_for_the_database_leave_the_bridge_its_own(
     assert (notification.status, notification.bridge_attempts) == ("completed", 1)
 
 
+def test_a_bridge_retry_is_a_message_the_release_before_runs(
+    execute: FakeExecute, enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a rolling upgrade the retry goes to any echo worker, the release before's among
+    them, whose echo_run takes the notification's id alone: the count of bridge retries
+    sent as an argument (bridge_retries=1) failed there with TypeError, and the
+    notification waited for the reconciler. It goes in a header, which a worker reads as
+    the message's own (and the release before ignores)."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 1
+    notification = NotificationFactory()
+    execute.answers = [bridge.BridgeUnavailable("BridgeTimeout", "no answer")]
+
+    with pytest.raises(Retry) as retried:
+        tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+
+    assert task_retry(retried.value) == {"args": [str(notification.pk)], "kwargs": {}}
+    headers = retried.value.sig.options["headers"]
+    assert headers == {tasks.BRIDGE_RETRIES: 1}
+    # As a worker takes the retry: its message's headers, Celery's and this one.
+    sent, properties, body, _ = celery_app.amqp.as_task_v2(
+        "retry-1", tasks.echo_run.name, args=[str(notification.pk)], kwargs={}, retries=1
+    )
+    content_type, encoding, data = kombu.serialization.dumps(body, serializer="json")
+    message = kombu.message.Message(
+        body=data,
+        headers={**sent, **headers},
+        content_type=content_type,
+        content_encoding=encoding,
+        properties=properties,
+        delivery_info={},
+    )
+    # A worker's task drops a connection in a transaction (the test's) as it starts.
+    monkeypatch.setattr("django.db.close_old_connections", lambda: None)
+    Request(message, app=celery_app, task=tasks.echo_run).execute()
+
+    notification.refresh_from_db()  # its last attempt: failed, not retried again
+    assert (notification.status, notification.bridge_attempts) == ("failed", 2)
+
+
 def test_task_retry_succeeds_once_the_bridge_is_back(
     execute: FakeExecute, enqueued: Enqueued, settings: Any
 ) -> None:
@@ -742,7 +785,9 @@ def test_task_backs_off_exponentially_with_jitter(
     monkeypatch.setattr(tasks.echo_run, "retry", fake_retry)
     for retries in (0, 1, 2, 2):
         with pytest.raises(Retried):
-            tasks.echo_run.apply(args=[str(notification.pk), retries], throw=True)
+            tasks.echo_run.apply(
+                args=[str(notification.pk)], headers={tasks.BRIDGE_RETRIES: retries}, throw=True
+            )
     first, second, third, third_again = countdowns
     assert 3.0 <= first <= 4.5 and 6.0 <= second <= 9.0
     assert 12.0 <= third <= 18.0 and 12.0 <= third_again <= 18.0
