@@ -370,6 +370,22 @@ def _beyond_ascii(email: EmailMultiAlternatives) -> list[str]:
 _SMTPUTF8 = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
 
 
+def _folded(header: str, value: str) -> str:
+    """`header`'s `value` folded at its spaces, onto lines of 78 characters where a word
+    fits one (RFC 5322, 2.2.3): unfolded, it is as written. Parsed as addresses and
+    folded by Python under SMTPUTF8, a name's encoded words (on_lines) were decoded and
+    their text cut anywhere, unquoted ("Orders https:" read as a group's name)."""
+    first, *words = value.split(" ")
+    lines, width = [first], 78 - len(f"{header}: ")
+    for word in words:
+        if word and lines[-1].strip() and len(lines[-1]) + 1 + len(word) > width:
+            lines.append(word)
+            width = 78 - 1  # after the space that opens the line
+        else:
+            lines[-1] += f" {word}"
+    return "\n ".join(lines)
+
+
 def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing: list[str]) -> None:
     """Send `email` with SMTPUTF8, its addresses `needing` it (_beyond_ascii) as written
     in the envelope and the headers (RFC 6532); a final SendError from a server that does
@@ -378,13 +394,12 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
         sanitize_address(address, "utf-8")  # Django's checks: a ValueError, as for the others
     message = email.message()
     # Django's message has the addresses beyond ASCII as encoded words; replace_header,
-    # unlike message[...] =, keeps them as written, parsed to be folded as addresses. The
-    # other headers Django has folded already: folded again (refold_source), a word too
-    # long for a line (a link in the subject) was cut into encoded words glued to its
-    # text, which no mail client may decode (RFC 2047, 5), or a space was taken into it.
-    # An address header without one is folded here, between words, as Django's generator
-    # does: parsed too, a name written as encoded words (on_lines) was folded as its text,
-    # unquoted ("Orders https:" read as a group's name).
+    # unlike message[...] =, keeps them as written, folded between their words
+    # (_folded). The other headers Django has folded already: folded again
+    # (refold_source), a word too long for a line (a link in the subject) was cut into
+    # encoded words glued to its text, which no mail client may decode (RFC 2047, 5), or
+    # a space was taken into it. An address header without one is folded here, between
+    # words, as Django's generator does.
     for header, addresses in (
         ("From", [email.from_email]),
         ("To", email.to),
@@ -393,7 +408,7 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
         if not addresses:
             continue
         if {address for _, address in getaddresses(addresses)} & set(needing):
-            value = _SMTPUTF8.header_factory(header, ", ".join(addresses))
+            value = _folded(header, ", ".join(addresses))
         else:
             value = Header(message[header], header_name=header).encode()
         message.replace_header(header, value)

@@ -2636,3 +2636,29 @@ def test_an_smtp_server_down_is_a_warning_naming_the_message_once_a_minute(
     assert f"message {message.pk} (step {first.pk}, notification {first.notification_id}, " in line
     assert f"client {first.notification.client_id})" in line
     assert "SMTP connection failed: " in line and "retried in " in line
+
+
+@pytest.mark.parametrize(
+    ("sender", "sent_from"),
+    [("josé@acme.example", "josé@acme.example")],  # with SMTPUTF8
+)
+def test_a_from_name_with_a_word_longer_than_a_line_goes_with_any_address(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, sender: str, sent_from: str
+) -> None:
+    """A from name sent as encoded words (on_lines) beside an address beyond ASCII had
+    its From parsed as addresses, the words decoded, and folded by Python under SMTPUTF8,
+    which cut the link into pieces and left the name unquoted: read back, a group named
+    "Orders https:" and a name of the link's pieces."""
+    outputs = {"subject": "Hi", "from": {"name": f"Orders {LINK}", "email": sender}, "body": "x"}
+    inbox = Inbox()
+    step = email_step(outputs=outputs)
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=True):
+        assert (send(step).status, step.error) == (Step.Status.COMPLETED, "")
+
+    [envelope] = inbox.envelopes
+    raw = envelope.original_content
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    name, address = parseaddr(str(message_from_bytes(raw, policy=policy.SMTPUTF8)["From"]))
+    assert address == sent_from
+    name, _ = parseaddr(str(message_from_bytes(raw)["From"]))
+    assert str(make_header(decode_header(name))) == f"Orders {LINK}"
