@@ -605,6 +605,9 @@ class DjangoEmailProvider(Provider):
             if name:
                 encoded = on_lines(name, "From")
                 name = encoded if encoded != name else f'"{quote(name)}"'
+                # Its domain as DNS looks it up now: _with_ascii_domains, writing the
+                # address anew, quotes its name, and encoded words quoted are not decoded.
+                address = _with_ascii_domains(address)
             from_email = f"{name} <{address}>" if name else address
         body = content["body"]
         email = EmailMultiAlternatives(

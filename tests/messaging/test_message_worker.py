@@ -2640,7 +2640,10 @@ def test_an_smtp_server_down_is_a_warning_naming_the_message_once_a_minute(
 
 @pytest.mark.parametrize(
     ("sender", "sent_from"),
-    [("josé@acme.example", "josé@acme.example")],  # with SMTPUTF8
+    [
+        ("josé@acme.example", "josé@acme.example"),  # with SMTPUTF8
+        ("orders@straße.example", "orders@xn--strae-oqa.example"),
+    ],
 )
 def test_a_from_name_with_a_word_longer_than_a_line_goes_with_any_address(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, sender: str, sent_from: str
@@ -2648,7 +2651,9 @@ def test_a_from_name_with_a_word_longer_than_a_line_goes_with_any_address(
     """A from name sent as encoded words (on_lines) beside an address beyond ASCII had
     its From parsed as addresses, the words decoded, and folded by Python under SMTPUTF8,
     which cut the link into pieces and left the name unquoted: read back, a group named
-    "Orders https:" and a name of the link's pieces."""
+    "Orders https:" and a name of the link's pieces. Beside a domain beyond ASCII, the
+    From written anew with the domain's ASCII form quoted the encoded words, which no
+    mail client may decode there (RFC 2047, 5): the name read "=?utf-8?q?Orders_…"."""
     outputs = {"subject": "Hi", "from": {"name": f"Orders {LINK}", "email": sender}, "body": "x"}
     inbox = Inbox()
     step = email_step(outputs=outputs)
