@@ -401,7 +401,11 @@ class NotificationAdmin(ReadOnlyAdmin):
         skipped = len(chosen) - len(failed)
         refused = tried - retried  # of a canceled trigger, or retried meanwhile by another
         left = len(failed) - tried
-        rest = f"; {refused} not retried (its trigger canceled)" if refused else ""
+        rest = (
+            f"; {refused} not retried (its trigger canceled, or no longer failed)"
+            if refused
+            else ""
+        )
         rest += f"; {left} not reached in time: run the action again for them" if left else ""
         self.message_user(
             request,

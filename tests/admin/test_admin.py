@@ -469,7 +469,30 @@ def test_a_retry_refused_for_a_canceled_trigger_is_not_said_to_be_of_one_that_di
 
     said = unescape(response.content.decode())
     assert "Retried 0 notification(s); 0 skipped (not failed); 1 not retried" in said
-    assert "(its trigger canceled)" in said
+    assert "(its trigger canceled, or no longer failed)" in said
+
+
+def test_a_retry_refused_for_a_notification_retried_meanwhile_is_not_said_to_be_canceled(
+    admin_client, enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retried by another operator between the action's read and its retry, a
+    notification of a live trigger was said to be left failed as one of a canceled
+    trigger, which it is neither."""
+    notification = NotificationFactory(status=Notification.Status.FAILED)
+    retry = workflows_services.notification_retry
+
+    def retried_meanwhile(*, notification: Notification) -> bool:
+        Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
+        return retry(notification=notification)
+
+    monkeypatch.setattr(workflows_services, "notification_retry", retried_meanwhile)
+
+    said = unescape(_act(admin_client, "retry", notification).content.decode())
+
+    assert (
+        "Retried 0 notification(s); 0 skipped (not failed); 1 not retried (its trigger "
+        "canceled, or no longer failed)."
+    ) in said
 
 
 def test_pipeline_rows_cannot_be_deleted_by_hand(admin_client) -> None:
