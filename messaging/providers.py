@@ -719,7 +719,17 @@ class DjangoEmailProvider(Provider):
             # EMAIL_TIMEOUT per operation until kept; a kept one is watched all the same.
             backend_class = _WatchedSmtpBackend
         backend = backend_class(timeout=settings.EMAIL_TIMEOUT)
-        backend.open()
+        try:
+            backend.open()
+        except Exception:
+            # Django keeps a connection that failed after the greeting (its EHLO, STARTTLS
+            # or login refused) for the backend's close(), and the backend is dropped here:
+            # its socket stayed open, the server given no QUIT, until the garbage collector
+            # freed it (smtplib's login holds its error in a reference cycle), one more
+            # connection for every email while the password was wrong.
+            with contextlib.suppress(Exception):
+                backend.close()
+            raise
         cls._kept.open = (settings_key, backend, time.monotonic())
         return backend, False
 

@@ -369,6 +369,24 @@ class Meanwhile:
 Respond = Callable[[str, str, bytes, dict[str, str]], tuple[int, Any, Mapping[str, str]]]
 
 
+def connections_to(ports: set[int]) -> int:
+    """How many TCP connections this process holds open to a server on one of `ports`
+    (its own descriptors only: not the other end's, when the server runs in this process
+    too, which closes its side in its own time). Linux: read from /proc."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()  # sl, local, remote, state, ..., inode (the 10th)
+            count += fields[9] in inodes and int(fields[2].rpartition(":")[2], 16) in ports
+    return count
+
+
 def serve_in_background(server: socketserver.BaseServer) -> None:
     """Serves `server` on a daemon thread until its `shutdown()`, which it looks for every
     0.01 s: at socketserver's 0.5 s, stopping the tests' servers took a minute and a half
