@@ -12,6 +12,7 @@ import html
 import http.cookiejar
 import json
 import os
+import queue
 import re
 import socket
 import ssl
@@ -98,6 +99,23 @@ class _HTTPSPool(_Pool, HTTPSConnectionPool):
 _POOLS = {"http": _Pool, "https": _HTTPSPool}
 
 
+def _close_idle(pool: HTTPConnectionPool) -> None:
+    """Close the idle connections of a pool the process no longer keeps (it keeps one for
+    each of the last 10 bridges it called). urllib3 2 leaves them to the pool's garbage
+    collection, which waits on any error still held that refers to the pool (a key
+    refused, a task's retry): a connection stayed open for each call to a bridge outside
+    the last 10, in a worker that calls the bridges of many clients. The pool stays
+    usable, unlike after its close(): a call in another thread may hold it still."""
+    idle = pool.pool
+    while idle is not None:  # None: closed already
+        try:
+            conn = idle.get(block=False)
+        except queue.Empty:
+            return
+        if conn is not None:  # else a free slot
+            conn.close()
+
+
 class _Adapter(HTTPAdapter):
     """requests' adapter, with connections the deadline can watch (directly or through
     an HTTP proxy; a SOCKS proxy has connections of its own, bounded per read only)."""
@@ -105,11 +123,13 @@ class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _POOLS
+        self.poolmanager.pools.dispose_func = _close_idle
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = _POOLS
+        manager.pools.dispose_func = _close_idle
         return manager
 
 
