@@ -1,7 +1,8 @@
 """Warnings about a condition that recurs for every row while it lasts: a bridge or an
-SMTP server down, the counters' Redis away. Logged for each notification, a broadcast's
-100,000 lines said one thing; a `Quieted` lets one line a minute through per thing it
-concerns, in each process, saying how many it held back since.
+SMTP server down, the counters' Redis away, a bug in norm that every row trips on. Logged
+for each notification, a broadcast's 100,000 lines said one thing; a `Quieted` lets one
+line a minute through per thing it concerns, in each process, saying how many it held
+back since (and, asked, which rows).
 """
 
 from __future__ import annotations
@@ -18,25 +19,36 @@ class Quieted:
 
     PERIOD = 60.0
     MAX_KEYS = 10_000  # bounds the memory of a long-lived process
+    MAX_NAMED = 10  # the rows held back a line names at most (`due_naming`)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # gunicorn's threads, Celery's threads pool
-        self._last: dict[Hashable, tuple[float, int]] = {}  # key: (logged at, held since)
+        # key: (logged at, held since, the first MAX_NAMED of those held named)
+        self._last: dict[Hashable, tuple[float, int, tuple[str, ...]]] = {}
         _ALL.append(self)
 
     def due(self, key: Hashable) -> int | None:
         """How many warnings about `key` were held back since its last line, when one is
         due now; None while its last line is less than PERIOD seconds old."""
+        due = self.due_naming(key, None)
+        return None if due is None else due[0]
+
+    def due_naming(self, key: Hashable, name: str | None) -> tuple[int, tuple[str, ...]] | None:
+        """As `due`, for a warning about the row `name`; when a line is due, with the
+        names of the first MAX_NAMED rows held back since the last one, for it to say
+        which rows it stands for."""
         now = time.monotonic()
         with self._lock:
-            logged_at, held = self._last.get(key, (now - self.PERIOD, 0))
+            logged_at, held, named = self._last.get(key, (now - self.PERIOD, 0, ()))
             if now - logged_at < self.PERIOD:
-                self._last[key] = (logged_at, held + 1)
+                if name is not None and len(named) < self.MAX_NAMED:
+                    named = (*named, name)
+                self._last[key] = (logged_at, held + 1, named)
                 return None
             if key not in self._last and len(self._last) >= self.MAX_KEYS:
                 self._last.clear()
-            self._last[key] = (now, 0)
-            return held
+            self._last[key] = (now, 0, ())
+            return held, named
 
     def clear(self) -> None:
         with self._lock:

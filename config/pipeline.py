@@ -100,22 +100,62 @@ NOT_A_BUG: tuple[type[Exception], ...] = (
 def bugs_recorded(
     record: Callable[[Exception], None],
     what: str,
+    row: object,
     log: logging.Logger,
     *,
     passes: tuple[type[Exception], ...] = (),
 ) -> Iterator[None]:
-    """Around a stage's work: what is NOT_A_BUG (or `passes`) goes on to Celery; anything
-    else is a bug, logged to the stage's `log` with its traceback ("`what` failed") and
-    handed to `record`, which puts its reason on the row and bounds the reruns. Raised,
-    the task was acknowledged and the row kept no reason, the reconciler running it
-    again for good."""
+    """Around a stage's work on `row` (an id): what is NOT_A_BUG (or `passes`) goes on to
+    Celery; anything else is a bug, logged to the stage's `log` ("`what` `row` failed",
+    see `bug_logged`) and handed to `record`, which puts its reason on the row and bounds
+    the reruns. Raised, the task was acknowledged and the row kept no reason, the
+    reconciler running it again for good."""
     try:
         yield
     except (*NOT_A_BUG, *passes):
         raise
     except Exception as exc:
-        log.exception("%s failed", what)
+        bug_logged(log, exc, what, row)
         record(exc)
+
+
+def bug_logged(log: logging.Logger, exc: Exception, what: str, row: object) -> None:
+    """Log the bug `exc` that ended `what` (a stage's work, "the echo of notification")
+    on `row`: an ERROR with its traceback once a minute per process for each bug (`what`,
+    the exception's type and where it was raised), naming the rows it hit since and
+    counting them; the others held back. A bug in norm's own code hits every row of a
+    broadcast alike, in each of its NORM_MAX_CLAIMS runs: a traceback each was hundreds
+    of thousands of them, burying every other line, and each row's reason says it."""
+    due = _bugs.due_naming((what, type(exc), _raised_at(exc)), str(row))
+    if due is None:
+        return
+    held, named = due
+    hit = f": {', '.join(named)}" if named else ""
+    if held > len(named):
+        hit += f" and {held - len(named)} more"
+    log.error(
+        "%s %s failed (%d more such since the last such line%s)",
+        what,
+        row,
+        held,
+        hit,
+        exc_info=exc,
+    )
+
+
+def _raised_at(exc: BaseException) -> tuple[tuple[str, int], ...]:
+    """Where `exc` was raised: each frame of its traceback, not the last alone, which a
+    library's line (Django's `get` raising DoesNotExist) shares among all its callers."""
+    places = []
+    frame = exc.__traceback__
+    while frame is not None:
+        places.append((frame.tb_frame.f_code.co_filename, frame.tb_lineno))
+        frame = frame.tb_next
+    return tuple(places)
+
+
+# Each distinct bug's traceback, once a minute (`bug_logged`).
+_bugs = Quieted()
 
 
 class ClaimInterrupted(OperationalError):

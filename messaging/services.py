@@ -60,7 +60,8 @@ def message_send(
     # workers that never finished it. Recorded, and run again a grace period later.
     with pipeline.bugs_recorded(
         lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
-        f"the send of step {step_id}",
+        "the send of step",
+        step_id,
         logger,
         passes=(SentUnrecorded,),  # ClaimInterrupted, a database error, passes as one
     ):

@@ -95,7 +95,8 @@ def subscriber_process(
         lambda exc: fan_out_short(
             trigger_event_id=trigger_event_id, subscriber_ids=[str(subscriber_id)], exc=exc
         ),
-        f"a recipient of trigger event {trigger_event_id}",
+        "a recipient of trigger event",
+        trigger_event_id,
         logger,
     ):
         _subscriber_process(trigger_event_id=trigger_event_id, recipient=recipient)
@@ -162,7 +163,8 @@ def actor_upsert(*, event: TriggerEvent, recipients: list[dict[str, Any]]) -> No
             reason=f"actor '{actor['subscriberId'][:100]}' was not stored: "
             f"{internal_error_text(exc)}",
         ),
-        f"the actor of trigger event {event.pk}",
+        "the actor of trigger event",
+        event.pk,
         logger,
     ):
         actor, refused = checked_attributes(actor)
@@ -207,7 +209,8 @@ def subscribers_process(
         lambda exc: fan_out_short(
             trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids, exc=exc
         ),
-        f"a chunk of trigger event {trigger_event_id}",
+        "a chunk of trigger event",
+        trigger_event_id,
         logger,
     ):
         _subscribers_process(trigger_event_id=trigger_event_id, subscriber_ids=subscriber_ids)

@@ -9,12 +9,13 @@ from typing import Any
 import kombu.exceptions
 import pytest
 
-from config import pipeline
+from config import logs, pipeline
 from config.celery import app as celery_app
 from messaging import tasks as messaging_tasks
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import DatabaseAway
-from tests.factories import SubscriberFactory, TriggerEventFactory
+from tests.conftest import DatabaseAway, a_bug
+from tests.factories import NotificationFactory, SubscriberFactory, TriggerEventFactory
+from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
@@ -160,3 +161,61 @@ def test_a_celery_line_whose_arguments_are_not_all_text_is_logged() -> None:
         logger.name, logging.INFO, __file__, 1, "Task %s with %s", ("x", ["a"]), None
     )
     assert all(f.filter(record) for f in logger.filters)
+
+
+class Clock:
+    """`time` for config.logs: what `Quieted` reads, moved on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_bug_every_echo_trips_on_is_one_traceback_a_minute_naming_the_rows_it_hit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in norm's own code that every notification of a broadcast trips on logged an
+    ERROR and a traceback per notification per run: hundreds of thousands, burying every
+    other line, while each row's reason said it. One traceback a minute per bug, saying
+    how many it held back and naming the rows; another bug of the same task still its own."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    monkeypatch.setattr(pipeline._bugs, "MAX_NAMED", 2)
+    monkeypatch.setattr(workflow_selectors, "bridge_state", a_bug)
+    first, *held = NotificationFactory.create_batch(4)
+    caplog.set_level(logging.INFO)
+
+    for notification in (first, *held):
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)])
+
+    assert {n.error for n in Notification.objects.all()} == {"KeyError: 'stepId'"}
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == (
+        f"the echo of notification {first.pk} failed (0 more such since the last such line)"
+    )
+
+    caplog.clear()
+    clock.now += logs.Quieted.PERIOD
+    later = NotificationFactory()
+    workflow_tasks.echo_run.apply(args=[str(later.pk)])
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == (
+        f"the echo of notification {later.pk} failed (3 more such since the last such "
+        f"line: {held[0].pk}, {held[1].pk} and 1 more)"
+    )
+
+    caplog.clear()
+
+    def another_bug(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("another")
+
+    monkeypatch.setattr(workflow_selectors, "bridge_state", another_bug)
+    workflow_tasks.echo_run.apply(args=[str(first.pk)])
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.exc_info is not None and record.exc_info[0] is ValueError

@@ -171,7 +171,7 @@ def trigger_event_run(
 
     try:
         with pipeline.bugs_recorded(
-            record, f"the fan-out of trigger event {trigger_event_id}", logger
+            record, "the fan-out of trigger event", trigger_event_id, logger
         ):
             _fan_out(trigger_event_id=trigger_event_id)
     except pipeline.BROKER_ERRORS:
@@ -558,7 +558,8 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     # A bug (in norm, or an answer it did not foresee): recorded, failed at NORM_MAX_CLAIMS.
     with pipeline.bugs_recorded(
         lambda exc: _echo_internal_error(notification_id=notification_id, exc=exc),
-        f"the echo of notification {notification_id}",
+        "the echo of notification",
+        notification_id,
         logger,
         passes=(bridge.BridgeUnavailable,),  # the task's own retries
     ):
