@@ -200,7 +200,8 @@ def _claimed_send(step: Step) -> None:
         bug = not isinstance(exc, SendError)
         if bug:
             # A provider bug must not leave the step claimed, to be sent again forever.
-            logger.exception("provider %s failed on message %s", provider.name, message.pk)
+            # Every email of a broadcast trips on it alike: one traceback a minute.
+            pipeline.bug_logged(logger, exc, f"provider {provider.name} on message", message.pk)
             exc = SendError(f"the provider failed: {exc!r}", transient=False)
         # Any length the server wrote (smtplib reads every line of a reply), and shown
         # on every page of the API and the admin that lists the message, step or

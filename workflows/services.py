@@ -683,7 +683,8 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
     except Exception as exc:
         # An answer norm cannot record (a delay too long to represent, say): failing
         # the notification keeps the reconciler from asking the bridge again forever.
-        logger.exception("echo: cannot record the answer for %s", notification.pk)
+        # A broadcast's notifications each get the same answer: one traceback a minute.
+        pipeline.bug_logged(logger, exc, "echo: the record of the answer for", notification.pk)
         _refuse_answer(
             notification,
             code="BridgeInvalidResponse",

@@ -2537,6 +2537,28 @@ def test_a_provider_that_breaks_fails_the_step_at_once_rather_than_retrying_it(
     assert ended(step).error_code == "SendFailed"
 
 
+def test_a_provider_bug_every_email_trips_on_is_one_traceback_a_minute_not_one_each(
+    send: Callable[[Step], Step], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failed for good, each email of a broadcast logged the provider's traceback: a
+    hundred thousand for one bug, each message's error already naming it. One a minute
+    (see test_logs), the messages after it counted in the next."""
+
+    def broken(self: providers.Provider, message: Message) -> str:
+        raise KeyError("subject")
+
+    monkeypatch.setattr(providers.DjangoEmailProvider, "send", broken)
+    steps = [send(email_step()) for _ in range(3)]
+
+    assert {s.error for s in steps} == {"the provider failed: KeyError('subject')"}
+    [record] = [r for r in caplog.records if r.name == "messaging.services"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    first = Message.objects.get(step=steps[0])
+    assert record.getMessage() == (
+        f"provider django-email on message {first.pk} failed (0 more such since the last such line)"
+    )
+
+
 def test_a_provider_named_for_another_channel_sends_nothing_and_skips_the_step(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:

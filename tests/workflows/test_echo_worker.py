@@ -20,7 +20,7 @@ from config.celery import app as celery_app
 from config.dates import iso_z
 from notify import services as notify_services
 from notify.models import TriggerEvent
-from tests.conftest import Enqueued, task_retry
+from tests.conftest import Enqueued, a_bug, task_retry
 from tests.factories import (
     MessageFactory,
     NotificationFactory,
@@ -430,6 +430,32 @@ def test_a_failed_notification_is_a_warning_naming_it_once_a_minute_per_reason(
     line = record.getMessage()
     assert f"notification {first.pk} (client {first.client_id}, workflow welcome)" in line
     assert "failed: HTTP400: no such workflow" in line
+
+
+def test_an_answer_no_notification_can_record_is_one_traceback_a_minute_not_one_each(
+    execute: FakeExecute,
+    run: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broadcast's bridge gives each notification the same answer: one norm cannot
+    record logged a traceback for each, every notification's reason already naming it.
+    One a minute (see test_logs), the notifications after it counted in the next."""
+    first = NotificationFactory()
+    others = NotificationFactory.create_batch(2, trigger_event=first.trigger_event)
+    execute.answers = [{"stepId": "mail", "type": "email", "outputs": {}}]
+    monkeypatch.setattr(services, "_record_answer", a_bug)
+
+    for notification in (first, *others):
+        run(notification)
+
+    assert {n.error_code for n in Notification.objects.all()} == {"BridgeInvalidResponse"}
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None
+    assert record.getMessage() == (
+        f"echo: the record of the answer for {first.pk} failed (0 more such since the last "
+        "such line)"
+    )
 
 
 def test_bridge_unavailable_is_raised_for_retry_unless_final(
