@@ -602,7 +602,9 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         .first()
     )
     if notification is None:
-        logger.warning("echo: notification %s is gone", notification_id)
+        # Deleted with its subscriber (or client) since its echo was sent: an expected
+        # race with nothing to mend, as a step's send whose subscriber went ends quietly.
+        logger.info("echo: notification %s is gone", notification_id)
         return
     if notification.status in Notification.FINAL:
         return

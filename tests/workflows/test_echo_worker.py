@@ -458,6 +458,25 @@ def test_an_answer_no_notification_can_record_is_one_traceback_a_minute_not_one_
     )
 
 
+def test_an_echo_whose_subscriber_was_deleted_meanwhile_is_an_info_line_not_a_warning(
+    execute: FakeExecute, run: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber deleted (through the API, or with its client) takes its notifications
+    with it, and their echoes already sent find none: an expected race, with nothing to
+    mend, as the message and subscriber workers end theirs quietly. It was a WARNING, a
+    line an operator is to look at, one for each notification of a client deleted."""
+    notification = NotificationFactory()
+    notification.subscriber.delete()
+    caplog.set_level(logging.INFO, logger="workflows.services")
+
+    run(notification)
+
+    assert execute.calls == []
+    [record] = [r for r in caplog.records if r.name == "workflows.services"]
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == f"echo: notification {notification.pk} is gone"
+
+
 def test_bridge_unavailable_is_raised_for_retry_unless_final(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
