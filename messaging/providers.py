@@ -131,6 +131,40 @@ def on_lines(text: str, header: str) -> str:
     return " ".join(Header(text, "utf-8", header_name=header).encode().split())
 
 
+def _names_on_lines(value: str, header: str) -> str:
+    """`value` (addresses, with names or not) with each name on_lines writes anew as its
+    encoded words, unquoted; as written if none is."""
+    found = getaddresses([value])
+    if all(on_lines(name, header) == name for name, _ in found):
+        return value
+    return ", ".join(_named(name, address, header) for name, address in found)
+
+
+def _named(name: str, address: str, header: str) -> str:
+    if not name:
+        return address
+    encoded = on_lines(name, header)
+    return f"{encoded} <{address}>" if encoded != name else f'"{quote(name)}" <{address}>'
+
+
+class _Email(EmailMultiAlternatives):
+    """Django's email, its subject and names fitting SMTP's lines (on_lines) in the
+    message it writes. Not in its fields: a backend that sends those as an API's (an
+    HTTP provider's) would show the encoded words as the subject's text."""
+
+    def message(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().message(*args, **kwargs)
+        # Folded here (_folded): replace_header, unlike message[...] =, keeps a value as
+        # written, and the SMTPUTF8 send writes it so.
+        subject = on_lines(self.subject, "Subject")
+        if subject != self.subject:
+            message.replace_header("Subject", _folded("Subject", subject))
+        for header, value in (("From", self.from_email), ("Reply-To", ", ".join(self.reply_to))):
+            if value and (named := _names_on_lines(value, header)) != value:
+                message.replace_header(header, _folded(header, named))
+        return message
+
+
 def text_of(body: str) -> str:
     """The plain-text alternative of an HTML body: the text a reader sees. strip_tags
     alone kept a stylesheet or script as text, entities (&amp;, &nbsp;) as written, a
@@ -408,7 +442,7 @@ def _send_smtputf8(backend: SmtpBackend, email: EmailMultiAlternatives, needing:
         if not addresses:
             continue
         if {address for _, address in getaddresses(addresses)} & set(needing):
-            value = _folded(header, ", ".join(addresses))
+            value = _folded(header, _names_on_lines(", ".join(addresses), header))
         else:
             value = Header(message[header], header_name=header).encode()
         message.replace_header(header, value)
@@ -573,10 +607,7 @@ class DjangoEmailProvider(Provider):
         wrong = _email_output_wrong(content)
         if wrong:
             raise SendError(wrong, transient=False)
-        subject, sender = (
-            on_lines(one_line(content["subject"]), "Subject"),
-            content.get("from") or {},
-        )
+        subject, sender = one_line(content["subject"]), content.get("from") or {}
         # The message worker gives the message its client as read with the step.
         client = message.client
         policy_problem = stored_policy_problem(client.email_from, client.email_from_domains)
@@ -599,18 +630,11 @@ class DjangoEmailProvider(Provider):
             # A name alone goes with the address it would have gone from: the client's
             # address is not the bridge's to know.
             address = address or parseaddr(from_email)[1]
-            # Quoted, as a display name: "Acme, Inc." is no list of two addresses; encoded
-            # words are not. (Django encodes a non-ASCII name, and the address's domain
-            # as IDNA.)
-            if name:
-                encoded = on_lines(name, "From")
-                name = encoded if encoded != name else f'"{quote(name)}"'
-                # Its domain as DNS looks it up now: _with_ascii_domains, writing the
-                # address anew, quotes its name, and encoded words quoted are not decoded.
-                address = _with_ascii_domains(address)
-            from_email = f"{name} <{address}>" if name else address
+            # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
+            # encodes a non-ASCII name, and the address's domain as IDNA.)
+            from_email = f'"{quote(name)}" <{address}>' if name else address
         body = content["body"]
-        email = EmailMultiAlternatives(
+        email = _Email(
             subject=subject,
             body=text_of(body),
             from_email=_with_ascii_domains(from_email),

@@ -2689,3 +2689,29 @@ def test_a_from_name_with_a_word_longer_than_a_line_goes_with_any_address(
     assert address == sent_from
     name, _ = parseaddr(str(message_from_bytes(raw)["From"]))
     assert str(make_header(decode_header(name))) == f"Orders {LINK}"
+
+
+def test_a_backend_that_sends_the_fields_gets_the_subject_and_names_as_written(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """The encoded words that fit a long word onto SMTP's lines are the MIME message's
+    only: a backend sending the subject and the from as fields of an HTTP API (anymail's)
+    read the encoded words as the subject's text."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    outputs = {
+        "subject": f"Track it: {LINK}",
+        "from": {"name": f"Orders {LINK}"},
+        "replyTo": f'"Help {LINK}" <help@example.com>',
+        "body": "x",
+    }
+    assert send(email_step(outputs=outputs)).status == Step.Status.COMPLETED
+
+    [email] = mail.outbox
+    assert email.subject == f"Track it: {LINK}"
+    assert parseaddr(email.from_email)[0] == f"Orders {LINK}"
+    raw = email.message().as_bytes(linesep="\r\n")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    sent = message_from_bytes(raw)
+    assert str(make_header(decode_header(sent["Subject"]))) == f"Track it: {LINK}"
+    for header, name in (("From", f"Orders {LINK}"), ("Reply-To", f"Help {LINK}")):
+        assert str(make_header(decode_header(parseaddr(sent[header])[0]))) == name
