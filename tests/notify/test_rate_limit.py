@@ -61,11 +61,10 @@ def test_a_bulk_request_costs_one_per_event(enqueued) -> None:
     assert TriggerEvent.objects.filter(client=client).count() == 4
 
 
-@pytest.mark.django_db
-def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
-    enqueued, settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    with socket.socket() as sock:  # a port nothing listens on
+@pytest.fixture
+def counters_redis_down(settings: Any) -> None:
+    """The rate's counters in a Redis that is not there: a port nothing listens on."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     settings.CACHES = {
@@ -75,6 +74,13 @@ def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
             "OPTIONS": {"socket_connect_timeout": 1},
         }
     }
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("counters_redis_down")
+def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
+    enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
     client, key = client_with_key(rate_limit_per_minute=1)
     BridgeWorkflowFactory(client=client, workflow_id="welcome")
     body = {"name": "welcome", "to": "ann"}
@@ -87,20 +93,11 @@ def test_triggers_go_on_uncounted_while_the_counters_redis_is_down(
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("counters_redis_down")
 def test_triggers_uncounted_while_the_counters_redis_is_down_log_one_line_a_minute(
-    enqueued, settings, caplog: pytest.LogCaptureFixture
+    enqueued, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not one a trigger: a client's whole rate of lines, for as long as Redis is down."""
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{port}/0",
-            "OPTIONS": {"socket_connect_timeout": 1},
-        }
-    }
     client, key = client_with_key(rate_limit_per_minute=1)
     BridgeWorkflowFactory(client=client, workflow_id="welcome")
     body = {"name": "welcome", "to": "ann"}
