@@ -23,8 +23,9 @@ class Quieted:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # gunicorn's threads, Celery's threads pool
-        # key: (logged at, held since, the first MAX_NAMED of those held named)
-        self._last: dict[Hashable, tuple[float, int, tuple[str, ...]]] = {}
+        # key: (logged at, held since, the first MAX_NAMED rows of those held, the count
+        # of those held on other rows)
+        self._last: dict[Hashable, tuple[float, int, tuple[str, ...], int]] = {}
         _ALL.append(self)
 
     def due(self, key: Hashable) -> int | None:
@@ -33,22 +34,28 @@ class Quieted:
         due = self.due_naming(key, None)
         return None if due is None else due[0]
 
-    def due_naming(self, key: Hashable, name: str | None) -> tuple[int, tuple[str, ...]] | None:
+    def due_naming(
+        self, key: Hashable, name: str | None
+    ) -> tuple[int, tuple[str, ...], int] | None:
         """As `due`, for a warning about the row `name`; when a line is due, with the
-        names of the first MAX_NAMED rows held back since the last one, for it to say
-        which rows it stands for."""
+        names of the first MAX_NAMED rows held back since the last one, each once (a
+        broadcast's chunks are all its trigger event's), and how many of those held were
+        about rows other than these, for it to say which rows it stands for."""
         now = time.monotonic()
         with self._lock:
-            logged_at, held, named = self._last.get(key, (now - self.PERIOD, 0, ()))
+            logged_at, held, named, others = self._last.get(key, (now - self.PERIOD, 0, (), 0))
             if now - logged_at < self.PERIOD:
-                if name is not None and len(named) < self.MAX_NAMED:
-                    named = (*named, name)
-                self._last[key] = (logged_at, held + 1, named)
+                if name is not None and name not in named:
+                    if len(named) < self.MAX_NAMED:
+                        named = (*named, name)
+                    else:
+                        others += 1
+                self._last[key] = (logged_at, held + 1, named, others)
                 return None
             if key not in self._last and len(self._last) >= self.MAX_KEYS:
                 self._last.clear()
-            self._last[key] = (now, 0, ())
-            return held, named
+            self._last[key] = (now, 0, (), 0)
+            return held, named, others
 
     def clear(self) -> None:
         with self._lock:

@@ -129,10 +129,10 @@ def bug_logged(log: logging.Logger, exc: Exception, what: str, row: object) -> N
     due = _bugs.due_naming((what, type(exc), _raised_at(exc)), str(row))
     if due is None:
         return
-    held, named = due
+    held, named, others = due
     hit = f": {', '.join(named)}" if named else ""
-    if held > len(named):
-        hit += f" and {held - len(named)} more"
+    if named and others:
+        hit += f" and {others} more"
     log.error(
         "%s %s failed (%d more such since the last such line%s)",
         what,

@@ -147,3 +147,29 @@ def test_the_database_away_is_no_bug_and_is_retried_by_celery(
 
     assert database_away.calls == 11  # DB_RETRY: the first run and its 10 retries
     assert event.error == ""
+
+
+def test_a_bug_every_chunk_of_a_broadcast_trips_on_names_its_trigger_event_once(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line a bug logs once a minute names the rows it held back since: each chunk of
+    a broadcast is a row of the one trigger event, which the line named once per chunk
+    (the same id ten times over, "and 490 more" of it), saying nothing more."""
+    monkeypatch.setattr(services, "notifications_create", a_bug)
+    monkeypatch.setattr(workflow_services, "BROADCAST_CHUNK", 1)
+    monkeypatch.setattr(pipeline._bugs, "PERIOD", 3600.0)  # the chunks' within one line's
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
+    for subscriber_id in ("ann", "bob", "carl", "dan"):
+        SubscriberFactory(client=event.client, subscriber_id=subscriber_id)
+    fan_out(event, enqueued)
+    assert len([r for r in caplog.records if r.exc_info is not None]) == 1
+    caplog.clear()
+    monkeypatch.setattr(pipeline._bugs, "PERIOD", 0.0)
+
+    subscriber_tasks.subscribers_process.apply(args=[event.pk, ["ann"]])
+
+    [record] = [r for r in caplog.records if r.exc_info is not None]
+    assert record.getMessage() == (
+        f"a chunk of trigger event {event.pk} failed (3 more such since the last such "
+        f"line: {event.pk})"
+    )
