@@ -144,6 +144,10 @@ def _named(name: str, address: str, header: str) -> str:
     if not name:
         return address
     encoded = on_lines(name, header)
+    if encoded == name and not name.isascii():
+        # As Django writes it: raw beside another's encoded words, the generator wrote
+        # the whole header as encoded words, its addresses too, which no client reads.
+        encoded = " ".join(Header(name, "utf-8", header_name=header).encode().split())
     return f"{encoded} <{address}>" if encoded != name else f'"{quote(name)}" <{address}>'
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email import message_from_bytes, message_from_string, policy
 from email.header import decode_header, make_header
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from typing import Any
 
 import pytest
@@ -2715,3 +2715,24 @@ def test_a_backend_that_sends_the_fields_gets_the_subject_and_names_as_written(
     assert str(make_header(decode_header(sent["Subject"]))) == f"Track it: {LINK}"
     for header, name in (("From", f"Orders {LINK}"), ("Reply-To", f"Help {LINK}")):
         assert str(make_header(decode_header(parseaddr(sent[header])[0]))) == name
+
+
+def test_a_reply_to_list_with_a_long_name_keeps_each_address_and_its_name(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A replyTo listing a name too long for a line (written as encoded words) beside a
+    name beyond ASCII had that one written anew as raw UTF-8: the generator then encoded
+    the whole header as encoded words, addresses and all, and the reply went to no one."""
+    outputs = {
+        "subject": "Hi",
+        "replyTo": f'Jörg <jorg@example.com>, "Help {LINK}" <help@example.com>',
+        "body": "x",
+    }
+    assert send(email_step(outputs=outputs)).status == Step.Status.COMPLETED
+
+    [envelope] = smtp_server.envelopes
+    sent = message_from_bytes(envelope.original_content)
+    assert [
+        (str(make_header(decode_header(name))), address)
+        for name, address in getaddresses([str(sent["Reply-To"])])
+    ] == [("Jörg", "jorg@example.com"), (f"Help {LINK}", "help@example.com")]
