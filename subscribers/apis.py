@@ -342,6 +342,12 @@ class SubscriptionsCreated(serializers.Serializer):
 class SubscriptionsRemoved(serializers.Serializer):
     data = SubscriptionOutput(many=True, help_text="the subscriptions it removed")
     meta = SubscriptionsMeta()
+    errors = SubscriptionsCreated.SubscriptionFailure(
+        many=True,
+        required=False,
+        help_text="why each id was not removed (SUBSCRIBER_NOT_FOUND or"
+        " SUBSCRIPTION_NOT_FOUND); left out when every one was",
+    )
 
 
 class TopicSubscribersV1Result(serializers.Serializer):
@@ -904,6 +910,37 @@ def _with_subscribed_at(topic: Topic, members: list[Subscriber]) -> list[Subscri
     return members
 
 
+def _unsubscribe_errors(
+    topic: Topic, ids: list[str], removed: list[Subscriber]
+) -> list[dict[str, str]]:
+    """Novu's reason for each id an unsubscribe did not remove (novu-py reads them as
+    `errors`): no such subscriber first, then those that were no member, each once."""
+    removed_ids = {s.subscriber_id for s in removed}
+    not_removed = [sid for sid in dict.fromkeys(ids) if sid not in removed_ids]
+    known = set(
+        Subscriber.objects.filter(
+            client_id=topic.client_id, subscriber_id__in=not_removed
+        ).values_list("subscriber_id", flat=True)
+    )
+    return [
+        {
+            "subscriberId": sid,
+            "code": "SUBSCRIBER_NOT_FOUND",
+            "message": f"Subscriber '{sid}' was not found",
+        }
+        for sid in not_removed
+        if sid not in known
+    ] + [
+        {
+            "subscriberId": sid,
+            "code": "SUBSCRIPTION_NOT_FOUND",
+            "message": f"Subscriber '{sid}' is not a member of '{topic.key}'",
+        }
+        for sid in not_removed
+        if sid in known
+    ]
+
+
 @extend_schema(tags=["Topics"])
 class TopicSubscriptionsApi(APIView):
     """v2: `{subscriptions}` or `{subscriberIds}`; the topic is created when it does not
@@ -959,6 +996,7 @@ class TopicSubscriptionsApi(APIView):
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         with _not_deleted_meanwhile(key):
             removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
+        errors = _unsubscribe_errors(topic, ids, removed)
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in removed],
@@ -966,8 +1004,10 @@ class TopicSubscriptionsApi(APIView):
                     "totalCount": len(ids),
                     "successful": len(removed),
                     # Each id not removed once, as a subscribe counts those not found.
-                    "failed": len(dict.fromkeys(ids)) - len(removed),
+                    "failed": len(errors),
                 },
+                # Left out when none, as Novu does.
+                **({"errors": errors} if errors else {}),
             }
         )
 

@@ -460,6 +460,31 @@ def test_v2_a_member_named_twice_is_removed_and_no_failure(keyed: tuple[Client, 
     assert members(client, "news") == ["bob"]
 
 
+def test_v2_remove_members_says_why_each_id_was_not_removed(keyed: tuple[Client, str]) -> None:
+    """Novu's unsubscribe lists an error per id it did not remove, an unknown subscriber
+    (SUBSCRIBER_NOT_FOUND) or one that was no member (SUBSCRIPTION_NOT_FOUND), and leaves
+    `errors` out when there is none; norm answered none, so novu-py's `errors` was None
+    for ids it had not removed."""
+    _, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
+    novu = novu_py_for(key)
+    body = {"subscriptions": ["ann", "cid", "nobody", "cid"]}
+    result = novu.topics.subscriptions.delete(
+        topic_key="news", delete_topic_subscriptions_request_dto=body
+    ).result
+
+    assert [s.subscriber.subscriber_id for s in result.data if s.subscriber] == ["ann"]
+    assert (result.meta.successful, result.meta.failed) == (1, 2)
+    assert [(e.subscriber_id, e.code) for e in result.errors or []] == [
+        ("nobody", "SUBSCRIBER_NOT_FOUND"),
+        ("cid", "SUBSCRIPTION_NOT_FOUND"),
+    ]
+    assert all(e.message for e in result.errors or [])
+
+    answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", {"subscriberIds": ["bob"]}))
+    assert "errors" not in answer and answer["meta"]["failed"] == 0
+
+
 @pytest.mark.parametrize(
     "subscriptions",
     [["ann", "bob"], [{"identifier": "news-ann", "subscriberId": "ann"}, {"subscriberId": "bob"}]],
