@@ -941,6 +941,20 @@ def _unsubscribe_errors(
     ]
 
 
+def _refuse_if_all_failed(meta: dict[str, int], errors: list[dict[str, str]], done: str) -> None:
+    """Novu answers a subscribe or an unsubscribe that failed for every id it was given
+    with a 400 (which novu-py and @novu/api raise), its body the answer's `data`, `meta`
+    and `errors` beside the error's fields; one that did any of them is a success."""
+    if meta["failed"] and not meta["successful"]:
+        raise ApiError(
+            400,
+            "subscriptions_failed",
+            f"No subscriber was {done}: {errors[0]['message']}",
+            errors=errors,
+            body={"data": [], "meta": meta},
+        )
+
+
 @extend_schema(tags=["Topics"])
 class TopicSubscriptionsApi(APIView):
     """v2: `{subscriptions}` or `{subscriberIds}`; the topic is created when it does not
@@ -966,22 +980,21 @@ class TopicSubscriptionsApi(APIView):
         topic, members, missing = services.topic_upsert_subscribe(
             client=request.user, key=key, name=name, subscriber_ids=ids
         )
+        meta = {"totalCount": len(ids), "successful": len(members), "failed": len(missing)}
+        errors = [
+            {
+                "subscriberId": sid,
+                "code": "SUBSCRIBER_NOT_FOUND",
+                "message": f"Subscriber '{sid}' was not found",
+            }
+            for sid in missing
+        ]
+        _refuse_if_all_failed(meta, errors, "subscribed")
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in _with_subscribed_at(topic, members)],
-                "meta": {
-                    "totalCount": len(ids),
-                    "successful": len(members),
-                    "failed": len(missing),
-                },
-                "errors": [
-                    {
-                        "subscriberId": sid,
-                        "code": "SUBSCRIBER_NOT_FOUND",
-                        "message": f"Subscriber '{sid}' was not found",
-                    }
-                    for sid in missing
-                ],
+                "meta": meta,
+                "errors": errors,
             },
             status=201,
         )
@@ -997,15 +1010,13 @@ class TopicSubscriptionsApi(APIView):
         with _not_deleted_meanwhile(key):
             removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
         errors = _unsubscribe_errors(topic, ids, removed)
+        # Each id not removed once, as a subscribe counts those not found.
+        meta = {"totalCount": len(ids), "successful": len(removed), "failed": len(errors)}
+        _refuse_if_all_failed(meta, errors, "unsubscribed")
         return Response(
             {
                 "data": [_subscription_dto(topic, s) for s in removed],
-                "meta": {
-                    "totalCount": len(ids),
-                    "successful": len(removed),
-                    # Each id not removed once, as a subscribe counts those not found.
-                    "failed": len(errors),
-                },
+                "meta": meta,
                 # Left out when none, as Novu does.
                 **({"errors": errors} if errors else {}),
             }

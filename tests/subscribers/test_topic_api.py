@@ -485,6 +485,54 @@ def test_v2_remove_members_says_why_each_id_was_not_removed(keyed: tuple[Client,
     assert "errors" not in answer and answer["meta"]["failed"] == 0
 
 
+def test_v2_a_subscribe_or_unsubscribe_that_failed_for_every_id_is_a_400(
+    keyed: tuple[Client, str],
+) -> None:
+    """Novu refuses with a 400 (novu-py raises ErrorDto) a subscribe or an unsubscribe
+    none of whose ids it could act on, its `data`, `meta` and `errors` in the error's
+    body: norm answered 201 or 200, a success the client's code went on from."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    with pytest.raises(models.ErrorDto) as subscribe:
+        novu.topics.subscriptions.create(
+            topic_key="news",
+            create_topic_subscriptions_request_dto={"subscriptions": ["nobody", "none"]},
+        )
+    body = subscribe.value.raw_response.json()
+    assert subscribe.value.data.status_code == 400
+    assert body["meta"] == {"totalCount": 2, "successful": 0, "failed": 2}
+    assert [(e["subscriberId"], e["code"]) for e in body["errors"]] == [
+        ("nobody", "SUBSCRIBER_NOT_FOUND"),
+        ("none", "SUBSCRIBER_NOT_FOUND"),
+    ]
+    assert body["data"] == [] and members(client, "news") == []  # the topic is made
+
+    with pytest.raises(models.ErrorDto) as unsubscribe:
+        novu.topics.subscriptions.delete(
+            topic_key="news", delete_topic_subscriptions_request_dto={"subscriptions": ["ann"]}
+        )
+    body = unsubscribe.value.raw_response.json()
+    assert unsubscribe.value.data.status_code == 400
+    assert body["meta"] == {"totalCount": 1, "successful": 0, "failed": 1}
+    assert [(e["subscriberId"], e["code"]) for e in body["errors"]] == [
+        ("ann", "SUBSCRIPTION_NOT_FOUND")
+    ]
+
+    # One id done is a success, the others listed as its errors.
+    body = {"subscriptions": ["ann", "nobody"]}
+    added = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto=body
+    ).result
+    assert (added.meta.successful, added.meta.failed) == (1, 1)
+    removed = novu.topics.subscriptions.delete(
+        topic_key="news", delete_topic_subscriptions_request_dto=body
+    ).result
+    assert (removed.meta.successful, removed.meta.failed) == (1, 1)
+    # No id at all is no failure.
+    empty = ok(call(key, "delete", "/v2/topics/news/subscriptions", {"subscriberIds": []}))
+    assert empty["meta"] == {"totalCount": 0, "successful": 0, "failed": 0}
+
+
 @pytest.mark.parametrize(
     "subscriptions",
     [["ann", "bob"], [{"identifier": "news-ann", "subscriberId": "ann"}, {"subscriberId": "bob"}]],
@@ -758,7 +806,9 @@ def test_another_client_never_sees_or_changes_the_topic(
 
     # Its own topic of the same key cannot take in this client's subscribers.
     path = "/v2/topics/news/subscriptions"
-    answer = ok(call(other_key, "post", path, {"subscriberIds": ["ann", "bob"]}), 201)
+    answer = assert_error(
+        call(other_key, "post", path, {"subscriberIds": ["ann", "bob"]}), 400, path
+    )
     assert answer["meta"] == {"totalCount": 2, "successful": 0, "failed": 2}
     assert members(other_client, "news") == []
     assert members(client, "news") == ["ann"]
