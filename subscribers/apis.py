@@ -336,7 +336,9 @@ class SubscriptionsCreated(serializers.Serializer):
 
     data = SubscriptionOutput(many=True)
     meta = SubscriptionsMeta()
-    errors = SubscriptionFailure(many=True)
+    errors = SubscriptionFailure(
+        many=True, required=False, help_text="an id not found each; left out when none"
+    )
 
 
 class SubscriptionsRemoved(serializers.Serializer):
@@ -994,7 +996,9 @@ class TopicSubscriptionsApi(APIView):
             {
                 "data": [_subscription_dto(topic, s) for s in _with_subscribed_at(topic, members)],
                 "meta": meta,
-                "errors": errors,
+                # Left out when none, as Novu does: [] is truthy to @novu/api's callers,
+                # who test `if (result.errors)`.
+                **({"errors": errors} if errors else {}),
             },
             status=201,
         )

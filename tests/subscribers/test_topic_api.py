@@ -369,6 +369,15 @@ def test_v2_add_members_is_201_with_counts_and_an_error_per_unknown_id(
 
     again = ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]}), 201)
     assert again["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
+    # Novu leaves `errors` out when there is none (novu-py reads None, @novu/api
+    # undefined): an empty list is truthy in JavaScript, a failure to `if (errors)`.
+    assert "errors" not in again
+    novu = novu_py_for(key)
+    body = {"subscriptions": ["bob"]}
+    added = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto=body
+    ).result
+    assert added.errors is None
     assert TopicSubscription.objects.count() == 2
 
     # Each member once, in the order asked (not the order the subscribers were made).
