@@ -1054,6 +1054,43 @@ class TopicSubscriptionsApi(APIView):
         return Response(page)
 
 
+class SubscriptionDetailOutput(serializers.Serializer):
+    id = serializers.CharField(help_text="the subscription's `_id` in the lists")
+    identifier = serializers.CharField(help_text="<topic key>:<subscriberId>")
+
+
+class TopicSubscriptionDetailApi(APIView):
+    @extend_schema(
+        tags=["Topics"],
+        operation_id="v2_topics_subscriptions_retrieve",
+        summary="Get a topic's subscription by the identifier it is listed with",
+        responses={
+            200: _wrapped("SubscriptionDetailResponse", SubscriptionDetailOutput()),
+            204: OpenApiResponse(description="no such subscription (nor topic), as in Novu"),
+            **error_responses(),
+        },
+    )
+    def get(self, request: Request, key: str, identifier: str) -> Response:
+        # Novu answers one it does not find with a 204, the topic's too (novu-py raises
+        # its APIError for it): no 404 to tell the two apart.
+        topic = Topic.objects.filter(client_id=request.user.pk, key=key).first()
+        subscriber = None
+        if topic is not None:
+            members = selectors.topic_members(topic=topic)
+            # By its identifier, or by its _id (<topic pk>:<subscriber pk>), as Novu takes
+            # its internal id too.
+            subscriber_id = identifier.removeprefix(f"{key}:")
+            if subscriber_id != identifier:
+                subscriber = members.filter(subscriber_id=subscriber_id).first()
+            pk = identifier.removeprefix(f"{topic.pk}:")
+            if subscriber is None and pk != identifier and pk.isascii() and pk.isdigit():
+                subscriber = members.filter(pk=int(pk)).first()
+        if topic is None or subscriber is None:
+            return Response(status=204)
+        dto = _subscription_dto(topic, subscriber)
+        return Response({"data": {"id": dto["_id"], "identifier": dto["identifier"]}})
+
+
 class TopicSubscribersV1Api(APIView):
     """v1: `{subscribers}` answered with `{succeeded, failed: {notFound}}`."""
 

@@ -19,6 +19,10 @@ urlpatterns = [
     path("v2/topics/<trimmed:key>", apis.TopicDetailApi.as_view()),
     path("v1/topics/<trimmed:key>", apis.TopicDetailV1Api.as_view()),
     path("v2/topics/<trimmed:key>/subscriptions", apis.TopicSubscriptionsApi.as_view()),
+    path(
+        "v2/topics/<trimmed:key>/subscriptions/<trimmed:identifier>",
+        apis.TopicSubscriptionDetailApi.as_view(),
+    ),
     path("v1/topics/<trimmed:key>/subscribers", apis.TopicSubscribersV1Api.as_view()),
     # Also the check of the member "removal", by GET (TopicSubscribersRemovalV1Api).
     path(

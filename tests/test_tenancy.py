@@ -114,6 +114,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("delete", "v2/topics/<trimmed:key>", "/v2/topics/news", None, 404),
         ("get", "v1/topics/<trimmed:key>", "/v1/topics/news", None, 404),
         ("get", "v2/topics/<trimmed:key>/subscriptions", "/v2/topics/news/subscriptions", None, 404),
+        ("get", "v2/topics/<trimmed:key>/subscriptions/<trimmed:identifier>",
+         "/v2/topics/news/subscriptions/news:ann", None, 204),
         ("delete", "v2/topics/<trimmed:key>/subscriptions", "/v2/topics/news/subscriptions",
          {"subscriberIds": ["ann"]}, 404),
         ("post", "v1/topics/<trimmed:key>/subscribers", "/v1/topics/news/subscribers",

@@ -764,6 +764,33 @@ def test_membership_check_is_200_for_a_member_and_404_otherwise(
         assert_error(call(key, "get", path), 404, path)
 
 
+def test_v2_a_subscription_is_got_by_the_identifier_or_id_it_is_listed_with(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    """novu-py's topics.subscriptions.get_subscription (GET /v2/topics/{key}/
+    subscriptions/{identifier}) had no route: a 404 for a subscription that exists.
+    As Novu: 200 with its id and identifier, 204 when there is none (novu-py raises)."""
+    _, key = keyed
+    novu = novu_py_for(key)
+    added = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto={"subscriptions": ["ann"]}
+    ).result.data[0]
+
+    for name in (added.identifier or "", added.id):
+        got = novu.topics.subscriptions.get_subscription(topic_key="news", identifier=name)
+        assert (got.result.id, got.result.identifier) == (added.id, "news:ann")
+
+    path = "/v2/topics/news/subscriptions"
+    for missing in (f"{path}/news:bob", f"{path}/news:nobody", f"{path}/bob", f"{path}/ann"):
+        response = call(key, "get", missing)
+        assert (response.status_code, response.content) == (204, b"")
+    response = call(key, "get", "/v2/topics/nothing/subscriptions/nothing:ann")
+    assert response.status_code == 204
+    assert call(other[1], "get", f"{path}/news:ann").status_code == 204
+    with pytest.raises(models.APIError):
+        novu.topics.subscriptions.get_subscription(topic_key="news", identifier="news:bob")
+
+
 def test_membership_check_of_the_subscriber_named_removal_is_answered(
     keyed: tuple[Client, str],
 ) -> None:
