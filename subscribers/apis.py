@@ -793,7 +793,8 @@ class TopicDetailApi(APIView):
     )
     def delete(self, request: Request, key: str) -> Response:
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
-        services.topic_delete(topic=topic)
+        # Novu's v1 deletes only a topic without members (its v2 removes them too).
+        services.topic_delete(topic=topic, only_if_empty=self.version == 1)
         return Response({"data": {"acknowledged": True}})
 
 
@@ -804,7 +805,14 @@ class TopicDetailApi(APIView):
             200: _wrapped("TopicDetailResponse", TopicDetailOutput()),
             **error_responses(404),
         },
-    )
+    ),
+    delete=extend_schema(
+        summary="Delete a topic that has no members",
+        responses={
+            200: _wrapped("TopicDeletedV1", AckResult()),
+            **error_responses(404, 409),
+        },
+    ),
 )
 class TopicDetailV1Api(TopicDetailApi):
     version = 1

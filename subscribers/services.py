@@ -471,13 +471,23 @@ def topic_update(*, topic: Topic, values: dict[str, Any]) -> Topic:
     return topic
 
 
-def topic_delete(*, topic: Topic) -> None:
+def topic_delete(*, topic: Topic, only_if_empty: bool = False) -> None:
+    """Delete a topic and its subscriptions; with `only_if_empty` (Novu's v1), a 409
+    for a topic that has members, which stay."""
     with transaction.atomic():
         # Locked first, as subscriber_delete locks its row: a subscription being added
         # meanwhile commits before (and is deleted with the topic) or finds it gone.
         # Collected before it committed, the delete was refused by its foreign key, a 500.
-        if Topic.objects.select_for_update().filter(pk=topic.pk).exists():
-            topic.delete()
+        if not Topic.objects.select_for_update().filter(pk=topic.pk).exists():
+            return
+        # Read under the lock, which a subscribe takes too: no member added unseen.
+        if only_if_empty and TopicSubscription.objects.filter(topic=topic).exists():
+            raise ApiError(
+                409,
+                "topic_not_empty",
+                f"Topic '{topic.key}' can't be deleted as it still has subscribers assigned",
+            )
+        topic.delete()
 
 
 def topic_subscribe(

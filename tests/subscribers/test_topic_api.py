@@ -347,6 +347,20 @@ def test_delete_removes_the_topic_but_not_its_members(keyed: tuple[Client, str])
     assert_error(call(key, "get", "/v2/topics/news"), 404, "/v2/topics/news")
 
 
+def test_v1_delete_refuses_a_topic_with_members_as_novu_does(keyed: tuple[Client, str]) -> None:
+    """Novu's v1 delete (novu 1.14's TopicApi.delete) is a 409 for a topic that still has
+    members, which stay; norm deleted it and its subscriptions. v2's removes them too."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    error = assert_error(call(key, "delete", "/v1/topics/news"), 409, "/v1/topics/news")
+    assert error["code"] == "topic_not_empty" and "subscribers" in error["message"]
+    assert members(client, "news") == ["ann"]
+
+    ok(call(key, "post", "/v1/topics/news/subscribers/removal", {"subscribers": ["ann"]}))
+    assert ok(call(key, "delete", "/v1/topics/news")) == {"data": {"acknowledged": True}}
+    assert not Topic.objects.filter(client=client).exists()
+
+
 # --- members ----------------------------------------------------------------------------------
 
 
