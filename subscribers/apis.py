@@ -701,7 +701,9 @@ class TopicListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         body = _valid(TopicInput, request.data).validated_data
-        fail_if_exists = _fail_if_exists(request)  # told by the upsert, as a subscriber's
+        # Told by the upsert, as a subscriber's. Novu's v1 creates only: a key taken is
+        # its 409, the topic's name kept (novu 1.14 raises for it).
+        fail_if_exists = self.version == 1 or _fail_if_exists(request)
         topic, created = services.topic_upsert(
             client=request.user, key=body["key"], name=body.get("name"), update=not fail_if_exists
         )
@@ -709,9 +711,7 @@ class TopicListApi(APIView):
             raise ApiError(
                 409, "topic_exists", f"Topic '{body['key']}' already exists", body=topic_dto(topic)
             )
-        return Response(
-            {"data": topic_dto(topic)}, status=201 if created or self.version == 1 else 200
-        )
+        return Response({"data": topic_dto(topic)}, status=201 if created else 200)
 
     @extend_schema(
         operation_id="v2_topics_list",

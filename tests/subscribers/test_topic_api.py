@@ -90,10 +90,18 @@ def test_a_topic_without_a_name_is_answered_without_one_not_with_null(key: str) 
     assert "name" not in ok(call(key, "get", "/v1/topics/news"))["data"]
 
 
-def test_v1_create_is_201(keyed: tuple[Client, str]) -> None:
+def test_v1_create_is_201_and_a_409_for_a_key_taken(keyed: tuple[Client, str]) -> None:
+    """Novu's v1 create is no upsert: a key taken is a 409 (novu 1.14's TopicApi.create
+    raises), the topic's name kept; norm renamed the topic and answered 201."""
     client, key = keyed
     assert ok(call(key, "post", "/v1/topics", {"key": "news", "name": "News"}), 201)["data"]["key"]
     assert Topic.objects.filter(client=client, key="news").exists()
+
+    error = assert_error(
+        call(key, "post", "/v1/topics", {"key": "news", "name": "Other"}), 409, "/v1/topics"
+    )
+    assert error["code"] == "topic_exists"
+    assert Topic.objects.get(client=client, key="news").name == "News"
 
 
 def test_fail_if_exists_is_409(keyed: tuple[Client, str]) -> None:
