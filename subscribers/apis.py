@@ -1062,6 +1062,39 @@ class TopicSubscriptionsApi(APIView):
         return Response(page)
 
 
+class SubscriberSubscriptionsApi(APIView):
+    @extend_schema(
+        tags=["Subscribers"],
+        operation_id="v2_subscribers_subscriptions_list",
+        summary="List a subscriber's topic subscriptions by cursor",
+        parameters=[*_CURSOR, OpenApiParameter("key", description="the topic's key, exact")],
+        responses={
+            200: _cursor_page("SubscriberSubscriptionCursorPage", SubscriptionOutput),
+            **error_responses(400, 404),
+        },
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        """novu-py's subscribers.topics.list: the same subscriptions a topic's list
+        answers, of one subscriber, newest first unless asked for ASC, as Novu's."""
+        subscriber = selectors.subscriber_get(
+            client_id=request.user.pk, subscriber_id=subscriber_id
+        )
+        if query_filters_given(request.query_params, ["contextKeys"]):
+            raise ApiError(400, "invalid_query", "norm cannot filter subscriptions by contextKeys")
+        topics = selectors.subscriber_topics(subscriber=subscriber)
+        if key := query_text(request.query_params, "key"):
+            topics = topics.filter(key=key)
+
+        def dto(topic: Any) -> dict[str, Any]:
+            subscriber.subscribed_at = topic.subscribed_at
+            return _subscription_dto(topic, subscriber)
+
+        page = cursor_page(
+            request, topics, dto, default_descending=True, order_by=SUBSCRIPTION_ORDER_BY
+        )
+        return Response(page)
+
+
 class SubscriptionDetailOutput(serializers.Serializer):
     id = serializers.CharField(help_text="the subscription's `_id` in the lists")
     identifier = serializers.CharField(help_text="<topic key>:<subscriberId>")

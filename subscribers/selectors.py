@@ -60,3 +60,11 @@ def topic_member_ids(*, topic: Topic, limit: int) -> list[str]:
     """The subscriberIds of a topic's first `limit` members, oldest subscriber first."""
     rows = TopicSubscription.objects.filter(topic=topic).order_by("subscriber_id")
     return list(rows.values_list("subscriber__subscriber_id", flat=True)[:limit])
+
+
+def subscriber_topics(*, subscriber: Subscriber) -> QuerySet[Topic]:
+    """The topics a subscriber is a member of, each with `subscribed_at`, as
+    topic_members gives a topic's members (a subscriber has few: its foreign key's
+    index reads them)."""
+    topics = Topic.objects.filter(topicsubscription__subscriber=subscriber)
+    return topics.annotate(subscribed_at=F("topicsubscription__created_at"))

@@ -14,6 +14,10 @@ urlpatterns = [
     path("v1/subscribers/bulk", apis.SubscriberBulkApi.as_view(), {"subscriber_id": "bulk"}),
     path("v2/subscribers/<trimmed:subscriber_id>", apis.SubscriberDetailApi.as_view()),
     path("v1/subscribers/<trimmed:subscriber_id>", apis.SubscriberDetailApi.as_view()),
+    path(
+        "v2/subscribers/<trimmed:subscriber_id>/subscriptions",
+        apis.SubscriberSubscriptionsApi.as_view(),
+    ),
     path("v2/topics", apis.TopicListApi.as_view()),
     path("v1/topics", apis.TopicListV1Api.as_view()),
     path("v2/topics/<trimmed:key>", apis.TopicDetailApi.as_view()),

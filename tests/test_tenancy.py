@@ -106,6 +106,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("delete", "v2/subscribers/<trimmed:subscriber_id>", "/v2/subscribers/ann", None, 404),
         ("put", "v1/subscribers/<trimmed:subscriber_id>", "/v1/subscribers/ann",
          {"email": "e@x.y"}, 404),
+        ("get", "v2/subscribers/<trimmed:subscriber_id>/subscriptions",
+         "/v2/subscribers/ann/subscriptions", None, 404),
         ("get", "v2/topics", "/v2/topics?key=news", None, 200),
         ("get", "v2/topics", f"/v2/topics?before={topic.pk + 1}&orderDirection=ASC", None, 200),
         ("get", "v1/topics", "/v1/topics?key=news", None, 200),

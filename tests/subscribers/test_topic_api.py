@@ -813,6 +813,40 @@ def test_v2_a_subscription_is_got_by_the_identifier_or_id_it_is_listed_with(
         novu.topics.subscriptions.get_subscription(topic_key="news", identifier="news:bob")
 
 
+def test_v2_a_subscribers_subscriptions_are_listed_by_cursor_newest_first(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    """novu-py's subscribers.topics.list (GET /v2/subscribers/{id}/subscriptions) had no
+    route: a 404 for a subscriber that exists. It now lists the subscriber's topic
+    subscriptions as a topic's list does, newest first, `key` filtering by topic."""
+    _, key = keyed
+    for topic in ("news", "deals", "sports"):
+        call(key, "post", f"/v2/topics/{topic}/subscriptions", {"subscriberIds": ["ann"]})
+    call(key, "post", "/v2/topics/other/subscriptions", {"subscriberIds": ["bob"]})
+    novu = novu_py_for(key)
+
+    first = novu.subscribers.topics.list(request={"subscriber_id": "ann", "limit": 2}).result
+    assert [s.topic.key for s in first.data] == ["sports", "deals"]
+    assert (first.total_count, first.next is not None) == (3, True)
+    assert {s.subscriber.subscriber_id for s in first.data if s.subscriber} == {"ann"}
+    request = {"subscriber_id": "ann", "limit": 2, "after": first.next}
+    rest = novu.subscribers.topics.list(request=request).result
+    assert [s.topic.key for s in rest.data] == ["news"]
+    assert [s.identifier for s in rest.data] == ["news:ann"]
+
+    request = {"subscriber_id": "ann", "key": "deals"}
+    assert [s.topic.key for s in novu.subscribers.topics.list(request=request).result.data] == [
+        "deals"
+    ]
+    empty = ok(call(key, "get", "/v2/subscribers/cid/subscriptions"))
+    assert (empty["data"], empty["totalCount"]) == ([], 0)
+    for path, caller in (
+        ("/v2/subscribers/nobody/subscriptions", key),
+        ("/v2/subscribers/ann/subscriptions", other[1]),
+    ):
+        assert_error(call(caller, "get", path), 404, path)
+
+
 def test_membership_check_of_the_subscriber_named_removal_is_answered(
     keyed: tuple[Client, str],
 ) -> None:
