@@ -135,6 +135,23 @@ class NormAdmin(admin.ModelAdmin):
         return super().response_action(request, queryset)
 
 
+class KeySearch:
+    """A search by exact keys (`search_matches`), those of related rows looked up first,
+    each by its own index: Django's search ORs its fields over a join of every row to its
+    related rows, which no index serves."""
+
+    def search_matches(self, term: str) -> Q:
+        raise NotImplementedError
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(self.search_matches(term)), False
+
+
 class ReadOnlyAdmin(NormAdmin):
     """Rows written by the pipeline: shown, never hand-edited (that would bypass the claims)."""
 
@@ -276,7 +293,7 @@ ACTION_BUDGET_SECONDS = 20.0
 
 
 @admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdmin):
+class NotificationAdmin(KeySearch, ReadOnlyAdmin):
     list_display = [
         "id",
         "workflow_id",
@@ -326,23 +343,15 @@ class NotificationAdmin(ReadOnlyAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("workflows.change_notification")
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Notification], search_term: str
-    ) -> tuple[QuerySet[Notification], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        # The subscribers and the trigger looked up first, the notifications then read by
-        # their keys: Django's search ORs the fields over a join of every notification to
-        # its subscriber and trigger, which no index serves (0.9 s a page over 200,000).
+    def search_matches(self, term: str) -> Q:
+        # Joined, 0.9 s a page over 200,000 notifications.
         subscribers = Subscriber.objects.filter(Q(subscriber_id=term) | Q(email__iexact=term))
         events = TriggerEvent.objects.filter(transaction_id=term)
-        matches = (
+        return (
             Q(subscriber_id__in=list(subscribers.values_list("pk", flat=True)))
             | Q(trigger_event_id__in=list(events.values_list("pk", flat=True)))
             | Q(workflow_id=term)
         )
-        return queryset.filter(matches), False
 
     @admin.display(description="payload")
     def payload_json(self, notification: Notification) -> SafeString:
@@ -437,7 +446,7 @@ class NotificationAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Step)
-class StepAdmin(StepJSON, ReadOnlyAdmin):
+class StepAdmin(KeySearch, StepJSON, ReadOnlyAdmin):
     list_display = ["step_id", "type", "status", "notification", "position", "due_at", "attempts"]
     list_filter = [
         "status",
@@ -456,19 +465,11 @@ class StepAdmin(StepJSON, ReadOnlyAdmin):
     exclude = ["outputs", "providers", "result"]
     readonly_fields = ["outputs_json", "providers_json", "live_result", "message_link"]
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Step], search_term: str
-    ) -> tuple[QuerySet[Step], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        # The subscriber looked up first, the steps then read by their notifications' keys,
-        # as the notifications' search does: Django's search ORs the fields over a join of
-        # every step to its notification and subscriber (1.2 s a page over 200,000).
+    def search_matches(self, term: str) -> Q:
+        # Joined, 1.2 s a page over 200,000 steps.
         subscribers = Subscriber.objects.filter(subscriber_id=term).values_list("pk", flat=True)
         notifications = Notification.objects.filter(subscriber_id__in=list(subscribers))
-        matches = Q(step_id=term) | Q(notification_id__in=notifications.values("pk"))
-        return queryset.filter(matches), False
+        return Q(step_id=term) | Q(notification_id__in=notifications.values("pk"))
 
     @admin.display(description="providers")
     def providers_json(self, step: Step) -> SafeString:
