@@ -6,6 +6,7 @@ import os
 import socketserver
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone as django_timezone
 
@@ -277,6 +279,24 @@ def another_waits_for_a_lock() -> None:
     raise AssertionError("no connection waited for a lock")
 
 
+@pytest.fixture(params=["local memory", "redis"])
+def counters(request: pytest.FixtureRequest, settings: Any) -> None:
+    """The store of the trigger rate's and the admin logins' counters: local memory
+    (`make run`, no NORM_CACHE_URL) or Redis, the production one."""
+    if request.param == "redis":
+        if not settings.CELERY_BROKER_URL.startswith("redis://"):
+            pytest.skip("no Redis: CELERY_BROKER_URL is not redis://")
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": settings.CELERY_BROKER_URL,
+                "KEY_PREFIX": f"test-{uuid.uuid4()}",  # no other run's counters
+            }
+        }
+    else:
+        cache.clear()
+
+
 class InThread:
     """`work` on a thread and a connection of its own; `join` returns what it returned,
     or raises what it raised."""
@@ -336,33 +356,14 @@ def held(rows: Any, release: threading.Event) -> InThread:
     return holder
 
 
-class Meanwhile:
+class Meanwhile(InThread):
     """Runs `work` in another thread and gives it a second: long enough to finish,
     unless it waits for a lock the caller holds. `join` waits for the rest, and returns
     what `work` returned."""
 
     def __init__(self, work: Callable[[], Any]) -> None:
-        self.error: Exception | None = None
-        self.result: Any = None
-
-        def run() -> None:
-            try:
-                self.result = work()
-            except Exception as exc:
-                self.error = exc
-            finally:
-                connection.close()
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
+        super().__init__(work)
         self.thread.join(1)
-
-    def join(self) -> Any:
-        self.thread.join(20)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 # (method, path with its query, body, headers) -> (status, JSON answer, headers)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django.core.cache import cache
 from django.test import Client as Browser
 from django.urls import reverse
 
@@ -21,24 +19,6 @@ LOGIN = "/admin/login/"
 GUESSER = "203.0.113.7"
 ADMIN_AT = "198.51.100.4"
 REFUSED = "Too many failed logins"
-
-
-@pytest.fixture(params=["local memory", "redis"])
-def counters(request: pytest.FixtureRequest, settings: Any) -> None:
-    """The counters' store: local memory (`make run`, no NORM_CACHE_URL) or Redis, the
-    production one."""
-    if request.param == "redis":
-        if not settings.CELERY_BROKER_URL.startswith("redis://"):
-            pytest.skip("no Redis: CELERY_BROKER_URL is not redis://")
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": settings.CELERY_BROKER_URL,
-                "KEY_PREFIX": f"test-{uuid.uuid4()}",  # no other run's counters
-            }
-        }
-    else:
-        cache.clear()
 
 
 @pytest.fixture

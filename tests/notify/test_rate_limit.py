@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -135,21 +134,6 @@ def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
     assert trigger().status_code == 201
     assert trigger().status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 2
-
-
-@pytest.fixture(params=["local memory", "redis"])
-def counters(request: pytest.FixtureRequest, settings: Any) -> None:
-    """The counters' store: local memory (no NORM_CACHE_URL) or Redis, the production one."""
-    if request.param == "redis":
-        if not settings.CELERY_BROKER_URL.startswith("redis://"):
-            pytest.skip("no Redis: CELERY_BROKER_URL is not redis://")
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": settings.CELERY_BROKER_URL,
-                "KEY_PREFIX": f"test-{uuid.uuid4()}",  # no other run's counters
-            }
-        }
 
 
 @pytest.mark.django_db
