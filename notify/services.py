@@ -64,7 +64,7 @@ def client_create(
             raise ValueError(f"{field}: a client's {field} has at most {most} characters")
     # As the admin's form: the column's length, which a trigger's resource has too.
     longest = Client._meta.get_field("bridge_url").max_length
-    for url in [bridge_url, *(allowed_bridge_urls or [])]:
+    for url in [bridge_url, *allowed_bridge_urls]:
         try:
             BridgeURLValidator()(url)
         except ValidationError as exc:
