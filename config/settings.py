@@ -174,6 +174,13 @@ if _PROXY_SSL_HEADER:
 SECURE_HSTS_SECONDS = env_int(
     "SECURE_HSTS_SECONDS", 365 * 24 * 3600 if _PROXY_SSL_HEADER else 0, non_negative=True
 )
+# How many proxies (nginx, a load balancer) stand between clients and norm, each of which
+# appends the address it saw to X-Forwarded-For: the client's address is then the entry
+# that many from the right (config/addresses.py), for the admin login's throttle and any
+# DRF throttle (its NUM_PROXIES). 0 reads the peer's address and never the header, which
+# any client can send; behind a proxy the peer is the proxy, for every client alike.
+# Set it only when norm cannot be reached but through those proxies.
+NORM_NUM_PROXIES = env_int("NORM_NUM_PROXIES", 0, non_negative=True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -318,6 +325,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # Unset (None), DRF's get_ident would take a client's own X-Forwarded-For as it came.
+    "NUM_PROXIES": NORM_NUM_PROXIES,
 }
 
 SPECTACULAR_SETTINGS = {

@@ -18,12 +18,15 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
+from config.addresses import client_address
+
 logger = logging.getLogger(__name__)
 
 # Failed logins of one username from one address before its logins are refused; and
 # how long the refusal lasts, counted from the first failure: a refusal ends on its own,
 # and a guesser elsewhere does not lock an admin out (its address is another key), unless
-# both reach norm through one proxy, whose address is then theirs (README, Admin).
+# both reach norm through one proxy not counted in NORM_NUM_PROXIES, whose address is
+# then theirs (README, Admin).
 LOGIN_FAILURES = 5
 LOGIN_LOCK_SECONDS = 15 * 60
 
@@ -65,7 +68,7 @@ class ThrottledLoginForm(AdminAuthenticationForm):
 
     def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username") or ""
-        address = (self.request.META.get("REMOTE_ADDR") if self.request else None) or ""
+        address = client_address(self.request) if self.request else ""
         key = _key(username, address)
         try:
             counted = cache.get_many([key, _ends(key)])

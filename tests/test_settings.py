@@ -435,3 +435,12 @@ def test_make_run_still_takes_any_host_by_default() -> None:
     assert subprocess.run([sys.executable, "-c", script], **run).stdout == "['*']\n"
     done = subprocess.run([sys.executable, "manage.py", "check"], **run)
     assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_the_proxies_trusted_are_read_for_norm_and_for_drfs_throttles() -> None:
+    assert settings_from({}, "NORM_NUM_PROXIES")["NORM_NUM_PROXIES"] == 0
+    read = settings_from({"NORM_NUM_PROXIES": "2"}, "NORM_NUM_PROXIES", "REST_FRAMEWORK")
+    assert read["NORM_NUM_PROXIES"] == 2
+    # DRF's get_ident, left at None, takes the whole X-Forwarded-For a client sent.
+    assert read["REST_FRAMEWORK"]["NUM_PROXIES"] == 2
+    assert "NORM_NUM_PROXIES must be 0 or more" in refused_at_start({"NORM_NUM_PROXIES": "-1"})

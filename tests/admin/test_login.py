@@ -165,3 +165,55 @@ def test_a_strong_admin_password_is_taken(client: Any, staff: Any) -> None:
     assert response.status_code == 302
     staff.refresh_from_db()
     assert staff.check_password(strong)
+
+
+PROXY = "10.0.0.2"
+
+
+def _login_proxied(username: str, password: str, forwarded: str) -> tuple[Browser, str]:
+    """A login through a proxy at PROXY that appends the peer it saw to X-Forwarded-For
+    (nginx's $proxy_add_x_forwarded_for): `forwarded` is the header norm receives."""
+    browser = Browser()
+    response = browser.post(
+        LOGIN,
+        {"username": username, "password": password},
+        REMOTE_ADDR=PROXY,
+        HTTP_X_FORWARDED_FOR=forwarded,
+    )
+    return browser, response.content.decode() if response.status_code == 200 else ""
+
+
+def test_behind_a_trusted_proxy_a_guesser_holds_off_no_one_else(
+    counters: None, staff: Any, settings: Any
+) -> None:
+    """NORM_NUM_PROXIES=1: each login counted by the address the proxy saw. Counted by
+    the proxy's, as before, one guesser held the username off for everyone."""
+    settings.NORM_NUM_PROXIES = 1
+    for i in range(logins.LOGIN_FAILURES):
+        # Entries of the guesser's own, before the proxy's, change nothing.
+        browser, page = _login_proxied("ops", "a-guess", f"192.0.2.{i + 1}, {GUESSER}")
+        assert not _logged_in(browser) and "Please enter the correct username" in page
+
+    assert REFUSED in _login_proxied("ops", "right-password", GUESSER)[1]
+    assert _logged_in(_login_proxied("ops", "right-password", ADMIN_AT)[0])
+    # Some proxies write the client's port, which it picks for each connection.
+    assert REFUSED in _login_proxied("ops", "right-password", f"{GUESSER}:51234")[1]
+
+
+def test_with_no_proxy_trusted_a_client_cannot_name_its_address(
+    counters: None, staff: Any, settings: Any
+) -> None:
+    """NORM_NUM_PROXIES=0, the default: X-Forwarded-For is the client's to write, so it
+    is not read; each guess naming another address is still the peer's."""
+    settings.NORM_NUM_PROXIES = 0
+    for i in range(logins.LOGIN_FAILURES):
+        browser = Browser()
+        browser.post(
+            LOGIN,
+            {"username": "ops", "password": "a-guess"},
+            REMOTE_ADDR=GUESSER,
+            HTTP_X_FORWARDED_FOR=f"192.0.2.{i + 1}",
+        )
+        assert not _logged_in(browser)
+
+    assert REFUSED in _login("ops", "right-password", GUESSER)[1]
