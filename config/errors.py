@@ -8,6 +8,7 @@ Novu's clients parse `{statusCode, timestamp, path, message, error}`; a 400 unde
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -207,7 +208,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
             status = 401
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            headers = {"Retry-After": str(int(exc.wait) + 1)}
+            # The seconds the message says (DRF rounds the throttle's wait up): a second
+            # more here told a client one thing in the header and another in the body.
+            headers = {"Retry-After": str(max(1, math.ceil(exc.wait)))}
     else:
         error_id = str(uuid.uuid4())
         logger.exception("unhandled API error %s on %s", error_id, path)

@@ -137,6 +137,28 @@ def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(("into_the_minute", "told"), [(0.5, 61), (30.0, 31), (59.75, 2)])
+def test_retry_after_and_the_message_name_the_same_seconds(
+    enqueued, monkeypatch: pytest.MonkeyPatch, into_the_minute: float, told: int
+) -> None:
+    """Whole seconds to the next minute, rounded up, and one more for the web processes'
+    clocks: the header said a second more than the body (61 and 60, 31 and 30), and a
+    client reading the body came back while the minute was still counted."""
+    client, key = client_with_key(rate_limit_per_minute=1)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    minute = (int(time.time()) // 60 + 20) * 60  # a minute's start, ahead of any other test's
+    monkeypatch.setattr(throttling, "time", SimpleNamespace(time=lambda: minute + into_the_minute))
+    body = {"name": "welcome", "to": "ann"}
+    assert api_for(key).post("/v1/events/trigger", body, format="json").status_code == 201
+
+    refused = api_for(key).post("/v1/events/trigger", body, format="json")
+
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == str(told)
+    assert f"Expected available in {told} seconds." in refused.json()["message"]
+
+
+@pytest.mark.django_db
 def test_a_refused_request_spends_none_of_the_rate(enqueued, counters: None) -> None:
     client, key = client_with_key(rate_limit_per_minute=5)
     BridgeWorkflowFactory(client=client, workflow_id="welcome")
