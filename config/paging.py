@@ -37,9 +37,11 @@ def query_int(
 
     novu-py sends numbers as floats (`limit=10.0`); anything else that is not a whole
     number in range is a 400 that names the parameter, and says the range it takes.
+    Empty or white space is absent, as for a filter (query_values): `limit=%20` was a 400
+    where `limit=` was the default and `limit=%2010` was 10.
     """
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
+    raw = request.query_params.get(name, "").strip()
+    if raw == "":
         return default
     try:
         value = float(raw)
@@ -63,8 +65,9 @@ def query_bool(request: Request, name: str) -> bool | None:
     """`true` or `false` (any case) from the query string; None when absent or empty.
     Anything else is a 400 that names the parameter: read as absent, `read=0` listed
     the read notifications with the unread (Novu reads it as false, any value but
-    `true`; a caller meaning "no" by it gets that, meaning "yes" the opposite)."""
-    raw = request.query_params.get(name, "").lower()
+    `true`; a caller meaning "no" by it gets that, meaning "yes" the opposite). Trimmed,
+    as a number and a filter are: white space alone is absent."""
+    raw = request.query_params.get(name, "").strip().lower()
     if raw in ("", "true", "false"):
         return None if raw == "" else raw == "true"
     message = "must be true or false"

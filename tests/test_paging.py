@@ -82,6 +82,28 @@ def test_every_list_refuses_a_bad_number_alike(
 
 
 @pytest.mark.parametrize("path", PAGE_LISTS + CURSOR_LISTS)
+@pytest.mark.parametrize("blank", ["", "%20", "%20%09"])
+def test_a_blank_page_or_limit_is_absent_as_an_empty_one(
+    tenant: tuple[Any, Any], path: str, blank: str
+) -> None:
+    """White space was a 400 where nothing was the default, though neither names a
+    number, and a filter (`subscriberId=%20`) reads both as absent."""
+    client, api = tenant
+    SubscriberFactory.create_batch(11, client=client)
+    SubscriberFactory(client=client, subscriber_id="ann")
+    for i in range(11):
+        Topic.objects.create(client=client, key=f"topic-{i}")
+
+    response = api.get(f"{path}?limit={blank}&page={blank}")
+
+    assert response.status_code == 200, response.content
+    if path in PAGE_LISTS:
+        assert (response.json()["page"], response.json()["pageSize"]) == (0, 10)
+    else:
+        assert len(response.json()["data"]) == 10
+
+
+@pytest.mark.parametrize("path", PAGE_LISTS + CURSOR_LISTS)
 def test_a_limit_beyond_a_billion_is_read_as_100_as_any_above_100(rows: Any, path: str) -> None:
     body = rows.get(f"{path}?limit=9371254040978554617856").json()
     assert len(body["data"]) == 100
@@ -147,3 +169,17 @@ def test_a_boolean_in_the_query_reads_true_false_in_any_case_and_empty_as_absent
 
     for value in ("true", "False", "TRUE", ""):
         assert api.get(f"/v2/subscribers/ann/notifications?read={value}").status_code == 200
+
+
+def test_a_boolean_in_the_query_is_trimmed_and_white_space_alone_is_absent(
+    tenant: tuple[Any, Any],
+) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    notification = NotificationFactory(trigger_event__client=client, subscriber=ann)
+    MessageFactory(step=StepFactory(notification=notification, type="in_app"))
+    feed = "/v2/subscribers/ann/notifications"
+
+    assert len(api.get(f"{feed}?read=%20").json()["data"]) == 1  # no filter, as read=
+    assert len(api.get(f"{feed}?read=%20false%20").json()["data"]) == 1  # the unread one
+    assert api.get(f"{feed}?read=%20true").json()["data"] == []
