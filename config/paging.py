@@ -77,11 +77,12 @@ def query_bool(request: Request, name: str) -> bool | None:
 
 
 def query_values(params: QueryDict, name: str) -> list[str]:
-    """The values the query string gives `name`, empty ones (or white space, as the
-    filters read them trimmed) left out: `contextKeys=` (what a form, a query builder or
-    novu-py given `[""]` sends for an unset field) asks for nothing, as an absent
-    parameter does."""
-    return [value for value in params.getlist(name) if value.strip()]
+    """The values the query string gives `name`, each trimmed, empty ones (or white
+    space) left out: `contextKeys=` (what a form, a query builder or novu-py given `[""]`
+    sends for an unset field) asks for nothing, as an absent parameter does. Trimmed as
+    a text filter is (query_text, a serializer's CharField): a choice's `channel=%20email`
+    was a 400, "not a valid choice", where `subscriberId=%20ann` found ann."""
+    return [value.strip() for value in params.getlist(name) if value.strip()]
 
 
 def query_text(params: QueryDict, name: str) -> str:
@@ -92,9 +93,10 @@ def query_text(params: QueryDict, name: str) -> str:
 
 
 def query_given(params: QueryDict) -> QueryDict:
-    """The query string without its empty values (query_values), for a filter
-    serializer: DRF leaves out an empty `subscriberId=`, but refused an empty
-    `transactionId=` (a repeatable one) or `subscriberId=%20` as blank, a 400."""
+    """The query string's values trimmed, without its empty ones (query_values), for a
+    filter serializer: DRF leaves out an empty `subscriberId=`, but refused an empty
+    `transactionId=` (a repeatable one) or `subscriberId=%20` as blank, a 400; and its
+    ChoiceField, unlike its CharField, does not trim."""
     given = QueryDict(mutable=True)
     for name in params:
         if values := query_values(params, name):

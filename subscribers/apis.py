@@ -472,9 +472,11 @@ def cursor_page(
     the order when the request names no `orderDirection`. `includeCursor=true`: the page
     holds the cursor's item too, as Novu's does."""
     limit = query_limit(request)
-    direction = request.query_params.get("orderDirection", "").upper()
+    # Trimmed, as every choice in the query is (query_values): `orderDirection=%20DESC`
+    # was read as no direction, the list in the other order; `orderBy=%20_id`, a 400.
+    direction = query_text(request.query_params, "orderDirection").upper()
     descending = direction == "DESC" or (default_descending and direction != "ASC")
-    field = order_by.get(request.query_params.get("orderBy") or "_id")
+    field = order_by.get(query_text(request.query_params, "orderBy") or "_id")
     if field is None:
         message = f"must be one of {', '.join(order_by)}"
         raise ApiError(

@@ -183,3 +183,29 @@ def test_a_boolean_in_the_query_is_trimmed_and_white_space_alone_is_absent(
     assert len(api.get(f"{feed}?read=%20").json()["data"]) == 1  # no filter, as read=
     assert len(api.get(f"{feed}?read=%20false%20").json()["data"]) == 1  # the unread one
     assert api.get(f"{feed}?read=%20true").json()["data"] == []
+
+
+def test_a_choice_in_the_query_is_trimmed_as_a_text_filter_is(tenant: tuple[Any, Any]) -> None:
+    """`subscriberId=%20ann` found ann (a CharField trims), but `channel=%20in_app` was a
+    400 "not a valid choice" (a ChoiceField does not), and `orderDirection=%20ASC` was
+    read as no direction at all: the list in the other order."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    notification = NotificationFactory(trigger_event__client=client, subscriber=ann)
+    MessageFactory(step=StepFactory(notification=notification, type="in_app"))
+    first, second = (Topic.objects.create(client=client, key=k) for k in ("first", "second"))
+
+    lists = {
+        "/v1/messages?channel=%20in_app&subscriberId=%20ann": 1,
+        "/v1/notifications?status=%20pending%20&channels=%20in_app": 1,
+        "/v2/subscribers/ann/notifications?severity=%20none": 1,
+        "/v2/subscribers/ann/notifications?severity=%20high": 0,
+    }
+    for path, count in lists.items():
+        response = api.get(path)
+        assert (response.status_code, len(response.json()["data"])) == (200, count), path
+
+    for order in ("orderDirection=%20ASC", "orderDirection=ASC%20&orderBy=%20createdAt"):
+        topics = api.get(f"/v2/topics?{order}")
+        assert topics.status_code == 200, (order, topics.content)
+        assert [t["key"] for t in topics.json()["data"]] == [first.key, second.key], order
