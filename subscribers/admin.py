@@ -4,10 +4,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -166,6 +167,38 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
         )
 
 
+def client_named(row: Subscriber | Topic) -> str:
+    """A subscriber's id or a topic's key, and its client's name: both repeat across
+    clients, and a member's pickers showed "ann" once for each client that has one."""
+    return f"{row} ({row.client})"
+
+
+class ClientNamedAutocomplete(AutocompleteJsonView):
+    """The admin's autocomplete (the add-a-member page's pickers): a subscriber or topic
+    named with its client, as its option is once chosen (TopicSubscriptionAdmin). The
+    operator otherwise picked one of several "ann" at a guess, the form refusing the
+    other client's."""
+
+    def get_queryset(self) -> QuerySet[Any]:
+        rows = super().get_queryset()
+        return rows.select_related("client") if rows.model in (Subscriber, Topic) else rows
+
+    def serialize_result(self, obj: Any, to_field_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = super().serialize_result(obj, to_field_name)
+        if isinstance(obj, Subscriber | Topic):
+            result["text"] = client_named(obj)
+        return result
+
+
+def _autocomplete(request: HttpRequest) -> HttpResponse:
+    return ClientNamedAutocomplete.as_view(admin_site=admin.site)(request)
+
+
+# Read by the site's URLs, built once every app's admin module is imported (as notify's
+# login_form is set).
+admin.site.autocomplete_view = _autocomplete  # type: ignore[method-assign]
+
+
 class TopicSubscriptionForm(forms.ModelForm):
     class Meta:
         model = TopicSubscription
@@ -179,7 +212,8 @@ class TopicSubscriptionForm(forms.ModelForm):
         topic, subscriber = cleaned.get("topic"), cleaned.get("subscriber")
         if topic and subscriber and topic.client_id != subscriber.client_id:
             raise forms.ValidationError(
-                f"'{subscriber}' is a subscriber of another client than the topic's."
+                f"'{subscriber}' is a subscriber of another client ({subscriber.client}) "
+                f"than the topic's ({topic.client})."
             )
         return cleaned
 
@@ -210,8 +244,8 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
     a membership is its pair, and a pair changed the same way would fail the same way."""
 
     form = TopicSubscriptionForm
-    list_display = ["topic", "subscriber", "created_at"]
-    list_select_related = ["topic", "subscriber"]
+    list_display = ["topic", "subscriber", "client", "created_at"]
+    list_select_related = ["topic__client", "subscriber"]
     autocomplete_fields = ["topic", "subscriber"]
     search_fields = ["=topic__key", "=subscriber__subscriber_id"]
     show_full_result_count = False
@@ -224,7 +258,16 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
             kwargs["widget"] = CheckedAutocomplete(
                 db_field, self.admin_site, using=kwargs.get("using")
             )
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name in self.autocomplete_fields:
+            # The chosen one, shown again with the form's error, named as the picker named it.
+            field.queryset = field.queryset.select_related("client")
+            field.label_from_instance = client_named
+        return field
+
+    @admin.display(description="client")
+    def client(self, subscription: TopicSubscription) -> str:
+        return str(subscription.topic.client)
 
     def save_model(
         self, request: HttpRequest, obj: TopicSubscription, form: Any, change: bool

@@ -910,6 +910,41 @@ def test_a_topic_member_must_be_a_subscriber_of_the_topics_client(admin_client) 
     assert list(topic.subscribers.all()) == [own]
 
 
+def test_a_members_pickers_and_list_name_each_subscriber_and_topics_client(admin_client) -> None:
+    """A subscriberId and a topic key repeat across clients: the add-a-member page's
+    pickers offered "ann" and "news" once for each client, nothing telling them apart,
+    and the form refused the other client's without saying whose either was."""
+    acme, beta = ClientFactory(name="Acme"), ClientFactory(name="Beta")
+    for client in (acme, beta):
+        SubscriberFactory(client=client, subscriber_id="ann")
+        Topic.objects.create(client=client, key="news")
+    picker = f"{reverse('admin:autocomplete')}?app_label=subscribers&model_name=topicsubscription"
+
+    offered = {
+        field: sorted(
+            r["text"]
+            for r in admin_client.get(f"{picker}&field_name={field}&term={term}").json()["results"]
+        )
+        for field, term in (("subscriber", "ann"), ("topic", "news"))
+    }
+
+    assert offered == {
+        "subscriber": ["ann (Acme)", "ann (Beta)"],
+        "topic": ["news (Acme)", "news (Beta)"],
+    }
+    news = Topic.objects.get(client=acme)
+    beta_ann = Subscriber.objects.get(client=beta)
+    refused = admin_client.post(
+        reverse("admin:subscribers_topicsubscription_add"),
+        {"topic": news.pk, "subscriber": beta_ann.pk},
+    ).content.decode()
+    assert "another client (Beta) than the topic&#x27;s (Acme)" in refused
+    assert f'<option value="{beta_ann.pk}" selected>ann (Beta)</option>' in refused
+    services.topic_subscribe(topic=news, subscriber_ids=["ann"])
+    listed = admin_client.get(reverse("admin:subscribers_topicsubscription_changelist"))
+    assert '<td class="field-client">Acme</td>' in listed.content.decode()
+
+
 @pytest.mark.parametrize(("topic", "subscriber"), [("abc", "own"), ("own", "1.5"), ("", "x")])
 def test_a_topic_member_whose_topic_or_subscriber_is_no_id_is_the_forms_error(
     admin_client, topic: str, subscriber: str
@@ -929,8 +964,8 @@ def test_a_topic_member_whose_topic_or_subscriber_is_no_id_is_the_forms_error(
     assert response.status_code == 200
     assert "Select a valid choice" in html or "This field is required" in html
     assert not TopicSubscription.objects.exists()
-    if topic == "own":  # the valid one is shown chosen, as before
-        assert f'<option value="{news.pk}" selected>news</option>' in html
+    if topic == "own":  # the valid one is shown chosen, as before, with its client
+        assert f'<option value="{news.pk}" selected>news ({ann.client.name})</option>' in html
 
 
 def test_a_subscriber_or_topic_keeps_its_client(admin_client) -> None:
