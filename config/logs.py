@@ -7,6 +7,7 @@ back since (and, asked, which rows).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Hashable
@@ -66,3 +67,30 @@ def clear_all() -> None:
     """Forget every line logged (tests, each of which expects its own)."""
     for quieted in _ALL:
         quieted.clear()
+
+
+class ClientErrorsQuieted(logging.Filter):
+    """Django's WARNING for each 4xx answer ("Unauthorized: /v1/events/trigger"), one line
+    a minute per status and route, saying how many it held back since. A caller with a
+    revoked key, or a broken or hostile one, flooded the log with a line per request,
+    which the access log already has; a flood of 401s or 429s stays in sight, counted.
+    By route (the URL's pattern), not by path: a 404 for each unknown subscriber, or a
+    scan of made-up paths (no route), would each have been a key of its own. 5xx answers
+    pass: norm logs its own (a 503 a minute, a 500's traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._quieted = Quieted()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if not isinstance(status, int) or not 400 <= status < 500:
+            return True
+        match = getattr(getattr(record, "request", None), "resolver_match", None)
+        held = self._quieted.due((status, getattr(match, "route", None)))
+        if held is None:
+            return False
+        if isinstance(record.args, tuple):  # Django's: the reason and the path
+            record.msg = f"{record.msg} (%d more such answers since the last such line)"
+            record.args = (*record.args, held)
+        return True

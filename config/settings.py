@@ -508,13 +508,20 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"bridge_query": {"()": "config.redact.BridgeQueryMasked"}},
+    "filters": {
+        "bridge_query": {"()": "config.redact.BridgeQueryMasked"},
+        "client_errors": {"()": "config.logs.ClientErrorsQuieted"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     # A logger's filters see only its own records: each urllib3 module that logs a
     # request's path has the filter (the bridge URL's token stays out of the log).
     "loggers": {
-        name: {"filters": ["bridge_query"]}
-        for name in ("urllib3.connectionpool", "urllib3.util.retry")
+        **{
+            name: {"filters": ["bridge_query"]}
+            for name in ("urllib3.connectionpool", "urllib3.util.retry")
+        },
+        # Django's line for each 4xx answer: one a minute per status and route.
+        "django.request": {"filters": ["client_errors"]},
     },
     "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
 }

@@ -8,6 +8,7 @@ from typing import Any
 
 import kombu.exceptions
 import pytest
+from rest_framework.test import APIClient
 
 from config import logs, pipeline
 from config.celery import app as celery_app
@@ -22,6 +23,7 @@ from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db
 
+TRIGGER = "/v1/events/trigger"
 BROKER_DOWN = "Error 111 connecting to 127.0.0.1:6379. Connection refused."
 
 
@@ -219,3 +221,44 @@ def test_a_bug_every_echo_trips_on_is_one_traceback_a_minute_naming_the_rows_it_
 
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.exc_info is not None and record.exc_info[0] is ValueError
+
+
+def test_answers_of_4xx_are_one_warning_a_minute_per_status_and_route(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Django logged a WARNING for every 4xx answer: a caller with a revoked key, or a
+    scan of made-up paths, put a line per request in the log (which the access log has
+    already). One a minute per status and route, counting those held back."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    caplog.set_level(logging.INFO)
+    api = APIClient()
+
+    def request_lines() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "django.request"]
+        assert {r.levelno for r in caplog.records if r.name == "django.request"} <= {
+            logging.WARNING
+        }
+        caplog.clear()
+        return lines
+
+    for _ in range(3):
+        assert api.post(TRIGGER, {"name": "w"}, format="json").status_code == 401
+    for path in ("/wp-login.php", "/.env"):  # no route: one key for them all
+        assert api.get(path).status_code == 404
+    assert api.get("/v1/subscribers/ann").status_code == 401  # another route
+    assert request_lines() == [
+        f"Unauthorized: {TRIGGER} (0 more such answers since the last such line)",
+        "Not Found: /wp-login.php (0 more such answers since the last such line)",
+        "Unauthorized: /v1/subscribers/ann (0 more such answers since the last such line)",
+    ]
+
+    assert api.post(TRIGGER, {"name": "w"}, format="json").status_code == 401
+    assert request_lines() == []
+    clock.now += logs.Quieted.PERIOD
+    assert api.post(TRIGGER, {"name": "w"}, format="json").status_code == 401
+    assert api.get("/xmlrpc.php").status_code == 404
+    assert request_lines() == [
+        f"Unauthorized: {TRIGGER} (3 more such answers since the last such line)",
+        "Not Found: /xmlrpc.php (1 more such answers since the last such line)",
+    ]
