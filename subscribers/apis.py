@@ -859,12 +859,23 @@ def _subscription_ids(request: Request, key: str | None = None) -> list[str]:
     Given the topic's `key` (an unsubscribe), an object may name its subscription by
     the identifier norm lists it with (_subscription_dto) instead."""
     body = request.data if isinstance(request.data, dict) else {}
-    if "subscriptions" not in body:
+    if key is not None and isinstance(request.data, dict) and not _given(body):
+        # Novu's unsubscribe takes a body that names neither list (novu-py sends `{}`
+        # for its request DTO left empty: both are optional) as nothing to remove, a
+        # 200. A subscribe is refused still: it would create its topic for no one.
+        return []
+    if body.get("subscriptions") is None:
         return _ids(request, "subscriberIds")
     items = body["subscriptions"]
     if isinstance(items, list):
         items = [_subscription_id(i, key) if isinstance(i, dict) else i for i in items]
     return _checked_ids(items, "subscriptions")
+
+
+def _given(body: dict[str, Any]) -> bool:
+    """Whether the body names `subscriptions` or `subscriberIds`: a null is as absent
+    to Novu's DTO (IsOptional) as a field left out."""
+    return any(body.get(field) is not None for field in ("subscriptions", "subscriberIds"))
 
 
 def _subscription_id(item: dict[str, Any], key: str | None) -> Any:

@@ -564,6 +564,35 @@ def test_v2_a_subscribe_or_unsubscribe_that_failed_for_every_id_is_a_400(
     assert empty["meta"] == {"totalCount": 0, "successful": 0, "failed": 0}
 
 
+def test_v2_an_unsubscribe_naming_no_one_is_a_200_that_removes_nothing(
+    keyed: tuple[Client, str],
+) -> None:
+    """novu-py sends `{}` for a request DTO left empty (both lists are optional), which
+    Novu's unsubscribe answers 200 with nothing removed, a 404 still for a topic that
+    does not exist: norm refused it with a 400 (not a list of subscriber ids)."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    novu = novu_py_for(key)
+
+    for body in ({}, {"subscriberIds": None, "subscriptions": None}):
+        result = novu.topics.subscriptions.delete(
+            topic_key="news", delete_topic_subscriptions_request_dto=body
+        ).result
+        assert (result.data, result.errors) == ([], None)
+        assert (result.meta.total_count, result.meta.successful, result.meta.failed) == (0, 0, 0)
+    assert ok(call(key, "delete", "/v2/topics/news/subscriptions"))["data"] == []
+    assert members(client, "news") == ["ann"]
+
+    path = "/v2/topics/nothing/subscriptions"
+    assert_error(call(key, "delete", path, {}), 404, path)
+    # A null list is as absent: the other one is read.
+    body = {"subscriptions": None, "subscriberIds": ["ann"]}
+    assert ok(call(key, "delete", "/v2/topics/news/subscriptions", body))["meta"]["successful"] == 1
+    # A subscribe naming no one is refused still: it would create the topic for nothing.
+    path = "/v2/topics/news/subscriptions"
+    assert_error(call(key, "post", path, {}), 400, path)
+
+
 @pytest.mark.parametrize(
     "subscriptions",
     [["ann", "bob"], [{"identifier": "news-ann", "subscriberId": "ann"}, {"subscriberId": "bob"}]],
