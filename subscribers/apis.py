@@ -42,7 +42,7 @@ from config.paging import (
     query_text,
 )
 from subscribers import recipients, selectors, services
-from subscribers.models import Subscriber, Topic
+from subscribers.models import Subscriber, Topic, default_subscription_identifier
 from subscribers.recipients import INLINE_FIELDS, SubscriberEmailValidator
 
 
@@ -196,6 +196,10 @@ class SubscriptionOutput(serializers.Serializer):
         avatar = serializers.CharField(allow_null=True)
 
     _id = serializers.CharField()
+    identifier = serializers.CharField(
+        help_text="as its subscribe gave it; by default tk_<topic key>:si_<subscriberId>"
+    )
+    name = serializers.CharField(required=False, help_text="left out when it has none")
     topic = TopicRef()
     subscriber = SubscriberRef()
     createdAt = TimestampField()
@@ -294,8 +298,15 @@ class DeleteWithBodySchema(AutoSchema):
                         },
                         "identifier": {
                             "type": "string",
-                            "description": "not kept; an unsubscribe may name the"
-                            " subscription by the one listed (<topic key>:<subscriberId>)",
+                            "maxLength": 255,
+                            "description": "the subscription's (on subscribe; by default"
+                            " tk_<topic key>:si_<subscriberId>); an unsubscribe may name"
+                            " a subscription by it alone",
+                        },
+                        "name": {
+                            "type": "string",
+                            "maxLength": 255,
+                            "description": "the subscription's (on subscribe)",
                         },
                     },
                 },
@@ -852,40 +863,80 @@ def _ids(request: Request, field: str) -> list[str]:
     return _checked_ids(ids, field)
 
 
-def _subscription_ids(request: Request, key: str | None = None) -> list[str]:
+def _subscription_ids(request: Request) -> list[str]:
     """v2's members: `subscriptions` (subscriberIds, or objects naming one), the field
-    novu-py 3.19 sends, or `subscriberIds`, which it deprecates for it. norm keeps one
-    subscription per subscriber and topic, so an object's `identifier` is not kept.
-    Given the topic's `key` (an unsubscribe), an object may name its subscription by
-    the identifier norm lists it with (_subscription_dto) instead."""
+    novu-py 3.19 sends, or `subscriberIds`, which it deprecates for it."""
     body = request.data if isinstance(request.data, dict) else {}
-    if key is not None and isinstance(request.data, dict) and not _given(body):
-        # Novu's unsubscribe takes a body that names neither list (novu-py sends `{}`
-        # for its request DTO left empty: both are optional) as nothing to remove, a
-        # 200. A subscribe is refused still: it would create its topic for no one.
-        return []
     if body.get("subscriptions") is None:
         return _ids(request, "subscriberIds")
     items = body["subscriptions"]
     if isinstance(items, list):
-        items = [_subscription_id(i, key) if isinstance(i, dict) else i for i in items]
+        items = [i.get("subscriberId") if isinstance(i, dict) else i for i in items]
     return _checked_ids(items, "subscriptions")
+
+
+def _subscriptions_named(request: Request) -> dict[str, services.SubscriptionNamed]:
+    """The `identifier` and `name` that a subscribe's `subscriptions` objects give
+    their subscriberIds (which _subscription_ids has checked): the first mention's of
+    a subscriberId named twice, as Novu reads them."""
+    items = request.data.get("subscriptions") if isinstance(request.data, dict) else None
+    named: dict[str, services.SubscriptionNamed] = {}
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            given = services.SubscriptionNamed(
+                identifier=_subscription_text(item, "identifier"),
+                name=_subscription_text(item, "name"),
+            )
+            named.setdefault(item["subscriberId"].strip(), given)
+        else:
+            named.setdefault(item.strip(), services.SubscriptionNamed())
+    return named
+
+
+def _subscription_text(item: dict[str, Any], field: str) -> str:
+    """A subscription's `identifier` or `name` as given, trimmed; "" if none."""
+    value = item.get(field)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value.strip()) > 255:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"'subscriptions': a subscription's {field} is a string of at most 255 characters",
+        )
+    return value.strip()
+
+
+def _unsubscriptions(request: Request) -> tuple[list[str], list[str]]:
+    """What an unsubscribe names: subscriberIds, as a subscribe does, and
+    subscriptions by their identifier: a `subscriptions` object with an `identifier`
+    and no subscriberId (given both, Novu removes the subscriber's every subscription
+    of the topic: norm's one). A body naming neither list (novu-py sends `{}` for its
+    request DTO left empty: both are optional) is nothing to remove, a 200 in Novu."""
+    body = request.data if isinstance(request.data, dict) else None
+    if body is not None and not _given(body):
+        return [], []
+    items = body.get("subscriptions") if body is not None else None
+    if not isinstance(items, list):
+        return _subscription_ids(request), []
+    if len(items) > 1000:
+        _checked_ids(items, "subscriptions")  # refused, as too many
+    identifiers: list[str] = []
+    named: list[Any] = []
+    for item in items:
+        identifier = item.get("identifier") if isinstance(item, dict) else None
+        if isinstance(identifier, str) and identifier.strip() and "subscriberId" not in item:
+            # Trimmed, as a subscriberId is: " news:ann" named no subscription of "news".
+            identifiers.append(identifier.strip())
+        else:
+            named.append(item.get("subscriberId") if isinstance(item, dict) else item)
+    return _checked_ids(named, "subscriptions"), identifiers
 
 
 def _given(body: dict[str, Any]) -> bool:
     """Whether the body names `subscriptions` or `subscriberIds`: a null is as absent
     to Novu's DTO (IsOptional) as a field left out."""
     return any(body.get(field) is not None for field in ("subscriptions", "subscriberIds"))
-
-
-def _subscription_id(item: dict[str, Any], key: str | None) -> Any:
-    """The subscriberId a `subscriptions` object names; None if none."""
-    identifier = item.get("identifier")
-    if "subscriberId" in item or key is None or not isinstance(identifier, str):
-        return item.get("subscriberId")
-    # Trimmed, as a subscriberId given is: " news:ann" named no subscription of "news".
-    subscriber_id = identifier.strip().removeprefix(f"{key}:")
-    return subscriber_id if subscriber_id != identifier else None
 
 
 def _checked_ids(ids: Any, field: str) -> list[str]:
@@ -902,11 +953,16 @@ def _checked_ids(ids: Any, field: str) -> list[str]:
 
 
 def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
-    """`subscriber` as selectors.topic_members gives it, with `subscribed_at`."""
+    """`subscriber` as selectors.topic_members gives it, with `subscribed_at` and its
+    subscription's identifier and name."""
+    named = subscriber.subscription_name
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
-        # What an unsubscribe may name it by (_subscription_id).
-        "identifier": f"{topic.key}:{subscriber.subscriber_id}",
+        # What its GET, PATCH and unsubscribe name it by (selectors.topic_member_named).
+        "identifier": subscriber.subscription_identifier
+        or default_subscription_identifier(topic.key, subscriber.subscriber_id),
+        # Left out when none, as Novu's (optional, not nullable).
+        **({"name": named} if named else {}),
         "topic": {"_id": str(topic.pk), "key": topic.key, **_topic_name(topic)},
         "subscriber": {
             "_id": str(subscriber.pk),
@@ -923,13 +979,17 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
 
 def _with_subscribed_at(topic: Topic, members: list[Subscriber]) -> list[Subscriber]:
     """`members` with the time each was subscribed: now for one unsubscribed since."""
-    at = dict(
-        selectors.topic_members(topic=topic)
-        .filter(pk__in=[m.pk for m in members])
-        .values_list("pk", "subscribed_at")
-    )
+    rows = selectors.topic_members(topic=topic).filter(pk__in=[m.pk for m in members])
+    at = {
+        pk: (subscribed_at, identifier, name)
+        for pk, subscribed_at, identifier, name in rows.values_list(
+            "pk", "subscribed_at", "subscription_identifier", "subscription_name"
+        )
+    }
     for member in members:
-        member.subscribed_at = at.get(member.pk) or timezone.now()
+        member.subscribed_at, member.subscription_identifier, member.subscription_name = at.get(
+            member.pk, (timezone.now(), "", "")
+        )
     return members
 
 
@@ -992,6 +1052,7 @@ class TopicSubscriptionsApi(APIView):
     )
     def post(self, request: Request, key: str) -> Response:
         ids = _subscription_ids(request)
+        named = _subscriptions_named(request)
         # Novu scopes a subscription to a context, or to some workflows; norm keeps
         # neither, and a subscription to everything would reach more than was asked.
         scoped = sorted(k for k in ("context", "preferences") if request.data.get(k))
@@ -1000,10 +1061,9 @@ class TopicSubscriptionsApi(APIView):
                 400, "invalid_request", f"norm cannot scope a subscription by {', '.join(scoped)}"
             )
         name = _topic_name_given(request, required=False)
-        topic, members, missing = services.topic_upsert_subscribe(
-            client=request.user, key=key, name=name, subscriber_ids=ids
+        topic, members, missing, refused = services.topic_upsert_subscribe(
+            client=request.user, key=key, name=name, subscriber_ids=ids, named=named
         )
-        meta = {"totalCount": len(ids), "successful": len(members), "failed": len(missing)}
         errors = [
             {
                 "subscriberId": sid,
@@ -1011,7 +1071,11 @@ class TopicSubscriptionsApi(APIView):
                 "message": f"Subscriber '{sid}' was not found",
             }
             for sid in missing
+        ] + [
+            {"subscriberId": sid, "code": code, "message": message}
+            for sid, (code, message) in refused.items()
         ]
+        meta = {"totalCount": len(ids), "successful": len(members), "failed": len(errors)}
         _refuse_if_all_failed(meta, errors, "subscribed")
         return Response(
             {
@@ -1030,13 +1094,24 @@ class TopicSubscriptionsApi(APIView):
         responses={200: SubscriptionsRemoved, **error_responses(400, 404)},
     )
     def delete(self, request: Request, key: str) -> Response:
-        ids = _subscription_ids(request, key)
+        ids, identifiers = _unsubscriptions(request)
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         with _not_deleted_meanwhile(key):
-            removed = services.topic_unsubscribe(topic=topic, subscriber_ids=ids)
-        errors = _unsubscribe_errors(topic, ids, removed)
+            removed, unknown = services.topic_unsubscribe(
+                topic=topic, subscriber_ids=ids, identifiers=identifiers
+            )
+        errors = _unsubscribe_errors(topic, ids, removed) + [
+            # As Novu's: the subscriberId of an identifier that named none is not known.
+            {
+                "subscriberId": "unknown",
+                "code": "SUBSCRIPTION_NOT_FOUND",
+                "message": f"Subscription with identifier '{identifier}' not found",
+            }
+            for identifier in unknown
+        ]
         # Each id not removed once, as a subscribe counts those not found.
-        meta = {"totalCount": len(ids), "successful": len(removed), "failed": len(errors)}
+        total = len(ids) + len(identifiers)
+        meta = {"totalCount": total, "successful": len(removed), "failed": len(errors)}
         _refuse_if_all_failed(meta, errors, "unsubscribed")
         return Response(
             {
@@ -1100,6 +1175,8 @@ class SubscriberSubscriptionsApi(APIView):
 
         def dto(topic: Any) -> dict[str, Any]:
             subscriber.subscribed_at = topic.subscribed_at
+            subscriber.subscription_identifier = topic.subscription_identifier
+            subscriber.subscription_name = topic.subscription_name
             return _subscription_dto(topic, subscriber)
 
         page = cursor_page(
@@ -1110,7 +1187,9 @@ class SubscriberSubscriptionsApi(APIView):
 
 class SubscriptionDetailOutput(serializers.Serializer):
     id = serializers.CharField(help_text="the subscription's `_id` in the lists")
-    identifier = serializers.CharField(help_text="<topic key>:<subscriberId>")
+    identifier = serializers.CharField(
+        help_text="as its subscribe gave it; by default tk_<topic key>:si_<subscriberId>"
+    )
 
 
 class TopicSubscriptionDetailApi(APIView):
@@ -1130,14 +1209,12 @@ class TopicSubscriptionDetailApi(APIView):
         topic = Topic.objects.filter(client_id=request.user.pk, key=key).first()
         subscriber = None
         if topic is not None:
-            members = selectors.topic_members(topic=topic)
             # By its identifier, or by its _id (<topic pk>:<subscriber pk>), as Novu takes
             # its internal id too.
-            subscriber_id = identifier.removeprefix(f"{key}:")
-            if subscriber_id != identifier:
-                subscriber = members.filter(subscriber_id=subscriber_id).first()
+            subscriber = selectors.topic_member_named(topic=topic, identifier=identifier)
             pk = identifier.removeprefix(f"{topic.pk}:")
             if subscriber is None and pk != identifier and pk.isascii() and pk.isdigit():
+                members = selectors.topic_members(topic=topic)
                 subscriber = members.filter(pk=int(pk)).first()
         if topic is None or subscriber is None:
             return Response(status=204)

@@ -6,7 +6,12 @@ from django.http import QueryDict
 
 from config.errors import ApiError
 from config.paging import query_text
-from subscribers.models import Subscriber, Topic, TopicSubscription
+from subscribers.models import (
+    Subscriber,
+    Topic,
+    TopicSubscription,
+    default_subscription_identifier,
+)
 
 
 def subscriber_not_found(subscriber_id: str) -> ApiError:
@@ -49,11 +54,37 @@ def topic_get(*, client_id: int, key: str) -> Topic:
 
 def topic_members(*, topic: Topic) -> QuerySet[Subscriber]:
     """A topic's members, each with `subscribed_at`: when its subscription was made,
-    what Novu's subscription answers as its createdAt (not the topic's creation)."""
+    what Novu's subscription answers as its createdAt (not the topic's creation); and
+    the subscription's `subscription_identifier` and `subscription_name` ("" if none
+    was given)."""
     # The subscription's row is the one the filter joins (F reuses its join): read as
     # the rows are, not a lookup per row (a count of a large topic counts 50,000).
     members = Subscriber.objects.filter(topicsubscription__topic=topic)
-    return members.annotate(subscribed_at=F("topicsubscription__created_at"))
+    return members.annotate(
+        subscribed_at=F("topicsubscription__created_at"),
+        subscription_identifier=F("topicsubscription__identifier"),
+        subscription_name=F("topicsubscription__name"),
+    )
+
+
+def topic_member_named(*, topic: Topic, identifier: str) -> Subscriber | None:
+    """The member (as topic_members gives it) whose subscription `identifier` names:
+    the identifier it was given, else, of one given none, Novu's default
+    (tk_{key}:si_{subscriberId}) or the {key}:{subscriberId} that norm answered before
+    it kept identifiers, which its callers may have kept."""
+    if not identifier:
+        return None
+    members = topic_members(topic=topic)
+    named = members.filter(subscription_identifier=identifier).first()
+    if named is not None:
+        return named
+    for unnamed in (default_subscription_identifier(topic.key, ""), f"{topic.key}:"):
+        subscriber_id = identifier.removeprefix(unnamed)
+        if subscriber_id != identifier:
+            found = members.filter(subscriber_id=subscriber_id, subscription_identifier="")
+            if (member := found.first()) is not None:
+                return member
+    return None
 
 
 def topic_member_ids(*, topic: Topic, limit: int) -> list[str]:
@@ -67,4 +98,8 @@ def subscriber_topics(*, subscriber: Subscriber) -> QuerySet[Topic]:
     topic_members gives a topic's members (a subscriber has few: its foreign key's
     index reads them)."""
     topics = Topic.objects.filter(topicsubscription__subscriber=subscriber)
-    return topics.annotate(subscribed_at=F("topicsubscription__created_at"))
+    return topics.annotate(
+        subscribed_at=F("topicsubscription__created_at"),
+        subscription_identifier=F("topicsubscription__identifier"),
+        subscription_name=F("topicsubscription__name"),
+    )

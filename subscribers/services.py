@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +19,12 @@ from config.logs import Quieted
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import selectors
-from subscribers.models import Subscriber, Topic, TopicSubscription
+from subscribers.models import (
+    Subscriber,
+    Topic,
+    TopicSubscription,
+    default_subscription_identifier,
+)
 from subscribers.recipients import (
     INLINE_FIELDS,
     checked_attributes,
@@ -437,19 +444,26 @@ def topic_upsert(
 
 
 def topic_upsert_subscribe(
-    *, client: Client, key: str, name: str | None, subscriber_ids: list[str]
-) -> tuple[Topic, list[Subscriber], list[str]]:
-    """`topic_upsert`, then `topic_subscribe`. A topic deleted in between is created
+    *,
+    client: Client,
+    key: str,
+    name: str | None,
+    subscriber_ids: list[str],
+    named: Mapping[str, SubscriptionNamed] | None = None,
+) -> tuple[Topic, list[Subscriber], list[str], dict[str, tuple[str, str]]]:
+    """`topic_upsert`, then `topic_subscribe_named`. A topic deleted in between is created
     anew, as a subscribe after the delete would create it: it was a 404, from a call
     that answers none for a topic that does not exist."""
     topic, _ = topic_upsert(client=client, key=key, name=name)
     try:
-        members, missing = topic_subscribe(topic=topic, subscriber_ids=subscriber_ids)
+        members, missing, refused = topic_subscribe_named(
+            topic=topic, subscriber_ids=subscriber_ids, named=named
+        )
     except Topic.DoesNotExist:
         return topic_upsert_subscribe(
-            client=client, key=key, name=name, subscriber_ids=subscriber_ids
+            client=client, key=key, name=name, subscriber_ids=subscriber_ids, named=named
         )
-    return topic, members, missing
+    return topic, members, missing, refused
 
 
 def topic_rename(*, topic: Topic, name: str) -> Topic:
@@ -490,17 +504,50 @@ def topic_delete(*, topic: Topic, only_if_empty: bool = False) -> None:
         topic.delete()
 
 
+@dataclass(frozen=True)
+class SubscriptionNamed:
+    """What a subscribe gave a subscription besides its subscriber: Novu's
+    `identifier` and `name` ("" for none)."""
+
+    identifier: str = ""
+    name: str = ""
+
+
 def topic_subscribe(
     *, topic: Topic, subscriber_ids: list[str]
 ) -> tuple[list[Subscriber], list[str]]:
-    """Add the named subscribers to a topic; return (members added or present, ids not
-    found). Topic.DoesNotExist if the topic was deleted meanwhile."""
+    """Add the named subscribers to a topic, each subscription with Novu's default
+    identifier; return (members added or present, ids not found). Topic.DoesNotExist
+    if the topic was deleted meanwhile."""
+    # None is refused: only an identifier of its own is.
+    members, missing, _ = topic_subscribe_named(topic=topic, subscriber_ids=subscriber_ids)
+    return members, missing
+
+
+def topic_subscribe_named(
+    *,
+    topic: Topic,
+    subscriber_ids: list[str],
+    named: Mapping[str, SubscriptionNamed] | None = None,
+) -> tuple[list[Subscriber], list[str], dict[str, tuple[str, str]]]:
+    """Add the named subscribers to a topic, a new subscription with the identifier
+    and name `named` gives its subscriberId; return (members added or present, ids not
+    found, ids refused: (Novu's error code, why) each). Topic.DoesNotExist if the topic
+    was deleted meanwhile.
+
+    norm keeps one subscription per subscriber and topic (Novu up to 10, told apart
+    by identifier): a subscriber subscribed already is a member still when asked for
+    with its own identifier or none, refused when with another; an identifier another
+    member's subscription has is refused, where it would name two."""
+    named = named or {}
+    refused: dict[str, tuple[str, str]] = {}
     with transaction.atomic():
         # The topic and the subscribers locked as their deletes lock them: one deleted
         # first is gone here (a subscriber then counts as not found); one deleted after
         # waits, and takes the subscription with it. Without, the subscription was
         # refused by its foreign key at commit, a 500. In pk order: no deadlock between
-        # two subscribes of the same subscribers.
+        # two subscribes of the same subscribers. The topic's lock also keeps two
+        # subscribes from giving one identifier to two subscriptions.
         _lock_or_gone(Topic.objects.filter(pk=topic.pk))
         found = {
             s.subscriber_id: s
@@ -510,24 +557,76 @@ def topic_subscribe(
             .order_by("pk")
             .select_for_update(no_key=True)
         }
-        TopicSubscription.objects.bulk_create(
-            [TopicSubscription(topic=topic, subscriber=s) for s in found.values()],
-            ignore_conflicts=True,
+        rows = TopicSubscription.objects.filter(topic=topic)
+        held = dict(
+            rows.filter(subscriber__in=found.values()).values_list("subscriber_id", "identifier")
         )
+        asked = {named[sid].identifier for sid in found if sid in named} - {""}
+        taken = dict(rows.filter(identifier__in=asked).values_list("identifier", "subscriber_id"))
+        new = []
+        for sid in dict.fromkeys(subscriber_ids):
+            if (subscriber := found.get(sid)) is None:
+                continue
+            given = named.get(sid, SubscriptionNamed())
+            default = default_subscription_identifier(topic.key, sid)
+            # Novu's default given is no identifier of its own: kept as one not given.
+            identifier = "" if given.identifier == default else given.identifier
+            if subscriber.pk in held:
+                has = held[subscriber.pk] or default
+                if identifier and identifier != has:
+                    refused[sid] = (
+                        "SUBSCRIPTION_LIMIT_EXCEEDED",
+                        f"Subscriber '{sid}' is subscribed to '{topic.key}' as '{has}':"
+                        " norm keeps one subscription per subscriber and topic",
+                    )
+                continue
+            # Another's default too (its subscriber's, subscribed or not): a GET of it
+            # would find this one.
+            unnamed = default_subscription_identifier(topic.key, "")
+            if identifier and (
+                identifier.startswith(unnamed)
+                or taken.setdefault(identifier, subscriber.pk) != subscriber.pk
+            ):
+                refused[sid] = (
+                    "SUBSCRIPTION_CREATE_FAILED",
+                    f"'{identifier}' names another subscription of '{topic.key}'",
+                )
+                continue
+            new.append(
+                TopicSubscription(
+                    topic=topic, subscriber=subscriber, identifier=identifier, name=given.name
+                )
+            )
+        TopicSubscription.objects.bulk_create(new, ignore_conflicts=True)
     missing = [sid for sid in dict.fromkeys(subscriber_ids) if sid not in found]
-    return [found[sid] for sid in dict.fromkeys(subscriber_ids) if sid in found], missing
+    members = [
+        found[sid] for sid in dict.fromkeys(subscriber_ids) if sid in found and sid not in refused
+    ]
+    return members, missing, refused
 
 
-def topic_unsubscribe(*, topic: Topic, subscriber_ids: list[str]) -> list[Subscriber]:
-    """Remove the named subscribers from a topic; return those that were members.
-    Topic.DoesNotExist if the topic was deleted meanwhile."""
+def topic_unsubscribe(
+    *, topic: Topic, subscriber_ids: list[str], identifiers: Sequence[str] = ()
+) -> tuple[list[Subscriber], list[str]]:
+    """Remove from a topic the named subscribers and the subscriptions `identifiers`
+    name (selectors.topic_member_named); return (those that were members, the
+    identifiers that named none). Topic.DoesNotExist if the topic was deleted
+    meanwhile."""
     with transaction.atomic():
         # The topic locked first, as its delete and a subscribe lock it: the delete's
         # DELETE of the topic's subscriptions and this one's each locked them as they read
         # them (by the table, by the index), each holding one the other wanted next, a
-        # deadlock that PostgreSQL ended by failing one of them (a 503).
+        # deadlock that PostgreSQL ended by failing one of them (a 503). Identifiers
+        # are read under it too: a subscribe waits to give one to another subscription.
         _lock_or_gone(Topic.objects.filter(pk=topic.pk))
         members = selectors.topic_members(topic=topic).filter(subscriber_id__in=subscriber_ids)
-        removed = list(members)
+        removed = {s.pk: s for s in members}
+        unknown = []
+        for identifier in dict.fromkeys(identifiers):
+            member = selectors.topic_member_named(topic=topic, identifier=identifier)
+            if member is None:
+                unknown.append(identifier)
+            else:
+                removed.setdefault(member.pk, member)
         TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
-    return removed
+    return list(removed.values()), unknown

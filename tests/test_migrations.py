@@ -58,6 +58,7 @@ INDEX_ADDED = [
     ("subscribers", "0002_subscriber_upper_email_index"),
     ("subscribers", "0004_subscriber_client_updated_index"),
     ("subscribers", "0005_topic_subscription_created_index"),
+    ("subscribers", "0008_topic_subscription_identifier_index"),
     ("workflows", "0005_notification_created_index"),
 ]
 PROJECT_APPS = ["notify", "subscribers", "workflows", "messaging"]

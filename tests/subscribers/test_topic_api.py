@@ -646,6 +646,131 @@ def test_v2_unsubscribes_by_the_identifier_a_subscription_is_listed_with(
     assert members(client, "news") == ["bob"]
 
 
+def test_v2_a_subscription_keeps_the_identifier_and_name_its_subscribe_gave_it(
+    keyed: tuple[Client, str],
+) -> None:
+    """novu-py's `subscriptions` objects give each subscription an `identifier` (and a
+    `name`), by which Novu answers, gets and deletes it: norm dropped them and named
+    every subscription <key>:<subscriberId>, so a GET or an unsubscribe by the
+    identifier the caller gave found nothing (204, SUBSCRIPTION_NOT_FOUND)."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    body = {
+        "subscriptions": [
+            {"identifier": "ann-weekly", "subscriberId": "ann", "name": "Weekly digest"},
+            "bob",
+        ]
+    }
+    added = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto=body
+    ).result.data
+    # Novu's default identifier for one given none.
+    assert [(s.identifier, s.name) for s in added] == [
+        ("ann-weekly", "Weekly digest"),
+        ("tk_news:si_bob", None),
+    ]
+    listed = novu.topics.subscriptions.list(request={"topic_key": "news"}).result.data
+    assert sorted(s.identifier for s in listed) == ["ann-weekly", "tk_news:si_bob"]
+    of_ann = novu.subscribers.topics.list(request={"subscriber_id": "ann"}).result.data
+    assert [s.identifier for s in of_ann] == ["ann-weekly"]
+
+    for name in ("ann-weekly", "tk_news:si_bob"):
+        got = novu.topics.subscriptions.get_subscription(topic_key="news", identifier=name)
+        assert got.result.identifier == name
+    path = "/v2/topics/news/subscriptions"
+    # Its default, or norm's former one, names no subscription given its own identifier.
+    for other in ("tk_news:si_ann", "news:ann"):
+        assert call(key, "get", f"{path}/{other}").status_code == 204
+
+    gone = novu.topics.subscriptions.delete(
+        topic_key="news",
+        delete_topic_subscriptions_request_dto={"subscriptions": [{"identifier": "ann-weekly"}]},
+    ).result
+    assert [s.identifier for s in gone.data] == ["ann-weekly"]
+    assert members(client, "news") == ["bob"]
+    gone = novu.topics.subscriptions.delete(
+        topic_key="news",
+        delete_topic_subscriptions_request_dto={
+            "subscriptions": [{"identifier": "tk_news:si_bob"}, {"identifier": "nothing"}]
+        },
+    ).result
+    assert [s.identifier for s in gone.data] == ["tk_news:si_bob"]
+    assert [(e.subscriber_id, e.code) for e in gone.errors or []] == [
+        ("unknown", "SUBSCRIPTION_NOT_FOUND")
+    ]
+    assert members(client, "news") == []
+
+
+def test_v2_an_identifier_norm_answered_before_it_kept_them_still_names_its_subscription(
+    keyed: tuple[Client, str],
+) -> None:
+    """Subscriptions made before were answered as <key>:<subscriberId>, which callers
+    may have kept: they are answered now as Novu's default, found by either."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    call(key, "post", path, {"subscriberIds": ["ann", "bob"]})
+    TopicSubscription.objects.update(identifier="")  # as the migration leaves them
+
+    got = ok(call(key, "get", f"{path}/news:ann"))["data"]
+    assert got["identifier"] == "tk_news:si_ann"
+    gone = ok(call(key, "delete", path, {"subscriptions": [{"identifier": "news:bob"}]}))
+    assert [s["identifier"] for s in gone["data"]] == ["tk_news:si_bob"]
+    assert members(client, "news") == ["ann"]
+
+
+def test_v2_a_second_subscription_of_a_subscriber_or_an_identifier_taken_is_refused(
+    keyed: tuple[Client, str],
+) -> None:
+    """Novu keeps up to 10 subscriptions per subscriber and topic, told apart by their
+    identifiers; norm keeps one. A subscribe asking for another identifier is refused
+    (Novu's SUBSCRIPTION_LIMIT_EXCEEDED) rather than answer the subscription under a
+    name the caller would not find it by, and so is an identifier another
+    subscription has, Novu's default for another subscriber included."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    ok(
+        call(key, "post", path, {"subscriptions": [{"identifier": "a1", "subscriberId": "ann"}]}),
+        201,
+    )
+
+    # Its own identifier again, or none: it is a member still.
+    for again in ({"identifier": "a1", "subscriberId": "ann"}, "ann"):
+        answer = ok(call(key, "post", path, {"subscriptions": [again]}), 201)
+        assert [s["identifier"] for s in answer["data"]] == ["a1"]
+
+    SubscriberFactory(client=client, subscriber_id="dan")
+    body = {
+        "subscriptions": [
+            {"identifier": "a2", "subscriberId": "ann"},
+            {"identifier": "a1", "subscriberId": "bob"},
+            {"identifier": "tk_news:si_bob", "subscriberId": "cid"},
+            {"identifier": "tk_news:si_dan", "subscriberId": "dan"},
+            {"identifier": "d2", "subscriberId": "dan"},
+        ]
+    }
+    answer = ok(call(key, "post", path, body), 201)
+    assert [s["identifier"] for s in answer["data"]] == ["tk_news:si_dan"]
+    assert [(e["subscriberId"], e["code"]) for e in answer["errors"]] == [
+        ("ann", "SUBSCRIPTION_LIMIT_EXCEEDED"),
+        ("bob", "SUBSCRIPTION_CREATE_FAILED"),
+        ("cid", "SUBSCRIPTION_CREATE_FAILED"),
+    ]
+    assert (answer["meta"]["successful"], answer["meta"]["failed"]) == (1, 3)
+    assert members(client, "news") == ["ann", "dan"]
+    # dan's first mention is the one read, as Novu's: its default identifier.
+    assert TopicSubscription.objects.get(subscriber__subscriber_id="dan").identifier == ""
+
+    body = {"subscriptions": [{"identifier": "tk_news:si_ann", "subscriberId": "bob"}]}
+    refused = assert_error(call(key, "post", path, body), 400, path)
+    assert [e["code"] for e in refused["errors"]] == ["SUBSCRIPTION_CREATE_FAILED"]
+    for bad in (
+        {"identifier": 5, "subscriberId": "bob"},
+        {"subscriberId": "bob", "name": "x" * 256},
+    ):
+        assert_error(call(key, "post", path, {"subscriptions": [bad]}), 400, path)
+    assert members(client, "news") == ["ann", "dan"]
+
+
 def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
     keyed: tuple[Client, str],
 ) -> None:
@@ -829,7 +954,7 @@ def test_v2_a_subscription_is_got_by_the_identifier_or_id_it_is_listed_with(
 
     for name in (added.identifier or "", added.id):
         got = novu.topics.subscriptions.get_subscription(topic_key="news", identifier=name)
-        assert (got.result.id, got.result.identifier) == (added.id, "news:ann")
+        assert (got.result.id, got.result.identifier) == (added.id, "tk_news:si_ann")
 
     path = "/v2/topics/news/subscriptions"
     for missing in (f"{path}/news:bob", f"{path}/news:nobody", f"{path}/bob", f"{path}/ann"):
@@ -861,7 +986,7 @@ def test_v2_a_subscribers_subscriptions_are_listed_by_cursor_newest_first(
     request = {"subscriber_id": "ann", "limit": 2, "after": first.next}
     rest = novu.subscribers.topics.list(request=request).result
     assert [s.topic.key for s in rest.data] == ["news"]
-    assert [s.identifier for s in rest.data] == ["news:ann"]
+    assert [s.identifier for s in rest.data] == ["tk_news:si_ann"]
 
     request = {"subscriber_id": "ann", "key": "deals"}
     assert [s.topic.key for s in novu.subscribers.topics.list(request=request).result.data] == [
