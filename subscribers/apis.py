@@ -893,16 +893,15 @@ def _subscriptions_named(request: Request) -> dict[str, services.SubscriptionNam
     return named
 
 
-def _subscription_text(item: dict[str, Any], field: str) -> str:
+def _subscription_text(item: dict[str, Any], field: str, within: str = "subscriptions") -> str:
     """A subscription's `identifier` or `name` as given, trimmed; "" if none."""
     value = item.get(field)
     if value is None:
         return ""
     if not isinstance(value, str) or len(value.strip()) > 255:
+        where = f"'{within}': a subscription's {field}" if within else f"'{field}'"
         raise ApiError(
-            400,
-            "invalid_request",
-            f"'subscriptions': a subscription's {field} is a string of at most 255 characters",
+            400, "invalid_request", f"{where} must be a string of at most 255 characters"
         )
     return value.strip()
 
@@ -1192,6 +1191,22 @@ class SubscriptionDetailOutput(serializers.Serializer):
     )
 
 
+# Inline: as a serializer, drf-spectacular would make each field required on PATCH.
+_SUBSCRIPTION_UPDATE = {
+    "application/json": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 255},
+            "preferences": {
+                "type": "array",
+                "maxItems": 0,
+                "description": "norm keeps no subscription preferences: only none is taken",
+            },
+        },
+    }
+}
+
+
 class TopicSubscriptionDetailApi(APIView):
     @extend_schema(
         tags=["Topics"],
@@ -1220,6 +1235,43 @@ class TopicSubscriptionDetailApi(APIView):
             return Response(status=204)
         dto = _subscription_dto(topic, subscriber)
         return Response({"data": {"id": dto["_id"], "identifier": dto["identifier"]}})
+
+    @extend_schema(
+        tags=["Topics"],
+        operation_id="v2_topics_subscriptions_update",
+        summary="Rename a topic's subscription, named by its identifier",
+        request=_SUBSCRIPTION_UPDATE,
+        responses={200: SubscriptionResponse, **error_responses(400, 404)},
+    )
+    def patch(self, request: Request, key: str, identifier: str) -> Response:
+        """novu-py's topics.subscriptions.update: Novu's sets the subscription's
+        `name` and replaces its `preferences` (workflows, conditions) with those
+        given."""
+        body = request.data
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request", "The body must be a JSON object")
+        if body.get("preferences"):
+            # A subscription to everything would reach more than was asked for.
+            raise ApiError(
+                400,
+                "invalid_request",
+                "norm keeps no subscription preferences: a subscription receives every"
+                " workflow triggered to its topic",
+            )
+        # A null as absent, as to Novu's DTO (IsOptional).
+        name = _subscription_text(body, "name", within="") if body.get("name") is not None else None
+        topic = selectors.topic_get(client_id=request.user.pk, key=key)
+        with _not_deleted_meanwhile(key):
+            member = services.topic_subscription_rename(
+                topic=topic, identifier=identifier, name=name
+            )
+        if member is None:
+            raise ApiError(
+                404,
+                "subscription_not_found",
+                f"Subscription with identifier '{identifier}' not found for topic '{key}'",
+            )
+        return Response({"data": _subscription_dto(topic, member)})
 
 
 class TopicSubscribersV1Api(APIView):

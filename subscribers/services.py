@@ -605,6 +605,23 @@ def topic_subscribe_named(
     return members, missing, refused
 
 
+def topic_subscription_rename(
+    *, topic: Topic, identifier: str, name: str | None
+) -> Subscriber | None:
+    """The member whose subscription `identifier` names (selectors.topic_member_named),
+    as topic_members gives it, its subscription's name set to `name` unless None; None
+    if there is none. Topic.DoesNotExist if the topic was deleted meanwhile."""
+    with transaction.atomic():
+        # The topic locked, as an unsubscribe and a subscribe lock it: the subscription
+        # renamed is the one named, not another given its identifier once it is gone.
+        _lock_or_gone(Topic.objects.filter(pk=topic.pk))
+        member = selectors.topic_member_named(topic=topic, identifier=identifier)
+        if member is not None and name is not None and member.subscription_name != name:
+            TopicSubscription.objects.filter(topic=topic, subscriber=member).update(name=name)
+            member.subscription_name = name
+    return member
+
+
 def topic_unsubscribe(
     *, topic: Topic, subscriber_ids: list[str], identifiers: Sequence[str] = ()
 ) -> tuple[list[Subscriber], list[str]]:

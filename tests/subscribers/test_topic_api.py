@@ -967,6 +967,62 @@ def test_v2_a_subscription_is_got_by_the_identifier_or_id_it_is_listed_with(
         novu.topics.subscriptions.get_subscription(topic_key="news", identifier="news:bob")
 
 
+def test_v2_a_subscription_is_renamed_by_its_identifier_and_refuses_preferences(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    """novu-py's topics.subscriptions.update (PATCH /v2/topics/{key}/subscriptions/
+    {identifier}) was a 405, which it raises. As Novu: a 200 with the subscription, its
+    `name` set; a 404 for a topic or a subscription there is not. Its `preferences`
+    narrow what the subscription receives, which norm cannot: a 400 rather than a
+    success that leaves it receiving everything (an empty list asks for none)."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    body = {"subscriptions": [{"identifier": "ann-weekly", "subscriberId": "ann"}, "bob"]}
+    novu.topics.subscriptions.create(topic_key="news", create_topic_subscriptions_request_dto=body)
+
+    for identifier in ("ann-weekly", "tk_news:si_bob", "news:bob"):
+        updated = novu.topics.subscriptions.update(
+            topic_key="news",
+            identifier=identifier,
+            update_topic_subscription_request_dto={"name": f"{identifier} by name"},
+        ).result
+        assert (updated.name, updated.topic.key) == (f"{identifier} by name", "news")
+    assert updated.identifier == "tk_news:si_bob"
+    assert updated.subscriber and updated.subscriber.subscriber_id == "bob"
+    names = dict(TopicSubscription.objects.values_list("subscriber__subscriber_id", "name"))
+    assert names == {"ann": "ann-weekly by name", "bob": "news:bob by name"}
+
+    # Nothing to change is the subscription as it is; no preferences are none to clear.
+    for unchanged in ({}, {"preferences": []}):
+        answer = ok(call(key, "patch", "/v2/topics/news/subscriptions/ann-weekly", unchanged))
+        assert (answer["data"]["identifier"], answer["data"]["name"]) == (
+            "ann-weekly",
+            "ann-weekly by name",
+        )
+
+    with pytest.raises(models.ErrorDto) as refused:
+        novu.topics.subscriptions.update(
+            topic_key="news",
+            identifier="ann-weekly",
+            update_topic_subscription_request_dto={"name": "x", "preferences": ["welcome"]},
+        )
+    assert refused.value.data.status_code == 400
+    assert "preferences" in refused.value.data.message
+    assert TopicSubscription.objects.get(identifier="ann-weekly").name == "ann-weekly by name"
+
+    path = "/v2/topics/news/subscriptions"
+    for missing, caller in (
+        (f"{path}/tk_news:si_cid", key),
+        (f"{path}/ann", key),
+        ("/v2/topics/nothing/subscriptions/tk_nothing:si_ann", key),
+        (f"{path}/ann-weekly", other[1]),
+    ):
+        assert_error(call(caller, "patch", missing, {"name": "x"}), 404, missing)
+    bad = f"{path}/ann-weekly"
+    for body in ({"name": 5}, {"name": "x" * 256}, ["x"]):
+        assert_error(call(key, "patch", bad, body), 400, bad)
+
+
 def test_v2_a_subscribers_subscriptions_are_listed_by_cursor_newest_first(
     keyed: tuple[Client, str], other: tuple[Client, str]
 ) -> None:
