@@ -240,6 +240,54 @@ def test_novu_py_raises_its_typed_errors(live_server: LiveServer, make_client: M
     assert exists.value.status_code == 409
 
 
+def test_novu_py_names_topic_subscriptions_by_their_identifiers(
+    live_server: LiveServer, make_client: MakeClient
+) -> None:
+    """A subscription's own identifier, or Novu's default, names it to get_subscription,
+    update and delete; an unsubscribe naming no one is a success that removes nothing."""
+    client, key = make_client()
+    novu = novu_py_client(live_server, key)
+    for name in ("ann", "bob"):
+        Subscriber.objects.create(client=client, subscriber_id=name)
+
+    subscriptions = [{"identifier": "ann-weekly", "subscriber_id": "ann", "name": "Weekly"}, "bob"]
+    added = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto={"subscriptions": subscriptions}
+    ).result
+    assert [(s.identifier, s.name) for s in added.data] == [
+        ("ann-weekly", "Weekly"),
+        ("tk_news:si_bob", None),
+    ]
+    for identifier in ("ann-weekly", "tk_news:si_bob"):
+        got = novu.topics.subscriptions.get_subscription(topic_key="news", identifier=identifier)
+        assert got.result.identifier == identifier
+
+    updated = novu.topics.subscriptions.update(
+        topic_key="news",
+        identifier="ann-weekly",
+        update_topic_subscription_request_dto={"name": "Monthly"},
+    ).result
+    assert (updated.identifier, updated.name) == ("ann-weekly", "Monthly")
+    with pytest.raises(novu_py.models.ErrorDto) as preferences:
+        novu.topics.subscriptions.update(
+            topic_key="news",
+            identifier="ann-weekly",
+            update_topic_subscription_request_dto={"preferences": ["welcome"]},
+        )
+    assert preferences.value.data.status_code == 400
+
+    nothing = novu.topics.subscriptions.delete(
+        topic_key="news", delete_topic_subscriptions_request_dto={}
+    ).result
+    assert (nothing.data, nothing.meta.total_count) == ([], 0)
+    gone = novu.topics.subscriptions.delete(
+        topic_key="news",
+        delete_topic_subscriptions_request_dto={"subscriptions": [{"identifier": "ann-weekly"}]},
+    ).result
+    assert [s.identifier for s in gone.data] == ["ann-weekly"]
+    assert members(client, "news") == ["bob"]
+
+
 # --- novu 1.14 -------------------------------------------------------------------------------
 
 
