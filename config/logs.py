@@ -83,6 +83,16 @@ class ClientErrorsQuieted(logging.Filter):
         self._quieted = Quieted()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Decided once for a record: logging configured a second time (dictConfig again)
+        # adds its filters beside the first's, and each then counted the line and wrote
+        # its own "(0 more such answers ...)" after the other's.
+        decided = getattr(record, "norm_quieted", None)
+        if isinstance(decided, bool):
+            return decided
+        record.norm_quieted = decided = self._decide(record)
+        return decided
+
+    def _decide(self, record: logging.LogRecord) -> bool:
         status = getattr(record, "status_code", None)
         if not isinstance(status, int) or not 400 <= status < 500:
             return True

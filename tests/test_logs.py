@@ -262,3 +262,23 @@ def test_answers_of_4xx_are_one_warning_a_minute_per_status_and_route(
         f"Unauthorized: {TRIGGER} (3 more such answers since the last such line)",
         "Not Found: /xmlrpc.php (1 more such answers since the last such line)",
     ]
+
+
+def test_logging_configured_twice_still_writes_one_count_on_a_4xx_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second dictConfig (a library or a test setting logging up again) adds its
+    filters beside the first's: each counted the line and wrote its own count after the
+    other's, "(0 more ...) (0 more ...)"."""
+    logger = logging.getLogger("django.request")
+    filters = list(logger.filters)
+    assert any(isinstance(f, logs.ClientErrorsQuieted) for f in filters)
+    logger.addFilter(logs.ClientErrorsQuieted())  # what dictConfig does again
+    try:
+        caplog.set_level(logging.INFO)
+        assert APIClient().post(TRIGGER, {"name": "w"}, format="json").status_code == 401
+        assert [r.getMessage() for r in caplog.records if r.name == "django.request"] == [
+            f"Unauthorized: {TRIGGER} (0 more such answers since the last such line)"
+        ]
+    finally:
+        logger.filters[:] = filters
