@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
@@ -30,7 +30,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from config import deadlines
 from config.db import bounded, storable
-from config.redact import masked_text, quoted_masked
+from config.redact import masked_text, masked_url, quoted_masked
 from workflows.sdk.signing import canonical_json, signature_header
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
@@ -370,9 +370,7 @@ def _call_once(
         data = None
     status = response.status_code
     if 300 <= status < 400:
-        raise BridgeError(
-            "BridgeRedirect", f"the bridge answered a redirect ({status}); norm follows none"
-        )
+        raise BridgeError("BridgeRedirect", _redirect_message(status, response, url))
     if status >= 400:
         code = data.get("code") if isinstance(data, dict) else None
         # Stored, and compared; as the message, without what PostgreSQL cannot hold.
@@ -395,6 +393,24 @@ def _call_once(
             "BridgeInvalidResponse", f"the bridge answered {status} without a JSON object"
         )
     return data
+
+
+def _redirect_message(status: int, response: requests.Response, url: str) -> str:
+    """Why a redirect fails, and where it pointed: a web framework's own redirect (Django's
+    APPEND_SLASH to `/api/norm/`, http to https) means the bridge is served at another URL,
+    which is the one to register. The query is left out (norm's `action`, a token)."""
+    location = response.headers.get("location")
+    if not location:
+        return f"the bridge answered a redirect ({status}); norm follows none"
+    try:
+        target = urljoin(url, location.strip()).split("#", 1)[0].split("?", 1)[0]
+    except ValueError:  # `http://[oops`: urlsplit refuses it
+        target = location
+    target = bounded(storable(masked_url(target)), 500)
+    return (
+        f"the bridge answered a redirect ({status}) to {target}; norm follows none: "
+        "if the bridge is served there, make that the client's bridge URL"
+    )
 
 
 # A bridge's error message is the notification's reason, shown in the admin and in every

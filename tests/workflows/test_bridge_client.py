@@ -410,3 +410,25 @@ def test_a_200_that_is_no_json_fails_the_notification_at_once(enqueued: Enqueued
 
     assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
     assert not Step.objects.exists() and enqueued.calls == []
+
+
+def _appending_slash(
+    method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    """What Django's CommonMiddleware answers for a bridge served at `/api/norm/` and
+    called without the slash (APPEND_SLASH): a 301 to the same path and query, slashed."""
+    route, _, query = path.partition("?")
+    return 301, b"", {"location": f"{route}/?{query}"}
+
+
+def test_a_redirect_names_where_it_points_without_the_query() -> None:
+    """A Django app serving its bridge at `/api/norm/`, registered as `/api/norm`: the
+    reason said only that the bridge answered a redirect, not which URL to register."""
+    with json_serving(_appending_slash) as url, pytest.raises(bridge.BridgeError) as exc:
+        bridge.discover(f"{url}/api/norm", secrets=("nk_test",))
+
+    assert exc.value.code == "BridgeRedirect"
+    assert exc.value.message == (
+        f"the bridge answered a redirect (301) to {url}/api/norm/; norm follows none: "
+        "if the bridge is served there, make that the client's bridge URL"
+    )
