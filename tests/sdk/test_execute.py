@@ -296,6 +296,28 @@ def test_a_timed_delay_without_a_cron_string_is_an_output_error(outputs: dict[st
         weekly(outputs).execute(execute_body({}, []))
 
 
+@pytest.mark.parametrize(
+    ("outputs", "path", "message"),
+    [
+        (
+            {"amount": 2, "unit": "second"},
+            "/unit",
+            "'second' is not one of ['seconds', 'minutes', 'hours', 'days', 'weeks', 'months']",
+        ),
+        ({"amount": "2", "unit": "seconds"}, "/amount", "'2' is not of type 'number'"),
+        ({"type": "timed", "cron": 900}, "/cron", "900 is not of type 'string'"),
+    ],
+)
+def test_a_delay_output_error_names_the_field_and_what_it_takes(
+    outputs: dict[str, Any], path: str, message: str
+) -> None:
+    """A delay's outputs are one of regular, timed or dynamic: a unit misspelt failed the
+    step with "{...} is not valid under any of the given schemas", naming no field."""
+    with pytest.raises(ExecutionStateOutputInvalidError) as exc:
+        weekly(outputs).execute(execute_body({}, []))
+    assert exc.value.data == [{"path": path, "message": message}]
+
+
 def test_results_are_validated_and_extra_keys_stripped() -> None:
     seen: list[dict[str, Any]] = []
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import regress
 from jsonschema import Draft7Validator, FormatChecker, SchemaError, ValidationError, validators
+from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT7
@@ -395,9 +396,7 @@ class Schema:
             return self._validate_model(value)
         errors = self._errors(value)
         if errors:
-            raise SchemaInvalid(
-                [{"path": _pointer(e.absolute_path), "message": e.message} for e in errors]
-            )
+            raise SchemaInvalid([_problem(e) for e in errors])
         return value
 
     def _validate_model(self, value: Any) -> Any:
@@ -411,6 +410,16 @@ class Schema:
         # By alias, the names its JSON Schema lists (discover's) and validation takes: by
         # field name a replayed custom step's own outputs failed its result schema.
         return instance.model_dump(mode="json", by_alias=True)
+
+
+def _problem(error: ValidationError) -> dict[str, str]:
+    """An error as a path and a message. One of a `oneOf` or `anyOf` (a delay's outputs,
+    regular or timed) said only "{...} is not valid under any of the given schemas": it is
+    told by the branch's error jsonschema finds the most relevant (`/unit`: 'second' is not
+    one of ['seconds', ...]), and stays as it is when no branch comes nearer than another."""
+    if error.context:
+        error = best_match([error])
+    return {"path": _pointer(error.absolute_path), "message": error.message}
 
 
 @lru_cache(maxsize=512)
