@@ -77,6 +77,24 @@ def test_an_existing_client_is_an_error_unless_if_missing() -> None:
     assert SecretKey.objects.filter(client__name="shop").count() == 2  # its first key, and this
 
 
+def test_if_missing_says_when_the_clients_bridge_is_not_the_one_given() -> None:
+    """A deploy script whose --bridge-url changed: the client kept the old one, and the
+    command said only that it existed."""
+    createclient("shop", "--bridge-url", BRIDGE)
+    err = StringIO()
+
+    call_command("createclient", "shop", "--bridge-url", BRIDGE, "--if-missing", stderr=err)
+    assert err.getvalue() == ""
+    out = StringIO()
+    call_command(
+        "createclient", "shop", "--bridge-url", BRIDGE + "2", "--if-missing", stdout=out, stderr=err
+    )
+
+    assert out.getvalue() == "Client 'shop' exists already.\n"
+    assert f"Its bridge is {BRIDGE}, not the --bridge-url given ({BRIDGE}2)" in err.getvalue()
+    assert Client.objects.get(name="shop").bridge_url == BRIDGE
+
+
 def test_if_missing_refuses_a_key_revoked_or_of_another_client() -> None:
     other, other_key = client_with_key()
     createclient("shop", "--bridge-url", BRIDGE, "--secret-key", NOVU_KEY)

@@ -70,6 +70,15 @@ class Command(BaseCommand):
             if key and found is None:
                 services.secret_key_create(client=existing, key=key)
             self.stdout.write(f"Client {name!r} exists already.")
+            if (given := options["bridge_url"].strip()) != existing.bridge_url:
+                # A deploy script's new --bridge-url was left unapplied without a word, and
+                # every trigger went on calling the old bridge.
+                self.stderr.write(
+                    f"Its bridge is {masked_url(existing.bridge_url)}, not the --bridge-url "
+                    f"given ({masked_url(given)}): --if-missing changes no client; change it "
+                    "on the client's admin page, keeping the old URL among its allowed bridge "
+                    "URLs until the notifications under way are done."
+                )
             if key:
                 self.stdout.write(key)
             return
