@@ -382,6 +382,14 @@ def _call_once(
             # No JSON: no bridge answered, but a web server's own page for a path it does
             # not serve (Express's "Cannot POST /api/novu", Django's 404).
             message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
+        elif data is None and status == 400:
+            # No JSON: the bridge never saw the call, which a web server refused first; most
+            # often Django's page for a Host header its ALLOWED_HOSTS lacks, which an app
+            # with DEBUG off logs nowhere its developer looks.
+            message += (
+                " (no bridge's answer, which is JSON: the web server refused the call first,"
+                " as Django does when ALLOWED_HOSTS lacks the bridge URL's host)"
+            )
         if problems := _problems(error_data):
             message = f"{message} ({problems})"
         message = bounded(storable(quoted_masked(message, url)), MAX_MESSAGE)

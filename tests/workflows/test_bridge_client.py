@@ -338,6 +338,15 @@ NGINX_502 = (
 _ERROR_PAGE = (404, EXPRESS_404, {"content-type": "text/html"})
 _PAGE_OK = (200, b"<html><body>Welcome to nginx!</body></html>", {"content-type": "text/html"})
 NOTHING_THERE = " (nothing serves a bridge at this URL: check the client's bridge URL)"
+# Django's page for a request it refuses before any view (DisallowedHost, with DEBUG off).
+DJANGO_400 = (
+    b'<!doctype html>\n<html lang="en">\n<head>\n  <title>Bad Request (400)</title>\n</head>'
+    b"\n<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>\n"
+)
+REFUSED_FIRST = (
+    " (no bridge's answer, which is JSON: the web server refused the call first, as Django"
+    " does when ALLOWED_HOSTS lacks the bridge URL's host)"
+)
 
 
 @pytest.mark.parametrize(
@@ -347,6 +356,7 @@ NOTHING_THERE = " (nothing serves a bridge at this URL: check the client's bridg
         ((404, b"Cannot POST /api/novu", {}), f"Cannot POST /api/novu{NOTHING_THERE}"),
         ((405, b"", {}), f"Method Not Allowed{NOTHING_THERE}"),
         ((502, NGINX_502, {"content-type": "text/html"}), "502 Bad Gateway nginx/1.25.3"),
+        ((400, DJANGO_400, {"content-type": "text/html"}), f"Bad Request (400){REFUSED_FIRST}"),
     ],
 )
 def test_an_error_page_that_is_no_json_is_the_errors_message_in_words(
@@ -354,7 +364,8 @@ def test_an_error_page_that_is_no_json_is_the_errors_message_in_words(
 ) -> None:
     """It says more than the status's reason phrase ("Not Found"): the page's words, not
     its markup, which filled the reason with 500 characters of tags and styles; and for a
-    path nothing serves (a wrong bridge URL, its trailing slash), what to check."""
+    path nothing serves (a wrong bridge URL, its trailing slash), what to check; for a 400
+    of a page (Django's, for a Host its ALLOWED_HOSTS lacks), that the bridge never saw it."""
     with json_serving(lambda *_: answer) as url, pytest.raises(bridge.BridgeError) as exc:
         bridge.execute(f"{url}/api/novu", secrets=("nk_test",), workflow_id="w", body={})
     assert isinstance(exc.value, bridge.BridgeUnavailable) is (answer[0] == 502)
