@@ -217,7 +217,8 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
     due = last is None or last.synced_at < now - interval
     # A stale entry is refreshed by one request (the others serve it); a workflow not
     # known yet is looked for by each.
-    if due and (found is None or last is None or _sync_claimed(last, now=now)):
+    asked = due and (found is None or last is None or _sync_claimed(last, now=now))
+    if asked:
         try:
             bridge_sync(client=client, bridge_url=bridge_url)
             error = ""
@@ -232,16 +233,28 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
     )
     if found is not None:
         return found
+    # Not asked now: the answer is the last discover's, which a bridge fixed or given a
+    # new workflow since (a developer's next try) still gets for a while; said so, or
+    # the fix looked as if it had not worked.
+    when = "" if asked or last is None else _last_asked(last, now=now)
     if error:
         raise ApiError(
             502,
             "bridge_unavailable",
-            f"Could not discover the workflows of {masked_url(bridge_url)}: {error}",
+            f"Could not discover the workflows of {masked_url(bridge_url)}{when}: {error}",
         )
     raise ApiError(
         404,
         "workflow_not_found",
-        f"Workflow '{workflow_id}' is not defined by the bridge {masked_url(bridge_url)}",
+        f"Workflow '{workflow_id}' is not defined by the bridge {masked_url(bridge_url)}{when}",
+    )
+
+
+def _last_asked(last: BridgeSync, *, now: datetime) -> str:
+    seconds = max(0, round((now - last.synced_at).total_seconds()))
+    return (
+        f" (as of norm's last discover, {seconds} s ago; it asks a bridge again at most "
+        f"every {settings.NORM_DISCOVER_MIN_INTERVAL:g} s, NORM_DISCOVER_MIN_INTERVAL)"
     )
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -915,6 +916,25 @@ def test_registry_refresh_is_rate_limited(
     assert discover.urls == [BRIDGE_URL]
 
 
+def test_a_refusal_from_the_last_discover_says_so(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
+) -> None:
+    """A developer adds a workflow, restarts the app and triggers it within the interval:
+    the 404 said the bridge did not define it, as if the new code had not been deployed."""
+    settings.NORM_DISCOVER_MIN_INTERVAL = 60.0  # as settings.py reads it from the environment
+    first = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    again = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+
+    assert first["message"] == f"Workflow 'nope' is not defined by the bridge {BRIDGE_URL}"
+    assert re.fullmatch(
+        rf"Workflow 'nope' is not defined by the bridge {re.escape(BRIDGE_URL)} \(as of norm's "
+        r"last discover, \d+ s ago; it asks a bridge again at most every 60 s, "
+        r"NORM_DISCOVER_MIN_INTERVAL\)",
+        again["message"],
+    )
+    assert discover.urls == [BRIDGE_URL]
+
+
 def test_registry_refreshes_again_after_the_interval(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
 ) -> None:
@@ -1116,6 +1136,9 @@ def test_an_unknown_workflow_is_a_502_until_the_next_discover_after_a_failed_one
             post(TRIGGER, {"name": "welcome", "to": "ann"}), 502, "bridge_unavailable"
         )
         assert "connection refused" in body["message"]
+    # The second is the first's answer, and says so: a bridge fixed meanwhile (its key,
+    # its host) seemed still broken.
+    assert "s ago; it asks a bridge again at most every 60 s" in body["message"]
     assert_nothing_stored(enqueued)
 
 
