@@ -59,9 +59,13 @@ STORABLE_JSON: dict[Any, dict[str, Any]] = {models.JSONField: {"form_class": Sto
 
 def masked_url_field(field: str, description: str) -> Any:
     """A display of the URL in `field` with its password masked (config.redact): Django
-    would show the whole URL, in a list or on a read-only page, as a link."""
+    would show the whole URL, in a list or on a read-only page, as a link.
 
-    @admin.display(description=description, ordering=field)
+    Its column sorts nothing: sorted by the whole URL, a list told a user who may set a
+    bridge URL of his own guess (add or change a client) whether it sorts below or above
+    another client's password or token, as a filter on it would (NormAdmin.unfilterable)."""
+
+    @admin.display(description=description)
     def show(self: Any, obj: Any) -> str:
         return masked_url(getattr(obj, field))
 

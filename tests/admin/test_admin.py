@@ -24,6 +24,7 @@ from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import ago, while_held
 from tests.factories import (
+    BridgeSyncFactory,
     BridgeWorkflowFactory,
     ClientFactory,
     MessageFactory,
@@ -1369,6 +1370,36 @@ def test_a_secret_no_page_shows_cannot_be_guessed_by_filtering_a_list_on_it(
     assert client.get(changelist).status_code == 200
     assert client.get(changelist, {lookup: guess}).status_code == 400
     assert client.get(changelist, {lookup: "no-such-thing"}).status_code == 400
+
+
+@pytest.mark.parametrize("model", ["notify_client", "notify_bridgeworkflow", "notify_bridgesync"])
+def test_a_secret_no_page_shows_cannot_be_guessed_by_sorting_a_list_on_it(
+    client, django_user_model, model: str
+) -> None:
+    """Sorted by its bridge column, a list ordered its rows by the whole URL, password and
+    token too: a user who may add or change a client (and so set a bridge URL of his own
+    guess) read from where his row landed beside another's whether the guess was below or
+    above its token, a character in a few requests, as a filter on it told (above). The
+    column sorts nothing: two rows whose URLs differ by their masked token alone stay in
+    the list's own order whichever way it is asked to sort them."""
+    from django.contrib.auth.models import Permission
+
+    for token in ("aaaa", "zzzz"):
+        tenant = ClientFactory(bridge_url=f"https://bridge.test/api/novu?token={token}")
+        BridgeWorkflowFactory(client=tenant)
+        BridgeSyncFactory(client=tenant)
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__startswith="view_"))
+    client.force_login(viewer)
+    changelist = reverse(f"admin:{model}_changelist")
+    column = client.get(changelist).context["cl"].list_display.index("bridge")
+
+    def order(sort: str) -> list[int]:
+        response = client.get(changelist, {"o": sort})
+        assert response.status_code == 200
+        return [row.pk for row in response.context["cl"].result_list]
+
+    assert order(str(column)) == order(f"-{column}")
 
 
 def _reached_ann() -> tuple[Subscriber, TriggerEvent]:
