@@ -1207,6 +1207,9 @@ _SUBSCRIPTION_UPDATE = {
 }
 
 
+_SUBSCRIBER_PK = re.compile(r"[0-9]{1,18}")
+
+
 class TopicSubscriptionDetailApi(APIView):
     @extend_schema(
         tags=["Topics"],
@@ -1227,8 +1230,10 @@ class TopicSubscriptionDetailApi(APIView):
             # By its identifier, or by its _id (<topic pk>:<subscriber pk>), as Novu takes
             # its internal id too.
             subscriber = selectors.topic_member_named(topic=topic, identifier=identifier)
+            # A subscriber's id: 1 to 18 ASCII digits. int() refuses more than 4,300
+            # (ValueError, a 500), and more than 18 may pass bigint: neither is an id.
             pk = identifier.removeprefix(f"{topic.pk}:")
-            if subscriber is None and pk != identifier and pk.isascii() and pk.isdigit():
+            if subscriber is None and pk != identifier and _SUBSCRIBER_PK.fullmatch(pk):
                 members = selectors.topic_members(topic=topic)
                 subscriber = members.filter(pk=int(pk)).first()
         if topic is None or subscriber is None:

@@ -1023,6 +1023,23 @@ def test_v2_a_subscription_is_renamed_by_its_identifier_and_refuses_preferences(
         assert_error(call(key, "patch", bad, body), 400, bad)
 
 
+def test_v2_a_subscription_id_of_more_digits_than_python_reads_is_none(
+    keyed: tuple[Client, str],
+) -> None:
+    """An identifier `<topic _id>:<digits>` is read as the subscription's _id, its digits
+    a subscriber's id: past 4,300 of them Python's int() refuses them (ValueError), a 500
+    to any caller; past 19, no id. Either way no subscription has it: a 204, as for any
+    other identifier that names none."""
+    _, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    topic = Topic.objects.get(key="news")
+    path = "/v2/topics/news/subscriptions"
+
+    for digits in ("9" * 5000, "9" * 30):
+        response = call(key, "get", f"{path}/{topic.pk}:{digits}")
+        assert (response.status_code, response.content) == (204, b"")
+
+
 def test_v2_a_subscribers_subscriptions_are_listed_by_cursor_newest_first(
     keyed: tuple[Client, str], other: tuple[Client, str]
 ) -> None:
