@@ -1085,6 +1085,7 @@ def step_skip(*, step: Step, reason: str) -> None:
     # `sending` for good, which the reconciler (of processing steps) never moves.
     with transaction.atomic():
         _notification_locked(step)  # the step, then its message: see there
+        _message_locked(step)  # before the step: see there
         if _step_finish(step, held=True, **skipped):
             _messages_give_up([step.pk], reason)
 
@@ -1141,10 +1142,23 @@ def _notification_locked(step: Step) -> None:
     Notification.objects.select_for_update(no_key=True).filter(pk=step.notification_id).exists()
 
 
+def _message_locked(step: Step) -> None:
+    """Lock the step's message (if it has one) before the step, in a transaction that
+    ends a claimed step and then gives its message up. A send that outlasted its claim
+    is recorded (messaging's record: the message, then the step, with no other lock,
+    as every send is) while the task that took the step over fails, skips or cancels
+    it: locking the step first, each held the row the other wanted next, a deadlock
+    that PostgreSQL ended by failing the record (retried with backoff). The message
+    first, the two wait for each other in the record's order, as a subscriber's delete
+    does (the message, then the step). NO KEY, as the UPDATEs that follow lock it."""
+    Message.objects.select_for_update(no_key=True).filter(step_id=step.pk).exists()
+
+
 def step_fail(*, step: Step, code: str, message: str) -> None:
     """Fail a claimed step and its notification: a failure that halts the workflow."""
     with transaction.atomic():
         _notification_locked(step)
+        _message_locked(step)  # before the step: see there
         now = timezone.now()
         failed = _held(step).update(status=Step.Status.FAILED, error=message, completed_at=now)
         if failed:
@@ -1222,10 +1236,12 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
             Notification.objects.filter(pk=step.notification_id).update(updated_at=due_at)
         if released and on_broker:
             pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
-        elif not released and _held(step).update(
-            status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
-        ):  # canceled (or failed) while it was sending: nothing more to try
-            _messages_give_up([step.pk], message)
+        elif not released:  # canceled (or failed) while it was sending: nothing more to try
+            _message_locked(step)  # before the step: see there
+            if _held(step).update(
+                status=Step.Status.CANCELED, error=message, completed_at=timezone.now()
+            ):
+                _messages_give_up([step.pk], message)
 
 
 def step_internal_error(*, step_id: int, claim: str, exc: Exception) -> None:
