@@ -1512,6 +1512,42 @@ def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
         return rows.model._default_manager.filter(pk__in=locked.values("pk")).update(**fields)
 
 
+def _lost_give_up(*, now: datetime, stale: timedelta) -> int:
+    """End the steps of ended notifications whose tasks were lost, with their messages;
+    return how many steps. A notification that ended (canceled, failed) while its step
+    was sending leaves the step to its task; a task lost with its worker left the step
+    processing for good, and its message sending. Once the claim is stale, both end,
+    never sent again; a late success still marks its message sent.
+
+    Together, each step and its message skipped if another transaction holds either
+    (as `_update_unheld` skips them), and left to the next tick. As two UPDATEs of
+    several rows, the tick locked the messages as it read them (the table's order),
+    a subscriber's delete in its steps' order: each held one the other waited for,
+    and PostgreSQL ended one of them (the delete, a 503)."""
+    lost = Step.objects.filter(
+        ~_of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
+    )
+    with transaction.atomic():
+        locked = lost.order_by().select_for_update(no_key=True, skip_locked=True, of=("self",))
+        step_pks = set(locked.values_list("pk", flat=True))
+        if not step_pks:
+            return 0
+        sending = Message.objects.filter(step_id__in=step_pks, status=Message.Status.SENDING)
+        messages = dict(
+            sending.order_by()
+            .select_for_update(no_key=True, skip_locked=True)
+            .values_list("pk", "step_id")
+        )
+        # A message another transaction holds (its late record, a delete): its step too.
+        step_pks -= set(sending.exclude(pk__in=list(messages)).values_list("step_id", flat=True))
+        Message.objects.filter(
+            pk__in=[pk for pk, step_pk in messages.items() if step_pk in step_pks]
+        ).update(status=Message.Status.FAILED, error=LOST_WITH_ITS_TASK)
+        return Step.objects.filter(pk__in=step_pks).update(
+            status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now
+        )
+
+
 # A tick every NORM_RECONCILE_INTERVAL (10 s) while the database or the broker is away.
 _reconcile_failed = Quieted()
 
@@ -1653,17 +1689,7 @@ def _reconcile() -> dict[str, int]:
         status=Step.Status.SCHEDULED,
         enqueued_at=None,
     )
-    # A notification that ended (canceled, failed) while its step was sending leaves the
-    # step to its task; a task lost with its worker left the step processing for good,
-    # and its message sending. Once the claim is stale, both end, never sent again. The
-    # message first, as the task updates them: a late success still marks it sent.
-    lost = Step.objects.filter(
-        ~_of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
-    )
-    _messages_give_up(lost.values("pk"), LOST_WITH_ITS_TASK)
-    lost_steps = lost.update(
-        status=Step.Status.CANCELED, error=LOST_WITH_ITS_TASK, completed_at=now
-    )
+    lost_steps = _lost_give_up(now=now, stale=stale)
     due = Step.objects.filter(
         status=Step.Status.SCHEDULED,
         due_at__lte=now,

@@ -9,12 +9,19 @@ from typing import Any
 
 import pytest
 
+from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued, InThread, ago, held, lock_waiters
-from tests.factories import NotificationFactory, SubscriberFactory, api_for, client_with_key
+from tests.factories import (
+    MessageFactory,
+    NotificationFactory,
+    SubscriberFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import services
-from workflows.models import Notification
+from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,3 +107,52 @@ def test_two_ticks_at_once_count_each_stalled_fan_out_once(enqueued: Enqueued) -
     assert set(runs.values_list("status", "internal_errors")) == {(TriggerEvent.Status.RECEIVED, 1)}
     reruns = TriggerEvent.objects.filter(pk__in=[e.pk for e in short])
     assert set(reruns.values_list("status", "refanned")) == {(TriggerEvent.Status.RECEIVED, 1)}
+
+
+def test_a_subscriber_deleted_while_a_tick_gives_up_steps_lost_with_their_tasks_is_deleted(
+    enqueued: Enqueued,
+) -> None:
+    """A tick gives up the messages of steps whose tasks were lost after their
+    notification ended, then the steps, each in one UPDATE of several rows, locked as
+    read (the messages' table order); a subscriber's delete deletes its messages in its
+    steps' order. The tick held one of the subscriber's messages and waited for another
+    that the delete held, waiting for the first: PostgreSQL ended the delete (a 503, the
+    subscriber still there)."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+
+    def lost(subscriber: Subscriber) -> Message:
+        return MessageFactory(
+            step__notification__client=client,
+            step__notification__subscriber=subscriber,
+            step__notification__trigger_event__client=client,
+            step__notification__status=Notification.Status.CANCELED,
+            step__status=Step.Status.PROCESSING,
+            step__claimed_by="a task lost with its worker",
+            step__claimed_at=ago(STALE + 10),
+            status=Message.Status.SENDING,
+        )
+
+    first, second = lost(ann), lost(ann)
+    other = lost(SubscriberFactory(client=client))
+    # The tick reads `second`, `other`, then `first` (the one written last is the
+    # table's last row); the delete reads them by step: `first`, then `second`.
+    Message.objects.filter(pk=first.pk).update(error="")
+    release = threading.Event()
+    holder = held(Message.objects.filter(pk=other.pk), release)
+    tick = InThread(services.reconcile)  # holds `second`, waits for `other`
+    lock_waiters(1)
+    delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
+    lock_waiters(2)  # the delete holds `first`, waits for `second`
+    release.set()  # the tick goes on to `first`
+    holder.join()
+    response = delete.join()
+    tick.join()
+
+    assert response.status_code == 200, response.content
+    assert not Subscriber.objects.filter(pk=ann.pk).exists()
+    assert not Message.objects.filter(pk__in=[first.pk, second.pk]).exists()
+    services.reconcile()  # `other`'s step, if the tick passed it by, is the next one's
+    other.refresh_from_db()
+    assert other.status == Message.Status.FAILED
+    assert Step.objects.get(pk=other.step_id).status == Step.Status.CANCELED
