@@ -70,8 +70,10 @@ def clear_all() -> None:
 
 
 class ClientErrorsQuieted(logging.Filter):
-    """Django's WARNING for each 4xx answer ("Unauthorized: /v1/events/trigger"), one line
-    a minute per status and route, saying how many it held back since. A caller with a
+    """Django's WARNING for each 4xx answer ("Unauthorized: /v1/events/trigger"), and its
+    ERROR with a traceback for each request it finds suspicious (a Host header that
+    ALLOWED_HOSTS lacks, as every scanner of the server's address sends), one line a
+    minute per status and route, saying how many it held back since. A caller with a
     revoked key, or a broken or hostile one, flooded the log with a line per request,
     which the access log already has; a flood of 401s or 429s stays in sight, counted.
     By route (the URL's pattern), not by path: a 404 for each unknown subscriber, or a
@@ -97,10 +99,15 @@ class ClientErrorsQuieted(logging.Filter):
         if not isinstance(status, int) or not 400 <= status < 500:
             return True
         match = getattr(getattr(record, "request", None), "resolver_match", None)
-        held = self._quieted.due((status, getattr(match, "route", None)))
+        held = self._quieted.due((record.name, status, getattr(match, "route", None)))
         if held is None:
             return False
-        if isinstance(record.args, tuple):  # Django's: the reason and the path
-            record.msg = f"{record.msg} (%d more such answers since the last such line)"
-            record.args = (*record.args, held)
+        # Written out whole: a security line's message is the exception's text, which
+        # holds what the caller sent (a Host header of "%s" is no format to apply).
+        record.msg = f"{record.getMessage()} ({held} more such answers since the last such line)"
+        record.args = ()
+        if record.name.startswith("django.security."):
+            # Django's traceback of a refused Host header (or a body too large, a bad
+            # session cookie) says only where Django raised it: the line says what.
+            record.exc_info = record.exc_text = None
         return True

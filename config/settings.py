@@ -520,8 +520,29 @@ LOGGING = {
             name: {"filters": ["bridge_query"]}
             for name in ("urllib3.connectionpool", "urllib3.util.retry")
         },
-        # Django's line for each 4xx answer: one a minute per status and route.
-        "django.request": {"filters": ["client_errors"]},
+        # Django's line for each 4xx answer: one a minute per status and route; as for
+        # each request Django refuses as suspicious, logged by a logger named for its
+        # exception (or CSRF's), which a filter on their parent would not see.
+        **{
+            name: {"filters": ["client_errors"]}
+            for name in (
+                "django.request",
+                *(
+                    f"django.security.{suspicious}"
+                    for suspicious in (
+                        "DisallowedHost",
+                        "DisallowedRedirect",
+                        "RequestDataTooBig",
+                        "TooManyFieldsSent",
+                        "TooManyFilesSent",
+                        "SuspiciousMultipartForm",
+                        "SuspiciousSession",
+                        "InvalidSessionKey",
+                        "csrf",
+                    )
+                ),
+            )
+        },
     },
     "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
 }

@@ -282,3 +282,48 @@ def test_logging_configured_twice_still_writes_one_count_on_a_4xx_line(
         ]
     finally:
         logger.filters[:] = filters
+
+
+def test_a_host_allowed_hosts_lacks_is_one_error_a_minute_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    """Django logged an ERROR with its traceback for each request whose Host header
+    ALLOWED_HOSTS lacks, as every scanner of a server's address sends: its line is
+    quieted as a 4xx's is, without the traceback, which says only where Django raised
+    it. The Host header is the caller's text: a "%s" in it is no format to apply."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    caplog.set_level(logging.INFO)
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    api = APIClient()
+
+    def lines() -> list[tuple[str, int, bool, str]]:
+        found = [
+            (r.name, r.levelno, r.exc_info is not None, r.getMessage())
+            for r in caplog.records
+            if r.name.startswith("django.")
+        ]
+        caplog.clear()
+        return found
+
+    for _ in range(3):
+        assert api.get("/v1/subscribers", HTTP_HOST="scan%s.example").status_code == 400
+    refused = "Invalid HTTP_HOST header: 'scan%s.example'. The domain name provided is not valid according to RFC 1034/1035."
+    assert lines() == [
+        (
+            "django.security.DisallowedHost",
+            logging.ERROR,
+            False,
+            f"{refused} (0 more such answers since the last such line)",
+        ),
+    ]
+    clock.now += logs.Quieted.PERIOD
+    assert api.get("/", HTTP_HOST="scan%s.example").status_code == 400
+    assert lines() == [
+        (
+            "django.security.DisallowedHost",
+            logging.ERROR,
+            False,
+            f"{refused} (2 more such answers since the last such line)",
+        ),
+    ]
