@@ -1009,6 +1009,24 @@ def test_a_canceled_notification_is_not_sent(
     assert mail.outbox == [] and not Message.objects.exists() and enqueued.calls == []
 
 
+def test_a_step_of_a_trigger_canceled_before_its_notification_was_is_not_sent(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """A trigger's cancel commits its `canceled_at` first and ends its notifications a
+    chunk at a time, the last ones after it has answered (or, cut off, by its task): a
+    step of one still running meanwhile is not claimed and sent, though the cancel had
+    answered; its notification is canceled there, with the step."""
+    settings.EMAIL_BACKEND = LOCMEM
+    step = email_step()
+    TriggerEvent.objects.filter(pk=step.notification.trigger_event_id).update(
+        canceled_at=timezone.now()
+    )
+    step = send(step)
+    assert step.status == Step.Status.CANCELED
+    assert Notification.objects.get().status == Notification.Status.CANCELED
+    assert mail.outbox == [] and not Message.objects.exists()
+
+
 @pytest.mark.parametrize("status", [Notification.Status.CANCELED, Notification.Status.FAILED])
 def test_a_scheduled_step_of_a_final_notification_is_not_claimed(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, status: str
