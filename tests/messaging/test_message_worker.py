@@ -2039,7 +2039,11 @@ def _subscriber_deleted_after(subscriber: Any, sql_prefix: str) -> Iterator[list
 )
 @pytest.mark.parametrize("channel", ["email", "in_app"])
 def test_a_step_whose_subscriber_is_deleted_under_its_send_ends_quietly_unsent(
-    settings: Any, enqueued: Enqueued, after: str, channel: str
+    settings: Any,
+    enqueued: Enqueued,
+    caplog: pytest.LogCaptureFixture,
+    after: str,
+    channel: str,
 ) -> None:
     """A subscriber deleted (with its notifications, steps and messages) just after the
     message task claimed its step: the task's read of the step found none
@@ -2053,6 +2057,7 @@ def test_a_step_whose_subscriber_is_deleted_under_its_send_ends_quietly_unsent(
         tasks.message_send(step.pk)  # raises nothing
 
     assert deleted
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not Step.objects.filter(pk=step.pk).exists()
     assert not Message.objects.exists()
     assert mail.outbox == []
