@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from config import pipeline
 from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
@@ -16,6 +17,7 @@ from tests.conftest import Enqueued, InThread, ago, held, lock_waiters
 from tests.factories import (
     MessageFactory,
     NotificationFactory,
+    StepFactory,
     SubscriberFactory,
     api_for,
     client_with_key,
@@ -156,3 +158,38 @@ def test_a_subscriber_deleted_while_a_tick_gives_up_steps_lost_with_their_tasks_
     other.refresh_from_db()
     assert other.status == Message.Status.FAILED
     assert Step.objects.get(pk=other.step_id).status == Step.Status.CANCELED
+
+
+def test_a_stale_step_of_a_running_notification_a_send_holds_is_left_to_the_next_tick(
+    enqueued: Enqueued,
+) -> None:
+    """A tick releases the stale claims of running notifications' steps, passing over a
+    row another transaction holds (_update_unheld), and then ends, unsent, those of
+    notifications that ended meanwhile. A running notification's step it passed over so
+    (a send's record holding it, then rolled back by the database) is none of the latter:
+    ended, its email was never sent and the workflow went on without it. It stays
+    processing, its message on its way, for the next tick to release."""
+    step = StepFactory(
+        type="email",
+        status=Step.Status.PROCESSING,
+        claimed_by="a task that died",
+        claimed_at=ago(STALE + 10),
+    )
+    MessageFactory(step=step, status=Message.Status.SENDING, provider="email", attempts=1)
+    release = threading.Event()
+    holder = held(Step.objects.filter(pk=step.pk), release)
+    tick = InThread(services.reconcile)
+    lock_waiters(1, within=2)  # none: the tick waits for no step it passed over
+    release.set()
+    holder.join()
+    tick.join()
+
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.PROCESSING, "")
+    assert Message.objects.get().status == Message.Status.SENDING
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+    services.reconcile()  # the next tick
+    step.refresh_from_db()
+    assert step.status == Step.Status.SCHEDULED
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
