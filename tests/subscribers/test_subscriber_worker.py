@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
@@ -233,6 +234,19 @@ def test_a_missing_event_is_ignored(
     with django_capture_on_commit_callbacks(execute=True):
         tasks.subscriber_process(987654321, {"subscriberId": "ann"})
     assert Subscriber.objects.count() == 0 and enqueued.calls == []
+
+
+def test_a_recipients_command_of_a_canceled_trigger_creates_no_notification(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """As a chunk's (test_subscriber_batch): a command still queued when its trigger was
+    canceled makes no notification. Made, it was one the cancel had not listed, pending
+    with its echo enqueued, until that echo found the trigger canceled."""
+    event = TriggerEventFactory(canceled_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscriber_process(event.pk, {"subscriberId": "ann"})
+    assert not Notification.objects.exists()
+    assert enqueued.calls == []
 
 
 @pytest.mark.django_db(transaction=True)
