@@ -193,3 +193,34 @@ def test_a_stale_step_of_a_running_notification_a_send_holds_is_left_to_the_next
     step.refresh_from_db()
     assert step.status == Step.Status.SCHEDULED
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
+def test_a_running_notifications_step_let_go_between_a_ticks_phases_is_not_given_up(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, the send holding the step lets it go after the tick passed over it and
+    before the tick ends the steps of notifications that ended: that phase skips held
+    rows too, so only its filter of ended notifications keeps it from ending a running
+    one's step, unsent, the workflow going on without it."""
+    step = StepFactory(
+        type="email",
+        status=Step.Status.PROCESSING,
+        claimed_by="a task that died",
+        claimed_at=ago(STALE + 10),
+    )
+    MessageFactory(step=step, status=Message.Status.SENDING, provider="email", attempts=1)
+    release = threading.Event()
+    holder = held(Step.objects.filter(pk=step.pk), release)
+    give_up = services._lost_give_up
+
+    def let_go_first(**kwargs: Any) -> int:
+        release.set()
+        holder.join()
+        return give_up(**kwargs)
+
+    monkeypatch.setattr(services, "_lost_give_up", let_go_first)
+    services.reconcile()
+
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.PROCESSING, "")
+    assert Message.objects.get().status == Message.Status.SENDING
