@@ -563,6 +563,18 @@ def topic_subscribe_named(
         )
         asked = {named[sid].identifier for sid in found if sid in named} - {""}
         taken = dict(rows.filter(identifier__in=asked).values_list("identifier", "subscriber_id"))
+        # The <key>:<subscriberId> norm answered, before it kept identifiers, for members
+        # given none, which their callers may have kept (selectors.topic_member_named).
+        legacy = f"{topic.key}:"
+        former = {
+            f"{legacy}{member}"
+            for member in rows.filter(
+                identifier="",
+                subscriber__subscriber_id__in=[
+                    i.removeprefix(legacy) for i in asked if i.startswith(legacy)
+                ],
+            ).values_list("subscriber__subscriber_id", flat=True)
+        }
         new = []
         for sid in dict.fromkeys(subscriber_ids):
             if (subscriber := found.get(sid)) is None:
@@ -580,11 +592,13 @@ def topic_subscribe_named(
                         " norm keeps one subscription per subscriber and topic",
                     )
                 continue
-            # Another's default too (its subscriber's, subscribed or not): a GET of it
-            # would find this one.
+            # Another's default too (its subscriber's, subscribed or not), or the former
+            # identifier of another member: a GET or an unsubscribe of it would find this
+            # one (selectors.topic_member_named looks for one given first).
             unnamed = default_subscription_identifier(topic.key, "")
             if identifier and (
                 identifier.startswith(unnamed)
+                or identifier in former
                 or taken.setdefault(identifier, subscriber.pk) != subscriber.pk
             ):
                 refused[sid] = (

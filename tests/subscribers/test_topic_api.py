@@ -771,6 +771,34 @@ def test_v2_a_second_subscription_of_a_subscriber_or_an_identifier_taken_is_refu
     assert members(client, "news") == ["ann", "dan"]
 
 
+def test_v2_an_identifier_norm_answered_before_for_another_subscriber_is_refused(
+    keyed: tuple[Client, str],
+) -> None:
+    """`news:bob`, the identifier norm answered for bob's subscription before it kept
+    identifiers, still names it; given to ann's, it named hers instead (a subscription's
+    own identifier is looked for first), and a caller that kept it unsubscribed ann,
+    not bob. Refused as another subscriber's Novu default is; a subscriber's own is
+    taken, and so is one that is no member's former identifier (`news:weekly`)."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    call(key, "post", path, {"subscriberIds": ["bob"]})
+    TopicSubscription.objects.update(identifier="")  # as the migration leaves them
+
+    body = {"subscriptions": [{"identifier": "news:bob", "subscriberId": "ann"}]}
+    refused = assert_error(call(key, "post", path, body), 400, path)
+    assert [e["code"] for e in refused["errors"]] == ["SUBSCRIPTION_CREATE_FAILED"]
+    body = {"subscriptions": [{"identifier": "news:ann", "subscriberId": "ann"}]}
+    answer = ok(call(key, "post", path, body), 201)
+    assert [s["identifier"] for s in answer["data"]] == ["news:ann"]
+    body = {"subscriptions": [{"identifier": "news:weekly", "subscriberId": "cid"}]}
+    answer = ok(call(key, "post", path, body), 201)
+    assert [s["identifier"] for s in answer["data"]] == ["news:weekly"]
+
+    gone = ok(call(key, "delete", path, {"subscriptions": [{"identifier": "news:bob"}]}))
+    assert [s["subscriber"]["subscriberId"] for s in gone["data"]] == ["bob"]
+    assert members(client, "news") == ["ann", "cid"]
+
+
 def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
     keyed: tuple[Client, str],
 ) -> None:
