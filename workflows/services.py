@@ -1084,7 +1084,7 @@ def step_skip(*, step: Step, reason: str) -> None:
     # retry found the step skipped (no claim to take back) and the message stayed
     # `sending` for good, which the reconciler (of processing steps) never moves.
     with transaction.atomic():
-        _notification_locked(step)  # the step, then its message: see there
+        _notification_locked(step)  # first: see there
         _message_locked(step)  # before the step: see there
         if _step_finish(step, held=True, **skipped):
             _messages_give_up([step.pk], reason)
