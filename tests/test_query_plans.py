@@ -243,3 +243,26 @@ def test_the_admins_notification_list_reads_its_page_from_an_index_newest_first(
     nodes = plan_nodes(page)
     assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
     assert "notification_created" in {n.get("Index Name") for n in nodes}, nodes
+
+
+@pytest.mark.parametrize("count", [1, 150])
+def test_a_subscribes_identifiers_are_looked_for_in_the_identifiers_index(
+    tenant: tuple[object, APIClient], count: int
+) -> None:
+    """A subscribe looks for the identifiers it gives among the topic's subscriptions. Of
+    more than 100, `identifier IN (...)` is no proof for PostgreSQL that none is "" (it
+    proves so of a list of 100 at most), which the partial index's rows are: the lookup
+    read every subscription of the topic (50,000) by its (topic, subscriber) index."""
+    client, api = tenant
+    for i in range(count):
+        SubscriberFactory(client=client, subscriber_id=f"s{i}")
+    body = {
+        "subscriptions": [{"identifier": f"id-{i}", "subscriberId": f"s{i}"} for i in range(count)]
+    }
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post("/v2/topics/news/subscriptions", body, format="json")
+    assert response.status_code == 201, response.content
+    (lookup,) = [q["sql"] for q in queries if '"identifier" IN (' in q["sql"]]
+
+    plan = _plan_without_seqscan(lookup)
+    assert " topic_subscription_identifier " in plan, plan
