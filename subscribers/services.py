@@ -589,7 +589,10 @@ def topic_subscribe_named(
             identifier = "" if given.identifier == default else given.identifier
             if subscriber.pk in held:
                 has = held[subscriber.pk] or default
-                if identifier and identifier != has:
+                # One given none is named by the default and by the <key>:<subscriberId>
+                # norm answered for it before it kept identifiers: either is its own.
+                own = {has} if held[subscriber.pk] else {default, f"{topic.key}:{sid}"}
+                if identifier and identifier not in own:
                     refused[sid] = (
                         "SUBSCRIPTION_LIMIT_EXCEEDED",
                         f"Subscriber '{sid}' is subscribed to '{topic.key}' as '{has}':"

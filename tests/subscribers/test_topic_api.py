@@ -771,6 +771,26 @@ def test_v2_a_second_subscription_of_a_subscriber_or_an_identifier_taken_is_refu
     assert members(client, "news") == ["ann", "dan"]
 
 
+def test_v2_a_subscribe_naming_a_member_by_the_identifier_norm_answered_before_is_its_own(
+    keyed: tuple[Client, str],
+) -> None:
+    """`news:bob`, which norm answered for bob's subscription before it kept identifiers
+    (and still resolves to it), is bob's own: a subscribe that names him by it, as a
+    caller that kept it would, finds him a member, where it failed him with
+    SUBSCRIPTION_LIMIT_EXCEEDED, "subscribed as tk_news:si_bob" (a 400, all failed)."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    call(key, "post", path, {"subscriberIds": ["bob"]})
+    TopicSubscription.objects.update(identifier="")  # as the migration leaves them
+
+    body = {"subscriptions": [{"identifier": "news:bob", "subscriberId": "bob"}]}
+    answer = ok(call(key, "post", path, body), 201)
+
+    assert [s["identifier"] for s in answer["data"]] == ["tk_news:si_bob"]
+    assert "errors" not in answer
+    assert members(client, "news") == ["bob"]
+
+
 def test_v2_an_identifier_norm_answered_before_for_another_subscriber_is_refused(
     keyed: tuple[Client, str],
 ) -> None:
