@@ -1050,7 +1050,12 @@ class TopicSubscriptionsApi(APIView):
         responses={201: SubscriptionsCreated, **error_responses(400)},
     )
     def post(self, request: Request, key: str) -> Response:
-        ids = _subscription_ids(request)
+        if not isinstance(request.data, dict):
+            raise ApiError(400, "invalid_request", "The body must be a JSON object")
+        # A body naming neither list subscribes no one, as Novu's reads it (`subscriptions
+        # || subscriberIds || []`): the topic is still created (or renamed) and the answer
+        # a 201 with nothing failed. novu-py lets its request leave both out.
+        ids = _subscription_ids(request) if _given(request.data) else []
         named = _subscriptions_named(request)
         # Novu scopes a subscription to a context, or to some workflows; norm keeps
         # neither, and a subscription to everything would reach more than was asked.

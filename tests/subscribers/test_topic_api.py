@@ -452,7 +452,6 @@ def test_v2_add_members_creates_the_topic_it_names(keyed: tuple[Client, str]) ->
 @pytest.mark.parametrize(
     "body",
     [
-        {},
         {"subscriberIds": "ann"},
         {"subscriberIds": [1]},
         [],
@@ -588,9 +587,38 @@ def test_v2_an_unsubscribe_naming_no_one_is_a_200_that_removes_nothing(
     # A null list is as absent: the other one is read.
     body = {"subscriptions": None, "subscriberIds": ["ann"]}
     assert ok(call(key, "delete", "/v2/topics/news/subscriptions", body))["meta"]["successful"] == 1
-    # A subscribe naming no one is refused still: it would create the topic for nothing.
-    path = "/v2/topics/news/subscriptions"
-    assert_error(call(key, "post", path, {}), 400, path)
+
+
+def test_v2_a_subscribe_naming_no_one_creates_the_topic_and_subscribes_nobody(
+    keyed: tuple[Client, str],
+) -> None:
+    """Novu's subscribe reads a body naming neither list as no subscriptions
+    (topics.controller.ts: `body.subscriptions || body.subscriberIds || []`), creates
+    the topic, named as asked, and answers 201 with nothing subscribed (none failed):
+    norm refused it with a 400 (not a list of subscriber ids), which novu-py raised
+    for a call whose request DTO it lets leave both lists out."""
+    client, key = keyed
+    novu = novu_py_for(key)
+
+    created = novu.topics.subscriptions.create(
+        topic_key="news", create_topic_subscriptions_request_dto={"name": "News"}
+    ).result
+    assert (created.data, created.errors) == ([], None)
+    assert (created.meta.total_count, created.meta.successful, created.meta.failed) == (0, 0, 0)
+    topic = Topic.objects.get(client=client, key="news")
+    assert (topic.name, members(client, "news")) == ("News", [])
+
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+    for body in ({}, {"subscriptions": None, "subscriberIds": None}):
+        answer = ok(call(key, "post", "/v2/topics/news/subscriptions", body), 201)
+        assert answer == {"data": [], "meta": {"totalCount": 0, "successful": 0, "failed": 0}}
+    # Its members and its name as they were: nothing named, nothing changed.
+    assert members(client, "news") == ["ann"]
+    assert Topic.objects.get(client=client, key="news").name == "News"
+    # A body that is no object is refused still, and creates no topic.
+    path = "/v2/topics/other/subscriptions"
+    assert_error(call(key, "post", path, ["ann"]), 400, path)
+    assert not Topic.objects.filter(key="other").exists()
 
 
 @pytest.mark.parametrize(
