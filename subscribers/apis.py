@@ -953,7 +953,7 @@ def _checked_ids(ids: Any, field: str) -> list[str]:
 
 def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
     """`subscriber` as selectors.topic_members gives it, with `subscribed_at` and its
-    subscription's identifier and name."""
+    subscription's identifier, name and updatedAt."""
     named = subscriber.subscription_name
     return {
         "_id": f"{topic.pk}:{subscriber.pk}",
@@ -972,23 +972,24 @@ def _subscription_dto(topic: Topic, subscriber: Subscriber) -> dict[str, Any]:
             "avatar": subscriber.avatar or None,
         },
         "createdAt": iso_z(subscriber.subscribed_at),
-        "updatedAt": iso_z(subscriber.subscribed_at),
+        "updatedAt": iso_z(subscriber.subscription_updated_at),
     }
 
 
 def _with_subscribed_at(topic: Topic, members: list[Subscriber]) -> list[Subscriber]:
     """`members` with the time each was subscribed: now for one unsubscribed since."""
     rows = selectors.topic_members(topic=topic).filter(pk__in=[m.pk for m in members])
-    at = {
-        pk: (subscribed_at, identifier, name)
-        for pk, subscribed_at, identifier, name in rows.values_list(
-            "pk", "subscribed_at", "subscription_identifier", "subscription_name"
-        )
-    }
+    fields = (
+        "subscribed_at",
+        "subscription_identifier",
+        "subscription_name",
+        "subscription_updated_at",
+    )
+    at = {pk: values for pk, *values in rows.values_list("pk", *fields)}
     for member in members:
-        member.subscribed_at, member.subscription_identifier, member.subscription_name = at.get(
-            member.pk, (timezone.now(), "", "")
-        )
+        now = timezone.now()
+        for field, value in zip(fields, at.get(member.pk, (now, "", "", now)), strict=True):
+            setattr(member, field, value)
     return members
 
 
@@ -1181,6 +1182,7 @@ class SubscriberSubscriptionsApi(APIView):
             subscriber.subscribed_at = topic.subscribed_at
             subscriber.subscription_identifier = topic.subscription_identifier
             subscriber.subscription_name = topic.subscription_name
+            subscriber.subscription_updated_at = topic.subscription_updated_at
             return _subscription_dto(topic, subscriber)
 
         page = cursor_page(

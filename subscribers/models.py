@@ -81,6 +81,12 @@ class TopicSubscription(models.Model):
     # subscriptions without them while the upgrade migrates.
     identifier = models.CharField(max_length=255, blank=True, default="", db_default="")
     name = models.CharField(max_length=255, blank=True, default="", db_default="")
+    # When it last changed (its name, by a PATCH): Novu's updatedAt of it. Null until then,
+    # its updatedAt its created_at. Null rather than a database default: PostgreSQL gives
+    # every row there is the default's value as of the migration (their updatedAt the
+    # hour of the upgrade), and setting them back is a rewrite of the table; null is true
+    # of them, and of those the release before this column inserts while it migrates.
+    updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.db.models import F, QuerySet, Value
-from django.db.models.functions import Concat, Trim
+from django.db.models.functions import Coalesce, Concat, Trim
 from django.http import QueryDict
 
 from config.errors import ApiError
@@ -52,11 +52,17 @@ def topic_get(*, client_id: int, key: str) -> Topic:
     return topic
 
 
+# A subscription's Novu updatedAt: when it last changed, else when it was made.
+_SUBSCRIPTION_UPDATED_AT = Coalesce(
+    "topicsubscription__updated_at", "topicsubscription__created_at"
+)
+
+
 def topic_members(*, topic: Topic) -> QuerySet[Subscriber]:
     """A topic's members, each with `subscribed_at`: when its subscription was made,
     what Novu's subscription answers as its createdAt (not the topic's creation); and
     the subscription's `subscription_identifier` and `subscription_name` ("" if none
-    was given)."""
+    was given), and `subscription_updated_at`, its updatedAt."""
     # The subscription's row is the one the filter joins (F reuses its join): read as
     # the rows are, not a lookup per row (a count of a large topic counts 50,000).
     members = Subscriber.objects.filter(topicsubscription__topic=topic)
@@ -64,6 +70,7 @@ def topic_members(*, topic: Topic) -> QuerySet[Subscriber]:
         subscribed_at=F("topicsubscription__created_at"),
         subscription_identifier=F("topicsubscription__identifier"),
         subscription_name=F("topicsubscription__name"),
+        subscription_updated_at=_SUBSCRIPTION_UPDATED_AT,
     )
 
 
@@ -102,4 +109,5 @@ def subscriber_topics(*, subscriber: Subscriber) -> QuerySet[Topic]:
         subscribed_at=F("topicsubscription__created_at"),
         subscription_identifier=F("topicsubscription__identifier"),
         subscription_name=F("topicsubscription__name"),
+        subscription_updated_at=_SUBSCRIPTION_UPDATED_AT,
     )

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
+from django.utils import timezone
 
 from config import pipeline
 from config.db import insert_once
@@ -638,8 +639,11 @@ def topic_subscription_rename(
         _lock_or_gone(Topic.objects.filter(pk=topic.pk))
         member = selectors.topic_member_named(topic=topic, identifier=identifier)
         if member is not None and name is not None and member.subscription_name != name:
-            TopicSubscription.objects.filter(topic=topic, subscriber=member).update(name=name)
-            member.subscription_name = name
+            # When it changed, Novu's updatedAt of it: it answered its createdAt still.
+            now = timezone.now()
+            rows = TopicSubscription.objects.filter(topic=topic, subscriber=member)
+            rows.update(name=name, updated_at=now)
+            member.subscription_name, member.subscription_updated_at = name, now
     return member
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from django.db.migrations.loader import MigrationLoader
 from novu_py import models
 from novu_py.models import TopicResponseDto
 
@@ -1097,6 +1098,58 @@ def test_v2_a_subscription_is_renamed_by_its_identifier_and_refuses_preferences(
     bad = f"{path}/ann-weekly"
     for body in ({"name": 5}, {"name": "x" * 256}, ["x"]):
         assert_error(call(key, "patch", bad, body), 400, bad)
+
+
+def test_v2_a_renamed_subscription_answers_when_it_changed_as_its_updated_at(
+    keyed: tuple[Client, str],
+) -> None:
+    """Novu's PATCH of a subscription sets its name, and its updatedAt with it, which
+    novu-py's SubscriptionResponseDto reads (update-subscription.usecase.ts answers the
+    row updated): norm kept no such date and answered its createdAt, a subscription
+    renamed today read as never changed since it was made."""
+    client, key = keyed
+    novu = novu_py_for(key)
+    body = {"subscriptions": [{"identifier": "ann-weekly", "subscriberId": "ann"}, "bob"]}
+    novu.topics.subscriptions.create(topic_key="news", create_topic_subscriptions_request_dto=body)
+    TopicSubscription.objects.update(created_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC))
+    made = "2024-05-06T07:08:09.000Z"
+
+    renamed = novu.topics.subscriptions.update(
+        topic_key="news",
+        identifier="ann-weekly",
+        update_topic_subscription_request_dto={"name": "W"},
+    ).result
+    assert renamed.updated_at > renamed.created_at == made
+    changed = TopicSubscription.objects.get(identifier="ann-weekly").updated_at
+    assert (renamed.created_at, renamed.updated_at) == (made, iso_z(changed))
+    # A PATCH that changes nothing leaves it as it was.
+    same = ok(call(key, "patch", "/v2/topics/news/subscriptions/ann-weekly", {"name": "W"}))
+    assert same["data"]["updatedAt"] == iso_z(changed)
+
+    # Every answer of it says so; bob's, never changed, is its createdAt still.
+    url = "/v2/topics/news/subscriptions"
+    listed = ok(call(key, "get", f"{url}?orderDirection=ASC"))["data"]
+    by_subscriber = ok(call(key, "get", "/v2/subscribers/ann/subscriptions"))["data"]
+    checked = ok(call(key, "get", "/v1/topics/news/subscribers/ann"))["data"]
+    again = ok(call(key, "post", url, {"subscriberIds": ["ann", "bob"]}), 201)["data"]
+    removed = ok(call(key, "delete", url, {"subscriberIds": ["ann"]}))["data"]
+    expected = {"ann": (made, iso_z(changed)), "bob": (made, made)}
+    for answer in (listed, by_subscriber, [checked], again, removed):
+        for item in answer:
+            dates = (item["createdAt"], item["updatedAt"])
+            assert dates == expected[item["subscriber"]["subscriberId"]]
+
+    # A subscription the release before this column inserts while the upgrade migrates
+    # goes in, and reads as not changed since it was made.
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    before = loader.project_state(("subscribers", "0008_topic_subscription_identifier_index"))
+    old_model = before.apps.get_model("subscribers", "TopicSubscription")
+    old_model.objects.create(
+        topic_id=Topic.objects.get(key="news").pk,
+        subscriber_id=Subscriber.objects.get(client=client, subscriber_id="cid").pk,
+    )
+    cid = ok(call(key, "get", f"{url}?subscriberId=cid"))["data"]
+    assert [(s["createdAt"] == s["updatedAt"]) for s in cid] == [True]
 
 
 def test_v2_a_subscription_id_of_more_digits_than_python_reads_is_none(
