@@ -3,18 +3,23 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from messaging.models import Message
 from subscribers import recipients, services
-from subscribers.models import Subscriber, Topic, TopicSubscription
+from subscribers.models import (
+    Subscriber,
+    Topic,
+    TopicSubscription,
+    default_subscription_identifier,
+)
 from workflows.admin import STORABLE_JSON, DeletedMeanwhileAdmin, GoneMeanwhile, changelist_link
 from workflows.models import Notification
 
@@ -202,7 +207,11 @@ admin.site.autocomplete_view = _autocomplete  # type: ignore[method-assign]
 class TopicSubscriptionForm(forms.ModelForm):
     class Meta:
         model = TopicSubscription
-        fields = ["topic", "subscriber"]
+        fields = ["topic", "subscriber", "identifier", "name"]
+        help_texts = {
+            "identifier": "what the API names it by, unique within its topic; left empty,"
+            " Novu's default, tk_<topic key>:si_<subscriberId>",
+        }
 
     def clean(self) -> dict[str, Any]:
         # Subscriber ids repeat across clients, and the choices show only the id. Another
@@ -234,17 +243,25 @@ class CheckedAutocomplete(AutocompleteSelect):
         return True
 
 
+class SubscriptionRefused(Exception):
+    """The API's subscribe refused the one added (services.topic_subscribe_named)."""
+
+
 @admin.register(TopicSubscription)
 class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
     """A topic's members, a page at a time (a topic may have thousands: no inline).
 
-    Added as the API adds one (services.topic_subscribe), which locks the topic and the
-    subscriber as their deletes lock them: Django's insert, unlocked, was refused at
-    commit by the foreign key of one the API deleted meanwhile, a 500. Never changed:
-    a membership is its pair, and a pair changed the same way would fail the same way."""
+    Added as the API adds one (services.topic_subscribe_named), which locks the topic and
+    the subscriber as their deletes lock them: Django's insert, unlocked, was refused at
+    commit by the foreign key of one the API deleted meanwhile, a 500. Its identifier and
+    name are given as a subscribe gives them, refused as it refuses them (an identifier
+    another subscription of the topic has, a second one of the subscriber): an insert of
+    Django's own gave one identifier to two subscriptions, one of them unreachable by it.
+    Never changed: a membership is its pair, and a pair changed the same way would fail
+    the same way; an identifier the API's callers name it by is not changed under them."""
 
     form = TopicSubscriptionForm
-    list_display = ["topic", "subscriber", "client", "created_at"]
+    list_display = ["topic", "subscriber", "identifier_answered", "name", "client", "created_at"]
     list_select_related = ["topic__client", "subscriber"]
     autocomplete_fields = ["topic", "subscriber"]
     search_fields = ["=topic__key", "=subscriber__subscriber_id"]
@@ -252,6 +269,34 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["topic", "subscriber", "identifier", "name"]
+        # Its identifier as the API answers it: Novu's default where none was given.
+        return ["topic", "subscriber", "identifier_answered", "name", "created_at", "updated_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else ["identifier_answered", "created_at", "updated_at"]
+
+    @admin.display(description="identifier")
+    def identifier_answered(self, subscription: TopicSubscription) -> str:
+        return subscription.identifier or default_subscription_identifier(
+            subscription.topic.key, subscription.subscriber.subscriber_id
+        )
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except SubscriptionRefused as refused:  # rolled back: nothing was added
+            self.message_user(request, str(refused), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name in self.autocomplete_fields:
@@ -273,14 +318,18 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
         self, request: HttpRequest, obj: TopicSubscription, form: Any, change: bool
     ) -> None:
         topic, subscriber = obj.topic, obj.subscriber
+        sid = subscriber.subscriber_id
+        named = {sid: services.SubscriptionNamed(identifier=obj.identifier, name=obj.name)}
         try:
-            _, missing = services.topic_subscribe(
-                topic=topic, subscriber_ids=[subscriber.subscriber_id]
+            _, missing, refused = services.topic_subscribe_named(
+                topic=topic, subscriber_ids=[sid], named=named
             )
         except Topic.DoesNotExist:
             raise GoneMeanwhile(topic) from None
         if missing:
             raise GoneMeanwhile(subscriber)
+        if refused:
+            raise SubscriptionRefused(refused[sid][1])
         # Still locked: the page's answer links to it.
         obj.pk = TopicSubscription.objects.get(topic=topic, subscriber=subscriber).pk
 

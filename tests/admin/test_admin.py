@@ -1514,6 +1514,58 @@ def test_a_member_added_in_the_admin_while_its_topic_or_subscriber_is_deleted(
     assert not type(gone).objects.exists() and not TopicSubscription.objects.exists()
 
 
+def test_a_members_identifier_and_name_are_shown_and_given_on_add_as_a_subscribe_gives_them(
+    admin_client,
+) -> None:
+    """The list and a member's page showed neither the identifier the API names a
+    subscription by nor its name, and the add page gave none. Given there, they pass the
+    checks a subscribe makes: an identifier another subscription of the topic has (or
+    another subscriber's default), or a second subscription of a subscriber, is refused
+    with the reason the API gives, and nothing is added."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    for name in ("bob", "cid", "dan"):
+        SubscriberFactory(client=ann.client, subscriber_id=name)
+    topic = Topic.objects.create(client=ann.client, key="news")
+    weekly = services.SubscriptionNamed(identifier="ann-weekly", name="Weekly")
+    services.topic_subscribe_named(topic=topic, subscriber_ids=["ann"], named={"ann": weekly})
+    services.topic_subscribe(topic=topic, subscriber_ids=["bob"])
+
+    listed = admin_client.get(reverse("admin:subscribers_topicsubscription_changelist"))
+    html = listed.content.decode()
+    assert '<td class="field-identifier_answered">ann-weekly</td>' in html
+    assert '<td class="field-name">Weekly</td>' in html
+    assert '<td class="field-identifier_answered">tk_news:si_bob</td>' in html
+    for member, shown in (("ann", ["ann-weekly", "Weekly"]), ("bob", ["tk_news:si_bob"])):
+        row = TopicSubscription.objects.get(subscriber__subscriber_id=member)
+        page = admin_client.get(_url(row, "change")).content.decode()
+        assert all(f'<div class="readonly">{text}</div>' in page for text in shown)
+
+    url = reverse("admin:subscribers_topicsubscription_add")
+    form = admin_client.get(url).content.decode()
+    assert 'name="identifier"' in form and 'name="name"' in form
+    cid = Subscriber.objects.get(subscriber_id="cid")
+    added = admin_client.post(
+        url, {"topic": topic.pk, "subscriber": cid.pk, "identifier": " cid-daily ", "name": "D"}
+    )
+    assert added.status_code == 302
+    row = TopicSubscription.objects.get(subscriber=cid)
+    assert (row.identifier, row.name) == ("cid-daily", "D")
+
+    dan = Subscriber.objects.get(subscriber_id="dan")
+    for identifier in ("ann-weekly", "tk_news:si_bob"):
+        body = {"topic": topic.pk, "subscriber": dan.pk, "identifier": identifier}
+        refused = admin_client.post(url, body, follow=True)
+        assert refused.redirect_chain == [(url, 302)]
+        reason = f"'{identifier}' names another subscription of 'news'"
+        assert escape(reason) in refused.content.decode()
+    assert not TopicSubscription.objects.filter(subscriber=dan).exists()
+    # A second subscription of a subscriber is its form's error: the pair exists.
+    body = {"topic": topic.pk, "subscriber": ann.pk, "identifier": "ann-daily"}
+    second = admin_client.post(url, body).content.decode()
+    assert "Topic subscription with this Topic and Subscriber already exists." in second
+    assert TopicSubscription.objects.get(subscriber=ann).identifier == "ann-weekly"
+
+
 def test_a_member_added_in_the_admin_is_added_and_never_changed(admin_client) -> None:
     ann = SubscriberFactory(subscriber_id="ann")
     topic = Topic.objects.create(client=ann.client, key="news")
