@@ -1214,9 +1214,6 @@ _SUBSCRIPTION_UPDATE = {
 }
 
 
-_SUBSCRIBER_PK = re.compile(r"[0-9]{1,18}")
-
-
 class TopicSubscriptionDetailApi(APIView):
     @extend_schema(
         tags=["Topics"],
@@ -1234,15 +1231,8 @@ class TopicSubscriptionDetailApi(APIView):
         topic = Topic.objects.filter(client_id=request.user.pk, key=key).first()
         subscriber = None
         if topic is not None:
-            # By its identifier, or by its _id (<topic pk>:<subscriber pk>), as Novu takes
-            # its internal id too.
+            # By its identifier, or by its _id, as its PATCH finds it.
             subscriber = selectors.topic_member_named(topic=topic, identifier=identifier)
-            # A subscriber's id: 1 to 18 ASCII digits. int() refuses more than 4,300
-            # (ValueError, a 500), and more than 18 may pass bigint: neither is an id.
-            pk = identifier.removeprefix(f"{topic.pk}:")
-            if subscriber is None and pk != identifier and _SUBSCRIBER_PK.fullmatch(pk):
-                members = selectors.topic_members(topic=topic)
-                subscriber = members.filter(pk=int(pk)).first()
         if topic is None or subscriber is None:
             return Response(status=204)
         dto = _subscription_dto(topic, subscriber)

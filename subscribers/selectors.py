@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce, Concat, Trim
 from django.http import QueryDict
@@ -74,11 +76,19 @@ def topic_members(*, topic: Topic) -> QuerySet[Subscriber]:
     )
 
 
+# A subscriber's id: 1 to 18 ASCII digits. int() refuses more than 4,300 (ValueError,
+# a 500), and more than 18 may pass bigint: neither is an id.
+_SUBSCRIBER_PK = re.compile(r"[0-9]{1,18}")
+
+
 def topic_member_named(*, topic: Topic, identifier: str) -> Subscriber | None:
     """The member (as topic_members gives it) whose subscription `identifier` names:
     the identifier it was given, else, of one given none, Novu's default
     (tk_{key}:si_{subscriberId}) or the {key}:{subscriberId} that norm answered before
-    it kept identifiers, which its callers may have kept."""
+    it kept identifiers, which its callers may have kept; else the subscription whose
+    `_id` (<topic pk>:<subscriber pk>) it is, as Novu takes its internal id too. The
+    one lookup of a subscription's GET, PATCH and unsubscribe: PATCH refused the `_id`
+    that GET of the same URL found."""
     if not identifier:
         return None
     members = topic_members(topic=topic)
@@ -91,6 +101,9 @@ def topic_member_named(*, topic: Topic, identifier: str) -> Subscriber | None:
             found = members.filter(subscriber_id=subscriber_id, subscription_identifier="")
             if (member := found.first()) is not None:
                 return member
+    pk = identifier.removeprefix(f"{topic.pk}:")
+    if pk != identifier and _SUBSCRIBER_PK.fullmatch(pk):
+        return members.filter(pk=int(pk)).first()
     return None
 
 

@@ -1169,6 +1169,42 @@ def test_v2_a_subscription_id_of_more_digits_than_python_reads_is_none(
         assert (response.status_code, response.content) == (204, b"")
 
 
+def test_v2_a_subscription_is_renamed_by_the_id_its_get_finds_it_by(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    """GET /v2/topics/{key}/subscriptions/{identifier} finds a subscription by its `_id`
+    (<topic _id>:<subscriber _id>), as Novu takes its internal id; a PATCH of the same
+    URL answered 404 for it, the one subscription named two ways by one URL. Both now
+    find it by the one lookup, and neither finds another topic's or client's."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
+    call(key, "post", "/v2/topics/deals/subscriptions", {"subscriberIds": ["ann"]})
+    listed = ok(call(key, "get", "/v2/topics/news/subscriptions?subscriberId=ann"))["data"]
+    url = f"/v2/topics/news/subscriptions/{listed[0]['_id']}"
+
+    got = ok(call(key, "get", url))["data"]
+    renamed = ok(call(key, "patch", url, {"name": "Ann's"}))["data"]
+    assert (renamed["_id"], renamed["identifier"]) == (got["id"], got["identifier"])
+    assert renamed["subscriber"]["subscriberId"] == "ann"
+    names = TopicSubscription.objects.filter(topic__key="news").values_list(
+        "subscriber__subscriber_id", "name"
+    )
+    assert dict(names) == {"ann": "Ann's", "bob": ""}
+    assert TopicSubscription.objects.get(topic__key="deals").name == ""
+
+    # The same digits under another topic's _id, or too many, name none: for both verbs.
+    deals = Topic.objects.get(client=client, key="deals")
+    ann = Subscriber.objects.get(client=client, subscriber_id="ann")
+    for missing in (
+        f"/v2/topics/news/subscriptions/{deals.pk}:{ann.pk}",
+        f"/v2/topics/news/subscriptions/{listed[0]['topic']['_id']}:{'9' * 30}",
+    ):
+        assert call(key, "get", missing).status_code == 204
+        assert_error(call(key, "patch", missing, {"name": "x"}), 404, missing)
+    assert call(other[1], "get", url).status_code == 204
+    assert_error(call(other[1], "patch", url, {"name": "x"}), 404, url)
+
+
 def test_v2_a_subscribers_subscriptions_are_listed_by_cursor_newest_first(
     keyed: tuple[Client, str], other: tuple[Client, str]
 ) -> None:
