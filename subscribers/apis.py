@@ -909,9 +909,10 @@ def _subscription_text(item: dict[str, Any], field: str, within: str = "subscrip
 def _unsubscriptions(request: Request) -> tuple[list[str], list[str]]:
     """What an unsubscribe names: subscriberIds, as a subscribe does, and
     subscriptions by their identifier: a `subscriptions` object with an `identifier`
-    and no subscriberId (given both, Novu removes the subscriber's every subscription
-    of the topic: norm's one). A body naming neither list (novu-py sends `{}` for its
-    request DTO left empty: both are optional) is nothing to remove, a 200 in Novu."""
+    and no subscriberId, a null one as absent as _given reads a null list (given both,
+    Novu removes the subscriber's every subscription of the topic: norm's one). A body
+    naming neither list (novu-py sends `{}` for its request DTO left empty: both are
+    optional) is nothing to remove, a 200 in Novu."""
     body = request.data if isinstance(request.data, dict) else None
     if body is not None and not _given(body):
         return [], []
@@ -924,7 +925,7 @@ def _unsubscriptions(request: Request) -> tuple[list[str], list[str]]:
     named: list[Any] = []
     for item in items:
         identifier = item.get("identifier") if isinstance(item, dict) else None
-        if isinstance(identifier, str) and identifier.strip() and "subscriberId" not in item:
+        if isinstance(identifier, str) and identifier.strip() and item.get("subscriberId") is None:
             # Trimmed, as a subscriberId is: " news:ann" named no subscription of "news".
             identifiers.append(identifier.strip())
         else:

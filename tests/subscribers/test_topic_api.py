@@ -863,6 +863,32 @@ def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
     assert members(client, "news") == ["bob"]
 
 
+def test_v2_an_unsubscribes_null_subscriber_id_is_as_absent(keyed: tuple[Client, str]) -> None:
+    """A null is as absent to Novu's DTO (IsOptional) as a field left out, as _given
+    reads the body's lists: `{"identifier": ..., "subscriberId": null}` was a 400 (not
+    a list of subscriber ids) where the same object without the key removed the
+    subscription its identifier names. A null identifier beside a subscriberId is
+    likewise none: the subscriberId names it."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    ok(call(key, "post", path, {"subscriberIds": ["ann", "bob", "cid"]}), 201)
+
+    body = {"subscriptions": [{"identifier": "tk_news:si_ann", "subscriberId": None}]}
+    gone = ok(call(key, "delete", path, body))
+    assert [s["subscriber"]["subscriberId"] for s in gone["data"]] == ["ann"]
+    assert gone["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
+    assert members(client, "news") == ["bob", "cid"]
+
+    body = {"subscriptions": [{"identifier": None, "subscriberId": "bob"}]}
+    assert [
+        s["subscriber"]["subscriberId"] for s in ok(call(key, "delete", path, body))["data"]
+    ] == ["bob"]
+    # Naming neither is refused still: nothing names a subscription.
+    body = {"subscriptions": [{"identifier": None, "subscriberId": None}]}
+    assert_error(call(key, "delete", path, body), 400, path)
+    assert members(client, "news") == ["cid"]
+
+
 @pytest.mark.parametrize(
     "subscriptions", ["ann", [{"identifier": "news-ann"}], [{"subscriberId": ""}], [["ann"]]]
 )
