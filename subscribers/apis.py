@@ -1115,9 +1115,15 @@ class TopicSubscriptionsApi(APIView):
             }
             for identifier in unknown
         ]
-        # Each id not removed once, as a subscribe counts those not found.
-        total = len(ids) + len(identifiers)
-        meta = {"totalCount": total, "successful": len(removed), "failed": len(errors)}
+        # Each subscription once, however many times and ways the body names it (a
+        # subscriberId, its identifier, its _id), and each name that removed none once:
+        # counting mentions, a subscription named twice was 2 in totalCount, 1 removed
+        # and nothing failed, counts that did not add up.
+        meta = {
+            "totalCount": len(removed) + len(errors),
+            "successful": len(removed),
+            "failed": len(errors),
+        }
         _refuse_if_all_failed(meta, errors, "unsubscribed")
         return Response(
             {

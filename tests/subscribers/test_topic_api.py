@@ -481,14 +481,39 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
 
 def test_v2_a_member_named_twice_is_removed_and_no_failure(keyed: tuple[Client, str]) -> None:
     """As a subscribe counts it (and Novu, which fails only an id it could not remove):
-    the second mention of a member removed counted as a failure."""
+    the second mention of a member removed counted as a failure. The member is counted
+    once in totalCount too, so that the counts add up."""
     client, key = keyed
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
     body = {"subscriberIds": ["ann", "ann", "nobody"]}
     answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", body))
 
-    assert answer["meta"] == {"totalCount": 3, "successful": 1, "failed": 1}
+    assert answer["meta"] == {"totalCount": 2, "successful": 1, "failed": 1}
     assert members(client, "news") == ["bob"]
+
+
+def test_v2_a_subscription_named_by_subscriber_id_and_identifier_is_counted_once(
+    keyed: tuple[Client, str],
+) -> None:
+    """An unsubscribe naming one subscription by its subscriberId and by its identifier
+    (or its _id) answered totalCount 2, successful 1 and no error: counts that did not
+    add up. Novu finds the subscription once, and removes it once: it is counted once,
+    and a name that found none is counted (and failed) beside it."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    ok(call(key, "post", path, {"subscriberIds": ["ann", "bob", "cid"]}), 201)
+    bob = ok(call(key, "get", f"{path}?subscriberId=bob"))["data"][0]
+
+    body = {"subscriptions": ["ann", {"identifier": "tk_news:si_ann"}]}
+    answer = ok(call(key, "delete", path, body))
+    assert answer["meta"] == {"totalCount": 1, "successful": 1, "failed": 0}
+    assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["ann"]
+
+    body = {"subscriptions": [{"identifier": bob["_id"]}, "bob", {"identifier": "nothing"}]}
+    answer = ok(call(key, "delete", path, body))
+    assert answer["meta"] == {"totalCount": 2, "successful": 1, "failed": 1}
+    assert [e["code"] for e in answer["errors"]] == ["SUBSCRIPTION_NOT_FOUND"]
+    assert members(client, "news") == ["cid"]
 
 
 def test_v2_remove_members_says_why_each_id_was_not_removed(keyed: tuple[Client, str]) -> None:
