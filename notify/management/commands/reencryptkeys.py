@@ -18,8 +18,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
+            # Only the keys locked: with select_related, PostgreSQL's FOR UPDATE locks the
+            # joined client rows too, and every insert that references a client (a
+            # trigger's event, a subscriber) waited on its foreign key for the whole run.
             secrets = list(
-                SecretKey.objects.select_for_update()
+                SecretKey.objects.select_for_update(of=("self",))
                 .select_related("client")
                 .only("pk", "prefix", "encrypted", "revoked_at", "client__name")
             )
