@@ -1081,7 +1081,14 @@ class TopicSubscriptionsApi(APIView):
             {"subscriberId": sid, "code": code, "message": message}
             for sid, (code, message) in refused.items()
         ]
-        meta = {"totalCount": len(ids), "successful": len(members), "failed": len(errors)}
+        # Each subscriber once, however many times the body names it, as an unsubscribe
+        # counts them: counting mentions, ["cid", "bob", "cid", "ann"] was 4 in
+        # totalCount, 3 subscribed and nothing failed, counts that did not add up.
+        meta = {
+            "totalCount": len(members) + len(errors),
+            "successful": len(members),
+            "failed": len(errors),
+        }
         _refuse_if_all_failed(meta, errors, "subscribed")
         return Response(
             {

@@ -409,6 +409,26 @@ def test_v2_add_members_is_201_with_counts_and_an_error_per_unknown_id(
     assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["cid", "bob", "ann"]
 
 
+def test_v2_a_subscriber_named_twice_by_a_subscribe_is_counted_once(
+    keyed: tuple[Client, str],
+) -> None:
+    """A subscribe naming one subscriber twice answered totalCount 4 for
+    ["cid", "bob", "cid", "ann"], 3 subscribed and nothing failed: counts that did not
+    add up. Each subscriber is counted once, as an unsubscribe counts a subscription
+    named twice, and a name that failed (twice) once beside them."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    body = {"subscriberIds": ["cid", "bob", "cid", "ann"]}
+    answer = ok(call(key, "post", path, body), 201)
+    assert answer["meta"] == {"totalCount": 3, "successful": 3, "failed": 0}
+
+    body = {"subscriptions": ["ann", "nobody", {"subscriberId": "ann"}, "nobody"]}
+    answer = ok(call(key, "post", path, body), 201)
+    assert answer["meta"] == {"totalCount": 2, "successful": 1, "failed": 1}
+    assert [e["subscriberId"] for e in answer["errors"]] == ["nobody"]
+    assert members(client, "news") == ["ann", "bob", "cid"]
+
+
 def test_members_named_with_spaces_are_the_subscribers_stored_trimmed(
     keyed: tuple[Client, str],
 ) -> None:
