@@ -505,6 +505,10 @@ def topic_delete(*, topic: Topic, only_if_empty: bool = False) -> None:
         topic.delete()
 
 
+# ASCII digits alone, as selectors.topic_member_named reads a subscription's `_id`.
+_DIGITS = re.compile(r"[0-9]+")
+
+
 @dataclass(frozen=True)
 class SubscriptionNamed:
     """What a subscribe gave a subscription besides its subscriber: Novu's
@@ -604,9 +608,15 @@ def topic_subscribe_named(
             # identifier of another member: a GET or an unsubscribe of it would find this
             # one (selectors.topic_member_named looks for one given first).
             unnamed = default_subscription_identifier(topic.key, "")
+            # And a subscription's `_id` (<topic pk>:<subscriber pk>), which that lookup
+            # takes after the identifiers, unless it is this one's own: any digits, not
+            # only another member's, as a subscriber subscribed later (or made later: pks
+            # are handed out as subscribers are made) gets the `_id` it would hide.
+            pk = identifier.removeprefix(f"{topic.pk}:")
             if identifier and (
                 identifier.startswith(unnamed)
                 or identifier in former
+                or (pk != identifier and _DIGITS.fullmatch(pk) and pk != str(subscriber.pk))
                 or taken.setdefault(identifier, subscriber.pk) != subscriber.pk
             ):
                 refused[sid] = (

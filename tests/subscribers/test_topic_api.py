@@ -893,6 +893,46 @@ def test_v2_an_identifier_norm_answered_before_for_another_subscriber_is_refused
     assert members(client, "news") == ["ann", "cid"]
 
 
+def test_v2_an_identifier_shaped_as_another_subscriptions_id_is_refused(
+    keyed: tuple[Client, str],
+) -> None:
+    """A subscription's `_id` is <topic pk>:<subscriber pk>, and its GET, PATCH and
+    unsubscribe look an identifier given up first: given to ann's subscription, bob's
+    `_id` named hers, and an unsubscribe of bob by it removed ann. Refused as another's
+    default identifier is, and so is the `_id` a subscriber not yet a member would get
+    (dan's); a subscriber's own `_id` is taken, and so is another topic's shape."""
+    client, key = keyed
+    path = "/v2/topics/news/subscriptions"
+    ok(call(key, "post", path, {"subscriberIds": ["bob"]}), 201)
+    topic = Topic.objects.get(client=client, key="news")
+    pks = dict(Subscriber.objects.values_list("subscriber_id", "pk"))
+    dan = SubscriberFactory(client=client, subscriber_id="dan")
+    bob_id = f"{topic.pk}:{pks['bob']}"
+
+    for sid, identifier in (("ann", bob_id), ("cid", f"{topic.pk}:{dan.pk}")):
+        body = {"subscriptions": [{"identifier": identifier, "subscriberId": sid}]}
+        refused = assert_error(call(key, "post", path, body), 400, path)
+        assert [e["code"] for e in refused["errors"]] == ["SUBSCRIPTION_CREATE_FAILED"]
+
+    own = f"{topic.pk}:{pks['ann']}"
+    elsewhere = f"{topic.pk + 1}:{pks['bob']}"
+    body = {
+        "subscriptions": [
+            {"identifier": own, "subscriberId": "ann"},
+            {"identifier": elsewhere, "subscriberId": "cid"},
+        ]
+    }
+    answer = ok(call(key, "post", path, body), 201)
+    assert [s["identifier"] for s in answer["data"]] == [own, elsewhere]
+    assert answer["data"][0]["_id"] == own
+
+    got = ok(call(key, "get", f"{path}/{bob_id}"))["data"]
+    assert got == {"id": bob_id, "identifier": "tk_news:si_bob"}
+    gone = ok(call(key, "delete", path, {"subscriptions": [{"identifier": bob_id}]}))
+    assert [s["subscriber"]["subscriberId"] for s in gone["data"]] == ["bob"]
+    assert members(client, "news") == ["ann", "cid"]
+
+
 def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
     keyed: tuple[Client, str],
 ) -> None:
