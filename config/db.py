@@ -80,6 +80,17 @@ def bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# A row's id as a caller writes it: 1 to 18 ASCII digits. str.isdigit() takes "²", which
+# int() refuses; int() refuses more than 4,300 digits (ValueError, a 500); and more than
+# 18 may pass bigint. None of those is an id.
+_ROW_ID = re.compile(r"[0-9]{1,18}")
+
+
+def row_id(text: str) -> int | None:
+    """`text` as a row's bigint id; None when it can be none, which finds nothing."""
+    return int(text) if _ROW_ID.fullmatch(text) else None
+
+
 def error_text(exc: Exception) -> str:
     """An exception as a reason to read: PostgreSQL's message and detail, not the failed
     statement it quotes (the values in it); otherwise its type and its message's first

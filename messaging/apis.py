@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.dates import TimestampField, iso_z, through_millisecond
+from config.db import row_id
 from config.errors import ApiError, error_responses
 from config.paging import (
     LIMIT_PARAMETER,
@@ -42,13 +43,10 @@ from messaging import services
 from messaging.models import Message
 from workflows import selectors
 
-_MESSAGE_ID = re.compile(r"[0-9]{1,18}")
-
 
 def _message_ids(values: list[Any]) -> set[int]:
-    """The ids among `values` that can be a message's: 1 to 18 ASCII digits (str.isdigit
-    takes "²", and more digits overflow bigint). The others find nothing."""
-    return {int(v) for v in values if _MESSAGE_ID.fullmatch(str(v))}
+    """The ids among `values` that can be a message's (row_id); the others find nothing."""
+    return {pk for v in values if (pk := row_id(str(v))) is not None}
 
 
 # Novu's marks by name (v1's markAs, v2's /read and /unread): marked unread, a message
@@ -686,9 +684,9 @@ class InboxListApi(APIView):
         offset = query_int(request, "offset", 0)
         after = request.query_params.get("after", "")
         if after:
-            if not _MESSAGE_ID.fullmatch(after):
+            if (after_id := row_id(after)) is None:
                 raise ApiError(400, "invalid_query", "'after' must be a notification id")
-            feed = _below(feed, whole, int(after))
+            feed = _below(feed, whole, after_id)
             # The cursor says where the page starts, as in Novu's, which skips no
             # `offset` past it: a client sending both had that many skipped twice.
             offset = 0
