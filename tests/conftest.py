@@ -396,12 +396,17 @@ def serve_in_background(server: socketserver.BaseServer) -> None:
 
 
 @contextlib.contextmanager
-def json_serving(respond: Respond) -> Iterator[str]:
+def json_serving(respond: Respond, *, keep_alive: bool = False) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 that answers every GET and POST with what `respond`
     returns, as JSON (bytes as they are: a page that is no JSON): yields its base URL,
-    and stops it after."""
+    and stops it after. `keep_alive`: HTTP/1.1, the connection left open for the next
+    call, as a bridge behind any web server (else closed after each answer)."""
 
     class Handler(BaseHTTPRequestHandler):
+        if keep_alive:
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # the body, written after the headers, goes at once
+
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             status, answer, headers = respond(self.command, self.path, body, dict(self.headers))
@@ -427,8 +432,11 @@ def json_serving(respond: Respond) -> Iterator[str]:
         server.server_close()
 
 
-def sdk_serving(bridge: Bridge) -> contextlib.AbstractContextManager[str]:
-    """norm's SDK `bridge` served over HTTP on 127.0.0.1: yields the server's base URL."""
+def sdk_serving(
+    bridge: Bridge, *, keep_alive: bool = False
+) -> contextlib.AbstractContextManager[str]:
+    """norm's SDK `bridge` served over HTTP on 127.0.0.1 (json_serving's `keep_alive`):
+    yields the server's base URL."""
 
     def respond(
         method: str, path: str, body: bytes, headers: dict[str, str]
@@ -438,7 +446,7 @@ def sdk_serving(bridge: Bridge) -> contextlib.AbstractContextManager[str]:
             method=method, query=dict(parse_qsl(query)), body=body, headers=headers
         )
 
-    return json_serving(respond)
+    return json_serving(respond, keep_alive=keep_alive)
 
 
 def plan_nodes(sql: str) -> list[dict[str, Any]]:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import connections_to, serve_in_background
+from tests.conftest import connections_to, sdk_serving
 from workflows import bridge
 from workflows.sdk import Bridge, Context, workflow
 
@@ -30,44 +27,6 @@ def _hello(ctx: Context) -> None:
 _BRIDGE = Bridge([_hello], secret_key="old-key")
 
 
-class _KeepsAlive(BaseHTTPRequestHandler):
-    """norm's SDK over HTTP/1.1, as a bridge behind any web server: the connection stays
-    open for the next call (tests.conftest.sdk_serving's closes it after each answer)."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # the body, written after the headers, goes at once
-
-    def _handle(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        query = dict(parse_qsl(urlsplit(self.path).query))
-        status, answer, _ = _BRIDGE.handle(
-            method=self.command, query=query, body=body, headers=dict(self.headers)
-        )
-        raw = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_POST = _handle
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _bridge_serving() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepsAlive)
-    server.daemon_threads = True
-    serve_in_background(server)
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/bridge"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts in /proc")
 def test_the_connections_of_a_pool_dropped_for_another_bridge_are_closed() -> None:
     """The process keeps pools for its last 10 bridges; urllib3 2 closes the one it drops
@@ -77,7 +36,10 @@ def test_the_connections_of_a_pool_dropped_for_another_bridge_are_closed() -> No
     a connection open, for as long as the collector took, which is kept off here so that
     the count is norm's."""
     with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(_bridge_serving()) for _ in range(BRIDGES)]
+        urls = [
+            stack.enter_context(sdk_serving(_BRIDGE, keep_alive=True)) + "/bridge"
+            for _ in range(BRIDGES)
+        ]
         # norm holds the new key, the bridges still the old one: each call is refused
         # once, then signed again with the old key.
         secrets = ("new-key", "old-key")
