@@ -16,6 +16,7 @@ from workflows import bridge
 from workflows.models import Notification, Step
 from workflows.registry import bridge_flavour, bridge_sync
 from workflows.sdk.errors import ExecutionStateOrderError
+from workflows.selectors import CHANNEL_TYPES, UNSUPPORTED_STEP_TYPES
 
 NextStep = Callable[..., dict[str, Any]]
 
@@ -154,16 +155,51 @@ def _execute_step(
 ) -> dict[str, Any]:
     """Novu's SDK runs `step_id`, with its stored controls."""
     step_type, controls = _discovered_step(notification, step_id)
-    answer = bridge.execute(
-        notification.resource,
-        secrets=secrets,
-        workflow_id=notification.workflow_id,
-        body={**body, "controls": controls},
-        step_id=step_id,
-        js_integers=True,
-    )
+    try:
+        answer = bridge.execute(
+            notification.resource,
+            secrets=secrets,
+            workflow_id=notification.workflow_id,
+            body={**body, "controls": controls},
+            step_id=step_id,
+            js_integers=True,
+        )
+    except bridge.BridgeError as exc:
+        if (first := _missing_step(exc)) is None:
+            raise
+        raise _path_changed(f"reached step '{first}' before step '{step_id}'") from exc
     _check_execute_answer(notification, answer)
+    if step_type in NEVER_EMPTY and _not_reached(answer):
+        raise _path_changed(f"did not reach step '{step_id}'")
     return {**answer, "stepId": step_id, "type": step_type, "done": False}
+
+
+# The step types whose outputs Novu's SDK never answers empty: each one's output schema
+# requires a field (a delay its amount or cron, an in-app message its subject or body).
+NEVER_EMPTY = CHANNEL_TYPES | UNSUPPORTED_STEP_TYPES | {"delay"}
+
+
+def _not_reached(answer: dict[str, Any]) -> bool:
+    """Whether an execute answer is Novu's SDK's for a step its code did not reach (it
+    replayed each step it did reach, and the code returned): no outputs, no skip."""
+    options = answer.get("options")
+    skipped = isinstance(options, dict) and options.get("skip") is True
+    return not answer["outputs"] and not skipped
+
+
+def _path_changed(what: str) -> bridge.BridgeUnavailable:
+    """The probe and the execute are two runs of the bridge's code, on the same state: one
+    that takes another path in between (a deployment, a branch on the time or on data
+    outside the state) does not run the step the probe named. Transient: the retry
+    probes again and finds the step that now comes next, or that none does. Recorded,
+    the step ran on outputs it never had (an email without content, a delay of no
+    amount), and a step now first failed the notification as ExecutionStateCorruptError."""
+    return bridge.BridgeUnavailable(
+        "StepNotReached",
+        f"on execute, the bridge's code {what}, which its probe had named as the next "
+        "step: it took another path between the two calls (a deployment, or a branch on "
+        "the time or on data outside the state)",
+    )
 
 
 def _discovered_step(notification: Notification, step_id: str) -> tuple[str, dict[str, Any]]:

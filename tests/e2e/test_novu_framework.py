@@ -415,6 +415,25 @@ def test_the_order_the_payload_gives_the_steps_is_the_order_they_run(
     assert note.content["body"] == "note after mail"
 
 
+def test_a_step_the_code_does_not_reach_between_probe_and_execute_is_asked_for_again(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    """The second run of the code (the execute of the email its probe named) does not
+    reach the email: the SDK answers 200 with no outputs, which norm recorded as an email
+    without subject or body, failed for good. It asks again, and the fourth run sends it."""
+    client, key = novu_client(novu_app)
+    response = trigger(live_server, key, "wavering-flow", {"key": "k-1"})
+    assert response.status_code == 201, response.text
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    assert steps_of(notification) == [("wavering-mail", "email", "completed")]
+    assert Message.objects.get(step__notification=notification).content == {
+        "subject": "Encore là ✉️",
+        "body": "run 4",
+    }
+
+
 def test_a_step_added_by_a_deployment_after_the_discover_is_discovered_and_run(
     live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp, tmp_path: Path
 ) -> None:

@@ -258,6 +258,76 @@ def test_a_skipped_step_is_recorded_and_the_echo_runs_again(
     assert enqueued.of(pipeline.ECHO) == [(str(novu.pk),)]
 
 
+# What Novu's SDK answers an execute whose step its code did not reach: it replays each
+# step the code reaches, and the code returns with every one in the state.
+NOT_REACHED = {
+    "outputs": {},
+    "providers": {},
+    "options": {"skip": False},
+    "metadata": {"status": "success", "error": False, "duration": 0.6},
+}
+
+
+@pytest.mark.parametrize("step_id", ["mail", "wait", "inbox"])
+def test_a_step_the_code_no_longer_reaches_on_execute_is_asked_for_again(
+    novu: Notification,
+    execute: FakeExecute,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+    step_id: str,
+) -> None:
+    """The probe and the execute are two runs of the bridge's code: one that takes
+    another path in between (a deployment, a branch on the time or on data outside the
+    state) answers the execute of the step the probe named with no outputs and no skip.
+    Recorded so, the step was an email or in-app message without content, failed for
+    good, or a delay of no amount failing the notification (UnsupportedDelay). No email,
+    in-app or delay has empty outputs in Novu's SDK: the next step is asked for again."""
+    execute.answers = [corrupt(step_id), NOT_REACHED]
+
+    with pytest.raises(bridge.BridgeUnavailable) as raised:
+        run(novu, final_attempt=False)
+
+    assert raised.value.code == "StepNotReached"
+    assert f"did not reach step '{step_id}'" in raised.value.message
+    novu.refresh_from_db()
+    assert (novu.status, novu.bridge_attempts) == ("running", 1)
+    assert not novu.steps.exists() and enqueued.of(pipeline.MESSAGE) == []
+
+    execute.answers = [NOT_REACHED]  # asked again: the code now ends without the step
+    run(novu)
+    novu.refresh_from_db()
+    assert (novu.status, novu.error) == ("completed", "")
+
+
+def test_a_step_the_code_now_reaches_first_on_execute_is_asked_for_again(
+    novu: Notification,
+    execute: FakeExecute,
+    discover: FakeDiscover,
+    enqueued: Enqueued,
+    run: Callable[..., None],
+) -> None:
+    """A deployment between the probe and the execute put a step before the one the
+    probe named: Novu's SDK refuses the execute for that step's missing state. That is
+    the step to run next, not the notification's end (ExecutionStateCorruptError failed
+    it for good)."""
+    execute.answers = [corrupt("mail"), corrupt("vip")]
+
+    with pytest.raises(bridge.BridgeUnavailable) as raised:
+        run(novu, final_attempt=False)
+
+    assert raised.value.code == "StepNotReached"
+    assert "reached step 'vip' before step 'mail'" in raised.value.message
+    novu.refresh_from_db()
+    assert (novu.status, novu.bridge_attempts) == ("running", 1)
+    assert not novu.steps.exists()
+
+    discover.answers.append([{"stepId": "vip", "type": "in_app"}, *STEPS])
+    execute.answers = [corrupt("vip"), {"outputs": {"body": "VIP ✨"}}]
+    run(novu)
+    assert novu.steps.get().step_id == "vip"
+    assert [c["step_id"] for c in execute.calls] == [None, "mail", None, "vip"]
+
+
 def result_invalid(step_id: str) -> bridge.BridgeError:
     """Novu's refusal of a state entry's result, as its SDK words it: here the `{}` norm
     records for a skipped custom step whose output schema requires a key."""

@@ -245,6 +245,30 @@ const receipt = workflow(
   },
 );
 
+// (h) A path that changes between two runs of the code, as after a deployment between
+// them or with a branch on the time: each notification's second run (norm's execute of
+// the step its probe named) does not reach the email. Discover reaches it (its run of
+// the code is the first for an absent key).
+const runs = new Map();
+const wavering = workflow(
+  "wavering-flow",
+  async ({ step, payload }) => {
+    const run = (runs.get(payload.key) || 0) + 1;
+    runs.set(payload.key, run);
+    if (run !== 2) {
+      await step.email("wavering-mail", async () => ({ subject: "Encore là ✉️", body: `run ${run}` }));
+    }
+  },
+  {
+    payloadSchema: {
+      type: "object",
+      properties: { key: { type: "string" } },
+      required: ["key"],
+      additionalProperties: false,
+    },
+  },
+);
+
 const app = express();
 app.use(express.json());
 app.use(
@@ -253,7 +277,7 @@ app.use(
     // Strict even outside production: the framework only defaults to it when NODE_ENV is
     // neither unset nor development.
     client: new Client({ secretKey, strictAuthentication: true }),
-    workflows: [welcome, order, broken, rich, swap, changing, receipt],
+    workflows: [welcome, order, broken, rich, swap, changing, receipt, wavering],
   }),
 );
 app.listen(port, "127.0.0.1", () => console.log(`novu bridge listening on 127.0.0.1:${port}`));
