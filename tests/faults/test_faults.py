@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from django.db import connection
 from django.utils import timezone
@@ -40,7 +39,7 @@ from tests.e2e.harness import (
     recipients,
     wait_for,
 )
-from tests.faults.conftest import CountingSmtp, smtp_serve
+from tests.faults.conftest import CountingSmtp, RedisServer, smtp_serve
 from workflows.models import Notification, Step
 from workflows.services import OPEN_STEP
 
@@ -188,18 +187,24 @@ def test_workers_killed_mid_run_lose_nothing(
     assert_delivered_once(client, recorder, notifications=500, steps=WELCOME, in_flight=in_flight)
 
 
-# --- 2. the broker emptied -------------------------------------------------------------------
+# --- 2. Redis emptied and restarted -------------------------------------------------------------
 
 
-def test_an_emptied_broker_is_refilled_from_the_database(
+def test_redis_emptied_and_restarted_under_running_workers_loses_nothing(
+    own_redis: RedisServer,  # first: stopped after the workers
     live_server: LiveServer,
     make_client: Any,
     start_celery: StartCelery,
-    broker: str,
     smtp: tuple[int, CountingSmtp],
 ) -> None:
+    """FLUSHALL and a restart of the broker, the workers and beat running on: their
+    connections break, the messages they hold (a delay's countdown, a task running) are
+    gone from Redis, and hand-offs made meanwhile are refused. They reconnect to the
+    empty Redis, and the reconciler re-drives the rest from the database alone."""
     recorder = smtp[1]
-    processes = [start_celery(kind, **RECOVERY) for kind in FLEET]
+    env = {**RECOVERY, "CELERY_BROKER_URL": own_redis.url}
+    for kind in FLEET:
+        start_celery(kind, **env)
     client, key = make_client()
     for delay in (2, 3, 4, 5):
         trigger(live_server, key, people(f"d{delay}-", 50), {"delaySeconds": delay})
@@ -209,19 +214,13 @@ def test_an_emptied_broker_is_refilled_from_the_database(
         timeout=60,
         what="part of the fan-out",
     )
-    # A Redis restart without persistence: every queued, delayed and unacknowledged task
-    # is gone. FLUSHDB on this test's database only, never FLUSHALL: other sessions on
-    # this machine use other databases of the same Redis server, which must not be
-    # restarted either; the processes are killed first so none keeps a task in memory.
-    for proc in processes:
-        kill(proc)
-    redis.Redis.from_url(broker).flushdb()
+    own_redis.flush_and_kill()
     in_flight = emails_in_flight(client)
     created = Notification.objects.filter(client=client).count()
-    print(f"\n[faults] emptied the broker at {statuses(client)}, {recorder.delivered()} emails")
+    print(f"\n[faults] emptied Redis at {statuses(client)}, {recorder.delivered()} emails")
     assert created < 200, "the fault must hit the fan-out while it is under way"
-    for kind in FLEET:
-        start_celery(kind, **RECOVERY)
+    time.sleep(3)  # down long enough for every worker and beat to find it gone
+    own_redis.start()
 
     wait_final(client, 200, timeout=150)
     assert_delivered_once(client, recorder, notifications=200, steps=WELCOME, in_flight=in_flight)
