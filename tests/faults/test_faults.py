@@ -164,9 +164,13 @@ def test_workers_killed_mid_run_lose_nothing(
     smtp: tuple[int, CountingSmtp],
 ) -> None:
     recorder = smtp[1]
-    # A dead worker's tasks come back through Redis and its claims through the reconciler;
-    # a long grace keeps the reconciler from re-enqueueing work that is merely queued.
-    env = {**RECOVERY, "NORM_RECONCILE_GRACE": "30"}
+    # A dead worker's tasks come back through Redis (acks_late: unacknowledged, they are
+    # delivered again after the visibility timeout) and take back the claims they held.
+    # The reconciler's release of stale claims is kept out of it (NORM_STALE_CLAIM_SECONDS
+    # past the test's end): with it, a send cut off by the kill came back as well if Redis
+    # had dropped its task. A long grace keeps the reconciler from re-enqueueing work
+    # that is merely queued.
+    env = {**RECOVERY, "NORM_RECONCILE_GRACE": "30", "NORM_STALE_CLAIM_SECONDS": "600"}
     workers = [start_celery("worker", **env) for _ in range(2)]
     client, key = make_client()
     for delay in (2, 3, 4, 5):
