@@ -362,10 +362,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT = "config.fsbroker:Transport"
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # A task not acknowledged within this many seconds is delivered again. It must
-        # exceed the longest countdown norm gives the broker (NORM_BROKER_MAX_COUNTDOWN)
-        # or delayed steps would be redelivered while still waiting; longer delays
-        # live in the database and are enqueued by the reconciler.
+        # A task not acknowledged within this many seconds is delivered again, even to
+        # another worker while the first still holds it. It must exceed the longest
+        # countdown norm gives the broker (NORM_BROKER_MAX_COUNTDOWN) and the send that
+        # follows it (EMAIL_SEND_DEADLINE), or a delayed step would be redelivered while
+        # still waiting, and a send's retry while it sends: the copy, under the same task
+        # id, takes the step's claim back and sends again (norm.E002). Longer delays live
+        # in the database and are enqueued by the reconciler. It is also how long the
+        # tasks of a worker that died whole (SIGKILL, its machine gone) wait to come back;
+        # the reconciler reopens their rows sooner (NORM_STALE_CLAIM_SECONDS, ten minutes).
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, positive=True),
         # A broker that accepts connections but never answers (a failover half done)
         # would otherwise hang a publish, and with it a web request, a task or beat.

@@ -128,18 +128,22 @@ def encryption_key_format_check(app_configs: Any, **kwargs: Any) -> list[CheckMe
 @register(Tags.compatibility)
 def broker_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Redis delivers a message again once it has waited unacknowledged for the visibility
-    timeout, and a countdown waits unacknowledged in a worker: a delay or send retry held
-    on the broker for longer would run twice, and its step be sent twice."""
+    timeout, and a countdown waits unacknowledged in a worker, then its send runs (an
+    email's up to EMAIL_SEND_DEADLINE). Held longer, it runs twice: while it still waits
+    (a delay), or while it sends (a send's retry), when the copy, under the same task id,
+    takes the step's claim back as a redelivery after a dead worker does, and sends again."""
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
-    if timeout is None or timeout > settings.NORM_BROKER_MAX_COUNTDOWN:
+    countdown, deadline = settings.NORM_BROKER_MAX_COUNTDOWN, settings.EMAIL_SEND_DEADLINE
+    if timeout is None or timeout > countdown + deadline:
         return []
     return [
         Error(
-            f"NORM_BROKER_MAX_COUNTDOWN ({settings.NORM_BROKER_MAX_COUNTDOWN} s) is not shorter "
-            f"than CELERY_VISIBILITY_TIMEOUT ({timeout} s): Redis would deliver a delayed "
-            "step again while it waits, and it would be sent twice.",
+            f"NORM_BROKER_MAX_COUNTDOWN ({countdown} s) and then EMAIL_SEND_DEADLINE "
+            f"({deadline:g} s) do not end before CELERY_VISIBILITY_TIMEOUT ({timeout} s): "
+            "Redis would deliver a delayed step again while it waits, or a send's retry "
+            "while it sends, and its email would be sent twice.",
             hint="Lower NORM_BROKER_MAX_COUNTDOWN (longer delays wait in the database, for "
-            "the reconciler) or raise CELERY_VISIBILITY_TIMEOUT.",
+            "the reconciler) or EMAIL_SEND_DEADLINE, or raise CELERY_VISIBILITY_TIMEOUT.",
             id="norm.E002",
         )
     ]
