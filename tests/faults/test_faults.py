@@ -203,8 +203,9 @@ def test_redis_emptied_and_restarted_under_running_workers_loses_nothing(
 ) -> None:
     """FLUSHALL and a restart of the broker, the workers and beat running on: their
     connections break, the messages they hold (a delay's countdown, a task running) are
-    gone from Redis, and hand-offs made meanwhile are refused. They reconnect to the
-    empty Redis, and the reconciler re-drives the rest from the database alone."""
+    gone from Redis, and hand-offs made meanwhile (a trigger's too) are refused. They
+    reconnect to the empty Redis, and the reconciler re-drives the rest from the
+    database alone."""
     recorder = smtp[1]
     env = {**RECOVERY, "CELERY_BROKER_URL": own_redis.url}
     for kind in FLEET:
@@ -223,11 +224,15 @@ def test_redis_emptied_and_restarted_under_running_workers_loses_nothing(
     created = Notification.objects.filter(client=client).count()
     print(f"\n[faults] emptied Redis at {statuses(client)}, {recorder.delivered()} emails")
     assert created < 200, "the fault must hit the fan-out while it is under way"
+    # A trigger accepted while Redis is down: stored, its hand-off refused.
+    started = time.monotonic()
+    trigger(live_server, key, people("down-", 20), {"delaySeconds": 2})
+    print(f"[faults] a trigger answered in {time.monotonic() - started:.1f}s with Redis down")
     time.sleep(3)  # down long enough for every worker and beat to find it gone
     own_redis.start()
 
-    wait_final(client, 200, timeout=150)
-    assert_delivered_once(client, recorder, notifications=200, steps=WELCOME, in_flight=in_flight)
+    wait_final(client, 220, timeout=150)
+    assert_delivered_once(client, recorder, notifications=220, steps=WELCOME, in_flight=in_flight)
 
 
 # --- 3. the bridge unreachable ----------------------------------------------------------------
