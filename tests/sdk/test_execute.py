@@ -421,6 +421,65 @@ def test_user_code_cannot_swallow_framework_errors(calls: list[str]) -> None:
     assert calls == []
 
 
+def test_a_framework_error_the_code_swallows_and_returns_past_is_still_answered() -> None:
+    """The same catch-all around the last step call, after which the function returns:
+    answered "done", the notification would complete on a state the SDK refused."""
+
+    @workflow("swallow-last")
+    def swallow_last(ctx: Context) -> None:
+        with contextlib.suppress(Exception):
+            ctx.step.in_app("inbox", lambda: {"body": "b"})
+
+    with pytest.raises(ExecutionStateResultInvalidError):
+        swallow_last.execute(execute_body({}, [entry("inbox", {})]))
+
+
+def test_a_framework_error_the_code_raises_as_its_own_is_answered_as_the_framework_error() -> None:
+    """Re-raised as the user's exception, it would be a 500, which norm retries to no avail,
+    rather than the 400 that names the step whose state is wrong."""
+
+    @workflow("wrapping")
+    def wrapping(ctx: Context) -> None:
+        try:
+            ctx.step.in_app("inbox", lambda: {"body": "b"})
+        except Exception as exc:
+            raise RuntimeError("could not notify") from exc
+
+    with pytest.raises(ExecutionStateResultInvalidError):
+        wrapping.execute(execute_body({}, [entry("inbox", {})]))
+
+
+def test_a_bare_except_around_a_step_call_does_not_run_the_steps_after_it(
+    calls: list[str],
+) -> None:
+    """A bare `except:` also catches the SDK's unwinding once the step ran (a
+    BaseException): the code goes on to the next step call, which must unwind again, not
+    run nor fail, and the step that ran is the answer."""
+
+    @workflow("bare")
+    def bare(ctx: Context) -> None:
+        with contextlib.suppress(BaseException):  # as a bare `except: pass` does
+            ctx.step.sms("first", lambda: calls.append("first") or {"body": "1"})
+        ctx.step.sms("second", lambda: calls.append("second") or {"body": "2"})
+
+    answer = bare.execute(execute_body({}, []))
+    assert (answer["stepId"], answer["outputs"], answer["done"]) == ("first", {"body": "1"}, False)
+    assert calls == ["first"]
+
+
+@pytest.mark.parametrize("held", [1, "2025-01-01T10:00:00Z", ["unsubscribed"]])
+def test_a_skip_condition_that_returns_a_truthy_value_skips_the_step(held: object) -> None:
+    """Novu's SDK skips when the condition's value is truthy (`if (await shouldSkip(...))`),
+    so a condition returning the payload's `unsubscribedAt` skips, not only one returning
+    True."""
+
+    @workflow("truthy")
+    def truthy(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": "b"}, skip=lambda: held)
+
+    assert truthy.execute(execute_body({}, []))["options"] == {"skip": True}
+
+
 def test_duplicate_step_ids_are_rejected() -> None:
     @workflow("twice")
     def twice(ctx: Context) -> None:
