@@ -240,6 +240,15 @@ def test_secret_key_is_read_lazily() -> None:
     assert call(lazy, "GET", {"action": "discover"}, None, signed(None))[0] == 200
 
 
+@pytest.mark.parametrize("secret_key", ["", lambda: ""])
+def test_an_empty_key_is_no_key_for_a_bridge_strict_only_with_one(secret_key: object) -> None:
+    """strict=None is strict iff a key is set: an environment variable set empty
+    (`NOVU_SECRET_KEY=`) sets none, and the bridge stays open as without one, rather
+    than refuse every call for a key it does not have."""
+    optional = Bridge(workflows=[welcome], secret_key=secret_key, strict=None)  # type: ignore[arg-type]
+    assert call(optional, "GET", {"action": "discover"})[0] == 200
+
+
 def test_duplicate_workflow_ids_are_rejected() -> None:
     with pytest.raises(ValueError, match="welcome"):
         Bridge(workflows=[welcome, welcome])
