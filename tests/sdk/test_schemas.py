@@ -183,6 +183,8 @@ AJV_VERDICTS = [
     ("time", "24:00:00", False),
     ("date", "0000-01-01", True),
     ("date", "2024-02-29", True),
+    ("date", "2000-02-29", True),  # a leap year: divisible by 400
+    ("date", "1900-02-29", False),  # none: divisible by 100, not 400
     ("date", "2025-04-31", False),
     ("email", "a@b", False),
     ("email", "a b@c.de", False),
