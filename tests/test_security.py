@@ -25,7 +25,7 @@ from notify import selectors as notify_selectors
 from notify import services as notify_services
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import serve_in_background
+from tests.conftest import json_serving, serve_in_background
 from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
 from workflows import bridge, registry
 from workflows import services as workflow_services
@@ -593,6 +593,32 @@ def test_a_cookie_one_clients_bridge_sets_goes_with_no_call(enqueued: object) ->
         "/first"
     ] * 2
     assert [cookie for _, cookie in _CookieSetting.cookies] == [None] * 6
+
+
+def test_no_credentials_of_a_netrc_go_with_a_bridge_call(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A netrc on norm's host (~/.netrc, or NETRC's, a deploy tool's say) names a login for
+    a host: requests sends it as basic auth with every call to that host unless its
+    session reads nothing from the environment, and a client whose bridge URL names that
+    host would receive it."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login deploy password not-for-bridges\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    sent: list[str | None] = []
+
+    def respond(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        sent.append({k.lower(): v for k, v in headers.items()}.get("authorization"))
+        return 200, {"status": "ok", "workflows": []}, {}
+
+    with json_serving(respond) as url:
+        bridge.health_check(f"{url}/bridge")
+        bridge.discover(f"{url}/bridge", secrets=("nk_test",))
+
+    assert sent == [None, None]
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1" * 400 + ".0"])

@@ -135,7 +135,8 @@ class _Adapter(HTTPAdapter):
 
 _session = requests.Session()
 # requests would read the proxy variables and ~/.netrc again on every call (a third of
-# a call's CPU); the proxies for a bridge are resolved once per URL instead.
+# a call's CPU), and send a netrc's login for the bridge's host as basic auth: the
+# proxies for a bridge are resolved once per URL instead, and no netrc is read.
 _session.trust_env = False
 # Nor does it keep cookies: the session is the process's, shared by every client, and a
 # cookie one client's bridge set (a load balancer's stickiness, a bot check) went with
