@@ -180,6 +180,11 @@ FIELDS = "(minute hour day-of-month month day-of-week, or seconds first)"
             "delay cron '* * */20 * 1L' never fires (not in 50 years)",
         ),
         (
+            # JSON's true, which Python counts as the number 1: no day's wait
+            {"amount": True, "unit": "days"},
+            "delay amount must be a non-negative number, got True",
+        ),
+        (
             {"amount": float("nan"), "unit": "seconds"},  # a bridge's JSON NaN
             "delay amount must be a non-negative number, got nan",
         ),
