@@ -84,6 +84,13 @@ def test_pair_order_does_not_matter() -> None:
     verify_signature(SECRET, f"{v1_part},{t_part}", b"", now_ms=NOW)
 
 
+def test_spaces_around_the_pairs_do_not_matter() -> None:
+    """Novu's SDK trims each pair (`i.trim()`), so a proxy or hand-written client's
+    `t=..., v1=...` verifies there, as here."""
+    t_part, v1_part = signature_header(SECRET, "{}", NOW).split(",")
+    verify_signature(SECRET, f" {t_part} , {v1_part} ", b"", now_ms=NOW)
+
+
 def test_missing_signature() -> None:
     with pytest.raises(SignatureNotFoundError) as exc:
         verify_signature(SECRET, None, b"{}", now_ms=NOW)
