@@ -138,6 +138,24 @@ def test_headers_sent_a_byte_at_a_time_time_out_within_the_deadline(serve: Calla
     _assert_timed_out(*_timed(lambda: bridge.health_check(server.url)))
 
 
+def test_through_an_http_proxy_headers_sent_a_byte_at_a_time_time_out_within_the_deadline(
+    serve: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through HTTP(S)_PROXY norm's socket is the proxy's, which relays whatever the bridge
+    sends as slowly as it comes: the proxy's connections are watched as a bridge's are."""
+    server = serve(lambda sock: _drip(sock, b"HTTP/1.1 200 OK\r\n" + b"x" * 50, server.stop))
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url.removesuffix("/bridge"))
+    bridge._proxies.cache_clear()
+    try:
+        # The discard port, where nothing listens: only the proxy answers for it.
+        _assert_timed_out(*_timed(lambda: bridge.health_check("http://127.0.0.1:9/bridge")))
+    finally:
+        bridge._proxies.cache_clear()
+    assert server.connections == 1  # the call went through the proxy
+
+
 def test_a_body_sent_a_byte_at_a_time_times_out_within_the_deadline(serve: Callable) -> None:
     def respond(sock: socket.socket) -> None:
         body = json.dumps({"status": "ok", "padding": "x" * 40}).encode()
