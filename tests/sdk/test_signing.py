@@ -37,6 +37,11 @@ def test_matches_the_vector_captured_from_novu_framework() -> None:
     ("value", "written"),
     [  # each `written` is what node's JSON.stringify(JSON.parse(written)) gives back
         ({"b": 1, "10": 2, "2": 3, "007": 4}, '{"2":3,"10":2,"b":1,"007":4}'),
+        # 2**32 - 2 is JS's last array index; 2**32 - 1 an ordinary key, kept in place
+        (
+            {"b": 1, "4294967295": 2, "4294967294": 3, "7": 5},
+            '{"7":5,"4294967294":3,"b":1,"4294967295":2}',
+        ),
         ({"amount": 10.0, "by": {"q1": 1, "2024": 2}}, '{"amount":10,"by":{"2024":2,"q1":1}}'),
         ([1e-07, 1.5e-05, 0.1, 1e21, 1.5e22, -0.0], "[1e-7,0.000015,0.1,1e+21,1.5e+22,0]"),
         (
