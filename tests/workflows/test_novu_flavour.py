@@ -362,11 +362,20 @@ def test_a_custom_step_skipped_as_the_last_completes_as_with_novus_worker(
         steps=[*STEPS, custom] if last else [custom, *STEPS]
     )
     BridgeSync.objects.filter(client_id=novu.client_id).update(flavour=flavour)
+    # A step ran before it: the one recorded last is what norm judges, not the first.
+    StepFactory(
+        notification=novu,
+        step_id="text",
+        type="sms",
+        position=0,
+        status=Step.Status.COMPLETED,
+        result={},
+    )
     StepFactory(
         notification=novu,
         step_id="score",
         type="custom",
-        position=0,
+        position=1,
         status=Step.Status.SKIPPED,
         result={},
     )
@@ -380,7 +389,7 @@ def test_a_custom_step_skipped_as_the_last_completes_as_with_novus_worker(
         assert (novu.error_code, novu.error) == ("", "")
     else:
         assert novu.error_code == "ExecutionStateResultInvalidError"
-    assert len(execute.calls) == 1 and novu.steps.count() == 1
+    assert len(execute.calls) == 1 and novu.steps.count() == 2
 
 
 def test_a_step_the_registry_does_not_know_is_discovered_once_more(
