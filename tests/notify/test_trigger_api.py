@@ -28,6 +28,7 @@ from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
     ClientFactory,
+    TriggerEventFactory,
     api_for,
     client_with_key,
     novu_py_for,
@@ -763,6 +764,28 @@ def test_a_repeat_finds_the_callers_event_when_another_client_used_the_transacti
     assert TriggerEvent.objects.filter(client=keyed[0], transaction_id="tx-1").count() == 1
     assert TriggerEvent.objects.filter(client=other, transaction_id="tx-1").count() == 1
     assert len(enqueued.of(pipeline.WORKFLOW)) == 2
+
+
+def test_storing_a_repeat_returns_the_callers_first_event_not_another_clients() -> None:
+    """The service's answer to a repeat is the event a caller may be shown: another
+    client's of the same transactionId (stored first, so found first without the
+    client in the lookup) would be that client's trigger."""
+    other, _ = client_with_key()
+    mine, _ = client_with_key()
+    TriggerEventFactory(client=other, transaction_id="tx-1")
+    first = TriggerEventFactory(client=mine, transaction_id="tx-1")
+    repeat = TriggerEvent(
+        client=mine,
+        workflow_id="welcome",
+        transaction_id="tx-1",
+        mode=TriggerEvent.Mode.MULTICAST,
+        to="ann",
+        resource=mine.bridge_url,
+    )
+
+    stored = notify_services.trigger_event_store(repeat)
+
+    assert (stored.pk, stored.client_id) == (first.pk, mine.pk)
 
 
 def test_bridge_url_is_a_synonym_of_resource(
