@@ -80,6 +80,18 @@ def test_guesses_from_the_addresses_of_one_ipv6_network_count_together(
     assert _logged_in(_login("ops", "right-password", "2001:db8:7:2::1")[0])
 
 
+def test_ipv4_clients_of_a_dual_stack_socket_count_as_their_ipv4_address(
+    counters: None, staff: Any
+) -> None:
+    # A server listening on [::] sees each IPv4 client as ::ffff:a.b.c.d: taken for an
+    # IPv6 host, every IPv4 client would fall in one /64 (::/64), and a guesser anywhere
+    # would hold the admin out from everywhere.
+    _guess(logins.LOGIN_FAILURES, address=f"::ffff:{GUESSER}")
+
+    assert REFUSED in _login("ops", "right-password", GUESSER)[1]
+    assert _logged_in(_login("ops", "right-password", f"::ffff:{ADMIN_AT}")[0])
+
+
 def test_the_refusal_ends_on_its_own(
     counters: None, staff: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
