@@ -61,6 +61,24 @@ def test_without_an_encryption_key_the_copy_is_encrypted_under_the_secret_key(
         crypto.decrypt(encrypted)
 
 
+# Stored by a release before this one, with NORM_ENCRYPTION_KEY blank and SECRET_KEY
+# "one-long-random-production-secret": Fernet(urlsafe_b64(sha256(SECRET_KEY))).
+EARLIER_TOKEN = (
+    "gAAAAABrDPeTx_hieJK2x4smbbQh0tNPBvemWJi-z5e-JHT8I1cF7_PsdiWmXzkno3LiEvp8Si8oP0sp5YWiXtt63ZM7"
+    "XU5OT9hEaKQEJ4SOOh9QKSxBpos="
+)
+
+
+def test_a_key_an_earlier_release_encrypted_under_the_secret_key_still_decrypts(
+    settings: Any,
+) -> None:
+    """The key derived from SECRET_KEY is fixed by what deployments stored with it: derived
+    otherwise, no stored key of a deployment without NORM_ENCRYPTION_KEY would decrypt
+    after an upgrade, and every notification would fail (SigningKeyUnreadable)."""
+    settings.NORM_ENCRYPTION_KEY, settings.SECRET_KEY = "", "one-long-random-production-secret"
+    assert crypto.decrypt(EARLIER_TOKEN) == "nk_stored-by-an-earlier-release"
+
+
 def test_several_keys_per_client_and_revoking_one_leaves_the_other() -> None:
     client = ClientFactory(secret_key=False)
     first, first_key = notify_services.secret_key_create(client=client)
