@@ -174,6 +174,21 @@ def test_the_echo_workers_signing_key_is_remembered_for_the_process_cache_second
     assert selectors.signing_secrets(client_id=client.pk, cached=True) == (third_key, *both)
 
 
+def test_a_key_made_for_a_client_without_one_signs_at_once_where_the_key_is_remembered(
+    settings: Any,
+) -> None:
+    """No key is not remembered: a client given its first key (or a new one after its
+    last was revoked) would otherwise have each notification the echo worker signs in
+    the next NORM_PROCESS_CACHE_SECONDS failed, as a client without a key is."""
+    settings.NORM_PROCESS_CACHE_SECONDS = 60
+    client = ClientFactory(secret_key=False)
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == ()
+
+    _, key = notify_services.secret_key_create(client=client)
+
+    assert selectors.signing_secrets(client_id=client.pk, cached=True) == (key,)
+
+
 def test_each_client_signs_with_its_own_key_not_the_newest_of_any_client() -> None:
     client, key = client_with_key()
     other, other_key = client_with_key()  # newer, of another client
