@@ -18,8 +18,15 @@ from notify.models import Client
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber, Topic
 from tests.conftest import Enqueued
-from tests.factories import BridgeWorkflowFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeWorkflowFactory,
+    NotificationFactory,
+    TriggerEventFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import tasks as workflow_tasks
+from workflows.models import Notification
 
 pytestmark = pytest.mark.django_db
 
@@ -234,3 +241,26 @@ def test_a_post_to_the_bulk_and_broadcast_routes_still_triggers(
     for word in ("bulk", "broadcast"):
         response = api.get(f"/v1/events/trigger/{word}")
         assert (response.status_code, response.json()["code"]) == (404, "trigger_not_found")
+
+
+def test_the_outcomes_count_this_triggers_notifications_only(
+    keyed: tuple[Client, str], api: APIClient
+) -> None:
+    """Not the client's other triggers', nor another client's of the same transactionId:
+    those counts are another trigger's, or another client's traffic."""
+    client, _ = keyed
+    mine = TriggerEventFactory(client=client, transaction_id="tx-1")
+    NotificationFactory(trigger_event=mine, status=Notification.Status.COMPLETED)
+    NotificationFactory(
+        trigger_event__client=client,
+        trigger_event__transaction_id="tx-2",
+        status=Notification.Status.FAILED,
+    )
+    other, _ = client_with_key()
+    NotificationFactory(
+        trigger_event__client=other,
+        trigger_event__transaction_id="tx-1",
+        status=Notification.Status.RUNNING,
+    )
+
+    assert read(api)["notifications"] == NONE_YET | {"completed": 1}
