@@ -81,12 +81,12 @@ class DatabaseAway:
     """Stands in for a query whose server went away, every time: no bug, so each stage
     leaves it to its retries. `calls` counts the tries."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, error: type[Exception] = OperationalError) -> None:
+        self.calls, self.error = 0, error
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
-        raise OperationalError("server closed the connection unexpectedly")
+        raise self.error("server closed the connection unexpectedly")
 
 
 @dataclass
