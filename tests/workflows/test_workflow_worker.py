@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from config import pipeline
 from config.celery import app as celery_app
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, FailsOnce, task_retry
+from tests.conftest import DatabaseAway, Enqueued, FailsOnce, task_retry
 from tests.factories import (
     ClientFactory,
     NotificationFactory,
@@ -362,3 +363,33 @@ def test_the_database_failing_as_the_fan_out_lets_go_after_a_broker_error_counts
 
     event.refresh_from_db()
     assert (event.status, event.internal_errors) == (TriggerEvent.Status.PROCESSED, 0)
+
+
+DB_RETRY_BOUND = pipeline.DB_RETRY["retry_kwargs"]["max_retries"]
+
+
+def test_a_claimed_runs_database_retries_wait_and_last_as_db_retry_says(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run the database cut off while it held the claim is retried by hand (db_retry),
+    resuming its claim: backing off as DB_RETRY does, up to twice as long each time to a
+    minute, for ten retries, each carrying when this run took the claim. Retried within a
+    second each time, the retries outlasted no failover: the event waited out its stale
+    claim (and a send whose record failed was sent again). Past Celery's default of three,
+    the retries carried an older claim's time, each one counted as a run lost with its
+    worker."""
+    event = TriggerEventFactory(to=["ann"])
+    monkeypatch.setattr(services, "parse_recipients", DatabaseAway())
+    # Full jitter waits a random part of the backoff: here, all of it.
+    monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)
+    retry: dict[str, Any] = {"args": [event.pk]}
+    for retries in range(DB_RETRY_BOUND):
+        with pytest.raises(Retry) as retried:
+            tasks.workflow_run.apply(**retry, task_id="task-1", retries=retries, throw=True)
+        assert retried.value.when == min(2**retries, pipeline.DB_RETRY["retry_backoff_max"])
+        retry = task_retry(retried.value)
+        # Resumed from this run's claim: not counted as a run that never came back.
+        assert TriggerEvent.objects.get(pk=event.pk).internal_errors == 0
+
+    with pytest.raises(OperationalError):
+        tasks.workflow_run.apply(**retry, task_id="task-1", retries=DB_RETRY_BOUND, throw=True)
