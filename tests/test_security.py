@@ -155,8 +155,17 @@ def test_secret_keys_appear_in_no_log_line(
             "s3cret-tok",
             "127.0.0.1:9/api/novu?token=***&region=***",
         ),
+        # A token standing alone as the query, no name to it.
+        ("http://127.0.0.1:9/api/novu?s3cret-tok", "s3cret-tok", "127.0.0.1:9/api/novu?***"),
+        # A password holding an "@", unescaped: requests, as urllib3, reads the host from
+        # the last "@", so the password is all before it.
+        (
+            "http://ops-user:s3cret@pass@127.0.0.1:9/api/novu",
+            "pass@127",
+            "ops-user:***@127.0.0.1:9/api/novu",
+        ),
     ],
-    ids=["password", "query token"],
+    ids=["password", "query token", "bare query token", "password with @"],
 )
 def test_a_bridge_urls_secret_appears_in_no_log_line_or_error(
     caplog: pytest.LogCaptureFixture, enqueued: object, url: str, secret: str, masked: str
