@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from config import pipeline
 from notify.models import TriggerEvent
-from subscribers import services
+from subscribers import services, tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import SubscriberFactory, TriggerEventFactory
@@ -143,3 +143,31 @@ def test_a_command_of_a_canceled_trigger_given_up_leaves_no_reason(
     assert len(kills) == 3
     assert not Notification.objects.exists()
     assert TriggerEvent.objects.get(pk=event.pk).error == ""
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["listed recipient", "chunk"])
+def test_the_task_counts_a_delivery_the_broker_marks_redelivered_under_its_id(
+    kills: list[str], enqueued: Enqueued, batch: bool
+) -> None:
+    """The task reads Celery's delivery info: a first delivery counts nothing, one the
+    broker marks redelivered (its worker died) counts under the task's id. Read as none,
+    a command that kills its worker was delivered again and again, for good, each time
+    taking a worker down (the tests above call the service, which is told)."""
+    event = TriggerEventFactory(
+        mode=TriggerEvent.Mode.BROADCAST if batch else TriggerEvent.Mode.MULTICAST
+    )
+    task, args = (
+        (tasks.subscribers_process, (event.pk, ["ann"]))
+        if batch
+        else (tasks.subscriber_process, (event.pk, {"subscriberId": "ann"}))
+    )
+    for redelivered in (False, True, True):
+        # As a worker runs the task: its request, with the message's delivery info.
+        task.push_request(id="task-1", delivery_info={"redelivered": redelivered})
+        try:
+            with pytest.raises(WorkerKilled):
+                task.run(*args)
+        finally:
+            task.pop_request()
+
+    assert TriggerEvent.objects.get(pk=event.pk).redelivered == {"task-1": 2}
