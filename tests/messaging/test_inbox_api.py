@@ -603,6 +603,29 @@ def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
     assert seen == [str(m.pk) for m in (lower_id_newer, higher_id_older, oldest)]
 
 
+def test_v2_list_pages_through_notifications_made_at_the_same_instant(tenant) -> None:
+    """Messages of one instant (a chunk of a broadcast) are listed by id below it: the
+    page after one of them goes on among the others, not below their instant, which
+    skipped them."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    oldest, *tied = (_in_app(ann, f"s{n}") for n in range(4))
+    at = timezone.now()
+    Message.objects.filter(pk__in=[m.pk for m in tied]).update(created_at=at)
+    Message.objects.filter(pk=oldest.pk).update(created_at=at - timedelta(minutes=1))
+    url = "/v2/subscribers/ann/notifications?limit=1"
+
+    seen, after = [], ""
+    for _ in range(5):
+        page = api.get(f"{url}&after={after}").json()
+        seen += [item["id"] for item in page["data"]]
+        if not page["hasMore"]:
+            break
+        after = seen[-1]
+
+    assert seen == [str(m.pk) for m in (*reversed(tied), oldest)]
+
+
 def test_v2_list_goes_on_below_a_notification_deleted_since_its_id_was_given(tenant) -> None:
     """The client pages with the last id it holds: deleted since (in the admin, or with
     its notification), it has no creation time left to page below. The page was empty
