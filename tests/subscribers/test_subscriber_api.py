@@ -874,6 +874,10 @@ def test_v2_lists_count_at_most_the_cap_and_say_so(
     # The count reads no more than the cap (and one row to know it is over).
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert len(counts) == 1 and "LIMIT 4" in counts[0]
+    # As many as the cap, and not one more: every row is counted, none left out.
+    monkeypatch.setattr(paging, "TOTAL_COUNT_CAP", total, raising=False)
+    page = ok(call(key, "get", f"{path}?limit=2.0"))
+    assert (page["totalCount"], page["totalCountCapped"]) == (total, False)
 
 
 def test_v2_list_filters_by_email(keyed: tuple[Client, str]) -> None:
