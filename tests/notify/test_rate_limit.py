@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache, caches
+from django.core.cache.backends import base, locmem
 
 from notify import throttling
 from notify.models import TriggerEvent
@@ -134,6 +135,32 @@ def test_the_count_starts_again_each_minute_and_retry_after_names_the_next(
     assert trigger().status_code == 201
     assert trigger().status_code == 429
     assert TriggerEvent.objects.filter(client=client).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_minutes_count_lasts_the_whole_minute(
+    enqueued, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The counter outlives its minute: one the cache let go sooner (after a second, say)
+    forgot a client's triggers spaced further apart than that, and let each through."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rate"}
+    }
+    client, key = client_with_key(rate_limit_per_minute=2)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome")
+    minute = (int(time.time()) // 60 + 30) * 60  # a minute's start, ahead of any other test's
+    clock = [minute + 0.5]
+    # The cache's expiry read on the window's clock: the minute passes in no time.
+    for module in (throttling, base, locmem):
+        monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: clock[0]))
+    body = {"name": "welcome", "to": "ann"}
+
+    statuses = []
+    for into_the_minute in (0.5, 30.0, 59.5):
+        clock[0] = minute + into_the_minute
+        statuses.append(api_for(key).post("/v1/events/trigger", body, format="json").status_code)
+
+    assert statuses == [201, 201, 429]
 
 
 @pytest.mark.django_db
