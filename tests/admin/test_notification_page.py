@@ -1,0 +1,48 @@
+"""A notification's own page, and finding one by its subscriber's email."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from tests.factories import MessageFactory, NotificationFactory, StepFactory
+from workflows.models import Notification
+
+pytestmark = pytest.mark.django_db
+
+
+def _notification(steps: int) -> Notification:
+    notification = NotificationFactory()
+    for position in range(steps):
+        step = StepFactory(notification=notification, position=position, type="in_app")
+        MessageFactory(step=step)
+    return notification
+
+
+def _queries(admin_client, notification: Notification) -> int:
+    url = reverse("admin:workflows_notification_change", args=[notification.pk])
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_a_notification_page_reads_its_steps_messages_with_the_steps(admin_client) -> None:
+    """The steps' inline and the messages' table each show every step's message: read
+    with the steps, as many queries for a workflow of six steps as for one of two."""
+    short, long = _notification(2), _notification(6)
+    _queries(admin_client, short)  # the first reads what the admin caches (content types)
+
+    assert _queries(admin_client, long) == _queries(admin_client, short)
+
+
+def test_a_notification_is_found_by_its_subscribers_email_in_any_case(admin_client) -> None:
+    """An operator pastes the address from a complaint, in whatever case it was typed."""
+    wanted = NotificationFactory(subscriber__email="ann.lee@example.test")
+    NotificationFactory(subscriber__email="bob@example.test")
+    url = reverse("admin:workflows_notification_changelist")
+
+    response = admin_client.get(url, {"q": "Ann.Lee@Example.TEST"})
+
+    assert list(response.context["cl"].result_list) == [wanted]
