@@ -46,3 +46,17 @@ def test_a_notification_is_found_by_its_subscribers_email_in_any_case(admin_clie
     response = admin_client.get(url, {"q": "Ann.Lee@Example.TEST"})
 
     assert list(response.context["cl"].result_list) == [wanted]
+
+
+def test_a_search_term_pasted_with_white_space_around_it_still_finds_its_row(
+    admin_client,
+) -> None:
+    """A transactionId copied from a log line comes with its spaces or a tab: the search
+    compares exactly, and found nothing."""
+    wanted = NotificationFactory(trigger_event__transaction_id="tx-pasted")
+    NotificationFactory()
+    url = reverse("admin:workflows_notification_changelist")
+
+    response = admin_client.get(url, {"q": " tx-pasted\t"})
+
+    assert list(response.context["cl"].result_list) == [wanted]
