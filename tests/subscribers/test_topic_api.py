@@ -561,6 +561,25 @@ def test_v2_remove_members_says_why_each_id_was_not_removed(keyed: tuple[Client,
     assert "errors" not in answer and answer["meta"]["failed"] == 0
 
 
+def test_v2_unsubscribe_errors_tell_nothing_of_another_clients_subscribers(
+    keyed: tuple[Client, str], other: tuple[Client, str]
+) -> None:
+    """An id that only another client has a subscriber of is no subscriber of this
+    one's (SUBSCRIBER_NOT_FOUND): answered SUBSCRIPTION_NOT_FOUND, as for a subscriber
+    of its own that is no member, it would tell which ids another client uses."""
+    _, key = keyed
+    SubscriberFactory(client=other[0], subscriber_id="dan")
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann"]})
+
+    answer = ok(
+        call(key, "delete", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "dan"]})
+    )
+
+    assert [(e["subscriberId"], e["code"]) for e in answer["errors"]] == [
+        ("dan", "SUBSCRIBER_NOT_FOUND")
+    ]
+
+
 def test_v2_a_subscribe_or_unsubscribe_that_failed_for_every_id_is_a_400(
     keyed: tuple[Client, str],
 ) -> None:
