@@ -651,6 +651,23 @@ def test_v2_list_goes_on_below_a_notification_deleted_since_its_id_was_given(ten
     assert [i["id"] for i in unread["data"]] == [str(oldest.pk)]
 
 
+def test_v2_list_reads_nothing_of_another_clients_notification_named_as_its_cursor(
+    tenant,
+) -> None:
+    """An `after` that is another client's notification's id is no notification of
+    this inbox: the page goes on below the id, as for one deleted since. Paging from
+    its creation time, the page told when the other client's notification was made."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    older, newer = _in_app(ann, "a"), _in_app(ann, "b")
+    theirs = _in_app(SubscriberFactory(client=ClientFactory()), "theirs")  # the highest id
+    Message.objects.filter(pk=theirs.pk).update(created_at=older.created_at - timedelta(hours=1))
+
+    page = api.get(f"/v2/subscribers/ann/notifications?after={theirs.pk}").json()
+
+    assert [i["id"] for i in page["data"]] == [str(newer.pk), str(older.pk)]
+
+
 def test_v2_list_reads_no_offset_past_an_after_cursor(tenant) -> None:
     """Novu's list skips `offset` only when no `after` is given: the cursor says where
     the page starts. norm skipped both, so a client sending the two (the count loaded
