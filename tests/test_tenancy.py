@@ -98,6 +98,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("delete", "v1/events/trigger/<text:transaction_id>", "/v1/events/trigger/tx-1", None, 200),
         ("get", "v2/subscribers", "/v2/subscribers?subscriberId=ann", None, 200),
         ("get", "v2/subscribers", f"/v2/subscribers?after={ann.pk + 1}", None, 200),
+        # A bare id in an order by another field is the place of its item: none here.
+        ("get", "v2/subscribers", f"/v2/subscribers?orderBy=updatedAt&after={ann.pk}", None, 400),
         ("get", "v1/subscribers", "/v1/subscribers?subscriberId=ann", None, 200),
         ("post", "v1/subscribers/bulk", "/v1/subscribers/bulk", {"subscribers": []}, 201),
         ("get", "v2/subscribers/<trimmed:subscriber_id>", "/v2/subscribers/ann", None, 404),
@@ -110,6 +112,7 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
          "/v2/subscribers/ann/subscriptions", None, 404),
         ("get", "v2/topics", "/v2/topics?key=news", None, 200),
         ("get", "v2/topics", f"/v2/topics?before={topic.pk + 1}&orderDirection=ASC", None, 200),
+        ("get", "v2/topics", f"/v2/topics?orderBy=updatedAt&before={topic.pk}", None, 400),
         ("get", "v1/topics", "/v1/topics?key=news", None, 200),
         ("get", "v2/topics/<trimmed:key>", "/v2/topics/news", None, 404),
         ("patch", "v2/topics/<trimmed:key>", "/v2/topics/news", {"name": "Mine"}, 404),
