@@ -410,6 +410,29 @@ def test_the_unseen_count(tenant) -> None:
     assert api.get("/v1/subscribers/bob/notifications/unseen").status_code == 404
 
 
+def test_the_unseen_count_counts_up_to_novus_default_limit_of_100(tenant) -> None:
+    """novu 1.14 asks for the count with no limit, and Novu counts up to 100 then: a
+    bell showing 99 for 150 unread would be a count Novu never gives."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    notification = NotificationFactory(
+        trigger_event=TriggerEventFactory(client=client), subscriber=ann, status="running"
+    )
+    for position in range(101):
+        step = StepFactory(
+            notification=notification,
+            step_id=f"s{position}",
+            type="in_app",
+            position=position,
+            status=Step.Status.COMPLETED,
+        )
+        MessageFactory(step=step, content={"body": "Hi"}, sent_at=timezone.now())
+
+    count = api.get("/v1/subscribers/ann/notifications/unseen").json()
+
+    assert count == {"data": {"count": 100}}
+
+
 @pytest.mark.parametrize(
     ("mark_as", "seen", "read"),
     [("read", True, True), ("seen", True, False), ("unread", True, False), ("unseen", False, True)],
