@@ -510,12 +510,19 @@ def test_v2_list_is_novu_pys_inbox_newest_first_by_cursor_and_filter(tenant) -> 
     assert api.get(f"{url}?limit=3").json()["hasMore"] is False  # exactly one page
     assert (items[0].to.subscriber_id, items[0].to.first_name) == ("ann", "Ann")
     assert (items[0].is_seen, items[0].is_read, items[1].is_read) == (True, False, True)
+    # When, too: @novu/js shows a notification's firstSeenAt and readAt.
+    assert items[0].first_seen_at == first["data"][0]["firstSeenAt"] is not None
+    assert (items[0].read_at, items[1].first_seen_at) == (None, None)
+    assert items[1].read_at is not None
     assert items[0].body == "Hi from c" and items[0].subject == "Welcome!"
 
     unread = api.get(f"{url}?read=false&archived=false").json()
     assert [i["id"] for i in unread["data"]] == [str(newest.pk), str(oldest.pk)]
     assert unread["filter"] == {"read": False, "archived": False}
     assert api.get(f"{url}?archived=true").json()["data"] == []  # norm archives nothing
+    assert api.get(f"{url}?snoozed=true").json()["data"] == []  # nor snoozes
+    snoozed = api.get(f"{url}/count", {"filters": json.dumps([{"snoozed": True}])}).json()
+    assert snoozed["data"][0]["count"] == 0
     assert api.get(f"{url}?after=x").status_code == 400
     assert api.get("/v2/subscribers/bob/notifications").status_code == 404
 
@@ -812,7 +819,8 @@ def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenan
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
     old, new = _in_app(ann, "old"), _in_app(ann, "new")
-    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+    old_at = (timezone.now() - timedelta(days=3)).replace(microsecond=0)
+    Message.objects.filter(pk=old.pk).update(created_at=old_at)
     day_ago_ms = (timezone.now() - timedelta(days=1)).timestamp() * 1000
     url = "/v2/subscribers/ann/notifications"
 
@@ -822,6 +830,8 @@ def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenan
         return [i["id"] for i in response.json()["data"]]
 
     assert ids(f"createdGte={day_ago_ms}") == [str(new.pk)]
+    # At or after, as Novu's $gte: one made at that very millisecond is listed.
+    assert ids(f"createdGte={int(old_at.timestamp()) * 1000}") == [str(new.pk), str(old.pk)]
     assert ids(f"createdLte={day_ago_ms:.0f}") == [str(old.pk)]
     assert ids("severity=none") == [str(new.pk), str(old.pk)]  # Novu's default, norm's only
     assert ids("severity=high&severity=low") == []
