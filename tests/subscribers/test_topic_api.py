@@ -263,6 +263,23 @@ def test_v1_get_lists_at_most_the_limit_of_members_oldest_subscriber_first(
     assert selectors.topic_member_ids(topic=topic, limit=3) == ["ann", "bob", "cid"]
 
 
+def test_v1_get_lists_the_first_1000_members(keyed: tuple[Client, str]) -> None:
+    """Novu's v1 topic holds its members, and novu 1.14 reads them there: capped lower,
+    a topic of a few hundred members showed only some of them."""
+    client, key = keyed
+    topic = Topic.objects.create(client=client, key="news")
+    made = Subscriber.objects.bulk_create(
+        Subscriber(client=client, subscriber_id=f"s{n:04}") for n in range(1001)
+    )
+    TopicSubscription.objects.bulk_create(
+        TopicSubscription(topic=topic, subscriber=s) for s in made
+    )
+
+    listed = ok(call(key, "get", "/v1/topics/news"))["data"]["subscribers"]
+
+    assert listed == [f"s{n:04}" for n in range(1000)]
+
+
 def test_v2_get_returns_the_topic_as_novu_does_without_members(keyed: tuple[Client, str]) -> None:
     client, key = keyed
     call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
