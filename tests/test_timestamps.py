@@ -99,6 +99,27 @@ def test_a_notification_is_listed_before_its_own_created_at_as_the_api_wrote_it(
 
 
 @pytest.mark.parametrize(
+    ("after", "listed"),
+    [
+        ("2026-03-05T09:00:00.123456Z", True),  # to the microsecond: itself
+        ("2026-03-05T09:00:00.123Z", True),
+        ("2026-03-05T09:00:00.123457Z", False),
+    ],
+)
+def test_a_notification_is_listed_after_its_own_created_at(after: str, listed: bool) -> None:
+    """ "Created at or after", as the filter's help says and Novu's $gte: the instant
+    itself is in."""
+    client, key = client_with_key()
+    made = NotificationFactory(trigger_event=TriggerEventFactory(client=client))
+    Notification.objects.filter(pk=made.pk).update(created_at=IN_A_MICROSECOND)
+
+    response = api_for(key).get("/v1/notifications", {"after": after})
+
+    assert response.status_code == 200, response.content
+    assert [n["_id"] for n in response.json()["data"]] == ([str(made.pk)] if listed else [])
+
+
+@pytest.mark.parametrize(
     ("created_lte", "listed"),
     [
         ("1772701200123", True),  # its createdAt, as the API wrote it and Date.parse reads it
