@@ -597,6 +597,21 @@ def test_v2_unsubscribe_errors_tell_nothing_of_another_clients_subscribers(
     ]
 
 
+def test_v2_an_unsubscribe_naming_a_subscriber_and_an_identifier_removes_that_subscriber(
+    keyed: tuple[Client, str],
+) -> None:
+    """Given both, Novu unsubscribes the subscriberId: read by the identifier, which
+    names another member's subscription, it removed that other member instead."""
+    client, key = keyed
+    call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]})
+    both = {"subscriptions": [{"subscriberId": "ann", "identifier": "tk_news:si_bob"}]}
+
+    answer = ok(call(key, "delete", "/v2/topics/news/subscriptions", both))
+
+    assert [s["subscriber"]["subscriberId"] for s in answer["data"]] == ["ann"]
+    assert members(client, "news") == ["bob"]
+
+
 def test_v2_a_subscribe_or_unsubscribe_that_failed_for_every_id_is_a_400(
     keyed: tuple[Client, str],
 ) -> None:
