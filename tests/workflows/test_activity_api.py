@@ -349,6 +349,8 @@ def test_novu_py_reads_each_notifications_subscriber() -> None:
         assert subscriber.id == notification.subscriber_id == str(ann.pk)
         assert (subscriber.first_name, subscriber.email) == ("Ann", "ann@example.com")
         assert subscriber.last_name is None and subscriber.phone is None
+        # Novu's environment and organization: norm's client, as its other answers say.
+        assert notification.environment_id == notification.organization_id == str(client.pk)
 
 
 def test_novu_py_reads_each_notifications_workflow_and_channels(tenant) -> None:
