@@ -558,6 +558,26 @@ def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueue
     assert TriggerEvent.objects.get(pk=refused.pk).status == TriggerEvent.Status.CANCELED
 
 
+def test_a_canceled_trigger_event_whose_last_allowed_run_died_ends_canceled_not_failed(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """Canceled while its last run NORM_MAX_CLAIMS allows held it, and the run died: the
+    caller asked for no more of it, so it ends canceled, as one released earlier does,
+    not failed as a fan-out that kills its worker (which the activity API and the
+    admin show as an error, and which an admin's retry would not take anyway)."""
+    settings.NORM_MAX_CLAIMS = 3
+    died = TriggerEventFactory(status=TriggerEvent.Status.PROCESSING, internal_errors=2)
+    TriggerEvent.objects.filter(pk=died.pk).update(
+        claimed_at=ago(STALE + 1), canceled_at=ago(STALE), created_at=ago(STALE + 1)
+    )
+
+    tasks.reconcile()
+
+    died.refresh_from_db()
+    assert (died.status, died.error) == (TriggerEvent.Status.CANCELED, "")
+    assert enqueued.calls == []
+
+
 def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
     enqueued: Enqueued,
 ) -> None:
