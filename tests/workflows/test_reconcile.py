@@ -267,6 +267,11 @@ def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> N
     assert tasks.reconcile()["cancels"] == 1
     assert enqueued.of(pipeline.CANCEL) == [(under_way.pk,)]
 
+    # Re-sent, it waits out a grace period again: not one more task each tick (10 s).
+    enqueued.clear()
+    assert tasks.reconcile()["cancels"] == 0
+    assert enqueued.calls == []
+
 
 def test_no_fan_out_is_run_again_while_the_subscribers_queue_holds_any(
     enqueued: Enqueued,
