@@ -94,6 +94,26 @@ def test_a_stale_processing_claim_is_released_and_enqueued(enqueued: Enqueued) -
     assert fresh.status == Step.Status.PROCESSING
 
 
+def test_a_stale_claim_released_is_sent_again_though_its_queue_holds_others(
+    enqueued: Enqueued,
+) -> None:
+    """A worker that died mid-send took the step's message with it: none is queued, so
+    a busy message queue is no reason to hold the step. Released still marked enqueued
+    (when its first message was sent), it waited as if queued for the queue to empty:
+    under a queue that never emptied, never sent."""
+    stale = StepFactory(status=Step.Status.PROCESSING)
+    Step.objects.filter(pk=stale.pk).update(
+        claimed_at=ago(STALE + 1), due_at=ago(STALE + 1), enqueued_at=ago(STALE + 1)
+    )
+    _queue_holds(enqueued, pipeline.MESSAGE)
+
+    assert tasks.reconcile()["steps"] == 1
+
+    assert enqueued.of(pipeline.MESSAGE)[1:] == [(stale.pk,)]
+    stale.refresh_from_db()
+    assert stale.status == Step.Status.SCHEDULED
+
+
 def test_idle_notifications_without_an_open_step_get_an_echo(enqueued: Enqueued) -> None:
     pending = NotificationFactory(status=Notification.Status.PENDING)
     running = NotificationFactory(status=Notification.Status.RUNNING)
