@@ -957,6 +957,20 @@ def test_a_step_due_by_the_echo_workers_clock_waits_out_the_message_workers(
     assert enqueued.of(pipeline.MESSAGE) == []
 
 
+def test_a_step_due_later_than_the_broker_keeps_a_countdown_waits_in_the_database(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+) -> None:
+    """Sent as due by a clock an hour ahead: no clock's skew. Sent again with an hour's
+    countdown, Redis would deliver it again after its visibility timeout, each time;
+    left to the reconciler, it is sent when due, as a long delay is."""
+    settings.EMAIL_BACKEND = LOCMEM
+    settings.NORM_BROKER_MAX_COUNTDOWN = 300
+    ahead = timezone.now() + timedelta(hours=1)
+    step = send(email_step(due_at=ahead, enqueued_at=ahead))
+    assert step.status == Step.Status.SCHEDULED and step.attempts == 0
+    assert mail.outbox == [] and enqueued.calls == []
+
+
 def test_a_step_due_within_a_second_is_claimed_whatever_the_clocks_say(
     send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
 ) -> None:
