@@ -248,6 +248,28 @@ def test_no_trigger_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued, set
     assert enqueued.of(pipeline.WORKFLOW) == [(queued.pk,)]
 
 
+def test_no_routed_trigger_is_re_sent_to_its_queue_that_holds_any(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """The other way round: a routed workflow's queue backed up, the workflows queue
+    empty. Each tick re-sent its quiet triggers behind the ones still queued there."""
+    settings.NORM_WORKFLOW_QUEUES = {"critical-one": "critical"}
+    queued = TriggerEventFactory()
+    routed = TriggerEventFactory(workflow_id="critical-one")
+    TriggerEvent.objects.update(created_at=ago(GRACE + 1))
+    _queue_holds(enqueued, pipeline.WORKFLOW, queue="critical")
+
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.calls[-1] == (
+        pipeline.WORKFLOW.task,
+        (queued.pk,),
+        {"countdown": None, "queue": pipeline.WORKFLOW.queue},
+    )
+    routed.refresh_from_db()
+    assert routed.reenqueued_at is None  # not sent: sent as soon as its queue is empty
+
+
 def test_a_routed_trigger_is_re_sent_behind_more_triggers_queued_than_a_batch(
     enqueued: Enqueued, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
