@@ -315,6 +315,23 @@ def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> N
     assert enqueued.calls == []
 
 
+def test_a_cancel_that_got_to_the_end_is_not_re_sent(enqueued: Enqueued) -> None:
+    """Its task ended the trigger's last notification: none left to send again. Still
+    marked under way, the reconciler re-sent it every grace period, for good."""
+    notification = NotificationFactory(status=Notification.Status.RUNNING)
+    event = notification.trigger_event
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        canceled_at=ago(GRACE + 1), cancel_task_at=ago(GRACE + 1)
+    )
+
+    assert services.trigger_cancel_finish(trigger_event_id=event.pk) == 1
+
+    event.refresh_from_db()
+    assert event.cancel_task_at is None
+    assert tasks.reconcile()["cancels"] == 0
+    assert enqueued.of(pipeline.CANCEL) == []
+
+
 def test_no_fan_out_is_run_again_while_the_subscribers_queue_holds_any(
     enqueued: Enqueued,
 ) -> None:
