@@ -14,13 +14,25 @@ def test_a_subscriber_named_twice_keeps_the_inline_fields_of_every_mention() -> 
     recipients, _ = parse_recipients(
         [
             "bob",
-            {"subscriberId": "bob", "email": "bob@example.com"},
+            {"subscriberId": "bob", "email": "bob@example.com", "lastName": "Smith"},
             {"subscriberId": " bob ", "firstName": "Bob", "email": "robert@example.com"},
         ]
     )
+    # The last mention's email wins; the earlier one's lastName, which it lacks, is kept.
     assert recipients == [
-        {"subscriberId": "bob", "email": "robert@example.com", "firstName": "Bob"}
+        {
+            "subscriberId": "bob",
+            "email": "robert@example.com",
+            "firstName": "Bob",
+            "lastName": "Smith",
+        }
     ]
+
+
+def test_an_inline_field_sent_as_null_is_left_out() -> None:
+    """A null is no value: the stored one is kept, not replaced with None."""
+    recipients, _ = parse_recipients([{"subscriberId": "bob", "email": None, "data": None}])
+    assert recipients == [{"subscriberId": "bob"}]
 
 
 def test_exclude_entries_are_read_as_subscriber_ids_are() -> None:
