@@ -205,3 +205,22 @@ def test_a_health_check_answer_that_is_no_health_check_keeps_the_known_flavour(
 
     assert notification.steps.get().step_id == "inbox"
     assert resolved == ["inbox"]
+
+
+def test_a_sync_leaves_the_workflows_another_bridge_of_the_client_declared(
+    served: tuple[str, dict[str, Any]],
+) -> None:
+    """The registry is by bridge: a sync replaces what that bridge declared, not what
+    another bridge of the client (its old one, after a move) did."""
+    url, _ = served
+    client, _ = client_with_key(bridge_url=url)
+    BridgeWorkflowFactory(client=client, bridge_url="http://old.example/bridge", workflow_id="old")
+
+    registry.bridge_sync(client=client, bridge_url=url)
+
+    assert set(
+        BridgeWorkflow.objects.filter(client=client).values_list("bridge_url", "workflow_id")
+    ) == {
+        ("http://old.example/bridge", "old"),
+        (url, "welcome"),
+    }
