@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from config import pipeline
@@ -202,6 +203,23 @@ def test_a_send_retried_later_than_the_broker_keeps_delays_waits_in_the_database
     Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
     assert services.reconcile()["steps"] == 1
     assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": None, "queue": "messages"}]
+
+
+def test_a_send_retried_for_now_is_queued_once_its_reschedule_commits(
+    enqueued: Enqueued,
+) -> None:
+    """Queued before the commit, a worker could take the message while the step was
+    still claimed by the run that failed: its claim refused, the retry was lost, and
+    the step waited for the reconciler."""
+    step = services.step_claim(step_id=StepFactory().pk, claim="task")
+    assert step is not None
+
+    with transaction.atomic():  # held open: the reschedule is not committed yet
+        services.step_retry_later(step=step, message="421 try later", backoff=5)
+        assert enqueued.of(pipeline.MESSAGE) == []
+
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": 5, "queue": "messages"}]
 
 
 def test_a_notification_completed_while_a_cancel_runs_stays_completed() -> None:
