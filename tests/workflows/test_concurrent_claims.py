@@ -222,6 +222,28 @@ def test_a_send_retried_for_now_is_queued_once_its_reschedule_commits(
     assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": 5, "queue": "messages"}]
 
 
+def test_a_bug_in_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
+    enqueued: Enqueued,
+) -> None:
+    """The first task's send outlasted its claim, a second task took the step, and a bug
+    then ended the first: the step is the second's, not put back on the schedule to be
+    sent a third time while the second sends it."""
+    step = StepFactory()
+    assert services.step_claim(step_id=step.pk, claim="first-task") is not None
+    Step.objects.filter(pk=step.pk).update(status=Step.Status.SCHEDULED)  # released as stale
+    assert services.step_claim(step_id=step.pk, claim="second-task") is not None
+
+    services.step_internal_error(step_id=step.pk, claim="first-task", exc=RuntimeError("boom"))
+
+    step.refresh_from_db()
+    assert (step.status, step.claimed_by, step.error) == (
+        Step.Status.PROCESSING,
+        "second-task",
+        "",
+    )
+    assert enqueued.of(pipeline.MESSAGE) == []
+
+
 def test_a_notification_completed_while_a_cancel_runs_stays_completed() -> None:
     """The cancel reads the unfinished notifications, then cancels them: one the echo
     worker completed in between went out in full, and must not be reported canceled."""
