@@ -987,8 +987,8 @@ def _with_subscribed_at(topic: Topic, members: list[Subscriber]) -> list[Subscri
         "subscription_updated_at",
     )
     at = {pk: values for pk, *values in rows.values_list("pk", *fields)}
+    now = timezone.now()
     for member in members:
-        now = timezone.now()
         for field, value in zip(fields, at.get(member.pk, (now, "", "", now)), strict=True):
             setattr(member, field, value)
     return members
