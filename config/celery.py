@@ -79,6 +79,29 @@ class _AwayIsNoBug(logging.Filter):
 logging.getLogger("celery.app.trace").addFilter(_AwayIsNoBug())
 
 
+class _BeatTickRefused(logging.Filter):
+    """A tick the broker refused (Redis down or failing over) is a WARNING line naming the
+    error. Celery's ERROR carried the stack and the traceback, some 300 lines every
+    NORM_RECONCILE_INTERVAL for as long as Redis was away; nothing is lost, the next tick
+    sends it again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.beat import SchedulingError
+
+        from config.pipeline import BROKER_ERRORS
+
+        error = record.exc_info[1] if record.exc_info else None
+        # Beat wraps the broker's error in its own, raised while handling it.
+        if isinstance(error, SchedulingError) and isinstance(error.__context__, BROKER_ERRORS):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "%s; the next tick sends it again", (error,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("celery.beat").addFilter(_BeatTickRefused())
+
+
 class BeatScheduler(PersistentScheduler):
     """Celery's own, with its schedule file's directory made first: the file is kept in
     NORM_VAR_DIR (var/ in the checkout, which git does not hold), and without it beat

@@ -4,17 +4,22 @@ concerns; no line per row of a large set; no flood while a service is down."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import kombu.exceptions
 import pytest
+from celery import Celery
+from celery.beat import ScheduleEntry
 from rest_framework.test import APIClient
 
 from config import logs, pipeline
+from config.celery import RECONCILE_TASK, BeatScheduler
 from config.celery import app as celery_app
 from messaging import tasks as messaging_tasks
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import DatabaseAway, a_bug
+from tests.e2e.harness import free_port
 from tests.factories import NotificationFactory, SubscriberFactory, TriggerEventFactory
 from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
@@ -152,6 +157,27 @@ def test_hand_offs_the_broker_refuses_one_after_another_are_one_warning_a_minute
     assert len(broker_down) == 3  # each asked: the broker may be back
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert f"{pipeline.MESSAGE.task} (41)" in record.getMessage()
+
+
+def test_a_beat_tick_the_broker_refuses_is_one_warning_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beat logged each tick Redis refused as an ERROR carrying the stack and the
+    traceback, some 300 lines every NORM_RECONCILE_INTERVAL for as long as Redis was away.
+    Nothing is lost (the next tick sends it again): a WARNING line naming the error."""
+    app = Celery("beat-while-redis-is-away")
+    # Nothing listens there. Not broker_url: CELERY_BROKER_URL in the environment wins.
+    app.conf.broker_write_url = f"redis://127.0.0.1:{free_port()}/0"
+    scheduler = BeatScheduler(app=app, lazy=True, schedule_filename=str(tmp_path / "schedule"))
+    entry = ScheduleEntry(name="reconcile", task=RECONCILE_TASK, schedule=10.0, app=app)
+    caplog.set_level(logging.INFO)
+
+    scheduler.apply_entry(entry)
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "reconcile" in record.getMessage() and "Connection refused" in record.getMessage()
+    assert record.getMessage().count("\n") == 0
 
 
 def test_a_celery_line_whose_arguments_are_not_all_text_is_logged() -> None:
