@@ -393,7 +393,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # done (every task claims its row).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # One message at a time per process: with acks_late a prefetched message would wait
-# behind a slow bridge call instead of going to an idle worker.
+# behind a slow bridge call instead of going to an idle worker. A message with a
+# countdown (a delay, a retry) is not held to it: Celery raises the limit for each one,
+# and the worker keeps it, unacknowledged, until it is due; that is why the visibility
+# timeout must outlast the longest countdown (above).
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, positive=True)
 CELERY_TASK_DEFAULT_QUEUE = "workflows"
 # Celery's Django fixup closes the database connection after every task unless this
