@@ -496,6 +496,14 @@ class InboxAction(serializers.Serializer):
     redirect = InboxRedirect(required=False)
 
 
+class InboxWorkflow(serializers.Serializer):
+    id = serializers.CharField(help_text="the workflow's id, as the activity's template names it")
+    identifier = serializers.CharField()
+    name = serializers.CharField()
+    critical = serializers.BooleanField()
+    severity = serializers.CharField()
+
+
 class InboxNotificationOutput(serializers.Serializer):
     """For the OpenAPI schema only: inbox_dto builds the answer."""
 
@@ -521,6 +529,7 @@ class InboxNotificationOutput(serializers.Serializer):
     channelType = serializers.CharField()
     severity = serializers.CharField()
     data = serializers.DictField()
+    workflow = InboxWorkflow()
     avatar = serializers.CharField(required=False)
     primaryAction = InboxAction(required=False)
     secondaryAction = InboxAction(required=False)
@@ -605,6 +614,7 @@ def inbox_dto(message: Message) -> dict[str, Any]:
     """Novu's InboxNotificationDto for an in-app message."""
     subscriber, content = message.subscriber, message.content
     data = content.get("data")
+    workflow = message.step.notification.workflow_id
     return {
         "id": str(message.pk),
         "transactionId": message.step.notification.trigger_event.transaction_id,
@@ -635,6 +645,16 @@ def inbox_dto(message: Message) -> dict[str, Any]:
         "channelType": "in_app",
         "severity": "none",
         "data": data if isinstance(data, dict) else {},
+        # Novu names the workflow a notification came from, which an inbox groups and
+        # routes by; named by its id, as the activity's `template` is. norm keeps no
+        # criticality or severity: Novu's defaults, as the notification's own.
+        "workflow": {
+            "id": workflow,
+            "identifier": workflow,
+            "name": workflow,
+            "critical": False,
+            "severity": "none",
+        },
         **_links(content),
     }
 

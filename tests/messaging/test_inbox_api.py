@@ -869,6 +869,31 @@ def test_v2_leaves_out_a_recipients_empty_names_and_avatar_rather_than_send_null
     assert marked["to"] == {"id": str(message.subscriber_id), "subscriberId": "ann"}
 
 
+def test_v2_names_each_notifications_workflow_as_novu_pys_inbox_reads_it() -> None:
+    # Novu's inbox answers the workflow a notification came from; novu-py's
+    # `n.workflow.identifier` was None, which no caller could group or route by.
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    welcome = _in_app(ann, "a")
+    shipped = _in_app(ann, "b")
+    Notification.objects.filter(pk=shipped.step.notification_id).update(workflow_id="shipped")
+    inbox = novu_py_for(key).subscribers.notifications
+
+    listed = inbox.list(request={"subscriber_id": "ann"}).result.data
+    marked = inbox.mark_as_read(subscriber_id="ann", notification_id=str(welcome.pk)).result
+
+    assert [(n.id, n.workflow and n.workflow.identifier) for n in listed] == [
+        (str(shipped.pk), "shipped"),
+        (str(welcome.pk), "welcome"),
+    ]
+    assert marked.workflow is not None
+    assert (marked.workflow.id, marked.workflow.identifier, marked.workflow.name) == (
+        ("welcome",) * 3
+    )
+    # norm keeps no severity nor criticality: Novu's defaults, as the notification's own.
+    assert (marked.workflow.critical, marked.workflow.severity) == (False, "none")
+
+
 def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
