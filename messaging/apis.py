@@ -422,9 +422,11 @@ class MarkAsApi(APIView):
                 raise serializers.ValidationError("must be a message id or a list of them")
             return [str(i) for i in ids]
 
+    # The messages as GET /v1/messages gives them: Novu answers the same entity from
+    # both, which novu-py reads as one model (MessageResponseDto).
     @extend_schema_serializer(component_name="MarkAsResponse")
     class ResponseSerializer(serializers.Serializer):
-        data = FeedApi.OutputSerializer(many=True)
+        data = MessageListApi.OutputSerializer(many=True)
 
     @extend_schema(
         tags=["Inbox"],
@@ -447,7 +449,9 @@ class MarkAsApi(APIView):
         marked = list(messages)  # as now stored
         if len(marked) != len(wanted):  # deleted meanwhile, with their subscriber
             raise ApiError(404, "message_not_found", "One or more messages were not found")
-        return Response({"data": FeedApi.OutputSerializer(marked, many=True).data}, status=201)
+        return Response(
+            {"data": MessageListApi.OutputSerializer(marked, many=True).data}, status=201
+        )
 
 
 class MarkAllApi(APIView):

@@ -461,6 +461,23 @@ def test_mark_as_takes_novu_pys_mark_as_and_answers_its_message_model(
     assert nulls_novu_refuses(MessageResponseDto, response.json()["data"][0]) == []
 
 
+def test_mark_as_answers_each_message_as_the_message_list_does() -> None:
+    # Both are novu-py's MessageResponseDto, and Novu answers the same message entity
+    # from both: the marked one lacked its providerId and errorText.
+    client, key = client_with_key()
+    message = _in_app(SubscriberFactory(client=client, subscriber_id="ann"), provider="inbox")
+    novu = novu_py_for(key)
+
+    [marked] = novu.subscribers.messages.mark_all_as(
+        subscriber_id="ann",
+        message_mark_as_request_dto={"message_id": str(message.pk), "mark_as": "read"},
+    ).result
+    [listed] = novu.messages.retrieve(request={"subscriber_id": "ann"}).result.data
+
+    assert (marked.provider_id, marked.error_text) == ("novu", "")
+    assert marked == listed
+
+
 def test_mark_all_marks_every_message_of_the_subscriber_only(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
