@@ -226,8 +226,8 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
             error = str(exc)
     # Read again, whether this request synced or not: a concurrent request's sync may
     # have committed between the two reads above (no entry, then a recent sync), and a
-    # trigger then answered 404 for a workflow the registry held. A failed sync leaves
-    # the stale entry, which is used.
+    # trigger then answered workflow_not_found for a workflow the registry held. A failed
+    # sync leaves the stale entry, which is used.
     found = selectors.bridge_workflow_get(
         client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id
     )
@@ -243,10 +243,14 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
             "bridge_unavailable",
             f"Could not discover the workflows of {masked_url(bridge_url)}{when}: {error}",
         )
+    # 422, as Novu answers a workflow it does not know (its UnprocessableEntityException
+    # `workflow_not_found`): callers written against Novu catch that status.
+    message = f"Workflow '{workflow_id}' is not defined by the bridge {masked_url(bridge_url)}"
     raise ApiError(
-        404,
+        422,
         "workflow_not_found",
-        f"Workflow '{workflow_id}' is not defined by the bridge {masked_url(bridge_url)}{when}",
+        f"{message}{when}",
+        [{"field": "name", "message": message}],
     )
 
 

@@ -272,12 +272,22 @@ def test_resource_not_among_bridge_urls_is_400_and_never_called(
     assert_nothing_stored(enqueued)
 
 
-def test_workflow_the_bridge_does_not_define_is_404(
-    post: Post, discover: FakeDiscover, enqueued: Enqueued
+def test_workflow_the_bridge_does_not_define_is_novus_422(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str]
 ) -> None:
-    error = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    """Novu answers an unknown workflow 422 `workflow_not_found` (ParseEventRequest's
+    UnprocessableEntityException): a caller catching that status, or novu-py's typed
+    ValidationErrorDto, missed norm's 404."""
+    error = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
     assert "nope" in error["message"]
+    assert list(error["errors"]) == ["name"]
     assert discover.urls == [BRIDGE_URL]
+    novu = novu_py_for(keyed[1])
+    with pytest.raises(models.ValidationErrorDto) as refused:
+        novu.trigger(trigger_event_request_dto={"workflow_id": "nope", "to": "ann"})
+    assert refused.value.data.status_code == 422
+    with pytest.raises(models.ValidationErrorDto):
+        novu.trigger_broadcast(trigger_event_to_all_request_dto={"name": "nope", "payload": {}})
     assert_nothing_stored(enqueued)
 
 
@@ -483,7 +493,7 @@ def test_the_same_schema_in_json_schema_is_checked_whole_as_ajv_checks_it(
     ("answer", "status", "code"),
     [
         ({"workflows": None}, 502, "bridge_unavailable"),  # no discover answer at all
-        ({"workflows": [{"workflowId": {"a": 1}}]}, 404, "workflow_not_found"),
+        ({"workflows": [{"workflowId": {"a": 1}}]}, 422, "workflow_not_found"),
         (_welcome(payload="x"), 201, None),
         (_welcome(payload={"schema": "x"}), 201, None),
         (_welcome(steps=[{"stepId": "s", "type": "email", "controls": "x"}]), 201, None),
@@ -932,7 +942,7 @@ def test_registry_refresh_is_rate_limited(
 ) -> None:
     settings.NORM_DISCOVER_MIN_INTERVAL = 60
     for _ in range(2):
-        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
     assert discover.urls == [BRIDGE_URL]
     # A known workflow is served from the registry without another discover.
     assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
@@ -943,10 +953,10 @@ def test_a_refusal_from_the_last_discover_says_so(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
 ) -> None:
     """A developer adds a workflow, restarts the app and triggers it within the interval:
-    the 404 said the bridge did not define it, as if the new code had not been deployed."""
+    the refusal said the bridge did not define it, as if the new code had not been deployed."""
     settings.NORM_DISCOVER_MIN_INTERVAL = 60.0  # as settings.py reads it from the environment
-    first = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
-    again = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    first = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
+    again = assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
 
     assert first["message"] == f"Workflow 'nope' is not defined by the bridge {BRIDGE_URL}"
     assert re.fullmatch(
@@ -963,16 +973,16 @@ def test_registry_refreshes_again_after_the_interval(
 ) -> None:
     settings.NORM_DISCOVER_MIN_INTERVAL = 0
     for _ in range(2):
-        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+        assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
     assert discover.urls == [BRIDGE_URL, BRIDGE_URL]
 
 
-def test_a_workflow_a_concurrent_trigger_discovered_meanwhile_is_found_not_404(
+def test_a_workflow_a_concurrent_trigger_discovered_meanwhile_is_found_not_refused(
     settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twenty triggers at once for a workflow not yet in the registry: one read no entry,
     then, before it read the last sync, another request's discover committed both. Seeing
-    a sync that recent, it did not discover again, and answered 404 workflow_not_found
+    a sync that recent, it did not discover again, and answered workflow_not_found
     for a workflow the registry now held (tests/faults, one answer in twenty)."""
     settings.NORM_DISCOVER_MIN_INTERVAL = 60
     client = ClientFactory()
@@ -1093,7 +1103,7 @@ def test_a_bridge_url_shared_with_another_client_is_discovered_for_this_one(
     BridgeWorkflowFactory(client=other, workflow_id="billing")
     BridgeSyncFactory(client=other)
 
-    assert_error(post(TRIGGER, {"name": "billing", "to": "ann"}), 404, "workflow_not_found")
+    assert_error(post(TRIGGER, {"name": "billing", "to": "ann"}), 422, "workflow_not_found")
     assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
     assert discover.calls == [(BRIDGE_URL, keyed[1])]
     # This client's discover left the other's registry of that URL as it was.
@@ -1151,7 +1161,7 @@ def test_an_unknown_workflow_is_a_502_until_the_next_discover_after_a_failed_one
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued, settings: Any
 ) -> None:
     """Within NORM_DISCOVER_MIN_INTERVAL of a failed discover the bridge is not asked
-    again, and norm still cannot know the workflow: not a 404 that says it is undefined."""
+    again, and norm still cannot know the workflow: not a refusal that says it is undefined."""
     settings.NORM_DISCOVER_MIN_INTERVAL = 60
     monkeypatch.setattr(bridge, "discover", _bridge_down)
     for _ in range(2):
@@ -1165,7 +1175,7 @@ def test_an_unknown_workflow_is_a_502_until_the_next_discover_after_a_failed_one
     assert_nothing_stored(enqueued)
 
 
-def test_a_workflow_the_bridge_does_not_define_is_a_404_once_the_bridge_is_back(
+def test_a_workflow_the_bridge_does_not_define_is_a_422_once_the_bridge_is_back(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
 ) -> None:
     settings.NORM_DISCOVER_MIN_INTERVAL = 60
@@ -1175,12 +1185,12 @@ def test_a_workflow_the_bridge_does_not_define_is_a_404_once_the_bridge_is_back(
         error="BridgeUnreachable: connection refused",
     )
 
-    assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 404, "workflow_not_found")
+    assert_error(post(TRIGGER, {"name": "nope", "to": "ann"}), 422, "workflow_not_found")
     assert discover.urls == [BRIDGE_URL]
     assert BridgeSync.objects.get(client=keyed[0]).error == ""
 
 
-def test_a_workflow_the_bridge_no_longer_defines_is_a_404_once_discovered_again(
+def test_a_workflow_the_bridge_no_longer_defines_is_a_422_once_discovered_again(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
 ) -> None:
     """Its stale entry is dropped by the discover, not served as if still defined."""
@@ -1188,7 +1198,7 @@ def test_a_workflow_the_bridge_no_longer_defines_is_a_404_once_discovered_again(
     old = timezone.now() - timedelta(seconds=61)
     BridgeWorkflowFactory(client=keyed[0], workflow_id="retired", discovered_at=old)
 
-    assert_error(post(TRIGGER, {"name": "retired", "to": "ann"}), 404, "workflow_not_found")
+    assert_error(post(TRIGGER, {"name": "retired", "to": "ann"}), 422, "workflow_not_found")
     assert not BridgeWorkflow.objects.filter(client=keyed[0], workflow_id="retired").exists()
     assert_nothing_stored(enqueued)
 
