@@ -198,11 +198,16 @@ def _from_ms(name: str, value: Any) -> datetime:
         raise ApiError(400, "invalid_query", message) from exc
 
 
-def _feed(request: Request, subscriber_id: str) -> Any:
+def _feed(request: Request, subscriber_id: str, *, status: int = 404) -> Any:
     feed = selectors.in_app_feed(client_id=request.user.pk, subscriber_id=subscriber_id)
     if feed is None:
-        raise ApiError(404, "subscriber_not_found", f"Subscriber '{subscriber_id}' not found")
+        raise ApiError(status, "subscriber_not_found", f"Subscriber '{subscriber_id}' not found")
     return feed
+
+
+# Novu's v1 feed and unseen count refuse a subscriber they do not find with a 400 (an
+# ApiException in GetNotificationsFeed and GetFeedCount), its marks and v2 inbox a 404.
+_V1_FEED_UNKNOWN = 400
 
 
 @extend_schema_field(
@@ -299,12 +304,12 @@ class FeedApi(APIView):
         ],
         responses={
             200: page_of("FeedPage", OutputSerializer(many=True)),
-            **error_responses(400, 404),
+            **error_responses(400),
         },
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         feed = _narrowed(
-            _feed(request, subscriber_id),
+            _feed(request, subscriber_id, status=_V1_FEED_UNKNOWN),
             seen=query_bool(request, "seen"),
             read=query_bool(request, "read"),
         )
@@ -382,10 +387,11 @@ class UnseenCountApi(APIView):
             OpenApiParameter("seen", OpenApiTypes.BOOL, description="default false"),
             OpenApiParameter("limit", OpenApiTypes.INT, description="count at most this many"),
         ],
-        responses={200: UnseenCountResponse, **error_responses(400, 404)},
+        responses={200: UnseenCountResponse, **error_responses(400)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        feed = _narrowed(_feed(request, subscriber_id), seen=query_bool(request, "seen") or False)
+        feed = _feed(request, subscriber_id, status=_V1_FEED_UNKNOWN)
+        feed = _narrowed(feed, seen=query_bool(request, "seen") or False)
         limit = query_int(request, "limit", 100, minimum=1)
         return Response({"data": {"count": feed[:limit].count()}})
 

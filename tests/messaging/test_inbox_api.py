@@ -181,12 +181,24 @@ def test_a_payload_filter_nested_deeper_than_a_body_may_be_is_a_400(tenant) -> N
         assert "payload" in response.json()["message"]
 
 
-def test_feed_of_unknown_or_foreign_subscriber_is_404(tenant) -> None:
-    _, api = tenant
+def test_feed_and_unseen_count_of_unknown_or_foreign_subscriber_are_novus_400() -> None:
+    # Novu's GetNotificationsFeed and GetFeedCount refuse a subscriber they do not find
+    # with an ApiException, a 400 (its own e2e tests of novu's SDK expect it), where
+    # the v2 inbox and the marks answer 404.
+    _, key = client_with_key()
     _in_app(SubscriberFactory(client=ClientFactory(), subscriber_id="theirs"))
+    inbox = novu_py_for(key).subscribers.notifications
 
-    assert api.get("/v1/subscribers/nobody/notifications/feed").status_code == 404
-    assert api.get("/v1/subscribers/theirs/notifications/feed").status_code == 404
+    for subscriber_id in ("nobody", "theirs"):
+        with pytest.raises(ErrorDto) as feed:
+            inbox.feed(request={"subscriber_id": subscriber_id})
+        with pytest.raises(ErrorDto) as unseen:
+            inbox.unseen_count(subscriber_id=subscriber_id)
+        assert (feed.value.data.status_code, unseen.value.data.status_code) == (400, 400)
+        assert "subscriber_not_found" in feed.value.body
+    with pytest.raises(ErrorDto) as listed:
+        inbox.list(request={"subscriber_id": "nobody"})
+    assert listed.value.data.status_code == 404
 
 
 def test_mark_read_changes_what_the_bridge_sees(tenant) -> None:
@@ -407,7 +419,7 @@ def test_the_unseen_count(tenant) -> None:
     assert api.get(url).json() == {"data": {"count": 3}}
     assert api.get(f"{url}?seen=false&limit=2.0").json() == {"data": {"count": 2}}
     assert api.get(f"{url}?seen=true").json() == {"data": {"count": 1}}
-    assert api.get("/v1/subscribers/bob/notifications/unseen").status_code == 404
+    assert api.get("/v1/subscribers/bob/notifications/unseen").status_code == 400  # as Novu
 
 
 def test_the_unseen_count_counts_up_to_novus_default_limit_of_100(tenant) -> None:
