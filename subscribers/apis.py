@@ -606,13 +606,20 @@ class SubscriberDetailApi(APIView):
         return self._update(request, subscriber_id, nulls_clear=True)
 
     @extend_schema(
-        summary="Update a subscriber; null leaves a field as it is",
+        summary="Update a subscriber; null leaves a field as it is (v1: an unknown one is a 400)",
         request=SubscriberFields,
         responses={200: SubscriberResponse, **error_responses(400, 422, 404)},
     )
     def put(self, request: Request, subscriber_id: str) -> Response:
         # novu 1.14 sends null for every field it was not given: null leaves it alone.
-        return self._update(request, subscriber_id, nulls_clear=False)
+        try:
+            return self._update(request, subscriber_id, nulls_clear=False)
+        except ApiError as exc:
+            if exc.code != "subscriber_not_found" or not request.path_info.startswith("/v1/"):
+                raise
+            # Novu's v1 update refuses a subscriber it does not find with a 400 (an
+            # ApiException in UpdateSubscriber), where its get and delete answer 404.
+            raise ApiError(400, exc.code, exc.message) from None
 
     def _update(self, request: Request, subscriber_id: str, *, nulls_clear: bool) -> Response:
         subscriber = selectors.subscriber_get(

@@ -5,6 +5,7 @@ from typing import Any
 
 import factory
 import httpx
+import requests
 from django.test.client import ClientHandler
 from django.utils import timezone
 from novu_py import Novu
@@ -73,6 +74,44 @@ def novu_py_for(key: str) -> Novu:
         async_client=_UNUSED_ASYNC_CLIENT,
         retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1, 1), False),
     )
+
+
+class _InProcessAdapter(requests.adapters.BaseAdapter):
+    """requests' transport to norm in process, through httpx's WSGI transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._http = httpx.Client(transport=httpx.WSGITransport(app=_in_process))
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        answer = self._http.request(
+            request.method or "GET",
+            request.url or "",
+            headers=dict(request.headers),
+            content=request.body,
+        )
+        response = requests.Response()
+        response.status_code, response.reason = answer.status_code, answer.reason_phrase
+        response.headers = requests.structures.CaseInsensitiveDict(answer.headers)
+        response._content = answer.content
+        response.url, response.request = request.url or "", request
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+
+# Loopback, which tests may call (conftest's guard): the session's adapter calls norm in
+# process, and no request leaves it.
+NOVU_114_URL = "http://127.0.0.1"
+
+
+def novu_114_session() -> requests.Session:
+    """A session for novu 1.14's Api classes (`SubscriberApi(NOVU_114_URL, key,
+    session=...)`): the client itself, talking to norm in process."""
+    session = requests.Session()
+    session.mount("http://", _InProcessAdapter())
+    return session
 
 
 class BridgeWorkflowFactory(factory.django.DjangoModelFactory):

@@ -107,7 +107,7 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
          {"email": "e@x.y"}, 404),
         ("delete", "v2/subscribers/<trimmed:subscriber_id>", "/v2/subscribers/ann", None, 404),
         ("put", "v1/subscribers/<trimmed:subscriber_id>", "/v1/subscribers/ann",
-         {"email": "e@x.y"}, 404),
+         {"email": "e@x.y"}, 400),
         ("get", "v2/subscribers/<trimmed:subscriber_id>/subscriptions",
          "/v2/subscribers/ann/subscriptions", None, 404),
         ("get", "v2/topics", "/v2/topics?key=news", None, 200),

@@ -8,10 +8,13 @@ from typing import Any
 
 import novu_py
 import pytest
+import requests
 from django.db import connection
 from django.http import HttpResponse
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from novu.api import SubscriberApi
+from novu.dto.subscriber import SubscriberDto
 from novu_py.models import BulkCreateSubscriberResponseDto, SubscriberResponseDto
 from rest_framework.test import APIClient
 
@@ -19,7 +22,14 @@ from config import paging
 from notify.models import Client
 from subscribers.models import Subscriber, Topic
 from tests.conftest import plan_nodes
-from tests.factories import SubscriberFactory, api_for, client_with_key, novu_py_for
+from tests.factories import (
+    NOVU_114_URL,
+    SubscriberFactory,
+    api_for,
+    client_with_key,
+    novu_114_session,
+    novu_py_for,
+)
 from tests.novu_nulls import nulls_novu_refuses
 
 pytestmark = pytest.mark.django_db
@@ -555,6 +565,26 @@ def test_v1_put_treats_null_as_not_provided(keyed: tuple[Client, str]) -> None:
     )
 
 
+def test_novu_114s_put_of_a_subscriber_that_does_not_exist_is_novus_400(
+    keyed: tuple[Client, str],
+) -> None:
+    """Novu's v1 update refuses a subscriber it does not find with an ApiException, a
+    400 (UpdateSubscriber, in every version), where its get and delete answer 404."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    subscribers = SubscriberApi(NOVU_114_URL, key, session=novu_114_session())
+
+    with pytest.raises(requests.HTTPError) as refused:
+        subscribers.put(SubscriberDto(subscriber_id="nobody", first_name="Bo"))
+    assert refused.value.response.status_code == 400
+    assert refused.value.response.json()["code"] == "subscriber_not_found"
+    assert subscribers.put(SubscriberDto(subscriber_id="ann", first_name="Al")).first_name == "Al"
+    with pytest.raises(requests.HTTPError) as unknown:
+        subscribers.get("nobody")
+    assert unknown.value.response.status_code == 404
+    assert not Subscriber.objects.filter(subscriber_id="nobody").exists()
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_delete_answers_200_with_a_body_then_404(keyed: tuple[Client, str], version: str) -> None:
     client, key = keyed
@@ -982,7 +1012,7 @@ def test_another_clients_key_never_sees_or_changes_the_subscriber(
     assert_error(call(other_key, "patch", path, {"email": "evil@example.com"}), 404, path)
     assert_error(
         call(other_key, "put", "/v1/subscribers/ann", {"email": "e@x.y"}),
-        404,
+        400,  # as Novu's v1 update answers a subscriber it does not find
         "/v1/subscribers/ann",
     )
     assert_error(call(other_key, "delete", path), 404, path)
