@@ -205,9 +205,10 @@ def _feed(request: Request, subscriber_id: str, *, status: int = 404) -> Any:
     return feed
 
 
-# Novu's v1 feed and unseen count refuse a subscriber they do not find with a 400 (an
-# ApiException in GetNotificationsFeed and GetFeedCount), its marks and v2 inbox a 404.
-_V1_FEED_UNKNOWN = 400
+# Novu's v1 feed and unseen count and v2 count refuse a subscriber they do not find
+# with a 400 (an ApiException in GetNotificationsFeed, GetFeedCount and
+# NotificationsCount), its marks and v2 list a 404.
+_COUNTS_UNKNOWN = 400
 
 
 @extend_schema_field(
@@ -309,7 +310,7 @@ class FeedApi(APIView):
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
         feed = _narrowed(
-            _feed(request, subscriber_id, status=_V1_FEED_UNKNOWN),
+            _feed(request, subscriber_id, status=_COUNTS_UNKNOWN),
             seen=query_bool(request, "seen"),
             read=query_bool(request, "read"),
         )
@@ -390,7 +391,7 @@ class UnseenCountApi(APIView):
         responses={200: UnseenCountResponse, **error_responses(400)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        feed = _feed(request, subscriber_id, status=_V1_FEED_UNKNOWN)
+        feed = _feed(request, subscriber_id, status=_COUNTS_UNKNOWN)
         feed = _narrowed(feed, seen=query_bool(request, "seen") or False)
         limit = query_int(request, "limit", 100, minimum=1)
         return Response({"data": {"count": feed[:limit].count()}})
@@ -744,10 +745,10 @@ class InboxCountApi(APIView):
                 description='JSON list of at most 30 filters, e.g. [{"read": false}]',
             )
         ],
-        responses={200: InboxCounts, **error_responses(400, 404)},
+        responses={200: InboxCounts, **error_responses(400)},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:
-        feed = _feed(request, subscriber_id)
+        feed = _feed(request, subscriber_id, status=_COUNTS_UNKNOWN)
         wrong = "'filters' must be a JSON list of objects"
         try:
             # Each count answers its filter back: NaN or an infinity could not be written.

@@ -143,7 +143,7 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("get", "v2/subscribers/<trimmed:subscriber_id>/notifications",
          f"/v2/subscribers/ann/notifications?after={mid}", None, 404),
         ("get", "v2/subscribers/<trimmed:subscriber_id>/notifications/count",
-         "/v2/subscribers/ann/notifications/count", None, 404),
+         "/v2/subscribers/ann/notifications/count", None, 400),
         ("post", "v2/subscribers/<trimmed:subscriber_id>/notifications/read",
          "/v2/subscribers/ann/notifications/read", {"notificationIds": [mid]}, 404),
         ("post", "v2/subscribers/<trimmed:subscriber_id>/notifications/seen",

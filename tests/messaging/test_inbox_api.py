@@ -201,6 +201,20 @@ def test_feed_and_unseen_count_of_unknown_or_foreign_subscriber_are_novus_400() 
     assert listed.value.data.status_code == 404
 
 
+def test_v2_count_of_unknown_or_foreign_subscriber_is_novus_400() -> None:
+    # Novu's NotificationsCount looks the subscriber up itself and refuses one it does
+    # not find with an ApiException, a 400, where the v2 list answers 404.
+    _, key = client_with_key()
+    _in_app(SubscriberFactory(client=ClientFactory(), subscriber_id="theirs"))
+    inbox = novu_py_for(key).subscribers.notifications
+
+    for subscriber_id in ("nobody", "theirs"):
+        with pytest.raises(ErrorDto) as counted:
+            inbox.count(subscriber_id=subscriber_id, filters='[{"read": false}]')
+        assert counted.value.data.status_code == 400
+        assert "subscriber_not_found" in counted.value.body
+
+
 def test_mark_read_changes_what_the_bridge_sees(tenant) -> None:
     client, api = tenant
     ann = SubscriberFactory(client=client, subscriber_id="ann")
