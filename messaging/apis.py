@@ -41,6 +41,7 @@ from config.paging import (
 from config.parsers import query_json
 from messaging import services
 from messaging.models import Message
+from subscribers import selectors as subscriber_selectors
 from workflows import selectors
 
 
@@ -368,12 +369,18 @@ class MessageListApi(APIView):
         parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses={
             200: page_of("MessagePage", OutputSerializer(many=True)),
-            **error_responses(400),
+            **error_responses(400, 404),
         },
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=query_given(request.query_params))
         filters.is_valid(raise_exception=True)
+        if subscriber_id := filters.validated_data.get("subscriberId"):
+            # As Novu's GetMessages: a subscriber it does not find is a 404 (GetSubscriber),
+            # not an empty page that reads as a subscriber who was sent nothing.
+            subscriber_selectors.subscriber_get(
+                client_id=request.user.pk, subscriber_id=subscriber_id
+            )
         messages = selectors.message_list(client_id=request.user.pk, filters=filters.validated_data)
         rows, meta = paginate(request, messages)
         return Response({"data": self.OutputSerializer(rows, many=True).data, **meta})

@@ -6,9 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from novu.api import MessageApi
 from novu.dto.message import PaginatedMessageDto
 from novu_py.models import ErrorDto, MessagesResponseDto
 from rest_framework.test import APIClient
@@ -16,11 +18,13 @@ from rest_framework.test import APIClient
 from messaging.models import Message
 from tests.conftest import plan_nodes
 from tests.factories import (
+    NOVU_114_URL,
     ClientFactory,
     MessageFactory,
     StepFactory,
     SubscriberFactory,
     client_with_key,
+    novu_114_session,
     novu_py_for,
 )
 from tests.novu_nulls import nulls_novu_refuses
@@ -85,7 +89,27 @@ def test_filters_by_channel_subscriber_and_transactions(tenant) -> None:
     assert set(_ids(both)) == {str(ann_mail.pk), str(bob_inbox.pk)}
     one = api.get(URL, {"transactionId": tx[0], "channel": "in_app"})
     assert _ids(one) == []
-    assert _ids(api.get(URL, {"subscriberId": "nobody"})) == []
+
+
+def test_a_subscriber_that_does_not_exist_is_novus_404_to_both_sdks() -> None:
+    """Novu's GetMessages looks the subscriberId up with GetSubscriber, which refuses
+    one it does not find with a 404: norm answered an empty page, which a caller could
+    not tell from a subscriber who was sent nothing."""
+    client, key = client_with_key()
+    _message(SubscriberFactory(client=ClientFactory(), subscriber_id="theirs"))
+    novu = novu_py_for(key)
+    messages = MessageApi(NOVU_114_URL, key, session=novu_114_session())
+
+    for subscriber_id in ("nobody", "theirs"):
+        with pytest.raises(ErrorDto) as refused:
+            novu.messages.retrieve(request={"subscriber_id": subscriber_id})
+        assert refused.value.data.status_code == 404
+        assert "subscriber_not_found" in refused.value.body
+        with pytest.raises(requests.HTTPError) as old:
+            messages.list(subscriber_id=subscriber_id)
+        assert old.value.response.status_code == 404
+    SubscriberFactory(client=client, subscriber_id="nobody")
+    assert novu.messages.retrieve(request={"subscriber_id": "nobody"}).result.data == []
 
 
 def test_another_clients_messages_never_appear(tenant) -> None:
