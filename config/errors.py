@@ -65,11 +65,18 @@ def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, 
     }
 
 
+def _under_api(request: HttpRequest) -> bool:
+    """Whether the route is the API's: /v1 and /v2 themselves too, what a client asks
+    for an id `..` (httpx and requests resolve dot segments)."""
+    route = request.path_info
+    return route.startswith(("/v1/", "/v2/")) or route in ("/v1", "/v2")
+
+
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler404: a path no API view serves answers Novu's error body under /v1 and
     /v2 (novu-py raises its typed ErrorDto only for JSON), Django's page elsewhere.
     The route is path_info: `path` holds the prefix of a deployment under one (/novu)."""
-    if request.path_info.startswith(("/v1/", "/v2/")):
+    if _under_api(request):
         body = error_body(404, request.get_full_path(), "Not found", code="not_found")
         return JsonResponse(body, status=404)
     return defaults.page_not_found(request, exception)
@@ -79,7 +86,7 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler400: under /v1 and /v2, Novu's error body, as for a 404. A host left out of
     ALLOWED_HOSTS (a proxy passing its own name on) answered every call with Django's
     page, "Bad Request (400)", and the reason only in the server's log."""
-    if not request.path_info.startswith(("/v1/", "/v2/")):
+    if not _under_api(request):
         return defaults.bad_request(request, exception)
     message, code = "Bad request", "bad_request"
     if isinstance(exception, DisallowedHost):

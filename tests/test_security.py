@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import novu_py
 import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
@@ -26,7 +27,13 @@ from notify import services as notify_services
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import json_serving, serve_in_background
-from tests.factories import BridgeWorkflowFactory, NotificationFactory, api_for, client_with_key
+from tests.factories import (
+    BridgeWorkflowFactory,
+    NotificationFactory,
+    api_for,
+    client_with_key,
+    novu_py_for,
+)
 from workflows import bridge, registry
 from workflows import services as workflow_services
 from workflows.models import Notification
@@ -392,6 +399,17 @@ def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
         assert body["timestamp"] and body["message"] == "Not found"
     page = api.get("/nope")  # outside the API: Django's page
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_the_api_prefixes_alone_answer_novus_json_404() -> None:
+    """novu-py's subscribers.retrieve(subscriber_id="..") asks for /v2 (httpx resolves the
+    dot segments): it raised "Unexpected response" with Django's HTML page, not its
+    typed ErrorDto."""
+    _, key = client_with_key()
+    with pytest.raises(novu_py.models.ErrorDto) as missing:
+        novu_py_for(key).subscribers.retrieve(subscriber_id="..")
+    assert (missing.value.data.status_code, missing.value.data.path) == (404, "/v2")
+    assert api_for(key).get("/v1").json()["code"] == "not_found"
 
 
 def test_a_host_not_allowed_is_a_json_400_that_names_it_under_the_api(settings: Any) -> None:
