@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from django.db import connection
 from django.utils import timezone
@@ -381,6 +382,95 @@ def test_one_transaction_id_sent_twenty_times_at_once_runs_once(
     log = worker.log.read_text()
     assert log.count("Task norm.workflow.run[") == 2  # received, succeeded: one fan-out
     assert log.count("Task norm.subscriber.process[") == 2 * 10
+
+
+# --- 7. a deploy: every worker and beat stopped with SIGTERM, new ones started -------------------
+
+
+def stop_warm(fleet: list[CeleryProcess], timeout: float) -> list[float]:
+    """SIGTERM to each main process alone, as `docker stop` and Kubernetes send it (to
+    the container's PID 1): Celery's warm shutdown. The seconds each took to exit."""
+    started = time.monotonic()
+    for proc in fleet:
+        proc.process.send_signal(signal.SIGTERM)
+    exited: dict[str, float] = {}
+
+    def all_exited() -> bool:
+        for proc in fleet:
+            if proc.name not in exited and proc.process.poll() is not None:
+                exited[proc.name] = time.monotonic() - started
+        return len(exited) == len(fleet)
+
+    wait_for(all_exited, timeout=timeout, interval=0.1, what="the fleet to exit after SIGTERM")
+    return sorted(exited.values())
+
+
+def test_a_deploy_under_load_loses_nothing_and_sends_nothing_twice(
+    live_server: LiveServer,
+    broker: str,
+    make_client: Any,
+    start_celery: StartCelery,
+    smtp: tuple[int, CountingSmtp],
+) -> None:
+    """A deploy: every worker and beat gets SIGTERM while sends wait for the SMTP server's
+    answer and delays wait out their countdown in the workers (ETA messages, taken ahead
+    whatever the prefetch), then new ones start. A warm shutdown finishes the tasks it
+    runs (each send commits), then hands every message it holds back to Redis as it
+    closes its channel (kombu's restore of the unacknowledged): at once, so the new
+    workers take them as they start. Kept, they would wait out the visibility timeout (an
+    hour by default) or the reconciler's grace (a minute); both are past the test's end
+    here, as are stale claims, so that neither makes up for a message the shutdown kept.
+    Unlike a kill, nothing is cut between the provider's call and its commit: no email
+    repeats. A cold shutdown on SIGTERM (REMAP_SIGTERM=SIGQUIT), or SIGTERM to the pool's
+    processes too (they die at once), fails it, sends cut before their commit; so does a
+    shutdown that leaves its messages unacknowledged.
+
+    A worker exits within a second or two of its last task, or some 30 s later (in 4 runs
+    of 11): a pool process that finished a task as the worker stopped waits that long for
+    the worker to read its result (billiard's _ensure_messages_consumed), and the worker
+    gives back what it holds only then (docker-compose.yml's grace covers it)."""
+    recorder = smtp[1]
+    env = {
+        **RECOVERY,
+        "CELERY_VISIBILITY_TIMEOUT": "600",
+        "NORM_RECONCILE_GRACE": "600",
+        "NORM_STALE_CLAIM_SECONDS": "600",
+    }
+    fleet = [start_celery(kind, **env) for kind in FLEET]
+    client, key = make_client()
+    for delay in (2, 3, 4, 5):
+        trigger(live_server, key, people(f"d{delay}-", 125), {"delaySeconds": delay})
+
+    wait_for(lambda: recorder.delivered() >= 25, timeout=120, what="emails before the deploy")
+    recorder.hold = 10  # to stop the workers while sends they made wait for their answer
+    in_flight = wait_for(lambda: held(client, recorder), timeout=30, what="a send held")
+    unacked = redis.Redis.from_url(broker).hlen("unacked")  # taken by a worker, not acked
+    # More than the four tasks the two workers' processes can run: delays held too.
+    assert unacked > 4, "the deploy must stop workers holding messages"
+    exits = stop_warm(fleet, timeout=90)
+    recorder.hold = 0
+    left = redis.Redis.from_url(broker).hlen("unacked")
+    print(
+        f"\n[faults] stopped the fleet at {statuses(client)}, {recorder.delivered()} emails, "
+        f"{len(in_flight)} sends in flight, {unacked} messages held, {left} left unacked; "
+        f"exits after {[round(s, 1) for s in exits]} s"
+    )
+    # Every send a stopping worker had begun was committed, and nothing it held is left
+    # unacknowledged in Redis for the visibility timeout to hand out again.
+    assert not Step.objects.filter(
+        notification__client=client, status=Step.Status.PROCESSING
+    ).exists()
+    assert left == 0, f"{left} messages held back by the stopped workers"
+    restarted = time.monotonic()
+    for kind in FLEET:
+        start_celery(kind, **env)
+
+    wait_final(client, 500, timeout=240)
+    print(
+        f"[faults] every notification final {time.monotonic() - restarted:.1f}s after the restart"
+    )
+    assert_delivered_once(client, recorder, notifications=500, steps=WELCOME, in_flight=in_flight)
+    assert not recorder.repeats(), "a warm shutdown cut a send short"
 
 
 # --- 5. PostgreSQL restarted (last: it disturbs every session on this machine) -------------------
