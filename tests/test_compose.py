@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import billiard.pool
 import pytest
 import yaml
 
@@ -161,6 +162,52 @@ def _interpolated(value: str, env: dict[str, str]) -> str:
         return rest
 
     return re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", one, value)
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (Go's: `90s`, `1m30s`, `1.5m`) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _default(setting: str) -> float:
+    """A numeric setting's default, as config/settings.py reads it from the environment."""
+    settings = (ROOT / "config" / "settings.py").read_text()
+    found = re.search(rf'env_(?:int|float)\(\s*"{setting}",\s*([\d.]+)', settings)
+    assert found, setting
+    return float(found.group(1))
+
+
+# Room for a task's queries around its outbound call: the claim before, the record after.
+QUERIES_AROUND_A_CALL = 20.0
+
+
+def test_docker_lets_a_stopping_worker_finish_its_longest_send() -> None:
+    # A worker's warm shutdown lasts as long as the longest task it runs, and a task's
+    # longest wait is its outbound call: a send's EMAIL_SEND_DEADLINE, a bridge call's
+    # NORM_BRIDGE_TIMEOUT. Docker kills the worker when its grace is over: the grace was
+    # 60 s, the send's deadline too, so a send begun as a deploy stopped the worker, to a
+    # server slow to answer, could be killed after the server took it and before its
+    # commit, to be sent again once the reconciler reopened its step. Then a pool process
+    # that finished a task as the worker stopped waits up to 30 s for the worker to read
+    # its result before it exits (seen in the deploy fault test), and the worker gives
+    # back the messages it holds only after that: killed first, they wait for the
+    # reconciler instead.
+    environment = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-norm"]["environment"]
+    assert "NORM_BRIDGE_TIMEOUT" not in environment  # else read below as EMAIL_SEND_DEADLINE is
+    longest_call = max(
+        float(_interpolated(environment["EMAIL_SEND_DEADLINE"], {})),
+        _default("NORM_BRIDGE_TIMEOUT"),
+    )
+    result_wait = (
+        billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT
+        * billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL
+    )
+    grace = _seconds(_services()["worker"]["stop_grace_period"])
+
+    assert grace >= longest_call + QUERIES_AROUND_A_CALL + result_wait
 
 
 # What `openssl rand -base64 24` or a password manager gives: / + = and the URL's own
