@@ -22,8 +22,8 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
-from kombu.utils.encoding import str_to_bytes
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,57 @@ class Channel(filesystem.Channel):
             if isinstance(payload, dict):
                 return payload
             logger.error("Dropped a message of queue %s that is no JSON object", queue)
+
+    def get_table(self, exchange: str) -> list[Any]:
+        try:
+            return list(super().get_table(exchange))
+        except (ValueError, TypeError) as exc:
+            # Unreadable (see _queue_bind) and not bound again yet: a publish is refused
+            # as by a broker that is down, which norm leaves to the reconciler, rather
+            # than raise a bug's error.
+            raise ChannelError(
+                f"exchange {exchange!r}: its file cannot be read ({exc}); the worker's "
+                "start writes it anew"
+            ) from exc
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        """kombu's, but a table that cannot be read is written anew, and a file is made
+        without emptying one another process is writing.
+
+        An exchange's file in broker-control lists the queues it routes to. kombu opened a
+        new one with "wb" (empty) and wrote it after: killed in between, or the machine
+        losing power before the disk had a file the first `make run` had just made, it was
+        left empty or cut short. The worker binds its queues through each as it starts,
+        and raised JSONDecodeError: "worker exited with status 1", every later `make run`
+        on that var/ the same."""
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(exist_ok=True)
+        bound = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ChannelError(f"Cannot open {file}") from exc
+        with os.fdopen(fd, "r+b", buffering=0) as table_file:
+            filesystem.lock(table_file, filesystem.LOCK_EX)
+            try:
+                table = self._table(exchange, table_file.read())
+                if bound not in table:
+                    table_file.seek(0)
+                    table_file.write(str_to_bytes(dumps([bound, *table])))
+                    table_file.truncate()
+            finally:
+                filesystem.unlock(table_file)
+
+    @staticmethod
+    def _table(exchange: str, raw: bytes) -> list[Any]:
+        if not raw:  # just made by this bind (or left empty)
+            return []
+        try:
+            return [filesystem.exchange_queue_t(*q) for q in loads(bytes_to_str(raw))]
+        except (ValueError, TypeError) as exc:
+            # Its queues are bound again as their consumers and publishers declare them.
+            logger.error("Wrote anew the unreadable file of exchange %s: %s", exchange, exc)
+            return []
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         # The channel takes a queue's files in the order of their names: an unpadded

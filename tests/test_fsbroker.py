@@ -10,11 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Producer, Queue
+from kombu.exceptions import ChannelError
 from kombu.message import Message
 
 from config import fsbroker
@@ -180,3 +182,38 @@ def test_a_message_file_that_is_no_json_object_is_dropped_not_raised_to_the_work
 
     assert sorted(taken) == ["first", "second"]  # sent in the same millisecond: either order
     assert list(folder.iterdir()) == []  # the broken files gone, not taken again
+
+
+def test_an_exchange_file_a_crash_left_empty_or_cut_short_is_written_anew_as_queues_bind(
+    tmp_path: Path,
+) -> None:
+    """An exchange's file in var/broker-control (the queues it routes to) left empty or
+    cut short: made by the first `make run` and not yet on disk when the machine lost
+    power, or opened by kombu ("wb", which empties it) and killed before it wrote. The
+    worker's start binds its queues through it, and raised JSONDecodeError: "worker
+    exited with status 1", every later `make run` on that var/ the same. A queue bound
+    now writes the table anew; a publish before any bind is the broker's refusal (which
+    norm leaves to the reconciler), not a bug's error."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    control = Path(options["control_folder"])
+    # Names no other test bound: kombu keeps the bindings it made for the whole process,
+    # and binds a queue's file only the first time.
+    tag = uuid.uuid4().hex[:8]
+    broken = {"empty": b"", "cut": b'[["cut", "", "cu', "bytes": b"\xff\xfe", "nolist": b"[1]"}
+    names = {kind: f"{kind}-{tag}" for kind in broken}
+    for kind, content in broken.items():
+        (control / f"{names[kind]}.exchange").write_bytes(content)
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        with pytest.raises(ChannelError):
+            conn.Producer().publish({}, exchange=names["nolist"], routing_key=names["nolist"])
+        taken = {}
+        for queue in names.values():
+            tasks = conn.SimpleQueue(queue)  # declared and bound, as a worker's start does
+            tasks.put({"body": queue})
+            message = tasks.get(timeout=5)
+            message.ack()
+            taken[queue] = message.payload["body"]
+
+    assert taken == {queue: queue for queue in names.values()}
+    for queue in taken:
+        assert json.loads((control / f"{queue}.exchange").read_text()) == [[queue, "", queue]]
