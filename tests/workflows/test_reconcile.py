@@ -40,6 +40,22 @@ def step_at(*, due: float, enqueued: float | None, **kwargs: Any) -> Step:
     return step
 
 
+def test_a_batch_of_due_steps_is_those_due_longest_ago(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More steps due than a batch: the reconciler sends those overdue longest first. It
+    took a batch in Step's default order (by position), which made PostgreSQL sort every
+    due step each tick to keep a batch: 0.9 s a tick while a broadcast's 100,000 steps
+    came due at once (docs/BENCHMARKS.md, session 22)."""
+    monkeypatch.setattr(services, "REDRIVE_BATCH", 2)
+    step_at(due=5, enqueued=None, position=0)
+    older = step_at(due=600, enqueued=None, position=1)
+    oldest = step_at(due=3600, enqueued=None, position=2)
+
+    assert tasks.reconcile()["steps"] == 2
+    assert sorted(enqueued.of(pipeline.MESSAGE)) == sorted([(older.pk,), (oldest.pk,)])
+
+
 def test_a_due_step_never_enqueued_is_enqueued_once(enqueued: Enqueued) -> None:
     due = step_at(due=5, enqueued=None)
     step_at(due=-3600, enqueued=None)  # a long delay, not due yet
