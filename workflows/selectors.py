@@ -259,10 +259,13 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
         .select_related("subscriber", "trigger_event")
         .defer(*_trigger_unread("trigger_event"))
     )
-    if filters.get("transactionId"):
-        qs = qs.filter(trigger_event__transaction_id=filters["transactionId"])
     # Each filter across a join names the client too, so that the join's own unique
     # (client, …) index serves it, rather than a scan of every client's rows.
+    if filters.get("transactionId"):
+        qs = qs.filter(
+            trigger_event__client_id=client_id,
+            trigger_event__transaction_id=filters["transactionId"],
+        )
     if filters.get("subscriberId"):
         qs = qs.filter(
             subscriber__client_id=client_id, subscriber__subscriber_id=filters["subscriberId"]
@@ -327,7 +330,8 @@ def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message
         )
     if filters.get("transactionId"):
         qs = qs.filter(
-            step__notification__trigger_event__transaction_id__in=filters["transactionId"]
+            step__notification__trigger_event__client_id=client_id,
+            step__notification__trigger_event__transaction_id__in=filters["transactionId"],
         )
     return (
         qs.select_related("subscriber", "step__notification__trigger_event")
