@@ -61,6 +61,33 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
         return f"{migrations.AddIndex.describe(self)}, concurrently on PostgreSQL"
 
 
+class RemoveIndexConcurrently(postgres.RemoveIndexConcurrently):
+    """A RemoveIndex dropped with DROP INDEX CONCURRENTLY on PostgreSQL (and built again
+    concurrently on reverse); a plain RemoveIndex elsewhere. A plain DROP INDEX takes
+    ACCESS EXCLUSIVE on the table, for which it waits behind every query under way while
+    every one after it (reads too) waits for it. Its migration needs `atomic = False`."""
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.RemoveIndex.database_forwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.RemoveIndex.database_backwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+
+
 def own_index_dropped(
     app_label: str, model_name: str, name: str, field: Any, index: str
 ) -> migrations.SeparateDatabaseAndState:

@@ -60,6 +60,7 @@ INDEX_ADDED = [
     ("subscribers", "0005_topic_subscription_created_index"),
     ("subscribers", "0008_topic_subscription_identifier_index"),
     ("workflows", "0005_notification_created_index"),
+    ("workflows", "0006_notification_client_created_index"),
 ]
 PROJECT_APPS = ["notify", "subscribers", "workflows", "messaging"]
 

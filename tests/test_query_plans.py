@@ -85,6 +85,35 @@ def test_a_transactionid_filter_finds_the_trigger_by_the_clients_unique_index(
     assert "client_id =" in scan["Index Cond"], scan
 
 
+@pytest.mark.parametrize("params", [{"status": "failed"}, {"templates": "rare"}])
+def test_a_filtered_page_of_notifications_reads_the_clients_index_in_its_order(
+    tenant: tuple[object, APIClient], params: dict[str, str]
+) -> None:
+    """A page of the client's notifications, newest first then by id, is read from the
+    client's (client, created_at, id) index in its order. With (client, created_at)
+    alone PostgreSQL took that order from the (created_at, id) index of every client's
+    notifications: a status the client had none of read all of them (2.7 s over
+    2,000,000 of 20 clients; the client's own 100,000, 0.3 s)."""
+    client, api = tenant
+    NotificationFactory(trigger_event__client=client)
+    NotificationFactory(trigger_event__client=client, status="failed", workflow_id="rare")
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get("/v1/notifications", params)
+    assert response.status_code == 200, response.content
+    assert len(response.json()["data"]) == 1
+    (page,) = [
+        q["sql"] for q in queries if q["sql"].startswith('SELECT "workflows_notification"."id"')
+    ]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")  # the test's few rows sort for nothing
+    nodes = plan_nodes(page)
+    assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
+    (scan,) = [n for n in nodes if n.get("Relation Name") == "workflows_notification"]
+    assert scan.get("Index Name") == "notification_client_created", scan
+    assert "client_id =" in scan["Index Cond"], scan
+
+
 def _plan_without_seqscan(sql: str) -> str:
     """The plan PostgreSQL picks for `sql` when any index will do: the test table is
     too small for it to prefer an index over reading the table."""

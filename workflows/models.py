@@ -57,7 +57,12 @@ class Notification(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["client", "created_at"]),
+            # The client's list, newest first then by id (GET /v1/notifications), read in
+            # the index's order. With (client, created_at) alone, a page filtered by a status
+            # (or workflow) the client has few of walked every client's notifications by the
+            # index below, its order whole: 2.7 s for a status the client had none of, over
+            # 2,000,000 of 20 clients; the client's own rows, 0.3 s.
+            models.Index(fields=["client", "created_at", "id"], name="notification_client_created"),
             models.Index(fields=["status", "updated_at"]),
             # The admin's list, newest first over every client (then by id, as the admin
             # makes its order whole): the id is a uuid4, in no order, and no other index
