@@ -77,7 +77,12 @@ def topic_members(*, topic: Topic) -> QuerySet[Subscriber]:
     as its createdAt (not the topic's creation)."""
     # The subscription's row is the one the filter joins (F reuses its join): read as
     # the rows are, not a lookup per row (a count of a large topic counts 50,000).
-    return _with_subscription(Subscriber.objects.filter(topicsubscription__topic=topic))
+    # The topic's client named too (its members are all of it), so that a member looked
+    # up by subscriberId is found by the unique (client, subscriber_id) index, and a
+    # count reads the client's subscribers: by the topic alone, PostgreSQL read every
+    # client's (70 ms for a lookup, 90 ms for a count, over 200,000 of 20 clients).
+    members = Subscriber.objects.filter(client_id=topic.client_id, topicsubscription__topic=topic)
+    return _with_subscription(members)
 
 
 def topic_member_named(*, topic: Topic, identifier: str) -> Subscriber | None:
