@@ -8,7 +8,30 @@ from django.contrib.postgres import operations as postgres
 from django.db import migrations
 
 
-class AddIndexConcurrently(postgres.AddIndexConcurrently):
+class _PlainOffPostgreSQL:
+    """The concurrent operation on PostgreSQL; elsewhere (SQLite: `make run`), which has
+    no CONCURRENTLY, the plain one (`plain`) it extends."""
+
+    plain: Any
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            self.plain.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            self.plain.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
+class AddIndexConcurrently(_PlainOffPostgreSQL, postgres.AddIndexConcurrently):
     """An AddIndex built with CREATE INDEX CONCURRENTLY on PostgreSQL (and dropped with
     DROP INDEX CONCURRENTLY on reverse); a plain AddIndex elsewhere, where SQLite has no
     such statement. A plain CREATE INDEX holds SHARE on the table for the whole build:
@@ -17,6 +40,8 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
     `atomic = False`, as PostgreSQL builds concurrently only outside a transaction; the
     migration's state is that of an AddIndex."""
 
+    plain = migrations.AddIndex
+
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
@@ -24,21 +49,7 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
             self._failed_build_dropped(
                 schema_editor, to_state.apps.get_model(app_label, self.model_name)
             )
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_forwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_backwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
+        super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def _failed_build_dropped(self, schema_editor: Any, model: Any) -> None:
         """A concurrent build that failed (canceled by a statement_timeout, a deadlock)
@@ -61,31 +72,13 @@ class AddIndexConcurrently(postgres.AddIndexConcurrently):
         return f"{migrations.AddIndex.describe(self)}, concurrently on PostgreSQL"
 
 
-class RemoveIndexConcurrently(postgres.RemoveIndexConcurrently):
+class RemoveIndexConcurrently(_PlainOffPostgreSQL, postgres.RemoveIndexConcurrently):
     """A RemoveIndex dropped with DROP INDEX CONCURRENTLY on PostgreSQL (and built again
     concurrently on reverse); a plain RemoveIndex elsewhere. A plain DROP INDEX takes
     ACCESS EXCLUSIVE on the table, for which it waits behind every query under way while
     every one after it (reads too) waits for it. Its migration needs `atomic = False`."""
 
-    def database_forwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.RemoveIndex.database_forwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
-
-    def database_backwards(
-        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
-    ) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.RemoveIndex.database_backwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
+    plain = migrations.RemoveIndex
 
 
 def own_index_dropped(
