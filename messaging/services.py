@@ -230,7 +230,10 @@ def _claimed_send(step: Step) -> None:
         # after the backoff, to a server that had just failed. Narrowed as a send's record.
         _retried_briefly(failure_record)
         return
-    sent = Message.objects.filter(pk=message.pk)
+    # Not a send recorded already: a task whose claim went stale mid-send (its step sent
+    # again by another meanwhile) wrote its own over the record the other made (when it
+    # went out, the provider's id), which the API and the bridge had read. As _sent_record.
+    sent = Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT)
     as_sent = {
         "status": Message.Status.SENT,
         "recipient": message.recipient,

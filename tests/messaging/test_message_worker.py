@@ -1777,6 +1777,36 @@ def test_a_task_whose_claim_was_taken_leaves_the_message_its_successor_sent(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_late_record_of_a_send_leaves_the_record_its_successor_made(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """Both tasks' emails go through, the second task's recorded first: the first task's
+    record, once its server answers, wrote its own over it (its sent_at, and a provider
+    whose ids differ per send, its id), after the step had completed on the second's
+    and the API shown it. The first record stays, as a retry's record (SentUnrecorded)
+    leaves one."""
+    step = email_step()
+    first_answered = threading.Event()
+    smtp_server.replies = [(first_answered, "250 OK")]
+
+    first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
+    recorded = Message.objects.get(step=step)
+    assert recorded.status == Message.Status.SENT
+    first_answered.set()
+    first.join(20)
+
+    assert len(smtp_server.envelopes) == 2
+    message = Message.objects.get(step=step)
+    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
+        Message.Status.SENT,
+        recorded.sent_at,
+        recorded.attempts,
+        recorded.provider_message_id,
+    )
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_sends_nothing(
     enqueued: Enqueued, smtp_server: Inbox, ended: Callable[[Step], Notification]
 ) -> None:
