@@ -603,6 +603,38 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     assert Message.objects.get().status == Message.Status.SENT
 
 
+def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_meanwhile(
+    enqueued: Enqueued, smtp_server: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refused a send's record for longer than a moment: the task's retry
+    carries it (SentUnrecorded). It came late (a broker backlog), the claim gone stale,
+    and another task had sent the step again and recorded that. The retry stays off the
+    other's record (when it went out, its attempts, a provider's id), which the step
+    completed on and the API showed."""
+    step = email_step()
+    complete = _away_one_run(workflow_services.step_complete)
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    with pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    workflow_services.reconcile()
+    tasks.message_send.apply(args=[step.pk], task_id="task-2", throw=True)
+    recorded = Message.objects.get()
+    assert recorded.status == Message.Status.SENT
+
+    tasks.message_send.apply(**task_retry(retried.value), task_id="task-1", retries=1, throw=True)
+
+    assert len(smtp_server.envelopes) == 2
+    message = Message.objects.get()
+    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
+        Message.Status.SENT,
+        recorded.sent_at,
+        recorded.attempts,
+        recorded.provider_message_id,
+    )
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
 @contextlib.contextmanager
 def _connection_killed_at(sql_prefix: str, times: int) -> Iterator[list[str]]:
     """PostgreSQL ends this connection (as a restart, a failover or pg_terminate_backend
