@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.db import OperationalError
+from django.db.models import JSONField, Value
 from django.utils import timezone
 
 from config import pipeline
@@ -89,6 +90,36 @@ def test_a_step_a_bug_ends_before_its_send_is_retried_a_bounded_number_of_times_
     # The traceback went to the log, once: the runs after it, within the minute, are
     # held back (one a minute per bug, see test_logs).
     assert sum(r.exc_info is not None for r in caplog.records) == 1
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as a worker: the error ends no transaction
+def test_a_constraint_the_messages_insert_violates_is_a_bug_and_fails_as_internal_error(
+    enqueued: Enqueued,
+) -> None:
+    """An IntegrityError that is not the subscriber's delete (its step still there): here
+    a step whose outputs are JSON null, which norm does not store (the bridge's answer is
+    checked) and the message's content refuses (NOT NULL), for any constraint a bug would
+    violate. A bug, as any other: its reason on the step, run again a bounded number of times, then failed as
+    InternalError. Taken for the database away (ClaimInterrupted), the task's retries
+    took the claim back, the step stayed claimed without a reason, and the reconciler
+    failed it as TooManyClaims, "taken by workers that never finished it"."""
+    step = email_step()
+    Step.objects.filter(pk=step.pk).update(outputs=Value(None, JSONField()))
+
+    def still_trying(step: Step) -> None:
+        assert step.status == Step.Status.SCHEDULED, step.status
+        assert "violates not-null constraint" in step.error, step.error
+
+    runs = run_until_final(step, enqueued, still_trying)
+
+    assert runs == MAX_CLAIMS and step.attempts == MAX_CLAIMS
+    assert "violates not-null constraint" in step.error and "NORM_MAX_CLAIMS" in step.error
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert (notification.status, notification.error_code) == (
+        Notification.Status.FAILED,
+        "InternalError",
+    )
+    assert not Message.objects.exists() and mail.outbox == []
 
 
 def test_a_bug_after_the_provider_took_the_message_does_not_send_it_again(
