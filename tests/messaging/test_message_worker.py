@@ -635,6 +635,36 @@ def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_mean
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+def test_a_send_recorded_by_the_tasks_retry_keeps_no_error_of_the_try_before(
+    enqueued: Enqueued, smtp_server: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A try refused for now left its error on the message; the next one delivered it,
+    and the database refused its record for longer than a moment. The task's retry
+    records it (SentUnrecorded) as the run would have: the try before's error gone, as
+    the feed and GET /v1/messages show it, and both tries counted."""
+    smtp_server.replies = [_answered_at_once("451 4.3.0 Try again later")]
+    step = email_step()
+    tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+    assert Message.objects.get().error == "SMTP 451: 4.3.0 Try again later"
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+    complete = _away_one_run(workflow_services.step_complete)
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    with pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-2", throw=True)
+
+    tasks.message_send.apply(**task_retry(retried.value), task_id="task-2", retries=1, throw=True)
+
+    assert len(smtp_server.envelopes) == 2
+    message = Message.objects.get()
+    assert (message.status, message.attempts, message.error, message.recipient) == (
+        Message.Status.SENT,
+        2,
+        "",
+        "ann@example.com",
+    )
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
 @contextlib.contextmanager
 def _connection_killed_at(sql_prefix: str, times: int) -> Iterator[list[str]]:
     """PostgreSQL ends this connection (as a restart, a failover or pg_terminate_backend
