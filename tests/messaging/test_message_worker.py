@@ -665,6 +665,30 @@ def test_a_send_recorded_by_the_tasks_retry_keeps_no_error_of_the_try_before(
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+def test_a_sends_record_whose_subscriber_was_deleted_before_the_tasks_retry_ends_quietly(
+    enqueued: Enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refused a send's record for longer than a moment (SentUnrecorded),
+    and the subscriber was deleted (its notifications, steps and messages with it)
+    before the task's retry came: nothing to record, and no bug in the send of the step
+    to log with its traceback. The retry ends quietly."""
+    step = email_step()
+    MessageFactory(step=step, provider="django-email", status=Message.Status.SENDING)
+    step.notification.subscriber.delete()
+    sent = {
+        "recipient": "ann@example.com",
+        "provider_message_id": "1",
+        "attempts": 1,
+        "sent_at": timezone.now().isoformat(),
+    }
+
+    tasks.message_send(step.pk, sent=sent)  # raises nothing
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not Message.objects.exists()
+    assert enqueued.calls == []
+
+
 @contextlib.contextmanager
 def _connection_killed_at(sql_prefix: str, times: int) -> Iterator[list[str]]:
     """PostgreSQL ends this connection (as a restart, a failover or pg_terminate_backend
