@@ -23,7 +23,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from celery.exceptions import Retry
 from django.core import checks, mail
 from django.core.mail.backends.base import BaseEmailBackend
-from django.db import OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -487,21 +487,24 @@ def test_the_sending_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     assert len(mail.outbox) == 1 and Message.objects.get().status == Message.Status.SENT
 
 
+@pytest.mark.parametrize("error", [OperationalError, InterfaceError])
 def test_database_errors_while_the_step_is_claimed_do_not_count_against_norm_max_claims(
     enqueued: Enqueued,
     smtp_server: Inbox,
     settings: Any,
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: Capture,
+    error: type[Exception],
 ) -> None:
     """The task's retries took the step back under its claim, each one counted as if a
     worker had been lost with it: a run of database errors past the claim (a flapping
-    PostgreSQL) ended the notification TooManyClaims, though the email could be sent."""
+    PostgreSQL; a connection Django found closed) ended the notification TooManyClaims,
+    though the email could be sent."""
     settings.NORM_MAX_CLAIMS = 2
     step = email_step()
     insert: Any = services.insert_once
     for _ in range(3):  # the first three runs' inserts fail
-        insert = FailsOnce(insert, OperationalError("the server closed"))
+        insert = FailsOnce(insert, error("the connection was lost"))
     monkeypatch.setattr(services, "insert_once", insert)
     retry: dict[str, Any] = {"args": [step.pk]}
     for retries in range(3):
