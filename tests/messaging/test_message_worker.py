@@ -754,6 +754,41 @@ def test_a_send_whose_record_the_database_refuses_for_longer_is_left_to_the_task
     assert enqueued.calls == []
 
 
+class _Clock:
+    """services' `time`, on a clock of the test's own: a pause passes at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_records_tries_start_within_record_retry_seconds_however_long_each_takes_to_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A try may take long to fail (a new connection waiting out DB_CONNECT_TIMEOUT):
+    none starts past RECORD_RETRY_SECONDS from the first, and the record goes to the
+    task's retry sooner than the pauses alone would have it, the worker not held up."""
+    clock = _Clock()
+    monkeypatch.setattr(services, "time", clock)
+    tries: list[float] = []
+
+    def record() -> None:
+        tries.append(clock.now)
+        clock.now += 1.0  # each try fails a second after it starts
+        raise OperationalError("connection timeout expired")
+
+    with pytest.raises(OperationalError):
+        services._retried_briefly(record)
+
+    assert all(at - tries[0] < services.RECORD_RETRY_SECONDS for at in tries)
+    assert 1 < len(tries) < len(services.RECORD_RETRY_DELAYS) + 1, tries
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "at",
