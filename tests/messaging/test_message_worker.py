@@ -318,6 +318,22 @@ def test_a_connection_idle_too_long_is_not_trusted(
     assert len(smtp_server.envelopes) == 2 and smtp_server.peers[0] != smtp_server.peers[1]
 
 
+def test_a_connection_sending_steadily_is_kept_past_keep_open_from_its_opening(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KEEP_OPEN counts from a connection's last email, not from its opening: one that
+    sends steadily is kept, not replaced (a handshake, EHLO, TLS, AUTH) every KEEP_OPEN."""
+    clock = _Clock()
+    monkeypatch.setattr(providers, "time", clock)
+    for _ in range(3):
+        send(email_step())
+        clock.now += providers.DjangoEmailProvider.KEEP_OPEN * 0.8
+    assert len(smtp_server.envelopes) == 3 and len(set(smtp_server.peers)) == 1
+
+
 def _away_one_run(fn: Any) -> Any:
     """`fn`, failing as the database away would for as many calls as one run makes of it
     (the first and the run's tries again, _retried_briefly), and then going through."""
