@@ -1946,6 +1946,35 @@ def test_a_late_record_of_a_send_leaves_the_record_its_successor_made(
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+def test_a_message_another_task_failed_for_good_after_this_ones_claim_is_not_sent_again(
+    enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """Task a claimed the step and stalled before storing its message, past
+    NORM_STALE_CLAIM_SECONDS; task b took the step over, and the server refused its
+    email for good. Task a, finding the message stored, ends as it ended (failed), and
+    does not send the email again to an address refused for good."""
+    step = email_step()
+    smtp_server.replies = [_answered_at_once("550 5.1.1 mailbox unavailable")]
+    taken_over: list[bool] = []
+
+    def b_takes_over_after_as_read_of_the_step(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if not taken_over and sql.startswith('SELECT "workflows_step"'):
+            taken_over.append(True)
+            Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+            workflow_services.reconcile()
+            services.message_send(step_id=step.pk, claim="task-b")
+        return result
+
+    with connection.execute_wrapper(b_takes_over_after_as_read_of_the_step):
+        services.message_send(step_id=step.pk, claim="task-a")
+
+    assert taken_over and len(smtp_server.envelopes) == 1
+    message = Message.objects.get(step=step)
+    assert (message.status, message.attempts) == (Message.Status.FAILED, 1)
+    assert Step.objects.get(pk=step.pk).status == Step.Status.FAILED
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_sends_nothing(
     enqueued: Enqueued, smtp_server: Inbox, ended: Callable[[Step], Notification]
