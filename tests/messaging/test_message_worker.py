@@ -2460,6 +2460,28 @@ def test_an_email_refused_for_now_keeps_its_recipient_and_once_sent_no_error(
     assert message.sent_at is not None
 
 
+def test_an_email_retried_after_its_subscribers_address_changed_goes_to_the_new_one(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """A try refused for now recorded the address it was refused for; the subscriber's
+    address changed before the retry (PUT /v1/subscribers). The retry goes to the address
+    the subscriber has now, and the message says so, not to the one it no longer reads."""
+    smtp_server.replies = [_answered_at_once("451 4.3.0 Try again later")]
+    step = send(email_step())
+    assert Message.objects.get().recipient == "ann@example.com"
+    Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="ann@new.example")
+    Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
+
+    step = send(step)
+
+    assert step.status == Step.Status.COMPLETED
+    assert [e.rcpt_tos for e in smtp_server.envelopes] == [
+        ["ann@example.com"],
+        ["ann@new.example"],
+    ]
+    assert Message.objects.get().recipient == "ann@new.example"
+
+
 def test_each_attempt_of_a_steps_email_has_one_message_id_and_another_steps_another(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
