@@ -622,6 +622,33 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     assert Message.objects.get().status == Message.Status.SENT
 
 
+def test_a_send_whose_record_finds_the_connection_closed_is_recorded_by_the_retry_never_resent(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    """As the database away: a send whose record meets an InterfaceError (a connection
+    Django found closed) for longer than a moment goes to the task's retry carrying what
+    the provider answered (SentUnrecorded). Raised as it came, the retry found the
+    message unsent and sent the email again."""
+    step = email_step()
+    complete: Any = workflow_services.step_complete
+    for _ in range(len(services.RECORD_RETRY_DELAYS) + 1):  # the run's every try
+        complete = FailsOnce(complete, InterfaceError("connection already closed"))
+    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    with pytest.raises(Retry) as retried:
+        tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
+    retry = task_retry(retried.value)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(**retry, task_id="task-1", retries=1, throw=True)
+
+    assert len(smtp_server.envelopes) == 1
+    assert Message.objects.get().status == Message.Status.SENT
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
 def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_meanwhile(
     enqueued: Enqueued, smtp_server: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
