@@ -946,7 +946,9 @@ def test_v2_marks_one_read_or_unread_and_all_read_or_seen(tenant) -> None:
 
     read = api.patch(f"{url}/{one.pk}/read")
     assert read.status_code == 200
-    assert InboxNotificationDto.model_validate(read.json()["data"]).is_read is True
+    # Read, and so seen (never seen before): the answer shows both marks as stored.
+    marked = InboxNotificationDto.model_validate(read.json()["data"])
+    assert (marked.is_read, marked.is_seen) == (True, True)
     assert api.patch(f"{url}/{one.pk}/unread").json()["data"]["isRead"] is False
     assert api.patch(f"{url}/{bobs.pk}/read").status_code == 404
 
