@@ -2945,6 +2945,25 @@ def test_an_smtp_server_down_is_a_warning_naming_the_message_once_a_minute(
     assert "SMTP connection failed: " in line and "retried in " in line
 
 
+def test_an_email_failed_for_good_is_said_though_one_retried_was_within_the_minute(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Held back once a minute per provider and per outcome: an email failed for good
+    (an address no server takes) had no line of its own while its provider's emails were
+    being retried, behind the other's "retried in"."""
+    smtp_unreachable(settings)
+
+    send(email_step())
+    send(email_step(notification__subscriber__email="ann@example.com\x0bevil"))
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "messaging.services"]
+    assert len(lines) == 2, lines
+    assert "retried in " in lines[0] and "for good" in lines[1]
+
+
 @pytest.mark.parametrize(
     ("sender", "sent_from"),
     [
