@@ -188,8 +188,9 @@ _TRIGGER_EXAMPLE = OpenApiExample(
     value={"name": "welcome", "to": "subscriber-1", "payload": {"delaySeconds": 60}},
     request_only=True,
 )
-# 502: the bridge could not be asked which workflows it defines.
-_TRIGGER_ERRORS = error_responses(400, 404, 413, 429, 502)
+# 422: a workflow the bridge does not define (Novu's workflow_not_found). 502: the
+# bridge could not be asked which workflows it defines.
+_TRIGGER_ERRORS = error_responses(400, 404, 413, 422, 429, 502)
 
 
 def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) -> TriggerEvent:

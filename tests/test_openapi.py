@@ -78,6 +78,9 @@ def test_documented_status_codes_match_the_views(openapi: dict[str, Any]) -> Non
         return set(openapi["paths"][path][method]["responses"])
 
     assert {"201", "400", "413", "429"} <= codes("/v1/events/trigger", "post")
+    # A workflow the bridge does not define: Novu's 422 workflow_not_found.
+    for trigger in ("/v1/events/trigger", "/v1/events/trigger/broadcast"):
+        assert "422" in codes(trigger, "post"), trigger
     assert "200" in codes("/v1/events/trigger/{transaction_id}", "delete")
     assert {"200", "404"} <= codes("/v1/events/trigger/{transaction_id}", "get")
     assert {"201", "409"} <= codes("/v2/subscribers", "post")
