@@ -45,11 +45,11 @@ class AddIndexConcurrently(_PlainOffPostgreSQL, postgres.AddIndexConcurrently):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
+        model = to_state.apps.get_model(app_label, self.model_name)
         if schema_editor.connection.vendor == "postgresql":
-            self._failed_build_dropped(
-                schema_editor, to_state.apps.get_model(app_label, self.model_name)
-            )
-        super().database_forwards(app_label, schema_editor, from_state, to_state)
+            self._failed_build_dropped(schema_editor, model)
+        if not self._built(schema_editor, model):
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def _failed_build_dropped(self, schema_editor: Any, model: Any) -> None:
         """A concurrent build that failed (canceled by a statement_timeout, a deadlock)
@@ -66,6 +66,19 @@ class AddIndexConcurrently(_PlainOffPostgreSQL, postgres.AddIndexConcurrently):
             invalid = cursor.fetchone()
         if invalid and invalid[0]:
             schema_editor.remove_index(model, self.index, concurrently=True)
+
+    def _built(self, schema_editor: Any, model: Any) -> bool:
+        """Whether a run of this migration that failed after it (its migration is not
+        atomic, and is recorded only at its end) built the index already: a later
+        operation that failed (a DROP INDEX CONCURRENTLY canceled by a lock_timeout, or
+        killed while it waited for a long transaction) left it, and migrate, run again,
+        failed on its name for good. An invalid one is dropped before (above)."""
+        if schema_editor.collect_sql:  # sqlmigrate: no database to look at
+            return False
+        connection = schema_editor.connection
+        with connection.cursor() as cursor:
+            found = connection.introspection.get_constraints(cursor, model._meta.db_table)
+        return self.index.name in found
 
     def describe(self) -> str:
         # Django's lists the index's fields, of which an expression index has none.

@@ -462,3 +462,47 @@ def test_an_index_whose_concurrent_build_failed_is_built_again() -> None:
         valid, definition = cursor.fetchone()
     assert valid
     assert definition.endswith("USING btree (client_id, created_at)"), definition
+
+
+# 0006 builds the client's new index, then drops the old one: `atomic = False`, so a
+# drop that fails (a lock_timeout, a deploy killed while DROP INDEX CONCURRENTLY waits
+# for a long transaction) leaves the new index built and the migration unrecorded.
+DROP_FAILED_AFTER_THE_BUILD = """
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+
+from config import schema_ops
+
+def migrate(*args):
+    call_command("migrate", *args, interactive=False, verbosity=0)
+
+migrate("workflows", "0005_notification_created_index")
+drop = schema_ops.RemoveIndexConcurrently.database_forwards
+
+def canceled(*args, **kwargs):
+    raise RuntimeError("canceling statement due to lock timeout")
+
+schema_ops.RemoveIndexConcurrently.database_forwards = canceled
+try:
+    migrate("workflows", "0006_notification_client_created_index")
+except RuntimeError:
+    pass
+schema_ops.RemoveIndexConcurrently.database_forwards = drop
+migrate("workflows", "0006_notification_client_created_index")
+with connection.cursor() as cursor:
+    indexes = connection.introspection.get_constraints(cursor, "workflows_notification")
+print(*sorted(name for name, index in indexes.items() if index["index"] and "client" in name), sep="\\n")
+"""
+
+
+def test_a_migration_whose_drop_failed_after_its_build_is_run_again(
+    throwaway_database: str,
+) -> None:
+    """0006's index was built, then the drop of the one it replaces failed: migrate, run
+    again, failed on the new index's name (`relation ... already exists`), for good,
+    until someone dropped it by hand."""
+    assert _run_on(throwaway_database, DROP_FAILED_AFTER_THE_BUILD) == [
+        "notification_client_created"
+    ]
