@@ -7,7 +7,7 @@ Recovery comes from the database, through the reconciler of the run started afte
 the settings below make it take seconds, not minutes.
 
 Everything runs in rundemo's own processes on its own SQLite file: the test reads that
-file directly, and counts emails at an SMTP server of its own (`X-Norm-Message-Id`).
+file directly, and counts emails at the fault tests' SMTP server (`X-Norm-Message-Id`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from tests.e2e.harness import free_port, recipients, wait_for
-from tests.faults.conftest import CountingSmtp, smtp_serve
+from tests.e2e.harness import child_pids, free_port, recipients, wait_for
+from tests.faults.conftest import CountingSmtp
 
 pytestmark = pytest.mark.e2e
 
@@ -66,15 +66,7 @@ class Demo:
         return self.log.read_text(errors="replace")
 
     def children(self) -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                found.append(int(stat.parent.name))
-        return found
+        return child_pids(self.process.pid)
 
 
 def start(var: Path, addr: str, smtp_port: int, run: int) -> Demo:
@@ -183,14 +175,6 @@ class Database:
     def held(self, smtp: CountingSmtp) -> set[str]:
         """Emails the SMTP server has kept whose senders have not committed the send."""
         return {pk for pk in self.emails_in_flight() if pk in smtp.deliveries}
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, CountingSmtp]]:
-    recorder = CountingSmtp()
-    controller = smtp_serve(recorder)
-    yield controller.port, recorder
-    controller.stop()
 
 
 @pytest.fixture

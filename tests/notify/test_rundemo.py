@@ -36,7 +36,7 @@ from notify.management.commands.rundemo import Command, _check_free
 from notify.models import Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from tests.conftest import serve_in_background
-from tests.e2e.harness import free_port
+from tests.e2e.harness import child_pids, free_port
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,18 +104,6 @@ def _trigger_welcome(
         return error.code, error.read().decode()
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -129,7 +117,7 @@ def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
     children: list[int] = []
     try:
         _read_until(demo, "norm is running")
-        children = _children(demo.pid)
+        children = child_pids(demo.pid)
         assert len(children) == 3
 
         demo.send_signal(signal.SIGHUP)  # what closing the terminal sends
@@ -152,7 +140,7 @@ def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> No
     children: list[int] = []
     try:
         _read_until(demo, "norm is running")
-        children = _children(demo.pid)
+        children = child_pids(demo.pid)
         assert len(children) == 3
 
         demo.kill()
