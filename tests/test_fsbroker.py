@@ -217,3 +217,23 @@ def test_an_exchange_file_a_crash_left_empty_or_cut_short_is_written_anew_as_que
     assert taken == {queue: queue for queue in names.values()}
     for queue in taken:
         assert json.loads((control / f"{queue}.exchange").read_text()) == [[queue, "", queue]]
+
+
+def test_an_exchange_file_longer_than_its_table_written_anew_keeps_nothing_after_it(
+    tmp_path: Path,
+) -> None:
+    """Written anew over a cut-short file longer than the new table, the table's file kept
+    the rest of the old one after it: still unreadable, every publish through it was
+    refused until the next start."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    control = Path(options["control_folder"])
+    queue = f"long-{uuid.uuid4().hex[:8]}"  # a name no other test bound, as above
+    (control / f"{queue}.exchange").write_bytes(b'[["' + b"x" * 500)
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        tasks = conn.SimpleQueue(queue)
+        tasks.put({"body": queue})
+        message = tasks.get(timeout=5)
+        message.ack()
+
+    assert message.payload == {"body": queue}
+    assert json.loads((control / f"{queue}.exchange").read_text()) == [[queue, "", queue]]
