@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import subprocess
 import sys
@@ -237,3 +238,25 @@ def test_an_exchange_file_longer_than_its_table_written_anew_keeps_nothing_after
 
     assert message.payload == {"body": queue}
     assert json.loads((control / f"{queue}.exchange").read_text()) == [[queue, "", queue]]
+
+
+def test_a_queue_bound_by_each_start_is_listed_once_and_a_new_file_is_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each process binds its queues as it starts (the web server, the worker, beat, every
+    `make run`): the exchange's file lists a queue once, not once per start, and one the
+    bind has just made (empty) is no unreadable file to log."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    control = Path(options["control_folder"])
+    exchange = f"starts-{uuid.uuid4().hex[:8]}"
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        channel = conn.default_channel
+        # The channel's own bind, as each process's start calls it (kombu skips a binding
+        # only within one process).
+        for queue in ("workflows", "echo", "workflows", "echo", "workflows"):
+            channel._queue_bind(exchange, queue, "", queue)
+
+    table = json.loads((control / f"{exchange}.exchange").read_text())
+    # In any order: a publish routes to the set of queues the table names.
+    assert sorted(table) == [["echo", "", "echo"], ["workflows", "", "workflows"]]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
