@@ -19,6 +19,7 @@ import pytest
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.exceptions import ChannelError
 from kombu.message import Message
+from kombu.transport import filesystem
 
 from config import fsbroker
 from tests.test_settings import ROOT, settings_from
@@ -260,3 +261,32 @@ def test_a_queue_bound_by_each_start_is_listed_once_and_a_new_file_is_no_error(
     # In any order: a publish routes to the set of queues the table names.
     assert sorted(table) == [["echo", "", "echo"], ["workflows", "", "workflows"]]
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_queue_bound_while_another_process_writes_the_table_keeps_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """Two processes binding through one exchange's file at once (the web server and the
+    worker of one `make run`): each reads and writes the table under the file's lock, so
+    neither writes over a queue the other has just added."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    file = Path(options["control_folder"]) / f"locked-{uuid.uuid4().hex[:8]}.exchange"
+    file.write_bytes(b"[]")
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        channel = conn.default_channel
+        with file.open("r+b", buffering=0) as other:  # another process's bind, as kombu's
+            filesystem.lock(other, filesystem.LOCK_EX)
+            binding = threading.Thread(
+                target=channel._queue_bind, args=(file.stem, "echo", "", "echo")
+            )
+            binding.start()
+            # Held by the lock (the join's bound only lets a bind without it show).
+            binding.join(timeout=2)
+            waited = binding.is_alive()
+            other.write(b'[["workflows", "", "workflows"]]')
+            filesystem.unlock(other)
+        binding.join(timeout=30)
+
+    assert waited
+    table = sorted(json.loads(file.read_text()))
+    assert table == [["echo", "", "echo"], ["workflows", "", "workflows"]]
