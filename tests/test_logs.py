@@ -180,6 +180,25 @@ def test_a_beat_tick_the_broker_refuses_is_one_warning_line(
     assert record.getMessage().count("\n") == 0
 
 
+def test_a_beat_tick_that_fails_on_a_bug_keeps_its_error_and_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the broker's refusal is the next tick's to mend: a tick failing on a bug (here
+    an entry's arguments that are no list, which fails each tick alike) stays Celery's
+    ERROR with its traceback, where an operator looks for it."""
+    app = Celery("beat-with-a-bug")
+    app.conf.broker_write_url = f"redis://127.0.0.1:{free_port()}/0"  # never reached
+    scheduler = BeatScheduler(app=app, lazy=True, schedule_filename=str(tmp_path / "schedule"))
+    entry = ScheduleEntry(name="reconcile", task=RECONCILE_TASK, schedule=10.0, args=1, app=app)
+    caplog.set_level(logging.INFO)
+
+    scheduler.apply_entry(entry)
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert isinstance(record.exc_info[1].__context__, TypeError)
+
+
 def test_a_celery_line_whose_arguments_are_not_all_text_is_logged() -> None:
     """The filter that keeps the per-notification tasks' lines at DEBUG looked each
     argument up among their names: a list (unhashable) raised TypeError out of the log
