@@ -2049,6 +2049,26 @@ def test_an_unfiltered_list_of_a_large_table_is_counted_by_the_planners_estimate
     assert response.context["cl"].result_count == 3  # exactly
 
 
+def test_an_unfiltered_list_grown_large_since_its_estimate_is_counted_exactly(
+    admin_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table analyzed while small (or never) and grown past ESTIMATE_FROM since: its
+    estimate is off by more than a few percent, and the capped count says only that it
+    is large, so the list counts it whole."""
+    monkeypatch.setattr(workflows_admin, "ESTIMATE_FROM", 2)
+    client = ClientFactory(secret_key=False)
+    secret_key_create(client=client)
+    with connection.cursor() as cursor:  # the estimate: 1 key (below ESTIMATE_FROM)
+        cursor.execute("ANALYZE notify_secretkey")
+    for _ in range(2):
+        secret_key_create(client=client)
+
+    response = admin_client.get(reverse("admin:notify_secretkey_changelist"))
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 3  # not 2, where the count was capped
+
+
 def test_an_unfiltered_list_of_a_small_table_counts_its_rows_without_the_lists_annotations(
     admin_client: Any,
 ) -> None:
