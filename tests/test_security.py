@@ -397,8 +397,9 @@ def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
         body = response.json()
         assert (body["statusCode"], body["path"], body["code"]) == (404, path, "not_found")
         assert body["timestamp"] and body["message"] == "Not found"
-    page = api.get("/nope")  # outside the API: Django's page
-    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+    for path in ("/nope", "/v1nope", "/v2.json"):  # outside the API: Django's page
+        page = api.get(path)
+        assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
 
 
 def test_the_api_prefixes_alone_answer_novus_json_404() -> None:
@@ -430,6 +431,9 @@ def test_a_host_not_allowed_is_a_json_400_that_names_it_under_the_api(settings: 
     assert body["message"] == (
         "This server does not serve the host notify.example.com: add it to ALLOWED_HOSTS"
     )
+    # The prefix alone too: what novu-py asks for an id `..` (httpx resolves dot segments).
+    for path in ("/v1", "/v2"):
+        assert api.get(path, HTTP_HOST="notify.example.com").json()["code"] == "host_not_allowed"
     page = api.get("/admin/", HTTP_HOST="notify.example.com")  # outside the API: Django's page
     assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
 
