@@ -92,6 +92,34 @@ def test_documented_status_codes_match_the_views(openapi: dict[str, Any]) -> Non
     assert body["properties"]["data"]["type"] == "boolean"
 
 
+def test_the_inbox_and_messages_document_the_answers_novu_gives(openapi: dict[str, Any]) -> None:
+    """As the views answer them: a subscriber not found is a 400 to the feed and the
+    counts, a 404 to the message list; markAs answers the messages as GET /v1/messages
+    does (novu-py reads both as one model); an inbox notification names its workflow."""
+    paths, schemas = openapi["paths"], openapi["components"]["schemas"]
+    inbox = "/v1/subscribers/{subscriber_id}/notifications"
+    for counted in (
+        f"{inbox}/feed",
+        f"{inbox}/unseen",
+        "/v2/subscribers/{subscriber_id}/notifications/count",
+    ):
+        responses = paths[counted]["get"]["responses"]
+        assert "400" in responses and "404" not in responses, counted
+    assert "404" in paths["/v1/messages"]["get"]["responses"]
+
+    def schema(path: str, method: str, status: str) -> dict[str, Any]:
+        ref = paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
+        return schemas[ref["$ref"].rsplit("/", 1)[1]]
+
+    marked = schema("/v1/subscribers/{subscriber_id}/messages/markAs", "post", "201")
+    listed = schema("/v1/messages", "get", "200")
+    assert marked["properties"]["data"]["items"] == listed["properties"]["data"]["items"]
+    page = schema("/v2/subscribers/{subscriber_id}/notifications", "get", "200")
+    notification = schemas[page["properties"]["data"]["items"]["$ref"].rsplit("/", 1)[1]]
+    workflow = schemas[notification["properties"]["workflow"]["$ref"].rsplit("/", 1)[1]]
+    assert set(workflow["required"]) == {"id", "identifier", "name", "critical", "severity"}
+
+
 def test_query_parameters_are_described(openapi: dict[str, Any]) -> None:
     def query(path: str) -> set[str]:
         params = openapi["paths"][path]["get"]["parameters"]
