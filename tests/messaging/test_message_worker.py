@@ -33,7 +33,7 @@ from messaging.models import Message
 from notify import services as notify_services
 from notify.models import Client, TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, FailsOnce, serve_in_background, task_retry
+from tests.conftest import Enqueued, FailsOnce, a_bug, serve_in_background, task_retry
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import bridge
 from workflows import services as workflow_services
@@ -1963,6 +1963,38 @@ def test_a_late_record_of_a_send_leaves_the_record_its_successor_made(
     first.join(20)
 
     assert len(smtp_server.envelopes) == 2
+    message = Message.objects.get(step=step)
+    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
+        Message.Status.SENT,
+        recorded.sent_at,
+        recorded.attempts,
+        recorded.provider_message_id,
+    )
+    assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_record_that_meets_a_bug_leaves_the_record_its_successor_made(
+    enqueued: Enqueued,
+    smtp_server: Inbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, the first task's record failing on a bug: the message is then recorded
+    sent on its own (so that the step's next run does not send it again), which is no
+    reason to write over the record its successor made."""
+    step = email_step()
+    first_answered = threading.Event()
+    smtp_server.replies = [(first_answered, "250 OK")]
+
+    first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
+    recorded = Message.objects.get(step=step)
+    monkeypatch.setattr(workflow_services, "step_complete", a_bug)
+    first_answered.set()
+    first.join(20)
+
+    [bug] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert bug.exc_info is not None and isinstance(bug.exc_info[1], KeyError)  # the first's
     message = Message.objects.get(step=step)
     assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
         Message.Status.SENT,
