@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from tests.e2e.harness import child_pids, free_port, recipients, wait_for
+from tests.e2e.harness import alive, child_pids, free_port, recipients, wait_for
 from tests.faults.conftest import CountingSmtp
 
 pytestmark = pytest.mark.e2e
@@ -113,15 +113,7 @@ def kill_everything(demo: Demo) -> None:
     for group in groups:
         os.killpg(group, signal.SIGKILL)
     demo.process.wait()
-    wait_for(lambda: not any(map(_alive, groups)), timeout=10, what="every process gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    wait_for(lambda: not any(map(alive, groups)), timeout=10, what="every process gone")
 
 
 def trigger(addr: str, var: Path, triggers: range) -> None:
@@ -218,7 +210,7 @@ def interrupted_and_restarted(
             first.process.wait(timeout=STOPS_WITHIN)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"rundemo still running:\n{first.output()[-3000:]}") from None
-        assert len(children) == 3 and not any(map(_alive, children)), "a child outlived it"
+        assert len(children) == 3 and not any(map(alive, children)), "a child outlived it"
     stopped = time.monotonic() - stopping
     recorder.hold = 0
     in_flight = db.emails_in_flight()

@@ -36,7 +36,7 @@ from notify.management.commands.rundemo import Command, _check_free
 from notify.models import Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from tests.conftest import serve_in_background
-from tests.e2e.harness import child_pids, free_port
+from tests.e2e.harness import alive, child_pids, free_port
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,14 +104,6 @@ def _trigger_welcome(
         return error.code, error.read().decode()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
     demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
     children: list[int] = []
@@ -124,12 +116,12 @@ def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
         demo.wait(timeout=30)
 
         deadline = time.monotonic() + 10
-        while any(map(_alive, children)) and time.monotonic() < deadline:
+        while any(map(alive, children)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert [pid for pid in children if _alive(pid)] == []
+        assert [pid for pid in children if alive(pid)] == []
     finally:
         for pid in [demo.pid, *children]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         demo.wait()
 
@@ -147,14 +139,14 @@ def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> No
         demo.wait(timeout=30)
 
         deadline = time.monotonic() + 30
-        while any(map(_alive, children)) and time.monotonic() < deadline:
+        while any(map(alive, children)) and time.monotonic() < deadline:
             time.sleep(0.2)
         # Left running, they kept the port (the next `make run` was refused) and a
         # worker consuming var/broker.
-        assert [pid for pid in children if _alive(pid)] == []
+        assert [pid for pid in children if alive(pid)] == []
     finally:
         for pid in [demo.pid, *children]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         demo.wait()
 
