@@ -649,6 +649,17 @@ def test_a_send_whose_record_finds_the_connection_closed_is_recorded_by_the_retr
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
+def assert_record_kept(recorded: Message) -> None:
+    """The message is as `recorded` left it: sent, when, after how many tries, the id."""
+    message = Message.objects.get(pk=recorded.pk)
+    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
+        Message.Status.SENT,
+        recorded.sent_at,
+        recorded.attempts,
+        recorded.provider_message_id,
+    )
+
+
 def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_meanwhile(
     enqueued: Enqueued, smtp_server: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -671,13 +682,7 @@ def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_mean
     tasks.message_send.apply(**task_retry(retried.value), task_id="task-1", retries=1, throw=True)
 
     assert len(smtp_server.envelopes) == 2
-    message = Message.objects.get()
-    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
-        Message.Status.SENT,
-        recorded.sent_at,
-        recorded.attempts,
-        recorded.provider_message_id,
-    )
+    assert_record_kept(recorded)
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
@@ -1963,13 +1968,7 @@ def test_a_late_record_of_a_send_leaves_the_record_its_successor_made(
     first.join(20)
 
     assert len(smtp_server.envelopes) == 2
-    message = Message.objects.get(step=step)
-    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
-        Message.Status.SENT,
-        recorded.sent_at,
-        recorded.attempts,
-        recorded.provider_message_id,
-    )
+    assert_record_kept(recorded)
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
@@ -1995,13 +1994,7 @@ def test_a_late_record_that_meets_a_bug_leaves_the_record_its_successor_made(
 
     [bug] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert bug.exc_info is not None and isinstance(bug.exc_info[1], KeyError)  # the first's
-    message = Message.objects.get(step=step)
-    assert (message.status, message.sent_at, message.attempts, message.provider_message_id) == (
-        Message.Status.SENT,
-        recorded.sent_at,
-        recorded.attempts,
-        recorded.provider_message_id,
-    )
+    assert_record_kept(recorded)
     assert Step.objects.get(pk=step.pk).status == Step.Status.COMPLETED
 
 
