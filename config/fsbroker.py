@@ -47,7 +47,8 @@ class Channel(filesystem.Channel):
             message.delivery_info["redelivered"] = True
         super()._restore(message)
 
-    def _get(self, queue: str) -> Any:
+    # kombu's filesystem Channel takes no `timeout` here either, and `_put` as below.
+    def _get(self, queue: str) -> Any:  # type: ignore[override]
         # A message's file that is no JSON object (emptied or cut short: a crash of the
         # machine before the disk had it, a hand in var/broker) raised out of the worker's
         # loop, "Unrecoverable error: JSONDecodeError": the worker, and with it `make run`,
@@ -114,7 +115,7 @@ class Channel(filesystem.Channel):
             logger.error("Wrote anew the unreadable file of exchange %s: %s", exchange, exc)
             return []
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         # The channel takes a queue's files in the order of their names: an unpadded
         # stamp put 1000000 (ms since boot) before 999999, newer messages first each
         # time the clock gained a digit.
@@ -147,13 +148,15 @@ class Transport(filesystem.Transport):
         super().__init__(client, **kwargs)
         self.freed = threading.Event()
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    # As kombu's virtual Transport, which narrows its base's **kwargs so.
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         start = monotonic()
         while True:
             # Cleared before looking: an acknowledgement after the look is not missed.
             self.freed.clear()
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                # None only as kombu's class attribute: its __init__ sets it.
+                self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[attr-defined, union-attr]
                 return
             except Empty:
                 if timeout is not None and monotonic() - start >= timeout:

@@ -31,6 +31,7 @@ class Memo(Generic[V]):
     def get(self, key: Hashable, load: Callable[[], V | None], *, fresh: bool = False) -> V | None:
         """The remembered value of `key`, else `load()`'s. `fresh`: always load."""
         now = time.monotonic()
+        value: V | None
         if not fresh and key in self._entries:
             value, read_at = self._entries[key]
             if now - read_at < settings.NORM_PROCESS_CACHE_SECONDS:

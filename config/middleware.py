@@ -56,7 +56,9 @@ def _length_required(environ: dict[str, Any], start_response: Callable[..., Any]
 HEALTH_CHECK_PATH = "/v1/health-check"
 
 
-def collapse_slashes(get_response: Callable[[HttpRequest], HttpResponse]):
+def collapse_slashes(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
     """Serve `//v1/...` as `/v1/...`: novu 1.14 keeps the base URL's trailing slash.
     Only the leading slashes: the path is decoded, and further on a "//" is an id's
     own (a transactionId that is a URL, sent as is or with %2F), which collapsed named
@@ -73,7 +75,9 @@ def collapse_slashes(get_response: Callable[[HttpRequest], HttpResponse]):
     return middleware
 
 
-def bracket_lists(get_response: Callable[[HttpRequest], HttpResponse]):
+def bracket_lists(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
     """Read `severity[]=high` (and `severity[0]=high`, `tags[and][0][or][]=a`) as
     `severity=high`: Novu's API parses its query as Express does (qs), and what a
     JavaScript caller sends by default (axios, @novu/js) are those forms. Unread, such a
@@ -100,7 +104,9 @@ def bracket_lists(get_response: Callable[[HttpRequest], HttpResponse]):
 ADMIN_PATH = "/admin/"
 
 
-def admin_nul_refused(get_response: Callable[[HttpRequest], HttpResponse]):
+def admin_nul_refused(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
     """A 400 for an admin page asked with a NUL character in its query (a list filter's
     value, an autocomplete's term, edited into the URL): PostgreSQL cannot compare text
     with it, and its refusal was a 500. The API answers that refusal with its own 400
@@ -119,7 +125,9 @@ def admin_nul_refused(get_response: Callable[[HttpRequest], HttpResponse]):
     return middleware
 
 
-def health_check(get_response: Callable[[HttpRequest], HttpResponse]):
+def health_check(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
     """`GET /v1/health-check` for compose's healthcheck and Kubernetes' probes: 200 while
     the database answers, 503 when it does not (a trigger could not be stored). Answered
     before Django checks the Host header, as a probe calls the container's or pod's own

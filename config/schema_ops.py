@@ -18,7 +18,8 @@ class _PlainOffPostgreSQL:
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
+            # A mixin: the operation it is mixed into has it (mypy sees only `object`).
+            super().database_forwards(app_label, schema_editor, from_state, to_state)  # type: ignore[misc]
         else:
             self.plain.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
@@ -26,7 +27,8 @@ class _PlainOffPostgreSQL:
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
+            # A mixin, as above.
+            super().database_backwards(app_label, schema_editor, from_state, to_state)  # type: ignore[misc]
         else:
             self.plain.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
