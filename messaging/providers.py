@@ -476,7 +476,8 @@ class _WatchedSMTP(smtplib.SMTP):
     data_begun = False
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = super()._get_socket(host, port, timeout)
+        # smtplib's, private: typeshed leaves it out.
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
         deadlines.watch(sock)
         return sock
 
@@ -524,7 +525,8 @@ class _WatchedSMTP(smtplib.SMTP):
             return code, reply
         raise smtplib.SMTPAuthenticationError(code, reply)
 
-    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:
+    # typeshed's two overloads (None -> None, bytes -> str) in one signature: the same calls.
+    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:  # type: ignore[override]
         if challenge is None:  # no initial response
             return None
         return f"{self.user} {hmac.HMAC(_utf8(self.password), challenge, 'md5').hexdigest()}"

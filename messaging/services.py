@@ -207,7 +207,8 @@ def _claimed_send(step: Step) -> None:
         # on every page of the API and the admin that lists the message, step or
         # notification: cut as a bridge's error message is.
         attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
-        retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
+        # A SendError, made one above if not: mypy does not follow `bug` to that.
+        retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS  # type: ignore[attr-defined]
         backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
         if not bug:  # a bug was logged with its traceback, above
             _failure_log(message, provider, error, backoff=backoff if retry else None)
