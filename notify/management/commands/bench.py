@@ -129,12 +129,12 @@ class Command(BaseCommand):
             if name in phases:
                 self._say(f"{name} ... (load average {os.getloadavg()[0]:.2f})")
                 postgres_since = postgres_started_at()
-                found = PHASES[name](bench)
+                phase_rows = PHASES[name](bench)
                 if postgres_started_at() != postgres_since:
                     self._say(f"  PostgreSQL restarted during {name}: its figures are disturbed")
-                    for row in found:
+                    for row in phase_rows:
                         row.figure += " [PostgreSQL restarted]"
-                rows += found
+                rows += phase_rows
         return rows
 
     def _say(self, text: str) -> None:
