@@ -10,7 +10,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.db.models import Q
 from django.utils import timezone
@@ -672,7 +672,9 @@ class SubscriberBulkApi(SubscriberDetailApi):
         items = request.data.get("subscribers") if isinstance(request.data, dict) else None
         if not isinstance(items, list) or len(items) > 500:
             raise ApiError(400, "invalid_request", "'subscribers' must be a list of at most 500")
-        created, updated, failed = [], [], []
+        created: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for item in items:
             serializer = SubscriberCreateInput(data=item if isinstance(item, dict) else {})
             if not serializer.is_valid():
@@ -850,6 +852,10 @@ def _not_deleted_meanwhile(name: str) -> Iterator[None]:
         raise selectors.topic_not_found(name) from None
 
 
+@overload
+def _topic_name_given(request: Request, *, required: Literal[True]) -> str: ...
+@overload
+def _topic_name_given(request: Request, *, required: bool) -> str | None: ...
 def _topic_name_given(request: Request, *, required: bool) -> str | None:
     """The body's topic `name`, trimmed as POST /v2/topics (TopicInput) trims it: a
     rename or a subscribe stored " Sales " as sent. None when absent and not required.

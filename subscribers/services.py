@@ -168,7 +168,8 @@ def actor_upsert(*, event: TriggerEvent, recipients: list[dict[str, Any]]) -> No
     with pipeline.bugs_recorded(
         lambda exc: _reason_on_event(
             event=event,
-            reason=f"actor '{actor['subscriberId'][:100]}' was not stored: "
+            # A dict, then as after its checking below: mypy keeps None, for the lambda.
+            reason=f"actor '{actor['subscriberId'][:100]}' was not stored: "  # type: ignore[index]
             f"{internal_error_text(exc)}",
         ),
         "the actor of trigger event",
