@@ -166,7 +166,8 @@ def bridge_flavour(*, client_id: int, bridge_url: str, cached: bool = False) -> 
     known = _flavours.get(
         (client_id, bridge_url), lambda: _known_flavour(client_id, bridge_url), fresh=not cached
     )
-    return known or BridgeSync.Flavour.NORM
+    # A choice is its value, a str: mypy without Django's stubs reads (value, label).
+    return known or BridgeSync.Flavour.NORM  # type: ignore[return-value]
 
 
 def _known_flavour(client_id: int, bridge_url: str) -> str | None:

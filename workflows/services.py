@@ -72,7 +72,8 @@ FANOUT_RECHECK = timedelta(hours=1)
 # The most the reconciler re-sends of each kind in one run (to an empty queue: _room).
 REDRIVE_BATCH = 1000
 OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
-_OTHER_THAN = {status: [s for s in Step.Status if s != status] for status in Step.Status}
+# Iterable as an Enum: mypy without Django's stubs sees a class of Any.
+_OTHER_THAN = {status: [s for s in Step.Status if s != status] for status in Step.Status}  # type: ignore[attr-defined]
 STEP_ID_LENGTH = Step._meta.get_field("step_id").max_length or 0
 # The echo worker sets a step's due time by its clock and the message worker compares
 # it with its own: a message worker a little behind would find a step due now not due
@@ -746,6 +747,7 @@ def _record_answer(
             pk=notification.pk, status__in=ACTIVE, updated_at=notification.updated_at
         ).update(completed_at=timezone.now(), **ended)
         return
+    step_id: Any  # a str from `named` below on, which mypy does not follow
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs, providers = answer.get("outputs"), answer.get("providers") or {}
     options = answer.get("options")
@@ -1564,7 +1566,8 @@ def reconcile() -> dict[str, int]:
     try:
         return _reconcile()
     except (OperationalError, InterfaceError, *pipeline.BROKER_ERRORS) as exc:
-        if (held := _reconcile_failed.due(type(exc))) is not None:
+        # A class is hashable: mypy, with Django's errors as Any, takes type[Any] for none.
+        if (held := _reconcile_failed.due(type(exc))) is not None:  # type: ignore[arg-type]
             logger.warning(
                 "reconcile: a tick failed, the next one tries again: %s (%d more such ticks "
                 "since the last such line)",

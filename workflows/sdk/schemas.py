@@ -117,7 +117,8 @@ _FORMATS: dict[str, Callable[[str], bool]] = {
     "date-time": _date_time,
     "uri": _uri,
     **{
-        name: (lambda value, p=pattern: p.search(value) is not None)
+        # mypy infers no lambda with a default (which binds each its pattern).
+        name: (lambda value, p=pattern: p.search(value) is not None)  # type: ignore[misc]
         for name, pattern in _FORMAT_PATTERNS.items()
     },
 }
@@ -216,7 +217,7 @@ def _pointer(path: Any) -> str:
 
 
 def _fill(
-    schema: Mapping[str, Any],
+    schema: Mapping[str, Any] | bool,
     value: Any,
     whole: Any,
     followed: frozenset[str] = frozenset(),
