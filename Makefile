@@ -1,5 +1,5 @@
 # norm: `make run` starts the demo on the embedded default (SQLite + filesystem broker),
-# `make test` runs ruff and the whole suite against PostgreSQL and Redis.
+# `make test` runs ruff, mypy and the whole suite against PostgreSQL and Redis.
 
 PYTHON ?= python3
 VENV := .venv
@@ -43,6 +43,7 @@ services: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
