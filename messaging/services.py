@@ -123,11 +123,42 @@ def _claimed_send(step: Step) -> None:
         if stored is not None:  # None: its subscriber was deleted since the claim, with it
             _outcome_record(step, stored)
         return
+    if _action_recorded(step):
+        return
+    provider = _provider_reaching(step)
+    if provider is None:
+        return
+    message = _message_stored(step, provider)
+    if message is None:  # its subscriber was deleted since the claim, with it
+        return
+    if message.status != Message.Status.SENDING:  # just stored as sent, or ended since
+        _outcome_record(step, message)
+        return
+    # As read with the step: a stored message's (a retry's) without a query of their own.
+    message.step, message.subscriber, message.client = (
+        step,
+        step.notification.subscriber,
+        step.notification.client,
+    )
+    message.recipient = provider.recipient(message)
+    try:
+        provider_message_id = provider.send(message)
+    except (OperationalError, InterfaceError):
+        raise  # the database is away: the task retries
+    except Exception as exc:
+        _failure_record(step, message, provider, exc)
+        return
+    _send_record(step, message, provider_message_id)
+
+
+def _action_recorded(step: Step) -> bool:
+    """Whether the step sends no message, its end recorded: failed, its client inactive;
+    completed, a delay or a custom step."""
     if not step.notification.client.is_active:
         workflow_services.step_fail(
             step=step, code="ClientInactive", message=workflow_services.CLIENT_INACTIVE
         )
-        return
+        return True
     if step.type == "delay":
         # From when the echo worker recorded the step, by its clock: one a little ahead
         # of this worker's (CLOCK_SKEW) would have a zero delay wait less than nothing.
@@ -135,11 +166,16 @@ def _claimed_send(step: Step) -> None:
         workflow_services.step_complete(
             step=step, result={"duration": int(waited.total_seconds() * 1000)}
         )
-        return
+        return True
     if step.type not in CHANNEL_TYPES:  # custom: its outputs are its result
         workflow_services.step_complete(step=step, result=step.outputs)
-        return
+        return True
+    return False
 
+
+def _provider_reaching(step: Step) -> Provider | None:
+    """The provider of the step's channel, if one is configured and the subscriber has an
+    address for it; None, the step skipped with the reason, otherwise."""
     provider = provider_for(step.type)
     if provider is None:
         # As in Novu, whose worker marks a step without an active integration and goes
@@ -150,20 +186,25 @@ def _claimed_send(step: Step) -> None:
             step=step,
             reason=f"no provider is configured for the {step.type} channel (NORM_PROVIDERS)",
         )
-        return
-    subscriber = step.notification.subscriber
-    unreachable = provider.unreachable(subscriber)
+        return None
+    unreachable = provider.unreachable(step.notification.subscriber)
     if unreachable:
         # As in Novu: a channel the subscriber has no address for is skipped, with the
         # reason on the step, and the workflow goes on (an in-app step after it, say).
         workflow_services.step_skip(step=step, reason=unreachable)
-        return
+        return None
+    return provider
+
+
+def _message_stored(step: Step, provider: Provider) -> Message | None:
+    """The step's message, inserted once: this run's, or the one an earlier run of the
+    step stored. None if its subscriber was deleted since the claim, with it."""
     message = Message(
         step=step,
         # The client as step_claim read it with the step (its sender policy, for the
         # provider): no query of its own, and an admin edit applies to the next email.
         client=step.notification.client,
-        subscriber=subscriber,
+        subscriber=step.notification.subscriber,
         channel=step.type,
         provider=provider.name,
         # Provider overrides ride along under their own key, as the bridge sent them.
@@ -179,58 +220,58 @@ def _claimed_send(step: Step) -> None:
         # Refused by a foreign key: the subscriber was deleted since the claim, with its
         # notification and this step. Nothing to send, and no one to send it to.
         if not Step.objects.filter(pk=step.pk).exists():
-            return
+            return None
         raise
     if not inserted:  # a retry of this step, or a rerun after a crash
         stored = Message.objects.filter(step=step).first()
         if stored is None:  # its subscriber was deleted since the insert, with it
-            return
+            return None
         message = stored
-    if message.status != Message.Status.SENDING:  # just stored as sent, or ended since
-        _outcome_record(step, message)
-        return
-    # As read with the step: a stored message's (a retry's) without a query of their own.
-    message.step, message.subscriber, message.client = step, subscriber, step.notification.client
-    message.recipient = provider.recipient(message)
-    try:
-        provider_message_id = provider.send(message)
-    except (OperationalError, InterfaceError):
-        raise  # the database is away: the task retries
-    except Exception as exc:
-        bug = not isinstance(exc, SendError)
-        if bug:
-            # A provider bug must not leave the step claimed, to be sent again forever.
-            # Every email of a broadcast trips on it alike: one traceback a minute.
-            pipeline.bug_logged(logger, exc, f"provider {provider.name} on message", message.pk)
-            exc = SendError(f"the provider failed: {exc!r}", transient=False)
-        # Any length the server wrote (smtplib reads every line of a reply), and shown
-        # on every page of the API and the admin that lists the message, step or
-        # notification: cut as a bridge's error message is.
-        attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
-        # A SendError, made one above if not: mypy does not follow `bug` to that.
-        retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS  # type: ignore[attr-defined]
-        backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
-        if not bug:  # a bug was logged with its traceback, above
-            _failure_log(message, provider, error, backoff=backoff if retry else None)
+    return message
 
-        def failure_record() -> None:  # twice is as once: each write sets what it sets
-            # Not a message another task delivered meanwhile (this one's claim went stale).
-            Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT).update(
-                attempts=attempts,
-                error=error,
-                recipient=message.recipient,
-                **({} if retry else {"status": Message.Status.FAILED}),
-            )
-            if retry:
-                workflow_services.step_retry_later(step=step, message=error, backoff=backoff)
-            else:
-                workflow_services.step_undelivered(step=step, reason=error)
 
-        # A reschedule the database cut off left the step claimed and its message
-        # `sending`: the task's retry (ClaimInterrupted) sent again a second later, not
-        # after the backoff, to a server that had just failed. Narrowed as a send's record.
-        _retried_briefly(failure_record)
-        return
+def _failure_record(step: Step, message: Message, provider: Provider, exc: Exception) -> None:
+    """Record a send the provider failed (or failed on, a bug): the step rescheduled, if
+    another attempt can help, or its message failed for good. Called where `exc` is
+    caught."""
+    bug = not isinstance(exc, SendError)
+    if bug:
+        # A provider bug must not leave the step claimed, to be sent again forever.
+        # Every email of a broadcast trips on it alike: one traceback a minute.
+        pipeline.bug_logged(logger, exc, f"provider {provider.name} on message", message.pk)
+        exc = SendError(f"the provider failed: {exc!r}", transient=False)
+    # Any length the server wrote (smtplib reads every line of a reply), and shown
+    # on every page of the API and the admin that lists the message, step or
+    # notification: cut as a bridge's error message is.
+    attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
+    # A SendError, made one above if not: mypy does not follow `bug` to that.
+    retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS  # type: ignore[attr-defined]
+    backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
+    if not bug:  # a bug was logged with its traceback, above
+        _failure_log(message, provider, error, backoff=backoff if retry else None)
+
+    def failure_record() -> None:  # twice is as once: each write sets what it sets
+        # Not a message another task delivered meanwhile (this one's claim went stale).
+        Message.objects.filter(pk=message.pk).exclude(status=Message.Status.SENT).update(
+            attempts=attempts,
+            error=error,
+            recipient=message.recipient,
+            **({} if retry else {"status": Message.Status.FAILED}),
+        )
+        if retry:
+            workflow_services.step_retry_later(step=step, message=error, backoff=backoff)
+        else:
+            workflow_services.step_undelivered(step=step, reason=error)
+
+    # A reschedule the database cut off left the step claimed and its message
+    # `sending`: the task's retry (ClaimInterrupted) sent again a second later, not
+    # after the backoff, to a server that had just failed. Narrowed as a send's record.
+    _retried_briefly(failure_record)
+
+
+def _send_record(step: Step, message: Message, provider_message_id: str) -> None:
+    """Record the message sent and its step completed, in one commit; if the database
+    stays away, raise SentUnrecorded for the task's retry to record it."""
     # Not a send recorded already: a task whose claim went stale mid-send (its step sent
     # again by another meanwhile) wrote its own over the record the other made (when it
     # went out, the provider's id), which the API and the bridge had read. As _sent_record.
