@@ -318,7 +318,26 @@ def _call_once(
     params: dict[str, str] | None,
     text: str | None,
 ) -> dict[str, Any]:
-    method = "GET" if text is None else "POST"
+    headers = _signed_headers(secret, text)
+    response, content = _answer_read(url, headers=headers, action=action, params=params, text=text)
+    try:
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # `[[[[…`: the parser recurses per level
+        data = None
+    status = response.status_code
+    if 300 <= status < 400:
+        raise BridgeError("BridgeRedirect", _redirect_message(status, response, url))
+    if status >= 400:
+        raise _error_answered(status, data, content, response, url)
+    if not isinstance(data, dict):
+        raise BridgeError(
+            "BridgeInvalidResponse", f"the bridge answered {status} without a JSON object"
+        )
+    return data
+
+
+def _signed_headers(secret: str | None, text: str | None) -> dict[str, str]:
+    """A call's headers: JSON both ways, and norm's signature of `text` with `secret`."""
     headers = {"content-type": "application/json", "accept": "application/json"}
     if secret is not None:
         # The signature covers `{}` for a GET, as Novu's framework expects.
@@ -327,6 +346,20 @@ def _call_once(
         )
         headers["novu-signature"] = signature
         headers["x-novu-signature"] = signature
+    return headers
+
+
+def _answer_read(
+    url: str,
+    *,
+    headers: dict[str, str],
+    action: str,
+    params: dict[str, str] | None,
+    text: str | None,
+) -> tuple[requests.Response, bytes]:
+    """The bridge's answer to one call (a GET without `text`), and its body, read whole
+    within NORM_BRIDGE_TIMEOUT. No answer raises the BridgeError that says why."""
+    method = "GET" if text is None else "POST"
     timeout = settings.NORM_BRIDGE_TIMEOUT
     with deadlines.within(timeout) as deadline:
         try:
@@ -364,44 +397,38 @@ def _call_once(
     if deadline.expired:
         # Without a content-length, a body ends when its connection does, shut down here.
         raise _timed_out(timeout)
+    return response, content
 
-    try:
-        data = json.loads(content)
-    except (ValueError, RecursionError):  # `[[[[…`: the parser recurses per level
-        data = None
-    status = response.status_code
-    if 300 <= status < 400:
-        raise BridgeError("BridgeRedirect", _redirect_message(status, response, url))
-    if status >= 400:
-        code = data.get("code") if isinstance(data, dict) else None
-        # Stored, and compared; as the message, without what PostgreSQL cannot hold.
-        code = storable(code[:100]) if isinstance(code, str) else None
-        message = _text(data.get("message")) if isinstance(data, dict) else ""
-        error_data = data.get("data") if isinstance(data, dict) else None
-        message = message or _page_text(content) or response.reason
-        if data is None and status in (404, 405):
-            # No JSON: no bridge answered, but a web server's own page for a path it does
-            # not serve (Express's "Cannot POST /api/novu", Django's 404).
-            message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
-        elif data is None and status == 400:
-            # No JSON: the bridge never saw the call, which a web server refused first; most
-            # often Django's page for a Host header its ALLOWED_HOSTS lacks, which an app
-            # with DEBUG off logs nowhere its developer looks.
-            message += (
-                " (no bridge's answer, which is JSON: the web server refused the call first,"
-                " as Django does when ALLOWED_HOSTS lacks the bridge URL's host)"
-            )
-        if problems := _problems(error_data):
-            message = f"{message} ({problems})"
-        message = bounded(storable(quoted_masked(message, url)), MAX_MESSAGE)
-        if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
-            raise BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
-        raise BridgeError(code or f"HTTP{status}", message, error_data, status)
-    if not isinstance(data, dict):
-        raise BridgeError(
-            "BridgeInvalidResponse", f"the bridge answered {status} without a JSON object"
+
+def _error_answered(
+    status: int, data: Any, content: bytes, response: requests.Response, url: str
+) -> BridgeError:
+    """The bridge's answer of an error status (400 and up) as the error it raises:
+    BridgeUnavailable if a later call can succeed."""
+    code = data.get("code") if isinstance(data, dict) else None
+    # Stored, and compared; as the message, without what PostgreSQL cannot hold.
+    code = storable(code[:100]) if isinstance(code, str) else None
+    message = _text(data.get("message")) if isinstance(data, dict) else ""
+    error_data = data.get("data") if isinstance(data, dict) else None
+    message = message or _page_text(content) or response.reason
+    if data is None and status in (404, 405):
+        # No JSON: no bridge answered, but a web server's own page for a path it does
+        # not serve (Express's "Cannot POST /api/novu", Django's 404).
+        message += " (nothing serves a bridge at this URL: check the client's bridge URL)"
+    elif data is None and status == 400:
+        # No JSON: the bridge never saw the call, which a web server refused first; most
+        # often Django's page for a Host header its ALLOWED_HOSTS lacks, which an app
+        # with DEBUG off logs nowhere its developer looks.
+        message += (
+            " (no bridge's answer, which is JSON: the web server refused the call first,"
+            " as Django does when ALLOWED_HOSTS lacks the bridge URL's host)"
         )
-    return data
+    if problems := _problems(error_data):
+        message = f"{message} ({problems})"
+    message = bounded(storable(quoted_masked(message, url)), MAX_MESSAGE)
+    if (status >= 500 or status in TRANSIENT_STATUSES) and code not in PERMANENT_CODES:
+        return BridgeUnavailable(code or f"HTTP{status}", message, error_data, status)
+    return BridgeError(code or f"HTTP{status}", message, error_data, status)
 
 
 def _redirect_message(status: int, response: requests.Response, url: str) -> str:
