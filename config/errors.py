@@ -158,6 +158,30 @@ _database_away = Quieted()
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     path = request.get_full_path() if request is not None else ""
+    exc = _known_cause(exc, request, path)
+    error = _api_error(exc, request)
+    if error is None:
+        error_id = str(uuid.uuid4())
+        logger.exception("unhandled API error %s on %s", error_id, path)
+        return Response(
+            error_body(500, path, "Internal server error", errorId=error_id), status=500
+        )
+    response = Response(
+        error_body(error.status, path, error.message, **_error_fields(error)),
+        status=error.status,
+        headers=error.headers,
+    )
+    if isinstance(exc, ApiError) and exc.code == "service_unavailable":
+        # Said by _database_unavailable, a line a minute: not Django's ERROR ("Service
+        # Unavailable") a request.
+        response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+def _known_cause(exc: Exception, request: Any, path: str) -> Exception:
+    """The ApiError that answers `exc`, an error of Django's or the database's whose cause
+    is known: the request (a value, a body, a query too much), its client deleted
+    meanwhile, the database away. Any other `exc` as it is."""
     if isinstance(exc, IntegrityError) and _client_deleted(request):
         # The 401 its key's check answers once the delete has committed, not a 500 that
         # clients retry (to the same 401).
@@ -179,25 +203,35 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is away (restarting, failing over): nothing was accepted, and the
         # same request will do once it is back, so a 503 that clients retry, not a 500.
-        if (held := _database_away.due("database")) is not None:
-            logger.warning(
-                "database unavailable on %s: %s (%d more requests answered 503 for it since "
-                "the last such line)",
-                path,
-                exc,
-                held,
-            )
-        exc = ApiError(
-            503,
-            "service_unavailable",
-            "The database is unavailable; nothing was stored. Try again shortly",
-            headers={"Retry-After": "5"},
+        exc = _database_unavailable(exc, path)
+    return exc
+
+
+def _database_unavailable(exc: OperationalError | InterfaceError, path: str) -> ApiError:
+    """The 503 of a request the database's absence failed, said in the log a line a
+    minute."""
+    if (held := _database_away.due("database")) is not None:
+        logger.warning(
+            "database unavailable on %s: %s (%d more requests answered 503 for it since "
+            "the last such line)",
+            path,
+            exc,
+            held,
         )
-    body: dict[str, Any] = {}
+    return ApiError(
+        503,
+        "service_unavailable",
+        "The database is unavailable; nothing was stored. Try again shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _api_error(exc: Exception, request: Any) -> ApiError | None:
+    """The ApiError that answers `exc`: itself, or one with the status, code and message of
+    DRF's exception. None for any other, a bug."""
     if isinstance(exc, ApiError):
-        status, code, message, errors = exc.status, exc.code, exc.message, exc.errors
-        headers, body = exc.headers, exc.body
-    elif isinstance(exc, exceptions.ValidationError):
+        return exc
+    if isinstance(exc, exceptions.ValidationError):
         # As in Novu: a body that fails its schema is a 422 (novu-py's typed
         # ValidationErrorDto), except under /v1/events, whose clients expect a 400.
         # A bad query string stays a 400.
@@ -206,41 +240,37 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             and request.method != "GET"
             and not request.path_info.startswith("/v1/events")
         )
-        status, code, headers = (422 if as_422 else 400), "invalid_request", {}
         errors = _flatten(exc.detail)
-        message = validation_message(exc)
-    elif isinstance(exc, exceptions.APIException):
-        status, code, headers = exc.status_code, exc.default_code, {}
-        message, errors = str(exc.detail), []
+        return ApiError(
+            422 if as_422 else 400, "invalid_request", validation_message(exc), errors=errors
+        )
+    if isinstance(exc, exceptions.APIException):
+        status, headers = exc.status_code, {}
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
             status = 401
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             # The seconds the message says (DRF rounds the throttle's wait up): a second
             # more here told a client one thing in the header and another in the body.
             headers = {"Retry-After": str(max(1, math.ceil(exc.wait)))}
-    else:
-        error_id = str(uuid.uuid4())
-        logger.exception("unhandled API error %s on %s", error_id, path)
-        return Response(
-            error_body(500, path, "Internal server error", errorId=error_id), status=500
-        )
+        return ApiError(status, exc.default_code, str(exc.detail), headers=headers)
+    return None
 
-    extra: dict[str, Any] = {**body, "code": code}
-    if status == 400:
-        extra["type"] = code
-        extra["errors"] = errors
-    elif status == 422:
+
+def _error_fields(error: ApiError) -> dict[str, Any]:
+    """The body's fields beside Novu's five: the error's own, its code, and on a 400 or a
+    422 its errors, each as Novu's clients read them."""
+    extra: dict[str, Any] = {**error.body, "code": error.code}
+    if error.status == 400:
+        extra["type"] = error.code
+        extra["errors"] = error.errors
+    elif error.status == 422:
         # Every message of a field, as Novu lists them: a second one (an email both
         # too long and malformed) replaced the first.
         by_field: dict[str, dict[str, list[str]]] = {}
-        for e in errors:
+        for e in error.errors:
             by_field.setdefault(e["field"], {"messages": []})["messages"].append(e["message"])
         extra["errors"] = by_field
-    response = Response(error_body(status, path, message, **extra), status=status, headers=headers)
-    if isinstance(exc, ApiError) and exc.code == "service_unavailable":
-        # Said above, a line a minute: not Django's ERROR ("Service Unavailable") a request.
-        response._has_been_logged = True  # type: ignore[attr-defined]
-    return response
+    return extra
 
 
 class ErrorSerializer(serializers.Serializer):
