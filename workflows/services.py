@@ -728,78 +728,23 @@ def _record_answer(
     """Record the step the bridge named, or end the notification if it said done: failed,
     if the workflow went on past an `undelivered` step, completed otherwise."""
     if answer.get("done") is True:
-        # Only if no step was recorded since this run read the notification: recording
-        # one always moves its updated_at (to the step's due time). A duplicate echo that
-        # read the state before another run recorded a step can be answered done where
-        # that run was answered the step (the code branches on an in-app message read
-        # in between), and must not complete the notification under the step, which
-        # then was never sent. Compared on the row itself, not by looking for the step:
-        # an UPDATE that waited for the recording to commit re-checks the row's own
-        # columns, but would still not see the step (PostgreSQL's READ COMMITTED).
-        ended = {"status": Notification.Status.COMPLETED, "error": "", "error_code": ""}
-        if undelivered is not None:  # gone on from (step_undelivered): the last of them
-            ended = {
-                "status": Notification.Status.FAILED,
-                "error": undelivered.notification_error(),
-                "error_code": "SendFailed",
-            }
-        Notification.objects.filter(
-            pk=notification.pk, status__in=ACTIVE, updated_at=notification.updated_at
-        ).update(completed_at=timezone.now(), **ended)
+        _notification_end(notification, undelivered=undelivered)
         return
-    step_id: Any  # a str from `named` below on, which mypy does not follow
+    # A str, a str and an object once _answer_fault passes them, which mypy does not follow.
+    step_id: Any
+    step_type: Any
+    outputs: Any
     step_id, step_type = answer.get("stepId"), answer.get("type")
     outputs, providers = answer.get("outputs"), answer.get("providers") or {}
     options = answer.get("options")
     skipped = isinstance(options, dict) and options.get("skip") is True
-    known = selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES
-    # The type is checked to be a string first: a list or an object is no key of a set.
-    named = isinstance(step_id, str) and bool(step_id) and isinstance(step_type, str)
-    if not named or step_type not in known:
-        _refuse_answer(
-            notification,
-            code="BridgeInvalidResponse",
-            message=f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
-        )
-        return
-    # Skipped, a step of a type norm does not run asks nothing of norm: it is recorded
-    # skipped and the workflow goes on, as in Novu (a digest only some triggers need).
-    if step_type in selectors.UNSUPPORTED_STEP_TYPES and not skipped:
-        _refuse_answer(
-            notification,
-            code="UnsupportedStepType",
-            message=f"step '{step_id}' is a {step_type} step, which norm does not run yet",
-        )
-        return
-    if len(step_id) > STEP_ID_LENGTH:
-        _refuse_answer(
-            notification,
-            code="BridgeInvalidResponse",
-            message=f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
-            f"at most {STEP_ID_LENGTH}",
-        )
-        return
-    if not isinstance(outputs, dict) or not isinstance(providers, dict):
-        # Taken as {} (or stored as given), the step ran on nothing: a custom step's
-        # result, which later steps read, was {}; a channel's message failed for a
-        # missing subject, far from the bridge's mistake.
-        _refuse_answer(
-            notification,
-            code="BridgeInvalidResponse",
-            message=f"the bridge answered step '{step_id}' with outputs and providers that "
-            f"are not both objects (outputs: {type(outputs).__name__}, providers: "
-            f"{type(providers).__name__})",
-        )
-        return
-    if any(entry["stepId"] == step_id for entry in state):
-        _refuse_answer(
-            notification,
-            code="BridgeInvalidResponse",
-            message=f"the bridge returned step '{step_id}' again, which already ran",
-        )
+    fault = _answer_fault(step_id, step_type, outputs, providers, skipped=skipped, state=state)
+    if fault is not None:
+        code, message = fault
+        _refuse_answer(notification, code=code, message=message)
         return
     now = timezone.now()
-    due_at, countdown = now, 0.0
+    due_at = now
     if step_type == "delay" and not skipped:
         try:
             # On the subscriber's clock, as Novu reads a timed delay's cron.
@@ -811,7 +756,107 @@ def _record_answer(
                 message=f"step '{step_id}': {exc}",
             )
             return
-        countdown = (due_at - now).total_seconds()
+    _step_record(
+        notification,
+        step_id=step_id,
+        step_type=step_type,
+        position=len(state),
+        outputs=outputs,
+        providers=providers,
+        skipped=skipped,
+        now=now,
+        due_at=due_at,
+    )
+
+
+def _notification_end(notification: Notification, *, undelivered: Step | None) -> None:
+    """End a notification the bridge said done: failed if the workflow went on past an
+    `undelivered` step, completed otherwise."""
+    # Only if no step was recorded since this run read the notification: recording
+    # one always moves its updated_at (to the step's due time). A duplicate echo that
+    # read the state before another run recorded a step can be answered done where
+    # that run was answered the step (the code branches on an in-app message read
+    # in between), and must not complete the notification under the step, which
+    # then was never sent. Compared on the row itself, not by looking for the step:
+    # an UPDATE that waited for the recording to commit re-checks the row's own
+    # columns, but would still not see the step (PostgreSQL's READ COMMITTED).
+    ended = {"status": Notification.Status.COMPLETED, "error": "", "error_code": ""}
+    if undelivered is not None:  # gone on from (step_undelivered): the last of them
+        ended = {
+            "status": Notification.Status.FAILED,
+            "error": undelivered.notification_error(),
+            "error_code": "SendFailed",
+        }
+    Notification.objects.filter(
+        pk=notification.pk, status__in=ACTIVE, updated_at=notification.updated_at
+    ).update(completed_at=timezone.now(), **ended)
+
+
+def _answer_fault(
+    step_id: Any,
+    step_type: Any,
+    outputs: Any,
+    providers: Any,
+    *,
+    skipped: bool,
+    state: list[dict[str, Any]],
+) -> tuple[str, str] | None:
+    """What keeps norm from recording the step the bridge answered, as the code and the
+    message its notification fails with; None if nothing does."""
+    known = selectors.STEP_TYPES | selectors.UNSUPPORTED_STEP_TYPES
+    # The type is checked to be a string first: a list or an object is no key of a set.
+    named = isinstance(step_id, str) and bool(step_id) and isinstance(step_type, str)
+    if not named or step_type not in known:
+        return (
+            "BridgeInvalidResponse",
+            f"the bridge answered no valid next step (stepId={step_id!r}, type={step_type!r})",
+        )
+    # Skipped, a step of a type norm does not run asks nothing of norm: it is recorded
+    # skipped and the workflow goes on, as in Novu (a digest only some triggers need).
+    if step_type in selectors.UNSUPPORTED_STEP_TYPES and not skipped:
+        return (
+            "UnsupportedStepType",
+            f"step '{step_id}' is a {step_type} step, which norm does not run yet",
+        )
+    if len(step_id) > STEP_ID_LENGTH:
+        return (
+            "BridgeInvalidResponse",
+            f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
+            f"at most {STEP_ID_LENGTH}",
+        )
+    if not isinstance(outputs, dict) or not isinstance(providers, dict):
+        # Taken as {} (or stored as given), the step ran on nothing: a custom step's
+        # result, which later steps read, was {}; a channel's message failed for a
+        # missing subject, far from the bridge's mistake.
+        return (
+            "BridgeInvalidResponse",
+            f"the bridge answered step '{step_id}' with outputs and providers that "
+            f"are not both objects (outputs: {type(outputs).__name__}, providers: "
+            f"{type(providers).__name__})",
+        )
+    if any(entry["stepId"] == step_id for entry in state):
+        return (
+            "BridgeInvalidResponse",
+            f"the bridge returned step '{step_id}' again, which already ran",
+        )
+    return None
+
+
+def _step_record(
+    notification: Notification,
+    *,
+    step_id: str,
+    step_type: str,
+    position: int,
+    outputs: dict[str, Any],
+    providers: dict[str, Any],
+    skipped: bool,
+    now: datetime,
+    due_at: datetime,
+) -> None:
+    """Record the step the bridge answered, due at `due_at`, and enqueue what runs next:
+    the step's send, or the echo past a skipped step."""
+    countdown = (due_at - now).total_seconds()
     on_broker = countdown <= settings.NORM_BROKER_MAX_COUNTDOWN
     try:
         with transaction.atomic():
@@ -832,7 +877,7 @@ def _record_answer(
                 notification=notification,
                 step_id=step_id,
                 type=step_type,
-                position=len(state),
+                position=position,
                 outputs=outputs,
                 providers=providers,
                 status=Step.Status.SKIPPED if skipped else Step.Status.SCHEDULED,
