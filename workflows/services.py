@@ -588,20 +588,7 @@ def internal_error_text(exc: Exception) -> str:
 
 def _echo(*, notification_id: str, final_attempt: bool) -> None:
     """`echo_run`, its unexpected errors aside."""
-    notification = (
-        Notification.objects.select_related("subscriber", "trigger_event", "client")
-        # The event's recipients can run to a thousand entries, those forgotten and the
-        # redelivered commands to a broadcast's; the echo needs none of them.
-        .defer(
-            "trigger_event__to",
-            "trigger_event__payload",
-            "trigger_event__overrides",
-            "trigger_event__forgotten",
-            "trigger_event__redelivered",
-        )
-        .filter(pk=notification_id)
-        .first()
-    )
+    notification = _notification_to_echo(notification_id)
     if notification is None:
         # Deleted with its subscriber (or client) since its echo was sent: an expected
         # race with nothing to mend, as a step's send whose subscriber went ends quietly.
@@ -624,57 +611,17 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
     steps = [] if pending else selectors.notification_steps(notification=notification)
     if any(step.status in OPEN_STEP for step in steps):
         return  # the message worker owns the notification until its step is done
-    if not notification.client.is_active:
-        notification_fail(
-            notification_id=notification.pk, code="ClientInactive", message=CLIENT_INACTIVE
-        )
-        return
-    if notification.resource not in notification.client.bridge_urls():
-        # The client's bridge moved, or the URL left its allowed list, after the trigger:
-        # norm calls only URLs the client has now, so the old one is never asked again.
-        notification_fail(
-            notification_id=notification.pk,
-            code="BridgeNotAllowed",
-            message=f"the bridge {masked_url(notification.resource)} is no longer one of the client's "
-            "bridge URLs",
-        )
+    if _client_refused(notification):
         return
     state = selectors.bridge_state(notification=notification, steps=steps)
-    body = {
-        "payload": notification.payload,
-        "subscriber": _subscriber_body(notification.subscriber),
-        "state": state,
-        "controls": {},
-        "actor": _actor_stored(notification),
-        "context": {},
-    }
-    try:
-        answer = flavours.next_step(
-            notification=notification,
-            body=body,
-            secrets=signing_secrets(client_id=notification.client_id, cached=True),
-        )
     # An error is the bridge's answer to the state this run read. A duplicate echo (the
     # reconciler's, a redelivery) may have read it before another run recorded the next
     # step: an error for that older state must not fail the notification under the step,
     # whose message would then never go out. So it counts only while the row has not
     # moved since this run read it (recording a step always moves it); if it moved, the
     # next echo asks again with the current state.
-    except bridge.BridgeUnavailable as exc:
-        now = timezone.now()
-        counted = Notification.objects.filter(
-            pk=notification.pk, updated_at=notification.updated_at
-        ).update(bridge_attempts=F("bridge_attempts") + 1, error=str(exc), updated_at=now)
-        if not final_attempt:
-            _bridge_down_log(notification, exc)
-            raise
-        if counted:
-            notification_fail(
-                notification_id=notification.pk, code=exc.code, message=exc.message, read_at=now
-            )
-        return
-    except bridge.BridgeError as exc:
-        _refuse_answer(notification, code=exc.code, message=exc.message)
+    answer = _bridge_answer(notification, state=state, final_attempt=final_attempt)
+    if answer is None:
         return
     try:
         undelivered = next((s for s in reversed(steps) if s.status == Step.Status.FAILED), None)
@@ -693,6 +640,84 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
             code="BridgeInvalidResponse",
             message=f"norm could not record the bridge's answer: {error_text(exc)}",
         )
+
+
+def _notification_to_echo(notification_id: str) -> Notification | None:
+    """The notification, with what the echo reads of its subscriber, trigger and client."""
+    return (
+        Notification.objects.select_related("subscriber", "trigger_event", "client")
+        # The event's recipients can run to a thousand entries, those forgotten and the
+        # redelivered commands to a broadcast's; the echo needs none of them.
+        .defer(
+            "trigger_event__to",
+            "trigger_event__payload",
+            "trigger_event__overrides",
+            "trigger_event__forgotten",
+            "trigger_event__redelivered",
+        )
+        .filter(pk=notification_id)
+        .first()
+    )
+
+
+def _client_refused(notification: Notification) -> bool:
+    """Whether the client no longer has the notification sent, which is then failed: the
+    client inactive, or the bridge no longer one of the client's bridge URLs."""
+    if not notification.client.is_active:
+        notification_fail(
+            notification_id=notification.pk, code="ClientInactive", message=CLIENT_INACTIVE
+        )
+        return True
+    if notification.resource not in notification.client.bridge_urls():
+        # The client's bridge moved, or the URL left its allowed list, after the trigger:
+        # norm calls only URLs the client has now, so the old one is never asked again.
+        notification_fail(
+            notification_id=notification.pk,
+            code="BridgeNotAllowed",
+            message=f"the bridge {masked_url(notification.resource)} is no longer one of the client's "
+            "bridge URLs",
+        )
+        return True
+    return False
+
+
+def _bridge_answer(
+    notification: Notification, *, state: list[dict[str, Any]], final_attempt: bool
+) -> dict[str, Any] | None:
+    """The bridge's answer to `state`: its next step, or done. An error ends the echo,
+    counted only while the row has not moved (see `_echo`): a bridge down is raised for
+    the task's retry, and on the last attempt fails the notification, as any other error
+    does; None then."""
+    body = {
+        "payload": notification.payload,
+        "subscriber": _subscriber_body(notification.subscriber),
+        "state": state,
+        "controls": {},
+        "actor": _actor_stored(notification),
+        "context": {},
+    }
+    try:
+        return flavours.next_step(
+            notification=notification,
+            body=body,
+            secrets=signing_secrets(client_id=notification.client_id, cached=True),
+        )
+    except bridge.BridgeUnavailable as exc:
+        now = timezone.now()
+        counted = Notification.objects.filter(
+            pk=notification.pk, updated_at=notification.updated_at
+        ).update(bridge_attempts=F("bridge_attempts") + 1, error=str(exc), updated_at=now)
+        if not final_attempt:
+            _bridge_down_log(notification, exc)
+            raise
+        if counted:
+            notification_fail(
+                notification_id=notification.pk, code=exc.code, message=exc.message, read_at=now
+            )
+        return None
+    except bridge.BridgeError as exc:
+        _refuse_answer(notification, code=exc.code, message=exc.message)
+        return None
 
 
 # A bridge down fails the echo of each of its notifications, each retried: one line a
