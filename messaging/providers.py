@@ -19,7 +19,7 @@ from collections.abc import Callable
 from email import policy
 from email.generator import BytesGenerator
 from email.header import Header
-from email.utils import getaddresses, parseaddr, quote
+from email.utils import quote
 from io import BytesIO
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from django.utils.module_loading import import_string
 from config import deadlines
 from config.db import storable
 from messaging.models import Message
+from notify.addresses import getaddresses, parseaddr
 from notify.senders import ascii_domain, sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
 
@@ -483,7 +484,11 @@ class _WatchedSMTP(smtplib.SMTP):
 
     def mail(self, sender: str, options: Any = ()) -> tuple[int, bytes]:
         self.data_begun = False  # each email starts with MAIL
-        return super().mail(sender, options)
+        # Django gives the From with its name ("Billing <hello@[192.0.2.1]>"), and smtplib
+        # takes the address out with email.utils.parseaddr, which a Python with the fix for
+        # CVE-2023-27043 reads as none when its domain is a literal: smtplib sent it whole,
+        # MAIL FROM:<Billing <hello@[192.0.2.1]>>, which the server refused (501).
+        return super().mail(parseaddr(sender)[1] or sender, options)
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         self.data_begun = True

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from email.utils import getaddresses
 from typing import Any
 
 import idna
 from django.core.mail.message import sanitize_address
+
+from notify.addresses import getaddresses
 
 # One label of a host name (RFC 1123) once encoded as IDNA.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")

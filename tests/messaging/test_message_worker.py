@@ -3065,3 +3065,27 @@ def test_a_reply_to_list_with_a_long_name_keeps_each_address_and_its_name(
         (str(make_header(decode_header(name))), address)
         for name, address in getaddresses([str(sent["Reply-To"])])
     ] == [("Jörg", "jorg@example.com"), (f"Help {LINK}", "help@example.com")]
+
+
+def test_addresses_at_a_domain_literal_are_sent_on_every_python(
+    send: Callable[[Step], Step], smtp_server: Inbox
+) -> None:
+    """Python's fix for CVE-2023-27043 (3.13, 3.12.6, 3.11.10 on) reads every address at a
+    domain literal (hello@[192.0.2.1]) as none: there a client's email_from or a replyTo
+    at one failed the step for good, where an older Python, and Django, sent it."""
+    acme = ClientFactory(email_from="Acme <hello@[192.0.2.1]>")
+    reply_to = "help@[192.0.2.2], Sales <sales@[IPv6:2001:db8::1]>"
+    outputs = {"subject": "Hi", "body": "x", "from": {"name": "Billing"}, "replyTo": reply_to}
+    step = send(email_step(notification__trigger_event__client=acme, outputs=outputs))
+
+    assert (step.status, step.error) == (Step.Status.COMPLETED, "")
+    [envelope] = smtp_server.envelopes
+    assert envelope.mail_from == "hello@[192.0.2.1]"  # a from.name alone goes with it
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    assert [(a.display_name, a.addr_spec) for a in sent["From"].addresses] == [
+        ("Billing", "hello@[192.0.2.1]")
+    ]
+    assert [a.addr_spec for a in sent["Reply-To"].addresses] == [
+        "help@[192.0.2.2]",
+        "sales@[IPv6:2001:db8::1]",
+    ]
