@@ -128,9 +128,10 @@ def test_messages_are_taken_in_the_order_they_were_sent_when_the_clock_gains_a_d
     order of the names: one sent at 999,999 ms came after one sent at 1,000,000 ms."""
     transport, options = _embedded_broker(tmp_path, polling_interval=0)
     with Connection("filesystem://", transport=transport, transport_options=options) as conn:
-        # A queue of its own: kombu keeps bindings per process, not per folder, and
-        # would not bind "echo" again in this test's folder.
-        tasks = conn.SimpleQueue("messages")
+        # A queue no other test bound: kombu keeps the filesystem transport's bindings
+        # for the whole process, not per folder, and would not bind a name again in this
+        # test's folder (its messages routed nowhere, the test run a second time failed).
+        tasks = conn.SimpleQueue(f"messages-{uuid.uuid4().hex[:8]}")
         for sent_at, body in ((999.999, "first"), (1000.0, "second")):
             monkeypatch.setattr(fsbroker, "monotonic", lambda sent_at=sent_at: sent_at)
             tasks.put({"body": body})
@@ -147,7 +148,7 @@ def test_a_message_put_back_is_marked_redelivered_where_celery_reads_it(tmp_path
     (subscriber commands count such runs: subscribers.services.command_given_up)."""
     transport, options = _embedded_broker(tmp_path, polling_interval=0)
     with Connection("filesystem://", transport=transport, transport_options=options) as conn:
-        tasks = conn.SimpleQueue("subscribers")  # a queue of its own, as above
+        tasks = conn.SimpleQueue(f"subscribers-{uuid.uuid4().hex[:8]}")  # as above
         tasks.put({"body": "command"})
         first = tasks.get(timeout=5)
         redelivered_first = first.delivery_info.get("redelivered")
@@ -169,13 +170,14 @@ def test_a_message_file_that_is_no_json_object_is_dropped_not_raised_to_the_work
     worker takes the messages after it."""
     transport, options = _embedded_broker(tmp_path, polling_interval=0)
     folder = Path(options["data_folder_in"])
+    queue = f"reconcile-{uuid.uuid4().hex[:8]}"  # a name no other test bound, as above
     with Connection("filesystem://", transport=transport, transport_options=options) as conn:
-        tasks = conn.SimpleQueue("reconcile")  # a queue of its own, as above
+        tasks = conn.SimpleQueue(queue)
         tasks.put({"body": "first"})
         tasks.put({"body": "second"})
         # Named as the channel names messages, and taken before them (the names' order).
         for stamp, content in enumerate((b"", b'{"body": "cut sh', b"\xff\xfe", b"[1, 2]")):
-            (folder / f"{stamp:015d}_broken.reconcile.msg").write_bytes(content)
+            (folder / f"{stamp:015d}_broken.{queue}.msg").write_bytes(content)
         taken = []
         for _ in range(2):
             message = tasks.get(timeout=5)
