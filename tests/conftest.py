@@ -264,16 +264,25 @@ def while_held(
     return results["first"], results["second"]
 
 
+def _lock_waiters_now(cursor: Any) -> int:
+    """How many other connections to the test database wait for a lock now. PostgreSQL
+    reads pg_stat_activity once a transaction and shows that until it ends: polled from
+    inside one (a hook in the middle of a delete), a wait that began after the first
+    look was never seen, unless the snapshot is dropped before each look."""
+    cursor.execute("SELECT pg_stat_clear_snapshot()")
+    cursor.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    return cursor.fetchone()[0]
+
+
 def another_waits_for_a_lock() -> None:
     """Return once another connection to the test database waits for a lock."""
     deadline = time.monotonic() + 10
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0]:
+            if _lock_waiters_now(cursor):
                 return
             time.sleep(0.02)
     raise AssertionError("no connection waited for a lock")
@@ -330,11 +339,7 @@ def lock_waiters(count: int, *, within: float = 3) -> None:
     deadline = time.monotonic() + within
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0] >= count:
+            if _lock_waiters_now(cursor) >= count:
                 return
             time.sleep(0.02)
 
