@@ -362,13 +362,21 @@ def held(rows: Any, release: threading.Event) -> InThread:
 
 
 class Meanwhile(InThread):
-    """Runs `work` in another thread and gives it a second: long enough to finish,
-    unless it waits for a lock the caller holds. `join` waits for the rest, and returns
-    what `work` returned."""
+    """Runs `work` in another thread until it ends or waits for a lock (one the caller
+    holds). `join` waits for the rest, and returns what `work` returned.
+
+    A fixed second, as it was given, was a guess: on a loaded machine a work that had
+    not reached its lock in time (an API call, a worker's task) ran after the caller had
+    gone on, and the race the test meant did not happen, or the test failed."""
 
     def __init__(self, work: Callable[[], Any]) -> None:
         super().__init__(work)
-        self.thread.join(1)
+        deadline = time.monotonic() + 30  # bounds a work that hangs, no more
+        with connection.cursor() as cursor:
+            while self.thread.is_alive() and time.monotonic() < deadline:
+                if _lock_waiters_now(cursor):
+                    return
+                time.sleep(0.02)
 
 
 # (method, path with its query, body, headers) -> (status, JSON answer, headers)

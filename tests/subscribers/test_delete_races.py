@@ -20,7 +20,7 @@ from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Enqueued, Meanwhile, another_waits_for_a_lock, while_held
+from tests.conftest import Enqueued, InThread, Meanwhile, another_waits_for_a_lock, while_held
 from tests.factories import (
     MessageFactory,
     StepFactory,
@@ -439,15 +439,18 @@ def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_fo
     )
     step, subscriber = message.step, message.subscriber
     give_up = workflow_services._messages_give_up
+    canceled = threading.Event()
 
     def give_up_once_the_delete_waits(step_ids: Any, error: str) -> None:
+        canceled.set()  # the step is canceled: the delete may come
         another_waits_for_a_lock()
         give_up(step_ids, error)
 
     monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_once_the_delete_waits)
-    retrying = Meanwhile(
+    retrying = InThread(
         lambda: workflow_services.step_retry_later(step=step, message="timed out", backoff=5)
     )
+    assert canceled.wait(10)
     response = api_for(key).delete(f"/v2/subscribers/{subscriber.subscriber_id}")
     retrying.join()
 
