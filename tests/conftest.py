@@ -254,7 +254,7 @@ def while_held(
     assert held.wait(10)
     two = threading.Thread(target=run, args=("second", then))
     two.start()
-    time.sleep(0.5)  # the second is now waiting for a lock the first holds
+    lock_waiters(1, two)  # the second waits for a lock the first holds (or has ended)
     release.set()
     one.join(20)
     two.join(20)
@@ -333,12 +333,17 @@ class InThread:
         return self.result
 
 
-def lock_waiters(count: int, *, within: float = 3) -> None:
-    """Return once `count` other connections wait for a row lock, or after `within`
-    seconds: a fixed run may not wait at all."""
-    deadline = time.monotonic() + within
+def lock_waiters(count: int, *started: InThread | threading.Thread) -> None:
+    """Return once `count` other connections wait for a row lock, or once every thread
+    of `started` has ended: a fixed run may not wait at all. A fixed bound (3 s, as it
+    was) made each test whose run does not wait that much slower, and on a loaded
+    machine could pass before a run that does wait had reached its lock; 30 s only
+    bounds a hang."""
+    assert started, "the threads that may come to wait"
+    threads = [t.thread if isinstance(t, InThread) else t for t in started]
+    deadline = time.monotonic() + 30
     with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(t.is_alive() for t in threads):
             if _lock_waiters_now(cursor) >= count:
                 return
             time.sleep(0.02)

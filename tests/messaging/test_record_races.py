@@ -61,7 +61,7 @@ def test_a_late_send_recorded_while_the_step_s_new_holder_fails_it_deadlocks_nei
         "sent_at": timezone.now().isoformat(),
     }
     a = InThread(lambda: services.message_send(step_id=step.pk, claim="task-a", sent=sent))
-    lock_waiters(1)  # a waits for b: for the step (for the message, once fixed)
+    lock_waiters(1, a)  # a waits for b: for the step (for the message, once fixed)
     go_on.set()
     b.join()
     a.join()

@@ -369,9 +369,9 @@ def test_an_unsubscribe_while_its_topic_is_deleted_waits_for_the_delete(
         return api_for(key).delete("/v2/topics/news/subscriptions", body, format="json")
 
     deleting = InThread(delete)  # holds bob's, waits for cid's
-    lock_waiters(1)
+    lock_waiters(1, deleting)
     unsubscribing = InThread(unsubscribe)
-    lock_waiters(2)  # the unsubscribe holds ann's, waits for bob's
+    lock_waiters(2, deleting, unsubscribing)  # the unsubscribe holds ann's, waits for bob's
     release.set()  # the delete goes on to ann's
     holder.join()
     response = unsubscribing.join()

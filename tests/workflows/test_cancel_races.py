@@ -262,9 +262,9 @@ def test_a_subscriber_deleted_while_the_admin_cancels_its_notifications_is_delet
         return services.notifications_cancel(notification_ids=[first.pk, second.pk, other.pk])
 
     cancel = InThread(admin_cancel)  # holds `second`, waits for `other`
-    lock_waiters(1)
+    lock_waiters(1, cancel)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
-    lock_waiters(2)  # the delete holds `first`, waits for `second`
+    lock_waiters(2, cancel, delete)  # the delete holds `first`, waits for `second`
     release.set()  # the cancel goes on to `first`
     holder.join()
     response = delete.join()

@@ -62,9 +62,9 @@ def test_a_subscriber_deleted_while_a_tick_releases_stale_fan_outs_is_deleted(
     release = threading.Event()
     holder = held(TriggerEvent.objects.filter(pk=other.pk), release)
     tick = InThread(services.reconcile)  # holds `second`, waits for `other`
-    lock_waiters(1)
+    lock_waiters(1, tick)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
-    lock_waiters(2)  # the delete holds `first`, waits for `second`
+    lock_waiters(2, tick, delete)  # the delete holds `first`, waits for `second`
     release.set()  # the tick goes on to `first`
     holder.join()
     response = delete.join()
@@ -143,9 +143,9 @@ def test_a_subscriber_deleted_while_a_tick_gives_up_steps_lost_with_their_tasks_
     release = threading.Event()
     holder = held(Message.objects.filter(pk=other.pk), release)
     tick = InThread(services.reconcile)  # holds `second`, waits for `other`
-    lock_waiters(1)
+    lock_waiters(1, tick)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
-    lock_waiters(2)  # the delete holds `first`, waits for `second`
+    lock_waiters(2, tick, delete)  # the delete holds `first`, waits for `second`
     release.set()  # the tick goes on to `first`
     holder.join()
     response = delete.join()
@@ -179,7 +179,7 @@ def test_a_stale_step_of_a_running_notification_a_send_holds_is_left_to_the_next
     release = threading.Event()
     holder = held(Step.objects.filter(pk=step.pk), release)
     tick = InThread(services.reconcile)
-    lock_waiters(1, within=2)  # none: the tick waits for no step it passed over
+    lock_waiters(1, tick)  # none: the tick waits for no step it passed over
     release.set()
     holder.join()
     tick.join()
