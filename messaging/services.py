@@ -235,17 +235,18 @@ def _failure_record(step: Step, message: Message, provider: Provider, exc: Excep
     another attempt can help, or its message failed for good. Called where `exc` is
     caught."""
     bug = not isinstance(exc, SendError)
-    if bug:
+    if isinstance(exc, SendError):
+        failure = exc
+    else:
         # A provider bug must not leave the step claimed, to be sent again forever.
         # Every email of a broadcast trips on it alike: one traceback a minute.
         pipeline.bug_logged(logger, exc, f"provider {provider.name} on message", message.pk)
-        exc = SendError(f"the provider failed: {exc!r}", transient=False)
+        failure = SendError(f"the provider failed: {exc!r}", transient=False)
     # Any length the server wrote (smtplib reads every line of a reply), and shown
     # on every page of the API and the admin that lists the message, step or
     # notification: cut as a bridge's error message is.
-    attempts, error = message.attempts + 1, bounded(str(exc), bridge.MAX_MESSAGE)
-    # A SendError, made one above if not: mypy does not follow `bug` to that.
-    retry = exc.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS  # type: ignore[attr-defined]
+    attempts, error = message.attempts + 1, bounded(str(failure), bridge.MAX_MESSAGE)
+    retry = failure.transient and attempts < settings.NORM_SEND_MAX_ATTEMPTS
     backoff = pipeline.backoff(settings.NORM_SEND_RETRY_BACKOFF, attempts - 1)
     if not bug:  # a bug was logged with its traceback, above
         _failure_log(message, provider, error, backoff=backoff if retry else None)
