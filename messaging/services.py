@@ -234,14 +234,13 @@ def _failure_record(step: Step, message: Message, provider: Provider, exc: Excep
     """Record a send the provider failed (or failed on, a bug): the step rescheduled, if
     another attempt can help, or its message failed for good. Called where `exc` is
     caught."""
-    bug = not isinstance(exc, SendError)
     if isinstance(exc, SendError):
-        failure = exc
+        failure, bug = exc, False
     else:
         # A provider bug must not leave the step claimed, to be sent again forever.
         # Every email of a broadcast trips on it alike: one traceback a minute.
         pipeline.bug_logged(logger, exc, f"provider {provider.name} on message", message.pk)
-        failure = SendError(f"the provider failed: {exc!r}", transient=False)
+        failure, bug = SendError(f"the provider failed: {exc!r}", transient=False), True
     # Any length the server wrote (smtplib reads every line of a reply), and shown
     # on every page of the API and the admin that lists the message, step or
     # notification: cut as a bridge's error message is.
