@@ -376,12 +376,7 @@ class Meanwhile(InThread):
 
     def __init__(self, work: Callable[[], Any]) -> None:
         super().__init__(work)
-        deadline = time.monotonic() + 30  # bounds a work that hangs, no more
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and time.monotonic() < deadline:
-                if _lock_waiters_now(cursor):
-                    return
-                time.sleep(0.02)
+        lock_waiters(1, self)
 
 
 # (method, path with its query, body, headers) -> (status, JSON answer, headers)
