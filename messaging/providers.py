@@ -36,6 +36,7 @@ from config import deadlines
 from config.db import storable
 from messaging.models import Message
 from notify.addresses import getaddresses, parseaddr
+from notify.models import Client
 from notify.senders import ascii_domain, sender_refused, stored_policy_problem
 from subscribers.models import Subscriber
 
@@ -578,6 +579,69 @@ def _timed_out(seconds: float) -> str:
     )
 
 
+def _sendable(message: Message) -> dict[str, Any]:
+    """The email step's output, if the message can be sent to its recipient; a SendError
+    for good otherwise."""
+    if not message.recipient:
+        raise SendError("the subscriber has no email address", transient=False)
+    if _CONTROL.search(message.recipient):
+        raise SendError(
+            f"the subscriber's email address has a control character ({message.recipient!r:.100})",
+            transient=False,
+        )
+    content: dict[str, Any] = message.content
+    wrong = _email_output_wrong(content)
+    if wrong:
+        raise SendError(wrong, transient=False)
+    return content
+
+
+def _sender(client: Client, content: dict[str, Any]) -> tuple[str, str]:
+    """The email's From and Reply-To ("" for none): the client's address, or the step's
+    within the client's sender policy; a SendError for good if the policy refuses it."""
+    sender = content.get("from") or {}
+    policy_problem = stored_policy_problem(client.email_from, client.email_from_domains)
+    if policy_problem:
+        raise SendError(
+            f"the client's sender policy cannot be applied: {policy_problem} Correct it"
+            " in the admin.",
+            transient=False,
+        )
+    from_email, address, reply_to = (
+        client.email_from or settings.DEFAULT_FROM_EMAIL,
+        _address(sender.get("email")),
+        _address(content.get("replyTo")),
+    )
+    refused = sender_refused(address, client.email_from_domains) if address else ""
+    if refused:
+        raise SendError(refused, transient=False)
+    name = one_line(sender.get("name") or "")
+    if address or name:
+        # A name alone goes with the address it would have gone from: the client's
+        # address is not the bridge's to know.
+        address = address or parseaddr(from_email)[1]
+        # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
+        # encodes a non-ASCII name, and the address's domain as IDNA.)
+        from_email = f'"{quote(name)}" <{address}>' if name else address
+    return from_email, reply_to
+
+
+def _email_of(message: Message, content: dict[str, Any], from_email: str, reply_to: str) -> _Email:
+    """The message's email: its text and HTML, from `from_email`, to its recipient."""
+    body = content["body"]
+    email = _Email(
+        subject=one_line(content["subject"]),
+        body=text_of(body),
+        from_email=_with_ascii_domains(from_email),
+        to=[_with_ascii_domains(message.recipient)],
+        reply_to=[_with_ascii_domains(reply_to)] if reply_to else None,
+        # The X-Norm-Message-Id (stored as provider_message_id) opens the Message-ID too.
+        headers={"X-Norm-Message-Id": str(message.pk), "Message-ID": _message_id(message)},
+    )
+    email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
+    return email
+
+
 class _KeptConnection(threading.local):
     # (the email settings it was opened with, the backend, when it last sent)
     open: tuple[tuple[Any, ...], BaseEmailBackend, float] | None = None
@@ -606,55 +670,16 @@ class DjangoEmailProvider(Provider):
         return "" if subscriber.email else "the subscriber has no email address"
 
     def send(self, message: Message) -> str:
-        if not message.recipient:
-            raise SendError("the subscriber has no email address", transient=False)
-        if _CONTROL.search(message.recipient):
-            raise SendError(
-                "the subscriber's email address has a control character "
-                f"({message.recipient!r:.100})",
-                transient=False,
-            )
-        content: dict[str, Any] = message.content
-        wrong = _email_output_wrong(content)
-        if wrong:
-            raise SendError(wrong, transient=False)
-        subject, sender = one_line(content["subject"]), content.get("from") or {}
+        content = _sendable(message)
         # The message worker gives the message its client as read with the step.
-        client = message.client
-        policy_problem = stored_policy_problem(client.email_from, client.email_from_domains)
-        if policy_problem:
-            raise SendError(
-                f"the client's sender policy cannot be applied: {policy_problem} Correct it"
-                " in the admin.",
-                transient=False,
-            )
-        from_email, address, reply_to = (
-            client.email_from or settings.DEFAULT_FROM_EMAIL,
-            _address(sender.get("email")),
-            _address(content.get("replyTo")),
-        )
-        refused = sender_refused(address, client.email_from_domains) if address else ""
-        if refused:
-            raise SendError(refused, transient=False)
-        name = one_line(sender.get("name") or "")
-        if address or name:
-            # A name alone goes with the address it would have gone from: the client's
-            # address is not the bridge's to know.
-            address = address or parseaddr(from_email)[1]
-            # Quoted, as a display name: "Acme, Inc." is no list of two addresses. (Django
-            # encodes a non-ASCII name, and the address's domain as IDNA.)
-            from_email = f'"{quote(name)}" <{address}>' if name else address
-        body = content["body"]
-        email = _Email(
-            subject=subject,
-            body=text_of(body),
-            from_email=_with_ascii_domains(from_email),
-            to=[_with_ascii_domains(message.recipient)],
-            reply_to=[_with_ascii_domains(reply_to)] if reply_to else None,
-            # The X-Norm-Message-Id (stored as provider_message_id) opens the Message-ID too.
-            headers={"X-Norm-Message-Id": str(message.pk), "Message-ID": _message_id(message)},
-        )
-        email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
+        from_email, reply_to = _sender(message.client, content)
+        email = _email_of(message, content, from_email, reply_to)
+        self._deliver_within_deadline(email)
+        return email.extra_headers["X-Norm-Message-Id"]
+
+    def _deliver_within_deadline(self, email: EmailMultiAlternatives) -> None:
+        """Deliver `email` by EMAIL_SEND_DEADLINE, a failure told as a SendError: for now
+        (another try may go another way) or for good."""
         try:
             with deadlines.within(settings.EMAIL_SEND_DEADLINE) as deadline:
                 self._deliver(email, deadline)
@@ -689,7 +714,6 @@ class DjangoEmailProvider(Provider):
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc
         except ValueError as exc:  # a newline in a header, an address Django refuses
             raise SendError(f"the message cannot be sent: {exc}", transient=False) from exc
-        return email.extra_headers["X-Norm-Message-Id"]
 
     @classmethod
     def _deliver(cls, email: EmailMultiAlternatives, deadline: deadlines.Deadline) -> None:
