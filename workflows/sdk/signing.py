@@ -56,13 +56,7 @@ def _write(value: Any, out: list[str], js_integers: bool) -> None:
     elif value is None or value is True or value is False:
         out.append({None: "null", True: "true", False: "false"}[value])
     elif isinstance(value, int):
-        if js_integers and abs(value) > 2**53:
-            try:
-                out.append(_number(float(value)))  # rounded as JS rounds it
-            except OverflowError:  # past a double's range: JS reads Infinity, writes null
-                out.append("null")
-        else:
-            out.append(str(value))
+        out.append(_integer(value, js_integers))
     elif isinstance(value, float):
         out.append(_number(value))
     elif isinstance(value, dict):
@@ -82,6 +76,17 @@ def _write(value: Any, out: list[str], js_integers: bool) -> None:
         out.append("]")
     else:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _integer(value: int, js_integers: bool) -> str:
+    """`value` as JSON: whole, or, with `js_integers` and beyond 2**53, as JS writes it
+    back (see `canonical_json`)."""
+    if js_integers and abs(value) > 2**53:
+        try:
+            return _number(float(value))  # rounded as JS rounds it
+        except OverflowError:  # past a double's range: JS reads Infinity, writes null
+            return "null"
+    return str(value)
 
 
 def _js_order(keys: list[str]) -> list[str]:
