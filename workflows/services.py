@@ -234,46 +234,70 @@ def _fan_out(*, trigger_event_id: int) -> None:
 
         actor_upsert(event=event, recipients=recipients)
     if broadcast:
-        count = 0
-        for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):
-            pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
-            count += len(subscriber_ids)
+        count = _broadcast_sent(event, rerun=rerun)
     else:
-        direct = [r["subscriberId"] for r in recipients]
-        # Deleted since an earlier run (with their notification): not created anew.
-        skipped = set(event.forgotten)
-        if rerun:
-            skipped |= set(
-                event.notifications.filter(subscriber__subscriber_id__in=direct).values_list(
-                    "subscriber__subscriber_id", flat=True
-                )
-            )
-        recipients = [r for r in recipients if r["subscriberId"] not in skipped]
-        for recipient in recipients:
-            pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
-        # As in Novu, the actor is no topic's member here: who commented on a thread
-        # is not told of their own comment. Listed by subscriberId, it is notified.
-        actor = _actor_body(event.actor).get("subscriberId")
-        not_members = [*direct, *([actor] if actor else [])]
-        for topic in topics:
-            for subscriber_ids in _topic_audience(
-                client_id=event.client_id,
-                key=topic["topicKey"],
-                exclude=[*not_members, *topic["exclude"]],
-                rerun=rerun,
-            ):
-                pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
-        # A member of two topics got two commands (the subscriber worker keeps one
-        # notification), so the audience is counted apart, each member once: counted
-        # twice, the fan-out would look short to the reconciler, which would run it again.
-        count = len(recipients)
-        if topics:
-            count += _topics_members(
-                client_id=event.client_id, topics=topics, exclude=not_members, rerun=rerun
-            ).count()
+        count = _recipients_sent(event, recipients=recipients, topics=topics, rerun=rerun)
     # A rerun counts the distinct audience: a first count that reached someone twice
     # (through two topics) would have the reconciler recheck the event in vain.
     count += reached_before
+    _processed_record(event, count=count)
+
+
+def _broadcast_sent(event: TriggerEvent, *, rerun: int | None) -> int:
+    """Send a command for each chunk of the client's subscribers; how many there are."""
+    count = 0
+    for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):
+        pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
+        count += len(subscriber_ids)
+    return count
+
+
+def _recipients_sent(
+    event: TriggerEvent,
+    *,
+    recipients: list[dict[str, Any]],
+    topics: list[dict[str, Any]],
+    rerun: int | None,
+) -> int:
+    """Send a command for each recipient the event names and for each chunk of its
+    topics' members; how many they are, each once."""
+    direct = [r["subscriberId"] for r in recipients]
+    # Deleted since an earlier run (with their notification): not created anew.
+    skipped = set(event.forgotten)
+    if rerun:
+        skipped |= set(
+            event.notifications.filter(subscriber__subscriber_id__in=direct).values_list(
+                "subscriber__subscriber_id", flat=True
+            )
+        )
+    recipients = [r for r in recipients if r["subscriberId"] not in skipped]
+    for recipient in recipients:
+        pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
+    # As in Novu, the actor is no topic's member here: who commented on a thread
+    # is not told of their own comment. Listed by subscriberId, it is notified.
+    actor = _actor_body(event.actor).get("subscriberId")
+    not_members = [*direct, *([actor] if actor else [])]
+    for topic in topics:
+        for subscriber_ids in _topic_audience(
+            client_id=event.client_id,
+            key=topic["topicKey"],
+            exclude=[*not_members, *topic["exclude"]],
+            rerun=rerun,
+        ):
+            pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
+    # A member of two topics got two commands (the subscriber worker keeps one
+    # notification), so the audience is counted apart, each member once: counted
+    # twice, the fan-out would look short to the reconciler, which would run it again.
+    count = len(recipients)
+    if topics:
+        count += _topics_members(
+            client_id=event.client_id, topics=topics, exclude=not_members, rerun=rerun
+        ).count()
+    return count
+
+
+def _processed_record(event: TriggerEvent, *, count: int) -> None:
+    """Record the event processed: every command sent, to its `count` of recipients."""
     now = timezone.now()
     # Failed meanwhile: this run's claim went stale at the bound (a run only slow, not
     # dead). Every command went, so the event keeps neither the reason, which no longer
