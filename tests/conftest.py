@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import socketserver
@@ -217,6 +218,46 @@ def _fresh_process_state() -> None:
     memo.clear_all()
     logs.clear_all()
     DjangoEmailProvider.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_database_session_left_behind(
+    request: pytest.FixtureRequest, django_db_blocker: Any
+) -> Iterator[None]:
+    """A test whose threads, servers or workers used the database leaves none of their
+    sessions open once it ends. A live server's thread waits on a client's keep-alive
+    connection with its session open until the client's socket closes, which a client
+    left unclosed does only when the garbage collector takes it. Left to the end of the
+    run, the test database could not be dropped ("being accessed by other users"), and
+    the warning named whichever test ran last."""
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if not transactional or connection.vendor != "postgresql":
+        return
+    left: list[tuple[Any, ...]] = []
+    collected = False
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        # A stopped worker's backends end a moment after the process does.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT pid, backend_start, state, left(query, 200) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            left = cursor.fetchall()
+            if not left:
+                return
+            if not collected:
+                # A response an exception kept (pytest.raises), in a cycle with its
+                # traceback, keeps its connection: taken now, not at some later test.
+                gc.collect()
+                collected = True
+            time.sleep(0.05)
+    raise AssertionError(f"database sessions the test left open: {left}")
 
 
 def while_held(
