@@ -7,7 +7,8 @@ own typed error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import novu_py
@@ -37,10 +38,22 @@ DELAYED = {"status": "delayed", "orderId": "A-1"}
 SHIPPED = {"status": "shipped", "orderId": "A-2"}
 
 
-def novu_py_client(live_server: LiveServer, key: str) -> Novu:
-    return Novu(
-        secret_key=key, server_url=live_server.url, retry_config=NO_RETRIES, timeout_ms=TIMEOUT_MS
-    )
+NovuPy = Callable[[str], Novu]
+
+
+@pytest.fixture
+def novu_client(live_server: LiveServer) -> Iterator[NovuPy]:
+    """novu-py's client with a key, closed after the test: its keep-alive connection kept
+    the live server's thread, and that thread's database session, to the end of the run."""
+    with ExitStack() as clients:
+        yield lambda key: clients.enter_context(
+            Novu(
+                secret_key=key,
+                server_url=live_server.url,
+                retry_config=NO_RETRIES,
+                timeout_ms=TIMEOUT_MS,
+            )
+        )
 
 
 def novu_114_apis(live_server: LiveServer, key: str) -> tuple[EventApi, SubscriberApi, TopicApi]:
@@ -108,13 +121,13 @@ def members(client: Client, key: str) -> list[str]:
 
 
 def test_novu_py_drives_norm_end_to_end(
-    live_server: LiveServer,
+    novu_client: NovuPy,
     make_client: MakeClient,
     worker: CeleryProcess,
     smtp: tuple[int, SmtpRecorder],
 ) -> None:
     client, key = make_client()
-    novu = novu_py_client(live_server, key)
+    novu = novu_client(key)
 
     for name in PEOPLE:
         created = novu.subscribers.create(
@@ -204,13 +217,13 @@ def test_novu_py_drives_norm_end_to_end(
     assert not Subscriber.objects.filter(client=client, subscriber_id="cid").exists()
 
 
-def test_novu_py_raises_its_typed_errors(live_server: LiveServer, make_client: MakeClient) -> None:
+def test_novu_py_raises_its_typed_errors(novu_client: NovuPy, make_client: MakeClient) -> None:
     client, key = make_client()
-    novu = novu_py_client(live_server, key)
+    novu = novu_client(key)
     Subscriber.objects.create(client=client, subscriber_id="ann")
 
     with pytest.raises(novu_py.models.ErrorDto) as wrong_key:
-        novu_py_client(live_server, "nk_not_a_key").subscribers.retrieve(subscriber_id="ann")
+        novu_client("nk_not_a_key").subscribers.retrieve(subscriber_id="ann")
     assert wrong_key.value.data.status_code == 401
     with pytest.raises(novu_py.models.ErrorDto) as unknown:
         novu.subscribers.retrieve(subscriber_id="nobody")
@@ -241,12 +254,12 @@ def test_novu_py_raises_its_typed_errors(live_server: LiveServer, make_client: M
 
 
 def test_novu_py_names_topic_subscriptions_by_their_identifiers(
-    live_server: LiveServer, make_client: MakeClient
+    novu_client: NovuPy, make_client: MakeClient
 ) -> None:
     """A subscription's own identifier, or Novu's default, names it to get_subscription,
     update and delete; an unsubscribe naming no one is a success that removes nothing."""
     client, key = make_client()
-    novu = novu_py_client(live_server, key)
+    novu = novu_client(key)
     for name in ("ann", "bob"):
         Subscriber.objects.create(client=client, subscriber_id=name)
 
