@@ -600,3 +600,32 @@ def test_a_retried_step_left_waiting_when_another_failed_the_notification_is_can
     notification.refresh_from_db()
     assert notification.status == Notification.Status.COMPLETED
     assert sorted(m.subject for m in server.messages) == ["Hi", "Still"]
+
+
+def test_a_subscriber_command_delivered_again_after_its_subscriber_was_deleted_creates_nothing(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+) -> None:
+    """The broker delivers a command again once its acknowledgement was lost (acks_late:
+    the worker lost the broker after the command ran, and Redis gives it out again after
+    the visibility timeout). Ann was deleted meanwhile, counted out of her trigger as
+    forgotten: the command ran again as a first one, made her anew and sent her the
+    workflow a second time, though the fan-out's own rerun passes her by."""
+    fake_bridge.steps = [INBOX]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+    drain(until=pipeline.SUBSCRIBER)
+    [command] = enqueued.calls
+    drain()
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["ann", "ann"]
+
+    assert api_for(keyed[1]).delete("/v2/subscribers/ann").status_code == 200
+    enqueued.calls.append(command)  # delivered again
+    drain()
+
+    assert not Subscriber.objects.filter(subscriber_id="ann").exists()
+    assert not Notification.objects.exists()
+    assert len(fake_bridge.calls) == 2
+    assert TriggerEvent.objects.get().forgotten == ["ann"]
