@@ -231,12 +231,15 @@ def subscribers_process(
 
 
 def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
-    event = _event(trigger_event_id)
+    event = _event(trigger_event_id, forgotten=True)
     if event is None:
         return
+    # Not those the event forgot: deleted since it reached them, and perhaps made anew
+    # under the same subscriberId (a new subscriber, in no topic) when the broker delivers
+    # this command again, which would reach them a second time (as subscriber_process).
     subscribers = Subscriber.objects.filter(
         client_id=event.client_id, subscriber_id__in=subscriber_ids
-    )
+    ).exclude(subscriber_id__in=event.forgotten)
     notifications_create(trigger_event=event, subscribers=list(subscribers))
 
 
