@@ -73,13 +73,12 @@ def subscriber_upsert(*, client_id: int, recipient: dict[str, Any]) -> Subscribe
     return subscriber
 
 
-def _event(trigger_event_id: int, *, forgotten: bool = False) -> TriggerEvent | None:
+def _event(trigger_event_id: int) -> TriggerEvent | None:
     """The event, without what a notification takes nothing from: its recipients (up to
     1,000, which each recipient's command read and decoded, some 1.4 ms of CPU each).
-    `forgotten`: with the subscribers deleted since it reached them (fan_outs_forget),
-    most often none, which a listed recipient's command checks."""
-    unread = ("to", "overrides") if forgotten else ("to", "overrides", "forgotten")
-    return TriggerEvent.objects.defer(*unread).filter(pk=trigger_event_id).first()
+    With the subscribers deleted since it reached them (fan_outs_forget, most often none),
+    whom a command delivered again passes by."""
+    return TriggerEvent.objects.defer("to", "overrides").filter(pk=trigger_event_id).first()
 
 
 def subscriber_process(
@@ -110,7 +109,7 @@ def subscriber_process(
 
 
 def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
-    event = _event(trigger_event_id, forgotten=True)
+    event = _event(trigger_event_id)
     if event is None:
         return
     if isinstance(recipient, dict) and str(recipient.get("subscriberId")) in event.forgotten:
@@ -231,7 +230,7 @@ def subscribers_process(
 
 
 def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
-    event = _event(trigger_event_id, forgotten=True)
+    event = _event(trigger_event_id)
     if event is None:
         return
     # Not those the event forgot: deleted since it reached them, and perhaps made anew
