@@ -729,15 +729,14 @@ def world(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         smtp.stop()
 
 
-def test_any_order_of_tasks_ends_every_notification_sending_each_step_once(world: World) -> None:
-    """The same examples each run (the suite's outcome is the code's, not chance's), some
-    20-40 s. NORM_ORDERINGS_EXAMPLES=2000 explores further, from a seed of its own."""
-    Orderings.world = world
+def explored(machine: type[Orderings], examples: int) -> None:
+    """`examples` of `machine`, the same ones each run (the suite's outcome is the code's,
+    not chance's); NORM_ORDERINGS_EXAMPLES=2000 explores further, from a seed of its own."""
     explore = os.environ.get("NORM_ORDERINGS_EXAMPLES")
     run_state_machine_as_test(
-        Orderings,
+        machine,
         settings=hypothesis_settings(
-            max_examples=int(explore or 25),
+            max_examples=int(explore or examples),
             derandomize=not explore,
             stateful_step_count=30,
             deadline=None,
@@ -746,22 +745,15 @@ def test_any_order_of_tasks_ends_every_notification_sending_each_step_once(world
         ),
     )
     print(dict(STATS))
+
+
+def test_any_order_of_tasks_ends_every_notification_sending_each_step_once(world: World) -> None:
+    """Some 20-40 s."""
+    Orderings.world = world
+    explored(Orderings, 25)
 
 
 def test_fan_outs_reach_each_member_of_the_audience_they_read_once(world: World) -> None:
-    """Topics and broadcasts, as above; fewer examples each run (NORM_ORDERINGS_EXAMPLES
-    explores further)."""
+    """Topics and broadcasts, as above; fewer examples each run."""
     Fanouts.world = world
-    explore = os.environ.get("NORM_ORDERINGS_EXAMPLES")
-    run_state_machine_as_test(
-        Fanouts,
-        settings=hypothesis_settings(
-            max_examples=int(explore or 15),
-            derandomize=not explore,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-            database=None,
-        ),
-    )
-    print(dict(STATS))
+    explored(Fanouts, 15)
