@@ -301,6 +301,15 @@ class Orderings(RuleBasedStateMachine):
 
     # --- the API ------------------------------------------------------------------------
 
+    def _posted(self, path: str, body: Any, *statuses: int) -> Any:
+        """POST `body` as JSON, what it hands on at commit run; its answer, of `statuses`."""
+        with committed():
+            response = self.world.api.post(
+                path, data=json.dumps(body), content_type="application/json"
+            )
+        assert response.status_code in statuses, response.content
+        return response
+
     @initialize(wait=st.sampled_from(WAITS))
     def first_trigger(self, wait: int) -> None:
         self.trigger("t1", list(PEOPLE), wait)
@@ -318,11 +327,7 @@ class Orderings(RuleBasedStateMachine):
             "payload": {"wait": wait},
             "transactionId": transaction_id,
         }
-        with committed():
-            response = self.world.api.post(
-                "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
-            )
-        assert response.status_code == 201, response.content
+        self._posted("/v1/events/trigger", body, 201)
 
     @precondition(lambda self: TriggerEvent.objects.filter(canceled_at__isnull=True).exists())
     @rule(data=st.data())
@@ -366,13 +371,9 @@ class Orderings(RuleBasedStateMachine):
     @precondition(lambda self: Message.objects.filter(read_at__isnull=True).exists())
     @rule(subscriber_id=st.sampled_from(PEOPLE))
     def read_inbox(self, subscriber_id: str) -> None:
-        with committed():
-            response = self.world.api.post(
-                f"/v1/subscribers/{subscriber_id}/messages/mark-all",
-                data=json.dumps({"markAs": "read"}),
-                content_type="application/json",
-            )
-        assert response.status_code in (201, 404), response.content
+        response = self._posted(
+            f"/v1/subscribers/{subscriber_id}/messages/mark-all", {"markAs": "read"}, 201, 404
+        )
         STATS[f"read {response.status_code == 201 and response.json()['data'] > 0}"] += 1
 
     @precondition(lambda self: not self.world.sink.refuse)
@@ -589,20 +590,10 @@ class Fanouts(Orderings):
 
     def _create(self, subscriber_id: str) -> None:
         body = {"subscriberId": subscriber_id, "email": f"{subscriber_id}@example.com"}
-        with committed():
-            response = self.world.api.post(
-                "/v1/subscribers", data=json.dumps(body), content_type="application/json"
-            )
-        assert response.status_code in (200, 201), response.content
+        self._posted("/v1/subscribers", body, 200, 201)
 
     def _subscribe(self, subscriber_ids: list[str]) -> None:
-        with committed():
-            response = self.world.api.post(
-                f"/v2/topics/{TOPIC}/subscriptions",
-                data=json.dumps({"subscriberIds": subscriber_ids}),
-                content_type="application/json",
-            )
-        assert response.status_code == 201, response.content
+        self._posted(f"/v2/topics/{TOPIC}/subscriptions", {"subscriberIds": subscriber_ids}, 201)
 
     def _run(self, sent: Sent) -> None:
         if sent.task == pipeline.WORKFLOW.task:
@@ -626,23 +617,13 @@ class Fanouts(Orderings):
             "payload": {"wait": wait},
             "transactionId": transaction_id,
         }
-        with committed():
-            response = self.world.api.post(
-                "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
-            )
-        assert response.status_code == 201, response.content
+        self._posted("/v1/events/trigger", body, 201)
         STATS["topic trigger"] += 1
 
     @rule(wait=st.sampled_from(WAITS))
     def broadcast(self, wait: int) -> None:
         body = {"name": "orderings", "payload": {"wait": wait}, "transactionId": "t5"}
-        with committed():
-            response = self.world.api.post(
-                "/v1/events/trigger/broadcast",
-                data=json.dumps(body),
-                content_type="application/json",
-            )
-        assert response.status_code == 201, response.content
+        self._posted("/v1/events/trigger/broadcast", body, 201)
         STATS["broadcast"] += 1
 
     @precondition(lambda self: Subscriber.objects.exists())
