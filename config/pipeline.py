@@ -41,10 +41,10 @@ WORKFLOW = Stage("norm.workflow.run", "workflows")
 SUBSCRIBER = Stage("norm.subscriber.process", "subscribers")
 # Broadcasts and topics: existing subscribers, a chunk of subscriberIds per command.
 SUBSCRIBER_BATCH = Stage("norm.subscriber.batch", "subscribers")
-# The rest of a large trigger's cancel, past what its request had time for. On its
-# workflow's queue (`workflow_queue`), as the trigger's fan-out: one task a cancel, not
-# one a notification. (On `workflows` alone, a deployment whose workers serve only a
-# routed workflow's queue never ran it.)
+# The rest of a large trigger's cancel, past what its request had time for: one task a
+# cancel, not one a notification. A routed workflow's on its queue, as every stage of it
+# (`queue_of`): on `workflows` alone, a deployment whose workers serve only a routed
+# workflow's queue never ran it.
 CANCEL = Stage("norm.trigger.cancel", "workflows")
 ECHO = Stage("norm.echo.run", "echo")
 MESSAGE = Stage("norm.message.send", "messages")
@@ -217,9 +217,14 @@ def longest_backoff(base: float, attempt: int) -> float:
     return base * 2**attempt * BACKOFF_JITTER
 
 
-def workflow_queue(workflow_id: str) -> str:
-    """The routing table: a critical workflow can get its own queue and workers."""
-    return settings.NORM_WORKFLOW_QUEUES.get(workflow_id, WORKFLOW.queue)
+def queue_of(stage: Stage, workflow_id: str) -> str:
+    """The routing table: a workflow NORM_WORKFLOW_QUEUES names runs every stage on its
+    own queue (its fan-out, its notifications' echoes and sends, a cancel's rest), so
+    that the workers consuming that queue serve it whole, and no hand-off of it waits
+    behind another workflow's backlog. Only its fan-out was routed once: its echoes and
+    sends queued behind every other notification's, a broadcast's 100,000 echoes too, and
+    workers serving its queue alone never sent it."""
+    return settings.NORM_WORKFLOW_QUEUES.get(workflow_id, stage.queue)
 
 
 def all_queues() -> tuple[str, ...]:
@@ -256,9 +261,10 @@ def backlog(queue: str) -> int:
 
 
 def enqueue_on_commit(
-    stage: Stage, *args: Any, countdown: float | None = None, queue: str | None = None
+    stage: Stage, *args: Any, workflow: str, countdown: float | None = None
 ) -> None:
-    """Enqueue `stage` once the current transaction commits (at once outside one).
+    """Enqueue `stage` for a notification of `workflow` (its queue: `queue_of`) once the
+    current transaction commits (at once outside one).
 
     Robust: a broker that fails to take the message (down, a failover) is logged, not
     raised. The row is committed by then, and raising would turn stored work into an
@@ -266,23 +272,26 @@ def enqueue_on_commit(
     transactionId would trigger twice), a notification failed for a step it recorded.
     The reconciler re-sends what waits in the database after NORM_RECONCILE_GRACE.
     """
+    queue = queue_of(stage, workflow)
     transaction.on_commit(
         lambda: _send_all(stage, [args], countdown=countdown, queue=queue), robust=True
     )
 
 
-def enqueue_each_on_commit(stage: Stage, ids: Sequence[Any]) -> None:
-    """`enqueue_on_commit(stage, id)` for each of `ids`, in one callback: once the broker
-    refuses one, the rest are left to the reconciler as that one is, and the refusal is
-    one line in the log, not one per id (500 for each chunk of a broadcast)."""
+def enqueue_each_on_commit(stage: Stage, ids: Sequence[Any], *, workflow: str) -> None:
+    """`enqueue_on_commit(stage, id, workflow=workflow)` for each of `ids`, in one
+    callback: once the broker refuses one, the rest are left to the reconciler as that
+    one is, and the refusal is one line in the log, not one per id (500 for each chunk of
+    a broadcast)."""
     if ids:
+        queue = queue_of(stage, workflow)
         transaction.on_commit(
-            lambda: _send_all(stage, [(i,) for i in ids], countdown=None, queue=None), robust=True
+            lambda: _send_all(stage, [(i,) for i in ids], countdown=None, queue=queue), robust=True
         )
 
 
 def _send_all(
-    stage: Stage, calls: list[tuple[Any, ...]], *, countdown: float | None, queue: str | None
+    stage: Stage, calls: list[tuple[Any, ...]], *, countdown: float | None, queue: str
 ) -> None:
     for done, args in enumerate(calls):
         try:

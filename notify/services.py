@@ -414,9 +414,7 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
         return TriggerEvent.objects.get(
             client_id=event.client_id, transaction_id=event.transaction_id
         )
-    pipeline.enqueue_on_commit(
-        pipeline.WORKFLOW, event.pk, queue=pipeline.workflow_queue(event.workflow_id)
-    )
+    pipeline.enqueue_on_commit(pipeline.WORKFLOW, event.pk, workflow=event.workflow_id)
     return event
 
 

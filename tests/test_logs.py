@@ -75,7 +75,7 @@ def test_a_broker_refusing_one_hand_off_is_a_warning_naming_it_without_traceback
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
-        pipeline.enqueue_on_commit(pipeline.MESSAGE, 42, countdown=5)
+        pipeline.enqueue_on_commit(pipeline.MESSAGE, 42, workflow="welcome", countdown=5)
 
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.levelno == logging.WARNING and record.exc_info is None
@@ -152,7 +152,7 @@ def test_hand_offs_the_broker_refuses_one_after_another_are_one_warning_a_minute
     """Each trigger accepted while Redis is away: one line, not one a request."""
     for step_pk in (41, 42, 43):
         with django_capture_on_commit_callbacks(execute=True):
-            pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk)
+            pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk, workflow="welcome")
 
     assert len(broker_down) == 3  # each asked: the broker may be back
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]

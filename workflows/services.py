@@ -246,8 +246,9 @@ def _fan_out(*, trigger_event_id: int) -> None:
 def _broadcast_sent(event: TriggerEvent, *, rerun: int | None) -> int:
     """Send a command for each chunk of the client's subscribers; how many there are."""
     count = 0
+    queue = pipeline.queue_of(pipeline.SUBSCRIBER_BATCH, event.workflow_id)
     for subscriber_ids in _broadcast_audience(client_id=event.client_id, rerun=rerun):
-        pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
+        pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids, queue=queue)
         count += len(subscriber_ids)
     return count
 
@@ -271,8 +272,9 @@ def _recipients_sent(
             )
         )
     recipients = [r for r in recipients if r["subscriberId"] not in skipped]
+    queue = pipeline.queue_of(pipeline.SUBSCRIBER, event.workflow_id)
     for recipient in recipients:
-        pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient)
+        pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient, queue=queue)
     # As in Novu, the actor is no topic's member here: who commented on a thread
     # is not told of their own comment. Listed by subscriberId, it is notified.
     actor = _actor_body(event.actor).get("subscriberId")
@@ -284,7 +286,12 @@ def _recipients_sent(
             exclude=[*not_members, *topic["exclude"]],
             rerun=rerun,
         ):
-            pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids)
+            pipeline.send_now(
+                pipeline.SUBSCRIBER_BATCH,
+                event.pk,
+                subscriber_ids,
+                queue=pipeline.queue_of(pipeline.SUBSCRIBER_BATCH, event.workflow_id),
+            )
     # A member of two topics got two commands (the subscriber worker keeps one
     # notification), so the audience is counted apart, each member once: counted
     # twice, the fan-out would look short to the reconciler, which would run it again.
@@ -444,7 +451,9 @@ def notification_create(
         # A rerun finds the row; only a notification that has not started is re-sent.
         if notification.status != Notification.Status.PENDING:
             return notification
-    pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+    pipeline.enqueue_on_commit(
+        pipeline.ECHO, str(notification.pk), workflow=notification.workflow_id
+    )
     return notification
 
 
@@ -492,7 +501,9 @@ def _notifications_insert(
                 status=Notification.Status.PENDING,
             ).values_list("pk", flat=True)
         )
-        pipeline.enqueue_each_on_commit(pipeline.ECHO, [str(pk) for pk in pending])
+        pipeline.enqueue_each_on_commit(
+            pipeline.ECHO, [str(pk) for pk in pending], workflow=trigger_event.workflow_id
+        )
     return len(pending)
 
 
@@ -935,10 +946,13 @@ def _step_record(
                 enqueued_at=now if on_broker and not skipped else None,
                 completed_at=now if skipped else None,
             )
+            workflow = notification.workflow_id
             if skipped:
-                pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+                pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk), workflow=workflow)
             elif on_broker:
-                pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=countdown)
+                pipeline.enqueue_on_commit(
+                    pipeline.MESSAGE, step.pk, workflow=workflow, countdown=countdown
+                )
             # A longer delay waits in the database; the reconciler enqueues it when due.
     except IntegrityError:
         logger.info(
@@ -1151,10 +1165,12 @@ def _send_when_due(step_id: int, *, now: datetime) -> None:
         due_at__lte=now + timedelta(seconds=settings.NORM_BROKER_MAX_COUNTDOWN),
         enqueued_at__gte=F("due_at"),
     )
-    due_at = due.values_list("due_at", flat=True).first()
-    if due_at is not None and due.filter(due_at=due_at).update(enqueued_at=now):
-        countdown = (due_at - now).total_seconds()
-        pipeline.enqueue_on_commit(pipeline.MESSAGE, step_id, countdown=countdown)
+    first = due.values_list("due_at", "notification__workflow_id").first()
+    if first is not None and due.filter(due_at=first[0]).update(enqueued_at=now):
+        countdown = (first[0] - now).total_seconds()
+        pipeline.enqueue_on_commit(
+            pipeline.MESSAGE, step_id, workflow=first[1], countdown=countdown
+        )
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:
@@ -1201,7 +1217,9 @@ def _step_finish(step: Step, *, held: bool = False, **fields: Any) -> bool:
         # (see _notification_locked).
         transaction.on_commit(lambda: _bug_reason_cleared(step), robust=True)
     if done:
-        pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id))
+        # The claim read the step with its notification (select_related): no query.
+        workflow = step.notification.workflow_id
+        pipeline.enqueue_on_commit(pipeline.ECHO, str(step.notification_id), workflow=workflow)
     return bool(done)
 
 
@@ -1331,7 +1349,10 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
             # its provider was down (a broadcast's notifications, each run, for hours).
             Notification.objects.filter(pk=step.notification_id).update(updated_at=due_at)
         if released and on_broker:
-            pipeline.enqueue_on_commit(pipeline.MESSAGE, step.pk, countdown=backoff)
+            workflow = step.notification.workflow_id  # read with the claim (select_related)
+            pipeline.enqueue_on_commit(
+                pipeline.MESSAGE, step.pk, workflow=workflow, countdown=backoff
+            )
         elif not released:  # canceled (or failed) while it was sending: nothing more to try
             _message_locked(step)  # before the step: see there
             if _held(step).update(
@@ -1436,9 +1457,13 @@ def notification_retry(*, notification: Notification) -> bool:
                 completed_at=None,
             )
             for step_pk in failed:
-                pipeline.enqueue_on_commit(pipeline.MESSAGE, step_pk)
+                pipeline.enqueue_on_commit(
+                    pipeline.MESSAGE, step_pk, workflow=notification.workflow_id
+                )
         else:
-            pipeline.enqueue_on_commit(pipeline.ECHO, str(notification.pk))
+            pipeline.enqueue_on_commit(
+                pipeline.ECHO, str(notification.pk), workflow=notification.workflow_id
+            )
     return True
 
 
@@ -1485,9 +1510,7 @@ def trigger_notifications_cancel(*, trigger_event: TriggerEvent, until: float) -
         # Marked before it is handed on, so that a task the broker loses is sent again.
         TriggerEvent.objects.filter(pk=trigger_event.pk).update(cancel_task_at=timezone.now())
         pipeline.enqueue_on_commit(
-            pipeline.CANCEL,
-            trigger_event.pk,
-            queue=pipeline.workflow_queue(trigger_event.workflow_id),
+            pipeline.CANCEL, trigger_event.pk, workflow=trigger_event.workflow_id
         )
     return canceled, not finished
 
@@ -1723,24 +1746,30 @@ def _reconcile() -> dict[str, int]:
         .alias(reached=Coalesce(Subquery(reached), 0))
         .filter(reached__lt=F("recipients"))
     )
-    # None while the subscribers queue holds commands: those an event lacks may be
-    # among them, behind other events' (its first ones too, none of its notifications
-    # made yet), and each run would queue them again. Its window is kept meanwhile
-    # (FANOUT_RECHECK), or a backlog longer than it lost the event's check for good.
-    room = _room(pipeline.SUBSCRIBER.queue)
-    if not room:
-        _update_unheld(
-            short.filter(refanned__lt=MAX_REFANS, recheck_from__lt=now - FANOUT_RECHECK / 2),
-            recheck_from=now,
+    # None while its commands' queue holds any: those an event lacks may be among them,
+    # behind other events' (its first ones too, none of its notifications made yet), and
+    # each run would queue them again. Its window is kept meanwhile (FANOUT_RECHECK), or
+    # a backlog longer than it lost the event's check for good.
+    rooms: dict[str, int] = {}  # by queue, each looked at once a run (_with_room)
+    room = _with_room(pipeline.SUBSCRIBER, rooms)
+    _update_unheld(
+        short.exclude(room).filter(
+            refanned__lt=MAX_REFANS, recheck_from__lt=now - FANOUT_RECHECK / 2
+        ),
+        recheck_from=now,
+    )
+    quiet = (
+        short.filter(room)
+        .filter(_quiet_for_twice_each_run(now=now, grace=grace))
+        .exclude(
+            # Only once its fan-out went quiet: a broadcast still being worked through
+            # (its commands queued behind others) is not lost.
+            Exists(of_event.filter(created_at__gte=now - grace))
         )
-    quiet = short.filter(_quiet_for_twice_each_run(now=now, grace=grace)).exclude(
-        # Only once its fan-out went quiet: a broadcast still being worked through (its
-        # commands queued behind others) is not lost.
-        Exists(of_event.filter(created_at__gte=now - grace))
     )
     _update_unheld(
         TriggerEvent.objects.filter(
-            pk__in=list(quiet.values_list("pk", flat=True)[:room]),
+            pk__in=list(quiet.values_list("pk", flat=True)[:REDRIVE_BATCH]),
             status=TriggerEvent.Status.PROCESSED,
             canceled_at__isnull=True,
         ),
@@ -1753,8 +1782,7 @@ def _reconcile() -> dict[str, int]:
     waiting = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=True, created_at__lt=now - grace
     ).filter(Q(reenqueued_at__isnull=True) | Q(reenqueued_at__lt=now - grace))
-    rooms: dict[str, int] = {}  # by queue: a workflow may be routed to its own
-    events = _to_workflow_queues(waiting.values_list("pk", "workflow_id"), rooms)
+    events = _to_queues(waiting, pipeline.WORKFLOW, rooms)
     _update_unheld(TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]), reenqueued_at=now)
     for pk, queue in events:
         pipeline.send_now(pipeline.WORKFLOW, pk, queue=queue)
@@ -1769,7 +1797,7 @@ def _reconcile() -> dict[str, int]:
     # thousands added a batch of duplicates every grace period. Meanwhile the echo and
     # the message worker end its notifications as they reach them.
     under_way = TriggerEvent.objects.filter(cancel_task_at__lt=now - grace)
-    cancels = _to_workflow_queues(under_way.values_list("pk", "workflow_id"), rooms)
+    cancels = _to_queues(under_way, pipeline.CANCEL, rooms)
     _update_unheld(
         TriggerEvent.objects.filter(pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False),
         cancel_task_at=now,
@@ -1801,18 +1829,19 @@ def _reconcile() -> dict[str, int]:
     # most). None of them is a duplicate of a message queued, so a busy queue is no
     # reason to hold them: held, a day's delay waited out the end of every broadcast,
     # and for good under a queue that never emptied.
-    step_pks = list(
-        due.filter(enqueued_at__isnull=True).values_list("pk", flat=True)[:REDRIVE_BATCH]
-    )
-    if len(step_pks) < REDRIVE_BATCH:  # sent a grace period ago: lost, or still queued
+    workflow = "notification__workflow_id"
+    steps = list(due.filter(enqueued_at__isnull=True).values_list("pk", workflow)[:REDRIVE_BATCH])
+    if len(steps) < REDRIVE_BATCH:  # sent a grace period ago: lost, or still queued
         resent = due.filter(enqueued_at__lt=now - grace, due_at__lt=now - grace)
-        room = min(_room(pipeline.MESSAGE.queue), REDRIVE_BATCH - len(step_pks))
-        step_pks += list(resent.values_list("pk", flat=True)[:room])
+        resent = resent.filter(_with_room(pipeline.MESSAGE, rooms, workflow))
+        steps += list(resent.values_list("pk", workflow)[: REDRIVE_BATCH - len(steps)])
     # One UPDATE, not one each.
-    _update_unheld(Step.objects.filter(pk__in=step_pks), enqueued_at=now)
-    for step_pk in step_pks:
-        pipeline.send_now(pipeline.MESSAGE, step_pk)
-    counts["steps"] = len(step_pks)
+    _update_unheld(Step.objects.filter(pk__in=[pk for pk, _ in steps]), enqueued_at=now)
+    for step_pk, workflow_id in steps:
+        pipeline.send_now(
+            pipeline.MESSAGE, step_pk, queue=pipeline.queue_of(pipeline.MESSAGE, workflow_id)
+        )
+    counts["steps"] = len(steps)
 
     # In the order of the (status, updated_at) index, so PostgreSQL reads only the
     # notifications quiet for a grace period, not every active one (a broadcast waiting
@@ -1820,19 +1849,25 @@ def _reconcile() -> dict[str, int]:
     # quietest first: in one, a backlog of pending notifications (a broadcast's first
     # echoes queued behind others) came before every running one, for as long as it lasted.
     open_step = Step.objects.filter(notification=OuterRef("pk"), status__in=OPEN_STEP)
-    notification_pks = []
-    room = _room(pipeline.ECHO.queue)
+    notifications: list[tuple[int, str]] = []
     for status in ACTIVE:
         idle = (
             Notification.objects.filter(status=status, updated_at__lt=now - grace)
+            .filter(_with_room(pipeline.ECHO, rooms))
             .exclude(Exists(open_step))
             .order_by("updated_at")
         )
-        notification_pks += list(idle.values_list("pk", flat=True)[:room])
-    _update_unheld(Notification.objects.filter(pk__in=notification_pks), updated_at=now)
-    for notification_pk in notification_pks:
-        pipeline.send_now(pipeline.ECHO, str(notification_pk))
-    counts["notifications"] = len(notification_pks)
+        notifications += list(idle.values_list("pk", "workflow_id")[:REDRIVE_BATCH])
+    _update_unheld(
+        Notification.objects.filter(pk__in=[pk for pk, _ in notifications]), updated_at=now
+    )
+    for notification_pk, workflow_id in notifications:
+        pipeline.send_now(
+            pipeline.ECHO,
+            str(notification_pk),
+            queue=pipeline.queue_of(pipeline.ECHO, workflow_id),
+        )
+    counts["notifications"] = len(notifications)
     _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
     if given_up_events:
         logger.warning(
@@ -1843,24 +1878,31 @@ def _reconcile() -> dict[str, int]:
     return counts
 
 
-def _to_workflow_queues(
-    rows: QuerySet[TriggerEvent, tuple[int, str]], rooms: dict[str, int]
+def _to_queues(
+    events: QuerySet[TriggerEvent], stage: pipeline.Stage, rooms: dict[str, int]
 ) -> list[tuple[int, str]]:
-    """Of `rows` (an event's pk and workflow), a batch of those whose workflow's queue has
-    room (_room, kept by queue in `rooms` for the run), each with that queue.
+    """Of `events`, a batch of those whose queue for `stage` has room (_with_room), each
+    with that queue."""
+    rows = events.filter(_with_room(stage, rooms)).values_list("pk", "workflow_id")
+    return [(pk, pipeline.queue_of(stage, workflow_id)) for pk, workflow_id in rows[:REDRIVE_BATCH]]
 
-    Those of a queue without room are left out before the batch is taken: taken first, a
-    flood of more than a batch in the workflows queue filled every batch, and a routed
-    workflow's trigger lost with the broker waited, its own queue empty, for the flood."""
+
+def _with_room(stage: pipeline.Stage, rooms: dict[str, int], workflow: str = "workflow_id") -> Q:
+    """The rows (by their workflow, the field `workflow`) whose queue for `stage` has room
+    (_room): `stage`'s own, or a routed workflow's (queue_of). Each queue is looked at
+    once a run, kept in `rooms`.
+
+    A filter, so that those of a queue without room are left out before a batch is taken:
+    taken first, a flood of more than a batch in the workflows queue filled every batch,
+    and a routed workflow's trigger lost with the broker waited, its own queue empty, for
+    the flood."""
     routed = settings.NORM_WORKFLOW_QUEUES
-    for queue in {pipeline.WORKFLOW.queue, *routed.values()}:
+    for queue in {stage.queue, *routed.values()}:
         if queue not in rooms:
             rooms[queue] = _room(queue)
-    if rooms[pipeline.WORKFLOW.queue]:
-        rows = rows.exclude(workflow_id__in=[w for w, q in routed.items() if not rooms[q]])
-    else:
-        rows = rows.filter(workflow_id__in=[w for w, q in routed.items() if rooms[q]])
-    return [(pk, pipeline.workflow_queue(workflow_id)) for pk, workflow_id in rows[:REDRIVE_BATCH]]
+    if rooms[stage.queue]:
+        return ~Q(**{f"{workflow}__in": [w for w, q in routed.items() if not rooms[q]]})
+    return Q(**{f"{workflow}__in": [w for w, q in routed.items() if rooms[q]]})
 
 
 def _room(queue: str) -> int:

@@ -22,6 +22,7 @@ from pytest_django.live_server_helper import LiveServer
 
 from notify.models import Client
 from tests.e2e.harness import (
+    QUEUES,
     CeleryProcess,
     SmtpRecorder,
     celery_start,
@@ -92,8 +93,12 @@ def start_celery(
         "LOG_LEVEL": "INFO",
     }
 
-    def start(kind: str = "worker", *, include: str = "", **env: str) -> CeleryProcess:
-        proc = celery_start(kind, env={**base_env, **env}, log_dir=tmp_path, include=include)
+    def start(
+        kind: str = "worker", *, include: str = "", queues: str = QUEUES, **env: str
+    ) -> CeleryProcess:
+        proc = celery_start(
+            kind, env={**base_env, **env}, log_dir=tmp_path, include=include, queues=queues
+        )
         started.append(proc)
         celery_wait_ready(proc, marker=" ready." if kind == "worker" else "beat: Starting")
         return proc

@@ -113,14 +113,15 @@ class CeleryProcess:
 
 
 def celery_start(
-    kind: str, *, env: dict[str, str], log_dir: Path, include: str = ""
+    kind: str, *, env: dict[str, str], log_dir: Path, include: str = "", queues: str = QUEUES
 ) -> CeleryProcess:
-    """`include`: a module of the tests the worker imports too (-I): a fault to inject."""
+    """`include`: a module of the tests the worker imports too (-I): a fault to inject.
+    `queues`: those a worker consumes (-Q), every stage's by default."""
     name = f"e2e-{kind}-{uuid.uuid4().hex[:8]}"
     log = log_dir / f"{name}.log"
     if kind == "worker":
         # No mingle/gossip/heartbeat: another worker on the same broker must not talk to this one.
-        extra = ["-Q", QUEUES, "--pool", "prefork", "-c", "2", "-n", f"{name}@%h"]
+        extra = ["-Q", queues, "--pool", "prefork", "-c", "2", "-n", f"{name}@%h"]
         extra += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
         extra += ["-I", include] if include else []
     else:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
+from pytest_django.fixtures import Settings
 from pytest_django.live_server_helper import LiveServer
 
+from config import pipeline
 from messaging.models import Message
 from messaging.services import message_mark
 from notify.models import Client
@@ -162,6 +166,43 @@ def test_bridge_errors_5xx_are_retried_until_it_answers(
     assert notification.status == Notification.Status.COMPLETED, notification.error
     assert steps_of(notification) == [("delayed-inbox", "completed")]
     assert proxy.execute_calls >= 3
+
+
+def test_a_routed_workflow_runs_whole_on_workers_serving_its_queue_alone(
+    live_server: LiveServer,
+    make_client: MakeClient,
+    start_celery: StartCelery,
+    smtp: tuple[int, SmtpRecorder],
+    broker: str,
+    settings: Settings,
+) -> None:
+    """NORM_WORKFLOW_QUEUES gives a critical workflow workers of its own. Only its fan-out
+    was routed: its subscriber commands, echoes and sends went to the shared queues, where
+    they waited behind every other workflow's backlog (a broadcast's 100,000 echoes), and
+    a worker serving the routed queue alone never sent it. Every hand-off goes there now:
+    the fan-out, the echoes, the delayed send, and the bridge's retries."""
+    routes = {"welcome": "critical"}
+    settings.NORM_WORKFLOW_QUEUES = routes  # the trigger API, served by this process
+    start_celery(queues="critical", NORM_WORKFLOW_QUEUES=json.dumps(routes))
+
+    def two_failures(number: int) -> tuple[int, dict[str, Any]] | None:
+        return (500, {"message": "down for a moment"}) if number <= 2 else None
+
+    with BridgeProxy(demo_bridge_url(live_server), two_failures) as proxy:
+        client, key = make_client(bridge_url=proxy.url)
+        trigger(live_server, key, "welcome", recipients("ann", "bob"), {"delaySeconds": 1})
+        notifications = finished(client, 2)
+
+    assert proxy.execute_calls >= 2 * 3 + 2  # three steps each, and the two failures
+    for notification in notifications:
+        assert notification.status == Notification.Status.COMPLETED, notification.error
+        assert steps_of(notification)[-1] == ("reminder", "completed")
+    recorder = smtp[1]
+    wait_for(lambda: len(recorder.messages) == 2, timeout=10, what="2 emails")
+    shared = redis.Redis.from_url(broker)
+    assert {queue: shared.llen(queue) for queue in pipeline.QUEUES} == dict.fromkeys(
+        pipeline.QUEUES, 0
+    )
 
 
 def test_bridge_order_error_fails_the_notification_without_retrying(

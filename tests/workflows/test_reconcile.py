@@ -313,6 +313,51 @@ def test_a_routed_trigger_is_re_sent_behind_more_triggers_queued_than_a_batch(
     }
 
 
+def _lost(stage: pipeline.Stage, workflow_id: str) -> tuple[pipeline.Stage, Any]:
+    """Work of `workflow_id` lost with the broker from `stage`'s queue (or the workflow's
+    own): the stage the reconciler re-sends it as, and the task's argument."""
+    if stage == pipeline.ECHO:
+        notification = NotificationFactory(trigger_event__workflow_id=workflow_id)
+        Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+        return pipeline.ECHO, str(notification.pk)
+    if stage == pipeline.MESSAGE:
+        step = step_at(
+            due=GRACE + 30,
+            enqueued=GRACE + 30,
+            notification__trigger_event__workflow_id=workflow_id,
+        )
+        return pipeline.MESSAGE, step.pk
+    # A subscriber command, for a recipient the fan-out lacks: the fan-out is run again.
+    event = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10)
+    TriggerEvent.objects.filter(pk=event.pk).update(workflow_id=workflow_id)
+    Notification.objects.filter(trigger_event=event).update(workflow_id=workflow_id)
+    return pipeline.WORKFLOW, event.pk
+
+
+@pytest.mark.parametrize("backed_up", ["shared", "routed"])
+@pytest.mark.parametrize(
+    "stage", [pipeline.ECHO, pipeline.MESSAGE, pipeline.SUBSCRIBER], ids=lambda s: s.queue
+)
+def test_a_routed_workflows_work_is_re_sent_to_its_queue_looked_at_on_its_own(
+    enqueued: Enqueued, settings: Any, stage: pipeline.Stage, backed_up: str
+) -> None:
+    """Every stage of a routed workflow runs on its queue (pipeline.queue_of), and is
+    re-sent there, held back by a backlog of that queue alone: behind a broadcast's
+    echoes in the shared queue, a routed workflow's lost echo is re-sent at once; behind
+    a backlog of the routed queue, the others' are."""
+    settings.NORM_WORKFLOW_QUEUES = {"critical-one": "critical"}
+    shared = _lost(stage, "welcome")
+    routed = _lost(stage, "critical-one")
+    _queue_holds(enqueued, stage, queue="critical" if backed_up == "routed" else "")
+
+    tasks.reconcile()
+
+    (resent, arg), queue = (routed, "critical") if backed_up == "shared" else (shared, "")
+    assert enqueued.calls[1:] == [
+        (resent.task, (arg,), {"countdown": None, "queue": queue or resent.queue})
+    ]
+
+
 def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> None:
     """A bulk cancel of thousands behind a backlog of triggers: each run re-sent a batch
     of its tasks behind the ones still queued."""
