@@ -257,7 +257,7 @@ def command_given_up(
     with transaction.atomic():
         event = (
             TriggerEvent.objects.select_for_update(no_key=True)
-            .defer("to", "overrides", "forgotten")
+            .defer("to", "overrides")
             .filter(pk=trigger_event_id)
             .first()
         )
@@ -270,6 +270,13 @@ def command_given_up(
         return False
     if event.canceled_at is not None:
         return True  # the command would make nothing: no notification to fail, no reason
+    # Not those deleted since the event reached them (fan_outs_forget), whom a run passes
+    # by (_subscriber_process, _subscribers_process): a listed one was made anew, and one
+    # made anew since (a new subscriber, in no topic) was given the event's notification,
+    # each a failed one, and the reason named recipients that are gone.
+    subscriber_ids = [s for s in subscriber_ids if s not in event.forgotten]
+    if not subscriber_ids:
+        return True  # nothing left to fail, as above
     reason = (
         f"its subscriber command never finished in {runs} runs, each lost with its worker "
         "(a command that kills its worker?); given up after NORM_MAX_CLAIMS"

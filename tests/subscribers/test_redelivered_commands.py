@@ -171,3 +171,46 @@ def test_the_task_counts_a_delivery_the_broker_marks_redelivered_under_its_id(
             task.pop_request()
 
     assert TriggerEvent.objects.get(pk=event.pk).redelivered == {"task-1": 2}
+
+
+def test_a_given_up_command_passes_by_its_recipient_deleted_since_it_was_reached(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """The command ran (its acknowledgement lost), the subscriber was deleted, and the
+    broker delivered it again until NORM_MAX_CLAIMS: given up, it made the deleted
+    subscriber anew and gave it a failed notification, and named it on the event. A run
+    passes it by (the event forgot it), and so does the command given up."""
+    settings.NORM_MAX_CLAIMS = 1
+    event = TriggerEventFactory(to=["ann"])
+    command = {"trigger_event_id": event.pk, "recipient": {"subscriberId": "ann"}}
+    services.subscriber_process(**command)
+    services.subscriber_delete(subscriber=Subscriber.objects.get(subscriber_id="ann"))
+
+    services.subscriber_process(**command, redelivered="task-1")
+
+    assert not Subscriber.objects.exists()
+    assert not Notification.objects.exists()
+    event.refresh_from_db()
+    assert (event.forgotten, event.redelivered, event.error) == (["ann"], {"task-1": 1}, "")
+
+
+def test_a_given_up_chunk_passes_by_a_subscriber_made_anew_since_it_was_deleted(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """As a chunk's run does (_subscribers_process): the subscriber made anew under the
+    same subscriberId is a new one, which the broadcast never reached."""
+    settings.NORM_MAX_CLAIMS = 1
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST)
+    ann, bob = (SubscriberFactory(client=event.client, subscriber_id=s) for s in ("ann", "bob"))
+    command = {"trigger_event_id": event.pk, "subscriber_ids": ["ann", "bob"]}
+    services.subscribers_process(**command)
+    reached = Notification.objects.get(subscriber=bob)
+    services.subscriber_delete(subscriber=ann)
+    anew = SubscriberFactory(client=event.client, subscriber_id="ann")
+
+    services.subscribers_process(**command, redelivered="task-1")
+
+    assert list(Notification.objects.all()) == [reached]
+    assert not Notification.objects.filter(subscriber=anew).exists()
+    event.refresh_from_db()
+    assert event.error == f"subscriber 'bob': {GIVEN_UP.replace('3 runs', '1 runs')}"
