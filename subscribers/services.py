@@ -105,10 +105,15 @@ def subscriber_process(
         trigger_event_id,
         logger,
     ):
-        _subscriber_process(trigger_event_id=trigger_event_id, recipient=recipient)
+        _subscriber_process(
+            trigger_event_id=trigger_event_id, recipient=recipient, again=bool(redelivered)
+        )
 
 
-def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
+def _subscriber_process(
+    *, trigger_event_id: int, recipient: dict[str, Any], again: bool = False
+) -> None:
+    """`again`: the command ran before (the broker delivered it again)."""
     event = _event(trigger_event_id)
     if event is None:
         return
@@ -125,10 +130,36 @@ def _subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> 
     # created the deleted subscriber anew and sent it the workflow.
     recipient, refused = checked_attributes(recipient)
     with transaction.atomic():
-        subscriber = subscriber_upsert(client_id=event.client_id, recipient=recipient)
+        subscriber = (
+            _upsert_unforgotten(event=event, recipient=recipient)
+            if again
+            else subscriber_upsert(client_id=event.client_id, recipient=recipient)
+        )
+        if subscriber is None:
+            return  # deleted meanwhile: as above
         notification_create(trigger_event=event, subscriber=subscriber)
     if refused:
         attributes_refused(event=event, subscriber_id=recipient["subscriberId"], refused=refused)
+
+
+def _upsert_unforgotten(*, event: TriggerEvent, recipient: dict[str, Any]) -> Subscriber | None:
+    """`subscriber_upsert` for a command that ran before (delivered again), in the caller's
+    transaction; None, and nothing written, if the event forgot the subscriber by then.
+
+    The event was read before a delete of the subscriber counted it out (fan_outs_forget)
+    and committed: the upsert, after the delete or waiting for its lock, found no row, and
+    made the deleted subscriber anew, which its notification sent the workflow again. Read
+    once the subscriber is locked (or made), the list holds a delete that came first; one
+    after waits for the caller's transaction, and deletes its notification. Not for a
+    first run, whose subscriber had no notification of the event for a delete to forget:
+    the read is one more query per recipient."""
+    with transaction.atomic():
+        subscriber = subscriber_upsert(client_id=event.client_id, recipient=recipient)
+        forgotten = TriggerEvent.objects.filter(pk=event.pk).values_list("forgotten", flat=True)
+        if subscriber.subscriber_id not in (forgotten.first() or []):
+            return subscriber
+        transaction.set_rollback(True)
+    return None
 
 
 def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list[str]) -> None:
@@ -281,22 +312,25 @@ def command_given_up(
         f"its subscriber command never finished in {runs} runs, each lost with its worker "
         "(a command that kills its worker?); given up after NORM_MAX_CLAIMS"
     )
-    logger.warning("trigger event %s: %s: %s", event.pk, named(subscriber_ids), reason)
     if listed:
         # Locked until its notification is in, as in _subscriber_process: a delete let in
         # between found no notification to count the event out of, and the reconciler's
         # rerun for the recipient it lacked made the deleted subscriber anew.
         with transaction.atomic():
-            subscribers = [
-                subscriber_upsert(client_id=event.client_id, recipient={"subscriberId": listed_id})
+            upserted = (
+                _upsert_unforgotten(event=event, recipient={"subscriberId": listed_id})
                 for listed_id in subscriber_ids
-            ]
+            )
+            subscribers = [subscriber for subscriber in upserted if subscriber is not None]
             notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
+        if not subscribers:
+            return True  # each forgotten meanwhile, as above
     else:  # a chunk's: those deleted since are not made anew
         subscribers = list(
             Subscriber.objects.filter(client_id=event.client_id, subscriber_id__in=subscriber_ids)
         )
         notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
+    logger.warning("trigger event %s: %s: %s", event.pk, named(subscriber_ids), reason)
     _reason_on_event(event=event, reason=f"{named(subscriber_ids)}: {reason}")
     return True
 

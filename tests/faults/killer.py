@@ -27,9 +27,11 @@ def _poisoned(**_: Any) -> None:
 
     one, chunk = services._subscriber_process, services._subscribers_process
 
-    def subscriber_process(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
+    def subscriber_process(
+        *, trigger_event_id: int, recipient: dict[str, Any], again: bool = False
+    ) -> None:
         _die_for_poison([recipient.get("subscriberId", "")])
-        one(trigger_event_id=trigger_event_id, recipient=recipient)
+        one(trigger_event_id=trigger_event_id, recipient=recipient, again=again)
 
     def subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
         _die_for_poison(subscriber_ids)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.signals import pre_delete
 from django.utils import timezone
 
@@ -168,6 +168,67 @@ def test_a_delete_while_a_given_up_command_fails_its_notification_waits_for_it(
     assert not Notification.objects.exists()
     event.refresh_from_db()
     assert (event.recipients, event.forgotten) == (0, ["ann"])
+
+
+def _deleted_as_the_upsert_comes(
+    subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch, *, waits: bool
+) -> list[InThread]:
+    """The subscriber's delete, as a command's upsert of it comes (the command read its
+    event before): committed first, or (`waits`) holding the subscriber's lock until the
+    upsert waits for it. The delete's thread, once it started."""
+    deletes: list[InThread] = []
+    upsert = services.subscriber_upsert
+
+    def delete() -> None:
+        with transaction.atomic():
+            services.subscriber_delete(subscriber=subscriber)
+            if waits:
+                deleting.set()
+                another_waits_for_a_lock()
+
+    def deleted_first(**kwargs: Any) -> Subscriber:
+        if not deletes:
+            deletes.append(InThread(delete))
+            if waits:
+                assert deleting.wait(10)
+            else:
+                deletes[0].join()
+        return upsert(**kwargs)
+
+    deleting = threading.Event()
+    monkeypatch.setattr(services, "subscriber_upsert", deleted_first)
+    return deletes
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["deleted first", "waiting for the delete"])
+@pytest.mark.parametrize("given_up", [False, True], ids=["run", "given up"])
+def test_a_command_delivered_again_as_its_subscriber_is_deleted_does_not_make_it_anew(
+    keyed: tuple[Any, str],
+    enqueued: Enqueued,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    waits: bool,
+    given_up: bool,
+) -> None:
+    """The command ran (its acknowledgement lost) and the broker delivered it again. It
+    read its event before the subscriber's delete counted the event out (forgotten) and
+    committed, and its upsert came after the delete or waited for its lock: it found no
+    row and made the deleted subscriber anew, and its notification (a failed one, given
+    up at NORM_MAX_CLAIMS) sent it the workflow a second time."""
+    settings.NORM_MAX_CLAIMS = 1 if given_up else 3
+    client, _ = keyed
+    event = TriggerEventFactory(client=client, to=["ann"])
+    command = {"trigger_event_id": event.pk, "recipient": {"subscriberId": "ann"}}
+    services.subscriber_process(**command)
+    deletes = _deleted_as_the_upsert_comes(Subscriber.objects.get(), monkeypatch, waits=waits)
+
+    services.subscriber_process(**command, redelivered="task-1")
+    deletes[0].join()
+
+    assert not Subscriber.objects.exists()
+    assert not Notification.objects.exists()
+    event.refresh_from_db()
+    assert (event.forgotten, event.error) == (["ann"], "")
 
 
 def test_a_command_run_while_its_subscriber_is_deleted_does_not_fail(enqueued: Enqueued) -> None:

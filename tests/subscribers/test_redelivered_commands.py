@@ -35,7 +35,7 @@ def kills(monkeypatch: pytest.MonkeyPatch, settings: Any) -> list[str]:
     settings.NORM_MAX_CLAIMS = 3
     ran: list[str] = []
 
-    def one(*, trigger_event_id: int, recipient: dict[str, Any]) -> None:
+    def one(*, trigger_event_id: int, recipient: dict[str, Any], again: bool = False) -> None:
         ran.append(recipient["subscriberId"])
         raise WorkerKilled
 
