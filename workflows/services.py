@@ -28,7 +28,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from config import pipeline
@@ -535,13 +535,22 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
             # recipient) or waiting for a rerun: the run must pass it by.
             | Q(status__in=(TriggerEvent.Status.RECEIVED, TriggerEvent.Status.PROCESSING))
         )
-        .only("pk", "recipients", "forgotten")
+        .only("pk", "forgotten")
         .order_by("pk")
     )
+    # One UPDATE for the events that hold the same list (most often all: none forgotten
+    # yet). Django's bulk_update set each row by a CASE over every row's id, work that grew
+    # with the square of the events: 1.3 s for 1,000, 27 s for 7,200 (a subscriber reached
+    # twice a second), over 4 minutes for 14,400, all that time in the delete's
+    # transaction, which holds the subscriber and those events.
+    held: dict[tuple[str, ...], list[int]] = {}
     for event in events:
-        event.recipients = max(event.recipients - 1, 0)
-        event.forgotten = [*event.forgotten, subscriber.subscriber_id]
-    TriggerEvent.objects.bulk_update(events, ["recipients", "forgotten"])
+        held.setdefault(tuple(event.forgotten), []).append(event.pk)
+    for forgotten, pks in held.items():
+        TriggerEvent.objects.filter(pk__in=pks).update(
+            recipients=Greatest(F("recipients") - 1, 0),
+            forgotten=[*forgotten, subscriber.subscriber_id],
+        )
 
 
 # --- stage 4: the echo worker --------------------------------------------------------------
