@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import http.cookiejar
 import json
+import logging
 import os
 import queue
 import re
@@ -19,7 +20,7 @@ import ssl
 import time
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -27,6 +28,9 @@ from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ProtocolError
+from urllib3.response import BaseHTTPResponse, HTTPResponse
+from urllib3.util.retry import Retry
 
 from config import deadlines
 from config.db import bounded, storable
@@ -60,15 +64,43 @@ UNUSABLE_URL = (
 
 
 class _WatchedConnection(HTTPConnection):
+    answers = 0  # the answers read over its socket: a kept-alive connection has some
+
     def _new_conn(self) -> socket.socket:
+        if (deadline := deadlines.current()) is not None and isinstance(self.timeout, int | float):
+            # A call sent again (_Retry) connects late in its time: its connect, which the
+            # deadline does not watch, has only what is left of it.
+            self.timeout = max(min(self.timeout, deadline.at - time.monotonic()), 0.001)
         sock = super()._new_conn()
         deadlines.watch(sock)
+        self.answers = 0
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if self.sock is not None:
             deadlines.watch(self.sock)  # a kept-alive connection: no _new_conn
         super().request(*args, **kwargs)
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        """The answer's status line and headers; `_ClosedUnanswered` for a kept-alive
+        connection closed before them. http.client raises RemoteDisconnected (a
+        ConnectionResetError) for an end of file before the first byte of the status
+        line, and ConnectionResetError for a reset: a server that closes a connection
+        with the call in it unread resets it."""
+        try:
+            response = super().getresponse()
+        except ConnectionResetError as exc:
+            if self.answers:
+                raise _ClosedUnanswered(*exc.args) from exc
+            raise
+        self.answers += 1
+        return response
+
+
+class _ClosedUnanswered(ConnectionResetError):
+    """A kept-alive connection the bridge closed as the call went over it, before any
+    byte of its answer: its keep-alive ran out just then (gunicorn's is 2 s, Node's 5 s),
+    and it most likely never read the call."""
 
 
 class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
@@ -77,10 +109,11 @@ class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
 
 def _release(conn: Any) -> None:
     """A connection goes back to the pool: its call's deadline no longer touches it, and
-    one the deadline cut is closed, never handed to another call."""
-    if (deadline := deadlines.current()) is not None:
+    one the deadline cut is closed, never handed to another call. None goes back for a
+    connection dropped on an error, after which the call may go on over a new one."""
+    if conn is not None and (deadline := deadlines.current()) is not None:
         deadline.end()
-        if deadline.expired and conn is not None:
+        if deadline.expired:
             conn.close()
 
 
@@ -116,9 +149,73 @@ def _close_idle(pool: HTTPConnectionPool) -> None:
             conn.close()
 
 
+class _Retry(Retry):
+    """No retry, as requests makes none, but for a call the bridge closed its kept-alive
+    connection on before answering (`_ClosedUnanswered`): that is sent again at once over
+    a new connection, as browsers do, rather than fail and wait for the task's retry and
+    its backoff. Bridge calls are safe to repeat (the task's retry repeats them anyway).
+    A timeout is not retried, nor a call the deadline cut: it has no time left. Nor a
+    connection refused or any other error: the task's retry, with its backoff, is for a
+    bridge down. An answer is never retried (requests follows no redirect either). The
+    call sent again is watched by its one deadline, which the first try has used some of.
+    """
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Self:
+        if error is None or not self._is_read_error(error):
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+        deadline = deadlines.current()
+        unanswered = isinstance(error, ProtocolError) and any(
+            isinstance(arg, _ClosedUnanswered) for arg in error.args
+        )
+        if not unanswered or (deadline is not None and deadline.expired):
+            # Raised as it is, as by requests' own Retry(0, read=False): a read timeout
+            # stays a timeout, and the deadline's cut is no closed connection.
+            raise error.with_traceback(_stacktrace)
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if deadline is not None:
+            deadline.unwatch()  # the closed connection's: the new one is watched instead
+        return retry
+
+
+class _RetryQuieted(logging.Filter):
+    """urllib3 warns of each retry ("Retrying (_Retry(...)) after connection broken by
+    ..."): `_Retry`'s is the normal course of HTTP keep-alive. Read from the message, as
+    config.redact's filter, which runs first, may have written it out with no args."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"Retrying ({_Retry.__name__}(")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RetryQuieted())
+
+
 class _Adapter(HTTPAdapter):
     """requests' adapter, with connections the deadline can watch (directly or through
-    an HTTP proxy; a SOCKS proxy has connections of its own, bounded per read only)."""
+    an HTTP proxy; a SOCKS proxy has connections of its own, bounded per read only),
+    and `_Retry`'s one retry."""
+
+    def __init__(self) -> None:
+        # Only `read` allows a retry, which `_Retry` keeps to a connection closed
+        # unanswered: none for a connect, an answer's status, or another error. Any
+        # method, as POST is none urllib3 repeats of its own; no Retry-After obeyed.
+        retry = _Retry(
+            total=1,
+            connect=0,
+            read=1,
+            status=0,
+            other=0,
+            allowed_methods=None,
+            respect_retry_after_header=False,
+        )
+        super().__init__(max_retries=retry)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
