@@ -358,6 +358,26 @@ def test_a_routed_workflows_work_is_re_sent_to_its_queue_looked_at_on_its_own(
     ]
 
 
+@pytest.mark.parametrize(
+    "stage", [pipeline.ECHO, pipeline.MESSAGE, pipeline.SUBSCRIBER], ids=lambda s: s.queue
+)
+def test_work_left_on_a_queue_taken_out_of_the_routing_table_is_re_sent_to_its_queue_now(
+    enqueued: Enqueued, settings: Any, stage: pipeline.Stage
+) -> None:
+    """A workflow taken out of NORM_WORKFLOW_QUEUES, and its queue's workers stopped: what
+    that queue still holds no worker takes. The reconciler re-sends it to the stage's
+    own queue once quiet for a grace period, as work the broker lost, held back by a
+    backlog of that queue alone: the old one, which keeps what was left there for good,
+    is no longer looked at (as the README's Production section says)."""
+    settings.NORM_WORKFLOW_QUEUES = {}
+    resent, arg = _lost(stage, "critical-one")
+    _queue_holds(enqueued, stage, queue="critical")  # left there, which no worker consumes
+
+    tasks.reconcile()
+
+    assert enqueued.calls[1:] == [(resent.task, (arg,), {"countdown": None, "queue": resent.queue})]
+
+
 def test_no_cancel_is_re_sent_to_a_queue_that_holds_any(enqueued: Enqueued) -> None:
     """A bulk cancel of thousands behind a backlog of triggers: each run re-sent a batch
     of its tasks behind the ones still queued."""
