@@ -4,11 +4,16 @@ send, goes to its own queue, so that the workers serving that queue serve it who
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 
+from config import pipeline
+from config.celery import app
+from messaging import tasks as messaging_tasks
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
@@ -73,3 +78,37 @@ def test_every_hand_off_of_a_routed_workflow_goes_to_its_queue(
     # each of its two steps, and the retry's echo.
     assert len(queues) == 2 + 3 + 3 * (3 + 2) + 1
     assert set(queues) == {"critical"}
+
+
+def test_a_database_retry_goes_back_to_the_queue_its_task_came_from() -> None:
+    """A task's retry (db_retry, DB_RETRY's autoretry, the echo's bridge retries) is sent
+    by Celery from the request, not by queue_of: a routed send retried onto the messages
+    queue would wait behind every other workflow's backlog again, and never run where
+    only the routed queue has workers. On Redis, a message sent to a queue comes with the
+    anonymous exchange and the queue's name as its routing key, which Celery's retry
+    sends it back with (Task.signature_from_request)."""
+    queue = f"routed-{uuid.uuid4().hex}"
+    before = pipeline.backlog(pipeline.MESSAGE.queue)
+    try:
+        pipeline.send_now(pipeline.MESSAGE, 42, queue=queue)
+        with app.connection_for_read() as connection:
+            taken = connection.SimpleQueue(queue, no_ack=True).get(timeout=5)
+        task = messaging_tasks.message_send
+        task.push_request(
+            id=taken.headers["id"],
+            args=[42],
+            kwargs={},
+            retries=0,
+            delivery_info=taken.delivery_info,
+            called_directly=False,
+        )
+        try:
+            pipeline.db_retry(task, OperationalError("the database went away"))
+        finally:
+            task.pop_request()
+
+        assert pipeline.backlog(queue) == 1
+        assert pipeline.backlog(pipeline.MESSAGE.queue) == before
+    finally:
+        with app.pool.acquire(block=True) as connection:
+            connection.default_channel.queue_delete(queue)
