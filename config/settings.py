@@ -115,7 +115,8 @@ def env_json_map(name: str, default: dict[str, str]) -> dict[str, str]:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    # Not an empty name: a workflow routed to "" was checked for room on a queue so named.
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
         raise ImproperlyConfigured(
             f'{name} must be a JSON object of names to names, e.g. {{"a": "b"}}, got {raw!r}'
         )

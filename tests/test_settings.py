@@ -163,7 +163,9 @@ def test_a_log_level_that_is_no_level_is_refused_by_name() -> None:
 
 
 @pytest.mark.parametrize("name", ["NORM_WORKFLOW_QUEUES", "NORM_PROVIDERS"])
-@pytest.mark.parametrize("value", ['["critical"]', '"critical"', '{"welcome": 1}'])
+@pytest.mark.parametrize(
+    "value", ['["critical"]', '"critical"', '{"welcome": 1}', '{"welcome": ""}']
+)
 def test_a_routing_or_provider_table_that_is_no_object_of_names_is_refused(
     name: str, value: str
 ) -> None:
