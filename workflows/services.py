@@ -273,6 +273,7 @@ def _recipients_sent(
         )
     recipients = [r for r in recipients if r["subscriberId"] not in skipped]
     queue = pipeline.queue_of(pipeline.SUBSCRIBER, event.workflow_id)
+    batches = pipeline.queue_of(pipeline.SUBSCRIBER_BATCH, event.workflow_id)
     for recipient in recipients:
         pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient, queue=queue)
     # As in Novu, the actor is no topic's member here: who commented on a thread
@@ -286,12 +287,7 @@ def _recipients_sent(
             exclude=[*not_members, *topic["exclude"]],
             rerun=rerun,
         ):
-            pipeline.send_now(
-                pipeline.SUBSCRIBER_BATCH,
-                event.pk,
-                subscriber_ids,
-                queue=pipeline.queue_of(pipeline.SUBSCRIBER_BATCH, event.workflow_id),
-            )
+            pipeline.send_now(pipeline.SUBSCRIBER_BATCH, event.pk, subscriber_ids, queue=batches)
     # A member of two topics got two commands (the subscriber worker keeps one
     # notification), so the audience is counted apart, each member once: counted
     # twice, the fan-out would look short to the reconciler, which would run it again.
@@ -1380,6 +1376,7 @@ def step_internal_error(*, step_id: int, claim: str, exc: Exception) -> None:
     sends = Message.objects.filter(step=OuterRef("pk")).values("attempts")
     step = (
         Step.objects.filter(pk=step_id, status=Step.Status.PROCESSING, claimed_by=claim)
+        .select_related("notification")  # for step_fail and step_retry_later, as a claim's
         .annotate(unanswered=F("attempts") - Coalesce(Subquery(sends), 0))
         .first()
     )
