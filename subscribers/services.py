@@ -82,11 +82,16 @@ def _event(trigger_event_id: int) -> TriggerEvent | None:
 
 
 def subscriber_process(
-    *, trigger_event_id: int, recipient: dict[str, Any], redelivered: str = ""
+    *,
+    trigger_event_id: int,
+    recipient: dict[str, Any],
+    redelivered: str = "",
+    retried: bool = False,
 ) -> None:
     """Stage 3: the subscriber, then its notification (unique per event and subscriber).
     `redelivered`: the command's task id, when the broker delivered it again after its
-    worker died (see `command_given_up`)."""
+    worker died (see `command_given_up`); `retried`: a retry of it (a database error),
+    which may have got as far as the notification, as a command delivered again did."""
     # A bug: the event was short of this recipient's notification with no reason
     # anywhere, and the reconciler's reruns of the fan-out (bounded) met it as silently.
     subscriber_id = recipient.get("subscriberId") if isinstance(recipient, dict) else None
@@ -106,17 +111,24 @@ def subscriber_process(
         logger,
     ):
         _subscriber_process(
-            trigger_event_id=trigger_event_id, recipient=recipient, again=bool(redelivered)
+            trigger_event_id=trigger_event_id,
+            recipient=recipient,
+            again=bool(redelivered) or retried,
         )
 
 
 def _subscriber_process(
     *, trigger_event_id: int, recipient: dict[str, Any], again: bool = False
 ) -> None:
-    """`again`: the command ran before (the broker delivered it again)."""
+    """`again`: the command ran before (the broker delivered it again, or a retry)."""
     event = _event(trigger_event_id)
     if event is None:
         return
+    # A fan-out run again (the reconciler's, for recipients it lacked) sends a command for
+    # a recipient whose first one may only have been late, not lost: that one made the
+    # notification, a delete forgot it, and this one races the delete as a command
+    # delivered again does.
+    again = again or event.refanned > 0
     if isinstance(recipient, dict) and str(recipient.get("subscriberId")) in event.forgotten:
         # Reached, then deleted: this command ran before, and the broker delivered it
         # again (its acknowledgement lost, acks_late). Run as a first one, it made the

@@ -17,6 +17,7 @@ def subscriber_process(self: Task, trigger_event_id: int, recipient: dict[str, A
         trigger_event_id=trigger_event_id,
         recipient=recipient,
         redelivered=pipeline.redelivered(self),
+        retried=bool(self.request.retries),
     )
 
 

@@ -201,20 +201,27 @@ def _deleted_as_the_upsert_comes(
 
 
 @pytest.mark.parametrize("waits", [False, True], ids=["deleted first", "waiting for the delete"])
-@pytest.mark.parametrize("given_up", [False, True], ids=["run", "given up"])
+@pytest.mark.parametrize(
+    ("again", "given_up"),
+    [("redelivered", False), ("redelivered", True), ("retried", False), ("refanned", False)],
+    ids=["redelivered", "redelivered and given up", "retried", "sent by a fan-out run again"],
+)
 def test_a_command_delivered_again_as_its_subscriber_is_deleted_does_not_make_it_anew(
     keyed: tuple[Any, str],
     enqueued: Enqueued,
     monkeypatch: pytest.MonkeyPatch,
     settings: Any,
     waits: bool,
+    again: str,
     given_up: bool,
 ) -> None:
     """The command ran (its acknowledgement lost) and the broker delivered it again. It
     read its event before the subscriber's delete counted the event out (forgotten) and
     committed, and its upsert came after the delete or waited for its lock: it found no
     row and made the deleted subscriber anew, and its notification (a failed one, given
-    up at NORM_MAX_CLAIMS) sent it the workflow a second time."""
+    up at NORM_MAX_CLAIMS) sent it the workflow a second time. So did a retry of it (a
+    database error after its notification), and a command for the same recipient that a
+    fan-out run again sent, its first only late."""
     settings.NORM_MAX_CLAIMS = 1 if given_up else 3
     client, _ = keyed
     event = TriggerEventFactory(client=client, to=["ann"])
@@ -222,7 +229,10 @@ def test_a_command_delivered_again_as_its_subscriber_is_deleted_does_not_make_it
     services.subscriber_process(**command)
     deletes = _deleted_as_the_upsert_comes(Subscriber.objects.get(), monkeypatch, waits=waits)
 
-    services.subscriber_process(**command, redelivered="task-1")
+    if again == "refanned":
+        TriggerEvent.objects.filter(pk=event.pk).update(refanned=1)
+    marks = {"redelivered": {"redelivered": "task-1"}, "retried": {"retried": True}}
+    services.subscriber_process(**command, **marks.get(again, {}))
     deletes[0].join()
 
     assert not Subscriber.objects.exists()
