@@ -1,8 +1,10 @@
-"""The four measurements, each beside its baseline from the same run.
+"""The five measurements, each beside its baseline from the same run.
 
 trigger   POST /v1/events/trigger vs a bare authenticated view, same gunicorn, no workers
 latency   trigger -> first message sent vs a chain of as many plain Celery hops
 pipeline  notifications/s of a two-step workflow vs plain Celery chains of as many hops
+isolation a routed workflow's trigger -> first message behind a broadcast's backlog vs an
+          unrouted workflow's, during the same backlog
 fanout    a broadcast until every notification exists vs a bulk insert of as many rows;
           and the workflow worker's memory vs its idle size
 """
@@ -207,15 +209,29 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 def _first_message_latency(bench: Bench, transaction_id: str) -> list[float]:
     """Trigger one notification and wait for its first message; the ms each of STAGES
     took (their sum is the whole latency)."""
+    started = _trigger_one(bench, transaction_id)
+    return _first_message_stages(started, transaction_id, timeout=15, interval=POLL)
+
+
+def _trigger_one(
+    bench: Bench, transaction_id: str, *, workflow: str = "bench-one-step", to: str = "lat-sub"
+) -> datetime:
+    """Trigger `workflow` for the one subscriber `to`; when the POST started."""
     started = timezone.now()
-    bench.post(
-        "/v1/events/trigger",
-        {"name": "bench-one-step", "to": "lat-sub", "transactionId": transaction_id},
-    )
+    bench.post("/v1/events/trigger", {"name": workflow, "to": to, "transactionId": transaction_id})
+    return started
+
+
+def _first_message_stages(
+    started: datetime, transaction_id: str, *, timeout: float, interval: float
+) -> list[float]:
+    """Wait for the first message of the trigger `transaction_id`, POSTed at `started`;
+    the ms each of STAGES took."""
     sent = Message.objects.filter(
         step__notification__trigger_event__transaction_id=transaction_id, sent_at__isnull=False
     )
-    wait_for(sent.exists, timeout=15, interval=POLL, what=f"the first message of {transaction_id}")
+    what = f"the first message of {transaction_id}"
+    wait_for(sent.exists, timeout=timeout, interval=interval, what=what)
     return _stage_times(started, sent.select_related("step__notification__trigger_event").get())
 
 
@@ -318,6 +334,92 @@ def _pipeline_throughput(bench: Bench, total: int) -> float:
     return total / (ended - started).total_seconds()
 
 
+# --- isolation -------------------------------------------------------------------------------
+
+# The workflow NORM_WORKFLOW_QUEUES routes to a queue of its own (the command sets it for the
+# web server and every worker): `bench-one-step` under another name, so that no other phase
+# needs a worker on that queue. `bench-one-step` itself is the unrouted side.
+ROUTED_WORKFLOW, ROUTED_QUEUE = "bench-routed", "critical"
+ROUTES = {ROUTED_WORKFLOW: ROUTED_QUEUE}
+# Seconds between the isolation phase's triggers, routed and unrouted in turn. Paced, not
+# one after the other's message: an unrouted trigger waits out the backlog ahead of it, so
+# a closed loop would get one or two samples before the backlog was gone.
+PACE = 0.25
+
+
+def isolation(bench: Bench) -> list[Row]:
+    """A broadcast of `bench-two-step` backs up the shared echo and messages queues; while
+    it lasts, triggers of the routed workflow and of the unrouted one, POST -> first
+    message sent. One worker -c 2 on the shared queues, one -c 1 on the routed queue."""
+    # Small: a broadcast's notifications cycle through the echo queue (echo, send, echo),
+    # which stays about `total` long while they do, and an unrouted trigger waits out all
+    # of it; the backlog lasts several times the triggers' window even so.
+    total, count = (200, 10) if bench.quick else (400, 20)
+    _subscribers_ensure(bench.client, total)
+    infra = bench.infra
+    shared = infra.start_worker("shared", queues=PRODUCT_QUEUES, concurrency=2)
+    routed = infra.start_worker("routed", queues=ROUTED_QUEUE, concurrency=1)
+    sides = {ROUTED_WORKFLOW: "routed", "bench-one-step": "unrouted"}
+
+    def backlog() -> int:
+        lengths = infra.queue_lengths()
+        return lengths["echo"] + lengths["messages"]
+
+    try:
+        # Each side's subscriber (the broadcast's audience too), and warm workers.
+        for workflow, side in sides.items():
+            started = _trigger_one(bench, f"warm-{side}", workflow=workflow, to=f"iso-{side}")
+            _first_message_stages(started, f"warm-{side}", timeout=15, interval=POLL)
+        bench.post("/v1/events/trigger/broadcast", {"name": "bench-two-step"})
+        wait_for(lambda: backlog() >= total // 2, timeout=60, what="the broadcast's backlog")
+        triggered: dict[str, list[tuple[datetime, str]]] = {side: [] for side in sides.values()}
+        backlogs = []
+        for n in range(count):
+            for workflow, side in sides.items():
+                backlogs.append(backlog())
+                transaction_id = f"iso-{side}-{n}"
+                started = _trigger_one(bench, transaction_id, workflow=workflow, to=f"iso-{side}")
+                triggered[side].append((started, transaction_id))
+                time.sleep(PACE)
+        bench.log(
+            f"  broadcast to {total:,}: echo + messages queued at each trigger min {min(backlogs)},"
+            f" max {max(backlogs)}; after the last {infra.queue_lengths()}"
+        )
+        # The unrouted (and, where routing stops at the fan-out, the routed) first messages
+        # wait out the backlog ahead of them: up to minutes on a slow machine.
+        deadline = time.monotonic() + 300
+        stages = {
+            side: [
+                _first_message_stages(
+                    started,
+                    transaction_id,
+                    timeout=max(deadline - time.monotonic(), 1),
+                    interval=0.25,  # the rows' own times are measured, not the polling
+                )
+                for started, transaction_id in samples
+            ]
+            for side, samples in triggered.items()
+        }
+    finally:
+        infra.stop(routed)
+        infra.stop(shared)
+    bench.reset()
+    for side, times in stages.items():
+        medians = ", ".join(f"{statistics.median(t[i] for t in times):.0f}" for i in range(6))
+        bench.log(f"  {side}: p50 of each of the latency phase's stages, ms: {medians}")
+    routed_ms, unrouted_ms = ([sum(t) for t in stages[side]] for side in sides.values())
+    # Samples taken on shared queues already empty measure no backlog: flagged, as a
+    # restarted PostgreSQL is.
+    flag = "" if min(backlogs) else " [the backlog ran out]"
+    p = _percentiles
+    return [
+        Row("routed workflow behind a broadcast: first message p50" + flag, p(routed_ms)[0],
+            p(unrouted_ms)[0], "unrouted, same backlog", "ms", False),
+        Row("routed workflow behind a broadcast: first message p99" + flag, p(routed_ms)[1],
+            p(unrouted_ms)[1], "unrouted, same backlog", "ms", False),
+    ]  # fmt: skip
+
+
 # --- fan-out ---------------------------------------------------------------------------------
 
 
@@ -416,4 +518,10 @@ def _bulk_insert_seconds(client: Client, total: int) -> float:
     return seconds
 
 
-PHASES = {"trigger": trigger, "latency": latency, "pipeline": pipeline, "fanout": fanout}
+PHASES = {
+    "trigger": trigger,
+    "latency": latency,
+    "pipeline": pipeline,
+    "isolation": isolation,
+    "fanout": fanout,
+}

@@ -2,7 +2,9 @@
 
 `v1/bench/auth-only`: the cheapest authenticated API view, the trigger API's baseline.
 `bench/bridge`: the bench's workflows, served like the demo bridge (strict when
-NORM_DEMO_BRIDGE_SECRET is set).
+NORM_DEMO_BRIDGE_SECRET is set). `bench-routed` is `bench-one-step` under another name,
+the one the bench routes to a queue of its own (NORM_WORKFLOW_QUEUES): only the
+isolation phase triggers it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ def one_step(ctx: Context) -> None:
     ctx.step.in_app("inbox", lambda: {"body": f"Bench message {ctx.payload['n']}."})
 
 
+@workflow("bench-routed", payload_schema=_PAYLOAD)
+def routed(ctx: Context) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": f"Bench message {ctx.payload['n']}."})
+
+
 @workflow("bench-two-step", payload_schema=_PAYLOAD)
 def two_step(ctx: Context) -> None:
     ctx.step.in_app("inbox", lambda: {"body": f"Bench message {ctx.payload['n']}."})
@@ -39,7 +46,7 @@ class AuthOnlyApi(APIView):
     get = post
 
 
-bench_bridge = Bridge(workflows=[one_step, two_step], secret_key=_demo_secret, strict=None)
+bench_bridge = Bridge(workflows=[one_step, routed, two_step], secret_key=_demo_secret, strict=None)
 
 urlpatterns = [
     path("v1/bench/auth-only", AuthOnlyApi.as_view(), name="bench-auth-only"),

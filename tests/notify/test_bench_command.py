@@ -54,3 +54,27 @@ def test_the_bench_database_url_keeps_a_password_a_url_must_escape(monkeypatch: 
     parsed = dj_database_url.parse(database_url)
     assert (parsed["USER"], parsed["PASSWORD"]) == ("norm", password)
     assert (parsed["HOST"], parsed["PORT"], parsed["NAME"]) == ("127.0.0.1", 5432, "norm_bench")
+
+
+def test_the_isolation_phase_is_a_phase_of_the_bench(monkeypatch: Any) -> None:
+    """`--only isolation` (a routed workflow's first message behind a broadcast's backlog)
+    is accepted, and runs by default, before the fan-out: after it, the 100,000
+    subscribers the fan-out leaves would all be its broadcast's audience. Its routed
+    workflow is on the bench's bridge, so that the bench's client can trigger it."""
+    from bench.phases import PHASES, ROUTED_WORKFLOW
+    from bench.urls import bench_bridge
+
+    class Started(Exception):
+        pass
+
+    def started(*args: Any, **kwargs: Any) -> Any:
+        raise Started
+
+    # Past the checks of its options, the command computes its URLs; nothing has started.
+    monkeypatch.setattr(bench, "_bench_urls", started)
+    with pytest.raises(Started):
+        call_command("bench", "--only", "isolation", "--quick")
+
+    assert set(PHASES) == set(bench.PHASE_NAMES)
+    assert bench.PHASE_NAMES.index("isolation") < bench.PHASE_NAMES.index("fanout")
+    assert ROUTED_WORKFLOW in bench_bridge.workflows
