@@ -9,6 +9,7 @@ follows a redirect: norm calls only URLs the client registered.
 from __future__ import annotations
 
 import html
+import http.client
 import http.cookiejar
 import json
 import logging
@@ -63,7 +64,32 @@ UNUSABLE_URL = (
 # below, the one place urllib3 shows it before the answer arrives.
 
 
+class _Unanswered(http.client.RemoteDisconnected):
+    """The connection closed, or reset, before the first byte of the call's answer."""
+
+
+class _Answer(http.client.HTTPResponse):
+    """http.client's answer, telling a connection closed before its first byte
+    (`_Unanswered`) from one closed later: http.client raises the same RemoteDisconnected
+    for an end of file after a 100 Continue, and the same ConnectionResetError for a
+    reset amid the status line or the headers, all sent by a bridge that read the call."""
+
+    began = False
+
+    def _read_status(self) -> tuple[str, int, str]:
+        if not self.began:  # not again after a 100 Continue
+            try:
+                # Peeked, not read: the status line's readline reads it next.
+                self.began = bool(self.fp.peek(1))
+            except ConnectionResetError as exc:
+                raise _Unanswered(*exc.args) from exc
+            if not self.began:
+                raise _Unanswered("Remote end closed connection without response")
+        return super()._read_status()  # type: ignore[misc]
+
+
 class _WatchedConnection(HTTPConnection):
+    response_class = _Answer
     answers = 0  # the answers read over its socket: a kept-alive connection has some
 
     def _new_conn(self) -> socket.socket:
@@ -83,13 +109,11 @@ class _WatchedConnection(HTTPConnection):
 
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]
         """The answer's status line and headers; `_ClosedUnanswered` for a kept-alive
-        connection closed before them. http.client raises RemoteDisconnected (a
-        ConnectionResetError) for an end of file before the first byte of the status
-        line, and ConnectionResetError for a reset: a server that closes a connection
-        with the call in it unread resets it."""
+        connection closed, or reset, before their first byte: a server that closes a
+        connection with the call in it unread resets it."""
         try:
             response = super().getresponse()
-        except ConnectionResetError as exc:
+        except _Unanswered as exc:
             if self.answers:
                 raise _ClosedUnanswered(*exc.args) from exc
             raise

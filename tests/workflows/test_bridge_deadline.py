@@ -584,3 +584,35 @@ def test_an_answer_asking_to_be_retried_after_a_while_is_not_retried_at_once(
 
     assert isinstance(error, bridge.BridgeUnavailable), repr(error)
     assert (error.code, len(calls)) == ("HTTP503", 1)
+
+
+@pytest.mark.parametrize(
+    ("began", "close"),
+    [
+        (b"HTTP/1.1 2", _reset),  # part of its status line
+        (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n", _reset),  # of its headers
+        (b"HTTP/1.1 100 Continue\r\n\r\n", _shut),  # an interim answer: it read the call
+        (b"HTTP/1.1 100 Continue\r\n\r\n", _reset),
+    ],
+)
+def test_a_kept_alive_connection_closed_once_the_answer_began_is_not_called_again(
+    serve: Callable, began: bytes, close: Callable[[socket.socket], None]
+) -> None:
+    """A bridge that began to answer has read the call, and may have run it: a connection
+    it closes then (its process killed, say) is no keep-alive running out, whether the
+    close comes before the status line and headers are whole or after a 100 Continue."""
+
+    def answering(sock: socket.socket) -> None:
+        sock.sendall(began)
+        time.sleep(0.2)  # read by norm before the close: a reset would discard it unread
+        close(sock)
+
+    bridge_ = _KeepAliveRunningOut(answering)
+    server = serve(bridge_)
+    assert bridge.health_check(server.url)["status"] == "ok"
+
+    error, _ = _timed(_execute(server.url))
+
+    assert isinstance(error, bridge.BridgeUnavailable), repr(error)
+    assert error.code == "BridgeUnreachable"
+    assert (bridge_.calls, server.connections) == (2, 1)
