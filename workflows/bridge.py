@@ -12,7 +12,6 @@ import html
 import http.client
 import http.cookiejar
 import json
-import logging
 import os
 import queue
 import re
@@ -20,8 +19,8 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
-from typing import Any, Self
+from functools import lru_cache, partial
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -29,9 +28,7 @@ from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ProtocolError
-from urllib3.response import BaseHTTPResponse, HTTPResponse
-from urllib3.util.retry import Retry
+from urllib3.response import HTTPResponse
 
 from config import deadlines
 from config.db import bounded, storable
@@ -93,10 +90,6 @@ class _WatchedConnection(HTTPConnection):
     answers = 0  # the answers read over its socket: a kept-alive connection has some
 
     def _new_conn(self) -> socket.socket:
-        if (deadline := deadlines.current()) is not None and isinstance(self.timeout, int | float):
-            # A call sent again (_Retry) connects late in its time: its connect, which the
-            # deadline does not watch, has only what is left of it.
-            self.timeout = max(min(self.timeout, deadline.at - time.monotonic()), 0.001)
         sock = super()._new_conn()
         deadlines.watch(sock)
         self.answers = 0
@@ -133,11 +126,10 @@ class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
 
 def _release(conn: Any) -> None:
     """A connection goes back to the pool: its call's deadline no longer touches it, and
-    one the deadline cut is closed, never handed to another call. None goes back for a
-    connection dropped on an error, after which the call may go on over a new one."""
-    if conn is not None and (deadline := deadlines.current()) is not None:
+    one the deadline cut is closed, never handed to another call."""
+    if (deadline := deadlines.current()) is not None:
         deadline.end()
-        if deadline.expired:
+        if deadline.expired and conn is not None:
             conn.close()
 
 
@@ -173,73 +165,9 @@ def _close_idle(pool: HTTPConnectionPool) -> None:
             conn.close()
 
 
-class _Retry(Retry):
-    """No retry, as requests makes none, but for a call the bridge closed its kept-alive
-    connection on before answering (`_ClosedUnanswered`): that is sent again at once over
-    a new connection, as browsers do, rather than fail and wait for the task's retry and
-    its backoff. Bridge calls are safe to repeat (the task's retry repeats them anyway).
-    A timeout is not retried, nor a call the deadline cut: it has no time left. Nor a
-    connection refused or any other error: the task's retry, with its backoff, is for a
-    bridge down. An answer is never retried (requests follows no redirect either). The
-    call sent again is watched by its one deadline, which the first try has used some of.
-    """
-
-    def increment(
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: BaseHTTPResponse | None = None,
-        error: Exception | None = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> Self:
-        if error is None or not self._is_read_error(error):
-            return super().increment(method, url, response, error, _pool, _stacktrace)
-        deadline = deadlines.current()
-        unanswered = isinstance(error, ProtocolError) and any(
-            isinstance(arg, _ClosedUnanswered) for arg in error.args
-        )
-        if not unanswered or (deadline is not None and deadline.expired):
-            # Raised as it is, as by requests' own Retry(0, read=False): a read timeout
-            # stays a timeout, and the deadline's cut is no closed connection.
-            raise error.with_traceback(_stacktrace)
-        retry = super().increment(method, url, response, error, _pool, _stacktrace)
-        if deadline is not None:
-            deadline.unwatch()  # the closed connection's: the new one is watched instead
-        return retry
-
-
-class _RetryQuieted(logging.Filter):
-    """urllib3 warns of each retry ("Retrying (_Retry(...)) after connection broken by
-    ..."): `_Retry`'s is the normal course of HTTP keep-alive. Read from the message, as
-    config.redact's filter, which runs first, may have written it out with no args."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(f"Retrying ({_Retry.__name__}(")
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_RetryQuieted())
-
-
 class _Adapter(HTTPAdapter):
     """requests' adapter, with connections the deadline can watch (directly or through
-    an HTTP proxy; a SOCKS proxy has connections of its own, bounded per read only),
-    and `_Retry`'s one retry."""
-
-    def __init__(self) -> None:
-        # Only `read` allows a retry, which `_Retry` keeps to a connection closed
-        # unanswered: none for a connect, an answer's status, or another error. Any
-        # method, as POST is none urllib3 repeats of its own; no Retry-After obeyed.
-        retry = _Retry(
-            total=1,
-            connect=0,
-            read=1,
-            status=0,
-            other=0,
-            allowed_methods=None,
-            respect_retry_after_header=False,
-        )
-        super().__init__(max_retries=retry)
+    an HTTP proxy; a SOCKS proxy has connections of its own, bounded per read only)."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -480,41 +408,67 @@ def _answer_read(
 ) -> tuple[requests.Response, bytes]:
     """The bridge's answer to one call (a GET without `text`), and its body, read whole
     within NORM_BRIDGE_TIMEOUT. No answer raises the BridgeError that says why."""
-    method = "GET" if text is None else "POST"
     timeout = settings.NORM_BRIDGE_TIMEOUT
-    with deadlines.within(timeout) as deadline:
+    ends = time.monotonic() + timeout
+    try:
+        send = partial(
+            _session.request,
+            "GET" if text is None else "POST",
+            url,
+            params={"action": action, **(params or {})},
+            data=text.encode() if text is not None else None,
+            headers=headers,
+            proxies=_proxies(url),
+            verify=_usable_ca_bundle(url),
+            allow_redirects=False,
+            stream=True,  # read under the size limit, and the deadline, below
+        )
         try:
-            response = _session.request(
-                method,
-                url,
-                params={"action": action, **(params or {})},
-                data=text.encode() if text is not None else None,
-                headers=headers,
-                proxies=_proxies(url),
-                verify=_usable_ca_bundle(url),
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,  # read under the size limit, and the deadline, below
-            )
+            return _answered(send, timeout, timeout)
+        except requests.ConnectionError as exc:
+            left = ends - time.monotonic()
+            if left <= 0 or not any(isinstance(e, _ClosedUnanswered) for e in _causes(exc)):
+                raise
+        # The bridge closed a kept-alive connection before any byte of its answer: its
+        # keep-alive ran out as the call went. The call is sent again at once, as browsers
+        # do, rather than fail and wait for the task's retry and its backoff (bridge calls
+        # are safe to repeat: that retry repeats them too); once, within what is left of
+        # NORM_BRIDGE_TIMEOUT, its connect included, which no deadline watches. Through an
+        # HTTP proxy alike, whose own keep-alive ran out (urllib3 reports a ProxyError).
+        # Nothing else is sent again: a timeout or the deadline's cut leaves no time, a
+        # bridge down is for the task's retry, and an answer begun, or a new connection
+        # closed, may come of a bridge that ran the call. Sent outside the `except`, so
+        # that its errors are not chained to the first try's, whose cause norm would report.
+        return _answered(send, left, timeout)
+    except UNUSABLE_URL as exc:
+        raise BridgeError(
+            "BridgeInvalidURL",
+            masked_text(f"norm cannot call the bridge URL {url}: {exc}", url),
+        ) from exc
+    except requests.RequestException as exc:
+        if isinstance(exc, requests.Timeout):
+            raise _timed_out(timeout) from exc
+        if isinstance(root := _root_cause(exc), ssl.SSLCertVerificationError):
+            raise _untrusted(root, url) from exc
+        raise BridgeUnavailable(
+            "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
+        ) from exc
+
+
+def _answered(
+    send: partial[requests.Response], seconds: float, timeout: float
+) -> tuple[requests.Response, bytes]:
+    """One try of a call, `send`, and its answer read whole within `seconds`, its own
+    deadline: an error of a call the deadline cut is its timeout."""
+    with deadlines.within(seconds) as deadline:
+        try:
+            response = send(timeout=(seconds, timeout))
             with response:  # closes the connection, rather than reuse it, unless read to its end
                 content = _read(response)
-        except UNUSABLE_URL as exc:
+        except (*UNUSABLE_URL, requests.RequestException) as exc:
             if deadline.expired:
                 raise _timed_out(timeout) from exc
-            raise BridgeError(
-                "BridgeInvalidURL",
-                masked_text(f"norm cannot call the bridge URL {url}: {exc}", url),
-            ) from exc
-        except requests.RequestException as exc:
-            if deadline.expired:
-                raise _timed_out(timeout) from exc
-            if isinstance(exc, requests.Timeout):
-                raise _timed_out(timeout) from exc
-            if isinstance(root := _root_cause(exc), ssl.SSLCertVerificationError):
-                raise _untrusted(root, url) from exc
-            raise BridgeUnavailable(
-                "BridgeUnreachable", f"the bridge is unreachable: {_cause(exc)} ({_origin(url)})"
-            ) from exc
+            raise
     if deadline.expired:
         # Without a content-length, a body ends when its connection does, shut down here.
         raise _timed_out(timeout)
@@ -658,8 +612,15 @@ def _cause(exc: BaseException) -> str:
 
 def _root_cause(exc: BaseException) -> BaseException:
     """The end of the chain of causes of a requests error: the system's own error."""
+    *_, root = _causes(exc)
+    return root
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """A requests error, and each of the chain of its causes."""
     seen = set()
     while id(exc) not in seen:
+        yield exc
         seen.add(id(exc))
         reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError
         wrapped = [a for a in exc.args if isinstance(a, BaseException)]  # requests', ProtocolError
@@ -669,7 +630,6 @@ def _root_cause(exc: BaseException) -> BaseException:
         if not isinstance(cause, BaseException):
             break
         exc = cause
-    return exc
 
 
 def _untrusted(error: ssl.SSLCertVerificationError, url: str) -> BridgeUnavailable:

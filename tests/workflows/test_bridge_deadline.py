@@ -616,3 +616,27 @@ def test_a_kept_alive_connection_closed_once_the_answer_began_is_not_called_agai
     assert isinstance(error, bridge.BridgeUnavailable), repr(error)
     assert error.code == "BridgeUnreachable"
     assert (bridge_.calls, server.connections) == (2, 1)
+
+
+def test_through_an_http_proxy_a_kept_alive_connection_closed_unanswered_is_called_again(
+    serve: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through HTTP_PROXY the kept-alive connection is the proxy's, whose own keep-alive
+    runs out as the call goes: sent again at once, as to a bridge called directly, though
+    urllib3 reports the close as the proxy's (ProxyError) rather than the connection's."""
+    proxy = _KeepAliveRunningOut(_shut)  # a proxy that answers every call itself
+    server = serve(proxy)
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url.removesuffix("/bridge"))
+    bridge._proxies.cache_clear()
+    try:
+        # The discard port, where nothing listens: only the proxy answers for it.
+        assert bridge.health_check("http://127.0.0.1:9/bridge")["status"] == "ok"
+        error, took = _timed(_execute("http://127.0.0.1:9/bridge"))
+    finally:
+        bridge._proxies.cache_clear()
+
+    assert error is None, repr(error)
+    assert (proxy.calls, server.connections) == (3, 2)  # sent again, over a new connection
+    assert took < DEADLINE / 2, took
