@@ -155,8 +155,9 @@ def _subscriber_process(
 
 
 def _upsert_unforgotten(*, event: TriggerEvent, recipient: dict[str, Any]) -> Subscriber | None:
-    """`subscriber_upsert` for a command that ran before (delivered again), in the caller's
-    transaction; None, and nothing written, if the event forgot the subscriber by then.
+    """`subscriber_upsert` for a command that may have run before (delivered again, a
+    retry, or one a fan-out run again sent), in the caller's transaction; None, and nothing
+    written, if the event forgot the subscriber by then.
 
     The event was read before a delete of the subscriber counted it out (fan_outs_forget)
     and committed: the upsert, after the delete or waiting for its lock, found no row, and
