@@ -3,9 +3,8 @@ flight: each notification still ends with a reason, and nothing goes where it sh
 
 from __future__ import annotations
 
-import json
 import smtplib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +14,6 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.utils import timezone
 
 from config import pipeline
-from messaging import tasks as messaging_tasks
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
@@ -27,101 +25,13 @@ from tests.factories import (
     BridgeWorkflowFactory,
     NotificationFactory,
     api_for,
-    client_with_key,
 )
-from workflows import bridge, services
+from tests.workflows.conftest import INBOX, Capture, FakeBridge, delay_over, run_task
+from workflows import services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
-
-Capture = Callable[..., Any]
-TASKS = {
-    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
-    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
-    pipeline.SUBSCRIBER_BATCH.task: subscriber_tasks.subscribers_process,
-    pipeline.ECHO.task: workflow_tasks.echo_run,
-    pipeline.MESSAGE.task: messaging_tasks.message_send,
-}
-WAIT = {"stepId": "wait", "type": "delay", "outputs": {"amount": 1, "unit": "hours"}}
-INBOX = {"stepId": "inbox", "type": "in_app", "outputs": {"body": "Hello"}}
-
-
-class FakeBridge:
-    """norm's SDK at the network edge: `steps` (a delay, then an in-app step), then done; every
-    call recorded with the URL and the secrets it was to be signed with."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.steps = [WAIT, INBOX]
-
-    def __call__(
-        self,
-        url: str,
-        *,
-        secrets: Sequence[str],
-        workflow_id: str,
-        body: dict[str, Any],
-        **_: Any,
-    ) -> dict[str, Any]:
-        self.calls.append({"url": url, "secrets": secrets, "subscriber": body["subscriber"]})
-        steps = self.steps
-        if len(body["state"]) == len(steps):
-            return {"done": True, "outputs": {}, "options": {"skip": False}}
-        return {**steps[len(body["state"])], "done": False}
-
-
-@pytest.fixture
-def fake_bridge(monkeypatch: pytest.MonkeyPatch) -> FakeBridge:
-    fake = FakeBridge()
-    monkeypatch.setattr(bridge, "execute", fake)
-    return fake
-
-
-@pytest.fixture
-def keyed() -> tuple[Client, str]:
-    client, key = client_with_key()
-    BridgeWorkflowFactory(client=client, workflow_id="welcome")
-    BridgeSyncFactory(client=client, flavour="norm")
-    return client, key
-
-
-@pytest.fixture
-def drain(enqueued: Enqueued, django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
-    """Run every task the pipeline enqueued, and those they enqueue, until none is left
-    (a delayed step is not due yet, so its message task leaves it waiting)."""
-
-    def run(until: pipeline.Stage | None = None) -> None:
-        """`until`: stop when the next task is of that stage (left enqueued)."""
-        while enqueued.calls and not (until and enqueued.calls[0][0] == until.task):
-            task, args, _ = enqueued.calls.pop(0)
-            with django_capture_on_commit_callbacks(execute=True):
-                TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
-
-    return run
-
-
-@pytest.fixture
-def trigger(
-    keyed: tuple[Client, str], django_capture_on_commit_callbacks: Capture
-) -> Callable[..., None]:
-    def do(to: Any, **fields: Any) -> None:
-        body = json.dumps({"name": "welcome", "to": to, "payload": {}, **fields})
-        with django_capture_on_commit_callbacks(execute=True):
-            response = api_for(keyed[1]).post(
-                "/v1/events/trigger", data=body, content_type="application/json"
-            )
-        assert response.status_code == 201, response.content
-
-    return do
-
-
-def delay_over(enqueued: Enqueued) -> None:
-    """The waiting steps come due, and the reconciler hands them to the message worker."""
-    Step.objects.filter(status=Step.Status.SCHEDULED).update(
-        due_at=timezone.now() - timedelta(seconds=1)
-    )
-    workflow_tasks.reconcile()
 
 
 @pytest.mark.parametrize("change", ["bridge_url", "allowed_bridge_urls"])
@@ -336,8 +246,7 @@ MAIL = {"stepId": "mail", "type": "email", "outputs": {"subject": "Hi", "body": 
 def run_next(enqueued: Enqueued, capture: Capture) -> None:
     """Run the next task the pipeline enqueued, only that one."""
     task, args, _ = enqueued.calls.pop(0)
-    with capture(execute=True):
-        TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+    run_task(task, args, capture)
 
 
 class InterruptedBackend(BaseEmailBackend):
