@@ -169,6 +169,12 @@ class World:
         return sum(1 for s in self.pending if s.queue == queue and s.eta <= now)
 
 
+def a_subscriber(data: st.DataObject, *, label: str) -> str:
+    """The subscriberId of a subscriber there is, drawn."""
+    existing = Subscriber.objects.order_by("subscriber_id").values_list("subscriber_id", flat=True)
+    return data.draw(st.sampled_from(list(existing)), label=label)
+
+
 def committed() -> Any:
     """Run what the block's transaction hands on at commit, as production does."""
     return TestCase.captureOnCommitCallbacks(execute=True)
@@ -351,10 +357,7 @@ class Orderings(RuleBasedStateMachine):
     @precondition(lambda self: Subscriber.objects.exists())
     @rule(data=st.data())
     def delete_subscriber(self, data: st.DataObject) -> None:
-        existing = Subscriber.objects.order_by("subscriber_id").values_list(
-            "subscriber_id", flat=True
-        )
-        subscriber_id = data.draw(st.sampled_from(list(existing)), label="delete")
+        subscriber_id = a_subscriber(data, label="delete")
         self._seen()
         reached = set(
             Notification.objects.filter(subscriber__subscriber_id=subscriber_id).values_list(
@@ -629,10 +632,7 @@ class Fanouts(Orderings):
     @precondition(lambda self: Subscriber.objects.exists())
     @rule(data=st.data())
     def subscribe(self, data: st.DataObject) -> None:
-        existing = Subscriber.objects.order_by("subscriber_id").values_list(
-            "subscriber_id", flat=True
-        )
-        self._subscribe([data.draw(st.sampled_from(list(existing)), label="subscribe")])
+        self._subscribe([a_subscriber(data, label="subscribe")])
         STATS["subscribe"] += 1
 
     @precondition(lambda self: TopicSubscription.objects.exists())
