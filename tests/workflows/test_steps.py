@@ -19,26 +19,17 @@ from django.db.models import F
 from config import pipeline
 from config.dates import iso_z
 from messaging import services as messaging_services
-from messaging import tasks as messaging_tasks
 from messaging.models import Message
-from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued, Respond, json_serving, sdk_serving, while_held
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from tests.messaging.test_message_worker import Inbox, smtp_serving
+from tests.workflows.conftest import Capture, run_task
 from workflows import selectors, services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge, Context, WorkflowExecutionFailedError, workflow
 
 pytestmark = pytest.mark.django_db
-
-Capture = Callable[..., Any]
-TASKS = {
-    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
-    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
-    pipeline.ECHO.task: workflow_tasks.echo_run,
-    pipeline.MESSAGE.task: messaging_tasks.message_send,
-}
 
 
 @workflow("steps")
@@ -101,8 +92,7 @@ class Pipeline:
         countdown would."""
         while self.enqueued.calls and not until():
             task, args, _ = self.enqueued.calls.pop(0)
-            with self.capture(execute=True):
-                TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+            run_task(task, args, self.capture)
 
     def reconcile(self) -> None:
         with self.capture(execute=True):
