@@ -19,18 +19,28 @@ socket over (`watch`) as soon as it is connected, before anything is read from i
 the watchdog shuts it down through a descriptor of the call's own (a dup): it can never
 hit a descriptor that the library closed meanwhile and the process reused for something
 else.
+
+Before any socket exists, the call looks its host's name up, in the C library
+(getaddrinfo), which nothing wakes: it waits as long as the resolver's own settings say
+(resolv.conf's defaults, 5 s a try and 2 tries per name server, come to 30 s with three),
+whatever the deadline. Inside a deadline a lookup runs in a thread of its own, waited for
+until the deadline: past it the call fails as a timeout, and the thread ends when the
+resolver gives up. The hook is socket.getaddrinfo itself, which every library looks up
+through (urllib3, smtplib, a proxy's connect), and it changes nothing outside a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import ipaddress
 import itertools
 import os
+import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -149,3 +159,51 @@ def watch(sock: Any) -> None:
     what each caller's connection class does as soon as the socket exists."""
     if (deadline := _current.get()) is not None:
         deadline.watch(sock)
+
+
+_system_getaddrinfo = socket.getaddrinfo
+
+
+def _getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    """socket.getaddrinfo, given up at the deadline of the call it is made in, if any."""
+    deadline = _current.get()
+    if deadline is None or _numeric(host):  # an address is no lookup: answered at once
+        return _system_getaddrinfo(host, port, *args, **kwargs)
+    return _looked_up(lambda: _system_getaddrinfo(host, port, *args, **kwargs), host, deadline)
+
+
+def _numeric(host: Any) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _looked_up(lookup: Callable[[], list[Any]], host: Any, deadline: Deadline) -> list[Any]:
+    answer: queue.SimpleQueue[tuple[list[Any] | None, BaseException | None]]
+    answer = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            answer.put((lookup(), None))
+        except BaseException as exc:  # raised in the caller's thread instead
+            answer.put((None, exc))
+
+    threading.Thread(target=run, name="lookup", daemon=True).start()
+    try:
+        found, error = answer.get(timeout=max(deadline.at - time.monotonic(), 0))
+    except queue.Empty:
+        deadline.expire()  # a timeout, as the call's own error handling tells one
+        raise socket.gaierror(
+            socket.EAI_AGAIN, f"the lookup of {host} outlasted the call's deadline"
+        ) from None
+    if error is not None:
+        raise error
+    assert found is not None
+    return found
+
+
+socket.getaddrinfo = _getaddrinfo

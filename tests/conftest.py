@@ -28,7 +28,7 @@ from django.core.cache import cache
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone as django_timezone
 
-from config import pipeline
+from config import deadlines, pipeline
 from workflows import services as workflow_services
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge
@@ -197,6 +197,29 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_request(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(requests.Session, "request", guarded)
+
+
+# Past every deadline the tests set: a lookup that takes this long is one no call waits for.
+LOOKUP_ANSWERED_AFTER = 8.0
+
+
+@pytest.fixture
+def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """The C library's lookups of `localhost` answered (as 127.0.0.1) only after
+    LOOKUP_ANSWERED_AFTER seconds, as they are when a name server is down and the resolver
+    waits out its tries; the event is set once one is answered. Other names as they are."""
+    answered = threading.Event()
+    lookup = deadlines._system_getaddrinfo
+
+    def slow(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "localhost":
+            time.sleep(LOOKUP_ANSWERED_AFTER)
+            answered.set()
+            host = "127.0.0.1"
+        return lookup(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(deadlines, "_system_getaddrinfo", slow)
+    yield answered
 
 
 @pytest.fixture

@@ -117,6 +117,23 @@ def test_a_greeting_sent_a_byte_at_a_time_fails_the_send_at_the_deadline(
     assert [e.rcpt_tos for e in inbox.envelopes] == [["bob@example.com"]]
 
 
+def test_a_host_the_resolver_is_slow_to_look_up_fails_the_send_at_the_deadline(
+    send: Callable[[Step], Step], slow_lookups: threading.Event, settings: Any
+) -> None:
+    """The lookup of EMAIL_HOST, made before any socket exists, is waited for only until
+    the deadline: a name server that is down held the message worker as long as the
+    resolver retried (30 s by resolv.conf's defaults), and then sent."""
+    inbox = Inbox()
+    with smtp_serving(settings, inbox):
+        settings.EMAIL_HOST = "localhost"
+        step = send(email_step())
+
+    assert not slow_lookups.is_set(), "the send waited for the name server to answer"
+    assert step.status == Step.Status.SCHEDULED, step.error  # transient: retried after a backoff
+    assert TIMED_OUT in step.error
+    assert inbox.envelopes == []
+
+
 def test_a_kept_connection_found_dropped_is_replaced_under_the_same_deadline(
     send: Callable[[Step], Step], trickling: Callable[..., _Trickling], settings: Any
 ) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from config import deadlines
 from tests.conftest import self_signed, serve_in_background
 from workflows import bridge
 
@@ -320,6 +321,50 @@ def test_a_bridge_that_never_accepts_the_connection_times_out(serve: Callable) -
             caller.join(5 * DEADLINE)
     assert outcome, "the call still waits to connect"
     _assert_timed_out(*outcome[0])
+
+
+def test_a_name_the_resolver_is_slow_to_look_up_times_out_within_the_deadline(
+    serve: Callable, slow_lookups: threading.Event
+) -> None:
+    """The C library's lookup of the bridge's host, which no socket shutdown wakes, is
+    waited for only until the deadline: a name server that is down held the call for as
+    long as the resolver retried it (30 s by resolv.conf's defaults)."""
+    server = serve(lambda sock: sock.sendall(_answer()))
+    url = f"http://localhost:{server.server_address[1]}/bridge"
+
+    error, took = _timed(lambda: bridge.health_check(url))
+
+    assert not slow_lookups.is_set(), "the call waited for the name server to answer"
+    _assert_timed_out(error, took)
+    assert server.connections == 0
+
+
+def test_a_name_looked_up_under_the_deadline_is_called_at_each_address_it_has(
+    serve: Callable,
+) -> None:
+    """The lookup made in a thread of its own answers as the C library does: `localhost`
+    may be ::1 first, which nothing serves here, and then 127.0.0.1."""
+    server = serve(lambda sock: sock.sendall(_answer()))
+
+    answer = bridge.health_check(f"http://localhost:{server.server_address[1]}/bridge")
+
+    assert answer == json.loads(OK)
+    assert server.connections == 1
+
+
+def test_a_name_that_does_not_resolve_is_reported_as_the_resolver_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unknown(host: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(deadlines, "_system_getaddrinfo", unknown)
+
+    with pytest.raises(bridge.BridgeUnavailable) as raised:
+        bridge.health_check("http://localhost:9/bridge")
+
+    assert raised.value.code == "BridgeUnreachable"
+    assert "Name or service not known" in raised.value.message
 
 
 def test_an_answer_of_exactly_the_limit_is_read(serve: Callable, settings: Any) -> None:
