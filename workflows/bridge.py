@@ -12,6 +12,7 @@ import html
 import http.client
 import http.cookiejar
 import json
+import logging
 import os
 import queue
 import re
@@ -34,6 +35,8 @@ from config import deadlines
 from config.db import bounded, storable
 from config.redact import masked_text, masked_url, quoted_masked
 from workflows.sdk.signing import canonical_json, signature_header
+
+logger = logging.getLogger(__name__)
 
 # Novu's framework answers these for user-code and schema problems: retrying cannot
 # help, whatever the status code (StepExecutionFailedError comes with a 502; norm's SDK
@@ -439,6 +442,13 @@ def _answer_read(
         # bridge down is for the task's retry, and an answer begun, or a new connection
         # closed, may come of a bridge that ran the call. Sent outside the `except`, so
         # that its errors are not chained to the first try's, whose cause norm would report.
+        # Logged: a bridge killed as it took the call ends it alike, and may have run it.
+        logger.info(
+            "bridge call: %s closed a kept-alive connection before answering %s; "
+            "sent again over a new connection",
+            _origin(url),
+            action,
+        )
         return _answered(send, left, timeout)
     except UNUSABLE_URL as exc:
         raise BridgeError(
