@@ -6,6 +6,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from config.middleware import chunked_bodies  # noqa: E402 (its imports may read the settings)
+# After the settings are named: the middleware's imports may read them.
+from config.middleware import chunked_bodies
 
 application = chunked_bodies(get_wsgi_application())

@@ -402,7 +402,7 @@ def test_a_write_to_the_table_goes_through_while_its_index_is_built() -> None:
     def build() -> None:
         try:
             forwards()
-        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+        except BaseException as error:  # handed to the test's thread
             errors.append(error)
         finally:
             connection.close()

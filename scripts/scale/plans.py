@@ -110,7 +110,7 @@ def run(name: str, fn: Callable[[], Any]) -> None:
     with connection.execute_wrapper(wrapper):
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"!! {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
     label = ""
 
@@ -125,7 +125,7 @@ def report(path: str) -> None:
             continue
         try:
             exec_ms, scans, buffers, compact = explain(sql, params)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             exec_ms, scans, buffers, compact = -1.0, [], 0, f"EXPLAIN failed: {exc}"
             connection.close()
         rows.append(
