@@ -122,7 +122,11 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Enqueued:
     captured = Enqueued()
 
     def fake_send_now(
-        stage: pipeline.Stage, *args: Any, countdown: float | None = None, queue: str | None = None
+        stage: pipeline.Stage,
+        *args: Any,
+        countdown: float | None = None,
+        queue: str | None = None,
+        producer: Any = None,
     ) -> None:
         captured.calls.append(
             (stage.task, args, {"countdown": countdown, "queue": queue or stage.queue})

@@ -274,8 +274,7 @@ def _recipients_sent(
     recipients = [r for r in recipients if r["subscriberId"] not in skipped]
     queue = pipeline.queue_of(pipeline.SUBSCRIBER, event.workflow_id)
     batches = pipeline.queue_of(pipeline.SUBSCRIBER_BATCH, event.workflow_id)
-    for recipient in recipients:
-        pipeline.send_now(pipeline.SUBSCRIBER, event.pk, recipient, queue=queue)
+    pipeline.send_each(pipeline.SUBSCRIBER, [(event.pk, r) for r in recipients], queue=queue)
     # As in Novu, the actor is no topic's member here: who commented on a thread
     # is not told of their own comment. Listed by subscriberId, it is notified.
     actor = _actor_body(event.actor).get("subscriberId")

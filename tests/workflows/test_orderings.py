@@ -154,6 +154,7 @@ class World:
         *args: Any,
         countdown: float | None = None,
         queue: str | None = None,
+        producer: Any = None,
     ) -> None:
         eta = self.clock.now() + timedelta(seconds=countdown or 0)
         # Through JSON, as the broker carries it.

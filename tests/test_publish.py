@@ -1,0 +1,168 @@
+"""Hand-offs made together go to Redis in one round trip (`pipeline.send_each`): a chunk's
+echoes, a trigger's listed recipients. One at a time, each paid a round trip and a Redis
+client of its own, 100,000 of them for a broadcast to 100,000."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from config import pipeline
+from config.celery import app
+from tests.factories import SubscriberFactory, TriggerEventFactory
+from tests.test_settings import ROOT
+from workflows import services as workflow_services
+from workflows.models import Notification
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    """A queue of the test's own, in this process's Redis db."""
+    name = f"publish-{uuid.uuid4().hex}"
+    yield name
+    with app.pool.acquire(block=True) as connection:
+        connection.default_channel.queue_delete(name)
+
+
+@pytest.fixture
+def pushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """For each write redis-py makes to a socket with an LPUSH in it, how many: each
+    write is a round trip to Redis."""
+    counts: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        data = command if isinstance(command, bytes) else b"".join(command)
+        if b"LPUSH" in data:
+            counts.append(data.count(b"LPUSH"))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    return counts
+
+
+def _queued(queue: str) -> list[tuple[str, list[Any]]]:
+    """The tasks waiting in `queue` (task name, arguments), in the order workers take them."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    messages = [json.loads(raw) for raw in reversed(broker.lrange(queue, 0, -1))]
+    return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
+
+
+def test_hand_offs_sent_together_reach_their_queue_in_one_round_trip(
+    queue: str, pushes: list[int]
+) -> None:
+    pipeline.send_each(pipeline.ECHO, [("n1",), ("n2",), ("n3",)], queue=queue)
+
+    assert pushes == [3]
+    assert _queued(queue) == [(pipeline.ECHO.task, [f"n{i}"]) for i in (1, 2, 3)]
+
+
+@pytest.mark.django_db
+def test_a_chunks_echoes_reach_the_broker_in_one_round_trip(
+    queue: str,
+    pushes: list[int],
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    event = TriggerEventFactory()
+    settings.NORM_WORKFLOW_QUEUES = {event.workflow_id: queue}
+    subscribers = SubscriberFactory.create_batch(30, client=event.client)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+
+    assert made == 30
+    assert pushes == [30]
+    notifications = Notification.objects.order_by("subscriber_id").values_list("pk", flat=True)
+    assert _queued(queue) == [(pipeline.ECHO.task, [str(pk)]) for pk in notifications]
+
+
+@pytest.mark.django_db
+def test_a_triggers_listed_recipients_reach_the_broker_in_one_round_trip(
+    queue: str, pushes: list[int], settings: Any
+) -> None:
+    event = TriggerEventFactory(to=["ann", "bob", {"subscriberId": "cy", "email": "cy@x.io"}])
+    settings.NORM_WORKFLOW_QUEUES = {event.workflow_id: queue}
+
+    workflow_services.trigger_event_run(trigger_event_id=event.pk)
+
+    assert pushes == [3]
+    assert _queued(queue) == [
+        (pipeline.SUBSCRIBER.task, [event.pk, {"subscriberId": "ann"}]),
+        (pipeline.SUBSCRIBER.task, [event.pk, {"subscriberId": "bob"}]),
+        (pipeline.SUBSCRIBER.task, [event.pk, {"subscriberId": "cy", "email": "cy@x.io"}]),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_batch_redis_drops_as_it_goes_is_left_to_the_reconciler_with_a_warning(
+    queue: str,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """The batch's pipeline fails as Redis goes away mid-write: which of its messages
+    went is unknown, and all wait in the database for the reconciler, as a refused one
+    does. A warning says so, with Redis's own reason; the chunk's rows stay committed."""
+    event = TriggerEventFactory()
+    settings.NORM_WORKFLOW_QUEUES = {event.workflow_id: queue}
+    subscribers = SubscriberFactory.create_batch(3, client=event.client)
+
+    execute = redis.client.Pipeline.execute
+
+    def dropped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(command[0] == "LPUSH" for command, _ in self.command_stack):
+            raise redis.exceptions.ConnectionError("Connection reset by peer")
+        return execute(self, *args, **kwargs)  # kombu's own, declaring the queue
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", dropped)
+    with django_capture_on_commit_callbacks(execute=True):
+        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+
+    assert made == 3 and Notification.objects.filter(status="pending").count() == 3
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.exc_info is None
+    message = record.getMessage()
+    first = Notification.objects.order_by("subscriber_id").values_list("pk", flat=True)[0]
+    assert f"the broker refused {pipeline.ECHO.task} ('{first}' and 2 more)" in message
+    assert "delivery is uncertain: Connection reset by peer" in message
+
+
+SEND_EACH_AND_COUNT = """
+import django
+django.setup()
+from config import pipeline
+pipeline.send_each(pipeline.ECHO, [("n1",), ("n2",), ("n3",)])
+print(pipeline.backlog("echo"))
+"""
+
+
+def test_the_embedded_broker_takes_hand_offs_sent_together_one_by_one(tmp_path: Path) -> None:
+    """`make run`'s filesystem broker has no batches: kombu publishes each at once."""
+    for folder in ("broker", "broker-control"):  # as `make run` makes them
+        (tmp_path / folder).mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "CELERY_BROKER_URL": "filesystem://",
+        "NORM_VAR_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SEND_EACH_AND_COUNT], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3"]
