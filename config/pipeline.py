@@ -77,7 +77,6 @@ DB_RETRY: dict[str, Any] = {
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     kombu.exceptions.OperationalError,
     kombu.exceptions.ChannelError,
-    kombu.exceptions.BatchPublishError,  # `send_each`'s batch failed as it went
     redis.exceptions.RedisError,
 )
 
@@ -252,6 +251,10 @@ def send_now(
     )
 
 
+# Hand-offs published in one pipeline (kombu's own default).
+PUBLISH_BATCH = 1000
+
+
 def send_each(
     stage: Stage,
     calls: Sequence[tuple[Any, ...]],
@@ -260,16 +263,27 @@ def send_each(
     countdown: float | None = None,
 ) -> None:
     """`send_now(stage, *args)` for each of `calls`, their LPUSHes in one round trip to
-    Redis for each 1,000 (kombu's publish batch, a pipeline). One at a time, each paid a
-    round trip and a Redis client of its own: twice the CPU and three times the time of a
-    batched publish, over a broadcast's 100,000 echoes. An error leaves those not yet
-    sent unsent, and a batch that failed as it went (BatchPublishError) may have sent
-    some. `make run`'s filesystem broker has no batches, and publishes each at once."""
+    Redis for each PUBLISH_BATCH (kombu's publish batch, a pipeline). One at a time, each
+    paid a round trip and a Redis client of its own: twice the CPU and three times the
+    time of a batched publish, over a broadcast's 100,000 echoes. An error leaves those
+    not yet sent unsent. `make run`'s filesystem broker has no batches, and publishes
+    each at once."""
     from config.celery import app
 
-    with app.producer_or_acquire() as producer, producer.batch():
-        for args in calls:
-            send_now(stage, *args, countdown=countdown, queue=queue, producer=producer)
+    for start in range(0, len(calls), PUBLISH_BATCH):
+        batch = calls[start : start + PUBLISH_BATCH]
+        try:
+            with app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
+                for args in batch:
+                    send_now(stage, *args, countdown=countdown, queue=queue, producer=producer)
+        except kombu.exceptions.BatchPublishError:
+            # The pipeline failed as it went (the connection lost: a failover, a restart),
+            # which kombu does not retry, nor is Celery's publish retry (task_publish_retry)
+            # around it, as it is around each publish alone: sent again one by one, with
+            # that retry, rather than left to the reconciler a grace period late. A copy
+            # of one Redis took after all is harmless: every task claims its row.
+            for args in batch:
+                send_now(stage, *args, countdown=countdown, queue=queue)
 
 
 def backlog(queue: str) -> int:
@@ -332,14 +346,12 @@ def _send_all(
         what = ", ".join(repr(a) for a in calls[0])
         if len(calls) > 1:
             what = f"{what} and {len(calls) - 1} more"
-        batch_failed = isinstance(exc, kombu.exceptions.BatchPublishError)
-        cause = f"{exc}: {exc.__cause__}" if batch_failed else str(exc)  # say why it did
         logger.warning(
             "the broker refused %s (%s), which the reconciler sends again once it has "
             "waited NORM_RECONCILE_GRACE: %s (%d more refused since the last such line)",
             stage.task,
             what,
-            cause,
+            exc,
             held,
         )
 
