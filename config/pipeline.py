@@ -270,6 +270,9 @@ def send_each(
     each at once."""
     from config.celery import app
 
+    if len(calls) == 1:  # nothing to batch: Celery's publish alone, its retry around it all
+        send_now(stage, *calls[0], countdown=countdown, queue=queue)
+        return
     for start in range(0, len(calls), PUBLISH_BATCH):
         batch = calls[start : start + PUBLISH_BATCH]
         try:
