@@ -32,15 +32,15 @@ through (urllib3, smtplib, a proxy's connect), and it changes nothing outside a 
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import ipaddress
 import itertools
 import os
-import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -169,7 +169,7 @@ def _getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
     deadline = _current.get()
     if deadline is None or _numeric(host):  # an address is no lookup: answered at once
         return _system_getaddrinfo(host, port, *args, **kwargs)
-    return _looked_up(lambda: _system_getaddrinfo(host, port, *args, **kwargs), host, deadline)
+    return _lookups.answer((host, port, args, tuple(sorted(kwargs.items()))), deadline)
 
 
 def _numeric(host: Any) -> bool:
@@ -182,28 +182,62 @@ def _numeric(host: Any) -> bool:
     return True
 
 
-def _looked_up(lookup: Callable[[], list[Any]], host: Any, deadline: Deadline) -> list[Any]:
-    answer: queue.SimpleQueue[tuple[list[Any] | None, BaseException | None]]
-    answer = queue.SimpleQueue()
+class _Lookup:
+    """One lookup, run in a thread of its own, whose answer any number of calls wait for."""
 
-    def run() -> None:
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+        self.done = threading.Event()
+        self.found: list[Any] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        host, port, args, kwargs = self.key
         try:
-            answer.put((lookup(), None))
-        except BaseException as exc:  # raised in the caller's thread instead
-            answer.put((None, exc))
+            self.found = _system_getaddrinfo(host, port, *args, **dict(kwargs))
+        except BaseException as exc:  # raised in the callers' threads instead
+            self.error = exc
+        finally:
+            _lookups.over(self)
+            self.done.set()
 
-    threading.Thread(target=run, name="lookup", daemon=True).start()
-    try:
-        found, error = answer.get(timeout=max(deadline.at - time.monotonic(), 0))
-    except queue.Empty:
-        deadline.expire()  # a timeout, as the call's own error handling tells one
-        raise socket.gaierror(
-            socket.EAI_AGAIN, f"the lookup of {host} outlasted the call's deadline"
-        ) from None
-    if error is not None:
-        raise error
-    assert found is not None
-    return found
+
+class _Lookups:
+    """The lookups in flight in this process. A call asking what one already looks up
+    waits for its answer instead of starting another: while a name server is down, each
+    lookup holds its thread until the resolver gives up (30 s), longer than a call waits,
+    and a thread per call piled up for every call made meanwhile, one per name now."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the parent's threads are not here
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[tuple[Any, ...], _Lookup] = {}
+
+    def answer(self, key: tuple[Any, ...], deadline: Deadline) -> list[Any]:
+        with self._lock:
+            lookup = self._in_flight.get(key)
+            if lookup is None:
+                lookup = self._in_flight[key] = _Lookup(key)
+                threading.Thread(target=lookup.run, name="lookup", daemon=True).start()
+        if not lookup.done.wait(max(deadline.at - time.monotonic(), 0)):
+            deadline.expire()  # a timeout, as the call's own error handling tells one
+            raise socket.gaierror(
+                socket.EAI_AGAIN, f"the lookup of {key[0]} outlasted the call's deadline"
+            )
+        if lookup.error is not None:
+            raise copy.copy(lookup.error)  # each caller's own: raising sets its traceback
+        return lookup.found
+
+    def over(self, lookup: _Lookup) -> None:
+        with self._lock:
+            if self._in_flight.get(lookup.key) is lookup:
+                del self._in_flight[lookup.key]
+
+
+_lookups = _Lookups()
 
 
 socket.getaddrinfo = _getaddrinfo

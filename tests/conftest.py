@@ -207,23 +207,30 @@ def _no_network_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 LOOKUP_ANSWERED_AFTER = 8.0
 
 
+@dataclass
+class SlowLookups:
+    answered: threading.Event = field(default_factory=threading.Event)  # one was answered
+    made: list[str] = field(default_factory=list)  # the lookups of `localhost` begun
+
+
 @pytest.fixture
-def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowLookups]:
     """The C library's lookups of `localhost` answered (as 127.0.0.1) only after
     LOOKUP_ANSWERED_AFTER seconds, as they are when a name server is down and the resolver
-    waits out its tries; the event is set once one is answered. Other names as they are."""
-    answered = threading.Event()
+    waits out its tries. Other names as they are."""
+    lookups = SlowLookups()
     lookup = deadlines._system_getaddrinfo
 
     def slow(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
         if host == "localhost":
+            lookups.made.append(host)
             time.sleep(LOOKUP_ANSWERED_AFTER)
-            answered.set()
+            lookups.answered.set()
             host = "127.0.0.1"
         return lookup(host, port, *args, **kwargs)
 
     monkeypatch.setattr(deadlines, "_system_getaddrinfo", slow)
-    yield answered
+    yield lookups
 
 
 @pytest.fixture

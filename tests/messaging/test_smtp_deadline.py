@@ -21,7 +21,7 @@ import pytest
 
 from messaging import providers
 from messaging.models import Message
-from tests.conftest import self_signed, serve_in_background
+from tests.conftest import SlowLookups, self_signed, serve_in_background
 from tests.messaging.test_message_worker import SMTP, Inbox, email_step, smtp_serving
 from workflows.models import Step
 
@@ -118,7 +118,7 @@ def test_a_greeting_sent_a_byte_at_a_time_fails_the_send_at_the_deadline(
 
 
 def test_a_host_the_resolver_is_slow_to_look_up_fails_the_send_at_the_deadline(
-    send: Callable[[Step], Step], slow_lookups: threading.Event, settings: Any
+    send: Callable[[Step], Step], slow_lookups: SlowLookups, settings: Any
 ) -> None:
     """The lookup of EMAIL_HOST, made before any socket exists, is waited for only until
     the deadline: a name server that is down held the message worker as long as the
@@ -128,7 +128,7 @@ def test_a_host_the_resolver_is_slow_to_look_up_fails_the_send_at_the_deadline(
         settings.EMAIL_HOST = "localhost"
         step = send(email_step())
 
-    assert not slow_lookups.is_set(), "the send waited for the name server to answer"
+    assert not slow_lookups.answered.is_set(), "the send waited for the name server to answer"
     assert step.status == Step.Status.SCHEDULED, step.error  # transient: retried after a backoff
     assert TIMED_OUT in step.error
     assert inbox.envelopes == []

@@ -25,7 +25,7 @@ import pytest
 from django.test import override_settings
 
 from config import deadlines
-from tests.conftest import self_signed, serve_in_background
+from tests.conftest import SlowLookups, self_signed, serve_in_background
 from workflows import bridge
 
 DEADLINE = 1.0
@@ -324,7 +324,7 @@ def test_a_bridge_that_never_accepts_the_connection_times_out(serve: Callable) -
 
 
 def test_a_name_the_resolver_is_slow_to_look_up_times_out_within_the_deadline(
-    serve: Callable, slow_lookups: threading.Event
+    serve: Callable, slow_lookups: SlowLookups
 ) -> None:
     """The C library's lookup of the bridge's host, which no socket shutdown wakes, is
     waited for only until the deadline: a name server that is down held the call for as
@@ -334,9 +334,35 @@ def test_a_name_the_resolver_is_slow_to_look_up_times_out_within_the_deadline(
 
     error, took = _timed(lambda: bridge.health_check(url))
 
-    assert not slow_lookups.is_set(), "the call waited for the name server to answer"
+    assert not slow_lookups.answered.is_set(), "the call waited for the name server to answer"
     _assert_timed_out(error, took)
     assert server.connections == 0
+
+
+def test_calls_made_while_a_name_is_looked_up_wait_for_that_lookup_not_one_each(
+    serve: Callable, slow_lookups: SlowLookups
+) -> None:
+    """A lookup the deadline gave up on holds its thread until the resolver gives up too
+    (30 s by resolv.conf's defaults): one per call, they piled up for every call made
+    while a name server was down. Calls asking for the same name wait for one lookup."""
+    server = serve(lambda sock: sock.sendall(_answer()))
+    url = f"http://localhost:{server.server_address[1]}/bridge"
+    outcomes: list[tuple[Exception | None, float]] = []
+    callers = [
+        threading.Thread(target=lambda: outcomes.append(_timed(lambda: bridge.health_check(url))))
+        for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    outcomes.append(_timed(lambda: bridge.health_check(url)))  # the lookup still goes on
+
+    assert not slow_lookups.answered.is_set()
+    assert len(outcomes) == 4
+    for error, took in outcomes:
+        _assert_timed_out(error, took)
+    assert slow_lookups.made == ["localhost"]
 
 
 def test_a_name_looked_up_under_the_deadline_is_called_at_each_address_it_has(
