@@ -42,6 +42,7 @@ class ApiError(Exception):
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        logged: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -52,6 +53,9 @@ class ApiError(Exception):
         # More of the answer, beside the error's fields: novu-py reads a 409 to
         # `failIfExists` as the object that exists.
         self.body = body or {}
+        # Said in the log already, a line a minute (a 5xx that recurs for every request
+        # while its cause lasts): not Django's ERROR for each request too.
+        self.logged = logged
 
 
 def error_body(status: int, path: str, message: Any, **extra: Any) -> dict[str, Any]:
@@ -171,9 +175,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status=error.status,
         headers=error.headers,
     )
-    if isinstance(exc, ApiError) and exc.code == "service_unavailable":
-        # Said by _database_unavailable, a line a minute: not Django's ERROR ("Service
-        # Unavailable") a request.
+    if isinstance(exc, ApiError) and exc.logged:
+        # Not Django's ERROR ("Service Unavailable", "Bad Gateway") a request as well.
         response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
@@ -223,6 +226,7 @@ def _database_unavailable(exc: OperationalError | InterfaceError, path: str) -> 
         "service_unavailable",
         "The database is unavailable; nothing was stored. Try again shortly",
         headers={"Retry-After": "5"},
+        logged=True,
     )
 
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
+from config.logs import Quieted
 from config.redact import masked_url
 from notify import crypto, selectors, senders
 from notify.models import (
@@ -383,10 +384,15 @@ def trigger_event_check(
         if keys - known:
             missing = ", ".join(sorted(keys - known))
             raise ApiError(404, "topic_not_found", f"Topic not found: {missing}")
-    registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
-    _validate_payload(
-        registered.payload_schema, payload, translated=registered.payload_schema_translated
-    )
+    try:
+        registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
+        _validate_payload(
+            registered.payload_schema, payload, translated=registered.payload_schema_translated
+        )
+    except ApiError as exc:
+        if exc.status >= 500:
+            _bridge_fault_log(exc, client=client, bridge_url=resource, workflow_id=workflow_id)
+        raise
 
     return TriggerEvent(
         client=client,
@@ -399,6 +405,29 @@ def trigger_event_check(
         actor=actor,
         overrides=overrides or {},
     )
+
+
+# A bridge down (or declaring a schema that cannot be applied) fails every trigger that
+# needs its discover: Django's ERROR for each 502, without the reason, flooded the log.
+_bridge_faults = Quieted()
+
+
+def _bridge_fault_log(exc: ApiError, *, client: Client, bridge_url: str, workflow_id: str) -> None:
+    """Say a trigger's 502 a line a minute per client, bridge and code, with its reason: a
+    warning without traceback, as the bridge is its owner's to mend."""
+    held = _bridge_faults.due((client.pk, bridge_url, exc.code))
+    if held is not None:
+        logger.warning(
+            "trigger of %s (client %s) answered %d %s: %s (%d more such triggers since the "
+            "last such line)",
+            workflow_id,
+            client.pk,
+            exc.status,
+            exc.code,
+            exc.message,
+            held,
+        )
+    exc.logged = True
 
 
 def trigger_event_store(event: TriggerEvent) -> TriggerEvent:

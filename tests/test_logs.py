@@ -20,7 +20,13 @@ from messaging import tasks as messaging_tasks
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import DatabaseAway, a_bug
 from tests.e2e.harness import free_port
-from tests.factories import NotificationFactory, SubscriberFactory, TriggerEventFactory
+from tests.factories import (
+    NotificationFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+    api_for,
+    client_with_key,
+)
 from workflows import selectors as workflow_selectors
 from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
@@ -307,6 +313,42 @@ def test_answers_of_4xx_are_one_warning_a_minute_per_status_and_route(
         f"Unauthorized: {TRIGGER} (3 more such answers since the last such line)",
         "Not Found: /xmlrpc.php (1 more such answers since the last such line)",
     ]
+
+
+def test_triggers_of_a_bridge_norm_cannot_discover_are_one_warning_a_minute_saying_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each trigger that needed the discover of a bridge that is down was Django's ERROR,
+    "Bad Gateway: /v1/events/trigger", a line per request, and none said which bridge or
+    why (the reason went to the caller alone)."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    # The discard port: nothing answers.
+    _, key = client_with_key(bridge_url="http://127.0.0.1:9/api/norm")
+    api = api_for(key)
+    caplog.set_level(logging.INFO)
+
+    def trigger() -> None:
+        answer = api.post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+        assert (answer.status_code, answer.json()["code"]) == (502, "bridge_unavailable")
+
+    def lines() -> list[logging.LogRecord]:
+        found = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        caplog.clear()
+        return found
+
+    for _ in range(3):
+        trigger()
+    [line] = lines()
+    assert (line.levelno, line.exc_info) == (logging.WARNING, None)
+    message = line.getMessage()
+    assert "welcome" in message and "127.0.0.1:9/api/norm" in message
+    assert "BridgeUnreachable" in message and "(0 more such triggers" in message
+
+    clock.now += logs.Quieted.PERIOD
+    trigger()
+    [line] = lines()
+    assert "(2 more such triggers" in line.getMessage()
 
 
 def test_logging_configured_twice_still_writes_one_count_on_a_4xx_line(
