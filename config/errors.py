@@ -81,7 +81,13 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     /v2 (novu-py raises its typed ErrorDto only for JSON), Django's page elsewhere.
     The route is path_info: `path` holds the prefix of a deployment under one (/novu)."""
     if _under_api(request):
-        body = error_body(404, request.get_full_path(), "Not found", code="not_found")
+        # Named, as Novu's "Cannot GET /v1/..." does: a bare "Not found" for an endpoint of
+        # Novu's that norm lacks (novu-py's preferences, online status) read as the
+        # subscriber or message in its path not found.
+        message = f"Cannot {request.method} {request.path}: norm has no such endpoint"
+        if request.path_info.endswith("/"):
+            message += " (its paths end without a slash)"
+        body = error_body(404, request.get_full_path(), message, code="not_found")
         return JsonResponse(body, status=404)
     return defaults.page_not_found(request, exception)
 

@@ -388,15 +388,31 @@ def test_time_zones_are_the_same_on_a_host_without_a_time_zone_database() -> Non
     assert out.stdout.split() == ["US/Eastern", "Asia/Calcutta", "Europe/Paris", "None"]
 
 
-def test_a_path_no_api_view_serves_answers_novus_json_404() -> None:
+def test_a_path_no_api_view_serves_answers_novus_json_404_naming_it() -> None:
+    """The message was a bare "Not found": novu-py's subscribers.preferences.list("ann")
+    (an endpoint norm lacks) read as subscriber ann not found."""
     _, key = client_with_key()
     api = api_for(key)
-    for path in ("/v1/nope", "/v2/subscribers/ann/nope?x=1", "/v1/subscribers/"):
+    for path, message in (
+        ("/v1/nope", "Cannot GET /v1/nope: norm has no such endpoint"),
+        (
+            "/v2/subscribers/ann/preferences?x=1",
+            "Cannot GET /v2/subscribers/ann/preferences: norm has no such endpoint",
+        ),
+        (
+            "/v1/subscribers/",
+            "Cannot GET /v1/subscribers/: norm has no such endpoint "
+            "(its paths end without a slash)",
+        ),
+    ):
         response = api.get(path)
         assert response.status_code == 404 and response["Content-Type"] == "application/json"
         body = response.json()
         assert (body["statusCode"], body["path"], body["code"]) == (404, path, "not_found")
-        assert body["timestamp"] and body["message"] == "Not found"
+        assert body["timestamp"] and body["message"] == message
+    assert api.patch("/v1/subscribers/ann/online-status").json()["message"] == (
+        "Cannot PATCH /v1/subscribers/ann/online-status: norm has no such endpoint"
+    )
     for path in ("/nope", "/v1nope", "/v2.json"):  # outside the API: Django's page
         page = api.get(path)
         assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
