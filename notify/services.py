@@ -198,9 +198,12 @@ def _sync_claimed(last: BridgeSync, *, now: datetime) -> bool:
     )
 
 
-def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> BridgeWorkflow:
+def _bridge_workflow(
+    *, client: Client, bridge_url: str, workflow_id: str, refused: bool = False
+) -> BridgeWorkflow:
     """The registry entry for a workflow, refreshed from the bridge when it is unknown
-    or older than NORM_REGISTRY_TTL, at most once per NORM_DISCOVER_MIN_INTERVAL.
+    or older than NORM_REGISTRY_TTL (or, `refused`, it refused the trigger's payload),
+    at most once per NORM_DISCOVER_MIN_INTERVAL.
 
     A stale entry is used when the bridge cannot be reached: a trigger is never
     refused because the bridge is briefly down, only when norm cannot know the workflow.
@@ -209,8 +212,10 @@ def _bridge_workflow(*, client: Client, bridge_url: str, workflow_id: str) -> Br
         client_id=client.pk, bridge_url=bridge_url, workflow_id=workflow_id, cached=True
     )
     now = timezone.now()
-    if found is not None and found.discovered_at > now - timedelta(
-        seconds=settings.NORM_REGISTRY_TTL
+    if (
+        not refused
+        and found is not None
+        and found.discovered_at > now - timedelta(seconds=settings.NORM_REGISTRY_TTL)
     ):
         return found
     last = BridgeSync.objects.filter(client=client, bridge_url=bridge_url).first()
@@ -385,9 +390,8 @@ def trigger_event_check(
             missing = ", ".join(sorted(keys - known))
             raise ApiError(404, "topic_not_found", f"Topic not found: {missing}")
     try:
-        registered = _bridge_workflow(client=client, bridge_url=resource, workflow_id=workflow_id)
-        _validate_payload(
-            registered.payload_schema, payload, translated=registered.payload_schema_translated
+        _workflow_checked(
+            client=client, bridge_url=resource, workflow_id=workflow_id, payload=payload
         )
     except ApiError as exc:
         if exc.status >= 500:
@@ -405,6 +409,34 @@ def trigger_event_check(
         actor=actor,
         overrides=overrides or {},
     )
+
+
+def _workflow_checked(
+    *, client: Client, bridge_url: str, workflow_id: str, payload: dict[str, Any]
+) -> BridgeWorkflow:
+    """The workflow's registry entry, whose payload schema `payload` passes."""
+    registered = _bridge_workflow(client=client, bridge_url=bridge_url, workflow_id=workflow_id)
+    try:
+        _validate_payload(
+            registered.payload_schema, payload, translated=registered.payload_schema_translated
+        )
+    except ApiError as refusal:
+        if refusal.code != "invalid_payload":
+            raise
+        # The schema may be one the bridge has changed since (a developer's next try, the
+        # code redeployed): refused on its strength, such a trigger stayed refused for
+        # NORM_REGISTRY_TTL. Checked again against a new discover, if one is due; the
+        # same entry back (none due, or the bridge down) upholds the refusal.
+        fresher = _bridge_workflow(
+            client=client, bridge_url=bridge_url, workflow_id=workflow_id, refused=True
+        )
+        if fresher.discovered_at == registered.discovered_at:
+            raise
+        _validate_payload(
+            fresher.payload_schema, payload, translated=fresher.payload_schema_translated
+        )
+        return fresher
+    return registered
 
 
 # A bridge down (or declaring a schema that cannot be applied) fails every trigger that

@@ -1134,6 +1134,36 @@ def test_a_registry_entry_within_the_ttl_is_served_without_asking_the_bridge(
     assert discover.calls == []
 
 
+def test_a_payload_refused_by_a_schema_the_bridge_changed_since_is_checked_again(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
+) -> None:
+    """A developer drops a required key from a workflow's payload schema and restarts the
+    app: triggers without that key were refused on the old schema, nothing saying it was
+    norm's copy, until the entry was NORM_REGISTRY_TTL (300 s) old. A refusal now asks the
+    bridge again, once NORM_DISCOVER_MIN_INTERVAL allows it."""
+    settings.NORM_REGISTRY_TTL, settings.NORM_DISCOVER_MIN_INTERVAL = 300, 10
+    discovered = timezone.now() - timedelta(seconds=30)  # within the TTL, past the interval
+    BridgeSyncFactory(client=keyed[0], synced_at=discovered, flavour="norm")
+    BridgeWorkflowFactory(
+        client=keyed[0],
+        workflow_id="welcome",
+        discovered_at=discovered,
+        payload_schema={"type": "object", "required": ["orderId"]},
+    )
+
+    # The demo's welcome, as the bridge declares it now, requires no key.
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert discover.urls == [BRIDGE_URL]
+    assert BridgeWorkflow.objects.get(client=keyed[0], workflow_id="welcome").payload_schema[
+        "properties"
+    ]["delaySeconds"]
+    # Refused by the schema just discovered: no discover again within the interval.
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"delaySeconds": "x"}})
+    assert_error(refused, 400, "invalid_payload")
+    assert discover.urls == [BRIDGE_URL]
+    assert TriggerEvent.objects.count() == 1
+
+
 def _bridge_down(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
     raise bridge.BridgeUnavailable("BridgeUnreachable", "connection refused")
 
