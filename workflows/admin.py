@@ -22,7 +22,7 @@ from django.db.models.constants import LOOKUP_SEP
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
@@ -177,6 +177,17 @@ class NormAdmin(admin.ModelAdmin):
                     raise IncorrectLookupParameters(exc) from exc
 
         return Checked
+
+    def formfield_for_dbfield(
+        self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.Field | None:
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None:
+            # norm's help texts are plain text, and the admin writes them out as HTML:
+            # `Acme <hello@acme.example>` read "as `Acme `", `tk_<topic key>:si_<subscriberId>`
+            # read "tk_:si_", the browser taking each address or placeholder for a tag.
+            formfield.help_text = escape(formfield.help_text)
+        return formfield
 
     def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
         for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):

@@ -145,6 +145,22 @@ def test_a_list_of_rows_reads_no_large_column_it_does_not_show(
     assert [column for column in unread if column in read] == unread
 
 
+@pytest.mark.parametrize(
+    ("page", "shown"),
+    [
+        ("admin:notify_client_add", "as `Acme <hello@acme.example>`"),
+        ("admin:subscribers_topicsubscription_add", "tk_<topic key>:si_<subscriberId>"),
+    ],
+)
+def test_a_help_text_holding_angle_brackets_is_shown_as_written(
+    admin_client, page: str, shown: str
+) -> None:
+    """The admin writes help texts out as HTML: the browser took the sender's address and
+    the identifier's placeholders for tags, and the help read "as `Acme `" and "tk_:si_"."""
+    html = admin_client.get(reverse(page)).content.decode()
+    assert escape(shown) in html and shown not in html
+
+
 def test_notifications_are_listed_newest_first(admin_client) -> None:
     """The list was ordered by id, a uuid4: in no order at all."""
     older = NotificationFactory(id=uuid.UUID(int=2))  # the ids in the other order
