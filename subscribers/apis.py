@@ -197,7 +197,7 @@ class SubscriptionOutput(serializers.Serializer):
 
     _id = serializers.CharField()
     identifier = serializers.CharField(
-        help_text="as its subscribe gave it; by default tk_<topic key>:si_<subscriberId>"
+        help_text="as its subscribe gave it; by default `tk_<topic key>:si_<subscriberId>`"
     )
     name = serializers.CharField(required=False, help_text="left out when it has none")
     topic = TopicRef()
@@ -300,7 +300,7 @@ class DeleteWithBodySchema(AutoSchema):
                             "type": "string",
                             "maxLength": 255,
                             "description": "the subscription's (on subscribe; by default"
-                            " tk_<topic key>:si_<subscriberId>); an unsubscribe may name"
+                            " `tk_<topic key>:si_<subscriberId>`); an unsubscribe may name"
                             " a subscription by it alone",
                         },
                         "name": {
@@ -1221,7 +1221,7 @@ class SubscriberSubscriptionsApi(APIView):
 class SubscriptionDetailOutput(serializers.Serializer):
     id = serializers.CharField(help_text="the subscription's `_id` in the lists")
     identifier = serializers.CharField(
-        help_text="as its subscribe gave it; by default tk_<topic key>:si_<subscriberId>"
+        help_text="as its subscribe gave it; by default `tk_<topic key>:si_<subscriberId>`"
     )
 
 

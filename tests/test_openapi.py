@@ -196,3 +196,25 @@ def test_the_servers_own_address_leads_to_the_docs(client: Any) -> None:
     assert (response.status_code, response["Location"]) == (302, "/docs")
     assert client.get(response["Location"]).status_code == 200
     assert client.post("/").status_code == 405
+
+
+def test_no_description_holds_an_angle_bracket_outside_code(openapi: dict[str, Any]) -> None:
+    """Swagger UI (/docs) renders a description as Markdown and drops the HTML tags it
+    finds: "by default tk_<topic key>:si_<subscriberId>" read "by default tk_:si_". Within
+    a code span (`...`) the text is shown as written."""
+    bare: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "description" and isinstance(value, str):
+                    if "<" in re.sub(r"`[^`]*`", "", value):
+                        bare.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(openapi)
+    assert bare == []
