@@ -182,6 +182,9 @@ class Command(BaseCommand):
             secret_key=key,
             if_missing=True,
             stdout=io.StringIO(),
+            # Its word that --if-missing left another bridge to the client, to change on
+            # the admin page: moved just below, the banner then saying where it is now.
+            stderr=io.StringIO(),
         )
         # A var/ kept from a run on another --addr has the demo client already, with
         # the bridge of that run: every trigger would answer 502, and every notification
