@@ -5,6 +5,8 @@ import gc
 import json
 import os
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -474,6 +476,25 @@ def connections_to(ports: set[int]) -> int:
             fields = line.split()  # sl, local, remote, state, ..., inode (the 10th)
             count += fields[9] in inodes and int(fields[2].rpartition(":")[2], 16) in ports
     return count
+
+
+def on_the_embedded_broker(script: str, tmp_path: Path) -> str:
+    """What `script` prints, run by Python in a process of its own whose broker is `make
+    run`'s filesystem one, its folders in `tmp_path`."""
+    for folder in ("broker", "broker-control"):  # as `make run` makes them
+        (tmp_path / folder).mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "CELERY_BROKER_URL": "filesystem://",
+        "NORM_VAR_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def serve_in_background(server: socketserver.BaseServer) -> None:

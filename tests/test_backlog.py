@@ -4,15 +4,12 @@ filesystem broker (`make run`)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 from config import pipeline
 from config.celery import app
-from tests.test_settings import ROOT
+from tests.conftest import on_the_embedded_broker
 
 SEND_AND_COUNT = """
 import django
@@ -41,17 +38,4 @@ def test_the_backlog_of_a_queue_is_what_the_broker_holds_for_it() -> None:
 
 
 def test_the_embedded_brokers_backlog_is_counted_from_its_folder(tmp_path: Path) -> None:
-    for folder in ("broker", "broker-control"):  # as `make run` makes them
-        (tmp_path / folder).mkdir()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "CELERY_BROKER_URL": "filesystem://",
-        "NORM_VAR_DIR": str(tmp_path),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SEND_AND_COUNT], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["3", "0"]
+    assert on_the_embedded_broker(SEND_AND_COUNT, tmp_path).split() == ["3", "0"]

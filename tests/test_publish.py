@@ -25,6 +25,7 @@ from django.conf import settings
 
 from config import pipeline
 from config.celery import app
+from tests.conftest import on_the_embedded_broker
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from tests.test_settings import ROOT
 from workflows import services as workflow_services
@@ -229,17 +230,4 @@ print(pipeline.backlog("echo"))
 
 def test_the_embedded_broker_takes_hand_offs_sent_together_one_by_one(tmp_path: Path) -> None:
     """`make run`'s filesystem broker has no batches: kombu publishes each at once."""
-    for folder in ("broker", "broker-control"):  # as `make run` makes them
-        (tmp_path / folder).mkdir()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "CELERY_BROKER_URL": "filesystem://",
-        "NORM_VAR_DIR": str(tmp_path),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SEND_EACH_AND_COUNT], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["3"]
+    assert on_the_embedded_broker(SEND_EACH_AND_COUNT, tmp_path).split() == ["3"]
