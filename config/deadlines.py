@@ -25,8 +25,9 @@ Before any socket exists, the call looks its host's name up, in the C library
 (resolv.conf's defaults, 5 s a try and 2 tries per name server, come to 30 s with three),
 whatever the deadline. Inside a deadline a lookup runs in a thread of its own, waited for
 until the deadline: past it the call fails as a timeout, and the thread ends when the
-resolver gives up. The hook is socket.getaddrinfo itself, which every library looks up
-through (urllib3, smtplib, a proxy's connect), and it changes nothing outside a deadline.
+resolver gives up. The hooks are socket.getaddrinfo itself, which every library looks up
+through (urllib3, smtplib, a proxy's connect), and socket.gethostbyaddr (socket.getfqdn's
+reverse lookup, Django's SMTP greeting); they change nothing outside a deadline.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -162,6 +163,7 @@ def watch(sock: Any) -> None:
 
 
 _system_getaddrinfo = socket.getaddrinfo
+_system_gethostbyaddr = socket.gethostbyaddr
 
 
 def _getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -169,7 +171,23 @@ def _getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
     deadline = _current.get()
     if deadline is None or _numeric(host):  # an address is no lookup: answered at once
         return _system_getaddrinfo(host, port, *args, **kwargs)
-    return _lookups.answer((host, port, args, tuple(sorted(kwargs.items()))), deadline)
+    return _lookups.answer(
+        ("getaddrinfo", host, port, args, tuple(sorted(kwargs.items()))),
+        lambda: _system_getaddrinfo(host, port, *args, **kwargs),
+        deadline,
+    )
+
+
+def _gethostbyaddr(address: str) -> tuple[str, list[str], list[str]]:
+    """socket.gethostbyaddr, as `_getaddrinfo`: the reverse lookup of socket.getfqdn(),
+    which Django's SMTP backend makes for the name it greets the server with (once in a
+    process, on its first email)."""
+    deadline = _current.get()
+    if deadline is None:
+        return _system_gethostbyaddr(address)
+    return _lookups.answer(
+        ("gethostbyaddr", address), lambda: _system_gethostbyaddr(address), deadline
+    )
 
 
 def _numeric(host: Any) -> bool:
@@ -185,16 +203,16 @@ def _numeric(host: Any) -> bool:
 class _Lookup:
     """One lookup, run in a thread of its own, whose answer any number of calls wait for."""
 
-    def __init__(self, key: tuple[Any, ...]) -> None:
+    def __init__(self, key: tuple[Any, ...], look_up: Callable[[], Any]) -> None:
         self.key = key
+        self.look_up = look_up
         self.done = threading.Event()
-        self.found: list[Any] = []
+        self.found: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        host, port, args, kwargs = self.key
         try:
-            self.found = _system_getaddrinfo(host, port, *args, **dict(kwargs))
+            self.found = self.look_up()
         except BaseException as exc:  # raised in the callers' threads instead
             self.error = exc
         finally:
@@ -216,16 +234,17 @@ class _Lookups:
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[Any, ...], _Lookup] = {}
 
-    def answer(self, key: tuple[Any, ...], deadline: Deadline) -> list[Any]:
+    def answer(self, key: tuple[Any, ...], look_up: Callable[[], Any], deadline: Deadline) -> Any:
+        """What `look_up` answers (the lookup `key` names), or an error at `deadline`."""
         with self._lock:
             lookup = self._in_flight.get(key)
             if lookup is None:
-                lookup = self._in_flight[key] = _Lookup(key)
+                lookup = self._in_flight[key] = _Lookup(key, look_up)
                 threading.Thread(target=lookup.run, name="lookup", daemon=True).start()
         if not lookup.done.wait(max(deadline.at - time.monotonic(), 0)):
             deadline.expire()  # a timeout, as the call's own error handling tells one
             raise socket.gaierror(
-                socket.EAI_AGAIN, f"the lookup of {key[0]} outlasted the call's deadline"
+                socket.EAI_AGAIN, f"the lookup of {key[1]} outlasted the call's deadline"
             )
         if lookup.error is not None:
             raise copy.copy(lookup.error)  # each caller's own: raising sets its traceback
@@ -241,3 +260,4 @@ _lookups = _Lookups()
 
 
 socket.getaddrinfo = _getaddrinfo
+socket.gethostbyaddr = _gethostbyaddr

@@ -217,9 +217,10 @@ class SlowLookups:
 
 @pytest.fixture
 def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowLookups]:
-    """The C library's lookups of `localhost` answered (as 127.0.0.1) only after
-    LOOKUP_ANSWERED_AFTER seconds, as they are when a name server is down and the resolver
-    waits out its tries. Other names as they are."""
+    """The C library's lookups of `localhost`, and its reverse lookups of any address,
+    answered (as 127.0.0.1, as `mail.example`) only after LOOKUP_ANSWERED_AFTER seconds, as
+    they are when a name server is down and the resolver waits out its tries. Other names
+    as they are."""
     lookups = SlowLookups()
     lookup = deadlines._system_getaddrinfo
 
@@ -231,7 +232,14 @@ def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowLookups]:
             host = "127.0.0.1"
         return lookup(host, port, *args, **kwargs)
 
+    def slow_reverse(address: str) -> tuple[str, list[str], list[str]]:
+        lookups.made.append(address)
+        time.sleep(LOOKUP_ANSWERED_AFTER)
+        lookups.answered.set()
+        return "mail.example", [], ["127.0.0.1"]
+
     monkeypatch.setattr(deadlines, "_system_getaddrinfo", slow)
+    monkeypatch.setattr(deadlines, "_system_gethostbyaddr", slow_reverse)
     yield lookups
 
 

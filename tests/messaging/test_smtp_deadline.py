@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.mail.utils import DNS_NAME
 
 from messaging import providers
 from messaging.models import Message
@@ -124,11 +125,32 @@ def test_a_host_the_resolver_is_slow_to_look_up_fails_the_send_at_the_deadline(
     the deadline: a name server that is down held the message worker as long as the
     resolver retried (30 s by resolv.conf's defaults), and then sent."""
     inbox = Inbox()
-    with smtp_serving(settings, inbox):
+    with smtp_serving(settings, inbox, server_hostname="smtp.test"):  # no lookup of its own
         settings.EMAIL_HOST = "localhost"
         step = send(email_step())
 
     assert not slow_lookups.answered.is_set(), "the send waited for the name server to answer"
+    assert step.status == Step.Status.SCHEDULED, step.error  # transient: retried after a backoff
+    assert TIMED_OUT in step.error
+    assert inbox.envelopes == []
+
+
+def test_the_name_norm_greets_the_smtp_server_with_is_looked_up_within_the_deadline(
+    send: Callable[[Step], Step],
+    slow_lookups: SlowLookups,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Django's SMTP backend greets the server (EHLO) with socket.getfqdn(), a reverse
+    lookup in the C library made on a process's first email: a name server that is down
+    held that email past the deadline, as long as the resolver retried."""
+    monkeypatch.delattr(DNS_NAME, "_fqdn", raising=False)  # this process's first email
+    inbox = Inbox()
+    # EMAIL_HOST an address, and the server's name given: neither looked up.
+    with smtp_serving(settings, inbox, server_hostname="smtp.test"):
+        step = send(email_step())
+
+    assert slow_lookups.made and not slow_lookups.answered.is_set()
     assert step.status == Step.Status.SCHEDULED, step.error  # transient: retried after a backoff
     assert TIMED_OUT in step.error
     assert inbox.envelopes == []
