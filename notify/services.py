@@ -331,6 +331,24 @@ def _validate_payload(
         raise ApiError(400, "invalid_payload", message, details)
 
 
+def _bridge_url_refused(*, client: Client, url: str, field: str) -> str:
+    """Why a trigger naming `url` as its bridge is refused, with the client's own: a caller
+    whose code sets no bridgeUrl (@novu/framework's workflow.trigger() sends one built from
+    NOVU_BRIDGE_ORIGIN) sees which differs."""
+    ours = ", ".join(masked_url(allowed) for allowed in client.bridge_urls())
+    message = f"{field} {masked_url(url)} is not one of this client's bridge URLs ({ours})"
+    if stored_strings(client.allowed_bridge_urls) is None:
+        message += " (its allowed_bridge_urls is not a list of URLs: only its bridge_url is)"
+    else:
+        message += ": add it to the client's allowed_bridge_urls (admin) for norm to call it"
+    if field == "bridgeUrl":
+        message += (
+            "; @novu/framework's workflow.trigger() sends NOVU_BRIDGE_ORIGIN + /api/novu"
+            " (or a Vercel preview's URL) as bridgeUrl"
+        )
+    return message
+
+
 def trigger_event_check(
     *,
     client: Client,
@@ -362,13 +380,10 @@ def trigger_event_check(
         raise ApiError(403, "workflow_forbidden", f"This client may not trigger '{workflow_id}'")
     resource = resource or client.bridge_url
     if resource not in client.bridge_urls():
-        message = f"{resource_field} is not one of this client's bridge URLs"
-        if stored_strings(client.allowed_bridge_urls) is None:
-            message += " (its allowed_bridge_urls is not a list of URLs: only its bridge_url is)"
         raise ApiError(
             400,
             "invalid_resource",
-            message,
+            _bridge_url_refused(client=client, url=resource, field=resource_field),
             [{"field": resource_field, "message": "not an allowed bridge URL"}],
         )
     actor_body = parse_actor(actor)

@@ -267,8 +267,28 @@ def test_resource_not_among_bridge_urls_is_400_and_never_called(
     error = assert_error(post(TRIGGER, body), 400, "invalid_resource")
     # The field as the caller named it: "resource" was no field of a bridgeUrl's request.
     assert error["errors"] == [{"field": field_name, "message": "not an allowed bridge URL"}]
-    assert error["message"].startswith(f"{field_name} is not one of this client's bridge URLs")
+    assert error["message"].startswith(
+        f"{field_name} {evil} is not one of this client's bridge URLs ({BRIDGE_URL}, {OTHER_BRIDGE})"
+    )
     assert evil not in discover.urls
+    assert_nothing_stored(enqueued)
+
+
+def test_a_bridge_url_refused_is_named_with_the_clients_and_how_to_allow_it(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """@novu/framework's workflow.trigger() sends NOVU_BRIDGE_ORIGIN + /api/novu as bridgeUrl,
+    which the caller's code never names: "bridgeUrl is not one of this client's bridge URLs"
+    left them to guess which URL was sent and what to change. A token in either is masked."""
+    sent = "http://localhost:4000/api/novu?token=SENT-SECRET"
+    body = {"name": "welcome", "to": "ann", "bridgeUrl": sent}
+    error = assert_error(post(TRIGGER, body), 400, "invalid_resource")
+    message = error["message"]
+    assert "bridgeUrl http://localhost:4000/api/novu?token=*** is not one" in message
+    assert f"({BRIDGE_URL}, {OTHER_BRIDGE})" in message
+    assert "add it to the client's allowed_bridge_urls (admin)" in message
+    assert "NOVU_BRIDGE_ORIGIN" in message
+    assert "SENT-SECRET" not in message
     assert_nothing_stored(enqueued)
 
 
