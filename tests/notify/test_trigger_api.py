@@ -488,6 +488,54 @@ def test_a_zod_payload_schema_refuses_no_pattern_format_or_multiple_that_zod_tak
     assert [e["field"] for e in error["errors"]] == ["payload/", "payload/total"]
 
 
+# zod-to-json-schema's translation of `z.object({name: z.string().min(2), code:
+# z.string().length(3)})`, with the zod object as JSON beside it.
+ZOD_LENGTHS = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 2},
+            "code": {"type": "string", "minLength": 3, "maxLength": 3},
+        },
+        "required": ["name", "code"],
+        "additionalProperties": False,
+        "$schema": "http://json-schema.org/draft-07/schema#",
+    },
+    "unknownSchema": ZOD_PAYLOAD["unknownSchema"],
+}
+
+
+def test_a_zod_payload_schema_counts_a_strings_least_length_as_zod_does(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """zod counts a string's length in UTF-16 code units: it takes "😀" for `.min(2)` and
+    "😀a" for `.length(3)`, and the bridge runs them; norm counted code points and refused
+    the trigger. A string too short in zod's count is still refused here."""
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=ZOD_LENGTHS))
+    taken = {"name": "😀", "code": "😀a"}
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": taken})
+    short = {"name": "a", "code": "ab"}
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": short})
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/code", "payload/name"]
+
+
+def test_a_json_schema_counts_a_strings_least_length_in_code_points_as_ajv_does(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """Written as JSON Schema, Novu's SDK checks it with ajv, which counts code points."""
+    schema = ZOD_LENGTHS["schema"]
+    declared = {"schema": schema, "unknownSchema": schema}
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=declared))
+    taken_by_zod = {"name": "😀", "code": "😀a"}
+    refused = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": taken_by_zod})
+
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/code", "payload/name"]
+
+
 def test_the_same_schema_in_json_schema_is_checked_whole_as_ajv_checks_it(
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
