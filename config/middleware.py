@@ -12,6 +12,8 @@ from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
+from config.logs import Quieted
+
 logger = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -141,27 +143,43 @@ def health_check(
     return middleware
 
 
+# Every probe while the database is away or behind (compose's every 15 s, Kubernetes'
+# liveness and readiness probes of each pod): a line a minute, as the API's 503s.
+_unhealthy = Quieted()
+
+
 def _health() -> HttpResponse:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         unapplied = _unapplied_migrations()
     except DatabaseError as exc:
-        logger.warning("health check: the database does not answer: %s", exc)
-        return JsonResponse(
-            {"data": {"status": "error", "error": {"db": {"status": "down"}}}}, status=503
-        )
+        _warn("down", f"the database does not answer: {exc}")
+        return _unhealthy_answer({"db": {"status": "down"}})
     if unapplied:
         # Up, but without this release's tables or columns: every trigger a 500, while a
         # health check that only asked for SELECT 1 said ok (gunicorn started on a fresh
         # PostgreSQL, or a new release before its migrate).
         message = f"{unapplied} migration(s) not applied: run manage.py migrate"
-        logger.warning("health check: %s", message)
-        return JsonResponse(
-            {"data": {"status": "error", "error": {"db": {"status": "up", "message": message}}}},
-            status=503,
-        )
+        _warn("behind", message)
+        return _unhealthy_answer({"db": {"status": "up", "message": message}})
     return JsonResponse({"data": {"status": "ok", "info": {"db": {"status": "up"}}}})
+
+
+def _warn(state: str, message: str) -> None:
+    if (held := _unhealthy.due(state)) is not None:
+        logger.warning(
+            "health check: %s (%d more probes answered 503 for it since the last such line)",
+            message,
+            held,
+        )
+
+
+def _unhealthy_answer(error: dict[str, Any]) -> HttpResponse:
+    response = JsonResponse({"data": {"status": "error", "error": error}}, status=503)
+    # Said above, a line a minute: not Django's ERROR ("Service Unavailable") each probe too.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 _migrated = False  # this process found every migration of its code applied once

@@ -93,6 +93,27 @@ def test_api_requests_while_the_database_is_away_are_one_warning_a_minute(
     assert record.getMessage().startswith("database unavailable on /v1/events/trigger: ")
 
 
+@pytest.mark.django_db(transaction=True)  # the test's own connection is closed and reopened
+def test_health_checks_while_the_database_is_away_are_one_warning_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each probe was norm's WARNING and Django's ERROR for the 503 ("Service
+    Unavailable"): compose's healthcheck every 15 s, Kubernetes' liveness and readiness
+    probes of each pod, two lines each for as long as the database was away."""
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "PORT", "9")  # nothing listens there
+    try:
+        statuses = [Client().get("/v1/health-check").status_code for _ in range(3)]
+    finally:
+        connection.close()
+        monkeypatch.undo()
+
+    assert statuses == [503] * 3
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.name == "config.middleware"
+    assert record.getMessage().startswith("health check: the database does not answer: ")
+
+
 HEALTH = """
 import django, json
 django.setup()
