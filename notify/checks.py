@@ -44,7 +44,8 @@ def encryption_key_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
         Warning(
             "NORM_ENCRYPTION_KEY is not set: secret keys are encrypted with a key derived "
             "from SECRET_KEY, and rotating SECRET_KEY makes them unreadable.",
-            hint=_FERNET_HINT,
+            hint=f"{_FERNET_HINT}, then run manage.py reencryptkeys (the keys stored until "
+            "then stay readable meanwhile).",
             id="norm.W001",
         )
     ]

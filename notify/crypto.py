@@ -28,16 +28,24 @@ def given_keys() -> list[str]:
     return [key.strip() for key in settings.NORM_ENCRYPTION_KEY.split(",") if key.strip()]
 
 
+def derived_key() -> str:
+    """The key derived from SECRET_KEY, which encrypts when NORM_ENCRYPTION_KEY is blank."""
+    return base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
+
+
 def encryption_keys() -> list[str]:
     """The keys secret keys are encrypted with: NORM_ENCRYPTION_KEY's, else one derived
     from SECRET_KEY."""
-    return given_keys() or [
-        base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
-    ]
+    return given_keys() or [derived_key()]
 
 
 def _fernet() -> MultiFernet:
-    return MultiFernet([Fernet(key) for key in encryption_keys()])
+    # The derived key last, to decrypt only: a deployment that ran without
+    # NORM_ENCRYPTION_KEY (norm.W001) and sets it, as the warning says, still reads the
+    # keys stored until then, and reencryptkeys moves them to it. Its operator never saw
+    # the derived key to list it after the new one, so every one was unreadable at once.
+    keys = [*encryption_keys(), derived_key()]
+    return MultiFernet([Fernet(key) for key in dict.fromkeys(keys)])
 
 
 def encrypt(value: str) -> str:

@@ -315,6 +315,25 @@ def test_the_encryption_key_rotates_without_losing_a_stored_secret_key(settings:
     assert notify_selectors.client_by_api_key(key=key) == client  # the hash is untouched
 
 
+def test_an_encryption_key_set_on_a_deployment_that_ran_without_one_loses_no_secret_key(
+    settings: Any,
+) -> None:
+    """norm.W001's hint (and the README) say to set NORM_ENCRYPTION_KEY. Set on a
+    deployment that ran without it, every key stored until then (under the key derived
+    from SECRET_KEY, which no operator ever saw to put after the new one) was unreadable:
+    every notification failed SigningKeyUnreadable, and reencryptkeys refused to run,
+    telling the operator to put back a key they never had."""
+    settings.NORM_ENCRYPTION_KEY, settings.SECRET_KEY = "", "one-long-random-production-secret"
+    client, key = client_with_key()
+
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()  # as norm.W001's hint says
+    assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
+    call_command("reencryptkeys", stdout=io.StringIO())
+
+    settings.SECRET_KEY = "another-long-random-production-secret"  # now safe to rotate
+    assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
+
+
 def test_reencryptkeys_names_a_live_key_it_cannot_decrypt_and_passes_a_revoked_one(
     settings: Any,
 ) -> None:
