@@ -94,7 +94,20 @@ def allowed_hosts_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     so, Django's defence against a forged Host is off (a DNS-rebinding page reaches norm
     under its own name; whatever builds a URL from the Host takes the caller's). Django
     checks only an empty list (security.W020), so compose's migrate job (`check --deploy
-    --fail-level ERROR`) let `*` through; compose itself sets a list by default."""
+    --fail-level ERROR`) let `*` through; compose itself sets a list by default. Set
+    empty (`ALLOWED_HOSTS=` in an env file), every request but the health check, which
+    skips the Host check for probes, is a 400: the probes said healthy all the while, and
+    Django's check (security.W020) only warns."""
+    if not settings.ALLOWED_HOSTS:
+        return [
+            Error(
+                "ALLOWED_HOSTS is empty: every request but the health check would be "
+                "refused with a 400.",
+                hint="Set ALLOWED_HOSTS to the host names norm is reached by, "
+                "comma-separated (norm.example.com,localhost).",
+                id="norm.E013",
+            )
+        ]
     if "*" not in settings.ALLOWED_HOSTS:
         return []
     return [

@@ -411,6 +411,10 @@ def test_debug_on_is_refused_by_the_deploy_check(
         (".example.com", []),  # a domain and its subdomains: a list all the same
         ("*", ["norm.E011"]),
         ("norm.example.com,*", ["norm.E011"]),
+        # Set empty outside compose (an env file's `ALLOWED_HOSTS=`): every request but the
+        # health check a 400, which answered 200 all the while; Django's W020 only warns.
+        ("", ["norm.E013"]),
+        (" , ", ["norm.E013"]),
     ],
 )
 def test_any_host_allowed_is_refused_by_the_deploy_check(
