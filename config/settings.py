@@ -135,6 +135,18 @@ def env_log_level(name: str, default: str) -> str:
     return raw
 
 
+def env_url(name: str, default: str) -> str:
+    """A URL with its scheme (`redis://`), or empty where that means none. Without one,
+    kombu took a broker URL for an AMQP host's name ("amqp://guest:**@127.0.0.1%3A6379"),
+    its workers retrying it for good while every trigger was answered 201 and never ran;
+    Django's cache raised at its first use."""
+    value = env_str(name, default).strip()
+    if value and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        shown = re.sub(r"^.*@", "***@", value)  # a password before the host stays out
+        raise ImproperlyConfigured(f"{name} must be a URL, e.g. redis://host:6379/0, got {shown!r}")
+    return value
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated list, spaces around its items ignored ("a.example, b.example")."""
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
@@ -275,7 +287,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # The cache holds the trigger rate's and the admin's failed logins' counters: shared Redis
 # in production (NORM_CACHE_URL, e.g. redis://host:6379/1) so every web process counts
 # together; local memory otherwise.
-NORM_CACHE_URL = env_str("NORM_CACHE_URL", "")
+NORM_CACHE_URL = env_url("NORM_CACHE_URL", "")
 CACHES = {
     "default": (
         {
@@ -346,7 +358,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -------------------------------------------------------------------------
 # The filesystem transport uses no host, but kombu warns "No hostname was supplied" on
 # each connection of a URL that names none (the worker's, beat's, the web server's).
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {

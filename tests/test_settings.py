@@ -245,6 +245,25 @@ def test_an_smtp_port_that_is_no_port_is_refused_by_name(value: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "NORM_CACHE_URL"])
+@pytest.mark.parametrize("value", ["127.0.0.1:6379", "redis//127.0.0.1:6379/0", "redis:/h/0"])
+def test_a_redis_url_without_its_scheme_is_refused_by_name(name: str, value: str) -> None:
+    """kombu took a broker URL without `redis://` for an AMQP host (the worker retried
+    "amqp://guest:**@127.0.0.1%3A6379:5672//" for good, triggers were answered 201 and
+    never ran, the health check said ok), and Django's cache raised at its first use (the
+    admin's failed logins and the rate limit counted by no one)."""
+    assert f"{name} must be a URL, e.g. redis://host:6379/0, got {value!r}" in refused_at_start(
+        {name: value}
+    )
+    refused = refused_at_start({name: "redis//:s3cret@127.0.0.1:6379/0"})
+    assert "got '***@127.0.0.1:6379/0'" in refused and "s3cret" not in refused
+
+
+def test_broker_and_cache_urls_with_a_scheme_are_taken() -> None:
+    env = {"CELERY_BROKER_URL": "rediss://:p%40ss@h:6380/0", "NORM_CACHE_URL": "unix:///r.sock"}
+    assert settings_from(env, *env) == env
+
+
 def test_an_smtp_port_from_1_to_65535_is_taken() -> None:
     assert settings_from({"EMAIL_PORT": "1"}, "EMAIL_PORT") == {"EMAIL_PORT": 1}
     assert settings_from({"EMAIL_PORT": "65535"}, "EMAIL_PORT") == {"EMAIL_PORT": 65535}
