@@ -1,8 +1,9 @@
 """System checks: what a production deployment must set for its secret keys, DEBUG and
 ALLOWED_HOSTS (`check --deploy`), an encryption key that is no Fernet key, settings that would
 run work twice (a broker countdown or a bridge retry Redis delivers again, a send
-outlasting its claim), an email backend that is none, SMTP settings it refuses or a
-DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have (every command)."""
+outlasting its claim), an email backend that is none, SMTP settings it refuses or a login
+given half, a DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have
+(every command)."""
 
 from __future__ import annotations
 
@@ -242,6 +243,27 @@ def email_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             hint="Set EMAIL_USE_SSL for implicit TLS (port 465, usually), or EMAIL_USE_TLS "
             "for STARTTLS (port 587), not both.",
             id="norm.E008",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def email_login_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Django's SMTP backend logs in only given both EMAIL_HOST_USER and
+    EMAIL_HOST_PASSWORD: with one alone (the password's secret not mounted), it sent
+    without a login, and a server that requires one refused each email as it was sent
+    (530), retried until NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting."""
+    if bool(settings.EMAIL_HOST_USER) == bool(settings.EMAIL_HOST_PASSWORD):
+        return []
+    given, missing = "EMAIL_HOST_USER", "EMAIL_HOST_PASSWORD"
+    if not settings.EMAIL_HOST_USER:
+        given, missing = missing, given
+    return [
+        Error(
+            f"{given} is set and {missing} is empty: the SMTP backend logs in only with "
+            "both, and would send every email without a login.",
+            hint=f"Set {missing} too, or neither for a server that needs no login.",
+            id="norm.E014",
         )
     ]
 

@@ -347,6 +347,27 @@ def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
 
 
 @pytest.mark.parametrize(
+    ("user", "password", "found"),
+    [
+        ("", "", []),  # no login: compose's default, a relay that takes the host's mail
+        ("norm", "s3cret", []),
+        ("norm", "", ["norm.E014"]),  # the password's secret not mounted, say
+        ("", "s3cret", ["norm.E014"]),
+    ],
+)
+def test_an_smtp_login_given_half_is_refused_by_every_command(
+    settings: Any, user: str, password: str, found: list[str]
+) -> None:
+    """Django's SMTP backend logs in only given both: with one, it sent without a login,
+    and a server that requires one refused each email (530) as it was sent, retried until
+    NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting."""
+    settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = user, password
+    messages = [m for m in checks.run_checks() if m.id.startswith("norm.")]
+    assert [m.id for m in messages] == found
+    assert all(password not in m.msg + str(m.hint) for m in messages if password)
+
+
+@pytest.mark.parametrize(
     ("backend", "found"),
     [
         ("django.core.mail.backends.smtp.EmailBackend", []),
