@@ -1,9 +1,9 @@
-"""System checks: what a production deployment must set for its secret keys, DEBUG and
-ALLOWED_HOSTS (`check --deploy`), an encryption key that is no Fernet key, settings that would
-run work twice (a broker countdown or a bridge retry Redis delivers again, a send
-outlasting its claim), an email backend that is none, SMTP settings it refuses or a login
-given half, a DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have
-(every command)."""
+"""System checks: what a production deployment must set for its secret keys, DEBUG,
+ALLOWED_HOSTS and an email backend that delivers (`check --deploy`), an encryption key
+that is no Fernet key, settings that would run work twice (a broker countdown or a bridge
+retry Redis delivers again, a send outlasting its claim), an email backend that is none,
+SMTP settings it refuses or a login given half, a DEFAULT_FROM_EMAIL no email can go
+from, and providers norm does not have (every command)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,32 @@ def allowed_hosts_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             hint="Set ALLOWED_HOSTS to the host names norm is reached by, comma-separated "
             "(norm.example.com,localhost).",
             id="norm.E011",
+        )
+    ]
+
+
+# Django's backends that deliver nothing: they print an email, write it to a file or drop
+# it. (locmem is the test runner's own.)
+_UNDELIVERING_BACKENDS = {
+    f"django.core.mail.backends.{name}.EmailBackend" for name in ("console", "filebased", "dummy")
+}
+
+
+@register(deploy=True)
+def email_delivered_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """compose's default EMAIL_BACKEND is the console one, for a first look: a deployment
+    that never set it recorded every email `sent` and delivered none, each written whole
+    (its one-time codes and links) to the worker's log. A warning: it may be meant."""
+    emailing = settings.NORM_PROVIDERS.get("email") == "django-email"
+    if not emailing or settings.EMAIL_BACKEND not in _UNDELIVERING_BACKENDS:
+        return []
+    return [
+        Warning(
+            f"EMAIL_BACKEND is {settings.EMAIL_BACKEND}: emails are recorded sent and "
+            "delivered to no one (the console backend writes each, whole, to the worker's log).",
+            hint="Set EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST "
+            "etc., or leave email out of NORM_PROVIDERS to skip email steps.",
+            id="norm.W002",
         )
     ]
 

@@ -472,6 +472,31 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
 
 
+@pytest.mark.parametrize(
+    ("backend", "found"),
+    [
+        ("django.core.mail.backends.smtp.EmailBackend", []),
+        ("django.core.mail.backends.console.EmailBackend", ["norm.W002"]),  # compose's default
+        ("django.core.mail.backends.dummy.EmailBackend", ["norm.W002"]),
+        ("django.core.mail.backends.filebased.EmailBackend", ["norm.W002"]),
+    ],
+)
+def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
+    settings: Any, backend: str, found: list[str]
+) -> None:
+    """compose's default, the console backend, passed check --deploy without a word: a
+    deployment that never set EMAIL_BACKEND recorded every email `sent`, delivered none,
+    and wrote each one whole (its one-time codes and links) into the worker's log."""
+    settings.EMAIL_BACKEND = backend
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
 def test_make_run_still_takes_any_host_by_default() -> None:
     """`make run` (rundemo, on whatever --addr) relies on the default; only a deployment's
     check refuses it."""
