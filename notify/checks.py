@@ -1,6 +1,6 @@
 """System checks: what a production deployment must set for its secret keys, DEBUG,
-ALLOWED_HOSTS and an email backend that delivers (`check --deploy`), an encryption key
-that is no Fernet key, settings that would run work twice (a broker countdown or a bridge
+ALLOWED_HOSTS, an email backend that delivers, its database and broker (`check
+--deploy`), an encryption key that is no Fernet key, settings that would run work twice (a broker countdown or a bridge
 retry Redis delivers again, a send outlasting its claim), an email backend that is none,
 SMTP settings it refuses or a login given half, a DEFAULT_FROM_EMAIL no email can go
 from, and providers norm does not have (every command)."""
@@ -144,6 +144,28 @@ def email_delivered_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
             "etc., or leave email out of NORM_PROVIDERS to skip email steps.",
             id="norm.W002",
         )
+    ]
+
+
+@register(deploy=True)
+def embedded_services_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Without DATABASE_URL or CELERY_BROKER_URL, norm runs on make run's SQLite file and
+    filesystem broker under var/: processes on other hosts or in other containers each
+    have their own, and every trigger is answered 201 and never runs, the health check
+    ok. A warning: processes sharing one host's var/ work so (make run)."""
+    found = []
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        found.append(("DATABASE_URL", "SQLite file", "postgres://user@host:5432/norm"))
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        found.append(("CELERY_BROKER_URL", "filesystem broker", "redis://host:6379/0"))
+    return [
+        Warning(
+            f"{name} is not set: norm runs on make run's {what} under {settings.VAR_DIR}, "
+            "which processes on other hosts or in other containers do not share.",
+            hint=f"Set {name} (e.g. {example}) on every process.",
+            id="norm.W003",
+        )
+        for name, what, example in found
     ]
 
 

@@ -497,6 +497,47 @@ def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
 
 
+SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
+
+
+@pytest.mark.parametrize(
+    ("engine", "broker", "found"),
+    [
+        (POSTGRESQL, "redis://r:6379/0", []),
+        (SQLITE, "redis://r:6379/0", ["norm.W003"]),  # DATABASE_URL forgotten
+        (POSTGRESQL, "filesystem://localhost/", ["norm.W003"]),  # CELERY_BROKER_URL's
+        (SQLITE, "filesystem://localhost/", ["norm.W003", "norm.W003"]),  # neither set
+    ],
+)
+def test_the_embedded_database_or_broker_is_named_by_the_deploy_check(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, engine: str, broker: str, found: list[str]
+) -> None:
+    """Without DATABASE_URL or CELERY_BROKER_URL (their defaults, make run's), norm runs on
+    a SQLite file and a filesystem broker under var/, and check --deploy said nothing:
+    processes on other hosts (or containers) each had their own, and every trigger was
+    answered 201 and never ran."""
+    # The engine alone, in place: the test's own connection keeps its database.
+    monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", engine)
+    settings.CELERY_BROKER_URL = broker
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+def test_the_defaults_are_the_embedded_database_and_broker() -> None:
+    unset = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    with mock.patch.dict(os.environ, unset, clear=True):
+        found = runpy.run_path(str(ROOT / "config" / "settings.py"))
+    assert (found["DATABASES"]["default"]["ENGINE"], found["CELERY_BROKER_URL"]) == (
+        SQLITE,
+        "filesystem://localhost/",
+    )
+
+
 def test_make_run_still_takes_any_host_by_default() -> None:
     """`make run` (rundemo, on whatever --addr) relies on the default; only a deployment's
     check refuses it."""
