@@ -1,17 +1,20 @@
 """System checks: what a production deployment must set for its secret keys, DEBUG,
 ALLOWED_HOSTS, an email backend that delivers, its database and broker (`check
---deploy`), an encryption key that is no Fernet key, settings that would run work twice (a broker countdown or a bridge
-retry Redis delivers again, a send outlasting its claim), an email backend that is none,
-SMTP settings it refuses or a login given half, a DEFAULT_FROM_EMAIL no email can go
-from, and providers norm does not have (every command)."""
+--deploy`); an encryption key that is no Fernet key, settings that would run work twice
+(a broker countdown or a bridge retry Redis delivers again, a send outlasting its claim),
+an email backend that is none, SMTP settings it refuses or a login given half, a
+DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have (every
+command); an encryption key that decrypts no live secret key (commands given the
+database: migrate)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
 from config import pipeline
@@ -186,6 +189,61 @@ def encryption_key_format_check(app_configs: Any, **kwargs: Any) -> list[CheckMe
                 )
             ]
     return []
+
+
+@register(Tags.database)
+def encryption_key_decrypts_check(
+    app_configs: Any, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """A NORM_ENCRYPTION_KEY replaced rather than rotated passed every command: the live
+    secret keys it does not decrypt fail each of their clients' notifications, as it
+    comes to its bridge call (SigningKeyUnreadable). Checked where a command asks for the
+    database (migrate, compose's job, and `check --database default`): none decrypting is
+    the setting's fault, an error; some, keys stored under a key since lost, a warning."""
+    from notify.models import SecretKey
+
+    if not databases:
+        return []
+    try:
+        live = list(
+            SecretKey.objects.filter(revoked_at__isnull=True).values_list(
+                "prefix", "encrypted", "client__name"
+            )
+        )
+    except DatabaseError:
+        return []  # no tables yet (migrate's first run), or no database to ask
+    unreadable = []
+    for prefix, encrypted, client in live:
+        try:
+            crypto.decrypt(encrypted)
+        except InvalidToken:
+            unreadable.append(f"{prefix}… of client '{client}'")
+    if not unreadable:
+        return []
+    hint = (
+        "Put the key they were stored with back in NORM_ENCRYPTION_KEY (after the new one, "
+        "to rotate: README), or revoke them and create others."
+    )
+    names = ", ".join(unreadable[:10])
+    if len(unreadable) > 10:
+        names += f" and {len(unreadable) - 10} more"
+    if len(unreadable) == len(live):
+        return [
+            Error(
+                f"NORM_ENCRYPTION_KEY decrypts none of the {len(live)} live secret key(s) "
+                f"({names}): every notification would fail SigningKeyUnreadable.",
+                hint=hint,
+                id="norm.E015",
+            )
+        ]
+    return [
+        Warning(
+            f"NORM_ENCRYPTION_KEY does not decrypt the live secret key(s) {names}: their "
+            "clients' notifications would fail SigningKeyUnreadable.",
+            hint=hint,
+            id="norm.W004",
+        )
+    ]
 
 
 @register(Tags.compatibility)

@@ -334,6 +334,34 @@ def test_an_encryption_key_set_on_a_deployment_that_ran_without_one_loses_no_sec
     assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
 
 
+def test_migrate_refuses_an_encryption_key_that_decrypts_no_live_secret_key(
+    settings: Any,
+) -> None:
+    """A NORM_ENCRYPTION_KEY replaced rather than rotated (a new .env, the old key lost)
+    passed every check, migrate (compose's job) too: web, worker and beat started, and
+    each notification failed SigningKeyUnreadable as it came to its bridge call."""
+    old, wrong = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.NORM_ENCRYPTION_KEY = old
+    client, _ = client_with_key(name="acme")
+    prefix = client.secret_keys.get().prefix
+
+    settings.NORM_ENCRYPTION_KEY = wrong
+    with pytest.raises(SystemCheckError, match=rf"norm.E015.*{prefix}… of client 'acme'"):
+        call_command("migrate", "--check", skip_checks=False, stdout=io.StringIO())
+
+    # One key of several that none decrypts (stored under a key since lost) is a client's
+    # to revoke, not the deployment's to stop for: named, as a warning.
+    settings.NORM_ENCRYPTION_KEY = f"{wrong},{old}"
+    client_with_key(name="other")
+    settings.NORM_ENCRYPTION_KEY = wrong
+    found = checks.run_checks(databases=["default"])
+    assert [(m.id, m.level) for m in found if m.id.startswith("norm.")] == [
+        ("norm.W004", checks.WARNING)
+    ]
+    assert f"{prefix}… of client 'acme'" in found[-1].msg
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # with a database
+
+
 def test_reencryptkeys_names_a_live_key_it_cannot_decrypt_and_passes_a_revoked_one(
     settings: Any,
 ) -> None:
