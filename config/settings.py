@@ -142,9 +142,22 @@ def env_url(name: str, default: str) -> str:
     Django's cache raised at its first use."""
     value = env_str(name, default).strip()
     if value and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-        shown = re.sub(r"^.*@", "***@", value)  # a password before the host stays out
-        raise ImproperlyConfigured(f"{name} must be a URL, e.g. redis://host:6379/0, got {shown!r}")
+        raise ImproperlyConfigured(
+            f"{name} must be a URL, e.g. redis://host:6379/0, got {_unschemed_shown(value)!r}"
+        )
     return value
+
+
+def _unschemed_shown(value: str) -> str:
+    """A URL without its scheme as its refusal shows it: what stands before its last @ (a
+    password) and after its first ? (a query's password=, which redis-py reads, the one
+    way its docs give for a socket) as ***. A ? before that @ is a password holding ? or a
+    query holding @, and which part is the password no one can tell: none of it shown."""
+    userinfo, at, rest = value.rpartition("@")
+    if "?" in userinfo:
+        return "***"
+    base, question, _query = rest.partition("?")
+    return f"{'***@' if at else ''}{base}{'?***' if question else ''}"
 
 
 def env_list(name: str, default: str) -> list[str]:

@@ -259,6 +259,25 @@ def test_a_redis_url_without_its_scheme_is_refused_by_name(name: str, value: str
     assert "got '***@127.0.0.1:6379/0'" in refused and "s3cret" not in refused
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        # redis-py reads a password from the query too, the one way its docs give for a
+        # socket (unix:///r.sock?db=0&password=...): without unix://, echoed whole.
+        ("/run/redis.sock?db=0&password=s3cret", "/run/redis.sock?***"),
+        # A query holding @ (as a password after it?) or a password holding ?: no telling.
+        ("127.0.0.1:6379/0?password=s3cr@t", "***"),
+        (":s3c?ret@127.0.0.1:6379/0", "***"),
+        ("user:p@ss@host:6379", "***@host:6379"),
+        ("host:6379\n:s3cret@other", "***@other"),
+    ],
+)
+def test_a_url_refused_without_its_scheme_shows_no_password(value: str, shown: str) -> None:
+    refused = refused_at_start({"NORM_CACHE_URL": value})
+    assert f"got {shown!r}" in refused
+    assert not any(part in refused for part in ("s3c", "ret", "cr@t", "p@ss"))
+
+
 def test_broker_and_cache_urls_with_a_scheme_are_taken() -> None:
     env = {"CELERY_BROKER_URL": "rediss://:p%40ss@h:6380/0", "NORM_CACHE_URL": "unix:///r.sock"}
     assert settings_from(env, *env) == env
