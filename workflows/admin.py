@@ -178,16 +178,20 @@ class NormAdmin(admin.ModelAdmin):
 
         return Checked
 
-    def formfield_for_dbfield(
-        self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any
-    ) -> forms.Field | None:
-        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
-        if formfield is not None:
-            # norm's help texts are plain text, and the admin writes them out as HTML:
-            # `Acme <hello@acme.example>` read "as `Acme `", `tk_<topic key>:si_<subscriberId>`
-            # read "tk_:si_", the browser taking each address or placeholder for a tag.
-            formfield.help_text = escape(formfield.help_text)
-        return formfield
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[Any]]:
+        # norm's help texts are plain text, and the admin writes them out as HTML:
+        # `Acme <hello@acme.example>` read "as `Acme `", `tk_<topic key>:si_<subscriberId>`
+        # read "tk_:si_", the browser taking each address or placeholder for a tag. Given
+        # to the form's Meta, not to its fields alone: a read-only field's (every field, to
+        # a user who may only view) is read from there, or from the model as written.
+        form = kwargs.get("form", self.form)
+        opts = self.model._meta
+        texts = {f.name: f.help_text for f in [*opts.fields, *opts.many_to_many] if f.help_text}
+        texts |= getattr(getattr(form, "Meta", None), "help_texts", None) or {}
+        kwargs["help_texts"] = {name: escape(text) for name, text in texts.items()}
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
         for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):

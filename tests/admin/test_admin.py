@@ -2107,3 +2107,32 @@ def test_an_unfiltered_list_of_a_small_table_counts_its_rows_without_the_lists_a
     # The paginator's, the first: then the full count (show_full_result_count), the page.
     count = next(q["sql"] for q in queries if "COUNT(" in q["sql"])
     assert "subscribers_topicsubscription" not in count, count
+
+
+def test_a_help_text_holding_angle_brackets_is_shown_as_written_to_a_user_who_may_only_view(
+    client, django_user_model
+) -> None:
+    """Every field is read-only to such a user, and Django writes a read-only field's help
+    text out as HTML from the model, past the escaping of the form's fields: the sender's
+    address was taken for a tag, and the help read "as `Acme `"."""
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_client"))
+    client.force_login(viewer)
+    tenant = ClientFactory()
+
+    html = client.get(_url(tenant, "change")).content.decode()
+
+    shown = "as `Acme <hello@acme.example>`"
+    assert escape(shown) in html and shown not in html
+
+
+@pytest.mark.parametrize("page", ["admin:auth_user_add", "admin:auth_user_change"])
+def test_the_user_pages_take_the_escaped_help_texts_too(admin_client, admin_user, page) -> None:
+    """Django's UserAdmin.get_form takes no positional `change`: the escaping, given it
+    so, made both of its pages a 500."""
+    args = [admin_user.pk] if page.endswith("change") else []
+    response = admin_client.get(reverse(page, args=args))
+    assert response.status_code == 200
+    assert "Letters, digits and @/./+/-/_ only." in response.content.decode()
