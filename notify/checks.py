@@ -202,7 +202,9 @@ def encryption_key_decrypts_check(
     the setting's fault, an error; some, keys stored under a key since lost, a warning."""
     from notify.models import SecretKey
 
-    if not databases:
+    if not databases or encryption_key_format_check(app_configs):
+        # A key that is no Fernet key fails every decrypt with a ValueError, migrate's
+        # with a traceback: norm.E003 names it, and how to make one.
         return []
     try:
         live = list(

@@ -362,6 +362,22 @@ def test_migrate_refuses_an_encryption_key_that_decrypts_no_live_secret_key(
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # with a database
 
 
+@pytest.mark.parametrize("given", ["not-a-fernet-key", "nope!"])
+def test_migrate_names_an_encryption_key_that_is_no_fernet_key_with_live_keys_stored(
+    settings: Any, given: str
+) -> None:
+    """With a live secret key stored, migrate's check of what decrypts it built the
+    keys itself and raised ValueError (binascii.Error, for "nope!"): a traceback, where
+    every other command said norm.E003 and how to make a key."""
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    client_with_key(name="acme")
+
+    settings.NORM_ENCRYPTION_KEY = given
+    with pytest.raises(SystemCheckError, match=r"norm\.E003") as refused:
+        call_command("migrate", "--check", skip_checks=False, stdout=io.StringIO())
+    assert "norm.E015" not in str(refused.value)
+
+
 def test_reencryptkeys_names_a_live_key_it_cannot_decrypt_and_passes_a_revoked_one(
     settings: Any,
 ) -> None:
