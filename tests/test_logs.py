@@ -351,6 +351,23 @@ def test_triggers_of_a_bridge_norm_cannot_discover_are_one_warning_a_minute_sayi
     assert "(2 more such triggers" in line.getMessage()
 
 
+def test_a_triggers_workflow_name_is_quoted_in_the_bridges_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The workflow's name is the caller's: written as it came, a line break in it made a
+    line of the caller's own in the log."""
+    _, key = client_with_key(bridge_url="http://127.0.0.1:9/api/norm")
+    caplog.set_level(logging.INFO)
+
+    name = "welcome\n2026-11-30 12:00:00,000 WARNING admin: forged"
+    answer = api_for(key).post(TRIGGER, {"name": name, "to": "ann"}, format="json")
+
+    assert answer.status_code == 502
+    [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "\n" not in line.getMessage()
+    assert repr(name) in line.getMessage()
+
+
 def test_logging_configured_twice_still_writes_one_count_on_a_4xx_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
