@@ -234,7 +234,9 @@ def encryption_key_decrypts_check(
             Error(
                 f"NORM_ENCRYPTION_KEY decrypts none of the {len(live)} live secret key(s) "
                 f"({names}): every notification would fail SigningKeyUnreadable.",
-                hint=hint,
+                # It stops compose's migrate job, and with it the admin that revokes keys.
+                hint=f"{hint} To revoke them before the web server is up again, run "
+                "`manage.py migrate --skip-checks` first.",
                 id="norm.E015",
             )
         ]

@@ -346,8 +346,9 @@ def test_migrate_refuses_an_encryption_key_that_decrypts_no_live_secret_key(
     prefix = client.secret_keys.get().prefix
 
     settings.NORM_ENCRYPTION_KEY = wrong
-    with pytest.raises(SystemCheckError, match=rf"norm.E015.*{prefix}… of client 'acme'"):
+    with pytest.raises(SystemCheckError, match=rf"norm.E015.*{prefix}… of client 'acme'") as e:
         call_command("migrate", "--check", skip_checks=False, stdout=io.StringIO())
+    assert "migrate --skip-checks" in str(e.value)  # the way to the admin, to revoke them
 
     # One key of several that none decrypts (stored under a key since lost) is a client's
     # to revoke, not the deployment's to stop for: named, as a warning.
