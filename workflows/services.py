@@ -1789,8 +1789,7 @@ def _reconcile() -> dict[str, int]:
     ).filter(Q(reenqueued_at__isnull=True) | Q(reenqueued_at__lt=now - grace))
     events = _to_queues(waiting, pipeline.WORKFLOW, rooms)
     _update_unheld(TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]), reenqueued_at=now)
-    for pk, queue in events:
-        pipeline.send_now(pipeline.WORKFLOW, pk, queue=queue)
+    _resend(pipeline.WORKFLOW, events)
     counts["events"] = len(events)
     # A cancel whose task the broker lost (flushed, a worker killed) would leave the rest
     # of its notifications to their echoes, one waiting out a day's delay shown running
@@ -1807,8 +1806,7 @@ def _reconcile() -> dict[str, int]:
         TriggerEvent.objects.filter(pk__in=[pk for pk, _ in cancels], cancel_task_at__isnull=False),
         cancel_task_at=now,
     )
-    for pk, queue in cancels:
-        pipeline.send_now(pipeline.CANCEL, pk, queue=queue)
+    _resend(pipeline.CANCEL, cancels)
     counts["cancels"] = len(cancels)
 
     # Only steps of running notifications: a canceled one's step is never sent.
@@ -1842,10 +1840,7 @@ def _reconcile() -> dict[str, int]:
         steps += list(resent.values_list("pk", workflow)[: REDRIVE_BATCH - len(steps)])
     # One UPDATE, not one each.
     _update_unheld(Step.objects.filter(pk__in=[pk for pk, _ in steps]), enqueued_at=now)
-    for step_pk, workflow_id in steps:
-        pipeline.send_now(
-            pipeline.MESSAGE, step_pk, queue=pipeline.queue_of(pipeline.MESSAGE, workflow_id)
-        )
+    _resend(pipeline.MESSAGE, [(pk, pipeline.queue_of(pipeline.MESSAGE, w)) for pk, w in steps])
     counts["steps"] = len(steps)
 
     # In the order of the (status, updated_at) index, so PostgreSQL reads only the
@@ -1866,12 +1861,9 @@ def _reconcile() -> dict[str, int]:
     _update_unheld(
         Notification.objects.filter(pk__in=[pk for pk, _ in notifications]), updated_at=now
     )
-    for notification_pk, workflow_id in notifications:
-        pipeline.send_now(
-            pipeline.ECHO,
-            str(notification_pk),
-            queue=pipeline.queue_of(pipeline.ECHO, workflow_id),
-        )
+    _resend(
+        pipeline.ECHO, [(str(pk), pipeline.queue_of(pipeline.ECHO, w)) for pk, w in notifications]
+    )
     counts["notifications"] = len(notifications)
     _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
     if given_up_events:
@@ -1881,6 +1873,16 @@ def _reconcile() -> dict[str, int]:
             given_up_events,
         )
     return counts
+
+
+def _resend(stage: pipeline.Stage, rows: list[tuple[Any, str]]) -> None:
+    """Send `stage` again for each (argument, queue) of `rows`: a batch to each queue
+    (pipeline.send_each), not a round trip to Redis each, up to REDRIVE_BATCH a kind."""
+    by_queue: dict[str, list[tuple[Any, ...]]] = {}
+    for argument, queue in rows:
+        by_queue.setdefault(queue, []).append((argument,))
+    for queue, calls in by_queue.items():
+        pipeline.send_each(stage, calls, queue=queue)
 
 
 def _to_queues(
