@@ -26,7 +26,7 @@ from rest_framework.response import Response
 
 from config.dates import TimestampField, iso_z
 from config.db import bounded
-from config.logs import Quieted
+from config.logs import Quieted, said_already
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         headers=error.headers,
     )
     if isinstance(exc, ApiError) and exc.logged:
-        # Not Django's ERROR ("Service Unavailable", "Bad Gateway") a request as well.
-        response._has_been_logged = True  # type: ignore[attr-defined]
+        said_already(response)  # a "Service Unavailable" or "Bad Gateway" a line a minute
     return response
 
 

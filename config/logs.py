@@ -11,8 +11,20 @@ import logging
 import threading
 import time
 from collections.abc import Hashable
+from typing import TypeVar
 
 _ALL: list[Quieted] = []
+
+
+Response = TypeVar("Response")
+
+
+def said_already(response: Response) -> Response:
+    """`response`, left alone by Django's request log: its 5xx (an ERROR each, "Service
+    Unavailable") was said already, a `Quieted` line a minute. (Django's own mark, which
+    its handlers set once they logged a response.)"""
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 class Quieted:
