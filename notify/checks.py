@@ -1,14 +1,15 @@
 """System checks: what a production deployment must set for its secret keys, DEBUG,
-ALLOWED_HOSTS, an email backend that delivers, its database and broker (`check
---deploy`); an encryption key that is no Fernet key, settings that would run work twice
-(a broker countdown or a bridge retry Redis delivers again, a send outlasting its claim),
-an email backend that is none, SMTP settings it refuses or a login given half, a
-DEFAULT_FROM_EMAIL no email can go from, and providers norm does not have (every
-command); an encryption key that decrypts no live secret key (commands given the
-database: migrate)."""
+ALLOWED_HOSTS, an email backend that delivers, a DEFAULT_FROM_EMAIL beyond localhost,
+its database and broker (`check --deploy`); an encryption key that is no Fernet key,
+settings that would run work twice (a broker countdown or a bridge retry Redis delivers
+again, a send outlasting its claim), an email backend that is none, SMTP settings it
+refuses or a login given half, a DEFAULT_FROM_EMAIL no email can go from, and providers
+norm does not have (every command); an encryption key that decrypts no live secret key
+(commands given the database: migrate)."""
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -146,6 +147,35 @@ def email_delivered_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
             hint="Set EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST "
             "etc., or leave email out of NORM_PROVIDERS to skip email steps.",
             id="norm.W002",
+        )
+    ]
+
+
+def _local_domain(address: str) -> bool:
+    """`address`'s domain names no host beyond this one: localhost or a name under it
+    (RFC 6761 keeps both for the loopback), as norm's default, norm@localhost."""
+    domain = parseaddr(address)[1].rpartition("@")[2].lower()
+    return domain == "localhost" or domain.endswith(".localhost")
+
+
+@register(deploy=True)
+def default_from_local_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """DEFAULT_FROM_EMAIL left at its default, norm@localhost (make run's and compose's),
+    passed check --deploy: every email of a client without an email_from went out from a
+    domain no one can answer or verify, which receiving servers refuse or file as spam
+    (no SPF or DKIM can pass for it), and gave each Message-ID that domain. A warning:
+    every client may have its email_from."""
+    emailing = settings.NORM_PROVIDERS.get("email") == "django-email"
+    if not emailing or not _local_domain(settings.DEFAULT_FROM_EMAIL):
+        return []
+    return [
+        Warning(
+            f"DEFAULT_FROM_EMAIL is {settings.DEFAULT_FROM_EMAIL!r}: the emails of clients "
+            "without an email_from would go out from a local domain, which receiving "
+            "servers refuse or take for spam.",
+            hint="Set DEFAULT_FROM_EMAIL to an address of a domain your SMTP server may send "
+            "from: norm@example.com, or with a name, Norm <norm@example.com>.",
+            id="norm.W005",
         )
     ]
 

@@ -458,6 +458,7 @@ def test_debug_on_is_refused_by_the_deploy_check(
     settings.ALLOWED_HOSTS = ["norm.example.com"]
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
@@ -486,6 +487,7 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
     ]
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
@@ -507,6 +509,40 @@ def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
     deployment that never set EMAIL_BACKEND recorded every email `sent`, delivered none,
     and wrote each one whole (its one-time codes and links) into the worker's log."""
     settings.EMAIL_BACKEND = backend
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+@pytest.mark.parametrize(
+    ("sender", "providers", "found"),
+    [
+        ("norm@example.com", None, []),
+        ("Norm <norm@mail.example.com>", None, []),
+        ("norm@localhost", None, ["norm.W005"]),  # the default, make run's and compose's
+        ("Norm <norm@LocalHost>", None, ["norm.W005"]),
+        ("norm@worker.localhost", None, ["norm.W005"]),
+        ("norm@notlocalhost.example", None, []),
+        ("norm@localhost", {"in_app": "inbox"}, []),  # no email is sent
+    ],
+)
+def test_a_default_from_email_of_localhost_is_named_by_the_deploy_check(
+    settings: Any, sender: str, providers: dict[str, str] | None, found: list[str]
+) -> None:
+    """The default, norm@localhost, passed check --deploy without a word: every email of
+    a client without an email_from went out from a domain no receiving server can verify
+    or answer, refused or filed as spam."""
+    settings.DEFAULT_FROM_EMAIL = settings_from(
+        {"DEFAULT_FROM_EMAIL": sender}, "DEFAULT_FROM_EMAIL"
+    )["DEFAULT_FROM_EMAIL"]
+    if providers is not None:
+        settings.NORM_PROVIDERS = providers
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.ALLOWED_HOSTS = ["norm.example.com"]
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
@@ -542,6 +578,7 @@ def test_the_embedded_database_or_broker_is_named_by_the_deploy_check(
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
