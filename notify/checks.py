@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
@@ -370,11 +371,24 @@ def bridge_retry_countdown_check(app_configs: Any, **kwargs: Any) -> list[CheckM
     ]
 
 
+def _smtp_backend() -> bool:
+    """EMAIL_BACKEND is Django's SMTP backend or made from it: the one that reads the
+    SMTP settings. Another (the console one, compose's default; a provider's API) never
+    logs in nor speaks TLS, and what those settings hold changes nothing it does. One that
+    cannot be imported is norm.E009's."""
+    try:
+        backend = import_string(settings.EMAIL_BACKEND)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, SMTPBackend)
+
+
 @register(Tags.compatibility)
 def email_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Django's SMTP backend refuses STARTTLS and implicit TLS at once, but only when it
-    is made, for the first send: every email failed for good with that reason."""
-    if not (settings.EMAIL_USE_TLS and settings.EMAIL_USE_SSL):
+    is made, for the first send: every email failed for good with that reason. Another
+    backend reads neither."""
+    if not (settings.EMAIL_USE_TLS and settings.EMAIL_USE_SSL) or not _smtp_backend():
         return []
     return [
         Error(
@@ -392,8 +406,12 @@ def email_login_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Django's SMTP backend logs in only given both EMAIL_HOST_USER and
     EMAIL_HOST_PASSWORD: with one alone (the password's secret not mounted), it sent
     without a login, and a server that requires one refused each email as it was sent
-    (530), retried until NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting."""
+    (530), retried until NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting.
+    Another backend (the console one) logs in nowhere: one alone changes nothing there,
+    and failing every command for it stopped a deployment that sends no email yet."""
     if bool(settings.EMAIL_HOST_USER) == bool(settings.EMAIL_HOST_PASSWORD):
+        return []
+    if not _smtp_backend():
         return []
     given, missing = "EMAIL_HOST_USER", "EMAIL_HOST_PASSWORD"
     if not settings.EMAIL_HOST_USER:

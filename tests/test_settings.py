@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,16 +350,32 @@ def test_a_bridge_retry_redis_would_deliver_again_is_refused_by_every_command(
     assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
 
 
+SMTP = "django.core.mail.backends.smtp.EmailBackend"
+CONSOLE = "django.core.mail.backends.console.EmailBackend"
+
+
+class _SMTPBackendOfItsOwn(SMTPBackend):
+    """A backend made from Django's SMTP one: it reads the same settings."""
+
+
 @pytest.mark.parametrize(
-    ("tls", "ssl", "found"),
-    [("false", "false", []), ("true", "false", []), ("0", "yes", []), ("true", "1", ["norm.E008"])],
+    ("tls", "ssl", "backend", "found"),
+    [
+        ("false", "false", SMTP, []),
+        ("true", "false", SMTP, []),
+        ("0", "yes", SMTP, []),
+        ("true", "1", SMTP, ["norm.E008"]),
+        ("true", "1", f"{__name__}._SMTPBackendOfItsOwn", ["norm.E008"]),
+        ("true", "1", CONSOLE, []),  # reads neither: compose's default
+    ],
 )
 def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
-    settings: Any, tls: str, ssl: str, found: list[str]
+    settings: Any, tls: str, ssl: str, backend: str, found: list[str]
 ) -> None:
     """Django's SMTP backend refuses both at once, but only when it is made, for the first
     send: every email failed for good, each with that reason, while every command (compose's
     migrate job's check first) passed."""
+    settings.EMAIL_BACKEND = backend
     env = {"EMAIL_USE_TLS": tls, "EMAIL_USE_SSL": ssl}
     for name, value in settings_from(env, "EMAIL_USE_TLS", "EMAIL_USE_SSL").items():
         setattr(settings, name, value)
@@ -366,20 +383,26 @@ def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
 
 
 @pytest.mark.parametrize(
-    ("user", "password", "found"),
+    ("user", "password", "backend", "found"),
     [
-        ("", "", []),  # no login: compose's default, a relay that takes the host's mail
-        ("norm", "s3cret", []),
-        ("norm", "", ["norm.E014"]),  # the password's secret not mounted, say
-        ("", "s3cret", ["norm.E014"]),
+        ("", "", SMTP, []),  # no login: compose's default, a relay that takes the host's mail
+        ("norm", "s3cret", SMTP, []),
+        ("norm", "", SMTP, ["norm.E014"]),  # the password's secret not mounted, say
+        ("", "s3cret", SMTP, ["norm.E014"]),
+        ("norm", "", f"{__name__}._SMTPBackendOfItsOwn", ["norm.E014"]),
+        # No login anywhere: compose's default backend, a deployment sending no email yet.
+        ("norm", "", CONSOLE, []),
+        ("", "s3cret", "django.core.mail.backends.locmem.EmailBackend", []),
     ],
 )
 def test_an_smtp_login_given_half_is_refused_by_every_command(
-    settings: Any, user: str, password: str, found: list[str]
+    settings: Any, user: str, password: str, backend: str, found: list[str]
 ) -> None:
     """Django's SMTP backend logs in only given both: with one, it sent without a login,
     and a server that requires one refused each email (530) as it was sent, retried until
-    NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting."""
+    NORM_SEND_MAX_ATTEMPTS, its reason naming neither setting. A backend that logs in
+    nowhere changes nothing with one alone: every command failed for it all the same."""
+    settings.EMAIL_BACKEND = backend
     settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = user, password
     messages = [m for m in checks.run_checks() if m.id.startswith("norm.")]
     assert [m.id for m in messages] == found
