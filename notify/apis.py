@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from config.dates import TimestampField
 from config.errors import ApiError, error_responses, validation_message
 from notify import selectors, services
-from notify.models import BridgeURLValidator, TriggerEvent
+from notify.models import BridgeURLValidator, Client, TriggerEvent
 from notify.throttling import ClientTriggerRate
 
 
@@ -193,11 +193,13 @@ _TRIGGER_EXAMPLE = OpenApiExample(
 _TRIGGER_ERRORS = error_responses(400, 404, 413, 422, 429, 502)
 
 
-def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) -> TriggerEvent:
+def _trigger_event_to_store(
+    client: Client, body: Any, mode: str = TriggerEvent.Mode.MULTICAST
+) -> TriggerEvent:
     """A trigger body validated and checked: its event, not stored yet; or, for a repeat
     of a transactionId already stored that the checks now refuse, the stored event."""
     try:
-        return _check(client, body, mode)
+        return _trigger_event_checked(client, body, mode)
     except (ApiError, serializers.ValidationError):
         # A retry after a lost answer meets the checks as they are now: a topic deleted,
         # a bridge down or a workflow changed since would refuse a trigger already taken,
@@ -215,7 +217,8 @@ def _checked(client: Any, body: Any, mode: str = TriggerEvent.Mode.MULTICAST) ->
         return stored
 
 
-def _check(client: Any, body: Any, mode: str) -> TriggerEvent:
+def _trigger_event_checked(client: Client, body: Any, mode: str) -> TriggerEvent:
+    """A trigger body validated by its serializer, then checked by the service."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object")
     broadcast = mode == TriggerEvent.Mode.BROADCAST
@@ -262,8 +265,17 @@ class TriggerApi(APIView):
         examples=[_TRIGGER_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
-        event = services.trigger_event_store(_checked(request.user, request.data))
+        event = services.trigger_event_store(_trigger_event_to_store(request.user, request.data))
         return _trigger_response(event)
+
+
+def _bulk_events(request: Request) -> list[Any] | None:
+    """A bulk trigger's `events`, or None unless they are a list of 1 to MAX_BULK_EVENTS:
+    read alike by the rate limit (its cost) and by the view (its refusal)."""
+    events = request.data.get("events") if isinstance(request.data, dict) else None
+    if not isinstance(events, list) or not 0 < len(events) <= MAX_BULK_EVENTS:
+        return None
+    return events
 
 
 class BulkTriggerApi(_WordOrTransactionId):
@@ -271,10 +283,8 @@ class BulkTriggerApi(_WordOrTransactionId):
     throttle_classes = [ClientTriggerRate]
 
     def trigger_cost(self, request: Request) -> int:
-        events = request.data.get("events") if isinstance(request.data, dict) else None
-        if not isinstance(events, list) or not 0 < len(events) <= MAX_BULK_EVENTS:
-            return 1  # the view refuses it, and says why
-        return len(events)
+        events = _bulk_events(request)
+        return 1 if events is None else len(events)  # None: the view refuses it, and says why
 
     @extend_schema(
         operation_id="v1_events_trigger_bulk",
@@ -285,8 +295,8 @@ class BulkTriggerApi(_WordOrTransactionId):
     )
     def post(self, request: Request) -> Response:
         """Each event succeeds or fails on its own; one bad event sinks no other."""
-        events = request.data.get("events") if isinstance(request.data, dict) else None
-        if not isinstance(events, list) or not events or len(events) > MAX_BULK_EVENTS:
+        events = _bulk_events(request)
+        if events is None:
             message = f"'events' must be a list of 1 to {MAX_BULK_EVENTS} trigger bodies"
             raise ApiError(
                 400, "invalid_request", message, [{"field": "events", "message": message}]
@@ -295,7 +305,7 @@ class BulkTriggerApi(_WordOrTransactionId):
         checked: list[TriggerEvent | dict[str, Any]] = []
         for body in events:
             try:
-                checked.append(_checked(request.user, body))
+                checked.append(_trigger_event_to_store(request.user, body))
             except (ApiError, serializers.ValidationError) as exc:
                 given = body.get("transactionId") if isinstance(body, dict) else None
                 message = exc.message if isinstance(exc, ApiError) else validation_message(exc)
@@ -394,5 +404,5 @@ class BroadcastApi(_WordOrTransactionId):
         responses={201: TriggerResponse, **_TRIGGER_ERRORS},
     )
     def post(self, request: Request) -> Response:
-        checked = _checked(request.user, request.data, TriggerEvent.Mode.BROADCAST)
+        checked = _trigger_event_to_store(request.user, request.data, TriggerEvent.Mode.BROADCAST)
         return _trigger_response(services.trigger_event_store(checked))

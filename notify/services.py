@@ -501,7 +501,7 @@ def trigger_event_store(event: TriggerEvent) -> TriggerEvent:
     starts nothing new. The unique constraint, not a lookup first, finds a repeat:
     the common case costs one INSERT.
     """
-    if not event._state.adding:  # stored already: a repeat the API found (its _checked)
+    if not event._state.adding:  # stored: a repeat the API found (_trigger_event_to_store)
         return event
     if not insert_once(event):  # a repeat, or the same transactionId raced in concurrently
         return TriggerEvent.objects.get(
