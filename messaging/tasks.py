@@ -9,7 +9,7 @@ from config import pipeline
 from messaging import services
 
 
-@shared_task(name="norm.message.send", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+@shared_task(name=pipeline.MESSAGE.task, bind=True, ignore_result=True, **pipeline.DB_RETRY)
 def message_send(
     self: Task, step_id: int, sent: dict[str, Any] | None = None, resumed: str | None = None
 ) -> None:

@@ -8,7 +8,7 @@ from config import pipeline
 from subscribers import services
 
 
-@shared_task(name="norm.subscriber.process", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+@shared_task(name=pipeline.SUBSCRIBER.task, bind=True, ignore_result=True, **pipeline.DB_RETRY)
 def subscriber_process(self: Task, trigger_event_id: int, recipient: dict[str, Any]) -> None:
     """Stage 3: upsert the subscriber and create its notification. A rerun finds both
     rows (unique per client/subscriberId and per event/subscriber) and adds nothing;
@@ -21,7 +21,9 @@ def subscriber_process(self: Task, trigger_event_id: int, recipient: dict[str, A
     )
 
 
-@shared_task(name="norm.subscriber.batch", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+@shared_task(
+    name=pipeline.SUBSCRIBER_BATCH.task, bind=True, ignore_result=True, **pipeline.DB_RETRY
+)
 def subscribers_process(self: Task, trigger_event_id: int, subscriber_ids: list[str]) -> None:
     """Stage 3 for a chunk of a broadcast's or topic's audience: their notifications in one
     transaction. A rerun adds nothing (unique per event/subscriber); counted as above."""

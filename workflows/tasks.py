@@ -10,7 +10,7 @@ from config import pipeline
 from workflows import bridge, services
 
 
-@shared_task(name="norm.workflow.run", bind=True, ignore_result=True, **pipeline.DB_RETRY)
+@shared_task(name=pipeline.WORKFLOW.task, bind=True, ignore_result=True, **pipeline.DB_RETRY)
 def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) -> None:
     """Stage 2: fan a trigger event out to its recipients. Claims the event first,
     under the task's id, which its retries keep. `resumed`: when the run the database
@@ -26,7 +26,7 @@ def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) 
         raise pipeline.db_retry(self, cut.__cause__, **cut.retry_kwargs) from cut
 
 
-@shared_task(name="norm.trigger.cancel", ignore_result=True, **pipeline.DB_RETRY)
+@shared_task(name=pipeline.CANCEL.task, ignore_result=True, **pipeline.DB_RETRY)
 def trigger_cancel_finish(trigger_event_id: int) -> None:
     """Beside stage 2: cancel the notifications a trigger's cancel had no time for in its
     request. Each chunk ends only unfinished ones, so a second run ends none."""
@@ -44,7 +44,7 @@ BRIDGE_RETRIES = "norm_bridge_retries"
 
 
 @shared_task(
-    name="norm.echo.run", bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
+    name=pipeline.ECHO.task, bind=True, ignore_result=True, max_retries=None, **pipeline.DB_RETRY
 )
 def echo_run(self: Task, notification_id: str) -> None:
     """Stage 4: ask the bridge for the next step. Transient bridge errors retry with
@@ -71,7 +71,7 @@ def _bridge_retries(request: Any) -> int:
     return found if isinstance(found, int) else 0
 
 
-@shared_task(name="norm.reconcile", ignore_result=True)
+@shared_task(name=pipeline.RECONCILE.task, ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Beat: re-enqueue stalled work from the database. Everything it enqueues is claimed."""
     return services.reconcile()
