@@ -47,6 +47,9 @@ PERMANENT_CODES = {
     "WorkflowExecutionFailedError",
 }
 TRANSIENT_STATUSES = {408, 425, 429}
+# A bridge's error message is the notification's reason, shown in the admin and in every
+# page of the activity API that lists it: kept to this many characters.
+MAX_MESSAGE = 1000
 
 # A URL requests cannot call (no scheme, another scheme, a port past 65535, a host IDNA
 # refuses; urllib3 and urlsplit raise a bare ValueError for some) fails every time: it is
@@ -59,13 +62,15 @@ UNUSABLE_URL = (
     ValueError,
 )
 
-# Each call ends within NORM_BRIDGE_TIMEOUT (config/deadlines.py: requests' timeout bounds
-# each socket operation, not the call). Its socket is found by the connection class
-# below, the one place urllib3 shows it before the answer arrives.
-
 
 class _Unanswered(http.client.RemoteDisconnected):
     """The connection closed, or reset, before the first byte of the call's answer."""
+
+
+class _ClosedUnanswered(ConnectionResetError):
+    """A kept-alive connection the bridge closed as the call went over it, before any
+    byte of its answer: its keep-alive ran out just then (gunicorn's is 2 s, Node's 5 s),
+    and it most likely never read the call."""
 
 
 class _Answer(http.client.HTTPResponse):
@@ -89,6 +94,11 @@ class _Answer(http.client.HTTPResponse):
 
 
 class _WatchedConnection(HTTPConnection):
+    """urllib3's connection, its socket handed to the call's deadline: each call ends
+    within NORM_BRIDGE_TIMEOUT (config/deadlines.py), where requests' timeout bounds each
+    socket operation, not the call. This class is the one place urllib3 shows the socket
+    before the answer arrives."""
+
     response_class = _Answer
     answers = 0  # the answers read over its socket: a kept-alive connection has some
 
@@ -115,12 +125,6 @@ class _WatchedConnection(HTTPConnection):
             raise
         self.answers += 1
         return response
-
-
-class _ClosedUnanswered(ConnectionResetError):
-    """A kept-alive connection the bridge closed as the call went over it, before any
-    byte of its answer: its keep-alive ran out just then (gunicorn's is 2 s, Node's 5 s),
-    and it most likely never read the call."""
 
 
 class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
@@ -534,11 +538,6 @@ def _redirect_message(status: int, response: requests.Response, url: str) -> str
     )
 
 
-# A bridge's error message is the notification's reason, shown in the admin and in every
-# page of the activity API that lists it: kept to this many characters.
-MAX_MESSAGE = 1000
-
-
 def _text(message: Any) -> str:
     """A bridge's error message as text: a list of problems (NestJS's validation errors)
     one after another, anything else but a string as JSON, not as Python writes it."""
@@ -597,6 +596,8 @@ def _problems(data: Any) -> str:
 
 
 def _read(response: requests.Response) -> bytes:
+    """The answer's body, decoded; BridgeResponseTooLarge past
+    NORM_BRIDGE_MAX_RESPONSE_BYTES, read no further."""
     limit = settings.NORM_BRIDGE_MAX_RESPONSE_BYTES
     chunks, size = [], 0
     for chunk in response.iter_content(64 * 1024):  # decoded: a gzip bomb counts in full
