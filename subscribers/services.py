@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from config import pipeline
@@ -392,7 +393,7 @@ def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subs
     return subscriber
 
 
-def _lock_or_gone(rows: Any) -> None:
+def _lock_or_gone(rows: QuerySet[Any]) -> None:
     """Lock a row that its delete (topic_delete) locks first; its model's DoesNotExist if
     that delete removed it. NO KEY: inserts referring to it go on."""
     if not rows.select_for_update(no_key=True).exists():

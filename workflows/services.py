@@ -1000,7 +1000,7 @@ def _refuse_answer(notification: Notification, *, code: str, message: str) -> No
 
 
 def notification_fail(
-    *, notification_id: Any, code: str, message: str, read_at: datetime | None = None
+    *, notification_id: uuid.UUID | str, code: str, message: str, read_at: datetime | None = None
 ) -> None:
     """Fail the notification unless it has ended. `read_at`: the `updated_at` a run read
     before asking the bridge, for a failure that is the bridge's answer to that state:
@@ -1023,7 +1023,7 @@ def notification_fail(
 _failures = Quieted()
 
 
-def _failure_log(notification_id: Any, *, code: str, message: str) -> None:
+def _failure_log(notification_id: uuid.UUID | str, *, code: str, message: str) -> None:
     """Say that a notification failed for good, naming it, its client and workflow: the
     admin alone showed it. A warning: what failed it is no bug of norm's (a bug's
     traceback is logged where it is caught)."""
@@ -1391,7 +1391,7 @@ def step_internal_error(*, step_id: int, claim: str, exc: Exception) -> None:
     step_retry_later(step=step, message=reason, backoff=settings.NORM_RECONCILE_GRACE)
 
 
-def _messages_give_up(step_ids: Any, error: str) -> None:
+def _messages_give_up(step_ids: list[int] | QuerySet[Any], error: str) -> None:
     """The messages of steps that will not be sent again: failed, unless delivered after
     all. Left `sending` (a send that killed its worker until NORM_MAX_CLAIMS, one that
     failed for now under a cancel, one lost with its task), they read as still on their
@@ -1478,7 +1478,7 @@ def notification_cancel(*, notification: Notification) -> bool:
 
 
 def notifications_cancel(
-    *, notification_ids: list[Any] | None = None, trigger_event_id: int | None = None
+    *, notification_ids: list[uuid.UUID] | None = None, trigger_event_id: int | None = None
 ) -> int:
     """Cancel unfinished notifications, those listed or all of a trigger's, and their
     waiting steps; return how many."""
@@ -1572,7 +1572,7 @@ def _trigger_notifications_cancel(
         after = chunk[-1][1]
 
 
-def _listed_notifications_cancel(ids: list[Any], now: datetime) -> int:
+def _listed_notifications_cancel(ids: list[uuid.UUID], now: datetime) -> int:
     """Cancel the notifications `ids` that are unfinished, and their waiting steps, in the
     caller's transaction; return how many."""
     if not ids:
