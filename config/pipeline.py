@@ -240,6 +240,9 @@ def send_now(
     queue: str | None = None,
     producer: kombu.Producer | None = None,
 ) -> None:
+    """Publish `stage`'s task with `args` at once, inside a transaction or not: for a
+    caller whose rows are committed already (the fan-out, the reconciler). A row written
+    in the caller's transaction goes through `enqueue_on_commit` instead."""
     from config.celery import app
 
     app.send_task(

@@ -1,3 +1,7 @@
+"""Stage 5, the message worker: a claimed step's message built, stored once and sent
+through its channel's provider, the outcome recorded with the step (workflows.services
+keeps the step bookkeeping); and the in-app seen/read marks."""
+
 from __future__ import annotations
 
 import logging

@@ -1,3 +1,6 @@
+"""The Celery task of stage 5, the message worker: it loads a step by id and calls
+message_send in messaging.services. Its name and queue are config.pipeline's."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,3 +1,8 @@
+"""Stage 1, the trigger API: POST /v1/events/trigger (and its bulk and broadcast
+forms), a trigger's fan-out read back, and its cancel. The views validate and hand
+over to notify.services; the workflow worker (stage 2) is enqueued once the event
+commits (config/pipeline.py)."""
+
 from __future__ import annotations
 
 import uuid

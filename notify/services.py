@@ -1,3 +1,7 @@
+"""Clients, their secret keys and bridge registry, and stage 1's writes: a trigger
+checked (client, workflow, payload schema, recipients), stored once per transactionId
+and handed to the workflow worker; and a trigger's cancel."""
+
 from __future__ import annotations
 
 import logging
@@ -169,6 +173,7 @@ def secret_key_create(*, client: Client, key: str | None = None) -> tuple[Secret
 
 
 def secret_key_revoke(*, secret_key: SecretKey) -> SecretKey:
+    """Revoke a key, keeping when it was first revoked; a second revoke changes nothing."""
     SecretKey.objects.filter(pk=secret_key.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )

@@ -1,3 +1,7 @@
+"""Stage 3, the subscriber worker's services (a recipient upserted and its notification
+created, a chunk of a broadcast's or topic's audience, a command that kills its worker
+given up), then the writes of the subscriber and topic API."""
+
 from __future__ import annotations
 
 import contextlib
@@ -455,6 +459,7 @@ _TOPIC_KEY = re.compile(r"[A-Za-z0-9_:-]+")
 
 
 def topic_key_valid(key: str) -> bool:
+    """Whether Novu would take `key` for a new topic (`topic_key_message` says why not)."""
     if _TOPIC_KEY.fullmatch(key):
         return True
     # An email may hold what no URL of its topic could carry, as no subscriberId may.
@@ -468,6 +473,7 @@ def topic_key_valid(key: str) -> bool:
 
 
 def topic_key_message(key: str) -> str:
+    """Why a key `topic_key_valid` refuses is refused, for the API's 400."""
     return (
         f"Invalid topic key '{key}': a topic key holds only letters, digits, hyphens (-),"
         " underscores (_) and colons (:), or is an email address without /, ?, # or %"

@@ -1,3 +1,6 @@
+"""The Celery tasks of stage 3, the subscriber worker: each loads by id and calls one
+service in subscribers.services. Names and queues are config.pipeline's."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,7 @@
-"""Workflow worker, echo worker, step bookkeeping and the reconciler."""
+"""The workflow worker (stage 2: a trigger's fan-out), the notifications the subscriber
+worker creates (stage 3), the echo worker (stage 4: the bridge asked for the next step),
+the step bookkeeping the message worker calls (stage 5), and the operations on all of
+them: an admin's retry, a cancel, and beat's reconciler. Sections in that order."""
 
 from __future__ import annotations
 
@@ -1178,6 +1181,7 @@ def _send_when_due(step_id: int, *, now: datetime) -> None:
 
 
 def step_complete(*, step: Step, result: dict[str, Any]) -> None:
+    """Complete a claimed step with the `result` the bridge replays as its state."""
     _step_finish(step, status=Step.Status.COMPLETED, result=result, error="")
 
 

@@ -1,3 +1,7 @@
+"""The Celery tasks of stages 2 and 4 (the fan-out, the echo), of a large cancel's rest,
+and beat's reconciler: each loads by id and calls one service in workflows.services.
+Names and queues are config.pipeline's."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,8 +17,10 @@ from workflows import bridge, services
 @shared_task(name=pipeline.WORKFLOW.task, bind=True, ignore_result=True, **pipeline.DB_RETRY)
 def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) -> None:
     """Stage 2: fan a trigger event out to its recipients. Claims the event first,
-    under the task's id, which its retries keep. `resumed`: when the run the database
-    cut off claimed the event (ISO 8601)."""
+    under the task's id, which its retries keep: a duplicate finds it claimed (or
+    processed) and does nothing, and a rerun (its own retry, or the reconciler's once it
+    released the event) sends commands only to recipients without a notification.
+    `resumed`: when the run the database cut off claimed the event (ISO 8601)."""
     try:
         services.trigger_event_run(
             trigger_event_id=trigger_event_id,
