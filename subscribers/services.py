@@ -138,7 +138,7 @@ def _subscriber_process(
         # Reached, then deleted: this command ran before, and the broker delivered it
         # again (its acknowledgement lost, acks_late). Run as a first one, it made the
         # deleted subscriber anew and sent it the workflow a second time, which the
-        # fan-out's own rerun is kept from (_fan_out) and the event counted out.
+        # fan-out's own rerun is kept from (_recipients_sent) and the event counted out.
         return
     # The subscriber stays locked until its notification is in: a delete meanwhile (which
     # locks it first) waits, then deletes the notification with it and counts it out of

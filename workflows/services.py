@@ -1315,7 +1315,7 @@ def step_undelivered(*, step: Step, reason: str) -> None:
     stop on failure) halts a Novu workflow, so an email refused for good does not keep
     the in-app message after it from its subscriber. Failing the notification here
     stopped every such workflow at its first undeliverable channel. It ends failed when
-    the workflow ends, naming this step (_record_answer): a failed delivery still shows
+    the workflow ends, naming this step (_notification_end): a failed delivery still shows
     on it, and an admin's retry sends this step again.
 
     In the state the bridge gets, the step's result is a skipped one's (Novu's worker
@@ -1352,7 +1352,7 @@ def step_retry_later(*, step: Step, message: str, backoff: float) -> None:
             )
         )
         if released:
-            # Quiet until the step is due, as one waiting for a delay (see _record_answer):
+            # Quiet until the step is due, as one waiting for a delay (see _step_record):
             # left at the step's recording, every reconcile read it for an open step while
             # its provider was down (a broadcast's notifications, each run, for hours).
             Notification.objects.filter(pk=step.notification_id).update(updated_at=due_at)
