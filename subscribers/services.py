@@ -45,9 +45,9 @@ from workflows.services import (
     fan_out_short,
     fan_outs_forget,
     internal_error_text,
-    named,
     notification_create,
     notifications_create,
+    recipients_named,
 )
 
 logger = logging.getLogger(__name__)
@@ -348,8 +348,8 @@ def command_given_up(
             Subscriber.objects.filter(client_id=event.client_id, subscriber_id__in=subscriber_ids)
         )
         notifications_create(trigger_event=event, subscribers=subscribers, failed=reason)
-    logger.warning("trigger event %s: %s: %s", event.pk, named(subscriber_ids), reason)
-    _reason_on_event(event=event, reason=f"{named(subscriber_ids)}: {reason}")
+    logger.warning("trigger event %s: %s: %s", event.pk, recipients_named(subscriber_ids), reason)
+    _reason_on_event(event=event, reason=f"{recipients_named(subscriber_ids)}: {reason}")
     return True
 
 

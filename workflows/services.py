@@ -406,11 +406,11 @@ def fan_out_short(*, trigger_event_id: int, subscriber_ids: list[str], exc: Exce
     TriggerEvent.objects.filter(pk=trigger_event_id).exclude(
         status=TriggerEvent.Status.FAILED
     ).update(
-        error=f"no notification was created for {named(subscriber_ids)}: {internal_error_text(exc)}"
+        error=f"no notification was created for {recipients_named(subscriber_ids)}: {internal_error_text(exc)}"
     )
 
 
-def named(subscriber_ids: list[str]) -> str:
+def recipients_named(subscriber_ids: list[str]) -> str:
     """Recipients named in an event's reason: the first, and how many in all."""
     first = subscriber_ids[0][:100] if subscriber_ids else ""
     if len(subscriber_ids) == 1:
