@@ -642,15 +642,15 @@ def _echo(*, notification_id: str, final_attempt: bool) -> None:
         # Created in a race with the cancel of its trigger.
         notification_cancel(notification=notification)
         return
-    # Before the client's checks: a duplicate echo that failed the notification while its
-    # step was sending left that step to be canceled by a transient failure, and the
-    # message worker checks the client itself before it sends.
     # A pending notification has no step: it turns running in the transaction that
     # records its first one, and never back. Its first echo (one of every notification's
     # few) skips the query; a run recording that step meanwhile is the race a read would
     # miss too, which the step's unique position settles.
     pending = notification.status == Notification.Status.PENDING
     steps = [] if pending else selectors.notification_steps(notification=notification)
+    # Before the client's checks: a duplicate echo that failed the notification while its
+    # step was sending left that step to be canceled by a transient failure, and the
+    # message worker checks the client itself before it sends.
     if any(step.status in OPEN_STEP for step in steps):
         return  # the message worker owns the notification until its step is done
     if _client_refused(notification):
