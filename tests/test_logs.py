@@ -171,7 +171,9 @@ def test_a_beat_tick_the_broker_refuses_is_one_warning_line(
     """Beat logged each tick Redis refused as an ERROR carrying the stack and the
     traceback, some 300 lines every NORM_RECONCILE_INTERVAL for as long as Redis was away.
     Nothing is lost (the next tick sends it again): a WARNING line naming the error."""
-    app = Celery("beat-while-redis-is-away")
+    # Not the current app: norm's shared tasks would resolve to it, and every later test
+    # in this process that publishes through one (a retry) would meet the dead broker.
+    app = Celery("beat-while-redis-is-away", set_as_current=False)
     # Nothing listens there. Not broker_url: CELERY_BROKER_URL in the environment wins.
     app.conf.broker_write_url = f"redis://127.0.0.1:{free_port()}/0"
     scheduler = BeatScheduler(app=app, lazy=True, schedule_filename=str(tmp_path / "schedule"))
@@ -192,7 +194,7 @@ def test_a_beat_tick_that_fails_on_a_bug_keeps_its_error_and_traceback(
     """Only the broker's refusal is the next tick's to mend: a tick failing on a bug (here
     an entry's arguments that are no list, which fails each tick alike) stays Celery's
     ERROR with its traceback, where an operator looks for it."""
-    app = Celery("beat-with-a-bug")
+    app = Celery("beat-with-a-bug", set_as_current=False)
     app.conf.broker_write_url = f"redis://127.0.0.1:{free_port()}/0"  # never reached
     scheduler = BeatScheduler(app=app, lazy=True, schedule_filename=str(tmp_path / "schedule"))
     entry = ScheduleEntry(name="reconcile", task=RECONCILE_TASK, schedule=10.0, args=1, app=app)
