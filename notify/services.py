@@ -204,11 +204,11 @@ def _sync_claimed(last: BridgeSync, *, now: datetime) -> bool:
 
 
 def _bridge_workflow(
-    *, client: Client, bridge_url: str, workflow_id: str, refused: bool = False
+    *, client: Client, bridge_url: str, workflow_id: str, payload_refused: bool = False
 ) -> BridgeWorkflow:
-    """The registry entry for a workflow, refreshed from the bridge when it is unknown
-    or older than NORM_REGISTRY_TTL (or, `refused`, it refused the trigger's payload),
-    at most once per NORM_DISCOVER_MIN_INTERVAL.
+    """The registry entry for a workflow, refreshed from the bridge when it is unknown,
+    older than NORM_REGISTRY_TTL, or its schema refused the trigger's payload
+    (`payload_refused`), at most once per NORM_DISCOVER_MIN_INTERVAL.
 
     A stale entry is used when the bridge cannot be reached: a trigger is never
     refused because the bridge is briefly down, only when norm cannot know the workflow.
@@ -218,7 +218,7 @@ def _bridge_workflow(
     )
     now = timezone.now()
     if (
-        not refused
+        not payload_refused
         and found is not None
         and found.discovered_at > now - timedelta(seconds=settings.NORM_REGISTRY_TTL)
     ):
@@ -464,7 +464,7 @@ def _workflow_checked(
         # NORM_REGISTRY_TTL. Checked again against a new discover, if one is due; the
         # same entry back (none due, or the bridge down) upholds the refusal.
         fresher = _bridge_workflow(
-            client=client, bridge_url=bridge_url, workflow_id=workflow_id, refused=True
+            client=client, bridge_url=bridge_url, workflow_id=workflow_id, payload_refused=True
         )
         if fresher.discovered_at == registered.discovered_at:
             raise
