@@ -1704,12 +1704,35 @@ def reconcile() -> dict[str, int]:
 
 
 def _reconcile() -> dict[str, int]:
-    """`reconcile`, its database's and broker's failures aside."""
+    """`reconcile`, its database's and broker's failures aside: each kind of stalled work
+    in turn (trigger events, cancels, steps, notifications), each queue's backlog read
+    once a tick (`rooms`)."""
     now = timezone.now()
     grace = timedelta(seconds=settings.NORM_RECONCILE_GRACE)
     stale = timedelta(seconds=settings.NORM_STALE_CLAIM_SECONDS)
-    counts = {"events": 0, "cancels": 0, "notifications": 0, "steps": 0}
+    rooms: dict[str, int] = {}  # by queue, each looked at once a run (_with_room)
+    given_up_events, released_events = _stale_events_release(now=now, stale=stale)
+    _short_fan_outs_release(now=now, grace=grace, rooms=rooms)
+    events = _waiting_events_resend(now=now, grace=grace, rooms=rooms)
+    cancels = _cancels_resend(now=now, grace=grace, rooms=rooms)
+    released_steps = _stale_steps_release(now=now, stale=stale)
+    lost_steps = _lost_give_up(now=now, stale=stale)
+    steps = _due_steps_resend(now=now, grace=grace, rooms=rooms)
+    notifications = _idle_notifications_resend(now=now, grace=grace, rooms=rooms)
+    counts = {"events": events, "cancels": cancels, "notifications": notifications, "steps": steps}
+    _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
+    if given_up_events:
+        logger.warning(
+            "reconcile: %d trigger event(s) failed, their fan-out never finished in "
+            "NORM_MAX_CLAIMS runs (a fan-out that kills its worker?)",
+            given_up_events,
+        )
+    return counts
 
+
+def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[int, int]:
+    """Let go of the trigger events whose fan-out's claim went stale, failing those past
+    NORM_MAX_CLAIMS; return how many it failed and how many it let go."""
     # A run whose claim went stale never came back: its worker died (killed for memory,
     # say) or hung. Counted with the runs a bug ended, it bounds a fan-out that kills its
     # worker each time, which was run again every NORM_STALE_CLAIM_SECONDS for good; a
@@ -1738,6 +1761,12 @@ def _reconcile() -> dict[str, int]:
         TriggerEvent.objects.filter(status=TriggerEvent.Status.RECEIVED, canceled_at__isnull=False),
         status=TriggerEvent.Status.CANCELED,
     )
+    return given_up_events, released_events
+
+
+def _short_fan_outs_release(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> None:
+    """Let go of the processed events whose fan-out came up short, for a rerun, once their
+    commands' queue is empty; while it is not, keep their check's window open."""
     # Subscriber commands lost with the broker leave a processed event with fewer
     # notifications than recipients: fan it out again (it skips those reached).
     # Each event's notifications counted on their own (a subquery by trigger_event_id):
@@ -1759,7 +1788,6 @@ def _reconcile() -> dict[str, int]:
     # behind other events' (its first ones too, none of its notifications made yet), and
     # each run would queue them again. Its window is kept meanwhile (FANOUT_RECHECK), or
     # a backlog longer than it lost the event's check for good.
-    rooms: dict[str, int] = {}  # by queue, each looked at once a run (_with_room)
     room = _with_room(pipeline.SUBSCRIBER, rooms)
     _update_unheld(
         short.exclude(room).filter(
@@ -1786,6 +1814,10 @@ def _reconcile() -> dict[str, int]:
         reenqueued_at=None,
         refanned=F("refanned") + 1,
     )
+
+
+def _waiting_events_resend(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> int:
+    """Send the workflow worker again the events still received; return how many."""
     # Received but not claimed: lost with the broker, or still queued behind others.
     # The broker cannot be asked which, so each is re-sent once per grace period.
     waiting = TriggerEvent.objects.filter(
@@ -1794,7 +1826,11 @@ def _reconcile() -> dict[str, int]:
     events = _to_queues(waiting, pipeline.WORKFLOW, rooms)
     _update_unheld(TriggerEvent.objects.filter(pk__in=[pk for pk, _ in events]), reenqueued_at=now)
     _resend(pipeline.WORKFLOW, events)
-    counts["events"] = len(events)
+    return len(events)
+
+
+def _cancels_resend(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> int:
+    """Send again the cancel tasks the broker may have lost; return how many."""
     # A cancel whose task the broker lost (flushed, a worker killed) would leave the rest
     # of its notifications to their echoes, one waiting out a day's delay shown running
     # all day. Sent again once per grace period until a run gets to the end and clears
@@ -1811,17 +1847,23 @@ def _reconcile() -> dict[str, int]:
         cancel_task_at=now,
     )
     _resend(pipeline.CANCEL, cancels)
-    counts["cancels"] = len(cancels)
+    return len(cancels)
 
+
+def _stale_steps_release(*, now: datetime, stale: timedelta) -> int:
+    """Put back on the schedule the steps whose send's claim went stale; return how many."""
     # Only steps of running notifications: a canceled one's step is never sent.
-    released_steps = _update_unheld(
+    return _update_unheld(
         Step.objects.filter(
             _of_running_notification(), status=Step.Status.PROCESSING, claimed_at__lt=now - stale
         ),
         status=Step.Status.SCHEDULED,
         enqueued_at=None,
     )
-    lost_steps = _lost_give_up(now=now, stale=stale)
+
+
+def _due_steps_resend(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> int:
+    """Send the message worker again the steps due and not sent; return how many."""
     # The longest overdue first, in the order of the (status, due_at) index, so that a
     # batch is the index's first rows: in Step's default order (position), each tick
     # sorted every due step to keep a batch (0.9 s a tick while a broadcast's 100,000
@@ -1845,8 +1887,11 @@ def _reconcile() -> dict[str, int]:
     # One UPDATE, not one each.
     _update_unheld(Step.objects.filter(pk__in=[pk for pk, _ in steps]), enqueued_at=now)
     _resend(pipeline.MESSAGE, [(pk, pipeline.queue_of(pipeline.MESSAGE, w)) for pk, w in steps])
-    counts["steps"] = len(steps)
+    return len(steps)
 
+
+def _idle_notifications_resend(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> int:
+    """Send the echo worker again the active notifications left idle; return how many."""
     # In the order of the (status, updated_at) index, so PostgreSQL reads only the
     # notifications quiet for a grace period, not every active one (a broadcast waiting
     # out a day's delay), to check each for an open step. A batch per status, the
@@ -1868,15 +1913,7 @@ def _reconcile() -> dict[str, int]:
     _resend(
         pipeline.ECHO, [(str(pk), pipeline.queue_of(pipeline.ECHO, w)) for pk, w in notifications]
     )
-    counts["notifications"] = len(notifications)
-    _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
-    if given_up_events:
-        logger.warning(
-            "reconcile: %d trigger event(s) failed, their fan-out never finished in "
-            "NORM_MAX_CLAIMS runs (a fan-out that kills its worker?)",
-            given_up_events,
-        )
-    return counts
+    return len(notifications)
 
 
 def _resend(stage: pipeline.Stage, rows: list[tuple[Any, str]]) -> None:
