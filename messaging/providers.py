@@ -84,6 +84,10 @@ _DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 class SendError(Exception):
+    """A send the provider failed. `transient`: whether another attempt can succeed (a
+    timeout, a 4xx SMTP reply), which the message worker retries with backoff; otherwise
+    the message fails for good."""
+
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
@@ -280,6 +284,9 @@ def smtp_reply(reply: bytes | str) -> str:
 
 
 class Provider:
+    """One provider of one channel, picked by NORM_PROVIDERS (`provider_for`): the message
+    worker asks it whether the subscriber can be reached, then has it send."""
+
     name: ClassVar[str]
     channel: ClassVar[str]
     # Its delivery is the stored message (in-app): send() only checks the message and
@@ -287,6 +294,7 @@ class Provider:
     stores_only: ClassVar[bool] = False
 
     def recipient(self, message: Message) -> str:
+        """The address the message goes to, stored on it ("" for a channel without one)."""
         return ""
 
     def unreachable(self, subscriber: Subscriber) -> str:
@@ -825,6 +833,8 @@ PROVIDERS: dict[str, type[Provider]] = {p.name: p for p in (DjangoEmailProvider,
 
 
 def provider_for(channel: str) -> Provider | None:
+    """The provider NORM_PROVIDERS names for `channel`; None if it names none, or one of
+    another channel."""
     name = settings.NORM_PROVIDERS.get(channel)
     provider = PROVIDERS.get(name) if name else None
     return provider() if provider and provider.channel == channel else None
