@@ -53,6 +53,8 @@ def _fail_if_exists(request: Request) -> bool:
 
 
 def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
+    """A subscriber as Novu's SubscriberResponseDto: an unset field null, not "", and the
+    client standing for Novu's organization and environment."""
     return {
         "_id": str(subscriber.pk),
         "subscriberId": subscriber.subscriber_id,
@@ -80,6 +82,7 @@ def _topic_name(topic: Topic) -> dict[str, str]:
 
 
 def topic_dto(topic: Topic) -> dict[str, Any]:
+    """A topic as Novu's TopicResponseDto (the client as its organization and environment)."""
     return {
         "_id": str(topic.pk),
         "key": topic.key,
@@ -402,7 +405,8 @@ _SUBSCRIBER_FILTERS = [
 ]
 
 
-def _valid(serializer_cls: type[serializers.Serializer], data: Any) -> serializers.Serializer:
+def _validated(serializer_cls: type[serializers.Serializer], data: Any) -> serializers.Serializer:
+    """`data` validated by `serializer_cls`; a 400 for a body that is no JSON object."""
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object")
     serializer = serializer_cls(data=data)
@@ -424,7 +428,7 @@ class SubscriberListApi(APIView):
         responses={201: SubscriberResponse, **error_responses(400, 422, 409)},
     )
     def post(self, request: Request) -> Response:
-        body = _valid(SubscriberCreateInput, request.data)
+        body = _validated(SubscriberCreateInput, request.data)
         subscriber_id = body.validated_data["subscriberId"]
         # Told by the create itself, not a look first: two at once both looked before
         # either created it, and the second overwrote the first's subscriber with a 201.
@@ -625,7 +629,7 @@ class SubscriberDetailApi(APIView):
         subscriber = selectors.subscriber_get(
             client_id=request.user.pk, subscriber_id=subscriber_id
         )
-        body = _valid(SubscriberFields, request.data)
+        body = _validated(SubscriberFields, request.data)
         with _not_deleted_meanwhile(subscriber_id):
             subscriber = services.subscriber_update(
                 subscriber=subscriber, values=body.model_values(nulls_clear=nulls_clear)
@@ -722,7 +726,7 @@ class TopicListApi(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        body = _valid(TopicInput, request.data).validated_data
+        body = _validated(TopicInput, request.data).validated_data
         # Told by the upsert, as a subscriber's. Novu's v1 creates only: a key taken is
         # its 409, the topic's name kept (novu 1.14 raises for it).
         fail_if_exists = self.version == 1 or _fail_if_exists(request)
@@ -871,7 +875,8 @@ def _topic_name_given(request: Request, *, required: bool) -> str | None:
     return name.strip()
 
 
-def _ids(request: Request, field: str) -> list[str]:
+def _body_ids(request: Request, field: str) -> list[str]:
+    """The subscriberIds listed under `field` of the body (`_checked_ids`)."""
     ids = request.data.get(field) if isinstance(request.data, dict) else None
     return _checked_ids(ids, field)
 
@@ -881,7 +886,7 @@ def _subscription_ids(request: Request) -> list[str]:
     novu-py 3.19 sends, or `subscriberIds`, which it deprecates for it."""
     body = request.data if isinstance(request.data, dict) else {}
     if body.get("subscriptions") is None:
-        return _ids(request, "subscriberIds")
+        return _body_ids(request, "subscriberIds")
     items = body["subscriptions"]
     if isinstance(items, list):
         items = [i.get("subscriberId") if isinstance(i, dict) else i for i in items]
@@ -922,12 +927,12 @@ def _subscription_text(item: dict[str, Any], field: str, within: str = "subscrip
 def _unsubscriptions(request: Request) -> tuple[list[str], list[str]]:
     """What an unsubscribe names: subscriberIds, as a subscribe does, and
     subscriptions by their identifier: a `subscriptions` object with an `identifier`
-    and no subscriberId, a null one as absent as _given reads a null list (given both,
+    and no subscriberId, a null one as absent as _members_given reads a null list (given both,
     Novu removes the subscriber's every subscription of the topic: norm's one). A body
     naming neither list (novu-py sends `{}` for its request DTO left empty: both are
     optional) is nothing to remove, a 200 in Novu."""
     body = request.data if isinstance(request.data, dict) else None
-    if body is not None and not _given(body):
+    if body is not None and not _members_given(body):
         return [], []
     items = body.get("subscriptions") if body is not None else None
     if not isinstance(items, list):
@@ -946,13 +951,15 @@ def _unsubscriptions(request: Request) -> tuple[list[str], list[str]]:
     return _checked_ids(named, "subscriptions"), identifiers
 
 
-def _given(body: dict[str, Any]) -> bool:
+def _members_given(body: dict[str, Any]) -> bool:
     """Whether the body names `subscriptions` or `subscriberIds`: a null is as absent
     to Novu's DTO (IsOptional) as a field left out."""
     return any(body.get(field) is not None for field in ("subscriptions", "subscriberIds"))
 
 
 def _checked_ids(ids: Any, field: str) -> list[str]:
+    """`ids` as subscriberIds, trimmed; a 400 naming `field` unless they are a list of at
+    most 1000 non-blank strings."""
     if (
         not isinstance(ids, list)
         or not all(isinstance(i, str) and i.strip() for i in ids)
@@ -1070,7 +1077,7 @@ class TopicSubscriptionsApi(APIView):
         # A body naming neither list subscribes no one, as Novu's reads it (`subscriptions
         # || subscriberIds || []`): the topic is still created (or renamed) and the answer
         # a 201 with nothing failed. novu-py lets its request leave both out.
-        ids = _subscription_ids(request) if _given(request.data) else []
+        ids = _subscription_ids(request) if _members_given(request.data) else []
         named = _subscriptions_named(request)
         # Novu scopes a subscription to a context, or to some workflows; norm keeps
         # neither, and a subscription to everything would reach more than was asked.
@@ -1316,7 +1323,7 @@ class TopicSubscribersV1Api(APIView):
         },
     )
     def post(self, request: Request, key: str) -> Response:
-        ids = _ids(request, "subscribers")
+        ids = _body_ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         with _not_deleted_meanwhile(key):
             members, missing = services.topic_subscribe(topic=topic, subscriber_ids=ids)
@@ -1368,7 +1375,7 @@ class TopicSubscribersRemovalV1Api(TopicSubscriberCheckApi):
         },
     )
     def post(self, request: Request, key: str, subscriber_id: str = "removal") -> Response:
-        ids = _ids(request, "subscribers")
+        ids = _body_ids(request, "subscribers")
         topic = selectors.topic_get(client_id=request.user.pk, key=key)
         with _not_deleted_meanwhile(key):
             services.topic_unsubscribe(topic=topic, subscriber_ids=ids)

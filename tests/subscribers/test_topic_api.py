@@ -1000,7 +1000,7 @@ def test_v2_unsubscribes_by_an_identifier_with_spaces_as_by_a_subscriber_id(
 
 
 def test_v2_an_unsubscribes_null_subscriber_id_is_as_absent(keyed: tuple[Client, str]) -> None:
-    """A null is as absent to Novu's DTO (IsOptional) as a field left out, as _given
+    """A null is as absent to Novu's DTO (IsOptional) as a field left out, as _members_given
     reads the body's lists: `{"identifier": ..., "subscriberId": null}` was a 400 (not
     a list of subscriber ids) where the same object without the key removed the
     subscription its identifier names. A null identifier beside a subscriberId is
