@@ -119,6 +119,10 @@ def bugs_recorded(
         record(exc)
 
 
+# Each distinct bug's traceback, once a minute (`bug_logged`).
+_bugs = Quieted()
+
+
 def bug_logged(log: logging.Logger, exc: Exception, what: str, row: object) -> None:
     """Log the bug `exc` that ended `what` (a stage's work, "the echo of notification")
     on `row`: an ERROR with its traceback once a minute per process for each bug (`what`,
@@ -152,10 +156,6 @@ def _raised_at(exc: BaseException) -> tuple[tuple[str, int], ...]:
         places.append((frame.tb_frame.f_code.co_filename, frame.tb_lineno))
         frame = frame.tb_next
     return tuple(places)
-
-
-# Each distinct bug's traceback, once a minute (`bug_logged`).
-_bugs = Quieted()
 
 
 class ClaimInterrupted(OperationalError):
@@ -336,6 +336,11 @@ def enqueue_each_on_commit(stage: Stage, ids: Sequence[Any], *, workflow: str) -
         )
 
 
+# A broker refusing hand-offs refuses each trigger accepted meanwhile alike: one line a
+# minute per task (`_send_all`).
+_refused = Quieted()
+
+
 def _send_all(
     stage: Stage, calls: list[tuple[Any, ...]], *, countdown: float | None, queue: str
 ) -> None:
@@ -360,6 +365,3 @@ def _send_all(
             exc,
             held,
         )
-
-
-_refused = Quieted()

@@ -180,6 +180,11 @@ def _upsert_unforgotten(*, event: TriggerEvent, recipient: dict[str, Any]) -> Su
     return None
 
 
+# Each recipient's command checks its own attributes: a `to` of a thousand, all with the
+# same typo of the client's code, logged a thousand lines.
+_refused = Quieted()
+
+
 def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list[str]) -> None:
     """Say on the event (in the admin) which of a recipient's attributes were not stored,
     unless it already holds a reason: a bug's, which matters more, or another's."""
@@ -192,11 +197,6 @@ def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list
             held,
         )
     _reason_on_event(event=event, reason=reason)
-
-
-# Each recipient's command checks its own attributes: a `to` of a thousand, all with the
-# same typo of the client's code, logged a thousand lines.
-_refused = Quieted()
 
 
 def _reason_on_event(*, event: TriggerEvent, reason: str) -> None:
@@ -513,6 +513,15 @@ def topic_upsert(
     return topic, False
 
 
+@dataclass(frozen=True)
+class SubscriptionNamed:
+    """What a subscribe gave a subscription besides its subscriber: Novu's
+    `identifier` and `name` ("" for none)."""
+
+    identifier: str = ""
+    name: str = ""
+
+
 def topic_upsert_subscribe(
     *,
     client: Client,
@@ -576,15 +585,6 @@ def topic_delete(*, topic: Topic, only_if_empty: bool = False) -> None:
 
 # ASCII digits alone, as selectors.topic_member_named reads a subscription's `_id`.
 _DIGITS = re.compile(r"[0-9]+")
-
-
-@dataclass(frozen=True)
-class SubscriptionNamed:
-    """What a subscribe gave a subscription besides its subscriber: Novu's
-    `identifier` and `name` ("" for none)."""
-
-    identifier: str = ""
-    name: str = ""
 
 
 def topic_subscribe(
