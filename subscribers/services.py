@@ -200,6 +200,7 @@ def attributes_refused(*, event: TriggerEvent, subscriber_id: str, refused: list
 
 
 def _reason_on_event(*, event: TriggerEvent, reason: str) -> None:
+    """Put `reason` on the event, unless it holds a reason already (a failed one does)."""
     TriggerEvent.objects.filter(pk=event.pk, error="").exclude(
         status=TriggerEvent.Status.FAILED
     ).update(error=reason)
@@ -279,6 +280,7 @@ def subscribers_process(
 
 
 def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
+    """`subscribers_process`, its bugs aside."""
     event = _event(trigger_event_id)
     if event is None:
         return

@@ -51,6 +51,8 @@ from workflows.models import Notification, Step
 
 logger = logging.getLogger(__name__)
 
+# The subscriberIds of a broadcast's or a topic's audience in one batch command (one
+# keyset page, and one INSERT of their notifications: notifications_create).
 BROADCAST_CHUNK = 500
 # The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
 INSERT_BYTES = 8 * 1024 * 1024
@@ -394,7 +396,7 @@ def _keyset_chunks(
         yield [subscriber_id for _, subscriber_id in chunk]
 
 
-# --- stage 3 (called by the subscriber worker) -------------------------------------------
+# --- stage 3 (called by the subscriber worker), and a deleted subscriber forgotten ------
 
 
 def fan_out_short(*, trigger_event_id: int, subscriber_ids: list[str], exc: Exception) -> None:
@@ -421,6 +423,8 @@ def recipients_named(subscriber_ids: list[str]) -> str:
 def _new_notification(
     trigger_event: TriggerEvent, subscriber: Subscriber, failed: str = ""
 ) -> Notification:
+    """The event's notification for `subscriber`, not saved; failed with the reason
+    `failed` if one is given (notifications_create)."""
     notification = Notification(
         trigger_event=trigger_event,
         subscriber=subscriber,
@@ -555,6 +559,7 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
 
 
 def _subscriber_body(subscriber: Subscriber) -> dict[str, Any]:
+    """The subscriber as the bridge gets it: its Novu attributes, the unset ones left out."""
     body = {
         "subscriberId": subscriber.subscriber_id,
         **{key: getattr(subscriber, field) for key, field in INLINE_FIELDS.items()},
