@@ -38,13 +38,18 @@ from workflows.sdk.signing import canonical_json, signature_header
 
 logger = logging.getLogger(__name__)
 
-# Novu's framework answers these for user-code and schema problems: retrying cannot
-# help, whatever the status code (StepExecutionFailedError comes with a 502; norm's SDK
-# answers WorkflowExecutionFailedError for a payload schema it cannot apply).
+# Novu's framework answers these for user-code, schema and setup problems: retrying
+# cannot help, whatever the status code (StepExecutionFailedError comes with a 502,
+# MissingDependencyError, zod given without zod-to-json-schema installed, with a 500;
+# norm's SDK answers WorkflowExecutionFailedError for a payload schema it cannot apply).
+# Its other 5xx, BridgeError (500), is its answer to any other exception, the workflow
+# function's own outside a step included: retried, as Novu's worker retries a 500, for
+# it may be the bridge's database or an API its code calls, down for now.
 PERMANENT_CODES = {
     "StepExecutionFailedError",
     "ProviderExecutionFailedError",
     "WorkflowExecutionFailedError",
+    "MissingDependencyError",
 }
 TRANSIENT_STATUSES = {408, 425, 429}
 # A bridge's error message is the notification's reason, shown in the admin and in every
