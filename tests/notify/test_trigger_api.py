@@ -522,6 +522,61 @@ def test_a_zod_payload_schema_counts_a_strings_least_length_as_zod_does(
     assert [e["field"] for e in error["errors"]] == ["payload/code", "payload/name"]
 
 
+# zod-to-json-schema's translation of `z.object({channel: z.discriminatedUnion("kind",
+# [z.object({kind: z.literal("mail"), to: z.string()}), z.object({kind: z.literal("sms"),
+# phone: z.string()})])})`, as @novu/framework 2.13.2 discovers it.
+ZOD_UNION = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "channel": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "kind": {"type": "string", "const": "mail"},
+                            "to": {"type": "string"},
+                        },
+                        "required": ["kind", "to"],
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "properties": {
+                            "kind": {"type": "string", "const": "sms"},
+                            "phone": {"type": "string"},
+                        },
+                        "required": ["kind", "phone"],
+                        "additionalProperties": False,
+                    },
+                ]
+            }
+        },
+        "required": ["channel"],
+        "additionalProperties": False,
+        "$schema": "http://json-schema.org/draft-07/schema#",
+    },
+    "unknownSchema": ZOD_PAYLOAD["unknownSchema"],
+}
+
+
+def test_a_union_member_with_a_key_its_branch_does_not_declare_is_taken_as_zod_takes_it(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """zod strips an object's unknown keys in each option of a union, and the bridge ran
+    the workflow; each branch of the translation is `additionalProperties: false`, which
+    failed every branch here, and the trigger was refused. One that fits no branch still is."""
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=ZOD_UNION))
+    member = {"kind": "sms", "phone": "+15550000", "locale": "de"}
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": {"channel": member}})
+    stray = {"kind": "sms", "to": "ann@example.com"}
+    refused = post(TRIGGER, {"name": "welcome", "to": "bob", "payload": {"channel": stray}})
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/channel"]
+
+
 def test_a_json_schema_counts_a_strings_least_length_in_code_points_as_ajv_does(
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:

@@ -696,3 +696,79 @@ def test_an_additional_key_or_an_if_is_checked_against_the_whole_schema() -> Non
         "additionalProperties": tuples,
     }
     assert Schema.of(draft7).validate({"a": ["x"], "b": [1]}) == {"a": ["x"]}
+
+
+# zod-to-json-schema's translation of `z.discriminatedUnion("kind", [z.object({kind:
+# z.literal("mail"), to: z.string()}), z.object({kind: z.literal("sms"), phone:
+# z.string()})])`, as @novu/framework 2.13.2 discovers a payload `z.object({channel: ...})`.
+ZOD_CHANNEL = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {"kind": {"type": "string", "const": "mail"}, "to": {"type": "string"}},
+            "required": ["kind", "to"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string", "const": "sms"},
+                "phone": {"type": "string"},
+            },
+            "required": ["kind", "phone"],
+            "additionalProperties": False,
+        },
+    ]
+}
+# (the `channel` given, what the workflow's code sees of it: None for a refusal, whether
+# ajv takes it). ajv, as zod, strips the keys the branch taken does not declare, rather
+# than fail that branch. The third zod takes, and ajv does not: its first branch, tried
+# first, stripped `phone` before failing on `kind`, and the second then missed it.
+UNION_VERDICTS: list[tuple[Any, Any, bool]] = [
+    ({"kind": "mail", "to": "a@b.c"}, {"kind": "mail", "to": "a@b.c"}, True),
+    ({"kind": "mail", "to": "a@b.c", "cc": "x"}, {"kind": "mail", "to": "a@b.c"}, True),
+    ({"kind": "sms", "phone": "+1", "to": "a@b.c"}, {"kind": "sms", "phone": "+1"}, False),
+    ({"kind": "sms", "phone": "+1", "cc": "x"}, {"kind": "sms", "phone": "+1"}, True),
+    ({"kind": "sms", "to": "a@b.c"}, None, False),
+    ({"kind": "fax", "to": "a@b.c"}, None, False),
+]
+
+
+@pytest.mark.parametrize("keyword", ["anyOf", "oneOf"])
+@pytest.mark.parametrize(("channel", "seen", "_"), UNION_VERDICTS)
+def test_a_union_member_loses_the_keys_its_branch_does_not_declare_as_with_ajv(
+    keyword: str, channel: Any, seen: Any, _: bool
+) -> None:
+    """A member of a union of objects with a key its branch does not declare was refused
+    here, where Novu's SDK strips the key, with zod's union as with ajv's `anyOf`: the
+    trigger API refused the payload (it checks with this schema) and norm's SDK refused
+    its execute."""
+    schema = {
+        "type": "object",
+        "properties": {"channel": {keyword: ZOD_CHANNEL["anyOf"]}},
+        "required": ["channel"],
+        "additionalProperties": False,
+    }
+
+    @workflow("union", payload_schema=schema)
+    def union(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": json.dumps(ctx.payload["channel"], sort_keys=True)})
+
+    payload = {"channel": channel}
+    if seen is None:
+        with pytest.raises(ExecutionEventPayloadInvalidError):
+            union.execute(execute_body(payload, []))
+        assert Schema.of(schema).errors(payload)
+    else:
+        outputs = union.execute(execute_body(payload, []))["outputs"]
+        assert json.loads(outputs["body"]) == seen
+        assert Schema.of(schema).errors(payload) == []
+
+
+def test_union_verdicts_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> None:
+    schemas = [
+        {"type": "object", "properties": {"channel": {k: ZOD_CHANNEL["anyOf"]}}}
+        for k in ("anyOf", "oneOf")
+    ]
+    cases = [(s, {"channel": c}) for s in schemas for c, _, _ in UNION_VERDICTS]
+    assert ajv_verdicts(cases) == [takes for _ in schemas for _, _, takes in UNION_VERDICTS]

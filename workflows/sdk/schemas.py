@@ -222,31 +222,59 @@ def _fill(
     whole: Any,
     followed: frozenset[str] = frozenset(),
     filling: frozenset[int] = frozenset(),
+    defaults: bool = True,
 ) -> Any:
     """Apply `default`s and drop keys `additionalProperties: false` forbids, as ajv does:
     also through a `$ref` within the schema (`whole`, the validator of the schema `schema`
-    is part of) and each `allOf`, whose defaults come first, as ajv's do. `followed`: the
-    refs taken for this value (`{"$ref": "#"}` at the top would loop). `filling`: the
-    (ids of the) subschemas whose default this value is within."""
+    is part of) and each `allOf`, whose defaults come first, as ajv's do, and the branch
+    of an `anyOf` or a `oneOf` the value takes. `followed`: the refs taken for this value
+    (`{"$ref": "#"}` at the top would loop). `filling`: the (ids of the) subschemas whose
+    default this value is within. `defaults`: False to drop keys only."""
     if not isinstance(schema, Mapping):  # a boolean schema (`true`: anything) has neither
         return value
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in followed:
         target = _local_ref(whole.schema, ref)
         if target is not None:
-            value = _fill(target, value, whole, followed | {ref}, filling)
+            value = _fill(target, value, whole, followed | {ref}, filling, defaults)
     every = schema.get("allOf")
     for sub in every if isinstance(every, list) else []:
-        value = _fill(sub, value, whole, followed, filling)
+        value = _fill(sub, value, whole, followed, filling, defaults)
+    for keyword in ("anyOf", "oneOf"):
+        branches = schema.get(keyword)
+        if isinstance(branches, list) and isinstance(value, dict | list):
+            value = _branch_stripped(branches, value, whole)
     if isinstance(value, list):
-        return _fill_items(schema, value, whole, filling)
+        return _fill_items(schema, value, whole, filling, defaults)
     if isinstance(value, dict):
-        return _fill_object(schema, value, whole, followed, filling)
+        return _fill_object(schema, value, whole, followed, filling, defaults)
+    return value
+
+
+def _branch_stripped(branches: list[Any], value: Any, whole: Any) -> Any:
+    """`value` as the first of an `anyOf`'s or a `oneOf`'s `branches` it passes takes it:
+    without the keys that branch's `additionalProperties` forbids. ajv strips them as it
+    tries each branch (removeAdditional), and zod strips an object's unknown keys in each
+    option of a union (zod-to-json-schema writes `z.union` and `z.discriminatedUnion` of
+    objects as an `anyOf` of `additionalProperties: false` objects): a union member with
+    a key more, which Novu's SDK took, was refused. Unchanged when no branch takes it. No
+    defaults are filled in here, as ajv fills in none under an `anyOf` or a `oneOf`; and
+    each branch is tried on the value as given, where ajv tries it on what the branches
+    before stripped from it: ajv refuses a few values so that norm takes, never the
+    reverse."""
+    for branch in branches:
+        stripped = _fill(branch, copy.deepcopy(value), whole, defaults=False)
+        if _holds(branch, stripped, whole):
+            return stripped
     return value
 
 
 def _fill_items(
-    schema: Mapping[str, Any], value: list[Any], whole: Any, filling: frozenset[int]
+    schema: Mapping[str, Any],
+    value: list[Any],
+    whole: Any,
+    filling: frozenset[int],
+    defaults: bool = True,
 ) -> list[Any]:
     """ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`."""
     items = schema.get("items")
@@ -256,7 +284,7 @@ def _fill_items(
     for n, item in enumerate(value):
         sub = positional[n] if n < len(positional) else rest
         if sub is not None:
-            value[n] = _fill(sub, item, whole, filling=filling)
+            value[n] = _fill(sub, item, whole, filling=filling, defaults=defaults)
     return value
 
 
@@ -266,18 +294,20 @@ def _fill_object(
     whole: Any,
     followed: frozenset[str],
     filling: frozenset[int],
+    defaults: bool = True,
 ) -> dict[str, Any]:
     if "if" in schema:
         # ajv fills in the defaults of the `then` or `else` the value takes, and before those
         # of `properties` (Novu's in-app redirect: target `_self` for a path, else `_blank`).
         branch = schema.get("then") if _holds(schema["if"], value, whole) else schema.get("else")
-        value = _fill(branch, value, whole, followed, filling) if branch is not None else value
+        if branch is not None:
+            value = _fill(branch, value, whole, followed, filling, defaults)
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
     for key, sub in properties.items():
         if key in value:
-            value[key] = _fill(sub, value[key], whole, filling=filling)
-        elif isinstance(sub, Mapping) and "default" in sub:
+            value[key] = _fill(sub, value[key], whole, filling=filling, defaults=defaults)
+        elif defaults and isinstance(sub, Mapping) and "default" in sub:
             default = copy.deepcopy(sub["default"])
             # ajv goes on into a default it filled in, as into a value given: an object
             # defaulted to `{}` gets its own properties' defaults (Novu's SDK ran on them,
