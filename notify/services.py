@@ -5,6 +5,7 @@ and handed to the workflow worker; and a trigger's cancel."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -314,6 +315,24 @@ def _long_enough_to_zod(error: jsonschema.ValidationError) -> bool:
     )
 
 
+# What JavaScript's String.prototype.trim(), and so zod's `.trim()`, takes off each end.
+_JS_SPACE = "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+_JS_TRIMMED = re.compile(rf"\A{_JS_SPACE}+|{_JS_SPACE}+\Z")
+
+
+def _short_enough_to_zod(error: jsonschema.ValidationError) -> bool:
+    """Whether a string refused as too long may be short enough to zod once trimmed:
+    `z.string().trim().max(3)` trims before it counts (it took " abc " and the bridge ran
+    it), and its translation's `maxLength` shows no trim. Counted in code points, which
+    are never more than zod's UTF-16 units: no string zod takes is refused."""
+    return (
+        error.validator == "maxLength"
+        and isinstance(error.instance, str)
+        and isinstance(error.validator_value, int)
+        and len(_JS_TRIMMED.sub("", error.instance)) <= error.validator_value
+    )
+
+
 def _validate_payload(
     schema: dict[str, Any], payload: dict[str, Any], *, translated: bool = False
 ) -> None:
@@ -337,7 +356,8 @@ def _validate_payload(
         (
             e
             for e in found
-            if e.validator not in ignored and not (translated and _long_enough_to_zod(e))
+            if e.validator not in ignored
+            and not (translated and (_long_enough_to_zod(e) or _short_enough_to_zod(e)))
         ),
         key=lambda e: list(e.absolute_path),
     )

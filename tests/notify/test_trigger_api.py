@@ -577,6 +577,24 @@ def test_a_union_member_with_a_key_its_branch_does_not_declare_is_taken_as_zod_t
     assert [e["field"] for e in error["errors"]] == ["payload/channel"]
 
 
+def test_a_zod_payload_schema_refuses_no_string_too_long_that_zod_may_trim_first(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """`z.string().trim().length(3)` is translated as ZOD_LENGTHS' `code`, the trim lost:
+    zod trims " abc " before it counts, and the bridge ran the workflow, where norm
+    refused the trigger. Too long once trimmed, or written as JSON Schema, it still is."""
+    monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=ZOD_LENGTHS))
+    padded = {"name": "Ann", "code": "\u3000abc\n"}
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": padded})
+    refused = post(
+        TRIGGER, {"name": "welcome", "to": "bob", "payload": {"name": "Bo", "code": " abcd"}}
+    )
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/code"]
+
+
 def test_a_json_schema_counts_a_strings_least_length_in_code_points_as_ajv_does(
     post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
@@ -586,9 +604,14 @@ def test_a_json_schema_counts_a_strings_least_length_in_code_points_as_ajv_does(
     monkeypatch.setattr(bridge, "discover", lambda url, *, secrets: _welcome(payload=declared))
     taken_by_zod = {"name": "😀", "code": "😀a"}
     refused = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": taken_by_zod})
+    padded = post(
+        TRIGGER, {"name": "welcome", "to": "bob", "payload": {"name": "Bo", "code": " abc"}}
+    )
 
     error = assert_error(refused, 400, "invalid_payload")
     assert [e["field"] for e in error["errors"]] == ["payload/code", "payload/name"]
+    error = assert_error(padded, 400, "invalid_payload")  # ajv trims nothing
+    assert [e["field"] for e in error["errors"]] == ["payload/code"]
 
 
 def test_the_same_schema_in_json_schema_is_checked_whole_as_ajv_checks_it(
