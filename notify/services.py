@@ -333,6 +333,36 @@ def _short_enough_to_zod(error: jsonschema.ValidationError) -> bool:
     )
 
 
+def _left_to_bridge(error: jsonschema.ValidationError, *, translated: bool) -> bool:
+    """Whether `error` is no reason to refuse a trigger: the bridge may take the value.
+
+    A key the schema does not declare is no error: the bridge strips it (Novu's SDK does
+    so even for a workflow without a schema, whose discover says `additionalProperties:
+    false`). In a zod schema's translation, nor is what it says otherwise than zod
+    (TRANSLATED_LOOSELY, a string's length). Nor is a union (`anyOf`, `oneOf`) one of
+    whose branches fails for such errors alone: `z.string().url().or(z.literal(""))` is an
+    `anyOf` of a `uri` and a `const`, which refused the link with an accent that zod takes
+    as a URL, where the same `.url()` alone was left to the bridge.
+    """
+    if error.validator == "additionalProperties":
+        return True
+    if translated and (
+        error.validator in TRANSLATED_LOOSELY
+        or _long_enough_to_zod(error)
+        or _short_enough_to_zod(error)
+    ):
+        return True
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return False  # a oneOf that more than one branch takes has no context
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:  # each error's schema path begins with its branch's index
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    return any(
+        all(_left_to_bridge(sub, translated=translated) for sub in subs)
+        for subs in branches.values()
+    )
+
+
 def _validate_payload(
     schema: dict[str, Any], payload: dict[str, Any], *, translated: bool = False
 ) -> None:
@@ -348,17 +378,8 @@ def _validate_payload(
             "bridge_invalid_schema",
             f"The workflow's payload schema from the bridge cannot be applied: {exc}"[:500],
         ) from exc
-    # A key the schema does not declare is no error: the bridge strips it (Novu's SDK
-    # does so even for a workflow without a schema, whose discover says
-    # `additionalProperties: false`).
-    ignored = {"additionalProperties", *(TRANSLATED_LOOSELY if translated else ())}
     errors = sorted(
-        (
-            e
-            for e in found
-            if e.validator not in ignored
-            and not (translated and (_long_enough_to_zod(e) or _short_enough_to_zod(e)))
-        ),
+        (e for e in found if not _left_to_bridge(e, translated=translated)),
         key=lambda e: list(e.absolute_path),
     )
     if errors:
