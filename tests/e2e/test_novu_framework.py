@@ -539,3 +539,21 @@ def test_a_zod_payload_is_judged_by_zod_not_by_its_json_schema_translation(
     assert receipt.content["body"] == f"ABC-12 × 1: 19.99 € ({link})"
     assert (bob.status, bob.error_code) == ("failed", "ExecutionEventPayloadInvalidError")
     assert "/link: Invalid url" in bob.error, bob.error
+
+
+def test_a_zod_union_member_a_trimmed_string_and_a_url_in_a_union_are_taken_as_zod_takes_them(
+    live_server: LiveServer, worker: CeleryProcess, novu_app: NovuApp
+) -> None:
+    """The translation of zod-union-flow's schema refused each of these, which zod takes:
+    the trigger was a 400 for a payload the workflow runs."""
+    client, key = novu_client(novu_app)
+    link = "https://shop.example/crème-brûlée"
+    channel = {"kind": "sms", "phone": "+15550000", "locale": "de"}
+    payload = {"channel": channel, "code": " AB1 ", "link": link}
+    response = trigger(live_server, key, "zod-union-flow", payload)
+    assert response.status_code == 201, response.text
+
+    [notification] = finished(client)
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    note = Message.objects.get(step__notification=notification)
+    assert note.content["body"] == f'{{"kind":"sms","phone":"+15550000"}} [AB1] {link}'

@@ -269,6 +269,29 @@ const wavering = workflow(
   },
 );
 
+// (i) A zod payload whose translation says more than zod checks: the members of a
+// discriminated union lose the keys their option does not declare (each branch of the
+// translation is `additionalProperties: false`), a `.trim()` comes before the length is
+// counted, and a `.url()` in a union is a WHATWG URL to zod.
+const parcel = workflow(
+  "zod-union-flow",
+  async ({ step, payload }) => {
+    await step.inApp("parcel-note", async () => ({
+      body: `${JSON.stringify(payload.channel)} [${payload.code}] ${payload.link}`,
+    }));
+  },
+  {
+    payloadSchema: z.object({
+      channel: z.discriminatedUnion("kind", [
+        z.object({ kind: z.literal("mail"), to: z.string() }),
+        z.object({ kind: z.literal("sms"), phone: z.string() }),
+      ]),
+      code: z.string().trim().length(3),
+      link: z.string().url().or(z.literal("")),
+    }),
+  },
+);
+
 const app = express();
 app.use(express.json());
 app.use(
@@ -277,7 +300,7 @@ app.use(
     // Strict even outside production: the framework only defaults to it when NODE_ENV is
     // neither unset nor development.
     client: new Client({ secretKey, strictAuthentication: true }),
-    workflows: [welcome, order, broken, rich, swap, changing, receipt, wavering],
+    workflows: [welcome, order, broken, rich, swap, changing, receipt, wavering, parcel],
   }),
 );
 app.listen(port, "127.0.0.1", () => console.log(`novu bridge listening on 127.0.0.1:${port}`));
