@@ -658,6 +658,34 @@ def test_an_additional_key_that_fails_additional_properties_is_stripped_as_with_
     assert Schema.of(open_).validate({"a": 1, "c": 2}) == {"a": 1, "c": 2}
 
 
+def test_an_additional_keys_value_loses_the_keys_its_schema_forbids_as_with_ajv() -> None:
+    """A `z.record(z.object({...}))` entry (or a pydantic `dict[str, Model]`'s) with a key
+    its object does not declare was dropped whole, so the workflow's code saw no such
+    entry; ajv strips the key while it checks the entry and keeps the entry, with no
+    default filled in. One that fails for another reason still goes. Results observed
+    from ajv 8 as @novu/framework 2.13.2 compiles it."""
+    entry = {
+        "type": "object",
+        "properties": {"qty": {"type": "number"}, "note": {"type": "string", "default": "-"}},
+        "required": ["qty"],
+        "additionalProperties": False,
+    }
+    schema = {
+        "type": "object",
+        "properties": {"lines": {"type": "object", "additionalProperties": entry}},
+    }
+
+    @workflow("lines", payload_schema=schema)
+    def lines(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": json.dumps(ctx.payload["lines"], sort_keys=True)})
+
+    payload = {
+        "lines": {"tea": {"qty": 2, "gift": True}, "cake": {"gift": True}, "jam": {"qty": 1}}
+    }
+    outputs = lines.execute(execute_body(payload, []))["outputs"]
+    assert json.loads(outputs["body"]) == {"tea": {"qty": 2}, "jam": {"qty": 1}}
+
+
 def test_an_additional_key_or_an_if_is_checked_against_the_whole_schema() -> None:
     """A valid additional key was stripped, and an `if` that held read as failing, when
     its schema had a `$ref` in it (zod-to-json-schema's `#/properties/...` for a schema

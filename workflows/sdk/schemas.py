@@ -326,7 +326,10 @@ def _drop_additional(
     """ajv's removeAdditional "failing": an additional key goes when `false` forbids it, or
     its value fails the schema given (`z.record(z.string())`'s), rather than fail the
     whole. A key that `patternProperties` matches is no additional one (check_schema made
-    sure each pattern compiles)."""
+    sure each pattern compiles). A value the schema given takes loses, as ajv strips them
+    while it checks it, the keys that schema forbids: `z.record(z.object({...}))`'s entry
+    with a key more was dropped whole, where Novu's SDK kept it without that key. ajv
+    fills in no default there."""
     extra = schema.get("additionalProperties")
     if not (extra is False or isinstance(extra, Mapping)):
         return
@@ -335,7 +338,13 @@ def _drop_additional(
     for key in [k for k in value if k not in properties]:
         if any(re.search(pattern, key) for pattern in patterns):
             continue
-        if extra is False or not _holds(extra, value[key], whole):
+        if extra is False:
+            del value[key]
+            continue
+        stripped = _fill(extra, copy.deepcopy(value[key]), whole, defaults=False)
+        if _holds(extra, stripped, whole):
+            value[key] = stripped
+        else:
             del value[key]
 
 
