@@ -686,6 +686,26 @@ def test_an_additional_keys_value_loses_the_keys_its_schema_forbids_as_with_ajv(
     assert json.loads(outputs["body"]) == {"tea": {"qty": 2}, "jam": {"qty": 1}}
 
 
+def test_a_pattern_propertys_value_gets_its_defaults_and_loses_forbidden_keys_as_with_ajv() -> None:
+    """ajv fills in and strips the value of a key a `patternProperties` pattern matches,
+    as a property's: such an entry with a key more was refused here (the execute a
+    400), which Novu's SDK ran, with the default filled in. Observed from ajv 8 as
+    @novu/framework 2.13.2 compiles it."""
+    entry = {
+        "type": "object",
+        "properties": {"qty": {"type": "number"}, "note": {"type": "string", "default": "-"}},
+        "required": ["qty"],
+        "additionalProperties": False,
+    }
+    lines = {"type": "object", "patternProperties": {"^[a-z]+$": entry}}
+    schema = {"type": "object", "properties": {"lines": lines}}
+    payload = {"lines": {"tea": {"qty": 2, "gift": True}, "jam": {"qty": 1}}}
+
+    assert Schema.of(schema).validate(payload) == {
+        "lines": {"tea": {"qty": 2, "note": "-"}, "jam": {"qty": 1, "note": "-"}}
+    }
+
+
 def test_an_additional_key_or_an_if_is_checked_against_the_whole_schema() -> None:
     """A valid additional key was stripped, and an `if` that held read as failing, when
     its schema had a `$ref` in it (zod-to-json-schema's `#/properties/...` for a schema

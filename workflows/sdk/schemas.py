@@ -316,6 +316,13 @@ def _fill_object(
             if id(sub) not in filling:
                 default = _fill(sub, default, whole, filling=filling | {id(sub)})
             value[key] = default
+    patterns = schema.get("patternProperties")
+    for pattern, sub in patterns.items() if isinstance(patterns, Mapping) else ():
+        # ajv goes into the value of each key a pattern matches, as into a property's:
+        # defaults filled in, forbidden keys stripped (an entry with a key more was
+        # refused here, which Novu's SDK took).
+        for key in [k for k in value if re.search(pattern, k)]:
+            value[key] = _fill(sub, value[key], whole, filling=filling, defaults=defaults)
     _drop_additional(schema, value, properties, whole)
     return value
 
