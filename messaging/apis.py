@@ -282,7 +282,7 @@ class FeedApi(APIView):
             return data if isinstance(data, dict) else {}
 
         def get_cta(self, message: Message) -> dict[str, Any]:
-            return _cta(message.content) if message.channel == "in_app" else {}
+            return _cta(message.content, message.action) if message.channel == "in_app" else {}
 
         def get_seen(self, message: Message) -> bool:
             return message.seen_at is not None
@@ -590,39 +590,60 @@ def _redirect(value: Any) -> dict[str, Any] | None:
     return {"url": value["url"]} | ({"target": target} if known else {})
 
 
-def _action(value: Any) -> dict[str, Any] | None:
-    """An in-app output's primaryAction or secondaryAction as Novu's InboxActionDto
-    (norm keeps no completed actions); None as for `_redirect`."""
+ACTION_TYPES = ("primary", "secondary")
+
+
+def _completed(taken: dict[str, Any], kind: str) -> bool:
+    """Whether the button `kind` is done, by the message's `action` (Novu's
+    notification-mapper: the result's type is that button's, its status done)."""
+    result = taken.get("result")
+    done = isinstance(result, dict) and result.get("type") == kind
+    return done and taken.get("status") == "done"
+
+
+def _action(value: Any, completed: bool = False) -> dict[str, Any] | None:
+    """An in-app output's primaryAction or secondaryAction as Novu's InboxActionDto;
+    None as for `_redirect`."""
     if not isinstance(value, dict) or not isinstance(value.get("label"), str):
         return None
     redirect = _redirect(value.get("redirect"))
-    return {"label": value["label"], "isCompleted": False} | (
+    return {"label": value["label"], "isCompleted": completed} | (
         {"redirect": redirect} if redirect else {}
     )
 
 
-def _cta(content: dict[str, Any]) -> dict[str, Any]:
+def _cta(content: dict[str, Any], taken: dict[str, Any]) -> dict[str, Any]:
     """An in-app output's redirect and actions as the v1 message's `cta`, as Novu maps a
     framework step's outputs (@novu/shared's inAppMessageFromBridgeOutputs): the redirect
-    is where a click on the message goes, each action a button."""
+    is where a click on the message goes, each action a button; with what was done with
+    them (`taken`, the message's `action`): its status and result, as Novu's."""
     buttons = []
-    for kind in ("primary", "secondary"):
+    for kind in ACTION_TYPES:
         if action := _action(content.get(f"{kind}Action")):
             link = action.get("redirect", {})
             buttons.append({"type": kind, "content": action["label"], **link})
+    status = {"status": taken["status"]} if isinstance(taken.get("status"), str) else {}
+    result = taken.get("result")
     return {
         "type": "redirect",
         "data": _redirect(content.get("redirect")) or {},
-        "action": {"result": {}, "buttons": buttons},
+        "action": {
+            **status,
+            "result": result if isinstance(result, dict) else {},
+            "buttons": buttons,
+        },
     }
 
 
-def _links(content: dict[str, Any]) -> dict[str, Any]:
-    """What an inbox draws around the text: avatar, action buttons, where a click goes."""
+def _links(content: dict[str, Any], taken: dict[str, Any]) -> dict[str, Any]:
+    """What an inbox draws around the text: avatar, action buttons (each completed or
+    not, by `taken`, the message's `action`), where a click goes."""
     links = {
         "avatar": content["avatar"] if isinstance(content.get("avatar"), str) else None,
-        "primaryAction": _action(content.get("primaryAction")),
-        "secondaryAction": _action(content.get("secondaryAction")),
+        **{
+            f"{kind}Action": _action(content.get(f"{kind}Action"), _completed(taken, kind))
+            for kind in ACTION_TYPES
+        },
         "redirect": _redirect(content.get("redirect")),
     }
     return {key: value for key, value in links.items() if value is not None}
@@ -673,7 +694,7 @@ def inbox_dto(message: Message) -> dict[str, Any]:
             "critical": False,
             "severity": "none",
         },
-        **_links(content),
+        **_links(content, message.action),
     }
 
 
@@ -804,6 +825,92 @@ class InboxMarkOneApi(APIView):
         except Message.DoesNotExist:  # deleted meanwhile, with its subscriber: a 500
             raise ApiError(404, "notification_not_found", "Notification not found") from None
         return Response({"data": inbox_dto(marked)})
+
+
+def _acted_on(message: Message, action_type: str, *, check_button: bool) -> None:
+    """Refuse to act on a button of another type than Novu's, or, `check_button`, one the
+    message does not have, as Novu's UpdateNotificationAction refuses it (400)."""
+    if action_type not in ACTION_TYPES:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"the action type must be primary or secondary, not '{action_type}'",
+        )
+    if check_button and _action(message.content.get(f"{action_type}Action")) is None:
+        raise ApiError(
+            400,
+            "action_not_found",
+            f"Could not perform action on the {action_type} button because it does not exist.",
+        )
+
+
+class InboxActionApi(APIView):
+    """PATCH .../notifications/{id}/actions/{actionType}/complete or /revert: novu-py's
+    complete_action and revert_action; 200 with the notification."""
+
+    action_status = ""
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Mark an in-app notification's primary or secondary action done, or not",
+        request={"application/json": OpenApiTypes.OBJECT},  # none is read; novu-py sends none
+        responses={200: InboxNotificationResponse, **error_responses(400, 404)},
+    )
+    def patch(
+        self, request: Request, subscriber_id: str, notification_id: str, action_type: str
+    ) -> Response:
+        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([notification_id])).first()
+        if found is None:
+            raise ApiError(404, "notification_not_found", "Notification not found")
+        _acted_on(found, action_type, check_button=True)
+        try:
+            acted = services.message_action_set(
+                message=found, action_type=action_type, status=self.action_status
+            )
+        except Message.DoesNotExist:  # deleted meanwhile, with its subscriber
+            raise ApiError(404, "notification_not_found", "Notification not found") from None
+        return Response({"data": inbox_dto(acted)})
+
+
+class MessageActionApi(APIView):
+    """POST /v1/subscribers/{id}/messages/{messageId}/actions/{type}: novu 1.14's
+    mark_message_action and novu-py's messages.update_as_seen; 201 with the message."""
+
+    @extend_schema_serializer(component_name="MessageActionInput")
+    class InputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["pending", "done"])
+        payload = serializers.DictField(required=False)
+
+    @extend_schema_serializer(component_name="MessageActionResponse")
+    class ResponseSerializer(serializers.Serializer):
+        data = MessageListApi.OutputSerializer()
+
+    @extend_schema(
+        tags=["Inbox"],
+        summary="Record an in-app message's primary or secondary action done, or pending",
+        request=InputSerializer,
+        responses={201: ResponseSerializer, **error_responses(400, 404)},
+    )
+    def post(
+        self, request: Request, subscriber_id: str, message_id: str, action_type: str
+    ) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([message_id])).first()
+        if found is None:
+            raise ApiError(404, "message_not_found", "Message not found")
+        # Novu's v1 call records the result without looking for the button.
+        _acted_on(found, action_type, check_button=False)
+        try:
+            acted = services.message_action_set(
+                message=found,
+                action_type=action_type,
+                status=data.validated_data["status"],
+                payload=data.validated_data.get("payload"),
+            )
+        except Message.DoesNotExist:  # deleted meanwhile, with its subscriber
+            raise ApiError(404, "message_not_found", "Message not found") from None
+        return Response({"data": MessageListApi.OutputSerializer(acted).data}, status=201)
 
 
 class InboxMarkAllApi(APIView):

@@ -41,6 +41,11 @@ class Message(models.Model):
     seen_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
     archived_at = models.DateTimeField(null=True, blank=True)
+    # An in-app message's action, as Novu keeps it (its message's `cta.action` but the
+    # buttons, which the content has): {} until a button is acted on, then {"status":
+    # "done" or "pending", "result": {"type": "primary" or "secondary", "payload": {...}}}.
+    # One result for both buttons: completing one takes the other's back, as in Novu.
+    action = models.JSONField(default=dict, db_default={}, blank=True)
 
     class Meta:
         indexes = [

@@ -434,3 +434,24 @@ def message_mark(
     messages_mark(messages=Message.objects.filter(pk=message.pk), seen=seen, read=read)
     message.refresh_from_db(fields=["seen_at", "read_at"])  # keeps the loaded relations
     return message
+
+
+def message_action_set(
+    *, message: Message, action_type: str, status: str, payload: dict[str, Any] | None = None
+) -> Message:
+    """Record what the subscriber did with an in-app message's button, `action_type`
+    (primary or secondary): `status` done, or pending again. One result for the message,
+    as Novu keeps it (the last button acted on); the payload kept only if one is given,
+    as Novu's v1 call sets it. Returns the message as stored; Message.DoesNotExist if it
+    was deleted meanwhile, with its subscriber."""
+    result: dict[str, Any] = {"type": action_type}
+    if payload is not None:
+        result["payload"] = payload
+    # One row, written whole: no lock beyond its own, so none taken in another order.
+    updated = Message.objects.filter(pk=message.pk).update(
+        action={"status": status, "result": result}
+    )
+    if not updated:
+        raise Message.DoesNotExist
+    message.refresh_from_db(fields=["action"])  # keeps the loaded relations
+    return message

@@ -25,6 +25,10 @@ urlpatterns = [
         name="subscriber-mark-all",
     ),
     path(
+        "v1/subscribers/<trimmed:subscriber_id>/messages/<str:message_id>/actions/<str:action_type>",
+        apis.MessageActionApi.as_view(),
+    ),
+    path(
         "v1/subscribers/<trimmed:subscriber_id>/notifications/unseen",
         apis.UnseenCountApi.as_view(),
         name="subscriber-unseen-count",
@@ -49,5 +53,15 @@ urlpatterns = [
     path(
         "v2/subscribers/<trimmed:subscriber_id>/notifications/<str:notification_id>/unread",
         apis.InboxMarkOneApi.as_view(mark=apis.MARK_AS["unread"]),
+    ),
+    path(
+        "v2/subscribers/<trimmed:subscriber_id>/notifications/<str:notification_id>"
+        "/actions/<str:action_type>/complete",
+        apis.InboxActionApi.as_view(action_status="done"),
+    ),
+    path(
+        "v2/subscribers/<trimmed:subscriber_id>/notifications/<str:notification_id>"
+        "/actions/<str:action_type>/revert",
+        apis.InboxActionApi.as_view(action_status="pending"),
     ),
 ]

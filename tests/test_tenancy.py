@@ -55,9 +55,20 @@ def _state(client: Any) -> Any:
             Step.objects.filter(notification__client=client).order_by("pk").values("pk", "status")
         ),
         list(
-            Message.objects.filter(client=client).order_by("pk").values("pk", "seen_at", "read_at")
+            Message.objects.filter(client=client)
+            .order_by("pk")
+            .values("pk", "seen_at", "read_at", "action")
         ),
     )
+
+
+INBOX_ACTION = (
+    "v2/subscribers/<trimmed:subscriber_id>/notifications/<str:notification_id>"
+    "/actions/<str:action_type>"
+)
+MESSAGE_ACTION = (
+    "v1/subscribers/<trimmed:subscriber_id>/messages/<str:message_id>/actions/<str:action_type>"
+)
 
 
 def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
@@ -152,6 +163,9 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
          f"/v2/subscribers/ann/notifications/{mid}/read", None, 404),
         ("patch", "v2/subscribers/<trimmed:subscriber_id>/notifications/<str:notification_id>/unread",
          f"/v2/subscribers/ann/notifications/{mid}/unread", None, 404),
+        ("patch", f"{INBOX_ACTION}/complete", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/complete", None, 404),
+        ("patch", f"{INBOX_ACTION}/revert", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/revert", None, 404),
+        ("post", MESSAGE_ACTION, f"/v1/subscribers/ann/messages/{mid}/actions/primary", {"status": "done"}, 404),
         ("get", "v1/notifications", "/v1/notifications?transactionId=tx-1", None, 200),
         ("get", "v1/notifications", "/v1/notifications?subscriberIds=ann&channels=in_app",
          None, 200),
@@ -181,6 +195,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
          f"/v2/subscribers/ann/notifications/{mid}/read", None, 404),
         ("get", "v1/messages", "/v1/messages?transactionId=tx-1&subscriberId=ann", None, 200),
         ("get", "v1/notifications", "/v1/notifications?transactionId=tx-1", None, 200),
+        ("patch", f"{INBOX_ACTION}/complete", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/complete", None, 404),
+        ("post", MESSAGE_ACTION, f"/v1/subscribers/ann/messages/{mid}/actions/primary", {"status": "done"}, 404),
     ]  # fmt: skip
 
     api = api_for(key)

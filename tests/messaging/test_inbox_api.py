@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
+from novu.api import SubscriberApi
+from novu.enums.message import MessageActionStatus
 from novu_py.models import (
     ErrorDto,
     GetSubscriberNotificationsCountResponseDto,
@@ -24,6 +26,7 @@ from config.parsers import MAX_DEPTH
 from messaging.models import Message
 from subscribers import services
 from tests.factories import (
+    NOVU_114_URL,
     ClientFactory,
     MessageFactory,
     NotificationFactory,
@@ -32,6 +35,7 @@ from tests.factories import (
     TriggerEventFactory,
     api_for,
     client_with_key,
+    novu_114_session,
     novu_py_for,
 )
 from tests.novu_nulls import nulls_novu_refuses
@@ -1118,3 +1122,90 @@ def test_mark_all_while_the_subscriber_is_deleted_waits_instead_of_deadlocking(
     assert held is None and deleted is None
     assert marked.status_code in (201, 204), marked.content
     assert not Message.objects.exists()
+
+
+def _with_actions(subscriber: Any) -> Message:
+    """An in-app message with both buttons, as the framework's in_app step outputs them."""
+    message = _in_app(subscriber)
+    content = message.content | {
+        "primaryAction": {"label": "Accept", "redirect": {"url": "/accept"}},
+        "secondaryAction": {"label": "Later"},
+    }
+    Message.objects.filter(pk=message.pk).update(content=content)
+    message.refresh_from_db()
+    return message
+
+
+def test_v2_completes_and_reverts_an_action_as_novu_pys_inbox_calls_it() -> None:
+    """novu-py's complete_action and revert_action were a 404 (norm has no such endpoint),
+    and every action answered `isCompleted: false`. One result per message, as Novu keeps
+    it: completing the secondary takes the primary's back."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = _with_actions(ann)
+    inbox = novu_py_for(key).subscribers.notifications
+    ids = {"subscriber_id": "ann", "notification_id": str(message.pk)}
+
+    done = inbox.complete_action(request=ids | {"action_type": "primary"}).result
+    assert done.primary_action is not None and done.secondary_action is not None
+    assert (done.primary_action.is_completed, done.secondary_action.is_completed) == (True, False)
+    listed = inbox.list(request={"subscriber_id": "ann"}).result.data[0]
+    assert listed.primary_action is not None and listed.primary_action.is_completed
+
+    other = inbox.complete_action(request=ids | {"action_type": "secondary"}).result
+    assert other.primary_action is not None and other.secondary_action is not None
+    assert (other.primary_action.is_completed, other.secondary_action.is_completed) == (False, True)
+    back = inbox.revert_action(request=ids | {"action_type": "secondary"}).result
+    assert back.secondary_action is not None and back.secondary_action.is_completed is False
+    assert Message.objects.get(pk=message.pk).action == {
+        "status": "pending",
+        "result": {"type": "secondary"},
+    }
+
+
+def test_v2_refuses_an_action_the_notification_lacks_and_one_of_another_subscriber(
+    tenant,
+) -> None:
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    plain = _in_app(ann)  # no buttons
+    bobs = _with_actions(SubscriberFactory(client=client, subscriber_id="bob"))
+    url = "/v2/subscribers/ann/notifications"
+
+    lacking = api.patch(f"{url}/{plain.pk}/actions/primary/complete")
+    foreign = api.patch(f"{url}/{bobs.pk}/actions/primary/complete")
+    odd = api.patch(f"{url}/{plain.pk}/actions/tertiary/complete")
+
+    assert (lacking.status_code, lacking.json()["code"]) == (400, "action_not_found")
+    assert foreign.status_code == 404
+    assert odd.status_code == 400
+    assert Message.objects.get(pk=bobs.pk).action == {}
+
+
+def test_v1_records_an_actions_status_and_payload_as_both_clients_call_it() -> None:
+    """novu 1.14's mark_message_action and novu-py's update_as_seen were a 404."""
+    client, key = client_with_key()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = _with_actions(ann)
+
+    old = SubscriberApi(NOVU_114_URL, key, session=novu_114_session())
+    marked = old.mark_message_action(
+        "ann", str(message.pk), "primary", MessageActionStatus.DONE, {"rsvp": "yes"}
+    )
+    assert marked.cta["action"]["status"] == "done"
+    assert marked.cta["action"]["result"] == {"type": "primary", "payload": {"rsvp": "yes"}}
+
+    novu = novu_py_for(key)
+    seen = novu.subscribers.messages.update_as_seen(
+        request={
+            "subscriber_id": "ann",
+            "message_id": str(message.pk),
+            "type": "secondary",
+            "mark_message_action_as_seen_dto": {"status": "pending"},
+        }
+    ).result
+    assert isinstance(seen, MessageResponseDto)
+    assert seen.cta.action is not None and seen.cta.action.result is not None
+    assert (seen.cta.action.status, seen.cta.action.result.type) == ("pending", "secondary")
+    inbox = novu.subscribers.notifications.list(request={"subscriber_id": "ann"}).result.data[0]
+    assert inbox.secondary_action is not None and inbox.secondary_action.is_completed is False
