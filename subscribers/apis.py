@@ -29,7 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.dates import TimestampField, iso_z
-from config.errors import ApiError, error_responses, validation_message
+from config.errors import ApiError, ErrorSerializer, error_responses, validation_message
 from config.paging import (
     LIMIT_PARAMETER,
     PAGE_PARAMETERS,
@@ -1059,6 +1059,29 @@ def _refuse_if_all_failed(meta: dict[str, int], errors: list[dict[str, str]], do
         )
 
 
+class SubscriptionsErrorSerializer(ErrorSerializer):
+    """A subscribe's or an unsubscribe's 400, for the OpenAPI schema only: one that acted
+    on none of its ids says why for each (as Novu's), with the answer's `data` and `meta`
+    (`_refuse_if_all_failed`); one refused for its body names a field, as any 400."""
+
+    class ItemErrorSerializer(serializers.Serializer):
+        message = serializers.CharField()
+        field = serializers.CharField(required=False, allow_blank=True)
+        subscriberId = serializers.CharField(required=False)
+        code = serializers.CharField(
+            required=False, help_text="SUBSCRIBER_NOT_FOUND, SUBSCRIPTION_NOT_FOUND, ..."
+        )
+
+    errors = ItemErrorSerializer(many=True, required=False)
+    data = serializers.ListField(child=serializers.DictField(), required=False)
+    meta = serializers.DictField(required=False)
+
+
+_SUBSCRIPTIONS_REFUSED = {
+    400: OpenApiResponse(SubscriptionsErrorSerializer, description="Bad Request")
+}
+
+
 @extend_schema(tags=["Topics"])
 class TopicSubscriptionsApi(APIView):
     """v2: `{subscriptions}` or `{subscriberIds}`; the topic is created when it does not
@@ -1069,7 +1092,7 @@ class TopicSubscriptionsApi(APIView):
     @extend_schema(
         summary="Subscribe subscribers to a topic, creating the topic if needed",
         request=SubscriberIdsRequest,
-        responses={201: SubscriptionsCreated, **error_responses(400)},
+        responses={201: SubscriptionsCreated, **error_responses(), **_SUBSCRIPTIONS_REFUSED},
     )
     def post(self, request: Request, key: str) -> Response:
         if not isinstance(request.data, dict):
@@ -1124,7 +1147,7 @@ class TopicSubscriptionsApi(APIView):
     @extend_schema(
         summary="Unsubscribe subscribers from a topic",
         request=SubscriberIdsRequest,
-        responses={200: SubscriptionsRemoved, **error_responses(400, 404)},
+        responses={200: SubscriptionsRemoved, **error_responses(404), **_SUBSCRIPTIONS_REFUSED},
     )
     def delete(self, request: Request, key: str) -> Response:
         ids, identifiers = _unsubscriptions(request)

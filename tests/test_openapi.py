@@ -167,6 +167,34 @@ def test_error_schema_matches_a_real_error(openapi: dict[str, Any], client: Any)
     assert set(error["required"]) <= set(body) <= set(error["properties"])
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_a_subscriptions_400_matches_its_documented_schema(
+    openapi: dict[str, Any], method: str
+) -> None:
+    """A subscribe or an unsubscribe that could act on none of its ids answers 400 with
+    an `errors` item per subscriber (`{subscriberId, code, message}`, as Novu's), which
+    the schema documented as the field errors of a payload (`field` required): a client
+    generated from norm's schema refused it."""
+    from jsonschema import Draft7Validator
+
+    from tests.factories import api_for, client_with_key
+
+    _, key = client_with_key()
+    api = api_for(key)
+    api.post("/v2/topics", {"key": "news"}, format="json")
+    answer = getattr(api, method)(
+        "/v2/topics/news/subscriptions", {"subscriberIds": ["nobody"]}, format="json"
+    )
+    assert answer.status_code == 400
+    documented = openapi["paths"]["/v2/topics/{key}/subscriptions"][method]["responses"]["400"]
+    schema = documented["content"]["application/json"]["schema"]
+    problems = Draft7Validator(schema | {"components": openapi["components"]}).iter_errors(
+        answer.json()
+    )
+    assert [p.message for p in problems] == []
+
+
 def test_notifications_document_their_jobs_as_novu_py_reads_them(openapi: dict[str, Any]) -> None:
     """Each notification's `jobs`: the fields novu-py requires, and only values of the
     enums it checks (a providerId off Novu's list fails its whole response)."""
