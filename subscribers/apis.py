@@ -70,6 +70,9 @@ def subscriber_dto(subscriber: Subscriber) -> dict[str, Any]:
         "_organizationId": str(subscriber.client_id),
         "_environmentId": str(subscriber.client_id),
         "deleted": False,
+        "isOnline": subscriber.is_online,
+        # Left out until the subscriber first goes offline, as Novu leaves it unset.
+        **({"lastOnlineAt": iso_z(subscriber.last_online_at)} if subscriber.last_online_at else {}),
         "createdAt": iso_z(subscriber.created_at),
         "updatedAt": iso_z(subscriber.updated_at),
     }
@@ -164,6 +167,10 @@ class SubscriberOutput(serializers.Serializer):
     _organizationId = serializers.CharField()
     _environmentId = serializers.CharField()
     deleted = serializers.BooleanField()
+    isOnline = serializers.BooleanField()
+    lastOnlineAt = TimestampField(
+        required=False, help_text="when it last went offline; left out until it first does"
+    )
     createdAt = TimestampField()
     updatedAt = TimestampField()
 
@@ -646,6 +653,37 @@ class SubscriberDetailApi(APIView):
         )
         services.subscriber_delete(subscriber=subscriber)
         return Response({"data": {"acknowledged": True, "status": "deleted"}})
+
+
+class OnlineStatusInput(serializers.Serializer):
+    isOnline = serializers.BooleanField()
+
+
+@extend_schema(tags=["Subscribers"])
+class SubscriberOnlineStatusApi(APIView):
+    """PATCH /v1/subscribers/{id}/online-status: novu 1.14's online_status and novu-py's
+    subscribers.properties.update_online_flag."""
+
+    @extend_schema(
+        operation_id="v1_subscribers_online_status",
+        summary="Set a subscriber online or offline (norm only keeps the flag)",
+        request=OnlineStatusInput,
+        responses={200: SubscriberResponse, **error_responses(404, 422)},
+    )
+    def patch(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = selectors.subscriber_get(
+            client_id=request.user.pk, subscriber_id=subscriber_id
+        )
+        data = OnlineStatusInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        online = data.validated_data["isOnline"]
+        # As Novu's UpdateSubscriberOnlineFlag: going offline says when.
+        values: dict[str, Any] = {"is_online": online}
+        if not online:
+            values["last_online_at"] = timezone.now()
+        with _not_deleted_meanwhile(subscriber_id):
+            subscriber = services.subscriber_update(subscriber=subscriber, values=values)
+        return Response({"data": subscriber_dto(subscriber)})
 
 
 _BULK_NAMED = 'the subscriber whose subscriberId is "bulk"'

@@ -18,6 +18,10 @@ class Subscriber(models.Model):
     locale = models.CharField(max_length=32, blank=True)
     timezone = models.CharField(max_length=64, blank=True)
     data = models.JSONField(default=dict, blank=True)
+    # Novu's online flag, which its clients set (PATCH /v1/subscribers/{id}/online-status):
+    # norm only keeps it, and when the subscriber last went offline.
+    is_online = models.BooleanField(default=False, db_default=False)
+    last_online_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

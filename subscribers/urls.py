@@ -15,6 +15,10 @@ urlpatterns = [
     path("v2/subscribers/<trimmed:subscriber_id>", apis.SubscriberDetailApi.as_view()),
     path("v1/subscribers/<trimmed:subscriber_id>", apis.SubscriberDetailApi.as_view()),
     path(
+        "v1/subscribers/<trimmed:subscriber_id>/online-status",
+        apis.SubscriberOnlineStatusApi.as_view(),
+    ),
+    path(
         "v2/subscribers/<trimmed:subscriber_id>/subscriptions",
         apis.SubscriberSubscriptionsApi.as_view(),
     ),

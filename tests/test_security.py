@@ -474,8 +474,8 @@ def test_a_path_no_api_view_serves_answers_novus_json_404_naming_it() -> None:
         body = response.json()
         assert (body["statusCode"], body["path"], body["code"]) == (404, path, "not_found")
         assert body["timestamp"] and body["message"] == message
-    assert api.patch("/v1/subscribers/ann/online-status").json()["message"] == (
-        "Cannot PATCH /v1/subscribers/ann/online-status: norm has no such endpoint"
+    assert api.patch("/v1/subscribers/ann/preferences").json()["message"] == (
+        "Cannot PATCH /v1/subscribers/ann/preferences: norm has no such endpoint"
     )
     for path in ("/nope", "/v1nope", "/v2.json"):  # outside the API: Django's page
         page = api.get(path)

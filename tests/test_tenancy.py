@@ -166,6 +166,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("patch", f"{INBOX_ACTION}/complete", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/complete", None, 404),
         ("patch", f"{INBOX_ACTION}/revert", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/revert", None, 404),
         ("post", MESSAGE_ACTION, f"/v1/subscribers/ann/messages/{mid}/actions/primary", {"status": "done"}, 404),
+        ("patch", "v1/subscribers/<trimmed:subscriber_id>/online-status",
+         "/v1/subscribers/ann/online-status", {"isOnline": True}, 404),
         ("get", "v1/notifications", "/v1/notifications?transactionId=tx-1", None, 200),
         ("get", "v1/notifications", "/v1/notifications?subscriberIds=ann&channels=in_app",
          None, 200),
@@ -197,6 +199,8 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("get", "v1/notifications", "/v1/notifications?transactionId=tx-1", None, 200),
         ("patch", f"{INBOX_ACTION}/complete", f"/v2/subscribers/ann/notifications/{mid}/actions/primary/complete", None, 404),
         ("post", MESSAGE_ACTION, f"/v1/subscribers/ann/messages/{mid}/actions/primary", {"status": "done"}, 404),
+        ("patch", "v1/subscribers/<trimmed:subscriber_id>/online-status",
+         "/v1/subscribers/ann/online-status", {"isOnline": False}, 200),
     ]  # fmt: skip
 
     api = api_for(key)

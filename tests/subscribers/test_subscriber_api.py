@@ -1049,3 +1049,33 @@ def test_a_trailing_slash_is_never_redirected(key: str, path: str) -> None:
     assert response.status_code == 404
     assert not response.has_header("Location")
     assert not Subscriber.objects.exists()
+
+
+def test_both_clients_set_a_subscribers_online_flag_as_novu_keeps_it(
+    keyed: tuple[Client, str],
+) -> None:
+    """novu 1.14's online_status and novu-py's update_online_flag were a 404 (norm has no
+    such endpoint). As Novu's UpdateSubscriberOnlineFlag: going offline says when."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    old = SubscriberApi(NOVU_114_URL, key, session=novu_114_session())
+    novu = novu_py_for(key)
+
+    online = old.online_status("ann", True)
+    assert (online.is_online, online.last_online_at) == (True, None)
+    before = timezone.now()
+    offline = novu.subscribers.properties.update_online_flag(
+        subscriber_id="ann", update_subscriber_online_flag_request_dto={"is_online": False}
+    ).result
+    assert isinstance(offline, SubscriberResponseDto)
+    assert offline.is_online is False and offline.last_online_at is not None
+    assert datetime.fromisoformat(offline.last_online_at) >= before - timedelta(milliseconds=1)
+    stored = Subscriber.objects.get(client=client, subscriber_id="ann")
+    assert (stored.is_online, stored.last_online_at is not None) == (False, True)
+    assert novu.subscribers.retrieve(subscriber_id="ann").result.is_online is False
+
+    with pytest.raises(requests.HTTPError) as unknown:
+        old.online_status("nobody", True)
+    assert unknown.value.response.status_code == 404
+    refused = call(key, "patch", "/v1/subscribers/ann/online-status", {"isOnline": "maybe"})
+    assert refused.status_code == 422  # as Novu's validation answers it
