@@ -490,6 +490,13 @@ NORM_STALE_CLAIM_SECONDS = env_int("NORM_STALE_CLAIM_SECONDS", 600, positive=Tru
 # A subscriber command delivered again after its worker died counts each such run on its
 # trigger event (by task id): at the bound its recipients' notifications fail.
 NORM_MAX_CLAIMS = env_int("NORM_MAX_CLAIMS", 10, positive=True)
+# Steps one notification may run. A bridge decides each next step (norm's SDK runs the
+# code to the first step not done yet), and one that never answers "done" (a loop over
+# ever new step ids, a bug in a while loop) held an echo worker, every client's, for good:
+# a bridge call a step, each with the state of all those before, and an in-app message or
+# an email to the subscriber at each. Novu's API allows a workflow 10 steps (20 on old
+# plans): ten times that leaves room for any workflow written on purpose.
+NORM_MAX_STEPS = env_int("NORM_MAX_STEPS", 100, positive=True)
 # Seconds a whole call to a bridge may take, connecting included (DNS aside).
 NORM_BRIDGE_TIMEOUT = env_float("NORM_BRIDGE_TIMEOUT", 10.0, positive=True)
 # A bridge's answer is read up to this size; a larger one fails the call.

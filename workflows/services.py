@@ -911,6 +911,14 @@ def _answer_fault(
             "BridgeInvalidResponse",
             f"the bridge returned step '{step_id}' again, which already ran",
         )
+    if len(state) >= settings.NORM_MAX_STEPS:
+        # Checked on the answer, not before the call: the bridge may say done after the last.
+        return (
+            "TooManySteps",
+            f"the bridge answered step '{step_id}' after {len(state)} steps, and a "
+            f"notification runs at most NORM_MAX_STEPS ({settings.NORM_MAX_STEPS}): a "
+            "workflow that never ends (a loop over new step ids?)",
+        )
     return None
 
 
