@@ -8,6 +8,7 @@ back since (and, asked, which rows).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Hashable
@@ -25,6 +26,20 @@ def said_already(response: Response) -> Response:
     its handlers set once they logged a response.)"""
     response._has_been_logged = True  # type: ignore[attr-defined]
     return response
+
+
+# What a log line may not carry as it came: a line break (CR, LF, and those Unicode and
+# the C1 controls add), which starts a line of the sender's own, a forged record; or a
+# terminal's escape sequence (ESC), which rewrites what an operator's terminal shows.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def loggable(text: object) -> str:
+    """`text` (str() of it) for a log line: each control character escaped as Python writes
+    it ("\\n", "\\x1b"), the rest as it is. For what a bridge or a caller wrote (an error's
+    code and message, a workflow's or a step's id), which a line break in it made a line
+    of their own in norm's log: a failure of another client's, a record of any level."""
+    return _UNPRINTABLE.sub(lambda found: repr(found[0])[1:-1], str(text))
 
 
 class Quieted:

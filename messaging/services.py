@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from config import pipeline
 from config.db import bounded, insert_once
-from config.logs import Quieted
+from config.logs import Quieted, loggable
 from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
 from subscribers.models import Subscriber
@@ -343,7 +343,7 @@ def _failure_log(
         message.client_id,
         provider.name,
         "for good" if backoff is None else f"retried in {backoff:.0f} s",
-        error,
+        loggable(error),  # it may quote the SMTP server, or the step's output
         held,
     )
 

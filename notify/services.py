@@ -19,7 +19,7 @@ from django.utils import timezone
 from config import pipeline
 from config.db import insert_once
 from config.errors import ApiError
-from config.logs import Quieted
+from config.logs import Quieted, loggable
 from config.redact import masked_url
 from notify import crypto, selectors, senders
 from notify.models import (
@@ -534,7 +534,7 @@ def _bridge_fault_log(exc: ApiError, *, client: Client, bridge_url: str, workflo
             client.pk,
             exc.status,
             exc.code,
-            exc.message,
+            loggable(exc.message),  # it quotes the bridge's own error
             held,
         )
     exc.logged = True

@@ -18,7 +18,7 @@ from config.celery import RECONCILE_TASK, BeatScheduler
 from config.celery import app as celery_app
 from messaging import tasks as messaging_tasks
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import DatabaseAway, a_bug
+from tests.conftest import DatabaseAway, a_bug, json_serving
 from tests.e2e.harness import free_port
 from tests.factories import (
     NotificationFactory,
@@ -368,6 +368,61 @@ def test_a_triggers_workflow_name_is_quoted_in_the_bridges_warning(
     [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "\n" not in line.getMessage()
     assert repr(name) in line.getMessage()
+
+
+# What a hostile (or broken) bridge may write in its error: a line of its own for the
+# log, a failure of another client's, and a terminal escape that turns the text red.
+FORGED = "\r\n2026-11-30 12:00:00,000 WARNING notification 1 (client 2) failed\x1b[31m"
+
+
+def _refusing_bridge(
+    method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, Any, dict[str, str]]:
+    """A bridge that answers every call with a 400 whose code and message hold FORGED."""
+    return 400, {"code": f"Refused{FORGED}", "message": f"no{FORGED}"}, {}
+
+
+def _one_line_each(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        message = record.getMessage()
+        assert not {"\r", "\n", "\x1b"} & set(message), message
+        assert "\\r\\n2026-11-30" in message and "\\x1b[31m" in message  # escaped, kept
+
+
+def test_a_bridges_error_is_one_line_in_the_notifications_failure_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The code and message of a bridge's refusal were written as they came: a line break
+    in them made a line of the bridge's own in the worker's log."""
+    with json_serving(_refusing_bridge) as url:
+        client, _ = client_with_key(bridge_url=f"{url}/api/norm")
+        notification = NotificationFactory(trigger_event__client=client)
+        caplog.set_level(logging.INFO)
+
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)])
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", f"Refused{FORGED}")
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in lines] == ["workflows.services"]
+    _one_line_each(lines)
+
+
+def test_a_bridges_error_is_one_line_in_the_warning_of_a_trigger_it_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A discover the bridge refused fails the trigger (502); its warning quotes the
+    bridge's error, which was written as it came."""
+    with json_serving(_refusing_bridge) as url:
+        _, key = client_with_key(bridge_url=f"{url}/api/norm")
+        caplog.set_level(logging.INFO)
+
+        answer = api_for(key).post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+
+    assert answer.status_code == 502
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in lines] == ["notify.services"]
+    _one_line_each(lines)
 
 
 def test_logging_configured_twice_still_writes_one_count_on_a_4xx_line(

@@ -15,6 +15,7 @@ from django.db import DataError, transaction
 from django.utils import timezone
 
 from config.db import error_text
+from config.logs import loggable
 from config.memo import Memo
 from config.redact import masked_url
 from notify.models import BridgeSync, BridgeWorkflow, Client
@@ -178,6 +179,8 @@ def _known_flavour(client_id: int, bridge_url: str) -> str | None:
             bridge_sync(client=Client.objects.get(pk=client_id), bridge_url=bridge_url)
         except bridge.BridgeError as exc:
             # The health-check may have answered even if discover did not (a wrong key).
-            logger.info("sync of %s for its flavour failed: %s", masked_url(bridge_url), exc)
+            logger.info(
+                "sync of %s for its flavour failed: %s", masked_url(bridge_url), loggable(exc)
+            )
         last = BridgeSync.objects.filter(client_id=client_id, bridge_url=bridge_url).first()
     return (last.flavour if last else "") or None

@@ -38,7 +38,7 @@ from config import pipeline
 from config.dates import iso_z
 from config.db import bounded, error_text, insert_once
 from config.errors import ApiError
-from config.logs import Quieted
+from config.logs import Quieted, loggable
 from config.redact import masked_url
 from messaging.models import Message
 from notify.models import TriggerEvent
@@ -783,9 +783,10 @@ def _bridge_down_log(notification: Notification, exc: bridge.BridgeUnavailable) 
             "last such line)",
             notification.pk,
             notification.client_id,
-            notification.workflow_id,
+            # The bridge's words: its workflow's id, its error's code and message.
+            loggable(notification.workflow_id),
             masked_url(notification.resource),
-            exc,
+            loggable(exc),
             held,
         )
 
@@ -976,7 +977,9 @@ def _step_record(
             # A longer delay waits in the database; the reconciler enqueues it when due.
     except IntegrityError:
         logger.info(
-            "echo: step %s of %s was recorded by a concurrent run", step_id, notification.pk
+            "echo: step %s of %s was recorded by a concurrent run",
+            loggable(step_id),
+            notification.pk,
         )
 
 
@@ -1056,11 +1059,12 @@ def _failure_log(notification_id: uuid.UUID | str, *, code: str, message: str) -
         "since the last such line)",
         notification_id,
         client_id,
-        workflow_id,
-        code,
-        message,
+        # Most often the bridge's words (its workflow's id, its error's code and message).
+        loggable(workflow_id),
+        loggable(code),
+        loggable(message),
         held,
-        code,
+        loggable(code),
     )
 
 
