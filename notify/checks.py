@@ -203,6 +203,34 @@ def embedded_services_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
     ]
 
 
+# Django's cache backends whose counts each process keeps for itself (or keeps none).
+_PER_PROCESS_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+}
+
+
+@register(deploy=True)
+def shared_cache_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Without NORM_CACHE_URL the cache is each web process's memory, and the counts it
+    keeps are each process's own: a client's trigger rate, and the admin's failed logins
+    before a lockout. Under gunicorn's `--workers 2` (Production's) a client got twice its
+    rate, and a password guesser twice the guesses, as many times more as workers; nothing
+    said so. A warning: one web process (make run) counts all."""
+    backend = settings.CACHES["default"]["BACKEND"]
+    if backend not in _PER_PROCESS_CACHES:
+        return []
+    return [
+        Warning(
+            "NORM_CACHE_URL is not set: each web process counts a client's trigger rate and "
+            "the admin's failed logins on its own, so a client gets its rate_limit_per_minute, "
+            "and a password guesser its tries before the lockout, once per process.",
+            hint="Set NORM_CACHE_URL (e.g. redis://host:6379/1) on every web process.",
+            id="norm.W006",
+        )
+    ]
+
+
 @register(Tags.security)
 def encryption_key_format_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """A NORM_ENCRYPTION_KEY that is no Fernet key fails only when a secret key is first

@@ -469,6 +469,15 @@ def test_a_proxy_ssl_header_given_with_its_value_is_refused_by_name(value: str) 
     )
 
 
+# NORM_CACHE_URL's: the deploy checks' lists stay exact without norm.W006.
+SHARED_CACHE = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://r:6379/1",
+    }
+}
+
+
 @pytest.mark.parametrize(("debug", "found"), [("false", []), ("true", ["norm.E010"])])
 def test_debug_on_is_refused_by_the_deploy_check(
     settings: Any, debug: str, found: list[str]
@@ -482,6 +491,7 @@ def test_debug_on_is_refused_by_the_deploy_check(
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    settings.CACHES = SHARED_CACHE
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
@@ -511,6 +521,7 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    settings.CACHES = SHARED_CACHE
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
@@ -536,6 +547,7 @@ def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    settings.CACHES = SHARED_CACHE
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
@@ -569,6 +581,7 @@ def test_a_default_from_email_of_localhost_is_named_by_the_deploy_check(
     settings.ALLOWED_HOSTS = ["norm.example.com"]
     settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.CACHES = SHARED_CACHE
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
     assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
@@ -602,8 +615,31 @@ def test_the_embedded_database_or_broker_is_named_by_the_deploy_check(
     settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    settings.CACHES = SHARED_CACHE
     messages = checks.run_checks(include_deployment_checks=True)
     assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "found"),
+    [("redis://r:6379/1", []), ("", ["norm.W006"])],  # the default, each process's memory
+)
+def test_a_cache_of_each_web_process_is_named_by_the_deploy_check(
+    settings: Any, cache_url: str, found: list[str]
+) -> None:
+    """Without NORM_CACHE_URL each web process counted a client's trigger rate and the
+    admin's failed logins on its own, and check --deploy said nothing: under gunicorn's
+    --workers 2 a client got twice its rate, a password guesser twice the tries."""
+    settings.CACHES = settings_from({"NORM_CACHE_URL": cache_url}, "CACHES")["CACHES"]
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
+    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
+    messages = checks.run_checks(include_deployment_checks=True)
+    assert [m.id for m in messages if m.id.startswith("norm.")] == found
+    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
 
 
