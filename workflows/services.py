@@ -80,6 +80,13 @@ OPEN_STEP = (Step.Status.SCHEDULED, Step.Status.PROCESSING)
 # Iterable as an Enum: mypy without Django's stubs sees a class of Any.
 _OTHER_THAN = {status: [s for s in Step.Status if s != status] for status in Step.Status}  # type: ignore[attr-defined]
 STEP_ID_LENGTH = Step._meta.get_field("step_id").max_length or 0
+# The most an in-app step's outputs may take, as JSON. Every page of a feed, the inbox and
+# the activity lists up to 100 in-app messages, each twice (its step's outputs and its
+# content), and a bridge may answer 10 MB (NORM_BRIDGE_MAX_RESPONSE_BYTES): a page of
+# twelve such messages was 226 MB, built in a web process's memory (1.4 GB, which stayed
+# taken, in a process serving every client) and sent whole to the caller, for an inbox
+# that shows a line or two of each.
+IN_APP_MAX_BYTES = 64 * 1024
 # The echo worker sets a step's due time by its clock and the message worker compares
 # it with its own: a message worker a little behind would find a step due now not due
 # yet, and send it again for later (_send_when_due). A second early is harmless.
@@ -912,6 +919,15 @@ def _answer_fault(
             "BridgeInvalidResponse",
             f"the bridge returned step '{step_id}' again, which already ran",
         )
+    if step_type == "in_app":
+        size = len(json.dumps(outputs, ensure_ascii=False).encode())
+        if size > IN_APP_MAX_BYTES:
+            return (
+                "BridgeResponseTooLarge",
+                f"the bridge answered in-app step '{step_id}' with outputs of {size} bytes; "
+                f"an in-app message holds at most {IN_APP_MAX_BYTES} (a page of a feed "
+                "lists up to 100)",
+            )
     if len(state) >= settings.NORM_MAX_STEPS:
         # Checked on the answer, not before the call: the bridge may say done after the last.
         return (
