@@ -163,6 +163,10 @@ def _client_deleted(request: Any) -> bool:
 
 # Every request while the database is away (each client's retries): a line a minute.
 _database_away = Quieted()
+# Every request carrying a value PostgreSQL refuses, the caller's to send at will (a NUL in
+# a path, over and over): a line a minute, as Django's own line for each 4xx
+# (config.logs.ClientErrorsQuieted), which the access log has already.
+_unstorable = Quieted()
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
@@ -206,7 +210,14 @@ def _known_cause(exc: Exception, request: Any, path: str) -> Exception:
     if isinstance(exc, DataError):
         # PostgreSQL refuses a value the request carried (a NUL character in a path,
         # query or JSON string; an id beyond bigint): the request is at fault.
-        logger.warning("unstorable value on %s: %s", path, exc)
+        if (held := _unstorable.due("unstorable")) is not None:
+            logger.warning(
+                "unstorable value on %s: %s (%d more requests answered 400 for one since "
+                "the last such line)",
+                path,
+                exc,
+                held,
+            )
         exc = ApiError(400, "invalid_value", "A value in the request cannot be stored or searched")
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is away (restarting, failing over): nothing was accepted, and the

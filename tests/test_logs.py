@@ -228,6 +228,36 @@ class Clock:
         return self.now
 
 
+def test_values_postgresql_refuses_are_one_warning_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL in a path is a 400 (PostgreSQL cannot search for it), and each was a warning
+    of its own beside Django's quieted line and the access log's: a caller sending it over
+    and over wrote a line per request."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    _, key = client_with_key()
+    api = api_for(key)
+    caplog.set_level(logging.INFO)
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "config.errors"]
+        caplog.clear()
+        return found
+
+    for _ in range(3):
+        answer = api.get("/v1/subscribers/ann%00/notifications/feed")
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_value")
+    [line] = lines()
+    assert line.startswith("unstorable value on /v1/subscribers/ann%00/notifications/feed")
+    assert line.endswith("(0 more requests answered 400 for one since the last such line)")
+
+    clock.now += logs.Quieted.PERIOD
+    api.get("/v1/subscribers/ann%00/notifications/feed")
+    [line] = lines()
+    assert "(2 more requests answered 400" in line
+
+
 def test_a_bug_every_echo_trips_on_is_one_traceback_a_minute_naming_the_rows_it_hit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
