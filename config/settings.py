@@ -512,6 +512,11 @@ NORM_SEND_RETRY_BACKOFF = env_float("NORM_SEND_RETRY_BACKOFF", 10.0, positive=Tr
 # Seconds between two discover calls prompted by triggers (an unknown workflow name,
 # or a registry entry older than NORM_REGISTRY_TTL).
 NORM_DISCOVER_MIN_INTERVAL = env_float("NORM_DISCOVER_MIN_INTERVAL", 10.0, non_negative=True)
+# Seconds a web process may spend checking a value against a schema with a `pattern` (a
+# payload, a step's controls in the admin), in a helper process (notify.schema_checks):
+# one that backtracks (`^(a+)+$`) on the value is refused past it. A pattern meant to be
+# matched takes microseconds.
+NORM_SCHEMA_CHECK_SECONDS = env_float("NORM_SCHEMA_CHECK_SECONDS", 2.0, positive=True)
 # A discovered workflow (its payload schema) is re-discovered when older than this.
 NORM_REGISTRY_TTL = env_float("NORM_REGISTRY_TTL", 300.0, non_negative=True)
 # How long a process reuses a registry entry, a bridge's flavour, step controls or a

@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from config.redact import has_masked_secret, masked_url
-from notify import senders, services
+from notify import schema_checks, senders, services
 from notify.logins import ThrottledLoginForm
 from notify.models import (
     BridgeSync,
@@ -323,6 +323,10 @@ class BridgeWorkflowForm(forms.ModelForm):
             except services.UnusableSchema as exc:
                 raise forms.ValidationError(
                     f"'{step_id}': its control schema from the bridge cannot be applied: {exc}"
+                ) from exc
+            except schema_checks.CheckTooSlow as exc:
+                raise forms.ValidationError(
+                    f"'{step_id}': {services.too_slow_message(exc)}"
                 ) from exc
             if problems:
                 raise forms.ValidationError(f"'{step_id}': " + "; ".join(problems))

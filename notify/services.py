@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import jsonschema
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -21,7 +20,7 @@ from config.db import insert_once
 from config.errors import ApiError
 from config.logs import Quieted, loggable
 from config.redact import masked_url
-from notify import crypto, selectors, senders
+from notify import crypto, schema_checks, selectors, senders
 from notify.models import (
     BridgeSync,
     BridgeURLValidator,
@@ -42,7 +41,6 @@ from subscribers.recipients import (
 from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_sync
-from workflows.sdk.schemas import Schema
 from workflows.services import FANOUT_RECHECK, cancel_deadline, trigger_notifications_cancel
 
 logger = logging.getLogger(__name__)
@@ -279,18 +277,29 @@ class UnusableSchema(ValueError):
     """A schema from a bridge's discover that is no JSON Schema."""
 
 
-def schema_errors(schema: dict[str, Any], value: Any) -> list[jsonschema.ValidationError]:
+def schema_errors(schema: dict[str, Any], value: Any) -> list[schema_checks.Found]:
     """How `value` fails a schema that a bridge's discover declared (payload, controls).
 
     Raises UnusableSchema for one that is no JSON Schema ("type": "nope", a broken
-    pattern): jsonschema fails on it in many ways, and none is the caller's fault.
+    pattern): jsonschema fails on it in many ways, and none is the caller's fault; and
+    schema_checks.CheckTooSlow for a check its patterns made outlast
+    NORM_SCHEMA_CHECK_SECONDS.
     """
     try:
         # Checked as norm's SDK checks it, as Novu's does too: defaults applied first (a
-        # required key with a default may be left out), `format`s checked.
-        return Schema.of(schema).errors(value)
-    except Exception as exc:
-        raise UnusableSchema(repr(exc)) from exc
+        # required key with a default may be left out), `format`s checked. A schema with
+        # a pattern in a helper process, within a deadline (notify.schema_checks).
+        return schema_checks.errors(schema, value)
+    except schema_checks.CheckFailed as exc:
+        raise UnusableSchema(str(exc)) from exc
+
+
+def too_slow_message(exc: schema_checks.CheckTooSlow) -> str:
+    return (
+        f"it took longer than {exc} to check against the schema from the bridge: a "
+        "`pattern` there that backtracks on it (as ^(a+)+$ does)? Fix the pattern in the "
+        "bridge's schema"
+    )
 
 
 # What zod checks otherwise than the JSON Schema its discover shows (zod-to-json-schema's
@@ -303,7 +312,7 @@ def schema_errors(schema: dict[str, Any], value: Any) -> list[jsonschema.Validat
 TRANSLATED_LOOSELY = {"pattern", "format", "multipleOf"}
 
 
-def _long_enough_to_zod(error: jsonschema.ValidationError) -> bool:
+def _long_enough_to_zod(error: schema_checks.Found) -> bool:
     """Whether a string refused as too short is long enough to zod, which counts its length
     in UTF-16 code units, as JavaScript does, where the translation's `minLength` is read in
     code points: an emoji is two to zod and one here, so `.min(2)` took "😀"."""
@@ -372,6 +381,10 @@ def _validate_payload(
         return
     try:
         found = schema_errors(schema, payload)
+    except schema_checks.CheckTooSlow as exc:
+        # A 400, not a 5xx that Novu's clients would send again for an hour.
+        message = f"The payload was not checked: {too_slow_message(exc)}"
+        raise ApiError(400, "invalid_payload", message) from exc
     except UnusableSchema as exc:
         raise ApiError(
             502,

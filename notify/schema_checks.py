@@ -1,0 +1,154 @@
+"""Checking a value against a schema a bridge declared, without letting the schema hold
+the web process.
+
+A `pattern` is matched by a backtracking engine (regress, as JavaScript matches it; a
+`patternProperties` key by Python's `re`), and a pattern such as `^(a+)+$` takes time
+that doubles with each character of a value that fails it: 30 characters, a minute; 50,
+years. Both engines hold the GIL while they match, so the whole web process stopped (all
+of gunicorn's threads, every client's requests) until gunicorn killed it at its timeout,
+and one trigger every 30 s kept each worker down. The bridge declares the schema and the
+caller sends the value, and neither need be hostile: a sloppy pattern and a user's input
+passed on in a payload are enough.
+
+So a schema with a pattern is checked in a helper process, one per web process, kept
+between checks (a round trip is well under a millisecond), and killed when a check
+outlasts NORM_SCHEMA_CHECK_SECONDS; the next check starts a new one. Checks take turns on
+it: while one runs out its time, the others of its process wait.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from django.conf import settings
+
+from workflows.sdk.schemas import Schema
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the trigger API and the admin read of a jsonschema ValidationError (which
+    holds the whole schema and value, and does not cross between processes)."""
+
+    validator: str
+    absolute_path: tuple[Any, ...]
+    message: str
+    # A string refused as too short (zod counts its length otherwise): nothing else.
+    instance: Any = None
+    validator_value: Any = None
+
+
+class CheckTooSlow(Exception):
+    """The check outlasted NORM_SCHEMA_CHECK_SECONDS (a pattern that backtracks)."""
+
+
+class CheckFailed(Exception):
+    """The schema could not be applied (jsonschema raised): its repr."""
+
+
+def errors(schema: Any, value: Any) -> list[Found]:
+    """How `value` fails `schema`, as norm's SDK finds it. CheckFailed for a schema that
+    cannot be applied; CheckTooSlow for one whose patterns took too long on `value`."""
+    if not _has_patterns(schema):
+        return _errors(schema, value)
+    return _helper.check(schema, value)
+
+
+def _has_patterns(schema: Any) -> bool:
+    text = json.dumps(schema)
+    return '"pattern"' in text or '"patternProperties"' in text
+
+
+def _errors(schema: Any, value: Any) -> list[Found]:
+    try:
+        found = Schema.of(schema).errors(value)
+    except Exception as exc:  # any way jsonschema fails on a schema that is none
+        raise CheckFailed(repr(exc)) from exc
+    return [
+        Found(
+            validator=str(e.validator),
+            absolute_path=tuple(e.absolute_path),
+            message=e.message,
+            **(
+                {"instance": e.instance, "validator_value": e.validator_value}
+                if e.validator == "minLength"
+                else {}
+            ),
+        )
+        for e in found
+    ]
+
+
+def _serve(connection: Connection) -> None:
+    """The helper process: answers each (schema, value) with ("ok", [Found]) or
+    ("failed", reason), until its pipe closes."""
+    while True:
+        try:
+            schema, value = connection.recv()
+        except EOFError:
+            return
+        try:
+            connection.send(("ok", _errors(schema, value)))
+        except CheckFailed as exc:
+            connection.send(("failed", str(exc)))
+
+
+class _Helper:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    def check(self, schema: Any, value: Any) -> list[Found]:
+        with self._lock:
+            try:
+                kind, result = self._asked(schema, value)
+            except (EOFError, OSError):  # the helper died (out of memory, killed): anew
+                self._stop()
+                kind, result = self._asked(schema, value)
+            if kind == "slow":
+                self._stop()
+                raise CheckTooSlow(f"{settings.NORM_SCHEMA_CHECK_SECONDS:g} s")
+            if kind == "failed":
+                raise CheckFailed(result)
+            return list(result)
+
+    def _asked(self, schema: Any, value: Any) -> tuple[str, Any]:
+        connection = self._started()
+        connection.send((schema, value))
+        if not connection.poll(settings.NORM_SCHEMA_CHECK_SECONDS):
+            return "slow", None
+        answer: tuple[str, Any] = connection.recv()
+        return answer
+
+    def _started(self) -> Connection:
+        if self._connection is not None and self._process and self._process.is_alive():
+            return self._connection
+        self._stop()
+        # A fresh interpreter's fork, not this threaded web process's: a lock another
+        # thread held at the fork would be held for good in the copy.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_serve, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        self._process, self._connection = process, ours
+        return ours
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        if self._connection is not None:
+            self._connection.close()
+        self._process = self._connection = None
+
+
+_helper = _Helper()

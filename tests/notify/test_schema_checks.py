@@ -1,0 +1,81 @@
+"""A payload schema's patterns cannot hold the web process (notify.schema_checks): a
+pattern that backtracks (`^(a+)+$`) took time doubling with each character of the
+value, holding the GIL, and one trigger stopped every request of its gunicorn worker
+until gunicorn killed it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import sdk_serving
+from tests.factories import api_for, client_with_key
+from workflows.sdk import Bridge, Context, workflow
+
+pytestmark = pytest.mark.django_db
+
+TRIGGER = "/v1/events/trigger"
+# Matched by regress (a `pattern`, as JavaScript matches it) and by Python's `re` (a
+# `patternProperties` key): both backtrack on a run of "a" that ends otherwise, for
+# seconds at these lengths, for years at fifty.
+NESTED = "^(a+)+$"
+
+
+@workflow(
+    "signup",
+    payload_schema={
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": NESTED}},
+    },
+)
+def signup(ctx: Context) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": "Welcome"})
+
+
+@workflow(
+    "tagged",
+    payload_schema={"type": "object", "patternProperties": {NESTED: {"type": "string"}}},
+)
+def tagged(ctx: Context) -> None:
+    ctx.step.in_app("inbox", lambda: {"body": "Tagged"})
+
+
+@pytest.fixture
+def api(settings: Any) -> Any:
+    settings.NORM_SCHEMA_CHECK_SECONDS = 0.2
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[signup, tagged], secret_key=key)) as url:
+        client.bridge_url = f"{url}/bridge"
+        client.save(update_fields=["bridge_url"])
+        yield api_for(key)
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("signup", {"code": "a" * 28 + "!"}),
+        ("tagged", {"a" * 26 + "!": "x"}),
+    ],
+    ids=["pattern", "patternProperties"],
+)
+def test_a_pattern_that_backtracks_on_the_payload_is_a_400_within_the_deadline(
+    api: Any, name: str, payload: dict[str, Any]
+) -> None:
+    answer = api.post(TRIGGER, {"name": name, "to": "ann", "payload": payload}, format="json")
+
+    assert answer.status_code == 400, answer.content
+    error = answer.json()
+    assert error["code"] == "invalid_payload"
+    assert "took longer than 0.2 s to check against the schema" in error["message"]
+
+    # The helper killed with the check is started anew for the next one.
+    refused = api.post(
+        TRIGGER, {"name": "signup", "to": "ann", "payload": {"code": "ab"}}, format="json"
+    )
+    accepted = api.post(
+        TRIGGER, {"name": "signup", "to": "ann", "payload": {"code": "aaa"}}, format="json"
+    )
+    assert refused.status_code == 400
+    assert "'ab' does not match '^(a+)+$'" in refused.json()["message"]
+    assert accepted.status_code == 201, accepted.content
