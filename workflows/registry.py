@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 # A workflow whose id is longer than norm keeps is left out of the registry, as any
 # other malformed entry is: stored, it failed the whole sync.
 WORKFLOW_ID_LENGTH = BridgeWorkflow._meta.get_field("workflow_id").max_length or 0
+# The most workflows norm keeps of one bridge. A sync stores each in its own row, in the
+# trigger's request: a discover of 25,000 (9 MB, within the answer's limit) held that
+# request and a transaction 77 s, again at each sync, one every NORM_REGISTRY_TTL or
+# NORM_DISCOVER_MIN_INTERVAL (a trigger of a name the bridge lacks). Novu takes 100 an
+# environment (1,000 on older ones).
+MAX_WORKFLOWS = 1000
 
 
 def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
@@ -56,6 +62,13 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
                 "BridgeInvalidResponse",
                 f"the bridge {masked_url(bridge_url)} answered discover with no `workflows` "
                 "list, as no version of Novu's framework does: is its URL the bridge endpoint?",
+            )
+        if len(found["workflows"]) > MAX_WORKFLOWS:
+            # Kept as it was, as while the bridge is down, rather than a part of the list.
+            raise bridge.BridgeError(
+                "BridgeInvalidResponse",
+                f"the bridge {masked_url(bridge_url)} declared {len(found['workflows'])} "
+                f"workflows; norm keeps at most {MAX_WORKFLOWS} of one bridge",
             )
     except bridge.BridgeError as exc:
         BridgeSync.objects.update_or_create(

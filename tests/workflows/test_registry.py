@@ -15,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from notify.models import BridgeSync, BridgeWorkflow, Client, TriggerEvent
-from tests.conftest import Enqueued, json_serving
+from tests.conftest import Enqueued, ago, json_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -82,6 +82,31 @@ def test_a_discover_answer_without_a_workflows_list_keeps_the_registry(
     with pytest.raises(bridge.BridgeError) as raised:
         registry.bridge_sync(client=client, bridge_url=url)
     assert raised.value.code == "BridgeInvalidResponse"
+
+
+def test_a_discover_of_more_workflows_than_norm_keeps_is_a_failed_sync(
+    served: tuple[str, dict[str, Any]], enqueued: Enqueued
+) -> None:
+    """Each workflow is a row the sync writes in the trigger's request: a discover of
+    25,000 held it 77 s, again at each sync. One of more than MAX_WORKFLOWS (1000) is a
+    failed sync, which keeps the registry as it was."""
+    url, answers = served
+    client, key = client_with_key(bridge_url=url)
+    BridgeWorkflowFactory(client=client, workflow_id="welcome", discovered_at=ago(3600))
+    answers["discover"] = {
+        "workflows": [WELCOME, *({**WELCOME, "workflowId": f"w{n}"} for n in range(1000))]
+    }
+
+    with pytest.raises(bridge.BridgeError) as raised:
+        registry.bridge_sync(client=client, bridge_url=url)
+
+    assert raised.value.code == "BridgeInvalidResponse"
+    assert "declared 1001 workflows; norm keeps at most 1000" in raised.value.message
+    assert list(BridgeWorkflow.objects.values_list("workflow_id", flat=True)) == ["welcome"]
+    assert "declared 1001 workflows" in BridgeSync.objects.get(client=client).error
+
+    answers["discover"]["workflows"].pop()  # 1000: kept, every one
+    assert len(registry.bridge_sync(client=client, bridge_url=url)) == 1000
 
 
 def _trigger(key: str) -> int:
