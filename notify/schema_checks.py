@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import jsonschema
 from django.conf import settings
 
 from workflows.sdk.schemas import Schema
@@ -39,9 +40,12 @@ class Found:
     validator: str
     absolute_path: tuple[Any, ...]
     message: str
-    # A string refused as too short (zod counts its length otherwise): nothing else.
+    # A string refused for its length (zod counts and trims it otherwise): nothing else.
     instance: Any = None
     validator_value: Any = None
+    # A union's (anyOf, oneOf) errors in its branches, each with its branch's index.
+    context: tuple[Found, ...] = ()
+    branch: Any = None
 
 
 class CheckTooSlow(Exception):
@@ -70,19 +74,23 @@ def _errors(schema: Any, value: Any) -> list[Found]:
         found = Schema.of(schema).errors(value)
     except Exception as exc:  # any way jsonschema fails on a schema that is none
         raise CheckFailed(repr(exc)) from exc
-    return [
-        Found(
-            validator=str(e.validator),
-            absolute_path=tuple(e.absolute_path),
-            message=e.message,
-            **(
-                {"instance": e.instance, "validator_value": e.validator_value}
-                if e.validator == "minLength"
-                else {}
-            ),
-        )
-        for e in found
-    ]
+    return [_found(e) for e in found]
+
+
+def _found(error: jsonschema.ValidationError) -> Found:
+    return Found(
+        validator=str(error.validator),
+        absolute_path=tuple(error.absolute_path),
+        message=error.message,
+        **(
+            {"instance": error.instance, "validator_value": error.validator_value}
+            if error.validator in ("minLength", "maxLength")
+            else {}
+        ),
+        context=tuple(_found(sub) for sub in error.context or ()),
+        # Each of a union's errors' schema path begins with its branch's index.
+        branch=error.relative_schema_path[0] if error.relative_schema_path else None,
+    )
 
 
 def _serve(connection: Connection) -> None:

@@ -329,7 +329,7 @@ _JS_SPACE = "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000
 _JS_TRIMMED = re.compile(rf"\A{_JS_SPACE}+|{_JS_SPACE}+\Z")
 
 
-def _short_enough_to_zod(error: jsonschema.ValidationError) -> bool:
+def _short_enough_to_zod(error: schema_checks.Found) -> bool:
     """Whether a string refused as too long may be short enough to zod once trimmed:
     `z.string().trim().max(3)` trims before it counts (it took " abc " and the bridge ran
     it), and its translation's `maxLength` shows no trim. Counted in code points, which
@@ -342,7 +342,7 @@ def _short_enough_to_zod(error: jsonschema.ValidationError) -> bool:
     )
 
 
-def _left_to_bridge(error: jsonschema.ValidationError, *, translated: bool) -> bool:
+def _left_to_bridge(error: schema_checks.Found, *, translated: bool) -> bool:
     """Whether `error` is no reason to refuse a trigger: the bridge may take the value.
 
     A key the schema does not declare is no error: the bridge strips it (Novu's SDK does
@@ -363,9 +363,9 @@ def _left_to_bridge(error: jsonschema.ValidationError, *, translated: bool) -> b
         return True
     if error.validator not in ("anyOf", "oneOf") or not error.context:
         return False  # a oneOf that more than one branch takes has no context
-    branches: dict[Any, list[jsonschema.ValidationError]] = {}
-    for sub in error.context:  # each error's schema path begins with its branch's index
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    branches: dict[Any, list[schema_checks.Found]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.branch, []).append(sub)
     return any(
         all(_left_to_bridge(sub, translated=translated) for sub in subs)
         for subs in branches.values()
