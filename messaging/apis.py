@@ -164,7 +164,7 @@ def _payload_narrowed(feed: Any, value: str) -> Any:
     # Each path of it equal, as Novu matches: the JSON lookups SQLite has too (`make
     # run`), where containment (`contains`) is PostgreSQL's alone, and a 500 there.
     for number, (path, item) in enumerate(_paths(wanted)):
-        lookup: Any = F("step__notification__payload")
+        lookup: Any = F("step__notification__trigger_event__payload")
         for key in path:
             lookup = KeyTransform(key, lookup)
         feed = feed.alias(**{f"payload_{number}": lookup}).filter(**{f"payload_{number}": item})

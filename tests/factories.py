@@ -148,12 +148,13 @@ class NotificationFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Notification
 
-    trigger_event = factory.SubFactory(TriggerEventFactory)
+    trigger_event = factory.SubFactory(
+        TriggerEventFactory, payload=factory.LazyFunction(lambda: {"name": "Ann"})
+    )
     client = factory.LazyAttribute(lambda o: o.trigger_event.client)
     subscriber = factory.SubFactory(SubscriberFactory, client=factory.SelfAttribute("..client"))
     workflow_id = factory.LazyAttribute(lambda o: o.trigger_event.workflow_id)
     resource = factory.LazyAttribute(lambda o: o.trigger_event.resource)
-    payload = factory.LazyFunction(lambda: {"name": "Ann"})
 
 
 class StepFactory(factory.django.DjangoModelFactory):

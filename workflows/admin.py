@@ -422,7 +422,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
 
     @admin.display(description="payload")
     def payload_json(self, notification: Notification) -> SafeString:
-        return pretty_json(notification.payload)
+        return pretty_json(notification.trigger_event.payload)
 
     @admin.display(description="messages")
     def messages_table(self, notification: Notification) -> SafeString:

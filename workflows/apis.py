@@ -154,7 +154,7 @@ class NotificationListApi(APIView):
         status = serializers.CharField()
         error = serializers.CharField()
         errorCode = serializers.CharField(source="error_code")
-        payload = serializers.JSONField()
+        payload = serializers.JSONField(source="trigger_event.payload")
         createdAt = TimestampField(source="created_at")
         completedAt = TimestampField(source="completed_at", allow_null=True)
         steps = serializers.SerializerMethodField()

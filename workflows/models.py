@@ -36,6 +36,10 @@ class Notification(models.Model):
     )
     workflow_id = models.CharField(max_length=200)
     resource = models.URLField(max_length=500)
+    # Unused: a notification's payload is its trigger's, read from there. Releases before
+    # this one copied it here, into each of a trigger's notifications (a broadcast's
+    # 100,000 copies of one payload); the column stays while such a release may still
+    # insert notifications during a deploy, and goes in the next one.
     payload = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)

@@ -796,7 +796,7 @@ def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
     pages = {
         step: [step.outputs, step.providers, step.result],
         message: [message.content],
-        step.notification: [step.notification.payload],
+        step.notification: [step.notification.trigger_event.payload],
         step.notification.trigger_event: [step.notification.trigger_event.payload],
     }
     for obj, values in pages.items():

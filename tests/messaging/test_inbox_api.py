@@ -24,6 +24,7 @@ from novu_py.models import (
 
 from config.parsers import MAX_DEPTH
 from messaging.models import Message
+from notify.models import TriggerEvent
 from subscribers import services
 from tests.factories import (
     NOVU_114_URL,
@@ -119,7 +120,9 @@ def test_the_feed_lists_only_the_messages_whose_payload_matches_the_payload_filt
         none: {},
     }
     for message, payload in payloads.items():
-        Notification.objects.filter(pk=message.step.notification_id).update(payload=payload)
+        TriggerEvent.objects.filter(notifications__pk=message.step.notification_id).update(
+            payload=payload
+        )
     url = "/v1/subscribers/ann/notifications/feed?payload="
 
     def ids(value: Any) -> list[str]:

@@ -80,7 +80,7 @@ def test_the_bridge_gets_payload_subscriber_and_state_in_run_order(
         trigger_event__client=subscriber.client,
         trigger_event__actor="boss",
         status=Notification.Status.RUNNING,
-        payload={"name": "Ann"},
+        trigger_event__payload={"name": "Ann"},
     )
     _, key = notify_services.secret_key_create(client=notification.client)
     # Created out of order: the state follows positions, not insertion.

@@ -140,7 +140,7 @@ def novu() -> Notification:
     notification = NotificationFactory(
         trigger_event__workflow_id="welcome-flow",
         status=Notification.Status.RUNNING,
-        payload={"userName": "Zoë"},
+        trigger_event__payload={"userName": "Zoë"},
     )
     BridgeSyncFactory(client=notification.client, flavour="novu")
     BridgeWorkflowFactory(
@@ -741,7 +741,7 @@ def test_a_novu_bridge_driven_as_norm_accepts_the_signature_of_a_payload_integer
             trigger_event__client=client,
             trigger_event__workflow_id="welcome-flow",
             status=Notification.Status.RUNNING,
-            payload={"userName": "Zoë", "order": BIG},
+            trigger_event__payload={"userName": "Zoë", "order": BIG},
         )
         BridgeSyncFactory(client=client, flavour="")  # its health-check failed: not told
         BridgeWorkflowFactory(client=client, workflow_id="welcome-flow", steps=STEPS)
@@ -791,7 +791,7 @@ def test_norms_sdk_driven_as_norm_reads_a_payload_integer_beyond_2_53_whole(
             trigger_event__client=client,
             trigger_event__workflow_id="numbered",
             status=Notification.Status.RUNNING,
-            payload={"order": BIG},
+            trigger_event__payload={"order": BIG},
         )
         BridgeSyncFactory(client=client, flavour=flavour)
         BridgeWorkflowFactory(client=client, workflow_id="numbered")
