@@ -5,7 +5,6 @@ deleted unless the fan-out's command for it comes after the delete."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -421,12 +420,15 @@ def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
     given_up = threading.Event()
     give_up = workflow_services._messages_give_up
 
-    def give_up_then_pause(step_ids: Any, error: str) -> None:
+    def give_up_then_hold(step_ids: Any, error: str) -> None:
         give_up(step_ids, error)
         given_up.set()
-        time.sleep(0.5)  # the delete now waits for a row step_fail holds
+        # Until the delete waits for a row step_fail holds. A fixed pause (0.5 s) could
+        # end, on a loaded machine, before the delete reached its first lock: the delete
+        # then came after step_fail's commit, and the test passed with no race run.
+        another_waits_for_a_lock()
 
-    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_then_pause)
+    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_then_hold)
     errors: list[Exception] = []
 
     def fail() -> None:
