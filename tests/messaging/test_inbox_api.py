@@ -3,8 +3,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +24,7 @@ from config.parsers import MAX_DEPTH
 from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
+from tests.conftest import InThread, lock_waiters
 from tests.factories import (
     NOVU_114_URL,
     ClientFactory,
@@ -1062,30 +1061,6 @@ def test_marking_again_keeps_when_it_was_first_seen_and_read(tenant) -> None:
     assert message.read_at == read_at
 
 
-def _in_threads(*steps: tuple[Callable[[], Any], float]) -> list[Any]:
-    """Each callable in a thread of its own (its own connection), started in turn, each
-    after the given seconds (for the one before to reach the lock it waits for).
-    Returns what each returned, or raised."""
-    results: list[Any] = [None] * len(steps)
-
-    def run(i: int, work: Callable[[], Any]) -> None:
-        try:
-            results[i] = work()
-        except Exception as exc:
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = []
-    for i, (work, pause) in enumerate(steps):
-        threads.append(threading.Thread(target=run, args=(i, work)))
-        threads[-1].start()
-        time.sleep(pause)
-    for thread in threads:
-        thread.join(20)
-    return results
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "url", ["/v1/subscribers/ann/messages/mark-all", "/v2/subscribers/ann/notifications/read"]
@@ -1103,26 +1078,35 @@ def test_mark_all_while_the_subscriber_is_deleted_waits_instead_of_deadlocking(
     delayed, prompt = _in_app(ann, "delayed"), _in_app(ann, "prompt")
     later = timezone.now() + timedelta(minutes=5)
     Message.objects.filter(pk=delayed.pk).update(created_at=later)
-    release = threading.Event()
+    holding, release = threading.Event(), threading.Event()
 
     def hold_the_prompt_one() -> None:
-        # Another reader of it, for as long as it takes the delete (which waits for it
-        # after deleting the delayed one) and the mark-all (which does not: its lock
-        # leaves it be) to reach it.
+        # Another reader of it, until the delete (which waits for it after deleting the
+        # delayed one) and the mark-all (which does not: its lock leaves it be) have
+        # both come to wait.
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
                 "SELECT 1 FROM messaging_message WHERE id = %s FOR KEY SHARE", [prompt.pk]
             )
-            release.wait(10)
+            holding.set()
+            release.wait(60)
 
-    held, deleted, marked, _ = _in_threads(
-        (hold_the_prompt_one, 0.5),
-        (lambda: services.subscriber_delete(subscriber=ann), 0.5),
-        (lambda: api.post(url, {"markAs": "read"}, format="json"), 0.5),
-        (release.set, 0),
-    )
+    # Each started once the one before waits for its lock: fixed pauses (0.5 s each) on
+    # a loaded machine let one start before the other had reached its lock, and the
+    # order the deadlock needs did not happen.
+    holder = InThread(hold_the_prompt_one)
+    try:
+        assert holding.wait(10)
+        deleting = InThread(lambda: services.subscriber_delete(subscriber=ann))
+        lock_waiters(1, deleting)
+        marking = InThread(lambda: api.post(url, {"markAs": "read"}, format="json"))
+        lock_waiters(2, marking)
+    finally:
+        release.set()
+    holder.join()
+    deleting.join()
+    marked = marking.join()
 
-    assert held is None and deleted is None
     assert marked.status_code in (201, 204), marked.content
     assert not Message.objects.exists()
 
