@@ -146,7 +146,10 @@ def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered
     holder.start()
     assert locked.wait(10)
     retrying = run("retried", lambda: services.notification_retry(notification=notification))
-    retrying.join(0.5)  # the retry has checked the trigger and waits for the row (or the lock)
+    # The cancel starts once the retry waits for the row (or has ended): a fixed 0.5 s, on
+    # a loaded machine, could start it before the retry had checked the trigger, and
+    # the cancel came first, the race not run.
+    lock_waiters(1, retrying)
     canceling = run(
         "canceled",
         lambda: (
@@ -155,7 +158,7 @@ def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered
             ).stopped
         ),
     )
-    canceling.join(0.5)
+    lock_waiters(2, canceling)  # and runs until it waits too (or has ended)
     unlock.set()
     for thread in (holder, retrying, canceling):
         thread.join(10)
