@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import subprocess
 import sys
@@ -282,9 +283,7 @@ def test_a_queue_bound_while_another_process_writes_the_table_keeps_what_it_wrot
                 target=channel._queue_bind, args=(file.stem, "echo", "", "echo")
             )
             binding.start()
-            # Held by the lock (the join's bound only lets a bind without it show).
-            binding.join(timeout=2)
-            waited = binding.is_alive()
+            waited = _comes_to_wait_for_a_lock_of(file, binding)
             other.write(b'[["workflows", "", "workflows"]]')
             filesystem.unlock(other)
         binding.join(timeout=30)
@@ -292,3 +291,21 @@ def test_a_queue_bound_while_another_process_writes_the_table_keeps_what_it_wrot
     assert waited
     table = sorted(json.loads(file.read_text()))
     assert table == [["echo", "", "echo"], ["workflows", "", "workflows"]]
+
+
+def _comes_to_wait_for_a_lock_of(file: Path, thread: threading.Thread) -> bool:
+    """Whether `thread` comes to wait for a lock of `file` before it ends: the kernel
+    lists each process or thread blocked on a lock in /proc/locks, its line marked `->`
+    (Linux). A fixed wait (2 s, as it was) could not tell a bind held by the lock from
+    one merely slow: a bind without the lock, slow on a loaded machine, passed for a
+    held one."""
+    stat = file.stat()
+    # As /proc/locks names a file: its device's major and minor (hex), then its inode.
+    name = f" {os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino} "
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and time.monotonic() < deadline:
+        for line in Path("/proc/locks").read_text().splitlines():
+            if "->" in line and name in line:
+                return True
+        time.sleep(0.01)
+    return False
