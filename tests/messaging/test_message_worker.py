@@ -1918,9 +1918,11 @@ def _a_second_task_sends_while_the_first_is_held(
 
     first = threading.Thread(target=slow_task)
     first.start()
-    for _ in range(100):
-        if smtp_server.envelopes:
-            break
+    # Until the first task's email is on the server, which holds its reply: else the test
+    # went on without the race it is about, and failed for another reason, or passed.
+    deadline = time.monotonic() + 30
+    while not smtp_server.envelopes:
+        assert time.monotonic() < deadline, "the first task's email never reached the server"
         time.sleep(0.05)
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
     workflow_services.reconcile()
