@@ -15,11 +15,12 @@ from config import pipeline
 from messaging import tasks as messaging_tasks
 from notify.models import Client
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, sdk_serving
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from workflows import bridge
 from workflows import tasks as workflow_tasks
 from workflows.models import Step
+from workflows.sdk import Bridge, Workflow
 
 Capture = Callable[..., Any]
 TASKS = {
@@ -120,3 +121,26 @@ def delay_over(enqueued: Enqueued) -> None:
         due_at=timezone.now() - timedelta(seconds=1)
     )
     workflow_tasks.reconcile()
+
+
+def sdk_triggered(
+    enqueued: Enqueued, flow: Workflow, payload: dict[str, Any], *, at_most: int = 200
+) -> Client:
+    """Trigger `flow` for ann on a new client whose bridge is norm's SDK serving it on
+    loopback, and run every task that leads to, in order, up to `at_most` of them (in a
+    test of real transactions, where each task's hand-offs are enqueued as it commits)."""
+    client, key = client_with_key()
+    with sdk_serving(Bridge(workflows=[flow], secret_key=key)) as url:
+        client.bridge_url = f"{url}/bridge"
+        client.save(update_fields=["bridge_url"])
+        BridgeWorkflowFactory(client=client, workflow_id=flow.workflow_id)
+        BridgeSyncFactory(client=client, flavour="norm")
+        body = {"name": flow.workflow_id, "to": "ann", "payload": payload}
+        answer = api_for(key).post("/v1/events/trigger", body, format="json")
+        assert answer.status_code == 201, answer.content
+        for _ in range(at_most):
+            if not enqueued.calls:
+                break
+            task, args, _ = enqueued.calls.pop(0)
+            TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+    return client

@@ -3,30 +3,17 @@ inbox and the activity lists up to 100 in-app messages, built whole in a web pro
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from config import pipeline
-from messaging import tasks as messaging_tasks
 from messaging.models import Message
-from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued, sdk_serving
-from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
-from workflows import tasks as workflow_tasks
+from tests.conftest import Enqueued
+from tests.workflows.conftest import sdk_triggered
 from workflows.models import Notification
-from workflows.sdk import Bridge, Context, workflow
+from workflows.sdk import Context, workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 IN_APP_MAX_BYTES = 64 * 1024  # workflows.services's
-
-TASKS = {
-    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
-    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
-    pipeline.ECHO.task: workflow_tasks.echo_run,
-    pipeline.MESSAGE.task: messaging_tasks.message_send,
-}
 
 
 @workflow("inbox")
@@ -38,20 +25,7 @@ def inbox(ctx: Context) -> None:
 
 def _trigger_and_run(enqueued: Enqueued, length: int) -> Notification:
     """Trigger `inbox` with a body of `length` characters and run every task it leads to."""
-    client, key = client_with_key()
-    with sdk_serving(Bridge(workflows=[inbox], secret_key=key)) as url:
-        client.bridge_url = f"{url}/bridge"
-        client.save(update_fields=["bridge_url"])
-        BridgeWorkflowFactory(client=client, workflow_id="inbox")
-        BridgeSyncFactory(client=client, flavour="norm")
-        body = {"name": "inbox", "to": "ann", "payload": {"length": length}}
-        answer = api_for(key).post("/v1/events/trigger", body, format="json")
-        assert answer.status_code == 201, answer.content
-        for _ in range(20):
-            if not enqueued.calls:
-                break
-            task, args, _ = enqueued.calls.pop(0)
-            TASKS[task].apply(args=json.loads(json.dumps(args)), throw=True)
+    client = sdk_triggered(enqueued, inbox, {"length": length}, at_most=20)
     return Notification.objects.get(client=client)
 
 

@@ -17,7 +17,6 @@ from bench.urls import two_step
 from config import pipeline
 from messaging import tasks as messaging_tasks
 from messaging.models import Message
-from subscribers import tasks as subscriber_tasks
 from tests.conftest import Enqueued, sdk_serving
 from tests.factories import (
     BridgeSyncFactory,
@@ -26,19 +25,12 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
-from workflows import tasks as workflow_tasks
+from tests.workflows.conftest import TASKS
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge
 
 # Real transactions: BEGIN and COMMIT are counted as production runs them.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-TASKS = {
-    pipeline.WORKFLOW.task: workflow_tasks.workflow_run,
-    pipeline.SUBSCRIBER.task: subscriber_tasks.subscriber_process,
-    pipeline.ECHO.task: workflow_tasks.echo_run,
-    pipeline.MESSAGE.task: messaging_tasks.message_send,
-}
 
 
 def _statement(sql: str) -> str:
