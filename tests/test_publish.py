@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -231,3 +232,45 @@ print(pipeline.backlog("echo"))
 def test_the_embedded_broker_takes_hand_offs_sent_together_one_by_one(tmp_path: Path) -> None:
     """`make run`'s filesystem broker has no batches: kombu publishes each at once."""
     assert on_the_embedded_broker(SEND_EACH_AND_COUNT, tmp_path).split() == ["3"]
+
+
+def test_hand_offs_beyond_one_batch_all_reach_their_queue_in_order(
+    queue: str, pushes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast's 100,000 echoes go in batches of PUBLISH_BATCH: every one of them is
+    published, the last short batch too, none twice, each batch in one round trip."""
+    monkeypatch.setattr(pipeline, "PUBLISH_BATCH", 2)
+
+    pipeline.send_each(pipeline.ECHO, [(f"n{i}",) for i in range(1, 6)], queue=queue)
+
+    assert pushes == [2, 2, 1]
+    assert _queued(queue) == [(pipeline.ECHO.task, [f"n{i}"]) for i in range(1, 6)]
+
+
+def _etas(queue: str) -> list[datetime | None]:
+    """The time each task waiting in `queue` is to run at (None: at once)."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    messages = [json.loads(raw) for raw in reversed(broker.lrange(queue, 0, -1))]
+    return [
+        datetime.fromisoformat(m["headers"]["eta"]) if m["headers"].get("eta") else None
+        for m in messages
+    ]
+
+
+def test_a_hand_off_with_a_countdown_waits_it_out_alone_and_batched(queue: str) -> None:
+    """A delay or a send's retry goes to the broker with its countdown, alone or in a
+    batch: sent at once, the message worker found the step not due, and it waited for the
+    reconciler, a grace period late. A countdown of none (or past) is no wait at all."""
+    before = datetime.now(UTC)
+    pipeline.send_now(pipeline.MESSAGE, 1, countdown=300, queue=queue)
+    pipeline.send_each(pipeline.MESSAGE, [(2,), (3,)], countdown=300, queue=queue)
+    pipeline.send_now(pipeline.MESSAGE, 4, countdown=0, queue=queue)
+    pipeline.send_now(pipeline.MESSAGE, 5, countdown=-5, queue=queue)
+    after = datetime.now(UTC)
+
+    *waiting, at_once, overdue = _etas(queue)
+    assert len(waiting) == 3
+    for eta in waiting:
+        assert eta is not None
+        assert before + timedelta(seconds=300) <= eta <= after + timedelta(seconds=300)
+    assert at_once is None and overdue is None
