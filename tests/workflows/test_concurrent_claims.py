@@ -259,3 +259,35 @@ def test_a_notification_completed_while_a_cancel_runs_stays_completed() -> None:
     notification.refresh_from_db()
     assert notification.status == Notification.Status.COMPLETED
     assert canceled == 0
+
+
+@pytest.mark.parametrize("second_done", [False, True])
+def test_a_task_whose_claim_was_taken_cannot_fail_the_step_for_good(
+    enqueued: Enqueued, second_done: bool
+) -> None:
+    """The first task's send fails for good (TooManyClaims, an action step refused) while
+    the second is sending, or after it delivered: the step is the second's. Failed, the
+    notification ended failed with its message given up though the second task's send
+    went out, and every step after it went unsent."""
+    slow, second = _sending_twice(enqueued)
+    MessageFactory(step=slow, channel="email", status=Message.Status.SENDING, attempts=1)
+    if second_done:
+        services.step_complete(step=second, result={})
+
+    services.step_fail(step=slow, code="ProviderRefused", message="550 mailbox unavailable")
+
+    step = Step.objects.get(pk=slow.pk)
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert notification.status == Notification.Status.RUNNING
+    assert not Message.objects.filter(status=Message.Status.FAILED).exists()
+    if second_done:
+        assert step.status == Step.Status.COMPLETED
+    else:
+        assert (step.status, step.claimed_by, step.error) == (
+            Step.Status.PROCESSING,
+            "second-task",
+            "",
+        )
+        services.step_complete(step=second, result={})
+        step.refresh_from_db()
+        assert step.status == Step.Status.COMPLETED
