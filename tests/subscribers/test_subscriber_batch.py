@@ -100,3 +100,27 @@ def test_a_canceled_trigger_or_a_deleted_subscriber_is_not_notified(
 
     assert list(Notification.objects.values_list("subscriber__subscriber_id", flat=True)) == ["bob"]
     assert len(enqueued.of(pipeline.ECHO)) == 1
+
+
+def test_a_chunk_enqueues_the_echoes_of_its_own_subscribers_only(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """Each chunk of a broadcast hands on its own notifications' first echoes. One that
+    re-sent every pending notification of its event would have the 200th chunk of a
+    broadcast to 100,000 send up to 100,000 echoes: copies as the square of its size."""
+    event = broadcast()
+    for subscriber_id in ("ann", "bob", "cy", "di"):
+        SubscriberFactory(client=event.client, subscriber_id=subscriber_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscribers_process(event.pk, ["ann", "bob"])
+    enqueued.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscribers_process(event.pk, ["cy", "di"])
+
+    second = Notification.objects.filter(
+        trigger_event=event, subscriber__subscriber_id__in=["cy", "di"]
+    )
+    assert sorted(enqueued.of(pipeline.ECHO)) == sorted(
+        (str(pk),) for pk in second.values_list("pk", flat=True)
+    )
