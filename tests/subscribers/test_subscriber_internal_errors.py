@@ -173,3 +173,18 @@ def test_a_bug_every_chunk_of_a_broadcast_trips_on_names_its_trigger_event_once(
         f"a chunk of trigger event {event.pk} failed (3 more such since the last such "
         f"line: {event.pk})"
     )
+
+
+def test_a_command_a_bug_ends_leaves_the_reason_of_an_event_failed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event failed (its fan-out given up after NORM_MAX_CLAIMS) while one of its
+    commands was queued: that command's bug does not put its reason over the event's."""
+    monkeypatch.setattr(services, "notification_create", a_bug)
+    given_up = "its fan-out never finished in 3 runs; given up after NORM_MAX_CLAIMS"
+    event = TriggerEventFactory(to=["ann"], status=TriggerEvent.Status.FAILED, error=given_up)
+
+    subscriber_tasks.subscriber_process.apply(args=[event.pk, {"subscriberId": "ann"}])
+
+    event.refresh_from_db()
+    assert (event.status, event.error) == (TriggerEvent.Status.FAILED, given_up)
