@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import threading
 from dataclasses import dataclass
+from multiprocessing import forkserver
+from multiprocessing import process as processes
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -150,6 +153,27 @@ class _Helper:
         self._process, self._connection = process, ours
         return ours
 
+    def forget(self) -> None:
+        """In a process forked from one that ran a check: the helper, its pipe and the
+        forkserver are the parent's. Kept, the child's next check failed (a 500): its
+        Process may be asked only by its parent (AssertionError), and the forkserver's
+        pid, no child of this process, fails multiprocessing's check of it
+        (ChildProcessError); and the two processes would have shared one pipe. The child
+        starts its own, as the parent started its first; the parent's go on serving it."""
+        self._lock = threading.Lock()  # maybe held by another thread at the fork
+        if self._process is not None:
+            # Not ours to stop: multiprocessing's exit would have terminated it.
+            processes._children.discard(self._process)  # type: ignore[attr-defined]
+        if self._connection is not None:
+            self._connection.close()  # this process's copy of the pipe
+        self._process = self._connection = None
+        server: Any = forkserver._forkserver  # type: ignore[attr-defined]
+        if server._forkserver_alive_fd is not None:
+            # The copy that told the parent's forkserver its parent lives: closed, it
+            # still ends with the parent.
+            os.close(server._forkserver_alive_fd)
+        server.__init__()
+
     def _stop(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -160,3 +184,7 @@ class _Helper:
 
 
 _helper = _Helper()
+# Celery's prefork workers and gunicorn's are forked from a process that imported this
+# module; one that had run a check (`--preload` and a check at import, say) would hand
+# its helper down to each.
+os.register_at_fork(after_in_child=_helper.forget)

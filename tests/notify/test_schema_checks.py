@@ -5,10 +5,12 @@ until gunicorn killed it."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
+from notify import schema_checks
 from tests.conftest import sdk_serving
 from tests.factories import api_for, client_with_key
 from workflows.sdk import Bridge, Context, workflow
@@ -79,3 +81,34 @@ def test_a_pattern_that_backtracks_on_the_payload_is_a_400_within_the_deadline(
     assert refused.status_code == 400
     assert "'ab' does not match '^(a+)+$'" in refused.json()["message"]
     assert accepted.status_code == 201, accepted.content
+
+
+def test_a_process_forked_after_a_check_checks_with_a_helper_of_its_own(settings: Any) -> None:
+    """Celery's prefork workers and gunicorn's are forks of a process that imported
+    notify.schema_checks: one forked after its parent had run a check inherited the
+    parent's helper and forkserver, and its every patterned check failed (a 500): the
+    helper can be asked only by its parent, the forkserver is no child of the fork."""
+    settings.NORM_SCHEMA_CHECK_SECONDS = 5
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": NESTED}}}
+    assert [e.message for e in schema_checks.errors(schema, {"code": "ab"})]
+    parents = schema_checks._helper._process
+    assert parents is not None
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its answer, or what it raised, down the pipe; no pytest
+        try:
+            said = [e.message for e in schema_checks.errors(schema, {"code": "ab"})][0]
+        except BaseException as exc:  # any of it is the test's failure
+            said = f"raised {exc!r}"
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read().decode()
+    os.waitpid(pid, 0)
+
+    assert said == "'ab' does not match '^(a+)+$'"
+    # The parent's helper, untouched by the child's exit, still answers it.
+    assert schema_checks._helper._process is parents and parents.is_alive()
+    assert [e.message for e in schema_checks.errors(schema, {"code": "b"})]
