@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -97,17 +98,26 @@ def _found(error: jsonschema.ValidationError) -> Found:
 
 
 def _serve(connection: Connection) -> None:
-    """The helper process: answers each (schema, value) with ("ok", [Found]) or
-    ("failed", reason), until its pipe closes."""
+    """The helper process: answers each (schema, value, seconds) with ("ok", [Found]) or
+    ("failed", reason), until its pipe closes.
+
+    Each check ends the helper (SIGALRM, whose default is to terminate) a second past the
+    seconds its web process waits: that process kills the helper at its deadline, but one
+    that died first (gunicorn's SIGKILL of a worker, the OOM killer) left the helper
+    matching, a CPU taken for years by a pattern that backtracks on fifty characters. The
+    match holds the GIL, so only the kernel's default action can end it, no handler."""
     while True:
         try:
-            schema, value = connection.recv()
+            schema, value, seconds = connection.recv()
         except EOFError:
             return
+        signal.setitimer(signal.ITIMER_REAL, seconds + 1)
         try:
-            connection.send(("ok", _errors(schema, value)))
+            answer: tuple[str, Any] = ("ok", _errors(schema, value))
         except CheckFailed as exc:
-            connection.send(("failed", str(exc)))
+            answer = ("failed", str(exc))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        connection.send(answer)
 
 
 class _Helper:
@@ -132,8 +142,9 @@ class _Helper:
 
     def _asked(self, schema: Any, value: Any) -> tuple[str, Any]:
         connection = self._started()
-        connection.send((schema, value))
-        if not connection.poll(settings.NORM_SCHEMA_CHECK_SECONDS):
+        seconds = settings.NORM_SCHEMA_CHECK_SECONDS
+        connection.send((schema, value, seconds))
+        if not connection.poll(seconds):
             return "slow", None
         answer: tuple[str, Any] = connection.recv()
         return answer

@@ -6,6 +6,7 @@ until gunicorn killed it."""
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -112,3 +113,29 @@ def test_a_process_forked_after_a_check_checks_with_a_helper_of_its_own(settings
     # The parent's helper, untouched by the child's exit, still answers it.
     assert schema_checks._helper._process is parents and parents.is_alive()
     assert [e.message for e in schema_checks.errors(schema, {"code": "b"})]
+
+
+def test_a_helper_left_matching_by_its_web_process_ends_itself(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web process kills its helper at the deadline; one that died first (gunicorn's
+    SIGKILL of a worker, the OOM killer) left the helper matching a pattern that
+    backtracks, a CPU taken for years at forty-five characters. Here the web process
+    never gets to kill it: the helper must end itself, a second past the deadline."""
+    settings.NORM_SCHEMA_CHECK_SECONDS = 0.2
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": NESTED}}}
+    helper = schema_checks._helper
+    helper._stop()
+    monkeypatch.setattr(helper, "_stop", lambda: None)  # as if its web process were gone
+    try:
+        with pytest.raises(schema_checks.CheckTooSlow):
+            schema_checks.errors(schema, {"code": "a" * 45 + "!"})
+        left = helper._process
+        assert left is not None
+
+        left.join(30)  # at most: it ends a second past the deadline
+
+        assert left.exitcode == -signal.SIGALRM
+    finally:
+        monkeypatch.undo()
+        helper._stop()
