@@ -13,6 +13,8 @@ import kombu.serialization
 import pytest
 from celery.exceptions import Retry
 from celery.worker.request import Request
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from config import pipeline
@@ -901,3 +903,23 @@ def test_an_in_app_steps_state_says_when_it_was_seen_and_when_read() -> None:
         "lastSeenDate": None,
         "lastReadDate": None,
     }
+
+
+def test_the_echo_reads_the_triggers_payload_and_no_copy_of_it(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """A notification an older release made holds a copy of its trigger's payload (up to
+    the API's 512 KB), which the bridge no longer gets: read as well, each of its echoes
+    read and decoded the payload twice."""
+    payload = {"note": "x" * 100_000}
+    notification = NotificationFactory(
+        status=Notification.Status.RUNNING, trigger_event__payload=payload, payload=payload
+    )
+    execute.answers = [{"done": True}]
+
+    with CaptureQueriesContext(connection) as queries:
+        run(notification)
+
+    assert execute.calls[0]["body"]["payload"] == payload
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    assert not [sql for sql in reads if '"workflows_notification"."payload"' in sql]
