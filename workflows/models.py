@@ -39,7 +39,10 @@ class Notification(models.Model):
     # Unused: a notification's payload is its trigger's, read from there. Releases before
     # this one copied it here, into each of a trigger's notifications (a broadcast's
     # 100,000 copies of one payload); the column stays while such a release may still
-    # insert notifications during a deploy, and goes in the next one.
+    # insert notifications during a deploy. It goes in two steps, as this release too
+    # selects and inserts it (no db_default: an INSERT without it is refused): the next
+    # release gives it a db_default and leaves it out of the model's state
+    # (SeparateDatabaseAndState), and the one after drops the column.
     payload = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
