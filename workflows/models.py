@@ -36,13 +36,12 @@ class Notification(models.Model):
     )
     workflow_id = models.CharField(max_length=200)
     resource = models.URLField(max_length=500)
-    # Unused: a notification's payload is its trigger's, read from there. Releases before
-    # this one copied it here, into each of a trigger's notifications (a broadcast's
-    # 100,000 copies of one payload); the column stays while such a release may still
-    # insert notifications during a deploy. It goes in two steps, as this release too
-    # selects and inserts it (no db_default: an INSERT without it is refused): the next
-    # release gives it a db_default and leaves it out of the model's state
-    # (SeparateDatabaseAndState), and the one after drops the column.
+    # A copy of its trigger's, read by no process of this release: a notification's
+    # payload is its trigger's, read from there (a broadcast wrote 100,000 copies of one
+    # payload). Still written, for the echo of the release before, which reads it and may
+    # run beside this one while a deploy rolls. It goes in steps: the next release stops
+    # writing it and gives it a db_default, the one after leaves it out of the model's
+    # state (SeparateDatabaseAndState), and the one after that drops the column.
     payload = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
