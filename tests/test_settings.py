@@ -476,6 +476,26 @@ SHARED_CACHE = {
         "LOCATION": "redis://r:6379/1",
     }
 }
+# What a production deployment sets, so that each deploy check's test finds its own alone.
+PRODUCTION = {
+    "ALLOWED_HOSTS": ["norm.example.com"],
+    "SECRET_KEY": "a-long-random-production-secret-for-this-test-0123456789",
+    "NORM_ENCRYPTION_KEY": "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q=",
+    "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+    "DEFAULT_FROM_EMAIL": "norm@example.com",
+    "CACHES": SHARED_CACHE,
+}
+
+
+def deploy_checked(settings: Any, **given: Any) -> list[checks.CheckMessage]:
+    """norm's messages from check --deploy on PRODUCTION's settings but those `given`,
+    none of which the checks of every command find."""
+    for name, value in {**PRODUCTION, **given}.items():
+        setattr(settings, name, value)
+    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    return [
+        m for m in checks.run_checks(include_deployment_checks=True) if m.id.startswith("norm.")
+    ]
 
 
 @pytest.mark.parametrize(("debug", "found"), [("false", []), ("true", ["norm.E010"])])
@@ -486,15 +506,8 @@ def test_debug_on_is_refused_by_the_deploy_check(
     --fail-level ERROR`) let DEBUG=true through: every error page then showed any caller
     the settings Django does not mask, the broker's and the cache's URLs with their Redis
     password, and each frame's local variables."""
-    settings.DEBUG = settings_from({"DEBUG": debug}, "DEBUG")["DEBUG"]
-    settings.ALLOWED_HOSTS = ["norm.example.com"]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
-    settings.CACHES = SHARED_CACHE
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    messages = deploy_checked(settings, DEBUG=settings_from({"DEBUG": debug}, "DEBUG")["DEBUG"])
+    assert [m.id for m in messages] == found
 
 
 @pytest.mark.parametrize(
@@ -515,16 +528,9 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
 ) -> None:
     """`*`, the default for `make run`, passed compose's migrate job (`check --deploy
     --fail-level ERROR`) when an operator set it: any Host a caller sent was norm's own."""
-    settings.ALLOWED_HOSTS = settings_from({"ALLOWED_HOSTS": hosts}, "ALLOWED_HOSTS")[
-        "ALLOWED_HOSTS"
-    ]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
-    settings.CACHES = SHARED_CACHE
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    allowed = settings_from({"ALLOWED_HOSTS": hosts}, "ALLOWED_HOSTS")["ALLOWED_HOSTS"]
+    messages = deploy_checked(settings, ALLOWED_HOSTS=allowed)
+    assert [m.id for m in messages] == found
 
 
 @pytest.mark.parametrize(
@@ -542,16 +548,9 @@ def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
     """compose's default, the console backend, passed check --deploy without a word: a
     deployment that never set EMAIL_BACKEND recorded every email `sent`, delivered none,
     and wrote each one whole (its one-time codes and links) into the worker's log."""
-    settings.EMAIL_BACKEND = backend
-    settings.ALLOWED_HOSTS = ["norm.example.com"]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
-    settings.CACHES = SHARED_CACHE
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    messages = deploy_checked(settings, EMAIL_BACKEND=backend)
+    assert [m.id for m in messages] == found
+    assert all(m.level == checks.WARNING for m in messages)
 
 
 @pytest.mark.parametrize(
@@ -572,20 +571,12 @@ def test_a_default_from_email_of_localhost_is_named_by_the_deploy_check(
     """The default, norm@localhost, passed check --deploy without a word: every email of
     a client without an email_from went out from a domain no receiving server can verify
     or answer, refused or filed as spam."""
-    settings.DEFAULT_FROM_EMAIL = settings_from(
-        {"DEFAULT_FROM_EMAIL": sender}, "DEFAULT_FROM_EMAIL"
-    )["DEFAULT_FROM_EMAIL"]
     if providers is not None:
         settings.NORM_PROVIDERS = providers
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.ALLOWED_HOSTS = ["norm.example.com"]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.CACHES = SHARED_CACHE
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    given = settings_from({"DEFAULT_FROM_EMAIL": sender}, "DEFAULT_FROM_EMAIL")
+    messages = deploy_checked(settings, **given)
+    assert [m.id for m in messages] == found
+    assert all(m.level == checks.WARNING for m in messages)
 
 
 SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
@@ -609,16 +600,8 @@ def test_the_embedded_database_or_broker_is_named_by_the_deploy_check(
     answered 201 and never ran."""
     # The engine alone, in place: the test's own connection keeps its database.
     monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", engine)
-    settings.CELERY_BROKER_URL = broker
-    settings.ALLOWED_HOSTS = ["norm.example.com"]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
-    settings.CACHES = SHARED_CACHE
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    messages = deploy_checked(settings, CELERY_BROKER_URL=broker)
+    assert [m.id for m in messages] == found
 
 
 @pytest.mark.parametrize(
@@ -631,16 +614,10 @@ def test_a_cache_of_each_web_process_is_named_by_the_deploy_check(
     """Without NORM_CACHE_URL each web process counted a client's trigger rate and the
     admin's failed logins on its own, and check --deploy said nothing: under gunicorn's
     --workers 2 a client got twice its rate, a password guesser twice the tries."""
-    settings.CACHES = settings_from({"NORM_CACHE_URL": cache_url}, "CACHES")["CACHES"]
-    settings.ALLOWED_HOSTS = ["norm.example.com"]
-    settings.SECRET_KEY = "a-long-random-production-secret-for-this-test-0123456789"
-    settings.NORM_ENCRYPTION_KEY = "k7ezxhkHr5wvJRBvNhcVUsxlSBRjoL_Eu6G_7VqB3_Q="
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.DEFAULT_FROM_EMAIL = "norm@example.com"
-    messages = checks.run_checks(include_deployment_checks=True)
-    assert [m.id for m in messages if m.id.startswith("norm.")] == found
-    assert all(m.level == checks.WARNING for m in messages if m.id.startswith("norm."))
-    assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
+    caches = settings_from({"NORM_CACHE_URL": cache_url}, "CACHES")
+    messages = deploy_checked(settings, **caches)
+    assert [m.id for m in messages] == found
+    assert all(m.level == checks.WARNING for m in messages)
 
 
 def test_the_defaults_are_the_embedded_database_and_broker() -> None:
