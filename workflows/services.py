@@ -933,6 +933,18 @@ def _answer_fault(
                 f"an in-app message holds at most {IN_APP_MAX_BYTES} (a page of a feed "
                 "lists up to 100)",
             )
+    # Every later call carries the state back, each step's result (a custom step's, its
+    # whole outputs): bounded by what norm reads of one answer, or a bridge of large
+    # outputs built calls of gigabytes, each in an echo worker's memory, before the last
+    # step NORM_MAX_STEPS allows.
+    carried = len(json.dumps(state).encode()) + len(json.dumps(outputs).encode())
+    if carried > settings.NORM_BRIDGE_MAX_RESPONSE_BYTES:
+        return (
+            "BridgeResponseTooLarge",
+            f"the bridge answered step '{step_id}' with outputs that bring the state every "
+            f"later call carries back to {carried} bytes, over NORM_BRIDGE_MAX_RESPONSE_BYTES "
+            f"({settings.NORM_BRIDGE_MAX_RESPONSE_BYTES})",
+        )
     if len(state) >= settings.NORM_MAX_STEPS:
         # Checked on the answer, not before the call: the bridge may say done after the last.
         return (

@@ -52,3 +52,27 @@ def test_a_workflow_done_after_exactly_norm_max_steps_completes(
     notification = Notification.objects.get()
     assert notification.status == Notification.Status.COMPLETED, notification.error
     assert notification.steps.count() == 3
+
+
+@workflow("large-results")
+def large_results(ctx: Context) -> None:
+    """Custom steps whose results, as large as the payload says, each later call carries."""
+    for i in range(5):
+        ctx.step.custom(f"part-{i}", lambda: {"blob": "x" * int(ctx.payload["size"])})
+
+
+def test_steps_whose_results_the_state_cannot_carry_fail_the_notification(
+    enqueued: Enqueued, settings: Any
+) -> None:
+    """The bridge gets every step's result back on each call: outputs of 10 MB a step,
+    each within what norm reads of one answer, made calls of 100 MB by the tenth step
+    (NORM_MAX_STEPS allows 100). The state is bounded as one answer is."""
+    settings.NORM_BRIDGE_MAX_RESPONSE_BYTES = 250_000
+    sdk_triggered(enqueued, large_results, {"size": 100_000})
+
+    notification = Notification.objects.get()
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "BridgeResponseTooLarge"
+    assert "NORM_BRIDGE_MAX_RESPONSE_BYTES (250000)" in notification.error
+    # Two results carried (200 KB); with the third's they would be 300 KB.
+    assert [s.step_id for s in notification.steps.order_by("position")] == ["part-0", "part-1"]
