@@ -277,6 +277,33 @@ def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_rea
     assert not notification.steps.exists()
 
 
+# In-app outputs of exactly IN_APP_MAX_BYTES as UTF-8 JSON: `{"body": "…"}` is 12 bytes more.
+AT_THE_IN_APP_BOUND = {"body": "x" * (services.IN_APP_MAX_BYTES - 12)}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"stepId": "s" * 200, "type": "email", "outputs": {"subject": "Hi", "body": "Hi"}},
+        {"stepId": "inbox", "type": "in_app", "outputs": AT_THE_IN_APP_BOUND},
+    ],
+    ids=["stepId of 200 characters", "in-app outputs of IN_APP_MAX_BYTES"],
+)
+def test_an_answer_at_a_bound_is_recorded_not_refused(
+    enqueued: Enqueued, answer: dict[str, Any]
+) -> None:
+    """The bounds are inclusive: the column holds a stepId of 200 characters, and an
+    in-app message outputs of IN_APP_MAX_BYTES. Refused, the notification failed with a
+    reason that named the bound its answer was within."""
+    assert len(json.dumps(AT_THE_IN_APP_BOUND).encode()) == services.IN_APP_MAX_BYTES
+    with answering(200, {"done": False, "providers": {}, **answer}) as url:
+        notification, _ = _echoed(url, enqueued)
+
+    assert notification.status == Notification.Status.RUNNING, notification.error
+    [step] = notification.steps.all()
+    assert (step.step_id, step.status) == (answer["stepId"], "scheduled")
+
+
 LONG_ID = {"workflowId": "w" * 201, "steps": []}
 # PostgreSQL's JSON holds no NUL character: a zod regex such as /^[^\0]*$/ has one.
 NUL_SCHEMA = {
