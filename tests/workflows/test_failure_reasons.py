@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from django.db import OperationalError, connection, transaction
 from novu_py.models import ActivityNotificationResponseDto
 
 from bench.urls import two_step
@@ -18,11 +20,12 @@ from config import pipeline
 from messaging import tasks as messaging_tasks
 from notify.models import Client
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import Enqueued, json_serving, sdk_serving
+from tests.conftest import Enqueued, InThread, json_serving, sdk_serving
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
     NotificationFactory,
+    StepFactory,
     api_for,
     client_with_key,
 )
@@ -302,6 +305,47 @@ def test_an_answer_at_a_bound_is_recorded_not_refused(
     assert notification.status == Notification.Status.RUNNING, notification.error
     [step] = notification.steps.all()
     assert (step.step_id, step.status) == (answer["stepId"], "scheduled")
+
+
+def test_a_database_error_recording_the_answer_is_retried_not_a_failure(
+    enqueued: Enqueued,
+) -> None:
+    """The database away (here a lock wait past lock_timeout, as another run records the
+    same step) while the echo records the bridge's answer is for the task's retry: taken
+    as an answer norm cannot record, the notification failed for good as the bridge's
+    fault (BridgeInvalidResponse), its step never sent."""
+    answer = {"done": False, "stepId": "hello", "type": "email", "providers": {}}
+    inserted, release = threading.Event(), threading.Event()
+    with answering(200, answer | {"outputs": {"subject": "Hi", "body": "Hi"}}) as url:
+        client, _ = client_with_key(bridge_url=url)
+        BridgeSyncFactory(client=client, flavour="norm")
+        notification = NotificationFactory(trigger_event__client=client)
+
+        def recording() -> None:
+            """Another run's transaction, recording the same step, uncommitted."""
+            with transaction.atomic():
+                StepFactory(notification=notification, step_id="hello", position=0)
+                inserted.set()
+                release.wait(20)
+                raise RuntimeError("rolled back: the step is the echo's to record")
+
+        other = InThread(recording)
+        assert inserted.wait(20)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        try:
+            with pytest.raises(OperationalError, match="lock timeout"):
+                services.echo_run(notification_id=str(notification.pk))
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+            release.set()
+            with pytest.raises(RuntimeError, match="rolled back"):
+                other.join()
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("pending", "")
+    assert not notification.steps.exists()
 
 
 LONG_ID = {"workflowId": "w" * 201, "steps": []}
