@@ -234,6 +234,9 @@ def test_cancel_stops_a_notification_waiting_on_its_delay(
         "inbox": "completed",
         "wait": "canceled",
     }
+    # Ended when canceled, as the activity's completedAt and its last job's time show.
+    assert notification.completed_at is not None
+    assert notification.steps.get(step_id="wait").completed_at is not None
     # A minute later the broker delivers the delayed hand-off; the reconciler could too.
     Step.objects.filter(pk=wait.pk).update(due_at=timezone.now() - timedelta(seconds=1))
     enqueued.clear()
