@@ -808,6 +808,9 @@ def test_a_cancel_task_longer_than_a_grace_period_is_not_sent_again_while_it_run
     grace = settings.NORM_RECONCILE_GRACE
     assert api.cancel("tx-1") == {"data": True}  # the request's chunk, then the task
     assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    # A worker took the task: its queue is empty. Still queued, it was a backlog the
+    # reconciler sends nothing behind, whether or not the task told it that it runs.
+    enqueued.clear()
     chunk = workflow_services._listed_notifications_cancel
 
     def slow_chunk(ids: list[Any], now: Any) -> int:
@@ -820,4 +823,4 @@ def test_a_cancel_task_longer_than_a_grace_period_is_not_sent_again_while_it_run
     workflow_tasks.trigger_cancel_finish(event.pk)  # four chunks: 2.4 grace periods
 
     assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}
-    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]  # the request's, none since
+    assert enqueued.of(pipeline.CANCEL) == []  # none since the request's
