@@ -540,10 +540,9 @@ def _bridge_fault_log(exc: ApiError, *, client: Client, bridge_url: str, workflo
     held = _bridge_faults.due((client.pk, bridge_url, exc.code))
     if held is not None:
         logger.warning(
-            # %r: the workflow's name is the caller's, a line break and all.
-            "trigger of %r (client %s) answered %d %s: %s (%d more such triggers since the "
+            "trigger of '%s' (client %s) answered %d %s: %s (%d more such triggers since the "
             "last such line)",
-            workflow_id,
+            loggable(workflow_id),  # the caller's, a line break and all
             client.pk,
             exc.status,
             exc.code,
