@@ -805,6 +805,22 @@ class InboxCountApi(APIView):
         return Response({"data": counts})
 
 
+# Novu's 404s for a message id the subscriber's feed lacks (another subscriber's or
+# client's, or none): the inbox's calls name it a notification, v1's a message.
+NOTIFICATION_NOT_FOUND = ("notification_not_found", "Notification not found")
+MESSAGE_NOT_FOUND = ("message_not_found", "Message not found")
+
+
+def _feed_message(
+    request: Request, subscriber_id: str, message_id: str, not_found: tuple[str, str]
+) -> Message:
+    """The in-app message `message_id` of the subscriber's feed, or the 404 `not_found`."""
+    found = _feed(request, subscriber_id).filter(pk__in=_message_ids([message_id])).first()
+    if found is None:
+        raise ApiError(404, *not_found)
+    return found
+
+
 class InboxMarkOneApi(APIView):
     """PATCH .../notifications/{id}/read or /unread: 200 with the notification."""
 
@@ -817,13 +833,11 @@ class InboxMarkOneApi(APIView):
         responses={200: InboxNotificationResponse, **error_responses(404)},
     )
     def patch(self, request: Request, subscriber_id: str, notification_id: str) -> Response:
-        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([notification_id])).first()
-        if found is None:
-            raise ApiError(404, "notification_not_found", "Notification not found")
+        found = _feed_message(request, subscriber_id, notification_id, NOTIFICATION_NOT_FOUND)
         try:
             marked = services.message_mark(message=found, **self.mark)
         except Message.DoesNotExist:  # deleted meanwhile, with its subscriber: a 500
-            raise ApiError(404, "notification_not_found", "Notification not found") from None
+            raise ApiError(404, *NOTIFICATION_NOT_FOUND) from None
         return Response({"data": inbox_dto(marked)})
 
 
@@ -859,16 +873,14 @@ class InboxActionApi(APIView):
     def patch(
         self, request: Request, subscriber_id: str, notification_id: str, action_type: str
     ) -> Response:
-        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([notification_id])).first()
-        if found is None:
-            raise ApiError(404, "notification_not_found", "Notification not found")
+        found = _feed_message(request, subscriber_id, notification_id, NOTIFICATION_NOT_FOUND)
         _acted_on(found, action_type, check_button=True)
         try:
             acted = services.message_action_set(
                 message=found, action_type=action_type, status=self.action_status
             )
         except Message.DoesNotExist:  # deleted meanwhile, with its subscriber
-            raise ApiError(404, "notification_not_found", "Notification not found") from None
+            raise ApiError(404, *NOTIFICATION_NOT_FOUND) from None
         return Response({"data": inbox_dto(acted)})
 
 
@@ -896,9 +908,7 @@ class MessageActionApi(APIView):
     ) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        found = _feed(request, subscriber_id).filter(pk__in=_message_ids([message_id])).first()
-        if found is None:
-            raise ApiError(404, "message_not_found", "Message not found")
+        found = _feed_message(request, subscriber_id, message_id, MESSAGE_NOT_FOUND)
         # Novu's v1 call records the result without looking for the button.
         _acted_on(found, action_type, check_button=False)
         try:
@@ -909,7 +919,7 @@ class MessageActionApi(APIView):
                 payload=data.validated_data.get("payload"),
             )
         except Message.DoesNotExist:  # deleted meanwhile, with its subscriber
-            raise ApiError(404, "message_not_found", "Message not found") from None
+            raise ApiError(404, *MESSAGE_NOT_FOUND) from None
         return Response({"data": MessageListApi.OutputSerializer(acted).data}, status=201)
 
 
