@@ -36,12 +36,14 @@ class Notification(models.Model):
     )
     workflow_id = models.CharField(max_length=200)
     resource = models.URLField(max_length=500)
-    # A copy of its trigger's, read by no process of this release: a notification's
-    # payload is its trigger's, read from there (a broadcast wrote 100,000 copies of one
-    # payload). Still written, for the echo of the release before, which reads it and may
-    # run beside this one while a deploy rolls. It goes in steps: the next release stops
-    # writing it and gives it a db_default, the one after leaves it out of the model's
-    # state (SeparateDatabaseAndState), and the one after that drops the column.
+    # Unused, and written empty: a notification's payload is its trigger's, read from
+    # there. Releases up to the one before this copied it into each of a trigger's
+    # notifications (a broadcast's 100,000 copies of one payload); that one reads the
+    # trigger's, as this one does, so it may run beside this one while a deploy rolls.
+    # Two steps remain: the next release leaves the field out of the model's state and
+    # gives the column a database default in the same migration (SeparateDatabaseAndState;
+    # a db_default here would have every INSERT return the column), and the one after
+    # drops the column.
     payload = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)

@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 # The subscriberIds of a broadcast's or a topic's audience in one batch command (one
 # keyset page, and one INSERT of their notifications: notifications_create).
 BROADCAST_CHUNK = 500
-# The most payload bytes one INSERT of a chunk's notifications carries (_rows_per_insert).
-INSERT_BYTES = 8 * 1024 * 1024
 # Notifications a trigger's cancel ends in one transaction (see _trigger_notifications_cancel).
 CANCEL_CHUNK = 2000
 # A fan-out left short is run again at most this many times, each wait twice the last.
@@ -438,15 +436,9 @@ def _new_notification(
         client_id=trigger_event.client_id,
         workflow_id=trigger_event.workflow_id,
         resource=trigger_event.resource,
-        # Read by no process of this release (the trigger's is), but by the echo of the
-        # release before, which may run beside this one while a deploy rolls: without
-        # it, that echo sent the bridge an empty payload. The next release stops.
-        payload=trigger_event.payload,
     )
     if failed:
-        # Without the payload: a chunk's copies of a large one may be what ended the
-        # worker each time. The event keeps it.
-        notification.payload, notification.status = {}, Notification.Status.FAILED
+        notification.status = Notification.Status.FAILED
         notification.error, notification.completed_at = failed, timezone.now()
     return notification
 
@@ -503,7 +495,6 @@ def _notifications_insert(
                 for subscriber in sorted(subscribers, key=lambda s: s.pk)
             ],
             ignore_conflicts=True,  # those a rerun or a second topic reached already
-            batch_size=_rows_per_insert(trigger_event.payload),
         )
         # As in notification_create: a rerun re-sends only notifications not started.
         pending = list(
@@ -517,13 +508,6 @@ def _notifications_insert(
             pipeline.ECHO, [str(pk) for pk in pending], workflow=trigger_event.workflow_id
         )
     return len(pending)
-
-
-def _rows_per_insert(payload: Any) -> int:
-    """How many notifications one INSERT may carry, each with its copy of `payload`: the
-    chunk's 500 in one statement took the worker past 1 GB for a payload near the API's
-    body limit (500 KB), and one that runs out of memory fails them all (command_given_up)."""
-    return max(1, INSERT_BYTES // max(len(json.dumps(payload)), 1))
 
 
 def fan_outs_forget(*, subscriber: Subscriber) -> None:
