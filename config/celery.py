@@ -29,7 +29,7 @@ class _QuietPerRowTasks(logging.Filter):
     INFO`, a 100,000-subscriber broadcast wrote some 600,000 of them, and three lines
     every 10 s for the reconciler buried the rest (make run's email scrolled away). What
     goes wrong is a WARNING or more, kept; a trigger's own task keeps its lines, and the
-    reconciler logs what it did itself (workflows.services.reconcile)."""
+    reconciler logs what it did itself (workflows.services.reconciler)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:

@@ -1,6 +1,6 @@
 """Stage 5, the message worker: a claimed step's message built, stored once and sent
-through its channel's provider, the outcome recorded with the step (workflows.services
-keeps the step bookkeeping); and the in-app seen/read marks."""
+through its channel's provider, the outcome recorded with the step (the step bookkeeping
+is workflows.services.bookkeeping's); and the in-app seen/read marks."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from messaging.models import Message
 from messaging.providers import Provider, SendError, provider_for
 from subscribers.models import Subscriber
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows.models import Step
 from workflows.selectors import CHANNEL_TYPES
+from workflows.services import bookkeeping
+from workflows.services.common import CLIENT_INACTIVE
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def message_send(
     # no reason until NORM_STALE_CLAIM_SECONDS and failed at NORM_MAX_CLAIMS as taken by
     # workers that never finished it. Recorded, and run again a grace period later.
     with pipeline.bugs_recorded(
-        lambda exc: workflow_services.step_internal_error(step_id=step_id, claim=claim, exc=exc),
+        lambda exc: bookkeeping.step_internal_error(step_id=step_id, claim=claim, exc=exc),
         "the send of step",
         step_id,
         logger,
@@ -97,12 +98,12 @@ def _sent_record(*, step_id: int, sent: dict[str, Any]) -> None:
             sent_at=datetime.fromisoformat(sent["sent_at"]),
             error="",
         )
-        workflow_services.step_complete(step=step, result={})
+        bookkeeping.step_complete(step=step, result={})
 
 
 def _send(*, step_id: int, claim: str, resumed: datetime | None) -> None:
     """`message_send`, its unexpected errors aside."""
-    step = workflow_services.step_claim(step_id=step_id, claim=claim, resumed=resumed)
+    step = bookkeeping.step_claim(step_id=step_id, claim=claim, resumed=resumed)
     if step is None:
         return
     try:
@@ -159,20 +160,18 @@ def _action_recorded(step: Step) -> bool:
     """Whether the step sends no message, its end recorded: failed, its client inactive;
     completed, a delay or a custom step."""
     if not step.notification.client.is_active:
-        workflow_services.step_fail(
-            step=step, code="ClientInactive", message=workflow_services.CLIENT_INACTIVE
-        )
+        bookkeeping.step_fail(step=step, code="ClientInactive", message=CLIENT_INACTIVE)
         return True
     if step.type == "delay":
         # From when the echo worker recorded the step, by its clock: one a little ahead
         # of this worker's (CLOCK_SKEW) would have a zero delay wait less than nothing.
         waited = max(timezone.now() - step.created_at, timedelta(0))
-        workflow_services.step_complete(
+        bookkeeping.step_complete(
             step=step, result={"duration": int(waited.total_seconds() * 1000)}
         )
         return True
     if step.type not in CHANNEL_TYPES:  # custom: its outputs are its result
-        workflow_services.step_complete(step=step, result=step.outputs)
+        bookkeeping.step_complete(step=step, result=step.outputs)
         return True
     return False
 
@@ -186,7 +185,7 @@ def _provider_reaching(step: Step) -> Provider | None:
         # on: an sms step (norm has no provider for it yet) does not keep the email after
         # it from being sent. Failed, every notification of such a workflow would stop
         # there, and a retry stop there again.
-        workflow_services.step_skip(
+        bookkeeping.step_skip(
             step=step,
             reason=f"no provider is configured for the {step.type} channel (NORM_PROVIDERS)",
         )
@@ -195,7 +194,7 @@ def _provider_reaching(step: Step) -> Provider | None:
     if unreachable:
         # As in Novu: a channel the subscriber has no address for is skipped, with the
         # reason on the step, and the workflow goes on (an in-app step after it, say).
-        workflow_services.step_skip(step=step, reason=unreachable)
+        bookkeeping.step_skip(step=step, reason=unreachable)
         return None
     return provider
 
@@ -263,9 +262,9 @@ def _failure_record(step: Step, message: Message, provider: Provider, exc: Excep
             **({} if retry else {"status": Message.Status.FAILED}),
         )
         if retry:
-            workflow_services.step_retry_later(step=step, message=error, backoff=backoff)
+            bookkeeping.step_retry_later(step=step, message=error, backoff=backoff)
         else:
-            workflow_services.step_undelivered(step=step, reason=error)
+            bookkeeping.step_undelivered(step=step, reason=error)
 
     # A reschedule the database cut off left the step claimed and its message
     # `sending`: the task's retry (ClaimInterrupted) sent again a second later, not
@@ -293,7 +292,7 @@ def _send_record(step: Step, message: Message, provider_message_id: str) -> None
         with transaction.atomic():  # sent and done together: one commit
             sent.update(**as_sent)
             # An in-app result is read from the message when the state is built.
-            workflow_services.step_complete(step=step, result={})
+            bookkeeping.step_complete(step=step, result={})
 
     try:
         _retried_briefly(record)
@@ -382,13 +381,13 @@ def _retried_briefly(record: Callable[[], None]) -> None:
 def _outcome_record(step: Step, message: Message) -> None:
     """End a claimed step as its message ended: sent, or failed for good."""
     if message.status == Message.Status.SENT:
-        workflow_services.step_complete(step=step, result={})
+        bookkeeping.step_complete(step=step, result={})
         return
     # Failed for good by a run the database cut off before its step was failed (an
     # admin's retry reopens a message with its step): this run, its retry or the
     # reconciler's, sent it again at once, past NORM_SEND_MAX_ATTEMPTS, and after a
     # reply that timed out (the server may have taken it) as a second email.
-    workflow_services.step_undelivered(step=step, reason=message.error)
+    bookkeeping.step_undelivered(step=step, reason=message.error)
 
 
 def _passes(provider: Provider, message: Message) -> bool:

@@ -39,7 +39,7 @@ from workflows.admin import (
     pretty_json,
 )
 from workflows.models import Notification
-from workflows.services import cancel_deadline
+from workflows.services.operations import cancel_deadline
 
 # A key is shown as its prefix only: the plain key exists once, when it is created.
 KEY_FIELDS = ["prefix", "client", "created_at", "revoked_at"]

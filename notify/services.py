@@ -41,7 +41,8 @@ from subscribers.recipients import (
 from workflows import bridge
 from workflows.models import Notification
 from workflows.registry import bridge_sync
-from workflows.services import FANOUT_RECHECK, cancel_deadline, trigger_notifications_cancel
+from workflows.services.common import FANOUT_RECHECK
+from workflows.services.operations import cancel_deadline, trigger_notifications_cancel
 
 logger = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from subscribers.recipients import (
     unroutable_message,
 )
 from workflows.models import Notification, Step
-from workflows.services import (
+from workflows.services.common import internal_error_text
+from workflows.services.fanout import (
     fan_out_short,
     fan_outs_forget,
-    internal_error_text,
     notification_create,
     notifications_create,
     recipients_named,

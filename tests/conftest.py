@@ -31,9 +31,9 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone as django_timezone
 
 from config import deadlines, pipeline
-from workflows import services as workflow_services
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge
+from workflows.services import echo
 
 
 class FailsOnce:
@@ -624,7 +624,7 @@ def ended(
 
     def do(step: Step) -> Notification:
         with django_capture_on_commit_callbacks(execute=True):
-            workflow_services.echo_run(notification_id=str(step.notification_id))
+            echo.echo_run(notification_id=str(step.notification_id))
         return Notification.objects.get(pk=step.notification_id)
 
     return do

@@ -28,9 +28,9 @@ from tests.factories import (
     client_with_key,
 )
 from workflows import selectors as workflow_selectors
-from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.services import echo, fanout
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +61,7 @@ def test_a_broker_refusing_a_chunks_echoes_is_one_warning_naming_them_without_tr
     caplog.set_level(logging.INFO)
 
     with django_capture_on_commit_callbacks(execute=True):
-        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+        made = fanout.notifications_create(trigger_event=event, subscribers=subscribers)
 
     assert made == 30 and Notification.objects.filter(status="pending").count() == 30
     # The broker is asked once: the rest wait in the database for the reconciler, as the
@@ -94,7 +94,7 @@ def test_a_task_that_gave_up_on_the_database_is_a_warning_without_traceback(
 ) -> None:
     """Its last retry (DB_RETRY's tenth) failed too: the reconciler sends its row again
     once the database is back. No bug, so no ERROR and traceback for each such task."""
-    monkeypatch.setattr(workflow_services, "echo_run", DatabaseAway())
+    monkeypatch.setattr(echo, "echo_run", DatabaseAway())
 
     result = workflow_tasks.echo_run.apply(args=["a-notification"], retries=10)
 
@@ -434,7 +434,7 @@ def test_a_bridges_error_is_one_line_in_the_notifications_failure_warning(
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("failed", f"Refused{FORGED}")
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [r.name for r in lines] == ["workflows.services"]
+    assert [r.name for r in lines] == ["workflows.services.echo"]
     _one_line_each(lines)
 
 

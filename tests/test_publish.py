@@ -29,8 +29,8 @@ from config.celery import app
 from tests.conftest import on_the_embedded_broker
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from tests.test_settings import ROOT
-from workflows import services as workflow_services
 from workflows.models import Notification
+from workflows.services import fanout
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_a_chunks_echoes_reach_the_broker_in_one_round_trip(
     subscribers = SubscriberFactory.create_batch(30, client=event.client)
 
     with django_capture_on_commit_callbacks(execute=True):
-        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+        made = fanout.notifications_create(trigger_event=event, subscribers=subscribers)
 
     assert made == 30
     assert pushes == [30]
@@ -102,7 +102,7 @@ def test_a_triggers_listed_recipients_reach_the_broker_in_one_round_trip(
     event = TriggerEventFactory(to=["ann", "bob", {"subscriberId": "cy", "email": "cy@x.io"}])
     settings.NORM_WORKFLOW_QUEUES = {event.workflow_id: queue}
 
-    workflow_services.trigger_event_run(trigger_event_id=event.pk)
+    fanout.trigger_event_run(trigger_event_id=event.pk)
 
     assert pushes == [3]
     assert _queued(queue) == [
@@ -143,7 +143,7 @@ def test_hand_offs_redis_refuses_batched_and_alone_are_left_to_the_reconciler_wi
     monkeypatch.setattr(redis.client.Pipeline, "execute", dropped)
     monkeypatch.setattr(redis.Redis, "execute_command", dropped_alone)
     with django_capture_on_commit_callbacks(execute=True):
-        made = workflow_services.notifications_create(trigger_event=event, subscribers=subscribers)
+        made = fanout.notifications_create(trigger_event=event, subscribers=subscribers)
 
     assert made == 3 and Notification.objects.filter(status="pending").count() == 3
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]

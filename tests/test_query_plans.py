@@ -20,8 +20,8 @@ from tests.factories import (
     SubscriberFactory,
     TriggerEventFactory,
 )
-from workflows import services
 from workflows.models import Notification, Step
+from workflows.services import operations, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -203,13 +203,13 @@ def test_a_triggers_cancel_reads_a_range_of_its_index_a_chunk_and_steps_by_notif
     statistics called the status rare (a broadcast's steps recorded since the last
     ANALYZE), and each chunk then read every scheduled step, or every one the chunks
     before it had canceled: 90 ms a chunk of 2,000 over 200,000."""
-    monkeypatch.setattr(services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     first = StepFactory()
     event = first.notification.trigger_event
     for _ in range(2):
         StepFactory(notification__trigger_event=event)
     with CaptureQueriesContext(connection) as queries:
-        assert services.notifications_cancel(trigger_event_id=event.pk) == 3
+        assert operations.notifications_cancel(trigger_event_id=event.pk) == 3
     reads = [
         q["sql"]
         for q in queries
@@ -241,7 +241,7 @@ def test_the_reconcilers_check_for_lost_cancels_reads_only_the_cancels_under_way
     for event in (lost, done):
         NotificationFactory(trigger_event=event, status=Notification.Status.CANCELED)
     with CaptureQueriesContext(connection) as queries:
-        services.reconcile()
+        reconciler.reconcile()
     assert TriggerEvent.objects.get(pk=lost.pk).cancel_task_at > ago(60)
     (sql,) = [
         q["sql"]
@@ -261,7 +261,7 @@ def test_the_reconcilers_batch_of_due_steps_is_the_first_rows_of_the_status_inde
     came due at once)."""
     StepFactory(due_at=ago(5))
     with CaptureQueriesContext(connection) as queries:
-        services.reconcile()
+        reconciler.reconcile()
     (sql,) = [
         q["sql"]
         for q in queries

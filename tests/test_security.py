@@ -35,9 +35,9 @@ from tests.factories import (
     novu_py_for,
 )
 from workflows import bridge, registry
-from workflows import services as workflow_services
 from workflows.models import Notification
 from workflows.sdk.signing import verify_signature
+from workflows.services import echo
 
 pytestmark = pytest.mark.django_db
 
@@ -110,7 +110,7 @@ def test_a_bridge_redirect_is_not_followed_and_fails_the_notification(
         trigger_event__client=client, trigger_event__resource=redirecting_bridge
     )
 
-    workflow_services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     assert notification.status == Notification.Status.FAILED
@@ -140,7 +140,7 @@ def test_secret_keys_appear_in_no_log_line(
         format="json",
         HTTP_AUTHORIZATION="ApiKey nk_wrong",
     )
-    workflow_services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     assert any("novu-signature" in headers for headers in sent)  # the key signed a call
     assert caplog.records
@@ -581,7 +581,7 @@ def test_a_client_without_a_live_key_gets_no_unsigned_bridge_call(recording_brid
     for secret in client.secret_keys.all():
         notify_services.secret_key_revoke(secret_key=secret)
 
-    workflow_services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("failed", "SigningKeyMissing")
@@ -597,7 +597,7 @@ def test_every_bridge_call_but_the_health_check_is_signed(recording_bridge: str)
     client, key = client_with_key(bridge_url=recording_bridge)
     notification = NotificationFactory(trigger_event__client=client)
 
-    workflow_services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     assert notification.status == Notification.Status.COMPLETED

@@ -30,8 +30,9 @@ from config.parsers import unfit
 from config.redact import masked_url
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from workflows import selectors, services
+from workflows import selectors
 from workflows.models import Notification, Step
+from workflows.services import operations
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -470,7 +471,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
         until = time.monotonic() + ACTION_BUDGET_SECONDS
         retried = tried = 0
         for notification in failed:
-            retried += services.notification_retry(notification=notification)
+            retried += operations.notification_retry(notification=notification)
             tried += 1
             if time.monotonic() >= until:
                 break
@@ -491,14 +492,14 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
 
     @admin.action(description="Cancel", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        # A chunk to a transaction, as a trigger's cancel (services.CANCEL_CHUNK).
+        # A chunk to a transaction, as a trigger's cancel (operations.CANCEL_CHUNK).
         chosen = list(queryset.values_list("pk", "status"))
         unfinished = [pk for pk, status in chosen if status not in Notification.FINAL]
         until = time.monotonic() + ACTION_BUDGET_SECONDS
         canceled = tried = 0
         while tried < len(unfinished):
-            chunk = unfinished[tried : tried + services.CANCEL_CHUNK]
-            canceled += services.notifications_cancel(notification_ids=chunk)
+            chunk = unfinished[tried : tried + operations.CANCEL_CHUNK]
+            canceled += operations.notifications_cancel(notification_ids=chunk)
             tried += len(chunk)
             if time.monotonic() >= until:
                 break

@@ -101,7 +101,7 @@ class Step(models.Model):
     DONE = (Status.COMPLETED, Status.SKIPPED)
     # Ended, and the workflow goes on after it: in a running notification, a failed step
     # is one whose message failed for good, which Novu's worker goes on past too
-    # (services.step_undelivered).
+    # (services.bookkeeping.step_undelivered).
     PASSED = (*DONE, Status.FAILED)
 
     # No index of its own: both unique constraints start with it.

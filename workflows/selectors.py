@@ -16,7 +16,7 @@ CHANNEL_TYPES = {"email", "sms", "push", "chat", "in_app"}
 ACTION_TYPES = {"delay", "custom"}
 STEP_TYPES = CHANNEL_TYPES | ACTION_TYPES
 # Novu's, not norm's yet: a workflow that reaches one fails (UnsupportedStepType), unless
-# the bridge skipped it, which asks nothing of norm (services._record_answer). `tool` and
+# the bridge skipped it, which asks nothing of norm (services.echo._record_answer). `tool` and
 # `http_request` are @novu/framework 2.13's (a bridge of it names them in discover).
 UNSUPPORTED_STEP_TYPES = {"digest", "throttle", "tool", "http_request"}
 

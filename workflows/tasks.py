@@ -11,7 +11,8 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from config import pipeline
-from workflows import bridge, services
+from workflows import bridge
+from workflows.services import echo, fanout, operations, reconciler
 
 
 @shared_task(name=pipeline.WORKFLOW.task, bind=True, ignore_result=True, **pipeline.DB_RETRY)
@@ -22,7 +23,7 @@ def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) 
     released the event) sends commands only to recipients without a notification.
     `resumed`: when the run the database cut off claimed the event (ISO 8601)."""
     try:
-        services.trigger_event_run(
+        fanout.trigger_event_run(
             trigger_event_id=trigger_event_id,
             claim=self.request.id or "",
             resumed=datetime.fromisoformat(resumed) if resumed else None,
@@ -36,7 +37,7 @@ def workflow_run(self: Task, trigger_event_id: int, resumed: str | None = None) 
 def trigger_cancel_finish(trigger_event_id: int) -> None:
     """Beside stage 2: cancel the notifications a trigger's cancel had no time for in its
     request. Each chunk ends only unfinished ones, so a second run ends none."""
-    services.trigger_cancel_finish(trigger_event_id=trigger_event_id)
+    operations.trigger_cancel_finish(trigger_event_id=trigger_event_id)
 
 
 # The retries for the bridge alone, carried in the retry's message headers: the
@@ -57,7 +58,7 @@ def echo_run(self: Task, notification_id: str) -> None:
     backoff; does nothing while a step is open, so a duplicate run is harmless."""
     bridge_retries = _bridge_retries(self.request)
     try:
-        services.echo_run(
+        echo.echo_run(
             notification_id=notification_id,
             final_attempt=bridge_retries >= settings.NORM_BRIDGE_MAX_RETRIES,
         )
@@ -80,4 +81,4 @@ def _bridge_retries(request: Any) -> int:
 @shared_task(name=pipeline.RECONCILE.task, ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Beat: re-enqueue stalled work from the database. Everything it enqueues is claimed."""
-    return services.reconcile()
+    return reconciler.reconcile()

@@ -42,9 +42,7 @@ sent: list[tuple[Any, ...]] = []
 pipeline.send_now = lambda stage, *a, **k: sent.append((stage.task, a))  # type: ignore[assignment]
 pipeline.enqueue_on_commit = lambda stage, *a, **k: sent.append((stage.task, a))  # type: ignore[assignment]
 pipeline.backlog = lambda queue: 0  # type: ignore[assignment]
-import workflows.services as ws  # noqa: E402
-
-ws.pipeline = pipeline
+from workflows.services import bookkeeping, echo, fanout, reconciler  # noqa: E402
 
 BIG = {
     "notify_triggerevent",
@@ -175,8 +173,8 @@ def sub(k: int) -> str:
 
 
 def scenario_reconcile() -> None:
-    run("reconcile", ws.reconcile)
-    run("reconcile (2nd tick)", ws.reconcile)
+    run("reconcile", reconciler.reconcile)
+    run("reconcile (2nd tick)", reconciler.reconcile)
 
 
 def scenario_hot() -> None:
@@ -226,7 +224,7 @@ def scenario_hot() -> None:
     assert event is not None
     run(
         "workflow worker (fan-out)",
-        lambda: ws.trigger_event_run(trigger_event_id=event.pk, claim="c1"),
+        lambda: fanout.trigger_event_run(trigger_event_id=event.pk, claim="c1"),
     )
     run(
         "subscriber worker",
@@ -245,12 +243,12 @@ def scenario_hot() -> None:
     assert notification is not None
     answer = {"stepId": "reminder", "type": "email", "outputs": {"subject": "Hi", "body": "Hello"}}
     bridge.execute = lambda *a, **k: answer  # type: ignore[assignment]
-    run("echo worker (first step)", lambda: ws.echo_run(notification_id=str(notification.pk)))
+    run("echo worker (first step)", lambda: echo.echo_run(notification_id=str(notification.pk)))
     step = Step.objects.filter(notification=notification).first()
     assert step is not None
     run("message worker (send)", lambda: ms.message_send(step_id=step.pk, claim="m1"))
     bridge.execute = lambda *a, **k: {"done": True}  # type: ignore[assignment]
-    run("echo worker (done)", lambda: ws.echo_run(notification_id=str(notification.pk)))
+    run("echo worker (done)", lambda: echo.echo_run(notification_id=str(notification.pk)))
     # A cancel of a trigger: the API's DELETE.
     txn2 = f"scale-{uuid.uuid4().hex[:8]}"
     web.post(
@@ -261,7 +259,10 @@ def scenario_hot() -> None:
     run(
         "cancel API", lambda: print("cancel:", web.delete(f"/v1/events/trigger/{txn2}").status_code)
     )
-    run("claim of a step (cancel check EXISTS)", lambda: ws.step_claim(step_id=step.pk, claim="x"))
+    run(
+        "claim of a step (cancel check EXISTS)",
+        lambda: bookkeeping.step_claim(step_id=step.pk, claim="x"),
+    )
 
 
 def scenario_api() -> None:
@@ -387,13 +388,15 @@ def scenario_burst() -> None:
                 "UPDATE workflows_notification SET status = 'running' WHERE id IN "
                 "(SELECT md5('n' || n)::uuid FROM generate_series(1000001, 1200000) n)"
             )
-        run("burst: reconcile", ws.reconcile)
+        run("burst: reconcile", reconciler.reconcile)
         run(
             "burst: claim of a step not due yet",
-            lambda: ws.step_claim(step_id=(1000002 - 1) * 3 + 2, claim="y"),
+            lambda: bookkeeping.step_claim(step_id=(1000002 - 1) * 3 + 2, claim="y"),
         )
         step = Step.objects.get(pk=(1000001 - 1) * 3 + 3)
-        run("burst: claim of a due step", lambda: ws.step_claim(step_id=step.pk, claim="z"))
+        run(
+            "burst: claim of a due step", lambda: bookkeeping.step_claim(step_id=step.pk, claim="z")
+        )
         report("/tmp/scale-report-burst.json")
         transaction.set_rollback(True)
     captured.clear()

@@ -38,8 +38,8 @@ from tests.factories import (
 )
 from workflows import admin as workflows_admin
 from workflows import registry
-from workflows import services as workflows_services
 from workflows.models import Notification, Step
+from workflows.services import operations
 
 pytestmark = pytest.mark.django_db
 
@@ -372,7 +372,7 @@ def test_the_cancel_action_goes_a_chunk_at_a_time_and_stops_at_its_budget(
 ) -> None:
     """All of a broadcast's notifications selected were canceled in one transaction,
     every row locked until the end, and past gunicorn's 30 s none at all (a 502)."""
-    monkeypatch.setattr(workflows_services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     monkeypatch.setattr(workflows_admin, "ACTION_BUDGET_SECONDS", 0)
     running = NotificationFactory.create_batch(3, status=Notification.Status.RUNNING)
     completed = NotificationFactory(status=Notification.Status.COMPLETED)
@@ -497,13 +497,13 @@ def test_a_retry_refused_for_a_notification_retried_meanwhile_is_not_said_to_be_
     notification of a live trigger was said to be left failed as one of a canceled
     trigger, which it is neither."""
     notification = NotificationFactory(status=Notification.Status.FAILED)
-    retry = workflows_services.notification_retry
+    retry = operations.notification_retry
 
     def retried_meanwhile(*, notification: Notification) -> bool:
         Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
         return retry(notification=notification)
 
-    monkeypatch.setattr(workflows_services, "notification_retry", retried_meanwhile)
+    monkeypatch.setattr(operations, "notification_retry", retried_meanwhile)
 
     said = unescape(_act(admin_client, "retry", notification).content.decode())
 

@@ -27,8 +27,8 @@ from notify.models import BridgeSync, BridgeWorkflow, Client
 from tests.e2e.harness import REPO_ROOT, CeleryProcess, SmtpRecorder, free_port, wait_for
 from tests.factories import ClientFactory
 from workflows import registry
-from workflows import services as workflow_services
 from workflows.models import Notification
+from workflows.services import operations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -264,7 +264,7 @@ def test_an_email_the_server_refuses_for_good_does_not_keep_the_in_app_after_it(
     # The mailbox made, an admin's retry sends the email, and the workflow, replayed
     # whole by the framework, is done: the in-app message is not sent twice.
     smtp[1].refused.clear()
-    assert workflow_services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
     wait_for(
         lambda: Notification.objects.filter(pk=notification.pk, status="completed").exists(),
         what="the retried notification to complete",

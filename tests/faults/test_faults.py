@@ -42,7 +42,7 @@ from tests.e2e.harness import (
 )
 from tests.faults.conftest import CountingSmtp, RedisServer, smtp_serve
 from workflows.models import Notification, Step
-from workflows.services import OPEN_STEP
+from workflows.services.common import OPEN_STEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 FLEET = ("worker", "worker", "beat")  # what each fault test runs: two workers and beat

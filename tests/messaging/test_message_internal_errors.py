@@ -21,8 +21,8 @@ from messaging.models import Message
 from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import StepFactory
 from workflows import selectors
-from workflows import services as workflow_services
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, reconciler
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
@@ -53,7 +53,7 @@ def run_until_final(step: Step, enqueued: Enqueued, check: Any) -> int:
             due_at=ago(GRACE + 1), enqueued_at=ago(GRACE + 1), claimed_at=ago(STALE + 1)
         )
         enqueued.clear()
-        workflow_services.reconcile()
+        reconciler.reconcile()
         assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
     raise AssertionError("run again for good")
 
@@ -128,7 +128,7 @@ def test_a_bug_after_the_provider_took_the_message_does_not_send_it_again(
     """The email went out, then the bookkeeping failed: the message was rolled back to
     unsent with the rest, and each run of the step sent the email again, up to
     NORM_MAX_CLAIMS times. It is recorded sent; the step's runs send nothing more."""
-    monkeypatch.setattr(workflow_services, "step_complete", a_bug)
+    monkeypatch.setattr(bookkeeping, "step_complete", a_bug)
     step = email_step()
 
     def still_trying(step: Step) -> None:
@@ -151,7 +151,7 @@ def test_a_step_whose_bug_goes_away_completes_and_its_message_is_sent_once(
     enqueued: Enqueued, django_capture_on_commit_callbacks: Any
 ) -> None:
     bug = pytest.MonkeyPatch()
-    bug.setattr(workflow_services, "step_complete", a_bug)
+    bug.setattr(bookkeeping, "step_complete", a_bug)
     step = email_step()
     tasks.message_send.apply(args=[step.pk])
     bug.undo()

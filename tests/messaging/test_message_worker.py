@@ -36,8 +36,8 @@ from subscribers.models import Subscriber
 from tests.conftest import Enqueued, FailsOnce, a_bug, serve_in_background, task_retry
 from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, echo, operations, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -124,8 +124,8 @@ def test_an_in_app_message_stored_as_sent_before_a_crash_is_kept_and_its_step_co
     lost in between, the task's retry finds the message sent and completes the step,
     neither storing it twice nor touching it."""
     step = StepFactory(type="in_app", outputs={"body": "Hi Ann"})
-    complete = FailsOnce(workflow_services.step_complete, OperationalError("the server closed"))
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    complete = FailsOnce(bookkeeping.step_complete, OperationalError("the server closed"))
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     stored = Message.objects.get()
@@ -365,7 +365,7 @@ def test_a_last_attempt_whose_step_the_database_failed_to_fail_is_not_sent_again
     smtp_server.answer_after = 1.5
     step = email_step()
     monkeypatch.setattr(
-        workflow_services, "step_undelivered", _away_one_run(workflow_services.step_undelivered)
+        bookkeeping, "step_undelivered", _away_one_run(bookkeeping.step_undelivered)
     )
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
@@ -406,7 +406,7 @@ def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed
     smtp_server.replies.append(_answered_at_once("554 5.7.1 Rejected"))
     step = email_step()
     monkeypatch.setattr(
-        workflow_services, "step_undelivered", _away_one_run(workflow_services.step_undelivered)
+        bookkeeping, "step_undelivered", _away_one_run(bookkeeping.step_undelivered)
     )
     with pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
@@ -431,7 +431,7 @@ def test_a_message_failed_for_good_fails_its_step_though_its_address_was_removed
         Notification.Status.FAILED,
         "SendFailed",
     )
-    assert workflow_services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
 
 
 def test_a_kept_connection_answered_421_sends_the_email_once_more_on_a_new_one(
@@ -584,8 +584,8 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     records what its first run was told: sent, once."""
     settings.NORM_STALE_CLAIM_SECONDS = 600
     step = email_step()
-    complete = _away_one_run(workflow_services.step_complete)
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    complete = _away_one_run(bookkeeping.step_complete)
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
     assert len(smtp_server.envelopes) == 1
@@ -606,7 +606,7 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
         tasks.message_send.apply(**retry, task_id="task-1", retries=1, throw=True)
     # And the reconciler, once the claim would have gone stale.
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
-    workflow_services.reconcile()
+    reconciler.reconcile()
 
     assert len(smtp_server.envelopes) == 1
     message = Message.objects.get()
@@ -617,7 +617,7 @@ def test_a_send_the_database_failed_to_record_is_recorded_sent_by_the_retry_neve
     assert step.status == Step.Status.COMPLETED
     # An admin's retry has nothing to send again.
     step.notification.refresh_from_db()
-    workflow_services.notification_retry(notification=step.notification)
+    operations.notification_retry(notification=step.notification)
     assert len(smtp_server.envelopes) == 1
     assert Message.objects.get().status == Message.Status.SENT
 
@@ -633,10 +633,10 @@ def test_a_send_whose_record_finds_the_connection_closed_is_recorded_by_the_retr
     the provider answered (SentUnrecorded). Raised as it came, the retry found the
     message unsent and sent the email again."""
     step = email_step()
-    complete: Any = workflow_services.step_complete
+    complete: Any = bookkeeping.step_complete
     for _ in range(len(services.RECORD_RETRY_DELAYS) + 1):  # the run's every try
         complete = FailsOnce(complete, InterfaceError("connection already closed"))
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
     retry = task_retry(retried.value)
@@ -669,12 +669,12 @@ def test_a_late_retry_of_a_sends_record_leaves_the_record_another_task_made_mean
     other's record (when it went out, its attempts, a provider's id), which the step
     completed on and the API showed."""
     step = email_step()
-    complete = _away_one_run(workflow_services.step_complete)
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    complete = _away_one_run(bookkeeping.step_complete)
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    workflow_services.reconcile()
+    reconciler.reconcile()
     tasks.message_send.apply(args=[step.pk], task_id="task-2", throw=True)
     recorded = Message.objects.get()
     assert recorded.status == Message.Status.SENT
@@ -698,8 +698,8 @@ def test_a_send_recorded_by_the_tasks_retry_keeps_no_error_of_the_try_before(
     tasks.message_send.apply(args=[step.pk], task_id="task-1", throw=True)
     assert Message.objects.get().error == "SMTP 451: 4.3.0 Try again later"
     Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
-    complete = _away_one_run(workflow_services.step_complete)
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    complete = _away_one_run(bookkeeping.step_complete)
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     with pytest.raises(Retry) as retried:
         tasks.message_send.apply(args=[step.pk], task_id="task-2", throw=True)
 
@@ -920,8 +920,8 @@ def test_a_skip_the_database_cut_off_before_its_message_was_given_up_is_done_who
     assert step.status == Step.Status.SCHEDULED
     Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
     Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
-    give_up = FailsOnce(workflow_services._messages_give_up, OperationalError("the server closed"))
-    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up)
+    give_up = FailsOnce(bookkeeping.messages_give_up, OperationalError("the server closed"))
+    monkeypatch.setattr(bookkeeping, "messages_give_up", give_up)
     enqueued.clear()
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
@@ -961,7 +961,7 @@ def test_a_message_an_admin_retry_reopened_fails_with_the_skip_if_the_address_is
     """The retry gives the step and its message a fresh start (no attempts yet)."""
     step = failed_for_good(send, settings, ended)
     Subscriber.objects.filter(pk=step.notification.subscriber_id).update(email="")
-    assert workflow_services.notification_retry(notification=step.notification)
+    assert operations.notification_retry(notification=step.notification)
 
     step = send(step)
 
@@ -1000,9 +1000,7 @@ def test_a_message_found_sent_completes_its_step_whatever_changed_since(
     else:
         step = email_step()
         error = RuntimeError("a bug")
-    monkeypatch.setattr(
-        workflow_services, "step_complete", FailsOnce(workflow_services.step_complete, error)
-    )
+    monkeypatch.setattr(bookkeeping, "step_complete", FailsOnce(bookkeeping.step_complete, error))
     with django_capture_on_commit_callbacks(execute=True), contextlib.suppress(OperationalError):
         services.message_send(step_id=step.pk, claim="task-1")
     stored = Message.objects.get()
@@ -1189,7 +1187,7 @@ def test_a_canceled_notification_is_not_sent(
 ) -> None:
     settings.EMAIL_BACKEND = LOCMEM
     step = email_step()
-    assert workflow_services.notification_cancel(notification=step.notification)
+    assert operations.notification_cancel(notification=step.notification)
     step = send(step)
     assert step.status == Step.Status.CANCELED
     assert mail.outbox == [] and not Message.objects.exists() and enqueued.calls == []
@@ -1925,7 +1923,7 @@ def _a_second_task_sends_while_the_first_is_held(
         assert time.monotonic() < deadline, "the first task's email never reached the server"
         time.sleep(0.05)
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    workflow_services.reconcile()
+    reconciler.reconcile()
     services.message_send(step_id=step.pk, claim="second-task")
     return first
 
@@ -1990,7 +1988,7 @@ def test_a_late_record_that_meets_a_bug_leaves_the_record_its_successor_made(
 
     first = _a_second_task_sends_while_the_first_is_held(step, smtp_server)
     recorded = Message.objects.get(step=step)
-    monkeypatch.setattr(workflow_services, "step_complete", a_bug)
+    monkeypatch.setattr(bookkeeping, "step_complete", a_bug)
     first_answered.set()
     first.join(20)
 
@@ -2016,7 +2014,7 @@ def test_a_message_another_task_failed_for_good_after_this_ones_claim_is_not_sen
         if not taken_over and sql.startswith('SELECT "workflows_step"'):
             taken_over.append(True)
             Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-            workflow_services.reconcile()
+            reconciler.reconcile()
             services.message_send(step_id=step.pk, claim="task-b")
         return result
 
@@ -2049,7 +2047,7 @@ def test_a_retry_of_a_notification_failed_by_one_task_while_another_delivered_se
     assert Message.objects.get(step=step).status == Message.Status.SENT
     enqueued.clear()
 
-    assert workflow_services.notification_retry(notification=Notification.objects.get())
+    assert operations.notification_retry(notification=Notification.objects.get())
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
     services.message_send(step_id=step.pk, claim="retry-task")
 
@@ -2167,7 +2165,7 @@ def test_a_step_whose_send_kills_its_worker_fails_after_norm_max_claims(
             )
         if how == "stale claim reopened":
             Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-            workflow_services.reconcile()
+            reconciler.reconcile()
     services.message_send(step_id=step.pk, claim="task-1" if how == "redelivered" else "task-9")
 
     assert DyingBackend.sends == 3
@@ -2188,15 +2186,15 @@ def test_a_send_failing_for_now_under_a_cancel_fails_its_message_with_the_step(
     """The cancel left the step being sent to its task, whose send then failed for now
     (451): the step was canceled, but its message stayed sending for good."""
     step = email_step()
-    claimed = workflow_services.step_claim(step_id=step.pk, claim="task")
+    claimed = bookkeeping.step_claim(step_id=step.pk, claim="task")
     assert claimed is not None
     Message.objects.create(
         step=step, client_id=step.notification.client_id,
         subscriber=step.notification.subscriber, channel="email", provider="smtp",
     )  # fmt: skip
-    assert workflow_services.notification_cancel(notification=step.notification)
+    assert operations.notification_cancel(notification=step.notification)
 
-    workflow_services.step_retry_later(step=claimed, message="451 try later", backoff=10)
+    bookkeeping.step_retry_later(step=claimed, message="451 try later", backoff=10)
 
     step.refresh_from_db()
     assert step.status == Step.Status.CANCELED
@@ -2217,14 +2215,14 @@ def test_a_message_waiting_to_be_sent_again_is_failed_by_a_cancel(
     assert step.status == Step.Status.SCHEDULED
     assert Message.objects.get().status == Message.Status.SENDING
 
-    assert workflow_services.notification_cancel(notification=step.notification)
-    workflow_services.reconcile()
+    assert operations.notification_cancel(notification=step.notification)
+    reconciler.reconcile()
 
     step.refresh_from_db()
     assert step.status == Step.Status.CANCELED
     message = Message.objects.get()
     assert message.status == Message.Status.FAILED
-    assert message.error == workflow_services.CANCELED_BEFORE_RETRY
+    assert message.error == operations.CANCELED_BEFORE_RETRY
     assert mail.outbox == []
 
 
@@ -2235,10 +2233,10 @@ def test_a_message_an_admin_retry_reopened_is_failed_by_a_cancel_before_its_send
     ended: Callable[[Step], Notification],
 ) -> None:
     step = failed_for_good(send, settings, ended)
-    assert workflow_services.notification_retry(notification=step.notification)
+    assert operations.notification_retry(notification=step.notification)
     assert Message.objects.get().status == Message.Status.SENDING
 
-    assert workflow_services.notification_cancel(notification=step.notification)
+    assert operations.notification_cancel(notification=step.notification)
 
     step.refresh_from_db()
     assert step.status == Step.Status.CANCELED
@@ -2250,7 +2248,7 @@ def test_a_cancel_leaves_sent_a_message_delivered_after_all(enqueued: Enqueued) 
     message went out meanwhile: the cancel ends the step, and the message stays sent."""
     sent = MessageFactory(step=email_step(attempts=1), channel="email", provider="smtp")
 
-    assert workflow_services.notification_cancel(notification=sent.step.notification)
+    assert operations.notification_cancel(notification=sent.step.notification)
 
     sent.refresh_from_db()
     assert (sent.status, sent.error) == (Message.Status.SENT, "")
@@ -2387,18 +2385,18 @@ def test_a_workflow_goes_on_past_an_email_refused_for_good_as_novus_worker_does(
         bodies.append(body)
         return answers.pop(0)
 
-    def echo(step: Step) -> None:
+    def echo_step(step: Step) -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            workflow_services.echo_run(notification_id=str(step.notification_id))
+            echo.echo_run(notification_id=str(step.notification_id))
 
     monkeypatch.setattr(bridge, "execute", execute)  # the bridge, at the network edge
     with smtp_serving(settings, _Refusing("RCPT", "550 5.1.1 User unknown")):
         email = send(email_step(step_id="receipt"))
     assert email.status == Step.Status.FAILED
 
-    echo(email)
+    echo_step(email)
     inbox = send(Step.objects.get(step_id="inbox"))
-    echo(inbox)
+    echo_step(inbox)
 
     assert bodies[0]["state"] == [
         {"stepId": "receipt", "outputs": {}, "state": {"status": "failed"}}
@@ -2556,13 +2554,13 @@ def test_each_attempt_of_a_steps_email_has_one_message_id_and_another_steps_anot
     def killed_before_the_commit(**kwargs: Any) -> None:
         raise WorkerKilled
 
-    complete = workflow_services.step_complete
-    monkeypatch.setattr(workflow_services, "step_complete", killed_before_the_commit)
+    complete = bookkeeping.step_complete
+    monkeypatch.setattr(bookkeeping, "step_complete", killed_before_the_commit)
     with pytest.raises(WorkerKilled):
         send(step)
-    monkeypatch.setattr(workflow_services, "step_complete", complete)
+    monkeypatch.setattr(bookkeeping, "step_complete", complete)
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    workflow_services.reconcile()
+    reconciler.reconcile()
     assert send(step).status == Step.Status.COMPLETED
     other = send(email_step())
 

@@ -15,8 +15,8 @@ from messaging.models import Message
 from notify.models import Client
 from tests.conftest import Enqueued, InThread, lock_waiters
 from tests.factories import MessageFactory
-from workflows import services as workflow_services
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,14 +44,14 @@ def test_a_late_send_recorded_while_the_step_s_new_holder_fails_it_deadlocks_nei
     step = message.step
     Client.objects.filter(pk=message.client_id).update(is_active=False)
     b_holds_the_step, go_on = threading.Event(), threading.Event()
-    give_up = workflow_services._messages_give_up
+    give_up = bookkeeping.messages_give_up
 
     def give_up_once_a_waits(step_ids: Any, error: str) -> None:
         b_holds_the_step.set()  # b holds the notification and the step
         go_on.wait(10)
         give_up(step_ids, error)
 
-    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_once_a_waits)
+    monkeypatch.setattr(bookkeeping, "messages_give_up", give_up_once_a_waits)
     b = InThread(lambda: services.message_send(step_id=step.pk, claim="task-b"))
     assert b_holds_the_step.wait(10)
     sent = {

@@ -33,10 +33,10 @@ from tests.factories import (
     client_with_key,
 )
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.demo import demo_bridge
 from workflows.models import Notification, Step
+from workflows.services import operations
 
 pytestmark = pytest.mark.django_db
 
@@ -312,7 +312,7 @@ def test_cancel_of_a_trigger_larger_than_a_chunk_ends_every_chunk(
     """A broadcast's cancel goes CANCEL_CHUNK notifications to a transaction: those of
     every chunk end with their waiting steps, and a message waiting to be sent again is
     given up; a notification that had ended, and a step being sent, are left as they are."""
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     event = TriggerEventFactory(
         client=keyed[0], transaction_id="tx-1", status=TriggerEvent.Status.PROCESSED
     )
@@ -347,7 +347,7 @@ def test_cancel_of_a_trigger_larger_than_a_chunk_ends_every_chunk(
         return step.notification.status, step.status, message
 
     ended = (Notification.Status.CANCELED, Step.Status.CANCELED)
-    given_up = (Message.Status.FAILED, workflow_services.CANCELED_BEFORE_RETRY)
+    given_up = (Message.Status.FAILED, operations.CANCELED_BEFORE_RETRY)
     assert {name: now(s) for name, s in steps.items()} == {
         "waiting": (*ended, None),
         "retrying": (*ended, given_up),
@@ -499,7 +499,7 @@ def test_a_due_step_of_a_canceled_trigger_the_cancel_has_not_reached_is_not_sent
 def past_the_budget(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
     """A cancel's request ends a chunk of two notifications, its budget spent by it, and
     hands the rest to its task."""
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     settings.NORM_CANCEL_BUDGET_SECONDS = 0
 
 
@@ -551,7 +551,7 @@ def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
     assert _statuses() == {canceled}
     assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]  # it hands nothing on
     # Run again (a redelivery, a second cancel's task): nothing left to cancel.
-    assert workflow_services.trigger_cancel_finish(trigger_event_id=event.pk) == 0
+    assert operations.trigger_cancel_finish(trigger_event_id=event.pk) == 0
     workflow_tasks.trigger_cancel_finish(event.pk)
     assert _statuses() == {canceled}
     for step in steps:
@@ -678,11 +678,11 @@ def test_the_admins_cancel_of_several_triggers_keeps_to_one_budget(
     NORM_CANCEL_BUDGET_SECONDS of its own, so ten broadcasts took 50 s and gunicorn cut
     the request off at 30 s (a 502, the later triggers not canceled at all). They now
     share one budget; past it, each trigger cancels a chunk and hands on the rest."""
-    monkeypatch.setattr(workflow_services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     settings.NORM_CANCEL_BUDGET_SECONDS = 3
     # A second passes between one look at the clock and the next: three chunks' worth.
     ticks = iter(range(1, 1000))
-    monkeypatch.setattr(workflow_services, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
+    monkeypatch.setattr(operations, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
     events = []
     for n in range(3):
         event = TriggerEventFactory(
@@ -811,7 +811,7 @@ def test_a_cancel_task_longer_than_a_grace_period_is_not_sent_again_while_it_run
     # A worker took the task: its queue is empty. Still queued, it was a backlog the
     # reconciler sends nothing behind, whether or not the task told it that it runs.
     enqueued.clear()
-    chunk = workflow_services._listed_notifications_cancel
+    chunk = operations._listed_notifications_cancel
 
     def slow_chunk(ids: list[Any], now: Any) -> int:
         # Each chunk takes most of a grace period: the task is soon older than one.
@@ -819,7 +819,7 @@ def test_a_cancel_task_longer_than_a_grace_period_is_not_sent_again_while_it_run
         workflow_tasks.reconcile()
         return chunk(ids, now)
 
-    monkeypatch.setattr(workflow_services, "_listed_notifications_cancel", slow_chunk)
+    monkeypatch.setattr(operations, "_listed_notifications_cancel", slow_chunk)
     workflow_tasks.trigger_cancel_finish(event.pk)  # four chunks: 2.4 grace periods
 
     assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}

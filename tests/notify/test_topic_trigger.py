@@ -17,9 +17,9 @@ from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber, Topic
 from tests.conftest import Enqueued
 from tests.factories import BridgeWorkflowFactory, SubscriberFactory, api_for, client_with_key
-from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.services import fanout
 
 pytestmark = pytest.mark.django_db
 
@@ -266,7 +266,7 @@ def test_topic_fan_out_is_chunked_and_reaches_everyone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client, _ = keyed
-    monkeypatch.setattr(workflow_services, "BROADCAST_CHUNK", 2)
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 2)
     names = [f"user-{i}" for i in range(7)]
     topic = topic_with(client, "big", names)
     # A non-member and a later member interleave with the topic by primary key.
@@ -274,9 +274,7 @@ def test_topic_fan_out_is_chunked_and_reaches_everyone(
     topic.subscribers.add(SubscriberFactory(client=client, subscriber_id="late"))
 
     expected = sorted([n for n in names if n != "user-3"] + ["late"])
-    chunks = list(
-        workflow_services._topic_audience(client_id=client.pk, key="big", exclude=["user-3"])
-    )
+    chunks = list(fanout._topic_audience(client_id=client.pk, key="big", exclude=["user-3"]))
     assert [len(c) for c in chunks] == [2, 2, 2, 1]
     assert sorted(s for c in chunks for s in c) == expected
 
@@ -293,10 +291,10 @@ def test_each_chunk_of_a_topic_fan_out_reads_only_its_own_members(
     so a fan-out read the topic as many times as it had chunks (20,000 members in 40
     chunks: 1.4 s; it grows as the square of the topic). The last chunk reads its own."""
     client, _ = keyed
-    monkeypatch.setattr(workflow_services, "BROADCAST_CHUNK", 2)
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 2)
     topic_with(client, "big", [f"user-{i}" for i in range(9)])
     with CaptureQueriesContext(connection) as queries:
-        chunks = list(workflow_services._topic_audience(client_id=client.pk, key="big", exclude=[]))
+        chunks = list(fanout._topic_audience(client_id=client.pk, key="big", exclude=[]))
     assert [len(c) for c in chunks] == [2, 2, 2, 2, 1]
     last = [q["sql"] for q in queries if "subscribers_topicsubscription" in q["sql"]][-1]
 

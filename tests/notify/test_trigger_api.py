@@ -35,10 +35,10 @@ from tests.factories import (
 )
 from tests.sdk.helpers import FORMATS
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows.demo import demo_bridge
 from workflows.models import Notification
 from workflows.sdk.schemas import Schema, SchemaInvalid
+from workflows.services import reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -840,7 +840,7 @@ def test_a_broker_failing_after_the_commit_still_accepts_and_the_reconciler_rese
     monkeypatch.setattr(pipeline, "backlog", lambda queue: 0)  # nothing reached the broker
     past_grace = timezone.now() - timedelta(seconds=settings.NORM_RECONCILE_GRACE + 1)
     TriggerEvent.objects.update(created_at=past_grace)
-    workflow_services.reconcile()
+    reconciler.reconcile()
     assert sent == [(pipeline.WORKFLOW.task, [event.pk])]
 
 

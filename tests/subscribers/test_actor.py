@@ -15,9 +15,9 @@ from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import SubscriberFactory, TriggerEventFactory
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.services import echo
 
 pytestmark = pytest.mark.django_db
 
@@ -108,7 +108,7 @@ def test_every_step_gets_the_actor_as_stored_the_same_as_its_subscriber(
     )
     fanned_out(event, enqueued, reverse=reverse)
     for notification in Notification.objects.filter(trigger_event=event):
-        workflow_services.echo_run(notification_id=str(notification.pk))
+        echo.echo_run(notification_id=str(notification.pk))
 
     ann = {"subscriberId": "ann", "firstName": "B", "email": "ann@x.io", "data": {}}
     assert bodies["ann"]["subscriber"] == ann
@@ -117,5 +117,5 @@ def test_every_step_gets_the_actor_as_stored_the_same_as_its_subscriber(
     stored(event, "ann").delete()
     notification = Notification.objects.get(trigger_event=event)  # bob's
     Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
-    workflow_services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
     assert bodies["bob"]["actor"] == event.actor

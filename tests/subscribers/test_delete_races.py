@@ -29,8 +29,8 @@ from tests.factories import (
     client_with_key,
 )
 from workflows import bridge
-from workflows import services as workflow_services
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -395,7 +395,7 @@ def test_a_subscriber_deleted_while_an_echo_records_a_step_of_its_notification_i
     )
 
     while_held(
-        lambda: workflow_services.echo_run(notification_id=str(notification.pk)),
+        lambda: echo.echo_run(notification_id=str(notification.pk)),
         lambda: services.subscriber_delete(subscriber=notification.subscriber),
     )
 
@@ -418,7 +418,7 @@ def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
     )
     step, subscriber = message.step, message.subscriber
     given_up = threading.Event()
-    give_up = workflow_services._messages_give_up
+    give_up = bookkeeping.messages_give_up
 
     def give_up_then_hold(step_ids: Any, error: str) -> None:
         give_up(step_ids, error)
@@ -428,12 +428,12 @@ def test_a_subscriber_deleted_while_a_step_of_its_notification_fails_is_deleted(
         # then came after step_fail's commit, and the test passed with no race run.
         another_waits_for_a_lock()
 
-    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_then_hold)
+    monkeypatch.setattr(bookkeeping, "messages_give_up", give_up_then_hold)
     errors: list[Exception] = []
 
     def fail() -> None:
         try:
-            workflow_services.step_fail(step=step, code="SendFailed", message="refused")
+            bookkeeping.step_fail(step=step, code="SendFailed", message="refused")
         except Exception as exc:
             errors.append(exc)
         finally:
@@ -511,7 +511,7 @@ def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_fo
         status=Message.Status.SENDING,
     )
     step, subscriber = message.step, message.subscriber
-    give_up = workflow_services._messages_give_up
+    give_up = bookkeeping.messages_give_up
     canceled = threading.Event()
 
     def give_up_once_the_delete_waits(step_ids: Any, error: str) -> None:
@@ -519,9 +519,9 @@ def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_fo
         another_waits_for_a_lock()
         give_up(step_ids, error)
 
-    monkeypatch.setattr(workflow_services, "_messages_give_up", give_up_once_the_delete_waits)
+    monkeypatch.setattr(bookkeeping, "messages_give_up", give_up_once_the_delete_waits)
     retrying = InThread(
-        lambda: workflow_services.step_retry_later(step=step, message="timed out", backoff=5)
+        lambda: bookkeeping.step_retry_later(step=step, message="timed out", backoff=5)
     )
     assert canceled.wait(10)
     response = api_for(key).delete(f"/v2/subscribers/{subscriber.subscriber_id}")

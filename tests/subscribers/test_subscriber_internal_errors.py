@@ -18,9 +18,9 @@ from subscribers import services
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import DatabaseAway, Enqueued, a_bug
 from tests.factories import SubscriberFactory, TriggerEventFactory
-from workflows import services as workflow_services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.services import fanout, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +54,7 @@ def reconciled_again(event: TriggerEvent, enqueued: Enqueued) -> bool:
         recheck_from=F("recheck_from") - wait,
     )
     enqueued.clear()
-    workflow_services.reconcile()
+    reconciler.reconcile()
     return enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
 
 
@@ -75,7 +75,7 @@ def test_a_recipient_a_bug_ends_is_the_events_error_through_its_bounded_reruns(
             assert runs < 20, "fanned out again for good"
 
     # The reconciler's reruns of a short fan-out stop (FANOUT_RECHECK); the reason stays.
-    assert 1 < runs <= 1 + workflow_services.MAX_REFANS
+    assert 1 < runs <= 1 + reconciler.MAX_REFANS
     event.refresh_from_db()
     assert event.status == TriggerEvent.Status.PROCESSED
     assert event.error.startswith("no notification was created for subscriber 'ann': KeyError")
@@ -156,7 +156,7 @@ def test_a_bug_every_chunk_of_a_broadcast_trips_on_names_its_trigger_event_once(
     a broadcast is a row of the one trigger event, which the line named once per chunk
     (the same id ten times over, "and 490 more" of it), saying nothing more."""
     monkeypatch.setattr(services, "notifications_create", a_bug)
-    monkeypatch.setattr(workflow_services, "BROADCAST_CHUNK", 1)
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 1)
     monkeypatch.setattr(pipeline._bugs, "PERIOD", 3600.0)  # the chunks' within one line's
     event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
     for subscriber_id in ("ann", "bob", "carl", "dan"):

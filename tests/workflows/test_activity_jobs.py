@@ -23,8 +23,8 @@ from tests.factories import (
     StepFactory,
     TriggerEventFactory,
 )
-from workflows import services
 from workflows.models import Notification, Step
+from workflows.services import echo, operations
 
 pytestmark = pytest.mark.django_db
 
@@ -213,7 +213,7 @@ def test_a_failure_between_steps_is_one_more_job_after_them(tenant: Any) -> None
         status=Step.Status.COMPLETED,
         completed_at=timezone.now(),
     )
-    services.notification_fail(
+    echo.notification_fail(
         notification_id=notification.pk,
         code="BridgeInvalidResponse",
         message="the bridge returned step 'inbox' again, which already ran",
@@ -255,11 +255,11 @@ def test_a_failure_after_an_undelivered_step_gone_on_from_is_shown_once(
         status=Step.Status.COMPLETED,
     )
     if after == "at the bridge":
-        services.notification_fail(
+        echo.notification_fail(
             notification_id=notification.pk, code="BridgeTimeout", message="timed out"
         )
     else:
-        services.notification_fail(
+        echo.notification_fail(
             notification_id=notification.pk,
             code="SendFailed",
             message=f"step 'receipt': {email.error}",
@@ -279,7 +279,7 @@ def test_a_notification_canceled_between_steps_shows_a_canceled_job(tenant: Any)
     client, api = tenant
     notification = _notification(client, error="the bridge is unreachable")  # an earlier try
     StepFactory(notification=notification, type="custom", status=Step.Status.COMPLETED)
-    assert services.notification_cancel(notification=notification)
+    assert operations.notification_cancel(notification=notification)
 
     data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
     jobs = ActivityNotificationResponseDto.model_validate(data).jobs

@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import Enqueued, json_serving, sdk_serving, self_signed, serve_in_background
 from tests.factories import BridgeSyncFactory, NotificationFactory
-from workflows import bridge, services
+from workflows import bridge
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge, workflow
+from workflows.services import echo
 
 UNREACHABLE = "http://127.0.0.1:9/bridge"  # the discard port: nothing listens there
 
@@ -223,8 +224,8 @@ def test_a_bridge_certificate_norm_does_not_trust_is_retried_then_fails_saying_s
 
     # Retried as a bridge that is down is (a certificate being renewed passes later)...
     with pytest.raises(bridge.BridgeUnavailable):
-        services.echo_run(notification_id=str(notification.pk), final_attempt=False)
-    services.echo_run(notification_id=str(notification.pk), final_attempt=True)
+        echo.echo_run(notification_id=str(notification.pk), final_attempt=False)
+    echo.echo_run(notification_id=str(notification.pk), final_attempt=True)
 
     # ...and the final failure names the certificate, and where norm's trusted CAs come from.
     notification.refresh_from_db()
@@ -398,7 +399,7 @@ def _garbage_bridge_echo(url: str) -> Notification:
     """One echo, not its last attempt, against the bridge at `url`; the notification after."""
     notification = NotificationFactory(trigger_event__client__bridge_url=f"{url}/bridge")
     BridgeSyncFactory(client=notification.client, bridge_url=notification.resource, flavour="norm")
-    services.echo_run(notification_id=str(notification.pk), final_attempt=False)  # no retry
+    echo.echo_run(notification_id=str(notification.pk), final_attempt=False)  # no retry
     notification.refresh_from_db()
     return notification
 

@@ -24,8 +24,9 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
-from workflows import bridge, services
+from workflows import bridge
 from workflows.models import Notification, Step
+from workflows.services import echo, fanout, operations
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -76,7 +77,7 @@ def test_a_notification_created_as_its_trigger_is_canceled_sends_nothing_after_t
     canceling.start()
     try:
         assert held.wait(10)
-        notification = services.notification_create(
+        notification = fanout.notification_create(
             trigger_event=as_the_command_read_it, subscriber=ann
         )
         assert notification is not None
@@ -87,7 +88,7 @@ def test_a_notification_created_as_its_trigger_is_canceled_sends_nothing_after_t
             return MAIL
 
         monkeypatch.setattr(bridge, "execute", answer_once_the_cancel_answered)
-        services.echo_run(notification_id=str(notification.pk))
+        echo.echo_run(notification_id=str(notification.pk))
     finally:
         release.set()
         canceling.join(10)
@@ -145,7 +146,7 @@ def test_a_retry_racing_a_cancel_leaves_nothing_to_send_once_the_cancel_answered
     holder = threading.Thread(target=hold_the_row)
     holder.start()
     assert locked.wait(10)
-    retrying = run("retried", lambda: services.notification_retry(notification=notification))
+    retrying = run("retried", lambda: operations.notification_retry(notification=notification))
     # The cancel starts once the retry waits for the row (or has ended): a fixed 0.5 s, on
     # a loaded machine, could start it before the retry had checked the trigger, and
     # the cancel came first, the race not run.
@@ -179,7 +180,7 @@ def test_a_large_triggers_cancel_commits_each_chunk_before_it_reaches_the_next(
     canceled before the last was. Now CANCEL_CHUNK go to a transaction: with the last
     notification's row held by another connection, the chunks before it are canceled,
     with their steps, while the cancel waits for that row."""
-    monkeypatch.setattr(services, "CANCEL_CHUNK", 2)
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
     event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSED)
     # In subscriber order, the order of the chunks: the last one is a chunk of its own.
     steps = [StepFactory(notification__trigger_event=event) for _ in range(5)]
@@ -202,7 +203,7 @@ def test_a_large_triggers_cancel_commits_each_chunk_before_it_reaches_the_next(
 
     def cancel() -> None:
         try:
-            answered["canceled"] = services.notifications_cancel(trigger_event_id=event.pk)
+            answered["canceled"] = operations.notifications_cancel(trigger_event_id=event.pk)
         finally:
             connection.close()
 
@@ -262,7 +263,7 @@ def test_a_subscriber_deleted_while_the_admin_cancels_its_notifications_is_delet
         with connection.cursor() as cursor:  # the plan of a chunk in a large table
             cursor.execute("SET enable_seqscan = off")
             cursor.execute("SET enable_indexscan = off")
-        return services.notifications_cancel(notification_ids=[first.pk, second.pk, other.pk])
+        return operations.notifications_cancel(notification_ids=[first.pk, second.pk, other.pk])
 
     cancel = InThread(admin_cancel)  # holds `second`, waits for `other`
     lock_waiters(1, cancel)

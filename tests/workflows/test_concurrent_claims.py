@@ -17,8 +17,8 @@ from config import pipeline
 from messaging.models import Message
 from tests.conftest import Enqueued, while_held
 from tests.factories import MessageFactory, StepFactory, SubscriberFactory, TriggerEventFactory
-from workflows import services
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, fanout, operations, reconciler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,8 +27,8 @@ def test_two_tasks_claiming_one_step_at_once_one_wins() -> None:
     step = StepFactory()
 
     first, second = while_held(
-        lambda: services.step_claim(step_id=step.pk, claim="task-a"),
-        lambda: services.step_claim(step_id=step.pk, claim="task-b"),
+        lambda: bookkeeping.step_claim(step_id=step.pk, claim="task-a"),
+        lambda: bookkeeping.step_claim(step_id=step.pk, claim="task-b"),
     )
 
     step.refresh_from_db()
@@ -49,7 +49,7 @@ def test_the_reconciler_leaves_a_stale_claim_alone_if_it_completes_meanwhile(
         lambda: Step.objects.filter(pk=step.pk, status=Step.Status.PROCESSING).update(
             status=Step.Status.COMPLETED, completed_at=timezone.now()
         ),
-        services.reconcile,
+        reconciler.reconcile,
     )
 
     step.refresh_from_db()
@@ -68,9 +68,9 @@ def test_two_chunks_of_one_fanout_reaching_the_same_subscribers_do_not_deadlock(
     ann, bob = (SubscriberFactory(client=event.client, subscriber_id=s) for s in ("ann", "bob"))
 
     while_held(
-        lambda: services.notifications_create(trigger_event=event, subscribers=[ann]),
-        lambda: services.notifications_create(trigger_event=event, subscribers=[bob, ann]),
-        and_then=lambda: services.notifications_create(trigger_event=event, subscribers=[bob]),
+        lambda: fanout.notifications_create(trigger_event=event, subscribers=[ann]),
+        lambda: fanout.notifications_create(trigger_event=event, subscribers=[bob, ann]),
+        and_then=lambda: fanout.notifications_create(trigger_event=event, subscribers=[bob]),
     )
 
     created = {
@@ -87,12 +87,12 @@ def _sending_twice(enqueued: Enqueued) -> tuple[Step, Step]:
     its first task, which is still sending, and a second task claims it. Returns the
     step as each task holds it."""
     step = StepFactory()
-    slow = services.step_claim(step_id=step.pk, claim="slow-task")
+    slow = bookkeeping.step_claim(step_id=step.pk, claim="slow-task")
     assert slow is not None
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    services.reconcile()
+    reconciler.reconcile()
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
-    second = services.step_claim(step_id=step.pk, claim="second-task")
+    second = bookkeeping.step_claim(step_id=step.pk, claim="second-task")
     assert second is not None
     enqueued.clear()
     return slow, second
@@ -102,15 +102,15 @@ def test_a_task_whose_claim_was_taken_cannot_fail_the_notification(enqueued: Enq
     """The first task's send fails after the second's went through and the workflow went
     on: the notification stays running, its next step is sent."""
     slow, second = _sending_twice(enqueued)
-    services.step_complete(step=second, result={})
+    bookkeeping.step_complete(step=second, result={})
     following = StepFactory(notification=slow.notification)
 
-    services.step_undelivered(step=slow, reason="550 mailbox unavailable")
+    bookkeeping.step_undelivered(step=slow, reason="550 mailbox unavailable")
 
     slow.refresh_from_db()
     assert slow.status == Step.Status.COMPLETED
     assert Notification.objects.get(pk=slow.notification_id).status == Notification.Status.RUNNING
-    assert services.step_claim(step_id=following.pk, claim="next-task") is not None
+    assert bookkeeping.step_claim(step_id=following.pk, claim="next-task") is not None
 
 
 def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
@@ -120,13 +120,13 @@ def test_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     is the second's to finish, not failed, nor put back to be sent a third time."""
     slow, second = _sending_twice(enqueued)
 
-    services.step_retry_later(step=slow, message="421 try later", backoff=1)
-    services.step_undelivered(step=slow, reason="550 mailbox unavailable")
+    bookkeeping.step_retry_later(step=slow, message="421 try later", backoff=1)
+    bookkeeping.step_undelivered(step=slow, reason="550 mailbox unavailable")
 
     step = Step.objects.get(pk=slow.pk)
     assert (step.status, step.claimed_by) == (Step.Status.PROCESSING, "second-task")
     assert enqueued.of(pipeline.MESSAGE) == []
-    services.step_complete(step=second, result={})
+    bookkeeping.step_complete(step=second, result={})
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
@@ -146,13 +146,13 @@ def test_a_task_whose_claim_was_taken_does_not_skip_the_step_the_new_claim_sends
         MessageFactory(step=slow, channel="email", status=Message.Status.SENDING, attempts=1)
         slow.message_status = second.message_status = Message.Status.SENDING
 
-    services.step_skip(step=slow, reason="the subscriber has no email address")
+    bookkeeping.step_skip(step=slow, reason="the subscriber has no email address")
 
     step = Step.objects.get(pk=slow.pk)
     assert (step.status, step.claimed_by, step.error) == (Step.Status.PROCESSING, "second-task", "")
     assert enqueued.of(pipeline.ECHO) == []
     assert not Message.objects.filter(status=Message.Status.FAILED).exists()
-    services.step_complete(step=second, result={})
+    bookkeeping.step_complete(step=second, result={})
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert enqueued.of(pipeline.ECHO) == [(str(step.notification_id),)]
@@ -160,11 +160,11 @@ def test_a_task_whose_claim_was_taken_does_not_skip_the_step_the_new_claim_sends
 
 def test_the_holder_of_a_stale_claim_still_skips_its_step(enqueued: Enqueued) -> None:
     """A claim gone stale that no other task took is still the task's to end."""
-    step = services.step_claim(step_id=StepFactory().pk, claim="slow-task")
+    step = bookkeeping.step_claim(step_id=StepFactory().pk, claim="slow-task")
     assert step is not None
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
 
-    services.step_skip(step=step, reason="the subscriber has no email address")
+    bookkeeping.step_skip(step=step, reason="the subscriber has no email address")
 
     step.refresh_from_db()
     assert step.status == Step.Status.SKIPPED
@@ -179,8 +179,8 @@ def test_a_step_both_tasks_delivered_hands_its_notification_to_the_echo_once(
     the next step again, for the same state)."""
     slow, second = _sending_twice(enqueued)
 
-    services.step_complete(step=second, result={})
-    services.step_complete(step=slow, result={})
+    bookkeeping.step_complete(step=second, result={})
+    bookkeeping.step_complete(step=slow, result={})
 
     assert enqueued.of(pipeline.ECHO) == [(str(slow.notification_id),)]
 
@@ -193,15 +193,15 @@ def test_a_send_retried_later_than_the_broker_keeps_delays_waits_in_the_database
     visibility timeout and be delivered twice, to two workers sending the step at once
     under one task id (which each takes as its own claim)."""
     settings.NORM_BROKER_MAX_COUNTDOWN = 300
-    step = services.step_claim(step_id=StepFactory().pk, claim="task")
+    step = bookkeeping.step_claim(step_id=StepFactory().pk, claim="task")
     assert step is not None
 
-    services.step_retry_later(step=step, message="450 greylisted", backoff=4800)
+    bookkeeping.step_retry_later(step=step, message="450 greylisted", backoff=4800)
 
     assert enqueued.of(pipeline.MESSAGE) == []
-    assert services.reconcile()["steps"] == 0  # not due yet
+    assert reconciler.reconcile()["steps"] == 0  # not due yet
     Step.objects.filter(pk=step.pk).update(due_at=timezone.now())
-    assert services.reconcile()["steps"] == 1
+    assert reconciler.reconcile()["steps"] == 1
     assert enqueued.options_of(pipeline.MESSAGE) == [{"countdown": None, "queue": "messages"}]
 
 
@@ -211,11 +211,11 @@ def test_a_send_retried_for_now_is_queued_once_its_reschedule_commits(
     """Queued before the commit, a worker could take the message while the step was
     still claimed by the run that failed: its claim refused, the retry was lost, and
     the step waited for the reconciler."""
-    step = services.step_claim(step_id=StepFactory().pk, claim="task")
+    step = bookkeeping.step_claim(step_id=StepFactory().pk, claim="task")
     assert step is not None
 
     with transaction.atomic():  # held open: the reschedule is not committed yet
-        services.step_retry_later(step=step, message="421 try later", backoff=5)
+        bookkeeping.step_retry_later(step=step, message="421 try later", backoff=5)
         assert enqueued.of(pipeline.MESSAGE) == []
 
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
@@ -229,11 +229,11 @@ def test_a_bug_in_a_task_whose_claim_was_taken_leaves_the_step_to_the_new_claim(
     then ended the first: the step is the second's, not put back on the schedule to be
     sent a third time while the second sends it."""
     step = StepFactory()
-    assert services.step_claim(step_id=step.pk, claim="first-task") is not None
+    assert bookkeeping.step_claim(step_id=step.pk, claim="first-task") is not None
     Step.objects.filter(pk=step.pk).update(status=Step.Status.SCHEDULED)  # released as stale
-    assert services.step_claim(step_id=step.pk, claim="second-task") is not None
+    assert bookkeeping.step_claim(step_id=step.pk, claim="second-task") is not None
 
-    services.step_internal_error(step_id=step.pk, claim="first-task", exc=RuntimeError("boom"))
+    bookkeeping.step_internal_error(step_id=step.pk, claim="first-task", exc=RuntimeError("boom"))
 
     step.refresh_from_db()
     assert (step.status, step.claimed_by, step.error) == (
@@ -253,7 +253,7 @@ def test_a_notification_completed_while_a_cancel_runs_stays_completed() -> None:
         lambda: Notification.objects.filter(
             pk=notification.pk, status=Notification.Status.RUNNING
         ).update(status=Notification.Status.COMPLETED, completed_at=timezone.now()),
-        lambda: services.notifications_cancel(notification_ids=[notification.pk]),
+        lambda: operations.notifications_cancel(notification_ids=[notification.pk]),
     )
 
     notification.refresh_from_db()
@@ -272,9 +272,9 @@ def test_a_task_whose_claim_was_taken_cannot_fail_the_step_for_good(
     slow, second = _sending_twice(enqueued)
     MessageFactory(step=slow, channel="email", status=Message.Status.SENDING, attempts=1)
     if second_done:
-        services.step_complete(step=second, result={})
+        bookkeeping.step_complete(step=second, result={})
 
-    services.step_fail(step=slow, code="ProviderRefused", message="550 mailbox unavailable")
+    bookkeeping.step_fail(step=slow, code="ProviderRefused", message="550 mailbox unavailable")
 
     step = Step.objects.get(pk=slow.pk)
     notification = Notification.objects.get(pk=step.notification_id)
@@ -288,6 +288,6 @@ def test_a_task_whose_claim_was_taken_cannot_fail_the_step_for_good(
             "second-task",
             "",
         )
-        services.step_complete(step=second, result={})
+        bookkeeping.step_complete(step=second, result={})
         step.refresh_from_db()
         assert step.status == Step.Status.COMPLETED

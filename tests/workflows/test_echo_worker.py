@@ -29,8 +29,9 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
 )
-from workflows import bridge, selectors, services, tasks
+from workflows import bridge, selectors, tasks
 from workflows.models import Notification, Step
+from workflows.services import echo, operations, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +69,7 @@ def execute(monkeypatch: pytest.MonkeyPatch) -> FakeExecute:
 def run(django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
     def do(notification: Notification, **kwargs: Any) -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            services.echo_run(notification_id=str(notification.pk), **kwargs)
+            echo.echo_run(notification_id=str(notification.pk), **kwargs)
 
     return do
 
@@ -209,7 +210,7 @@ def test_a_broker_failing_after_the_step_commits_leaves_it_to_the_reconciler(
     # holds what earlier tests in it enqueued for no worker: emptied, as a worker leaves it.
     with celery_app.connection_for_write() as connection:
         connection.default_channel.queue_purge(pipeline.MESSAGE.queue)
-    services.reconcile()
+    reconciler.reconcile()
     assert (pipeline.MESSAGE.task, [step.pk]) in sent
 
 
@@ -450,7 +451,7 @@ def test_an_answer_no_notification_can_record_is_one_traceback_a_minute_not_one_
     first = NotificationFactory()
     others = NotificationFactory.create_batch(2, trigger_event=first.trigger_event)
     execute.answers = [{"stepId": "mail", "type": "email", "outputs": {}}]
-    monkeypatch.setattr(services, "_record_answer", a_bug)
+    monkeypatch.setattr(echo, "_record_answer", a_bug)
 
     for notification in (first, *others):
         run(notification)
@@ -478,7 +479,7 @@ def test_an_echo_whose_subscriber_was_deleted_meanwhile_is_an_info_line_not_a_wa
     run(notification)
 
     assert execute.calls == []
-    [record] = [r for r in caplog.records if r.name == "workflows.services"]
+    [record] = [r for r in caplog.records if r.name == "workflows.services.echo"]
     assert record.levelno == logging.INFO
     assert record.getMessage() == f"echo: notification {notification.pk} is gone"
 
@@ -502,7 +503,7 @@ def test_bridge_unavailable_is_raised_for_retry_unless_final(
     assert (notification.error_code, notification.error) == ("HTTP503", "down for maintenance")
     assert enqueued.calls == []
     # Retried from the admin: the bridge calls it shows count from the retry.
-    assert services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
     notification.refresh_from_db()
     assert notification.bridge_attempts == 0
 
@@ -658,7 +659,7 @@ def test_canceled_while_the_bridge_answered_records_no_step(
     notification = NotificationFactory()
 
     def cancel_then_answer(url: str, **kwargs: Any) -> dict[str, Any]:
-        services.notification_cancel(notification=notification)
+        operations.notification_cancel(notification=notification)
         return EMAIL
 
     monkeypatch.setattr(bridge, "execute", cancel_then_answer)
@@ -870,7 +871,7 @@ def test_canceled_while_the_bridge_answered_stays_canceled_whatever_the_answer(
     notification = NotificationFactory()
 
     def cancel_then_answer(url: str, **kwargs: Any) -> dict[str, Any]:
-        services.notification_cancel(notification=notification)
+        operations.notification_cancel(notification=notification)
         if isinstance(answer, Exception):
             raise answer
         return answer

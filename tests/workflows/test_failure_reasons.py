@@ -29,10 +29,10 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
-from workflows import services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 from workflows.sdk import Bridge, Context, workflow
+from workflows.services import echo, operations
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the pipeline enqueues on commit
 
@@ -96,7 +96,7 @@ def test_a_secret_key_the_worker_cannot_decrypt_fails_the_notification_saying_so
 
         # The key put back, a retry runs the notification to its end.
         settings.NORM_ENCRYPTION_KEY = stored_with
-        assert services.notification_retry(notification=Notification.objects.get())
+        assert operations.notification_retry(notification=Notification.objects.get())
         _drain(enqueued)
         shown = _activity(key, "tx-1")
         assert (shown["status"], shown["errorCode"], shown["error"]) == ("completed", "", "")
@@ -281,7 +281,7 @@ def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_rea
 
 
 # In-app outputs of exactly IN_APP_MAX_BYTES as UTF-8 JSON: `{"body": "…"}` is 12 bytes more.
-AT_THE_IN_APP_BOUND = {"body": "x" * (services.IN_APP_MAX_BYTES - 12)}
+AT_THE_IN_APP_BOUND = {"body": "x" * (echo.IN_APP_MAX_BYTES - 12)}
 
 
 @pytest.mark.parametrize(
@@ -298,7 +298,7 @@ def test_an_answer_at_a_bound_is_recorded_not_refused(
     """The bounds are inclusive: the column holds a stepId of 200 characters, and an
     in-app message outputs of IN_APP_MAX_BYTES. Refused, the notification failed with a
     reason that named the bound its answer was within."""
-    assert len(json.dumps(AT_THE_IN_APP_BOUND).encode()) == services.IN_APP_MAX_BYTES
+    assert len(json.dumps(AT_THE_IN_APP_BOUND).encode()) == echo.IN_APP_MAX_BYTES
     with answering(200, {"done": False, "providers": {}, **answer}) as url:
         notification, _ = _echoed(url, enqueued)
 
@@ -335,7 +335,7 @@ def test_a_database_error_recording_the_answer_is_retried_not_a_failure(
             cursor.execute("SET lock_timeout = '200ms'")
         try:
             with pytest.raises(OperationalError, match="lock timeout"):
-                services.echo_run(notification_id=str(notification.pk))
+                echo.echo_run(notification_id=str(notification.pk))
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")

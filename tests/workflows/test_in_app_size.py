@@ -13,7 +13,7 @@ from workflows.sdk import Context, workflow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-IN_APP_MAX_BYTES = 64 * 1024  # workflows.services's
+IN_APP_MAX_BYTES = 64 * 1024  # workflows.services.echo's
 
 
 @workflow("inbox")

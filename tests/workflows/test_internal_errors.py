@@ -16,8 +16,9 @@ from config import pipeline
 from notify.models import TriggerEvent
 from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
 from tests.factories import NotificationFactory, TriggerEventFactory
-from workflows import bridge, selectors, services, tasks
+from workflows import bridge, selectors, tasks
 from workflows.models import Notification, Step
+from workflows.services import fanout, operations, reconciler
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
@@ -39,7 +40,7 @@ def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with
         # The reconciler, a grace period later, asks again.
         Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
         enqueued.clear()
-        services.reconcile()
+        reconciler.reconcile()
         assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
         resent += 1
     assert notification.status == Notification.Status.FAILED, "sent again for good"
@@ -54,7 +55,7 @@ def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with
     # Failed is final: the reconciler leaves it alone.
     Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
     enqueued.clear()
-    services.reconcile()
+    reconciler.reconcile()
     assert enqueued.of(pipeline.ECHO) == []
 
 
@@ -68,7 +69,7 @@ def test_a_retried_notification_gets_its_attempts_back(
     notification.refresh_from_db()
     assert notification.status == Notification.Status.FAILED
 
-    assert services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
     tasks.echo_run.apply(args=[str(notification.pk)])
     notification.refresh_from_db()
     # One attempt of a fresh budget, not the last of the old one.
@@ -141,7 +142,7 @@ def test_a_long_error_message_is_one_bounded_line(
 def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with_the_reason(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(services, "parse_recipients", a_bug)
+    monkeypatch.setattr(fanout, "parse_recipients", a_bug)
     event = TriggerEventFactory()
     resent = 0
     for attempt in range(1, 10):  # noqa: B007 (counted after the loop)
@@ -157,7 +158,7 @@ def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_wi
             created_at=ago(STALE + 1), claimed_at=ago(STALE + 1), reenqueued_at=ago(GRACE + 1)
         )
         enqueued.clear()
-        services.reconcile()
+        reconciler.reconcile()
         assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
         resent += 1
     assert event.status == TriggerEvent.Status.FAILED, "sent again for good"
@@ -167,7 +168,7 @@ def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_wi
     assert sum(r.exc_info is not None for r in caplog.records) == 1  # once a minute
     TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(STALE + 1))
     enqueued.clear()
-    services.reconcile()
+    reconciler.reconcile()
     assert enqueued.of(pipeline.WORKFLOW) == []
 
 
@@ -176,18 +177,18 @@ def test_a_fan_out_a_bug_ended_waits_a_grace_period_before_the_reconciler_runs_i
 ) -> None:
     """The grace runs from the failed run, not from the trigger: an old trigger whose
     fan-out a bug ends is not run again at every pass of the reconciler."""
-    monkeypatch.setattr(services, "parse_recipients", a_bug)
+    monkeypatch.setattr(fanout, "parse_recipients", a_bug)
     event = TriggerEventFactory()
     TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(STALE + 1))
     tasks.workflow_run.apply(args=[event.pk])
     event.refresh_from_db()
     assert (event.status, event.internal_errors) == (TriggerEvent.Status.RECEIVED, 1)
 
-    services.reconcile()
+    reconciler.reconcile()
     assert enqueued.of(pipeline.WORKFLOW) == []
 
     TriggerEvent.objects.filter(pk=event.pk).update(reenqueued_at=ago(GRACE + 1))
-    services.reconcile()
+    reconciler.reconcile()
     assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
 
 

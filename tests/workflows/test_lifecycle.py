@@ -27,9 +27,9 @@ from tests.factories import (
     api_for,
 )
 from tests.workflows.conftest import INBOX, Capture, FakeBridge, delay_over, run_task
-from workflows import services
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, echo, operations
 
 pytestmark = pytest.mark.django_db
 
@@ -105,7 +105,7 @@ def test_a_bridge_no_longer_allowed_is_named_without_its_secret(
         status=Notification.Status.RUNNING,
     )
 
-    services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("failed", "BridgeNotAllowed")
@@ -302,7 +302,7 @@ def test_a_duplicate_echo_while_a_step_is_sending_leaves_it_to_the_message_worke
     Client.objects.filter(pk=keyed[0].pk).update(is_active=True)
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.notification_retry(notification=notification)
+        assert operations.notification_retry(notification=notification)
     drain()
 
     notification.refresh_from_db()
@@ -326,15 +326,15 @@ def test_a_retry_runs_again_the_step_canceled_when_the_notification_failed_under
     trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
     drain(until=pipeline.MESSAGE)
     notification = Notification.objects.get()
-    step = services.step_claim(step_id=notification.steps.get().pk, claim="task")
+    step = bookkeeping.step_claim(step_id=notification.steps.get().pk, claim="task")
     assert step is not None
-    services.notification_fail(notification_id=notification.pk, code="ClientInactive", message="x")
-    services.step_retry_later(step=step, message="451 try later", backoff=1)
+    echo.notification_fail(notification_id=notification.pk, code="ClientInactive", message="x")
+    bookkeeping.step_retry_later(step=step, message="451 try later", backoff=1)
     assert Step.objects.get().status == Step.Status.CANCELED
     drain()
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.notification_retry(notification=notification)
+        assert operations.notification_retry(notification=notification)
     drain()
     settings.NORM_RECONCILE_GRACE = 0
     workflow_tasks.reconcile()
@@ -455,7 +455,7 @@ def test_a_retry_sends_again_every_email_the_workflow_went_on_past(
 
         server.refused.clear()
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.notification_retry(notification=notification)
+            assert operations.notification_retry(notification=notification)
         drain()
     finally:
         controller.stop()
@@ -489,7 +489,7 @@ def test_a_retried_step_left_waiting_when_another_failed_the_notification_is_can
         notification = Notification.objects.get()
         server.refused.clear()
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.notification_retry(notification=notification)
+            assert operations.notification_retry(notification=notification)
         deactivate(keyed[0])
         drain()
 
@@ -501,7 +501,7 @@ def test_a_retried_step_left_waiting_when_another_failed_the_notification_is_can
 
         Client.objects.filter(pk=keyed[0].pk).update(is_active=True)
         with django_capture_on_commit_callbacks(execute=True):
-            assert services.notification_retry(notification=notification)
+            assert operations.notification_retry(notification=notification)
         drain()
     finally:
         controller.stop()

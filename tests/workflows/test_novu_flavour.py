@@ -33,9 +33,10 @@ from tests.factories import (
     StepFactory,
     client_with_key,
 )
-from workflows import bridge, registry, services
+from workflows import bridge, registry
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge, workflow
+from workflows.services import echo
 
 pytestmark = pytest.mark.django_db
 
@@ -129,7 +130,7 @@ def discover(monkeypatch: pytest.MonkeyPatch) -> FakeDiscover:
 def run(django_capture_on_commit_callbacks: Capture) -> Callable[..., None]:
     def do(notification: Notification, **kwargs: Any) -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            services.echo_run(notification_id=str(notification.pk), **kwargs)
+            echo.echo_run(notification_id=str(notification.pk), **kwargs)
 
     return do
 

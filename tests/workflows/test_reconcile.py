@@ -16,8 +16,9 @@ from subscribers import services as subscriber_services
 from subscribers.models import Subscriber
 from tests.conftest import DatabaseAway, Enqueued, ago
 from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
-from workflows import bridge, services, tasks
+from workflows import bridge, tasks
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, common, echo, fanout, operations, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +48,7 @@ def test_a_batch_of_due_steps_is_those_due_longest_ago(
     took a batch in Step's default order (by position), which made PostgreSQL sort every
     due step each tick to keep a batch: 0.9 s a tick while a broadcast's 100,000 steps
     came due at once (docs/BENCHMARKS.md, session 22)."""
-    monkeypatch.setattr(services, "REDRIVE_BATCH", 2)
+    monkeypatch.setattr(reconciler, "REDRIVE_BATCH", 2)
     step_at(due=5, enqueued=None, position=0)
     older = step_at(due=600, enqueued=None, position=1)
     oldest = step_at(due=3600, enqueued=None, position=2)
@@ -294,7 +295,7 @@ def test_a_routed_trigger_is_re_sent_behind_more_triggers_queued_than_a_batch(
     queue that held any: a flood of more than a batch in the workflows queue filled every
     batch, and the routed one lost with the broker, its own queue empty, was not re-sent
     until the flood had passed."""
-    monkeypatch.setattr(services, "REDRIVE_BATCH", 2)
+    monkeypatch.setattr(reconciler, "REDRIVE_BATCH", 2)
     settings.NORM_WORKFLOW_QUEUES = {"critical-one": "critical"}
     flood = [TriggerEventFactory() for _ in range(3)]
     routed = TriggerEventFactory(workflow_id="critical-one")
@@ -405,7 +406,7 @@ def test_a_cancel_that_got_to_the_end_is_not_re_sent(enqueued: Enqueued) -> None
         canceled_at=ago(GRACE + 1), cancel_task_at=ago(GRACE + 1)
     )
 
-    assert services.trigger_cancel_finish(trigger_event_id=event.pk) == 1
+    assert operations.trigger_cancel_finish(trigger_event_id=event.pk) == 1
 
     event.refresh_from_db()
     assert event.cancel_task_at is None
@@ -443,7 +444,7 @@ def _a_backlog_outlasts_the_window(enqueued: Enqueued) -> None:
     """The subscribers queue holds commands for twice FANOUT_RECHECK, the reconciler
     running all along (every 10 minutes here: what matters is that it runs), then empties."""
     _queue_holds(enqueued, pipeline.SUBSCRIBER)
-    for _ in range(int(services.FANOUT_RECHECK * 2 / timedelta(minutes=10))):
+    for _ in range(int(common.FANOUT_RECHECK * 2 / timedelta(minutes=10))):
         _time_passes(600)
         assert tasks.reconcile()["events"] == 0
     enqueued.clear()
@@ -472,7 +473,7 @@ def test_a_backlog_keeps_no_fan_out_checked_that_is_run_again_no_more(enqueued: 
     the window, whose events each tick reads and counts the notifications of."""
     reached = _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10)
     TriggerEvent.objects.filter(pk=reached.pk).update(recipients=1)
-    _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10, refanned=services.MAX_REFANS)
+    _short_fan_out(claimed=GRACE + 10, last_created=GRACE * 10, refanned=reconciler.MAX_REFANS)
 
     _a_backlog_outlasts_the_window(enqueued)
 
@@ -545,7 +546,7 @@ def fan_out_dies(*, trigger_event_id: int) -> None:
 
 def run_dies_and_its_claim_goes_stale(event: TriggerEvent, claim: str) -> None:
     with pytest.raises(WorkerKilled):
-        services.trigger_event_run(trigger_event_id=event.pk, claim=claim)
+        fanout.trigger_event_run(trigger_event_id=event.pk, claim=claim)
     TriggerEvent.objects.filter(pk=event.pk).update(
         claimed_at=ago(STALE + 1), created_at=ago(STALE + 1)
     )
@@ -558,7 +559,7 @@ def test_a_fan_out_that_kills_its_worker_each_time_fails_after_norm_max_claims(
     and the next run claimed it and died: forever, as only a bug's runs were counted.
     Now the runs a stale claim ended count too, and the event fails at NORM_MAX_CLAIMS."""
     settings.NORM_MAX_CLAIMS = 3
-    monkeypatch.setattr(services, "_fan_out", fan_out_dies)
+    monkeypatch.setattr(fanout, "_fan_out", fan_out_dies)
     event = TriggerEventFactory()
 
     for run in range(1, 4):
@@ -577,7 +578,7 @@ def test_a_fan_out_that_kills_its_worker_each_time_fails_after_norm_max_claims(
     )
     assert event.processed_at is not None
     assert enqueued.calls == []
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-4")  # a late redelivery
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-4")  # a late redelivery
     assert TriggerEvent.objects.get(pk=event.pk).status == TriggerEvent.Status.FAILED
 
 
@@ -587,12 +588,12 @@ def test_a_fan_out_whose_worker_died_once_is_run_again_and_finishes(
     settings.NORM_MAX_CLAIMS = 2
     event = TriggerEventFactory(to=["ann"])
     with monkeypatch.context() as patched:
-        patched.setattr(services, "_fan_out", fan_out_dies)
+        patched.setattr(fanout, "_fan_out", fan_out_dies)
         run_dies_and_its_claim_goes_stale(event, claim="task-1")
     tasks.reconcile()
     assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
 
     event.refresh_from_db()
     assert (event.status, event.error, event.recipients) == ("processed", "", 1)
@@ -606,7 +607,7 @@ def test_a_fan_out_slower_than_the_stale_claim_still_finishes_processed(
     while it works; it finishes the event processed, and the rerun sent meanwhile finds
     nothing to do."""
     settings.NORM_MAX_CLAIMS = 2
-    fan_out = services._fan_out
+    fan_out = fanout._fan_out
 
     def slow_fan_out(*, trigger_event_id: int) -> None:
         TriggerEvent.objects.filter(pk=trigger_event_id).update(
@@ -615,12 +616,12 @@ def test_a_fan_out_slower_than_the_stale_claim_still_finishes_processed(
         tasks.reconcile()  # while this run still works
         fan_out(trigger_event_id=trigger_event_id)
 
-    monkeypatch.setattr(services, "_fan_out", slow_fan_out)
+    monkeypatch.setattr(fanout, "_fan_out", slow_fan_out)
     event = TriggerEventFactory(to=["ann"])
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
     assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]  # the reconciler's rerun
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
 
     event.refresh_from_db()
     assert (event.status, event.error, event.recipients) == ("processed", "", 1)
@@ -635,7 +636,7 @@ def test_a_fan_out_given_up_while_only_slow_ends_processed_without_the_reason(
     processed still saying its fan-out never finished."""
     settings.NORM_MAX_CLAIMS = 1
     event = TriggerEventFactory(to=["ann"])
-    parse = services.parse_recipients
+    parse = fanout.parse_recipients
 
     def slow_parse(to: Any) -> Any:  # mid-fan-out
         TriggerEvent.objects.filter(pk=event.pk).update(claimed_at=ago(STALE + 1))
@@ -643,9 +644,9 @@ def test_a_fan_out_given_up_while_only_slow_ends_processed_without_the_reason(
         assert TriggerEvent.objects.get(pk=event.pk).status == "failed"
         return parse(to)
 
-    monkeypatch.setattr(services, "parse_recipients", slow_parse)
+    monkeypatch.setattr(fanout, "parse_recipients", slow_parse)
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
 
     event.refresh_from_db()
     assert (event.status, event.error, event.recipients) == ("processed", "", 1)
@@ -661,7 +662,7 @@ def test_a_fan_out_given_up_while_only_slow_is_run_again_for_a_command_lost_late
     notification."""
     settings.NORM_MAX_CLAIMS = 1
     event = TriggerEventFactory(to=["ann", "bob"])
-    parse = services.parse_recipients
+    parse = fanout.parse_recipients
 
     def slow_parse(to: Any) -> Any:  # mid-fan-out, the reconciler gives the event up
         TriggerEvent.objects.filter(pk=event.pk).update(claimed_at=ago(STALE + 1))
@@ -669,8 +670,8 @@ def test_a_fan_out_given_up_while_only_slow_is_run_again_for_a_command_lost_late
         return parse(to)
 
     with monkeypatch.context() as patched:
-        patched.setattr(services, "parse_recipients", slow_parse)
-        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+        patched.setattr(fanout, "parse_recipients", slow_parse)
+        fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
     # Ann's command runs; bob's is lost with the broker.
     subscriber_services.subscriber_process(
         trigger_event_id=event.pk, recipient={"subscriberId": "ann"}
@@ -680,7 +681,7 @@ def test_a_fan_out_given_up_while_only_slow_is_run_again_for_a_command_lost_late
     tasks.reconcile()
     assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
 
     event.refresh_from_db()
     assert (event.status, event.error, event.recipients) == ("processed", "", 2)
@@ -699,7 +700,7 @@ def test_a_canceled_trigger_event_whose_run_died_ends_canceled(enqueued: Enqueue
 
     assert enqueued.calls == []
     assert set(TriggerEvent.objects.values_list("status", flat=True)) == {"canceled"}
-    services.trigger_event_run(trigger_event_id=refused.pk)
+    fanout.trigger_event_run(trigger_event_id=refused.pk)
     assert TriggerEvent.objects.get(pk=refused.pk).status == TriggerEvent.Status.CANCELED
 
 
@@ -945,7 +946,7 @@ def test_a_run_reads_no_notification_waiting_for_a_delay(
     monkeypatch.setattr(
         bridge, "execute", lambda *a, **kw: {**delay, "outputs": {"amount": 1, "unit": "days"}}
     )
-    services.echo_run(notification_id=str(waiting.pk))
+    echo.echo_run(notification_id=str(waiting.pk))
     assert waiting.steps.get().status == Step.Status.SCHEDULED
 
     _assert_a_run_reads_no_notification()
@@ -959,9 +960,9 @@ def test_a_run_reads_no_notification_whose_step_waits_to_be_sent_again(
     was read by every run for an open step, as long as the outage lasted (as one waiting
     for a delay was); one whose step waits to be sent again is not read until it is due."""
     settings.NORM_RECONCILE_GRACE = 0  # the step's grace period is over at once
-    step = services.step_claim(step_id=StepFactory().pk)
+    step = bookkeeping.step_claim(step_id=StepFactory().pk)
     assert step is not None
-    services.step_retry_later(step=step, message="421 try later", backoff=3600)
+    bookkeeping.step_retry_later(step=step, message="421 try later", backoff=3600)
 
     _assert_a_run_reads_no_notification()
 
@@ -1026,7 +1027,7 @@ def test_a_tick_the_database_fails_is_one_warning_a_minute_without_traceback(
     failed was an ERROR with its traceback (Celery's "raised unexpected"), six a minute
     for as long as the database was away. The next tick is the retry."""
     away = DatabaseAway()
-    monkeypatch.setattr(services, "_update_unheld", away)
+    monkeypatch.setattr(reconciler, "_update_unheld", away)
 
     for _ in range(3):
         tasks.reconcile.apply()

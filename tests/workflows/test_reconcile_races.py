@@ -22,8 +22,8 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
-from workflows import services
 from workflows.models import Notification, Step
+from workflows.services import reconciler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +61,7 @@ def test_a_subscriber_deleted_while_a_tick_releases_stale_fan_outs_is_deleted(
         )
     release = threading.Event()
     holder = held(TriggerEvent.objects.filter(pk=other.pk), release)
-    tick = InThread(services.reconcile)  # holds `second`, waits for `other`
+    tick = InThread(reconciler.reconcile)  # holds `second`, waits for `other`
     lock_waiters(1, tick)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
     lock_waiters(2, tick, delete)  # the delete holds `first`, waits for `second`
@@ -99,7 +99,7 @@ def test_two_ticks_at_once_count_each_stalled_fan_out_once(enqueued: Enqueued) -
 
     def tick() -> dict[str, int]:
         both.wait(10)
-        return services.reconcile()
+        return reconciler.reconcile()
 
     ticks = [InThread(tick) for _ in range(2)]
     for each in ticks:
@@ -142,7 +142,7 @@ def test_a_subscriber_deleted_while_a_tick_gives_up_steps_lost_with_their_tasks_
     Message.objects.filter(pk=first.pk).update(error="")
     release = threading.Event()
     holder = held(Message.objects.filter(pk=other.pk), release)
-    tick = InThread(services.reconcile)  # holds `second`, waits for `other`
+    tick = InThread(reconciler.reconcile)  # holds `second`, waits for `other`
     lock_waiters(1, tick)
     delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
     lock_waiters(2, tick, delete)  # the delete holds `first`, waits for `second`
@@ -154,7 +154,7 @@ def test_a_subscriber_deleted_while_a_tick_gives_up_steps_lost_with_their_tasks_
     assert response.status_code == 200, response.content
     assert not Subscriber.objects.filter(pk=ann.pk).exists()
     assert not Message.objects.filter(pk__in=[first.pk, second.pk]).exists()
-    services.reconcile()  # `other`'s step, if the tick passed it by, is the next one's
+    reconciler.reconcile()  # `other`'s step, if the tick passed it by, is the next one's
     other.refresh_from_db()
     assert other.status == Message.Status.FAILED
     assert Step.objects.get(pk=other.step_id).status == Step.Status.CANCELED
@@ -178,7 +178,7 @@ def test_a_stale_step_of_a_running_notification_a_send_holds_is_left_to_the_next
     MessageFactory(step=step, status=Message.Status.SENDING, provider="email", attempts=1)
     release = threading.Event()
     holder = held(Step.objects.filter(pk=step.pk), release)
-    tick = InThread(services.reconcile)
+    tick = InThread(reconciler.reconcile)
     lock_waiters(1, tick)  # none: the tick waits for no step it passed over
     release.set()
     holder.join()
@@ -189,7 +189,7 @@ def test_a_stale_step_of_a_running_notification_a_send_holds_is_left_to_the_next
     assert Message.objects.get().status == Message.Status.SENDING
     assert enqueued.of(pipeline.MESSAGE) == []
 
-    services.reconcile()  # the next tick
+    reconciler.reconcile()  # the next tick
     step.refresh_from_db()
     assert step.status == Step.Status.SCHEDULED
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
@@ -211,15 +211,15 @@ def test_a_running_notifications_step_let_go_between_a_ticks_phases_is_not_given
     MessageFactory(step=step, status=Message.Status.SENDING, provider="email", attempts=1)
     release = threading.Event()
     holder = held(Step.objects.filter(pk=step.pk), release)
-    give_up = services._lost_give_up
+    give_up = reconciler._lost_give_up
 
     def let_go_first(**kwargs: Any) -> int:
         release.set()
         holder.join()
         return give_up(**kwargs)
 
-    monkeypatch.setattr(services, "_lost_give_up", let_go_first)
-    services.reconcile()
+    monkeypatch.setattr(reconciler, "_lost_give_up", let_go_first)
+    reconciler.reconcile()
 
     step.refresh_from_db()
     assert (step.status, step.error) == (Step.Status.PROCESSING, "")

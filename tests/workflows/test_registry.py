@@ -23,9 +23,10 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
-from workflows import bridge, registry, services
+from workflows import bridge, registry
 from workflows.models import Notification
 from workflows.sdk import Bridge, workflow
+from workflows.services import echo
 
 pytestmark = pytest.mark.django_db
 
@@ -226,7 +227,7 @@ def test_a_health_check_answer_that_is_no_health_check_keeps_the_known_flavour(
             status=Notification.Status.RUNNING,
         )
         with django_capture_on_commit_callbacks(execute=True):
-            services.echo_run(notification_id=str(notification.pk))
+            echo.echo_run(notification_id=str(notification.pk))
 
     assert notification.steps.get().step_id == "inbox"
     assert resolved == ["inbox"]

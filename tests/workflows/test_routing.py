@@ -19,8 +19,8 @@ from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.conftest import Enqueued
 from tests.factories import api_for
 from tests.workflows.conftest import Capture, FakeBridge, delay_over
-from workflows import services
 from workflows.models import Notification
+from workflows.services import operations
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +60,7 @@ def test_every_hand_off_of_a_routed_workflow_goes_to_its_queue(
     assert [n.status for n in notifications] == [Notification.Status.COMPLETED] * 3
     Notification.objects.filter(pk=notifications[0].pk).update(status=Notification.Status.FAILED)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.notification_retry(notification=notifications[0])
+        assert operations.notification_retry(notification=notifications[0])
     ran += drain()
 
     # Two fan-outs, three commands, for each notification three echoes and a send for

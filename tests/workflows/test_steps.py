@@ -24,10 +24,11 @@ from tests.conftest import Enqueued, Respond, json_serving, sdk_serving, while_h
 from tests.factories import BridgeSyncFactory, BridgeWorkflowFactory, api_for, client_with_key
 from tests.messaging.test_message_worker import Inbox, smtp_serving
 from tests.workflows.conftest import Capture, run_task
-from workflows import selectors, services
+from workflows import selectors
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 from workflows.sdk import Bridge, Context, WorkflowExecutionFailedError, workflow
+from workflows.services import echo
 
 pytestmark = pytest.mark.django_db
 
@@ -200,7 +201,7 @@ def interleaved_echoes(
     second_called, first_recorded = threading.Event(), threading.Event()
     second = threading.Thread(
         target=lambda: (
-            services.echo_run(notification_id=str(notification.pk)),
+            echo.echo_run(notification_id=str(notification.pk)),
             connection.close(),
         )
     )
@@ -216,7 +217,7 @@ def interleaved_echoes(
         second_at_bridge(inbox)
 
     HOOKS[:] = [first, then_second]
-    services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
     first_recorded.set()
     second.join(10)
     assert not HOOKS
@@ -280,7 +281,7 @@ def test_a_duplicate_echo_refused_on_an_older_state_does_not_fail_under_the_step
     # The next echo asks with the current state: the same refusal then stands.
     HOOKS[:] = [throws]
     Step.objects.filter(step_id="wait").update(status=Step.Status.COMPLETED)
-    services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
     notification.refresh_from_db()
     assert (notification.status, notification.error_code) == ("failed", code)
     assert "the shop's API is down" in notification.error
@@ -297,10 +298,10 @@ def test_a_done_answer_waiting_for_a_step_being_recorded_does_not_complete_under
     wait = {"stepId": "wait", "type": "delay", "outputs": {"amount": 1, "unit": "hours"}}
 
     def record_the_delay() -> None:
-        services._record_answer(notification=notification, state=state, answer=wait)
+        echo._record_answer(notification=notification, state=state, answer=wait)
 
     def answered_done() -> None:
-        services.echo_run(notification_id=str(notification.pk))
+        echo.echo_run(notification_id=str(notification.pk))
 
     read_inbox()  # the second run reads it read: done
     while_held(record_the_delay, answered_done)

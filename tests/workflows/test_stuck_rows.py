@@ -13,8 +13,9 @@ from config import pipeline
 from messaging import services as messaging_services
 from messaging.models import Message
 from tests.factories import MessageFactory, NotificationFactory, StepFactory, SubscriberFactory
-from workflows import bridge, services
+from workflows import bridge
 from workflows.models import Notification, Step
+from workflows.services import bookkeeping, echo, operations, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +49,7 @@ def test_an_answer_norm_cannot_record_fails_the_notification(
     notification = NotificationFactory()
     _answer(monkeypatch, answer)
 
-    services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     if answer.get("options") == "skip":  # not an object: no skip, the step is scheduled
@@ -68,7 +69,7 @@ def test_a_bridge_error_code_that_is_not_a_short_string_is_stored_safely(
         raise bridge.BridgeError("X" * 300, "no")
 
     monkeypatch.setattr(bridge, "execute", refuse)
-    services.echo_run(notification_id=str(notification.pk))
+    echo.echo_run(notification_id=str(notification.pk))
 
     notification.refresh_from_db()
     assert notification.status == Notification.Status.FAILED
@@ -94,7 +95,7 @@ def test_an_email_the_provider_refuses_fails_its_step_instead_of_staying_claimed
     step.refresh_from_db()
     notification.refresh_from_db()
     assert step.status == Step.Status.FAILED
-    # Not claimed still, and the workflow goes on past it (services.step_undelivered).
+    # Not claimed still, and the workflow goes on past it (services.bookkeeping.step_undelivered).
     assert notification.status == Notification.Status.RUNNING
     assert "replyTo with a line break" in step.error
 
@@ -103,7 +104,7 @@ def test_a_transient_failure_after_a_cancel_does_not_reschedule_the_step(enqueue
     step = StepFactory(status=Step.Status.PROCESSING, claimed_at=timezone.now())
     Notification.objects.filter(pk=step.notification_id).update(status=Notification.Status.CANCELED)
 
-    services.step_retry_later(step=step, message="421 try later", backoff=1)
+    bookkeeping.step_retry_later(step=step, message="421 try later", backoff=1)
 
     step.refresh_from_db()
     assert step.status == Step.Status.CANCELED
@@ -118,7 +119,7 @@ def test_the_reconciler_sends_no_step_of_a_final_notification(settings, enqueued
         StepFactory(notification__status=status, status=Step.Status.SCHEDULED, due_at=long_ago)
         StepFactory(notification__status=status, status=Step.Status.PROCESSING, claimed_at=long_ago)
 
-    services.reconcile()
+    reconciler.reconcile()
 
     assert enqueued.of(pipeline.MESSAGE) == []
     assert Step.objects.filter(status=Step.Status.SCHEDULED).count() == 2
@@ -134,7 +135,7 @@ def _claimed_with_its_message(notification: Notification, **message: Any) -> Ste
     """An email step of `notification` claimed by a task that then died, with the message
     that task had begun (its fields overridden by `message`)."""
     step = StepFactory(notification=notification, type="email")
-    assert services.step_claim(step_id=step.pk, claim="died") is not None
+    assert bookkeeping.step_claim(step_id=step.pk, claim="died") is not None
     _email_message(step, **{"status": Message.Status.SENDING, **message})
     return step
 
@@ -161,7 +162,7 @@ def test_a_step_whose_task_was_lost_after_its_notification_ended_ends_once_its_c
     Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
     Step.objects.filter(pk=sending.pk).update(claimed_at=timezone.now() - timedelta(seconds=599))
 
-    services.reconcile()
+    reconciler.reconcile()
     messaging_services.message_send(step_id=lost.pk)  # a duplicate of the lost task
 
     lost.refresh_from_db()
@@ -187,7 +188,7 @@ def test_a_message_sent_before_its_task_was_lost_stays_sent_when_the_step_ends(
     Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.CANCELED)
     Step.objects.filter(pk=lost.pk).update(claimed_at=timezone.now() - timedelta(seconds=601))
 
-    services.reconcile()
+    reconciler.reconcile()
 
     assert Step.objects.get(pk=lost.pk).status == Step.Status.CANCELED
     message = Message.objects.get(step=lost)
@@ -203,7 +204,7 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
     step = StepFactory(notification=notification, status=Step.Status.FAILED)
     _email_message(step, status=Message.Status.FAILED, attempts=2)
 
-    assert services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
     messaging_services.message_send(step_id=step.pk)
 
     step.refresh_from_db()
@@ -222,7 +223,7 @@ def test_an_admin_retry_counts_the_bridges_failures_afresh(enqueued, failed_step
     if failed_step:
         StepFactory(notification=notification, status=Step.Status.FAILED)
 
-    assert services.notification_retry(notification=notification)
+    assert operations.notification_retry(notification=notification)
 
     notification.refresh_from_db()
     assert (notification.status, notification.bridge_attempts) == ("running", 0)

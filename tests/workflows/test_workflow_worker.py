@@ -24,7 +24,8 @@ from tests.factories import (
     SubscriberFactory,
     TriggerEventFactory,
 )
-from workflows import services, tasks
+from workflows import tasks
+from workflows.services import fanout, reconciler
 
 pytestmark = pytest.mark.django_db
 
@@ -135,7 +136,7 @@ def test_single_subscriber_id_as_to(enqueued: Enqueued) -> None:
 def test_broadcast_streams_every_subscriber_of_the_client_in_chunks(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services, "BROADCAST_CHUNK", 3)
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 3)
     client, other = ClientFactory(), ClientFactory()
     mine = [SubscriberFactory(client=client).subscriber_id for _ in range(7)]
     SubscriberFactory.create_batch(4, client=other)
@@ -198,7 +199,7 @@ def test_the_retry_of_a_run_whose_trigger_was_canceled_meanwhile_fans_out_nothin
         canceled_at=timezone.now(),
     )
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-a")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-a")
 
     assert enqueued.calls == []
     event.refresh_from_db()
@@ -217,15 +218,15 @@ def test_the_fanning_tasks_retry_takes_its_claim_back_and_no_other_task_does(
     event out at once, rather than after NORM_STALE_CLAIM_SECONDS; a duplicate task
     (another id) leaves it alone."""
     event = TriggerEventFactory(to=["ann", "bob"])
-    parse = FailsOnce(services.parse_recipients, OperationalError("the server closed"))
-    monkeypatch.setattr(services, "parse_recipients", parse)
+    parse = FailsOnce(fanout.parse_recipients, OperationalError("the server closed"))
+    monkeypatch.setattr(fanout, "parse_recipients", parse)
     with pytest.raises(OperationalError):
-        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+        fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
     assert enqueued.calls == [] and parse.calls == 1
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
     assert [recipient for _, recipient in enqueued.of(pipeline.SUBSCRIBER)] == [
         {"subscriberId": "ann"},
         {"subscriberId": "bob"},
@@ -252,13 +253,13 @@ def test_a_fan_out_whose_task_kills_its_worker_each_time_fails_after_norm_max_cl
         runs += 1
         raise WorkerKilled
 
-    monkeypatch.setattr(services, "parse_recipients", dies)  # mid-fan-out
+    monkeypatch.setattr(fanout, "parse_recipients", dies)  # mid-fan-out
     event = TriggerEventFactory()
     for _ in range(3):
         with pytest.raises(WorkerKilled):
-            services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+            fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
 
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
 
     assert runs == 3
     event.refresh_from_db()
@@ -275,10 +276,10 @@ def test_database_errors_while_the_event_is_claimed_do_not_count_against_norm_ma
     retry carries a time its own claim has moved on from, and counts."""
     settings.NORM_MAX_CLAIMS = 2
     event = TriggerEventFactory(to=["ann"])
-    parse: Any = services.parse_recipients
+    parse: Any = fanout.parse_recipients
     for _ in range(3):  # the first three runs fail on the database
         parse = FailsOnce(parse, OperationalError("the server closed"))
-    monkeypatch.setattr(services, "parse_recipients", parse)
+    monkeypatch.setattr(fanout, "parse_recipients", parse)
     retry: dict[str, Any] = {"args": [event.pk]}
     for retries in range(3):
         with pytest.raises(Retry) as retried:
@@ -314,7 +315,7 @@ def test_a_broker_failing_mid_fan_out_leaves_the_event_to_the_reconciler_after_a
 
     monkeypatch.setattr(celery_app, "send_task", broker_fails_on_the_second)
     with pytest.raises(kombu.exceptions.OperationalError):
-        services.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+        fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
     assert sent == [(pipeline.SUBSCRIBER.task, [event.pk, {"subscriberId": "ann"}])]
 
     monkeypatch.setattr(celery_app, "send_task", lambda name, args, **_: sent.append((name, args)))
@@ -323,11 +324,11 @@ def test_a_broker_failing_mid_fan_out_leaves_the_event_to_the_reconciler_after_a
     past_grace = timezone.now() - timedelta(seconds=settings.NORM_RECONCILE_GRACE + 1)
     assert settings.NORM_RECONCILE_GRACE + 1 < settings.NORM_STALE_CLAIM_SECONDS
     TriggerEvent.objects.update(created_at=past_grace, claimed_at=past_grace)
-    services.reconcile()
+    reconciler.reconcile()
     assert sent == [(pipeline.WORKFLOW.task, [event.pk])]
 
     sent.clear()
-    services.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-2")
     assert [args[1] for _, args in sent] == [{"subscriberId": "ann"}, {"subscriberId": "bob"}]
     event.refresh_from_db()
     assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 2)
@@ -379,7 +380,7 @@ def test_a_claimed_runs_database_retries_wait_and_last_as_db_retry_says(
     the retries carried an older claim's time, each one counted as a run lost with its
     worker."""
     event = TriggerEventFactory(to=["ann"])
-    monkeypatch.setattr(services, "parse_recipients", DatabaseAway())
+    monkeypatch.setattr(fanout, "parse_recipients", DatabaseAway())
     # Full jitter waits a random part of the backoff: here, all of it.
     monkeypatch.setattr(random, "randrange", lambda stop: stop - 1)
     retry: dict[str, Any] = {"args": [event.pk]}
