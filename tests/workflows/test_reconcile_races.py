@@ -224,3 +224,57 @@ def test_a_running_notifications_step_let_go_between_a_ticks_phases_is_not_given
     step.refresh_from_db()
     assert (step.status, step.error) == (Step.Status.PROCESSING, "")
     assert Message.objects.get().status == Message.Status.SENDING
+
+
+@pytest.mark.parametrize(
+    "holds",
+    ["message", "step and message"],
+    ids=["its message (a delete, a record between its writes)", "its step too (a record)"],
+)
+def test_a_lost_step_whose_rows_another_holds_is_passed_over_and_ended_the_next_tick(
+    enqueued: Enqueued, holds: str
+) -> None:
+    """A tick ends the steps lost with their tasks after their notification ended, each
+    with its message, passing over one whose step or message another transaction holds:
+    a send's late record (the message, then the step), a subscriber's delete. Waiting for
+    it, the tick stood still for as long as that transaction ran, every later phase of
+    the tick with it (and, as a delete's order crosses the tick's, one of them failed).
+    Passed over, the step is still lost once the holder lets go (it rolled back), and
+    the next tick ends it. The tick ends another lost step meanwhile: it ran, not failed."""
+
+    def lost() -> Message:
+        return MessageFactory(
+            step__notification__status=Notification.Status.CANCELED,
+            step__status=Step.Status.PROCESSING,
+            step__claimed_by="a task lost with its worker",
+            step__claimed_at=ago(STALE + 10),
+            status=Message.Status.SENDING,
+        )
+
+    message, other = lost(), lost()
+    step = message.step
+    rows = [Message.objects.filter(pk=message.pk)]
+    if holds == "step and message":
+        rows.append(Step.objects.filter(pk=step.pk))
+    release = threading.Event()
+    holders = [held(each, release) for each in rows]
+    tick = InThread(services.reconcile)
+    lock_waiters(1, tick)  # returns as soon as the tick waits, or once it ended
+    waited = tick.thread.is_alive()
+    release.set()
+    for holder in holders:
+        holder.join()
+    tick.join()
+
+    assert not waited, "the tick waited for a row another transaction held"
+    step.refresh_from_db()
+    message.refresh_from_db()
+    assert (step.status, message.status) == (Step.Status.PROCESSING, Message.Status.SENDING)
+    other.refresh_from_db()
+    assert (other.status, other.error) == (Message.Status.FAILED, services.LOST_WITH_ITS_TASK)
+
+    services.reconcile()  # the next tick, nothing held
+    step.refresh_from_db()
+    message.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.CANCELED, services.LOST_WITH_ITS_TASK)
+    assert (message.status, message.error) == (Message.Status.FAILED, services.LOST_WITH_ITS_TASK)
