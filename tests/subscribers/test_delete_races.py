@@ -19,9 +19,18 @@ from messaging.models import Message
 from notify.models import TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import Enqueued, InThread, Meanwhile, another_waits_for_a_lock, while_held
+from tests.conftest import (
+    Enqueued,
+    InThread,
+    Meanwhile,
+    another_waits_for_a_lock,
+    held,
+    lock_waiters,
+    while_held,
+)
 from tests.factories import (
     MessageFactory,
+    NotificationFactory,
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
@@ -530,3 +539,47 @@ def test_a_subscriber_deleted_while_a_send_of_its_canceled_notification_fails_fo
     assert response.status_code == 200, response.content
     assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
     assert not Step.objects.exists() and not Message.objects.exists()
+
+
+def test_a_subscriber_deleted_while_a_cancel_locks_its_notifications_in_id_order_is_deleted(
+    keyed: tuple[Any, str], enqueued: Enqueued
+) -> None:
+    """A cancel of several notifications (the admin's, a trigger's chunk) locks them in
+    id order; the subscriber's delete locks its own in id order too. Locked as read
+    instead (the table's order, or its index's), the delete held a later notification of
+    the subscriber and waited for an earlier one the cancel held, while the cancel, on
+    its way through the ids, came to the later one: PostgreSQL ended one of them (the
+    delete, a 503, the subscriber still there)."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    low, middle, high = sorted(
+        (NotificationFactory(trigger_event__client=client, subscriber=ann) for _ in range(3)),
+        key=lambda n: n.pk,
+    )
+    # Between ann's two in id order, another subscriber's, which a send holds.
+    Notification.objects.filter(pk=middle.pk).update(subscriber=SubscriberFactory(client=client))
+    # Written last, `low` is the table's last row: read in the table's order, ann's
+    # notifications come `high` first.
+    for notification in (high, middle, low):
+        Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
+    release = threading.Event()
+    holder = held(Notification.objects.filter(pk=middle.pk), release)
+    cancel = InThread(
+        lambda: workflow_services.notifications_cancel(
+            notification_ids=[n.pk for n in (low, middle, high)]
+        )
+    )
+    lock_waiters(1, cancel)  # the cancel holds `low`, waits for `middle`
+    delete = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
+    lock_waiters(2, cancel, delete)  # the delete waits for `low` (holding `high`, unsorted)
+    release.set()  # the cancel goes on to `high`
+    holder.join()
+    response = delete.join()
+    canceled = cancel.join()
+
+    assert response.status_code == 200, response.content
+    assert canceled == 3
+    assert not Subscriber.objects.filter(pk=ann.pk).exists()
+    assert list(Notification.objects.values_list("pk", "status")) == [
+        (middle.pk, Notification.Status.CANCELED)
+    ]
