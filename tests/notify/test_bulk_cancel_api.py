@@ -742,7 +742,14 @@ def test_the_reconciler_sends_a_lost_cancel_task_again_once_a_grace_period_old(
     assert enqueued.of(pipeline.CANCEL) == []  # it may still be queued
     _time_passes(grace + 1)
     workflow_tasks.reconcile()
+    assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
+    # Lost again, its queue empty: still queued, it was a backlog the next tick sends
+    # nothing behind, whether or not the tick before marked the task sent.
+    enqueued.clear()
     workflow_tasks.reconcile()  # the next tick: sent once a grace period, not every tick
+    assert enqueued.of(pipeline.CANCEL) == []
+    _time_passes(grace + 1)
+    workflow_tasks.reconcile()
     assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
 
     pump()  # the workflow worker runs it: the waiting notification ends now
