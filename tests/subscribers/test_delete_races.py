@@ -583,3 +583,36 @@ def test_a_subscriber_deleted_while_a_cancel_locks_its_notifications_in_id_order
     assert list(Notification.objects.values_list("pk", "status")) == [
         (middle.pk, Notification.Status.CANCELED)
     ]
+
+
+def test_two_subscribers_deleted_at_once_reached_by_the_same_events_are_deleted(
+    keyed: tuple[Any, str], enqueued: Enqueued
+) -> None:
+    """Each delete counts its subscriber out of the events that reached it, locking them
+    (fan_outs_forget) in id order. Locked as read, they came in the order of the
+    subscriber's notifications (PostgreSQL reads the events through them), which two
+    fan-outs' chunks running at once write in either order: ann's delete held an event
+    bob's waited for, and waited for one bob's held. PostgreSQL ended one (a 503)."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    first, second, third = (TriggerEventFactory(client=client) for _ in range(3))
+    # Ann's notifications written for `first`, `third`, then `second`; bob's for `second`,
+    # then `first`. `third` is held meanwhile (a fan-out recording its count).
+    for event, subscriber in ((first, ann), (third, ann), (second, ann), (second, bob)):
+        NotificationFactory(trigger_event=event, subscriber=subscriber, client=client)
+    NotificationFactory(trigger_event=first, subscriber=bob, client=client)
+    release = threading.Event()
+    holder = held(TriggerEvent.objects.filter(pk=third.pk), release)
+    delete_ann = InThread(lambda: api_for(key).delete("/v2/subscribers/ann"))
+    lock_waiters(1, delete_ann)  # holds `first` (and `second`, in id order), waits for `third`
+    delete_bob = InThread(lambda: api_for(key).delete("/v2/subscribers/bob"))
+    lock_waiters(2, delete_ann, delete_bob)  # waits for `first` (holding `second`, unsorted)
+    release.set()  # ann's delete goes on past `third`
+    holder.join()
+    answers = [delete_ann.join(), delete_bob.join()]
+
+    assert [a.status_code for a in answers] == [200, 200], [a.content for a in answers]
+    assert not Subscriber.objects.exists() and not Notification.objects.exists()
+    forgotten = TriggerEvent.objects.order_by("pk").values_list("forgotten", flat=True)
+    assert [sorted(f) for f in forgotten] == [["ann", "bob"], ["ann", "bob"], ["ann"]]
