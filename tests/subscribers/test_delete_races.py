@@ -39,7 +39,7 @@ from tests.factories import (
 )
 from workflows import bridge
 from workflows.models import Notification, Step
-from workflows.services import bookkeeping, echo
+from workflows.services import bookkeeping, echo, operations
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -565,7 +565,7 @@ def test_a_subscriber_deleted_while_a_cancel_locks_its_notifications_in_id_order
     release = threading.Event()
     holder = held(Notification.objects.filter(pk=middle.pk), release)
     cancel = InThread(
-        lambda: workflow_services.notifications_cancel(
+        lambda: operations.notifications_cancel(
             notification_ids=[n.pk for n in (low, middle, high)]
         )
     )

@@ -258,7 +258,7 @@ def test_a_lost_step_whose_rows_another_holds_is_passed_over_and_ended_the_next_
         rows.append(Step.objects.filter(pk=step.pk))
     release = threading.Event()
     holders = [held(each, release) for each in rows]
-    tick = InThread(services.reconcile)
+    tick = InThread(reconciler.reconcile)
     lock_waiters(1, tick)  # returns as soon as the tick waits, or once it ended
     waited = tick.thread.is_alive()
     release.set()
@@ -271,10 +271,10 @@ def test_a_lost_step_whose_rows_another_holds_is_passed_over_and_ended_the_next_
     message.refresh_from_db()
     assert (step.status, message.status) == (Step.Status.PROCESSING, Message.Status.SENDING)
     other.refresh_from_db()
-    assert (other.status, other.error) == (Message.Status.FAILED, services.LOST_WITH_ITS_TASK)
+    assert (other.status, other.error) == (Message.Status.FAILED, reconciler.LOST_WITH_ITS_TASK)
 
-    services.reconcile()  # the next tick, nothing held
+    reconciler.reconcile()  # the next tick, nothing held
     step.refresh_from_db()
     message.refresh_from_db()
-    assert (step.status, step.error) == (Step.Status.CANCELED, services.LOST_WITH_ITS_TASK)
-    assert (message.status, message.error) == (Message.Status.FAILED, services.LOST_WITH_ITS_TASK)
+    assert (step.status, step.error) == (Step.Status.CANCELED, reconciler.LOST_WITH_ITS_TASK)
+    assert (message.status, message.error) == (Message.Status.FAILED, reconciler.LOST_WITH_ITS_TASK)
