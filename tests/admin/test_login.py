@@ -125,6 +125,35 @@ def test_the_refusal_says_when_it_ends(
     assert REFUSED in page and "try again in 1 minute." in page
 
 
+def test_the_fifth_failure_refuses_the_next_login_as_the_readme_says(
+    counters: None, staff: Any
+) -> None:
+    """The README promises 5 failures, not LOGIN_FAILURES: the other tests count with the
+    constant, and any value of it passed them."""
+    _guess(4)
+    assert "Please enter the correct username" in _login("ops", "a-guess", GUESSER)[1]
+
+    browser, page = _login("ops", "right-password", GUESSER)
+
+    assert not _logged_in(browser) and REFUSED in page
+
+
+def test_a_refusal_its_clock_says_is_over_still_says_a_minute(
+    counters: None, staff: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counter outlives its end by the cache's clock (another web process's clock is
+    behind, or the cache's own): the page says to try again in a minute, not in 0 or
+    fewer minutes."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(logins, "time", SimpleNamespace(time=lambda: clock[0]), raising=False)
+    _guess(logins.LOGIN_FAILURES)
+    clock[0] += logins.LOGIN_LOCK_SECONDS + 90
+
+    page = _login("ops", "right-password", GUESSER)[1]
+
+    assert REFUSED in page and "try again in 1 minute." in page
+
+
 def test_a_login_clears_the_failures_before_it(counters: None, staff: Any) -> None:
     _guess(logins.LOGIN_FAILURES - 1)
     assert _logged_in(_login("ops", "right-password", GUESSER)[0])
@@ -234,3 +263,28 @@ def test_with_no_proxy_trusted_a_client_cannot_name_its_address(
         assert not _logged_in(browser)
 
     assert REFUSED in _login("ops", "right-password", GUESSER)[1]
+
+
+def test_behind_a_trusted_proxy_an_ipv6_clients_port_makes_no_new_address(
+    counters: None, staff: Any, settings: Any
+) -> None:
+    """A proxy that writes the client's port writes an IPv6 client's as `[addr]:port`:
+    kept, each connection of the guesser (its own port) was a count of its own."""
+    settings.NORM_NUM_PROXIES = 1
+    for port in range(51234, 51234 + logins.LOGIN_FAILURES):
+        browser, page = _login_proxied("ops", "a-guess", f"[2001:db8:7:1::1]:{port}")
+        assert not _logged_in(browser) and "Please enter the correct username" in page
+
+    assert REFUSED in _login_proxied("ops", "right-password", "[2001:db8:7:1::2]:40000")[1]
+
+
+def test_behind_a_trusted_proxy_a_call_by_no_proxy_is_counted_by_its_peer(
+    counters: None, staff: Any, settings: Any
+) -> None:
+    """A login without X-Forwarded-For (made from inside, around the proxy) is counted by
+    the address connecting to norm, not a 500."""
+    settings.NORM_NUM_PROXIES = 1
+    _guess(logins.LOGIN_FAILURES)
+
+    assert REFUSED in _login("ops", "right-password", GUESSER)[1]
+    assert _logged_in(_login("ops", "right-password", ADMIN_AT)[0])
