@@ -141,6 +141,9 @@ def test_another_clients_key_reads_and_changes_nothing_of_the_first_clients(
         ("get", "v1/topics/<trimmed:key>/subscribers/<trimmed:subscriber_id>",
          "/v1/topics/news/subscribers/ann", None, 404),
         ("get", "v1/messages", "/v1/messages?transactionId=tx-1&subscriberId=ann", None, 404),
+        # Unnarrowed, or by channel alone: only the client filter keeps the first's out.
+        ("get", "v1/messages", "/v1/messages", None, 200),
+        ("get", "v1/messages", "/v1/messages?channel=in_app", None, 200),
         ("get", "v1/subscribers/<trimmed:subscriber_id>/notifications/feed",
          "/v1/subscribers/ann/notifications/feed", None, 400),
         ("post", "v1/subscribers/<trimmed:subscriber_id>/messages/markAs",
