@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.test import Client as DjangoClient
 from django.test import RequestFactory, override_settings
 
 from workflows.demo import bridge_view
@@ -97,3 +98,20 @@ def test_a_lone_surrogate_in_an_answer_is_written_escaped_not_a_crash() -> None:
     failed = post([entry("c", {"x": "a"})])  # in an exception's message
     assert failed.status_code == 502
     assert json.loads(failed.content)["message"].endswith("no such word: a\ud800b")
+
+
+def test_a_signed_call_passes_djangos_csrf_check() -> None:
+    """norm's calls carry no CSRF cookie or token: the signature is what authenticates
+    them. Called through the middleware (RequestFactory skips it), as a deployed bridge
+    is: without the view's csrf_exempt every execute was Django's HTML 403."""
+    body = canonical_json(execute_body({"name": "Zoë"}, []))
+    browser = DjangoClient(enforce_csrf_checks=True)
+    with override_settings(NORM_DEMO_BRIDGE_SECRET=SECRET):
+        response = browser.post(
+            "/bridge?action=execute&workflowId=welcome",
+            data=body.encode(),
+            content_type="application/json",
+            headers={"novu-signature": signature_header(SECRET, body)},
+        )
+    assert response.status_code == 200
+    assert json.loads(response.content)["stepId"] == "inbox"
