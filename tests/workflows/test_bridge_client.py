@@ -439,6 +439,19 @@ def _appending_slash(
     return 301, b"", {"location": f"{route}/?{query}"}
 
 
+def test_a_redirect_names_where_it_points_without_the_bridge_urls_password() -> None:
+    """A relative Location is joined to the bridge URL, its credentials with it: the
+    reason (stored, shown in the admin and the activity API) masks them as it masks the
+    bridge URL itself."""
+    with json_serving(_appending_slash) as url, pytest.raises(bridge.BridgeError) as exc:
+        authed = url.replace("http://", "http://norm:s3cret-pass@", 1)
+        bridge.discover(f"{authed}/api/norm", secrets=("nk_test",))
+
+    assert exc.value.code == "BridgeRedirect"
+    assert "s3cret-pass" not in exc.value.message
+    assert "/api/norm/; norm follows none" in exc.value.message
+
+
 def test_a_redirect_names_where_it_points_without_the_query() -> None:
     """A Django app serving its bridge at `/api/norm/`, registered as `/api/norm`: the
     reason said only that the bridge answered a redirect, not which URL to register."""
