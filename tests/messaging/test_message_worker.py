@@ -2118,6 +2118,26 @@ def test_an_email_output_with_a_header_of_megabytes_fails_the_step(
     assert step.status == Step.Status.FAILED and error in step.error
 
 
+def test_a_header_of_header_chars_characters_is_sent_and_one_of_more_fails(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """HEADER_CHARS is the longest header sent, not one short of it: at the bound the
+    email goes, a character past it fails naming the field."""
+    subject = "abcdefghi " * (providers.HEADER_CHARS // 10)
+    assert len(subject) == providers.HEADER_CHARS
+
+    at_bound = send(email_step(outputs={"subject": subject, "body": "Hello"}))
+    past_bound = send(email_step(outputs={"subject": f"{subject}j", "body": "Hello"}))
+
+    assert at_bound.status == Step.Status.COMPLETED, at_bound.error
+    assert past_bound.status == Step.Status.FAILED
+    assert past_bound.error == (
+        f"the step's output has a subject of {providers.HEADER_CHARS + 1} characters, "
+        f"over {providers.HEADER_CHARS}"
+    )
+    assert len(smtp_server.envelopes) == 1
+
+
 def test_the_text_alternative_reads_the_html_once() -> None:
     """strip_tags reads its output again until a reading takes nothing more out, up to
     50 times, for HTML shown as HTML: a body of "<<<a>a>a>" nested 49 deep and "<>" was
@@ -2633,17 +2653,27 @@ def test_an_smtp_login_refused_is_retried_and_fails_after_norm_send_max_attempts
     assert inbox.envelopes == []
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "530 5.7.1 Client was not authenticated",
+        "534 5.7.9 Authentication mechanism is too weak",
+        "535 5.7.8 Authentication credentials invalid",
+        "538 5.7.11 Encryption required for requested authentication mechanism",
+    ],
+)
 def test_a_recipient_refused_for_want_of_a_login_is_retried_after_a_backoff(
-    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, reply: str
 ) -> None:
-    """A server relaying for those logged in only may say so for each recipient."""
-    with smtp_serving(settings, _Refusing("RCPT", "530 5.7.1 Client was not authenticated")):
+    """A server relaying for those logged in only may say so for each recipient, with
+    any of RFC 4954's login replies: the server's configuration or norm's, not the
+    address's, and failed for good it lost every email of a broadcast sent meanwhile."""
+    with smtp_serving(settings, _Refusing("RCPT", reply)):
         step = send(email_step())
 
     assert step.status == Step.Status.SCHEDULED
-    assert step.error == (
-        "the SMTP server refused ann@example.com: 530 5.7.1 Client was not authenticated"
-    )
+    assert step.error == f"the SMTP server refused ann@example.com: {reply}"
+    assert Message.objects.get().status == Message.Status.SENDING
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

@@ -1,19 +1,26 @@
-"""A message worker runs for weeks: a send that fails gives back its SMTP connection at
-once, whatever the failure, rather than leave it to the garbage collector."""
+"""A message worker runs for weeks: a send that fails, or a kept connection replaced,
+gives back its SMTP connection at once, rather than leave it to the garbage collector."""
 
 from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from messaging.models import Message
 from messaging.providers import DjangoEmailProvider, SendError
-from tests.conftest import connections_to
+from tests.conftest import Enqueued, connections_to
 from tests.factories import MessageFactory
-from tests.messaging.test_message_worker import Inbox, email_step, smtp_requiring_login
+from tests.messaging.test_message_worker import (
+    Inbox,
+    email_step,
+    smtp_requiring_login,
+    smtp_serving,
+)
+from workflows.models import Step
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +69,22 @@ def test_a_connection_whose_login_is_refused_is_closed_with_a_quit(settings: Any
             gc.enable()
 
     assert (still_open, inbox.quits - quits) == (0, SENDS)
+
+
+def test_a_kept_connection_replaced_for_idling_too_long_is_closed_with_a_quit(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One idle past KEEP_OPEN is replaced rather than trusted, and closed first: dropped
+    with the backend, it stayed open, the server given no QUIT, until the garbage
+    collector freed it, one more for every email that followed a pause."""
+    monkeypatch.setattr(DjangoEmailProvider, "KEEP_OPEN", 0.0)
+    inbox = CountsQuits()
+    with smtp_serving(settings, inbox):
+        first, second = send(email_step()), send(email_step())
+
+        assert (first.status, second.status) == (Step.Status.COMPLETED, Step.Status.COMPLETED)
+        assert len(set(inbox.peers)) == 2  # the second on a new connection
+        assert inbox.quits == 1  # the first closed as it was replaced
