@@ -342,6 +342,9 @@ def test_mark_refuses_messages_of_other_subscribers_or_clients(tenant) -> None:
         {"messageId": "1", "mark": {}},
         {"messageId": [], "mark": {"read": True}},
         {"messageId": {"id": 1}, "mark": {"read": True}},
+        # A JSON true is no id (Python's bool is an int): refused, not looked for as 1.
+        {"messageId": True, "mark": {"read": True}},
+        {"messageId": ["1", False], "mark": {"read": True}},
         {"messageId": "1", "mark": {"read": "maybe"}},
     ],
 )
@@ -902,6 +905,28 @@ def test_v2_list_and_count_narrow_by_novu_pys_other_filters_or_refuse_them(tenan
         assert refused.status_code == 400, wanted
 
 
+def test_v2_created_lte_of_a_notifications_own_millisecond_lists_and_counts_it(tenant) -> None:
+    """A JS Date holds a notification's createdAt to the millisecond, the database its
+    microseconds: createdLte of its own createdAt (an inbox paging by time) must find it,
+    though it was stored a fraction of that millisecond later."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    message = _in_app(ann)
+    made = (timezone.now() - timedelta(hours=1)).replace(microsecond=123_456)
+    Message.objects.filter(pk=message.pk).update(created_at=made)
+    created_ms = api.get("/v2/subscribers/ann/notifications").json()["data"][0]["createdAt"]
+    own_ms = int(made.timestamp()) * 1000 + 123
+    url = "/v2/subscribers/ann/notifications"
+
+    assert created_ms.endswith(".123Z")
+    listed = api.get(f"{url}?createdLte={own_ms}").json()["data"]
+    assert [n["id"] for n in listed] == [str(message.pk)]
+    assert api.get(f"{url}?createdLte={own_ms - 1}").json()["data"] == []
+    filters = [{"createdLte": own_ms}, {"createdLte": own_ms - 1}]
+    counts = api.get(f"{url}/count", {"filters": json.dumps(filters)}).json()["data"]
+    assert [c["count"] for c in counts] == [1, 0]
+
+
 def test_v2_leaves_out_a_recipients_empty_names_and_avatar_rather_than_send_null(
     tenant,
 ) -> None:
@@ -1196,3 +1221,20 @@ def test_v1_records_an_actions_status_and_payload_as_both_clients_call_it() -> N
     assert (seen.cta.action.status, seen.cta.action.result.type) == ("pending", "secondary")
     inbox = novu.subscribers.notifications.list(request={"subscriber_id": "ann"}).result.data[0]
     assert inbox.secondary_action is not None and inbox.secondary_action.is_completed is False
+
+
+def test_v1_refuses_an_action_type_other_than_primary_or_secondary(tenant) -> None:
+    """Novu's v1 call records a result without looking for the button, but of its two
+    types only: unchecked, another would be stored as the message's action, and answered
+    in every listing's cta as a result no button has."""
+    client, api = tenant
+    message = _with_actions(SubscriberFactory(client=client, subscriber_id="ann"))
+
+    response = api.post(
+        f"/v1/subscribers/ann/messages/{message.pk}/actions/tertiary",
+        {"status": "done"},
+        format="json",
+    )
+
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
+    assert Message.objects.get(pk=message.pk).action == {}
