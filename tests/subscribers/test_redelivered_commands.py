@@ -194,6 +194,45 @@ def test_a_given_up_command_passes_by_its_recipient_deleted_since_it_was_reached
     assert (event.forgotten, event.redelivered, event.error) == (["ann"], {"task-1": 1}, "")
 
 
+def test_a_command_delivered_again_unflagged_passes_by_its_recipient_deleted_since(
+    enqueued: Enqueued,
+) -> None:
+    """The command ran (its acknowledgement lost), the subscriber was deleted, and the
+    broker delivered the command again without marking it redelivered: run as a first
+    one, it made the deleted subscriber anew and sent it the workflow a second time. The
+    event forgot the subscriber, and the command passes it by."""
+    event = TriggerEventFactory(to=["ann"])
+    command = {"trigger_event_id": event.pk, "recipient": {"subscriberId": "ann"}}
+    services.subscriber_process(**command)
+    services.subscriber_delete(subscriber=Subscriber.objects.get(subscriber_id="ann"))
+
+    services.subscriber_process(**command)
+
+    assert not Subscriber.objects.exists()
+    assert not Notification.objects.exists()
+    event.refresh_from_db()
+    assert (event.forgotten, event.redelivered) == (["ann"], {})
+
+
+def test_a_chunk_delivered_again_unflagged_passes_by_a_subscriber_made_anew_since(
+    enqueued: Enqueued,
+) -> None:
+    """As a recipient's command (above), a chunk of a broadcast delivered again without
+    the redelivered flag: the subscriber made anew under a deleted one's subscriberId is
+    a new one, which the broadcast never reached."""
+    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST)
+    ann, bob = (SubscriberFactory(client=event.client, subscriber_id=s) for s in ("ann", "bob"))
+    command = {"trigger_event_id": event.pk, "subscriber_ids": ["ann", "bob"]}
+    services.subscribers_process(**command)
+    reached = Notification.objects.get(subscriber=bob)
+    services.subscriber_delete(subscriber=ann)
+    SubscriberFactory(client=event.client, subscriber_id="ann")
+
+    services.subscribers_process(**command)
+
+    assert list(Notification.objects.all()) == [reached]
+
+
 def test_a_given_up_chunk_passes_by_a_subscriber_made_anew_since_it_was_deleted(
     enqueued: Enqueued, settings: Any
 ) -> None:

@@ -104,6 +104,29 @@ def test_updates_an_existing_subscriber_from_the_trigger(
     assert Notification.objects.get().subscriber == existing
 
 
+def test_a_trigger_repeating_the_stored_attributes_writes_no_update(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """Each trigger of a subscriber names its attributes again: only a change is saved,
+    so its updatedAt says when it last changed, and the row is not rewritten (nor its
+    lock taken for a write) by every notification sent it."""
+    event = TriggerEventFactory()
+    existing = SubscriberFactory(
+        client=event.client, subscriber_id="ann", email="ann@example.com", first_name="Ann"
+    )
+    updated_at = existing.updated_at
+
+    with CaptureQueriesContext(connection) as queries:
+        services.subscriber_upsert(
+            client_id=event.client_id,
+            recipient={"subscriberId": "ann", "email": "ann@example.com", "firstName": "Ann"},
+        )
+
+    existing.refresh_from_db()
+    assert existing.updated_at == updated_at
+    assert not [q for q in queries if q["sql"].startswith("UPDATE")]
+
+
 def test_a_recipients_invalid_locale_or_timezone_is_not_stored_and_it_is_still_notified(
     enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
 ) -> None:
