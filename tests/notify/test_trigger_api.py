@@ -34,6 +34,7 @@ from tests.factories import (
     novu_py_for,
 )
 from tests.sdk.helpers import FORMATS
+from tests.sdk.test_schemas import ZOD_CHANNEL
 from workflows import bridge
 from workflows.demo import demo_bridge
 from workflows.models import Notification
@@ -522,35 +523,13 @@ def test_a_zod_payload_schema_counts_a_strings_least_length_as_zod_does(
     assert [e["field"] for e in error["errors"]] == ["payload/code", "payload/name"]
 
 
-# zod-to-json-schema's translation of `z.object({channel: z.discriminatedUnion("kind",
-# [z.object({kind: z.literal("mail"), to: z.string()}), z.object({kind: z.literal("sms"),
-# phone: z.string()})])})`, as @novu/framework 2.13.2 discovers it.
+# zod-to-json-schema's translation of `z.object({channel: ...})`, as @novu/framework 2.13.2
+# discovers it, its channel the discriminated union ZOD_CHANNEL.
 ZOD_UNION = {
     "schema": {
         "type": "object",
         "properties": {
-            "channel": {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "properties": {
-                            "kind": {"type": "string", "const": "mail"},
-                            "to": {"type": "string"},
-                        },
-                        "required": ["kind", "to"],
-                        "additionalProperties": False,
-                    },
-                    {
-                        "type": "object",
-                        "properties": {
-                            "kind": {"type": "string", "const": "sms"},
-                            "phone": {"type": "string"},
-                        },
-                        "required": ["kind", "phone"],
-                        "additionalProperties": False,
-                    },
-                ]
-            }
+            "channel": ZOD_CHANNEL,
         },
         "required": ["channel"],
         "additionalProperties": False,
