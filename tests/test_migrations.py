@@ -22,7 +22,7 @@ from django.db.migrations.state import ProjectState
 
 from config.schema_ops import AddIndexConcurrently
 from notify.models import TriggerEvent
-from tests.factories import ClientFactory, MessageFactory, StepFactory
+from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
 from tests.test_settings import ROOT
 
 # The migrations that only drop a foreign key's own index (a composite starts with it).
@@ -192,6 +192,23 @@ def test_a_trigger_the_code_before_an_upgrade_accepts_goes_in_once_migrated() ->
     )
 
     assert TriggerEvent.objects.get(transaction_id="t-1").redelivered == {}
+
+
+@pytest.mark.django_db
+def test_a_notification_created_since_the_payload_was_unmapped_reads_empty_to_the_release_before() -> (
+    None
+):
+    """Notification.payload is no longer mapped (0007), and this release's INSERTs leave
+    the column out, while the release before still runs beside it and reads the column
+    (an empty {} since it stopped copying the trigger's payload). Without 0007's database
+    default, each of those INSERTs broke the column's NOT NULL: no notification made."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    before = loader.project_state(("workflows", "0006_notification_client_created_index"))
+    old_model = before.apps.get_model("workflows", "Notification")
+
+    notification = NotificationFactory()
+
+    assert old_model.objects.get(pk=notification.pk).payload == {}
 
 
 ROUND_TRIP = """

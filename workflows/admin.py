@@ -383,7 +383,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
     # Newest first, from the created_at index (the id, a uuid4, is in no order at all).
     ordering = ["-created_at"]
     show_full_result_count = False  # no COUNT(*) of the whole table on every page
-    list_defer = ("payload", "error")
+    list_defer = ("error",)
     inlines = [StepInline]
     actions = ["retry", "cancel"]
     fields = [

@@ -36,15 +36,13 @@ class Notification(models.Model):
     )
     workflow_id = models.CharField(max_length=200)
     resource = models.URLField(max_length=500)
-    # Unused, and written empty: a notification's payload is its trigger's, read from
-    # there. Releases up to the one before this copied it into each of a trigger's
-    # notifications (a broadcast's 100,000 copies of one payload); that one reads the
-    # trigger's, as this one does, so it may run beside this one while a deploy rolls.
-    # Two steps remain: the next release leaves the field out of the model's state and
-    # gives the column a database default in the same migration (SeparateDatabaseAndState;
-    # a db_default here would have every INSERT return the column), and the one after
+    # A notification's payload is its trigger's, read from there. Releases before the
+    # last copied it into each of a trigger's notifications (a broadcast's 100,000 copies
+    # of one payload), in a column this model no longer maps (workflows_notification.
+    # payload). The last release wrote it empty and reads it nowhere; migration 0007 gives
+    # it a database default ({}), so that this release's INSERTs, which leave it out, meet
+    # its NOT NULL while the last release still runs beside this one. The next release
     # drops the column.
-    payload = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=100, blank=True)

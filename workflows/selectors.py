@@ -260,8 +260,7 @@ def notification_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[No
     qs = (
         Notification.objects.filter(client_id=client_id)
         .select_related("subscriber", "trigger_event")
-        # A notification's payload is its trigger's (Notification.payload).
-        .defer("payload", *_trigger_unread("trigger_event"))
+        .defer(*_trigger_unread("trigger_event"))
     )
     # Each filter across a join names the client too, so that the join's own unique
     # (client, …) index serves it, rather than a scan of every client's rows.
@@ -314,11 +313,8 @@ def notification_get(*, client_id: int, notification_id: str) -> Notification | 
 
 
 # What a page of messages does not read of the notification above each: its trigger's
-# (_trigger_unread), payload included, and what an older release copied of it.
-MESSAGE_UNREAD = [
-    "step__notification__payload",
-    *_trigger_unread("step__notification__trigger_event", "payload"),
-]
+# (_trigger_unread), payload included.
+MESSAGE_UNREAD = _trigger_unread("step__notification__trigger_event", "payload")
 
 
 def message_list(*, client_id: int, filters: dict[str, Any]) -> QuerySet[Message]:

@@ -69,7 +69,7 @@ def test_a_listed_recipients_command_fails_its_notification_once_norm_max_claims
     assert kills == ["ann"] * 3  # not run a fourth time
     notification = Notification.objects.select_related("subscriber").get(trigger_event=event)
     assert (notification.status, notification.error) == (Notification.Status.FAILED, GIVEN_UP)
-    assert notification.completed_at is not None and notification.payload == {}
+    assert notification.completed_at is not None
     # Created by its id alone: its attributes may be what ended the worker.
     assert (notification.subscriber.subscriber_id, notification.subscriber.first_name) == (
         "ann",

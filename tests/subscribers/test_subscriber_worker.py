@@ -59,7 +59,6 @@ def test_creates_the_subscriber_and_its_notification(
     assert notification.trigger_event == event and notification.subscriber == subscriber
     assert notification.client == event.client
     assert notification.workflow_id == event.workflow_id == "welcome"
-    assert notification.payload == {}  # the trigger's is read, never copied
     assert notification.resource == "http://bridge.test/other"
     assert notification.status == Notification.Status.PENDING
     assert enqueued.calls == [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -910,12 +911,17 @@ def test_the_echo_reads_the_triggers_payload_and_no_copy_of_it(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
     """A notification an older release made holds a copy of its trigger's payload (up to
-    the API's 512 KB), which the bridge no longer gets: read as well, each of its echoes
-    read and decoded the payload twice."""
+    the API's 512 KB) in a column no longer mapped (Notification): read as well, each of
+    its echoes read and decoded the payload twice."""
     payload = {"note": "x" * 100_000}
     notification = NotificationFactory(
-        status=Notification.Status.RUNNING, trigger_event__payload=payload, payload=payload
+        status=Notification.Status.RUNNING, trigger_event__payload=payload
     )
+    with connection.cursor() as cursor:  # the copy the older release made
+        cursor.execute(
+            "UPDATE workflows_notification SET payload = %s::jsonb WHERE id = %s",
+            [json.dumps(payload), notification.pk],
+        )
     execute.answers = [{"done": True}]
 
     with CaptureQueriesContext(connection) as queries:

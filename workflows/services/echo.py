@@ -173,11 +173,8 @@ def _notification_to_echo(notification_id: str) -> Notification | None:
     return (
         Notification.objects.select_related("subscriber", "trigger_event", "client")
         # The event's recipients can run to a thousand entries, those forgotten and the
-        # redelivered commands to a broadcast's; the echo needs none of them. Nor the
-        # notification's own payload (Notification.payload): the bridge gets the event's,
-        # and a notification an older release made holds a copy of it, up to 512 KB.
+        # redelivered commands to a broadcast's; the echo needs none of them.
         .defer(
-            "payload",
             "trigger_event__to",
             "trigger_event__overrides",
             "trigger_event__forgotten",
