@@ -248,6 +248,29 @@ def test_a_subscribe_while_its_topic_is_deleted_creates_the_topic_anew(
     assert list(TopicSubscription.objects.values_list("topic", "subscriber")) == [(anew.pk, ann.pk)]
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_create_while_its_subscriber_is_deleted_creates_it_anew(
+    keyed: tuple[Any, str], version: str
+) -> None:
+    """Novu's create is an upsert: it found the subscriber before the delete committed,
+    and its update then found it gone (Subscriber.DoesNotExist), a 500, where a create
+    after the delete makes it anew, with none of the deleted one's fields."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann", first_name="Old")
+    body = {"subscriberId": "ann", "email": "new@example.com"}
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: api_for(key).post(f"/{version}/subscribers", body, format="json"),
+    )
+
+    assert response.status_code == 201, response.content
+    anew = Subscriber.objects.get()
+    assert anew.pk != ann.pk
+    assert (anew.email, anew.first_name) == ("new@example.com", "")
+    assert response.json()["data"]["_id"] == str(anew.pk)
+
+
 # --- a create whose INSERT meets another's row, which a third request deletes --------------
 
 
