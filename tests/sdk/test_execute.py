@@ -480,6 +480,25 @@ def test_a_skip_condition_that_returns_a_truthy_value_skips_the_step(held: objec
     assert truthy.execute(execute_body({}, []))["options"] == {"skip": True}
 
 
+def test_a_skip_given_as_a_bool_skips_the_step_without_running_its_resolver(
+    calls: list[str],
+) -> None:
+    """`skip=True` (a `Skip` may be a bool: `skip=not settings.SMS_ENABLED`) skips as a
+    condition returning True does; read only when callable, the SMS went out anyway.
+    `skip=False` runs the step."""
+
+    @workflow("flagged")
+    def flagged(ctx: Context) -> None:
+        ctx.step.sms("off", lambda: calls.append("off") or {"body": "b"}, skip=True)
+        ctx.step.sms("on", lambda: calls.append("on") or {"body": "b"}, skip=False)
+
+    answer = flagged.execute(execute_body({}, []))
+    assert (answer["stepId"], answer["outputs"], answer["options"]) == ("off", {}, {"skip": True})
+    assert calls == []
+    assert drive(flagged, {}) == ["off:skipped", "on"]
+    assert calls == ["on"]
+
+
 def test_duplicate_step_ids_are_rejected() -> None:
     @workflow("twice")
     def twice(ctx: Context) -> None:
