@@ -364,6 +364,31 @@ def test_empty_email_subject_is_an_output_error() -> None:
     assert exc.value.data[0]["path"] == "/subject"
 
 
+@pytest.mark.parametrize(
+    ("step_type", "outputs"),
+    [
+        ("sms", {}),
+        ("push", {"subject": "s"}),
+        ("chat", {}),
+        ("in_app", {}),
+        ("in_app", {"avatar": "https://example.com/a.png"}),
+    ],
+)
+def test_a_channel_step_without_its_content_is_an_output_error(
+    step_type: str, outputs: dict[str, Any]
+) -> None:
+    """A resolver that returns no content for its channel (an SMS without a body, an
+    in-app message without a subject or a body) is refused as Novu's SDK refuses it: taken,
+    norm would send an empty message."""
+
+    @workflow("contentless")
+    def contentless(ctx: Context) -> None:
+        getattr(ctx.step, step_type)("step", lambda: outputs)
+
+    with pytest.raises(ExecutionStateOutputInvalidError):
+        contentless.execute(execute_body({}, []))
+
+
 def test_outputs_drop_unknown_keys() -> None:
     @workflow("extra")
     def extra(ctx: Context) -> None:
