@@ -492,6 +492,27 @@ def test_a_bare_except_around_a_step_call_does_not_run_the_steps_after_it(
     assert calls == ["first"]
 
 
+def test_an_except_exception_around_a_step_call_runs_no_code_after_the_step(
+    calls: list[str],
+) -> None:
+    """The SDK stops the workflow function once its step ran by raising what no `except
+    Exception` catches: caught there, the code after the step call (here a write of
+    the author's own) ran on every execute of the step, before the step was sent."""
+
+    @workflow("guarded")
+    def guarded(ctx: Context) -> None:
+        try:
+            ctx.step.sms("first", lambda: calls.append("first") or {"body": "1"})
+        except Exception:
+            calls.append("handler")
+        calls.append("after first")
+        ctx.step.sms("second", lambda: calls.append("second") or {"body": "2"})
+
+    answer = guarded.execute(execute_body({}, []))
+    assert (answer["stepId"], answer["done"]) == ("first", False)
+    assert calls == ["first"]
+
+
 @pytest.mark.parametrize("held", [1, "2025-01-01T10:00:00Z", ["unsubscribed"]])
 def test_a_skip_condition_that_returns_a_truthy_value_skips_the_step(held: object) -> None:
     """Novu's SDK skips when the condition's value is truthy (`if (await shouldSkip(...))`),
