@@ -78,6 +78,30 @@ def test_health_check(bridge: Bridge) -> None:
     assert call(bridge, "GET", {})[1] == body
 
 
+@pytest.mark.parametrize(
+    ("method", "query", "body"),
+    [
+        ("GET", {"action": "discover"}, None),
+        ("OPTIONS", {}, None),
+        ("POST", {"action": "execute", "workflowId": "nope"}, {}),
+    ],
+)
+def test_every_answer_carries_the_cors_headers_of_novus_sdk(
+    bridge: Bridge, method: str, query: dict[str, str], body: dict[str, Any] | None
+) -> None:
+    """Novu's SDK sends these on every answer, an error's too (the reference's capture):
+    a dashboard that calls the bridge from the browser, as Novu's Studio does, can read
+    no answer that lacks them."""
+    headers = call(bridge, method, query, body)[2]
+    assert {k: v for k, v in headers.items() if k.startswith("access-control-")} == {
+        "access-control-allow-origin": "*",
+        "access-control-allow-private-network": "true",
+        "access-control-allow-methods": "GET, POST",
+        "access-control-allow-headers": "*",
+        "access-control-max-age": "604800",
+    }
+
+
 def test_discover_lists_workflows_and_steps_in_code_order(bridge: Bridge) -> None:
     status, body, _ = call(bridge, "GET", {"action": "discover"})
     assert status == 200
