@@ -150,6 +150,23 @@ def test_discover_survives_payload_dependent_code(bridge: Bridge) -> None:
     assert steps["crash"] == []
 
 
+def test_discover_reaches_a_step_behind_the_results_of_the_steps_before_it() -> None:
+    """No step runs during discovery: each returns the result the SDK pretends it has,
+    an in-app message's fallback (unseen, unread) and a delay of 0 ms. Had it been
+    another, or None for a key (which `<` refuses, and discovery stops at the error), the
+    step behind `if not inbox["seen"]` or the delay's duration was missing from discover."""
+
+    @workflow("nudge")
+    def nudge(ctx: Context) -> None:
+        inbox = ctx.step.in_app("inbox", lambda: {"body": "b"})
+        wait = ctx.step.delay("wait", lambda: {"amount": 1, "unit": "hours"})
+        if not inbox["seen"] and wait["duration"] < 3_600_000:
+            ctx.step.email("nudge", lambda: {"subject": "s", "body": "b"})
+
+    body = call(Bridge(workflows=[nudge], strict=False), "GET", {"action": "discover"})[1]
+    assert [s["stepId"] for s in body["workflows"][0]["steps"]] == ["inbox", "wait", "nudge"]
+
+
 def test_execute_through_the_bridge(bridge: Bridge) -> None:
     query = {"action": "execute", "workflowId": "welcome"}
     status, body, _ = call(bridge, "POST", query, execute_body({"name": "Ada"}, []))
