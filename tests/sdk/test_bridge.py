@@ -142,6 +142,17 @@ def test_discover_lists_workflows_and_steps_in_code_order(bridge: Bridge) -> Non
     json.dumps(body)  # serializable as is
 
 
+def test_discover_names_a_workflow_declared_without_a_name_by_its_id(bridge: Bridge) -> None:
+    """A workflow declared without a name is listed with its id as its name, not as
+    `"name": null` (norm's registry falls back to the id itself; a reader of discover that
+    takes the name for a string does not), and one without a description lists none, as
+    Novu's SDK leaves out a description not set."""
+    workflows = call(bridge, "GET", {"action": "discover"})[1]["workflows"]
+    branchy = next(w for w in workflows if w["workflowId"] == "branchy")
+    assert branchy["name"] == "branchy"
+    assert "description" not in branchy
+
+
 def test_discover_survives_payload_dependent_code(bridge: Bridge) -> None:
     workflows = call(bridge, "GET", {"action": "discover"})[1]["workflows"]
     steps = {w["workflowId"]: [s["stepId"] for s in w["steps"]] for w in workflows}
