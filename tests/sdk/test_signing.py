@@ -96,9 +96,13 @@ def test_spaces_around_the_pairs_do_not_matter() -> None:
     verify_signature(SECRET, f" {t_part} , {v1_part} ", b"", now_ms=NOW)
 
 
-def test_missing_signature() -> None:
+@pytest.mark.parametrize("header", [None, ""])
+def test_missing_signature(header: str | None) -> None:
+    """An empty header is none, as for Novu's SDK (`if (!signatureHeader)`): an adapter
+    that passes `request.headers.get(name, "")` gets the code Novu's client reads as a
+    missing signature, not SignatureInvalidError."""
     with pytest.raises(SignatureNotFoundError) as exc:
-        verify_signature(SECRET, None, b"{}", now_ms=NOW)
+        verify_signature(SECRET, header, b"{}", now_ms=NOW)
     assert (exc.value.status, exc.value.code) == (401, "SignatureNotFoundError")
 
 
