@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
@@ -138,6 +139,27 @@ def test_a_signature_cut_short_is_a_mismatch(length: int) -> None:
         verify_signature(SECRET, f"t={NOW},v1={v1[:length]}", b"{}", now_ms=NOW)
     with pytest.raises(SignatureMismatchError):
         verify_signature(SECRET, f"t={NOW},v1={v1}0", b"{}", now_ms=NOW)
+
+
+def test_the_signature_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compared with `==`, which stops at the first digit that differs, the time a refusal
+    takes tells a forger how many leading digits of a guessed `v1` are right, and the
+    HMAC can be found a digit at a time. That time cannot be measured reliably in a test:
+    this one proves each verdict is hmac.compare_digest's (the real one, watched)."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def watched(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", watched)
+    verify_signature(SECRET, signature_header(SECRET, "{}", NOW), b"{}", now_ms=NOW)
+    assert len(compared) == 1
+    forged = signature_header("sk_wrong", "{}", NOW)
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, forged, b"{}", now_ms=NOW)
+    assert len(compared) == 2 and compared[1][1] == forged.partition(",v1=")[2].encode()
 
 
 def test_a_signature_with_non_ascii_characters_is_a_mismatch() -> None:
