@@ -133,6 +133,20 @@ def test_a_skipped_custom_step_with_an_output_schema_lets_the_next_step_run() ->
     assert (mail["stepId"], mail["outputs"]["body"]) == ("mail", "-")
 
 
+def test_a_skipped_in_app_step_gives_the_code_the_result_novu_sends_for_it(
+    welcome: Workflow, calls: list[str]
+) -> None:
+    """Novu's server records a skipped in-app step with the fallback result (unseen,
+    unread, no dates) and norm's with what it stored: a skipped step's outputs reach the
+    code as sent, unchecked. Read as `{}`, `inbox["read"]` in the reminder's skip
+    condition was a KeyError, and every execute after a skipped in-app message a 502."""
+    skipped = {"stepId": "inbox", "outputs": UNREAD, "state": {"status": "skipped"}}
+    state = [skipped, entry("wait", {"duration": 60_000})]
+    response = welcome.execute(execute_body({"name": "Ada"}, state))
+    assert (response["stepId"], response["options"]) == ("reminder", {"skip": False})
+    assert calls == ["reminder"]
+
+
 def test_unread_message_sends_the_reminder(welcome: Workflow) -> None:
     state = [entry("inbox", UNREAD), entry("wait", {"duration": 60_000})]
     response = welcome.execute(execute_body({"name": "Ada"}, state))
