@@ -220,9 +220,10 @@ def test_resolver_exception_is_502(bridge: Bridge) -> None:
 
 
 # JSON, but no object: read as the request, an array or a string would be a 500 (`.get` of
-# a list), which norm retries, rather than the 400 of a body no retry can change.
-@pytest.mark.parametrize("raw", [b"[1", b"[]", b'"payload"', b"null"])
-def test_body_that_is_not_a_json_object(bridge: Bridge, raw: bytes) -> None:
+# a list), which norm retries, rather than the 400 of a body no retry can change. No body
+# at all (b"", or None as `handle` takes it from an adapter) is `{}`, without a payload.
+@pytest.mark.parametrize("raw", [b"[1", b"[]", b'"payload"', b"null", b"", None])
+def test_body_that_is_not_a_json_object(bridge: Bridge, raw: bytes | None) -> None:
     query = {"action": "execute", "workflowId": "welcome"}
     status, body, _ = bridge.handle(method="POST", query=query, body=raw, headers={})
     assert (status, body["code"]) == (400, "ExecutionEventPayloadInvalidError")
