@@ -159,6 +159,24 @@ def test_an_actor_given_as_a_number_reaches_the_bridge_as_its_subscriberid(
     assert execute.calls[0]["body"]["actor"]["subscriberId"] == "7"
 
 
+def test_an_actor_is_read_from_the_notifications_client_never_from_another(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
+) -> None:
+    """Subscriber ids are each client's own: another client's subscriber of the actor's
+    id is someone else, whose email and name would reach this client's bridge (and its
+    templates, and its emails) as the actor's. This client's actor gone, the bridge gets
+    the actor as the trigger gave it."""
+    given = {"subscriberId": "boss", "firstName": "Given"}
+    notification = NotificationFactory(trigger_event__actor=given)
+    other = SubscriberFactory(subscriber_id="boss", first_name="Other", email="boss@other.io")
+    assert other.client_id != notification.client_id
+    execute.answers = [{"done": True}]
+
+    run(notification)
+
+    assert execute.calls[0]["body"]["actor"] == given
+
+
 def test_a_channel_step_is_scheduled_and_the_message_worker_enqueued(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
