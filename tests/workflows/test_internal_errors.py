@@ -206,3 +206,24 @@ def test_a_broker_refusing_the_fan_out_is_no_bug(
     # Let go for the reconciler to send again, however often: never failed for it.
     assert event.status == TriggerEvent.Status.RECEIVED
     assert event.error == ""
+
+
+def test_a_bug_in_the_echo_of_a_notification_canceled_meanwhile_leaves_it_as_canceled(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug counts on an active notification only: one canceled while its echo ran
+    (the admin's cancel, between the echo's read and its bug) keeps the cancel's record.
+    Counted on it anyway, a canceled notification showed the bug's reason in the
+    activity API and the admin, as if norm had failed it."""
+
+    def canceled_then_a_bug(*args: Any, **kwargs: Any) -> Any:
+        operations.notification_cancel(notification=notification)
+        return a_bug()
+
+    monkeypatch.setattr(selectors, "bridge_state", canceled_then_a_bug)
+    notification = NotificationFactory()
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.CANCELED
+    assert (notification.error, notification.error_code) == ("", "")
+    assert notification.internal_errors == 0
