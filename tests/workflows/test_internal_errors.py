@@ -227,3 +227,25 @@ def test_a_bug_in_the_echo_of_a_notification_canceled_meanwhile_leaves_it_as_can
     assert notification.status == Notification.Status.CANCELED
     assert (notification.error, notification.error_code) == ("", "")
     assert notification.internal_errors == 0
+
+
+def test_an_echo_a_bug_ended_waits_a_grace_period_before_the_reconciler_runs_it_again(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace runs from the failed run, as a bridge down's does, not from the
+    notification's last step: one idle long before its bug (a delay's step completed
+    hours ago) was run again at the reconciler's next pass, and a passing bug used its
+    NORM_MAX_CLAIMS runs up within minutes."""
+    monkeypatch.setattr(selectors, "bridge_state", a_bug)
+    notification = NotificationFactory()
+    Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE * 10))
+    tasks.echo_run.apply(args=[str(notification.pk)])
+    notification.refresh_from_db()
+    assert (notification.status, notification.internal_errors) == ("pending", 1)
+
+    reconciler.reconcile()
+    assert enqueued.of(pipeline.ECHO) == []
+
+    Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+    reconciler.reconcile()
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
