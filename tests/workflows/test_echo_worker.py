@@ -385,6 +385,25 @@ def test_only_a_skip_of_true_skips_the_step(
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
 
 
+@pytest.mark.parametrize("done", ["true", "false", 1])
+def test_only_a_done_of_true_ends_the_notification(
+    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], done: Any
+) -> None:
+    """The SDKs answer `done` as a boolean, as `skip`: anything else a bridge writes there
+    (a string, a number) beside a step leaves the step to be sent. Taken as done, the
+    notification completed and the step it answered was never sent, nor said so."""
+    notification = NotificationFactory()
+    execute.answers = [{**EMAIL, "done": done}]
+
+    run(notification)
+
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.RUNNING
+    step = Step.objects.get()
+    assert step.status == Step.Status.SCHEDULED
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+
 def test_done_completes_the_notification(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
 ) -> None:
