@@ -291,3 +291,32 @@ def test_a_task_whose_claim_was_taken_cannot_fail_the_step_for_good(
         bookkeeping.step_complete(step=second, result={})
         step.refresh_from_db()
         assert step.status == Step.Status.COMPLETED
+
+
+@pytest.mark.parametrize("end", ["fail", "undelivered", "skip"])
+def test_a_task_whose_stale_claim_was_released_cannot_end_the_step_before_its_resend(
+    enqueued: Enqueued, end: str
+) -> None:
+    """The reconciler put the slow task's step back on the schedule and sent it again,
+    and the slow task's send ended before the re-sent task claimed it: the step still
+    names the slow task as its last claim, but is no longer its. Ended by it, the step
+    the re-sent task was to deliver was failed (its notification with it) or recorded
+    undelivered or skipped, and the re-sent task's claim refused: never sent."""
+    step = StepFactory()
+    slow = bookkeeping.step_claim(step_id=step.pk, claim="slow-task")
+    assert slow is not None
+    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    reconciler.reconcile()
+    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+
+    if end == "fail":
+        bookkeeping.step_fail(step=slow, code="ProviderRefused", message="550 mailbox unavailable")
+    elif end == "undelivered":
+        bookkeeping.step_undelivered(step=slow, reason="550 mailbox unavailable")
+    else:
+        bookkeeping.step_skip(step=slow, reason="the subscriber has no email address")
+
+    step.refresh_from_db()
+    assert (step.status, step.error) == (Step.Status.SCHEDULED, "")
+    assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
+    assert bookkeeping.step_claim(step_id=step.pk, claim="resent-task") is not None
