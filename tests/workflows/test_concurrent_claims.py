@@ -320,3 +320,38 @@ def test_a_task_whose_stale_claim_was_released_cannot_end_the_step_before_its_re
     assert (step.status, step.error) == (Step.Status.SCHEDULED, "")
     assert Notification.objects.get(pk=step.notification_id).status == Notification.Status.RUNNING
     assert bookkeeping.step_claim(step_id=step.pk, claim="resent-task") is not None
+
+
+def test_a_send_recorded_while_its_notification_is_locked_clears_the_bug_reason_after_commit(
+    enqueued: Enqueued,
+) -> None:
+    """A send recorded (the message, then its step, in one transaction) of a step an
+    earlier run's bug left its reason on, while a subscriber's delete holds the step's
+    notification and goes on to its steps: the reason comes off the notification after
+    the record commits. Taken off inside it, the record held the message and the step
+    while it waited for the notification, which the delete held while it waited for the
+    step: a deadlock, PostgreSQL failing one of them (the delete, a 503 from the API)."""
+    reason = "KeyError: 'subject'"
+    step = StepFactory(error=reason)
+    Notification.objects.filter(pk=step.notification_id).update(
+        error=step.notification_error(reason)
+    )
+    MessageFactory(step=step, channel="email", status=Message.Status.SENDING, attempts=1)
+    claimed = bookkeeping.step_claim(step_id=step.pk, claim="task")
+    assert claimed is not None and claimed.error == reason
+
+    def record() -> None:
+        with transaction.atomic():
+            Message.objects.filter(step=step).update(status=Message.Status.SENT)
+            bookkeeping.step_complete(step=claimed, result={})
+
+    while_held(
+        lambda: Notification.objects.select_for_update().filter(pk=step.notification_id).exists(),
+        record,
+        and_then=lambda: Step.objects.select_for_update().filter(pk=step.pk).exists(),
+    )
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.COMPLETED
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert (notification.status, notification.error) == (Notification.Status.RUNNING, "")
