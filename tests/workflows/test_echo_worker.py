@@ -580,17 +580,26 @@ def test_an_answer_repeating_a_step_in_the_state_fails(
 
 
 @pytest.mark.parametrize(
-    "answer", [{"stepId": "", "type": "email"}, {"stepId": "x", "type": "fax"}, {"outputs": {}}]
+    "answer",
+    [
+        # With outputs: an answer without them fails for its outputs, whatever its stepId.
+        {**EMAIL, "stepId": ""},
+        {"stepId": "x", "type": "fax", "outputs": {}},
+        {"outputs": {}},
+    ],
 )
 def test_an_answer_without_a_valid_step_fails(
     execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None], answer: dict[str, Any]
 ) -> None:
+    """An empty stepId is no step's: recorded, its email went out under no name, and
+    every later call carried a state entry the bridge could match to none of its steps."""
     notification = NotificationFactory()
     execute.answers = [answer]
     run(notification)
     notification.refresh_from_db()
     assert notification.status == Notification.Status.FAILED
     assert notification.error_code == "BridgeInvalidResponse"
+    assert notification.error.startswith("the bridge answered no valid next step")
     assert Step.objects.count() == 0
 
 
