@@ -22,7 +22,7 @@ from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_b
 from tests.factories import StepFactory
 from workflows import selectors
 from workflows.models import Notification, Step
-from workflows.services import bookkeeping, reconciler
+from workflows.services import bookkeeping, operations, reconciler
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
@@ -205,3 +205,27 @@ def test_the_database_away_is_no_bug_the_step_stays_its_tasks_for_its_retry(
     assert (step.status, step.claimed_by, step.error) == (Step.Status.PROCESSING, "task-1", "")
     assert Notification.objects.get(pk=step.notification_id).error == ""
     assert enqueued.of(pipeline.MESSAGE) == []
+
+
+def test_a_bug_in_a_send_whose_notification_was_canceled_meanwhile_leaves_it_as_canceled(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel lets a step already sending finish; a bug then ends the send. Its reason
+    goes on the step (canceled: nothing more to try), not on the canceled notification,
+    which showed the bug's reason in the activity API and the admin, as if norm had
+    failed it."""
+    step = email_step()
+
+    def canceled_then_a_bug(*args: Any, **kwargs: Any) -> Any:
+        operations.notification_cancel(notification=step.notification)
+        return a_bug()
+
+    monkeypatch.setattr(providers.DjangoEmailProvider, "recipient", canceled_then_a_bug)
+    tasks.message_send.apply(args=[step.pk])
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert step.error.startswith("KeyError: 'stepId'")
+    notification = Notification.objects.get(pk=step.notification_id)
+    assert (notification.status, notification.error) == (Notification.Status.CANCELED, "")
+    assert mail.outbox == []
