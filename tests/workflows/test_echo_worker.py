@@ -477,6 +477,24 @@ def test_a_failed_notification_is_a_warning_naming_it_once_a_minute_per_reason(
     assert "failed: HTTP400: no such workflow" in line
 
 
+@pytest.mark.parametrize("status", [Notification.Status.COMPLETED, Notification.Status.CANCELED])
+def test_a_failure_that_finds_the_notification_ended_says_nothing(
+    caplog: pytest.LogCaptureFixture, status: str
+) -> None:
+    """A failure that comes too late (a bridge down on the last retry of an echo whose
+    notification completed, or was canceled, meanwhile) fails nothing: the operator was
+    told a notification failed that the admin shows completed or canceled."""
+    notification = NotificationFactory(status=status)
+
+    echo.notification_fail(
+        notification_id=notification.pk, code="NeverFailed", message="the bridge is unreachable"
+    )
+
+    notification.refresh_from_db()
+    assert notification.status == status
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_an_answer_no_notification_can_record_is_one_traceback_a_minute_not_one_each(
     execute: FakeExecute,
     run: Callable[..., None],
