@@ -19,6 +19,7 @@ from tests.factories import NotificationFactory, TriggerEventFactory
 from workflows import bridge, selectors, tasks
 from workflows.models import Notification, Step
 from workflows.services import fanout, operations, reconciler
+from workflows.services.common import GIVEN_UP
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
 
@@ -47,6 +48,7 @@ def test_an_echo_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_with
     assert (attempt, resent) == (MAX_CLAIMS, MAX_CLAIMS - 1)
     assert notification.error_code == "InternalError"
     assert notification.error.startswith("KeyError: 'stepId'")
+    assert notification.error.endswith(f"({GIVEN_UP})")  # not a bug that is still retried
     assert "Traceback" not in notification.error and "\n" not in notification.error
     assert notification.completed_at is not None
     # The traceback went to the log, once: the attempts after it, within the minute, are
