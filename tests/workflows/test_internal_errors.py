@@ -166,6 +166,9 @@ def test_a_fan_out_a_bug_ends_is_retried_a_bounded_number_of_times_then_fails_wi
     assert event.status == TriggerEvent.Status.FAILED, "sent again for good"
     assert (attempt, resent) == (MAX_CLAIMS, MAX_CLAIMS - 1)
     assert event.error.startswith("KeyError: 'stepId'") and "\n" not in event.error
+    # Failed for good, the reason says so: the bug's own text alone read as a run that
+    # failed once, and an operator waited for the reconciler's next run that never came.
+    assert event.error.endswith(f"({GIVEN_UP})"), event.error
     assert event.processed_at is not None
     assert sum(r.exc_info is not None for r in caplog.records) == 1  # once a minute
     TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(STALE + 1))
