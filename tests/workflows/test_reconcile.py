@@ -753,6 +753,26 @@ def test_a_fan_out_short_of_its_recipients_is_run_again_within_an_hour_of_it(
     assert late.status == TriggerEvent.Status.RECEIVED
 
 
+def test_the_hour_a_fan_out_is_checked_in_runs_from_when_it_ran(enqueued: Enqueued) -> None:
+    """The fan-out starts its event's hour of checks as it ends (recheck_from): one that
+    waited two hours in a backed-up workflows queue, its hour counted from the trigger,
+    was past it before it ran, and a subscriber command lost with the broker then was
+    never sent again: its recipient never got the notification."""
+    event = TriggerEventFactory(to=["ann", "bob"])
+    TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(7200), recheck_from=ago(7200))
+    tasks.workflow_run(event.pk)
+    event.refresh_from_db()
+    assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 2)
+
+    enqueued.clear()  # its subscriber commands, lost with the broker
+    TriggerEvent.objects.filter(pk=event.pk).update(claimed_at=ago(GRACE + 1))
+    assert tasks.reconcile()["events"] == 1
+
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+    event.refresh_from_db()
+    assert (event.status, event.refanned) == (TriggerEvent.Status.RECEIVED, 1)
+
+
 def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) -> TriggerEvent:
     """A processed event for three recipients that reached one, fanned out (or again,
     `refanned` times) `claimed` seconds ago, its notification created `last_created` ago."""
