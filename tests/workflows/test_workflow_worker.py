@@ -159,6 +159,33 @@ def test_broadcast_streams_every_subscriber_of_the_client_in_chunks(
     assert event.status == TriggerEvent.Status.PROCESSED and event.recipients == 7
 
 
+def test_a_broadcast_reaches_every_subscriber_however_the_table_stores_them(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk starts after the last subscriber of the one before, by pk: it must be
+    read in pk order. Read in the order the table stores them, a subscriber updated
+    since (its row rewritten at the table's end) came last in a chunk, the next chunk
+    started after it, and the subscribers between were never sent the broadcast."""
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 3)
+    client = ClientFactory()
+    mine = [SubscriberFactory(client=client) for _ in range(7)]
+    # Rewritten: stored after the others now, as a PATCH of their attributes does.
+    Subscriber.objects.filter(pk__in=[mine[0].pk, mine[1].pk]).update(email="new@example.com")
+    event = TriggerEventFactory(client=client, mode=TriggerEvent.Mode.BROADCAST, to=None)
+
+    with connection.cursor() as cursor:
+        # The table read as stored, as PostgreSQL reads a client's subscribers when they
+        # are most of the table (here, a few rows, it would use the primary key).
+        cursor.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+        tasks.workflow_run(event.pk)
+
+    commands = enqueued.of(pipeline.SUBSCRIBER_BATCH)
+    sent = [i for _, ids in commands for i in ids]
+    assert sent == [s.subscriber_id for s in sorted(mine, key=lambda s: s.pk)]
+    event.refresh_from_db()
+    assert event.recipients == 7
+
+
 def test_broadcast_to_a_client_without_subscribers_enqueues_nothing(enqueued: Enqueued) -> None:
     SubscriberFactory()  # someone else's
     event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST, to=None)
