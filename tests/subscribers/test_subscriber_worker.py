@@ -66,6 +66,23 @@ def test_creates_the_subscriber_and_its_notification(
     ]
 
 
+def test_the_first_echo_is_sent_once_the_notification_is_committed(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """The notification is made in the command's transaction: an echo sent before it
+    commits may run first, find no notification (not yet, or never: a transaction rolled
+    back), and end; the notification then waited, pending, for the reconciler a grace
+    period later."""
+    event = TriggerEventFactory()
+    with django_capture_on_commit_callbacks(execute=False) as on_commit:
+        tasks.subscriber_process(event.pk, RECIPIENT)
+    assert enqueued.calls == []
+
+    for callback in on_commit:
+        callback()
+    assert enqueued.of(pipeline.ECHO) == [(str(Notification.objects.get().pk),)]
+
+
 def test_a_recipients_command_does_not_read_the_events_thousand_recipients(
     enqueued: Enqueued,
 ) -> None:
