@@ -6,11 +6,19 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from config import pipeline
 from messaging.models import Message
 from notify.models import Client, TriggerEvent
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.factories import ClientFactory, SubscriberFactory
+from tests.conftest import Enqueued, ago
+from tests.factories import (
+    ClientFactory,
+    NotificationFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+)
+from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db
@@ -96,3 +104,27 @@ def test_a_subscribers_delete_counts_it_out_of_each_recent_event_by_the_events_i
     assert forgot.count() == 44
     held.refresh_from_db()
     assert (held.recipients, held.forgotten) == (0, ["bob", many.subscriber_id])
+
+
+@pytest.mark.parametrize("status", [TriggerEvent.Status.PROCESSING, TriggerEvent.Status.RECEIVED])
+def test_a_delete_counts_its_subscriber_out_of_an_event_fanned_out_whatever_its_age(
+    enqueued: Enqueued, status: str
+) -> None:
+    """An event being fanned out (or let go for a rerun) whose hour of checks, counted
+    from the trigger, is over (two hours behind a backed-up queue): it still runs, so a
+    recipient it reached and that is deleted meanwhile must be forgotten. Passed over,
+    its run (or rerun) found ann's notification gone with her, made her anew and sent
+    her the workflow a second time."""
+    client = ClientFactory()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    event = TriggerEventFactory(client=client, to=["ann", "bob"], status=status)
+    TriggerEvent.objects.filter(pk=event.pk).update(created_at=ago(7200), recheck_from=ago(7200))
+    NotificationFactory(trigger_event=event, subscriber=ann)
+
+    services.subscriber_delete(subscriber=ann)
+
+    event.refresh_from_db()
+    assert event.forgotten == ["ann"]
+    TriggerEvent.objects.filter(pk=event.pk).update(status=TriggerEvent.Status.RECEIVED)
+    workflow_tasks.workflow_run(event.pk)
+    assert enqueued.of(pipeline.SUBSCRIBER) == [(event.pk, {"subscriberId": "bob"})]
