@@ -4,6 +4,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import kombu.exceptions
 import pytest
 from django.db import connection
 from django.db.models import DateTimeField, F
@@ -1061,3 +1062,27 @@ def test_a_tick_the_database_fails_is_one_warning_a_minute_without_traceback(
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "reconcile" in record.getMessage()
     assert "server closed the connection unexpectedly" in record.getMessage()
+
+
+def test_a_tick_the_broker_fails_is_one_warning_a_minute_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a tick the database fails: the broker away (a restart, a failover), each tick
+    raised, Celery's ERROR and traceback every 10 s for as long as it was away."""
+
+    def broker_away(queue: str) -> int:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(pipeline, "backlog", broker_away)
+
+    for _ in range(3):
+        assert tasks.reconcile.apply().get() == {
+            "events": 0,
+            "cancels": 0,
+            "notifications": 0,
+            "steps": 0,
+        }
+
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "Error 111 connecting" in record.getMessage()
