@@ -794,6 +794,24 @@ def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) ->
     return event
 
 
+def test_a_tick_runs_a_batch_of_short_fan_outs_again_at_most(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a broker lost the commands of thousands of triggers, each tick lets a batch
+    of them go for a rerun, as it re-sends a batch of each other kind: all at once, their
+    reruns flooded the workflows queue with every lost recipient's command together."""
+    monkeypatch.setattr(reconciler, "REDRIVE_BATCH", 2)
+    for _ in range(3):
+        _short_fan_out(claimed=GRACE * 10, last_created=GRACE * 10)
+
+    assert tasks.reconcile()["events"] == 2
+    assert TriggerEvent.objects.filter(status=TriggerEvent.Status.RECEIVED).count() == 2
+
+    enqueued.clear()  # taken by the workflow workers
+    assert tasks.reconcile()["events"] == 1
+    assert TriggerEvent.objects.filter(status=TriggerEvent.Status.RECEIVED).count() == 3
+
+
 def test_a_fan_out_that_reached_every_recipient_is_not_run_again(enqueued: Enqueued) -> None:
     """As many notifications as recipients: nothing was lost, nothing to run again."""
     event = _short_fan_out(claimed=GRACE * 10, last_created=GRACE * 10)
