@@ -58,6 +58,20 @@ def test_a_batch_of_due_steps_is_those_due_longest_ago(
     assert sorted(enqueued.of(pipeline.MESSAGE)) == sorted([(older.pk,), (oldest.pk,)])
 
 
+def test_a_tick_sends_a_batch_of_due_steps_at_most_of_both_kinds_together(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps never sent come first, and those sent a grace period ago fill the rest of
+    the batch, no more: each kind a batch of its own, a tick sent nearly two."""
+    monkeypatch.setattr(reconciler, "REDRIVE_BATCH", 3)
+    never = [step_at(due=5, enqueued=None, position=p) for p in range(2)]
+    lost = [step_at(due=GRACE + 30 + p, enqueued=GRACE + 30, position=2 + p) for p in range(3)]
+
+    assert tasks.reconcile()["steps"] == 3
+    sent = {pk for (pk,) in enqueued.of(pipeline.MESSAGE)}
+    assert sent == {never[0].pk, never[1].pk, lost[2].pk}  # the longest overdue
+
+
 def test_a_due_step_never_enqueued_is_enqueued_once(enqueued: Enqueued) -> None:
     due = step_at(due=5, enqueued=None)
     step_at(due=-3600, enqueued=None)  # a long delay, not due yet
