@@ -516,6 +516,25 @@ def test_received_trigger_events_older_than_grace_are_enqueued_again(
     assert new.pk not in [pk for (pk,) in enqueued.of(pipeline.WORKFLOW)]
 
 
+def test_a_tick_re_sends_a_batch_of_events_and_of_cancels_at_most(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the broker lost thousands of triggers (or of cancels' tasks), a tick re-sends
+    a batch of each, the rest the next ticks' once the queue is empty: all at once, one
+    tick read every one and queued them together."""
+    monkeypatch.setattr(reconciler, "REDRIVE_BATCH", 2)
+    for _ in range(3):
+        TriggerEventFactory()
+        TriggerEventFactory(status=TriggerEvent.Status.PROCESSED, canceled_at=ago(GRACE + 1))
+    TriggerEvent.objects.update(created_at=ago(GRACE + 1))
+    TriggerEvent.objects.filter(canceled_at__isnull=False).update(cancel_task_at=ago(GRACE + 1))
+
+    counts = tasks.reconcile()
+
+    assert (counts["events"], counts["cancels"]) == (2, 2)
+    assert (len(enqueued.of(pipeline.WORKFLOW)), len(enqueued.of(pipeline.CANCEL))) == (2, 2)
+
+
 def test_a_received_event_is_resent_once_per_grace_period_not_every_tick(
     enqueued: Enqueued,
 ) -> None:
