@@ -12,6 +12,7 @@ from django.utils import timezone
 from config import pipeline
 from messaging import services as messaging_services
 from messaging.models import Message
+from tests.e2e.harness import free_port
 from tests.factories import MessageFactory, NotificationFactory, StepFactory, SubscriberFactory
 from workflows import bridge
 from workflows.models import Notification, Step
@@ -210,6 +211,31 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
     step.refresh_from_db()
     assert step.status == Step.Status.COMPLETED
     assert Message.objects.get(step=step).status == Message.Status.SENT
+
+
+def test_an_admin_retry_sends_again_after_a_failure_for_now_within_its_fresh_budget(
+    settings, enqueued
+) -> None:
+    """The message's attempts are the provider's count (a send that failed for now is
+    retried below NORM_SEND_MAX_ATTEMPTS): kept from the run before, the retried message's
+    first failure for now (the SMTP server restarting) failed it for good at once."""
+    settings.NORM_SEND_MAX_ATTEMPTS = 2
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    # A port nothing listens on: each send fails for now.
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+    notification = NotificationFactory(
+        status=Notification.Status.FAILED, subscriber=SubscriberFactory(email="ann@example.com")
+    )
+    step = StepFactory(notification=notification, status=Step.Status.FAILED)
+    _email_message(step, status=Message.Status.FAILED, attempts=2)
+
+    assert operations.notification_retry(notification=notification)
+    messaging_services.message_send(step_id=step.pk)
+
+    step.refresh_from_db()
+    assert step.status == Step.Status.SCHEDULED  # to be sent again after a backoff
+    message = Message.objects.get(step=step)
+    assert (message.status, message.attempts) == (Message.Status.SENDING, 1)
 
 
 @pytest.mark.parametrize("failed_step", [False, True])
