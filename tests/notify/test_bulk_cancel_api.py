@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django.db.models import DateTimeField, F
 from django.http import HttpResponse
 from django.utils import timezone
@@ -303,6 +303,34 @@ def test_cancel_stops_only_the_named_triggers_notifications(
         (keyed[0], "tx-1"): (Notification.Status.CANCELED, Step.Status.CANCELED),
         (keyed[0], "tx-2"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
         (other_client, "tx-1"): (Notification.Status.RUNNING, Step.Status.SCHEDULED),
+    }
+
+
+def test_a_triggers_cancel_ends_every_notification_however_the_table_stores_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk starts after the last subscriber of the one before: it must be read in
+    subscriber order. Read in the order the table stores them, a notification updated
+    since (its row rewritten at the table's end) came last in a chunk, the next chunk
+    started after its subscriber, and those between were never canceled: sent, a day's
+    delay later, or shown running until their echo came back."""
+    monkeypatch.setattr(operations, "CANCEL_CHUNK", 2)
+    event = TriggerEventFactory(status=TriggerEvent.Status.PROCESSED)
+    made = [NotificationFactory(trigger_event=event) for _ in range(5)]
+    # Rewritten: stored after the others now, as each step recorded rewrites its row.
+    Notification.objects.filter(pk__in=[made[0].pk, made[1].pk]).update(
+        status=Notification.Status.RUNNING
+    )
+    TriggerEvent.objects.filter(pk=event.pk).update(canceled_at=timezone.now())
+
+    with connection.cursor() as cursor:
+        # The table read as stored, as PostgreSQL reads a trigger's notifications when they
+        # are most of the table (here, a few rows, it would use an index).
+        cursor.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+        assert operations.notifications_cancel(trigger_event_id=event.pk) == 5
+
+    assert set(Notification.objects.values_list("status", flat=True)) == {
+        Notification.Status.CANCELED
     }
 
 
