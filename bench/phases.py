@@ -506,7 +506,6 @@ def _bulk_insert_seconds(client: Client, total: int) -> float:
                 subscriber_id=pk,
                 workflow_id="bench-bulk",
                 resource=client.bridge_url,
-                payload={},
             )  # fmt: skip
             for pk in subscriber_ids
         ),
