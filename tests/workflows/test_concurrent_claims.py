@@ -82,17 +82,24 @@ def test_two_chunks_of_one_fanout_reaching_the_same_subscribers_do_not_deadlock(
     assert {args[0] for args in enqueued.of(pipeline.ECHO)} == created
 
 
-def _sending_twice(enqueued: Enqueued) -> tuple[Step, Step]:
+def _stale_claim_released(enqueued: Enqueued) -> Step:
     """A send slower than NORM_STALE_CLAIM_SECONDS: the reconciler takes the step from
-    its first task, which is still sending, and a second task claims it. Returns the
-    step as each task holds it."""
+    its first task, which is still sending, and sends it again. Returns the step as that
+    first task holds it."""
     step = StepFactory()
     slow = bookkeeping.step_claim(step_id=step.pk, claim="slow-task")
     assert slow is not None
     Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
     reconciler.reconcile()
     assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
-    second = bookkeeping.step_claim(step_id=step.pk, claim="second-task")
+    return slow
+
+
+def _sending_twice(enqueued: Enqueued) -> tuple[Step, Step]:
+    """As _stale_claim_released, and a second task claims the step. Returns the step as
+    each task holds it."""
+    slow = _stale_claim_released(enqueued)
+    second = bookkeeping.step_claim(step_id=slow.pk, claim="second-task")
     assert second is not None
     enqueued.clear()
     return slow, second
@@ -302,12 +309,8 @@ def test_a_task_whose_stale_claim_was_released_cannot_end_the_step_before_its_re
     names the slow task as its last claim, but is no longer its. Ended by it, the step
     the re-sent task was to deliver was failed (its notification with it) or recorded
     undelivered or skipped, and the re-sent task's claim refused: never sent."""
-    step = StepFactory()
-    slow = bookkeeping.step_claim(step_id=step.pk, claim="slow-task")
-    assert slow is not None
-    Step.objects.filter(pk=step.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    reconciler.reconcile()
-    assert enqueued.of(pipeline.MESSAGE) == [(step.pk,)]
+    slow = _stale_claim_released(enqueued)
+    step = Step.objects.get(pk=slow.pk)
 
     if end == "fail":
         bookkeeping.step_fail(step=slow, code="ProviderRefused", message="550 mailbox unavailable")

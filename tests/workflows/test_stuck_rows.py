@@ -196,9 +196,10 @@ def test_a_message_sent_before_its_task_was_lost_stays_sent_when_the_step_ends(
     assert (message.status, message.error) == (Message.Status.SENT, "")
 
 
-def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings, enqueued) -> None:
+def _failed_email_retried(settings: Any) -> Step:
+    """An email step failed for good at NORM_SEND_MAX_ATTEMPTS (2), retried from the
+    admin, and its send run once, through settings.EMAIL_BACKEND."""
     settings.NORM_SEND_MAX_ATTEMPTS = 2
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     notification = NotificationFactory(
         status=Notification.Status.FAILED, subscriber=SubscriberFactory(email="ann@example.com")
     )
@@ -209,6 +210,12 @@ def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings,
     messaging_services.message_send(step_id=step.pk)
 
     step.refresh_from_db()
+    return step
+
+
+def test_an_admin_retry_gives_the_step_a_fresh_budget_of_send_attempts(settings, enqueued) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    step = _failed_email_retried(settings)
     assert step.status == Step.Status.COMPLETED
     assert Message.objects.get(step=step).status == Message.Status.SENT
 
@@ -219,20 +226,10 @@ def test_an_admin_retry_sends_again_after_a_failure_for_now_within_its_fresh_bud
     """The message's attempts are the provider's count (a send that failed for now is
     retried below NORM_SEND_MAX_ATTEMPTS): kept from the run before, the retried message's
     first failure for now (the SMTP server restarting) failed it for good at once."""
-    settings.NORM_SEND_MAX_ATTEMPTS = 2
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     # A port nothing listens on: each send fails for now.
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
-    notification = NotificationFactory(
-        status=Notification.Status.FAILED, subscriber=SubscriberFactory(email="ann@example.com")
-    )
-    step = StepFactory(notification=notification, status=Step.Status.FAILED)
-    _email_message(step, status=Message.Status.FAILED, attempts=2)
-
-    assert operations.notification_retry(notification=notification)
-    messaging_services.message_send(step_id=step.pk)
-
-    step.refresh_from_db()
+    step = _failed_email_retried(settings)
     assert step.status == Step.Status.SCHEDULED  # to be sent again after a backoff
     message = Message.objects.get(step=step)
     assert (message.status, message.attempts) == (Message.Status.SENDING, 1)
