@@ -192,6 +192,34 @@ def test_a_step_whose_bug_went_away_leaves_no_reason_on_its_notification(
     assert [d["status"] for d in waiting["executionDetails"]] == ["Pending"], waiting
 
 
+def test_a_step_whose_bug_went_away_leaves_another_steps_reason_on_its_notification(
+    enqueued: Enqueued, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Two steps open at once (an admin's retry reopens each failed one), a bug in each
+    run: the notification holds the last one's reason. The first completing takes off
+    its own reason only: taking off whichever step's, it left the notification looking
+    as if nothing was wrong while the second still waited on its bug."""
+    bug = pytest.MonkeyPatch()
+    bug.setattr(providers.DjangoEmailProvider, "recipient", a_bug)
+    first = email_step()
+    second = StepFactory(
+        notification=first.notification, step_id="second", type="email", outputs=first.outputs
+    )
+    tasks.message_send.apply(args=[first.pk])
+    tasks.message_send.apply(args=[second.pk])
+    bug.undo()
+    reason = Notification.objects.get(pk=first.notification_id).error
+    assert reason.startswith("step 'second'"), reason
+    Step.objects.filter(pk=first.pk).update(due_at=timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.message_send.apply(args=[first.pk])
+
+    first.refresh_from_db()
+    assert first.status == Step.Status.COMPLETED
+    assert Notification.objects.get(pk=first.notification_id).error == reason
+
+
 def test_the_database_away_is_no_bug_the_step_stays_its_tasks_for_its_retry(
     enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
