@@ -358,3 +358,53 @@ def test_a_send_recorded_while_its_notification_is_locked_clears_the_bug_reason_
     assert step.status == Step.Status.COMPLETED
     notification = Notification.objects.get(pk=step.notification_id)
     assert (notification.status, notification.error) == (Notification.Status.RUNNING, "")
+
+
+def _claimed_with_a_sending_message() -> Step:
+    """An email step claimed by its task, its message `sending` from an earlier attempt
+    that failed for now."""
+    step = StepFactory()
+    MessageFactory(step=step, channel="email", status=Message.Status.SENDING, attempts=1)
+    claimed = bookkeeping.step_claim(step_id=step.pk, claim="task")
+    assert claimed is not None and claimed.message_status == Message.Status.SENDING
+    return claimed
+
+
+def test_a_skip_meeting_a_sends_record_waits_for_its_message_before_its_step() -> None:
+    """A skip whose message is `sending` (an earlier attempt's) ends the step, then gives
+    the message up, while a send that outlasted its claim records the message, then the
+    step. Locking the step first, the skip held what the record wanted next and waited
+    for what it held: a deadlock, PostgreSQL failing one of them."""
+    claimed = _claimed_with_a_sending_message()
+
+    while_held(
+        lambda: Message.objects.filter(step=claimed).update(status=Message.Status.SENT),
+        lambda: bookkeeping.step_skip(step=claimed, reason="no email address"),
+        and_then=lambda: Step.objects.select_for_update().filter(pk=claimed.pk).exists(),
+    )
+
+    step = Step.objects.get(pk=claimed.pk)
+    assert step.status == Step.Status.SKIPPED
+    assert Message.objects.get(step=step).status == Message.Status.SENT  # delivered after all
+
+
+def test_a_retry_later_meeting_a_subscribers_delete_waits_for_the_notification_first(
+    enqueued: Enqueued,
+) -> None:
+    """A send failed for now puts its step back on the schedule, then moves its
+    notification's updated_at, while a subscriber's delete holds the notification and
+    goes on to its steps. Locking the step first, the retry held what the delete wanted
+    next and waited for what it held: a deadlock, PostgreSQL failing one of them (the
+    delete, a 503 from the API)."""
+    claimed = _claimed_with_a_sending_message()
+
+    while_held(
+        lambda: (
+            Notification.objects.select_for_update().filter(pk=claimed.notification_id).exists()
+        ),
+        lambda: bookkeeping.step_retry_later(step=claimed, message="421 try later", backoff=5),
+        and_then=lambda: Step.objects.select_for_update().filter(pk=claimed.pk).exists(),
+    )
+
+    step = Step.objects.get(pk=claimed.pk)
+    assert (step.status, step.error) == (Step.Status.SCHEDULED, "421 try later")
