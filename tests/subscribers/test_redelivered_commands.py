@@ -214,19 +214,25 @@ def test_a_command_delivered_again_unflagged_passes_by_its_recipient_deleted_sin
     assert (event.forgotten, event.redelivered) == (["ann"], {})
 
 
-def test_a_chunk_delivered_again_unflagged_passes_by_a_subscriber_made_anew_since(
-    enqueued: Enqueued,
-) -> None:
-    """As a recipient's command (above), a chunk of a broadcast delivered again without
-    the redelivered flag: the subscriber made anew under a deleted one's subscriberId is
-    a new one, which the broadcast never reached."""
+def _chunk_run_then_ann_made_anew() -> tuple[dict[str, Any], Notification, Subscriber]:
+    """A broadcast's chunk of ann and bob run once, then ann deleted and made anew under
+    her subscriberId. Returns the chunk's command, bob's notification and the new ann."""
     event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST)
     ann, bob = (SubscriberFactory(client=event.client, subscriber_id=s) for s in ("ann", "bob"))
     command = {"trigger_event_id": event.pk, "subscriber_ids": ["ann", "bob"]}
     services.subscribers_process(**command)
     reached = Notification.objects.get(subscriber=bob)
     services.subscriber_delete(subscriber=ann)
-    SubscriberFactory(client=event.client, subscriber_id="ann")
+    return command, reached, SubscriberFactory(client=event.client, subscriber_id="ann")
+
+
+def test_a_chunk_delivered_again_unflagged_passes_by_a_subscriber_made_anew_since(
+    enqueued: Enqueued,
+) -> None:
+    """As a recipient's command (above), a chunk of a broadcast delivered again without
+    the redelivered flag: the subscriber made anew under a deleted one's subscriberId is
+    a new one, which the broadcast never reached."""
+    command, reached, _ = _chunk_run_then_ann_made_anew()
 
     services.subscribers_process(**command)
 
@@ -239,17 +245,11 @@ def test_a_given_up_chunk_passes_by_a_subscriber_made_anew_since_it_was_deleted(
     """As a chunk's run does (_subscribers_process): the subscriber made anew under the
     same subscriberId is a new one, which the broadcast never reached."""
     settings.NORM_MAX_CLAIMS = 1
-    event = TriggerEventFactory(mode=TriggerEvent.Mode.BROADCAST)
-    ann, bob = (SubscriberFactory(client=event.client, subscriber_id=s) for s in ("ann", "bob"))
-    command = {"trigger_event_id": event.pk, "subscriber_ids": ["ann", "bob"]}
-    services.subscribers_process(**command)
-    reached = Notification.objects.get(subscriber=bob)
-    services.subscriber_delete(subscriber=ann)
-    anew = SubscriberFactory(client=event.client, subscriber_id="ann")
+    command, reached, anew = _chunk_run_then_ann_made_anew()
 
     services.subscribers_process(**command, redelivered="task-1")
 
     assert list(Notification.objects.all()) == [reached]
     assert not Notification.objects.filter(subscriber=anew).exists()
-    event.refresh_from_db()
+    event = TriggerEvent.objects.get(pk=command["trigger_event_id"])
     assert event.error == f"subscriber 'bob': {GIVEN_UP.replace('3 runs', '1 runs')}"
