@@ -22,7 +22,7 @@ from django.db.migrations.state import ProjectState
 
 from config.schema_ops import AddIndexConcurrently
 from notify.models import TriggerEvent
-from tests.factories import ClientFactory, MessageFactory, NotificationFactory, StepFactory
+from tests.factories import ClientFactory, MessageFactory, StepFactory
 from tests.test_settings import ROOT
 
 # The migrations that only drop a foreign key's own index (a composite starts with it).
@@ -194,23 +194,6 @@ def test_a_trigger_the_code_before_an_upgrade_accepts_goes_in_once_migrated() ->
     assert TriggerEvent.objects.get(transaction_id="t-1").redelivered == {}
 
 
-@pytest.mark.django_db
-def test_a_notification_created_since_the_payload_was_unmapped_reads_empty_to_the_release_before() -> (
-    None
-):
-    """Notification.payload is no longer mapped (0007), and this release's INSERTs leave
-    the column out, while the release before still runs beside it and reads the column
-    (an empty {} since it stopped copying the trigger's payload). Without 0007's database
-    default, each of those INSERTs broke the column's NOT NULL: no notification made."""
-    loader = MigrationLoader(None, ignore_no_migrations=True)
-    before = loader.project_state(("workflows", "0006_notification_client_created_index"))
-    old_model = before.apps.get_model("workflows", "Notification")
-
-    notification = NotificationFactory()
-
-    assert old_model.objects.get(pk=notification.pk).payload == {}
-
-
 ROUND_TRIP = """
 import django
 django.setup()
@@ -365,6 +348,48 @@ def test_an_event_the_release_before_fans_out_during_and_after_the_upgrade_is_st
         "fanned out between 0017 and 0018",
         "stored and fanned out after 0018",
     ]
+
+
+# 0008 drops the payload column 0007 unmapped; unapplied, it puts it back with 0007's
+# default, which the release before 0007 reads.
+PAYLOAD_DROPPED = """
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+
+from tests.factories import NotificationFactory
+from workflows.models import Notification
+
+def migrate(*args):
+    call_command("migrate", *args, interactive=False, verbosity=0)
+
+def columns():
+    with connection.cursor() as cursor:
+        table = connection.introspection.get_table_description(cursor, "workflows_notification")
+    return "payload" in [column.name for column in table]
+
+migrate()
+made = NotificationFactory()
+print(columns())
+migrate("workflows", "0007_notification_payload_unmapped")
+print(columns())
+before = MigrationLoader(connection).project_state(("workflows", "0006_notification_client_created_index"))
+print(before.apps.get_model("workflows", "Notification").objects.get(pk=made.pk).payload)
+migrate()
+print(columns(), Notification.objects.filter(pk=made.pk).exists())
+"""
+
+
+def test_the_payloads_column_is_dropped_and_comes_back_with_its_default(
+    throwaway_database: str,
+) -> None:
+    """A notification's payload is its trigger's: 0008 drops the column of the copies
+    older releases made. Unapplied, it adds the column back NOT NULL with the default
+    that 0007 gave it, so that the rows made meanwhile read empty to the release before
+    0007, which still maps it."""
+    assert _run_on(throwaway_database, PAYLOAD_DROPPED) == ["False", "True", "{}", "False True"]
 
 
 def _run_on(database: str, script: str) -> list[str]:

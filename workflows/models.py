@@ -36,13 +36,9 @@ class Notification(models.Model):
     )
     workflow_id = models.CharField(max_length=200)
     resource = models.URLField(max_length=500)
-    # A notification's payload is its trigger's, read from there. Releases before the
-    # last copied it into each of a trigger's notifications (a broadcast's 100,000 copies
-    # of one payload), in a column this model no longer maps (workflows_notification.
-    # payload). The last release wrote it empty and reads it nowhere; migration 0007 gives
-    # it a database default ({}), so that this release's INSERTs, which leave it out, meet
-    # its NOT NULL while the last release still runs beside this one. The next release
-    # drops the column.
+    # A notification's payload is its trigger's, read from there: no copy of it per
+    # notification (a broadcast's 100,000 copies of one payload). Releases before 0007
+    # made one, in a column 0008 dropped.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     error_code = models.CharField(max_length=100, blank=True)

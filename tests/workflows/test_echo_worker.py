@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,8 +13,6 @@ import kombu.serialization
 import pytest
 from celery.exceptions import Retry
 from celery.worker.request import Request
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from config import pipeline
@@ -969,28 +966,3 @@ def test_an_in_app_steps_state_says_when_it_was_seen_and_when_read() -> None:
         "lastSeenDate": None,
         "lastReadDate": None,
     }
-
-
-def test_the_echo_reads_the_triggers_payload_and_no_copy_of_it(
-    execute: FakeExecute, enqueued: Enqueued, run: Callable[..., None]
-) -> None:
-    """A notification an older release made holds a copy of its trigger's payload (up to
-    the API's 512 KB) in a column no longer mapped (Notification): read as well, each of
-    its echoes read and decoded the payload twice."""
-    payload = {"note": "x" * 100_000}
-    notification = NotificationFactory(
-        status=Notification.Status.RUNNING, trigger_event__payload=payload
-    )
-    with connection.cursor() as cursor:  # the copy the older release made
-        cursor.execute(
-            "UPDATE workflows_notification SET payload = %s::jsonb WHERE id = %s",
-            [json.dumps(payload), notification.pk],
-        )
-    execute.answers = [{"done": True}]
-
-    with CaptureQueriesContext(connection) as queries:
-        run(notification)
-
-    assert execute.calls[0]["body"]["payload"] == payload
-    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
-    assert not [sql for sql in reads if '"workflows_notification"."payload"' in sql]
