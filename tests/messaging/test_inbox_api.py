@@ -1032,7 +1032,7 @@ def test_v2_mark_all_takes_null_or_empty_filters_as_none(tenant) -> None:
     assert one.read_at is not None
 
 
-@pytest.mark.parametrize("data", ["{}", " { } ", {}, ""])
+@pytest.mark.parametrize("data", ["{}", " { } ", {}, "", " "])
 def test_v2_an_empty_data_filter_is_none_on_the_list_count_and_mark_all(tenant, data: Any) -> None:
     """Novu takes `data` as a JSON string (its clients stringify the object) and matches
     an empty object with no condition, as README says of an empty filter: `{}` or "{}"
