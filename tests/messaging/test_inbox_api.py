@@ -155,6 +155,8 @@ def test_the_feed_lists_only_the_messages_whose_payload_matches_the_payload_filt
         base64.b64encode(b"{not json").decode(),
         _feed_payload(["a"]),
         _feed_payload({"tags": ["a"]}),
+        _feed_payload("a"),
+        _feed_payload(7),
     ],
 )
 def test_a_payload_filter_norm_cannot_match_is_a_400(tenant, payload: str) -> None:
