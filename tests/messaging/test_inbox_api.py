@@ -447,6 +447,7 @@ def test_the_unseen_count(tenant) -> None:
     assert api.get(url).json() == {"data": {"count": 3}}
     assert api.get(f"{url}?seen=false&limit=2.0").json() == {"data": {"count": 2}}
     assert api.get(f"{url}?seen=true").json() == {"data": {"count": 1}}
+    assert api.get(f"{url}?limit=0").status_code == 400  # counting none is no count
     assert api.get("/v1/subscribers/bob/notifications/unseen").status_code == 400  # as Novu
 
 
