@@ -816,6 +816,7 @@ def test_v2_count_answers_once_per_filter() -> None:
     )
     assert [(c.count, c.filter_) for c in counted.result] == [(1, {"read": False})]
     assert api.get(url, {"filters": "{"}).status_code == 400
+    assert api.get(url, {"filters": '[{"read": false}, "read"]'}).status_code == 400  # no filter
     assert api.get(url, {"filters": "[" * 5000}).status_code == 400  # too deep to decode
 
 
