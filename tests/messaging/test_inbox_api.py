@@ -599,7 +599,7 @@ def test_v2_list_has_the_in_app_steps_avatar_actions_and_redirect(tenant) -> Non
             "avatar": "https://shop.example/logo.png",
             "primaryAction": action,
             "secondaryAction": {"label": "Later"},
-            "redirect": {"url": "/orders/1"},
+            "redirect": {"url": "/orders/1", "target": "_new"},  # a target Novu has not
         }
     )
     odd = _in_app(ann, "odd")
@@ -624,6 +624,7 @@ def test_v2_list_has_the_in_app_steps_avatar_actions_and_redirect(tenant) -> Non
     assert item.primary_action.redirect.target == "_blank"
     assert (item.secondary_action.label, item.secondary_action.redirect) == ("Later", None)
     assert item.redirect is not None and item.redirect.url == "/orders/1"
+    assert item.redirect.target is None
     assert (odd_item.avatar, odd_item.primary_action, odd_item.secondary_action) == (None,) * 3
     assert odd_item.redirect is not None and odd_item.redirect.target is None
 
