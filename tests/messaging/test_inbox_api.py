@@ -532,6 +532,8 @@ def test_mark_all_marks_every_message_of_the_subscriber_only(tenant) -> None:
     assert all(m.read_at and m.seen_at for m in Message.objects.filter(pk__in=[m.pk for m in mine]))
     assert Message.objects.get(pk=bobs.pk).read_at is None
     assert api.post(url, {"markAs": "unread"}, format="json").json() == {"data": 3}
+    # Marked seen or unseen alone, what changed is their seen marks.
+    assert api.post(url, {"markAs": "unseen"}, format="json").json() == {"data": 3}
     assert api.post(url, {"markAs": "never"}, format="json").status_code == 422
 
 
