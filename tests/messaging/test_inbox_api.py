@@ -694,6 +694,29 @@ def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
     assert seen == [str(m.pk) for m in (lower_id_newer, higher_id_older, oldest)]
 
 
+def test_v2_list_pages_below_a_cursor_read_since_in_the_lists_order(tenant) -> None:
+    """An unread inbox pages on from the last notification it showed, which the
+    subscriber may have read since: found in the whole feed, its creation time says where
+    the page goes on. Looked for among the unread only, it would not be found, and the
+    page would go on below its id, skipping the older notifications of higher ids (an
+    empty page, the inbox's end)."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    lower_id_newer, higher_id_older, oldest = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann)
+    now = timezone.now()
+    for message, age in ((lower_id_newer, 1), (higher_id_older, 2), (oldest, 3)):
+        Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(minutes=age))
+    url = "/v2/subscribers/ann/notifications?read=false&limit=1"
+    first = api.get(url).json()
+    assert [i["id"] for i in first["data"]] == [str(lower_id_newer.pk)]
+    read = api.patch(f"/v2/subscribers/ann/notifications/{lower_id_newer.pk}/read")
+    assert read.status_code == 200, read.content
+
+    page = api.get(f"{url}&after={lower_id_newer.pk}").json()
+
+    assert ([i["id"] for i in page["data"]], page["hasMore"]) == ([str(higher_id_older.pk)], True)
+
+
 def test_v2_list_pages_through_notifications_made_at_the_same_instant(tenant) -> None:
     """Messages of one instant (a chunk of a broadcast) are listed by id below it: the
     page after one of them goes on among the others, not below their instant, which
