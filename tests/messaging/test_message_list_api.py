@@ -67,6 +67,7 @@ def test_lists_the_clients_messages_newest_first_as_both_sdks_read_them(tenant) 
     first, second = page.data
     assert (first.status, first.error_text, first.channel) == ("error", "provider down", "in_app")
     assert (second.status, second.channel, second.subject) == ("sent", "email", "Hi")
+    assert response.json()["data"][1]["cta"] == {}  # a click and buttons are an inbox's
     assert second.transaction_id == older.step.notification.trigger_event.transaction_id
     old = PaginatedMessageDto.from_camel_case(response.json())
     assert [m._id for m in old.data] == [str(failed.pk), str(older.pk)]
