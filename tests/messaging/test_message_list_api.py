@@ -227,7 +227,9 @@ def test_an_emails_address_is_its_email_as_novus() -> None:
     ann = SubscriberFactory(client=client, subscriber_id="ann")
     _message(ann, "email", provider="django-email", recipient="ann@example.test")
     _message(ann, "in_app", provider="inbox")
+    _message(ann, "sms", recipient="+15550100")  # an address, but no email's
 
     listed = novu_py_for(key).messages.retrieve(request={}).result.data
 
-    assert {m.channel: m.email for m in listed} == {"email": "ann@example.test", "in_app": None}
+    emails = {m.channel: m.email for m in listed}
+    assert emails == {"email": "ann@example.test", "in_app": None, "sms": None}
