@@ -4,13 +4,15 @@ moment after the delete would have."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from django.db import transaction
 
 from messaging.models import Message
 from subscribers import services
-from tests.conftest import while_held
+from tests.conftest import InThread, lock_waiters, while_held
 from tests.factories import SubscriberFactory
 from tests.messaging.test_inbox_api import _in_app
 
@@ -80,3 +82,39 @@ def test_a_mark_while_the_same_mark_is_made_waits_and_keeps_its_time(
         assert second.json()["data"] == 0
     assert dict(Message.objects.values_list("pk", "read_at")) == read_at
     assert all(read_at.values())
+
+
+def test_a_mark_does_not_wait_for_a_notification_being_stored_for_the_subscriber(
+    tenant: tuple[Any, Any],
+) -> None:
+    """A transaction storing a notification and its message for the subscriber (a
+    trigger's, a worker's) holds the subscriber's key until it commits (the foreign
+    keys' checks). The mark's lock on the subscriber leaves the key be (no key update),
+    so an inbox's mark does not wait for such a transaction, a broadcast's chunk say."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    one = _in_app(ann, "one")
+    stored, release = threading.Event(), threading.Event()
+
+    def store_another() -> None:
+        with transaction.atomic():
+            _in_app(ann, "another")
+            stored.set()
+            release.wait(30)
+
+    holder = InThread(store_another)
+    try:
+        assert stored.wait(10)
+        marking = InThread(
+            lambda: api.post("/v2/subscribers/ann/notifications/read", {}, format="json")
+        )
+        lock_waiters(1, marking)  # returns once it waits for a lock, or has ended
+        waited = marking.thread.is_alive()
+    finally:
+        release.set()
+    holder.join()
+
+    assert not waited
+    assert marking.join().status_code == 204
+    one.refresh_from_db()
+    assert one.read_at is not None
