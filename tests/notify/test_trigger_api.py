@@ -907,6 +907,28 @@ def test_a_repeat_the_checks_now_refuse_finds_a_transaction_id_given_with_spaces
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+@pytest.mark.parametrize("path", [TRIGGER, BULK])
+def test_a_trigger_the_checks_refuse_is_no_repeat_of_another_clients_transaction_id(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, path: str
+) -> None:
+    """The stored trigger a refused one may repeat is the caller's own: another client's of
+    the same transactionId answered it 201, as if taken, and nothing was run."""
+    _, other_key = client_with_key()
+    taken = post(TRIGGER, {"name": "welcome", "to": "ann", "transactionId": "tx-1"}, key=other_key)
+    assert taken.status_code == 201, taken.content
+    event = {"name": "welcome", "to": {"topicKey": "news"}, "transactionId": "tx-1"}
+
+    refused = post(path, {"events": [event]} if path == BULK else event)
+
+    if path == BULK:
+        assert refused.status_code == 201, refused.content
+        assert refused.json()["data"][0]["status"] == "error"
+    else:
+        assert_error(refused, 404, "topic_not_found")
+    assert TriggerEvent.objects.count() == 1
+    assert len(enqueued.of(pipeline.WORKFLOW)) == 1
+
+
 def test_a_transaction_id_given_with_spaces_cancels_and_reads_its_trigger(
     keyed: tuple[Client, str], discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
