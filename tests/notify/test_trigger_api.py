@@ -1078,6 +1078,33 @@ def test_optional_fields_sent_as_null_are_absent(
     assert len(enqueued.of(pipeline.WORKFLOW)) == 1
 
 
+_GIVEN = {
+    "payload": {"n": 1},
+    "overrides": {"email": {"from": "desk@example.com"}},
+    "actor": "bob",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (TRIGGER, {"name": "welcome", "to": "ann", **_GIVEN}),
+        (BROADCAST, {"name": "welcome", **_GIVEN}),
+        (BULK, {"events": [{"name": "welcome", "to": "ann", **_GIVEN}]}),
+    ],
+)
+def test_the_optional_fields_given_are_stored_as_given(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, path: str, body: dict[str, Any]
+) -> None:
+    """The trigger's overrides are kept with it (the admin shows them), as its payload
+    and actor are: none was dropped on the way from the body to its event."""
+    response = post(path, body)
+
+    assert response.status_code == 201, response.content
+    event = TriggerEvent.objects.get()
+    assert (event.payload, event.overrides, event.actor) == tuple(_GIVEN.values())
+
+
 @pytest.mark.parametrize("tenant", ["acme", {"identifier": "acme", "name": "Acme"}])
 def test_a_tenant_is_refused_not_dropped(
     keyed: tuple[Client, str], discover: FakeDiscover, tenant: Any
