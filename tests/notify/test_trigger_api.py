@@ -364,6 +364,33 @@ def test_an_undeclared_key_is_left_to_the_bridge_behind_a_ref_too(
     assert [e["field"] for e in error["errors"]] == ["payload/n"]
 
 
+def test_an_undeclared_key_where_the_defaults_pass_does_not_reach_is_left_to_the_bridge(
+    post: Post, monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """zod-to-json-schema's `z.tuple([...]).rest(z.object({...}))`: the rest's items sit
+    under `additionalItems`, where the defaults pass strips no key; jsonschema reports
+    the key there, and it is still no reason to refuse the trigger."""
+
+    def strict(key: str) -> dict[str, Any]:
+        properties = {key: {"type": "integer"}}
+        return {"type": "object", "properties": properties, "additionalProperties": False}
+
+    lines = {"type": "array", "items": [strict("a")], "additionalItems": strict("b")}
+    schema = {"type": "object", "properties": {"lines": lines}}
+    monkeypatch.setattr(
+        bridge, "discover", lambda url, *, secrets: _welcome(payload={"schema": schema})
+    )
+    payload = {"lines": [{"a": 1}, {"b": 2, "utm": "x"}]}
+    accepted = post(TRIGGER, {"name": "welcome", "to": "ann", "payload": payload})
+    refused = post(
+        TRIGGER, {"name": "welcome", "to": "bob", "payload": {"lines": [{"a": 1}, {"b": "two"}]}}
+    )
+
+    assert accepted.status_code == 201, accepted.content
+    error = assert_error(refused, 400, "invalid_payload")
+    assert [e["field"] for e in error["errors"]] == ["payload/lines/1/b"]
+
+
 def test_a_required_key_with_a_default_may_be_left_out_as_the_bridge_fills_it(
     post: Post, monkeypatch: pytest.MonkeyPatch
 ) -> None:
