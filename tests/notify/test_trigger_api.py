@@ -1374,6 +1374,35 @@ def test_a_registry_entry_older_than_the_ttl_is_discovered_again(
     assert BridgeWorkflow.objects.get(client=keyed[0], workflow_id="welcome").discovered_at > old
 
 
+def test_a_stale_entry_is_refreshed_by_one_trigger_while_those_meanwhile_serve_it(
+    post: Post,
+    enqueued: Enqueued,
+    keyed: tuple[Client, str],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    """A trigger that comes while another's discover hangs serves the stale entry: each
+    asked the bridge too, and while it hung every trigger of the client waited on it."""
+    settings.NORM_REGISTRY_TTL, settings.NORM_DISCOVER_MIN_INTERVAL = 60, 10
+    old = timezone.now() - timedelta(seconds=61)
+    BridgeWorkflowFactory(client=keyed[0], workflow_id="welcome", discovered_at=old)
+    BridgeSyncFactory(client=keyed[0], synced_at=old)
+    urls: list[str] = []
+    meanwhile: list[HttpResponse] = []
+
+    def discover_hanging(url: str, *, secrets: Sequence[str]) -> dict[str, Any]:
+        urls.append(url)
+        if len(urls) == 1:  # another trigger comes while this discover is under way
+            meanwhile.append(post(TRIGGER, {"name": "welcome", "to": "bob"}))
+        return demo_bridge.discover()
+
+    monkeypatch.setattr(bridge, "discover", discover_hanging)
+
+    assert post(TRIGGER, {"name": "welcome", "to": "ann"}).status_code == 201
+    assert meanwhile[0].status_code == 201, meanwhile[0].content
+    assert urls == [BRIDGE_URL]
+
+
 def test_a_registry_entry_within_the_ttl_is_served_without_asking_the_bridge(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, keyed: tuple[Client, str], settings: Any
 ) -> None:
