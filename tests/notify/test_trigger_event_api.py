@@ -213,8 +213,8 @@ def test_a_transaction_id_with_a_line_break_is_read_and_canceled(
 def test_a_transaction_id_named_as_a_trigger_route_is_read_and_canceled(
     api: APIClient, django_capture_on_commit_callbacks: Capture, word: str
 ) -> None:
-    """/v1/events/trigger/bulk and /broadcast are the bulk and broadcast POSTs: a GET or
-    DELETE there, of a trigger taken with that transactionId (Novu takes any string),
+    """/v1/events/trigger/bulk and /broadcast are the bulk and broadcast POSTs: a GET, HEAD
+    or DELETE there, of a trigger taken with that transactionId (Novu takes any string),
     answered 405."""
     body = json.dumps({"name": "welcome", "to": "ann", "transactionId": word})
     with django_capture_on_commit_callbacks(execute=True):
@@ -222,6 +222,7 @@ def test_a_transaction_id_named_as_a_trigger_route_is_read_and_canceled(
     assert response.status_code == 201, response.content
 
     assert read(api, word)["transactionId"] == word
+    assert api.head(f"/v1/events/trigger/{word}").status_code == 200
     assert api.delete(f"/v1/events/trigger/{word}").json() == {"data": True}
     assert read(api, word)["canceledAt"]
     assert api.delete(f"/v1/events/trigger/{word}").json() == {"data": False}
