@@ -7,6 +7,7 @@ import pytest
 
 from notify import services
 from notify.models import TriggerEvent
+from tests.conftest import while_held
 from tests.factories import ClientFactory, NotificationFactory, TriggerEventFactory
 from workflows.models import Notification
 
@@ -61,3 +62,21 @@ def test_the_clients_unfinished_work_follows_its_bridge_and_nobody_elses_does() 
         assert _resource(row) == OLD
     for row in (elsewhere, elsewhere.trigger_event):
         assert _resource(row) == ALLOWED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_moves_at_once_leave_the_work_on_the_bridge_the_client_ends_on() -> None:
+    """The second move reads where the bridge is once the first has committed: read
+    before, it moved the work still on the first's old URL (none by then), and the work
+    stayed on a URL the client no longer had, failed (BridgeNotAllowed)."""
+    client = ClientFactory(bridge_url=OLD)
+    received = TriggerEventFactory(client=client)
+    last = "http://127.0.0.1:8002/bridge"
+
+    while_held(
+        lambda: services.client_bridge_move(client=client, bridge_url=NEW),
+        lambda: services.client_bridge_move(client=client, bridge_url=last),
+    )
+
+    client.refresh_from_db()
+    assert (client.bridge_url, _resource(received)) == (last, last)
