@@ -235,13 +235,19 @@ def test_a_value_longer_than_its_column_or_an_empty_name_is_refused_naming_it(
 
 def test_the_name_and_bridge_urls_are_stored_trimmed_as_the_admin_stores_them() -> None:
     """The admin trims a client's name; createclient stored " shop " as typed, and
-    `createclient shop --if-missing` then found no "shop" and made a second client."""
-    createclient(" shop ", "--bridge-url", f" {BRIDGE} ", "--allowed-bridge-url", f"{BRIDGE}2 ")
+    `createclient shop --if-missing` then found no "shop" and made a second client. So
+    too a sender domain, as the admin's form stores it."""
+    createclient(
+        " shop ",
+        *("--bridge-url", f" {BRIDGE} ", "--allowed-bridge-url", f"{BRIDGE}2 "),
+        *("--email-from-domain", " acme.example\n"),
+    )
     lines = createclient("shop", "--bridge-url", BRIDGE, "--if-missing")
 
     client = Client.objects.get()
     assert client.name == "shop" and lines == ["Client 'shop' exists already."]
     assert client.bridge_urls() == [BRIDGE, BRIDGE + "2"]
+    assert client.email_from_domains == ["acme.example"]
     with pytest.raises(CommandError, match="exists already"):
         createclient("shop ", "--bridge-url", BRIDGE)
 
