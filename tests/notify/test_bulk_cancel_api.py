@@ -130,16 +130,25 @@ def test_bulk_answers_each_event_on_its_own(
         {"name": "welcome", "to": []},
         "not an event",
         welcome("cid", transactionId="tx-cid"),
+        {"to": "dan", "transactionId": "tx-unnamed"},
     ]
     response = api("post", BULK, {"events": events})
     assert response.status_code == 201, response.content
     results = response.json()["data"]
 
-    assert [r["status"] for r in results] == ["processed", "error", "error", "error", "processed"]
+    statuses = ["processed", "error", "error", "error", "processed", "error"]
+    assert [r["status"] for r in results] == statuses
     assert all(r["acknowledged"] is True for r in results)
     assert "nope" in results[1]["error"][0] and results[1]["transactionId"] == "tx-bad"
     assert results[2]["error"][0] and results[3]["error"][0]
     assert results[4]["transactionId"] == "tx-cid"
+    # A field refused reads as the trigger's 400 says it, not as the serializer's repr.
+    assert results[5] == {
+        "acknowledged": True,
+        "status": "error",
+        "error": ["name: This field is required."],
+        "transactionId": "tx-unnamed",
+    }
     stored = TriggerEvent.objects.filter(client=keyed[0])
     assert sorted(stored.values_list("transaction_id", flat=True)) == sorted(
         [results[0]["transactionId"], "tx-cid"]
