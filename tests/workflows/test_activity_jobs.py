@@ -200,6 +200,33 @@ def test_each_step_status_maps_to_novus_job_status(tenant: Any) -> None:
     assert last["mail"] == ("Pending", "Step queued")
 
 
+def test_a_steps_end_is_a_retry_only_after_a_first_attempt(tenant: Any) -> None:
+    """Novu's `isRetry` marks the detail of an attempt after the first: a step sent at
+    its first attempt (every sent step has one at least) is no retry."""
+    client, api = tenant
+    notification = _notification(client)
+    for position, attempts in enumerate((1, 2)):
+        StepFactory(
+            notification=notification,
+            step_id=f"mail-{attempts}",
+            type="email",
+            position=position,
+            status=Step.Status.COMPLETED,
+            attempts=attempts,
+            completed_at=timezone.now(),
+        )
+
+    data = api.get(f"/v1/notifications/{notification.pk}").json()["data"]
+    jobs = ActivityNotificationResponseDto.model_validate(data).jobs or []
+
+    ends = {
+        j.step.id: (j.execution_details[-1].detail, j.execution_details[-1].is_retry)
+        for j in jobs
+        if j.type == "email"  # not the run's job, waiting for the bridge's next step
+    }
+    assert ends == {"mail-1": ("Step completed", False), "mail-2": ("Step completed", True)}
+
+
 def test_a_failure_between_steps_is_one_more_job_after_them(tenant: Any) -> None:
     """The bridge refused the state after a step that completed: no step failed, and a
     novu-py user, who reads jobs and no notification status, saw nothing wrong."""
