@@ -972,6 +972,18 @@ def test_a_transaction_id_given_with_spaces_cancels_and_reads_its_trigger(
     assert TriggerEvent.objects.get().canceled_at is not None
 
 
+def test_a_name_longer_than_a_workflow_id_is_400_naming_the_field_and_asks_no_bridge(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued
+) -> None:
+    """No bridge's workflow has such an id (norm keeps 200 characters of one): the body is
+    refused as it is, rather than sent to the bridge's discover to be a 422."""
+    error = assert_error(post(TRIGGER, {"name": "w" * 201, "to": "ann"}), 400, "invalid_request")
+
+    assert [e["field"] for e in error["errors"]] == ["name"]
+    assert discover.calls == []
+    assert_nothing_stored(enqueued)
+
+
 def test_a_transaction_id_longer_than_norm_keeps_is_400_naming_the_field(
     post: Post, discover: FakeDiscover, enqueued: Enqueued
 ) -> None:
