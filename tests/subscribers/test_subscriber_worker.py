@@ -14,7 +14,7 @@ from config import pipeline
 from notify.models import TriggerEvent
 from subscribers import services, tasks
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, while_held
+from tests.conftest import Enqueued, ago, while_held
 from tests.factories import (
     BridgeWorkflowFactory,
     SubscriberFactory,
@@ -141,6 +141,24 @@ def test_a_trigger_repeating_the_stored_attributes_writes_no_update(
     existing.refresh_from_db()
     assert existing.updated_at == updated_at
     assert not [q for q in queries if q["sql"].startswith("UPDATE")]
+
+
+def test_a_trigger_changing_an_attribute_moves_the_subscribers_updated_at(
+    enqueued: Enqueued,
+) -> None:
+    """A change a trigger makes is a change of the subscriber as an update's is: its
+    updatedAt says so (GET /v2/subscribers?orderBy=updatedAt lists it by its last one)."""
+    event = TriggerEventFactory()
+    existing = SubscriberFactory(client=event.client, subscriber_id="ann", email="old@example.com")
+    Subscriber.objects.filter(pk=existing.pk).update(updated_at=ago(3600))
+
+    services.subscriber_upsert(
+        client_id=event.client_id, recipient={"subscriberId": "ann", "email": "new@example.com"}
+    )
+
+    existing.refresh_from_db()
+    assert existing.email == "new@example.com"
+    assert existing.updated_at > ago(60)
 
 
 def test_a_recipients_invalid_locale_or_timezone_is_not_stored_and_it_is_still_notified(
