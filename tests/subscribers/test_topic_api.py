@@ -1206,6 +1206,24 @@ def test_v2_a_subscription_is_got_by_the_identifier_or_id_it_is_listed_with(
         novu.topics.subscriptions.get_subscription(topic_key="news", identifier="news:bob")
 
 
+def test_v2_a_subscribers_own_id_alone_names_none_of_its_subscriptions(
+    keyed: tuple[Client, str],
+) -> None:
+    """A subscription's `_id` is <topic pk>:<subscriber pk>: the subscriber's pk alone is
+    no name of it, for a get nor for an unsubscribe, which would remove a member that
+    the caller never named."""
+    client, key = keyed
+    ok(call(key, "post", "/v2/topics/news/subscriptions", {"subscriberIds": ["ann", "bob"]}), 201)
+    bob = Subscriber.objects.get(client=client, subscriber_id="bob")
+    path = "/v2/topics/news/subscriptions"
+
+    assert call(key, "get", f"{path}/{bob.pk}").status_code == 204
+    assert_error(
+        call(key, "delete", path, {"subscriptions": [{"identifier": str(bob.pk)}]}), 400, path
+    )
+    assert members(client, "news") == ["ann", "bob"]
+
+
 def test_v2_a_subscription_is_renamed_by_its_identifier_and_refuses_preferences(
     keyed: tuple[Client, str], other: tuple[Client, str]
 ) -> None:
