@@ -206,6 +206,18 @@ def test_a_renamed_topic_says_when_and_lists_last_by_updated_at(key: str) -> Non
     assert listed(order_direction="ASC") == ["sport", "news"]
 
 
+def test_an_upsert_or_rename_to_the_name_a_topic_has_leaves_its_updated_at(key: str) -> None:
+    """updatedAt says when the topic last changed: a create repeated as it was (a client
+    making its topics at each start) or a rename to the same name changes nothing."""
+    made = ok(call(key, "post", "/v2/topics", {"key": "news", "name": "News"}), 201)["data"]
+
+    again = ok(call(key, "post", "/v2/topics", {"key": "news", "name": "News"}), 200)["data"]
+    renamed = ok(call(key, "patch", "/v2/topics/news", {"name": "News"}))["data"]
+
+    assert again["updatedAt"] == renamed["updatedAt"] == made["updatedAt"]
+    assert ok(call(key, "get", "/v2/topics/news"))["data"]["updatedAt"] == made["updatedAt"]
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize(
     "topic_key", ["team/news", "news?daily", "news#1", "news daily", "news%2Fdaily@example.com"]
