@@ -355,6 +355,17 @@ def test_a_subscriber_made_with_such_an_id_stays_upsertable(keyed: tuple[Client,
     assert Subscriber.objects.get(subscriber_id="team/ann").email == "ann@example.com"
 
 
+def test_another_clients_subscriber_with_such_an_id_lets_none_be_made(
+    key: str,
+) -> None:
+    """What stays upsertable is a client's own subscriber made before norm refused such
+    ids: another client's of that id makes none reachable here."""
+    SubscriberFactory(client=client_with_key()[0], subscriber_id="team/ann")
+    path = "/v2/subscribers"
+    assert_error(call(key, "post", path, {"subscriberId": "team/ann"}), 400, path)
+    assert Subscriber.objects.filter(subscriber_id="team/ann").count() == 1
+
+
 def test_bulk_create_fails_only_the_subscriber_id_no_url_could_reach(
     keyed: tuple[Client, str],
 ) -> None:
