@@ -252,6 +252,16 @@ def test_an_actor_id_or_object_is_taken(
     assert TriggerEvent.objects.get().actor == actor
 
 
+@pytest.mark.parametrize("path", [TRIGGER, BROADCAST])
+def test_an_empty_actor_is_none(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, path: str
+) -> None:
+    """ "" is no actor, as null is (Novu reads it by `if (command.actor)`), not an actor
+    refused for its empty subscriberId."""
+    response = post(path, {"name": "welcome", "to": "ann", "payload": {}, "actor": ""})
+    assert response.status_code == 201, response.content
+
+
 def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
     body = {"name": "welcome", "to": "ann", "payload": {"blob": "x" * (600 * 1024)}}
     assert_error(post(TRIGGER, body), 413, "payload_too_large")
