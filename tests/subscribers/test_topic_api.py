@@ -12,7 +12,7 @@ from novu_py.models import TopicResponseDto
 
 from config.dates import iso_z
 from notify.models import Client
-from subscribers import selectors
+from subscribers import selectors, services
 from subscribers.models import Subscriber, Topic, TopicSubscription
 from tests.factories import SubscriberFactory, client_with_key, novu_py_for
 from tests.novu_nulls import nulls_novu_refuses
@@ -526,6 +526,29 @@ def test_v2_remove_members(keyed: tuple[Client, str]) -> None:
     assert [d["subscriber"]["subscriberId"] for d in answer["data"]] == ["ann", "cid"]
     assert members(client, "news") == ["bob"]
     assert members(client, "deals") == ["ann"]  # only the topic named
+
+
+def test_v2_a_member_unsubscribed_before_its_subscribe_answers_is_answered_still(
+    keyed: tuple[Client, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscribe reads its members' subscriptions again once it committed, for its
+    answer: one removed in between (an unsubscribe that came then) is answered as
+    subscribed, which it was, not a 500."""
+    client, key = keyed
+    subscribe = services.topic_upsert_subscribe
+
+    def then_bob_unsubscribed(**kwargs: Any) -> Any:
+        made = subscribe(**kwargs)
+        services.topic_unsubscribe(topic=made[0], subscriber_ids=["bob"])
+        return made
+
+    monkeypatch.setattr(services, "topic_upsert_subscribe", then_bob_unsubscribed)
+    body = {"subscriberIds": ["ann", "bob"]}
+    answer = ok(call(key, "post", "/v2/topics/news/subscriptions", body), 201)
+
+    assert [s["subscriber"]["subscriberId"] for s in answer["data"]] == ["ann", "bob"]
+    assert answer["meta"] == {"totalCount": 2, "successful": 2, "failed": 0}
+    assert members(client, "news") == ["ann"]
 
 
 def test_v2_a_member_named_twice_is_removed_and_no_failure(keyed: tuple[Client, str]) -> None:
