@@ -402,3 +402,25 @@ def test_an_unsubscribe_while_its_topic_is_deleted_waits_for_the_delete(
 
     assert response.status_code == 404, response.content
     assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
+
+
+def test_a_subscriptions_rename_while_its_topic_is_deleted_is_a_404(
+    keyed: tuple[Any, str],
+) -> None:
+    """The rename waits for the topic, which the delete locks first, and finds it gone:
+    the 404 a moment later would answer. Read before the delete committed, the
+    subscription was renamed by an UPDATE of no row, and answered 200, renamed."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+    services.topic_subscribe(topic=topic, subscriber_ids=["ann"])
+
+    _, response = while_held(
+        lambda: services.topic_delete(topic=topic),
+        lambda: api_for(key).patch(
+            "/v2/topics/news/subscriptions/tk_news:si_ann", {"name": "Weekly"}, format="json"
+        ),
+    )
+
+    assert response.status_code == 404, response.content
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
