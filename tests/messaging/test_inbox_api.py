@@ -672,15 +672,22 @@ def test_a_redirect_to_a_url_novu_refuses_is_left_out_of_every_listing(tenant, u
     assert item.secondary_action.redirect.url == "https://shop.example/t"
 
 
-def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
-    """A message saved a moment later may get the lower id (two workers at once): the
-    cursor follows the list's order (newest first), so no page skips or repeats it."""
-    client, api = tenant
+def _newer_than_their_ids_say(client: Any) -> tuple[Message, Message, Message]:
+    """ann's three in-app messages, newest first, the newest of the lowest id (saved
+    first, then dated later, as by two workers at once)."""
     ann = SubscriberFactory(client=client, subscriber_id="ann")
     lower_id_newer, higher_id_older, oldest = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann)
     now = timezone.now()
     for message, age in ((lower_id_newer, 1), (higher_id_older, 2), (oldest, 3)):
         Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(minutes=age))
+    return lower_id_newer, higher_id_older, oldest
+
+
+def test_v2_list_pages_by_cursor_in_the_lists_order(tenant) -> None:
+    """A message saved a moment later may get the lower id (two workers at once): the
+    cursor follows the list's order (newest first), so no page skips or repeats it."""
+    client, api = tenant
+    lower_id_newer, higher_id_older, oldest = _newer_than_their_ids_say(client)
     url = "/v2/subscribers/ann/notifications?limit=1"
 
     seen, after = [], ""
@@ -701,11 +708,7 @@ def test_v2_list_pages_below_a_cursor_read_since_in_the_lists_order(tenant) -> N
     page would go on below its id, skipping the older notifications of higher ids (an
     empty page, the inbox's end)."""
     client, api = tenant
-    ann = SubscriberFactory(client=client, subscriber_id="ann")
-    lower_id_newer, higher_id_older, oldest = _in_app(ann, "a"), _in_app(ann, "b"), _in_app(ann)
-    now = timezone.now()
-    for message, age in ((lower_id_newer, 1), (higher_id_older, 2), (oldest, 3)):
-        Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(minutes=age))
+    lower_id_newer, higher_id_older, oldest = _newer_than_their_ids_say(client)
     url = "/v2/subscribers/ann/notifications?read=false&limit=1"
     first = api.get(url).json()
     assert [i["id"] for i in first["data"]] == [str(lower_id_newer.pk)]
