@@ -3,12 +3,16 @@ trusts the CA bundle the environment names."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import ssl
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -463,3 +467,35 @@ def test_a_redirect_names_where_it_points_without_the_query() -> None:
         f"the bridge answered a redirect (301) to {url}/api/norm/; norm follows none: "
         "if the bridge is served there, make that the client's bridge URL"
     )
+
+
+def test_a_call_is_signed_in_both_headers_novu_reads_with_the_first_key_at_norms_time() -> None:
+    """Novu's framework reads `novu-signature`, its older versions `x-novu-signature`:
+    both carry `t=<unix ms>,v1=<HMAC of "<t>.<body>">`, made with the newest key as the
+    call goes (a GET signs `{}`); a health-check goes unsigned."""
+    seen: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def respond(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        seen.append((method, body, {k.lower(): v for k, v in headers.items()}))
+        return 200, {"status": "ok", "workflows": []}, {}
+
+    with json_serving(respond) as url:
+        before = time.time_ns() // 1_000_000
+        bridge.execute(
+            f"{url}/bridge",
+            secrets=("nk_new", "nk_old"),
+            workflow_id="w",
+            body={"payload": {"n": 1}},
+        )
+        bridge.discover(f"{url}/bridge", secrets=("nk_new", "nk_old"))
+        bridge.health_check(f"{url}/bridge")
+        after = time.time_ns() // 1_000_000
+    (post, sent, posted), (get, _, got), (_, _, health) = seen
+    assert (post, get) == ("POST", "GET")
+    for signed, headers in ((sent.decode(), posted), ("{}", got)):
+        header = headers["novu-signature"]
+        assert headers["x-novu-signature"] == header
+        t, v1 = re.fullmatch(r"t=(\d+),v1=([0-9a-f]{64})", header).groups()  # type: ignore[union-attr]
+        assert before <= int(t) <= after
+        assert v1 == hmac.new(b"nk_new", f"{t}.{signed}".encode(), hashlib.sha256).hexdigest()
+    assert "novu-signature" not in health and "x-novu-signature" not in health
