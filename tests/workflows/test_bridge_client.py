@@ -499,3 +499,14 @@ def test_a_call_is_signed_in_both_headers_novu_reads_with_the_first_key_at_norms
         assert before <= int(t) <= after
         assert v1 == hmac.new(b"nk_new", f"{t}.{signed}".encode(), hashlib.sha256).hexdigest()
     assert "novu-signature" not in health and "x-novu-signature" not in health
+
+
+def test_a_300_is_a_redirect_norm_follows_not_an_answer() -> None:
+    """300 Multiple Choices is a redirect as 301 to 308 are: its JSON is no bridge's answer."""
+    with (
+        json_serving(lambda *_: (300, {"status": "ok", "workflows": []}, {})) as url,
+        pytest.raises(bridge.BridgeError) as exc,
+    ):
+        bridge.discover(f"{url}/bridge", secrets=("nk_test",))
+    assert exc.value.code == "BridgeRedirect"
+    assert not isinstance(exc.value, bridge.BridgeUnavailable)
