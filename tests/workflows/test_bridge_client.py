@@ -510,3 +510,28 @@ def test_a_300_is_a_redirect_norm_follows_not_an_answer() -> None:
         bridge.discover(f"{url}/bridge", secrets=("nk_test",))
     assert exc.value.code == "BridgeRedirect"
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
+
+
+def test_only_a_401_refusing_the_key_is_signed_again_with_the_next_key() -> None:
+    """A bridge refuses a signature with a 401: an answer of another status whose code
+    happens to read as a refused key (a workflow's own error) is the call's answer, not
+    a reason to call again with the next key, nor to name the key as what to change."""
+    calls: list[str] = []
+
+    def respond(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        calls.append(path)
+        return 403, {"code": "SignatureMismatchError", "message": "no"}, {}
+
+    with json_serving(respond) as url, pytest.raises(bridge.BridgeError) as exc:
+        bridge.execute(
+            f"{url}/bridge",
+            secrets=("nk_new", "nk_old"),
+            workflow_id="w",
+            body={"payload": {"n": 1}},
+        )
+    assert len(calls) == 1
+    assert (exc.value.status, exc.value.code, exc.value.message) == (
+        403,
+        "SignatureMismatchError",
+        "no",
+    )
