@@ -535,3 +535,18 @@ def test_only_a_401_refusing_the_key_is_signed_again_with_the_next_key() -> None
         "SignatureMismatchError",
         "no",
     )
+
+
+def test_a_long_refusal_of_the_key_keeps_its_hint_within_the_bound() -> None:
+    """The hint on a refused key is what to change: a bridge's long refusal is cut to
+    leave room for it, within the MAX_MESSAGE a notification keeps."""
+    refusal = {"code": "SignatureMismatchError", "message": "m" * 5000}
+    with (
+        json_serving(lambda *_: (401, refusal, {})) as url,
+        pytest.raises(bridge.BridgeError) as exc,
+    ):
+        bridge.execute(
+            f"{url}/bridge", secrets=("nk_test",), workflow_id="w", body={"payload": {"n": 1}}
+        )
+    assert len(exc.value.message) <= bridge.MAX_MESSAGE
+    assert exc.value.message.endswith(bridge.KEY_HINTS["SignatureMismatchError"])
