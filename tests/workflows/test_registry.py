@@ -250,3 +250,18 @@ def test_a_sync_leaves_the_workflows_another_bridge_of_the_client_declared(
         ("http://old.example/bridge", "old"),
         (url, "welcome"),
     }
+
+
+def test_a_failed_discover_keeps_the_flavour_its_health_check_told(
+    served: tuple[str, dict[str, Any]],
+) -> None:
+    """A bridge that answers its health-check and fails its discover (a wrong key, a
+    maintenance page): the flavour is what the health-check told, stored with the error."""
+    url, answers = served
+    answers["discover"] = {"status": "maintenance"}
+    client, _ = client_with_key()
+    with pytest.raises(bridge.BridgeError):
+        registry.bridge_sync(client=client, bridge_url=url)
+    sync = BridgeSync.objects.get(client=client, bridge_url=url)
+    assert sync.flavour == "norm"
+    assert sync.error.startswith("BridgeInvalidResponse")
