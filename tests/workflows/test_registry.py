@@ -265,3 +265,14 @@ def test_a_failed_discover_keeps_the_flavour_its_health_check_told(
     sync = BridgeSync.objects.get(client=client, bridge_url=url)
     assert sync.flavour == "norm"
     assert sync.error.startswith("BridgeInvalidResponse")
+
+
+def test_a_workflow_declared_without_a_name_is_named_by_its_id(
+    served: tuple[str, dict[str, Any]],
+) -> None:
+    url, answers = served
+    answers["discover"] = {"workflows": [WELCOME, {**WELCOME, "workflowId": "w2", "name": "Two"}]}
+    client, _ = client_with_key()
+    registry.bridge_sync(client=client, bridge_url=url)
+    names = BridgeWorkflow.objects.filter(client=client).values_list("workflow_id", "name")
+    assert sorted(names) == [("w2", "Two"), ("welcome", "welcome")]
