@@ -276,3 +276,14 @@ def test_a_workflow_declared_without_a_name_is_named_by_its_id(
     registry.bridge_sync(client=client, bridge_url=url)
     names = BridgeWorkflow.objects.filter(client=client).values_list("workflow_id", "name")
     assert sorted(names) == [("w2", "Two"), ("welcome", "welcome")]
+
+
+def test_a_flavour_read_not_cached_is_the_one_stored_now() -> None:
+    """`cached` may serve a flavour this process read a moment ago; without it, the
+    flavour is read again, as a sync just stored it."""
+    sync = BridgeSyncFactory(flavour="norm")
+    key = {"client_id": sync.client_id, "bridge_url": sync.bridge_url}
+    assert registry.bridge_flavour(**key) == "norm"
+    BridgeSync.objects.filter(pk=sync.pk).update(flavour="novu")
+    assert registry.bridge_flavour(**key, cached=True) == "norm"  # read a moment ago
+    assert registry.bridge_flavour(**key) == "novu"
