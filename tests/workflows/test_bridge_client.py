@@ -550,3 +550,12 @@ def test_a_long_refusal_of_the_key_keeps_its_hint_within_the_bound() -> None:
         )
     assert len(exc.value.message) <= bridge.MAX_MESSAGE
     assert exc.value.message.endswith(bridge.KEY_HINTS["SignatureMismatchError"])
+
+
+def test_an_unreachable_bridge_is_named_by_its_origin_without_its_credentials() -> None:
+    """The reason names where norm called (stored, shown in the admin and the activity
+    API): the scheme, host and port, not the URL's login, path or query."""
+    with pytest.raises(bridge.BridgeUnavailable) as exc:
+        bridge.discover("http://norm:s3cret-pass@127.0.0.1:9/bridge?token=t0k", secrets=("nk",))
+    assert exc.value.code == "BridgeUnreachable"
+    assert exc.value.message == "the bridge is unreachable: Connection refused (http://127.0.0.1:9)"
