@@ -559,3 +559,22 @@ def test_an_unreachable_bridge_is_named_by_its_origin_without_its_credentials() 
         bridge.discover("http://norm:s3cret-pass@127.0.0.1:9/bridge?token=t0k", secrets=("nk",))
     assert exc.value.code == "BridgeUnreachable"
     assert exc.value.message == "the bridge is unreachable: Connection refused (http://127.0.0.1:9)"
+
+
+def test_a_cookie_one_bridge_set_goes_with_no_call_to_another() -> None:
+    """The session is the process's, shared by every client: a cookie a bridge set (a
+    load balancer's stickiness) went with the calls to any other bridge on that host."""
+    cookies: list[str | None] = []
+
+    def setting(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        return 200, {"status": "ok"}, {"set-cookie": "sticky=client-a; Path=/"}
+
+    def recording(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        cookies.append({k.lower(): v for k, v in headers.items()}.get("cookie"))
+        return 200, {"status": "ok"}, {}
+
+    with json_serving(setting) as a, json_serving(recording) as b:
+        bridge.health_check(f"{a}/bridge")
+        bridge.health_check(f"{a}/bridge")
+        bridge.health_check(f"{b}/bridge")
+    assert cookies == [None]
