@@ -578,3 +578,23 @@ def test_a_cookie_one_bridge_set_goes_with_no_call_to_another() -> None:
         bridge.health_check(f"{a}/bridge")
         bridge.health_check(f"{b}/bridge")
     assert cookies == [None]
+
+
+def test_a_netrc_login_for_the_bridges_host_is_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests sends a netrc's login for a host as basic auth: the host's user's, not the
+    client's, and to a bridge the client may not run. norm reads no netrc."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login norm password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    authorizations: list[str | None] = []
+
+    def recording(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        authorizations.append({k.lower(): v for k, v in headers.items()}.get("authorization"))
+        return 200, {"status": "ok"}, {}
+
+    with json_serving(recording) as url:
+        bridge.health_check(f"{url}/bridge")
+    assert authorizations == [None]
