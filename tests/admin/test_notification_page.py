@@ -37,6 +37,26 @@ def test_a_notification_page_reads_its_steps_messages_with_the_steps(admin_clien
     assert _queries(admin_client, long) == _queries(admin_client, short)
 
 
+def test_a_notification_page_lists_the_message_of_each_of_its_steps(admin_client) -> None:
+    """The messages' table is where an operator sees what a workflow sent, step by step:
+    one message left out, a sent email read as never sent."""
+    notification = NotificationFactory()
+    for position, (step_id, recipient) in enumerate(
+        [("in-app", "ann-inbox"), ("email", "ann@example.test")]
+    ):
+        step = StepFactory(notification=notification, position=position, step_id=step_id)
+        MessageFactory(step=step, recipient=recipient)
+    StepFactory(notification=notification, position=2, step_id="delay", type="delay")
+    url = reverse("admin:workflows_notification_change", args=[notification.pk])
+
+    page = admin_client.get(url).content.decode()
+
+    table = page[page.index("<th>recipient</th>") :]
+    assert "<td>in-app</td>" in table and "<td>ann-inbox</td>" in table
+    assert "<td>email</td>" in table and "<td>ann@example.test</td>" in table
+    assert "<td>delay</td>" not in table
+
+
 def test_a_notification_is_found_by_its_subscribers_email_in_any_case(admin_client) -> None:
     """An operator pastes the address from a complaint, in whatever case it was typed."""
     wanted = NotificationFactory(subscriber__email="ann.lee@example.test")
