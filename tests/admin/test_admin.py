@@ -367,6 +367,23 @@ def test_cancel_action(admin_client) -> None:
     assert Step.objects.get(pk=done_step.pk).status == Step.Status.COMPLETED
 
 
+def test_an_action_that_changed_nothing_says_so_as_a_warning(admin_client, enqueued) -> None:
+    """A retry or a cancel that took none of the selection is no success: shown as one,
+    an operator read "Retried 0" in green and took the outage's notifications for retried."""
+    done = NotificationFactory(status=Notification.Status.COMPLETED)
+    failed = NotificationFactory(status=Notification.Status.FAILED)
+    StepFactory(notification=failed, status=Step.Status.FAILED)
+
+    for action, notification, level, said in (
+        ("retry", done, "warning", "Retried 0 notification(s)"),
+        ("cancel", done, "warning", "Canceled 0 notification(s)"),
+        ("retry", failed, "success", "Retried 1 notification(s)"),
+        ("cancel", failed, "success", "Canceled 1 notification(s)"),
+    ):
+        page = unescape(_act(admin_client, action, notification).content.decode())
+        assert f'<li class="{level}">{said}' in page, (action, level)
+
+
 def test_the_cancel_action_goes_a_chunk_at_a_time_and_stops_at_its_budget(
     admin_client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
