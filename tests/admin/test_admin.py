@@ -317,6 +317,28 @@ def test_failed_notifications_are_listed_with_their_error_code_and_filtered_by_i
     assert bug.status == Notification.Status.FAILED
 
 
+def test_the_error_code_filter_offers_the_codes_of_failed_notifications_and_the_one_chosen(
+    admin_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter offers what an outage failed, newest first: a code left on a notification
+    since retried and completed is not one to retry by, and a code older than those offered,
+    reached by its URL, is still shown as the one the list is filtered by."""
+    monkeypatch.setattr(workflows_admin.ErrorCodeFilter, "RECENT", 1)
+    old = NotificationFactory(status=Notification.Status.FAILED, error_code="OldOutage")
+    Notification.objects.filter(pk=old.pk).update(updated_at=ago(300))  # auto_now otherwise
+    NotificationFactory(status=Notification.Status.FAILED, error_code="BridgeUnreachable")
+    NotificationFactory(status=Notification.Status.COMPLETED, error_code="RetriedSince")
+    url = reverse("admin:workflows_notification_changelist")
+
+    def offered(**filters: str) -> list[str]:
+        listed = admin_client.get(url, filters)
+        [codes] = [f for f in listed.context["cl"].filter_specs if f.title == "error code"]
+        return [value for value, _ in codes.lookup_choices]
+
+    assert offered() == ["BridgeUnreachable"]
+    assert offered(error_code="OldOutage") == ["BridgeUnreachable", "OldOutage"]
+
+
 def test_retry_action_skips_notifications_that_did_not_fail(
     admin_client, enqueued, django_capture_on_commit_callbacks
 ) -> None:
