@@ -756,6 +756,26 @@ def test_cancel_a_trigger_from_the_admin_stops_its_fan_out(admin_client) -> None
     assert event.canceled_at is not None
 
 
+def test_cancelling_triggers_counts_those_it_stopped_apart_from_those_already_stopped(
+    admin_client,
+) -> None:
+    """A trigger canceled before has nothing left to stop: counted as canceled again, an
+    operator read every one selected as stopped by this run, and a run that stopped none
+    as a success."""
+    url = reverse("admin:notify_triggerevent_changelist")
+    done, fresh = TriggerEventFactory(), TriggerEventFactory()
+
+    def cancel(*events: TriggerEvent) -> str:
+        selected = {"action": "cancel", "_selected_action": [str(e.pk) for e in events]}
+        return unescape(admin_client.post(url, selected, follow=True).content.decode())
+
+    cancel(done)
+    said = cancel(done, fresh)
+    assert '<li class="success">Canceled 1 trigger(s); 1 had nothing left to stop.' in said
+    said = cancel(done)
+    assert '<li class="warning">Canceled 0 trigger(s); 1 had nothing left to stop.' in said
+
+
 def test_list_filters_read_no_distinct_values_of_a_whole_table(
     admin_client, django_assert_max_num_queries
 ) -> None:
