@@ -120,9 +120,23 @@ def test_changelists_have_no_query_per_row(admin_client, django_assert_max_num_q
 @pytest.mark.parametrize(
     ("name", "unread"),
     [
-        ("notify_triggerevent", ['"notify_triggerevent"."to"', '"notify_triggerevent"."payload"']),
+        (
+            "notify_triggerevent",
+            [
+                f'"notify_triggerevent"."{column}"'
+                for column in [
+                    "to",
+                    "payload",
+                    "actor",
+                    "overrides",
+                    "error",
+                    "forgotten",
+                    "redelivered",
+                ]
+            ],
+        ),
         ("workflows_notification", ['"workflows_notification"."error"']),
-        ("messaging_message", ['"messaging_message"."content"']),
+        ("messaging_message", ['"messaging_message"."content"', '"messaging_message"."error"']),
     ],
 )
 def test_a_list_of_rows_reads_no_large_column_it_does_not_show(
