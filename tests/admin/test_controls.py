@@ -47,3 +47,14 @@ def test_controls_the_bridge_cannot_take_are_the_forms_error(
     assert saved.status_code == 302
     workflow.refresh_from_db()
     assert workflow.controls == {"mail": {"subject": "New"}}
+
+
+def test_only_the_controls_are_offered_for_editing(admin_client) -> None:
+    """The rest is the bridge's, written by discover, and the save writes only the
+    controls: a field offered beside them was an edit the page dropped without a word."""
+    workflow = BridgeWorkflowFactory(workflow_id="wf-signup", name="Signup")
+    url = reverse("admin:notify_bridgeworkflow_change", args=[workflow.pk])
+
+    form = admin_client.get(url).context["adminform"].form
+
+    assert list(form.fields) == ["controls"]
