@@ -1543,6 +1543,24 @@ def test_a_subscriber_deleted_in_the_admin_goes_as_the_apis_delete_takes_it(admi
     assert (event.recipients, event.forgotten) == (0, ["ann"])
 
 
+def test_a_subscribers_delete_page_counts_what_goes_with_it(admin_client) -> None:
+    """Its notifications, messages and memberships go with it: the page counts each, so an
+    operator deleting a test subscriber sees he holds a real one's history."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    steps = [StepFactory(notification=NotificationFactory(subscriber=ann)) for _ in range(2)]
+    for step in steps:
+        MessageFactory(step=step)
+    MessageFactory(step=StepFactory(notification=NotificationFactory(subscriber=ann)))
+    topic = Topic.objects.create(client=ann.client, key="news")
+    TopicSubscription.objects.create(topic=topic, subscriber=ann)
+    MessageFactory()  # another subscriber's
+
+    page = unescape(admin_client.get(_url(ann, "delete")).content.decode())
+
+    for counted in ("Notifications: 3", "Messages: 3", "Topic subscriptions: 1"):
+        assert counted in page
+
+
 def test_the_delete_action_deletes_each_subscriber_as_the_api_does(admin_client) -> None:
     ann, event = _reached_ann()
     bob = SubscriberFactory(client=ann.client, subscriber_id="bob")
