@@ -32,3 +32,26 @@ def test_the_member_list_runs_no_query_per_row(admin_client, django_assert_max_n
     assert response.status_code == 200
     assert len(response.context["cl"].result_list) == 10
     assert "tenant-9" in response.content.decode()
+
+
+def test_members_are_found_by_their_topics_key_or_their_subscribers_id(admin_client) -> None:
+    """An operator asked why "ann" got a topic's broadcast looks her up by her id, and a
+    topic's members by its key, each exactly."""
+    client = ClientFactory()
+    news = Topic.objects.create(client=client, key="news")
+    sales = Topic.objects.create(client=client, key="sales")
+    ann, bob = (
+        SubscriberFactory(client=client, subscriber_id="ann"),
+        SubscriberFactory(client=client, subscriber_id="bob"),
+    )
+    ann_news = TopicSubscription.objects.create(topic=news, subscriber=ann)
+    bob_news = TopicSubscription.objects.create(topic=news, subscriber=bob)
+    ann_sales = TopicSubscription.objects.create(topic=sales, subscriber=ann)
+    url = reverse("admin:subscribers_topicsubscription_changelist")
+
+    def found(term: str) -> set[TopicSubscription]:
+        return set(admin_client.get(url, {"q": term}).context["cl"].result_list)
+
+    assert found("ann") == {ann_news, ann_sales}
+    assert found("news") == {ann_news, bob_news}
+    assert found("an") == set()
