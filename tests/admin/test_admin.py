@@ -911,6 +911,7 @@ def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
         ("messaging_message", "sub-wanted"),
         ("messaging_message", "ann@example.test"),
         ("messaging_message", "provider-wanted"),
+        ("messaging_message", "smtp-wanted"),
         ("workflows_step", "sub-wanted"),
         ("workflows_step", "step-wanted"),
         ("subscribers_subscriber", "sub-wanted"),
@@ -918,7 +919,8 @@ def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
     ],
 )
 def test_search_by_what_an_operator_has(admin_client, changelist: str, query: str) -> None:
-    """The subscriber's id or email, the trigger's transactionId, the workflow's id."""
+    """The subscriber's id or email, the trigger's transactionId, the workflow's id, a
+    message's provider (after a provider's outage, what went through it)."""
     event = TriggerEventFactory(transaction_id="tx-wanted", workflow_id="wf-wanted")
     notification = NotificationFactory(
         trigger_event=event,
@@ -929,6 +931,7 @@ def test_search_by_what_an_operator_has(admin_client, changelist: str, query: st
         step=StepFactory(notification=notification, type="email", step_id="step-wanted"),
         recipient="ann@example.test",
         provider_message_id="provider-wanted",
+        provider="smtp-wanted",
     )
     MessageFactory()  # another trigger's, to another subscriber
     wanted = {
