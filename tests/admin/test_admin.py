@@ -372,6 +372,23 @@ def test_messages_and_steps_are_filtered_by_channel_and_type(admin_client) -> No
         assert list(listed.context["cl"].result_list) == wanted, (url, filters)
 
 
+def test_notifications_are_filtered_by_client(admin_client) -> None:
+    """One client's bridge down, its failed notifications are the ones to retry: the list
+    offers its clients to choose from, and the choice narrows it."""
+    acme = NotificationFactory(trigger_event__client=ClientFactory(name="acme-corp"))
+    NotificationFactory(trigger_event__client=ClientFactory(name="other-corp"))
+    url = reverse("admin:workflows_notification_changelist")
+
+    listed = admin_client.get(url)
+    [clients] = [f for f in listed.context["cl"].filter_specs if f.title == "client"]
+    chosen = [
+        query for query in clients.choices(listed.context["cl"]) if query["display"] == "acme-corp"
+    ]
+    narrowed = admin_client.get(url + chosen[0]["query_string"])
+
+    assert list(narrowed.context["cl"].result_list) == [acme]
+
+
 def test_retry_action_skips_notifications_that_did_not_fail(
     admin_client, enqueued, django_capture_on_commit_callbacks
 ) -> None:
