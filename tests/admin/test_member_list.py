@@ -55,3 +55,19 @@ def test_members_are_found_by_their_topics_key_or_their_subscribers_id(admin_cli
     assert found("ann") == {ann_news, ann_sales}
     assert found("news") == {ann_news, bob_news}
     assert found("an") == set()
+
+
+def test_the_topic_list_counts_each_topics_members(admin_client) -> None:
+    client = ClientFactory()
+    news = Topic.objects.create(client=client, key="news")
+    Topic.objects.create(client=client, key="empty")
+    for subscriber_id in ("ann", "bob"):
+        subscriber = SubscriberFactory(client=client, subscriber_id=subscriber_id)
+        TopicSubscription.objects.create(topic=news, subscriber=subscriber)
+
+    listed = admin_client.get(reverse("admin:subscribers_topic_changelist"))
+
+    assert {t.key: t.member_count for t in listed.context["cl"].result_list} == {
+        "news": 2,
+        "empty": 0,
+    }
