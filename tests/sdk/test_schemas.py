@@ -19,7 +19,13 @@ from workflows.sdk import (
     ExecutionStateOutputInvalidError,
     workflow,
 )
-from workflows.sdk.schemas import CHECKED_FORMATS, IN_APP_OUTPUT, Schema, SchemaUnusable
+from workflows.sdk.schemas import (
+    CHECKED_FORMATS,
+    IN_APP_OUTPUT,
+    Schema,
+    SchemaInvalid,
+    SchemaUnusable,
+)
 
 from .helpers import FORMATS, execute_body
 
@@ -421,9 +427,10 @@ def test_an_in_app_redirect_url_is_taken_or_refused_as_novus_sdk_does(
         assert refused.value.data[0]["path"] == "/redirect/url"
 
 
-def ajv_verdicts(cases: list[tuple[Any, Any]]) -> list[bool]:
+def ajv_results(cases: list[tuple[Any, Any]]) -> list[tuple[bool, Any]]:
     """Whether ajv 8 takes each (schema, value), compiled as @novu/framework 2.13.2
-    compiles them, run by node from the Novu bridge's node_modules (skipped without)."""
+    compiles them, and the value as it leaves it (defaults filled in, keys stripped), run
+    by node from the Novu bridge's node_modules (skipped without)."""
     node = shutil.which("node")
     modules = Path(__file__).parents[1] / "e2e" / "novu_bridge" / "node_modules"
     if node is None or not (modules / "ajv").is_dir():
@@ -432,7 +439,8 @@ def ajv_verdicts(cases: list[tuple[Any, Any]]) -> list[bool]:
     const Ajv = require("ajv");
     const ajv = new Ajv({ useDefaults: true, removeAdditional: "failing", strict: false });
     const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    process.stdout.write(JSON.stringify(cases.map(([s, v]) => ajv.validate(s, v))));
+    const results = cases.map(([s, v]) => [ajv.validate(s, v), v]);
+    process.stdout.write(JSON.stringify(results));
     """
     ajv = subprocess.run(
         [node, "-e", script],
@@ -442,8 +450,12 @@ def ajv_verdicts(cases: list[tuple[Any, Any]]) -> list[bool]:
         timeout=60,
         cwd=modules.parent,
     )
-    verdicts: list[bool] = json.loads(ajv.stdout)
-    return verdicts
+    return [(verdict, value) for verdict, value in json.loads(ajv.stdout)]
+
+
+def ajv_verdicts(cases: list[tuple[Any, Any]]) -> list[bool]:
+    """Whether ajv 8 takes each (schema, value), as `ajv_results`."""
+    return [verdict for verdict, _ in ajv_results(cases)]
 
 
 def test_the_redirect_url_pattern_reads_alike_in_ajv_and_in_python() -> None:
@@ -820,3 +832,175 @@ def test_union_verdicts_agree_with_ajv_run_by_node_where_novus_bridge_is_install
     ]
     cases = [(s, {"channel": c}) for s in schemas for c, _, _ in UNION_VERDICTS]
     assert ajv_verdicts(cases) == [takes for _ in schemas for _, _, takes in UNION_VERDICTS]
+
+
+def _tuple(*items: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": {"t": {"type": "array", "items": list(items), **extra}}}
+
+
+_LINE = {"type": "object", "properties": {"qty": {"default": 1}}, "additionalProperties": False}
+_CARD = {"type": "object", "properties": {"card": {"type": "string"}}}
+# (schema, value, the value as ajv leaves it), each checked by ajv itself below. None: refused.
+FILLED_AS_AJV = [
+    # A tuple's rest (zod's `z.tuple([...]).rest(...)`): each item filled and stripped.
+    (
+        _tuple({"type": "string"}, additionalItems=_LINE),
+        {"t": ["a", {"x": 0}]},
+        {"t": ["a", {"qty": 1}]},
+    ),
+    (
+        _tuple({}, additionalItems={"type": "array", "items": [{"default": 7}]}),
+        {"t": [0, []]},
+        {"t": [0, [7]]},
+    ),
+    # A tuple shorter than its items: their defaults, a hole (null) before the last one.
+    (_tuple({"default": 1}, {"default": 2}), {"t": [5]}, {"t": [5, 2]}),
+    (_tuple({}, {"default": 2}), {"t": []}, {"t": [None, 2]}),
+    (
+        _tuple({"type": "object", "default": {}, "properties": {"k": {"default": 1}}}),
+        {"t": []},
+        {"t": [{"k": 1}]},
+    ),
+    (_tuple({"type": "string"}, {"default": 2}), {"t": []}, None),
+    (_tuple({}, additionalItems={"default": 3}), {"t": []}, {"t": []}),
+    # A dependency's schema, when its key is there: its defaults, its stripping.
+    (
+        {**_CARD, "dependencies": {"card": {"properties": {"zip": {"default": "-"}, "o": _LINE}}}},
+        {"card": "1", "o": {"x": 0}},
+        {"card": "1", "o": {"qty": 1}, "zip": "-"},
+    ),
+    ({**_CARD, "dependencies": {"card": {"properties": {"zip": {"default": "-"}}}}}, {}, {}),
+    (
+        {
+            **_CARD,
+            "dependencies": {
+                "card": {"properties": {"card": {}, "b": {}}, "additionalProperties": False}
+            },
+        },
+        {"card": "1", "b": 2, "c": 3},
+        {"card": "1", "b": 2},
+    ),
+    ({**_CARD, "dependencies": {"card": ["zip"]}}, {"card": "1"}, None),
+    # After the properties' defaults, in their written order, before the properties' values.
+    (
+        {
+            "type": "object",
+            "properties": {"card": {"default": "x"}},
+            "dependencies": {"card": {"properties": {"zip": {"default": "-"}}}},
+        },
+        {},
+        {"card": "x", "zip": "-"},
+    ),
+    (
+        {
+            "type": "object",
+            "dependencies": {
+                "a": {"properties": {"b": {"default": 1}}},
+                "b": {"properties": {"c": {"default": 2}}},
+            },
+        },
+        {"a": 1},
+        {"a": 1, "b": 1, "c": 2},
+    ),
+    (
+        {
+            "type": "object",
+            "dependencies": {
+                "b": {"properties": {"c": {"default": 2}}},
+                "a": {"properties": {"b": {"default": 1}}},
+            },
+        },
+        {"a": 1},
+        {"a": 1, "b": 1},
+    ),
+    (
+        {
+            "type": "object",
+            "properties": {"a": {}, "o": _LINE},
+            "dependencies": {"a": {"properties": {"o": {"default": {"x": 0}}}}},
+        },
+        {"a": 1},
+        {"a": 1, "o": {"qty": 1}},
+    ),
+    (
+        {
+            "type": "object",
+            "definitions": {"d": {"properties": {"b": {"default": 1}}}},
+            "dependencies": {"a": {"$ref": "#/definitions/d"}},
+        },
+        {"a": 1},
+        {"a": 1, "b": 1},
+    ),
+    # A key `additionalProperties` strips brings in no dependency.
+    (
+        {
+            "type": "object",
+            "properties": {"a": {}},
+            "additionalProperties": False,
+            "dependencies": {"card": {"properties": {"a": {"default": 1}}}},
+        },
+        {"card": 1},
+        {},
+    ),
+    # 2019-09's dependentSchemas, which ajv's draft-07 class does not know.
+    (
+        {**_CARD, "dependentSchemas": {"card": {"properties": {"zip": {"default": "-"}}}}},
+        {"card": "1"},
+        {"card": "1"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("schema", "value", "filled"), FILLED_AS_AJV)
+def test_dependencies_and_tuples_are_filled_and_stripped_as_with_ajv(
+    schema: dict[str, Any], value: Any, filled: Any
+) -> None:
+    """A tuple's rest (`additionalItems`), a tuple's own defaults and a dependency's
+    schema, which ajv fills in and strips as it does a property's: a workflow written
+    for Novu's SDK read a default that norm's left out (a KeyError), and a rest item with
+    a key more was refused, which Novu's SDK took."""
+    if filled is None:
+        with pytest.raises(SchemaInvalid):
+            Schema.of(schema).validate(value)
+    else:
+        assert Schema.of(schema).validate(value) == filled
+
+
+def test_dependencies_and_tuples_agree_with_ajv_run_by_node_where_novus_bridge_is_installed() -> (
+    None
+):
+    results = ajv_results([(schema, value) for schema, value, _ in FILLED_AS_AJV])
+    assert [taken for taken, _ in results] == [f is not None for *_, f in FILLED_AS_AJV]
+    assert [v for taken, v in results if taken] == [f for *_, f in FILLED_AS_AJV if f is not None]
+
+
+def test_a_key_a_dependency_fills_in_that_the_object_forbids_is_stripped_not_refused() -> None:
+    """ajv strips an object's additional keys before its `dependencies` fill theirs in,
+    and so takes such a key that `additionalProperties` forbids; checked again by
+    jsonschema, it would refuse the value. norm takes it without the key."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {}},
+        "additionalProperties": False,
+        "dependencies": {"a": {"properties": {"b": {"default": 1}}}},
+    }
+    assert ajv_results([(schema, {"a": 1})]) == [(True, {"a": 1, "b": 1})]
+    assert Schema.of(schema).validate({"a": 1}) == {"a": 1}
+
+
+def test_a_workflow_reads_the_defaults_its_payloads_dependencies_fill_in() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"card": {"type": "string"}},
+        "dependencies": {
+            "card": {"properties": {"billing": {"type": "string", "default": "home"}}}
+        },
+    }
+
+    @workflow("card-billing", payload_schema=schema)
+    def card_billing(ctx: Context) -> None:
+        ctx.step.sms("sms", lambda: {"body": f"{ctx.payload['card']} to {ctx.payload['billing']}"})
+
+    assert card_billing.execute(execute_body({"card": "4242"}, []))["outputs"] == {
+        "body": "4242 to home"
+    }

@@ -276,16 +276,43 @@ def _fill_items(
     filling: frozenset[int],
     defaults: bool = True,
 ) -> list[Any]:
-    """ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`."""
+    """ajv fills each item too: `{"items": {"properties": {"qty": {"default": 1}}}}`, and
+    each item past a tuple's (`"items": [...]`) by its `additionalItems`. A tuple shorter
+    than its `items` gets their defaults, as ajv's: a position before the last default
+    with none of its own is null (ajv leaves a hole, which JSON writes as null)."""
     items = schema.get("items")
     positional = schema.get("prefixItems", items if isinstance(items, list) else [])
     positional = positional if isinstance(positional, list) else []
     rest = items if isinstance(items, Mapping) else None
+    if isinstance(items, list) and isinstance(schema.get("additionalItems"), Mapping):
+        rest = schema["additionalItems"]
+    filled: set[int] = set()
+    if defaults and isinstance(items, list):  # ajv fills no 2020-12 `prefixItems`
+        given = len(value)
+        for n, sub in enumerate(items[given:], start=given):
+            if isinstance(sub, Mapping) and "default" in sub:
+                value.extend([None] * (n - len(value)) + [copy.deepcopy(sub["default"])])
+                filled.add(n)
     for n, item in enumerate(value):
         sub = positional[n] if n < len(positional) else rest
         if sub is not None:
-            value[n] = _fill(sub, item, whole, filling=filling, defaults=defaults)
+            value[n] = _filled(sub, item, whole, filling, defaults, n in filled)
     return value
+
+
+def _filled(
+    sub: Any, value: Any, whole: Any, filling: frozenset[int], defaults: bool, default: bool
+) -> Any:
+    """`value`, a property's or an item's, filled by its schema `sub`. ajv goes on into a
+    default it filled in (`default`), as into a value given: an object defaulted to `{}`
+    gets its own properties' defaults (Novu's SDK ran on them, norm's on a KeyError). A
+    default within itself, through a `$ref`, ajv fills until its stack overflows (a 500):
+    here, once."""
+    if not default:
+        return _fill(sub, value, whole, filling=filling, defaults=defaults)
+    if id(sub) in filling:
+        return value
+    return _fill(sub, value, whole, filling=filling | {id(sub)})
 
 
 def _fill_object(
@@ -304,18 +331,20 @@ def _fill_object(
             value = _fill(branch, value, whole, followed, filling, defaults)
     properties = schema.get("properties")
     properties = properties if isinstance(properties, Mapping) else {}
+    # As ajv: the defaults, the additional keys, `dependencies`, then each property's
+    # value (a default a dependency filled in too).
+    filled = _defaults_filled(properties, value) if defaults else set()
+    _drop_additional(schema, value, properties, whole)
+    depended = _dependencies_filled(schema, value, whole, followed, filling, defaults)
+    if depended is not None:
+        # ajv takes a key a dependency filled in that `additionalProperties` forbids: it
+        # stripped before. Checked again, such a key would refuse the value; stripped, the
+        # value is taken without it.
+        value = depended
+        _drop_additional(schema, value, properties, whole)
     for key, sub in properties.items():
         if key in value:
-            value[key] = _fill(sub, value[key], whole, filling=filling, defaults=defaults)
-        elif defaults and isinstance(sub, Mapping) and "default" in sub:
-            default = copy.deepcopy(sub["default"])
-            # ajv goes on into a default it filled in, as into a value given: an object
-            # defaulted to `{}` gets its own properties' defaults (Novu's SDK ran on them,
-            # norm's on a KeyError). A default within itself, through a `$ref`, ajv fills
-            # until its stack overflows (a 500): here, once.
-            if id(sub) not in filling:
-                default = _fill(sub, default, whole, filling=filling | {id(sub)})
-            value[key] = default
+            value[key] = _filled(sub, value[key], whole, filling, defaults, key in filled)
     patterns = schema.get("patternProperties")
     for pattern, sub in patterns.items() if isinstance(patterns, Mapping) else ():
         # ajv goes into the value of each key a pattern matches, as into a property's:
@@ -323,8 +352,38 @@ def _fill_object(
         # refused here, which Novu's SDK took).
         for key in [k for k in value if re.search(pattern, k)]:
             value[key] = _fill(sub, value[key], whole, filling=filling, defaults=defaults)
-    _drop_additional(schema, value, properties, whole)
     return value
+
+
+def _dependencies_filled(
+    schema: Mapping[str, Any],
+    value: dict[str, Any],
+    whole: Any,
+    followed: frozenset[str],
+    filling: frozenset[int],
+    defaults: bool,
+) -> Any:
+    """`value` filled by the schema of each of its keys' `dependencies`, in their order
+    (each sees what those before filled in, as with ajv), or None when it has none. Not
+    2019-09's dependentSchemas, which ajv's draft-07 class (Novu's SDK's) does not know;
+    nor a list of keys that must be there too, which only validation checks."""
+    dependencies = schema.get("dependencies") if "dependencies" in whole.VALIDATORS else None
+    applied = False
+    for key, sub in dependencies.items() if isinstance(dependencies, Mapping) else ():
+        if key in value and not isinstance(sub, list):
+            value = _fill(sub, value, whole, followed, filling, defaults)
+            applied = True
+    return value if applied else None
+
+
+def _defaults_filled(properties: Mapping[str, Any], value: dict[str, Any]) -> set[str]:
+    """The keys of `value` given their `properties`' defaults, which it lacked."""
+    filled: set[str] = set()
+    for key, sub in properties.items():
+        if key not in value and isinstance(sub, Mapping) and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+            filled.add(key)
+    return filled
 
 
 def _drop_additional(
@@ -399,7 +458,9 @@ class Schema:
                 "pydantic model class"
             )
         try:
-            text = json.dumps(default if source is None else source, sort_keys=True)
+            # In its own order, not sorted: ajv applies `dependencies` in the order they
+            # are written, and each sees the defaults those before it filled in.
+            text = json.dumps(default if source is None else source)
         except (TypeError, ValueError) as exc:
             # A Python value in it (a `default` of date.today()): taken, it made discover,
             # which lists the schema, a 500 for every workflow of the bridge.
