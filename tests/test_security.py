@@ -228,6 +228,9 @@ def test_the_deploy_check_refuses_keys_encrypted_under_the_development_secret(
     settings.ALLOWED_HOSTS = ["norm.example.com"]  # not `*` (norm.E011)
     messages = checks.run_checks(include_deployment_checks=True, tags=[checks.Tags.security])
     assert sorted(m.id for m in messages if m.id.startswith("norm.")) == found
+    # An error stops compose's migrate job (`--fail-level ERROR`); norm.W001 must not.
+    levels = {m.id: m.level for m in messages if m.id.startswith("norm.")}
+    assert levels == {i: checks.ERROR if i[5] == "E" else checks.WARNING for i in found}
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # deploy only
 
 
@@ -325,6 +328,10 @@ def test_an_encryption_key_set_on_a_deployment_that_ran_without_one_loses_no_sec
     telling the operator to put back a key they never had."""
     settings.NORM_ENCRYPTION_KEY, settings.SECRET_KEY = "", "one-long-random-production-secret"
     client, key = client_with_key()
+    [warning] = [
+        m for m in checks.run_checks(include_deployment_checks=True) if m.id == "norm.W001"
+    ]
+    assert "then run manage.py reencryptkeys" in warning.hint  # the step that ends the risk
 
     settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()  # as norm.W001's hint says
     assert notify_selectors.signing_secrets(client_id=client.pk) == (key,)
