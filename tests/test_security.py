@@ -20,11 +20,12 @@ from django.conf import settings as django_settings
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
+from django.db import connection
 
 from config.parsers import MAX_DEPTH
 from notify import selectors as notify_selectors
 from notify import services as notify_services
-from notify.models import TriggerEvent
+from notify.models import SecretKey, TriggerEvent
 from subscribers.models import Subscriber
 from tests.conftest import json_serving, serve_in_background
 from tests.factories import (
@@ -368,6 +369,39 @@ def test_migrate_refuses_an_encryption_key_that_decrypts_no_live_secret_key(
     ]
     assert f"{prefix}… of client 'acme'" in found[-1].msg
     assert not [m for m in checks.run_checks() if m.id.startswith("norm.")]  # with a database
+
+    # Revoked, as the warning says, it signs nothing: nothing left to name.
+    notify_services.secret_key_revoke(secret_key=client.secret_keys.get())
+    assert not [m for m in checks.run_checks(databases=["default"]) if m.id.startswith("norm.")]
+
+
+def test_migrate_names_ten_secret_keys_it_cannot_decrypt_and_counts_the_others(
+    settings: Any,
+) -> None:
+    """A deployment of many clients whose encryption key was replaced would have each of
+    their keys listed in one line of migrate's refusal: ten are named, the rest counted."""
+    old = Fernet.generate_key().decode()
+    settings.NORM_ENCRYPTION_KEY = old
+    prefixes = [client_with_key(name=f"c{i}")[0].secret_keys.get().prefix for i in range(11)]
+
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    [error] = [m for m in checks.run_checks(databases=["default"]) if m.id.startswith("norm.")]
+
+    assert error.id == "norm.E015" and "none of the 11 live secret key(s)" in error.msg
+    assert len([p for p in prefixes if f"{p}…" in error.msg]) == 10
+    assert " and 1 more):" in error.msg
+
+
+def test_migrate_on_a_database_without_its_tables_yet_checks_no_secret_key(
+    settings: Any,
+) -> None:
+    """migrate's checks run before it makes the tables: on a new database, the query for
+    the secret keys fails, and that is no reason to stop the migrate that creates them."""
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(f"ALTER TABLE {SecretKey._meta.db_table} RENAME TO not_yet_made")
+
+    assert not [m for m in checks.run_checks(databases=["default"]) if m.id.startswith("norm.")]
 
 
 @pytest.mark.parametrize("given", ["not-a-fernet-key", "nope!"])
