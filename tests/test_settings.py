@@ -36,6 +36,14 @@ def settings_from(env: dict[str, str], *names: str) -> dict[str, Any]:
     return json.loads(json.dumps({name: found.get(name) for name in names}))
 
 
+def refused_by_every_command() -> list[str]:
+    """The ids of norm's messages from the checks every command runs, each an error: an
+    error stops the command (migrate, compose's job, first), where a warning lets it run."""
+    messages = [m for m in checks.run_checks() if m.id.startswith("norm.")]
+    assert all(m.level == checks.ERROR for m in messages), messages
+    return [m.id for m in messages]
+
+
 def refused_at_start(env: dict[str, str]) -> str:
     """Why config/settings.py refuses `env`: what every command (manage.py, celery,
     gunicorn) stops with before it does anything. The test of a log level that is no
@@ -192,7 +200,7 @@ def test_a_provider_norm_does_not_have_for_its_channel_is_refused_by_every_comma
 ) -> None:
     """It was taken as no provider: every step of that channel skipped, nothing failing."""
     settings.NORM_PROVIDERS = providers
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 @pytest.mark.parametrize(("deadline", "found"), [(60.0, []), (600.0, ["norm.E006"])])
@@ -201,7 +209,7 @@ def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
 ) -> None:
     """The reconciler would reopen a step whose email is still being sent: sent twice."""
     settings.EMAIL_SEND_DEADLINE, settings.NORM_STALE_CLAIM_SECONDS = deadline, 600
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 @pytest.mark.parametrize(
@@ -347,7 +355,7 @@ def test_a_bridge_retry_redis_would_deliver_again_is_refused_by_every_command(
     NORM_BROKER_MAX_COUNTDOWN, which the bridge's retries do not heed."""
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     settings.NORM_BRIDGE_MAX_RETRIES, settings.NORM_BRIDGE_RETRY_BACKOFF = retries, backoff
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 SMTP = "django.core.mail.backends.smtp.EmailBackend"
@@ -379,7 +387,7 @@ def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
     env = {"EMAIL_USE_TLS": tls, "EMAIL_USE_SSL": ssl}
     for name, value in settings_from(env, "EMAIL_USE_TLS", "EMAIL_USE_SSL").items():
         setattr(settings, name, value)
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 @pytest.mark.parametrize(
@@ -426,7 +434,7 @@ def test_an_email_backend_that_cannot_be_imported_is_refused_by_every_command(
     settings.EMAIL_BACKEND = settings_from({"EMAIL_BACKEND": backend}, "EMAIL_BACKEND")[
         "EMAIL_BACKEND"
     ]
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 @pytest.mark.parametrize(
@@ -454,7 +462,7 @@ def test_a_default_from_email_no_email_can_go_from_is_refused_by_every_command(
     settings.DEFAULT_FROM_EMAIL = settings_from(
         {"DEFAULT_FROM_EMAIL": sender}, "DEFAULT_FROM_EMAIL"
     )["DEFAULT_FROM_EMAIL"]
-    assert [m.id for m in checks.run_checks() if m.id.startswith("norm.")] == found
+    assert refused_by_every_command() == found
 
 
 @pytest.mark.parametrize(
@@ -508,6 +516,7 @@ def test_debug_on_is_refused_by_the_deploy_check(
     password, and each frame's local variables."""
     messages = deploy_checked(settings, DEBUG=settings_from({"DEBUG": debug}, "DEBUG")["DEBUG"])
     assert [m.id for m in messages] == found
+    assert all(m.level == checks.ERROR for m in messages)  # what stops the migrate job
 
 
 @pytest.mark.parametrize(
@@ -531,6 +540,7 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
     allowed = settings_from({"ALLOWED_HOSTS": hosts}, "ALLOWED_HOSTS")["ALLOWED_HOSTS"]
     messages = deploy_checked(settings, ALLOWED_HOSTS=allowed)
     assert [m.id for m in messages] == found
+    assert all(m.level == checks.ERROR for m in messages)  # what stops the migrate job
 
 
 @pytest.mark.parametrize(
