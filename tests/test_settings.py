@@ -341,6 +341,7 @@ def test_a_count_age_or_interval_of_0_is_still_taken() -> None:
     [
         (5, 2.0, []),  # the defaults: the last retry waits 32 to 48 s
         (10, 2.0, []),  # 1024 to 1536 s
+        (11, 2.0, []),  # 2048 to 3072 s: the 11th retry's, counting from 0
         (12, 2.0, ["norm.E007"]),  # 4096 to 6144 s, past the 3600 s visibility timeout
         (5, 150.0, ["norm.E007"]),  # 2400 to 3600 s: the longest may be redelivered
         (0, 10_000.0, []),  # no retry at all
