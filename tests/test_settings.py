@@ -402,6 +402,7 @@ def test_smtp_with_both_starttls_and_implicit_tls_is_refused_by_every_command(
         # No login anywhere: compose's default backend, a deployment sending no email yet.
         ("norm", "", CONSOLE, []),
         ("", "s3cret", "django.core.mail.backends.locmem.EmailBackend", []),
+        ("norm", "", "smtp", ["norm.E009"]),  # no backend to log in with: norm.E009's alone
     ],
 )
 def test_an_smtp_login_given_half_is_refused_by_every_command(
@@ -415,7 +416,11 @@ def test_an_smtp_login_given_half_is_refused_by_every_command(
     settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD = user, password
     messages = [m for m in checks.run_checks() if m.id.startswith("norm.")]
     assert [m.id for m in messages] == found
+    assert all(m.level == checks.ERROR for m in messages)
     assert all(password not in m.msg + str(m.hint) for m in messages if password)
+    # Named the other way round, the operator would look for a login that is there.
+    given = "EMAIL_HOST_USER" if user else "EMAIL_HOST_PASSWORD"
+    assert all(m.msg.startswith(f"{given} is set and ") for m in messages if m.id == "norm.E014")
 
 
 @pytest.mark.parametrize(
