@@ -550,23 +550,27 @@ def test_any_host_allowed_is_refused_by_the_deploy_check(
 
 
 @pytest.mark.parametrize(
-    ("backend", "found"),
+    ("backend", "providers", "found"),
     [
-        ("django.core.mail.backends.smtp.EmailBackend", []),
-        ("django.core.mail.backends.console.EmailBackend", ["norm.W002"]),  # compose's default
-        ("django.core.mail.backends.dummy.EmailBackend", ["norm.W002"]),
-        ("django.core.mail.backends.filebased.EmailBackend", ["norm.W002"]),
+        ("django.core.mail.backends.smtp.EmailBackend", None, []),
+        ("django.core.mail.backends.console.EmailBackend", None, ["norm.W002"]),  # compose's
+        ("django.core.mail.backends.dummy.EmailBackend", None, ["norm.W002"]),
+        ("django.core.mail.backends.filebased.EmailBackend", None, ["norm.W002"]),
+        ("django.core.mail.backends.console.EmailBackend", {"in_app": "inbox"}, []),  # no email
     ],
 )
 def test_an_email_backend_that_delivers_nothing_is_named_by_the_deploy_check(
-    settings: Any, backend: str, found: list[str]
+    settings: Any, backend: str, providers: dict[str, str] | None, found: list[str]
 ) -> None:
     """compose's default, the console backend, passed check --deploy without a word: a
     deployment that never set EMAIL_BACKEND recorded every email `sent`, delivered none,
     and wrote each one whole (its one-time codes and links) into the worker's log."""
+    if providers is not None:
+        settings.NORM_PROVIDERS = providers
     messages = deploy_checked(settings, EMAIL_BACKEND=backend)
     assert [m.id for m in messages] == found
     assert all(m.level == checks.WARNING for m in messages)
+    assert all(f"EMAIL_BACKEND is {backend}:" in m.msg for m in messages)
 
 
 @pytest.mark.parametrize(
