@@ -759,6 +759,8 @@ def test_a_clients_sender_policy_is_saved_from_its_page(admin_client) -> None:
         ),
         ({"email_from_domains": '"acme.example"'}, "Use a list of domain names"),
         ({"email_from_domains": '["*.acme.example"]'}, "is no domain name"),
+        # A label of 64 characters: DNS holds 63 at most.
+        ({"email_from_domains": f'["{"a" * 64}.example"]'}, "is no domain name"),
         ({"email_from_domains": '["hello@acme.example"]'}, "is an address"),
     ],
 )
