@@ -1568,6 +1568,8 @@ def test_a_from_of_the_step_wins_over_the_clients_and_any_domain_goes_without_a_
         (["acme.example"], "shop@acme.example", "Acme <shop@globex.example>"),
         (["acme.example"], "shop@acme.example", "shop@globex.example, x@acme.example"),
         (["acme.example"], "shop@acme.example", "acme.example"),
+        # One of no domain name: refused as any other, not a bug of norm's.
+        (["acme.example"], "shop@acme.example", "shop@-acme.example"),
     ],
 )
 def test_a_from_outside_the_clients_domains_fails_for_good_and_nothing_is_sent(
