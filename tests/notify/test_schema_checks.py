@@ -5,6 +5,7 @@ until gunicorn killed it."""
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import signal
 from typing import Any
@@ -103,7 +104,13 @@ def test_a_process_forked_after_a_check_checks_with_a_helper_of_its_own(settings
         except BaseException as exc:  # any of it is the test's failure
             said = f"raised {exc!r}"
         os.write(write, said.encode())
-        os._exit(0)
+        try:
+            # What the child's interpreter runs as it exits (atexit's): multiprocessing
+            # ends the daemon processes it takes for its children, the parent's helper
+            # among them unless the fork forgot it.
+            multiprocessing.util._exit_function()  # type: ignore[attr-defined]
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as answer:
         said = answer.read().decode()
