@@ -549,6 +549,8 @@ def test_a_host_not_allowed_is_a_json_400_that_names_it_under_the_api(settings: 
         "/v2/subscribers?limit=1",
         "host_not_allowed",
     )
+    # As every 400 of the API carries them (novu-py's 400s read `type` and `errors`).
+    assert (body["type"], body["errors"]) == ("host_not_allowed", [])
     assert body["message"] == (
         "This server does not serve the host notify.example.com: add it to ALLOWED_HOSTS"
     )
