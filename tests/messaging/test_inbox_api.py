@@ -379,6 +379,23 @@ def test_an_error_of_a_nested_object_as_a_whole_is_keyed_by_that_object(tenant) 
     assert response.json()["message"].startswith("mark: ")
 
 
+def test_an_error_of_a_nested_field_is_keyed_by_its_path(tenant) -> None:
+    """`mark.seen`, as Novu's class-validator names a nested property: keyed `seen` alone,
+    the 422 named no field of the body."""
+    client, api = tenant
+    SubscriberFactory(client=client, subscriber_id="ann")
+
+    response = api.post(
+        "/v1/subscribers/ann/messages/markAs",
+        {"messageId": "1", "mark": {"seen": "maybe"}},
+        format="json",
+    )
+
+    assert response.status_code == 422
+    assert list(response.json()["errors"]) == ["mark.seen"]
+    assert response.json()["message"].startswith("mark.seen: ")
+
+
 # --- what novu-py's models and novu 1.14 need ---------------------------------------------
 
 
