@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 
+from notify import services as notify_services
+from tests.factories import api_for, client_with_key
 from tests.test_settings import ROOT
 
 pytestmark = pytest.mark.django_db
@@ -67,6 +69,26 @@ def test_an_api_request_while_the_database_is_away_is_a_503_to_retry(
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "service_unavailable"
     assert "nothing was stored" in response.json()["message"]
+
+
+def test_a_connection_lost_within_a_request_is_a_503_to_retry_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver's InterfaceError (a connection closed under the request, "connection
+    already closed") is the database away as much as its OperationalError: not a 500."""
+    _, key = client_with_key()
+
+    def lost(**kwargs: object) -> None:
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(notify_services, "trigger_event_check", lost)
+    response = api_for(key).post(
+        "/v1/events/trigger", {"name": "welcome", "to": "ann"}, format="json"
+    )
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "service_unavailable"
 
 
 @pytest.mark.django_db(transaction=True)  # the test's own connection is closed and reopened
