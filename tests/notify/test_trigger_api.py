@@ -269,6 +269,19 @@ def test_oversized_body_is_413(post: Post, discover: FakeDiscover, enqueued: Enq
     assert discover.calls == []
 
 
+def test_a_body_of_exactly_the_limit_is_taken(
+    post: Post, discover: FakeDiscover, enqueued: Enqueued, settings: Any
+) -> None:
+    """NORM_MAX_BODY_BYTES is the most a body may hold: that many bytes are taken, a byte
+    more is the 413."""
+    body = json.dumps({"name": "welcome", "to": "ann"})
+    settings.NORM_MAX_BODY_BYTES = len(body) - 1
+    assert_error(post(TRIGGER, body, raw=True), 413, "payload_too_large")
+    settings.NORM_MAX_BODY_BYTES = len(body)
+    response = post(TRIGGER, body, raw=True)
+    assert response.status_code == 201, response.content
+
+
 @pytest.mark.parametrize("field_name", ["resource", "bridgeUrl"])
 def test_resource_not_among_bridge_urls_is_400_and_never_called(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, field_name: str
