@@ -161,6 +161,7 @@ def test_invalid_fields_are_400_with_errors(
 ) -> None:
     error = assert_error(post(TRIGGER, body), 400, "invalid_request")
     assert [e["field"] for e in error["errors"]] == [field_name]
+    assert error["type"] == "invalid_request"  # Novu's 400 under /v1/events carries its type
     assert_nothing_stored(enqueued)
 
 
