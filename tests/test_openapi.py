@@ -195,6 +195,27 @@ def test_a_subscriptions_400_matches_its_documented_schema(
     assert [p.message for p in problems] == []
 
 
+@pytest.mark.django_db
+def test_a_422_matches_its_documented_schema(openapi: dict[str, Any]) -> None:
+    """A body that fails its schema answers Novu's ValidationErrorDto, `errors` keyed by
+    field, which a client generated from norm's schema must read as documented."""
+    from jsonschema import Draft7Validator
+
+    from tests.factories import api_for, client_with_key
+
+    _, key = client_with_key()
+    answer = api_for(key).post(
+        "/v2/subscribers", {"subscriberId": "ann", "email": "ann@"}, format="json"
+    )
+    assert answer.status_code == 422
+    documented = openapi["paths"]["/v2/subscribers"]["post"]["responses"]["422"]
+    schema = documented["content"]["application/json"]["schema"]
+    problems = Draft7Validator(schema | {"components": openapi["components"]}).iter_errors(
+        answer.json()
+    )
+    assert [p.message for p in problems] == []
+
+
 def test_notifications_document_their_jobs_as_novu_py_reads_them(openapi: dict[str, Any]) -> None:
     """Each notification's `jobs`: the fields novu-py requires, and only values of the
     enums it checks (a providerId off Novu's list fails its whole response)."""
