@@ -401,8 +401,10 @@ def test_a_triggers_workflow_name_is_quoted_in_the_bridges_warning(
 
 
 # What a hostile (or broken) bridge may write in its error: a line of its own for the
-# log, a failure of another client's, and a terminal escape that turns the text red.
-FORGED = "\r\n2026-11-30 12:00:00,000 WARNING notification 1 (client 2) failed\x1b[31m"
+# log, a failure of another client's, and a terminal escape that turns the text red; and
+# the line breaks beyond ASCII's (NEL, a C1 control; U+2028), which str.splitlines and
+# log viewers break on too.
+FORGED = "\r\n2026-11-30 12:00:00,000 WARNING notification 1 (client 2) failed\x1b[31m\x85\u2028"
 
 
 def _refusing_bridge(
@@ -415,8 +417,8 @@ def _refusing_bridge(
 def _one_line_each(records: list[logging.LogRecord]) -> None:
     for record in records:
         message = record.getMessage()
-        assert not {"\r", "\n", "\x1b"} & set(message), message
-        assert "\\r\\n2026-11-30" in message and "\\x1b[31m" in message  # escaped, kept
+        assert not {"\r", "\n", "\x1b", "\x85", "\u2028"} & set(message), message
+        assert "\\r\\n2026-11-30" in message and "\\x1b[31m\\x85\\u2028" in message  # escaped
 
 
 def test_a_bridges_error_is_one_line_in_the_notifications_failure_warning(
