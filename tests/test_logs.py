@@ -520,3 +520,12 @@ def test_a_host_allowed_hosts_lacks_is_one_error_a_minute_without_traceback(
             f"{refused} (2 more such answers since the last such line)",
         ),
     ]
+
+
+def test_the_keys_a_quieted_warning_remembers_are_bounded() -> None:
+    """A line a minute per key (a row, a route, a bridge): a long-lived process remembered
+    every key it ever warned about, as many as its rows."""
+    quieted = logs.Quieted()
+    quieted.MAX_KEYS = 3
+    assert [quieted.due(n) for n in range(4)] == [0, 0, 0, 0]
+    assert len(quieted._last) <= 3
