@@ -288,3 +288,18 @@ def test_behind_a_trusted_proxy_a_call_by_no_proxy_is_counted_by_its_peer(
 
     assert REFUSED in _login("ops", "right-password", GUESSER)[1]
     assert _logged_in(_login("ops", "right-password", ADMIN_AT)[0])
+
+
+def test_behind_two_trusted_proxies_a_call_through_one_is_counted_by_its_entry(
+    counters: None, staff: Any, settings: Any
+) -> None:
+    """NORM_NUM_PROXIES=2 and a login whose X-Forwarded-For has one entry (made past the
+    outer proxy, through the inner one): counted by the farthest address it names, not
+    a 500."""
+    settings.NORM_NUM_PROXIES = 2
+    for _ in range(logins.LOGIN_FAILURES):
+        browser, page = _login_proxied("ops", "a-guess", GUESSER)
+        assert not _logged_in(browser) and "Please enter the correct username" in page
+
+    assert REFUSED in _login_proxied("ops", "right-password", GUESSER)[1]
+    assert _logged_in(_login_proxied("ops", "right-password", ADMIN_AT)[0])
