@@ -47,6 +47,17 @@ def test_nothing_found_is_not_remembered(settings: Any) -> None:
     assert memo.get("k", load) == "created"
 
 
+def test_a_value_found_gone_by_a_fresh_read_is_forgotten(settings: Any) -> None:
+    """A row deleted since it was remembered (a key revoked, a workflow removed), found
+    gone by a fresh read: the next call does not get the old row back."""
+    settings.NORM_PROCESS_CACHE_SECONDS = 60
+    memo: Memo[str] = Memo()
+    load = Loads("row", None, None)
+    assert memo.get("k", load) == "row"
+    assert memo.get("k", load, fresh=True) is None
+    assert memo.get("k", load) is None and load.count == 3
+
+
 def test_entries_are_bounded_and_clear_all_forgets_every_memo(settings: Any) -> None:
     settings.NORM_PROCESS_CACHE_SECONDS = 60
     memo: Memo[int] = Memo()
