@@ -1452,6 +1452,20 @@ def test_a_masked_password_on_a_new_bridge_url_must_be_typed_again(admin_client)
     assert client.bridge_url == SECRET_BRIDGE
 
 
+def test_a_masked_token_on_a_new_bridge_url_must_be_typed_again(admin_client) -> None:
+    """As a masked password: `https://***@host` on a URL not stored is no token to send,
+    and was stored as the bridge's user, `***`."""
+    token_url = "https://tok-9f8e7d6c5b@bridge.test/api/novu"
+    client = ClientFactory(bridge_url=token_url)
+    body = _client_form(client, bridge_url="https://***@bridge.test/api/v2")
+
+    response = admin_client.post(_url(client, "change"), body)
+
+    assert response.status_code == 200 and "type its password again" in response.content.decode()
+    client.refresh_from_db()
+    assert client.bridge_url == token_url
+
+
 def test_a_user_who_may_only_view_clients_sees_the_bridge_masked(client, django_user_model) -> None:
     from django.contrib.auth.models import Permission
 
