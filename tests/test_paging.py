@@ -200,6 +200,8 @@ def test_a_choice_in_the_query_is_trimmed_as_a_text_filter_is(tenant: tuple[Any,
         "/v1/notifications?status=%20pending%20&channels=%20in_app": 1,
         "/v2/subscribers/ann/notifications?severity=%20none": 1,
         "/v2/subscribers/ann/notifications?severity=%20high": 0,
+        # White space alone, or nothing, asks for nothing: every notification.
+        "/v2/subscribers/ann/notifications?severity=%20&contextKeys=": 1,
     }
     for path, count in lists.items():
         response = api.get(path)
