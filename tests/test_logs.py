@@ -17,6 +17,7 @@ from config import logs, pipeline
 from config.celery import RECONCILE_TASK, BeatScheduler
 from config.celery import app as celery_app
 from messaging import tasks as messaging_tasks
+from notify import services as notify_services
 from subscribers import tasks as subscriber_tasks
 from tests.conftest import DatabaseAway, a_bug, json_serving
 from tests.e2e.harness import free_port
@@ -345,6 +346,26 @@ def test_answers_of_4xx_are_one_warning_a_minute_per_status_and_route(
         f"Unauthorized: {TRIGGER} (3 more such answers since the last such line)",
         "Not Found: /xmlrpc.php (1 more such answers since the last such line)",
     ]
+
+
+def test_answers_of_5xx_are_each_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only 4xx answers are quieted: Django's ERROR for each 500, with its traceback (the
+    one record of a bug outside the API, an admin page's), stays, one per request."""
+    _, key = client_with_key()
+
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(notify_services, "trigger_event_check", broken)
+    api = api_for(key)
+    for _ in range(2):
+        answer = api.post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
+        assert answer.status_code == 500
+
+    lines = [r for r in caplog.records if r.name == "django.request"]
+    assert [r.levelno for r in lines] == [logging.ERROR] * 2
 
 
 def test_triggers_of_a_bridge_norm_cannot_discover_are_one_warning_a_minute_saying_why(
