@@ -550,3 +550,16 @@ def test_the_keys_a_quieted_warning_remembers_are_bounded() -> None:
     quieted.MAX_KEYS = 3
     assert [quieted.due(n) for n in range(4)] == [0, 0, 0, 0]
     assert len(quieted._last) <= 3
+
+
+def test_a_row_held_back_again_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broadcast's chunks are all its trigger event's: the line names it once, not once
+    for each warning held back about it."""
+    clock = Clock()
+    monkeypatch.setattr(logs, "time", clock)
+    quieted = logs.Quieted()
+    assert quieted.due_naming("bridge", "event-1") == (0, (), 0)
+    for name in ("event-2", "event-2", "event-3", "event-2"):
+        assert quieted.due_naming("bridge", name) is None
+    clock.now += logs.Quieted.PERIOD
+    assert quieted.due_naming("bridge", "event-4") == (4, ("event-2", "event-3"), 0)
