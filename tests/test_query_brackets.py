@@ -53,3 +53,22 @@ def test_a_filter_norm_cannot_apply_is_refused_in_brackets_too(tenant, query: st
     _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
 
     assert api.get(query).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v2/subscribers/ann/notifications?contextKeys=",
+        "/v1/messages?contextKeys=%20",
+        "/v1/notifications?contextKeys=",
+        "/v2/topics/news/subscriptions?contextKeys=",
+    ],
+)
+def test_a_filter_norm_cannot_apply_given_empty_is_no_filter(tenant, query: str) -> None:
+    """`contextKeys=` (novu-py given `[""]`, a form's unset field) narrows nothing: it is
+    not refused as the filter norm cannot apply."""
+    client, api = tenant
+    _in_app(SubscriberFactory(client=client, subscriber_id="ann"))
+    assert api.post("/v2/topics", {"key": "news"}, format="json").status_code == 201
+
+    assert api.get(query).status_code == 200, query
