@@ -144,10 +144,18 @@ def body_too_large() -> ApiError:
 # The authentication's refusal of a key, and the answer to a write whose client was
 # deleted while it ran: to the caller, the same revoked key.
 REVOKED_KEY = "Unauthorized: API key unknown or revoked"
+# The scheme of `Authorization: ApiKey <key>`, which every 401 names in its
+# WWW-Authenticate, as RFC 9110 asks (DRF's own handler sends it; this one left it out).
+API_KEY_SCHEME = "ApiKey"
 
 
 def revoked_key() -> ApiError:
-    return ApiError(401, "authentication_failed", REVOKED_KEY)
+    return ApiError(
+        401,
+        "authentication_failed",
+        REVOKED_KEY,
+        headers={"WWW-Authenticate": API_KEY_SCHEME},
+    )
 
 
 def _client_deleted(request: Any) -> bool:
@@ -268,6 +276,7 @@ def _api_error(exc: Exception, request: Any) -> ApiError | None:
         status, headers = exc.status_code, {}
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
             status = 401
+            headers["WWW-Authenticate"] = API_KEY_SCHEME
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             # The seconds the message says (DRF rounds the throttle's wait up): a second
             # more here told a client one thing in the header and another in the body.

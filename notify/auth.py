@@ -8,7 +8,7 @@ from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from config.errors import REVOKED_KEY, ApiError
+from config.errors import API_KEY_SCHEME, REVOKED_KEY, ApiError
 from notify import selectors
 from notify.models import Client
 
@@ -31,7 +31,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         return client, key.strip()
 
     def authenticate_header(self, request: Request) -> str:
-        return "ApiKey"
+        return API_KEY_SCHEME
 
 
 class IsClient(BasePermission):

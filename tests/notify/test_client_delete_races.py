@@ -53,6 +53,7 @@ def assert_refused_as_a_revoked_key(response: Any) -> None:
         "authentication_failed",
         "Unauthorized: API key unknown or revoked",
     )
+    assert response["WWW-Authenticate"] == "ApiKey"
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["trigger", "bulk"])

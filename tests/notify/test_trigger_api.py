@@ -764,14 +764,17 @@ def test_bridge_unreachable_on_discover_is_502(
 
 
 def test_missing_header_is_401(discover: FakeDiscover, enqueued: Enqueued) -> None:
+    """A 401 names the scheme to authenticate with (RFC 9110), as DRF's own would."""
     response = APIClient().post(TRIGGER, {"name": "welcome", "to": "ann"}, format="json")
     assert_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"] == "ApiKey"
     assert_nothing_stored(enqueued)
 
 
 def test_unknown_key_is_401(post: Post, discover: FakeDiscover, enqueued: Enqueued) -> None:
     response = post(TRIGGER, {"name": "welcome", "to": "ann"}, key="nk_not-a-key")
     assert_error(response, 401, "authentication_failed")
+    assert response["WWW-Authenticate"] == "ApiKey"
     assert_nothing_stored(enqueued)
 
 
