@@ -307,6 +307,37 @@ def test_a_bug_every_echo_trips_on_is_one_traceback_a_minute_naming_the_rows_it_
     assert record.exc_info is not None and record.exc_info[0] is ValueError
 
 
+def test_a_bug_of_the_same_type_reached_through_another_caller_is_its_own_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two bugs that raise the same exception in one line (a helper's, or a library's such
+    as Django's `get`, which all its callers share), each reached from a place of its own:
+    each is its own traceback within the minute. Held back as one bug, the second's was
+    never logged, only counted among the first's, its place in norm's code unknown."""
+    monkeypatch.setattr(logs, "time", Clock())
+
+    def one_caller(*args: Any, **kwargs: Any) -> Any:
+        return a_bug()
+
+    def another_caller(*args: Any, **kwargs: Any) -> Any:
+        return a_bug()
+
+    first, second = NotificationFactory.create_batch(2)
+    for notification, bug in ((first, one_caller), (second, another_caller)):
+        monkeypatch.setattr(workflow_selectors, "bridge_state", bug)
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)])
+
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (
+            logging.ERROR,
+            f"the echo of notification {n.pk} failed (0 more such since the last such line)",
+        )
+        for n in (first, second)
+    ]
+    assert all(r.exc_info is not None for r in records)
+
+
 def test_answers_of_4xx_are_one_warning_a_minute_per_status_and_route(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
