@@ -598,6 +598,34 @@ def test_cancel_past_its_budget_answers_and_its_task_cancels_the_rest(
     assert enqueued.of(pipeline.CANCEL) == [(event.pk,)]
 
 
+def test_a_cancel_task_the_database_cuts_off_is_retried_and_cancels_the_rest(
+    api: Api,
+    keyed: tuple[Client, str],
+    past_the_budget: None,
+    enqueued: Enqueued,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database lost as the task begins (a restart, a failover): Celery retries it
+    with backoff (DB_RETRY), as every stage's task, and the retry cancels the rest, rather
+    than the task failing and the rest running on until the reconciler sends it again."""
+    event, _ = _broadcast(keyed[0], 5)
+    assert api.cancel("tx-1") == {"data": True}
+    finish, runs = operations.trigger_cancel_finish, []
+
+    def database_away_once(**kwargs: Any) -> int:
+        runs.append(kwargs)
+        if len(runs) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return finish(**kwargs)
+
+    monkeypatch.setattr(operations, "trigger_cancel_finish", database_away_once)
+
+    result = workflow_tasks.trigger_cancel_finish.apply(args=[event.pk])
+
+    assert result.state == "SUCCESS" and len(runs) == 2
+    assert _statuses() == {(Notification.Status.CANCELED, Step.Status.CANCELED)}
+
+
 def test_the_cancel_task_cancels_nothing_of_a_trigger_not_canceled(
     keyed: tuple[Client, str],
 ) -> None:
