@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 from django.conf import settings
+from django.db import transaction
 
 from config import pipeline
 from config.celery import app
@@ -153,6 +154,23 @@ def test_hand_offs_redis_refuses_batched_and_alone_are_left_to_the_reconciler_wi
     assert f"the broker refused {pipeline.ECHO.task} ('{first}' and 2 more)" in message
     assert "Connection reset by peer" in message
     assert _queued(queue) == []
+
+
+@pytest.mark.django_db
+def test_a_hand_off_is_published_once_its_transaction_commits_and_never_if_it_rolls_back(
+    queue: str, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A worker that took the task before its row committed would find no row (and a
+    rolled-back row's task would run on nothing): the hand-off waits for the commit."""
+    settings.NORM_WORKFLOW_QUEUES = {"welcome": queue}
+    with django_capture_on_commit_callbacks(execute=True):
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            pipeline.enqueue_on_commit(pipeline.MESSAGE, 41, workflow="welcome")
+            raise RuntimeError("rolled back")
+        pipeline.enqueue_on_commit(pipeline.MESSAGE, 42, workflow="welcome")
+        assert _queued(queue) == []
+
+    assert _queued(queue) == [(pipeline.MESSAGE.task, [42])]
 
 
 @pytest.fixture
