@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 
 from config import pipeline
 from notify.models import TriggerEvent
-from subscribers import tasks
+from subscribers import services, tasks
 from subscribers.models import Subscriber
 from tests.conftest import Enqueued
 from tests.factories import SubscriberFactory, TriggerEventFactory
@@ -119,3 +120,26 @@ def test_every_step_gets_the_actor_as_stored_the_same_as_its_subscriber(
     Notification.objects.filter(pk=notification.pk).update(status=Notification.Status.RUNNING)
     echo.echo_run(notification_id=str(notification.pk))
     assert bodies["bob"]["actor"] == event.actor
+
+
+def test_an_actor_command_the_database_cuts_off_is_retried_and_upserts_the_actor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An actor command from before the upgrade is in no row the reconciler reads: failed
+    on a database error (a restart, a failover), the actor's attributes were lost for good.
+    Celery retries it with backoff (DB_RETRY), as every stage's task."""
+    event = TriggerEventFactory(actor={"subscriberId": "ann", "firstName": "A"}, to=["bob"])
+    upsert, runs = services.actor_process, []
+
+    def database_away_once(**kwargs: Any) -> None:
+        runs.append(kwargs)
+        if len(runs) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        upsert(**kwargs)
+
+    monkeypatch.setattr(services, "actor_process", database_away_once)
+
+    result = tasks.actor_process.apply(args=[event.pk])
+
+    assert result.state == "SUCCESS" and len(runs) == 2
+    assert stored(event, "ann").first_name == "A"
