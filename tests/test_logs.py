@@ -215,6 +215,17 @@ def test_a_beat_tick_that_fails_on_a_bug_keeps_its_error_and_traceback(
     assert isinstance(record.exc_info[1].__context__, TypeError)
 
 
+def test_beats_line_for_each_reconcile_it_sends_is_kept_at_debug() -> None:
+    """Beat's "Sending due task" every NORM_RECONCILE_INTERVAL names the task in its
+    arguments, not in the record's data as the workers' lines do: at INFO, a line every
+    10 s buried the rest of `make run`'s log. A line for another task of beat's is kept."""
+    logger = logging.getLogger("celery.beat")
+    line = "Scheduler: Sending due task %s (%s)"
+    for task, kept in ((RECONCILE_TASK, False), ("norm.other", True)):
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, line, ("x", task), None)
+        assert all(f.filter(record) for f in logger.filters) is kept
+
+
 def test_a_celery_line_whose_arguments_are_not_all_text_is_logged() -> None:
     """The filter that keeps the per-notification tasks' lines at DEBUG looked each
     argument up among their names: a list (unhashable) raised TypeError out of the log
