@@ -264,3 +264,17 @@ def test_a_given_key_is_stored_trimmed_as_the_api_reads_a_calls_key() -> None:
     assert SecretKey.objects.get().prefix == NOVU_KEY[:8]
     client = client_with_key()[0]
     assert services.secret_key_create(client=client, key=f"{'k' * 16}\t")[1] == "k" * 16
+
+
+def test_if_missing_finds_a_given_key_with_white_space_around_it_as_the_one_stored() -> None:
+    """The key is looked up trimmed, as it is stored: a deploy script passing it again
+    with a newline (read from a file) found no stored key, and the client's own key was
+    then added a second time (an IntegrityError, a traceback) and printed untrimmed."""
+    createclient("shop", "--bridge-url", BRIDGE, "--secret-key", NOVU_KEY)
+
+    lines = createclient(
+        "shop", "--bridge-url", BRIDGE, "--if-missing", "--secret-key", f" {NOVU_KEY}\n"
+    )
+
+    assert lines == ["Client 'shop' exists already.", NOVU_KEY]
+    assert SecretKey.objects.get().prefix == NOVU_KEY[:8]
