@@ -278,3 +278,14 @@ def test_if_missing_finds_a_given_key_with_white_space_around_it_as_the_one_stor
 
     assert lines == ["Client 'shop' exists already.", NOVU_KEY]
     assert SecretKey.objects.get().prefix == NOVU_KEY[:8]
+
+
+def test_if_missing_compares_the_bridge_given_trimmed_as_it_is_stored() -> None:
+    """A --bridge-url read from a file (a newline after it) is the client's own bridge,
+    as the created client stores it: no word that it differs."""
+    createclient("shop", "--bridge-url", BRIDGE)
+    err = StringIO()
+
+    call_command("createclient", "shop", "--bridge-url", f" {BRIDGE}\n", "--if-missing", stderr=err)
+
+    assert err.getvalue() == ""
