@@ -289,3 +289,24 @@ def test_if_missing_compares_the_bridge_given_trimmed_as_it_is_stored() -> None:
     call_command("createclient", "shop", "--bridge-url", f" {BRIDGE}\n", "--if-missing", stderr=err)
 
     assert err.getvalue() == ""
+
+
+def test_if_missing_names_the_bridges_it_compares_without_their_passwords() -> None:
+    """Its word that the client's bridge is not the one given goes to a deploy's log, as
+    the created client's line does: both URLs masked there, passwords and all."""
+    createclient("shop", "--bridge-url", "https://ops:old-pass@bridge.test/api/novu")
+    err = StringIO()
+
+    call_command(
+        "createclient",
+        *("shop", "--bridge-url", " https://ops:new-pass@bridge.test/api/novu "),
+        *("--if-missing",),
+        stdout=StringIO(),
+        stderr=err,
+    )
+
+    assert (
+        "Its bridge is https://ops:***@bridge.test/api/novu, not the --bridge-url given "
+        "(https://ops:***@bridge.test/api/novu)"
+    ) in err.getvalue()
+    assert "pass" not in err.getvalue()
