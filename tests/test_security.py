@@ -880,3 +880,16 @@ def test_a_chunked_body_is_read_not_taken_for_none(enqueued: object, wsgi_in_tes
     big = json.dumps({"name": "welcome", "to": "ann", "payload": {"x": "a" * 600_000}})
     status, answer = _chunked(key, big.encode(), decoded=True)
     assert status.startswith("413"), answer
+
+
+def test_reencryptkeys_with_every_key_readable_says_only_what_it_did(settings: Any) -> None:
+    """The line about revoked keys left as they were is for a run that left some: printed
+    after every rotation ("left 0 revoked secret key(s) that no key ... decrypts"), it
+    sent operators looking for keys that do not exist."""
+    settings.NORM_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    client_with_key()
+    out = io.StringIO()
+
+    call_command("reencryptkeys", stdout=out)
+
+    assert out.getvalue() == "re-encrypted 1 secret keys\n"
