@@ -37,6 +37,7 @@ from notify.models import Client, SecretKey, TriggerEvent
 from notify.selectors import client_by_api_key
 from tests.conftest import serve_in_background
 from tests.e2e.harness import alive, child_pids, free_port
+from tests.factories import client_with_key
 from workflows.models import Notification, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -310,6 +311,18 @@ def test_a_kept_demo_key_file_empty_or_cut_short_is_made_anew(tmp_path: Path, ke
     key = rundemo._demo_key(path)
     assert len(key) >= notify_services.MIN_KEY_LENGTH
     assert path.read_text().strip() == key
+
+
+def test_a_kept_demo_key_that_is_another_clients_is_made_anew(tmp_path: Path) -> None:
+    """As a revoked one: createclient refuses another client's key, and so every later
+    start did, until the file was found and removed by hand."""
+    _, other_key = client_with_key(name="shop")
+    path = tmp_path / "demo-secret-key"
+    path.write_text(other_key + "\n")
+
+    key = rundemo._demo_key(path)
+
+    assert key != other_key and path.read_text().strip() == key
 
 
 def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
