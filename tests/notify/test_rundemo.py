@@ -12,6 +12,7 @@ import shelve
 import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -323,6 +324,16 @@ def test_a_kept_demo_key_that_is_another_clients_is_made_anew(tmp_path: Path) ->
     key = rundemo._demo_key(path)
 
     assert key != other_key and path.read_text().strip() == key
+
+
+def test_a_new_demo_key_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The demo client's secret key, written to var/: not for every user of the machine."""
+    path = tmp_path / "var" / "demo-secret-key"
+
+    key = rundemo._demo_key(path)
+
+    assert path.read_text() == key + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
