@@ -336,6 +336,20 @@ def test_a_new_demo_key_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_the_childrens_no_proxy_keeps_the_users_own_and_adds_the_demos_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hosts the user's NO_PROXY already names (an intranet's) stay unproxied for the
+    web server and the worker as for everything else the user runs."""
+    monkeypatch.setenv("NO_PROXY", "intranet.example")
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    found = rundemo._loopback_unproxied("[::1]:8000")
+
+    expected = "intranet.example,::1,localhost"
+    assert found == {"NO_PROXY": expected, "no_proxy": expected}
+
+
 def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
     tmp_path: Path,
 ) -> None:
