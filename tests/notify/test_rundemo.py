@@ -176,6 +176,15 @@ def test_an_address_that_cannot_be_served_is_not_blamed_on_a_running_norm() -> N
     assert "make run ADDR=127.0.0.1:8001" in message
 
 
+def test_an_ipv6_address_that_is_free_is_served() -> None:
+    """`make run ADDR=[::1]:8001`: an IPv6 host is bound as one."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+
+    _check_free(f"[::1]:{port}")  # no CommandError
+
+
 @pytest.mark.parametrize("addr", ["8001", "localhost", "127.0.0.1:http", "127.0.0.1:80010"])
 def test_an_address_that_is_no_host_and_port_is_refused_with_what_to_type(
     tmp_path: Path, addr: str
