@@ -185,6 +185,20 @@ def test_an_ipv6_address_that_is_free_is_served() -> None:
     _check_free(f"[::1]:{port}")  # no CommandError
 
 
+def test_a_port_its_last_run_left_in_time_wait_is_free() -> None:
+    """A run just stopped leaves its served connections in TIME_WAIT for a minute: the web
+    server binds over them (SO_REUSEADDR), and so must the check, or a restart was
+    refused as though norm still ran there."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as browser:
+            served, _ = server.accept()
+            served.close()  # the server's side closes first: its port is in TIME_WAIT
+            browser.recv(1)
+
+    _check_free(f"127.0.0.1:{port}")  # no CommandError
+
+
 @pytest.mark.parametrize("addr", ["8001", "localhost", "127.0.0.1:http", "127.0.0.1:80010"])
 def test_an_address_that_is_no_host_and_port_is_refused_with_what_to_type(
     tmp_path: Path, addr: str
