@@ -533,6 +533,20 @@ def test_a_second_make_run_on_another_address_is_refused_while_one_runs(tmp_path
         _stop(demo)
 
 
+def test_a_second_run_is_told_the_address_the_running_one_serves_not_an_older_one(
+    tmp_path: Path,
+) -> None:
+    """The lock file keeps the address of the run that holds it: written over a longer
+    one a run before left, it named a mix of both ("127.0.0.1:800123")."""
+    os.close(rundemo._hold_var(tmp_path, "127.0.0.1:80123"))
+    held = rundemo._hold_var(tmp_path, "127.0.0.1:8001")
+    try:
+        with pytest.raises(CommandError, match="running already on 127.0.0.1:8001 with"):
+            rundemo._hold_var(tmp_path, "127.0.0.1:8002")
+    finally:
+        os.close(held)
+
+
 def test_reconcile_ticks_that_find_nothing_leave_no_trace_in_the_output(tmp_path: Path) -> None:
     # Beat's "Sending due task reconcile" and the worker's "received" and "succeeded"
     # for each tick: three lines every 10 s, every tick alike, burying the rest.
