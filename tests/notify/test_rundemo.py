@@ -396,6 +396,28 @@ def test_a_proxy_set_for_the_outside_world_does_not_carry_the_demos_own_calls(
         _stop(demo)
 
 
+def test_its_demo_bridge_refuses_a_call_norm_did_not_sign(tmp_path: Path) -> None:
+    """The demo bridge is served to whoever reaches the address: it checks each call's
+    signature with the demo client's key, as Novu's bridges do, so that only norm runs
+    its workflows."""
+    addr = f"127.0.0.1:{free_port()}"
+    demo = _start(addr, tmp_path)
+    try:
+        _read_until(demo, "norm is running")
+        unsigned = urllib.request.Request(
+            f"http://{addr}/bridge?action=execute&workflowId=welcome",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            direct.open(unsigned, timeout=30)
+    finally:
+        _stop(demo)
+
+    assert refused.value.code == 401
+
+
 def test_a_workflow_routed_to_its_own_queue_runs_under_make_run(tmp_path: Path) -> None:
     """rundemo's one worker consumed the standard queues only: a workflow that
     NORM_WORKFLOW_QUEUES sends to its own queue stayed received, and never ran."""
