@@ -217,6 +217,16 @@ def test_an_address_that_is_no_host_and_port_is_refused_with_what_to_type(
     assert "Traceback" not in output
 
 
+def test_a_web_server_that_exits_as_it_starts_is_said_so_at_once() -> None:
+    """Not after the minute the readiness check waits, as a server that did not answer."""
+    web = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], text=True)
+    start = time.monotonic()
+
+    with pytest.raises(CommandError, match="the web server exited with status 3"):
+        Command()._wait_for_web(f"127.0.0.1:{free_port()}", web)
+    assert time.monotonic() - start < 30
+
+
 def _createsuperuser_hint(banner: str) -> str:
     return banner.split("(first: ", 1)[1].split(")", 1)[0]
 
