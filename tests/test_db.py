@@ -7,7 +7,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.expressions import DatabaseDefault
 from django.test.utils import CaptureQueriesContext
 
-from config.db import insert_once
+from config.db import bounded, insert_once
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.factories import ClientFactory, NotificationFactory, SubscriberFactory
@@ -84,3 +84,8 @@ def test_an_insert_reads_back_only_what_the_database_made() -> None:
     )
     stored_at = TriggerEvent.objects.values_list("recheck_from", flat=True).get(pk=left.pk)
     assert left.recheck_from == stored_at is not None
+
+
+def test_a_text_of_exactly_the_limit_is_kept_whole_and_a_longer_one_cut_to_it() -> None:
+    assert bounded("x" * 10, 10) == "x" * 10
+    assert bounded("x" * 11, 10) == "x" * 9 + "…"
