@@ -7,7 +7,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.expressions import DatabaseDefault
 from django.test.utils import CaptureQueriesContext
 
-from config.db import bounded, insert_once
+from config.db import bounded, error_text, insert_once
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
 from tests.factories import ClientFactory, NotificationFactory, SubscriberFactory
@@ -89,3 +89,10 @@ def test_an_insert_reads_back_only_what_the_database_made() -> None:
 def test_a_text_of_exactly_the_limit_is_kept_whole_and_a_longer_one_cut_to_it() -> None:
     assert bounded("x" * 10, 10) == "x" * 10
     assert bounded("x" * 11, 10) == "x" * 9 + "…"
+
+
+def test_an_error_of_several_lines_is_its_type_and_first_line() -> None:
+    """A reason the admin and the API show on one line: an exception's message of several
+    lines (a traceback quoted, a statement) is cut at its first."""
+    assert error_text(ValueError("bad value\n  in line 3")) == "ValueError: bad value"
+    assert error_text(ValueError("")) == "ValueError"
