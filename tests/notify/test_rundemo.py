@@ -153,6 +153,33 @@ def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> No
         demo.wait()
 
 
+def test_a_worker_that_dies_stops_it_saying_so(tmp_path: Path) -> None:
+    """A worker gone (its "Unrecoverable error", the OOM killer) left web and beat running
+    and triggers accepted that no one would run: rundemo stops all, and says which died."""
+    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
+    children: list[int] = []
+    try:
+        _read_until(demo, "norm is running")
+        children = child_pids(demo.pid)
+        [worker] = [
+            pid
+            for pid in children
+            if b" worker " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        ]
+        os.kill(worker, signal.SIGKILL)
+
+        output, _ = demo.communicate(timeout=60)
+    finally:
+        for pid in [demo.pid, *children]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        demo.wait()
+
+    assert demo.returncode != 0
+    assert "worker exited with status -9" in output, output[-3000:]
+    assert [pid for pid in children if alive(pid)] == []
+
+
 def test_a_taken_address_is_refused_before_anything_starts(tmp_path: Path) -> None:
     port = free_port()
     with socket.create_server(("127.0.0.1", port)):  # another server, or a second make run
