@@ -309,3 +309,25 @@ def _comes_to_wait_for_a_lock_of(file: Path, thread: threading.Thread) -> bool:
                 return True
         time.sleep(0.01)
     return False
+
+
+def test_a_message_that_cannot_be_added_leaves_no_partial_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish refused (a disk full, a name taken) is the broker's refusal, which norm
+    leaves to the reconciler: the partial file it wrote is removed, not left in
+    var/broker for every refused publish."""
+    transport, options = _embedded_broker(tmp_path, polling_interval=0)
+    folder = Path(options["data_folder_in"])
+    queue = f"refused-{uuid.uuid4().hex[:8]}"  # a name no other test bound, as above
+    taken = uuid.uuid4()
+    with Connection("filesystem://", transport=transport, transport_options=options) as conn:
+        tasks = conn.SimpleQueue(queue)
+        monkeypatch.setattr(fsbroker, "monotonic", lambda: 1.0)
+        monkeypatch.setattr(fsbroker.uuid, "uuid4", lambda: taken)
+        # The message's own name taken by a folder: the rename onto it fails.
+        (folder / f"{1000:015d}_{taken}.{queue}.msg").mkdir()
+        with pytest.raises(ChannelError):
+            tasks.put({"body": "refused"})
+
+    assert [p.name for p in folder.iterdir()] == [f"{1000:015d}_{taken}.{queue}.msg"]
