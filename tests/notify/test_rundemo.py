@@ -635,3 +635,52 @@ def test_its_banner_is_out_at_once_when_its_output_is_piped(tmp_path: Path) -> N
         _read_until(demo, "norm is running", timeout=15)
     finally:
         _stop(demo)
+
+
+# A program as rundemo's children are to demochild: a clean stop on SIGTERM that takes a
+# while (a worker's warm shutdown), marked in a file when done.
+_STOPS_CLEANLY = """
+import signal, sys, time
+
+def stop(signum, frame):
+    time.sleep(1)
+    with open(sys.argv[1], "w") as done:
+        done.write("stopped cleanly")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("started", flush=True)
+if sys.argv[2] == "run":
+    while True:
+        time.sleep(0.1)
+"""
+
+
+def _demochild(tmp_path: Path, alive: int, mode: str) -> subprocess.Popen[str]:
+    program = tmp_path / "program.py"
+    program.write_text(_STOPS_CLEANLY)
+    return subprocess.Popen(
+        [sys.executable, "-m", "notify.management.demochild", str(alive), str(program)]
+        + [str(tmp_path / "stopped"), mode],
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
+        pass_fds=(alive,),
+    )
+
+
+def test_a_child_rundemo_left_behind_is_given_its_clean_stop_in_full(tmp_path: Path) -> None:
+    """rundemo killed outright: each child is stopped as rundemo would stop it, a SIGTERM
+    and the time its clean stop takes (the worker finishing the tasks under way), not
+    killed at once, nor only once STOP_TIMEOUT has passed."""
+    alive, alive_w = os.pipe()
+    child = _demochild(tmp_path, alive, "run")
+    os.close(alive)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "started\n"
+        os.close(alive_w)  # rundemo is gone
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.communicate()
+    assert (tmp_path / "stopped").read_text() == "stopped cleanly"
