@@ -684,3 +684,18 @@ def test_a_child_rundemo_left_behind_is_given_its_clean_stop_in_full(tmp_path: P
         child.kill()
         child.communicate()
     assert (tmp_path / "stopped").read_text() == "stopped cleanly"
+
+
+def test_a_child_whose_program_ends_exits_while_rundemo_runs(tmp_path: Path) -> None:
+    """A program that ends by itself (the web server failing as it starts) ends its
+    process at once, for rundemo to see and say so; rundemo's pipe holds nothing open."""
+    alive, alive_w = os.pipe()
+    child = _demochild(tmp_path, alive, "end")
+    os.close(alive)
+    try:
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.communicate()
+        os.close(alive_w)
+    assert not (tmp_path / "stopped").exists()  # it ended by itself, told nothing
