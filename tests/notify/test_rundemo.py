@@ -254,6 +254,39 @@ def test_a_web_server_that_exits_as_it_starts_is_said_so_at_once() -> None:
     assert time.monotonic() - start < 30
 
 
+# A child stuck in its clean stop: SIGTERM ignored.
+STUCK = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_that_ignores_its_stop_is_killed_after_the_stop_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child stuck in its clean stop (a task that never returns) is killed once
+    STOP_TIMEOUT has passed: Ctrl-C never hangs."""
+    monkeypatch.setattr(rundemo, "STOP_TIMEOUT", 1.0)
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", STUCK],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as rundemo starts its children
+    )
+    assert stuck.stdout is not None and stuck.stdout.readline() == "ready\n"
+    stopping = threading.Thread(target=rundemo._stop_group, args=([stuck],), daemon=True)
+    try:
+        stopping.start()
+        stopping.join(timeout=20)
+        assert not stopping.is_alive()
+        assert stuck.returncode == -signal.SIGKILL
+    finally:
+        stuck.kill()
+        stuck.communicate()
+
+
 def _createsuperuser_hint(banner: str) -> str:
     return banner.split("(first: ", 1)[1].split(")", 1)[0]
 
