@@ -726,3 +726,18 @@ def test_through_an_http_proxy_a_kept_alive_connection_closed_unanswered_is_call
     assert error is None, repr(error)
     assert (proxy.calls, server.connections) == (3, 2)  # sent again, over a new connection
     assert took < DEADLINE / 2, took
+
+
+def test_a_connection_closed_after_its_call_is_closed_at_once_not_at_the_deadline() -> None:
+    """The deadline's own descriptor of a watched connection (a dup) goes when the call
+    ends: kept until the deadline passed, a connection the library closed (an answer
+    read whole, a `Connection: close`) stayed open to the bridge until then, one more
+    for every call."""
+    ours, bridges = socket.socketpair()
+    with ours, bridges:
+        with deadlines.within(30):
+            deadlines.watch(ours)
+        ours.close()  # the call is over, and its library closes the connection
+
+        bridges.settimeout(5)
+        assert bridges.recv(1) == b""  # the bridge sees it closed
