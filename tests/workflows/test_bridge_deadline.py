@@ -741,3 +741,30 @@ def test_a_connection_closed_after_its_call_is_closed_at_once_not_at_the_deadlin
 
         bridges.settimeout(5)
         assert bridges.recv(1) == b""  # the bridge sees it closed
+
+
+def _expires(deadline: deadlines.Deadline) -> bool:
+    """Whether the watchdog expires `deadline` within a few seconds of its time."""
+    until = time.monotonic() + 5
+    while not deadline.expired and time.monotonic() < until:
+        time.sleep(0.01)
+    return deadline.expired
+
+
+def test_a_connection_the_bridge_reset_leaves_later_deadlines_kept() -> None:
+    """Shutting down a connection the bridge has reset fails (ENOTCONN): raised in the
+    watchdog's thread, it ended the thread, and no deadline of the process was kept
+    after it, a call held as long as its bridge liked."""
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as ours:
+        theirs, _ = server.accept()
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        theirs.close()  # a reset, not a close
+        with pytest.raises(ConnectionResetError):
+            ours.recv(1)
+        with deadlines.within(0.1) as reset:
+            deadlines.watch(ours)
+            assert _expires(reset)
+
+    with deadlines.within(0.1) as later:
+        assert _expires(later)
