@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.models.expressions import DatabaseDefault
@@ -96,3 +103,52 @@ def test_an_error_of_several_lines_is_its_type_and_first_line() -> None:
     lines (a traceback quoted, a statement) is cut at its first."""
     assert error_text(ValueError("bad value\n  in line 3")) == "ValueError: bad value"
     assert error_text(ValueError("")) == "ValueError"
+
+
+# Each lookup of a name, as the subscriber lists filter them: what it finds, on the
+# database the script runs on.
+CASE_LOOKUPS = """
+from subscribers.models import Subscriber
+from tests.factories import ClientFactory, SubscriberFactory
+
+client = ClientFactory()
+for n, name in enumerate(["Müller", "Straße", "Mull", "ÅSA"]):
+    SubscriberFactory(client=client, subscriber_id=f"s{n}", last_name=name)
+asked = [
+    ("iexact", "MÜLLER"), ("icontains", "üll"), ("istartswith", "mü"), ("iendswith", "LER"),
+    ("iexact", "STRAßE"), ("iexact", "strasse"), ("icontains", "SS"), ("iexact", "åsa"),
+]
+found = [
+    sorted(Subscriber.objects.filter(**{f"last_name__{how}": text}).values_list(
+        "last_name", flat=True
+    ))
+    for how, text in asked
+]
+"""
+
+
+def test_case_insensitive_lookups_find_on_sqlite_what_they_find_on_postgresql(
+    tmp_path: Path,
+) -> None:
+    """SQLite's LIKE folds ASCII letters only: under `make run` "MÜLLER" found no
+    "Müller", where PostgreSQL found it. Each character is upper-cased one for one, as
+    PostgreSQL's UPPER does: "Straße" is found by "STRAßE", and not by "strasse", as
+    Python's upper case of "ß" ("SS") would have it."""
+    on_postgresql: dict[str, Any] = {}
+    exec(CASE_LOOKUPS, on_postgresql)  # on this test's database
+    script = (
+        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
+    )
+    script += 'call_command("migrate", interactive=False, verbosity=0)\n'
+    script += CASE_LOOKUPS + "print(json.dumps(found))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[1],
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    expected = [["Müller"], ["Müller"], ["Müller"], ["Müller"], ["Straße"], [], [], ["ÅSA"]]
+    assert connection.vendor == "postgresql"
+    assert on_postgresql["found"] == expected
+    assert json.loads(done.stdout.splitlines()[-1]) == expected
