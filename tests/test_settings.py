@@ -668,3 +668,21 @@ def test_the_proxies_trusted_are_read_for_norm_and_for_drfs_throttles() -> None:
     # DRF's get_ident, left at None, takes the whole X-Forwarded-For a client sent.
     assert read["REST_FRAMEWORK"]["NUM_PROXIES"] == 2
     assert "NORM_NUM_PROXIES must be 0 or more" in refused_at_start({"NORM_NUM_PROXIES": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "default"),
+    [
+        ("SECURE_HSTS_SECONDS", 0),  # env_int's
+        ("NORM_BRIDGE_TIMEOUT", 10.0),  # env_float's
+        ("NORM_WORKFLOW_QUEUES", {}),  # env_json_map's
+        ("DEBUG", False),  # env_bool's
+        ("LOG_LEVEL", "INFO"),  # env_log_level's
+    ],
+)
+def test_a_setting_set_empty_is_taken_as_unset(name: str, default: Any) -> None:
+    """compose hands each optional setting an operator left out to norm set empty
+    (`SECURE_HSTS_SECONDS: ${SECURE_HSTS_SECONDS:-}`), as an env file's `NAME=` does: it
+    is its default, not a value refused at the start of every command."""
+    found = settings_from({name: ""}, name, "LOGGING")
+    assert (found["LOGGING"]["root"]["level"] if name == "LOG_LEVEL" else found[name]) == default
