@@ -686,3 +686,15 @@ def test_a_setting_set_empty_is_taken_as_unset(name: str, default: Any) -> None:
     is its default, not a value refused at the start of every command."""
     found = settings_from({name: ""}, name, "LOGGING")
     assert (found["LOGGING"]["root"]["level"] if name == "LOG_LEVEL" else found[name]) == default
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        *((value, True) for value in ("1", "true", "True", "YES", "on")),
+        *((value, False) for value in ("0", "false", "False", "No", "OFF")),
+    ],
+)
+def test_a_boolean_is_taken_in_its_usual_spellings_in_any_case(value: str, taken: bool) -> None:
+    """DEBUG=True, as a Django settings file writes it, or EMAIL_USE_TLS=on."""
+    assert settings_from({"EMAIL_USE_TLS": value}, "EMAIL_USE_TLS") == {"EMAIL_USE_TLS": taken}
