@@ -698,3 +698,12 @@ def test_a_setting_set_empty_is_taken_as_unset(name: str, default: Any) -> None:
 def test_a_boolean_is_taken_in_its_usual_spellings_in_any_case(value: str, taken: bool) -> None:
     """DEBUG=True, as a Django settings file writes it, or EMAIL_USE_TLS=on."""
     assert settings_from({"EMAIL_USE_TLS": value}, "EMAIL_USE_TLS") == {"EMAIL_USE_TLS": taken}
+
+
+@pytest.mark.parametrize("value", ["ture", "enabled", "2"])
+def test_a_boolean_that_is_neither_is_refused_by_name(value: str) -> None:
+    """Taken for its default, EMAIL_USE_TLS=ture sent every email, and its SMTP login,
+    without TLS, the operator's typo never named."""
+    assert f"EMAIL_USE_TLS must be a boolean, got {value!r}" in refused_at_start(
+        {"EMAIL_USE_TLS": value}
+    )
