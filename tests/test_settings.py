@@ -707,3 +707,13 @@ def test_a_boolean_that_is_neither_is_refused_by_name(value: str) -> None:
     assert f"EMAIL_USE_TLS must be a boolean, got {value!r}" in refused_at_start(
         {"EMAIL_USE_TLS": value}
     )
+
+
+@pytest.mark.parametrize("name", ["NORM_WORKFLOW_QUEUES", "NORM_PROVIDERS"])
+def test_a_routing_or_provider_table_that_is_no_json_is_refused_by_name(name: str) -> None:
+    """Written as a shell or Python writes it (no quotes, single quotes), the command died
+    on json's own error, "Expecting property name enclosed in double quotes", which names
+    no setting."""
+    assert f"{name} must be JSON: Expecting property name" in refused_at_start(
+        {name: "{'welcome': 'critical'}"}
+    )
