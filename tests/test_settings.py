@@ -717,3 +717,11 @@ def test_a_routing_or_provider_table_that_is_no_json_is_refused_by_name(name: st
     assert f"{name} must be JSON: Expecting property name" in refused_at_start(
         {name: "{'welcome': 'critical'}"}
     )
+
+
+@pytest.mark.parametrize("name", [name for name in ZERO_ALLOWED if name in FLOATS])
+def test_a_count_age_or_interval_that_is_no_number_is_refused_by_name(name: str) -> None:
+    """float() takes "nan", which every comparison finds false: it passed "0 or more", and
+    a registry TTL of it failed every trigger (a timedelta of NaN raises ValueError), a
+    process cache of it read the database every time."""
+    assert f"{name} must be 0 or more, got nan" in refused_at_start({name: "nan"})
