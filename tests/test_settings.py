@@ -725,3 +725,12 @@ def test_a_count_age_or_interval_that_is_no_number_is_refused_by_name(name: str)
     a registry TTL of it failed every trigger (a timedelta of NaN raises ValueError), a
     process cache of it read the database every time."""
     assert f"{name} must be 0 or more, got nan" in refused_at_start({name: "nan"})
+
+
+def test_a_broker_or_cache_url_with_white_space_around_it_is_taken_without() -> None:
+    """As a secret's file or a copied line gives it: refused, every command stopped."""
+    env = {"CELERY_BROKER_URL": " redis://r:6379/0\n", "NORM_CACHE_URL": "\tredis://r:6379/1 "}
+    assert settings_from(env, *env) == {
+        "CELERY_BROKER_URL": "redis://r:6379/0",
+        "NORM_CACHE_URL": "redis://r:6379/1",
+    }
