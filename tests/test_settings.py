@@ -74,6 +74,7 @@ def _log_in_behind_a_tls_proxy(settings: Any, env: dict[str, str], **headers: st
         "CSRF_TRUSTED_ORIGINS",
         "SECURE_PROXY_SSL_HEADER",
         "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
         "SECURE_HSTS_SECONDS",
     ).items():
         if value is not None:
@@ -118,7 +119,9 @@ def test_the_admin_login_works_behind_a_tls_proxy_whose_header_is_trusted(
     )
 
     assert response.status_code == 302, response.content[:300]
-    assert response.cookies["sessionid"]["secure"]  # the browser sends it over HTTPS only
+    # The browser sends them over HTTPS only.
+    assert response.cookies["sessionid"]["secure"]
+    assert response.cookies["csrftoken"]["secure"]
     # and goes to norm over HTTPS only, for a year, when sent to http://
     assert response["Strict-Transport-Security"] == "max-age=31536000"
 
