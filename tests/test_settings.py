@@ -737,3 +737,10 @@ def test_a_broker_or_cache_url_with_white_space_around_it_is_taken_without() -> 
         "CELERY_BROKER_URL": "redis://r:6379/0",
         "NORM_CACHE_URL": "redis://r:6379/1",
     }
+
+
+def test_hsts_is_off_unless_a_tls_proxys_header_is_trusted(settings: Any) -> None:
+    """A year's HSTS is for a deployment that said it is served over HTTPS: one served over
+    TLS some other way (gunicorn's --certfile) had every browser kept to HTTPS unasked."""
+    settings.SECURE_HSTS_SECONDS = settings_from({}, "SECURE_HSTS_SECONDS")["SECURE_HSTS_SECONDS"]
+    assert "Strict-Transport-Security" not in Client().get("/docs", secure=True)
