@@ -744,3 +744,11 @@ def test_hsts_is_off_unless_a_tls_proxys_header_is_trusted(settings: Any) -> Non
     TLS some other way (gunicorn's --certfile) had every browser kept to HTTPS unasked."""
     settings.SECURE_HSTS_SECONDS = settings_from({}, "SECURE_HSTS_SECONDS")["SECURE_HSTS_SECONDS"]
     assert "Strict-Transport-Security" not in Client().get("/docs", secure=True)
+
+
+def test_a_database_connection_kept_between_requests_is_checked_before_reuse() -> None:
+    """Kept a minute (DB_CONN_MAX_AGE), a connection PostgreSQL closed meanwhile (a
+    restart, a failover) failed each process's next request or task."""
+    url = "postgres://norm@db.example:5432/norm"
+    default = settings_from({"DATABASE_URL": url}, "DATABASES")["DATABASES"]["default"]
+    assert (default["CONN_MAX_AGE"], default["CONN_HEALTH_CHECKS"]) == (60, True)
