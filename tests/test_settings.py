@@ -752,3 +752,11 @@ def test_a_database_connection_kept_between_requests_is_checked_before_reuse() -
     url = "postgres://norm@db.example:5432/norm"
     default = settings_from({"DATABASE_URL": url}, "DATABASES")["DATABASES"]["default"]
     assert (default["CONN_MAX_AGE"], default["CONN_HEALTH_CHECKS"]) == (60, True)
+
+
+def test_options_in_the_database_urls_query_string_are_kept_and_win() -> None:
+    """sslmode=require in DATABASE_URL, say: dropped, norm would connect without TLS."""
+    url = "postgres://norm@db.example:5432/norm?sslmode=require&connect_timeout=3"
+    options = settings_from({"DATABASE_URL": url}, "DATABASES")["DATABASES"]["default"]["OPTIONS"]
+    assert (options["sslmode"], options["connect_timeout"]) == ("require", 3)
+    assert options["keepalives_idle"] == 30  # norm's own, beside them
