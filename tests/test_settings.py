@@ -760,3 +760,14 @@ def test_options_in_the_database_urls_query_string_are_kept_and_win() -> None:
     options = settings_from({"DATABASE_URL": url}, "DATABASES")["DATABASES"]["default"]["OPTIONS"]
     assert (options["sslmode"], options["connect_timeout"]) == ("require", 3)
     assert options["keepalives_idle"] == 30  # norm's own, beside them
+
+
+def test_the_broker_and_the_cache_give_up_on_a_redis_that_never_answers() -> None:
+    """A Redis that takes the connection and never answers (a failover half done) hung a
+    publish or a rate limit's count, and the web request, task or beat with it, for good."""
+    env = {"CELERY_BROKER_URL": "redis://r:6379/0", "NORM_CACHE_URL": "redis://r:6379/1"}
+    read = settings_from(env, "CELERY_BROKER_TRANSPORT_OPTIONS", "CACHES")
+    broker = read["CELERY_BROKER_TRANSPORT_OPTIONS"]
+    cache = read["CACHES"]["default"]["OPTIONS"]
+    assert (broker["socket_timeout"], broker["socket_connect_timeout"]) == (10, 10)
+    assert (cache["socket_timeout"], cache["socket_connect_timeout"]) == (2, 2)
