@@ -771,3 +771,11 @@ def test_the_broker_and_the_cache_give_up_on_a_redis_that_never_answers() -> Non
     cache = read["CACHES"]["default"]["OPTIONS"]
     assert (broker["socket_timeout"], broker["socket_connect_timeout"]) == (10, 10)
     assert (cache["socket_timeout"], cache["socket_connect_timeout"]) == (2, 2)
+
+
+def test_the_brokers_visibility_timeout_is_the_operators() -> None:
+    """Raised for bridge retries that wait longer (norm.E007 names it): kept at 3600 s, the
+    check passed on the operator's value while Redis redelivered each such retry."""
+    env = {"CELERY_BROKER_URL": "redis://r:6379/0", "CELERY_VISIBILITY_TIMEOUT": "7200"}
+    read = settings_from(env, "CELERY_BROKER_TRANSPORT_OPTIONS")
+    assert read["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 7200
