@@ -779,3 +779,17 @@ def test_the_brokers_visibility_timeout_is_the_operators() -> None:
     env = {"CELERY_BROKER_URL": "redis://r:6379/0", "CELERY_VISIBILITY_TIMEOUT": "7200"}
     read = settings_from(env, "CELERY_BROKER_TRANSPORT_OPTIONS")
     assert read["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 7200
+
+
+def test_a_worker_acknowledges_a_task_once_run_and_holds_one_at_a_time() -> None:
+    """What lets a killed worker lose nothing: a task acknowledged as it starts was lost
+    with its worker, and one not requeued on worker lost waited out the visibility
+    timeout; a worker prefetching more held work behind a slow bridge call while another
+    stood idle; one cancelling its tasks on a lost broker could cut a send before its
+    commit. The worker reads them from these settings (config/celery.py)."""
+    from config.celery import app
+
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_reject_on_worker_lost is True
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
