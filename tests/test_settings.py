@@ -793,3 +793,16 @@ def test_a_worker_acknowledges_a_task_once_run_and_holds_one_at_a_time() -> None
     assert app.conf.task_reject_on_worker_lost is True
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+@pytest.mark.parametrize(("interval", "age"), [("2", 60.0), ("10", 60.0), ("20", 120.0)])
+def test_beat_is_taken_for_hung_after_six_reconcile_intervals_or_a_minute(
+    interval: str, age: float
+) -> None:
+    """compose's healthcheck pings beat, which stops answering once its scheduler has not
+    ticked for this long: at Celery's default (10 minutes) a hung beat, reconciling
+    nothing, was called healthy all that while."""
+    read = settings_from(
+        {"NORM_RECONCILE_INTERVAL": interval}, "CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE"
+    )
+    assert read == {"CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE": age}
