@@ -806,3 +806,13 @@ def test_beat_is_taken_for_hung_after_six_reconcile_intervals_or_a_minute(
         {"NORM_RECONCILE_INTERVAL": interval}, "CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE"
     )
     assert read == {"CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE": age}
+
+
+def test_beat_sends_reconcile_to_its_own_queue() -> None:
+    """Sent to `workflows`, behind a backlog of triggers, it waited past its `expires` and
+    never ran, leaving long delays and lost commands until the backlog cleared."""
+    from config.pipeline import RECONCILE
+
+    entry = settings_from({}, "CELERY_BEAT_SCHEDULE")["CELERY_BEAT_SCHEDULE"]["reconcile"]
+    assert (entry["task"], entry["options"]["queue"]) == (RECONCILE.task, RECONCILE.queue)
+    assert RECONCILE.queue == "reconcile"
