@@ -232,6 +232,8 @@ def test_a_send_deadline_as_long_as_a_stale_claim_is_refused_by_every_command(
         ("NORM_MAX_CLAIMS", "0"),
         ("NORM_SEND_MAX_ATTEMPTS", "0"),
         ("EMAIL_SEND_DEADLINE", "0"),
+        # A socket of no timeout is non-blocking: every email failed to connect, retried.
+        ("EMAIL_TIMEOUT", "0"),
         ("NORM_BRIDGE_TIMEOUT", "nan"),
         # Every retry at once (a countdown in the past), the outage not waited out.
         ("NORM_BRIDGE_RETRY_BACKOFF", "-2"),
