@@ -612,3 +612,16 @@ def test_a_row_held_back_again_is_named_once(monkeypatch: pytest.MonkeyPatch) ->
         assert quieted.due_naming("bridge", name) is None
     clock.now += logs.Quieted.PERIOD
     assert quieted.due_naming("bridge", "event-4") == (4, ("event-2", "event-3"), 0)
+
+
+@pytest.mark.parametrize("name", ["urllib3.connectionpool", "urllib3.util.retry"])
+def test_a_urllib3_line_quoting_a_bridge_calls_path_masks_its_token(
+    caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """urllib3's retry names the URL it retries as its connection pool names each path: a
+    filter on the pool's logger alone let the retry's line write a bridge's token whole."""
+    caplog.set_level(logging.DEBUG, logger=name)
+    path = "/api/novu?token=s3cret&action=execute"
+    logging.getLogger(name).debug("Incremented Retry for (url='%s'): %s", path, "Retry(total=4)")
+    assert "token=***&action=execute" in caplog.text
+    assert "s3cret" not in caplog.text
