@@ -625,3 +625,12 @@ def test_a_urllib3_line_quoting_a_bridge_calls_path_masks_its_token(
     logging.getLogger(name).debug("Incremented Retry for (url='%s'): %s", path, "Retry(total=4)")
     assert "token=***&action=execute" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["django.request", "django.security.csrf"])
+def test_each_logger_of_a_refused_request_has_its_lines_quieted(name: str) -> None:
+    """Django logs a refused CSRF check (an admin form posted without its cookie, by any
+    caller) on a logger of its own, which a filter on django.security would not see: a
+    warning a request, unquieted."""
+    filters = logging.getLogger(name).filters
+    assert any(isinstance(f, logs.ClientErrorsQuieted) for f in filters)
