@@ -14,8 +14,9 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.auth.password_validation import validate_password
 from django.core import checks
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.test import Client
 
@@ -818,3 +819,19 @@ def test_beat_sends_reconcile_to_its_own_queue() -> None:
     entry = settings_from({}, "CELERY_BEAT_SCHEDULE")["CELERY_BEAT_SCHEDULE"]["reconcile"]
     assert (entry["task"], entry["options"]["queue"]) == (RECONCILE.task, RECONCILE.queue)
     assert RECONCILE.queue == "reconcile"
+
+
+@pytest.mark.parametrize(
+    ("password", "refused"),
+    [
+        ("83920174561", "This password is entirely numeric."),
+        ("short1", "This password is too short."),
+    ],
+)
+def test_an_admin_password_django_own_template_refuses_is_refused(
+    password: str, refused: str
+) -> None:
+    """The admin's login holds every client's keys: without validators any was taken."""
+    with pytest.raises(ValidationError) as found:
+        validate_password(password)
+    assert refused in found.value.messages[0]
