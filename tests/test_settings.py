@@ -835,3 +835,12 @@ def test_an_admin_password_django_own_template_refuses_is_refused(
     with pytest.raises(ValidationError) as found:
         validate_password(password)
     assert refused in found.value.messages[0]
+
+
+def test_the_apis_body_limit_is_djangos_own_for_every_body_it_reads() -> None:
+    """Raised for larger triggers, NORM_MAX_BODY_BYTES alone left Django's 2.5 MB in place
+    for each body Django reads (the admin's forms, the demo bridge): those refused short of
+    the operator's limit, or taken far past the API's own."""
+    for limit in ("4000000", "1000"):
+        read = settings_from({"NORM_MAX_BODY_BYTES": limit}, "DATA_UPLOAD_MAX_MEMORY_SIZE")
+        assert read == {"DATA_UPLOAD_MAX_MEMORY_SIZE": int(limit)}
