@@ -179,3 +179,15 @@ def test_the_health_check_is_a_503_until_every_migration_is_applied(tmp_path: Pa
         f"{len(behind)} migration(s) not applied: run manage.py migrate"
     )
     assert health() == [200, {"data": {"status": "ok", "info": {"db": {"status": "up"}}}}]
+
+
+def test_the_health_check_answers_at_a_base_url_kept_with_its_trailing_slash(
+    client: Client, settings: Any
+) -> None:
+    """novu 1.14 keeps its base URL's trailing slash (`//v1/...`), served as every route
+    is: a probe so written got a 400 at the pod's own address, its norm healthy."""
+    settings.ALLOWED_HOSTS = ["norm.example.com"]
+    probe = {"HTTP_HOST": "10.1.2.3:8000", "PATH_INFO": "//v1/health-check"}
+    response = client.get("/v1/health-check", **probe)
+    assert response.status_code == 200
+    assert response.json()["data"]["status"] == "ok"
