@@ -844,3 +844,12 @@ def test_the_apis_body_limit_is_djangos_own_for_every_body_it_reads() -> None:
     for limit in ("4000000", "1000"):
         read = settings_from({"NORM_MAX_BODY_BYTES": limit}, "DATA_UPLOAD_MAX_MEMORY_SIZE")
         assert read == {"DATA_UPLOAD_MAX_MEMORY_SIZE": int(limit)}
+
+
+@pytest.mark.parametrize(("interval", "expires"), [("10", 70.0), ("30", 90.0)])
+def test_beat_sends_reconcile_at_the_operators_interval(interval: str, expires: float) -> None:
+    """NORM_RECONCILE_INTERVAL is how soon a lost command or a long delay is picked up
+    again: beat's schedule at any other left the operator's setting unheeded."""
+    read = settings_from({"NORM_RECONCILE_INTERVAL": interval}, "CELERY_BEAT_SCHEDULE")
+    entry = read["CELERY_BEAT_SCHEDULE"]["reconcile"]
+    assert (entry["schedule"], entry["options"]["expires"]) == (float(interval), expires)
