@@ -853,3 +853,14 @@ def test_beat_sends_reconcile_at_the_operators_interval(interval: str, expires: 
     read = settings_from({"NORM_RECONCILE_INTERVAL": interval}, "CELERY_BEAT_SCHEDULE")
     entry = read["CELERY_BEAT_SCHEDULE"]["reconcile"]
     assert (entry["schedule"], entry["options"]["expires"]) == (float(interval), expires)
+
+
+def test_the_smtp_defaults_are_the_readmes() -> None:
+    """compose passes EMAIL_PORT's 25 itself, but a deployment of its own leaves it out: a
+    relay on the host's port 25 is what the README says norm sends to then."""
+    unset = {k: v for k, v in os.environ.items() if not k.startswith(("EMAIL_", "DEFAULT_FROM"))}
+    with mock.patch.dict(os.environ, unset, clear=True):
+        found = runpy.run_path(str(ROOT / "config" / "settings.py"))
+    names = ("EMAIL_HOST", "EMAIL_PORT", "EMAIL_TIMEOUT", "EMAIL_SEND_DEADLINE")
+    assert [found[name] for name in names] == ["localhost", 25, 15, 60.0]
+    assert found["DEFAULT_FROM_EMAIL"] == "norm@localhost"
