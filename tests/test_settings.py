@@ -864,3 +864,13 @@ def test_the_smtp_defaults_are_the_readmes() -> None:
     names = ("EMAIL_HOST", "EMAIL_PORT", "EMAIL_TIMEOUT", "EMAIL_SEND_DEADLINE")
     assert [found[name] for name in names] == ["localhost", 25, 15, 60.0]
     assert found["DEFAULT_FROM_EMAIL"] == "norm@localhost"
+
+
+def test_every_commands_log_goes_to_its_standard_error() -> None:
+    """What compose, systemd or Kubernetes collect: a root logger without its handler left
+    each warning and error of a web server or a worker unwritten."""
+    script = "import logging, django; django.setup(); logging.getLogger('norm.x').warning('seen')"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    run = {"cwd": ROOT, "env": env, "capture_output": True, "text": True, "timeout": 60}
+    done = subprocess.run([sys.executable, "-c", script], **run)
+    assert re.search(r" WARNING norm\.x seen$", done.stderr, re.MULTILINE), done.stderr[-500:]
