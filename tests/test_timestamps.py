@@ -50,7 +50,11 @@ def test_every_time_the_api_writes_is_novus_to_the_millisecond() -> None:
         status=Notification.Status.RUNNING,
     )
     inbox = StepFactory(
-        notification=notification, step_id="inbox", type="in_app", status=Step.Status.COMPLETED
+        notification=notification,
+        step_id="inbox",
+        type="in_app",
+        position=0,
+        status=Step.Status.COMPLETED,
     )
     MessageFactory(step=inbox, sent_at=ON_THE_SECOND, seen_at=IN_A_MICROSECOND)
     StepFactory(notification=notification, step_id="wait", type="delay", position=1)
