@@ -19,8 +19,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,25 @@ def _trigger_welcome(
         return error.code, error.read().decode()
 
 
-def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
+@contextmanager
+def _running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """A `make run` started and serving, and its children (web, worker, beat); whatever
+    of them the test leaves running is killed after it."""
     demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
     children: list[int] = []
     try:
         _read_until(demo, "norm is running")
         children = child_pids(demo.pid)
+        yield demo, children
+    finally:
+        for pid in [demo.pid, *children]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        demo.wait()
+
+
+def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
+    with _running(tmp_path) as (demo, children):
         assert len(children) == 3
 
         demo.send_signal(signal.SIGHUP)  # what closing the terminal sends
@@ -121,20 +135,11 @@ def test_closing_its_terminal_stops_web_worker_and_beat(tmp_path: Path) -> None:
         while any(map(alive, children)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert [pid for pid in children if alive(pid)] == []
-    finally:
-        for pid in [demo.pid, *children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait()
 
 
 def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> None:
     # SIGKILL (kill -9, the OOM killer) runs no handler: the children must notice.
-    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
-    children: list[int] = []
-    try:
-        _read_until(demo, "norm is running")
-        children = child_pids(demo.pid)
+    with _running(tmp_path) as (demo, children):
         assert len(children) == 3
 
         demo.kill()
@@ -146,21 +151,12 @@ def test_killing_it_outright_stops_web_worker_and_beat_too(tmp_path: Path) -> No
         # Left running, they kept the port (the next `make run` was refused) and a
         # worker consuming var/broker.
         assert [pid for pid in children if alive(pid)] == []
-    finally:
-        for pid in [demo.pid, *children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait()
 
 
 def test_a_worker_that_dies_stops_it_saying_so(tmp_path: Path) -> None:
     """A worker gone (its "Unrecoverable error", the OOM killer) left web and beat running
     and triggers accepted that no one would run: rundemo stops all, and says which died."""
-    demo = _start(f"127.0.0.1:{free_port()}", tmp_path)
-    children: list[int] = []
-    try:
-        _read_until(demo, "norm is running")
-        children = child_pids(demo.pid)
+    with _running(tmp_path) as (demo, children):
         [worker] = [
             pid
             for pid in children
@@ -169,11 +165,6 @@ def test_a_worker_that_dies_stops_it_saying_so(tmp_path: Path) -> None:
         os.kill(worker, signal.SIGKILL)
 
         output, _ = demo.communicate(timeout=60)
-    finally:
-        for pid in [demo.pid, *children]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait()
 
     assert demo.returncode != 0
     assert "worker exited with status -9" in output, output[-3000:]
