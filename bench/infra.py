@@ -125,6 +125,9 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
         # Its own session: this reaches the pool children and gunicorn's workers too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
@@ -159,12 +162,19 @@ class Infra:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
-        if self._smtp is not None:
-            self._smtp.stop()
-            self._smtp = None
+        try:
+            while self.processes:
+                self.processes[-1].stop()
+                self.processes.pop()
+        finally:
+            # A second Ctrl-C, while a server takes its time to stop, cuts the waiting
+            # short, not the stopping: what is left is killed at once.
+            for process in self.processes:
+                process.kill()
+            self.processes.clear()
+            if self._smtp is not None:
+                self._smtp.stop()
+                self._smtp = None
 
     def start_smtp(self) -> int:
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per connection

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -105,3 +110,35 @@ def test_the_fan_outs_bulk_insert_baseline_inserts_a_notification_for_each_subsc
         seconds = phases._bulk_insert_seconds(client, 3)
 
     assert seconds > 0 and inserted == [3]
+
+
+def test_a_second_ctrl_c_while_the_bench_stops_its_servers_still_stops_them_all(
+    tmp_path: Any,
+) -> None:
+    """The bench stops its servers one by one, each given 15 s to finish (a worker's warm
+    shutdown waits out its tasks): a second Ctrl-C in that wait left the servers not yet
+    reached running, in sessions of their own that no terminal signal reaches."""
+    from bench.infra import Infra
+
+    infra = Infra(database_url="postgres://127.0.0.1/none", broker_url="redis://127.0.0.1/15")
+    stubborn = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    stubborn += "open(sys.argv[1], 'w').close(); time.sleep(120)"
+    ready = [tmp_path / f"{n}.ready" for n in range(2)]
+    servers = [infra._spawn(f"s{n}", [sys.executable, "-c", stubborn, str(ready[n])], {}) for n in range(2)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second_ctrl_c = threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT))
+        second_ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt), infra:
+            pass
+        second_ctrl_c.join()
+
+        assert [s.popen.poll() for s in servers] == [-signal.SIGKILL] * 2
+        assert infra.processes == []
+    finally:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.popen.pid, signal.SIGKILL)
+            server.popen.wait()
