@@ -24,7 +24,8 @@ _WRK_SCRIPT = """
 wrk.method = "{method}"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "ApiKey {key}"
-local threads, counter, base = 0, 0, 0
+-- `base` is the global thread:set gives each thread: a local of the same name would hide it.
+local threads, counter = 0, 0
 function setup(thread)
   thread:set("base", threads * 100000000)
   threads = threads + 1

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from bench import phases
+from bench import load, phases
 from notify.management.commands import bench
 from tests.factories import ClientFactory, SubscriberFactory
 
@@ -142,3 +144,42 @@ def test_a_second_ctrl_c_while_the_bench_stops_its_servers_still_stops_them_all(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.popen.pid, signal.SIGKILL)
             server.popen.wait()
+
+
+@pytest.mark.skipif(not load.has_wrk(), reason="wrk is the bench's load generator when installed")
+def test_every_trigger_of_the_wrk_load_has_a_transaction_id_of_its_own(tmp_path: Any) -> None:
+    """wrk's two threads each number their requests from a base of their own; the script
+    declared `base` a local, which hid the global thread:set gives each thread, so both
+    numbered from 0: half the trigger phase's requests repeated a transactionId, and a
+    repeat stores and publishes nothing (the trigger API is idempotent on it)."""
+    seen: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(json.loads(body)["transactionId"])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the 32 clients all connect at once
+
+        def handle_error(self, *args: Any) -> None:
+            pass  # wrk resets its connections when it stops
+
+    with Server(("127.0.0.1", 0), Recorder) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        bench_ = SimpleNamespace(key="k", infra=SimpleNamespace(dir=tmp_path))
+        url = f"http://127.0.0.1:{server.server_port}/v1/events/trigger"
+        result = phases._load(bench_, url, "run", seconds=1)  # type: ignore[arg-type]
+        server.shutdown()
+
+    assert result.tool == "wrk" and result.requests > 100
+    assert len(seen) == len(set(seen))
