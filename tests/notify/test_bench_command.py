@@ -183,3 +183,25 @@ def test_every_trigger_of_the_wrk_load_has_a_transaction_id_of_its_own(tmp_path:
 
     assert result.tool == "wrk" and result.requests > 100
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("only", ["", ",", " , "])
+def test_no_phase_to_run_is_refused_before_anything_starts(monkeypatch: Any, only: str) -> None:
+    """`--only ""` ran no phase, after starting gunicorn and creating a database for it."""
+    monkeypatch.setattr(bench, "_has", lambda module: True)
+    monkeypatch.setattr(bench, "_bench_urls", _went_on)
+    with pytest.raises(CommandError, match="no phase"):
+        call_command("bench", "--only", only)
+
+
+def test_the_phases_named_are_taken_with_spaces_and_a_trailing_comma(monkeypatch: Any) -> None:
+    monkeypatch.setattr(bench, "_has", lambda module: True)
+    monkeypatch.setattr(bench, "_bench_urls", _went_on)
+    with pytest.raises(AssertionError, match="went on"):
+        call_command("bench", "--only", " latency , fanout,")
+    with pytest.raises(CommandError, match="unknown phase.*: fan-out, x$"):
+        call_command("bench", "--only", "latency,x,fan-out")
+
+
+def _went_on(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the bench went on")

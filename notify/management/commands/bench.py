@@ -53,6 +53,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         phases = [p.strip() for p in options["only"].split(",") if p.strip()]
+        if not phases:
+            raise CommandError(f"no phase to run: --only takes some of {', '.join(PHASE_NAMES)}")
         unknown = set(phases) - set(PHASE_NAMES)
         if unknown:
             raise CommandError(f"unknown phase(s): {', '.join(sorted(unknown))}")
