@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -183,6 +184,63 @@ def test_every_trigger_of_the_wrk_load_has_a_transaction_id_of_its_own(tmp_path:
 
     assert result.tool == "wrk" and result.requests > 100
     assert len(seen) == len(set(seen))
+
+
+def test_the_percentiles_are_the_50th_and_99th_of_the_sample() -> None:
+    """p50 and p99 as the table prints them: the 50th and 99th of 99 cut points, over
+    the samples given, in any order; a sample too small to cut is refused."""
+    samples = [float(n) for n in range(101, 0, -1)]  # 1 to 101, backwards
+
+    assert phases._percentiles(samples) == (51.0, 100.0)
+    assert phases._percentiles([10.0, 20.0]) == (15.0, pytest.approx(19.9))
+    with pytest.raises(statistics.StatisticsError):
+        phases._percentiles([])
+
+
+def _row(value: float, baseline: float, *, rate: bool, **goal: Any) -> phases.Row:
+    return phases.Row("figure", value, baseline, "base", "u", rate, **goal)
+
+
+def test_a_ratio_is_norm_over_baseline_for_a_rate_and_baseline_over_norm_for_a_time() -> None:
+    """Above 1 is better than the baseline either way, as the table's footer says."""
+    assert _row(30, 120, rate=True).ratio == 0.25  # 30 req/s beside 120
+    assert _row(30, 120, rate=False).ratio == 4.0  # 30 ms beside 120
+    # A side that measured nothing has no ratio (and fails a ratio's goal), not a crash.
+    assert _row(0, 120, rate=True).ratio == _row(30, 0, rate=True).ratio == 0.0
+    assert _row(0, 120, rate=False).ratio == _row(30, 0, rate=False).ratio == 0.0
+    assert _row(0, 120, rate=True, min_ratio=0.5).passed is False
+
+
+def test_a_goal_passes_at_its_bound_and_fails_past_it() -> None:
+    assert _row(70, 100, rate=True, min_ratio=0.7).passed is True
+    assert _row(69, 100, rate=True, min_ratio=0.7).passed is False
+    assert _row(150, 90, rate=False, max_value=150).passed is True
+    assert _row(150.1, 90, rate=False, max_value=150).passed is False
+    assert _row(1, 1, rate=True).passed is None  # reported, no goal
+
+
+def test_the_table_gives_each_row_its_figures_ratio_and_result_under_the_header() -> None:
+    rows = [
+        _row(284.25, 507.2, rate=True, goal="≥ 70% of bare", min_ratio=0.7),
+        _row(92.6, 89.7, rate=False, goal="< 150 MB", max_value=150),
+        _row(1234.5, 8.8, rate=False),
+    ]
+
+    lines = bench._table(rows).splitlines()
+
+    assert lines[0] == ""
+    assert [c.strip() for c in lines[1].split(" | ")] == [
+        "figure", "norm", "baseline", "ratio", "goal", "result",
+    ]  # fmt: skip
+    assert set(lines[2]) == {"-", "+"} and len(lines[2]) == len(lines[1])
+    cells = [[c.strip() for c in line.split(" | ")] for line in lines[3:6]]
+    assert cells == [
+        ["figure", "284.2 u", "507.2 u (base)", "0.56", "≥ 70% of bare", "FAIL"],
+        ["figure", "92.6 u", "89.7 u (base)", "0.97", "< 150 MB", "pass"],
+        ["figure", "1,234.5 u", "8.8 u (base)", "0.01", "-", "-"],
+    ]
+    assert len({len(line) for line in lines[1:6]}) == 1  # the columns line up
+    assert lines[6:] == ["ratio: norm/baseline for rates, baseline/norm for times and sizes"]
 
 
 @pytest.mark.parametrize("only", ["", ",", " , "])
