@@ -8,11 +8,13 @@ import statistics
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
 import dj_database_url
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -263,3 +265,41 @@ def test_the_phases_named_are_taken_with_spaces_and_a_trailing_comma(monkeypatch
 
 def _went_on(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("the bench went on")
+
+
+@pytest.mark.parametrize("failure", ["error", "SIGTERM"])
+def test_a_bench_that_fails_or_is_stopped_stops_its_servers_and_drops_its_database(
+    monkeypatch: Any, failure: str
+) -> None:
+    """Whatever ends a run early, a phase's error or a SIGTERM (which the bench takes as
+    Ctrl-C), what it started is stopped and its database dropped."""
+    from bench.infra import with_path
+
+    database = f"norm_bench_t{uuid.uuid4().hex[:8]}"
+    started: list[Any] = []
+
+    def exists() -> bool:
+        admin = with_path(bench._bench_urls(database, 15)[0], "/postgres")
+        with psycopg.connect(admin) as conn:
+            sql = "SELECT 1 FROM pg_database WHERE datname = %s"
+            return bool(conn.execute(sql, [database]).fetchall())
+
+    def phase_fails(self: Any, infra: Any, *args: Any, **kwargs: Any) -> Any:
+        assert exists()
+        started.append(infra._spawn("server", [sys.executable, "-c", "import time; time.sleep(120)"], {}))  # fmt: skip
+        if failure == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here
+        raise RuntimeError("a phase failed")
+
+    monkeypatch.setattr(bench, "_has", lambda module: True)
+    monkeypatch.setattr(bench.Command, "_run", phase_fails)
+    before = signal.getsignal(signal.SIGTERM)
+    expected = (CommandError, "interrupted") if failure == "SIGTERM" else (RuntimeError, "failed")
+    with pytest.raises(expected[0], match=expected[1]):
+        call_command("bench", "--only", "trigger", "--database", database, "--redis-db", "15")
+
+    (server,) = started
+    assert server.popen.poll() is not None
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not exists()
