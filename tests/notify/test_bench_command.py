@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -12,10 +13,12 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 import psycopg
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -279,7 +282,7 @@ def test_a_bench_that_fails_or_is_stopped_stops_its_servers_and_drops_its_databa
     started: list[Any] = []
 
     def exists() -> bool:
-        admin = with_path(bench._bench_urls(database, 15)[0], "/postgres")
+        admin = with_path(bench._bench_urls(database, int(redis_db))[0], "/postgres")
         with psycopg.connect(admin) as conn:
             sql = "SELECT 1 FROM pg_database WHERE datname = %s"
             return bool(conn.execute(sql, [database]).fetchall())
@@ -294,12 +297,48 @@ def test_a_bench_that_fails_or_is_stopped_stops_its_servers_and_drops_its_databa
 
     monkeypatch.setattr(bench, "_has", lambda module: True)
     monkeypatch.setattr(bench.Command, "_run", phase_fails)
+    # Not the tests' own Redis db, which the bench refuses.
+    redis_db = str((int(urlsplit(settings.CELERY_BROKER_URL).path.strip("/") or 0) + 1) % 16)
     before = signal.getsignal(signal.SIGTERM)
     expected = (CommandError, "interrupted") if failure == "SIGTERM" else (RuntimeError, "failed")
     with pytest.raises(expected[0], match=expected[1]):
-        call_command("bench", "--only", "trigger", "--database", database, "--redis-db", "15")
+        call_command("bench", "--only", "trigger", "--database", database, "--redis-db", redis_db)
 
     (server,) = started
     assert server.popen.poll() is not None
     assert signal.getsignal(signal.SIGTERM) == before
     assert not exists()
+
+
+@pytest.mark.parametrize(
+    ("broker", "database", "redis_db", "refused"),
+    [
+        ("redis://127.0.0.1:6379/12", "norm", 13, "--database norm is DATABASE_URL's own"),
+        ("redis://127.0.0.1:6379/12", "norm_bench", 12, "--redis-db 12 is CELERY_BROKER_URL's"),
+        ("redis://127.0.0.1:6379", "norm_bench", 0, "--redis-db 0 is CELERY_BROKER_URL's"),
+        ("redis://127.0.0.1:6379/12", "norm_bench", 13, None),
+    ],
+)
+def test_the_bench_refuses_the_database_and_redis_db_its_urls_name(
+    monkeypatch: Any, broker: str, database: str, redis_db: int, refused: str | None
+) -> None:
+    """The bench drops its database (WITH (FORCE)) and flushes its Redis db: those that
+    DATABASE_URL and CELERY_BROKER_URL name are a deployment's, whose data, connections
+    and queued tasks `--database norm` or `--redis-db 12` would have taken with them."""
+    engine = "django.db.backends.postgresql"
+    monkeypatch.setattr(
+        bench,
+        "settings",
+        SimpleNamespace(
+            DATABASES={"default": {"ENGINE": engine, "NAME": "norm", "HOST": "127.0.0.1"}},
+            CELERY_BROKER_URL=broker,
+        ),
+    )
+    if refused is None:
+        assert bench._bench_urls(database, redis_db) == (
+            f"postgres://127.0.0.1:5432/{database}",
+            f"redis://127.0.0.1:6379/{redis_db}",
+        )
+    else:
+        with pytest.raises(CommandError, match=re.escape(refused)):
+            bench._bench_urls(database, redis_db)

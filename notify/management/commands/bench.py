@@ -172,6 +172,18 @@ def _bench_urls(database: str, redis_db: int) -> tuple[str, str]:
             f"the bench needs Redis (CELERY_BROKER_URL=redis://...), not {broker.split(':')[0]}://"
         )
     db = settings.DATABASES["default"]
+    # What DATABASE_URL and CELERY_BROKER_URL name is a deployment's, or a test run's: the
+    # bench would drop that database (WITH (FORCE)) and flush that Redis db.
+    if database == db.get("NAME"):
+        raise CommandError(
+            f"--database {database} is DATABASE_URL's own database, which the bench drops: "
+            "name another"
+        )
+    if str(redis_db) == (urlsplit(broker).path.strip("/") or "0"):
+        raise CommandError(
+            f"--redis-db {redis_db} is CELERY_BROKER_URL's own db, which the bench flushes: "
+            "name another"
+        )
     # Escaped, as DATABASE_URL had them: a password's "/" or "%" would end or change it.
     user, password = (quote(db.get(part) or "", safe="") for part in ("USER", "PASSWORD"))
     auth = user + (f":{password}" if password else "") + ("@" if user else "")
