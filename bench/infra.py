@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -175,6 +176,7 @@ class Infra:
             if self._smtp is not None:
                 self._smtp.stop()
                 self._smtp = None
+            shutil.rmtree(self.dir, ignore_errors=True)  # the servers' logs, wrk's scripts
 
     def start_smtp(self) -> int:
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per connection

@@ -145,6 +145,7 @@ def test_a_second_ctrl_c_while_the_bench_stops_its_servers_still_stops_them_all(
 
         assert [s.popen.poll() for s in servers] == [-signal.SIGKILL] * 2
         assert infra.processes == []
+        assert not infra.dir.exists()
     finally:
         for server in servers:
             with contextlib.suppress(ProcessLookupError):
@@ -306,6 +307,7 @@ def test_a_bench_that_fails_or_is_stopped_stops_its_servers_and_drops_its_databa
 
     (server,) = started
     assert server.popen.poll() is not None
+    assert not server.log.parent.exists()  # its log, in the bench's temporary directory
     assert signal.getsignal(signal.SIGTERM) == before
     assert not exists()
 
