@@ -8,9 +8,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import TooManyFieldsSent
+from django.core.handlers.wsgi import WSGIHandler, WSGIRequest, get_bytes_from_wsgi
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, QueryDict
+from django.utils.functional import cached_property
 
 from config.logs import Quieted, said_already
 
@@ -52,6 +54,34 @@ def _length_required(environ: dict[str, Any], start_response: Callable[..., Any]
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     start_response("411 Length Required", headers)
     return [body]
+
+
+class Request(WSGIRequest):
+    """Django's request, its query read as UTF-8 whatever charset the Content-Type names
+    (the body's), as Novu's Express reads it. Django decodes the query with that charset,
+    and at once, while it builds the request, outside every handler of errors: a
+    `charset=utf-8` beside a query of over DATA_UPLOAD_MAX_NUMBER_FIELDS parameters, or a
+    charset that is no text encoding (base64) beside any query, was gunicorn's bare 500;
+    `charset=utf-7` made a lone surrogate of `%2B2AA-`, which PostgreSQL's driver cannot
+    encode (a 500 at each lookup by it)."""
+
+    @property
+    def encoding(self) -> str | None:
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: str | None) -> None:
+        self._encoding = value
+        if hasattr(self, "_post"):
+            del self._post
+
+    @cached_property
+    def GET(self) -> QueryDict:
+        return QueryDict(get_bytes_from_wsgi(self.environ, "QUERY_STRING", ""), encoding="utf-8")
+
+
+class Handler(WSGIHandler):
+    request_class = Request
 
 
 # Novu's path for its API's health check.

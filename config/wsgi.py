@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 # After the settings are named: the middleware's imports may read them.
-from config.middleware import chunked_bodies
+from config.middleware import Handler, chunked_bodies
 
-application = chunked_bodies(get_wsgi_application())
+django.setup(set_prefix=False)  # as get_wsgi_application(), which makes Django's handler
+application = chunked_bodies(Handler())

@@ -828,34 +828,42 @@ def wsgi_in_test() -> Iterator[None]:
         signal.connect(close_old_connections)
 
 
-def _chunked(key: str, body: bytes, *, decoded: bool) -> tuple[str, bytes]:
-    """POST `body` to the trigger as a server hands over a chunked one, with no
-    Content-Length: gunicorn decoded its chunks (`decoded`), runserver did not."""
+def _served(key: str, method: str, url: str, body: bytes = b"", **meta: Any) -> tuple[str, bytes]:
+    """`method url` (its query too) answered by norm's WSGI application as a server hands
+    the request over, with `meta` in its environ (CONTENT_TYPE, ...)."""
     from config.wsgi import application
 
+    path, _, query = url.partition("?")
     environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/v1/events/trigger",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
         "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
+        "QUERY_STRING": query,
         "SERVER_NAME": "testserver",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "CONTENT_TYPE": "application/json",
-        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_LENGTH": str(len(body)),
         "HTTP_AUTHORIZATION": f"ApiKey {key}",
         "wsgi.input": io.BytesIO(body),
-        "wsgi.input_terminated": decoded,
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": False,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
         "wsgi.version": (1, 0),
+        **meta,
     }
     started: list[str] = []
     answer = b"".join(application(environ, lambda status, headers: started.append(status)))
     return started[0], answer
+
+
+def _chunked(key: str, body: bytes, *, decoded: bool) -> tuple[str, bytes]:
+    """POST `body` to the trigger as a server hands over a chunked one, with no
+    Content-Length: gunicorn decoded its chunks (`decoded`), runserver did not."""
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": decoded}
+    return _served(key, "POST", "/v1/events/trigger", body, CONTENT_LENGTH="", **chunked)
 
 
 def test_a_chunked_body_is_read_not_taken_for_none(enqueued: object, wsgi_in_test: None) -> None:
@@ -880,6 +888,41 @@ def test_a_chunked_body_is_read_not_taken_for_none(enqueued: object, wsgi_in_tes
     big = json.dumps({"name": "welcome", "to": "ann", "payload": {"x": "a" * 600_000}})
     status, answer = _chunked(key, big.encode(), decoded=True)
     assert status.startswith("413"), answer
+
+
+def test_the_query_is_read_as_utf8_whatever_charset_the_body_has(wsgi_in_test: None) -> None:
+    """Django decoded the query with the Content-Type's charset, the body's, while it
+    built the request, before any handler of errors: gunicorn's bare HTML 500 for a query
+    of over 1,000 parameters beside `charset=utf-8`, and for any query beside a charset
+    that is no text encoding; `charset=utf-7` read `%2B2AA-` as a lone surrogate, which
+    PostgreSQL's driver cannot encode, a 500 at each lookup by it."""
+    _, key = client_with_key()
+    many = "&".join(f"subscriberIds=s{i}" for i in range(1001))
+
+    status, answer = _served(
+        key, "GET", f"/v2/topics?{many}", CONTENT_TYPE="application/json; charset=utf-8"
+    )
+    assert (status, json.loads(answer)["code"]) == ("400 Bad Request", "invalid_query")
+    for charset in ("utf-7", "unicode_escape"):
+        kind = f"application/json; charset={charset}"
+        status, answer = _served(key, "GET", "/v2/topics?key=%2B2AA-%5Cud800", CONTENT_TYPE=kind)
+        assert (status, json.loads(answer)["data"]) == ("200 OK", []), answer
+    base64 = "application/json; charset=base64"
+    status, answer = _served(
+        key, "POST", "/v2/topics?failIfExists=true", b"{}", CONTENT_TYPE=base64
+    )
+    assert status == "400 Bad Request", answer
+    assert (
+        json.loads(answer)["message"]
+        == 'Unsupported charset "base64" in request Content-Type header.'
+    )
+
+    # The body is still read in its own charset.
+    latin = "application/json; charset=latin-1"
+    body = '{"key": "cafe", "name": "Caf\u00e9"}'.encode("latin-1")
+    status, answer = _served(key, "POST", "/v2/topics?failIfExists=true", body, CONTENT_TYPE=latin)
+    assert status == "201 Created", answer
+    assert json.loads(answer)["data"]["name"] == "Caf\u00e9"
 
 
 def test_reencryptkeys_with_every_key_readable_says_only_what_it_did(settings: Any) -> None:
