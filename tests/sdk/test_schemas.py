@@ -579,6 +579,12 @@ PATTERN_VERDICTS = [
     # zod's `.emoji()`: Unicode properties, which Python's `re` cannot express at all.
     (r"^(\p{Extended_Pictographic}|\p{Emoji_Component})+$", "\U0001f600", True),
     (r"^(\p{Extended_Pictographic}|\p{Emoji_Component})+$", "x", False),
+    # A lone surrogate (JSON's "\ud800"), a code point of its own to ajv: regress, which
+    # takes UTF-8, failed the execute with a 500 (UnicodeEncodeError).
+    (r"^[a-z]+$", "\ud800", False),
+    (r"^\p{L}$", "\ud800", False),
+    (r"^.$", "\ud800", True),
+    (r"^a.b$", "a\udfffb", True),
 ]
 
 
