@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from workflows.sdk import (
+    Bridge,
     SignatureExpiredError,
     SignatureInvalidError,
     SignatureMismatchError,
@@ -172,6 +173,20 @@ def test_a_body_with_an_escaped_lone_surrogate_is_checked_not_crashed_on() -> No
     verify_signature(SECRET, signature_header(SECRET, text, NOW), text.encode(), now_ms=NOW)
     with pytest.raises(SignatureMismatchError):
         verify_signature(SECRET, signature_header("sk_other", text, NOW), text.encode(), now_ms=NOW)
+
+
+def test_a_body_given_as_text_with_a_lone_surrogate_is_a_mismatch_not_a_crash() -> None:
+    """`Bridge.handle` takes the body as text too: one a framework decoded with
+    surrogateescape holds a lone surrogate for each byte that is no UTF-8, and encoding
+    it to check the signature raised UnicodeEncodeError, a 500 to an unsigned request."""
+    text = '{"a":"\udcff"}'  # the byte 0xff, decoded with surrogateescape
+    with pytest.raises(SignatureMismatchError):
+        verify_signature(SECRET, signature_header(SECRET, "{}", NOW), text, now_ms=NOW)
+    bridge = Bridge(workflows=[], secret_key=SECRET)
+    header = {"novu-signature": signature_header(SECRET, "{}")}
+    query = {"action": "execute", "workflowId": "w"}
+    status, answer, _ = bridge.handle(method="POST", query=query, body=text, headers=header)
+    assert (status, answer["code"]) == (401, "SignatureMismatchError")
 
 
 def test_tampered_body() -> None:

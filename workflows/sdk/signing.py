@@ -123,7 +123,10 @@ def _now_ms() -> int:
 
 
 def _digest(secret: str, timestamp_ms: int, body: str) -> str:
-    message = f"{timestamp_ms}.{body}".encode()
+    # A body handed over as text may hold a lone surrogate (one decoded with
+    # surrogateescape), which has no UTF-8 form: such text is none norm signed, a mismatch,
+    # where its UnicodeEncodeError answered an unsigned request with a 500.
+    message = f"{timestamp_ms}.{body}".encode("utf-8", "surrogatepass")
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
