@@ -139,6 +139,25 @@ def test_a_compressed_body_is_a_415_that_says_so(keyed: tuple[Client, str]) -> N
     assert not TriggerEvent.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"), ("", "''")],
+)
+def test_a_body_sent_as_no_json_is_a_415_that_says_what_to_send(
+    keyed: tuple[Client, str], content_type: str, named: str
+) -> None:
+    """`curl -d '{...}'` without `-H 'Content-Type: application/json'` sends a form: DRF's
+    "Unsupported media type ... in request." did not say what norm reads."""
+    body = json.dumps({"name": "welcome", "to": "ann"})
+    response = api_for(keyed[1]).generic("POST", TRIGGER, body, content_type=content_type)
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert error["message"] == (
+        f"The body's Content-Type is {named}: norm reads JSON alone; send the header "
+        "Content-Type: application/json"
+    )
+    assert not TriggerEvent.objects.exists()
+
+
 @pytest.mark.parametrize("body", [["welcome"], "welcome", 42])
 def test_non_object_body_is_400(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, body: Any
