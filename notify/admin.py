@@ -319,7 +319,14 @@ class BridgeWorkflowForm(forms.ModelForm):
             if not isinstance(values, dict):
                 raise forms.ValidationError(f"The controls of '{step_id}' must be an object.")
             try:
-                problems = [e.message for e in services.schema_errors(schemas[step_id], values)]
+                problems = [
+                    # Named, as the trigger API names a payload's (payload/orderId): a step
+                    # with several controls said "5 is not of type 'string'" of none.
+                    f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                    if e.absolute_path
+                    else e.message
+                    for e in services.schema_errors(schemas[step_id], values)
+                ]
             except services.UnusableSchema as exc:
                 raise forms.ValidationError(
                     f"'{step_id}': its control schema from the bridge cannot be applied: {exc}"

@@ -23,7 +23,10 @@ SCHEMA = {
         ('{"mial": {"subject": "Hi"}}', "&#x27;mial&#x27; is not a step of this workflow."),
         ('["mail"]', "Use an object"),
         ('{"mail": "Hi"}', "The controls of &#x27;mail&#x27; must be an object."),
-        ('{"mail": {"subject": 5}}', "&#x27;mail&#x27;: "),
+        (
+            '{"mail": {"subject": 5}}',
+            "&#x27;mail&#x27;: subject: 5 is not of type &#x27;string&#x27;",
+        ),
     ],
     ids=["undeclared step", "not an object", "step not an object", "against its schema"],
 )
