@@ -718,6 +718,13 @@ class DjangoEmailProvider(Provider):
             raise SendError(
                 f"the SMTP server refused {refused}", transient=all(_for_now(c) for c in codes)
             ) from exc
+        except ConnectionRefusedError as exc:
+            # No server at that address: the settings, most often (an SMTP backend set and
+            # EMAIL_HOST left at its default, localhost), rather than the server.
+            raise SendError(
+                f"SMTP connection failed: {exc} (check EMAIL_HOST and EMAIL_PORT)",
+                transient=True,
+            ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc
         except ValueError as exc:  # a newline in a header, an address Django refuses

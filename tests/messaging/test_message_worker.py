@@ -1055,6 +1055,21 @@ def test_sends_that_failed_together_are_retried_at_different_times(
     assert len(countdowns) == 2 and countdowns[0] != countdowns[1]
 
 
+def test_an_smtp_address_nothing_listens_at_is_a_reason_naming_the_settings(
+    send: Callable[[Step], Step], settings: Any
+) -> None:
+    """The SMTP backend set and EMAIL_HOST left at its default, localhost, where no server
+    listens: the reason said "[Errno 111] Connection refused", and not what to check."""
+    smtp_unreachable(settings)
+
+    step = send(email_step())
+
+    assert step.status == Step.Status.SCHEDULED
+    assert step.error == (
+        "SMTP connection failed: [Errno 111] Connection refused (check EMAIL_HOST and EMAIL_PORT)"
+    )
+
+
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
