@@ -34,7 +34,6 @@ from subscribers.models import (
 from subscribers.recipients import (
     INLINE_FIELDS,
     checked_attributes,
-    new_unroutable,
     parse_actor,
     parse_recipients,
     routable,
@@ -363,15 +362,17 @@ def subscriber_create(
 ) -> tuple[Subscriber, bool]:
     """Create a subscriber, or update the existing one (unless not `update`: it is then
     returned as it is). ApiError 400 for a new one whose subscriberId no URL could reach
-    (`new_unroutable`)."""
-    if new_unroutable(client_id=client.pk, subscriber_ids=[subscriber_id]):
-        raise ApiError(400, "invalid_subscriber_id", unroutable_message(subscriber_id))
+    (`routable`); one made before norm refused such ids stays upsertable."""
     existing = Subscriber.objects.filter(client=client, subscriber_id=subscriber_id).first()
     if existing is not None:
         if not update:
             return existing, False
         with contextlib.suppress(Subscriber.DoesNotExist):  # deleted meanwhile: created anew
             return subscriber_update(subscriber=existing, values=values), False
+    # Checked for the row about to be made, not before the read: an existing subscriber
+    # with such an id, found and then deleted meanwhile, was made anew (a 201).
+    if not routable(subscriber_id):
+        raise ApiError(400, "invalid_subscriber_id", unroutable_message(subscriber_id))
     subscriber = Subscriber(client=client, subscriber_id=subscriber_id, **values)
     if insert_once(subscriber):
         return subscriber, True

@@ -271,6 +271,36 @@ def test_a_create_while_its_subscriber_is_deleted_creates_it_anew(
     assert response.json()["data"]["_id"] == str(anew.pk)
 
 
+@pytest.mark.parametrize("path", ["/v1/subscribers", "/v2/subscribers", "/v1/subscribers/bulk"])
+def test_a_create_while_its_unreachable_subscriber_is_deleted_is_refused(
+    keyed: tuple[Any, str], path: str
+) -> None:
+    """A subscriberId no URL can reach stays upsertable only while a subscriber made
+    with it before norm refused such ids exists. The create found it before the delete
+    committed, and its update found it gone: it then made the subscriber anew (201),
+    which a create after the delete is refused (400)."""
+    client, key = keyed
+    old = SubscriberFactory(client=client, subscriber_id="team/ann")
+    body: dict[str, Any] = {"subscriberId": "team/ann", "email": "new@example.com"}
+    if path.endswith("bulk"):
+        body = {"subscribers": [body]}
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=old),
+        lambda: api_for(key).post(path, body, format="json"),
+    )
+
+    if path.endswith("bulk"):
+        assert response.status_code == 201, response.content
+        data = response.json()["data"]
+        assert (data["created"], data["updated"]) == ([], [])
+        assert [f["subscriberId"] for f in data["failed"]] == ["team/ann"]
+    else:
+        assert response.status_code == 400, response.content
+        assert response.json()["code"] == "invalid_subscriber_id"
+    assert not Subscriber.objects.exists()
+
+
 # --- a create whose INSERT meets another's row, which a third request deletes --------------
 
 
