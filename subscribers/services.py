@@ -498,10 +498,12 @@ def topic_upsert(
         raise ApiError(
             400, "invalid_topic_key", f"'key': {message}", [{"field": "key", "message": message}]
         )
-    if not topic_key_valid(key) and not Topic.objects.filter(client=client, key=key).exists():
-        raise ApiError(400, "invalid_topic_key", topic_key_message(key))
     topic = Topic.objects.filter(client=client, key=key).first()
     if topic is None:
+        # Checked for the row about to be made, as a subscriber's id: a topic of such a
+        # key, found by a check before and then deleted meanwhile, was made anew (a 201).
+        if not topic_key_valid(key):
+            raise ApiError(400, "invalid_topic_key", topic_key_message(key))
         topic = Topic(client=client, key=key, name=name or "")
         if insert_once(topic):
             return topic, True

@@ -226,6 +226,44 @@ def test_a_topic_created_while_it_is_deleted_is_created_anew(keyed: tuple[Any, s
     assert response.json()["data"]["_id"] == str(Topic.objects.get().pk)
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/topics", {"key": "news daily", "name": "New"}),
+        ("/v2/topics/news daily/subscriptions", {"subscriptions": ["ann"], "name": "New"}),
+    ],
+    ids=["create", "subscribe"],
+)
+def test_a_create_while_its_topic_of_a_key_now_refused_is_deleted_is_refused(
+    keyed: tuple[Any, str], path: str, body: dict[str, Any]
+) -> None:
+    """A key Novu refuses stays usable only while a topic made with it before norm
+    checked keys exists. The create found it there, then the delete committed, and its
+    read of the topic found none: it made the topic anew (201), where a create after the
+    delete is refused (400)."""
+    client, key = keyed
+    SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news daily", name="Old")
+    reads: list[str] = []
+
+    def deleted_after_the_first_read(
+        execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        result = execute(sql, params, many, context)
+        if not reads and sql.startswith("SELECT") and '"subscribers_topic"' in sql:
+            reads.append(sql)
+            InThread(lambda: services.topic_delete(topic=topic)).join()
+        return result
+
+    with connection.execute_wrapper(deleted_after_the_first_read):
+        response = api_for(key).post(path, body, format="json")
+
+    assert reads
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_topic_key"
+    assert not Topic.objects.exists()
+
+
 def test_a_subscribe_while_its_topic_is_deleted_creates_the_topic_anew(
     keyed: tuple[Any, str],
 ) -> None:
