@@ -14,7 +14,7 @@ from messaging.models import Message
 from subscribers import services
 from tests.conftest import InThread, lock_waiters, while_held
 from tests.factories import SubscriberFactory
-from tests.messaging.test_inbox_api import _in_app
+from tests.messaging.test_inbox_api import _in_app, _with_actions
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +38,35 @@ def test_a_mark_while_the_subscriber_is_deleted_is_a_404(
     url = url.format(one=one.pk)
     if body is not None:
         body = {**body, "messageId": [str(one.pk)]}
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: api.patch(url) if body is None else api.post(url, body, format="json"),
+    )
+
+    assert response.status_code == 404, response.content
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v2/subscribers/ann/notifications/{one}/actions/primary/complete", None),
+        ("/v2/subscribers/ann/notifications/{one}/actions/primary/revert", None),
+        ("/v1/subscribers/ann/messages/{one}/actions/primary", {"status": "done"}),
+    ],
+    ids=["v2 complete", "v2 revert", "v1 action"],
+)
+def test_an_action_while_the_subscriber_is_deleted_is_a_404(
+    tenant: tuple[Any, Any], url: str, body: dict[str, Any] | None
+) -> None:
+    """The action found the message before the delete committed; its UPDATE waits for
+    the delete's lock on the message, then finds it gone: the 404 an action a moment
+    after the delete would have, not a 500 and not an action recorded on nothing."""
+    client, api = tenant
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    one = _with_actions(ann)
+    url = url.format(one=one.pk)
 
     _, response = while_held(
         lambda: services.subscriber_delete(subscriber=ann),
