@@ -126,6 +126,32 @@ def test_two_subscribes_to_one_new_topic_at_once_make_one_topic(keyed: tuple[Any
     ]
 
 
+def test_two_subscribes_giving_one_identifier_to_two_subscribers_at_once_refuse_the_second(
+    keyed: tuple[Any, str],
+) -> None:
+    """No constraint keeps a topic's identifiers apart: the topic's lock does. The second
+    reads the identifiers taken once the first has committed, and refuses its own."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    SubscriberFactory(client=client, subscriber_id="bob")
+    Topic.objects.create(client=client, key="news")
+    path = "/v2/topics/news/subscriptions"
+
+    first, second = _twice(
+        key,
+        "post",
+        (path, {"subscriptions": [{"subscriberId": "ann", "identifier": "lead"}]}),
+        (path, {"subscriptions": [{"subscriberId": "bob", "identifier": "lead"}]}),
+    )
+
+    assert first.status_code == 201, first.content
+    assert second.status_code == 400, second.content
+    assert [e["code"] for e in second.json()["errors"]] == ["SUBSCRIPTION_CREATE_FAILED"]
+    assert list(TopicSubscription.objects.values_list("subscriber", "identifier")) == [
+        (ann.pk, "lead")
+    ]
+
+
 @pytest.mark.parametrize("path", ["/v2/subscribers/ann", "/v2/topics/news"])
 def test_two_deletes_at_once_both_succeed(keyed: tuple[Any, str], path: str) -> None:
     """The second waits for the first's lock, then finds it gone: done, not a 500."""
