@@ -152,6 +152,36 @@ def test_two_subscribes_giving_one_identifier_to_two_subscribers_at_once_refuse_
     ]
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/topics/news/subscribers", "subscribers"),
+        ("/v2/topics/news/subscriptions", "subscriptions"),
+    ],
+)
+def test_a_v1_delete_while_a_subscribe_adds_the_first_member_is_refused(
+    keyed: tuple[Any, str], path: str, field: str
+) -> None:
+    """Novu's v1 deletes only a topic without members: the delete waits for the
+    subscribe's lock on the topic, then finds the member (a 409), which stays. Counted
+    before the lock, it found none, and deleted the topic with the member."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+
+    subscribed, deleted = while_held(
+        lambda: api_for(key).post(path, {field: ["ann"]}, format="json"),
+        lambda: api_for(key).delete("/v1/topics/news"),
+    )
+
+    assert subscribed.status_code < 300, subscribed.content
+    assert deleted.status_code == 409, deleted.content
+    assert deleted.json()["code"] == "topic_not_empty"
+    assert list(TopicSubscription.objects.values_list("topic", "subscriber")) == [
+        (topic.pk, ann.pk)
+    ]
+
+
 @pytest.mark.parametrize("path", ["/v2/subscribers/ann", "/v2/topics/news"])
 def test_two_deletes_at_once_both_succeed(keyed: tuple[Any, str], path: str) -> None:
     """The second waits for the first's lock, then finds it gone: done, not a 500."""
