@@ -726,7 +726,10 @@ def topic_subscription_rename(
             # When it changed, Novu's updatedAt of it: it answered its createdAt still.
             now = timezone.now()
             rows = TopicSubscription.objects.filter(topic=topic, subscriber=member)
-            rows.update(name=name, updated_at=now)
+            if not rows.update(name=name, updated_at=now):
+                # Deleted meanwhile with its subscriber, whose delete this UPDATE waited
+                # for: renamed, it was answered 200, named as no subscription ever was.
+                return None
             member.subscription_name, member.subscription_updated_at = name, now
     return member
 

@@ -384,6 +384,29 @@ def test_changing_a_topic_being_deleted_is_a_404(
     assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
 
 
+def test_a_subscriptions_rename_while_its_subscriber_is_deleted_is_a_404(
+    keyed: tuple[Any, str],
+) -> None:
+    """The rename read the subscription before the delete committed; its UPDATE waited
+    for the delete's lock on the row, and then met no row: it answered 200, renamed, a
+    subscription that no longer was, where a rename a moment later answers 404."""
+    client, key = keyed
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    topic = Topic.objects.create(client=client, key="news")
+    services.topic_subscribe(topic=topic, subscriber_ids=["ann"])
+
+    _, response = while_held(
+        lambda: services.subscriber_delete(subscriber=ann),
+        lambda: api_for(key).patch(
+            "/v2/topics/news/subscriptions/tk_news:si_ann", {"name": "Weekly"}, format="json"
+        ),
+    )
+
+    assert response.status_code == 404, response.content
+    assert response.json()["code"] == "subscription_not_found"
+    assert not Subscriber.objects.exists() and not TopicSubscription.objects.exists()
+
+
 def test_a_topic_deleted_while_a_subscription_is_added_goes_with_it(
     keyed: tuple[Any, str],
 ) -> None:
