@@ -288,9 +288,16 @@ def test_a_command_run_while_its_subscriber_is_deleted_does_not_fail(enqueued: E
 # --- the API's other writes, racing a delete of what they change ----------------------------
 
 
-@pytest.mark.parametrize("method", ["patch", "put"])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("patch", "/v2/subscribers/ann", {"firstName": "Ann"}),
+        ("put", "/v2/subscribers/ann", {"firstName": "Ann"}),
+        ("patch", "/v1/subscribers/ann/online-status", {"isOnline": False}),
+    ],
+)
 def test_an_update_while_the_subscriber_is_deleted_is_a_404(
-    keyed: tuple[Any, str], method: str
+    keyed: tuple[Any, str], method: str, path: str, body: dict[str, Any]
 ) -> None:
     """It read the subscriber before the delete committed, and its save then found no
     row: Django's DatabaseError, a 500."""
@@ -299,9 +306,7 @@ def test_an_update_while_the_subscriber_is_deleted_is_a_404(
 
     _, response = while_held(
         lambda: services.subscriber_delete(subscriber=ann),
-        lambda: getattr(api_for(key), method)(
-            "/v2/subscribers/ann", {"firstName": "Ann"}, format="json"
-        ),
+        lambda: getattr(api_for(key), method)(path, body, format="json"),
     )
 
     assert response.status_code == 404, response.content
