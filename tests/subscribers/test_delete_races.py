@@ -369,6 +369,7 @@ def test_subscribing_a_subscriber_being_deleted_counts_it_not_found(
     ("method", "path", "body"),
     [
         ("post", "/v1/topics/news/subscribers", {"subscribers": ["ann"]}),
+        ("post", "/v1/topics/news/subscribers/removal", {"subscribers": ["ann"]}),
         ("patch", "/v2/topics/news", {"name": "News"}),
     ],
 )
