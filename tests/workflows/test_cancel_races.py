@@ -14,7 +14,14 @@ from messaging import services as messaging_services
 from notify import services as notify_services
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
-from tests.conftest import Enqueued, InThread, another_waits_for_a_lock, held, lock_waiters
+from tests.conftest import (
+    Enqueued,
+    InThread,
+    another_waits_for_a_lock,
+    held,
+    lock_waiters,
+    while_held,
+)
 from tests.factories import (
     BridgeSyncFactory,
     NotificationFactory,
@@ -277,3 +284,34 @@ def test_a_subscriber_deleted_while_the_admin_cancels_its_notifications_is_delet
     assert response.status_code == 200, response.content
     assert not Subscriber.objects.filter(pk=ann.pk).exists()
     assert Notification.objects.get(pk=other.pk).status == Notification.Status.CANCELED
+
+
+def test_two_cancels_of_one_trigger_at_once_cancel_it_once() -> None:
+    """Two app servers cancel the same trigger: the second's UPDATE of the trigger waits
+    for the first's, then finds it canceled. It answers that it stopped nothing (200,
+    false), and the trigger keeps the time of the cancel that did."""
+    client, key = client_with_key()
+    event = TriggerEventFactory(client=client, status=TriggerEvent.Status.PROCESSED)
+    step = StepFactory(
+        notification=NotificationFactory(trigger_event=event, status=Notification.Status.RUNNING),
+        type="delay",
+    )
+
+    def cancel() -> tuple[bool, Any]:
+        stopped = notify_services.trigger_event_cancel(
+            client=client, transaction_id=event.transaction_id
+        ).stopped
+        return stopped, TriggerEvent.objects.get(pk=event.pk).canceled_at
+
+    (stopped, canceled_at), response = while_held(
+        cancel, lambda: api_for(key).delete(f"/v1/events/trigger/{event.transaction_id}")
+    )
+
+    assert stopped is True
+    assert response.status_code == 200, response.content
+    assert response.json() == {"data": False}
+    event.refresh_from_db()
+    assert event.canceled_at == canceled_at
+    step.refresh_from_db()
+    assert step.status == Step.Status.CANCELED
+    assert step.notification.status == Notification.Status.CANCELED
