@@ -150,13 +150,16 @@ def _invalid(message: str) -> ApiError:
 # A subscriberId (or a topic key) is a segment of the URLs that reach it
 # (/v2/subscribers/{id}, /v2/topics/{key}): no route takes a `/` (%2F too is decoded
 # before routing), and `?` or `#` ends the path of a URL novu-py builds, as it does not
-# escape them; nor `%`, which the server then decodes (ann%2Fb reads as ann/b).
+# escape them; nor `%`, which the server then decodes (ann%2Fb reads as ann/b). Nor is
+# one `.` or `..`: a dot segment, which every client's URL parser resolves (@novu/api's
+# fetch, httpx, requests), so /v2/subscribers/.. reaches /v2/.
 _UNROUTABLE = "/?#%"
+_DOT_SEGMENTS = (".", "..")
 
 
 def routable(segment: str) -> bool:
     """Whether a subscriberId or topic key can stand in the URLs that reach it."""
-    return not any(c in segment for c in _UNROUTABLE)
+    return segment not in _DOT_SEGMENTS and not any(c in segment for c in _UNROUTABLE)
 
 
 def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:
@@ -176,7 +179,7 @@ def new_unroutable(*, client_id: int, subscriber_ids: list[str]) -> list[str]:
 def unroutable_message(subscriber_id: str) -> str:
     return (
         f"Invalid subscriberId '{subscriber_id}': a subscriberId may not hold /, ?, # or %,"
-        " which no /v2/subscribers/{subscriberId} URL can carry"
+        " nor be . or .., which no /v2/subscribers/{subscriberId} URL can carry"
     )
 
 

@@ -473,7 +473,7 @@ def test_novu_api_raises_its_typed_errors(live_server: LiveServer, make_client: 
     assert (wrong_key["name"], wrong_key["statusCode"]) == ("ErrorDto", 401)
 
     results(live_server, key, ("topics.create", {"key": "news", "name": "News"}))
-    unknown, no_topic, topic_trigger, invalid, unprocessable, exists, topic_exists = errors(
+    unknown, no_topic, topic_trigger, invalid, unprocessable, exists, topic_exists, dots = errors(
         live_server,
         key,
         ("subscribers.retrieve", "nobody"),
@@ -483,6 +483,8 @@ def test_novu_api_raises_its_typed_errors(live_server: LiveServer, make_client: 
         ("subscribers.create", {"subscriberId": ""}),
         ("subscribers.create", {"subscriberId": "ann"}, True),
         ("topics.create", {"key": "news", "name": "News"}, True),
+        # No URL reaches it: @novu/api's fetch resolves /v2/subscribers/.. to /v2/.
+        ("subscribers.create", {"subscriberId": ".."}),
     )
     assert (unknown["name"], unknown["statusCode"]) == ("ErrorDto", 404)
     assert unknown["data"]["path"] == "/v2/subscribers/nobody"
@@ -495,3 +497,6 @@ def test_novu_api_raises_its_typed_errors(live_server: LiveServer, make_client: 
     # A 409 is Novu's existing subscriber (topic), which @novu/api parses as its error.
     assert (exists["name"], exists["statusCode"]) == ("SubscriberResponseDto", 409)
     assert (topic_exists["name"], topic_exists["statusCode"]) == ("TopicResponseDto", 409)
+    assert (dots["name"], dots["statusCode"]) == ("ErrorDto", 400)
+    assert "nor be . or .." in dots["message"]
+    assert not Subscriber.objects.filter(subscriber_id="..").exists()

@@ -209,7 +209,9 @@ def test_malformed_topic_in_to_is_400(
     assert_nothing_stored(enqueued)
 
 
-@pytest.mark.parametrize("to", ["team/ann", ["bob", {"subscriberId": "ann?x"}], "ann#1"])
+@pytest.mark.parametrize(
+    "to", ["team/ann", ["bob", {"subscriberId": "ann?x"}], "ann#1", "..", ["bob", "."]]
+)
 def test_a_new_subscriber_no_url_could_reach_is_refused_in_to(
     post: Post, discover: FakeDiscover, enqueued: Enqueued, to: Any
 ) -> None:

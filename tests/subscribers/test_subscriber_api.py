@@ -327,7 +327,7 @@ def test_a_valid_email_is_kept_one_beyond_ascii_too(keyed: tuple[Client, str], e
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("subscriber_id", ["team/ann", "ann?x", "ann#1", "team%2Fann"])
+@pytest.mark.parametrize("subscriber_id", ["team/ann", "ann?x", "ann#1", "team%2Fann", ".", ".."])
 def test_create_refuses_a_subscriber_id_no_url_could_reach(
     key: str, version: str, subscriber_id: str
 ) -> None:
@@ -337,7 +337,9 @@ def test_create_refuses_a_subscriber_id_no_url_could_reach(
     assert not Subscriber.objects.exists()
 
 
-@pytest.mark.parametrize("subscriber_id", ["ann.lee", "ann+news@example.com", "user:42", "ann lee"])
+@pytest.mark.parametrize(
+    "subscriber_id", ["ann.lee", "ann+news@example.com", "user:42", "ann lee", "...", ".ann"]
+)
 def test_a_subscriber_id_with_other_characters_is_created_and_reached(
     key: str, subscriber_id: str
 ) -> None:
