@@ -500,3 +500,16 @@ def test_novu_api_raises_its_typed_errors(live_server: LiveServer, make_client: 
     assert (dots["name"], dots["statusCode"]) == ("ErrorDto", 400)
     assert "nor be . or .." in dots["message"]
     assert not Subscriber.objects.filter(subscriber_id="..").exists()
+
+    # What norm does not keep (credentials, preferences) or do (delete a message) is
+    # Novu's 404 for a route it lacks: @novu/api's ErrorDto, not a parse failure.
+    unsupported = errors(
+        live_server,
+        key,
+        ("messages.delete", "1"),
+        ("subscribers.credentials.update", {"providerId": "slack", "credentials": {}}, "ann"),
+        ("subscribers.preferences.list", {"subscriberId": "ann"}),
+        ("subscribers.notifications.archive", {"subscriberId": "ann", "notificationId": "1"}),
+    )
+    assert {(e["name"], e["statusCode"]) for e in unsupported} == {("ErrorDto", 404)}
+    assert all("norm has no such endpoint" in e["message"] for e in unsupported)
