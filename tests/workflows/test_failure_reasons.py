@@ -188,6 +188,62 @@ def test_a_bridge_error_with_text_postgresql_cannot_hold_fails_the_notification_
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == expected[1]
 
 
+NOVU_HEALTH = {"status": "ok", "sdkVersion": "2.13.2", "frameworkVersion": "2024-06-26"}
+
+
+@pytest.mark.parametrize(
+    ("flavour", "answer", "code", "reason"),
+    [
+        (
+            "norm",
+            {"stepId": "a\u0000b", "type": "digest", "outputs": {}},
+            "UnsupportedStepType",
+            "step 'a\ufffdb' is a digest step, which norm does not run yet",
+        ),
+        (
+            "novu",
+            {"code": "ExecutionStateCorruptError", "data": {"stepId": "v\ud800ip"}},
+            "StepNotDiscovered",
+            "names step 'v\ufffdip' of workflow 'welcome', which its discover does not declare",
+        ),
+        (
+            "novu",
+            {"code": "ExecutionStateCorruptError", "data": {"stepId": "v\u0000ip"}},
+            "StepNotDiscovered",
+            "names step 'v\ufffdip' of workflow 'welcome', which its discover does not declare",
+        ),
+    ],
+)
+def test_a_step_id_postgresql_cannot_hold_fails_the_notification_with_its_reason(
+    enqueued: Enqueued, flavour: str, answer: dict[str, Any], code: str, reason: str
+) -> None:
+    """A reason norm writes quotes the stepId the bridge named, which may hold a NUL or a
+    lone surrogate: the failure's UPDATE raised. Refusing a step of Novu's SDK that its
+    discover lacks, the echo failed as a bug, the notification left pending with
+    "DataError: PostgreSQL text fields cannot contain NUL (0x00) bytes" for a reason,
+    asked again by the reconciler until NORM_MAX_CLAIMS failed it as an InternalError;
+    refusing a step of a type norm does not run, that DataError was its reason."""
+
+    def respond(method: str, path: str, *_: Any) -> tuple[int, Any, dict[str, str]]:
+        if method == "POST":
+            return (200 if flavour == "norm" else 400), answer, {}
+        if "action=discover" in path:
+            return 200, {"workflows": [{"workflowId": "welcome", "steps": []}]}, {}
+        return 200, NOVU_HEALTH, {}
+
+    with json_serving(respond) as url:
+        client, key = client_with_key(bridge_url=f"{url}/bridge")
+        BridgeSyncFactory(client=client, flavour=flavour)
+        notification = NotificationFactory(trigger_event__client=client)
+        workflow_tasks.echo_run.apply(args=[str(notification.pk)], throw=True)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", code)
+    assert reason in notification.error
+    assert notification.internal_errors == 0
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
 @pytest.mark.parametrize(
     ("answer", "code"),
     [

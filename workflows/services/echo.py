@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from config import pipeline
 from config.dates import iso_z
-from config.db import bounded, error_text
+from config.db import bounded, error_text, storable
 from config.logs import Quieted, loggable
 from config.redact import masked_url
 from notify.selectors import signing_secrets
@@ -506,13 +506,13 @@ def skipped_result(step_type: str, notification: Notification) -> dict[str, Any]
 
 def _refuse_answer(notification: Notification, *, code: str, message: str) -> None:
     """Fail the notification for the bridge's answer (or refusal) to the state this run
-    read: only while the row has not moved since (see `_echo`). The reason is bounded as a
-    bridge's own error message is: it may quote what the answer held (a stepId, a type, a
-    delay's unit), any length the bridge wrote."""
+    read: only while the row has not moved since (see `_echo`). The reason is bounded, and
+    kept to what PostgreSQL holds, as a bridge's own error message is: it may quote what
+    the answer held (a stepId, a type, a delay's unit), any length and text it wrote."""
     notification_fail(
         notification_id=notification.pk,
         code=code,
-        message=bounded(message, bridge.MAX_MESSAGE),
+        message=bounded(storable(message), bridge.MAX_MESSAGE),
         read_at=notification.updated_at,
     )
 
