@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from config.db import bounded, storable
 from config.redact import masked_url
 from notify.models import BridgeSync, BridgeWorkflow
 from notify.selectors import bridge_workflow_get
@@ -194,11 +195,14 @@ def _path_changed(what: str) -> bridge.BridgeUnavailable:
     probes again and finds the step that now comes next, or that none does. Recorded,
     the step ran on outputs it never had (an email without content, a delay of no
     amount), and a step now first failed the notification as ExecutionStateCorruptError."""
-    return bridge.BridgeUnavailable(
-        "StepNotReached",
+    message = (
         f"on execute, the bridge's code {what}, which its probe had named as the next "
         "step: it took another path between the two calls (a deployment, or a branch on "
-        "the time or on data outside the state)",
+        "the time or on data outside the state)"
+    )
+    # The reason each try stores: it quotes step ids of any length and text the bridge wrote.
+    return bridge.BridgeUnavailable(
+        "StepNotReached", bounded(storable(message), bridge.MAX_MESSAGE)
     )
 
 

@@ -29,6 +29,7 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
+from workflows import bridge
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
 from workflows.sdk import Bridge, Context, workflow
@@ -241,6 +242,49 @@ def test_a_step_id_postgresql_cannot_hold_fails_the_notification_with_its_reason
     assert (notification.status, notification.error_code) == ("failed", code)
     assert reason in notification.error
     assert notification.internal_errors == 0
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
+@pytest.mark.parametrize("named", ["vip\u0000", "v\ud800ip", "v" * 1_000_000])
+def test_a_step_named_between_probe_and_execute_is_a_reason_norm_can_store_and_show(
+    enqueued: Enqueued, settings: Any, named: str
+) -> None:
+    """Novu's SDK, asked to execute the step its probe named, may name another one without
+    state (its code changed in between): the notification's reason, StepNotReached, quotes
+    it. A NUL or a lone surrogate in it failed the UPDATE that counts the try, and the echo
+    failed as a bug until NORM_MAX_CLAIMS made it an InternalError; a long one was stored
+    whole (a megabyte on the notification, in every page of the activity API)."""
+    settings.NORM_BRIDGE_MAX_RETRIES = 1
+    corrupt = {"code": "ExecutionStateCorruptError", "message": "Step has no state"}
+
+    def respond(method: str, path: str, *_: Any) -> tuple[int, Any, dict[str, str]]:
+        if method == "POST":
+            step_id = "inbox" if "stepId=" not in path else named
+            return 400, corrupt | {"data": {"stepId": step_id}}, {}
+        if "action=discover" in path:
+            steps = [{"stepId": "inbox", "type": "in_app"}]
+            return 200, {"workflows": [{"workflowId": "welcome", "steps": steps}]}, {}
+        return 200, NOVU_HEALTH, {}
+
+    with json_serving(respond) as url:
+        client, key = client_with_key(bridge_url=f"{url}/bridge")
+        BridgeSyncFactory(client=client, flavour="novu")
+        BridgeWorkflowFactory(client=client, steps=[{"stepId": "inbox", "type": "in_app"}])
+        notification = NotificationFactory(trigger_event__client=client)
+        with pytest.raises(bridge.BridgeUnavailable, match="StepNotReached"):
+            echo.echo_run(notification_id=str(notification.pk), final_attempt=False)
+        notification.refresh_from_db()
+        assert (notification.status, notification.bridge_attempts) == ("pending", 1)
+        assert notification.error.startswith("StepNotReached: on execute, the bridge's code")
+        assert len(notification.error) <= 1000 + len("StepNotReached: ")
+
+        echo.echo_run(notification_id=str(notification.pk), final_attempt=True)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.error_code) == ("failed", "StepNotReached")
+    assert notification.error.startswith("on execute, the bridge's code reached step 'v")
+    assert "\ufffd" in notification.error or notification.error.endswith("…")
+    assert len(notification.error) <= 1000 and notification.internal_errors == 0
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
 
 
