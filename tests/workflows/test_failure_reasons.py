@@ -17,6 +17,7 @@ from novu_py.models import ActivityNotificationResponseDto
 
 from bench.urls import two_step
 from config import pipeline
+from config.parsers import MAX_DEPTH, TOO_DEEP
 from messaging import tasks as messaging_tasks
 from notify.models import Client
 from subscribers import tasks as subscriber_tasks
@@ -380,6 +381,38 @@ def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_rea
     assert not notification.steps.exists()
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An object of `levels` objects, each inside the one before."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("nested_in", "levels"),
+    [("outputs", 900), ("providers", 900), ("outputs", MAX_DEPTH + 1)],
+)
+def test_an_answer_nested_deeper_than_norm_reads_back_fails_the_notification(
+    enqueued: Enqueued, nested_in: str, levels: int
+) -> None:
+    """Outputs of 900 levels (well within what the bridge client parses) were recorded,
+    and the custom step's result carried on: but Django reads a step's JSON back in a
+    request's stack, where 900 levels pass Python's recursion limit, and every page of
+    the client's activity API that listed the notification was a 500. Refused as the
+    API refuses a trigger's payload, past MAX_DEPTH levels."""
+    answer = {"done": False, "stepId": "c", "type": "custom", "outputs": {}, "providers": {}}
+    with answering(200, answer | {nested_in: _nested(levels)}) as url:
+        notification, key = _echoed(url, enqueued)
+
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert notification.error == (
+        f"the bridge answered step 'c' with {nested_in} nested deeper than norm keeps: {TOO_DEEP}"
+    )
+    assert not notification.steps.exists()
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
 # In-app outputs of exactly IN_APP_MAX_BYTES as UTF-8 JSON: `{"body": "…"}` is 12 bytes more.
 AT_THE_IN_APP_BOUND = {"body": "x" * (echo.IN_APP_MAX_BYTES - 12)}
 
@@ -389,8 +422,9 @@ AT_THE_IN_APP_BOUND = {"body": "x" * (echo.IN_APP_MAX_BYTES - 12)}
     [
         {"stepId": "s" * 200, "type": "email", "outputs": {"subject": "Hi", "body": "Hi"}},
         {"stepId": "inbox", "type": "in_app", "outputs": AT_THE_IN_APP_BOUND},
+        {"stepId": "c", "type": "custom", "outputs": _nested(MAX_DEPTH)},
     ],
-    ids=["stepId of 200 characters", "in-app outputs of IN_APP_MAX_BYTES"],
+    ids=["stepId of 200 characters", "in-app outputs of IN_APP_MAX_BYTES", "MAX_DEPTH levels"],
 )
 def test_an_answer_at_a_bound_is_recorded_not_refused(
     enqueued: Enqueued, answer: dict[str, Any]

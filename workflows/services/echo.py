@@ -23,6 +23,7 @@ from config import pipeline
 from config.dates import iso_z
 from config.db import bounded, error_text, storable
 from config.logs import Quieted, loggable
+from config.parsers import MAX_DEPTH, TOO_DEEP
 from config.redact import masked_url
 from notify.selectors import signing_secrets
 from subscribers.models import Subscriber
@@ -375,16 +376,8 @@ def _answer_fault(
             f"the bridge answered a stepId of {len(step_id)} characters; norm takes "
             f"at most {STEP_ID_LENGTH}",
         )
-    if not isinstance(outputs, dict) or not isinstance(providers, dict):
-        # Taken as {} (or stored as given), the step ran on nothing: a custom step's
-        # result, which later steps read, was {}; a channel's message failed for a
-        # missing subject, far from the bridge's mistake.
-        return (
-            "BridgeInvalidResponse",
-            f"the bridge answered step '{step_id}' with outputs and providers that "
-            f"are not both objects (outputs: {type(outputs).__name__}, providers: "
-            f"{type(providers).__name__})",
-        )
+    if shape := _shape_fault(step_id, outputs, providers):
+        return ("BridgeInvalidResponse", shape)
     if any(entry["stepId"] == step_id for entry in state):
         return (
             "BridgeInvalidResponse",
@@ -420,6 +413,45 @@ def _answer_fault(
             "workflow that never ends (a loop over new step ids?)",
         )
     return None
+
+
+def _shape_fault(step_id: str, outputs: Any, providers: Any) -> str:
+    """Why the step's outputs and providers cannot be recorded as the bridge answered
+    them ("" if they can)."""
+    if not isinstance(outputs, dict) or not isinstance(providers, dict):
+        # Taken as {} (or stored as given), the step ran on nothing: a custom step's
+        # result, which later steps read, was {}; a channel's message failed for a
+        # missing subject, far from the bridge's mistake.
+        return (
+            f"the bridge answered step '{step_id}' with outputs and providers that "
+            f"are not both objects (outputs: {type(outputs).__name__}, providers: "
+            f"{type(providers).__name__})"
+        )
+    for name, value in (("outputs", outputs), ("providers", providers)):
+        # Django reads a step's JSON back recursively, in a request's stack too: 900
+        # levels were recorded, and made every page of the activity API that listed the
+        # notification a 500.
+        if _nested_deeper(value, MAX_DEPTH):
+            return (
+                f"the bridge answered step '{step_id}' with {name} nested deeper than norm "
+                f"keeps: {TOO_DEEP}"
+            )
+    return ""
+
+
+def _nested_deeper(value: Any, levels: int) -> bool:
+    """Whether objects and arrays nest in `value` more than `levels` deep (`value` itself
+    is the first level), as `unfit` counts them; without recursing, whatever the depth."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > levels:
+                return True
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return False
 
 
 def _step_record(
