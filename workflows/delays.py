@@ -106,6 +106,10 @@ def next_fire(cron: Any, *, now: datetime, zone: str = "") -> datetime:
         raise UnsupportedDelay(
             f"delay cron {shown} is not a valid cron expression: {reason}"
         ) from exc
+    except ValueError as exc:  # a field's number of over 4,300 digits, which int() refuses
+        raise UnsupportedDelay(
+            f"delay cron {shown} is not a valid cron expression: a number in it is too long to read"
+        ) from exc
     except StopIteration as exc:  # "* * */20 * 1L": the 1st or 21st as the last Monday
         raise UnsupportedDelay(f"delay cron {shown} never fires (not in 50 years)") from exc
 

@@ -217,6 +217,19 @@ def test_a_delay_norm_cannot_wait_out_is_refused_with_its_reason(
     assert str(exc.value) == reason
 
 
+def test_a_cron_with_a_number_too_long_to_read_is_refused_as_no_valid_cron() -> None:
+    """Python reads no integer of more than 4,300 digits: cronsim's ValueError escaped, and
+    the echo failed the notification as an answer norm could not record, with Python's
+    advice to raise sys.set_int_max_str_digits(), logged as a bug of norm's."""
+    cron = "0 9 1 " + "1" * 5000 + " *"
+    with pytest.raises(UnsupportedDelay) as exc:
+        delay_until({"type": "timed", "cron": cron}, now=NOW)
+    assert str(exc.value) == (
+        f"delay cron {repr(cron)[:99]}… is not a valid cron expression: a number in it "
+        "is too long to read"
+    )
+
+
 def test_a_long_cron_is_shortened_in_the_reason() -> None:
     cron = "0 9 * * * " + "1," * 200
     with pytest.raises(UnsupportedDelay) as exc:
