@@ -44,6 +44,22 @@ def unfit(data: Any) -> str:
     return ""
 
 
+def nested_deeper(value: Any, levels: int) -> bool:
+    """Whether objects and arrays nest in `value` more than `levels` deep (`value` itself
+    is the first level), as `unfit` counts them; without recursing, whatever the depth. For
+    JSON another system wrote, which norm writes (and reads) back recursively."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > levels:
+                return True
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return False
+
+
 def query_json(text: str | bytes) -> Any:
     """JSON a query parameter holds (a filter), taken as a body is (`unfit`); a ValueError
     that says why not. Django's lookups recurse per level of a filter, past Python's limit

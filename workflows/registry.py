@@ -14,9 +14,10 @@ from django.conf import settings
 from django.db import DataError, transaction
 from django.utils import timezone
 
-from config.db import error_text
+from config.db import bounded, error_text, storable
 from config.logs import loggable
 from config.memo import Memo
+from config.parsers import MAX_DEPTH, nested_deeper
 from config.redact import masked_url
 from notify.models import BridgeSync, BridgeWorkflow, Client
 from notify.selectors import signing_secrets
@@ -33,6 +34,12 @@ WORKFLOW_ID_LENGTH = BridgeWorkflow._meta.get_field("workflow_id").max_length or
 # NORM_DISCOVER_MIN_INTERVAL (a trigger of a name the bridge lacks). Novu takes 100 an
 # environment (1,000 on older ones).
 MAX_WORKFLOWS = 1000
+# The most levels one workflow's entry in a discover nests: its schemas, each about twice
+# as deep as the payload it describes (which the API takes to parsers.MAX_DEPTH levels).
+# Django and psycopg write and read JSON recursively, each level a frame: a schema as
+# deep as the bridge client parses (900 levels) could not be stored in a request's
+# stack, a trigger's 500, and one a little less deep made the admin's page of it a 500.
+MAX_NESTING = 4 * MAX_DEPTH
 
 
 def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
@@ -69,6 +76,13 @@ def bridge_sync(*, client: Client, bridge_url: str) -> list[BridgeWorkflow]:
                 "BridgeInvalidResponse",
                 f"the bridge {masked_url(bridge_url)} declared {len(found['workflows'])} "
                 f"workflows; norm keeps at most {MAX_WORKFLOWS} of one bridge",
+            )
+        if deep := next((w for w in found["workflows"] if nested_deeper(w, MAX_NESTING)), None):
+            name = bounded(storable(str(_object(deep).get("workflowId"))), 100)
+            raise bridge.BridgeError(
+                "BridgeInvalidResponse",
+                f"the bridge {masked_url(bridge_url)} declared workflow '{name}' nested "
+                f"deeper than norm keeps: {MAX_NESTING} levels",
             )
     except bridge.BridgeError as exc:
         BridgeSync.objects.update_or_create(

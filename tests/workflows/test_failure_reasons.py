@@ -33,6 +33,7 @@ from tests.factories import (
 from workflows import bridge
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.registry import MAX_NESTING
 from workflows.sdk import Bridge, Context, workflow
 from workflows.services import echo, operations
 
@@ -553,6 +554,40 @@ def test_a_trigger_whose_discover_norm_cannot_store_says_why() -> None:
         "the workflows the bridge declared: unsupported Unicode escape sequence "
         "(\\u0000 cannot be converted to text.)"
     )
+
+
+def test_a_trigger_whose_discover_nests_deeper_than_norm_keeps_is_a_502_saying_why() -> None:
+    """A schema nested as deep as the bridge client parses (some 880 levels under a
+    request's stack) could not be stored: psycopg writes JSON recursively, one level
+    deeper for each frame below it, and its RecursionError made the trigger a 500; a
+    little less deep was stored, and the admin's page of the workflow a 500 for good.
+    Refused as a failed sync, past registry.MAX_NESTING levels, at any depth the parser
+    takes."""
+    body = {"name": "welcome", "to": "ann", "payload": {}}
+    # Where the store's recursion fails depends on the stack the sync runs in: each depth
+    # up to where the parser gives up.
+    for levels in [MAX_NESTING + 1, *range(800, 1000, 5)]:
+        declared = {"workflowId": "welcome", "steps": [], "payload": {"schema": {}}}
+        declared["payload"]["schema"] = _nested(levels - 2)  # in its workflow's entry
+        with discovering([declared]) as url:
+            _, key = client_with_key(bridge_url=url)
+            response = api_for(key).post(
+                "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+            )
+        assert response.status_code == 502, (levels, response.content)
+        if levels == MAX_NESTING + 1:
+            assert response.json()["message"] == (
+                f"Could not discover the workflows of {url}: BridgeInvalidResponse: the "
+                f"bridge {url} declared workflow 'welcome' nested deeper than norm keeps: "
+                f"{MAX_NESTING} levels"
+            )
+    declared["payload"]["schema"] = _nested(MAX_NESTING - 2)  # at the bound: kept
+    with discovering([declared]) as url:
+        _, key = client_with_key(bridge_url=url)
+        response = api_for(key).post(
+            "/v1/events/trigger", data=json.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 201, response.content
 
 
 def test_a_trigger_whose_discover_holds_a_lone_surrogate_is_a_502_saying_why() -> None:

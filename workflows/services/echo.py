@@ -23,7 +23,7 @@ from config import pipeline
 from config.dates import iso_z
 from config.db import bounded, error_text, storable
 from config.logs import Quieted, loggable
-from config.parsers import MAX_DEPTH, TOO_DEEP
+from config.parsers import MAX_DEPTH, TOO_DEEP, nested_deeper
 from config.redact import masked_url
 from notify.selectors import signing_secrets
 from subscribers.models import Subscriber
@@ -431,27 +431,12 @@ def _shape_fault(step_id: str, outputs: Any, providers: Any) -> str:
         # Django reads a step's JSON back recursively, in a request's stack too: 900
         # levels were recorded, and made every page of the activity API that listed the
         # notification a 500.
-        if _nested_deeper(value, MAX_DEPTH):
+        if nested_deeper(value, MAX_DEPTH):
             return (
                 f"the bridge answered step '{step_id}' with {name} nested deeper than norm "
                 f"keeps: {TOO_DEEP}"
             )
     return ""
-
-
-def _nested_deeper(value: Any, levels: int) -> bool:
-    """Whether objects and arrays nest in `value` more than `levels` deep (`value` itself
-    is the first level), as `unfit` counts them; without recursing, whatever the depth."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > levels:
-                return True
-            stack.extend(
-                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    return False
 
 
 def _step_record(
