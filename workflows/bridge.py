@@ -550,7 +550,10 @@ def _text(message: Any) -> str:
         return message or ""
     if isinstance(message, list) and all(isinstance(m, str) for m in message):
         return "; ".join(message)
-    return json.dumps(message, ensure_ascii=False)
+    try:
+        return json.dumps(message, ensure_ascii=False)
+    except RecursionError:  # as deep as the parser took: written from further down the stack
+        return ""  # the answer's text stands in
 
 
 _BLOCK = re.compile(r"<(head|script|style)\b", re.I)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -182,6 +183,27 @@ def test_an_answer_nested_too_deep_to_parse_is_an_invalid_answer() -> None:
         server.server_close()
     assert caught.value.code == "BridgeInvalidResponse"  # failed at once, not a crashed task
     assert not isinstance(caught.value, bridge.BridgeUnavailable)
+
+
+def test_an_error_message_nested_as_deep_as_the_parser_takes_is_the_errors_reason() -> None:
+    """A message that is no text is shown as JSON, written again: as deep as the parser
+    took it, a few frames further down, the writing passed Python's recursion limit, and
+    the RecursionError, no BridgeError, crashed the echo: a bug, the notification left
+    pending until NORM_MAX_CLAIMS made it an InternalError. Where it fails depends on the
+    stack: each depth up to where the parser gives up."""
+
+    def respond(method: str, path: str, *_: Any) -> tuple[int, bytes, dict[str, str]]:
+        levels = int(parse_qs(urlsplit(path).query)["levels"][0])
+        return 400, b'{"code": "BadInput", "message": ' + b"[" * levels + b"]" * levels + b"}", {}
+
+    with json_serving(respond, keep_alive=True) as url:
+        for levels in range(800, 1000):
+            with pytest.raises(bridge.BridgeError) as caught:
+                bridge.execute(
+                    f"{url}/bridge?levels={levels}", secrets=("nk_test",), workflow_id="w", body={}
+                )
+            assert caught.value.status == 400, levels
+            assert len(caught.value.message) <= bridge.MAX_MESSAGE, levels
 
 
 @pytest.fixture
