@@ -95,7 +95,14 @@ class _Answer(http.client.HTTPResponse):
                 raise _Unanswered(*exc.args) from exc
             if not self.began:
                 raise _Unanswered("Remote end closed connection without response")
-        return super()._read_status()  # type: ignore[misc]
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            # http.client passes over a 100 Continue alone (begin()); any other interim
+            # answer (103 Early Hints, 102 Processing) it took for the answer. 101 is no
+            # interim one: it ends HTTP on the connection.
+            if not 102 <= status < 200:
+                return version, status, reason
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
 
 
 class _WatchedConnection(HTTPConnection):

@@ -534,6 +534,44 @@ def test_a_300_is_a_redirect_norm_follows_not_an_answer() -> None:
     assert not isinstance(exc.value, bridge.BridgeUnavailable)
 
 
+class _EarlyHints(BaseHTTPRequestHandler):
+    """A bridge that sends interim answers (102 Processing, 103 Early Hints: Node's
+    writeEarlyHints()) before its answer, over one kept-alive connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        for status in (103, 102, 103):
+            self.send_response_only(status)
+            self.send_header("link", "</style.css>; rel=preload; as=style")
+            self.end_headers()
+        body = b'{"status": "ok", "sdk": "norm-python"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_interim_answers_before_the_answer_are_passed_over() -> None:
+    """A client must take any number of 1xx answers before the final one (RFC 9110,
+    15.2); Python's HTTP client passes over 100 Continue alone. The first 103 was read as
+    the bridge's answer, "the bridge answered 103 without a JSON object", and its
+    notification failed for good though the bridge answered it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EarlyHints)
+    serve_in_background(server)
+    try:
+        for _ in range(2):  # the second over the kept-alive connection
+            answer = bridge.health_check(f"http://127.0.0.1:{server.server_port}/bridge")
+            assert answer == {"status": "ok", "sdk": "norm-python"}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_only_a_401_refusing_the_key_is_signed_again_with_the_next_key() -> None:
     """A bridge refuses a signature with a 401: an answer of another status whose code
     happens to read as a refused key (a workflow's own error) is the call's answer, not
