@@ -22,8 +22,9 @@ from tests.factories import (
     api_for,
     client_with_key,
 )
+from workflows import bridge
 from workflows.models import Notification, Step
-from workflows.services import reconciler
+from workflows.services import echo, reconciler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -278,3 +279,60 @@ def test_a_lost_step_whose_rows_another_holds_is_passed_over_and_ended_the_next_
     message.refresh_from_db()
     assert (step.status, step.error) == (Step.Status.CANCELED, reconciler.LOST_WITH_ITS_TASK)
     assert (message.status, message.error) == (Message.Status.FAILED, reconciler.LOST_WITH_ITS_TASK)
+
+
+def _before_the_tick_marks_them_resent(
+    monkeypatch: pytest.MonkeyPatch, model: type[Any], meanwhile: Any
+) -> None:
+    """Run `meanwhile` on a connection of its own, to its commit, once the tick has read
+    the stalled rows of `model` and before it locks and updates them: the first time only."""
+    update = reconciler._updated_unheld
+    pending = [meanwhile]
+
+    def after_the_read(rows: Any, **fields: Any) -> set[Any]:
+        if rows.model is model and pending:
+            InThread(pending.pop()).join()
+        return update(rows, **fields)
+
+    monkeypatch.setattr(reconciler, "_updated_unheld", after_the_read)
+
+
+def test_an_echo_recording_a_step_as_a_tick_finds_its_notification_idle_keeps_it_quiet(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick reads a notification idle (its echo lost, say), and before the tick marks it
+    re-sent, the echo (redelivered) records a day's delay: the notification is quiet until
+    the step is due (its updated_at). The tick wrote its own time over that, and re-sent
+    the echo: every tick read the notification for an open step all day, and once the
+    delay ended it looked idle at once, its echo sent twice, the bridge asked twice."""
+    notification = NotificationFactory(status=Notification.Status.PENDING)
+    Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+    delay = {"done": False, "stepId": "wait", "type": "delay"}
+    monkeypatch.setattr(
+        bridge, "execute", lambda *a, **kw: {**delay, "outputs": {"amount": 1, "unit": "days"}}
+    )
+    _before_the_tick_marks_them_resent(
+        monkeypatch, Notification, lambda: echo.echo_run(notification_id=str(notification.pk))
+    )
+
+    assert reconciler.reconcile()["notifications"] == 0
+
+    notification.refresh_from_db()
+    step = notification.steps.get()
+    assert step.status == Step.Status.SCHEDULED
+    assert notification.updated_at == step.due_at  # quiet until then
+    assert enqueued.of(pipeline.ECHO) == []
+
+
+def test_two_ticks_at_once_re_send_an_idle_notification_once(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two beats by mistake: both ticks read the notification idle, and each re-sent its
+    echo, two bridge calls for its next step."""
+    notification = NotificationFactory(status=Notification.Status.PENDING)
+    Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
+    _before_the_tick_marks_them_resent(monkeypatch, Notification, reconciler.reconcile)
+
+    reconciler.reconcile()
+
+    assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]

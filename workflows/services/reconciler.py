@@ -66,6 +66,23 @@ def _update_unheld(rows: QuerySet[Any], **fields: Any) -> int:
         return rows.model._default_manager.filter(pk__in=locked.values("pk")).update(**fields)
 
 
+def _updated_unheld(rows: QuerySet[Any], **fields: Any) -> set[Any]:
+    """`_update_unheld`, returning the pks of the rows it updated: those `rows` still
+    holds once each is locked, for a phase that re-sends only what it updated.
+
+    A row read as stalled may have moved on before its update: a notification whose
+    echo recorded a step meanwhile, or one a second tick (two beats by mistake) re-sent
+    already. Updated and re-sent as read, a notification waiting out a day's delay was
+    made idle again at once (read by every tick, and its echo sent twice when the delay
+    ended), and two ticks each re-sent it."""
+    locked = rows.order_by().select_for_update(no_key=True, skip_locked=True, of=("self",))
+    with transaction.atomic():
+        pks = set(locked.values_list("pk", flat=True))
+        if pks:
+            rows.model._default_manager.filter(pk__in=pks).update(**fields)
+    return pks
+
+
 def _lost_give_up(*, now: datetime, stale: timedelta) -> int:
     """End the steps of ended notifications whose tasks were lost, with their messages;
     return how many steps. A notification that ended (canceled, failed) while its step
@@ -333,9 +350,15 @@ def _idle_notifications_resend(*, now: datetime, grace: timedelta, rooms: dict[s
             .order_by("updated_at")
         )
         notifications += list(idle.values_list("pk", "workflow_id")[:REDRIVE_BATCH])
-    _update_unheld(
-        Notification.objects.filter(pk__in=[pk for pk, _ in notifications]), updated_at=now
+    # Re-sent only if still idle once locked (see _updated_unheld): an echo that recorded
+    # a step meanwhile set the notification quiet until the step is due.
+    touched = _updated_unheld(
+        Notification.objects.filter(
+            pk__in=[pk for pk, _ in notifications], status__in=ACTIVE, updated_at__lt=now - grace
+        ),
+        updated_at=now,
     )
+    notifications = [(pk, workflow) for pk, workflow in notifications if pk in touched]
     _resend(
         pipeline.ECHO, [(str(pk), pipeline.queue_of(pipeline.ECHO, w)) for pk, w in notifications]
     )
