@@ -24,7 +24,7 @@ from tests.factories import (
 )
 from workflows import bridge
 from workflows.models import Notification, Step
-from workflows.services import echo, reconciler
+from workflows.services import bookkeeping, echo, reconciler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -336,3 +336,34 @@ def test_two_ticks_at_once_re_send_an_idle_notification_once(
     reconciler.reconcile()
 
     assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
+
+
+def test_a_step_put_back_for_later_as_a_tick_finds_it_due_is_sent_when_due_again(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """A tick reads a step due (a delay longer than the broker keeps, the tick its only
+    sender), and before the tick marks it re-sent, a task (another tick's) claims it and
+    its send fails for now, the step back on the schedule an hour out, waiting in the
+    database (`enqueued_at` none). The tick stamped it re-sent: an hour later it looked
+    queued, and was re-sent only once its queue was empty (never, behind a queue that
+    never empties) and a grace period after it was due."""
+    step = StepFactory(due_at=ago(5), enqueued_at=None)
+    backoff = settings.NORM_BROKER_MAX_COUNTDOWN + 3600
+
+    def fails_for_now() -> None:
+        claimed = bookkeeping.step_claim(step_id=step.pk, claim="another tick's task")
+        assert claimed is not None
+        bookkeeping.step_retry_later(step=claimed, message="421 try later", backoff=backoff)
+
+    _before_the_tick_marks_them_resent(monkeypatch, Step, fails_for_now)
+
+    assert reconciler.reconcile()["steps"] == 0
+
+    step.refresh_from_db()
+    assert (step.status, step.enqueued_at) == (Step.Status.SCHEDULED, None)
+    # Once it is due again, sent though its queue holds others.
+    Step.objects.filter(pk=step.pk).update(due_at=ago(1))
+    enqueued.clear()
+    pipeline.send_now(pipeline.MESSAGE, "another's")
+    assert reconciler.reconcile()["steps"] == 1
+    assert enqueued.of(pipeline.MESSAGE)[1:] == [(step.pk,)]

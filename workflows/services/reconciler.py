@@ -72,9 +72,12 @@ def _updated_unheld(rows: QuerySet[Any], **fields: Any) -> set[Any]:
 
     A row read as stalled may have moved on before its update: a notification whose
     echo recorded a step meanwhile, or one a second tick (two beats by mistake) re-sent
-    already. Updated and re-sent as read, a notification waiting out a day's delay was
+    already; a step claimed and put back on the schedule for later (a send that failed
+    for now). Updated and re-sent as read, a notification waiting out a day's delay was
     made idle again at once (read by every tick, and its echo sent twice when the delay
-    ended), and two ticks each re-sent it."""
+    ended), and two ticks each re-sent it; the step was stamped as sent, though no task
+    would come for it: sent only a grace period after it was due, and only once its
+    queue was empty, for good under one that never emptied."""
     locked = rows.order_by().select_for_update(no_key=True, skip_locked=True, of=("self",))
     with transaction.atomic():
         pks = set(locked.values_list("pk", flat=True))
@@ -327,8 +330,15 @@ def _due_steps_resend(*, now: datetime, grace: timedelta, rooms: dict[str, int])
         resent = due.filter(enqueued_at__lt=now - grace, due_at__lt=now - grace)
         resent = resent.filter(_with_room(pipeline.MESSAGE, rooms, workflow))
         steps += list(resent.values_list("pk", workflow)[: REDRIVE_BATCH - len(steps)])
-    # One UPDATE, not one each.
-    _update_unheld(Step.objects.filter(pk__in=[pk for pk, _ in steps]), enqueued_at=now)
+    # One UPDATE, not one each; a step re-sent only if still due once locked (see
+    # _updated_unheld).
+    touched = _updated_unheld(
+        Step.objects.filter(
+            pk__in=[pk for pk, _ in steps], status=Step.Status.SCHEDULED, due_at__lte=now
+        ),
+        enqueued_at=now,
+    )
+    steps = [(pk, workflow) for pk, workflow in steps if pk in touched]
     _resend(pipeline.MESSAGE, [(pk, pipeline.queue_of(pipeline.MESSAGE, w)) for pk, w in steps])
     return len(steps)
 
