@@ -315,3 +315,26 @@ def test_two_cancels_of_one_trigger_at_once_cancel_it_once() -> None:
     step.refresh_from_db()
     assert step.status == Step.Status.CANCELED
     assert step.notification.status == Notification.Status.CANCELED
+
+
+def test_an_echo_recording_a_step_while_a_cancel_holds_its_notification_records_none(
+    monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
+) -> None:
+    """The echo read its notification before the admin's cancel of it, which commits
+    while the echo's record waits for the row: the record's own UPDATE finds the
+    notification canceled once the cancel commits. Checked by a read before it, the
+    echo found it pending (the cancel not committed), made it running again over the
+    cancel, and its step went out."""
+    notification = NotificationFactory(status=Notification.Status.PENDING)
+    monkeypatch.setattr(bridge, "execute", lambda *a, **kw: MAIL)
+
+    canceled, _ = while_held(
+        lambda: operations.notifications_cancel(notification_ids=[notification.pk]),
+        lambda: echo.echo_run(notification_id=str(notification.pk)),
+    )
+
+    assert canceled == 1
+    notification.refresh_from_db()
+    assert notification.status == Notification.Status.CANCELED
+    assert not Step.objects.filter(notification=notification).exists()
+    assert enqueued.calls == []
