@@ -117,6 +117,9 @@ class SubscriberAdmin(SavedAsTheApiSavesIt):
     list_display = ["subscriber_id", "email", "first_name", "last_name", "client", "created_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
+    # The paginator counts the list (by the planner's estimate unfiltered): the full
+    # count beside it was a COUNT(*) of every subscriber on every page, filtered or not.
+    show_full_result_count = False
     search_fields = ["subscriber_id", "email"]
     # Newest first, as the list shows them unasked: in no order, the member picker's pages
     # (autocomplete, 20 a page) could show a subscriber twice and leave another out.
@@ -352,6 +355,9 @@ class TopicAdmin(SavedAsTheApiSavesIt):
     list_display = ["key", "name", "client", "member_count", "created_at"]
     list_filter = ["client"]
     list_select_related = ["client"]
+    # As a subscriber's: its full count joined every topic to every subscription, on
+    # every page.
+    show_full_result_count = False
     search_fields = ["key", "name"]
     ordering = ["-pk"]  # as a subscriber's: the member picker pages topics too
 
