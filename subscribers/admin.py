@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -20,7 +20,13 @@ from subscribers.models import (
     TopicSubscription,
     default_subscription_identifier,
 )
-from workflows.admin import STORABLE_JSON, DeletedMeanwhileAdmin, GoneMeanwhile, changelist_link
+from workflows.admin import (
+    STORABLE_JSON,
+    DeletedMeanwhileAdmin,
+    GoneMeanwhile,
+    KeySearch,
+    changelist_link,
+)
 from workflows.models import Notification
 
 
@@ -251,7 +257,7 @@ class SubscriptionRefused(Exception):
 
 
 @admin.register(TopicSubscription)
-class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
+class TopicSubscriptionAdmin(KeySearch, DeletedMeanwhileAdmin):
     """A topic's members, a page at a time (a topic may have thousands: no inline).
 
     Added as the API adds one (services.topic_subscribe_named), which locks the topic and
@@ -267,8 +273,16 @@ class TopicSubscriptionAdmin(DeletedMeanwhileAdmin):
     list_display = ["topic", "subscriber", "identifier_answered", "name", "client", "created_at"]
     list_select_related = ["topic__client", "subscriber"]
     autocomplete_fields = ["topic", "subscriber"]
-    search_fields = ["=topic__key", "=subscriber__subscriber_id"]
+    # What the search box matches (get_search_results), each exactly.
+    search_fields = ["topic__key__exact", "subscriber__subscriber_id__exact"]
     show_full_result_count = False
+
+    def search_matches(self, term: str) -> Q:
+        # Joined to its topic and subscriber, 0.6 to 1.1 s a query over 400,000
+        # subscriptions (the count, then the page).
+        topics = Topic.objects.filter(key=term).values_list("pk", flat=True)
+        subscribers = Subscriber.objects.filter(subscriber_id=term).values_list("pk", flat=True)
+        return Q(topic_id__in=list(topics)) | Q(subscriber_id__in=list(subscribers))
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -4,6 +4,8 @@ whatever its rows."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from subscribers.models import Topic, TopicSubscription
@@ -71,3 +73,28 @@ def test_the_topic_list_counts_each_topics_members(admin_client) -> None:
         "news": 2,
         "empty": 0,
     }
+
+
+@pytest.mark.parametrize("term", ["ann", "news"])
+def test_a_member_search_counts_its_rows_without_joining_every_member_to_its_topic(
+    admin_client, term: str
+) -> None:
+    """Django's search compared each subscription's topic key and subscriber id over a join
+    of every subscription to both, which no index serves: 0.6 to 1.1 s for the count and
+    as long for the page over 400,000 subscriptions. The topic and the subscriber are
+    looked up first, and the subscriptions counted and read by their keys."""
+    client = ClientFactory()
+    news = Topic.objects.create(client=client, key="news")
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    wanted = TopicSubscription.objects.create(topic=news, subscriber=ann)
+    _members(2)
+    url = reverse("admin:subscribers_topicsubscription_changelist")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url, {"q": term})
+
+    assert list(response.context["cl"].result_list) == [wanted]
+    (count,) = [q["sql"] for q in queries if q["sql"].startswith('SELECT COUNT(*) AS "__count"')]
+    assert count.startswith(
+        'SELECT COUNT(*) AS "__count" FROM "subscribers_topicsubscription" WHERE'
+    ), count
