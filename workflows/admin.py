@@ -468,11 +468,16 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
 
     @admin.action(description="Retry from the failed step", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        # Counted before acting, as a status filter would recount; without the payloads,
-        # which the retry does not read. Those that did not fail are left out before the
-        # clock starts: run again on the same selection, the action goes on where it stopped.
-        chosen = list(queryset.select_related(None).only("pk", "trigger_event_id", "status"))
-        failed = [n for n in chosen if n.status == Notification.Status.FAILED]
+        # Counted before acting, as a status filter would recount. Those that did not fail
+        # are left out before the clock starts: run again on the same selection, the
+        # action goes on where it stopped. Left out by the query, not read: "Select all"
+        # is every notification there is, and reading 200,000 took 5 s and 120 MB.
+        chosen = queryset.count()
+        failed = list(
+            queryset.filter(status=Notification.Status.FAILED)
+            .select_related(None)
+            .only("pk", "trigger_event_id", "status")
+        )
         until = time.monotonic() + ACTION_BUDGET_SECONDS
         retried = tried = 0
         for notification in failed:
@@ -480,7 +485,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
             tried += 1
             if time.monotonic() >= until:
                 break
-        skipped = len(chosen) - len(failed)
+        skipped = chosen - len(failed)
         refused = tried - retried  # of a canceled trigger, or retried meanwhile by another
         left = len(failed) - tried
         rest = (
@@ -497,9 +502,12 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
 
     @admin.action(description="Cancel", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        # A chunk to a transaction, as a trigger's cancel (operations.CANCEL_CHUNK).
-        chosen = list(queryset.values_list("pk", "status"))
-        unfinished = [pk for pk, status in chosen if status not in Notification.FINAL]
+        # A chunk to a transaction, as a trigger's cancel (operations.CANCEL_CHUNK). The
+        # finished ones counted, not read, as the retry's.
+        chosen = queryset.count()
+        unfinished = list(
+            queryset.exclude(status__in=Notification.FINAL).values_list("pk", flat=True)
+        )
         until = time.monotonic() + ACTION_BUDGET_SECONDS
         canceled = tried = 0
         while tried < len(unfinished):
@@ -508,7 +516,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
             tried += len(chunk)
             if time.monotonic() >= until:
                 break
-        skipped = len(chosen) - canceled - (len(unfinished) - tried)
+        skipped = chosen - canceled - (len(unfinished) - tried)
         left = len(unfinished) - tried
         rest = f"; {left} not reached in time: run the action again for them" if left else ""
         self.message_user(
