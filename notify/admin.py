@@ -420,9 +420,12 @@ class TriggerEventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel (with its fan-out still to come)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[TriggerEvent]) -> None:
-        # Those not canceled yet first: run again on the same selection, the action goes
-        # on where it stopped.
-        events = sorted(queryset.select_related("client"), key=lambda e: e.canceled_at is not None)
+        # Their keys, not their rows: "Select all" is every trigger there is, and 200,000
+        # read as rows with their clients took 32 s (as keys 0.3 s). Those not canceled
+        # yet first: run again on the same selection, the action goes on where it stopped.
+        keys = queryset.values_list("client_id", "transaction_id", "canceled_at")
+        events = sorted(keys, key=lambda key: key[2] is not None)
+        clients = Client.objects.in_bulk({client_id for client_id, _, _ in events})
         # One budget for them all: each its own, ten broadcasts took 50 s, and gunicorn
         # killed the request at 30 s, the later ones not canceled at all.
         until = cancel_deadline()
@@ -430,10 +433,10 @@ class TriggerEventAdmin(ReadOnlyAdmin):
         # selected took minutes), as the notifications' actions stop at theirs.
         stop = time.monotonic() + workflows.admin.ACTION_BUDGET_SECONDS
         results = []
-        for e in events:
+        for client_id, transaction_id, _ in events:
             results.append(
                 services.trigger_event_cancel(
-                    client=e.client, transaction_id=e.transaction_id, until=until
+                    client=clients[client_id], transaction_id=transaction_id, until=until
                 )
             )
             if time.monotonic() >= stop:
