@@ -476,7 +476,7 @@ class NotificationAdmin(KeySearch, ReadOnlyAdmin):
         failed = list(
             queryset.filter(status=Notification.Status.FAILED)
             .select_related(None)
-            .only("pk", "trigger_event_id", "status")
+            .only("pk", "trigger_event_id", "status", "workflow_id")  # its queue's
         )
         until = time.monotonic() + ACTION_BUDGET_SECONDS
         retried = tried = 0

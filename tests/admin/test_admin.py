@@ -292,6 +292,24 @@ def test_an_action_on_every_notification_reads_only_those_it_may_act_on(
     assert f"{done} 1 notification(s); 2 skipped ({skipped})." in said
 
 
+def test_a_retry_reads_each_notification_once(admin_client) -> None:
+    """Read without its workflow id, which the retry enqueues its next stage by (the
+    queue is the workflow's), each retried notification was read again for it: one
+    query more in five for each, within the action's budget."""
+    chosen = NotificationFactory.create_batch(2, status=Notification.Status.FAILED)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert "Retried 2 notification(s)" in _act(admin_client, "retry", *chosen).content.decode()
+
+    read = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('SELECT "workflows_notification"."id"')
+        and ' WHERE "workflows_notification"."id" = ' in q["sql"]
+    ]
+    assert read == []
+
+
 def test_retry_action_reopens_the_failed_step(
     admin_client, enqueued, django_capture_on_commit_callbacks
 ) -> None:
