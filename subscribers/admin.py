@@ -7,7 +7,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -379,7 +380,18 @@ class TopicAdmin(SavedAsTheApiSavesIt):
         return ["client"] if obj is not None else []
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
-        return super().get_queryset(request).annotate(member_count=Count("subscribers"))
+        # Counted by a subquery, each topic of the page by the index: joined and grouped,
+        # a filtered list's count (which Django strips a subquery from) joined every
+        # member of every topic it counted (158 ms, not 1, for 20 topics of 10,000).
+        members = (
+            TopicSubscription.objects.filter(topic=OuterRef("pk"))
+            .order_by()
+            .values("topic")
+            .annotate(count=Count("*"))
+            .values("count")
+        )
+        count = Coalesce(Subquery(members), 0)
+        return super().get_queryset(request).annotate(member_count=count)
 
     @admin.display(description="members", ordering="member_count")
     def member_count(self, topic: Topic) -> int:

@@ -98,3 +98,25 @@ def test_a_member_search_counts_its_rows_without_joining_every_member_to_its_top
     assert count.startswith(
         'SELECT COUNT(*) AS "__count" FROM "subscribers_topicsubscription" WHERE'
     ), count
+
+
+@pytest.mark.parametrize("by", ["q", "client__id__exact"])
+def test_a_filtered_topic_list_counts_its_topics_without_their_members(
+    admin_client, by: str
+) -> None:
+    """Each topic's member count was a join of every topic to every subscription, grouped:
+    a filtered list counted its topics over that join, every member of each (158 ms, not
+    1, for the 20 topics of 10,000 members a search for "all" finds)."""
+    client = ClientFactory()
+    news = Topic.objects.create(client=client, key="news")
+    Topic.objects.create(client=ClientFactory(), key="sales")  # the client filter is shown
+    for _ in range(2):
+        TopicSubscription.objects.create(topic=news, subscriber=SubscriberFactory(client=client))
+    url = reverse("admin:subscribers_topic_changelist")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url, {by: "news" if by == "q" else client.pk})
+
+    assert [(t.key, t.member_count) for t in response.context["cl"].result_list] == [("news", 2)]
+    (count,) = [q["sql"] for q in queries if q["sql"].startswith("SELECT COUNT(")]
+    assert "subscribers_topicsubscription" not in count, count
