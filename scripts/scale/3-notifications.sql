@@ -5,9 +5,9 @@ SET synchronous_commit = off;
 -- those of a canceled event (every 250th, t%250=7), running the
 -- last 6,000 odd n (waiting out a delay, email due within a day), pending the last 200
 -- even n; completed otherwise (99%).
-INSERT INTO workflows_notification (id, client_id, trigger_event_id, subscriber_id, workflow_id, resource, payload, status, error, error_code,
+INSERT INTO workflows_notification (id, client_id, trigger_event_id, subscriber_id, workflow_id, resource, status, error, error_code,
   bridge_attempts, internal_errors, created_at, updated_at, completed_at)
-SELECT md5('n' || n)::uuid, c, e, c + 20 * ((e * 7 + (n % 2)) % 10000), 'welcome', 'http://bridge:4000/api/novu', '{"name": "x"}', st,
+SELECT md5('n' || n)::uuid, c, e, c + 20 * ((e * 7 + (n % 2)) % 10000), 'welcome', 'http://bridge:4000/api/novu', st,
   CASE WHEN st = 'failed' THEN 'step ''email'': refused' ELSE '' END, '', 1, 0, ts,
   CASE WHEN st = 'running' THEN ts + interval '1 day' - (1 + n % 1000) * interval '1 minute' WHEN st = 'pending' THEN ts ELSE ts + interval '3 seconds' END,
   CASE WHEN st IN ('completed', 'failed', 'canceled') THEN ts + interval '3 seconds' END
