@@ -45,3 +45,36 @@ def test_an_in_app_step_within_the_bound_is_sent(enqueued: Enqueued) -> None:
 
     assert notification.status == Notification.Status.COMPLETED, notification.error
     assert Message.objects.get().status == Message.Status.SENT
+
+
+@workflow("inbox-overridden")
+def inbox_overridden(ctx: Context) -> None:
+    """A short in-app message whose provider override is as long as the payload says."""
+    length = int(ctx.payload.get("length", 1))
+    ctx.step.in_app(
+        "note",
+        lambda: {"subject": "Hi", "body": "Hello"},
+        providers={"novu": lambda: {"data": "é" * length}},
+    )
+
+
+def test_an_in_app_step_whose_providers_bring_its_message_over_the_bound_fails_unstored(
+    enqueued: Enqueued,
+) -> None:
+    # The overrides are kept in the message's content, which every page of the feed reads
+    # whole: a bridge's megabytes there were built into each page, as outputs were.
+    client = sdk_triggered(enqueued, inbox_overridden, {"length": IN_APP_MAX_BYTES // 2 + 1})
+    notification = Notification.objects.get(client=client)
+
+    assert notification.status == Notification.Status.FAILED
+    assert notification.error_code == "BridgeResponseTooLarge"
+    assert f"at most {IN_APP_MAX_BYTES}" in notification.error
+    assert not Message.objects.exists()
+
+
+def test_an_in_app_step_with_providers_within_the_bound_is_sent(enqueued: Enqueued) -> None:
+    client = sdk_triggered(enqueued, inbox_overridden, {"length": IN_APP_MAX_BYTES // 2 - 100})
+    notification = Notification.objects.get(client=client)
+
+    assert notification.status == Notification.Status.COMPLETED, notification.error
+    assert Message.objects.get().content["providers"]["novu"]["data"].startswith("é")

@@ -384,11 +384,15 @@ def _answer_fault(
             f"the bridge returned step '{step_id}' again, which already ran",
         )
     if step_type == "in_app":
-        size = len(json.dumps(outputs, ensure_ascii=False).encode())
+        # As its message will hold them: its provider overrides go with its outputs
+        # (messaging's _message_stored), and a feed's page reads every message whole.
+        held = {**outputs, "providers": providers} if providers else outputs
+        size = len(json.dumps(held, ensure_ascii=False).encode())
         if size > IN_APP_MAX_BYTES:
             return (
                 "BridgeResponseTooLarge",
-                f"the bridge answered in-app step '{step_id}' with outputs of {size} bytes; "
+                f"the bridge answered in-app step '{step_id}' with outputs "
+                f"{'and providers ' if providers else ''}of {size} bytes; "
                 f"an in-app message holds at most {IN_APP_MAX_BYTES} (a page of a feed "
                 "lists up to 100)",
             )
