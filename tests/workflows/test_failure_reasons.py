@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -360,11 +361,6 @@ def test_a_bridge_that_cannot_be_reached_is_a_failed_job_to_novu_py(
             {"stepId": "s" * 201, "type": "email", "outputs": {"subject": "Hi", "body": "Hi"}},
             "the bridge answered a stepId of 201 characters; norm takes at most 200",
         ),
-        (
-            {"stepId": "inbox", "type": "in_app", "outputs": {"body": "token 4711\u0000"}},
-            "norm could not record the bridge's answer: unsupported Unicode escape sequence "
-            "(\\u0000 cannot be converted to text.)",
-        ),
     ],
 )
 def test_an_answer_norm_cannot_store_fails_the_notification_with_a_reason_to_read(
@@ -408,10 +404,91 @@ def test_an_answer_nested_deeper_than_norm_reads_back_fails_the_notification(
 
     assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
     assert notification.error == (
-        f"the bridge answered step 'c' with {nested_in} nested deeper than norm keeps: {TOO_DEEP}"
+        f"the bridge answered step 'c' with {nested_in} norm cannot keep: {TOO_DEEP}"
     )
     assert not notification.steps.exists()
     assert _activity(key, notification.trigger_event.transaction_id)["error"] == notification.error
+
+
+UNSTORABLE_TEXT = "strings must not contain NUL (\\u0000) or a lone surrogate"
+NON_FINITE = "numbers must be finite and within a double's range (not NaN, 1e400)"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            {"type": "in_app", "outputs": {"body": "token 4711\u0000"}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {UNSTORABLE_TEXT}",
+        ),
+        (
+            {"type": "custom", "outputs": {"a\u0000": 1}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {UNSTORABLE_TEXT}",
+        ),
+        (
+            {"type": "in_app", "outputs": {"body": "half an emoji \ud83d"}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {UNSTORABLE_TEXT}",
+        ),
+        (
+            {"type": "email", "providers": {"sendgrid": {"ip_pool": "a\udc00"}}},
+            f"the bridge answered step 's' with providers norm cannot keep: {UNSTORABLE_TEXT}",
+        ),
+        (
+            {"type": "custom", "outputs": {"score": float("nan")}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {NON_FINITE}",
+        ),
+        (
+            {"type": "delay", "outputs": {"amount": float("inf"), "unit": "seconds"}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {NON_FINITE}",
+        ),
+        (
+            {"type": "delay", "outputs": {"amount": -float("inf")}, "options": {"skip": True}},
+            f"the bridge answered step 's' with outputs norm cannot keep: {NON_FINITE}",
+        ),
+        (
+            {"type": "email", "providers": {"ses": {"weight": float("inf")}}},
+            f"the bridge answered step 's' with providers norm cannot keep: {NON_FINITE}",
+        ),
+        (
+            {"stepId": "s\u0000", "type": "custom"},
+            f"the bridge answered stepId 's\ufffd': {UNSTORABLE_TEXT}",
+        ),
+        (
+            {"stepId": "s\ud800", "type": "digest", "options": {"skip": True}},
+            f"the bridge answered stepId 's\ufffd': {UNSTORABLE_TEXT}",
+        ),
+    ],
+    ids=[
+        "NUL in outputs",
+        "NUL in a key",
+        "lone surrogate in in-app outputs",
+        "lone surrogate in providers",
+        "NaN in outputs",
+        "infinite delay",
+        "skipped delay of -Infinity",
+        "Infinity in providers",
+        "NUL in stepId",
+        "lone surrogate in a skipped digest's stepId",
+    ],
+)
+def test_an_answer_postgresql_cannot_hold_is_refused_as_the_bridge_s_fault(
+    enqueued: Enqueued, caplog: pytest.LogCaptureFixture, answer: dict[str, Any], reason: str
+) -> None:
+    """A NUL or a lone surrogate in a string or a key, or a NaN or an infinity (which
+    Python's JSON reads from a bridge that writes them): PostgreSQL refused the step's
+    INSERT, and the echo logged an ERROR with its traceback, as for a bug in norm, before
+    failing the notification with the database's words ("invalid input syntax for type
+    json (Token "NaN" is invalid.)")."""
+    step = {"done": False, "stepId": "s", "outputs": {}, "providers": {}}
+    with answering(200, step | answer) as url, caplog.at_level(logging.WARNING):
+        notification, key = _echoed(url, enqueued)
+
+    assert (notification.status, notification.error_code) == ("failed", "BridgeInvalidResponse")
+    assert notification.error == reason
+    assert (notification.internal_errors, notification.steps.exists()) == (0, False)
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)]
+    assert reason in caplog.records[0].getMessage()
+    assert _activity(key, notification.trigger_event.transaction_id)["error"] == reason
 
 
 # In-app outputs of exactly IN_APP_MAX_BYTES as UTF-8 JSON: `{"body": "…"}` is 12 bytes more.

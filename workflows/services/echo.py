@@ -23,7 +23,7 @@ from config import pipeline
 from config.dates import iso_z
 from config.db import bounded, error_text, storable
 from config.logs import Quieted, loggable
-from config.parsers import MAX_DEPTH, TOO_DEEP, nested_deeper
+from config.parsers import unfit
 from config.redact import masked_url
 from notify.selectors import signing_secrets
 from subscribers.models import Subscriber
@@ -420,8 +420,10 @@ def _answer_fault(
 
 
 def _shape_fault(step_id: str, outputs: Any, providers: Any) -> str:
-    """Why the step's outputs and providers cannot be recorded as the bridge answered
+    """Why the step's id, outputs and providers cannot be recorded as the bridge answered
     them ("" if they can)."""
+    if problem := unfit(step_id):
+        return f"the bridge answered stepId '{step_id}': {problem}"
     if not isinstance(outputs, dict) or not isinstance(providers, dict):
         # Taken as {} (or stored as given), the step ran on nothing: a custom step's
         # result, which later steps read, was {}; a channel's message failed for a
@@ -434,12 +436,10 @@ def _shape_fault(step_id: str, outputs: Any, providers: Any) -> str:
     for name, value in (("outputs", outputs), ("providers", providers)):
         # Django reads a step's JSON back recursively, in a request's stack too: 900
         # levels were recorded, and made every page of the activity API that listed the
-        # notification a 500.
-        if nested_deeper(value, MAX_DEPTH):
-            return (
-                f"the bridge answered step '{step_id}' with {name} nested deeper than norm "
-                f"keeps: {TOO_DEEP}"
-            )
+        # notification a 500. A NUL, a lone surrogate or a NaN (which Python's JSON reads)
+        # PostgreSQL's jsonb refuses: the step's INSERT failed, logged as a bug of norm's.
+        if problem := unfit(value):
+            return f"the bridge answered step '{step_id}' with {name} norm cannot keep: {problem}"
     return ""
 
 
