@@ -14,11 +14,20 @@ from django.db import InterfaceError, OperationalError
 
 from config import pipeline
 from notify.models import TriggerEvent
-from tests.conftest import GRACE, MAX_CLAIMS, STALE, DatabaseAway, Enqueued, a_bug, ago
-from tests.factories import NotificationFactory, TriggerEventFactory
+from tests.conftest import (
+    GRACE,
+    MAX_CLAIMS,
+    STALE,
+    DatabaseAway,
+    Enqueued,
+    a_bug,
+    ago,
+    while_held,
+)
+from tests.factories import BridgeSyncFactory, NotificationFactory, TriggerEventFactory
 from workflows import bridge, selectors, tasks
 from workflows.models import Notification, Step
-from workflows.services import fanout, operations, reconciler
+from workflows.services import echo, fanout, operations, reconciler
 from workflows.services.common import GIVEN_UP
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("bug_bounds")]
@@ -254,3 +263,67 @@ def test_an_echo_a_bug_ended_waits_a_grace_period_before_the_reconciler_runs_it_
     Notification.objects.filter(pk=notification.pk).update(updated_at=ago(GRACE + 1))
     reconciler.reconcile()
     assert enqueued.of(pipeline.ECHO) == [(str(notification.pk),)]
+
+
+@pytest.mark.django_db(transaction=True)  # two transactions at once, on real connections
+@pytest.mark.parametrize("max_claims", [MAX_CLAIMS, 1])
+def test_a_bug_in_a_duplicate_echo_on_a_state_another_run_moved_on_from_is_not_counted(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, settings: Any, max_claims: int
+) -> None:
+    """A duplicate echo (a redelivered task, the reconciler's re-send) read the notification
+    before another run recorded its next step, a day's delay, then met a bug: counted on
+    the row as it then was, its reason showed on the notification waiting out the delay,
+    the quiet period the step set (its due time) began again from the bug, and at
+    NORM_MAX_CLAIMS the notification failed under its step, which then never ran."""
+    settings.NORM_MAX_CLAIMS = max_claims
+    delay = {
+        "done": False,
+        "stepId": "wait",
+        "type": "delay",
+        "outputs": {"amount": 1, "unit": "days"},
+    }
+    calls: list[Any] = []
+
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return delay if len(calls) == 1 else a_bug()  # the recording run's, the duplicate's
+
+    monkeypatch.setattr(bridge, "execute", execute)
+    notification = NotificationFactory()
+    # Its flavour known: no sync, whose row the duplicate would wait for before its bug.
+    BridgeSyncFactory(client=notification.client, flavour="norm")
+
+    # The recording run holds its step uncommitted; the duplicate reads the state before
+    # it, meets its bug, and waits for the row to count it.
+    while_held(
+        lambda: tasks.echo_run.apply(args=[str(notification.pk)], throw=True),
+        lambda: tasks.echo_run.apply(args=[str(notification.pk)], throw=True),
+    )
+
+    assert len(calls) == 2
+    notification.refresh_from_db()
+    step = notification.steps.get()
+    assert (notification.status, step.status) == ("running", "scheduled")
+    assert (notification.error, notification.internal_errors) == ("", 0)
+    assert notification.updated_at == step.due_at  # quiet until the step is due
+
+
+def test_a_bug_after_the_echo_counted_a_bridge_down_is_counted(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row moved since the run read it, but by the run itself (the bridge's try
+    counted): the bug still counts. Were it taken for another run's move, each of the
+    reconciler's re-sends could end alike, uncounted, for good."""
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise bridge.BridgeUnavailable("HTTP503", "down for maintenance", status=503)
+
+    monkeypatch.setattr(bridge, "execute", down)
+    monkeypatch.setattr(echo, "_bridge_down_log", a_bug)
+    notification = NotificationFactory()
+
+    echo.echo_run(notification_id=str(notification.pk), final_attempt=False)
+
+    notification.refresh_from_db()
+    assert (notification.bridge_attempts, notification.internal_errors) == (1, 1)
+    assert notification.error.startswith("KeyError: 'stepId'")

@@ -89,22 +89,31 @@ def echo_run(*, notification_id: str, final_attempt: bool = True) -> None:
     position) row, which the unique constraint lets through once.
     Raises BridgeUnavailable for the task to retry unless `final_attempt`.
     """
+    read: list[Notification] = []  # the notification as this run read it, once it has
     # A bug (in norm, or an answer it did not foresee): recorded, failed at NORM_MAX_CLAIMS.
     with pipeline.bugs_recorded(
-        lambda exc: _echo_internal_error(notification_id=notification_id, exc=exc),
+        lambda exc: _echo_internal_error(notification_id=notification_id, exc=exc, read=read),
         "the echo of notification",
         notification_id,
         logger,
         passes=(bridge.BridgeUnavailable,),  # the task's own retries
     ):
-        _echo(notification_id=notification_id, final_attempt=final_attempt)
+        _echo(notification_id=notification_id, final_attempt=final_attempt, read=read)
 
 
-def _echo_internal_error(*, notification_id: str, exc: Exception) -> None:
+def _echo_internal_error(*, notification_id: str, exc: Exception, read: list[Notification]) -> None:
     reason = internal_error_text(exc)
     active = Notification.objects.filter(pk=notification_id, status__in=ACTIVE)
+    # A bug on this run's read counts only while the row has not moved since (see `_echo`):
+    # a duplicate echo's, after another run recorded the next step, put its reason on the
+    # notification waiting for that step, began its quiet period again, and could fail it
+    # under the step at NORM_MAX_CLAIMS.
+    counted = active.filter(updated_at=read[0].updated_at) if read else active
     # As a transient bridge failure: the reason shown, the reconciler's grace from now.
-    active.update(internal_errors=F("internal_errors") + 1, error=reason, updated_at=timezone.now())
+    if not counted.update(
+        internal_errors=F("internal_errors") + 1, error=reason, updated_at=timezone.now()
+    ):
+        return
     if active.filter(internal_errors__gte=settings.NORM_MAX_CLAIMS).exists():
         notification_fail(
             notification_id=notification_id,
@@ -113,14 +122,15 @@ def _echo_internal_error(*, notification_id: str, exc: Exception) -> None:
         )
 
 
-def _echo(*, notification_id: str, final_attempt: bool) -> None:
-    """`echo_run`, its unexpected errors aside."""
+def _echo(*, notification_id: str, final_attempt: bool, read: list[Notification]) -> None:
+    """`echo_run`, its unexpected errors aside; the notification it reads put in `read`."""
     notification = _notification_to_echo(notification_id)
     if notification is None:
         # Deleted with its subscriber (or client) since its echo was sent: an expected
         # race with nothing to mend, as a step's send whose subscriber went ends quietly.
         logger.info("echo: notification %s is gone", notification_id)
         return
+    read.append(notification)
     if notification.status in Notification.FINAL:
         return
     if notification.trigger_event.canceled_at is not None:
@@ -233,6 +243,8 @@ def _bridge_answer(
         counted = Notification.objects.filter(
             pk=notification.pk, updated_at=notification.updated_at
         ).update(bridge_attempts=F("bridge_attempts") + 1, error=str(exc), updated_at=now)
+        if counted:
+            notification.updated_at = now  # this run's own move: a bug after it still counts
         if not final_attempt:
             _bridge_down_log(notification, exc)
             raise
