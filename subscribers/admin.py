@@ -332,6 +332,18 @@ class TopicSubscriptionAdmin(KeySearch, DeletedMeanwhileAdmin):
     def client(self, subscription: TopicSubscription) -> str:
         return str(subscription.topic.client)
 
+    # Each topic's chosen members removed in a transaction of its own, the topic locked
+    # first, as an unsubscribe removes them. Django's one DELETE of them by their ids
+    # locked them in that order, an unsubscribe or a topic's delete in its index's: each
+    # held one the other wanted next, and PostgreSQL failed one of them (a 503 or a 500).
+    # A member's own delete page deletes one row, holding no other while it waits.
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TopicSubscription]) -> None:
+        chosen: dict[int, list[int]] = {}
+        for topic_id, pk in queryset.order_by("topic_id", "pk").values_list("topic_id", "pk"):
+            chosen.setdefault(topic_id, []).append(pk)
+        for topic_id, pks in chosen.items():
+            services.topic_subscriptions_delete(topic_id=topic_id, subscription_ids=pks)
+
     def save_model(
         self, request: HttpRequest, obj: TopicSubscription, form: Any, change: bool
     ) -> None:

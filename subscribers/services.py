@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -759,3 +759,15 @@ def topic_unsubscribe(
                 removed.setdefault(member.pk, member)
         TopicSubscription.objects.filter(topic=topic, subscriber__in=removed).delete()
     return list(removed.values()), unknown
+
+
+def topic_subscriptions_delete(*, topic_id: int, subscription_ids: Iterable[int]) -> None:
+    """Delete these subscriptions of a topic (the admin's delete action), the topic locked
+    first as topic_unsubscribe locks it; none if the topic was deleted meanwhile, with
+    them. By their ids, as chosen: topic_unsubscribe finds only the client's subscribers."""
+    with transaction.atomic():
+        try:
+            _lock_or_gone(Topic.objects.filter(pk=topic_id))
+        except Topic.DoesNotExist:
+            return
+        TopicSubscription.objects.filter(topic_id=topic_id, pk__in=subscription_ids).delete()

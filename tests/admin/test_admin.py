@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from notify.selectors import client_by_api_key
 from notify.services import secret_key_create
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import ago, while_held
+from tests.conftest import InThread, ago, held, lock_waiters, while_held
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -33,6 +34,7 @@ from tests.factories import (
     StepFactory,
     SubscriberFactory,
     TriggerEventFactory,
+    api_for,
     client_with_key,
     novu_py_for,
 )
@@ -1778,6 +1780,82 @@ def test_a_member_added_in_the_admin_while_its_topic_or_subscriber_is_deleted(
     page = admin_client.get(response.url).content.decode()
     assert f"{deleted.title()} with ID “{pk}” doesn’t exist. Perhaps it was deleted?" in page
     assert not type(gone).objects.exists() and not TopicSubscription.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_members_deleted_in_the_admin_while_the_api_unsubscribes_them_are_deleted(
+    admin_client,
+) -> None:
+    """The admin's delete action was Django's: one DELETE of the chosen memberships by
+    their ids, locking them in that order (the primary key's, for a large table), with
+    no lock of their topic; an unsubscribe of some of them locks them in its index's
+    order. Each held one the other wanted next, and PostgreSQL failed one of them (the
+    unsubscribe's 503, or the admin's 500). The admin now removes them as the API
+    unsubscribes them, the topic locked first: the unsubscribe waits for it."""
+    client, key = client_with_key()
+    ann, bob, cid, dan = (
+        SubscriberFactory(client=client, subscriber_id=n) for n in ("ann", "bob", "cid", "dan")
+    )
+    topic = Topic.objects.create(client=client, key="news")
+    for member in ("bob", "cid", "ann", "dan"):  # ann's the last chosen by id
+        services.topic_subscribe(topic=topic, subscriber_ids=[member])
+    rows = TopicSubscription.objects.exclude(subscriber=dan).order_by("pk")  # dan's stays
+    assert [row.subscriber for row in rows] == [bob, cid, ann]
+    # The unsubscribe reads them by subscriber (a large topic's plan, by the unique
+    # index): so too by the (topic, created_at, subscriber) index a small one's reads.
+    rows.update(created_at=timezone.now())
+    release = threading.Event()
+    holder = held(rows.filter(subscriber=cid), release)
+
+    def delete() -> Any:
+        with connection.cursor() as cursor:  # the plans of a large table, and of two members
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+        body = {"action": "delete_selected", "_selected_action": [r.pk for r in rows]}
+        url = reverse("admin:subscribers_topicsubscription_changelist")
+        return admin_client.post(url, body | {"post": "yes"})
+
+    def unsubscribe() -> Any:
+        with connection.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+        body = {"subscriptions": ["ann", "bob"]}
+        return api_for(key).delete("/v2/topics/news/subscriptions", body, format="json")
+
+    deleting = InThread(delete)  # holds bob's (now the topic too), waits for cid's
+    lock_waiters(1, deleting)
+    unsubscribing = InThread(unsubscribe)
+    lock_waiters(2, deleting, unsubscribing)  # held ann's, waited for bob's; now the topic
+    release.set()  # the admin's delete goes on to ann's
+    holder.join()
+    unsubscribed = unsubscribing.join()
+    deleted = deleting.join()
+
+    assert deleted.status_code == 302, deleted.content
+    # It found them removed: the 400 of an unsubscribe of no member, as a moment later.
+    assert unsubscribed.status_code == 400, unsubscribed.content
+    assert list(topic.subscribers.all()) == [dan]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_members_deleted_in_the_admin_while_their_topic_is_deleted_go_with_it(
+    admin_client,
+) -> None:
+    """The admin's delete waits for the topic the API's delete holds, and finds it gone
+    with its members: the delete is answered as done."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    topic = Topic.objects.create(client=ann.client, key="news")
+    services.topic_subscribe(topic=topic, subscriber_ids=["ann"])
+    body = {"action": "delete_selected", "_selected_action": [TopicSubscription.objects.get().pk]}
+    url = reverse("admin:subscribers_topicsubscription_changelist")
+
+    _, response = while_held(
+        lambda: services.topic_delete(topic=topic),
+        lambda: admin_client.post(url, body | {"post": "yes"}),
+    )
+
+    assert response.status_code == 302
+    assert not Topic.objects.exists() and not TopicSubscription.objects.exists()
 
 
 def test_a_members_identifier_and_name_are_shown_and_given_on_add_as_a_subscribe_gives_them(
