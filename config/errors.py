@@ -208,19 +208,6 @@ def _known_cause(exc: Exception, request: Any, path: str) -> Exception:
         exc = revoked_key()
     if isinstance(exc, Http404):
         exc = ApiError(404, "not_found", "Not found")
-    if isinstance(exc, exceptions.UnsupportedMediaType) and request is not None:
-        media_type = request.content_type
-        if str(exc.detail) == exceptions.UnsupportedMediaType.default_detail.format(
-            media_type=media_type
-        ):
-            # No parser took the body: curl's -d without a Content-Type sends it as a
-            # form, and DRF's "Unsupported media type" said nothing of what norm reads.
-            exc = ApiError(
-                415,
-                "unsupported_media_type",
-                f"The body's Content-Type is {media_type!r}: norm reads JSON alone; send "
-                "the header Content-Type: application/json",
-            )
     if isinstance(exc, RequestDataTooBig):  # a body read before the parser saw it
         exc = body_too_large()
     elif isinstance(exc, TooManyFieldsSent):

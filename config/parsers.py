@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from rest_framework import parsers
+from rest_framework import negotiation, parsers
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 
 from config.db import UNSTORABLE
-from config.errors import body_too_large
+from config.errors import ApiError, body_too_large
 
 # Every stage after the API walks a body recursively (storing it, signing it for the
 # bridge, norm's SDK, which refuses an execute body nested deeper than 200 levels), and
@@ -93,6 +93,23 @@ def _is_utf8(encoding: str) -> bool:
         return codecs.lookup(encoding).name == "utf-8"
     except LookupError:
         return False
+
+
+class JsonOnly(negotiation.DefaultContentNegotiation):
+    """DRF's negotiation, answering in norm's words where no parser takes the body: curl's
+    -d without a Content-Type sends it as a form, and DRF's "Unsupported media type" said
+    nothing of what norm reads."""
+
+    def select_parser(self, request: Any, parsers: Any) -> Any:
+        parser = super().select_parser(request, parsers)
+        if parser is None:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"The body's Content-Type is {request.content_type!r}: norm reads JSON alone; "
+                "send the header Content-Type: application/json",
+            )
+        return parser
 
 
 class JSONParser(parsers.JSONParser):
