@@ -19,7 +19,9 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Client, str] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
-            raise NotAuthenticated("Unauthorized: API key missing")
+            raise NotAuthenticated(
+                "Unauthorized: API key missing; send 'Authorization: ApiKey <key>'"
+            )
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "apikey" or not key.strip():
             raise AuthenticationFailed("Unauthorized: use 'Authorization: ApiKey <key>'")

@@ -130,7 +130,8 @@ def test_the_authorization_header_is_read_as_novus_clients_write_it() -> None:
     assert answer(f"ApiKey {key}")[0] == 400
     assert answer(f"apikey {key}")[0] == 400
     assert answer(f"APIKEY  {key} ")[0] == 400
-    assert answer(None) == (401, "not_authenticated", "Unauthorized: API key missing")
+    missing = "Unauthorized: API key missing; send 'Authorization: ApiKey <key>'"
+    assert answer(None) == (401, "not_authenticated", missing)
     wrong_form = (401, "authentication_failed", "Unauthorized: use 'Authorization: ApiKey <key>'")
     assert answer(f"Bearer {key}") == wrong_form
     assert answer(key) == wrong_form
