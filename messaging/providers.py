@@ -725,6 +725,12 @@ class DjangoEmailProvider(Provider):
                 f"SMTP connection failed: {exc} (check EMAIL_HOST and EMAIL_PORT)",
                 transient=True,
             ) from exc
+        except socket.gaierror as exc:
+            # A name that does not resolve: a typo in the settings as often as a resolver
+            # down, which is why it is tried again.
+            raise SendError(
+                f"SMTP connection failed: {exc} (check EMAIL_HOST)", transient=True
+            ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP connection failed: {exc}", transient=True) from exc
         except ValueError as exc:  # a newline in a header, an address Django refuses

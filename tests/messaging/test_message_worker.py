@@ -1070,6 +1070,21 @@ def test_an_smtp_address_nothing_listens_at_is_a_reason_naming_the_settings(
     )
 
 
+def test_an_smtp_host_that_does_not_resolve_is_a_reason_naming_the_setting(
+    send: Callable[[Step], Step], settings: Any
+) -> None:
+    """A typo in EMAIL_HOST: the reason said "[Errno -2] Name or service not known", and
+    not which setting holds the name. Tried again: a resolver down looks the same."""
+    settings.EMAIL_BACKEND = SMTP
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "no-such-host.invalid", 25  # RFC 2606
+
+    step = send(email_step())
+
+    assert step.status == Step.Status.SCHEDULED
+    assert step.error.startswith("SMTP connection failed: [Errno ")
+    assert step.error.endswith(" (check EMAIL_HOST)")
+
+
 def test_transient_smtp_failure_reschedules_with_backoff_then_fails(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
