@@ -8,6 +8,8 @@ and used by a Python that has that folder and the venv's site-packages, but not 
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import shutil
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from workflows.sdk import SDK_VERSION
 
@@ -153,10 +156,31 @@ def test_the_core_requires_neither_django_nor_the_server(wheel: Path) -> None:
     # The same ranges as norm's, which runs this code and tests it with them.
     with (ROOT / "pyproject.toml").open("rb") as file:
         server = [Requirement(line) for line in tomllib.load(file)["project"]["dependencies"]]
-    assert core == {r.name: str(r.specifier) for r in server if r.name in ("jsonschema", "regress")}
+    assert core == {r.name: str(r.specifier) for r in server if r.name in core}
+    assert set(core) == {"jsonschema", "referencing", "regress"}
     assert extras == {("django", 'extra == "django"'), ("pydantic", 'extra == "pydantic"')}
     assert metadata["Name"] == "norm-sdk"
     assert metadata["Version"] == SDK_VERSION
+
+
+def test_the_wheel_requires_each_library_the_sdk_imports_and_no_other(wheel: Path) -> None:
+    """`referencing` (a schema's `$ref`) was imported and not required: an application got
+    it only as long as jsonschema happened to require it, at a range the SDK never chose."""
+    imported = set()
+    for module in SDK.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    needed = {
+        canonicalize_name(name)
+        for module in imported - sys.stdlib_module_names
+        for name in distributions[module]
+    }
+    required = [Requirement(line) for line in _metadata(wheel).get_all("Requires-Dist")]
+    assert {canonicalize_name(r.name) for r in required} == needed
 
 
 def test_an_application_without_norm_serves_a_signed_bridge(wheel: Path, tmp_path: Path) -> None:

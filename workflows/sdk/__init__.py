@@ -1,8 +1,8 @@
 """norm's Python workflow SDK: declare workflows as code and serve them on a bridge.
 
-The core needs only `jsonschema` (its `format`s are checked by norm's own port of
-Novu's ajv-formats) and `regress` (a `pattern` matched as JavaScript matches it), and
-`pydantic` if models are used as schemas; the Django adapter lives in `.django`. An
+The core needs only `jsonschema` and its `referencing` (its `format`s are checked by
+norm's own port of Novu's ajv-formats) and `regress` (a `pattern` matched as JavaScript
+matches it), and `pydantic` if models are used as schemas; the Django adapter lives in `.django`. An
 application installs this folder as the `norm-sdk` distribution (its pyproject.toml) and
 imports `norm_sdk` and `norm_sdk.django`; inside norm it is `workflows.sdk`.
 """
