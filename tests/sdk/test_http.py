@@ -222,6 +222,14 @@ async def _override(outputs: dict[str, Any]) -> dict[str, Any]:
     return {"headers": {"X-Subject": outputs["subject"]}}
 
 
+async def _never_streamed() -> Any:
+    yield False
+
+
+def _content_generated() -> Any:
+    yield {"subject": "s", "body": "b"}
+
+
 @pytest.mark.parametrize(
     ("declared", "what"),
     [
@@ -231,6 +239,11 @@ async def _override(outputs: dict[str, Any]) -> dict[str, Any]:
             {"resolver": lambda: {"subject": "s", "body": "b"}, "providers": {"ses": _override}},
             "provider override `ses`",
         ),
+        (
+            {"resolver": lambda: {"subject": "s", "body": "b"}, "skip": _never_streamed},
+            "skip condition",
+        ),
+        ({"resolver": _content_generated}, "resolver"),
     ],
 )
 def test_an_async_resolver_skip_or_provider_is_a_step_execution_failure(
@@ -239,7 +252,9 @@ def test_an_async_resolver_skip_or_provider_is_a_step_execution_failure(
     """An async skip condition returned a coroutine, which is truthy: every email was
     skipped, silently. An async resolver or provider override was a 500 BridgeError
     ("cannot pickle 'coroutine' object"), retried to no avail. The SDK awaits nothing:
-    each is now the 502 of a step's own code failing, saying why."""
+    each is now the 502 of a step's own code failing, saying why. So is one that yields
+    (an `async def` skip condition with a `yield` skipped every email too, and a generator
+    resolver's outputs were "invalid: cannot pickle 'generator' object")."""
 
     @workflow("async-parts")
     def async_parts(ctx: Context) -> None:
@@ -254,9 +269,12 @@ def test_an_async_resolver_skip_or_provider_is_a_step_execution_failure(
             raw,
         )
     assert (status, body["code"]) == (502, "StepExecutionFailedError")
-    assert body["message"].startswith(
-        f"Failed to execute Step with id: `email`: its {what} returned a coroutine"
+    assert body["message"].startswith(f"Failed to execute Step with id: `email`: its {what} ")
+    assert any(
+        f"returned {kind} (is it async" in body["message"]
+        for kind in ("a coroutine", "an async_generator", "a generator")
     )
+    assert "must be plain functions" in body["message"]
 
 
 def test_a_value_json_cannot_write_is_refused_where_it_is_declared_not_at_discover() -> None:

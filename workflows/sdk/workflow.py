@@ -143,15 +143,17 @@ class _Misused(TypeError):
 
 
 def _not_awaitable(value: Any, what: str) -> Any:
-    """`value`, unless an async function returned it: the SDK awaits nothing, and a
-    coroutine is truthy (an async skip condition skipped every message) and no output."""
-    if inspect.isawaitable(value):
-        if inspect.iscoroutine(value):
+    """`value`, unless an async function or a generator returned it: the SDK awaits and
+    iterates nothing, and a coroutine or generator is truthy (an async skip condition, or
+    one that yields, skipped every message) and no output."""
+    if inspect.isawaitable(value) or inspect.isgenerator(value) or inspect.isasyncgen(value):
+        if inspect.iscoroutine(value) or inspect.isgenerator(value):
             value.close()  # no "never awaited" warning on top of the error
+        kind = type(value).__name__
         raise _Misused(
-            f"its {what} returned a {type(value).__name__} (is it async?), which the SDK "
-            "does not await: resolvers, skip conditions and provider overrides must be "
-            "plain functions"
+            f"its {what} returned {'an' if kind.startswith('a') else 'a'} {kind} (is it "
+            "async, or does it yield?), which the SDK does not run: resolvers, skip "
+            "conditions and provider overrides must be plain functions"
         )
     return value
 
