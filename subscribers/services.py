@@ -394,6 +394,11 @@ def subscriber_update(*, subscriber: Subscriber, values: dict[str, Any]) -> Subs
         # Read again under the lock: a write committed meanwhile (which this one waited
         # for) was answered undone, its fields as they were before it.
         subscriber.refresh_from_db(from_queryset=Subscriber.objects.select_for_update(no_key=True))
+        if values.get("subscriber_id", subscriber.subscriber_id) != subscriber.subscriber_id:
+            # Renamed (the admin): an event that reached it by its old id no longer finds
+            # it so, and its rerun (for another recipient's command lost) made the old id
+            # anew from `to` and sent it the workflow a second time.
+            fan_outs_forget(subscriber=subscriber, renamed=True)
         for key, value in values.items():
             setattr(subscriber, key, ({} if key == "data" else "") if value is None else value)
         subscriber.save(update_fields=[*values, "updated_at"])

@@ -379,6 +379,44 @@ def test_a_subscriber_deleted_is_not_created_again_by_a_fan_out_rerun_for_a_lost
     assert Notification.objects.get().subscriber.subscriber_id == "bob"
 
 
+def test_a_subscriber_renamed_in_the_admin_is_not_made_anew_by_a_fan_out_rerun(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    settings: Any,
+    admin_client: Any,
+) -> None:
+    """ann's subscriberId is changed in the admin after the trigger reached it, and a
+    command for another recipient was lost with the broker: the reconciler's rerun found
+    no notification for a subscriber "ann", made ann anew from the trigger's inline
+    attributes (the same address) and sent it the workflow a second time."""
+    fake_bridge.steps = [INBOX]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}, "bob"])
+    drain(until=pipeline.SUBSCRIBER)
+    lost = [c for c in enqueued.calls if c[1][1] == {"subscriberId": "bob"}]
+    enqueued.calls.remove(lost[0])  # bob's command, lost with the broker
+    drain()
+    ann = Subscriber.objects.get(subscriber_id="ann")
+    fields = ["email", "first_name", "last_name", "phone", "avatar", "locale", "timezone"]
+    form = {field: getattr(ann, field) or "" for field in fields}
+
+    response = admin_client.post(
+        f"/admin/subscribers/subscriber/{ann.pk}/change/",
+        {**form, "subscriber_id": "ann-2024", "data": "{}"},
+    )
+    assert response.status_code == 302
+    reconcile_after_the_grace(settings)
+    drain()
+
+    assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["ann"] * 2 + ["bob"] * 2
+    assert sorted(Subscriber.objects.values_list("subscriber_id", flat=True)) == ["ann-2024", "bob"]
+    event = TriggerEvent.objects.get()
+    assert (event.status, event.recipients, event.refanned) == ("processed", 2, 1)
+    assert event.forgotten == ["ann"]
+
+
 def test_a_subscriber_deleted_while_its_trigger_is_still_fanned_out_is_not_created_again(
     keyed: tuple[Client, str],
     trigger: Callable[..., None],

@@ -450,14 +450,16 @@ def _notifications_insert(
     return len(pending)
 
 
-def fan_outs_forget(*, subscriber: Subscriber) -> None:
+def fan_outs_forget(*, subscriber: Subscriber, renamed: bool = False) -> None:
     """Count a subscriber about to be deleted (with its notifications) out of the
     recipients of the events that reached it and that the reconciler still checks: it
     would take the notification's absence for a command lost with the broker and fan out
     again, creating a deleted subscriber named in `to` anew and sending it the workflow a
     second time. Each event also remembers it as forgotten: a command for another
     recipient lost for real has the event fanned out again, which must pass it by too.
-    Call it in the transaction that deletes the subscriber."""
+    Call it in the transaction that deletes the subscriber. `renamed`: about to take
+    another subscriberId instead, its notifications kept (and counted): only its old id
+    is remembered, for a rerun to pass by."""
     events = list(
         # No key update: a chunk inserting this event's notifications (which locks it
         # for key share) is not waited for. In id order: two deletes never cross.
@@ -484,6 +486,6 @@ def fan_outs_forget(*, subscriber: Subscriber) -> None:
         held.setdefault(tuple(event.forgotten), []).append(event.pk)
     for forgotten, pks in held.items():
         TriggerEvent.objects.filter(pk__in=pks).update(
-            recipients=Greatest(F("recipients") - 1, 0),
+            recipients=F("recipients") if renamed else Greatest(F("recipients") - 1, 0),
             forgotten=[*forgotten, subscriber.subscriber_id],
         )
