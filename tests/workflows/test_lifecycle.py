@@ -26,7 +26,7 @@ from tests.factories import (
     NotificationFactory,
     api_for,
 )
-from tests.workflows.conftest import INBOX, Capture, FakeBridge, delay_over, run_task
+from tests.workflows.conftest import INBOX, WAIT, Capture, FakeBridge, delay_over, run_task
 from workflows import tasks as workflow_tasks
 from workflows.models import Notification, Step
 from workflows.services import bookkeeping, echo, operations
@@ -451,6 +451,39 @@ def test_a_subscriber_deleted_while_its_trigger_is_still_fanned_out_is_not_creat
     assert [c["subscriber"]["subscriberId"] for c in fake_bridge.calls] == ["bob"] * 2
     event = TriggerEvent.objects.get()
     assert (event.status, event.recipients, event.forgotten) == ("processed", 1, ["ann"])
+
+
+def test_an_address_changed_during_a_delay_is_the_one_the_bridge_sees_and_the_email_goes_to(
+    keyed: tuple[Client, str],
+    trigger: Callable[..., None],
+    drain: Callable[..., None],
+    enqueued: Enqueued,
+    fake_bridge: FakeBridge,
+    settings: Any,
+) -> None:
+    """As README says (work in flight follows the subscriber as it is now): the address
+    the API gives the subscriber while its notification waits is the one the next call to
+    the bridge carries and the one the email goes to, recorded on its message."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    fake_bridge.steps = [WAIT, MAIL]
+    trigger([{"subscriberId": "ann", "email": "ann@example.com"}])
+    drain()
+
+    response = api_for(keyed[1]).patch(
+        "/v2/subscribers/ann", {"email": "ann@new.example"}, format="json"
+    )
+    assert response.status_code == 200
+    delay_over(enqueued)
+    drain()
+
+    assert [c["subscriber"]["email"] for c in fake_bridge.calls] == [
+        "ann@example.com",
+        "ann@new.example",
+        "ann@new.example",
+    ]
+    assert [m.to for m in mail.outbox] == [["ann@new.example"]]
+    assert Message.objects.get().recipient == "ann@new.example"
+    assert Notification.objects.get().status == Notification.Status.COMPLETED
 
 
 REMINDER = {"stepId": "reminder", "type": "email", "outputs": {"subject": "Still", "body": "Hi"}}
