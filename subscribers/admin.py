@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -97,6 +98,11 @@ def _memberships(
     return members, set()
 
 
+class TakenMeanwhile(Exception):
+    """A save refused by the unique (client, id or key) of a row committed after the form
+    checked it (a trigger's subscriber command, an API create)."""
+
+
 class SavedAsTheApiSavesIt(DeletedMeanwhileAdmin):
     """A change saved through the model's update service, which locks the row as its
     delete does. Django's save updated a row a delete held, found it gone, and inserted
@@ -106,11 +112,30 @@ class SavedAsTheApiSavesIt(DeletedMeanwhileAdmin):
     def update(self, obj: Any, values: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except TakenMeanwhile:
+            # Rolled back (a 500, as it was). Checked again, the form finds the row now
+            # committed and says so, with what was typed; a second refusal is raised.
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        if not change:
-            super().save_model(request, obj, form, change)
-        else:
-            self.update(obj, {field: getattr(obj, field) for field in form.changed_data})
+        try:
+            if not change:
+                super().save_model(request, obj, form, change)
+            else:
+                self.update(obj, {field: getattr(obj, field) for field in form.changed_data})
+        except IntegrityError as exc:
+            # The unique index waited for the other insert's commit; the form's check ran
+            # before it. A foreign key's refusal comes at commit, not here.
+            raise TakenMeanwhile from exc
 
 
 @admin.register(Subscriber)

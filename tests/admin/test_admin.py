@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 import warnings
@@ -2497,3 +2498,40 @@ def test_the_user_pages_take_the_escaped_help_texts_too(admin_client, admin_user
     response = admin_client.get(reverse(page, args=args))
     assert response.status_code == 200
     assert "Letters, digits and @/./+/-/_ only." in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model", ["subscriber", "topic"])
+@pytest.mark.parametrize("view", ["add", "change"])
+def test_an_id_or_key_taken_while_the_admin_saves_it_is_a_form_error(
+    admin_client, model: str, view: str
+) -> None:
+    """The form's check passed before a trigger's subscriber command (or an API create)
+    committed the same id, whose unique index then refused the save: an IntegrityError,
+    a 500. The page is now answered as when the row was there before, with the form."""
+    ann = SubscriberFactory(subscriber_id="ann")
+    client = ann.client
+    rows: Any = Subscriber.objects if model == "subscriber" else Topic.objects
+    if model == "subscriber":
+        obj: Any = ann
+        take = lambda: SubscriberFactory(client=client, subscriber_id="bob")  # noqa: E731
+        body = {"subscriber_id": "bob", "email": "", "data": "{}"}
+    else:
+        obj = Topic.objects.create(client=client, key="news")
+        take = lambda: Topic.objects.create(client=client, key="bob")  # noqa: E731
+        body = {"key": "bob", "name": ""}
+    url = _url(obj, "change")
+    if view == "add":
+        url = reverse(f"admin:subscribers_{model}_add")
+        body |= {"client": client.pk}
+
+    taken, response = while_held(take, lambda: admin_client.post(url, body))
+
+    assert response.status_code == 200
+    page = unescape(response.content.decode())
+    assert re.search(r"<ul class=\"errorlist[^>]*>\s*<li>[^<]*already", page), page
+    assert 'value="bob"' in page
+    field = "subscriber_id" if model == "subscriber" else "key"
+    assert list(rows.filter(**{field: "bob"}).values_list("pk", flat=True)) == [taken.pk]
+    obj.refresh_from_db()
+    assert getattr(obj, field) in ("ann", "news")
