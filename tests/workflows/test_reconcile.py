@@ -16,7 +16,13 @@ from notify.models import TriggerEvent
 from subscribers import services as subscriber_services
 from subscribers.models import Subscriber
 from tests.conftest import DatabaseAway, Enqueued, ago
-from tests.factories import NotificationFactory, StepFactory, TriggerEventFactory
+from tests.factories import (
+    ClientFactory,
+    NotificationFactory,
+    StepFactory,
+    SubscriberFactory,
+    TriggerEventFactory,
+)
 from workflows import bridge, tasks
 from workflows.models import Notification, Step
 from workflows.services import bookkeeping, common, echo, fanout, operations, reconciler
@@ -809,6 +815,50 @@ def test_the_hour_a_fan_out_is_checked_in_runs_from_when_it_ran(enqueued: Enqueu
     assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
     event.refresh_from_db()
     assert (event.status, event.refanned) == (TriggerEvent.Status.RECEIVED, 1)
+
+
+@pytest.mark.parametrize(
+    ("checked", "skewed"),
+    [(3600 - 10, "delete"), (3600 + 10, "reconcile")],
+    ids=["web-host-ahead", "reconciling-worker-behind"],
+)
+def test_a_subscriber_deleted_as_its_events_hour_of_checks_ends_is_not_fanned_out_to_again(
+    enqueued: Enqueued, monkeypatch: pytest.MonkeyPatch, checked: float, skewed: str
+) -> None:
+    """A subscriber's delete counts it out of the events the reconciler still checks, and
+    each read the event's hour on its own host's clock. The web host's 30 s ahead of the
+    reconciling worker's, a delete within 30 s of an event's hour's end found it over and
+    did not count ann out, while the reconciler still checked it: ann's notification gone
+    with her, it found the event short and fanned it out again, made ann anew and sent
+    her the workflow a second time."""
+    client = ClientFactory()
+    ann = SubscriberFactory(client=client, subscriber_id="ann")
+    bob = SubscriberFactory(client=client, subscriber_id="bob")
+    event = TriggerEventFactory(
+        client=client, to=["ann", "bob"], status=TriggerEvent.Status.PROCESSED, recipients=2
+    )
+    for subscriber in (ann, bob):
+        NotificationFactory(trigger_event=event, subscriber=subscriber)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        created_at=ago(checked + 5),
+        claimed_at=ago(checked),
+        processed_at=ago(checked),
+        recheck_from=ago(checked),
+    )
+    Notification.objects.update(created_at=ago(checked))
+    true_now = timezone.now
+
+    def on_clock(seconds: float) -> None:  # this process's clock, `seconds` off
+        monkeypatch.setattr(timezone, "now", lambda: true_now() + timedelta(seconds=seconds))
+
+    on_clock(30 if skewed == "delete" else 0)
+    subscriber_services.subscriber_delete(subscriber=ann)
+    on_clock(-30 if skewed == "reconcile" else 0)
+    tasks.reconcile()
+
+    assert enqueued.of(pipeline.WORKFLOW) == []
+    event.refresh_from_db()
+    assert (event.status, event.refanned) == (TriggerEvent.Status.PROCESSED, 0)
 
 
 def _short_fan_out(*, claimed: float, last_created: float, refanned: int = 0) -> TriggerEvent:

@@ -30,7 +30,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 from config import pipeline
@@ -468,7 +468,10 @@ def fan_outs_forget(*, subscriber: Subscriber, renamed: bool = False) -> None:
             pk__in=Notification.objects.filter(subscriber=subscriber).values("trigger_event_id"),
         )
         .filter(
-            Q(recheck_from__gt=timezone.now() - FANOUT_RECHECK)
+            # On the database's clock, as the reconciler reads the window: on this web
+            # host's, a few seconds ahead of the reconciler's, an event in the window's
+            # last seconds was passed by here and fanned out again there.
+            Q(recheck_from__gt=Now() - FANOUT_RECHECK)
             # Still being fanned out (its count, written when that ends, will hold this
             # recipient) or waiting for a rerun: the run must pass it by.
             | Q(status__in=(TriggerEvent.Status.RECEIVED, TriggerEvent.Status.PROCESSING))

@@ -14,7 +14,7 @@ from functools import reduce
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -210,6 +210,14 @@ def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[int, int]
     return given_up_events, released_events
 
 
+def _database_now() -> datetime:
+    """The database's clock, which every host's writes and reads meet on."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT STATEMENT_TIMESTAMP()")
+        now: datetime = cursor.fetchone()[0]
+    return now
+
+
 def _short_fan_outs_release(*, now: datetime, grace: timedelta, rooms: dict[str, int]) -> None:
     """Let go of the processed events whose fan-out came up short, for a rerun, once their
     commands' queue is empty; while it is not, keep their check's window open."""
@@ -225,7 +233,12 @@ def _short_fan_outs_release(*, now: datetime, grace: timedelta, rooms: dict[str,
         TriggerEvent.objects.filter(
             status=TriggerEvent.Status.PROCESSED,
             canceled_at__isnull=True,
-            recheck_from__gt=now - FANOUT_RECHECK,
+            # On the database's clock, as a subscriber's delete reads the window
+            # (fan_outs_forget): on this worker's, seconds behind the web host's, an event
+            # the delete found past its hour was still checked here, short of the deleted
+            # recipient, and fanned out to it again. Read first, a constant, not Now(): the
+            # planner knows how few events are within a time, not within a function's.
+            recheck_from__gt=_database_now() - FANOUT_RECHECK,
         )
         .alias(reached=Coalesce(Subquery(reached), 0))
         .filter(reached__lt=F("recipients"))
