@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.beat import PersistentScheduler
 from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.utils.time import maybe_make_aware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -110,6 +111,24 @@ class BeatScheduler(PersistentScheduler):
     def setup_schedule(self) -> None:
         Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
         super().setup_schedule()
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Celery's tick, but an entry last run later than now (the clock stepped back
+        past it, by NTP) counts its interval from now. Celery's counted from the last run
+        on the clock before the step, kept in the schedule file across restarts: a clock
+        set back an hour sent no reconcile for an hour, and with it no long delay, send
+        retry or lost work."""
+        now = self.app.now()
+        ahead = [
+            entry
+            for entry in self.schedule.values()
+            if entry.last_run_at is not None and maybe_make_aware(entry.last_run_at) > now
+        ]
+        for entry in ahead:
+            entry.last_run_at = now
+        if ahead:
+            self._heap = None  # its times are the old clock's too: built again from these
+        return float(super().tick(*args, **kwargs))
 
 
 @task_prerun.connect

@@ -35,6 +35,35 @@ def test_beat_starts_without_its_var_directory(tmp_path: Path) -> None:
     assert schedule.parent.is_dir()
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
+def test_a_reconcile_is_sent_within_its_interval_after_beats_clock_stepped_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restarted: bool
+) -> None:
+    """Celery counts an entry's next run from its last on the wall clock: beat's host an
+    hour ahead until NTP stepped its clock back, beat sent no reconcile for that hour,
+    restarted or not (the last run's time is kept in the schedule file), and no long
+    delay, send retry or lost work was sent meanwhile."""
+    command = app.Beat(schedule=str(tmp_path / "celerybeat-schedule"))
+    service = beat.Service(
+        app=app, scheduler_cls=command.scheduler_cls, schedule_filename=command.schedule
+    )
+    true_now = app.now
+    monkeypatch.setattr(app, "now", lambda: true_now() + timedelta(hours=1))
+    scheduler = service.get_scheduler()
+    try:
+        assert scheduler.tick() <= settings.NORM_RECONCILE_INTERVAL  # none due yet
+        if restarted:
+            scheduler.sync()
+            scheduler.close()
+        monkeypatch.setattr(app, "now", true_now)  # the clock stepped back
+        if restarted:
+            scheduler = service.get_scheduler()  # from the schedule file
+
+        assert scheduler.tick() <= settings.NORM_RECONCILE_INTERVAL
+    finally:
+        scheduler.close()
+
+
 @pytest.mark.parametrize("ahead", [0, 15, 45])
 def test_a_reconcile_beat_sends_runs_on_a_worker_whose_clock_is_ahead_of_beats(
     ahead: int,
