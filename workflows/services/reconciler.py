@@ -211,7 +211,10 @@ def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[int, int]
 
 
 def _database_now() -> datetime:
-    """The database's clock, which every host's writes and reads meet on."""
+    """The database's clock, which every host's writes and reads meet on. SQLite (the
+    embedded default) has no such function, and no hosts to meet: this process's."""
+    if connection.vendor != "postgresql":
+        return timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT STATEMENT_TIMESTAMP()")
         now: datetime = cursor.fetchone()[0]
