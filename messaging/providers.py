@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
-from django.core.mail.message import sanitize_address
+from django.core.mail.message import sanitize_address, utf8_charset_qp
 from django.core.mail.utils import DNS_NAME
 from django.utils.html import MAX_STRIP_TAGS_DEPTH, MLStripper, long_open_tag_without_closing_re
 from django.utils.module_loading import import_string
@@ -646,8 +646,26 @@ def _email_of(message: Message, content: dict[str, Any], from_email: str, reply_
         # The X-Norm-Message-Id (stored as provider_message_id) opens the Message-ID too.
         headers={"X-Norm-Message-Id": str(message.pk), "Message-ID": _message_id(message)},
     )
-    email.attach_alternative(with_preheader(body, content.get("preheader")), "text/html")
+    html_body = with_preheader(body, content.get("preheader"))
+    email.attach_alternative(html_body, "text/html")
+    if _longer_than_a_line(email.body) or _longer_than_a_line(html_body):
+        email.encoding = utf8_charset_qp  # Django's own, which it picks for a long line
     return email
+
+
+# The line breaks SMTP and Python's email generator know: not str.splitlines' others.
+_WIRE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _longer_than_a_line(text: str) -> bool:
+    """Whether a line of `text` is over the 998 octets SMTP carries. Django encodes such a
+    body as quoted-printable, but finds its lines with str.splitlines, which also breaks
+    at a vertical or form feed, a file separator, NEL or U+2028, all sent as text: 700
+    characters, one of those and 700 more went out on one line, which a server refused
+    (500, the email failed for good) or cut."""
+    return any(
+        len(line.encode("utf-8", "surrogateescape")) > 998 for line in _WIRE_LINE_BREAK.split(text)
+    )
 
 
 class _KeptConnection(threading.local):

@@ -2992,6 +2992,40 @@ def test_a_header_with_a_word_longer_than_a_line_is_sent_on_lines_smtp_carries(
         )
 
 
+@pytest.mark.parametrize("smtputf8", [False, True])
+@pytest.mark.parametrize(
+    "separator",
+    ["", "\x0b", "\x0c", "\x1c", "\x85", "\u2028"],
+    ids=["one line", "vertical tab", "form feed", "file separator", "NEL", "U+2028"],
+)
+def test_a_body_line_longer_than_smtp_carries_is_encoded_onto_shorter_ones(
+    send: Callable[[Step], Step], enqueued: Enqueued, settings: Any, smtputf8: bool, separator: str
+) -> None:
+    """A body line over 998 octets goes out quoted-printable, on lines SMTP carries. Django
+    measured the lines as Python splits them (str.splitlines), at a vertical tab, a form
+    feed or U+2028 too, which SMTP carries as text: a line of 700 characters, one of
+    those, 700 more, went out as it was, on one line of 1,400, which the server refused
+    (500, the email failed for good) or cut."""
+    # Each part of it, split as Python splits it, under 998 octets: 700, then 800.
+    text = f"{'a' * 700}{separator}{'é' * 400}" if separator else "a" * 5000
+    line = f"<p>{text}</p>"
+    recipient = "josé@example.com" if smtputf8 else "ann@example.com"
+    inbox = Inbox()
+    step = email_step(
+        notification__subscriber__email=recipient, outputs={"subject": "Hi", "body": line}
+    )
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=smtputf8):
+        assert (send(step).status, step.error) == (Step.Status.COMPLETED, "")
+
+    [envelope] = inbox.envelopes
+    raw = envelope.original_content
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    sent = message_from_bytes(raw, policy=policy.default)
+    assert sent.get_body(("html",)).get_content() == line
+    plain = sent.get_body(("plain",)).get_content()
+    assert plain.startswith("a" * 700) and plain.endswith(text[-400:])
+
+
 def test_a_servers_long_reply_is_stored_bounded_on_the_message_step_and_notification(
     send: Callable[[Step], Step],
     enqueued: Enqueued,
