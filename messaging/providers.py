@@ -597,6 +597,14 @@ def _sendable(message: Message) -> dict[str, Any]:
             f"the subscriber's email address has a control character ({message.recipient!r:.100})",
             transient=False,
         )
+    if message.recipient.startswith('""@'):
+        # Taken as Novu takes it, but Python's email package writes an empty quoted local
+        # part as none: the email went to "@example.com", no mailbox (or a catch-all's).
+        raise SendError(
+            f"the subscriber's email address has an empty local part ({message.recipient!r:.100}),"
+            " which norm cannot send to",
+            transient=False,
+        )
     content: dict[str, Any] = message.content
     wrong = _email_output_wrong(content)
     if wrong:

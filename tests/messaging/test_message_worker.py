@@ -1822,6 +1822,25 @@ def test_a_control_character_in_the_subscribers_email_fails_the_step_naming_it(
     assert Message.objects.get().status == Message.Status.FAILED
 
 
+def test_a_subscribers_email_of_an_empty_local_part_fails_the_step_unsent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """'""@example.com' passes the subscriber API's check, as it passes Novu's, but
+    Python's email package writes its empty quoted local part as none: the email went
+    to "@example.com" (RCPT TO:<@example.com>, To: @example.com), no mailbox, or one
+    only a server's catch-all for the domain takes, and the reason of a server's refusal
+    named that address, not the subscriber's."""
+    step = send(email_step(notification__subscriber__email='""@example.com'))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert step.error == (
+        "the subscriber's email address has an empty local part ('\"\"@example.com'),"
+        " which norm cannot send to"
+    )
+    assert Message.objects.get().status == Message.Status.FAILED
+
+
 def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
