@@ -128,11 +128,13 @@ def one_line(text: str) -> str:
 _LONGEST_WORD = 900
 
 
-def on_lines(text: str, header: str) -> str:
+def on_lines(text: str, header: str, *, quoted: bool = False) -> str:
     """`header`'s `text`, as encoded words if a word of it is too long for a line: on one
     line, as Django takes a header, each short enough to be folded onto a line of its own
-    (the first after the header's name). Not to be quoted."""
-    if all(len(word) <= _LONGEST_WORD for word in text.split()):
+    (the first after the header's name). Not to be quoted. `quoted`: its words measured
+    as a name's are written, quoted, each quote and backslash doubled ('"' * 600 is a
+    word of 1,200 there)."""
+    if all(len(word) <= _LONGEST_WORD for word in (quote(text) if quoted else text).split()):
         return text
     return " ".join(Header(text, "utf-8", header_name=header).encode().split())
 
@@ -141,7 +143,7 @@ def _names_on_lines(value: str, header: str) -> str:
     """`value` (addresses, with names or not) with each name on_lines writes anew as its
     encoded words, unquoted; as written if none is."""
     found = getaddresses([value])
-    if all(on_lines(name, header) == name for name, _ in found):
+    if all(on_lines(name, header, quoted=True) == name for name, _ in found):
         return value
     return ", ".join(_named(name, address, header) for name, address in found)
 
@@ -149,7 +151,7 @@ def _names_on_lines(value: str, header: str) -> str:
 def _named(name: str, address: str, header: str) -> str:
     if not name:
         return address
-    encoded = on_lines(name, header)
+    encoded = on_lines(name, header, quoted=True)
     if encoded == name and not name.isascii():
         # As Django writes it: raw beside another's encoded words, the generator wrote
         # the whole header as encoded words, its addresses too, which no client reads.

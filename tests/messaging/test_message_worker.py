@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email import message_from_bytes, message_from_string, policy
 from email.header import decode_header, make_header
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses, parseaddr, quote
 from typing import Any
 
 import pytest
@@ -3009,6 +3009,45 @@ def test_a_header_with_a_word_longer_than_a_line_is_sent_on_lines_smtp_carries(
             f"Orders {LINK}",
             "norm@localhost",
         )
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("from", '"' * 600),
+        ("from", "C:\\" * 300),
+        ("replyTo", '"' * 600),
+    ],
+    ids=["from name of quotes", "from name of backslashes", "reply-to name of quotes"],
+)
+def test_a_name_longer_than_a_line_once_quoted_is_sent_on_lines_smtp_carries(
+    send: Callable[[Step], Step],
+    enqueued: Enqueued,
+    settings: Any,
+    smtputf8: bool,
+    field: str,
+    name: str,
+) -> None:
+    """A name's word was measured as the bridge wrote it, 600 characters, but goes out
+    quoted, each quote and backslash doubled: 1,200 on one line, which the server
+    refused (500, the email failed for good) or cut. Sent as encoded words, it fits."""
+    outputs: dict[str, Any] = {"subject": "Hi", "body": "x", "from": {"name": name}}
+    if field == "replyTo":
+        outputs = {"subject": "Hi", "body": "x", "replyTo": f'"{quote(name)}" <s@shop.example>'}
+    recipient = "josé@example.com" if smtputf8 else "ann@example.com"
+    inbox = Inbox()
+    step = email_step(notification__subscriber__email=recipient, outputs=outputs)
+    with smtp_serving(settings, inbox, enable_SMTPUTF8=smtputf8):
+        assert (send(step).status, step.error) == (Step.Status.COMPLETED, "")
+
+    [envelope] = inbox.envelopes
+    raw = envelope.original_content
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    header = "From" if field == "from" else "Reply-To"
+    sent_name, address = parseaddr(str(message_from_bytes(raw)[header]))
+    assert str(make_header(decode_header(sent_name))) == name
+    assert address == ("norm@localhost" if field == "from" else "s@shop.example")
 
 
 @pytest.mark.parametrize("smtputf8", [False, True])
