@@ -160,6 +160,31 @@ def _unschemed_shown(value: str) -> str:
     return f"{'***@' if at else ''}{base}{'?***' if question else ''}"
 
 
+def env_database(name: str, default: str) -> dict[str, Any]:
+    """Django's database settings from a URL. dj_database_url's refusals named neither the
+    variable nor the value: "Scheme '://' is unknown" (a URL without its scheme, an empty
+    one, SQLAlchemy's postgresql+psycopg://), "This string is not a valid url" (a port
+    that is no number), and one without a database name got Django's "Please supply the
+    NAME" at the first query."""
+    value = env_str(name, default).strip()
+    scheme, sep, rest = value.rpartition("://")
+    shown = f"{scheme}{sep}{_unschemed_shown(rest)}"  # its password as ***
+    try:
+        parsed: dict[str, Any] = dict(dj_database_url.parse(value))
+    except ValueError as exc:
+        # Not the unknown scheme's list of backends, mysql:// among them: norm runs on these.
+        why = "" if isinstance(exc, dj_database_url.UnknownSchemeError) else f" ({exc})"
+        raise ImproperlyConfigured(
+            f"{name} must be a URL, e.g. postgres://user:pass@host:5432/norm or "
+            f"sqlite:///path, got {shown!r}{why}"
+        ) from exc
+    if not parsed.get("NAME") and not parsed.get("OPTIONS", {}).get("service"):
+        raise ImproperlyConfigured(
+            f"{name} must name a database, e.g. postgres://user:pass@host:5432/norm, got {shown!r}"
+        )
+    return parsed
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated list, spaces around its items ignored ("a.example, b.example")."""
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
@@ -263,11 +288,11 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'norm.sqlite3'}"),
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, non_negative=True),
-        conn_health_checks=True,
-    )
+    "default": {
+        **env_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'norm.sqlite3'}"),
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60, non_negative=True),
+        "CONN_HEALTH_CHECKS": True,
+    }
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat write one SQLite file: WAL lets readers run beside the

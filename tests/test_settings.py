@@ -260,6 +260,38 @@ def test_an_smtp_port_that_is_no_port_is_refused_by_name(value: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("", "''"),
+        ("db:5432/norm", "'db:5432/norm'"),
+        ("postgres//norm:pw@db:5432/norm", "'***@db:5432/norm'"),
+        # SQLAlchemy's spelling, as an operator copies it from another service.
+        ("postgresql+psycopg://norm:pw@db/norm", "'postgresql+psycopg://***@db/norm'"),
+        ("postgres://norm:pw@db:port/norm", "'postgres://***@db:port/norm'"),
+    ],
+)
+def test_a_database_url_that_is_no_url_is_refused_by_name(value: str, shown: str) -> None:
+    """dj_database_url's "Scheme '://' is unknown" or "This string is not a valid url"
+    named neither DATABASE_URL nor the value, and listed mysql:// among the schemes; the
+    value is shown without its password."""
+    refused = refused_at_start({"DATABASE_URL": value})
+    assert refused.startswith(
+        "DATABASE_URL must be a URL, e.g. postgres://user:pass@host:5432/norm or "
+        f"sqlite:///path, got {shown}"
+    )
+    assert "pw" not in refused and "mysql" not in refused
+
+
+def test_a_database_url_without_a_database_is_refused_by_name() -> None:
+    """Django's "settings.DATABASES is improperly configured. Please supply the NAME"
+    came only at the first query."""
+    assert refused_at_start({"DATABASE_URL": "postgres://norm:pw@db:5432/"}) == (
+        "DATABASE_URL must name a database, e.g. postgres://user:pass@host:5432/norm, "
+        "got 'postgres://***@db:5432/'"
+    )
+
+
 @pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "NORM_CACHE_URL"])
 @pytest.mark.parametrize("value", ["127.0.0.1:6379", "redis//127.0.0.1:6379/0", "redis:/h/0"])
 def test_a_redis_url_without_its_scheme_is_refused_by_name(name: str, value: str) -> None:
