@@ -678,6 +678,41 @@ def test_a_cache_of_each_web_process_is_named_by_the_deploy_check(
     assert all(m.level == checks.WARNING for m in messages)
 
 
+@pytest.mark.parametrize(
+    ("proxy_header", "found"),
+    [
+        ("X-Forwarded-Proto", {"security.W005", "security.W008", "security.W021"}),
+        (
+            "",
+            {"security.W004", "security.W008", "security.W012", "security.W016"},
+        ),
+    ],
+)
+def test_each_of_djangos_warnings_on_production_settings_is_explained_in_the_readme(
+    settings: Any, proxy_header: str, found: set[str]
+) -> None:
+    """check --deploy on the settings the README gives (compose's, behind a proxy that
+    ends TLS or not) printed Django's HSTS, redirect and cookie warnings, which the README,
+    listing what the check says, never named: an operator could not tell whether norm
+    wanted them mended (and by which variable: SESSION_COOKIE_SECURE is none) or not."""
+    given = settings_from(
+        {"SECURE_PROXY_SSL_HEADER": proxy_header},
+        "SECURE_PROXY_SSL_HEADER",
+        "SECURE_HSTS_SECONDS",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+    )
+    deploy_checked(settings, **{name: value for name, value in given.items() if value is not None})
+    warned = {
+        m.id
+        for m in checks.run_checks(include_deployment_checks=True)
+        if m.id.startswith("security.")
+    }
+    assert warned == found
+    production = (ROOT / "README.md").read_text().split("## Production", 1)[1].split("\n## ", 1)[0]
+    assert not [name for name in sorted(warned) if f"`{name}`" not in production]
+
+
 def test_the_defaults_are_the_embedded_database_and_broker() -> None:
     unset = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     with mock.patch.dict(os.environ, unset, clear=True):
