@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -144,6 +145,25 @@ def env_url(name: str, default: str) -> str:
     if value and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
         raise ImproperlyConfigured(
             f"{name} must be a URL, e.g. redis://host:6379/0, got {_unschemed_shown(value)!r}"
+        )
+    # A port or a Redis database that is no number passed, and was refused only where the
+    # URL was used: the worker and beat died at start on kombu's traceback, which named
+    # neither the setting nor the value, while manage.py check, compose's migrate job and
+    # the web server started.
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises for one that is no number, or past 65535
+    except ValueError:
+        valid = False
+    else:
+        valid = parts.scheme not in ("redis", "rediss") or bool(
+            re.fullmatch(r"/?[0-9]*", parts.path)
+        )
+    if not valid:
+        scheme, sep, rest = value.rpartition("://")
+        raise ImproperlyConfigured(
+            f"{name} must be a URL whose port and Redis database are numbers, "
+            f"e.g. redis://host:6379/0, got {scheme + sep + _unschemed_shown(rest)!r}"
         )
     return value
 

@@ -306,6 +306,41 @@ def test_a_redis_url_without_its_scheme_is_refused_by_name(name: str, value: str
     assert "got '***@127.0.0.1:6379/0'" in refused and "s3cret" not in refused
 
 
+@pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "NORM_CACHE_URL"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "redis://127.0.0.1:port/0",
+        "redis://127.0.0.1:70000/0",
+        "rediss://127.0.0.1:6380/db1",
+    ],
+)
+def test_a_redis_url_whose_port_or_database_is_no_number_is_refused_by_name(
+    name: str, value: str
+) -> None:
+    """Such a URL passed manage.py check, compose's migrate job and the web server's start:
+    the worker and beat died at start on kombu's ValueError ("Port could not be cast to
+    integer value", "Database is int between 0 and limit - 1"), naming neither setting
+    nor value; the cache's port failed at its first use, and its database was taken for 0
+    (redis-py drops one that is no number)."""
+    assert refused_at_start({name: value}) == (
+        f"{name} must be a URL whose port and Redis database are numbers, "
+        f"e.g. redis://host:6379/0, got {value!r}"
+    )
+    refused = refused_at_start({name: "redis://:s3cret@127.0.0.1:port/0"})
+    assert "got 'redis://***@127.0.0.1:port/0'" in refused and "s3cret" not in refused
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://:pw@h:6379/15", "rediss://h/1"],
+)
+def test_a_redis_url_with_its_database_or_port_left_out_is_taken(value: str) -> None:
+    assert settings_from({"CELERY_BROKER_URL": value}, "CELERY_BROKER_URL") == {
+        "CELERY_BROKER_URL": value
+    }
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
