@@ -18,8 +18,9 @@ from config.celery import RECONCILE_TASK, BeatScheduler
 from config.celery import app as celery_app
 from messaging import tasks as messaging_tasks
 from notify import services as notify_services
+from notify.models import TriggerEvent
 from subscribers import tasks as subscriber_tasks
-from tests.conftest import DatabaseAway, a_bug, json_serving
+from tests.conftest import DatabaseAway, Enqueued, a_bug, ago, json_serving
 from tests.e2e.harness import free_port
 from tests.factories import (
     NotificationFactory,
@@ -194,6 +195,52 @@ def test_a_beat_tick_the_broker_refuses_is_one_warning_line(
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "reconcile" in record.getMessage() and "Connection refused" in record.getMessage()
     assert record.getMessage().count("\n") == 0
+
+
+def test_trigger_events_the_reconciler_fails_are_named_in_its_warning(
+    settings: Any, enqueued: Enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fan-outs that never came back NORM_MAX_CLAIMS times (a trigger that kills its
+    worker) failed as "reconcile: 2 trigger event(s) failed": no id to find them by among
+    the other failed events, as every other failure's line has."""
+    events = [
+        TriggerEventFactory(
+            status=TriggerEvent.Status.PROCESSING,
+            claimed_at=ago(settings.NORM_STALE_CLAIM_SECONDS + 1),
+            internal_errors=settings.NORM_MAX_CLAIMS - 1,
+        )
+        for _ in range(2)
+    ]
+
+    workflow_tasks.reconcile()
+
+    assert {e.status for e in TriggerEvent.objects.filter(pk__in=[e.pk for e in events])} == {
+        TriggerEvent.Status.FAILED
+    }
+    [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    first, second = sorted(e.pk for e in events)
+    assert line.startswith(f"reconcile: trigger event(s) {first}, {second} failed, their fan-out")
+
+
+def test_a_trigger_event_its_redelivered_run_fails_is_named_in_a_warning(
+    settings: Any, enqueued: Enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its task delivered again by Celery after its worker died (reject on worker lost),
+    the NORM_MAX_CLAIMS-th time: the event failed with no log line at all."""
+    event = TriggerEventFactory(
+        status=TriggerEvent.Status.PROCESSING,
+        claimed_by="task-1",
+        internal_errors=settings.NORM_MAX_CLAIMS - 1,
+    )
+
+    fanout.trigger_event_run(trigger_event_id=event.pk, claim="task-1")
+
+    assert TriggerEvent.objects.get(pk=event.pk).status == TriggerEvent.Status.FAILED
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.getMessage() == (
+        f"trigger event {event.pk} (client {event.client_id}, workflow {event.workflow_id}) "
+        f"failed: {fanout.never_finished()}"
+    )
 
 
 def test_a_beat_tick_that_fails_on_a_bug_keeps_its_error_and_traceback(

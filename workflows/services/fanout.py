@@ -163,6 +163,15 @@ def _fan_out(*, trigger_event_id: int) -> None:
         TriggerEvent.objects.filter(pk=event.pk).update(
             status=TriggerEvent.Status.FAILED, error=never_finished(), processed_at=timezone.now()
         )
+        # Once an event (its run takes it no more): the reconciler's line names those it
+        # fails likewise, a notification's failure its own.
+        logger.warning(
+            "trigger event %s (client %s, workflow %s) failed: %s",
+            event.pk,
+            event.client_id,
+            event.workflow_id,
+            never_finished(),
+        )
         return
     if not event.client.is_active:
         TriggerEvent.objects.filter(pk=event.pk).update(

@@ -168,17 +168,21 @@ def _reconcile() -> dict[str, int]:
     counts = {"events": events, "cancels": cancels, "notifications": notifications, "steps": steps}
     _reconcile_log(counts, released=(released_events, released_steps), lost=lost_steps)
     if given_up_events:
+        # Named, so that an operator finds them (the admin's trigger events, by id).
+        named = ", ".join(str(pk) for pk in sorted(given_up_events)[:10])
+        more = len(given_up_events) - 10
         logger.warning(
-            "reconcile: %d trigger event(s) failed, their fan-out never finished in "
+            "reconcile: trigger event(s) %s%s failed, their fan-out never finished in "
             "NORM_MAX_CLAIMS runs (a fan-out that kills its worker?)",
-            given_up_events,
+            named,
+            f" and {more} more" if more > 0 else "",
         )
     return counts
 
 
-def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[int, int]:
+def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[set[int], int]:
     """Let go of the trigger events whose fan-out's claim went stale, failing those past
-    NORM_MAX_CLAIMS; return how many it failed and how many it let go."""
+    NORM_MAX_CLAIMS; return those it failed and how many it let go."""
     # A run whose claim went stale never came back: its worker died (killed for memory,
     # say) or hung. Counted with the runs a bug ended, it bounds a fan-out that kills its
     # worker each time, which was run again every NORM_STALE_CLAIM_SECONDS for good; a
@@ -186,7 +190,7 @@ def _stale_events_release(*, now: datetime, stale: timedelta) -> tuple[int, int]
     stale_events = TriggerEvent.objects.filter(
         status=TriggerEvent.Status.PROCESSING, claimed_at__lt=now - stale
     )
-    given_up_events = _update_unheld(
+    given_up_events = _updated_unheld(
         stale_events.filter(
             internal_errors__gte=settings.NORM_MAX_CLAIMS - 1, canceled_at__isnull=True
         ),
