@@ -14,15 +14,18 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from django.apps import apps
 from django.db import IntegrityError, connection, migrations, models
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
+from django.utils import timezone
 
 from config.schema_ops import AddIndexConcurrently
 from notify.models import TriggerEvent
-from tests.factories import ClientFactory, MessageFactory, StepFactory
+from subscribers.models import Topic
+from tests.factories import ClientFactory, MessageFactory, StepFactory, SubscriberFactory
 from tests.test_settings import ROOT
 
 # The migrations that only drop a foreign key's own index (a composite starts with it).
@@ -192,6 +195,109 @@ def test_a_trigger_the_code_before_an_upgrade_accepts_goes_in_once_migrated() ->
     )
 
     assert TriggerEvent.objects.get(transaction_id="t-1").redelivered == {}
+
+
+def _rows_before(app: str, migration: str) -> Callable[..., models.Model]:
+    """A function that inserts a row of `app`'s model as the release before `migration`
+    inserts it: with the columns that release knows, none of those added since."""
+    state = MigrationLoader(None, ignore_no_migrations=True).project_state((app, migration))
+
+    def insert(model: str, **fields: object) -> models.Model:
+        return state.apps.get_model(app, model).objects.create(**fields)
+
+    return insert
+
+
+def _subscription() -> dict[str, object]:
+    subscriber = SubscriberFactory()
+    topic = Topic.objects.create(client_id=subscriber.client_id, key="news")
+    return {"topic_id": topic.pk, "subscriber_id": subscriber.pk}
+
+
+def _message() -> dict[str, object]:
+    step = StepFactory()
+    return {
+        "step_id": step.pk,
+        "client_id": step.notification.client_id,
+        "subscriber_id": step.notification.subscriber_id,
+        "channel": "email",
+        "provider": "django-email",
+    }
+
+
+# Each migration that adds a column NOT NULL since 0016's (the test above), the row the
+# release before it inserts, and the column's value in that row once migrated.
+ADDED_NOT_NULL = [
+    (
+        "messaging",
+        "0004_message_subscriber_checked_first",
+        "Message",
+        _message,
+        "action",
+        {},
+    ),
+    (
+        "notify",
+        "0018_trigger_event_recheck_from_on_receipt",
+        "BridgeWorkflow",
+        lambda: {
+            "client_id": ClientFactory().pk,
+            "workflow_id": "w",
+            "discovered_at": timezone.now(),
+        },
+        "payload_schema_translated",
+        False,
+    ),
+    (
+        "subscribers",
+        "0005_topic_subscription_created_index",
+        "Topic",
+        lambda: {"client_id": ClientFactory().pk, "key": "news"},
+        "updated_at",
+        None,  # the database's now()
+    ),
+    (
+        "subscribers",
+        "0006_topic_updated_at",
+        "TopicSubscription",
+        _subscription,
+        "identifier",
+        "",
+    ),
+    ("subscribers", "0006_topic_updated_at", "TopicSubscription", _subscription, "name", ""),
+    (
+        "subscribers",
+        "0009_topic_subscription_updated_at",
+        "Subscriber",
+        lambda: {"client_id": ClientFactory().pk, "subscriber_id": "ann"},
+        "is_online",
+        False,
+    ),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("app", "before", "model", "fields", "column", "value"),
+    ADDED_NOT_NULL,
+    ids=[f"{app}.{model}.{column}" for app, _, model, _, column, _ in ADDED_NOT_NULL],
+)
+def test_a_row_the_release_before_a_new_column_inserts_goes_in_once_migrated(
+    app: str,
+    before: str,
+    model: str,
+    fields: Callable[[], dict[str, object]],
+    column: str,
+    value: object,
+) -> None:
+    """As 0016's redelivered (above): the release before a migration that adds a column
+    NOT NULL inserts its rows without it while the upgrade migrates, and each would be
+    refused (an API call's 500, a worker's task failing) unless the column has its default
+    in the database, not only in the model, where Django keeps it."""
+    row = _rows_before(app, before)(model, **fields())
+
+    stored = getattr(apps.get_model(app, model).objects.get(pk=row.pk), column)
+    assert stored == value if value is not None else stored is not None
 
 
 ROUND_TRIP = """
