@@ -160,10 +160,9 @@ def env_url(name: str, default: str) -> str:
             re.fullmatch(r"/?[0-9]*", parts.path)
         )
     if not valid:
-        scheme, sep, rest = value.rpartition("://")
         raise ImproperlyConfigured(
             f"{name} must be a URL whose port and Redis database are numbers, "
-            f"e.g. redis://host:6379/0, got {scheme + sep + _unschemed_shown(rest)!r}"
+            f"e.g. redis://host:6379/0, got {_url_shown(value)!r}"
         )
     return value
 
@@ -187,8 +186,7 @@ def env_database(name: str, default: str) -> dict[str, Any]:
     that is no number), and one without a database name got Django's "Please supply the
     NAME" at the first query."""
     value = env_str(name, default).strip()
-    scheme, sep, rest = value.rpartition("://")
-    shown = f"{scheme}{sep}{_unschemed_shown(rest)}"  # its password as ***
+    shown = _url_shown(value)  # its password as ***
     try:
         parsed: dict[str, Any] = dict(dj_database_url.parse(value))
     except ValueError as exc:
@@ -203,6 +201,13 @@ def env_database(name: str, default: str) -> dict[str, Any]:
             f"{name} must name a database, e.g. postgres://user:pass@host:5432/norm, got {shown!r}"
         )
     return parsed
+
+
+def _url_shown(value: str) -> str:
+    """A URL as its refusal shows it: its scheme, then the rest as _unschemed_shown shows
+    it. Split at the first ://, not the last, which a password may hold too."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", value, re.DOTALL)
+    return match[1] + _unschemed_shown(match[2]) if match else _unschemed_shown(value)
 
 
 def env_list(name: str, default: str) -> list[str]:

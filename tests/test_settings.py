@@ -269,6 +269,8 @@ def test_an_smtp_port_that_is_no_port_is_refused_by_name(value: str) -> None:
         # SQLAlchemy's spelling, as an operator copies it from another service.
         ("postgresql+psycopg://norm:pw@db/norm", "'postgresql+psycopg://***@db/norm'"),
         ("postgres://norm:pw@db:port/norm", "'postgres://***@db:port/norm'"),
+        # A password holding :// too (not percent-encoded, as the README asks).
+        ("postgres://norm:pw://pw@db:port/norm", "'postgres://***@db:port/norm'"),
     ],
 )
 def test_a_database_url_that_is_no_url_is_refused_by_name(value: str, shown: str) -> None:
@@ -327,8 +329,9 @@ def test_a_redis_url_whose_port_or_database_is_no_number_is_refused_by_name(
         f"{name} must be a URL whose port and Redis database are numbers, "
         f"e.g. redis://host:6379/0, got {value!r}"
     )
-    refused = refused_at_start({name: "redis://:s3cret@127.0.0.1:port/0"})
-    assert "got 'redis://***@127.0.0.1:port/0'" in refused and "s3cret" not in refused
+    for password in ["s3cret", "s3://cret"]:
+        refused = refused_at_start({name: f"redis://:{password}@127.0.0.1:port/0"})
+        assert "got 'redis://***@127.0.0.1:port/0'" in refused and "s3" not in refused
 
 
 @pytest.mark.parametrize(
