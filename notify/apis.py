@@ -355,7 +355,8 @@ class TriggerEventResponse(serializers.Serializer):
         )
         error = serializers.CharField(
             help_text="why the fan-out failed, or what it left out (a recipient's"
-            " attribute, an actor); empty when nothing went wrong"
+            " attribute, an actor, a topic deleted since the trigger); empty when nothing went"
+            " wrong"
         )
         createdAt = TimestampField(source="created_at")
         processedAt = TimestampField(source="processed_at", allow_null=True)

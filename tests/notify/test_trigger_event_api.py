@@ -4,6 +4,7 @@ nobody, or failed)."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,12 +12,14 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from config import pipeline
-from notify.models import Client
+from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber, Topic
+from subscribers.services import topic_update
 from tests.conftest import Enqueued
 from tests.factories import (
     BridgeWorkflowFactory,
@@ -106,12 +109,22 @@ def test_a_trigger_reads_received_then_processed_with_its_notifications_outcomes
     assert canceled["canceledAt"]
 
 
+@pytest.mark.parametrize("gone", ["deleted", "renamed"])
 def test_a_fan_out_that_reached_nobody_says_so(
-    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+    api: APIClient,
+    admin_client: Any,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+    gone: str,
 ) -> None:
-    """The topic deleted between the trigger and its fan-out: no notification to list."""
+    """The topic deleted (by the API) or renamed (in the admin) between the trigger and
+    its fan-out: no notification to list, and the trigger says why, here and in the
+    admin. It showed processed, 0 recipients, and no reason."""
     trigger(api, {"type": "Topic", "topicKey": "news"}, django_capture_on_commit_callbacks)
-    assert api.delete("/v2/topics/news").status_code == 200
+    if gone == "deleted":
+        assert api.delete("/v2/topics/news").status_code == 200
+    else:
+        topic_update(topic=Topic.objects.get(key="news"), values={"key": "headlines"})
     fan_out(enqueued, django_capture_on_commit_callbacks)
 
     assert api.get("/v1/notifications?transactionId=tx-1").json()["data"] == []
@@ -121,6 +134,30 @@ def test_a_fan_out_that_reached_nobody_says_so(
         0,
         NONE_YET,
     )
+    reason = (
+        "topic 'news' no longer exists (deleted or renamed since the trigger): the fan-out"
+        " found none of its members"
+    )
+    assert event["error"] == reason
+    stored = TriggerEvent.objects.get(transaction_id="tx-1")
+    page = admin_client.get(reverse("admin:notify_triggerevent_change", args=[stored.pk]))
+    assert reason in html.unescape(page.content.decode())
+
+
+def test_a_topic_still_there_gives_no_reason_and_one_gone_is_named_beside_it(
+    api: APIClient, enqueued: Enqueued, django_capture_on_commit_callbacks: Capture
+) -> None:
+    """Only the topic that is gone is named; its members are not reached, the others'
+    are."""
+    Topic.objects.create(client=Client.objects.get(), key="sports")
+    to = [{"type": "Topic", "topicKey": "news"}, {"type": "Topic", "topicKey": "sports"}]
+    trigger(api, to, django_capture_on_commit_callbacks)
+    assert api.delete("/v2/topics/sports").status_code == 200
+    fan_out(enqueued, django_capture_on_commit_callbacks)
+
+    event = read(api)
+    assert (event["recipients"], event["notifications"]["pending"]) == (2, 2)
+    assert event["error"].startswith("topic 'sports' no longer exists"), event["error"]
 
 
 def test_what_the_fan_out_left_out_is_its_error(

@@ -182,6 +182,9 @@ def _fan_out(*, trigger_event_id: int) -> None:
     rerun = event.pk if reached_before else None
     broadcast = event.mode == TriggerEvent.Mode.BROADCAST
     recipients, topics = ([], []) if broadcast else parse_recipients(event.to)
+    if topics:
+        # Before the actor's reason, if any: a topic gone is why nobody may be reached.
+        _topics_gone_record(event, topics=topics)
     # A rerun finds no one reached once those reached were deleted (their notifications
     # with them): the reconciler's counts itself (refanned); after a broker error let the
     # event go, an actor so deleted is among those the event forgot.
@@ -280,6 +283,29 @@ def _processed_record(event: TriggerEvent, *, count: int) -> None:
             output_field=PositiveSmallIntegerField(),
         ),
     )
+
+
+def _topics_gone_record(event: TriggerEvent, *, topics: list[dict[str, Any]]) -> None:
+    """Say on the event which of its topics no longer exist: the trigger checked them,
+    but a topic deleted or renamed (the admin) since reaches no one, and an event
+    processed with no recipient and no reason left its caller with nothing to go on.
+    Unless it holds a reason already, as a recipient's (subscribers.services)."""
+    keys = {t["topicKey"] for t in topics}
+    found = Topic.objects.filter(client_id=event.client_id, key__in=keys).values_list(
+        "key", flat=True
+    )
+    gone = sorted(keys - set(found))
+    if not gone:
+        return
+    named = ", ".join(f"'{key[:100]}'" for key in gone[:5]) + (", …" if len(gone) > 5 else "")
+    reason = (
+        f"topic {named} no longer exists (deleted or renamed since the trigger): the fan-out"
+        " found none of its members"
+        if len(gone) == 1
+        else f"topics {named} no longer exist (deleted or renamed since the trigger): the"
+        " fan-out found none of their members"
+    )
+    TriggerEvent.objects.filter(pk=event.pk, error="").update(error=reason)
 
 
 def _actor_forgotten(event: TriggerEvent) -> bool:
