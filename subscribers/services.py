@@ -40,7 +40,7 @@ from subscribers.recipients import (
     unroutable_message,
 )
 from workflows.models import Notification, Step
-from workflows.services.common import internal_error_text
+from workflows.services.common import CLIENT_INACTIVE, internal_error_text
 from workflows.services.fanout import (
     fan_out_short,
     fan_outs_forget,
@@ -50,6 +50,8 @@ from workflows.services.fanout import (
 )
 
 logger = logging.getLogger(__name__)
+
+CLIENT_LEFT_OUT = f"{CLIENT_INACTIVE}; those its fan-out had not reached by then were left out"
 
 
 def subscriber_upsert(*, client_id: int, recipient: dict[str, Any]) -> Subscriber:
@@ -82,7 +84,25 @@ def _event(trigger_event_id: int) -> TriggerEvent | None:
     1,000, which each recipient's command read and decoded, some 1.4 ms of CPU each).
     With the subscribers deleted since it reached them (fan_outs_forget, most often none),
     whom a command delivered again passes by."""
-    return TriggerEvent.objects.defer("to", "overrides").filter(pk=trigger_event_id).first()
+    return (
+        TriggerEvent.objects.select_related("client")
+        .defer("to", "overrides")
+        .filter(pk=trigger_event_id)
+        .first()
+    )
+
+
+def _client_inactive(event: TriggerEvent) -> bool:
+    """Whether the event's client was deactivated since its fan-out began, which then
+    reaches no one more (as a cancel stops it), said on the event. Each notification
+    made anyway was failed at its echo (ClientInactive): a broadcast's remaining chunks
+    made 100,000 rows, and as many echoes, to send nothing. Those left out leave the
+    event short for the reconciler, whose rerun fails it (CLIENT_INACTIVE) if the client
+    is still inactive, and reaches them if it was made active again meanwhile."""
+    if event.client.is_active:
+        return False
+    _reason_on_event(event=event, reason=CLIENT_LEFT_OUT)
+    return True
 
 
 def subscriber_process(
@@ -126,7 +146,7 @@ def _subscriber_process(
 ) -> None:
     """`again`: the command ran before (the broker delivered it again, or a retry)."""
     event = _event(trigger_event_id)
-    if event is None:
+    if event is None or _client_inactive(event):
         return
     # A fan-out run again (the reconciler's, for recipients it lacked) sends a command for
     # a recipient whose first one may only have been late, not lost: that one made the
@@ -281,7 +301,7 @@ def subscribers_process(
 def _subscribers_process(*, trigger_event_id: int, subscriber_ids: list[str]) -> None:
     """`subscribers_process`, its bugs aside."""
     event = _event(trigger_event_id)
-    if event is None:
+    if event is None or _client_inactive(event):
         return
     # Not those the event forgot: deleted since it reached them, and perhaps made anew
     # under the same subscriberId (a new subscriber, in no topic) when the broker delivers

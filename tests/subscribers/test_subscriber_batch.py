@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,11 +12,15 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from config import pipeline
-from notify.models import TriggerEvent
+from notify.models import Client, TriggerEvent
 from subscribers import tasks
-from tests.conftest import Enqueued
+from subscribers.models import Subscriber
+from tests.conftest import Enqueued, ago
 from tests.factories import NotificationFactory, SubscriberFactory, TriggerEventFactory
+from workflows import tasks as workflow_tasks
 from workflows.models import Notification
+from workflows.services import fanout
+from workflows.services.common import CLIENT_INACTIVE
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +84,7 @@ def test_a_rerun_adds_nothing_and_re_sends_only_what_has_not_started(
     with django_capture_on_commit_callbacks(execute=True):
         tasks.subscribers_process(event.pk, ["ann", "bob"])
     assert Notification.objects.filter(trigger_event=event).count() == 2
+    assert not Subscriber.objects.filter(subscriber_id="zed").exists()
     assert Notification.objects.get(pk=started.pk).status == Notification.Status.RUNNING
     # bob's has not started yet: its echo may have been lost, so it goes again.
     assert enqueued.of(pipeline.ECHO) == [(str(created.pk),)]
@@ -123,3 +129,52 @@ def test_a_chunk_enqueues_the_echoes_of_its_own_subscribers_only(
     assert sorted(enqueued.of(pipeline.ECHO)) == sorted(
         (str(pk),) for pk in second.values_list("pk", flat=True)
     )
+
+
+def test_a_client_deactivated_mid_broadcast_gets_no_more_notifications_and_says_why(
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    """The chunks still queued after the deactivation made every notification, each
+    failed at its echo (ClientInactive): rows and echoes for nothing, and no word of it on
+    the trigger. As a cancel stops them, none is made; the event says why, and the
+    reconciler's rerun for those left out fails it, the client still inactive."""
+    monkeypatch.setattr(fanout, "BROADCAST_CHUNK", 2)
+    event = broadcast()
+    for i in range(5):
+        SubscriberFactory(client=event.client, subscriber_id=f"user-{i}")
+    workflow_tasks.workflow_run(event.pk)
+    first, *rest = json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER_BATCH)))
+    assert len(rest) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.subscribers_process(*first)
+    Client.objects.filter(pk=event.client_id).update(is_active=False)
+    enqueued.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for args in rest:
+            tasks.subscribers_process(*args)
+        tasks.subscriber_process(event.pk, {"subscriberId": "zed"})  # as a listed one
+
+    assert Notification.objects.filter(trigger_event=event).count() == 2
+    assert enqueued.of(pipeline.ECHO) == []
+    event.refresh_from_db()
+    assert (event.status, event.recipients) == (TriggerEvent.Status.PROCESSED, 5)
+    assert event.error == (
+        "the client is deactivated: norm runs none of its notifications; those its fan-out"
+        " had not reached by then were left out"
+    )
+
+    # The reconciler, once the fan-out is quiet, runs it again for the three it is short of.
+    quiet = ago(settings.NORM_RECONCILE_GRACE * 2)
+    TriggerEvent.objects.filter(pk=event.pk).update(
+        created_at=quiet, claimed_at=quiet, processed_at=quiet, recheck_from=quiet
+    )
+    Notification.objects.update(created_at=quiet)
+    workflow_tasks.reconcile()
+    assert enqueued.of(pipeline.WORKFLOW) == [(event.pk,)]
+    workflow_tasks.workflow_run(event.pk)
+    event.refresh_from_db()
+    assert (event.status, event.error) == (TriggerEvent.Status.FAILED, CLIENT_INACTIVE)
