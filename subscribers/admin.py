@@ -293,7 +293,10 @@ class TopicSubscriptionAdmin(KeySearch, DeletedMeanwhileAdmin):
     another subscription of the topic has, a second one of the subscriber): an insert of
     Django's own gave one identifier to two subscriptions, one of them unreachable by it.
     Never changed: a membership is its pair, and a pair changed the same way would fail
-    the same way; an identifier the API's callers name it by is not changed under them."""
+    the same way; an identifier the API's callers name it by is not changed under them.
+    A default one (none given: tk_<key>:si_<id>) is derived, not stored: renaming its
+    topic or subscriber in their pages renames it too, as kept it would be the default of
+    another subscriber given the old id since, and two subscriptions would answer to it."""
 
     form = TopicSubscriptionForm
     list_display = ["topic", "subscriber", "identifier_answered", "name", "client", "created_at"]
