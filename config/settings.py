@@ -454,6 +454,10 @@ else:
         "socket_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10, positive=True),
         "socket_connect_timeout": env_int("CELERY_BROKER_SOCKET_TIMEOUT", 10, positive=True),
     }
+    if CELERY_BROKER_URL.startswith("redis://"):
+        # kombu's, with a worker that survives Redis out of memory (config/redisbroker.py).
+        # Not for rediss:// (kombu sets TLS up from that scheme's name) nor sentinel://.
+        CELERY_BROKER_TRANSPORT = "config.redisbroker:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -1,0 +1,90 @@
+"""A worker whose Redis is out of memory (`maxmemory`, `noeviction`) goes on taking and
+acknowledging tasks (config/redisbroker.py), on a redis-server of the test's own: the
+machine's is shared with the other test processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Consumer, Queue
+
+from config.celery import app
+from tests.e2e.harness import free_port, wait_for
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    if not shutil.which("redis-server"):
+        pytest.skip("filling Redis needs a redis-server of the test's own")
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    limits = ["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]
+    no_disk = ["--save", "", "--appendonly", "no"]
+    with (tmp_path / "redis.log").open("ab") as out:
+        process = subprocess.Popen([*command, *limits, *no_disk], stdout=out, stderr=out)
+    client = redis.Redis(port=port, socket_timeout=5)
+    try:
+        wait_for(lambda: _answers(client), timeout=10, what="redis-server to answer")
+        yield client
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _fill(client: redis.Redis) -> None:
+    """Redis's memory full, as a backlog fills it: writes refused until some is freed."""
+    for i in range(10_000):
+        try:
+            client.set(f"junk:{i}", b"x" * 10_000)
+        except redis.exceptions.OutOfMemoryError:
+            break
+    # The fill leaves Redis a few bytes over its limit, which the message a worker takes
+    # off its queue may bring back under: well over it, as a backlog leaves it.
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - 200_000)
+
+
+def test_a_worker_takes_and_acknowledges_tasks_while_redis_is_out_of_memory(
+    full_redis: redis.Redis,
+) -> None:
+    """kombu raised Redis's refusal of the copy it keeps of a task taken (and of its
+    removal at the acknowledgement or rejection) out of the worker's loop: "Unrecoverable
+    error: OutOfMemoryError" ended the worker, and the task it had taken off its queue was
+    lost."""
+    url = f"redis://127.0.0.1:{full_redis.connection_pool.connection_kwargs['port']}/0"
+    queue = Queue(f"full-{uuid.uuid4().hex}")
+    taken: list[Any] = []
+    with app.connection_for_read(url) as connection:
+        with connection.Producer() as producer:
+            for body in ("acknowledged", "rejected", "taken while full"):
+                producer.publish(body, routing_key=queue.name, declare=[queue])
+        with Consumer(connection, [queue], callbacks=[lambda body, m: taken.append(m)]):
+            connection.drain_events(timeout=5)
+            connection.drain_events(timeout=5)
+            assert full_redis.hlen("unacked") == 2  # Redis's copies, until acknowledged
+
+            _fill(full_redis)
+            connection.drain_events(timeout=5)
+            acknowledged, rejected, taken_while_full = taken
+            acknowledged.ack()
+            rejected.reject()
+            taken_while_full.ack()
+
+    assert [m.payload for m in taken] == ["acknowledged", "rejected", "taken while full"]
+    # No copy left behind, which Redis would deliver again after the visibility timeout.
+    assert full_redis.hlen("unacked") == 0
+    assert full_redis.zcard("unacked_index") == 0
