@@ -18,10 +18,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +261,86 @@ def test_make_run_stopped_with_ctrl_c_and_started_again_loses_nothing_and_sends_
     tmp_path: Path, smtp: tuple[int, CountingSmtp], demos: list[Demo]
 ) -> None:
     interrupted_and_restarted(tmp_path, smtp, demos, stop="interrupt")
+
+
+# Concurrent writers of the same rows: the web server's threads, a request each, as a
+# script or a small team's app sends them, beside the worker writing the same file.
+WRITERS, BURSTS = 24, 3
+
+
+def call(addr: str, key: str, method: str, path: str, body: dict[str, Any]) -> int:
+    """The status of one request to the demo's API, straight to the server."""
+    request = urllib.request.Request(
+        f"http://{addr}{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"ApiKey {key}", "Content-Type": "application/json"},
+    )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_make_run_answers_concurrent_writers_of_the_same_rows_and_sends_each_once(
+    tmp_path: Path, smtp: tuple[int, CountingSmtp], demos: list[Demo]
+) -> None:
+    """On SQLite every writer waits for the one before it (IMMEDIATE transactions, a busy
+    timeout): none is refused "database is locked" (a 503), and the trigger sent WRITERS
+    times under one transactionId fans out once, each email arriving once."""
+    port, recorder = smtp
+    var, addr = tmp_path / "var", f"127.0.0.1:{free_port()}"
+    db = Database(var)
+    demos.append(demo := start(var, addr, port, run=1))
+    key = (var / "demo-secret-key").read_text().strip()
+
+    def burst(method: str, path: str, body: dict[str, Any]) -> list[int]:
+        together = threading.Barrier(WRITERS)
+
+        def one(_: int) -> int:
+            together.wait()
+            return call(addr, key, method, path, body)
+
+        with ThreadPoolExecutor(WRITERS) as pool:
+            return list(pool.map(one, range(WRITERS)))
+
+    statuses: Counter[tuple[str, int]] = Counter()
+    for b in range(BURSTS):
+        shipped = {
+            "name": "order-update",
+            "to": recipients(f"r{b}-0", f"r{b}-1"),
+            "payload": {"orderId": f"o{b}", "status": "shipped"},
+            "transactionId": f"burst-{b}",
+        }
+        writes = {
+            "subscriber": (
+                "POST",
+                "/v2/subscribers",
+                {"subscriberId": f"s{b}", "email": "s@x.org"},
+            ),
+            "update": ("PATCH", f"/v2/subscribers/s{b}", {"firstName": f"S{b}"}),
+            "subscribe": ("POST", f"/v2/topics/t{b}/subscriptions", {"subscriberIds": [f"s{b}"]}),
+            "trigger": ("POST", "/v1/events/trigger", shipped),
+        }
+        for name, (method, path, body) in writes.items():
+            statuses.update((name, status) for status in burst(method, path, body))
+    assert statuses == {
+        ("subscriber", 201): WRITERS * BURSTS,
+        ("update", 200): WRITERS * BURSTS,
+        ("subscribe", 201): WRITERS * BURSTS,
+        ("trigger", 201): WRITERS * BURSTS,
+    }, demo.output()[-4000:]
+
+    notifications = 2 * BURSTS
+    wait_for(lambda: db.final() == notifications, timeout=90, what="every notification final")
+    assert db.statuses() == {"completed": notifications}
+    (events,) = db.rows("SELECT count(*) FROM notify_triggerevent")
+    assert events == (BURSTS,)
+    emails = {
+        str(pk) for (pk,) in db.rows("SELECT id FROM messaging_message WHERE channel = 'email'")
+    }
+    assert len(emails) == notifications
+    wait_for(lambda: set(recorder.deliveries) == emails, timeout=10, what="every email at SMTP")
+    assert recorder.repeats() == {}
