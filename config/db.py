@@ -46,8 +46,16 @@ def insert_once(row: Model) -> bool:
         for field in meta.db_returning_fields
         if field is meta.auto_field or isinstance(getattr(row, field.attname), DatabaseDefault)
     ]
-    compiler.returning_fields = made if row.pk is None else []
-    with connections[using].cursor() as cursor:
+    database = connections[using]
+    # RETURNING needs SQLite 3.35, and Django runs on 3.31 (Ubuntu 20.04's; Debian 11 has
+    # 3.34). There Django writes none, and reading the row it would return found none:
+    # each row inserted read as one that existed, and `make run` answered each trigger
+    # 201 and left it, as a repeat of itself, to the reconciler a minute later. Without
+    # it: the count of rows inserted, SQLite's last id, and the defaults read back.
+    returning = database.features.can_return_columns_from_insert
+    compiler.returning_fields = made if row.pk is None and returning else []
+    left = [f.attname for f in fields if isinstance(getattr(row, f.attname), DatabaseDefault)]
+    with database.cursor() as cursor:
         for sql, params in compiler.as_sql():
             cursor.execute(sql, params)
         if compiler.returning_fields:
@@ -58,6 +66,11 @@ def insert_once(row: Model) -> bool:
                 setattr(row, field.attname, value)
         elif cursor.rowcount != 1:
             return False
+        elif not returning and (auto := meta.auto_field) is not None and row.pk is None:
+            last = database.ops.last_insert_id(cursor, meta.db_table, auto.column)
+            setattr(row, auto.attname, last)
+    if left and not returning:
+        row.refresh_from_db(using=using, fields=left)
     row._state.adding, row._state.db = False, using
     return True
 

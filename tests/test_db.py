@@ -152,3 +152,57 @@ def test_case_insensitive_lookups_find_on_sqlite_what_they_find_on_postgresql(
     assert connection.vendor == "postgresql"
     assert on_postgresql["found"] == expected
     assert json.loads(done.stdout.splitlines()[-1]) == expected
+
+
+# insert_once on SQLite without RETURNING (before 3.35), which Django 5.2 still runs on:
+# Ubuntu 20.04's 3.31, Debian 11's 3.34. This machine's is newer: Django's own flag for
+# it is set as those versions set it.
+WITHOUT_RETURNING = """
+from django.db import connection
+from django.db.models.expressions import DatabaseDefault
+from config.db import insert_once
+from notify.models import TriggerEvent
+from subscribers.models import Subscriber
+from tests.factories import ClientFactory
+
+connection.features.can_return_columns_from_insert = False
+client = ClientFactory()
+ann = Subscriber(client=client, subscriber_id="ann")
+field = TriggerEvent._meta.get_field("recheck_from")
+event = TriggerEvent(
+    client=client, workflow_id="w", mode="multicast", resource="b", transaction_id="t",
+    recheck_from=DatabaseDefault(field.db_default, output_field=field),
+)
+found = {
+    "inserted": [insert_once(ann), insert_once(event)],
+    "again": insert_once(Subscriber(client=client, subscriber_id="ann")),
+    "ids": [ann.pk == Subscriber.objects.get(subscriber_id="ann").pk, event.pk is not None],
+    "default read back": event.recheck_from == TriggerEvent.objects.get().recheck_from,
+}
+"""
+
+
+def test_an_insert_on_sqlite_without_returning_is_told_apart_from_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """Without RETURNING, Django writes none, and the read of the row it returns found
+    none: every row inserted read as one that existed, a trigger as a repeat of itself
+    (answered 201, never enqueued, run only by the reconciler a minute later)."""
+    script = (
+        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
+    )
+    script += 'call_command("migrate", interactive=False, verbosity=0)\n'
+    script += WITHOUT_RETURNING + "print(json.dumps(found))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[1],
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "inserted": [True, True],
+        "again": False,
+        "ids": [True, True],
+        "default read back": True,
+    }
