@@ -19,6 +19,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.test import Client
+from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,6 +367,27 @@ def test_a_url_refused_without_its_scheme_shows_no_password(value: str, shown: s
 def test_broker_and_cache_urls_with_a_scheme_are_taken() -> None:
     env = {"CELERY_BROKER_URL": "rediss://:p%40ss@h:6380/0", "NORM_CACHE_URL": "unix:///r.sock"}
     assert settings_from(env, *env) == env
+
+
+@pytest.mark.parametrize(
+    ("url", "transport", "tls"),
+    [
+        ("redis://127.0.0.1:6379/0", "config.redisbroker:Transport", False),
+        ("rediss://127.0.0.1:6380/0", "kombu.transport.redis:Transport", True),
+        ("filesystem://", "config.fsbroker:Transport", False),
+    ],
+)
+def test_the_broker_transport_is_the_one_its_url_scheme_asks_for(
+    url: str, transport: str, tls: bool
+) -> None:
+    """Only redis:// takes config/redisbroker.py's: kombu sets TLS up from the scheme's
+    name, so given norm's transport a rediss:// broker was spoken to in clear."""
+    found = settings_from({"CELERY_BROKER_URL": url}, "CELERY_BROKER_TRANSPORT")
+    # As Celery's app.connection_for_write makes it (its broker_transport, then the URL's).
+    connection = Connection(url, transport=found["CELERY_BROKER_TRANSPORT"])
+    used = connection.get_transport_cls()
+    assert f"{used.__module__}:{used.__name__}" == transport
+    assert bool(connection.ssl) is tls
 
 
 def test_an_smtp_port_from_1_to_65535_is_taken() -> None:
