@@ -20,7 +20,7 @@ from notify.models import Client, TriggerEvent
 from subscribers import tasks as subscriber_tasks
 from subscribers.models import Subscriber, Topic
 from subscribers.services import topic_update
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, ago
 from tests.factories import (
     BridgeWorkflowFactory,
     NotificationFactory,
@@ -158,6 +158,49 @@ def test_a_topic_still_there_gives_no_reason_and_one_gone_is_named_beside_it(
     event = read(api)
     assert (event["recipients"], event["notifications"]["pending"]) == (2, 2)
     assert event["error"].startswith("topic 'sports' no longer exists"), event["error"]
+
+
+@pytest.mark.parametrize("deleted", ["after its members were reached", "before the fan-out"])
+def test_a_fan_out_rerun_names_a_topic_gone_only_if_its_first_run_found_none_of_it(
+    api: APIClient,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks: Capture,
+    settings: Any,
+    deleted: str,
+) -> None:
+    """The reconciler's rerun (for a listed recipient whose command was lost) found the
+    topic its first run reached deleted since, and said the fan-out found none of its
+    members, who had their notifications. One gone before the first run still is named."""
+    capture = django_capture_on_commit_callbacks
+    trigger(api, ["amy", "zed", {"type": "Topic", "topicKey": "news"}], capture)
+    if deleted == "before the fan-out":
+        assert api.delete("/v2/topics/news").status_code == 200
+    [(event_id,)] = enqueued.of(pipeline.WORKFLOW)
+    workflow_tasks.workflow_run(event_id)
+    with capture(execute=True):
+        for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER))):
+            if args[1]["subscriberId"] == "amy":  # zed's command lost
+                subscriber_tasks.subscriber_process(*args)
+        for args in json.loads(json.dumps(enqueued.of(pipeline.SUBSCRIBER_BATCH))):
+            subscriber_tasks.subscribers_process(*args)
+    if deleted == "after its members were reached":
+        assert api.delete("/v2/topics/news").status_code == 200
+    quiet = ago(settings.NORM_RECONCILE_GRACE * 2)
+    TriggerEvent.objects.filter(pk=event_id).update(
+        created_at=quiet, claimed_at=quiet, processed_at=quiet, recheck_from=quiet
+    )
+    Notification.objects.update(created_at=quiet)
+    enqueued.clear()
+    workflow_tasks.reconcile()
+    fan_out(enqueued, capture)  # the rerun, for zed
+
+    event = read(api)
+    if deleted == "before the fan-out":
+        assert (event["recipients"], event["notifications"]["pending"]) == (2, 2)
+        assert event["error"].startswith("topic 'news' no longer exists"), event["error"]
+    else:
+        assert (event["recipients"], event["notifications"]["pending"]) == (4, 4)
+        assert event["error"] == ""
 
 
 def test_what_the_fan_out_left_out_is_its_error(

@@ -182,8 +182,10 @@ def _fan_out(*, trigger_event_id: int) -> None:
     rerun = event.pk if reached_before else None
     broadcast = event.mode == TriggerEvent.Mode.BROADCAST
     recipients, topics = ([], []) if broadcast else parse_recipients(event.to)
-    if topics:
+    if topics and not (rerun and _topic_member_reached(event, recipients=recipients)):
         # Before the actor's reason, if any: a topic gone is why nobody may be reached.
+        # Not on a rerun whose first run reached a topic's members: of one deleted since,
+        # perhaps, whom that run did find.
         _topics_gone_record(event, topics=topics)
     # A rerun finds no one reached once those reached were deleted (their notifications
     # with them): the reconciler's counts itself (refanned); after a broker error let the
@@ -306,6 +308,12 @@ def _topics_gone_record(event: TriggerEvent, *, topics: list[dict[str, Any]]) ->
         " fan-out found none of their members"
     )
     TriggerEvent.objects.filter(pk=event.pk, error="").update(error=reason)
+
+
+def _topic_member_reached(event: TriggerEvent, *, recipients: list[dict[str, Any]]) -> bool:
+    """Whether the event reached a subscriber it does not list: a topic's member."""
+    listed = [r["subscriberId"] for r in recipients]
+    return event.notifications.exclude(subscriber__subscriber_id__in=listed).exists()
 
 
 def _actor_forgotten(event: TriggerEvent) -> bool:
