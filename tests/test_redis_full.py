@@ -88,3 +88,26 @@ def test_a_worker_takes_and_acknowledges_tasks_while_redis_is_out_of_memory(
     # No copy left behind, which Redis would deliver again after the visibility timeout.
     assert full_redis.hlen("unacked") == 0
     assert full_redis.zcard("unacked_index") == 0
+
+
+def test_a_task_requeued_while_redis_is_out_of_memory_keeps_its_copy(
+    full_redis: redis.Redis,
+) -> None:
+    """Rejected to be requeued (its worker process died: Celery's reject on worker lost),
+    it cannot go back on its queue while Redis is full: its copy stays, which Redis
+    delivers again once the visibility timeout is over. Removed, the task was lost until
+    the reconciler found its row."""
+    url = f"redis://127.0.0.1:{full_redis.connection_pool.connection_kwargs['port']}/0"
+    queue = Queue(f"full-{uuid.uuid4().hex}")
+    taken: list[Any] = []
+    with app.connection_for_read(url) as connection:
+        with connection.Producer() as producer:
+            producer.publish("requeued", routing_key=queue.name, declare=[queue])
+        with Consumer(connection, [queue], callbacks=[lambda body, m: taken.append(m)]):
+            connection.drain_events(timeout=5)
+            _fill(full_redis)
+            [requeued] = taken
+            requeued.reject(requeue=True)
+
+    assert full_redis.hlen("unacked") == 1
+    assert full_redis.zcard("unacked_index") == 1
