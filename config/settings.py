@@ -136,7 +136,7 @@ def env_log_level(name: str, default: str) -> str:
     return raw
 
 
-def env_url(name: str, default: str) -> str:
+def env_url(name: str, default: str, *, several: str) -> str:
     """A URL with its scheme (`redis://`), or empty where that means none. Without one,
     kombu took a broker URL for an AMQP host's name ("amqp://guest:**@127.0.0.1%3A6379"),
     its workers retrying it for good while every trigger was answered 201 and never ran;
@@ -150,21 +150,23 @@ def env_url(name: str, default: str) -> str:
     # URL was used: the worker and beat died at start on kombu's traceback, which named
     # neither the setting nor the value, while manage.py check, compose's migrate job and
     # the web server started.
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018 - raises for one that is no number, or past 65535
-    except ValueError:
-        valid = False
-    else:
-        valid = parts.scheme not in ("redis", "rediss") or bool(
-            re.fullmatch(r"/?[0-9]*", parts.path)
-        )
-    if not valid:
+    # Each of several, as its user splits them (`several`): kombu's failover
+    # "redis://a/0;redis://b/0", Django's cache "redis://a/0,redis://b/0" too.
+    if not all(_port_and_database_numbers(url) for url in re.split(several, value)):
         raise ImproperlyConfigured(
             f"{name} must be a URL whose port and Redis database are numbers, "
             f"e.g. redis://host:6379/0, got {_url_shown(value)!r}"
         )
     return value
+
+
+def _port_and_database_numbers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for one that is no number, or past 65535
+    except ValueError:
+        return False
+    return parts.scheme not in ("redis", "rediss") or bool(re.fullmatch(r"/?[0-9]*", parts.path))
 
 
 def _unschemed_shown(value: str) -> str:
@@ -350,7 +352,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # The cache holds the trigger rate's and the admin's failed logins' counters: shared Redis
 # in production (NORM_CACHE_URL, e.g. redis://host:6379/1) so every web process counts
 # together; local memory otherwise.
-NORM_CACHE_URL = env_url("NORM_CACHE_URL", "")
+NORM_CACHE_URL = env_url("NORM_CACHE_URL", "", several="[;,]")
 CACHES = {
     "default": (
         {
@@ -422,7 +424,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -------------------------------------------------------------------------
 # The filesystem transport uses no host, but kombu warns "No hostname was supplied" on
 # each connection of a URL that names none (the worker's, beat's, the web server's).
-CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "filesystem://localhost/")
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "filesystem://localhost/", several=";")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {

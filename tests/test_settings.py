@@ -316,6 +316,7 @@ def test_a_redis_url_without_its_scheme_is_refused_by_name(name: str, value: str
         "redis://127.0.0.1:port/0",
         "redis://127.0.0.1:70000/0",
         "rediss://127.0.0.1:6380/db1",
+        "redis://127.0.0.1:6379/0;redis://127.0.0.1:port/0",
     ],
 )
 def test_a_redis_url_whose_port_or_database_is_no_number_is_refused_by_name(
@@ -337,12 +338,28 @@ def test_a_redis_url_whose_port_or_database_is_no_number_is_refused_by_name(
 
 @pytest.mark.parametrize(
     "value",
-    ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://:pw@h:6379/15", "rediss://h/1"],
+    [
+        "redis://127.0.0.1:6379",
+        "redis://127.0.0.1:6379/",
+        "redis://:pw@h:6379/15",
+        "rediss://h/1",
+        "redis://:p,w@h:6379/0",  # a comma of a password: kombu splits at ; alone
+    ],
 )
 def test_a_redis_url_with_its_database_or_port_left_out_is_taken(value: str) -> None:
     assert settings_from({"CELERY_BROKER_URL": value}, "CELERY_BROKER_URL") == {
         "CELERY_BROKER_URL": value
     }
+
+
+def test_several_redis_urls_are_taken_where_their_user_takes_several() -> None:
+    """kombu's failover ("a;b") and Django's cache's servers ("a,b" or "a;b"): each one
+    checked, which the check of one URL refused, its port or database "no number"."""
+    env = {
+        "CELERY_BROKER_URL": "redis://h1:6379/0;redis://h2:6379/0",
+        "NORM_CACHE_URL": "redis://h1:6379/1,redis://h2:6379/1;redis://h3:6379/1",
+    }
+    assert settings_from(env, *env) == env
 
 
 @pytest.mark.parametrize(
