@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.exceptions
 import redis.exceptions
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -78,6 +79,19 @@ def _said_full(exc: Exception) -> None:
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection is None:
+            # A channel kombu closed, asked for Redis: a producer's, which kombu's retry of
+            # a queue's declare closed (it takes any Redis error, out of memory too, for
+            # a lost connection: it closes the connection's channels and reconnects) and
+            # revived the queue on a new channel, not the producer, whose publish then
+            # went on its closed channel: AttributeError, out of Celery's publish retry,
+            # a bug to its caller. A connection error, as kombu's own declare says it on a
+            # closed channel, is what that retry takes: it revives the producer, and
+            # publishes again.
+            raise kombu.exceptions.ConnectionError("channel disconnected")
+        return super()._connparams(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):

@@ -4,6 +4,7 @@ machine's is shared with the other test processes."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import uuid
@@ -15,6 +16,7 @@ import pytest
 import redis
 from kombu import Consumer, Queue
 
+from config import pipeline
 from config.celery import app
 from tests.e2e.harness import free_port, wait_for
 
@@ -111,3 +113,43 @@ def test_a_task_requeued_while_redis_is_out_of_memory_keeps_its_copy(
 
     assert full_redis.hlen("unacked") == 1
     assert full_redis.zcard("unacked_index") == 1
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_publish_whose_queue_declare_redis_refused_for_memory_is_sent_on_kombus_retry(
+    full_redis: redis.Redis, batched: bool
+) -> None:
+    """kombu takes Redis's refusal of a publish's queue declare (out of memory) for a lost
+    connection: it closes the connection's channels, the producer's among them, reconnects
+    and declares the queue again on a new channel. Redis had freed some memory meanwhile
+    (a worker took messages off their queues), the declare went through, and the publish
+    went on the producer's closed channel: "AttributeError: 'NoneType' object has no
+    attribute 'client'", out of Celery's publish retry: a bug to norm, logged with its
+    traceback and counted against the trigger whose fan-out sent it (send_each batches)."""
+    url = f"redis://127.0.0.1:{full_redis.connection_pool.connection_kwargs['port']}/0"
+    queue = f"full-{uuid.uuid4().hex}"
+    refused: list[Exception] = []
+
+    def memory_freed(exc: Exception, interval: float) -> None:
+        # kombu's errback, before it reconnects: the memory freed between the refusal and
+        # the retry, where a worker taking messages off frees it by chance.
+        refused.append(exc)
+        if len(refused) == 1:
+            full_redis.delete(*full_redis.keys("junk:*"))
+
+    _fill(full_redis)
+    with (
+        app.connection_for_write(url) as connection,
+        connection.Producer() as producer,
+        producer.batch(pipeline.PUBLISH_BATCH) if batched else contextlib.nullcontext(),
+    ):
+        app.send_task(
+            pipeline.ECHO.task,
+            args=["a notification"],
+            queue=queue,
+            producer=producer,
+            retry_policy={"errback": memory_freed},
+        )
+
+    assert isinstance(refused[0], redis.exceptions.OutOfMemoryError)  # the declare's
+    assert full_redis.llen(queue) == 1
