@@ -25,16 +25,22 @@ def insert_once(row: Model) -> bool:
     the subscriber worker inserts twice in one.
 
     The INSERT is the one `save(force_insert=True)` makes (Django's `Model._save_table`),
-    with the conflict ignored; no save signals are sent: norm has no receivers. On
-    PostgreSQL only a unique constraint is ignored; SQLite's OR IGNORE also passes over
-    a NOT NULL or CHECK violation, which then reads as a row that exists.
+    with the conflict ignored; no save signals are sent: norm has no receivers. Only a
+    unique constraint is ignored: a NOT NULL or CHECK violation (a bug) raises.
     """
     meta = row._meta
     fields = [f for f in meta.local_concrete_fields if not f.generated]
     if row.pk is None:
         fields = [f for f in fields if f is not meta.auto_field]
     using = router.db_for_write(type(row), instance=row)
-    query = InsertQuery(type(row), on_conflict=OnConflict.IGNORE)
+    database = connections[using]
+    # Django writes SQLite's INSERT OR IGNORE, which passes over a NOT NULL or CHECK
+    # violation too, read then as a row that exists: under `make run` a bug's message
+    # INSERT left its step claimed and unexplained, until the reconciler took it for a
+    # lost task. SQLite's ON CONFLICT DO NOTHING (3.24) ignores a unique one alone, as
+    # PostgreSQL's does.
+    sqlite = database.vendor == "sqlite"
+    query = InsertQuery(type(row), on_conflict=None if sqlite else OnConflict.IGNORE)
     query.insert_values(fields, [row])
     compiler = query.get_compiler(using=using)
     # Only what the database makes (an auto id, a default the row left to it): a pk set
@@ -46,7 +52,6 @@ def insert_once(row: Model) -> bool:
         for field in meta.db_returning_fields
         if field is meta.auto_field or isinstance(getattr(row, field.attname), DatabaseDefault)
     ]
-    database = connections[using]
     # RETURNING needs SQLite 3.35, and Django runs on 3.31 (Ubuntu 20.04's; Debian 11 has
     # 3.34). There Django writes none, and reading the row it would return found none:
     # each row inserted read as one that existed, and `make run` answered each trigger
@@ -57,6 +62,9 @@ def insert_once(row: Model) -> bool:
     left = [f.attname for f in fields if isinstance(getattr(row, f.attname), DatabaseDefault)]
     with database.cursor() as cursor:
         for sql, params in compiler.as_sql():
+            if sqlite:
+                head, returning, tail = sql.partition(" RETURNING ")
+                sql = f"{head} ON CONFLICT DO NOTHING{returning}{tail}"
             cursor.execute(sql, params)
         if compiler.returning_fields:
             returned = cursor.fetchone()  # no row: it exists already
