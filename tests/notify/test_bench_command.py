@@ -344,3 +344,16 @@ def test_the_bench_refuses_the_database_and_redis_db_its_urls_name(
     else:
         with pytest.raises(CommandError, match=re.escape(refused)):
             bench._bench_urls(database, redis_db)
+
+
+def test_celery_is_seen_to_use_the_bench_broker_its_transport_named_where_the_scheme_was(
+    monkeypatch: Any,
+) -> None:
+    """A redis:// broker is config.redisbroker's transport, which Celery's connection
+    names where the scheme stands: compared whole, every bench refused to start, "Celery
+    does not use the bench's broker"."""
+    from config.celery import app
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
+    assert bench._uses_broker(app, "redis://127.0.0.1:6379/13")
+    assert not bench._uses_broker(app, "redis://127.0.0.1:6379/14")

@@ -34,6 +34,14 @@ PHASE_NAMES = ("trigger", "latency", "pipeline", "isolation", "fanout")
 NEEDS = {"gunicorn": "its web server", "aiosmtpd": "its SMTP sink"}
 
 
+def _uses_broker(app: Any, url: str) -> bool:
+    """Whether Celery `app` connects to the broker at `url`. Its connection's URI names
+    its transport where the scheme stands (config.redisbroker:Transport:// for redis://),
+    so the rest alone is compared."""
+    used = app.connection().as_uri(include_password=True)
+    return used.partition("://")[2] == url.partition("://")[2]
+
+
 def _interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -100,7 +108,7 @@ class Command(BaseCommand):
         connections["default"].settings_dict["NAME"] = database
         # Celery's broker_url prefers this variable to any setting.
         os.environ["CELERY_BROKER_URL"] = infra.broker_url
-        if app.connection().as_uri(include_password=True) != infra.broker_url:
+        if not _uses_broker(app, infra.broker_url):
             raise CommandError(f"Celery does not use the bench's broker {infra.broker_url}")
         call_command("migrate", interactive=False, verbosity=0)
         infra.flush_redis()
