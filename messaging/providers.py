@@ -599,6 +599,14 @@ def _sendable(message: Message) -> dict[str, Any]:
             f"the subscriber's email address has a control character ({message.recipient!r:.100})",
             transient=False,
         )
+    if "@" not in message.recipient:
+        # Refused by the API, but a row stored before it refused them (or by hand) went
+        # out as RCPT TO:<ann>, which a relay takes for a mailbox on its own host.
+        raise SendError(
+            f"the subscriber's email address has no domain ({message.recipient!r:.100}),"
+            " which norm cannot send to",
+            transient=False,
+        )
     if message.recipient.startswith('""@'):
         # Taken as Novu takes it, but Python's email package writes an empty quoted local
         # part as none: the email went to "@example.com", no mailbox (or a catch-all's).

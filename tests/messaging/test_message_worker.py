@@ -1841,6 +1841,22 @@ def test_a_subscribers_email_of_an_empty_local_part_fails_the_step_unsent(
     assert Message.objects.get().status == Message.Status.FAILED
 
 
+def test_a_subscribers_email_stored_without_an_at_sign_fails_the_step_unsent(
+    send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
+) -> None:
+    """The API refuses such an address, but a row stored before it did (or written by
+    hand) went out as RCPT TO:<ann>, which an SMTP relay takes for a mailbox of its own:
+    mail for the subscriber delivered to someone on the relay's host."""
+    step = send(email_step(notification__subscriber__email="ann"))
+
+    assert smtp_server.envelopes == []
+    assert step.status == Step.Status.FAILED and step.attempts == 1
+    assert step.error == (
+        "the subscriber's email address has no domain ('ann'), which norm cannot send to"
+    )
+    assert Message.objects.get().status == Message.Status.FAILED
+
+
 def test_the_text_alternative_is_the_text_a_reader_sees_of_the_html(
     send: Callable[[Step], Step], enqueued: Enqueued, smtp_server: Inbox
 ) -> None:
