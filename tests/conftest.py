@@ -55,6 +55,30 @@ def task_retry(retried: Retry) -> dict[str, Any]:
     return json.loads(json.dumps({"args": retried.sig.args, "kwargs": retried.sig.kwargs}))
 
 
+def on_sqlite(tmp_path: Path, script: str) -> Any:
+    """Run `script` in a process of its own on `make run`'s storage, a migrated SQLite
+    file and the filesystem broker in `tmp_path`, and return the `found` it leaves, read
+    back as JSON: the tests run on PostgreSQL, and SQLite's differences went unseen."""
+    for folder in ("broker", "broker-control"):  # as rundemo makes them
+        (tmp_path / folder).mkdir(exist_ok=True)
+    program = (
+        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
+        'call_command("migrate", interactive=False, verbosity=0)\n'
+        f"{script}\nprint(json.dumps(found))\n"
+    )
+    env = os.environ | {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}",
+        "CELERY_BROKER_URL": "filesystem://localhost/",
+        "NORM_VAR_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=Path(__file__).parents[1],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def ago(seconds: float) -> datetime:
     """That many seconds before now, as the pipeline's timestamps are compared."""
     return django_timezone.now() - timedelta(seconds=seconds)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from config.db import bounded, error_text, insert_once
 from notify.models import TriggerEvent
 from subscribers.models import Subscriber
+from tests.conftest import on_sqlite
 from tests.factories import ClientFactory, NotificationFactory, SubscriberFactory
 from workflows.models import Notification
 
@@ -93,18 +90,7 @@ def test_a_row_a_not_null_refuses_raises_on_sqlite_too(tmp_path: Path) -> None:
     a NOT NULL or CHECK violation too: under `make run` a bug's INSERT read as a row that
     existed (a message's left its step claimed and unexplained, until the reconciler
     failed it as taken by workers that never finished it). As on PostgreSQL, it raises."""
-    script = (
-        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
-    )
-    script += 'call_command("migrate", interactive=False, verbosity=0)\n'
-    script += NOT_NULL_ON_SQLITE + "print(json.dumps(found))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parents[1],
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == ["raised", True, False] * 2
+    assert on_sqlite(tmp_path, NOT_NULL_ON_SQLITE) == ["raised", True, False] * 2
 
 
 def test_an_insert_reads_back_only_what_the_database_made() -> None:
@@ -177,22 +163,12 @@ def test_case_insensitive_lookups_find_on_sqlite_what_they_find_on_postgresql(
     Python's upper case of "ß" ("SS") would have it."""
     on_postgresql: dict[str, Any] = {}
     exec(CASE_LOOKUPS, on_postgresql)  # on this test's database
-    script = (
-        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
-    )
-    script += 'call_command("migrate", interactive=False, verbosity=0)\n'
-    script += CASE_LOOKUPS + "print(json.dumps(found))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parents[1],
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    found_on_sqlite = on_sqlite(tmp_path, CASE_LOOKUPS)
 
     expected = [["Müller"], ["Müller"], ["Müller"], ["Müller"], ["Straße"], [], [], ["ÅSA"]]
     assert connection.vendor == "postgresql"
     assert on_postgresql["found"] == expected
-    assert json.loads(done.stdout.splitlines()[-1]) == expected
+    assert found_on_sqlite == expected
 
 
 # insert_once on SQLite without RETURNING (before 3.35), which Django 5.2 still runs on:
@@ -229,19 +205,7 @@ def test_an_insert_on_sqlite_without_returning_is_told_apart_from_a_conflict(
     """Without RETURNING, Django writes none, and the read of the row it returns found
     none: every row inserted read as one that existed, a trigger as a repeat of itself
     (answered 201, never enqueued, run only by the reconciler a minute later)."""
-    script = (
-        "import django, json\ndjango.setup()\nfrom django.core.management import call_command\n"
-    )
-    script += 'call_command("migrate", interactive=False, verbosity=0)\n'
-    script += WITHOUT_RETURNING + "print(json.dumps(found))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).parents[1],
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-
-    assert json.loads(done.stdout.splitlines()[-1]) == {
+    assert on_sqlite(tmp_path, WITHOUT_RETURNING) == {
         "inserted": [True, True],
         "again": False,
         "ids": [True, True],

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import uuid
 import warnings
@@ -30,7 +27,7 @@ from notify.selectors import client_by_api_key
 from notify.services import secret_key_create
 from subscribers import services
 from subscribers.models import Subscriber, Topic, TopicSubscription
-from tests.conftest import InThread, ago, held, lock_waiters, while_held
+from tests.conftest import InThread, ago, held, lock_waiters, on_sqlite, while_held
 from tests.factories import (
     BridgeSyncFactory,
     BridgeWorkflowFactory,
@@ -1006,7 +1003,6 @@ def test_an_operator_follows_a_notification_by_its_links(admin_client) -> None:
 def test_json_of_pipeline_rows_is_shown_indented(admin_client) -> None:
     """An email's body is a page of markup: on one line, as Django prints a JSON field,
     an operator could not read what was sent."""
-    import json
 
     from django.utils.html import escape
 
@@ -2375,14 +2371,10 @@ def test_a_lookup_the_database_cannot_run_is_the_admins_error_not_a_500(
 
 # The lookups the test above asks for, on the database the script runs on.
 BAD_LOOKUPS = """
-import django, json
-django.setup()
 from django.contrib.auth.models import User
-from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from tests.factories import MessageFactory
-call_command("migrate", interactive=False, verbosity=0)
 MessageFactory(step__notification__subscriber__subscriber_id="ann")
 browser = Client()
 browser.force_login(User.objects.create_superuser("admin", "a@example.com", "pw"))
@@ -2394,7 +2386,6 @@ for changelist, query in [
     url = reverse(f"admin:{changelist}_changelist")
     response = browser.get(f"{url}?{query}")
     found[changelist] = [response.status_code, response.get("Location") == f"{url}?e=1"]
-print(json.dumps(found))
 """
 
 
@@ -2402,13 +2393,7 @@ def test_a_pattern_sqlite_cannot_run_is_the_admins_error_not_a_500(tmp_path: Pat
     """`make run`'s SQLite runs a regex lookup by Python's re, in a function of Django's:
     a pattern it refuses raised "user-defined function raised exception", an
     OperationalError, not PostgreSQL's DataError, and the list was a 500 there."""
-    done = subprocess.run(
-        [sys.executable, "-c", BAD_LOOKUPS], cwd=Path(__file__).parents[2],
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'norm.sqlite3'}"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == {
+    assert on_sqlite(tmp_path, BAD_LOOKUPS) == {
         "workflows_step": [302, True],
         "messaging_message": [302, True],
     }
