@@ -18,6 +18,14 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def uses_broker(url: str) -> bool:
+    """Whether the app connects to the broker at `url`. Its connection names its
+    transport where the scheme stood (config.redisbroker:Transport:// for redis://), so
+    the rest alone is compared."""
+    used = app.connection().as_uri(include_password=True)
+    return used.partition("://")[2] == url.partition("://")[2]
+
+
 # Named here, where the filter below needs it before Django is set up; config.pipeline
 # takes its RECONCILE stage's name from it.
 RECONCILE_TASK = "norm.reconcile"

@@ -352,8 +352,8 @@ def test_celery_is_seen_to_use_the_bench_broker_its_transport_named_where_the_sc
     """A redis:// broker is config.redisbroker's transport, which Celery's connection
     names where the scheme stands: compared whole, every bench refused to start, "Celery
     does not use the bench's broker"."""
-    from config.celery import app
+    from config.celery import uses_broker
 
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
-    assert bench._uses_broker(app, "redis://127.0.0.1:6379/13")
-    assert not bench._uses_broker(app, "redis://127.0.0.1:6379/14")
+    assert uses_broker("redis://127.0.0.1:6379/13")
+    assert not uses_broker("redis://127.0.0.1:6379/14")

@@ -34,14 +34,6 @@ PHASE_NAMES = ("trigger", "latency", "pipeline", "isolation", "fanout")
 NEEDS = {"gunicorn": "its web server", "aiosmtpd": "its SMTP sink"}
 
 
-def _uses_broker(app: Any, url: str) -> bool:
-    """Whether Celery `app` connects to the broker at `url`. Its connection's URI names
-    its transport where the scheme stands (config.redisbroker:Transport:// for redis://),
-    so the rest alone is compared."""
-    used = app.connection().as_uri(include_password=True)
-    return used.partition("://")[2] == url.partition("://")[2]
-
-
 def _interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -98,7 +90,7 @@ class Command(BaseCommand):
     def _run(self, infra: Any, phases: list[str], *, quick: bool, database: str) -> list[Any]:
         from bench.infra import postgres_started_at
         from bench.phases import PHASES, ROUTES, Bench
-        from config.celery import app
+        from config.celery import uses_broker
         from notify import crypto, services
         from notify.models import BridgeSync
         from workflows.registry import bridge_sync
@@ -108,7 +100,7 @@ class Command(BaseCommand):
         connections["default"].settings_dict["NAME"] = database
         # Celery's broker_url prefers this variable to any setting.
         os.environ["CELERY_BROKER_URL"] = infra.broker_url
-        if not _uses_broker(app, infra.broker_url):
+        if not uses_broker(infra.broker_url):
             raise CommandError(f"Celery does not use the bench's broker {infra.broker_url}")
         call_command("migrate", interactive=False, verbosity=0)
         infra.flush_redis()
